@@ -1,0 +1,1 @@
+"""The benchmark harness: pylb side by side with haproxy, nginx and a direct connection."""

@@ -1,0 +1,113 @@
+"""Typed, frozen settings, built once from the command line (pylb.cli) and passed down.
+
+Each default says why it is what it is. The timeouts are those of the 2015
+service-loadbalancer's haproxy template, so a user moving from it sees the same behaviour.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from pylb.model import Algorithm
+
+
+class HttpParser(enum.StrEnum):
+    AUTO = "auto"  # httptools when installed, else h11
+    H11 = "h11"
+    HTTPTOOLS = "httptools"
+
+
+class SslVerify(enum.StrEnum):
+    NONE = "none"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. haproxy 2015 template: `timeout http-request 5s`, `connect 5s`,
+    `client 50s`, `server 50s`, `tunnel 1h`, `http-keep-alive 60s`."""
+
+    http_request: float = 5.0  # whole request head must arrive within this (slowloris)
+    connect: float = 5.0
+    client: float = 50.0  # client inactivity
+    server: float = 50.0  # server inactivity (waiting for a response, or mid-body)
+    tunnel: float = 3600.0  # WebSocket / upgraded and L4 tunnels once both sides talk
+    keep_alive: float = 60.0  # idle client connection between requests
+    backend_idle: float = 30.0  # pooled idle connection to a backend server; < typical
+    # backend keep-alive timeouts (nginx 75s, Go 90s) so we close first and never reuse
+    # a connection the server is about to close.
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits, with the precedents they follow."""
+
+    # h11's default max incomplete event size is 16 KiB; nginx's large_client_header_buffers
+    # is 4 x 8k; haproxy's tune.bufsize is 16k. A head above this gets 431.
+    max_request_head: int = 16 * 1024
+    max_headers: int = 100  # haproxy's tune.http.maxhdr default is 101
+    max_uri: int = 8 * 1024  # nginx: 8k per line; above this → 414
+    maxconn: int = 20000  # per worker; haproxy's 2015 template: maxconn 20000 (defaults)
+    retries: int = 3  # haproxy: `retries 3`, with `option redispatch`
+    pool_per_server: int = 64  # idle keep-alive connections kept per backend server
+    # A server that failed this many connects in a row is marked down passively and
+    # retried after `passive_down_for` seconds (haproxy's observe layer4 + error-limit).
+    passive_fall: int = 3
+    passive_down_for: float = 10.0
+    # Affinity table expiry: haproxy `stick-table type ip size 20k expire 30m`.
+    stick_expire: float = 1800.0
+    stick_size: int = 20000
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    cert: str | None = None  # PEM file (chain + key) or a directory of them (SNI)
+    ca_cert: str | None = None  # client CA: client certificates requested
+    verify: SslVerify = SslVerify.REQUIRED  # used when ca_cert is set
+    hsts: str = "max-age=15768000"  # empty disables; six months, as in haproxy's docs
+    session_tickets: bool = False  # 2015 template: no-tls-tickets
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # Sources
+    source: str = "kubernetes"  # "kubernetes" or "file:PATH"
+    namespaces: tuple[str, ...] = ("default",)  # () = all namespaces
+    target_service: str | None = None
+    forward_services: bool = False
+    use_cluster_service: bool = True  # in-cluster config; False → kubeconfig
+    kubeconfig: str | None = None
+    context: str | None = None
+    endpoints_api: str = "endpointslices"  # or "endpoints"
+    # Frontends
+    bind: str = "0.0.0.0"
+    http_port: int = 80
+    https_port: int = 443
+    stats_port: int = 1936
+    health_port: int = 8081
+    tcp_services: tuple[tuple[str, int], ...] = ()  # (service name, port)
+    # Behaviour
+    balance_algorithm: Algorithm = Algorithm.ROUNDROBIN
+    default_return_code: int = 404
+    error_page: str | None = None
+    error_page_body: bytes | None = field(default=None, repr=False)
+    http_parser: HttpParser = HttpParser.AUTO
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    # Processes
+    workers: int = 1
+    grace_period: float = 30.0  # < Kubernetes' default terminationGracePeriodSeconds
+    # Stats
+    stats_auth: str | None = None  # "user:password"
+    stats_bind: str = "0.0.0.0"
+    stats_refresh: int = 10
+    # Election
+    election: str | None = None
+    election_namespace: str = "default"
+    election_id: str | None = None
+    # Logging
+    syslog: bool = False  # 2015 meaning: the access log goes to stdout
+    dry: bool = False

@@ -1,0 +1,172 @@
+"""Counters the data plane increments and the stats page reads.
+
+Hot paths do `c.bytes_in += n` on plain slotted objects: no locks, no library calls. A
+worker takes a `snapshot()` (plain dicts, picklable) to report to the controller, which
+`merge`s the snapshots of all workers exactly: sums for totals and current values, max for
+maxima.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pylb.failures import Failure
+
+# Which fields are maxima (merged with max), and which are timestamps (merged with max).
+_MAX_FIELDS = frozenset({"max_conns", "max_rate", "last_session"})
+
+
+class Counters:
+    """One row of the stats page (a frontend, a backend or a server)."""
+
+    __slots__ = (
+        "_rate_count",
+        "_rate_second",
+        "bytes_in",
+        "bytes_out",
+        "conn_errors",
+        "cur_conns",
+        "denied_req",
+        "denied_resp",
+        "hrsp",
+        "last_session",
+        "lbtot",
+        "max_conns",
+        "max_rate",
+        "redispatches",
+        "req_errors",
+        "req_total",
+        "resp_errors",
+        "retries",
+        "total_conns",
+    )
+
+    def __init__(self) -> None:
+        self.cur_conns = 0
+        self.max_conns = 0
+        self.total_conns = 0
+        self.lbtot = 0  # times chosen by the balancer (haproxy's lbtot)
+        self.bytes_in = 0  # from clients (frontend) / to servers (server)
+        self.bytes_out = 0
+        self.denied_req = 0
+        self.denied_resp = 0
+        self.req_errors = 0
+        self.conn_errors = 0
+        self.resp_errors = 0
+        self.retries = 0
+        self.redispatches = 0
+        self.req_total = 0
+        self.hrsp = [0, 0, 0, 0, 0, 0]  # 1xx 2xx 3xx 4xx 5xx other
+        self.last_session = 0.0  # wall-clock time of the last new session
+        self.max_rate = 0
+        self._rate_second = 0
+        self._rate_count = 0
+
+    def open(self, now: float | None = None) -> None:
+        """A new session (connection or, on a server, a request sent to it)."""
+        self.cur_conns += 1
+        self.total_conns += 1
+        if self.cur_conns > self.max_conns:
+            self.max_conns = self.cur_conns
+        t = time.time() if now is None else now
+        self.last_session = t
+        second = int(t)
+        if second != self._rate_second:
+            self._rate_second = second
+            self._rate_count = 0
+        self._rate_count += 1
+        if self._rate_count > self.max_rate:
+            self.max_rate = self._rate_count
+
+    def close(self) -> None:
+        self.cur_conns -= 1
+
+    def response(self, status: int) -> None:
+        idx = status // 100 - 1
+        self.hrsp[idx if 0 <= idx < 5 else 5] += 1
+
+    def rate(self, now: float | None = None) -> int:
+        """Sessions in the current second (haproxy's `rate`)."""
+        t = int(time.time() if now is None else now)
+        return self._rate_count if t == self._rate_second else 0
+
+    def snapshot(self) -> dict[str, Any]:
+        d: dict[str, Any] = {k: getattr(self, k) for k in self.__slots__ if k[0] != "_"}
+        d["hrsp"] = list(self.hrsp)
+        d["rate"] = self.rate()
+        return d
+
+
+def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge one row's snapshots from several workers."""
+    out: dict[str, Any] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k == "hrsp":
+                acc = out.setdefault("hrsp", [0] * 6)
+                for i, x in enumerate(v):
+                    acc[i] += x
+            elif k in _MAX_FIELDS:
+                out[k] = max(out.get(k, 0), v)
+            else:
+                out[k] = out.get(k, 0) + v
+    return out
+
+
+class Stats:
+    """All counters of one process: per frontend, per backend, per server, and failures by
+    reason. Keys: frontend name; backend name; (backend name, server label)."""
+
+    __slots__ = ("backends", "failures", "frontends", "servers")
+
+    def __init__(self) -> None:
+        self.frontends: dict[str, Counters] = {}
+        self.backends: dict[str, Counters] = {}
+        self.servers: dict[tuple[str, str], Counters] = {}
+        self.failures: dict[Failure, int] = {}
+
+    def frontend(self, name: str) -> Counters:
+        c = self.frontends.get(name)
+        if c is None:
+            c = self.frontends[name] = Counters()
+        return c
+
+    def backend(self, name: str) -> Counters:
+        c = self.backends.get(name)
+        if c is None:
+            c = self.backends[name] = Counters()
+        return c
+
+    def server(self, backend: str, server: str) -> Counters:
+        key = (backend, server)
+        c = self.servers.get(key)
+        if c is None:
+            c = self.servers[key] = Counters()
+        return c
+
+    def fail(self, reason: Failure) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "frontends": {k: c.snapshot() for k, c in self.frontends.items()},
+            "backends": {k: c.snapshot() for k, c in self.backends.items()},
+            "servers": {f"{b}\x00{s}": c.snapshot() for (b, s), c in self.servers.items()},
+            "failures": {f.name: n for f, n in self.failures.items()},
+        }
+
+
+def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Exact aggregate of several workers' `Stats.snapshot()`s."""
+    out: dict[str, Any] = {"frontends": {}, "backends": {}, "servers": {}, "failures": {}}
+    for section in ("frontends", "backends", "servers"):
+        keys: dict[str, list[dict[str, Any]]] = {}
+        for s in snaps:
+            for k, row in s.get(section, {}).items():
+                keys.setdefault(k, []).append(row)
+        out[section] = {k: merge_rows(rows) for k, rows in keys.items()}
+    for s in snaps:
+        for k, n in s.get("failures", {}).items():
+            out["failures"][k] = out["failures"].get(k, 0) + n
+    return out

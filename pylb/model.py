@@ -1,0 +1,265 @@
+"""The route model: one immutable snapshot that the data plane reads.
+
+A `RouteTable` is built by discovery (from Kubernetes objects or a file of manifests) and
+handed to the workers whole. It is never mutated: a change produces a new table that
+replaces the old one atomically. Connections already open keep the server they have; new
+ones use the new table.
+
+Everything here is plain frozen data with value equality, so two tables built from the
+same objects compare equal (which lets discovery skip no-op updates) and `render()` gives a
+stable, human-readable text (what `pylb run --dry` prints).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+class Algorithm(enum.StrEnum):
+    """Balancing algorithms, named as haproxy names them (`balance <name>`)."""
+
+    ROUNDROBIN = "roundrobin"
+    LEASTCONN = "leastconn"
+    FIRST = "first"
+    SOURCE = "source"
+
+
+class Affinity(enum.StrEnum):
+    """Session stickiness of a backend."""
+
+    NONE = "none"
+    CLIENT_IP = "client-ip"  # spec.sessionAffinity: ClientIP (haproxy: stick on src)
+    COOKIE = "cookie"  # serviceloadbalancer/lb.cookie-sticky-session: "true"
+
+
+class ProxyProtocol(enum.StrEnum):
+    """PROXY protocol sent to backends of a TCP frontend (haproxy's send-proxy[-v2])."""
+
+    NONE = "none"
+    V1 = "v1"
+    V2 = "v2"
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One endpoint of a backend: where to connect, and what Kubernetes says of it.
+
+    `ready` endpoints get new work. An endpoint that is `serving` but `terminating` gets no
+    new work but keeps its open connections (it is draining). `name` is what the stats
+    page shows (the pod name when known, else `address:port`).
+    """
+
+    address: str
+    port: int
+    name: str = ""
+    weight: int = 1
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.address, self.port)
+
+    @property
+    def label(self) -> str:
+        return self.name or format_hostport(self.address, self.port)
+
+    @property
+    def accepts_new_work(self) -> bool:
+        return self.ready and not self.terminating and self.weight > 0
+
+    def render(self) -> str:
+        state = "ready" if self.accepts_new_work else (
+            "draining" if self.serving or self.terminating else "not-ready")
+        extra = f" weight={self.weight}" if self.weight != 1 else ""
+        name = f" ({self.name})" if self.name else ""
+        return f"{format_hostport(self.address, self.port)}{name} {state}{extra}"
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A set of servers and how to choose among them.
+
+    `name` is unique in a table: `namespace/service:port`.
+    """
+
+    name: str
+    servers: tuple[Server, ...] = ()
+    algorithm: Algorithm = Algorithm.ROUNDROBIN
+    affinity: Affinity = Affinity.NONE
+    cookie_name: str = "SERVERID"  # haproxy's conventional name for `cookie ... insert`
+    proxy_protocol: ProxyProtocol = ProxyProtocol.NONE
+    check_path: str | None = None  # HTTP health check path; None = TCP connect check
+
+    @property
+    def available(self) -> tuple[Server, ...]:
+        return tuple(s for s in self.servers if s.accepts_new_work)
+
+    def render(self) -> str:
+        head = f"backend {self.name} balance={self.algorithm.value}"
+        if self.affinity is not Affinity.NONE:
+            head += f" affinity={self.affinity.value}"
+            if self.affinity is Affinity.COOKIE:
+                head += f" cookie={self.cookie_name}"
+        if self.proxy_protocol is not ProxyProtocol.NONE:
+            head += f" send-proxy={self.proxy_protocol.value}"
+        if self.check_path:
+            head += f" check-path={self.check_path}"
+        lines = [head]
+        lines += [f"    server {s.render()}" for s in self.servers]
+        if not self.servers:
+            lines.append("    (no servers)")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRoute:
+    """An L7 route on the plain (`tls=False`) or TLS frontend.
+
+    A request matches when its path starts with `prefix` at a segment boundary (`/foo`
+    matches `/foo`, `/foo/…` and `/foo?…`, never `/foobar`), compared case-insensitively
+    when `case_insensitive`; or, when `host` is set, when its Host header (without port)
+    equals `host` — the two are OR-ed, as the 2015 template's ACLs were. `strip_prefix`
+    removes the prefix before forwarding (`/name/a?b` → `/a?b`, `/name` → `/`); aclMatch
+    routes keep it.
+    """
+
+    name: str  # "svc" for service port 80, else "svc:port"; or the aclMatch prefix
+    prefix: str
+    backend: str
+    host: str | None = None
+    strip_prefix: bool = True
+    case_insensitive: bool = False
+    tls: bool = False
+    ssl_redirect: bool = False  # plain frontend answers 301 to https for this route
+
+    def render(self) -> str:
+        flags = []
+        if self.host:
+            flags.append(f"host={self.host}")
+        if self.case_insensitive:
+            flags.append("-i")
+        if not self.strip_prefix:
+            flags.append("no-strip")
+        if self.ssl_redirect:
+            flags.append("redirect-https")
+        tail = (" " + " ".join(flags)) if flags else ""
+        return f"route {self.prefix} -> {self.backend}{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpFrontend:
+    """An L4 frontend: a listening port spliced to a backend.
+
+    With `sni` set, this is TLS passthrough: the ClientHello's server name picks the
+    backend among `sni` (exact name, then `*.` wildcard), else `backend` (which may be
+    empty: then an unknown name is refused).
+    """
+
+    name: str
+    port: int
+    backend: str
+    sni: tuple[tuple[str, str], ...] = ()
+
+    def render(self) -> str:
+        line = f"tcp :{self.port} {self.name} -> {self.backend or '(none)'}"
+        for host, backend in self.sni:
+            line += f"\n    sni {host} -> {backend}"
+        return line
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedService:
+    """A service the translation did not expose, and why (shown by --dry, logged, and
+    written as a Kubernetes Event by the leader)."""
+
+    namespace: str
+    name: str
+    reason: str
+
+    def render(self) -> str:
+        return f"skipped {self.namespace}/{self.name}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """The immutable snapshot the data plane serves from.
+
+    Routes are kept sorted longest prefix first (then by name), so the first match wins
+    and is the longest. `version` and `source` describe the snapshot and take no part in
+    equality.
+    """
+
+    http: tuple[HttpRoute, ...] = ()
+    https: tuple[HttpRoute, ...] = ()
+    tcp: tuple[TcpFrontend, ...] = ()
+    backends: tuple[Backend, ...] = ()
+    skipped: tuple[SkippedService, ...] = ()
+    version: int = field(default=0, compare=False)
+    _by_name: Mapping[str, Backend] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "http", _sort_routes(self.http))
+        object.__setattr__(self, "https", _sort_routes(self.https))
+        object.__setattr__(self, "tcp", tuple(sorted(self.tcp, key=lambda f: f.port)))
+        object.__setattr__(self, "backends", tuple(sorted(self.backends, key=lambda b: b.name)))
+        object.__setattr__(self, "skipped", tuple(sorted(
+            set(self.skipped), key=lambda s: (s.namespace, s.name, s.reason))))
+        by_name = {b.name: b for b in self.backends}
+        if len(by_name) != len(self.backends):
+            raise ValueError("duplicate backend names in route table")
+        for ref in self._backend_refs():
+            if ref and ref not in by_name:
+                raise ValueError(f"route refers to unknown backend {ref!r}")
+        ports = [f.port for f in self.tcp]
+        if len(set(ports)) != len(ports):
+            raise ValueError("two TCP frontends on one port")
+        object.__setattr__(self, "_by_name", by_name)
+
+    def _backend_refs(self) -> Iterable[str]:
+        for r in self.http + self.https:
+            yield r.backend
+        for f in self.tcp:
+            yield f.backend
+            for _, b in f.sni:
+                yield b
+
+    def backend(self, name: str) -> Backend:
+        return self._by_name[name]
+
+    def get_backend(self, name: str) -> Backend | None:
+        return self._by_name.get(name)
+
+    def with_version(self, version: int) -> RouteTable:
+        return RouteTable(self.http, self.https, self.tcp, self.backends, self.skipped,
+                          version=version)
+
+    def render(self) -> str:
+        out: list[str] = []
+        out.append(f"# route table v{self.version}")
+        out.append("frontend http")
+        out += [f"    {r.render()}" for r in self.http] or ["    (no routes)"]
+        out.append("frontend https")
+        out += [f"    {r.render()}" for r in self.https] or ["    (no routes)"]
+        for f in self.tcp:
+            out.append(f"frontend {f.render()}")
+        for b in self.backends:
+            out.append(b.render())
+        for s in self.skipped:
+            out.append(s.render())
+        return "\n".join(out) + "\n"
+
+
+def _sort_routes(routes: Iterable[HttpRoute]) -> tuple[HttpRoute, ...]:
+    return tuple(sorted(routes, key=lambda r: (-len(r.prefix), r.prefix, r.host or "", r.name)))
+
+
+def format_hostport(address: str, port: int) -> str:
+    """`1.2.3.4:80`, `[::1]:80` — the form haproxy and curl use."""
+    if ":" in address:
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
