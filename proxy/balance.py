@@ -251,3 +251,44 @@ class Balancer:
         sticky.move_to_end(client_ip)
         while len(sticky) > self._limits.stick_size:
             sticky.popitem(last=False)  # haproxy's stick-table drops the oldest entry too
+
+
+class Balancers:
+    """The balancers of one worker, one per backend of the current table, shared by every
+    frontend (L7 plain and TLS, L4) so that leastconn counts and stickiness are per worker,
+    not per listener."""
+
+    __slots__ = ("_by_name", "_clock", "_health", "_limits")
+
+    def __init__(self, limits: Limits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._limits = limits or Limits()
+        self._clock = clock
+        self._by_name: dict[str, Balancer] = {}
+        self._health: dict[Key, bool] = {}
+
+    def update(self, backends: Collection[Backend]) -> None:
+        """Apply a new table's backends: new ones get a balancer, changed ones keep their
+        state, vanished ones are dropped (connections in flight hold their own reference)."""
+        fresh: dict[str, Balancer] = {}
+        for b in backends:
+            bal = self._by_name.get(b.name)
+            if bal is None:
+                bal = Balancer(b, self._limits, self._clock)
+                for s in b.servers:
+                    if self._health.get(s.key) is False:
+                        bal.set_health(s.key, False)
+            elif bal.backend != b:
+                bal.update(b)
+            fresh[b.name] = bal
+        self._by_name = fresh
+
+    def get(self, name: str) -> Balancer | None:
+        return self._by_name.get(name)
+
+    def set_health(self, key: Key, up: bool) -> None:
+        """An active check's verdict for a server address, applied in every backend."""
+        self._health[key] = up
+        for bal in self._by_name.values():
+            if any(s.key == key for s in bal.backend.servers):
+                bal.set_health(key, up)

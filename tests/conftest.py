@@ -1,0 +1,28 @@
+"""Shared fixtures. Network tests use loopback only and bind port 0 or a port picked free."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import uvloop
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> Iterator[uvloop.EventLoopPolicy]:
+    # pylb runs on uvloop; the tests do too.
+    yield uvloop.EventLoopPolicy()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host` (for listeners that cannot take port 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()
