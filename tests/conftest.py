@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvloop
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> Iterator[uvloop.EventLoopPolicy]:
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     # pylb runs on uvloop; the tests do too.
-    yield uvloop.EventLoopPolicy()
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
