@@ -71,6 +71,36 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class KubeSettings:
+    """How discovery talks to the Kubernetes API. Seconds unless named otherwise."""
+
+    # client-go's reflector asks for 5-10 min; the server's own default is 30-60 min.
+    # Under 5 min keeps each watch well inside proxies' idle limits and spreads
+    # reconnects; the real server ends it cleanly and we resume from the last version.
+    watch_timeout: int = 290
+    # A watch that sends nothing (no event, no bookmark) for this long is presumed dead
+    # and reopened from its last resourceVersion. Real servers send a bookmark about
+    # every 60 s (kube-apiserver's defaultBookmarkFrequency), so twice that.
+    read_timeout: float = 120.0
+    connect_timeout: float = 10.0
+    list_timeout: float = 60.0  # whole list page, headers to last byte
+    page_size: int = 500  # client-go's pager default (`limit=500`)
+    # Full-jitter exponential backoff after errors (AWS architecture blog's "full jitter";
+    # client-go backs its reflector off from 800 ms to 30 s).
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    # Bursts of events (a rollout touches many slices) become one table: publish once the
+    # stream has been quiet for `coalesce_window`, and at most `coalesce_max_delay` after
+    # the first event of the burst.
+    coalesce_window: float = 0.05
+    coalesce_max_delay: float = 0.5
+    # ExternalName services: DNS is re-resolved this often (30 s ≈ a common TTL), each
+    # lookup bounded by `dns_timeout` (glibc's default resolver timeout is 5 s).
+    dns_interval: float = 30.0
+    dns_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     # Sources
     source: str = "kubernetes"  # "kubernetes" or "file:PATH"
@@ -81,6 +111,7 @@ class Settings:
     kubeconfig: str | None = None
     context: str | None = None
     endpoints_api: str = "endpointslices"  # or "endpoints"
+    kube: KubeSettings = field(default_factory=KubeSettings)
     # Frontends
     bind: str = "0.0.0.0"
     http_port: int = 80
