@@ -101,6 +101,25 @@ class KubeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckSettings:
+    """Active health checks (proxy.check), run by the controller once for all workers.
+
+    The 2015 template wrote `check inter 5`: haproxy reads a bare number as milliseconds,
+    so it probed every server 200 times a second. haproxy's own default is `inter 2s`,
+    `rise 2`, `fall 3`; pylb takes those. A server is thus marked down within
+    fall x interval (6 s) plus one timeout, and back up after 2 good checks (4 s).
+    """
+
+    interval: float = 2.0  # seconds between checks of one server (haproxy `inter`)
+    rise: int = 2  # consecutive successes to mark a down server up
+    fall: int = 3  # consecutive failures to mark an up server down
+    # Connect + response deadline of one check; None means Timeouts.connect (5 s),
+    # haproxy's rule too (`timeout check` unset → the connect timeout).
+    timeout: float | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     # Sources
     source: str = "kubernetes"  # "kubernetes" or "file:PATH"
@@ -135,6 +154,7 @@ class Settings:
     stats_auth: str | None = None  # "user:password"
     stats_bind: str = "0.0.0.0"
     stats_refresh: int = 10
+    checks: CheckSettings = field(default_factory=CheckSettings)
     # Election
     election: str | None = None
     election_namespace: str = "default"
