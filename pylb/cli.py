@@ -1,0 +1,362 @@
+"""The command line: `pylb run`, `pylb demo`, `pylb elect`.
+
+`pylb run` keeps every flag of the 2015 service-loadbalancer with its name and meaning
+(`--tcp-services`, `--namespace`, `--target-service`, `--forward-services`, `--http-port`,
+`--stats-port`, `--ssl-cert`, `--ssl-ca-cert`, `--error-page`, `--default-return-code`,
+`--balance-algorithm`, `--use-kubernetes-cluster-service`, `--dry`, `--syslog`). Go's flag
+package accepted `--flag=false` for booleans, so ours do too. Flags become one frozen
+`Settings`; a bad value stops start-up with a message that names the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pylb import __version__
+from pylb.config import HttpParser, Limits, Settings, SslVerify, Timeouts, TlsSettings
+from pylb.model import Algorithm
+
+log = logging.getLogger("pylb")
+
+
+class FlagError(Exception):
+    """A flag's value is unusable; the message names the flag."""
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "t", "true", "yes", "on"):
+        return True
+    if v in ("0", "f", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {n}")
+    return n
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {n}")
+    return n
+
+
+def _duration(value: str) -> float:
+    """Seconds, with haproxy/Go style units: `500ms`, `5s`, `1m`, `1h`, or a bare number."""
+    v = value.strip().lower()
+    number, mult = v, 1.0
+    for suffix, unit in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if v.endswith(suffix):
+            number, mult = v[: -len(suffix)], unit
+            break
+    try:
+        seconds = float(number) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {value!r} (e.g. 5s, 500ms, 1h)")\
+            from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+    return seconds
+
+
+def _status_code(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an HTTP status code: {value!r}") from None
+    if not 200 <= n <= 599:
+        raise argparse.ArgumentTypeError(f"not an HTTP status code (200-599): {n}")
+    return n
+
+
+def parse_tcp_services(value: str) -> tuple[tuple[str, int], ...]:
+    """`mysql:3306,nginxsvc:443` → (("mysql", 3306), ("nginxsvc", 443))."""
+    out: list[tuple[str, int]] = []
+    seen_ports: set[int] = set()
+    for item in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, port_s = item.rpartition(":")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected name:port, got {item!r}")
+        port = _port(port_s)
+        if port == 0:
+            raise argparse.ArgumentTypeError(f"port 0 in {item!r}")
+        if port in seen_ports:
+            raise argparse.ArgumentTypeError(f"port {port} listed twice")
+        seen_ports.add(port)
+        out.append((name, port))
+    return tuple(out)
+
+
+def _namespaces(value: str) -> tuple[str, ...]:
+    """One namespace, a comma-separated list, or empty for all namespaces."""
+    return tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+
+
+def _source(value: str) -> str:
+    if value == "kubernetes" or (value.startswith("file:") and len(value) > 5):
+        return value
+    raise argparse.ArgumentTypeError(f"expected 'kubernetes' or 'file:PATH', got {value!r}")
+
+
+def load_error_page(value: str) -> bytes:
+    """The page for --error-page: a file path or a file:// URL, read once at start-up."""
+    if "://" in value:
+        url = urlparse(value)
+        if url.scheme != "file":
+            raise FlagError(f"--error-page: only file paths and file:// URLs, got {value!r}")
+        path = unquote(url.path)
+    else:
+        path = value
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise FlagError(f"--error-page: cannot read {path}: {e.strerror or e}") from None
+
+
+def default_workers() -> int:
+    """Usable cores, from the CPU affinity mask (a container's cpuset), not the host's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _add_kube_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--use-kubernetes-cluster-service", type=_bool, nargs="?", const=True,
+                   default=True, metavar="BOOL",
+                   help="use the in-cluster service account (default true); false: use "
+                        "KUBECONFIG or --kubeconfig")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default $KUBECONFIG)")
+    p.add_argument("--context", default=None, help="kubeconfig context")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pylb",
+        description="A pure-Python load balancer for bare-metal Kubernetes: HTTP routing by "
+                    "/service path and Host, TCP services, TLS termination, a stats page.")
+    parser.add_argument("--version", action="version", version=f"pylb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="serve traffic (the main job)",
+                         description="Serve HTTP, HTTPS and TCP services from Kubernetes "
+                                     "Services or a file of manifests.")
+    g = run.add_argument_group("source (2015 flags kept)")
+    g.add_argument("--source", type=_source, default="kubernetes",
+                   help="'kubernetes' (default) or 'file:PATH' (Service/EndpointSlice YAML, "
+                        "reread on change; no cluster needed)")
+    g.add_argument("--namespace", type=_namespaces, default=("default",),
+                   help="namespace to watch; a comma-separated list; empty for all "
+                        "(default: default)")
+    g.add_argument("--target-service", default=None,
+                   help="restrict the load balancer to this one service")
+    g.add_argument("--forward-services", type=_bool, nargs="?", const=True, default=False,
+                   metavar="BOOL", help="send to the service's clusterIP instead of endpoints")
+    g.add_argument("--endpoints-api", choices=("endpointslices", "endpoints"),
+                   default="endpointslices",
+                   help="read EndpointSlices (default) or legacy Endpoints")
+    _add_kube_flags(g)
+    g = run.add_argument_group("frontends")
+    g.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    g.add_argument("--http-port", type=_port, default=80, help="HTTP frontend port (80)")
+    g.add_argument("--https-port", type=_port, default=443,
+                   help="TLS frontend port for lb.sslTerm services (443)")
+    g.add_argument("--tcp-services", type=parse_tcp_services, default=(),
+                   metavar="NAME:PORT,...",
+                   help="services exposed as TCP on their own port, e.g. mysql:3306")
+    g.add_argument("--stats-port", type=_port, default=1936, help="stats page port (1936)")
+    g.add_argument("--health-port", type=_port, default=8081,
+                   help="/healthz and /readyz port (8081)")
+    g = run.add_argument_group("behaviour")
+    g.add_argument("--balance-algorithm", type=Algorithm, default=Algorithm.ROUNDROBIN,
+                   choices=list(Algorithm), metavar="ALGO",
+                   help="default algorithm: roundrobin, leastconn, first, source")
+    g.add_argument("--default-return-code", type=_status_code, default=404,
+                   help="status for requests no route matches (404)")
+    g.add_argument("--error-page", default=None,
+                   help="body for the default return code: a file path or file:// URL")
+    g.add_argument("--http-parser", type=HttpParser, choices=list(HttpParser),
+                   default=HttpParser.AUTO, metavar="PARSER",
+                   help="auto (httptools when installed), h11, httptools")
+    g.add_argument("--maxconn", type=_positive_int, default=Limits.maxconn,
+                   help=f"connections per worker ({Limits.maxconn})")
+    g.add_argument("--retries", type=int, default=Limits.retries,
+                   help=f"connect retries on another server ({Limits.retries})")
+    for name, default, what in (
+        ("http-request", Timeouts.http_request, "whole request head"),
+        ("connect", Timeouts.connect, "connect to a server"),
+        ("client", Timeouts.client, "client inactivity"),
+        ("server", Timeouts.server, "server inactivity"),
+        ("tunnel", Timeouts.tunnel, "WebSocket and TCP tunnels"),
+        ("keep-alive", Timeouts.keep_alive, "idle client keep-alive"),
+    ):
+        g.add_argument(f"--timeout-{name}", type=_duration, default=default, metavar="DUR",
+                       help=f"{what} ({default:g}s)")
+    g = run.add_argument_group("TLS")
+    g.add_argument("--ssl-cert", default=None,
+                   help="PEM with chain and key, or a directory of them (SNI)")
+    g.add_argument("--ssl-ca-cert", default=None,
+                   help="CA for client certificates (then they are requested)")
+    g.add_argument("--ssl-verify", type=SslVerify, choices=list(SslVerify),
+                   default=SslVerify.REQUIRED, metavar="MODE",
+                   help="with --ssl-ca-cert: required (default) or optional")
+    g.add_argument("--hsts", default=TlsSettings.hsts,
+                   help="Strict-Transport-Security value on TLS responses; '' disables")
+    g = run.add_argument_group("processes")
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="worker processes (default: usable cores)")
+    g.add_argument("--grace-period", type=_duration, default=30.0, metavar="DUR",
+                   help="on SIGTERM, time for open connections to finish (30s)")
+    g = run.add_argument_group("stats")
+    g.add_argument("--stats-auth", default=None,
+                   help="user:password for the stats page, or @FILE holding it")
+    g.add_argument("--stats-bind", default=None, help="address of the stats page (--bind)")
+    g.add_argument("--stats-refresh", type=_positive_int, default=10,
+                   help="stats page auto-refresh seconds (10)")
+    g = run.add_argument_group("election")
+    g.add_argument("--election", default=None,
+                   help="Lease name: the leader writes service status and events")
+    g.add_argument("--election-namespace", default="default")
+    g.add_argument("--id", dest="election_id", default=None,
+                   help="this pod's identity in the election (hostname)")
+    g = run.add_argument_group("output")
+    g.add_argument("--dry", action="store_true",
+                   help="print the route table that would be served, and exit")
+    g.add_argument("--syslog", type=_bool, nargs="?", const=True, default=False,
+                   metavar="BOOL", help="write the access log to stdout (2015 meaning)")
+    g.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error"))
+
+    demo = sub.add_parser("demo", help="run backends and pylb on loopback, and show what "
+                                       "to curl (no cluster, no root)")
+    demo.add_argument("--port", type=_port, default=8080, help="HTTP port (8080)")
+    demo.add_argument("--duration", type=_duration, default=None, metavar="DUR",
+                      help="stop after this long (default: until Ctrl-C)")
+
+    sub.add_parser("elect", help="the leader-election sidecar (2016 leader-elector flags)",
+                   add_help=False)
+    return parser
+
+
+def settings_from_args(ns: argparse.Namespace) -> Settings:
+    """Turn parsed `pylb run` flags into Settings. Raises FlagError naming the flag."""
+    error_page_body = load_error_page(ns.error_page) if ns.error_page else None
+    for flag, path in (("--ssl-cert", ns.ssl_cert), ("--ssl-ca-cert", ns.ssl_ca_cert),
+                       ("--kubeconfig", ns.kubeconfig)):
+        if path and not os.path.exists(path):
+            raise FlagError(f"{flag}: {path} does not exist")
+    if ns.source.startswith("file:") and not os.path.exists(ns.source[5:]):
+        raise FlagError(f"--source: {ns.source[5:]} does not exist")
+    stats_auth = ns.stats_auth
+    if stats_auth and stats_auth.startswith("@"):
+        try:
+            stats_auth = Path(stats_auth[1:]).read_text().strip()
+        except OSError as e:
+            raise FlagError(f"--stats-auth: cannot read {stats_auth[1:]}: {e.strerror}")\
+                from None
+    if stats_auth is not None and (":" not in stats_auth or stats_auth.startswith(":")):
+        raise FlagError("--stats-auth: expected user:password")
+    ports = {("--http-port", ns.http_port), ("--https-port", ns.https_port),
+             ("--stats-port", ns.stats_port), ("--health-port", ns.health_port)}
+    ports |= {(f"--tcp-services {n}", p) for n, p in ns.tcp_services}
+    seen: dict[int, str] = {}
+    for flag, port in sorted(ports):
+        if port and port in seen:
+            raise FlagError(f"{flag}: port {port} is also used by {seen[port]}")
+        seen[port] = flag
+    if ns.retries < 0:
+        raise FlagError("--retries: must be 0 or more")
+    return Settings(
+        source=ns.source,
+        namespaces=ns.namespace,
+        target_service=ns.target_service or None,
+        forward_services=ns.forward_services,
+        use_cluster_service=ns.use_kubernetes_cluster_service,
+        kubeconfig=ns.kubeconfig,
+        context=ns.context,
+        endpoints_api=ns.endpoints_api,
+        bind=ns.bind,
+        http_port=ns.http_port,
+        https_port=ns.https_port,
+        stats_port=ns.stats_port,
+        health_port=ns.health_port,
+        tcp_services=ns.tcp_services,
+        balance_algorithm=ns.balance_algorithm,
+        default_return_code=ns.default_return_code,
+        error_page=ns.error_page,
+        error_page_body=error_page_body,
+        http_parser=ns.http_parser,
+        timeouts=Timeouts(
+            http_request=ns.timeout_http_request, connect=ns.timeout_connect,
+            client=ns.timeout_client, server=ns.timeout_server, tunnel=ns.timeout_tunnel,
+            keep_alive=ns.timeout_keep_alive),
+        limits=Limits(maxconn=ns.maxconn, retries=ns.retries),
+        tls=TlsSettings(cert=ns.ssl_cert, ca_cert=ns.ssl_ca_cert, verify=ns.ssl_verify,
+                        hsts=ns.hsts),
+        workers=ns.workers or default_workers(),
+        grace_period=ns.grace_period,
+        stats_auth=stats_auth,
+        stats_bind=ns.stats_bind or ns.bind,
+        stats_refresh=ns.stats_refresh,
+        election=ns.election,
+        election_namespace=ns.election_namespace,
+        election_id=ns.election_id,
+        syslog=ns.syslog,
+        dry=ns.dry,
+    )
+
+
+def setup_logging(level: str, tag: str = "") -> None:
+    fmt = "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "elect":
+        from election.sidecar import main as elect_main
+
+        return elect_main(args[1:])
+    parser = build_parser()
+    ns = parser.parse_args(args)
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    if ns.command == "demo":
+        setup_logging("info")
+        from pylb.demo import run_demo
+
+        return run_demo(port=ns.port, duration=ns.duration)
+    try:
+        settings = settings_from_args(ns)
+    except FlagError as e:
+        parser.exit(2, f"pylb run: error: {e}\n")
+    setup_logging(ns.log_level)
+    from pylb import app
+
+    try:
+        return app.main(settings)
+    except app.StartupError as e:
+        print(f"pylb run: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
