@@ -1,0 +1,362 @@
+"""Wiring: the controller (discovery, checks, stats, health, election) and the data plane.
+
+`DataPlane` is what one worker runs: the HTTP and HTTPS routers and the TCP splicer over
+one set of balancers and counters. `Controller` owns everything that talks to the outside
+world besides traffic, and pushes each new RouteTable and each health verdict to the data
+plane — in this process (`--workers 1`) or, through pylb.workers, to worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pylb import __version__
+from pylb.config import Settings, TlsSettings
+from pylb.counters import Stats, merge_snapshots
+from pylb.model import RouteTable
+
+log = logging.getLogger("pylb")
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message says what to fix."""
+
+
+def make_tls_store(tls: TlsSettings, need_tls: bool) -> Any:
+    from proxy.certs import CertificateError
+    from proxy.tls import TlsStore
+
+    try:
+        return TlsStore(tls, need_tls=need_tls)
+    except CertificateError as e:
+        raise StartupError(str(e)) from None
+
+
+class DataPlane:
+    """One worker's listeners. `apply(table)` is atomic for new connections."""
+
+    def __init__(self, settings: Settings, *, reuse_port: bool = False,
+                 tls_store: Any = None) -> None:
+        from proxy.balance import Balancers
+        from proxy.http import HttpProxy
+        from proxy.tcp import TcpProxy
+
+        self.settings = settings
+        self.reuse_port = reuse_port
+        self.stats = Stats()
+        self.balancers = Balancers(settings.limits)
+        self.http = HttpProxy(settings, self.stats, self.balancers, frontend="http")
+        self.https: Any = None
+        self.tls_store = tls_store
+        self.tcp = TcpProxy(settings, self.stats, self.balancers, host=settings.bind,
+                            reuse_port=reuse_port)
+        self.table = RouteTable()
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._tls_watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.addresses["http"] = await self.http.start(s.bind, s.http_port,
+                                                       reuse_port=self.reuse_port)
+        if s.tls.cert:
+            await self._open_https()
+
+    async def _open_https(self) -> None:
+        from proxy.http import HttpProxy
+
+        if self.tls_store is None:
+            self.tls_store = make_tls_store(self.settings.tls, need_tls=True)
+        self.https = HttpProxy(self.settings, self.stats, self.balancers, frontend="https",
+                               tls=True, ssl_context=self.tls_store.server_context())
+        self.https.set_table(self.table)
+        self.addresses["https"] = await self.https.start(
+            self.settings.bind, self.settings.https_port, reuse_port=self.reuse_port)
+        self._tls_watch = asyncio.get_running_loop().create_task(self.tls_store.watch())
+
+    async def apply(self, table: RouteTable) -> None:
+        self.table = table
+        self.balancers.update(table.backends)
+        self.http.set_table(table)
+        if self.https is not None:
+            self.https.set_table(table)
+        elif table.https:
+            try:
+                await self._open_https()
+            except (StartupError, OSError) as e:
+                log.error("cannot open the TLS frontend on :%d: %s",
+                          self.settings.https_port, e)
+        await self.tcp.set_table(table)
+
+    def set_health(self, key: tuple[str, int], up: bool) -> None:
+        self.balancers.set_health(key, up)
+
+    @property
+    def connections(self) -> int:
+        n = self.http.connections + self.tcp.connections
+        return n + (self.https.connections if self.https is not None else 0)
+
+    async def shutdown(self, grace: float) -> None:
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
+        parts = [self.http.shutdown(grace), self.tcp.shutdown(grace)]
+        if self.https is not None:
+            parts.append(self.https.shutdown(grace))
+        await asyncio.gather(*parts, return_exceptions=True)
+
+
+def make_source(settings: Settings) -> Any:
+    if settings.source.startswith("file:"):
+        from discovery.filesource import FileSource
+
+        return FileSource(settings.source[5:], settings)
+    from discovery.kube import KubeSource
+
+    return KubeSource(settings)
+
+
+class Controller:
+    """Discovery, health checks, stats and health servers, election; one data plane in
+    process or a pool of worker processes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started = time.time()
+        self.source = make_source(settings)
+        self.table = RouteTable()
+        self.table_time = 0.0
+        self.shutting_down = False
+        self.checks: dict[tuple[str, int], Any] = {}
+        self.leader: Any = None
+        self.plane: DataPlane | None = None
+        self.pool: Any = None
+        self.checker: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = asyncio.Event()
+        self._table_updates: asyncio.Queue[RouteTable] = asyncio.Queue()
+
+    # -- status for the stats page and health server -----------------------------------
+
+    def counters(self) -> dict[str, Any]:
+        if self.pool is not None:
+            snaps: list[dict[str, Any]] = self.pool.snapshots()
+            return merge_snapshots(snaps)
+        assert self.plane is not None
+        return merge_snapshots([self.plane.stats.snapshot()])
+
+    def view(self) -> Any:
+        from pylb.stats import StatsView
+
+        tls_store = self.plane.tls_store if self.plane is not None else None
+        certs = tls_store.certificates() if tls_store is not None else []
+        metrics = self.source.metrics() if hasattr(self.source, "metrics") else {}
+        return StatsView(
+            version=__version__,
+            pid=os.getpid(),
+            started=self.started,
+            now=time.time(),
+            workers=self.settings.workers,
+            worker_restarts=self.pool.restarts if self.pool is not None else 0,
+            table=self.table,
+            counters=self.counters(),
+            checks=dict(self.checks),
+            leader=self.leader,
+            discovery_synced=bool(getattr(self.source, "synced", False)),
+            discovery_metrics=metrics,
+            certificates=certs,
+            table_version=self.table.version,
+            table_age=(time.time() - self.table_time) if self.table_time else None,
+            maxconn=self.settings.limits.maxconn,
+        )
+
+    def alive(self) -> bool:
+        if self.pool is not None:
+            return bool(self.pool.alive())
+        return self.plane is not None
+
+    def ready(self) -> bool:
+        return (not self.shutting_down) and bool(getattr(self.source, "synced", False))
+
+    # -- running ------------------------------------------------------------------------
+
+    def publish(self, table: RouteTable) -> None:
+        """Called by the source with each new table (already versioned)."""
+        self._table_updates.put_nowait(table)
+
+    async def _apply_tables(self) -> None:
+        while True:
+            table = await self._table_updates.get()
+            while not self._table_updates.empty():  # coalesce: only the newest matters
+                table = self._table_updates.get_nowait()
+            self.table = table
+            self.table_time = time.time()
+            log.info("route table v%d: %d http, %d https, %d tcp, %d backends, %d skipped",
+                     table.version, len(table.http), len(table.https), len(table.tcp),
+                     len(table.backends), len(table.skipped))
+            if self.checker is not None:
+                self.checker.set_table(table)
+            if self.pool is not None:
+                self.pool.apply(table)
+            elif self.plane is not None:
+                await self.plane.apply(table)
+
+    def on_check(self, key: tuple[str, int], up: bool, result: Any) -> None:
+        self.checks[key] = result
+        if self.pool is not None:
+            self.pool.set_health(key, up)
+        elif self.plane is not None:
+            self.plane.set_health(key, up)
+
+    async def run(self) -> None:
+        from proxy.check import HealthChecker
+        from pylb.health import HealthServer
+        from pylb.stats import StatsServer
+
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self.checker = HealthChecker(s, self.on_check)
+        if s.workers > 1:
+            from pylb.workers import WorkerPool
+
+            self.pool = WorkerPool(s)
+            await self.pool.start()
+        else:
+            tls_store = make_tls_store(s.tls, need_tls=True) if s.tls.cert else None
+            self.plane = DataPlane(s, tls_store=tls_store)
+            try:
+                await self.plane.start()
+            except OSError as e:
+                raise StartupError(f"cannot listen on {s.bind}:{s.http_port}: "
+                                   f"{e.strerror or e}") from None
+        self.stats_server = StatsServer(s, self.view)
+        self.health_server = HealthServer(s, self.alive, self.ready)
+        try:
+            await self.stats_server.start(s.stats_bind, s.stats_port)
+            await self.health_server.start(s.bind, s.health_port)
+        except OSError as e:
+            raise StartupError(f"cannot listen for stats/health: {e.strerror or e}") from None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        self._tasks = [
+            loop.create_task(self._apply_tables(), name="apply-tables"),
+            loop.create_task(self.source.run(self.publish), name="discovery"),
+            loop.create_task(self.checker.run(), name="health-checks"),
+        ]
+        if s.election:
+            self._tasks.append(loop.create_task(self._run_election(), name="election"))
+        log.info("pylb %s serving: http :%d, stats :%d, health :%d, %d worker(s)",
+                 __version__, s.http_port, s.stats_port, s.health_port, s.workers)
+        stop = loop.create_task(self._stopped.wait())
+        done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stop and t.exception() is not None:
+                log.error("%s failed: %r", t.get_name(), t.exception())
+        await self.shutdown()
+
+    def stop(self) -> None:
+        """Begin the graceful shutdown (as SIGTERM does)."""
+        self._stopped.set()
+
+    def _reload(self) -> None:
+        log.info("SIGHUP: rereading certificates")
+        if self.plane is not None and self.plane.tls_store is not None:
+            self.plane.tls_store.reload_if_changed()
+        if self.pool is not None:
+            self.pool.signal(signal.SIGHUP)
+
+    async def _run_election(self) -> None:
+        from election.app import run_election
+
+        def on_leader(name: str | None, info: dict[str, Any]) -> None:
+            self.leader = {"name": name, **info}
+
+        await run_election(self.settings, on_leader, lambda: self.table)
+
+    async def shutdown(self) -> None:
+        """Graceful: readiness false at once, stop accepting, let open work finish up to
+        --grace-period, then close."""
+        self.shutting_down = True
+        grace = self.settings.grace_period
+        log.info("shutting down: up to %.0fs for open connections", grace)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.shutdown(grace)
+        elif self.plane is not None:
+            await self.plane.shutdown(grace)
+        await self.stats_server.close()
+        await self.health_server.close()
+
+
+def dry_run(settings: Settings, out: Callable[[str], Any] = print) -> int:
+    """`--dry`: print the table that would be served, and exit."""
+    source = make_source(settings)
+    # The file source reads once, without a loop; Kubernetes needs one list.
+    table = source.load() if hasattr(source, "load") else asyncio.run(_first_table(source))
+    out(table.render())
+    return 0
+
+
+async def _first_table(source: Any) -> RouteTable:
+    got: asyncio.Future[RouteTable] = asyncio.get_running_loop().create_future()
+
+    def publish(t: RouteTable) -> None:
+        if not got.done():
+            got.set_result(t)
+
+    task = asyncio.create_task(source.run(publish))
+    try:
+        return await got
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def raise_nofile_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: a load balancer holds two file
+    descriptors per proxied connection."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(settings: Settings) -> int:
+    import uvloop
+
+    if settings.dry:
+        try:
+            return dry_run(settings)
+        except Exception as e:  # the source names the file/cluster problem
+            raise StartupError(str(e)) from e
+    raise_nofile_limit()
+    controller_box: list[Controller] = []
+
+    async def _main() -> None:
+        c = Controller(settings)
+        controller_box.append(c)
+        await c.run()
+
+    try:
+        uvloop.run(_main())
+    except StartupError:
+        raise
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def reuse_port_supported() -> bool:
+    return hasattr(socket, "SO_REUSEPORT")

@@ -1,0 +1,208 @@
+"""`pylb demo`: the whole load balancer on loopback, with nothing but Python.
+
+It starts small backend HTTP servers (each answers with its own name and the request it
+saw) and a TCP echo service, writes the Service and EndpointSlice manifests that describe
+them to a temporary file, runs the real pylb controller on that file (the same code path as
+`pylb run --source file:...`) on unprivileged ports, and prints what to curl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import h11
+import yaml
+
+from pylb.config import Settings, Timeouts
+
+log = logging.getLogger("pylb.demo")
+
+
+class _NameServer(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 server answering `<name> <method> <target>` plus the headers
+    it received as JSON. Good enough for demos and tests; not the hot path."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.conn = h11.Connection(h11.SERVER)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.conn.receive_data(data)
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError:
+                self.transport.close()
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                if event is h11.PAUSED and self.conn.our_state is h11.DONE:
+                    self.conn.start_next_cycle()
+                    continue
+                return
+            if isinstance(event, h11.Request):
+                self._request = event
+            elif isinstance(event, h11.EndOfMessage):
+                self._respond(self._request)
+                if self.conn.our_state is h11.MUST_CLOSE:
+                    self.transport.close()
+                    return
+                self.conn.start_next_cycle()
+            elif isinstance(event, h11.ConnectionClosed):
+                self.transport.close()
+                return
+
+    def _respond(self, req: h11.Request) -> None:
+        assert self.transport is not None
+        headers = {k.decode(): v.decode("latin-1") for k, v in req.headers}
+        body = (json.dumps({"server": self.name, "method": req.method.decode(),
+                            "path": req.target.decode("latin-1"), "headers": headers},
+                           indent=1) + "\n").encode()
+        out = self.conn.send(h11.Response(status_code=200, headers=[
+            ("content-type", "application/json"), ("content-length", str(len(body))),
+            ("x-backend", self.name)]))
+        assert out is not None
+        self.transport.write(out + (self.conn.send(h11.Data(data=body)) or b"")
+                             + (self.conn.send(h11.EndOfMessage()) or b""))
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.transport.write_eof()
+        return True
+
+
+async def start_name_server(name: str, host: str = "127.0.0.1",
+                            port: int = 0) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: _NameServer(name), host, port)
+
+
+async def start_echo_server(host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
+    return await asyncio.get_running_loop().create_server(_Echo, host, port)
+
+
+def _port_of(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
+
+
+def demo_manifests(backends: dict[str, list[int]], echo_port: int) -> list[dict[str, Any]]:
+    """Services and EndpointSlices describing the demo's loopback backends."""
+    docs: list[dict[str, Any]] = []
+    annotations = {
+        "nginxsvc": {},
+        "test": {"serviceloadbalancer/lb.aclMatch": "-i /test"},
+        "hostsvc": {"serviceloadbalancer/lb.host": "demo.example.com",
+                    "serviceloadbalancer/lb.algorithm": "leastconn"},
+    }
+    for name, ports in backends.items():
+        docs.append({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": name, "namespace": "default",
+                                  "annotations": annotations.get(name, {})},
+                     "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http",
+                                         "protocol": "TCP"}]}})
+        docs.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                     "metadata": {"name": f"{name}-demo", "namespace": "default",
+                                  "labels": {"kubernetes.io/service-name": name}},
+                     "addressType": "IPv4",
+                     "ports": [{"name": "http", "port": ports[0], "protocol": "TCP"}],
+                     "endpoints": [{"addresses": ["127.0.0.1"],
+                                    "conditions": {"ready": True}}]})
+        for i, p in enumerate(ports[1:], start=2):
+            docs.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                         "metadata": {"name": f"{name}-demo-{i}", "namespace": "default",
+                                      "labels": {"kubernetes.io/service-name": name}},
+                         "addressType": "IPv4",
+                         "ports": [{"name": "http", "port": p, "protocol": "TCP"}],
+                         "endpoints": [{"addresses": ["127.0.0.1"],
+                                        "conditions": {"ready": True}}]})
+    docs.append({"apiVersion": "v1", "kind": "Service",
+                 "metadata": {"name": "echo", "namespace": "default"},
+                 "spec": {"ports": [{"port": 7000, "targetPort": 7000, "protocol": "TCP"}]}})
+    docs.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": "echo-demo", "namespace": "default",
+                              "labels": {"kubernetes.io/service-name": "echo"}},
+                 "addressType": "IPv4",
+                 "ports": [{"port": echo_port, "protocol": "TCP"}],
+                 "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]})
+    return docs
+
+
+async def _run(port: int, duration: float | None) -> None:
+    from pylb.app import Controller
+
+    servers: list[asyncio.Server] = []
+    backends: dict[str, list[int]] = {}
+    for svc, n in (("nginxsvc", 2), ("test", 1), ("hostsvc", 1)):
+        for i in range(n):
+            srv = await start_name_server(f"{svc}-{i + 1}")
+            servers.append(srv)
+            backends.setdefault(svc, []).append(_port_of(srv))
+    echo = await start_echo_server()
+    servers.append(echo)
+    tcp_port = port + 1
+    with tempfile.TemporaryDirectory(prefix="pylb-demo-") as tmp:
+        path = Path(tmp) / "cluster.yaml"
+        path.write_text(yaml.safe_dump_all(demo_manifests(backends, _port_of(echo))))
+        settings = Settings(
+            source=f"file:{path}", bind="127.0.0.1", http_port=port, https_port=port + 363,
+            stats_port=port + 2, health_port=port + 3, tcp_services=(("echo", tcp_port),),
+            stats_bind="127.0.0.1", workers=1, grace_period=1.0,
+            timeouts=Timeouts())
+        controller = Controller(settings)
+        print(f"""
+pylb demo: the load balancer is serving the services in {path}
+  curl http://127.0.0.1:{port}/nginxsvc                 # round-robin over nginxsvc-1, -2
+  curl http://127.0.0.1:{port}/TEST/x                   # lb.aclMatch "-i /test" (not stripped)
+  curl -H 'Host: demo.example.com' http://127.0.0.1:{port}/   # lb.host
+  curl http://127.0.0.1:{port}/nope                     # 404: no route
+  echo hello | nc -q1 127.0.0.1 {tcp_port}               # TCP service 'echo'
+  stats page:  http://127.0.0.1:{port + 2}/   (;csv  ;json  /metrics)
+  health:      http://127.0.0.1:{port + 3}/healthz  /readyz
+Ctrl-C stops it.
+""", flush=True)
+        runner = asyncio.create_task(controller.run())
+        try:
+            if duration is None:
+                await runner
+            else:
+                done, _ = await asyncio.wait([runner], timeout=duration)
+                if not done:
+                    controller.stop()
+                await runner
+        finally:
+            for s in servers:
+                s.close()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*(s.wait_closed() for s in servers))
+
+
+def run_demo(port: int = 8080, duration: float | None = None) -> int:
+    import uvloop
+
+    try:
+        uvloop.run(_run(port, duration))
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        print(f"pylb demo: cannot listen: {e.strerror or e} (try --port)")
+        return 1
+    return 0
