@@ -1,0 +1,391 @@
+"""The informer: a local copy of one kind of object in one namespace (or all), kept current
+by list + watch.
+
+Theory of operation
+-------------------
+This is client-go's reflector (`tools/cache/reflector.go`), owned by pylb rather than by
+kubernetes-asyncio, whose `Watch` relists nothing, retries a 410 once with the same stale
+version, hands plain-text bodies back as `str` events and, since 32.0, has no read
+timeout. We use the generated API methods only to build authenticated requests
+(`_preload_content=False` gives the raw aiohttp response) and read the stream ourselves:
+
+1. **List**, paginated (`limit`, `continue`), into a *new* dict; only a complete list
+   replaces the store, in one assignment, so readers never see a half-built store, and
+   objects deleted while we were disconnected do disappear. The list's
+   `metadata.resourceVersion` (not the largest item's) is where the watch starts.
+2. **Watch** from that version with bookmarks and a server-side `timeoutSeconds`. Every
+   event, bookmarks included, advances the version. A clean end (the server's timeout)
+   reopens the watch at once from the last version; no relist.
+3. **410 Gone** (an ERROR event, an HTTP 410, or an expired `continue` token) means our
+   version has been compacted away: list again. The first relist is immediate; a
+   repeated one backs off.
+4. **Everything else** — 429 (text or JSON), 5xx, resets, a truncated or non-JSON line, a
+   stream silent for `read_timeout` (a dead socket sends nothing, forever), a watch that
+   closes at once with nothing in it — backs off with full jitter
+   (`random() * min(cap, base * 2**n)`), at least `Retry-After` when the server sent one,
+   and then resumes the watch from the last version: the store stays as it was, the last
+   good state keeps serving.
+
+The failure count resets when a watch delivers an event, never on a bare list, so a server
+that answers every watch with 410 cannot make us relist in a hot loop.
+
+Randomness, sleeping and both clocks are injected so that tests run the backoff in
+milliseconds. `on_change()` is called after every change to the store (a list, or an event
+that adds, modifies or deletes); it must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api
+
+from pylb.config import KubeSettings
+
+log = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+Key = tuple[str, str]  # (namespace, name)
+
+# client-go: a watch that "lasted less than a second and no items received" is an error
+# (reflector.go), so an API server answering every watch with an empty 200 cannot spin us.
+MIN_WATCH_SECONDS = 1.0
+MAX_LIST_PAGES = 100_000  # 50 M objects at limit=500: a server looping on `continue`
+MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One listable kind: its plural, and the kubernetes-asyncio methods that list it in a
+    namespace and in all namespaces."""
+
+    plural: str
+    group: str  # "core" or "discovery"
+    namespaced: str
+    cluster: str
+
+
+SERVICES = Kind("services", "core", "list_namespaced_service",
+                "list_service_for_all_namespaces")
+ENDPOINTSLICES = Kind("endpointslices", "discovery", "list_namespaced_endpoint_slice",
+                      "list_endpoint_slice_for_all_namespaces")
+ENDPOINTS = Kind("endpoints", "core", "list_namespaced_endpoints",
+                 "list_endpoints_for_all_namespaces")
+
+
+class Gone(Exception):
+    """410: our resourceVersion (or continue token) has expired; relist."""
+
+
+class ApiError(Exception):
+    """A non-2xx answer or an ERROR event other than 410."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class StreamError(Exception):
+    """A watch stream we cannot read: truncated line, not JSON, not an event."""
+
+
+# --- pure helpers -----------------------------------------------------------------------
+
+def backoff_delay(failures: int, base: float, cap: float, rnd: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**(failures-1))). `rnd` in [0, 1)."""
+    if failures <= 0:
+        return 0.0
+    return rnd * min(cap, base * 2.0 ** min(failures - 1, 62))
+
+
+def parse_status(body: bytes) -> dict[str, Any] | None:
+    """A Kubernetes `Status` object from an error body, or None (APF's 429 is plain text)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get("kind") == "Status":
+        return doc
+    return None
+
+
+def retry_after(headers: Mapping[str, str], status: Mapping[str, Any] | None) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or an HTTP date), else from the Status's
+    `details.retryAfterSeconds`; None when neither says."""
+    value = headers.get("Retry-After")
+    if value:
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return max(0.0, when.timestamp() - time.time())
+    if status:
+        details = status.get("details") or {}
+        seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+        if isinstance(seconds, int) and seconds > 0:
+            return float(seconds)
+    return None
+
+
+def error_from_response(code: int, headers: Mapping[str, str], body: bytes) -> Exception:
+    """The exception for a non-2xx answer: `Gone` for 410, else `ApiError`."""
+    status = parse_status(body)
+    if code == 410:
+        return Gone((status or {}).get("message") or "410 Gone")
+    if status is not None:
+        message = f"{status.get('reason', '')}: {status.get('message', '')}"
+    else:
+        message = body[:200].decode("utf-8", "replace").strip()
+    return ApiError(code, message, retry_after(headers, status))
+
+
+def decode_event(line: bytes) -> tuple[str, Object]:
+    """One watch line → (type, object). ERROR events raise `Gone` or `ApiError`;
+    anything that is not a watch event raises `StreamError`."""
+    try:
+        event = json.loads(line)
+    except ValueError as e:
+        raise StreamError(f"watch line is not JSON: {line[:120]!r}") from e
+    if not isinstance(event, dict):
+        raise StreamError(f"watch line is not an event: {line[:120]!r}")
+    etype, obj = event.get("type"), event.get("object")
+    if not isinstance(obj, dict) or etype not in (
+            "ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"):
+        raise StreamError(f"watch line is not an event: {line[:120]!r}")
+    if etype == "ERROR":
+        code = obj.get("code")
+        if code == 410:
+            raise Gone(str(obj.get("message") or "410 Gone"))
+        raise ApiError(code if isinstance(code, int) else 500,
+                       f"{obj.get('reason', '')}: {obj.get('message', '')}",
+                       retry_after({}, obj))
+    return etype, obj
+
+
+def object_key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def resource_version(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def slim(obj: Object) -> Object:
+    """The object without `metadata.managedFields`, which is often most of its bytes and
+    that nothing in pylb reads (client-go's TransformStripManagedFields)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        obj = dict(obj)
+        obj["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return obj
+
+
+def apply_event(store: dict[Key, Object], etype: str, obj: Object) -> bool:
+    """Apply a non-ERROR event to `store`; True when the store changed."""
+    if etype == "BOOKMARK":
+        return False
+    key = object_key(obj)
+    if etype == "DELETED":
+        return store.pop(key, None) is not None
+    store[key] = slim(obj)
+    return True
+
+
+# --- the informer -----------------------------------------------------------------------
+
+@dataclass(slots=True)
+class InformerMetrics:
+    lists: int = 0
+    relists: int = 0  # lists after the first (410, or after an error during a list)
+    watches: int = 0  # watch requests opened
+    watch_restarts: int = 0  # watches that ended (cleanly or not) and were reopened
+    events: int = 0
+    errors: int = 0
+    last_sync: float | None = None  # wall clock of the last complete list
+    last_error: str = ""
+
+
+class Informer:
+    """Keeps `objects` equal to the API's objects of `kind` in `namespace` (None = all)."""
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        kind: Kind,
+        namespace: str | None,
+        settings: KubeSettings,
+        on_change: Callable[[], None] | None = None,
+        *,
+        rng: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self.objects: dict[Key, Object] = {}
+        self.synced = False
+        self.resource_version = ""
+        self.metrics = InformerMetrics()
+        self._settings = settings
+        self._on_change = on_change or (lambda: None)
+        self._rng = rng
+        self._sleep = sleep
+        self._clock = clock
+        self._wallclock = wallclock
+        self._failures = 0
+        api = CoreV1Api(api_client) if kind.group == "core" else DiscoveryV1Api(api_client)
+        if namespace is None:
+            self._call = getattr(api, kind.cluster)
+            self._args: tuple[str, ...] = ()
+        else:
+            self._call = getattr(api, kind.namespaced)
+            self._args = (namespace,)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind.plural}@{self.namespace or '*'}"
+
+    async def run(self) -> None:
+        """List and watch until cancelled. Never returns; never raises but CancelledError."""
+        need_list = True
+        while True:  # each turn awaits a request bounded by timeouts, or a backoff sleep
+            delay = 0.0
+            try:
+                if need_list:
+                    await self._list()
+                    need_list = False
+                await self._watch()
+                self.metrics.watch_restarts += 1
+                continue
+            except Gone as e:
+                need_list = True
+                self._failures += 1
+                if self._failures > 1:
+                    delay = self._backoff()
+                self._note_error(f"410 Gone: {e}", logging.INFO)
+            except ApiError as e:
+                self._failures += 1
+                delay = max(self._backoff(), min(e.retry_after or 0.0, self._settings.backoff_cap))
+                self._note_error(f"API error {e}", logging.WARNING)
+            except (StreamError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+                self._failures += 1
+                delay = self._backoff()
+                self._note_error(f"{type(e).__name__}: {e}", logging.WARNING)
+            except Exception as e:  # a bug must not end discovery: log it whole, go on
+                self._failures += 1
+                delay = self._backoff()
+                log.exception("%s: unexpected error", self.name)
+                self._note_error(f"{type(e).__name__}: {e}", None)
+            if not need_list:
+                self.metrics.watch_restarts += 1
+            if delay > 0:
+                await self._sleep(delay)
+
+    def _backoff(self) -> float:
+        s = self._settings
+        return backoff_delay(self._failures, s.backoff_base, s.backoff_cap, self._rng())
+
+    def _note_error(self, text: str, level: int | None) -> None:
+        self.metrics.errors += 1
+        self.metrics.last_error = text
+        if level is not None:
+            log.log(level, "%s: %s (failures in a row: %d)", self.name, text, self._failures)
+
+    def _timeout(self, total: float | None) -> aiohttp.ClientTimeout:
+        s = self._settings
+        return aiohttp.ClientTimeout(total=total, sock_connect=s.connect_timeout,
+                                     sock_read=s.read_timeout)
+
+    async def _list(self) -> None:
+        s = self._settings
+        items: dict[Key, Object] = {}
+        version = ""
+        token: str | None = None
+        if self.metrics.lists:
+            self.metrics.relists += 1
+        for page in range(MAX_LIST_PAGES):
+            kwargs: dict[str, Any] = {"limit": s.page_size}
+            if token:
+                kwargs["_continue"] = token
+            resp = await self._call(*self._args, _preload_content=False,
+                                    _request_timeout=self._timeout(s.list_timeout), **kwargs)
+            try:
+                body = await resp.read()
+                if not 200 <= resp.status < 300:
+                    raise error_from_response(resp.status, resp.headers, body[:MAX_ERROR_BODY])
+            finally:
+                resp.release()
+            doc = json.loads(body)
+            if not isinstance(doc, dict):
+                raise StreamError("list answer is not an object")
+            meta = doc.get("metadata") or {}
+            if page == 0:
+                version = str(meta.get("resourceVersion") or "")
+            for item in doc.get("items") or ():
+                items[object_key(item)] = slim(item)
+            token = meta.get("continue") or None
+            if not token:
+                break
+        else:
+            raise StreamError(f"list did not end after {MAX_LIST_PAGES} pages")
+        self.objects = items
+        self.resource_version = version
+        self.synced = True
+        self.metrics.lists += 1
+        self.metrics.last_sync = self._wallclock()
+        log.debug("%s: listed %d at %s", self.name, len(items), version)
+        self._on_change()
+
+    async def _watch(self) -> None:
+        s = self._settings
+        started = self._clock()
+        deadline = started + s.watch_timeout + s.read_timeout
+        self.metrics.watches += 1
+        resp = await self._call(
+            *self._args, watch=True, resource_version=self.resource_version,
+            allow_watch_bookmarks=True, timeout_seconds=s.watch_timeout,
+            _preload_content=False, _request_timeout=self._timeout(None))
+        events = 0
+        try:
+            if resp.status != 200:
+                async with asyncio.timeout(s.read_timeout):
+                    body = await resp.content.read(MAX_ERROR_BODY)
+                raise error_from_response(resp.status, resp.headers, body)
+            while self._clock() < deadline:
+                async with asyncio.timeout(s.read_timeout):
+                    line = await resp.content.readline()
+                if not line:
+                    break
+                if not line.endswith(b"\n"):
+                    raise StreamError(f"watch stream cut mid-line: {line[:120]!r}")
+                if not line.strip():
+                    continue
+                etype, obj = decode_event(line)
+                events += 1
+                self._failures = 0
+                self.metrics.events += 1
+                rv = resource_version(obj)
+                if rv:
+                    self.resource_version = rv
+                if apply_event(self.objects, etype, obj):
+                    self._on_change()
+        finally:
+            resp.close()
+        if events == 0 and self._clock() - started < MIN_WATCH_SECONDS:
+            raise StreamError("watch ended at once with no events")
