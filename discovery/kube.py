@@ -1,0 +1,219 @@
+"""The Kubernetes source: informers over Services and EndpointSlices (or Endpoints), turned
+into route tables.
+
+Theory of operation
+-------------------
+One `Informer` per kind per namespace (or one per kind for all namespaces) keeps a local
+copy of the objects (see discovery/informer.py). Each change to any store marks the source
+dirty and wakes the publisher, which waits for the burst to settle — `coalesce_window` of
+quiet, and never more than `coalesce_max_delay` after its first event — then reads every
+store at once, translates, and publishes. No table is published before every informer has
+completed its first list (a table from half the kinds would serve 503s for services whose
+endpoints have not arrived yet). A table equal to the last one published (versions aside)
+is not published again; each table published carries the next version number.
+
+Stores are only ever replaced by complete lists, and a failing watch leaves its store as
+it was, so a table is never built from a partial list: while the API server is away, the
+last good table keeps serving, and the first fresh list replaces it.
+
+ExternalName services are resolved by `ExternalNames` before the table that first needs
+them is built, and re-resolved every `dns_interval`; a changed answer makes a new table.
+
+The data path never waits on any of this: `publish` is called with a finished, immutable
+table and must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient
+
+from discovery.dns import ExternalNames, Resolve, external_names, resolve
+from discovery.informer import ENDPOINTS, ENDPOINTSLICES, SERVICES, Informer, Kind, Object
+from discovery.kubeclient import make_api_client
+from discovery.translate import KubeObjects, translate
+from pylb.config import Settings
+from pylb.model import RouteTable
+
+log = logging.getLogger(__name__)
+
+ApiClientFactory = Callable[[], Awaitable[ApiClient]]
+Translate = Callable[[KubeObjects, Settings], RouteTable]
+Publish = Callable[[RouteTable], None]
+
+
+def watched_kinds(settings: Settings) -> tuple[Kind, ...]:
+    """Services, and EndpointSlices or (`--endpoints-api=endpoints`) legacy Endpoints."""
+    if settings.endpoints_api == "endpoints":
+        return (SERVICES, ENDPOINTS)
+    if settings.endpoints_api == "endpointslices":
+        return (SERVICES, ENDPOINTSLICES)
+    raise ValueError(f"endpoints_api must be 'endpointslices' or 'endpoints', "
+                     f"not {settings.endpoints_api!r}")
+
+
+class KubeSource:
+    """Publishes a `RouteTable` for the cluster's services, and a new one on each change.
+
+    `api_client_factory` makes the client (default: `make_api_client(settings)`); the
+    source closes it when `run` ends. `translate_fn`, `resolver`, `rng` and `sleep` are
+    there for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        api_client_factory: ApiClientFactory | None = None,
+        *,
+        translate_fn: Translate = translate,
+        resolver: Resolve = resolve,
+        rng: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self._kinds = watched_kinds(settings)
+        self._factory = api_client_factory or (lambda: make_api_client(settings))
+        self._translate = translate_fn
+        self._rng = rng
+        self._sleep = sleep
+        self._externals = ExternalNames(resolver, settings.kube.dns_timeout)
+        self._informers: list[Informer] = []
+        self._dirty = asyncio.Event()
+        self._dirty_since: float | None = None
+        self.table: RouteTable | None = None  # the last table published
+        self.version = 0
+        self.publishes = 0
+        self.translate_errors = 0
+        self.last_latency: float | None = None  # first event of a burst → its table out
+
+    @property
+    def synced(self) -> bool:
+        """Every informer has completed its first list."""
+        return bool(self._informers) and all(i.synced for i in self._informers)
+
+    async def run(self, publish: Publish) -> None:
+        """Watch and publish until cancelled. Errors talking to the API server are retried
+        for ever; a failure to build the client (bad kubeconfig) raises."""
+        client = await self._factory()
+        try:
+            namespaces: tuple[str | None, ...] = self.settings.namespaces or (None,)
+            self._informers = [
+                Informer(client, kind, ns, self.settings.kube, self._changed,
+                         rng=self._rng, sleep=self._sleep)
+                for kind in self._kinds for ns in namespaces]
+            async with asyncio.TaskGroup() as tg:
+                for informer in self._informers:
+                    tg.create_task(informer.run(), name=f"informer {informer.name}")
+                tg.create_task(self._dns_loop(), name="externalname refresh")
+                await self._publish_loop(publish)
+        finally:
+            await client.close()
+
+    def _changed(self) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+        self._dirty.set()
+
+    async def _publish_loop(self, publish: Publish) -> None:
+        kube = self.settings.kube
+        while True:  # one turn per burst of changes
+            await self._dirty.wait()
+            first = self._dirty_since if self._dirty_since is not None else time.monotonic()
+            deadline = first + kube.coalesce_max_delay
+            while (remaining := deadline - time.monotonic()) > 0:  # bounded by max delay
+                self._dirty.clear()
+                try:
+                    await asyncio.wait_for(self._dirty.wait(),
+                                           min(kube.coalesce_window, remaining))
+                except TimeoutError:
+                    break
+            self._dirty.clear()
+            self._dirty_since = None
+            if not self.synced:
+                continue
+            services = self._objects(SERVICES)
+            if await self._externals.ensure(external_names(services)):
+                log.debug("ExternalName answers changed")
+            self._build_and_publish(publish, first)
+
+    def _build_and_publish(self, publish: Publish, first: float) -> None:
+        objects = KubeObjects(
+            services=self._objects(SERVICES),
+            endpointslices=self._objects(ENDPOINTSLICES),
+            endpoints=self._objects(ENDPOINTS),
+            external=self._externals.snapshot())
+        try:
+            table = self._translate(objects, self.settings)
+        except Exception:  # keep serving the last table; translate() should never raise
+            self.translate_errors += 1
+            log.exception("translation failed; keeping route table v%d", self.version)
+            return
+        if self.table is not None and table == self.table:
+            return
+        self.version += 1
+        table = table.with_version(self.version)
+        try:
+            publish(table)
+        except Exception:
+            log.exception("publishing route table v%d failed", self.version)
+            return
+        self.table = table
+        self.publishes += 1
+        self.last_latency = time.monotonic() - first
+        log.info("route table v%d: %d backends, %d http, %d https, %d tcp, %d skipped",
+                 table.version, len(table.backends), len(table.http), len(table.https),
+                 len(table.tcp), len(table.skipped))
+
+    def _objects(self, kind: Kind) -> tuple[Object, ...]:
+        merged: dict[tuple[str, str], Object] = {}
+        for informer in self._informers:
+            if informer.kind is kind:
+                merged.update(informer.objects)
+        return tuple(merged[k] for k in sorted(merged))
+
+    async def _dns_loop(self) -> None:
+        interval = self.settings.kube.dns_interval
+        while True:  # one lookup round per interval
+            await self._sleep(interval)
+            if not self.synced:
+                continue
+            if await self._externals.refresh(external_names(self._objects(SERVICES))):
+                self._changed()
+
+    def metrics(self) -> dict[str, Any]:
+        """For the stats page: totals over the informers, objects held per kind, the last
+        event→table latency, and one row per informer."""
+        per_kind: dict[str, int] = {}
+        for informer in self._informers:
+            per_kind[informer.kind.plural] = (per_kind.get(informer.kind.plural, 0)
+                                             + len(informer.objects))
+        syncs = [i.metrics.last_sync for i in self._informers
+                 if i.metrics.last_sync is not None]
+        return {
+            "synced": self.synced,
+            "version": self.version,
+            "publishes": self.publishes,
+            "translate_errors": self.translate_errors,
+            "watch_restarts": sum(i.metrics.watch_restarts for i in self._informers),
+            "relists": sum(i.metrics.relists for i in self._informers),
+            "errors": sum(i.metrics.errors for i in self._informers),
+            "events": sum(i.metrics.events for i in self._informers),
+            "last_sync": max(syncs) if syncs else None,
+            "objects": per_kind,
+            "external_names": len(self._externals.snapshot()),
+            "dns_failures": self._externals.failures,
+            "last_event_to_table_seconds": self.last_latency,
+            "informers": [
+                {"name": i.name, "synced": i.synced, "objects": len(i.objects),
+                 "resource_version": i.resource_version, "lists": i.metrics.lists,
+                 "relists": i.metrics.relists, "watches": i.metrics.watches,
+                 "watch_restarts": i.metrics.watch_restarts, "errors": i.metrics.errors,
+                 "last_error": i.metrics.last_error, "last_sync": i.metrics.last_sync}
+                for i in self._informers],
+        }
