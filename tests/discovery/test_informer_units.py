@@ -1,0 +1,183 @@
+"""The informer's pure decisions, as tables: backoff, Retry-After, error bodies, watch lines,
+store updates; and ExternalName address handling."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import pytest
+
+from discovery.dns import ExternalNames, addresses, external_names
+from discovery.informer import (
+    ApiError,
+    Gone,
+    StreamError,
+    apply_event,
+    backoff_delay,
+    decode_event,
+    error_from_response,
+    parse_status,
+    retry_after,
+    slim,
+)
+
+
+@pytest.mark.parametrize(("failures", "rnd", "expected"), [
+    (0, 0.9, 0.0),
+    (1, 0.0, 0.0),
+    (1, 0.5, 0.25),  # base 0.5 → window [0, 0.5)
+    (2, 0.5, 0.5),  # window [0, 1)
+    (3, 0.5, 1.0),
+    (7, 0.999, 0.999 * 30),  # 0.5 * 64 = 32 > cap 30
+    (10_000, 0.5, 15.0),  # no overflow
+])
+def test_backoff_full_jitter(failures: int, rnd: float, expected: float) -> None:
+    assert backoff_delay(failures, 0.5, 30.0, rnd) == pytest.approx(expected)
+
+
+def _status(code: int, reason: str, message: str, **details: Any) -> bytes:
+    doc: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                           "status": "Failure", "message": message, "reason": reason,
+                           "code": code}
+    if details:
+        doc["details"] = details
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(("headers", "body", "expected"), [
+    ({"Retry-After": "3"}, b"Too many requests, please try again later.\n", 3.0),
+    ({}, _status(429, "TooManyRequests", "slow down", retryAfterSeconds=2), 2.0),
+    ({"Retry-After": "1"}, _status(503, "ServiceUnavailable", "shutting down",
+                                   retryAfterSeconds=7), 1.0),  # the header wins
+    ({}, b"oops", None),
+    ({}, _status(500, "InternalError", "boom"), None),
+    ({"Retry-After": "soon"}, b"", None),
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, b"", 0.0),  # a date in the past
+])
+def test_retry_after(headers: dict[str, str], body: bytes, expected: float | None) -> None:
+    assert retry_after(headers, parse_status(body)) == expected
+
+
+@pytest.mark.parametrize(("code", "headers", "body", "kind", "status", "wait"), [
+    (410, {}, _status(410, "Expired", "continue token expired"), Gone, None, None),
+    (429, {"Retry-After": "2"}, b"Too many requests, please try again later.", ApiError,
+     429, 2.0),
+    (429, {}, _status(429, "TooManyRequests", "x", retryAfterSeconds=1), ApiError, 429, 1.0),
+    (500, {}, _status(500, "InternalError", "Internal error occurred: x"), ApiError, 500,
+     None),
+    (503, {"Retry-After": "1"}, _status(503, "ServiceUnavailable", "shutting down"),
+     ApiError, 503, 1.0),
+    (504, {}, _status(504, "Timeout", "too large", retryAfterSeconds=1), ApiError, 504, 1.0),
+    (403, {}, _status(403, "Forbidden", "no"), ApiError, 403, None),
+])
+def test_error_from_response(code: int, headers: dict[str, str], body: bytes, kind: type,
+                             status: int | None, wait: float | None) -> None:
+    err = error_from_response(code, headers, body)
+    assert type(err) is kind
+    if isinstance(err, ApiError):
+        assert err.status == status
+        assert err.retry_after == wait
+
+
+def _line(etype: str, obj: dict[str, Any]) -> bytes:
+    return json.dumps({"type": etype, "object": obj}).encode() + b"\n"
+
+
+SVC = {"kind": "Service", "apiVersion": "v1",
+       "metadata": {"name": "web", "namespace": "default", "resourceVersion": "7"}}
+
+
+@pytest.mark.parametrize(("line", "outcome"), [
+    (_line("ADDED", SVC), "ADDED"),
+    (_line("BOOKMARK", {"kind": "Service", "metadata": {"resourceVersion": "9"}}), "BOOKMARK"),
+    (_line("ERROR", json.loads(_status(410, "Expired", "too old resource version: 5 (10)"))),
+     Gone),
+    (_line("ERROR", json.loads(_status(500, "InternalError", "x"))), ApiError),
+    (b"Too many requests, please try again later.\n", StreamError),
+    (b'{"type": "ADDED"}\n', StreamError),
+    (b'["ADDED"]\n', StreamError),
+    (_line("SNAPSHOT", SVC), StreamError),
+])
+def test_decode_event(line: bytes, outcome: str | type) -> None:
+    if isinstance(outcome, str):
+        assert decode_event(line)[0] == outcome
+    else:
+        with pytest.raises(outcome):
+            decode_event(line)
+
+
+def test_apply_event_table() -> None:
+    store: dict[tuple[str, str], dict[str, Any]] = {}
+    other = {"metadata": {"name": "web", "namespace": "prod", "resourceVersion": "8"}}
+    steps: list[tuple[str, dict[str, Any], bool, int]] = [
+        ("ADDED", SVC, True, 1),
+        ("ADDED", other, True, 2),  # same name, other namespace: another object
+        ("MODIFIED", SVC, True, 2),
+        ("BOOKMARK", {"metadata": {"resourceVersion": "10"}}, False, 2),
+        ("DELETED", SVC, True, 1),
+        ("DELETED", SVC, False, 1),  # already gone
+    ]
+    for etype, obj, changed, size in steps:
+        assert apply_event(store, etype, obj) is changed, etype
+        assert len(store) == size, etype
+    assert store == {("prod", "web"): other}
+
+
+def test_slim_drops_managed_fields_without_touching_the_input() -> None:
+    obj = {"metadata": {"name": "a", "managedFields": [{"manager": "kubectl"}]}, "spec": {}}
+    assert slim(obj) == {"metadata": {"name": "a"}, "spec": {}}
+    assert "managedFields" in obj["metadata"]
+
+
+def test_addresses_dedupe_and_order() -> None:
+    infos = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.2", 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.10", 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.2", 0)),
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::1%eth0", 0, 0, 2)),
+    ]
+    assert addresses(infos) == ("10.0.0.2", "10.0.0.10", "::1", "fe80::1")
+
+
+def test_external_names_only_externalname_services() -> None:
+    services = [
+        {"spec": {"type": "ExternalName", "externalName": "db.example.com"}},
+        {"spec": {"type": "ClusterIP", "externalName": "ignored.example.com"}},
+        {"spec": {"type": "ExternalName"}},
+        {"spec": {"type": "ExternalName", "externalName": "  "}},
+        {},
+    ]
+    assert external_names(services) == {"db.example.com"}
+
+
+async def test_external_names_keep_last_good_answer() -> None:
+    answers: dict[str, tuple[str, ...] | Exception] = {"a.example": ("10.0.0.1",),
+                                                       "b.example": OSError("NXDOMAIN")}
+
+    async def fake(name: str) -> tuple[str, ...]:
+        answer = answers[name]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    names = ExternalNames(fake, timeout=1.0)
+    assert await names.ensure({"a.example", "b.example"})
+    assert names.snapshot() == {"a.example": ("10.0.0.1",), "b.example": ()}
+    assert not await names.ensure({"a.example", "b.example"})  # nothing new to look up
+    answers["a.example"] = OSError("SERVFAIL")
+    answers["b.example"] = ("10.0.0.2",)
+    assert await names.refresh({"a.example", "b.example"})
+    assert names.snapshot() == {"a.example": ("10.0.0.1",), "b.example": ("10.0.0.2",)}
+    assert await names.ensure({"b.example"})  # a.example no longer wanted
+    assert names.snapshot() == {"b.example": ("10.0.0.2",)}
+    assert names.failures == 2
+
+
+async def test_resolve_localhost() -> None:
+    from discovery.dns import resolve
+
+    found = await resolve("localhost")
+    assert "127.0.0.1" in found or "::1" in found
