@@ -1,0 +1,75 @@
+"""Raw JSON calls to the API server through a kubernetes_asyncio ApiClient.
+
+Election and status publishing read and write plain JSON rather than KA's models: the
+models serialize datetimes with `isoformat()` (no fraction when microsecond is 0, which
+the API server rejects for MicroTime fields) and re-serialize objects we only want to
+pass back unchanged. The ApiClient still supplies the host, TLS, authentication (token
+refresh included) and the connection pool.
+
+Every failure, HTTP or transport, comes out as one exception type, `ApiError`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio.client import ApiClient
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    """A call that did not succeed: `status` is the HTTP code, or 0 when the request never
+    got an answer (connection refused, reset, timeout, garbage)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}" if status else message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        """409: a stale resourceVersion (Conflict) or an existing name (AlreadyExists)."""
+        return self.status == 409
+
+
+async def call(api: ApiClient, method: str, path: str, *, params: dict[str, str] | None = None,
+               query: dict[str, str] | None = None, body: Any = None,
+               content_type: str = JSON) -> Any:
+    """`method path` (with `{name}` placeholders filled from `params`, URL-quoted), JSON
+    body in, decoded JSON out."""
+    headers = {"Accept": JSON, "Content-Type": content_type}
+    try:
+        resp = await api.call_api(
+            path, method, path_params=params or None,
+            query_params=list(query.items()) if query else None, header_params=headers,
+            body=body, auth_settings=["BearerToken"], _preload_content=False)
+        try:
+            data = await resp.read()
+            status = int(resp.status)
+        finally:
+            resp.release()
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        raise ApiError(0, type(exc).__name__, str(exc) or type(exc).__name__) from exc
+    if not 200 <= status <= 299:
+        reason, message = "", data.decode("utf-8", "replace")[:500]
+        try:
+            status_obj = json.loads(data)
+            if isinstance(status_obj, dict):
+                reason = str(status_obj.get("reason", ""))
+                message = str(status_obj.get("message", message))
+        except ValueError:
+            pass
+        raise ApiError(status, reason, message)
+    try:
+        return json.loads(data) if data else None
+    except ValueError as exc:
+        raise ApiError(0, "BadResponse", f"{method} {path}: response is not JSON") from exc

@@ -1,0 +1,120 @@
+"""Test doubles for the elector: an in-memory lock store with compare-and-swap and a
+virtual clock that advances only when every task is waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from election.decide import Record
+from election.kapi import ApiError
+
+
+class MemoryStore:
+    """One lock object, as an API server would hold it."""
+
+    def __init__(self) -> None:
+        self.record: Record | None = None
+        self.rv = 0
+        self.failing = False  # every call fails with 503 while set
+        self.writes: list[Record] = []
+
+    def check(self) -> None:
+        if self.failing:
+            raise ApiError(503, "ServiceUnavailable", "apiserver is shutting down")
+
+
+class MemoryLock:
+    """One client's handle on a MemoryStore (caches the resourceVersion it last saw)."""
+
+    def __init__(self, store: MemoryStore, name: str = "mem") -> None:
+        self.store = store
+        self.name = name
+        self._rv: int | None = None
+
+    @property
+    def description(self) -> str:
+        return f"memory lock {self.name}"
+
+    async def get(self) -> Record | None:
+        await asyncio.sleep(0)
+        self.store.check()
+        if self.store.record is None:
+            return None
+        self._rv = self.store.rv
+        return self.store.record
+
+    async def create(self, record: Record) -> None:
+        await asyncio.sleep(0)
+        self.store.check()
+        if self.store.record is not None:
+            raise ApiError(409, "AlreadyExists", "already exists")
+        self._write(record)
+
+    async def update(self, record: Record) -> None:
+        await asyncio.sleep(0)
+        self.store.check()
+        if self._rv != self.store.rv:
+            raise ApiError(409, "Conflict", "the object has been modified")
+        self._write(record)
+
+    def _write(self, record: Record) -> None:
+        self.store.rv += 1
+        self.store.record = record
+        self.store.writes.append(record)
+        self._rv = self.store.rv
+
+
+class VirtualTime:
+    """Monotonic and wall clocks plus a sleep that waits for virtual time. `advance()`
+    lets every runnable task run, then jumps to the next wake-up, until a bound."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._epoch = datetime(2026, 11, 21, 22, 0, tzinfo=UTC)
+
+    def clock(self) -> float:
+        return self.now
+
+    def wall(self) -> datetime:
+        return self._epoch + timedelta(seconds=self.now)
+
+    async def sleep(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, (self.now + max(seconds, 0.0), next(self._seq), fut))
+        await fut
+
+    async def _settle(self) -> None:
+        for _ in range(200):
+            await asyncio.sleep(0)
+
+    async def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        for _ in range(100_000):
+            await self._settle()
+            while self._heap and self._heap[0][2].done():
+                heapq.heappop(self._heap)
+            if not self._heap or self._heap[0][0] > end:
+                self.now = end
+                await self._settle()
+                return
+            when, _, fut = heapq.heappop(self._heap)
+            self.now = max(self.now, when)
+            fut.set_result(None)
+        raise AssertionError("virtual time did not settle")
+
+    async def advance_until(self, condition: object, limit: float, step: float = 0.05) -> float:
+        """Advance in small steps until `condition()` holds; return the virtual time."""
+        assert callable(condition)
+        end = self.now + limit
+        while self.now < end:
+            if condition():
+                return self.now
+            await self.advance(step)
+        if condition():
+            return self.now
+        raise AssertionError(f"condition not met within {limit} virtual seconds")
