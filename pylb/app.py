@@ -61,6 +61,8 @@ class DataPlane:
         self.table = RouteTable()
         self.addresses: dict[str, tuple[str, int]] = {}
         self._tls_watch: asyncio.Task[None] | None = None
+        self._https_blocked = settings.https_port in {p for _, p in settings.tcp_services}
+        self._https_warned = False
 
     async def start(self) -> None:
         s = self.settings
@@ -87,6 +89,11 @@ class DataPlane:
         self.http.set_table(table)
         if self.https is not None:
             self.https.set_table(table)
+        elif table.https and self._https_blocked:
+            if not self._https_warned:
+                self._https_warned = True
+                log.error("services need the TLS frontend, but --https-port %d is a TCP "
+                          "service's port", self.settings.https_port)
         elif table.https:
             try:
                 await self._open_https()

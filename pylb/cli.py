@@ -274,8 +274,12 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
                 from None
     if stats_auth is not None and (":" not in stats_auth or stats_auth.startswith(":")):
         raise FlagError("--stats-auth: expected user:password")
-    ports = {("--http-port", ns.http_port), ("--https-port", ns.https_port),
-             ("--stats-port", ns.stats_port), ("--health-port", ns.health_port)}
+    ports = {("--http-port", ns.http_port), ("--stats-port", ns.stats_port),
+             ("--health-port", ns.health_port)}
+    # The seed itself ran `--tcp-services=nginxsvc:443` (TLS passed through at L4): the
+    # https port clashes only when pylb must terminate TLS there (--ssl-cert given).
+    if ns.ssl_cert:
+        ports.add(("--https-port", ns.https_port))
     ports |= {(f"--tcp-services {n}", p) for n, p in ns.tcp_services}
     seen: dict[int, str] = {}
     for flag, port in sorted(ports):

@@ -1,0 +1,129 @@
+"""The command line: 2015 flags keep their names and meanings; bad values name the flag."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pylb.cli import build_parser, main, parse_tcp_services, settings_from_args
+from pylb.config import Settings
+from pylb.model import Algorithm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings(*argv: str) -> Settings:
+    return settings_from_args(build_parser().parse_args(["run", *argv]))
+
+
+def test_defaults_are_the_2015_controllers() -> None:
+    s = settings()
+    assert (s.http_port, s.https_port, s.stats_port, s.health_port) == (80, 443, 1936, 8081)
+    assert s.namespaces == ("default",)
+    assert s.use_cluster_service is True
+    assert s.balance_algorithm is Algorithm.ROUNDROBIN
+    assert s.default_return_code == 404
+    assert (s.timeouts.http_request, s.timeouts.connect, s.timeouts.client,
+            s.timeouts.server, s.timeouts.tunnel, s.timeouts.keep_alive) == (
+        5.0, 5.0, 50.0, 50.0, 3600.0, 60.0)
+    assert s.workers >= 1
+    assert s.source == "kubernetes"
+
+
+@pytest.mark.parametrize("argv,field,expected", [
+    (["--tcp-services=mysql:3306,nginxsvc:443"], "tcp_services",
+     (("mysql", 3306), ("nginxsvc", 443))),
+    (["--namespace=kube-system"], "namespaces", ("kube-system",)),
+    (["--namespace=a,b,a"], "namespaces", ("a", "b")),
+    (["--namespace="], "namespaces", ()),
+    (["--target-service=nginxsvc"], "target_service", "nginxsvc"),
+    (["--forward-services"], "forward_services", True),
+    (["--forward-services=false"], "forward_services", False),
+    (["--use-kubernetes-cluster-service=false"], "use_cluster_service", False),
+    (["--balance-algorithm=leastconn"], "balance_algorithm", Algorithm.LEASTCONN),
+    (["--default-return-code=503"], "default_return_code", 503),
+    (["--syslog"], "syslog", True),
+    (["--dry"], "dry", True),
+    (["--workers=3"], "workers", 3),
+    (["--grace-period=1m"], "grace_period", 60.0),
+    (["--endpoints-api=endpoints"], "endpoints_api", "endpoints"),
+])
+def test_flags(argv: list[str], field: str, expected: object) -> None:
+    assert getattr(settings(*argv), field) == expected
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--http-port=eighty"], "--http-port"),
+    (["--http-port=70000"], "--http-port"),
+    (["--tcp-services=mysql"], "--tcp-services"),
+    (["--tcp-services=a:1,b:1"], "--tcp-services"),
+    (["--balance-algorithm=random"], "--balance-algorithm"),
+    (["--default-return-code=42"], "--default-return-code"),
+    (["--use-kubernetes-cluster-service=maybe"], "--use-kubernetes-cluster-service"),
+    (["--timeout-connect=soon"], "--timeout-connect"),
+    (["--timeout-connect=-1s"], "--timeout-connect"),
+    (["--workers=0"], "--workers"),
+    (["--source=etcd"], "--source"),
+    (["--error-page=/nonexistent/page.html"], "--error-page"),
+    (["--error-page=http://example.com/x"], "--error-page"),
+    (["--ssl-cert=/nonexistent.pem"], "--ssl-cert"),
+    (["--stats-auth=nopassword"], "--stats-auth"),
+    (["--http-port=1936"], "port 1936"),
+    (["--source=file:/nonexistent.yaml"], "--source"),
+])
+def test_bad_flag_stops_startup_naming_it(argv: list[str], flag: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", *argv])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_error_page_is_loaded_once_from_path_or_file_url(tmp_path: Path) -> None:
+    page = tmp_path / "404 page.html"
+    page.write_bytes(b"<h1>nothing here</h1>")
+    assert settings(f"--error-page={page}").error_page_body == b"<h1>nothing here</h1>"
+    url = "file://" + str(page).replace(" ", "%20")
+    assert settings(f"--error-page={url}").error_page_body == b"<h1>nothing here</h1>"
+
+
+def test_stats_auth_from_file(tmp_path: Path) -> None:
+    f = tmp_path / "auth"
+    f.write_text("admin:s3cret\n")
+    assert settings(f"--stats-auth=@{f}").stats_auth == "admin:s3cret"
+
+
+def test_tcp_services_parser() -> None:
+    assert parse_tcp_services(" mysql:3306 , ") == (("mysql", 3306),)
+
+
+def test_version_and_help() -> None:
+    r = subprocess.run([sys.executable, "-m", "pylb.cli", "--version"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("pylb ")
+    r = subprocess.run([sys.executable, "-m", "pylb.cli", "run", "--help"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    for flag in ("--tcp-services", "--namespace", "--target-service", "--forward-services",
+                 "--http-port", "--stats-port", "--ssl-cert", "--ssl-ca-cert", "--error-page",
+                 "--default-return-code", "--balance-algorithm",
+                 "--use-kubernetes-cluster-service", "--dry", "--syslog"):
+        assert flag in r.stdout
+
+
+def test_dry_prints_the_example_table() -> None:
+    r = subprocess.run([sys.executable, "-m", "pylb.cli", "run", "--dry",
+                        "--source", f"file:{ROOT / 'examples' / 'cluster.yaml'}",
+                        "--tcp-services=mysql:3306"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "route /nginxsvc -> default/nginxsvc:80" in out
+    assert "tcp :3306 mysql -> default/mysql:3306" in out
+    assert "-i no-strip" in out  # the aclMatch route
+    assert "host=" in out  # the lb.host route
+    assert "frontend https" in out
+    assert "backend default/nginxsvc:80 balance=roundrobin" in out
