@@ -554,6 +554,9 @@ def _index(objects: KubeObjects) -> _EndpointIndex:
             log.warning("ignoring an Endpoints object that names no service: %s", e)
             continue
         idx.endpoints.setdefault(key, []).append(obj)
+    # A canonical order, so that which bad object is reported never depends on input order.
+    for group in (*idx.slices.values(), *idx.endpoints.values()):
+        group.sort(key=_canonical)
     return idx
 
 
