@@ -10,6 +10,7 @@ import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import trustme
 from cryptography import x509
@@ -28,10 +29,14 @@ def write_leaf(ca: trustme.CA, path: Path, *names: str, key_type: trustme.KeyTyp
 
 
 def client_context(ca: trustme.CA | None = None, *, alpn: Sequence[str] = ("http/1.1",),
-                   max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+                   max_version: ssl.TLSVersion | None = None, check_hostname: bool = True,
+                   client_cert: trustme.LeafCert | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if client_cert is not None:
+        client_cert.configure_cert(ctx)
     if ca is not None:
         ca.configure_trust(ctx)
+        ctx.check_hostname = check_hostname
     else:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -54,12 +59,11 @@ class _Echo(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self.server.accepted += 1
         sslobj = transport.get_extra_info("ssl_object")
         self.server.peer_certs.append(sslobj.getpeercert() if sslobj else None)
-        self.server.transports.append(transport)
+        self.server.transports.append(self.transport)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -132,6 +136,22 @@ async def connection(port: int, ctx: ssl.SSLContext,
         yield conn
     finally:
         await conn.close()
+
+
+async def refused(port: int, ctx: ssl.SSLContext, server_hostname: str | None) -> bool:
+    """True when the server ends the connection during or right after the handshake
+    (TLS 1.3 clients learn of a refused client certificate only on their first read)."""
+    try:
+        conn = await connect(port, ctx, server_hostname)
+    except (ssl.SSLError, ConnectionError):
+        return True
+    try:
+        await conn.echo()
+    except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError):
+        return True
+    finally:
+        await conn.close()
+    return False
 
 
 async def run(*argv: str, stdin: bytes = b"", timeout: float = 20.0) -> tuple[int, str]:
