@@ -1,0 +1,649 @@
+"""The L4 TCP frontends: listeners, and one spliced client↔server pair per connection.
+
+Theory of operation. Each TcpFrontend port gets a uvloop server whose Protocol is
+`_Conn`, the client side of one proxied connection; `_Upstream` is its server side. Both
+are plain callbacks: no Task runs per connection except the short one that awaits
+`create_connection` (with the connect timeout and the redispatch loop), and none after.
+
+Data path (Protocol path). `data_received` on one side writes to the other transport.
+Both transports get high and low write-buffer watermarks; `pause_writing` on one side
+pauses reading on the other, `resume_writing` resumes it (Envoy's cross-wired
+watermarks), so no more than `high` bytes plus one read chunk wait per direction.
+EOF on one side is passed on as `write_eof` to the other (half-close); the pair closes
+when both directions have ended. A reset (connection_lost with an error) aborts the other
+side with SO_LINGER 0, so it sees a reset too.
+
+Splice path. After `splice_threshold` bytes, once both write buffers are empty, the pair
+moves to a `SplicePump` (see proxy/tcp/splice.py) and stays there until it ends.
+
+Timeouts. Connect: `asyncio.timeout` in the connect task. Inactivity: no timer is touched
+per chunk. Each side only bumps its byte count; one sweep per proxy (`loop.call_later`,
+every quarter of the smallest timeout, at most 1 s) compares counts with the last sweep,
+stamps activity, flushes byte deltas into the counters, and applies `idle_verdict`.
+
+Route changes. A listener whose frontend left the table is closed; its connections get
+`grace_period` to finish, then are closed. A connection keeps the Balancer and Server it
+was given at accept time, so a server removed from its backend keeps its open connections
+and gets no new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any, cast
+
+from proxy.balance import Balancer, Balancers
+from proxy.tcp import proxyproto
+from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
+from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
+from pylb.config import Settings, Timeouts
+from pylb.counters import Counters, Stats
+from pylb.failures import Failure
+from pylb.model import ProxyProtocol, RouteTable, Server, TcpFrontend
+
+log = logging.getLogger("pylb.tcp")
+
+# Write-buffer watermarks per transport. 64 KiB is asyncio's default high mark and one
+# pipe's capacity; the low mark at a quarter avoids pause/resume ping-pong.
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+# Splice only pays once a connection moves bulk data: two pipes and four epoll changes
+# cost more than copying a few small messages (issue #4: 117 vs 102 µs per connection).
+DEFAULT_SPLICE_THRESHOLD = 256 * 1024
+
+_CONNECTING, _TUNNEL, _SPLICE, _CLOSED = range(4)
+
+
+def idle_verdict(tunnel: bool, now: float, client_at: float, server_at: float,
+                 t: Timeouts) -> Failure | None:
+    """Whether a connection has been idle too long (haproxy's semantics), or None.
+
+    Before the tunnel is up (SNI inspection; the connect has its own timeout), the client
+    must keep talking within `t.client`. Once up, `t.tunnel` supersedes both: the pair
+    closes after `tunnel` seconds without a byte in either direction. With `tunnel` 0,
+    the client must send within `client` and the server within `server`. 0 disables.
+    """
+    if not tunnel:
+        if t.client > 0 and now - client_at >= t.client:
+            return Failure.CLIENT_TIMEOUT
+        return None
+    if t.tunnel > 0:
+        if now - max(client_at, server_at) >= t.tunnel:
+            return Failure.CLIENT_TIMEOUT if client_at <= server_at else Failure.BACKEND_TIMEOUT
+        return None
+    if t.client > 0 and now - client_at >= t.client:
+        return Failure.CLIENT_TIMEOUT
+    if t.server > 0 and now - server_at >= t.server:
+        return Failure.BACKEND_TIMEOUT
+    return None
+
+
+def sni_backend(frontend: TcpFrontend, host: str | None) -> str | None:
+    """The backend for a TLS-passthrough connection naming `host`: an exact `sni` entry,
+    else the `*.` wildcard of its parent domain (one label, as in certificates), else the
+    frontend's default backend; None when there is none (the connection is refused)."""
+    if host is not None:
+        host = host.lower().rstrip(".")
+        for name, backend in frontend.sni:
+            if name.lower() == host:
+                return backend
+        dot = host.find(".")
+        if dot > 0:
+            wildcard = "*" + host[dot:]
+            for name, backend in frontend.sni:
+                if name.lower() == wildcard:
+                    return backend
+    return frontend.backend or None
+
+
+def sweep_interval(t: Timeouts) -> float:
+    """A quarter of the smallest inactivity timeout, within [10 ms, 1 s]."""
+    ts = [x for x in (t.client, t.server, t.tunnel) if x > 0]
+    if not ts:
+        return 1.0
+    return min(1.0, max(0.01, min(ts) / 4))
+
+
+class _Frontend:
+    """A listening port and the connections accepted on it."""
+
+    __slots__ = ("conns", "counters", "frontend", "server", "sockname")
+
+    def __init__(self, frontend: TcpFrontend, counters: Counters) -> None:
+        self.frontend = frontend
+        self.counters = counters
+        self.server: asyncio.Server | None = None
+        self.conns: set[_Conn] = set()
+        self.sockname: tuple[str, int] = ("", 0)
+
+
+class _Upstream(asyncio.Protocol):
+    """The server side of a connection: forwards to its `_Conn`."""
+
+    __slots__ = ("conn", "transport")
+
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        c = self.conn
+        if c.state is _TUNNEL:
+            c.down += len(data)
+            c.ct.write(data)
+            if c.down + c.up >= c.splice_at:
+                c.try_splice()
+
+    def eof_received(self) -> bool:
+        self.conn.server_eof()
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.conn.server_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.ct.pause_reading()
+
+    def resume_writing(self) -> None:
+        c = self.conn
+        if c.state is _TUNNEL:
+            c.ct.resume_reading()
+            if c.down + c.up >= c.splice_at:
+                c.try_splice()
+
+
+class _Conn(asyncio.Protocol):
+    """The client side of a proxied connection, and the pair's state."""
+
+    __slots__ = (
+        "backend",
+        "bal",
+        "bcounters",
+        "c_eof",
+        "client_at",
+        "ct",
+        "down",
+        "fe",
+        "proxy",
+        "pump",
+        "s_eof",
+        "sbuf",
+        "scounters",
+        "seen_down",
+        "seen_up",
+        "server",
+        "server_at",
+        "splice_at",
+        "st",
+        "state",
+        "task",
+        "up",
+        "upstream",
+    )
+
+    def __init__(self, proxy: TcpProxy, fe: _Frontend) -> None:
+        self.proxy = proxy
+        self.fe = fe
+        self.state = _CONNECTING
+        self.ct: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.st: asyncio.Transport = None  # type: ignore[assignment]  # set once connected
+        self.upstream: _Upstream | None = None
+        self.pump: SplicePump | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.bal: Balancer | None = None
+        self.backend = ""
+        self.server: Server | None = None
+        self.scounters: Counters | None = None
+        self.bcounters: Counters | None = None
+        self.sbuf = b""  # SNI: the client's first bytes, until the ClientHello is read
+        self.up = 0  # bytes client → server
+        self.down = 0  # bytes server → client
+        self.seen_up = 0
+        self.seen_down = 0
+        self.client_at = 0.0
+        self.server_at = 0.0
+        self.c_eof = False
+        self.s_eof = False
+        self.splice_at = proxy.splice_at
+
+    # -- client transport callbacks -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.ct = transport = cast(asyncio.Transport, transport)
+        proxy = self.proxy
+        fe = self.fe
+        fe.conns.add(self)
+        fe.counters.open()
+        proxy._nconns += 1
+        self.client_at = proxy.loop.time()
+        proxy._arm_sweep()
+        _tune(transport)
+        if fe.frontend.sni:
+            return  # read the ClientHello first
+        # uvloop starts reading after connection_made whatever we say: the first bytes
+        # are buffered in `sbuf` (up to HIGH_WATER) until the server is connected.
+        self.connect(fe.frontend.backend)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is _TUNNEL:
+            self.up += len(data)
+            self.st.write(data)
+            if self.up + self.down >= self.splice_at:
+                self.try_splice()
+        elif self.state is _CONNECTING:
+            self.up += len(data)
+            self.sbuf += data
+            if not self.backend:
+                self._inspect()
+            elif len(self.sbuf) >= HIGH_WATER:
+                self.ct.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.c_eof = True
+        if self.state is _TUNNEL:
+            if self.st.can_write_eof():
+                self.st.write_eof()
+            if self.s_eof:
+                self.close()
+        elif self.state is _CONNECTING and not self.backend:
+            self._inspect()
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.state is _CLOSED:
+            return
+        if exc is not None:
+            self.abort(Failure.CLIENT_ABORT if self.state is _CONNECTING else None)
+        else:
+            self.close()
+
+    def pause_writing(self) -> None:
+        if self.st is not None:
+            self.st.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.state is _TUNNEL:
+            self.st.resume_reading()
+            if self.up + self.down >= self.splice_at:
+                self.try_splice()
+
+    # -- SNI inspection -----------------------------------------------------------------
+
+    def _inspect(self) -> None:
+        result = parse_client_hello_sni(self.sbuf)
+        if isinstance(result, NeedMore) and not self.c_eof and \
+                len(self.sbuf) <= MAX_CLIENT_HELLO + 5:
+            return
+        host = None if isinstance(result, NeedMore) else result
+        self.ct.pause_reading()
+        name = sni_backend(self.fe.frontend, host)
+        if name is None:
+            self.proxy.stats.fail(Failure.NO_ROUTE)
+            self.abort(None)
+            return
+        self.connect(name)
+
+    # -- server side --------------------------------------------------------------------
+
+    def connect(self, backend: str) -> None:
+        proxy = self.proxy
+        self.backend = backend
+        self.bcounters = proxy.stats.backend(backend)
+        bal = self.bal = proxy.balancers.get(backend)
+        peer = self.ct.get_extra_info("peername")
+        client_ip = peer[0] if isinstance(peer, tuple) else ""
+        server = bal.pick(client_ip) if bal is not None else None
+        if server is None:
+            self.bcounters.conn_errors += 1
+            proxy.stats.fail(Failure.NO_SERVER)
+            self.abort(None)
+            return
+        assert bal is not None
+        bal.acquire(server)
+        self.server = server
+        self.task = proxy.loop.create_task(self._connect(client_ip, server))
+
+    async def _connect(self, client_ip: str, server: Server) -> None:
+        proxy = self.proxy
+        loop = proxy.loop
+        bal = self.bal
+        assert bal is not None and self.bcounters is not None
+        exclude: set[tuple[str, int]] = set()
+        attempts = 1 + max(0, proxy.settings.limits.retries)
+        timeout = proxy.settings.timeouts.connect
+        for attempt in range(attempts):
+            sc = proxy.stats.server(self.backend, server.label)
+            sc.lbtot += 1
+            up = _Upstream(self)
+            try:
+                async with asyncio.timeout(timeout if timeout > 0 else None):
+                    await loop.create_connection(lambda up=up: up,  # type: ignore[misc]
+                                                 server.address, server.port)
+                failure = None
+            except TimeoutError:
+                failure = Failure.CONNECT_TIMEOUT
+            except OSError:
+                failure = Failure.CONNECT_FAILED
+            if self.state is _CLOSED:
+                if failure is None and up.transport is not None:
+                    up.transport.abort()
+                return
+            if failure is None:
+                break
+            bal.failed(server)
+            bal.release(server)
+            sc.conn_errors += 1
+            self.bcounters.conn_errors += 1
+            proxy.stats.fail(failure)
+            exclude.add(server.key)
+            nxt = bal.pick(client_ip, exclude) if attempt + 1 < attempts else None
+            if nxt is None:
+                self.server = None
+                self.task = None
+                self.abort(None)
+                return
+            self.bcounters.retries += 1
+            sc.retries += 1
+            self.bcounters.redispatches += 1
+            server = nxt
+            bal.acquire(server)
+            self.server = server
+        self.task = None
+        bal.succeeded(server)
+        self._connected(up, sc)
+
+    def _connected(self, up: _Upstream, sc: Counters) -> None:
+        assert up.transport is not None and self.bcounters is not None
+        self.upstream = up
+        self.st = st = up.transport
+        self.scounters = sc
+        sc.open()
+        self.bcounters.open()
+        _tune(st)
+        self.state = _TUNNEL
+        self.server_at = self.proxy.loop.time()
+        bal = self.bal
+        assert bal is not None
+        if bal.backend.proxy_protocol is not ProxyProtocol.NONE:
+            src = self.ct.get_extra_info("peername")
+            dst = self.ct.get_extra_info("sockname")
+            enc = proxyproto.encode_v2 if bal.backend.proxy_protocol is ProxyProtocol.V2 \
+                else proxyproto.encode_v1
+            st.write(enc(_addr(src), _addr(dst)))
+        if self.sbuf:
+            st.write(self.sbuf)
+            self.sbuf = b""
+        if self.c_eof:
+            if st.can_write_eof():
+                st.write_eof()
+        else:
+            self.ct.resume_reading()
+        if self.up + self.down >= self.splice_at:
+            self.try_splice()
+
+    def server_eof(self) -> None:
+        self.s_eof = True
+        if self.state is _TUNNEL:
+            if self.ct.can_write_eof():
+                self.ct.write_eof()
+            if self.c_eof:
+                self.close()
+
+    def server_lost(self, exc: BaseException | None) -> None:
+        if self.state is not _TUNNEL:
+            return
+        if exc is not None:
+            self.abort(Failure.BACKEND_RESET)
+        else:
+            self.close()
+
+    # -- splice -------------------------------------------------------------------------
+
+    def try_splice(self) -> None:
+        if self.state is not _TUNNEL or self.c_eof or self.s_eof:
+            return
+        ct, st = self.ct, self.st
+        if ct.get_write_buffer_size() or st.get_write_buffer_size():
+            return  # retried on the next chunk or resume_writing
+        cs = ct.get_extra_info("socket")
+        ss = st.get_extra_info("socket")
+        if cs is None or ss is None:
+            self.splice_at = 1 << 62
+            return
+        ct.pause_reading()
+        st.pause_reading()
+        self.state = _SPLICE
+        pump = SplicePump(self.proxy.loop, self.proxy.pipes, cs.fileno(), ss.fileno(),
+                          self._pump_done)
+        pump.up = self.up
+        pump.down = self.down
+        self.pump = pump
+        pump.start()
+
+    def _pump_done(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(None)
+
+    # -- ending -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """End cleanly: buffered bytes are still written, then FIN."""
+        if self.state is _CLOSED:
+            return
+        self._end()
+        self.ct.close()
+        if self.st is not None:
+            self.st.close()
+
+    def abort(self, failure: Failure | None) -> None:
+        """End with a reset on both sides (SO_LINGER 0)."""
+        if self.state is _CLOSED:
+            return
+        if failure is not None:
+            self.proxy.stats.fail(failure)
+        self._end()
+        for t in (self.ct, self.st):
+            if t is not None and not t.is_closing():
+                sock = t.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+                t.abort()
+
+    def _end(self) -> None:
+        pump = self.pump
+        if pump is not None:
+            self.up, self.down = pump.up, pump.down
+            pump.stop()
+        self.state = _CLOSED
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        self.flush_counts()
+        fe = self.fe
+        fe.counters.close()
+        fe.conns.discard(self)
+        self.proxy._nconns -= 1
+        if self.scounters is not None:
+            self.scounters.close()
+        if self.bcounters is not None and self.st is not None:
+            self.bcounters.close()
+        if self.server is not None and self.bal is not None:
+            self.bal.release(self.server)
+            self.server = None
+
+    def flush_counts(self) -> None:
+        pump = self.pump
+        up, down = (pump.up, pump.down) if pump is not None and not pump.closed else (
+            self.up, self.down)
+        du, dd = up - self.seen_up, down - self.seen_down
+        if du or dd:
+            self.seen_up, self.seen_down = up, down
+            fc = self.fe.counters
+            fc.bytes_in += du
+            fc.bytes_out += dd
+            for c in (self.bcounters, self.scounters):
+                if c is not None:
+                    c.bytes_in += du
+                    c.bytes_out += dd
+
+
+def _tune(transport: asyncio.Transport) -> None:
+    transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _addr(a: Any) -> tuple[str, int] | None:
+    if isinstance(a, tuple) and len(a) >= 2:
+        return (str(a[0]), int(a[1]))
+    return None
+
+
+class TcpProxy:
+    """All L4 frontends of one worker process."""
+
+    def __init__(self, settings: Settings, stats: Stats, balancers: Balancers, *,
+                 host: str = "0.0.0.0", reuse_port: bool = False,
+                 splice_threshold: int | None = DEFAULT_SPLICE_THRESHOLD) -> None:
+        """`splice_threshold`: bytes after which a connection moves to os.splice (0: at
+        once; None: never; ignored where splice is unavailable)."""
+        self.settings = settings
+        self.stats = stats
+        self.balancers = balancers
+        self.host = host
+        self.reuse_port = reuse_port
+        self.splice_at = (1 << 62) if splice_threshold is None or not HAVE_SPLICE \
+            else splice_threshold
+        self.pipes = PipePool()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._frontends: dict[int, _Frontend] = {}
+        self._draining: set[_Frontend] = set()
+        self._nconns = 0
+        self._sweep: asyncio.TimerHandle | None = None
+        self._table = RouteTable()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
+    def connections(self) -> int:
+        return self._nconns
+
+    def bound_ports(self) -> dict[int, tuple[str, int]]:
+        """Frontend port → the (host, port) actually bound (differs when the port is 0)."""
+        return {port: fe.sockname for port, fe in self._frontends.items()}
+
+    async def set_table(self, table: RouteTable) -> None:
+        """Serve `table`: open listeners for new ports, stop those whose frontend left
+        (their connections drain for `grace_period`), keep the rest. Also applies the
+        table's backends to the shared Balancers (idempotent)."""
+        loop = self.loop
+        self._table = table
+        self.balancers.update(table.backends)
+        wanted = {f.port: f for f in table.tcp}
+        for port in [p for p in self._frontends if p not in wanted]:
+            self._drain(self._frontends.pop(port), self.settings.grace_period)
+        for port, f in wanted.items():
+            fe = self._frontends.get(port)
+            if fe is not None:
+                if fe.frontend.name != f.name:
+                    fe.counters = self.stats.frontend(f.name)
+                fe.frontend = f
+                continue
+            fe = _Frontend(f, self.stats.frontend(f.name))
+            try:
+                fe.server = await loop.create_server(
+                    lambda fe=fe: _Conn(self, fe), self.host, port,
+                    reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024)
+            except OSError as e:
+                log.error("tcp frontend %s: cannot listen on %s:%d: %s (retried on the "
+                          "next table)", f.name, self.host, port, e)
+                continue
+            name = fe.server.sockets[0].getsockname()
+            fe.sockname = (str(name[0]), int(name[1]))
+            self._frontends[port] = fe
+
+    def _drain(self, fe: _Frontend, grace: float) -> None:
+        if fe.server is not None:
+            fe.server.close()
+        if not fe.conns:
+            return
+        self._draining.add(fe)
+
+        def deadline() -> None:
+            self._draining.discard(fe)
+            for c in list(fe.conns):
+                c.close()
+        self.loop.call_later(max(0.0, grace), deadline)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting everywhere, let open connections finish for up to `grace`
+        seconds, then close what remains."""
+        loop = self.loop
+        fes = list(self._frontends.values()) + list(self._draining)
+        self._frontends = {}
+        for fe in fes:
+            if fe.server is not None:
+                fe.server.close()
+        end = loop.time() + max(0.0, grace)
+        while self._nconns and loop.time() < end:
+            await asyncio.sleep(min(0.05, max(0.0, end - loop.time())))
+        for fe in fes:
+            for c in list(fe.conns):
+                c.close()
+        for fe in fes:
+            if fe.server is not None:
+                await fe.server.wait_closed()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self.pipes.close()
+
+    # -- inactivity sweep ---------------------------------------------------------------
+
+    def _arm_sweep(self) -> None:
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(sweep_interval(self.settings.timeouts),
+                                               self._run_sweep)
+
+    def _run_sweep(self) -> None:
+        self._sweep = None
+        now = self.loop.time()
+        t = self.settings.timeouts
+        expired: list[tuple[_Conn, Failure]] = []
+        fes = list(self._frontends.values()) + list(self._draining)
+        for fe in fes:
+            for c in fe.conns:
+                pump = c.pump
+                up, down = (pump.up, pump.down) if pump is not None else (c.up, c.down)
+                if up != c.seen_up:
+                    c.client_at = now
+                if down != c.seen_down:
+                    c.server_at = now
+                c.flush_counts()
+                verdict = idle_verdict(c.state is not _CONNECTING, now, c.client_at,
+                                       c.server_at, t)
+                if verdict is not None:
+                    expired.append((c, verdict))
+        for c, verdict in expired:
+            self.stats.fail(verdict)
+            c.close()
+        if self._nconns:
+            self._arm_sweep()
+
+
+__all__ = ["DEFAULT_SPLICE_THRESHOLD", "TcpProxy", "idle_verdict", "sni_backend", "sweep_interval"]

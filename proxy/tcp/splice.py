@@ -1,0 +1,212 @@
+"""Zero-copy forwarding between two sockets with os.splice (Linux).
+
+Theory of operation. A connection starts on the asyncio Protocol path (uvloop transports,
+which accept and connect in C). Once it has moved `splice_threshold` bytes, and both
+transports' write buffers are empty (so no byte is overtaken), the connection pauses
+reading on both transports and hands the sockets to a `SplicePump`. uvloop does not let
+`add_reader` watch an fd that a live transport owns, so the pump works on `os.dup()`s of
+the two fds: the same kernel socket, a different fd number. The paused transports stay
+idle (no read interest, empty write queue) until the pump is done, then are closed.
+
+Each direction (client→server, server→client) owns one pipe from a `PipePool`:
+
+    readable(src) → splice(src → pipe) → splice(pipe → dst)
+                    └ dst would block: stop reading src, wait for writable(dst), drain
+
+At most one pipe's worth of bytes (the pipe's capacity) sits in the kernel per direction,
+and nothing in Python: memory per connection is bounded whatever the speeds. EOF on src is
+forwarded as shutdown(SHUT_WR) on dst once the pipe is drained (half-close both ways); a
+reset or error on either side aborts both, the other with SO_LINGER 0 so it sees a reset
+too. The pump reports bytes and its end through plain attributes and one callback, so the
+connection's owner counts and times it exactly as on the Protocol path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+HAVE_SPLICE = hasattr(os, "splice")
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_F_SETPIPE_SZ = 1031
+LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class PipePool:
+    """Reusable non-blocking pipes. A pipe goes back to the pool only when empty."""
+
+    __slots__ = ("_free", "capacity", "max_free")
+
+    def __init__(self, capacity: int = 64 * 1024, max_free: int = 256) -> None:
+        self._free: list[tuple[int, int]] = []
+        self.capacity = capacity
+        self.max_free = max_free
+
+    def get(self) -> tuple[int, int]:
+        if self._free:
+            return self._free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.capacity != 64 * 1024:
+            try:
+                import fcntl
+                fcntl.fcntl(w, _F_SETPIPE_SZ, self.capacity)
+            except OSError:
+                pass  # above /proc/sys/fs/pipe-max-size: keep the default
+        return r, w
+
+    def put(self, pipe: tuple[int, int], empty: bool) -> None:
+        if empty and len(self._free) < self.max_free:
+            self._free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def close(self) -> None:
+        while self._free:
+            r, w = self._free.pop()
+            os.close(r)
+            os.close(w)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+
+class _Direction:
+    __slots__ = ("dst", "dst_sock", "eof", "pending", "pipe", "reading", "src", "writing")
+
+    def __init__(self, src: int, dst: int, dst_sock: socket.socket,
+                 pipe: tuple[int, int]) -> None:
+        self.src = src
+        self.dst = dst
+        self.dst_sock = dst_sock
+        self.pipe = pipe
+        self.pending = 0  # bytes in the pipe, not yet written to dst
+        self.eof = False  # src sent FIN
+        self.reading = False
+        self.writing = False
+
+
+class SplicePump:
+    """Forward both directions between two connected sockets (given as fds the pump may
+    own: it dups them). `up` counts client→server bytes, `down` server→client. `on_done`
+    is called once with None (both directions finished cleanly) or the error that ended
+    the connection (then both sides have been reset)."""
+
+    __slots__ = ("_a", "_b", "_c", "_loop", "_on_done", "_pool", "_s", "closed", "down",
+                 "up")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: PipePool, client_fd: int,
+                 server_fd: int, on_done: Callable[[BaseException | None], None]) -> None:
+        self._loop = loop
+        self._pool = pool
+        self._on_done = on_done
+        self._c = socket.socket(fileno=os.dup(client_fd))
+        self._s = socket.socket(fileno=os.dup(server_fd))
+        c, s = self._c.fileno(), self._s.fileno()
+        self._a = _Direction(c, s, self._s, pool.get())
+        self._b = _Direction(s, c, self._c, pool.get())
+        self.up = 0
+        self.down = 0
+        self.closed = False
+
+    def start(self) -> None:
+        for d in (self._a, self._b):
+            self._loop.add_reader(d.src, self._readable, d)
+            d.reading = True
+
+    def _readable(self, d: _Direction) -> None:
+        try:
+            n = os.splice(d.src, d.pipe[1], self._pool.capacity, flags=_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._fail(e)
+            return
+        if n == 0:
+            d.eof = True
+            self._loop.remove_reader(d.src)
+            d.reading = False
+            if d.pending == 0:
+                self._forward_eof(d)
+            return
+        d.pending += n
+        if d is self._a:
+            self.up += n
+        else:
+            self.down += n
+        self._drain(d)
+
+    def _drain(self, d: _Direction) -> None:
+        while d.pending:
+            try:
+                m = os.splice(d.pipe[0], d.dst, d.pending, flags=_FLAGS)
+            except BlockingIOError:
+                if d.reading:
+                    self._loop.remove_reader(d.src)
+                    d.reading = False
+                if not d.writing:
+                    self._loop.add_writer(d.dst, self._drain, d)
+                    d.writing = True
+                return
+            except OSError as e:
+                self._fail(e)
+                return
+            d.pending -= m
+        if d.writing:
+            self._loop.remove_writer(d.dst)
+            d.writing = False
+        if d.eof:
+            self._forward_eof(d)
+        elif not d.reading and not self.closed:
+            self._loop.add_reader(d.src, self._readable, d)
+            d.reading = True
+
+    def _forward_eof(self, d: _Direction) -> None:
+        try:
+            d.dst_sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            if e.errno != errno.ENOTCONN:
+                self._fail(e)
+                return
+        if self._a.eof and self._b.eof and not self._a.pending and not self._b.pending:
+            self._finish(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        for sock in (self._c, self._s):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.stop()
+        self._on_done(exc)
+
+    def stop(self) -> None:
+        """Unregister and release the pipes and the dup'd fds (the caller then closes or
+        aborts its transports, which own the sockets' last fds)."""
+        if self.closed:
+            return
+        self.closed = True
+        loop = self._loop
+        for d in (self._a, self._b):
+            if d.reading:
+                loop.remove_reader(d.src)
+                d.reading = False
+            if d.writing:
+                loop.remove_writer(d.dst)
+                d.writing = False
+            self._pool.put(d.pipe, d.pending == 0)
+            d.pending = 0
+        self._c.close()
+        self._s.close()
+
+    def abort(self) -> None:
+        """End now with a reset on both sides (a timeout or a drain deadline)."""
+        self._fail(ConnectionAbortedError("aborted"))
