@@ -41,10 +41,11 @@ The rules, each with its reason:
 - Endpoints: the union of every EndpointSlice labelled `kubernetes.io/service-name` —
   or, with `endpoints_api == "endpoints"` or when a service has no slice at all, the
   legacy Endpoints subsets — over the ports that match the service port's targetPort:
-  by number (an int targetPort equals the endpoint port), or by name (the service port's
-  name equals the endpoint port's name, which is how Kubernetes names slice ports; or a
-  string targetPort equals the endpoint port's name, the 2015 controller's rule). A
-  missing targetPort is the port. `(address, port)` pairs are deduplicated across
+  by number (an int targetPort equals the endpoint port), or by name: the service port's
+  name equals the endpoint port's name — that is how Kubernetes names slice ports, the
+  empty name included, which names the one port of a single-port service — or a string
+  targetPort equals the endpoint port's name (the 2015 controller's rule). A missing
+  targetPort is the port. `(address, port)` pairs are deduplicated across
   slices (one per address family, and duplicates during rollouts); the best state wins.
   Each endpoint contributes its first address, as kube-proxy does. FQDN slices are
   skipped (nothing to connect to without a resolver).
@@ -422,9 +423,11 @@ _READY, _DRAINING, _NOT_READY = 2, 1, 0
 
 
 def _port_matches(port: _Port, ep_name: str, ep_port: int) -> bool:
+    if ep_name == port.name:
+        return True
     if isinstance(port.target, int):
-        return ep_port == port.target or (port.name != "" and ep_name == port.name)
-    return ep_name == port.target or ep_name == port.name
+        return ep_port == port.target
+    return ep_name == port.target
 
 
 def _endpoint_ports(raw: Any, what: str) -> list[tuple[str, int]]:

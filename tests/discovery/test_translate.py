@@ -179,9 +179,12 @@ def test_duplicate_service_newest_resource_version_wins() -> None:
 
 @pytest.mark.parametrize(("port", "slice_ports", "expected_ports"), [
     # targetPort by number
-    ({"port": 80, "targetPort": 8080}, [{"port": 8080}, {"port": 9090}], [8080]),
+    ({"port": 80, "name": "web", "targetPort": 8080},
+     [{"port": 8080, "name": "x"}, {"port": 9090, "name": "y"}], [8080]),
     # missing targetPort = port
-    ({"port": 80}, [{"port": 80}, {"port": 9090}], [80]),
+    ({"port": 80, "name": "a"}, [{"port": 80}, {"port": 9090, "name": "b"}], [80]),
+    # the empty name is a name: the one port of a single-port service
+    ({"port": 80, "targetPort": 8080}, [{"port": 18080}], [18080]),
     # targetPort as a number in a string
     ({"port": 80, "targetPort": "8080"}, [{"port": 8080}], [8080]),
     # service port name <-> endpoint port name (how Kubernetes names slice ports)

@@ -1,0 +1,196 @@
+"""The file source: Service, EndpointSlice and Endpoints manifests from a YAML file.
+
+Theory of operation. This is pylb's embedded default: with `--source file:PATH` it runs
+with no cluster at all. `load()` reads the file, parses every YAML document (a `kind:
+List` contributes its `items`), keeps the objects of the three kinds translate() reads,
+gives objects without a namespace the namespace "default" (as kubectl does), and
+translates them.
+
+`run()` loads once, publishes, then polls the file. Polling rather than inotify is a
+choice: Kubernetes mounts ConfigMaps as a symlink (`cluster.yaml -> ..data/cluster.yaml`,
+`..data -> ..2024_01_01_00_00_00.123`) and updates them by swapping `..data`, which an
+inotify watch on the file never sees; `os.stat` follows the links, so a change of the
+resolved inode, size or times is a change. A file written twice within one tick of the
+file-system clock can keep its size and mtime (git's "racy" problem), so a file whose
+mtime was recent when it was read is read again on the next poll.
+
+A reload that fails (the file is mid-write, has a YAML error, or is briefly gone) logs an
+ERROR naming the line and keeps serving the last good table. A table is published only
+when it differs from the last one published; versions count up from 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import yaml
+
+from discovery.translate import KubeObjects, translate
+from pylb.config import Settings
+from pylb.model import RouteTable
+
+log = logging.getLogger("pylb.discovery")
+
+_KINDS = {"Service": "services", "EndpointSlice": "endpointslices", "Endpoints": "endpoints"}
+
+# A file whose mtime is closer than this to the time it was read may be rewritten within
+# the same timestamp tick (Linux stamps files from a clock that ticks every few ms; some
+# file systems keep whole seconds), so it is read again on the next poll.
+_RACY_NS = 2_000_000_000
+
+Signature = tuple[int, int, int, int, int]
+
+
+class FileSourceError(Exception):
+    """The file cannot be used: missing, unreadable, or not valid YAML. `line` is the
+    1-based line of a YAML error, when known."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def objects_from_yaml(text: str, settings: Settings, origin: str = "<string>") -> KubeObjects:
+    """The Services, EndpointSlices and Endpoints in a YAML text (multi-document, or `kind:
+    List`), in the watched namespaces. Raises FileSourceError on a YAML error."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        where = f"{origin}:{line}" if line is not None else origin
+        problem = e.problem or e.context or "invalid YAML"
+        raise FileSourceError(f"{where}: YAML error: {problem}", line) from None
+    except yaml.YAMLError as e:
+        raise FileSourceError(f"{origin}: YAML error: {e}") from None
+    found: dict[str, list[dict[str, Any]]] = {k: [] for k in _KINDS.values()}
+    for obj in _flatten(docs, origin):
+        kind = obj.get("kind")
+        bucket = _KINDS.get(kind) if isinstance(kind, str) else None
+        if bucket is None:
+            log.debug("%s: ignoring an object of kind %r", origin, kind)
+            continue
+        obj = _with_namespace(obj)
+        ns = obj["metadata"].get("namespace") if isinstance(obj.get("metadata"), dict) else None
+        if settings.namespaces and isinstance(ns, str) and ns not in settings.namespaces:
+            continue
+        found[bucket].append(obj)
+    return KubeObjects(services=tuple(found["services"]),
+                       endpointslices=tuple(found["endpointslices"]),
+                       endpoints=tuple(found["endpoints"]))
+
+
+def _flatten(docs: Iterable[Any], origin: str) -> Iterable[dict[str, Any]]:
+    for i, doc in enumerate(docs):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            log.warning("%s: document %d is not an object; ignored", origin, i + 1)
+            continue
+        if doc.get("kind") == "List":
+            items = doc.get("items")
+            if not isinstance(items, list):
+                log.warning("%s: document %d is a List without items; ignored", origin, i + 1)
+                continue
+            for item in items:
+                if isinstance(item, dict):
+                    yield item
+                else:
+                    log.warning("%s: an item of List document %d is not an object; ignored",
+                                origin, i + 1)
+        else:
+            yield doc
+
+
+def _with_namespace(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and meta.get("namespace") is None:
+        obj = copy.copy(obj)
+        obj["metadata"] = {**meta, "namespace": "default"}
+    return obj
+
+
+class FileSource:
+    """Route tables from a file of manifests, republished when the file changes."""
+
+    def __init__(self, path: str, settings: Settings, *, poll_interval: float = 1.0) -> None:
+        self.path = path
+        self.settings = settings
+        self.poll_interval = poll_interval
+        self.synced = False
+        self.version = 0
+        self._last: RouteTable | None = None
+        self._signature: Signature | None = None
+        self._racy = False
+
+    def _stat(self) -> tuple[Signature, bool]:
+        """(signature, racy) of the file as it is now; OSError if it cannot be stat'ed."""
+        st = os.stat(self.path)
+        sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return sig, time.time_ns() - st.st_mtime_ns < _RACY_NS
+
+    def load(self) -> RouteTable:
+        """Read, parse and translate the file once (version 0). Raises FileSourceError."""
+        try:
+            sig, racy = self._stat()
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise FileSourceError(f"{self.path}: no such file (the file source needs an "
+                                  "existing YAML file of Service and EndpointSlice "
+                                  "manifests)") from None
+        except OSError as e:
+            raise FileSourceError(f"{self.path}: cannot read: {e.strerror or e}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FileSourceError(f"{self.path}: not UTF-8 text (byte {e.start})") from None
+        table = translate(objects_from_yaml(text, self.settings, self.path), self.settings)
+        self._signature, self._racy = sig, racy
+        return table
+
+    def _changed(self) -> bool:
+        try:
+            sig, _ = self._stat()
+        except OSError:
+            return self._signature is not None
+        return self._racy or sig != self._signature
+
+    def _publish_if_new(self, table: RouteTable,
+                        publish: Callable[[RouteTable], None]) -> None:
+        if self._last is not None and table == self._last:
+            return
+        self.version += 1
+        table = table.with_version(self.version)
+        self._last = table
+        log.info("file source %s: route table v%d (%d http, %d https, %d tcp, %d skipped)",
+                 self.path, self.version, len(table.http), len(table.https), len(table.tcp),
+                 len(table.skipped))
+        publish(table)
+        self.synced = True
+
+    async def run(self, publish: Callable[[RouteTable], None]) -> None:
+        """Load and publish, then watch the file until cancelled. The first load's
+        FileSourceError propagates (start-up stops with it); later ones are logged and
+        the last good table stays."""
+        self._publish_if_new(await asyncio.to_thread(self.load), publish)
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            if not self._changed():
+                continue
+            try:
+                table = await asyncio.to_thread(self.load)
+            except FileSourceError as e:
+                log.error("file source: %s; keeping route table v%d", e, self.version)
+                try:
+                    self._signature, self._racy = self._stat()
+                except OSError:
+                    self._signature, self._racy = None, False  # gone: wait for it to return
+                continue
+            self._publish_if_new(table, publish)
