@@ -1,0 +1,266 @@
+"""A small HTTP/1.1 server on h11 for the stats and health pages (not the hot path).
+
+`SmallHttpServer` reads requests with h11 and hands each to `handler(request) ->
+Reply`; it writes the reply whole. Keep-alive is honoured, bounded in requests per
+connection, head size (h11's limit) and idle time, so a slow or abusive client costs one
+task for a bounded time. The pure helpers — `parse_stats_uri` and `BasicAuth` — hold the
+decisions and are tested as tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import h11
+
+from pylb.failures import REASON_PHRASES
+
+log = logging.getLogger(__name__)
+
+_MAX_HEAD = 16 * 1024
+_MAX_REQUESTS_PER_CONN = 100
+_MAX_BODY = 64 * 1024  # requests to these pages carry no body; a bigger one is refused
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
+    peer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+Handler = Callable[[Request], Reply | Awaitable[Reply]]
+
+
+# -- URI options ----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    """What a stats URI asks for: format html|csv|json|metrics, `;up`, `;norefresh`."""
+
+    fmt: str = "html"
+    up_only: bool = False
+    norefresh: bool = False
+
+
+STATS_PATHS = frozenset({"/", "", "/haproxy", "/stats"})
+
+
+def parse_stats_uri(target: str) -> StatsQuery | None:
+    """haproxy's stats URI options, in the path (`/;csv;norefresh`) or the query
+    (`/?stats;csv`, `/haproxy?stats;up`); `/metrics` is Prometheus. None: not a stats
+    page (404)."""
+    path, _, query = target.partition("?")
+    base, _, path_opts = path.partition(";")
+    if base == "/metrics" and not path_opts:
+        return StatsQuery(fmt="metrics")
+    if base not in STATS_PATHS:
+        return None
+    opts = {o.strip().lower() for o in (path_opts + ";" + query).split(";") if o.strip()}
+    fmt = "csv" if "csv" in opts else "json" if "json" in opts else "html"
+    return StatsQuery(fmt=fmt, up_only="up" in opts, norefresh="norefresh" in opts)
+
+
+# -- auth -----------------------------------------------------------------------------
+
+class BasicAuth:
+    """HTTP Basic auth against one `user:password`.
+
+    The setting is `user:password`, or `@/path/to/file` whose content is `user:password`
+    (surrounding whitespace and a final newline dropped) — a Kubernetes secret mounted as
+    a file keeps the password off the command line. It is read once, at start-up: a user
+    name cannot begin with "@". The decoded credential is compared whole with
+    `hmac.compare_digest`, so neither the user nor the password leaks through timing.
+    """
+
+    def __init__(self, credential: str) -> None:
+        if ":" not in credential:
+            raise ValueError("stats auth must be user:password")
+        self._expected = credential.encode("utf-8")
+
+    @classmethod
+    def from_setting(cls, setting: str | None) -> BasicAuth | None:
+        if not setting:
+            return None
+        if setting.startswith("@"):
+            path = setting[1:]
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read(4096).strip()
+            except OSError as e:
+                raise ValueError(f"--stats-auth file {path}: {e.strerror or e}") from None
+            if ":" not in text:
+                raise ValueError(f"--stats-auth file {path}: must hold user:password")
+            return cls(text)
+        return cls(setting)
+
+    def check(self, header: str | None) -> bool:
+        """True when an Authorization header carries the right credential."""
+        if not header:
+            return False
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(given, self._expected)
+
+
+def unauthorized(realm: str) -> Reply:
+    return Reply(401, b"401 Unauthorized: this page needs a user name and password.\n",
+                 headers=(("WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'),))
+
+
+_MORE_PHRASES = {200: b"OK", 401: b"Unauthorized", 405: b"Method Not Allowed",
+                 413: b"Content Too Large"}
+
+
+def _reason(status: int) -> bytes:
+    return REASON_PHRASES.get(status) or _MORE_PHRASES.get(status, b"")
+
+
+# -- the server -----------------------------------------------------------------------
+
+class SmallHttpServer:
+    """asyncio + h11; see the module docstring."""
+
+    def __init__(self, handler: Handler, *, name: str, idle_timeout: float = 10.0,
+                 server_header: str = "pylb") -> None:
+        self._handler = handler
+        self._name = name
+        self._idle_timeout = idle_timeout
+        self._server_header = server_header
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._server = await asyncio.start_server(self._serve, host, port, family=family,
+                                                  reuse_address=True, backlog=128)
+        addr = self._server.sockets[0].getsockname()
+        return str(addr[0]), int(addr[1])
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        peer = writer.get_extra_info("peername")
+        try:
+            await self._conversation(reader, writer, str(peer[0]) if peer else "")
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _conversation(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter, peer: str) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        for _ in range(_MAX_REQUESTS_PER_CONN):
+            try:
+                async with asyncio.timeout(self._idle_timeout):
+                    request = await self._read_request(conn, reader, peer)
+            except h11.RemoteProtocolError as e:
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    status = e.error_status_hint
+                    async with asyncio.timeout(self._idle_timeout):
+                        await self._send(conn, writer, Reply(
+                            status, f"{status} {_reason(status).decode()}\n".encode()),
+                            head_only=False, close=True)
+                return
+            if request is None:
+                return
+            try:
+                result = self._handler(request)
+                reply = await result if isinstance(result, Awaitable) else result
+            except Exception:
+                log.exception("%s: handler failed for %s", self._name, request.target)
+                reply = Reply(500, b"500 Internal Server Error\n")
+            last = "close" in request.headers.get("connection", "").lower()
+            async with asyncio.timeout(self._idle_timeout):
+                await self._send(conn, writer, reply, head_only=request.method == "HEAD",
+                                 close=last)
+            if last or conn.our_state is not h11.DONE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader,
+                            peer: str) -> Request | None:
+        request: h11.Request | None = None
+        body = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(8192)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+                continue
+            if isinstance(event, h11.Data):
+                body += len(event.data)
+                if body > _MAX_BODY:
+                    raise h11.RemoteProtocolError("body too large", error_status_hint=413)
+                continue
+            if isinstance(event, h11.EndOfMessage) and request is not None:
+                return Request(
+                    method=request.method.decode("ascii", "replace"),
+                    target=request.target.decode("ascii", "replace"),
+                    headers={k.decode("ascii", "replace").lower():
+                             v.decode("latin-1") for k, v in request.headers},
+                    peer=peer)
+            return None  # ConnectionClosed, or PAUSED
+
+    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply,
+                    head_only: bool, close: bool) -> None:
+        headers = [("Content-Type", reply.content_type),
+                   ("Content-Length", str(len(reply.body))),
+                   ("Cache-Control", "no-cache"),
+                   ("Server", self._server_header),
+                   *reply.headers]
+        if close:
+            headers.append(("Connection", "close"))
+        out = conn.send(h11.Response(status_code=reply.status, headers=headers,
+                                     reason=_reason(reply.status)))
+        if not head_only and reply.body:
+            out += conn.send(h11.Data(data=reply.body))
+        out += conn.send(h11.EndOfMessage())
+        writer.write(out)
+        await writer.drain()
+

@@ -1,0 +1,250 @@
+"""Prometheus exposition: a custom collector that reads a fresh `StatsView` per scrape.
+
+The data plane never calls prometheus-client: its counters are plain integers merged by
+the controller, and this collector turns the view into metric families only when
+/metrics is scraped. Each StatsServer has its own CollectorRegistry, so two servers in
+one process (tests) never collide and the library's process-global registry stays clean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pylb.failures import Failure
+from pylb.stats.view import TYPE_BACKEND, TYPE_FRONTEND, Row, StatsView, stat_rows
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+
+
+def _failure_label(name: str) -> str:
+    try:
+        return Failure[name].label
+    except KeyError:
+        return name.lower()
+
+
+class _Families:
+    """The families of one kind of row (frontend, backend or server)."""
+
+    def __init__(self, prefix: str, what: str, labels: list[str]) -> None:
+        self.labels = labels
+        self.current = GaugeMetricFamily(
+            f"{prefix}_current_sessions", f"Current sessions of the {what}", labels=labels)
+        self.max = GaugeMetricFamily(
+            f"{prefix}_max_sessions", f"Most sessions at once on the {what}", labels=labels)
+        self.total = CounterMetricFamily(
+            f"{prefix}_sessions", f"Sessions of the {what}", labels=labels)
+        self.bytes_in = CounterMetricFamily(
+            f"{prefix}_bytes_in", f"Bytes received by the {what}", labels=labels)
+        self.bytes_out = CounterMetricFamily(
+            f"{prefix}_bytes_out", f"Bytes sent by the {what}", labels=labels)
+        self.responses = CounterMetricFamily(
+            f"{prefix}_http_responses", f"HTTP responses of the {what} by status class",
+            labels=[*labels, "code"])
+        self.requests = CounterMetricFamily(
+            f"{prefix}_http_requests", f"HTTP requests of the {what}", labels=labels)
+        self.rate_max = GaugeMetricFamily(
+            f"{prefix}_max_session_rate", f"Most new sessions in one second on the {what}",
+            labels=labels)
+
+    def add(self, row: Row, values: list[str]) -> None:
+        self.current.add_metric(values, float(row.get("scur") or 0))
+        self.max.add_metric(values, float(row.get("smax") or 0))
+        self.total.add_metric(values, float(row.get("stot") or 0))
+        self.bytes_in.add_metric(values, float(row.get("bin") or 0))
+        self.bytes_out.add_metric(values, float(row.get("bout") or 0))
+        self.rate_max.add_metric(values, float(row.get("rate_max") or 0))
+        if row.get("req_tot") is not None:
+            self.requests.add_metric(values, float(row.get("req_tot") or 0))
+            for cls in _CLASSES:
+                self.responses.add_metric([*values, cls], float(row.get(f"hrsp_{cls}") or 0))
+
+    def families(self) -> list[Metric]:
+        return [self.current, self.max, self.total, self.bytes_in, self.bytes_out,
+                self.rate_max, self.requests, self.responses]
+
+
+class StatsCollector(Collector):
+    """prometheus-client collector over `view_fn()`; one view per scrape."""
+
+    def __init__(self, view_fn: Callable[[], StatsView]) -> None:
+        self._view_fn = view_fn
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view_fn()
+        rows = stat_rows(view)
+
+        info = GaugeMetricFamily("pylb_build_info", "pylb version", labels=["version"])
+        info.add_metric([view.version], 1.0)
+        yield info
+        yield GaugeMetricFamily("pylb_start_time_seconds", "Start time (Unix seconds)",
+                                value=view.started)
+        yield GaugeMetricFamily("pylb_uptime_seconds", "Seconds since start",
+                                value=view.uptime)
+        yield GaugeMetricFamily("pylb_workers", "Worker processes", value=view.workers)
+        yield CounterMetricFamily("pylb_worker_restarts", "Worker processes restarted",
+                                  value=view.worker_restarts)
+        yield GaugeMetricFamily("pylb_route_table_version", "Version of the route table",
+                                value=view.table_version)
+        if view.table_age is not None:
+            yield GaugeMetricFamily("pylb_route_table_age_seconds",
+                                    "Seconds since the route table was applied",
+                                    value=view.table_age)
+        yield GaugeMetricFamily("pylb_skipped_services",
+                                "Services the translation did not expose",
+                                value=len(view.table.skipped))
+
+        fe = _Families("pylb_frontend", "frontend", ["frontend"])
+        be = _Families("pylb_backend", "backend", ["backend"])
+        sv = _Families("pylb_server", "server", ["backend", "server"])
+        fe_errors = CounterMetricFamily("pylb_frontend_request_errors",
+                                        "Bad or failed client requests", labels=["frontend"])
+        fe_denied = CounterMetricFamily("pylb_frontend_denied_requests", "Denied requests",
+                                        labels=["frontend"])
+        limit = GaugeMetricFamily("pylb_frontend_limit_sessions",
+                                  "Session limit (maxconn x workers)", labels=["frontend"])
+        be_up = GaugeMetricFamily("pylb_backend_up", "1 when a server can take work",
+                                  labels=["backend"])
+        be_active = GaugeMetricFamily("pylb_backend_active_servers", "Usable servers",
+                                      labels=["backend"])
+        sv_up = GaugeMetricFamily("pylb_server_up", "1 when the server takes new work",
+                                  labels=["backend", "server"])
+        sv_status = GaugeMetricFamily(
+            "pylb_server_status", "1 for the server's current status",
+            labels=["backend", "server", "state"])
+        sv_weight = GaugeMetricFamily("pylb_server_weight", "Server weight",
+                                      labels=["backend", "server"])
+        errs = {
+            k: CounterMetricFamily(f"pylb_{kind}_{k}_errors", text, labels=lbls)
+            for kind, lbls in (("backend", ["backend"]),)
+            for k, text in (("connection", "Failed connections to servers"),
+                            ("response", "Failed or bad server responses"))
+        }
+        sv_errs = {
+            k: CounterMetricFamily(f"pylb_server_{k}_errors", text,
+                                   labels=["backend", "server"])
+            for k, text in (("connection", "Failed connections to the server"),
+                            ("response", "Failed or bad responses of the server"))
+        }
+        retries = CounterMetricFamily("pylb_backend_retries", "Connection retries",
+                                      labels=["backend"])
+        redispatches = CounterMetricFamily("pylb_backend_redispatches",
+                                           "Retries sent to another server",
+                                           labels=["backend"])
+        chk_dur = GaugeMetricFamily("pylb_server_check_duration_seconds",
+                                    "Duration of the last health check",
+                                    labels=["backend", "server"])
+        chk_fail = CounterMetricFamily("pylb_server_check_failures",
+                                       "Failed health checks", labels=["backend", "server"])
+        chk_down = CounterMetricFamily("pylb_server_check_down_transitions",
+                                       "UP to DOWN transitions", labels=["backend", "server"])
+        downtime = CounterMetricFamily("pylb_server_downtime_seconds",
+                                       "Total time spent DOWN", labels=["backend", "server"])
+
+        for row in rows:
+            t = row.get("type")
+            px = str(row.get("pxname"))
+            if t == TYPE_FRONTEND:
+                fe.add(row, [px])
+                fe_errors.add_metric([px], float(row.get("ereq") or 0))
+                fe_denied.add_metric([px], float(row.get("dreq") or 0))
+                if row.get("slim"):
+                    limit.add_metric([px], float(row.get("slim") or 0))
+            elif t == TYPE_BACKEND:
+                be.add(row, [px])
+                be_up.add_metric([px], 1.0 if row.get("status") == "UP" else 0.0)
+                be_active.add_metric([px], float(row.get("act") or 0))
+                errs["connection"].add_metric([px], float(row.get("econ") or 0))
+                errs["response"].add_metric([px], float(row.get("eresp") or 0))
+                retries.add_metric([px], float(row.get("wretr") or 0))
+                redispatches.add_metric([px], float(row.get("wredis") or 0))
+            else:
+                labels = [px, str(row.get("svname"))]
+                sv.add(row, labels)
+                status = str(row.get("status") or "")
+                sv_up.add_metric(labels, 1.0 if status.startswith("UP")
+                                 or status == "no check" else 0.0)
+                state = status.split(" ")[0] if status != "no check" else "no_check"
+                sv_status.add_metric([*labels, state.lower()], 1.0)
+                sv_weight.add_metric(labels, float(row.get("weight") or 0))
+                sv_errs["connection"].add_metric(labels, float(row.get("econ") or 0))
+                sv_errs["response"].add_metric(labels, float(row.get("eresp") or 0))
+                if row.get("check_duration") is not None:
+                    chk_dur.add_metric(labels, float(row["check_duration"] or 0) / 1000.0)
+                if row.get("check_status") is not None:
+                    chk_fail.add_metric(labels, float(row.get("chkfail") or 0))
+                    chk_down.add_metric(labels, float(row.get("chkdown") or 0))
+                    downtime.add_metric(labels, float(row.get("downtime") or 0))
+
+        yield from fe.families()
+        yield from (fe_errors, fe_denied, limit)
+        yield from be.families()
+        yield from (be_up, be_active, errs["connection"], errs["response"], retries,
+                    redispatches)
+        yield from sv.families()
+        yield from (sv_up, sv_status, sv_weight, sv_errs["connection"],
+                    sv_errs["response"], chk_dur, chk_fail, chk_down, downtime)
+
+        failures = CounterMetricFamily("pylb_failures", "Failed requests and connections "
+                                       "by reason", labels=["reason"])
+        got = view.counters.get("failures", {})
+        for f in Failure:
+            failures.add_metric([f.label], float(got.get(f.name, 0)))
+        for name, n in sorted(got.items()):
+            if name not in Failure.__members__:
+                failures.add_metric([_failure_label(name)], float(n))
+        yield failures
+
+        yield GaugeMetricFamily("pylb_discovery_synced",
+                                "1 once discovery has listed the cluster",
+                                value=1.0 if view.discovery_synced else 0.0)
+        if view.discovery_last_sync:
+            yield GaugeMetricFamily("pylb_discovery_last_sync_time_seconds",
+                                    "Time of the last successful sync (Unix seconds)",
+                                    value=view.discovery_last_sync)
+        dm = GaugeMetricFamily("pylb_discovery_metric", "Discovery's own counters",
+                               labels=["name"])
+        for k, v in sorted(view.discovery_metrics.items()):
+            dm.add_metric([k], float(v))
+        yield dm
+
+        if view.leader is not None:
+            leader = GaugeMetricFamily("pylb_election_leader",
+                                       "1 for the current leader's identity",
+                                       labels=["name"])
+            if view.leader.name:
+                leader.add_metric([view.leader.name], 1.0)
+            yield leader
+            yield GaugeMetricFamily("pylb_election_is_leader", "1 when this pod leads",
+                                    value=1.0 if view.leader.is_self else 0.0)
+            yield CounterMetricFamily("pylb_election_transitions",
+                                      "Leadership changes observed",
+                                      value=view.leader.transitions)
+
+        certs = GaugeMetricFamily("pylb_certificate_expiry_days",
+                                  "Days until the certificate expires", labels=["name"])
+        certs_t = GaugeMetricFamily("pylb_certificate_not_after_seconds",
+                                    "Expiry time of the certificate (Unix seconds)",
+                                    labels=["name"])
+        for c in view.certificates:
+            certs.add_metric([c.name], c.days_left)
+            certs_t.add_metric([c.name], c.not_after)
+        yield certs
+        yield certs_t
+
+
+class Exposition:
+    """A private registry with one StatsCollector; `render()` is the /metrics body."""
+
+    def __init__(self, view_fn: Callable[[], StatsView]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatsCollector(view_fn))
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,81 @@
+"""The stats server on --stats-port (1936): HTML, CSV, JSON and Prometheus from one view.
+
+Every request builds one `StatsView` (view_fn) and renders it; nothing is cached, so the
+page is always as fresh as the counters the workers last reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pylb.config import Settings
+from pylb.stats.formats import render_csv, render_json
+from pylb.stats.http import (
+    BasicAuth,
+    Reply,
+    Request,
+    SmallHttpServer,
+    parse_stats_uri,
+    unauthorized,
+)
+from pylb.stats.page import render_html
+from pylb.stats.prom import CONTENT_TYPE, Exposition
+from pylb.stats.view import StatsView
+
+log = logging.getLogger(__name__)
+
+REALM = "pylb statistics"
+
+
+class StatsServer:
+    """Serves `/` (HTML), `/;csv`, `/;json` (and haproxy's `?stats;csv` forms), `/metrics`.
+
+    `settings.stats_auth` ("user:password" or "@file", see BasicAuth) guards every path,
+    /metrics included (Prometheus scrapes with basic_auth); unset, the page is open and
+    start() logs a warning.
+    """
+
+    def __init__(self, settings: Settings, view_fn: Callable[[], StatsView]) -> None:
+        self._settings = settings
+        self._view_fn = view_fn
+        self._auth: BasicAuth | None = None
+        self._exposition = Exposition(view_fn)
+        self._http = SmallHttpServer(self.handle, name="stats",
+                                     idle_timeout=settings.timeouts.client)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Read the credential (ValueError when the file is unreadable or malformed), then
+        listen. Returns the bound address (port 0 picks one)."""
+        self._auth = BasicAuth.from_setting(self._settings.stats_auth)
+        if self._auth is None:
+            log.warning("the stats page on %s:%d has no password: anyone who reaches it "
+                        "sees every service and server (set --stats-auth user:password)",
+                        host, port)
+        return await self._http.start(host, port)
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    def handle(self, request: Request) -> Reply:
+        if self._auth is not None and not self._auth.check(
+                request.headers.get("authorization")):
+            return unauthorized(REALM)
+        if request.method not in ("GET", "HEAD"):
+            return Reply(405, b"405 Method Not Allowed\n",
+                         headers=(("Allow", "GET, HEAD"),))
+        query = parse_stats_uri(request.target)
+        if query is None:
+            return Reply(404, b"404 Not Found\n")
+        if query.fmt == "metrics":
+            return Reply(200, self._exposition.render(), CONTENT_TYPE)
+        view = self._view_fn()
+        if query.fmt == "csv":
+            return Reply(200, render_csv(view, query.up_only).encode(),
+                         "text/plain; charset=utf-8")
+        if query.fmt == "json":
+            return Reply(200, render_json(view, query.up_only).encode(),
+                         "application/json")
+        refresh = 0 if query.norefresh else self._settings.stats_refresh
+        return Reply(200, render_html(view, query.up_only, refresh).encode(),
+                     "text/html; charset=utf-8")

@@ -1,0 +1,319 @@
+"""What the stats page shows, as plain data, and its rows in haproxy's CSV vocabulary.
+
+`StatsView` is a frozen snapshot the controller builds on each request (route table,
+merged counters, check results, process, election, discovery and certificate facts).
+`stat_rows(view)` turns it into haproxy's rows — a FRONTEND row per frontend, then per
+backend a row per server and a BACKEND row — each a dict keyed by haproxy's CSV field
+names. The HTML page, the CSV, the JSON and the Prometheus collector all read these rows,
+so a counter lands in the same column everywhere. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.check import CheckResult
+from pylb.model import Backend, RouteTable, Server, format_hostport
+
+# haproxy 2.6's `show stat` header, in order (doc/management.txt section 9.1). pylb
+# writes every field; those with no meaning in pylb stay empty, as haproxy leaves them.
+CSV_FIELDS: tuple[str, ...] = (
+    "pxname", "svname", "qcur", "qmax", "scur", "smax", "slim", "stot", "bin", "bout",
+    "dreq", "dresp", "ereq", "econ", "eresp", "wretr", "wredis", "status", "weight", "act",
+    "bck", "chkfail", "chkdown", "lastchg", "downtime", "qlimit", "pid", "iid", "sid",
+    "throttle", "lbtot", "tracked", "type", "rate", "rate_lim", "rate_max", "check_status",
+    "check_code", "check_duration", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx",
+    "hrsp_5xx", "hrsp_other", "hanafail", "req_rate", "req_rate_max", "req_tot", "cli_abrt",
+    "srv_abrt", "comp_in", "comp_out", "comp_byp", "comp_rsp", "lastsess", "last_chk",
+    "last_agt", "qtime", "ctime", "rtime", "ttime", "agent_status", "agent_code",
+    "agent_duration", "check_desc", "agent_desc", "check_rise", "check_fall",
+    "check_health", "agent_rise", "agent_fall", "agent_health", "addr", "cookie", "mode",
+    "algo", "conn_rate", "conn_rate_max", "conn_tot", "intercepted", "dcon", "dses", "wrew",
+    "connect", "reuse", "cache_lookups", "cache_hits", "srv_icur", "src_ilim", "qtime_max",
+    "ctime_max", "rtime_max", "ttime_max", "eint", "idle_conn_cur", "safe_conn_cur",
+    "used_conn_cur", "need_conn_est", "uweight", "agg_server_status",
+    "agg_server_check_status", "agg_check_status", "-", "ssl_sess", "ssl_reused_sess",
+    "ssl_failed_handshake", "h2_headers_rcvd", "h2_data_rcvd", "h2_settings_rcvd",
+    "h2_rst_stream_rcvd", "h2_goaway_rcvd", "h2_detected_conn_protocol_errors",
+    "h2_detected_strm_protocol_errors", "h2_rst_stream_resp", "h2_goaway_resp",
+    "h2_open_connections", "h2_backend_open_streams", "h2_total_connections",
+    "h2_backend_total_streams", "h1_open_connections", "h1_open_streams",
+    "h1_total_connections", "h1_total_streams", "h1_bytes_in", "h1_bytes_out",
+    "h1_spliced_bytes_in", "h1_spliced_bytes_out",
+)
+
+TYPE_FRONTEND, TYPE_BACKEND, TYPE_SERVER = 0, 1, 2
+
+Value = str | int | float | None
+Row = dict[str, Value]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderInfo:
+    """Who leads (election), if elections run."""
+
+    name: str | None
+    since: float | None = None  # wall time the current leader was first observed
+    transitions: int = 0
+    is_self: bool = False
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any]) -> LeaderInfo:
+        return cls(name=d.get("name"), since=d.get("since"),
+                   transitions=int(d.get("transitions", 0) or 0),
+                   is_self=bool(d.get("is_self", d.get("leading", False))))
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """A served certificate: its name (subject CN or file), expiry, days left."""
+
+    name: str
+    not_after: float  # wall time
+    days_left: float
+
+
+@dataclass(frozen=True)
+class StatsView:
+    """Everything the stats page, its CSV/JSON and /metrics show. Wall-clock seconds."""
+
+    version: str
+    pid: int
+    started: float
+    now: float
+    table: RouteTable = field(default_factory=RouteTable)
+    counters: Mapping[str, Any] = field(default_factory=dict)  # counters.merge_snapshots
+    checks: Mapping[tuple[str, int], CheckResult] = field(default_factory=dict)
+    workers: int = 1
+    worker_restarts: int = 0
+    leader: LeaderInfo | None = None
+    discovery_synced: bool = False
+    discovery_last_sync: float | None = None
+    discovery_metrics: Mapping[str, float] = field(default_factory=dict)
+    certificates: Sequence[CertInfo] = ()
+    table_version: int = 0
+    table_age: float | None = None  # seconds since the table was applied
+    maxconn: int = 0  # per worker (Limits.maxconn)
+    # Frontend name → mode ("http" or "tcp"), when the caller knows better than the table.
+    frontend_modes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.leader, Mapping):  # the elector's {"name": ..., ...} as is
+            object.__setattr__(self, "leader", LeaderInfo.from_mapping(self.leader))
+
+    @property
+    def uptime(self) -> float:
+        return max(0.0, self.now - self.started)
+
+    @property
+    def frontend_limit(self) -> int:
+        return self.maxconn * max(1, self.workers)
+
+
+# -- status ---------------------------------------------------------------------------
+
+def server_status(server: Server, check: CheckResult | None) -> str:
+    """haproxy's status string for a server row.
+
+    A terminating endpoint (Kubernetes keeps it serving while it drains) and a weight of
+    zero are DRAIN; an endpoint Kubernetes does not call ready is MAINT (withdrawn by the
+    orchestrator, not by a failed check); else the check decides (UP, UP 1/3, DOWN,
+    DOWN 1/2), and a server with no check result yet is "no check".
+    """
+    if server.terminating or (server.ready and server.weight == 0):
+        return "DRAIN"
+    if not server.ready:
+        return "MAINT"
+    if check is None:
+        return "no check"
+    return check.status_text()
+
+
+def status_class(status: str) -> str:
+    """The CSS class (haproxy's legend) of a status string."""
+    if status in ("OPEN", "UP"):
+        return "up"
+    if status.startswith("UP "):
+        return "going-down"
+    if status.startswith("DOWN "):
+        return "going-up"
+    if status == "DOWN":
+        return "down"
+    if status == "DRAIN":
+        return "drain"
+    if status == "MAINT":
+        return "maint"
+    return "no-check"
+
+
+def server_usable(status: str) -> bool:
+    """A server that may get new work (counted in its backend's `act`)."""
+    return status == "no check" or status.startswith("UP")
+
+
+def hidden_by_up(status: str) -> bool:
+    """`;up` hides what haproxy's "Hide 'DOWN' servers" hides: DOWN (also on its way up)
+    and MAINT; a DRAIN server still holds connections and stays."""
+    return status.startswith("DOWN") or status == "MAINT"
+
+
+# -- rows -----------------------------------------------------------------------------
+
+def frontends(view: StatsView) -> list[tuple[str, str]]:
+    """(name, mode) of every frontend: http (always), https when it has routes or
+    counters, each TCP frontend, then any name only the counters know."""
+    out: dict[str, str] = {"http": "http"}
+    counters = view.counters.get("frontends", {})
+    if view.table.https or "https" in counters:
+        out["https"] = "http"
+    for f in view.table.tcp:
+        out[f.name] = "tcp"
+    for name in sorted(counters):
+        out.setdefault(name, "tcp")
+    for name, mode in view.frontend_modes.items():
+        if name in out:
+            out[name] = mode
+    return list(out.items())
+
+
+def backend_mode(table: RouteTable, name: str) -> str:
+    if any(r.backend == name for r in table.http + table.https):
+        return "http"
+    return "tcp"
+
+
+def _since(now: float, t: float | None) -> int:
+    """Seconds since t, or -1 when never (haproxy's `lastsess`)."""
+    if not t:
+        return -1
+    return max(0, int(now - t))
+
+
+def _counter_cells(c: Mapping[str, Any], now: float) -> Row:
+    hrsp = list(c.get("hrsp", (0, 0, 0, 0, 0, 0)))
+    return {
+        "scur": int(c.get("cur_conns", 0)),
+        "smax": int(c.get("max_conns", 0)),
+        "stot": int(c.get("total_conns", 0)),
+        "bin": int(c.get("bytes_in", 0)),
+        "bout": int(c.get("bytes_out", 0)),
+        "dreq": int(c.get("denied_req", 0)),
+        "dresp": int(c.get("denied_resp", 0)),
+        "rate": int(c.get("rate", 0)),
+        "rate_max": int(c.get("max_rate", 0)),
+        "hrsp_1xx": hrsp[0], "hrsp_2xx": hrsp[1], "hrsp_3xx": hrsp[2],
+        "hrsp_4xx": hrsp[3], "hrsp_5xx": hrsp[4], "hrsp_other": hrsp[5],
+        "req_tot": int(c.get("req_total", 0)),
+        "lastsess": _since(now, c.get("last_session")),
+    }
+
+
+def _frontend_row(view: StatsView, name: str, mode: str, iid: int) -> Row:
+    c = view.counters.get("frontends", {}).get(name, {})
+    row: Row = {"pxname": name, "svname": "FRONTEND", **_counter_cells(c, view.now)}
+    row.update({
+        "slim": view.frontend_limit or None,
+        "ereq": int(c.get("req_errors", 0)),
+        "status": "OPEN", "pid": 1, "iid": iid, "sid": 0, "type": TYPE_FRONTEND,
+        "mode": mode,
+        "conn_rate": row["rate"], "conn_rate_max": row["rate_max"], "conn_tot": row["stot"],
+    })
+    del row["lastsess"]
+    if mode != "http":
+        for k in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
+                  "req_tot"):
+            row[k] = None
+    return row
+
+
+def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, iid: int,
+                sid: int) -> Row:
+    key = f"{backend.name}\x00{server.label}"
+    c = view.counters.get("servers", {}).get(key, {})
+    check = view.checks.get(server.key)
+    status = server_status(server, check)
+    row: Row = {"pxname": backend.name, "svname": server.label, "qcur": 0, "qmax": 0,
+                **_counter_cells(c, view.now)}
+    row.update({
+        "econ": int(c.get("conn_errors", 0)),
+        "eresp": int(c.get("resp_errors", 0)),
+        "wretr": int(c.get("retries", 0)),
+        "wredis": int(c.get("redispatches", 0)),
+        "status": status,
+        "weight": server.weight, "uweight": server.weight,
+        "act": 1, "bck": 0,
+        "pid": 1, "iid": iid, "sid": sid, "type": TYPE_SERVER,
+        "lbtot": int(c.get("lbtot", 0)),
+        "addr": format_hostport(server.address, server.port),
+        "mode": mode,
+    })
+    if mode != "http":
+        for k in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
+                  "req_tot"):
+            row[k] = None
+    if check is not None:
+        row.update({
+            "chkfail": check.failures,
+            "chkdown": check.downs,
+            "lastchg": _since(view.now, check.last_change),
+            "downtime": int(check.total_downtime(view.now)),
+            "check_status": check.status if check.checked_at is not None else "INI",
+            "check_code": check.code,
+            "check_duration": (None if check.duration_ms is None
+                               else round(check.duration_ms)),
+            "last_chk": check.detail or None,
+            "check_desc": check.description,
+            "check_rise": check.rise, "check_fall": check.fall,
+            "check_health": check.health,
+        })
+    return row
+
+
+def _backend_row(view: StatsView, backend: Backend, mode: str, iid: int,
+                 servers: list[Row]) -> Row:
+    c = view.counters.get("backends", {}).get(backend.name, {})
+    usable = [r for r in servers if server_usable(str(r["status"]))]
+    row: Row = {"pxname": backend.name, "svname": "BACKEND", "qcur": 0, "qmax": 0,
+                **_counter_cells(c, view.now)}
+    row.update({
+        "econ": int(c.get("conn_errors", 0)),
+        "eresp": int(c.get("resp_errors", 0)),
+        "wretr": int(c.get("retries", 0)),
+        "wredis": int(c.get("redispatches", 0)),
+        "status": "UP" if usable else "DOWN",
+        "weight": sum(int(r["weight"] or 0) for r in usable),
+        "uweight": sum(int(r["weight"] or 0) for r in usable),
+        "act": len(usable), "bck": 0,
+        "chkdown": sum(int(r.get("chkdown") or 0) for r in servers),
+        "pid": 1, "iid": iid, "sid": 0, "type": TYPE_BACKEND,
+        "lbtot": int(c.get("lbtot", 0)),
+        "mode": mode, "algo": backend.algorithm.value,
+        "cookie": backend.cookie_name if backend.affinity.value == "cookie" else None,
+    })
+    if mode != "http":
+        for k in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
+                  "req_tot"):
+            row[k] = None
+    return row
+
+
+def stat_rows(view: StatsView, up_only: bool = False) -> list[Row]:
+    """haproxy's rows for `view`; `up_only` drops DOWN and MAINT servers (`;up`)."""
+    rows: list[Row] = []
+    iid = 0
+    for name, mode in frontends(view):
+        iid += 1
+        rows.append(_frontend_row(view, name, mode, iid))
+    for backend in view.table.backends:
+        iid += 1
+        mode = backend_mode(view.table, backend.name)
+        servers = [_server_row(view, backend, s, mode, iid, sid)
+                   for sid, s in enumerate(backend.servers, start=1)]
+        be = _backend_row(view, backend, mode, iid, servers)
+        if up_only:
+            servers = [r for r in servers if not hidden_by_up(str(r["status"]))]
+        rows.extend(servers)
+        rows.append(be)
+    return rows
