@@ -76,12 +76,19 @@ def encode_v1(src: tuple[str, int] | None, dst: tuple[str, int] | None) -> bytes
         return b"PROXY UNKNOWN\r\n"
     sip, sport, dip, dport = p
     fam = "TCP4" if sip.version == 4 else "TCP6"
-    return f"PROXY {fam} {sip} {dip} {sport} {dport}\r\n".encode("ascii")
+    return f"PROXY {fam} {_text(sip)} {_text(dip)} {sport} {dport}\r\n".encode("ascii")
+
+
+def _text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The address as text; IPv4-mapped IPv6 in its dotted form on every Python."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return f"::ffff:{ip.ipv4_mapped}"
+    return str(ip)
 
 
 def encode_v2(src: tuple[str, int] | None, dst: tuple[str, int] | None) -> bytes:
-    """The binary header: PROXY command over STREAM; LOCAL-less UNSPEC when the addresses
-    are unknown (the spec says the receiver then uses the real connection's addresses)."""
+    """The binary header: the PROXY command over TCP4/TCP6; family UNSPEC when the
+    addresses are unknown (the spec: the receiver then uses the connection's own)."""
     p = _pair(src, dst)
     if p is None:
         return _V2_HEAD.pack(V2_SIGNATURE, 0x21, 0x00, 0)

@@ -121,7 +121,8 @@ class Harness:
             await u.stop()
 
 
-PATHS = {"splice": 0, "copy": None} if HAVE_SPLICE else {"copy": None}
+# splice from the first byte; switch to splice mid-stream; never splice.
+PATHS = {"splice": 0, "switch": 100_000, "copy": None} if HAVE_SPLICE else {"copy": None}
 
 
 @pytest.fixture(params=list(PATHS.values()), ids=list(PATHS))
@@ -133,4 +134,4 @@ async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         await harness.close()
 
 
-__all__ = ["BACKEND", "Harness", "Timeouts", "Upstream", "echo", "table"]
+__all__ = ["BACKEND", "Handler", "Harness", "Timeouts", "Upstream", "echo", "table"]
