@@ -275,11 +275,15 @@ class Balancers:
             bal = self._by_name.get(b.name)
             if bal is None:
                 bal = Balancer(b, self._limits, self._clock)
-                for s in b.servers:
-                    if self._health.get(s.key) is False:
-                        bal.set_health(s.key, False)
             elif bal.backend != b:
                 bal.update(b)
+            else:
+                fresh[b.name] = bal
+                continue
+            # A server new to this backend may already be known down by an active check.
+            for s in b.servers:
+                if self._health.get(s.key) is False and bal.down.get(s.key) != float("inf"):
+                    bal.set_health(s.key, False)
             fresh[b.name] = bal
         self._by_name = fresh
 
