@@ -1,0 +1,357 @@
+"""proxy.balance: algorithms, affinity, passive health and state kept across updates.
+
+Pure logic: no sockets, an injected clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import pytest
+
+from proxy.balance import Balancer, Balancers, cookie_value, normalize_client_ip
+from pylb.config import Limits
+from pylb.model import Affinity, Algorithm, Backend, Server
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def srv(i: int, weight: int = 1, **kw: bool) -> Server:
+    return Server(f"10.0.0.{i}", 8080, weight=weight, **kw)
+
+
+def backend(*servers: Server, algorithm: Algorithm = Algorithm.ROUNDROBIN,
+            affinity: Affinity = Affinity.NONE) -> Backend:
+    return Backend("default/app:80", servers, algorithm, affinity)
+
+
+def picks(bal: Balancer, n: int, client: str = "192.0.2.1") -> list[int]:
+    """The last octet of the server chosen by each of n picks."""
+    out = []
+    for _ in range(n):
+        s = bal.pick(client)
+        assert s is not None
+        out.append(int(s.address.rsplit(".", 1)[1]))
+    return out
+
+
+# -- roundrobin --------------------------------------------------------------------------------
+
+
+def test_smooth_weighted_round_robin_spreads_the_heavy_server() -> None:
+    bal = Balancer(backend(srv(1, 5), srv(2), srv(3)))
+    assert picks(bal, 7) == [1, 1, 2, 1, 3, 1, 1]  # nginx's sequence for 5:1:1
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1), (5, 1, 1), (3, 2), (1, 10, 100), (7,)])
+def test_round_robin_is_exactly_fair_over_whole_cycles(weights: tuple[int, ...]) -> None:
+    bal = Balancer(backend(*(srv(i + 1, w) for i, w in enumerate(weights))))
+    cycles = 13
+    counts = collections.Counter(picks(bal, cycles * sum(weights)))
+    assert [counts[i + 1] for i in range(len(weights))] == [cycles * w for w in weights]
+
+
+def test_round_robin_skips_servers_that_take_no_new_work() -> None:
+    bal = Balancer(backend(srv(1), srv(2, ready=False, serving=True, terminating=True),
+                           srv(3, ready=False, serving=False), srv(4, weight=0), srv(5)))
+    assert set(picks(bal, 10)) == {1, 5}
+
+
+def test_no_server_gives_none() -> None:
+    assert Balancer(backend()).pick("192.0.2.1") is None
+    assert Balancer(backend(srv(1, ready=False))).pick("192.0.2.1") is None
+
+
+# -- leastconn ---------------------------------------------------------------------------------
+
+
+def test_leastconn_picks_the_least_loaded_relative_to_weight() -> None:
+    s1, s2, s3 = srv(1), srv(2, weight=2), srv(3)
+    bal = Balancer(backend(s1, s2, s3, algorithm=Algorithm.LEASTCONN))
+    for s, n in ((s1, 2), (s2, 3), (s3, 1)):
+        for _ in range(n):
+            bal.acquire(s)
+    # loads: 2/1, 3/2, 1/1 -> s3
+    assert bal.pick("c") == s3
+    bal.acquire(s3)
+    bal.acquire(s3)
+    # loads: 2, 1.5, 3 -> s2
+    assert bal.pick("c") == s2
+    for _ in range(3):
+        bal.release(s2)
+    assert bal.pick("c") == s2
+    assert bal.active.get(s2.key) is None  # released to zero: no entry kept
+
+
+def test_leastconn_ties_rotate() -> None:
+    bal = Balancer(backend(srv(1), srv(2), srv(3), algorithm=Algorithm.LEASTCONN))
+    assert sorted(picks(bal, 3)) == [1, 2, 3]
+
+
+def test_leastconn_spreads_concurrent_connections() -> None:
+    bal = Balancer(backend(srv(1), srv(2), srv(3, weight=2), algorithm=Algorithm.LEASTCONN))
+    for _ in range(40):
+        s = bal.pick("c")
+        assert s is not None
+        bal.acquire(s)
+    assert [bal.active[srv(i).key] for i in (1, 2, 3)] == [10, 10, 20]
+
+
+# -- first -------------------------------------------------------------------------------------
+
+
+def test_first_fills_servers_in_order() -> None:
+    bal = Balancer(backend(srv(3), srv(1), srv(2), algorithm=Algorithm.FIRST),
+                   Limits(maxconn=2))
+    chosen = []
+    for _ in range(7):
+        s = bal.pick("c")
+        assert s is not None
+        bal.acquire(s)
+        chosen.append(int(s.address[-1]))
+    # servers in address order, two slots each, then the least loaded when all are full
+    assert chosen[:6] == [1, 1, 2, 2, 3, 3]
+    assert chosen[6] in (1, 2, 3)
+    bal.release(srv(1))
+    bal.release(srv(1))
+    assert bal.pick("c") == srv(1)
+
+
+# -- source ------------------------------------------------------------------------------------
+
+
+CLIENTS = [f"198.51.{i // 250}.{i % 250}" for i in range(2000)]
+
+
+def test_source_is_stable_and_only_the_removed_servers_clients_move() -> None:
+    servers = [srv(i) for i in range(1, 11)]
+    bal = Balancer(backend(*servers, algorithm=Algorithm.SOURCE))
+    before = {c: bal.pick(c) for c in CLIENTS}
+    assert before == {c: bal.pick(c) for c in CLIENTS}  # same client, same server
+    spread = collections.Counter(s.key for s in before.values() if s)
+    assert all(100 <= n <= 300 for n in spread.values()), spread  # about 2000/10 each
+
+    removed = servers[3]
+    bal.update(backend(*(s for s in servers if s != removed), algorithm=Algorithm.SOURCE))
+    after = {c: bal.pick(c) for c in CLIENTS}
+    moved = {c for c in CLIENTS if after[c] != before[c]}
+    assert moved == {c for c in CLIENTS if before[c] == removed}
+    assert len(moved) < len(CLIENTS) / 5  # ~1/10 of clients, not a reshuffle
+
+    bal.update(backend(*servers, algorithm=Algorithm.SOURCE))
+    assert {c: bal.pick(c) for c in CLIENTS} == before  # it comes back: they go back
+
+
+def test_source_respects_weights() -> None:
+    bal = Balancer(backend(srv(1, 3), srv(2), algorithm=Algorithm.SOURCE))
+    counts = collections.Counter(picks(bal, 1, c)[0] for c in CLIENTS)
+    assert 1300 <= counts[1] <= 1700  # 3/4 of 2000
+
+
+def test_ipv4_mapped_clients_hash_as_ipv4() -> None:
+    bal = Balancer(backend(*(srv(i) for i in range(1, 6)), algorithm=Algorithm.SOURCE))
+    for c in CLIENTS[:50]:
+        assert bal.pick("::ffff:" + c) == bal.pick(c)
+    assert normalize_client_ip("::ffff:192.0.2.1") == "192.0.2.1"
+    assert normalize_client_ip("::ffff:zz") == "::ffff:zz"
+    assert normalize_client_ip("2001:db8::1") == "2001:db8::1"
+
+
+# -- client-IP affinity ------------------------------------------------------------------------
+
+
+def test_client_ip_stickiness_and_expiry() -> None:
+    clock = Clock()
+    limits = Limits(stick_expire=60.0)
+    bal = Balancer(backend(srv(1), srv(2), srv(3), affinity=Affinity.CLIENT_IP), limits,
+                   clock)
+    first = bal.pick("192.0.2.1")
+    assert first is not None
+    for _ in range(10):
+        clock.now += 30.0  # each use renews the entry
+        assert bal.pick("192.0.2.1") == first
+    # other clients still rotate
+    assert {bal.pick(f"192.0.2.{i}") for i in range(2, 8)} == {srv(1), srv(2), srv(3)}
+    clock.now += 61.0  # expired: round robin decides again
+    seen = {bal.pick("192.0.2.1")}
+    for _ in range(3):
+        clock.now += 61.0
+        seen.add(bal.pick("192.0.2.1"))
+    assert len(seen) > 1
+
+
+def test_stick_table_is_bounded_oldest_out() -> None:
+    bal = Balancer(backend(srv(1), srv(2), affinity=Affinity.CLIENT_IP),
+                   Limits(stick_size=3), Clock())
+    for i in range(5):
+        bal.pick(f"192.0.2.{i}")
+    assert list(bal._sticky) == ["192.0.2.2", "192.0.2.3", "192.0.2.4"]
+
+
+def test_sticky_server_that_leaves_or_is_excluded_is_replaced() -> None:
+    clock = Clock()
+    bal = Balancer(backend(srv(1), srv(2), affinity=Affinity.CLIENT_IP), clock=clock)
+    first = bal.pick("c")
+    assert first is not None
+    other = srv(2) if first == srv(1) else srv(1)
+    assert bal.pick("c", exclude={first.key}) == other  # redispatch re-sticks
+    assert bal.pick("c") == other
+    bal.update(backend(first, affinity=Affinity.CLIENT_IP))
+    assert bal.pick("c") == first
+
+
+# -- cookie affinity ---------------------------------------------------------------------------
+
+
+def test_cookie_affinity() -> None:
+    servers = [srv(1), srv(2), srv(3)]
+    bal = Balancer(backend(*servers, affinity=Affinity.COOKIE))
+    for s in servers:
+        for _ in range(3):
+            assert bal.pick("c", cookie=cookie_value(s)) == s
+    assert len({cookie_value(s) for s in servers}) == 3
+    assert "10.0.0" not in cookie_value(servers[0])  # opaque
+    # unknown or missing cookie: the algorithm decides
+    assert set(picks(bal, 3)) == {1, 2, 3}
+    assert bal.pick("c", cookie="nonsense") in servers
+    # a cookie for an excluded or down server is not honoured
+    assert bal.pick("c", exclude={servers[0].key}, cookie=cookie_value(servers[0])) != servers[0]
+    bal.set_health(servers[1].key, False)
+    assert bal.pick("c", cookie=cookie_value(servers[1])) != servers[1]
+    # nor for a server that is draining
+    bal.update(backend(dataclasses.replace(servers[2], ready=False, terminating=True),
+                       servers[0], affinity=Affinity.COOKIE))
+    assert bal.pick("c", cookie=cookie_value(servers[2])) == servers[0]
+
+
+def test_cookie_ignored_without_cookie_affinity() -> None:
+    bal = Balancer(backend(srv(1), srv(2)))
+    assert picks(bal, 2) == [1, 2]
+    assert bal.pick("c", cookie=cookie_value(srv(2))) == srv(1)
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+def test_passive_down_and_recovery() -> None:
+    clock = Clock()
+    limits = Limits(passive_fall=3, passive_down_for=10.0)
+    s1, s2 = srv(1), srv(2)
+    bal = Balancer(backend(s1, s2), limits, clock)
+    bal.failed(s1)
+    bal.failed(s1)
+    assert bal.is_up(s1)
+    bal.succeeded(s1)  # the count is of failures in a row
+    bal.failed(s1)
+    bal.failed(s1)
+    assert bal.is_up(s1)
+    bal.failed(s1)
+    assert not bal.is_up(s1)
+    assert set(picks(bal, 6)) == {2}
+    clock.now += 9.9
+    assert set(picks(bal, 4)) == {2}
+    clock.now += 0.2
+    assert set(picks(bal, 4)) == {1, 2}  # retried after passive_down_for
+    bal.failed(s1)  # still failing: down again at once
+    assert not bal.is_up(s1)
+    clock.now += 10.1
+    assert bal.is_up(s1)
+    bal.succeeded(s1)
+    bal.failed(s1)
+    assert bal.is_up(s1)
+
+
+def test_active_health_is_not_lifted_by_time_or_success() -> None:
+    clock = Clock()
+    s1, s2 = srv(1), srv(2)
+    bal = Balancer(backend(s1, s2), Limits(passive_fall=1), clock)
+    bal.set_health(s1.key, False)
+    clock.now += 10**6
+    bal.failed(s1)
+    bal.succeeded(s1)
+    assert not bal.is_up(s1) and set(picks(bal, 4)) == {2}
+    bal.set_health(s1.key, True)
+    assert set(picks(bal, 4)) == {1, 2}
+
+
+def test_all_down_gives_none() -> None:
+    bal = Balancer(backend(srv(1)))
+    bal.set_health(srv(1).key, False)
+    assert bal.pick("c") is None
+
+
+def test_exclusion_for_redispatch() -> None:
+    servers = [srv(1), srv(2), srv(3)]
+    for algorithm in Algorithm:
+        bal = Balancer(backend(*servers, algorithm=algorithm))
+        for _ in range(6):
+            s = bal.pick("c", exclude={srv(1).key, srv(2).key})
+            assert s == srv(3)
+        assert bal.pick("c", exclude={s.key for s in servers}) is None
+
+
+# -- updates -----------------------------------------------------------------------------------
+
+
+def test_update_keeps_rotation_and_state_of_servers_that_stay() -> None:
+    clock = Clock()
+    s1, s2, s3 = srv(1), srv(2), srv(3)
+    bal = Balancer(backend(s1, s2, s3), Limits(passive_fall=1), clock)
+    assert picks(bal, 2) == [1, 2]
+    bal.failed(s2)
+    bal.acquire(s3)
+    bal.update(backend(s1, s2, s3, srv(4)))
+    assert not bal.is_up(s2)  # passive down kept
+    assert bal.active[s3.key] == 1  # connections in flight still counted
+    assert picks(bal, 3) == [3, 4, 1]  # the rotation went on, it did not restart at 1
+    bal.update(backend(s1, s3, srv(4)))
+    assert s2.key not in bal.down and s2.key not in bal.fails  # state of leavers dropped
+    bal.release(s3)
+    assert s3.key not in bal.active
+
+
+def test_balancers_registry_keeps_balancers_across_tables() -> None:
+    clock = Clock()
+    regs = Balancers(Limits(), clock)
+    a = Backend("ns/a:80", (srv(1), srv(2)))
+    b = Backend("ns/b:80", (srv(2), srv(3)))
+    regs.update([a, b])
+    bal_a = regs.get("ns/a:80")
+    assert bal_a is not None and bal_a.pick("c") == srv(1)
+    regs.update([a, b])
+    assert regs.get("ns/a:80") is bal_a
+    a2 = Backend("ns/a:80", (srv(1), srv(2), srv(4)))
+    regs.update([a2])
+    assert regs.get("ns/a:80") is bal_a and bal_a.backend == a2
+    assert bal_a.pick("c") == srv(2)  # the rotation continued
+    assert regs.get("ns/b:80") is None
+
+
+def test_balancers_health_applies_everywhere_and_to_new_servers() -> None:
+    regs = Balancers(Limits(), Clock())
+    a = Backend("ns/a:80", (srv(1), srv(2)))
+    b = Backend("ns/b:80", (srv(2), srv(3)))
+    regs.update([a, b])
+    regs.set_health(srv(2).key, False)
+    for name in ("ns/a:80", "ns/b:80"):
+        bal = regs.get(name)
+        assert bal is not None and not bal.is_up(srv(2))
+    # a new backend with the down server, and an existing backend that gains it
+    c = Backend("ns/c:80", (srv(2), srv(5)))
+    regs.update([Backend("ns/a:80", (srv(1),)), Backend("ns/b:80", (srv(2), srv(3), srv(4))),
+                 c])
+    for name in ("ns/b:80", "ns/c:80"):
+        bal = regs.get(name)
+        assert bal is not None and not bal.is_up(srv(2))
+    regs.update([Backend("ns/a:80", (srv(1), srv(2)))])
+    bal_a = regs.get("ns/a:80")
+    assert bal_a is not None and not bal_a.is_up(srv(2))
+    regs.set_health(srv(2).key, True)
+    assert bal_a.is_up(srv(2))
