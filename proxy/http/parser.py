@@ -1,0 +1,693 @@
+"""HTTP/1.x parsing behind one small interface, with two implementations.
+
+Theory of operation. A parser takes bytes (`feed`) and calls a sink back: `on_head` with a
+fully analysed head, `on_body` with decoded body bytes, `on_end` at the end of a message.
+It never does I/O. The two implementations are interchangeable and pass the same tests:
+
+- `h11`: the reference. h11 tokenizes each head (we find the end of the head, check it
+  lexically, and hand exactly those bytes to a fresh `h11.Connection`); the body is framed
+  here (`BodyFramer`): Content-Length bodies pass through as they arrive, with no parser
+  event per chunk, and chunked bodies go through a strict decoder.
+- `httptools`: llhttp in C does everything; its callbacks feed the same analysis.
+
+Both heads go through `analyze_request` / `analyze_response`, where the rules that prevent
+request smuggling live in one place: one Content-Length of digits only, no
+Content-Length with Transfer-Encoding, no transfer coding but `chunked`, HTTP/1.0 or 1.1
+only, Host required in 1.1. Lexically both reject obs-fold, bare CR or LF, NUL and space
+before a colon. Limits (`Limits`): a target longer than `max_uri` → 414; a head longer
+than `max_request_head` or with more than `max_headers` fields → 431; anything else
+malformed → 400. A parser that raised is dead: the caller answers and closes.
+
+An upgrade request (Upgrade + Connection: upgrade, no body) ends parsing: the bytes after
+it are kept in `upgrade_rest` for the tunnel. Responses are parsed by a fresh
+`ResponseParser` per exchange, told the request method (HEAD responses have no body);
+interim 1xx answers go to `on_interim`, 101 ends parsing like an upgrade request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Protocol
+
+import h11
+
+from pylb.config import HttpParser, Limits
+from pylb.failures import Failure
+
+try:  # the optional [fast] extra
+    import httptools
+except ImportError:  # pragma: no cover - httptools is installed with the test extra
+    httptools = None  # type: ignore[assignment]
+
+Headers = list[tuple[bytes, bytes]]
+
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
+
+
+class ParseError(Exception):
+    """Malformed or oversized input; `failure` says what the client is told."""
+
+    def __init__(self, failure: Failure, detail: str = "") -> None:
+        super().__init__(detail or failure.label)
+        self.failure = failure
+
+
+class RequestHead:
+    __slots__ = ("chunked", "content_length", "expect_continue", "headers", "host",
+                 "keep_alive", "method", "target", "upgrade", "version")
+
+    def __init__(self, method: bytes, target: bytes, version: bytes, headers: Headers) -> None:
+        self.method = method
+        self.target = target
+        self.version = version  # b"1.0" or b"1.1"
+        self.headers = headers  # names as received; values without surrounding blanks
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade = False
+        self.expect_continue = False
+        self.host = b""
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in _IDEMPOTENT
+
+
+class ResponseHead:
+    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "no_body", "reason",
+                 "status", "version")
+
+    def __init__(self, status: int, reason: bytes, version: bytes, headers: Headers) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.no_body = False  # HEAD, 1xx, 204, 304: framing headers say nothing
+
+
+class RequestSink(Protocol):
+    def on_head(self, head: RequestHead) -> None: ...
+    def on_body(self, data: bytes) -> None: ...
+    def on_end(self) -> None: ...
+
+
+class ResponseSink(Protocol):
+    def on_interim(self, head: ResponseHead) -> None: ...
+    def on_response(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self) -> None: ...
+
+
+# -- analysis shared by both parsers -----------------------------------------------------
+
+
+def _connection_tokens(headers: Headers) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            for t in value.split(b","):
+                t = t.strip().lower()
+                if t:
+                    tokens.add(t)
+    return tokens
+
+
+def _framing(headers: Headers) -> tuple[int | None, bool]:
+    """(content_length, chunked) from the framing headers, rejecting every ambiguity."""
+    length: int | None = None
+    chunked = False
+    seen_te = False
+    for name, value in headers:
+        n = len(name)
+        if n == 14 and name.lower() == b"content-length":
+            if length is not None or not _DIGITS.fullmatch(value):
+                raise ParseError(Failure.BAD_REQUEST, "bad or repeated Content-Length")
+            length = int(value)
+        elif n == 17 and name.lower() == b"transfer-encoding":
+            if seen_te or value.strip().lower() != b"chunked":
+                raise ParseError(Failure.BAD_REQUEST, "unsupported Transfer-Encoding")
+            seen_te = chunked = True
+    if chunked and length is not None:
+        raise ParseError(Failure.BAD_REQUEST, "Content-Length with Transfer-Encoding")
+    return length, chunked
+
+
+def analyze_request(method: bytes, target: bytes, version: bytes, headers: Headers,
+                    limits: Limits) -> RequestHead:
+    """Check a tokenized request head and derive its framing and connection semantics."""
+    if len(target) > limits.max_uri:
+        raise ParseError(Failure.URI_TOO_LONG)
+    if len(headers) > limits.max_headers:
+        raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
+    if version != b"1.1" and version != b"1.0":
+        raise ParseError(Failure.BAD_REQUEST, "unsupported HTTP version")
+    if not _TOKEN.fullmatch(method) or method == b"CONNECT":
+        raise ParseError(Failure.BAD_REQUEST, "bad method")
+    if not target or not (target[0] == 0x2F or target == b"*" or target.startswith(b"http")):
+        raise ParseError(Failure.BAD_REQUEST, "bad request target")
+    head = RequestHead(method, target, version, headers)
+    head.content_length, head.chunked = _framing(headers)
+    hosts = [v for k, v in headers if len(k) == 4 and k.lower() == b"host"]
+    if len(hosts) > 1 or (version == b"1.1" and not hosts):
+        raise ParseError(Failure.BAD_REQUEST, "missing or repeated Host")
+    head.host = hosts[0] if hosts else b""
+    tokens = _connection_tokens(headers)
+    if version == b"1.1":
+        head.keep_alive = b"close" not in tokens
+    else:
+        head.keep_alive = b"keep-alive" in tokens
+    if b"upgrade" in tokens:
+        head.upgrade = any(len(k) == 7 and k.lower() == b"upgrade" for k, _ in headers)
+        if head.upgrade and (head.has_body or version != b"1.1"):
+            raise ParseError(Failure.BAD_REQUEST, "upgrade request with a body")
+    for k, v in headers:
+        if len(k) == 6 and k.lower() == b"expect":
+            if v.lower() != b"100-continue":
+                raise ParseError(Failure.BAD_REQUEST, "unsupported Expect")
+            head.expect_continue = version == b"1.1"
+    return head
+
+
+def analyze_response(status: int, reason: bytes, version: bytes, headers: Headers,
+                     method: bytes) -> ResponseHead:
+    if version != b"1.1" and version != b"1.0":
+        raise ParseError(Failure.BAD_RESPONSE, "unsupported HTTP version")
+    if not 100 <= status <= 999:
+        raise ParseError(Failure.BAD_RESPONSE, "bad status")
+    head = ResponseHead(status, reason, version, headers)
+    try:
+        head.content_length, head.chunked = _framing(headers)
+    except ParseError as e:
+        raise ParseError(Failure.BAD_RESPONSE, str(e)) from None
+    head.no_body = method == b"HEAD" or status < 200 or status == 204 or status == 304
+    tokens = _connection_tokens(headers)
+    head.keep_alive = (b"close" not in tokens) if version == b"1.1" else b"keep-alive" in tokens
+    if not head.no_body and head.content_length is None and not head.chunked:
+        head.keep_alive = False  # delimited by close
+    return head
+
+
+def _check_head_bytes(head: bytes | bytearray, failure: Failure) -> None:
+    """Lexical rules h11 is lenient about and llhttp is not: every line ends in CRLF
+    (no bare LF, no bare CR), no obs-fold continuation lines."""
+    if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
+        raise ParseError(failure, "bare CR or LF")
+    if b"\n " in head or b"\n\t" in head:
+        raise ParseError(failure, "obs-fold")
+
+
+# -- body framing (used by the h11 implementation) ---------------------------------------
+
+_LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _CLOSE, _DONE = range(7)
+
+
+class BodyFramer:
+    """Decodes one message body: a Content-Length count, strict chunked, or until close.
+
+    `feed` returns None while the body goes on, or the bytes that follow its end.
+    """
+
+    __slots__ = ("_buf", "_failure", "_left", "_max_line", "_on_body", "_state")
+
+    def __init__(self, on_body: Callable[[bytes], None], length: int | None, chunked: bool,
+                 failure: Failure, max_line: int = 16 * 1024) -> None:
+        self._on_body = on_body
+        self._failure = failure
+        self._max_line = max_line
+        self._buf = b""
+        if chunked:
+            self._state = _CHUNK_SIZE
+            self._left = 0
+        elif length is None:
+            self._state = _CLOSE
+            self._left = 0
+        else:
+            self._state = _LENGTH if length else _DONE
+            self._left = length
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    @property
+    def until_close(self) -> bool:
+        return self._state == _CLOSE
+
+    def feed(self, data: bytes) -> bytes | None:
+        on_body = self._on_body
+        state = self._state
+        if state == _LENGTH:
+            n = len(data)
+            if n < self._left:
+                self._left -= n
+                on_body(data)
+                return None
+            left = self._left
+            self._left = 0
+            self._state = _DONE
+            if left:
+                on_body(data[:left] if n > left else data)
+            return data[left:]
+        if state == _CLOSE:
+            if data:
+                on_body(data)
+            return None
+        if state == _DONE:
+            return data
+        return self._feed_chunked(data)
+
+    def _feed_chunked(self, data: bytes) -> bytes | None:
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        pos = 0
+        end = len(buf)
+        on_body = self._on_body
+        while pos < end:
+            state = self._state
+            if state == _CHUNK_DATA:
+                take = min(self._left, end - pos)
+                on_body(buf[pos:pos + take])
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._state = _CHUNK_CRLF
+            elif state == _CHUNK_CRLF:
+                if end - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise ParseError(self._failure, "chunk data not followed by CRLF")
+                pos += 2
+                self._state = _CHUNK_SIZE
+            elif state == _CHUNK_SIZE:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    if end - pos > self._max_line:
+                        raise ParseError(self._failure, "chunk size line too long")
+                    break
+                line = buf[pos:eol]
+                semi = line.find(b";")
+                size = line if semi < 0 else line[:semi]
+                if not _HEX.fullmatch(size) or b"\n" in line or b"\r" in line \
+                        or b"\x00" in line:
+                    raise ParseError(self._failure, "bad chunk size")
+                self._left = int(size, 16)
+                pos = eol + 2
+                self._state = _CHUNK_DATA if self._left else _TRAILERS
+            elif state == _TRAILERS:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    if end - pos > self._max_line:
+                        raise ParseError(self._failure, "trailers too long")
+                    break
+                line = buf[pos:eol]
+                pos = eol + 2
+                if not line:
+                    self._state = _DONE
+                    return buf[pos:]
+                colon = line.find(b":")
+                if colon <= 0 or not _TOKEN.fullmatch(line[:colon]) or b"\r" in line \
+                        or b"\n" in line or b"\x00" in line:
+                    raise ParseError(self._failure, "bad trailer")
+        self._buf = buf[pos:]
+        return None
+
+
+# -- the interface ------------------------------------------------------------------------
+
+
+class RequestParser(Protocol):
+    upgrade_rest: bytes | None
+
+    def feed(self, data: bytes) -> None: ...
+
+
+class ResponseParser(Protocol):
+    upgrade_rest: bytes | None
+    # Non-empty when bytes followed the response's end, or may have (httptools cannot say
+    # where a HEAD response with a Content-Length ends): the connection is not reused.
+    rest: bytes
+
+    def feed(self, data: bytes) -> None: ...
+    def feed_eof(self) -> None: ...
+
+
+def _h11_error(e: h11.ProtocolError, failure: Failure) -> ParseError:
+    if e.error_status_hint == 431:
+        return ParseError(Failure.HEADERS_TOO_LARGE, str(e))
+    return ParseError(failure, str(e))
+
+
+class H11RequestParser:
+    __slots__ = ("_body", "_buf", "_limits", "_sink", "upgrade_rest")
+
+    def __init__(self, sink: RequestSink, limits: Limits) -> None:
+        self._sink = sink
+        self._limits = limits
+        self._buf = b""
+        self._body: BodyFramer | None = None
+        self.upgrade_rest: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            if self.upgrade_rest is not None:
+                self.upgrade_rest += data
+                return
+            body = self._body
+            if body is not None:
+                rest = body.feed(data)
+                if rest is None:
+                    return
+                self._body = None
+                self._sink.on_end()
+                data = rest
+                continue
+            buf = self._buf + data if self._buf else data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self._buf = buf
+                self._check_incomplete(buf)
+                return
+            self._buf = b""
+            head = self._parse_head(buf[:end + 4])
+            data = buf[end + 4:]
+            self._sink.on_head(head)
+            if head.upgrade:
+                self.upgrade_rest = b""
+                self._sink.on_end()
+                continue
+            if not head.has_body:
+                self._sink.on_end()
+                continue
+            self._body = BodyFramer(self._sink.on_body, head.content_length, head.chunked,
+                                    Failure.BAD_REQUEST)
+
+    def _check_incomplete(self, buf: bytes) -> None:
+        limits = self._limits
+        eol = buf.find(b"\n")
+        line = buf if eol < 0 else buf[:eol]
+        sp = line.find(b" ")
+        if sp >= 0:
+            sp2 = line.find(b" ", sp + 1)
+            if (sp2 if sp2 >= 0 else len(line)) - sp - 1 > limits.max_uri:
+                raise ParseError(Failure.URI_TOO_LONG)
+        if len(buf) > limits.max_request_head:
+            raise ParseError(Failure.HEADERS_TOO_LARGE)
+        if buf.count(b"\n") > limits.max_headers + 1:
+            raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
+
+    def _parse_head(self, raw: bytes) -> RequestHead:
+        limits = self._limits
+        _check_head_bytes(raw, Failure.BAD_REQUEST)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(raw) + 1)
+        conn.receive_data(raw)
+        try:
+            ev = conn.next_event()
+        except h11.RemoteProtocolError as e:
+            first = raw[:raw.find(b"\r\n")].split(b" ")
+            if len(first) == 3 and len(first[1]) > limits.max_uri:
+                raise ParseError(Failure.URI_TOO_LONG) from None
+            raise _h11_error(e, Failure.BAD_REQUEST) from None
+        assert isinstance(ev, h11.Request)
+        head = analyze_request(ev.method, ev.target, ev.http_version,
+                               list(ev.headers.raw_items()), limits)
+        if len(raw) > limits.max_request_head:
+            raise ParseError(Failure.HEADERS_TOO_LARGE)
+        return head
+
+
+class H11ResponseParser:
+    __slots__ = ("_body", "_buf", "_method", "_request_upgrade", "_sink", "rest",
+                 "upgrade_rest")
+
+    def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
+                 max_head: int = 64 * 1024) -> None:
+        self._sink = sink
+        self._method = method
+        self._request_upgrade = request_upgrade
+        self._buf = b""
+        self._body: BodyFramer | None = None
+        self.upgrade_rest: bytes | None = None
+        self.rest = b""
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            if self.upgrade_rest is not None:
+                self.upgrade_rest += data
+                return
+            body = self._body
+            if body is not None:
+                rest = body.feed(data)
+                if rest is None:
+                    return
+                if body.done:
+                    self._body = None
+                    self.rest = rest
+                    self._sink.on_response_end()
+                return
+            buf = self._buf + data if self._buf else data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > 64 * 1024:
+                    raise ParseError(Failure.BAD_RESPONSE, "response head too long")
+                self._buf = buf
+                return
+            self._buf = b""
+            head = self._parse_head(buf[:end + 4])
+            data = buf[end + 4:]
+            if head.status < 200 and head.status != 101:
+                self._sink.on_interim(head)
+                continue
+            self._sink.on_response(head)
+            if head.status == 101:
+                self.upgrade_rest = b""
+                continue
+            if head.no_body:
+                self.rest = data
+                self._sink.on_response_end()
+                return
+            self._body = BodyFramer(self._sink.on_response_body, head.content_length,
+                                    head.chunked, Failure.BAD_RESPONSE)
+            if self._body.done:
+                self._body = None
+                self.rest = data
+                self._sink.on_response_end()
+                return
+
+    def feed_eof(self) -> None:
+        body = self._body
+        if body is not None and body.until_close:
+            self._body = None
+            self._sink.on_response_end()
+        elif self.upgrade_rest is None:
+            raise ParseError(Failure.BACKEND_RESET, "backend closed mid-response")
+
+    def _parse_head(self, raw: bytes) -> ResponseHead:
+        _check_head_bytes(raw, Failure.BAD_RESPONSE)
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=len(raw) + 1)
+        req_headers = [(b"Host", b"x")]
+        if self._request_upgrade:
+            req_headers += [(b"Connection", b"upgrade"), (b"Upgrade", b"x")]
+        conn.send(h11.Request(method=self._method, target=b"/", headers=req_headers))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(raw)
+        try:
+            ev = conn.next_event()
+        except h11.RemoteProtocolError as e:
+            raise ParseError(Failure.BAD_RESPONSE, str(e)) from None
+        assert isinstance(ev, h11.Response | h11.InformationalResponse)
+        return analyze_response(ev.status_code, ev.reason, ev.http_version,
+                                list(ev.headers.raw_items()), self._method)
+
+
+class HttptoolsRequestParser:
+    """llhttp does the tokenizing and framing; the callbacks build the same heads."""
+
+    __slots__ = ("_field", "_head_size", "_headers", "_limits", "_p", "_sink", "_url",
+                 "upgrade_rest")
+
+    def __init__(self, sink: RequestSink, limits: Limits) -> None:
+        assert httptools is not None
+        self._sink = sink
+        self._limits = limits
+        self._p = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: Headers = []
+        self._head_size = 0
+        self.upgrade_rest: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.upgrade_rest is not None:
+            self.upgrade_rest += data
+            return
+        try:
+            self._p.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.upgrade_rest = data[e.args[0]:]
+        except httptools.HttpParserCallbackError as e:
+            ctx = e.__context__
+            if isinstance(ctx, ParseError):
+                raise ctx from None
+            raise  # an error of ours, not of the request
+        except httptools.HttpParserError as e:
+            raise ParseError(Failure.BAD_REQUEST, str(e)) from None
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_uri:
+            raise ParseError(Failure.URI_TOO_LONG)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if len(headers) > self._limits.max_headers:
+            raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
+        if self._head_size + len(self._url) > self._limits.max_request_head:
+            raise ParseError(Failure.HEADERS_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        head = analyze_request(p.get_method(), self._url, p.get_http_version().encode(),
+                               self._headers, self._limits)
+        self._sink.on_head(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._sink.on_end()
+
+
+class HttptoolsResponseParser:
+    __slots__ = ("_close_delimited", "_done", "_headers", "_headers_seen", "_method", "_p",
+                 "_reason", "_sink", "rest", "upgrade_rest")
+
+    def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
+                 max_head: int = 64 * 1024) -> None:
+        assert httptools is not None
+        self._sink = sink
+        self._method = method
+        self._p = httptools.HttpResponseParser(self)
+        self._headers: Headers = []
+        self._reason = b""
+        self._done = False
+        self._headers_seen = False
+        self._close_delimited = False
+        self.upgrade_rest: bytes | None = None
+        self.rest = b""
+
+    def feed(self, data: bytes) -> None:
+        if self.upgrade_rest is not None:
+            self.upgrade_rest += data
+            return
+        if self._done:
+            self.rest += data
+            return
+        try:
+            self._p.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.upgrade_rest = data[e.args[0]:]
+        except httptools.HttpParserCallbackError as e:
+            ctx = e.__context__
+            if isinstance(ctx, ParseError):
+                raise ctx from None
+            if isinstance(ctx, _StopParsing):
+                return
+            raise
+        except httptools.HttpParserError as e:
+            raise ParseError(Failure.BAD_RESPONSE, str(e)) from None
+
+    def feed_eof(self) -> None:
+        if self._done or self.upgrade_rest is not None:
+            return
+        if self._headers_seen and self._close_delimited:
+            self._done = True
+            self._sink.on_response_end()
+            return
+        raise ParseError(Failure.BACKEND_RESET, "backend closed mid-response")
+
+    def on_message_begin(self) -> None:
+        if self._done:
+            self.rest = b"?"  # more bytes after the response: the connection is not clean
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        if len(self._headers) > 1000:
+            raise ParseError(Failure.BAD_RESPONSE, "too many response header fields")
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        head = analyze_response(p.get_status_code(), self._reason,
+                                p.get_http_version().encode(), self._headers, self._method)
+        self._reason = b""
+        if head.status < 200 and head.status != 101:
+            self._sink.on_interim(head)
+            return
+        self._headers_seen = True
+        self._close_delimited = (not head.no_body and head.content_length is None
+                                 and not head.chunked)
+        self._sink.on_response(head)
+        if head.no_body and head.status != 101:
+            # llhttp cannot be told the request was HEAD; stop here. What followed in this
+            # read, if anything, is lost with the connection, which is not reused.
+            self._done = True
+            if self._method == b"HEAD" and head.content_length:
+                self.rest = b"?"
+            self._sink.on_response_end()
+            raise _StopParsing
+
+    def on_body(self, body: bytes) -> None:
+        if not self._done:
+            self._sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._done or not self._headers_seen:
+            return  # an interim response ended
+        self._done = True
+        self._sink.on_response_end()
+
+
+class _StopParsing(Exception):
+    pass
+
+
+def resolve(kind: HttpParser) -> HttpParser:
+    if kind is HttpParser.AUTO:
+        return HttpParser.HTTPTOOLS if httptools is not None else HttpParser.H11
+    if kind is HttpParser.HTTPTOOLS and httptools is None:
+        raise RuntimeError("--http-parser httptools: httptools is not installed "
+                           "(pip install pylb[fast])")
+    return kind
+
+
+def request_parser(kind: HttpParser, sink: RequestSink, limits: Limits) -> RequestParser:
+    if kind is HttpParser.HTTPTOOLS:
+        return HttptoolsRequestParser(sink, limits)
+    return H11RequestParser(sink, limits)
+
+
+def response_parser(kind: HttpParser, sink: ResponseSink, method: bytes,
+                    request_upgrade: bool = False) -> ResponseParser:
+    if kind is HttpParser.HTTPTOOLS:
+        return HttptoolsResponseParser(sink, method, request_upgrade)
+    return H11ResponseParser(sink, method, request_upgrade)

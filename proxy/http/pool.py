@@ -1,0 +1,83 @@
+"""Idle keep-alive connections to backend servers, per server address.
+
+A connection enters the pool only after a clean exchange (the response said keep-alive,
+ended exactly where its framing said, the request was sent whole). It leaves it when
+taken for a request (most recently used first: the warmest, least likely to have been
+closed by the server), when it has been idle `idle_timeout` seconds, when the server
+closes it, or when its server leaves the route table. At most `per_server` are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.http.upstream import UpstreamProtocol
+
+Key = tuple[str, int]
+
+
+class Pool:
+    __slots__ = ("_idle", "_live", "_loop", "idle_timeout", "per_server")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_server: int,
+                 idle_timeout: float) -> None:
+        self._loop = loop
+        self.per_server = per_server
+        self.idle_timeout = idle_timeout
+        self._idle: dict[Key, list[UpstreamProtocol]] = {}
+        self._live: frozenset[Key] | None = None  # None: every key is live
+
+    def take(self, key: Key) -> UpstreamProtocol | None:
+        conns = self._idle.get(key)
+        while conns:
+            conn = conns.pop()
+            conn.leave_pool()
+            if conn.usable:
+                return conn
+            conn.close()
+        return None
+
+    def put(self, conn: UpstreamProtocol) -> None:
+        key = conn.key
+        live = self._live
+        conns = self._idle.setdefault(key, [])
+        if len(conns) >= self.per_server or not conn.usable or (
+                live is not None and key not in live):
+            conn.close()
+            return
+        conns.append(conn)
+        conn.enter_pool(self, self._loop.call_later(self.idle_timeout, self._expire, conn))
+
+    def _expire(self, conn: UpstreamProtocol) -> None:
+        self.remove(conn)
+        conn.close()
+
+    def remove(self, conn: UpstreamProtocol) -> None:
+        conns = self._idle.get(conn.key)
+        if conns and conn in conns:
+            conns.remove(conn)
+            conn.leave_pool()
+
+    def retain(self, keys: frozenset[Key]) -> None:
+        """Servers not in `keys` left the table: close their idle connections now, and
+        do not pool theirs that finish later."""
+        self._live = keys
+        for key in [k for k in self._idle if k not in keys]:
+            for conn in self._idle.pop(key):
+                conn.leave_pool()
+                conn.close()
+
+    def idle_count(self, key: Key | None = None) -> int:
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(v) for v in self._idle.values())
+
+    def close_all(self) -> None:
+        idle = self._idle
+        self._idle = {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.leave_pool()
+                conn.close()

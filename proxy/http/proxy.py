@@ -1,0 +1,155 @@
+"""HttpProxy: one L7 frontend (the plain :80 one, or the TLS :443 one) of one worker.
+
+It owns the listening server, the current route table (swapped atomically by
+`set_table`), the pool of idle backend connections, and the set of open client
+connections; the per-connection work is `server.ClientProtocol`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+
+from proxy.balance import Balancers
+from proxy.http.parser import resolve
+from proxy.http.pool import Pool
+from proxy.http.routing import Router
+from proxy.http.server import ClientProtocol
+from proxy.http.upstream import UpstreamProtocol
+from pylb.config import Settings
+from pylb.counters import Stats
+from pylb.failures import Failure
+from pylb.model import RouteTable, Server
+
+log = logging.getLogger("pylb.http")
+
+
+class HttpProxy:
+    def __init__(self, settings: Settings, stats: Stats, balancers: Balancers, *,
+                 frontend: str = "http", tls: bool = False,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.balancers = balancers
+        self.frontend = frontend
+        self.tls = tls
+        self.ssl_context = ssl_context
+        self.parser_kind = resolve(settings.http_parser)
+        self.hsts: bytes | None = settings.tls.hsts.encode() if tls and settings.tls.hsts \
+            else None
+        self.fe_counters = stats.frontend(frontend)
+        self.table = RouteTable()
+        self.router = Router(())
+        self.conns: set[ClientProtocol] = set()
+        self.closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: Pool | None = None
+        self._server: asyncio.Server | None = None
+        self._connects: set[asyncio.Task[None]] = set()
+        self._gone: asyncio.Event | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            limits, timeouts = self.settings.limits, self.settings.timeouts
+            self._pool = Pool(self.loop, limits.pool_per_server, timeouts.backend_idle)
+        return self._pool
+
+    @property
+    def connections(self) -> int:
+        """Open client connections."""
+        return len(self.conns)
+
+    def set_table(self, table: RouteTable) -> None:
+        """Serve `table` from now on: new requests use it at once; exchanges under way
+        keep their server. Idle pooled connections to servers that left are closed."""
+        self.balancers.update(table.backends)
+        self.router = Router(table.https if self.tls else table.http)
+        self.table = table
+        if self._pool is not None:
+            self._pool.retain(frozenset(s.key for b in table.backends for s in b.servers))
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False,
+                    sock: socket.socket | None = None) -> tuple[str, int]:
+        loop = self.loop
+        if sock is not None:
+            server = await loop.create_server(self._protocol, sock=sock,
+                                              ssl=self.ssl_context, backlog=1024)
+        else:
+            server = await loop.create_server(self._protocol, host, port,
+                                              ssl=self.ssl_context, reuse_port=reuse_port,
+                                              reuse_address=True, backlog=1024)
+        self._server = server
+        addr = server.sockets[0].getsockname()
+        return addr[0], addr[1]
+
+    def _protocol(self) -> ClientProtocol:
+        return ClientProtocol(self)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; close idle client connections now; let exchanges and tunnels
+        under way finish for up to `grace` seconds, then cut what is left."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.conns):
+            if conn.idle:
+                conn.close()
+        if self.conns:
+            self._gone = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._gone.wait(), grace)
+            except TimeoutError:
+                log.warning("%s: %d connections cut at the end of the grace period",
+                            self.frontend, len(self.conns))
+        for conn in list(self.conns):
+            conn.abort()
+        for task in list(self._connects):
+            task.cancel()
+        if self._connects:
+            await asyncio.gather(*self._connects, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.close_all()
+        if self._server is not None:
+            await self._server.wait_closed()
+        # Let the transports' close callbacks run, so nothing is left for the loop's end.
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    def connection_gone(self) -> None:
+        if self._gone is not None and not self.conns:
+            self._gone.set()
+
+    # -- connecting to servers --------------------------------------------------------------
+
+    def connect(self, client: ClientProtocol, server: Server) -> None:
+        task = self.loop.create_task(self._connect(client, server))
+        self._connects.add(task)
+        task.add_done_callback(self._connects.discard)
+
+    async def _connect(self, client: ClientProtocol, server: Server) -> None:
+        kind = self.parser_kind
+        key = server.key
+        try:
+            _, up = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamProtocol(key, kind),
+                                            server.address, server.port),
+                self.settings.timeouts.connect)
+        except TimeoutError:
+            client.connect_done(server, None, Failure.CONNECT_TIMEOUT)
+            return
+        except OSError:
+            client.connect_done(server, None, Failure.CONNECT_FAILED)
+            return
+        if self.closing and client.closed:
+            up.close()
+            return
+        client.connect_done(server, up, None)

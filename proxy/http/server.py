@@ -1,0 +1,923 @@
+"""The client side of the L7 router: one asyncio Protocol per client connection.
+
+Theory of operation. `ClientProtocol` feeds the client's bytes to a request parser whose
+callbacks (`on_head`, `on_body`, `on_end`) drive one exchange at a time; nothing here
+awaits, and no Task is made per request — only a new backend connection is made in a
+Task, since `create_connection` is a coroutine. On a head: route it (pure functions in
+`routing`), answer locally when there is nothing to forward to (no route, redirect, no
+server), else take a pooled backend connection (or connect one) and write the rewritten
+head, then the body as it comes. The backend's `UpstreamProtocol` feeds the response to
+a response parser whose callbacks are this object's `on_response…` methods; their output
+is gathered in `_wbuf` and written once per read (`flush`), so a small response goes out
+in one write. An exchange ends when the request has been read whole and the response
+sent whole; then the connection waits for the next request (keep-alive) or closes.
+
+Pipelined requests: while an exchange is under way with its request fully read, further
+parser events wait in `_queue` (the client's reading is paused meanwhile, so the queue is
+at most one read's worth) and are replayed when the exchange ends.
+
+Flow control is cross-wired with high/low watermarks (`upstream.HIGH_WATER`/`LOW_WATER`):
+the backend's write buffer full → stop reading the client; the client's write buffer
+full → stop reading the backend. Reading is paused for several independent reasons (a
+bit each in `_paused`), and resumed only when none is left.
+
+Timers: one `TimerHandle` per connection, armed for the phase's timeout (`_T_*`). The
+inactivity kinds (client, server, tunnel) are not re-armed on every read: activity only
+stamps the time, and a timer that fires early re-arms itself for what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from proxy.balance import Balancer, cookie_value
+from proxy.http import headers as hdr
+from proxy.http.errors import error_response, redirect_response
+from proxy.http.parser import (
+    ParseError,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    request_parser,
+)
+from proxy.http.routing import rewrite, split_target
+from proxy.http.upstream import HIGH_WATER, LOW_WATER, UpstreamProtocol
+from pylb.counters import Counters
+from pylb.failures import Failure
+from pylb.model import Affinity, Backend, HttpRoute, Server
+
+if TYPE_CHECKING:
+    from proxy.http.proxy import HttpProxy
+
+access_log = logging.getLogger("pylb.access")
+log = logging.getLogger("pylb.http")
+
+# Timer kinds. Only the inactivity kinds (> _T_REQUEST) are stretched by activity.
+_T_NONE, _T_KEEPALIVE, _T_REQUEST, _T_CLIENT, _T_SERVER, _T_TUNNEL = range(6)
+# Reasons to pause reading the client.
+_P_QUEUE, _P_UPSTREAM, _P_PENDING, _P_UPGRADE = 1, 2, 4, 8
+_REPLAY_MAX = 64 * 1024  # body bytes kept to replay on a retry (else no retry)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ClientProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_attempts",
+        "_backend",
+        "_balancer",
+        "_bytes_out_req",
+        "_chunked_out",
+        "_close_after",
+        "_connecting",
+        "_cookie",
+        "_discard",
+        "_exclude",
+        "_fe",
+        "_framing",
+        "_gone",
+        "_keep",
+        "_loop",
+        "_out_head",
+        "_paused",
+        "_pending",
+        "_pending_size",
+        "_proxy",
+        "_queue",
+        "_replay",
+        "_replay_size",
+        "_req",
+        "_req_done",
+        "_resp",
+        "_resp_bytes",
+        "_resp_done",
+        "_route",
+        "_server",
+        "_set_cookie",
+        "_ssl_client",
+        "_status",
+        "_t0",
+        "_t_conn",
+        "_t_head",
+        "_t_resp",
+        "_timer",
+        "_tkind",
+        "_tlen",
+        "_tstamp",
+        "_ubuf",
+        "_up",
+        "_up_paused",
+        "_wbuf",
+        "client_ip",
+        "client_port",
+        "closed",
+        "local_port",
+        "parser",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, proxy: HttpProxy) -> None:
+        self._proxy = proxy
+        self._loop = proxy.loop
+        self._fe: Counters = proxy.fe_counters
+        self.transport: asyncio.Transport | None = None
+        self.parser: RequestParser = request_parser(proxy.parser_kind, self,
+                                                    proxy.settings.limits)
+        self.client_ip = ""
+        self.client_port = 0
+        self.local_port = 0
+        self.closed = False
+        self.tunnel = False
+        self._ssl_client: tuple[bytes, bytes] | None = None
+        self._paused = 0
+        self._queue: deque[tuple[int, Any]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tkind = _T_NONE
+        self._tlen = 0.0
+        self._tstamp = 0.0
+        self._wbuf: list[bytes] = []
+        self._ubuf: list[bytes] = []
+        self._close_after = False
+        self._gone = False  # closing: parser events that still come are ignored
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the exchange that ended."""
+        self._req: RequestHead | None = None
+        self._req_done = False
+        self._discard = False
+        self._resp: ResponseHead | None = None
+        self._resp_done = False
+        self._route: HttpRoute | None = None
+        self._backend: Backend | None = None
+        self._balancer: Balancer | None = None
+        self._server: Server | None = None
+        self._up: UpstreamProtocol | None = None
+        self._up_paused = False
+        self._connecting = False
+        self._cookie: bytes | None = None
+        self._set_cookie: bytes | None = None
+        self._exclude: set[tuple[str, int]] = set()
+        self._attempts = 0
+        self._out_head = b""
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._replay: list[bytes] | None = []
+        self._replay_size = 0
+        self._chunked_out = False
+        self._framing = hdr.FRAME_NONE
+        self._keep = True
+        self._status = 0
+        self._resp_bytes = 0
+        self._bytes_out_req = 0
+        self._t0 = 0.0
+        self._t_head = 0.0
+        self._t_conn = 0.0
+        self._t_resp = 0.0
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        proxy = self._proxy
+        proxy.conns.add(self)
+        fe = self._fe
+        fe.open()
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip, self.client_port = peer[0], peer[1]
+        sockname = transport.get_extra_info("sockname")
+        if sockname:
+            self.local_port = sockname[1]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not TCP (a Unix socket in a test)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        if proxy.tls:
+            ssl_object = transport.get_extra_info("ssl_object")
+            cert = ssl_object.getpeercert() if ssl_object is not None else None
+            if cert:
+                self._ssl_client = (b"SUCCESS", hdr.ssl_client_dn(cert))
+        self._t0 = self._loop.time()
+        self._arm(_T_REQUEST, proxy.settings.timeouts.http_request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._proxy.conns.discard(self)
+        self._fe.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._req is not None:
+            if not self._resp_done:
+                self._proxy.stats.fail(Failure.CLIENT_ABORT)
+            self._drop_upstream()
+            self._end_exchange(reusable=False, log_it=True)
+        self._proxy.connection_gone()
+
+    def close(self) -> None:
+        self._gone = True
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self.flush()
+            t.close()
+
+    def abort(self) -> None:
+        self._gone = True
+        t = self.transport
+        if t is not None:
+            t.abort()
+
+    @property
+    def idle(self) -> bool:
+        return self._req is None and self._queue is None
+
+    def pause_reading(self, why: int) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= why
+
+    def resume_reading(self, why: int) -> None:
+        if self._paused & why:
+            self._paused &= ~why
+            if not self._paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        up = self._up
+        if up is not None and up.transport is not None and not self._up_paused:
+            self._up_paused = True
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self._up
+        if self._up_paused:
+            self._up_paused = False
+            if up is not None and up.transport is not None and not up.closed:
+                up.transport.resume_reading()
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _arm(self, kind: int, seconds: float) -> None:
+        now = self._loop.time()
+        self._tkind = kind
+        self._tlen = seconds
+        self._tstamp = now
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= now + seconds:
+                return  # fires first; then re-arms itself for what is left
+            timer.cancel()
+        self._timer = self._loop.call_at(now + seconds, self._on_timer)
+
+    def _disarm(self) -> None:
+        self._tkind = _T_NONE
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        kind = self._tkind
+        if kind == _T_NONE or self.closed:
+            return
+        now = self._loop.time()
+        deadline = self._tstamp + self._tlen
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            return
+        self._tkind = _T_NONE
+        if kind == _T_KEEPALIVE:
+            self.close()
+        elif kind == _T_REQUEST:
+            self._proxy.stats.fail(Failure.REQUEST_TIMEOUT)
+            self._fe.req_errors += 1
+            self._local_error(Failure.REQUEST_TIMEOUT, close=True)
+        elif kind == _T_CLIENT:
+            self._proxy.stats.fail(Failure.CLIENT_TIMEOUT)
+            if self._resp is None and self._req is not None:
+                self._fe.req_errors += 1
+                self._close_after = True
+                self._drop_upstream()
+                self._respond_error(Failure.CLIENT_TIMEOUT)
+            else:
+                self._abort_all()
+        elif kind == _T_SERVER:
+            self._backend_timeout()
+        elif kind == _T_TUNNEL:
+            self._abort_all()
+
+    def activity(self) -> None:
+        self._tstamp = self._loop.time()
+
+    # -- reading the client ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._fe.bytes_in += len(data)
+        if self.tunnel:
+            self._tstamp = self._loop.time()
+            up = self._up
+            if up is not None and up.transport is not None:
+                up.transport.write(data)
+            return
+        kind = self._tkind
+        if kind > _T_REQUEST:
+            self._tstamp = self._loop.time()
+        elif kind == _T_KEEPALIVE:
+            self._t0 = self._loop.time()
+            self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request)
+        try:
+            self.parser.feed(data)
+        except ParseError as e:
+            self._bad_request(e.failure)
+            return
+        if self._ubuf:
+            self._uflush()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel:
+            up = self._up
+            if up is not None and up.transport is not None and up.transport.can_write_eof():
+                up.transport.write_eof()
+                return True
+            return None
+        if self._req is not None and not self._req_done:
+            self._close_after = True
+            return None  # a truncated request: close (the response, if any, is lost)
+        if self._req is not None:
+            self._close_after = True
+            return True  # half-closed after a whole request: still send the response
+        return None
+
+    def _bad_request(self, failure: Failure) -> None:
+        self._proxy.stats.fail(failure)
+        self._fe.req_errors += 1
+        if self._resp is not None or (self._req is not None and self._req_done):
+            self.abort()  # a bad next request while the previous response is under way
+            return
+        self._drop_upstream()
+        self._local_error(failure, close=True)
+
+    # The parser's callbacks. Events of a request that must wait are queued.
+
+    def on_head(self, head: RequestHead) -> None:
+        if self._gone:
+            return
+        if self._queue is not None or self._req is not None:
+            self._enqueue(0, head)
+            return
+        self._start(head)
+
+    def on_body(self, data: bytes) -> None:
+        if self._gone:
+            return
+        if self._queue is not None or self._req_done:
+            self._enqueue(1, data)
+            return
+        if self._discard:
+            return
+        req = self._req
+        parts = (b"%x\r\n" % len(data), data, b"\r\n") if req is not None and req.chunked \
+            else (data,)
+        if self._up is not None:
+            self._ubuf.extend(parts)
+        else:
+            self._pending.extend(parts)
+            self._pending_size += len(data)
+            if self._pending_size > HIGH_WATER:
+                self.pause_reading(_P_PENDING)
+        replay = self._replay
+        if replay is not None:
+            self._replay_size += len(data)
+            if self._replay_size > _REPLAY_MAX:
+                self._replay = None
+            else:
+                replay.extend(parts)
+
+    def on_end(self) -> None:
+        if self._gone:
+            return
+        if self._queue is not None or self._req_done or self._req is None:
+            self._enqueue(2, None)
+            return
+        self._req_done = True
+        req = self._req
+        if req.chunked and not self._discard:
+            if self._up is not None:
+                self._ubuf.append(b"0\r\n\r\n")
+            else:
+                self._pending.append(b"0\r\n\r\n")
+            if self._replay is not None:
+                self._replay.append(b"0\r\n\r\n")
+        if req.upgrade:
+            self.pause_reading(_P_UPGRADE)
+        if self._resp_done:
+            self._finish()
+        elif self._tkind != _T_SERVER:
+            self._arm(_T_SERVER, self._proxy.settings.timeouts.server)
+
+    def _enqueue(self, kind: int, item: Any) -> None:
+        q = self._queue
+        if q is None:
+            q = self._queue = deque()
+            self.pause_reading(_P_QUEUE)
+        q.append((kind, item))
+
+    def _replay_queue(self) -> None:
+        q = self._queue
+        self._queue = None
+        while q:
+            kind, item = q.popleft()
+            if kind == 0:
+                self.on_head(item)
+            elif kind == 1:
+                self.on_body(item)
+            else:
+                self.on_end()
+            if self._queue is not None:
+                self._queue.extend(q)
+                return
+        self.resume_reading(_P_QUEUE)
+
+    # -- an exchange ---------------------------------------------------------------------
+
+    def _start(self, head: RequestHead) -> None:
+        proxy = self._proxy
+        self._req = head
+        self._t_head = self._loop.time()
+        self._fe.req_total += 1
+        if head.has_body:
+            self._arm(_T_CLIENT, proxy.settings.timeouts.client)
+        else:
+            self._arm(_T_SERVER, proxy.settings.timeouts.server)
+        authority, path, query = split_target(head.target)
+        host = authority or head.host
+        route = proxy.router.match(host, path)
+        if route is None:
+            self._local(proxy.settings.default_return_code, proxy.settings.error_page_body,
+                        Failure.NO_ROUTE)
+            return
+        self._route = route
+        if route.ssl_redirect and not proxy.tls:
+            self._redirect(b"https://%s%s" % (host, path + query))
+            return
+        backend = proxy.table.get_backend(route.backend)
+        balancer = proxy.balancers.get(route.backend)
+        if backend is None or balancer is None:
+            self._local(503, None, Failure.NO_SERVER)
+            return
+        self._backend = backend
+        self._balancer = balancer
+        if backend.affinity is Affinity.COOKIE:
+            self._cookie = hdr.find_cookie(head.headers, backend.cookie_name.encode())
+        self._out_head = hdr.request_head(
+            head, rewrite(route, path, query), client_ip=self.client_ip,
+            proto=b"https" if proxy.tls else b"http", port=self.local_port,
+            chunked=head.chunked,
+            affinity_cookie=backend.cookie_name.encode()
+            if backend.affinity is Affinity.COOKIE else None,
+            ssl_client=self._ssl_client)
+        if not head.idempotent:
+            self._replay = None
+        self._dispatch(None)
+
+    def _dispatch(self, last: Failure | None) -> None:
+        """Choose a server and send the request to it (again, after a failure)."""
+        balancer = self._balancer
+        assert balancer is not None and self._backend is not None
+        proxy = self._proxy
+        cookie = self._cookie.decode("latin-1") if self._cookie else None
+        server = balancer.pick(self.client_ip, self._exclude, cookie)
+        if server is None:
+            failure = last or Failure.NO_SERVER
+            self._fail(failure)
+            return
+        self._server = server
+        up = proxy.pool.take(server.key)
+        if up is not None:
+            self._attach(up)
+            return
+        self._connecting = True
+        self._t_conn = 0.0
+        proxy.connect(self, server)
+
+    def connect_done(self, server: Server, up: UpstreamProtocol | None,
+                     failure: Failure | None) -> None:
+        """The Task that connected to `server` is done (`up`, or why not)."""
+        if up is not None and (self.closed or self._server is not server
+                               or not self._connecting):
+            self._proxy.pool.put(up)  # nobody waits for it any more; keep it warm
+            return
+        if self.closed or not self._connecting:
+            return
+        self._connecting = False
+        balancer = self._balancer
+        assert balancer is not None and self._backend is not None
+        if up is None:
+            assert failure is not None
+            self._upstream_attempt_failed(server, failure, passive=True)
+            return
+        balancer.succeeded(server)
+        self._attach(up)
+
+    def _upstream_attempt_failed(self, server: Server, failure: Failure,
+                                 passive: bool) -> None:
+        proxy = self._proxy
+        backend = self._backend
+        balancer = self._balancer
+        assert backend is not None and balancer is not None
+        proxy.stats.fail(failure)
+        srv = proxy.stats.server(backend.name, server.label)
+        if passive:
+            balancer.failed(server)
+            srv.conn_errors += 1
+        self._attempts += 1
+        if self._attempts <= proxy.settings.limits.retries:
+            srv.retries += 1
+            proxy.stats.backend(backend.name).retries += 1
+            self._exclude.add(server.key)
+            if len(self._exclude) >= len(balancer.candidates):
+                self._exclude.clear()  # all tried: haproxy retries the same ones again
+                self._exclude.add(server.key)
+            else:
+                proxy.stats.backend(backend.name).redispatches += 1
+                srv.redispatches += 1
+            self._server = None
+            self._dispatch(failure)
+            return
+        proxy.stats.backend(backend.name).conn_errors += 1
+        self._server = None
+        self._fail(failure)
+
+    def _attach(self, up: UpstreamProtocol) -> None:
+        proxy = self._proxy
+        server = self._server
+        backend = self._backend
+        req = self._req
+        assert server is not None and backend is not None and req is not None
+        self._up = up
+        self._t_conn = self._loop.time()
+        balancer = self._balancer
+        assert balancer is not None
+        balancer.acquire(server)
+        srv = proxy.stats.server(backend.name, server.label)
+        srv.open()
+        srv.lbtot += 1
+        be = proxy.stats.backend(backend.name)
+        be.open()
+        be.lbtot += 1
+        up.begin(self, req.method, req.upgrade)
+        self._ubuf = [self._out_head, *self._pending, *self._ubuf]
+        self._pending = []
+        self._pending_size = 0
+        self._uflush()
+        self.resume_reading(_P_PENDING)
+
+    def _uflush(self) -> None:
+        up = self._up
+        data = b"".join(self._ubuf) if len(self._ubuf) != 1 else self._ubuf[0]
+        self._ubuf = []
+        if up is None or up.transport is None or up.closed:
+            return
+        self._bytes_out_req += len(data)
+        up.transport.write(data)
+
+    def _drop_upstream(self) -> None:
+        up = self._up
+        if up is not None:
+            up.detach()
+            up.abort()
+            self._up = None
+        self._connecting = False
+
+    # -- the response (callbacks of the response parser, via UpstreamProtocol) ----------
+
+    def upstream_activity(self, n: int) -> None:
+        self._resp_bytes += n
+        if self._tkind > _T_REQUEST:
+            self._tstamp = self._loop.time()
+
+    def on_interim(self, head: ResponseHead) -> None:
+        req = self._req
+        if head.status == 100 and req is not None and req.expect_continue \
+                and self._resp is None:
+            self._wbuf.append(_CONTINUE)
+
+    def on_response(self, head: ResponseHead) -> None:
+        proxy = self._proxy
+        req = self._req
+        assert req is not None and self._backend is not None and self._server is not None
+        self._resp = head
+        self._status = head.status
+        self._t_resp = self._loop.time()
+        framing = hdr.response_framing(head, req.version)
+        self._framing = framing
+        keep = (req.keep_alive and not self._close_after and not proxy.closing
+                and framing != hdr.FRAME_CLOSE)
+        if head.status == 101:
+            keep = False
+        elif req.upgrade:
+            keep = False  # the client's bytes after an upgrade request are not HTTP to us
+        self._keep = keep
+        set_cookie = None
+        backend = self._backend
+        if backend.affinity is Affinity.COOKIE:
+            value = cookie_value(self._server).encode()
+            if self._cookie != value:
+                set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
+        self._chunked_out = framing == hdr.FRAME_CHUNKED
+        self._fe.response(head.status)
+        self._wbuf.append(hdr.response_head(
+            head, framing, keep_alive=keep, client_version=req.version,
+            set_cookie=set_cookie, hsts=proxy.hsts))
+
+    def on_response_body(self, data: bytes) -> None:
+        if self._chunked_out:
+            self._wbuf.extend((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self._wbuf.append(data)
+
+    def on_response_end(self) -> None:
+        if self._chunked_out:
+            self._wbuf.append(b"0\r\n\r\n")
+        self._resp_done = True
+        if self._req_done:
+            self._finish()
+        else:
+            # The server answered before the request was whole: stop forwarding it, and
+            # since the rest of its body is still coming, close after this response.
+            self._close_after = True
+            self._keep = False
+            self._discard = True
+            self._finish()
+
+    def flush(self) -> None:
+        wbuf = self._wbuf
+        if not wbuf:
+            return
+        data = b"".join(wbuf) if len(wbuf) != 1 else wbuf[0]
+        self._wbuf = []
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self._fe.bytes_out += len(data)
+            t.write(data)
+
+    def upstream_failed(self, up: UpstreamProtocol, failure: Failure) -> None:
+        """The response was malformed (or the backend closed mid-response)."""
+        if up is not self._up:
+            up.abort()
+            return
+        self._proxy.stats.fail(failure)
+        self._count_resp_error()
+        self._drop_upstream()
+        if self._resp is None:
+            self._close_after = True
+            self._respond_error(failure)
+        else:
+            self.flush()
+            self.abort()
+
+    def upstream_lost(self, up: UpstreamProtocol) -> None:
+        if up is not self._up:
+            return
+        if self.tunnel:
+            self.close()
+            return
+        if self._resp_done:
+            return
+        if self._resp is None and not up.got_bytes and up.uses > 1 and self._retry_ok() \
+                and self._attempts < self._proxy.settings.limits.retries:
+            # A pooled connection the server had closed: send again on another one.
+            self._up = None
+            self._release_server()
+            self._server = None
+            self._pending = list(self._replay or ())
+            self._pending_size = self._replay_size
+            self._attempts += 1
+            backend = self._backend
+            assert backend is not None
+            self._proxy.stats.backend(backend.name).retries += 1
+            self._dispatch(Failure.BACKEND_RESET)
+            return
+        self.upstream_failed(up, Failure.BACKEND_RESET)
+
+    def _retry_ok(self) -> bool:
+        req = self._req
+        return req is not None and req.idempotent and self._replay is not None
+
+    def _count_resp_error(self) -> None:
+        if self._backend is not None:
+            self._proxy.stats.backend(self._backend.name).resp_errors += 1
+            if self._server is not None:
+                self._proxy.stats.server(self._backend.name,
+                                         self._server.label).resp_errors += 1
+
+    def _backend_timeout(self) -> None:
+        self._proxy.stats.fail(Failure.BACKEND_TIMEOUT)
+        self._count_resp_error()
+        self._drop_upstream()
+        if self._resp is None:
+            if not self._req_done:
+                self._close_after = True
+            self._respond_error(Failure.BACKEND_TIMEOUT)
+        else:
+            self.flush()
+            self._abort_all()
+
+    def _abort_all(self) -> None:
+        self._drop_upstream()
+        self.flush()
+        self.abort()
+
+    # -- tunnel --------------------------------------------------------------------------
+
+    def start_tunnel(self, upstream_rest: bytes) -> None:
+        """The backend said 101 (its head is in `_wbuf`): from now on, bytes both ways."""
+        up = self._up
+        assert up is not None and up.transport is not None
+        self.tunnel = True
+        if upstream_rest:
+            self._wbuf.append(upstream_rest)
+        client_rest = self.parser.upgrade_rest
+        if client_rest:
+            up.transport.write(client_rest)
+        self._resp_done = True
+        self._arm(_T_TUNNEL, self._proxy.settings.timeouts.tunnel)
+        self.resume_reading(_P_UPGRADE)
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        self._tstamp = self._loop.time()
+        self._resp_bytes += len(data)
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self._fe.bytes_out += len(data)
+            t.write(data)
+
+    def tunnel_upstream_eof(self) -> bool | None:
+        t = self.transport
+        if t is not None and t.can_write_eof() and not t.is_closing():
+            t.write_eof()
+            return True
+        return None
+
+    # -- answering ----------------------------------------------------------------------
+
+    def _local(self, status: int, body: bytes | None, failure: Failure) -> None:
+        """Answer the current request ourselves."""
+        proxy = self._proxy
+        proxy.stats.fail(failure)
+        req = self._req
+        assert req is not None
+        close = req.has_body or not req.keep_alive or proxy.closing or req.upgrade
+        self._status = status
+        self._fe.response(status)
+        self._wbuf.append(error_response(status, body, close=close,
+                                         head_only=req.method == b"HEAD"))
+        self._local_done(close)
+
+    def _redirect(self, location: bytes) -> None:
+        req = self._req
+        assert req is not None
+        close = req.has_body or not req.keep_alive or self._proxy.closing or req.upgrade
+        self._status = 301
+        self._fe.response(301)
+        self._wbuf.append(redirect_response(location, close=close))
+        self._local_done(close)
+
+    def _local_done(self, close: bool) -> None:
+        self._discard = True
+        self._resp_done = True
+        self._keep = not close
+        if close:
+            self._close_after = True
+            self._finish()
+        elif self._req_done:
+            self._finish()
+        # else: on_end comes from the parser right after this head; it finishes then
+
+    def _respond_error(self, failure: Failure) -> None:
+        """Answer the current exchange with `failure`'s status (nothing sent yet)."""
+        req = self._req
+        status = failure.status
+        self._status = status
+        self._fe.response(status)
+        close = self._close_after or req is None or not req.keep_alive or not self._req_done
+        self._wbuf.append(error_response(status, close=close,
+                                         head_only=req is not None and req.method == b"HEAD"))
+        self._resp_done = True
+        self._keep = not close
+        if close:
+            self._close_after = True
+        self._discard = True
+        self._finish()
+
+    def _local_error(self, failure: Failure, close: bool) -> None:
+        """Answer outside any routed exchange (a malformed request, a slow head)."""
+        self._status = failure.status
+        self._fe.response(failure.status)
+        self._wbuf.append(error_response(failure.status, close=True))
+        self._close_after = True
+        if self._req is not None:
+            self._end_exchange(reusable=False, log_it=True)
+        self.close()
+        self._disarm()
+
+    def _fail(self, failure: Failure) -> None:
+        self._connecting = False
+        self._respond_error(failure)
+
+    # -- the end of an exchange ----------------------------------------------------------
+
+    def _finish(self) -> None:
+        """The response is complete (or given up). The exchange ends now if the request
+        was read whole; else (close_after) the connection closes."""
+        up = self._up
+        reusable = False
+        if up is not None:
+            parser = up.parser
+            reusable = (self._resp is not None and self._resp.keep_alive and self._req_done
+                        and not self._discard_body_pending() and parser is not None
+                        and not parser.rest and parser.upgrade_rest is None and up.usable)
+        self._end_exchange(reusable, log_it=True)
+        if self._close_after or not self._keep:
+            self.close()
+            return
+        self.flush()
+        self._arm(_T_KEEPALIVE, self._proxy.settings.timeouts.keep_alive)
+        if self._proxy.closing:
+            self.close()
+            return
+        self.resume_reading(_P_UPGRADE | _P_PENDING)
+        if self._queue is not None:
+            self._replay_queue()
+
+    def _discard_body_pending(self) -> bool:
+        return self._discard and not self._req_done
+
+    def _release_server(self) -> None:
+        server = self._server
+        backend = self._backend
+        if server is None or backend is None or self._t_conn == 0.0:
+            return
+        balancer = self._balancer
+        assert balancer is not None
+        balancer.release(server)
+        stats = self._proxy.stats
+        srv = stats.server(backend.name, server.label)
+        srv.close()
+        srv.bytes_in += self._bytes_out_req
+        srv.bytes_out += self._resp_bytes
+        be = stats.backend(backend.name)
+        be.close()
+        be.bytes_in += self._bytes_out_req
+        be.bytes_out += self._resp_bytes
+        if self._status and self._resp is not None:
+            srv.response(self._status)
+            be.response(self._status)
+        self._t_conn = 0.0
+
+    def _end_exchange(self, reusable: bool, log_it: bool) -> None:
+        up = self._up
+        if up is not None and not self.tunnel:
+            up.detach()
+            if reusable:
+                self._proxy.pool.put(up)
+            else:
+                up.close()
+        elif up is not None:
+            up.detach()
+            up.close()
+        self._release_server()
+        if log_it and access_log.isEnabledFor(logging.INFO):
+            self._log()
+        self._reset()
+
+    def _log(self) -> None:
+        req = self._req
+        now = self._loop.time()
+        t0 = self._t0
+        ms: Callable[[float], int] = lambda t: int((t - t0) * 1000) if t else -1  # noqa: E731
+        tq = ms(self._t_head)
+        tc = int((self._t_conn - self._t_head) * 1000) if self._t_conn else -1
+        tr = int((self._t_resp - self._t_conn) * 1000) if self._t_resp and self._t_conn \
+            else -1
+        backend = self._backend.name if self._backend is not None else "<NOSRV>"
+        server = self._server.label if self._server is not None else "<NOSRV>"
+        line = '%s:%d [%s] %s %s/%s %d/%d/%d/%d/%d %d %d "%s %s HTTP/%s"' % (  # noqa: UP031
+            self.client_ip, self.client_port,
+            time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime()), self._proxy.frontend,
+            backend, server, tq, 0 if self._t_conn else -1, tc, tr, ms(now), self._status,
+            self._resp_bytes,
+            req.method.decode("latin-1") if req else "<BADREQ>",
+            req.target.decode("latin-1") if req else "",
+            req.version.decode() if req else "1.1")
+        access_log.info(line)

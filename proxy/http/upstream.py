@@ -1,0 +1,157 @@
+"""The backend side of the L7 router: one asyncio Protocol per connection to a server.
+
+An `UpstreamProtocol` belongs either to the pool (idle, no owner) or to one client
+connection's exchange (`owner`). While owned, it feeds the response bytes to a fresh
+response parser whose callbacks are the owner's, and relays flow control: when its own
+write buffer is full it pauses the client's reading, and the owner pauses this one's
+reading when the client's write buffer is full. After a 101 it becomes a byte tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import TYPE_CHECKING, cast
+
+from proxy.http.parser import ParseError, ResponseParser, response_parser
+from pylb.config import HttpParser
+
+if TYPE_CHECKING:
+    from proxy.http.pool import Key, Pool
+    from proxy.http.server import ClientProtocol
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    __slots__ = ("_idle_timer", "_pool", "closed", "eof", "got_bytes", "key", "kind", "owner",
+                 "parser", "transport", "tunnel", "uses")
+
+    def __init__(self, key: Key, kind: HttpParser) -> None:
+        self.key = key
+        self.kind = kind
+        self.transport: asyncio.Transport | None = None
+        self.owner: ClientProtocol | None = None
+        self.parser: ResponseParser | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._pool: Pool | None = None
+        self.closed = False
+        self.eof = False
+        self.got_bytes = False  # any response byte in the current exchange
+        self.tunnel = False
+        self.uses = 0
+
+    # -- pool bookkeeping ---------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        t = self.transport
+        return not self.closed and not self.eof and t is not None and not t.is_closing()
+
+    def enter_pool(self, pool: Pool, timer: asyncio.TimerHandle) -> None:
+        self.owner = None
+        self.parser = None
+        self._pool = pool
+        self._idle_timer = timer
+
+    def leave_pool(self) -> None:
+        self._pool = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def begin(self, owner: ClientProtocol, method: bytes, upgrade: bool) -> None:
+        """Start an exchange: the next bytes from the server are `owner`'s response."""
+        self.owner = owner
+        self.got_bytes = False
+        self.uses += 1
+        self.parser = response_parser(self.kind, owner, method, upgrade)
+
+    def detach(self) -> None:
+        self.owner = None
+        self.parser = None
+
+    def close(self) -> None:
+        self.closed = True
+        self.leave_pool()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.leave_pool()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not TCP (a Unix socket in a test)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        if owner is None:
+            self.close()  # an idle connection has nothing to say
+            return
+        self.got_bytes = True
+        if self.tunnel:
+            owner.tunnel_from_upstream(data)
+            return
+        owner.upstream_activity(len(data))
+        parser = self.parser
+        assert parser is not None
+        try:
+            parser.feed(data)
+        except ParseError as e:
+            owner.upstream_failed(self, e.failure)
+            return
+        if self.owner is owner:
+            rest = parser.upgrade_rest
+            if rest is not None:
+                self.tunnel = True
+                owner.start_tunnel(rest)
+            owner.flush()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        owner = self.owner
+        if owner is None:
+            return None
+        if self.tunnel:
+            return owner.tunnel_upstream_eof()
+        parser = self.parser
+        assert parser is not None
+        try:
+            parser.feed_eof()
+        except ParseError as e:
+            owner.upstream_failed(self, e.failure)
+            return None
+        if self.owner is owner:
+            owner.flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._pool is not None:
+            self._pool.remove(self)
+        self.leave_pool()
+        owner = self.owner
+        if owner is not None:
+            owner.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.pause_reading(2)
+
+    def resume_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.resume_reading(2)
