@@ -248,6 +248,7 @@ def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, ii
         "lbtot": int(c.get("lbtot", 0)),
         "addr": format_hostport(server.address, server.port),
         "mode": mode,
+        "dreq": None,  # servers deny nothing; haproxy leaves the cell empty too
     })
     if mode != "http":
         for k in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
@@ -286,7 +287,6 @@ def _backend_row(view: StatsView, backend: Backend, mode: str, iid: int,
         "weight": sum(int(r["weight"] or 0) for r in usable),
         "uweight": sum(int(r["weight"] or 0) for r in usable),
         "act": len(usable), "bck": 0,
-        "chkdown": sum(int(r.get("chkdown") or 0) for r in servers),
         "pid": 1, "iid": iid, "sid": 0, "type": TYPE_BACKEND,
         "lbtot": int(c.get("lbtot", 0)),
         "mode": mode, "algo": backend.algorithm.value,
@@ -301,6 +301,14 @@ def _backend_row(view: StatsView, backend: Backend, mode: str, iid: int,
 
 def stat_rows(view: StatsView, up_only: bool = False) -> list[Row]:
     """haproxy's rows for `view`; `up_only` drops DOWN and MAINT servers (`;up`)."""
+    rows: list[Row] = []
+    for row in _rows(view, up_only):
+        row["-"] = "-"  # haproxy's marker between its own fields and its modules' fields
+        rows.append(row)
+    return rows
+
+
+def _rows(view: StatsView, up_only: bool) -> list[Row]:
     rows: list[Row] = []
     iid = 0
     for name, mode in frontends(view):
