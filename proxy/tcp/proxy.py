@@ -121,13 +121,19 @@ class _Frontend:
 
 
 class _Upstream(asyncio.Protocol):
-    """The server side of a connection: forwards to its `_Conn`."""
+    """The server side of a connection: forwards to its `_Conn`. Between connection_made
+    and the connect task's resumption, what the server says (a MySQL greeting) is kept in
+    `early`, and an EOF or loss is noted, for `_Conn._connected` to pass on."""
 
-    __slots__ = ("conn", "transport")
+    __slots__ = ("conn", "early", "eof", "lost", "lost_exc", "transport")
 
     def __init__(self, conn: _Conn) -> None:
         self.conn = conn
         self.transport: asyncio.Transport | None = None
+        self.early = b""
+        self.eof = False
+        self.lost = False
+        self.lost_exc: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -139,13 +145,23 @@ class _Upstream(asyncio.Protocol):
             c.ct.write(data)
             if c.down + c.up >= c.splice_at:
                 c.try_splice()
+        elif c.state is _CONNECTING:
+            self.early += data
+            if len(self.early) >= HIGH_WATER and self.transport is not None:
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool:
-        self.conn.server_eof()
+        if self.conn.state is _CONNECTING:
+            self.eof = True
+        else:
+            self.conn.server_eof()
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.conn.server_lost(exc)
+        if self.conn.state is _CONNECTING:
+            self.lost, self.lost_exc = True, exc
+        else:
+            self.conn.server_lost(exc)
 
     def pause_writing(self) -> None:
         self.conn.ct.pause_reading()
@@ -384,6 +400,16 @@ class _Conn(asyncio.Protocol):
                 st.write_eof()
         else:
             self.ct.resume_reading()
+        if up.early:
+            self.down += len(up.early)
+            self.ct.write(up.early)
+            up.early = b""
+            st.resume_reading()
+        if up.eof:
+            self.server_eof()
+        if up.lost:
+            self.server_lost(up.lost_exc)
+            return
         if self.up + self.down >= self.splice_at:
             self.try_splice()
 
