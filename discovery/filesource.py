@@ -16,7 +16,9 @@ mtime was recent when it was read is read again on the next poll.
 
 A reload that fails (the file is mid-write, has a YAML error, or is briefly gone) logs an
 ERROR naming the line and keeps serving the last good table. A table is published only
-when it differs from the last one published; versions count up from 1.
+when it differs from the last one published; versions count up from 1. The DNS names of
+ExternalName services are resolved as the Kubernetes source does (discovery.dns): when
+they first appear, then every `dns_interval`, a failed lookup keeping the last answer.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
+from discovery.dns import ExternalNames, Resolve, external_names, resolve
 from discovery.translate import KubeObjects, translate
 from pylb.config import Settings
 from pylb.model import RouteTable
@@ -117,9 +121,14 @@ def _with_namespace(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class FileSource:
-    """Route tables from a file of manifests, republished when the file changes."""
+    """Route tables from a file of manifests, republished when the file changes.
 
-    def __init__(self, path: str, settings: Settings, *, poll_interval: float = 1.0) -> None:
+    ExternalName services are resolved with `discovery.dns` (the resolver is injectable)
+    when the file is read and again every `settings.kube.dns_interval`; `load()` alone
+    does no DNS and shows what has been resolved so far."""
+
+    def __init__(self, path: str, settings: Settings, *, poll_interval: float = 1.0,
+                 resolver: Resolve = resolve) -> None:
         self.path = path
         self.settings = settings
         self.poll_interval = poll_interval
@@ -128,6 +137,7 @@ class FileSource:
         self._last: RouteTable | None = None
         self._signature: Signature | None = None
         self._racy = False
+        self._externals = ExternalNames(resolver, settings.kube.dns_timeout)
 
     def _stat(self) -> tuple[Signature, bool]:
         """(signature, racy) of the file as it is now; OSError if it cannot be stat'ed."""
@@ -135,8 +145,8 @@ class FileSource:
         sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         return sig, time.time_ns() - st.st_mtime_ns < _RACY_NS
 
-    def load(self) -> RouteTable:
-        """Read, parse and translate the file once (version 0). Raises FileSourceError."""
+    def read(self) -> KubeObjects:
+        """Read and parse the file once. Raises FileSourceError."""
         try:
             sig, racy = self._stat()
             with open(self.path, "rb") as f:
@@ -151,9 +161,16 @@ class FileSource:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise FileSourceError(f"{self.path}: not UTF-8 text (byte {e.start})") from None
-        table = translate(objects_from_yaml(text, self.settings, self.path), self.settings)
+        objects = objects_from_yaml(text, self.settings, self.path)
         self._signature, self._racy = sig, racy
-        return table
+        return objects
+
+    def _translate(self, objects: KubeObjects) -> RouteTable:
+        return translate(replace(objects, external=self._externals.snapshot()), self.settings)
+
+    def load(self) -> RouteTable:
+        """Read, parse and translate the file once (version 0). Raises FileSourceError."""
+        return self._translate(self.read())
 
     def _changed(self) -> bool:
         try:
@@ -176,21 +193,34 @@ class FileSource:
         self.synced = True
 
     async def run(self, publish: Callable[[RouteTable], None]) -> None:
-        """Load and publish, then watch the file until cancelled. The first load's
+        """Load and publish, then watch the file until cancelled. The first read's
         FileSourceError propagates (start-up stops with it); later ones are logged and
         the last good table stays."""
-        self._publish_if_new(await asyncio.to_thread(self.load), publish)
+        loop = asyncio.get_running_loop()
+        objects = await asyncio.to_thread(self.read)
+        await self._externals.ensure(external_names(objects.services))
+        self._publish_if_new(await asyncio.to_thread(self._translate, objects), publish)
+        next_dns = loop.time() + self.settings.kube.dns_interval
         while True:
             await asyncio.sleep(self.poll_interval)
-            if not self._changed():
-                continue
-            try:
-                table = await asyncio.to_thread(self.load)
-            except FileSourceError as e:
-                log.error("file source: %s; keeping route table v%d", e, self.version)
+            changed = False
+            if self._changed():
                 try:
-                    self._signature, self._racy = self._stat()
-                except OSError:
-                    self._signature, self._racy = None, False  # gone: wait for it to return
-                continue
-            self._publish_if_new(table, publish)
+                    objects = await asyncio.to_thread(self.read)
+                except FileSourceError as e:
+                    log.error("file source: %s; keeping route table v%d", e, self.version)
+                    try:
+                        self._signature, self._racy = self._stat()
+                    except OSError:
+                        self._signature, self._racy = None, False  # gone: wait for it
+                    continue
+                changed = True
+                await self._externals.ensure(external_names(objects.services))
+            if loop.time() >= next_dns:
+                next_dns = loop.time() + self.settings.kube.dns_interval
+                names = external_names(objects.services)
+                if names and await self._externals.refresh(names):
+                    changed = True
+            if changed:
+                self._publish_if_new(await asyncio.to_thread(self._translate, objects),
+                                     publish)

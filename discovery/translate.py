@@ -575,9 +575,11 @@ def _servers(svc: _Service, port: _Port, idx: _EndpointIndex, objects: KubeObjec
     if svc.external_name is not None:
         external = objects.external if isinstance(objects.external, Mapping) else {}
         name = svc.external_name
-        addrs = external.get(name)
-        if addrs is None:
-            addrs = external.get(name.lower().rstrip("."), ())
+        addrs: Any = None
+        for dns_name in (name, name.strip(), name.strip().lower().rstrip(".")):
+            addrs = external.get(dns_name)
+            if addrs is not None:
+                break
         found: Found = {}
         for a in addrs if isinstance(addrs, list | tuple) else ():
             try:

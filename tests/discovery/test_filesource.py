@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from discovery.filesource import FileSource, FileSourceError, objects_from_yaml
-from pylb.config import Settings
+from pylb.config import KubeSettings, Settings
 from pylb.model import RouteTable
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster.yaml"
@@ -301,3 +301,41 @@ async def test_run_raises_when_the_file_is_missing_at_start(tmp_path: Path) -> N
     with pytest.raises(FileSourceError, match="no such file"):
         await asyncio.wait_for(source.run(lambda t: None), WAIT)
     assert not source.synced
+
+
+EXTERNAL = """apiVersion: v1
+kind: Service
+metadata: {name: rds}
+spec:
+  type: ExternalName
+  externalName: db.example.com
+  ports: [{port: 3306}]
+"""
+
+
+async def test_external_names_are_resolved_and_refreshed(
+        tmp_path: Path, running: Callable[[FileSource], Running]) -> None:
+    answers: dict[str, tuple[str, ...]] = {"db.example.com": ("192.0.2.1",)}
+
+    async def resolver(name: str) -> tuple[str, ...]:
+        if name not in answers:
+            raise OSError("no such name")
+        return answers[name]
+
+    f = tmp_path / "c.yaml"
+    f.write_text(EXTERNAL)
+    settings = Settings(kube=KubeSettings(dns_interval=0.01, dns_timeout=WAIT))
+    source = FileSource(str(f), settings, poll_interval=0.01, resolver=resolver)
+    assert source.load().backend("default/rds:3306").servers == ()  # load() does no DNS
+    r = running(source)
+    table = await r.next()
+    assert [s.key for s in table.backend("default/rds:3306").servers] == [
+        ("192.0.2.1", 3306)]
+    answers["db.example.com"] = ("192.0.2.2", "2001:db8::2")
+    table = await r.next()
+    assert table.version == 2
+    assert [s.key for s in table.backend("default/rds:3306").servers] == [
+        ("192.0.2.2", 3306), ("2001:db8::2", 3306)]
+    del answers["db.example.com"]  # a failing lookup keeps the last answer
+    await r.polls(10)
+    assert r.published.empty()
