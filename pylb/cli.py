@@ -324,13 +324,27 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         election_namespace=ns.election_namespace,
         election_id=ns.election_id,
         syslog=ns.syslog,
+        log_level=ns.log_level,
         dry=ns.dry,
     )
 
 
-def setup_logging(level: str, tag: str = "") -> None:
+def setup_logging(level: str, tag: str = "", access_log: bool = True) -> None:
+    """One stream (stderr) for every process, each line tagged with its worker. The access
+    log (`pylb.access`, one line per request like haproxy's httplog) goes to stdout when
+    `access_log` (`--syslog`, its 2015 meaning); otherwise it is off, and the hot path
+    skips formatting it entirely."""
     fmt = "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    access = logging.getLogger("pylb.access")
+    access.propagate = False
+    if access_log:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+    else:
+        access.setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(ns)
     except FlagError as e:
         parser.exit(2, f"pylb run: error: {e}\n")
-    setup_logging(ns.log_level)
+    setup_logging(ns.log_level, access_log=settings.syslog)
     from pylb import app
 
     try:

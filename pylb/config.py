@@ -161,4 +161,5 @@ class Settings:
     election_id: str | None = None
     # Logging
     syslog: bool = False  # 2015 meaning: the access log goes to stdout
+    log_level: str = "info"
     dry: bool = False

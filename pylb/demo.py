@@ -14,7 +14,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h11
 import yaml
@@ -34,8 +34,7 @@ class _NameServer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -79,8 +78,7 @@ class _NameServer(asyncio.Protocol):
 
 class _Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
@@ -174,7 +172,8 @@ pylb demo: the load balancer is serving the services in {path}
   curl http://127.0.0.1:{port}/TEST/x                   # lb.aclMatch "-i /test" (not stripped)
   curl -H 'Host: demo.example.com' http://127.0.0.1:{port}/   # lb.host
   curl http://127.0.0.1:{port}/nope                     # 404: no route
-  echo hello | nc -q1 127.0.0.1 {tcp_port}               # TCP service 'echo'
+  # the TCP service 'echo' on :{tcp_port}:
+  python3 -c "import socket as s; c=s.create_connection(('127.0.0.1',{tcp_port})); c.send(b'hi'); print(c.recv(2))"
   stats page:  http://127.0.0.1:{port + 2}/   (;csv  ;json  /metrics)
   health:      http://127.0.0.1:{port + 3}/healthz  /readyz
 Ctrl-C stops it.

@@ -236,7 +236,7 @@ def worker_main(index: int, settings: Settings,
     """Entry point of a worker process."""
     from pylb.cli import setup_logging
 
-    setup_logging("info", tag=f"worker {index}")
+    setup_logging(settings.log_level, tag=f"worker {index}", access_log=settings.syslog)
     # Ctrl-C reaches the whole process group; the controller decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import uvloop
