@@ -211,7 +211,7 @@ def apply_event(store: dict[Key, Object], etype: str, obj: Object) -> bool:
 @dataclass(slots=True)
 class InformerMetrics:
     lists: int = 0
-    relists: int = 0  # lists after the first (410, or after an error during a list)
+    relists: int = 0  # list attempts after the first (after a 410, or a failed list)
     watches: int = 0  # watch requests opened
     watch_restarts: int = 0  # watches that ended (cleanly or not) and were reopened
     events: int = 0
@@ -249,6 +249,7 @@ class Informer:
         self._clock = clock
         self._wallclock = wallclock
         self._failures = 0
+        self._list_attempts = 0
         api = CoreV1Api(api_client) if kind.group == "core" else DiscoveryV1Api(api_client)
         if namespace is None:
             self._call = getattr(api, kind.cluster)
@@ -317,8 +318,9 @@ class Informer:
         items: dict[Key, Object] = {}
         version = ""
         token: str | None = None
-        if self.metrics.lists:
+        if self._list_attempts:
             self.metrics.relists += 1
+        self._list_attempts += 1
         for page in range(MAX_LIST_PAGES):
             kwargs: dict[str, Any] = {"limit": s.page_size}
             if token:
@@ -368,8 +370,11 @@ class Informer:
                     body = await resp.content.read(MAX_ERROR_BODY)
                 raise error_from_response(resp.status, resp.headers, body)
             while self._clock() < deadline:
-                async with asyncio.timeout(s.read_timeout):
-                    line = await resp.content.readline()
+                try:
+                    async with asyncio.timeout(s.read_timeout):
+                        line = await resp.content.readline()
+                except TimeoutError:
+                    raise StreamError(f"watch silent for {s.read_timeout:g}s") from None
                 if not line:
                     break
                 if not line.endswith(b"\n"):
