@@ -227,7 +227,8 @@ class FakeApiServer:
         app.router.add_get("/apis", self._api_groups)
         app.router.add_route("*", "/api/{tail:.*}", self._resource)
         app.router.add_route("*", "/apis/{tail:.*}", self._resource)
-        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None,
+                               handler_cancellation=True)
         await runner.setup()
         ssl_ctx = self.pki.server_context() if self.pki is not None else None
         site = web.TCPSite(runner, self.host, self.port, ssl_context=ssl_ctx,

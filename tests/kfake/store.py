@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.kfake import errors
-from tests.kfake.errors import ApiError, Cause
+from tests.kfake.errors import Cause
 from tests.kfake.resources import Allocator, DecodeError, Resource, check_times, lookup
 
 JsonObj = dict[str, Any]
@@ -238,18 +238,15 @@ class Store:
         res = self.resource(which)
         start_after: ObjKey | None = None
         if continue_token:
-            list_rv, start_after = self._decode_continue(continue_token)
-            state = self.state_at(res, list_rv)
+            token_rv, start_after = self._decode_continue(continue_token)
+            if token_rv == -1:
+                # The token a 410 hands out: go on at the latest state, inconsistently.
+                list_rv, state = self.rv, self._table(res)
+            else:
+                list_rv, state = token_rv, self.state_at(res, token_rv)
         elif exact:
             list_rv = _parse_rv(resource_version)
-            try:
-                state = self.state_at(res, list_rv)
-            except ApiError as e:
-                if e.code == 410:
-                    raise errors.gone(
-                        f"too old resource version: {list_rv} ({self.compacted_rv})"
-                    ) from None
-                raise
+            state = self.state_at(res, list_rv)
         else:
             if resource_version not in ("", "0"):
                 want = _parse_rv(resource_version)
@@ -294,8 +291,12 @@ class Store:
         except (ValueError, KeyError, TypeError):
             raise errors.bad_request("continue key is not valid: incorrect encoded start "
                                      "resourceVersion (version meta.k8s.io/v1)") from None
-        if rv < self.compacted_rv or self.clock() - issued > self.continue_ttl:
-            raise errors.gone(CONTINUE_TOO_OLD)
+        if rv != -1 and (rv < self.compacted_rv or self.clock() - issued > self.continue_ttl):
+            # etcd's answer after a compaction (apiserver `handleCompactedErrorForPaging`):
+            # 410 with a token that continues at the latest revision.
+            err = errors.gone(CONTINUE_TOO_OLD)
+            err.body["metadata"] = {"continue": self._encode_continue(-1, (ns, name))}
+            raise err
         return rv, (ns, name)
 
     # ---- writes --------------------------------------------------------------------------

@@ -17,6 +17,19 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.kfake import FakeApiServer
+from tests.kfake.app import parse_bool, parse_path
+from tests.kfake.patch import merge_patch, strategic_merge_patch
+from tests.kfake.resources import lookup
+from tests.kfake.selectors import (
+    SelectorError,
+    fields_match,
+    labels_match,
+    parse_field_selector,
+    parse_label_selector,
+    predicate,
+)
+from tests.kfake.store import Change
+from tests.kfake.watch import convert, next_bookmark_time
 
 JsonObj = dict[str, Any]
 NS = "default"
@@ -311,3 +324,338 @@ async def test_ka_lease_round_trip_with_whole_second_times_is_rejected(
     with pytest.raises(ApiException) as info:
         await co.replace_namespaced_lease("pylb", NS, created)
     assert info.value.status == 400
+
+
+# ---- pure pieces, as tables -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("values", "want"), [
+    ([], False), (["True"], True), (["true"], True), (["1"], True), ([""], True),
+    (["0"], False), (["false"], False), (["FALSE"], False), (["no"], True),
+])
+def test_bool_query_params_as_the_real_server(values: list[str], want: bool) -> None:
+    assert parse_bool(values) is want
+
+
+@pytest.mark.parametrize(("path", "want"), [
+    ("/api/v1/services", ("services", None, "", "")),
+    ("/api/v1/namespaces/default/services", ("services", "default", "", "")),
+    ("/api/v1/namespaces/default/services/web", ("services", "default", "web", "")),
+    ("/api/v1/namespaces/default/services/web/status", ("services", "default", "web", "status")),
+    ("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/x",
+     ("leases.coordination.k8s.io", "kube-system", "x", "")),
+    ("/apis/discovery.k8s.io/v1/endpointslices", ("endpointslices.discovery.k8s.io", None, "", "")),
+    ("/apis/events.k8s.io/v1/namespaces/a/events", ("events.events.k8s.io", "a", "", "")),
+    ("/api/v1/namespaces", ("namespaces", None, "", "")),
+    ("/api/v1/namespaces/default", ("namespaces", None, "default", "")),
+    ("/api/v1/services/web", None),            # namespaced object without a namespace
+    ("/api/v1/widgets", None),
+    ("/apis/discovery.k8s.io/v1beta1/endpointslices", None),
+])
+def test_parse_path(path: str, want: tuple[str, str | None, str, str] | None) -> None:
+    got = parse_path(path)
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert (got.res.key, got.namespace, got.name, got.subresource) == want
+
+
+def _change(etype: str, new_labels: dict[str, str] | None,
+            old_labels: dict[str, str] | None) -> Change:
+    res = lookup("services")
+
+    def obj(labels: dict[str, str] | None, rv: int) -> JsonObj:
+        return {"metadata": {"name": "x", "resourceVersion": str(rv), "labels": labels or {}}}
+
+    prev = obj(old_labels, 5) if old_labels is not None else None
+    return Change(6, etype, res, NS, "x", obj(new_labels, 6), prev)
+
+
+@pytest.mark.parametrize(("etype", "new", "old", "want_type", "want_labels"), [
+    ("ADDED", {"a": "1"}, None, "ADDED", {"a": "1"}),
+    ("ADDED", {"a": "2"}, None, None, None),
+    ("MODIFIED", {"a": "1"}, {"a": "1"}, "MODIFIED", {"a": "1"}),
+    ("MODIFIED", {"a": "1"}, {"a": "2"}, "ADDED", {"a": "1"}),        # enters the selector
+    ("MODIFIED", {"a": "2"}, {"a": "1"}, "DELETED", {"a": "1"}),      # leaves it: old object
+    ("MODIFIED", {"a": "2"}, {"a": "3"}, None, None),
+    ("DELETED", {"a": "1"}, {"a": "1"}, "DELETED", {"a": "1"}),
+    ("DELETED", {"a": "2"}, {"a": "2"}, None, None),
+])
+def test_watch_selector_enter_and_leave(etype: str, new: dict[str, str], old: dict[str, str] | None,
+                                        want_type: str | None,
+                                        want_labels: dict[str, str] | None) -> None:
+    match = predicate("a=1", "", "services")
+    got = convert(_change(etype, new, old), match)
+    if want_type is None:
+        assert got is None
+        return
+    assert got is not None
+    assert got[0] == want_type
+    assert got[1]["metadata"]["labels"] == want_labels
+    assert got[1]["metadata"]["resourceVersion"] == "6"  # always the change's revision
+
+
+@pytest.mark.parametrize(("now", "deadline", "interval", "before", "want"), [
+    (0.0, 1000.0, 60.0, 2.0, 60.0),       # periodic
+    (950.0, 1000.0, 60.0, 2.0, 998.0),    # the last one, 2 s before the deadline
+    (999.0, 1000.0, 60.0, 2.0, None),     # too late for one
+    (0.0, 1.0, 60.0, 2.0, None),          # a 1 s watch never gets a bookmark by default
+    (0.0, 1.0, 0.2, 0.0, 0.2),
+])
+def test_next_bookmark_time(now: float, deadline: float, interval: float, before: float,
+                            want: float | None) -> None:
+    assert next_bookmark_time(now, deadline, interval, before) == want
+
+
+@pytest.mark.parametrize(("selector", "labels", "want"), [
+    ("", {}, True),
+    ("app=web", {"app": "web"}, True),
+    ("app==web", {"app": "web"}, True),
+    ("app=web", {"app": "db"}, False),
+    ("app!=web", {}, True),
+    ("app!=web", {"app": "web"}, False),
+    ("app in (web,db)", {"app": "db"}, True),
+    ("app in (web, db)", {}, False),
+    ("app notin (web,db)", {}, True),
+    ("app notin (web,db)", {"app": "web"}, False),
+    ("app", {"app": ""}, True),
+    ("!app", {"app": ""}, False),
+    ("!app", {"x": "y"}, True),
+    ("kubernetes.io/service-name=web,tier", {"kubernetes.io/service-name": "web", "tier": "1"},
+     True),
+    ("kubernetes.io/service-name=web,tier", {"kubernetes.io/service-name": "web"}, False),
+    ("x=", {"x": ""}, True),
+    ("n>3", {"n": "4"}, True),
+    ("n<3", {"n": "4"}, False),
+])
+def test_label_selectors(selector: str, labels: dict[str, str], want: bool) -> None:
+    assert labels_match(parse_label_selector(selector), {"metadata": {"labels": labels}}) is want
+
+
+@pytest.mark.parametrize("selector", [
+    "app in (web", "a=b,,c=d", "a b", "-bad=x", "a=b c", "n>x", "a=@",
+])
+def test_bad_label_selectors(selector: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_label_selector(selector)
+
+
+@pytest.mark.parametrize(("selector", "want"), [
+    ("metadata.name=web", True),
+    ("metadata.name==web,metadata.namespace=default", True),
+    ("metadata.name!=web", False),
+    ("metadata.namespace=kube-system", False),
+])
+def test_field_selectors(selector: str, want: bool) -> None:
+    obj = {"metadata": {"name": "web", "namespace": "default"}}
+    assert fields_match(parse_field_selector(selector, "services"), obj) is want
+
+
+def test_unknown_field_label_is_an_error() -> None:
+    with pytest.raises(SelectorError, match=r"field label not supported: spec\.type"):
+        parse_field_selector("spec.type=ClusterIP", "services")
+    assert parse_field_selector("spec.nodeName=n1", "pods")
+
+
+SVC = lookup("services")
+
+
+@pytest.mark.parametrize(("target", "patch", "want"), [
+    # merge by port; an item not in the patch stays; a new port is appended
+    ({"spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]}},
+     {"spec": {"ports": [{"port": 80, "targetPort": 8080}]}},
+     {"spec": {"ports": [{"port": 80, "name": "http", "targetPort": 8080},
+                         {"port": 443, "name": "https"}]}}),
+    ({"spec": {"ports": [{"port": 80}]}},
+     {"spec": {"ports": [{"port": 81}]}},
+     {"spec": {"ports": [{"port": 80}, {"port": 81}]}}),
+    ({"spec": {"ports": [{"port": 80}, {"port": 81}]}},
+     {"spec": {"ports": [{"port": 80, "$patch": "delete"}]}},
+     {"spec": {"ports": [{"port": 81}]}}),
+    # lists without a merge key are replaced whole
+    ({"status": {"loadBalancer": {"ingress": [{"ip": "1.1.1.1"}, {"ip": "2.2.2.2"}]}}},
+     {"status": {"loadBalancer": {"ingress": [{"ip": "3.3.3.3"}]}}},
+     {"status": {"loadBalancer": {"ingress": [{"ip": "3.3.3.3"}]}}}),
+    # null deletes; $patch: replace replaces a map
+    ({"metadata": {"labels": {"a": "1", "b": "2"}}},
+     {"metadata": {"labels": {"a": None}}},
+     {"metadata": {"labels": {"b": "2"}}}),
+    ({"metadata": {"labels": {"a": "1", "b": "2"}}},
+     {"metadata": {"labels": {"$patch": "replace", "c": "3"}}},
+     {"metadata": {"labels": {"c": "3"}}}),
+    ({"metadata": {"finalizers": ["a"]}},
+     {"metadata": {"finalizers": ["b"]}},
+     {"metadata": {"finalizers": ["a", "b"]}}),
+])
+def test_strategic_merge_patch(target: JsonObj, patch: JsonObj, want: JsonObj) -> None:
+    assert strategic_merge_patch(target, patch, SVC) == want
+
+
+@pytest.mark.parametrize(("target", "patch", "want"), [
+    ({"a": 1, "b": {"c": 2}}, {"b": {"c": None, "d": 3}}, {"a": 1, "b": {"d": 3}}),
+    ({"l": [1, 2]}, {"l": [3]}, {"l": [3]}),
+    ({"a": {"b": 1}}, {"a": 5}, {"a": 5}),
+])
+def test_merge_patch(target: JsonObj, patch: JsonObj, want: JsonObj) -> None:
+    assert merge_patch(target, patch) == want
+
+
+# ---- pagination and list options -----------------------------------------------------------
+
+
+async def test_ka_pagination_is_a_consistent_snapshot(kube_api: FakeApiServer,
+                                                     api_client: client.ApiClient) -> None:
+    store = kube_api.store
+    for i in range(7):
+        store.create("services", svc(f"s{i}"))
+    v1 = client.CoreV1Api(api_client)
+    first = await v1.list_namespaced_service(NS, limit=3)
+    assert [s.metadata.name for s in first.items] == ["s0", "s1", "s2"]
+    assert first.metadata.remaining_item_count == 4
+    # changes after the first page do not show in the next ones
+    store.delete("services", NS, "s4")
+    store.create("services", svc("s3a"))
+    names, token, rvs = [], first.metadata._continue, {first.metadata.resource_version}
+    for _ in range(10):
+        if not token:
+            break
+        page = await v1.list_namespaced_service(NS, limit=3, _continue=token)
+        names += [s.metadata.name for s in page.items]
+        rvs.add(page.metadata.resource_version)
+        token = page.metadata._continue
+    assert names == ["s3", "s4", "s5", "s6"]
+    assert len(rvs) == 1
+
+
+async def test_expired_continue_is_410_with_an_inconsistent_token(
+        kube_api: FakeApiServer, http: aiohttp.ClientSession) -> None:
+    store = kube_api.store
+    for i in range(5):
+        store.create("services", svc(f"s{i}"))
+    async with http.get("/api/v1/services", params={"limit": "2"}) as r:
+        token = (await r.json())["metadata"]["continue"]
+    store.delete("services", NS, "s3")
+    store.compact()
+    async with http.get("/api/v1/services", params={"limit": "2", "continue": token}) as r:
+        assert r.status == 410
+        body = await r.json()
+    assert body["reason"] == "Expired" and body["code"] == 410
+    assert body["message"].startswith("The provided continue parameter is too old")
+    async with http.get("/api/v1/services",
+                        params={"limit": "5", "continue": body["metadata"]["continue"]}) as r:
+        rest = await r.json()
+    assert [i["metadata"]["name"] for i in rest["items"]] == ["s2", "s4"]  # latest state
+
+
+async def test_continue_token_expires_after_ttl() -> None:
+    now = [1000.0]
+    async with FakeApiServer(continue_ttl=300) as api:
+        api.store.clock = lambda: now[0]
+        for i in range(3):
+            api.store.create("services", svc(f"s{i}"))
+        _, _, token, _ = api.store.list_page("services", limit=1)
+        now[0] += 299
+        assert api.store.list_page("services", limit=1, continue_token=token)[1]
+        now[0] += 2
+        with pytest.raises(Exception, match="too old to display"):
+            api.store.list_page("services", limit=1, continue_token=token)
+
+
+async def test_exact_list_shows_the_past_and_410s_once_compacted(
+        kube_api: FakeApiServer, http: aiohttp.ClientSession) -> None:
+    store = kube_api.store
+    store.create("services", svc("a"))
+    then = str(store.rv)
+    store.create("services", svc("b"))
+    store.delete("services", NS, "a")
+    params = {"resourceVersion": then, "resourceVersionMatch": "Exact"}
+    async with http.get("/api/v1/services", params=params) as r:
+        body = await r.json()
+    assert body["metadata"]["resourceVersion"] == then
+    assert [i["metadata"]["name"] for i in body["items"]] == ["a"]
+    store.compact()
+    async with http.get("/api/v1/services", params=params) as r:
+        assert r.status == 410
+        assert (await r.json())["reason"] == "Expired"
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"resourceVersionMatch": "Exact"}, "resourceVersionMatch"),
+    ({"resourceVersionMatch": "Exact", "resourceVersion": "0"}, "resourceVersionMatch"),
+    ({"resourceVersionMatch": "Sometimes", "resourceVersion": "1"}, "resourceVersionMatch"),
+    ({"sendInitialEvents": "true"}, "sendInitialEvents"),
+    ({"watch": "1", "resourceVersionMatch": "NotOlderThan"}, "resourceVersionMatch"),
+    ({"watch": "1", "sendInitialEvents": "true", "allowWatchBookmarks": "true",
+      "resourceVersionMatch": "NotOlderThan"}, "sendInitialEvents"),  # gate off
+])
+async def test_bad_list_options_are_422(http: aiohttp.ClientSession, params: dict[str, str],
+                                        field: str) -> None:
+    async with http.get("/api/v1/namespaces/default/services", params=params) as r:
+        assert r.status == 422
+        body = await r.json()
+    assert body["reason"] == "Invalid"
+    assert body["details"]["kind"] == "ListOptions"
+    assert body["details"]["group"] == "meta.k8s.io"
+    assert body["message"].startswith('ListOptions.meta.k8s.io "" is invalid: ')
+    assert field in {c["field"] for c in body["details"]["causes"]}
+
+
+async def test_continue_with_resource_version_is_400(http: aiohttp.ClientSession) -> None:
+    async with http.get("/api/v1/services", params={"continue": "x", "resourceVersion": "1"}) as r:
+        assert r.status == 400
+
+
+async def test_rv_zero_list_ignores_limit(kube_api: FakeApiServer,
+                                         http: aiohttp.ClientSession) -> None:
+    for i in range(3):
+        kube_api.store.create("services", svc(f"s{i}"))
+    async with http.get("/api/v1/services", params={"limit": "1", "resourceVersion": "0"}) as r:
+        body = await r.json()
+    assert len(body["items"]) == 3 and "continue" not in body["metadata"]
+
+
+# ---- selectors over HTTP -------------------------------------------------------------------
+
+
+async def test_selectors_filter_lists(kube_api: FakeApiServer,
+                                     api_client: client.ApiClient) -> None:
+    store = kube_api.store
+    store.create("services", svc("web", labels={"app": "web", "tier": "front"}))
+    store.create("services", svc("db", labels={"app": "db"}))
+    store.create("services", svc("web", ns="other", labels={"app": "web"}))
+    v1 = client.CoreV1Api(api_client)
+    got = await v1.list_service_for_all_namespaces(label_selector="app=web")
+    assert [(s.metadata.namespace, s.metadata.name) for s in got.items] == [
+        ("default", "web"), ("other", "web")]
+    got = await v1.list_service_for_all_namespaces(label_selector="app in (web,db),!tier")
+    assert [(s.metadata.namespace, s.metadata.name) for s in got.items] == [
+        ("default", "db"), ("other", "web")]
+    got = await v1.list_service_for_all_namespaces(field_selector="metadata.namespace=other")
+    assert [s.metadata.name for s in got.items] == ["web"]
+    with pytest.raises(ApiException) as info:
+        await v1.list_service_for_all_namespaces(field_selector="spec.type=ClusterIP")
+    assert info.value.status == 400 and status_of(info.value)["reason"] == "BadRequest"
+    with pytest.raises(ApiException) as info:
+        await v1.list_service_for_all_namespaces(label_selector="app in (web")
+    assert info.value.status == 400
+
+
+async def test_watch_selector_sends_added_and_deleted_on_label_moves(
+        kube_api: FakeApiServer, http: aiohttp.ClientSession) -> None:
+    store = kube_api.store
+    store.create("services", svc("web", labels={"app": "web"}))
+    start = str(store.rv)
+    web = store.read("services", NS, "web")
+    web["metadata"]["labels"] = {"app": "other"}
+    store.update("services", web)
+    web = store.read("services", NS, "web")
+    web["metadata"]["labels"] = {"app": "web"}
+    store.update("services", web)
+    store.create("services", svc("db", labels={"app": "db"}))
+    async with http.get("/api/v1/namespaces/default/services", params={
+            "watch": "true", "resourceVersion": start, "labelSelector": "app=web"}) as r:
+        events = await read_lines(r, limit=2)
+    assert [(e["type"], e["object"]["metadata"]["labels"]["app"]) for e in events] == [
+        ("DELETED", "web"), ("ADDED", "web")]
+    assert events[0]["object"]["metadata"]["resourceVersion"] == str(int(start) + 1)
