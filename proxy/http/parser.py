@@ -198,6 +198,25 @@ def analyze_response(status: int, reason: bytes, version: bytes, headers: Header
     return head
 
 
+def _check_partial_head(buf: bytes, failure: Failure) -> None:
+    """`_check_head_bytes` on the complete lines of a head still incomplete, so that a
+    head with bare LFs (which never ends in CRLF CRLF) is refused at once."""
+    last = buf.rfind(b"\n")
+    if last >= 0:
+        _check_head_bytes(buf[:last + 1], failure)
+
+
+def _raw_headers(raw: bytes) -> Headers:
+    """The header fields of a head h11 accepted, as sent: h11 merges repeated
+    Content-Length fields, and the smuggling rules must see them as they came."""
+    out: Headers = []
+    for line in raw.split(b"\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            out.append((name, value.strip(b" \t")))
+    return out
+
+
 def _check_head_bytes(head: bytes | bytearray, failure: Failure) -> None:
     """Lexical rules h11 is lenient about and llhttp is not: every line ends in CRLF
     (no bare LF, no bare CR), no obs-fold continuation lines."""
@@ -405,6 +424,7 @@ class H11RequestParser:
             raise ParseError(Failure.HEADERS_TOO_LARGE)
         if buf.count(b"\n") > limits.max_headers + 1:
             raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
+        _check_partial_head(buf, Failure.BAD_REQUEST)
 
     def _parse_head(self, raw: bytes) -> RequestHead:
         limits = self._limits
@@ -419,8 +439,8 @@ class H11RequestParser:
                 raise ParseError(Failure.URI_TOO_LONG) from None
             raise _h11_error(e, Failure.BAD_REQUEST) from None
         assert isinstance(ev, h11.Request)
-        head = analyze_request(ev.method, ev.target, ev.http_version,
-                               list(ev.headers.raw_items()), limits)
+        head = analyze_request(ev.method, ev.target, ev.http_version, _raw_headers(raw),
+                               limits)
         if len(raw) > limits.max_request_head:
             raise ParseError(Failure.HEADERS_TOO_LARGE)
         return head
@@ -460,6 +480,7 @@ class H11ResponseParser:
             if end < 0:
                 if len(buf) > 64 * 1024:
                     raise ParseError(Failure.BAD_RESPONSE, "response head too long")
+                _check_partial_head(buf, Failure.BAD_RESPONSE)
                 self._buf = buf
                 return
             self._buf = b""
@@ -507,14 +528,14 @@ class H11ResponseParser:
             raise ParseError(Failure.BAD_RESPONSE, str(e)) from None
         assert isinstance(ev, h11.Response | h11.InformationalResponse)
         return analyze_response(ev.status_code, ev.reason, ev.http_version,
-                                list(ev.headers.raw_items()), self._method)
+                                _raw_headers(raw), self._method)
 
 
 class HttptoolsRequestParser:
     """llhttp does the tokenizing and framing; the callbacks build the same heads."""
 
-    __slots__ = ("_field", "_head_size", "_headers", "_limits", "_p", "_sink", "_url",
-                 "upgrade_rest")
+    __slots__ = ("_head_fed", "_head_size", "_headers", "_in_body", "_limits", "_p", "_sink",
+                 "_url", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         assert httptools is not None
@@ -524,12 +545,20 @@ class HttptoolsRequestParser:
         self._url = b""
         self._headers: Headers = []
         self._head_size = 0
+        self._head_fed = 0  # bytes of a head still incomplete (see `feed`)
+        self._in_body = False
         self.upgrade_rest: bytes | None = None
 
     def feed(self, data: bytes) -> None:
         if self.upgrade_rest is not None:
             self.upgrade_rest += data
             return
+        if not self._in_body and data.find(b"\r\n\r\n") < 0:
+            # llhttp keeps partial fields to itself: count what a head still incomplete
+            # has taken (exact when a head begins a read; the fields are counted anyway).
+            self._head_fed += len(data)
+            if self._head_fed > self._limits.max_request_head:
+                raise ParseError(Failure.HEADERS_TOO_LARGE)
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -554,6 +583,8 @@ class HttptoolsRequestParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
+        if value and value[-1] in (0x20, 0x09):
+            value = value.rstrip(b" \t")
         headers.append((name, value))
         self._head_size += len(name) + len(value) + 4
         if len(headers) > self._limits.max_headers:
@@ -565,12 +596,15 @@ class HttptoolsRequestParser:
         p = self._p
         head = analyze_request(p.get_method(), self._url, p.get_http_version().encode(),
                                self._headers, self._limits)
+        self._in_body = True
+        self._head_fed = 0
         self._sink.on_head(head)
 
     def on_body(self, body: bytes) -> None:
         self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._sink.on_end()
 
 
@@ -611,6 +645,9 @@ class HttptoolsResponseParser:
                 return
             raise
         except httptools.HttpParserError as e:
+            if self._done:
+                self.rest = b"?"  # garbage after a complete response
+                return
             raise ParseError(Failure.BAD_RESPONSE, str(e)) from None
 
     def feed_eof(self) -> None:
@@ -631,6 +668,8 @@ class HttptoolsResponseParser:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if value and value[-1] in (0x20, 0x09):
+            value = value.rstrip(b" \t")
         self._headers.append((name, value))
         if len(self._headers) > 1000:
             raise ParseError(Failure.BAD_RESPONSE, "too many response header fields")
@@ -661,8 +700,8 @@ class HttptoolsResponseParser:
             self._sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
-        if self._done or not self._headers_seen:
-            return  # an interim response ended
+        if self._done or not self._headers_seen or self._p.get_status_code() == 101:
+            return  # an interim response ended, or a 101 (its tunnel follows)
         self._done = True
         self._sink.on_response_end()
 

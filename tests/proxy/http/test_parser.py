@@ -1,0 +1,318 @@
+"""The parser interface on bytes, no sockets: both implementations, the same table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pylb.config import HttpParser, Limits
+from pylb.failures import Failure
+from proxy.http.parser import (
+    BodyFramer,
+    ParseError,
+    RequestHead,
+    ResponseHead,
+    request_parser,
+    response_parser,
+)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_head(self, head: RequestHead) -> None:
+        self.events.append(("head", head))
+
+    def on_body(self, data: bytes) -> None:
+        if self.events and self.events[-1][0] == "body":
+            self.events[-1] = ("body", self.events[-1][1] + bytes(data))
+        else:
+            self.events.append(("body", bytes(data)))
+
+    def on_end(self) -> None:
+        self.events.append(("end", None))
+
+    def on_interim(self, head: ResponseHead) -> None:
+        self.events.append(("interim", head.status))
+
+    def on_response(self, head: ResponseHead) -> None:
+        self.events.append(("head", head))
+
+    def on_response_body(self, data: bytes) -> None:
+        self.on_body(data)
+
+    def on_response_end(self) -> None:
+        self.on_end()
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.events]
+
+    def body(self) -> bytes:
+        return b"".join(v for k, v in self.events if k == "body")
+
+
+def parse(kind: HttpParser, data: bytes, limits: Limits | None = None,
+          split: int = 0) -> Sink:
+    sink = Sink()
+    p = request_parser(kind, sink, limits or Limits())
+    if split:
+        for i in range(0, len(data), split):
+            p.feed(data[i:i + split])
+    else:
+        p.feed(data)
+    return sink
+
+
+def fails(kind: HttpParser, data: bytes, limits: Limits | None = None) -> Failure:
+    with pytest.raises(ParseError) as e:
+        parse(kind, data, limits)
+    return e.value.failure
+
+
+H = b"Host: a\r\n"
+BAD = Failure.BAD_REQUEST
+
+# (name, request bytes, failure) — every one must be refused by both parsers.
+MALFORMED = [
+    ("obs-fold", b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n b\r\n\r\n", BAD),
+    ("obs-fold-tab", b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n\tb\r\n\r\n", BAD),
+    ("space-before-colon", b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", BAD),
+    ("te-space-before-colon",
+     b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", BAD),
+    ("nul-in-value", b"GET / HTTP/1.1\r\n" + H + b"X: a\x00b\r\n\r\n", BAD),
+    ("bare-cr-in-value", b"GET / HTTP/1.1\r\n" + H + b"X: a\rb\r\n\r\n", BAD),
+    ("bare-lf-lines", b"GET / HTTP/1.1\nHost: a\n\n", BAD),
+    ("cl-and-te", b"POST / HTTP/1.1\r\n" + H +
+     b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", BAD),
+    ("te-and-cl", b"POST / HTTP/1.1\r\n" + H +
+     b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", BAD),
+    ("conflicting-cl", b"POST / HTTP/1.1\r\n" + H +
+     b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", BAD),
+    ("repeated-cl", b"POST / HTTP/1.1\r\n" + H +
+     b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc", BAD),
+    ("cl-list", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3, 3\r\n\r\nabc", BAD),
+    ("cl-plus", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: +3\r\n\r\nabc", BAD),
+    ("cl-negative", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n", BAD),
+    ("cl-hex", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 0x10\r\n\r\n", BAD),
+    ("cl-huge", b"POST / HTTP/1.1\r\n" + H +
+     b"Content-Length: 99999999999999999999999\r\n\r\n", BAD),
+    ("te-gzip", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", BAD),
+    ("te-chunked-gzip", b"POST / HTTP/1.1\r\n" + H +
+     b"Transfer-Encoding: chunked, gzip\r\n\r\n", BAD),
+    ("te-repeated", b"POST / HTTP/1.1\r\n" + H +
+     b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", BAD),
+    ("chunk-size-not-hex", b"POST / HTTP/1.1\r\n" + H +
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", BAD),
+    ("chunk-size-negative", b"POST / HTTP/1.1\r\n" + H +
+     b"Transfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n", BAD),
+    ("chunk-size-space", b"POST / HTTP/1.1\r\n" + H +
+     b"Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n", BAD),
+    ("chunk-size-overflow", b"POST / HTTP/1.1\r\n" + H +
+     b"Transfer-Encoding: chunked\r\n\r\n10000000000000000\r\nabc\r\n0\r\n\r\n", BAD),
+    ("chunk-no-crlf", b"POST / HTTP/1.1\r\n" + H +
+     b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n", BAD),
+    ("chunk-bare-lf", b"POST / HTTP/1.1\r\n" + H +
+     b"Transfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n", BAD),
+    ("http-2.0", b"GET / HTTP/2.0\r\n" + H + b"\r\n", BAD),
+    ("http-0.9", b"GET /\r\n\r\n", BAD),
+    ("no-host-1.1", b"GET / HTTP/1.1\r\n\r\n", BAD),
+    ("two-hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BAD),
+    ("tls-hello", b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", BAD),
+    ("connect", b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", BAD),
+    ("bad-target", b"GET foo HTTP/1.1\r\n" + H + b"\r\n", BAD),
+    ("space-in-target", b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", BAD),
+    ("expect-other", b"GET / HTTP/1.1\r\n" + H + b"Expect: magic\r\n\r\n", BAD),
+    ("upgrade-with-body", b"POST / HTTP/1.1\r\n" + H +
+     b"Connection: upgrade\r\nUpgrade: x\r\nContent-Length: 1\r\n\r\na", BAD),
+    ("empty-header-name", b"GET / HTTP/1.1\r\n" + H + b": x\r\n\r\n", BAD),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "failure"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_rejected(parser_kind: HttpParser, name: str, data: bytes,
+                            failure: Failure) -> None:
+    assert fails(parser_kind, data) is failure
+
+
+def test_uri_too_long_414(parser_kind: HttpParser) -> None:
+    limits = Limits(max_uri=100)
+    long = b"GET /" + b"a" * 200 + b" HTTP/1.1\r\n" + H + b"\r\n"
+    assert fails(parser_kind, long, limits) is Failure.URI_TOO_LONG
+    # Incomplete: refused before the line even ends.
+    assert fails(parser_kind, long[:150], limits) is Failure.URI_TOO_LONG
+    assert parse(parser_kind, b"GET /" + b"a" * 99 + b" HTTP/1.1\r\n" + H + b"\r\n",
+                 limits).kinds() == ["head", "end"]
+
+
+def test_head_too_large_431(parser_kind: HttpParser) -> None:
+    limits = Limits(max_request_head=1024)
+    big = b"GET / HTTP/1.1\r\n" + H + b"X: " + b"a" * 2000 + b"\r\n\r\n"
+    assert fails(parser_kind, big, limits) is Failure.HEADERS_TOO_LARGE
+    assert fails(parser_kind, big[:1500], limits) is Failure.HEADERS_TOO_LARGE
+
+
+def test_too_many_headers_431(parser_kind: HttpParser) -> None:
+    limits = Limits(max_headers=10)
+    many = b"GET / HTTP/1.1\r\n" + H + b"".join(b"X%d: y\r\n" % i for i in range(10)) + b"\r\n"
+    assert fails(parser_kind, many, limits) is Failure.HEADERS_TOO_LARGE
+    ok = b"GET / HTTP/1.1\r\n" + H + b"".join(b"X%d: y\r\n" % i for i in range(9)) + b"\r\n"
+    assert parse(parser_kind, ok, limits).kinds() == ["head", "end"]
+
+
+@pytest.mark.parametrize("split", [0, 1, 7])
+def test_pipelined_mixed_framing(parser_kind: HttpParser, split: int) -> None:
+    data = (b"GET /a HTTP/1.1\r\n" + H + b"\r\n"
+            b"POST /b HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello"
+            b"POST /c HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+            b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\n"
+            b"GET /d HTTP/1.0\r\n\r\n")
+    sink = parse(parser_kind, data, split=split)
+    heads = [v for k, v in sink.events if k == "head"]
+    assert [h.target for h in heads] == [b"/a", b"/b", b"/c", b"/d"]
+    assert [k for k in sink.kinds() if k != "body"] == ["head", "end"] * 4
+    assert sink.body() == b"helloabcde"
+    assert heads[1].content_length == 5 and not heads[1].chunked
+    assert heads[2].chunked and heads[2].content_length is None
+    assert heads[0].keep_alive and not heads[3].keep_alive
+    assert heads[3].version == b"1.0"
+
+
+def test_head_fields(parser_kind: HttpParser) -> None:
+    data = (b"PUT http://example.com/x?y HTTP/1.1\r\nHost: Example.com:8080\r\n"
+            b"Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"
+            b"Expect: 100-continue\r\nX-Case: MiXed \r\n\r\n")
+    head = parse(parser_kind, data).events[0][1]
+    assert head.method == b"PUT" and head.target == b"http://example.com/x?y"
+    assert head.host == b"Example.com:8080"
+    assert head.upgrade and head.expect_continue and head.keep_alive
+    assert (b"X-Case", b"MiXed") in head.headers
+    assert head.idempotent
+
+
+def test_upgrade_rest_kept(parser_kind: HttpParser) -> None:
+    sink = Sink()
+    p = request_parser(parser_kind, sink, Limits())
+    p.feed(b"GET /ws HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+           b"\x81\x05hello")
+    p.feed(b"more")
+    assert sink.kinds() == ["head", "end"]
+    assert p.upgrade_rest == b"\x81\x05hellomore"
+
+
+def test_http10_keepalive(parser_kind: HttpParser) -> None:
+    head = parse(parser_kind, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").events[0][1]
+    assert head.keep_alive
+    head = parse(parser_kind, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                 ).events[0][1]
+    assert not head.keep_alive
+
+
+# -- responses ------------------------------------------------------------------------
+
+
+def rparse(kind: HttpParser, data: bytes, method: bytes = b"GET", eof: bool = False,
+           split: int = 0) -> tuple[Sink, Any]:
+    sink = Sink()
+    p = response_parser(kind, sink, method)
+    chunks = [data[i:i + split] for i in range(0, len(data), split)] if split else [data]
+    for c in chunks:
+        p.feed(c)
+    if eof:
+        p.feed_eof()
+    return sink, p
+
+
+@pytest.mark.parametrize("split", [0, 3])
+def test_response_framings(parser_kind: HttpParser, split: int) -> None:
+    sink, p = rparse(parser_kind, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+                     split=split)
+    assert sink.kinds() == ["head", "body", "end"] and sink.body() == b"abc" and not p.rest
+    sink, p = rparse(parser_kind, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n0\r\n\r\n", split=split)
+    assert sink.body() == b"abc" and sink.kinds()[-1] == "end" and not p.rest
+    sink, p = rparse(parser_kind, b"HTTP/1.1 200 OK\r\n\r\nuntil close", eof=True,
+                     split=split)
+    assert sink.body() == b"until close" and sink.kinds()[-1] == "end"
+    assert not sink.events[0][1].keep_alive
+    sink, p = rparse(parser_kind, b"HTTP/1.1 204 No Content\r\n\r\n", split=split)
+    assert sink.kinds() == ["head", "end"]
+    sink, p = rparse(parser_kind, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                     split=split)
+    assert sink.kinds() == ["head", "end"]
+
+
+def test_response_to_head(parser_kind: HttpParser) -> None:
+    sink, _ = rparse(parser_kind, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+                     method=b"HEAD")
+    assert sink.kinds() == ["head", "end"]
+
+
+def test_interim_then_final(parser_kind: HttpParser) -> None:
+    sink, _ = rparse(parser_kind, b"HTTP/1.1 100 Continue\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert sink.kinds() == ["interim", "head", "body", "end"]
+
+
+def test_response_101_rest(parser_kind: HttpParser) -> None:
+    sink = Sink()
+    p = response_parser(parser_kind, sink, b"GET", True)
+    p.feed(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nraw")
+    assert sink.kinds() == ["head"]
+    assert p.upgrade_rest == b"raw"
+
+
+def test_response_extra_bytes_are_dirty(parser_kind: HttpParser) -> None:
+    _, p = rparse(parser_kind, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naEXTRA")
+    assert p.rest
+
+
+BAD_RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+    b"HTTP/1.1 2000 OK\r\n\r\n",
+    b"SSH-2.0-OpenSSH\r\n\r\n",
+    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+]
+
+
+@pytest.mark.parametrize("data", BAD_RESPONSES)
+def test_bad_responses(parser_kind: HttpParser, data: bytes) -> None:
+    with pytest.raises(ParseError) as e:
+        rparse(parser_kind, data)
+    assert e.value.failure is Failure.BAD_RESPONSE
+
+
+def test_truncated_response_is_reset(parser_kind: HttpParser) -> None:
+    with pytest.raises(ParseError) as e:
+        rparse(parser_kind, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", eof=True)
+    assert e.value.failure is Failure.BACKEND_RESET
+
+
+# -- the body framer on its own ------------------------------------------------------------
+
+
+def test_framer_length_passthrough() -> None:
+    got: list[bytes] = []
+    f = BodyFramer(got.append, 5, False, Failure.BAD_REQUEST)
+    assert f.feed(b"abc") is None
+    assert f.feed(b"defg") == b"fg"
+    assert got == [b"abc", b"de"] and f.done
+
+
+def test_framer_chunked_split_everywhere() -> None:
+    data = b"5\r\nhello\r\n1;a=b\r\n!\r\n0\r\nX: y\r\n\r\nNEXT"
+    for step in range(1, len(data)):
+        got: list[bytes] = []
+        f = BodyFramer(got.append, None, True, Failure.BAD_REQUEST)
+        rest: bytes | None = None
+        for i in range(0, len(data), step):
+            r = f.feed(data[i:i + step])
+            if r is not None:
+                rest = r + data[i + step:]
+                break
+        assert b"".join(got) == b"hello!", step
+        assert rest == b"NEXT", step
