@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pylb.config import Limits
 from proxy.http import headers as hdr
 from proxy.http.parser import ResponseHead, analyze_request, analyze_response
+from pylb.config import Limits
 
 
 def req(headers: list[tuple[bytes, bytes]], method: bytes = b"GET", version: bytes = b"1.1"

@@ -6,8 +6,6 @@ from typing import Any
 
 import pytest
 
-from pylb.config import HttpParser, Limits
-from pylb.failures import Failure
 from proxy.http.parser import (
     BodyFramer,
     ParseError,
@@ -16,6 +14,8 @@ from proxy.http.parser import (
     request_parser,
     response_parser,
 )
+from pylb.config import HttpParser, Limits
+from pylb.failures import Failure
 
 
 class Sink:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pylb.model import HttpRoute, RouteTable
 from proxy.http.routing import Router, host_without_port, rewrite, split_target
+from pylb.model import HttpRoute, RouteTable
 
 
 def table_routes(*routes: HttpRoute) -> tuple[HttpRoute, ...]:
