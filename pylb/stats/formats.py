@@ -58,16 +58,17 @@ def process_info(view: StatsView) -> dict[str, Any]:
 
 def render_json(view: StatsView, up_only: bool = False) -> str:
     rows: list[Row] = stat_rows(view, up_only)
+    leader = view.leader_info
     doc: dict[str, Any] = {
         "pylb": process_info(view),
-        "leader": None if view.leader is None else {
-            "name": view.leader.name, "since": view.leader.since,
-            "transitions": view.leader.transitions, "is_self": view.leader.is_self},
+        "leader": None if leader is None else {
+            "name": leader.name, "since": leader.since,
+            "transitions": leader.transitions, "is_self": leader.is_self},
         "discovery": {"synced": view.discovery_synced,
                       "last_sync": view.discovery_last_sync,
                       "metrics": dict(view.discovery_metrics)},
         "certificates": [{"name": c.name, "not_after": c.not_after,
-                          "days_left": c.days_left} for c in view.certificates],
+                          "days_left": c.days_left} for c in view.certs],
         "failures": dict(view.counters.get("failures", {})),
         "stats": [{f: row[f] for f in CSV_FIELDS if row.get(f) is not None}
                   for row in rows],

@@ -251,15 +251,16 @@ def render_html(view: StatsView, up_only: bool = False, refresh: int = 0) -> str
     cluster = [("discovery", f"{synced}, last sync {_ago(now, view.discovery_last_sync)}")]
     for k, v in sorted(view.discovery_metrics.items()):
         cluster.append((_e(k.replace("_", " ")), _e(v)))
-    if view.leader is None:
+    leader = view.leader_info
+    if leader is None:
         cluster.append(("leader", "no election"))
     else:
-        who = _e(view.leader.name) if view.leader.name else '<span class="warn">none</span>'
-        if view.leader.is_self:
+        who = _e(leader.name) if leader.name else '<span class="warn">none</span>'
+        if leader.is_self:
             who += " (this pod)"
-        since = f", since {_ago(now, view.leader.since)}" if view.leader.since else ""
-        cluster.append(("leader", f"{who}{since}; {view.leader.transitions} transition(s)"))
-    for c in view.certificates:
+        since = f", since {_ago(now, leader.since)}" if leader.since else ""
+        cluster.append(("leader", f"{who}{since}; {leader.transitions} transition(s)"))
+    for c in view.certs:
         klass = "bad" if c.days_left < 7 else "warn" if c.days_left < 30 else "ok"
         expiry = time.strftime("%Y-%m-%d", time.gmtime(c.not_after))
         cluster.append((f"cert {_e(c.name)}",

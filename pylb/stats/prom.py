@@ -214,25 +214,26 @@ class StatsCollector(Collector):
             dm.add_metric([k], float(v))
         yield dm
 
-        if view.leader is not None:
+        info_leader = view.leader_info
+        if info_leader is not None:
             leader = GaugeMetricFamily("pylb_election_leader",
                                        "1 for the current leader's identity",
                                        labels=["name"])
-            if view.leader.name:
-                leader.add_metric([view.leader.name], 1.0)
+            if info_leader.name:
+                leader.add_metric([info_leader.name], 1.0)
             yield leader
             yield GaugeMetricFamily("pylb_election_is_leader", "1 when this pod leads",
-                                    value=1.0 if view.leader.is_self else 0.0)
+                                    value=1.0 if info_leader.is_self else 0.0)
             yield CounterMetricFamily("pylb_election_transitions",
                                       "Leadership changes observed",
-                                      value=view.leader.transitions)
+                                      value=info_leader.transitions)
 
         certs = GaugeMetricFamily("pylb_certificate_expiry_days",
                                   "Days until the certificate expires", labels=["name"])
         certs_t = GaugeMetricFamily("pylb_certificate_not_after_seconds",
                                     "Expiry time of the certificate (Unix seconds)",
                                     labels=["name"])
-        for c in view.certificates:
+        for c in view.certs:
             certs.add_metric([c.name], c.days_left)
             certs_t.add_metric([c.name], c.not_after)
         yield certs

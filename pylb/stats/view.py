@@ -10,9 +10,10 @@ so a counter lands in the same column everywhere. Nothing here does I/O.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.check import CheckResult
 from pylb.model import Backend, RouteTable, Server, format_hostport
@@ -66,13 +67,33 @@ class LeaderInfo:
                    is_self=bool(d.get("is_self", d.get("leading", False))))
 
 
+class CertLike(Protocol):
+    """What proxy.certs.CertInfo offers (the TLS store's certificates, as they are)."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def not_after(self) -> dt.datetime: ...
+    @property
+    def days_left(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CertInfo:
-    """A served certificate: its name (subject CN or file), expiry, days left."""
+    """A served certificate: its name (DNS names or subject), expiry, days left."""
 
     name: str
     not_after: float  # wall time
     days_left: float
+
+    @classmethod
+    def of(cls, c: CertInfo | CertLike) -> CertInfo:
+        if isinstance(c, CertInfo):
+            return c
+        return cls(name=", ".join(c.names) or c.subject,
+                   not_after=c.not_after.timestamp(), days_left=float(c.days_left))
 
 
 @dataclass(frozen=True)
@@ -88,20 +109,26 @@ class StatsView:
     checks: Mapping[tuple[str, int], CheckResult] = field(default_factory=dict)
     workers: int = 1
     worker_restarts: int = 0
-    leader: LeaderInfo | None = None
+    leader: LeaderInfo | Mapping[str, Any] | None = None  # a mapping: the elector's dict
     discovery_synced: bool = False
     discovery_last_sync: float | None = None
     discovery_metrics: Mapping[str, float] = field(default_factory=dict)
-    certificates: Sequence[CertInfo] = ()
+    certificates: Sequence[CertInfo | CertLike] = ()
     table_version: int = 0
     table_age: float | None = None  # seconds since the table was applied
     maxconn: int = 0  # per worker (Limits.maxconn)
     # Frontend name → mode ("http" or "tcp"), when the caller knows better than the table.
     frontend_modes: Mapping[str, str] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if isinstance(self.leader, Mapping):  # the elector's {"name": ..., ...} as is
-            object.__setattr__(self, "leader", LeaderInfo.from_mapping(self.leader))
+    @property
+    def leader_info(self) -> LeaderInfo | None:
+        if self.leader is None or isinstance(self.leader, LeaderInfo):
+            return self.leader
+        return LeaderInfo.from_mapping(self.leader)
+
+    @property
+    def certs(self) -> tuple[CertInfo, ...]:
+        return tuple(CertInfo.of(c) for c in self.certificates)
 
     @property
     def uptime(self) -> float:

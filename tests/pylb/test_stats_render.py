@@ -288,3 +288,24 @@ def test_basic_auth_from_file(tmp_path: object) -> None:
     assert BasicAuth.from_setting(None) is None
     with pytest.raises(ValueError):
         BasicAuth.from_setting("nocolon")
+
+
+def test_view_takes_the_electors_dict_and_the_tls_stores_certificates() -> None:
+    import datetime as dt
+
+    from proxy.certs import CertInfo as TlsCert
+    not_after = dt.datetime.fromtimestamp(NOW + 3 * 86400, tz=dt.UTC)
+    tls = TlsCert(path="/etc/tls/a.pem", names=("a.example", "b.example"), subject="CN=a",
+                  issuer="CN=ca", not_before=not_after - dt.timedelta(days=90),
+                  not_after=not_after, days_left=3, key_type="EC-secp256r1",
+                  fingerprint_sha256="00", self_signed=False, chain_length=2)
+    v = known_view(leader={"name": "node-<b>", "transitions": 4}, certificates=[tls])
+    page = render_html(v)
+    assert "node-&lt;b&gt;" in page and "4 transition(s)" in page
+    assert 'cert a.example, b.example</td><td><span class="bad">3 days' in page
+    doc = json.loads(render_json(v))
+    assert doc["leader"]["name"] == "node-<b>"
+    assert doc["certificates"] == [{"name": "a.example, b.example",
+                                    "not_after": NOW + 3 * 86400, "days_left": 3.0}]
+    text = Exposition(lambda: v).render().decode()
+    assert 'pylb_certificate_expiry_days{name="a.example, b.example"} 3.0' in text
