@@ -7,9 +7,14 @@ import asyncio
 import heapq
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from election.decide import Record
+import pytest
+
+from election.decide import Record, Timing
+from election.elector import Elector
 from election.kapi import ApiError
+from election.lock import Lock
 
 
 class MemoryStore:
@@ -107,6 +112,34 @@ class VirtualTime:
             fut.set_result(None)
         raise AssertionError("virtual time did not settle")
 
+    def sleeping(self) -> int:
+        return sum(1 for _, _, fut in self._heap if not fut.done())
+
+    async def advance_idle(self, seconds: float, participants: int,
+                           real_limit: float = 20.0) -> None:
+        """Like advance(), for tasks that also do real I/O (against the fake API server):
+        time moves only once all `participants` are asleep in virtual time, so how long
+        the real requests take does not change what the test sees."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + real_limit
+        end = self.now + seconds
+        while True:
+            while self.sleeping() < participants:
+                if loop.time() > give_up:
+                    raise AssertionError(
+                        f"{participants - self.sleeping()} participant(s) never went idle")
+                await asyncio.sleep(0.001)
+            while self._heap and self._heap[0][2].done():
+                heapq.heappop(self._heap)
+            if self._heap[0][0] > end:
+                self.now = end
+                await self._settle()  # let tasks the last wake-up started run
+                return
+            when, _, fut = heapq.heappop(self._heap)
+            self.now = max(self.now, when)
+            fut.set_result(None)
+            await asyncio.sleep(0)
+
     async def advance_until(self, condition: object, limit: float, step: float = 0.05) -> float:
         """Advance in small steps until `condition()` holds; return the virtual time."""
         assert callable(condition)
@@ -118,3 +151,48 @@ class VirtualTime:
         if condition():
             return self.now
         raise AssertionError(f"condition not met within {limit} virtual seconds")
+
+
+class Candidate:
+    """An elector plus a record of what its callbacks saw."""
+
+    def __init__(self, lock: Lock, vt: VirtualTime | None, name: str, timing: Timing,
+                 rand: float = 0.5, release_on_cancel: bool = True) -> None:
+        self.name = name
+        self.events: list[str] = []
+        self.work_running = False
+        self.work_cancelled = 0
+        clocks: dict[str, Any] = {}
+        if vt is not None:
+            clocks = {"clock": vt.clock, "wall_clock": vt.wall, "sleep": vt.sleep}
+        self.elector = Elector(
+            lock, name, timing, on_started_leading=self._work,
+            on_stopped_leading=self._stopped, on_new_leader=self._new_leader,
+            release_on_cancel=release_on_cancel, rand=lambda: rand, **clocks)
+        self.task: asyncio.Task[None] | None = None
+
+    async def _work(self) -> None:
+        self.events.append("started")
+        self.work_running = True
+        try:
+            await asyncio.Future()
+        except asyncio.CancelledError:
+            self.work_cancelled += 1
+            raise
+        finally:
+            self.work_running = False
+
+    def _stopped(self) -> None:
+        self.events.append("stopped")
+
+    def _new_leader(self, name: str) -> None:
+        self.events.append(f"leader={name}")
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.elector.run())
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task

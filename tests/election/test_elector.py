@@ -10,58 +10,16 @@ import pytest
 
 from election.decide import JITTER_FACTOR, Record, Timing
 from election.elector import Elector
-from tests.election.helpers import MemoryLock, MemoryStore, VirtualTime
+from tests.election.helpers import Candidate, MemoryLock, MemoryStore, VirtualTime
 
 TIMING = Timing(15, 10, 2)
-
-
-class Candidate:
-    """An elector plus a record of what its callbacks saw."""
-
-    def __init__(self, store: MemoryStore, vt: VirtualTime, name: str,
-                 rand: float = 0.5) -> None:
-        self.name = name
-        self.events: list[str] = []
-        self.work_running = False
-        self.work_cancelled = 0
-        self.elector = Elector(
-            MemoryLock(store, name), name, TIMING,
-            on_started_leading=self._work, on_stopped_leading=self._stopped,
-            on_new_leader=self._new_leader, clock=vt.clock, wall_clock=vt.wall,
-            sleep=vt.sleep, rand=lambda: rand)
-        self.task: asyncio.Task[None] | None = None
-
-    async def _work(self) -> None:
-        self.events.append("started")
-        self.work_running = True
-        try:
-            await asyncio.Future()
-        except asyncio.CancelledError:
-            self.work_cancelled += 1
-            raise
-        finally:
-            self.work_running = False
-
-    def _stopped(self) -> None:
-        self.events.append("stopped")
-
-    def _new_leader(self, name: str) -> None:
-        self.events.append(f"leader={name}")
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self.elector.run())
-
-    async def stop(self) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await self.task
 
 
 @asynccontextmanager
 async def candidates(store: MemoryStore, vt: VirtualTime, *names: str,
                      ) -> AsyncIterator[list[Candidate]]:
-    cs = [Candidate(store, vt, n, rand=0.1 * i) for i, n in enumerate(names)]
+    cs = [Candidate(MemoryLock(store, n), vt, n, TIMING, rand=0.1 * i)
+          for i, n in enumerate(names)]
     for c in cs:
         c.start()
     try:
