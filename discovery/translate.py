@@ -834,7 +834,7 @@ def _translate_service(obj: dict[str, Any], namespace: str, name: str, settings:
     for port, servers in plans:
         backend_name = f"{svc.namespace}/{svc.name}:{port.port}"
         if not servers:
-            log.info("service %s port %d has no endpoints: its route answers 503",
+            log.debug("service %s port %d has no endpoints: its route answers 503",
                      svc.ident, port.port)
         if port.port in listen:
             backend = Backend(

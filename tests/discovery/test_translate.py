@@ -647,3 +647,55 @@ def test_permutations_of_a_small_cluster_render_identically() -> None:
     objs = [svc("a"), svc("b", [{"port": 8080}]), svc("a", ns="x")]
     renders = {run(list(p), namespaces=()).render() for p in itertools.permutations(objs)}
     assert len(renders) == 1
+
+
+# Near-valid objects reach the deep paths that random JSON rarely does.
+ann_values = st.sampled_from(["true", "false", "TRUE", "yes", "", "/x", "-i /x", "x.example",
+                              "v1", "v3", "leastconn", "bogus", "*.x.example"])
+annotations = st.dictionaries(
+    st.sampled_from([P + k for k in ("lb.algorithm", "lb.host", "lb.sslTerm", "lb.aclMatch",
+                                     "lb.cookie-sticky-session", "lb.sslRedirect",
+                                     "lb.sslPassthrough", "lb.send-proxy", "lb.check-path")]),
+    ann_values, max_size=4)
+port_numbers = st.sampled_from([80, 443, 3306, 8080, "80", None, 0, True])
+service_ports = st.lists(st.fixed_dictionaries({"port": port_numbers}, optional={
+    "name": st.sampled_from(["", "http", "https"]),
+    "targetPort": st.sampled_from([8080, "http", "8080", 80, None]),
+    "protocol": st.sampled_from(["TCP", "UDP", "tcp"]),
+}), max_size=3)
+near_services = st.builds(
+    lambda name, ns, ports, ann, kind, cip: svc(name, ports, ns, ann, type=kind,
+                                                 clusterIP=cip, externalName="db.example"),
+    st.sampled_from(["a", "b", "mysql"]), st.sampled_from(["default", "x"]), service_ports,
+    annotations, st.sampled_from(["ClusterIP", "LoadBalancer", "ExternalName", "NodePort"]),
+    st.sampled_from(["10.96.0.1", "None", None]))
+conditions = st.fixed_dictionaries({}, optional={
+    k: st.sampled_from([True, False, None]) for k in ("ready", "serving", "terminating")})
+near_slices = st.builds(
+    lambda name, ns, addrs, ports, conds, fam: eps(
+        name, [ep(a, **c) for a, c in zip(addrs, conds, strict=False)], ports, ns, fam),
+    st.sampled_from(["a", "b", "mysql"]), st.sampled_from(["default", "x"]),
+    st.lists(st.sampled_from(["10.0.0.1", "10.0.0.2", "fd00::1", "bad"]), max_size=3),
+    st.lists(st.fixed_dictionaries({"port": st.sampled_from([80, 8080, 3306])}, optional={
+        "name": st.sampled_from(["", "http"])}), max_size=2),
+    st.lists(conditions, min_size=3, max_size=3),
+    st.sampled_from(["IPv4", "IPv6", "FQDN"]))
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(st.lists(near_services, max_size=5), st.lists(near_slices, max_size=4),
+       st.sampled_from([(), (("mysql", 3306),), (("a", 443), ("b", 443))]),
+       st.booleans())
+def test_near_valid_clusters_never_raise_and_do_not_depend_on_order(
+        services: list[Any], slices: list[Any], tcp: tuple[tuple[str, int], ...],
+        forward: bool) -> None:
+    logging.getLogger("pylb.discovery").disabled = True
+    try:
+        kw: dict[str, Any] = {"namespaces": (), "tcp_services": tcp, "forward_services": forward,
+                              "external": {"db.example": ("192.0.2.1",)}}
+        t = run(services, slices, **kw)
+        again = run(services[::-1], slices[::-1], **kw)
+    finally:
+        logging.getLogger("pylb.discovery").disabled = False
+    assert all("internal error" not in s.reason for s in t.skipped)
+    assert t == again and t.render() == again.render()
