@@ -18,7 +18,8 @@ timeout. We use the generated API methods only to build authenticated requests
    reopens the watch at once from the last version; no relist.
 3. **410 Gone** (an ERROR event, an HTTP 410, or an expired `continue` token) means our
    version has been compacted away: list again. The first relist is immediate; a
-   repeated one backs off.
+   repeated one backs off. A version *ahead* of the server's (504 "Too large resource
+   version": etcd restored from a backup) also relists, after a backoff.
 4. **Everything else** — 429 (text or JSON), 5xx, resets, a truncated or non-JSON line, a
    stream silent for `read_timeout` (a dead socket sends nothing, forever), a watch that
    closes at once with nothing in it — backs off with full jitter
@@ -87,12 +88,19 @@ class Gone(Exception):
 
 
 class ApiError(Exception):
-    """A non-2xx answer or an ERROR event other than 410."""
+    """A non-2xx answer or an ERROR event other than 410.
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    `too_large`: the server has not reached our resourceVersion (504, cause
+    `ResourceVersionTooLarge`): it lost data (etcd restored from a backup) or is lagging.
+    Resuming from that version may never work, so, as client-go does, we relist.
+    """
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None,
+                 too_large: bool = False) -> None:
         super().__init__(f"{status} {message}")
         self.status = status
         self.retry_after = retry_after
+        self.too_large = too_large
 
 
 class StreamError(Exception):
@@ -141,6 +149,19 @@ def retry_after(headers: Mapping[str, str], status: Mapping[str, Any] | None) ->
     return None
 
 
+def is_too_large(status: Mapping[str, Any] | None) -> bool:
+    """A Status saying our resourceVersion is ahead of the server's (apiserver
+    `storage/errors.go`: cause ResourceVersionTooLarge, "Too large resource version")."""
+    if not status:
+        return False
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    for cause in causes if isinstance(causes, list) else ():
+        if isinstance(cause, dict) and cause.get("reason") == "ResourceVersionTooLarge":
+            return True
+    return str(status.get("message", "")).startswith("Too large resource version")
+
+
 def error_from_response(code: int, headers: Mapping[str, str], body: bytes) -> Exception:
     """The exception for a non-2xx answer: `Gone` for 410, else `ApiError`."""
     status = parse_status(body)
@@ -150,7 +171,7 @@ def error_from_response(code: int, headers: Mapping[str, str], body: bytes) -> E
         message = f"{status.get('reason', '')}: {status.get('message', '')}"
     else:
         message = body[:200].decode("utf-8", "replace").strip()
-    return ApiError(code, message, retry_after(headers, status))
+    return ApiError(code, message, retry_after(headers, status), is_too_large(status))
 
 
 def decode_event(line: bytes) -> tuple[str, Object]:
@@ -172,7 +193,7 @@ def decode_event(line: bytes) -> tuple[str, Object]:
             raise Gone(str(obj.get("message") or "410 Gone"))
         raise ApiError(code if isinstance(code, int) else 500,
                        f"{obj.get('reason', '')}: {obj.get('message', '')}",
-                       retry_after({}, obj))
+                       retry_after({}, obj), is_too_large(obj))
     return etype, obj
 
 
@@ -281,6 +302,7 @@ class Informer:
                     delay = self._backoff()
                 self._note_error(f"410 Gone: {e}", logging.INFO)
             except ApiError as e:
+                need_list = need_list or e.too_large
                 self._failures += 1
                 delay = max(self._backoff(), min(e.retry_after or 0.0, self._settings.backoff_cap))
                 self._note_error(f"API error {e}", logging.WARNING)

@@ -69,7 +69,8 @@ def test_retry_after(headers: dict[str, str], body: bytes, expected: float | Non
      None),
     (503, {"Retry-After": "1"}, _status(503, "ServiceUnavailable", "shutting down"),
      ApiError, 503, 1.0),
-    (504, {}, _status(504, "Timeout", "too large", retryAfterSeconds=1), ApiError, 504, 1.0),
+    (504, {}, _status(504, "Timeout", "request did not complete", retryAfterSeconds=1),
+     ApiError, 504, 1.0),
     (403, {}, _status(403, "Forbidden", "no"), ApiError, 403, None),
 ])
 def test_error_from_response(code: int, headers: dict[str, str], body: bytes, kind: type,
@@ -181,3 +182,21 @@ async def test_resolve_localhost() -> None:
 
     found = await resolve("localhost")
     assert "127.0.0.1" in found or "::1" in found
+
+
+@pytest.mark.parametrize(("body", "too_large"), [
+    (_status(504, "Timeout", "Too large resource version: 90, current: 12",
+             causes=[{"reason": "ResourceVersionTooLarge",
+                      "message": "Too large resource version"}], retryAfterSeconds=1), True),
+    (_status(504, "Timeout", "Too large resource version: 90, current: 12"), True),
+    (_status(504, "Timeout", "request did not complete within 60s"), False),
+    (b"Gateway Timeout", False),
+])
+def test_too_large_resource_version_asks_for_a_relist(body: bytes, too_large: bool) -> None:
+    err = error_from_response(504, {}, body)
+    assert isinstance(err, ApiError)
+    assert err.too_large is too_large
+    if parse_status(body) is not None:
+        with pytest.raises(ApiError) as info:
+            decode_event(_line("ERROR", json.loads(body)))
+        assert info.value.too_large is too_large

@@ -451,6 +451,21 @@ async def test_server_restart(kube_api: FakeApiServer) -> None:
         assert all(servers(t, "default/web:80") for t in pub.tables)
 
 
+async def test_server_restored_from_an_older_backup(kube_api: FakeApiServer) -> None:
+    """The server comes back with a lower resourceVersion: resuming the watch gets 504
+    "Too large resource version" for ever, so the informer must relist."""
+    for i in range(5):
+        kube_api.store.create("services", service(f"s{i}"))
+    source = source_for(kube_api, settings())
+    async with running(source) as pub:
+        await pub.until(lambda t: len(t.backends) == 5)
+        await kube_api.restart(wipe=True)
+        kube_api.store.create("services", service("restored"))
+        table = await pub.until(lambda t: len(t.backends) == 1)
+        assert table.get_backend("default/restored:80") is not None
+    assert source.metrics()["relists"] >= 1
+
+
 # --- kinds -----------------------------------------------------------------------------------
 
 async def test_legacy_endpoints_mode(kube_api: FakeApiServer) -> None:
