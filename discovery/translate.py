@@ -257,8 +257,8 @@ def _hostname(value: str, wildcard_ok: bool) -> str:
 
 
 def _acl_match(value: str) -> tuple[str, bool]:
-    """`[-i] /prefix` → (prefix, case_insensitive). A trailing slash is dropped so the
-    router's segment boundary applies (`/test/` routes as `/test`)."""
+    """`[-i] /prefix` → (prefix, case_insensitive). A trailing slash is kept: the router
+    reads `/test/` as "under /test/" (not /test itself), as haproxy's path_beg did."""
     tokens = value.split()
     case_insensitive = bool(tokens) and tokens[0] == "-i"
     if case_insensitive:
@@ -266,8 +266,7 @@ def _acl_match(value: str) -> tuple[str, bool]:
     if len(tokens) != 1 or not _PATH.match(tokens[0]):
         raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.aclMatch: expected \"[-i] /prefix\", "
                    f"got {value!r}")
-    prefix = tokens[0].rstrip("/") or "/"
-    return prefix, case_insensitive
+    return tokens[0], case_insensitive
 
 
 def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annotations:
