@@ -327,12 +327,12 @@ class Store:
             meta.pop(key, None)
         if res.has_status:
             body["status"] = {"loadBalancer": {}} if res.plural == "services" else {}
-        self._prepare(res, body, None)
-        if (ns, name) in table:
-            raise errors.already_exists(res.plural, res.group, name)
         meta["name"] = name
         if res.namespaced:
             meta["namespace"] = ns
+        self._prepare(res, body, None)
+        if (ns, name) in table:
+            raise errors.already_exists(res.plural, res.group, name)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _now_rfc3339(self.clock)
         meta["generation"] = 1
@@ -509,7 +509,8 @@ class Store:
 
     @property
     def watcher_count(self) -> int:
-        return len(self._subs)
+        """Open watches (a closed one may linger in the set until the next write)."""
+        return sum(1 for sub in self._subs if not sub.closed)
 
     # ---- internals -----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ where the client hides the wire (shapes, headers, status codes, stream bytes).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -50,7 +51,7 @@ def lease_body(name: str = "pylb", holder: str = "a", rv: str | None = None) -> 
                      "renewTime": "2026-01-01T00:00:00.000000Z", "leaseTransitions": 0}}
 
 
-def raw(obj: JsonObj) -> Any:
+def raw(obj: JsonObj | list[Any]) -> Any:
     """A dict body for a KA call typed to take a model (KA serializes dicts as they are)."""
     return obj
 
@@ -659,3 +660,361 @@ async def test_watch_selector_sends_added_and_deleted_on_label_moves(
     assert [(e["type"], e["object"]["metadata"]["labels"]["app"]) for e in events] == [
         ("DELETED", "web"), ("ADDED", "web")]
     assert events[0]["object"]["metadata"]["resourceVersion"] == str(int(start) + 1)
+
+
+# ---- watch lifetime: timeouts, bookmarks, initial events, drops ------------------------------
+
+
+async def test_bookmarks_carry_the_store_rv(kube_api: FakeApiServer,
+                                           http: aiohttp.ClientSession) -> None:
+    kube_api.store.create("services", svc("web"))
+    kube_api.store.create("leases", lease_body())  # moves the global RV, not a Service
+    async with http.get("/api/v1/namespaces/default/services", params={
+            "watch": "True", "resourceVersion": str(kube_api.store.rv),
+            "allowWatchBookmarks": "True", "timeoutSeconds": "5"}) as r:
+        (ev,) = await read_lines(r, limit=1)
+    assert ev == {"type": "BOOKMARK", "object": {
+        "kind": "Service", "apiVersion": "v1",
+        "metadata": {"resourceVersion": str(kube_api.store.rv), "creationTimestamp": None}}}
+
+
+async def test_no_bookmarks_unless_asked(kube_api: FakeApiServer,
+                                        http: aiohttp.ClientSession) -> None:
+    async with http.get("/api/v1/services", params={
+            "watch": "True", "resourceVersion": str(kube_api.store.rv),
+            "timeoutSeconds": "1"}) as r:
+        assert await read_lines(r) == []
+
+
+async def test_ka_watch_with_timeout_ends_cleanly_and_tracks_bookmark_rv(
+        kube_api: FakeApiServer, api_client: client.ApiClient) -> None:
+    v1 = client.CoreV1Api(api_client)
+    kube_api.store.create("leases", lease_body())
+    w = watch.Watch()
+    types = []
+    async with w.stream(v1.list_namespaced_service, NS, resource_version="1",
+                        allow_watch_bookmarks=True, timeout_seconds=1) as stream:
+        async for ev in stream:
+            types.append(ev["type"])
+    assert types and set(types) == {"BOOKMARK"}
+    assert w.resource_version == str(kube_api.store.rv)
+
+
+async def test_send_initial_events_ends_with_annotated_bookmark(
+        no_proxy_env: None) -> None:
+    async with FakeApiServer(send_initial_events=True) as api, \
+            aiohttp.ClientSession(base_url=api.url) as http:
+        api.store.create("services", svc("b"))
+        api.store.create("services", svc("a"))
+        list_rv = str(api.store.rv)
+        async with http.get("/api/v1/services", params={
+                "watch": "1", "sendInitialEvents": "true", "allowWatchBookmarks": "true",
+                "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "5"}) as r:
+            events = await read_lines(r, limit=3)
+        async with http.get("/api/v1/services", params={
+                "watch": "1", "sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan",
+                "timeoutSeconds": "5"}) as r:
+            assert r.status == 422  # requires allowWatchBookmarks
+    assert [e["type"] for e in events] == ["ADDED", "ADDED", "BOOKMARK"]
+    assert [e["object"]["metadata"].get("name") for e in events[:2]] == ["a", "b"]
+    meta = events[2]["object"]["metadata"]
+    assert meta["annotations"] == {"k8s.io/initial-events-end": "true"}
+    assert meta["resourceVersion"] == list_rv
+
+
+async def test_drop_watches_ends_streams_cleanly(kube_api: FakeApiServer,
+                                                http: aiohttp.ClientSession) -> None:
+    async with http.get("/api/v1/services", params={"watch": "1"}) as r:
+        assert r.status == 200
+        for _ in range(200):
+            if kube_api.store.watcher_count:
+                break
+            await asyncio.sleep(0.01)
+        assert kube_api.drop_watches() == 1
+        assert await r.content.read() == b""
+
+
+async def test_closed_client_releases_its_watcher(kube_api: FakeApiServer,
+                                                 http: aiohttp.ClientSession) -> None:
+    async with http.get("/api/v1/services", params={"watch": "1"}) as r:
+        assert r.status == 200
+        for _ in range(200):
+            if kube_api.store.watcher_count:
+                break
+            await asyncio.sleep(0.01)
+        assert kube_api.store.watcher_count == 1
+        r.close()
+    for _ in range(200):
+        if kube_api.store.watcher_count == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert kube_api.store.watcher_count == 0
+
+
+async def test_slow_watcher_is_dropped_when_its_buffer_overflows(kube_api: FakeApiServer) -> None:
+    store = kube_api.store
+    store.watch_buffer = 3
+    sub, _ = store.subscribe(store.resource("services"), None, store.rv)
+    for i in range(4):
+        store.create("services", svc(f"s{i}"))
+    assert sub.overflowed and sub.closed
+    assert store.watcher_count == 0
+
+
+# ---- registry strategies: status split, patches, generateName, per-kind rules ----------------
+
+
+async def test_service_spec_and_status_are_kept_apart(kube_api: FakeApiServer,
+                                                     api_client: client.ApiClient) -> None:
+    v1 = client.CoreV1Api(api_client)
+    body = svc("web")
+    body["status"] = {"loadBalancer": {"ingress": [{"ip": "9.9.9.9"}]}}
+    created = await v1.create_namespaced_service(NS, raw(body))
+    assert created.status.load_balancer.ingress is None  # create ignores status
+    assert created.metadata.generation == 1
+    status_patch = {"status": {"loadBalancer": {"ingress": [{"ip": "10.1.1.1", "ipMode": "VIP"}]}},
+                    "spec": {"ports": [{"port": 1}]}}
+    out = await v1.patch_namespaced_service_status("web", NS, raw(status_patch))
+    assert [i.ip for i in out.status.load_balancer.ingress] == ["10.1.1.1"]
+    assert [p.port for p in out.spec.ports] == [80]  # /status ignores spec
+    assert out.metadata.generation == 1
+    # a PATCH of the service ignores status; ports merge by port
+    out = await v1.patch_namespaced_service("web", NS, raw({
+        "spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]},
+        "status": {"loadBalancer": {}}}))
+    assert [(p.port, p.name) for p in out.spec.ports] == [(80, "http"), (443, "https")]
+    assert [i.ip for i in out.status.load_balancer.ingress] == ["10.1.1.1"]
+    assert out.metadata.generation == 2
+    # the ingress list has no merge key: a patch replaces it whole
+    out = await v1.patch_namespaced_service_status("web", NS, raw(
+        {"status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}]}}}))
+    assert [(i.ip, i.hostname) for i in out.status.load_balancer.ingress] == [
+        (None, "lb.example.com")]
+
+
+@pytest.mark.parametrize(("ingress", "field"), [
+    ({"ip": "not-an-ip"}, "status.loadBalancer.ingress[0].ip"),
+    ({"hostname": "10.0.0.1"}, "status.loadBalancer.ingress[0].hostname"),
+    ({"hostname": "lb.example.com", "ipMode": "VIP"}, "status.loadBalancer.ingress[0].ipMode"),
+    ({"ip": "10.0.0.1", "ipMode": "Direct"}, "status.loadBalancer.ingress[0].ipMode"),
+])
+async def test_bad_ingress_status_is_422(kube_api: FakeApiServer,
+                                        http: aiohttp.ClientSession,
+                                        ingress: JsonObj, field: str) -> None:
+    created = kube_api.store.create("services", svc("web"))
+    created["status"] = {"loadBalancer": {"ingress": [ingress]}}
+    async with http.put("/api/v1/namespaces/default/services/web/status", json=created) as r:
+        assert r.status == 422
+        body = await r.json()
+    assert body["details"]["kind"] == "Service" and "group" not in body["details"]
+    assert [c["field"] for c in body["details"]["causes"]] == [field]
+
+
+async def test_patch_rv_precondition(kube_api: FakeApiServer,
+                                    api_client: client.ApiClient) -> None:
+    created = kube_api.store.create("services", svc("web"))
+    v1 = client.CoreV1Api(api_client)
+    stale = {"metadata": {"resourceVersion": "1", "labels": {"x": "y"}}}
+    with pytest.raises(ApiException) as info:
+        await v1.patch_namespaced_service("web", NS, raw(stale))
+    assert info.value.status == 409 and status_of(info.value)["reason"] == "Conflict"
+    fresh = {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"],
+                          "labels": {"x": "y"}}}
+    out = await v1.patch_namespaced_service("web", NS, raw(fresh))
+    assert out.metadata.labels == {"app": "web", "x": "y"}
+    # a list body is sent as a JSON patch
+    out = await v1.patch_namespaced_service("web", NS, raw([
+        {"op": "replace", "path": "/metadata/labels/x", "value": "z"}]))
+    assert out.metadata.labels["x"] == "z"
+    with pytest.raises(ApiException) as info:
+        await v1.patch_namespaced_service("web", NS, raw([
+            {"op": "test", "path": "/metadata/labels/x", "value": "nope"}]))
+    assert info.value.status == 422
+
+
+async def test_merge_patch_over_http(kube_api: FakeApiServer,
+                                    http: aiohttp.ClientSession) -> None:
+    kube_api.store.create("services", svc("web"))
+    headers = {"Content-Type": "application/merge-patch+json"}
+    async with http.patch("/api/v1/namespaces/default/services/web", headers=headers,
+                          data=json.dumps({"spec": {"ports": [{"port": 81}]}})) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert [p["port"] for p in body["spec"]["ports"]] == [81]  # merge patch replaces lists
+    async with http.patch("/api/v1/namespaces/default/services/web",
+                          headers={"Content-Type": "application/apply-patch+yaml"},
+                          data="{}") as r:
+        assert r.status == 415
+    async with http.patch("/api/v1/namespaces/default/services/nope", headers=headers,
+                          data="{}") as r:
+        assert r.status == 404
+
+
+async def test_noop_update_keeps_rv_and_sends_no_event(kube_api: FakeApiServer) -> None:
+    store = kube_api.store
+    created = store.create("services", svc("web"))
+    rv = store.rv
+    again = store.update("services", created)
+    assert again["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+    assert store.rv == rv
+
+
+async def test_service_put_may_be_unconditional(kube_api: FakeApiServer,
+                                               http: aiohttp.ClientSession) -> None:
+    kube_api.store.create("services", svc("web"))
+    async with http.put("/api/v1/namespaces/default/services/web", json=svc("web", 81)) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert body["spec"]["ports"][0]["port"] == 81
+    async with http.put("/api/v1/namespaces/default/services/nope", json=svc("nope")) as r:
+        assert r.status == 404  # no create-on-PUT for services
+
+
+async def test_put_name_mismatch_is_400(kube_api: FakeApiServer,
+                                       http: aiohttp.ClientSession) -> None:
+    kube_api.store.create("services", svc("web"))
+    async with http.put("/api/v1/namespaces/default/services/web", json=svc("db")) as r:
+        assert r.status == 400
+    async with http.post("/api/v1/namespaces/default/services", json=svc("x", ns="other")) as r:
+        assert r.status == 400
+
+
+async def test_create_with_resource_version_is_500(http: aiohttp.ClientSession) -> None:
+    body = svc("web")
+    body["metadata"]["resourceVersion"] = "5"
+    async with http.post("/api/v1/namespaces/default/services", json=body) as r:
+        assert r.status == 500
+
+
+async def test_generate_name(kube_api: FakeApiServer, api_client: client.ApiClient) -> None:
+    v1 = client.CoreV1Api(api_client)
+    ev = await v1.create_namespaced_event(NS, raw({
+        "metadata": {"generateName": "web."},
+        "involvedObject": {"kind": "Service", "namespace": NS, "name": "web"},
+        "reason": "Sync", "message": "ok", "type": "Normal",
+        "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z",
+        "count": 1, "source": {"component": "pylb"}}))
+    assert ev.metadata.name.startswith("web.") and len(ev.metadata.name) == len("web.") + 5
+
+
+async def test_delete_returns_the_object_and_honours_preconditions(
+        kube_api: FakeApiServer, api_client: client.ApiClient) -> None:
+    created = kube_api.store.create("services", svc("web"))
+    v1 = client.CoreV1Api(api_client)
+    with pytest.raises(ApiException) as info:
+        await v1.delete_namespaced_service("web", NS, body=raw(
+            {"preconditions": {"resourceVersion": "1"}}))
+    assert info.value.status == 409
+    await v1.delete_namespaced_service("web", NS, body=raw(
+        {"preconditions": {"uid": created["metadata"]["uid"]}}))
+    assert kube_api.store.get("services", NS, "web") is None
+    with pytest.raises(ApiException) as info:
+        await v1.delete_namespaced_service("web", NS)
+    assert status_of(info.value)["message"] == 'services "web" not found'
+    assert status_of(info.value)["details"] == {"name": "web", "kind": "services"}
+
+
+async def test_endpoints_carry_the_deprecation_warning(kube_api: FakeApiServer,
+                                                      http: aiohttp.ClientSession) -> None:
+    kube_api.store.create("endpoints", {"metadata": {"name": "web", "namespace": NS}, "subsets": [
+        {"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 8080}]}]})
+    for path in ("/api/v1/namespaces/default/endpoints", "/api/v1/namespaces/default/endpoints/web",
+                 "/api/v1/namespaces/default/endpoints/nope"):
+        async with http.get(path) as r:
+            assert r.headers["Warning"] == (
+                '299 - "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 '
+                'EndpointSlice"')
+    async with http.get("/api/v1/namespaces/default/services") as r:
+        assert "Warning" not in r.headers
+
+
+async def test_endpoint_slice_shapes(kube_api: FakeApiServer, api_client: client.ApiClient,
+                                    http: aiohttp.ClientSession) -> None:
+    store = kube_api.store
+    store.create("endpointslices", {
+        "metadata": {"name": "web-abc", "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4"})
+    async with http.get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices") as r:
+        (item,) = (await r.json())["items"]
+    assert item["endpoints"] is None and item["ports"] is None
+    d = client.DiscoveryV1Api(api_client)
+    lst = await d.list_namespaced_endpoint_slice(
+        NS, label_selector="kubernetes.io/service-name=web")
+    assert lst.items[0].address_type == "IPv4" and lst.items[0].endpoints is None
+    with pytest.raises(ApiException) as info:
+        await d.create_namespaced_endpoint_slice(NS, raw({
+            "metadata": {"name": "bad"}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["fe80::1"]}]}))
+    assert info.value.status == 422
+    async with http.put("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/new",
+                        json={"metadata": {"name": "new"}, "addressType": "IPv4"}) as r:
+        assert r.status == 404  # no create-on-PUT
+    body = store.read("endpointslices", NS, "web-abc")
+    body["addressType"] = "IPv6"
+    with pytest.raises(Exception, match="immutable"):
+        store.update("endpointslices", body)
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/api/v1/namespaces/default/events", {
+        "metadata": {"name": "e1"}, "involvedObject": {"kind": "Service", "namespace": "x",
+                                                       "name": "web"},
+        "reason": "R", "message": "m", "type": "Normal"}, "involvedObject.namespace"),
+    ("/api/v1/namespaces/default/events", {
+        "metadata": {"name": "e2"}, "involvedObject": {"kind": "Service", "namespace": NS},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reason": "R", "type": "Normal",
+        "reportingInstance": "i"}, "reportingController"),
+    ("/apis/events.k8s.io/v1/namespaces/default/events", {
+        "metadata": {"name": "e3"}, "eventTime": "2026-01-01T00:00:00.000000Z",
+        "type": "Normal", "reportingController": "pylb", "reportingInstance": "lb-1",
+        "action": "Sync", "reason": "Synced"}, "regarding"),
+    ("/apis/events.k8s.io/v1/namespaces/default/events", {
+        "metadata": {"name": "e4"}, "eventTime": "2026-01-01T00:00:00.000000Z",
+        "type": "Normal", "reportingController": "pylb", "reportingInstance": "lb-1",
+        "action": "Sync", "reason": "Synced", "regarding": {"kind": "Service", "name": "w"},
+        "note": "x" * 1025}, "note"),
+])
+async def test_event_validation(http: aiohttp.ClientSession, path: str, body: JsonObj,
+                               field: str) -> None:
+    async with http.post(path, json=body) as r:
+        assert r.status == 422
+        status = await r.json()
+    assert field in {c["field"] for c in status["details"]["causes"]}
+
+
+async def test_events_v1_accepted(api_client: client.ApiClient) -> None:
+    ev = await client.EventsV1Api(api_client).create_namespaced_event(NS, raw({
+        "metadata": {"generateName": "web-"}, "eventTime": "2026-01-01T00:00:00.000001Z",
+        "type": "Normal", "reportingController": "pylb", "reportingInstance": "lb-1",
+        "action": "Sync", "reason": "Synced", "regarding": {"kind": "Service", "name": "w"},
+        "note": "ok"}))
+    assert ev.metadata.name.startswith("web-")
+
+
+async def test_pods_list_and_watch_by_node(kube_api: FakeApiServer,
+                                          http: aiohttp.ClientSession) -> None:
+    store = kube_api.store
+    store.put("pods", {"metadata": {"name": "lb-1", "namespace": NS}, "spec": {"nodeName": "n1"},
+                       "status": {"podIP": "10.0.0.5", "phase": "Running"}})
+    store.put("pods", {"metadata": {"name": "lb-2", "namespace": NS}, "spec": {"nodeName": "n2"}})
+    async with http.get("/api/v1/pods", params={"fieldSelector": "spec.nodeName=n1"}) as r:
+        (pod,) = (await r.json())["items"]
+    assert pod["status"]["podIP"] == "10.0.0.5"
+    async with http.get("/api/v1/pods", params={"fieldSelector": "spec.nodeName=n2",
+                                                "watch": "1"}) as r:
+        (ev,) = await read_lines(r, limit=1)
+    assert ev["object"]["metadata"]["name"] == "lb-2"
+
+
+async def test_discovery_documents(http: aiohttp.ClientSession) -> None:
+    async with http.get("/version") as r:
+        assert (await r.json())["major"] == "1"
+    async with http.get("/apis") as r:
+        groups = {g["name"] for g in (await r.json())["groups"]}
+    assert {"coordination.k8s.io", "discovery.k8s.io", "events.k8s.io"} <= groups
+    async with http.get("/api/v1") as r:
+        names = {x["name"] for x in (await r.json())["resources"]}
+    assert {"services", "services/status", "endpoints", "pods"} <= names
+    async with http.get("/api/v1/widgets") as r:
+        assert r.status == 404 and (await r.json())["kind"] == "Status"
