@@ -171,12 +171,11 @@ async def test_run_reconciles_on_notify_and_survives_errors(kube_api: FakeApiSer
     try:
         current[0] = TABLE
         pub.notify()  # first pass meets the 503
-        for _ in range(200):
+        for _ in range(500):
             await asyncio.sleep(0.01)
-            if len(events(kube_api)) < 3:
-                pub.notify()
-            else:
+            if len(events(kube_api)) == 3 and ingress(kube_api, "shop", "web"):
                 break
+            pub.notify()
         assert len(events(kube_api)) == 3
         assert len(ingress(kube_api, "shop", "web")) == 2
     finally:
