@@ -185,12 +185,16 @@ class FileSource:
             return
         self.version += 1
         table = table.with_version(self.version)
+        try:
+            publish(table)
+        except Exception:  # the consumer's bug must not stop the source; the next change retries
+            log.exception("publishing route table v%d failed", self.version)
+            return
         self._last = table
+        self.synced = True
         log.info("file source %s: route table v%d (%d http, %d https, %d tcp, %d skipped)",
                  self.path, self.version, len(table.http), len(table.https), len(table.tcp),
                  len(table.skipped))
-        publish(table)
-        self.synced = True
 
     async def run(self, publish: Callable[[RouteTable], None]) -> None:
         """Load and publish, then watch the file until cancelled. The first read's

@@ -339,3 +339,31 @@ async def test_external_names_are_resolved_and_refreshed(
     del answers["db.example.com"]  # a failing lookup keeps the last answer
     await r.polls(10)
     assert r.published.empty()
+
+
+async def test_a_failing_consumer_does_not_stop_the_source(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(service("a"))
+    got: asyncio.Queue[RouteTable] = asyncio.Queue()
+
+    def publish(table: RouteTable) -> None:
+        if table.version == 1:
+            raise RuntimeError("consumer bug")
+        got.put_nowait(table)
+
+    source = FileSource(str(f), Settings(), poll_interval=0.01)
+    task = asyncio.create_task(source.run(publish))
+    try:
+        for _ in range(int(WAIT / 0.01)):
+            if any("consumer bug" in (r.exc_text or "") or r.exc_info for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+        assert not source.synced
+        write(f, service("b"))
+        table = await asyncio.wait_for(got.get(), WAIT)
+        assert (table.version, prefixes(table), source.synced) == (2, ["/b"], True)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
