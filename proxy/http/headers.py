@@ -71,6 +71,8 @@ def request_head(head: RequestHead, target: bytes, *, client_ip: str, proto: byt
     headers = head.headers
     named = _connection_named(headers)
     out = [b"%s %s HTTP/1.1\r\n" % (head.method, target)]
+    if head.version == b"1.0" and get_header(headers, b"host") is None:
+        out.append(b"Host: \r\n")  # HTTP/1.1 needs one; empty when unknown (RFC 9112 3.2)
     xff: list[bytes] = []
     upgrade: bytes | None = None
     for k, v in headers:

@@ -445,8 +445,11 @@ class ClientProtocol(asyncio.Protocol):
                 self.on_end()
             if self._queue is not None:
                 self._queue.extend(q)
-                return
-        self.resume_reading(_P_QUEUE)
+                break
+        else:
+            self.resume_reading(_P_QUEUE)
+        if self._ubuf:
+            self._uflush()
 
     # -- an exchange ---------------------------------------------------------------------
 
@@ -498,8 +501,9 @@ class ClientProtocol(asyncio.Protocol):
         cookie = self._cookie.decode("latin-1") if self._cookie else None
         server = balancer.pick(self.client_ip, self._exclude, cookie)
         if server is None:
-            failure = last or Failure.NO_SERVER
-            self._fail(failure)
+            if last is None:
+                proxy.stats.fail(Failure.NO_SERVER)
+            self._fail(last or Failure.NO_SERVER)
             return
         self._server = server
         up = proxy.pool.take(server.key)
@@ -547,7 +551,6 @@ class ClientProtocol(asyncio.Protocol):
             self._exclude.add(server.key)
             if len(self._exclude) >= len(balancer.candidates):
                 self._exclude.clear()  # all tried: haproxy retries the same ones again
-                self._exclude.add(server.key)
             else:
                 proxy.stats.backend(backend.name).redispatches += 1
                 srv.redispatches += 1
@@ -847,8 +850,9 @@ class ClientProtocol(asyncio.Protocol):
             reusable = (self._resp is not None and self._resp.keep_alive and self._req_done
                         and not self._discard_body_pending() and parser is not None
                         and not parser.rest and parser.upgrade_rest is None and up.usable)
+        keep = self._keep and not self._close_after
         self._end_exchange(reusable, log_it=True)
-        if self._close_after or not self._keep:
+        if not keep:
             self.close()
             return
         self.flush()
