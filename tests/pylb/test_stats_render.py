@@ -309,3 +309,19 @@ def test_view_takes_the_electors_dict_and_the_tls_stores_certificates() -> None:
                                     "not_after": NOW + 3 * 86400, "days_left": 3.0}]
     text = Exposition(lambda: v).render().decode()
     assert 'pylb_certificate_expiry_days{name="a.example, b.example"} 3.0' in text
+
+
+def test_two_workers_counters_add_up_on_the_page() -> None:
+    from pylb.counters import merge_snapshots
+    from tests.pylb.stats_fixtures import known_stats
+
+    a, b = known_stats(), known_stats()
+    b.frontend("http").open(NOW)  # one more session, still open, on the second worker
+    v = known_view(counters=merge_snapshots([a.snapshot(), b.snapshot()]))
+    rows = csv_rows(render_csv(v))
+    fe = rows[("http", "FRONTEND")]
+    assert (fe["stot"], fe["scur"], fe["smax"], fe["bin"], fe["ereq"], fe["hrsp_2xx"]) == (
+        str(2 * N_REQ + 1), "1", "1", str(2 * BYTES_IN), str(2 * N_BAD), "16")
+    assert rows[(DB.name, "BACKEND")]["scur"] == "4"  # 2 open on each worker
+    assert rows[(DB.name, "BACKEND")]["smax"] == "4"  # a maximum, not a sum
+    assert json.loads(render_json(v))["failures"]["BAD_REQUEST"] == 2 * N_BAD
