@@ -42,52 +42,85 @@ async def resolve(name: str) -> tuple[str, ...]:
 
 
 class ExternalNames:
-    """A cache of name → addresses for the ExternalName services currently wanted."""
+    """A cache of name → addresses for the ExternalName services currently wanted.
 
-    def __init__(self, resolver: Resolve = resolve, timeout: float = 5.0) -> None:
+    New names are looked up in background tasks: `ensure()` waits for them only up to a
+    bound, so one slow DNS server cannot hold back every other route change; a lookup that
+    finishes later calls `on_update()` (the source then builds a new table). `close()`
+    cancels lookups still running.
+    """
+
+    def __init__(self, resolver: Resolve = resolve, timeout: float = 5.0,
+                 on_update: Callable[[], None] | None = None) -> None:
         self._resolve = resolver
         self._timeout = timeout
+        self.on_update = on_update or (lambda: None)
         self._known: dict[str, tuple[str, ...]] = {}
+        self._pending: dict[str, asyncio.Task[None]] = {}
         self.lookups = 0
         self.failures = 0
 
     def snapshot(self) -> dict[str, tuple[str, ...]]:
         return dict(self._known)
 
-    async def ensure(self, names: Iterable[str]) -> bool:
-        """Resolve the names never seen before, forget those no longer wanted. True when
-        the cache changed."""
+    async def ensure(self, names: Iterable[str], wait: float | None = None) -> bool:
+        """Start lookups of names never seen before and wait for them, at most `wait`
+        seconds (None: until they end, each bounded by the lookup timeout); forget names
+        no longer wanted. True when the cache changed meanwhile."""
+        before = dict(self._known)
         wanted = set(names)
-        changed = self._forget(wanted)
-        new = sorted(wanted - self._known.keys())
-        return await self._lookup(new) or changed
+        self._forget(wanted)
+        for name in sorted(wanted - self._known.keys() - self._pending.keys()):
+            self._pending[name] = asyncio.create_task(self._first_lookup(name),
+                                                      name=f"resolve {name}")
+        waiting = [task for name, task in self._pending.items() if name in wanted]
+        if waiting and (wait is None or wait > 0):
+            await asyncio.wait(waiting, timeout=wait)
+        return self._known != before
 
     async def refresh(self, names: Iterable[str]) -> bool:
-        """Resolve every wanted name again. True when any answer changed."""
+        """Resolve every wanted name again (those with no lookup running). True when any
+        answer changed."""
         wanted = set(names)
         changed = self._forget(wanted)
-        return await self._lookup(sorted(wanted)) or changed
+        todo = sorted(wanted - self._pending.keys())
+        results = await asyncio.gather(*(self._one(n) for n in todo))
+        for name, found in zip(todo, results, strict=True):
+            changed = self._store(name, found) or changed
+        return changed
+
+    async def close(self) -> None:
+        tasks = list(self._pending.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _forget(self, wanted: set[str]) -> bool:
+        for name in self._pending.keys() - wanted:
+            self._pending.pop(name).cancel()
         gone = self._known.keys() - wanted
         for name in gone:
             del self._known[name]
         return bool(gone)
 
-    async def _lookup(self, names: list[str]) -> bool:
-        if not names:
+    def _store(self, name: str, found: tuple[str, ...] | None) -> bool:
+        if found is None:
+            if name in self._known:
+                return False  # keep the last good answer
+            found = ()
+        if self._known.get(name) == found:
             return False
-        results = await asyncio.gather(*(self._one(n) for n in names))
-        changed = False
-        for name, found in zip(names, results, strict=True):
-            if found is None:
-                if name in self._known:
-                    continue  # keep the last good answer
-                found = ()
-            if self._known.get(name) != found:
-                self._known[name] = found
-                changed = True
-        return changed
+        self._known[name] = found
+        return True
+
+    async def _first_lookup(self, name: str) -> None:
+        try:
+            found = await self._one(name)
+        finally:
+            if self._pending.get(name) is asyncio.current_task():
+                del self._pending[name]
+        if self._store(name, found):
+            self.on_update()
 
     async def _one(self, name: str) -> tuple[str, ...] | None:
         self.lookups += 1

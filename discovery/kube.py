@@ -16,8 +16,10 @@ Stores are only ever replaced by complete lists, and a failing watch leaves its 
 it was, so a table is never built from a partial list: while the API server is away, the
 last good table keeps serving, and the first fresh list replaces it.
 
-ExternalName services are resolved by `ExternalNames` before the table that first needs
-them is built, and re-resolved every `dns_interval`; a changed answer makes a new table.
+ExternalName services are resolved by `ExternalNames`: a new name is looked up before the
+table that first needs it is built, waiting at most `coalesce_max_delay` (a slow DNS server
+must not hold back every other change; a late answer makes a new table), and every name is
+re-resolved every `dns_interval`; a changed answer makes a new table.
 
 The data path never waits on any of this: `publish` is called with a finished, immutable
 table and must not block.
@@ -82,7 +84,7 @@ class KubeSource:
         self._translate = translate_fn
         self._rng = rng
         self._sleep = sleep
-        self._externals = ExternalNames(resolver, settings.kube.dns_timeout)
+        self._externals = ExternalNames(resolver, settings.kube.dns_timeout, self._changed)
         self._informers: list[Informer] = []
         self._dirty = asyncio.Event()
         self._dirty_since: float | None = None
@@ -113,6 +115,7 @@ class KubeSource:
                 tg.create_task(self._dns_loop(), name="externalname refresh")
                 await self._publish_loop(publish)
         finally:
+            await self._externals.close()
             await client.close()
 
     def _changed(self) -> None:
@@ -137,9 +140,8 @@ class KubeSource:
             self._dirty_since = None
             if not self.synced:
                 continue
-            services = self._objects(SERVICES)
-            if await self._externals.ensure(external_names(services)):
-                log.debug("ExternalName answers changed")
+            await self._externals.ensure(external_names(self._objects(SERVICES)),
+                                         kube.coalesce_max_delay)
             self._build_and_publish(publish, first)
 
     def _build_and_publish(self, publish: Publish, first: float) -> None:

@@ -3,6 +3,7 @@ store updates; and ExternalName address handling."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from typing import Any
@@ -200,3 +201,38 @@ def test_too_large_resource_version_asks_for_a_relist(body: bytes, too_large: bo
         with pytest.raises(ApiError) as info:
             decode_event(_line("ERROR", json.loads(body)))
         assert info.value.too_large is too_large
+
+
+async def test_slow_lookup_does_not_hold_back_ensure() -> None:
+    release = asyncio.Event()
+    updates: list[str] = []
+
+    async def slow(name: str) -> tuple[str, ...]:
+        await release.wait()
+        return ("192.0.2.7",)
+
+    names = ExternalNames(slow, timeout=30.0, on_update=lambda: updates.append("update"))
+    assert not await names.ensure({"slow.example"}, wait=0.01)  # gave up waiting
+    assert names.snapshot() == {}
+    release.set()
+    async with asyncio.timeout(10):
+        while not updates:
+            await asyncio.sleep(0.01)
+    assert names.snapshot() == {"slow.example": ("192.0.2.7",)}
+    await names.close()
+
+
+async def test_close_cancels_pending_lookups() -> None:
+    started = asyncio.Event()
+
+    async def never(name: str) -> tuple[str, ...]:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    names = ExternalNames(never, timeout=30.0)
+    await names.ensure({"a.example"}, wait=0)
+    await started.wait()
+    await names.ensure({"b.example"}, wait=0)  # a.example no longer wanted: cancelled
+    await names.close()
+    assert names.snapshot() == {}
