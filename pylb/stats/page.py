@@ -248,7 +248,9 @@ def render_html(view: StatsView, up_only: bool = False, refresh: int = 0) -> str
                                    f"service(s)</span>"))
     synced = ('<span class="ok">synced</span>' if view.discovery_synced
               else '<span class="bad">not synced</span>')
-    cluster = [("discovery", f"{synced}, last sync {_ago(now, view.discovery_last_sync)}")]
+    if view.discovery_last_sync:
+        synced += f", last sync {_ago(now, view.discovery_last_sync)}"
+    cluster = [("discovery", synced)]
     for k, v in sorted(view.discovery_metrics.items()):
         cluster.append((_e(k.replace("_", " ")), _e(v)))
     leader = view.leader_info
