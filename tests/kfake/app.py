@@ -24,7 +24,7 @@ from aiohttp import web
 
 from tests.kfake import errors
 from tests.kfake.errors import ApiError, Cause
-from tests.kfake.faults import Faults, Hang, Plan, Reset, Status, Text
+from tests.kfake.faults import Faults, Hang, Plan, Reset, Status, Text, abort
 from tests.kfake.patch import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH
 from tests.kfake.resources import RESOURCES, Resource, by_path
 from tests.kfake.selectors import SelectorError, predicate
@@ -373,8 +373,7 @@ class FakeApiServer:
             await self._release.wait()
             raise asyncio.CancelledError()
         if isinstance(act, Reset):
-            if request.transport is not None:
-                request.transport.abort()
+            abort(request.transport)
             raise asyncio.CancelledError()
         if self.tokens is not None:
             auth = request.headers.get("Authorization", "")

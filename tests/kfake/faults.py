@@ -7,7 +7,10 @@ See KUBE_API_FAKE.md section 6 for the catalogue these reproduce.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +53,12 @@ class Hang:
 
 @dataclass(frozen=True)
 class Reset:
-    """Abort the connection (RST) without an answer."""
+    """Abort the connection (RST) without an answer.
+
+    aiohttp's client (and so kubernetes-asyncio) retries an idempotent request (GET, PUT,
+    DELETE) once on a reset or disconnect, as RFC 9112 allows: a reset with `count=1` is
+    invisible to those; use `count=2` or more to see an error.
+    """
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,17 @@ class WatchFault:
 
 
 Action = Status | Text | Delay | Hang | Reset | Headers | WatchFault
+
+
+def abort(transport: Any) -> None:
+    """Close with RST rather than FIN (SO_LINGER 0), as a crashed peer or middlebox does."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 # ---- builders, for readable tests -----------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.kfake import FakeApiServer
+from tests.kfake import FakeApiServer, faults
 from tests.kfake.app import parse_bool, parse_path
 from tests.kfake.patch import merge_patch, strategic_merge_patch
 from tests.kfake.resources import lookup
@@ -156,10 +156,10 @@ async def test_watch_without_rv_sends_synthetic_added(kube_api: FakeApiServer,
                                                       http: aiohttp.ClientSession) -> None:
     kube_api.store.create("services", svc("b"))
     kube_api.store.create("services", svc("a"))
-    async with http.get("/api/v1/services", params={"watch": "True", "timeoutSeconds": "1"}) as r:
+    async with http.get("/api/v1/services", params={"watch": "True", "timeoutSeconds": "5"}) as r:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("application/json")
-        events = await read_lines(r)
+        events = await read_lines(r, limit=2)
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
         ("ADDED", "a"), ("ADDED", "b")]
     assert events[0]["object"]["kind"] == "Service"
@@ -172,8 +172,8 @@ async def test_deleted_event_carries_deletion_rv(kube_api: FakeApiServer,
     kube_api.store.delete("services", NS, "web")
     async with http.get("/api/v1/namespaces/default/services",
                         params={"watch": "1", "resourceVersion": str(start),
-                                "timeoutSeconds": "1"}) as r:
-        (ev,) = await read_lines(r)
+                                "timeoutSeconds": "5"}) as r:
+        (ev,) = await read_lines(r, limit=1)
     assert ev["type"] == "DELETED"
     assert ev["object"]["metadata"]["resourceVersion"] == str(kube_api.store.rv)
     assert ev["object"]["metadata"]["uid"] == created["metadata"]["uid"]
@@ -1018,3 +1018,213 @@ async def test_discovery_documents(http: aiohttp.ClientSession) -> None:
     assert {"services", "services/status", "endpoints", "pods"} <= names
     async with http.get("/api/v1/widgets") as r:
         assert r.status == 404 and (await r.json())["kind"] == "Status"
+
+
+# ---- faults --------------------------------------------------------------------------------
+
+
+async def test_plain_text_429_reaches_ka_watch_as_a_str_event(
+        kube_api: FakeApiServer, api_client: client.ApiClient) -> None:
+    kube_api.faults.add(faults.text429(retry_after=3), verb="watch")
+    v1 = client.CoreV1Api(api_client)
+    async with watch.Watch().stream(v1.list_namespaced_service, NS, timeout_seconds=1) as stream:
+        first = await stream.__anext__()
+    assert first == "Too many requests, please try again later.\n"
+
+
+async def test_plain_text_429_wire(kube_api: FakeApiServer,
+                                  http: aiohttp.ClientSession) -> None:
+    kube_api.faults.add(faults.text429(retry_after=2), method="GET", path_re="/leases/")
+    async with http.get("/apis/coordination.k8s.io/v1/namespaces/default/leases/x") as r:
+        assert r.status == 429
+        assert r.headers["Retry-After"] == "2"
+        assert r.headers["Content-Type"].startswith("text/plain")
+        assert await r.text() == "Too many requests, please try again later.\n"
+    async with http.get("/apis/coordination.k8s.io/v1/namespaces/default/leases/x") as r:
+        assert r.status == 404  # count=1 by default
+
+
+@pytest.mark.parametrize(("code", "reason", "retry_after"), [
+    (429, "TooManyRequests", "1"),
+    (500, "InternalError", None),
+    (503, "ServiceUnavailable", "1"),
+    (504, "Timeout", "1"),
+    (401, "Unauthorized", None),
+    (403, "Forbidden", None),
+])
+async def test_json_status_faults(kube_api: FakeApiServer, api_client: client.ApiClient,
+                                 code: int, reason: str, retry_after: str | None) -> None:
+    kube_api.faults.add(faults.http(code), verb="list")
+    with pytest.raises(ApiException) as info:
+        await client.CoreV1Api(api_client).list_namespaced_service(NS)
+    assert info.value.status == code
+    body = status_of(info.value)
+    assert body["kind"] == "Status" and body["reason"] == reason and body["code"] == code
+    assert info.value.headers.get("Retry-After") == retry_after
+    if retry_after:
+        assert body["details"]["retryAfterSeconds"] == int(retry_after)
+
+
+async def test_fault_counts_once_n_and_always(kube_api: FakeApiServer,
+                                             http: aiohttp.ClientSession) -> None:
+    async def codes(n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            async with http.get("/api/v1/services") as r:
+                out.append(r.status)
+        return out
+
+    rule = kube_api.faults.add(faults.http(500), count=2)
+    assert await codes(3) == [500, 500, 200]
+    assert rule.spent
+    kube_api.faults.add(faults.http(503), count=faults.ALWAYS, path_re=r"/services$")
+    assert await codes(3) == [503, 503, 503]
+    kube_api.faults.clear()
+    assert await codes(1) == [200]
+
+
+async def test_fault_rules_filter_by_method_path_and_verb(kube_api: FakeApiServer,
+                                                          http: aiohttp.ClientSession) -> None:
+    kube_api.faults.add(faults.http(500), method="POST", count=None)
+    kube_api.faults.add(faults.http(503), verb="get", path_re="/leases/", count=None)
+    async with http.get("/api/v1/services") as r:
+        assert r.status == 200
+    async with http.post("/api/v1/namespaces/default/services", json=svc("x")) as r:
+        assert r.status == 500
+    async with http.get("/apis/coordination.k8s.io/v1/namespaces/default/leases/x") as r:
+        assert r.status == 503
+    async with http.get("/apis/coordination.k8s.io/v1/namespaces/default/leases") as r:
+        assert r.status == 200
+
+
+async def test_warning_and_delay_add_to_a_normal_answer(kube_api: FakeApiServer,
+                                                       http: aiohttp.ClientSession) -> None:
+    kube_api.faults.add(faults.warning("be careful"))
+    kube_api.faults.add(faults.delay(0.01))
+    async with http.get("/api/v1/services") as r:
+        assert r.status == 200
+        assert r.headers["Warning"] == '299 - "be careful"'
+
+
+async def test_hang_sends_nothing_until_released(kube_api: FakeApiServer,
+                                                http: aiohttp.ClientSession) -> None:
+    kube_api.faults.add(faults.hang(), verb="list")
+    with pytest.raises(TimeoutError):
+        async with http.get("/api/v1/services",
+                            timeout=aiohttp.ClientTimeout(sock_read=0.2)) as r:
+            await r.read()
+    async with http.get("/api/v1/services") as r:
+        assert r.status == 200
+
+
+async def test_reset_aborts_the_connection(kube_api: FakeApiServer,
+                                          http: aiohttp.ClientSession) -> None:
+    rule = kube_api.faults.add(faults.reset(), count=1)
+    async with http.get("/api/v1/services") as r:
+        assert r.status == 200  # aiohttp retried the idempotent GET once
+    assert rule.hits == 1
+    kube_api.faults.add(faults.reset(), count=2)
+    with pytest.raises(aiohttp.ClientOSError):
+        async with http.get("/api/v1/services") as r:
+            await r.read()
+    async with http.get("/api/v1/services") as r:
+        assert r.status == 200
+
+
+async def _watch_body(http: aiohttp.ClientSession, api: FakeApiServer) -> bytes:
+    async with http.get("/api/v1/services", params={"watch": "1", "timeoutSeconds": "5"}) as r:
+        assert r.status == 200
+        return await r.content.read()
+
+
+async def test_watch_eof_after_n_events(kube_api: FakeApiServer,
+                                       http: aiohttp.ClientSession) -> None:
+    for i in range(3):
+        kube_api.store.create("services", svc(f"s{i}"))
+    kube_api.faults.add(faults.eof_after(2))
+    lines = (await _watch_body(http, kube_api)).splitlines()
+    assert [json.loads(x)["object"]["metadata"]["name"] for x in lines] == ["s0", "s1"]
+    kube_api.faults.add(faults.eof_after(0))
+    assert await _watch_body(http, kube_api) == b""  # an empty 200
+
+
+async def test_watch_truncated_line_then_eof(kube_api: FakeApiServer,
+                                            http: aiohttp.ClientSession) -> None:
+    for i in range(2):
+        kube_api.store.create("services", svc(f"s{i}"))
+    kube_api.faults.add(faults.truncate_after(1))
+    body = await _watch_body(http, kube_api)
+    first, rest = body.split(b"\n", 1)
+    assert json.loads(first)["object"]["metadata"]["name"] == "s0"
+    assert rest and not rest.endswith(b"\n")
+    with pytest.raises(ValueError):
+        json.loads(rest)
+
+
+async def test_watch_reset_after_n_events(kube_api: FakeApiServer,
+                                         http: aiohttp.ClientSession) -> None:
+    for i in range(2):
+        kube_api.store.create("services", svc(f"s{i}"))
+    kube_api.faults.add(faults.reset_after(1))
+    with pytest.raises(aiohttp.ClientError):
+        await _watch_body(http, kube_api)
+
+
+async def test_watch_event_delay(kube_api: FakeApiServer, http: aiohttp.ClientSession) -> None:
+    kube_api.store.create("services", svc("s0"))
+    kube_api.faults.add(faults.event_delay(0.3))
+    async with http.get("/api/v1/services", params={"watch": "1"},
+                        timeout=aiohttp.ClientTimeout(sock_read=0.05)) as r:
+        with pytest.raises(TimeoutError):
+            await r.content.readline()
+
+
+async def test_watch_faults_do_not_fire_on_lists(kube_api: FakeApiServer,
+                                                http: aiohttp.ClientSession) -> None:
+    rule = kube_api.faults.add(faults.eof_after(0))
+    async with http.get("/api/v1/services") as r:
+        assert r.status == 200
+    assert rule.hits == 0
+
+
+# ---- auth, restarts ------------------------------------------------------------------------
+
+
+async def test_tokens_are_checked_when_set(kube_api: FakeApiServer,
+                                          api_client: client.ApiClient) -> None:
+    v1 = client.CoreV1Api(api_client)
+    await v1.list_namespaced_service(NS)
+    kube_api.tokens = {"rotated"}
+    with pytest.raises(ApiException) as info:
+        await v1.list_namespaced_service(NS)
+    assert info.value.status == 401 and status_of(info.value)["reason"] == "Unauthorized"
+    assert kube_api.requests[-1].authorization == "Bearer t"
+
+
+async def test_restart_refuses_then_comes_back_with_the_store(
+        kube_api: FakeApiServer, api_client: client.ApiClient) -> None:
+    kube_api.store.create("services", svc("web"))
+    port = kube_api.port
+    v1 = client.CoreV1Api(api_client)
+    restarting = asyncio.ensure_future(kube_api.restart(down_for=0.3))
+    for _ in range(100):
+        if kube_api._down and kube_api._runner is None:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await v1.list_namespaced_service(NS)
+    await restarting
+    assert kube_api.port == port
+    lst = await v1.list_namespaced_service(NS)
+    assert [s.metadata.name for s in lst.items] == ["web"]
+
+
+async def test_restart_wiped_answers_old_rvs_with_too_large(
+        kube_api: FakeApiServer, http: aiohttp.ClientSession) -> None:
+    for i in range(5):
+        kube_api.store.create("services", svc(f"s{i}"))
+    old_rv = kube_api.store.rv
+    await kube_api.restart(wipe=True)
+    async with http.get("/api/v1/services", params={
+            "watch": "1", "resourceVersion": str(old_rv)}) as r:
+        assert r.status == 504

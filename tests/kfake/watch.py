@@ -30,7 +30,7 @@ from aiohttp import web
 
 from tests.kfake import errors
 from tests.kfake.errors import ApiError
-from tests.kfake.faults import WatchFault
+from tests.kfake.faults import WatchFault, abort
 from tests.kfake.resources import Resource
 from tests.kfake.store import Change, Store
 
@@ -105,8 +105,8 @@ class _Stream:
             line = encode(etype, obj)
             if f.end == "truncate":
                 await self.resp.write(line[: max(1, len(line) // 2)])
-            elif f.end == "reset" and self.request.transport is not None:
-                self.request.transport.abort()
+            elif f.end == "reset":
+                abort(self.request.transport)
             self.ended = True
             return False
         await self.resp.write(encode(etype, obj))
