@@ -110,6 +110,7 @@ class ClientProtocol(asyncio.Protocol):
         "_tkind",
         "_tlen",
         "_tstamp",
+        "_tunnel_eofs",
         "_ubuf",
         "_up",
         "_up_paused",
@@ -135,6 +136,7 @@ class ClientProtocol(asyncio.Protocol):
         self.local_port = 0
         self.closed = False
         self.tunnel = False
+        self._tunnel_eofs = 0
         self._ssl_client: tuple[bytes, bytes] | None = None
         self._paused = 0
         self._queue: deque[tuple[int, Any]] | None = None
@@ -346,9 +348,10 @@ class ClientProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.tunnel:
             up = self._up
-            if up is not None and up.transport is not None and up.transport.can_write_eof():
+            if up is not None and up.transport is not None and up.transport.can_write_eof() \
+                    and not up.transport.is_closing():
                 up.transport.write_eof()
-                return True
+                return self._tunnel_eof(1)
             return None
         if self._req is not None and not self._req_done:
             self._close_after = True
@@ -769,8 +772,18 @@ class ClientProtocol(asyncio.Protocol):
         t = self.transport
         if t is not None and t.can_write_eof() and not t.is_closing():
             t.write_eof()
-            return True
+            return self._tunnel_eof(2)
+        self.close()
         return None
+
+    def _tunnel_eof(self, side: int) -> bool | None:
+        """Half-closes pass through; once both sides have closed, the tunnel is done."""
+        self._tunnel_eofs |= side
+        if self._tunnel_eofs == 3:
+            self._drop_upstream()
+            self.close()
+            return None
+        return True
 
     # -- answering ----------------------------------------------------------------------
 
