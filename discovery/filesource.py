@@ -196,35 +196,43 @@ class FileSource:
                  self.path, self.version, len(table.http), len(table.https), len(table.tcp),
                  len(table.skipped))
 
+    async def _reread(self) -> KubeObjects | None:
+        """The file's objects, or None (logged) when it cannot be used right now."""
+        try:
+            return await asyncio.to_thread(self.read)
+        except FileSourceError as e:
+            log.error("file source: %s; keeping route table v%d", e, self.version)
+        try:
+            self._signature, self._racy = self._stat()  # do not retry until it changes
+        except OSError:
+            self._signature, self._racy = None, False  # gone: wait for it to return
+        return None
+
     async def run(self, publish: Callable[[RouteTable], None]) -> None:
         """Load and publish, then watch the file until cancelled. The first read's
         FileSourceError propagates (start-up stops with it); later ones are logged and
         the last good table stays."""
         loop = asyncio.get_running_loop()
-        objects = await asyncio.to_thread(self.read)
-        await self._externals.ensure(external_names(objects.services))
-        self._publish_if_new(await asyncio.to_thread(self._translate, objects), publish)
-        next_dns = loop.time() + self.settings.kube.dns_interval
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            changed = False
-            if self._changed():
-                try:
-                    objects = await asyncio.to_thread(self.read)
-                except FileSourceError as e:
-                    log.error("file source: %s; keeping route table v%d", e, self.version)
-                    try:
-                        self._signature, self._racy = self._stat()
-                    except OSError:
-                        self._signature, self._racy = None, False  # gone: wait for it
-                    continue
-                changed = True
-                await self._externals.ensure(external_names(objects.services))
-            if loop.time() >= next_dns:
-                next_dns = loop.time() + self.settings.kube.dns_interval
-                names = external_names(objects.services)
-                if names and await self._externals.refresh(names):
-                    changed = True
-            if changed:
-                self._publish_if_new(await asyncio.to_thread(self._translate, objects),
-                                     publish)
+        interval = self.settings.kube.dns_interval
+        try:
+            objects = await asyncio.to_thread(self.read)
+            await self._externals.ensure(external_names(objects.services))
+            self._publish_if_new(await asyncio.to_thread(self._translate, objects), publish)
+            next_dns = loop.time() + interval
+            while True:
+                await asyncio.sleep(self.poll_interval)
+                fresh = await self._reread() if self._changed() else None
+                changed = fresh is not None
+                if fresh is not None:
+                    objects = fresh
+                    await self._externals.ensure(external_names(objects.services))
+                if loop.time() >= next_dns:
+                    next_dns = loop.time() + interval
+                    names = external_names(objects.services)
+                    if names and await self._externals.refresh(names):
+                        changed = True
+                if changed:
+                    table = await asyncio.to_thread(self._translate, objects)
+                    self._publish_if_new(table, publish)
+        finally:
+            await self._externals.close()
