@@ -55,7 +55,8 @@ from proxy.certs import (
 )
 from pylb.config import SslVerify, TlsSettings
 
-__all__ = ["TLS12_CIPHERS", "CertInfo", "CertificateError", "TlsStore", "format_dn"]
+__all__ = ["EXPIRY_WARNING_DAYS", "TLS12_CIPHERS", "CertInfo", "CertificateError", "TlsStore",
+           "format_dn"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ TLS12_CIPHERS = ":".join([
     "ECDHE-RSA-CHACHA20-POLY1305",
 ])
 ALPN = ("http/1.1",)
+# cert-manager renews 30 days before expiry and ACME clients at 30 days too; a certificate
+# that still has fewer than 14 days left is one whose renewal is failing.
+EXPIRY_WARNING_DAYS = 14
 # Extra files haproxy loads beside a certificate; never certificates themselves.
 _EXTRA_SUFFIXES = (".key", ".ocsp", ".issuer", ".sctl")
 
@@ -120,6 +124,7 @@ class TlsStore:
         self._front: ssl.SSLContext | None = None
         self._refused: Fingerprint | None = None
         self._gen: _Generation | None = None
+        self._warned: dict[str, int] = {}  # fingerprint -> day (ordinal) last warned
         if settings.cert is not None:
             self._gen = self._build(self._fingerprint())
             for info in self._gen.infos:
@@ -183,15 +188,35 @@ class TlsStore:
         return True
 
     async def watch(self, interval: float = 2.0) -> None:
-        """Call `reload_if_changed` every `interval` seconds until cancelled."""
+        """Call `reload_if_changed` every `interval` seconds until cancelled, and warn
+        (once a day per certificate) about certificates close to expiry."""
         if self.settings.cert is None:
             return
         while True:
             await asyncio.sleep(interval)
             try:
                 self.reload_if_changed()
+                self.warn_expiring()
             except Exception:  # a bug here must not stop future reloads nor the worker
                 log.exception("TLS reload failed")
+
+    def warn_expiring(self) -> list[CertInfo]:
+        """Log a WARNING for each certificate with fewer than `EXPIRY_WARNING_DAYS` left,
+        at most once per certificate per day; return those certificates."""
+        soon = [c for c in self.certificates() if c.days_left < EXPIRY_WARNING_DAYS]
+        today = self._clock().date().toordinal()
+        for c in soon:
+            if self._warned.get(c.fingerprint_sha256) == today:
+                continue
+            self._warned[c.fingerprint_sha256] = today
+            if c.days_left < 0:
+                log.warning("TLS certificate %s (%s) has EXPIRED; clients refuse it",
+                            c.path, ", ".join(c.names) or c.subject)
+            else:
+                log.warning("TLS certificate %s (%s) expires in %d days, on %s UTC", c.path,
+                            ", ".join(c.names) or c.subject, c.days_left,
+                            f"{c.not_after:%Y-%m-%d %H:%M}")
+        return soon
 
     # -- internals ------------------------------------------------------------------
 

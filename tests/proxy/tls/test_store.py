@@ -281,3 +281,28 @@ def test_selection_table(cert_dir: Path) -> None:
     assert store.select("www.example.com") is not default
     assert store.select("x.example.com") is not store.select("www.example.com")
     assert store.select("x.y.example.com") is default
+
+
+def test_expiry_warning_once_a_day(ca: trustme.CA, tmp_path: Path,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    clock = [now]
+    d = tmp_path / "certs"
+    d.mkdir()
+    write_leaf(ca, d / "a.pem", "soon.example", not_after=now + dt.timedelta(days=20))
+    write_leaf(ca, d / "b.pem", "later.example", not_after=now + dt.timedelta(days=90))
+    store = TlsStore(TlsSettings(cert=str(d)), clock=lambda: clock[0])
+    with caplog.at_level(logging.WARNING, logger="proxy.tls"):
+        assert store.warn_expiring() == []
+        clock[0] = now + dt.timedelta(days=7)  # 13 days left
+        assert [c.names for c in store.warn_expiring()] == [("soon.example",)]
+        assert [c.names for c in store.warn_expiring()] == [("soon.example",)]
+        clock[0] = now + dt.timedelta(days=8)
+        store.warn_expiring()
+        clock[0] = now + dt.timedelta(days=21)
+        store.warn_expiring()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3, messages
+    assert "expires in 13 days" in messages[0]
+    assert "expires in 12 days" in messages[1]
+    assert "EXPIRED" in messages[2] and "a.pem" in messages[2]
