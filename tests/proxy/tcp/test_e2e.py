@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from proxy.tcp import proxyproto
-from proxy.tcp.proxy import HIGH_WATER, TcpProxy, _Conn
+from proxy.tcp.proxy import HIGH_WATER, PIPE_SIZE, TcpProxy, _Conn
 from pylb.config import Limits, Settings
 from pylb.failures import Failure
 from pylb.model import ProxyProtocol, RouteTable, Server
@@ -141,7 +141,7 @@ def buffered(p: TcpProxy) -> int:
 
 # A proxy may hold one high watermark per write buffer plus one read (uvloop reads up to
 # 256 KiB at a time) before it stops reading the fast side.
-BOUND = 2 * HIGH_WATER + 256 * 1024
+BOUND = max(2 * HIGH_WATER + 256 * 1024, 2 * PIPE_SIZE)
 
 
 async def test_slow_server_reader_bounded(h: Harness) -> None:
