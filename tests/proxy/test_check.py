@@ -4,7 +4,9 @@ listeners, and the checker's up/down/rise/fall with millisecond intervals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from proxy.check import (
     L4CON,
     L4OK,
+    L4TOUT,
     L7OK,
     L7RSP,
     L7STS,
@@ -170,6 +173,31 @@ async def test_probe_http_sends_a_proper_request(servers: list[asyncio.Server]) 
     assert head.startswith("get /ready?x=1 http/1.1\r\n")
     assert f"host: 127.0.0.1:{_port(srv)}\r\n" in head
     assert "connection: close\r\n" in head
+
+
+async def test_probe_tcp_timeout_on_a_full_accept_queue() -> None:
+    """A listener that never accepts, its queue full: the kernel drops further SYNs, so
+    the connect neither succeeds nor fails (L4TOUT)."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            c = socket.socket()
+            fillers.append(c)
+            c.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                c.connect(("127.0.0.1", port))
+        p = await probe_tcp("127.0.0.1", port, 0.3)
+        assert p.status == L4TOUT and not p.passed
+        p = await probe_http("127.0.0.1", port, "/", 0.3)
+        assert p.status == L4TOUT
+    finally:
+        for c in fillers:
+            c.close()
+        listener.close()
 
 
 async def test_probe_http_refused() -> None:
