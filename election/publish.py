@@ -159,16 +159,19 @@ def event_name(service_name: str, uid: str, event: ServiceEvent) -> str:
 class StatusPublisher:
     def __init__(self, api: ApiClient, *, pod_namespace: str, pod_selector: str,
                  namespaces: tuple[str, ...] = (), instance: str | None = None,
-                 resync: float = 10.0,
+                 resync: float = 10.0, pass_timeout: float = 30.0,
                  wall_clock: Callable[[], datetime] = utcnow) -> None:
         """`namespaces`: where pylb exposes services (() = all); `pod_selector`: the label
-        selector of pylb's own pods in `pod_namespace` (e.g. `app=pylb`)."""
+        selector of pylb's own pods in `pod_namespace` (e.g. `app=pylb`); `resync`: seconds
+        between passes without a notify(); `pass_timeout`: a pass that takes longer (a
+        hanging API server) is abandoned and retried."""
         self._api = api
         self._pod_namespace = pod_namespace
         self._pod_selector = pod_selector
         self._namespaces = namespaces
         self._instance = (instance or socket.gethostname())[:128]
         self._resync = resync
+        self._pass_timeout = pass_timeout
         self._wall = wall_clock
         self._wake = asyncio.Event()
         self._sent: dict[tuple[str, str, str], str] = {}
@@ -184,10 +187,11 @@ class StatusPublisher:
             table = get_table()
             if table is not None:
                 try:
-                    await self.reconcile(table)
-                except kapi.ApiError as exc:
+                    async with asyncio.timeout(self._pass_timeout):
+                        await self.reconcile(table)
+                except (kapi.ApiError, TimeoutError) as exc:
                     log.warning("publishing status failed (retrying in %.3gs): %s",
-                                self._resync, exc)
+                                self._resync, exc or "timed out")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._resync):
                     await self._wake.wait()

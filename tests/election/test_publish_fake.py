@@ -181,3 +181,22 @@ async def test_run_reconciles_on_notify_and_survives_errors(kube_api: FakeApiSer
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_hanging_api_pass_is_abandoned_and_retried(kube_api: FakeApiServer,
+                                                         api_client: ApiClient) -> None:
+    populate(kube_api)
+    pub = StatusPublisher(api_client, pod_namespace="lb", pod_selector="app=pylb",
+                          namespaces=("shop", "data"), resync=0.05, pass_timeout=0.2)
+    kube_api.faults.add(faults.hang(), method="GET", path_re="/services", count=1)
+    task = asyncio.create_task(pub.run(lambda: TABLE))
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if ingress(kube_api, "shop", "web"):
+                break
+        assert len(ingress(kube_api, "shop", "web")) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        kube_api.drop_watches()
