@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 
 from tests.kfake import FakeApiServer, faults
 from tests.kfake.app import parse_bool, parse_path
@@ -1060,7 +1064,8 @@ async def test_json_status_faults(kube_api: FakeApiServer, api_client: client.Ap
     assert info.value.status == code
     body = status_of(info.value)
     assert body["kind"] == "Status" and body["reason"] == reason and body["code"] == code
-    assert info.value.headers.get("Retry-After") == retry_after
+    headers: Any = info.value.headers or {}
+    assert headers.get("Retry-After") == retry_after
     if retry_after:
         assert body["details"]["retryAfterSeconds"] == int(retry_after)
 
@@ -1228,3 +1233,77 @@ async def test_restart_wiped_answers_old_rvs_with_too_large(
     async with http.get("/api/v1/services", params={
             "watch": "1", "resourceVersion": str(old_rv)}) as r:
         assert r.status == 504
+
+
+# ---- client set-ups: kubeconfig, in-cluster, TLS -------------------------------------------
+
+
+@pytest.fixture
+async def tls_api(no_proxy_env: None) -> AsyncIterator[FakeApiServer]:
+    async with FakeApiServer(tls=True) as api:
+        api.store.create("services", svc("web"))
+        yield api
+
+
+async def test_kubeconfig_dict_plain(kube_api: FakeApiServer) -> None:
+    kube_api.store.create("services", svc("web"))
+    kube_api.tokens = {"secret"}
+    ac = await kconfig.new_client_from_config_dict(kube_api.kubeconfig_dict(token="secret"))
+    async with ac:
+        lst = await client.CoreV1Api(ac).list_namespaced_service(NS)
+    assert [s.metadata.name for s in lst.items] == ["web"]
+
+
+async def test_kubeconfig_dict_tls(tls_api: FakeApiServer) -> None:
+    assert tls_api.url.startswith("https://127.0.0.1:")
+    ac = await kconfig.new_client_from_config_dict(tls_api.kubeconfig_dict())
+    async with ac:
+        lst = await client.CoreV1Api(ac).list_namespaced_service(NS)
+    assert [s.metadata.name for s in lst.items] == ["web"]
+
+
+async def test_configuration_tls_and_untrusted_client(tls_api: FakeApiServer) -> None:
+    async with client.ApiClient(tls_api.configuration()) as ac:
+        lst = await client.CoreV1Api(ac).list_namespaced_service(NS)
+    assert len(lst.items) == 1
+    cfg = client.Configuration(host=tls_api.url)  # no CA: the handshake must fail
+    async with client.ApiClient(cfg) as ac:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await client.CoreV1Api(ac).list_namespaced_service(NS)
+
+
+async def test_incluster_files(tls_api: FakeApiServer, tmp_path: Any) -> None:
+    files = tls_api.write_incluster(tmp_path, token="sa-token", namespace="lb")
+    tls_api.tokens = {"sa-token"}
+    environ = {k: files[k] for k in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")}
+    cfg = client.Configuration()
+    InClusterConfigLoader(token_filename=files["token_filename"],
+                          cert_filename=files["cert_filename"],
+                          environ=environ).load_and_set(cfg)
+    assert cfg.host == tls_api.url
+    async with client.ApiClient(cfg) as ac:
+        lst = await client.CoreV1Api(ac).list_namespaced_service(NS)
+    assert len(lst.items) == 1
+    assert Path(files["namespace_filename"]).read_text() == "lb"
+
+
+async def test_incluster_needs_tls(kube_api: FakeApiServer, tmp_path: Any) -> None:
+    with pytest.raises(RuntimeError):
+        kube_api.write_incluster(tmp_path)
+
+
+async def test_ipv6_loopback(no_proxy_env: None) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        api = FakeApiServer(host="::1")
+        await api.start()
+    except OSError:
+        pytest.skip("no ::1 on this machine")
+    try:
+        assert api.url.startswith("http://[::1]:")
+        async with client.ApiClient(api.configuration()) as ac:
+            lst = await client.CoreV1Api(ac).list_namespaced_service(NS)
+        assert lst.items == []
+    finally:
+        await api.stop()
