@@ -77,6 +77,16 @@ tr.no-check td { background: var(--nochk); }
 table.tbl tr.empty td { text-align: left; color: var(--muted); font-style: italic;
   background: #fff; }
 footer { margin-top: 18px; color: var(--muted); font-size: 11px; }
+@media (prefers-color-scheme: dark) {
+  :root { --ink:#e6e8ec; --muted:#9aa3b2; --line:#3a404c; --px:#a3264f; --pxink:#ffe9a8;
+    --head:#1b7f7f; --fe:#2a2f38; --be:#323844; --up:#1f5d2a; --gd:#66661a;
+    --gu:#8a6d00; --down:#7a1f1f; --nolb:#1b5c99; --nochk:#3a3f47; --maint:#7a4a10; }
+  body { background: #15181d; }
+  .panel, table.tbl, table.tbl tr.empty td { background: #1d2128; }
+  header.top nav a { color: #7fb2ff; }
+  header.top h1 { color: #ff7aa2; }
+  .bad { color: #ff7b7b; } .warn { color: #f0c050; } .ok { color: #6fdc8c; }
+}
 """
 
 _LEGEND = (
