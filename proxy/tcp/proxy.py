@@ -189,6 +189,7 @@ class _Conn(asyncio.Protocol):
         "client_at",
         "ct",
         "down",
+        "fcounters",
         "fe",
         "proxy",
         "pump",
@@ -210,6 +211,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self, proxy: TcpProxy, fe: _Frontend) -> None:
         self.proxy = proxy
         self.fe = fe
+        self.fcounters = fe.counters  # the frontend's row at accept time
         self.state = _CONNECTING
         self.ct: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.st: asyncio.Transport = None  # type: ignore[assignment]  # set once connected
@@ -239,7 +241,7 @@ class _Conn(asyncio.Protocol):
         proxy = self.proxy
         fe = self.fe
         fe.conns.add(self)
-        fe.counters.open()
+        self.fcounters.open()
         proxy._nconns += 1
         self.client_at = proxy.loop.time()
         proxy._arm_sweep()
@@ -499,7 +501,7 @@ class _Conn(asyncio.Protocol):
             self.task = None
         self.flush_counts()
         fe = self.fe
-        fe.counters.close()
+        self.fcounters.close()
         fe.conns.discard(self)
         self.proxy._nconns -= 1
         if self.scounters is not None:
@@ -517,7 +519,7 @@ class _Conn(asyncio.Protocol):
         du, dd = up - self.seen_up, down - self.seen_down
         if du or dd:
             self.seen_up, self.seen_down = up, down
-            fc = self.fe.counters
+            fc = self.fcounters
             fc.bytes_in += du
             fc.bytes_out += dd
             for c in (self.bcounters, self.scounters):
@@ -560,6 +562,7 @@ class TcpProxy:
         self._nconns = 0
         self._sweep: asyncio.TimerHandle | None = None
         self._table = RouteTable()
+        self._lock = asyncio.Lock()  # set_table calls do not interleave their awaits
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -579,6 +582,10 @@ class TcpProxy:
         """Serve `table`: open listeners for new ports, stop those whose frontend left
         (their connections drain for `grace_period`), keep the rest. Also applies the
         table's backends to the shared Balancers (idempotent)."""
+        async with self._lock:
+            await self._set_table(table)
+
+    async def _set_table(self, table: RouteTable) -> None:
         loop = self.loop
         self._table = table
         self.balancers.update(table.backends)
