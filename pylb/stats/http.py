@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 _MAX_HEAD = 16 * 1024
 _MAX_REQUESTS_PER_CONN = 100
-_MAX_BODY = 64 * 1024  # requests to these pages carry no body; a bigger one is refused
+_MAX_BODY = 64 * 1024
+_LINGER_TIME = 1.0  # seconds to keep reading after an error reply before closing
+_LINGER_BYTES = 256 * 1024  # requests to these pages carry no body; a bigger one is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,19 @@ def unauthorized(realm: str) -> Reply:
                  headers=(("WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'),))
 
 
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then read and drop what the client still sends (bounded), so that
+    closing with unread input does not reset the connection before the client has read
+    our error reply (nginx's lingering_close, haproxy's `option nolinger` default off)."""
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.write_eof()
+    with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError):
+        async with asyncio.timeout(_LINGER_TIME):
+            for _ in range(_LINGER_BYTES // 8192):
+                if not await reader.read(8192):
+                    break
+
+
 _MORE_PHRASES = {200: b"OK", 401: b"Unauthorized", 405: b"Method Not Allowed",
                  413: b"Content Too Large"}
 
@@ -200,6 +215,7 @@ class SmallHttpServer:
                         await self._send(conn, writer, Reply(
                             status, f"{status} {_reason(status).decode()}\n".encode()),
                             head_only=False, close=True)
+                    await _linger(reader, writer)
                 return
             if request is None:
                 return

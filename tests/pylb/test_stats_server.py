@@ -178,3 +178,27 @@ async def test_close_drops_idle_keepalive_connections() -> None:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_oversized_head_and_idle_client_are_cut_off() -> None:
+    from pylb.config import Timeouts
+    srv = StatsServer(Settings(timeouts=Timeouts(client=0.2)), known_view)
+    host, port = await srv.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000)
+            data = await asyncio.wait_for(reader.read(), 10)
+            assert data.startswith(b"HTTP/1.1 431 ")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\n")  # and then nothing
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        await srv.close()
