@@ -142,16 +142,19 @@ class KubeSource:
                 continue
             await self._externals.ensure(external_names(self._objects(SERVICES)),
                                          kube.coalesce_max_delay)
-            self._build_and_publish(publish, first)
+            await self._build_and_publish(publish, first)
 
-    def _build_and_publish(self, publish: Publish, first: float) -> None:
+    async def _build_and_publish(self, publish: Publish, first: float) -> None:
         objects = KubeObjects(
             services=self._objects(SERVICES),
             endpointslices=self._objects(ENDPOINTSLICES),
             endpoints=self._objects(ENDPOINTS),
             external=self._externals.snapshot())
         try:
-            table = self._translate(objects, self.settings)
+            # In a thread: with thousands of services a translation takes long enough to
+            # hold up the controller's loop (stats page, health checks, lease renewals).
+            # The objects are never mutated after they are stored, so sharing is safe.
+            table = await asyncio.to_thread(self._translate, objects, self.settings)
         except Exception:  # keep serving the last table; translate() should never raise
             self.translate_errors += 1
             log.exception("translation failed; keeping route table v%d", self.version)
