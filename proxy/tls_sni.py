@@ -11,8 +11,9 @@ answers one of three things:
   grammar or the size limits below);
 - `NEED_MORE` (the one `NeedMore` instance): the bytes so far are a valid beginning of a
   ClientHello; call again with the same bytes plus what arrives next. The caller bounds
-  the wait in time; in size, this parser answers `None` once the ClientHello would exceed
-  `MAX_CLIENT_HELLO`, so a caller never buffers more than that plus one record header.
+  the wait in time; in size, `NEED_MORE` is never the answer once `data` holds
+  `MAX_CLIENT_HELLO + 5` bytes (the handshake message, at most `MAX_CLIENT_HELLO` bytes,
+  plus a record header): a longer hello, or one cut into tiny records, gets `None`.
 
 It is a pure function over bytes: no I/O, no state, and it never raises on any input
 (the grammar is walked with explicit bounds checks; tests feed it random bytes). The
@@ -56,8 +57,10 @@ _HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 def parse_client_hello_sni(data: bytes) -> str | NeedMore | None:
     """The SNI host name in `data`, `None` if there is none, or `NEED_MORE` (see module)."""
     hello = _reassemble(data)
-    if hello is None or isinstance(hello, NeedMore):
-        return hello
+    if isinstance(hello, NeedMore):
+        return None if len(data) >= MAX_CLIENT_HELLO + 5 else hello
+    if hello is None:
+        return None
     return _server_name(hello)
 
 
@@ -87,7 +90,7 @@ def _reassemble(data: bytes) -> bytes | NeedMore | None:
             if message[0] != _HANDSHAKE_CLIENT_HELLO:
                 return None
             need = (message[1] << 16) | (message[2] << 8) | message[3]
-            if need > MAX_CLIENT_HELLO:
+            if 4 + need > MAX_CLIENT_HELLO:
                 return None
         if need is not None and len(message) >= 4 + need:
             return bytes(message[4:4 + need])
