@@ -64,8 +64,8 @@ class KubeSource:
     """Publishes a `RouteTable` for the cluster's services, and a new one on each change.
 
     `api_client_factory` makes the client (default: `make_api_client(settings)`); the
-    source closes it when `run` ends. `translate_fn`, `resolver`, `rng` and `sleep` are
-    there for tests.
+    source closes it when `run` ends. `translate_fn`, `resolver`, and the informers'
+    backoff `rng` and `sleep` are there for tests.
     """
 
     def __init__(
@@ -104,7 +104,8 @@ class KubeSource:
         for ever; a failure to build the client (bad kubeconfig) raises."""
         client = await self._factory()
         try:
-            namespaces: tuple[str | None, ...] = self.settings.namespaces or (None,)
+            namespaces: tuple[str | None, ...] = (
+                tuple(dict.fromkeys(self.settings.namespaces)) or (None,))
             self._informers = [
                 Informer(client, kind, ns, self.settings.kube, self._changed,
                          rng=self._rng, sleep=self._sleep)
@@ -185,7 +186,7 @@ class KubeSource:
     async def _dns_loop(self) -> None:
         interval = self.settings.kube.dns_interval
         while True:  # one lookup round per interval
-            await self._sleep(interval)
+            await asyncio.sleep(interval)
             if not self.synced:
                 continue
             if await self._externals.refresh(external_names(self._objects(SERVICES))):

@@ -233,7 +233,7 @@ def _three_namespaces(api: FakeApiServer) -> None:
 
 async def test_several_namespaces(kube_api: FakeApiServer) -> None:
     _three_namespaces(kube_api)
-    source = source_for(kube_api, settings(namespaces=("a", "b")))
+    source = source_for(kube_api, settings(namespaces=("a", "b", "a")))
     async with running(source) as pub:
         table = await pub.until(lambda t: len(t.backends) == 2)
         assert {b.name for b in table.backends} == {"a/web-a:80", "b/web-b:80"}
