@@ -8,6 +8,7 @@ one process (tests) never collide and the library's process-global registry stay
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -71,13 +72,18 @@ class _Families:
 
 
 class StatsCollector(Collector):
-    """prometheus-client collector over `view_fn()`; one view per scrape."""
+    """prometheus-client collector over `view_fn()`; one view per scrape.
+
+    `pinned`, when set, is the view to use instead (Exposition.render_view sets it so
+    that the view is built on the event loop and only the rendering runs elsewhere).
+    """
 
     def __init__(self, view_fn: Callable[[], StatsView]) -> None:
         self._view_fn = view_fn
+        self.pinned: StatsView | None = None
 
     def collect(self) -> Iterator[Metric]:
-        view = self._view_fn()
+        view = self.pinned if self.pinned is not None else self._view_fn()
         rows = stat_rows(view)
 
         info = GaugeMetricFamily("pylb_build_info", "pylb version", labels=["version"])
@@ -241,11 +247,26 @@ class StatsCollector(Collector):
 
 
 class Exposition:
-    """A private registry with one StatsCollector; `render()` is the /metrics body."""
+    """A private registry with one StatsCollector; `render()` is the /metrics body.
+
+    `render_view(view)` renders a view built by the caller and may run in a worker
+    thread (prometheus-client's text writer costs some tens of microseconds a sample:
+    a table of thousands of servers takes long enough to stall an event loop)."""
 
     def __init__(self, view_fn: Callable[[], StatsView]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StatsCollector(view_fn))
+        self._collector = StatsCollector(view_fn)
+        self.registry.register(self._collector)
+        self._lock = threading.Lock()
 
     def render(self) -> bytes:
-        return bytes(generate_latest(self.registry))
+        with self._lock:
+            return bytes(generate_latest(self.registry))
+
+    def render_view(self, view: StatsView) -> bytes:
+        with self._lock:
+            self._collector.pinned = view
+            try:
+                return bytes(generate_latest(self.registry))
+            finally:
+                self._collector.pinned = None

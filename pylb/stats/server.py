@@ -6,6 +6,7 @@ page is always as fresh as the counters the workers last reported.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -57,7 +58,10 @@ class StatsServer:
     async def close(self) -> None:
         await self._http.close()
 
-    def handle(self, request: Request) -> Reply:
+    async def handle(self, request: Request) -> Reply:
+        """Authenticate, route, build the view here (on the loop: view_fn reads live
+        controller state), render it in a worker thread (pure, over frozen data) so a
+        big table does not stall health checks and discovery."""
         if self._auth is not None and not self._auth.check(
                 request.headers.get("authorization")):
             return unauthorized(REALM)
@@ -67,15 +71,16 @@ class StatsServer:
         query = parse_stats_uri(request.target)
         if query is None:
             return Reply(404, b"404 Not Found\n")
-        if query.fmt == "metrics":
-            return Reply(200, self._exposition.render(), CONTENT_TYPE)
         view = self._view_fn()
+        if query.fmt == "metrics":
+            body = await asyncio.to_thread(self._exposition.render_view, view)
+            return Reply(200, body, CONTENT_TYPE)
         if query.fmt == "csv":
-            return Reply(200, render_csv(view, query.up_only).encode(),
-                         "text/plain; charset=utf-8")
+            text = await asyncio.to_thread(render_csv, view, query.up_only)
+            return Reply(200, text.encode(), "text/plain; charset=utf-8")
         if query.fmt == "json":
-            return Reply(200, render_json(view, query.up_only).encode(),
-                         "application/json")
+            text = await asyncio.to_thread(render_json, view, query.up_only)
+            return Reply(200, text.encode(), "application/json")
         refresh = 0 if query.norefresh else self._settings.stats_refresh
-        return Reply(200, render_html(view, query.up_only, refresh).encode(),
-                     "text/html; charset=utf-8")
+        text = await asyncio.to_thread(render_html, view, query.up_only, refresh)
+        return Reply(200, text.encode(), "text/html; charset=utf-8")

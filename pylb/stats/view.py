@@ -206,9 +206,11 @@ def frontends(view: StatsView) -> list[tuple[str, str]]:
 
 
 def backend_mode(table: RouteTable, name: str) -> str:
-    if any(r.backend == name for r in table.http + table.https):
-        return "http"
-    return "tcp"
+    return "http" if name in _http_backends(table) else "tcp"
+
+
+def _http_backends(table: RouteTable) -> frozenset[str]:
+    return frozenset(r.backend for r in table.http + table.https)
 
 
 def _since(now: float, t: float | None) -> int:
@@ -341,9 +343,10 @@ def _rows(view: StatsView, up_only: bool) -> list[Row]:
     for name, mode in frontends(view):
         iid += 1
         rows.append(_frontend_row(view, name, mode, iid))
+    http_backends = _http_backends(view.table)
     for backend in view.table.backends:
         iid += 1
-        mode = backend_mode(view.table, backend.name)
+        mode = "http" if backend.name in http_backends else "tcp"
         servers = [_server_row(view, backend, s, mode, iid, sid)
                    for sid, s in enumerate(backend.servers, start=1)]
         be = _backend_row(view, backend, mode, iid, servers)
