@@ -171,10 +171,17 @@ def advance(prev: CheckResult, probe: Probe, now: float) -> CheckResult:
 
 
 def check_targets(table: RouteTable) -> dict[Key, str | None]:
-    """Every server address in `table` and its HTTP check path (None: TCP connect)."""
+    """Every server address in `table` to check, and its HTTP check path (None: TCP).
+
+    Endpoints Kubernetes does not call ready (and that are not draining) are left
+    alone, as haproxy does not check a server in maintenance: they get no traffic, and
+    probing pods that are still starting would only load them.
+    """
     out: dict[Key, str | None] = {}
     for backend in table.backends:  # sorted by name: the first with a path wins
         for server in backend.servers:
+            if not server.ready and not server.terminating:
+                continue
             if out.get(server.key) is None:
                 out[server.key] = backend.check_path
     return out

@@ -97,6 +97,15 @@ def test_check_targets_first_backend_with_path_wins() -> None:
     assert check_targets(t) == {("10.0.0.1", 80): "/healthz", ("10.0.0.2", 80): None}
 
 
+def test_check_targets_skip_not_ready_but_keep_draining() -> None:
+    t = RouteTable(backends=(Backend("a", (
+        Server("10.0.0.1", 80, ready=False, serving=False),
+        Server("10.0.0.2", 80, ready=False, serving=True, terminating=True),
+        Server("10.0.0.3", 80, weight=0),
+    )),))
+    assert check_targets(t) == {("10.0.0.2", 80): None, ("10.0.0.3", 80): None}
+
+
 # -- probes on real sockets ----------------------------------------------------------
 
 
