@@ -1,8 +1,9 @@
 """Active health checks of backend servers, run once in the controller for all workers.
 
-Theory of operation. Each distinct server address (`ip:port`) in the route table gets one
-asyncio task that probes it every `interval` seconds, the first probe jittered uniformly
-over one interval so that a table of a thousand servers does not probe them all at once.
+Theory of operation. Each distinct server address (`ip:port`) in the route table that is
+ready or draining gets one asyncio task that probes it every `interval` seconds, the first
+probe jittered uniformly over one interval so that a table of a thousand servers does not
+probe them all at once.
 A probe is a TCP connect (`L4OK`, `L4CON` refused, `L4TOUT` timed out, `SOCKERR`), or,
 when a backend using the server has a `check_path`, an HTTP/1.1 `GET` of that path whose
 status line must arrive within the timeout (`L7OK` for 2xx/3xx, `L7STS` otherwise,
