@@ -113,8 +113,8 @@ class CheckSettings:
     interval: float = 2.0  # seconds between checks of one server (haproxy `inter`)
     rise: int = 2  # consecutive successes to mark a down server up
     fall: int = 3  # consecutive failures to mark an up server down
-    # Connect + response deadline of one check; None means Timeouts.connect (5 s),
-    # haproxy's rule too (`timeout check` unset → the connect timeout).
+    # Connect + response deadline of one check; None means Timeouts.connect (5 s).
+    # (haproxy with no `timeout check` bounds the connect by `timeout connect`.)
     timeout: float | None = None
     enabled: bool = True
 
