@@ -42,7 +42,7 @@ from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
 from pylb.config import Settings, Timeouts
 from pylb.counters import Counters, Stats
 from pylb.failures import Failure
-from pylb.model import ProxyProtocol, RouteTable, Server, TcpFrontend
+from pylb.model import Affinity, Algorithm, ProxyProtocol, RouteTable, Server, TcpFrontend
 
 log = logging.getLogger("pylb.tcp")
 
@@ -318,8 +318,12 @@ class _Conn(asyncio.Protocol):
         self.backend = backend
         self.bcounters = proxy.stats.backend(backend)
         bal = self.bal = proxy.balancers.get(backend)
-        peer = self.ct.get_extra_info("peername")
-        client_ip = peer[0] if isinstance(peer, tuple) else ""
+        client_ip = ""
+        if bal is not None and (bal.backend.algorithm is Algorithm.SOURCE
+                                or bal.backend.affinity is Affinity.CLIENT_IP):
+            # Two syscalls and a socket object: only when the choice depends on it.
+            peer = self.ct.get_extra_info("peername")
+            client_ip = peer[0] if isinstance(peer, tuple) else ""
         server = bal.pick(client_ip) if bal is not None else None
         if server is None:
             self.bcounters.conn_errors += 1

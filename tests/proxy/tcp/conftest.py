@@ -25,8 +25,9 @@ BACKEND = "default/svc:3306"
 class Upstream:
     """A test backend server on 127.0.0.1 running `handler` per connection."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, host: str = "127.0.0.1") -> None:
         self.handler = handler
+        self.host = host
         self.server: asyncio.Server | None = None
         self.port = 0
         self.accepted = 0
@@ -50,7 +51,7 @@ class Upstream:
                 await w.wait_closed()
 
     async def start(self) -> Upstream:
-        self.server = await asyncio.start_server(self._run, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._run, self.host, 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -65,7 +66,7 @@ class Upstream:
 
     @property
     def server_model(self) -> Server:
-        return Server("127.0.0.1", self.port)
+        return Server(self.host, self.port)
 
 
 async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -91,16 +92,17 @@ class Harness:
         self.proxies: list[TcpProxy] = []
         self.writers: list[asyncio.StreamWriter] = []
 
-    async def upstream(self, handler: Handler = echo) -> Upstream:
-        u = await Upstream(handler).start()
+    async def upstream(self, handler: Handler = echo, host: str = "127.0.0.1") -> Upstream:
+        u = await Upstream(handler, host).start()
         self.upstreams.append(u)
         return u
 
-    def proxy(self, settings: Settings | None = None, **timeouts: float) -> TcpProxy:
+    def proxy(self, settings: Settings | None = None, host: str = "127.0.0.1",
+              **timeouts: float) -> TcpProxy:
         s = settings or Settings()
         if timeouts:
             s = replace(s, timeouts=replace(s.timeouts, **timeouts))
-        p = TcpProxy(s, Stats(), Balancers(s.limits), host="127.0.0.1",
+        p = TcpProxy(s, Stats(), Balancers(s.limits), host=host,
                      splice_threshold=self.splice)
         self.proxies.append(p)
         return p

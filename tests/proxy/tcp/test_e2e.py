@@ -433,3 +433,41 @@ async def test_splice_pipes_are_pooled(h: Harness) -> None:
         await asyncio.sleep(0.01)
     assert p.connections == 0
     assert len(p.pipes) == (2 if h.splice == 0 else 0)  # "switch" never reaches it
+
+
+async def test_shutdown_drains_then_closes(h: Harness) -> None:
+    u = await h.upstream()
+    p = h.proxy()
+    await p.set_table(table(u.server_model))
+    r, w = await h.connect(p)
+    w.write(b"a")
+    assert await asyncio.wait_for(r.readexactly(1), 10) == b"a"
+    stopping = asyncio.ensure_future(p.shutdown(0.3))
+    await asyncio.sleep(0)
+    w.write(b"b")  # the open connection keeps working during the grace period
+    assert await asyncio.wait_for(r.readexactly(1), 10) == b"b"
+    await asyncio.wait_for(stopping, 10)
+    assert await read_exactly_or_eof(r) == b""
+    assert p.connections == 0
+
+
+async def test_ipv6_with_proxy_protocol_v1(h: Harness) -> None:
+    seen: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def capture(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        seen.set_result(await r.readline())
+        await echo(r, w)
+
+    try:
+        u = await h.upstream(capture, host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    p = h.proxy(host="::1")
+    await p.set_table(table(u.server_model, proxy_protocol=ProxyProtocol.V1))
+    host, port = p.bound_ports()[0]
+    assert host == "::1"
+    r, w = await h.connect(p)
+    w.write(b"six")
+    assert await asyncio.wait_for(r.readexactly(3), 10) == b"six"
+    cport = w.get_extra_info("sockname")[1]
+    assert await seen == f"PROXY TCP6 ::1 ::1 {cport} {port}\r\n".encode()
