@@ -24,15 +24,6 @@ _REQ_DROP = _HOP | frozenset((b"content-length", b"x-forwarded-proto", b"x-forwa
 _RESP_DROP = _HOP | frozenset((b"content-length",))
 
 
-def _connection_named(headers: Headers) -> frozenset[bytes]:
-    named: set[bytes] = set()
-    for k, v in headers:
-        if len(k) == 10 and k.lower() == b"connection":
-            named.update(t.strip().lower() for t in v.split(b","))
-    named.discard(b"")
-    return frozenset(named)
-
-
 def get_header(headers: Headers, name: bytes) -> bytes | None:
     """The first value of `name` (lower case)."""
     n = len(name)
@@ -69,7 +60,7 @@ def request_head(head: RequestHead, target: bytes, *, client_ip: str, proto: byt
     client's Content-Length, if any, is kept. `ssl_client`: (verify, DN) of a TLS client
     certificate."""
     headers = head.headers
-    named = _connection_named(headers)
+    named = head.connection
     out = [b"%s %s HTTP/1.1\r\n" % (head.method, target)]
     if head.version == b"1.0" and get_header(headers, b"host") is None:
         out.append(b"Host: \r\n")  # HTTP/1.1 needs one; empty when unknown (RFC 9112 3.2)
@@ -121,7 +112,7 @@ def response_head(resp: ResponseHead, framing: int, *, keep_alive: bool,
     """The head sent to the client. `keep_alive` says whether pylb keeps the client
     connection open after this response; `set_cookie` is a complete Set-Cookie value."""
     headers = resp.headers
-    named = _connection_named(headers)
+    named = resp.connection
     out = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason)]
     upgrade: bytes | None = None
     for k, v in headers:

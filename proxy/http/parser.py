@@ -57,8 +57,8 @@ class ParseError(Exception):
 
 
 class RequestHead:
-    __slots__ = ("chunked", "content_length", "expect_continue", "headers", "host",
-                 "keep_alive", "method", "target", "upgrade", "version")
+    __slots__ = ("chunked", "connection", "content_length", "expect_continue", "headers",
+                 "host", "keep_alive", "method", "target", "upgrade", "version")
 
     def __init__(self, method: bytes, target: bytes, version: bytes, headers: Headers) -> None:
         self.method = method
@@ -71,6 +71,7 @@ class RequestHead:
         self.upgrade = False
         self.expect_continue = False
         self.host = b""
+        self.connection: frozenset[bytes] = _NO_TOKENS  # tokens of Connection, lower case
 
     @property
     def has_body(self) -> bool:
@@ -82,8 +83,8 @@ class RequestHead:
 
 
 class ResponseHead:
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "no_body", "reason",
-                 "status", "version")
+    __slots__ = ("chunked", "connection", "content_length", "headers", "keep_alive", "no_body",
+                 "reason", "status", "version")
 
     def __init__(self, status: int, reason: bytes, version: bytes, headers: Headers) -> None:
         self.status = status
@@ -94,6 +95,7 @@ class ResponseHead:
         self.chunked = False
         self.keep_alive = True
         self.no_body = False  # HEAD, 1xx, 204, 304: framing headers say nothing
+        self.connection: frozenset[bytes] = _NO_TOKENS
 
 
 class RequestSink(Protocol):
@@ -112,35 +114,59 @@ class ResponseSink(Protocol):
 # -- analysis shared by both parsers -----------------------------------------------------
 
 
-def _connection_tokens(headers: Headers) -> set[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            for t in value.split(b","):
-                t = t.strip().lower()
-                if t:
-                    tokens.add(t)
-    return tokens
+_HOST, _EXPECT, _UPGRADE, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING = range(6)
+_SPECIAL = {b"host": _HOST, b"expect": _EXPECT, b"upgrade": _UPGRADE,
+            b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH,
+            b"transfer-encoding": _TRANSFER_ENCODING}
+_SPECIAL_LENGTHS = frozenset(len(k) for k in _SPECIAL)
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
-def _framing(headers: Headers) -> tuple[int | None, bool]:
-    """(content_length, chunked) from the framing headers, rejecting every ambiguity."""
-    length: int | None = None
-    chunked = False
-    seen_te = False
-    for name, value in headers:
-        n = len(name)
-        if n == 14 and name.lower() == b"content-length":
-            if length is not None or not _DIGITS.fullmatch(value):
-                raise ParseError(Failure.BAD_REQUEST, "bad or repeated Content-Length")
-            length = int(value)
-        elif n == 17 and name.lower() == b"transfer-encoding":
-            if seen_te or value.strip().lower() != b"chunked":
-                raise ParseError(Failure.BAD_REQUEST, "unsupported Transfer-Encoding")
-            seen_te = chunked = True
-    if chunked and length is not None:
-        raise ParseError(Failure.BAD_REQUEST, "Content-Length with Transfer-Encoding")
-    return length, chunked
+class _Scan:
+    """What one pass over the header fields found (only the fields that matter here)."""
+
+    __slots__ = ("chunked", "expect", "hosts", "length", "tokens", "upgrade")
+
+    def __init__(self, headers: Headers, failure: Failure) -> None:
+        length: int | None = None
+        chunked = False
+        seen_te = False
+        hosts: list[bytes] = []
+        tokens = _NO_TOKENS
+        upgrade = False
+        expect: bytes | None = None
+        for name, value in headers:
+            if len(name) not in _SPECIAL_LENGTHS:
+                continue
+            kind = _SPECIAL.get(name.lower())
+            if kind is None:
+                continue
+            if kind == _CONTENT_LENGTH:
+                if length is not None or not _DIGITS.fullmatch(value):
+                    raise ParseError(failure, "bad or repeated Content-Length")
+                length = int(value)
+            elif kind == _TRANSFER_ENCODING:
+                if seen_te or value.strip().lower() != b"chunked":
+                    raise ParseError(failure, "unsupported Transfer-Encoding")
+                seen_te = chunked = True
+            elif kind == _CONNECTION:
+                more = {t.strip().lower() for t in value.split(b",")}
+                more.discard(b"")
+                tokens = tokens | more
+            elif kind == _HOST:
+                hosts.append(value)
+            elif kind == _UPGRADE:
+                upgrade = True
+            else:
+                expect = value
+        if chunked and length is not None:
+            raise ParseError(failure, "Content-Length with Transfer-Encoding")
+        self.length = length
+        self.chunked = chunked
+        self.hosts = hosts
+        self.tokens = tokens
+        self.upgrade = upgrade
+        self.expect = expect
 
 
 def analyze_request(method: bytes, target: bytes, version: bytes, headers: Headers,
@@ -157,25 +183,26 @@ def analyze_request(method: bytes, target: bytes, version: bytes, headers: Heade
     if not target or not (target[0] == 0x2F or target == b"*" or target.startswith(b"http")):
         raise ParseError(Failure.BAD_REQUEST, "bad request target")
     head = RequestHead(method, target, version, headers)
-    head.content_length, head.chunked = _framing(headers)
-    hosts = [v for k, v in headers if len(k) == 4 and k.lower() == b"host"]
+    scan = _Scan(headers, Failure.BAD_REQUEST)
+    head.content_length = scan.length
+    head.chunked = scan.chunked
+    hosts = scan.hosts
     if len(hosts) > 1 or (version == b"1.1" and not hosts):
         raise ParseError(Failure.BAD_REQUEST, "missing or repeated Host")
     head.host = hosts[0] if hosts else b""
-    tokens = _connection_tokens(headers)
+    tokens = head.connection = scan.tokens
     if version == b"1.1":
         head.keep_alive = b"close" not in tokens
     else:
         head.keep_alive = b"keep-alive" in tokens
-    if b"upgrade" in tokens:
-        head.upgrade = any(len(k) == 7 and k.lower() == b"upgrade" for k, _ in headers)
-        if head.upgrade and (head.has_body or version != b"1.1"):
+    if scan.upgrade and b"upgrade" in tokens:
+        head.upgrade = True
+        if head.has_body or version != b"1.1":
             raise ParseError(Failure.BAD_REQUEST, "upgrade request with a body")
-    for k, v in headers:
-        if len(k) == 6 and k.lower() == b"expect":
-            if v.lower() != b"100-continue":
-                raise ParseError(Failure.BAD_REQUEST, "unsupported Expect")
-            head.expect_continue = version == b"1.1"
+    if scan.expect is not None:
+        if scan.expect.lower() != b"100-continue":
+            raise ParseError(Failure.BAD_REQUEST, "unsupported Expect")
+        head.expect_continue = version == b"1.1"
     return head
 
 
@@ -186,12 +213,11 @@ def analyze_response(status: int, reason: bytes, version: bytes, headers: Header
     if not 100 <= status <= 999:
         raise ParseError(Failure.BAD_RESPONSE, "bad status")
     head = ResponseHead(status, reason, version, headers)
-    try:
-        head.content_length, head.chunked = _framing(headers)
-    except ParseError as e:
-        raise ParseError(Failure.BAD_RESPONSE, str(e)) from None
+    scan = _Scan(headers, Failure.BAD_RESPONSE)
+    head.content_length = scan.length
+    head.chunked = scan.chunked
     head.no_body = method == b"HEAD" or status < 200 or status == 204 or status == 304
-    tokens = _connection_tokens(headers)
+    tokens = head.connection = scan.tokens
     head.keep_alive = (b"close" not in tokens) if version == b"1.1" else b"keep-alive" in tokens
     if not head.no_body and head.content_length is None and not head.chunked:
         head.keep_alive = False  # delimited by close

@@ -72,6 +72,7 @@ class ClientProtocol(asyncio.Protocol):
         "_attempts",
         "_backend",
         "_balancer",
+        "_be_c",
         "_bytes_out_req",
         "_chunked_out",
         "_close_after",
@@ -100,6 +101,7 @@ class ClientProtocol(asyncio.Protocol):
         "_route",
         "_server",
         "_set_cookie",
+        "_srv_c",
         "_ssl_client",
         "_status",
         "_t0",
@@ -162,6 +164,8 @@ class ClientProtocol(asyncio.Protocol):
         self._balancer: Balancer | None = None
         self._server: Server | None = None
         self._up: UpstreamProtocol | None = None
+        self._srv_c: Counters | None = None
+        self._be_c: Counters | None = None
         self._up_paused = False
         self._connecting = False
         self._cookie: bytes | None = None
@@ -575,10 +579,10 @@ class ClientProtocol(asyncio.Protocol):
         balancer = self._balancer
         assert balancer is not None
         balancer.acquire(server)
-        srv = proxy.stats.server(backend.name, server.label)
+        srv = self._srv_c = proxy.stats.server(backend.name, server.label)
         srv.open()
         srv.lbtot += 1
-        be = proxy.stats.backend(backend.name)
+        be = self._be_c = proxy.stats.backend(backend.name)
         be.open()
         be.lbtot += 1
         up.begin(self, req.method, req.upgrade)
@@ -888,12 +892,12 @@ class ClientProtocol(asyncio.Protocol):
         balancer = self._balancer
         assert balancer is not None
         balancer.release(server)
-        stats = self._proxy.stats
-        srv = stats.server(backend.name, server.label)
+        srv = self._srv_c
+        be = self._be_c
+        assert srv is not None and be is not None
         srv.close()
         srv.bytes_in += self._bytes_out_req
         srv.bytes_out += self._resp_bytes
-        be = stats.backend(backend.name)
         be.close()
         be.bytes_in += self._bytes_out_req
         be.bytes_out += self._resp_bytes
