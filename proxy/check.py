@@ -290,7 +290,7 @@ class HealthChecker:
         self._results: dict[Key, CheckResult] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._running = False
-        self._stopped: asyncio.Event | None = None
+        self._stopped = asyncio.Event()  # binds to a loop only when first awaited
 
     @property
     def params(self) -> CheckSettings:
@@ -326,7 +326,6 @@ class HealthChecker:
     async def run(self) -> None:
         """Probe until cancelled (or `stop()`); cancels its probes on the way out."""
         self._running = True
-        self._stopped = asyncio.Event()
         try:
             self._spawn_missing()
             await self._stopped.wait()
@@ -339,8 +338,8 @@ class HealthChecker:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def stop(self) -> None:
-        if self._stopped is not None:
-            self._stopped.set()
+        """Make `run()` return (at once if it has not started yet)."""
+        self._stopped.set()
 
     def _spawn_missing(self) -> None:
         for key, path in self._targets.items():

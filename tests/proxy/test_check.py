@@ -306,6 +306,13 @@ async def test_checker_http_path_and_table_changes() -> None:
         await srv.wait_closed()
 
 
+async def test_checker_stopped_before_running_returns() -> None:
+    checker = HealthChecker(Settings(), Changes(), params=FAST)
+    checker.set_table(RouteTable(backends=(Backend("b", (Server("127.0.0.1", 1),)),)))
+    checker.stop()
+    await asyncio.wait_for(checker.run(), 10)
+
+
 async def test_checker_disabled_checks_nothing() -> None:
     checker = HealthChecker(Settings(), Changes(), params=CheckSettings(enabled=False))
     checker.set_table(RouteTable(backends=(Backend("b", (Server("127.0.0.1", 1),)),)))
