@@ -1,10 +1,11 @@
 """Audit pylb's TLS listener with testssl.sh (Debian package `testssl.sh`).
 
-Starts an echo listener on 127.0.0.1 with `proxy.tls.TlsStore` — an ECDSA P-256 default
-certificate and an RSA-2048 one picked by SNI, both from a CA made here — runs testssl
-against each, and prints its findings: offered protocols, ciphers, vulnerabilities, and
-every finding at severity LOW or above. Exits non-zero when a protocol below TLS 1.2 or a
-weak cipher is offered. It takes one to a few minutes, which is why it is not in tests/.
+Starts pylb's TLS frontend (`proxy.http.HttpProxy` with `proxy.tls.TlsStore`'s context) on
+127.0.0.1 in front of a tiny HTTP backend — an ECDSA P-256 default certificate and an
+RSA-2048 one picked by SNI, both from a CA made here — runs testssl against each (HTTP
+checks included: HSTS, headers), and prints its findings: offered protocols, ciphers,
+vulnerabilities, and every finding at severity LOW or above. Exits non-zero when a protocol
+below TLS 1.2 or a weak cipher is offered. It takes a few minutes, so it is not in tests/.
 
     python -m bench.tls_audit [--full] [--json-out DIR]
 """
@@ -25,8 +26,12 @@ from pathlib import Path
 import trustme
 import uvloop
 
+from proxy.balance import Balancers
+from proxy.http import HttpProxy
 from proxy.tls import TlsStore
-from pylb.config import TlsSettings
+from pylb.config import Settings, TlsSettings
+from pylb.counters import Stats
+from pylb.model import Backend, HttpRoute, RouteTable, Server
 
 SEVERITIES = ("OK", "INFO", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 _OLD_PROTOCOLS = ("SSLv2", "SSLv3", "TLS1", "TLS1_1")
@@ -35,12 +40,21 @@ _WEAK_CIPHERS = ("cipherlist_NULL", "cipherlist_aNULL", "cipherlist_EXPORT", "ci
                  "cipherlist_3DES_IDEA", "cipherlist_AVERAGE", "cipherlist_OBSOLETED")
 
 
-class _Echo(asyncio.Protocol):
+class _Backend(asyncio.Protocol):
+    """Answers 200 to each GET/HEAD request head; enough for testssl's HTTP checks."""
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self.buf = b""
 
     def data_received(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[attr-defined]
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            body = b"" if head.startswith(b"HEAD ") else b"ok\n"
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+                b"Cache-Control: no-store\r\n\r\n" + body)
 
 
 def _write_certs(root: Path) -> tuple[Path, Path]:
@@ -65,10 +79,11 @@ async def _testssl(port: int, sni: str, ca_file: Path, json_path: Path,
     tool = shutil.which("testssl") or shutil.which("testssl.sh")
     assert tool is not None
     checks = [] if full else ["--protocols", "--std", "--server-defaults", "--vulnerable",
-                              "--fs"]
+                              "--fs", "--headers"]
     proc = await asyncio.create_subprocess_exec(
         tool, "--quiet", "--color", "0", "--warnings", "batch", "--jsonfile", str(json_path),
-        "--ip", "127.0.0.1", "--sneaky", "--add-ca", str(ca_file), *checks, f"{sni}:{port}",
+        "--ip", "127.0.0.1", "--sneaky", "--add-ca", str(ca_file), *checks,
+        f"https://{sni}:{port}/app/",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "LC_ALL": "C"})
     await asyncio.wait_for(proc.wait(), 900)
@@ -87,7 +102,8 @@ def _report(findings: list[dict[str, str]]) -> list[str]:
             "SSLv2", "SSLv3", "TLS1", "TLS1_1", "TLS1_2", "TLS1_3", "cipher_order",
             "cipherlist_NULL", "cipherlist_aNULL", "cipherlist_EXPORT", "cipherlist_LOW",
             "cipherlist_3DES_IDEA", "cipherlist_AVERAGE", "cipherlist_OBSOLETED",
-            "cipherlist_STRONG", "PFS", "FS", "ALPN", "cert_chain_of_trust", "HSTS",
+            "cipherlist_STRONG", "PFS", "FS", "ALPN", "cert_chain_of_trust", "HSTS_time",
+            "BREACH", "service", "ROBOT",
             "TLS_session_ticket", "sessionresumption_ticket",
             "secure_renego", "secure_client_renego", "overall_grade")
         if show:
@@ -98,10 +114,17 @@ def _report(findings: list[dict[str, str]]) -> list[str]:
 async def main(full: bool, json_out: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="pylb-tls-audit-") as tmp:
         cert_dir, ca_file = _write_certs(Path(tmp))
-        store = TlsStore(TlsSettings(cert=str(cert_dir)))
+        settings = Settings(tls=TlsSettings(cert=str(cert_dir)))
+        store = TlsStore(settings.tls)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(_Echo, "127.0.0.1", 0, ssl=store.server_context())
-        port = server.sockets[0].getsockname()[1]
+        backend = await loop.create_server(_Backend, "127.0.0.1", 0)
+        backend_port = backend.sockets[0].getsockname()[1]
+        proxy = HttpProxy(settings, Stats(), Balancers(settings.limits), frontend="https",
+                          tls=True, ssl_context=store.server_context())
+        _, port = await proxy.start("127.0.0.1", 0)
+        be = Backend("default/app:443", (Server("127.0.0.1", backend_port),))
+        proxy.set_table(RouteTable(https=(HttpRoute("app", "/app", be.name, tls=True),),
+                                   backends=(be,)))
         problems: list[str] = []
         try:
             for sni in ("ecdsa.example", "rsa.example"):
@@ -109,12 +132,13 @@ async def main(full: bool, json_out: Path | None) -> int:
                 out.unlink(missing_ok=True)
                 t0 = time.monotonic()
                 findings = await _testssl(port, sni, ca_file, out, full)
-                print(f"testssl against {sni} (127.0.0.1:{port}), "
+                print(f"testssl against pylb's TLS frontend, {sni} (127.0.0.1:{port}), "
                       f"{time.monotonic() - t0:.0f} s:")
                 problems += [f"{sni}: {p}" for p in _report(findings)]
         finally:
-            server.close()
-            await server.wait_closed()
+            await proxy.shutdown(1.0)
+            backend.close()
+            await backend.wait_closed()
     for p in problems:
         print("PROBLEM", p)
     print("no protocol below TLS 1.2, no weak cipher" if not problems else
