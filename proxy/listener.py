@@ -1,0 +1,196 @@
+"""Accepting connections: a listener that pauses at `--maxconn` and survives running out
+of file descriptors.
+
+Theory of operation. asyncio's `create_server` accepts for as long as the socket is
+readable and offers no way to stop for a while, so pylb accepts itself: the listening
+socket is non-blocking and registered with `loop.add_reader`; each readiness callback
+accepts up to `ACCEPT_BATCH` connections and hands each to
+`loop.connect_accepted_socket` with the frontend's protocol factory (and TLS context).
+
+- `ConnectionLimit` is shared by all listeners of a worker. At `maxconn` open connections
+  every listener removes its reader: new connections wait in the kernel's backlog (as
+  haproxy's do) instead of being accepted and dropped. The protocol calls `release()` when
+  its connection ends; below the limit the readers come back.
+- EMFILE, ENFILE, ENOBUFS and ENOMEM mean "overloaded", not "broken" (trio's
+  `_highlevel_serve_listeners` draws the same line): the listener logs (at most once per
+  `WARN_EVERY` seconds), stops accepting for `OVERLOAD_PAUSE` seconds, and tries again, so
+  it recovers the moment descriptors are freed. Other accept errors (ECONNABORTED, EPERM
+  from a firewall) drop that one connection and go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("pylb.listener")
+
+ACCEPT_BATCH = 64  # connections per readiness callback; bounds one callback's latency
+OVERLOAD_PAUSE = 0.1  # seconds without accepting after EMFILE & co.
+WARN_EVERY = 10.0
+BACKLOG = 4096  # haproxy's default backlog is maxconn; the kernel caps at somaxconn
+OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class ConnectionLimit:
+    """Open connections of one worker, against `--maxconn`."""
+
+    __slots__ = ("current", "limit", "listeners", "refusals")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0
+        self.refusals = 0  # times accepting paused because the limit was reached
+        self.listeners: list[Listener] = []
+
+    @property
+    def full(self) -> bool:
+        return self.current >= self.limit
+
+    def acquire(self) -> None:
+        self.current += 1
+        if self.current == self.limit:
+            self.refusals += 1
+            for lst in self.listeners:
+                lst.pause()
+
+    def release(self) -> None:
+        self.current -= 1
+        if self.current == self.limit - 1:
+            for lst in self.listeners:
+                lst.resume()
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking listening TCP socket; `host` may be IPv4 or IPv6 (dual-stack off, as
+    with create_server)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Listener:
+    """One listening socket feeding a protocol factory."""
+
+    def __init__(self, sock: socket.socket,
+                 protocol_factory: Callable[[], asyncio.BaseProtocol], *,
+                 limit: ConnectionLimit | None = None,
+                 ssl_context: ssl.SSLContext | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.sock = sock
+        self.factory = protocol_factory
+        self.ssl_context = ssl_context
+        self.limit = limit
+        self.loop = loop or asyncio.get_running_loop()
+        self.accepting = False
+        self.closed = False
+        self.overloads = 0
+        self._last_warn = 0.0
+        self._resume_handle: asyncio.TimerHandle | None = None
+        self._pending: set[asyncio.Task[object]] = set()
+        if limit is not None:
+            limit.listeners.append(self)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        name = self.sock.getsockname()
+        return (name[0], name[1])
+
+    def start(self) -> None:
+        if not self.closed and (self.limit is None or not self.limit.full):
+            self.resume()
+
+    def pause(self) -> None:
+        if self.accepting:
+            self.loop.remove_reader(self.sock.fileno())
+            self.accepting = False
+
+    def resume(self) -> None:
+        if not self.accepting and not self.closed and self._resume_handle is None:
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
+            self.accepting = True
+
+    def close(self) -> None:
+        """Stop accepting and close the socket; connections already accepted go on."""
+        if self.closed:
+            return
+        self.pause()
+        self.closed = True
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
+        if self.limit is not None and self in self.limit.listeners:
+            self.limit.listeners.remove(self)
+        self.sock.close()
+
+    def _on_readable(self) -> None:
+        limit = self.limit
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in OVERLOAD_ERRNOS:
+                    self._overloaded(e)
+                    return
+                # ECONNABORTED, EPROTO, EPERM...: that one connection is gone; go on.
+                continue
+            conn.setblocking(False)
+            if limit is not None:
+                limit.acquire()
+            self._hand_over(conn)
+            if not self.accepting:  # the limit paused us
+                return
+
+    def _hand_over(self, conn: socket.socket) -> None:
+        task = self.loop.create_task(self.loop.connect_accepted_socket(
+            self.factory, conn, ssl=self.ssl_context))
+        self._pending.add(task)
+        task.add_done_callback(self._handed_over)
+
+    def _handed_over(self, task: asyncio.Task[object]) -> None:
+        self._pending.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # The TLS handshake failed or the peer vanished before the transport was
+            # made: the protocol never saw it, so give its slot back here.
+            if self.limit is not None:
+                self.limit.release()
+            log.debug("connection dropped before it started: %r", exc)
+
+    def _overloaded(self, e: OSError) -> None:
+        self.overloads += 1
+        now = time.monotonic()
+        if now - self._last_warn >= WARN_EVERY:
+            self._last_warn = now
+            log.warning("accept on %s: %s; pausing %.1fs (overloads so far: %d)",
+                        self.address, e.strerror, OVERLOAD_PAUSE, self.overloads)
+        self.pause()
+        self._resume_handle = self.loop.call_later(OVERLOAD_PAUSE, self._after_overload)
+
+    def _after_overload(self) -> None:
+        self._resume_handle = None
+        if self.limit is None or not self.limit.full:
+            self.resume()

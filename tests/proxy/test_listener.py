@@ -1,0 +1,160 @@
+"""The accept loop: pauses at maxconn and resumes below it; survives EMFILE."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from proxy.listener import ConnectionLimit, Listener, bind_socket
+
+
+class Counted(asyncio.Protocol):
+    """Echoes; gives its slot back when its connection ends."""
+
+    open: set[Counted] = set()
+
+    def __init__(self, limit: ConnectionLimit) -> None:
+        self.limit = limit
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        Counted.open.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        Counted.open.discard(self)
+        self.limit.release()
+
+
+async def until(pred: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_accepting_pauses_at_maxconn_and_resumes_below() -> None:
+    Counted.open = set()
+    limit = ConnectionLimit(3)
+    sock = bind_socket("127.0.0.1", 0)
+    lst = Listener(sock, lambda: Counted(limit), limit=limit)
+    lst.start()
+    port = lst.address[1]
+    clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+    try:
+        await until(lambda: len(Counted.open) == 3)
+        await asyncio.sleep(0.1)
+        assert len(Counted.open) == 3 and limit.current == 3 and not lst.accepting
+        # the two others wait in the backlog, connected but not accepted: no echo
+        r4, w4 = clients[3]
+        w4.write(b"ping")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(r4.read(10), 0.3)
+        # one closes: exactly one more is accepted, and the waiting client is served
+        clients[0][1].close()
+        await until(lambda: limit.current == 3 and len(Counted.open) == 3 and
+                    lst.accepting is False)
+        assert await asyncio.wait_for(r4.readexactly(4), 2) == b"ping"
+        assert limit.refusals >= 1
+    finally:
+        for _, w in clients:
+            w.close()
+        lst.close()
+        await until(lambda: not Counted.open)
+
+
+class _Overloaded:
+    """A listening socket whose accept fails with EMFILE `fails` times."""
+
+    def __init__(self, real: socket.socket, fails: int) -> None:
+        self.real, self.fails = real, fails
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.fails:
+            self.fails -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.real.accept()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_emfile_pauses_then_recovers() -> None:
+    Counted.open = set()
+    limit = ConnectionLimit(100)
+    real = bind_socket("127.0.0.1", 0)
+    fake: Any = _Overloaded(real, fails=2)
+    lst = Listener(fake, lambda: Counted(limit), limit=limit)
+    lst.start()
+    r, w = await asyncio.open_connection("127.0.0.1", real.getsockname()[1])
+    try:
+        w.write(b"hello")
+        assert await asyncio.wait_for(r.readexactly(5), 5) == b"hello"
+        assert lst.overloads == 2
+        assert lst.accepting
+    finally:
+        w.close()
+        lst.close()
+        await until(lambda: not Counted.open)
+
+
+def test_real_fd_exhaustion_recovers_in_a_subprocess() -> None:
+    """With RLIMIT_NOFILE lowered, connections past the limit make accept fail with EMFILE;
+    once clients close, the server accepts again and serves."""
+    code = textwrap.dedent('''
+        import asyncio, resource, socket, sys
+        sys.path.insert(0, %r)
+        from proxy.listener import Listener, ConnectionLimit, bind_socket
+
+        class Echo(asyncio.Protocol):
+            def __init__(self, limit): self.limit = limit
+            def connection_made(self, t): self.t = t
+            def data_received(self, d): self.t.write(d)
+            def connection_lost(self, e): self.limit.release()
+
+        async def main():
+            limit = ConnectionLimit(10_000)
+            lst = Listener(bind_socket("127.0.0.1", 0), lambda: Echo(limit), limit=limit)
+            lst.start()
+            port = lst.address[1]
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            import os
+            used = len(os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (used + 40, hard))
+            clients = []
+            for _ in range(30):  # each costs 2 fds here (client + accepted)
+                try:
+                    s = socket.create_connection(("127.0.0.1", port))
+                except OSError:
+                    break
+                s.setblocking(False)
+                clients.append(s)
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.3)
+            assert lst.overloads > 0, "never hit EMFILE"
+            for s in clients:
+                s.close()
+            await asyncio.sleep(0.5)
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"alive")
+            data = await asyncio.wait_for(r.readexactly(5), 5)
+            w.close()
+            lst.close()
+            print("OK", data.decode(), lst.overloads)
+
+        asyncio.run(main())
+    ''') % (str(__import__("pathlib").Path(__file__).resolve().parents[2]),)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("OK alive")
