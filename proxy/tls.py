@@ -55,8 +55,7 @@ from proxy.certs import (
 )
 from pylb.config import SslVerify, TlsSettings
 
-__all__ = ["EXPIRY_WARNING_DAYS", "TLS12_CIPHERS", "CertInfo", "CertificateError", "TlsStore",
-           "format_dn"]
+__all__ = ["EXPIRY_WARNING_DAYS", "TLS12_CIPHERS", "CertInfo", "CertificateError", "TlsStore"]
 
 log = logging.getLogger(__name__)
 
@@ -326,25 +325,6 @@ class TlsStore:
         ctx = self._context_for(loaded)
         return _Generation(default=ctx, exact={}, wildcard={}, infos=(loaded.info,),
                            fingerprint=())
-
-
-def format_dn(peercert: dict[str, object] | None) -> str:
-    """A certificate subject from `SSLObject.getpeercert()`, as haproxy's `ssl_c_s_dn`
-    writes it (`/C=FR/O=Example/CN=client`); empty without a certificate."""
-    if not peercert:
-        return ""
-    subject = peercert.get("subject")
-    if not isinstance(subject, tuple):
-        return ""
-    short = {"countryName": "C", "stateOrProvinceName": "ST", "localityName": "L",
-             "organizationName": "O", "organizationalUnitName": "OU", "commonName": "CN",
-             "emailAddress": "emailAddress"}
-    parts: list[str] = []
-    for rdn in subject:
-        for attr in rdn:
-            if isinstance(attr, tuple) and len(attr) == 2:
-                parts.append(f"/{short.get(str(attr[0]), str(attr[0]))}={attr[1]}")
-    return "".join(parts)
 
 
 def _stat(path: str) -> Stat:

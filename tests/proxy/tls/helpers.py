@@ -53,6 +53,17 @@ def common_name(der: bytes | None) -> str:
     return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
 
+def format_dn(peercert: dict[str, object] | None) -> str:
+    """A subject from `getpeercert()` as `/O=Example/CN=alice`; empty without one."""
+    if not peercert:
+        return ""
+    subject = peercert.get("subject")
+    assert isinstance(subject, tuple)
+    short = {"organizationName": "O", "organizationalUnitName": "OU", "commonName": "CN",
+             "countryName": "C"}
+    return "".join(f"/{short.get(k, k)}={v}" for rdn in subject for k, v in rdn)
+
+
 class _Echo(asyncio.Protocol):
     def __init__(self, server: EchoServer) -> None:
         self.server = server

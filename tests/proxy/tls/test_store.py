@@ -14,12 +14,13 @@ import pytest
 import trustme
 
 from proxy.certs import CertificateError
-from proxy.tls import TlsStore, format_dn
+from proxy.tls import TlsStore
 from pylb.config import SslVerify, TlsSettings
 from tests.proxy.tls.helpers import (
     client_context,
     connection,
     echo_server,
+    format_dn,
     refused,
     write_leaf,
 )
@@ -212,14 +213,6 @@ async def test_verify_none_asks_for_no_certificate(ca: trustme.CA, client_ca: tr
     async with echo_server(store.server_context()) as srv, connection(
             srv.port, client_context(ca), "www.example.com") as c:
         assert await c.echo() == b"ping"
-
-
-def test_format_dn() -> None:
-    assert format_dn(None) == ""
-    assert format_dn({}) == ""
-    assert format_dn({"subject": ((("countryName", "FR"),), (("organizationName", "Ozon"),),
-                                  (("commonName", "www.ozon.io"),))}) == \
-        "/C=FR/O=Ozon/CN=www.ozon.io"
 
 
 async def test_self_signed_fallback(caplog: pytest.LogCaptureFixture) -> None:
