@@ -140,7 +140,6 @@ class Controller:
         self.table = RouteTable()
         self.table_time = 0.0
         self.shutting_down = False
-        self.checks: dict[tuple[str, int], Any] = {}
         self.leader: Any = None
         self.plane: DataPlane | None = None
         self.pool: Any = None
@@ -173,7 +172,7 @@ class Controller:
             worker_restarts=self.pool.restarts if self.pool is not None else 0,
             table=self.table,
             counters=self.counters(),
-            checks=dict(self.checks),
+            checks=self.checker.results() if self.checker is not None else {},
             leader=self.leader,
             discovery_synced=bool(getattr(self.source, "synced", False)),
             discovery_metrics=metrics,
@@ -215,7 +214,6 @@ class Controller:
                 await self.plane.apply(table)
 
     def on_check(self, key: tuple[str, int], up: bool, result: Any) -> None:
-        self.checks[key] = result
         if self.pool is not None:
             self.pool.set_health(key, up)
         elif self.plane is not None:

@@ -19,7 +19,15 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from pylb import __version__
-from pylb.config import HttpParser, Limits, Settings, SslVerify, Timeouts, TlsSettings
+from pylb.config import (
+    CheckSettings,
+    HttpParser,
+    Limits,
+    Settings,
+    SslVerify,
+    Timeouts,
+    TlsSettings,
+)
 from pylb.model import Algorithm
 
 log = logging.getLogger("pylb")
@@ -138,7 +146,7 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _add_kube_flags(p: argparse.ArgumentParser) -> None:
+def _add_kube_flags(p: argparse._ActionsContainer) -> None:
     p.add_argument("--use-kubernetes-cluster-service", type=_bool, nargs="?", const=True,
                    default=True, metavar="BOOL",
                    help="use the in-cluster service account (default true); false: use "
@@ -148,7 +156,7 @@ def _add_kube_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    limits, timeouts, tls = Limits(), Timeouts(), TlsSettings()
+    limits, timeouts, tls, checks = Limits(), Timeouts(), TlsSettings(), CheckSettings()
     parser = argparse.ArgumentParser(
         prog="pylb",
         description="A pure-Python load balancer for bare-metal Kubernetes: HTTP routing by "
@@ -210,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         g.add_argument(f"--timeout-{name}", type=_duration, default=default, metavar="DUR",
                        help=f"{what} ({default:g}s)")
+    g = run.add_argument_group("active health checks")
+    g.add_argument("--check-interval", type=_duration, default=checks.interval, metavar="DUR",
+                   help=f"between checks of one server ({checks.interval:g}s; haproxy inter)")
+    g.add_argument("--check-rise", type=_positive_int, default=checks.rise,
+                   help=f"successes to mark a server up ({checks.rise})")
+    g.add_argument("--check-fall", type=_positive_int, default=checks.fall,
+                   help=f"failures to mark a server down ({checks.fall})")
+    g.add_argument("--check-timeout", type=_duration, default=None, metavar="DUR",
+                   help="deadline of one check (default: --timeout-connect)")
+    g.add_argument("--checks", type=_bool, nargs="?", const=True, default=True,
+                   metavar="BOOL", help="run active health checks (default true)")
     g = run.add_argument_group("TLS")
     g.add_argument("--ssl-cert", default=None,
                    help="PEM with chain and key, or a directory of them (SNI)")
@@ -315,6 +334,9 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         limits=Limits(maxconn=ns.maxconn, retries=ns.retries),
         tls=TlsSettings(cert=ns.ssl_cert, ca_cert=ns.ssl_ca_cert, verify=ns.ssl_verify,
                         hsts=ns.hsts),
+        checks=CheckSettings(interval=ns.check_interval, rise=ns.check_rise,
+                             fall=ns.check_fall, timeout=ns.check_timeout,
+                             enabled=ns.checks),
         workers=ns.workers or default_workers(),
         grace_period=ns.grace_period,
         stats_auth=stats_auth,

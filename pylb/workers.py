@@ -299,8 +299,11 @@ async def _worker(index: int, settings: Settings,
             await asyncio.sleep(STATS_INTERVAL)
 
     loop.add_reader(conn.fileno(), on_message)
-    loop.add_signal_handler(signal.SIGTERM,
-                            lambda: stop.done() or stop.set_result(settings.grace_period))
+    def on_sigterm() -> None:
+        if not stop.done():
+            stop.set_result(settings.grace_period)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     if plane.tls_store is not None:
         loop.add_signal_handler(signal.SIGHUP, plane.tls_store.reload_if_changed)
     conn.send(("ready", index))
