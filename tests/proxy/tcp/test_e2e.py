@@ -471,3 +471,45 @@ async def test_ipv6_with_proxy_protocol_v1(h: Harness) -> None:
     assert await asyncio.wait_for(r.readexactly(3), 10) == b"six"
     cport = w.get_extra_info("sockname")[1]
     assert await seen == f"PROXY TCP6 ::1 ::1 {cport} {port}\r\n".encode()
+
+
+async def test_many_concurrent_connections(h: Harness) -> None:
+    u = await h.upstream()
+    p = h.proxy()
+    await p.set_table(table(u.server_model))
+    payloads = [os.urandom(150_000 + 997 * i) for i in range(40)]
+    fds = len(os.listdir("/proc/self/fd"))
+
+    async def one(data: bytes) -> bytes:
+        r, w = await h.connect(p)
+
+        async def send() -> None:
+            for i in range(0, len(data), 50_000):
+                w.write(data[i:i + 50_000])
+                await w.drain()
+            w.write_eof()
+        sender = asyncio.ensure_future(send())
+        got = await asyncio.wait_for(r.read(), 30)
+        await sender
+        w.close()
+        await w.wait_closed()
+        return got
+
+    results = await asyncio.gather(*(one(d) for d in payloads))
+    assert results == payloads
+    for _ in range(500):
+        if p.connections == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert p.connections == 0
+    fc = p.stats.frontend("svc")
+    total = sum(map(len, payloads))
+    assert (fc.bytes_in, fc.bytes_out, fc.total_conns, fc.cur_conns) == (total, total, 40, 0)
+    assert u.accepted == 40
+    # No fd leaked: all that remains beyond the start are pooled pipes (two fds each).
+    for _ in range(500):
+        if len(os.listdir("/proc/self/fd")) == fds + 2 * len(p.pipes):
+            break
+        await asyncio.sleep(0.01)
+    assert len(os.listdir("/proc/self/fd")) == fds + 2 * len(p.pipes)
+    assert (len(p.pipes) > 0) == (h.splice is not None)
