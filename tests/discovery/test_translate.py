@@ -654,7 +654,7 @@ def test_permutations_of_a_small_cluster_render_identically() -> None:
 # Near-valid objects reach the deep paths that random JSON rarely does.
 ann_values = st.sampled_from(["true", "false", "TRUE", "yes", "", "/x", "-i /x", "x.example",
                               "v1", "v3", "leastconn", "bogus", "*.x.example"])
-annotations = st.dictionaries(
+annotation_maps = st.dictionaries(
     st.sampled_from([P + k for k in ("lb.algorithm", "lb.host", "lb.sslTerm", "lb.aclMatch",
                                      "lb.cookie-sticky-session", "lb.sslRedirect",
                                      "lb.sslPassthrough", "lb.send-proxy", "lb.check-path")]),
@@ -669,7 +669,7 @@ near_services = st.builds(
     lambda name, ns, ports, ann, kind, cip: svc(name, ports, ns, ann, type=kind,
                                                  clusterIP=cip, externalName="db.example"),
     st.sampled_from(["a", "b", "mysql"]), st.sampled_from(["default", "x"]), service_ports,
-    annotations, st.sampled_from(["ClusterIP", "LoadBalancer", "ExternalName", "NodePort"]),
+    annotation_maps, st.sampled_from(["ClusterIP", "LoadBalancer", "ExternalName", "NodePort"]),
     st.sampled_from(["10.96.0.1", "None", None]))
 conditions = st.fixed_dictionaries({}, optional={
     k: st.sampled_from([True, False, None]) for k in ("ready", "serving", "terminating")})

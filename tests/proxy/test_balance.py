@@ -23,8 +23,10 @@ class Clock:
         return self.now
 
 
-def srv(i: int, weight: int = 1, **kw: bool) -> Server:
-    return Server(f"10.0.0.{i}", 8080, weight=weight, **kw)
+def srv(i: int, weight: int = 1, ready: bool = True, serving: bool = True,
+        terminating: bool = False) -> Server:
+    return Server(f"10.0.0.{i}", 8080, weight=weight, ready=ready, serving=serving,
+                  terminating=terminating)
 
 
 def backend(*servers: Server, algorithm: Algorithm = Algorithm.ROUNDROBIN,
