@@ -69,8 +69,10 @@ class Timing:
 
     @property
     def lease_seconds(self) -> int:
-        """What goes in leaseDurationSeconds (client-go truncates the duration too)."""
-        return int(self.lease_duration)
+        """What goes in leaseDurationSeconds: whole seconds, rounded up so followers never
+        wait less than configured (client-go truncates, which can break the margin over
+        the renew deadline: lease 1.5 s, renew 1.2 s would make followers wait 1 s)."""
+        return math.ceil(self.lease_duration)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,9 +32,13 @@ bounded in time (the remaining renew deadline while leading, the renew deadline 
 acquiring), so a hanging API server cannot stall the loop. Every API error only fails the
 attempt; nothing escapes `run()` but cancellation.
 
-Deviations from client-go, both towards stepping down sooner: the renew deadline counts
-from the start of the last successful renewal (client-go: from the first retry after it),
-and a leader that reads a valid lease held by someone else steps down at once.
+Deviations from client-go, all on the safe side: the renew deadline counts from the start
+of the last successful renewal (client-go: from the first retry after it) and the leader
+wakes at the deadline rather than at the next retry; a leader that reads a valid lease
+held by someone else steps down at once; leaseDurationSeconds is rounded up, not
+truncated. With these, and requests that complete within their bounds, a follower can
+only take over strictly after the old leader stopped counting itself the leader (the
+property test in tests/election/test_elector_property.py checks it).
 
 The clock, the wall clock, sleep and the random source are injectable so tests can drive
 the loops without waiting.
@@ -178,7 +182,9 @@ class Elector:
         t = self.timing
         last_ok = self._clock()
         while True:
-            await self._sleep(t.retry_period)
+            # Wake at the deadline at the latest, so the step-down is not late by a period.
+            await self._sleep(max(0.0, min(t.retry_period,
+                                           last_ok + t.renew_deadline - self._clock())))
             started = self._clock()
             remaining = last_ok + t.renew_deadline - started
             if remaining <= 0:

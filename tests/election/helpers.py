@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,12 +33,19 @@ class MemoryStore:
 
 
 class MemoryLock:
-    """One client's handle on a MemoryStore (caches the resourceVersion it last saw)."""
+    """One client's handle on a MemoryStore (caches the resourceVersion it last saw).
+    `failing` makes this client's calls fail (a partition of one pod)."""
 
     def __init__(self, store: MemoryStore, name: str = "mem") -> None:
         self.store = store
         self.name = name
+        self.failing = False
         self._rv: int | None = None
+
+    def _check(self) -> None:
+        self.store.check()
+        if self.failing:
+            raise ApiError(0, "ClientConnectorError", "connection refused")
 
     @property
     def description(self) -> str:
@@ -45,7 +53,7 @@ class MemoryLock:
 
     async def get(self) -> Record | None:
         await asyncio.sleep(0)
-        self.store.check()
+        self._check()
         if self.store.record is None:
             return None
         self._rv = self.store.rv
@@ -53,14 +61,14 @@ class MemoryLock:
 
     async def create(self, record: Record) -> None:
         await asyncio.sleep(0)
-        self.store.check()
+        self._check()
         if self.store.record is not None:
             raise ApiError(409, "AlreadyExists", "already exists")
         self._write(record)
 
     async def update(self, record: Record) -> None:
         await asyncio.sleep(0)
-        self.store.check()
+        self._check()
         if self._rv != self.store.rv:
             raise ApiError(409, "Conflict", "the object has been modified")
         self._write(record)
@@ -97,10 +105,24 @@ class VirtualTime:
         for _ in range(200):
             await asyncio.sleep(0)
 
-    async def advance(self, seconds: float) -> None:
+    async def advance(self, seconds: float, check: Callable[[], None] | None = None,
+                      participants: Callable[[], int] | None = None) -> None:
+        """Run every task until all wait, then jump to the next wake-up, up to `seconds`
+        from now; `check()` runs each time all tasks wait. With `participants`, "all
+        wait" means that many tasks sleep in virtual time (else: 200 loop turns)."""
         end = self.now + seconds
-        for _ in range(100_000):
-            await self._settle()
+        for _ in range(1_000_000):
+            if participants is None:
+                await self._settle()
+            else:
+                for _ in range(100_000):
+                    await asyncio.sleep(0)
+                    if self.sleeping() >= participants():
+                        break
+                else:
+                    raise AssertionError("participants never went idle")
+            if check is not None:
+                check()
             while self._heap and self._heap[0][2].done():
                 heapq.heappop(self._heap)
             if not self._heap or self._heap[0][0] > end:

@@ -178,7 +178,8 @@ def test_timing_validation(values: tuple[float, float, float], error: str | None
 
 def test_ttl_mapping() -> None:
     assert Timing.from_ttl(10) == Timing(10, 5, 2.5)
-    assert Timing.from_ttl(2.5).lease_seconds == 2
+    assert Timing.from_ttl(2.5).lease_seconds == 3
+    assert Timing(1.5, 1.2, 0.5).lease_seconds == 2
 
 
 def test_microtime_has_six_digits_and_a_zone() -> None:

@@ -110,13 +110,13 @@ async def test_lease_lock_round_trip(kube_api: FakeApiServer, api_client: ApiCli
     # Fields the lock does not own survive an update.
     obj = kube_api.store.read("leases", "default", NAME)
     obj["metadata"]["labels"] = {"team": "lb"}
-    obj["spec"]["strategy"] = "OldestEmulationVersion"
+    obj["metadata"]["annotations"] = {"note": "kept"}
     kube_api.store.update("leases", obj)
     assert (await lock.get()) == Record("b", 15, t, t, 1)
     await lock.update(Record("a", 15, t, t, 2))
     after = kube_api.store.read("leases", "default", NAME)
     assert after["metadata"]["labels"] == {"team": "lb"}
-    assert after["spec"]["strategy"] == "OldestEmulationVersion"
+    assert after["metadata"]["annotations"] == {"note": "kept"}
     assert after["spec"]["holderIdentity"] == "a"
 
 
