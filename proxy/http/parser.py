@@ -472,6 +472,24 @@ class H11RequestParser:
         return head
 
 
+_END = h11.EndOfMessage()
+_DUMMIES: dict[tuple[bytes, bool], h11.Request] = {}
+
+
+def _dummy_request(method: bytes, upgrade: bool) -> h11.Request:
+    """h11 frames a response by its request; it is told one like ours (same method, same
+    upgrade wish). Events are immutable, so these are made once per method."""
+    req = _DUMMIES.get((method, upgrade))
+    if req is None:
+        headers = [(b"Host", b"x")]
+        if upgrade:
+            headers += [(b"Connection", b"upgrade"), (b"Upgrade", b"x")]
+        req = h11.Request(method=method, target=b"/", headers=headers)
+        if len(_DUMMIES) < 64:  # methods are client-chosen tokens: keep the cache small
+            _DUMMIES[(method, upgrade)] = req
+    return req
+
+
 class H11ResponseParser:
     __slots__ = ("_body", "_buf", "_method", "_request_upgrade", "_sink", "rest",
                  "upgrade_rest")
@@ -542,11 +560,8 @@ class H11ResponseParser:
     def _parse_head(self, raw: bytes) -> ResponseHead:
         _check_head_bytes(raw, Failure.BAD_RESPONSE)
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=len(raw) + 1)
-        req_headers = [(b"Host", b"x")]
-        if self._request_upgrade:
-            req_headers += [(b"Connection", b"upgrade"), (b"Upgrade", b"x")]
-        conn.send(h11.Request(method=self._method, target=b"/", headers=req_headers))
-        conn.send(h11.EndOfMessage())
+        conn.send(_dummy_request(self._method, self._request_upgrade))
+        conn.send(_END)
         conn.receive_data(raw)
         try:
             ev = conn.next_event()

@@ -346,6 +346,14 @@ class ClientProtocol(asyncio.Protocol):
         except ParseError as e:
             self._bad_request(e.failure)
             return
+        except Exception:
+            # A bug of ours, not the client's: this connection ends, the worker goes on.
+            log.exception("%s: internal error on a connection from %s", self._proxy.frontend,
+                          self.client_ip)
+            self._proxy.stats.fail(Failure.INTERNAL)
+            self._drop_upstream()
+            self.abort()
+            return
         if self._ubuf:
             self._uflush()
 

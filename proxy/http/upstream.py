@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from typing import TYPE_CHECKING, cast
 
 from proxy.http.parser import ParseError, ResponseParser, response_parser
 from pylb.config import HttpParser
+from pylb.failures import Failure
 
 if TYPE_CHECKING:
     from proxy.http.pool import Key, Pool
     from proxy.http.server import ClientProtocol
+
+log = logging.getLogger("pylb.http")
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -113,6 +117,10 @@ class UpstreamProtocol(asyncio.Protocol):
             parser.feed(data)
         except ParseError as e:
             owner.upstream_failed(self, e.failure)
+            return
+        except Exception:
+            log.exception("internal error on a backend connection to %s", self.key)
+            owner.upstream_failed(self, Failure.INTERNAL)
             return
         if self.owner is owner:
             rest = parser.upgrade_rest

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from proxy.http.routing import Router
 from pylb.failures import Failure
 from pylb.model import Backend, HttpRoute, Server
 from tests.conftest import free_port
@@ -333,3 +334,32 @@ async def test_counters(start_proxy: StartProxy) -> None:
     assert fe.bytes_in > 0 and fe.bytes_out > 0
     assert be.lbtot == 3 and be.hrsp[1] == 3 and be.cur_conns == 0
     assert srv.lbtot == 3 and srv.bytes_in > 0 and srv.bytes_out > 0
+
+
+async def test_internal_error_ends_one_connection_only(start_proxy: StartProxy,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    r = await start_proxy(1)
+
+    class Broken(Router):
+        __slots__ = ()
+
+        def match(self, host: bytes, path: bytes) -> HttpRoute | None:
+            if path == b"/boom":
+                raise RuntimeError("bug")
+            return super().match(host, path)
+
+    monkeypatch.setattr(r.proxy, "router", Broken(r.proxy.table.http))
+    with caplog.at_level(logging.ERROR, logger="pylb.http"):
+        c = await RawClient.connect(r.port)
+        try:
+            await c.send(get("/boom"))
+            assert await c.at_eof()
+        finally:
+            await c.close()
+    assert "internal error" in caplog.text
+    assert r.stats.failures[Failure.INTERNAL] == 1
+    c, resp = await roundtrip(r.port, get("/app/ok"))
+    await c.close()
+    assert resp.status == 200
