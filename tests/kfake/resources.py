@@ -37,6 +37,22 @@ ENDPOINTS_WARNING = (
 )
 
 
+_OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4_RE = re.compile(rf"({_OCTET}\.){{3}}{_OCTET}")
+
+
+def ip_version(text: Any) -> int:
+    """4 or 6 for a valid address, 0 otherwise (a regex first: ipaddress is slow in bulk)."""
+    if not isinstance(text, str):
+        return 0
+    if _IPV4_RE.fullmatch(text):
+        return 4
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return 0
+
+
 class DecodeError(ValueError):
     """A body the server cannot decode into the type (a 400, not a 422)."""
 
@@ -49,9 +65,9 @@ class Allocator:
         self._next_port = 30000
 
     def cluster_ip(self) -> str:
-        n = self._next_ip
+        n = self._next_ip  # 10.96.0.0/12, as kubeadm's default service CIDR
         self._next_ip += 1
-        return str(ipaddress.IPv4Address("10.96.0.0") + n)
+        return f"10.{96 + (n >> 16) % 16}.{(n >> 8) & 255}.{n & 255}"
 
     def node_port(self) -> int:
         p = self._next_port
@@ -69,6 +85,7 @@ class Resource:
     has_status: bool = False
     create_on_update: bool = False
     unconditional_update: bool = True
+    generation: bool = False
     time_fields: tuple[tuple[str, ...], ...] = ()
     microtime_fields: tuple[tuple[str, ...], ...] = ()
     warning: str | None = None
@@ -307,13 +324,11 @@ def _validate_slice(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
             causes.append(too_long(f"{p}.addresses", addrs, 100))
         for j, addr in enumerate(addrs):
             if at in ("IPv4", "IPv6"):
-                try:
-                    ip = ipaddress.ip_address(addr)
-                except ValueError:
+                version = ip_version(addr)
+                if version == 0:
                     causes.append(
                         invalid(f"{p}.addresses[{j}]", addr, "must be a valid IP address"))
-                    continue
-                if (ip.version == 4) != (at == "IPv4"):
+                elif (version == 4) != (at == "IPv4"):
                     causes.append(invalid(f"{p}.addresses[{j}]", addr, f"must be an {at} address"))
         cond = ep.get("conditions") or {}
         for c in ("ready", "serving", "terminating"):
@@ -328,6 +343,15 @@ def _validate_slice(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
 # ---- leases --------------------------------------------------------------------------------
 
 
+def _default_lease(obj: JsonObj, old: JsonObj | None, alloc: Allocator) -> None:
+    # strategy and preferredHolder are dropped while the CoordinatedLeaderElection gate is
+    # off, its default (kubernetes `pkg/registry/coordination/lease/strategy.go`).
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        spec.pop("strategy", None)
+        spec.pop("preferredHolder", None)
+
+
 def _validate_lease(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
     causes: list[Cause] = []
     spec = obj.get("spec") or {}
@@ -337,9 +361,6 @@ def _validate_lease(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
     lt = spec.get("leaseTransitions")
     if lt is not None and (not isinstance(lt, int) or lt < 0):
         causes.append(invalid("spec.leaseTransitions", lt, "must be greater than or equal to 0"))
-    if spec.get("preferredHolder") and not spec.get("strategy"):
-        causes.append(forbidden("spec.preferredHolder",
-                                "may only be specified if `strategy` is defined"))
     return causes
 
 
@@ -408,12 +429,12 @@ RESOURCES: tuple[Resource, ...] = (
              validate=_validate_service, default=_default_service),
     Resource("", "v1", "endpoints", "Endpoints", warning=ENDPOINTS_WARNING,
              create_on_update=True, validate=_validate_endpoints, default=_default_endpoints),
-    Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice",
+    Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", generation=True,
              validate=_validate_slice, default=_default_slice),
     Resource("coordination.k8s.io", "v1", "leases", "Lease",
              create_on_update=True, unconditional_update=False,
              microtime_fields=(("spec", "acquireTime"), ("spec", "renewTime")),
-             validate=_validate_lease),
+             validate=_validate_lease, default=_default_lease),
     Resource("", "v1", "events", "Event",
              time_fields=(("firstTimestamp",), ("lastTimestamp",)),
              microtime_fields=(("eventTime",), ("series", "lastObservedTime")),
@@ -422,7 +443,7 @@ RESOURCES: tuple[Resource, ...] = (
              time_fields=(("deprecatedFirstTimestamp",), ("deprecatedLastTimestamp",)),
              microtime_fields=(("eventTime",), ("series", "lastObservedTime")),
              validate=_validate_events_v1),
-    Resource("", "v1", "pods", "Pod", has_status=True),
+    Resource("", "v1", "pods", "Pod", has_status=True, generation=True),
     Resource("", "v1", "namespaces", "Namespace", namespaced=False, has_status=True),
 )
 

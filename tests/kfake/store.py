@@ -10,7 +10,8 @@ Committed objects are never mutated (each write builds a new dict), so history e
 watch queues may share them; everything handed to callers is a deep copy.
 
 Writes go through one path per verb, with the registry strategy from `resources.py`:
-server-set metadata (uid, creationTimestamp, generation, resourceVersion), generateName,
+server-set metadata (uid, creationTimestamp, resourceVersion, and generation for the kinds
+whose strategy keeps one), generateName,
 defaults, validation (422), optimistic concurrency (409), the spec/status split, create-on-PUT
 where the real registry allows it, and no-op updates that keep the old revision (etcd skips
 a write whose bytes did not change). Watchers are fed synchronously inside the write, so a
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
+import bisect
 import json
 import random
 import time
@@ -31,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from tests.kfake import errors
 from tests.kfake.errors import Cause
@@ -39,9 +40,9 @@ from tests.kfake.resources import Allocator, DecodeError, Resource, check_times,
 
 JsonObj = dict[str, Any]
 ObjKey = tuple[str, str]
+T = TypeVar("T")
 
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
-_SERVER_META = ("uid", "resourceVersion", "creationTimestamp", "generation")
 
 CONTINUE_TOO_OLD = (
     "The provided continue parameter is too old to display a consistent list result. You can "
@@ -109,6 +110,11 @@ class Subscription:
         return None
 
 
+def clone(obj: T) -> T:
+    """A deep copy of JSON data (through the C codec: several times faster than deepcopy)."""
+    return cast(T, json.loads(json.dumps(obj)))
+
+
 def _now_rfc3339(clock: Callable[[], float]) -> str:
     return datetime.fromtimestamp(int(clock()), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -156,6 +162,7 @@ class Store:
         self.history: deque[Change] = deque()
         self._objects: dict[Resource, dict[ObjKey, JsonObj]] = {}
         self._subs: set[Subscription] = set()
+        self._key_cache: dict[Resource, list[ObjKey]] = {}
         self._alloc = Allocator()
         self._rand = random.Random(0x6B66)
 
@@ -181,7 +188,7 @@ class Store:
     def get(self, which: str | Resource, namespace: str, name: str) -> JsonObj | None:
         res = self.resource(which)
         obj = self._table(res).get((self._ns(res, namespace), name))
-        return copy.deepcopy(obj) if obj is not None else None
+        return clone(obj) if obj is not None else None
 
     def read(self, which: str | Resource, namespace: str, name: str) -> JsonObj:
         """Like `get`, but a missing object is the API's 404."""
@@ -195,7 +202,7 @@ class Store:
         """Current objects in key order (namespace, name), deep-copied."""
         res = self.resource(which)
         table = self._table(res)
-        return [copy.deepcopy(table[k]) for k in sorted(table)
+        return [clone(table[k]) for k in sorted(table)
                 if namespace is None or k[0] == namespace]
 
     def state_at(self, res: Resource, rv: int) -> dict[ObjKey, JsonObj]:
@@ -204,18 +211,35 @@ class Store:
             raise errors.gone(f"too old resource version: {rv} ({self.compacted_rv})")
         if rv > self.rv:
             raise errors.too_large_rv(rv, self.rv)
-        state = dict(self._table(res))
+        return self._snapshot(res, rv)[0]
+
+    def _snapshot(self, res: Resource, rv: int) -> tuple[dict[ObjKey, JsonObj], bool]:
+        """(state at rv, whether its key set is the live one); the live table if unchanged."""
+        later = []
         for ch in reversed(self.history):
             if ch.rv <= rv:
                 break
-            if ch.res is not res:
-                continue
+            if ch.res is res:
+                later.append(ch)
+        if not later:
+            return self._table(res), True
+        state = dict(self._table(res))
+        same_keys = True
+        for ch in later:
             key = (ch.namespace, ch.name)
             if ch.prev is None:
                 state.pop(key, None)
+                same_keys = False
             else:
+                same_keys = same_keys and (ch.type != "DELETED")
                 state[key] = ch.prev
-        return state
+        return state, same_keys
+
+    def _sorted_keys(self, res: Resource) -> list[ObjKey]:
+        keys = self._key_cache.get(res)
+        if keys is None:
+            keys = self._key_cache[res] = sorted(self._table(res))
+        return keys
 
     # ---- list with pagination ------------------------------------------------------------
 
@@ -237,16 +261,20 @@ class Store:
         """
         res = self.resource(which)
         start_after: ObjKey | None = None
+        live_keys = True
         if continue_token:
             token_rv, start_after = self._decode_continue(continue_token)
             if token_rv == -1:
                 # The token a 410 hands out: go on at the latest state, inconsistently.
                 list_rv, state = self.rv, self._table(res)
             else:
-                list_rv, state = token_rv, self.state_at(res, token_rv)
+                self.state_at(res, token_rv)  # 410 / 504 checks
+                list_rv = token_rv
+                state, live_keys = self._snapshot(res, token_rv)
         elif exact:
             list_rv = _parse_rv(resource_version)
-            state = self.state_at(res, list_rv)
+            self.state_at(res, list_rv)
+            state, live_keys = self._snapshot(res, list_rv)
         else:
             if resource_version not in ("", "0"):
                 want = _parse_rv(resource_version)
@@ -256,21 +284,26 @@ class Store:
                 limit = 0
             list_rv = self.rv
             state = self._table(res)
-        keys = sorted(k for k in state if namespace is None or k[0] == namespace)
+        keys = self._sorted_keys(res) if live_keys else sorted(state)
+        lo, hi = 0, len(keys)
+        if namespace is not None:
+            lo = bisect.bisect_left(keys, (namespace, ""))
+            hi = bisect.bisect_left(keys, (namespace + "\x00", ""))
         if start_after is not None:
-            keys = [k for k in keys if k > start_after]
+            lo = max(lo, bisect.bisect_right(keys, start_after))
         out: list[JsonObj] = []
         token = ""
         remaining: int | None = None
         last: ObjKey = ("", "")
-        for i, key in enumerate(keys):
+        for i in range(lo, hi):
+            key = keys[i]
             obj = state[key]
             if match is not None and not match(obj):
                 continue
             if limit and len(out) == limit:
                 token = self._encode_continue(list_rv, last)
                 if not selector_used:
-                    remaining = len(keys) - i
+                    remaining = hi - i
                 break
             out.append(obj)
             last = key
@@ -304,8 +337,10 @@ class Store:
     def create(
         self, which: str | Resource, obj: JsonObj, namespace: str | None = None
     ) -> JsonObj:
-        res = self.resource(which)
-        body = copy.deepcopy(obj)
+        return clone(self._create(self.resource(which), clone(obj), namespace))
+
+    def _create(self, res: Resource, body: JsonObj, namespace: str | None) -> JsonObj:
+        """Create from a body the store may keep; returns the stored object itself."""
         ns = self._ns(res, namespace, body)
         self._check_body(res, body, ns)
         meta = _meta(body)
@@ -335,8 +370,9 @@ class Store:
             raise errors.already_exists(res.plural, res.group, name)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _now_rfc3339(self.clock)
-        meta["generation"] = 1
-        return copy.deepcopy(self._commit(res, ns, name, "ADDED", body, None))
+        if res.generation:
+            meta["generation"] = 1
+        return self._commit(res, ns, name, "ADDED", body, None)
 
     def update(
         self,
@@ -349,7 +385,7 @@ class Store:
     ) -> JsonObj:
         """PUT: compare-and-swap when the body carries a resourceVersion."""
         res = self.resource(which)
-        body = copy.deepcopy(obj)
+        body = clone(obj)
         ns = self._ns(res, namespace, body)
         self._check_body(res, body, ns)
         meta = _meta(body)
@@ -369,7 +405,7 @@ class Store:
                 return self.create(res, body, ns)
             raise errors.not_found(res.plural, res.group, body_name)
         self._precondition(res, old, meta)
-        return copy.deepcopy(self._replace(res, ns, old, body, subresource))
+        return clone(self._replace(res, ns, old, body, subresource))
 
     def put(self, which: str | Resource, obj: JsonObj, namespace: str | None = None) -> JsonObj:
         """Test convenience: create, or replace whatever is there (spec and status alike)."""
@@ -384,7 +420,7 @@ class Store:
                 created["status"] = status
                 return self.update(res, created, ns, subresource="status")
             return created
-        body = copy.deepcopy(obj)
+        body = clone(obj)
         _meta(body)["resourceVersion"] = old["metadata"]["resourceVersion"]
         out = self.update(res, body, ns)
         if res.has_status and "status" in obj:
@@ -417,7 +453,7 @@ class Store:
         old = self._table(res).get((ns, name))
         if old is None:
             raise errors.not_found(res.plural, res.group, name)
-        body = apply_patch(res, copy.deepcopy(old), patch, content_type)
+        body = apply_patch(res, clone(old), patch, content_type)
         if not isinstance(body, dict):
             raise errors.bad_request("patch result is not an object")
         meta = _meta(body)
@@ -433,7 +469,7 @@ class Store:
             )
         self._check_body(res, body, ns)
         self._precondition(res, old, meta)
-        return copy.deepcopy(self._replace(res, ns, old, body, subresource))
+        return clone(self._replace(res, ns, old, body, subresource))
 
     def delete(
         self,
@@ -455,8 +491,8 @@ class Store:
             raise errors.conflict(res.plural, res.group, name)
         if pre.get("uid") and pre["uid"] != old_meta["uid"]:
             raise errors.conflict_uid(res.plural, res.group, name, pre["uid"], old_meta["uid"])
-        self._commit(res, ns, name, "DELETED", copy.deepcopy(old), old)
-        return copy.deepcopy(old)
+        self._commit(res, ns, name, "DELETED", clone(old), old)
+        return clone(old)
 
     def compact(self, rv: int | None = None) -> int:
         """Forget history up to `rv` (default: all of it); returns the new compacted revision.
@@ -563,17 +599,17 @@ class Store:
         meta = _meta(body)
         old_meta = old["metadata"]
         if subresource == "status":
-            new = copy.deepcopy(old)
+            new = clone(old)
             new["status"] = body.get("status") or {}
         else:
             new = body
             if res.has_status:
-                new["status"] = copy.deepcopy(old.get("status") or {})
+                new["status"] = clone(old.get("status") or {})
             for key in ("uid", "creationTimestamp", "generation", "namespace", "name"):
                 if key in old_meta:
                     meta[key] = old_meta[key]
             meta.pop("resourceVersion", None)
-            if _spec_part(new) != _spec_part(old):
+            if res.generation and _spec_part(new) != _spec_part(old):
                 meta["generation"] = int(old_meta.get("generation", 1)) + 1
         self._prepare(res, new, old)
         old_cmp = {**old, "metadata": {k: v for k, v in old_meta.items() if k != "resourceVersion"}}
@@ -600,7 +636,10 @@ class Store:
         table = self._table(res)
         if etype == "DELETED":
             del table[(ns, name)]
+            self._key_cache.pop(res, None)
         else:
+            if etype == "ADDED":
+                self._key_cache.pop(res, None)
             table[(ns, name)] = obj
         ch = Change(self.rv, etype, res, ns, name, obj, prev)
         self.history.append(ch)
@@ -614,8 +653,9 @@ class Store:
         return obj
 
     def load(self, which: str | Resource, objs: Iterable[JsonObj]) -> int:
-        """Bulk create (bench set-up); returns the store revision afterwards."""
+        """Bulk create for benchmarks: the store takes ownership of the dicts given (no copies
+        in or out), otherwise exactly `create`. Returns the store revision afterwards."""
         res = self.resource(which)
         for obj in objs:
-            self.create(res, obj)
+            self._create(res, obj, None)
         return self.rv

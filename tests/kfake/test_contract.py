@@ -101,7 +101,8 @@ async def test_list_shape_items_carry_no_kind(kube_api: FakeApiServer,
     (item,) = body["items"]
     assert "kind" not in item and "apiVersion" not in item
     meta = item["metadata"]
-    assert {"uid", "resourceVersion", "creationTimestamp", "generation"} <= meta.keys()
+    assert {"uid", "resourceVersion", "creationTimestamp"} <= meta.keys()
+    assert "generation" not in meta  # the Service strategy keeps none
     async with http.get("/api/v1/namespaces/default/services/web") as r:
         single = await r.json()
     assert single["kind"] == "Service" and single["apiVersion"] == "v1"
@@ -775,20 +776,17 @@ async def test_service_spec_and_status_are_kept_apart(kube_api: FakeApiServer,
     body["status"] = {"loadBalancer": {"ingress": [{"ip": "9.9.9.9"}]}}
     created = await v1.create_namespaced_service(NS, raw(body))
     assert created.status.load_balancer.ingress is None  # create ignores status
-    assert created.metadata.generation == 1
     status_patch = {"status": {"loadBalancer": {"ingress": [{"ip": "10.1.1.1", "ipMode": "VIP"}]}},
                     "spec": {"ports": [{"port": 1}]}}
     out = await v1.patch_namespaced_service_status("web", NS, raw(status_patch))
     assert [i.ip for i in out.status.load_balancer.ingress] == ["10.1.1.1"]
     assert [p.port for p in out.spec.ports] == [80]  # /status ignores spec
-    assert out.metadata.generation == 1
     # a PATCH of the service ignores status; ports merge by port
     out = await v1.patch_namespaced_service("web", NS, raw({
         "spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]},
         "status": {"loadBalancer": {}}}))
     assert [(p.port, p.name) for p in out.spec.ports] == [(80, "http"), (443, "https")]
     assert [i.ip for i in out.status.load_balancer.ingress] == ["10.1.1.1"]
-    assert out.metadata.generation == 2
     # the ingress list has no merge key: a patch replaces it whole
     out = await v1.patch_namespaced_service_status("web", NS, raw(
         {"status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}]}}}))
@@ -955,6 +953,13 @@ async def test_endpoint_slice_shapes(kube_api: FakeApiServer, api_client: client
                         json={"metadata": {"name": "new"}, "addressType": "IPv4"}) as r:
         assert r.status == 404  # no create-on-PUT
     body = store.read("endpointslices", NS, "web-abc")
+    assert body["metadata"]["generation"] == 1
+    body["metadata"]["labels"]["x"] = "y"
+    body = store.update("endpointslices", body)
+    assert body["metadata"]["generation"] == 1  # metadata only
+    body["endpoints"] = [{"addresses": ["10.0.0.1"]}]
+    body = store.update("endpointslices", body)
+    assert body["metadata"]["generation"] == 2
     body["addressType"] = "IPv6"
     with pytest.raises(Exception, match="immutable"):
         store.update("endpointslices", body)
@@ -1307,3 +1312,48 @@ async def test_ipv6_loopback(no_proxy_env: None) -> None:
         assert lst.items == []
     finally:
         await api.stop()
+
+
+async def test_send_initial_events_false_starts_from_now(no_proxy_env: None) -> None:
+    async with FakeApiServer(send_initial_events=True) as api, \
+            aiohttp.ClientSession(base_url=api.url) as http:
+        api.store.create("services", svc("old"))
+        async with http.get("/api/v1/services", params={
+                "watch": "1", "sendInitialEvents": "false", "allowWatchBookmarks": "true",
+                "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "5"}) as r:
+            for _ in range(200):
+                if api.store.watcher_count:
+                    break
+                await asyncio.sleep(0.01)
+            api.store.create("services", svc("new"))
+            (ev,) = await read_lines(r, limit=1)
+    assert (ev["type"], ev["object"]["metadata"]["name"]) == ("ADDED", "new")
+
+
+async def test_bulk_load_is_create(kube_api: FakeApiServer,
+                                  api_client: client.ApiClient) -> None:
+    rv = kube_api.store.load("services", (svc(f"s{i}") for i in range(50)))
+    assert rv == kube_api.store.rv == 51
+    lst = await client.CoreV1Api(api_client).list_namespaced_service(NS, limit=20)
+    assert len(lst.items) == 20 and lst.metadata.remaining_item_count == 30
+    assert lst.items[0].spec.cluster_ip == "10.96.0.10"
+    with pytest.raises(Exception, match="already exists"):
+        kube_api.store.load("services", [svc("s0")])
+
+
+async def test_namespace_ranges_in_paged_lists(kube_api: FakeApiServer,
+                                              http: aiohttp.ClientSession) -> None:
+    for ns in ("a", "a-b", "b"):
+        for i in range(3):
+            kube_api.store.create("services", svc(f"s{i}", ns=ns))
+    names = []
+    token = ""
+    for _ in range(10):
+        params = {"limit": "2", **({"continue": token} if token else {})}
+        async with http.get("/api/v1/namespaces/a/services", params=params) as r:
+            body = await r.json()
+        names += [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in body["items"]]
+        token = body["metadata"].get("continue", "")
+        if not token:
+            break
+    assert names == [("a", "s0"), ("a", "s1"), ("a", "s2")]

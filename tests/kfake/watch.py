@@ -127,7 +127,9 @@ async def serve_watch(
     clock: Callable[[], float] = time.monotonic,
 ) -> web.StreamResponse:
     rv = opts.resource_version
-    initial = opts.send_initial_events is True or rv in ("", "0")
+    # sendInitialEvents, when given, decides; else RV unset or "0" means "state, then changes".
+    initial = (opts.send_initial_events if opts.send_initial_events is not None
+               else rv in ("", "0"))
     if opts.send_initial_events is not None and rv not in ("", "0"):
         want = int(rv)
         if want > store.rv:
