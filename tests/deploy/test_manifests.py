@@ -4,6 +4,7 @@ makes, the Dockerfile with hadolint, and its install steps replayed in a fresh v
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -75,9 +76,9 @@ def test_daemonset_matches_the_seed_and_the_flags() -> None:
 
 # -- RBAC covers what the code does ------------------------------------------------------
 
-_CALL = re.compile(
-    r"\.(list|read|create|replace|patch|delete)_(namespaced_)?([a-z_]+?)"
-    r"(_for_all_namespaces)?\(")
+_METHOD_NAME = re.compile(
+    r"\b(list|read|create|replace|patch|delete)_(namespaced_)?([a-z_]+?)"
+    r"(_for_all_namespaces)?\b")
 _RESOURCE = {
     "service": ("", "services"),
     "service_status": ("", "services/status"),
@@ -91,28 +92,86 @@ _RESOURCE = {
 }
 _VERB = {"list": "list", "read": "get", "create": "create", "replace": "update",
          "patch": "patch", "delete": "delete"}
+_HTTP_VERB = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def _strings(tree: ast.AST) -> dict[str, str]:
+    """Names bound to string constants (or sums of them) anywhere in a module."""
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                isinstance(node.targets[0], ast.Name):
+            value = _eval(node.value, out)
+            if value is not None:
+                out[node.targets[0].id] = value
+    return out
+
+
+def _eval(node: ast.AST, names: dict[str, str]) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return names.get(node.id)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _eval(node.left, names), _eval(node.right, names)
+        return left + right if left is not None and right is not None else None
+    return None
+
+
+def _path_needs(method: str, path: str) -> tuple[str, str, str]:
+    """`GET /apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}` →
+    ("coordination.k8s.io", "leases", "get")."""
+    parts = [p for p in path.split("/") if p]
+    if parts[0] == "api":
+        group, rest = "", parts[2:]
+    else:
+        group, rest = parts[1], parts[3:]
+    if rest and rest[0] == "namespaces" and len(rest) > 2:
+        rest = rest[2:]
+    resource, named = rest[0], len(rest) > 1
+    if len(rest) > 2:
+        resource += "/" + rest[2]
+    verb = _HTTP_VERB.get(method) or ("get" if named else "list")
+    return group, resource, verb
 
 
 def code_api_calls() -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) for every kubernetes_asyncio call in the packages that
-    may talk to the API (discovery, election). A file that watches needs `watch` on every
+    """(apiGroup, resource, verb) for every Kubernetes API call in the packages that may
+    talk to the API (discovery, election): kubernetes_asyncio methods named in the code
+    (called, or named as strings, as the informer does), and raw REST calls
+    (`kapi.call(api, "METHOD", path)`). A file that watches needs `watch` on every
     resource it lists."""
     needs: set[tuple[str, str, str]] = set()
     for pkg in ("discovery", "election"):
         for f in (ROOT / pkg).rglob("*.py"):
             text = f.read_text()
-            watches = "Watch(" in text or ".stream(" in text
-            group_override = "events.k8s.io" if "EventsV1Api" in text else None
-            for m in _CALL.finditer(text):
-                action, kind = m.group(1), m.group(3)
-                if kind not in _RESOURCE:
+            watches = "Watch(" in text or "watch=True" in text or "\"watch\"" in text
+            tree = ast.parse(text)
+            names = _strings(tree)
+            found: set[tuple[str, str, str]] = set()
+            for m in _METHOD_NAME.finditer(text):
+                if m.group(3) in _RESOURCE:
+                    group, resource = _RESOURCE[m.group(3)]
+                    if m.group(3) == "event" and "EventsV1Api" in text:
+                        group = "events.k8s.io"
+                    found.add((group, resource, _VERB[m.group(1)]))
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "call" and len(node.args) >= 3):
                     continue
-                group, resource = _RESOURCE[kind]
-                if kind == "event" and group_override:
-                    group = group_override
-                needs.add((group, resource, _VERB[action]))
-                if action == "list" and watches:
-                    needs.add((group, resource, "watch"))
+                method, path = _eval(node.args[1], names), _eval(node.args[2], names)
+                if method in ("GET", "POST", "PUT", "PATCH", "DELETE") and path:
+                    found.add(_path_needs(method, path))
+            # paths handed to a listing helper (`self._list("/api/v1/...pods", ...)`)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                        node.func.attr in ("_list", "list_all") and node.args:
+                    path = _eval(node.args[0], names)
+                    if path:
+                        found.add(_path_needs("GET", path))
+            needs |= found
+            if watches:
+                needs |= {(g, r, "watch") for g, r, v in found if v == "list"}
     return needs
 
 
