@@ -916,6 +916,11 @@ class ClientProtocol(asyncio.Protocol):
 
     def _end_exchange(self, reusable: bool, log_it: bool) -> None:
         up = self._up
+        if self._up_paused:
+            self._up_paused = False  # a pooled connection must be read (to see it close)
+            if up is not None and up.transport is not None and not up.closed:
+                up.transport.resume_reading()
+        self.resume_reading(_P_UPSTREAM)
         if up is not None and not self.tunnel:
             up.detach()
             if reusable:

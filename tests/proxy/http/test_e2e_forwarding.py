@@ -155,6 +155,12 @@ async def test_large_body_bounded_memory(start_proxy: StartProxy, direction: str
                 if got % (1 << 22) < (1 << 16):
                     await asyncio.sleep(0.001)
             assert got == size
+        # The same client and pooled backend connection serve the next request (reading
+        # was paused for backpressure and must have been resumed).
+        await c.send(get("/app/again"))
+        resp = await c.read_response()
+        assert resp.json()["target"] == "/again"
+        assert r.backends[0].connections == 1
     finally:
         sampler.cancel()
         await c.close()
