@@ -396,6 +396,11 @@ class _Conn(asyncio.Protocol):
         self.server_at = self.proxy.loop.time()
         bal = self.bal
         assert bal is not None
+        # Resume both sides first: the writes below may pause them again (pause_writing
+        # runs inside write), and that must be the last word.
+        if not self.c_eof:
+            self.ct.resume_reading()
+        st.resume_reading()
         if bal.backend.proxy_protocol is not ProxyProtocol.NONE:
             src = self.ct.get_extra_info("peername")
             dst = self.ct.get_extra_info("sockname")
@@ -405,16 +410,12 @@ class _Conn(asyncio.Protocol):
         if self.sbuf:
             st.write(self.sbuf)
             self.sbuf = b""
-        if self.c_eof:
-            if st.can_write_eof():
-                st.write_eof()
-        else:
-            self.ct.resume_reading()
+        if self.c_eof and st.can_write_eof():
+            st.write_eof()
         if up.early:
             self.down += len(up.early)
             self.ct.write(up.early)
             up.early = b""
-            st.resume_reading()
         if up.eof:
             self.server_eof()
         if up.lost:
