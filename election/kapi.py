@@ -17,6 +17,22 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
+#: Every (apiGroup, resource, verb) election/ uses, for deploy/rbac.yaml and its test (the
+#: calls go through `call()` with paths, so they cannot be found by scanning for KA methods).
+API_CALLS: frozenset[tuple[str, str, str]] = frozenset({
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+    ("", "endpoints", "get"),  # --lock=endpoints
+    ("", "endpoints", "create"),
+    ("", "endpoints", "update"),
+    ("", "events", "create"),  # the leader's StatusPublisher
+    ("", "events", "patch"),
+    ("", "services", "list"),
+    ("", "services/status", "patch"),
+    ("", "pods", "list"),
+})
+
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 

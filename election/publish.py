@@ -8,8 +8,8 @@ leadership is lost. Everything it writes is idempotent, so a brief overlap of tw
   expose it (Warning `NotExposed`, with the translation's reason) or that it does (Normal
   `Exposed`, with the routes). One event per change: a state already reported is not
   re-sent with every table. Event names are derived from the service's uid and the
-  message, so a new leader that reports a state the old one already reported bumps that
-  event's count instead of adding a duplicate.
+  message, so a new leader that reports a state the old one already reported moves that
+  event's lastTimestamp instead of adding a duplicate.
 - **status.loadBalancer.ingress** of Services of `type: LoadBalancer` with
   `spec.loadBalancerClass: pylb.io/lb` that pylb exposes: the node addresses
   (`status.hostIP`) of the ready pylb pods (found by a label selector), as k3s's ServiceLB
@@ -45,6 +45,7 @@ LB_CLASS = "pylb.io/lb"
 COMPONENT = "pylb"
 REASON_EXPOSED = "Exposed"
 REASON_SKIPPED = "NotExposed"
+RETRY_AFTER_ERROR = 2.0  # seconds before a failed pass is retried (resync, if shorter)
 
 ServiceKey = tuple[str, str]  # (namespace, name)
 
@@ -180,20 +181,29 @@ class StatusPublisher:
         """A new route table is out: reconcile now rather than at the next resync."""
         self._wake.set()
 
-    async def run(self, get_table: Callable[[], RouteTable | None]) -> None:
-        """Reconcile on every notify() and every `resync` seconds, until cancelled."""
+    async def run(self, get_table: Callable[[], RouteTable | None],
+                  poll: float = 1.0) -> None:
+        """Reconcile when the table changes (on notify(), or noticed within `poll`
+        seconds), every `resync` seconds, and soon after a failed pass; until cancelled."""
+        loop = asyncio.get_running_loop()
+        last: RouteTable | None = None
+        next_pass = loop.time()
         while True:
-            self._wake.clear()
             table = get_table()
-            if table is not None:
+            due = table is not None and (table is not last or self._wake.is_set()
+                                         or loop.time() >= next_pass)
+            self._wake.clear()
+            if table is not None and due:
+                last, next_pass = table, loop.time() + self._resync
                 try:
                     async with asyncio.timeout(self._pass_timeout):
                         await self.reconcile(table)
                 except (kapi.ApiError, TimeoutError) as exc:
-                    log.warning("publishing status failed (retrying in %.3gs): %s",
-                                self._resync, exc or "timed out")
+                    next_pass = loop.time() + min(self._resync, RETRY_AFTER_ERROR)
+                    log.warning("publishing status failed (retrying): %s",
+                                exc or "timed out")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._resync):
+                async with asyncio.timeout(min(poll, self._resync)):
                     await self._wake.wait()
 
     async def reconcile(self, table: RouteTable) -> None:
@@ -252,9 +262,10 @@ class StatusPublisher:
         except kapi.ApiError as exc:
             if not exc.conflict:
                 raise
-        old = await kapi.call(self._api, "GET", events + "/{name}", params=params)
-        count = old.get("count") if isinstance(old, dict) else None
-        patch = {"count": (count if isinstance(count, int) else 1) + 1, "lastTimestamp": now}
+        # Reported before (by us or an earlier leader): say it again by moving its
+        # lastTimestamp. `count` stays: incrementing it would need a read (RBAC: no `get`
+        # on events) and a read-modify-write race between two overlapping leaders.
+        patch = {"lastTimestamp": now, "reportingInstance": self._instance}
         await kapi.call(self._api, "PATCH", events + "/{name}", params=params, body=patch,
                         content_type=kapi.MERGE_PATCH)
 

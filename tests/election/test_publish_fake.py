@@ -113,14 +113,23 @@ async def test_same_table_sends_nothing_again(kube_api: FakeApiServer,
     assert (posts(kube_api, "/events"), posts(kube_api, "/status")) == before
 
 
-async def test_new_leader_counts_instead_of_duplicating(kube_api: FakeApiServer,
-                                                        api_client: ApiClient) -> None:
+def publisher_at(api: ApiClient, instance: str, hour: int) -> StatusPublisher:
+    return StatusPublisher(api, pod_namespace="lb", pod_selector="app=pylb",
+                           namespaces=("shop", "data"), instance=instance,
+                           wall_clock=lambda: datetime(2026, 11, 21, hour, 0, tzinfo=UTC))
+
+
+async def test_new_leader_touches_instead_of_duplicating(kube_api: FakeApiServer,
+                                                         api_client: ApiClient) -> None:
     populate(kube_api)
-    await publisher(api_client, "pylb-a").reconcile(TABLE)
-    await publisher(api_client, "pylb-b").reconcile(TABLE)
+    await publisher_at(api_client, "pylb-a", 22).reconcile(TABLE)
+    await publisher_at(api_client, "pylb-b", 23).reconcile(TABLE)
     got = events(kube_api)
     assert len(got) == 3
-    assert [e["count"] for e in got] == [2, 2, 2]
+    for e in got:
+        assert e["firstTimestamp"] == "2026-11-21T22:00:00Z"
+        assert e["lastTimestamp"] == "2026-11-21T23:00:00Z"
+        assert e["reportingInstance"] == "pylb-b"
 
 
 async def test_ingress_follows_pods_and_exposure(kube_api: FakeApiServer,
@@ -142,12 +151,12 @@ async def test_ingress_follows_pods_and_exposure(kube_api: FakeApiServer,
     (warning,) = [e for e in events(kube_api) if e["involvedObject"]["name"] == "web"
                   and e["reason"] == "NotExposed"]
     assert warning["message"] == "not exposed by pylb: bad annotation lb.host"
-    # ... and exposed again: a fresh Exposed report (its count goes up).
+    # ... and exposed again: reported again (the same event, touched).
+    before = posts(kube_api, "/events")
     await pub.reconcile(TABLE)
     assert len(ingress(kube_api, "shop", "web")) == 2
-    (exposed,) = [e for e in events(kube_api) if e["involvedObject"]["name"] == "web"
-                  and e["reason"] == "Exposed"]
-    assert exposed["count"] == 2
+    assert posts(kube_api, "/events") == before + 2  # POST 409, then PATCH
+    assert len([e for e in events(kube_api) if e["involvedObject"]["name"] == "web"]) == 2
 
 
 async def test_failed_event_is_retried_next_pass(kube_api: FakeApiServer,
@@ -200,3 +209,28 @@ async def test_hanging_api_pass_is_abandoned_and_retried(kube_api: FakeApiServer
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         kube_api.drop_watches()
+
+
+async def test_run_notices_a_new_table_without_notify(kube_api: FakeApiServer,
+                                                      api_client: ApiClient) -> None:
+    populate(kube_api)
+    pub = publisher(api_client)  # resync 60 s: only the table change can trigger a pass
+    without_web = RouteTable(tcp=TABLE.tcp, backends=(DB,), skipped=(SKIP_LEGACY,))
+    current = [without_web]
+    task = asyncio.create_task(pub.run(lambda: current[0], poll=0.02))
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if len(events(kube_api)) == 2:
+                break
+        assert ingress(kube_api, "shop", "web") == []
+        current[0] = TABLE
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if ingress(kube_api, "shop", "web"):
+                break
+        assert len(ingress(kube_api, "shop", "web")) == 2
+        assert len(events(kube_api)) == 3
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
