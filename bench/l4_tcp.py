@@ -163,11 +163,13 @@ def spawn(*args: str) -> subprocess.Popen[bytes]:
                             cwd=Path(__file__).resolve().parent.parent)
 
 
-def start_haproxy(listen: int, backend: int, tmp: str) -> subprocess.Popen[bytes] | None:
+def start_haproxy(listen: int, backend: int, tmp: str,
+                  splice: bool = False) -> subprocess.Popen[bytes] | None:
     exe = shutil.which("haproxy")
     if exe is None:
         return None
-    cfg = Path(tmp) / "haproxy.cfg"
+    cfg = Path(tmp) / f"haproxy{'-splice' if splice else ''}.cfg"
+    extra = "\n    option splice-auto" if splice else ""
     cfg.write_text(f"""global
     maxconn 4096
     nbthread 1
@@ -176,7 +178,7 @@ defaults
     timeout connect 5s
     timeout client 50s
     timeout server 50s
-    timeout tunnel 1h
+    timeout tunnel 1h{extra}
 listen bench
     bind 127.0.0.1:{listen}
     server s1 127.0.0.1:{backend}
@@ -223,8 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per rate run")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--json", help="write the results here too")
-    ap.add_argument("--only", nargs="*", help="subset: direct haproxy pylb-splice "
-                    "pylb-copy pylb-switch")
+    ap.add_argument("--only", nargs="*", help="subset: direct haproxy haproxy-splice "
+                    "pylb-splice pylb-copy pylb-switch")
     args = ap.parse_args(argv)
     sink_port = free_port()
     procs: list[subprocess.Popen[bytes]] = [spawn("sink", str(sink_port))]
@@ -239,6 +241,11 @@ def main(argv: list[str] | None = None) -> None:
             if h is not None:
                 procs.append(h)
                 runs.append(("haproxy", h, hp))
+                hsp = free_port()
+                hs = start_haproxy(hsp, sink_port, tmp, splice=True)
+                assert hs is not None
+                procs.append(hs)
+                runs.append(("haproxy-splice", hs, hsp))
             for name, thr in (("pylb-splice", "0"), ("pylb-copy", "none"),
                               ("pylb-switch", str(256 * 1024))):
                 port = free_port()
