@@ -140,6 +140,18 @@ class EndpointsLock:
             self._api, "PUT", _ENDPOINTS + "/{name}", params=self._params, body=body))
 
 
+LOCK_KINDS = ("leases", "endpoints")
+
+
+def make_lock(kind: str, api: ApiClient, namespace: str, name: str) -> Lock:
+    """`leases` (the default) or `endpoints` (the 2016 sidecar's annotation lock)."""
+    if kind == "endpoints":
+        return EndpointsLock(api, namespace, name)
+    if kind == "leases":
+        return LeaseLock(api, namespace, name)
+    raise ValueError(f"unknown election lock {kind!r}: use one of {', '.join(LOCK_KINDS)}")
+
+
 def record_to_lease_spec(record: Record) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "holderIdentity": record.holder,

@@ -29,11 +29,9 @@ from kubernetes_asyncio.client import ApiClient
 from election.client import ClientSetupError, make_api_client
 from election.decide import Timing
 from election.elector import Elector
-from election.lock import EndpointsLock, LeaseLock, Lock
+from election.lock import LOCK_KINDS, make_lock
 
 log = logging.getLogger("pylb.election")
-
-LOCKS = ("leases", "endpoints")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lease duration, e.g. 10s; renew deadline ttl/2, retry ttl/4")
     p.add_argument("--http", type=_arg(parse_hostport, "host:port"), default=None,
                    help="serve GET / -> {\"name\": leader} on host:port")
-    p.add_argument("--lock", choices=LOCKS, default="leases",
+    p.add_argument("--lock", choices=LOCK_KINDS, default="leases",
                    help="leases (default), or endpoints to join 2016 leader-elector sidecars")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG)")
     p.add_argument("--use-kubernetes-cluster-service", type=_arg(_parse_bool, "boolean"),
@@ -141,12 +139,6 @@ def parse_args(argv: list[str] | None) -> SidecarOptions:
         kubeconfig=ns.kubeconfig,
         in_cluster=ns.in_cluster,
     )
-
-
-def make_lock(kind: str, api: ApiClient, namespace: str, name: str) -> Lock:
-    if kind == "endpoints":
-        return EndpointsLock(api, namespace, name)
-    return LeaseLock(api, namespace, name)
 
 
 class LeaderView:
