@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import shutil
+import ssl
 import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -99,10 +100,15 @@ def parse_path(path: str) -> Target | None:
     return Target(res, namespace, name, sub)
 
 
-def error_response(err: ApiError, extra: dict[str, str] | None = None) -> web.Response:
-    headers = {**err.headers, **(extra or {})}
-    return web.Response(status=err.code, text=json.dumps(err.body),
-                        content_type="application/json", headers=headers)
+Pairs = list[tuple[str, str]]
+
+
+def error_response(err: ApiError, extra: Pairs | None = None) -> web.Response:
+    resp = web.Response(status=err.code, text=json.dumps(err.body),
+                        content_type="application/json", headers=err.headers)
+    for k, v in extra or []:
+        resp.headers.add(k, v)
+    return resp
 
 
 def json_response(obj: Any, code: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -231,6 +237,8 @@ class FakeApiServer:
                                handler_cancellation=True)
         await runner.setup()
         ssl_ctx = self.pki.server_context() if self.pki is not None else None
+        if ssl_ctx is not None:
+            ssl_ctx.sni_callback = self._tls_hello
         site = web.TCPSite(runner, self.host, self.port, ssl_context=ssl_ctx,
                            reuse_address=True)
         await site.start()
@@ -357,18 +365,20 @@ class FakeApiServer:
             request.headers.get("Authorization", ""), request.headers.get("Content-Type", "")))
         plan = self.faults.plan(request.method, request.path, verb)
         request[PLAN] = plan
-        extra = dict(plan.headers)
+        extra: Pairs = list(plan.headers)
         if plan.delay > 0:
             await asyncio.sleep(plan.delay)
         act = plan.terminal
         if isinstance(act, Status):
             return error_response(act.error, extra)
         if isinstance(act, Text):
-            headers = {**extra, "Content-Type": act.content_type,
-                       "X-Content-Type-Options": "nosniff"}
+            text = web.Response(status=act.code, body=act.body.encode(), headers={
+                "Content-Type": act.content_type, "X-Content-Type-Options": "nosniff"})
             if act.retry_after > 0:
-                headers["Retry-After"] = str(act.retry_after)
-            return web.Response(status=act.code, body=act.body.encode(), headers=headers)
+                text.headers["Retry-After"] = str(act.retry_after)
+            for k, v in extra:
+                text.headers.add(k, v)
+            return text
         if isinstance(act, Hang):
             await self._release.wait()
             raise asyncio.CancelledError()
@@ -383,13 +393,28 @@ class FakeApiServer:
             resp = await handler(request)
         except ApiError as e:
             warn = target.res.warning if target else None
-            if warn:
-                extra["Warning"] = warn
-            return error_response(e, extra)
-        for k, v in plan.headers:
-            if not resp.prepared:
+            return error_response(e, ([("Warning", warn)] if warn else []) + extra)
+        if not resp.prepared:
+            for k, v in plan.headers:
                 resp.headers.add(k, v)
+            if plan.cut_body and isinstance(resp, web.Response):
+                await self._cut(request, resp)
         return resp
+
+    async def _cut(self, request: web.Request, resp: web.Response) -> None:
+        body = resp.body if isinstance(resp.body, bytes) else b""
+        out = web.StreamResponse(status=resp.status, headers=resp.headers)
+        out.content_length = len(body)
+        await out.prepare(request)
+        await out.write(body[: len(body) // 2])
+        abort(request.transport)
+        raise asyncio.CancelledError()
+
+    def _tls_hello(self, sock: Any, server_name: str | None, ctx: Any) -> int | None:
+        # Called for every ClientHello, with or without SNI (clients send none for an IP).
+        if self.faults.take_tls_failure():
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+        return None
 
     async def _ok(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -557,4 +582,5 @@ class FakeApiServer:
         plan = request[PLAN]
         return await serve_watch(request, self.store, target.res,
                                  target.namespace if target.res.namespaced else None, match,
-                                 opts, self.settings, plan.watch, headers)
+                                 opts, self.settings, plan.watch,
+                                 list(headers.items()) + plan.headers)

@@ -74,14 +74,22 @@ class WatchFault:
 
     `end`: "eof" (clean end), "truncate" (half a line, then a clean end), "reset" (abort).
     `event_delay` sleeps before each event. `after=0` with "eof" is an empty 200.
+    `cut_after` ends the stream cleanly after that many seconds, whatever `timeoutSeconds`
+    said and with no bookmark before it (a proxy's idle or age limit).
     """
 
     after: int | None = None
     end: str = "eof"
     event_delay: float = 0.0
+    cut_after: float | None = None
 
 
-Action = Status | Text | Delay | Hang | Reset | Headers | WatchFault
+@dataclass(frozen=True)
+class CutBody:
+    """Send the headers and half the body of a normal (non-watch) answer, then reset."""
+
+
+Action = Status | Text | Delay | Hang | Reset | Headers | WatchFault | CutBody
 
 
 def abort(transport: Any) -> None:
@@ -157,6 +165,14 @@ def event_delay(seconds: float) -> WatchFault:
     return WatchFault(event_delay=seconds)
 
 
+def cut_after(seconds: float) -> WatchFault:
+    return WatchFault(cut_after=seconds)
+
+
+def cut_body() -> CutBody:
+    return CutBody()
+
+
 # ---- the rule engine ------------------------------------------------------------------------
 
 
@@ -194,13 +210,19 @@ class Plan:
     delay: float = 0.0
     headers: list[tuple[str, str]] = field(default_factory=list)
     watch: WatchFault | None = None
+    cut_body: bool = False
 
 
 class Faults:
-    """Ordered fault rules. `add()` one; every matching rule with hits left fires."""
+    """Ordered fault rules. `add()` one; every matching rule with hits left fires.
+
+    `tls_failures`: how many coming TLS handshakes to fail (with a handshake_failure alert;
+    a TLS server only).
+    """
 
     def __init__(self) -> None:
         self.rules: list[Rule] = []
+        self.tls_failures = 0
 
     def add(
         self,
@@ -219,6 +241,13 @@ class Faults:
 
     def clear(self) -> None:
         self.rules.clear()
+        self.tls_failures = 0
+
+    def take_tls_failure(self) -> bool:
+        if self.tls_failures > 0:
+            self.tls_failures -= 1
+            return True
+        return False
 
     def plan(self, method: str, path: str, verb: str) -> Plan:
         plan = Plan()
@@ -226,6 +255,8 @@ class Faults:
             if plan.terminal is not None:
                 break
             if isinstance(rule.action, WatchFault) and verb != "watch":
+                continue
+            if isinstance(rule.action, CutBody) and verb == "watch":
                 continue
             if not rule.matches(method, path, verb):
                 continue
@@ -237,6 +268,8 @@ class Faults:
                 plan.headers.extend(act.headers)
             elif isinstance(act, WatchFault):
                 plan.watch = act
+            elif isinstance(act, CutBody):
+                plan.cut_body = True
             else:
                 plan.terminal = act
         return plan

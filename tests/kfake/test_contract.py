@@ -1357,3 +1357,43 @@ async def test_namespace_ranges_in_paged_lists(kube_api: FakeApiServer,
         if not token:
             break
     assert names == [("a", "s0"), ("a", "s1"), ("a", "s2")]
+
+
+async def test_watch_cut_after_seconds_ends_cleanly(kube_api: FakeApiServer,
+                                                   http: aiohttp.ClientSession) -> None:
+    kube_api.faults.add(faults.cut_after(0.05))
+    async with http.get("/api/v1/services", params={
+            "watch": "1", "resourceVersion": str(kube_api.store.rv), "timeoutSeconds": "30"},
+            timeout=aiohttp.ClientTimeout(total=10)) as r:
+        assert await r.content.read() == b""
+
+
+async def test_cut_body_aborts_a_list_mid_body(kube_api: FakeApiServer,
+                                              api_client: client.ApiClient) -> None:
+    for i in range(20):
+        kube_api.store.create("services", svc(f"s{i}"))
+    kube_api.faults.add(faults.cut_body(), verb="list")  # headers came: aiohttp won't retry
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await client.CoreV1Api(api_client).list_namespaced_service(NS)
+    lst = await client.CoreV1Api(api_client).list_namespaced_service(NS)
+    assert len(lst.items) == 20
+
+
+async def test_failed_tls_handshake(tls_api: FakeApiServer) -> None:
+    tls_api.faults.tls_failures = 1
+    async with client.ApiClient(tls_api.configuration()) as ac:
+        v1 = client.CoreV1Api(ac)
+        with pytest.raises(aiohttp.ClientError):
+            await v1.list_namespaced_service(NS)
+        lst = await v1.list_namespaced_service(NS)
+    assert len(lst.items) == 1
+
+
+async def test_watch_headers_carry_warnings(kube_api: FakeApiServer,
+                                           http: aiohttp.ClientSession) -> None:
+    kube_api.faults.add(faults.warning("watch out"))
+    async with http.get("/api/v1/namespaces/default/endpoints",
+                        params={"watch": "1", "timeoutSeconds": "1"}) as r:
+        assert r.headers.getall("Warning") == [
+            '299 - "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 '
+            'EndpointSlice"', '299 - "watch out"']

@@ -123,7 +123,7 @@ async def serve_watch(
     opts: WatchRequest,
     settings: WatchSettings,
     fault: WatchFault | None,
-    headers: dict[str, str],
+    headers: list[tuple[str, str]],
     clock: Callable[[], float] = time.monotonic,
 ) -> web.StreamResponse:
     rv = opts.resource_version
@@ -147,7 +147,9 @@ async def serve_watch(
     start_rv = store.rv
 
     resp = web.StreamResponse(status=200, headers={
-        "Content-Type": "application/json", "Cache-Control": "no-cache, private", **headers})
+        "Content-Type": "application/json", "Cache-Control": "no-cache, private"})
+    for k, v in headers:
+        resp.headers.add(k, v)
     resp.enable_chunked_encoding()
     try:
         await resp.prepare(request)
@@ -160,6 +162,7 @@ async def serve_watch(
         timeout = opts.timeout_seconds or random.uniform(
             settings.min_request_timeout, 2 * settings.min_request_timeout)
         deadline = now + timeout
+        cut_at = now + fault.cut_after if fault and fault.cut_after is not None else float("inf")
         for past in backlog:
             ev = convert(past, match)
             if ev is not None and not await stream.send(*ev):
@@ -173,9 +176,9 @@ async def serve_watch(
                    if opts.allow_bookmarks else None)
         while True:
             now = clock()
-            if now >= deadline:
+            if now >= deadline or now >= cut_at:
                 break
-            wake = deadline if next_bm is None else min(deadline, next_bm)
+            wake = min(deadline, cut_at) if next_bm is None else min(deadline, cut_at, next_bm)
             change = await sub.next(max(0.0, wake - now))
             if change is not None:
                 ev = convert(change, match)
