@@ -16,6 +16,22 @@ import trustme
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from proxy.http import HttpProxy
+from proxy.tls import TlsStore
+from tests.proxy.http.backends import HttpBackend
+
+
+@dataclass
+class Front:
+    """pylb's TLS frontend under test (see conftest.front_factory)."""
+
+    store: TlsStore
+    proxy: HttpProxy
+    port: int
+    backend: HttpBackend
+    ca_file: Path
+    tmp: Path
+
 
 def write_leaf(ca: trustme.CA, path: Path, *names: str, key_type: trustme.KeyType =
                trustme.KeyType.ECDSA, not_before: dt.datetime | None = None,
