@@ -305,7 +305,7 @@ class Informer:
                 need_list = need_list or e.too_large
                 self._failures += 1
                 delay = max(self._backoff(), min(e.retry_after or 0.0, self._settings.backoff_cap))
-                self._note_error(f"API error {e}", logging.WARNING)
+                self._note_error(f"API error {e}{self._hint(e.status)}", logging.WARNING)
             except (StreamError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
                 self._failures += 1
                 delay = self._backoff()
@@ -319,6 +319,14 @@ class Informer:
                 self.metrics.watch_restarts += 1
             if delay > 0:
                 await self._sleep(delay)
+
+    def _hint(self, status: int) -> str:
+        if status == 403:
+            return (f" (RBAC: the service account needs get/list/watch on "
+                    f"{self.kind.plural} in {self.namespace or 'all namespaces'})")
+        if status == 404 and self.kind is ENDPOINTSLICES:
+            return " (no discovery.k8s.io/v1 here? try --endpoints-api=endpoints)"
+        return ""
 
     def _backoff(self) -> float:
         s = self._settings

@@ -22,7 +22,8 @@ must not hold back every other change; a late answer makes a new table), and eve
 re-resolved every `dns_interval`; a changed answer makes a new table.
 
 The data path never waits on any of this: `publish` is called with a finished, immutable
-table and must not block.
+table and must not block. Should it raise, the table is offered again (with a new version)
+shortly after.
 """
 
 from __future__ import annotations
@@ -143,9 +144,12 @@ class KubeSource:
                 continue
             await self._externals.ensure(external_names(self._objects(SERVICES)),
                                          kube.coalesce_max_delay)
-            await self._build_and_publish(publish, first)
+            if not await self._build_and_publish(publish, first):
+                await asyncio.sleep(kube.backoff_base)  # then offer it again
+                self._changed()
 
-    async def _build_and_publish(self, publish: Publish, first: float) -> None:
+    async def _build_and_publish(self, publish: Publish, first: float) -> bool:
+        """False when `publish` raised: the caller offers the table again."""
         objects = KubeObjects(
             services=self._objects(SERVICES),
             endpointslices=self._objects(ENDPOINTSLICES),
@@ -159,22 +163,23 @@ class KubeSource:
         except Exception:  # keep serving the last table; translate() should never raise
             self.translate_errors += 1
             log.exception("translation failed; keeping route table v%d", self.version)
-            return
+            return True  # the same objects would fail the same way: wait for a change
         if self.table is not None and table == self.table:
-            return
-        self.version += 1
+            return True
+        self.version += 1  # used up even if publish fails: a version never names two tables
         table = table.with_version(self.version)
         try:
             publish(table)
         except Exception:
             log.exception("publishing route table v%d failed", self.version)
-            return
+            return False
         self.table = table
         self.publishes += 1
         self.last_latency = time.monotonic() - first
         log.info("route table v%d: %d backends, %d http, %d https, %d tcp, %d skipped",
                  table.version, len(table.backends), len(table.http), len(table.https),
                  len(table.tcp), len(table.skipped))
+        return True
 
     def _objects(self, kind: Kind) -> tuple[Object, ...]:
         merged: dict[tuple[str, str], Object] = {}

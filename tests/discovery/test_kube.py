@@ -223,6 +223,57 @@ async def test_bursts_are_coalesced(kube_api: FakeApiServer) -> None:
     check_versions(pub)
 
 
+async def test_a_failing_translation_keeps_the_last_table(kube_api: FakeApiServer) -> None:
+    from discovery.translate import translate
+
+    calls = 0
+
+    def flaky_translate(objects: Any, s: Settings) -> RouteTable:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("bug in translate")
+        return translate(objects, s)
+
+    kube_api.store.create("services", service("web"))
+    source = source_for(kube_api, settings(), translate_fn=flaky_translate)
+    async with running(source) as pub:
+        await pub.until(lambda t: t.get_backend("default/web:80") is not None)
+        kube_api.store.create("services", service("two"))
+        await until_metric(source, "translate_errors", 1)
+        assert len(pub.tables) == 1
+        kube_api.store.create("services", service("three"))
+        await pub.until(lambda t: len(t.backends) == 3)
+    check_versions(pub)
+
+
+async def test_a_failing_publish_does_not_stop_the_source(kube_api: FakeApiServer) -> None:
+    class RefusesSecond(Published):
+        def __call__(self, table: RouteTable) -> None:
+            self.offered = getattr(self, "offered", 0) + 1
+            if self.offered == 2:
+                raise RuntimeError("worker pipe closed")
+            super().__call__(table)
+
+    kube_api.store.create("services", service("web"))
+    source = source_for(kube_api, settings())
+    pub = RefusesSecond()
+    pub.task = asyncio.create_task(source.run(pub))
+    try:
+        await pub.until(lambda t: len(t.backends) == 1)
+        kube_api.store.create("services", service("two"))  # refused, then offered again
+        table = await pub.until(lambda t: len(t.backends) == 2)
+        assert table.version == 3  # the refused table used up v2
+        kube_api.store.create("services", service("three"))
+        table = await pub.until(lambda t: len(t.backends) == 3)
+        assert table.version == 4
+    finally:
+        pub.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pub.task
+    assert pub.offered == 4
+
+
 # --- namespaces ------------------------------------------------------------------------------
 
 def _three_namespaces(api: FakeApiServer) -> None:
@@ -355,6 +406,8 @@ async def test_watch_faults_keep_the_last_table(kube_api: FakeApiServer, name: s
 
 
 LIST_FAULTS = {
+    "403": faults.http(403),
+    "404": faults.http(404),
     "429-text": faults.text429(retry_after=0),
     "500": faults.http(500),
     "503": faults.http(503),
@@ -375,6 +428,9 @@ async def test_list_faults_delay_the_first_table(kube_api: FakeApiServer, name: 
         assert pub.tables == [table]
     # aiohttp itself retries an idempotent request once when a reused connection is reset
     assert 1 <= source.metrics()["errors"] <= 3
+    last_error = {i["name"]: i["last_error"] for i in source.metrics()["informers"]}
+    hint = {"403": "RBAC", "404": "--endpoints-api=endpoints"}.get(name, "")
+    assert hint in last_error["endpointslices@default"]
 
 
 async def test_relist_failures_keep_the_last_table(kube_api: FakeApiServer) -> None:
