@@ -132,7 +132,7 @@ def check_pem_bytes(data: bytes, key_blocks: Sequence[bytes], path: str,
     """Check PEM `data` (certificates) with `key_blocks` (PEM private keys) read from
     `path`; errors name `path`."""
     now = now or utcnow()
-    cert_blocks = _blocks(data, lambda label: label in (b"CERTIFICATE", b"TRUSTED CERTIFICATE"))
+    cert_blocks = _blocks(data, lambda label: label == b"CERTIFICATE")
     if not cert_blocks:
         if b"-----BEGIN" not in data:
             raise CertificateError(f"{path}: not a PEM file (no -----BEGIN line)")
