@@ -509,7 +509,14 @@ class FakeApiServer:
             body = await self._body(request, json_only=False, optional=True)
             pre = body.get("preconditions") if isinstance(body, dict) else None
             out = store.delete(res, ns, target.name, preconditions=pre)
-            return json_response(out, 200, headers)
+            if res.return_deleted:
+                return json_response(out, 200, headers)
+            details: JsonObj = {"name": target.name, "group": res.group, "kind": res.plural,
+                                "uid": out["metadata"]["uid"]}
+            if not res.group:
+                del details["group"]
+            return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                  "status": "Success", "details": details}, 200, headers)
         raise errors.method_not_allowed(f"{request.method} is not supported")
 
     async def _body(self, request: web.Request, *, json_only: bool,

@@ -86,6 +86,7 @@ class Resource:
     create_on_update: bool = False
     unconditional_update: bool = True
     generation: bool = False
+    return_deleted: bool = False  # DELETE answers the object (else a Success Status)
     time_fields: tuple[tuple[str, ...], ...] = ()
     microtime_fields: tuple[tuple[str, ...], ...] = ()
     warning: str | None = None
@@ -425,7 +426,7 @@ def _validate_events_v1(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
 # ---- the table -----------------------------------------------------------------------------
 
 RESOURCES: tuple[Resource, ...] = (
-    Resource("", "v1", "services", "Service", has_status=True,
+    Resource("", "v1", "services", "Service", has_status=True, return_deleted=True,
              validate=_validate_service, default=_default_service),
     Resource("", "v1", "endpoints", "Endpoints", warning=ENDPOINTS_WARNING,
              create_on_update=True, validate=_validate_endpoints, default=_default_endpoints),
@@ -443,8 +444,9 @@ RESOURCES: tuple[Resource, ...] = (
              time_fields=(("deprecatedFirstTimestamp",), ("deprecatedLastTimestamp",)),
              microtime_fields=(("eventTime",), ("series", "lastObservedTime")),
              validate=_validate_events_v1),
-    Resource("", "v1", "pods", "Pod", has_status=True, generation=True),
-    Resource("", "v1", "namespaces", "Namespace", namespaced=False, has_status=True),
+    Resource("", "v1", "pods", "Pod", has_status=True, generation=True, return_deleted=True),
+    Resource("", "v1", "namespaces", "Namespace", namespaced=False, has_status=True,
+             return_deleted=True),
 )
 
 _BY_KEY = {r.key: r for r in RESOURCES}

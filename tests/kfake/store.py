@@ -581,7 +581,9 @@ class Store:
         name = old["metadata"]["name"]
         if not rv:
             if not res.unconditional_update:
-                raise errors.invalid_object(res.kind, res.group, name, [
+                # The generic registry names the resource, not the kind, here (store.go:
+                # "TODO: The Invalid error should have a field for Resource").
+                raise errors.invalid_object(res.plural, res.group, name, [
                     errors.invalid("metadata.resourceVersion", 0, "must be specified for an update")
                 ])
             return

@@ -281,9 +281,10 @@ async def test_lease_put_without_rv_is_422(kube_api: FakeApiServer,
         assert r.status == 422
         body = await r.json()
     assert body["reason"] == "Invalid"
-    assert body["message"] == ('Lease.coordination.k8s.io "pylb" is invalid: '
+    assert body["message"] == ('leases.coordination.k8s.io "pylb" is invalid: '
                                "metadata.resourceVersion: Invalid value: 0: must be specified "
                                "for an update")
+    assert body["details"]["kind"] == "leases"
     assert body["details"]["causes"] == [{
         "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
         "message": "Invalid value: 0: must be specified for an update"}]
@@ -1397,3 +1398,15 @@ async def test_watch_headers_carry_warnings(kube_api: FakeApiServer,
         assert r.headers.getall("Warning") == [
             '299 - "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 '
             'EndpointSlice"', '299 - "watch out"']
+
+
+async def test_delete_answers_status_where_the_registry_does(
+        kube_api: FakeApiServer, api_client: client.ApiClient) -> None:
+    created = kube_api.store.create("leases", lease_body())
+    st = await client.CoordinationV1Api(api_client).delete_namespaced_lease("pylb", NS)
+    assert st.status == "Success"
+    assert (st.details.name, st.details.group, st.details.kind, st.details.uid) == (
+        "pylb", "coordination.k8s.io", "leases", created["metadata"]["uid"])
+    kube_api.store.create("services", svc("web"))
+    gone = await client.CoreV1Api(api_client).delete_namespaced_service("web", NS)
+    assert gone.kind == "Service" and gone.metadata.name == "web"
