@@ -197,34 +197,45 @@ class KubeSource:
             if await self._externals.refresh(external_names(self._objects(SERVICES))):
                 self._changed()
 
-    def metrics(self) -> dict[str, Any]:
-        """For the stats page: totals over the informers, objects held per kind, the last
-        event→table latency, and one row per informer."""
-        per_kind: dict[str, int] = {}
-        for informer in self._informers:
-            per_kind[informer.kind.plural] = (per_kind.get(informer.kind.plural, 0)
-                                             + len(informer.objects))
+    @property
+    def last_sync(self) -> float | None:
+        """Wall-clock time of the latest complete list by any informer."""
         syncs = [i.metrics.last_sync for i in self._informers
                  if i.metrics.last_sync is not None]
-        return {
-            "synced": self.synced,
-            "version": self.version,
-            "publishes": self.publishes,
-            "translate_errors": self.translate_errors,
-            "watch_restarts": sum(i.metrics.watch_restarts for i in self._informers),
-            "relists": sum(i.metrics.relists for i in self._informers),
-            "errors": sum(i.metrics.errors for i in self._informers),
-            "events": sum(i.metrics.events for i in self._informers),
-            "last_sync": max(syncs) if syncs else None,
-            "objects": per_kind,
-            "external_names": len(self._externals.snapshot()),
-            "dns_failures": self._externals.failures,
-            "last_event_to_table_seconds": self.last_latency,
-            "informers": [
-                {"name": i.name, "synced": i.synced, "objects": len(i.objects),
-                 "resource_version": i.resource_version, "lists": i.metrics.lists,
-                 "relists": i.metrics.relists, "watches": i.metrics.watches,
-                 "watch_restarts": i.metrics.watch_restarts, "errors": i.metrics.errors,
-                 "last_error": i.metrics.last_error, "last_sync": i.metrics.last_sync}
-                for i in self._informers],
+        return max(syncs) if syncs else None
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numbers for the stats page and /metrics: totals over the informers,
+        `objects_<kind>` held, `last_sync` (Unix time) and `last_event_to_table_seconds`
+        (the last burst's first event → its table published) once known."""
+        out: dict[str, float] = {
+            "synced": 1.0 if self.synced else 0.0,
+            "version": float(self.version),
+            "publishes": float(self.publishes),
+            "translate_errors": float(self.translate_errors),
+            "watch_restarts": float(sum(i.metrics.watch_restarts for i in self._informers)),
+            "relists": float(sum(i.metrics.relists for i in self._informers)),
+            "errors": float(sum(i.metrics.errors for i in self._informers)),
+            "events": float(sum(i.metrics.events for i in self._informers)),
+            "external_names": float(len(self._externals.snapshot())),
+            "dns_failures": float(self._externals.failures),
         }
+        for kind in self._kinds:
+            out[f"objects_{kind.plural}"] = float(sum(
+                len(i.objects) for i in self._informers if i.kind is kind))
+        if self.last_sync is not None:
+            out["last_sync"] = self.last_sync
+        if self.last_latency is not None:
+            out["last_event_to_table_seconds"] = self.last_latency
+        return out
+
+    def informers(self) -> list[dict[str, Any]]:
+        """One row per informer (kind@namespace), for a detailed status view."""
+        return [
+            {"name": i.name, "synced": i.synced, "objects": len(i.objects),
+             "resource_version": i.resource_version, "lists": i.metrics.lists,
+             "relists": i.metrics.relists, "watches": i.metrics.watches,
+             "watch_restarts": i.metrics.watch_restarts, "events": i.metrics.events,
+             "errors": i.metrics.errors, "last_error": i.metrics.last_error,
+             "last_sync": i.metrics.last_sync}
+            for i in self._informers]

@@ -178,11 +178,13 @@ async def test_initial_sync_then_add_modify_delete(kube_api: FakeApiServer) -> N
         assert [r.prefix for r in table.http] == ["/web"]
     check_versions(pub)
     m = source.metrics()
-    assert m["objects"] == {"services": 1, "endpointslices": 2}
+    assert (m["objects_services"], m["objects_endpointslices"]) == (1, 2)
     assert m["version"] == pub.last.version
+    assert m["synced"] == 1.0
+    assert all(isinstance(v, float) for v in m.values())  # /metrics takes float(v)
     assert m["relists"] == 0
-    assert m["last_sync"] is not None
-    assert m["last_event_to_table_seconds"] is not None
+    assert m["last_sync"] == source.last_sync
+    assert m["last_event_to_table_seconds"] >= 0
 
 
 async def test_empty_cluster_publishes_an_empty_table(kube_api: FakeApiServer) -> None:
@@ -294,7 +296,7 @@ async def test_several_namespaces(kube_api: FakeApiServer) -> None:
         table = await pub.until(lambda t: len(t.backends) == 3)
         assert table.get_backend("b/late:80") is not None
         assert table.get_backend("c/late:80") is None
-    assert len(source.metrics()["informers"]) == 4
+    assert len(source.informers()) == 4
     paths = {r.path for r in kube_api.requests}
     assert "/api/v1/namespaces/a/services" in paths
     assert "/apis/discovery.k8s.io/v1/namespaces/b/endpointslices" in paths
@@ -428,7 +430,7 @@ async def test_list_faults_delay_the_first_table(kube_api: FakeApiServer, name: 
         assert pub.tables == [table]
     # aiohttp itself retries an idempotent request once when a reused connection is reset
     assert 1 <= source.metrics()["errors"] <= 3
-    last_error = {i["name"]: i["last_error"] for i in source.metrics()["informers"]}
+    last_error = {i["name"]: i["last_error"] for i in source.informers()}
     hint = {"403": "RBAC", "404": "--endpoints-api=endpoints"}.get(name, "")
     assert hint in last_error["endpointslices@default"]
 
@@ -477,7 +479,7 @@ async def test_silent_watch_is_detected(no_proxy_env: None) -> None:
             await until_metric(source, "watch_restarts", 2)
             api.store.create("endpointslices", eslice("web", ["10.0.0.1"]))
             await pub.until(has("default/web:80", "10.0.0.1:8080"))
-        assert "silent" in json.dumps(source.metrics()["informers"])
+        assert "silent" in json.dumps(source.informers())
 
 
 async def test_hung_request_is_detected(kube_api: FakeApiServer) -> None:
@@ -534,7 +536,9 @@ async def test_legacy_endpoints_mode(kube_api: FakeApiServer) -> None:
         await pub.until(has("default/web:80", "10.0.0.1:8080"))
         store.put("endpoints", endpoints("web", ["10.0.0.1", "10.0.0.2"]))
         await pub.until(has("default/web:80", "10.0.0.1:8080", "10.0.0.2:8080"))
-    assert source.metrics()["objects"] == {"services": 1, "endpoints": 1}
+    m = source.metrics()
+    assert (m["objects_services"], m["objects_endpoints"]) == (1, 1)
+    assert "objects_endpointslices" not in m
     assert not any("endpointslices" in r.path for r in kube_api.requests)
 
 
