@@ -76,6 +76,9 @@ def idle_verdict(tunnel: bool, now: float, client_at: float, server_at: float,
     must keep talking within `t.client`. Once up, `t.tunnel` supersedes both: the pair
     closes after `tunnel` seconds without a byte in either direction. With `tunnel` 0,
     the client must send within `client` and the server within `server`. 0 disables.
+    (SNI inspection also ends after `t.http_request`, as haproxy's `tcp-request
+    inspect-delay`: the connection then goes to the default backend with what it has.
+    That is the sweep's business, not a verdict.)
     """
     if not tunnel:
         if t.client > 0 and now - client_at >= t.client:
@@ -111,8 +114,9 @@ def sni_backend(frontend: TcpFrontend, host: str | None) -> str | None:
 
 
 def sweep_interval(t: Timeouts) -> float:
-    """A quarter of the smallest inactivity timeout, within [10 ms, 1 s]."""
-    ts = [x for x in (t.client, t.server, t.tunnel) if x > 0]
+    """A quarter of the smallest inactivity timeout (or inspect delay), within
+    [10 ms, 1 s]."""
+    ts = [x for x in (t.client, t.server, t.tunnel, t.http_request) if x > 0]
     if not ts:
         return 1.0
     return min(1.0, max(0.01, min(ts) / 4))
@@ -192,6 +196,7 @@ class _Conn(asyncio.Protocol):
         "backend",
         "bal",
         "bcounters",
+        "born",
         "c_eof",
         "client_at",
         "ct",
@@ -235,6 +240,7 @@ class _Conn(asyncio.Protocol):
         self.down = 0  # bytes server → client
         self.seen_up = 0
         self.seen_down = 0
+        self.born = 0.0
         self.client_at = 0.0
         self.server_at = 0.0
         self.c_eof = False
@@ -250,7 +256,7 @@ class _Conn(asyncio.Protocol):
         fe.conns.add(self)
         self.fcounters.open()
         proxy._nconns += 1
-        self.client_at = proxy.loop.time()
+        self.client_at = self.born = proxy.loop.time()
         proxy._arm_sweep()
         _tune(transport)
         if fe.frontend.sni:
@@ -304,9 +310,9 @@ class _Conn(asyncio.Protocol):
 
     # -- SNI inspection -----------------------------------------------------------------
 
-    def _inspect(self) -> None:
+    def _inspect(self, deadline: bool = False) -> None:
         result = parse_client_hello_sni(self.sbuf)
-        if isinstance(result, NeedMore) and not self.c_eof and \
+        if isinstance(result, NeedMore) and not deadline and not self.c_eof and \
                 len(self.sbuf) <= MAX_CLIENT_HELLO + 5:
             return
         host = None if isinstance(result, NeedMore) else result
@@ -672,9 +678,14 @@ class TcpProxy:
         now = self.loop.time()
         t = self.settings.timeouts
         expired: list[tuple[_Conn, Failure]] = []
+        inspected: list[_Conn] = []
         fes = list(self._frontends.values()) + list(self._draining)
         for fe in fes:
             for c in fe.conns:
+                if c.state is _CONNECTING and not c.backend and t.http_request > 0 and \
+                        now - c.born >= t.http_request:
+                    inspected.append(c)
+                    continue
                 pump = c.pump
                 up, down = (pump.up, pump.down) if pump is not None else (c.up, c.down)
                 if up != c.seen_up:
@@ -689,6 +700,9 @@ class TcpProxy:
         for c, verdict in expired:
             self.stats.fail(verdict)
             c.close()
+        for c in inspected:
+            if c.state is _CONNECTING:
+                c._inspect(deadline=True)
         if self._nconns:
             self._arm_sweep()
 

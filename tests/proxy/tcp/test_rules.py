@@ -65,6 +65,7 @@ def test_sni_backend(fe: TcpFrontend, host: str | None, want: str | None) -> Non
     (Timeouts(), 1.0),  # 50 s / 4 would be 12.5 s: capped at 1 s
     (Timeouts(client=0.2, server=50, tunnel=3600), 0.05),
     (Timeouts(client=0.001, server=0, tunnel=0), 0.01),
+    (Timeouts(client=50, server=50, tunnel=3600, http_request=0.4), 0.1),
     (Timeouts(client=0, server=0, tunnel=0), 1.0),
 ])
 def test_sweep_interval(t: Timeouts, want: float) -> None:

@@ -115,3 +115,19 @@ async def test_sni_inspection_times_out(h: Harness) -> None:
     assert await asyncio.wait_for(r.read(), 10) == b""
     assert p.stats.failures == {Failure.CLIENT_TIMEOUT: 1}
     assert sum(u.accepted for u in ups.values()) == 0
+
+
+async def test_inspect_delay_sends_silent_client_to_default(h: Harness) -> None:
+    async def greet(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"server speaks first")
+        await w.drain()
+        w.write_eof()
+        await r.read()
+
+    dflt = await h.upstream(greet)
+    fe = TcpFrontend("tls", 0, "dflt", sni=(("a.example.com", "dflt"),))
+    p = h.proxy(http_request=0.1)
+    await p.set_table(RouteTable(tcp=(fe,), backends=(Backend("dflt", (dflt.server_model,)),)))
+    r, _w = await h.connect(p)
+    assert await asyncio.wait_for(r.read(), 10) == b"server speaks first"
+    assert p.stats.failures == {}
