@@ -513,3 +513,24 @@ async def test_many_concurrent_connections(h: Harness) -> None:
         await asyncio.sleep(0.01)
     assert len(os.listdir("/proc/self/fd")) == fds + 2 * len(p.pipes)
     assert (len(p.pipes) > 0) == (h.splice is not None)
+
+
+async def test_port_in_use_is_logged_and_retried(h: Harness,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    u = await h.upstream()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    p = h.proxy()
+    try:
+        await p.set_table(table(u.server_model, port=port))
+        assert p.bound_ports() == {}
+        assert "cannot listen" in caplog.text
+    finally:
+        blocker.close()
+    await p.set_table(table(u.server_model, port=port))
+    assert p.bound_ports() == {port: ("127.0.0.1", port)}
+    r, w = await h.connect(p, port)
+    w.write(b"ok")
+    assert await asyncio.wait_for(r.readexactly(2), 10) == b"ok"
