@@ -385,6 +385,8 @@ class ResponseParser(Protocol):
 
     def feed(self, data: bytes) -> None: ...
     def feed_eof(self) -> None: ...
+    def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False
+              ) -> bool: ...
 
 
 def _h11_error(e: h11.ProtocolError, failure: Failure) -> ParseError:
@@ -496,6 +498,9 @@ class H11ResponseParser:
 
     def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
                  max_head: int = 64 * 1024) -> None:
+        self.reset(sink, method, request_upgrade)
+
+    def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False) -> bool:
         self._sink = sink
         self._method = method
         self._request_upgrade = request_upgrade
@@ -503,6 +508,7 @@ class H11ResponseParser:
         self._body: BodyFramer | None = None
         self.upgrade_rest: bytes | None = None
         self.rest = b""
+        return True
 
     def feed(self, data: bytes) -> None:
         while data:
@@ -651,21 +657,34 @@ class HttptoolsRequestParser:
 
 class HttptoolsResponseParser:
     __slots__ = ("_close_delimited", "_done", "_headers", "_headers_seen", "_method", "_p",
-                 "_reason", "_sink", "rest", "upgrade_rest")
+                 "_reason", "_sink", "_stopped", "rest", "upgrade_rest")
 
     def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
                  max_head: int = 64 * 1024) -> None:
         assert httptools is not None
+        self._p = httptools.HttpResponseParser(self)
+        self._stopped = False
+        self.rest = b""
+        self.upgrade_rest: bytes | None = None
+        self._start(sink, method)
+
+    def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False) -> bool:
+        """Parse the next response on the same connection with this parser: True when the
+        last one ended cleanly; else (llhttp was stopped mid-message, or bytes followed)
+        False, and a new parser must be made."""
+        if self._stopped or not self._done or self.rest or self.upgrade_rest is not None:
+            return False
+        self._start(sink, method)
+        return True
+
+    def _start(self, sink: ResponseSink, method: bytes) -> None:
         self._sink = sink
         self._method = method
-        self._p = httptools.HttpResponseParser(self)
         self._headers: Headers = []
         self._reason = b""
         self._done = False
         self._headers_seen = False
         self._close_delimited = False
-        self.upgrade_rest: bytes | None = None
-        self.rest = b""
 
     def feed(self, data: bytes) -> None:
         if self.upgrade_rest is not None:
@@ -727,11 +746,13 @@ class HttptoolsResponseParser:
         self._close_delimited = (not head.no_body and head.content_length is None
                                  and not head.chunked)
         self._sink.on_response(head)
-        if head.no_body and head.status != 101:
-            # llhttp cannot be told the request was HEAD; stop here. What followed in this
-            # read, if anything, is lost with the connection, which is not reused.
+        if self._method == b"HEAD" and head.status != 101:
+            # llhttp cannot be told the request was HEAD; stop here (204 and 304 it knows).
+            # If a length was announced, whether bytes followed in this read is unknown:
+            # the connection is not reused.
             self._done = True
-            if self._method == b"HEAD" and head.content_length:
+            self._stopped = True
+            if head.content_length or head.chunked:
                 self.rest = b"?"
             self._sink.on_response_end()
             raise _StopParsing

@@ -3,8 +3,12 @@
 A connection enters the pool only after a clean exchange (the response said keep-alive,
 ended exactly where its framing said, the request was sent whole). It leaves it when
 taken for a request (most recently used first: the warmest, least likely to have been
-closed by the server), when it has been idle `idle_timeout` seconds, when the server
-closes it, or when its server leaves the route table. At most `per_server` are kept.
+closed by the server), when the server closes it, when its server leaves the route table,
+or when it has been idle `idle_timeout` seconds. At most `per_server` are kept.
+
+Idle time is a timestamp, not a timer per connection (a timer armed and cancelled per
+request costs more than the request's routing): `take` skips connections idle too long,
+and one sweep per pool, every half `idle_timeout` while anything is pooled, closes them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ Key = tuple[str, int]
 
 
 class Pool:
-    __slots__ = ("_idle", "_live", "_loop", "idle_timeout", "per_server")
+    __slots__ = ("_idle", "_live", "_loop", "_sweeper", "idle_timeout", "per_server")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, per_server: int,
                  idle_timeout: float) -> None:
@@ -28,13 +32,17 @@ class Pool:
         self.idle_timeout = idle_timeout
         self._idle: dict[Key, list[UpstreamProtocol]] = {}
         self._live: frozenset[Key] | None = None  # None: every key is live
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def take(self, key: Key) -> UpstreamProtocol | None:
         conns = self._idle.get(key)
+        if not conns:
+            return None
+        stale = self._loop.time() - self.idle_timeout
         while conns:
             conn = conns.pop()
             conn.leave_pool()
-            if conn.usable:
+            if conn.usable and conn.idle_since > stale:
                 return conn
             conn.close()
         return None
@@ -42,17 +50,36 @@ class Pool:
     def put(self, conn: UpstreamProtocol) -> None:
         key = conn.key
         live = self._live
-        conns = self._idle.setdefault(key, [])
+        conns = self._idle.get(key)
+        if conns is None:
+            conns = self._idle[key] = []
         if len(conns) >= self.per_server or not conn.usable or (
                 live is not None and key not in live):
             conn.close()
             return
         conns.append(conn)
-        conn.enter_pool(self, self._loop.call_later(self.idle_timeout, self._expire, conn))
+        conn.enter_pool(self, self._loop.time())
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(self.idle_timeout / 2, self._sweep)
 
-    def _expire(self, conn: UpstreamProtocol) -> None:
-        self.remove(conn)
-        conn.close()
+    def _sweep(self) -> None:
+        self._sweeper = None
+        stale = self._loop.time() - self.idle_timeout
+        left = 0
+        for key in list(self._idle):
+            conns = self._idle[key]
+            keep = [c for c in conns if c.idle_since > stale]
+            for c in conns:
+                if c.idle_since <= stale:
+                    c.leave_pool()
+                    c.close()
+            if keep:
+                self._idle[key] = keep
+                left += len(keep)
+            else:
+                del self._idle[key]
+        if left:
+            self._sweeper = self._loop.call_later(self.idle_timeout / 2, self._sweep)
 
     def remove(self, conn: UpstreamProtocol) -> None:
         conns = self._idle.get(conn.key)
@@ -75,6 +102,9 @@ class Pool:
         return sum(len(v) for v in self._idle.values())
 
     def close_all(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         idle = self._idle
         self._idle = {}
         for conns in idle.values():

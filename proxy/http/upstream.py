@@ -30,8 +30,20 @@ LOW_WATER = 64 * 1024
 
 
 class UpstreamProtocol(asyncio.Protocol):
-    __slots__ = ("_idle_timer", "_pool", "closed", "eof", "got_bytes", "key", "kind", "owner",
-                 "parser", "transport", "tunnel", "uses")
+    __slots__ = (
+        "_pool",
+        "closed",
+        "eof",
+        "got_bytes",
+        "idle_since",
+        "key",
+        "kind",
+        "owner",
+        "parser",
+        "transport",
+        "tunnel",
+        "uses",
+    )
 
     def __init__(self, key: Key, kind: HttpParser) -> None:
         self.key = key
@@ -39,7 +51,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.owner: ClientProtocol | None = None
         self.parser: ResponseParser | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
         self._pool: Pool | None = None
         self.closed = False
         self.eof = False
@@ -54,28 +66,25 @@ class UpstreamProtocol(asyncio.Protocol):
         t = self.transport
         return not self.closed and not self.eof and t is not None and not t.is_closing()
 
-    def enter_pool(self, pool: Pool, timer: asyncio.TimerHandle) -> None:
+    def enter_pool(self, pool: Pool, now: float) -> None:
         self.owner = None
-        self.parser = None
         self._pool = pool
-        self._idle_timer = timer
+        self.idle_since = now
 
     def leave_pool(self) -> None:
         self._pool = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
 
     def begin(self, owner: ClientProtocol, method: bytes, upgrade: bool) -> None:
         """Start an exchange: the next bytes from the server are `owner`'s response."""
         self.owner = owner
         self.got_bytes = False
         self.uses += 1
-        self.parser = response_parser(self.kind, owner, method, upgrade)
+        parser = self.parser
+        if parser is None or not parser.reset(owner, method, upgrade):
+            self.parser = response_parser(self.kind, owner, method, upgrade)
 
     def detach(self) -> None:
         self.owner = None
-        self.parser = None
 
     def close(self) -> None:
         self.closed = True

@@ -369,3 +369,36 @@ async def test_internal_error_ends_one_connection_only(start_proxy: StartProxy,
     c, resp = await roundtrip(r.port, get("/app/ok"))
     await c.close()
     assert resp.status == 200
+
+
+async def test_pooled_connection_idle_timeout(start_proxy: StartProxy) -> None:
+    r = await start_proxy(1, timeouts={"backend_idle": 0.1})
+    c = await RawClient.connect(r.port)
+    try:
+        await c.send(get("/app/a"))
+        assert (await c.read_response()).status == 200
+        assert r.proxy.pool.idle_count() == 1
+        for _ in range(100):  # the sweep runs every backend_idle / 2
+            await asyncio.sleep(0.02)
+            if not r.proxy.pool.idle_count():
+                break
+        assert r.proxy.pool.idle_count() == 0
+        await c.send(get("/app/b"))
+        assert (await c.read_response()).json()["conn"] == 2
+    finally:
+        await c.close()
+
+
+async def test_pool_bounded_per_server(start_proxy: StartProxy) -> None:
+    r = await start_proxy(1, limits={"pool_per_server": 2})
+    clients = [await RawClient.connect(r.port) for _ in range(4)]
+    try:
+        for c in clients:
+            await c.send(get("/app/x?delay=0.1"))
+        for c in clients:
+            assert (await c.read_response()).status == 200
+        assert r.backends[0].connections == 4
+        assert r.proxy.pool.idle_count() == 2
+    finally:
+        for c in clients:
+            await c.close()
