@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import ssl
@@ -25,7 +26,7 @@ from aiohttp import web
 
 from tests.kfake import errors
 from tests.kfake.errors import ApiError, Cause
-from tests.kfake.faults import Faults, Hang, Plan, Reset, Status, Text, abort
+from tests.kfake.faults import Faults, Forbid, Hang, Plan, Reset, Status, Text, abort
 from tests.kfake.patch import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH
 from tests.kfake.resources import RESOURCES, Resource, by_path
 from tests.kfake.selectors import SelectorError, predicate
@@ -36,6 +37,7 @@ from tests.kfake.watch import WatchRequest, WatchSettings, serve_watch
 JsonObj = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PLAN = web.RequestKey("kfake.plan", Plan)
+log = logging.getLogger("tests.kfake")
 
 SERVER_VERSION = {
     "major": "1", "minor": "34", "gitVersion": "v1.34.0-kfake", "gitCommit": "kfake",
@@ -389,11 +391,26 @@ class FakeApiServer:
             auth = request.headers.get("Authorization", "")
             if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
                 return error_response(errors.unauthorized(), extra)
+        if isinstance(act, Forbid):
+            if target is None:
+                return error_response(errors.status(403, "Forbidden", "forbidden"), extra)
+            return error_response(errors.forbidden_request(
+                act.user, verb, target.res.plural, target.res.group, target.namespace or ""),
+                extra)
         try:
             resp = await handler(request)
         except ApiError as e:
             warn = target.res.warning if target else None
             return error_response(e, ([("Warning", warn)] if warn else []) + extra)
+        except web.HTTPException as e:
+            # aiohttp's own answers (unknown path, wrong method) as the real server's Status.
+            reason = {404: "NotFound", 405: "MethodNotAllowed"}.get(e.status, "")
+            message = ("the server could not find the requested resource" if e.status == 404
+                       else e.reason)
+            return error_response(errors.status(e.status, reason, message), extra)
+        except Exception as e:  # a bug in the fake: log it, answer as the real server would
+            log.exception("kfake: unhandled error for %s %s", request.method, request.path)
+            return error_response(errors.internal_error(repr(e)), extra)
         if not resp.prepared:
             for k, v in plan.headers:
                 resp.headers.add(k, v)

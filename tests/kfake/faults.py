@@ -40,6 +40,13 @@ class Text:
 
 
 @dataclass(frozen=True)
+class Forbid:
+    """Answer 403 Forbidden, worded for the request's verb and resource as RBAC words it."""
+
+    user: str = "system:serviceaccount:default:pylb"
+
+
+@dataclass(frozen=True)
 class Delay:
     """Sleep before answering normally (delayed headers)."""
 
@@ -89,7 +96,7 @@ class CutBody:
     """Send the headers and half the body of a normal (non-watch) answer, then reset."""
 
 
-Action = Status | Text | Delay | Hang | Reset | Headers | WatchFault | CutBody
+Action = Status | Text | Forbid | Delay | Hang | Reset | Headers | WatchFault | CutBody
 
 
 def abort(transport: Any) -> None:
@@ -106,13 +113,12 @@ def abort(transport: Any) -> None:
 # ---- builders, for readable tests -----------------------------------------------------------
 
 
-def http(code: int, message: str = "", retry_after: int | None = None) -> Status:
+def http(code: int, message: str = "", retry_after: int | None = None) -> Status | Forbid:
     """The JSON Status the real server sends for `code` (401, 403, 429, 500, 503, 504...)."""
+    if code == 403:
+        return Forbid()
     if code == 401:
         err = errors.unauthorized()
-    elif code == 403:
-        err = errors.forbidden_request("system:serviceaccount:default:pylb", "list", "services",
-                                       "", "default")
     elif code == 429:
         err = errors.too_many_requests(1 if retry_after is None else retry_after)
     elif code == 500:

@@ -1410,3 +1410,31 @@ async def test_delete_answers_status_where_the_registry_does(
     kube_api.store.create("services", svc("web"))
     gone = await client.CoreV1Api(api_client).delete_namespaced_service("web", NS)
     assert gone.kind == "Service" and gone.metadata.name == "web"
+
+
+async def test_forbidden_names_the_verb_and_resource(kube_api: FakeApiServer,
+                                                    http: aiohttp.ClientSession) -> None:
+    kube_api.faults.add(faults.http(403), verb="update")
+    async with http.put("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/pylb",
+                        json=lease_body()) as r:
+        assert r.status == 403
+        body = await r.json()
+    assert body["message"] == (
+        'leases.coordination.k8s.io is forbidden: User "system:serviceaccount:default:pylb" '
+        'cannot update resource "leases" in API group "coordination.k8s.io" in the namespace '
+        '"kube-system"')
+    assert body["details"] == {"group": "coordination.k8s.io", "kind": "leases"}
+
+
+@pytest.mark.parametrize(("method", "path", "code"), [
+    ("GET", "/nope", 404),
+    ("GET", "/apis/nope.example.com/v1/things", 404),
+    ("POST", "/version", 405),
+    ("GET", "/api/v1/namespaces/default/services/web/proxy", 404),
+])
+async def test_every_error_is_a_status(http: aiohttp.ClientSession, method: str, path: str,
+                                      code: int) -> None:
+    async with http.request(method, path) as r:
+        assert r.status == code
+        body = await r.json()
+    assert body["kind"] == "Status" and body["code"] == code
