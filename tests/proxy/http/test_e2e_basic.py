@@ -51,3 +51,31 @@ async def test_no_route_404(start_proxy: StartProxy) -> None:
         assert resp.status == 200
     finally:
         await c.close()
+
+
+async def test_backend_connection_close_not_reused(start_proxy: StartProxy) -> None:
+    r = await start_proxy(1)
+    c = await RawClient.connect(r.port)
+    try:
+        await c.send(get("/app/close"))
+        resp = await c.read_response()
+        assert resp.status == 200 and resp.header("connection") is None  # client kept
+        await c.send(get("/app/next"))
+        resp = await c.read_response()
+        assert resp.json()["conn"] == 2  # a new backend connection
+    finally:
+        await c.close()
+    assert r.proxy.pool.idle_count() == 1
+
+
+async def test_client_connection_close_honoured(start_proxy: StartProxy) -> None:
+    r = await start_proxy(1)
+    c = await RawClient.connect(r.port)
+    try:
+        await c.send(get("/app/x", extra="Connection: close\r\n"))
+        resp = await c.read_response()
+        assert resp.status == 200 and resp.header("connection") == "close"
+        assert await c.at_eof()
+    finally:
+        await c.close()
+    assert r.proxy.pool.idle_count() == 1  # the backend connection is still good
