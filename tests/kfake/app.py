@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.kfake import errors
+from tests.kfake import rv as rvcodec
 from tests.kfake.errors import ApiError, Cause
 from tests.kfake.faults import Faults, Forbid, Hang, Plan, Reset, Status, Text, abort
 from tests.kfake.patch import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH
@@ -199,6 +200,7 @@ class FakeApiServer:
         host: str = "127.0.0.1",
         continue_ttl: float = 300.0,
         tokens: set[str] | None = None,
+        opaque_rv: bool = False,
     ) -> None:
         self.tls = tls
         self.host = host
@@ -208,6 +210,7 @@ class FakeApiServer:
         self.store = Store(history_size, continue_ttl=continue_ttl)
         self.faults = Faults()
         self.tokens = tokens
+        self.opaque_rv = opaque_rv
         self.requests: deque[RequestRecord] = deque(maxlen=10_000)
         self.port = 0
         self.pki: TestPKI | None = TestPKI() if tls else None
@@ -500,18 +503,19 @@ class FakeApiServer:
                 body = await self._body(request, json_only=True)
                 created = store.create(res, body, ns or None) if res.namespaced else \
                     store.create(res, body, "")
-                return json_response(created, 201, headers)
+                return json_response(self._out(created), 201, headers)
             raise errors.method_not_allowed(f"{request.method} is not supported on collections")
         if target.subresource and (target.subresource != "status" or not res.has_status):
             raise errors.status(404, "NotFound", "the server could not find the requested resource")
         assert ns is not None
         if request.method == "GET":
-            return json_response(store.read(res, ns, target.name), 200, headers)
+            return json_response(self._out(store.read(res, ns, target.name)), 200, headers)
         if request.method == "PUT":
             body = await self._body(request, json_only=True)
             existed = store.get(res, ns, target.name) is not None
             out = store.update(res, body, ns, name=target.name, subresource=target.subresource)
-            return json_response(out, 200 if existed or target.subresource else 201, headers)
+            return json_response(self._out(out),
+                                 200 if existed or target.subresource else 201, headers)
         if request.method == "PATCH":
             ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
             if ctype not in (JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH):
@@ -521,13 +525,13 @@ class FakeApiServer:
                 raise errors.unsupported_media_type(ctype)
             patch = await self._body(request, json_only=False)
             out = store.patch(res, ns, target.name, patch, ctype, subresource=target.subresource)
-            return json_response(out, 200, headers)
+            return json_response(self._out(out), 200, headers)
         if request.method == "DELETE":
             body = await self._body(request, json_only=False, optional=True)
             pre = body.get("preconditions") if isinstance(body, dict) else None
             out = store.delete(res, ns, target.name, preconditions=pre)
             if res.return_deleted:
-                return json_response(out, 200, headers)
+                return json_response(self._out(out), 200, headers)
             details: JsonObj = {"name": target.name, "group": res.group, "kind": res.plural,
                                 "uid": out["metadata"]["uid"]}
             if not res.group:
@@ -535,6 +539,13 @@ class FakeApiServer:
             return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
                                   "status": "Success", "details": details}, 200, headers)
         raise errors.method_not_allowed(f"{request.method} is not supported")
+
+    def _out(self, obj: JsonObj) -> JsonObj:
+        return rvcodec.obj_out(obj) if self.opaque_rv else obj
+
+    def _rv_param(self, q: Any) -> str:
+        rv = str(q.get("resourceVersion", ""))
+        return rvcodec.decode(rv) if self.opaque_rv else rv
 
     async def _body(self, request: web.Request, *, json_only: bool,
                     optional: bool = False) -> Any:
@@ -549,10 +560,11 @@ class FakeApiServer:
                 return None
             raise errors.bad_request("the body of the request was empty")
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
         except ValueError as e:
             raise errors.bad_request(
                 f"couldn't get version/kind; json parse error: {e}") from None
+        return rvcodec.body_in(body) if self.opaque_rv else body
 
     def _list(self, target: Target, q: Any, headers: dict[str, str]) -> web.Response:
         res = target.res
@@ -560,7 +572,7 @@ class FakeApiServer:
         if causes:
             raise errors.invalid_list_options(causes)
         cont = q.get("continue", "")
-        rv = q.get("resourceVersion", "")
+        rv = self._rv_param(q)
         if cont and rv:
             raise errors.bad_request(
                 "specifying resource version is not allowed when using continue")
@@ -570,13 +582,15 @@ class FakeApiServer:
             res, target.namespace if res.namespaced else None, match=match,
             resource_version=rv, exact=q.get("resourceVersionMatch") == "Exact",
             limit=max(0, limit), continue_token=cont, selector_used=selected)
-        meta: JsonObj = {"resourceVersion": str(list_rv)}
+        meta: JsonObj = {"resourceVersion": rvcodec.encode(list_rv) if self.opaque_rv
+                         else str(list_rv)}
         if token:
             meta["continue"] = token
             if remaining is not None:
                 meta["remainingItemCount"] = remaining
         return json_response({"kind": res.list_kind, "apiVersion": res.api_version,
-                              "metadata": meta, "items": [_strip_type(o) for o in items]},
+                              "metadata": meta,
+                              "items": [_strip_type(self._out(o)) for o in items]},
                              200, headers)
 
     def _predicate(self, target: Target, q: Any) -> tuple[Callable[[JsonObj], bool], bool]:
@@ -592,7 +606,7 @@ class FakeApiServer:
         causes = _list_option_causes(q, True, self.watch_list_gate)
         if causes:
             raise errors.invalid_list_options(causes)
-        rv = q.get("resourceVersion", "")
+        rv = self._rv_param(q)
         if rv not in ("", "0"):
             try:
                 if int(rv) < 0:
@@ -607,4 +621,4 @@ class FakeApiServer:
         return await serve_watch(request, self.store, target.res,
                                  target.namespace if target.res.namespaced else None, match,
                                  opts, self.settings, plan.watch,
-                                 list(headers.items()) + plan.headers)
+                                 list(headers.items()) + plan.headers, render=self._out)

@@ -22,6 +22,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 
 from tests.kfake import FakeApiServer, faults
+from tests.kfake import rv as rvcodec
 from tests.kfake.app import parse_bool, parse_path
 from tests.kfake.patch import merge_patch, strategic_merge_patch
 from tests.kfake.resources import lookup
@@ -1438,3 +1439,52 @@ async def test_every_error_is_a_status(http: aiohttp.ClientSession, method: str,
         assert r.status == code
         body = await r.json()
     assert body["kind"] == "Status" and body["code"] == code
+
+
+# ---- opaque resourceVersions ----------------------------------------------------------------
+
+
+def test_rv_codec_round_trips_and_is_not_a_number() -> None:
+    seen = [rvcodec.encode(n) for n in range(1, 200)]
+    assert all(s.startswith("r") and len(s) == 9 for s in seen)
+    assert [int(rvcodec.decode(s)) for s in seen] == list(range(1, 200))
+    assert seen != sorted(seen)  # not in revision order
+    assert rvcodec.decode("0") == "0" and rvcodec.decode("") == ""
+    for bad in ("12", "rzzzzzzzz", "r1"):
+        with pytest.raises(Exception, match="invalid resource version"):
+            rvcodec.decode(bad)
+
+
+async def test_opaque_rv_mode_end_to_end(no_proxy_env: None) -> None:
+    async with FakeApiServer(opaque_rv=True, bookmark_interval=0.05,
+                             bookmark_before_deadline=0.0) as api, \
+            client.ApiClient(api.configuration()) as ac:
+        api.store.create("services", svc("web"))
+        v1 = client.CoreV1Api(ac)
+        lst = await v1.list_namespaced_service(NS)
+        assert lst.metadata.resource_version.startswith("r")
+        assert lst.items[0].metadata.resource_version.startswith("r")
+        api.store.create("services", svc("db"))
+        seen = []
+        w = watch.Watch()
+        async with w.stream(v1.list_namespaced_service, NS, allow_watch_bookmarks=True,
+                            resource_version=lst.metadata.resource_version,
+                            timeout_seconds=5) as stream:
+            async for ev in stream:
+                seen.append(ev["type"])
+                if ev["type"] == "BOOKMARK":
+                    break
+        assert seen == ["ADDED", "BOOKMARK"]
+        assert w.resource_version == rvcodec.encode(api.store.rv)
+        co = client.CoordinationV1Api(ac)
+        lease = await co.create_namespaced_lease(NS, raw(lease_body()))
+        lease.spec.renew_time = datetime(2026, 1, 1, 0, 0, 1, 5, tzinfo=UTC)
+        lease.spec.acquire_time = lease.spec.renew_time
+        renewed = await co.replace_namespaced_lease("pylb", NS, lease)
+        with pytest.raises(ApiException) as info:
+            await co.replace_namespaced_lease("pylb", NS, lease)
+        assert info.value.status == 409
+        assert renewed.metadata.resource_version.startswith("r")
+        with pytest.raises(ApiException) as info:
+            await v1.list_namespaced_service(NS, resource_version="12")
+        assert info.value.status == 400

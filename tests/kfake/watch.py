@@ -89,7 +89,8 @@ def encode(etype: str, obj: JsonObj) -> bytes:
 
 class _Stream:
     def __init__(self, resp: web.StreamResponse, request: web.Request,
-                 fault: WatchFault | None) -> None:
+                 fault: WatchFault | None, render: Callable[[JsonObj], JsonObj]) -> None:
+        self.render = render
         self.resp = resp
         self.request = request
         self.fault = fault
@@ -99,6 +100,7 @@ class _Stream:
     async def send(self, etype: str, obj: JsonObj) -> bool:
         """Write one event; False once the stream is over (fault or closed peer)."""
         f = self.fault
+        obj = self.render(obj)
         if f is not None and f.event_delay > 0:
             await asyncio.sleep(f.event_delay)
         if f is not None and f.after is not None and self.sent >= f.after:
@@ -125,6 +127,7 @@ async def serve_watch(
     fault: WatchFault | None,
     headers: list[tuple[str, str]],
     clock: Callable[[], float] = time.monotonic,
+    render: Callable[[JsonObj], JsonObj] = lambda obj: obj,
 ) -> web.StreamResponse:
     rv = opts.resource_version
     # sendInitialEvents, when given, decides; else RV unset or "0" means "state, then changes".
@@ -153,7 +156,7 @@ async def serve_watch(
     resp.enable_chunked_encoding()
     try:
         await resp.prepare(request)
-        stream = _Stream(resp, request, fault)
+        stream = _Stream(resp, request, fault, render)
         if expired is not None:
             await stream.send("ERROR", errors.expired_status_json(expired.body["message"]))
             return _finish(stream)
