@@ -131,6 +131,10 @@ class ExternalNames:
             self.failures += 1
             log.warning("ExternalName %s does not resolve: %s", name, e)
             return None
+        except Exception:  # a resolver bug costs this name, not discovery
+            self.failures += 1
+            log.exception("ExternalName %s: lookup failed", name)
+            return None
 
 
 def external_names(services: Iterable[Mapping[str, Any]]) -> set[str]:

@@ -194,8 +194,11 @@ class KubeSource:
             await asyncio.sleep(interval)
             if not self.synced:
                 continue
-            if await self._externals.refresh(external_names(self._objects(SERVICES))):
-                self._changed()
+            try:
+                if await self._externals.refresh(external_names(self._objects(SERVICES))):
+                    self._changed()
+            except Exception:  # must not end discovery: the next round tries again
+                log.exception("ExternalName refresh failed")
 
     @property
     def last_sync(self) -> float | None:

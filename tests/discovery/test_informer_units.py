@@ -236,3 +236,15 @@ async def test_close_cancels_pending_lookups() -> None:
     await names.ensure({"b.example"}, wait=0)  # a.example no longer wanted: cancelled
     await names.close()
     assert names.snapshot() == {}
+
+
+async def test_a_resolver_bug_costs_only_its_name() -> None:
+    async def buggy(name: str) -> tuple[str, ...]:
+        if name == "bad.example":
+            raise RuntimeError("resolver bug")
+        return ("192.0.2.1",)
+
+    names = ExternalNames(buggy, timeout=1.0)
+    assert await names.ensure({"bad.example", "good.example"})
+    assert names.snapshot() == {"bad.example": (), "good.example": ("192.0.2.1",)}
+    assert names.failures == 1
