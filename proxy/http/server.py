@@ -81,6 +81,7 @@ class ClientProtocol(asyncio.Protocol):
         "_discard",
         "_exclude",
         "_fe",
+        "_feeding",
         "_framing",
         "_gone",
         "_keep",
@@ -149,6 +150,7 @@ class ClientProtocol(asyncio.Protocol):
         self._wbuf: list[bytes] = []
         self._ubuf: list[bytes] = []
         self._close_after = False
+        self._feeding = False  # inside parser.feed: writes to the backend wait for its end
         self._gone = False  # closing: parser events that still come are ignored
         self._reset()
 
@@ -341,12 +343,15 @@ class ClientProtocol(asyncio.Protocol):
         elif kind == _T_KEEPALIVE:
             self._t0 = self._loop.time()
             self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request)
+        self._feeding = True
         try:
             self.parser.feed(data)
         except ParseError as e:
+            self._feeding = False
             self._bad_request(e.failure)
             return
         except Exception:
+            self._feeding = False
             # A bug of ours, not the client's: this connection ends, the worker goes on.
             log.exception("%s: internal error on a connection from %s", self._proxy.frontend,
                           self.client_ip)
@@ -354,6 +359,7 @@ class ClientProtocol(asyncio.Protocol):
             self._drop_upstream()
             self.abort()
             return
+        self._feeding = False
         if self._ubuf:
             self._uflush()
 
@@ -597,7 +603,8 @@ class ClientProtocol(asyncio.Protocol):
         self._ubuf = [self._out_head, *self._pending, *self._ubuf]
         self._pending = []
         self._pending_size = 0
-        self._uflush()
+        if not self._feeding:  # else data_received writes head and body in one go
+            self._uflush()
         self.resume_reading(_P_PENDING)
 
     def _uflush(self) -> None:

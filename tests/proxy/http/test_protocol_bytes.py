@@ -27,6 +27,7 @@ class FakeTransport:
         self.closing = False
         self.reading = True
         self.pauses = 0
+        self.writes = 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": self.peer, "sockname": ("127.0.0.1", 80)}.get(name, default)
@@ -34,6 +35,7 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         assert not self.closing
         self.out += data
+        self.writes += 1
 
     def take(self) -> bytes:
         data = bytes(self.out)
@@ -150,3 +152,13 @@ async def test_stale_pooled_connection_dies_before_response(parser_kind: HttpPar
     assert ct.take().startswith(b"HTTP/1.1 502 ")
     ct.close()
     await proxy.shutdown(0.1)
+
+
+async def test_head_and_body_coalesced(parser_kind: HttpParser) -> None:
+    _, client, ct, up, ut = make(parser_kind)
+    client.data_received(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+    assert ut.writes == 1 and ut.take().endswith(b"\r\n\r\nhello")
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert ct.writes == 1
+    ct.close()
+    await asyncio.sleep(0)
