@@ -10,6 +10,7 @@ responses. Query parameters are decoded as the real server does: booleans are tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -217,6 +218,7 @@ class FakeApiServer:
         self._tmpdir: str | None = None
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
+        self._up = asyncio.Event()
         self._down = False
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -280,20 +282,33 @@ class FakeApiServer:
     async def restart(self, down_for: float = 0.0, *, wipe: bool = False) -> None:
         """Drop all connections, refuse new ones for `down_for` s, come back on the same port.
 
-        `wipe=True` comes back with an empty store whose revision restarts low, so a client
-        resuming from an old resourceVersion gets "too large" (504) answers.
+        The outage ends early when `bring_up()` is called (so a test can hold the server down
+        with a long `down_for` and release it once it has seen what it wanted); `is_down` says
+        whether the listener is closed. `wipe=True` comes back with an empty store whose
+        revision restarts low, so a client resuming from an old resourceVersion gets "too
+        large" (504) answers.
         """
         self._down = True
+        self._up = asyncio.Event()
         self.drop_watches()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
         if down_for > 0:
-            await asyncio.sleep(down_for)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._up.wait(), down_for)
         if wipe:
             old = self.store
             self.store = Store(old.history_size, continue_ttl=old.continue_ttl)
         await self.start()
+
+    def bring_up(self) -> None:
+        """End a `restart()` outage now."""
+        self._up.set()
+
+    @property
+    def is_down(self) -> bool:
+        return self._down and self._runner is None
 
     # ---- client configuration ------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,15 @@ async def http(kube_api: FakeApiServer) -> AsyncIterator[aiohttp.ClientSession]:
 async def api_client(kube_api: FakeApiServer) -> AsyncIterator[client.ApiClient]:
     async with client.ApiClient(kube_api.configuration()) as ac:
         yield ac
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `cond` (bounded in time); fail the test if it never holds."""
+    for _ in range(int(timeout / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
 
 
 async def read_lines(resp: aiohttp.ClientResponse, limit: int = 100) -> list[JsonObj]:
@@ -694,17 +703,19 @@ async def test_no_bookmarks_unless_asked(kube_api: FakeApiServer,
 
 
 async def test_ka_watch_with_timeout_ends_cleanly_and_tracks_bookmark_rv(
-        kube_api: FakeApiServer, api_client: client.ApiClient) -> None:
-    v1 = client.CoreV1Api(api_client)
-    kube_api.store.create("leases", lease_body())
-    w = watch.Watch()
-    types = []
-    async with w.stream(v1.list_namespaced_service, NS, resource_version="1",
-                        allow_watch_bookmarks=True, timeout_seconds=1) as stream:
-        async for ev in stream:
-            types.append(ev["type"])
-    assert types and set(types) == {"BOOKMARK"}
-    assert w.resource_version == str(kube_api.store.rv)
+        no_proxy_env: None) -> None:
+    async with FakeApiServer(bookmark_interval=0.01, bookmark_before_deadline=0.0) as api, \
+            client.ApiClient(api.configuration()) as ac:
+        v1 = client.CoreV1Api(ac)
+        api.store.create("leases", lease_body())
+        w = watch.Watch()
+        types = []
+        async with w.stream(v1.list_namespaced_service, NS, resource_version="1",
+                            allow_watch_bookmarks=True, timeout_seconds=1) as stream:
+            async for ev in stream:
+                types.append(ev["type"])
+        assert types and set(types) == {"BOOKMARK"}
+        assert w.resource_version == str(api.store.rv)
 
 
 async def test_send_initial_events_ends_with_annotated_bookmark(
@@ -733,10 +744,7 @@ async def test_drop_watches_ends_streams_cleanly(kube_api: FakeApiServer,
                                                 http: aiohttp.ClientSession) -> None:
     async with http.get("/api/v1/services", params={"watch": "1"}) as r:
         assert r.status == 200
-        for _ in range(200):
-            if kube_api.store.watcher_count:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: kube_api.store.watcher_count > 0)
         assert kube_api.drop_watches() == 1
         assert await r.content.read() == b""
 
@@ -745,17 +753,10 @@ async def test_closed_client_releases_its_watcher(kube_api: FakeApiServer,
                                                  http: aiohttp.ClientSession) -> None:
     async with http.get("/api/v1/services", params={"watch": "1"}) as r:
         assert r.status == 200
-        for _ in range(200):
-            if kube_api.store.watcher_count:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: kube_api.store.watcher_count > 0)
         assert kube_api.store.watcher_count == 1
         r.close()
-    for _ in range(200):
-        if kube_api.store.watcher_count == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert kube_api.store.watcher_count == 0
+    await until(lambda: kube_api.store.watcher_count == 0)
 
 
 async def test_slow_watcher_is_dropped_when_its_buffer_overflows(kube_api: FakeApiServer) -> None:
@@ -1218,13 +1219,11 @@ async def test_restart_refuses_then_comes_back_with_the_store(
     kube_api.store.create("services", svc("web"))
     port = kube_api.port
     v1 = client.CoreV1Api(api_client)
-    restarting = asyncio.ensure_future(kube_api.restart(down_for=0.3))
-    for _ in range(100):
-        if kube_api._down and kube_api._runner is None:
-            break
-        await asyncio.sleep(0.01)
+    restarting = asyncio.ensure_future(kube_api.restart(down_for=60))
+    await until(lambda: kube_api.is_down)
     with pytest.raises(aiohttp.ClientConnectorError):
         await v1.list_namespaced_service(NS)
+    kube_api.bring_up()
     await restarting
     assert kube_api.port == port
     lst = await v1.list_namespaced_service(NS)
@@ -1323,10 +1322,7 @@ async def test_send_initial_events_false_starts_from_now(no_proxy_env: None) -> 
         async with http.get("/api/v1/services", params={
                 "watch": "1", "sendInitialEvents": "false", "allowWatchBookmarks": "true",
                 "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "5"}) as r:
-            for _ in range(200):
-                if api.store.watcher_count:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: api.store.watcher_count > 0)
             api.store.create("services", svc("new"))
             (ev,) = await read_lines(r, limit=1)
     assert (ev["type"], ev["object"]["metadata"]["name"]) == ("ADDED", "new")
