@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from typing import Any, cast
@@ -66,6 +67,11 @@ DEFAULT_SPLICE_THRESHOLD = 256 * 1024
 PIPE_SIZE = 256 * 1024
 
 _CONNECTING, _TUNNEL, _SPLICE, _CLOSED = range(4)
+
+# connect() errors that mean this process is overloaded (trio's list for accept, plus
+# EADDRNOTAVAIL: no ephemeral port left), not that the server is down.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS,
+                          errno.EADDRNOTAVAIL})
 
 
 def idle_verdict(tunnel: bool, now: float, client_at: float, server_at: float,
@@ -360,6 +366,7 @@ class _Conn(asyncio.Protocol):
             sc = proxy.stats.server(self.backend, server.label)
             sc.lbtot += 1
             up = _Upstream(self)
+            local: OSError | None = None
             try:
                 async with asyncio.timeout(timeout if timeout > 0 else None):
                     await loop.create_connection(lambda up=up: up,  # type: ignore[misc]
@@ -367,19 +374,28 @@ class _Conn(asyncio.Protocol):
                 failure = None
             except TimeoutError:
                 failure = Failure.CONNECT_TIMEOUT
-            except OSError:
+            except OSError as e:
                 failure = Failure.CONNECT_FAILED
+                local = e if e.errno in LOCAL_ERRNOS else None
             if self.state is _CLOSED:
                 if failure is None and up.transport is not None:
                     up.transport.abort()
                 return
             if failure is None:
                 break
-            bal.failed(server)
             bal.release(server)
-            sc.conn_errors += 1
             self.bcounters.conn_errors += 1
             proxy.stats.fail(failure)
+            if local is not None:
+                # Out of fds, memory or ports here: not the server's fault, and no other
+                # server would fare better. Shed this connection; blame no one.
+                proxy._log_overload(local)
+                self.server = None
+                self.task = None
+                self.abort(None)
+                return
+            bal.failed(server)
+            sc.conn_errors += 1
             exclude.add(server.key)
             nxt = bal.pick(client_ip, exclude) if attempt + 1 < attempts else None
             if nxt is None:
@@ -581,6 +597,7 @@ class TcpProxy:
         self._sweep: asyncio.TimerHandle | None = None
         self._table = RouteTable()
         self._lock = asyncio.Lock()  # set_table calls do not interleave their awaits
+        self._overload_logged = -1e9
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -665,6 +682,13 @@ class TcpProxy:
             self._sweep.cancel()
             self._sweep = None
         self.pipes.close()
+
+    def _log_overload(self, exc: OSError) -> None:
+        now = self.loop.time()
+        if now >= self._overload_logged + 1.0:  # at most once a second
+            self._overload_logged = now
+            log.warning("tcp: shedding connections, cannot connect to backends: %s "
+                        "(%d open)", exc, self._nconns)
 
     # -- inactivity sweep ---------------------------------------------------------------
 
