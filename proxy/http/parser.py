@@ -567,7 +567,8 @@ class H11ResponseParser:
         _check_head_bytes(raw, Failure.BAD_RESPONSE)
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=len(raw) + 1)
         conn.send(_dummy_request(self._method, self._request_upgrade))
-        conn.send(_END)
+        if self._request_upgrade:
+            conn.send(_END)  # h11 accepts a 101 only once the request is complete
         conn.receive_data(raw)
         try:
             ev = conn.next_event()
