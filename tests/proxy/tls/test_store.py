@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
 import ssl
 import warnings
@@ -299,3 +300,22 @@ def test_expiry_warning_once_a_day(ca: trustme.CA, tmp_path: Path,
     assert "expires in 13 days" in messages[0]
     assert "expires in 12 days" in messages[1]
     assert "EXPIRED" in messages[2] and "a.pem" in messages[2]
+
+
+def test_configured_certificate_wins_over_self_signed(cert_dir: Path) -> None:
+    store = TlsStore(TlsSettings(cert=str(cert_dir)), need_tls=True)
+    assert not any(c.self_signed for c in store.certificates())
+    assert len(store.certificates()) == 3
+
+
+def test_reloads_leak_no_file_descriptors(ca: trustme.CA, tmp_path: Path) -> None:
+    p = write_leaf(ca, tmp_path / "a.pem", "a.example")
+    store = TlsStore(TlsSettings(cert=str(p)))
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+    for i in range(20):
+        write_leaf(ca, tmp_path / "new.pem", f"n{i}.example")
+        os.replace(tmp_path / "new.pem", p)  # a new inode, as atomic writers do
+        assert store.reload_if_changed()
+    assert store.certificates()[0].names == ("n19.example",)
+    if fds:
+        assert len(os.listdir("/proc/self/fd")) == fds
