@@ -136,7 +136,8 @@ async def test_client_ca_change_is_picked_up(ca: trustme.CA, tmp_path: Path) -> 
     ctx = client_context(ca, check_hostname=False, client_cert=new_client)
     async with echo_server(store.server_context()) as srv:
         assert await refused(srv.port, ctx, "a.example")
-        ca_file.write_bytes(new_ca.cert_pem.bytes() + b"\n")
+        (tmp_path / "new-ca.pem").write_bytes(new_ca.cert_pem.bytes())
+        os.replace(tmp_path / "new-ca.pem", ca_file)
         assert store.reload_if_changed()
         async with connection(srv.port, ctx, "a.example") as conn:
             assert await conn.echo() == b"ping"
