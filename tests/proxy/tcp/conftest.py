@@ -98,11 +98,11 @@ class Harness:
         return u
 
     def proxy(self, settings: Settings | None = None, host: str = "127.0.0.1",
-              **timeouts: float) -> TcpProxy:
+              reuse_port: bool = False, **timeouts: float) -> TcpProxy:
         s = settings or Settings()
         if timeouts:
             s = replace(s, timeouts=replace(s.timeouts, **timeouts))
-        p = TcpProxy(s, Stats(), Balancers(s.limits), host=host,
+        p = TcpProxy(s, Stats(), Balancers(s.limits), host=host, reuse_port=reuse_port,
                      splice_threshold=self.splice)
         self.proxies.append(p)
         return p

@@ -534,3 +534,17 @@ async def test_port_in_use_is_logged_and_retried(h: Harness,
     r, w = await h.connect(p, port)
     w.write(b"ok")
     assert await asyncio.wait_for(r.readexactly(2), 10) == b"ok"
+
+
+async def test_reuse_port_lets_workers_share_a_port(h: Harness) -> None:
+    u = await h.upstream()
+    port = free_port()
+    proxies = [h.proxy(reuse_port=True) for _ in range(2)]
+    for p in proxies:
+        await p.set_table(table(u.server_model, port=port))
+    assert all(p.bound_ports() == {port: ("127.0.0.1", port)} for p in proxies)
+    for i in range(8):
+        r, w = await h.connect(proxies[0], port)
+        w.write(b"%d" % i)
+        assert await asyncio.wait_for(r.readexactly(1), 10) == b"%d" % i
+    assert sum(p.stats.frontend("svc").total_conns for p in proxies) == 8
