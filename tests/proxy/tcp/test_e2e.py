@@ -16,7 +16,15 @@ from proxy.tcp import proxyproto
 from proxy.tcp.proxy import HIGH_WATER, PIPE_SIZE, TcpProxy, _Conn
 from pylb.config import Limits, Settings
 from pylb.failures import Failure
-from pylb.model import ProxyProtocol, RouteTable, Server
+from pylb.model import (
+    Affinity,
+    Algorithm,
+    Backend,
+    ProxyProtocol,
+    RouteTable,
+    Server,
+    TcpFrontend,
+)
 from tests.conftest import free_port
 from tests.proxy.tcp.conftest import BACKEND, Harness, echo, table
 
@@ -548,3 +556,31 @@ async def test_reuse_port_lets_workers_share_a_port(h: Harness) -> None:
         w.write(b"%d" % i)
         assert await asyncio.wait_for(r.readexactly(1), 10) == b"%d" % i
     assert sum(p.stats.frontend("svc").total_conns for p in proxies) == 8
+
+
+@pytest.mark.parametrize(("algorithm", "affinity"), [
+    (Algorithm.SOURCE, Affinity.NONE), (Algorithm.ROUNDROBIN, Affinity.CLIENT_IP)])
+async def test_client_ip_stickiness(h: Harness, algorithm: Algorithm,
+                                    affinity: Affinity) -> None:
+    ups = [await h.upstream() for _ in range(3)]
+    p = h.proxy()
+    await p.set_table(RouteTable(
+        tcp=(TcpFrontend("svc", 0, BACKEND),),
+        backends=(Backend(BACKEND, tuple(u.server_model for u in ups), algorithm=algorithm,
+                          affinity=affinity),)))
+    for _ in range(6):
+        r, w = await h.connect(p)
+        w.write(b"s")
+        assert await asyncio.wait_for(r.readexactly(1), 10) == b"s"
+    assert sorted(u.accepted for u in ups) == [0, 0, 6]  # one client address, one server
+
+
+async def test_roundrobin_spreads(h: Harness) -> None:
+    ups = [await h.upstream() for _ in range(3)]
+    p = h.proxy()
+    await p.set_table(table(*(u.server_model for u in ups)))
+    for _ in range(6):
+        r, w = await h.connect(p)
+        w.write(b"s")
+        assert await asyncio.wait_for(r.readexactly(1), 10) == b"s"
+    assert [u.accepted for u in ups] == [2, 2, 2]
