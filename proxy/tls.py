@@ -55,7 +55,8 @@ from proxy.certs import (
 )
 from pylb.config import SslVerify, TlsSettings
 
-__all__ = ["EXPIRY_WARNING_DAYS", "TLS12_CIPHERS", "CertInfo", "CertificateError", "TlsStore"]
+__all__ = ["EXPIRY_WARNING_DAYS", "TLS12_CIPHERS", "CertInfo", "CertificateError", "TlsStore",
+           "self_signed_names"]
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,18 @@ class TlsStore:
     """
 
     def __init__(self, settings: TlsSettings, *, need_tls: bool = False,
-                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+                 clock: Callable[[], dt.datetime] = utcnow,
+                 self_signed_pem: bytes | None = None) -> None:
+        """`self_signed_pem`: the fallback certificate to serve instead of generating one
+        (the controller makes it once with `generate_self_signed` and hands it to every
+        worker, so that all connections see the same certificate)."""
         self.settings = settings
         self._clock = clock
         self._front: ssl.SSLContext | None = None
         self._refused: Fingerprint | None = None
         self._gen: _Generation | None = None
         self._warned: dict[str, int] = {}  # fingerprint -> day (ordinal) last warned
+        self.self_signed_pem: bytes | None = None  # the fallback in use, if any
         if settings.cert is not None:
             self._gen = self._build(self._fingerprint())
             for info in self._gen.infos:
@@ -132,7 +138,7 @@ class TlsStore:
                 for w in info.warnings:
                     log.warning("TLS certificate %s: %s", info.path, w)
         elif need_tls:
-            self._gen = self._self_signed()
+            self._gen = self._self_signed(self_signed_pem)
 
     @property
     def enabled(self) -> bool:
@@ -313,18 +319,26 @@ class TlsStore:
         return _Generation(default=contexts[0], exact=exact, wildcard=wildcard,
                            infos=tuple(p.info for p in loaded), fingerprint=fp)
 
-    def _self_signed(self) -> _Generation:
-        names = list(dict.fromkeys(["localhost", socket.gethostname().lower()]))
+    def _self_signed(self, pem: bytes | None) -> _Generation:
         now = self._clock()
-        pem = generate_self_signed(names, now=now)
-        key_start = pem.index(b"-----BEGIN PRIVATE KEY-----")
+        if pem is None:
+            pem = generate_self_signed(self_signed_names(), now=now)
+        self.self_signed_pem = pem
+        key_start = pem.find(b"-----BEGIN PRIVATE KEY-----")
+        if key_start < 0:
+            raise CertificateError("(self-signed): no PKCS#8 private key in the PEM given")
         loaded = check_pem_bytes(pem[:key_start], [pem[key_start:]], "(self-signed)", now)
         log.warning("TLS: no --ssl-cert given and a service needs TLS; serving a "
                     "self-signed certificate for %s that clients will not trust",
-                    ", ".join(names))
+                    ", ".join(loaded.info.names))
         ctx = self._context_for(loaded)
         return _Generation(default=ctx, exact={}, wildcard={}, infos=(loaded.info,),
                            fingerprint=())
+
+
+def self_signed_names() -> list[str]:
+    """The names of the self-signed fallback: localhost and this host's name."""
+    return list(dict.fromkeys(["localhost", socket.gethostname().lower()]))
 
 
 def _stat(path: str) -> Stat:

@@ -231,6 +231,17 @@ async def test_self_signed_fallback(caplog: pytest.LogCaptureFixture) -> None:
     assert not store.reload_if_changed()
 
 
+def test_self_signed_made_once_is_shared_by_workers() -> None:
+    first = TlsStore(TlsSettings(), need_tls=True)
+    assert first.self_signed_pem is not None
+    second = TlsStore(TlsSettings(), need_tls=True, self_signed_pem=first.self_signed_pem)
+    third = TlsStore(TlsSettings(), need_tls=True)
+    fp = [s.certificates()[0].fingerprint_sha256 for s in (first, second, third)]
+    assert fp[0] == fp[1] != fp[2]
+    with pytest.raises(CertificateError, match="self-signed"):
+        TlsStore(TlsSettings(), need_tls=True, self_signed_pem=b"garbage")
+
+
 def test_no_certificate_and_no_need_means_closed() -> None:
     store = TlsStore(TlsSettings())
     assert not store.enabled
