@@ -19,7 +19,13 @@ a reload; the next handshake sees the new certificate. A new file that fails any
 refused with an ERROR log and the old generation stays; the same broken state is logged
 once, not on every poll. Changes are noticed by `stat()` through symlinks, which catches
 Kubernetes' secret-volume update (a new timestamped directory, then an atomic rename of
-the `..data` symlink): inode, size and mtime of the files seen through it change.
+the `..data` symlink): inode, size and mtime of the files seen through it change. The
+client CA file (`--ssl-ca-cert`) is watched and reloaded the same way.
+
+TLS 1.2 session IDs are cached on the front context (OpenSSL keeps the cache of the context
+a connection started on), so a client resuming a session within OpenSSL's 300 s session
+lifetime after a reload keeps what it had: the old certificate and the old client
+verification. TLS 1.3 resumption needs tickets, which are off by default.
 
 Every context is configured the same way, because after the switch OpenSSL takes the
 verify store, ALPN selection and ticket policy from the context switched to: TLS 1.2 and
