@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,13 @@ import trustme
 
 from proxy.tls import TlsStore
 from pylb.config import TlsSettings
-from tests.proxy.tls.helpers import client_context, connection, echo_server, refused
+from tests.proxy.tls.helpers import (
+    client_context,
+    common_name,
+    connection,
+    echo_server,
+    refused,
+)
 
 
 class SecretVolume:
@@ -160,3 +168,29 @@ async def test_watch_reloads_in_the_background(ca: trustme.CA, tmp_path: Path) -
         with pytest.raises(asyncio.CancelledError):
             await task
     assert await TlsStore(TlsSettings(), need_tls=True).watch(0.01) is None  # nothing to watch
+
+
+async def test_tls12_session_resumed_after_reload_keeps_old_certificate(
+        ca: trustme.CA, tmp_path: Path) -> None:
+    """What the theory of operation says: the session cache outlives a reload."""
+    p = tmp_path / "a.pem"
+    files = SecretVolume.tls(ca, "old.example")
+    p.write_bytes(files["tls.crt"] + files["tls.key"])
+    store = TlsStore(TlsSettings(cert=str(p)))
+    ctx = client_context(ca, check_hostname=False, max_version=ssl.TLSVersion.TLSv1_2)
+    async with echo_server(store.server_context()) as srv:
+        async with connection(srv.port, ctx, "site.example") as first:
+            session = first.sslobj.session
+        new = SecretVolume.tls(ca, "new.example")
+        (tmp_path / "b.pem").write_bytes(new["tls.crt"] + new["tls.key"])
+        os.replace(tmp_path / "b.pem", p)
+        assert store.reload_if_changed()
+        assert session is not None
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            resumed = await asyncio.to_thread(ctx.wrap_socket, sock,
+                                              server_hostname="site.example", session=session)
+            with resumed:
+                assert resumed.session_reused
+                assert common_name(resumed.getpeercert(binary_form=True)) == "old.example"
+        async with connection(srv.port, ctx, "site.example") as fresh:
+            assert fresh.peer_cn() == "new.example"
