@@ -85,6 +85,7 @@ The rules, each with its reason:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -220,13 +221,60 @@ def _opt_bool(value: Any, default: bool, what: str) -> bool:
     return value
 
 
-def _ip(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"{what} is not a string")
+@functools.lru_cache(maxsize=1 << 18)
+def _canonical_ip(value: str) -> str | None:
+    """The canonical text of an IP address, or None. Cached: a big cluster has 100,000
+    endpoints, each parsed again on every table rebuild, and ipaddress is slow."""
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise _Bad(f"{what} {value!r} is not an IP address") from None
+        return None
+
+
+def _ip(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"{what} is not a string")
+    ip = _canonical_ip(value)
+    if ip is None:
+        raise _Bad(f"{what} {value!r} is not an IP address")
+    return ip
+
+
+def _plain_endpoint(ep: Any) -> tuple[str, int, str] | None:
+    """The common, well-formed endpoint — (address, state, pod name) — read without
+    building the error context strings the careful path needs; None sends it down that
+    path (which also owns every error message)."""
+    if type(ep) is not dict:
+        return None
+    addresses = ep.get("addresses")
+    if type(addresses) is not list or not addresses or type(addresses[0]) is not str:
+        return None
+    address = _canonical_ip(addresses[0])
+    cond = ep.get("conditions")
+    if cond is None:
+        cond = {}
+    ref = ep.get("targetRef")
+    if address is None or type(cond) is not dict or (ref is not None and type(ref) is not dict):
+        return None
+    ready, serving, terminating = (cond.get("ready"), cond.get("serving"),
+                                   cond.get("terminating"))
+    ready = True if ready is None else ready
+    serving = True if serving is None else serving
+    terminating = False if terminating is None else terminating
+    if type(ready) is not bool or type(serving) is not bool or type(terminating) is not bool:
+        return None
+    name = "" if ref is None else ref.get("name", "")
+    if name is None:
+        name = ""
+    if type(name) is not str:
+        return None
+    if terminating:
+        state = _DRAINING if serving else -1
+    elif ready:
+        state = _READY
+    else:
+        state = _NOT_READY if serving else -1
+    return address, state, name
 
 
 # -- annotations -----------------------------------------------------------------------------
@@ -475,6 +523,12 @@ def _slice_endpoints(slices: Iterable[Any], port: _Port, found: Found) -> None:
         numbers = [n for name, n in _endpoint_ports(sl.get("ports"), what)
                    if _port_matches(port, name, n)]
         for ei, ep in enumerate(_opt_list(sl.get("endpoints"), f"{what} endpoints")):
+            plain = _plain_endpoint(ep)
+            if plain is not None:
+                if plain[1] >= 0:
+                    for n in numbers:
+                        _add(found, plain[0], n, plain[1], plain[2])
+                continue
             ew = f"{what} endpoints[{ei}]"
             ep = _dict(ep, ew)
             addresses = _opt_list(ep.get("addresses"), f"{ew}.addresses")
