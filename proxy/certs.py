@@ -132,6 +132,8 @@ def check_pem_bytes(data: bytes, key_blocks: Sequence[bytes], path: str,
     """Check PEM `data` (certificates) with `key_blocks` (PEM private keys) read from
     `path`; errors name `path`."""
     now = now or utcnow()
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=dt.UTC)  # a naive time is taken as UTC, as X.509 times are
     cert_blocks = _blocks(data, lambda label: label == b"CERTIFICATE")
     if not cert_blocks:
         if b"-----BEGIN" not in data:

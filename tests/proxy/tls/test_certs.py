@@ -45,6 +45,7 @@ def test_good_file_gives_names_expiry_and_key(ca: trustme.CA, tmp_path: Path) ->
     assert not info.self_signed
     assert info.warnings == ()
     assert info.at(NOW + dt.timedelta(days=31)).days_left == -1
+    assert check_pem(str(p), NOW.replace(tzinfo=None)).days_left == 30  # naive = UTC
 
 
 def test_rsa_key_and_intermediate_chain(tmp_path: Path) -> None:
