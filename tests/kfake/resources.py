@@ -22,6 +22,7 @@ from tests.kfake.errors import (
     required,
     too_long,
 )
+from tests.kfake.selectors import LABEL_KEY_RE, LABEL_VALUE_RE
 
 JsonObj = dict[str, Any]
 Validator = Callable[[JsonObj, "JsonObj | None"], list[Cause]]
@@ -51,6 +52,62 @@ def ip_version(text: Any) -> int:
         return ipaddress.ip_address(text).version
     except ValueError:
         return 0
+
+
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_NAME_RULES: dict[str, tuple[re.Pattern[str], int, str]] = {
+    "dns1035": (_DNS1035, 63,
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-', "
+                "start with an alphabetic character, and end with an alphanumeric character "
+                "(e.g. 'my-name',  or 'abc-123', regex used for validation is "
+                "'[a-z]([-a-z0-9]*[a-z0-9])?')"),
+    "label": (_DNS1123_LABEL, 63,
+              "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or "
+              "'-', and must start and end with an alphanumeric character (e.g. 'my-name',  or "
+              "'123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"),
+    "subdomain": (_DNS1123_SUBDOMAIN, 253,
+                  "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                  "characters, '-' or '.', and must start and end with an alphanumeric character "
+                  "(e.g. 'example.com', regex used for validation is "
+                  "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+}
+_LABEL_VALUE_MSG = (
+    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
+    "'.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or "
+    "'my_value',  or '12345', regex used for validation is "
+    "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+)
+
+
+def validate_meta(res: Resource, obj: JsonObj) -> list[Cause]:
+    """ObjectMeta rules shared by every kind: the name's format, label and annotation keys."""
+    causes: list[Cause] = []
+    meta = obj.get("metadata") or {}
+    name = meta.get("name") or ""
+    pattern, limit, message = _NAME_RULES[res.name_rule]
+    if name and (len(name) > limit or not pattern.fullmatch(name)):
+        causes.append(invalid("metadata.name", name, message))
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        return [*causes, invalid("metadata.labels", labels, "must be a map of strings")]
+    for key, value in labels.items():
+        if not LABEL_KEY_RE.match(key) or len(key.rsplit("/", 1)[-1]) > 63:
+            causes.append(invalid("metadata.labels", key, "name part must consist of "
+                                  "alphanumeric characters, '-', '_' or '.'"))
+        if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE_RE.match(value):
+            causes.append(invalid("metadata.labels", value, _LABEL_VALUE_MSG))
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        return [*causes, invalid("metadata.annotations", annotations, "must be a map")]
+    for key, value in annotations.items():
+        if not LABEL_KEY_RE.match(key):
+            causes.append(invalid("metadata.annotations", key, "name part must consist of "
+                                  "alphanumeric characters, '-', '_' or '.'"))
+        if not isinstance(value, str):
+            causes.append(invalid("metadata.annotations", value, "must be a string"))
+    return causes
 
 
 class DecodeError(ValueError):
@@ -87,6 +144,7 @@ class Resource:
     unconditional_update: bool = True
     generation: bool = False
     return_deleted: bool = False  # DELETE answers the object (else a Success Status)
+    name_rule: str = "subdomain"  # "dns1035" (services), "label" (namespaces), "subdomain"
     time_fields: tuple[tuple[str, ...], ...] = ()
     microtime_fields: tuple[tuple[str, ...], ...] = ()
     warning: str | None = None
@@ -427,6 +485,7 @@ def _validate_events_v1(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
 
 RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "services", "Service", has_status=True, return_deleted=True,
+             name_rule="dns1035",
              validate=_validate_service, default=_default_service),
     Resource("", "v1", "endpoints", "Endpoints", warning=ENDPOINTS_WARNING,
              create_on_update=True, validate=_validate_endpoints, default=_default_endpoints),
@@ -446,7 +505,7 @@ RESOURCES: tuple[Resource, ...] = (
              validate=_validate_events_v1),
     Resource("", "v1", "pods", "Pod", has_status=True, generation=True, return_deleted=True),
     Resource("", "v1", "namespaces", "Namespace", namespaced=False, has_status=True,
-             return_deleted=True),
+             return_deleted=True, name_rule="label"),
 )
 
 _BY_KEY = {r.key: r for r in RESOURCES}

@@ -11,11 +11,11 @@ from typing import Any
 
 JsonObj = dict[str, Any]
 
-_KEY_RE = re.compile(
+LABEL_KEY_RE = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
-_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
 class SelectorError(ValueError):
@@ -73,7 +73,7 @@ def _split_top(text: str) -> list[str]:
 
 
 def _check_key(key: str) -> str:
-    if not _KEY_RE.match(key) or len(key.rsplit("/", 1)[-1]) > 63:
+    if not LABEL_KEY_RE.match(key) or len(key.rsplit("/", 1)[-1]) > 63:
         raise SelectorError(
             f'unable to parse requirement: key: Invalid value: "{key}": name part must consist '
             "of alphanumeric characters, '-', '_' or '.'"
@@ -82,7 +82,7 @@ def _check_key(key: str) -> str:
 
 
 def _check_value(value: str) -> str:
-    if not _VALUE_RE.match(value):
+    if not LABEL_VALUE_RE.match(value):
         raise SelectorError(
             f'unable to parse requirement: values[0][]: Invalid value: "{value}": a valid label '
             "must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"

@@ -36,7 +36,15 @@ from typing import Any, TypeVar, cast
 
 from tests.kfake import errors
 from tests.kfake.errors import Cause
-from tests.kfake.resources import Allocator, DecodeError, Resource, check_times, lookup
+from tests.kfake.patch import apply_patch
+from tests.kfake.resources import (
+    Allocator,
+    DecodeError,
+    Resource,
+    check_times,
+    lookup,
+    validate_meta,
+)
 
 JsonObj = dict[str, Any]
 ObjKey = tuple[str, str]
@@ -444,8 +452,6 @@ class Store:
         subresource: str = "",
     ) -> JsonObj:
         """PATCH: apply to the stored object; a resourceVersion in the result is a precondition."""
-        from tests.kfake.patch import apply_patch
-
         res = self.resource(which)
         ns = self._ns(res, namespace)
         if subresource and (subresource != "status" or not res.has_status):
@@ -624,11 +630,12 @@ class Store:
     def _prepare(self, res: Resource, body: JsonObj, old: JsonObj | None) -> None:
         if res.default is not None:
             res.default(body, old, self._alloc)
+        causes: list[Cause] = validate_meta(res, body)
         if res.validate is not None:
-            causes: list[Cause] = res.validate(body, old)
-            if causes:
-                name = (body.get("metadata") or {}).get("name") or ""
-                raise errors.invalid_object(res.kind, res.group, name, causes)
+            causes += res.validate(body, old)
+        if causes:
+            name = (body.get("metadata") or {}).get("name") or ""
+            raise errors.invalid_object(res.kind, res.group, name, causes)
 
     def _commit(
         self, res: Resource, ns: str, name: str, etype: str, obj: JsonObj, prev: JsonObj | None

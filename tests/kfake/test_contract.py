@@ -21,7 +21,7 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 
-from tests.kfake import FakeApiServer, faults
+from tests.kfake import ApiError, FakeApiServer, faults
 from tests.kfake import rv as rvcodec
 from tests.kfake.app import parse_bool, parse_path
 from tests.kfake.patch import merge_patch, strategic_merge_patch
@@ -34,7 +34,7 @@ from tests.kfake.selectors import (
     parse_label_selector,
     predicate,
 )
-from tests.kfake.store import Change
+from tests.kfake.store import Change, Store
 from tests.kfake.watch import convert, next_bookmark_time
 
 JsonObj = dict[str, Any]
@@ -1484,3 +1484,47 @@ async def test_opaque_rv_mode_end_to_end(no_proxy_env: None) -> None:
         with pytest.raises(ApiException) as info:
             await v1.list_namespaced_service(NS, resource_version="12")
         assert info.value.status == 400
+
+
+@pytest.mark.parametrize(("which", "name", "ok"), [
+    ("services", "web-1", True),
+    ("services", "1web", False),       # DNS-1035: starts with a letter
+    ("services", "web.x", False),
+    ("services", "Web", False),
+    ("leases", "kube-system.pylb", True),  # DNS-1123 subdomain
+    ("leases", "pylb-", False),
+    ("endpointslices", "x" * 254, False),
+])
+def test_object_names_are_validated(which: str, name: str, ok: bool) -> None:
+    body: JsonObj = {"metadata": {"name": name, "namespace": NS}}
+    if which == "services":
+        body["spec"] = {"ports": [{"port": 80}]}
+    elif which == "leases":
+        body["spec"] = {}
+    else:
+        body["addressType"] = "IPv4"
+    store = Store()
+    if ok:
+        store.create(which, body)
+        return
+    with pytest.raises(ApiError) as info:
+        store.create(which, body)
+    assert info.value.code == 422
+    assert [c["field"] for c in info.value.body["details"]["causes"]] == ["metadata.name"]
+
+
+@pytest.mark.parametrize(("labels", "ok"), [
+    ({"app": "web", "kubernetes.io/service-name": "web"}, True),
+    ({"app": ""}, True),
+    ({"app": "-web"}, False),
+    ({"bad key": "x"}, False),
+    ({"app": "x" * 64}, False),
+])
+def test_labels_are_validated(labels: dict[str, str], ok: bool) -> None:
+    body = svc("web", labels=labels)
+    if ok:
+        Store().create("services", body)
+        return
+    with pytest.raises(ApiError) as info:
+        Store().create("services", body)
+    assert info.value.code == 422
