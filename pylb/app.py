@@ -176,6 +176,7 @@ class Controller:
             leader=self.leader,
             discovery_synced=bool(getattr(self.source, "synced", False)),
             discovery_metrics=metrics,
+            discovery_last_sync=getattr(self.source, "last_sync", None),
             certificates=certs,
             table_version=self.table.version,
             table_age=(time.time() - self.table_time) if self.table_time else None,
@@ -261,10 +262,15 @@ class Controller:
                  __version__, s.http_port, s.stats_port, s.health_port, s.workers)
         stop = loop.create_task(self._stopped.wait())
         done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        failure: BaseException | None = None
         for t in done:
-            if t is not stop and t.exception() is not None:
-                log.error("%s failed: %r", t.get_name(), t.exception())
+            if t is not stop and not t.cancelled() and t.exception() is not None:
+                failure = t.exception()
+                log.error("%s failed: %s", t.get_name(), failure)
+        stop.cancel()
         await self.shutdown()
+        if failure is not None:  # e.g. no cluster configuration: say so and exit non-zero
+            raise StartupError(f"{failure}") from failure
 
     def stop(self) -> None:
         """Begin the graceful shutdown (as SIGTERM does)."""

@@ -84,8 +84,7 @@ class _Echo(asyncio.Protocol):
         self.transport.write(data)
 
     def eof_received(self) -> bool:
-        self.transport.write_eof()
-        return True
+        return False  # the client is done: flush what it sent back, then close
 
 
 async def start_name_server(name: str, host: str = "127.0.0.1",
