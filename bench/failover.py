@@ -1,6 +1,6 @@
 """Failover time of `pylb elect` processes against the fake API server (not a test).
 
-    python -m tests.election.failover_bench [--ttl 10s] [--rounds 3] [--candidates 3]
+    python -m bench.failover [--ttl 10s] [--rounds 3] [--candidates 3]
 
 Starts the fake API server and N sidecar processes, then, round after round, kills the
 leader with SIGKILL (no release: the others wait out the lease) or stops it with SIGTERM
@@ -26,7 +26,7 @@ from pathlib import Path
 from election.sidecar import parse_duration
 from tests.kfake import FakeApiServer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 NAME = "bench"
 
 
