@@ -325,15 +325,24 @@ class FakeApiServer:
             self.pki.write_ca(path)
         return path
 
-    def kubeconfig_dict(self, token: str = "t", namespace: str = "default") -> JsonObj:
+    def kubeconfig_dict(self, token: str = "t", namespace: str = "default", *,
+                        client_cert: bool = False) -> JsonObj:
+        """A kubeconfig for `config.new_client_from_config_dict`: a bearer token, or with
+        `client_cert=True` (TLS only) a client certificate and key instead."""
         cluster: JsonObj = {"server": self.url}
+        user: JsonObj = {"token": token}
         if self.pki is not None:
             cluster["certificate-authority-data"] = self.pki.ca_b64
+            if client_cert:
+                user = {"client-certificate-data": self.pki.client_cert_b64,
+                        "client-key-data": self.pki.client_key_b64}
+        elif client_cert:
+            raise RuntimeError("client certificates need the fake started with tls=True")
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "kfake", "cluster": cluster}],
-            "users": [{"name": "kfake", "user": {"token": token}}],
+            "users": [{"name": "kfake", "user": user}],
             "contexts": [{"name": "kfake", "context": {"cluster": "kfake", "user": "kfake",
                                                         "namespace": namespace}}],
             "current-context": "kfake",
@@ -405,10 +414,8 @@ class FakeApiServer:
         if isinstance(act, Reset):
             abort(request.transport)
             raise asyncio.CancelledError()
-        if self.tokens is not None:
-            auth = request.headers.get("Authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
-                return error_response(errors.unauthorized(), extra)
+        if self.tokens is not None and not self._authenticated(request):
+            return error_response(errors.unauthorized(), extra)
         if isinstance(act, Forbid):
             if target is None:
                 return error_response(errors.status(403, "Forbidden", "forbidden"), extra)
@@ -444,6 +451,15 @@ class FakeApiServer:
         await out.write(body[: len(body) // 2])
         abort(request.transport)
         raise asyncio.CancelledError()
+
+    def _authenticated(self, request: web.Request) -> bool:
+        """A bearer token in `tokens`, or a client certificate the TLS layer verified."""
+        assert self.tokens is not None
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer ") and auth[7:] in self.tokens:
+            return True
+        transport = request.transport
+        return transport is not None and bool(transport.get_extra_info("peercert"))
 
     def _tls_hello(self, sock: Any, server_name: str | None, ctx: Any) -> int | None:
         # Called for every ClientHello, with or without SNI (clients send none for an IP).

@@ -31,3 +31,12 @@ def no_proxy_env() -> Iterator[None]:
 async def kube_api(no_proxy_env: None) -> AsyncIterator[FakeApiServer]:
     async with FakeApiServer(bookmark_interval=0.2, bookmark_before_deadline=0.0) as api:
         yield api
+
+
+@pytest.fixture
+async def kube_api_tls(no_proxy_env: None) -> AsyncIterator[FakeApiServer]:
+    """The same over HTTPS with a fresh test CA (`configuration()`, `kubeconfig_dict()` and
+    `write_incluster()` carry the CA)."""
+    async with FakeApiServer(tls=True, bookmark_interval=0.2,
+                             bookmark_before_deadline=0.0) as api:
+        yield api

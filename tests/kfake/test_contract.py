@@ -1245,10 +1245,9 @@ async def test_restart_wiped_answers_old_rvs_with_too_large(
 
 
 @pytest.fixture
-async def tls_api(no_proxy_env: None) -> AsyncIterator[FakeApiServer]:
-    async with FakeApiServer(tls=True) as api:
-        api.store.create("services", svc("web"))
-        yield api
+async def tls_api(kube_api_tls: FakeApiServer) -> AsyncIterator[FakeApiServer]:
+    kube_api_tls.store.create("services", svc("web"))
+    yield kube_api_tls
 
 
 async def test_kubeconfig_dict_plain(kube_api: FakeApiServer) -> None:
@@ -1528,3 +1527,16 @@ def test_labels_are_validated(labels: dict[str, str], ok: bool) -> None:
     with pytest.raises(ApiError) as info:
         Store().create("services", body)
     assert info.value.code == 422
+
+
+async def test_kubeconfig_with_client_certificate(tls_api: FakeApiServer) -> None:
+    tls_api.tokens = set()  # no token is good: only the certificate can get in
+    ac = await kconfig.new_client_from_config_dict(tls_api.kubeconfig_dict(client_cert=True))
+    async with ac:
+        lst = await client.CoreV1Api(ac).list_namespaced_service(NS)
+    assert len(lst.items) == 1
+    ac = await kconfig.new_client_from_config_dict(tls_api.kubeconfig_dict())
+    async with ac:
+        with pytest.raises(ApiException) as info:
+            await client.CoreV1Api(ac).list_namespaced_service(NS)
+    assert info.value.status == 401

@@ -20,6 +20,8 @@ class TestPKI:
     def __init__(self) -> None:
         self.ca = trustme.CA()
         self.server_cert = self.ca.issue_cert("127.0.0.1", "::1", "localhost")
+        self.client_cert = self.ca.issue_cert("pylb@kfake", common_name="pylb",
+                                              organization_name="system:masters")
 
     @property
     def ca_pem(self) -> bytes:
@@ -30,9 +32,21 @@ class TestPKI:
         return base64.b64encode(self.ca_pem).decode()
 
     def server_context(self) -> ssl.SSLContext:
+        """Presents the server certificate; verifies a client certificate when one is sent
+        (CERT_OPTIONAL, as the apiserver's --client-ca-file does)."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_cert.configure_cert(ctx)
+        self.ca.configure_trust(ctx)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
+
+    @property
+    def client_cert_b64(self) -> str:
+        return base64.b64encode(self.client_cert.cert_chain_pems[0].bytes()).decode()
+
+    @property
+    def client_key_b64(self) -> str:
+        return base64.b64encode(self.client_cert.private_key_pem.bytes()).decode()
 
     def client_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
