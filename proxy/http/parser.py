@@ -119,6 +119,15 @@ _SPECIAL = {b"host": _HOST, b"expect": _EXPECT, b"upgrade": _UPGRADE,
             b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH,
             b"transfer-encoding": _TRANSFER_ENCODING}
 _SPECIAL_LENGTHS = frozenset(len(k) for k in _SPECIAL)
+# Exact spellings seen on most requests and responses: special ones map to their kind,
+# common others to -1, so that most fields need neither lower() nor a second lookup.
+_KNOWN: dict[bytes, int] = {
+    **dict.fromkeys((b"Date", b"date", b"ETag", b"etag", b"Server", b"server", b"Accept",
+                     b"accept", b"User-Agent", b"user-agent", b"Content-Type",
+                     b"content-type", b"Last-Modified", b"last-modified", b"Accept-Ranges",
+                     b"Cache-Control", b"Accept-Encoding", b"Accept-Language", b"Cookie",
+                     b"Set-Cookie", b"Vary", b"Location", b"Referer", b"Origin"), -1),
+    **_SPECIAL, **{k.title(): v for k, v in _SPECIAL.items()}}
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
 
@@ -136,10 +145,14 @@ class _Scan:
         upgrade = False
         expect: bytes | None = None
         for name, value in headers:
-            if len(name) not in _SPECIAL_LENGTHS:
-                continue
-            kind = _SPECIAL.get(name.lower())
+            kind = _KNOWN.get(name)
             if kind is None:
+                if len(name) not in _SPECIAL_LENGTHS:
+                    continue
+                kind = _SPECIAL.get(name.lower())
+                if kind is None:
+                    continue
+            elif kind < 0:
                 continue
             if kind == _CONTENT_LENGTH:
                 if length is not None or not _DIGITS.fullmatch(value):
