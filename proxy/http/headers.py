@@ -22,6 +22,14 @@ _REQ_DROP = _HOP | frozenset((b"content-length", b"x-forwarded-proto", b"x-forwa
                               b"x-forwarded-port", b"x-forwarded-for", b"x-ssl-client-verify",
                               b"x-ssl-client-dn"))
 _RESP_DROP = _HOP | frozenset((b"content-length",))
+# Field names, as usually spelt, that pass through unchanged both ways (unless Connection
+# names them): no lower() for them. Connection tokens that name no such field:
+_PLAIN = frozenset((b"Date", b"ETag", b"Server", b"Accept", b"User-Agent", b"Content-Type",
+                    b"Last-Modified", b"Accept-Ranges", b"Accept-Encoding", b"Vary",
+                    b"Accept-Language", b"Location", b"Referer", b"Origin", b"Expires",
+                    b"Content-Encoding", b"If-None-Match", b"If-Modified-Since",
+                    b"Authorization", b"Host", b"Expect"))
+_USUAL_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
 
 
 def get_header(headers: Headers, name: bytes) -> bytes | None:
@@ -66,7 +74,11 @@ def request_head(head: RequestHead, target: bytes, *, client_ip: str, proto: byt
         out.append(b"Host: \r\n")  # HTTP/1.1 needs one; empty when unknown (RFC 9112 3.2)
     xff: list[bytes] = []
     upgrade: bytes | None = None
+    plain = _PLAIN if named <= _USUAL_TOKENS else frozenset()
     for k, v in headers:
+        if k in plain:
+            out += (k, b": ", v, b"\r\n")
+            continue
         lk = k.lower()
         if lk in _REQ_DROP or lk in named:
             if lk == b"x-forwarded-for":
@@ -115,7 +127,11 @@ def response_head(resp: ResponseHead, framing: int, *, keep_alive: bool,
     named = resp.connection
     out = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason)]
     upgrade: bytes | None = None
+    plain = _PLAIN if named <= _USUAL_TOKENS else frozenset()
     for k, v in headers:
+        if k in plain:
+            out += (k, b": ", v, b"\r\n")
+            continue
         lk = k.lower()
         if lk in _RESP_DROP or lk in named:
             if lk == b"upgrade":
