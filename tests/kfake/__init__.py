@@ -30,6 +30,10 @@ with `http(code)`, `text429()`, `delay(s)`, `hang()`, `reset()`, `warning(text)`
 `cut_body()`; `api.faults.tls_failures = n`. Note that aiohttp retries an idempotent request
 once after a reset before any answer, so a `reset()` needs `count=2` to surface.
 
+As its own process (benchmarks): `python -m tests.kfake --services N --endpoints M
+--kubeconfig PATH` loads N Services with one M-endpoint EndpointSlice each and prints a JSON
+line with its url once it serves.
+
 Known differences from a real server: no server-side apply (415), no dryRun (400), no
 finalizers or graceful deletion, namespaces need not exist, managedFields are absent, and
 core/v1 and events.k8s.io/v1 Events are stored apart (the real server shares one storage).

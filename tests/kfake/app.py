@@ -202,6 +202,7 @@ class FakeApiServer:
         continue_ttl: float = 300.0,
         tokens: set[str] | None = None,
         opaque_rv: bool = False,
+        port: int = 0,
     ) -> None:
         self.tls = tls
         self.host = host
@@ -213,7 +214,7 @@ class FakeApiServer:
         self.tokens = tokens
         self.opaque_rv = opaque_rv
         self.requests: deque[RequestRecord] = deque(maxlen=10_000)
-        self.port = 0
+        self.port = port
         self.pki: TestPKI | None = TestPKI() if tls else None
         self._tmpdir: str | None = None
         self._runner: web.AppRunner | None = None

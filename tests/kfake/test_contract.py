@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -1540,3 +1543,32 @@ async def test_kubeconfig_with_client_certificate(tls_api: FakeApiServer) -> Non
         with pytest.raises(ApiException) as info:
             await client.CoreV1Api(ac).list_namespaced_service(NS)
     assert info.value.status == 401
+
+
+# ---- as its own process --------------------------------------------------------------------
+
+
+async def test_standalone_process(no_proxy_env: None, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kc.yaml"
+    root = Path(__file__).resolve().parents[2]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.kfake", "--services", "3", "--endpoints", "2",
+        "--kubeconfig", str(kubeconfig), "--token", "s3cret",
+        cwd=root, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert ready["rv"] == 7
+        ac = await kconfig.new_client_from_config_dict(
+            yaml.safe_load(kubeconfig.read_text()))
+        async with ac:
+            slices = await client.DiscoveryV1Api(ac).list_namespaced_endpoint_slice(
+                NS, label_selector="kubernetes.io/service-name=svc-2")
+        (eps,) = slices.items
+        assert [e.addresses for e in eps.endpoints] == [["10.0.0.4"], ["10.0.0.5"]]
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert not kubeconfig.exists()

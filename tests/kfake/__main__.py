@@ -1,0 +1,106 @@
+"""Run the fake API server as its own process (benchmarks, manual runs).
+
+    python -m tests.kfake --port 0 --services 10000 --endpoints 10 --kubeconfig /tmp/kc.yaml
+
+Loads the objects, writes the kubeconfig (if asked), prints one JSON line
+{"url", "kubeconfig", "rv", "load_seconds"} on stdout once it serves, and runs until SIGINT or
+SIGTERM. Changes go through its API like any client's (e.g. a PUT of an EndpointSlice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+from tests.kfake.app import FakeApiServer
+
+JsonObj = dict[str, Any]
+
+
+def services(n: int, namespace: str) -> Iterator[JsonObj]:
+    for i in range(n):
+        yield {"metadata": {"name": f"svc-{i}", "namespace": namespace,
+                            "labels": {"app": f"svc-{i}"}},
+               "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+
+
+def slices(n: int, per_service: int, namespace: str) -> Iterator[JsonObj]:
+    for i in range(n):
+        base = 10 * 2**24 + i * per_service
+        yield {
+            "metadata": {"name": f"svc-{i}-a", "namespace": namespace,
+                         "labels": {"kubernetes.io/service-name": f"svc-{i}",
+                                    "endpointslice.kubernetes.io/managed-by": "kfake"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [_ip(base + j)], "conditions": {"ready": True}}
+                          for j in range(per_service)] or None,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }
+
+
+def _ip(n: int) -> str:
+    return f"{n >> 24 & 255}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tests.kfake", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    p.add_argument("--tls", action="store_true")
+    p.add_argument("--token", default="t", help="bearer token accepted and put in the kubeconfig")
+    p.add_argument("--kubeconfig", help="write a kubeconfig for this server here")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--services", type=int, default=0, help="Services to load")
+    p.add_argument("--endpoints", type=int, default=0,
+                   help="endpoints per service, in one EndpointSlice each")
+    p.add_argument("--bookmark-interval", type=float, default=60.0)
+    p.add_argument("--history-size", type=int, default=10_000)
+    return p.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    api = FakeApiServer(tls=args.tls, host=args.host, port=args.port,
+                        bookmark_interval=args.bookmark_interval,
+                        history_size=args.history_size, tokens={args.token})
+    t0 = time.perf_counter()
+    api.store.load("services", services(args.services, args.namespace))
+    if args.endpoints:
+        api.store.load("endpointslices", slices(args.services, args.endpoints, args.namespace))
+    loaded = time.perf_counter() - t0
+    await api.start()
+    try:
+        if args.kubeconfig:
+            with open(args.kubeconfig, "w") as f:
+                yaml.safe_dump(api.kubeconfig_dict(args.token, args.namespace), f)
+        print(json.dumps({"url": api.url, "kubeconfig": args.kubeconfig, "rv": api.store.rv,
+                          "load_seconds": round(loaded, 3)}), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await api.stop()
+        if args.kubeconfig and os.path.exists(args.kubeconfig):
+            os.unlink(args.kubeconfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvloop
+
+    uvloop.run(serve(parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
