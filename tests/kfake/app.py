@@ -251,10 +251,7 @@ class FakeApiServer:
                            reuse_address=True)
         await site.start()
         if self.port == 0:
-            server = site._server
-            assert server is not None
-            sockets = getattr(server, "sockets", None) or []
-            self.port = int(sockets[0].getsockname()[1])
+            self.port = int(runner.addresses[0][1])
         self._release = asyncio.Event()
         self._runner = runner
         self._down = False
@@ -278,6 +275,7 @@ class FakeApiServer:
     def drop_watches(self) -> int:
         """End every open watch cleanly (and release hung requests); returns how many."""
         self._release.set()
+        self._release = asyncio.Event()  # later hangs wait for the next drop
         return self.store.close_watchers()
 
     async def restart(self, down_for: float = 0.0, *, wipe: bool = False) -> None:

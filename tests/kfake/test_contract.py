@@ -1124,7 +1124,12 @@ async def test_warning_and_delay_add_to_a_normal_answer(kube_api: FakeApiServer,
 
 async def test_hang_sends_nothing_until_released(kube_api: FakeApiServer,
                                                 http: aiohttp.ClientSession) -> None:
-    kube_api.faults.add(faults.hang(), verb="list")
+    kube_api.faults.add(faults.hang(), verb="list", count=2)
+    with pytest.raises(TimeoutError):
+        async with http.get("/api/v1/services",
+                            timeout=aiohttp.ClientTimeout(sock_read=0.2)) as r:
+            await r.read()
+    kube_api.drop_watches()  # releases the first; the second hang must hang all the same
     with pytest.raises(TimeoutError):
         async with http.get("/api/v1/services",
                             timeout=aiohttp.ClientTimeout(sock_read=0.2)) as r:
