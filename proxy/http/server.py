@@ -51,7 +51,7 @@ from proxy.http.routing import rewrite, split_target
 from proxy.http.upstream import HIGH_WATER, LOW_WATER, UpstreamProtocol
 from pylb.counters import Counters
 from pylb.failures import Failure
-from pylb.model import Affinity, Backend, HttpRoute, Server
+from pylb.model import Affinity, Backend, Server
 
 if TYPE_CHECKING:
     from proxy.http.proxy import HttpProxy
@@ -82,7 +82,6 @@ class ClientProtocol(asyncio.Protocol):
         "_exclude",
         "_fe",
         "_feeding",
-        "_framing",
         "_gone",
         "_keep",
         "_loop",
@@ -99,9 +98,7 @@ class ClientProtocol(asyncio.Protocol):
         "_resp",
         "_resp_bytes",
         "_resp_done",
-        "_route",
         "_server",
-        "_set_cookie",
         "_srv_c",
         "_ssl_client",
         "_status",
@@ -161,7 +158,6 @@ class ClientProtocol(asyncio.Protocol):
         self._discard = False
         self._resp: ResponseHead | None = None
         self._resp_done = False
-        self._route: HttpRoute | None = None
         self._backend: Backend | None = None
         self._balancer: Balancer | None = None
         self._server: Server | None = None
@@ -171,7 +167,6 @@ class ClientProtocol(asyncio.Protocol):
         self._up_paused = False
         self._connecting = False
         self._cookie: bytes | None = None
-        self._set_cookie: bytes | None = None
         self._exclude: set[tuple[str, int]] = set()
         self._attempts = 0
         self._out_head = b""
@@ -180,7 +175,6 @@ class ClientProtocol(asyncio.Protocol):
         self._replay: list[bytes] | None = []
         self._replay_size = 0
         self._chunked_out = False
-        self._framing = hdr.FRAME_NONE
         self._keep = True
         self._status = 0
         self._resp_bytes = 0
@@ -323,9 +317,6 @@ class ClientProtocol(asyncio.Protocol):
             self._backend_timeout()
         elif kind == _T_TUNNEL:
             self._abort_all()
-
-    def activity(self) -> None:
-        self._tstamp = self._loop.time()
 
     # -- reading the client ---------------------------------------------------------------
 
@@ -490,7 +481,6 @@ class ClientProtocol(asyncio.Protocol):
             self._local(proxy.settings.default_return_code, proxy.settings.error_page_body,
                         Failure.NO_ROUTE)
             return
-        self._route = route
         if route.ssl_redirect and not proxy.tls:
             self._redirect(b"https://%s%s" % (host, path + query))
             return
@@ -645,9 +635,10 @@ class ClientProtocol(asyncio.Protocol):
         self._status = head.status
         self._t_resp = self._loop.time()
         framing = hdr.response_framing(head, req.version)
-        self._framing = framing
-        keep = (req.keep_alive and not self._close_after and not proxy.closing
-                and framing != hdr.FRAME_CLOSE)
+        # A response that comes before the request is whole (the server refuses the
+        # body) ends the connection: the rest of the body would arrive in its place.
+        keep = (req.keep_alive and self._req_done and not self._close_after
+                and not proxy.closing and framing != hdr.FRAME_CLOSE)
         if head.status == 101:
             keep = False
         elif req.upgrade:
@@ -880,7 +871,7 @@ class ClientProtocol(asyncio.Protocol):
         if up is not None:
             parser = up.parser
             reusable = (self._resp is not None and self._resp.keep_alive and self._req_done
-                        and not self._discard_body_pending() and parser is not None
+                        and parser is not None
                         and not parser.rest and parser.upgrade_rest is None and up.usable)
         keep = self._keep and not self._close_after
         self._end_exchange(reusable, log_it=True)
@@ -895,9 +886,6 @@ class ClientProtocol(asyncio.Protocol):
         self.resume_reading(_P_UPGRADE | _P_PENDING)
         if self._queue is not None:
             self._replay_queue()
-
-    def _discard_body_pending(self) -> bool:
-        return self._discard and not self._req_done
 
     def _release_server(self) -> None:
         server = self._server

@@ -102,6 +102,11 @@ class HttpBackend:
         if path.endswith("/upgrade"):
             await self._upgrade(conn, writer)
             return False
+        if path.endswith("/early"):  # refuse the body without reading it
+            writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n"
+                         b"Connection: close\r\n\r\nbig!")
+            await writer.drain()
+            return False
         if conn.they_are_waiting_for_100_continue and "no100" not in params:
             writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         digest = hashlib.sha256()

@@ -402,3 +402,17 @@ async def test_pool_bounded_per_server(start_proxy: StartProxy) -> None:
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_early_response_before_body_closes_client(start_proxy: StartProxy) -> None:
+    r = await start_proxy(1)
+    c = await RawClient.connect(r.port)
+    try:
+        await c.send(b"POST /app/early HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+                     b"\r\n" + b"z" * 1000)
+        resp = await c.read_response()
+        assert resp.status == 413 and resp.body == b"big!"
+        assert resp.header("connection") == "close"
+        assert await c.at_eof()
+    finally:
+        await c.close()
