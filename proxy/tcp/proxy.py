@@ -28,7 +28,7 @@ Measured here (bench/l4_tcp.py, 2 GiB, proxy CPU only): splice 0.15 CPU-s/GiB, c
 byte 184 µs, haproxy 43 µs. Hence the default threshold: short connections never pay for
 splice, bulk ones halve their CPU.
 
-Timeouts. Connect: `asyncio.timeout` in the connect task. Inactivity: no timer is touched
+Timeouts. Connect: one TimerHandle per attempt (`_Dial`). Inactivity: no timer is touched
 per chunk. Each side only bumps its byte count; one sweep per proxy (`loop.call_later`,
 every quarter of the smallest timeout, at most 1 s) compares counts with the last sweep,
 stamps activity, flushes byte deltas into the counters, and applies `idle_verdict`.
@@ -204,6 +204,85 @@ class _Upstream(asyncio.Protocol):
                 c.try_splice()
 
 
+class _Dial:
+    """One connect attempt, driven by callbacks rather than a Task.
+
+    `loop.create_connection` is a coroutine; a Task would step it, at the price of a Task
+    object, a registry entry and a scheduling hop per connection. This steps it by hand,
+    exactly as a Task does: `send(None)`, and when it yields a future, step again from that
+    future's done-callback. Cancelling cancels the awaited future, so the coroutine sees
+    CancelledError where it awaits and cleans up its socket itself. The connect timeout is
+    one TimerHandle that cancels.
+    """
+
+    __slots__ = ("cancelled", "conn", "coro", "sc", "server", "timed_out", "timer", "up",
+                 "waiting")
+
+    def __init__(self, conn: _Conn, server: Server, sc: Counters) -> None:
+        self.conn = conn
+        self.server = server
+        self.sc = sc
+        self.up = _Upstream(conn)
+        self.coro: Any = None
+        self.waiting: asyncio.Future[Any] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timed_out = False
+        self.cancelled = False
+
+    def start(self, timeout: float) -> None:
+        loop = self.conn.proxy.loop
+        up = self.up
+        self.coro = loop.create_connection(lambda: up, self.server.address, self.server.port)
+        if timeout > 0:
+            self.timer = loop.call_later(timeout, self._expire)
+        self._step(None)
+
+    def _expire(self) -> None:
+        self.timer = None
+        self.timed_out = True
+        self.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+    def _step(self, _fut: object) -> None:
+        self.waiting = None
+        coro = self.coro
+        try:
+            if self.cancelled and _fut is None:
+                yielded = coro.throw(asyncio.CancelledError())
+            else:
+                yielded = coro.send(None)
+        except StopIteration:
+            self._done(None, None)
+        except asyncio.CancelledError:
+            self._done(Failure.CONNECT_TIMEOUT if self.timed_out else Failure.CLIENT_ABORT,
+                       None)
+        except OSError as e:
+            self._done(Failure.CONNECT_FAILED, e)
+        except Exception as e:  # a bad address, say: fail this connection, not the worker
+            log.warning("tcp: connect to %s failed: %r", self.server.label, e)
+            self._done(Failure.CONNECT_FAILED, e)
+        else:
+            if yielded is None:  # a bare yield (sleep(0)): step again on the next tick
+                self.conn.proxy.loop.call_soon(self._step, None)
+                return
+            yielded._asyncio_future_blocking = False
+            self.waiting = yielded
+            yielded.add_done_callback(self._step)
+            if self.cancelled:
+                yielded.cancel()
+
+    def _done(self, failure: Failure | None, exc: BaseException | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.coro = None
+        self.conn.dialed(self, failure, exc)
+
+
 class _Conn(asyncio.Protocol):
     """The client side of a proxied connection, and the pair's state."""
 
@@ -214,8 +293,11 @@ class _Conn(asyncio.Protocol):
         "born",
         "c_eof",
         "client_at",
+        "client_ip",
         "ct",
+        "dial",
         "down",
+        "exclude",
         "fcounters",
         "fe",
         "proxy",
@@ -230,7 +312,7 @@ class _Conn(asyncio.Protocol):
         "splice_at",
         "st",
         "state",
-        "task",
+        "tries",
         "up",
         "upstream",
     )
@@ -244,7 +326,10 @@ class _Conn(asyncio.Protocol):
         self.st: asyncio.Transport = None  # type: ignore[assignment]  # set once connected
         self.upstream: _Upstream | None = None
         self.pump: SplicePump | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.dial: _Dial | None = None
+        self.client_ip = ""  # only read when balancing needs it
+        self.exclude: set[tuple[str, int]] | None = None  # servers that failed a connect
+        self.tries = 0  # redispatches left
         self.bal: Balancer | None = None
         self.backend = ""
         self.server: Server | None = None
@@ -346,81 +431,68 @@ class _Conn(asyncio.Protocol):
         self.backend = backend
         self.bcounters = proxy.stats.backend(backend)
         bal = self.bal = proxy.balancers.get(backend)
-        client_ip = ""
         if bal is not None and (bal.backend.algorithm is Algorithm.SOURCE
                                 or bal.backend.affinity is Affinity.CLIENT_IP):
             # Two syscalls and a socket object: only when the choice depends on it.
             peer = self.ct.get_extra_info("peername")
-            client_ip = peer[0] if isinstance(peer, tuple) else ""
-        server = bal.pick(client_ip) if bal is not None else None
+            self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        server = bal.pick(self.client_ip) if bal is not None else None
         if server is None:
             self.bcounters.conn_errors += 1
             proxy.stats.fail(Failure.NO_SERVER)
             self.abort(None)
             return
         assert bal is not None
+        self.tries = max(0, proxy.settings.limits.retries)
+        self._dial(bal, server)
+
+    def _dial(self, bal: Balancer, server: Server) -> None:
         bal.acquire(server)
         self.server = server
-        self.task = proxy.loop.create_task(self._connect(client_ip, server))
+        sc = self.proxy.stats.server(self.backend, server.label)
+        sc.lbtot += 1
+        self.dial = dial = _Dial(self, server, sc)
+        dial.start(self.proxy.settings.timeouts.connect)
 
-    async def _connect(self, client_ip: str, server: Server) -> None:
-        proxy = self.proxy
-        loop = proxy.loop
+    def dialed(self, dial: _Dial, failure: Failure | None, exc: BaseException | None) -> None:
+        """The end of one connect attempt: wire the pair, or redispatch, or give up."""
+        self.dial = None
+        up = dial.up
+        if self.state is _CLOSED:
+            if failure is None and up.transport is not None:
+                up.transport.abort()
+            return
         bal = self.bal
         assert bal is not None and self.bcounters is not None
-        exclude: set[tuple[str, int]] = set()
-        attempts = 1 + max(0, proxy.settings.limits.retries)
-        timeout = proxy.settings.timeouts.connect
-        for attempt in range(attempts):
-            sc = proxy.stats.server(self.backend, server.label)
-            sc.lbtot += 1
-            up = _Upstream(self)
-            local: OSError | None = None
-            try:
-                async with asyncio.timeout(timeout if timeout > 0 else None):
-                    await loop.create_connection(lambda up=up: up,  # type: ignore[misc]
-                                                 server.address, server.port)
-                failure = None
-            except TimeoutError:
-                failure = Failure.CONNECT_TIMEOUT
-            except OSError as e:
-                failure = Failure.CONNECT_FAILED
-                local = e if e.errno in LOCAL_ERRNOS else None
-            if self.state is _CLOSED:
-                if failure is None and up.transport is not None:
-                    up.transport.abort()
-                return
-            if failure is None:
-                break
-            bal.release(server)
-            self.bcounters.conn_errors += 1
-            proxy.stats.fail(failure)
-            if local is not None:
-                # Out of fds, memory or ports here: not the server's fault, and no other
-                # server would fare better. Shed this connection; blame no one.
-                proxy._log_overload(local)
-                self.server = None
-                self.task = None
-                self.abort(None)
-                return
-            bal.failed(server)
-            sc.conn_errors += 1
-            exclude.add(server.key)
-            nxt = bal.pick(client_ip, exclude) if attempt + 1 < attempts else None
-            if nxt is None:
-                self.server = None
-                self.task = None
-                self.abort(None)
-                return
-            self.bcounters.retries += 1
-            sc.retries += 1
-            self.bcounters.redispatches += 1
-            server = nxt
-            bal.acquire(server)
-            self.server = server
-        self.task = None
-        bal.succeeded(server)
-        self._connected(up, sc)
+        server = dial.server
+        if failure is None:
+            bal.succeeded(server)
+            self._connected(up, dial.sc)
+            return
+        bal.release(server)
+        self.server = None
+        self.bcounters.conn_errors += 1
+        self.proxy.stats.fail(failure)
+        if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+            # Out of fds, memory or ports here: not the server's fault, and no other
+            # server would fare better. Shed this connection; blame no one.
+            self.proxy._log_overload(exc)
+            self.abort(None)
+            return
+        bal.failed(server)
+        dial.sc.conn_errors += 1
+        if self.exclude is None:
+            self.exclude = set()
+        self.exclude.add(server.key)
+        nxt = bal.pick(self.client_ip, self.exclude) if self.tries > 0 else None
+        if nxt is None:
+            self.abort(None)
+            return
+        self.tries -= 1
+        self.bcounters.retries += 1
+        dial.sc.retries += 1
+        self.bcounters.redispatches += 1
+        self._dial(bal, nxt)
 
     def _connected(self, up: _Upstream, sc: Counters) -> None:
         assert up.transport is not None and self.bcounters is not None
@@ -539,9 +611,8 @@ class _Conn(asyncio.Protocol):
             self.up, self.down = pump.up, pump.down
             pump.stop()
         self.state = _CLOSED
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
+        if self.dial is not None:
+            self.dial.cancel()
         self.flush_counts()
         fe = self.fe
         self.fcounters.close()

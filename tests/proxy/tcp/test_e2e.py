@@ -313,6 +313,42 @@ async def test_connect_timeout(h: Harness) -> None:
         lsock.close()
 
 
+async def test_client_gives_up_while_connecting(h: Harness) -> None:
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(lsock.getsockname())
+            fillers.append(s)
+        hung = Server("127.0.0.1", lsock.getsockname()[1])
+        p = h.proxy()
+        await p.set_table(table(hung))
+        _r, w = await h.connect(p)
+        for _ in range(500):
+            if conns(p) and conns(p)[0].dial is not None:
+                break
+            await asyncio.sleep(0.01)
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                              struct.pack("ii", 1, 0))
+        w.transport.abort()
+        for _ in range(500):
+            if p.connections == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert p.connections == 0
+        assert p.stats.failures == {Failure.CLIENT_ABORT: 1}
+        bal = p.balancers.get(BACKEND)
+        assert bal is not None and bal.active == {} and bal.fails == {}
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
+
+
 async def test_route_removal_drains(h: Harness) -> None:
     u = await h.upstream()
     p = h.proxy(replace(Settings(), grace_period=0.3))

@@ -113,7 +113,7 @@ class Pair:
         self.conn = _Conn(self.proxy, fe)
         self.ct = FakeTransport(self.conn, ("192.0.2.7", 40000), ("10.0.0.1", 3306))
         self.conn.connection_made(self.ct)  # type: ignore[arg-type]
-        assert self.conn.task is None
+        assert self.conn.dial is None
         self.up = _Upstream(self.conn)
         self.st = FakeTransport(self.up, ("10.0.0.5", 3306), ("10.0.0.1", 50000))
 
