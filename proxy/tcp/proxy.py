@@ -2,10 +2,11 @@
 
 Theory of operation. Each TcpFrontend port gets a uvloop server whose Protocol is
 `_Conn`, the client side of one proxied connection; `_Upstream` is its server side. Both
-are plain callbacks: no Task runs per connection except the short one that awaits
-`create_connection` (with the connect timeout and the redispatch loop), and none after.
-(That Task costs about 2 µs of the ~112 µs a connection costs; uvloop's accept, connect
-and close are the rest.) What either side sends before the pair is wired (a MySQL
+are plain callbacks, and no Task runs per connection: `_Dial` steps uvloop's
+`create_connection` coroutine from its futures' done-callbacks, with one TimerHandle for
+the connect timeout, and `dialed` redispatches to another server on failure. (A Task and
+asyncio.timeout cost ~8 µs of user CPU per connection more.) What either side sends
+before the pair is wired (a MySQL
 greeting, a ClientHello) is kept, bounded by the high watermark, and passed on first.
 A TLS-passthrough frontend reads the ClientHello before it connects, and picks the
 backend by its server name (`sni_backend`).
