@@ -6,10 +6,9 @@ are plain callbacks, and no Task runs per connection: `_Dial` steps uvloop's
 `create_connection` coroutine from its futures' done-callbacks, with one TimerHandle for
 the connect timeout, and `dialed` redispatches to another server on failure. (A Task and
 asyncio.timeout cost ~8 µs of user CPU per connection more.) What either side sends
-before the pair is wired (a MySQL
-greeting, a ClientHello) is kept, bounded by the high watermark, and passed on first.
-A TLS-passthrough frontend reads the ClientHello before it connects, and picks the
-backend by its server name (`sni_backend`).
+before the pair is wired (a MySQL greeting, a ClientHello) is kept, bounded by the high
+watermark, and passed on first. A TLS-passthrough frontend reads the ClientHello before
+it connects, and picks the backend by its server name (`sni_backend`).
 
 Data path (Protocol path). `data_received` on one side writes to the other transport.
 Both transports get high and low write-buffer watermarks; `pause_writing` on one side
