@@ -303,7 +303,7 @@ class ClientProtocol(asyncio.Protocol):
         elif kind == _T_REQUEST:
             self._proxy.stats.fail(Failure.REQUEST_TIMEOUT)
             self._fe.req_errors += 1
-            self._local_error(Failure.REQUEST_TIMEOUT, close=True)
+            self._local_error(Failure.REQUEST_TIMEOUT)
         elif kind == _T_CLIENT:
             self._proxy.stats.fail(Failure.CLIENT_TIMEOUT)
             if self._resp is None and self._req is not None:
@@ -377,7 +377,7 @@ class ClientProtocol(asyncio.Protocol):
             self.abort()  # a bad next request while the previous response is under way
             return
         self._drop_upstream()
-        self._local_error(failure, close=True)
+        self._local_error(failure)
 
     # The parser's callbacks. Events of a request that must wait are queued.
 
@@ -846,14 +846,14 @@ class ClientProtocol(asyncio.Protocol):
         self._discard = True
         self._finish()
 
-    def _local_error(self, failure: Failure, close: bool) -> None:
-        """Answer outside any routed exchange (a malformed request, a slow head)."""
+    def _local_error(self, failure: Failure) -> None:
+        """Answer outside any routed exchange (a malformed request, a slow head), and
+        close."""
         self._status = failure.status
         self._fe.response(failure.status)
         self._wbuf.append(error_response(failure.status, close=True))
         self._close_after = True
-        if self._req is not None:
-            self._end_exchange(reusable=False, log_it=True)
+        self._end_exchange(reusable=False, log_it=True)
         self.close()
         self._disarm()
 
@@ -888,16 +888,16 @@ class ClientProtocol(asyncio.Protocol):
             self._replay_queue()
 
     def _release_server(self) -> None:
+        """Undo `_attach`'s accounting (once)."""
         server = self._server
-        backend = self._backend
-        if server is None or backend is None or self._t_conn == 0.0:
+        srv = self._srv_c
+        be = self._be_c
+        if server is None or srv is None or be is None:
             return
+        self._srv_c = self._be_c = None
         balancer = self._balancer
         assert balancer is not None
         balancer.release(server)
-        srv = self._srv_c
-        be = self._be_c
-        assert srv is not None and be is not None
         srv.close()
         srv.bytes_in += self._bytes_out_req
         srv.bytes_out += self._resp_bytes
@@ -907,7 +907,6 @@ class ClientProtocol(asyncio.Protocol):
         if self._status and self._resp is not None:
             srv.response(self._status)
             be.response(self._status)
-        self._t_conn = 0.0
 
     def _end_exchange(self, reusable: bool, log_it: bool) -> None:
         up = self._up
@@ -933,7 +932,7 @@ class ClientProtocol(asyncio.Protocol):
     def _log(self) -> None:
         req = self._req
         now = self._loop.time()
-        t0 = self._t0
+        t0 = self._t0 or now
         ms: Callable[[float], int] = lambda t: int((t - t0) * 1000) if t else -1  # noqa: E731
         tq = ms(self._t_head)
         tc = int((self._t_conn - self._t_head) * 1000) if self._t_conn else -1
