@@ -121,50 +121,48 @@ def json_response(obj: Any, code: int = 200, headers: dict[str, str] | None = No
 
 
 def _list_option_causes(q: Any, watch: bool, gate: bool) -> list[Cause]:
+    """apimachinery `ValidateListOptions` / `validateWatchOptions`, check for check."""
     causes: list[Cause] = []
     rv = q.get("resourceVersion", "")
     match = q.get("resourceVersionMatch", "")
     sie_given = "sendInitialEvents" in q
-    sie = parse_bool(q.getall("sendInitialEvents", []))
-    if match and match not in ("Exact", "NotOlderThan"):
-        causes.append(errors.not_supported("resourceVersionMatch", match,
-                                           ["Exact", "NotOlderThan"]))
+    rvm = "resourceVersionMatch"
     if watch:
         if sie_given:
+            if match != "NotOlderThan":
+                causes.append(errors.forbidden(
+                    rvm, "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"))
             if not gate:
                 causes.append(errors.forbidden(
                     "sendInitialEvents",
                     "sendInitialEvents is forbidden for watch unless the WatchList feature "
                     "gate is enabled"))
+        if match:
+            if not sie_given:
+                causes.append(errors.forbidden(
+                    rvm, "resourceVersionMatch is forbidden for watch unless sendInitialEvents "
+                    "is provided"))
             if match != "NotOlderThan":
+                causes.append(errors.not_supported(rvm, match, ["NotOlderThan"]))
+            if q.get("continue"):
                 causes.append(errors.forbidden(
-                    "resourceVersionMatch",
-                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"))
-            if sie and not parse_bool(q.getall("allowWatchBookmarks", [])):
-                causes.append(errors.forbidden(
-                    "allowWatchBookmarks",
-                    "sendInitialEvents requires setting allowWatchBookmarks to true"))
-        elif match:
-            causes.append(errors.forbidden(
-                "resourceVersionMatch",
-                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"))
+                    rvm, "resourceVersionMatch is forbidden when continue is provided"))
         return causes
-    if sie_given:
-        causes.append(errors.forbidden("sendInitialEvents",
-                                       "sendInitialEvents is forbidden for list"))
     if match:
         if not rv:
             causes.append(errors.forbidden(
-                "resourceVersionMatch",
-                "resourceVersionMatch is forbidden unless resourceVersion is provided"))
+                rvm, "resourceVersionMatch is forbidden unless resourceVersion is provided"))
         if q.get("continue"):
             causes.append(errors.forbidden(
-                "resourceVersionMatch",
-                "resourceVersionMatch is forbidden when continue is provided"))
+                rvm, "resourceVersionMatch is forbidden when continue is provided"))
+        if match not in ("Exact", "NotOlderThan"):
+            causes.append(errors.not_supported(rvm, match, ["Exact", "NotOlderThan", ""]))
         if match == "Exact" and rv == "0":
             causes.append(errors.forbidden(
-                "resourceVersionMatch",
-                'resourceVersionMatch "exact" is forbidden for resourceVersion "0"'))
+                rvm, 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"'))
+    if sie_given:
+        causes.append(errors.forbidden("sendInitialEvents",
+                                       "sendInitialEvents is forbidden for list"))
     return causes
 
 

@@ -734,8 +734,9 @@ async def test_send_initial_events_ends_with_annotated_bookmark(
             events = await read_lines(r, limit=3)
         async with http.get("/api/v1/services", params={
                 "watch": "1", "sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan",
-                "timeoutSeconds": "5"}) as r:
-            assert r.status == 422  # requires allowWatchBookmarks
+                "timeoutSeconds": "1"}) as r:
+            no_bookmarks = await read_lines(r)
+        assert [e["type"] for e in no_bookmarks] == ["ADDED", "ADDED"]  # and no end bookmark
     assert [e["type"] for e in events] == ["ADDED", "ADDED", "BOOKMARK"]
     assert [e["object"]["metadata"].get("name") for e in events[:2]] == ["a", "b"]
     meta = events[2]["object"]["metadata"]
@@ -1577,3 +1578,34 @@ async def test_standalone_process(no_proxy_env: None, tmp_path: Path) -> None:
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert not kubeconfig.exists()
+
+
+@pytest.mark.parametrize(("params", "gate", "messages"), [
+    ({"watch": "true", "sendInitialEvents": "true"}, False, [
+        "resourceVersionMatch: Forbidden: sendInitialEvents requires setting "
+        "resourceVersionMatch to NotOlderThan",
+        "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the "
+        "WatchList feature gate is enabled"]),
+    ({"watch": "true", "sendInitialEvents": "true", "resourceVersionMatch": "Exact",
+      "allowWatchBookmarks": "true"}, True, [
+        "resourceVersionMatch: Forbidden: sendInitialEvents requires setting "
+        "resourceVersionMatch to NotOlderThan",
+        'resourceVersionMatch: Unsupported value: "Exact": supported values: "NotOlderThan"']),
+    ({"watch": "true", "resourceVersionMatch": "NotOlderThan"}, True, [
+        "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless "
+        "sendInitialEvents is provided"]),
+    ({"resourceVersionMatch": "Sometimes", "resourceVersion": "1"}, False, [
+        'resourceVersionMatch: Unsupported value: "Sometimes": supported values: "Exact", '
+        '"NotOlderThan", ""']),
+    ({"sendInitialEvents": "false"}, True, [
+        "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list"]),
+])
+async def test_list_option_messages(no_proxy_env: None, params: dict[str, str], gate: bool,
+                                    messages: list[str]) -> None:
+    async with FakeApiServer(send_initial_events=gate) as api, \
+            aiohttp.ClientSession(base_url=api.url) as http, \
+            http.get("/api/v1/services", params=params) as r:
+        assert r.status == 422
+        body = await r.json()
+    agg = messages[0] if len(messages) == 1 else "[" + ", ".join(messages) + "]"
+    assert body["message"] == f'ListOptions.meta.k8s.io "" is invalid: {agg}'
