@@ -10,6 +10,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.balance import Balancers
 from proxy.tcp.proxy import HIGH_WATER, LOW_WATER, TcpProxy, _Conn, _Frontend, _Upstream
@@ -209,3 +211,55 @@ async def test_connect_with_big_pending_write_keeps_client_paused() -> None:
     assert not p.ct.reading  # the server side is over its high mark: the client waits
     p.st.drain()
     assert p.ct.reading
+
+
+OPS = st.lists(st.tuples(
+    st.sampled_from(["c_data", "s_data", "c_eof", "s_eof", "drain_ct", "drain_st"]),
+    st.integers(1, 3 * HIGH_WATER)), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_any_interleaving_keeps_order_bounds_and_half_close(ops: list[tuple[str, int]]) -> None:
+    asyncio.run(_interleave(ops))
+
+
+async def _interleave(ops: list[tuple[str, int]]) -> None:
+    p = Pair()
+    p.connect()
+    sent_up = bytearray()
+    sent_down = bytearray()
+    c_eof = s_eof = False
+    for i, (op, n) in enumerate(ops):
+        chunk = bytes([i % 251]) * n
+        if op == "c_data" and not c_eof and p.ct.reading and not p.ct.closed:
+            sent_up += chunk
+            p.conn.data_received(chunk)
+        elif op == "s_data" and not s_eof and p.st.reading and not p.st.closed:
+            sent_down += chunk
+            p.up.data_received(chunk)
+        elif op == "c_eof" and not c_eof and not p.ct.closed:
+            c_eof = True
+            assert p.conn.eof_received() is True
+        elif op == "s_eof" and not s_eof and not p.st.closed:
+            s_eof = True
+            assert p.up.eof_received() is True
+        elif op == "drain_ct":
+            p.ct.drain()
+        elif op == "drain_st":
+            p.st.drain()
+        # Every byte went through, in order; a full side stops the other from reading.
+        assert p.st.written == sent_up and p.ct.written == sent_down
+        if p.st.buffered > HIGH_WATER and not p.ct.closed:
+            assert not p.ct.reading
+        if p.ct.buffered > HIGH_WATER and not p.st.closed:
+            assert not p.st.reading
+        assert p.st.eof_written == c_eof and p.ct.eof_written == s_eof
+        assert (p.ct.closed and p.st.closed) == (c_eof and s_eof)
+        assert not p.ct.aborted and not p.st.aborted
+    p.ct.drain()
+    p.st.drain()
+    if not (c_eof and s_eof):
+        assert p.ct.reading and p.st.reading and p.proxy.connections == 1
+    else:
+        assert p.proxy.connections == 0
