@@ -30,21 +30,33 @@ class StartupError(Exception):
     """Start-up cannot go on; the message says what to fix."""
 
 
-def make_tls_store(tls: TlsSettings, need_tls: bool) -> Any:
+def make_tls_store(tls: TlsSettings, need_tls: bool,
+                   self_signed_pem: bytes | None = None) -> Any:
     from proxy.certs import CertificateError
     from proxy.tls import TlsStore
 
     try:
-        return TlsStore(tls, need_tls=need_tls)
+        return TlsStore(tls, need_tls=need_tls, self_signed_pem=self_signed_pem)
     except CertificateError as e:
         raise StartupError(str(e)) from None
+
+
+def make_self_signed(settings: Settings) -> bytes | None:
+    """Without --ssl-cert, the certificate a TLS frontend falls back to: made once by the
+    controller so that every worker serves the same one."""
+    if settings.tls.cert:
+        return None
+    from proxy.certs import generate_self_signed
+    from proxy.tls import self_signed_names
+
+    return generate_self_signed(self_signed_names())
 
 
 class DataPlane:
     """One worker's listeners. `apply(table)` is atomic for new connections."""
 
     def __init__(self, settings: Settings, *, reuse_port: bool = False,
-                 tls_store: Any = None) -> None:
+                 tls_store: Any = None, self_signed_pem: bytes | None = None) -> None:
         from proxy.balance import Balancers
         from proxy.http import HttpProxy
         from proxy.tcp import TcpProxy
@@ -56,6 +68,7 @@ class DataPlane:
         self.http = HttpProxy(settings, self.stats, self.balancers, frontend="http")
         self.https: Any = None
         self.tls_store = tls_store
+        self.self_signed_pem = self_signed_pem
         self.tcp = TcpProxy(settings, self.stats, self.balancers, host=settings.bind,
                             reuse_port=reuse_port)
         self.table = RouteTable()
@@ -75,7 +88,8 @@ class DataPlane:
         from proxy.http import HttpProxy
 
         if self.tls_store is None:
-            self.tls_store = make_tls_store(self.settings.tls, need_tls=True)
+            self.tls_store = make_tls_store(self.settings.tls, need_tls=True,
+                                            self_signed_pem=self.self_signed_pem)
         self.https = HttpProxy(self.settings, self.stats, self.balancers, frontend="https",
                                tls=True, ssl_context=self.tls_store.server_context())
         self.https.set_table(self.table)
@@ -231,11 +245,12 @@ class Controller:
         if s.workers > 1:
             from pylb.workers import WorkerPool
 
-            self.pool = WorkerPool(s)
+            self.pool = WorkerPool(s, self_signed_pem=make_self_signed(s))
             await self.pool.start()
         else:
             tls_store = make_tls_store(s.tls, need_tls=True) if s.tls.cert else None
-            self.plane = DataPlane(s, tls_store=tls_store)
+            self.plane = DataPlane(s, tls_store=tls_store,
+                                   self_signed_pem=make_self_signed(s))
             try:
                 await self.plane.start()
             except OSError as e:

@@ -63,8 +63,9 @@ def _retire(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, self_signed_pem: bytes | None = None) -> None:
         self.settings = settings
+        self.self_signed_pem = self_signed_pem
         self.restarts = 0
         self.table = RouteTable()
         self.health: dict[tuple[str, int], bool] = {}
@@ -93,7 +94,8 @@ class WorkerPool:
     def _spawn(self, w: _Worker) -> None:
         loop = asyncio.get_running_loop()
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=worker_main, args=(w.index, self.settings, child),
+        proc = self._ctx.Process(target=worker_main, args=(w.index, self.settings, child,
+                                                                 self.self_signed_pem),
                                  name=f"pylb-worker-{w.index}", daemon=True)
         proc.start()
         child.close()
@@ -232,7 +234,8 @@ class WorkerPool:
 
 
 def worker_main(index: int, settings: Settings,
-                conn: multiprocessing.connection.Connection) -> None:
+                conn: multiprocessing.connection.Connection,
+                self_signed_pem: bytes | None = None) -> None:
     """Entry point of a worker process."""
     from pylb.cli import setup_logging
 
@@ -242,7 +245,7 @@ def worker_main(index: int, settings: Settings,
     import uvloop
 
     try:
-        uvloop.run(_worker(index, settings, conn))
+        uvloop.run(_worker(index, settings, conn, self_signed_pem))
     except Exception as e:
         log.exception("worker %d failed", index)
         with contextlib.suppress(Exception):
@@ -251,11 +254,12 @@ def worker_main(index: int, settings: Settings,
 
 
 async def _worker(index: int, settings: Settings,
-                  conn: multiprocessing.connection.Connection) -> None:
+                  conn: multiprocessing.connection.Connection,
+                  self_signed_pem: bytes | None) -> None:
     from pylb.app import DataPlane
 
     loop = asyncio.get_running_loop()
-    plane = DataPlane(settings, reuse_port=True)
+    plane = DataPlane(settings, reuse_port=True, self_signed_pem=self_signed_pem)
     try:
         await plane.start()
     except OSError as e:

@@ -351,3 +351,49 @@ def test_settings_default_workers_from_affinity() -> None:
     from pylb.cli import default_workers
 
     assert default_workers() == len(os.sched_getaffinity(0))
+
+
+async def test_workers_share_one_self_signed_certificate(backends: list[int]) -> None:
+    """Without --ssl-cert, a service that needs TLS gets a self-signed certificate made
+    once by the controller: every worker serves the same one."""
+    import hashlib
+    import ssl
+
+    from pylb.app import make_self_signed
+
+    s = settings(https_port=free_port())
+    pool = WorkerPool(s, self_signed_pem=make_self_signed(s))
+    await pool.start()
+    try:
+        b = Backend("default/svc:80", tuple(Server("127.0.0.1", p) for p in backends))
+        pool.apply(RouteTable(https=(HttpRoute("svc", "/svc", b.name, tls=True),),
+                              backends=(b,), version=1))
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        seen: set[str] = set()
+        workers_seen: set[int] = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (len(workers_seen) < 2 or not seen):
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", s.https_port, ssl=ctx)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            der = w.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            seen.add(hashlib.sha256(der).hexdigest())
+            w.write(b"GET /svc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(r.read(), 5)).startswith(b"HTTP/1.1 200")
+            w.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await w.wait_closed()
+            await asyncio.sleep(0.6)
+            workers_seen = {i for i in range(2) if _https_conns(pool, i) > 0}
+        assert workers_seen == {0, 1}, "both workers should have served a TLS connection"
+        assert len(seen) == 1
+    finally:
+        await pool.shutdown(1.0)
+
+
+def _https_conns(pool: WorkerPool, i: int) -> int:
+    snap = pool._workers[i].snapshot
+    return int(snap.get("frontends", {}).get("https", {}).get("total_conns", 0))
