@@ -194,10 +194,11 @@ def expired_status_json(message: str) -> JsonObj:
 
 
 def too_large_rv(requested: int, current: int) -> ApiError:
-    """504 for a resourceVersion newer than the store (apiserver `storage/errors.go`)."""
+    """504 for a resourceVersion newer than the store (apiserver `storage/errors.go`
+    `NewTooLargeResourceVersionError`, a `NewTimeoutError`: hence the "Timeout: " prefix)."""
     err = status(
         504, "Timeout",
-        f"Too large resource version: {requested}, current: {current}",
+        f"Timeout: Too large resource version: {requested}, current: {current}",
         causes=[Cause("ResourceVersionTooLarge", "Too large resource version", "")],
         retry_after=1,
     )

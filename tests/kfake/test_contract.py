@@ -248,7 +248,10 @@ async def test_future_rv_is_504_too_large(kube_api: FakeApiServer,
             assert r.headers["Retry-After"] == "1"
             body = await r.json()
         assert body["reason"] == "Timeout"
-        assert body["details"]["causes"][0]["reason"] == "ResourceVersionTooLarge"
+        assert body["message"] == (
+            f"Timeout: Too large resource version: {future}, current: {kube_api.store.rv}")
+        assert body["details"]["causes"] == [
+            {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]
         assert body["details"]["retryAfterSeconds"] == 1
 
 
