@@ -145,6 +145,7 @@ class Resource:
     generation: bool = False
     return_deleted: bool = False  # DELETE answers the object (else a Success Status)
     name_rule: str = "subdomain"  # "dns1035" (services), "label" (namespaces), "subdomain"
+    initial_status: str = "{}"  # JSON of the status a create starts with (PrepareForCreate)
     time_fields: tuple[tuple[str, ...], ...] = ()
     microtime_fields: tuple[tuple[str, ...], ...] = ()
     warning: str | None = None
@@ -485,7 +486,7 @@ def _validate_events_v1(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
 
 RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "services", "Service", has_status=True, return_deleted=True,
-             name_rule="dns1035",
+             name_rule="dns1035", initial_status='{"loadBalancer": {}}',
              validate=_validate_service, default=_default_service),
     Resource("", "v1", "endpoints", "Endpoints", warning=ENDPOINTS_WARNING,
              create_on_update=True, validate=_validate_endpoints, default=_default_endpoints),
@@ -503,9 +504,10 @@ RESOURCES: tuple[Resource, ...] = (
              time_fields=(("deprecatedFirstTimestamp",), ("deprecatedLastTimestamp",)),
              microtime_fields=(("eventTime",), ("series", "lastObservedTime")),
              validate=_validate_events_v1),
-    Resource("", "v1", "pods", "Pod", has_status=True, generation=True, return_deleted=True),
+    Resource("", "v1", "pods", "Pod", has_status=True, generation=True, return_deleted=True,
+             initial_status='{"phase": "Pending", "qosClass": "BestEffort"}'),
     Resource("", "v1", "namespaces", "Namespace", namespaced=False, has_status=True,
-             return_deleted=True, name_rule="label"),
+             return_deleted=True, name_rule="label", initial_status='{"phase": "Active"}'),
 )
 
 _BY_KEY = {r.key: r for r in RESOURCES}

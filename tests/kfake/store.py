@@ -369,7 +369,7 @@ class Store:
         for key in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
             meta.pop(key, None)
         if res.has_status:
-            body["status"] = {"loadBalancer": {}} if res.plural == "services" else {}
+            body["status"] = json.loads(res.initial_status)
         meta["name"] = name
         if res.namespaced:
             meta["namespace"] = ns

@@ -1612,3 +1612,14 @@ async def test_list_option_messages(no_proxy_env: None, params: dict[str, str], 
         body = await r.json()
     agg = messages[0] if len(messages) == 1 else "[" + ", ".join(messages) + "]"
     assert body["message"] == f'ListOptions.meta.k8s.io "" is invalid: {agg}'
+
+
+@pytest.mark.parametrize(("which", "body", "status"), [
+    ("services", svc("web"), {"loadBalancer": {}}),
+    ("namespaces", {"metadata": {"name": "lb"}}, {"phase": "Active"}),
+    ("pods", {"metadata": {"name": "p", "namespace": NS}, "spec": {},
+              "status": {"phase": "Running"}}, {"phase": "Pending", "qosClass": "BestEffort"}),
+])
+def test_create_starts_with_the_strategy_status(which: str, body: JsonObj,
+                                                status: JsonObj) -> None:
+    assert Store().create(which, body)["status"] == status
