@@ -612,7 +612,8 @@ def _index(objects: KubeObjects) -> _EndpointIndex:
         idx.endpoints.setdefault(key, []).append(obj)
     # A canonical order, so that which bad object is reported never depends on input order.
     for group in (*idx.slices.values(), *idx.endpoints.values()):
-        group.sort(key=_canonical)
+        if len(group) > 1:
+            group.sort(key=_canonical)
     return idx
 
 
@@ -846,25 +847,92 @@ def _tcp_listen(svc: _Service, settings: Settings, builder: _Builder) -> dict[in
     return out
 
 
+# Memo of the expensive, per-service part of translation (parsing the service and reading
+# its endpoints), so that one endpoint change in a cluster of 10,000 services re-reads one
+# service's endpoints, not all of them. The key holds every input of that part — the
+# service's and its endpoint objects' resourceVersions (an API server changes them on
+# every write) and the settings — so a hit returns exactly what recomputing would; objects
+# without resourceVersions (files) are never memoised. Each call keeps only the entries it
+# used, so the memo never outgrows one cluster.
+# (the parsed service or None, then in port order: a skip reason (str) or a port with its
+# servers, then the reason the service is unusable, if any)
+_Plan = tuple["_Service | None", list["str | tuple[_Port, tuple[Server, ...]]"], str | None]
+_memo: dict[tuple[Any, ...], tuple[Settings, _Plan]] = {}
+
+
+def _memo_key(obj: dict[str, Any], namespace: str, name: str,
+              idx: _EndpointIndex) -> tuple[Any, ...] | None:
+    spec = obj.get("spec")
+    if _resource_version(obj) < 0 or not isinstance(spec, dict) or \
+            spec.get("type") == "ExternalName":  # its servers come from DNS, not the API
+        return None
+    versions: list[int] = []
+    for group in (idx.slices.get((namespace, name), ()),
+                  idx.endpoints.get((namespace, name), ())):
+        for o in group:
+            rv = _resource_version(o)
+            if rv < 0:
+                return None
+            versions.append(rv)
+    return (namespace, name, _resource_version(obj), tuple(versions))
+
+
 def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
     """The route table for these objects under these settings (see the module docstring for
     every rule). Never raises: a service it cannot use is skipped with a reason."""
+    global _memo
     builder = _Builder(settings)
     idx = _index(objects)
+    used: dict[tuple[Any, ...], tuple[Settings, _Plan]] = {}
     for (namespace, name), obj in _select(objects, settings, builder):
         try:
-            _translate_service(obj, namespace, name, settings, objects, idx, builder)
+            _translate_service(obj, namespace, name, settings, objects, idx, builder, used)
         except _Bad as e:
             builder.skip(namespace, name, str(e), logging.WARNING)
         except Exception as e:  # a bug here must cost one service, not the whole table
             log.exception("internal error translating service %s/%s", namespace, name)
             builder.skip(namespace, name, f"internal error: {e!r}", logging.ERROR)
+    _memo = used
     return builder.table()
 
 
+def _plan_service(obj: dict[str, Any], namespace: str, name: str, settings: Settings,
+                  objects: KubeObjects, idx: _EndpointIndex) -> _Plan:
+    """The service parsed and, port by port, a skip reason or the port's servers, up to
+    the first error that makes the whole service unusable — the order in which
+    `_translate_service` reports them."""
+    try:
+        svc = _parse_service(obj, settings, namespace, name)
+    except _Bad as e:
+        return None, [], str(e)
+    steps: list[str | tuple[_Port, tuple[Server, ...]]] = []
+    if svc.type == "LoadBalancer" and obj.get("spec", {}).get("loadBalancerClass") != LB_CLASS:
+        return svc, steps, None
+    try:
+        for port in svc.ports:
+            if port.protocol != "TCP":
+                steps.append(f"port {port.port}/{port.protocol}: only TCP is balanced")
+            else:
+                steps.append((port, _servers(svc, port, idx, objects, settings)))
+    except _Bad as e:
+        return svc, steps, str(e)
+    return svc, steps, None
+
+
 def _translate_service(obj: dict[str, Any], namespace: str, name: str, settings: Settings,
-                       objects: KubeObjects, idx: _EndpointIndex, builder: _Builder) -> None:
-    svc = _parse_service(obj, settings, namespace, name)
+                       objects: KubeObjects, idx: _EndpointIndex, builder: _Builder,
+                       used: dict[tuple[Any, ...], tuple[Settings, _Plan]]) -> None:
+    key = _memo_key(obj, namespace, name, idx)
+    hit = _memo.get(key) if key is not None else None
+    if hit is not None and (hit[0] is settings or hit[0] == settings):
+        plan = hit[1]
+    else:
+        plan = _plan_service(obj, namespace, name, settings, objects, idx)
+    if key is not None:
+        used[key] = (settings, plan)
+    svc, steps, error = plan
+    if svc is None:
+        raise _Bad(error or "unusable service")
     if svc.type == "LoadBalancer":
         spec = obj.get("spec", {})
         if spec.get("loadBalancerClass") != LB_CLASS:
@@ -876,14 +944,16 @@ def _translate_service(obj: dict[str, Any], namespace: str, name: str, settings:
     if svc.ann.passthrough and not listen:
         raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.sslPassthrough needs the service "
                    "listed in --tcp-services")
-    # Compute every port's servers first so that bad endpoints skip the whole service.
+    # Every port's servers come first (in the plan) so that bad endpoints skip the whole
+    # service.
     plans: list[tuple[_Port, tuple[Server, ...]]] = []
-    for port in svc.ports:
-        if port.protocol != "TCP":
-            builder.skip(svc.namespace, svc.name,
-                         f"port {port.port}/{port.protocol}: only TCP is balanced")
-            continue
-        plans.append((port, _servers(svc, port, idx, objects, settings)))
+    for step in steps:
+        if isinstance(step, str):
+            builder.skip(svc.namespace, svc.name, step)
+        else:
+            plans.append(step)
+    if error is not None:
+        raise _Bad(error)
     for port, servers in plans:
         backend_name = f"{svc.namespace}/{svc.name}:{port.port}"
         if not servers:
