@@ -349,6 +349,40 @@ async def test_client_gives_up_while_connecting(h: Harness) -> None:
         lsock.close()
 
 
+async def test_shutdown_while_connecting_leaks_nothing(h: Harness) -> None:
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(lsock.getsockname())
+            fillers.append(s)
+        p = h.proxy()
+        await p.set_table(table(Server("127.0.0.1", lsock.getsockname()[1])))
+        fds = len(os.listdir("/proc/self/fd"))
+        r, w = await h.connect(p)
+        for _ in range(500):
+            if conns(p) and conns(p)[0].dial is not None:
+                break
+            await asyncio.sleep(0.01)
+        await p.shutdown(0)
+        assert p.connections == 0
+        assert await read_exactly_or_eof(r) == b""
+        w.transport.abort()
+        for _ in range(500):
+            if len(os.listdir("/proc/self/fd")) <= fds:
+                break
+            await asyncio.sleep(0.01)
+        assert len(os.listdir("/proc/self/fd")) <= fds  # the half-made connect is gone too
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
+
+
 async def test_route_removal_drains(h: Harness) -> None:
     u = await h.upstream()
     p = h.proxy(replace(Settings(), grace_period=0.3))
