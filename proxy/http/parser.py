@@ -46,6 +46,13 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
+# The methods llhttp knows (RFC 9110, WebDAV, CalDAV, PATCH, PURGE, QUERY...): h11 would
+# take any token, and both parsers must accept the same requests. Others get a 400.
+# CONNECT is refused too: pylb is not a forward proxy.
+METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH "
+    b"UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split())
 
 
 class ParseError(Exception):
@@ -191,8 +198,8 @@ def analyze_request(method: bytes, target: bytes, version: bytes, headers: Heade
         raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
     if version != b"1.1" and version != b"1.0":
         raise ParseError(Failure.BAD_REQUEST, "unsupported HTTP version")
-    if not _TOKEN.fullmatch(method) or method == b"CONNECT":
-        raise ParseError(Failure.BAD_REQUEST, "bad method")
+    if method not in METHODS:
+        raise ParseError(Failure.BAD_REQUEST, "unknown method")
     if not target or not (target[0] == 0x2F or target == b"*" or target.startswith(b"http")):
         raise ParseError(Failure.BAD_REQUEST, "bad request target")
     head = RequestHead(method, target, version, headers)
@@ -409,13 +416,14 @@ def _h11_error(e: h11.ProtocolError, failure: Failure) -> ParseError:
 
 
 class H11RequestParser:
-    __slots__ = ("_body", "_buf", "_limits", "_sink", "upgrade_rest")
+    __slots__ = ("_body", "_buf", "_last", "_limits", "_sink", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         self._sink = sink
         self._limits = limits
         self._buf = b""
         self._body: BodyFramer | None = None
+        self._last = False  # the last request ended: it did not keep the connection alive
         self.upgrade_rest: bytes | None = None
 
     def feed(self, data: bytes) -> None:
@@ -432,6 +440,8 @@ class H11RequestParser:
                 self._sink.on_end()
                 data = rest
                 continue
+            if self._last:
+                return  # bytes after a request that closes the connection are ignored
             buf = self._buf + data if self._buf else data
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -441,6 +451,7 @@ class H11RequestParser:
             self._buf = b""
             head = self._parse_head(buf[:end + 4])
             data = buf[end + 4:]
+            self._last = not head.keep_alive
             self._sink.on_head(head)
             if head.upgrade:
                 self.upgrade_rest = b""
@@ -595,8 +606,8 @@ class H11ResponseParser:
 class HttptoolsRequestParser:
     """llhttp does the tokenizing and framing; the callbacks build the same heads."""
 
-    __slots__ = ("_head_fed", "_head_size", "_headers", "_in_body", "_limits", "_p", "_sink",
-                 "_url", "upgrade_rest")
+    __slots__ = ("_head_fed", "_head_size", "_headers", "_in_body", "_last", "_limits", "_p",
+                 "_sink", "_url", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         assert httptools is not None
@@ -608,11 +619,14 @@ class HttptoolsRequestParser:
         self._head_size = 0
         self._head_fed = 0  # bytes of a head still incomplete (see `feed`)
         self._in_body = False
+        self._last = False  # as in H11RequestParser
         self.upgrade_rest: bytes | None = None
 
     def feed(self, data: bytes) -> None:
         if self.upgrade_rest is not None:
             self.upgrade_rest += data
+            return
+        if self._last and not self._in_body:
             return
         if not self._in_body and data.find(b"\r\n\r\n") < 0:
             # llhttp keeps partial fields to itself: count what a head still incomplete
@@ -630,6 +644,8 @@ class HttptoolsRequestParser:
                 raise ctx from None
             raise  # an error of ours, not of the request
         except httptools.HttpParserError as e:
+            if self._last and not self._in_body:
+                return  # llhttp refuses data after a closing request; we ignore it
             raise ParseError(Failure.BAD_REQUEST, str(e)) from None
 
     def on_message_begin(self) -> None:
@@ -659,6 +675,8 @@ class HttptoolsRequestParser:
                                self._headers, self._limits)
         self._in_body = True
         self._head_fed = 0
+        self._headers = []  # llhttp reports trailer fields with on_header too: not these
+        self._last = not head.keep_alive
         self._sink.on_head(head)
 
     def on_body(self, body: bytes) -> None:
@@ -753,6 +771,7 @@ class HttptoolsResponseParser:
         head = analyze_response(p.get_status_code(), self._reason,
                                 p.get_http_version().encode(), self._headers, self._method)
         self._reason = b""
+        self._headers = []  # trailer fields (on_header again) must not join the head
         if head.status < 200 and head.status != 101:
             self._sink.on_interim(head)
             return

@@ -121,6 +121,8 @@ MALFORMED = [
     ("two-hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BAD),
     ("tls-hello", b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", BAD),
     ("connect", b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", BAD),
+    ("unknown-method", b"BREW /pot HTTP/1.1\r\n" + H + b"\r\n", BAD),
+    ("lowercase-method", b"get / HTTP/1.1\r\n" + H + b"\r\n", BAD),
     ("bad-target", b"GET foo HTTP/1.1\r\n" + H + b"\r\n", BAD),
     ("space-in-target", b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", BAD),
     ("expect-other", b"GET / HTTP/1.1\r\n" + H + b"Expect: magic\r\n\r\n", BAD),
@@ -316,3 +318,19 @@ def test_framer_chunked_split_everywhere() -> None:
                 break
         assert b"".join(got) == b"hello!", step
         assert rest == b"NEXT", step
+
+
+def test_bytes_after_closing_request_ignored(parser_kind: HttpParser) -> None:
+    sink = parse(parser_kind, b"POST /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                 b"Content-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\nHost: a\r\n\r\n\x00junk")
+    assert sink.kinds() == ["head", "body", "end"] and sink.body() == b"hi"
+
+
+def test_trailers_are_not_head_fields(parser_kind: HttpParser) -> None:
+    sink = parse(parser_kind, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                 b"\r\n1\r\nx\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    head = sink.events[0][1]
+    assert [k for k, _ in head.headers] == [b"Host", b"Transfer-Encoding"]
+    rsink, _ = rparse(parser_kind, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"1\r\nx\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    assert [k for k, _ in rsink.events[0][1].headers] == [b"Transfer-Encoding"]
