@@ -14,9 +14,13 @@ Both heads go through `analyze_request` / `analyze_response`, where the rules th
 request smuggling live in one place: one Content-Length of digits only, no
 Content-Length with Transfer-Encoding, no transfer coding but `chunked`, HTTP/1.0 or 1.1
 only, Host required in 1.1. Lexically both reject obs-fold, bare CR or LF, NUL and space
-before a colon. Limits (`Limits`): a target longer than `max_uri` → 414; a head longer
-than `max_request_head` or with more than `max_headers` fields → 431; anything else
-malformed → 400. A parser that raised is dead: the caller answers and closes.
+before a colon; only the methods llhttp knows are taken (`METHODS`), and bytes after a
+request that closes the connection are ignored. One leniency of llhttp remains: it skips
+repeated spaces in the request line, which h11 refuses (the differential tests allow that
+one: it does not move message boundaries). Limits (`Limits`): a target longer than
+`max_uri` → 414; a head longer than `max_request_head` or with more than `max_headers`
+fields → 431; anything else malformed → 400. A parser that raised is dead: the caller
+answers and closes.
 
 An upgrade request (Upgrade + Connection: upgrade, no body) ends parsing: the bytes after
 it are kept in `upgrade_rest` for the tunnel. Responses are parsed by a fresh
