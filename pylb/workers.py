@@ -308,8 +308,11 @@ async def _worker(index: int, settings: Settings,
             stop.set_result(settings.grace_period)
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    if plane.tls_store is not None:
-        loop.add_signal_handler(signal.SIGHUP, plane.tls_store.reload_if_changed)
+    def on_sighup() -> None:  # always handled: SIGHUP's default action would kill us
+        if plane.tls_store is not None:
+            plane.tls_store.reload_if_changed()
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     conn.send(("ready", index))
     tasks = [loop.create_task(apply_tables()), loop.create_task(report_loop())]
     grace = await stop
