@@ -397,3 +397,19 @@ async def test_workers_share_one_self_signed_certificate(backends: list[int]) ->
 def _https_conns(pool: WorkerPool, i: int) -> int:
     snap = pool._workers[i].snapshot
     return int(snap.get("frontends", {}).get("https", {}).get("total_conns", 0))
+
+
+async def test_sighup_reloads_without_restarting_anything(tmp_path: Path,
+                                                          backends: list[int]) -> None:
+    proc, ports = await start_pylb(tmp_path, backends)
+    try:
+        kids = sorted(_children(proc.pid))
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        assert proc.returncode is None
+        assert sorted(_children(proc.pid)) == kids
+        assert all(_alive(k) for k in kids)
+        assert (await http_get(ports["http"], "/svc"))[0] == 200
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
