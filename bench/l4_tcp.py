@@ -135,19 +135,73 @@ def run_rate_client(port: int, seconds: float, concurrency: int) -> None:
     uvloop.run(main())
 
 
+def run_bare(listen: int, backend: int) -> None:
+    """The floor: the least a uvloop Protocol proxy can do (no stats, balancing, timeouts,
+    half-close or flow control), to show what pylb's bookkeeping costs on top."""
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        class Up(asyncio.Protocol):
+            def __init__(self, c: Any) -> None:
+                self.c = c
+
+            def connection_made(self, t: Any) -> None:
+                self.t = t
+
+            def data_received(self, d: bytes) -> None:
+                self.c.t.write(d)
+
+            def connection_lost(self, e: BaseException | None) -> None:
+                self.c.t.close()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, t: Any) -> None:
+                self.t, self.buf, self.up = t, b"", None
+                self.task = loop.create_task(self.go())
+
+            async def go(self) -> None:
+                up = Up(self)
+                await loop.create_connection(lambda: up, "127.0.0.1", backend)
+                self.up = up
+                if self.buf:
+                    up.t.write(self.buf)
+
+            def data_received(self, d: bytes) -> None:
+                if self.up is not None:
+                    self.up.t.write(d)
+                else:
+                    self.buf += d
+
+            def eof_received(self) -> bool:
+                return False
+
+            def connection_lost(self, e: BaseException | None) -> None:
+                if self.up is not None:
+                    self.up.t.close()
+
+        srv = await loop.create_server(P, "127.0.0.1", listen, backlog=4096)
+        await srv.serve_forever()
+
+    uvloop.run(main())
+
+
 def run_pylb(listen: int, backend: int, splice: str) -> None:
     import uvloop
 
     from proxy.balance import Balancers
-    from proxy.tcp import TcpProxy
+    from proxy.tcp import DEFAULT_SPLICE_THRESHOLD, TcpProxy
     from pylb.config import Settings
     from pylb.counters import Stats
     from pylb.model import Backend, RouteTable, Server, TcpFrontend
 
     async def main() -> None:
         s = Settings()
+        threshold = {"none": None, "default": DEFAULT_SPLICE_THRESHOLD}.get(splice)
         p = TcpProxy(s, Stats(), Balancers(s.limits), host="127.0.0.1",
-                     splice_threshold=None if splice == "none" else int(splice))
+                     splice_threshold=threshold if splice in ("none", "default")
+                     else int(splice))
         await p.set_table(RouteTable(
             tcp=(TcpFrontend("bench", listen, "b"),),
             backends=(Backend("b", (Server("127.0.0.1", backend),)),)))
@@ -220,13 +274,15 @@ def main(argv: list[str] | None = None) -> None:
         return run_rate_client(int(argv[1]), float(argv[2]), int(argv[3]))
     if argv and argv[0] == "pylb":
         return run_pylb(int(argv[1]), int(argv[2]), argv[3])
+    if argv and argv[0] == "bare":
+        return run_bare(int(argv[1]), int(argv[2]))
     ap = argparse.ArgumentParser(prog="python -m bench.l4_tcp")
     ap.add_argument("--gb", type=float, default=2.0, help="GiB per bulk run")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per rate run")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--only", nargs="*", help="subset: direct haproxy haproxy-splice "
-                    "pylb-splice pylb-copy pylb-switch")
+                    "bare-uvloop pylb-splice pylb-copy pylb-switch")
     args = ap.parse_args(argv)
     sink_port = free_port()
     procs: list[subprocess.Popen[bytes]] = [spawn("sink", str(sink_port))]
@@ -246,8 +302,12 @@ def main(argv: list[str] | None = None) -> None:
                 assert hs is not None
                 procs.append(hs)
                 runs.append(("haproxy-splice", hs, hsp))
+            bp = free_port()
+            b = spawn("bare", str(bp), str(sink_port))
+            procs.append(b)
+            runs.append(("bare-uvloop", b, bp))
             for name, thr in (("pylb-splice", "0"), ("pylb-copy", "none"),
-                              ("pylb-switch", str(256 * 1024))):
+                              ("pylb-switch", "default")):
                 port = free_port()
                 p = spawn("pylb", str(port), str(sink_port), thr)
                 procs.append(p)

@@ -23,10 +23,11 @@ moves to a `SplicePump` (see proxy/tcp/splice.py) and stays there until it ends.
 shape: uvloop accepts and connects in C, which a hand-made raw-socket path would redo in
 Python for every connection, and uvloop refuses add_reader on an fd a transport owns; so
 connections start as transports and only bulk ones move, on dup()ed fds, to splice.
-Measured here (bench/l4_tcp.py, 2 GiB, proxy CPU only): splice 0.15 CPU-s/GiB, copy
-0.30, haproxy 2.6 `mode tcp` 0.32; per connection, copy 112 µs, splice-from-the-first-
-byte 184 µs, haproxy 43 µs. Hence the default threshold: short connections never pay for
-splice, bulk ones halve their CPU.
+Measured here (bench/l4_tcp.py, 2 GiB, proxy CPU only, medians of three runs): splice
+0.15 CPU-s/GiB, copy 0.30, haproxy 2.6 `mode tcp` 0.34; per connection, copy 98 µs,
+splice from the first byte 140 µs, a bare uvloop proxy 65 µs, haproxy 52 µs. Hence the
+threshold (DEFAULT_SPLICE_THRESHOLD): short connections never pay for splice, bulk ones
+halve their CPU.
 
 Timeouts. Connect: one TimerHandle per attempt (`_Dial`). Inactivity: no timer is touched
 per chunk. Each side only bumps its byte count; one sweep per proxy (`loop.call_later`,
@@ -67,8 +68,11 @@ log = logging.getLogger("pylb.tcp")
 # mark at a quarter avoids pause/resume ping-pong.
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
-# Splice only pays once a connection moves bulk data: two pipes and four epoll changes
-# cost more than copying a few small messages (issue #4: 117 vs 102 µs per connection).
+# Splice only pays once a connection moves bulk data. Moving a connection to splice costs
+# ~42 µs (dups, two pipes, epoll changes; bench medians: 140 vs 98 µs per connection) and
+# saves ~0.14 µs per KiB (0.30 vs 0.15 CPU-s/GiB). Not knowing how much more a connection
+# will move, switch once copying has cost what switching costs (the ski-rental rule, never
+# worse than twice the best choice in hindsight): 210-390 KiB over three runs; 256 KiB.
 DEFAULT_SPLICE_THRESHOLD = 256 * 1024
 # Pipe capacity per direction on the splice path. Measured here (bench/l4_tcp.py, 2 GiB):
 # 64 KiB (the default) 0.26 CPU-s/GiB, 256 KiB 0.17, 1 MiB 0.19. 256 KiB is also what the
