@@ -40,6 +40,7 @@ class HttpProxy:
         self.hsts: bytes | None = settings.tls.hsts.encode() if tls and settings.tls.hsts \
             else None
         self.fe_counters = stats.frontend(frontend)
+        self.proto = b"https" if tls else b"http"  # X-Forwarded-Proto
         self.table = RouteTable()
         self.router = Router(())
         self.conns: set[ClientProtocol] = set()

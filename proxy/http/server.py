@@ -65,6 +65,7 @@ _T_NONE, _T_KEEPALIVE, _T_REQUEST, _T_CLIENT, _T_SERVER, _T_TUNNEL = range(6)
 _P_QUEUE, _P_UPSTREAM, _P_PENDING, _P_UPGRADE = 1, 2, 4, 8
 _REPLAY_MAX = 64 * 1024  # body bytes kept to replay on a retry (else no retry)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_COOKIE = Affinity.COOKIE  # an Enum member's lookup costs ten times a global's (3.11)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -491,15 +492,14 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._backend = backend
         self._balancer = balancer
-        if backend.affinity is Affinity.COOKIE:
-            self._cookie = hdr.find_cookie(head.headers, backend.cookie_name.encode())
+        cookie_name = None
+        if backend.affinity is _COOKIE:
+            cookie_name = backend.cookie_name.encode()
+            self._cookie = hdr.find_cookie(head.headers, cookie_name)
         self._out_head = hdr.request_head(
             head, rewrite(route, path, query), client_ip=self.client_ip,
-            proto=b"https" if proxy.tls else b"http", port=self.local_port,
-            chunked=head.chunked,
-            affinity_cookie=backend.cookie_name.encode()
-            if backend.affinity is Affinity.COOKIE else None,
-            ssl_client=self._ssl_client)
+            proto=proxy.proto, port=self.local_port, chunked=head.chunked,
+            affinity_cookie=cookie_name, ssl_client=self._ssl_client)
         if not head.idempotent:
             self._replay = None
         self._dispatch(None)
@@ -646,7 +646,7 @@ class ClientProtocol(asyncio.Protocol):
         self._keep = keep
         set_cookie = None
         backend = self._backend
-        if backend.affinity is Affinity.COOKIE:
+        if backend.affinity is _COOKIE:
             value = cookie_value(self._server).encode()
             if self._cookie != value:
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
