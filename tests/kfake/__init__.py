@@ -35,8 +35,9 @@ As its own process (benchmarks): `python -m tests.kfake --services N --endpoints
 line with its url once it serves.
 
 Known differences from a real server: no server-side apply (415), no dryRun (400), no
-finalizers or graceful deletion, namespaces need not exist, managedFields are absent, and
-core/v1 and events.k8s.io/v1 Events are stored apart (the real server shares one storage).
+finalizers or graceful deletion, namespaces need not exist, managedFields are absent, field
+selectors of events.k8s.io/v1 use the core/v1 field names. core/v1 and events.k8s.io/v1
+Events share one storage, converted both ways, as on a real server.
 """
 
 from tests.kfake import faults

@@ -649,4 +649,5 @@ class FakeApiServer:
         return await serve_watch(request, self.store, target.res,
                                  target.namespace if target.res.namespaced else None, match,
                                  opts, self.settings, plan.watch,
-                                 list(headers.items()) + plan.headers, render=self._out)
+                                 list(headers.items()) + plan.headers, render=self._out,
+                                 view=lambda obj: Store.view(target.res, obj))

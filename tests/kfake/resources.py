@@ -27,6 +27,7 @@ from tests.kfake.selectors import LABEL_KEY_RE, LABEL_VALUE_RE
 JsonObj = dict[str, Any]
 Validator = Callable[[JsonObj, "JsonObj | None"], list[Cause]]
 Defaulter = Callable[[JsonObj, "JsonObj | None", "Allocator"], None]
+Converter = Callable[[JsonObj], JsonObj]
 
 MICROTIME_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"
 RFC3339_LAYOUT = "2006-01-02T15:04:05Z07:00"
@@ -146,6 +147,11 @@ class Resource:
     return_deleted: bool = False  # DELETE answers the object (else a Success Status)
     name_rule: str = "subdomain"  # "dns1035" (services), "label" (namespaces), "subdomain"
     initial_status: str = "{}"  # JSON of the status a create starts with (PrepareForCreate)
+    # A second version of another resource: its objects live in that resource's storage
+    # (`storage`, a lookup key) and are converted on the way in and out.
+    storage: str = ""
+    to_storage: Converter | None = field(default=None, compare=False, hash=False)
+    from_storage: Converter | None = field(default=None, compare=False, hash=False)
     time_fields: tuple[tuple[str, ...], ...] = ()
     microtime_fields: tuple[tuple[str, ...], ...] = ()
     warning: str | None = None
@@ -430,6 +436,8 @@ _EVENT_TYPES = ["Normal", "Warning"]
 
 
 def _validate_core_event(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
+    if old is not None:
+        return []  # `ValidateEventUpdate` for core/v1 checks only the metadata
     causes: list[Cause] = []
     ns = (obj.get("metadata") or {}).get("namespace", "")
     involved = obj.get("involvedObject") or {}
@@ -450,7 +458,61 @@ def _validate_core_event(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
     return causes
 
 
+def _default_core_event(obj: JsonObj, old: JsonObj | None, alloc: Allocator) -> None:
+    # core/v1 Event fields without omitempty, or structs omitempty cannot drop, are written
+    # as zero values: {} for references and sources, null for unset times, "" for strings.
+    obj.setdefault("involvedObject", {})
+    obj.setdefault("source", {})
+    for f in ("firstTimestamp", "lastTimestamp", "eventTime"):
+        obj.setdefault(f, None)
+    obj.setdefault("reportingComponent", "")
+    obj.setdefault("reportingInstance", "")
+
+
+# events.k8s.io/v1 name → core/v1 name (kubernetes `pkg/apis/events/v1/conversion.go`)
+_EVENTS_V1_TO_CORE = {
+    "regarding": "involvedObject", "related": "related", "note": "message",
+    "reason": "reason", "type": "type", "eventTime": "eventTime", "series": "series",
+    "action": "action", "reportingController": "reportingComponent",
+    "reportingInstance": "reportingInstance", "deprecatedSource": "source",
+    "deprecatedFirstTimestamp": "firstTimestamp", "deprecatedLastTimestamp": "lastTimestamp",
+    "deprecatedCount": "count",
+}
+
+
+def events_v1_to_core(obj: JsonObj) -> JsonObj:
+    core: JsonObj = {"apiVersion": "v1", "kind": "Event", "metadata": obj.get("metadata", {})}
+    for new, old in _EVENTS_V1_TO_CORE.items():
+        if obj.get(new) not in (None, "", {}, 0):
+            core[old] = obj[new]
+    _default_core_event(core, None, Allocator())
+    return core
+
+
+def core_to_events_v1(obj: JsonObj) -> JsonObj:
+    ev: JsonObj = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                   "metadata": obj.get("metadata", {})}
+    for new, old in _EVENTS_V1_TO_CORE.items():
+        if obj.get(old) not in (None, "", {}, 0):
+            ev[new] = obj[old]
+    # the zero values events.k8s.io/v1 writes (fields without omitempty, or structs)
+    ev.setdefault("eventTime", None)
+    ev.setdefault("regarding", {})
+    ev.setdefault("deprecatedSource", {})
+    ev.setdefault("deprecatedFirstTimestamp", None)
+    ev.setdefault("deprecatedLastTimestamp", None)
+    return ev
+
+
+_EVENTS_V1_IMMUTABLE = ("regarding", "reason", "action", "reportingController",
+                        "reportingInstance", "eventTime")
+
+
 def _validate_events_v1(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
+    if old is not None:
+        # `ValidateEventUpdate` for events.k8s.io: what the event is about cannot change
+        return [invalid(f, obj.get(f), "field is immutable") for f in _EVENTS_V1_IMMUTABLE
+                if obj.get(f) != old.get(f)]
     causes: list[Cause] = []
     if obj.get("eventTime") is None:
         causes.append(required("eventTime"))
@@ -499,11 +561,13 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "events", "Event",
              time_fields=(("firstTimestamp",), ("lastTimestamp",)),
              microtime_fields=(("eventTime",), ("series", "lastObservedTime")),
-             validate=_validate_core_event),
+             validate=_validate_core_event, default=_default_core_event),
+    # one storage for both Event APIs, as the real server has
     Resource("events.k8s.io", "v1", "events", "Event",
              time_fields=(("deprecatedFirstTimestamp",), ("deprecatedLastTimestamp",)),
              microtime_fields=(("eventTime",), ("series", "lastObservedTime")),
-             validate=_validate_events_v1),
+             validate=_validate_events_v1, storage="events",
+             to_storage=events_v1_to_core, from_storage=core_to_events_v1),
     Resource("", "v1", "pods", "Pod", has_status=True, generation=True, return_deleted=True,
              initial_status='{"phase": "Pending", "qosClass": "BestEffort"}'),
     Resource("", "v1", "namespaces", "Namespace", namespaced=False, has_status=True,

@@ -180,8 +180,27 @@ class Store:
     def resource(which: str | Resource) -> Resource:
         return which if isinstance(which, Resource) else lookup(which)
 
+    @staticmethod
+    def home(res: Resource) -> Resource:
+        """The resource whose storage `res` uses (itself, or e.g. core Events for
+        events.k8s.io Events)."""
+        return lookup(res.storage) if res.storage else res
+
+    @staticmethod
+    def view(res: Resource, obj: JsonObj) -> JsonObj:
+        """A stored object as `res` shows it (a new dict when converted)."""
+        if res.storage and res.from_storage is not None:
+            return res.from_storage(obj)
+        return obj
+
+    @staticmethod
+    def _to_storage(res: Resource, obj: JsonObj) -> JsonObj:
+        if res.storage and res.to_storage is not None:
+            return res.to_storage(obj)
+        return obj
+
     def _table(self, res: Resource) -> dict[ObjKey, JsonObj]:
-        return self._objects.setdefault(res, {})
+        return self._objects.setdefault(self.home(res), {})
 
     def _ns(self, res: Resource, namespace: str | None, obj: JsonObj | None = None) -> str:
         if not res.namespaced:
@@ -196,7 +215,7 @@ class Store:
     def get(self, which: str | Resource, namespace: str, name: str) -> JsonObj | None:
         res = self.resource(which)
         obj = self._table(res).get((self._ns(res, namespace), name))
-        return clone(obj) if obj is not None else None
+        return clone(self.view(res, obj)) if obj is not None else None
 
     def read(self, which: str | Resource, namespace: str, name: str) -> JsonObj:
         """Like `get`, but a missing object is the API's 404."""
@@ -210,7 +229,7 @@ class Store:
         """Current objects in key order (namespace, name), deep-copied."""
         res = self.resource(which)
         table = self._table(res)
-        return [clone(table[k]) for k in sorted(table)
+        return [clone(self.view(res, table[k])) for k in sorted(table)
                 if namespace is None or k[0] == namespace]
 
     def state_at(self, res: Resource, rv: int) -> dict[ObjKey, JsonObj]:
@@ -224,10 +243,11 @@ class Store:
     def _snapshot(self, res: Resource, rv: int) -> tuple[dict[ObjKey, JsonObj], bool]:
         """(state at rv, whether its key set is the live one); the live table if unchanged."""
         later = []
+        home = self.home(res)
         for ch in reversed(self.history):
             if ch.rv <= rv:
                 break
-            if ch.res is res:
+            if ch.res is home:
                 later.append(ch)
         if not later:
             return self._table(res), True
@@ -244,9 +264,10 @@ class Store:
         return state, same_keys
 
     def _sorted_keys(self, res: Resource) -> list[ObjKey]:
-        keys = self._key_cache.get(res)
+        home = self.home(res)
+        keys = self._key_cache.get(home)
         if keys is None:
-            keys = self._key_cache[res] = sorted(self._table(res))
+            keys = self._key_cache[home] = sorted(self._table(home))
         return keys
 
     # ---- list with pagination ------------------------------------------------------------
@@ -313,7 +334,7 @@ class Store:
                 if not selector_used:
                     remaining = hi - i
                 break
-            out.append(obj)
+            out.append(self.view(res, obj))
             last = key
         return list_rv, out, token, remaining
 
@@ -380,7 +401,8 @@ class Store:
         meta["creationTimestamp"] = _now_rfc3339(self.clock)
         if res.generation:
             meta["generation"] = 1
-        return self._commit(res, ns, name, "ADDED", body, None)
+        stored = self._commit(res, ns, name, "ADDED", self._to_storage(res, body), None)
+        return self.view(res, stored)
 
     def update(
         self,
@@ -459,7 +481,7 @@ class Store:
         old = self._table(res).get((ns, name))
         if old is None:
             raise errors.not_found(res.plural, res.group, name)
-        body = apply_patch(res, clone(old), patch, content_type)
+        body = apply_patch(res, clone(self.view(res, old)), patch, content_type)
         if not isinstance(body, dict):
             raise errors.bad_request("patch result is not an object")
         meta = _meta(body)
@@ -498,7 +520,7 @@ class Store:
         if pre.get("uid") and pre["uid"] != old_meta["uid"]:
             raise errors.conflict_uid(res.plural, res.group, name, pre["uid"], old_meta["uid"])
         self._commit(res, ns, name, "DELETED", clone(old), old)
-        return clone(old)
+        return clone(self.view(res, old))
 
     def compact(self, rv: int | None = None) -> int:
         """Forget history up to `rv` (default: all of it); returns the new compacted revision.
@@ -526,11 +548,12 @@ class Store:
                 raise errors.too_large_rv(since, self.rv)
             if since < self.compacted_rv:
                 raise errors.gone(f"too old resource version: {since} ({self.compacted_rv})")
-        sub = Subscription(res, namespace, self.watch_buffer)
+        home = self.home(res)
+        sub = Subscription(home, namespace, self.watch_buffer)
         if since is None:
-            table = self._table(res)
+            table = self._table(home)
             backlog = [
-                Change(int(table[k]["metadata"]["resourceVersion"]), "ADDED", res, k[0], k[1],
+                Change(int(table[k]["metadata"]["resourceVersion"]), "ADDED", home, k[0], k[1],
                        table[k], None)
                 for k in sorted(table) if namespace is None or k[0] == namespace
             ]
@@ -602,8 +625,11 @@ class Store:
                 errors.invalid("metadata.uid", uid, "field is immutable")])
 
     def _replace(
-        self, res: Resource, ns: str, old: JsonObj, body: JsonObj, subresource: str
+        self, res: Resource, ns: str, stored: JsonObj, body: JsonObj, subresource: str
     ) -> JsonObj:
+        """Write `body` over the `stored` object (a no-op if nothing changes); returns the
+        object as `res` shows it."""
+        old = self.view(res, stored)
         meta = _meta(body)
         old_meta = old["metadata"]
         if subresource == "status":
@@ -625,7 +651,9 @@ class Store:
                                        if k != "resourceVersion"}}
         if json.dumps(old_cmp, sort_keys=True) == json.dumps(new_cmp, sort_keys=True):
             return old
-        return self._commit(res, ns, old_meta["name"], "MODIFIED", new, old)
+        out = self._commit(res, ns, old_meta["name"], "MODIFIED", self._to_storage(res, new),
+                           stored)
+        return self.view(res, out)
 
     def _prepare(self, res: Resource, body: JsonObj, old: JsonObj | None) -> None:
         if res.default is not None:
@@ -640,17 +668,19 @@ class Store:
     def _commit(
         self, res: Resource, ns: str, name: str, etype: str, obj: JsonObj, prev: JsonObj | None
     ) -> JsonObj:
+        """Store `obj` (storage form) under the next revision and tell the watchers."""
+        home = self.home(res)
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        table = self._table(res)
+        table = self._table(home)
         if etype == "DELETED":
             del table[(ns, name)]
-            self._key_cache.pop(res, None)
+            self._key_cache.pop(home, None)
         else:
             if etype == "ADDED":
-                self._key_cache.pop(res, None)
+                self._key_cache.pop(home, None)
             table[(ns, name)] = obj
-        ch = Change(self.rv, etype, res, ns, name, obj, prev)
+        ch = Change(self.rv, etype, home, ns, name, obj, prev)
         self.history.append(ch)
         while len(self.history) > self.history_size:
             self.compacted_rv = self.history.popleft().rv

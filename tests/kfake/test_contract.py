@@ -1623,3 +1623,75 @@ async def test_list_option_messages(no_proxy_env: None, params: dict[str, str], 
 def test_create_starts_with_the_strategy_status(which: str, body: JsonObj,
                                                 status: JsonObj) -> None:
     assert Store().create(which, body)["status"] == status
+
+
+# ---- one storage for both Event APIs --------------------------------------------------------
+
+
+def core_event(name: str = "web.1") -> JsonObj:
+    return {"metadata": {"name": name, "namespace": NS},
+            "involvedObject": {"kind": "Service", "namespace": NS, "name": "web"},
+            "reason": "Exposed", "message": "exposed by pylb", "type": "Normal",
+            "source": {"component": "pylb"}, "count": 1,
+            "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z"}
+
+
+async def test_core_events_carry_zero_values(kube_api: FakeApiServer,
+                                            http: aiohttp.ClientSession) -> None:
+    async with http.post("/api/v1/namespaces/default/events", json=core_event()) as r:
+        body = await r.json()
+    assert body["eventTime"] is None
+    assert body["reportingComponent"] == "" and body["reportingInstance"] == ""
+
+
+async def test_events_written_in_one_api_read_in_the_other(
+        kube_api: FakeApiServer, api_client: client.ApiClient,
+        http: aiohttp.ClientSession) -> None:
+    core = client.CoreV1Api(api_client)
+    ev1 = client.EventsV1Api(api_client)
+    await core.create_namespaced_event(NS, raw(core_event()))
+    async with http.get("/apis/events.k8s.io/v1/namespaces/default/events") as r:
+        (seen,) = (await r.json())["items"]
+    assert (seen["regarding"]["name"], seen["note"], seen["deprecatedCount"]) == (
+        "web", "exposed by pylb", 1)
+    assert seen["deprecatedSource"] == {"component": "pylb"} and seen["eventTime"] is None
+    # As against a real server (kubernetes-client/python#1616): KA's events.k8s.io model
+    # refuses the null eventTime of an event written through core/v1.
+    with pytest.raises(ValueError, match="event_time"):
+        await ev1.list_namespaced_event(NS)
+    await ev1.create_namespaced_event(NS, raw({
+        "metadata": {"name": "web.2"}, "eventTime": "2026-01-01T00:00:00.000001Z",
+        "type": "Warning", "reportingController": "pylb.io/lb", "reportingInstance": "lb-1",
+        "action": "Publish", "reason": "NotExposed", "note": "no class",
+        "regarding": {"kind": "Service", "namespace": NS, "name": "legacy"}}))
+    (_, new) = (await core.list_namespaced_event(NS)).items
+    assert (new.involved_object.name, new.message, new.reporting_component) == (
+        "legacy", "no class", "pylb.io/lb")
+    assert new.first_timestamp is None and new.source.component is None
+    # an update through events.k8s.io shows through core/v1, with one revision counter
+    async with http.get("/apis/events.k8s.io/v1/namespaces/default/events/web.1") as r:
+        v1obj = await r.json()
+    v1obj["note"] = "still exposed"
+    async with http.put("/apis/events.k8s.io/v1/namespaces/default/events/web.1",
+                        json=v1obj) as r:
+        assert r.status == 200
+        v1obj = await r.json()
+    assert v1obj["metadata"]["resourceVersion"] == str(kube_api.store.rv)
+    assert kube_api.store.read("events", NS, "web.1")["message"] == "still exposed"
+    v1obj["reason"] = "Changed"
+    async with http.put("/apis/events.k8s.io/v1/namespaces/default/events/web.1",
+                        json=v1obj) as r:
+        assert r.status == 422  # reason is immutable through events.k8s.io
+        assert [c["field"] for c in (await r.json())["details"]["causes"]] == ["reason"]
+
+
+async def test_events_watch_across_versions(kube_api: FakeApiServer,
+                                           http: aiohttp.ClientSession) -> None:
+    start = str(kube_api.store.rv)
+    kube_api.store.create("events", core_event())
+    async with http.get("/apis/events.k8s.io/v1/namespaces/default/events", params={
+            "watch": "1", "resourceVersion": start, "timeoutSeconds": "5"}) as r:
+        (ev,) = await read_lines(r, limit=1)
+    assert ev["type"] == "ADDED"
+    assert ev["object"]["apiVersion"] == "events.k8s.io/v1"
+    assert ev["object"]["note"] == "exposed by pylb" and "message" not in ev["object"]

@@ -128,7 +128,10 @@ async def serve_watch(
     headers: list[tuple[str, str]],
     clock: Callable[[], float] = time.monotonic,
     render: Callable[[JsonObj], JsonObj] = lambda obj: obj,
+    view: Callable[[JsonObj], JsonObj] = lambda obj: obj,
 ) -> web.StreamResponse:
+    """Serve one watch. `view` turns stored objects into the requested version's (events
+    only); `render` rewrites anything sent (the opaque-RV codec)."""
     rv = opts.resource_version
     # sendInitialEvents, when given, decides; else RV unset or "0" means "state, then changes".
     initial = (opts.send_initial_events if opts.send_initial_events is not None
@@ -168,7 +171,7 @@ async def serve_watch(
         cut_at = now + fault.cut_after if fault and fault.cut_after is not None else float("inf")
         for past in backlog:
             ev = convert(past, match)
-            if ev is not None and not await stream.send(*ev):
+            if ev is not None and not await stream.send(ev[0], view(ev[1])):
                 return _finish(stream)
         end_bm = bookmark(res, start_rv, initial_end=True)
         if (opts.send_initial_events and opts.allow_bookmarks
@@ -185,7 +188,7 @@ async def serve_watch(
             change = await sub.next(max(0.0, wake - now))
             if change is not None:
                 ev = convert(change, match)
-                if ev is not None and not await stream.send(*ev):
+                if ev is not None and not await stream.send(ev[0], view(ev[1])):
                     break
                 continue
             if sub.closed:
