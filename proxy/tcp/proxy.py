@@ -54,6 +54,7 @@ import socket
 from typing import Any, cast
 
 from proxy.balance import Balancer, Balancers
+from proxy.listener import BACKLOG, ConnectionLimit, Listener, bind_socket
 from proxy.tcp import proxyproto
 from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
 from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
@@ -142,16 +143,24 @@ def sweep_interval(t: Timeouts) -> float:
 
 
 class _Frontend:
-    """A listening port and the connections accepted on it."""
+    """A listening port (a uvloop server, or a maxconn-aware `Listener`) and the
+    connections accepted on it."""
 
-    __slots__ = ("conns", "counters", "frontend", "server", "sockname")
+    __slots__ = ("conns", "counters", "frontend", "listener", "server", "sockname")
 
     def __init__(self, frontend: TcpFrontend, counters: Counters) -> None:
         self.frontend = frontend
         self.counters = counters
         self.server: asyncio.Server | None = None
+        self.listener: Listener | None = None
         self.conns: set[_Conn] = set()
         self.sockname: tuple[str, int] = ("", 0)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.listener is not None:
+            self.listener.close()
 
 
 class _Upstream(asyncio.Protocol):
@@ -621,7 +630,10 @@ class _Conn(asyncio.Protocol):
         fe = self.fe
         self.fcounters.close()
         fe.conns.discard(self)
-        self.proxy._nconns -= 1
+        proxy = self.proxy
+        proxy._nconns -= 1
+        if proxy.limit is not None:
+            proxy.limit.release()
         if self.scounters is not None:
             self.scounters.close()
         if self.bcounters is not None and self.st is not None:
@@ -663,10 +675,18 @@ class TcpProxy:
 
     def __init__(self, settings: Settings, stats: Stats, balancers: Balancers, *,
                  host: str = "0.0.0.0", reuse_port: bool = False,
-                 splice_threshold: int | None = DEFAULT_SPLICE_THRESHOLD) -> None:
+                 splice_threshold: int | None = DEFAULT_SPLICE_THRESHOLD,
+                 limit: ConnectionLimit | None = None) -> None:
         """`splice_threshold`: bytes after which a connection moves to os.splice (0: at
-        once; None: never; ignored where splice is unavailable)."""
+        once; None: never; ignored where splice is unavailable).
+
+        `limit`: the worker's `--maxconn` (shared with the other frontends). With it, the
+        ports are served by `proxy.listener.Listener`, which stops accepting at the limit
+        so that new connections wait in the kernel's backlog, as haproxy's do; each
+        connection gives its slot back when it ends. Without it, by uvloop's own server,
+        which accepts in C (~10 µs less per connection) and has no limit."""
         self.settings = settings
+        self.limit = limit
         self.stats = stats
         self.balancers = balancers
         self.host = host
@@ -720,20 +740,26 @@ class TcpProxy:
                 continue
             fe = _Frontend(f, self.stats.frontend(f.name))
             try:
-                fe.server = await loop.create_server(
-                    lambda fe=fe: _Conn(self, fe), self.host, port,
-                    reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024)
+                if self.limit is not None:
+                    sock = bind_socket(self.host, port, reuse_port=self.reuse_port)
+                    fe.listener = Listener(sock, lambda fe=fe: _Conn(self, fe),  # type: ignore[misc]
+                                           limit=self.limit, loop=loop)
+                    fe.listener.start()
+                    name = sock.getsockname()
+                else:
+                    fe.server = await loop.create_server(
+                        lambda fe=fe: _Conn(self, fe), self.host, port, reuse_address=True,
+                        reuse_port=self.reuse_port or None, backlog=BACKLOG)
+                    name = fe.server.sockets[0].getsockname()
             except OSError as e:
                 log.error("tcp frontend %s: cannot listen on %s:%d: %s (retried on the "
                           "next table)", f.name, self.host, port, e)
                 continue
-            name = fe.server.sockets[0].getsockname()
             fe.sockname = (str(name[0]), int(name[1]))
             self._frontends[port] = fe
 
     def _drain(self, fe: _Frontend, grace: float) -> None:
-        if fe.server is not None:
-            fe.server.close()
+        fe.stop_accepting()
         if not fe.conns:
             return
         self._draining.add(fe)
@@ -751,8 +777,7 @@ class TcpProxy:
         fes = list(self._frontends.values()) + list(self._draining)
         self._frontends = {}
         for fe in fes:
-            if fe.server is not None:
-                fe.server.close()
+            fe.stop_accepting()
         end = loop.time() + max(0.0, grace)
         while self._nconns and loop.time() < end:
             await asyncio.sleep(min(0.05, max(0.0, end - loop.time())))

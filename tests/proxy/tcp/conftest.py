@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from proxy.balance import Balancers
+from proxy.listener import ConnectionLimit
 from proxy.tcp import TcpProxy
 from proxy.tcp.splice import HAVE_SPLICE
 from pylb.config import Settings, Timeouts
@@ -86,8 +87,10 @@ def table(*servers: Server, port: int = 0, proxy_protocol: ProxyProtocol = Proxy
 
 
 class Harness:
-    def __init__(self, splice: int | None) -> None:
+    def __init__(self, splice: int | None, listener: bool = False) -> None:
         self.splice = splice
+        self.listener = listener
+        self.limits: list[ConnectionLimit] = []
         self.upstreams: list[Upstream] = []
         self.proxies: list[TcpProxy] = []
         self.writers: list[asyncio.StreamWriter] = []
@@ -98,12 +101,16 @@ class Harness:
         return u
 
     def proxy(self, settings: Settings | None = None, host: str = "127.0.0.1",
-              reuse_port: bool = False, **timeouts: float) -> TcpProxy:
+              reuse_port: bool = False, limit: ConnectionLimit | None = None,
+              **timeouts: float) -> TcpProxy:
         s = settings or Settings()
         if timeouts:
             s = replace(s, timeouts=replace(s.timeouts, **timeouts))
+        if limit is None and self.listener:
+            limit = ConnectionLimit(10_000)
+            self.limits.append(limit)
         p = TcpProxy(s, Stats(), Balancers(s.limits), host=host, reuse_port=reuse_port,
-                     splice_threshold=self.splice)
+                     splice_threshold=self.splice, limit=limit)
         self.proxies.append(p)
         return p
 
@@ -119,17 +126,21 @@ class Harness:
             w.transport.abort()
         for p in self.proxies:
             await p.shutdown(0)
+        # Every connection gave its maxconn slot back, however it ended.
+        assert [lim.current for lim in self.limits] == [0] * len(self.limits)
         for u in self.upstreams:
             await u.stop()
 
 
-# splice from the first byte; switch to splice mid-stream; never splice.
-PATHS = {"splice": 0, "switch": 100_000, "copy": None} if HAVE_SPLICE else {"copy": None}
+# (splice threshold, accept with proxy.listener): splice from the first byte; switch to
+# splice mid-stream, behind the maxconn-aware Listener; never splice.
+PATHS = {"splice": (0, False), "switch-listener": (100_000, True), "copy": (None, False)} \
+    if HAVE_SPLICE else {"copy": (None, False), "copy-listener": (None, True)}
 
 
 @pytest.fixture(params=list(PATHS.values()), ids=list(PATHS))
 async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    harness = Harness(request.param)
+    harness = Harness(*request.param)
     try:
         yield harness
     finally:

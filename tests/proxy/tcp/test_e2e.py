@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from proxy.listener import ConnectionLimit
 from proxy.tcp import proxyproto
 from proxy.tcp.proxy import HIGH_WATER, PIPE_SIZE, TcpProxy, _Conn
 from pylb.config import Limits, Settings
@@ -654,3 +655,45 @@ async def test_roundrobin_spreads(h: Harness) -> None:
         w.write(b"s")
         assert await asyncio.wait_for(r.readexactly(1), 10) == b"s"
     assert [u.accepted for u in ups] == [2, 2, 2]
+
+
+async def test_maxconn_holds_new_connections_in_the_backlog(h: Harness) -> None:
+    u = await h.upstream()
+    limit = ConnectionLimit(2)
+    p = h.proxy(limit=limit)
+    await p.set_table(table(u.server_model))
+    held = [await h.connect(p) for _ in range(2)]
+    for i, (r, w) in enumerate(held):
+        w.write(b"%d" % i)
+        assert await asyncio.wait_for(r.readexactly(1), 10) == b"%d" % i
+    assert limit.current == 2
+    r3, w3 = await h.connect(p)  # the kernel completes the handshake; pylb does not accept
+    w3.write(b"3")
+    answer = asyncio.ensure_future(r3.readexactly(1))
+    done, _ = await asyncio.wait({answer}, timeout=0.2)
+    assert not done and p.connections == 2
+    held[0][1].write_eof()
+    assert await read_exactly_or_eof(held[0][0]) == b""  # one slot frees...
+    assert await asyncio.wait_for(answer, 10) == b"3"  # ...and it is taken
+    for _, w in (held[1], (r3, w3)):
+        w.write_eof()
+    for _ in range(500):
+        if limit.current == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert limit.current == 0 and p.connections == 0
+
+
+async def test_maxconn_slot_returned_on_every_ending(h: Harness) -> None:
+    limit = ConnectionLimit(100)
+    p = h.proxy(limit=limit)
+    await p.set_table(table())  # no server: each connection ends at once
+    for _ in range(5):
+        r, _w = await h.connect(p)
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(r.read(), 10)
+    for _ in range(500):
+        if limit.current == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert limit.current == 0
