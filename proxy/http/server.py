@@ -29,9 +29,7 @@ stamps the time, and a timer that fires early re-arms itself for what is left.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -201,10 +199,7 @@ class ClientProtocol(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         if sockname:
             self.local_port = sockname[1]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):  # not TCP (a Unix socket in a test)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: uvloop and asyncio set it on TCP transports already.
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         if proxy.tls:
             ssl_object = transport.get_extra_info("ssl_object")
