@@ -1695,3 +1695,26 @@ async def test_events_watch_across_versions(kube_api: FakeApiServer,
     assert ev["type"] == "ADDED"
     assert ev["object"]["apiVersion"] == "events.k8s.io/v1"
     assert ev["object"]["note"] == "exposed by pylb" and "message" not in ev["object"]
+
+
+def test_fault_plan_table() -> None:
+    f = faults.Faults()
+    slow = f.add(faults.delay(0.5), count=None)
+    f.add(faults.warning("a"), verb="list")
+    boom = f.add(faults.http(500), method="GET", path_re="/services$", count=1)
+    later = f.add(faults.http(503), count=None)
+    f.add(faults.eof_after(1), count=None)
+    f.add(faults.cut_body(), count=None)
+    first = f.plan("GET", "/api/v1/services", "list")
+    assert first.delay == 0.5 and first.headers == [("Warning", '299 - "a"')]
+    assert first.terminal == boom.action and first.watch is None and first.cut_body is False
+    assert later.hits == 0  # a terminal action stops the walk
+    second = f.plan("GET", "/api/v1/services", "watch")
+    assert second.terminal == later.action and boom.spent
+    f.rules.remove(later)
+    third = f.plan("GET", "/api/v1/services", "watch")
+    assert third.terminal is None and third.watch == faults.eof_after(1)
+    assert third.cut_body is False  # cut_body is for plain answers
+    fourth = f.plan("PUT", "/apis/coordination.k8s.io/v1/namespaces/a/leases/x", "update")
+    assert fourth.watch is None and fourth.cut_body is True
+    assert slow.hits == 4
