@@ -187,10 +187,11 @@ def run_bare(listen: int, backend: int) -> None:
     uvloop.run(main())
 
 
-def run_pylb(listen: int, backend: int, splice: str) -> None:
+def run_pylb(listen: int, backend: int, splice: str, maxconn: int = 0) -> None:
     import uvloop
 
     from proxy.balance import Balancers
+    from proxy.listener import ConnectionLimit
     from proxy.tcp import DEFAULT_SPLICE_THRESHOLD, TcpProxy
     from pylb.config import Settings
     from pylb.counters import Stats
@@ -201,7 +202,8 @@ def run_pylb(listen: int, backend: int, splice: str) -> None:
         threshold = {"none": None, "default": DEFAULT_SPLICE_THRESHOLD}.get(splice)
         p = TcpProxy(s, Stats(), Balancers(s.limits), host="127.0.0.1",
                      splice_threshold=threshold if splice in ("none", "default")
-                     else int(splice))
+                     else int(splice),
+                     limit=ConnectionLimit(maxconn) if maxconn else None)
         await p.set_table(RouteTable(
             tcp=(TcpFrontend("bench", listen, "b"),),
             backends=(Backend("b", (Server("127.0.0.1", backend),)),)))
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "rate-client":
         return run_rate_client(int(argv[1]), float(argv[2]), int(argv[3]))
     if argv and argv[0] == "pylb":
-        return run_pylb(int(argv[1]), int(argv[2]), argv[3])
+        return run_pylb(int(argv[1]), int(argv[2]), argv[3], int(argv[4]))
     if argv and argv[0] == "bare":
         return run_bare(int(argv[1]), int(argv[2]))
     ap = argparse.ArgumentParser(prog="python -m bench.l4_tcp")
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--only", nargs="*", help="subset: direct haproxy haproxy-splice "
-                    "bare-uvloop pylb-splice pylb-copy pylb-switch")
+                    "bare-uvloop pylb-splice pylb-copy pylb-switch pylb-maxconn")
     args = ap.parse_args(argv)
     sink_port = free_port()
     procs: list[subprocess.Popen[bytes]] = [spawn("sink", str(sink_port))]
@@ -306,10 +308,11 @@ def main(argv: list[str] | None = None) -> None:
             b = spawn("bare", str(bp), str(sink_port))
             procs.append(b)
             runs.append(("bare-uvloop", b, bp))
-            for name, thr in (("pylb-splice", "0"), ("pylb-copy", "none"),
-                              ("pylb-switch", "default")):
+            for name, thr, maxconn in (("pylb-splice", "0", 0), ("pylb-copy", "none", 0),
+                                       ("pylb-switch", "default", 0),
+                                       ("pylb-maxconn", "default", 20000)):
                 port = free_port()
-                p = spawn("pylb", str(port), str(sink_port), thr)
+                p = spawn("pylb", str(port), str(sink_port), thr, str(maxconn))
                 procs.append(p)
                 runs.append((name, p, port))
             for name, proc, port in runs:
