@@ -165,8 +165,8 @@ class _Frontend:
 
 class _Upstream(asyncio.Protocol):
     """The server side of a connection: forwards to its `_Conn`. Between connection_made
-    and the connect task's resumption, what the server says (a MySQL greeting) is kept in
-    `early`, and an EOF or loss is noted, for `_Conn._connected` to pass on."""
+    and the moment the `_Dial` hands it over, what the server says (a MySQL greeting) is
+    kept in `early`, and an EOF or loss is noted, for `_Conn._connected` to pass on."""
 
     __slots__ = ("conn", "early", "eof", "lost", "lost_exc", "transport")
 
