@@ -348,7 +348,7 @@ class _Conn(asyncio.Protocol):
         self.server: Server | None = None
         self.scounters: Counters | None = None
         self.bcounters: Counters | None = None
-        self.sbuf = b""  # SNI: the client's first bytes, until the ClientHello is read
+        self.sbuf = b""  # the client's first bytes, until the server is connected
         self.up = 0  # bytes client → server
         self.down = 0  # bytes server → client
         self.seen_up = 0
@@ -407,7 +407,7 @@ class _Conn(asyncio.Protocol):
         if self.state is _CLOSED:
             return
         if exc is not None:
-            self.abort(Failure.CLIENT_ABORT if self.state is _CONNECTING else None)
+            self.abort(Failure.CLIENT_ABORT)
         else:
             self.close()
 
@@ -586,11 +586,11 @@ class _Conn(asyncio.Protocol):
         self.pump = pump
         pump.start()
 
-    def _pump_done(self, exc: BaseException | None) -> None:
+    def _pump_done(self, exc: BaseException | None, client_side: bool) -> None:
         if exc is None:
             self.close()
         else:
-            self.abort(None)
+            self.abort(Failure.CLIENT_ABORT if client_side else Failure.BACKEND_RESET)
 
     # -- ending -------------------------------------------------------------------------
 

@@ -96,14 +96,16 @@ class _Direction:
 class SplicePump:
     """Forward both directions between two connected sockets (given as fds the pump may
     own: it dups them). `up` counts client→server bytes, `down` server→client. `on_done`
-    is called once with None (both directions finished cleanly) or the error that ended
-    the connection (then both sides have been reset)."""
+    is called once: with (None, False) when both directions finished cleanly, or with the
+    error that ended the connection and whether it came from the client's socket (both
+    sides have then been reset)."""
 
     __slots__ = ("_a", "_b", "_c", "_loop", "_on_done", "_pool", "_s", "closed", "down",
                  "up")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: PipePool, client_fd: int,
-                 server_fd: int, on_done: Callable[[BaseException | None], None]) -> None:
+                 server_fd: int,
+                 on_done: Callable[[BaseException | None, bool], None]) -> None:
         self._loop = loop
         self._pool = pool
         self._on_done = on_done
@@ -127,7 +129,7 @@ class SplicePump:
         except BlockingIOError:
             return
         except OSError as e:
-            self._fail(e)
+            self._fail(e, d is self._a)
             return
         if n == 0:
             d.eof = True
@@ -156,7 +158,7 @@ class SplicePump:
                     d.writing = True
                 return
             except OSError as e:
-                self._fail(e)
+                self._fail(e, d is self._b)
                 return
             d.pending -= m
         if d.writing:
@@ -173,22 +175,22 @@ class SplicePump:
             d.dst_sock.shutdown(socket.SHUT_WR)
         except OSError as e:
             if e.errno != errno.ENOTCONN:
-                self._fail(e)
+                self._fail(e, d is self._b)
                 return
         if self._a.eof and self._b.eof and not self._a.pending and not self._b.pending:
-            self._finish(None)
+            self._finish(None, False)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, client_side: bool) -> None:
         for sock in (self._c, self._s):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-        self._finish(exc)
+        self._finish(exc, client_side)
 
-    def _finish(self, exc: BaseException | None) -> None:
+    def _finish(self, exc: BaseException | None, client_side: bool) -> None:
         if self.closed:
             return
         self.stop()
-        self._on_done(exc)
+        self._on_done(exc, client_side)
 
     def stop(self) -> None:
         """Unregister and release the pipes and the dup'd fds (the caller then closes or
@@ -208,7 +210,3 @@ class SplicePump:
             d.pending = 0
         self._c.close()
         self._s.close()
-
-    def abort(self) -> None:
-        """End now with a reset on both sides (a timeout or a drain deadline)."""
-        self._fail(ConnectionAbortedError("aborted"))

@@ -229,6 +229,8 @@ async def test_client_reset_propagates(h: Harness) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     w.transport.abort()
     assert await asyncio.wait_for(outcome, 10) == "reset"
+    assert p.connections == 0
+    assert p.stats.failures == {Failure.CLIENT_ABORT: 1}
 
 
 async def test_server_reset_propagates(h: Harness) -> None:
@@ -248,6 +250,8 @@ async def test_server_reset_propagates(h: Harness) -> None:
     w.write(b"bye")
     with pytest.raises(ConnectionResetError):
         await asyncio.wait_for(r.read(), 10)
+    assert p.connections == 0
+    assert p.stats.failures == {Failure.BACKEND_RESET: 1}
 
 
 async def test_connect_failure_redispatches(h: Harness) -> None:
