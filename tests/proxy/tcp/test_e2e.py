@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 from dataclasses import replace
+from typing import cast
 
 import pytest
 
@@ -196,14 +197,14 @@ async def test_slow_client_reader_bounded(h: Harness) -> None:
     p = h.proxy()
     await p.set_table(table(u.server_model))
     r, w = await h.connect(p)
-    w.transport.pause_reading()
+    cast(asyncio.Transport, w.transport).pause_reading()
     await settle(None, lambda: sum(c.down + (c.pump.down if c.pump else 0)
                                    for c in conns(p)))
     assert buffered(p) <= BOUND
     (c,) = conns(p)
     assert (c.pump is not None) == (h.splice is not None)
     assert (c.pump.down if c.pump else c.down) < len(data)
-    w.transport.resume_reading()
+    cast(asyncio.Transport, w.transport).resume_reading()
     w.write_eof()
     assert await read_exactly_or_eof(r) == data
 

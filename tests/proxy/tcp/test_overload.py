@@ -118,7 +118,7 @@ class _ShortOfFds:
         if self.n > 0:
             self.n -= 1
             raise OSError(errno.EMFILE, "Too many open files")
-        return await self._loop.create_connection(*args, **kw)  # type: ignore[arg-type]
+        return await self._loop.create_connection(*args, **kw)  # type: ignore[call-overload]
 
 
 async def test_own_fd_exhaustion_blames_no_server(h: Harness) -> None:

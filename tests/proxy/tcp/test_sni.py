@@ -40,7 +40,7 @@ async def sni_proxy(h: Harness, default: str = "dflt",
     ups = {name: await h.upstream(tagged(name.encode())) for name in ("a", "wild", "dflt")}
     backends = tuple(Backend(name, (u.server_model,)) for name, u in ups.items())
     fe = TcpFrontend("tls", 0, default, sni=(("a.example.com", "a"), ("*.example.com", "wild")))
-    p = h.proxy(**timeouts)
+    p = h.proxy(**timeouts)  # type: ignore[arg-type]
     await p.set_table(RouteTable(tcp=(fe,), backends=backends))
     return p, ups
 
