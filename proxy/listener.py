@@ -5,7 +5,8 @@ Theory of operation. asyncio's `create_server` accepts for as long as the socket
 readable and offers no way to stop for a while, so pylb accepts itself: the listening
 socket is non-blocking and registered with `loop.add_reader`; each readiness callback
 accepts up to `ACCEPT_BATCH` connections and hands each to
-`loop.connect_accepted_socket` with the frontend's protocol factory (and TLS context).
+`loop.connect_accepted_socket` with the frontend's protocol factory (and TLS context),
+stepping that coroutine from callbacks rather than paying for a Task per connection.
 
 - `ConnectionLimit` is shared by all listeners of a worker. At `maxconn` open connections
   every listener removes its reader: new connections wait in the kernel's backlog (as
@@ -27,6 +28,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("pylb.listener")
 
@@ -106,7 +108,6 @@ class Listener:
         self.overloads = 0
         self._last_warn = 0.0
         self._resume_handle: asyncio.TimerHandle | None = None
-        self._pending: set[asyncio.Task[object]] = set()
         if limit is not None:
             limit.listeners.append(self)
 
@@ -163,22 +164,16 @@ class Listener:
                 return
 
     def _hand_over(self, conn: socket.socket) -> None:
-        task = self.loop.create_task(self.loop.connect_accepted_socket(
-            self.factory, conn, ssl=self.ssl_context))
-        self._pending.add(task)
-        task.add_done_callback(self._handed_over)
+        _Handover(self, self.loop.connect_accepted_socket(self.factory, conn,
+                                                          ssl=self.ssl_context))
 
-    def _handed_over(self, task: asyncio.Task[object]) -> None:
-        self._pending.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            # The TLS handshake failed or the peer vanished before the transport was
-            # made: the protocol never saw it, so give its slot back here.
-            if self.limit is not None:
-                self.limit.release()
-            log.debug("connection dropped before it started: %r", exc)
+    def _handover_failed(self, exc: BaseException) -> None:
+        # The TLS handshake failed or the peer vanished before the transport was made:
+        # the protocol never saw the connection, so its slot is given back here.
+        if self.limit is not None:
+            self.limit.release()
+        log.debug("connection dropped before it started: %r", exc)
+
 
     def _overloaded(self, e: OSError) -> None:
         self.overloads += 1
@@ -194,3 +189,30 @@ class Listener:
         self._resume_handle = None
         if self.limit is None or not self.limit.full:
             self.resume()
+
+
+class _Handover:
+    """Runs `connect_accepted_socket` to completion by stepping the coroutine from its
+    futures' callbacks, as a Task would, without a Task per accepted connection (a Task
+    costs more than the rest of the hand-over on a plain TCP connection)."""
+
+    __slots__ = ("coro", "listener")
+
+    def __init__(self, listener: Listener, coro: Any) -> None:
+        self.listener = listener
+        self.coro = coro
+        self._step(None)
+
+    def _step(self, _fut: object) -> None:
+        try:
+            yielded = self.coro.send(None)
+        except StopIteration:
+            return  # the protocol has the connection and will release its slot
+        except BaseException as e:  # any failure, even cancellation, frees the slot
+            self.listener._handover_failed(e)
+            return
+        if yielded is None:  # a bare yield: step again on the next turn
+            self.listener.loop.call_soon(self._step, None)
+        else:
+            yielded._asyncio_future_blocking = False
+            yielded.add_done_callback(self._step)

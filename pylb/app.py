@@ -59,18 +59,23 @@ class DataPlane:
                  tls_store: Any = None, self_signed_pem: bytes | None = None) -> None:
         from proxy.balance import Balancers
         from proxy.http import HttpProxy
+        from proxy.listener import ConnectionLimit
         from proxy.tcp import TcpProxy
 
         self.settings = settings
         self.reuse_port = reuse_port
         self.stats = Stats()
         self.balancers = Balancers(settings.limits)
-        self.http = HttpProxy(settings, self.stats, self.balancers, frontend="http")
+        # --maxconn counts every frontend's connections together, as haproxy's global
+        # maxconn does.
+        self.limit = ConnectionLimit(settings.limits.maxconn)
+        self.http = HttpProxy(settings, self.stats, self.balancers, frontend="http",
+                              limit=self.limit)
         self.https: Any = None
         self.tls_store = tls_store
         self.self_signed_pem = self_signed_pem
         self.tcp = TcpProxy(settings, self.stats, self.balancers, host=settings.bind,
-                            reuse_port=reuse_port)
+                            reuse_port=reuse_port, limit=self.limit)
         self.table = RouteTable()
         self.addresses: dict[str, tuple[str, int]] = {}
         self._tls_watch: asyncio.Task[None] | None = None
@@ -91,7 +96,8 @@ class DataPlane:
             self.tls_store = make_tls_store(self.settings.tls, need_tls=True,
                                             self_signed_pem=self.self_signed_pem)
         self.https = HttpProxy(self.settings, self.stats, self.balancers, frontend="https",
-                               tls=True, ssl_context=self.tls_store.server_context())
+                               tls=True, ssl_context=self.tls_store.server_context(),
+                               limit=self.limit)
         self.https.set_table(self.table)
         self.addresses["https"] = await self.https.start(
             self.settings.bind, self.settings.https_port, reuse_port=self.reuse_port)

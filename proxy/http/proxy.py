@@ -18,6 +18,7 @@ from proxy.http.pool import Pool
 from proxy.http.routing import Router
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
+from proxy.listener import ConnectionLimit, Listener, bind_socket
 from pylb.config import Settings
 from pylb.counters import Stats
 from pylb.failures import Failure
@@ -29,8 +30,14 @@ log = logging.getLogger("pylb.http")
 class HttpProxy:
     def __init__(self, settings: Settings, stats: Stats, balancers: Balancers, *,
                  frontend: str = "http", tls: bool = False,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 limit: ConnectionLimit | None = None) -> None:
+        """`limit`: the worker's `--maxconn`, shared with its other frontends; with it the
+        port is served by `proxy.listener.Listener`, which stops accepting at the limit
+        (new connections wait in the kernel's backlog) and survives EMFILE."""
         self.settings = settings
+        self.limit = limit
+        self._listener: Listener | None = None
         self.stats = stats
         self.balancers = balancers
         self.frontend = frontend
@@ -81,6 +88,16 @@ class HttpProxy:
     async def start(self, host: str, port: int, *, reuse_port: bool = False,
                     sock: socket.socket | None = None) -> tuple[str, int]:
         loop = self.loop
+        if self.limit is not None:
+            if sock is None:
+                sock = bind_socket(host, port, reuse_port=reuse_port)
+            else:
+                sock.setblocking(False)
+            self._listener = Listener(sock, self._protocol, limit=self.limit,
+                                      ssl_context=self.ssl_context, loop=loop)
+            self._listener.start()
+            addr = sock.getsockname()
+            return addr[0], addr[1]
         if sock is not None:
             server = await loop.create_server(self._protocol, sock=sock,
                                               ssl=self.ssl_context, backlog=1024)
@@ -101,6 +118,8 @@ class HttpProxy:
         self.closing = True
         if self._server is not None:
             self._server.close()
+        if self._listener is not None:
+            self._listener.close()
         for conn in list(self.conns):
             if conn.idle:
                 conn.close()

@@ -214,6 +214,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.closed = True
         self._proxy.conns.discard(self)
+        if self._proxy.limit is not None:
+            self._proxy.limit.release()
         self._fe.close()
         if self._timer is not None:
             self._timer.cancel()

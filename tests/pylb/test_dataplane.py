@@ -1,0 +1,55 @@
+"""One worker's data plane: --maxconn counts HTTP and TCP connections together; at the
+limit accepting pauses (the client waits in the backlog) and resumes below it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pylb.app import DataPlane
+from pylb.config import Limits, Settings
+from pylb.demo import start_echo_server, start_name_server
+from pylb.model import Backend, HttpRoute, RouteTable, Server, TcpFrontend
+from tests.conftest import free_port
+
+
+async def test_maxconn_spans_frontends_and_pauses_accepting() -> None:
+    web = await start_name_server("web")
+    echo = await start_echo_server()
+    wp, ep = (s.sockets[0].getsockname()[1] for s in (web, echo))
+    tcp_port = free_port()
+    s = Settings(bind="127.0.0.1", http_port=free_port(), limits=Limits(maxconn=2))
+    plane = DataPlane(s)
+    await plane.start()
+    hb, tb = Backend("d/web:80", (Server("127.0.0.1", wp),)), \
+        Backend("d/echo:1", (Server("127.0.0.1", ep),))
+    await plane.apply(RouteTable(http=(HttpRoute("web", "/web", hb.name),),
+                                 tcp=(TcpFrontend("echo", tcp_port, tb.name),),
+                                 backends=(hb, tb), version=1))
+    conns = []
+    try:
+        r1, w1 = await asyncio.open_connection("127.0.0.1", tcp_port)  # 1: TCP
+        w1.write(b"a")
+        assert await asyncio.wait_for(r1.readexactly(1), 5) == b"a"
+        conns.append(w1)
+        r2, w2 = await asyncio.open_connection("127.0.0.1", s.http_port)  # 2: HTTP
+        conns.append(w2)
+        w2.write(b"GET /web HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(r2.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 200")
+        assert plane.limit.current == 2
+        r3, w3 = await asyncio.open_connection("127.0.0.1", s.http_port)  # 3: waits
+        conns.append(w3)
+        w3.write(b"GET /web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(r3.read(1), 0.3)
+        w1.close()  # below the limit: the waiting client is accepted and served
+        assert (await asyncio.wait_for(r3.read(), 5)).startswith(b"HTTP/1.1 200")
+    finally:
+        for w in conns:
+            w.close()
+        await plane.shutdown(0.5)
+        for srv in (web, echo):
+            srv.close()
+            await srv.wait_closed()
