@@ -125,6 +125,23 @@ class DataPlane:
     def set_health(self, key: tuple[str, int], up: bool) -> None:
         self.balancers.set_health(key, up)
 
+    def reload(self) -> None:
+        """SIGHUP: reread the certificate files and the error page. A file that cannot be
+        read or checked is refused with a log line; what was loaded stays."""
+        if self.tls_store is not None:
+            self.tls_store.reload_if_changed()
+        if self.settings.error_page:
+            from pylb.cli import FlagError, load_error_page
+
+            try:
+                page = load_error_page(self.settings.error_page)
+            except FlagError as e:
+                log.error("SIGHUP: keeping the old error page: %s", e)
+                return
+            for proxy in (self.http, self.https):
+                if proxy is not None:
+                    proxy.error_page = page
+
     @property
     def connections(self) -> int:
         n = self.http.connections + self.tcp.connections
@@ -298,9 +315,9 @@ class Controller:
         self._stopped.set()
 
     def _reload(self) -> None:
-        log.info("SIGHUP: rereading certificates")
-        if self.plane is not None and self.plane.tls_store is not None:
-            self.plane.tls_store.reload_if_changed()
+        log.info("SIGHUP: rereading certificates and the error page")
+        if self.plane is not None:
+            self.plane.reload()
         if self.pool is not None:
             self.pool.signal(signal.SIGHUP)
 

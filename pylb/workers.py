@@ -309,8 +309,7 @@ async def _worker(index: int, settings: Settings,
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     def on_sighup() -> None:  # always handled: SIGHUP's default action would kill us
-        if plane.tls_store is not None:
-            plane.tls_store.reload_if_changed()
+        plane.reload()
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     conn.send(("ready", index))

@@ -36,6 +36,7 @@ class HttpProxy:
         port is served by `proxy.listener.Listener`, which stops accepting at the limit
         (new connections wait in the kernel's backlog) and survives EMFILE."""
         self.settings = settings
+        self.error_page = settings.error_page_body  # reread on SIGHUP (DataPlane.reload)
         self.limit = limit
         self._listener: Listener | None = None
         self.stats = stats

@@ -476,7 +476,7 @@ class ClientProtocol(asyncio.Protocol):
         host = authority or head.host
         route = proxy.router.match(host, path)
         if route is None:
-            self._local(proxy.settings.default_return_code, proxy.settings.error_page_body,
+            self._local(proxy.settings.default_return_code, proxy.error_page,
                         Failure.NO_ROUTE)
             return
         if route.ssl_redirect and not proxy.tls:

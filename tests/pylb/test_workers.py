@@ -399,13 +399,23 @@ def _https_conns(pool: WorkerPool, i: int) -> int:
     return int(snap.get("frontends", {}).get("https", {}).get("total_conns", 0))
 
 
-async def test_sighup_reloads_without_restarting_anything(tmp_path: Path,
-                                                          backends: list[int]) -> None:
-    proc, ports = await start_pylb(tmp_path, backends)
+async def test_sighup_rereads_the_error_page_without_restarting_anything(
+        tmp_path: Path, backends: list[int]) -> None:
+    page = tmp_path / "404.html"
+    page.write_text("old page")
+    proc, ports = await start_pylb(tmp_path, backends, f"--error-page={page}")
     try:
+        assert (await http_get(ports["http"], "/nope"))[2] == b"old page"
         kids = sorted(_children(proc.pid))
+        page.write_text("new page")
         proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(1.0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # both workers reread it
+            bodies = {(await http_get(ports["http"], "/nope"))[2] for _ in range(10)}
+            if bodies == {b"new page"}:
+                break
+            await asyncio.sleep(0.1)
+        assert bodies == {b"new page"}
         assert proc.returncode is None
         assert sorted(_children(proc.pid)) == kids
         assert all(_alive(k) for k in kids)
