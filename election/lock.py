@@ -41,8 +41,12 @@ class Lock(Protocol):
         ...
 
 
-class LeaseLock:
-    """The record in a Lease's spec; times as MicroTime."""
+class _ObjectLock:
+    """The compare-and-swap I/O both locks share: GET, POST, and PUT over the object last
+    read or written. Subclasses say where the record sits in their object."""
+
+    _collection = ""  # the list URL, with {namespace}
+    _noun = ""
 
     def __init__(self, api: ApiClient, namespace: str, name: str) -> None:
         self._api = api
@@ -51,71 +55,84 @@ class LeaseLock:
 
     @property
     def description(self) -> str:
-        return f"lease {self._params['namespace']}/{self._params['name']}"
+        return f"{self._noun} {self._params['namespace']}/{self._params['name']}"
 
     async def get(self) -> Record | None:
         try:
-            obj = await kapi.call(self._api, "GET", _LEASES + "/{name}", params=self._params)
-        except kapi.ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
-        self._object = _as_dict(obj)
-        return lease_spec_to_record(_as_dict(self._object.get("spec")))
-
-    async def create(self, record: Record) -> None:
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": self._params["name"], "namespace": self._params["namespace"]},
-            "spec": record_to_lease_spec(record),
-        }
-        self._object = _as_dict(
-            await kapi.call(self._api, "POST", _LEASES, params=self._params, body=body))
-
-    async def update(self, record: Record) -> None:
-        if self._object is None:
-            raise kapi.ApiError(0, "NotRead", "lease not read yet; get or create it first")
-        body = copy.deepcopy(self._object)
-        spec = _as_dict(body.get("spec"))
-        for key in ("acquireTime", "renewTime"):
-            spec.pop(key, None)
-        spec.update(record_to_lease_spec(record))
-        body["spec"] = spec
-        self._object = _as_dict(await kapi.call(
-            self._api, "PUT", _LEASES + "/{name}", params=self._params, body=body))
-
-
-class EndpointsLock:
-    """The record as JSON in an Endpoints annotation; times in whole seconds, field
-    `leaderTransitions` — byte-compatible with client-go's EndpointsLock (removed in
-    2021) and the 2016 leader-elector sidecar built on it."""
-
-    def __init__(self, api: ApiClient, namespace: str, name: str) -> None:
-        self._api = api
-        self._params = {"namespace": namespace, "name": name}
-        self._object: dict[str, Any] | None = None
-
-    @property
-    def description(self) -> str:
-        return f"endpoints {self._params['namespace']}/{self._params['name']}"
-
-    async def get(self) -> Record | None:
-        try:
-            obj = await kapi.call(self._api, "GET", _ENDPOINTS + "/{name}",
+            obj = await kapi.call(self._api, "GET", self._collection + "/{name}",
                                   params=self._params)
         except kapi.ApiError as exc:
             if exc.not_found:
                 return None
             raise
         self._object = _as_dict(obj)
-        annotations = _as_dict(_as_dict(self._object.get("metadata")).get("annotations"))
+        return self._read(self._object)
+
+    async def create(self, record: Record) -> None:
+        body = self._new_body(record)
+        self._object = _as_dict(await kapi.call(self._api, "POST", self._collection,
+                                                params=self._params, body=body))
+
+    async def update(self, record: Record) -> None:
+        if self._object is None:
+            raise kapi.ApiError(0, "NotRead",
+                                f"{self._noun} not read yet; get or create it first")
+        body = copy.deepcopy(self._object)
+        self._write(body, record)
+        self._object = _as_dict(await kapi.call(
+            self._api, "PUT", self._collection + "/{name}", params=self._params, body=body))
+
+    def _read(self, obj: dict[str, Any]) -> Record:
+        raise NotImplementedError
+
+    def _new_body(self, record: Record) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _write(self, body: dict[str, Any], record: Record) -> None:
+        raise NotImplementedError
+
+
+class LeaseLock(_ObjectLock):
+    """The record in a Lease's spec; times as MicroTime."""
+
+    _collection = _LEASES
+    _noun = "lease"
+
+    def _read(self, obj: dict[str, Any]) -> Record:
+        return lease_spec_to_record(_as_dict(obj.get("spec")))
+
+    def _new_body(self, record: Record) -> dict[str, Any]:
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self._params["name"], "namespace": self._params["namespace"]},
+            "spec": record_to_lease_spec(record),
+        }
+
+    def _write(self, body: dict[str, Any], record: Record) -> None:
+        spec = _as_dict(body.get("spec"))
+        for key in ("acquireTime", "renewTime"):
+            spec.pop(key, None)
+        spec.update(record_to_lease_spec(record))
+        body["spec"] = spec
+
+
+class EndpointsLock(_ObjectLock):
+    """The record as JSON in an Endpoints annotation; times in whole seconds, field
+    `leaderTransitions` — byte-compatible with client-go's EndpointsLock (removed in
+    2021) and the 2016 leader-elector sidecar built on it."""
+
+    _collection = _ENDPOINTS
+    _noun = "endpoints"
+
+    def _read(self, obj: dict[str, Any]) -> Record:
+        annotations = _as_dict(_as_dict(obj.get("metadata")).get("annotations"))
         # An Endpoints without the annotation (the sidecar pre-creates an empty one) holds
         # an empty record: nobody leads, anyone may take it.
         return annotation_to_record(annotations.get(LEADER_ANNOTATION, ""))
 
-    async def create(self, record: Record) -> None:
-        body = {
+    def _new_body(self, record: Record) -> dict[str, Any]:
+        return {
             "apiVersion": "v1",
             "kind": "Endpoints",
             "metadata": {
@@ -124,20 +141,13 @@ class EndpointsLock:
                 "annotations": {LEADER_ANNOTATION: record_to_annotation(record)},
             },
         }
-        self._object = _as_dict(
-            await kapi.call(self._api, "POST", _ENDPOINTS, params=self._params, body=body))
 
-    async def update(self, record: Record) -> None:
-        if self._object is None:
-            raise kapi.ApiError(0, "NotRead", "endpoints not read yet; get or create it first")
-        body = copy.deepcopy(self._object)
+    def _write(self, body: dict[str, Any], record: Record) -> None:
         metadata = _as_dict(body.get("metadata"))
         annotations = _as_dict(metadata.get("annotations"))
         annotations[LEADER_ANNOTATION] = record_to_annotation(record)
         metadata["annotations"] = annotations
         body["metadata"] = metadata
-        self._object = _as_dict(await kapi.call(
-            self._api, "PUT", _ENDPOINTS + "/{name}", params=self._params, body=body))
 
 
 LOCK_KINDS = ("leases", "endpoints")

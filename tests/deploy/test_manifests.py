@@ -95,27 +95,36 @@ _VERB = {"list": "list", "read": "get", "create": "create", "replace": "update",
 _HTTP_VERB = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
-def _strings(tree: ast.AST) -> dict[str, str]:
-    """Names bound to string constants (or sums of them) anywhere in a module."""
-    out: dict[str, str] = {}
+def _strings(tree: ast.AST) -> dict[str, list[str]]:
+    """Names bound to string constants (or sums of them) anywhere in a module; class
+    attributes also as `self.<name>`, with every value any class gives them (a base
+    class's method may use its subclasses' values)."""
+    out: dict[str, list[str]] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
-                isinstance(node.targets[0], ast.Name):
-            value = _eval(node.value, out)
-            if value is not None:
-                out[node.targets[0].id] = value
+        body = node.body if isinstance(node, ast.ClassDef) else [node]
+        prefix = "self." if isinstance(node, ast.ClassDef) else ""
+        for stmt in body:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and \
+                    isinstance(stmt.targets[0], ast.Name):
+                for value in _eval(stmt.value, out):
+                    key = prefix + stmt.targets[0].id
+                    if value not in out.setdefault(key, []):
+                        out[key].append(value)
     return out
 
 
-def _eval(node: ast.AST, names: dict[str, str]) -> str | None:
+def _eval(node: ast.AST, names: dict[str, list[str]]) -> list[str]:
+    """Every string `node` may stand for."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
+        return [node.value]
     if isinstance(node, ast.Name):
-        return names.get(node.id)
+        return names.get(node.id, [])
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+            node.value.id == "self":
+        return names.get("self." + node.attr, [])
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        left, right = _eval(node.left, names), _eval(node.right, names)
-        return left + right if left is not None and right is not None else None
-    return None
+        return [a + b for a in _eval(node.left, names) for b in _eval(node.right, names)]
+    return []
 
 
 def _path_needs(method: str, path: str) -> tuple[str, str, str]:
@@ -159,16 +168,18 @@ def code_api_calls() -> set[tuple[str, str, str]]:
                 if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                         and node.func.attr == "call" and len(node.args) >= 3):
                     continue
-                method, path = _eval(node.args[1], names), _eval(node.args[2], names)
-                if method in ("GET", "POST", "PUT", "PATCH", "DELETE") and path:
-                    found.add(_path_needs(method, path))
+                for method in _eval(node.args[1], names):
+                    for path in _eval(node.args[2], names):
+                        if method in ("GET", "POST", "PUT", "PATCH", "DELETE") and \
+                                path.startswith(("/api/", "/apis/")):
+                            found.add(_path_needs(method, path))
             # paths handed to a listing helper (`self._list("/api/v1/...pods", ...)`)
             for node in ast.walk(tree):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
                         node.func.attr in ("_list", "list_all") and node.args:
-                    path = _eval(node.args[0], names)
-                    if path:
-                        found.add(_path_needs("GET", path))
+                    for path in _eval(node.args[0], names):
+                        if path.startswith(("/api/", "/apis/")):
+                            found.add(_path_needs("GET", path))
             needs |= found
             if watches:
                 needs |= {(g, r, "watch") for g, r, v in found if v == "list"}
