@@ -188,18 +188,27 @@ def check_targets(table: RouteTable) -> dict[Key, str | None]:
     return out
 
 
-async def probe_tcp(address: str, port: int, timeout: float) -> Probe:
-    """Connect, then close: L4OK, L4CON, L4TOUT or SOCKERR."""
-    t0 = time.monotonic()
+async def _connect(address: str, port: int, timeout: float, t0: float
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | Probe:
+    """The connection, or the failed probe (L4TOUT, L4CON or SOCKERR) saying why not."""
     try:
         async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(address, port)
+            return await asyncio.open_connection(address, port)
     except TimeoutError:
         return Probe(L4TOUT, duration_ms=_ms(t0), detail="connect timed out")
     except ConnectionRefusedError as e:
         return Probe(L4CON, duration_ms=_ms(t0), detail=e.strerror or "refused")
     except OSError as e:
         return Probe(SOCKERR, duration_ms=_ms(t0), detail=e.strerror or str(e))
+
+
+async def probe_tcp(address: str, port: int, timeout: float) -> Probe:
+    """Connect, then close: L4OK, L4CON, L4TOUT or SOCKERR."""
+    t0 = time.monotonic()
+    conn = await _connect(address, port, timeout, t0)
+    if isinstance(conn, Probe):
+        return conn
+    _, writer = conn
     duration = _ms(t0)
     await _close(writer)
     return Probe(L4OK, duration_ms=duration)
@@ -209,15 +218,10 @@ async def probe_http(address: str, port: int, path: str, timeout: float) -> Prob
     """`GET path` with `Connection: close`; 2xx and 3xx pass, as haproxy's
     `option httpchk` with no `http-check expect`."""
     t0 = time.monotonic()
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(address, port)
-    except TimeoutError:
-        return Probe(L4TOUT, duration_ms=_ms(t0), detail="connect timed out")
-    except ConnectionRefusedError as e:
-        return Probe(L4CON, duration_ms=_ms(t0), detail=e.strerror or "refused")
-    except OSError as e:
-        return Probe(SOCKERR, duration_ms=_ms(t0), detail=e.strerror or str(e))
+    conn = await _connect(address, port, timeout, t0)
+    if isinstance(conn, Probe):
+        return conn
+    reader, writer = conn
     try:
         remaining = max(0.0, timeout - (time.monotonic() - t0))
         async with asyncio.timeout(remaining):
