@@ -105,8 +105,7 @@ class DataPlane:
 
     async def apply(self, table: RouteTable) -> None:
         self.table = table
-        self.balancers.update(table.backends)
-        self.http.set_table(table)
+        self.http.set_table(table)  # each frontend also brings the shared balancers up to date
         if self.https is not None:
             self.https.set_table(table)
         elif table.https and self._https_blocked:
