@@ -259,15 +259,27 @@ async def test_sigterm_lets_a_long_download_finish_and_refuses_new_connections(
         tmp_path: Path) -> None:
     chunks, chunk = 30, b"x" * 65536
 
+    handlers: set[asyncio.Task[Any]] = set()
+
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
-                     b"Content-Length: %d\r\n\r\n" % (chunks * len(chunk)))
-        for _ in range(chunks):
-            writer.write(chunk)
-            await writer.drain()
-            await asyncio.sleep(0.05)
-        writer.close()
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (chunks * len(chunk)))
+            for _ in range(chunks):
+                writer.write(chunk)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # pylb gave up on this one (e.g. a start-up probe's connection closed)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            handlers.discard(task)
 
     server = await asyncio.start_server(slow, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -308,6 +320,9 @@ async def test_sigterm_lets_a_long_download_finish_and_refuses_new_connections(
             proc.kill()
             await proc.wait()
         server.close()
+        for t in list(handlers):
+            t.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
 
 
