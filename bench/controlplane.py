@@ -24,22 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pylb.config import Settings
-from pylb.demo import start_name_server
-
-
-def _service(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}}
-
-
-def _slice(name: str, svc: str, port: int, addresses: list[str]) -> dict[str, Any]:
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": name, "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": svc}},
-            "addressType": "IPv4", "ports": [{"port": port, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [a], "conditions": {"ready": True}}
-                          for a in addresses]}
+from pylb.demo import service_manifest, slice_manifest, start_name_server
 
 
 def rss_mib() -> float:
@@ -69,13 +54,15 @@ async def run(services: int, endpoints: int, changes: int) -> dict[str, Any]:
     one, two = await start_name_server("one"), await start_name_server("two")
     ports = [s.sockets[0].getsockname()[1] for s in (one, two)]
     async with FakeApiServer(history_size=100_000) as api:
-        api.store.load("services", (_service(f"svc-{i}") for i in range(services)))
+        api.store.load("services", (service_manifest(f"svc-{i}", 80, 8080)
+                                    for i in range(services)))
         api.store.load("endpointslices", (
-            _slice(f"svc-{i}-a", f"svc-{i}", 8080,
+            slice_manifest(f"svc-{i}-a", f"svc-{i}", 8080,
                    [f"10.{(i >> 8) & 255}.{i & 255}.{j}" for j in range(endpoints)])
             for i in range(services)))
-        api.store.create("services", _service("probe"))
-        api.store.create("endpointslices", _slice("probe-a", "probe", ports[0], ["127.0.0.1"]))
+        api.store.create("services", service_manifest("probe", 80, 8080))
+        api.store.create("endpointslices",
+                         slice_manifest("probe-a", "probe", ports[0], ["127.0.0.1"]))
         settings = Settings(bind="127.0.0.1", http_port=free_port(), namespaces=("default",),
                             workers=1)
         plane = DataPlane(settings)
@@ -107,8 +94,8 @@ async def run(services: int, endpoints: int, changes: int) -> dict[str, Any]:
                 target = ports[(c + 1) % 2]
                 name = b"two" if target == ports[1] else b"one"
                 t = time.monotonic()
-                api.store.put("endpointslices", _slice("probe-a", "probe", target,
-                                                        ["127.0.0.1"]))
+                api.store.put("endpointslices", slice_manifest("probe-a", "probe", target,
+                                                                ["127.0.0.1"]))
                 while name not in await _probe(settings.http_port):
                     await asyncio.sleep(0.002)
                 latencies.append(time.monotonic() - t)

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from bench import procs, wrk
+from pylb.demo import service_manifest, slice_manifest
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -160,15 +161,9 @@ def _manifests(backend_port: int, ssl_term: bool) -> list[dict[str, Any]]:
     ann = {"serviceloadbalancer/lb.sslTerm": "true"} if ssl_term else {}
     docs: list[dict[str, Any]] = []
     for name in ("svc", "tsvc"):
-        docs.append({"apiVersion": "v1", "kind": "Service",
-                     "metadata": {"name": name, "namespace": "default",
-                                  "annotations": ann if name == "svc" else {}},
-                     "spec": {"ports": [{"port": 80, "targetPort": backend_port}]}})
-        docs.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                     "metadata": {"name": f"{name}-1", "namespace": "default",
-                                  "labels": {"kubernetes.io/service-name": name}},
-                     "addressType": "IPv4", "ports": [{"port": backend_port}],
-                     "endpoints": [{"addresses": ["127.0.0.1"]}]})
+        docs.append(service_manifest(name, 80, backend_port,
+                                     annotations=ann if name == "svc" else None))
+        docs.append(slice_manifest(f"{name}-1", name, backend_port, ["127.0.0.1"]))
     return docs
 
 

@@ -101,45 +101,49 @@ def _port_of(server: asyncio.Server) -> int:
     return int(server.sockets[0].getsockname()[1])
 
 
+def service_manifest(name: str, port: int, target: int | str, *, port_name: str = "",
+                     annotations: dict[str, str] | None = None,
+                     namespace: str = "default") -> dict[str, Any]:
+    """A Service with one TCP port, as the API server returns it."""
+    spec_port: dict[str, Any] = {"port": port, "targetPort": target, "protocol": "TCP"}
+    if port_name:
+        spec_port["name"] = port_name
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace,
+                         "annotations": dict(annotations or {})},
+            "spec": {"ports": [spec_port]}}
+
+
+def slice_manifest(name: str, service: str, port: int, addresses: list[str], *,
+                   port_name: str = "", namespace: str = "default") -> dict[str, Any]:
+    """An EndpointSlice of `service`: one ready endpoint per address, on `port`."""
+    slice_port: dict[str, Any] = {"port": port, "protocol": "TCP"}
+    if port_name:
+        slice_port["name"] = port_name
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "ports": [slice_port],
+            "endpoints": [{"addresses": [a], "conditions": {"ready": True}}
+                          for a in addresses]}
+
+
 def demo_manifests(backends: dict[str, list[int]], echo_port: int) -> list[dict[str, Any]]:
     """Services and EndpointSlices describing the demo's loopback backends."""
-    docs: list[dict[str, Any]] = []
     annotations = {
-        "nginxsvc": {},
         "test": {"serviceloadbalancer/lb.aclMatch": "-i /test"},
         "hostsvc": {"serviceloadbalancer/lb.host": "demo.example.com",
                     "serviceloadbalancer/lb.algorithm": "leastconn"},
     }
+    docs: list[dict[str, Any]] = []
     for name, ports in backends.items():
-        docs.append({"apiVersion": "v1", "kind": "Service",
-                     "metadata": {"name": name, "namespace": "default",
-                                  "annotations": annotations.get(name, {})},
-                     "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http",
-                                         "protocol": "TCP"}]}})
-        docs.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                     "metadata": {"name": f"{name}-demo", "namespace": "default",
-                                  "labels": {"kubernetes.io/service-name": name}},
-                     "addressType": "IPv4",
-                     "ports": [{"name": "http", "port": ports[0], "protocol": "TCP"}],
-                     "endpoints": [{"addresses": ["127.0.0.1"],
-                                    "conditions": {"ready": True}}]})
-        for i, p in enumerate(ports[1:], start=2):
-            docs.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                         "metadata": {"name": f"{name}-demo-{i}", "namespace": "default",
-                                      "labels": {"kubernetes.io/service-name": name}},
-                         "addressType": "IPv4",
-                         "ports": [{"name": "http", "port": p, "protocol": "TCP"}],
-                         "endpoints": [{"addresses": ["127.0.0.1"],
-                                        "conditions": {"ready": True}}]})
-    docs.append({"apiVersion": "v1", "kind": "Service",
-                 "metadata": {"name": "echo", "namespace": "default"},
-                 "spec": {"ports": [{"port": 7000, "targetPort": 7000, "protocol": "TCP"}]}})
-    docs.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                 "metadata": {"name": "echo-demo", "namespace": "default",
-                              "labels": {"kubernetes.io/service-name": "echo"}},
-                 "addressType": "IPv4",
-                 "ports": [{"port": echo_port, "protocol": "TCP"}],
-                 "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]})
+        docs.append(service_manifest(name, 80, "http", port_name="http",
+                                     annotations=annotations.get(name)))
+        for i, p in enumerate(ports, start=1):
+            docs.append(slice_manifest(f"{name}-demo" if i == 1 else f"{name}-demo-{i}",
+                                       name, p, ["127.0.0.1"], port_name="http"))
+    docs.append(service_manifest("echo", 7000, 7000))
+    docs.append(slice_manifest("echo-demo", "echo", echo_port, ["127.0.0.1"]))
     return docs
 
 

@@ -15,7 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
-from pylb.demo import start_echo_server, start_name_server
+from pylb.demo import (
+    service_manifest,
+    slice_manifest,
+    start_echo_server,
+    start_name_server,
+)
 from tests.conftest import free_port
 from tests.kfake import FakeApiServer
 
@@ -23,17 +28,11 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def service(name: str, port: int, target: int) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"ports": [{"port": port, "targetPort": target, "protocol": "TCP"}]}}
+    return service_manifest(name, port, target)
 
 
 def slice_(name: str, svc: str, port: int) -> dict[str, Any]:
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": name, "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": svc}},
-            "addressType": "IPv4", "ports": [{"port": port, "protocol": "TCP"}],
-            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]}
+    return slice_manifest(name, svc, port, ["127.0.0.1"])
 
 
 async def get(port: int, path: str) -> tuple[int, bytes]:

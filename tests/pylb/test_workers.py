@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pylb.config import Settings
-from pylb.demo import start_name_server
+from pylb.demo import service_manifest, slice_manifest, start_name_server
 from pylb.model import Backend, HttpRoute, RouteTable, Server
 from pylb.workers import WorkerPool
 from tests.conftest import free_port
@@ -157,17 +157,9 @@ async def test_killed_worker_is_replaced_and_traffic_continues(backends: list[in
 
 
 def manifests(path: Path, backend_ports: list[int]) -> None:
-    docs: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "svc", "namespace": "default"},
-         "spec": {"ports": [{"port": 80, "targetPort": 8080}]}},
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": "svc-1", "namespace": "default",
-                      "labels": {"kubernetes.io/service-name": "svc"}},
-         "addressType": "IPv4", "ports": [{"port": p} for p in backend_ports[:1]],
-         "endpoints": [{"addresses": ["127.0.0.1"]}]},
-    ]
-    path.write_text(yaml.safe_dump_all(docs))
+    path.write_text(yaml.safe_dump_all([
+        service_manifest("svc", 80, 8080),
+        slice_manifest("svc-1", "svc", backend_ports[0], ["127.0.0.1"])]))
 
 
 async def start_pylb(tmp_path: Path, backend_ports: list[int], *extra: str,
