@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -188,8 +187,8 @@ class Controller:
 
     def counters(self) -> dict[str, Any]:
         if self.pool is not None:
-            snaps: list[dict[str, Any]] = self.pool.snapshots()
-            return merge_snapshots(snaps)
+            counters: dict[str, Any] = self.pool.counters()
+            return counters
         assert self.plane is not None
         return merge_snapshots([self.plane.stats.snapshot()])
 
@@ -404,7 +403,3 @@ def main(settings: Settings) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-def reuse_port_supported() -> bool:
-    return hasattr(socket, "SO_REUSEPORT")
