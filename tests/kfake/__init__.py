@@ -9,7 +9,8 @@ is /work/shared/KUBE_API_FAKE.md and `test_contract.py` checks it clause by clau
 
 Server (`app.FakeApiServer`): `start()/stop()`, `url`, `port`, `store`, `faults`, `tokens`
 (None accepts anyone; a set demands one of those bearer tokens or a client certificate),
-`requests` (what came in: method, path, query, verb, authorization), `drop_watches()`,
+`requests` (what came in: method, path, query, verb, authorization; the last 10,000),
+`request_total` (how many ever came in), `drop_watches()`,
 `restart(down_for, wipe=False)` + `bring_up()` + `is_down`, `configuration(token)`,
 `kubeconfig_dict(token, namespace, client_cert=False)`, `write_incluster(tmpdir)`.
 Options: `tls`, `bookmark_interval`, `bookmark_before_deadline` (2 s, as the real cache),

@@ -212,6 +212,7 @@ class FakeApiServer:
         self.tokens = tokens
         self.opaque_rv = opaque_rv
         self.requests: deque[RequestRecord] = deque(maxlen=10_000)
+        self.request_total = 0  # every request ever received (`requests` keeps the last 10 k)
         self.port = port
         self.pki: TestPKI | None = TestPKI() if tls else None
         self._tmpdir: str | None = None
@@ -386,6 +387,7 @@ class FakeApiServer:
         target = parse_path(request.path)
         watch = parse_bool(request.query.getall("watch", []))
         verb = target.verb(request.method, watch) if target else request.method.lower()
+        self.request_total += 1
         self.requests.append(RequestRecord(
             request.method, request.path, request.query_string, verb,
             request.headers.get("Authorization", ""), request.headers.get("Content-Type", "")))
