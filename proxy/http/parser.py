@@ -49,6 +49,7 @@ Headers = list[tuple[bytes, bytes]]
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # CR, LF: _check_head_bytes
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
 # The methods llhttp knows (RFC 9110, WebDAV, CalDAV, PATCH, PURGE, QUERY...): h11 would
 # take any token, and both parsers must accept the same requests. Others get a 400.
@@ -269,11 +270,14 @@ def _raw_headers(raw: bytes) -> Headers:
 
 def _check_head_bytes(head: bytes | bytearray, failure: Failure) -> None:
     """Lexical rules h11 is lenient about and llhttp is not: every line ends in CRLF
-    (no bare LF, no bare CR), no obs-fold continuation lines."""
+    (no bare LF, no bare CR), no obs-fold continuation lines, no control byte but HTAB
+    (h11 takes any of them but NUL in a field value)."""
     if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
         raise ParseError(failure, "bare CR or LF")
     if b"\n " in head or b"\n\t" in head:
         raise ParseError(failure, "obs-fold")
+    if _CTL.search(head) is not None:
+        raise ParseError(failure, "control byte in the head")
 
 
 # -- body framing (used by the h11 implementation) ---------------------------------------
