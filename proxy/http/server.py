@@ -14,7 +14,8 @@ sent whole; then the connection waits for the next request (keep-alive) or close
 
 Pipelined requests: while an exchange is under way with its request fully read, further
 parser events wait in `_queue` (the client's reading is paused meanwhile, so the queue is
-at most one read's worth) and are replayed when the exchange ends.
+at most one read's worth) and are replayed when the exchange ends; so does a parse error
+of a later request, answered with its 400 only after the responses before it.
 
 Flow control is cross-wired with high/low watermarks (`upstream.HIGH_WATER`/`LOW_WATER`):
 the backend's write buffer full → stop reading the client; the client's write buffer
@@ -371,10 +372,23 @@ class ClientProtocol(asyncio.Protocol):
     def _bad_request(self, failure: Failure) -> None:
         self._proxy.stats.fail(failure)
         self._fe.req_errors += 1
-        if self._resp is not None or (self._req is not None and self._req_done):
-            self.abort()  # a bad next request while the previous response is under way
+        if self._req is not None and self._req_done:
+            # A bad next request while the previous one is answered: that answer goes
+            # out first, then the 400 (the parser is dead; reading stops meanwhile).
+            self._parse_failed(failure)
+            return
+        if self._resp is not None:
+            self.abort()  # the body of the request being answered is malformed
             return
         self._drop_upstream()
+        self._local_error(failure)
+
+    def _parse_failed(self, failure: Failure) -> None:
+        if self._gone:
+            return
+        if self._queue is not None or self._req is not None:
+            self._enqueue(3, failure)
+            return
         self._local_error(failure)
 
     # The parser's callbacks. Events of a request that must wait are queued.
@@ -451,8 +465,10 @@ class ClientProtocol(asyncio.Protocol):
                 self.on_head(item)
             elif kind == 1:
                 self.on_body(item)
-            else:
+            elif kind == 2:
                 self.on_end()
+            else:
+                self._parse_failed(item)
             if self._queue is not None:
                 self._queue.extend(q)
                 break
