@@ -1,0 +1,332 @@
+"""Slow and hostile clients (issue #12): slowloris, idle keep-alive, slow bodies, slow
+readers of large responses, connection floods past --maxconn, and running out of file
+descriptors — none of them stops pylb from serving everyone else.
+
+Timeout semantics, as haproxy 2.6 documents and does (checked against the installed
+haproxy with `timeout http-request 1s`):
+- `timeout http-request` bounds the whole request head from the connection's start (or,
+  on a keep-alive connection, from the first byte of the next request). It is not an
+  inactivity timeout: bytes trickling in do not extend it. When it strikes, the client
+  gets a 408 and the connection closes — also when nothing at all was received (haproxy
+  2.6 sends its 408 then too, unless `option http-ignore-probes`; pylb does the same).
+- `timeout http-keep-alive` bounds the wait for the next request to start; when it
+  strikes the connection closes silently (no 408).
+- The request BODY is under `timeout client`, an inactivity timeout (haproxy without
+  `option http-buffer-request`): an upload that keeps moving, however slowly, is served;
+  one that stops for `timeout client` gets a 408 (no response started) and is closed.
+
+Figures (slowloris held/closed, requests served/lost, MiB per slow reader, flood numbers,
+fd-exhaustion recovery) are printed with `-s` and quoted in the issue note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from proxy.balance import Balancers
+from proxy.http import HttpProxy
+from pylb.config import HttpParser, Limits, Settings, Timeouts
+from pylb.counters import Stats
+from pylb.demo import start_echo_server, start_name_server
+from pylb.failures import Failure
+from tests.hardening._hostile import (
+    Drip,
+    closed_after,
+    get_once,
+    normal_traffic,
+    open_drips,
+    slowloris_head,
+    start_pylb_run,
+    wait_closed,
+)
+from tests.proxy.http.backends import HttpBackend
+from tests.proxy.http.client import get
+from tests.proxy.http.conftest import simple_table
+
+pytestmark = pytest.mark.timeout(120)
+
+EPS = 0.05  # clock granularity between pylb's loop.time() and ours
+
+
+def report(name: str, **figures: object) -> None:
+    print(f"\n[figures] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+class Proxied:
+    def __init__(self, proxy: HttpProxy, port: int, stats: Stats,
+                 backend: HttpBackend) -> None:
+        self.proxy = proxy
+        self.port = port
+        self.stats = stats
+        self.backend = backend
+
+
+Start = Callable[..., Awaitable[Proxied]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """`await start(timeouts=..., parser=...)`: an HttpProxy on port 0 in front of one
+    HttpBackend, routed at /app (stripped)."""
+    running: list[Proxied] = []
+
+    async def go(*, parser: HttpParser = HttpParser.AUTO,
+                 **timeouts: float) -> Proxied:
+        backend = await HttpBackend("b0").start()
+        settings = Settings(http_parser=parser, timeouts=Timeouts(**timeouts),
+                            limits=Limits())
+        stats = Stats()
+        proxy = HttpProxy(settings, stats, Balancers(settings.limits))
+        _, port = await proxy.start("127.0.0.1", 0)
+        routes, backends = simple_table([backend])
+        from pylb.model import RouteTable
+        proxy.set_table(RouteTable(http=tuple(routes), backends=tuple(backends)))
+        p = Proxied(proxy, port, stats, backend)
+        running.append(p)
+        return p
+
+    yield go
+    for p in running:
+        await p.proxy.shutdown(0.5)
+        await p.backend.stop()
+
+
+def right_answer(status: int, body: bytes, i: int) -> bool:
+    if status != 200:
+        return False
+    doc = json.loads(body)
+    return bool(doc["name"] == "b0" and doc["target"] == f"/n{i}")
+
+
+async def until(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(pred())
+
+
+# -- 1. slowloris ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parser", [HttpParser.H11, HttpParser.HTTPTOOLS],
+                         ids=lambda p: p.value)
+async def test_slowloris_1000_do_not_stop_others_and_are_cut_at_http_request(
+        start: Start, parser: HttpParser) -> None:
+    """1,000 connections drip a request head a byte every 0.25 s. pylb holds them all,
+    serves 200 normal requests meanwhile without losing one, and closes each slowloris
+    connection with a 408 at `timeout http-request` — not before it, although each keeps
+    sending (the deadline is not re-armed per byte)."""
+    timeout, n, normal = 2.0, 1000, 200
+    p: Proxied = await start(parser=parser, http_request=timeout,
+                             client=60.0)
+    drips = await open_drips(p.port, n, slowloris_head(), interval=0.25)
+    try:
+        assert await until(lambda: p.proxy.connections >= n, 30), p.proxy.connections
+        held = sum(d.is_open for d in drips)
+        t0 = time.monotonic()
+        tally = await normal_traffic(p.port, normal, right_answer)
+        normal_secs = time.monotonic() - t0
+        held_after = sum(d.is_open for d in drips)
+        await wait_closed(drips, timeout * 10 + 30)
+    finally:
+        for d in drips:
+            d.abort()
+    lifetimes = closed_after(drips)
+    statuses = {d.status() for d in drips}
+    report(f"slowloris in-process ({parser.value})", connections=n, held=held,
+           held_after_normal=held_after, normal_ok=tally.ok, normal_lost=len(tally.failed),
+           normal_secs=round(normal_secs, 2),
+           closed=len(lifetimes), closed_at_min=round(min(lifetimes, default=-1), 3),
+           closed_at_max=round(max(lifetimes, default=-1), 3),
+           bytes_dripped_max=max(d.sent for d in drips), statuses=statuses)
+    assert held == n
+    assert tally.ok == normal and not tally.failed, tally.failed[:5]
+    assert len(lifetimes) == n
+    # Not before the timeout, although bytes kept coming; and within a generous bound.
+    assert lifetimes[0] >= timeout - EPS, lifetimes[:5]
+    assert lifetimes[-1] <= timeout * 10 + 30
+    assert all(d.sent >= 2 for d in drips)  # they did keep dripping
+    assert statuses == {408}
+    assert p.stats.failures[Failure.REQUEST_TIMEOUT] == n
+    assert p.proxy.connections == 0
+
+
+async def test_idle_new_connections_get_408_at_http_request(start: Start) -> None:
+    """Connections that send nothing at all are also closed at `timeout http-request`
+    with a 408 (haproxy 2.6 does so unless `option http-ignore-probes`)."""
+    timeout = 0.5
+    p: Proxied = await start(http_request=timeout)
+    drips = await open_drips(p.port, 50, b"", interval=1.0)
+    try:
+        await wait_closed(drips, timeout * 10 + 30)
+    finally:
+        for d in drips:
+            d.abort()
+    lifetimes = closed_after(drips)
+    assert min(lifetimes) >= timeout - EPS
+    assert {d.status() for d in drips} == {408}
+
+
+async def test_keep_alive_idle_closed_silently_and_next_head_trickle_cut(
+        start: Start) -> None:
+    """On a keep-alive connection: idle after a response → closed silently at
+    `timeout http-keep-alive` (no 408); a next request trickled a byte at a time → cut with
+    a 408 at `timeout http-request` counted from its first byte, however long the
+    keep-alive timeout and however steady the trickle."""
+    keep_alive, http_request = 1.0, 1.5
+    p: Proxied = await start(keep_alive=keep_alive,
+                             http_request=http_request)
+    first = get("/app/n0")
+    idle = await open_drips(p.port, 20, b"", 1.0, prefix=first)
+    # Trickle the next head starting at once: keep-alive would never strike (each byte is
+    # "activity"), http-request must.
+    trickle = await open_drips(p.port, 20, slowloris_head(), 0.1, prefix=first)
+    try:
+        await wait_closed(idle + trickle, 60)
+    finally:
+        for d in idle + trickle:
+            d.abort()
+    for d in idle:
+        head, _, rest = bytes(d.received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), d.received[:100]
+        resp_len = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        assert len(rest) == resp_len  # nothing after the response: a silent close
+        assert d.t_closed - d.t_start >= keep_alive - EPS
+    for d in trickle:
+        data = bytes(d.received)
+        assert data.startswith(b"HTTP/1.1 200")
+        assert data.count(b"HTTP/1.1 408") == 1, data[-200:]
+        assert d.t_closed - d.t_first >= http_request - EPS
+        # it kept sending until cut: more than keep_alive's worth of bytes
+        assert d.sent > keep_alive / 0.1
+    assert p.stats.failures[Failure.REQUEST_TIMEOUT] == 20
+
+
+async def test_slow_body_served_stalled_body_cut_at_client_timeout(start: Start) -> None:
+    """Bodies are under `timeout client`, an inactivity timeout (haproxy's default, with
+    no `option http-buffer-request`): an upload that trickles a byte every 0.1 s for
+    longer than the client timeout is served whole; one that stops is answered 408 no
+    sooner than `timeout client` after its last byte, and closed; other clients are served
+    meanwhile."""
+    client = 0.6
+    p: Proxied = await start(client=client, http_request=0.5)
+    body = b"b" * 12  # 12 bytes at 0.1 s: 1.2 s, twice the client timeout
+    head = b"POST /app/up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+    slow = await open_drips(p.port, 20, body, 0.1, prefix=head % len(body))
+    stalled = await open_drips(p.port, 20, b"", 1.0, prefix=head % 100 + b"abc")
+    tally = await normal_traffic(p.port, 40, right_answer)
+    try:
+        for d in slow:
+            await asyncio.wait_for(_response_complete(d), 30)
+        await wait_closed(stalled, 30)
+    finally:
+        for d in slow + stalled:
+            d.abort()
+    for d in slow:
+        doc = json.loads(bytes(d.received).partition(b"\r\n\r\n")[2])
+        assert doc["body_len"] == len(body)
+    for d in stalled:
+        assert d.status() == 408
+        assert d.t_closed - d.t_start >= client - EPS
+    assert tally.ok == 40 and not tally.failed, tally.failed[:5]
+    assert p.stats.failures[Failure.CLIENT_TIMEOUT] == 20
+
+
+async def _response_complete(d: Drip) -> None:
+    while True:
+        head, sep, rest = bytes(d.received).partition(b"\r\n\r\n")
+        if sep:
+            n = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) >= n:
+                return
+        if d.closed.done():
+            raise AssertionError(f"closed early: {bytes(d.received)[:200]!r}")
+        await asyncio.sleep(0.02)
+
+
+# -- `pylb run` ------------------------------------------------------------------------------
+
+
+def name_server_answer(status: int, body: bytes, i: int) -> bool:
+    if status != 200:
+        return False
+    doc = json.loads(body)
+    return bool(doc["server"] == "b0" and doc["path"] == f"/n{i}")
+
+
+def frontend_row(stats: dict[str, object], name: str) -> dict[str, int]:
+    for row in stats["stats"]:  # type: ignore[attr-defined]
+        if row["pxname"] == name and row["svname"] == "FRONTEND":
+            return row  # type: ignore[no-any-return]
+    raise AssertionError(f"no frontend {name}")
+
+
+@pytest.fixture
+async def name_servers() -> AsyncIterator[tuple[int, int]]:
+    """(HTTP name server 'b0', TCP echo server) ports."""
+    http = await start_name_server("b0")
+    echo = await start_echo_server()
+    try:
+        yield http.sockets[0].getsockname()[1], echo.sockets[0].getsockname()[1]
+    finally:
+        for s in (http, echo):
+            s.close()
+            await s.wait_closed()
+
+
+async def test_slowloris_against_pylb_run(tmp_path: Path,
+                                          name_servers: tuple[int, int]) -> None:
+    """The same 1,000 slowloris connections against the real `pylb run` process (one
+    worker): it survives, serves every normal request, cuts each slowloris connection at
+    --timeout-http-request with a 408, and its stats page counts the 1,000 timeouts."""
+    timeout, n, normal = 2.0, 1000, 200
+    run = await start_pylb_run(tmp_path, *name_servers, "--timeout-http-request=2s")
+    try:
+        before = await run.stats_json()
+        ereq0 = frontend_row(before, "http")["ereq"]
+        drips = await open_drips(run.ports["http"], n, slowloris_head(), interval=0.25)
+        try:
+            tally = await normal_traffic(run.ports["http"], normal, name_server_answer)
+            held_after = sum(d.is_open for d in drips)
+            await wait_closed(drips, timeout * 10 + 30)
+        finally:
+            for d in drips:
+                d.abort()
+        lifetimes = closed_after(drips)
+        statuses = {d.status() for d in drips}
+        assert run.proc.returncode is None
+        after = await get_once(run.ports["http"], "/app/n0")
+        stats: dict[str, object] = {}
+        for _ in range(50):  # the worker reports its counters about once a second
+            stats = await run.stats_json()
+            if stats["failures"].get("REQUEST_TIMEOUT", 0) >= n:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.2)
+        fe = frontend_row(stats, "http")
+    finally:
+        log = await run.stop()
+    report("slowloris pylb run", connections=n, held_after_normal=held_after,
+           normal_ok=tally.ok, normal_lost=len(tally.failed),
+           closed=len(lifetimes), closed_at_min=round(min(lifetimes, default=-1), 3),
+           closed_at_max=round(max(lifetimes, default=-1), 3),
+           statuses=statuses, stats_request_timeouts=stats["failures"],
+           fe_ereq=fe["ereq"] - ereq0, fe_hrsp_4xx=fe["hrsp_4xx"], fe_smax=fe["smax"])
+    assert tally.ok == normal and not tally.failed, tally.failed[:5]
+    assert len(lifetimes) == n
+    assert lifetimes[0] >= timeout - EPS
+    assert lifetimes[-1] <= timeout * 10 + 30
+    assert statuses == {408}
+    assert name_server_answer(*after, 0)
+    assert stats["failures"]["REQUEST_TIMEOUT"] == n  # type: ignore[index]
+    assert fe["ereq"] - ereq0 == n
+    assert fe["hrsp_4xx"] >= n
+    assert fe["smax"] >= n
+    assert "Traceback" not in log
