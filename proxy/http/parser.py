@@ -49,6 +49,12 @@ Headers = list[tuple[bytes, bytes]]
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+# Chunk extensions as llhttp takes them (checked against it on random input): each `;`
+# run followed by a token, `=value` or both; a value is a token or a quoted string.
+_TCHARS = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\r\n\x00])*"'
+_CHUNK_EXT = re.compile(rb"(?:;+(?:%s(?:=(?:%s|%s)?)?|=(?:%s|%s)?))*" % (
+    _TCHARS, _TCHARS, _QUOTED, _TCHARS, _QUOTED))
 _CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # CR, LF: _check_head_bytes
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
 # The methods llhttp knows (RFC 9110, WebDAV, CalDAV, PATCH, PURGE, QUERY...): h11 would
@@ -372,7 +378,8 @@ class BodyFramer:
                 semi = line.find(b";")
                 size = line if semi < 0 else line[:semi]
                 if not _HEX.fullmatch(size) or b"\n" in line or b"\r" in line \
-                        or b"\x00" in line:
+                        or b"\x00" in line \
+                        or (semi >= 0 and _CHUNK_EXT.fullmatch(line, semi) is None):
                     raise ParseError(self._failure, "bad chunk size")
                 self._left = int(size, 16)
                 pos = eol + 2
@@ -562,6 +569,10 @@ class H11ResponseParser:
             if end < 0:
                 if len(buf) > 64 * 1024:
                     raise ParseError(Failure.BAD_RESPONSE, "response head too long")
+                if not b"HTTP/".startswith(buf[:5]):
+                    # Garbage or an HTTP/0.9 body: refused now, as llhttp does, rather
+                    # than waited on until the server timeout or the close.
+                    raise ParseError(Failure.BAD_RESPONSE, "not an HTTP/1.x status line")
                 _check_partial_head(buf, Failure.BAD_RESPONSE)
                 self._buf = buf
                 return
@@ -696,13 +707,15 @@ class HttptoolsRequestParser:
 
 
 class HttptoolsResponseParser:
-    __slots__ = ("_close_delimited", "_done", "_headers", "_headers_seen", "_method", "_p",
-                 "_reason", "_sink", "_stopped", "rest", "upgrade_rest")
+    __slots__ = ("_close_delimited", "_done", "_head_fed", "_headers", "_headers_seen",
+                 "_max_head", "_method", "_p", "_reason", "_sink", "_stopped", "rest",
+                 "upgrade_rest")
 
     def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
                  max_head: int = 64 * 1024) -> None:
         assert httptools is not None
         self._p = httptools.HttpResponseParser(self)
+        self._max_head = max_head
         self._stopped = False
         self.rest = b""
         self.upgrade_rest: bytes | None = None
@@ -725,6 +738,7 @@ class HttptoolsResponseParser:
         self._done = False
         self._headers_seen = False
         self._close_delimited = False
+        self._head_fed = 0
 
     def feed(self, data: bytes) -> None:
         if self.upgrade_rest is not None:
@@ -749,6 +763,12 @@ class HttptoolsResponseParser:
                 self.rest = b"?"  # garbage after a complete response
                 return
             raise ParseError(Failure.BAD_RESPONSE, str(e)) from None
+        if not self._headers_seen and not self._done:
+            # llhttp puts no bound on a head: hold it to the h11 path's (64 KiB). Every
+            # byte fed so far belongs to a head still incomplete.
+            self._head_fed += len(data)
+            if self._head_fed > self._max_head:
+                raise ParseError(Failure.BAD_RESPONSE, "response head too long")
 
     def feed_eof(self) -> None:
         if self._done or self.upgrade_rest is not None:
