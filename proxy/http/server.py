@@ -864,7 +864,9 @@ class ClientProtocol(asyncio.Protocol):
         close."""
         self._status = failure.status
         self._fe.response(failure.status)
-        self._wbuf.append(error_response(failure.status, close=True))
+        req = self._req  # a HEAD whose body (chunked) was malformed: no body either
+        self._wbuf.append(error_response(failure.status, close=True,
+                                         head_only=req is not None and req.method == b"HEAD"))
         self._close_after = True
         self._end_exchange(reusable=False, log_it=True)
         self.close()
