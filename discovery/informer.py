@@ -27,8 +27,12 @@ timeout. We use the generated API methods only to build authenticated requests
    and then resumes the watch from the last version: the store stays as it was, the last
    good state keeps serving.
 
-The failure count resets when a watch delivers an event, never on a bare list, so a server
-that answers every watch with 410 cannot make us relist in a hot loop.
+The failure count resets when a watch delivers an event, or has stayed open for
+`backoff_cap` (a quiet namespace on a server that sends no bookmarks delivers nothing, yet
+is plainly back: without this, the next blip would inherit the last outage's backoff, up
+to the cap; client-go likewise forgets its backoff after 2 minutes without one); never on
+a bare list, so a server that answers every watch with 410 cannot make us relist in a hot
+loop.
 
 Randomness, sleeping and both clocks are injected so that tests run the backoff in
 milliseconds. `on_change()` is called after every change to the store (a list, or an event
@@ -394,11 +398,13 @@ class Informer:
             allow_watch_bookmarks=True, timeout_seconds=s.watch_timeout,
             _preload_content=False, _request_timeout=self._timeout(None))
         events = 0
+        opened: float | None = None
         try:
             if resp.status != 200:
                 async with asyncio.timeout(s.read_timeout):
                     body = await resp.content.read(MAX_ERROR_BODY)
                 raise error_from_response(resp.status, resp.headers, body)
+            opened = self._clock()
             while self._clock() < deadline:
                 try:
                     async with asyncio.timeout(s.read_timeout):
@@ -422,5 +428,8 @@ class Informer:
                     self._on_change()
         finally:
             resp.close()
+            if opened is not None and self._clock() - opened >= max(MIN_WATCH_SECONDS,
+                                                                    s.backoff_cap):
+                self._failures = 0  # held long enough, events or not: the server is back
         if events == 0 and self._clock() - started < MIN_WATCH_SECONDS:
             raise StreamError("watch ended at once with no events")

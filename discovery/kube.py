@@ -97,7 +97,9 @@ class KubeSource:
 
     @property
     def synced(self) -> bool:
-        """Every informer has completed its first list."""
+        """Every informer has completed its first list. Stays true while the API server
+        is away (readiness must not flap with the control plane: the last good table is
+        still served; staleness shows as `last_sync` and `errors` in `metrics()`)."""
         return bool(self._informers) and all(i.synced for i in self._informers)
 
     async def run(self, publish: Publish) -> None:
