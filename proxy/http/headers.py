@@ -30,6 +30,8 @@ _PLAIN = frozenset((b"Date", b"ETag", b"Server", b"Accept", b"User-Agent", b"Con
                     b"Content-Encoding", b"If-None-Match", b"If-Modified-Since",
                     b"Authorization", b"Host", b"Expect"))
 _USUAL_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
+# Fields a client's Connection cannot make hop-by-hop: a request without Host is invalid.
+_NOT_HOP = frozenset((b"host",))
 
 
 def get_header(headers: Headers, name: bytes) -> bytes | None:
@@ -69,6 +71,8 @@ def request_head(head: RequestHead, target: bytes, *, client_ip: str, proto: byt
     certificate."""
     headers = head.headers
     named = head.connection
+    if b"host" in named:
+        named = named - _NOT_HOP
     out = [b"%s %s HTTP/1.1\r\n" % (head.method, target)]
     if head.version == b"1.0" and get_header(headers, b"host") is None:
         out.append(b"Host: \r\n")  # HTTP/1.1 needs one; empty when unknown (RFC 9112 3.2)
