@@ -338,6 +338,8 @@ class ClientProtocol(asyncio.Protocol):
             self.parser.feed(data)
         except ParseError as e:
             self._feeding = False
+            if self._ubuf:
+                self._uflush()  # the end of the request before the bad one
             self._bad_request(e.failure)
             return
         except Exception:
