@@ -75,7 +75,9 @@ def request_head(head: RequestHead, target: bytes, *, client_ip: str, proto: byt
         named = named - _NOT_HOP
     out = [b"%s %s HTTP/1.1\r\n" % (head.method, target)]
     if head.version == b"1.0" and get_header(headers, b"host") is None:
-        out.append(b"Host: \r\n")  # HTTP/1.1 needs one; empty when unknown (RFC 9112 3.2)
+        # HTTP/1.1 needs one: the absolute-form target's authority, else empty (RFC 9112
+        # §3.2)
+        out.append(b"Host: %s\r\n" % head.host)
     xff: list[bytes] = []
     upgrade: bytes | None = None
     plain = _PLAIN if named <= _USUAL_TOKENS else frozenset()

@@ -137,6 +137,7 @@ _SPECIAL = {b"host": _HOST, b"expect": _EXPECT, b"upgrade": _UPGRADE,
             b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH,
             b"transfer-encoding": _TRANSFER_ENCODING}
 _SPECIAL_LENGTHS = frozenset(len(k) for k in _SPECIAL)
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 # Exact spellings seen on most requests and responses: special ones map to their kind,
 # common others to -1, so that most fields need neither lower() nor a second lookup.
 _KNOWN: dict[bytes, int] = {
@@ -167,8 +168,14 @@ class _Scan:
             if kind is None:
                 if len(name) not in _SPECIAL_LENGTHS:
                     continue
-                kind = _SPECIAL.get(name.lower())
+                lname = name.lower()
+                kind = _SPECIAL.get(lname)
                 if kind is None:
+                    if b"_" in name and failure is Failure.BAD_REQUEST \
+                            and lname.replace(b"_", b"-") in _FRAMING:
+                        # Valid tokens, but CGI and WSGI servers map '_' and '-' alike
+                        # (HTTP_TRANSFER_ENCODING): a backend could frame by them.
+                        raise ParseError(failure, "framing field spelt with '_'")
                     continue
             elif kind < 0:
                 continue
@@ -211,16 +218,34 @@ def analyze_request(method: bytes, target: bytes, version: bytes, headers: Heade
         raise ParseError(Failure.BAD_REQUEST, "unsupported HTTP version")
     if method not in METHODS:
         raise ParseError(Failure.BAD_REQUEST, "unknown method")
-    if not target or not (target[0] == 0x2F or target == b"*" or target.startswith(b"http")):
+    authority: bytes | None = None
+    if not target:
         raise ParseError(Failure.BAD_REQUEST, "bad request target")
+    if target[0] == 0x2F:  # origin-form, nearly every request
+        if b"#" in target:
+            raise ParseError(Failure.BAD_REQUEST, "fragment in request target")
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise ParseError(Failure.BAD_REQUEST, "asterisk-form target without OPTIONS")
+    else:
+        authority = _absolute_authority(target)
     head = RequestHead(method, target, version, headers)
     scan = _Scan(headers, Failure.BAD_REQUEST)
     head.content_length = scan.length
     head.chunked = scan.chunked
+    if scan.chunked and version == b"1.0":
+        raise ParseError(Failure.BAD_REQUEST, "Transfer-Encoding in HTTP/1.0")
     hosts = scan.hosts
     if len(hosts) > 1 or (version == b"1.1" and not hosts):
         raise ParseError(Failure.BAD_REQUEST, "missing or repeated Host")
-    head.host = hosts[0] if hosts else b""
+    if hosts:
+        host = head.host = hosts[0]
+        if host and not _valid_host(host):
+            raise ParseError(Failure.BAD_REQUEST, "bad Host")
+        if authority is not None and not _same_authority(authority, host, target):
+            raise ParseError(Failure.BAD_REQUEST, "Host differs from the target's authority")
+    elif authority is not None:
+        head.host = authority
     tokens = head.connection = scan.tokens
     if version == b"1.1":
         head.keep_alive = b"close" not in tokens
@@ -235,6 +260,70 @@ def analyze_request(method: bytes, target: bytes, version: bytes, headers: Heade
             raise ParseError(Failure.BAD_REQUEST, "unsupported Expect")
         head.expect_continue = version == b"1.1"
     return head
+
+
+# RFC 9110 §4.2 / RFC 3986 §3.2.2: a host is a reg-name (unreserved, pct-encoded,
+# sub-delims) or an IP literal in brackets, then an optional port. Bytes outside this set
+# (space, '@' of a userinfo, '/', controls, non-ASCII...) make a Host or authority invalid.
+_HOST_BYTES = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+               b"-._~%!$&'()*+,;=:[]")
+_DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
+
+
+def _valid_host(host: bytes) -> bool:
+    """`host` is uri-host [":" port], the port 1 to 5 digits."""
+    if host.translate(None, _HOST_BYTES):
+        return False
+    if host[0] == 0x5B:  # "[": an IP literal
+        end = host.find(b"]")
+        if end < 2 or host.find(b"[", 1) >= 0 or host.find(b"]", end + 1) >= 0 \
+                or host[1:end].translate(None, b"0123456789abcdefABCDEF:."):
+            return False
+        port = host[end + 1:]
+    else:
+        if b"[" in host or b"]" in host:
+            return False
+        colon = host.find(b":")
+        port = host[colon:] if colon >= 0 else b""
+        if colon == 0:
+            return False
+    return not port or (port[0] == 0x3A and 2 <= len(port) <= 6 and port[1:].isdigit())
+
+
+def _absolute_authority(target: bytes) -> bytes:
+    """The authority of an absolute-form target `http[s]://authority[/path][?query]`;
+    anything else that is not origin- or asterisk-form is a bad target (pylb is no
+    forward proxy: no other scheme, no authority-form)."""
+    sep = target.find(b"://")
+    if sep < 0 or target[:sep].lower() not in _DEFAULT_PORTS or b"#" in target:
+        raise ParseError(Failure.BAD_REQUEST, "bad request target")
+    rest = target[sep + 3:]
+    end = len(rest)
+    for c in (b"/", b"?"):
+        i = rest.find(c)
+        if 0 <= i < end:
+            end = i
+    authority = rest[:end]
+    if not authority or not _valid_host(authority):
+        raise ParseError(Failure.BAD_REQUEST, "bad authority in request target")
+    return authority
+
+
+def _same_authority(authority: bytes, host: bytes, target: bytes) -> bool:
+    """RFC 9112 §3.2.2 has a server take an absolute-form target's authority and ignore
+    Host. Two components that each pick one differ on where a request goes (an ACL
+    checked on one, the backend routed on the other), so pylb, like haproxy 2.x, refuses
+    a Host that disagrees with the authority: equal but for case and a default port."""
+    if authority == host:
+        return True
+    default = _DEFAULT_PORTS[target[:target.find(b":")].lower()]
+    a = authority.lower()
+    h = host.lower()
+    if a.endswith(default):
+        a = a[:-len(default)]
+    if h.endswith(default):
+        h = h[:-len(default)]
+    return a == h
 
 
 def analyze_response(status: int, reason: bytes, version: bytes, headers: Headers,
@@ -369,10 +458,8 @@ class BodyFramer:
                 pos += 2
                 self._state = _CHUNK_SIZE
             elif state == _CHUNK_SIZE:
-                eol = buf.find(b"\r\n", pos)
+                eol = self._line_end(buf, pos, "chunk size line too long")
                 if eol < 0:
-                    if end - pos > self._max_line:
-                        raise ParseError(self._failure, "chunk size line too long")
                     break
                 line = buf[pos:eol]
                 semi = line.find(b";")
@@ -385,10 +472,8 @@ class BodyFramer:
                 pos = eol + 2
                 self._state = _CHUNK_DATA if self._left else _TRAILERS
             elif state == _TRAILERS:
-                eol = buf.find(b"\r\n", pos)
+                eol = self._line_end(buf, pos, "trailers too long")
                 if eol < 0:
-                    if end - pos > self._max_line:
-                        raise ParseError(self._failure, "trailers too long")
                     break
                 line = buf[pos:eol]
                 pos = eol + 2
@@ -401,6 +486,19 @@ class BodyFramer:
                     raise ParseError(self._failure, "bad trailer")
         self._buf = buf[pos:]
         return None
+
+    def _line_end(self, buf: bytes, pos: int, too_long: str) -> int:
+        """Where the CRLF ending the line at `pos` starts, or -1 while it is still to
+        come. A bare LF is refused at once, as llhttp does: waiting for a CRLF that never
+        comes would leave the two parsers disagreeing (one answers 400, one waits)."""
+        lf = buf.find(b"\n", pos)
+        if lf < 0:
+            if len(buf) - pos > self._max_line:
+                raise ParseError(self._failure, too_long)
+            return -1
+        if lf == pos or buf[lf - 1] != 0x0D:
+            raise ParseError(self._failure, "bare LF in chunked framing")
+        return lf - 1
 
 
 # -- the interface ------------------------------------------------------------------------

@@ -182,11 +182,11 @@ def test_pipelined_mixed_framing(parser_kind: HttpParser, split: int) -> None:
 
 
 def test_head_fields(parser_kind: HttpParser) -> None:
-    data = (b"PUT http://example.com/x?y HTTP/1.1\r\nHost: Example.com:8080\r\n"
+    data = (b"PUT http://example.com:8080/x?y HTTP/1.1\r\nHost: Example.com:8080\r\n"
             b"Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"
             b"Expect: 100-continue\r\nX-Case: MiXed \r\n\r\n")
     head = parse(parser_kind, data).events[0][1]
-    assert head.method == b"PUT" and head.target == b"http://example.com/x?y"
+    assert head.method == b"PUT" and head.target == b"http://example.com:8080/x?y"
     assert head.host == b"Example.com:8080"
     assert head.upgrade and head.expect_continue and head.keep_alive
     assert (b"X-Case", b"MiXed") in head.headers
