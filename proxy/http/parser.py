@@ -22,6 +22,20 @@ one: it does not move message boundaries). Limits (`Limits`): a target longer th
 fields → 431; anything else malformed → 400. A parser that raised is dead: the caller
 answers and closes.
 
+Request targets and Host (tests/hardening/test_smuggling.py holds the table of bad
+requests and haproxy 2.6's verdicts beside pylb's). A target is origin-form (no `#`),
+`*` for OPTIONS only, or absolute-form `http[s]://authority…` (pylb is no forward proxy:
+no other scheme, no authority-form, so no CONNECT). RFC 9112 §3.2.2 has a server route
+by an absolute-form target's authority and ignore Host; pylb routes on the authority and
+forwards Host, so the two must agree: a Host that differs from the authority (but for
+case and a default port) is a 400, as in haproxy 2.x. The backend gets the origin form,
+and a 1.0 request without Host gets the authority as its Host. Host must be uri-host
+[":" port] (RFC 9110 §4.2: no space, userinfo, `/`...); empty is allowed (RFC 9112 §3.2).
+Also refused: Transfer-Encoding in a 1.0 request (RFC 9112 §6.1: faulty framing);
+`Transfer_Encoding` / `Content_Length` (valid tokens that CGI-style servers read as
+framing); Content-Length, Transfer-Encoding and Connection among trailer fields. Empty
+lines (CRLF, or a bare CR or LF as llhttp takes them) before a request line are skipped.
+
 An upgrade request (Upgrade + Connection: upgrade, no body) ends parsing: the bytes after
 it are kept in `upgrade_rest` for the tunnel. Responses are parsed by a fresh
 `ResponseParser` per exchange, told the request method (HEAD responses have no body);
@@ -482,8 +496,15 @@ class BodyFramer:
                     return buf[pos:]
                 colon = line.find(b":")
                 if colon <= 0 or not _TOKEN.fullmatch(line[:colon]) or b"\r" in line \
-                        or b"\n" in line or b"\x00" in line:
+                        or b"\n" in line or _CTL.search(line, colon):
                     raise ParseError(self._failure, "bad trailer")
+                name = line[:colon].lower()
+                if name == b"content-length" or (self._failure is Failure.BAD_REQUEST and (
+                        name == b"transfer-encoding" or name == b"connection")):
+                    # Framing and connection fields have no place in trailers (RFC 9110
+                    # §6.5.1). Refused where llhttp refuses them (Connection: see
+                    # HttptoolsRequestParser.on_header), so that both parsers agree.
+                    raise ParseError(self._failure, "framing field in trailers")
         self._buf = buf[pos:]
         return None
 
@@ -555,6 +576,11 @@ class H11RequestParser:
                 continue
             if self._last:
                 return  # bytes after a request that closes the connection are ignored
+            if not self._buf and (data[0] == 0x0D or data[0] == 0x0A):
+                # RFC 9112 §2.2: empty lines before a request line are ignored; llhttp
+                # skips any CR and LF there, and so does this path, to agree with it.
+                data = data.lstrip(b"\r\n")
+                continue
             buf = self._buf + data if self._buf else data
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -779,6 +805,10 @@ class HttptoolsRequestParser:
         headers = self._headers
         if value and value[-1] in (0x20, 0x09):
             value = value.rstrip(b" \t")
+        if self._in_body and len(name) == 10 and name.lower() == b"connection":
+            # A trailer field: llhttp takes `Connection: close` here as the connection's
+            # end and then refuses the next request; both parsers refuse it at once.
+            raise ParseError(Failure.BAD_REQUEST, "Connection in trailers")
         headers.append((name, value))
         self._head_size += len(name) + len(value) + 4
         if len(headers) > self._limits.max_headers:
