@@ -516,7 +516,9 @@ async def test_splice_pipes_are_pooled(h: Harness) -> None:
             break
         await asyncio.sleep(0.01)
     assert p.connections == 0
-    assert len(p.pipes) == (2 if h.splice == 0 else 0)  # "switch" never reaches it
+    # A pipe is borrowed per read and given back once drained: one or two were made for
+    # the three connections, and all are back. ("switch" never reaches splice.)
+    assert (1 <= len(p.pipes) <= 2) if h.splice == 0 else len(p.pipes) == 0
 
 
 async def test_shutdown_drains_then_closes(h: Harness) -> None:
