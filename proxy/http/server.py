@@ -529,10 +529,17 @@ class ClientProtocol(asyncio.Protocol):
         if server is None:
             if last is None:
                 proxy.stats.fail(Failure.NO_SERVER)
+            elif last.column == "econ":
+                proxy.stats.backend(self._backend.name).conn_errors += 1
+            else:  # a retry after a reset found no server: that reset is the answer
+                proxy.stats.fail(last)
+                proxy.stats.backend(self._backend.name).resp_errors += 1
             self._fail(last or Failure.NO_SERVER)
             return
         self._server = server
-        up = proxy.pool.take(server.key)
+        # A retry goes on a new connection: another idle one may have been closed by the
+        # server just as this one was, and a new one cannot lose the keep-alive race.
+        up = proxy.pool.take(server.key) if not self._attempts else None
         if up is not None:
             self._attach(up)
             return
@@ -728,6 +735,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._resp is None and not up.got_bytes and up.uses > 1 and self._retry_ok() \
                 and self._attempts < self._proxy.settings.limits.retries:
             # A pooled connection the server had closed: send again on another one.
+            up.detach()
             self._up = None
             self._release_server()
             self._server = None

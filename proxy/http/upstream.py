@@ -140,6 +140,12 @@ class UpstreamProtocol(asyncio.Protocol):
             return None
         if self.tunnel:
             return owner.tunnel_upstream_eof()
+        if not self.got_bytes:
+            # Closed before a byte of the response: on a reused connection this is the
+            # keep-alive race (the server timed it out as the request went), a reset by
+            # another name, and the owner may retry it as one.
+            owner.upstream_lost(self)
+            return None
         parser = self.parser
         assert parser is not None
         try:
