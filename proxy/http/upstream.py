@@ -66,6 +66,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def enter_pool(self, pool: Pool, now: float) -> None:
         self.owner = None
+        if self.parser is not None:
+            self.parser.release()  # kept for reuse, but it must not hold the last client
         self._pool = pool
         self.idle_since = now
 
