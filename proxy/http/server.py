@@ -112,6 +112,7 @@ class ClientProtocol(asyncio.Protocol):
         "_tstamp",
         "_tunnel_eofs",
         "_ubuf",
+        "_unsent",
         "_up",
         "_up_paused",
         "_wbuf",
@@ -175,6 +176,7 @@ class ClientProtocol(asyncio.Protocol):
         self._replay: list[bytes] | None = []
         self._replay_size = 0
         self._chunked_out = False
+        self._unsent: tuple[list[bytes], int] | None = None
         self._keep = True
         self._status = 0
         self._resp_bytes = 0
@@ -674,6 +676,7 @@ class ClientProtocol(asyncio.Protocol):
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
         self._chunked_out = framing == hdr.FRAME_CHUNKED
         self._fe.response(head.status)
+        self._unsent = (self._wbuf, len(self._wbuf))  # `flush` makes a new list
         self._wbuf.append(hdr.response_head(
             head, framing, keep_alive=keep, client_version=req.version,
             set_cookie=set_cookie, hsts=proxy.hsts))
@@ -717,6 +720,15 @@ class ClientProtocol(asyncio.Protocol):
         self._proxy.stats.fail(failure)
         self._count_resp_error()
         self._drop_upstream()
+        unsent = self._unsent
+        if self._resp is not None and unsent is not None and unsent[0] is self._wbuf:
+            # Nothing of this response has left yet (it came whole in the read that
+            # failed, e.g. a bad chunk): the client gets a clean 502 in its place, as
+            # from haproxy, instead of a cut response.
+            del self._wbuf[unsent[1]:]
+            idx = self._status // 100 - 1
+            self._fe.hrsp[idx if 0 <= idx < 5 else 5] -= 1  # counted by on_response
+            self._resp = None
         if self._resp is None:
             self._close_after = True
             self._respond_error(failure)
