@@ -199,19 +199,27 @@ async def normal_traffic(port: int, n: int, check: Callable[[int, bytes, int], b
 
 class SlowReader:
     """A client whose socket has a small receive buffer and who reads `chunk` bytes every
-    `interval` seconds: the far side's data piles up in pylb unless pylb stops reading it."""
+    `interval` seconds: the far side's data piles up in pylb unless pylb stops reading it.
+    With `http`, the response head is set apart and `body` counts what follows it."""
 
-    def __init__(self, sock: socket.socket, chunk: int, interval: float) -> None:
+    def __init__(self, sock: socket.socket, chunk: int, interval: float,
+                 http: bool) -> None:
         self.sock = sock
         self.chunk = chunk
         self.interval = interval
         self.got = 0
-        self.head = b""
+        self.head: bytes | None = None if http else b""
+        self._start = bytearray()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def body(self) -> int:
+        return self.got - len(self.head) if self.head is not None else 0
 
     @classmethod
     async def connect(cls, port: int, request: bytes, *, chunk: int = 4096,
                       interval: float = 0.05, rcvbuf: int = 8192) -> SlowReader:
+        """`request` empty: a TCP client; else an HTTP one."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -223,7 +231,15 @@ class SlowReader:
         except BaseException:
             sock.close()
             raise
-        return cls(sock, chunk, interval)
+        return cls(sock, chunk, interval, http=bool(request))
+
+    def _got(self, data: bytes) -> None:
+        self.got += len(data)
+        if self.head is None:
+            self._start += data
+            end = self._start.find(b"\r\n\r\n")
+            if end >= 0:
+                self.head = bytes(self._start[:end + 4])
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._crawl())
@@ -234,21 +250,21 @@ class SlowReader:
             data = await loop.sock_recv(self.sock, self.chunk)
             if not data:
                 return
-            self.got += len(data)
+            self._got(data)
             await asyncio.sleep(self.interval)
 
     async def read_all(self, size: int, timeout: float) -> int:
-        """Stop crawling and read fast until `size` bytes in all (head included) or EOF."""
+        """Stop crawling and read fast until `size` body bytes, or EOF; the body count."""
         await self.stop()
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
-        while self.got < size and time.monotonic() < deadline:
+        while self.body < size and time.monotonic() < deadline:
             data = await asyncio.wait_for(loop.sock_recv(self.sock, 1 << 18),
                                           max(0.1, deadline - time.monotonic()))
             if not data:
                 break
-            self.got += len(data)
-        return self.got
+            self._got(data)
+        return self.body
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -272,6 +288,7 @@ class Streamer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.written = 0
         self.paused = False
+        self.ever_paused = False
         self.started = False
         self._buf = b""
 
@@ -287,7 +304,9 @@ class Streamer(asyncio.Protocol):
             return
         self._buf += data
         if b"\r\n\r\n" in self._buf:
-            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.owner.size
+            # One response per connection (never pooled, so one connection per reader).
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" \
+                % self.owner.size
             self._start(head)
 
     def _start(self, head: bytes) -> None:
@@ -305,9 +324,12 @@ class Streamer(asyncio.Protocol):
             n = min(len(block), self.owner.size - self.written)
             t.write(block[:n] if n < len(block) else block)
             self.written += n
+        if t is not None and self.written >= self.owner.size and not t.is_closing():
+            t.close()
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.ever_paused = True
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -451,11 +473,14 @@ async def wait_routed_app(port: int, timeout: float = 30.0) -> None:
 
 class Child:
     """`python -m tests.hardening._hostile serve` as a subprocess: its ports, and a line
-    protocol on stdin/stdout for commands."""
+    protocol on stdin/stdout for commands. Its stderr goes to `log` (a file: a pipe
+    nobody reads could fill and block it)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, info: dict[str, Any]) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, info: dict[str, Any],
+                 log: Any) -> None:
         self.proc = proc
         self.info = info
+        self.log = log
 
     @property
     def pid(self) -> int:
@@ -470,14 +495,15 @@ class Child:
         return int(self.info["tcp"])
 
     @classmethod
-    async def start(cls, http_backend: int, tcp_backend: int, *args: str,
-                    stderr: Any = None) -> Child:
+    async def start(cls, log: Any, http_backend: int, tcp_backend: int,
+                    *args: str) -> Child:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.hardening._hostile", "serve",
-            f"--http-backend={http_backend}", f"--tcp-backend={tcp_backend}", *args,
-            cwd=root, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=stderr if stderr is not None else asyncio.subprocess.PIPE)
+        with open(log, "wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests.hardening._hostile", "serve",
+                f"--http-backend={http_backend}", f"--tcp-backend={tcp_backend}", *args,
+                cwd=root, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=err)
         assert proc.stdout is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -486,7 +512,7 @@ class Child:
             proc.kill()
             await proc.wait()
             raise
-        return cls(proc, info)
+        return cls(proc, info, log)
 
     async def command(self, cmd: str, timeout: float = 30.0) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -497,9 +523,8 @@ class Child:
             raise ConnectionError(f"child gone (rc={self.proc.returncode})")
         return cast(dict[str, Any], json.loads(line))
 
-    async def stop(self) -> bytes:
+    async def stop(self) -> str:
         """Ends the child; returns its stderr."""
-        err = b""
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             await self.command("quit", timeout=15)
         if self.proc.stdin is not None:
@@ -509,9 +534,8 @@ class Child:
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
-        if self.proc.stderr is not None:
-            err = await self.proc.stderr.read()
-        return err
+        with open(self.log, encoding="utf-8", errors="replace") as f:
+            return f.read()
 
 
 async def _serve(opts: argparse.Namespace) -> None:
@@ -524,7 +548,7 @@ async def _serve(opts: argparse.Namespace) -> None:
     from proxy.balance import Balancers
     from proxy.http import HttpProxy
     from proxy.listener import ConnectionLimit
-    from proxy.tcp.proxy import TcpProxy
+    from proxy.tcp.proxy import DEFAULT_SPLICE_THRESHOLD, TcpProxy
     from pylb.config import Limits, Settings, Timeouts
     from pylb.counters import Stats
     from pylb.model import Backend, HttpRoute, RouteTable, Server, TcpFrontend
@@ -537,7 +561,8 @@ async def _serve(opts: argparse.Namespace) -> None:
     balancers = Balancers(settings.limits)
     limit = ConnectionLimit(opts.maxconn)
     http = HttpProxy(settings, stats, balancers, limit=limit)
-    tcp = TcpProxy(settings, stats, balancers, host="127.0.0.1", limit=limit)
+    tcp = TcpProxy(settings, stats, balancers, host="127.0.0.1", limit=limit,
+                   splice_threshold=None if opts.no_splice else DEFAULT_SPLICE_THRESHOLD)
     hb = Backend("default/app:80", (Server("127.0.0.1", opts.http_backend, name="b0"),))
     tb = Backend("default/raw:9", (Server("127.0.0.1", opts.tcp_backend, name="t0"),))
     table = RouteTable(http=(HttpRoute("app", "/app", hb.name),),
@@ -568,6 +593,16 @@ async def _serve(opts: argparse.Namespace) -> None:
                       "overloads": http._listener.overloads if http._listener else 0,
                       "fds": len(os.listdir("/proc/self/fd")),
                       **stats.snapshot()}
+        elif cmd == "buffers":
+            # What pylb itself holds for each client: its write buffer toward the client.
+            hbufs = [c.transport.get_write_buffer_size() for c in http.conns
+                     if c.transport is not None and not c.transport.is_closing()]
+            tconns = [c for fe in tcp._frontends.values() for c in fe.conns]
+            tbufs = [c.ct.get_write_buffer_size() for c in tconns
+                     if c.ct is not None and not c.ct.is_closing()]
+            answer = {"http_max": max(hbufs, default=0), "http_n": len(hbufs),
+                      "tcp_max": max(tbufs, default=0), "tcp_n": len(tconns),
+                      "tcp_spliced": sum(c.pump is not None for c in tconns)}
         elif cmd == "fill":
             keep = int(line[1])
             soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -600,6 +635,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--tcp-backend", type=int, required=True)
     s.add_argument("--maxconn", type=int, default=20000)
     s.add_argument("--retries", type=int, default=3)
+    s.add_argument("--no-splice", action="store_true", help="TCP: the copy path only")
     s.add_argument("--nofile", type=int, default=0, help="RLIMIT_NOFILE once listening")
     s.add_argument("--http-request", type=float, default=5.0)
     s.add_argument("--client", type=float, default=50.0)
