@@ -418,3 +418,91 @@ async def test_slow_readers_hold_bounded_memory(tmp_path: Path, mode: str) -> No
         log = await child.stop()
         await backend.stop()
     assert "Traceback" not in log, log[-2000:]
+
+
+# -- 3. a connection flood past --maxconn --------------------------------------------------
+
+
+async def test_flood_past_maxconn_is_queued_then_served(
+        tmp_path: Path, name_servers: tuple[int, int]) -> None:
+    """`pylb run --maxconn=50` (one worker, so 50 in all, shared by the HTTP and the TCP
+    frontend) gets 250 HTTP and 250 TCP connections at once, each sending a request and
+    then holding its connection open. pylb serves exactly 50 of them, never has more than
+    50 open (its own count and the stats page's), and leaves the rest waiting in the
+    kernel's backlog, not crashed nor refused; a normal client arriving meanwhile waits
+    too. Once the flood ends the waiting client is served, and so is every new one."""
+    maxconn, per_frontend = 50, 250
+    run = await start_pylb_run(tmp_path, *name_servers, f"--maxconn={maxconn}")
+    http_req = b"GET /app/flood HTTP/1.1\r\nHost: x\r\n\r\n"
+    flood: list[Drip] = []
+    waiting: asyncio.Task[tuple[int, bytes]] | None = None
+    try:
+        # A first wave takes half the slots on the TCP side, so that the limit is seen
+        # to be shared; then the rest of the flood on both sides at once.
+        flood_tcp = await open_drips(run.ports["tcp"], maxconn // 2, b"", 60.0,
+                                     prefix=b"ping")
+        flood = list(flood_tcp)
+        assert await until(lambda: all(d.received == b"ping" for d in flood_tcp), 30)
+        flood_http, more_tcp = await asyncio.gather(
+            open_drips(run.ports["http"], per_frontend, b"", 60.0, prefix=http_req),
+            open_drips(run.ports["tcp"], per_frontend - maxconn // 2, b"", 60.0,
+                       prefix=b"ping"))
+        flood_tcp += more_tcp
+        flood = flood_http + flood_tcp
+
+        def served() -> tuple[int, int]:
+            return (sum(d.received.startswith(b"HTTP/1.1 200") for d in flood_http),
+                    sum(bytes(d.received) == b"ping" for d in flood_tcp))
+
+        assert await until(lambda: sum(served()) >= maxconn, 30), served()
+        waiting = asyncio.create_task(get_once(run.ports["http"], "/app/n0", timeout=60))
+        samples: list[tuple[int, int, int]] = []
+        for _ in range(8):  # ~2 s of stats reports, as pylb holds the flood
+            stats = await run.stats_json()
+            samples.append((stats["pylb"]["current_connections"],
+                            frontend_row(stats, "http")["scur"],
+                            frontend_row(stats, "raw")["scur"]))
+            await asyncio.sleep(0.25)
+        during = served()
+        connected = sum(d.transport is not None for d in flood)
+        refused_or_reset = sum(not d.is_open for d in flood)
+        waited = not waiting.done()
+        stats = await run.stats_json()
+        smax = (frontend_row(stats, "http")["smax"], frontend_row(stats, "raw")["smax"])
+        # The flood ends.
+        for d in flood:
+            d.abort()
+        status, body = await asyncio.wait_for(waiting, 60)
+        after = await normal_traffic(run.ports["http"], 20, name_server_answer)
+        echoes = 0
+        for _ in range(20):
+            r, w = await asyncio.wait_for(asyncio.open_connection(
+                "127.0.0.1", run.ports["tcp"]), 30)
+            w.write(b"hello")
+            echoes += await asyncio.wait_for(r.readexactly(5), 30) == b"hello"
+            w.close()
+            await w.wait_closed()
+        assert run.proc.returncode is None
+    finally:
+        for d in flood:
+            d.abort()
+        if waiting is not None and not waiting.done():
+            waiting.cancel()
+        log = await run.stop()
+    report("flood past maxconn", maxconn=maxconn, attempted=len(flood),
+           connected=connected, served_during_flood=sum(during),
+           served_http_tcp=during, queued=connected - sum(during) - refused_or_reset,
+           refused_or_reset=refused_or_reset,
+           max_concurrent_seen=max(s[0] for s in samples),
+           max_scur_http_plus_tcp=max(s[1] + s[2] for s in samples), smax_http_tcp=smax,
+           client_waiting_meanwhile=waited, after_flood_http_ok=after.ok,
+           after_flood_tcp_ok=echoes)
+    assert sum(during) == maxconn  # every slot used, none more
+    assert connected == len(flood) and refused_or_reset == 0  # queued, not refused
+    assert all(s[0] <= maxconn and s[1] + s[2] <= maxconn for s in samples), samples
+    assert max(smax) <= maxconn
+    assert waited
+    assert name_server_answer(status, body, 0)
+    assert after.ok == 20 and not after.failed, after.failed[:5]
+    assert echoes == 20
+    assert "Traceback" not in log, log[-2000:]
