@@ -12,12 +12,16 @@ socket: a backend connection is made synchronously by `_FuzzProxy.connect`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
+import functools
+import ipaddress
 import logging
 import pathlib
 import random
 import re
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +34,10 @@ from proxy.http import HttpProxy
 from proxy.http.parser import RequestHead
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
+from proxy.tcp import proxyproto as pp
+from proxy.tcp.proxyproto import ProxyHeader
+from proxy.tls_sni import MAX_CLIENT_HELLO, parse_client_hello_sni
+from proxy.tls_sni import NEED_MORE as SNI_NEED_MORE
 from pylb.config import HttpParser, Limits, Settings
 from pylb.counters import Stats
 from pylb.failures import Failure
@@ -893,3 +901,130 @@ def check_yaml(text: str) -> RouteTable | None:
     if internal:
         raise Violation(f"translate had an internal error: {internal}")
     return table
+
+
+# --------------------------------------------------------------------------------------
+# Peeking parsers: the PROXY protocol header and the SNI of a TLS ClientHello
+# --------------------------------------------------------------------------------------
+
+
+def check_proxyproto(data: bytes) -> ProxyHeader | None:
+    """parse() of any bytes: a header, NEED_MORE or ProxyProtocolError, and consistent:
+    a header is found again with any bytes after it, and never reads past itself; every
+    prefix of a NEED_MORE input is NEED_MORE too (or an error for no prefix of it)."""
+    try:
+        got = pp.parse(data)
+    except pp.ProxyProtocolError:
+        return None
+    if got is pp.NEED_MORE:
+        for cut in range(len(data)):
+            try:
+                if pp.parse(data[:cut]) is not pp.NEED_MORE:
+                    raise Violation(f"a prefix of a NEED_MORE input is a header: {data!r}")
+            except pp.ProxyProtocolError:
+                raise Violation(f"a prefix of a NEED_MORE input is an error: "
+                                f"{data[:cut]!r}") from None
+        return None
+    assert isinstance(got, pp.ProxyHeader)
+    if not 0 < got.length <= len(data):
+        raise Violation(f"header length {got.length} for {len(data)} bytes")
+    again = pp.parse(data[:got.length] + b"\x00more")
+    if again != got:
+        raise Violation(f"the header depends on the bytes after it: {got} vs {again}")
+    for cut in range(got.length):
+        try:
+            if pp.parse(data[:cut]) is not pp.NEED_MORE:
+                raise Violation(f"a strict prefix of a header parses: {data[:cut]!r}")
+        except pp.ProxyProtocolError:
+            raise Violation(f"a strict prefix of a header is an error: {data[:cut]!r}"
+                            ) from None
+    return got
+
+
+def _normal(addr: tuple[str, int]) -> tuple[str, int]:
+    ip = ipaddress.ip_address(addr[0].split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip), addr[1]
+
+
+def check_proxyproto_roundtrip(src: tuple[str, int], dst: tuple[str, int], tail: bytes
+                               ) -> None:
+    for version, encode in ((1, pp.encode_v1), (2, pp.encode_v2)):
+        header = encode(src, dst)
+        got = check_proxyproto(header + tail)
+        if got is None or got.length != len(header) or got.version != version:
+            raise Violation(f"v{version} round trip of {src} {dst}: {header!r} -> {got}")
+        s, d = _normal(src), _normal(dst)
+        if ipaddress.ip_address(s[0]).version == ipaddress.ip_address(d[0]).version:
+            if (got.src, got.dst) != (s, d):
+                raise Violation(f"v{version}: {src} {dst} came back as {got}")
+        else:  # mixed families are sent as IPv6 (v4-mapped)
+            if got.family != "TCP6" or (got.src is None or got.dst is None) or \
+                    (_normal(got.src), _normal(got.dst)) != (s, d):
+                raise Violation(f"v{version}: mixed {src} {dst} came back as {got}")
+
+
+@functools.lru_cache(maxsize=256)
+def client_hello(server_name: str | None, max_version: str = "TLSv1_3",
+                 alpn: tuple[str, ...] = ()) -> bytes:
+    """A real ClientHello from Python's ssl module (MemoryBIO: no socket)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion[max_version]
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):  # it waits for the ServerHello
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def rechunk(rng: random.Random, hello: bytes) -> bytes:
+    """The same handshake message cut into several TLS records (RFC 8446 §5.1)."""
+    body = hello[5:5 + int.from_bytes(hello[3:5], "big")]
+    out = bytearray()
+    pos = 0
+    while pos < len(body):
+        n = rng.randrange(1, max(2, len(body) // 2))
+        piece = body[pos:pos + n]
+        out += hello[:3] + len(piece).to_bytes(2, "big") + piece
+        pos += n
+    return bytes(out)
+
+
+def expected_sni(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        ipaddress.ip_address(name)
+        return None  # an IP address is never sent as SNI
+    except ValueError:
+        pass
+    return name.lower().rstrip(".")
+
+
+def check_sni(data: bytes, expected: object = ...) -> object:
+    """parse_client_hello_sni never raises, answers str / None / NEED_MORE, NEED_MORE only
+    below the size bound, and (when given) the expected answer."""
+    got = parse_client_hello_sni(data)
+    if not (got is None or got is SNI_NEED_MORE or isinstance(got, str)):
+        raise Violation(f"unexpected answer {got!r}")
+    if got is SNI_NEED_MORE and len(data) >= MAX_CLIENT_HELLO + 5:
+        raise Violation("NEED_MORE past the size bound")
+    if expected is not ... and got != expected:
+        raise Violation(f"SNI {got!r}, expected {expected!r}, for {data[:80]!r}")
+    return got
+
+
+def check_sni_hello(hello: bytes, name: str | None, rng: random.Random) -> None:
+    """A real hello: the right name; every strict prefix NEED_MORE; the same in records
+    of random sizes; bytes after it change nothing."""
+    want = expected_sni(name)
+    check_sni(hello, want)
+    check_sni(hello + b"\x17\x03\x03\x00\x01x", want)
+    for cut in sorted({rng.randrange(len(hello)) for _ in range(12)} | {0, 5, len(hello) - 1}):
+        check_sni(hello[:cut], SNI_NEED_MORE)
+    check_sni(rechunk(rng, hello), want)
