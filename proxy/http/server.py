@@ -224,7 +224,7 @@ class ClientProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if self._req is not None:
-            if not self._resp_done:
+            if not self._resp_done and not self._gone:  # (_gone: we cut it, and said why)
                 self._proxy.stats.fail(Failure.CLIENT_ABORT)
             self._drop_upstream()
             self._end_exchange(reusable=False, log_it=True)

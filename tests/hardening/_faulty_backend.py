@@ -41,7 +41,8 @@ class Fault(enum.Enum):
     GARBAGE = "garbage"  # random bytes instead of a response (the connection stays open)
     HTTP09 = "http09"  # a bare body with no status line, then FIN (HTTP/0.9)
     BAD_STATUS = "bad-status"  # "HTTP/1.1 2OO OK"
-    BAD_CHUNK = "bad-chunk"  # a good chunked head, then a chunk size that is not hex
+    BAD_CHUNK = "bad-chunk"  # a chunked head, a chunk, then a size that is not hex
+    BAD_CHUNK_LATE = "bad-chunk-late"  # the same, the bad size `settle` seconds later
     BIG_HEAD = "big-head"  # a response head of 200 KiB
     KA_CLOSE_AFTER = "ka-close-after"  # a keep-alive 200, then FIN right after it
     KA_RACE_FIN = "ka-race-fin"  # on a reused connection: FIN as the next request comes
@@ -112,7 +113,7 @@ class _Conn(asyncio.Protocol):
         t = self.transport
         assert t is not None
         fault = b.fault
-        misbehave = fault is not Fault.NONE and (
+        misbehave = fault is not Fault.NONE and b.faults < b.limit and (
             fault not in _KEEPALIVE_RACES or self.served > 0) and b.rng.random() < b.rate
         if not misbehave:
             self._ok(t)
@@ -148,6 +149,11 @@ class _Conn(asyncio.Protocol):
         elif fault is Fault.BAD_CHUNK:
             t.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                     b"5\r\nhello\r\nzz\r\n" + body + b"\r\n0\r\n\r\n")
+        elif fault is Fault.BAD_CHUNK_LATE:
+            # The head and a good chunk first, so they are on their way to the client
+            # when the bad chunk comes `settle` seconds later.
+            t.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            self._later(b.settle, lambda: t.write(b"zz\r\n" + body + b"\r\n0\r\n\r\n"))
         elif fault is Fault.BIG_HEAD:
             t.write(b"HTTP/1.1 200 OK\r\n" + b"X-Filler: %s\r\n" % (b"f" * 1000,) * 200
                     + b"Content-Length: 0\r\n\r\n")
@@ -189,14 +195,17 @@ class FaultyBackend:
 
     def __init__(self, fault: Fault = Fault.NONE, *, name: str = "faulty", rate: float = 1.0,
                  after: int = 20, drip: float = 0.5, body_size: int = 200,
-                 settle: float = 0.02, seed: int = 12, host: str = "127.0.0.1") -> None:
+                 settle: float = 0.02, seed: int = 12, limit: int = 1 << 62,
+                 host: str = "127.0.0.1") -> None:
         """`after`: bytes sent before a RESET_IN_*; `settle`: seconds between those bytes
         and the RST (0: at once; a little lets the peer read the bytes before the reset
         arrives, which makes the fault deterministic); `drip`: seconds per byte of a
-        SLOW_*; `body_size`: bytes of a 200's body."""
+        SLOW_*; `body_size`: bytes of a 200's body; `limit`: misbehave at most this many
+        times, then answer well."""
         self.fault = fault
         self.name = name
         self.rate = rate
+        self.limit = limit
         self.after = after
         self.drip = drip
         self.body_size = body_size
