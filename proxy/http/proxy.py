@@ -8,6 +8,7 @@ connections; the per-connection work is `server.ClientProtocol`'s.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -18,13 +19,18 @@ from proxy.http.pool import Pool
 from proxy.http.routing import Router
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
-from proxy.listener import ConnectionLimit, Listener, bind_socket
+from proxy.listener import OVERLOAD_ERRNOS, ConnectionLimit, Listener, bind_socket
 from pylb.config import Settings
 from pylb.counters import Stats
 from pylb.failures import Failure
 from pylb.model import RouteTable, Server
 
 log = logging.getLogger("pylb.http")
+
+# Connect errors that mean this process is short of descriptors, memory or ephemeral
+# ports, not that the server is bad (proxy.tcp draws the same line).
+LOCAL_ERRNOS = OVERLOAD_ERRNOS | {errno.EADDRNOTAVAIL}
+WARN_EVERY = 1.0  # seconds between two warnings about local shortage
 
 
 class HttpProxy:
@@ -58,6 +64,7 @@ class HttpProxy:
         self._server: asyncio.Server | None = None
         self._connects: set[asyncio.Task[None]] = set()
         self._gone: asyncio.Event | None = None
+        self._short_logged = -1e9
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -167,8 +174,13 @@ class HttpProxy:
         except TimeoutError:
             client.connect_done(server, None, Failure.CONNECT_TIMEOUT)
             return
-        except OSError:
-            client.connect_done(server, None, Failure.CONNECT_FAILED)
+        except OSError as e:
+            local = e.errno in LOCAL_ERRNOS
+            if local and self.loop.time() >= self._short_logged + WARN_EVERY:
+                self._short_logged = self.loop.time()
+                log.warning("%s: cannot connect to backends: %s (%d client connections)",
+                            self.frontend, e.strerror, len(self.conns))
+            client.connect_done(server, None, Failure.CONNECT_FAILED, local=local)
             return
         if self.closing and client.closed:
             up.close()

@@ -550,8 +550,9 @@ class ClientProtocol(asyncio.Protocol):
         proxy.connect(self, server)
 
     def connect_done(self, server: Server, up: UpstreamProtocol | None,
-                     failure: Failure | None) -> None:
-        """The Task that connected to `server` is done (`up`, or why not)."""
+                     failure: Failure | None, local: bool = False) -> None:
+        """The Task that connected to `server` is done (`up`, or why not; `local`: it
+        failed for want of this process's own descriptors, memory or ports)."""
         if up is not None and (self.closed or self._server is not server
                                or not self._connecting):
             self._proxy.pool.put(up)  # nobody waits for it any more; keep it warm
@@ -563,6 +564,14 @@ class ClientProtocol(asyncio.Protocol):
         assert balancer is not None and self._backend is not None
         if up is None:
             assert failure is not None
+            if local:
+                # Not the server's fault, and no other server would fare better: no
+                # passive mark-down, no retry; this request is answered at once.
+                self._proxy.stats.fail(failure)
+                self._proxy.stats.backend(self._backend.name).conn_errors += 1
+                self._server = None
+                self._fail(failure)
+                return
             self._upstream_attempt_failed(server, failure, passive=True)
             return
         balancer.succeeded(server)
