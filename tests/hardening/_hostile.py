@@ -541,7 +541,7 @@ class Child:
 async def _serve(opts: argparse.Namespace) -> None:
     """The child. Commands (one per line on stdin, one JSON answer per line on stdout):
     `stats` — counters and connection counts; `fill N` — open /dev/null until only N
-    descriptors are left under RLIMIT_NOFILE (the limit set by --nofile); `free` — close
+    descriptors are left under RLIMIT_NOFILE (see --headroom); `free` — close
     them; `quit`."""
     import resource
 
@@ -571,12 +571,13 @@ async def _serve(opts: argparse.Namespace) -> None:
     await tcp.set_table(table)
     _, http_port = await http.start("127.0.0.1", 0)
     tcp_port = next(iter(tcp.bound_ports().values()))[1]
-    if opts.nofile:
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (opts.nofile, hard))
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    if opts.headroom:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (len(os.listdir("/proc/self/fd")) + opts.headroom, hard))
     out = sys.stdout
     out.write(json.dumps({"http": http_port, "tcp": tcp_port, "pid": os.getpid()}) + "\n")
     out.flush()
@@ -591,7 +592,6 @@ async def _serve(opts: argparse.Namespace) -> None:
             answer = {"http_conns": http.connections, "tcp_conns": tcp.connections,
                       "limit_current": limit.current, "limit_refusals": limit.refusals,
                       "overloads": http._listener.overloads if http._listener else 0,
-                      "fds": len(os.listdir("/proc/self/fd")),
                       **stats.snapshot()}
         elif cmd == "buffers":
             # What pylb itself holds for each client: its write buffer toward the client.
@@ -636,7 +636,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--maxconn", type=int, default=20000)
     s.add_argument("--retries", type=int, default=3)
     s.add_argument("--no-splice", action="store_true", help="TCP: the copy path only")
-    s.add_argument("--nofile", type=int, default=0, help="RLIMIT_NOFILE once listening")
+    s.add_argument("--headroom", type=int, default=0,
+                   help="once listening, RLIMIT_NOFILE = descriptors open + this")
     s.add_argument("--http-request", type=float, default=5.0)
     s.add_argument("--client", type=float, default=50.0)
     s.add_argument("--keep-alive", type=float, default=60.0)

@@ -506,3 +506,87 @@ async def test_flood_past_maxconn_is_queued_then_served(
     assert after.ok == 20 and not after.failed, after.failed[:5]
     assert echoes == 20
     assert "Traceback" not in log, log[-2000:]
+
+
+# -- 4. running out of file descriptors ----------------------------------------------------
+
+
+@pytest.fixture
+async def http_backend() -> AsyncIterator[int]:
+    b = await start_name_server("b0")
+    try:
+        yield b.sockets[0].getsockname()[1]
+    finally:
+        b.close()
+        await b.wait_closed()
+
+
+async def test_fd_exhaustion_by_idle_clients_recovers(tmp_path: Path,
+                                                       http_backend: int) -> None:
+    """The HTTP data plane in a child with 40 descriptors to spare; 120 idle clients take
+    them all (accept fails with EMFILE). It lives on, logs no traceback, and once the
+    clients have gone it serves again."""
+    child = await Child.start(tmp_path / "child.log", http_backend, http_backend,
+                              "--headroom=40", "--http-request=60")
+    drips: list[Drip] = []
+    try:
+        drips = await open_drips(child.http_port, 120, b"", 60.0)
+        exhausted: dict[str, object] = {}
+        for _ in range(100):
+            exhausted = await child.command("stats")
+            if exhausted["overloads"]:
+                break
+            await asyncio.sleep(0.05)
+        assert exhausted["overloads"], exhausted
+        # Still exhausted: a new client waits in the backlog (a connect succeeds in the
+        # kernel; no answer comes).
+        waiting = asyncio.create_task(get_once(child.http_port, "/app/n0", timeout=60))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        t0 = time.monotonic()
+        for d in drips:
+            d.abort()
+        status, body = await asyncio.wait_for(waiting, 60)
+        recovery = time.monotonic() - t0
+        after = await normal_traffic(child.http_port, 20, name_server_answer)
+        final = await child.command("stats")
+    finally:
+        for d in drips:
+            d.abort()
+        log = await child.stop()
+    report("fd exhaustion, idle clients (HTTP)", headroom=40, idle_clients=120,
+           accepted_at_exhaustion=exhausted["http_conns"], overloads=final["overloads"],
+           recovery_secs=round(recovery, 3), after_ok=after.ok,
+           after_lost=len(after.failed))
+    assert name_server_answer(status, body, 0)
+    assert after.ok == 20 and not after.failed, after.failed[:5]
+    assert child.proc.returncode == 0
+    assert "Traceback" not in log, log[-2000:]
+
+
+async def test_backend_connect_emfile_is_answered_and_blames_no_server(
+        tmp_path: Path, http_backend: int) -> None:
+    """With one descriptor left, pylb accepts a client but cannot open a socket to the
+    backend (EMFILE): the client gets a 5xx answer, the process goes on, and as soon as
+    descriptors are free again the next request is served by that same server (it was
+    not marked down for pylb's own shortage)."""
+    child = await Child.start(tmp_path / "child.log", http_backend, http_backend,
+                              "--headroom=200")
+    try:
+        answers = []
+        for i in range(5):  # more than passive_fall (3) in a row
+            await child.command("fill 1")
+            try:
+                answers.append(await get_once(child.http_port, f"/app/n{i}", timeout=30))
+            finally:
+                await child.command("free")
+        status, body = await get_once(child.http_port, "/app/n5", timeout=30)
+        stats = await child.command("stats")
+    finally:
+        log = await child.stop()
+    report("backend connect EMFILE (HTTP)", answers=[a[0] for a in answers],
+           next_after_free=status, failures=stats["failures"])
+    assert all(a[0] in (502, 503) for a in answers), answers
+    assert name_server_answer(status, body, 5)
+    assert child.proc.returncode == 0
+    assert "Traceback" not in log, log[-2000:]
