@@ -236,7 +236,7 @@ def analyze_request(method: bytes, target: bytes, version: bytes, headers: Heade
     if not target:
         raise ParseError(Failure.BAD_REQUEST, "bad request target")
     if target[0] == 0x2F:  # origin-form, nearly every request
-        if b"#" in target:
+        if 0x23 in target:  # "#"; an int is the fast operand of bytes.__contains__
             raise ParseError(Failure.BAD_REQUEST, "fragment in request target")
     elif target == b"*":
         if method != b"OPTIONS":
@@ -284,8 +284,22 @@ _HOST_BYTES = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
 
 
+_HOSTS_OK: set[bytes] = set()  # Host values found valid: most requests repeat a few
+
+
 def _valid_host(host: bytes) -> bool:
     """`host` is uri-host [":" port], the port 1 to 5 digits."""
+    if host in _HOSTS_OK:
+        return True
+    if not _check_host(host):
+        return False
+    if len(_HOSTS_OK) >= 1024:  # clients choose Host: the set stays small
+        _HOSTS_OK.clear()
+    _HOSTS_OK.add(host)
+    return True
+
+
+def _check_host(host: bytes) -> bool:
     if host.translate(None, _HOST_BYTES):
         return False
     if host[0] == 0x5B:  # "[": an IP literal
@@ -295,7 +309,8 @@ def _valid_host(host: bytes) -> bool:
             return False
         port = host[end + 1:]
     else:
-        if b"[" in host or b"]" in host:
+        # An int operand: `b"[" in host` costs a TypeError inside bytes.__contains__.
+        if 0x5B in host or 0x5D in host:
             return False
         colon = host.find(b":")
         port = host[colon:] if colon >= 0 else b""
@@ -309,7 +324,7 @@ def _absolute_authority(target: bytes) -> bytes:
     anything else that is not origin- or asterisk-form is a bad target (pylb is no
     forward proxy: no other scheme, no authority-form)."""
     sep = target.find(b"://")
-    if sep < 0 or target[:sep].lower() not in _DEFAULT_PORTS or b"#" in target:
+    if sep < 0 or target[:sep].lower() not in _DEFAULT_PORTS or 0x23 in target:
         raise ParseError(Failure.BAD_REQUEST, "bad request target")
     rest = target[sep + 3:]
     end = len(rest)
