@@ -395,7 +395,7 @@ class Rig:
                 self.ports[name] = int(srv.sockets[0].getsockname()[1])
             return
         tmp = self.workdir / "nginx"
-        tmp.mkdir()
+        tmp.mkdir(exist_ok=True)
         tmp.chmod(0o755)
         for name in names:
             self.ports[name] = free_port()
@@ -697,7 +697,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kube", default="{}",
                    help='KubeSettings overrides as JSON, e.g. \'{"read_timeout": 10}\'')
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep pylb's log, the kubeconfig and nginx's files here")
     ns = p.parse_args(args)
+    if ns.workdir is not None:
+        ns.workdir.mkdir(parents=True, exist_ok=True)
     kinds = [k for k in ns.faults.split(",") if k]
     for k in kinds:
         if k not in FAULT_KINDS:
@@ -711,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     report = uvloop.run(run(kinds, seconds, baseline=ns.baseline,
                             recovery_slice=ns.recovery_slice,
                             catch_up_bound=ns.catch_up_bound, config=config,
-                            on_phase=_print_phase))
+                            workdir=ns.workdir, on_phase=_print_phase))
     b = report
     print(f"baseline: http {b.baseline_http.requests} req {b.baseline_http.errors} err "
           f"p99 {b.baseline_http.p99_ms:.1f}ms | tcp {b.baseline_tcp.requests} req "
