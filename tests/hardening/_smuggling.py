@@ -173,6 +173,7 @@ REQUESTS: tuple[Case, ...] = (
     Case("abs_userinfo", b"GET http://u@x/r HTTP/1.1\r\n" + H + b"\r\n"),
     Case("abs_empty_authority", b"GET http:///r HTTP/1.1\r\n" + H + b"\r\n"),
     Case("abs_bad_authority", b"GET http://x y/r HTTP/1.1\r\n" + H + b"\r\n"),
+    Case("abs_host_empty", b"GET http://x/r HTTP/1.1\r\nHost:\r\n\r\n"),
     Case("host_missing", b"GET /r HTTP/1.1\r\n\r\n"),
     Case("host_twice", GET + b"Host: y\r\n\r\n"),
     Case("host_twice_same", GET + H + b"\r\n"),
@@ -252,6 +253,8 @@ ACCEPTED: tuple[Accepted, ...] = (
     Accepted("abs_form_http10_no_host", b"GET http://x/app/b HTTP/1.0\r\n\r\n", "/b", "x"),
     Accepted("abs_form_no_path", b"GET http://x?q HTTP/1.1\r\n" + H + b"\r\n", "/?q", "x"),
     Accepted("host_empty_http10", b"GET /r HTTP/1.0\r\nHost:\r\n\r\n", "/r", ""),
+    # RFC 9112 §3.2: an empty Host is what a client sends when it has no authority
+    Accepted("host_empty_http11", b"GET /r HTTP/1.1\r\nHost:\r\n\r\n", "/r", ""),
     Accepted("host_ipv6_port", b"GET /r HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", "/r",
              "[::1]:8080"),
     Accepted("cl_leading_zeros", _cl_te(b"Content-Length: 0004", body=b"abcd"), "/r", "x",

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import pytest
 import uvloop
 
-from pylb.config import HttpParser
+from proxy.http import parser
+from pylb.config import HttpParser, Limits
 from tests.hardening._smuggling import (
     ACCEPTED,
     HAPROXY,
@@ -51,6 +52,33 @@ def test_table_size() -> None:
     names = [c.name for c in REQUESTS + RESPONSES] + [a.name for a in ACCEPTED]
     assert len(set(names)) == len(names)
     assert len(REQUESTS) >= 60
+
+
+@pytest.mark.parametrize(("host", "ok"), [
+    (b"example.com", True), (b"example.com:8080", True), (b"EXAMPLE.com", True),
+    (b"10.0.0.1:80", True), (b"[::1]", True), (b"[::1]:443", True), (b"a_b~c%41", True),
+    (b"a b", False), (b"a@b", False), (b"a/b", False), (b"a:", False), (b":80", False),
+    (b"a:123456", False), (b"a:8x", False), (b"a:80:81", False), (b"[::1", False),
+    (b"[::g]", False), (b"[]", False), (b"a]", False), (b"[::1]x", False),
+    (b"a\x00", False), (b"\xc3\xa9", False), (b"a?b", False), (b"a#b", False),
+])
+def test_host_syntax(host: bytes, ok: bool) -> None:
+    for _ in range(2):  # the second time from the cache of valid hosts
+        assert parser._valid_host(host) is ok
+
+
+@pytest.mark.parametrize(("target", "host", "ok"), [
+    (b"http://x/r", b"x", True), (b"http://x:80/r", b"X", True), (b"HTTP://x/r", b"x:80", True),
+    (b"https://x:443?q", b"x", True), (b"https://x/r", b"x:80", False),
+    (b"http://x/r", b"y", False), (b"http://x:81/r", b"x", False), (b"http://x/r", b"", False),
+])
+def test_absolute_form_host(target: bytes, host: bytes, ok: bool) -> None:
+    headers = [(b"Host", host)]
+    if ok:
+        assert parser.analyze_request(b"GET", target, b"1.1", headers, Limits()).host == host
+    else:
+        with pytest.raises(parser.ParseError):
+            parser.analyze_request(b"GET", target, b"1.1", headers, Limits())
 
 
 def _check_bad(case: Case, outcome: Outcome, backend: RecordingBackend,
