@@ -141,11 +141,44 @@ _DONE = re.compile(r"Done (\d+) runs in (\d+) second", re.M)
 _CRASH = re.compile(r"Test unit written to (\S+)")
 
 
+def seeds(name: str) -> list[bytes]:
+    """A starting corpus: valid inputs of each target's modes (libFuzzer mutates them;
+    from nothing it would take long to grow a whole request or ClientHello)."""
+    from tests.hardening import _fuzzing as fz
+    from tests.hardening.test_fuzz_http import REGRESSIONS
+
+    if name == "http":
+        reqs = [b"GET /a/x?y=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+                b"POST /svc:8080/p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+                b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3;a=b\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+                b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhi",
+                b"GET http://h.example/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                b"HEAD /r/x HTTP/1.1\r\nHost: h\r\n\r\n"]
+        reqs += [b"".join(chunks) for chunks, _ in REGRESSIONS]
+        return [bytes([0, i, 0, 0, 0, 0]) + r for i, r in enumerate(reqs)] + [
+            bytes([1]) + i.to_bytes(8, "little") for i in range(8)]
+    if name == "translate":
+        return [b"\x01" + fz.EXAMPLE_CLUSTER.read_bytes()] + [
+            bytes([m]) + i.to_bytes(8, "little") for m in (0, 2) for i in range(4)]
+    if name == "proxyproto":
+        from proxy.tcp import proxyproto as pp
+
+        pairs = [(("10.0.0.1", 1234), ("192.0.2.1", 80)), (("2001:db8::1", 1), ("::1", 443)),
+                 (None, None)]
+        return [enc(s, d) for s, d in pairs for enc in (pp.encode_v1, pp.encode_v2)]
+    return [b"\x00" + fz.client_hello(n) for n in ("www.example.com", None)] + [
+        b"\x01" + i.to_bytes(8, "little") for i in range(4)] + [b"\x02shop"]
+
+
 def run_atheris(name: str, seconds: float, out: Path) -> dict[str, Any]:
     corpus = out / "corpus" / name
     crashes = out / "crashes" / name
     corpus.mkdir(parents=True, exist_ok=True)
     crashes.mkdir(parents=True, exist_ok=True)
+    if not any(corpus.iterdir()):
+        for i, seed in enumerate(seeds(name)):
+            (corpus / f"seed-{i}").write_bytes(seed)
     deadline = time.monotonic() + seconds
     runs = 0
     cov = ft = 0
@@ -159,6 +192,7 @@ def run_atheris(name: str, seconds: float, out: Path) -> dict[str, Any]:
         log = logs / f"{name}-{attempt}.log"
         cmd = [sys.executable, "-m", "bench.fuzz", "--child", name, "--",
                f"-max_total_time={left}", "-timeout=30", "-rss_limit_mb=3072",
+               "-max_len=8192", "-len_control=10",
                f"-artifact_prefix={crashes}/", "-print_final_stats=1", str(corpus)]
         with open(log, "w") as f:
             proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False,

@@ -166,6 +166,9 @@ class _Transport:
     def set_write_buffer_limits(self, high: int, low: int) -> None:
         pass
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is taken at once
+
     def can_write_eof(self) -> bool:
         return True
 
