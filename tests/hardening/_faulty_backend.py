@@ -119,6 +119,7 @@ class _Conn(asyncio.Protocol):
             self._ok(t)
             return
         b.faults += 1
+        b.faults_fresh += self.served == 0
         self.busy = True
         body = b.body()
         resp_head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Backend: %s\r\n\r\n" % (
@@ -217,6 +218,7 @@ class FaultyBackend:
         self.requests = 0  # whole requests read
         self.answered = 0  # clean 200s sent
         self.faults = 0  # requests answered by misbehaving
+        self.faults_fresh = 0  # of which on a connection's first request
         self.heads: list[bytes] = []
         self.conns: set[_Conn] = set()
         self._server: asyncio.Server | None = None

@@ -338,6 +338,23 @@ async def test_connect_fault_redispatched(start_proxy: StartProxy,  # noqa: F811
     check_healthy(s, app, other, slack=slack)
 
 
+async def test_connect_refused_post_redispatched(start_proxy: StartProxy) -> None:  # noqa: F811
+    """A refused connect sent nothing: even a POST goes to another server, once."""
+    hole = RefusedPort()
+    try:
+        s = await scene(start_proxy, Server("127.0.0.1", hole.port, name="faulty"))
+        app, other = await run_both(s, method="POST")
+    finally:
+        hole.stop()
+    assert [o.status for o in app] == [200] * len(app)
+    assert sum(len(p.seen) for p in s.peers) == len(app)  # each POST reached one server once
+    assert all(seen.method == "POST" and seen.body_len == 10 for p in s.peers for seen in p.seen)
+    fc = s.r.stats.server(APP, "faulty")
+    assert fc.conn_errors >= 1
+    assert s.r.stats.backend(APP).redispatches == fc.conn_errors
+    check_healthy(s, app, other)
+
+
 @pytest.mark.parametrize("kind", ["refused", "blackhole"])
 async def test_connect_fault_no_other_server(start_proxy: StartProxy,  # noqa: F811
                                              kind: str) -> None:
