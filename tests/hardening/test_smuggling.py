@@ -28,7 +28,9 @@ from proxy.http import parser
 from pylb.config import HttpParser, Limits
 from tests.hardening._smuggling import (
     ACCEPTED,
+    CHUNKED,
     HAPROXY,
+    POST,
     REQUESTS,
     RESPONSES,
     VALID,
@@ -38,6 +40,7 @@ from tests.hardening._smuggling import (
     RecordingBackend,
     haproxy,
     haproxy_version,
+    parse_statuses,
     pylb,
     run_pylb,
     send_case,
@@ -136,6 +139,31 @@ async def test_bad_response(kind: HttpParser, case: Case) -> None:
     assert conns[0].data.count(b" HTTP/1.1\r\n") == 1
     assert len(conns[1].requests) == 1
     assert p.stats.backend("default/rec:80").resp_errors == 1
+
+
+@kinds
+async def test_bad_chunk_after_the_head_went(kind: HttpParser) -> None:
+    """A chunked body that goes bad in a later read, once the head has been forwarded: the
+    client gets its 400 and the close, and the backend never sees a complete request (its
+    connection is cut mid-body)."""
+    async with pylb(kind) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        try:
+            writer.write(POST + CHUNKED + b"\r\n5\r\nhello\r\n")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10.0
+            while b"hello" not in p.backend.received and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            assert b"hello" in p.backend.received
+            writer.write(b"5\r\nhelloXX0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n0\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 10.0)  # to EOF: pylb closed
+        finally:
+            writer.transport.abort()
+        assert parse_statuses(raw) == [400]
+        assert await p.backend.wait_all_closed(10.0)  # pylb cut the backend connection
+    assert p.backend.requests == []
+    assert b"smuggled" not in p.backend.received
+    assert p.stats.frontend("http").req_errors == 1
 
 
 # -- haproxy as a reference column -------------------------------------------------------------
