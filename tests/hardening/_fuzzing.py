@@ -663,7 +663,8 @@ def check_http_differential(chunks: Sequence[bytes], eof: bool, style: str) -> N
                     f"  httptools: {_short(b.summary())}")
 
 
-_REPEATED_SPACES = re.compile(rb"(?:^|\n)[!-~]* [ \t]|(?:^|\n)[^\r\n]*[ \t] HTTP/")
+# A request line (a method in capitals, then blanks) with a run of blanks or a tab in it.
+_REPEATED_SPACES = re.compile(rb"(?:^|\n)[A-Z-]+(?:[ \t][^\r\n]*)?(?:[ \t]{2}|\t)")
 
 
 def _accepted(o: HttpOutcome) -> tuple[Any, ...]:
