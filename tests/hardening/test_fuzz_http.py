@@ -137,3 +137,22 @@ def test_violation_is_raised_for_a_bad_forward(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(server, "rewrite", lambda route, path, query: b"/a b")
     with pytest.raises(Violation, match="malformed request upstream"):
         run_http(HttpParser.H11, [b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"])
+
+
+CONTROLS = [*range(0x20), 0x7F]
+
+
+@pytest.mark.parametrize("kind", PARSERS, ids=lambda k: k.value)
+def test_every_control_byte_in_name_value_and_target(kind: HttpParser) -> None:
+    """Each control byte in a field name, a field value, the target: a 400 and nothing
+    forwarded — but HTAB inside a value, which is allowed (RFC 9110 §5.5)."""
+    for c in CONTROLS:
+        b = bytes([c])
+        for req in (b"GET /a HTTP/1.1\r\nHost: h\r\nX-" + b + b"A: v\r\n\r\n",
+                    b"GET /a HTTP/1.1\r\nHost: h\r\nX-A: v" + b + b"v\r\n\r\n",
+                    b"GET /a" + b + b"b HTTP/1.1\r\nHost: h\r\n\r\n"):
+            out = run_http(kind, [req])
+            if c == 0x09 and b"v\tv" in req:
+                assert out.statuses == [200], req
+            else:
+                assert out.statuses == [400] and not out.forwarded, (req, out.statuses)
