@@ -64,7 +64,7 @@ class Outcome:
 
 
 async def _client(port: int, path: str, n: int, method: str, out: list[Outcome]) -> None:
-    body = b"0123456789" if method == "POST" else b""
+    body = b"0123456789" if method in ("POST", "PUT") else b""
     req = (f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode()
            + (b"Content-Length: %d\r\n" % len(body) if body else b"") + b"\r\n" + body)
     c: RawClient | None = None
@@ -212,17 +212,18 @@ async def test_response_fault(start_proxy: StartProxy, fault: Fault) -> None:  #
 
 # -- keep-alive connections the server closes ---------------------------------------------
 
-@pytest.mark.parametrize("fault", [Fault.KA_RACE_RST, Fault.KA_RACE_FIN],
-                         ids=lambda f: f.value)
-async def test_keepalive_race_get_retried(start_proxy: StartProxy,  # noqa: F811
-                                          fault: Fault) -> None:
+@pytest.mark.parametrize(("fault", "method"), [
+    (Fault.KA_RACE_RST, "GET"), (Fault.KA_RACE_FIN, "GET"), (Fault.KA_RACE_RST, "PUT")],
+    ids=["rst-get", "fin-get", "rst-put"])
+async def test_keepalive_race_idempotent_retried(start_proxy: StartProxy,  # noqa: F811
+                                                 fault: Fault, method: str) -> None:
     """The server drops a reused connection as the next request arrives (RST or FIN,
-    before any response byte): an idempotent request is sent again, on a fresh
-    connection, and the client never knows."""
+    before any response byte): an idempotent request (a PUT with its body too) is sent
+    again, on a fresh connection, and the client never knows."""
     fb = await FaultyBackend(fault).start()
     try:
         s = await scene(start_proxy, Server("127.0.0.1", fb.port, name="faulty"))
-        app, other = await run_both(s)
+        app, other = await run_both(s, method=method)
     finally:
         await fb.stop()
     st = s.r.stats
@@ -234,6 +235,9 @@ async def test_keepalive_race_get_retried(start_proxy: StartProxy,  # noqa: F811
     assert be.retries == fb.faults
     assert (be.redispatches, be.conn_errors, be.resp_errors) == (0, 0, 0)
     assert st.failures == {}
+    if method == "PUT":  # the body was replayed whole
+        assert all(seen.body_len == 10 for p in s.peers for seen in p.seen)
+        assert all(h.endswith(b"\r\n\r\n") and b"PUT " in h for h in fb.heads)
     check_healthy(s, app, other)
 
 
