@@ -31,6 +31,7 @@ import yaml
 from discovery.translate import KubeObjects, translate
 from proxy.balance import Balancers
 from proxy.http import HttpProxy
+from proxy.http.parser import METHODS as PARSER_METHODS
 from proxy.http.parser import RequestHead
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
@@ -663,8 +664,10 @@ def check_http_differential(chunks: Sequence[bytes], eof: bool, style: str) -> N
                     f"  httptools: {_short(b.summary())}")
 
 
-# A request line (a method in capitals, then blanks) with a run of blanks or a tab in it.
-_REPEATED_SPACES = re.compile(rb"(?:^|\n)[A-Z-]+(?:[ \t][^\r\n]*)?(?:[ \t]{2}|\t)")
+# A request line (a method llhttp knows, anywhere: a request may follow a body) with a run
+# of blanks or a tab in it.
+_REPEATED_SPACES = re.compile(rb"(?:%s)(?:[ \t][^\r\n]*)?(?:[ \t]{2}|\t)" % b"|".join(
+    re.escape(m) for m in sorted(PARSER_METHODS, key=len, reverse=True)))
 
 
 def _accepted(o: HttpOutcome) -> tuple[Any, ...]:
