@@ -25,6 +25,12 @@ bit each in `_paused`), and resumed only when none is left.
 Timers: one `TimerHandle` per connection, armed for the phase's timeout (`_T_*`). The
 inactivity kinds (client, server, tunnel) are not re-armed on every read: activity only
 stamps the time, and a timer that fires early re-arms itself for what is left.
+While the client does not read a response fast enough (its write buffer above the high
+watermark, so the backend is not read), the wait is the client's, as in haproxy: the
+server timer gives way to `timeout client` until the client reads again, and the server
+is not blamed. A connection closed with bytes still unsent lingers no longer than
+`timeout client` either. For both, the client's progress is seen when the timer fires:
+a write buffer that shrank since the last look counts as activity.
 """
 
 from __future__ import annotations
@@ -116,6 +122,7 @@ class ClientProtocol(asyncio.Protocol):
         "_up",
         "_up_paused",
         "_wbuf",
+        "_wsize",
         "client_ip",
         "client_port",
         "closed",
@@ -146,6 +153,7 @@ class ClientProtocol(asyncio.Protocol):
         self._tlen = 0.0
         self._tstamp = 0.0
         self._wbuf: list[bytes] = []
+        self._wsize = 0  # the client's write buffer when last looked at (_T_CLIENT)
         self._ubuf: list[bytes] = []
         self._close_after = False
         self._feeding = False  # inside parser.feed: writes to the backend wait for its end
@@ -236,6 +244,8 @@ class ClientProtocol(asyncio.Protocol):
         if t is not None and not t.is_closing():
             self.flush()
             t.close()
+            if t.get_write_buffer_size():  # the client has yet to read them: not forever
+                self._client_wait(t)
 
     def abort(self) -> None:
         self._gone = True
@@ -263,6 +273,8 @@ class ClientProtocol(asyncio.Protocol):
         if up is not None and up.transport is not None and not self._up_paused:
             self._up_paused = True
             up.transport.pause_reading()
+        if self._tkind == _T_SERVER and self.transport is not None:
+            self._client_wait(self.transport)  # the server waits for us, we for the client
 
     def resume_writing(self) -> None:
         up = self._up
@@ -270,6 +282,8 @@ class ClientProtocol(asyncio.Protocol):
             self._up_paused = False
             if up is not None and up.transport is not None and not up.closed:
                 up.transport.resume_reading()
+        if self._tkind == _T_CLIENT and self._req_done and not self._gone:
+            self._arm(_T_SERVER, self._proxy.settings.timeouts.server)
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -288,6 +302,11 @@ class ClientProtocol(asyncio.Protocol):
     def _disarm(self) -> None:
         self._tkind = _T_NONE
 
+    def _client_wait(self, t: asyncio.Transport) -> None:
+        """From now on we wait for the client to read what is written: `timeout client`."""
+        self._wsize = t.get_write_buffer_size()
+        self._arm(_T_CLIENT, self._proxy.settings.timeouts.client)
+
     def _on_timer(self) -> None:
         self._timer = None
         kind = self._tkind
@@ -298,6 +317,13 @@ class ClientProtocol(asyncio.Protocol):
         if now < deadline:
             self._timer = self._loop.call_at(deadline, self._on_timer)
             return
+        if kind == _T_CLIENT and self.transport is not None:
+            size = self.transport.get_write_buffer_size()
+            if 0 < size < self._wsize:  # the client read some since the last look
+                self._wsize = size
+                self._tstamp = now
+                self._timer = self._loop.call_at(now + self._tlen, self._on_timer)
+                return
         self._tkind = _T_NONE
         if kind == _T_KEEPALIVE:
             self.close()
@@ -900,8 +926,8 @@ class ClientProtocol(asyncio.Protocol):
                                          head_only=req is not None and req.method == b"HEAD"))
         self._close_after = True
         self._end_exchange(reusable=False, log_it=True)
-        self.close()
         self._disarm()
+        self.close()
 
     def _fail(self, failure: Failure) -> None:
         self._connecting = False

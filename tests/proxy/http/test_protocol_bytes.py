@@ -59,6 +59,9 @@ class FakeTransport:
     def resume_reading(self) -> None:
         self.reading = True
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # all written is at once in `out`, as if the peer had read it
+
     def set_write_buffer_limits(self, high: int, low: int) -> None:
         pass
 
