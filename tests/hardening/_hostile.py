@@ -218,8 +218,9 @@ class SlowReader:
 
     @classmethod
     async def connect(cls, port: int, request: bytes, *, chunk: int = 4096,
-                      interval: float = 0.05, rcvbuf: int = 8192) -> SlowReader:
-        """`request` empty: a TCP client; else an HTTP one."""
+                      interval: float = 0.05, rcvbuf: int = 8192,
+                      http: bool | None = None) -> SlowReader:
+        """An HTTP client when `http` (by default: when there is a `request`)."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -231,7 +232,7 @@ class SlowReader:
         except BaseException:
             sock.close()
             raise
-        return cls(sock, chunk, interval, http=bool(request))
+        return cls(sock, chunk, interval, http=bool(request) if http is None else http)
 
     def _got(self, data: bytes) -> None:
         self.got += len(data)
@@ -555,7 +556,7 @@ async def _serve(opts: argparse.Namespace) -> None:
 
     settings = Settings(bind="127.0.0.1", timeouts=Timeouts(
         http_request=opts.http_request, client=opts.client, keep_alive=opts.keep_alive,
-        connect=opts.connect),
+        connect=opts.connect, server=opts.server),
         limits=Limits(maxconn=opts.maxconn, retries=opts.retries))
     stats = Stats()
     balancers = Balancers(settings.limits)
@@ -642,6 +643,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--client", type=float, default=50.0)
     s.add_argument("--keep-alive", type=float, default=60.0)
     s.add_argument("--connect", type=float, default=5.0)
+    s.add_argument("--server", type=float, default=50.0)
     opts = p.parse_args(argv)
     import uvloop
     uvloop.run(_serve(opts))

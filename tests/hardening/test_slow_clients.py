@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -590,3 +592,86 @@ async def test_backend_connect_emfile_is_answered_and_blames_no_server(
     assert name_server_answer(status, body, 5)
     assert child.proc.returncode == 0
     assert "Traceback" not in log, log[-2000:]
+
+
+async def test_stalled_reader_is_the_clients_timeout_not_the_servers(tmp_path: Path) -> None:
+    """A client that stops reading a large response for longer than `timeout server`
+    (but less than `timeout client`) is not cut: the server is not the one keeping
+    anyone waiting, pylb is (it stopped reading it). As in haproxy, the wait is the
+    client's, under `timeout client`; the response then arrives whole. A client that
+    stalls past `timeout client` is cut, counted as a client timeout, and the server is
+    not blamed."""
+    size, server, client = 8 * 1024 * 1024, 0.5, 2.5
+    backend = await StreamingServer(size, http=True).start()
+    child = await Child.start(tmp_path / "child.log", backend.port, backend.port,
+                              f"--server={server}", f"--client={client}")
+    request = b"GET /app/big HTTP/1.1\r\nHost: x\r\n\r\n"
+    readers: list[SlowReader] = []
+    try:
+        patient = await SlowReader.connect(child.http_port, request)
+        gone = await SlowReader.connect(child.http_port, request)
+        readers += [patient, gone]
+        t0 = time.monotonic()
+        await asyncio.sleep(server * 3)  # reading nothing
+        early = await child.command("stats")
+        got = await patient.read_all(size, 60)
+        stats: dict[str, Any] = {}
+        while time.monotonic() < t0 + 60:  # `gone` never reads: cut in time
+            stats = await child.command("stats")
+            if stats["failures"]:
+                break
+            await asyncio.sleep(0.1)
+        gone_secs = time.monotonic() - t0
+        gone_got = await gone.read_all(size, 30)
+    finally:
+        for r in readers:
+            await r.close()
+        log = await child.stop()
+        await backend.stop()
+    report("stalled reader", server_timeout=server, client_timeout=client,
+           patient_stalled=server * 3, patient_got=got, gone_got=gone_got,
+           gone_cut_seen_after=round(gone_secs, 2), failures=stats["failures"])
+    assert early["failures"] == {}  # 3x the server timeout: nobody cut
+    assert got == size
+    assert gone_got < size
+    assert stats["failures"] == {"CLIENT_TIMEOUT": 1}
+    assert stats["servers"]["default/app:80\x00b0"]["resp_errors"] == 0
+    assert "Traceback" not in log, log[-2000:]
+
+
+async def test_unread_response_lingers_no_longer_than_client_timeout(start: Start) -> None:
+    """A response that has all come from the server while part of it still waits in pylb
+    for a client that does not read: at the keep-alive timeout pylb closes, but cannot
+    flush. It gives the client `timeout client` to read the rest, then cuts: the
+    connection (and its --maxconn slot) is not held forever. A client that reads within
+    that time gets the whole response."""
+    keep_alive, client, size = 0.3, 1.5, 200 * 1024  # size < the 256 KiB high watermark
+    p = await start(keep_alive=keep_alive, client=client)
+    request = get(f"/app/big?n={size}")
+    never = await SlowReader.connect(p.port, b"", rcvbuf=4096, http=True)
+    late = await SlowReader.connect(p.port, b"", rcvbuf=4096, http=True)
+    loop = asyncio.get_running_loop()
+    try:
+        assert await until(lambda: p.proxy.connections == 2, 10)
+        for conn in p.proxy.conns:  # pylb's socket toward the client: a small send buffer
+            assert conn.transport is not None
+            conn.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        t0 = time.monotonic()
+        await loop.sock_sendall(never.sock, request)
+        await loop.sock_sendall(late.sock, request)
+        await asyncio.sleep(keep_alive + client / 2)  # past the keep-alive close
+        late_got = await late.read_all(size, 30)
+        assert await until(lambda: p.proxy.connections == 0, 60)
+        cut_after = time.monotonic() - t0
+        never_got = await never.read_all(size, 10)
+    finally:
+        await never.close()
+        await late.close()
+    report("unread response at close", keep_alive=keep_alive, client_timeout=client,
+           late_reader_got=late_got, never_reader_got=never_got,
+           cut_seen_after=round(cut_after, 2), failures=p.stats.failures)
+    assert late_got == size
+    assert never_got < size
+    assert cut_after >= keep_alive + client - EPS
+    assert p.stats.failures.get(Failure.CLIENT_TIMEOUT) == 1
