@@ -22,13 +22,14 @@ proxy's processes that carry traffic (pylb's workers; the haproxy processes), fr
 closed shows what the allocator kept.
 
 File descriptors: each process has at most 20,000 (ulimit -n, hard). An HTTP client
-connection costs pylb 1 fd; a TCP connection 2 on the copy path; on the splice path each
-connection holds its two sockets, a dup of each (uvloop will not watch a transport's fd)
-and, while bytes wait in the kernel, a pipe per direction (proxy/tcp/splice.py). The
-script gives pylb `--workers` enough for that (SO_REUSEPORT spreads connections across
-workers), and runs haproxy as several processes on one SO_REUSEPORT port (each with its own
-fd limit) for the same reason. The load generators and backends are separate processes
-(`--clients` of them for the client side), each under its own limit.
+connection costs pylb 1 fd; a TCP connection 2, on the copy path and on the splice path
+(the pump's dups of the two sockets, whose transports closed theirs; a pipe per direction
+only while bytes wait in the kernel: proxy/tcp/splice.py). So 10,000 connections take
+`pylb run --workers 2` (SO_REUSEPORT spreads them, ~5,000 per worker). haproxy runs as
+several processes on one SO_REUSEPORT port (each with its own fd limit) for the same
+reason: it needs 2 fds per connection plus, with splice-auto, a pipe per 4 connections,
+and refuses to start when maxconn would not fit. The load generators and backends are
+separate processes (`--clients` of them for the client side), each under its own limit.
 
 Results: a table on stdout, and bench/results-memory.json.
 """
@@ -638,9 +639,10 @@ def measure(target: Target, case: str, n: int, clients: int, tmp: Path, settle: 
 
 
 def fds_per_conn(case: str) -> int:
-    # pylb: http 1 (+ pooled backend connections); copy 2; splice 2 sockets + 2 dups +
-    # up to 2 pipes (2 fds each) while bytes wait in the kernel.
-    return {"http": 1, "copy": 2, "splice": 8}[case]
+    # pylb: http 1 (+ pooled backend connections); copy 2; splice 2 (the pump's dups of
+    # the two sockets; the transports closed theirs) + a pipe (2 fds) per direction only
+    # while bytes wait in it. (Before the fix in proxy/tcp: 8.)
+    return {"http": 1, "copy": 2, "splice": 2}[case]
 
 
 def run_case(proxy: str, case: str, n: int, clients: int, tmp: Path, settle: float,
@@ -653,8 +655,7 @@ def run_case(proxy: str, case: str, n: int, clients: int, tmp: Path, settle: flo
         procs.wait_port(ep)
         # Enough processes that each stays inside its fd budget even when SO_REUSEPORT's
         # hash is uneven (+1 for slack).
-        k = max(2, math.ceil(n * fds_per_conn(case) / FD_BUDGET) + (1 if case == "splice"
-                                                                    else 0))
+        k = max(2, math.ceil(n * fds_per_conn(case) / FD_BUDGET))
         if proxy == "pylb":
             target = start_pylb(tmp, hb, ep, k)
         else:

@@ -5,8 +5,9 @@ which accept and connect in C). Once it has moved `splice_threshold` bytes, and 
 transports' write buffers are empty (so no byte is overtaken), the connection pauses
 reading on both transports and hands the sockets to a `SplicePump`. uvloop does not let
 `add_reader` watch an fd that a live transport owns, so the pump works on `os.dup()`s of
-the two fds: the same kernel socket, a different fd number. The paused transports stay
-idle (no read interest, empty write queue) until the pump is done, then are closed.
+the two fds: the same kernel socket, a different fd number. The transports are then
+closed: their fds go (uvloop's close is a plain close(2), no shutdown, and the sockets
+live on in the dups), and the pump alone owns the connection until it ends.
 
 Each direction (client→server, server→client) borrows a pipe from a `PipePool` for as
 long as bytes sit in it:
@@ -18,9 +19,9 @@ long as bytes sit in it:
 At most one pipe's worth of bytes (the pipe's capacity) sits in the kernel per direction,
 and nothing in Python: memory per connection is bounded whatever the speeds. A pipe is
 held only while its bytes wait for a slow reader, so a spliced connection costs its two
-sockets and their two dups (4 fds), not 8: at 10,000 active connections that is 40,000
-fds fewer (bench/memory.py). Out of fds for a pipe, the direction waits `PIPE_RETRY`
-seconds and tries again, as the accept loop does when it runs out. EOF on src is
+sockets' fds, as on the copy path (it held 8 when the transports kept theirs and each
+direction its pipe; bench/memory.py measures it). Out of fds for a pipe, a direction
+waits `PIPE_RETRY` seconds and tries again, as the accept loop does. EOF on src is
 forwarded as shutdown(SHUT_WR) on dst once the pipe is drained (half-close both ways); a
 reset or error on either side aborts both, the other with SO_LINGER 0 so it sees a reset
 too. The pump reports bytes and its end through plain attributes and one callback, so the
@@ -218,10 +219,16 @@ class SplicePump:
             self._finish(None, False)
 
     def _fail(self, exc: BaseException, client_side: bool) -> None:
+        self.linger_rst()
+        self._finish(exc, client_side)
+
+    def linger_rst(self) -> None:
+        """Make the coming close reset both connections (SO_LINGER 0), as an abort."""
+        if self.closed:
+            return
         for sock in (self._c, self._s):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-        self._finish(exc, client_side)
 
     def _finish(self, exc: BaseException | None, client_side: bool) -> None:
         if self.closed:
@@ -230,8 +237,8 @@ class SplicePump:
         self._on_done(exc, client_side)
 
     def stop(self) -> None:
-        """Unregister and release the pipes and the dup'd fds (the caller then closes or
-        aborts its transports, which own the sockets' last fds)."""
+        """Unregister and release the pipes and the dup'd fds (which the transports,
+        closed at the hand-over, no longer share: this closes the sockets)."""
         if self.closed:
             return
         self.closed = True

@@ -6,7 +6,8 @@ bench/soak.py (10 minutes):
 - `pylb run` in a subprocess holds 1,000 idle keep-alive HTTP connections, then 300 active
   TCP connections on the copy path, then 300 spliced ones; the RSS each costs its worker
   stays under a bound three times what was measured here, and a spliced connection holds
-  4 fds (its sockets and their dups), not the 8 it held while each direction kept a pipe.
+  2 fds (its sockets, as on the copy path), not the 8 it held while its transports kept
+  their fds and each direction a pipe.
 - A worker's `DataPlane`, in this process, goes through churn (new HTTP connections per
   request, keep-alive, short TCP connections, spliced ones); afterwards its tables are
   back to where they started, counted exactly: no client or upstream protocol, TCP pair,
@@ -50,9 +51,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_KIB_IDLE_HTTP = 8.0
 MAX_KIB_COPY = 8.0
 MAX_KIB_SPLICE = 12.0
-# fds a spliced connection holds: client and server sockets, one dup of each. (Pipes are
-# borrowed only while bytes wait in them; with pings in flight a few may be out.)
-SPLICE_FDS = 4
+# fds a spliced connection holds: its client and server sockets (the dups the pump made;
+# the transports closed theirs). Pipes are borrowed only while bytes wait in them.
+SPLICE_FDS = 2
 
 
 # -- pylb run in a subprocess ----------------------------------------------------------
@@ -103,7 +104,7 @@ def test_memory_per_connection(pylb_run: memory.Target, case: str, n: int,
     elif case == "copy":
         assert fds == 2 * n, r
     else:
-        # 4 per connection, plus the pipes borrowed or pooled at the sampling instant (the
+        # 2 per connection, plus the pipes borrowed or pooled at the sampling instant (the
         # pool keeps up to 256 idle ones after the priming burst, 2 fds each)
         assert SPLICE_FDS * n <= fds <= SPLICE_FDS * n + 2 * 256 + 40, r
 
