@@ -217,8 +217,12 @@ def run_atheris(name: str, seconds: float, out: Path) -> dict[str, Any]:
             "corpus": len(list(corpus.iterdir())), "seconds": seconds}
 
 
+class _TimeUp(Exception):
+    pass
+
+
 def run_hypothesis(name: str, seconds: float, out: Path, examples: int) -> dict[str, Any]:
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
     fn = target(name)
@@ -227,26 +231,34 @@ def run_hypothesis(name: str, seconds: float, out: Path, examples: int) -> dict[
     crash_dir = out / "crashes" / name
     deadline = time.monotonic() + seconds
 
+    # No shrinking: a failing input is saved as it came, and the next round goes on.
     @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(st.binary(max_size=600))
     def one(data: bytes) -> None:
         nonlocal count
         if time.monotonic() > deadline:
-            return
+            raise _TimeUp
         count += 1
-        fn(data)
+        try:
+            fn(data)
+        except Exception as e:
+            crash_dir.mkdir(parents=True, exist_ok=True)
+            path = crash_dir / f"hypothesis-{count}"
+            path.write_bytes(data)
+            path.with_suffix(".txt").write_text(f"{type(e).__name__}: {e}\n")
+            crashes.append(str(path))
+            raise
 
-    rounds = 0
-    while time.monotonic() < deadline and rounds < 10_000:
-        rounds += 1
+    for _ in range(100_000):
+        if time.monotonic() > deadline:
+            break
         try:
             one()
-        except Exception as e:  # a broken property: keep it, go on with a new round
-            crash_dir.mkdir(parents=True, exist_ok=True)
-            path = crash_dir / f"hypothesis-{rounds}.txt"
-            path.write_text(f"{type(e).__name__}: {e}\n")
-            crashes.append(str(path))
+        except _TimeUp:
+            break
+        except Exception:  # saved above; a new round goes on
+            continue
     return {"target": name, "engine": f"hypothesis (random, {examples} examples a round)",
             "inputs": count, "cov": None, "ft": None, "crashes": crashes, "corpus": None,
             "seconds": seconds}
