@@ -532,50 +532,64 @@ def haproxy_version() -> str | None:
 async def haproxy(backends: Sequence[int], *, keep_alive_ms: int = 300
                   ) -> AsyncIterator[list[int]]:
     """A haproxy with one `mode http` frontend per backend port (so cases run in parallel
-    and each backend's bytes belong to one case); yields the frontends' ports."""
+    and each backend's bytes belong to one case); yields the frontends' ports. Ports come
+    from free_port(): if another process takes one first, haproxy exits and is started
+    again on new ones."""
     exe = shutil.which("haproxy")
     assert exe is not None
-    ports = [free_port() for _ in backends]
-    lines = ["global", "  maxconn 2000", "defaults", "  mode http",
-             "  timeout connect 2s", "  timeout client 3s", "  timeout server 3s",
-             "  timeout http-request 2s", f"  timeout http-keep-alive {keep_alive_ms}ms"]
-    for i, (fport, bport) in enumerate(zip(ports, backends, strict=True)):
-        lines += [f"frontend f{i}", f"  bind 127.0.0.1:{fport}", f"  default_backend b{i}",
-                  f"backend b{i}", f"  server s 127.0.0.1:{bport}"]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = os.path.join(tmp, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        proc = await asyncio.create_subprocess_exec(
-            exe, "-db", "-f", cfg, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
-        try:
-            await _wait_listening(ports[-1], 10.0)
-            yield ports
-        finally:
-            if proc.returncode is None:
-                proc.terminate()
+        errors = os.path.join(tmp, "stderr")
+        for _attempt in range(5):
+            ports = [free_port() for _ in backends]
+            lines = ["global", "  maxconn 2000", "defaults", "  mode http",
+                     "  timeout connect 2s", "  timeout client 3s", "  timeout server 3s",
+                     "  timeout http-request 2s", f"  timeout http-keep-alive {keep_alive_ms}ms"]
+            for i, (fport, bport) in enumerate(zip(ports, backends, strict=True)):
+                lines += [f"frontend f{i}", f"  bind 127.0.0.1:{fport}",
+                          f"  default_backend b{i}", f"backend b{i}",
+                          f"  server s 127.0.0.1:{bport}"]
+            with open(cfg, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            with open(errors, "wb") as err:
+                proc = await asyncio.create_subprocess_exec(
+                    exe, "-db", "-f", cfg, stdout=asyncio.subprocess.DEVNULL, stderr=err)
             try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                if await _wait_listening(proc, ports, 60.0):
+                    yield ports
+                    return
+            finally:
+                if proc.returncode is None:
+                    proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+        with open(errors) as f:
+            raise RuntimeError(f"haproxy would not start: {f.read()[-2000:]}")
 
 
-async def _wait_listening(port: int, timeout: float) -> None:
+async def _wait_listening(proc: asyncio.subprocess.Process, ports: list[int],
+                          timeout: float) -> bool:
+    """True once haproxy accepts on every port; False if it exited (a port was taken)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-            continue
-        w.transport.abort()
-        await asyncio.sleep(0)
-        return
+    for port in ports:
+        while True:
+            if proc.returncode is not None:
+                return False
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+                continue
+            w.transport.abort()
+            await asyncio.sleep(0)
+            break
+    return True
 
 
 # -- pylb ------------------------------------------------------------------------------------
