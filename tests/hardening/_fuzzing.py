@@ -837,6 +837,9 @@ def _kinds(objs: Sequence[Any]) -> KubeObjects:
                        tuple(by["Endpoints"]))
 
 
+_bases: dict[str, RouteTable] = {}
+
+
 def check_translate(good: Sequence[dict[str, Any]], bad: Sequence[Any]) -> RouteTable:
     """translate() of good + bad objects: never raises, no internal error, and the good
     services' routes and backends are those they have without the bad objects (unless a
@@ -846,7 +849,10 @@ def check_translate(good: Sequence[dict[str, Any]], bad: Sequence[Any]) -> Route
     was = quiet.disabled
     quiet.disabled = True
     try:
-        base = translate(_kinds(good), settings)
+        key = repr(good)  # the same good objects every time: translated once
+        base = _bases.get(key)
+        if base is None:
+            base = _bases[key] = translate(_kinds(good), settings)
         table = translate(_kinds([*good, *bad]), settings)
     finally:
         quiet.disabled = was
