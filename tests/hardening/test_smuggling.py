@@ -202,6 +202,27 @@ async def _pylb_verdicts(kind: HttpParser, cases: tuple[Case, ...]) -> list[Verd
     return [Verdict(o, len(p.backend.requests), len(p.backend.received)) for o, p in runs]
 
 
+async def _response_verdicts(cases: tuple[Case, ...], version: str | None
+                             ) -> list[list[str]]:
+    """Per bad response: pylb's verdicts (both parsers), then haproxy's."""
+    out: list[list[str]] = [[] for _ in cases]
+    for kind in PARSERS:
+        for i, case in enumerate(cases):
+            async with pylb(kind, response=case.data) as p:
+                out[i].append((await send_case(p.port, VALID, 10.0)).verdict())
+    if version:
+        backends = [await RecordingBackend(c.data).start() for c in cases]
+        try:
+            async with haproxy([b.port for b in backends]) as ports:
+                outs = await asyncio.gather(*(send_case(port, VALID, 4.0) for port in ports))
+        finally:
+            for b in backends:
+                await b.stop()
+        for row, o in zip(out, outs, strict=True):
+            row.append(o.verdict())
+    return out
+
+
 def _let_through(v: Verdict, case: Case) -> bool:
     """More than the valid prefix reached the backend."""
     return v.requests > case.forwarded or (not case.forwarded and v.size > 0)
@@ -255,6 +276,17 @@ async def write_report(path: str) -> tuple[list[str], list[str]]:
         f"- haproxy differs on {differ} of {n} cases" if hap else "- haproxy: not installed",
         "",
     ]
+    rows += ["", "## Bad responses (backend to proxy)", "",
+             "The backend answers a valid GET with these bytes and keeps the connection "
+             "open; pylb must answer 502 and not use that connection again "
+             "(`test_bad_response` checks the second).", "",
+             "| case | expected | pylb h11 | pylb httptools | haproxy |", "|---|---|---|---|---|"]
+    for case, verdicts in zip(RESPONSES, await _response_verdicts(RESPONSES, version),
+                              strict=True):
+        if not version:
+            verdicts.append("(not installed)")
+        rows.append(f"| `{case.name}` | {case.status} closed | " + " | ".join(verdicts)
+                    + " |")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(head + rows) + "\n")
