@@ -138,7 +138,8 @@ def atheris_child(name: str, argv: list[str]) -> None:
 
 _STAT = re.compile(r"^#(\d+)\s+(\w+)\s+(?:cov: (\d+) ft: (\d+))?", re.M)
 _DONE = re.compile(r"Done (\d+) runs in (\d+) second", re.M)
-_CRASH = re.compile(r"Test unit written to (\S+)")
+# libFuzzer also writes `slow-unit-*` files (the slowest input so far): not failures.
+_CRASH = re.compile(r"Test unit written to (\S*(?:crash|timeout|oom|leak)-\S+)")
 
 
 def seeds(name: str) -> list[bytes]:
