@@ -126,14 +126,14 @@ async def until(pred: Callable[[], bool], timeout: float) -> bool:
                          ids=lambda p: p.value)
 async def test_slowloris_1000_do_not_stop_others_and_are_cut_at_http_request(
         start: Start, parser: HttpParser) -> None:
-    """1,000 connections drip a request head a byte every 0.25 s. pylb holds them all,
+    """1,000 connections drip a request head a byte every 0.2 s. pylb holds them all,
     serves 200 normal requests meanwhile without losing one, and closes each slowloris
     connection with a 408 at `timeout http-request` — not before it, although each keeps
     sending (the deadline is not re-armed per byte)."""
-    timeout, n, normal = 2.0, 1000, 200
+    timeout, n, normal = 1.5, 1000, 200
     p: Proxied = await start(parser=parser, http_request=timeout,
                              client=60.0)
-    drips = await open_drips(p.port, n, slowloris_head(), interval=0.25)
+    drips = await open_drips(p.port, n, slowloris_head(), interval=0.2)
     try:
         assert await until(lambda: p.proxy.connections >= n, 30), p.proxy.connections
         held = sum(d.is_open for d in drips)
@@ -346,13 +346,13 @@ async def test_slow_readers_hold_bounded_memory(tmp_path: Path, mode: str) -> No
     """50 clients ask for 16 MiB each and read it at a crawl (4 KiB every 50 ms through an
     8 KiB receive buffer). pylb's data plane (alone in a child process) grows by about
     its watermarks per connection, not by the response size: its RSS, and the bytes it
-    holds for each client; every backend connection is paused (its writes block). Two
-    of the readers then read everything, intact; the child logged no traceback.
+    holds for each client; every backend connection is paused (its writes block). One
+    of the readers then reads everything, intact; the child logged no traceback.
 
     (How much the backend manages to write before it blocks depends on the kernel's
     socket buffers, which Linux autotunes up to tcp_rmem's max on pylb's side; they are
     kernel memory, not pylb's, and the test does not bound them.)"""
-    n, size, watch = 50, 16 * 1024 * 1024, 3.0
+    n, size, watch = 50, 16 * 1024 * 1024, 1.5
     backend = await StreamingServer(size, http=mode == "http").start()
     child = await Child.start(tmp_path / "child.log", backend.port, backend.port,
                               *(["--no-splice"] if mode == "tcp-copy" else []))
@@ -411,9 +411,8 @@ async def test_slow_readers_hold_bounded_memory(tmp_path: Path, mode: str) -> No
         # What pylb holds per client: a write buffer up to the high watermark plus the
         # one read that crossed it (uvloop reads up to 256 KiB): 512 KiB; twice that.
         assert held[mode[:4].rstrip("-") + "_max"] <= 1024 * 1024
-        # Nothing lost: two of them now read the rest at full speed.
-        for r in slow[:2]:
-            assert await r.read_all(size, 60) == size
+        # Nothing lost: one of them now reads the rest at full speed.
+        assert await slow[0].read_all(size, 60) == size
     finally:
         for r in readers:
             await r.close()
@@ -459,7 +458,7 @@ async def test_flood_past_maxconn_is_queued_then_served(
         assert await until(lambda: sum(served()) >= maxconn, 30), served()
         waiting = asyncio.create_task(get_once(run.ports["http"], "/app/n0", timeout=60))
         samples: list[tuple[int, int, int]] = []
-        for _ in range(8):  # ~2 s of stats reports, as pylb holds the flood
+        for _ in range(5):  # stats reports over ~1 s, as pylb holds the flood
             stats = await run.stats_json()
             samples.append((stats["pylb"]["current_connections"],
                             frontend_row(stats, "http")["scur"],
