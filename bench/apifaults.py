@@ -305,7 +305,6 @@ class Rig:
         self.seen: list[tuple[float, str, str]] = []  # (time, route, backend) of probes
         self._tasks: list[asyncio.Task[None]] = []
         self._down: asyncio.Task[None] | None = None
-        self._ready_once = False
 
     # -- lifecycle --
 
