@@ -7,6 +7,14 @@ HTTP (`run_http`): the REAL client-side protocol (`proxy.http.server.ClientProto
 fake transports (tests/proxy/http/test_protocol_bytes.py's habit), with a fake backend
 that parses what pylb forwards with h11 as a server and answers it. Nothing touches a
 socket: a backend connection is made synchronously by `_FuzzProxy.connect`.
+`check_http_differential` runs both parsers and compares what each accepted.
+
+Kubernetes objects (`check_translate`, `check_yaml`): translate() of good objects plus
+bad ones (mutated copies moved to other services, random JSON, truncated objects), and
+the file source's YAML parsing of damaged texts.
+
+Peeking parsers (`check_proxyproto`, `check_sni`, `check_sni_hello`): the PROXY protocol
+header and the SNI of real ClientHellos made by Python's ssl module.
 """
 
 from __future__ import annotations
