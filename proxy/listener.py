@@ -97,10 +97,14 @@ class Listener:
                  protocol_factory: Callable[[], asyncio.BaseProtocol], *,
                  limit: ConnectionLimit | None = None,
                  ssl_context: ssl.SSLContext | None = None,
+                 handshake_timeout: float | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`handshake_timeout`: seconds a TLS client has to finish its handshake (the
+        connection holds a slot meanwhile); None: the loop's default (60 s)."""
         self.sock = sock
         self.factory = protocol_factory
         self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
         self.limit = limit
         self.loop = loop or asyncio.get_running_loop()
         self.accepting = False
@@ -164,8 +168,13 @@ class Listener:
                 return
 
     def _hand_over(self, conn: socket.socket) -> None:
-        _Handover(self, self.loop.connect_accepted_socket(self.factory, conn,
-                                                          ssl=self.ssl_context))
+        if self.ssl_context is None:
+            coro = self.loop.connect_accepted_socket(self.factory, conn)
+        else:
+            coro = self.loop.connect_accepted_socket(
+                self.factory, conn, ssl=self.ssl_context,
+                ssl_handshake_timeout=self.handshake_timeout)
+        _Handover(self, coro)
 
     def _handover_failed(self, exc: BaseException) -> None:
         # The TLS handshake failed or the peer vanished before the transport was made:

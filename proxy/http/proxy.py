@@ -102,20 +102,29 @@ class HttpProxy:
             else:
                 sock.setblocking(False)
             self._listener = Listener(sock, self._protocol, limit=self.limit,
-                                      ssl_context=self.ssl_context, loop=loop)
+                                      ssl_context=self.ssl_context,
+                                      handshake_timeout=self._handshake_timeout, loop=loop)
             self._listener.start()
             addr = sock.getsockname()
             return addr[0], addr[1]
         if sock is not None:
             server = await loop.create_server(self._protocol, sock=sock,
-                                              ssl=self.ssl_context, backlog=1024)
+                                              ssl=self.ssl_context, backlog=1024,
+                                              ssl_handshake_timeout=self._handshake_timeout)
         else:
             server = await loop.create_server(self._protocol, host, port,
                                               ssl=self.ssl_context, reuse_port=reuse_port,
-                                              reuse_address=True, backlog=1024)
+                                              reuse_address=True, backlog=1024,
+                                              ssl_handshake_timeout=self._handshake_timeout)
         self._server = server
         addr = server.sockets[0].getsockname()
         return addr[0], addr[1]
+
+    @property
+    def _handshake_timeout(self) -> float | None:
+        """A TLS handshake is bounded by `timeout client`, as in haproxy 2.6 (its
+        `timeout client-hs`, 2.8, defaults to it too)."""
+        return self.settings.timeouts.client if self.ssl_context is not None else None
 
     def _protocol(self) -> ClientProtocol:
         return ClientProtocol(self)
