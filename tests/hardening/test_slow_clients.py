@@ -22,6 +22,7 @@ fd-exhaustion recovery) are printed with `-s` and quoted in the issue note.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -674,3 +675,71 @@ async def test_unread_response_lingers_no_longer_than_client_timeout(start: Star
     assert never_got < size
     assert cut_after >= keep_alive + client - EPS
     assert p.stats.failures.get(Failure.CLIENT_TIMEOUT) == 1
+
+
+# -- TLS: a slow handshake -------------------------------------------------------------------
+
+
+async def test_tls_handshake_slowloris_bounded_by_client_timeout() -> None:
+    """300 connections to the TLS frontend (behind --maxconn, as `pylb run` has it) that
+    start a ClientHello and drip it a byte every 0.2 s, or send nothing. The handshake
+    comes before any request, so the http-request timer has not started: haproxy 2.6
+    bounds it by `timeout client`, and so does pylb (it was the loop's 60 s). Each is
+    closed no sooner than that and within a generous bound, its --maxconn slot given
+    back; TLS clients are served meanwhile."""
+    import ssl
+
+    import trustme
+
+    from proxy.listener import ConnectionLimit
+    from pylb.model import RouteTable
+
+    client_timeout, n = 1.5, 300
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client_ctx)
+    backend = await HttpBackend("b0").start()
+    settings = Settings(timeouts=Timeouts(client=client_timeout, http_request=60.0))
+    stats = Stats()
+    limit = ConnectionLimit(10_000)
+    proxy = HttpProxy(settings, stats, Balancers(settings.limits), frontend="https",
+                      tls=True, ssl_context=server_ctx, limit=limit)
+    drips: list[Drip] = []
+    try:
+        _, port = await proxy.start("127.0.0.1", 0)
+        routes, backends = simple_table([backend])
+        proxy.set_table(RouteTable(https=tuple(routes), backends=tuple(backends)))
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 500
+        drips = await open_drips(port, n // 2, hello, 0.2)
+        drips += await open_drips(port, n // 2, b"", 1.0)
+        ok = 0
+        for i in range(50):
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                 server_hostname="localhost")
+            w.write(get(f"/app/n{i}")[:-2] + b"Connection: close\r\n\r\n")
+            data = await asyncio.wait_for(r.read(), 30)
+            w.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await w.wait_closed()
+            head, _, body = data.partition(b"\r\n\r\n")
+            ok += right_answer(int(head.split(b" ")[1]), body, i)
+        held = sum(d.is_open for d in drips)
+        await wait_closed(drips, client_timeout * 10 + 30)
+        slots_back = await until(lambda: limit.current == 0, 30)
+    finally:
+        for d in drips:
+            d.abort()
+        await proxy.shutdown(0.5)
+        await backend.stop()
+    lifetimes = closed_after(drips)
+    report("TLS handshake slowloris", connections=n, held_while_serving=held,
+           tls_requests_ok=ok, closed=len(lifetimes),
+           closed_at_min=round(min(lifetimes, default=-1), 3),
+           closed_at_max=round(max(lifetimes, default=-1), 3), slots_back=slots_back)
+    assert ok == 50
+    assert len(lifetimes) == n
+    assert lifetimes[0] >= client_timeout - EPS
+    assert lifetimes[-1] <= client_timeout * 10 + 30
+    assert slots_back
