@@ -276,6 +276,9 @@ def run_hold_tcp(port: int, n: int, prime: int, interval: float, concurrency: in
                 if not self.primed.done():
                     self.got += len(data)
                     if self.got >= self.want:
+                        if self.got > self.want:
+                            errors["more bytes echoed than sent"] = errors.get(
+                                "more bytes echoed than sent", 0) + 1
                         self.primed.set_result(self.got == self.want)
                     return
                 self.got += len(data)
@@ -299,6 +302,8 @@ def run_hold_tcp(port: int, n: int, prime: int, interval: float, concurrency: in
 
             def connection_lost(self, exc: BaseException | None) -> None:
                 if not self.primed.done():
+                    why = f"lost while priming after {self.got // 16384 * 16} KiB: {exc!r}"
+                    errors[why] = errors.get(why, 0) + 1
                     self.primed.set_result(False)
                 elif not self.closing:
                     stats["lost"] += 1
@@ -322,7 +327,6 @@ def run_hold_tcp(port: int, n: int, prime: int, interval: float, concurrency: in
                 c.timer = loop.call_later(random.uniform(0, interval), c.tick)
             else:
                 failed += 1
-                errors["closed while priming"] = errors.get("closed while priming", 0) + 1
                 c.t.close()
 
         await asyncio.gather(*(one() for _ in range(n)))
@@ -531,6 +535,7 @@ class Result:
     kib_per_conn_pss: float
     client: list[dict[str, Any]] = field(default_factory=list)
     per_process_rss_with: list[int] = field(default_factory=list)
+    proxy_log_tail: str = ""  # when connections failed: what the proxy said
 
 
 def _spawn_clients(case: str, port: int, n: int, clients: int, tmp: Path,
@@ -646,7 +651,7 @@ def fds_per_conn(case: str) -> int:
 
 
 def run_case(proxy: str, case: str, n: int, clients: int, tmp: Path, settle: float,
-             ping_interval: float, progress: Any) -> Result:
+             ping_interval: float, progress: Any, workers: int = 0) -> Result:
     with procs.group() as g:
         hb, ep = procs.free_port(), procs.free_port()
         g.add(spawn_role("backend-http", str(hb), tmp=tmp))
@@ -657,7 +662,7 @@ def run_case(proxy: str, case: str, n: int, clients: int, tmp: Path, settle: flo
         # hash is uneven (+1 for slack).
         k = max(2, math.ceil(n * fds_per_conn(case) / FD_BUDGET))
         if proxy == "pylb":
-            target = start_pylb(tmp, hb, ep, k)
+            target = start_pylb(tmp, hb, ep, workers or k)
         else:
             # haproxy wants 2 fds per connection plus, with splice-auto, a pipe for every
             # 4 connections (maxpipes = maxconn/4), and refuses to start above the limit.
@@ -666,7 +671,11 @@ def run_case(proxy: str, case: str, n: int, clients: int, tmp: Path, settle: flo
                                    maxconn=min(7800, math.ceil(n / hk * 1.4) + 100))
         for r in target.roots:
             g.add(r)
-        return measure(target, case, n, clients, tmp, settle, ping_interval, progress)
+        res = measure(target, case, n, clients, tmp, settle, ping_interval, progress)
+        if res.failed:
+            res.proxy_log_tail = "\n".join(
+                r.log.read_text(errors="replace")[-1500:] for r in target.roots)
+        return res
 
 
 def table(results: list[Result]) -> str:
@@ -708,6 +717,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="load-generator processes (default: one per 8,000 connections)")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds before each sample")
     ap.add_argument("--ping-interval", type=float, default=1.0)
+    ap.add_argument("--workers", type=int, default=0,
+                    help="pylb workers (default: enough for the fds, at least 2)")
     ap.add_argument("--json", default=str(HERE / "results-memory.json"))
     args = ap.parse_args(argv)
     clients = args.clients or max(1, math.ceil(args.n / 8000))
@@ -719,7 +730,8 @@ def main(argv: list[str] | None = None) -> None:
         for case in args.only:
             for proxy in proxies:
                 r = run_case(proxy, case, args.n, clients, tmp, args.settle,
-                             args.ping_interval, lambda m: print(m, flush=True))
+                             args.ping_interval, lambda m: print(m, flush=True),
+                             workers=args.workers)
                 results.append(r)
                 print(json.dumps(asdict(r)), flush=True)
     print(table(results))
