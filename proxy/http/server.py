@@ -326,6 +326,12 @@ class ClientProtocol(asyncio.Protocol):
                 self._tstamp = now
                 self._timer = self._loop.call_at(now + self._tlen, self._on_timer)
                 return
+        if kind == _T_SERVER and self._connecting:
+            # Still connecting: the connect timeout bounds that (each attempt), and the
+            # server's time starts when it has the request (`_attach` re-arms).
+            self._tstamp = now
+            self._timer = self._loop.call_at(now + self._tlen, self._on_timer)
+            return
         self._tkind = _T_NONE
         if kind == _T_KEEPALIVE:
             self.close()
@@ -644,6 +650,10 @@ class ClientProtocol(asyncio.Protocol):
         assert server is not None and backend is not None and req is not None
         self._up = up
         self._t_conn = self._loop.time()
+        if self._tkind == _T_SERVER:
+            # The server's time starts now: connecting (and redispatching after connect
+            # timeouts) is bounded by the connect timeout, as in haproxy.
+            self._arm(_T_SERVER, proxy.settings.timeouts.server)
         balancer = self._balancer
         assert balancer is not None
         balancer.acquire(server)

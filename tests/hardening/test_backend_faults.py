@@ -359,6 +359,26 @@ async def test_connect_refused_post_redispatched(start_proxy: StartProxy) -> Non
     check_healthy(s, app, other)
 
 
+async def test_server_timeout_starts_when_connected(start_proxy: StartProxy) -> None:  # noqa: F811
+    """A request redispatched after a connect timeout gets the whole server timeout from
+    the server it lands on: the time spent on the black hole is not charged to it (found
+    by bench/faults.py: with connect and server timeouts both 1 s, every request that met
+    the black hole got a 504)."""
+    hole = BlackHole().start()
+    try:
+        r = await start_proxy(1, table=False, timeouts={"connect": 1.0, "server": 1.0})
+        b = Backend(APP, (Server("127.0.0.1", hole.port, name="faulty"),
+                          *servers_of(r.backends[0])))
+        r.table([HttpRoute("app", "/app", APP)], [b])
+        out = await load(r.port, "/app/x", clients=1, requests=2)  # one meets the hole
+    finally:
+        hole.stop()
+    assert [o.status for o in out] == [200, 200], (r.stats.failures, r.stats.backend(APP).snapshot())
+    be = r.stats.backend(APP)
+    assert (be.redispatches, be.resp_errors) == (1, 0)
+    assert r.stats.failures == {Failure.CONNECT_TIMEOUT: 1}
+
+
 @pytest.mark.parametrize("kind", ["refused", "blackhole"])
 async def test_connect_fault_no_other_server(start_proxy: StartProxy,  # noqa: F811
                                              kind: str) -> None:
