@@ -304,7 +304,7 @@ async def test_haproxy_reference() -> None:
         assert uncommented == []
     with open(ARTIFACT) as f:
         text = f.read()
-    assert text.count("\n| `") == len(REQUESTS)
+    assert text.count("\n| `") == len(REQUESTS) + len(RESPONSES)
 
 
 if __name__ == "__main__":
