@@ -29,8 +29,11 @@ While the client does not read a response fast enough (its write buffer above th
 watermark, so the backend is not read), the wait is the client's, as in haproxy: the
 server timer gives way to `timeout client` until the client reads again, and the server
 is not blamed. A connection closed with bytes still unsent lingers no longer than
-`timeout client` either. For both, the client's progress is seen when the timer fires:
-a write buffer that shrank since the last look counts as activity.
+`timeout client` either. The mirror case: while the server does not take a request body
+fast enough (the client is not read meanwhile), the wait is the server's, under `timeout
+server`, and the client is not blamed. In each case the progress of the side waited for
+is seen when the timer fires: a write buffer that shrank since the last look counts as
+activity.
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ class ClientProtocol(asyncio.Protocol):
         self._tlen = 0.0
         self._tstamp = 0.0
         self._wbuf: list[bytes] = []
-        self._wsize = 0  # the client's write buffer when last looked at (_T_CLIENT)
+        self._wsize = 0  # the waited-for side's write buffer when last looked at
         self._ubuf: list[bytes] = []
         self._close_after = False
         self._feeding = False  # inside parser.feed: writes to the backend wait for its end
@@ -263,12 +266,21 @@ class ClientProtocol(asyncio.Protocol):
         if not self._paused and self.transport is not None:
             self.transport.pause_reading()
         self._paused |= why
+        if why == _P_UPSTREAM and self._tkind == _T_CLIENT and not self._req_done:
+            # The body waits for the server to take it, not for the client.
+            up = self._up
+            self._wsize = up.transport.get_write_buffer_size() \
+                if up is not None and up.transport is not None else 0
+            self._arm(_T_SERVER, self._proxy.settings.timeouts.server)
 
     def resume_reading(self, why: int) -> None:
         if self._paused & why:
             self._paused &= ~why
             if not self._paused and self.transport is not None and not self.closed:
                 self.transport.resume_reading()
+            if why & _P_UPSTREAM and self._tkind == _T_SERVER and not self._req_done \
+                    and self._req is not None and self._resp is None:
+                self._arm(_T_CLIENT, self._proxy.settings.timeouts.client)
 
     def pause_writing(self) -> None:
         up = self._up
@@ -322,6 +334,14 @@ class ClientProtocol(asyncio.Protocol):
         if kind == _T_CLIENT and self.transport is not None:
             size = self.transport.get_write_buffer_size()
             if 0 < size < self._wsize:  # the client read some since the last look
+                self._wsize = size
+                self._tstamp = now
+                self._timer = self._loop.call_at(now + self._tlen, self._on_timer)
+                return
+        if kind == _T_SERVER and self._paused & _P_UPSTREAM and self._up is not None \
+                and self._up.transport is not None:
+            size = self._up.transport.get_write_buffer_size()
+            if 0 < size < self._wsize:  # the server took some of the body since
                 self._wsize = size
                 self._tstamp = now
                 self._timer = self._loop.call_at(now + self._tlen, self._on_timer)
