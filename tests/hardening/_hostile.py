@@ -368,6 +368,70 @@ class StreamingServer:
             await self.server.wait_closed()
 
 
+class _Sink(asyncio.Protocol):
+    def __init__(self, owner: StallingSink) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.need = -1
+        self.got = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.owner.conns.append(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.need < 0:
+            self.buf += data
+            head, sep, rest = self.buf.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            line = head.split(b"\r\n", 1)[0]
+            stall = float(line.split(b"stall=")[1].split(b" ")[0].split(b"&")[0])
+            self.need = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            data = rest
+            self.transport.pause_reading()  # read nothing for `stall` seconds
+            asyncio.get_running_loop().call_later(stall, self._resume)
+        self.got += len(data)
+        if self.got >= self.need:
+            body = b"%d" % self.got
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(body), body))
+
+    def _resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+class StallingSink:
+    """A backend that takes a request with a body (`...?stall=SECONDS`), reads nothing for
+    SECONDS after its head, then reads the body at full speed and answers 200 with the
+    count of body bytes it got."""
+
+    def __init__(self) -> None:
+        self.conns: list[_Sink] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> StallingSink:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Sink(self), "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        for c in self.conns:
+            if c.transport is not None:
+                c.transport.abort()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
 # -- measuring a process ------------------------------------------------------------------
 
 

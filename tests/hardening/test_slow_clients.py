@@ -42,6 +42,7 @@ from tests.hardening._hostile import (
     Child,
     Drip,
     SlowReader,
+    StallingSink,
     StreamingServer,
     closed_after,
     get_once,
@@ -53,7 +54,7 @@ from tests.hardening._hostile import (
     wait_closed,
 )
 from tests.proxy.http.backends import HttpBackend
-from tests.proxy.http.client import get
+from tests.proxy.http.client import RawClient, get
 from tests.proxy.http.conftest import simple_table
 
 pytestmark = pytest.mark.timeout(120)
@@ -743,3 +744,55 @@ async def test_tls_handshake_slowloris_bounded_by_client_timeout() -> None:
     assert lifetimes[0] >= client_timeout - EPS
     assert lifetimes[-1] <= client_timeout * 10 + 30
     assert slots_back
+
+
+async def test_upload_to_a_stalled_server_is_the_servers_timeout_not_the_clients() -> None:
+    """The mirror of the stalled reader: a client uploading as fast as it may to a
+    server that reads nothing for a while. pylb stops reading the client (its buffer
+    toward the server is full), so the client is not the one keeping anyone waiting: as
+    in haproxy, the wait is under `timeout server`, not `timeout client`. A server that
+    stalls longer than the client timeout (but less than the server's) gets the whole
+    body and the client its 200; one that stalls past `timeout server` gets the client a
+    504 and is counted as a backend timeout, not the client's."""
+    from pylb.model import Backend, HttpRoute, RouteTable, Server
+
+    client, server, size = 0.5, 2.5, 8 * 1024 * 1024
+    sink = await StallingSink().start()
+    settings = Settings(timeouts=Timeouts(client=client, server=server))
+    stats = Stats()
+    proxy = HttpProxy(settings, stats, Balancers(settings.limits))
+    clients: list[RawClient] = []
+    try:
+        _, port = await proxy.start("127.0.0.1", 0)
+        be = Backend("default/sink:80", (Server("127.0.0.1", sink.port, name="s0"),))
+        proxy.set_table(RouteTable(http=(HttpRoute("sink", "/sink", be.name),),
+                                   backends=(be,)))
+
+        async def upload(stall: float) -> tuple[int, bytes, float]:
+            c = await RawClient.connect(port)
+            clients.append(c)
+            t0 = time.monotonic()
+            await c.send(b"POST /sink?stall=%g HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (stall, size))
+            block = b"u" * (1 << 20)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(size // len(block)):
+                    c.writer.write(block)
+                    await asyncio.wait_for(c.writer.drain(), 60)
+            resp = await c.read_response(timeout=60)
+            return resp.status, resp.body, time.monotonic() - t0
+
+        (ok, body, ok_secs), (late, _, late_secs) = await asyncio.gather(
+            upload(client * 3), upload(server * 10))
+    finally:
+        for c in clients:
+            await c.close()
+        await proxy.shutdown(0.5)
+        await sink.stop()
+    report("upload to a stalled server", client_timeout=client, server_timeout=server,
+           stall_3x_client=(ok, body, round(ok_secs, 2)),
+           stall_past_server=(late, round(late_secs, 2)), failures=stats.failures)
+    assert ok == 200 and body == b"%d" % size
+    assert late == 504
+    assert late_secs >= server - EPS
+    assert stats.failures == {Failure.BACKEND_TIMEOUT: 1}
