@@ -18,6 +18,7 @@ writes `<out>/fuzz-<time>.json`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -195,9 +196,12 @@ def run_atheris(name: str, seconds: float, out: Path) -> dict[str, Any]:
                f"-max_total_time={left}", "-timeout=30", "-rss_limit_mb=3072",
                "-max_len=8192", "-len_control=10",
                f"-artifact_prefix={crashes}/", "-print_final_stats=1", str(corpus)]
-        with open(log, "w") as f:
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False,
-                                  cwd=HERE.parent, timeout=left + 120)
+        returncode = 0
+        # libFuzzer's clock starts after the instrumented imports: allow for them. A child
+        # killed at the timeout has its statistics so far in the log.
+        with open(log, "w") as f, contextlib.suppress(subprocess.TimeoutExpired):
+            returncode = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False,
+                                        cwd=HERE.parent, timeout=left + 600).returncode
         text = log.read_text(errors="replace")
         stats = _STAT.findall(text)
         done = _DONE.search(text)
@@ -208,8 +212,8 @@ def run_atheris(name: str, seconds: float, out: Path) -> dict[str, Any]:
         crash = _CRASH.search(text)
         if crash:
             found.append(crash.group(1))
-        elif proc.returncode != 0:
-            found.append(f"exit {proc.returncode}, see {log}")
+        elif returncode != 0:
+            found.append(f"exit {returncode}, see {log}")
             break
         else:
             break
