@@ -1,38 +1,45 @@
 """The stats page's machine formats: haproxy's CSV (`;csv`) and JSON (`;json`).
 
 The CSV is haproxy's, byte for byte in its shape: a `# ` header naming every field of
-haproxy 2.6 in its order, one line per row, every line ending with a comma, empty cells
-where a field has no value. Cells go through the csv module, so a name holding a comma or
-a quote cannot shift the columns. The JSON is pylb's own, simpler than haproxy's typed
-`show stat json`: the process facts, then the same rows as the CSV as objects with the
-empty fields left out.
+haproxy 2.6 in its order, one record per row, every line ending with a comma, empty cells
+where a field has no value. Cells are quoted as haproxy's csv_enc() quotes them, so a name
+holding a comma, a quote or a line break cannot shift the columns. The JSON is pylb's
+own, simpler than haproxy's typed `show stat json`: the process facts, then the same rows
+as the CSV as objects with the empty fields left out; NaN and infinities, which JSON has
+no word for, are null.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import math
 from typing import Any
 
 from pylb.stats.view import CSV_FIELDS, Row, StatsView, stat_rows
 
 
 def _cell(v: object) -> str:
+    """One CSV cell as haproxy's csv_enc() writes it: quoted when it holds a comma, a
+    quote, a CR or a LF, quotes doubled. (The csv module's writer leaves a lone CR
+    unquoted when the line ends in LF, which splits the row for any CSV reader.)"""
     if v is None:
         return ""
     if isinstance(v, bool):
         return "1" if v else "0"
-    return str(v)
+    s = str(v)
+    if any(c in s for c in _RESERVED):
+        return '"' + s.replace('"', '""') + '"'
+    return s
+
+
+_RESERVED = (",", '"', "\r", "\n")
 
 
 def render_csv(view: StatsView, up_only: bool = False) -> str:
-    buf = io.StringIO()
-    buf.write("# " + ",".join(CSV_FIELDS) + ",\n")
-    writer = csv.writer(buf, lineterminator="\n")
+    out = ["# " + ",".join(CSV_FIELDS) + ",\n"]
     for row in stat_rows(view, up_only):
-        writer.writerow([_cell(row.get(f)) for f in CSV_FIELDS] + [""])
-    return buf.getvalue()
+        out.append(",".join([_cell(row.get(f)) for f in CSV_FIELDS]) + ",\n")
+    return "".join(out)
 
 
 def process_info(view: StatsView) -> dict[str, Any]:
@@ -73,4 +80,18 @@ def render_json(view: StatsView, up_only: bool = False) -> str:
         "stats": [{f: row[f] for f in CSV_FIELDS if row.get(f) is not None}
                   for row in rows],
     }
-    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+    try:
+        return json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    except ValueError:  # NaN or an infinity somewhere: JSON has no word for them
+        return json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n"
+
+
+def _finite(v: Any) -> Any:
+    """`v` with every NaN and infinity replaced by None (null)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v

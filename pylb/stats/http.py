@@ -15,6 +15,7 @@ import binascii
 import contextlib
 import hmac
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ _LINGER_BYTES = 256 * 1024  # requests to these pages carry no body; a bigger on
 class Request:
     method: str
     target: str
-    headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
+    # Lower-case names. A repeated field's values are joined with ", " (RFC 9110 5.3),
+    # so two Authorization headers make one that is not valid Basic: a client that
+    # sends two credentials gets neither.
+    headers: dict[str, str]
     peer: str = ""
 
 
@@ -68,7 +72,14 @@ STATS_PATHS = frozenset({"/", "", "/haproxy", "/stats"})
 def parse_stats_uri(target: str) -> StatsQuery | None:
     """haproxy's stats URI options, in the path (`/;csv;norefresh`) or the query
     (`/?stats;csv`, `/haproxy?stats;up`); `/metrics` is Prometheus. None: not a stats
-    page (404)."""
+    page (404). An absolute-form target (`http://host/;csv`, which a server must accept,
+    RFC 9112 3.2.2) means its path."""
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+        target = rest[min(ends):] if ends else "/"
+        if not target.startswith("/"):
+            target = "/" + target
     path, _, query = target.partition("?")
     base, _, path_opts = path.partition(";")
     if base == "/metrics" and not path_opts:
@@ -88,14 +99,25 @@ class BasicAuth:
     The setting is `user:password`, or `@/path/to/file` whose content is `user:password`
     (surrounding whitespace and a final newline dropped) — a Kubernetes secret mounted as
     a file keeps the password off the command line. It is read once, at start-up: a user
-    name cannot begin with "@". The decoded credential is compared whole with
-    `hmac.compare_digest`, so neither the user nor the password leaks through timing.
+    name cannot begin with "@".
+
+    Only a keyed digest of the credential is kept. `check` digests whatever the client
+    sent as "user:password" (user and password together, so a wrong user does not exit
+    earlier than a wrong password) and compares it with `hmac.compare_digest` exactly
+    once, on two 32-byte values, whatever the header held — absent, another scheme, bad
+    base64 all digest a fixed stand-in — so neither the length nor a common prefix of
+    the user or the password shows in the time an answer takes. The key is random per
+    process: the digest is worthless outside it.
     """
 
     def __init__(self, credential: str) -> None:
         if ":" not in credential:
             raise ValueError("stats auth must be user:password")
-        self._expected = credential.encode("utf-8")
+        self._key = os.urandom(32)
+        self._digest = self._mac(credential.encode("utf-8"))
+
+    def _mac(self, credential: bytes) -> bytes:
+        return hmac.digest(self._key, credential, "sha256")
 
     @classmethod
     def from_setting(cls, setting: str | None) -> BasicAuth | None:
@@ -115,16 +137,27 @@ class BasicAuth:
 
     def check(self, header: str | None) -> bool:
         """True when an Authorization header carries the right credential."""
-        if not header:
-            return False
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            given = base64.b64decode(token.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            return False
-        return hmac.compare_digest(given, self._expected)
+        given = basic_credential(header)
+        # A credential always holds ":", so the stand-in cannot be the right one.
+        same = hmac.compare_digest(self._mac(b"-" if given is None else given),
+                                   self._digest)
+        return same and given is not None
+
+
+def basic_credential(header: str | None) -> bytes | None:
+    """The decoded "user:password" of a `Basic` Authorization header (the scheme name is
+    case-insensitive, RFC 9110 11.1), or None when the header is absent, of another
+    scheme, not strict base64, or holds no ":"."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        given = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return given if b":" in given else None
 
 
 def unauthorized(realm: str) -> Reply:
@@ -255,12 +288,14 @@ class SmallHttpServer:
                     raise h11.RemoteProtocolError("body too large", error_status_hint=413)
                 continue
             if isinstance(event, h11.EndOfMessage) and request is not None:
+                headers: dict[str, str] = {}
+                for k, v in request.headers:  # h11 gives names lower-cased
+                    name, value = k.decode("ascii", "replace"), v.decode("latin-1")
+                    headers[name] = f"{headers[name]}, {value}" if name in headers else value
                 return Request(
                     method=request.method.decode("ascii", "replace"),
                     target=request.target.decode("ascii", "replace"),
-                    headers={k.decode("ascii", "replace").lower():
-                             v.decode("latin-1") for k, v in request.headers},
-                    peer=peer)
+                    headers=headers, peer=peer)
             return None  # ConnectionClosed, or PAUSED
 
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply,
@@ -269,6 +304,8 @@ class SmallHttpServer:
                    ("Content-Length", str(len(reply.body))),
                    ("Cache-Control", "no-cache"),
                    ("Server", self._server_header),
+                   # No browser may take a CSV or JSON body full of names for HTML.
+                   ("X-Content-Type-Options", "nosniff"),
                    *reply.headers]
         if close:
             headers.append(("Connection", "close"))

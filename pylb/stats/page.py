@@ -1,14 +1,19 @@
 """The HTML stats page: haproxy's layout and legend, inline CSS, no script, no asset.
 
 One pure function, `render_html(view, up_only, refresh)`. Every name that comes from the
-cluster (service, server, pod, leader, certificate) passes through `html.escape` here and
-nowhere else is HTML written.
+cluster (service, server, pod, leader, certificate, check detail) passes through `_e` here
+and nowhere else is HTML written: `visible` first shows control, bidi and zero-width
+characters as escapes (`\u202e`), so a name cannot reorder or hide text on the page, then
+`html.escape` makes it text. Odd figures (NaN, infinities, dates past 9999) show as "?":
+one bad value never costs the whole page.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import time
+import unicodedata
 from collections.abc import Iterable
 
 from pylb.stats.formats import process_info
@@ -116,13 +121,52 @@ _COLUMNS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 _NCOLS = 1 + sum(len(cols) for _, cols in _COLUMNS)
 
 
+# Control (Cc), format (Cf: bidi marks, zero-width, BOM), line/paragraph separator
+# (Zl, Zp) characters and lone surrogates (Cs) are invisible or move text around.
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+class _Escapes(dict[int, str]):
+    """str.translate's table, filled on first sight of each code point (then C speed)."""
+
+    def __missing__(self, cp: int) -> str:
+        ch = chr(cp)
+        out = (ch.encode("unicode_escape").decode("ascii")
+               if unicodedata.category(ch) in _HIDDEN else ch)
+        if len(self) < 65536:  # bounded: a page of random code points cannot grow it
+            self[cp] = out
+        return out
+
+
+_ESCAPES = _Escapes()
+
+
+def visible(s: str) -> str:
+    """`s` with every invisible or text-moving character written as its escape."""
+    # isprintable() is False for every category in _HIDDEN (and for a few more, like
+    # no-break space, which translate leaves alone): names of printable text cost nothing.
+    return s if s.isprintable() else s.translate(_ESCAPES)
+
+
 def _e(s: object) -> str:
-    return html.escape(str(s), quote=True)
+    return html.escape(visible(str(s)), quote=True)
+
+
+def _tip(s: str) -> str:
+    """A title attribute's text, made by `_cell_title`: its line breaks are meant."""
+    return html.escape(s, quote=True)
+
+
+def _date(t: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d", time.gmtime(t))
+    except (ValueError, OverflowError, OSError):
+        return "?"
 
 
 def human_duration(seconds: float | None) -> str:
     """haproxy's compact durations: 42s, 3m12s, 5h03m, 2d4h."""
-    if seconds is None or seconds < 0:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "?"
     s = int(seconds)
     if s < 60:
@@ -180,7 +224,7 @@ def _cell_title(row: Row, field: str) -> str:
         return "HTTP requests: " + str(row.get("req_tot")) + "\n" + "\n".join(
             f"  {p}" for p in parts)
     if field == "lastchk" and row.get("check_desc"):
-        return str(row.get("check_desc"))
+        return visible(str(row.get("check_desc")))
     if field == "status" and row.get("check_rise"):
         return (f"rise {row.get('check_rise')}, fall {row.get('check_fall')}, "
                 f"health {row.get('check_health')}")
@@ -202,7 +246,7 @@ def _row_html(row: Row) -> str:
     for _, cols in _COLUMNS:
         for _, field in cols:
             tip = _cell_title(row, field)
-            attr = f' title="{_e(tip)}"' if tip else ""
+            attr = f' title="{_tip(tip)}"' if tip else ""
             klass = ' class="st"' if field in ("status", "lastchk") else ""
             cells.append(f"<td{klass}{attr}>{_cell(row, field)}</td>")
     return f'<tr class="{cls}">' + "".join(cells) + "</tr>"
@@ -273,8 +317,8 @@ def render_html(view: StatsView, up_only: bool = False, refresh: int = 0) -> str
         since = f", since {_ago(now, leader.since)}" if leader.since else ""
         cluster.append(("leader", f"{who}{since}; {leader.transitions} transition(s)"))
     for c in view.certs:
-        klass = "bad" if c.days_left < 7 else "warn" if c.days_left < 30 else "ok"
-        expiry = time.strftime("%Y-%m-%d", time.gmtime(c.not_after))
+        klass = "ok" if c.days_left >= 30 else "warn" if c.days_left >= 7 else "bad"
+        expiry = _date(c.not_after)
         cluster.append((f"cert {_e(c.name)}",
                         f'<span class="{klass}">{c.days_left:.0f} days</span> '
                         f"(until {expiry})"))

@@ -8,6 +8,7 @@ one process (tests) never collide and the library's process-global registry stay
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 
@@ -21,6 +22,28 @@ from pylb.stats.view import TYPE_BACKEND, TYPE_FRONTEND, Row, StatsView, stat_ro
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+
+
+def _f(v: object) -> float:
+    """A sample value: a number as a float, an int too big for one as +-Inf, else 0."""
+    if not isinstance(v, int | float):
+        return 0.0
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def _l(s: str) -> str:
+    """A label value the text format can carry: UTF-8 cannot hold a lone surrogate (a
+    bad escape in a manifest gives one), so it becomes U+FFFD, as Go's encoder does."""
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return s
 
 
 def _failure_label(name: str) -> str:
@@ -55,16 +78,16 @@ class _Families:
             labels=labels)
 
     def add(self, row: Row, values: list[str]) -> None:
-        self.current.add_metric(values, float(row.get("scur") or 0))
-        self.max.add_metric(values, float(row.get("smax") or 0))
-        self.total.add_metric(values, float(row.get("stot") or 0))
-        self.bytes_in.add_metric(values, float(row.get("bin") or 0))
-        self.bytes_out.add_metric(values, float(row.get("bout") or 0))
-        self.rate_max.add_metric(values, float(row.get("rate_max") or 0))
+        self.current.add_metric(values, _f(row.get("scur")))
+        self.max.add_metric(values, _f(row.get("smax")))
+        self.total.add_metric(values, _f(row.get("stot")))
+        self.bytes_in.add_metric(values, _f(row.get("bin")))
+        self.bytes_out.add_metric(values, _f(row.get("bout")))
+        self.rate_max.add_metric(values, _f(row.get("rate_max")))
         if row.get("req_tot") is not None:
-            self.requests.add_metric(values, float(row.get("req_tot") or 0))
+            self.requests.add_metric(values, _f(row.get("req_tot")))
             for cls in _CLASSES:
-                self.responses.add_metric([*values, cls], float(row.get(f"hrsp_{cls}") or 0))
+                self.responses.add_metric([*values, cls], _f(row.get(f"hrsp_{cls}")))
 
     def families(self) -> list[Metric]:
         return [self.current, self.max, self.total, self.bytes_in, self.bytes_out,
@@ -87,7 +110,7 @@ class StatsCollector(Collector):
         rows = stat_rows(view)
 
         info = GaugeMetricFamily("pylb_build_info", "pylb version", labels=["version"])
-        info.add_metric([view.version], 1.0)
+        info.add_metric([_l(view.version)], 1.0)
         yield info
         yield GaugeMetricFamily("pylb_start_time_seconds", "Start time (Unix seconds)",
                                 value=view.started)
@@ -155,38 +178,38 @@ class StatsCollector(Collector):
 
         for row in rows:
             t = row.get("type")
-            px = str(row.get("pxname"))
+            px = _l(str(row.get("pxname")))
             if t == TYPE_FRONTEND:
                 fe.add(row, [px])
-                fe_errors.add_metric([px], float(row.get("ereq") or 0))
-                fe_denied.add_metric([px], float(row.get("dreq") or 0))
+                fe_errors.add_metric([px], _f(row.get("ereq")))
+                fe_denied.add_metric([px], _f(row.get("dreq")))
                 if row.get("slim"):
-                    limit.add_metric([px], float(row.get("slim") or 0))
+                    limit.add_metric([px], _f(row.get("slim")))
             elif t == TYPE_BACKEND:
                 be.add(row, [px])
                 be_up.add_metric([px], 1.0 if row.get("status") == "UP" else 0.0)
-                be_active.add_metric([px], float(row.get("act") or 0))
-                errs["connection"].add_metric([px], float(row.get("econ") or 0))
-                errs["response"].add_metric([px], float(row.get("eresp") or 0))
-                retries.add_metric([px], float(row.get("wretr") or 0))
-                redispatches.add_metric([px], float(row.get("wredis") or 0))
+                be_active.add_metric([px], _f(row.get("act")))
+                errs["connection"].add_metric([px], _f(row.get("econ")))
+                errs["response"].add_metric([px], _f(row.get("eresp")))
+                retries.add_metric([px], _f(row.get("wretr")))
+                redispatches.add_metric([px], _f(row.get("wredis")))
             else:
-                labels = [px, str(row.get("svname"))]
+                labels = [px, _l(str(row.get("svname")))]
                 sv.add(row, labels)
                 status = str(row.get("status") or "")
                 sv_up.add_metric(labels, 1.0 if status.startswith("UP")
                                  or status == "no check" else 0.0)
                 state = status.split(" ")[0] if status != "no check" else "no_check"
                 sv_status.add_metric([*labels, state.lower()], 1.0)
-                sv_weight.add_metric(labels, float(row.get("weight") or 0))
-                sv_errs["connection"].add_metric(labels, float(row.get("econ") or 0))
-                sv_errs["response"].add_metric(labels, float(row.get("eresp") or 0))
+                sv_weight.add_metric(labels, _f(row.get("weight")))
+                sv_errs["connection"].add_metric(labels, _f(row.get("econ")))
+                sv_errs["response"].add_metric(labels, _f(row.get("eresp")))
                 if row.get("check_duration") is not None:
-                    chk_dur.add_metric(labels, float(row["check_duration"] or 0) / 1000.0)
+                    chk_dur.add_metric(labels, _f(row["check_duration"]) / 1000.0)
                 if row.get("check_status") is not None:
-                    chk_fail.add_metric(labels, float(row.get("chkfail") or 0))
-                    chk_down.add_metric(labels, float(row.get("chkdown") or 0))
-                    downtime.add_metric(labels, float(row.get("downtime") or 0))
+                    chk_fail.add_metric(labels, _f(row.get("chkfail")))
+                    chk_down.add_metric(labels, _f(row.get("chkdown")))
+                    downtime.add_metric(labels, _f(row.get("downtime")))
 
         yield from fe.families()
         yield from (fe_errors, fe_denied, limit)
@@ -201,10 +224,10 @@ class StatsCollector(Collector):
                                        "by reason", labels=["reason"])
         got = view.counters.get("failures", {})
         for f in Failure:
-            failures.add_metric([f.label], float(got.get(f.name, 0)))
+            failures.add_metric([f.label], _f(got.get(f.name, 0)))
         for name, n in sorted(got.items()):
             if name not in Failure.__members__:
-                failures.add_metric([_failure_label(name)], float(n))
+                failures.add_metric([_l(_failure_label(name))], _f(n))
         yield failures
 
         yield GaugeMetricFamily("pylb_discovery_synced",
@@ -217,7 +240,7 @@ class StatsCollector(Collector):
         dm = GaugeMetricFamily("pylb_discovery_metric", "Discovery's own counters",
                                labels=["name"])
         for k, v in sorted(view.discovery_metrics.items()):
-            dm.add_metric([k], float(v))
+            dm.add_metric([_l(k)], _f(v))
         yield dm
 
         info_leader = view.leader_info
@@ -226,7 +249,7 @@ class StatsCollector(Collector):
                                        "1 for the current leader's identity",
                                        labels=["name"])
             if info_leader.name:
-                leader.add_metric([info_leader.name], 1.0)
+                leader.add_metric([_l(info_leader.name)], 1.0)
             yield leader
             yield GaugeMetricFamily("pylb_election_is_leader", "1 when this pod leads",
                                     value=1.0 if info_leader.is_self else 0.0)
@@ -240,8 +263,8 @@ class StatsCollector(Collector):
                                     "Expiry time of the certificate (Unix seconds)",
                                     labels=["name"])
         for c in view.certs:
-            certs.add_metric([c.name], c.days_left)
-            certs_t.add_metric([c.name], c.not_after)
+            certs.add_metric([_l(c.name)], c.days_left)
+            certs_t.add_metric([_l(c.name)], c.not_after)
         yield certs
         yield certs_t
 

@@ -11,6 +11,7 @@ so a counter lands in the same column everywhere. Nothing here does I/O.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -291,8 +292,8 @@ def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, ii
             "downtime": int(check.total_downtime(view.now)),
             "check_status": check.status if check.checked_at is not None else "INI",
             "check_code": check.code,
-            "check_duration": (None if check.duration_ms is None
-                               else round(check.duration_ms)),
+            "check_duration": (round(check.duration_ms) if check.duration_ms is not None
+                               and math.isfinite(check.duration_ms) else None),
             "last_chk": check.detail or None,
             "check_desc": check.description,
             "check_rise": check.rise, "check_fall": check.fall,
