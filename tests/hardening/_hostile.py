@@ -152,6 +152,7 @@ class Tally:
 
     ok: int = 0
     failed: list[str] = field(default_factory=list)
+    ok_during: int = 0  # answered right while `during()` held (see normal_traffic)
 
     @property
     def tried(self) -> int:
@@ -159,13 +160,20 @@ class Tally:
 
 
 async def normal_traffic(port: int, n: int, check: Callable[[int, bytes, int], bool], *,
-                         keep_alive_every: int = 2, timeout: float = 10.0) -> Tally:
+                         keep_alive_every: int = 2, timeout: float = 10.0,
+                         during: Callable[[], bool] = lambda: False) -> Tally:
     """`n` requests for `/app/n<i>`: every `keep_alive_every`-th pair goes over one
     keep-alive connection, the others each on a new connection (so accepting is tested
-    too). `check(status, body, i)` says whether an answer is right."""
+    too). `check(status, body, i)` says whether an answer is right; right answers that
+    come while `during()` holds are counted apart."""
     from tests.proxy.http.client import RawClient, get
 
     tally = Tally()
+
+    def count(ok: bool) -> None:
+        if ok:
+            tally.ok += 1
+            tally.ok_during += during()
     i = 0
     while i < n:
         try:
@@ -176,7 +184,7 @@ async def normal_traffic(port: int, n: int, check: Callable[[int, bytes, int], b
                         await c.send(get(f"/app/n{j}"))
                         resp = await c.read_response(timeout=timeout)
                         if check(resp.status, resp.body, j):
-                            tally.ok += 1
+                            count(True)
                         else:
                             tally.failed.append(f"{j}: {resp.status} {resp.body[:80]!r}")
                 finally:
@@ -185,7 +193,7 @@ async def normal_traffic(port: int, n: int, check: Callable[[int, bytes, int], b
                 continue
             status, body = await get_once(port, f"/app/n{i}", timeout=timeout)
             if check(status, body, i):
-                tally.ok += 1
+                count(True)
             else:
                 tally.failed.append(f"{i}: {status} {body[:80]!r}")
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
