@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -259,12 +260,12 @@ def _frontend_row(view: StatsView, name: str, mode: str, iid: int) -> Row:
 
 
 def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, iid: int,
-                sid: int) -> Row:
+                sid: int, svname: str) -> Row:
     key = f"{backend.name}\x00{server.label}"
     c = view.counters.get("servers", {}).get(key, {})
     check = view.checks.get(server.key)
     status = server_status(server, check)
-    row: Row = {"pxname": backend.name, "svname": server.label, "qcur": 0, "qmax": 0,
+    row: Row = {"pxname": backend.name, "svname": svname, "qcur": 0, "qmax": 0,
                 **_counter_cells(c, view.now)}
     row.update({
         "econ": int(c.get("conn_errors", 0)),
@@ -300,6 +301,16 @@ def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, ii
             "check_health": check.health,
         })
     return row
+
+
+def server_names(backend: Backend) -> list[str]:
+    """Each server's name in its backend's rows: its label, unless another server of the
+    backend has the same (one pod behind an IPv4 and an IPv6 address): then
+    `label@address:port`, so that each row, and each Prometheus series, stays one of a
+    kind. (The data plane counts by label: such servers show the same counters.)"""
+    seen = Counter(s.label for s in backend.servers)
+    return [f"{s.label}@{format_hostport(s.address, s.port)}" if seen[s.label] > 1
+            else s.label for s in backend.servers]
 
 
 def _backend_row(view: StatsView, backend: Backend, mode: str, iid: int,
@@ -348,8 +359,9 @@ def _rows(view: StatsView, up_only: bool) -> list[Row]:
     for backend in view.table.backends:
         iid += 1
         mode = "http" if backend.name in http_backends else "tcp"
-        servers = [_server_row(view, backend, s, mode, iid, sid)
-                   for sid, s in enumerate(backend.servers, start=1)]
+        servers = [_server_row(view, backend, s, mode, iid, sid, name)
+                   for sid, (s, name) in enumerate(
+                       zip(backend.servers, server_names(backend), strict=True), start=1)]
         be = _backend_row(view, backend, mode, iid, servers)
         if up_only:
             servers = [r for r in servers if not hidden_by_up(str(r["status"]))]

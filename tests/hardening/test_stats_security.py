@@ -20,8 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from discovery.translate import KubeObjects, translate
 from proxy.certs import CertInfo, check_pem_bytes
 from pylb.config import Settings
+from pylb.demo import service_manifest, slice_manifest
 from pylb.health import HealthServer
 from pylb.stats import StatsServer, render_csv, render_html, render_json
 from pylb.stats.http import BasicAuth, unauthorized
@@ -439,3 +441,26 @@ async def test_all_of_it_end_to_end_and_a_lone_surrogate_costs_no_page() -> None
             assert_refused(await exchange(port, request("GET", target)))
     finally:
         await srv.close()
+
+
+def test_a_dual_stack_pod_gives_two_distinct_rows_and_series() -> None:
+    """One pod behind an IPv4 and an IPv6 EndpointSlice is two servers of one name:
+    each row and each Prometheus series must still be one of a kind (a duplicate series
+    is a scrape error in Prometheus)."""
+    v4 = slice_manifest("web-v4", "web", 8080, ["10.0.0.7"])
+    v6 = slice_manifest("web-v6", "web", 8080, ["fd00::7"])
+    v6["addressType"] = "IPv6"
+    for s in (v4, v6):
+        s["endpoints"][0]["targetRef"] = {"kind": "Pod", "name": "web-7f9c"}
+    table = translate(KubeObjects(services=(service_manifest("web", 80, 8080),),
+                                  endpointslices=(v4, v6)), Settings())
+    [backend] = table.backends
+    assert [s.label for s in backend.servers] == ["web-7f9c", "web-7f9c"]
+    view = replace(build_view(Roles()), table=table)
+    _, text_csv, text_json, text_metrics = _formats(view)
+    names = {"web-7f9c@10.0.0.7:8080", "web-7f9c@[fd00::7]:8080"}
+    assert {r["svname"] for r in read_csv(text_csv) if r["pxname"] == backend.name} == \
+        names | {"BACKEND"}
+    assert {r["svname"] for r in read_json(text_json)["stats"]
+            if r["pxname"] == backend.name} == names | {"BACKEND"}
+    assert label_values(read_metrics(text_metrics), "pylb_server_up", "server") == names
