@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pylb.failures import Failure
-from pylb.stats.view import TYPE_BACKEND, TYPE_FRONTEND, Row, StatsView, stat_rows
+from pylb.stats.view import TYPE_BACKEND, TYPE_FRONTEND, CertInfo, Row, StatsView, stat_rows
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -222,12 +222,14 @@ class StatsCollector(Collector):
 
         failures = CounterMetricFamily("pylb_failures", "Failed requests and connections "
                                        "by reason", labels=["reason"])
-        got = view.counters.get("failures", {})
-        for f in Failure:
-            failures.add_metric([f.label], _f(got.get(f.name, 0)))
-        for name, n in sorted(got.items()):
-            if name not in Failure.__members__:
-                failures.add_metric([_l(_failure_label(name))], _f(n))
+        # One sample a label: a reason this version does not know (a worker of another
+        # version reported it) may lower-case to a known label, or to another's.
+        by_label = {f.label: 0.0 for f in Failure}
+        for name, n in sorted(view.counters.get("failures", {}).items()):
+            label = _l(_failure_label(name))
+            by_label[label] = by_label.get(label, 0.0) + _f(n)
+        for label, n in by_label.items():
+            failures.add_metric([label], n)
         yield failures
 
         yield GaugeMetricFamily("pylb_discovery_synced",
@@ -262,9 +264,16 @@ class StatsCollector(Collector):
         certs_t = GaugeMetricFamily("pylb_certificate_not_after_seconds",
                                     "Expiry time of the certificate (Unix seconds)",
                                     labels=["name"])
+        # One series a name: of two certificates for one name (RSA and ECDSA, or one
+        # being replaced), the one that expires first is the one to alert on.
+        first: dict[str, CertInfo] = {}
         for c in view.certs:
-            certs.add_metric([_l(c.name)], c.days_left)
-            certs_t.add_metric([_l(c.name)], c.not_after)
+            name = _l(c.name)
+            if name not in first or c.not_after < first[name].not_after:
+                first[name] = c
+        for name, c in first.items():
+            certs.add_metric([name], c.days_left)
+            certs_t.add_metric([name], c.not_after)
         yield certs
         yield certs_t
 

@@ -25,6 +25,7 @@ from proxy.certs import CertInfo, check_pem_bytes
 from pylb.config import Settings
 from pylb.demo import service_manifest, slice_manifest
 from pylb.health import HealthServer
+from pylb.stats import CertInfo as ViewCert
 from pylb.stats import StatsServer, render_csv, render_html, render_json
 from pylb.stats.http import BasicAuth, unauthorized
 from pylb.stats.page import visible
@@ -464,3 +465,22 @@ def test_a_dual_stack_pod_gives_two_distinct_rows_and_series() -> None:
     assert {r["svname"] for r in read_json(text_json)["stats"]
             if r["pxname"] == backend.name} == names | {"BACKEND"}
     assert label_values(read_metrics(text_metrics), "pylb_server_up", "server") == names
+
+
+def test_twin_certificates_and_failure_reasons_make_one_series_each() -> None:
+    """Two certificates for one name (RSA and ECDSA side by side) and a reason from a
+    worker of another version that lower-cases onto a known one: /metrics still holds
+    one series a label set — the certificate that expires first, the reasons summed."""
+    view = build_view(Roles())
+    soon, late = view.now + 3 * 86400, view.now + 90 * 86400
+    view = replace(view, certificates=(ViewCert("www.example", late, 90.0),
+                                       ViewCert("www.example", soon, 3.0)),
+                   counters={**view.counters,
+                             "failures": {"BAD_REQUEST": 2, "bad_request": 3, "Odd": 1,
+                                          "ODD": 4}})
+    metrics = read_metrics(Exposition(lambda: view).render().decode())
+    assert metrics["pylb_certificate_expiry_days"] == [({"name": "www.example"}, 3.0)]
+    reasons = {labels["reason"]: v for labels, v in metrics["pylb_failures"]}
+    assert reasons["bad_request"] == 5 and reasons["odd"] == 5
+    page = render_html(view)
+    assert page.count("cert www.example") == 2  # the page lists both
