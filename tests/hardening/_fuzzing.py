@@ -679,10 +679,17 @@ _REPEATED_SPACES = re.compile(rb"(?:%s)(?:[ \t][^\r\n]*)?(?:[ \t]{2}|\t)" % b"|"
 
 
 def _accepted(o: HttpOutcome) -> tuple[Any, ...]:
+    """The responses but a last one to bad input, and the whole requests forwarded (a
+    request cut short by bad input is sent as far as a parser had read it: h11 reads a
+    head whole and a chunk line to its end, llhttp byte by byte)."""
     statuses = list(o.statuses)
     if statuses and statuses[-1] in _PARSE_ERROR_STATUSES:
         statuses.pop()
-    return tuple(statuses), tuple(ev for f in o.forwarded for ev in f.events)
+    whole = []
+    for f in o.forwarded:
+        ends = [i for i, ev in enumerate(f.events) if ev[0] == "end"]
+        whole += f.events[:ends[-1] + 1] if ends else []
+    return tuple(statuses), tuple(whole)
 
 
 def _short(x: object, n: int = 1500) -> str:

@@ -156,3 +156,16 @@ def test_every_control_byte_in_name_value_and_target(kind: HttpParser) -> None:
                 assert out.statuses == [200], req
             else:
                 assert out.statuses == [400] and not out.forwarded, (req, out.statuses)
+
+
+@pytest.mark.parametrize("kind", PARSERS, ids=lambda k: k.value)
+def test_request_cut_by_a_bad_trailer(kind: HttpParser) -> None:
+    """Found by atheris (a disagreement of the harness, not a bug): h11 reads a trailer
+    line to its end, so the head may already be upstream when the 400 comes; that backend
+    connection must then be aborted, never reused."""
+    chunks = [b"GET /svc:8080 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+              b"PUT /none", b" HTTP/1.1\r\n\r\n"]
+    out = run_http(kind, chunks)
+    assert out.statuses == [400] and out.closed
+    assert all(f.aborted for f in out.forwarded if f.events)
+    check_http_differential(chunks, True, "length")
