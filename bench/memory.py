@@ -427,7 +427,8 @@ class Target:
         return [p.pid for p in self.roots]
 
 
-def start_pylb(tmp: Path, http_backend: int, echo: int, workers: int) -> Target:
+def start_pylb(tmp: Path, http_backend: int, echo: int, workers: int,
+               env: dict[str, str] | None = None) -> Target:
     manifests = tmp / "cluster.yaml"
     write_manifests(manifests, http_backend, echo)
     http_port, tcp_port = procs.free_port(), procs.free_port()
@@ -437,7 +438,7 @@ def start_pylb(tmp: Path, http_backend: int, echo: int, workers: int) -> Target:
             f"--stats-port={procs.free_port()}", f"--health-port={procs.free_port()}",
             f"--workers={workers}", "--log-level=warning", "--timeout-keep-alive=30m",
             "--timeout-client=30m", "--timeout-server=30m", "--http-parser=auto"]
-    p = procs.start("pylb", argv, cpus=None, logdir=tmp, cwd=str(ROOT))
+    p = procs.start("pylb", argv, cpus=None, logdir=tmp, cwd=str(ROOT), env=env)
     procs.wait_port(http_port, timeout=60)
     procs.wait_port(tcp_port, timeout=60)
     _wait_routed(http_port)
