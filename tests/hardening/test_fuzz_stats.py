@@ -46,8 +46,13 @@ _name = st.one_of(st.text(_char, max_size=24),
                   st.text(st.sampled_from("<>&\"'`=/;:,\\\n\r\t\x00\u202e\u200b "),
                           max_size=12),
                   st.text(_char, min_size=1, max_size=8).map(lambda s: s * 100))
-roles = (st.lists(_name, min_size=Roles.count(), max_size=Roles.count(), unique=True)
-         .map(Roles.of).filter(Roles.usable))
+# The first eight roles key a table or the counters and cannot be empty; the rest may.
+_KEYED = 8
+roles = (st.tuples(st.lists(_name.filter(bool), min_size=_KEYED, max_size=_KEYED,
+                            unique=True),
+                   st.lists(_name, min_size=Roles.count() - _KEYED,
+                            max_size=Roles.count() - _KEYED, unique=True))
+         .map(lambda p: Roles.of(p[0] + p[1])).filter(Roles.usable))
 
 _count = st.one_of(st.integers(0, 2**64), st.integers(-(2**64), 2**1100))
 _time = st.floats(allow_nan=True, allow_infinity=True)
