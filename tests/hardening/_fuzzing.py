@@ -200,13 +200,14 @@ class _Backend(_Transport):
     pylb writes is parsed by h11 as a server; each whole request is answered."""
 
     def __init__(self, up: UpstreamProtocol, clock: _Clock, style: str,
-                 log: list[Forwarded]) -> None:
+                 log: list[Forwarded], timeline: list[tuple[Any, ...]]) -> None:
         super().__init__(up, up.key, clock)
         self.up = up
         self.style = style
         self.h11 = h11.Connection(h11.SERVER)
         self.record = Forwarded()
         log.append(self.record)
+        self.timeline = timeline  # every backend's events, in the order they came
         self.tunnel = False
         self.answered = False
         self.method = b"GET"
@@ -240,6 +241,7 @@ class _Backend(_Transport):
                 names = {k for k, _ in ev.headers}
                 self.upgrade = b"upgrade" in names
                 rec.events.append(("request", ev.method, ev.target, tuple(ev.headers)))
+                self.timeline.append(rec.events[-1])
                 if self.style == "early":
                     self._answer(close=False)
             elif isinstance(ev, h11.Data):
@@ -247,8 +249,14 @@ class _Backend(_Transport):
                     rec.events[-1] = ("data", rec.events[-1][1] + ev.data)
                 else:
                     rec.events.append(("data", bytes(ev.data)))
+                tl = self.timeline
+                if tl and tl[-1][0] == "data":
+                    tl[-1] = ("data", tl[-1][1] + ev.data)
+                else:
+                    tl.append(("data", bytes(ev.data)))
             elif isinstance(ev, h11.EndOfMessage):
                 rec.events.append(("end",))
+                self.timeline.append(("end",))
                 if self.upgrade and self.style == "upgrade":
                     self._switch()
                     return
@@ -313,6 +321,7 @@ class _FuzzProxy(HttpProxy):
     clock: _Clock
     style: str
     forwarded: list[Forwarded]
+    timeline: list[tuple[Any, ...]]
     backends_made: list[_Backend]
 
     def connect(self, client: ClientProtocol, server: Server) -> None:
@@ -320,7 +329,7 @@ class _FuzzProxy(HttpProxy):
             self.clock.soon(client.connect_done, server, None, Failure.CONNECT_FAILED)
             return
         up = UpstreamProtocol(server.key, self.parser_kind)
-        t = _Backend(up, self.clock, self.style, self.forwarded)
+        t = _Backend(up, self.clock, self.style, self.forwarded, self.timeline)
         self.backends_made.append(t)
         up.connection_made(t)  # type: ignore[arg-type]
         self.clock.soon(client.connect_done, server, up, None)
@@ -331,24 +340,31 @@ class _Client(ClientProtocol):
     responses' parser must know the request methods: HEAD responses have no body)."""
 
     heads: list[RequestHead]
+    exchanges: list[tuple[int, bool]]  # (status, request read whole) of each exchange
 
     def _start(self, head: RequestHead) -> None:
         self.heads.append(head)
         super()._start(head)
 
+    def _end_exchange(self, reusable: bool, log_it: bool) -> None:
+        if self._req is not None:
+            self.exchanges.append((self._status, self._req_done))
+        super()._end_exchange(reusable, log_it)
+
 
 @dataclasses.dataclass
 class HttpOutcome:
     statuses: list[int]
-    forwarded: list[Forwarded]
+    forwarded: list[Forwarded]  # per backend connection
     closed: bool  # the client connection was closed by pylb before the input's end
     errors: list[str]
+    timeline: list[tuple[Any, ...]]  # what every backend received, in order
+    exchanges: list[tuple[int, bool]]  # (status, request read whole) per exchange
 
     def summary(self) -> tuple[Any, ...]:
-        """What must be the same whichever parser pylb runs: the responses' statuses and
-        the requests forwarded (method, target, headers, body: not the chunking)."""
-        fwd = [ev for f in self.forwarded for ev in f.events]
-        return tuple(self.statuses), tuple(fwd), self.closed
+        """The responses' statuses, the requests forwarded (method, target, headers,
+        body: not the chunking), and whether pylb closed."""
+        return tuple(self.statuses), tuple(self.timeline), self.closed
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -375,9 +391,10 @@ async def _run_http(kind: HttpParser, chunks: Sequence[bytes], eof: bool, style:
     clock = _Clock(loop, errors)
     proxy = _FuzzProxy(Settings(http_parser=kind, limits=limits), Stats(), Balancers(limits))
     proxy.clock, proxy.style, proxy.forwarded, proxy.backends_made = clock, style, [], []
+    proxy.timeline = []
     proxy.set_table(TABLE)
     client = _Client(proxy)
-    client.heads = []
+    client.heads, client.exchanges = [], []
     ct = _Transport(client, ("192.0.2.7", 40000), clock)
 
     def call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -434,7 +451,8 @@ async def _run_http(kind: HttpParser, chunks: Sequence[bytes], eof: bool, style:
     if len(answered) < whole and not ct.aborted and 101 not in statuses:
         raise Violation(f"{whole} requests reached the backend whole, {len(answered)} "
                         f"answered: {statuses}")
-    return HttpOutcome(statuses, proxy.forwarded, closed_early, errors)
+    return HttpOutcome(statuses, proxy.forwarded, closed_early, errors, proxy.timeline,
+                       client.exchanges)
 
 
 def _local_error_status(proxy: HttpProxy, status: int) -> bool:
@@ -679,17 +697,15 @@ _REPEATED_SPACES = re.compile(rb"(?:%s)(?:[ \t][^\r\n]*)?(?:[ \t]{2}|\t)" % b"|"
 
 
 def _accepted(o: HttpOutcome) -> tuple[Any, ...]:
-    """The responses but a last one to bad input, and the whole requests forwarded (a
-    request cut short by bad input is sent as far as a parser had read it: h11 reads a
-    head whole and a chunk line to its end, llhttp byte by byte)."""
-    statuses = list(o.statuses)
-    if statuses and statuses[-1] in _PARSE_ERROR_STATUSES:
-        statuses.pop()
-    whole = []
-    for f in o.forwarded:
-        ends = [i for i, ev in enumerate(f.events) if ev[0] == "end"]
-        whole += f.events[:ends[-1] + 1] if ends else []
-    return tuple(statuses), tuple(whole)
+    """What pylb accepted: the statuses of the exchanges whose request it read whole, and
+    the whole requests forwarded, in order. A request cut short by bad input is sent, and
+    may even be answered (a backend that answers early), as far as a parser had read it
+    when it found the fault: h11 reads a head whole and a chunk line to its end, llhttp
+    byte by byte. Requests go one after the other, so a cut one is the last."""
+    tl = o.timeline
+    ends = [i for i, ev in enumerate(tl) if ev[0] == "end"]
+    return (tuple(st for st, whole in o.exchanges if whole),
+            tuple(tl[:ends[-1] + 1] if ends else ()))
 
 
 def _short(x: object, n: int = 1500) -> str:

@@ -169,3 +169,12 @@ def test_request_cut_by_a_bad_trailer(kind: HttpParser) -> None:
     assert out.statuses == [400] and out.closed
     assert all(f.aborted for f in out.forwarded if f.events)
     check_http_differential(chunks, True, "length")
+
+
+def test_request_cut_by_a_bad_chunk_after_an_early_answer() -> None:
+    """Found by atheris (the harness's, not a bug): h11 finds a bad chunk-size line at its
+    end, llhttp at its first byte; in between, a backend that answers early has sent a 200
+    for the request being cut. What was read whole must agree, and does."""
+    chunks = [b"GET /a?x=%ZZ HTTP/1.1\r\nHost: h.example\r\nTransfer-Encoding: Chunked\r\n"
+              b"\r\nPOS", b"T /a b HTTP/11\r\n\r\n"]
+    check_http_differential(chunks, True, "early")
