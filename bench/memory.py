@@ -418,6 +418,7 @@ class Target:
     http_port: int
     tcp_port: int
     tmp: Path | None = None  # where its logs go (set by callers that keep it running)
+    stats_port: int = 0  # pylb's stats page: its failure counters explain lost connections
 
     def pids(self) -> list[int]:
         if self.name == "pylb":
@@ -431,11 +432,11 @@ def start_pylb(tmp: Path, http_backend: int, echo: int, workers: int,
                env: dict[str, str] | None = None) -> Target:
     manifests = tmp / "cluster.yaml"
     write_manifests(manifests, http_backend, echo)
-    http_port, tcp_port = procs.free_port(), procs.free_port()
+    http_port, tcp_port, stats_port = procs.free_port(), procs.free_port(), procs.free_port()
     argv = [sys.executable, "-m", "pylb.cli", "run", f"--source=file:{manifests}",
             "--bind=127.0.0.1", f"--http-port={http_port}",
             f"--https-port={procs.free_port()}", f"--tcp-services=echo:{tcp_port}",
-            f"--stats-port={procs.free_port()}", f"--health-port={procs.free_port()}",
+            f"--stats-port={stats_port}", f"--health-port={procs.free_port()}",
             f"--workers={workers}", "--log-level=warning", "--timeout-keep-alive=30m",
             "--timeout-client=30m", "--timeout-server=30m", "--http-parser=auto"]
     p = procs.start("pylb", argv, cpus=None, logdir=tmp, cwd=str(ROOT), env=env)
@@ -446,7 +447,7 @@ def start_pylb(tmp: Path, http_backend: int, echo: int, workers: int,
     while workers > 1 and len(pylb_workers(p.pid)) < workers and \
             time.monotonic() < deadline:
         time.sleep(0.1)
-    return Target("pylb", p, [p], http_port, tcp_port)
+    return Target("pylb", p, [p], http_port, tcp_port, stats_port=stats_port)
 
 
 def haproxy_config(http_port: int, tcp_port: int, http_backend: int, echo: int,
@@ -537,6 +538,7 @@ class Result:
     client: list[dict[str, Any]] = field(default_factory=list)
     per_process_rss_with: list[int] = field(default_factory=list)
     proxy_log_tail: str = ""  # when connections failed: what the proxy said
+    proxy_failures: dict[str, int] = field(default_factory=dict)  # pylb's, by reason
 
 
 def _spawn_clients(case: str, port: int, n: int, clients: int, tmp: Path,
@@ -676,7 +678,22 @@ def run_case(proxy: str, case: str, n: int, clients: int, tmp: Path, settle: flo
         if res.failed:
             res.proxy_log_tail = "\n".join(
                 r.log.read_text(errors="replace")[-1500:] for r in target.roots)
+            res.proxy_failures = _pylb_failures(target)
         return res
+
+
+def _pylb_failures(target: Target) -> dict[str, int]:
+    """pylb's failure counters by reason (its stats page, `;json`), since it started."""
+    import urllib.request
+
+    if not target.stats_port:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{target.stats_port}/;json",
+                                    timeout=10) as r:
+            return dict(json.loads(r.read()).get("failures", {}))
+    except (OSError, ValueError):
+        return {}
 
 
 def table(results: list[Result]) -> str:
