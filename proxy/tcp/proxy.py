@@ -82,6 +82,9 @@ DEFAULT_SPLICE_THRESHOLD = 256 * 1024
 PIPE_SIZE = 256 * 1024
 
 _CONNECTING, _TUNNEL, _SPLICE, _CLOSED = range(4)
+# A connect timer that fires later than this after its deadline found the loop stalled;
+# it checks again this much later, after the loop has polled (see _Dial._expire).
+EXPIRY_SLACK = 0.05
 
 # connect() errors that mean this process is overloaded (trio's list for accept, plus
 # EADDRNOTAVAIL: no ephemeral port left), not that the server is down.
@@ -229,8 +232,8 @@ class _Dial:
     one TimerHandle that cancels.
     """
 
-    __slots__ = ("cancelled", "conn", "coro", "sc", "server", "timed_out", "timer", "up",
-                 "waiting")
+    __slots__ = ("cancelled", "conn", "coro", "deadline", "rechecked", "sc", "server",
+                 "timed_out", "timer", "up", "waiting")
 
     def __init__(self, conn: _Conn, server: Server, sc: Counters) -> None:
         self.conn = conn
@@ -242,16 +245,28 @@ class _Dial:
         self.timer: asyncio.TimerHandle | None = None
         self.timed_out = False
         self.cancelled = False
+        self.deadline = 0.0
+        self.rechecked = False
 
     def start(self, timeout: float) -> None:
         loop = self.conn.proxy.loop
         up = self.up
         self.coro = loop.create_connection(lambda: up, self.server.address, self.server.port)
         if timeout > 0:
+            self.deadline = loop.time() + timeout
             self.timer = loop.call_later(timeout, self._expire)
         self._step(None)
 
     def _expire(self) -> None:
+        loop = self.conn.proxy.loop
+        if not self.rechecked and loop.time() - self.deadline > EXPIRY_SLACK:
+            # Fired late: the loop was stalled (a starved worker). libuv runs due timers
+            # before it polls for I/O, so a connect that completed during the stall is
+            # not seen yet, and would be dropped as CONNECT_TIMEOUT. Look once more, after
+            # the loop has polled.
+            self.rechecked = True
+            self.timer = loop.call_later(EXPIRY_SLACK, self._expire)
+            return
         self.timer = None
         self.timed_out = True
         self.cancel()

@@ -307,3 +307,67 @@ async def test_splice_waits_for_a_pipe_when_out_of_fds() -> None:
         assert await asyncio.wait_for(done, 10) is None
         assert len(pool) == 1  # one pipe, lent to each direction in turn, and back
         pool.close()
+
+
+# -- found by the 10,000-connection run: a starved worker dropped good connects ----------
+
+
+async def test_connect_survives_a_loop_stall_longer_than_its_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """libuv runs due timers before it polls for I/O. When a worker's loop stalled (CPU
+    starved, as in bench/memory.py's 10,000-connection runs) for longer than the connect
+    timeout right after issuing a connect, the timer fired before the connect that had
+    completed meanwhile was polled, and the client was dropped as CONNECT_TIMEOUT. The
+    timer, when it fires late, looks once more after the loop has polled."""
+    import time
+
+    from proxy.balance import Balancers
+    from proxy.tcp import TcpProxy
+    from proxy.tcp import proxy as tcp_proxy
+    from pylb.config import Timeouts
+    from pylb.counters import Stats
+
+    loop = asyncio.get_running_loop()
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(await r.read(100))
+        await w.drain()
+        w.close()
+
+    backend = await asyncio.start_server(echo, "127.0.0.1", 0)
+    bport = backend.sockets[0].getsockname()[1]
+    settings = Settings(timeouts=Timeouts(connect=0.2))
+    p = TcpProxy(settings, Stats(), Balancers(settings.limits), host="127.0.0.1")
+    await p.set_table(RouteTable(tcp=(TcpFrontend("f", 0, "b"),),
+                                 backends=(Backend("b", (Server("127.0.0.1", bport),)),)))
+    port = p.bound_ports()[0][1]
+    start = tcp_proxy._Dial.start
+    wake_r, wake_w = socket.socketpair()
+
+    def starved_start(self: Any, timeout: float) -> None:
+        # Issue the connect from an I/O callback (the poll phase, where a busy worker's
+        # reads run) and stall right after it: the connect completes during the stall,
+        # after this poll collected its events.
+        def in_poll_phase() -> None:
+            loop.remove_reader(wake_r)
+            wake_r.recv(1)
+            start(self, timeout)
+            time.sleep(3 * timeout)
+
+        loop.add_reader(wake_r, in_poll_phase)
+        wake_w.send(b"!")
+
+    monkeypatch.setattr(tcp_proxy._Dial, "start", starved_start)
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"ping")
+        assert await asyncio.wait_for(r.read(100), 10) == b"ping"
+        w.close()
+        await w.wait_closed()
+        assert p.stats.failures == {}
+    finally:
+        await p.shutdown(0.5)
+        backend.close()
+        await backend.wait_closed()
+        wake_r.close()
+        wake_w.close()
