@@ -20,6 +20,7 @@ from proxy.http.routing import Router
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
 from proxy.listener import OVERLOAD_ERRNOS, ConnectionLimit, Listener, bind_socket
+from proxy.tcp.proxy import EXPIRY_SLACK
 from pylb.config import Settings
 from pylb.counters import Stats
 from pylb.failures import Failure
@@ -175,14 +176,28 @@ class HttpProxy:
     async def _connect(self, client: ClientProtocol, server: Server) -> None:
         kind = self.parser_kind
         key = server.key
+        loop = self.loop
+        timeout = self.settings.timeouts.connect
+        attempt = asyncio.ensure_future(loop.create_connection(
+            lambda: UpstreamProtocol(key, kind), server.address, server.port))
         try:
-            _, up = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamProtocol(key, kind),
-                                            server.address, server.port),
-                self.settings.timeouts.connect)
-        except TimeoutError:
-            client.connect_done(server, None, Failure.CONNECT_TIMEOUT)
-            return
+            if timeout > 0 and not attempt.done():
+                deadline = loop.time() + timeout
+                await asyncio.wait((attempt,), timeout=timeout)
+                if not attempt.done() and loop.time() - deadline > EXPIRY_SLACK:
+                    # The timeout fired late: the loop was stalled (a starved worker).
+                    # libuv runs due timers before it polls for I/O, so a connect that
+                    # completed during the stall is not seen yet. Look once more, after
+                    # the loop has polled, rather than drop it as CONNECT_TIMEOUT.
+                    await asyncio.wait((attempt,), timeout=EXPIRY_SLACK)
+                if not attempt.done():
+                    attempt.cancel()
+                    client.connect_done(server, None, Failure.CONNECT_TIMEOUT)
+                    return
+            _, up = await attempt
+        except asyncio.CancelledError:
+            attempt.cancel()
+            raise
         except OSError as e:
             local = e.errno in LOCAL_ERRNOS
             if local and self.loop.time() >= self._short_logged + WARN_EVERY:

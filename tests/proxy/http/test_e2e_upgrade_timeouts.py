@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 
 import pytest
 import websockets
@@ -191,3 +192,30 @@ async def test_connect_timeout_504(start_proxy: StartProxy, blackhole: int) -> N
     finally:
         await c.close()
     assert r.stats.failures[Failure.CONNECT_TIMEOUT] == 2
+
+
+async def test_connect_survives_a_loop_stall_longer_than_its_timeout(
+        start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libuv runs due timers before it polls for I/O: when a starved worker's loop stalls
+    past the connect timeout right after issuing a connect, the timer fires before the
+    connect that completed meanwhile is seen. The late timer looks once more after the
+    loop has polled, so the request is served, not answered 504."""
+    r = await start_proxy(1, timeouts={"connect": 0.2}, limits={"retries": 0})
+    loop = asyncio.get_running_loop()
+    real = loop.create_connection
+
+    async def stalled(*args: object, **kw: object) -> object:
+        attempt = asyncio.ensure_future(real(*args, **kw))  # type: ignore[arg-type]
+        # Runs after the attempt's first step has issued the connect.
+        loop.call_soon(time.sleep, 0.6)
+        return await attempt
+
+    monkeypatch.setattr(loop, "create_connection", stalled)
+    c = await RawClient.connect(r.port)
+    try:
+        await c.send(get("/app/x"))
+        resp = await c.read_response()
+        assert resp.status == 200
+    finally:
+        await c.close()
+    assert r.stats.failures == {}
