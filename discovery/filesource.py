@@ -202,6 +202,9 @@ class FileSource:
             return await asyncio.to_thread(self.read)
         except FileSourceError as e:
             log.error("file source: %s; keeping route table v%d", e, self.version)
+        except Exception:  # a parser bug must not stop the source (the fuzzers found none)
+            log.exception("file source: %s could not be read; keeping route table v%d",
+                          self.path, self.version)
         try:
             self._signature, self._racy = self._stat()  # do not retry until it changes
         except OSError:

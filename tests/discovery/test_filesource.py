@@ -374,3 +374,35 @@ async def test_a_failing_consumer_does_not_stop_the_source(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_an_unexpected_error_while_reading_keeps_the_source_running(
+        tmp_path: Path, running: Callable[[FileSource], Running],
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in parsing (anything but FileSourceError) is logged with its traceback; the
+    last good table stays and the next change of the file is read again."""
+    import discovery.filesource as fs
+
+    f = tmp_path / "c.yaml"
+    f.write_text(service("a"))
+    r = running(FileSource(str(f), Settings(), poll_interval=0.01))
+    assert (await r.next()).version == 1
+    real = fs.objects_from_yaml
+
+    def broken(*args: object, **kw: object) -> object:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(fs, "objects_from_yaml", broken)
+    write(f, service("b"))
+    for _ in range(int(WAIT / 0.01)):
+        if any(rec.levelno == logging.ERROR for rec in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    errors = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
+    assert errors and "keeping route table v1" in errors[0].getMessage()
+    assert errors[0].exc_info is not None
+    assert r.published.empty()
+    monkeypatch.setattr(fs, "objects_from_yaml", real)
+    write(f, service("fixed"))
+    table = await r.next()
+    assert (table.version, prefixes(table)) == (2, ["/fixed"])
