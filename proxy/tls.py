@@ -22,10 +22,12 @@ Kubernetes' secret-volume update (a new timestamped directory, then an atomic re
 the `..data` symlink): inode, size and mtime of the files seen through it change. The
 client CA file (`--ssl-ca-cert`) is watched and reloaded the same way.
 
-TLS 1.2 session IDs are cached on the front context (OpenSSL keeps the cache of the context
-a connection started on), so a client resuming a session within OpenSSL's 300 s session
-lifetime after a reload keeps what it had: the old certificate and the old client
-verification. TLS 1.3 resumption needs tickets, which are off by default.
+Sessions are cached on the front context (OpenSSL keeps the cache of the context a
+connection started on), one cache per worker: TLS 1.2 resumes by session ID, TLS 1.3 by a
+"stateful" ticket that only names the cached session (stateless tickets, which carry the
+session encrypted under a ticket key, are off unless asked, as haproxy's `no-tls-tickets`).
+A client resuming a session within OpenSSL's 300 s session lifetime after a reload keeps
+what it had: the old certificate and the old client verification.
 
 Every context is configured the same way, because after the switch OpenSSL takes the
 verify store, ALPN selection and ticket policy from the context switched to: TLS 1.2 and
@@ -246,8 +248,12 @@ class TlsStore:
         ctx.set_alpn_protocols(list(ALPN))
         ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
         if not s.session_tickets:
+            # No stateless (RFC 5077) tickets, hence no ticket key to protect or rotate.
+            # TLS 1.3 still resumes from this worker's session cache: OpenSSL then sends
+            # "stateful" tickets, which only name a cached session (haproxy's
+            # `no-tls-tickets` does the same; without it, every TLS 1.3 connection of a
+            # returning client paid a full handshake).
             ctx.options |= ssl.OP_NO_TICKET
-            ctx.num_tickets = 0
         if s.ca_cert and s.verify is not SslVerify.NONE:
             try:
                 ctx.load_verify_locations(cafile=s.ca_cert)

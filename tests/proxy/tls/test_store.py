@@ -3,10 +3,12 @@ certificates, self-signed fallback, start-up errors. Clients are Python's ssl.""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
 import re
+import socket
 import ssl
 import warnings
 from pathlib import Path
@@ -144,18 +146,36 @@ async def test_alpn(ca: trustme.CA, cert_dir: Path, offer: tuple[str, ...],
                 assert conn.sslobj.selected_alpn_protocol() == chosen
 
 
+def _resumes(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession) -> bool:
+    """A new connection offering `session`: was it resumed?"""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, \
+            ctx.wrap_socket(sock, server_hostname="www.example.com", session=session) as t:
+        t.sendall(b"ping")
+        assert t.recv(16) == b"ping"
+        return t.session_reused
+
+
 @pytest.mark.parametrize("tickets", [False, True])
 async def test_session_tickets_only_when_asked(ca: trustme.CA, cert_dir: Path,
                                                tickets: bool) -> None:
+    """Off (the default, haproxy's `no-tls-tickets`): no stateless ticket, so no ticket key;
+    the session stays in the server's cache (TLS 1.2: a session ID; TLS 1.3: a "stateful"
+    ticket that only names it) and resumes from there. On: stateless tickets, nothing
+    cached server-side. Either way a returning client resumes (no full handshake)."""
     store = TlsStore(TlsSettings(cert=str(cert_dir), session_tickets=tickets))
-    async with echo_server(store.server_context()) as srv:
+    front = store.server_context()
+    async with echo_server(front) as srv:
         for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
             ctx = client_context(ca, max_version=version)
+            cached = front.session_stats()["number"]
             async with connection(srv.port, ctx, "www.example.com") as conn:
                 assert await conn.echo() == b"ping"  # TLS 1.3 tickets come after the handshake
                 session = conn.sslobj.session
-                assert session is not None
-                assert session.has_ticket is tickets, version
+            assert session is not None
+            if version is ssl.TLSVersion.TLSv1_2:
+                assert session.has_ticket is tickets
+            assert (front.session_stats()["number"] > cached) is not tickets, version
+            assert await asyncio.to_thread(_resumes, srv.port, ctx, session), version
 
 
 def _client_ctx(ca: trustme.CA, leaf: trustme.LeafCert | None,
