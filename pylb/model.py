@@ -58,14 +58,13 @@ class Server:
     ready: bool = True
     serving: bool = True
     terminating: bool = False
+    # Derived once: the data plane reads them on every request.
+    key: tuple[str, int] = field(init=False, repr=False, compare=False)
+    label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.address, self.port)
-
-    @property
-    def label(self) -> str:
-        return self.name or format_hostport(self.address, self.port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.address, self.port))
+        object.__setattr__(self, "label", self.name or format_hostport(self.address, self.port))
 
     @property
     def accepts_new_work(self) -> bool:
