@@ -24,6 +24,10 @@ from pylb.config import Limits
 from pylb.model import Affinity, Algorithm, Backend, Server
 
 Key = tuple[str, int]
+# Enum members as globals: a member's lookup through its class costs ten times a global's.
+_COOKIE, _CLIENT_IP = Affinity.COOKIE, Affinity.CLIENT_IP
+_ROUNDROBIN, _LEASTCONN, _FIRST, _SOURCE = (Algorithm.ROUNDROBIN, Algorithm.LEASTCONN,
+                                            Algorithm.FIRST, Algorithm.SOURCE)
 
 
 def _rr_pick(servers: tuple[Server, ...], current: dict[Key, int]) -> Server:
@@ -205,12 +209,15 @@ class Balancer:
         still a candidate, up and not excluded; else the backend's algorithm.
         """
         backend = self.backend
-        if backend.affinity is Affinity.COOKIE and cookie:
+        affinity = backend.affinity
+        if affinity is _COOKIE and cookie:
             s = self._by_cookie.get(cookie)
             if s is not None and s.key not in exclude and self.is_up(s):
                 return s
-        client_ip = normalize_client_ip(client_ip)
-        if backend.affinity is Affinity.CLIENT_IP:
+        algo = backend.algorithm
+        if affinity is _CLIENT_IP or algo is _SOURCE:
+            client_ip = normalize_client_ip(client_ip)
+        if affinity is _CLIENT_IP:
             hit = self._sticky.get(client_ip)
             now = self._clock()
             if hit is not None:
@@ -221,21 +228,24 @@ class Balancer:
                         self._stick(client_ip, key, now)
                         return s
                 del self._sticky[client_ip]
-        servers = tuple(s for s in self.candidates
-                        if s.key not in exclude and (not self.down or self.is_up(s)))
+        if exclude or self.down:
+            servers = tuple(s for s in self.candidates
+                            if s.key not in exclude and (not self.down or self.is_up(s)))
+        else:
+            servers = self.candidates  # the common case: nothing down, nothing tried yet
         if not servers:
             return None
-        algo = backend.algorithm
-        if algo is Algorithm.ROUNDROBIN:
-            chosen = _rr_pick(servers, self._rr)
-        elif algo is Algorithm.LEASTCONN:
+        if algo is _ROUNDROBIN:
+            # One server: smooth round-robin would add its weight and take it off again.
+            chosen = servers[0] if len(servers) == 1 else _rr_pick(servers, self._rr)
+        elif algo is _LEASTCONN:
             self._tiebreak += 1
             chosen = _leastconn_pick(servers, self.active, self._tiebreak)
-        elif algo is Algorithm.FIRST:
+        elif algo is _FIRST:
             chosen = _first_pick(servers, self.active, self._limits.maxconn)
         else:
             chosen = _source_pick(servers, client_ip)
-        if backend.affinity is Affinity.CLIENT_IP:
+        if affinity is _CLIENT_IP:
             self._stick(client_ip, chosen.key, self._clock())
         return chosen
 
