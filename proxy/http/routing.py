@@ -93,6 +93,32 @@ class Router:
         return None
 
 
+    def route(self, host: bytes, path: bytes, query: bytes) -> tuple[HttpRoute, bytes] | None:
+        """`match` and `rewrite` in one pass: the route, and the target to send to its
+        backend."""
+        hostname: bytes | None = None
+        lowered: bytes | None = None
+        for prefix, ci, rhost, route in self._entries:
+            probe = path
+            if ci:
+                if lowered is None:
+                    lowered = path.lower()
+                probe = lowered
+            n = len(prefix)
+            # prefix_matches(prefix, probe), inline: this loop runs for every request
+            if probe.startswith(prefix) and (len(probe) == n or prefix.endswith(b"/")
+                                             or probe[n] == 0x2F):
+                if route.strip_prefix:  # the prefix's case does not change its length
+                    return route, strip_prefix(prefix, path) + query
+                return route, path + query
+            if rhost is not None:
+                if hostname is None:
+                    hostname = host_without_port(host)
+                if hostname == rhost:
+                    return route, path + query  # matched by Host: the path has no prefix
+        return None
+
+
 def rewrite(route: HttpRoute, path: bytes, query: bytes) -> bytes:
     """The target sent to the backend: the prefix stripped unless the route keeps it (and
     only when the path carries it: a route matched by Host alone forwards the path)."""

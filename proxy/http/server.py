@@ -55,7 +55,7 @@ from proxy.http.parser import (
     ResponseHead,
     request_parser,
 )
-from proxy.http.routing import rewrite, split_target
+from proxy.http.routing import split_target
 from proxy.http.upstream import HIGH_WATER, LOW_WATER, UpstreamProtocol
 from pylb.counters import Counters
 from pylb.failures import Failure
@@ -548,11 +548,12 @@ class ClientProtocol(asyncio.Protocol):
             self._arm(_T_SERVER, proxy.settings.timeouts.server)
         authority, path, query = split_target(head.target)
         host = authority or head.host
-        route = proxy.router.match(host, path)
-        if route is None:
+        found = proxy.router.route(host, path, query)
+        if found is None:
             self._local(proxy.settings.default_return_code, proxy.error_page,
                         Failure.NO_ROUTE)
             return
+        route, target = found
         if route.ssl_redirect and not proxy.tls:
             self._redirect(b"https://%s%s" % (host, path + query))
             return
@@ -568,7 +569,7 @@ class ClientProtocol(asyncio.Protocol):
             cookie_name = backend.cookie_name.encode()
             self._cookie = hdr.find_cookie(head.headers, cookie_name)
         self._out_head = hdr.request_head(
-            head, rewrite(route, path, query), client_ip=self.client_ip,
+            head, target, client_ip=self.client_ip,
             proto=proxy.proto, port=self.local_port, chunked=head.chunked,
             affinity_cookie=cookie_name, ssl_client=self._ssl_client)
         if not head.idempotent:

@@ -359,10 +359,11 @@ async def test_internal_error_ends_one_connection_only(start_proxy: StartProxy,
     class Broken(Router):
         __slots__ = ()
 
-        def match(self, host: bytes, path: bytes) -> HttpRoute | None:
+        def route(self, host: bytes, path: bytes,
+                  query: bytes) -> tuple[HttpRoute, bytes] | None:
             if path == b"/boom":
                 raise RuntimeError("bug")
-            return super().match(host, path)
+            return super().route(host, path, query)
 
     monkeypatch.setattr(r.proxy, "router", Broken(r.proxy.table.http))
     with caplog.at_level(logging.ERROR, logger="pylb.http"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.http.routing import Router, host_without_port, rewrite, split_target
 from pylb.model import HttpRoute, RouteTable
@@ -102,3 +104,23 @@ def test_split_target(target: bytes, parts: tuple[bytes, bytes, bytes]) -> None:
 ])
 def test_host_without_port(host: bytes, out: bytes) -> None:
     assert host_without_port(host) == out
+
+
+_SEGMENTS = st.sampled_from([b"", b"foo", b"FOO", b"bar", b"foo:8080", b"static", b"Case",
+                             b"hosted", b"a.css", b"\xc3\xa9"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(host=st.sampled_from([b"x", b"www.example.com", b"WWW.EXAMPLE.COM:80", b"[::1]:8"]),
+       segments=st.lists(_SEGMENTS, max_size=4), slash=st.booleans(),
+       query=st.sampled_from([b"", b"?", b"?a=/foo"]))
+def test_route_is_match_then_rewrite(host: bytes, segments: list[bytes], slash: bool,
+                                     query: bytes) -> None:
+    """The one-pass `Router.route` the server calls agrees with `match` + `rewrite`."""
+    path = b"/" + b"/".join(segments) + (b"/" if slash else b"")
+    for routes in (ROUTES, table_routes(HttpRoute("root", "/", "r"),
+                                        HttpRoute("ci", "/foo/", "c", case_insensitive=True))):
+        router = Router(routes)
+        route = router.match(host, path)
+        expected = None if route is None else (route, rewrite(route, path, query))
+        assert router.route(host, path, query) == expected
