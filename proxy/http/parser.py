@@ -164,61 +164,66 @@ _KNOWN: dict[bytes, int] = {
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
 
-class _Scan:
-    """What one pass over the header fields found (only the fields that matter here)."""
+# Connection values as usually sent, already split into their tokens.
+_USUAL_CONNECTION: dict[bytes, frozenset[bytes]] = {
+    v: frozenset((v.lower(),)) for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close",
+                                         b"upgrade", b"Upgrade")}
 
-    __slots__ = ("chunked", "expect", "hosts", "length", "tokens", "upgrade")
+# What one pass over the header fields found (only the fields that matter here):
+# (Content-Length, chunked, first Host, number of Host fields, Connection tokens, Upgrade
+# present, Expect value).
+_Scan = tuple[int | None, bool, bytes, int, frozenset[bytes], bool, bytes | None]
 
-    def __init__(self, headers: Headers, failure: Failure) -> None:
-        length: int | None = None
-        chunked = False
-        seen_te = False
-        hosts: list[bytes] = []
-        tokens = _NO_TOKENS
-        upgrade = False
-        expect: bytes | None = None
-        for name, value in headers:
-            kind = _KNOWN.get(name)
-            if kind is None:
-                if len(name) not in _SPECIAL_LENGTHS:
-                    continue
-                lname = name.lower()
-                kind = _SPECIAL.get(lname)
-                if kind is None:
-                    if b"_" in name and failure is Failure.BAD_REQUEST \
-                            and lname.replace(b"_", b"-") in _FRAMING:
-                        # Valid tokens, but CGI and WSGI servers map '_' and '-' alike
-                        # (HTTP_TRANSFER_ENCODING): a backend could frame by them.
-                        raise ParseError(failure, "framing field spelt with '_'")
-                    continue
-            elif kind < 0:
+
+def _scan(headers: Headers, failure: Failure) -> _Scan:
+    length: int | None = None
+    chunked = False
+    seen_te = False
+    host = b""
+    hosts = 0
+    tokens = _NO_TOKENS
+    upgrade = False
+    expect: bytes | None = None
+    for name, value in headers:
+        kind = _KNOWN.get(name)
+        if kind is None:
+            if len(name) not in _SPECIAL_LENGTHS:
                 continue
-            if kind == _CONTENT_LENGTH:
-                if length is not None or not _DIGITS.fullmatch(value):
-                    raise ParseError(failure, "bad or repeated Content-Length")
-                length = int(value)
-            elif kind == _TRANSFER_ENCODING:
-                if seen_te or value.strip().lower() != b"chunked":
-                    raise ParseError(failure, "unsupported Transfer-Encoding")
-                seen_te = chunked = True
-            elif kind == _CONNECTION:
-                more = {t.strip().lower() for t in value.split(b",")}
-                more.discard(b"")
-                tokens = tokens | more
-            elif kind == _HOST:
-                hosts.append(value)
-            elif kind == _UPGRADE:
-                upgrade = True
-            else:
-                expect = value
-        if chunked and length is not None:
-            raise ParseError(failure, "Content-Length with Transfer-Encoding")
-        self.length = length
-        self.chunked = chunked
-        self.hosts = hosts
-        self.tokens = tokens
-        self.upgrade = upgrade
-        self.expect = expect
+            lname = name.lower()
+            kind = _SPECIAL.get(lname)
+            if kind is None:
+                if b"_" in name and failure is Failure.BAD_REQUEST \
+                        and lname.replace(b"_", b"-") in _FRAMING:
+                    # Valid tokens, but CGI and WSGI servers map '_' and '-' alike
+                    # (HTTP_TRANSFER_ENCODING): a backend could frame by them.
+                    raise ParseError(failure, "framing field spelt with '_'")
+                continue
+        elif kind < 0:
+            continue
+        if kind == _CONTENT_LENGTH:
+            if length is not None or not _DIGITS.fullmatch(value):
+                raise ParseError(failure, "bad or repeated Content-Length")
+            length = int(value)
+        elif kind == _TRANSFER_ENCODING:
+            if seen_te or value.strip().lower() != b"chunked":
+                raise ParseError(failure, "unsupported Transfer-Encoding")
+            seen_te = chunked = True
+        elif kind == _CONNECTION:
+            more = _USUAL_CONNECTION.get(value)
+            if more is None:
+                more = frozenset(t.strip().lower() for t in value.split(b",")) - {b""}
+            tokens = tokens | more if tokens else more
+        elif kind == _HOST:
+            if not hosts:
+                host = value
+            hosts += 1
+        elif kind == _UPGRADE:
+            upgrade = True
+        else:
+            expect = value
+    if chunked and length is not None:
+        raise ParseError(failure, "Content-Length with Transfer-Encoding")
+    return length, chunked, host, hosts, tokens, upgrade, expect
 
 
 def analyze_request(method: bytes, target: bytes, version: bytes, headers: Headers,
@@ -244,33 +249,33 @@ def analyze_request(method: bytes, target: bytes, version: bytes, headers: Heade
     else:
         authority = _absolute_authority(target)
     head = RequestHead(method, target, version, headers)
-    scan = _Scan(headers, Failure.BAD_REQUEST)
-    head.content_length = scan.length
-    head.chunked = scan.chunked
-    if scan.chunked and version == b"1.0":
+    length, chunked, host, hosts, tokens, upgrade, expect = _scan(headers,
+                                                                  Failure.BAD_REQUEST)
+    head.content_length = length
+    head.chunked = chunked
+    if chunked and version == b"1.0":
         raise ParseError(Failure.BAD_REQUEST, "Transfer-Encoding in HTTP/1.0")
-    hosts = scan.hosts
-    if len(hosts) > 1 or (version == b"1.1" and not hosts):
+    if hosts > 1 or (version == b"1.1" and not hosts):
         raise ParseError(Failure.BAD_REQUEST, "missing or repeated Host")
     if hosts:
-        host = head.host = hosts[0]
+        head.host = host
         if host and not _valid_host(host):
             raise ParseError(Failure.BAD_REQUEST, "bad Host")
         if authority is not None and not _same_authority(authority, host, target):
             raise ParseError(Failure.BAD_REQUEST, "Host differs from the target's authority")
     elif authority is not None:
         head.host = authority
-    tokens = head.connection = scan.tokens
+    head.connection = tokens
     if version == b"1.1":
         head.keep_alive = b"close" not in tokens
     else:
         head.keep_alive = b"keep-alive" in tokens
-    if scan.upgrade and b"upgrade" in tokens:
+    if upgrade and b"upgrade" in tokens:
         head.upgrade = True
-        if head.has_body or version != b"1.1":
+        if chunked or length or version != b"1.1":
             raise ParseError(Failure.BAD_REQUEST, "upgrade request with a body")
-    if scan.expect is not None:
-        if scan.expect.lower() != b"100-continue":
+    if expect is not None:
+        if expect.lower() != b"100-continue":
             raise ParseError(Failure.BAD_REQUEST, "unsupported Expect")
         head.expect_continue = version == b"1.1"
     return head
@@ -362,13 +367,14 @@ def analyze_response(status: int, reason: bytes, version: bytes, headers: Header
     if not 100 <= status <= 999:
         raise ParseError(Failure.BAD_RESPONSE, "bad status")
     head = ResponseHead(status, reason, version, headers)
-    scan = _Scan(headers, Failure.BAD_RESPONSE)
-    head.content_length = scan.length
-    head.chunked = scan.chunked
-    head.no_body = method == b"HEAD" or status < 200 or status == 204 or status == 304
-    tokens = head.connection = scan.tokens
+    length, chunked, _, _, tokens, _, _ = _scan(headers, Failure.BAD_RESPONSE)
+    head.content_length = length
+    head.chunked = chunked
+    no_body = head.no_body = (method == b"HEAD" or status < 200 or status == 204
+                              or status == 304)
+    head.connection = tokens
     head.keep_alive = (b"close" not in tokens) if version == b"1.1" else b"keep-alive" in tokens
-    if not head.no_body and head.content_length is None and not head.chunked:
+    if not no_body and length is None and not chunked:
         head.keep_alive = False  # delimited by close
     return head
 
@@ -837,10 +843,8 @@ class HttptoolsRequestParser:
                 return  # llhttp refuses data after a closing request; we ignore it
             raise ParseError(Failure.BAD_REQUEST, str(e)) from None
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
+    # No on_message_begin (a Python call per request saved): what it would reset is reset
+    # by __init__ and at the end of each message (on_message_complete).
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -877,6 +881,10 @@ class HttptoolsRequestParser:
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._url = b""
+        self._head_size = 0
+        if self._headers:
+            self._headers = []  # trailer fields
         self._sink.on_end()
 
 
@@ -960,7 +968,7 @@ class HttptoolsResponseParser:
     def on_message_begin(self) -> None:
         if self._done:
             self.rest = b"?"  # more bytes after the response: the connection is not clean
-        self._headers = []
+        # (_headers is fresh: from _start, or emptied by on_headers_complete after 1xx)
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
