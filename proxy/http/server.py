@@ -301,8 +301,11 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- timers ---------------------------------------------------------------------------
 
-    def _arm(self, kind: int, seconds: float) -> None:
-        now = self._loop.time()
+    def _arm(self, kind: int, seconds: float, now: float | None = None) -> None:
+        """Time the phase `kind` out after `seconds` (`now`: the loop's time, if the
+        caller has just read it)."""
+        if now is None:
+            now = self._loop.time()
         self._tkind = kind
         self._tlen = seconds
         self._tstamp = now
@@ -387,8 +390,8 @@ class ClientProtocol(asyncio.Protocol):
         if kind > _T_REQUEST:
             self._tstamp = self._loop.time()
         elif kind == _T_KEEPALIVE:
-            self._t0 = self._loop.time()
-            self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request)
+            now = self._t0 = self._loop.time()
+            self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request, now)
         self._feeding = True
         try:
             self.parser.feed(data)
@@ -540,12 +543,12 @@ class ClientProtocol(asyncio.Protocol):
     def _start(self, head: RequestHead) -> None:
         proxy = self._proxy
         self._req = head
-        self._t_head = self._loop.time()
+        now = self._t_head = self._loop.time()
         self._fe.req_total += 1
-        if head.has_body:
-            self._arm(_T_CLIENT, proxy.settings.timeouts.client)
+        if head.chunked or head.content_length:  # head.has_body
+            self._arm(_T_CLIENT, proxy.settings.timeouts.client, now)
         else:
-            self._arm(_T_SERVER, proxy.settings.timeouts.server)
+            self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         authority, path, query = split_target(head.target)
         host = authority or head.host
         found = proxy.router.route(host, path, query)
@@ -679,10 +682,11 @@ class ClientProtocol(asyncio.Protocol):
         assert balancer is not None
         balancer.acquire(server)
         srv = self._srv_c = proxy.stats.server(backend.name, server.label)
-        srv.open()
+        now = time.time()
+        srv.open(now)
         srv.lbtot += 1
         be = self._be_c = proxy.stats.backend(backend.name)
-        be.open()
+        be.open(now)
         be.lbtot += 1
         up.begin(self, req.method, req.upgrade)
         self._ubuf = [self._out_head, *self._pending, *self._ubuf]
@@ -690,7 +694,8 @@ class ClientProtocol(asyncio.Protocol):
         self._pending_size = 0
         if not self._feeding:  # else data_received writes head and body in one go
             self._uflush()
-        self.resume_reading(_P_PENDING)
+        if self._paused & _P_PENDING:
+            self.resume_reading(_P_PENDING)
 
     def _uflush(self) -> None:
         up = self._up
@@ -991,7 +996,8 @@ class ClientProtocol(asyncio.Protocol):
         if self._proxy.closing:
             self.close()
             return
-        self.resume_reading(_P_UPGRADE | _P_PENDING)
+        if self._paused & (_P_UPGRADE | _P_PENDING):
+            self.resume_reading(_P_UPGRADE | _P_PENDING)
         if self._queue is not None:
             self._replay_queue()
 
@@ -1006,15 +1012,21 @@ class ClientProtocol(asyncio.Protocol):
         balancer = self._balancer
         assert balancer is not None
         balancer.release(server)
-        srv.close()
-        srv.bytes_in += self._bytes_out_req
-        srv.bytes_out += self._resp_bytes
-        be.close()
-        be.bytes_in += self._bytes_out_req
-        be.bytes_out += self._resp_bytes
-        if self._status and self._resp is not None:
-            srv.response(self._status)
-            be.response(self._status)
+        sent = self._bytes_out_req
+        got = self._resp_bytes
+        srv.cur_conns -= 1  # Counters.close(), inline
+        srv.bytes_in += sent
+        srv.bytes_out += got
+        be.cur_conns -= 1
+        be.bytes_in += sent
+        be.bytes_out += got
+        status = self._status
+        if status and self._resp is not None:
+            i = status // 100 - 1  # Counters.response(), inline
+            if not 0 <= i < 5:
+                i = 5
+            srv.hrsp[i] += 1
+            be.hrsp[i] += 1
 
     def _end_exchange(self, reusable: bool, log_it: bool) -> None:
         up = self._up
@@ -1022,7 +1034,8 @@ class ClientProtocol(asyncio.Protocol):
             self._up_paused = False  # a pooled connection must be read (to see it close)
             if up is not None and up.transport is not None and not up.closed:
                 up.transport.resume_reading()
-        self.resume_reading(_P_UPSTREAM)
+        if self._paused & _P_UPSTREAM:
+            self.resume_reading(_P_UPSTREAM)
         if up is not None and not self.tunnel:
             up.detach()
             if reusable:
