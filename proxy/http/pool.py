@@ -42,7 +42,9 @@ class Pool:
         while conns:
             conn = conns.pop()
             conn.leave_pool()
-            if conn.usable and conn.idle_since > stale:
+            t = conn.transport  # conn.usable, inline (a property call per request)
+            if not conn.closed and not conn.eof and t is not None and not t.is_closing() \
+                    and conn.idle_since > stale:
                 return conn
             conn.close()
         return None

@@ -98,6 +98,7 @@ class ClientProtocol(asyncio.Protocol):
         "_paused",
         "_pending",
         "_pending_size",
+        "_pool",
         "_proxy",
         "_queue",
         "_replay",
@@ -137,6 +138,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def __init__(self, proxy: HttpProxy) -> None:
         self._proxy = proxy
+        self._pool = proxy.pool
         self._loop = proxy.loop
         self._fe: Counters = proxy.fe_counters
         self.transport: asyncio.Transport | None = None
@@ -599,7 +601,7 @@ class ClientProtocol(asyncio.Protocol):
         self._server = server
         # A retry goes on a new connection: another idle one may have been closed by the
         # server just as this one was, and a new one cannot lose the keep-alive race.
-        up = proxy.pool.take(server.key) if not self._attempts else None
+        up = self._pool.take(server.key) if not self._attempts else None
         if up is not None:
             self._attach(up)
             return
@@ -1039,7 +1041,7 @@ class ClientProtocol(asyncio.Protocol):
         if up is not None and not self.tunnel:
             up.detach()
             if reusable:
-                self._proxy.pool.put(up)
+                self._pool.put(up)
             else:
                 up.close()
         elif up is not None:
