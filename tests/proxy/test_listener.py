@@ -79,11 +79,18 @@ class _Overloaded:
     def __init__(self, real: socket.socket, fails: int) -> None:
         self.real, self.fails = real, fails
 
-    def accept(self) -> tuple[socket.socket, Any]:
+    def _fail(self) -> None:
         if self.fails:
             self.fails -= 1
             raise OSError(errno.EMFILE, "Too many open files")
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self._fail()
         return self.real.accept()
+
+    def _accept(self) -> tuple[int, Any]:  # what Listener calls for TCP (no enum work)
+        self._fail()
+        return self.real._accept()  # type: ignore[attr-defined,no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -158,3 +165,32 @@ def test_real_fd_exhaustion_recovers_in_a_subprocess() -> None:
                        timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("OK alive")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_accepted_connections_are_whole_sockets(host: str) -> None:
+    """Connections are made from the accepted descriptor directly (not socket.accept()):
+    IPv4 and IPv6 both give transports with the right family and addresses."""
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    Counted.open = set()
+    limit = ConnectionLimit(10)
+    try:
+        sock = bind_socket(host, 0)
+    except OSError:
+        pytest.skip(f"cannot bind {host}")
+    lst = Listener(sock, lambda: Counted(limit), limit=limit)
+    lst.start()
+    r, w = await asyncio.open_connection(host, lst.address[1])
+    try:
+        w.write(b"ping")
+        assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
+        (conn,) = Counted.open
+        t = conn.transport
+        assert t.get_extra_info("socket").family == sock.family
+        assert t.get_extra_info("peername")[:2] == w.get_extra_info("sockname")[:2]
+        assert t.get_extra_info("sockname")[:2] == w.get_extra_info("peername")[:2]
+    finally:
+        w.close()
+        lst.close()
+        await until(lambda: not Counted.open)
