@@ -4,7 +4,7 @@ not blur.
     python -m bench.instructions [--case CASE ...] [--requests 2000] [--proxy pylb|haproxy]
                                  [--parser httptools|h11] [--mode MODE]
 
-Cases: keepalive, newconn, 64k, 1m, post-1m, tls-keepalive, tls-rsa, tls-ecdsa,
+Cases: keepalive, newconn, 64k, 1m, tls-keepalive, tls-rsa, tls-ecdsa,
 tls-rsa-resume, tls-ecdsa-resume.
 
 Modes: `callgrind` (the default), `cprofile`, `cpu` (user and system time and page faults
@@ -68,7 +68,6 @@ CASES = {
     "tls-ecdsa-resume": ("ecdsa", True, "/svc/small", "GET", 0),
     "64k": ("", False, "/svc/64k", "GET", 0),
     "1m": ("", False, "/svc/1m", "GET", 0),
-    "post-1m": ("", False, "/svc/small", "POST", 1024 * 1024),
 }
 
 

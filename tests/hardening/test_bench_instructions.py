@@ -1,0 +1,63 @@
+"""bench/instructions.py's plumbing in a tiny configuration (no figure asserted): the
+measuring script stays runnable, and its readers of callgrind and strace output stay
+right."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import instructions
+
+CALLGRIND_DUMP = """# callgrind format
+version: 1
+creator: callgrind-3.19.0
+pid: 4242
+cmd:  python3.11 -m bench.instructions serve
+events: Ir
+summary: 449147535
+fn=(1) main
+5 10
+totals: 449147535
+"""
+
+STRACE_TABLE = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 40.00    0.004000           2      2000           write
+ 30.00    0.003000           1      4000      2000 accept4
+  0.00    0.000000           0        10           brk
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.010000           1      6010      2000 total
+"""
+
+
+def test_callgrind_totals_are_read(tmp_path: Path) -> None:
+    f = tmp_path / "callgrind.4242"
+    f.write_text(CALLGRIND_DUMP)
+    assert instructions._callgrind_total(f) == 449147535
+    f.write_text("events: Ir\n")
+    with pytest.raises(RuntimeError):
+        instructions._callgrind_total(f)
+
+
+def test_strace_table_becomes_calls_per_request(tmp_path: Path) -> None:
+    f = tmp_path / "strace"
+    f.write_text(STRACE_TABLE)
+    assert instructions._syscalls(f, 2000) == {"write": 1.0, "accept4": 2.0, "brk": 0.01}
+
+
+@pytest.mark.needs_tool
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", ["keepalive", "newconn"])
+def test_tiny_cpu_mode_run(case: str) -> None:
+    """A real pylb worker set-up and nginx, a few requests from the blocking client."""
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx not installed")
+    ns = argparse.Namespace(case=case, proxy="pylb", parser="httptools", mode="cpu",
+                            requests=20, warmup=5, keep=None, sort="tottime", top=10)
+    out = instructions.measure(ns)
+    assert out["requests"] == 20 and out["proxy"] == "pylb-httptools"
+    assert out["cpu_us_per_req"] >= 0 and out["page_faults_per_req"] >= 0
