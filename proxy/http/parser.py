@@ -90,10 +90,11 @@ class ParseError(Exception):
 
 class RequestHead:
     __slots__ = ("chunked", "connection", "content_length", "expect_continue", "headers",
-                 "host", "keep_alive", "method", "target", "upgrade", "version")
+                 "host", "idempotent", "keep_alive", "method", "target", "upgrade", "version")
 
     def __init__(self, method: bytes, target: bytes, version: bytes, headers: Headers) -> None:
         self.method = method
+        self.idempotent = method in _IDEMPOTENT  # safe to send again (read per request)
         self.target = target
         self.version = version  # b"1.0" or b"1.1"
         self.headers = headers  # names as received; values without surrounding blanks
@@ -108,10 +109,6 @@ class RequestHead:
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
-
-    @property
-    def idempotent(self) -> bool:
-        return self.method in _IDEMPOTENT
 
 
 class ResponseHead:

@@ -41,7 +41,7 @@ class Pool:
         stale = self._loop.time() - self.idle_timeout
         while conns:
             conn = conns.pop()
-            conn.leave_pool()
+            conn.pool = None  # conn.leave_pool(), inline
             t = conn.transport  # conn.usable, inline (a property call per request)
             if not conn.closed and not conn.eof and t is not None and not t.is_closing() \
                     and conn.idle_since > stale:
@@ -55,8 +55,9 @@ class Pool:
         conns = self._idle.get(key)
         if conns is None:
             conns = self._idle[key] = []
-        if len(conns) >= self.per_server or not conn.usable or (
-                live is not None and key not in live):
+        t = conn.transport  # not conn.usable, inline:
+        if len(conns) >= self.per_server or conn.closed or conn.eof or t is None \
+                or t.is_closing() or (live is not None and key not in live):
             conn.close()
             return
         conns.append(conn)

@@ -29,7 +29,6 @@ LOW_WATER = 64 * 1024
 
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
-        "_pool",
         "closed",
         "eof",
         "got_bytes",
@@ -38,6 +37,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "kind",
         "owner",
         "parser",
+        "pool",
         "transport",
         "tunnel",
         "uses",
@@ -50,7 +50,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.owner: ClientProtocol | None = None
         self.parser: ResponseParser | None = None
         self.idle_since = 0.0
-        self._pool: Pool | None = None
+        self.pool: Pool | None = None  # the pool it idles in (Pool sets and clears it)
         self.closed = False
         self.eof = False
         self.got_bytes = False  # any response byte in the current exchange
@@ -68,11 +68,11 @@ class UpstreamProtocol(asyncio.Protocol):
         self.owner = None
         if self.parser is not None:
             self.parser.release()  # kept for reuse, but it must not hold the last client
-        self._pool = pool
+        self.pool = pool
         self.idle_since = now
 
     def leave_pool(self) -> None:
-        self._pool = None
+        self.pool = None
 
     def begin(self, owner: ClientProtocol, method: bytes, upgrade: bool) -> None:
         """Start an exchange: the next bytes from the server are `owner`'s response."""
@@ -161,8 +161,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._pool is not None:
-            self._pool.remove(self)
+        if self.pool is not None:
+            self.pool.remove(self)
         self.leave_pool()
         owner = self.owner
         if owner is not None:
