@@ -132,9 +132,15 @@ def test_small_limits() -> None:
 def test_violation_is_raised_for_a_bad_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     """The properties can fail: break the request rewriting (a space in the target sent
     upstream) and the harness must say so."""
-    from proxy.http import server
+    from proxy.http.routing import Router
 
-    monkeypatch.setattr(server, "rewrite", lambda route, path, query: b"/a b")
+    real = Router.route
+
+    def broken(self: Router, host: bytes, path: bytes, query: bytes) -> object:
+        found = real(self, host, path, query)
+        return None if found is None else (found[0], b"/a b")
+
+    monkeypatch.setattr(Router, "route", broken)  # the server routes and rewrites with it
     with pytest.raises(Violation, match="malformed request upstream"):
         run_http(HttpParser.H11, [b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"])
 
