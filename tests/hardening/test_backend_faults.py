@@ -373,7 +373,8 @@ async def test_server_timeout_starts_when_connected(start_proxy: StartProxy) -> 
         out = await load(r.port, "/app/x", clients=1, requests=2)  # one meets the hole
     finally:
         hole.stop()
-    assert [o.status for o in out] == [200, 200], (r.stats.failures, r.stats.backend(APP).snapshot())
+    assert [o.status for o in out] == [200, 200], (r.stats.failures,
+                                                   r.stats.backend(APP).snapshot())
     be = r.stats.backend(APP)
     assert (be.redispatches, be.resp_errors) == (1, 0)
     assert r.stats.failures == {Failure.CONNECT_TIMEOUT: 1}
