@@ -62,9 +62,14 @@ SCENARIOS = [
              close=True, connections=16, proxies=("direct", "haproxy", "nginx", "pylb")),
     Scenario("l4-bulk", "L4, 1 MiB responses (bulk MB/s)", layer="l4", path="/1m",
              metric="mbps", connections=8, proxies=("direct", "haproxy", "nginx", "pylb")),
-    Scenario("tls-handshake-rsa", "TLS full handshakes (RSA-2048), one request each",
+    # wrk offers its previous session on every reconnect: both servers resume it (haproxy
+    # from its cache, pylb from each worker's) — true full handshakes are measured by
+    # bench/tls_handshakes.py (openssl s_time -new) and bench/instructions.py --case tls-rsa.
+    Scenario("tls-handshake-rsa",
+             "TLS, a new connection per request (RSA-2048; wrk offers its last session)",
              layer="tls", close=True, connections=16, proxies=("haproxy", "pylb-httptools")),
-    Scenario("tls-handshake-ecdsa", "TLS full handshakes (ECDSA P-256), one request each",
+    Scenario("tls-handshake-ecdsa",
+             "TLS, a new connection per request (ECDSA P-256; wrk offers its last session)",
              layer="tls", close=True, connections=16, key="ecdsa",
              proxies=("haproxy", "pylb-httptools")),
     Scenario("tls-keepalive", "TLS keep-alive, 13-byte responses", layer="tls",

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -56,11 +58,11 @@ class Sleeps:
 
 @contextlib.asynccontextmanager
 async def informing(api: FakeApiServer, kind: Any = SERVICES, namespace: str | None = "default",
-                    settings: KubeSettings = SETTINGS,
-                    sleeps: Sleeps | None = None) -> AsyncIterator[Informer]:
+                    settings: KubeSettings = SETTINGS, sleeps: Sleeps | None = None,
+                    clock: Callable[[], float] = time.monotonic) -> AsyncIterator[Informer]:
     client = await api_client_from_dict(api.kubeconfig_dict())
     informer = Informer(client, kind, namespace, settings, rng=lambda: RND,
-                        sleep=sleeps or asyncio.sleep)
+                        sleep=sleeps or asyncio.sleep, clock=clock)
     task = asyncio.create_task(informer.run())
     try:
         yield informer
@@ -178,3 +180,51 @@ async def test_retry_after_beats_a_shorter_backoff(api: FakeApiServer) -> None:
         api.drop_watches()
         await sleeps.until(2)
     assert sleeps.delays[:2] == [5.0, 30.0]  # Retry-After, but never above the cap
+
+
+# ---- the backoff after a long, quiet watch (found by tests/hardening/test_api_faults.py) --
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _outage_then_quiet_watch(api: FakeApiServer, clock: Clock, sleeps: Sleeps,
+                                   held: float) -> None:
+    """Three failed watches, then a watch that holds for `held` s with no event at all
+    (no bookmarks: the fake sends one an hour), then one more failure."""
+    api.store.create("services", service("web"))
+    api.faults.add(faults.http(500), verb="watch", count=3)
+    quiet = replace(SETTINGS, watch_timeout=3600)
+    async with informing(api, settings=quiet, sleeps=sleeps, clock=clock) as inf:
+        await sleeps.until(3)
+        await until(lambda: api.store.watcher_count > 0)  # the 4th watch is open
+        clock.now += held
+        api.faults.add(faults.http(500), verb="watch", count=1)
+        api.drop_watches()
+        await sleeps.until(4)
+        assert inf.metrics.events == 0 and inf.objects
+
+
+async def test_a_long_quiet_watch_forgets_the_last_outages_backoff(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost,::1")
+    async with FakeApiServer(bookmark_interval=3600) as api:
+        sleeps = Sleeps(api)
+        await _outage_then_quiet_watch(api, Clock(), sleeps, held=SETTINGS.backoff_cap)
+    # The watch held as long as the longest backoff: the next blip starts from scratch.
+    assert sleeps.delays[:4] == pytest.approx([window(1), window(2), window(3), window(1)])
+
+
+async def test_a_short_quiet_watch_keeps_backing_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost,::1")
+    async with FakeApiServer(bookmark_interval=3600) as api:
+        sleeps = Sleeps(api)
+        await _outage_then_quiet_watch(api, Clock(), sleeps, held=SETTINGS.backoff_cap / 2)
+    # Ended with no event after 15 s: not proof the server is back; the backoff goes on.
+    assert sleeps.delays[:4] == pytest.approx([window(1), window(2), window(3), window(4)])

@@ -348,24 +348,19 @@ class Streamer(asyncio.Protocol):
         self.transport = None
 
 
-class StreamingServer:
-    """A backend that sends `size` bytes per connection (an HTTP response with
-    Content-Length when `http`, else raw bytes at once) and only as fast as its peer
-    reads: how much each connection has written shows whether pylb paused it."""
+class _LoopbackServer:
+    """A protocol server on 127.0.0.1:0 that keeps its connections, to abort them at the
+    end; `conns` is filled by the protocols' connection_made."""
 
-    def __init__(self, size: int, *, http: bool) -> None:
-        self.size = size
-        self.http = http
-        self.block = b"z" * (64 * 1024)
-        self.conns: list[Streamer] = []
+    def __init__(self) -> None:
+        self.conns: list[Any] = []
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self) -> StreamingServer:
+    async def _listen(self, factory: Callable[[], asyncio.Protocol]) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: Streamer(self), "127.0.0.1", 0)
+        self.server = await loop.create_server(factory, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
-        return self
 
     async def stop(self) -> None:
         for c in self.conns:
@@ -374,6 +369,22 @@ class StreamingServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+
+class StreamingServer(_LoopbackServer):
+    """A backend that sends `size` bytes per connection (an HTTP response with
+    Content-Length when `http`, else raw bytes at once) and only as fast as its peer
+    reads: how much each connection has written shows whether pylb paused it."""
+
+    def __init__(self, size: int, *, http: bool) -> None:
+        super().__init__()
+        self.size = size
+        self.http = http
+        self.block = b"z" * (64 * 1024)
+
+    async def start(self) -> StreamingServer:
+        await self._listen(lambda: Streamer(self))
+        return self
 
 
 class _Sink(asyncio.Protocol):
@@ -415,29 +426,14 @@ class _Sink(asyncio.Protocol):
         self.transport = None
 
 
-class StallingSink:
+class StallingSink(_LoopbackServer):
     """A backend that takes a request with a body (`...?stall=SECONDS`), reads nothing for
     SECONDS after its head, then reads the body at full speed and answers 200 with the
     count of body bytes it got."""
 
-    def __init__(self) -> None:
-        self.conns: list[_Sink] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
     async def start(self) -> StallingSink:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Sink(self), "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+        await self._listen(lambda: _Sink(self))
         return self
-
-    async def stop(self) -> None:
-        for c in self.conns:
-            if c.transport is not None:
-                c.transport.abort()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 # -- measuring a process ------------------------------------------------------------------

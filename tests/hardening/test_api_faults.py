@@ -16,26 +16,17 @@ out of rotation (by a cloud LB, keepalived, or DNS health checks) exactly when i
 learn anything new but is serving correctly — haproxy keeps serving its last config too.
 Staleness shows on the stats page instead (`last_sync`, discovery errors).
 
-The informer tests at the end check the one bug this found (the backoff of an informer
-whose quiet watch never delivers an event was never forgotten) with an injected clock.
+The one bug this found (the backoff of an informer whose quiet watch never delivers an
+event was never forgotten) is pinned with an injected clock in tests/discovery/test_informer.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bench.apifaults import FAULT_KINDS, HOT_LOOP_RATE, PhaseResult, RigConfig, run
-from discovery.informer import SERVICES, Informer
-from discovery.kubeclient import api_client_from_dict
-from pylb.config import KubeSettings
-from pylb.demo import service_manifest
-from tests.kfake import FakeApiServer, faults
 
 FAULT_SECONDS = 3
 INFORMERS = 2  # services and endpointslices in one namespace
@@ -101,92 +92,3 @@ async def test_traffic_survives_every_api_fault_and_the_table_catches_up(
 
     assert report.pylb_alive, summary
     assert report.log_tracebacks == 0, summary
-
-
-# ---- the informer's backoff after a long, quiet watch ------------------------------------
-
-SETTINGS = KubeSettings(watch_timeout=3600, read_timeout=2.0, connect_timeout=2.0,
-                        list_timeout=5.0, backoff_base=0.5, backoff_cap=30.0)
-RND = 0.75
-
-
-def window(failures: int) -> float:
-    return RND * min(SETTINGS.backoff_cap, SETTINGS.backoff_base * 2.0 ** (failures - 1))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Sleeps:
-    """An injected sleep: records each delay, then yields without waiting it."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await asyncio.sleep(0.001)
-
-    async def until(self, n: int) -> None:
-        async with asyncio.timeout(10):
-            while len(self.delays) < n:
-                await asyncio.sleep(0.005)
-
-
-@contextlib.asynccontextmanager
-async def quiet_informer(api: FakeApiServer, clock: Clock,
-                         sleeps: Sleeps) -> AsyncIterator[Informer]:
-    client = await api_client_from_dict(api.kubeconfig_dict())
-    informer = Informer(client, SERVICES, "default", SETTINGS, rng=lambda: RND,
-                        sleep=sleeps, clock=clock)
-    task = asyncio.create_task(informer.run())
-    try:
-        yield informer
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await client.close()
-
-
-async def until(pred: Any) -> None:
-    async with asyncio.timeout(10):
-        while not pred():
-            await asyncio.sleep(0.005)
-
-
-async def _outage_then_quiet_watch(api: FakeApiServer, clock: Clock, sleeps: Sleeps,
-                                   held: float) -> None:
-    """Three failed watches, then a watch that holds for `held` s with no event at all
-    (no bookmarks: the fake sends one an hour), then one more failure."""
-    api.store.create("services", service_manifest("web", 80, 8080))
-    api.faults.add(faults.http(500), verb="watch", count=3)
-    async with quiet_informer(api, clock, sleeps) as inf:
-        await sleeps.until(3)
-        await until(lambda: api.store.watcher_count > 0)  # the 4th watch is open
-        clock.now += held
-        api.faults.add(faults.http(500), verb="watch", count=1)
-        api.drop_watches()
-        await sleeps.until(4)
-        assert inf.metrics.events == 0 and inf.objects
-
-
-async def test_a_long_quiet_watch_forgets_the_last_outages_backoff(no_proxy: None) -> None:
-    clock, sleeps = Clock(), Sleeps()
-    async with FakeApiServer(bookmark_interval=3600) as api:
-        await _outage_then_quiet_watch(api, clock, sleeps, held=SETTINGS.backoff_cap)
-    # The watch held as long as the longest backoff: the next blip starts from scratch.
-    assert sleeps.delays[:4] == pytest.approx([window(1), window(2), window(3), window(1)])
-
-
-async def test_a_short_quiet_watch_keeps_backing_off(no_proxy: None) -> None:
-    clock, sleeps = Clock(), Sleeps()
-    async with FakeApiServer(bookmark_interval=3600) as api:
-        await _outage_then_quiet_watch(api, clock, sleeps, held=SETTINGS.backoff_cap / 2)
-    # Ended with no event after 15 s: not proof the server is back; the backoff goes on.
-    assert sleeps.delays[:4] == pytest.approx([window(1), window(2), window(3), window(4)])

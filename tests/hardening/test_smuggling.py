@@ -223,6 +223,10 @@ async def _response_verdicts(cases: tuple[Case, ...], version: str | None
     return out
 
 
+def _haproxy_differs(v: Verdict, case: Case) -> bool:
+    return v.outcome.statuses[-1:] != [case.status] or _let_through(v, case)
+
+
 def _let_through(v: Verdict, case: Case) -> bool:
     """More than the valid prefix reached the backend."""
     return v.requests > case.forwarded or (not case.forwarded and v.size > 0)
@@ -235,6 +239,14 @@ async def write_report(path: str) -> tuple[list[str], list[str]]:
     version = haproxy_version()
     pylb_runs = {k: await _pylb_verdicts(k, REQUESTS) for k in PARSERS}
     hap = await _haproxy_verdicts(REQUESTS) if version else None
+    if hap:
+        # All cases run at once against one haproxy; now and then (about one run in two,
+        # one case in 135, not explained yet) a case's backend is credited with bytes
+        # while haproxy answered it 400. A difference with no comment is run again alone
+        # before it is reported.
+        for i, case in enumerate(REQUESTS):
+            if case.name not in HAPROXY and _haproxy_differs(hap[i], case):
+                hap[i] = (await _haproxy_verdicts((case,)))[0]
     wrong = []
     uncommented: list[str] = []  # haproxy differs, and the table does not say who is right
     through = 0
@@ -249,8 +261,7 @@ async def write_report(path: str) -> tuple[list[str], list[str]]:
             if v.outcome.verdict() != expected or v.requests != case.forwarded:
                 wrong.append(f"{case.name}[{k.value}]")
         h = hap[i].cell() if hap else "(not installed)"
-        if hap and (hap[i].outcome.statuses[-1:] != [case.status]
-                    or _let_through(hap[i], case)):
+        if hap and _haproxy_differs(hap[i], case):
             differ += 1
             h = f"**{h}**"
             if case.name not in HAPROXY:
