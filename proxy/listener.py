@@ -38,6 +38,14 @@ WARN_EVERY = 10.0
 BACKLOG = 4096  # haproxy's default backlog is maxconn; the kernel caps at somaxconn
 OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+# For the HTTP and TCP proxies' connects to backends:
+# connect() errors that mean this process is short of descriptors, memory or ephemeral
+# ports, not that the server is down: the connection is shed, the server not blamed.
+LOCAL_ERRNOS = OVERLOAD_ERRNOS | {errno.EADDRNOTAVAIL}
+# A connect timer that fires later than this after its deadline found the loop stalled
+# (libuv runs due timers before it polls for I/O); it looks again this much later.
+EXPIRY_SLACK = 0.05
+
 
 class ConnectionLimit:
     """Open connections of one worker, against `--maxconn`."""

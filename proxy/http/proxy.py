@@ -8,7 +8,6 @@ connections; the per-connection work is `server.ClientProtocol`'s.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import ssl
@@ -19,8 +18,13 @@ from proxy.http.pool import Pool
 from proxy.http.routing import Router
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
-from proxy.listener import OVERLOAD_ERRNOS, ConnectionLimit, Listener, bind_socket
-from proxy.tcp.proxy import EXPIRY_SLACK
+from proxy.listener import (
+    EXPIRY_SLACK,
+    LOCAL_ERRNOS,
+    ConnectionLimit,
+    Listener,
+    bind_socket,
+)
 from pylb.config import Settings
 from pylb.counters import Stats
 from pylb.failures import Failure
@@ -28,9 +32,6 @@ from pylb.model import RouteTable, Server
 
 log = logging.getLogger("pylb.http")
 
-# Connect errors that mean this process is short of descriptors, memory or ephemeral
-# ports, not that the server is bad (proxy.tcp draws the same line).
-LOCAL_ERRNOS = OVERLOAD_ERRNOS | {errno.EADDRNOTAVAIL}
 WARN_EVERY = 1.0  # seconds between two warnings about local shortage
 
 

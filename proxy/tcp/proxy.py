@@ -49,13 +49,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 from typing import Any, cast
 
 from proxy.balance import Balancer, Balancers
-from proxy.listener import BACKLOG, ConnectionLimit, Listener, bind_socket
+from proxy.listener import (
+    BACKLOG,
+    EXPIRY_SLACK,
+    LOCAL_ERRNOS,
+    ConnectionLimit,
+    Listener,
+    bind_socket,
+)
 from proxy.tcp import proxyproto
 from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
 from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
@@ -82,14 +88,6 @@ DEFAULT_SPLICE_THRESHOLD = 256 * 1024
 PIPE_SIZE = 256 * 1024
 
 _CONNECTING, _TUNNEL, _SPLICE, _CLOSED = range(4)
-# A connect timer that fires later than this after its deadline found the loop stalled;
-# it checks again this much later, after the loop has polled (see _Dial._expire).
-EXPIRY_SLACK = 0.05
-
-# connect() errors that mean this process is overloaded (trio's list for accept, plus
-# EADDRNOTAVAIL: no ephemeral port left), not that the server is down.
-LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS,
-                          errno.EADDRNOTAVAIL})
 
 
 def idle_verdict(tunnel: bool, now: float, client_at: float, server_at: float,
