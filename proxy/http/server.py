@@ -326,6 +326,11 @@ class ClientProtocol(asyncio.Protocol):
         self._wsize = t.get_write_buffer_size()
         self._arm(_T_CLIENT, self._proxy.settings.timeouts.client)
 
+    def _extend(self, now: float) -> None:
+        """The phase's full timeout again, from `now`."""
+        self._tstamp = now
+        self._timer = self._loop.call_at(now + self._tlen, self._on_timer)
+
     def _on_timer(self) -> None:
         self._timer = None
         kind = self._tkind
@@ -336,26 +341,24 @@ class ClientProtocol(asyncio.Protocol):
         if now < deadline:
             self._timer = self._loop.call_at(deadline, self._on_timer)
             return
-        if kind == _T_CLIENT and self.transport is not None:
-            size = self.transport.get_write_buffer_size()
-            if 0 < size < self._wsize:  # the client read some since the last look
+        # The side waited for: the client reading a response, or the server taking a
+        # request body (the client is not read meanwhile).
+        if kind == _T_CLIENT:
+            waited = self.transport
+        elif kind == _T_SERVER and self._paused & _P_UPSTREAM and self._up is not None:
+            waited = self._up.transport
+        else:
+            waited = None
+        if waited is not None:
+            size = waited.get_write_buffer_size()
+            if 0 < size < self._wsize:  # it took some since the last look
                 self._wsize = size
-                self._tstamp = now
-                self._timer = self._loop.call_at(now + self._tlen, self._on_timer)
-                return
-        if kind == _T_SERVER and self._paused & _P_UPSTREAM and self._up is not None \
-                and self._up.transport is not None:
-            size = self._up.transport.get_write_buffer_size()
-            if 0 < size < self._wsize:  # the server took some of the body since
-                self._wsize = size
-                self._tstamp = now
-                self._timer = self._loop.call_at(now + self._tlen, self._on_timer)
+                self._extend(now)
                 return
         if kind == _T_SERVER and self._connecting:
             # Still connecting: the connect timeout bounds that (each attempt), and the
             # server's time starts when it has the request (`_attach` re-arms).
-            self._tstamp = now
-            self._timer = self._loop.call_at(now + self._tlen, self._on_timer)
+            self._extend(now)
             return
         self._tkind = _T_NONE
         if kind == _T_KEEPALIVE:
