@@ -75,27 +75,12 @@ class Router:
 
     def match(self, host: bytes, path: bytes) -> HttpRoute | None:
         """`host` is the Host header (any case, maybe with a port); `path` without query."""
-        hostname: bytes | None = None
-        lowered: bytes | None = None
-        for prefix, ci, rhost, route in self._entries:
-            if ci:
-                if lowered is None:
-                    lowered = path.lower()
-                if prefix_matches(prefix, lowered):
-                    return route
-            elif prefix_matches(prefix, path):
-                return route
-            if rhost is not None:
-                if hostname is None:
-                    hostname = host_without_port(host)
-                if hostname == rhost:
-                    return route
-        return None
-
+        found = self.route(host, path, b"")
+        return found[0] if found is not None else None
 
     def route(self, host: bytes, path: bytes, query: bytes) -> tuple[HttpRoute, bytes] | None:
-        """`match` and `rewrite` in one pass: the route, and the target to send to its
-        backend."""
+        """The route for `host` and `path` (longest prefix first, or Host), and the target
+        to send to its backend (`rewrite`'s, computed in the same pass)."""
         hostname: bytes | None = None
         lowered: bytes | None = None
         for prefix, ci, rhost, route in self._entries:
