@@ -18,9 +18,8 @@ A reload that fails (the file is mid-write, has a YAML error, or is briefly gone
 ERROR naming the line and keeps serving the last good table; the same error on the same
 file (a racy file is reread while its mtime is recent) is logged once, not once a poll.
 A table is published only when it differs from the last one published; versions count up
-from 1. The DNS names of
-ExternalName services are resolved as the Kubernetes source does (discovery.dns): when
-they first appear, then every `dns_interval`, a failed lookup keeping the last answer.
+from 1. The DNS names of ExternalName services are resolved as the Kubernetes source does
+(discovery.dns): when they first appear, then every `dns_interval`, a failed lookup keeping the last answer.
 """
 
 from __future__ import annotations
