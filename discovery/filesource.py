@@ -19,7 +19,8 @@ ERROR naming the line and keeps serving the last good table; the same error on t
 file (a racy file is reread while its mtime is recent) is logged once, not once a poll.
 A table is published only when it differs from the last one published; versions count up
 from 1. The DNS names of ExternalName services are resolved as the Kubernetes source does
-(discovery.dns): when they first appear, then every `dns_interval`, a failed lookup keeping the last answer.
+(discovery.dns): when they first appear, then every `dns_interval`, a failed lookup
+keeping the last answer.
 """
 
 from __future__ import annotations
