@@ -315,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run backends and pylb on loopback, and show what "
                                        "to curl (no cluster, no root)")
     demo.add_argument("--port", type=_port, default=8080, help="HTTP port (8080)")
+    demo.add_argument("--stats-port", type=_port, default=1936, help="stats page port (1936)")
+    demo.add_argument("--health-port", type=_port, default=8082,
+                      help="/healthz and /readyz port (8082: 8081 is pylb run's default)")
+    demo.add_argument("--tcp-port", type=_port, default=7000,
+                      help="port of the TCP echo service (7000)")
     demo.add_argument("--duration", type=_duration, default=None, metavar="DUR",
                       help="stop after this long (default: until Ctrl-C)")
 
@@ -521,9 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if ns.command == "demo":
         setup_logging("info")
-        from pylb.demo import run_demo
+        from pylb.demo import DemoPorts, run_demo
 
-        return run_demo(port=ns.port, duration=ns.duration)
+        return run_demo(DemoPorts(http=ns.port, stats=ns.stats_port, health=ns.health_port,
+                                  tcp=ns.tcp_port), duration=ns.duration)
     try:
         settings = settings_from_args(ns)
         check_cluster(settings, explicit=ns.use_kubernetes_cluster_service is not None)
