@@ -28,6 +28,7 @@ from pylb.config import (
     CheckSettings,
     HttpParser,
     Limits,
+    MetricsAuth,
     Settings,
     SslVerify,
     Timeouts,
@@ -297,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stats-bind", default=None, help="address of the stats page (--bind)")
     g.add_argument("--stats-refresh", type=_positive_int, default=10,
                    help="stats page auto-refresh seconds (10)")
+    g.add_argument("--metrics-auth", type=_one_of(MetricsAuth, "mode"),
+                   default=MetricsAuth.STATS, metavar="MODE",
+                   help="who may read /metrics when --stats-auth is set: stats (default: the "
+                        "same user:password) or none (open, for Prometheus scraping over the "
+                        "pod network; the page, CSV and JSON keep the password)")
     g = run.add_argument_group("election")
     g.add_argument("--election", default=None,
                    help="Lease name: the leader writes service status and events")
@@ -396,6 +402,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         stats_auth=stats_auth,
         stats_bind=ns.stats_bind or ns.bind,
         stats_refresh=ns.stats_refresh,
+        metrics_auth=ns.metrics_auth,
         election=ns.election,
         election_namespace=ns.election_namespace,
         election_id=ns.election_id,
