@@ -67,3 +67,18 @@ def test_the_flags_the_readme_shows_are_pylbs() -> None:
     demo_only = {"--port", "--tcp-port", "--duration", "--quick"}
     unknown = shown - known - elect_only - demo_only - {"--from-file"}
     assert not unknown, unknown
+
+
+def test_ci_runs_the_readmes_test_command_in_the_readmes_venv_last() -> None:
+    """.ci/run builds the README's venv, refuses a base interpreter that has pylb's
+    packages (a test leaving the venv would then pass), and ends on the README's test
+    command, so its last line is pytest's summary."""
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.strip().startswith("#")]
+    test_command = next(" ".join(c) for c in _commands() if c[1:3] == ["-m", "pytest"])
+    assert ci[-1] == f"exec {test_command}"
+    assert test_command.startswith(".venv/bin/python ")
+    assert any(line.startswith('"$python" -m venv') and line.endswith(" .venv") for line in ci)
+    check = next(line for line in ci if line.startswith("for module in "))
+    for module in ("h11", "uvloop", "aiohttp", "kubernetes_asyncio"):
+        assert f" {module} " in check + " "
