@@ -39,7 +39,7 @@ def _commands() -> list[list[str]]:
         for line in block.splitlines():
             for part in line.split("&&"):
                 argv = shlex.split(part, comments=True)
-                if argv:
+                if argv and not re.fullmatch(r"[A-Z_]+=\S+", argv[0]):  # not `NODE=...`
                     out.append(argv)
     return out
 

@@ -22,12 +22,24 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "Node",
 
 
 def deploy_commands(readme: str) -> list[list[str]]:
-    """The shell commands of the "Deploy on a cluster" section, comments dropped."""
+    """The shell commands of the "Deploy on a cluster" section, comments dropped, the
+    variables it sets (`REGISTRY=...`) expanded."""
     section = readme.split("## Deploy on a cluster", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     assert blocks, "no sh block in the deploy section"
-    return [shlex.split(line, comments=True) for block in blocks
-            for line in block.splitlines() if line.strip()]
+    env: dict[str, str] = {}
+    out = []
+    for block in blocks:
+        for line in block.splitlines():
+            argv = shlex.split(line, comments=True)
+            if len(argv) == 1 and re.fullmatch(r"[A-Z_]+=\S+", argv[0]):
+                name, _, value = argv[0].partition("=")
+                env[name] = value
+            elif argv:
+                # bash drops the backslash of a `\$` in double quotes; shlex keeps it
+                out.append([re.sub(r"\$([A-Z_]+)\b", lambda m: env[m.group(1)], a)
+                            .replace("\\$", "$") for a in argv])
+    return out
 
 
 def _objects(kind_of_apply: str, target: str) -> list[dict[str, Any]]:
