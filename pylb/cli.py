@@ -5,7 +5,10 @@
 `--stats-port`, `--ssl-cert`, `--ssl-ca-cert`, `--error-page`, `--default-return-code`,
 `--balance-algorithm`, `--use-kubernetes-cluster-service`, `--dry`, `--syslog`). Go's flag
 package accepted `--flag=false` for booleans, so ours do too. Flags become one frozen
-`Settings`; a bad value stops start-up with a message that names the flag.
+`Settings`; a bad value stops start-up with one line that names the flag. Before anything
+starts (`--dry` included) `main` also checks what the flags point at: the files it will
+load (check_files), the cluster it will watch (check_cluster) and, for a real run, the
+ports it will listen on (check_ports).
 """
 
 from __future__ import annotations
