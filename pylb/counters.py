@@ -4,11 +4,20 @@ Hot paths do `c.bytes_in += n` on plain slotted objects: no locks, no library ca
 worker takes a `snapshot()` (plain dicts, picklable) to report to the controller, which
 `merge`s the snapshots of all workers exactly: sums for totals and current values, max for
 maxima.
+
+Bounded, and reported by change. Rows of backends and servers that leave the route table
+are dropped (`prune`) — at once when idle, else when their last connection closes
+(`sweep`) — so pod churn does not grow them forever. A worker's periodic report
+(`report`) carries only the rows that changed since its last one, found by a fingerprint
+per row rather than by marks on the hot path, and the names of rows dropped since; the
+controller folds reports into the worker's snapshot (`fold_report`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any
 
 from pylb.failures import Failure
@@ -114,17 +123,38 @@ def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# What a row's fingerprint reads: every counter that can move without another of these
+# moving. hrsp moves only with a session's end (cur_conns, or total_conns when another
+# began), and the maxima and last_session only with a new session (total_conns).
+_fingerprint = attrgetter(
+    "total_conns", "cur_conns", "bytes_in", "bytes_out", "lbtot", "req_total",
+    "conn_errors", "resp_errors", "retries", "redispatches", "req_errors", "denied_req",
+    "denied_resp")
+
+
+def server_key(backend: str, server: str) -> str:
+    """A server row's key in snapshots."""
+    return f"{backend}\x00{server}"
+
+
 class Stats:
     """All counters of one process: per frontend, per backend, per server, and failures by
     reason. Keys: frontend name; backend name; (backend name, server label)."""
 
-    __slots__ = ("backends", "failures", "frontends", "servers")
+    __slots__ = ("_draining", "_gone_backends", "_gone_servers", "_hot", "_sent",
+                 "backends", "failures", "frontends", "servers")
 
     def __init__(self) -> None:
         self.frontends: dict[str, Counters] = {}
         self.backends: dict[str, Counters] = {}
         self.servers: dict[tuple[str, str], Counters] = {}
         self.failures: dict[Failure, int] = {}
+        # rows out of the table that still have connections: (backend, server or None)
+        self._draining: set[tuple[str, str | None]] = set()
+        self._gone_backends: set[str] = set()  # dropped since the last report
+        self._gone_servers: set[tuple[str, str]] = set()
+        self._sent: dict[tuple[str, str | None], int] = {}  # row -> fingerprint reported
+        self._hot: set[tuple[str, str | None]] = set()  # rows reported with a rate > 0
 
     def frontend(self, name: str) -> Counters:
         c = self.frontends.get(name)
@@ -156,6 +186,108 @@ class Stats:
             "failures": {f.name: n for f, n in self.failures.items()},
         }
 
+    # -- bounded rows -------------------------------------------------------------------
+
+    def prune(self, servers: Iterable[tuple[str, str]], backends: Iterable[str] = (),
+              back: Iterable[tuple[str, str]] = ()) -> None:
+        """Rows that left the route table: `servers` as (backend, label), whole
+        `backends` (with their servers' rows named in `servers`). An idle row is dropped
+        now, one with open connections when they have closed (`sweep`). `back`: server
+        rows in the table again, no longer to be dropped."""
+        if self._draining:
+            for b, label in back:
+                self._draining.discard((b, label))
+        for key in servers:
+            row = self.servers.get(key)
+            if row is None:
+                continue
+            if row.cur_conns > 0:
+                self._draining.add(key)
+            else:
+                self._drop_server(key)
+        for name in backends:
+            row = self.backends.get(name)
+            if row is None:
+                continue
+            if row.cur_conns > 0:
+                self._draining.add((name, None))
+            else:
+                self._drop_backend(name)
+
+    def keep_backend(self, name: str) -> None:
+        """A backend is in the table (again): its row is not to be dropped."""
+        if self._draining:
+            self._draining.discard((name, None))
+
+    def sweep(self) -> None:
+        """Drop the rows of `prune` whose last connection has closed."""
+        for key in [k for k in self._draining if self._idle(k)]:
+            self._draining.discard(key)
+            b, label = key
+            if label is None:
+                self._drop_backend(b)
+            else:
+                self._drop_server((b, label))
+
+    def _idle(self, key: tuple[str, str | None]) -> bool:
+        b, label = key
+        row = self.backends.get(b) if label is None else self.servers.get((b, label))
+        return row is None or row.cur_conns <= 0
+
+    def _drop_server(self, key: tuple[str, str]) -> None:
+        if self.servers.pop(key, None) is not None:
+            self._gone_servers.add(key)
+        self._sent.pop(key, None)
+        self._hot.discard(key)
+
+    def _drop_backend(self, name: str) -> None:
+        if self.backends.pop(name, None) is not None:
+            self._gone_backends.add(name)
+        self._sent.pop((name, None), None)
+        self._hot.discard((name, None))
+
+    def _changed(self, key: tuple[str, str | None], c: Counters, full: bool,
+                 now: int) -> bool:
+        """Whether row `key` changed since it was last reported (and note it as reported).
+        A row reported with a non-zero rate is reported again once its second is over."""
+        fp = hash(_fingerprint(c))
+        hot = self._hot
+        if not full and self._sent.get(key) == fp and \
+                (key not in hot or c._rate_second == now):
+            return False
+        self._sent[key] = fp
+        if c._rate_second == now and c._rate_count:
+            hot.add(key)
+        else:
+            hot.discard(key)
+        return True
+
+    def report(self, full: bool = False) -> dict[str, Any]:
+        """The rows changed since the last report (every row when `full`), in
+        `snapshot()`'s shape, plus `removed_backends`/`removed_servers`: rows dropped
+        since. Frontends and failures are few and always whole."""
+        self.sweep()
+        now = int(time.time())
+        out: dict[str, Any] = {
+            "frontends": {k: c.snapshot() for k, c in self.frontends.items()},
+            "failures": {f.name: n for f, n in self.failures.items()},
+        }
+        changed_b: dict[str, Any] = {}
+        for name, c in self.backends.items():
+            if self._changed((name, None), c, full, now):
+                changed_b[name] = c.snapshot()
+        changed_s: dict[str, Any] = {}
+        for key, c in self.servers.items():
+            if self._changed(key, c, full, now):
+                changed_s[server_key(*key)] = c.snapshot()
+        out["backends"], out["servers"] = changed_b, changed_s
+        # A row dropped and made again since (traffic came back) is reported fresh above;
+        # its removal goes first on the controller (fold_report), so either order holds.
+        out["removed_backends"] = tuple(self._gone_backends)
+        out["removed_servers"] = tuple(server_key(*k) for k in self._gone_servers)
+        self._gone_backends, self._gone_servers = set(), set()
+        return out
+
 
 def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
     """Exact aggregate of several workers' `Stats.snapshot()`s."""
@@ -170,3 +302,19 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
         for k, n in s.get("failures", {}).items():
             out["failures"][k] = out["failures"].get(k, 0) + n
     return out
+
+
+def fold_report(snapshot: dict[str, Any], report: dict[str, Any],
+                full: bool = False) -> dict[str, Any]:
+    """A worker's snapshot brought up to date with its `Stats.report()` (in place; a
+    `full` report replaces it)."""
+    if full or not snapshot:
+        snapshot = {"frontends": {}, "backends": {}, "servers": {}, "failures": {}}
+    snapshot["frontends"] = report.get("frontends", {})
+    snapshot["failures"] = report.get("failures", {})
+    for section in ("backends", "servers"):
+        rows = snapshot.setdefault(section, {})
+        for k in report.get(f"removed_{section}", ()):
+            rows.pop(k, None)
+        rows.update(report.get(section, {}))
+    return snapshot
