@@ -95,7 +95,10 @@ async def through_workers(services: int, changes: int, workers: int) -> dict[str
             data = await asyncio.wait_for(r.read(), 5)
         finally:
             w.close()
-        return data.rpartition(b"\r\n\r\n")[2].strip()
+        for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+            if line.lower().startswith(b"x-backend:"):
+                return line.partition(b":")[2].strip()
+        return b""
 
     async def until(name: bytes, timeout: float) -> float | None:
         t0 = time.perf_counter()
