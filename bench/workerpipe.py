@@ -52,14 +52,29 @@ async def apply_times(services: int, n: int = 5) -> dict[str, Any]:
     t0 = time.perf_counter()
     await plane.apply(t)
     first = time.perf_counter() - t0
-    times = []
+    times, with_delta = [], []
     for v in range(n):
         t = big_table(services, 2 + v % 2, version=v + 2, base=t)
         t0 = time.perf_counter()
         await plane.apply(t)
         times.append(time.perf_counter() - t0)
-    return {"first_apply_ms": round(first * 1000, 1),
-            "change_apply_ms_median": round(statistics.median(times) * 1000, 2)}
+    try:  # as a worker does it: the delta comes with the table
+        from pylb.delta import apply_delta, diff
+    except ImportError:
+        pass
+    else:
+        for v in range(n):
+            t2 = big_table(services, 2 + v % 2, version=v + 100, base=t)
+            d = diff(t, t2)
+            t0 = time.perf_counter()
+            t = apply_delta(t, d)
+            await plane.apply(t, d)
+            with_delta.append(time.perf_counter() - t0)
+    out = {"first_apply_ms": round(first * 1000, 1),
+           "change_apply_ms_median": round(statistics.median(times) * 1000, 2)}
+    if with_delta:
+        out["delta_apply_ms_median"] = round(statistics.median(with_delta) * 1000, 2)
+    return out
 
 
 def sizes(services: int) -> dict[str, Any]:

@@ -152,7 +152,10 @@ class Balancer:
         for d in (self._rr, self.fails, self.down):
             for k in [k for k in d if k not in keys]:
                 del d[k]
-        self._by_cookie = {cookie_value(s): s for s in servers}
+        # Only a cookie-sticky backend reads it: a hash per server is most of the cost of
+        # a big table's first apply otherwise.
+        self._by_cookie = {cookie_value(s): s for s in servers} \
+            if backend.affinity is _COOKIE else {}
 
     # -- health -------------------------------------------------------------------------
 
