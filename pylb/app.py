@@ -234,6 +234,7 @@ class Controller:
             counters: dict[str, Any] = self.pool.counters()
             return counters
         assert self.plane is not None
+        self.plane.stats.sweep()  # rows of servers gone from the table, now idle
         return merge_snapshots([self.plane.stats.snapshot()])
 
     def view(self) -> Any:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from pylb.counters import Stats, fold_report, merge_snapshots
 
 
@@ -81,3 +83,23 @@ def test_a_row_dropped_and_made_again_between_reports_is_reported_fresh() -> Non
     st.server("b", "s").open()
     folded = fold_report(folded, st.report())
     assert folded["servers"]["b\x00s"]["cur_conns"] == 1
+
+
+def test_beyond_the_sweep_budget_every_change_arrives_within_a_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pylb.counters
+
+    monkeypatch.setattr(pylb.counters, "SWEEP_ROWS", 7)
+    st = Stats()
+    for i in range(40):
+        st.server("b", f"s{i}").total_conns += 1
+    folded = fold_report({}, st.report(full=True), full=True)
+    for i in range(0, 40, 3):
+        st.server("b", f"s{i}").bytes_in += 5
+    sizes = []
+    for _ in range(6):  # 40 rows / 7 per report: one round
+        report = st.report()
+        sizes.append(len(report["servers"]))
+        folded = fold_report(folded, report)
+    assert max(sizes) <= 7
+    assert folded["servers"] == st.snapshot()["servers"]
