@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pylb.config import Settings
-from pylb.counters import fold_report, merge_snapshots
+from pylb.counters import fold_report, merge_snapshots, server_key
 from pylb.delta import Delta, apply_delta, diff
 from pylb.messages import (
     Channel,
@@ -219,7 +219,7 @@ class WorkerPool:
                 self._detach(w)
                 w.process.join(0)
                 if w.snapshot:
-                    self._retired.append(_retire(w.snapshot))
+                    self._retire(w.snapshot)
                     w.snapshot = {}
                 if time.monotonic() - w.started > 60:
                     w.crashes = 0
@@ -230,6 +230,18 @@ class WorkerPool:
                           w.index, code, delay)
                 w.process = None
                 loop.call_later(delay, self._respawn, w)
+
+    def _retire(self, snapshot: dict[str, Any]) -> None:
+        """Keep a dead worker's counters for the totals, folded into one retired snapshot
+        whose backend and server rows are those of the current table (bounded however
+        often workers die and pods come and go)."""
+        merged = merge_snapshots([*self._retired, _retire(snapshot)])
+        table = self.table
+        merged["backends"] = {k: v for k, v in merged["backends"].items()
+                              if table.get_backend(k) is not None}
+        live = {server_key(b.name, s.label) for b in table.backends for s in b.servers}
+        merged["servers"] = {k: v for k, v in merged["servers"].items() if k in live}
+        self._retired = [merged]
 
     def _respawn(self, w: _Worker) -> None:
         if not self._closing and w.process is None:

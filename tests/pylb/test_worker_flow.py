@@ -125,3 +125,19 @@ def test_stats_reports_fold_into_the_workers_snapshot() -> None:
                               removed_servers=("b\x00s2",)))
     assert w.snapshot["servers"] == {"b\x00s1": dict(row, req_total=5)}
     assert pool.counters()["frontends"]["http"]["req_total"] == 2
+
+
+def test_retired_counters_are_one_snapshot_pruned_to_the_table() -> None:
+    pool, _ = pool_with(1)
+    pool.apply(table(1))
+    row = {"req_total": 3, "cur_conns": 2, "hrsp": [0] * 6}
+    for gone in ("ns/old:80", "ns/older:80"):
+        pool._retire({"frontends": {"http": row}, "backends": {"ns/s0:80": row, gone: row},
+                      "servers": {"ns/s0:80\x00127.2.0.1:80": row, f"{gone}\x00x": row},
+                      "failures": {"NO_ROUTE": 1}})
+    assert len(pool._retired) == 1
+    (r,) = pool._retired
+    assert r["frontends"]["http"]["req_total"] == 6 and r["frontends"]["http"]["cur_conns"] == 0
+    assert set(r["backends"]) == {"ns/s0:80"}
+    assert set(r["servers"]) == {"ns/s0:80\x00127.2.0.1:80"}
+    assert r["failures"] == {"NO_ROUTE": 2}
