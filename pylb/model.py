@@ -66,13 +66,6 @@ class Server:
         object.__setattr__(self, "key", (self.address, self.port))
         object.__setattr__(self, "label", self.name or format_hostport(self.address, self.port))
 
-    def __reduce__(self) -> tuple[type[Server], tuple[str, int, str, int, bool, bool, bool]]:
-        # Pickled as its constructor's arguments: the dataclass default (a state list set
-        # field by field after a fields() call) costs 3-4 times more, and a worker reads
-        # 100,000 of these in a whole table (pylb.messages).
-        return (Server, (self.address, self.port, self.name, self.weight, self.ready,
-                         self.serving, self.terminating))
-
     @property
     def accepts_new_work(self) -> bool:
         return self.ready and not self.terminating and self.weight > 0

@@ -158,13 +158,13 @@ class WorkerPool:
         self._ready_waiters[w.index] = loop.create_future()
         ch = Channel(lambda m: self._on_message(w, m), lambda _exc: self._on_lost(w, ch),
                      None, lambda: self._drained(w), name=f"worker {w.index}")
-        w.channel = ch
         try:
             await open_channel(parent, ch)
         except OSError as e:
-            parent.close()
+            parent.close()  # the worker sees EOF and exits; it is restarted
             log.error("worker %d: cannot attach its stream: %s", w.index, e)
             return
+        w.channel = ch
         self._send_table(w)
         self._send_health_map(w)
 
@@ -463,7 +463,7 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
             log.warning("controller gone; worker %d exits", index)
             stop.set_result(0.0)
 
-    channel = Channel(on_message, on_lost, name=f"worker {index} ← controller")
+    channel = Channel(on_message, on_lost, name=f"worker {index}: controller stream")
     await open_channel(sock, channel)
     if failed is not None:
         channel.send(Error(failed))

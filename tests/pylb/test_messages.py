@@ -23,13 +23,32 @@ from pylb.messages import (
     Table,
     encode,
 )
-from pylb.model import Algorithm, Backend, HttpRoute, RouteTable, Server
+from pylb.model import (
+    Affinity,
+    Algorithm,
+    Backend,
+    HttpRoute,
+    ProxyProtocol,
+    RouteTable,
+    Server,
+    SkippedService,
+    TcpFrontend,
+)
 
-B = Backend("ns/a:80", (Server("127.2.0.1", 80, name="a-0"), Server("::1", 81, weight=3)),
-            Algorithm.LEASTCONN)
+B = Backend("ns/a:80", (Server("127.2.0.1", 80, name="a-0"), Server("::1", 81, weight=3),
+                        Server("127.2.0.2", 80, ready=False, serving=False,
+                               terminating=True)),
+            Algorithm.LEASTCONN, Affinity.COOKIE, "SID", ProxyProtocol.V2, "/healthz")
+C = Backend("ns/c:443")
+ROUTES = (HttpRoute("a", "/a", B.name), HttpRoute("/X", "/X", B.name, host="x.example",
+                                                  strip_prefix=False, case_insensitive=True,
+                                                  ssl_redirect=True))
 MESSAGES: list[Message] = [
-    Table(RouteTable(http=(HttpRoute("a", "/a", B.name),), backends=(B,), version=7)),
-    Delta(base=7, version=8, backends=(B,), removed=("ns/b:80",), http=()),
+    Table(RouteTable(http=ROUTES, https=(HttpRoute("c", "/c", C.name, tls=True),),
+                     tcp=(TcpFrontend("c", 8443, "", (("c.example", C.name),)),),
+                     backends=(B, C), skipped=(SkippedService("ns", "d", "why"),),
+                     version=7)),
+    Delta(base=7, version=8, backends=(B,), removed=("ns/b:80",), http=ROUTES, https=()),
     Health(((("127.2.0.1", 80), False), (("::1", 81), True))),
     Health((), full=True),
     Shutdown(2.5),
@@ -44,6 +63,10 @@ MESSAGES: list[Message] = [
 def test_every_message_round_trips() -> None:
     for msg in MESSAGES:
         assert FrameReader().feed(encode(msg)) == [msg]
+    (table,) = FrameReader().feed(encode(MESSAGES[0]))
+    assert isinstance(table, Table) and isinstance(MESSAGES[0], Table)
+    assert table.table.render() == MESSAGES[0].table.render()
+    assert table.table.version == 7
 
 
 def test_frames_split_at_every_position_come_out_whole_and_in_order() -> None:
