@@ -20,7 +20,7 @@ from typing import Any
 from pylb import __version__
 from pylb.config import Settings, TlsSettings
 from pylb.counters import Stats, merge_snapshots
-from pylb.delta import Delta
+from pylb.delta import Delta, diff
 from pylb.model import RouteTable
 
 log = logging.getLogger("pylb")
@@ -110,8 +110,6 @@ class DataPlane:
         table shares unchanged backends with the old). Only changed backends' balancers
         and counters are touched, a router only when its routes changed, the TCP
         listeners only when TCP frontends changed."""
-        from pylb.delta import diff
-
         old = self.table
         if delta is None or delta.base != old.version:
             delta = diff(old, table)
