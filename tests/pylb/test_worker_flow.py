@@ -141,3 +141,43 @@ def test_retired_counters_are_one_snapshot_pruned_to_the_table() -> None:
     assert set(r["backends"]) == {"ns/s0:80"}
     assert set(r["servers"]) == {"ns/s0:80\x00127.2.0.1:80"}
     assert r["failures"] == {"NO_ROUTE": 2}
+
+
+async def test_a_channel_pauses_above_the_high_watermark_and_resumes_when_read() -> None:
+    """Real transports on a socketpair: a reader that stops reading pauses the writer
+    (writes still never block), and reading again resumes it; every frame arrives."""
+    import socket
+
+    from pylb.messages import HIGH_WATER, Channel, Ready, open_channel
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    events: list[str] = []
+    got: list[Message] = []
+    writer = Channel(lambda m: None, lambda e: None, lambda: events.append("pause"),
+                     lambda: events.append("resume"))
+    reader = Channel(got.append, lambda e: None)
+    await open_channel(a, writer)
+    await open_channel(b, reader)
+    try:
+        assert reader.transport is not None
+        reader.transport.pause_reading()
+        blob = Stats(frontends={"x": {"pad": "y" * 100_000}})
+        sent = 0
+        while not writer.paused and sent < 1000:
+            assert writer.send(blob)
+            sent += 1
+        assert writer.paused and events == ["pause"]
+        assert writer.buffered > HIGH_WATER // 2
+        writer.send(Ready(7))  # still accepted: the sender decides what to hold back
+        reader.transport.resume_reading()
+        for _ in range(500):
+            if len(got) == sent + 1:
+                break
+            await asyncio.sleep(0.01)
+        assert events == ["pause", "resume"] and not writer.paused
+        assert got[:sent] == [blob] * sent and got[sent] == Ready(7)
+    finally:
+        writer.close()
+        reader.close()
+        await asyncio.wait_for(writer.wait_closed(), 5)
+        await asyncio.wait_for(reader.wait_closed(), 5)
