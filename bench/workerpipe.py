@@ -16,12 +16,15 @@ noisy, before and after were run back to back), issue #24 part 3:
 |---|---|---|
 | whole-table message, 1,000 / 10,000 services | 725 KB / 7.45 MB (pickle) | 450 KB / 4.70 MB |
 | one-backend change message | the whole table | a 227-byte Delta |
-| DataPlane.apply, one-backend change, 10k services | 66-84 ms | 7.8-8.8 ms (diff in the plane), 0.4-0.6 ms (worker: delta given, incl. apply_delta) |
+| DataPlane.apply, one-backend change, 10k services | 66-84 ms | 7.8-8.8 ms [1], 0.4-0.6 ms [2] |
 | DataPlane.apply, first table, 10k services | 512-756 ms | 385-448 ms |
 | 2 workers, 1,000 services: first traffic | never (EAGAIN, cut message, restart loop) | 0.24 s |
 | 2 workers, 1,000 services: change → traffic | – | p50 9.3 ms, max 12.7 ms (20 changes) |
 | 2 workers, 10,000 services: first traffic | never | 1.97 s |
 | 2 workers, 10,000 services: change → traffic | – | p50 17.1 ms, max 25.0 ms (20 changes) |
+
+[1] in process (`--workers 1`): the plane works out the delta itself (`diff`).
+[2] in a worker: the delta comes with the table; includes `apply_delta`.
 """
 
 from __future__ import annotations
