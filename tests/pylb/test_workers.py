@@ -674,3 +674,48 @@ def _table_frame(table: RouteTable) -> bytes:
     from pylb.messages import Table, encode
 
     return encode(Table(table))
+
+
+async def test_a_stalled_worker_gets_the_newest_whole_table_when_it_drains(
+        backends: list[int]) -> None:
+    """Worker 0 is stopped (SIGSTOP) while every backend changes 30 times: the controller
+    buffers at most about one watermark's worth for it, the other worker follows every
+    change, and worker 0, resumed, gets the newest whole table once and serves it."""
+    from pylb.messages import HIGH_WATER
+
+    def churn(version: int, real: int) -> RouteTable:
+        svc = Backend("default/svc:80", (Server("127.0.0.1", real),))
+        others = tuple(Backend(f"ns/s{i}:80", tuple(
+            Server(f"127.3.{i // 250}.{1 + i % 250}", 9000 + version, name=f"p{version}-{j}")
+            for j in range(10))) for i in range(300))
+        return RouteTable(http=(HttpRoute("svc", "/svc", svc.name),),
+                          backends=(svc, *others), version=version)
+
+    s = settings()
+    pool = WorkerPool(s)
+    await pool.start()
+    stopped = pool.pids()[0]
+    try:
+        pool.apply(churn(1, backends[0]))
+        await served_only_by(s.http_port, "b0")
+        w0 = pool._workers[0]
+        assert w0.channel is not None
+        os.kill(stopped, signal.SIGSTOP)
+        tables = pool.sent["tables"]
+        peak = 0
+        for v in range(2, 32):
+            pool.apply(churn(v, backends[v % 2]))
+            peak = max(peak, w0.channel.buffered)
+            await asyncio.sleep(0.01)
+        assert w0.table_stale and w0.channel.paused
+        assert peak < HIGH_WATER + 600_000  # a watermark and one message, not 30 deltas
+        assert pool.sent["tables"] == tables  # nothing more for it while it is stalled
+        os.kill(stopped, signal.SIGCONT)
+        stopped = 0
+        await wait_until(lambda: pool.sent["tables"] == tables + 1 and not w0.table_stale)
+        await served_only_by(s.http_port, "b1", in_a_row=20)  # v31: backends[31 % 2]
+        assert pool.restarts == 0
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
+        await pool.shutdown(1.0)
