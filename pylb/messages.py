@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from pylb.delta import Delta, pack_table, unpack_table
+from pylb.delta import PACKABLE, Delta, pack_table, unpack_table
 from pylb.model import RouteTable
 
 log = logging.getLogger("pylb.workers")
@@ -67,6 +67,8 @@ class Table:
     table: RouteTable
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if not PACKABLE:
+            return (Table, (self.table,))
         return (_unpack_table_message, (pack_table(self.table),))
 
 

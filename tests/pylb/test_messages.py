@@ -116,3 +116,22 @@ def test_garbage_and_foreign_objects_are_refused() -> None:
     evil = pickle.dumps(Evil())
     with pytest.raises(FrameError, match="unexpected class"):
         FrameReader().feed(HEADER.pack(len(evil)) + evil)
+
+
+def test_the_wire_form_names_every_field_of_the_model() -> None:
+    """A field added to Server, Backend or HttpRoute must be added to pylb.delta's
+    _PACKED_FIELDS (else tables go to workers by plain pickling: slower)."""
+    import pylb.delta
+
+    assert pylb.delta.PACKABLE
+
+
+def test_without_the_wire_form_messages_still_round_trip(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pylb.delta
+    import pylb.messages
+
+    monkeypatch.setattr(pylb.delta, "PACKABLE", False)
+    monkeypatch.setattr(pylb.messages, "PACKABLE", False)
+    for msg in MESSAGES[:2]:
+        assert FrameReader().feed(encode(msg)) == [msg]
