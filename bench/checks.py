@@ -1,0 +1,122 @@
+"""Active checks at cluster scale: the controller loop's responsiveness and set_table's cost.
+
+    python -m bench.checks [--servers 100000] [--seconds 10]
+
+Runs proxy.check.HealthChecker on uvloop, as the controller does, over N servers at
+addresses in 127.0.0.0/8 that do not listen (each connect is refused at once), with every
+check flag at its default, and measures meanwhile:
+
+- loop lag: a 10 ms ticker's lateness (max and p99), i.e. how long the stats page, /readyz,
+  discovery or a SIGTERM handler could wait behind the checks;
+- probes started per second, and connects that failed for local reasons (EMFILE...);
+- set_table: the first table, then a table that differs in one server (the median of
+  several), as the controller calls it on every route-table change.
+
+Network safety: every address is 127.1.x.y (loopback); nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import statistics
+import time
+from dataclasses import replace
+
+import uvloop
+
+from proxy.check import HealthChecker
+from pylb.config import Settings
+from pylb.model import Backend, RouteTable, Server
+
+
+def table(n: int, per_backend: int = 10) -> RouteTable:
+    backends = []
+    for b in range(n // per_backend):
+        servers = []
+        for s in range(per_backend):
+            i = b * per_backend + s
+            servers.append(Server(f"127.1.{i // 250 % 250}.{i % 250 + 1}", 20000 + i // 62500))
+        backends.append(Backend(f"ns/svc{b:06d}:80", tuple(servers)))
+    return RouteTable(backends=tuple(backends))
+
+
+def one_changed(t: RouteTable, i: int) -> RouteTable:
+    """`t` with one server of its first backend replaced, every other backend shared."""
+    first = t.backends[0]
+    servers = (Server(f"127.2.{i // 250 % 250}.{i % 250 + 1}", 20000), *first.servers[1:])
+    return replace(t, backends=(replace(first, servers=servers), *t.backends[1:]))
+
+
+async def main(n: int, seconds: float) -> None:
+    changes = 0
+
+    def on_change(*_: object) -> None:
+        nonlocal changes
+        changes += 1
+
+    checker = HealthChecker(Settings(), on_change)
+    t0 = time.perf_counter()
+    base = table(n)
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    checker.set_table(base)
+    first = time.perf_counter() - t0
+    times = []
+    cur = base
+    for i in range(7):
+        cur = one_changed(base, i)
+        t0 = time.perf_counter()
+        checker.set_table(cur)
+        times.append(time.perf_counter() - t0)
+    rebuilt = one_changed(table(n), 99)  # equal backends, none shared (today's translate)
+    t0 = time.perf_counter()
+    checker.set_table(rebuilt)
+    rebuilt_time = time.perf_counter() - t0
+    print(f"servers {n}: table built in {build * 1000:.0f} ms; set_table first "
+          f"{first * 1000:.1f} ms, one server changed (backends shared) median "
+          f"{statistics.median(times) * 1000:.2f} ms max {max(times) * 1000:.2f} ms, "
+          f"rebuilt table differing in one server {rebuilt_time * 1000:.1f} ms")
+
+    lags: list[float] = []
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(checker.run())
+    end = loop.time() + seconds
+    while loop.time() < end:
+        t = loop.time()
+        await asyncio.sleep(0.01)
+        lags.append(loop.time() - t - 0.01)
+    checker.stop()
+    t_stop = loop.time()
+    try:
+        async with asyncio.timeout(60):
+            await task
+    except TimeoutError:
+        task.cancel()
+    stop_time = loop.time() - t_stop
+    lags.sort()
+    results = checker.results()
+    probed = sum(1 for r in results.values() if r.checked_at is not None)
+    emfile = sum(1 for r in results.values() if "open files" in r.detail)
+    rate = getattr(checker, "probes_per_second", None)
+    eff = getattr(checker, "effective_interval", None)
+    print(f"  loop lag over {seconds:g}s: max {lags[-1] * 1000:.0f} ms, "
+          f"p99 {lags[int(len(lags) * 0.99)] * 1000:.0f} ms, ticks {len(lags)} "
+          f"(ideal {seconds / 0.01:.0f}); servers probed {probed}, "
+          f"'Too many open files' verdicts {emfile}, down transitions {changes}, "
+          f"stop took {stop_time * 1000:.0f} ms"
+          + (f", probes/s {rate:.0f}, effective interval {eff:.1f}s" if rate is not None
+             and eff is not None else ""))
+    gc.collect()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--servers", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("proxy.check").setLevel(logging.ERROR)  # 100k DOWN lines otherwise
+    uvloop.run(main(args.servers, args.seconds))
