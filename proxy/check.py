@@ -209,7 +209,7 @@ def backend_checked(backend: Backend, scope: CheckScope) -> bool:
 
 
 def _eligible(backend: Backend, scope: CheckScope) -> tuple[Key, ...]:
-    """The addresses `backend` asks to check (ready or draining), without repeats.
+    """The addresses `backend` asks to check (ready or draining); repeats are possible.
 
     Endpoints Kubernetes does not call ready (and that are not draining) are left
     alone, as haproxy does not check a server in maintenance: they get no traffic, and
@@ -217,8 +217,7 @@ def _eligible(backend: Backend, scope: CheckScope) -> tuple[Key, ...]:
     """
     if not backend_checked(backend, scope):
         return ()
-    keys = tuple(s.key for s in backend.servers if s.ready or s.terminating)
-    return keys if len(keys) < 2 else tuple(dict.fromkeys(keys))
+    return tuple([s.key for s in backend.servers if s.ready or s.terminating])
 
 
 def check_targets(table: RouteTable, scope: CheckScope = CheckScope.ALL
@@ -269,9 +268,10 @@ class _Index:
         self.backends: dict[str, tuple[Backend, tuple[Key, ...]]] = {}
         self.refs: dict[Key, tuple[str, ...]] = {}
 
-    def update(self, backends: Iterable[Backend]) -> set[Key]:
-        """Take the table's backends; the addresses whose target state may have changed."""
-        touched: set[Key] = set()
+    def update(self, backends: Iterable[Backend]) -> dict[Key, None]:
+        """Take the table's backends; the addresses whose target state may have changed
+        (a dict for its order: the table's)."""
+        touched: dict[Key, None] = {}
         old = self.backends
         new: dict[str, tuple[Backend, tuple[Key, ...]]] = {}
         kept = 0  # names of `old` seen again: fewer than len(old) means some left
@@ -279,8 +279,13 @@ class _Index:
             prev = old.get(b.name)
             if prev is not None:
                 kept += 1
-                if prev[0] is b:
+                was = prev[0]
+                if was is b:
                     new[b.name] = prev
+                    continue
+                if was.servers is b.servers and was.check == b.check and \
+                        was.check_path == b.check_path:  # rebuilt around the same servers
+                    new[b.name] = (b, prev[1])
                     continue
             keys = _eligible(b, self.scope)
             new[b.name] = (b, keys)
@@ -295,25 +300,27 @@ class _Index:
         self.backends = new
         return touched
 
-    def _ref(self, name: str, keys: tuple[Key, ...], touched: set[Key]) -> None:
+    def _ref(self, name: str, keys: tuple[Key, ...], touched: dict[Key, None]) -> None:
         refs = self.refs
         for key in keys:
-            names = refs.get(key)
-            refs[key] = (name,) if names is None else tuple(sorted((*names, name)))
-        touched.update(keys)
-
-    def _unref(self, name: str, keys: tuple[Key, ...], touched: set[Key]) -> None:
-        refs = self.refs
-        for key in keys:
+            touched[key] = None
             names = refs.get(key)
             if names is None:
+                refs[key] = (name,)
+            elif name not in names:
+                refs[key] = tuple(sorted((*names, name)))
+
+    def _unref(self, name: str, keys: tuple[Key, ...], touched: dict[Key, None]) -> None:
+        refs = self.refs
+        for key in keys:
+            touched[key] = None
+            names = refs.get(key)
+            if names is None or name not in names:
                 continue
-            rest = tuple(n for n in names if n != name)
-            if rest:
-                refs[key] = rest
-            else:
+            if len(names) == 1:
                 del refs[key]
-        touched.update(keys)
+            else:
+                refs[key] = tuple(n for n in names if n != name)
 
     def resolve(self, key: Key) -> tuple[bool, str | None]:
         """(checked?, HTTP path or None) for `key` in the current table."""
@@ -373,8 +380,20 @@ class Schedule:
         """New servers, spread evenly over one (effective) interval from `now`."""
         span = effective_interval(len(self.targets) + len(items), self.interval, self.rate)
         m = len(items)
-        for i, (key, path) in enumerate(items):
-            self._put(key, path, now + span * (i + self._rng.random()) / m)
+        step, rand, seq0 = span / m, self._rng.random, self._seq
+        targets = self.targets
+        entries = []
+        for i, (key, path) in enumerate(items, 1):
+            target = targets[key] = _Target(path, seq0 + i)
+            entries.append((now + step * (i - 1 + rand()), seq0 + i, key))
+        self._seq = seq0 + m
+        if len(entries) > len(self._heap):  # one heapify beats m pushes
+            self._heap.extend(entries)
+            heapq.heapify(self._heap)
+        else:
+            for e in entries:
+                heapq.heappush(self._heap, e)
+        del target
 
     def remove(self, key: Key) -> None:
         self.targets.pop(key, None)  # its heap entry goes stale; see _top
@@ -674,7 +693,7 @@ class HealthChecker:
         schedule, results, index = self._schedule, self._results, self._index
         fresh: dict[bool, CheckResult] = {}
         added: list[tuple[Key, str | None]] = []
-        for key in sorted(touched):  # sorted: the spread does not depend on hashing
+        for key in touched:
             checked, path = index.resolve(key)
             target = schedule.targets.get(key)
             if not checked:
