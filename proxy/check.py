@@ -487,11 +487,16 @@ class Schedule:
         heapq.heapify(self._heap)
 
     def _refill(self, now: float) -> None:
-        if self._refilled is not None and now > self._refilled:
-            self._tokens = min(max(1.0, self.rate * _BURST),
-                               self._tokens + (now - self._refilled) * self.rate)
-        if self._refilled is None or now > self._refilled:
-            self._refilled = now
+        """The token bucket: `rate` a second, saving up at most `_BURST` seconds' worth
+        (it starts full)."""
+        full = max(1.0, self.rate * _BURST)
+        if self._refilled is None:
+            self._tokens = full
+        elif now > self._refilled:
+            self._tokens = min(full, self._tokens + (now - self._refilled) * self.rate)
+        else:
+            return
+        self._refilled = now
 
 
 async def _connect(address: str, port: int, timeout: float, t0: float
