@@ -8,7 +8,8 @@ check flag at its default, and measures meanwhile:
 
 - loop lag: a 10 ms ticker's lateness (max and p99), i.e. how long the stats page, /readyz,
   discovery or a SIGTERM handler could wait behind the checks;
-- probes started per second, and connects that failed for local reasons (EMFILE...);
+- probes started per second, the CPU they cost, and verdicts caused by local shortage
+  ("Too many open files" — the old checker's);
 - set_table: the first table, then a table that differs in one server (the median of
   several), as the controller calls it on every route-table change.
 
@@ -90,12 +91,16 @@ async def main(n: int, seconds: float) -> None:
 
     lags: list[float] = []
     loop = asyncio.get_running_loop()
+    cpu0 = time.process_time()
+    probes0 = getattr(checker, "probes_total", 0)
     task = loop.create_task(checker.run())
     end = loop.time() + seconds
     while loop.time() < end:
         t = loop.time()
         await asyncio.sleep(0.01)
         lags.append(loop.time() - t - 0.01)
+    cpu = time.process_time() - cpu0
+    probes = getattr(checker, "probes_total", 0) - probes0
     checker.stop()
     t_stop = loop.time()
     try:
@@ -114,7 +119,8 @@ async def main(n: int, seconds: float) -> None:
           f"p99 {lags[int(len(lags) * 0.99)] * 1000:.0f} ms, ticks {len(lags)} "
           f"(ideal {seconds / 0.01:.0f}); servers probed {probed}, "
           f"'Too many open files' verdicts {emfile}, down transitions {changes}, "
-          f"stop took {stop_time * 1000:.0f} ms"
+          f"stop took {stop_time * 1000:.0f} ms, CPU {cpu / seconds * 100:.0f}% of a core"
+          + (f" ({cpu / probes * 1e6:.0f} us a probe)" if probes else "")
           + (f", probes/s {rate:.0f}, effective interval {eff:.1f}s" if rate is not None
              and eff is not None else ""))
     gc.collect()

@@ -658,7 +658,8 @@ class HealthChecker:
 
     @property
     def probes_per_second(self) -> float:
-        """Probes started per second, measured over the last few seconds."""
+        """Probes started per second: the mean since the previous reading that is at
+        least 5 s old (the stats page reads it every few seconds)."""
         now = self._mono()
         since, count = self._rate_since
         if now - since >= 5.0:

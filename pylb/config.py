@@ -130,9 +130,10 @@ class CheckSettings:
     the stats page, /readyz and signal handling, so they run under a budget:
 
     - `rate`: probes started per second, all servers together. A probe (socket, connect,
-      close, its task and timer) costs the controller roughly 100-150 us of CPU on uvloop
-      (bench/checks.py), so 1,000/s is about a seventh of one core: on a 2-core node
-      the controller keeps most of its core, and the workers theirs. 1,000/s covers
+      close, its task, timer and verdict) costs the controller about 150 us of CPU on
+      uvloop (bench/checks.py: 1,000 probes/s took 15-17% of a core), so on a 2-core
+      node the controller keeps most of its core for discovery, publishing and the
+      stats page, and the workers theirs; its loop never waits more than a few ms. 1,000/s covers
       2,000 servers at the 2 s interval; above that the interval stretches to
       servers / rate (100,000 servers: every 100 s) and the stats page and a log line
       say so — haproxy likewise spreads its checks (`spread-checks`) rather than
