@@ -268,7 +268,7 @@ class Balancers:
     frontend (L7 plain and TLS, L4) so that leastconn counts and stickiness are per worker,
     not per listener."""
 
-    __slots__ = ("_by_name", "_clock", "_health", "_limits")
+    __slots__ = ("_by_name", "_clock", "_health", "_limits", "_where")
 
     def __init__(self, limits: Limits | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -276,6 +276,9 @@ class Balancers:
         self._clock = clock
         self._by_name: dict[str, Balancer] = {}
         self._health: dict[Key, bool] = {}
+        # server address -> the balancers of the backends naming it; built on the first
+        # verdict after a table change, so a burst of verdicts costs one walk, not one each
+        self._where: dict[Key, list[Balancer]] | None = None
 
     def update(self, backends: Collection[Backend]) -> None:
         """Apply a new table's backends: new ones get a balancer, changed ones keep their
@@ -296,6 +299,7 @@ class Balancers:
                     bal.set_health(s.key, False)
             fresh[b.name] = bal
         self._by_name = fresh
+        self._where = None
 
     def get(self, name: str) -> Balancer | None:
         return self._by_name.get(name)
@@ -303,6 +307,13 @@ class Balancers:
     def set_health(self, key: Key, up: bool) -> None:
         """An active check's verdict for a server address, applied in every backend."""
         self._health[key] = up
-        for bal in self._by_name.values():
-            if any(s.key == key for s in bal.backend.servers):
-                bal.set_health(key, up)
+        where = self._where
+        if where is None:
+            where = self._where = {}
+            for bal in self._by_name.values():
+                for s in bal.backend.servers:
+                    bals = where.setdefault(s.key, [])
+                    if not bals or bals[-1] is not bal:
+                        bals.append(bal)
+        for bal in where.get(key, ()):
+            bal.set_health(key, up)

@@ -599,6 +599,10 @@ async def probe_server(key: Key, path: str | None, timeout: float) -> Probe:
 
 
 _WARN_EVERY = 10.0  # seconds between two "paused" warnings
+# Up/down lines, one per server as haproxy writes them — but at most this many per
+# _WARN_EVERY seconds, then one line that counts the rest: a node going away with a
+# thousand pods must not become a thousand log writes on the controller's loop.
+_LINES_PER_WINDOW = 50
 _MIN_SLEEP = 0.002  # the scheduler's shortest nap: probes due within it start together
 
 
@@ -608,7 +612,8 @@ class HealthChecker:
 
     `params` overrides `settings.checks` (tests use millisecond intervals); `clock` is
     the wall clock stamped on results, `monotonic` the one the schedule runs on; `probe`
-    does one check (tests inject failures); `nofile` overrides RLIMIT_NOFILE.
+    does one check (tests inject failures); `nofile` overrides RLIMIT_NOFILE (by default
+    it is read when `run()` starts; None: no limit).
     """
 
     def __init__(self, settings: Settings,
@@ -641,6 +646,9 @@ class HealthChecker:
         self._put_offs_warned = 0
         self._rate_since = (self._mono(), 0)
         self._rate = 0.0
+        self._lines_window = float("-inf")  # when the current window of up/down lines began
+        self._lines_left = _LINES_PER_WINDOW
+        self._unlogged = [0, 0]  # transitions not logged one by one: down, up
 
     @property
     def params(self) -> CheckSettings:
@@ -732,6 +740,8 @@ class HealthChecker:
         try:
             while not self._stopping:
                 now = self._mono()
+                if now - self._lines_window >= _WARN_EVERY and any(self._unlogged):
+                    self._log_unlogged(now)
                 for key, target in schedule.take(now):
                     task = loop.create_task(self._run_probe(key, target, now))
                     self._tasks.add(task)
@@ -790,13 +800,32 @@ class HealthChecker:
         new = advance(prev, result, now)
         self._results[key] = new
         if new.up != prev.up:
-            log.log(logging.INFO if new.up else logging.WARNING,
-                    "server %s is %s: %s (%s ms)", format_hostport(*key),
-                    "UP" if new.up else "DOWN", new.description, result.duration_ms)
+            self._log_transition(key, new)
             try:
                 self._on_change(key, new.up, new)
             except Exception:
                 log.exception("health check callback failed for %s", format_hostport(*key))
+
+    def _log_transition(self, key: Key, new: CheckResult) -> None:
+        now = self._mono()
+        if now - self._lines_window >= _WARN_EVERY:
+            self._log_unlogged(now)
+        if self._lines_left > 0:
+            self._lines_left -= 1
+            log.log(logging.INFO if new.up else logging.WARNING,
+                    "server %s is %s: %s (%s ms)", format_hostport(*key),
+                    "UP" if new.up else "DOWN", new.description, new.duration_ms)
+        else:
+            self._unlogged[new.up] += 1
+
+    def _log_unlogged(self, now: float) -> None:
+        """Start a new window of up/down lines, after one line for the last one's rest."""
+        down, up = self._unlogged
+        if down or up:
+            log.warning("health checks: %d more server(s) went DOWN and %d UP in the last "
+                        "%.0fs (not logged one by one; the stats page has each)", down, up,
+                        now - self._lines_window)
+        self._lines_window, self._lines_left, self._unlogged = now, _LINES_PER_WINDOW, [0, 0]
 
     def _put_off(self, key: Key, target: _Target, e: OSError) -> None:
         now = self._mono()
