@@ -25,6 +25,15 @@ second: the loop starved and the process ran out of descriptors).
   or EADDRNOTAVAIL (`proxy.listener.LOCAL_ERRNOS`) says this process is short, not that
   the server is down: the schedule pauses (backing off from 0.1 s to 2 s), the server is
   retried after the pause, and a warning is logged at most every 10 s.
+- Measured (bench/checks.py, 100,000 servers that refuse, defaults, uvloop): a probe
+  costs ~160 us of CPU, so 1,000/s is ~16% of a core; the loop's worst lag stays ~10 ms
+  (it was 6.9 s with a task per server); `set_table` for a table that changed in one
+  server takes ~2 ms when backends are shared, ~5 ms when only their servers tuples are
+  (the first table: ~0.8 s, once).
+
+`on_change(key, up, result)` is called on every up/down transition only, and the
+transition logged — the first 50 in any 10 s one line each, the rest counted in one line,
+so a node lost with its thousand pods is not a thousand writes on the controller's loop.
 
 A probe is a TCP connect (`L4OK`, `L4CON` refused, `L4TOUT` timed out, `SOCKERR`), or,
 when a backend using the server has a `check_path`, an HTTP/1.1 `GET` of that path whose
@@ -40,10 +49,9 @@ shows the steps between as "UP 1/3" (going down) and "DOWN 1/2" (going up). A se
 starts at `health = rise`, as in haproxy: up (Kubernetes says it is ready), but the first
 failed probe takes it down and the first good one confirms it.
 
-`on_change(key, up, result)` is called on every up/down transition only; `results()` is
-the latest result per server, for the stats page. If one address serves several backends
-with different check paths, the first backend by name that has a path decides it (one
-address, one verdict, since workers keep health per address).
+`results()` is the latest result per server, for the stats page. If one address serves
+several backends with different check paths, the first backend by name that has a path
+decides it (one address, one verdict, since workers keep health per address).
 """
 
 from __future__ import annotations

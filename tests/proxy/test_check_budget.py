@@ -9,6 +9,7 @@ import errno
 import heapq
 import logging
 import random
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -403,3 +404,38 @@ def test_set_table_keeps_results_of_servers_that_stay() -> None:
     assert checker.results()[key] is marked
     checker.set_table(RouteTable(backends=t.backends[1:]))
     assert key not in checker.results() and len(checker.results()) == 20
+
+
+async def test_up_down_lines_are_capped_and_the_rest_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """200 servers down at once: 50 lines, then one that counts the other 150 (written
+    when the next 10 s window starts; the clock is pushed on to get there)."""
+    caplog.set_level(logging.INFO, logger="proxy.check")
+    offset = [0.0]
+    downs: list[Key] = []
+
+    async def refused(key: Key, path: str | None, timeout: float) -> Probe:
+        return Probe(L4CON, detail="Connection refused")
+
+    checker = HealthChecker(
+        Settings(), lambda k, up, r: downs.append(k), probe=refused, nofile=None,
+        monotonic=lambda: time.monotonic() + offset[0],
+        params=CheckSettings(interval=0.05, rate=100_000.0, rise=1, fall=1))
+    checker.set_table(_table(200))
+    task = asyncio.create_task(checker.run())
+    try:
+        async with asyncio.timeout(30):
+            while len(downs) < 200:
+                await asyncio.sleep(0.01)
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum(" is DOWN: " in m for m in lines) == 50
+        offset[0] += 11.0
+        checker.set_table(_table(201))
+        async with asyncio.timeout(30):
+            while not any("more server" in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.01)
+    finally:
+        checker.stop()
+        await task
+    summary = [r.getMessage() for r in caplog.records if "more server" in r.getMessage()]
+    assert summary[0].startswith("health checks: 150 more server(s) went DOWN and 0 UP")
