@@ -9,9 +9,13 @@ import errno
 import heapq
 import logging
 import random
+import subprocess
+import sys
+import textwrap
 import time
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +35,8 @@ from proxy.check import (
 )
 from pylb.config import CheckScope, CheckSettings, Settings
 from pylb.model import Backend, RouteTable, Server
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # -- the arithmetic --------------------------------------------------------------------
 
@@ -439,3 +445,46 @@ async def test_up_down_lines_are_capped_and_the_rest_counted(
         await task
     summary = [r.getMessage() for r in caplog.records if "more server" in r.getMessage()]
     assert summary[0].startswith("health checks: 150 more server(s) went DOWN and 0 UP")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_real_emfile_from_a_probe_is_raised_not_a_verdict(loop: str) -> None:
+    """Out of descriptors for real (RLIMIT_NOFILE lowered in a child process): the probe
+    functions raise OSError(EMFILE) — which the checker takes as a pause — instead of
+    returning a SOCKERR verdict on the server."""
+    code = textwrap.dedent('''
+        import asyncio, errno, os, resource, socket, sys
+        sys.path.insert(0, ROOT)
+        from proxy.check import probe_http, probe_tcp
+
+        async def main():
+            srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            used = len(os.listdir("/proc/self/fd"))
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (used + 5, hard))
+            hog = []
+            try:
+                while True:
+                    hog.append(socket.socket())
+            except OSError as e:
+                assert e.errno == errno.EMFILE
+            out = []
+            for probe in (lambda: probe_tcp("127.0.0.1", port, 2.0),
+                          lambda: probe_http("127.0.0.1", port, "/", 2.0)):
+                try:
+                    out.append((await probe()).status)
+                except OSError as e:
+                    out.append(errno.errorcode[e.errno])
+            print(" ".join(out))
+
+        if LOOP == "uvloop":
+            import uvloop
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    ''').replace("ROOT", repr(str(ROOT))).replace("LOOP", repr(loop))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["EMFILE", "EMFILE"]
