@@ -384,15 +384,17 @@ class Schedule:
     def effective_interval(self) -> float:
         return effective_interval(len(self.targets), self.interval, self.rate)
 
-    def add(self, items: list[tuple[Key, str | None]], now: float) -> None:
-        """New servers, spread evenly over one (effective) interval from `now`."""
-        span = effective_interval(len(self.targets) + len(items), self.interval, self.rate)
+    def add(self, items: list[tuple[Key, str | None]], now: float, more: int = 0) -> None:
+        """New servers, spread evenly over one (effective) interval from `now` — the
+        interval for `more` servers still to come too, when a big table is added in
+        parts, so that every part spreads over the same span."""
         m = len(items)
+        span = effective_interval(len(self.targets) + m + more, self.interval, self.rate)
         step, rand, seq0 = span / m, self._rng.random, self._seq
         targets = self.targets
         entries = []
         for i, (key, path) in enumerate(items, 1):
-            target = targets[key] = _Target(path, seq0 + i)
+            targets[key] = _Target(path, seq0 + i)
             entries.append((now + step * (i - 1 + rand()), seq0 + i, key))
         self._seq = seq0 + m
         if len(entries) > len(self._heap):  # one heapify beats m pushes
@@ -401,7 +403,6 @@ class Schedule:
         else:
             for e in entries:
                 heapq.heappush(self._heap, e)
-        del target
 
     def remove(self, key: Key) -> None:
         self.targets.pop(key, None)  # its heap entry goes stale; see _top
@@ -607,6 +608,9 @@ async def probe_server(key: Key, path: str | None, timeout: float) -> Probe:
 
 
 _WARN_EVERY = 10.0  # seconds between two "paused" warnings
+# Servers of a table change taken in per turn of the loop while running (~10-20 ms):
+# the first table of a big cluster (100,000 servers, ~0.5 s of work) is taken in parts.
+_CHUNK = 5000
 # Up/down lines, one per server as haproxy writes them — but at most this many per
 # _WARN_EVERY seconds, then one line that counts the rest: a node going away with a
 # thousand pods must not become a thousand log writes on the controller's loop.
@@ -654,6 +658,8 @@ class HealthChecker:
         self._put_offs_warned = 0
         self._rate_since = (self._mono(), 0)
         self._rate = 0.0
+        self._pending: list[Key] = []  # servers touched by table changes, not yet applied
+        self._pending_pos = 0
         self._lines_window = float("-inf")  # when the current window of up/down lines began
         self._lines_left = _LINES_PER_WINDOW
         self._unlogged = [0, 0]  # transitions not logged one by one: down, up
@@ -711,11 +717,27 @@ class HealthChecker:
         touched = self._index.update(table.backends)
         if not touched:
             return
+        self._pending.extend(touched)
+        # Before run() there is nobody to finish the job later (and tests read results()
+        # at once); running, a change of a few thousand servers is done here and now.
+        self._apply_pending(None if self._waiter is None else _CHUNK)
+        self._wake()
+
+    def _apply_pending(self, limit: int | None) -> None:
+        """Bring up to `limit` (None: all) of the servers touched by table changes in
+        line with the index: start, stop or re-path their checks."""
+        pending, pos = self._pending, self._pending_pos
+        end = len(pending) if limit is None else min(len(pending), pos + limit)
+        chunk = pending[pos:end]
+        if end >= len(pending):
+            self._pending, self._pending_pos = [], 0
+        else:
+            self._pending_pos = end
         now, wall = self._mono(), self._clock()
         schedule, results, index = self._schedule, self._results, self._index
         fresh: dict[bool, CheckResult] = {}
         added: list[tuple[Key, str | None]] = []
-        for key in touched:
+        for key in chunk:
             checked, path = index.resolve(key)
             target = schedule.targets.get(key)
             if not checked:
@@ -732,9 +754,9 @@ class HealthChecker:
                 schedule.set_path(key, path, now)
                 results[key] = replace(results[key], http=path is not None)
         if added:
-            schedule.add(added, now)
-        self._note_interval()
-        self._wake()
+            schedule.add(added, now, more=len(self._pending) - self._pending_pos)
+        if not self._pending:
+            self._note_interval()
 
     async def run(self) -> None:
         """Probe until cancelled (or `stop()`); cancels its probes on the way out."""
@@ -747,6 +769,8 @@ class HealthChecker:
                      "descriptor limit %s)", schedule.cap, nofile)
         try:
             while not self._stopping:
+                if self._pending:
+                    self._apply_pending(_CHUNK)
                 now = self._mono()
                 if now - self._lines_window >= _WARN_EVERY and any(self._unlogged):
                     self._log_unlogged(now)
@@ -754,11 +778,14 @@ class HealthChecker:
                     task = loop.create_task(self._run_probe(key, target, now))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-                wake = schedule.wake_at(now)
+                wake = now if self._pending else schedule.wake_at(now)
                 self._waiter = loop.create_future()
                 handle = None
                 if wake is None:
                     self._wake_time = float("inf")
+                elif self._pending:  # more table to take in: after the loop's other work
+                    self._wake_time = now
+                    handle = loop.call_soon(self._wake)
                 else:
                     self._wake_time = max(wake, now + _MIN_SLEEP)
                     handle = loop.call_later(self._wake_time - now, self._wake)

@@ -488,3 +488,30 @@ def test_real_emfile_from_a_probe_is_raised_not_a_verdict(loop: str) -> None:
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["EMFILE", "EMFILE"]
+
+
+async def test_a_big_table_is_taken_in_parts_while_running() -> None:
+    """12,000 new servers while the loop runs: 5,000 at once, the rest over the next turns
+    of the loop (other work runs between), spread over one span as a whole."""
+    async def ok(key: Key, path: str | None, timeout: float) -> Probe:
+        return Probe(L4OK)
+
+    checker = HealthChecker(Settings(), lambda *a: None, probe=ok, nofile=None,
+                            params=CheckSettings(interval=2.0, rate=1000.0))
+    checker.set_table(_table(10))
+    task = asyncio.create_task(checker.run())
+    try:
+        await asyncio.sleep(0.01)
+        checker.set_table(_table(12_000))
+        assert len(checker.results()) == 10 + 5000
+        async with asyncio.timeout(30):
+            while len(checker.results()) < 12_000:
+                await asyncio.sleep(0)
+        assert checker.effective_interval == 12.0
+        t0 = time.monotonic()
+        dues = [due - t0 for due, _, _ in checker._schedule._heap]
+        early = sum(1 for d in dues if d < 6.0)
+        assert 0.4 < early / len(dues) < 0.6  # half the servers in the first half
+    finally:
+        checker.stop()
+        await task
