@@ -10,8 +10,9 @@ check flag at its default, and measures meanwhile:
   discovery or a SIGTERM handler could wait behind the checks;
 - probes started per second, the CPU they cost, and verdicts caused by local shortage
   ("Too many open files" — the old checker's);
-- set_table: the first table, then a table that differs in one server (the median of
-  several), as the controller calls it on every route-table change.
+- set_table: the first table (before run(), and given to a running checker: the call and
+  the loop's lag until every server is in), then a table that differs in one server (the
+  median of several), as the controller calls it on every route-table change.
 
 Network safety: every address is 127.1.x.y (loopback); nothing leaves the machine.
 """
@@ -89,6 +90,8 @@ async def main(n: int, seconds: float) -> None:
           f"{rewrapped_time * 1000:.1f} ms, "
           f"all rebuilt, differing in one server {rebuilt_time * 1000:.1f} ms")
 
+    await intake(base)
+
     lags: list[float] = []
     loop = asyncio.get_running_loop()
     cpu0 = time.process_time()
@@ -124,6 +127,40 @@ async def main(n: int, seconds: float) -> None:
           + (f", probes/s {rate:.0f}, effective interval {eff:.1f}s" if rate is not None
              and eff is not None else ""))
     gc.collect()
+
+
+async def intake(base: RouteTable) -> None:
+    """The first table given to a checker that is already running (as the controller
+    does): how long the call blocks, and the loop's worst lag until every server is in."""
+    checker = HealthChecker(Settings(), lambda *a: None)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(checker.run())
+    await asyncio.sleep(0.05)
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            t = loop.time()
+            await asyncio.sleep(0.005)
+            lags.append(loop.time() - t - 0.005)
+    tick = loop.create_task(ticker())
+    await asyncio.sleep(0.05)
+    t0 = time.perf_counter()
+    checker.set_table(base)
+    call = time.perf_counter() - t0
+    n = sum(len(b.servers) for b in base.backends)
+    async with asyncio.timeout(60):
+        while len(checker.results()) < n:
+            await asyncio.sleep(0.01)
+    whole = time.perf_counter() - t0
+    done.set()
+    await tick
+    checker.stop()
+    await task
+    print(f"  first table while running: set_table call {call * 1000:.0f} ms, all {n} "
+          f"servers in after {whole * 1000:.0f} ms, loop lag meanwhile max "
+          f"{max(lags) * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -265,8 +265,9 @@ class _Index:
     backend (see the module docstring).
 
     `backends` maps a backend's name to the backend object last seen and the addresses it
-    contributes; `refs` maps an address to the names of the backends contributing it,
-    sorted (the first with a check path decides the path).
+    contributes; `refs` maps an address to the name of the backend contributing it, or
+    the names, sorted, when several do (the first with a check path decides the path;
+    a bare name for the usual one spares a tuple per server).
     """
 
     __slots__ = ("backends", "refs", "scope")
@@ -274,7 +275,7 @@ class _Index:
     def __init__(self, scope: CheckScope) -> None:
         self.scope = scope
         self.backends: dict[str, tuple[Backend, tuple[Key, ...]]] = {}
-        self.refs: dict[Key, tuple[str, ...]] = {}
+        self.refs: dict[Key, str | tuple[str, ...]] = {}
 
     def update(self, backends: Iterable[Backend]) -> dict[Key, None]:
         """Take the table's backends; the addresses whose target state may have changed
@@ -314,7 +315,10 @@ class _Index:
             touched[key] = None
             names = refs.get(key)
             if names is None:
-                refs[key] = (name,)
+                refs[key] = name
+            elif isinstance(names, str):
+                if names != name:
+                    refs[key] = (name, names) if name < names else (names, name)
             elif name not in names:
                 refs[key] = tuple(sorted((*names, name)))
 
@@ -323,18 +327,22 @@ class _Index:
         for key in keys:
             touched[key] = None
             names = refs.get(key)
-            if names is None or name not in names:
+            if names is None:
                 continue
-            if len(names) == 1:
-                del refs[key]
-            else:
-                refs[key] = tuple(n for n in names if n != name)
+            if isinstance(names, str):
+                if names == name:
+                    del refs[key]
+            elif name in names:
+                rest = tuple(n for n in names if n != name)
+                refs[key] = rest[0] if len(rest) == 1 else rest
 
     def resolve(self, key: Key) -> tuple[bool, str | None]:
         """(checked?, HTTP path or None) for `key` in the current table."""
         names = self.refs.get(key)
-        if not names:
+        if names is None:
             return False, None
+        if isinstance(names, str):
+            return True, self.backends[names][0].check_path
         for name in names:
             path = self.backends[name][0].check_path
             if path is not None:
