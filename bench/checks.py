@@ -15,6 +15,21 @@ check flag at its default, and measures meanwhile:
   median of several), as the controller calls it on every route-table change.
 
 Network safety: every address is 127.1.x.y (loopback); nothing leaves the machine.
+
+Measured 2026-12-07 on the 2-core dev machine shared with other jobs (load 4-5), 100,000
+servers, default flags:
+
+| | task per server (before) | scheduler under budget (after) |
+|---|---|---|
+| loop lag, max over 10 s | 6,900 ms (2 ticks of 10 ms in 10 s) | 8-12 ms (p99 5-7 ms) |
+| probes started | ~8,000/s, most failing | 1,000/s (~16% of a core, ~160 us each) |
+| "Too many open files" verdicts | 60,030 | 0 |
+| stop() → run() returned | 23 s | < 1 ms |
+| set_table, one server changed, backends shared | 212 ms | 1.6-2 ms |
+| set_table, new Backend objects around the same servers tuples | 215 ms | 4.5-6 ms |
+| set_table, first table (before run) | 940 ms | 520-840 ms |
+| first table given while running: loop lag | (100,000 tasks spawned) | 190-240 ms once |
+| checker memory | 1,840 B/server (tasks sleeping) | 385 B/server |
 """
 
 from __future__ import annotations
