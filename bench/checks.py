@@ -27,7 +27,7 @@ servers, default flags:
 | stop() → run() returned | 23 s | < 1 ms |
 | set_table, one server changed, backends shared | 212 ms | 1.6-2 ms |
 | set_table, new Backend objects around the same servers tuples | 215 ms | 4.5-6 ms |
-| set_table, first table (before run) | 940 ms | 520-840 ms |
+| set_table, first table (before run) | 940 ms | 520-1,150 ms (load-dependent) |
 | first table given while running: loop lag | (100,000 tasks spawned) | 190-240 ms once |
 | checker memory | 1,840 B/server (tasks sleeping) | 385 B/server |
 """
