@@ -75,7 +75,9 @@ The rules, each with its reason:
   ClientHello's server name picks the backend; several such services may share one
   port — without `lb.host` the service is that port's default backend; on a service with
   no TCP port it is an error); `lb.send-proxy: v1|v2` (PROXY protocol to the backends of
-  the TCP ports); `lb.check-path` (HTTP health check path). `spec.sessionAffinity:
+  the TCP ports); `lb.check-path` (HTTP health check path; implies `lb.check`);
+  `lb.check: "true"|"false"` (active checks for this service whatever `--checks=all|
+  annotated` says; `--checks=off` wins). `spec.sessionAffinity:
   ClientIP` gives client-IP affinity (on HTTP ports the cookie wins when both are set).
   Booleans are "true" or "false" in any case; any other value — or a value that is not a
   string — is a bad annotation. A `*.` wildcard `lb.host` is accepted only with
@@ -94,7 +96,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pylb.config import Settings
+from pylb.config import CheckScope, Settings
 from pylb.model import (
     Affinity,
     Algorithm,
@@ -146,6 +148,7 @@ class _Annotations:
     passthrough: bool = False
     send_proxy: ProxyProtocol = ProxyProtocol.NONE
     check_path: str | None = None
+    check: bool | None = None  # lb.check; lb.check-path alone means True
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +341,7 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
 
     flags = {key: _ann_bool(key, ann[key]) for key in (
         "lb.sslTerm", "lb.cookie-sticky-session", "lb.sslRedirect", "lb.sslPassthrough",
+        "lb.check",
     ) if key in ann}
     passthrough = flags.get("lb.sslPassthrough", False)
 
@@ -376,7 +380,18 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         passthrough=passthrough,
         send_proxy=send_proxy,
         check_path=check_path,
+        check=flags.get("lb.check", True if check_path is not None else None),
     )
+
+
+def _checked(ann: _Annotations, settings: Settings) -> bool:
+    """Whether the service's backends get active checks: `--checks` and `lb.check`."""
+    scope = settings.checks.scope
+    if scope is CheckScope.OFF:
+        return False
+    if ann.check is not None:
+        return ann.check
+    return scope is CheckScope.ALL
 
 
 # -- services --------------------------------------------------------------------------------
@@ -954,6 +969,7 @@ def _translate_service(obj: dict[str, Any], namespace: str, name: str, settings:
             plans.append(step)
     if error is not None:
         raise _Bad(error)
+    checked = _checked(svc.ann, settings)
     for port, servers in plans:
         backend_name = f"{svc.namespace}/{svc.name}:{port.port}"
         if not servers:
@@ -963,12 +979,13 @@ def _translate_service(obj: dict[str, Any], namespace: str, name: str, settings:
             backend = Backend(
                 backend_name, servers, svc.ann.algorithm,
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE,
-                proxy_protocol=svc.ann.send_proxy, check_path=svc.ann.check_path)
+                proxy_protocol=svc.ann.send_proxy, check_path=svc.ann.check_path,
+                check=checked)
             for lp in listen[port.port]:
                 builder.add_tcp(svc, port, lp, backend)
         else:
             affinity = (Affinity.COOKIE if svc.ann.cookie else
                         Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE)
             backend = Backend(backend_name, servers, svc.ann.algorithm, affinity,
-                              check_path=svc.ann.check_path)
+                              check_path=svc.ann.check_path, check=checked)
             builder.add_http(svc, port, backend)

@@ -92,6 +92,9 @@ class Backend:
     cookie_name: str = "SERVERID"  # haproxy's conventional name for `cookie ... insert`
     proxy_protocol: ProxyProtocol = ProxyProtocol.NONE
     check_path: str | None = None  # HTTP health check path; None = TCP connect check
+    # Actively checked? None: as --checks says for backends not annotated (translate
+    # resolves it against the settings, so a rendered table shows it).
+    check: bool | None = None
 
     @property
     def available(self) -> tuple[Server, ...]:
@@ -105,6 +108,8 @@ class Backend:
                 head += f" cookie={self.cookie_name}"
         if self.proxy_protocol is not ProxyProtocol.NONE:
             head += f" send-proxy={self.proxy_protocol.value}"
+        if self.check:
+            head += " check"
         if self.check_path:
             head += f" check-path={self.check_path}"
         lines = [head]

@@ -125,6 +125,8 @@ def test_parse_error_names_the_line(tmp_path: Path, text: str, line: int) -> Non
 
 
 def test_example_cluster_renders_the_expected_table() -> None:
+    """(Settings() checks every backend, as `pylb run` does with a file source: the
+    backend lines say `check`.)"""
     table = FileSource(str(EXAMPLE), Settings(tcp_services=(("mysql", 3306),))).load()
     assert table.render() == """\
 # route table v0
@@ -136,20 +138,20 @@ frontend http
 frontend https
     route /secure -> default/secure:80
 frontend tcp :3306 mysql -> default/mysql:3306
-backend default/hostsvc:80 balance=roundrobin affinity=client-ip
+backend default/hostsvc:80 balance=roundrobin affinity=client-ip check
     server 127.0.0.1:18087 (host-0) ready
-backend default/mysql:3306 balance=leastconn
+backend default/mysql:3306 balance=leastconn check
     server 127.0.0.1:18085 (mysql-0) ready
-backend default/nginxsvc:443 balance=roundrobin
+backend default/nginxsvc:443 balance=roundrobin check
     server 127.0.0.1:18083 (nginx-a) ready
     server 127.0.0.1:18084 (nginx-b) ready
-backend default/nginxsvc:80 balance=roundrobin
+backend default/nginxsvc:80 balance=roundrobin check
     server 127.0.0.1:18081 (nginx-a) ready
     server 127.0.0.1:18082 (nginx-b) ready
     server 127.0.0.1:18089 (nginx-c) draining
-backend default/secure:80 balance=roundrobin affinity=cookie cookie=SERVERID
+backend default/secure:80 balance=roundrobin affinity=cookie cookie=SERVERID check
     server 127.0.0.1:18088 (secure-0) ready
-backend default/testsvc:80 balance=roundrobin
+backend default/testsvc:80 balance=roundrobin check
     server 127.0.0.1:18086 (test-0) ready
 skipped default/cloudsvc: type LoadBalancer is served by a cloud load balancer (set \
 spec.loadBalancerClass: pylb.io/lb to have pylb serve it)
