@@ -9,6 +9,8 @@ maxima.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
+from operator import attrgetter
 from typing import Any
 
 from pylb.failures import Failure
@@ -91,22 +93,28 @@ class Counters:
         t = int(time.time() if now is None else now)
         return self._rate_count if t == self._rate_second else 0
 
-    def snapshot(self) -> dict[str, Any]:
-        d: dict[str, Any] = {k: getattr(self, k) for k in self.__slots__ if k[0] != "_"}
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        d = dict(zip(_PUBLIC, _get_public(self), strict=True))
         d["hrsp"] = list(self.hrsp)
-        d["rate"] = self.rate()
+        d["rate"] = self.rate(now)
         return d
 
 
+# One C call reads every public field (a snapshot of 100,000 servers is taken often).
+_PUBLIC = tuple(k for k in Counters.__slots__ if k[0] != "_")
+_get_public = attrgetter(*_PUBLIC)
+
+
 def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge one row's snapshots from several workers."""
-    out: dict[str, Any] = {}
-    for row in rows:
+    """Merge one row's snapshots from several workers (one row: that row, shared)."""
+    if len(rows) == 1:
+        return rows[0]
+    out: dict[str, Any] = dict(rows[0])
+    out["hrsp"] = list(out.get("hrsp", (0,) * 6))
+    for row in rows[1:]:
         for k, v in row.items():
             if k == "hrsp":
-                acc = out.setdefault("hrsp", [0] * 6)
-                for i, x in enumerate(v):
-                    acc[i] += x
+                out["hrsp"] = [x + y for x, y in zip(out["hrsp"], v, strict=False)]
             elif k in _MAX_FIELDS:
                 out[k] = max(out.get(k, 0), v)
             else:
@@ -149,24 +157,70 @@ class Stats:
         self.failures[reason] = self.failures.get(reason, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
+        # list(d.items()) is one C call: the stats thread may take this snapshot while
+        # the event loop adds a row (a new server) without either seeing a torn dict.
+        now = time.time()
         return {
-            "frontends": {k: c.snapshot() for k, c in self.frontends.items()},
-            "backends": {k: c.snapshot() for k, c in self.backends.items()},
-            "servers": {f"{b}\x00{s}": c.snapshot() for (b, s), c in self.servers.items()},
-            "failures": {f.name: n for f, n in self.failures.items()},
+            "frontends": {k: c.snapshot(now) for k, c in list(self.frontends.items())},
+            "backends": {k: c.snapshot(now) for k, c in list(self.backends.items())},
+            "servers": {f"{b}\x00{s}": c.snapshot(now)
+                        for (b, s), c in list(self.servers.items())},
+            "failures": {f.name: n for f, n in list(self.failures.items())},
         }
 
 
 def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Exact aggregate of several workers' `Stats.snapshot()`s."""
+    """Exact aggregate of several workers' `Stats.snapshot()`s.
+
+    A row only one snapshot has is shared, not copied (nothing mutates a merged dict):
+    with one worker the merge of 100,000 server rows is a dict copy per section.
+    """
     out: dict[str, Any] = {"frontends": {}, "backends": {}, "servers": {}, "failures": {}}
     for section in ("frontends", "backends", "servers"):
-        keys: dict[str, list[dict[str, Any]]] = {}
-        for s in snaps:
-            for k, row in s.get(section, {}).items():
-                keys.setdefault(k, []).append(row)
-        out[section] = {k: merge_rows(rows) for k, rows in keys.items()}
+        parts = [s[section] for s in snaps if s.get(section)]
+        if not parts:
+            continue
+        merged = dict(parts[0])
+        for part in parts[1:]:
+            for k, row in part.items():
+                have = merged.get(k)
+                merged[k] = row if have is None else merge_rows([have, row])
+        out[section] = merged
     for s in snaps:
         for k, n in s.get("failures", {}).items():
             out["failures"][k] = out["failures"].get(k, 0) + n
+    return out
+
+
+# -- bounded state ----------------------------------------------------------------------
+
+def table_rows(backends: Iterable[Any]) -> tuple[frozenset[str], frozenset[str]]:
+    """The backend names and the server keys (`backend\x00label`) of a route table's
+    backends: the rows the stats page has a place for."""
+    names = []
+    keys = []
+    for b in backends:
+        names.append(b.name)
+        keys.extend(f"{b.name}\x00{s.label}" for s in b.servers)
+    return frozenset(names), frozenset(keys)
+
+
+def prune_to_table(counters: Mapping[str, Any], backends: frozenset[str],
+                   servers: frozenset[str]) -> dict[str, Any]:
+    """`counters` (merge_snapshots' shape) without the backend and server rows the table
+    no longer has, except those with current sessions: a removed server keeps its row
+    while it drains (the stats page marks it removed) and loses it with its last session.
+    Frontend rows and failures stay (they are few and fixed). Pure; `table_rows` gives
+    `backends` and `servers`.
+
+    Without this every server name ever seen stays forever: under pod churn (a
+    Deployment rolled a thousand times) the rows, the page and the memory grow without
+    bound."""
+    def keep(rows: Mapping[str, Any], live: frozenset[str]) -> dict[str, Any]:
+        return {k: row for k, row in rows.items()
+                if k in live or row.get("cur_conns", 0) > 0}
+
+    out = dict(counters)
+    out["backends"] = keep(counters.get("backends", {}), backends)
+    out["servers"] = keep(counters.get("servers", {}), servers)
     return out
