@@ -192,9 +192,19 @@ class Controller:
         assert self.plane is not None
         return merge_snapshots([self.plane.stats.snapshot()])
 
+    def shown_counters(self, table: RouteTable) -> dict[str, Any]:
+        """The merged counters bounded by `table` (counters.prune_to_table): what the
+        stats page shows. Runs in the stats render thread (see LazyCounters)."""
+        from pylb.counters import prune_to_table
+        from pylb.stats.view import table_keys
+
+        return prune_to_table(self.counters(), *table_keys(table))
+
     def view(self) -> Any:
         from pylb.stats import StatsView
+        from pylb.stats.view import LazyCounters
 
+        table = self.table
         tls_store = self.plane.tls_store if self.plane is not None else None
         certs = tls_store.certificates() if tls_store is not None else []
         metrics = self.source.metrics() if hasattr(self.source, "metrics") else {}
@@ -205,15 +215,17 @@ class Controller:
             now=time.time(),
             workers=self.settings.workers,
             worker_restarts=self.pool.restarts if self.pool is not None else 0,
-            table=self.table,
-            counters=self.counters(),
+            table=table,
+            # Merged in the render thread, not here on the loop: 100,000 server rows
+            # take seconds, and /readyz, discovery and checks wait for the loop.
+            counters=LazyCounters(lambda: self.shown_counters(table)),
             checks=self.checker.results() if self.checker is not None else {},
             leader=self.leader,
             discovery_synced=bool(getattr(self.source, "synced", False)),
             discovery_metrics=metrics,
             discovery_last_sync=getattr(self.source, "last_sync", None),
             certificates=certs,
-            table_version=self.table.version,
+            table_version=table.version,
             table_age=(time.time() - self.table_time) if self.table_time else None,
             maxconn=self.settings.limits.maxconn,
         )

@@ -197,8 +197,8 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
 def table_rows(backends: Iterable[Any]) -> tuple[frozenset[str], frozenset[str]]:
     """The backend names and the server keys (`backend\x00label`) of a route table's
     backends: the rows the stats page has a place for."""
-    names = []
-    keys = []
+    names: list[str] = []
+    keys: list[str] = []
     for b in backends:
         names.append(b.name)
         keys.extend(f"{b.name}\x00{s.label}" for s in b.servers)
@@ -207,20 +207,27 @@ def table_rows(backends: Iterable[Any]) -> tuple[frozenset[str], frozenset[str]]
 
 def prune_to_table(counters: Mapping[str, Any], backends: frozenset[str],
                    servers: frozenset[str]) -> dict[str, Any]:
-    """`counters` (merge_snapshots' shape) without the backend and server rows the table
-    no longer has, except those with current sessions: a removed server keeps its row
-    while it drains (the stats page marks it removed) and loses it with its last session.
-    Frontend rows and failures stay (they are few and fixed). Pure; `table_rows` gives
-    `backends` and `servers`.
+    """`counters` (merge_snapshots' shape) bounded by the route table: backend and server
+    rows the table no longer has are dropped, except those with current sessions. A
+    removed server that still has sessions moves from "servers" to "removed" (same keys,
+    same rows): the stats page shows it as draining, and it goes with its last session.
+    Frontend rows and failures stay (few, and fixed). Pure; `table_rows` gives `backends`
+    and `servers`.
 
     Without this every server name ever seen stays forever: under pod churn (a
     Deployment rolled a thousand times) the rows, the page and the memory grow without
     bound."""
-    def keep(rows: Mapping[str, Any], live: frozenset[str]) -> dict[str, Any]:
-        return {k: row for k, row in rows.items()
-                if k in live or row.get("cur_conns", 0) > 0}
-
     out = dict(counters)
-    out["backends"] = keep(counters.get("backends", {}), backends)
-    out["servers"] = keep(counters.get("servers", {}), servers)
+    out["backends"] = {k: row for k, row in counters.get("backends", {}).items()
+                       if k in backends or row.get("cur_conns", 0) > 0}
+    live: dict[str, Any] = {}
+    removed: dict[str, Any] = dict(counters.get("removed", {}))
+    for k, row in counters.get("servers", {}).items():
+        if k in servers:
+            live[k] = row
+        elif row.get("cur_conns", 0) > 0:
+            removed[k] = row
+    out["servers"] = live
+    out["removed"] = {k: row for k, row in removed.items()
+                      if k not in servers and row.get("cur_conns", 0) > 0}
     return out

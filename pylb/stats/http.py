@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote_plus
 
 import h11
 
@@ -59,11 +60,19 @@ Handler = Callable[[Request], Reply | Awaitable[Reply]]
 
 @dataclass(frozen=True, slots=True)
 class StatsQuery:
-    """What a stats URI asks for: format html|csv|json|metrics, `;up`, `;norefresh`."""
+    """What a stats URI asks for: format html|csv|json|metrics, `;up`, `;norefresh`,
+    and for the HTML page `;scope=text` (haproxy's filter: backends whose name holds
+    `text`, case-insensitive) and `;page=N` (pylb's: see page.py)."""
 
     fmt: str = "html"
     up_only: bool = False
     norefresh: bool = False
+    scope: str = ""
+    page: int = 1
+
+
+MAX_SCOPE = 128  # characters of a scope filter (haproxy: 31); longer is cut
+MAX_PAGE = 1_000_000
 
 
 STATS_PATHS = frozenset({"/", "", "/haproxy", "/stats"})
@@ -86,9 +95,21 @@ def parse_stats_uri(target: str) -> StatsQuery | None:
         return StatsQuery(fmt="metrics")
     if base not in STATS_PATHS:
         return None
-    opts = {o.strip().lower() for o in (path_opts + ";" + query).split(";") if o.strip()}
+    opts: set[str] = set()
+    scope, page = "", 1
+    for o in (path_opts + ";" + query.replace("&", ";")).split(";"):
+        name, eq, value = o.strip().partition("=")
+        name = name.lower()
+        if not eq:
+            if name:
+                opts.add(name)
+        elif name == "scope":  # the page's filter form sends ?scope=text
+            scope = unquote_plus(value)[:MAX_SCOPE]
+        elif name == "page" and value.isascii() and value.isdigit():
+            page = max(1, min(MAX_PAGE, int(value[:8])))
     fmt = "csv" if "csv" in opts else "json" if "json" in opts else "html"
-    return StatsQuery(fmt=fmt, up_only="up" in opts, norefresh="norefresh" in opts)
+    return StatsQuery(fmt=fmt, up_only="up" in opts, norefresh="norefresh" in opts,
+                      scope=scope, page=page)
 
 
 # -- auth -----------------------------------------------------------------------------

@@ -419,12 +419,11 @@ def stat_rows(view: StatsView, up_only: bool = False,
 
 
 def removed_servers(view: StatsView) -> dict[str, list[tuple[str, Mapping[str, Any]]]]:
-    """Per backend name, the (label, counters) of servers with current sessions that the
-    table no longer has (a backend the table lacks too is among the keys)."""
-    live = _table_keys(view.table)[1]
+    """Per backend name, the (label, counters) of servers the table no longer has that
+    still hold sessions: counters.prune_to_table put them in the "removed" section."""
     out: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
-    for key, c in view.counters.get("servers", {}).items():
-        if key not in live and c.get("cur_conns", 0) > 0:
+    for key, c in view.counters.get("removed", {}).items():
+        if c.get("cur_conns", 0) > 0:
             backend, _, label = key.partition("\x00")
             out.setdefault(backend, []).append((label, c))
     return out
@@ -433,9 +432,9 @@ def removed_servers(view: StatsView) -> dict[str, list[tuple[str, Mapping[str, A
 _keys_cache: list[tuple[RouteTable, tuple[frozenset[str], frozenset[str]]]] = []
 
 
-def _table_keys(table: RouteTable) -> tuple[frozenset[str], frozenset[str]]:
-    """counters.table_rows of `table`, kept for the last table (one per table version,
-    not one per render)."""
+def table_keys(table: RouteTable) -> tuple[frozenset[str], frozenset[str]]:
+    """counters.table_rows of `table`, kept for the last table (computed once per table
+    version, not once per render)."""
     cached = _keys_cache[0] if _keys_cache else None
     if cached is not None and cached[0] is table:
         return cached[1]
