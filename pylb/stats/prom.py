@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pylb.failures import Failure
-from pylb.stats.view import TYPE_BACKEND, TYPE_FRONTEND, CertInfo, Row, StatsView, stat_rows
+from pylb.stats.view import TYPE_BACKEND, TYPE_FRONTEND, CertInfo, Row, StatsView, iter_rows
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -94,6 +94,16 @@ class _Families:
                 self.rate_max, self.requests, self.responses]
 
 
+# Per-server series (17 families) are exported while the table has at most this many
+# servers. 10,000 servers make ~170,000 series (~20 MB a scrape, seconds of
+# prometheus-client's writer); 100,000 make 1.7 million (211 MB, 37 s, over 1 GB of
+# sample objects: bench/stats_scale.py) — more than one Prometheus target should carry
+# and more than the controller's memory budget. Above the limit the per-server families
+# are left out (empty), `pylb_backend_servers{backend,state}` still counts every server
+# by state, `pylb_server_series_exported` says 0, and the CSV keeps every server row.
+SERVER_SERIES_LIMIT = 10_000
+
+
 class StatsCollector(Collector):
     """prometheus-client collector over `view_fn()`; one view per scrape.
 
@@ -101,13 +111,17 @@ class StatsCollector(Collector):
     that the view is built on the event loop and only the rendering runs elsewhere).
     """
 
-    def __init__(self, view_fn: Callable[[], StatsView]) -> None:
+    def __init__(self, view_fn: Callable[[], StatsView],
+                 server_series_limit: int = SERVER_SERIES_LIMIT) -> None:
         self._view_fn = view_fn
         self.pinned: StatsView | None = None
+        self.server_series_limit = server_series_limit
 
     def collect(self) -> Iterator[Metric]:
         view = self.pinned if self.pinned is not None else self._view_fn()
-        rows = stat_rows(view)
+        rows = iter_rows(view)
+        servers = sum(len(b.servers) for b in view.table.backends)
+        per_server = servers <= self.server_series_limit
 
         info = GaugeMetricFamily("pylb_build_info", "pylb version", labels=["version"])
         info.add_metric([_l(view.version)], 1.0)
@@ -175,6 +189,9 @@ class StatsCollector(Collector):
                                        "UP to DOWN transitions", labels=["backend", "server"])
         downtime = CounterMetricFamily("pylb_server_downtime_seconds",
                                        "Total time spent DOWN", labels=["backend", "server"])
+        by_state = GaugeMetricFamily("pylb_backend_servers", "Servers of the backend by "
+                                     "status", labels=["backend", "state"])
+        states: dict[str, int] = {}
 
         for row in rows:
             t = row.get("type")
@@ -186,6 +203,9 @@ class StatsCollector(Collector):
                 if row.get("slim"):
                     limit.add_metric([px], _f(row.get("slim")))
             elif t == TYPE_BACKEND:
+                for state, count in sorted(states.items()):
+                    by_state.add_metric([px, state], float(count))
+                states.clear()
                 be.add(row, [px])
                 be_up.add_metric([px], 1.0 if row.get("status") == "UP" else 0.0)
                 be_active.add_metric([px], _f(row.get("act")))
@@ -194,13 +214,17 @@ class StatsCollector(Collector):
                 retries.add_metric([px], _f(row.get("wretr")))
                 redispatches.add_metric([px], _f(row.get("wredis")))
             else:
+                status = str(row.get("status") or "")
+                state = status.split(" ")[0] if status != "no check" else "no_check"
+                state = state.lower()
+                states[state] = states.get(state, 0) + 1
+                if not per_server:
+                    continue
                 labels = [px, _l(str(row.get("svname")))]
                 sv.add(row, labels)
-                status = str(row.get("status") or "")
                 sv_up.add_metric(labels, 1.0 if status.startswith("UP")
                                  or status == "no check" else 0.0)
-                state = status.split(" ")[0] if status != "no check" else "no_check"
-                sv_status.add_metric([*labels, state.lower()], 1.0)
+                sv_status.add_metric([*labels, state], 1.0)
                 sv_weight.add_metric(labels, _f(row.get("weight")))
                 sv_errs["connection"].add_metric(labels, _f(row.get("econ")))
                 sv_errs["response"].add_metric(labels, _f(row.get("eresp")))
@@ -214,8 +238,12 @@ class StatsCollector(Collector):
         yield from fe.families()
         yield from (fe_errors, fe_denied, limit)
         yield from be.families()
-        yield from (be_up, be_active, errs["connection"], errs["response"], retries,
-                    redispatches)
+        yield from (be_up, be_active, by_state, errs["connection"], errs["response"],
+                    retries, redispatches)
+        yield GaugeMetricFamily("pylb_server_series_exported",
+                                "1 when per-server series are exported, 0 when the table "
+                                "has more servers than the limit",
+                                value=1.0 if per_server else 0.0)
         yield from sv.families()
         yield from (sv_up, sv_status, sv_weight, sv_errs["connection"],
                     sv_errs["response"], chk_dur, chk_fail, chk_down, downtime)
@@ -285,9 +313,10 @@ class Exposition:
     thread (prometheus-client's text writer costs some tens of microseconds a sample:
     a table of thousands of servers takes long enough to stall an event loop)."""
 
-    def __init__(self, view_fn: Callable[[], StatsView]) -> None:
+    def __init__(self, view_fn: Callable[[], StatsView],
+                 server_series_limit: int = SERVER_SERIES_LIMIT) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._collector = StatsCollector(view_fn)
+        self._collector = StatsCollector(view_fn, server_series_limit)
         self.registry.register(self._collector)
         self._lock = threading.Lock()
 
