@@ -221,8 +221,10 @@ def prune_to_table(counters: Mapping[str, Any], backends: frozenset[str],
     out["backends"] = {k: row for k, row in counters.get("backends", {}).items()
                        if k in backends or row.get("cur_conns", 0) > 0}
     live: dict[str, Any] = {}
-    removed: dict[str, Any] = dict(counters.get("removed", {}))
-    for k, row in counters.get("servers", {}).items():
+    rows = counters.get("servers", {})
+    # A row reported again (in "servers") is newer than the one kept as removed.
+    removed = {k: row for k, row in counters.get("removed", {}).items() if k not in rows}
+    for k, row in rows.items():
         if k in servers:
             live[k] = row
         elif row.get("cur_conns", 0) > 0:
