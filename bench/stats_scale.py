@@ -36,8 +36,8 @@ from pylb.stats import StatsView, render_csv, render_html, render_json, stat_row
 from pylb.stats.prom import Exposition
 
 
-def build(services: int, servers: int) -> tuple[RouteTable, dict[str, Any],
-                                                  dict[tuple[str, int], CheckResult]]:
+def build(services: int, servers: int, live: list[Stats] | None = None) -> tuple[
+        RouteTable, dict[str, Any], dict[tuple[str, int], CheckResult]]:
     backends = []
     routes = []
     checks: dict[tuple[str, int], CheckResult] = {}
@@ -68,10 +68,31 @@ def build(services: int, servers: int) -> tuple[RouteTable, dict[str, Any],
     fe.open(now)
     table = RouteTable(http=tuple(routes), backends=tuple(backends), version=1)
     counters = merge_snapshots([st.snapshot()])
+    if live is not None:
+        live.append(st)
     return table, counters, checks
 
 
-def _view(table: RouteTable, counters: dict[str, Any],
+def controller_view_fn(table: RouteTable, st: Stats,
+                       checks: dict[tuple[str, int], CheckResult]) -> Any:
+    """A view function that does what this checkout's Controller.view does with one
+    in-process data plane: before #24 it merged `st.snapshot()` on the event loop;
+    after, it hands a LazyCounters that merges and prunes in the render thread, at
+    most once per freshness window (ShownCounters)."""
+    try:
+        from pylb.stats.view import LazyCounters, table_keys
+    except ImportError:
+        return lambda: _view(table, merge_snapshots([st.snapshot()]), checks)
+    from pylb.counters import ShownCounters
+
+    shown = ShownCounters(lambda: merge_snapshots([st.snapshot()]))
+
+    def counters() -> dict[str, Any]:
+        return shown.get(table, table_keys(table))
+    return lambda: _view(table, LazyCounters(counters), checks)
+
+
+def _view(table: RouteTable, counters: Any,
           checks: dict[tuple[str, int], CheckResult]) -> StatsView:
     now = time.time()
     return StatsView(version="bench", pid=os.getpid(), started=now - 60, now=now,
@@ -100,37 +121,53 @@ def render_times(services: int, servers: int) -> dict[str, Any]:
 
 
 def merged_memory(services: int, servers: int) -> dict[str, float]:
-    """Bytes the merged counters take (tracemalloc over building them)."""
+    """MiB the controller allocates for the counters of a view (tracemalloc): the
+    in-process plane's snapshot, then the merge (and, after #24, the prune)."""
     table, _, _ = build(services, servers)
     st = Stats()
     for b in table.backends:
         for s in b.servers:
             st.server(b.name, s.label).open()
-    snap = st.snapshot()
-    del st
     gc.collect()
     tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    merged = merge_snapshots([snap])
-    after = tracemalloc.get_traced_memory()[0]
+    base = tracemalloc.get_traced_memory()[0]
+    snap = st.snapshot()
+    snap_mib = (tracemalloc.get_traced_memory()[0] - base) / 2**20
+    merged: Any = merge_snapshots([snap])
+    try:
+        from pylb.counters import prune_to_table, table_rows
+        merged = prune_to_table(merged, *table_rows(table.backends))
+    except ImportError:
+        pass
+    total = (tracemalloc.get_traced_memory()[0] - base) / 2**20
+    peak = (tracemalloc.get_traced_memory()[1] - base) / 2**20
     tracemalloc.stop()
-    del merged
-    return {"merged_mib": (after - before) / 2**20}
+    del merged, snap
+    return {"snapshot_mib": round(snap_mib, 1), "merged_total_mib": round(total, 1),
+            "peak_mib": round(peak, 1)}
 
 
 async def readyz_under_load(services: int, servers: int, seconds: float) -> dict[str, Any]:
     from pylb.health import HealthServer
     from pylb.stats import StatsServer
 
-    table, counters, checks = build(services, servers)
+    live: list[Stats] = []
+    table, _, checks = build(services, servers, live)
     settings = Settings(bind="127.0.0.1")
-    stats = StatsServer(settings, lambda: _view(table, counters, checks))
+    stats = StatsServer(settings, controller_view_fn(table, live[0], checks))
     health = HealthServer(settings, lambda: True, lambda: True)
     _, sport = await stats.start("127.0.0.1", 0)
     _, hport = await health.start("127.0.0.1", 0)
     lat: list[float] = []
+    lags: list[float] = []
     renders: dict[str, list[float]] = {}
     stop = time.monotonic() + seconds
+
+    async def lag() -> None:  # how late a 10 ms sleep wakes: the loop's stalls
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - t - 0.01)
 
     async def get(port: int, path: str) -> bytes:
         r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -155,8 +192,8 @@ async def readyz_under_load(services: int, servers: int, seconds: float) -> dict
             renders.setdefault(path, []).append(time.perf_counter() - t)
 
     try:
-        await asyncio.gather(prober(), *(scraper(p) for p in ("/", "/;csv", "/;json",
-                                                               "/metrics")))
+        await asyncio.gather(prober(), lag(), *(scraper(p) for p in (
+            "/", "/;csv", "/;json", "/metrics")))
     finally:
         await stats.close()
         await health.close()
@@ -164,7 +201,8 @@ async def readyz_under_load(services: int, servers: int, seconds: float) -> dict
     return {"readyz_n": len(lat), "readyz_p50_ms": 1000 * statistics.median(lat),
             "readyz_p99_ms": 1000 * lat[int(len(lat) * 0.99) - 1],
             "readyz_max_ms": 1000 * lat[-1],
-            **{f"stats {p} max_s": max(v) for p, v in renders.items()},
+            "loop_lag_max_ms": 1000 * max(lags),
+            **{f"stats {p} max_s": round(max(v), 3) for p, v in renders.items()},
             **{f"stats {p} n": len(v) for p, v in renders.items()}}
 
 

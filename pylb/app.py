@@ -19,7 +19,7 @@ from typing import Any
 
 from pylb import __version__
 from pylb.config import Settings, TlsSettings
-from pylb.counters import Stats, merge_snapshots
+from pylb.counters import ShownCounters, Stats, merge_snapshots
 from pylb.model import RouteTable
 
 log = logging.getLogger("pylb")
@@ -182,6 +182,7 @@ class Controller:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self._table_updates: asyncio.Queue[RouteTable] = asyncio.Queue()
+        self._shown = ShownCounters(self.counters)
 
     # -- status for the stats page and health server -----------------------------------
 
@@ -195,10 +196,9 @@ class Controller:
     def shown_counters(self, table: RouteTable) -> dict[str, Any]:
         """The merged counters bounded by `table` (counters.prune_to_table): what the
         stats page shows. Runs in the stats render thread (see LazyCounters)."""
-        from pylb.counters import prune_to_table
         from pylb.stats.view import table_keys
 
-        return prune_to_table(self.counters(), *table_keys(table))
+        return self._shown.get(table, table_keys(table))
 
     def view(self) -> Any:
         from pylb.stats import StatsView

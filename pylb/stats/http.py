@@ -32,6 +32,7 @@ _MAX_REQUESTS_PER_CONN = 100
 _MAX_BODY = 64 * 1024
 _LINGER_TIME = 1.0  # seconds to keep reading after an error reply before closing
 _LINGER_BYTES = 256 * 1024  # requests to these pages carry no body; a bigger one is refused
+_WRITE_CHUNK = 256 * 1024  # bytes of a reply body written at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,8 +333,18 @@ class SmallHttpServer:
             headers.append(("Connection", "close"))
         out = conn.send(h11.Response(status_code=reply.status, headers=headers,
                                      reason=_reason(reply.status)))
-        if not head_only and reply.body:
-            out += conn.send(h11.Data(data=reply.body))
+        body = b"" if head_only else reply.body
+        if len(body) > _WRITE_CHUNK:
+            # A big body (the JSON of 100,000 servers is ~80 MB) goes out in slices with
+            # a drain between: one write would copy it whole on the event loop, twice
+            # (a slice copies 256 KB at a time).
+            writer.write(out)
+            for i in range(0, len(body), _WRITE_CHUNK):
+                writer.write(conn.send(h11.Data(data=body[i:i + _WRITE_CHUNK])))
+                await writer.drain()
+            out = b""
+        elif body:
+            out += conn.send(h11.Data(data=body))
         out += conn.send(h11.EndOfMessage())
         writer.write(out)
         await writer.drain()

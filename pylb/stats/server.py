@@ -6,22 +6,34 @@ it in a worker thread, so the loop goes on answering /readyz, discovery and chec
 At cluster scale a render costs seconds (bench/stats_scale.py), so three rules keep the
 stats page from eating the controller:
 
-- one render at a time (they would only fight for the GIL and hold a copy of the
-  counters each), and a request that arrives while its page is being rendered waits
-  for that render instead of starting another (a dashboard of 20 browsers costs one);
+- one render at a time of the HTML page, and one of the machine formats (renders
+  would only fight for the GIL and hold a copy of the counters each; the page, cheap
+  by design, must not queue behind a 10-second JSON), and a request that arrives while
+  its page is being rendered waits for that render instead of starting another (a
+  dashboard of 20 browsers costs one);
 - a render that took `cost` seconds (at least REUSE_MIN_COST) is served again for
   REUSE_FACTOR x cost (at most REUSE_MAX_AGE), so the stats page takes at most about
   1/REUSE_FACTOR of a core however often it is fetched. Below REUSE_MIN_COST nothing
   is reused: a small cluster's page is as fresh as the workers' last report;
-- at most REUSE_ENTRIES renders are kept (pages and scopes make many keys).
+- at most REUSE_ENTRIES renders are kept (pages and scopes make many keys);
+- the cyclic garbage collector is paused while a render runs (`gc_paused`). A render
+  allocates a few hundred thousand short-lived dicts, which makes CPython run full
+  (generation 2) collections over everything the controller holds — the table, the
+  check results, the counters: at 100,000 servers each took up to 740 ms with the GIL
+  held, stalling the event loop (bench/stats_scale.py). A render makes no reference
+  cycles (its rows are freed by reference counting), so nothing is lost by pausing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from pylb.config import Settings
 from pylb.stats.formats import render_csv, render_json
@@ -45,6 +57,35 @@ REUSE_MAX_AGE = 10.0  # s
 REUSE_ENTRIES = 8
 
 _Key = tuple[str, bool, int, str, int]
+_T = TypeVar("_T")
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (process-wide) while held; nestable and
+    thread-safe: the last holder out restores what the first one found."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def _paused(fn: Callable[..., _T], *args: Any) -> _T:
+    with gc_paused():
+        return fn(*args)
 
 REALM = "pylb statistics"
 
@@ -70,7 +111,8 @@ class StatsServer:
         self._exposition = Exposition(view_fn)
         self._http = SmallHttpServer(self.handle, name="stats",
                                      idle_timeout=settings.timeouts.client)
-        self._slot = asyncio.Semaphore(1)  # one render at a time
+        self._page_slot = asyncio.Semaphore(1)  # one HTML render at a time
+        self._export_slot = asyncio.Semaphore(1)  # one CSV/JSON/metrics render
         self._inflight: dict[_Key, asyncio.Future[Reply]] = {}
         self._done: dict[_Key, tuple[float, Reply]] = {}  # key → (reuse until, reply)
 
@@ -116,7 +158,7 @@ class StatsServer:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            async with self._slot:
+            async with self._page_slot if query.fmt == "html" else self._export_slot:
                 started = time.monotonic()
                 reply = await self._render(key)
                 cost = time.monotonic() - started
@@ -144,16 +186,23 @@ class StatsServer:
         fmt, up_only, refresh, scope, page = key
         view = self._view_fn()
         if fmt == "metrics":
-            body = await asyncio.to_thread(self._exposition.render_view, view)
+            body = await asyncio.to_thread(_paused, self._exposition.render_view, view)
             return Reply(200, body, CONTENT_TYPE)
         if fmt == "csv":
-            text = await asyncio.to_thread(render_csv, view, up_only)
-            return Reply(200, utf8(text), "text/plain; charset=utf-8")
+            body = await asyncio.to_thread(_paused, _utf8_of, render_csv, view, up_only)
+            return Reply(200, body, "text/plain; charset=utf-8")
         if fmt == "json":
-            text = await asyncio.to_thread(render_json, view, up_only)
-            return Reply(200, utf8(text), "application/json")
-        text = await asyncio.to_thread(render_html, view, up_only, refresh, scope, page)
-        return Reply(200, utf8(text), "text/html; charset=utf-8", headers=(_CSP,))
+            body = await asyncio.to_thread(_paused, _utf8_of, render_json, view, up_only)
+            return Reply(200, body, "application/json")
+        body = await asyncio.to_thread(_paused, _utf8_of, render_html, view, up_only,
+                                       refresh, scope, page)
+        return Reply(200, body, "text/html; charset=utf-8", headers=(_CSP,))
+
+
+def _utf8_of(render: Callable[..., str], *args: Any) -> bytes:
+    """render(*args) as UTF-8, encoded in the render thread (a JSON of 100,000 servers
+    is some 80 MB: not a copy to make on the event loop)."""
+    return utf8(render(*args))
 
 
 def utf8(text: str) -> bytes:
