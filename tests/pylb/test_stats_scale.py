@@ -469,3 +469,62 @@ async def test_readyz_answers_while_the_counters_are_being_merged() -> None:
         gate.set()
         await stats.close()
         await health.close()
+
+
+def test_gc_paused_nests_and_restores() -> None:
+    import gc
+
+    assert gc.isenabled()
+    with stats_server.gc_paused():
+        assert not gc.isenabled()
+        with stats_server.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with stats_server.gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
+
+
+def test_shown_counters_reuse_a_costly_merge_for_the_same_table(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pylb.counters import ShownCounters
+
+    calls = {"n": 0}
+
+    def merged() -> dict[str, Any]:
+        calls["n"] += 1
+        return {"servers": {"b\x00a": {"cur_conns": 0}, "b\x00old": {"cur_conns": 0}}}
+    shown = ShownCounters(merged)
+    t1, t2 = _table(0), _table(1)
+    monkeypatch.setattr(ShownCounters, "MIN_COST", 1e9)  # cheap: recomputed each time
+    shown.get(t1, table_keys(t1))
+    shown.get(t1, table_keys(t1))
+    assert calls["n"] == 2
+    monkeypatch.setattr(ShownCounters, "MIN_COST", 0.0)  # costly: reused...
+    monkeypatch.setattr(ShownCounters, "REUSE", 1e9)
+    first = shown.get(t1, table_keys(t1))
+    assert shown.get(t1, table_keys(t1)) is first and calls["n"] == 3
+    assert first["servers"] == {}  # pruned to the table
+    shown.get(t2, table_keys(t2))  # ...but not for another table
+    assert calls["n"] == 4
+
+
+async def test_a_big_reply_arrives_whole() -> None:
+    table = _table(0, services=40, pods=200)  # a CSV of about 1 MB: written in slices
+    view = _view(table, {})
+    srv = StatsServer(Settings(), lambda: view)
+    _, port = await srv.start("127.0.0.1", 0)
+    try:
+        data = await _get(port, "/;csv")
+        head, _, body = data.partition(b"\r\n\r\n")
+        expected = render_csv(view).encode()
+        assert len(expected) > 4 * 256 * 1024
+        assert f"content-length: {len(expected)}".encode() in head.lower()
+        assert body == expected
+    finally:
+        await srv.close()
