@@ -10,8 +10,12 @@ result for every server. It times:
 1. render: `stat_rows`, the HTML page, `;csv`, `;json` and /metrics, each once, cold
    (the first render after a new table: nothing cached).
 2. `--readyz`: a real HealthServer and StatsServer on loopback in this process's event
-   loop; a client fetches /readyz every 20 ms while other clients fetch the stats page
-   in every format back to back; it reports /readyz p50/p99/max and each format's time.
+   loop, the view built as this checkout's Controller.view builds it (counters merged
+   from a live `Stats` of every server); a client fetches /readyz every 20 ms while
+   four others fetch the HTML page, `;csv`, `;json` and /metrics, each back to back
+   (`--pause 0`: a stress far beyond any dashboard) or with `--pause` seconds between;
+   it reports /readyz p50/p99/max, how late a 10 ms sleep woke (the loop's worst
+   stall) and each format's slowest answer.
 3. the RSS taken by the merged counters (tracemalloc of the merge, and the process RSS).
 
 Timings are this machine's, under whatever else runs on it: compare runs, not machines.
@@ -147,7 +151,8 @@ def merged_memory(services: int, servers: int) -> dict[str, float]:
             "peak_mib": round(peak, 1)}
 
 
-async def readyz_under_load(services: int, servers: int, seconds: float) -> dict[str, Any]:
+async def readyz_under_load(services: int, servers: int, seconds: float,
+                            pause: float = 0.0) -> dict[str, Any]:
     from pylb.health import HealthServer
     from pylb.stats import StatsServer
 
@@ -190,6 +195,7 @@ async def readyz_under_load(services: int, servers: int, seconds: float) -> dict
             t = time.perf_counter()
             await get(sport, path)
             renders.setdefault(path, []).append(time.perf_counter() - t)
+            await asyncio.sleep(pause)
 
     try:
         await asyncio.gather(prober(), lag(), *(scraper(p) for p in (
@@ -212,6 +218,8 @@ def main() -> None:
     ap.add_argument("--servers", type=int, default=10)
     ap.add_argument("--readyz", action="store_true")
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds each stats client waits between requests (0: none)")
     ap.add_argument("--no-render", action="store_true")
     a = ap.parse_args()
     for n in a.services:
@@ -220,7 +228,8 @@ def main() -> None:
             print(merged_memory(n, a.servers), flush=True)
         if a.readyz:
             import uvloop
-            print(uvloop.run(readyz_under_load(n, a.servers, a.seconds)), flush=True)
+            print(uvloop.run(readyz_under_load(n, a.servers, a.seconds, a.pause)),
+                  flush=True)
     import resource
     print({"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 

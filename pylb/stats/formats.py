@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pylb.stats.view import CSV_FIELDS, StatsView, iter_rows
@@ -42,9 +42,18 @@ _BLANK = [""] * len(CSV_FIELDS)
 
 
 def render_csv(view: StatsView, up_only: bool = False) -> str:
+    return "".join(csv_chunks(view, up_only))
+
+
+CHUNK_ROWS = 500  # rows per piece of a streamed format (~100-400 KB)
+
+
+def csv_chunks(view: StatsView, up_only: bool = False) -> Iterator[str]:
+    """The CSV in pieces of CHUNK_ROWS rows (see http.Reply.parts)."""
     # A row sets about a third of haproxy's 130 fields: fill a blank line's cells from
     # the row's own items rather than asking the row for every field (100,000 servers).
-    out = ["# " + ",".join(CSV_FIELDS) + ",\n"]
+    yield "# " + ",".join(CSV_FIELDS) + ",\n"
+    out: list[str] = []
     position = _POSITION
     for row in iter_rows(view, up_only):
         cells = _BLANK.copy()
@@ -53,7 +62,11 @@ def render_csv(view: StatsView, up_only: bool = False) -> str:
             if i is not None and v is not None:
                 cells[i] = _cell(v)
         out.append(",".join(cells) + ",\n")
-    return "".join(out)
+        if len(out) >= CHUNK_ROWS:
+            yield "".join(out)
+            out.clear()
+    if out:
+        yield "".join(out)
 
 
 def process_info(view: StatsView) -> dict[str, Any]:
@@ -81,6 +94,18 @@ def render_json(view: StatsView, up_only: bool = False) -> str:
     """The document, indented, with each row of "stats" on one line: json's C encoder
     writes only unindented text, and 100,000 rows through its Python one take
     seconds."""
+    return "".join(json_chunks(view, up_only))
+
+
+def json_chunks(view: StatsView, up_only: bool = False) -> list[str]:
+    """`render_json` in pieces of CHUNK_ROWS rows (see http.Reply.parts)."""
+    try:
+        return list(_json_chunks(view, up_only, lambda v: v))
+    except ValueError:  # NaN or an infinity somewhere: JSON has no word for them
+        return list(_json_chunks(view, up_only, _finite))
+
+
+def _json_chunks(view: StatsView, up_only: bool, clean: Callable[[Any], Any]) -> Iterator[str]:
     leader = view.leader_info
     doc: dict[str, Any] = {
         "pylb": process_info(view),
@@ -95,28 +120,28 @@ def render_json(view: StatsView, up_only: bool = False) -> str:
         "failures": dict(view.counters.get("failures", {})),
         "stats": [],
     }
+    head = json.dumps(clean(doc), indent=1, allow_nan=False)
+    tail = '"stats": []\n}'
+    assert head.endswith(tail)
     fields = _POSITION
-
-    def stats() -> Iterator[dict[str, Any]]:
-        for row in iter_rows(view, up_only):
-            yield {k: v for k, v in row.items() if v is not None and k in fields}
-    try:
-        return _json_text(doc, stats())
-    except ValueError:  # NaN or an infinity somewhere: JSON has no word for them
-        return _json_text(_finite(doc), map(_finite, stats()))
+    encode = _ROW_ENCODER.encode
+    prefix = head[:-len(tail)] + '"stats": [\n  '
+    first = True
+    out: list[str] = []
+    for row in iter_rows(view, up_only):
+        out.append(encode(clean({k: v for k, v in row.items()
+                                 if v is not None and k in fields})))
+        if len(out) >= CHUNK_ROWS:
+            yield (prefix if first else ",\n  ") + ",\n  ".join(out)
+            first = False
+            out.clear()
+    if out:
+        yield (prefix if first else ",\n  ") + ",\n  ".join(out)
+        first = False
+    yield head + "\n" if first else "\n ]\n}\n"
 
 
 _ROW_ENCODER = json.JSONEncoder(allow_nan=False, separators=(", ", ": "))
-
-
-def _json_text(doc: dict[str, Any], stats: Iterable[dict[str, Any]]) -> str:
-    head = json.dumps(doc, indent=1, allow_nan=False)
-    tail = '"stats": []\n}'
-    assert head.endswith(tail)
-    body = ",\n  ".join(map(_ROW_ENCODER.encode, stats))
-    if not body:
-        return head + "\n"
-    return head[:-len(tail)] + '"stats": [\n  ' + body + "\n ]\n}\n"
 
 
 def _finite(v: Any) -> Any:

@@ -52,6 +52,13 @@ class Reply:
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = field(default=())
+    # A big body in pieces, sent after `body`: joining 80 MB into one bytes object (the
+    # JSON of 100,000 servers) holds the GIL, and so stalls the event loop, for ~0.1 s.
+    parts: tuple[bytes, ...] = field(default=())
+
+    @property
+    def length(self) -> int:
+        return len(self.body) + sum(len(p) for p in self.parts)
 
 
 Handler = Callable[[Request], Reply | Awaitable[Reply]]
@@ -323,7 +330,7 @@ class SmallHttpServer:
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply,
                     head_only: bool, close: bool) -> None:
         headers = [("Content-Type", reply.content_type),
-                   ("Content-Length", str(len(reply.body))),
+                   ("Content-Length", str(reply.length)),
                    ("Cache-Control", "no-cache"),
                    ("Server", self._server_header),
                    # No browser may take a CSV or JSON body full of names for HTML.
@@ -333,18 +340,20 @@ class SmallHttpServer:
             headers.append(("Connection", "close"))
         out = conn.send(h11.Response(status_code=reply.status, headers=headers,
                                      reason=_reason(reply.status)))
-        body = b"" if head_only else reply.body
-        if len(body) > _WRITE_CHUNK:
-            # A big body (the JSON of 100,000 servers is ~80 MB) goes out in slices with
-            # a drain between: one write would copy it whole on the event loop, twice
-            # (a slice copies 256 KB at a time).
+        pieces = () if head_only else (reply.body, *reply.parts)
+        if reply.length > _WRITE_CHUNK and not head_only:
+            # A big body goes out in slices with a drain between: one write would copy
+            # it whole on the event loop (a slice copies 256 KB at a time).
             writer.write(out)
-            for i in range(0, len(body), _WRITE_CHUNK):
-                writer.write(conn.send(h11.Data(data=body[i:i + _WRITE_CHUNK])))
-                await writer.drain()
+            for piece in pieces:
+                for i in range(0, len(piece), _WRITE_CHUNK):
+                    writer.write(conn.send(h11.Data(data=piece[i:i + _WRITE_CHUNK])))
+                    await writer.drain()
             out = b""
-        elif body:
-            out += conn.send(h11.Data(data=body))
+        else:
+            for piece in pieces:
+                if piece:
+                    out += conn.send(h11.Data(data=piece))
         out += conn.send(h11.EndOfMessage())
         writer.write(out)
         await writer.drain()

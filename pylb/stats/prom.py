@@ -252,6 +252,12 @@ class StatsCollector(Collector):
 
 def row_families(view: StatsView, server_series_limit: int = SERVER_SERIES_LIMIT) -> str:
     """The per-row families of `view` as exposition text (see the module docstring)."""
+    return "".join(row_family_texts(view, server_series_limit))
+
+
+def row_family_texts(view: StatsView,
+                     server_series_limit: int = SERVER_SERIES_LIMIT) -> list[str]:
+    """`row_families`, one text per family."""
     servers = sum(len(b.servers) for b in view.table.backends)
     per_server = servers <= server_series_limit
     fe = _Families("pylb_frontend", "frontend")
@@ -328,7 +334,7 @@ def row_families(view: StatsView, server_series_limit: int = SERVER_SERIES_LIMIT
                 be_active, by_state, be_conn, be_resp, retries, redispatches,
                 *sv.families(), sv_up, sv_status, sv_weight, sv_conn, sv_resp, chk_dur,
                 chk_fail, chk_down, downtime]
-    return "".join(f.text() for f in families)
+    return [f.text() for f in families]
 
 
 class Exposition:
@@ -350,11 +356,15 @@ class Exposition:
         return self.render_view(self._view_fn())
 
     def render_view(self, view: StatsView) -> bytes:
+        return b"".join(self.render_parts(view))
+
+    def render_parts(self, view: StatsView) -> list[bytes]:
+        """The /metrics body in pieces, one per family of rows (see http.Reply.parts)."""
         with self._lock:
             self._collector.pinned = view
             try:
                 head = bytes(generate_latest(self.registry))
             finally:
                 self._collector.pinned = None
-        rows = row_families(view, self._collector.server_series_limit)
-        return head + rows.encode("utf-8")
+        limit = self._collector.server_series_limit
+        return [head, *(t.encode("utf-8") for t in row_family_texts(view, limit))]

@@ -32,11 +32,11 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from pylb.config import Settings
-from pylb.stats.formats import render_csv, render_json
+from pylb.stats.formats import csv_chunks, json_chunks
 from pylb.stats.http import (
     BasicAuth,
     Reply,
@@ -186,23 +186,24 @@ class StatsServer:
         fmt, up_only, refresh, scope, page = key
         view = self._view_fn()
         if fmt == "metrics":
-            body = await asyncio.to_thread(_paused, self._exposition.render_view, view)
-            return Reply(200, body, CONTENT_TYPE)
+            metrics = await asyncio.to_thread(_paused, self._exposition.render_parts, view)
+            return Reply(200, parts=tuple(metrics), content_type=CONTENT_TYPE)
         if fmt == "csv":
-            body = await asyncio.to_thread(_paused, _utf8_of, render_csv, view, up_only)
-            return Reply(200, body, "text/plain; charset=utf-8")
+            csv = await asyncio.to_thread(_paused, _utf8_of, csv_chunks, view, up_only)
+            return Reply(200, parts=csv, content_type="text/plain; charset=utf-8")
         if fmt == "json":
-            body = await asyncio.to_thread(_paused, _utf8_of, render_json, view, up_only)
-            return Reply(200, body, "application/json")
-        body = await asyncio.to_thread(_paused, _utf8_of, render_html, view, up_only,
-                                       refresh, scope, page)
-        return Reply(200, body, "text/html; charset=utf-8", headers=(_CSP,))
+            doc = await asyncio.to_thread(_paused, _utf8_of, json_chunks, view, up_only)
+            return Reply(200, parts=doc, content_type="application/json")
+        text = await asyncio.to_thread(_paused, render_html, view, up_only, refresh, scope,
+                                       page)
+        return Reply(200, utf8(text), "text/html; charset=utf-8", headers=(_CSP,))
 
 
-def _utf8_of(render: Callable[..., str], *args: Any) -> bytes:
-    """render(*args) as UTF-8, encoded in the render thread (a JSON of 100,000 servers
-    is some 80 MB: not a copy to make on the event loop)."""
-    return utf8(render(*args))
+def _utf8_of(render: Callable[..., Iterable[str]], *args: Any) -> tuple[bytes, ...]:
+    """The pieces render(*args) yields, each in UTF-8, encoded in the render thread: a
+    JSON of 100,000 servers is some 80 MB, and one join or encode of it holds the GIL
+    (stalling the event loop) for ~0.1 s; piece by piece nothing does."""
+    return tuple(utf8(piece) for piece in render(*args))
 
 
 def utf8(text: str) -> bytes:
