@@ -195,7 +195,7 @@ async def readyz_under_load(services: int, servers: int, seconds: float,
             t = time.perf_counter()
             await get(sport, path)
             renders.setdefault(path, []).append(time.perf_counter() - t)
-            await asyncio.sleep(pause)
+            await asyncio.sleep(max(0.0, min(pause, stop - time.monotonic())))
 
     try:
         await asyncio.gather(prober(), lag(), *(scraper(p) for p in (
