@@ -3,7 +3,9 @@
 Hot paths do `c.bytes_in += n` on plain slotted objects: no locks, no library calls. A
 worker takes a `snapshot()` (plain dicts, picklable) to report to the controller, which
 `merge`s the snapshots of all workers exactly: sums for totals and current values, max for
-maxima.
+maxima. The controller's merged rows are bounded by the route table (`prune_to_table`:
+a row the table lost goes with its last session) and computed at most once per
+freshness window for the stats page (`ShownCounters`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,17 @@
 """What the stats page shows, as plain data, and its rows in haproxy's CSV vocabulary.
 
-`StatsView` is a frozen snapshot the controller builds on each request (route table,
+`StatsView` is a frozen snapshot the controller builds for each render (route table,
 merged counters, check results, process, election, discovery and certificate facts).
-`stat_rows(view)` turns it into haproxy's rows — a FRONTEND row per frontend, then per
-backend a row per server and a BACKEND row — each a dict keyed by haproxy's CSV field
-names. The HTML page, the CSV, the JSON and the Prometheus collector all read these rows,
-so a counter lands in the same column everywhere. Nothing here does I/O.
+Its counters may be a `LazyCounters`: the controller's merge of 100,000 server rows then
+runs in the render thread, not on the event loop. `stat_rows(view)` turns the view into
+haproxy's rows — a FRONTEND row per frontend, then per backend a row per server and a
+BACKEND row — each a dict keyed by haproxy's CSV field names; `iter_rows` yields the
+same one backend at a time, so a writer never holds every row at once. The HTML page,
+the CSV, the JSON and the Prometheus text all read these rows, so a counter lands in the
+same column everywhere. A server the table no longer has but that still holds sessions
+(counters.prune_to_table puts it in the counters' "removed" section) gets a DRAIN row
+in its backend, said to be removed; a backend gone from the table keeps a section while
+such a server does. Nothing here does I/O.
 """
 
 from __future__ import annotations
