@@ -182,7 +182,7 @@ class Controller:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self._table_updates: asyncio.Queue[RouteTable] = asyncio.Queue()
-        self._shown = ShownCounters(self.counters)
+        self._shown = ShownCounters(lambda: self.counters())
 
     # -- status for the stats page and health server -----------------------------------
 

@@ -528,3 +528,33 @@ async def test_a_big_reply_arrives_whole() -> None:
         assert body == expected
     finally:
         await srv.close()
+
+
+def test_the_controller_view_prunes_in_the_render_thread(tmp_path: Any) -> None:
+    """Controller.view() hands a LazyCounters: nothing is merged until a render reads
+    it, and what it reads is bounded by the table the view was built with."""
+    from pylb.app import Controller
+
+    (tmp_path / "c.yaml").write_text("")
+    c = Controller(Settings(source=f"file:{tmp_path / 'c.yaml'}"))
+    calls = {"n": 0}
+    old, new = _table(0), _table(1, version=2)
+
+    def counters() -> dict[str, Any]:
+        calls["n"] += 1
+        st = Stats()
+        st.server(old.backends[0].name, old.backends[0].servers[0].label).open(NOW)
+        st.server(old.backends[1].name, old.backends[1].servers[0].label).open(NOW)
+        st.server(old.backends[1].name, old.backends[1].servers[0].label).close()
+        st.server(new.backends[0].name, new.backends[0].servers[0].label).open(NOW)
+        return merge_snapshots([st.snapshot()])
+    c.counters = counters  # type: ignore[method-assign]
+    c.table = new
+    view = c.view()
+    assert isinstance(view.counters, LazyCounters) and calls["n"] == 0
+    shown = dict(view.counters)
+    assert calls["n"] == 1
+    assert set(shown["servers"]) == {f"{new.backends[0].name}\x00"
+                                     f"{new.backends[0].servers[0].label}"}
+    assert set(shown["removed"]) == {f"{old.backends[0].name}\x00"
+                                     f"{old.backends[0].servers[0].label}"}
