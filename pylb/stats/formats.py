@@ -55,12 +55,14 @@ def csv_chunks(view: StatsView, up_only: bool = False) -> Iterator[str]:
     yield "# " + ",".join(CSV_FIELDS) + ",\n"
     out: list[str] = []
     position = _POSITION
+    cell = _cell
     for row in iter_rows(view, up_only):
         cells = _BLANK.copy()
         for k, v in row.items():
-            i = position.get(k)
-            if i is not None and v is not None:
-                cells[i] = _cell(v)
+            if v is not None:
+                i = position.get(k)
+                if i is not None:  # most cells are ints: no call, no quoting
+                    cells[i] = str(v) if type(v) is int else cell(v)
         out.append(",".join(cells) + ",\n")
         if len(out) >= CHUNK_ROWS:
             yield "".join(out)
