@@ -246,7 +246,9 @@ class ShownCounters:
     page and every page of the HTML needs it. A result that took `cost` seconds (at
     least MIN_COST) is reused for REUSE x cost (at most MAX_AGE) with the same table;
     below MIN_COST it is recomputed each time, so a small cluster's page is as fresh as
-    the workers' last report. The workers report every 0.5 s anyway.
+    the workers' last report. The workers report every 0.5 s anyway. While one thread
+    recomputes, another asking for the same table gets the previous result rather than
+    waiting (a page render does not queue behind the merge an export started).
     """
 
     MIN_COST = 0.05
@@ -256,19 +258,26 @@ class ShownCounters:
     def __init__(self, merged: Callable[[], Mapping[str, Any]]) -> None:
         self._merged = merged
         self._lock = threading.Lock()
-        self._table: object = None
         self._until = 0.0
-        self._value: dict[str, Any] = {}
+        self._last: tuple[object, dict[str, Any]] | None = None  # (table, value): one read
 
     def get(self, table: Any, keys: tuple[frozenset[str], frozenset[str]]) -> dict[str, Any]:
         """The counters for `table`, whose `table_rows` are `keys`."""
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            last = self._last
+            if last is not None and last[0] is table:
+                return last[1]
+            self._lock.acquire()
+        try:
             now = time.monotonic()
-            if self._table is table and now < self._until:
-                return self._value
+            last = self._last
+            if last is not None and last[0] is table and now < self._until:
+                return last[1]
             value = prune_to_table(self._merged(), *keys)
             cost = time.monotonic() - now
-            self._table, self._value = table, value
+            self._last = (table, value)
             self._until = (now + cost + min(self.MAX_AGE, self.REUSE * cost)
                            if cost >= self.MIN_COST else 0.0)
             return value
+        finally:
+            self._lock.release()

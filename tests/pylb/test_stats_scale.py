@@ -558,3 +558,29 @@ def test_the_controller_view_prunes_in_the_render_thread(tmp_path: Any) -> None:
                                      f"{new.backends[0].servers[0].label}"}
     assert set(shown["removed"]) == {f"{old.backends[0].name}\x00"
                                      f"{old.backends[0].servers[0].label}"}
+
+
+def test_shown_counters_give_the_last_result_while_another_thread_merges() -> None:
+    from pylb.counters import ShownCounters
+
+    gate, entered = threading.Event(), threading.Event()
+    calls = {"n": 0}
+
+    def merged() -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            entered.set()
+            gate.wait(30)
+        return {"servers": {}, "n": calls["n"]}
+    shown = ShownCounters(merged)
+    t1, t2 = _table(0), _table(1)
+    assert shown.get(t1, table_keys(t1))["n"] == 1  # cheap: not reused
+    worker = threading.Thread(target=shown.get, args=(t1, table_keys(t1)))
+    worker.start()
+    try:
+        assert entered.wait(30)
+        assert shown.get(t1, table_keys(t1))["n"] == 1  # the last one, at once
+    finally:
+        gate.set()
+        worker.join(30)
+    assert shown.get(t2, table_keys(t2))["n"] == 3  # another table: computed
