@@ -36,7 +36,11 @@ loop.
 
 Randomness, sleeping and both clocks are injected so that tests run the backoff in
 milliseconds. `on_change()` is called after every change to the store (a list, or an event
-that adds, modifies or deletes); it must not block.
+that adds, modifies or deletes); it must not block. Which objects changed is kept until the
+consumer takes it (`take_changes()`: the keys, or None for "all": the first list), so a
+consumer redoes only what changed. A relist keeps each object it already held with the same
+resourceVersion (the API server changes it on every write) as that very object, and counts
+as changed only the keys that were added, modified or deleted meanwhile.
 """
 
 from __future__ import annotations
@@ -231,6 +235,12 @@ def apply_event(store: dict[Key, Object], etype: str, obj: Object) -> bool:
     return True
 
 
+def same_object(old: Object, new: Object) -> bool:
+    """Whether `new` is `old` again: the same non-empty resourceVersion, else equal."""
+    rv = resource_version(new)
+    return (rv != "" and rv == resource_version(old)) or old == new
+
+
 # --- the informer -----------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -265,6 +275,7 @@ class Informer:
         self.namespace = namespace
         self.objects: dict[Key, Object] = {}
         self.synced = False
+        self._changes: set[Key] | None = None  # since the last take_changes(); None = all
         self.resource_version = ""
         self.metrics = InformerMetrics()
         self._settings = settings
@@ -282,6 +293,12 @@ class Informer:
         else:
             self._call = getattr(api, kind.namespaced)
             self._args = (namespace,)
+
+    def take_changes(self) -> set[Key] | None:
+        """The keys of `objects` added, modified or deleted since the last call, or None
+        when any may have (nothing taken since the first list): read `objects` whole."""
+        changes, self._changes = self._changes, set()
+        return changes
 
     @property
     def name(self) -> str:
@@ -380,6 +397,18 @@ class Informer:
                 break
         else:
             raise StreamError(f"list did not end after {MAX_LIST_PAGES} pages")
+        old, changes = self.objects, self._changes
+        if old:  # a relist: keep what did not change, note what did
+            for key, obj in items.items():
+                was = old.get(key)
+                if was is not None and same_object(was, obj):
+                    items[key] = was
+                elif changes is not None:
+                    changes.add(key)
+            if changes is not None:
+                changes.update(key for key in old if key not in items)
+        else:
+            self._changes = None  # all of it
         self.objects = items
         self.resource_version = version
         self.synced = True
@@ -425,6 +454,8 @@ class Informer:
                 if rv:
                     self.resource_version = rv
                 if apply_event(self.objects, etype, obj):
+                    if self._changes is not None:
+                        self._changes.add(object_key(obj))
                     self._on_change()
         finally:
             resp.close()
