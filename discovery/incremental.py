@@ -123,12 +123,47 @@ class _SortedList(Generic[T]):
         return self._tuple is None
 
 
+# Indexes map to one value or, rarely, a list of them (a dict or set per entry would cost
+# ~200 bytes each at 10,000 services for the one value they almost always hold).
+Multi = dict[Any, Any]
+
+
+def _multi_add(index: Multi, key: Any, value: Any) -> None:
+    held = index.get(key, _NONE)
+    if held is _NONE:
+        index[key] = value
+    elif type(held) is list:
+        held.append(value)
+    else:
+        index[key] = [held, value]
+
+
+def _multi_remove(index: Multi, key: Any, value: Any) -> None:
+    held = index[key]
+    if type(held) is list:
+        held.remove(value)
+        if len(held) == 1:
+            index[key] = held[0]
+    else:
+        del index[key]
+
+
+def _multi_get(index: Multi, key: Any) -> list[Any]:
+    held = index.get(key, _NONE)
+    if held is _NONE:
+        return []
+    return list(held) if type(held) is list else [held]
+
+
+_NONE: Any = object()
+
+
 @dataclass(slots=True)
 class _Entry:
     """One service: its plan, its claim keys, and what it got when last claimed."""
 
     plan: Plan
-    keys: frozenset[tuple[Any, ...]]
+    keys: tuple[tuple[Any, ...], ...]
     http: tuple[HttpRoute, ...] = ()
     https: tuple[HttpRoute, ...] = ()
     skipped: tuple[SkippedService, ...] = ()
@@ -144,17 +179,17 @@ class Translator:
         self.plans = 0  # plan_service calls so far (tests count them)
         self.table = RouteTable()  # the last table built (version 0)
         self._services: dict[Hashable, tuple[Obj, Ident | SkippedService | None]] = {}
-        self._candidates: dict[Ident, dict[Hashable, Obj]] = {}
+        self._candidates: Multi = {}  # Ident -> keys of _services
         self._slices: dict[Hashable, tuple[Obj, Ident | None]] = {}
-        self._slices_of: dict[Ident, dict[Hashable, Obj]] = {}
+        self._slices_of: Multi = {}  # Ident -> keys of _slices
         self._endpoints: dict[Hashable, tuple[Obj, Ident | None]] = {}
-        self._endpoints_of: dict[Ident, dict[Hashable, Obj]] = {}
+        self._endpoints_of: Multi = {}  # Ident -> keys of _endpoints
         self._external: Mapping[str, Any] = {}
         self._external_services: set[Ident] = set()
         self._dirty: set[Ident] = set()
-        self._entries: dict[Ident, _Entry] = {}  # plan and claim keys
-        self._outcome: dict[Ident, _Entry] = {}  # what it got when last claimed
-        self._by_key: dict[tuple[Any, ...], set[Ident]] = {}
+        self._gone: dict[Ident, _Entry] = {}  # deleted since the last build
+        self._entries: dict[Ident, _Entry] = {}
+        self._by_key: Multi = {}  # claim key -> Idents of the entries that hold it
         # the table's parts
         self._http: _SortedList[HttpRoute] = _SortedList(route_order)
         self._https: _SortedList[HttpRoute] = _SortedList(route_order)
@@ -185,10 +220,7 @@ class Translator:
             if isinstance(ident, SkippedService):
                 self._count_skip(ident, -1)
             elif ident is not None:
-                group = self._candidates[ident]
-                del group[key]
-                if not group:
-                    del self._candidates[ident]
+                _multi_remove(self._candidates, ident, key)
                 self._dirty.add(ident)
         if obj is None:
             return
@@ -197,7 +229,7 @@ class Translator:
         if isinstance(ident, SkippedService):
             self._count_skip(ident, 1)
         elif ident is not None:
-            self._candidates.setdefault(ident, {})[key] = obj
+            _multi_add(self._candidates, ident, key)
             self._dirty.add(ident)
 
     def set_slice(self, key: Hashable, obj: Obj | None) -> None:
@@ -209,7 +241,7 @@ class Translator:
         self._set_owned(self._endpoints, self._endpoints_of, endpoints_owner, key, obj)
 
     def _set_owned(self, store: dict[Hashable, tuple[Obj, Ident | None]],
-                   of: dict[Ident, dict[Hashable, Obj]],
+                   of: Multi,
                    owner_of: Callable[[Obj], Ident | None], key: Hashable,
                    obj: Obj | None) -> None:
         old = store.pop(key, None)
@@ -219,17 +251,14 @@ class Translator:
                 return
             owner = old[1]
             if owner is not None:
-                group = of[owner]
-                del group[key]
-                if not group:
-                    del of[owner]
+                _multi_remove(of, owner, key)
                 self._dirty.add(owner)
         if obj is None:
             return
         owner = owner_of(obj)
         store[key] = (obj, owner)
         if owner is not None:
-            of.setdefault(owner, {})[key] = obj
+            _multi_add(of, owner, key)
             self._dirty.add(owner)
 
     def set_external(self, external: Mapping[str, Any]) -> None:
@@ -257,21 +286,21 @@ class Translator:
         settings, external = self.settings, self._external
         for ident in self._dirty:
             old = self._entries.get(ident)
-            group = self._candidates.get(ident)
-            if not group:
+            keys_of = _multi_get(self._candidates, ident)
+            if not keys_of:
                 if old is not None:
                     del self._entries[ident]
+                    self._gone[ident] = old
                     self._unindex(ident, old.keys)
-                    seed |= old.keys
+                    seed.update(old.keys)
                     changed.append(ident)
                 self._external_services.discard(ident)
                 continue
-            obj = _winner(group)
-            slices = self._slices_of.get(ident)
-            eps = self._endpoints_of.get(ident)
-            plan = plan_service(obj, ident[0], ident[1], settings,
-                                canonical_order(list(slices.values())) if slices else [],
-                                canonical_order(list(eps.values())) if eps else [], external)
+            obj = _winner([self._services[k][0] for k in keys_of])
+            slices = [self._slices[k][0] for k in _multi_get(self._slices_of, ident)]
+            eps = [self._endpoints[k][0] for k in _multi_get(self._endpoints_of, ident)]
+            plan = plan_service(obj, ident[0], ident[1], settings, canonical_order(slices),
+                                canonical_order(eps), external)
             self.plans += 1
             if plan.svc is not None and plan.svc.external_name is not None:
                 self._external_services.add(ident)
@@ -286,21 +315,20 @@ class Translator:
                 old.plan = plan
                 if keys != old.keys:
                     self._unindex(ident, old.keys)
-                    seed |= old.keys
+                    seed.update(old.keys)
                     old.keys = keys
-            for k in keys:
-                self._by_key.setdefault(k, set()).add(ident)
-            seed |= keys
+                    old = None
+            if old is None:
+                for k in keys:
+                    _multi_add(self._by_key, k, ident)
+            seed.update(keys)
             changed.append(ident)
         self._dirty.clear()
         return changed, seed
 
-    def _unindex(self, ident: Ident, keys: frozenset[tuple[Any, ...]]) -> None:
+    def _unindex(self, ident: Ident, keys: tuple[tuple[Any, ...], ...]) -> None:
         for k in keys:
-            holders = self._by_key[k]
-            holders.discard(ident)
-            if not holders:
-                del self._by_key[k]
+            _multi_remove(self._by_key, k, ident)
 
     def _component(self, changed: list[Ident], seed: set[tuple[Any, ...]]) -> set[Ident]:
         """The changed services and every service connected to one through shared claim
@@ -308,7 +336,7 @@ class Translator:
         affected = {i for i in changed if i in self._entries}
         todo = list(seed)
         while todo:  # each key is queued once
-            for ident in self._by_key.get(todo.pop(), ()):
+            for ident in _multi_get(self._by_key, todo.pop()):
                 if ident in affected:
                     continue
                 affected.add(ident)
@@ -317,7 +345,7 @@ class Translator:
                         seed.add(k)
                         todo.append(k)
         # the changed services that are gone: their outcome is withdrawn below
-        return affected | {i for i in changed if i not in self._entries}
+        return affected | self._gone.keys()
 
     def _reclaim(self, affected: set[Ident], keys: set[tuple[Any, ...]]) -> None:
         """Claim again, in translate()'s order, for every affected service, and put each
@@ -332,10 +360,11 @@ class Translator:
         new_backends: list[Backend] = []
         for ident in sorted(affected):
             entry = self._entries.get(ident)
-            old = self._outcome.pop(ident, _EMPTY)
             if entry is None:
-                out = _EMPTY
+                old, out = self._gone.pop(ident), _EMPTY
             else:
+                old = _Entry(entry.plan, entry.keys, entry.http, entry.https, entry.skipped,
+                             entry.backends, entry.tcp_backends)
                 builder.http, builder.https, builder.skipped = [], [], []
                 builder.backends = {}
                 claim_service(ident[0], ident[1], entry.plan, settings, builder)
@@ -351,9 +380,10 @@ class Translator:
                     if was is not None and was == b:
                         b = was
                     (backends if name in routed else tcp_backends).append(b)
-                out = _Entry(entry.plan, entry.keys, tuple(http), tuple(https),
-                             tuple(builder.skipped), tuple(backends), tuple(tcp_backends))
-                self._outcome[ident] = out
+                entry.http, entry.https = tuple(http), tuple(https)
+                entry.skipped = tuple(builder.skipped)
+                entry.backends, entry.tcp_backends = tuple(backends), tuple(tcp_backends)
+                out = entry
             _diff(old.http, out.http, gone_http, new_http)
             _diff(old.https, out.https, gone_https, new_https)
             _diff(old.backends, out.backends, gone_backends, new_backends)
@@ -428,29 +458,40 @@ class Translator:
                 self._tcp_used[n] is not b for n, b in used.items()):
             self._update_backends(list(self._tcp_used.values()), list(used.values()))
             self._tcp_used = used
-        tcp = tuple(frontends)
-        if tcp == self.table.tcp:
-            tcp = self.table.tcp
-        parts = (self._http, self._https, self._backends, self._skipped)
-        if tcp is self.table.tcp and not any(p.changed for p in parts):
-            return self.table
-        by_name = dict(self._by_name) if self._backends.changed else self.table._by_name
-        self.table = RouteTable.from_sorted(
-            self._http.as_tuple(), self._https.as_tuple(), tcp, self._backends.as_tuple(),
-            self._skipped.as_tuple(), by_name)
+        last = self.table
+        tcp = _same_or(tuple(frontends), last.tcp)
+        if tcp is last.tcp and not any(p.changed for p in (self._http, self._https,
+                                                            self._backends, self._skipped)):
+            return last
+        http = _same_or(self._http.as_tuple(), last.http)
+        https = _same_or(self._https.as_tuple(), last.https)
+        backends = _same_or(self._backends.as_tuple(), last.backends)
+        skipped = _same_or(self._skipped.as_tuple(), last.skipped)
+        if (http, https, tcp, backends, skipped) == (last.http, last.https, last.tcp,
+                                                     last.backends, last.skipped):
+            return last  # changed and changed back within one build
+        by_name = last._by_name if backends is last.backends else dict(self._by_name)
+        self.table = RouteTable.from_sorted(http, https, tcp, backends, skipped, by_name)
         return self.table
 
 
-_EMPTY = _Entry(Plan(None, (), None), frozenset())
+_EMPTY = _Entry(Plan(None, (), None), ())
+
+
+def _same_or(new: tuple[T, ...], old: tuple[T, ...]) -> tuple[T, ...]:
+    """`old` when `new` holds the same objects (an equal table is the same table)."""
+    if len(new) == len(old) and all(a is b for a, b in zip(new, old, strict=True)):
+        return old
+    return new
 
 
 def _backend_name(b: Backend) -> str:
     return b.name
 
 
-def _winner(group: dict[Hashable, Obj]) -> Obj:
+def _winner(copies: list[Obj]) -> Obj:
     """Of the copies of one service, the one translate() keeps (`newer`)."""
-    it = iter(group.values())
+    it = iter(copies)
     best = next(it)
     for obj in it:
         if newer(obj, best):

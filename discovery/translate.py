@@ -1012,22 +1012,29 @@ def _claim_service(plan: Plan, settings: Settings, builder: _Builder) -> None:
             builder.add_http(svc, port, backend)
 
 
-def claim_keys(plan: Plan, settings: Settings) -> frozenset[tuple[Any, ...]]:
+def claim_keys(plan: Plan, settings: Settings) -> tuple[tuple[Any, ...], ...]:
     """Every claim `claim_service` could make for this plan, as keys two services share
     exactly when one's claim can refuse or shape the other's: the casefolded route prefix
-    and the host on each frontend, and each TCP port listened on. (A superset is
+    and the host on each frontend it uses, and each TCP port listened on. (A superset is
     harmless: it only makes the incremental translation redo more together.)"""
     svc = plan.svc
     if svc is None or plan.cloud_lb:
-        return frozenset()
-    keys: set[tuple[Any, ...]] = set()
-    keys.update(("tcp", listen) for name, listen in settings.tcp_services if name == svc.name)
+        return ()
+    keys: dict[tuple[Any, ...], None] = {}
+    for name, listen in settings.tcp_services:
+        if name == svc.name:
+            keys[("tcp", listen)] = None
     ann = svc.ann
+    frontends = []  # as add_http puts its routes
+    if not ann.ssl_term or ann.ssl_redirect:
+        frontends.append(False)
+    if ann.ssl_term or ann.ssl_redirect:
+        frontends.append(True)
     for port in svc.ports:
         route_name = svc.name if port.port == 80 else f"{svc.name}:{port.port}"
         prefix = ann.acl_prefix if ann.acl_prefix is not None else "/" + route_name
-        for tls in (False, True):
-            keys.add(("fold", tls, prefix.casefold()))
+        for tls in frontends:
+            keys[("fold", tls, prefix.casefold())] = None
             if ann.host is not None:
-                keys.add(("host", tls, ann.host))
-    return frozenset(keys)
+                keys[("host", tls, ann.host)] = None
+    return tuple(keys)

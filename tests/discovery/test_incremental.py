@@ -39,12 +39,15 @@ def eslice(ns: str, service_name: str, suffix: str, ips: list[str], port: int = 
             "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}} for ip in ips]}
 
 
-ANNOTATIONS = st.dictionaries(
-    st.sampled_from(["lb.host", "lb.aclMatch", "lb.sslTerm", "lb.sslRedirect",
-                     "lb.sslPassthrough", "lb.algorithm", "lb.cookie-sticky-session"]),
-    st.sampled_from(["x.example", "y.example", "/p", "-i /P", "/q", "true", "false",
-                     "leastconn", "bogus"]),
-    max_size=3)
+# Mostly valid annotations, chosen so that services collide: on hosts, on aclMatch
+# prefixes (also with service a's own /a, and case-insensitively), on the TLS frontend.
+ANNOTATIONS = st.lists(st.sampled_from([
+    ("lb.host", "x.example"), ("lb.host", "y.example"), ("lb.aclMatch", "/p"),
+    ("lb.aclMatch", "-i /P"), ("lb.aclMatch", "/a"), ("lb.aclMatch", "-i /A"),
+    ("lb.sslTerm", "true"), ("lb.sslRedirect", "true"), ("lb.sslPassthrough", "true"),
+    ("lb.algorithm", "leastconn"), ("lb.algorithm", "bogus"),
+    ("lb.cookie-sticky-session", "true"), ("lb.sslTerm", "maybe"),
+]), max_size=2).map(dict)
 
 PORTS = st.lists(st.sampled_from([
     {"name": "http", "port": 80, "targetPort": 8080},
@@ -52,7 +55,7 @@ PORTS = st.lists(st.sampled_from([
     {"name": "mysql", "port": 3306, "targetPort": 8080},
     {"name": "dns", "port": 53, "protocol": "UDP"},
     {"name": "tls", "port": 443, "targetPort": 8080},
-]), min_size=0, max_size=3, unique_by=lambda p: p["port"])
+]), min_size=1, max_size=3, unique_by=lambda p: p["port"])
 
 
 @st.composite
@@ -61,8 +64,11 @@ def services(draw: st.DrawFn) -> dict[str, Any]:
                   draw(st.integers(1, 5)), draw(PORTS), draw(ANNOTATIONS),
                   draw(st.sampled_from(["ClusterIP", "ClusterIP", "LoadBalancer"])),
                   draw(st.sampled_from(["None", "ClientIP"])))
-    if draw(st.integers(0, 15)) == 0:
+    bad = draw(st.integers(0, 20))
+    if bad == 0:
         del obj["metadata"]["name"]  # bad metadata: skipped as "?"
+    elif bad == 1:
+        obj["spec"]["ports"] = []  # a bad service
     return obj
 
 
@@ -85,8 +91,10 @@ def legacy(ns: str, name: str, ip: str) -> dict[str, Any]:
 # operations hit the same objects; a service key is not its (namespace, name), so two
 # keys can hold copies of one service (duplicates).
 OPS = st.one_of(
-    st.tuples(st.just("services"), st.integers(0, 6), st.none() | services()),
-    st.tuples(st.just("endpointslices"), st.integers(0, 6), st.none() | slices()),
+    st.tuples(st.just("services"), st.integers(0, 6),
+              st.one_of(st.none(), services(), services(), services())),
+    st.tuples(st.just("endpointslices"), st.integers(0, 6),
+              st.one_of(st.none(), slices(), slices())),
     st.tuples(st.just("endpoints"), st.integers(0, 2),
               st.none() | st.builds(legacy, st.sampled_from(NAMESPACES),
                                     st.sampled_from(NAMES),
