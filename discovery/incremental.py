@@ -201,6 +201,10 @@ class Translator:
         self._tcp_backends: dict[str, Backend] = {}  # every TCP claim's backend
         self._tcp_used: dict[str, Backend] = {}  # those in the table
         self._tcp_skips: list[SkippedService] = []  # TCP ports that are reserved
+        # backends out of / into the table, applied once the TCP ones are known (a backend
+        # can move between a route and a TCP port as the same object)
+        self._gone_backends: list[Backend] = []
+        self._new_backends: list[Backend] = []
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -397,13 +401,22 @@ class Translator:
                 self._tcp_backends[b.name] = b
         self._http.update(gone_http, new_http)
         self._https.update(gone_https, new_https)
-        self._update_backends(gone_backends, new_backends)
+        self._gone_backends += gone_backends
+        self._new_backends += new_backends
         for k in keys:
             if k[0] == "tcp":
                 self._tcp_claims.pop(k[1], None)
         self._tcp_claims.update(builder.tcp)
 
-    def _update_backends(self, gone: list[Backend], new: list[Backend]) -> None:
+    def _update_backends(self) -> None:
+        gone, new = self._gone_backends, self._new_backends
+        if not gone and not new:
+            return
+        self._gone_backends, self._new_backends = [], []
+        moved = {id(b) for b in gone} & {id(b) for b in new}
+        if moved:
+            gone = [b for b in gone if id(b) not in moved]
+            new = [b for b in new if id(b) not in moved]
         for b in gone:
             del self._by_name[b.name]
         for b in new:
@@ -456,8 +469,10 @@ class Translator:
             self._tcp_skips = skips
         if used.keys() != self._tcp_used.keys() or any(
                 self._tcp_used[n] is not b for n, b in used.items()):
-            self._update_backends(list(self._tcp_used.values()), list(used.values()))
+            self._gone_backends += self._tcp_used.values()
+            self._new_backends += used.values()
             self._tcp_used = used
+        self._update_backends()
         last = self.table
         tcp = _same_or(tuple(frontends), last.tcp)
         if tcp is last.tcp and not any(p.changed for p in (self._http, self._https,

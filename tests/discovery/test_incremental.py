@@ -7,6 +7,7 @@ the service it touches, sharing every unchanged backend and route with the last 
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -65,6 +66,9 @@ def services(draw: st.DrawFn) -> dict[str, Any]:
                   draw(st.sampled_from(["ClusterIP", "ClusterIP", "LoadBalancer"])),
                   draw(st.sampled_from(["None", "ClientIP"])))
     bad = draw(st.integers(0, 20))
+    if bad == 2:
+        obj["spec"]["type"] = "ExternalName"
+        obj["spec"]["externalName"] = draw(st.sampled_from(["db.example", "DB.example."]))
     if bad == 0:
         del obj["metadata"]["name"]  # bad metadata: skipped as "?"
     elif bad == 1:
@@ -95,6 +99,9 @@ OPS = st.one_of(
               st.one_of(st.none(), services(), services(), services())),
     st.tuples(st.just("endpointslices"), st.integers(0, 6),
               st.one_of(st.none(), slices(), slices())),
+    st.tuples(st.just("external"), st.just(0),
+              st.sampled_from([{}, {"db.example": ("127.3.0.1",)},
+                               {"db.example": ("127.3.0.2", "127.3.0.1")}])),
     st.tuples(st.just("endpoints"), st.integers(0, 2),
               st.none() | st.builds(legacy, st.sampled_from(NAMESPACES),
                                     st.sampled_from(NAMES),
@@ -116,7 +123,8 @@ SETTINGS = st.sampled_from([
 def reference(stores: dict[str, dict[int, Any]], s: Settings) -> RouteTable:
     return translate(KubeObjects(services=tuple(stores["services"].values()),
                                  endpointslices=tuple(stores["endpointslices"].values()),
-                                 endpoints=tuple(stores["endpoints"].values())), s)
+                                 endpoints=tuple(stores["endpoints"].values()),
+                                 external=stores["external"].get(0, {})), s)
 
 
 def check_same(got: RouteTable, want: RouteTable) -> None:
@@ -130,15 +138,20 @@ def check_same(got: RouteTable, want: RouteTable) -> None:
 
 
 def apply(tr: Translator, kind: str, key: int, obj: Any) -> None:
+    if kind == "external":
+        tr.set_external(obj)
+        return
     {"services": tr.set_service, "endpointslices": tr.set_slice,
      "endpoints": tr.set_endpoints}[kind](key, obj)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# INCR_EXAMPLES=5000 for a longer search
+@settings(max_examples=int(os.environ.get("INCR_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(SETTINGS, st.lists(st.lists(OPS, min_size=1, max_size=4), min_size=1, max_size=12))
 def test_incremental_equals_translate(s: Settings, batches: list[list[Any]]) -> None:
     stores: dict[str, dict[int, Any]] = {"services": {}, "endpointslices": {},
-                                         "endpoints": {}}
+                                         "endpoints": {}, "external": {}}
     tr = Translator(s)
     last = tr.build()
     for batch in batches:
@@ -162,7 +175,7 @@ def test_incremental_equals_translate(s: Settings, batches: list[list[Any]]) -> 
     # deleting everything leaves the empty table
     for kind, store in stores.items():
         for key in list(store):
-            apply(tr, kind, key, None)
+            apply(tr, kind, key, {} if kind == "external" else None)
     check_same(tr.build(), RouteTable())
 
 
