@@ -525,6 +525,9 @@ def _reuse(new: list[T], old: tuple[T, ...]) -> list[T]:
 def _diff(old: tuple[T, ...], new: tuple[T, ...], gone: list[T], added: list[T]) -> None:
     """Add to `gone` what of `old` is not (as the same object) in `new`, and to `added`
     what of `new` is not in `old`."""
+    if not old:
+        added.extend(new)
+        return
     if len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True)):
         return
     old_ids = {id(x) for x in old}

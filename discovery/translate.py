@@ -91,7 +91,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from pylb.config import Settings
@@ -744,13 +744,13 @@ class _Builder:
         else:
             name, prefix, strip = route_name, "/" + route_name, True
         host = ann.host if ann.host is not None and not ann.host.startswith("*.") else None
-        base = HttpRoute(name, prefix, backend.name, host=host, strip_prefix=strip,
-                         case_insensitive=ann.acl_case_insensitive)
+        ci = ann.acl_case_insensitive
         routes: list[HttpRoute] = []
         if ann.ssl_term or ann.ssl_redirect:
-            routes.append(replace(base, tls=True))
+            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci, tls=True))
         if not ann.ssl_term or ann.ssl_redirect:
-            routes.append(replace(base, ssl_redirect=ann.ssl_redirect))
+            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci,
+                                    ssl_redirect=ann.ssl_redirect))
         for r in routes:
             conflict = self._route_conflict(r)
             if conflict is not None:

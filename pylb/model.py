@@ -42,6 +42,9 @@ class ProxyProtocol(enum.StrEnum):
     V2 = "v2"
 
 
+_set = object.__setattr__  # how a frozen dataclass sets its derived fields
+
+
 @dataclass(frozen=True, slots=True)
 class Server:
     """One endpoint of a backend: where to connect, and what Kubernetes says of it.
@@ -63,8 +66,8 @@ class Server:
     label: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.address, self.port))
-        object.__setattr__(self, "label", self.name or format_hostport(self.address, self.port))
+        _set(self, "key", (self.address, self.port))
+        _set(self, "label", self.name or format_hostport(self.address, self.port))
 
     @property
     def accepts_new_work(self) -> bool:
