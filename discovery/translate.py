@@ -2,8 +2,11 @@
 
 Theory of operation. `translate()` takes plain dicts as the API server returns them
 (camelCase keys) and the settings, and returns a `RouteTable`. It does no I/O and keeps no
-state: the watcher and the file source call it on every change and compare the result
-with the table they published last.
+state. It is the reference: the watcher and the file source get the same table from
+discovery/incremental.py, which keeps per-service results between changes and redoes only
+what a change touches, using this module's pieces — `plan_service` (the per-service part
+of passes 1 and 2), `claim_service` (pass 3 for one service) and `claim_keys` (which
+services' claims can interact) — and whose tests check it against `translate()`.
 
 It works in three passes:
 
