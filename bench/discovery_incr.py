@@ -7,7 +7,8 @@ process runs only `KubeSource` (no data plane, no workers) and measures: the tim
 start to every informer synced (the lists), to the first table published, the first
 build alone, the RSS of this process once the first table is out, and for `--changes`
 endpoint changes written to the API one at a time (a slice's first address moved, within
-127.1/8) the time from the write to the table holding it, and the build alone.
+127.1/8) the time from the write to the table holding it, and the build alone; and how
+late a 10 ms timer on the source's loop fires meanwhile (the loop's longest stall).
 `--profile FILE` writes a cProfile of the start-up (lists and first table) to FILE.
 """
 
@@ -49,7 +50,8 @@ async def run(services: int, endpoints: int, changes: int, profile: Path | None,
     from pylb.config import KubeSettings, Settings
 
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    kc = tempfile.NamedTemporaryFile(suffix=".yaml", delete=False).name
+    fd, kc = tempfile.mkstemp(suffix=".yaml")
+    os.close(fd)
     fake = subprocess.Popen(
         [sys.executable, "-m", "tests.kfake", "--services", str(services), "--endpoints",
          str(endpoints), "--kubeconfig", kc, "--history-size", "100000"],
@@ -72,6 +74,16 @@ async def run(services: int, endpoints: int, changes: int, profile: Path | None,
             published.set()
 
         rss0 = rss_mib()
+        stalls: list[float] = []  # how late a 10 ms timer fires: the loop's stalls
+
+        async def ticker() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                t = loop.time()
+                await asyncio.sleep(0.01)
+                stalls.append(loop.time() - t - 0.01)
+
+        tick = asyncio.create_task(ticker())
         prof = cProfile.Profile() if profile else None
         if prof:
             prof.enable()
@@ -115,9 +127,10 @@ async def run(services: int, endpoints: int, changes: int, profile: Path | None,
                             break
                 write_to_table.append(tables[-1][0] - t)
                 builds.append(source.metrics().get("last_build_seconds", float("nan")))
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for t in (task, tick):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         m = source.metrics()
         return {
             "services": services, "endpoints": services * endpoints,
@@ -130,6 +143,8 @@ async def run(services: int, endpoints: int, changes: int, profile: Path | None,
             "build_p50_ms": round(statistics.median(builds) * 1000, 2),
             "build_max_ms": round(max(builds) * 1000, 2),
             "tables": len(tables), "plans": m.get("plans"),
+            "loop_stall_max_ms": round(max(stalls) * 1000, 1),
+            "loop_stall_p99_ms": round(pct(stalls, 0.99) * 1000, 1),
         }
     finally:
         fake.terminate()
