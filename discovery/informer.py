@@ -40,18 +40,22 @@ that adds, modifies or deletes); it must not block. Which objects changed is kep
 consumer takes it (`take_changes()`: the keys, or None for "all": the first list), so a
 consumer redoes only what changed. A relist keeps each object it already held with the same
 resourceVersion (the API server changes it on every write) as that very object, and counts
-as changed only the keys that were added, modified or deleted meanwhile.
+as changed only the keys that were added, modified or deleted meanwhile. While a list runs
+the cyclic garbage collector is paused, and a big list's objects are frozen out of its way
+once stored (see FREEZE_LIST): otherwise each full collection walks the whole store again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import gc
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +74,31 @@ Key = tuple[str, str]  # (namespace, name)
 MIN_WATCH_SECONDS = 1.0
 MAX_LIST_PAGES = 100_000  # 50 M objects at limit=500: a server looping on `continue`
 MAX_ERROR_BODY = 64 * 1024
+# A list this big is moved out of the cyclic collector's way once stored (gc.freeze): the
+# store lives until the next relist, and each full collection would walk it again. While
+# any list is in progress the collector is paused: a list allocates only acyclic JSON, yet
+# the growing heap would be walked again and again (measured at 10,000 services / 20,000
+# objects: stalls of up to 255 ms on the loop during the initial lists). Frozen objects are
+# still freed by reference counting when the store drops them.
+FREEZE_LIST = 5_000
+_paused_lists = 0
+_collector_was_enabled = False
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while any list runs (lists may overlap)."""
+    global _paused_lists, _collector_was_enabled
+    if _paused_lists == 0:
+        _collector_was_enabled = gc.isenabled()
+        gc.disable()
+    _paused_lists += 1
+    try:
+        yield
+    finally:
+        _paused_lists -= 1
+        if _paused_lists == 0 and _collector_was_enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +394,10 @@ class Informer:
                                      sock_read=s.read_timeout)
 
     async def _list(self) -> None:
+        with _collector_paused():
+            await self._list_pages()
+
+    async def _list_pages(self) -> None:
         s = self._settings
         items: dict[Key, Object] = {}
         version = ""
@@ -409,6 +442,8 @@ class Informer:
                 changes.update(key for key in old if key not in items)
         else:
             self._changes = None  # all of it
+        if len(items) >= FREEZE_LIST:
+            gc.freeze()  # while the collector is paused: the new objects join no generation
         self.objects = items
         self.resource_version = version
         self.synced = True
