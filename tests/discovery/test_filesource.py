@@ -225,6 +225,22 @@ async def test_run_publishes_and_reloads_on_change(
     assert (third.version, prefixes(third)) == (3, ["/a", "/b"])
 
 
+async def test_a_reload_shares_unchanged_backends(
+        tmp_path: Path, running: Callable[[FileSource], Running]) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(docs(service("a"), slice_("a", "127.1.0.1"), service("b"),
+                      slice_("b", "127.1.0.2")))
+    r = running(FileSource(str(f), Settings(), poll_interval=0.01))
+    first = await r.next()
+    write(f, docs(service("new"), service("a"), slice_("a", "127.1.0.1"), service("b"),
+                  slice_("b", "127.1.0.3")))
+    second = await r.next()
+    assert second.backend("default/a:80") is first.backend("default/a:80")
+    assert second.backend("default/b:80") is not first.backend("default/b:80")
+    assert [s.address for s in second.backend("default/b:80").servers] == ["127.1.0.3"]
+    assert second.get_backend("default/new:80") is not None
+
+
 async def test_unchanged_table_is_not_republished(
         tmp_path: Path, running: Callable[[FileSource], Running]) -> None:
     f = tmp_path / "c.yaml"

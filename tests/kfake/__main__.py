@@ -35,7 +35,7 @@ def services(n: int, namespace: str) -> Iterator[JsonObj]:
 
 def slices(n: int, per_service: int, namespace: str) -> Iterator[JsonObj]:
     for i in range(n):
-        base = 10 * 2**24 + i * per_service
+        base = i * per_service
         yield {
             "metadata": {"name": f"svc-{i}-a", "namespace": namespace,
                          "labels": {"kubernetes.io/service-name": f"svc-{i}",
@@ -48,7 +48,12 @@ def slices(n: int, per_service: int, namespace: str) -> Iterator[JsonObj]:
 
 
 def _ip(n: int) -> str:
-    return f"{n >> 24 & 255}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+    """The n-th fake endpoint address: unique, in 127.1.0.0-127.254.255.255 (loopback,
+    never 127.0.0.x where real test servers listen), so nothing outside this host is ever
+    probed or sent traffic."""
+    if not 0 <= n < 254 << 16:
+        raise ValueError(f"endpoint {n}: only {254 << 16} fake addresses in 127.1/8")
+    return f"127.{1 + (n >> 16)}.{n >> 8 & 255}.{n & 255}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
