@@ -198,15 +198,17 @@ class Stats:
         self.failures[reason] = self.failures.get(reason, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
-        # list(d.items()) is one C call: the stats thread may take this snapshot while
-        # the event loop adds a row (a new server) without either seeing a torn dict.
+        # The stats thread may take this snapshot while the event loop adds a row (a new
+        # server). dict.copy() creates no GC-tracked object, so no collection (and no
+        # finalizer, and no switch to the loop's thread) can run in the middle of it;
+        # list(d.items()) makes a tuple per item and can (seen once in a full test run).
         now = time.time()
         return {
-            "frontends": {k: c.snapshot(now) for k, c in list(self.frontends.items())},
-            "backends": {k: c.snapshot(now) for k, c in list(self.backends.items())},
+            "frontends": {k: c.snapshot(now) for k, c in self.frontends.copy().items()},
+            "backends": {k: c.snapshot(now) for k, c in self.backends.copy().items()},
             "servers": {f"{b}\x00{s}": c.snapshot(now)
-                        for (b, s), c in list(self.servers.items())},
-            "failures": {f.name: n for f, n in list(self.failures.items())},
+                        for (b, s), c in self.servers.copy().items()},
+            "failures": {f.name: n for f, n in self.failures.copy().items()},
         }
 
     # -- bounded rows -------------------------------------------------------------------
