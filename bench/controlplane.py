@@ -207,7 +207,7 @@ async def _backend_of(port: int) -> str | None:
     """The backend a GET /probe through pylb reached, or None (no 200)."""
     try:
         status, hdrs, _ = await http_request(port, "/probe")
-    except (OSError, ValueError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, ValueError):
         return None
     return hdrs.get("x-backend") if status == 200 else None
 
@@ -297,7 +297,7 @@ async def run(cfg: Config) -> dict[str, Any]:
                 t = time.monotonic()
                 try:
                     await http_request(port, path, timeout=SAMPLE_TIMEOUT)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     lat.timeouts += 1
                     lat.samples.append(SAMPLE_TIMEOUT)
                     return
@@ -406,7 +406,7 @@ async def _terminate(pylb: procs.Proc, pids: set[int], health_port: int) -> dict
                 status, _, _ = await http_request(health_port, "/readyz", timeout=0.5)
                 if status != 200:
                     out["not_ready_s"] = round(time.monotonic() - t, 3)
-            except (OSError, ValueError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ValueError):
                 out["not_ready_s"] = round(time.monotonic() - t, 3)
         pylb.popen.poll()
         if not any(_alive(p) for p in pids):
@@ -444,7 +444,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             "unreachable | SIGTERM: shutdown begins / tree gone |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        first = ("nothing served in %gs" % r.get("first_timeout", 120)
+        first = (f"nothing served in {r.get('first_timeout', 120):g}s"
                  if r["first_traffic_s"] is None else f"{r['first_traffic_s']:.2f} s")
         change = ("–" if r.get("change_p50_ms") is None else
                   f"{_fmt(r['change_p50_ms'])} / {_fmt(r['change_p99_ms'])} / "
