@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import shlex
 import signal
@@ -104,7 +105,8 @@ def _pct(sorted_values: list[float], q: float) -> float | None:
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
+    """Milliseconds; None for no data or a miss (math.inf)."""
+    return None if seconds is None or seconds == math.inf else round(seconds * 1000, 1)
 
 
 # -- HTTP, one new connection per request ---------------------------------------------------
@@ -373,13 +375,16 @@ async def _traffic(cfg: Config, api: Api, ns: str, ports: dict[str, int], http_p
         if seen:
             latencies.append(time.monotonic() - t)
             consecutive = 0
-        else:
+        else:  # ranks above every change seen; reported as "> change_timeout"
+            latencies.append(math.inf)
             misses += 1
             consecutive += 1
         await asyncio.sleep(0.05)  # let the previous change settle before the next write
     s = sorted(latencies)
     out.update({
-        "changes_done": len(latencies), "changes_missed": misses,
+        "changes_done": len(latencies) - misses, "changes_missed": misses,
+        "change_timeout_s": cfg.change_timeout,
+        "change_ms": [_ms(x) for x in latencies],  # in order; null: a miss
         "change_p50_ms": _ms(_pct(s, 0.5)), "change_p99_ms": _ms(_pct(s, 0.99)),
         "change_max_ms": _ms(s[-1] if s else None),
     })
@@ -440,16 +445,19 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     rows = ["| services / endpoints | workers | first traffic | change→traffic p50 / p99 / max"
-            " (done/50) | RSS max | /readyz p99 / max | stats p99 / max | restarts / "
+            " (seen/tried) | RSS max | /readyz p99 / max | stats p99 / max | restarts / "
             "unreachable | SIGTERM: shutdown begins / tree gone |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         first = (f"nothing served in {r.get('first_timeout', 120):g}s"
                  if r["first_traffic_s"] is None else f"{r['first_traffic_s']:.2f} s")
-        change = ("–" if r.get("change_p50_ms") is None else
-                  f"{_fmt(r['change_p50_ms'])} / {_fmt(r['change_p99_ms'])} / "
-                  f"{_fmt(r['change_max_ms'])} ms ({r['changes_done']}/"
-                  f"{r['changes_done'] + r['changes_missed']})")
+        change = "–"
+        if r.get("changes_done") or r.get("changes_missed"):
+            miss = f"> {r.get('change_timeout_s', 10.0):g} s"
+            p50, p99, top = (miss if r[k] is None else f"{r[k]:g} ms" for k in
+                             ("change_p50_ms", "change_p99_ms", "change_max_ms"))
+            change = (f"{p50} / {p99} / {top} ({r['changes_done']}/"
+                      f"{r['changes_done'] + r['changes_missed']})")
         rz, st, sg = r["readyz"], r["stats_page"], r["sigterm"]
 
         def lat(x: dict[str, Any]) -> str:
@@ -483,7 +491,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pylb-args", default="", help="extra pylb flags, e.g. '--checks=false'")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--json", type=Path, default=None, help="also write all results here")
+    p.add_argument("--table", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="only print the markdown table of earlier results (files written by "
+                        "--json or per run), and exit")
     ns = p.parse_args(argv)
+    if ns.table:
+        loaded: list[Any] = [json.loads(f.read_text()) for f in ns.table]
+        print(markdown([r for x in loaded for r in (x if isinstance(x, list) else [x])]))
+        return 0
     results = []
     for services in ns.services:
         for workers in ns.workers:
