@@ -290,6 +290,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         readyz, stats = Latencies(), Latencies()
         rss: list[tuple[float, int]] = []
         pids: set[int] = set()
+        worker_pids: set[int] = set()  # seen in the tree; more than --workers: restarts
 
         def timed(lat: Latencies, port: int, path: str) -> Callable[[], Awaitable[None]]:
             answered = False  # refusals before the port first answers are start-up, not data
@@ -314,6 +315,10 @@ async def run(cfg: Config) -> dict[str, Any]:
 
         async def sample_rss() -> None:
             tree = procs.tree(pylb.pid)
+            for pid in set(tree) - pids:
+                with contextlib.suppress(OSError):
+                    if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        worker_pids.add(pid)
             pids.update(tree)
             rss.append((time.monotonic() - t0, procs.rss_kib(pylb.pid)))
 
@@ -333,6 +338,12 @@ async def run(cfg: Config) -> dict[str, Any]:
         pids.update(procs.tree(pylb.pid))
         result["sigterm"] = await _terminate(pylb, pids, health_port)
         result.update(_count_log(pylb.log.read_text(errors="replace")))
+        # Counted from the process tree too, so that a change of wording in the log cannot
+        # hide restarts (sampled every RSS_EVERY: a worker living less is missed).
+        result["worker_processes_seen"] = len(worker_pids)
+        if cfg.workers > 1:
+            result["worker_restarts"] = max(result["worker_restarts"],
+                                            len(worker_pids) - cfg.workers)
         result["log"] = str(pylb.log)
     for s in backends.values():
         s.close()

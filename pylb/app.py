@@ -328,7 +328,8 @@ class Controller:
             return
         self.shutting_down = True
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._signalled, signum)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: exit is under way
+                self._loop.call_soon_threadsafe(self._signalled, signum)
 
     def _signalled(self, signum: int) -> None:
         log.info("%s: shutting down; the process ends within %.1fs (a second signal ends "
