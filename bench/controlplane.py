@@ -221,6 +221,7 @@ def _count_log(text: str) -> dict[str, int]:
         "controller_gone_lines": text.count("controller gone"),
         "emfile_lines": text.count("Too many open files"),
         "tracebacks": text.count("Traceback (most recent call last)"),
+        "hard_stop_lines": text.count("and exiting now"),  # pylb.stopping's last resort
     }
 
 
@@ -428,6 +429,7 @@ async def _terminate(pylb: procs.Proc, pids: set[int], health_port: int) -> dict
         if not any(_alive(p) for p in pids):
             out["tree_gone_s"] = round(time.monotonic() - t, 3)
             out["within_grace"] = out["tree_gone_s"] <= GRACE_PERIOD
+            out["exit_code"] = pylb.popen.wait(5)  # 0: graceful; 1: pylb's hard stop
             return out
         await asyncio.sleep(0.05)
     for p in pids:
