@@ -4,6 +4,8 @@
 one set of balancers and counters. `Controller` owns everything that talks to the outside
 world besides traffic, and pushes each new RouteTable and each health verdict to the data
 plane — in this process (`--workers 1`) or, through pylb.workers, to worker processes.
+SIGTERM/SIGINT start the graceful shutdown however busy the loop is, and a deadline ends
+the process tree at --grace-period if that path has not (pylb.stopping).
 """
 
 from __future__ import annotations
