@@ -243,6 +243,8 @@ async def run(cfg: Config) -> dict[str, Any]:
     from pylb.demo import start_name_server
 
     tag = f"controlplane-{cfg.services}-w{cfg.workers}"
+    if cfg.pylb_args:  # e.g. controlplane-10000-w2-checks-all
+        tag += "-" + "".join(c if c.isalnum() else "-" for c in " ".join(cfg.pylb_args)).strip("-")
     logdir = cfg.out / tag
     logdir.mkdir(parents=True, exist_ok=True)
     kubeconfig = logdir / "kubeconfig.yaml"
