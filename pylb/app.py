@@ -340,7 +340,8 @@ class Controller:
 
     def _hard_exit(self, code: int) -> None:
         why = ("a second stop signal" if code != EXIT_HARD else
-               f"the graceful shutdown did not finish within {self.settings.grace_period:g}s")
+               f"the graceful shutdown did not end within --grace-period "
+               f"{self.settings.grace_period:g}s")
         pids = self.pool.pids() if self.pool is not None else []
         hard_exit(code, pids, f"{why}: killing {len(pids)} worker(s) and exiting now")
 

@@ -16,9 +16,10 @@ only what is safe there: it flips state, arms this deadline (a daemon timer thre
 hands the graceful path to the loop with call_soon_threadsafe. It does not log: the
 logging stream may be mid-write in the frame it interrupted.
 
-- First SIGTERM/SIGINT: `on_signal` arms the deadline, `grace` from now (at least
-  `MIN_DEADLINE`). The graceful path drains connections for `drain_budget()` — the time
-  left minus `RESERVE` for closing up — so when the loop is healthy it ends first and the
+- First SIGTERM/SIGINT: `on_signal` arms the deadline, `grace - EXIT_MARGIN` from now (at
+  least `MIN_DEADLINE`), so that the tree is gone within --grace-period, before the
+  kubelet's SIGKILL. The graceful path drains connections for `drain_budget()` — the time
+  left minus a reserve for closing up — so when the loop is healthy it ends first and the
   deadline dies with the process (a daemon thread never delays exit).
 - The deadline expires: `kill(EXIT_HARD)` — the caller SIGKILLs its workers and exits.
 - A second SIGTERM/SIGINT: `kill(128 + signum)` at once, as a shell reports a death by
@@ -41,12 +42,15 @@ from typing import Any, NoReturn
 log = logging.getLogger("pylb")
 
 # Closing up after the drain (worker exit, joining them, closing the stats and health
-# servers) takes well under a second on an idle machine; 1 s keeps a loaded one inside
-# --grace-period. A grace period under 2 s gives half of itself to closing.
+# servers) takes well under a second on an idle machine; 1 s keeps a loaded one inside the
+# deadline. A deadline under 2 s gives half of itself to closing.
 RESERVE = 1.0
+# From the deadline to the last process gone: SIGKILLs and os._exit take milliseconds; the
+# rest is slack for a loaded machine (measured: the tree gone 60 ms after a 30 s deadline).
+EXIT_MARGIN = 0.5
 # --grace-period=0 means "do not wait for connections", not "no time to close": the graceful
 # path still gets this long before the hard stop.
-MIN_DEADLINE = 1.0
+MIN_DEADLINE = 0.5
 EXIT_HARD = 1  # the graceful path did not finish within the grace period
 
 Timer = Callable[[float, Callable[[], None]], Any]
@@ -77,12 +81,16 @@ class HardStop:
     def armed(self) -> bool:
         return self._deadline is not None
 
+    @property
+    def delay(self) -> float:
+        """From the first signal to the deadline."""
+        return max(self.grace - EXIT_MARGIN, MIN_DEADLINE)
+
     def arm(self) -> None:
         """Start the deadline (once; later calls keep the first)."""
         if self._deadline is None:
-            delay = max(self.grace, MIN_DEADLINE)
-            self._deadline = self._clock() + delay
-            self._timer(delay, self._expire)
+            self._deadline = self._clock() + self.delay
+            self._timer(self.delay, self._expire)
 
     def on_signal(self, signum: int) -> bool:
         """A stop signal: True for the first (begin the graceful path); a second one kills
@@ -97,7 +105,7 @@ class HardStop:
     def remaining(self) -> float:
         """Seconds to the deadline (the whole grace period while unarmed)."""
         if self._deadline is None:
-            return max(self.grace, MIN_DEADLINE)
+            return self.delay
         return max(0.0, self._deadline - self._clock())
 
     def drain_budget(self) -> float:
@@ -106,7 +114,8 @@ class HardStop:
         more than the grace period."""
         if self._deadline is None:
             return self.grace
-        return max(0.0, min(self.grace, self.remaining() - min(RESERVE, self.grace / 2)))
+        reserve = min(RESERVE, self.delay / 2)
+        return max(0.0, min(self.grace, self.remaining() - reserve))
 
     def _expire(self) -> None:
         self._kill(EXIT_HARD)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pylb.stopping import EXIT_HARD, MIN_DEADLINE, RESERVE, HardStop
+from pylb.stopping import EXIT_HARD, EXIT_MARGIN, MIN_DEADLINE, RESERVE, HardStop
 from tests.conftest import free_port
 
 
@@ -36,8 +36,9 @@ def make(grace: float) -> tuple[HardStop, Clock, list[int]]:
 
 
 @pytest.mark.parametrize(("grace", "deadline", "drain_at_signal"), [
-    (30.0, 30.0, 30.0 - RESERVE),
-    (1.0, 1.0, 0.5),   # under 2 s: half of it for closing
+    (30.0, 30.0 - EXIT_MARGIN, 30.0 - EXIT_MARGIN - RESERVE),
+    (1.5, 1.0, 0.5),  # a deadline under 2 s: half of it for closing
+    (1.0, MIN_DEADLINE, MIN_DEADLINE / 2),
     (0.0, MIN_DEADLINE, 0.0),  # no wait for connections, still time to close
 ])
 def test_first_signal_arms_the_deadline_once(grace: float, deadline: float,
@@ -55,8 +56,8 @@ def test_the_budget_shrinks_with_time_and_never_goes_negative() -> None:
     stop, clock, _ = make(10.0)
     stop.on_signal(signal.SIGTERM)
     clock.t += 4
-    assert stop.remaining() == pytest.approx(6.0)
-    assert stop.drain_budget() == pytest.approx(6.0 - RESERVE)
+    assert stop.remaining() == pytest.approx(6.0 - EXIT_MARGIN)
+    assert stop.drain_budget() == pytest.approx(6.0 - EXIT_MARGIN - RESERVE)
     clock.t += 60
     assert stop.remaining() == 0.0 and stop.drain_budget() == 0.0
 
@@ -185,7 +186,7 @@ async def test_sigterm_ends_the_tree_in_the_grace_period_while_the_controller_is
     text = log.read_text()
     assert "route table v1" not in text, "the file was parsed: the stall did not stall"
     assert proc.returncode == EXIT_HARD, text[-3000:]
-    assert "did not finish within 2s" in text
+    assert "did not end within --grace-period 2s" in text
     assert await gone(workers) == []
 
 
