@@ -207,8 +207,11 @@ class Client:
 
 
 def _python() -> str:
-    """The interpreter itself, not a pyenv shim (valgrind must run the real binary)."""
-    return os.path.realpath(sys.executable)
+    """This interpreter, as it was started: `sys.executable` is already the binary (a pyenv
+    shim execs it, so no shim is ever seen here), and in a venv it is the venv's `python`
+    symlink, which valgrind follows. Resolving the symlink (os.path.realpath) would start
+    the base interpreter, outside the venv and without its packages."""
+    return os.path.abspath(sys.executable)
 
 
 def _wait_line(p: subprocess.Popen[bytes], want: bytes, timeout: float) -> None:

@@ -15,10 +15,12 @@ file-system clock can keep its size and mtime (git's "racy" problem), so a file 
 mtime was recent when it was read is read again on the next poll.
 
 A reload that fails (the file is mid-write, has a YAML error, or is briefly gone) logs an
-ERROR naming the line and keeps serving the last good table. A table is published only
-when it differs from the last one published; versions count up from 1. The DNS names of
-ExternalName services are resolved as the Kubernetes source does (discovery.dns): when
-they first appear, then every `dns_interval`, a failed lookup keeping the last answer.
+ERROR naming the line and keeps serving the last good table; the same error on the same
+file (a racy file is reread while its mtime is recent) is logged once, not once a poll.
+A table is published only when it differs from the last one published; versions count up
+from 1. The DNS names of ExternalName services are resolved as the Kubernetes source does
+(discovery.dns): when they first appear, then every `dns_interval`, a failed lookup
+keeping the last answer.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class FileSource:
         self._last: RouteTable | None = None
         self._signature: Signature | None = None
         self._racy = False
+        self._last_error: tuple[Signature | None, str] | None = None  # logged once
         self._externals = ExternalNames(resolver, settings.kube.dns_timeout)
 
     def _stat(self) -> tuple[Signature, bool]:
@@ -199,17 +202,29 @@ class FileSource:
     async def _reread(self) -> KubeObjects | None:
         """The file's objects, or None (logged) when it cannot be used right now."""
         try:
-            return await asyncio.to_thread(self.read)
+            objects = await asyncio.to_thread(self.read)
         except FileSourceError as e:
-            log.error("file source: %s; keeping route table v%d", e, self.version)
+            self._refused(f"file source: {e}; keeping route table v{self.version}")
         except Exception:  # a parser bug must not stop the source (the fuzzers found none)
             log.exception("file source: %s could not be read; keeping route table v%d",
                           self.path, self.version)
+            self._refused("")
+        else:
+            self._last_error = None
+            return objects
+        return None
+
+    def _refused(self, message: str) -> None:
+        """After a failed read: wait for the file to change, and log `message` at ERROR
+        unless it was logged for this very state of the file (a racy file is reread)."""
         try:
             self._signature, self._racy = self._stat()  # do not retry until it changes
         except OSError:
             self._signature, self._racy = None, False  # gone: wait for it to return
-        return None
+        key = (self._signature, message)
+        if message and key != self._last_error:
+            log.error("%s", message)
+        self._last_error = key
 
     async def run(self, publish: Callable[[RouteTable], None]) -> None:
         """Load and publish, then watch the file until cancelled. The first read's

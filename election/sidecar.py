@@ -114,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leases (default), or endpoints to join 2016 leader-elector sidecars")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG)")
     p.add_argument("--use-kubernetes-cluster-service", type=_arg(_parse_bool, "boolean"),
-                   nargs="?", const=True, default=None, dest="in_cluster",
-                   help="use the in-cluster service account (default: when in a pod and "
-                        "no --kubeconfig)")
+                   nargs="?", const=True, default=None, dest="in_cluster", metavar="BOOL",
+                   help="use the pod's in-cluster service account; false: the kubeconfig "
+                        "(--kubeconfig, else $KUBECONFIG, else ~/.kube/config). Default: true "
+                        "in a pod ($KUBERNETES_SERVICE_HOST set) unless --kubeconfig is "
+                        "given, else false")
     return p
 
 

@@ -18,7 +18,7 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Container, Iterable
 
 from pylb.config import Limits
 from pylb.model import Affinity, Algorithm, Backend, Server
@@ -152,7 +152,10 @@ class Balancer:
         for d in (self._rr, self.fails, self.down):
             for k in [k for k in d if k not in keys]:
                 del d[k]
-        self._by_cookie = {cookie_value(s): s for s in servers}
+        # Only a cookie-sticky backend reads it: a hash per server is most of the cost of
+        # a big table's first apply otherwise.
+        self._by_cookie = {cookie_value(s): s for s in servers} \
+            if backend.affinity is _COOKIE else {}
 
     # -- health -------------------------------------------------------------------------
 
@@ -266,9 +269,14 @@ class Balancer:
 class Balancers:
     """The balancers of one worker, one per backend of the current table, shared by every
     frontend (L7 plain and TLS, L4) so that leastconn counts and stickiness are per worker,
-    not per listener."""
+    not per listener.
 
-    __slots__ = ("_by_name", "_clock", "_health", "_limits")
+    `apply(changed, removed)` takes a table's change (pylb.delta) and touches only those
+    backends; `update(backends)` takes a whole table and finds the change itself. An index
+    from server address to the backends that list it keeps an active check's verdict and
+    "which servers left the table" proportional to the change, not to the table."""
+
+    __slots__ = ("_by_key", "_by_name", "_clock", "_health", "_limits")
 
     def __init__(self, limits: Limits | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -276,26 +284,75 @@ class Balancers:
         self._clock = clock
         self._by_name: dict[str, Balancer] = {}
         self._health: dict[Key, bool] = {}
+        # server address -> names of the backends listing it (most list it once)
+        self._by_key: dict[Key, tuple[str, ...]] = {}
 
-    def update(self, backends: Collection[Backend]) -> None:
-        """Apply a new table's backends: new ones get a balancer, changed ones keep their
-        state, vanished ones are dropped (connections in flight hold their own reference)."""
-        fresh: dict[str, Balancer] = {}
-        for b in backends:
-            bal = self._by_name.get(b.name)
+    def update(self, backends: Collection[Backend]) -> set[Key]:
+        """Apply a whole table's backends: new ones get a balancer, changed ones keep their
+        state, vanished ones are dropped (connections in flight hold their own reference).
+        Returns the server addresses no backend lists any more."""
+        by_name = self._by_name
+        changed = [b for b in backends
+                   if (bal := by_name.get(b.name)) is None or bal.backend is not b]
+        removed: list[str] = []
+        if len(by_name) + sum(1 for b in changed if b.name not in by_name) != len(backends):
+            wanted = {b.name for b in backends}
+            removed = [name for name in by_name if name not in wanted]
+        return self.apply(changed, removed)
+
+    def apply(self, changed: Iterable[Backend], removed: Iterable[str]) -> set[Key]:
+        """Apply a table change: `changed` backends (new or changed, whole) and the names
+        of `removed` ones. Idempotent. Returns the server addresses that were listed by a
+        backend before and now are by none (their pooled connections can go)."""
+        by_name, by_key = self._by_name, self._by_key
+        left: set[Key] = set()
+        for name in removed:
+            bal = by_name.pop(name, None)
+            if bal is not None:
+                left.update(self._unindex(name, bal.backend))
+        for b in changed:
+            bal = by_name.get(b.name)
             if bal is None:
-                bal = Balancer(b, self._limits, self._clock)
-            elif bal.backend != b:
-                bal.update(b)
-            else:
-                fresh[b.name] = bal
+                bal = by_name[b.name] = Balancer(b, self._limits, self._clock)
+            elif bal.backend is b:
                 continue
-            # A server new to this backend may already be known down by an active check.
+            else:
+                old = bal.backend
+                if old == b:
+                    bal.backend = b  # the same servers: nothing to redo
+                    continue
+                left.update(self._unindex(b.name, old))
+                bal.update(b)
             for s in b.servers:
-                if self._health.get(s.key) is False and bal.down.get(s.key) != float("inf"):
-                    bal.set_health(s.key, False)
-            fresh[b.name] = bal
-        self._by_name = fresh
+                key = s.key
+                names = by_key.get(key)
+                if names is None:
+                    by_key[key] = (b.name,)
+                elif b.name not in names:
+                    by_key[key] = (*names, b.name)
+                # A server new to this backend may already be known down by an active check.
+                if self._health.get(key) is False and bal.down.get(key) != float("inf"):
+                    bal.set_health(key, False)
+        return {k for k in left if k not in by_key}
+
+    def _unindex(self, name: str, backend: Backend) -> list[Key]:
+        by_key = self._by_key
+        out = []
+        for s in backend.servers:
+            names = by_key.get(s.key)
+            if names is None:
+                continue
+            if names == (name,):
+                del by_key[s.key]
+            else:
+                by_key[s.key] = tuple(n for n in names if n != name)
+            out.append(s.key)
+        return out
+
+    @property
+    def live_keys(self) -> Container[Key]:
+        """The server addresses of the current table (a live view, not a copy)."""
+        return self._by_key.keys()
 
     def get(self, name: str) -> Balancer | None:
         return self._by_name.get(name)
@@ -303,6 +360,17 @@ class Balancers:
     def set_health(self, key: Key, up: bool) -> None:
         """An active check's verdict for a server address, applied in every backend."""
         self._health[key] = up
-        for bal in self._by_name.values():
-            if any(s.key == key for s in bal.backend.servers):
+        for name in self._by_key.get(key, ()):
+            bal = self._by_name.get(name)
+            if bal is not None:
                 bal.set_health(key, up)
+
+    def reset_health(self, verdicts: dict[Key, bool]) -> None:
+        """The whole map of active-check verdicts: addresses not in it have none (a server
+        marked down by a check that no longer runs comes back)."""
+        for key, up in self._health.items():
+            if not up and key not in verdicts:
+                self.set_health(key, True)
+        self._health = {}
+        for key, up in verdicts.items():
+            self.set_health(key, up)

@@ -16,12 +16,13 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pylb import __version__
 from pylb.config import Settings, TlsSettings
 from pylb.counters import Stats, merge_snapshots
+from pylb.delta import Delta, diff
 from pylb.model import RouteTable
 from pylb.stopping import EXIT_HARD, HardStop, hard_exit
 
@@ -109,11 +110,22 @@ class DataPlane:
             self.settings.bind, self.settings.https_port, reuse_port=self.reuse_port)
         self._tls_watch = asyncio.get_running_loop().create_task(self.tls_store.watch())
 
-    async def apply(self, table: RouteTable) -> None:
+    async def apply(self, table: RouteTable, delta: Delta | None = None) -> None:
+        """Serve `table` from now on. Incremental: `delta` is the change from the table
+        served so far (a worker gets it from the controller); without it, or when it is
+        not from this table's version, it is worked out here (`diff`, cheap when the new
+        table shares unchanged backends with the old). Only changed backends' balancers
+        and counters are touched, a router only when its routes changed, the TCP
+        listeners only when TCP frontends changed."""
+        old = self.table
+        if delta is None or delta.base != old.version:
+            delta = diff(old, table)
         self.table = table
-        self.http.set_table(table)  # each frontend also brings the shared balancers up to date
+        left = self.balancers.apply(delta.backends, delta.removed)
+        self._prune_counters(old, delta)
+        self.http.set_table(table, delta, left)
         if self.https is not None:
-            self.https.set_table(table)
+            self.https.set_table(table, delta, left)
         elif table.https and self._https_blocked:
             if not self._https_warned:
                 self._https_warned = True
@@ -125,10 +137,40 @@ class DataPlane:
             except (StartupError, OSError) as e:
                 log.error("cannot open the TLS frontend on :%d: %s",
                           self.settings.https_port, e)
-        await self.tcp.set_table(table)
+        await self.tcp.set_table(table, delta)
+
+    def _prune_counters(self, old: RouteTable, delta: Delta) -> None:
+        """Counter rows follow the table: rows of servers and backends that left go (when
+        their connections have closed: pylb.counters.Stats.prune)."""
+        stats = self.stats
+        if not stats.servers and not stats.backends:
+            return
+        gone: list[tuple[str, str]] = []
+        back: list[tuple[str, str]] = []
+        for name in delta.removed:
+            ob = old.get_backend(name)
+            if ob is not None:
+                gone.extend((name, s.label) for s in ob.servers)
+        for b in delta.backends:
+            stats.keep_backend(b.name)
+            ob = old.get_backend(b.name)
+            labels = {s.label for s in b.servers}
+            back.extend((b.name, label) for label in labels)
+            if ob is not None:
+                gone.extend((b.name, s.label) for s in ob.servers if s.label not in labels)
+        stats.prune(gone, delta.removed, back)
 
     def set_health(self, key: tuple[str, int], up: bool) -> None:
         self.balancers.set_health(key, up)
+
+    def set_health_many(self, verdicts: Iterable[tuple[tuple[str, int], bool]],
+                        full: bool = False) -> None:
+        """A batch of active-check verdicts; `full`: the whole map (pylb.messages.Health)."""
+        if full:
+            self.balancers.reset_health(dict(verdicts))
+            return
+        for key, up in verdicts:
+            self.balancers.set_health(key, up)
 
     def reload(self) -> None:
         """SIGHUP: reread the certificate files and the error page. A file that cannot be
@@ -199,6 +241,7 @@ class Controller:
             counters: dict[str, Any] = self.pool.counters()
             return counters
         assert self.plane is not None
+        self.plane.stats.sweep()  # rows of servers gone from the table, now idle
         return merge_snapshots([self.plane.stats.snapshot()])
 
     def view(self) -> Any:

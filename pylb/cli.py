@@ -5,17 +5,25 @@
 `--stats-port`, `--ssl-cert`, `--ssl-ca-cert`, `--error-page`, `--default-return-code`,
 `--balance-algorithm`, `--use-kubernetes-cluster-service`, `--dry`, `--syslog`). Go's flag
 package accepted `--flag=false` for booleans, so ours do too. Flags become one frozen
-`Settings`; a bad value stops start-up with a message that names the flag.
+`Settings`; a bad value stops start-up with one line that names the flag. Before anything
+starts (`--dry` included) `main` also checks what the flags point at: the files it will
+load (check_files), the cluster it will watch (check_cluster) and, for a real run, the
+ports it will listen on (check_ports).
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
+import errno
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn, TypeVar
 from urllib.parse import unquote, urlparse
 
 from pylb import __version__
@@ -23,6 +31,7 @@ from pylb.config import (
     CheckSettings,
     HttpParser,
     Limits,
+    MetricsAuth,
     Settings,
     SslVerify,
     Timeouts,
@@ -31,10 +40,37 @@ from pylb.config import (
 from pylb.model import Algorithm
 
 log = logging.getLogger("pylb")
+E = TypeVar("E", bound=enum.Enum)
+
+# Where a pod finds its service account (kubernetes-asyncio reads the same place).
+SERVICEACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 class FlagError(Exception):
     """A flag's value is unusable; the message names the flag."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (the flag, what is wrong, where to look)
+    instead of the whole usage block above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _one_of(kind: type[E], what: str) -> Callable[[str], E]:
+    """An argparse type for an enum whose error lists the valid values."""
+
+    def convert(value: str) -> E:
+        try:
+            return kind(value.strip().lower())
+        except ValueError:
+            valid = ", ".join(m.value for m in kind)
+            raise argparse.ArgumentTypeError(f"unknown {what} {value!r} (valid: {valid})")\
+                from None
+
+    convert.__name__ = what
+    return convert
 
 
 def _bool(value: str) -> bool:
@@ -146,18 +182,33 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# The same words in `pylb run --help` and `pylb elect --help`: one rule for both.
+CLUSTER_SERVICE_HELP = (
+    "use the pod's in-cluster service account; false: the kubeconfig (--kubeconfig, else "
+    "$KUBECONFIG, else ~/.kube/config). Default: true in a pod ($KUBERNETES_SERVICE_HOST "
+    "set) unless --kubeconfig is given, else false")
+
+
+def use_cluster_service(flag: bool | None, kubeconfig: str | None,
+                        environ: Mapping[str, str] | None = None) -> bool:
+    """The value of --use-kubernetes-cluster-service when it is not given: in-cluster in a
+    pod, unless a kubeconfig is named (CLUSTER_SERVICE_HELP)."""
+    if flag is not None:
+        return flag
+    env = os.environ if environ is None else environ
+    return kubeconfig is None and "KUBERNETES_SERVICE_HOST" in env
+
+
 def _add_kube_flags(p: argparse._ActionsContainer) -> None:
     p.add_argument("--use-kubernetes-cluster-service", type=_bool, nargs="?", const=True,
-                   default=True, metavar="BOOL",
-                   help="use the in-cluster service account (default true); false: use "
-                        "KUBECONFIG or --kubeconfig")
-    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default $KUBECONFIG)")
+                   default=None, metavar="BOOL", help=CLUSTER_SERVICE_HELP)
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG)")
     p.add_argument("--context", default=None, help="kubeconfig context")
 
 
 def build_parser() -> argparse.ArgumentParser:
     limits, timeouts, tls, checks = Limits(), Timeouts(), TlsSettings(), CheckSettings()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pylb",
         description="A pure-Python load balancer for bare-metal Kubernetes: HTTP routing by "
                     "/service path and Host, TCP services, TLS termination, a stats page.")
@@ -194,14 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--health-port", type=_port, default=8081,
                    help="/healthz and /readyz port (8081)")
     g = run.add_argument_group("behaviour")
-    g.add_argument("--balance-algorithm", type=Algorithm, default=Algorithm.ROUNDROBIN,
-                   choices=list(Algorithm), metavar="ALGO",
-                   help="default algorithm: roundrobin, leastconn, first, source")
+    g.add_argument("--balance-algorithm", type=_one_of(Algorithm, "algorithm"),
+                   default=Algorithm.ROUNDROBIN, metavar="ALGO",
+                   help="default algorithm: roundrobin (default), leastconn, first, source")
     g.add_argument("--default-return-code", type=_status_code, default=404,
                    help="status for requests no route matches (404)")
     g.add_argument("--error-page", default=None,
                    help="body for the default return code: a file path or file:// URL")
-    g.add_argument("--http-parser", type=HttpParser, choices=list(HttpParser),
+    g.add_argument("--http-parser", type=_one_of(HttpParser, "parser"),
                    default=HttpParser.AUTO, metavar="PARSER",
                    help="auto (httptools when installed), h11, httptools")
     g.add_argument("--maxconn", type=_positive_int, default=limits.maxconn,
@@ -234,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PEM with chain and key, or a directory of them (SNI)")
     g.add_argument("--ssl-ca-cert", default=None,
                    help="CA for client certificates (then they are requested)")
-    g.add_argument("--ssl-verify", type=SslVerify, choices=list(SslVerify),
+    g.add_argument("--ssl-verify", type=_one_of(SslVerify, "mode"),
                    default=SslVerify.REQUIRED, metavar="MODE",
                    help="with --ssl-ca-cert: required (default) or optional")
     g.add_argument("--hsts", default=tls.hsts,
@@ -250,10 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stats-bind", default=None, help="address of the stats page (--bind)")
     g.add_argument("--stats-refresh", type=_positive_int, default=10,
                    help="stats page auto-refresh seconds (10)")
+    g.add_argument("--metrics-auth", type=_one_of(MetricsAuth, "mode"),
+                   default=MetricsAuth.STATS, metavar="MODE",
+                   help="who may read /metrics when --stats-auth is set: stats (default: the "
+                        "same user:password) or none (open, for Prometheus scraping over the "
+                        "pod network; the page, CSV and JSON keep the password)")
     g = run.add_argument_group("election")
     g.add_argument("--election", default=None,
                    help="Lease name: the leader writes service status and events")
-    g.add_argument("--election-namespace", default="default")
+    g.add_argument("--election-namespace", default="default",
+                   help="namespace of the election's Lease (default: default)")
     g.add_argument("--id", dest="election_id", default=None,
                    help="this pod's identity in the election (hostname)")
     g = run.add_argument_group("output")
@@ -261,12 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the route table that would be served, and exit")
     g.add_argument("--syslog", type=_bool, nargs="?", const=True, default=False,
                    metavar="BOOL", help="write the access log to stdout (2015 meaning)")
-    g.add_argument("--log-level", default="info",
-                   choices=("debug", "info", "warning", "error"))
+    g.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"),
+                   help="info (default), or warning with --dry")
 
     demo = sub.add_parser("demo", help="run backends and pylb on loopback, and show what "
                                        "to curl (no cluster, no root)")
     demo.add_argument("--port", type=_port, default=8080, help="HTTP port (8080)")
+    demo.add_argument("--stats-port", type=_port, default=1936, help="stats page port (1936)")
+    demo.add_argument("--health-port", type=_port, default=8082,
+                      help="/healthz and /readyz port (8082: 8081 is pylb run's default)")
+    demo.add_argument("--tcp-port", type=_port, default=7000,
+                      help="port of the TCP echo service (7000)")
     demo.add_argument("--duration", type=_duration, default=None, metavar="DUR",
                       help="stop after this long (default: until Ctrl-C)")
 
@@ -312,7 +374,8 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         namespaces=ns.namespace,
         target_service=ns.target_service or None,
         forward_services=ns.forward_services,
-        use_cluster_service=ns.use_kubernetes_cluster_service,
+        use_cluster_service=use_cluster_service(ns.use_kubernetes_cluster_service,
+                                                ns.kubeconfig),
         kubeconfig=ns.kubeconfig,
         context=ns.context,
         endpoints_api=ns.endpoints_api,
@@ -342,13 +405,104 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         stats_auth=stats_auth,
         stats_bind=ns.stats_bind or ns.bind,
         stats_refresh=ns.stats_refresh,
+        metrics_auth=ns.metrics_auth,
         election=ns.election,
         election_namespace=ns.election_namespace,
         election_id=ns.election_id,
         syslog=ns.syslog,
-        log_level=ns.log_level,
+        log_level=ns.log_level or ("warning" if ns.dry else "info"),
         dry=ns.dry,
     )
+
+
+def check_files(settings: Settings) -> None:
+    """Load every file start-up would load and stop naming the flag and the file: the
+    certificates (--ssl-cert) and the client CA (--ssl-ca-cert); --error-page is read by
+    settings_from_args. Runs before any worker starts, and for --dry too."""
+    if settings.tls.cert:
+        from proxy.certs import CertificateError
+        from proxy.tls import TlsStore
+
+        try:
+            TlsStore(replace(settings.tls, ca_cert=None))
+        except CertificateError as e:  # its message starts with the file
+            raise FlagError(f"--ssl-cert: {e}") from None
+    ca = settings.tls.ca_cert
+    if ca:
+        import ssl
+
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=ca)
+        except ssl.SSLError as e:
+            raise FlagError(f"--ssl-ca-cert: {ca}: no CA certificate in it "
+                            f"({e.reason or e})") from None
+        except OSError as e:
+            raise FlagError(f"--ssl-ca-cert: {ca}: cannot read: {e.strerror or e}") from None
+
+
+def check_cluster(settings: Settings, explicit: bool,
+                  environ: Mapping[str, str] | None = None,
+                  token: str = SERVICEACCOUNT_TOKEN) -> None:
+    """With `--source kubernetes`, stop at once when there is no cluster to talk to, saying
+    how to run without one. `explicit`: --use-kubernetes-cluster-service was given."""
+    if settings.source != "kubernetes":
+        return
+    env = os.environ if environ is None else environ
+    instead = "run on a file with --source file:PATH (e.g. examples/cluster.yaml)"
+    if settings.use_cluster_service:
+        if "KUBERNETES_SERVICE_HOST" not in env:
+            why = "$KUBERNETES_SERVICE_HOST is not set: not in a pod"
+        elif not os.path.exists(token):
+            why = f"{token} does not exist: is automountServiceAccountToken false?"
+        else:
+            return
+        raise FlagError(f"--use-kubernetes-cluster-service: no in-cluster service account "
+                        f"was found ({why}); {instead}, or from a kubeconfig with "
+                        "--use-kubernetes-cluster-service=false")
+    path = settings.kubeconfig or env.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if any(os.path.exists(os.path.expanduser(p)) for p in path.split(":") if p):
+        return
+    if explicit:
+        raise FlagError(f"--use-kubernetes-cluster-service=false: no kubeconfig at {path}; "
+                        f"name one with --kubeconfig PATH or $KUBECONFIG, or {instead}")
+    raise FlagError("no cluster to watch: no in-cluster service account was found "
+                    "($KUBERNETES_SERVICE_HOST is not set: not in a pod) and no kubeconfig at "
+                    f"{path}; {instead}, or from a kubeconfig with --kubeconfig PATH or "
+                    "$KUBECONFIG")
+
+
+def listeners(settings: Settings) -> list[tuple[str, str, int]]:
+    """(flag, address, port) of every socket `pylb run` listens on at start-up."""
+    s = settings
+    out = [("--http-port", s.bind, s.http_port), ("--stats-port", s.stats_bind, s.stats_port),
+           ("--health-port", s.bind, s.health_port)]
+    if s.tls.cert:  # without a certificate the TLS frontend opens later, if a service needs it
+        out.append(("--https-port", s.bind, s.https_port))
+    out += [(f"--tcp-services {name}:{port}", s.bind, port) for name, port in s.tcp_services]
+    return out
+
+
+def check_ports(listen: Iterable[tuple[str, str, int]]) -> None:
+    """Stop before anything starts when a port cannot be listened on, naming its flag. (A
+    port taken between this check and the real bind still fails start-up, less nicely.)"""
+    for flag, host, port in listen:
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    why = "is in use by another program"
+                elif e.errno == errno.EACCES and port < 1024:
+                    why = "needs root or CAP_NET_BIND_SERVICE (a port below 1024)"
+                else:
+                    why = f"cannot be listened on: {e.strerror or e}"
+                option = flag.split()[0]
+                raise FlagError(f"{flag}: port {port} on {host} {why}; choose another "
+                                f"with {option}") from None
 
 
 def setup_logging(level: str, tag: str = "", access_log: bool = True) -> None:
@@ -382,14 +536,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if ns.command == "demo":
         setup_logging("info")
-        from pylb.demo import run_demo
+        from pylb.demo import DemoPorts, run_demo
 
-        return run_demo(port=ns.port, duration=ns.duration)
+        return run_demo(DemoPorts(http=ns.port, stats=ns.stats_port, health=ns.health_port,
+                                  tcp=ns.tcp_port), duration=ns.duration)
     try:
         settings = settings_from_args(ns)
+        check_cluster(settings, explicit=ns.use_kubernetes_cluster_service is not None)
     except FlagError as e:
         parser.exit(2, f"pylb run: error: {e}\n")
-    setup_logging(ns.log_level, access_log=settings.syslog)
+    setup_logging(settings.log_level, access_log=settings.syslog)
+    try:
+        check_files(settings)
+        if not settings.dry:
+            check_ports(listeners(settings))
+    except FlagError as e:
+        parser.exit(2, f"pylb run: error: {e}\n")
     from pylb import app
 
     try:

@@ -18,6 +18,13 @@ class HttpParser(enum.StrEnum):
     HTTPTOOLS = "httptools"
 
 
+class MetricsAuth(enum.StrEnum):
+    """Who may read /metrics on the stats port when --stats-auth is set."""
+
+    STATS = "stats"  # the stats credential, as every stats path (Prometheus sends basic_auth)
+    NONE = "none"  # anyone who reaches the port: for scrapes over the pod network
+
+
 class SslVerify(enum.StrEnum):
     NONE = "none"
     OPTIONAL = "optional"
@@ -154,6 +161,7 @@ class Settings:
     stats_auth: str | None = None  # "user:password"
     stats_bind: str = "0.0.0.0"
     stats_refresh: int = 10
+    metrics_auth: MetricsAuth = MetricsAuth.STATS
     checks: CheckSettings = field(default_factory=CheckSettings)
     # Election
     election: str | None = None

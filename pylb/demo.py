@@ -3,7 +3,10 @@
 It starts small backend HTTP servers (each answers with its own name and the request it
 saw) and a TCP echo service, writes the Service and EndpointSlice manifests that describe
 them to a temporary file, runs the real pylb controller on that file (the same code path as
-`pylb run --source file:...`) on unprivileged ports, and prints what to curl.
+`pylb run --source file:...`) on loopback, and prints what to curl. Its ports are the
+production ones where no root is needed (stats on 1936) and near them otherwise (HTTP on
+8080 for 80, health on 8082 since 8081 is pylb's default health port, the TCP echo service
+on 7000, its Service port); each has a flag, and a port in use stops the demo naming it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -68,7 +73,7 @@ class _NameServer(asyncio.Protocol):
         body = (json.dumps({"server": self.name, "method": req.method.decode(),
                             "path": req.target.decode("latin-1"), "headers": headers},
                            indent=1) + "\n").encode()
-        out = self.conn.send(h11.Response(status_code=200, headers=[
+        out = self.conn.send(h11.Response(status_code=200, reason=b"OK", headers=[
             ("content-type", "application/json"), ("content-length", str(len(body))),
             ("x-backend", self.name)]))
         assert out is not None
@@ -147,8 +152,53 @@ def demo_manifests(backends: dict[str, list[int]], echo_port: int) -> list[dict[
     return docs
 
 
-async def _run(port: int, duration: float | None) -> None:
+@dataclass(frozen=True, slots=True)
+class DemoPorts:
+    """Where the demo listens (all on 127.0.0.1)."""
+
+    http: int = 8080
+    stats: int = 1936  # as in production: no root needed
+    health: int = 8082  # not 8081, pylb's default health port
+    tcp: int = 7000  # the echo service, on its Service port
+
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """(flag of `pylb demo`, address, port) for pylb.cli.check_ports."""
+        return [("--port", "127.0.0.1", self.http), ("--stats-port", "127.0.0.1", self.stats),
+                ("--health-port", "127.0.0.1", self.health),
+                ("--tcp-port", "127.0.0.1", self.tcp)]
+
+
+def instructions(path: Path | str, ports: DemoPorts, duration: float | None) -> str:
+    """What the demo prints: every command and URL in it answers while the demo runs."""
+    http, stats, health, tcp = (f"http://127.0.0.1:{ports.http}",
+                                f"http://127.0.0.1:{ports.stats}",
+                                f"http://127.0.0.1:{ports.health}", ports.tcp)
+    stop = (f"It stops after {duration:g}s, or on Ctrl-C." if duration is not None
+            else "Ctrl-C stops it.")
+    return f"""
+pylb demo: the load balancer is serving the services in {path}
+  curl {http}/nginxsvc                 # round-robin over nginxsvc-1, -2
+  curl {http}/TEST/x                   # lb.aclMatch "-i /test" (not stripped)
+  curl -H 'Host: demo.example.com' {http}/   # lb.host
+  curl {http}/nope                     # 404: no route
+  # the TCP service 'echo' on :{tcp}:
+  python3 -c "import socket as s; c=s.create_connection(('127.0.0.1',{tcp})); c.send(b'hi'); print(c.recv(2))"
+  stats page:  {stats}/   {stats}/;csv   {stats}/;json   {stats}/metrics
+  health:      {health}/healthz   {health}/readyz
+{stop}
+"""
+
+
+async def _run(ports: DemoPorts, duration: float | None) -> None:
     from pylb.app import Controller
+    from pylb.cli import FlagError, check_ports
+
+    seen: dict[int, str] = {}
+    for flag, _, port in ports.listeners():
+        if port in seen:
+            raise FlagError(f"{flag}: port {port} is also given to {seen[port]}")
+        seen[port] = flag
+    check_ports(ports.listeners())
 
     servers: list[asyncio.Server] = []
     backends: dict[str, list[int]] = {}
@@ -159,28 +209,16 @@ async def _run(port: int, duration: float | None) -> None:
             backends.setdefault(svc, []).append(_port_of(srv))
     echo = await start_echo_server()
     servers.append(echo)
-    tcp_port = port + 1
     with tempfile.TemporaryDirectory(prefix="pylb-demo-") as tmp:
         path = Path(tmp) / "cluster.yaml"
         path.write_text(yaml.safe_dump_all(demo_manifests(backends, _port_of(echo))))
         settings = Settings(
-            source=f"file:{path}", bind="127.0.0.1", http_port=port, https_port=port + 363,
-            stats_port=port + 2, health_port=port + 3, tcp_services=(("echo", tcp_port),),
-            stats_bind="127.0.0.1", workers=1, grace_period=1.0,
-            timeouts=Timeouts())
+            source=f"file:{path}", bind="127.0.0.1", http_port=ports.http,
+            https_port=ports.http + 363, stats_port=ports.stats, health_port=ports.health,
+            tcp_services=(("echo", ports.tcp),), stats_bind="127.0.0.1", workers=1,
+            grace_period=1.0, timeouts=Timeouts())
         controller = Controller(settings)
-        print(f"""
-pylb demo: the load balancer is serving the services in {path}
-  curl http://127.0.0.1:{port}/nginxsvc                 # round-robin over nginxsvc-1, -2
-  curl http://127.0.0.1:{port}/TEST/x                   # lb.aclMatch "-i /test" (not stripped)
-  curl -H 'Host: demo.example.com' http://127.0.0.1:{port}/   # lb.host
-  curl http://127.0.0.1:{port}/nope                     # 404: no route
-  # the TCP service 'echo' on :{tcp_port}:
-  python3 -c "import socket as s; c=s.create_connection(('127.0.0.1',{tcp_port})); c.send(b'hi'); print(c.recv(2))"
-  stats page:  http://127.0.0.1:{port + 2}/   (;csv  ;json  /metrics)
-  health:      http://127.0.0.1:{port + 3}/healthz  /readyz
-Ctrl-C stops it.
-""", flush=True)
+        print(instructions(path, ports, duration), flush=True)
         runner = asyncio.create_task(controller.run())
         try:
             if duration is None:
@@ -197,14 +235,22 @@ Ctrl-C stops it.
                 await asyncio.gather(*(s.wait_closed() for s in servers))
 
 
-def run_demo(port: int = 8080, duration: float | None = None) -> int:
+def run_demo(ports: DemoPorts | None = None, duration: float | None = None) -> int:
+    """`pylb demo`; a port that cannot be listened on is one line on stderr naming its
+    flag, and exit status 2."""
     import uvloop
 
+    from pylb.app import StartupError
+    from pylb.cli import FlagError
+
     try:
-        uvloop.run(_run(port, duration))
+        uvloop.run(_run(ports or DemoPorts(), duration))
     except KeyboardInterrupt:
         pass
-    except OSError as e:
-        print(f"pylb demo: cannot listen: {e.strerror or e} (try --port)")
+    except FlagError as e:
+        print(f"pylb demo: error: {e}", file=sys.stderr)
+        return 2
+    except (StartupError, OSError) as e:  # a port taken after the check
+        print(f"pylb demo: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -3,20 +3,37 @@
 Theory of operation. The controller starts N workers (multiprocessing, `spawn`: a fresh
 interpreter, no event loop state inherited). Each worker runs its own uvloop loop and binds
 every frontend with SO_REUSEPORT, so the kernel spreads new connections across them.
-Between the controller and each worker runs one duplex pipe carrying pickled messages:
+Between the controller and each worker runs one Unix stream socket (a socketpair; the
+worker's end goes to the new interpreter as an inherited descriptor, which is how
+multiprocessing pickles a socket for `spawn`), which both sides drive through their event
+loop's own buffered transport (pylb.messages: frozen dataclasses in length-prefixed
+frames; writes never block and are never cut):
 
-    controller → worker   ("table", RouteTable)      the whole table: a worker that missed
-                                                     one version is current with the next
-                          ("health", key, up)        an active check's verdict
-                          ("shutdown", grace)        stop accepting, drain, exit
-    worker → controller   ("ready", index)           listeners bound
-                          ("error", message)         could not start (e.g. port in use)
-                          ("stats", snapshot)        counters, every `STATS_INTERVAL`
+    controller → worker   Table(table)          the whole table: on start and restart, or
+                                                after the worker lagged or asked for it
+                          Delta                 each later table as a change (pylb.delta)
+                                                from the version the worker has
+                          Health(verdicts)      active-check verdicts, coalesced: the latest
+                                                per server, one batch per loop turn; the
+                                                whole map (full=True) on start
+                          Shutdown(grace)       stop accepting, drain, exit
+    worker → controller   Ready(index)          listeners bound
+                          Error(message)        could not start (e.g. port in use)
+                          NeedTable(have)       a delta was not from its version
+                          Stats(rows…)          counter rows changed since its last report,
+                                                every `STATS_INTERVAL`
+
+Nothing piles up behind a slow reader. While a worker's write buffer is above the high
+watermark (its transport paused writing), the controller sends it nothing new and notes
+what it will need — the newest whole table, the whole health map — and sends that once
+the buffer drains: at most one table is buffered per worker, whatever the rate of change.
+A worker skips its stats reports the same way (the next one carries every row changed
+meanwhile).
 
 A worker that dies is restarted with exponential backoff and given the current table and
 health. Its last counters are kept (with current connections zeroed), so totals on the
-stats page never go backwards. A worker whose pipe reaches EOF — the controller died, even
-by SIGKILL — shuts down at once: no orphans.
+stats page never go backwards. A worker whose stream reaches EOF — the controller died,
+even by SIGKILL — shuts down at once: no orphans.
 """
 
 from __future__ import annotations
@@ -28,12 +45,28 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from pylb.config import Settings
-from pylb.counters import merge_snapshots
+from pylb.counters import fold_report, merge_snapshots, server_key
+from pylb.delta import Delta, apply_delta, diff
+from pylb.messages import (
+    Channel,
+    Error,
+    Health,
+    Message,
+    NeedTable,
+    Ready,
+    Shutdown,
+    Stats,
+    Table,
+    encode,
+    open_channel,
+)
 from pylb.model import RouteTable
 
 log = logging.getLogger("pylb.workers")
@@ -46,12 +79,18 @@ RESTART_BACKOFF = (0.5, 30.0)  # first delay and cap, doubling per consecutive c
 class _Worker:
     index: int
     process: Any = None
-    conn: multiprocessing.connection.Connection | None = None
+    channel: Channel | None = None
     snapshot: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
     crashes: int = 0
     started: float = 0.0
     stopping: bool = False
+    # The table version the worker has once it has read all that was sent (None: not
+    # known; the next table goes whole).
+    sent_version: int | None = None
+    # Noted while its buffer is above the high watermark; sent when it drains.
+    table_stale: bool = False
+    health_stale: bool = False
 
 
 def _retire(snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -75,14 +114,22 @@ class WorkerPool:
         self._closing = False
         self._monitor: asyncio.Task[None] | None = None
         self._ready_waiters: dict[int, asyncio.Future[None]] = {}
+        self._spawning: set[asyncio.Task[None]] = set()
+        self._table_frame: tuple[RouteTable, bytes] | None = None  # encoded once per table
+        self._pending_health: dict[tuple[str, int], bool] = {}
+        self._health_flush: asyncio.Handle | None = None
+        self._health_bound = 1024  # prune self.health to the table above this many keys
+        # what was sent, for the figures in the report and the tests
+        self.sent = {"tables": 0, "deltas": 0, "health": 0, "table_bytes": 0,
+                     "delta_bytes": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start every worker and wait until all have bound their listeners."""
-        for w in self._workers:
-            self._spawn(w)
         try:
+            for w in self._workers:
+                await self._spawn(w)
             await asyncio.wait_for(
                 asyncio.gather(*(self._ready_waiters[w.index] for w in self._workers)),
                 timeout)
@@ -91,51 +138,71 @@ class WorkerPool:
             raise
         self._monitor = asyncio.get_running_loop().create_task(self._watch())
 
-    def _spawn(self, w: _Worker) -> None:
+    async def _spawn(self, w: _Worker) -> None:
         loop = asyncio.get_running_loop()
-        parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=worker_main, args=(w.index, self.settings, child,
-                                                                 self.self_signed_pem),
-                                 name=f"pylb-worker-{w.index}", daemon=True)
-        proc.start()
-        child.close()
-        w.process, w.conn, w.ready, w.started = proc, parent, False, time.monotonic()
-        self._ready_waiters[w.index] = loop.create_future()
-        loop.add_reader(parent.fileno(), self._on_message, w)
-        self._send(w, ("table", self.table))
-        for key, up in self.health.items():
-            self._send(w, ("health", key, up))
-
-    def _on_message(self, w: _Worker) -> None:
-        conn = w.conn
-        assert conn is not None
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            self._detach(w)
+            # The child's end is pickled for `spawn` by multiprocessing.reduction: the
+            # descriptor is passed to the new interpreter (pass_fds), no fd server thread.
+            proc = self._ctx.Process(target=worker_main, args=(w.index, self.settings, child,
+                                                                     self.self_signed_pem),
+                                     name=f"pylb-worker-{w.index}", daemon=True)
+            proc.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        w.process, w.ready, w.started = proc, False, time.monotonic()
+        w.sent_version, w.table_stale, w.health_stale = None, False, False
+        self._ready_waiters[w.index] = loop.create_future()
+        ch = Channel(lambda m: self._on_message(w, m), lambda _exc: self._on_lost(w, ch),
+                     None, lambda: self._drained(w), name=f"worker {w.index}")
+        try:
+            await open_channel(parent, ch)
+        except OSError as e:
+            parent.close()  # the worker sees EOF and exits; it is restarted
+            log.error("worker %d: cannot attach its stream: %s", w.index, e)
             return
-        kind = msg[0]
-        if kind == "stats":
-            w.snapshot = msg[1]
-        elif kind == "ready":
+        w.channel = ch
+        self._send_table(w)
+        self._send_health_map(w)
+
+    def _on_message(self, w: _Worker, msg: Message) -> None:
+        if isinstance(msg, Stats):
+            w.snapshot = fold_report(w.snapshot, {
+                "frontends": msg.frontends, "backends": msg.backends,
+                "servers": msg.servers, "failures": msg.failures,
+                "removed_backends": msg.removed_backends,
+                "removed_servers": msg.removed_servers}, full=msg.full)
+        elif isinstance(msg, Ready):
             w.ready = True
             fut = self._ready_waiters.get(w.index)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-        elif kind == "error":
-            log.error("worker %d: %s", w.index, msg[1])
+        elif isinstance(msg, NeedTable):
+            log.warning("worker %d has table v%d and missed a change: sending it the whole "
+                        "table v%d", w.index, msg.have, self.table.version)
+            w.sent_version = None
+            self._send_table(w)
+        elif isinstance(msg, Error):
+            log.error("worker %d: %s", w.index, msg.message)
             fut = self._ready_waiters.get(w.index)
             if fut is not None and not fut.done():
                 from pylb.app import StartupError
 
-                fut.set_exception(StartupError(msg[1]))
+                fut.set_exception(StartupError(msg.message))
+        else:
+            log.warning("worker %d sent an unexpected %s", w.index, type(msg).__name__)
+
+    def _on_lost(self, w: _Worker, ch: Channel) -> None:
+        if w.channel is ch:
+            w.channel = None
 
     def _detach(self, w: _Worker) -> None:
-        if w.conn is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(w.conn.fileno())
-            w.conn.close()
-            w.conn = None
+        if w.channel is not None:
+            w.channel.abort()
+            w.channel = None
 
     async def _watch(self) -> None:
         """Restart workers that die, with backoff."""
@@ -152,7 +219,7 @@ class WorkerPool:
                 self._detach(w)
                 w.process.join(0)
                 if w.snapshot:
-                    self._retired.append(_retire(w.snapshot))
+                    self._retire(w.snapshot)
                     w.snapshot = {}
                 if time.monotonic() - w.started > 60:
                     w.crashes = 0
@@ -164,15 +231,31 @@ class WorkerPool:
                 w.process = None
                 loop.call_later(delay, self._respawn, w)
 
+    def _retire(self, snapshot: dict[str, Any]) -> None:
+        """Keep a dead worker's counters for the totals, folded into one retired snapshot
+        whose backend and server rows are those of the current table (bounded however
+        often workers die and pods come and go)."""
+        merged = merge_snapshots([*self._retired, _retire(snapshot)])
+        table = self.table
+        merged["backends"] = {k: v for k, v in merged["backends"].items()
+                              if table.get_backend(k) is not None}
+        live = {server_key(b.name, s.label) for b in table.backends for s in b.servers}
+        merged["servers"] = {k: v for k, v in merged["servers"].items() if k in live}
+        self._retired = [merged]
+
     def _respawn(self, w: _Worker) -> None:
         if not self._closing and w.process is None:
-            self._spawn(w)
+            task = asyncio.get_running_loop().create_task(self._spawn(w))
+            self._spawning.add(task)
+            task.add_done_callback(self._spawning.discard)
 
     async def shutdown(self, grace: float) -> None:
         self._closing = True
+        frame = encode(Shutdown(grace))
         for w in self._workers:
             w.stopping = True
-            self._send(w, ("shutdown", grace))
+            if w.channel is not None:
+                w.channel.send_frame(frame)
         deadline = time.monotonic() + grace + 5.0
         for w in self._workers:
             if w.process is None:
@@ -184,6 +267,9 @@ class WorkerPool:
                 w.process.kill()
             w.process.join(1.0)
             self._detach(w)
+        await asyncio.sleep(0)  # let the aborted transports close
+        for task in list(self._spawning):
+            task.cancel()
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -191,23 +277,101 @@ class WorkerPool:
 
     # -- controller → workers -----------------------------------------------------------
 
-    def _send(self, w: _Worker, msg: tuple[Any, ...]) -> None:
-        if w.conn is None:
+    def _usable(self, w: _Worker) -> Channel | None:
+        ch = w.channel
+        return ch if ch is not None and not ch.closed else None
+
+    def _send_table(self, w: _Worker) -> None:
+        """The whole current table, now, or when the worker's buffer drains."""
+        ch = self._usable(w)
+        if ch is None:
             return
-        try:
-            w.conn.send(msg)
-        except (OSError, ValueError) as e:
-            log.warning("worker %d unreachable: %s", w.index, e)
+        if ch.paused:
+            w.table_stale = True
+            return
+        cached = self._table_frame
+        if cached is None or cached[0] is not self.table:
+            cached = self._table_frame = (self.table, encode(Table(self.table)))
+        ch.send_frame(cached[1])
+        self.sent["tables"] += 1
+        self.sent["table_bytes"] = len(cached[1])
+        w.sent_version, w.table_stale = self.table.version, False
+
+    def _send_health_map(self, w: _Worker) -> None:
+        ch = self._usable(w)
+        if ch is None:
+            return
+        if ch.paused:
+            w.health_stale = True
+            return
+        ch.send(Health(tuple(self.health.items()), full=True))
+        w.health_stale = False
+
+    def _drained(self, w: _Worker) -> None:
+        """A worker's buffer fell below the low watermark: what it missed meanwhile."""
+        if w.table_stale:
+            self._send_table(w)
+        if w.health_stale:
+            self._send_health_map(w)
 
     def apply(self, table: RouteTable) -> None:
-        self.table = table
+        """Publish a new table: a delta to each worker that has the previous one, the
+        whole table to any other (none to a worker whose buffer is full: it gets the
+        newest whole table when that drains)."""
+        prev, self.table = self.table, table
+        frame: bytes | None = None
         for w in self._workers:
-            self._send(w, ("table", table))
+            ch = self._usable(w)
+            if ch is None:
+                continue  # (re)spawn sends the table of that moment
+            if ch.paused:
+                w.table_stale = True
+                continue
+            if w.table_stale or w.sent_version is None or w.sent_version != prev.version:
+                self._send_table(w)
+                continue
+            if frame is None:
+                frame = encode(diff(prev, table))
+            ch.send_frame(frame)
+            self.sent["deltas"] += 1
+            self.sent["delta_bytes"] = len(frame)
+            w.sent_version = table.version
+        if len(self.health) > self._health_bound:
+            live = {s.key for b in table.backends for s in b.servers}
+            self.health = {k: v for k, v in self.health.items() if k in live}
+            self._health_bound = 2 * len(self.health) + 1024
 
     def set_health(self, key: tuple[str, int], up: bool) -> None:
+        """An active check's verdict. Verdicts are coalesced: the latest per server goes
+        to the workers in one batch at the end of this loop turn."""
         self.health[key] = up
+        self._pending_health[key] = up
+        if self._health_flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._flush_health()
+                return
+            self._health_flush = loop.call_soon(self._flush_health)
+
+    def _flush_health(self) -> None:
+        self._health_flush = None
+        if not self._pending_health:
+            return
+        batch = tuple(self._pending_health.items())
+        self._pending_health = {}
+        frame: bytes | None = None
         for w in self._workers:
-            self._send(w, ("health", key, up))
+            ch = self._usable(w)
+            if ch is None:
+                continue
+            if ch.paused:
+                w.health_stale = True
+                continue
+            if frame is None:
+                frame = encode(Health(batch))
+            ch.send_frame(frame)
+            self.sent["health"] += 1
 
     def signal(self, signum: int) -> None:
         for w in self._workers:
@@ -233,8 +397,7 @@ class WorkerPool:
 # -- the worker process ------------------------------------------------------------------
 
 
-def worker_main(index: int, settings: Settings,
-                conn: multiprocessing.connection.Connection,
+def worker_main(index: int, settings: Settings, sock: socket.socket,
                 self_signed_pem: bytes | None = None) -> None:
     """Entry point of a worker process."""
     from pylb.cli import setup_logging
@@ -245,78 +408,119 @@ def worker_main(index: int, settings: Settings,
     import uvloop
 
     try:
-        uvloop.run(_worker(index, settings, conn, self_signed_pem))
-    except Exception as e:
+        uvloop.run(_worker(index, settings, sock, self_signed_pem))
+    except Exception:
         log.exception("worker %d failed", index)
-        with contextlib.suppress(Exception):
-            conn.send(("error", f"worker {index}: {e}"))
         raise SystemExit(1) from None
 
 
-async def _worker(index: int, settings: Settings,
-                  conn: multiprocessing.connection.Connection,
+async def _worker(index: int, settings: Settings, sock: socket.socket,
                   self_signed_pem: bytes | None) -> None:
     from pylb.app import DataPlane
 
     loop = asyncio.get_running_loop()
     plane = DataPlane(settings, reuse_port=True, self_signed_pem=self_signed_pem)
+    failed: str | None = None
     try:
         await plane.start()
     except OSError as e:
-        conn.send(("error", f"cannot listen on {settings.bind}:{settings.http_port}: "
-                            f"{e.strerror or e}"))
-        return
+        failed = f"cannot listen on {settings.bind}:{settings.http_port}: {e.strerror or e}"
     stop: asyncio.Future[float] = loop.create_future()
-    tables: asyncio.Queue[RouteTable] = asyncio.Queue()
+    # Tables read and not yet applied, oldest first; `received` is the newest, the base
+    # the next delta must be from.
+    pending: deque[tuple[RouteTable, Delta | None]] = deque()
+    wake = asyncio.Event()
+    received = RouteTable()
+    awaiting_table = False
 
-    def on_message() -> None:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())
-            if not stop.done():
-                log.warning("controller gone; worker %d exits", index)
-                stop.set_result(0.0)
-            return
-        kind = msg[0]
-        if kind == "table":
-            tables.put_nowait(msg[1])
-        elif kind == "health":
-            plane.set_health(msg[1], msg[2])
-        elif kind == "shutdown" and not stop.done():
-            stop.set_result(float(msg[1]))
+    def on_message(msg: Message) -> None:
+        nonlocal received, awaiting_table
+        if isinstance(msg, Table):
+            received, awaiting_table = msg.table, False
+            pending.clear()
+            pending.append((msg.table, None))
+            wake.set()
+        elif isinstance(msg, Delta):
+            if awaiting_table:
+                return  # the whole table is on its way
+            try:
+                table = apply_delta(received, msg)
+            except ValueError as e:
+                log.warning("worker %d: %s; asking for the whole table", index, e)
+                awaiting_table = True
+                channel.send(NeedTable(received.version))
+                return
+            received = table
+            pending.append((table, msg))
+            wake.set()
+        elif isinstance(msg, Health):
+            plane.set_health_many(msg.verdicts, full=msg.full)
+        elif isinstance(msg, Shutdown) and not stop.done():
+            stop.set_result(msg.grace)
+
+    def on_lost(_exc: BaseException | None) -> None:
+        if not stop.done():
+            log.warning("controller gone; worker %d exits", index)
+            stop.set_result(0.0)
+
+    channel = Channel(on_message, on_lost, name=f"worker {index}: controller stream")
+    await open_channel(sock, channel)
+    if failed is not None:
+        channel.send(Error(failed))
+        channel.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.wait_closed(), 5.0)
+        return
 
     async def apply_tables() -> None:
         while True:
-            table = await tables.get()
-            while not tables.empty():
-                table = tables.get_nowait()
-            await plane.apply(table)
+            await wake.wait()
+            wake.clear()
+            while pending:
+                # Several queued: the newest only (the plane works out the change itself).
+                table, delta = pending[-1]
+                if len(pending) > 1:
+                    delta = None
+                pending.clear()
+                try:
+                    await plane.apply(table, delta)
+                except Exception:  # a table that cannot be served must not end the worker
+                    log.exception("worker %d: cannot apply table v%d", index, table.version)
 
-    def report() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            conn.send(("stats", plane.stats.snapshot()))
+    def report(full: bool = False) -> None:
+        r = plane.stats.report(full)
+        channel.send(Stats(frontends=r["frontends"], backends=r["backends"],
+                           servers=r["servers"], failures=r["failures"],
+                           removed_backends=r["removed_backends"],
+                           removed_servers=r["removed_servers"], full=full))
 
     async def report_loop() -> None:
+        full = True
         while True:
-            report()
+            if not channel.paused:  # a lagging controller: the next report has it all
+                report(full)
+                full = False
             await asyncio.sleep(STATS_INTERVAL)
 
-    loop.add_reader(conn.fileno(), on_message)
     def on_sigterm() -> None:
         if not stop.done():
             stop.set_result(settings.grace_period)
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
     def on_sighup() -> None:  # always handled: SIGHUP's default action would kill us
         plane.reload()
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    conn.send(("ready", index))
+    channel.send(Ready(index))
     tasks = [loop.create_task(apply_tables()), loop.create_task(report_loop())]
     grace = await stop
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await plane.shutdown(grace)
-    report()
+    if not channel.closed:
+        report()
+        channel.close()  # after the buffered frames are written
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.wait_closed(), 5.0)

@@ -14,6 +14,7 @@ and one sweep per pool, every half `idle_timeout` while anything is pooled, clos
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,7 +32,9 @@ class Pool:
         self.per_server = per_server
         self.idle_timeout = idle_timeout
         self._idle: dict[Key, list[UpstreamProtocol]] = {}
-        self._live: frozenset[Key] | None = None  # None: every key is live
+        # The addresses of the current table (a live view kept by the balancers), or None:
+        # every address is live.
+        self._live: Container[Key] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
     def take(self, key: Key) -> UpstreamProtocol | None:
@@ -90,7 +93,7 @@ class Pool:
             conns.remove(conn)
             conn.leave_pool()
 
-    def retain(self, keys: frozenset[Key]) -> None:
+    def retain(self, keys: Container[Key]) -> None:
         """Servers not in `keys` left the table: close their idle connections now, and
         do not pool theirs that finish later."""
         self._live = keys

@@ -11,8 +11,9 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Collection
 
-from proxy.balance import Balancers
+from proxy.balance import Balancers, Key
 from proxy.http.parser import resolve
 from proxy.http.pool import Pool
 from proxy.http.routing import Router
@@ -27,6 +28,7 @@ from proxy.listener import (
 )
 from pylb.config import Settings
 from pylb.counters import Stats
+from pylb.delta import Delta
 from pylb.failures import Failure
 from pylb.model import RouteTable, Server
 
@@ -79,6 +81,7 @@ class HttpProxy:
         if self._pool is None:
             limits, timeouts = self.settings.limits, self.settings.timeouts
             self._pool = Pool(self.loop, limits.pool_per_server, timeouts.backend_idle)
+            self._pool.retain(self.balancers.live_keys)  # pool only the table's servers
         return self._pool
 
     @property
@@ -86,14 +89,26 @@ class HttpProxy:
         """Open client connections."""
         return len(self.conns)
 
-    def set_table(self, table: RouteTable) -> None:
+    def set_table(self, table: RouteTable, delta: Delta | None = None,
+                  left: Collection[Key] = ()) -> None:
         """Serve `table` from now on: new requests use it at once; exchanges under way
-        keep their server. Idle pooled connections to servers that left are closed."""
-        self.balancers.update(table.backends)
-        self.router = Router(table.https if self.tls else table.http)
+        keep their server. Idle pooled connections to servers that left are closed.
+
+        Alone, this brings the shared balancers up to date too. With `delta` (the change
+        from the table served so far, pylb.delta), the caller has applied it to the
+        balancers already, and `left` names the server addresses no backend lists any
+        more: the router is rebuilt only when this frontend's routes changed, and the pool
+        looks only at what left."""
+        if delta is None:
+            left = self.balancers.update(table.backends)
+            routes_changed = True
+        else:
+            routes_changed = (delta.https if self.tls else delta.http) is not None
+        if routes_changed:
+            self.router = Router(table.https if self.tls else table.http)
         self.table = table
-        if self._pool is not None:
-            self._pool.retain(frozenset(s.key for b in table.backends for s in b.servers))
+        if self._pool is not None and left:
+            self._pool.retain(self.balancers.live_keys)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False,
                     sock: socket.socket | None = None) -> tuple[str, int]:

@@ -67,6 +67,7 @@ from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
 from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
 from pylb.config import Settings, Timeouts
 from pylb.counters import Counters, Stats
+from pylb.delta import Delta
 from pylb.failures import Failure
 from pylb.model import Affinity, Algorithm, ProxyProtocol, RouteTable, Server, TcpFrontend
 
@@ -739,17 +740,25 @@ class TcpProxy:
         """Frontend port → the (host, port) actually bound (differs when the port is 0)."""
         return {port: fe.sockname for port, fe in self._frontends.items()}
 
-    async def set_table(self, table: RouteTable) -> None:
+    async def set_table(self, table: RouteTable, delta: Delta | None = None) -> None:
         """Serve `table`: open listeners for new ports, stop those whose frontend left
-        (their connections drain for `grace_period`), keep the rest. Also applies the
-        table's backends to the shared Balancers (idempotent)."""
+        (their connections drain for `grace_period`), keep the rest. Alone, this also
+        applies the table's backends to the shared Balancers (idempotent). With `delta`
+        (pylb.delta: the change from the table served so far), the caller has applied the
+        backends, and the listeners are looked at only when the TCP frontends changed or
+        a port could not be bound before."""
+        if delta is not None and delta.tcp is None and \
+                len(self._frontends) == len(table.tcp) and not self._lock.locked():
+            self._table = table
+            return
         async with self._lock:
-            await self._set_table(table)
+            await self._set_table(table, delta)
 
-    async def _set_table(self, table: RouteTable) -> None:
+    async def _set_table(self, table: RouteTable, delta: Delta | None) -> None:
         loop = self.loop
         self._table = table
-        self.balancers.update(table.backends)
+        if delta is None:
+            self.balancers.update(table.backends)
         wanted = {f.port: f for f in table.tcp}
         for port in [p for p in self._frontends if p not in wanted]:
             self._drain(self._frontends.pop(port), self.settings.grace_period)

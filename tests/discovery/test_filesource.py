@@ -279,6 +279,36 @@ async def test_parse_error_keeps_last_table_and_logs_the_line(
     assert (table.version, prefixes(table)) == (2, ["/fixed"])
 
 
+async def test_a_broken_file_is_logged_once_per_change(
+        tmp_path: Path, running: Callable[[FileSource], Running],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A file just written is racy (reread every poll while its mtime is recent): the same
+    error on the same file is logged once, and again only when the file changes."""
+    f = tmp_path / "c.yaml"
+    f.write_text(service("a"))
+    r = running(FileSource(str(f), Settings(), poll_interval=0.01))
+    assert (await r.next()).version == 1
+
+    def errors() -> list[str]:
+        return [rec.getMessage() for rec in caplog.records if rec.levelno == logging.ERROR]
+
+    write(f, service("a") + "  bad: [\n")
+    for _ in range(int(WAIT / 0.01)):
+        if errors():
+            break
+        await asyncio.sleep(0.01)
+    await r.polls(20)  # all within the racy window: each poll rereads the file
+    assert len(errors()) == 1 and "c.yaml:9: YAML error" in errors()[0]
+    write(f, service("a") + "\n  worse: [\n")  # another change, still broken
+    for _ in range(int(WAIT / 0.01)):
+        if len(errors()) > 1:
+            break
+        await asyncio.sleep(0.01)
+    await r.polls(20)
+    assert len(errors()) == 2 and "c.yaml:10: YAML error" in errors()[1]
+    assert r.published.empty()
+
+
 async def test_file_gone_then_back(
         tmp_path: Path, running: Callable[[FileSource], Running],
         caplog: pytest.LogCaptureFixture) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,15 @@ def test_strace_table_becomes_calls_per_request(tmp_path: Path) -> None:
     f = tmp_path / "strace"
     f.write_text(STRACE_TABLE)
     assert instructions._syscalls(f, 2000) == {"write": 1.0, "accept4": 2.0, "brk": 0.01}
+
+
+def test_the_measured_interpreter_is_this_one_venv_included() -> None:
+    """The proxy under measurement runs in this environment (a venv's packages included);
+    realpath(sys.executable) left the venv for the base interpreter."""
+    code = "import sys; print(sys.prefix)"
+    r = subprocess.run([instructions._python(), "-c", code], capture_output=True, text=True,
+                       timeout=60, check=True)
+    assert r.stdout.strip() == sys.prefix
 
 
 @pytest.mark.needs_tool

@@ -357,3 +357,37 @@ def test_balancers_health_applies_everywhere_and_to_new_servers() -> None:
     assert bal_a is not None and not bal_a.is_up(srv(2))
     regs.set_health(srv(2).key, True)
     assert bal_a.is_up(srv(2))
+
+
+def lo(i: int) -> Server:
+    """A server at a loopback address that does not listen (nothing here connects)."""
+    return Server(f"127.7.0.{i}", 8080)
+
+
+def test_balancers_apply_touches_only_the_change_and_names_servers_that_left() -> None:
+    regs = Balancers(Limits(), Clock())
+    a = Backend("ns/a:80", (lo(1), lo(2)))
+    b = Backend("ns/b:80", (lo(2), lo(3)))
+    assert regs.update([a, b]) == set()
+    bal_b = regs.get("ns/b:80")
+    # lo(2) stays listed by b: only lo(1) left the table
+    assert regs.apply([Backend("ns/a:80", (lo(4),))], []) == {lo(1).key}
+    assert regs.get("ns/b:80") is bal_b
+    assert set(regs.live_keys) == {lo(2).key, lo(3).key, lo(4).key}
+    assert regs.apply([], ["ns/b:80"]) == {lo(2).key, lo(3).key}
+    assert regs.get("ns/b:80") is None and set(regs.live_keys) == {lo(4).key}
+    assert regs.apply([], ["ns/b:80"]) == set()  # idempotent
+    # update() works out the same change from a whole table
+    assert regs.update([Backend("ns/c:80", (lo(4), lo(5)))]) == set()
+    assert regs.get("ns/a:80") is None and set(regs.live_keys) == {lo(4).key, lo(5).key}
+
+
+def test_balancers_health_map_replaced_whole() -> None:
+    regs = Balancers(Limits(), Clock())
+    a = Backend("ns/a:80", (lo(1), lo(2)))
+    regs.update([a])
+    regs.set_health(lo(1).key, False)
+    bal = regs.get("ns/a:80")
+    assert bal is not None and not bal.is_up(lo(1))
+    regs.reset_health({lo(2).key: False})  # lo(1) has no verdict any more
+    assert bal.is_up(lo(1)) and not bal.is_up(lo(2))

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pylb.cli import build_parser, main, parse_tcp_services, settings_from_args
+from pylb.cli import (
+    CLUSTER_SERVICE_HELP,
+    FlagError,
+    build_parser,
+    check_cluster,
+    check_ports,
+    main,
+    parse_tcp_services,
+    settings_from_args,
+    use_cluster_service,
+)
 from pylb.config import Settings
 from pylb.model import Algorithm
 
@@ -23,7 +34,6 @@ def test_defaults_are_the_2015_controllers() -> None:
     s = settings()
     assert (s.http_port, s.https_port, s.stats_port, s.health_port) == (80, 443, 1936, 8081)
     assert s.namespaces == ("default",)
-    assert s.use_cluster_service is True
     assert s.balance_algorithm is Algorithm.ROUNDROBIN
     assert s.default_return_code == 404
     assert (s.timeouts.http_request, s.timeouts.connect, s.timeouts.client,
@@ -127,3 +137,148 @@ def test_dry_prints_the_example_table() -> None:
     assert "host=" in out  # the lb.host route
     assert "frontend https" in out
     assert "backend default/nginxsvc:80 balance=roundrobin" in out
+
+
+# -- each start-up error is one line naming the flag or the file --------------------------
+
+
+def _pylb(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pylb.cli", *argv], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, env=env)
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+EXAMPLE = f"file:{ROOT / 'examples' / 'cluster.yaml'}"
+
+
+@pytest.mark.parametrize("extra", [["--dry"], ["--workers=2"]], ids=["dry", "run"])
+def test_a_non_pem_ssl_cert_stops_startup_before_any_worker(extra: list[str]) -> None:
+    r = _pylb("run", f"--source={EXAMPLE}", "--ssl-cert", "README.md", "--bind=127.0.0.1",
+              "--http-port=0", "--https-port=0", "--stats-port=0", "--health-port=0", *extra)
+    assert r.returncode == 2
+    assert _one_line(r.stderr) == ("pylb run: error: --ssl-cert: README.md: not a PEM file "
+                                   "(no -----BEGIN line)")
+
+
+def test_dry_checks_the_client_ca_and_the_error_page(tmp_path: Path) -> None:
+    r = _pylb("run", f"--source={EXAMPLE}", "--dry", "--ssl-ca-cert", "README.md")
+    assert r.returncode == 2
+    assert _one_line(r.stderr).startswith("pylb run: error: --ssl-ca-cert: README.md: ")
+    r = _pylb("run", f"--source={EXAMPLE}", "--dry", f"--error-page={tmp_path / 'gone'}")
+    assert r.returncode == 2
+    assert _one_line(r.stderr).startswith("pylb run: error: --error-page: cannot read ")
+
+
+def test_dry_prints_each_skipped_service_once() -> None:
+    r = _pylb("run", f"--source={EXAMPLE}", "--dry")
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout + r.stderr).count("default/syslog") == 1
+
+
+def _no_cluster(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(home))  # no ~/.kube/config
+
+
+@pytest.mark.parametrize("argv,says", [
+    ([], ["no in-cluster service account was found", "--source file:PATH",
+          "--kubeconfig PATH"]),
+    (["--use-kubernetes-cluster-service"],
+     ["--use-kubernetes-cluster-service: no in-cluster service account was found",
+      "--source file:PATH", "--use-kubernetes-cluster-service=false"]),
+    (["--use-kubernetes-cluster-service=false"],
+     ["--use-kubernetes-cluster-service=false: no kubeconfig at ", "--source file:PATH"]),
+])
+def test_run_without_a_cluster_says_how_to_run_without_one(
+        argv: list[str], says: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _no_cluster(monkeypatch, tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", *argv])
+    assert exc.value.code == 2
+    line = _one_line(capsys.readouterr().err)
+    for words in says:
+        assert words in line
+
+
+def test_in_a_pod_without_a_token_the_token_is_named(tmp_path: Path) -> None:
+    s = settings("--use-kubernetes-cluster-service")
+    with pytest.raises(FlagError, match="token does not exist"):
+        check_cluster(s, True, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, str(tmp_path / "token"))
+    token = tmp_path / "token"
+    token.write_text("t")
+    check_cluster(s, True, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, str(token))
+
+
+@pytest.mark.parametrize("flag,environ,kubeconfig,expected", [
+    (None, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, None, True),  # in a pod
+    (None, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "/k", False),  # a kubeconfig named
+    (None, {}, None, False),  # not in a pod
+    (True, {}, "/k", True),
+    (False, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, None, False),
+])
+def test_use_kubernetes_cluster_service_default(flag: bool | None, environ: dict[str, str],
+                                                kubeconfig: str | None,
+                                                expected: bool) -> None:
+    assert use_cluster_service(flag, kubeconfig, environ) is expected
+
+
+def test_run_and_elect_describe_the_cluster_service_flag_alike() -> None:
+    from election.sidecar import build_parser as elect_parser
+
+    def help_of(parser: object, flag: str) -> str:
+        actions = parser._actions  # type: ignore[attr-defined]
+        return str(next(a.help for a in actions if flag in a.option_strings))
+
+    run = next(a for a in build_parser()._actions
+               if a.dest == "command").choices["run"]  # type: ignore[attr-defined]
+    assert help_of(run, "--use-kubernetes-cluster-service") == CLUSTER_SERVICE_HELP
+    assert help_of(elect_parser(), "--use-kubernetes-cluster-service") == CLUSTER_SERVICE_HELP
+    assert help_of(run, "--election-namespace")
+
+
+@pytest.mark.parametrize("flag,port_flag", [
+    ("--stats-port", "--stats-port"), ("--health-port", "--health-port"),
+    ("--http-port", "--http-port"), ("--tcp-services", "--tcp-services"),
+])
+def test_a_port_in_use_names_its_flag(flag: str, port_flag: str, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {"--stats-port": 0, "--health-port": 0, "--http-port": 0}
+        argv = [f"{f}={p}" for f, p in ports.items() if f != flag]
+        argv.append(f"--tcp-services=echo:{port}" if flag == "--tcp-services"
+                    else f"{flag}={port}")
+        with pytest.raises(SystemExit) as exc:
+            main(["run", f"--source={EXAMPLE}", "--bind=127.0.0.1", *argv])
+    assert exc.value.code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"{port_flag}" in line and f"port {port} on 127.0.0.1 is in use" in line
+
+
+def test_check_ports_lets_free_and_zero_ports_pass() -> None:
+    check_ports([("--http-port", "127.0.0.1", 0), ("--stats-port", "127.0.0.1", 0)])
+
+
+@pytest.mark.parametrize("argv,valid", [
+    (["--balance-algorithm=random"], "(valid: roundrobin, leastconn, first, source)"),
+    (["--http-parser=fast"], "(valid: auto, h11, httptools)"),
+    (["--ssl-verify=maybe"], "(valid: none, optional, required)"),
+])
+def test_an_unknown_choice_lists_the_valid_values_on_one_line(
+        argv: list[str], valid: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", *argv])
+    assert exc.value.code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"pylb run: error: argument {argv[0].split('=')[0]}: ")
+    assert valid in line

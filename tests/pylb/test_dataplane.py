@@ -53,3 +53,32 @@ async def test_maxconn_spans_frontends_and_pauses_accepting() -> None:
         for srv in (web, echo):
             srv.close()
             await srv.wait_closed()
+
+
+async def test_apply_is_incremental() -> None:
+    """A one-backend change: only that balancer is updated, the router is kept, counter
+    rows of a server that left go; a route change rebuilds the router."""
+    s = Settings(bind="127.0.0.1", http_port=0)
+    plane = DataPlane(s)
+    a = Backend("d/a:80", (Server("127.6.0.1", 80, name="a1"), Server("127.6.0.2", 80)))
+    b = Backend("d/b:80", (Server("127.6.0.3", 80),))
+    t1 = RouteTable(http=(HttpRoute("a", "/a", a.name), HttpRoute("b", "/b", b.name)),
+                    backends=(a, b), version=1)
+    await plane.apply(t1)
+    router, bal_a, bal_b = plane.http.router, plane.balancers.get(a.name), \
+        plane.balancers.get(b.name)
+    assert bal_a is not None and bal_b is not None
+    plane.stats.server(a.name, "a1").open()
+    plane.stats.server(a.name, "a1").close()
+    a2 = Backend(a.name, a.servers[1:])
+    t2 = RouteTable(http=t1.http, backends=(a2, b), version=2)
+    await plane.apply(t2)
+    assert plane.http.router is router
+    assert plane.balancers.get(a.name) is bal_a and bal_a.backend is a2
+    assert plane.balancers.get(b.name) is bal_b and bal_b.backend is b
+    assert (a.name, "a1") not in plane.stats.servers
+    assert ("127.6.0.1", 80) not in plane.balancers.live_keys
+    t3 = RouteTable(http=t1.http[:1], backends=(a2, b), version=3)
+    await plane.apply(t3)
+    assert plane.http.router is not router
+    assert plane.http.router.match(b"x", b"/b") is None

@@ -430,3 +430,292 @@ async def test_sighup_rereads_the_error_page_without_restarting_anything(
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)
+
+
+# -- messages between the controller and real worker processes ------------------------------
+
+
+def _backend_of(headers: dict[str, str]) -> str:
+    return headers.get("x-backend", "")
+
+
+async def served_only_by(port: int, name: str, *, in_a_row: int = 12,
+                         timeout: float = 20.0) -> None:
+    """Wait until `in_a_row` fresh connections in a row (both workers, most likely) are
+    answered by backend `name`."""
+    deadline = time.monotonic() + timeout
+    run = 0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
+            status, headers, _ = await http_get(port, "/svc", timeout=2)
+            if status == 200 and _backend_of(headers) == name:
+                run += 1
+                if run >= in_a_row:
+                    return
+                continue
+        run = 0
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not served by {name} only in time")
+
+
+def big_service_table(services: int, real_port: int, version: int = 1) -> RouteTable:
+    """`services` backends of 10 servers at non-listening 127.0.0.0/8 addresses, and svc
+    on a real one."""
+    svc = Backend("default/svc:80", (Server("127.0.0.1", real_port, name="real"),))
+    backends = [svc]
+    routes = [HttpRoute("svc", "/svc", svc.name)]
+    for i in range(services):
+        name = f"ns{i % 50}/s{i}:80"
+        backends.append(Backend(name, tuple(
+            Server(f"127.3.{i // 250}.{1 + i % 250}", 9000 + j) for j in range(10))))
+        routes.append(HttpRoute(f"s{i}", f"/ns{i % 50}/s{i}", name))
+    return RouteTable(http=tuple(routes), backends=tuple(backends), version=version)
+
+
+async def test_a_1000_service_table_reaches_every_worker(backends: list[int]) -> None:
+    """~300 KB: the size at which a send on the non-blocking pipe used to fail with EAGAIN
+    and cut the message (the worker then exited and was restarted, forever)."""
+    s = settings()
+    pool = WorkerPool(s)
+    await pool.start()
+    try:
+        pool.apply(big_service_table(1000, backends[0]))
+        await served_only_by(s.http_port, "b0")
+        assert pool.restarts == 0
+        assert all(w.ready and w.channel is not None for w in pool._workers)
+    finally:
+        await pool.shutdown(1.0)
+
+
+async def test_changes_go_as_deltas_and_a_worker_that_missed_one_gets_the_table(
+        backends: list[int]) -> None:
+    from pylb.delta import Delta
+
+    s = settings()
+    pool = WorkerPool(s)
+    await pool.start()
+    try:
+        pool.apply(table(backends[:1], version=1))
+        await served_only_by(s.http_port, "b0")
+        deltas, tables = pool.sent["deltas"], pool.sent["tables"]
+        pool.apply(table(backends[1:2], version=2))
+        await served_only_by(s.http_port, "b1")
+        assert pool.sent["deltas"] == deltas + 2 and pool.sent["tables"] == tables
+        # worker 0 gets a delta from a version it never had: it asks for the whole table
+        w = pool._workers[0]
+        assert w.channel is not None
+        w.channel.send(Delta(base=999, version=1000, removed=("default/svc:80",)))
+        await wait_until(lambda: pool.sent["tables"] == tables + 1)
+        pool.apply(table(backends[2:3], version=3))  # and takes deltas again
+        await served_only_by(s.http_port, "b2")
+        assert pool.sent["tables"] == tables + 1 and pool.restarts == 0
+    finally:
+        await pool.shutdown(1.0)
+
+
+async def test_a_restarted_worker_gets_the_table_and_the_health_map(
+        backends: list[int]) -> None:
+    s = settings()
+    pool = WorkerPool(s)
+    await pool.start()
+    try:
+        pool.apply(table(backends[:2], version=1))
+        await wait_routed(s.http_port)
+        pool.set_health(("127.0.0.1", backends[0]), False)  # an active check says: down
+        await served_only_by(s.http_port, "b1")
+        victim = pool.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        await wait_until(lambda: pool.restarts == 1 and victim not in pool.pids()
+                         and all(w.ready for w in pool._workers))
+        await served_only_by(s.http_port, "b1", in_a_row=30)
+    finally:
+        await pool.shutdown(1.0)
+
+
+async def test_eof_from_the_controller_stops_the_worker_at_once() -> None:
+    pool = WorkerPool(settings(workers=1))
+    await pool.start()
+    try:
+        w = pool._workers[0]
+        w.stopping = True  # not to be restarted
+        assert w.channel is not None
+        w.channel.abort()
+        await wait_until(lambda: not w.process.is_alive(), timeout=10)
+        assert w.process.exitcode == 0
+    finally:
+        await pool.shutdown(1.0)
+
+
+# A 20 MB table and 100,000 health verdicts one way while the other side writes 480 KB
+# stats reports as fast as flow control lets it: both loops keep turning (a periodic timer
+# measures their lag) and every message arrives whole and in order. Blocking sends would
+# hang here (both sides writing more than the socket buffers), and non-blocking sends
+# without a transport would cut messages.
+
+STATS_REPORTS = 40
+STATS_ROWS = 3000
+LAG_BOUND = 1.0  # seconds; a loop blocked on a send would stall for the whole test
+
+
+def _stats_rows() -> dict[str, dict[str, Any]]:
+    return {f"ns/b:80\x00server-{i}": {"bytes_in": i, "bytes_out": 2 * i, "cur_conns": 0,
+                                        "hrsp": [0, i, 0, 0, 0, 0], "req_total": i}
+            for i in range(STATS_ROWS)}
+
+
+def _peer_main(sock: Any) -> None:
+    import uvloop
+
+    uvloop.run(_peer(sock))
+
+
+async def _lag_monitor(box: list[float]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(0.01)
+        box[0] = max(box[0], loop.time() - t - 0.01)
+
+
+async def _peer(sock: Any) -> None:
+    from pylb.messages import Channel, Health, Shutdown, Stats, Table, open_channel
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    seen: dict[str, Any] = {"tables": [], "verdicts": 0, "ordered": True}
+    expect = [0]
+
+    def on_message(m: Any) -> None:
+        if isinstance(m, Table):
+            t = m.table
+            seen["tables"].append([t.version, len(t.backends),
+                                   sum(len(b.servers) for b in t.backends),
+                                   sum(len(s.name) for b in t.backends for s in b.servers)])
+        elif isinstance(m, Health):
+            for (_, port), up in m.verdicts:
+                seen["ordered"] = seen["ordered"] and port == expect[0] and up == (port % 3 == 0)
+                expect[0] += 1
+            seen["verdicts"] += len(m.verdicts)
+        elif isinstance(m, Shutdown) and not done.done():
+            done.set_result(None)
+
+    ch = Channel(on_message, lambda _e: done.done() or done.set_result(None))
+    await open_channel(sock, ch)
+    lag = [0.0]
+    mon = loop.create_task(_lag_monitor(lag))
+    rows = _stats_rows()
+    for i in range(STATS_REPORTS):
+        while ch.paused:  # as a worker does: no report while the controller lags
+            await asyncio.sleep(0.005)
+        ch.send(Stats(frontends={"seq": {"n": i}}, servers=rows))
+        await asyncio.sleep(0)
+    await done
+    mon.cancel()
+    ch.send(Stats(frontends={"summary": {"lag": lag[0], **seen}}))
+    ch.close()
+    await asyncio.wait_for(ch.wait_closed(), 10)
+
+
+@pytest.mark.timeout(120)
+async def test_big_messages_both_ways_at_once_arrive_whole_and_no_loop_stalls() -> None:
+    import multiprocessing
+    import socket
+
+    from pylb.messages import Channel, Health, Shutdown, Stats, Table, open_channel
+
+    loop = asyncio.get_running_loop()
+    label = "x" * 1000
+    big = RouteTable(backends=tuple(
+        Backend(f"ns/b{i}:80", tuple(Server(f"127.4.{i // 250}.{1 + i % 250}", 9000 + j,
+                                            name=f"{label}-{i}-{j}") for j in range(10)))
+        for i in range(2000)), version=42)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = multiprocessing.get_context("spawn").Process(target=_peer_main, args=(child,),
+                                                        daemon=True)
+    proc.start()
+    child.close()
+    got: list[Any] = []
+    lost: asyncio.Future[None] = loop.create_future()
+    ch = Channel(got.append, lambda _e: lost.done() or lost.set_result(None))
+    try:
+        await open_channel(parent, ch)
+        lag = [0.0]
+        mon = loop.create_task(_lag_monitor(lag))
+        table_frame = len(_table_frame(big))
+        assert table_frame > 20_000_000
+        ch.send(Table(big))
+        for batch in range(100):  # 100,000 verdicts, written regardless of flow control
+            ch.send(Health(tuple((("127.5.0.1", p), p % 3 == 0)
+                                 for p in range(batch * 1000, (batch + 1) * 1000))))
+            await asyncio.sleep(0)
+        await wait_until(lambda: len(got) >= STATS_REPORTS, timeout=90)
+        ch.send(Shutdown(0))
+        await asyncio.wait_for(lost, 60)
+        mon.cancel()
+    finally:
+        ch.abort()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    reports = [m for m in got if isinstance(m, Stats)]
+    assert [m.frontends["seq"]["n"] for m in reports[:STATS_REPORTS]] == \
+        list(range(STATS_REPORTS))
+    rows = _stats_rows()
+    assert all(m.servers == rows for m in reports[:STATS_REPORTS])
+    summary = reports[-1].frontends["summary"]
+    assert summary["tables"] == [[42, 2000, 20000, sum(len(s.name) for b in big.backends
+                                                        for s in b.servers)]]
+    assert summary["verdicts"] == 100_000 and summary["ordered"]
+    assert summary["lag"] < LAG_BOUND, summary["lag"]
+    assert lag[0] < LAG_BOUND, lag[0]
+
+
+def _table_frame(table: RouteTable) -> bytes:
+    from pylb.messages import Table, encode
+
+    return encode(Table(table))
+
+
+async def test_a_stalled_worker_gets_the_newest_whole_table_when_it_drains(
+        backends: list[int]) -> None:
+    """Worker 0 is stopped (SIGSTOP) while every backend changes 30 times: the controller
+    buffers at most about one watermark's worth for it, the other worker follows every
+    change, and worker 0, resumed, gets the newest whole table once and serves it."""
+    from pylb.messages import HIGH_WATER
+
+    def churn(version: int, real: int) -> RouteTable:
+        svc = Backend("default/svc:80", (Server("127.0.0.1", real),))
+        others = tuple(Backend(f"ns/s{i}:80", tuple(
+            Server(f"127.3.{i // 250}.{1 + i % 250}", 9000 + version, name=f"p{version}-{j}")
+            for j in range(10))) for i in range(300))
+        return RouteTable(http=(HttpRoute("svc", "/svc", svc.name),),
+                          backends=(svc, *others), version=version)
+
+    s = settings()
+    pool = WorkerPool(s)
+    await pool.start()
+    stopped = pool.pids()[0]
+    try:
+        pool.apply(churn(1, backends[0]))
+        await served_only_by(s.http_port, "b0")
+        w0 = pool._workers[0]
+        assert w0.channel is not None
+        os.kill(stopped, signal.SIGSTOP)
+        tables = pool.sent["tables"]
+        peak = 0
+        for v in range(2, 32):
+            pool.apply(churn(v, backends[v % 2]))
+            peak = max(peak, w0.channel.buffered)
+            await asyncio.sleep(0.01)
+        assert w0.table_stale and w0.channel.paused
+        assert peak < HIGH_WATER + 600_000  # a watermark and one message, not 30 deltas
+        assert pool.sent["tables"] == tables  # nothing more for it while it is stalled
+        os.kill(stopped, signal.SIGCONT)
+        stopped = 0
+        await wait_until(lambda: pool.sent["tables"] == tables + 1 and not w0.table_stale)
+        await served_only_by(s.http_port, "b1", in_a_row=20)  # v31: backends[31 % 2]
+        assert pool.restarts == 0
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
+        await pool.shutdown(1.0)

@@ -1,0 +1,105 @@
+"""pylb.counters: rows pruned to the table (draining rows kept until their last connection
+closes), reports that carry only changed rows, and the controller's fold of them equal to
+the whole snapshot."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pylb.counters import Stats, fold_report, merge_snapshots
+
+
+def test_idle_rows_that_leave_are_dropped_and_draining_rows_when_they_close() -> None:
+    st = Stats()
+    st.server("b", "s1").open()
+    st.server("b", "s1").close()
+    busy = st.server("b", "s2")
+    busy.open()
+    st.backend("b").open()
+    st.prune([("b", "s1"), ("b", "s2")], ["b"])
+    assert ("b", "s1") not in st.servers
+    assert ("b", "s2") in st.servers and "b" in st.backends  # draining
+    st.sweep()
+    assert ("b", "s2") in st.servers
+    busy.close()
+    st.backend("b").close()
+    st.sweep()
+    assert st.servers == {} and st.backends == {}
+
+
+def test_a_draining_row_that_comes_back_is_kept() -> None:
+    st = Stats()
+    st.server("b", "s1").open()
+    st.prune([("b", "s1")], [])
+    st.prune([], [], back=[("b", "s1")])
+    st.server("b", "s1").close()
+    st.sweep()
+    assert ("b", "s1") in st.servers
+
+
+def test_reports_carry_changed_rows_only_and_fold_to_the_snapshot() -> None:
+    rng = random.Random(5)
+    st = Stats()
+    folded: dict = {}
+    first = True
+    for step in range(60):
+        for _ in range(rng.randrange(5)):
+            c = st.server(f"b{rng.randrange(3)}", f"s{rng.randrange(20)}")
+            c.open()
+            c.bytes_in += rng.randrange(100)
+            if rng.random() < 0.7:
+                c.close()
+        if rng.random() < 0.3:
+            st.backend(f"b{rng.randrange(3)}").conn_errors += 1
+        if rng.random() < 0.1:
+            st.prune([k for k in list(st.servers) if rng.random() < 0.3],
+                     [b for b in list(st.backends) if rng.random() < 0.3])
+        report = st.report(full=first)
+        if not first and step % 7 == 3:
+            assert len(report["servers"]) < len(st.servers) or not st.servers
+        folded = fold_report(folded, report, full=first)
+        first = False
+        snap = st.snapshot()
+        for section in ("servers", "backends"):
+            assert {k: {f: v for f, v in row.items() if f != "rate"}
+                    for k, row in folded[section].items()} == \
+                   {k: {f: v for f, v in row.items() if f != "rate"}
+                    for k, row in snap[section].items()}, step
+    # nothing changed: nothing but the few frontends and failures is sent
+    quiet = st.report()
+    quiet = st.report()
+    assert quiet["servers"] == {} and quiet["backends"] == {}
+    assert merge_snapshots([folded]) == merge_snapshots([fold_report(folded, quiet)])
+
+
+def test_a_row_dropped_and_made_again_between_reports_is_reported_fresh() -> None:
+    st = Stats()
+    st.server("b", "s").open()
+    st.server("b", "s").close()
+    folded = fold_report({}, st.report(full=True), full=True)
+    st.prune([("b", "s")])
+    st.server("b", "s").open()
+    folded = fold_report(folded, st.report())
+    assert folded["servers"]["b\x00s"]["cur_conns"] == 1
+
+
+def test_beyond_the_sweep_budget_every_change_arrives_within_a_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pylb.counters
+
+    monkeypatch.setattr(pylb.counters, "SWEEP_ROWS", 7)
+    st = Stats()
+    for i in range(40):
+        st.server("b", f"s{i}").total_conns += 1
+    folded = fold_report({}, st.report(full=True), full=True)
+    for i in range(0, 40, 3):
+        st.server("b", f"s{i}").bytes_in += 5
+    sizes = []
+    for _ in range(6):  # 40 rows / 7 per report: one round
+        report = st.report()
+        sizes.append(len(report["servers"]))
+        folded = fold_report(folded, report)
+    assert max(sizes) <= 7
+    assert folded["servers"] == st.snapshot()["servers"]

@@ -1,0 +1,137 @@
+"""pylb.messages on bytes, no sockets: frames reassembled whatever the split, corrupt
+streams refused, only known classes decoded."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from pylb.delta import Delta
+from pylb.messages import (
+    HEADER,
+    MAX_FRAME,
+    Error,
+    FrameError,
+    FrameReader,
+    Health,
+    Message,
+    NeedTable,
+    Ready,
+    Shutdown,
+    Stats,
+    Table,
+    encode,
+)
+from pylb.model import (
+    Affinity,
+    Algorithm,
+    Backend,
+    HttpRoute,
+    ProxyProtocol,
+    RouteTable,
+    Server,
+    SkippedService,
+    TcpFrontend,
+)
+
+B = Backend("ns/a:80", (Server("127.2.0.1", 80, name="a-0"), Server("::1", 81, weight=3),
+                        Server("127.2.0.2", 80, ready=False, serving=False,
+                               terminating=True)),
+            Algorithm.LEASTCONN, Affinity.COOKIE, "SID", ProxyProtocol.V2, "/healthz")
+C = Backend("ns/c:443")
+ROUTES = (HttpRoute("a", "/a", B.name), HttpRoute("/X", "/X", B.name, host="x.example",
+                                                  strip_prefix=False, case_insensitive=True,
+                                                  ssl_redirect=True))
+MESSAGES: list[Message] = [
+    Table(RouteTable(http=ROUTES, https=(HttpRoute("c", "/c", C.name, tls=True),),
+                     tcp=(TcpFrontend("c", 8443, "", (("c.example", C.name),)),),
+                     backends=(B, C), skipped=(SkippedService("ns", "d", "why"),),
+                     version=7)),
+    Delta(base=7, version=8, backends=(B,), removed=("ns/b:80",), http=ROUTES, https=()),
+    Health(((("127.2.0.1", 80), False), (("::1", 81), True))),
+    Health((), full=True),
+    Shutdown(2.5),
+    Ready(1),
+    Error("cannot listen"),
+    NeedTable(7),
+    Stats(frontends={"http": {"req_total": 3, "hrsp": [0, 3, 0, 0, 0, 0]}},
+          servers={"ns/a:80\x00a-0": {"bytes_in": 10}}, removed_backends=("ns/b:80",)),
+]
+
+
+def test_every_message_round_trips() -> None:
+    for msg in MESSAGES:
+        assert FrameReader().feed(encode(msg)) == [msg]
+    (table,) = FrameReader().feed(encode(MESSAGES[0]))
+    assert isinstance(table, Table) and isinstance(MESSAGES[0], Table)
+    assert table.table.render() == MESSAGES[0].table.render()
+    assert table.table.version == 7
+
+
+def test_frames_split_at_every_position_come_out_whole_and_in_order() -> None:
+    stream = b"".join(encode(m) for m in MESSAGES)
+    for cut in range(len(stream) + 1):
+        reader = FrameReader()
+        got = reader.feed(stream[:cut]) + reader.feed(stream[cut:])
+        assert got == MESSAGES, cut
+        assert reader.pending == 0
+    for cut in range(0, len(stream), 7):  # three pieces
+        reader = FrameReader()
+        mid = min(len(stream), cut + 13)
+        got = reader.feed(stream[:cut]) + reader.feed(stream[cut:mid]) + \
+            reader.feed(stream[mid:])
+        assert got == MESSAGES
+
+
+def test_byte_by_byte() -> None:
+    stream = b"".join(encode(m) for m in MESSAGES)
+    reader = FrameReader()
+    got: list[Message] = []
+    for i in range(len(stream)):
+        got += reader.feed(stream[i:i + 1])
+    assert got == MESSAGES
+
+
+def test_a_frame_longer_than_the_limit_is_a_corrupt_stream() -> None:
+    with pytest.raises(FrameError, match="at most"):
+        FrameReader().feed(HEADER.pack(MAX_FRAME + 1))
+    with pytest.raises(FrameError):
+        FrameReader(max_frame=10).feed(encode(Ready(1)))
+
+
+def test_garbage_and_foreign_objects_are_refused() -> None:
+    junk = b"\x00not a pickle at all"
+    with pytest.raises(FrameError, match="undecodable"):
+        FrameReader().feed(HEADER.pack(len(junk)) + junk)
+    not_a_message = pickle.dumps({"a": 1})
+    with pytest.raises(FrameError, match="not a message"):
+        FrameReader().feed(HEADER.pack(len(not_a_message)) + not_a_message)
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            import os
+            return (os.system, ("true",))
+
+    evil = pickle.dumps(Evil())
+    with pytest.raises(FrameError, match="unexpected class"):
+        FrameReader().feed(HEADER.pack(len(evil)) + evil)
+
+
+def test_the_wire_form_names_every_field_of_the_model() -> None:
+    """A field added to Server, Backend or HttpRoute must be added to pylb.delta's
+    _PACKED_FIELDS (else tables go to workers by plain pickling: slower)."""
+    import pylb.delta
+
+    assert pylb.delta.PACKABLE
+
+
+def test_without_the_wire_form_messages_still_round_trip(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pylb.delta
+    import pylb.messages
+
+    monkeypatch.setattr(pylb.delta, "PACKABLE", False)
+    monkeypatch.setattr(pylb.messages, "PACKABLE", False)
+    for msg in MESSAGES[:2]:
+        assert FrameReader().feed(encode(msg)) == [msg]
