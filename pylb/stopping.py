@@ -25,6 +25,12 @@ logging stream may be mid-write in the frame it interrupted.
 - A second SIGTERM/SIGINT: `kill(128 + signum)` at once, as a shell reports a death by
   signal.
 
+What this does not do: make the loop-side steps (closing listeners, the drain, the
+"shutting down" log line) come sooner. They wait for the loop's turn; with 100,000 checks on
+the controller's loop that turn did not come within 30 s (bench/RESULTS.md, issue #24), and
+the cure for that is a loop that is never saturated, not this module. A single C call that
+holds the GIL (a huge pickle) delays even the handler until it returns.
+
 The decisions take an injected clock and timer, so they are tested without waiting.
 """
 
