@@ -37,7 +37,7 @@ def make(grace: float) -> tuple[HardStop, Clock, list[int]]:
 
 @pytest.mark.parametrize(("grace", "deadline", "drain_at_signal"), [
     (30.0, 30.0 - EXIT_MARGIN, 30.0 - EXIT_MARGIN - RESERVE),
-    (1.5, 1.0, 0.5),  # a deadline under 2 s: half of it for closing
+    (EXIT_MARGIN + 1.0, 1.0, 0.5),  # a deadline under 2 s: half of it for closing
     (1.0, MIN_DEADLINE, MIN_DEADLINE / 2),
     (0.0, MIN_DEADLINE, 0.0),  # no wait for connections, still time to close
 ])
