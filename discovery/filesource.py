@@ -18,9 +18,13 @@ A reload that fails (the file is mid-write, has a YAML error, or is briefly gone
 ERROR naming the line and keeps serving the last good table; the same error on the same
 file (a racy file is reread while its mtime is recent) is logged once, not once a poll.
 A table is published only when it differs from the last one published; versions count up
-from 1. The DNS names of ExternalName services are resolved as the Kubernetes source does
-(discovery.dns): when they first appear, then every `dns_interval`, a failed lookup
-keeping the last answer.
+from 1. The file is read whole, but translated incrementally (discovery/incremental.py):
+each object is compared with the one read last under the same key — its kind, namespace,
+name and how many of that name came before it in the file — and only those that differ
+are handed to the `Translator`, so a new table shares every unchanged backend and route
+with the last. The DNS names of ExternalName services are resolved as the Kubernetes
+source does (discovery.dns): when they first appear, then every `dns_interval`, a failed
+lookup keeping the last answer.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import replace
 from typing import Any
 
 import yaml
 
 from discovery.dns import ExternalNames, Resolve, external_names, resolve
+from discovery.incremental import Translator
 from discovery.translate import KubeObjects, translate
 from pylb.config import Settings
 from pylb.model import RouteTable
@@ -122,6 +127,21 @@ def _with_namespace(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def keyed(objects: Iterable[Any]) -> dict[Hashable, Any]:
+    """Objects under keys that survive edits elsewhere in the file: (namespace, name, how
+    many objects of that namespace and name came before)."""
+    out: dict[Hashable, Any] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for obj in objects:
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        ident = (str(meta.get("namespace")), str(meta.get("name")))
+        n = seen.get(ident, 0)
+        seen[ident] = n + 1
+        out[(*ident, n)] = obj
+    return out
+
+
 class FileSource:
     """Route tables from a file of manifests, republished when the file changes.
 
@@ -141,6 +161,9 @@ class FileSource:
         self._racy = False
         self._last_error: tuple[Signature | None, str] | None = None  # logged once
         self._externals = ExternalNames(resolver, settings.kube.dns_timeout)
+        self._translator = Translator(settings)
+        self._fed: dict[str, dict[Hashable, Any]] = {
+            "services": {}, "endpointslices": {}, "endpoints": {}}
 
     def _stat(self) -> tuple[Signature, bool]:
         """(signature, racy) of the file as it is now; OSError if it cannot be stat'ed."""
@@ -170,6 +193,35 @@ class FileSource:
 
     def _translate(self, objects: KubeObjects) -> RouteTable:
         return translate(replace(objects, external=self._externals.snapshot()), self.settings)
+
+    def _translate_incremental(self, objects: KubeObjects) -> RouteTable:
+        """The table for `objects`, re-translating only the services whose objects differ
+        from the last read's (run() calls it from one thread at a time)."""
+        try:
+            return self._feed_and_build(objects)
+        except Exception:  # a bug in the incremental path: start it afresh, serve the whole
+            log.exception("file source: incremental translation failed; starting afresh")
+            self._translator = Translator(self.settings)
+            self._fed = {kind: {} for kind in self._fed}
+            return self._translate(objects)
+
+    def _feed_and_build(self, objects: KubeObjects) -> RouteTable:
+        tr = self._translator
+        for kind, setter in (("services", tr.set_service),
+                             ("endpointslices", tr.set_slice),
+                             ("endpoints", tr.set_endpoints)):
+            old, new = self._fed[kind], keyed(getattr(objects, kind))
+            for key in old.keys() - new.keys():
+                setter(key, None)
+            for key, obj in new.items():
+                was = old.get(key)
+                if was is not None and was == obj:
+                    new[key] = was
+                else:
+                    setter(key, obj)
+            self._fed[kind] = new
+        tr.set_external(self._externals.snapshot())
+        return tr.build()
 
     def load(self) -> RouteTable:
         """Read, parse and translate the file once (version 0). Raises FileSourceError."""
@@ -235,7 +287,8 @@ class FileSource:
         try:
             objects = await asyncio.to_thread(self.read)
             await self._externals.ensure(external_names(objects.services))
-            self._publish_if_new(await asyncio.to_thread(self._translate, objects), publish)
+            self._publish_if_new(
+                await asyncio.to_thread(self._translate_incremental, objects), publish)
             next_dns = loop.time() + interval
             while True:
                 await asyncio.sleep(self.poll_interval)
@@ -250,7 +303,7 @@ class FileSource:
                     if names and await self._externals.refresh(names):
                         changed = True
                 if changed:
-                    table = await asyncio.to_thread(self._translate, objects)
+                    table = await asyncio.to_thread(self._translate_incremental, objects)
                     self._publish_if_new(table, publish)
         finally:
             await self._externals.close()

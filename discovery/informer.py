@@ -36,18 +36,26 @@ loop.
 
 Randomness, sleeping and both clocks are injected so that tests run the backoff in
 milliseconds. `on_change()` is called after every change to the store (a list, or an event
-that adds, modifies or deletes); it must not block.
+that adds, modifies or deletes); it must not block. Which objects changed is kept until the
+consumer takes it (`take_changes()`: the keys, or None for "all": the first list), so a
+consumer redoes only what changed. A relist keeps each object it already held with the same
+resourceVersion (the API server changes it on every write) as that very object, and counts
+as changed only the keys that were added, modified or deleted meanwhile. While a list runs
+the cyclic garbage collector is paused, and a big list's objects are frozen out of its way
+once stored (see FREEZE_LIST): otherwise each full collection walks the whole store again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import gc
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +74,31 @@ Key = tuple[str, str]  # (namespace, name)
 MIN_WATCH_SECONDS = 1.0
 MAX_LIST_PAGES = 100_000  # 50 M objects at limit=500: a server looping on `continue`
 MAX_ERROR_BODY = 64 * 1024
+# A list this big is moved out of the cyclic collector's way once stored (gc.freeze): the
+# store lives until the next relist, and each full collection would walk it again. While
+# any list is in progress the collector is paused: a list allocates only acyclic JSON, yet
+# the growing heap would be walked again and again (measured at 10,000 services / 20,000
+# objects: stalls of up to 255 ms on the loop during the initial lists). Frozen objects are
+# still freed by reference counting when the store drops them.
+FREEZE_LIST = 5_000
+_paused_lists = 0
+_collector_was_enabled = False
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while any list runs (lists may overlap)."""
+    global _paused_lists, _collector_was_enabled
+    if _paused_lists == 0:
+        _collector_was_enabled = gc.isenabled()
+        gc.disable()
+    _paused_lists += 1
+    try:
+        yield
+    finally:
+        _paused_lists -= 1
+        if _paused_lists == 0 and _collector_was_enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +264,12 @@ def apply_event(store: dict[Key, Object], etype: str, obj: Object) -> bool:
     return True
 
 
+def same_object(old: Object, new: Object) -> bool:
+    """Whether `new` is `old` again: the same non-empty resourceVersion, else equal."""
+    rv = resource_version(new)
+    return (rv != "" and rv == resource_version(old)) or old == new
+
+
 # --- the informer -----------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -265,6 +304,7 @@ class Informer:
         self.namespace = namespace
         self.objects: dict[Key, Object] = {}
         self.synced = False
+        self._changes: set[Key] | None = None  # since the last take_changes(); None = all
         self.resource_version = ""
         self.metrics = InformerMetrics()
         self._settings = settings
@@ -282,6 +322,12 @@ class Informer:
         else:
             self._call = getattr(api, kind.namespaced)
             self._args = (namespace,)
+
+    def take_changes(self) -> set[Key] | None:
+        """The keys of `objects` added, modified or deleted since the last call, or None
+        when any may have (nothing taken since the first list): read `objects` whole."""
+        changes, self._changes = self._changes, set()
+        return changes
 
     @property
     def name(self) -> str:
@@ -348,6 +394,10 @@ class Informer:
                                      sock_read=s.read_timeout)
 
     async def _list(self) -> None:
+        with _collector_paused():
+            await self._list_pages()
+
+    async def _list_pages(self) -> None:
         s = self._settings
         items: dict[Key, Object] = {}
         version = ""
@@ -380,6 +430,20 @@ class Informer:
                 break
         else:
             raise StreamError(f"list did not end after {MAX_LIST_PAGES} pages")
+        old, changes = self.objects, self._changes
+        if old:  # a relist: keep what did not change, note what did
+            for key, obj in items.items():
+                was = old.get(key)
+                if was is not None and same_object(was, obj):
+                    items[key] = was
+                elif changes is not None:
+                    changes.add(key)
+            if changes is not None:
+                changes.update(key for key in old if key not in items)
+        else:
+            self._changes = None  # all of it
+        if len(items) >= FREEZE_LIST:
+            gc.freeze()  # while the collector is paused: the new objects join no generation
         self.objects = items
         self.resource_version = version
         self.synced = True
@@ -425,6 +489,8 @@ class Informer:
                 if rv:
                     self.resource_version = rv
                 if apply_event(self.objects, etype, obj):
+                    if self._changes is not None:
+                        self._changes.add(object_key(obj))
                     self._on_change()
         finally:
             resp.close()

@@ -2,8 +2,11 @@
 
 Theory of operation. `translate()` takes plain dicts as the API server returns them
 (camelCase keys) and the settings, and returns a `RouteTable`. It does no I/O and keeps no
-state: the watcher and the file source call it on every change and compare the result
-with the table they published last.
+state. It is the reference: the watcher and the file source get the same table from
+discovery/incremental.py, which keeps per-service results between changes and redoes only
+what a change touches, using this module's pieces — `plan_service` (the per-service part
+of passes 1 and 2), `claim_service` (pass 3 for one service) and `claim_keys` (which
+services' claims can interact) — and whose tests check it against `translate()`.
 
 It works in three passes:
 
@@ -75,7 +78,9 @@ The rules, each with its reason:
   ClientHello's server name picks the backend; several such services may share one
   port — without `lb.host` the service is that port's default backend; on a service with
   no TCP port it is an error); `lb.send-proxy: v1|v2` (PROXY protocol to the backends of
-  the TCP ports); `lb.check-path` (HTTP health check path). `spec.sessionAffinity:
+  the TCP ports); `lb.check-path` (HTTP health check path; implies `lb.check`);
+  `lb.check: "true"|"false"` (active checks for this service whatever `--checks=all|
+  annotated` says; `--checks=off` wins). `spec.sessionAffinity:
   ClientIP` gives client-IP affinity (on HTTP ports the cookie wins when both are set).
   Booleans are "true" or "false" in any case; any other value — or a value that is not a
   string — is a bad annotation. A `*.` wildcard `lb.host` is accepted only with
@@ -91,10 +96,10 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from pylb.config import Settings
+from pylb.config import CheckScope, Settings
 from pylb.model import (
     Affinity,
     Algorithm,
@@ -146,6 +151,7 @@ class _Annotations:
     passthrough: bool = False
     send_proxy: ProxyProtocol = ProxyProtocol.NONE
     check_path: str | None = None
+    check: bool | None = None  # lb.check; lb.check-path alone means True
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +344,7 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
 
     flags = {key: _ann_bool(key, ann[key]) for key in (
         "lb.sslTerm", "lb.cookie-sticky-session", "lb.sslRedirect", "lb.sslPassthrough",
+        "lb.check",
     ) if key in ann}
     passthrough = flags.get("lb.sslPassthrough", False)
 
@@ -376,7 +383,18 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         passthrough=passthrough,
         send_proxy=send_proxy,
         check_path=check_path,
+        check=flags.get("lb.check", True if check_path is not None else None),
     )
+
+
+def _checked(ann: _Annotations, settings: Settings) -> bool:
+    """Whether the service's backends get active checks: `--checks` and `lb.check`."""
+    scope = settings.checks.scope
+    if scope is CheckScope.OFF:
+        return False
+    if ann.check is not None:
+        return ann.check
+    return scope is CheckScope.ALL
 
 
 # -- services --------------------------------------------------------------------------------
@@ -585,35 +603,57 @@ def _to_servers(found: Found) -> tuple[Server, ...]:
     return tuple(servers)
 
 
+Ident = tuple[str, str]  # (namespace, name) of a service
+
+
 @dataclass
 class _EndpointIndex:
-    slices: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
-    endpoints: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    slices: dict[Ident, list[Any]] = field(default_factory=dict)
+    endpoints: dict[Ident, list[Any]] = field(default_factory=dict)
+
+
+def slice_owner(obj: Any) -> Ident | None:
+    """The service an EndpointSlice belongs to (its namespace and service-name label), or
+    None (logged) when it names none."""
+    try:
+        meta = _dict(_dict(obj, "EndpointSlice").get("metadata"), "EndpointSlice metadata")
+        labels = _opt_dict(meta.get("labels"), "EndpointSlice labels")
+        return (_name(meta.get("namespace"), "EndpointSlice metadata.namespace"),
+                _name(labels.get(SERVICE_NAME_LABEL), f"label {SERVICE_NAME_LABEL}"))
+    except _Bad as e:
+        log.warning("ignoring an EndpointSlice that names no service: %s", e)
+        return None
+
+
+def endpoints_owner(obj: Any) -> Ident | None:
+    """The service an Endpoints object belongs to (its own name), or None (logged)."""
+    try:
+        return _meta(obj, "Endpoints")
+    except _Bad as e:
+        log.warning("ignoring an Endpoints object that names no service: %s", e)
+        return None
+
+
+def canonical_order(group: list[Any]) -> list[Any]:
+    """One service's slices (or Endpoints) in a canonical order, so that which bad object
+    is reported never depends on input order. Sorts in place; returns `group`."""
+    if len(group) > 1:
+        group.sort(key=_canonical)
+    return group
 
 
 def _index(objects: KubeObjects) -> _EndpointIndex:
     idx = _EndpointIndex()
     for obj in _iter(objects.endpointslices, "endpointslices"):
-        try:
-            meta = _dict(_dict(obj, "EndpointSlice").get("metadata"), "EndpointSlice metadata")
-            labels = _opt_dict(meta.get("labels"), "EndpointSlice labels")
-            key = (_name(meta.get("namespace"), "EndpointSlice metadata.namespace"),
-                   _name(labels.get(SERVICE_NAME_LABEL), f"label {SERVICE_NAME_LABEL}"))
-        except _Bad as e:
-            log.warning("ignoring an EndpointSlice that names no service: %s", e)
-            continue
-        idx.slices.setdefault(key, []).append(obj)
+        key = slice_owner(obj)
+        if key is not None:
+            idx.slices.setdefault(key, []).append(obj)
     for obj in _iter(objects.endpoints, "endpoints"):
-        try:
-            key = _meta(obj, "Endpoints")
-        except _Bad as e:
-            log.warning("ignoring an Endpoints object that names no service: %s", e)
-            continue
-        idx.endpoints.setdefault(key, []).append(obj)
-    # A canonical order, so that which bad object is reported never depends on input order.
+        key = endpoints_owner(obj)
+        if key is not None:
+            idx.endpoints.setdefault(key, []).append(obj)
     for group in (*idx.slices.values(), *idx.endpoints.values()):
-        if len(group) > 1:
-            group.sort(key=_canonical)
+        canonical_order(group)
     return idx
 
 
@@ -624,16 +664,23 @@ def _iter(values: Any, what: str) -> list[Any]:
     return []
 
 
-def _servers(svc: _Service, port: _Port, idx: _EndpointIndex, objects: KubeObjects,
-             settings: Settings) -> tuple[Server, ...]:
+def external_answer(external: Any, name: str) -> Any:
+    """What `external` (the resolved ExternalName names) holds for DNS name `name`, as
+    written or normalised; None when not resolved (yet)."""
+    if not isinstance(external, Mapping):
+        return None
+    for dns_name in (name, name.strip(), name.strip().lower().rstrip(".")):
+        addrs = external.get(dns_name)
+        if addrs is not None:
+            return addrs
+    return None
+
+
+def _servers(svc: _Service, port: _Port, slices: list[Any], endpoints: list[Any],
+             external: Any, settings: Settings) -> tuple[Server, ...]:
     if svc.external_name is not None:
-        external = objects.external if isinstance(objects.external, Mapping) else {}
         name = svc.external_name
-        addrs: Any = None
-        for dns_name in (name, name.strip(), name.strip().lower().rstrip(".")):
-            addrs = external.get(dns_name)
-            if addrs is not None:
-                break
+        addrs = external_answer(external, name)
         found: Found = {}
         for a in addrs if isinstance(addrs, list | tuple) else ():
             try:
@@ -649,11 +696,9 @@ def _servers(svc: _Service, port: _Port, idx: _EndpointIndex, objects: KubeObjec
             raise _Bad("--forward-services: a headless service (clusterIP None) has no "
                        "address to forward to")
         return (Server(_ip(svc.cluster_ip, "spec.clusterIP"), port.port),)
-    key = (svc.namespace, svc.name)
     found = {}
-    slices = idx.slices.get(key)
     if settings.endpoints_api == "endpoints" or not slices:
-        _legacy_endpoints(idx.endpoints.get(key, ()), port, found)
+        _legacy_endpoints(endpoints, port, found)
     else:
         _slice_endpoints(slices, port, found)
     return _to_servers(found)
@@ -717,13 +762,13 @@ class _Builder:
         else:
             name, prefix, strip = route_name, "/" + route_name, True
         host = ann.host if ann.host is not None and not ann.host.startswith("*.") else None
-        base = HttpRoute(name, prefix, backend.name, host=host, strip_prefix=strip,
-                         case_insensitive=ann.acl_case_insensitive)
+        ci = ann.acl_case_insensitive
         routes: list[HttpRoute] = []
         if ann.ssl_term or ann.ssl_redirect:
-            routes.append(replace(base, tls=True))
+            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci, tls=True))
         if not ann.ssl_term or ann.ssl_redirect:
-            routes.append(replace(base, ssl_redirect=ann.ssl_redirect))
+            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci,
+                                    ssl_redirect=ann.ssl_redirect))
         for r in routes:
             conflict = self._route_conflict(r)
             if conflict is not None:
@@ -772,7 +817,8 @@ class _Builder:
             frontends.append(TcpFrontend(
                 "+".join(sorted(claim.names)), listen, claim.default,
                 tuple(sorted((h, b) for h, (b, _) in claim.sni.items()))))
-        used = {r.backend for r in self.http + self.https}
+        used = {r.backend for r in self.http}
+        used.update(r.backend for r in self.https)
         for f in frontends:
             used.add(f.backend)
             used.update(b for _, b in f.sni)
@@ -792,27 +838,44 @@ def _frontend(tls: bool) -> str:
 # -- the translation -------------------------------------------------------------------------
 
 
+def service_ident(obj: Any, settings: Settings) -> Ident | SkippedService | None:
+    """Which service `obj` is: its (namespace, name) when it is one of ours; a skip (logged)
+    when its metadata is unusable and it may be ours; None when it is not ours (another
+    namespace, or not the --target-service)."""
+    try:
+        namespace, name = _meta(obj, "Service")
+    except _Bad as e:
+        ns, nm = _best_effort_ident(obj)
+        if (ns == "?" or _watched(ns, settings)) and settings.target_service in (None, nm):
+            log.warning("skipping service %s/%s: %s", ns, nm, e)
+            return SkippedService(ns, nm, str(e))
+        return None
+    if not _watched(namespace, settings):
+        return None
+    if settings.target_service is not None and name != settings.target_service:
+        return None
+    return (namespace, name)
+
+
+def newer(obj: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Of two copies of one service, whether `obj` wins: the highest resourceVersion (the
+    newest), then a canonical order, so that input order never matters."""
+    return ((_resource_version(obj), _canonical(obj))
+            > (_resource_version(old), _canonical(old)))
+
+
 def _select(objects: KubeObjects, settings: Settings,
-            builder: _Builder) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+            builder: _Builder) -> list[tuple[Ident, dict[str, Any]]]:
     """The watched services, one per (namespace, name), sorted; unusable ones skipped."""
-    chosen: dict[tuple[str, str], dict[str, Any]] = {}
+    chosen: dict[Ident, dict[str, Any]] = {}
     for obj in _iter(objects.services, "services"):
-        try:
-            namespace, name = _meta(obj, "Service")
-        except _Bad as e:
-            ns, nm = _best_effort_ident(obj)
-            if (ns == "?" or _watched(ns, settings)) and settings.target_service in (None, nm):
-                builder.skip(ns, nm, str(e), logging.WARNING)
-            continue
-        if not _watched(namespace, settings):
-            continue
-        if settings.target_service is not None and name != settings.target_service:
-            continue
-        ident = (namespace, name)
-        old = chosen.get(ident)
-        if old is None or ((_resource_version(obj), _canonical(obj))
-                           > (_resource_version(old), _canonical(old))):
-            chosen[ident] = obj
+        ident = service_ident(obj, settings)
+        if isinstance(ident, SkippedService):
+            builder.skipped.append(ident)
+        elif ident is not None:
+            old = chosen.get(ident)
+            if old is None or newer(obj, old):
+                chosen[ident] = obj
     return sorted(chosen.items())
 
 
@@ -847,99 +910,92 @@ def _tcp_listen(svc: _Service, settings: Settings, builder: _Builder) -> dict[in
     return out
 
 
-# Memo of the expensive, per-service part of translation (parsing the service and reading
-# its endpoints), so that one endpoint change in a cluster of 10,000 services re-reads one
-# service's endpoints, not all of them. The key holds every input of that part — the
-# service's and its endpoint objects' resourceVersions (an API server changes them on
-# every write) and the settings — so a hit returns exactly what recomputing would; objects
-# without resourceVersions (files) are never memoised. Each call keeps only the entries it
-# used, so the memo never outgrows one cluster.
-# (the parsed service or None, then in port order: a skip reason (str) or a port with its
-# servers, then the reason the service is unusable, if any)
-_Plan = tuple["_Service | None", list["str | tuple[_Port, tuple[Server, ...]]"], str | None]
-_memo: dict[tuple[Any, ...], tuple[Settings, _Plan]] = {}
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The per-service part of translation, which reads only that service, its endpoints
+    and settings: the service parsed (None if unusable) and, port by port, a skip reason or
+    the port's servers, up to the first error that makes the whole service unusable — the
+    order in which `claim_service` reports them. Equal plans make equal routes: the
+    incremental translation (discovery/incremental.py) re-plans a service when one of its
+    objects changes and re-claims its routes only when the plan differs."""
+
+    svc: _Service | None
+    steps: tuple[str | tuple[_Port, tuple[Server, ...]], ...]
+    error: str | None
+    cloud_lb: bool = False  # type LoadBalancer without our class: a cloud LB serves it
 
 
-def _memo_key(obj: dict[str, Any], namespace: str, name: str,
-              idx: _EndpointIndex) -> tuple[Any, ...] | None:
-    spec = obj.get("spec")
-    if _resource_version(obj) < 0 or not isinstance(spec, dict) or \
-            spec.get("type") == "ExternalName":  # its servers come from DNS, not the API
-        return None
-    versions: list[int] = []
-    for group in (idx.slices.get((namespace, name), ()),
-                  idx.endpoints.get((namespace, name), ())):
-        for o in group:
-            rv = _resource_version(o)
-            if rv < 0:
-                return None
-            versions.append(rv)
-    return (namespace, name, _resource_version(obj), tuple(versions))
-
-
-def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
-    """The route table for these objects under these settings (see the module docstring for
-    every rule). Never raises: a service it cannot use is skipped with a reason."""
-    global _memo
-    builder = _Builder(settings)
-    idx = _index(objects)
-    used: dict[tuple[Any, ...], tuple[Settings, _Plan]] = {}
-    for (namespace, name), obj in _select(objects, settings, builder):
-        try:
-            _translate_service(obj, namespace, name, settings, objects, idx, builder, used)
-        except _Bad as e:
-            builder.skip(namespace, name, str(e), logging.WARNING)
-        except Exception as e:  # a bug here must cost one service, not the whole table
-            log.exception("internal error translating service %s/%s", namespace, name)
-            builder.skip(namespace, name, f"internal error: {e!r}", logging.ERROR)
-    _memo = used
-    return builder.table()
+def plan_service(obj: dict[str, Any], namespace: str, name: str, settings: Settings,
+                 slices: list[Any], endpoints: list[Any], external: Any) -> Plan:
+    """The plan of one service from its object, its EndpointSlices and Endpoints (in
+    `canonical_order`) and the resolved ExternalName names. Never raises."""
+    try:
+        return _plan_service(obj, namespace, name, settings, slices, endpoints, external)
+    except Exception as e:  # a bug here must cost one service, not the whole table
+        log.exception("internal error translating service %s/%s", namespace, name)
+        return Plan(None, (), f"internal error: {e!r}")
 
 
 def _plan_service(obj: dict[str, Any], namespace: str, name: str, settings: Settings,
-                  objects: KubeObjects, idx: _EndpointIndex) -> _Plan:
-    """The service parsed and, port by port, a skip reason or the port's servers, up to
-    the first error that makes the whole service unusable — the order in which
-    `_translate_service` reports them."""
+                  slices: list[Any], endpoints: list[Any], external: Any) -> Plan:
     try:
         svc = _parse_service(obj, settings, namespace, name)
     except _Bad as e:
-        return None, [], str(e)
-    steps: list[str | tuple[_Port, tuple[Server, ...]]] = []
+        return Plan(None, (), str(e))
     if svc.type == "LoadBalancer" and obj.get("spec", {}).get("loadBalancerClass") != LB_CLASS:
-        return svc, steps, None
+        return Plan(svc, (), None, cloud_lb=True)
+    steps: list[str | tuple[_Port, tuple[Server, ...]]] = []
     try:
         for port in svc.ports:
             if port.protocol != "TCP":
                 steps.append(f"port {port.port}/{port.protocol}: only TCP is balanced")
             else:
-                steps.append((port, _servers(svc, port, idx, objects, settings)))
+                steps.append((port, _servers(svc, port, slices, endpoints, external,
+                                             settings)))
     except _Bad as e:
-        return svc, steps, str(e)
-    return svc, steps, None
+        return Plan(svc, tuple(steps), str(e))
+    return Plan(svc, tuple(steps), None)
 
 
-def _translate_service(obj: dict[str, Any], namespace: str, name: str, settings: Settings,
-                       objects: KubeObjects, idx: _EndpointIndex, builder: _Builder,
-                       used: dict[tuple[Any, ...], tuple[Settings, _Plan]]) -> None:
-    key = _memo_key(obj, namespace, name, idx)
-    hit = _memo.get(key) if key is not None else None
-    if hit is not None and (hit[0] is settings or hit[0] == settings):
-        plan = hit[1]
-    else:
-        plan = _plan_service(obj, namespace, name, settings, objects, idx)
-    if key is not None:
-        used[key] = (settings, plan)
-    svc, steps, error = plan
+def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
+    """The route table for these objects under these settings (see the module docstring for
+    every rule). Never raises: a service it cannot use is skipped with a reason.
+
+    This is the whole translation, the reference: discovery/incremental.py gets the same
+    table by redoing only what a change touches (its tests check that it equals this)."""
+    builder = _Builder(settings)
+    idx = _index(objects)
+    external = objects.external
+    for (namespace, name), obj in _select(objects, settings, builder):
+        plan = plan_service(obj, namespace, name, settings,
+                            idx.slices.get((namespace, name), []),
+                            idx.endpoints.get((namespace, name), []), external)
+        claim_service(namespace, name, plan, settings, builder)
+    return builder.table()
+
+
+def claim_service(namespace: str, name: str, plan: Plan, settings: Settings,
+                  builder: _Builder) -> None:
+    """Add a planned service's routes, TCP ports and backends to `builder`, or the reasons
+    it cannot have them. Never raises."""
+    try:
+        _claim_service(plan, settings, builder)
+    except _Bad as e:
+        builder.skip(namespace, name, str(e), logging.WARNING)
+    except Exception as e:  # a bug here must cost one service, not the whole table
+        log.exception("internal error translating service %s/%s", namespace, name)
+        builder.skip(namespace, name, f"internal error: {e!r}", logging.ERROR)
+
+
+def _claim_service(plan: Plan, settings: Settings, builder: _Builder) -> None:
+    svc, steps, error = plan.svc, plan.steps, plan.error
     if svc is None:
         raise _Bad(error or "unusable service")
-    if svc.type == "LoadBalancer":
-        spec = obj.get("spec", {})
-        if spec.get("loadBalancerClass") != LB_CLASS:
-            builder.skip(svc.namespace, svc.name,
-                         "type LoadBalancer is served by a cloud load balancer (set "
-                         f"spec.loadBalancerClass: {LB_CLASS} to have pylb serve it)")
-            return
+    if plan.cloud_lb:
+        builder.skip(svc.namespace, svc.name,
+                     "type LoadBalancer is served by a cloud load balancer (set "
+                     f"spec.loadBalancerClass: {LB_CLASS} to have pylb serve it)")
+        return
     listen = _tcp_listen(svc, settings, builder)
     if svc.ann.passthrough and not listen:
         raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.sslPassthrough needs the service "
@@ -954,6 +1010,7 @@ def _translate_service(obj: dict[str, Any], namespace: str, name: str, settings:
             plans.append(step)
     if error is not None:
         raise _Bad(error)
+    checked = _checked(svc.ann, settings)
     for port, servers in plans:
         backend_name = f"{svc.namespace}/{svc.name}:{port.port}"
         if not servers:
@@ -963,12 +1020,41 @@ def _translate_service(obj: dict[str, Any], namespace: str, name: str, settings:
             backend = Backend(
                 backend_name, servers, svc.ann.algorithm,
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE,
-                proxy_protocol=svc.ann.send_proxy, check_path=svc.ann.check_path)
+                proxy_protocol=svc.ann.send_proxy, check_path=svc.ann.check_path,
+                check=checked)
             for lp in listen[port.port]:
                 builder.add_tcp(svc, port, lp, backend)
         else:
             affinity = (Affinity.COOKIE if svc.ann.cookie else
                         Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE)
             backend = Backend(backend_name, servers, svc.ann.algorithm, affinity,
-                              check_path=svc.ann.check_path)
+                              check_path=svc.ann.check_path, check=checked)
             builder.add_http(svc, port, backend)
+
+
+def claim_keys(plan: Plan, settings: Settings) -> tuple[tuple[Any, ...], ...]:
+    """Every claim `claim_service` could make for this plan, as keys two services share
+    exactly when one's claim can refuse or shape the other's: the casefolded route prefix
+    and the host on each frontend it uses, and each TCP port listened on. (A superset is
+    harmless: it only makes the incremental translation redo more together.)"""
+    svc = plan.svc
+    if svc is None or plan.cloud_lb:
+        return ()
+    keys: dict[tuple[Any, ...], None] = {}
+    for name, listen in settings.tcp_services:
+        if name == svc.name:
+            keys[("tcp", listen)] = None
+    ann = svc.ann
+    frontends = []  # as add_http puts its routes
+    if not ann.ssl_term or ann.ssl_redirect:
+        frontends.append(False)
+    if ann.ssl_term or ann.ssl_redirect:
+        frontends.append(True)
+    for port in svc.ports:
+        route_name = svc.name if port.port == 80 else f"{svc.name}:{port.port}"
+        prefix = ann.acl_prefix if ann.acl_prefix is not None else "/" + route_name
+        for tls in frontends:
+            keys[("fold", tls, prefix.casefold())] = None
+            if ann.host is not None:
+                keys[("host", tls, ann.host)] = None
+    return tuple(keys)

@@ -1,9 +1,40 @@
 """Active health checks of backend servers, run once in the controller for all workers.
 
-Theory of operation. Each distinct server address (`ip:port`) in the route table that is
-ready or draining gets one asyncio task that probes it every `interval` seconds, the first
-probe jittered uniformly over one interval so that a table of a thousand servers does not
-probe them all at once.
+Theory of operation. The checks share the controller's one event loop with discovery,
+table publishing, the stats page, /readyz and signal handling, so they run under a budget
+and never as a task per server (at 100,000 servers every 2 s that was 50,000 connects a
+second: the loop starved and the process ran out of descriptors).
+
+- Which servers. Every distinct address (`ip:port`) that is ready or draining in a
+  backend that is checked: `--checks=all|annotated|off` and the `lb.check` annotation
+  (`backend_checked`). `_Index` keeps, per backend, the addresses it contributes, and per
+  address the backends naming it; `set_table` re-reads only backends that are not the
+  same object as before (or whose checked addresses differ), so a table of 100,000
+  servers that changed in a few costs a walk over its backends, not over its servers.
+- When. One `Schedule` (sans-IO: it is told the time) holds a heap of due times and
+  hands out the due servers under two limits: a token bucket of `rate` probes per second
+  (`--check-rate`) and `cap` probes open at once (`--check-max-inflight`, at most a
+  quarter of RLIMIT_NOFILE). New servers are spread evenly over one interval; after a
+  probe a server is due again one *effective* interval after it started, where the
+  effective interval is `interval`, stretched to servers / rate when the servers
+  outnumber the budget (`effective_interval`; logged once when it changes, shown on the
+  stats page). One loop (`HealthChecker.run`) sleeps until the schedule's next wake-up,
+  starts what is due as short-lived tasks — never more than `cap` — and goes back to
+  sleep; a probe's end, `set_table` and `stop` wake it early.
+- Local shortage is no verdict. A connect that fails with EMFILE, ENFILE, ENOBUFS, ENOMEM
+  or EADDRNOTAVAIL (`proxy.listener.LOCAL_ERRNOS`) says this process is short, not that
+  the server is down: the schedule pauses (backing off from 0.1 s to 2 s), the server is
+  retried after the pause, and a warning is logged at most every 10 s.
+- Measured (bench/checks.py, 100,000 servers that refuse, defaults, uvloop): a probe
+  costs ~160 us of CPU, so 1,000/s is ~16% of a core; the loop's worst lag stays ~10 ms
+  (it was 6.9 s with a task per server); `set_table` for a table that changed in one
+  server takes ~2 ms when backends are shared, ~5 ms when only their servers tuples are
+  (the first table: ~0.8 s, once).
+
+`on_change(key, up, result)` is called on every up/down transition only, and the
+transition logged — the first 50 in any 10 s one line each, the rest counted in one line,
+so a node lost with its thousand pods is not a thousand writes on the controller's loop.
+
 A probe is a TCP connect (`L4OK`, `L4CON` refused, `L4TOUT` timed out, `SOCKERR`), or,
 when a backend using the server has a `check_path`, an HTTP/1.1 `GET` of that path whose
 status line must arrive within the timeout (`L7OK` for 2xx/3xx, `L7STS` otherwise,
@@ -18,26 +49,29 @@ shows the steps between as "UP 1/3" (going down) and "DOWN 1/2" (going up). A se
 starts at `health = rise`, as in haproxy: up (Kubernetes says it is ready), but the first
 failed probe takes it down and the first good one confirms it.
 
-`on_change(key, up, result)` is called on every up/down transition only; `results()` is
-the latest result per server, for the stats page. If one address serves several backends
-with different check paths, the first backend by name that has a path decides it (one
-address, one verdict, since workers keep health per address).
+`results()` is the latest result per server, for the stats page. If one address serves
+several backends with different check paths, the first backend by name that has a path
+decides it (one address, one verdict, since workers keep health per address).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import heapq
 import logging
 import random
+import resource
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import h11
 
-from pylb.config import CheckSettings, Settings
-from pylb.model import RouteTable, format_hostport
+from proxy.listener import LOCAL_ERRNOS
+from pylb.config import CheckScope, CheckSettings, Settings
+from pylb.model import Backend, RouteTable, format_hostport
 
 log = logging.getLogger(__name__)
 
@@ -171,26 +205,322 @@ def advance(prev: CheckResult, probe: Probe, now: float) -> CheckResult:
                    failures=failures, downs=downs, downtime=downtime)
 
 
-def check_targets(table: RouteTable) -> dict[Key, str | None]:
-    """Every server address in `table` to check, and its HTTP check path (None: TCP).
+def backend_checked(backend: Backend, scope: CheckScope) -> bool:
+    """Whether `backend`'s servers are actively checked: `--checks` off checks nothing;
+    otherwise the backend's own word (`lb.check`, resolved by translate) and, where it
+    has none (a hand-built table), all or annotated-only."""
+    if scope is CheckScope.OFF:
+        return False
+    if backend.check is not None:
+        return backend.check
+    return scope is CheckScope.ALL
+
+
+def _eligible(backend: Backend, scope: CheckScope) -> tuple[Key, ...]:
+    """The addresses `backend` asks to check (ready or draining); repeats are possible.
 
     Endpoints Kubernetes does not call ready (and that are not draining) are left
     alone, as haproxy does not check a server in maintenance: they get no traffic, and
     probing pods that are still starting would only load them.
     """
+    if not backend_checked(backend, scope):
+        return ()
+    return tuple([s.key for s in backend.servers if s.ready or s.terminating])
+
+
+def check_targets(table: RouteTable, scope: CheckScope = CheckScope.ALL
+                  ) -> dict[Key, str | None]:
+    """Every server address in `table` to check, and its HTTP check path (None: TCP).
+    The reference for `_Index`, which computes the same incrementally."""
     out: dict[Key, str | None] = {}
-    for backend in table.backends:  # sorted by name: the first with a path wins
-        for server in backend.servers:
-            if not server.ready and not server.terminating:
-                continue
-            if out.get(server.key) is None:
-                out[server.key] = backend.check_path
+    for backend in sorted(table.backends, key=lambda b: b.name):  # first path wins
+        for key in _eligible(backend, scope):
+            if out.get(key) is None:
+                out[key] = backend.check_path
     return out
+
+
+def effective_interval(servers: int, interval: float, rate: float) -> float:
+    """Seconds between two probes of one server: `interval`, stretched to servers / rate
+    when the budget cannot probe them all that often."""
+    return max(interval, servers / rate)
+
+
+def inflight_cap(max_inflight: int, nofile: int | None) -> int:
+    """Probes open at once: `max_inflight`, but never more than a quarter of the
+    descriptor limit (`nofile`, None for unlimited): the rest is for the stats and
+    health servers, discovery's watches and the worker pipes."""
+    if nofile is None or nofile < 0:
+        return max_inflight
+    return max(1, min(max_inflight, nofile // 4))
+
+
+def _nofile() -> int | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+class _Index:
+    """Which addresses the current table asks to check, kept up to date backend by
+    backend (see the module docstring).
+
+    `backends` maps a backend's name to the backend object last seen and the addresses it
+    contributes; `refs` maps an address to the name of the backend contributing it, or
+    the names, sorted, when several do (the first with a check path decides the path;
+    a bare name for the usual one spares a tuple per server).
+    """
+
+    __slots__ = ("backends", "refs", "scope")
+
+    def __init__(self, scope: CheckScope) -> None:
+        self.scope = scope
+        self.backends: dict[str, tuple[Backend, tuple[Key, ...]]] = {}
+        self.refs: dict[Key, str | tuple[str, ...]] = {}
+
+    def update(self, backends: Iterable[Backend]) -> dict[Key, None]:
+        """Take the table's backends; the addresses whose target state may have changed
+        (a dict for its order: the table's)."""
+        touched: dict[Key, None] = {}
+        old = self.backends
+        new: dict[str, tuple[Backend, tuple[Key, ...]]] = {}
+        kept = 0  # names of `old` seen again: fewer than len(old) means some left
+        for b in backends:
+            prev = old.get(b.name)
+            if prev is not None:
+                kept += 1
+                was = prev[0]
+                if was is b:
+                    new[b.name] = prev
+                    continue
+                if was.servers is b.servers and was.check == b.check and \
+                        was.check_path == b.check_path:  # rebuilt around the same servers
+                    new[b.name] = (b, prev[1])
+                    continue
+            keys = _eligible(b, self.scope)
+            new[b.name] = (b, keys)
+            if prev is not None:
+                if prev[1] == keys and prev[0].check_path == b.check_path:
+                    continue
+                self._unref(b.name, prev[1], touched)
+            self._ref(b.name, keys, touched)
+        if kept < len(old):
+            for name in old.keys() - new.keys():
+                self._unref(name, old[name][1], touched)
+        self.backends = new
+        return touched
+
+    def _ref(self, name: str, keys: tuple[Key, ...], touched: dict[Key, None]) -> None:
+        refs = self.refs
+        for key in keys:
+            touched[key] = None
+            names = refs.get(key)
+            if names is None:
+                refs[key] = name
+            elif isinstance(names, str):
+                if names != name:
+                    refs[key] = (name, names) if name < names else (names, name)
+            elif name not in names:
+                refs[key] = tuple(sorted((*names, name)))
+
+    def _unref(self, name: str, keys: tuple[Key, ...], touched: dict[Key, None]) -> None:
+        refs = self.refs
+        for key in keys:
+            touched[key] = None
+            names = refs.get(key)
+            if names is None:
+                continue
+            if isinstance(names, str):
+                if names == name:
+                    del refs[key]
+            elif name in names:
+                rest = tuple(n for n in names if n != name)
+                refs[key] = rest[0] if len(rest) == 1 else rest
+
+    def resolve(self, key: Key) -> tuple[bool, str | None]:
+        """(checked?, HTTP path or None) for `key` in the current table."""
+        names = self.refs.get(key)
+        if names is None:
+            return False, None
+        if isinstance(names, str):
+            return True, self.backends[names][0].check_path
+        for name in names:
+            path = self.backends[name][0].check_path
+            if path is not None:
+                return True, path
+        return True, None
+
+
+class _Target:
+    """One server in the schedule. A new object when the server is re-added or its path
+    changes, so a probe started for the old one knows its result is stale."""
+
+    __slots__ = ("path", "seq")
+
+    def __init__(self, path: str | None, seq: int) -> None:
+        self.path = path
+        self.seq = seq
+
+
+_BURST = 0.02  # seconds of budget the token bucket may save up (coarse wake-ups lose none)
+_PAUSE_MIN = 0.1  # first pause after a local connect error (proxy.listener.OVERLOAD_PAUSE)
+_PAUSE_MAX = 2.0
+
+
+class Schedule:
+    """When to probe which server, under the rate and in-flight budget. Sans-IO: every
+    method is told the (monotonic) time; the caller starts the probes `take` returns and
+    reports each back with `done` or `put_off`."""
+
+    def __init__(self, interval: float, rate: float, cap: int,
+                 rng: random.Random | None = None) -> None:
+        self.interval = interval
+        self.rate = rate
+        self.cap = cap
+        self.targets: dict[Key, _Target] = {}
+        self.inflight = 0
+        self.started = 0  # probes handed out, all told
+        self.put_offs = 0  # probes returned unfinished for a local shortage
+        self.paused_until = 0.0
+        self._pause = 0.0
+        self._heap: list[tuple[float, int, Key]] = []
+        self._seq = 0
+        self._tokens = 1.0
+        self._refilled: float | None = None
+        self._rng = rng or random.Random()
+
+    @property
+    def effective_interval(self) -> float:
+        return effective_interval(len(self.targets), self.interval, self.rate)
+
+    def add(self, items: list[tuple[Key, str | None]], now: float, more: int = 0) -> None:
+        """New servers, spread evenly over one (effective) interval from `now` — the
+        interval for `more` servers still to come too, when a big table is added in
+        parts, so that every part spreads over the same span."""
+        m = len(items)
+        span = effective_interval(len(self.targets) + m + more, self.interval, self.rate)
+        step, rand, seq0 = span / m, self._rng.random, self._seq
+        targets = self.targets
+        entries = []
+        for i, (key, path) in enumerate(items, 1):
+            targets[key] = _Target(path, seq0 + i)
+            entries.append((now + step * (i - 1 + rand()), seq0 + i, key))
+        self._seq = seq0 + m
+        if len(entries) > len(self._heap):  # one heapify beats m pushes
+            self._heap.extend(entries)
+            heapq.heapify(self._heap)
+        else:
+            for e in entries:
+                heapq.heappush(self._heap, e)
+
+    def remove(self, key: Key) -> None:
+        self.targets.pop(key, None)  # its heap entry goes stale; see _top
+
+    def set_path(self, key: Key, path: str | None, now: float) -> None:
+        """A server's check changed: probe it the new way from within one interval."""
+        if key in self.targets:
+            self._put(key, path, now + self.effective_interval * self._rng.random())
+
+    def take(self, now: float) -> list[tuple[Key, _Target]]:
+        """The servers to probe now; each counts as in flight until `done`/`put_off`."""
+        if now < self.paused_until:
+            return []
+        self._refill(now)
+        out: list[tuple[Key, _Target]] = []
+        heap = self._heap
+        while self.inflight < self.cap and self._tokens >= 1.0:
+            top = self._top()
+            if top is None or top[0] > now:
+                break
+            heapq.heappop(heap)
+            key = top[2]
+            self._tokens -= 1.0
+            self.inflight += 1
+            out.append((key, self.targets[key]))
+        self.started += len(out)
+        return out
+
+    def wake_at(self, now: float) -> float | None:
+        """When `take` may next return something (None: not before a `done`/`add`)."""
+        if now < self.paused_until:
+            return self.paused_until
+        if self.inflight >= self.cap:
+            return None
+        top = self._top()
+        if top is None:
+            return None
+        self._refill(now)
+        ready = now if self._tokens >= 1.0 else now + (1.0 - self._tokens) / self.rate
+        return max(top[0], ready)
+
+    def done(self, key: Key, target: _Target, started: float) -> float | None:
+        """A probe of `target` ended. Its due time again, or None when the server left
+        (or changed) meanwhile and the result is stale."""
+        self.inflight -= 1
+        self._pause = 0.0
+        if self.targets.get(key) is not target:
+            return None
+        due = started + self.effective_interval
+        self._push(key, target, due)
+        return due
+
+    def put_off(self, key: Key, target: _Target, now: float) -> float:
+        """A probe could not start for want of local resources: pause every probe for a
+        while (longer each time in a row), and retry this server after it. Returns the
+        end of the pause."""
+        self.inflight -= 1
+        self.put_offs += 1
+        self._pause = min(_PAUSE_MAX, self._pause * 2) if self._pause else _PAUSE_MIN
+        self.paused_until = max(self.paused_until, now + self._pause)
+        if self.targets.get(key) is target:
+            self._push(key, target, self.paused_until)
+        return self.paused_until
+
+    def _put(self, key: Key, path: str | None, due: float) -> None:
+        self._seq += 1
+        target = _Target(path, self._seq)
+        self.targets[key] = target
+        self._push(key, target, due)
+
+    def _push(self, key: Key, target: _Target, due: float) -> None:
+        heapq.heappush(self._heap, (due, target.seq, key))
+        if len(self._heap) > 2 * len(self.targets) + 1024:
+            self._compact()
+
+    def _top(self) -> tuple[float, int, Key] | None:
+        """The earliest live heap entry (stale ones — servers gone or re-added — go)."""
+        heap, targets = self._heap, self.targets
+        while heap:
+            top = heap[0]
+            t = targets.get(top[2])
+            if t is not None and t.seq == top[1]:
+                return top
+            heapq.heappop(heap)
+        return None
+
+    def _compact(self) -> None:
+        targets = self.targets
+        self._heap = [e for e in self._heap
+                      if (t := targets.get(e[2])) is not None and t.seq == e[1]]
+        heapq.heapify(self._heap)
+
+    def _refill(self, now: float) -> None:
+        """The token bucket: `rate` a second, saving up at most `_BURST` seconds' worth
+        (it starts full)."""
+        full = max(1.0, self.rate * _BURST)
+        if self._refilled is None:
+            self._tokens = full
+        elif now > self._refilled:
+            self._tokens = min(full, self._tokens + (now - self._refilled) * self.rate)
+        else:
+            return
+        self._refilled = now
 
 
 async def _connect(address: str, port: int, timeout: float, t0: float
                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | Probe:
-    """The connection, or the failed probe (L4TOUT, L4CON or SOCKERR) saying why not."""
+    """The connection, or the failed probe (L4TOUT, L4CON or SOCKERR) saying why not.
+    Raises OSError when the failure is this process's (LOCAL_ERRNOS: out of descriptors,
+    memory or ports), which says nothing about the server."""
     try:
         async with asyncio.timeout(timeout):
             return await asyncio.open_connection(address, port)
@@ -199,6 +529,8 @@ async def _connect(address: str, port: int, timeout: float, t0: float
     except ConnectionRefusedError as e:
         return Probe(L4CON, duration_ms=_ms(t0), detail=e.strerror or "refused")
     except OSError as e:
+        if e.errno in LOCAL_ERRNOS:
+            raise
         return Probe(SOCKERR, duration_ms=_ms(t0), detail=e.strerror or str(e))
 
 
@@ -272,70 +604,207 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
+ProbeFn = Callable[[Key, str | None, float], Awaitable[Probe]]
+
+
+async def probe_server(key: Key, path: str | None, timeout: float) -> Probe:
+    """One check of `key`: TCP when `path` is None, else HTTP. Raises OSError for a
+    local shortage (see `_connect`)."""
+    if path is None:
+        return await probe_tcp(key[0], key[1], timeout)
+    return await probe_http(key[0], key[1], path, timeout)
+
+
+_WARN_EVERY = 10.0  # seconds between two "paused" warnings
+# Servers of a table change taken in per turn of the loop while running (~10-20 ms):
+# the first table of a big cluster (100,000 servers, ~0.5 s of work) is taken in parts.
+_CHUNK = 5000
+# Up/down lines, one per server as haproxy writes them — but at most this many per
+# _WARN_EVERY seconds, then one line that counts the rest: a node going away with a
+# thousand pods must not become a thousand log writes on the controller's loop.
+_LINES_PER_WINDOW = 50
+_MIN_SLEEP = 0.002  # the scheduler's shortest nap: probes due within it start together
+
+
 class HealthChecker:
-    """Probes every server of the current route table; see the module docstring.
+    """Probes the servers of the current route table under the budget; see the module
+    docstring.
 
     `params` overrides `settings.checks` (tests use millisecond intervals); `clock` is
-    the wall clock stamped on results.
+    the wall clock stamped on results, `monotonic` the one the schedule runs on; `probe`
+    does one check (tests inject failures); `nofile` overrides RLIMIT_NOFILE (by default
+    it is read when `run()` starts; None: no limit).
     """
 
     def __init__(self, settings: Settings,
                  on_change: Callable[[Key, bool, CheckResult], None], *,
                  params: CheckSettings | None = None,
                  clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None,
+                 probe: ProbeFn = probe_server,
+                 nofile: int | None = -1) -> None:
         self._params = params or settings.checks
         self._timeout = (self._params.timeout if self._params.timeout is not None
                          else settings.timeouts.connect)
         self._on_change = on_change
         self._clock = clock
-        self._rng = rng or random.Random()
-        self._targets: dict[Key, str | None] = {}
+        self._mono = monotonic
+        self._probe = probe
+        self._nofile = nofile
+        self._index = _Index(self._params.scope)
+        self._schedule = Schedule(self._params.interval, self._params.rate,
+                                  self._params.max_inflight, rng)
+        self._table: RouteTable | None = None
         self._results: dict[Key, CheckResult] = {}
-        self._tasks: dict[Key, asyncio.Task[None]] = {}
-        self._running = False
-        self._stopped = asyncio.Event()  # binds to a loop only when first awaited
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_time = float("inf")
+        self._stopping = False
+        self._logged_interval = self._params.interval
+        self._warned_at = float("-inf")
+        self._put_offs_warned = 0
+        self._rate_since = (self._mono(), 0)
+        self._rate = 0.0
+        self._pending: list[Key] = []  # servers touched by table changes, not yet applied
+        self._pending_pos = 0
+        self._lines_window = float("-inf")  # when the current window of up/down lines began
+        self._lines_left = _LINES_PER_WINDOW
+        self._unlogged = [0, 0]  # transitions not logged one by one: down, up
 
     @property
     def params(self) -> CheckSettings:
         return self._params
+
+    @property
+    def effective_interval(self) -> float:
+        """Seconds between two probes of one server: the interval, or longer when the
+        servers outnumber the budget (for the stats page)."""
+        return self._schedule.effective_interval
+
+    @property
+    def probes_total(self) -> int:
+        return self._schedule.started
+
+    @property
+    def probes_per_second(self) -> float:
+        """Probes started per second: the mean since the previous reading that is at
+        least 5 s old (the stats page reads it every few seconds)."""
+        now = self._mono()
+        since, count = self._rate_since
+        if now - since >= 5.0:
+            self._rate = (self._schedule.started - count) / (now - since)
+            self._rate_since = (now, self._schedule.started)
+        return self._rate
+
+    @property
+    def inflight(self) -> int:
+        return self._schedule.inflight
+
+    @property
+    def inflight_cap(self) -> int:
+        return self._schedule.cap
+
+    @property
+    def put_offs(self) -> int:
+        """Probes put off because this process was short of descriptors or memory."""
+        return self._schedule.put_offs
 
     def results(self) -> dict[Key, CheckResult]:
         """The latest result per server (a copy)."""
         return dict(self._results)
 
     def set_table(self, table: RouteTable) -> None:
-        """Check the servers of `table` from now on: new ones start (jittered), gone ones
-        stop and are forgotten, ones whose check path changed restart."""
-        targets = check_targets(table) if self._params.enabled else {}
-        changed = {k for k, p in targets.items()
-                   if k in self._targets and self._targets[k] != p}
-        for key in list(self._targets):
-            if key not in targets or key in changed:
-                task = self._tasks.pop(key, None)
-                if task is not None:
-                    task.cancel()
-                if key not in targets:
-                    self._results.pop(key, None)
-        self._targets = targets
-        now = self._clock()
-        for key, path in targets.items():
-            if key not in self._results:
-                self._results[key] = initial(self._params, now, http=path is not None)
-            elif key in changed:
-                self._results[key] = replace(self._results[key], http=path is not None)
-        if self._running:
-            self._spawn_missing()
+        """Check the servers of `table` from now on: new ones are spread over one
+        interval, gone ones stop and are forgotten, ones whose check changed are probed
+        the new way. Cost: a walk over the backends, plus the servers of those that
+        changed (see `_Index`)."""
+        if table is self._table:
+            return
+        self._table = table
+        touched = self._index.update(table.backends)
+        if not touched:
+            return
+        self._pending.extend(touched)
+        # Before run() there is nobody to finish the job later (and tests read results()
+        # at once); running, a change of a few thousand servers is done here and now.
+        self._apply_pending(None if self._waiter is None else _CHUNK)
+        self._wake()
+
+    def _apply_pending(self, limit: int | None) -> None:
+        """Bring up to `limit` (None: all) of the servers touched by table changes in
+        line with the index: start, stop or re-path their checks."""
+        pending, pos = self._pending, self._pending_pos
+        end = len(pending) if limit is None else min(len(pending), pos + limit)
+        chunk = pending[pos:end]
+        if end >= len(pending):
+            self._pending, self._pending_pos = [], 0
+        else:
+            self._pending_pos = end
+        now, wall = self._mono(), self._clock()
+        schedule, results, index = self._schedule, self._results, self._index
+        fresh: dict[bool, CheckResult] = {}
+        added: list[tuple[Key, str | None]] = []
+        for key in chunk:
+            checked, path = index.resolve(key)
+            target = schedule.targets.get(key)
+            if not checked:
+                if target is not None:
+                    schedule.remove(key)
+                    results.pop(key, None)
+            elif target is None:
+                added.append((key, path))
+                http = path is not None
+                if http not in fresh:
+                    fresh[http] = initial(self._params, wall, http=http)
+                results[key] = fresh[http]  # shared until its first probe
+            elif target.path != path:
+                schedule.set_path(key, path, now)
+                results[key] = replace(results[key], http=path is not None)
+        if added:
+            schedule.add(added, now, more=len(self._pending) - self._pending_pos)
+        if not self._pending:
+            self._note_interval()
 
     async def run(self) -> None:
         """Probe until cancelled (or `stop()`); cancels its probes on the way out."""
-        self._running = True
+        loop = asyncio.get_running_loop()
+        schedule = self._schedule
+        nofile = _nofile() if self._nofile == -1 else self._nofile
+        schedule.cap = inflight_cap(self._params.max_inflight, nofile)
+        if schedule.cap < self._params.max_inflight:
+            log.info("health checks: at most %d probes at once (a quarter of the "
+                     "descriptor limit %s)", schedule.cap, nofile)
         try:
-            self._spawn_missing()
-            await self._stopped.wait()
+            while not self._stopping:
+                if self._pending:
+                    self._apply_pending(_CHUNK)
+                now = self._mono()
+                if now - self._lines_window >= _WARN_EVERY and any(self._unlogged):
+                    self._log_unlogged(now)
+                for key, target in schedule.take(now):
+                    task = loop.create_task(self._run_probe(key, target, now))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                wake = now if self._pending else schedule.wake_at(now)
+                self._waiter = loop.create_future()
+                handle = None
+                if wake is None:
+                    self._wake_time = float("inf")
+                elif self._pending:  # more table to take in: after the loop's other work
+                    self._wake_time = now
+                    handle = loop.call_soon(self._wake)
+                else:
+                    self._wake_time = max(wake, now + _MIN_SLEEP)
+                    handle = loop.call_later(self._wake_time - now, self._wake)
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                    if handle is not None:
+                        handle.cancel()
         finally:
-            self._running = False
-            tasks = list(self._tasks.values())
+            tasks = list(self._tasks)
             self._tasks.clear()
             for t in tasks:
                 t.cancel()
@@ -343,35 +812,88 @@ class HealthChecker:
 
     def stop(self) -> None:
         """Make `run()` return (at once if it has not started yet)."""
-        self._stopped.set()
+        self._stopping = True
+        self._wake()
 
-    def _spawn_missing(self) -> None:
-        for key, path in self._targets.items():
-            if key not in self._tasks:
-                self._tasks[key] = asyncio.get_running_loop().create_task(
-                    self._loop(key, path), name=f"check {format_hostport(*key)}")
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
-    async def _loop(self, key: Key, path: str | None) -> None:
-        interval = self._params.interval
-        await asyncio.sleep(self._rng.uniform(0.0, interval))
-        while True:
-            if path is None:
-                probe = await probe_tcp(key[0], key[1], self._timeout)
+    async def _run_probe(self, key: Key, target: _Target, started: float) -> None:
+        try:
+            result = await self._probe(key, target.path, self._timeout)
+        except OSError as e:
+            if e.errno not in LOCAL_ERRNOS:
+                result = Probe(SOCKERR, detail=e.strerror or str(e))
             else:
-                probe = await probe_http(key[0], key[1], path, self._timeout)
-            prev = self._results.get(key)
-            if prev is None or self._tasks.get(key) is not asyncio.current_task():
+                self._put_off(key, target, e)
                 return
-            result = advance(prev, probe, self._clock())
-            self._results[key] = result
-            if result.up != prev.up:
-                log.log(logging.INFO if result.up else logging.WARNING,
-                        "server %s is %s: %s (%s ms)", format_hostport(*key),
-                        "UP" if result.up else "DOWN", result.description,
-                        probe.duration_ms)
-                try:
-                    self._on_change(key, result.up, result)
-                except Exception:
-                    log.exception("health check callback failed for %s",
-                                  format_hostport(*key))
-            await asyncio.sleep(interval)
+        except Exception as e:  # a bug in a probe is its server's SOCKERR, not our end
+            log.exception("health check of %s failed", format_hostport(*key))
+            result = Probe(SOCKERR, detail=f"check failed: {e!r}")
+        schedule = self._schedule
+        was_full = schedule.inflight >= schedule.cap
+        due = schedule.done(key, target, started)
+        if was_full or (due is not None and due < self._wake_time):
+            self._wake()
+        if due is None:
+            return
+        prev = self._results[key]
+        now = self._clock()
+        new = advance(prev, result, now)
+        self._results[key] = new
+        if new.up != prev.up:
+            self._log_transition(key, new)
+            try:
+                self._on_change(key, new.up, new)
+            except Exception:
+                log.exception("health check callback failed for %s", format_hostport(*key))
+
+    def _log_transition(self, key: Key, new: CheckResult) -> None:
+        now = self._mono()
+        if now - self._lines_window >= _WARN_EVERY:
+            self._log_unlogged(now)
+        if self._lines_left > 0:
+            self._lines_left -= 1
+            log.log(logging.INFO if new.up else logging.WARNING,
+                    "server %s is %s: %s (%s ms)", format_hostport(*key),
+                    "UP" if new.up else "DOWN", new.description, new.duration_ms)
+        else:
+            self._unlogged[new.up] += 1
+
+    def _log_unlogged(self, now: float) -> None:
+        """Start a new window of up/down lines, after one line for the last one's rest."""
+        down, up = self._unlogged
+        if down or up:
+            log.warning("health checks: %d more server(s) went DOWN and %d UP in the last "
+                        "%.0fs (not logged one by one; the stats page has each)", down, up,
+                        now - self._lines_window)
+        self._lines_window, self._lines_left, self._unlogged = now, _LINES_PER_WINDOW, [0, 0]
+
+    def _put_off(self, key: Key, target: _Target, e: OSError) -> None:
+        now = self._mono()
+        until = self._schedule.put_off(key, target, now)
+        if until < self._wake_time:
+            self._wake()
+        if now - self._warned_at >= _WARN_EVERY:
+            n = self._schedule.put_offs - self._put_offs_warned
+            self._warned_at, self._put_offs_warned = now, self._schedule.put_offs
+            log.warning("health checks paused %.1fs: %s (errno %s); %d probe(s) put off "
+                        "and retried, no server marked down for it", until - now,
+                        e.strerror or e, errno.errorcode.get(e.errno or 0, e.errno), n)
+
+    def _note_interval(self) -> None:
+        """One log line when the effective interval changes (by a tenth or more, or
+        between stretched and not), never per probe."""
+        eff, last = self._schedule.effective_interval, self._logged_interval
+        base = self._params.interval
+        stretched, was = eff > base, last > base
+        if stretched == was and abs(eff - last) <= 0.1 * last:
+            return
+        self._logged_interval = eff
+        n = len(self._schedule.targets)
+        if stretched:
+            log.warning("health checks: %d servers at --check-rate %g/s: each is checked "
+                        "every %.1fs instead of every %gs", n, self._params.rate, eff, base)
+        else:
+            log.info("health checks: %d servers, each checked every %gs", n, base)

@@ -21,7 +21,7 @@ from typing import Any
 
 from pylb import __version__
 from pylb.config import Settings, TlsSettings
-from pylb.counters import Stats, merge_snapshots
+from pylb.counters import ShownCounters, Stats, merge_snapshots
 from pylb.delta import Delta, diff
 from pylb.model import RouteTable
 from pylb.stopping import EXIT_HARD, HardStop, hard_exit
@@ -233,6 +233,7 @@ class Controller:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.hard_stop = HardStop(settings.grace_period, self._hard_exit)
         self._table_updates: asyncio.Queue[RouteTable] = asyncio.Queue()
+        self._shown = ShownCounters(lambda: self.counters())
 
     # -- status for the stats page and health server -----------------------------------
 
@@ -241,12 +242,22 @@ class Controller:
             counters: dict[str, Any] = self.pool.counters()
             return counters
         assert self.plane is not None
-        self.plane.stats.sweep()  # rows of servers gone from the table, now idle
         return merge_snapshots([self.plane.stats.snapshot()])
+
+    def shown_counters(self, table: RouteTable) -> dict[str, Any]:
+        """The merged counters bounded by `table` (counters.prune_to_table): what the
+        stats page shows. Runs in the stats render thread (see LazyCounters)."""
+        from pylb.stats.view import table_keys
+
+        return self._shown.get(table, table_keys(table))
 
     def view(self) -> Any:
         from pylb.stats import StatsView
+        from pylb.stats.view import LazyCounters
 
+        table = self.table
+        if self.plane is not None:  # here on the loop, not in the render thread
+            self.plane.stats.sweep()  # rows of servers gone from the table, now idle
         tls_store = self.plane.tls_store if self.plane is not None else None
         certs = tls_store.certificates() if tls_store is not None else []
         metrics = self.source.metrics() if hasattr(self.source, "metrics") else {}
@@ -257,15 +268,17 @@ class Controller:
             now=time.time(),
             workers=self.settings.workers,
             worker_restarts=self.pool.restarts if self.pool is not None else 0,
-            table=self.table,
-            counters=self.counters(),
+            table=table,
+            # Merged in the render thread, not here on the loop: 100,000 server rows
+            # take seconds, and /readyz, discovery and checks wait for the loop.
+            counters=LazyCounters(lambda: self.shown_counters(table)),
             checks=self.checker.results() if self.checker is not None else {},
             leader=self.leader,
             discovery_synced=bool(getattr(self.source, "synced", False)),
             discovery_metrics=metrics,
             discovery_last_sync=getattr(self.source, "last_sync", None),
             certificates=certs,
-            table_version=self.table.version,
+            table_version=table.version,
             table_age=(time.time() - self.table_time) if self.table_time else None,
             maxconn=self.settings.limits.maxconn,
         )

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlparse
 
 from pylb import __version__
 from pylb.config import (
+    CheckScope,
     CheckSettings,
     HttpParser,
     Limits,
@@ -36,6 +37,7 @@ from pylb.config import (
     SslVerify,
     Timeouts,
     TlsSettings,
+    default_check_scope,
 )
 from pylb.model import Algorithm
 
@@ -82,6 +84,20 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _check_scope(value: str) -> CheckScope:
+    """`--checks`: all, annotated or off; the boolean forms it had before mean all/off."""
+    v = value.strip().lower()
+    try:
+        return CheckScope(v)
+    except ValueError:
+        pass
+    try:
+        return CheckScope.ALL if _bool(v) else CheckScope.OFF
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected all, annotated or off, got {value!r}") from None
+
+
 def _port(value: str) -> int:
     try:
         n = int(value)
@@ -99,6 +115,16 @@ def _positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {n}")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not n > 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {value!r}")
     return n
 
 
@@ -278,8 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"failures to mark a server down ({checks.fall})")
     g.add_argument("--check-timeout", type=_duration, default=None, metavar="DUR",
                    help="deadline of one check (default: --timeout-connect)")
-    g.add_argument("--checks", type=_bool, nargs="?", const=True, default=True,
-                   metavar="BOOL", help="run active health checks (default true)")
+    g.add_argument("--checks", type=_check_scope, nargs="?", const=CheckScope.ALL,
+                   default=None, metavar="all|annotated|off",
+                   help="which backends get active checks: all, those annotated "
+                        "lb.check or lb.check-path, or none (true/false mean all/off). "
+                        "Default: annotated with --source kubernetes (the kubelet's "
+                        "readiness is in the EndpointSlices), all with a file source")
+    g.add_argument("--check-rate", type=_positive_float, default=checks.rate, metavar="N",
+                   help=f"probes started per second, all servers together ({checks.rate:g}); "
+                        "more servers than rate x interval stretch the interval")
+    g.add_argument("--check-max-inflight", type=_positive_int, default=checks.max_inflight,
+                   metavar="N", help=f"probes open at once ({checks.max_inflight}; "
+                                     "also at most a quarter of RLIMIT_NOFILE)")
     g = run.add_argument_group("TLS")
     g.add_argument("--ssl-cert", default=None,
                    help="PEM with chain and key, or a directory of them (SNI)")
@@ -399,7 +435,8 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
                         hsts=ns.hsts),
         checks=CheckSettings(interval=ns.check_interval, rise=ns.check_rise,
                              fall=ns.check_fall, timeout=ns.check_timeout,
-                             enabled=ns.checks),
+                             scope=ns.checks or default_check_scope(ns.source),
+                             rate=ns.check_rate, max_inflight=ns.check_max_inflight),
         workers=ns.workers or default_workers(),
         grace_period=ns.grace_period,
         stats_auth=stats_auth,

@@ -107,6 +107,23 @@ class KubeSettings:
     dns_timeout: float = 5.0
 
 
+class CheckScope(enum.StrEnum):
+    """Which backends get active checks (`--checks`)."""
+
+    ALL = "all"  # every backend; haproxy's `check` on every server line
+    ANNOTATED = "annotated"  # services annotated lb.check: "true" (or with lb.check-path)
+    OFF = "off"
+
+
+def default_check_scope(source: str) -> CheckScope:
+    """`--checks` when not given, by source. Kubernetes already reports readiness in its
+    EndpointSlices (kubelet probes every pod), and every pylb node probing every endpoint
+    multiplies that load by the number of LB nodes: check only what a service asks for,
+    as haproxytech's ingress controller does (ingress-nginx has no active checks at all).
+    A file of manifests has no kubelet behind it, so there the checks are all pylb has."""
+    return CheckScope.ANNOTATED if source == "kubernetes" else CheckScope.ALL
+
+
 @dataclass(frozen=True, slots=True)
 class CheckSettings:
     """Active health checks (proxy.check), run by the controller once for all workers.
@@ -115,6 +132,26 @@ class CheckSettings:
     so it probed every server 200 times a second. haproxy's own default is `inter 2s`,
     `rise 2`, `fall 3`; pylb takes those. A server is thus marked down within
     fall x interval (6 s) plus one timeout, and back up after 2 good checks (4 s).
+
+    The checks share the controller's one event loop with discovery, table publishing,
+    the stats page, /readyz and signal handling, so they run under a budget:
+
+    - `rate`: probes started per second, all servers together. A probe (socket, connect,
+      close, its task, timer and verdict) costs the controller about 150 us of CPU on
+      uvloop (bench/checks.py: 1,000 probes/s took 15-17% of a core), so on a 2-core
+      node the controller keeps most of its core for discovery, publishing and the
+      stats page, and the workers theirs; its loop never waits more than a few ms. 1,000/s covers
+      2,000 servers at the 2 s interval; above that the interval stretches to
+      servers / rate (100,000 servers: every 100 s) and the stats page and a log line
+      say so — haproxy likewise spreads its checks (`spread-checks`) rather than
+      bunching them, and a check every 100 s still catches a dead server long before
+      a person would.
+    - `max_inflight`: probes open at once. With servers that answer (or refuse) in a
+      millisecond, rate x latency keeps this near 1; it binds only when servers time
+      out, where it caps descriptors and memory (512 x one socket and a task ≈ 2 MiB)
+      at the cost of the rate: 512 / 5 s timeout ≈ 100 probes/s while everything hangs.
+      It is further held to a quarter of RLIMIT_NOFILE, leaving the rest to the stats
+      and health servers, discovery's watches and the worker pipes.
     """
 
     interval: float = 2.0  # seconds between checks of one server (haproxy `inter`)
@@ -123,7 +160,15 @@ class CheckSettings:
     # Connect + response deadline of one check; None means Timeouts.connect (5 s).
     # (haproxy with no `timeout check` bounds the connect by `timeout connect`.)
     timeout: float | None = None
-    enabled: bool = True
+    # Which backends are checked. A hand-built Settings checks all (what this class does
+    # when not told otherwise); `pylb run` picks by source: default_check_scope.
+    scope: CheckScope = CheckScope.ALL
+    rate: float = 1000.0  # probes started per second, all servers together
+    max_inflight: int = 512  # probes open at once (also <= RLIMIT_NOFILE / 4)
+
+    @property
+    def enabled(self) -> bool:
+        return self.scope is not CheckScope.OFF
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,18 +168,17 @@ def _merge(old: tuple[Backend, ...], changed: tuple[Backend, ...],
 # object), the pickler's own work is all in C: ~10 times less. The worker rebuilds the
 # objects with their constructors.
 
-_SERVER = attrgetter("address", "port", "name", "weight", "ready", "serving", "terminating")
-_BACKEND = attrgetter("name", "algorithm", "affinity", "cookie_name", "proxy_protocol",
-                      "check_path")
-_ROUTE = attrgetter("name", "prefix", "backend", "host", "strip_prefix", "case_insensitive",
-                    "tls", "ssl_redirect")
 _PACKED_FIELDS = {
     Server: ("address", "port", "name", "weight", "ready", "serving", "terminating"),
     Backend: ("name", "servers", "algorithm", "affinity", "cookie_name", "proxy_protocol",
-              "check_path"),
+              "check_path", "check"),
     HttpRoute: ("name", "prefix", "backend", "host", "strip_prefix", "case_insensitive",
                 "tls", "ssl_redirect"),
 }
+_SERVER = attrgetter(*_PACKED_FIELDS[Server])
+# A backend packs as (its fields but servers, its servers packed); see unpack_backends.
+_BACKEND = attrgetter(*(n for n in _PACKED_FIELDS[Backend] if n != "servers"))
+_ROUTE = attrgetter(*_PACKED_FIELDS[HttpRoute])
 
 
 def _packing_current() -> bool:
@@ -202,9 +201,8 @@ def pack_backends(backends: tuple[Backend, ...]) -> tuple[PackedBackend, ...]:
 
 def unpack_backends(packed: tuple[PackedBackend, ...]) -> tuple[Backend, ...]:
     out = []
-    for (name, algorithm, affinity, cookie_name, proxy_protocol, check_path), servers in packed:
-        out.append(Backend(name, tuple(Server(*s) for s in servers), algorithm, affinity,
-                           cookie_name, proxy_protocol, check_path))
+    for (name, *rest), servers in packed:
+        out.append(Backend(name, tuple(Server(*s) for s in servers), *rest))
     return tuple(out)
 
 

@@ -42,6 +42,9 @@ class ProxyProtocol(enum.StrEnum):
     V2 = "v2"
 
 
+_set = object.__setattr__  # how a frozen dataclass sets its derived fields
+
+
 @dataclass(frozen=True, slots=True)
 class Server:
     """One endpoint of a backend: where to connect, and what Kubernetes says of it.
@@ -63,8 +66,8 @@ class Server:
     label: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.address, self.port))
-        object.__setattr__(self, "label", self.name or format_hostport(self.address, self.port))
+        _set(self, "key", (self.address, self.port))
+        _set(self, "label", self.name or format_hostport(self.address, self.port))
 
     @property
     def accepts_new_work(self) -> bool:
@@ -92,6 +95,9 @@ class Backend:
     cookie_name: str = "SERVERID"  # haproxy's conventional name for `cookie ... insert`
     proxy_protocol: ProxyProtocol = ProxyProtocol.NONE
     check_path: str | None = None  # HTTP health check path; None = TCP connect check
+    # Actively checked? None: as --checks says for backends not annotated (translate
+    # resolves it against the settings, so a rendered table shows it).
+    check: bool | None = None
 
     @property
     def available(self) -> tuple[Server, ...]:
@@ -105,6 +111,8 @@ class Backend:
                 head += f" cookie={self.cookie_name}"
         if self.proxy_protocol is not ProxyProtocol.NONE:
             head += f" send-proxy={self.proxy_protocol.value}"
+        if self.check:
+            head += " check"
         if self.check_path:
             head += f" check-path={self.check_path}"
         lines = [head]
@@ -206,8 +214,7 @@ class RouteTable:
         object.__setattr__(self, "https", _sort_routes(self.https))
         object.__setattr__(self, "tcp", tuple(sorted(self.tcp, key=lambda f: f.port)))
         object.__setattr__(self, "backends", tuple(sorted(self.backends, key=lambda b: b.name)))
-        object.__setattr__(self, "skipped", tuple(sorted(
-            set(self.skipped), key=lambda s: (s.namespace, s.name, s.reason))))
+        object.__setattr__(self, "skipped", tuple(sorted(set(self.skipped), key=skipped_order)))
         by_name = {b.name: b for b in self.backends}
         if len(by_name) != len(self.backends):
             raise ValueError("duplicate backend names in route table")
@@ -233,9 +240,29 @@ class RouteTable:
     def get_backend(self, name: str) -> Backend | None:
         return self._by_name.get(name)
 
+    @classmethod
+    def from_sorted(cls, http: tuple[HttpRoute, ...], https: tuple[HttpRoute, ...],
+                    tcp: tuple[TcpFrontend, ...], backends: tuple[Backend, ...],
+                    skipped: tuple[SkippedService, ...], by_name: Mapping[str, Backend],
+                    version: int = 0) -> RouteTable:
+        """A table from parts already in the constructor's order and already valid, with
+        `by_name` mapping each backend's name to it, and which the caller never mutates.
+
+        No sorting and no checks: this is O(1), for builders that keep their parts sorted
+        as they change (discovery's incremental translation, whose tests check that its
+        tables equal the constructor's). Everyone else uses the constructor.
+        """
+        table = object.__new__(cls)
+        for name, value in (("http", http), ("https", https), ("tcp", tcp),
+                            ("backends", backends), ("skipped", skipped),
+                            ("version", version), ("_by_name", by_name)):
+            object.__setattr__(table, name, value)
+        return table
+
     def with_version(self, version: int) -> RouteTable:
-        return RouteTable(self.http, self.https, self.tcp, self.backends, self.skipped,
-                          version=version)
+        """This table under another version number: shares every part (no re-sorting)."""
+        return RouteTable.from_sorted(self.http, self.https, self.tcp, self.backends,
+                                      self.skipped, self._by_name, version)
 
     def render(self) -> str:
         out: list[str] = []
@@ -253,8 +280,18 @@ class RouteTable:
         return "\n".join(out) + "\n"
 
 
+def route_order(r: HttpRoute) -> tuple[int, str, str, str]:
+    """A table's order of routes: longest prefix first, then by prefix, host, name."""
+    return (-len(r.prefix), r.prefix, r.host or "", r.name)
+
+
+def skipped_order(s: SkippedService) -> tuple[str, str, str]:
+    """A table's order of skipped services."""
+    return (s.namespace, s.name, s.reason)
+
+
 def _sort_routes(routes: Iterable[HttpRoute]) -> tuple[HttpRoute, ...]:
-    return tuple(sorted(routes, key=lambda r: (-len(r.prefix), r.prefix, r.host or "", r.name)))
+    return tuple(sorted(routes, key=route_order))
 
 
 def format_hostport(address: str, port: int) -> str:

@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote_plus
 
 import h11
 
@@ -31,6 +32,7 @@ _MAX_REQUESTS_PER_CONN = 100
 _MAX_BODY = 64 * 1024
 _LINGER_TIME = 1.0  # seconds to keep reading after an error reply before closing
 _LINGER_BYTES = 256 * 1024  # requests to these pages carry no body; a bigger one is refused
+_WRITE_CHUNK = 256 * 1024  # bytes of a reply body written at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,13 @@ class Reply:
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = field(default=())
+    # A big body in pieces, sent after `body`: joining 80 MB into one bytes object (the
+    # JSON of 100,000 servers) holds the GIL, and so stalls the event loop, for ~0.1 s.
+    parts: tuple[bytes, ...] = field(default=())
+
+    @property
+    def length(self) -> int:
+        return len(self.body) + sum(len(p) for p in self.parts)
 
 
 Handler = Callable[[Request], Reply | Awaitable[Reply]]
@@ -59,11 +68,19 @@ Handler = Callable[[Request], Reply | Awaitable[Reply]]
 
 @dataclass(frozen=True, slots=True)
 class StatsQuery:
-    """What a stats URI asks for: format html|csv|json|metrics, `;up`, `;norefresh`."""
+    """What a stats URI asks for: format html|csv|json|metrics, `;up`, `;norefresh`,
+    and for the HTML page `;scope=text` (haproxy's filter: backends whose name holds
+    `text`, case-insensitive) and `;page=N` (pylb's: see page.py)."""
 
     fmt: str = "html"
     up_only: bool = False
     norefresh: bool = False
+    scope: str = ""
+    page: int = 1
+
+
+MAX_SCOPE = 128  # characters of a scope filter (haproxy: 31); longer is cut
+MAX_PAGE = 1_000_000
 
 
 STATS_PATHS = frozenset({"/", "", "/haproxy", "/stats"})
@@ -86,9 +103,21 @@ def parse_stats_uri(target: str) -> StatsQuery | None:
         return StatsQuery(fmt="metrics")
     if base not in STATS_PATHS:
         return None
-    opts = {o.strip().lower() for o in (path_opts + ";" + query).split(";") if o.strip()}
+    opts: set[str] = set()
+    scope, page = "", 1
+    for o in (path_opts + ";" + query.replace("&", ";")).split(";"):
+        name, eq, value = o.strip().partition("=")
+        name = name.lower()
+        if not eq:
+            if name:
+                opts.add(name)
+        elif name == "scope":  # the page's filter form sends ?scope=text
+            scope = unquote_plus(value)[:MAX_SCOPE]
+        elif name == "page" and value.isascii() and value.isdigit():
+            page = max(1, min(MAX_PAGE, int(value[:8])))
     fmt = "csv" if "csv" in opts else "json" if "json" in opts else "html"
-    return StatsQuery(fmt=fmt, up_only="up" in opts, norefresh="norefresh" in opts)
+    return StatsQuery(fmt=fmt, up_only="up" in opts, norefresh="norefresh" in opts,
+                      scope=scope, page=page)
 
 
 # -- auth -----------------------------------------------------------------------------
@@ -301,7 +330,7 @@ class SmallHttpServer:
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply,
                     head_only: bool, close: bool) -> None:
         headers = [("Content-Type", reply.content_type),
-                   ("Content-Length", str(len(reply.body))),
+                   ("Content-Length", str(reply.length)),
                    ("Cache-Control", "no-cache"),
                    ("Server", self._server_header),
                    # No browser may take a CSV or JSON body full of names for HTML.
@@ -311,8 +340,20 @@ class SmallHttpServer:
             headers.append(("Connection", "close"))
         out = conn.send(h11.Response(status_code=reply.status, headers=headers,
                                      reason=_reason(reply.status)))
-        if not head_only and reply.body:
-            out += conn.send(h11.Data(data=reply.body))
+        pieces = () if head_only else (reply.body, *reply.parts)
+        if reply.length > _WRITE_CHUNK and not head_only:
+            # A big body goes out in slices with a drain between: one write would copy
+            # it whole on the event loop (a slice copies 256 KB at a time).
+            writer.write(out)
+            for piece in pieces:
+                for i in range(0, len(piece), _WRITE_CHUNK):
+                    writer.write(conn.send(h11.Data(data=piece[i:i + _WRITE_CHUNK])))
+                    await writer.drain()
+            out = b""
+        else:
+            for piece in pieces:
+                if piece:
+                    out += conn.send(h11.Data(data=piece))
         out += conn.send(h11.EndOfMessage())
         writer.write(out)
         await writer.drain()

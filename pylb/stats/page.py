@@ -14,8 +14,11 @@ import html
 import math
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote_plus
 
+from pylb.model import Backend
 from pylb.stats.formats import process_info
 from pylb.stats.view import (
     TYPE_BACKEND,
@@ -79,6 +82,8 @@ tr.down td { background: var(--down); }
 tr.drain td { background: var(--nolb); }
 tr.maint td { background: var(--maint); }
 tr.no-check td { background: var(--nochk); }
+.pager { margin: 0 0 12px; }
+.pager form { display: inline; }
 table.tbl tr.empty td { text-align: left; color: var(--muted); font-style: italic;
   background: #fff; }
 footer { margin-top: 18px; color: var(--muted); font-size: 11px; }
@@ -231,8 +236,14 @@ def _cell_title(row: Row, field: str) -> str:
     return ""
 
 
+_MORE = -1  # the type of the "N more servers" line of a collapsed backend
+
+
 def _row_html(row: Row) -> str:
     t = row.get("type")
+    if t == _MORE:
+        return (f'<tr class="empty"><td colspan="{_NCOLS}">… and {int(row["more"] or 0):,} '
+                "more servers (the CSV and /metrics list every one)</td></tr>")
     if t == TYPE_FRONTEND:
         cls = "frontend"
     elif t == TYPE_BACKEND:
@@ -272,17 +283,92 @@ def _kv(rows: Iterable[tuple[str, str]]) -> str:
         "</table>"
 
 
-def _uri(up: bool, norefresh: bool, fmt: str = "") -> str:
+def _uri(up: bool, norefresh: bool, fmt: str = "", scope: str = "", page: int = 1) -> str:
     return "/" + "".join(f";{o}" for o, on in
-                         ((fmt, bool(fmt)), ("up", up), ("norefresh", norefresh)) if on)
+                         ((fmt, bool(fmt)), ("up", up), ("norefresh", norefresh),
+                          (f"scope={quote_plus(scope)}", bool(scope)),
+                          (f"page={page}", page > 1)) if on)
+
+
+# -- paging -----------------------------------------------------------------------------
+#
+# haproxy's page shows every server of every proxy. At 10,000 services of 10 servers
+# that is 110,000 rows, 74 MB of HTML and 8 s of rendering (bench/stats_scale.py): no
+# browser shows it usefully and the controller spends seconds on it at every refresh.
+# So the HTML page shows one page of backends at a time — whole backends, as many as
+# fit in PAGE_ROWS server rows (at least one) — with links to the others and haproxy's
+# scope filter (backends whose name holds the text). A backend with more than
+# BACKEND_ROWS servers shows its first BACKEND_ROWS and says how many more there are;
+# its BACKEND row still counts them all. The CSV, the JSON and /metrics stay complete:
+# tools scrape them and a tool can filter. A cluster of up to PAGE_ROWS servers sees
+# haproxy's page unchanged.
+PAGE_ROWS = 1000
+BACKEND_ROWS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Paging:
+    backends: tuple[Backend, ...]  # those to show
+    page: int  # 1-based, clamped into 1..pages
+    pages: int
+    first: int  # index of the first shown backend among those matching, 0-based
+    matching: int  # backends matching the scope
+
+
+def paginate(backends: Sequence[Backend], scope: str = "", page: int = 1,
+             page_rows: int = PAGE_ROWS) -> Paging:
+    """The backends of page `page` among those whose name holds `scope` (any case):
+    consecutive whole backends, as many as fit in `page_rows` server rows, at least one.
+    A page past the last is the last."""
+    needle = scope.casefold()
+    chosen = [b for b in backends if needle in b.name.casefold()] if needle else backends
+    starts = [0]
+    rows = 0
+    for i, b in enumerate(chosen):
+        n = min(len(b.servers), BACKEND_ROWS) + 1
+        if rows and rows + n > page_rows:
+            starts.append(i)
+            rows = 0
+        rows += n
+    page = max(1, min(page, len(starts)))
+    lo = starts[page - 1]
+    hi = starts[page] if page < len(starts) else len(chosen)
+    return Paging(tuple(chosen[lo:hi]), page, len(starts), lo, len(chosen))
+
+
+def _pager(p: Paging, up_only: bool, refresh: int, scope: str) -> str:
+    """The filter form and the page links (no script: a GET form and plain links)."""
+    def link(page: int, text: str) -> str:
+        return f'<a href="{_e(_uri(up_only, not refresh, "", scope, page))}">{_e(text)}</a>'
+
+    parts = [f'<form method="get" action="/" class="scope"><label>Scope '
+             f'<input name="scope" value="{_e(scope)}" size="24" maxlength="128"></label>'
+             f' <button type="submit">filter</button></form>']
+    if scope:
+        parts.append(f'{p.matching:,} backend(s) match · '
+                     f'<a href="{_e(_uri(up_only, not refresh))}">clear filter</a>')
+    if p.pages > 1:
+        shown = f"backends {p.first + 1:,}–{p.first + len(p.backends):,} of {p.matching:,}"
+        nav = [link(1, "« first")] if p.page > 2 else []
+        if p.page > 1:
+            nav.append(link(p.page - 1, "‹ previous"))
+        nav.append(f"page {p.page:,} of {p.pages:,} ({shown})")
+        if p.page < p.pages:
+            nav.append(link(p.page + 1, "next ›"))
+        if p.page < p.pages - 1:
+            nav.append(link(p.pages, "last »"))
+        parts.append(" · ".join(nav))
+    return '<div class="pager">' + " &nbsp; ".join(parts) + "</div>"
 
 
 def _ago(now: float, t: float | None) -> str:
     return "never" if not t else f"{human_duration(now - t)} ago"
 
 
-def render_html(view: StatsView, up_only: bool = False, refresh: int = 0) -> str:
-    """The page. `refresh` > 0 adds a meta refresh (no script needed)."""
+def render_html(view: StatsView, up_only: bool = False, refresh: int = 0,
+                scope: str = "", page: int = 1) -> str:
+    """The page. `refresh` > 0 adds a meta refresh (no script needed). `scope` and
+    `page` choose the backends shown (see `paginate`)."""
     info = process_info(view)
     now = view.now
     process = [
@@ -330,11 +416,11 @@ def render_html(view: StatsView, up_only: bool = False, refresh: int = 0) -> str
         f'<tr><td><span class="sw" style="background:{color}"></span>{_e(text)}</td></tr>'
         for _, text, color in _LEGEND)
     opts = [
-        (_uri(not up_only, not refresh), "Show all servers" if up_only
+        (_uri(not up_only, not refresh, "", scope, page), "Show all servers" if up_only
          else "Hide 'DOWN' servers"),
-        (_uri(up_only, bool(refresh)), "Enable refresh" if not refresh
+        (_uri(up_only, bool(refresh), "", scope, page), "Enable refresh" if not refresh
          else "Disable refresh"),
-        (_uri(up_only, not refresh), "Refresh now"),
+        (_uri(up_only, not refresh, "", scope, page), "Refresh now"),
         (_uri(False, False, "csv"), "CSV export"),
         (_uri(False, False, "json"), "JSON export"),
         ("/metrics", "Prometheus metrics"),
@@ -349,7 +435,9 @@ def render_html(view: StatsView, up_only: bool = False, refresh: int = 0) -> str
         panels.append(f'<div class="panel"><h2>Failures</h2>{_kv(fail_rows)}</div>')
     panels.append(f'<div class="panel legend"><h2>Legend</h2><table>{legend}</table></div>')
 
-    rows = stat_rows(view, up_only)
+    paging = paginate(view.table.backends, scope, page)
+    whole = paging.pages == 1 and not scope
+    rows = stat_rows(view, up_only, None if whole else paging.backends)
     sections: list[str] = []
     i = 0
     while i < len(rows):
@@ -364,6 +452,9 @@ def render_html(view: StatsView, up_only: bool = False, refresh: int = 0) -> str
             j += 1
         group = rows[i:j + 1]
         be = rows[j]
+        if len(group) > BACKEND_ROWS + 1:
+            more = len(group) - 1 - BACKEND_ROWS
+            group = [*group[:BACKEND_ROWS], {"type": _MORE, "more": more}, be]
         sections.append(_table(group, str(be["pxname"]),
                                f"backend · {be.get('mode')} · {be.get('algo')}",
                                f"be-{be['pxname']}"))
@@ -381,6 +472,8 @@ def render_html(view: StatsView, up_only: bool = False, refresh: int = 0) -> str
         + (f" · refresh every {int(refresh)}s" if refresh > 0 else "")
         + f"</span><nav>{nav}</nav></header>"
         f'<div class="panels">{"".join(panels)}</div>'
+        + (_pager(paging, up_only, refresh, scope) if not whole or scope
+           or len(view.table.backends) > 20 else "")
         + "".join(sections)
         + f"<footer>pylb {_e(view.version)} · statistics in haproxy's layout · "
         "CSV fields as haproxy 2.6</footer></body></html>\n"

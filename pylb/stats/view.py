@@ -1,23 +1,31 @@
 """What the stats page shows, as plain data, and its rows in haproxy's CSV vocabulary.
 
-`StatsView` is a frozen snapshot the controller builds on each request (route table,
+`StatsView` is a frozen snapshot the controller builds for each render (route table,
 merged counters, check results, process, election, discovery and certificate facts).
-`stat_rows(view)` turns it into haproxy's rows — a FRONTEND row per frontend, then per
-backend a row per server and a BACKEND row — each a dict keyed by haproxy's CSV field
-names. The HTML page, the CSV, the JSON and the Prometheus collector all read these rows,
-so a counter lands in the same column everywhere. Nothing here does I/O.
+Its counters may be a `LazyCounters`: the controller's merge of 100,000 server rows then
+runs in the render thread, not on the event loop. `stat_rows(view)` turns the view into
+haproxy's rows — a FRONTEND row per frontend, then per backend a row per server and a
+BACKEND row — each a dict keyed by haproxy's CSV field names; `iter_rows` yields the
+same one backend at a time, so a writer never holds every row at once. The HTML page,
+the CSV, the JSON and the Prometheus text all read these rows, so a counter lands in the
+same column everywhere. A server the table no longer has but that still holds sessions
+(counters.prune_to_table puts it in the counters' "removed" section) gets a DRAIN row
+in its backend, said to be removed; a backend gone from the table keeps a section while
+such a server does. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy.check import CheckResult
+from pylb.counters import table_rows
 from pylb.model import Backend, RouteTable, Server, format_hostport
 
 # haproxy 2.6's `show stat` header, in order (doc/management.txt section 9.1). pylb
@@ -141,6 +149,47 @@ class StatsView:
         return self.maxconn * max(1, self.workers)
 
 
+class LazyCounters(Mapping[str, Any]):
+    """Counters (merge_snapshots' shape) computed on first use, once.
+
+    The controller hands one to the StatsView it builds on the event loop, so that
+    merging 100,000 server rows runs in the render thread, not on the loop that answers
+    /readyz, discovery and checks. `fn` must be callable from another thread: it may
+    read the loop's dicts (a C-level copy is atomic under the GIL) but must not iterate
+    one in Python while the loop adds to it; a RuntimeError ("changed size during
+    iteration") is retried twice.
+    """
+
+    __slots__ = ("_fn", "_lock", "_value")
+
+    def __init__(self, fn: Callable[[], Mapping[str, Any]]) -> None:
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._value: Mapping[str, Any] | None = None
+
+    def _get(self) -> Mapping[str, Any]:
+        with self._lock:
+            if self._value is None:
+                for attempt in range(3):
+                    try:
+                        self._value = self._fn()
+                        break
+                    except RuntimeError:
+                        if attempt == 2:
+                            raise
+            assert self._value is not None
+            return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 # -- status ---------------------------------------------------------------------------
 
 def server_status(server: Server, check: CheckResult | None) -> str:
@@ -259,32 +308,46 @@ def _frontend_row(view: StatsView, name: str, mode: str, iid: int) -> Row:
     return row
 
 
+_NOT_HTTP = {k: None for k in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx",
+                                "hrsp_5xx", "hrsp_other", "req_tot")}
+REMOVED = "removed from the route table"
+
+
 def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, iid: int,
-                sid: int, svname: str) -> Row:
-    key = f"{backend.name}\x00{server.label}"
-    c = view.counters.get("servers", {}).get(key, {})
+                sid: int, svname: str, c: Mapping[str, Any]) -> Row:
+    # One dict literal: this runs once per server (100,000 on a big cluster).
     check = view.checks.get(server.key)
-    status = server_status(server, check)
-    row: Row = {"pxname": backend.name, "svname": svname, "qcur": 0, "qmax": 0,
-                **_counter_cells(c, view.now)}
-    row.update({
-        "econ": int(c.get("conn_errors", 0)),
-        "eresp": int(c.get("resp_errors", 0)),
-        "wretr": int(c.get("retries", 0)),
-        "wredis": int(c.get("redispatches", 0)),
-        "status": status,
+    g = c.get
+    http = mode == "http"
+    hrsp = g("hrsp") or _NO_HRSP
+    row: Row = {
+        "pxname": backend.name, "svname": svname, "qcur": 0, "qmax": 0,
+        "scur": int(g("cur_conns", 0)),
+        "smax": int(g("max_conns", 0)),
+        "stot": int(g("total_conns", 0)),
+        "bin": int(g("bytes_in", 0)),
+        "bout": int(g("bytes_out", 0)),
+        "dreq": None,  # servers deny nothing; haproxy leaves the cell empty too
+        "dresp": int(g("denied_resp", 0)),
+        "rate": int(g("rate", 0)),
+        "rate_max": int(g("max_rate", 0)),
+        "hrsp_1xx": hrsp[0] if http else None, "hrsp_2xx": hrsp[1] if http else None,
+        "hrsp_3xx": hrsp[2] if http else None, "hrsp_4xx": hrsp[3] if http else None,
+        "hrsp_5xx": hrsp[4] if http else None, "hrsp_other": hrsp[5] if http else None,
+        "req_tot": int(g("req_total", 0)) if http else None,
+        "lastsess": _since(view.now, g("last_session")),
+        "econ": int(g("conn_errors", 0)),
+        "eresp": int(g("resp_errors", 0)),
+        "wretr": int(g("retries", 0)),
+        "wredis": int(g("redispatches", 0)),
+        "status": server_status(server, check),
         "weight": server.weight, "uweight": server.weight,
         "act": 1, "bck": 0,
         "pid": 1, "iid": iid, "sid": sid, "type": TYPE_SERVER,
-        "lbtot": int(c.get("lbtot", 0)),
+        "lbtot": int(g("lbtot", 0)),
         "addr": format_hostport(server.address, server.port),
         "mode": mode,
-        "dreq": None,  # servers deny nothing; haproxy leaves the cell empty too
-    })
-    if mode != "http":
-        for k in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
-                  "req_tot"):
-            row[k] = None
+    }
     if check is not None:
         row.update({
             "chkfail": check.failures,
@@ -303,6 +366,31 @@ def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, ii
     return row
 
 
+_NO_HRSP = (0, 0, 0, 0, 0, 0)
+
+
+def _removed_row(view: StatsView, backend: str, label: str, mode: str, iid: int, sid: int,
+                 c: Mapping[str, Any]) -> Row:
+    """A server the table no longer has that still holds sessions: DRAIN (no new work,
+    haproxy's word for it), weight 0, said to be removed. It goes with its last session
+    (counters.prune_to_table)."""
+    row: Row = {"pxname": backend, "svname": label, "qcur": 0, "qmax": 0,
+                **_counter_cells(c, view.now)}
+    row.update({
+        "econ": int(c.get("conn_errors", 0)),
+        "eresp": int(c.get("resp_errors", 0)),
+        "wretr": int(c.get("retries", 0)),
+        "wredis": int(c.get("redispatches", 0)),
+        "status": "DRAIN", "weight": 0, "uweight": 0, "act": 0, "bck": 0,
+        "pid": 1, "iid": iid, "sid": sid, "type": TYPE_SERVER,
+        "lbtot": int(c.get("lbtot", 0)),
+        "mode": mode, "dreq": None, "check_desc": REMOVED, "last_chk": REMOVED,
+    })
+    if mode != "http":
+        row.update(_NOT_HTTP)
+    return row
+
+
 def server_names(backend: Backend) -> list[str]:
     """Each server's name in its backend's rows: its label, unless another server of the
     backend has the same (one pod behind an IPv4 and an IPv6 address): then
@@ -314,7 +402,7 @@ def server_names(backend: Backend) -> list[str]:
 
 
 def _backend_row(view: StatsView, backend: Backend, mode: str, iid: int,
-                 servers: list[Row]) -> Row:
+                 servers: list[Row], removed: bool = False) -> Row:
     c = view.counters.get("backends", {}).get(backend.name, {})
     usable = [r for r in servers if server_usable(str(r["status"]))]
     row: Row = {"pxname": backend.name, "svname": "BACKEND", "qcur": 0, "qmax": 0,
@@ -324,7 +412,7 @@ def _backend_row(view: StatsView, backend: Backend, mode: str, iid: int,
         "eresp": int(c.get("resp_errors", 0)),
         "wretr": int(c.get("retries", 0)),
         "wredis": int(c.get("redispatches", 0)),
-        "status": "UP" if usable else "DOWN",
+        "status": "DRAIN" if removed else "UP" if usable else "DOWN",
         "weight": sum(int(r["weight"] or 0) for r in usable),
         "uweight": sum(int(r["weight"] or 0) for r in usable),
         "act": len(usable), "bck": 0,
@@ -334,37 +422,93 @@ def _backend_row(view: StatsView, backend: Backend, mode: str, iid: int,
         "cookie": backend.cookie_name if backend.affinity.value == "cookie" else None,
     })
     if mode != "http":
-        for k in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
-                  "req_tot"):
-            row[k] = None
+        row.update(_NOT_HTTP)
+    if removed:
+        row["check_desc"] = REMOVED
     return row
 
 
-def stat_rows(view: StatsView, up_only: bool = False) -> list[Row]:
-    """haproxy's rows for `view`; `up_only` drops DOWN and MAINT servers (`;up`)."""
-    rows: list[Row] = []
-    for row in _rows(view, up_only):
+def stat_rows(view: StatsView, up_only: bool = False,
+              backends: Sequence[Backend] | None = None) -> list[Row]:
+    """haproxy's rows for `view`; `up_only` drops DOWN and MAINT servers (`;up`).
+    `backends`: only these (a page of the HTML view); default every backend of the
+    table, then any the table no longer has that still hold sessions."""
+    return list(iter_rows(view, up_only, backends))
+
+
+def iter_rows(view: StatsView, up_only: bool = False,
+              backends: Sequence[Backend] | None = None) -> Iterator[Row]:
+    """`stat_rows`, one backend's rows at a time: a writer that consumes them as they
+    come never holds 100,000 rows (about 2 KB each) at once."""
+    for row in _rows(view, up_only, backends):
         row["-"] = "-"  # haproxy's marker between its own fields and its modules' fields
-        rows.append(row)
-    return rows
+        yield row
 
 
-def _rows(view: StatsView, up_only: bool) -> list[Row]:
-    rows: list[Row] = []
+def removed_servers(view: StatsView) -> dict[str, list[tuple[str, Mapping[str, Any]]]]:
+    """Per backend name, the (label, counters) of servers the table no longer has that
+    still hold sessions: counters.prune_to_table put them in the "removed" section."""
+    out: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for key, c in view.counters.get("removed", {}).items():
+        if c.get("cur_conns", 0) > 0:
+            backend, _, label = key.partition("\x00")
+            out.setdefault(backend, []).append((label, c))
+    return out
+
+
+_keys_cache: list[tuple[RouteTable, tuple[frozenset[str], frozenset[str]]]] = []
+
+
+def table_keys(table: RouteTable) -> tuple[frozenset[str], frozenset[str]]:
+    """counters.table_rows of `table`, kept for the last table (computed once per table
+    version, not once per render)."""
+    cached = _keys_cache[0] if _keys_cache else None
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    keys = table_rows(table.backends)
+    _keys_cache[:] = [(table, keys)]
+    return keys
+
+
+def _rows(view: StatsView, up_only: bool, only: Sequence[Backend] | None) -> Iterator[Row]:
     iid = 0
     for name, mode in frontends(view):
         iid += 1
-        rows.append(_frontend_row(view, name, mode, iid))
+        yield _frontend_row(view, name, mode, iid)
     http_backends = _http_backends(view.table)
-    for backend in view.table.backends:
-        iid += 1
+    removed = removed_servers(view)
+    counters = view.counters.get("servers", {})
+    table = view.table.backends
+    if only is None:
+        chosen: Sequence[tuple[int, Backend]] = list(enumerate(table, start=iid + 1))
+    else:  # a backend keeps its iid (its place in the whole table) on any page
+        place = {b.name: n for n, b in enumerate(table, start=iid + 1)}
+        chosen = [(place[b.name], b) for b in only if b.name in place]
+    for iid, backend in chosen:
         mode = "http" if backend.name in http_backends else "tcp"
-        servers = [_server_row(view, backend, s, mode, iid, sid, name)
+        servers = [_server_row(view, backend, s, mode, iid, sid, name,
+                               counters.get(f"{backend.name}\x00{s.label}", _EMPTY))
                    for sid, (s, name) in enumerate(
                        zip(backend.servers, server_names(backend), strict=True), start=1)]
+        sid = len(servers)
+        for label, c in removed.pop(backend.name, ()):
+            sid += 1
+            servers.append(_removed_row(view, backend.name, label, mode, iid, sid, c))
         be = _backend_row(view, backend, mode, iid, servers)
         if up_only:
             servers = [r for r in servers if not hidden_by_up(str(r["status"]))]
-        rows.extend(servers)
-        rows.append(be)
-    return rows
+        yield from servers
+        yield be
+    if only is None:
+        iid = chosen[-1][0] if chosen else iid
+        backend_rows = view.counters.get("backends", {})
+        for name, gone in sorted(removed.items()):
+            iid += 1
+            mode = "http" if backend_rows.get(name, _EMPTY).get("req_total") else "tcp"
+            servers = [_removed_row(view, name, label, mode, iid, sid, c)
+                       for sid, (label, c) in enumerate(gone, start=1)]
+            yield from servers
+            yield _backend_row(view, Backend(name), mode, iid, servers, removed=True)
+
+
+_EMPTY: Mapping[str, Any] = {}

@@ -125,6 +125,8 @@ def test_parse_error_names_the_line(tmp_path: Path, text: str, line: int) -> Non
 
 
 def test_example_cluster_renders_the_expected_table() -> None:
+    """(Settings() checks every backend, as `pylb run` does with a file source: the
+    backend lines say `check`.)"""
     table = FileSource(str(EXAMPLE), Settings(tcp_services=(("mysql", 3306),))).load()
     assert table.render() == """\
 # route table v0
@@ -136,20 +138,20 @@ frontend http
 frontend https
     route /secure -> default/secure:80
 frontend tcp :3306 mysql -> default/mysql:3306
-backend default/hostsvc:80 balance=roundrobin affinity=client-ip
+backend default/hostsvc:80 balance=roundrobin affinity=client-ip check
     server 127.0.0.1:18087 (host-0) ready
-backend default/mysql:3306 balance=leastconn
+backend default/mysql:3306 balance=leastconn check
     server 127.0.0.1:18085 (mysql-0) ready
-backend default/nginxsvc:443 balance=roundrobin
+backend default/nginxsvc:443 balance=roundrobin check
     server 127.0.0.1:18083 (nginx-a) ready
     server 127.0.0.1:18084 (nginx-b) ready
-backend default/nginxsvc:80 balance=roundrobin
+backend default/nginxsvc:80 balance=roundrobin check
     server 127.0.0.1:18081 (nginx-a) ready
     server 127.0.0.1:18082 (nginx-b) ready
     server 127.0.0.1:18089 (nginx-c) draining
-backend default/secure:80 balance=roundrobin affinity=cookie cookie=SERVERID
+backend default/secure:80 balance=roundrobin affinity=cookie cookie=SERVERID check
     server 127.0.0.1:18088 (secure-0) ready
-backend default/testsvc:80 balance=roundrobin
+backend default/testsvc:80 balance=roundrobin check
     server 127.0.0.1:18086 (test-0) ready
 skipped default/cloudsvc: type LoadBalancer is served by a cloud load balancer (set \
 spec.loadBalancerClass: pylb.io/lb to have pylb serve it)
@@ -221,6 +223,22 @@ async def test_run_publishes_and_reloads_on_change(
         fh.write(docs(service("a"), service("b")))
     third = await r.next()
     assert (third.version, prefixes(third)) == (3, ["/a", "/b"])
+
+
+async def test_a_reload_shares_unchanged_backends(
+        tmp_path: Path, running: Callable[[FileSource], Running]) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(docs(service("a"), slice_("a", "127.1.0.1"), service("b"),
+                      slice_("b", "127.1.0.2")))
+    r = running(FileSource(str(f), Settings(), poll_interval=0.01))
+    first = await r.next()
+    write(f, docs(service("new"), service("a"), slice_("a", "127.1.0.1"), service("b"),
+                  slice_("b", "127.1.0.3")))
+    second = await r.next()
+    assert second.backend("default/a:80") is first.backend("default/a:80")
+    assert second.backend("default/b:80") is not first.backend("default/b:80")
+    assert [s.address for s in second.backend("default/b:80").servers] == ["127.1.0.3"]
+    assert second.get_backend("default/new:80") is not None
 
 
 async def test_unchanged_table_is_not_republished(

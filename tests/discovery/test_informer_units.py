@@ -21,6 +21,7 @@ from discovery.informer import (
     error_from_response,
     parse_status,
     retry_after,
+    same_object,
     slim,
 )
 
@@ -248,3 +249,21 @@ async def test_a_resolver_bug_costs_only_its_name() -> None:
     assert await names.ensure({"bad.example", "good.example"})
     assert names.snapshot() == {"bad.example": (), "good.example": ("192.0.2.1",)}
     assert names.failures == 1
+
+
+def _o(rv: str | None, spec: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "a"}
+    if rv is not None:
+        meta["resourceVersion"] = rv
+    return {"metadata": meta, "spec": spec}
+
+
+@pytest.mark.parametrize(("old", "new", "same"), [
+    (_o("5", 1), _o("5", 2), True),  # one version names one content: trusted, not compared
+    (_o("5", 1), _o("6", 1), False),  # a write, even one that changed nothing we read
+    (_o(None, 1), _o(None, 1), True),  # no versions (files): compared
+    (_o(None, 1), _o(None, 2), False),
+    (_o("", 1), _o("", 2), False),
+])
+def test_same_object_table(old: dict[str, Any], new: dict[str, Any], same: bool) -> None:
+    assert same_object(old, new) is same

@@ -187,6 +187,34 @@ async def test_initial_sync_then_add_modify_delete(kube_api: FakeApiServer) -> N
     assert m["last_event_to_table_seconds"] >= 0
 
 
+async def test_a_change_replans_one_service_and_shares_the_rest(
+        kube_api: FakeApiServer) -> None:
+    store = kube_api.store
+    for i in range(30):
+        store.create("services", service(f"s{i:02}"))
+        store.create("endpointslices", eslice(f"s{i:02}", [f"127.1.0.{i + 1}"]))
+    source = source_for(kube_api, settings())
+    async with running(source) as pub:
+        first = await pub.until(lambda t: len(t.backends) == 30)
+        assert len(pub.tables) == 1  # built once, after every informer had listed
+        assert source.metrics()["plans"] == 30
+        store.put("endpointslices", eslice("s07", ["127.1.1.7"]))
+        second = await pub.until(has("default/s07:80", "127.1.1.7:8080"))
+        assert source.metrics()["plans"] == 31
+        for old, new in zip(first.backends, second.backends, strict=True):
+            assert (new is old) == (new.name != "default/s07:80")
+        assert all(a is b for a, b in zip(first.http, second.http, strict=True))
+        # a relist that finds one change re-plans that one service only
+        kube_api.drop_watches()
+        store.put("endpointslices", eslice("s08", ["127.1.1.8"]))
+        store.compact()
+        third = await pub.until(has("default/s08:80", "127.1.1.8:8080"))
+        assert source.metrics()["relists"] >= 1
+        assert source.metrics()["plans"] == 32
+        assert third.backend("default/s09:80") is first.backend("default/s09:80")
+    check_versions(pub)
+
+
 async def test_empty_cluster_publishes_an_empty_table(kube_api: FakeApiServer) -> None:
     source = source_for(kube_api, settings())
     async with running(source) as pub:

@@ -15,7 +15,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from discovery.translate import KubeObjects, translate
-from pylb.config import Settings
+from pylb.config import CheckScope, CheckSettings, Settings
 from pylb.model import (
     Affinity,
     Algorithm,
@@ -282,7 +282,7 @@ def test_service_without_endpoints_keeps_route_and_empty_backend() -> None:
     t = run([svc("a")])
     assert t.http == (HttpRoute("a", "/a", "default/a:80"),)
     assert t.backend("default/a:80").servers == ()
-    assert "backend default/a:80 balance=roundrobin\n    (no servers)" in t.render()
+    assert "backend default/a:80 balance=roundrobin check\n    (no servers)" in t.render()
 
 
 def test_forward_services_uses_cluster_ip() -> None:
@@ -459,12 +459,37 @@ def test_tcp_backend_affinity_and_proxy_protocol() -> None:
         Affinity.COOKIE, ProxyProtocol.NONE, "/healthz")
 
 
+@pytest.mark.parametrize(("scope", "annotations", "check", "line"), [
+    # --checks=all: every backend, unless the service says lb.check: "false"
+    (CheckScope.ALL, {}, True, "balance=roundrobin check"),
+    (CheckScope.ALL, {"lb.check": "false"}, False, "balance=roundrobin\n"),
+    (CheckScope.ALL, {"lb.check": "TRUE"}, True, "balance=roundrobin check"),
+    # --checks=annotated: only what asks, by lb.check or lb.check-path
+    (CheckScope.ANNOTATED, {}, False, "balance=roundrobin\n"),
+    (CheckScope.ANNOTATED, {"lb.check": "true"}, True, "balance=roundrobin check"),
+    (CheckScope.ANNOTATED, {"lb.check-path": "/ready"}, True,
+     "balance=roundrobin check check-path=/ready"),
+    (CheckScope.ANNOTATED, {"lb.check-path": "/ready", "lb.check": "false"}, False,
+     "balance=roundrobin check-path=/ready\n"),
+    # --checks=off: nothing, whatever the annotations say
+    (CheckScope.OFF, {"lb.check": "true"}, False, "balance=roundrobin\n"),
+    (CheckScope.OFF, {"lb.check-path": "/ready"}, False, "balance=roundrobin check-path=/ready\n"),
+])
+def test_check_scope_and_annotation(scope: CheckScope, annotations: dict[str, str],
+                                    check: bool, line: str) -> None:
+    t = run([svc("a", annotations={P + k: v for k, v in annotations.items()})],
+            checks=CheckSettings(scope=scope))
+    assert t.backend("default/a:80").check is check
+    assert f"backend default/a:80 {line}" in t.render()
+
+
 @pytest.mark.parametrize(("value", "expected"), [("v1", ProxyProtocol.V1),
                                                  ("V2", ProxyProtocol.V2)])
 def test_send_proxy(value: str, expected: ProxyProtocol) -> None:
     t = run([svc("a", [{"port": 3306}], annotations={P + "lb.send-proxy": value})],
             tcp_services=(("a", 3306),))
-    assert t.backend("default/a:3306") == Backend("default/a:3306", proxy_protocol=expected)
+    assert t.backend("default/a:3306") == Backend("default/a:3306", proxy_protocol=expected,
+                                                  check=True)
 
 
 # Every malformed input skips that one service (the good one beside it stays) with a reason
@@ -490,6 +515,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("send-proxy none", svc("bad", annotations={P + "lb.send-proxy": "none"}), "lb.send-proxy"),
     ("check-path", svc("bad", annotations={P + "lb.check-path": "healthz"}), "lb.check-path"),
     ("check-path space", svc("bad", annotations={P + "lb.check-path": "/a b"}), "lb.check-path"),
+    ("check", svc("bad", annotations={P + "lb.check": "yes"}), "lb.check"),
     ("passthrough bool", svc("bad", annotations={P + "lb.sslPassthrough": "on"}),
      "lb.sslPassthrough"),
     ("port string", svc("bad", [{"port": "80"}]), "spec.ports[0].port"),
@@ -657,7 +683,8 @@ ann_values = st.sampled_from(["true", "false", "TRUE", "yes", "", "/x", "-i /x",
 annotation_maps = st.dictionaries(
     st.sampled_from([P + k for k in ("lb.algorithm", "lb.host", "lb.sslTerm", "lb.aclMatch",
                                      "lb.cookie-sticky-session", "lb.sslRedirect",
-                                     "lb.sslPassthrough", "lb.send-proxy", "lb.check-path")]),
+                                     "lb.sslPassthrough", "lb.send-proxy", "lb.check-path",
+                                     "lb.check")]),
     ann_values, max_size=4)
 port_numbers = st.sampled_from([80, 443, 3306, 8080, "80", None, 0, True])
 service_ports = st.lists(st.fixed_dictionaries({"port": port_numbers}, optional={

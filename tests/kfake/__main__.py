@@ -46,7 +46,7 @@ def services(n: int, namespace: str, namespaces: int = 1) -> Iterator[JsonObj]:
 
 def slices(n: int, per_service: int, namespace: str, namespaces: int = 1) -> Iterator[JsonObj]:
     for i in range(n):
-        base = (127 << 24) + (1 << 16) + i * per_service  # 127.1.0.0 on: loopback, unused
+        base = i * per_service
         yield {
             "metadata": {"name": f"svc-{i}-a", "namespace": namespace_of(i, namespace,
                                                                           namespaces),
@@ -60,7 +60,12 @@ def slices(n: int, per_service: int, namespace: str, namespaces: int = 1) -> Ite
 
 
 def _ip(n: int) -> str:
-    return f"{n >> 24 & 255}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+    """The n-th fake endpoint address: unique, in 127.1.0.0-127.254.255.255 (loopback,
+    never 127.0.0.x where real test servers listen), so nothing outside this host is ever
+    probed or sent traffic."""
+    if not 0 <= n < 254 << 16:
+        raise ValueError(f"endpoint {n}: only {254 << 16} fake addresses in 127.1/8")
+    return f"127.{1 + (n >> 16)}.{n >> 8 & 255}.{n & 255}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

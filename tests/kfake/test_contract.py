@@ -1574,7 +1574,7 @@ async def test_standalone_process(no_proxy_env: None, tmp_path: Path) -> None:
             slices = await client.DiscoveryV1Api(ac).list_namespaced_endpoint_slice(
                 NS, label_selector="kubernetes.io/service-name=svc-2")
         (eps,) = slices.items
-        assert [e.addresses for e in eps.endpoints] == [["10.0.0.4"], ["10.0.0.5"]]
+        assert [e.addresses for e in eps.endpoints] == [["127.1.0.4"], ["127.1.0.5"]]
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

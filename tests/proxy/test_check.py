@@ -28,7 +28,7 @@ from proxy.check import (
     probe_http,
     probe_tcp,
 )
-from pylb.config import CheckSettings, Settings
+from pylb.config import CheckScope, CheckSettings, Settings
 from pylb.model import Backend, RouteTable, Server
 from tests.conftest import free_port
 
@@ -314,7 +314,7 @@ async def test_checker_stopped_before_running_returns() -> None:
 
 
 async def test_checker_disabled_checks_nothing() -> None:
-    checker = HealthChecker(Settings(), Changes(), params=CheckSettings(enabled=False))
+    checker = HealthChecker(Settings(), Changes(), params=CheckSettings(scope=CheckScope.OFF))
     checker.set_table(RouteTable(backends=(Backend("b", (Server("127.0.0.1", 1),)),)))
     assert checker.results() == {}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pylb.app import dry_run
 from pylb.cli import (
     CLUSTER_SERVICE_HELP,
     FlagError,
@@ -20,7 +21,7 @@ from pylb.cli import (
     settings_from_args,
     use_cluster_service,
 )
-from pylb.config import Settings
+from pylb.config import CheckScope, CheckSettings, Settings
 from pylb.model import Algorithm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,48 @@ def test_flags(argv: list[str], field: str, expected: object) -> None:
     assert getattr(settings(*argv), field) == expected
 
 
+EXAMPLE_SOURCE = f"--source=file:{ROOT / 'examples' / 'cluster.yaml'}"
+
+
+@pytest.mark.parametrize("argv,scope", [
+    # unset: resolved from the source (Kubernetes reports readiness itself; a file does not)
+    ([], CheckScope.ANNOTATED),
+    ([EXAMPLE_SOURCE], CheckScope.ALL),
+    (["--checks=all"], CheckScope.ALL),
+    (["--checks=Annotated", EXAMPLE_SOURCE], CheckScope.ANNOTATED),
+    (["--checks=off", EXAMPLE_SOURCE], CheckScope.OFF),
+    # the boolean forms of before
+    (["--checks"], CheckScope.ALL),
+    (["--checks=true"], CheckScope.ALL),
+    (["--checks=false", EXAMPLE_SOURCE], CheckScope.OFF),
+    (["--checks=0"], CheckScope.OFF),
+])
+def test_checks_scope(argv: list[str], scope: CheckScope) -> None:
+    assert settings(*argv).checks.scope is scope
+
+
+def test_check_budget_flags() -> None:
+    c = settings().checks
+    assert (c.rate, c.max_inflight) == (CheckSettings().rate, CheckSettings().max_inflight)
+    c = settings("--check-rate=250", "--check-max-inflight=64").checks
+    assert (c.rate, c.max_inflight) == (250.0, 64)
+
+
+@pytest.mark.parametrize("argv,checked", [
+    ([], {"default/hostsvc:80", "default/mysql:3306", "default/nginxsvc:443",
+          "default/nginxsvc:80", "default/secure:80", "default/testsvc:80"}),
+    (["--checks=annotated"], set()),
+    (["--checks=off"], set()),
+])
+def test_dry_render_says_which_backends_are_checked(argv: list[str], checked: set[str]) -> None:
+    out: list[str] = []
+    assert dry_run(settings(EXAMPLE_SOURCE, "--tcp-services=mysql:3306", *argv), out.append) == 0
+    lines = out[0].splitlines()
+    backends = {line.split()[1]: line for line in lines if line.startswith("backend ")}
+    assert len(backends) == 6
+    assert {name for name, line in backends.items() if " check" in line} == checked
+
+
 @pytest.mark.parametrize("argv,flag", [
     (["--http-port=eighty"], "--http-port"),
     (["--http-port=70000"], "--http-port"),
@@ -83,6 +126,10 @@ def test_flags(argv: list[str], field: str, expected: object) -> None:
     (["--stats-auth=nopassword"], "--stats-auth"),
     (["--http-port=1936"], "port 1936"),
     (["--source=file:/nonexistent.yaml"], "--source"),
+    (["--checks=some"], "--checks"),
+    (["--check-rate=0"], "--check-rate"),
+    (["--check-rate=fast"], "--check-rate"),
+    (["--check-max-inflight=0"], "--check-max-inflight"),
 ])
 def test_bad_flag_stops_startup_naming_it(argv: list[str], flag: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,8 +167,10 @@ def test_version_and_help() -> None:
     for flag in ("--tcp-services", "--namespace", "--target-service", "--forward-services",
                  "--http-port", "--stats-port", "--ssl-cert", "--ssl-ca-cert", "--error-page",
                  "--default-return-code", "--balance-algorithm",
-                 "--use-kubernetes-cluster-service", "--dry", "--syslog"):
+                 "--use-kubernetes-cluster-service", "--dry", "--syslog", "--checks",
+                 "--check-rate", "--check-max-inflight"):
         assert flag in r.stdout
+    assert "annotated with --source kubernetes" in " ".join(r.stdout.split())
 
 
 def test_dry_prints_the_example_table() -> None:
