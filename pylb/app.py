@@ -4,6 +4,8 @@
 one set of balancers and counters. `Controller` owns everything that talks to the outside
 world besides traffic, and pushes each new RouteTable and each health verdict to the data
 plane — in this process (`--workers 1`) or, through pylb.workers, to worker processes.
+SIGTERM/SIGINT start the graceful shutdown however busy the loop is, and a deadline ends
+the process tree at --grace-period if that path has not (pylb.stopping).
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ from pylb.config import Settings, TlsSettings
 from pylb.counters import ShownCounters, Stats, merge_snapshots
 from pylb.delta import Delta, diff
 from pylb.model import RouteTable
+from pylb.stopping import EXIT_HARD, HardStop, hard_exit
 
 log = logging.getLogger("pylb")
+
+# On shutdown, how long the controller's tasks (discovery, checks, election) get to unwind
+# before the listeners close anyway; what is still unwinding then is left to the hard stop.
+STOP_TASKS_TIMEOUT = 2.0
 
 
 class StartupError(Exception):
@@ -223,6 +230,8 @@ class Controller:
         self.checker: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.hard_stop = HardStop(settings.grace_period, self._hard_exit)
         self._table_updates: asyncio.Queue[RouteTable] = asyncio.Queue()
         self._shown = ShownCounters(lambda: self.counters())
 
@@ -340,8 +349,9 @@ class Controller:
             await self.health_server.start(s.bind, s.health_port)
         except OSError as e:
             raise StartupError(f"cannot listen for stats/health: {e.strerror or e}") from None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+        self._loop = loop
+        for sig in (signal.SIGTERM, signal.SIGINT):  # not the loop's: see pylb.stopping
+            signal.signal(sig, self._on_signal)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         self._tasks = [
             loop.create_task(self._apply_tables(), name="apply-tables"),
@@ -368,6 +378,29 @@ class Controller:
         """Begin the graceful shutdown (as SIGTERM does)."""
         self._stopped.set()
 
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT, run between two bytecodes of the main thread however busy the
+        loop is (pylb.stopping): readiness false and the deadline armed now, the graceful
+        path on the loop's next turn; a second signal exits at once."""
+        if not self.hard_stop.on_signal(signum):
+            return
+        self.shutting_down = True
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: exit is under way
+                self._loop.call_soon_threadsafe(self._signalled, signum)
+
+    def _signalled(self, signum: int) -> None:
+        log.info("%s: shutting down; the process ends within %.1fs (a second signal ends "
+                 "it at once)", signal.Signals(signum).name, self.hard_stop.remaining())
+        self.stop()
+
+    def _hard_exit(self, code: int) -> None:
+        why = ("a second stop signal" if code != EXIT_HARD else
+               f"the graceful shutdown did not end within --grace-period "
+               f"{self.settings.grace_period:g}s")
+        pids = self.pool.pids() if self.pool is not None else []
+        hard_exit(code, pids, f"{why}: killing {len(pids)} worker(s) and exiting now")
+
     def _reload(self) -> None:
         log.info("SIGHUP: rereading certificates and the error page")
         if self.plane is not None:
@@ -387,11 +420,13 @@ class Controller:
         """Graceful: readiness false at once, stop accepting, let open work finish up to
         --grace-period, then close."""
         self.shutting_down = True
-        grace = self.settings.grace_period
-        log.info("shutting down: up to %.0fs for open connections", grace)
+        log.info("shutting down: up to %.1fs for open connections",
+                 self.hard_stop.drain_budget())
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a task slow to unwind must not hold the listeners open
+            await asyncio.wait(self._tasks, timeout=STOP_TASKS_TIMEOUT)
+        grace = self.hard_stop.drain_budget()
         if self.pool is not None:
             await self.pool.shutdown(grace)
         elif self.plane is not None:

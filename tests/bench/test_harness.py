@@ -112,16 +112,3 @@ def test_tiny_live_run(tmp_path: Path) -> None:
         assert c.runs[0].errors == 0
     assert by["pylb-h11"].runs[0].cpu_us_per_req > 0
     assert by["pylb-h11"].runs[0].peak_rss_mib > 0
-
-
-@pytest.mark.timeout(120)
-async def test_controlplane_benchmark_plumbing() -> None:
-    """The control-plane benchmark end to end on a tiny cluster: a change in the API
-    reaches live traffic (no timing assertion)."""
-    from bench import controlplane
-
-    result = await controlplane.run(services=20, endpoints=2, changes=2)
-    assert result["endpoints"] == 40
-    assert result["first_table_s"] > 0
-    assert result["change_to_traffic_p50_s"] > 0
-    assert result["rss_mib"] > 0

@@ -2,6 +2,11 @@
 
     python -m tests.kfake --port 0 --services 10000 --endpoints 10 --kubeconfig /tmp/kc.yaml
 
+Endpoint addresses are in 127.1.0.0 onwards (loopback, nothing listens there): a load
+balancer pointed at this fake may probe them without sending a packet off the machine.
+With `--namespaces N` the services are spread round-robin over namespaces ns-0 … ns-(N-1)
+(names stay unique cluster-wide: svc-0, svc-1, …).
+
 Loads the objects, writes the kubeconfig (if asked), prints one JSON line
 {"url", "kubeconfig", "rv", "load_seconds"} on stdout once it serves, and runs until SIGINT or
 SIGTERM. Changes go through its API like any client's (e.g. a PUT of an EndpointSlice).
@@ -26,18 +31,25 @@ from tests.kfake.app import FakeApiServer
 JsonObj = dict[str, Any]
 
 
-def services(n: int, namespace: str) -> Iterator[JsonObj]:
+def namespace_of(i: int, namespace: str, namespaces: int = 1) -> str:
+    """Service i's namespace: `namespace` itself, or one of ns-0 … ns-(namespaces-1)."""
+    return namespace if namespaces <= 1 else f"ns-{i % namespaces}"
+
+
+def services(n: int, namespace: str, namespaces: int = 1) -> Iterator[JsonObj]:
     for i in range(n):
-        yield {"metadata": {"name": f"svc-{i}", "namespace": namespace,
+        yield {"metadata": {"name": f"svc-{i}", "namespace": namespace_of(i, namespace,
+                                                                           namespaces),
                             "labels": {"app": f"svc-{i}"}},
                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
 
 
-def slices(n: int, per_service: int, namespace: str) -> Iterator[JsonObj]:
+def slices(n: int, per_service: int, namespace: str, namespaces: int = 1) -> Iterator[JsonObj]:
     for i in range(n):
         base = i * per_service
         yield {
-            "metadata": {"name": f"svc-{i}-a", "namespace": namespace,
+            "metadata": {"name": f"svc-{i}-a", "namespace": namespace_of(i, namespace,
+                                                                          namespaces),
                          "labels": {"kubernetes.io/service-name": f"svc-{i}",
                                     "endpointslice.kubernetes.io/managed-by": "kfake"}},
             "addressType": "IPv4",
@@ -65,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--token", default="t", help="bearer token accepted and put in the kubeconfig")
     p.add_argument("--kubeconfig", help="write a kubeconfig for this server here")
     p.add_argument("--namespace", default="default")
+    p.add_argument("--namespaces", type=int, default=1,
+                   help="spread the services over this many namespaces ns-0, ns-1, … "
+                        "(1: all in --namespace)")
     p.add_argument("--services", type=int, default=0, help="Services to load")
     p.add_argument("--endpoints", type=int, default=0,
                    help="endpoints per service, in one EndpointSlice each")
@@ -78,9 +93,10 @@ async def serve(args: argparse.Namespace) -> None:
                         bookmark_interval=args.bookmark_interval,
                         history_size=args.history_size, tokens={args.token})
     t0 = time.perf_counter()
-    api.store.load("services", services(args.services, args.namespace))
+    api.store.load("services", services(args.services, args.namespace, args.namespaces))
     if args.endpoints:
-        api.store.load("endpointslices", slices(args.services, args.endpoints, args.namespace))
+        api.store.load("endpointslices", slices(args.services, args.endpoints, args.namespace,
+                                                  args.namespaces))
     loaded = time.perf_counter() - t0
     await api.start()
     try:
