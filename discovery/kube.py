@@ -285,7 +285,7 @@ class KubeSource:
         self._built = unversioned
         self.publishes += 1
         self.last_latency = time.monotonic() - first
-        log.info("route table v%d: %d backends, %d http, %d https, %d tcp, %d skipped",
+        log.debug("route table v%d: %d backends, %d http, %d https, %d tcp, %d skipped",
                  table.version, len(table.backends), len(table.http), len(table.https),
                  len(table.tcp), len(table.skipped))
         return True
