@@ -82,3 +82,40 @@ async def test_apply_is_incremental() -> None:
     await plane.apply(t3)
     assert plane.http.router is not router
     assert plane.http.router.match(b"x", b"/b") is None
+
+
+async def test_a_big_table_is_applied_in_slices_with_the_loop_let_in() -> None:
+    """A whole table of many backends is taken APPLY_SLICE at a time: something else on
+    the loop runs while it is half applied (the old routes still serve), and at the end
+    every backend has its balancer and the removals of the change are done."""
+    from pylb.app import APPLY_SLICE
+
+    plane = DataPlane(Settings(bind="127.0.0.1", http_port=0))
+    await plane.start()
+    try:
+        n = 2 * APPLY_SLICE + 7
+        old = Backend("d/gone:80", (Server("127.3.0.1", 80),))
+        await plane.apply(RouteTable(http=(HttpRoute("gone", "/gone", old.name),),
+                                     backends=(old,), version=1))
+        backends = tuple(Backend(f"d/s{i:05}:80", (Server(f"127.2.{i >> 8}.{i & 255}", 80),))
+                         for i in range(n))
+        table = RouteTable(http=tuple(HttpRoute(f"s{i:05}", f"/s{i:05}", b.name)
+                                      for i, b in enumerate(backends)),
+                           backends=backends, version=2)
+        seen: list[tuple[bool, bool, bool]] = []
+
+        async def look() -> None:
+            for _ in range(50):  # bounded: the apply takes a few turns of the loop
+                seen.append((plane.balancers.get(backends[0].name) is not None,
+                             plane.balancers.get(backends[-1].name) is not None,
+                             plane.balancers.get(old.name) is not None))
+                await asyncio.sleep(0)
+
+        await asyncio.gather(plane.apply(table), look())
+        # half applied at some turn: the first slice in, the last not yet, the old kept
+        assert (True, False, True) in seen
+        assert all(plane.balancers.get(b.name) is not None for b in backends)
+        assert plane.balancers.get(old.name) is None
+        assert ("127.3.0.1", 80) not in plane.balancers.live_keys
+    finally:
+        await plane.shutdown(0.5)
