@@ -319,6 +319,9 @@ class WorkerPool:
         whole table to any other (none to a worker whose buffer is full: it gets the
         newest whole table when that drains)."""
         prev, self.table = self.table, table
+        # The whole-table frame of the previous table (a few MiB at 10,000 services, and
+        # the old table it names) is of no use any more.
+        self._table_frame = None
         frame: bytes | None = None
         for w in self._workers:
             ch = self._usable(w)
