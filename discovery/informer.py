@@ -244,13 +244,47 @@ def resource_version(obj: Mapping[str, Any]) -> str:
 
 
 def slim(obj: Object) -> Object:
-    """The object without `metadata.managedFields`, which is often most of its bytes and
-    that nothing in pylb reads (client-go's TransformStripManagedFields)."""
+    """The object as stored: without `metadata.managedFields`, which is often most of its
+    bytes and that nothing in pylb reads (client-go's TransformStripManagedFields), and
+    with an EndpointSlice's endpoint `conditions` shared (`_shared_conditions`)."""
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "managedFields" in meta:
         obj = dict(obj)
         obj["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    endpoints = obj.get("endpoints")
+    if isinstance(endpoints, list) and "addressType" in obj:
+        _share_conditions(endpoints)
     return obj
+
+
+# Equal `conditions` dicts of EndpointSlice endpoints, one object each. A cluster has a
+# handful of distinct ones ({ready, serving, terminating} as booleans) and one per
+# endpoint: at 100,000 endpoints, sharing them is ~20 MiB less in the controller. Stored
+# objects are never mutated (translate and the Translator only read them), so one dict
+# can stand for all equal ones; the ones changed here are fresh from the JSON decoder and
+# not yet seen by anyone. Bounded: odd values are left alone past `_SHARED_MAX` kinds.
+_SHARED: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+_SHARED_MAX = 64
+
+
+def _share_conditions(endpoints: list[Any]) -> None:
+    shared = _SHARED
+    for ep in endpoints:
+        if not isinstance(ep, dict):
+            continue
+        cond = ep.get("conditions")
+        if type(cond) is not dict:
+            continue
+        try:
+            key = tuple(sorted(cond.items()))
+            one = shared.get(key)
+        except TypeError:  # an unhashable value: not ours to judge here (translate does)
+            continue
+        if one is None:
+            if len(shared) >= _SHARED_MAX:
+                continue
+            one = shared[key] = dict(cond)  # our own: no caller holds it
+        ep["conditions"] = one
 
 
 def apply_event(store: dict[Key, Object], etype: str, obj: Object) -> bool:

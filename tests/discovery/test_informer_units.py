@@ -267,3 +267,31 @@ def _o(rv: str | None, spec: int) -> dict[str, Any]:
 ])
 def test_same_object_table(old: dict[str, Any], new: dict[str, Any], same: bool) -> None:
     assert same_object(old, new) is same
+
+
+def _slice(n: int, ready: bool) -> dict[str, Any]:
+    return {"metadata": {"name": f"s{n}", "namespace": "d"}, "addressType": "IPv4",
+            "endpoints": [{"addresses": [f"127.4.0.{i}"],
+                           "conditions": {"ready": ready, "serving": True}}
+                          for i in range(3)]}
+
+
+def test_slim_shares_equal_endpoint_conditions_between_slices() -> None:
+    a, b, c = slim(_slice(1, True)), slim(_slice(2, True)), slim(_slice(3, False))
+    conds = [ep["conditions"] for s in (a, b) for ep in s["endpoints"]]
+    assert all(x is conds[0] for x in conds)  # one dict for all equal ones
+    assert conds[0] == {"ready": True, "serving": True}
+    assert c["endpoints"][0]["conditions"] == {"ready": False, "serving": True}
+    assert c["endpoints"][0]["conditions"] is not conds[0]
+    assert a == _slice(1, True)  # the object is equal to what came in
+
+
+def test_slim_leaves_odd_conditions_alone() -> None:
+    odd = {"metadata": {"name": "s", "namespace": "d"}, "addressType": "IPv4",
+           "endpoints": [{"addresses": ["127.4.0.1"], "conditions": {"ready": ["x"]}},
+                         {"addresses": ["127.4.0.2"], "conditions": "bad"}, "bad"]}
+    assert slim(odd) == {"metadata": {"name": "s", "namespace": "d"}, "addressType": "IPv4",
+                         "endpoints": [{"addresses": ["127.4.0.1"],
+                                        "conditions": {"ready": ["x"]}},
+                                       {"addresses": ["127.4.0.2"], "conditions": "bad"},
+                                       "bad"]}
