@@ -285,7 +285,9 @@ class Balancers:
         self._by_name: dict[str, Balancer] = {}
         self._health: dict[Key, bool] = {}
         # server address -> names of the backends listing it (most list it once)
-        self._by_key: dict[Key, tuple[str, ...]] = {}
+        # A backend's name alone, or a tuple when several list the address: most addresses
+        # are listed once, and a 1-tuple per server is ~5 MiB a worker at 100,000 servers.
+        self._by_key: dict[Key, str | tuple[str, ...]] = {}
 
     def update(self, backends: Collection[Backend]) -> set[Key]:
         """Apply a whole table's backends: new ones get a balancer, changed ones keep their
@@ -327,7 +329,10 @@ class Balancers:
                 key = s.key
                 names = by_key.get(key)
                 if names is None:
-                    by_key[key] = (b.name,)
+                    by_key[key] = b.name
+                elif type(names) is str:
+                    if names != b.name:
+                        by_key[key] = (names, b.name)
                 elif b.name not in names:
                     by_key[key] = (*names, b.name)
                 # A server new to this backend may already be known down by an active check.
@@ -342,10 +347,11 @@ class Balancers:
             names = by_key.get(s.key)
             if names is None:
                 continue
-            if names == (name,):
+            if names == name:
                 del by_key[s.key]
-            else:
-                by_key[s.key] = tuple(n for n in names if n != name)
+            elif type(names) is tuple:
+                rest = tuple(n for n in names if n != name)
+                by_key[s.key] = rest[0] if len(rest) == 1 else rest
             out.append(s.key)
         return out
 
@@ -360,7 +366,8 @@ class Balancers:
     def set_health(self, key: Key, up: bool) -> None:
         """An active check's verdict for a server address, applied in every backend."""
         self._health[key] = up
-        for name in self._by_key.get(key, ()):
+        names = self._by_key.get(key, ())
+        for name in (names,) if type(names) is str else names:
             bal = self._by_name.get(name)
             if bal is not None:
                 bal.set_health(key, up)

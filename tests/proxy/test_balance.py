@@ -391,3 +391,23 @@ def test_balancers_health_map_replaced_whole() -> None:
     assert bal is not None and not bal.is_up(lo(1))
     regs.reset_health({lo(2).key: False})  # lo(1) has no verdict any more
     assert bal.is_up(lo(1)) and not bal.is_up(lo(2))
+
+
+def test_an_address_in_several_backends_gets_every_verdict_until_the_last_leaves() -> None:
+    regs = Balancers(Limits(), Clock())
+    names = ("ns/a:80", "ns/b:80", "ns/c:80")
+    regs.update([Backend(n, (lo(1), lo(2))) for n in names])
+    regs.set_health(lo(1).key, False)
+    for n in names:
+        bal = regs.get(n)
+        assert bal is not None and not bal.is_up(lo(1)) and bal.is_up(lo(2))
+    assert regs.apply([], ["ns/b:80"]) == set()  # still listed by a and c
+    assert regs.apply([], ["ns/a:80"]) == set()  # still listed by c
+    regs.set_health(lo(1).key, True)
+    bal_c = regs.get("ns/c:80")
+    assert bal_c is not None and bal_c.is_up(lo(1))
+    regs.apply([Backend("ns/a:80", (lo(1),))], [])  # listed by two again
+    assert regs.apply([], ["ns/c:80"]) == {lo(2).key}
+    assert set(regs.live_keys) == {lo(1).key}
+    assert regs.apply([], ["ns/a:80"]) == {lo(1).key}
+    assert not set(regs.live_keys)
