@@ -107,8 +107,8 @@ def apply_delta(old: RouteTable, delta: Delta) -> RouteTable:
     https = old.https if delta.https is None else delta.https
     tcp = old.tcp if delta.tcp is None else delta.tcp
     skipped = old.skipped if delta.skipped is None else delta.skipped
-    if not _TRUSTED or delta.removed or delta.http is not None or \
-            delta.https is not None or delta.tcp is not None or delta.skipped is not None:
+    if delta.removed or delta.http is not None or delta.https is not None or \
+            delta.tcp is not None or delta.skipped is not None:
         # Routes changed or backends left: the constructor sorts and checks every reference.
         return RouteTable(http=http, https=https, tcp=tcp, backends=backends,
                           skipped=skipped, version=delta.version)
@@ -119,16 +119,7 @@ def apply_delta(old: RouteTable, delta: Delta) -> RouteTable:
     by_name = dict(old._by_name)
     for b in delta.backends:
         by_name[b.name] = b
-    table = object.__new__(RouteTable)
-    table.__dict__.update(http=http, https=https, tcp=tcp, backends=backends,
-                          skipped=skipped, version=delta.version, _by_name=by_name)
-    return table
-
-
-# The fast path above builds a RouteTable field by field; it is taken only while the
-# fields are the ones it knows (a new field makes every delta take the constructor).
-_TRUSTED = {f.name for f in fields(RouteTable)} == {
-    "http", "https", "tcp", "backends", "skipped", "version", "_by_name"}
+    return RouteTable.from_sorted(http, https, tcp, backends, skipped, by_name, delta.version)
 
 
 def _merge(old: tuple[Backend, ...], changed: tuple[Backend, ...],
