@@ -48,20 +48,20 @@ once stored (see FREEZE_LIST): otherwise each full collection walks the whole st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import gc
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api
 
+from pylb import collector
 from pylb.config import KubeSettings
 
 log = logging.getLogger(__name__)
@@ -81,24 +81,6 @@ MAX_ERROR_BODY = 64 * 1024
 # objects: stalls of up to 255 ms on the loop during the initial lists). Frozen objects are
 # still freed by reference counting when the store drops them.
 FREEZE_LIST = 5_000
-_paused_lists = 0
-_collector_was_enabled = False
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while any list runs (lists may overlap)."""
-    global _paused_lists, _collector_was_enabled
-    if _paused_lists == 0:
-        _collector_was_enabled = gc.isenabled()
-        gc.disable()
-    _paused_lists += 1
-    try:
-        yield
-    finally:
-        _paused_lists -= 1
-        if _paused_lists == 0 and _collector_was_enabled:
-            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +410,7 @@ class Informer:
                                      sock_read=s.read_timeout)
 
     async def _list(self) -> None:
-        with _collector_paused():
+        with collector.paused():
             await self._list_pages()
 
     async def _list_pages(self) -> None:

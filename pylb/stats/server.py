@@ -16,7 +16,7 @@ stats page from eating the controller:
   1/REUSE_FACTOR of a core however often it is fetched. Below REUSE_MIN_COST nothing
   is reused: a small cluster's page is as fresh as the workers' last report;
 - at most REUSE_ENTRIES renders are kept (pages and scopes make many keys);
-- the cyclic garbage collector is paused while a render runs (`gc_paused`). A render
+- the cyclic garbage collector is paused while a render runs (`pylb.collector.paused`). A render
   allocates a few hundred thousand short-lived dicts, which makes CPython run full
   (generation 2) collections over everything the controller holds — the table, the
   check results, the counters: at 100,000 servers each took up to 740 ms with the GIL
@@ -27,14 +27,12 @@ stats page from eating the controller:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from pylb import collector
 from pylb.config import MetricsAuth, Settings
 from pylb.stats.formats import csv_chunks, json_chunks
 from pylb.stats.http import (
@@ -59,32 +57,8 @@ REUSE_ENTRIES = 8
 _Key = tuple[str, bool, int, str, int]
 _T = TypeVar("_T")
 
-_gc_lock = threading.Lock()
-_gc_pausers = 0
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (process-wide) while held; nestable and
-    thread-safe: the last holder out restores what the first one found."""
-    global _gc_pausers, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pausers == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pausers += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pausers -= 1
-            if _gc_pausers == 0 and _gc_was_enabled:
-                gc.enable()
-
-
 def _paused(fn: Callable[..., _T], *args: Any) -> _T:
-    with gc_paused():
+    with collector.paused():
         return fn(*args)
 
 REALM = "pylb statistics"

@@ -474,16 +474,18 @@ async def test_readyz_answers_while_the_counters_are_being_merged() -> None:
 def test_gc_paused_nests_and_restores() -> None:
     import gc
 
+    from pylb import collector
+
     assert gc.isenabled()
-    with stats_server.gc_paused():
+    with collector.paused():
         assert not gc.isenabled()
-        with stats_server.gc_paused():
+        with collector.paused():
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
     gc.disable()
     try:
-        with stats_server.gc_paused():
+        with collector.paused():
             pass
         assert not gc.isenabled()  # it was off before: it stays off
     finally:
