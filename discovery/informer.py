@@ -146,9 +146,12 @@ def parse_status(body: bytes) -> dict[str, Any] | None:
     return None
 
 
-def retry_after(headers: Mapping[str, str], status: Mapping[str, Any] | None) -> float | None:
-    """Seconds to wait from `Retry-After` (seconds or an HTTP date), else from the Status's
-    `details.retryAfterSeconds`; None when neither says."""
+def retry_after(headers: Mapping[str, str], status: Mapping[str, Any] | None,
+                now: float | None = None) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or an HTTP date, counted from `now`, the
+    wall clock in epoch seconds: the informer passes its injected one; None reads
+    time.time()), else from the Status's `details.retryAfterSeconds`; None when neither
+    says."""
     value = headers.get("Retry-After")
     if value:
         value = value.strip()
@@ -159,7 +162,7 @@ def retry_after(headers: Mapping[str, str], status: Mapping[str, Any] | None) ->
         except (TypeError, ValueError):
             when = None
         if when is not None and when.tzinfo is not None:
-            return max(0.0, when.timestamp() - time.time())
+            return max(0.0, when.timestamp() - (time.time() if now is None else now))
     if status:
         details = status.get("details") or {}
         seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
@@ -181,8 +184,10 @@ def is_too_large(status: Mapping[str, Any] | None) -> bool:
     return str(status.get("message", "")).startswith("Too large resource version")
 
 
-def error_from_response(code: int, headers: Mapping[str, str], body: bytes) -> Exception:
-    """The exception for a non-2xx answer: `Gone` for 410, else `ApiError`."""
+def error_from_response(code: int, headers: Mapping[str, str], body: bytes,
+                        now: float | None = None) -> Exception:
+    """The exception for a non-2xx answer: `Gone` for 410, else `ApiError` (`now`: as for
+    `retry_after`)."""
     status = parse_status(body)
     if code == 410:
         return Gone((status or {}).get("message") or "410 Gone")
@@ -190,7 +195,7 @@ def error_from_response(code: int, headers: Mapping[str, str], body: bytes) -> E
         message = f"{status.get('reason', '')}: {status.get('message', '')}"
     else:
         message = body[:200].decode("utf-8", "replace").strip()
-    return ApiError(code, message, retry_after(headers, status), is_too_large(status))
+    return ApiError(code, message, retry_after(headers, status, now), is_too_large(status))
 
 
 def decode_event(line: bytes) -> tuple[str, Object]:
@@ -430,7 +435,8 @@ class Informer:
             try:
                 body = await resp.read()
                 if not 200 <= resp.status < 300:
-                    raise error_from_response(resp.status, resp.headers, body[:MAX_ERROR_BODY])
+                    raise error_from_response(resp.status, resp.headers, body[:MAX_ERROR_BODY],
+                                              self._wallclock())
             finally:
                 resp.release()
             doc = json.loads(body)
@@ -483,7 +489,7 @@ class Informer:
             if resp.status != 200:
                 async with asyncio.timeout(s.read_timeout):
                     body = await resp.content.read(MAX_ERROR_BODY)
-                raise error_from_response(resp.status, resp.headers, body)
+                raise error_from_response(resp.status, resp.headers, body, self._wallclock())
             opened = self._clock()
             while self._clock() < deadline:
                 try:

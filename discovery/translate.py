@@ -1,12 +1,16 @@
 """Kubernetes objects → RouteTable: the 2015 service-loadbalancer's rules, as one pure function.
 
 Theory of operation. `translate()` takes plain dicts as the API server returns them
-(camelCase keys) and the settings, and returns a `RouteTable`. It does no I/O and keeps no
-state. It is the reference: the watcher and the file source get the same table from
-discovery/incremental.py, which keeps per-service results between changes and redoes only
-what a change touches, using this module's pieces — `plan_service` (the per-service part
-of passes 1 and 2), `claim_service` (pass 3 for one service) and `claim_keys` (which
-services' claims can interact) — and whose tests check it against `translate()`.
+(camelCase keys) and the settings, and returns a `RouteTable`. It does no I/O, and its
+result depends on its arguments alone; the one state it keeps is a memo of address texts
+(`_canonical_ip`, a module-global `functools.lru_cache`, which is thread-safe: the
+watcher and the file source call this module from a worker thread, `asyncio.to_thread`,
+while the loop may call it too). It is the reference: the watcher and the file source get
+the same table from discovery/incremental.py, which keeps per-service results between
+changes and redoes only what a change touches, using this module's pieces —
+`plan_service` (the per-service part of passes 1 and 2), `claim_service` (pass 3 for one
+service) and `claim_keys` (which services' claims can interact) — and whose tests check it
+against `translate()`.
 
 It works in three passes:
 

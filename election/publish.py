@@ -201,7 +201,7 @@ class StatusPublisher:
                 except (kapi.ApiError, TimeoutError) as exc:
                     next_pass = loop.time() + min(self._resync, RETRY_AFTER_ERROR)
                     log.warning("publishing status failed (retrying): %s",
-                                exc or "timed out")
+                                str(exc) or "timed out")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(poll, self._resync)):
                     await self._wake.wait()

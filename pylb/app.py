@@ -338,7 +338,9 @@ class Controller:
             elif self.plane is not None:
                 await self.plane.apply(table)
 
-    def on_check(self, key: tuple[str, int], up: bool, result: Any) -> None:
+    def on_check(self, key: tuple[str, int], up: bool, _result: object) -> None:
+        """The checker's verdict change, passed on to the data plane (the result itself
+        stays with the checker, whose `results()` the stats page reads)."""
         if self.pool is not None:
             self.pool.set_health(key, up)
         elif self.plane is not None:
@@ -504,17 +506,12 @@ def main(settings: Settings) -> int:
         except Exception as e:  # the source names the file/cluster problem
             raise StartupError(str(e)) from e
     raise_nofile_limit()
-    controller_box: list[Controller] = []
 
     async def _main() -> None:
-        c = Controller(settings)
-        controller_box.append(c)
-        await c.run()
+        await Controller(settings).run()
 
     try:
         uvloop.run(_main())
-    except StartupError:
-        raise
     except KeyboardInterrupt:
         return 130
     return 0

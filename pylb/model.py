@@ -196,8 +196,7 @@ class RouteTable:
     """The immutable snapshot the data plane serves from.
 
     Routes are kept sorted longest prefix first (then by name), so the first match wins
-    and is the longest. `version` and `source` describe the snapshot and take no part in
-    equality.
+    and is the longest. `version` numbers the snapshot and takes no part in equality.
     """
 
     http: tuple[HttpRoute, ...] = ()
