@@ -56,10 +56,10 @@ from kubernetes_asyncio.client import ApiClient
 from discovery.dns import ExternalNames, Resolve, external_names, resolve
 from discovery.incremental import Translator
 from discovery.informer import ENDPOINTS, ENDPOINTSLICES, SERVICES, Informer, Key, Kind, Object
-from discovery.kubeclient import make_api_client
 from discovery.translate import KubeObjects
 from pylb import collector
 from pylb.config import Settings
+from pylb.kubeapi import client_for
 from pylb.model import RouteTable
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def watched_kinds(settings: Settings) -> tuple[Kind, ...]:
 class KubeSource:
     """Publishes a `RouteTable` for the cluster's services, and a new one on each change.
 
-    `api_client_factory` makes the client (default: `make_api_client(settings)`); the
+    `api_client_factory` makes the client (default: `pylb.kubeapi.client_for(settings)`); the
     source closes it when `run` ends. `translate_fn` (tests) replaces the incremental
     translation by a whole one, called with every object on each change; `resolver`, and
     the informers' backoff `rng` and `sleep` are there for tests too.
@@ -104,7 +104,7 @@ class KubeSource:
     ) -> None:
         self.settings = settings
         self._kinds = watched_kinds(settings)
-        self._factory = api_client_factory or (lambda: make_api_client(settings))
+        self._factory = api_client_factory or (lambda: client_for(settings))
         self._translate = translate_fn
         self._rng = rng
         self._sleep = sleep

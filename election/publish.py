@@ -157,6 +157,13 @@ def event_name(service_name: str, uid: str, event: ServiceEvent) -> str:
     return f"{service_name}.pylb-{digest[:12]}"
 
 
+def retry_delay(exc: BaseException, resync: float) -> float:
+    """Seconds before a failed pass is tried again: RETRY_AFTER_ERROR, or longer when the
+    server asked for it (Retry-After, read once in pylb.kubeapi), never past the resync."""
+    asked = exc.retry_after if isinstance(exc, kapi.ApiError) else None
+    return min(resync, max(RETRY_AFTER_ERROR, asked or 0.0))
+
+
 class StatusPublisher:
     def __init__(self, api: ApiClient, *, pod_namespace: str, pod_selector: str,
                  namespaces: tuple[str, ...] = (), instance: str | None = None,
@@ -199,7 +206,7 @@ class StatusPublisher:
                     async with asyncio.timeout(self._pass_timeout):
                         await self.reconcile(table)
                 except (kapi.ApiError, TimeoutError) as exc:
-                    next_pass = loop.time() + min(self._resync, RETRY_AFTER_ERROR)
+                    next_pass = loop.time() + retry_delay(exc, self._resync)
                     log.warning("publishing status failed (retrying): %s",
                                 str(exc) or "timed out")
             with contextlib.suppress(TimeoutError):
