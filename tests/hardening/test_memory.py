@@ -42,8 +42,8 @@ import pytest
 
 from bench import memory, procs
 from proxy.tcp.splice import PipePool, SplicePump
-from pylb.app import DataPlane
 from pylb.config import Settings
+from pylb.dataplane import DataPlane
 from pylb.model import Backend, HttpRoute, RouteTable, Server, TcpFrontend
 
 ROOT = Path(__file__).resolve().parents[2]
