@@ -1,11 +1,36 @@
-"""Wiring: the controller (discovery, checks, stats, health, election) and the data plane.
+"""The controller: what `pylb run` is, above the data plane.
 
-`DataPlane` is what one worker runs: the HTTP and HTTPS routers and the TCP splicer over
-one set of balancers and counters. `Controller` owns everything that talks to the outside
-world besides traffic, and pushes each new RouteTable and each health verdict to the data
-plane — in this process (`--workers 1`) or, through pylb.workers, to worker processes.
-SIGTERM/SIGINT start the graceful shutdown however busy the loop is, and a deadline ends
-the process tree at --grace-period if that path has not (pylb.stopping).
+Theory of operation
+-------------------
+What it owns. `Controller` owns everything that talks to the world besides traffic: the
+source of truth (`Source`: discovery.kube's watches or discovery.filesource's file), the
+active health checks (proxy.check), the stats server (:1936, pylb.stats) and the health
+server (/healthz, /readyz: pylb.health), the election when `--election` is given
+(election.app), and the data plane — one `DataPlane` (pylb.dataplane) in this process with
+`--workers 1`, else a `WorkerPool` (pylb.workers) of processes that each run their own.
+
+Which loop runs what. Everything here runs on the controller process's one uvloop loop,
+as tasks: `apply-tables`, `discovery` (the source's `run`), `health-checks` and
+`election`. Nothing on it may block: the source translates big changes in a worker
+thread (asyncio.to_thread), and the stats server renders in its own thread, reading a
+`StatsView` snapshot taken on the loop (counters merged lazily, in that thread). Workers
+run their own loops in their own processes and never talk to Kubernetes.
+
+How a table travels. The source builds an immutable, versioned `RouteTable` and calls
+`publish(table)`, which only queues it. `_apply_tables` takes the newest queued table
+(older ones are skipped: only the newest matters), gives it to the checker (which servers
+to probe), then to the data plane: `DataPlane.apply` in process, or `WorkerPool.apply`,
+which sends each worker the delta from the table it has (pylb.delta, pylb.messages;
+whole when it lags). Check verdicts travel the same way (`on_check` → `set_health`).
+The stats page shows the table as it stands here and the counters the workers report.
+
+What each signal does. SIGTERM/SIGINT: a plain signal handler (not the loop's, so it runs
+however busy the loop is: pylb.stopping) sets readiness false, arms the hard deadline of
+--grace-period and asks the loop to `stop()`; `run` then cancels its tasks (bounded by
+STOP_TASKS_TIMEOUT), drains the data plane within what is left of the grace period, and
+closes the stats and health servers. A second SIGTERM/SIGINT, or the deadline, kills the
+workers and exits at once. SIGHUP: reread certificates and the error page, here
+(`DataPlane.reload`) or in every worker (the pool forwards the signal).
 """
 
 from __future__ import annotations
@@ -17,8 +42,8 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import uvloop
 
@@ -43,7 +68,25 @@ log = logging.getLogger("pylb")
 STOP_TASKS_TIMEOUT = 2.0
 
 
-def make_source(settings: Settings) -> Any:
+class Source(Protocol):
+    """A source of truth: discovery.kube.KubeSource or discovery.filesource.FileSource."""
+
+    @property
+    def synced(self) -> bool:
+        """A complete first read is in (readiness waits for it)."""
+
+    @property
+    def last_sync(self) -> float | None:
+        """Wall time of the last complete read, when the source keeps one."""
+
+    async def run(self, publish: Callable[[RouteTable], None]) -> None:
+        """Publish a table now and a new one on each change, until cancelled."""
+
+    def metrics(self) -> Mapping[str, float]:
+        """Numbers for the stats page and /metrics (empty when there are none)."""
+
+
+def make_source(settings: Settings) -> Source:
     if settings.source.startswith("file:"):
         return FileSource(settings.source[5:], settings)
     # Imported here, not at the top: discovery.kube (like election) pulls in
@@ -60,14 +103,16 @@ class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.started = time.time()
-        self.source = make_source(settings)
+        self.source: Source = make_source(settings)
         self.table = RouteTable()
         self.table_time = 0.0
         self.shutting_down = False
-        self.leader: Any = None
+        self.leader: dict[str, Any] | None = None
         self.plane: DataPlane | None = None
-        self.pool: Any = None
-        self.checker: Any = None
+        self.pool: WorkerPool | None = None
+        self.checker = HealthChecker(settings, self.on_check)
+        self.stats_server = StatsServer(settings, self.view)
+        self.health_server = HealthServer(settings, self.alive, self.ready)
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,8 +124,7 @@ class Controller:
 
     def counters(self) -> dict[str, Any]:
         if self.pool is not None:
-            counters: dict[str, Any] = self.pool.counters()
-            return counters
+            return self.pool.counters()
         assert self.plane is not None
         return merge_snapshots([self.plane.stats.snapshot()])
 
@@ -89,13 +133,13 @@ class Controller:
         stats page shows. Runs in the stats render thread (see LazyCounters)."""
         return self._shown.get(table, table_keys(table))
 
-    def view(self) -> Any:
+    def view(self) -> StatsView:
         table = self.table
         if self.plane is not None:  # here on the loop, not in the render thread
             self.plane.stats.sweep()  # rows of servers gone from the table, now idle
         tls_store = self.plane.tls_store if self.plane is not None else None
         certs = tls_store.certificates() if tls_store is not None else []
-        metrics = self.source.metrics() if hasattr(self.source, "metrics") else {}
+        metrics = dict(self.source.metrics())
         return StatsView(
             version=__version__,
             pid=os.getpid(),
@@ -107,11 +151,11 @@ class Controller:
             # Merged in the render thread, not here on the loop: 100,000 server rows
             # take seconds, and /readyz, discovery and checks wait for the loop.
             counters=LazyCounters(lambda: self.shown_counters(table)),
-            checks=self.checker.results() if self.checker is not None else {},
+            checks=self.checker.results(),
             leader=self.leader,
-            discovery_synced=bool(getattr(self.source, "synced", False)),
+            discovery_synced=self.source.synced,
             discovery_metrics=metrics,
-            discovery_last_sync=getattr(self.source, "last_sync", None),
+            discovery_last_sync=self.source.last_sync,
             certificates=certs,
             table_version=table.version,
             table_age=(time.time() - self.table_time) if self.table_time else None,
@@ -124,7 +168,7 @@ class Controller:
         return self.plane is not None
 
     def ready(self) -> bool:
-        return (not self.shutting_down) and bool(getattr(self.source, "synced", False))
+        return (not self.shutting_down) and self.source.synced
 
     # -- running ------------------------------------------------------------------------
 
@@ -142,8 +186,7 @@ class Controller:
             log.info("route table v%d: %d http, %d https, %d tcp, %d backends, %d skipped",
                      table.version, len(table.http), len(table.https), len(table.tcp),
                      len(table.backends), len(table.skipped))
-            if self.checker is not None:
-                self.checker.set_table(table)
+            self.checker.set_table(table)
             if self.pool is not None:
                 self.pool.apply(table)
             elif self.plane is not None:
@@ -160,7 +203,6 @@ class Controller:
     async def run(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        self.checker = HealthChecker(s, self.on_check)
         if s.workers > 1:
             self.pool = WorkerPool(s, self_signed_pem=make_self_signed(s))
             await self.pool.start()
@@ -173,8 +215,6 @@ class Controller:
             except OSError as e:
                 raise StartupError(f"cannot listen on {s.bind}:{s.http_port}: "
                                    f"{e.strerror or e}") from None
-        self.stats_server = StatsServer(s, self.view)
-        self.health_server = HealthServer(s, self.alive, self.ready)
         try:
             await self.stats_server.start(s.stats_bind, s.stats_port)
             await self.health_server.start(s.bind, s.health_port)
@@ -270,12 +310,13 @@ def dry_run(settings: Settings, out: Callable[[str], Any] = print) -> int:
     """`--dry`: print the table that would be served, and exit."""
     source = make_source(settings)
     # The file source reads once, without a loop; Kubernetes needs one list.
-    table = source.load() if hasattr(source, "load") else asyncio.run(_first_table(source))
+    table = (source.load() if isinstance(source, FileSource)
+             else asyncio.run(_first_table(source)))
     out(table.render())
     return 0
 
 
-async def _first_table(source: Any) -> RouteTable:
+async def _first_table(source: Source) -> RouteTable:
     got: asyncio.Future[RouteTable] = asyncio.get_running_loop().create_future()
 
     def publish(t: RouteTable) -> None:
