@@ -73,10 +73,11 @@ class Steps:
             self.waiting.cancel()
 
     def _step(self, fut: object) -> None:
-        self.waiting = None
+        # `waiting` may still name the future just done: cancelling a done future does
+        # nothing, and a cancel between steps is seen below (fut is None).
         coro = self.coro
         try:
-            if self.cancelled and fut is None:
+            if fut is None and self.cancelled:
                 yielded = coro.throw(asyncio.CancelledError())
             else:
                 yielded = coro.send(None)
