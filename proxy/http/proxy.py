@@ -161,7 +161,13 @@ class HttpProxy:
         for conn in list(self.conns):
             conn.abort()
         for dial in list(self._connects):
-            dial.cancel()  # each ends on a later turn of the loop (CLIENT_ABORT)
+            dial.cancel()
+        # Each cancelled connect ends (CLIENT_ABORT) within a turn or two of the loop; let
+        # them end before the pool closes, so no late one hands it a connection.
+        for _ in range(100):
+            if not self._connects:
+                break
+            await asyncio.sleep(0)
         if self._pool is not None:
             self._pool.close_all()
         if self._server is not None:

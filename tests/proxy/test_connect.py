@@ -11,8 +11,13 @@ from typing import Any
 
 import pytest
 
+from proxy.balance import Balancers
 from proxy.connect import EXPIRY_SLACK, Dial, ShortageLog, Steps
+from proxy.http import HttpProxy
+from pylb.config import Settings
+from pylb.counters import Stats
 from pylb.failures import Failure
+from pylb.model import Server
 
 
 class _Loop:
@@ -144,3 +149,26 @@ async def test_steps_runs_a_coroutine_to_its_end() -> None:
 
     Steps(loop, boom(), lambda r, e: ends.append((r, e)))
     assert isinstance(ends[-1][1], ValueError)
+
+
+async def test_http_shutdown_ends_the_connects_under_way() -> None:
+    """HttpProxy.shutdown cancels its connects and waits for them to end before the pool
+    closes; the client hears nothing more (it has been cut already)."""
+    async def hang(*_: object, **__: object) -> object:
+        await asyncio.Event().wait()
+
+    settings = Settings()
+    proxy = HttpProxy(settings, Stats(), Balancers(settings.limits))
+    proxy._loop = _Loop(asyncio.get_running_loop(), hang)  # type: ignore[assignment]
+    heard: list[object] = []
+
+    class Client:
+        closed = True
+
+        def connect_done(self, *args: object, **kw: object) -> None:
+            heard.append(args)
+
+    proxy.connect(Client(), Server("127.0.0.1", 9))  # type: ignore[arg-type]
+    assert len(proxy._connects) == 1
+    await proxy.shutdown(0)
+    assert not proxy._connects and heard == []
