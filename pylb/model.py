@@ -42,6 +42,15 @@ class ProxyProtocol(enum.StrEnum):
     V2 = "v2"
 
 
+class PathMatch(enum.StrEnum):
+    """How an `HttpRoute` matches a request (proxy/http/routing.py does the matching)."""
+
+    LEGACY = "legacy"  # the 2015 rules: segment-boundary prefix, OR-ed with the Host
+    PREFIX = "prefix"  # Ingress pathType Prefix: host AND element-wise path prefix
+    EXACT = "exact"  # Ingress pathType Exact: host AND the path itself
+    DEFAULT = "default"  # Ingress defaultBackend: whatever no other route takes
+
+
 _set = object.__setattr__  # how a frozen dataclass sets its derived fields
 
 
@@ -131,7 +140,10 @@ class HttpRoute:
     when `case_insensitive`; or, when `host` is set, when its Host header (without port)
     equals `host` — the two are OR-ed, as the 2015 template's ACLs were. `strip_prefix`
     removes the prefix before forwarding (`/name/a?b` → `/a?b`, `/name` → `/`); aclMatch
-    routes keep it.
+    routes keep it. That is `match=LEGACY`; the Ingress kinds (`PREFIX`, `EXACT`,
+    `DEFAULT`) match host AND path, `host` may then be a `*.` wildcard of one label, and
+    `prefix` of a PREFIX route has no trailing slash (but `/` itself): see
+    proxy/http/routing.py for their precedence.
     """
 
     name: str  # "svc" for service port 80, else "svc:port"; or the aclMatch prefix
@@ -142,9 +154,12 @@ class HttpRoute:
     case_insensitive: bool = False
     tls: bool = False
     ssl_redirect: bool = False  # plain frontend answers 301 to https for this route
+    match: PathMatch = PathMatch.LEGACY
 
     def render(self) -> str:
         flags = []
+        if self.match is not PathMatch.LEGACY:
+            flags.append(self.match.value)
         if self.host:
             flags.append(f"host={self.host}")
         if self.case_insensitive:
@@ -181,14 +196,17 @@ class TcpFrontend:
 @dataclass(frozen=True, slots=True)
 class SkippedService:
     """A service the translation did not expose, and why (shown by --dry, logged, and
-    written as a Kubernetes Event by the leader)."""
+    written as a Kubernetes Event by the leader). `kind` is "Ingress" for an Ingress, or a
+    part of one, that pylb does not serve."""
 
     namespace: str
     name: str
     reason: str
+    kind: str = "Service"
 
     def render(self) -> str:
-        return f"skipped {self.namespace}/{self.name}: {self.reason}"
+        kind = "" if self.kind == "Service" else f"{self.kind} "
+        return f"skipped {kind}{self.namespace}/{self.name}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -280,14 +298,15 @@ class RouteTable:
         return "\n".join(out) + "\n"
 
 
-def route_order(r: HttpRoute) -> tuple[int, str, str, str]:
-    """A table's order of routes: longest prefix first, then by prefix, host, name."""
-    return (-len(r.prefix), r.prefix, r.host or "", r.name)
+def route_order(r: HttpRoute) -> tuple[int, str, str, str, str]:
+    """A table's order of routes: longest prefix first, then by prefix, host, name, and
+    match kind. (The router orders Ingress routes its own way.)"""
+    return (-len(r.prefix), r.prefix, r.host or "", r.name, r.match.value)
 
 
-def skipped_order(s: SkippedService) -> tuple[str, str, str]:
+def skipped_order(s: SkippedService) -> tuple[str, str, str, str]:
     """A table's order of skipped services."""
-    return (s.namespace, s.name, s.reason)
+    return (s.namespace, s.name, s.reason, s.kind)
 
 
 def _sort_routes(routes: Iterable[HttpRoute]) -> tuple[HttpRoute, ...]:
