@@ -102,6 +102,8 @@ def plan_events(table: RouteTable) -> dict[tuple[str, str, str], ServiceEvent]:
         events[e.key] = e
     reasons: dict[ServiceKey, list[str]] = {}
     for s in table.skipped:
+        if s.kind != "Service":
+            continue  # Ingresses: discovery's own events (not written yet), not a Service's
         reasons.setdefault((s.namespace, s.name), []).append(s.reason)
     for (ns, name), why in reasons.items():
         e = ServiceEvent(ns, name, "Warning", REASON_SKIPPED,

@@ -1,0 +1,443 @@
+"""networking.k8s.io/v1 Ingress → routes: a pure layer over the services' route table.
+
+Theory of operation. `apply_ingresses()` takes the table translate() made from the
+Services (discovery/translate.py), the Ingress and IngressClass objects as plain dicts, the
+settings, and a way to read a service's `Plan` (its parsed ports and their servers); it
+returns the table with the Ingresses' routes and backends added, and the services the
+Ingresses refer to (so that the incremental translation knows when to redo this layer).
+It does no I/O, keeps no state but a bounded "logged once" set, and never raises: an
+Ingress (or one path of it) it cannot serve is skipped with a reason, recorded as a
+`SkippedService` of kind "Ingress" (logged, shown by --dry, and an Event by the leader).
+
+Which Ingresses are ours (`selection`), with `--ingress-class=NAME`:
+- `spec.ingressClassName: NAME`, and the IngressClass NAME says `spec.controller:
+  pylb.io/ingress-controller`. NAME without that IngressClass (missing, or another
+  controller's) is skipped with a reason: the Ingress asks for us, the cluster disagrees.
+- no `spec.ingressClassName` and the legacy annotation `kubernetes.io/ingress.class: NAME`
+  (ingress-nginx honours it without an IngressClass object; so do we).
+- neither, and the IngressClass NAME is ours and annotated
+  `ingressclass.kubernetes.io/is-default-class: "true"`.
+Anything else belongs to another controller and is ignored without a word. Only
+Ingresses in the watched namespaces (`--namespace`) are considered.
+
+Rules, as the Ingress spec says (see proxy/http/routing.py for how they match):
+- `host` is a DNS name or `*.` and a DNS name (one label); lowercased. No host: any host.
+- `pathType` Exact and Prefix as the spec says; ImplementationSpecific is Prefix (pylb has
+  no regular-expression paths; ingress-nginx's are regexes only with `use-regex`).
+  A path must be absolute; Prefix paths lose a trailing slash (`/foo/` is `/foo`).
+- A backend is `service` {name, port {number | name}}: the port of that Service with that
+  number, or that name. A `resource` backend is skipped with a reason (pylb forwards to
+  services only). A Service that does not exist, or lacks the port, still gets its route:
+  it answers 503 (ingress-nginx does the same), and the reason is recorded.
+- `defaultBackend`: takes what no route takes; the first Ingress (by namespace/name) that
+  has one wins, the others' are skipped with a reason.
+- The same (host, path, pathType) in two Ingresses: the first by namespace/name keeps it.
+- `tls[].hosts`: those hosts' routes are also served on the TLS frontend, and the plain
+  frontend redirects them to https (ingress-nginx's ssl-redirect default), unless
+  `nginx.ingress.kubernetes.io/ssl-redirect: "false"`; `force-ssl-redirect: "true"`
+  redirects (and serves on TLS) every route of the Ingress. The certificates come from the
+  Secrets named (discovery/secrets.py).
+
+Backends are the services' own (`namespace/service:port`, the same object when the
+service's own route already has it), with the service's `serviceloadbalancer/lb.*`
+annotations: an Ingress routes to a service the way pylb balances it anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from discovery.translate import Ident, Plan, _Port, _Service, checked, service_backend
+from pylb.config import Settings
+from pylb.model import Backend, HttpRoute, PathMatch, RouteTable, Server, SkippedService
+
+log = logging.getLogger("pylb.discovery")
+
+CONTROLLER = "pylb.io/ingress-controller"
+CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
+NGINX = "nginx.ingress.kubernetes.io/"
+KIND = "Ingress"
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\Z")
+_PATH = re.compile(r"/[!$&'()*+,;=:@%A-Za-z0-9._~/-]*\Z")
+_PATH_TYPES = {"Exact": PathMatch.EXACT, "Prefix": PathMatch.PREFIX,
+               "ImplementationSpecific": PathMatch.PREFIX}
+_LOGGED_MAX = 10_000
+
+PlanOf = Callable[[str, str], Plan | None]
+
+
+class _Bad(Exception):
+    """This Ingress (or this part of it) cannot be served, for this reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngressResult:
+    """What the Ingresses add: the table with them, and the services they name."""
+
+    table: RouteTable
+    services: frozenset[Ident]
+
+
+_logged: set[tuple[str, str, str]] = set()
+
+
+def _log_once(level: int, ns: str, name: str, reason: str) -> None:
+    key = (ns, name, reason)
+    if key in _logged:
+        return
+    if len(_logged) >= _LOGGED_MAX:
+        _logged.clear()
+    _logged.add(key)
+    log.log(level, "Ingress %s/%s: %s", ns, name, reason)
+
+
+# -- selection -------------------------------------------------------------------------------
+
+
+def class_index(classes: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """IngressClass objects by name (malformed ones left out)."""
+    out: dict[str, dict[str, Any]] = {}
+    for obj in classes:
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if isinstance(name, str) and name:
+            out[name] = obj
+    return out
+
+
+def _is_ours(cls: dict[str, Any] | None) -> bool:
+    spec = cls.get("spec") if cls is not None else None
+    return isinstance(spec, dict) and spec.get("controller") == CONTROLLER
+
+
+def _is_default(cls: dict[str, Any]) -> bool:
+    meta = cls.get("metadata")
+    ann = meta.get("annotations") if isinstance(meta, dict) else None
+    value = ann.get(DEFAULT_CLASS_ANNOTATION) if isinstance(ann, dict) else None
+    return isinstance(value, str) and value.lower() == "true"
+
+
+def selection(obj: Any, classes: Mapping[str, dict[str, Any]],
+              class_name: str) -> bool | str:
+    """True: the Ingress is ours to serve; False: another controller's; a string: it asks
+    for us but cannot be served, for that reason."""
+    if not isinstance(obj, dict):
+        return False
+    spec = obj.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    meta = obj.get("metadata")
+    ann = meta.get("annotations") if isinstance(meta, dict) else None
+    ann = ann if isinstance(ann, dict) else {}
+    ours = classes.get(class_name)
+    wanted = spec.get("ingressClassName")
+    if wanted is not None:
+        if wanted != class_name:
+            return False
+        if ours is None:
+            return f"IngressClass {class_name} does not exist"
+        if not _is_ours(ours):
+            return (f"IngressClass {class_name} names controller "
+                    f"{(ours.get('spec') or {}).get('controller')!r}, not {CONTROLLER}")
+        return True
+    legacy = ann.get(CLASS_ANNOTATION)
+    if legacy is not None:
+        return bool(legacy == class_name)
+    return ours is not None and _is_ours(ours) and _is_default(ours)
+
+
+# -- the layer -------------------------------------------------------------------------------
+
+
+def _meta(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        raise _Bad("metadata is not an object")
+    ns, name = meta.get("namespace"), meta.get("name")
+    if not isinstance(ns, str) or not ns or not isinstance(name, str) or not name:
+        raise _Bad("metadata.namespace or metadata.name is missing")
+    return ns, name
+
+
+def ingress_ident(obj: Any) -> tuple[str, str]:
+    """(namespace, name) of an Ingress, with "?" for what is missing (for messages)."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    ns, name = meta.get("namespace"), meta.get("name")
+    return (ns if isinstance(ns, str) and ns else "?",
+            name if isinstance(name, str) and name else "?")
+
+
+def _version(obj: dict[str, Any]) -> int:
+    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    return int(rv) if isinstance(rv, str) and rv.isdigit() else -1
+
+
+def _host(value: Any, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Bad(f"{what} is not a string")
+    host = value.lower().rstrip(".")
+    if not _HOST.match(host) or len(host) > 253:
+        raise _Bad(f"{what} {value!r} is not a DNS name (or *. and one)")
+    return host
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Bad(f"{what} is not a list")
+    return value
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(f"{what} is not an object")
+    return value
+
+
+def _flag(ann: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = ann.get(NGINX + key)
+    if value is None:
+        return default
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise _Bad(f"annotation {NGINX}{key}: expected \"true\" or \"false\", got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a path sends: a backend name (maybe with no servers), and why it has none."""
+
+    backend: str
+    service: Ident
+    port: _Port | None
+    problem: str | None
+
+
+class _Layer:
+    def __init__(self, table: RouteTable, settings: Settings, plan_of: PlanOf) -> None:
+        self.table = table
+        self.settings = settings
+        self.plan_of = plan_of
+        self.http: list[HttpRoute] = []
+        self.https: list[HttpRoute] = []
+        self.backends: dict[str, Backend] = {}
+        self.skipped: list[SkippedService] = []
+        self.services: set[Ident] = set()
+        self.claims: dict[tuple[bool, str, str, PathMatch], str] = {}
+        self.default_owner: str | None = None
+
+    def skip(self, ns: str, name: str, reason: str, level: int = logging.WARNING) -> None:
+        _log_once(level, ns, name, reason)
+        self.skipped.append(SkippedService(ns, name, reason, KIND))
+
+    def target(self, ns: str, raw: Any, what: str) -> _Target:
+        backend = _obj(raw, what)
+        if backend.get("resource") is not None:
+            raise _Bad(f"{what}.resource: pylb forwards to services only")
+        svc_ref = _obj(backend.get("service"), f"{what}.service")
+        svc_name = svc_ref.get("name")
+        if not isinstance(svc_name, str) or not svc_name:
+            raise _Bad(f"{what}.service.name is missing")
+        port_ref = _obj(svc_ref.get("port"), f"{what}.service.port")
+        number, port_name = port_ref.get("number"), port_ref.get("name")
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int)
+                                   or not 1 <= number <= 65535):
+            raise _Bad(f"{what}.service.port.number {number!r} is not a port number")
+        if number is None and (not isinstance(port_name, str) or not port_name):
+            raise _Bad(f"{what}.service.port needs a number or a name")
+        ident = (ns, svc_name)
+        self.services.add(ident)
+        plan = self.plan_of(ns, svc_name)
+        wanted = str(number) if number is not None else port_name
+        svc: _Service | None = plan.svc if plan is not None else None
+        if plan is None or svc is None:
+            why = "does not exist" if plan is None else f"is unusable ({plan.error})"
+            return _Target(f"{ns}/{svc_name}:{wanted}", ident, None,
+                           f"service {ns}/{svc_name} {why}: its paths answer 503")
+        port = next((p for p in svc.ports
+                     if (p.port == number if number is not None else p.name == port_name)),
+                    None)
+        if port is None:
+            return _Target(f"{ns}/{svc_name}:{wanted}", ident, None,
+                           f"service {ns}/{svc_name} has no port {wanted}: its paths "
+                           "answer 503")
+        if port.protocol != "TCP":
+            raise _Bad(f"service {ns}/{svc_name} port {wanted} is {port.protocol}, not TCP")
+        return _Target(f"{ns}/{svc_name}:{port.port}", ident, port, None)
+
+    def backend(self, target: _Target) -> Backend:
+        """The backend of a target: the table's own when the service's route made it."""
+        known = self.backends.get(target.backend) or self.table.get_backend(target.backend)
+        if known is not None:
+            return known
+        plan = self.plan_of(*target.service)
+        servers: tuple[Server, ...] = ()
+        if plan is not None and plan.svc is not None and target.port is not None:
+            for step in plan.steps:
+                if not isinstance(step, str) and step[0] == target.port:
+                    servers = step[1]
+            svc = plan.svc
+            backend = service_backend(svc, target.port, servers, checked(svc.ann,
+                                                                         self.settings))
+        else:
+            backend = Backend(target.backend)
+        self.backends[backend.name] = backend
+        return backend
+
+    def add(self, ns: str, name: str, route: HttpRoute) -> str | None:
+        """Claim a route; the owner's name when it is already taken."""
+        key = (route.tls, route.host or "", route.prefix, route.match)
+        owner = self.claims.get(key)
+        if owner is not None:
+            return owner
+        self.claims[key] = f"{ns}/{name}"
+        (self.https if route.tls else self.http).append(route)
+        return None
+
+    def ingress(self, obj: dict[str, Any]) -> None:
+        ns, name = _meta(obj)
+        ident = f"{ns}/{name}"
+        meta = obj["metadata"]
+        ann = meta.get("annotations")
+        ann = ann if isinstance(ann, dict) else {}
+        spec = _obj(obj.get("spec"), "spec")
+        tls_hosts: set[str] = set()
+        for i, entry in enumerate(_list(spec.get("tls"), "spec.tls")):
+            entry = _obj(entry, f"spec.tls[{i}]")
+            for j, h in enumerate(_list(entry.get("hosts"), f"spec.tls[{i}].hosts")):
+                host = _host(h, f"spec.tls[{i}].hosts[{j}]")
+                if host is not None:
+                    tls_hosts.add(host)
+        redirect = _flag(ann, "ssl-redirect", True)
+        force = _flag(ann, "force-ssl-redirect", False)
+        routes: list[tuple[HttpRoute, _Target, str]] = []
+        for i, rule in enumerate(_list(spec.get("rules"), "spec.rules")):
+            what = f"spec.rules[{i}]"
+            try:
+                rule = _obj(rule, what)
+                host = _host(rule.get("host"), f"{what}.host")
+                http = rule.get("http")
+                paths = _list(_obj(http, f"{what}.http").get("paths"),
+                              f"{what}.http.paths") if http is not None else []
+            except _Bad as e:
+                self.skip(ns, name, str(e))
+                continue
+            tls = host is not None and host in tls_hosts
+            for j, p in enumerate(paths):
+                pw = f"{what}.http.paths[{j}]"
+                try:
+                    p = _obj(p, pw)
+                    path_type = p.get("pathType") or "ImplementationSpecific"
+                    match = _PATH_TYPES.get(path_type)
+                    if match is None:
+                        raise _Bad(f"{pw}.pathType {path_type!r} is not Exact, Prefix or "
+                                   "ImplementationSpecific")
+                    path = p.get("path") or "/"
+                    if not isinstance(path, str) or not _PATH.match(path):
+                        raise _Bad(f"{pw}.path {path!r} is not an absolute path")
+                    if match is PathMatch.PREFIX and len(path) > 1:
+                        path = path.rstrip("/") or "/"
+                    target = self.target(ns, p.get("backend"), f"{pw}.backend")
+                except _Bad as e:
+                    self.skip(ns, name, str(e))
+                    continue
+                on_tls = tls or force
+                plain = HttpRoute(ident, path, target.backend, host, strip_prefix=False,
+                                  ssl_redirect=on_tls and (force or redirect), match=match)
+                routes.append((plain, target, f"{pw} ({host or '*'}{path})"))
+                if on_tls:
+                    routes.append((HttpRoute(ident, path, target.backend, host,
+                                             strip_prefix=False, tls=True, match=match),
+                                   target, f"{pw} ({host or '*'}{path}, TLS)"))
+        if spec.get("defaultBackend") is not None:
+            try:
+                target = self.target(ns, spec.get("defaultBackend"), "spec.defaultBackend")
+            except _Bad as e:
+                self.skip(ns, name, str(e))
+            else:
+                if self.default_owner is not None:
+                    self.skip(ns, name, "spec.defaultBackend: the default backend is "
+                              f"already Ingress {self.default_owner}'s")
+                else:
+                    self.default_owner = ident
+                    routes.append((HttpRoute(ident, "/", target.backend, None,
+                                             strip_prefix=False, match=PathMatch.DEFAULT),
+                                   target, "spec.defaultBackend"))
+                    if tls_hosts:
+                        routes.append((HttpRoute(ident, "/", target.backend, None,
+                                                 strip_prefix=False, tls=True,
+                                                 match=PathMatch.DEFAULT),
+                                       target, "spec.defaultBackend (TLS)"))
+        problems: set[str] = set()
+        for route, target, where in routes:
+            owner = (self.add(ns, name, route) if route.match is not PathMatch.DEFAULT
+                     else self._add_default(route))
+            if owner is not None:
+                self.skip(ns, name, f"{where}: already taken by Ingress {owner}")
+                continue
+            self.backend(target)
+            if target.problem is not None and target.problem not in problems:
+                problems.add(target.problem)
+                self.skip(ns, name, target.problem, logging.INFO)
+
+    def _add_default(self, route: HttpRoute) -> str | None:
+        (self.https if route.tls else self.http).append(route)
+        return None
+
+    def result(self) -> RouteTable:
+        t = self.table
+        if not (self.http or self.https or self.skipped):
+            return t
+        backends = list(t.backends)
+        backends += [b for n, b in self.backends.items() if t.get_backend(n) is None]
+        return RouteTable(http=t.http + tuple(self.http), https=t.https + tuple(self.https),
+                          tcp=t.tcp, backends=tuple(backends),
+                          skipped=t.skipped + tuple(self.skipped), version=t.version)
+
+
+def apply_ingresses(table: RouteTable, ingresses: Iterable[Any], classes: Iterable[Any],
+                    settings: Settings, plan_of: PlanOf) -> IngressResult:
+    """`table` with the routes of the Ingresses that are ours (see the module docstring).
+    Never raises: an Ingress that fails is skipped with a reason."""
+    class_name = settings.ingress_class
+    if class_name is None:
+        return IngressResult(table, frozenset())
+    layer = _Layer(table, settings, plan_of)
+    by_class = class_index(classes)
+    chosen: dict[tuple[str, str], dict[str, Any]] = {}
+    for obj in ingresses:
+        ns, name = ingress_ident(obj)
+        if ns != "?" and settings.namespaces and ns not in settings.namespaces:
+            continue
+        ours = selection(obj, by_class, class_name)
+        if ours is False:
+            continue
+        if isinstance(ours, str):
+            layer.skip(ns, name, ours)
+            continue
+        old = chosen.get((ns, name))
+        if old is None or _version(obj) > _version(old):
+            chosen[(ns, name)] = obj
+    for (ns, name), obj in sorted(chosen.items()):
+        try:
+            layer.ingress(obj)
+        except _Bad as e:
+            layer.skip(ns, name, str(e))
+        except Exception as e:  # a bug here must cost one Ingress, not the whole table
+            log.exception("internal error translating Ingress %s/%s", ns, name)
+            layer.skip(ns, name, f"internal error: {e!r}", logging.ERROR)
+    try:
+        return IngressResult(layer.result(), frozenset(layer.services))
+    except ValueError:  # a bug (a duplicate route or backend): serve the services alone
+        log.exception("internal error adding the Ingresses' routes")
+        return IngressResult(table, frozenset(layer.services))

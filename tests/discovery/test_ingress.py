@@ -1,0 +1,241 @@
+"""Table-driven tests of discovery.ingress: class selection, rules, TLS hosts, skips."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from discovery.ingress import CLASS_ANNOTATION, CONTROLLER, DEFAULT_CLASS_ANNOTATION
+from discovery.translate import KubeObjects, translate
+from pylb.config import Settings
+from pylb.model import HttpRoute, PathMatch, RouteTable
+from tests.discovery.test_translate import ep, eps, svc
+
+N = "nginx.ingress.kubernetes.io/"
+
+
+def iclass(name: str = "pylb", controller: str = CONTROLLER,
+           default: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if default:
+        meta["annotations"] = {DEFAULT_CLASS_ANNOTATION: "true"}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": meta,
+            "spec": {"controller": controller}}
+
+
+def backend(service: str, port: int | str = 80) -> dict[str, Any]:
+    key = "number" if isinstance(port, int) else "name"
+    return {"service": {"name": service, "port": {key: port}}}
+
+
+def path(p: str, service: str = "web", port: int | str = 80,
+         kind: str = "Prefix") -> dict[str, Any]:
+    return {"path": p, "pathType": kind, "backend": backend(service, port)}
+
+
+def ing(name: str, rules: list[Any] | None = None, ns: str = "default",
+        cls: str | None = "pylb", annotations: dict[str, Any] | None = None,
+        **spec: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": ns}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    body: dict[str, Any] = {"rules": rules or [], **spec}
+    if cls is not None:
+        body["ingressClassName"] = cls
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta,
+            "spec": body}
+
+
+def rule(host: str | None, *paths: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"http": {"paths": list(paths)}}
+    if host is not None:
+        out["host"] = host
+    return out
+
+
+SERVICES = (svc("web", [{"port": 80, "name": "http", "targetPort": 8080}]),
+            svc("api", [{"port": 8000, "name": "grpc"}, {"port": 9000, "name": "admin"}]))
+SLICES = (eps("web", [ep("127.0.0.1")], [{"port": 8080, "name": "http"}]),
+          eps("api", [ep("127.0.0.2")], [{"port": 8000, "name": "grpc"},
+                                         {"port": 9000, "name": "admin"}]))
+
+
+def run(ingresses: list[Any], classes: list[Any] | None = None,
+        services: tuple[Any, ...] = SERVICES, **settings: Any) -> RouteTable:
+    settings.setdefault("ingress_class", "pylb")
+    return translate(KubeObjects(services, SLICES, (), {}, tuple(ingresses),
+                                 tuple(classes if classes is not None else [iclass()])),
+                     Settings(**settings))
+
+
+def ingress_routes(table: RouteTable, tls: bool = False) -> list[HttpRoute]:
+    return [r for r in (table.https if tls else table.http) if r.match is not PathMatch.LEGACY]
+
+
+def skips(table: RouteTable) -> list[str]:
+    return [f"{s.name}: {s.reason}" for s in table.skipped if s.kind == "Ingress"]
+
+
+# -- selection -------------------------------------------------------------------------------
+
+SELECTION = [
+    # (ingress kwargs, classes, served?, skipped reason fragment)
+    ({"cls": "pylb"}, [iclass()], True, None),
+    ({"cls": "nginx"}, [iclass(), iclass("nginx", "k8s.io/ingress-nginx")], False, None),
+    ({"cls": "pylb"}, [], False, "IngressClass pylb does not exist"),
+    ({"cls": "pylb"}, [iclass("pylb", "k8s.io/ingress-nginx")], False, "names controller"),
+    ({"cls": None}, [iclass()], False, None),  # no class, ours not default
+    ({"cls": None}, [iclass(default=True)], True, None),
+    ({"cls": None}, [iclass("pylb", "other.io/x", default=True)], False, None),
+    ({"cls": None, "annotations": {CLASS_ANNOTATION: "pylb"}}, [], True, None),
+    ({"cls": None, "annotations": {CLASS_ANNOTATION: "nginx"}}, [iclass(default=True)],
+     False, None),
+    ({"cls": "pylb", "annotations": {CLASS_ANNOTATION: "nginx"}}, [iclass()], True, None),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "classes", "served", "reason"), SELECTION)
+def test_selection(kwargs: dict[str, Any], classes: list[Any], served: bool,
+                   reason: str | None) -> None:
+    table = run([ing("i", [rule("a.test", path("/"))], **kwargs)], classes)
+    assert bool(ingress_routes(table)) is served
+    if reason is None:
+        assert skips(table) == []
+    else:
+        assert any(reason in s for s in skips(table)), skips(table)
+
+
+def test_no_ingress_class_flag_means_no_ingresses() -> None:
+    table = run([ing("i", [rule("a.test", path("/"))])], ingress_class=None)
+    assert ingress_routes(table) == [] and skips(table) == []
+
+
+def test_unwatched_namespace_ignored() -> None:
+    table = run([ing("i", [rule("a.test", path("/"))], ns="other")])
+    assert ingress_routes(table) == []
+
+
+# -- rules -----------------------------------------------------------------------------------
+
+
+def test_rules_and_backends_by_number_and_name() -> None:
+    table = run([ing("i", [
+        rule("A.Test", path("/", "web", 80), path("/api", "api", "grpc", "Exact")),
+        rule("*.wild.test", path("/x/", "api", 9000, "ImplementationSpecific")),
+        rule(None, path("/all", "web", "http")),
+    ])])
+    got = {(r.host, r.prefix, r.match, r.backend) for r in ingress_routes(table)}
+    assert got == {
+        ("a.test", "/", PathMatch.PREFIX, "default/web:80"),
+        ("a.test", "/api", PathMatch.EXACT, "default/api:8000"),
+        ("*.wild.test", "/x", PathMatch.PREFIX, "default/api:9000"),
+        (None, "/all", PathMatch.PREFIX, "default/web:80"),
+    }
+    assert [s.address for s in table.backend("default/api:9000").servers] == ["127.0.0.2"]
+    assert [s.port for s in table.backend("default/web:80").servers] == [8080]
+    assert all(not r.strip_prefix for r in ingress_routes(table))
+
+
+def test_default_backend_first_ingress_wins() -> None:
+    table = run([ing("b", defaultBackend=backend("api", 8000)),
+                 ing("a", defaultBackend=backend("web"))])
+    (default,) = [r for r in table.http if r.match is PathMatch.DEFAULT]
+    assert default.backend == "default/web:80" and default.name == "default/a"
+    assert any("already Ingress default/a's" in s for s in skips(table))
+
+
+BAD = [
+    (rule("a.test", {"path": "/", "pathType": "Prefix",
+                     "backend": {"resource": {"kind": "Bucket", "name": "b"}}}),
+     "pylb forwards to services only"),
+    (rule("a.test", path("/", kind="Regex")), "is not Exact, Prefix"),
+    (rule("a.test", path("relative")), "is not an absolute path"),
+    (rule("bad_host!", path("/")), "is not a DNS name"),
+    (rule("a.*.test", path("/")), "is not a DNS name"),
+    (rule("a.test", {"path": "/", "pathType": "Prefix",
+                     "backend": {"service": {"name": "web", "port": {}}}}),
+     "needs a number or a name"),
+    ("not a rule", "is not an object"),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason"), BAD)
+def test_bad_parts_skipped_with_reason_others_kept(bad: Any, reason: str) -> None:
+    table = run([ing("i", [bad, rule("good.test", path("/"))])])
+    assert [r.host for r in ingress_routes(table)] == ["good.test"]
+    assert any(reason in s for s in skips(table)), skips(table)
+
+
+@pytest.mark.parametrize("obj", [
+    {"kind": "Ingress"}, {"metadata": {"name": "x", "namespace": "default"},
+                          "spec": {"ingressClassName": "pylb", "rules": "nope"}},
+    {"metadata": {"name": "x", "namespace": "default"}, "spec": {"ingressClassName": "pylb",
+                                                                 "tls": [{"hosts": 3}]}},
+    "junk", None, 7,
+])
+def test_malformed_ingress_never_raises(obj: Any) -> None:
+    table = run([obj, ing("ok", [rule("ok.test", path("/"))])])
+    assert [r.host for r in ingress_routes(table)] == ["ok.test"]
+
+
+def test_missing_service_or_port_answers_503_with_reason() -> None:
+    table = run([ing("i", [rule("a.test", path("/", "nope", 80), path("/p", "web", 81))])])
+    assert table.backend("default/nope:80").servers == ()
+    assert table.backend("default/web:81").servers == ()
+    reasons = skips(table)
+    assert any("service default/nope does not exist" in s for s in reasons)
+    assert any("has no port 81" in s for s in reasons)
+
+
+def test_same_path_two_ingresses_first_wins() -> None:
+    table = run([ing("b", [rule("a.test", path("/x", "api", 8000))]),
+                 ing("a", [rule("a.test", path("/x", "web"))])])
+    (route,) = ingress_routes(table)
+    assert route.backend == "default/web:80"
+    assert any("already taken by Ingress default/a" in s for s in skips(table))
+
+
+def test_backend_shared_with_the_services_own_route() -> None:
+    table = run([ing("i", [rule("a.test", path("/"))])])
+    legacy = [r for r in table.http if r.match is PathMatch.LEGACY and r.name == "web"]
+    assert legacy and legacy[0].backend == "default/web:80"
+    assert table.backend("default/web:80").servers
+
+
+def test_cloud_load_balancer_service_reachable_through_ingress() -> None:
+    services = (svc("web", [{"port": 80, "name": "http", "targetPort": 8080}],
+                    type="LoadBalancer"),)
+    table = run([ing("i", [rule("a.test", path("/"))])], services=services)
+    assert [s.port for s in table.backend("default/web:80").servers] == [8080]
+
+
+# -- TLS hosts and redirects -----------------------------------------------------------------
+
+
+def test_tls_hosts_served_on_tls_and_redirected() -> None:
+    table = run([ing("i", [rule("a.test", path("/")), rule("b.test", path("/"))],
+                     tls=[{"hosts": ["a.test"], "secretName": "a-tls"}])])
+    plain = {r.host: r.ssl_redirect for r in ingress_routes(table)}
+    assert plain == {"a.test": True, "b.test": False}
+    assert [r.host for r in ingress_routes(table, tls=True)] == ["a.test"]
+
+
+def test_ssl_redirect_off_and_force() -> None:
+    off = run([ing("i", [rule("a.test", path("/"))], annotations={N + "ssl-redirect": "false"},
+                   tls=[{"hosts": ["a.test"], "secretName": "s"}])])
+    assert [r.ssl_redirect for r in ingress_routes(off)] == [False]
+    assert len(ingress_routes(off, tls=True)) == 1
+    force = run([ing("i", [rule("a.test", path("/"))],
+                     annotations={N + "force-ssl-redirect": "true"})])
+    assert [r.ssl_redirect for r in ingress_routes(force)] == [True]
+    assert len(ingress_routes(force, tls=True)) == 1
+
+
+def test_input_order_and_duplicates_do_not_matter() -> None:
+    objs = [ing("a", [rule("a.test", path("/"))]), ing("b", [rule("a.test", path("/"))]),
+            ing("c", defaultBackend=backend("web"))]
+    one = run(objs)
+    two = run(list(reversed(objs)) + objs)
+    assert one == two
+    assert one.render() == two.render()
