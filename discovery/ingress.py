@@ -224,8 +224,10 @@ class _Target:
 
 
 class _Layer:
-    def __init__(self, table: RouteTable, settings: Settings, plan_of: PlanOf) -> None:
+    def __init__(self, table: RouteTable, settings: Settings, plan_of: PlanOf,
+                 previous: RouteTable | None) -> None:
         self.table = table
+        self.previous = previous
         self.settings = settings
         self.plan_of = plan_of
         self.http: list[HttpRoute] = []
@@ -291,6 +293,9 @@ class _Layer:
                                                                          self.settings))
         else:
             backend = Backend(target.backend)
+        was = self.previous.get_backend(backend.name) if self.previous is not None else None
+        if was is not None and was == backend:
+            backend = was  # an unchanged backend stays the same object (workers keep state)
         self.backends[backend.name] = backend
         return backend
 
@@ -406,13 +411,15 @@ class _Layer:
 
 
 def apply_ingresses(table: RouteTable, ingresses: Iterable[Any], classes: Iterable[Any],
-                    settings: Settings, plan_of: PlanOf) -> IngressResult:
+                    settings: Settings, plan_of: PlanOf,
+                    previous: RouteTable | None = None) -> IngressResult:
     """`table` with the routes of the Ingresses that are ours (see the module docstring).
-    Never raises: an Ingress that fails is skipped with a reason."""
+    Backends equal to those of `previous` (the last result) are taken from it. Never
+    raises: an Ingress that fails is skipped with a reason."""
     class_name = settings.ingress_class
     if class_name is None:
         return IngressResult(table, frozenset())
-    layer = _Layer(table, settings, plan_of)
+    layer = _Layer(table, settings, plan_of, previous)
     by_class = class_index(classes)
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
     for obj in ingresses:
