@@ -236,6 +236,10 @@ def slim(obj: Object) -> Object:
     endpoints = obj.get("endpoints")
     if isinstance(endpoints, list) and "addressType" in obj:
         _share_conditions(endpoints)
+    if "data" in obj and obj.get("type") not in (None, "kubernetes.io/tls"):
+        # a Secret that is not a TLS certificate (discovery/secrets.py): its passwords
+        # and tokens are not kept in memory
+        obj = {k: v for k, v in obj.items() if k != "data"}
     return obj
 
 

@@ -194,6 +194,19 @@ class TcpFrontend:
 
 
 @dataclass(frozen=True, slots=True)
+class SniCertificate:
+    """A certificate to serve on the TLS frontend for `hosts` (exact names, or `*.`
+    wildcards of one label), from a Kubernetes Secret (discovery/secrets.py). `chain` and
+    `key` are PEM as the Secret holds them, not yet checked: the TLS store checks them
+    (proxy/tls.py) and serves the default certificate for the hosts of one that fails."""
+
+    source: str  # "namespace/secret"
+    hosts: tuple[str, ...]
+    chain: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class SkippedService:
     """A service the translation did not expose, and why (shown by --dry, logged, and
     written as a Kubernetes Event by the leader). `kind` is "Ingress" for an Ingress, or a
