@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from discovery.ingress import apply_ingresses
+from discovery.secrets import by_ident
 from discovery.translate import (
     Ident,
     Plan,
@@ -216,6 +217,7 @@ class Translator:
         # the Ingress layer: its inputs, the services' table it was laid on, the result
         self._ingresses: dict[Hashable, Obj] = {}
         self._ingress_classes: dict[Hashable, Obj] = {}
+        self._secrets: dict[Hashable, Obj] = {}
         self._ingress_dirty = False
         self._ingress_base: RouteTable | None = None
         self._ingress_services: frozenset[Ident] = frozenset()
@@ -288,6 +290,10 @@ class Translator:
         """The IngressClass stored under `key` is now `obj` (None: deleted)."""
         self._set_layer_input(self._ingress_classes, key, obj)
 
+    def set_secret(self, key: Hashable, obj: Obj | None) -> None:
+        """The Secret stored under `key` is now `obj` (None: deleted)."""
+        self._set_layer_input(self._secrets, key, obj)
+
     def _set_layer_input(self, store: dict[Hashable, Obj], key: Hashable,
                          obj: Obj | None) -> None:
         old = store.pop(key, None)
@@ -330,7 +336,7 @@ class Translator:
 
         result = apply_ingresses(table, self._ingresses.values(),
                                  self._ingress_classes.values(), self.settings, plan_of,
-                                 self._layered)
+                                 self._layered, by_ident(self._secrets.values()))
         self._ingress_dirty = False
         self._ingress_base = table
         self._ingress_services = result.services

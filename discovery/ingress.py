@@ -35,8 +35,12 @@ Rules, as the Ingress spec says (see proxy/http/routing.py for how they match):
 - `tls[].hosts`: those hosts' routes are also served on the TLS frontend, and the plain
   frontend redirects them to https (ingress-nginx's ssl-redirect default), unless
   `nginx.ingress.kubernetes.io/ssl-redirect: "false"`; `force-ssl-redirect: "true"`
-  redirects (and serves on TLS) every route of the Ingress. The certificates come from the
-  Secrets named (discovery/secrets.py).
+  redirects (and serves on TLS) every route of the Ingress. The certificate of those hosts
+  is the `tls[].secretName` Secret's (discovery/secrets.py), put in the table's `certs`
+  for the TLS store, in Ingress order (the first Ingress naming a host gives its
+  certificate). A Secret that is missing or not a TLS Secret is recorded as a reason on
+  each Ingress naming it, and its hosts get the default certificate. Rules without a
+  host are served on plain HTTP only.
 
 Backends are the services' own (`namespace/service:port`, the same object when the
 service's own route already has it), with the service's `serviceloadbalancer/lb.*`
@@ -51,9 +55,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from discovery.secrets import sni_certificates
 from discovery.translate import Ident, Plan, _Port, _Service, checked, service_backend
 from pylb.config import Settings
-from pylb.model import Backend, HttpRoute, PathMatch, RouteTable, Server, SkippedService
+from pylb.model import (
+    Backend,
+    HttpRoute,
+    PathMatch,
+    RouteTable,
+    Server,
+    SkippedService,
+    SniCertificate,
+)
 
 log = logging.getLogger("pylb.discovery")
 
@@ -237,6 +250,9 @@ class _Layer:
         self.services: set[Ident] = set()
         self.claims: dict[tuple[bool, str, str, PathMatch], str] = {}
         self.default_owner: str | None = None
+        # (Ingress namespace, name), Secret name, the hosts it serves: in Ingress order
+        self.tls: list[tuple[tuple[str, str], str, tuple[str, ...]]] = []
+        self.certs: tuple[SniCertificate, ...] = ()
 
     def skip(self, ns: str, name: str, reason: str, level: int = logging.WARNING) -> None:
         _log_once(level, ns, name, reason)
@@ -317,12 +333,20 @@ class _Layer:
         ann = ann if isinstance(ann, dict) else {}
         spec = _obj(obj.get("spec"), "spec")
         tls_hosts: set[str] = set()
+        tls_refs: list[tuple[tuple[str, str], str, tuple[str, ...]]] = []
         for i, entry in enumerate(_list(spec.get("tls"), "spec.tls")):
             entry = _obj(entry, f"spec.tls[{i}]")
+            hosts: list[str] = []
             for j, h in enumerate(_list(entry.get("hosts"), f"spec.tls[{i}].hosts")):
                 host = _host(h, f"spec.tls[{i}].hosts[{j}]")
                 if host is not None:
-                    tls_hosts.add(host)
+                    hosts.append(host)
+            secret = entry.get("secretName")
+            if secret is not None and (not isinstance(secret, str) or not secret):
+                raise _Bad(f"spec.tls[{i}].secretName is not a name")
+            tls_hosts.update(hosts)
+            if secret and hosts:
+                tls_refs.append(((ns, name), secret, tuple(hosts)))
         redirect = _flag(ann, "ssl-redirect", True)
         force = _flag(ann, "force-ssl-redirect", False)
         routes: list[tuple[HttpRoute, _Target, str]] = []
@@ -383,6 +407,7 @@ class _Layer:
                                                  strip_prefix=False, tls=True,
                                                  match=PathMatch.DEFAULT),
                                        target, "spec.defaultBackend (TLS)"))
+        self.tls += tls_refs
         problems: set[str] = set()
         for route, target, where in routes:
             owner = (self.add(ns, name, route) if route.match is not PathMatch.DEFAULT
@@ -399,20 +424,35 @@ class _Layer:
         (self.https if route.tls else self.http).append(route)
         return None
 
+    def certificates(self, secrets: Mapping[tuple[str, str], Any]) -> None:
+        """The certificates of the TLS hosts, from the Secrets; the Ingresses naming a
+        Secret that cannot give one get the reason."""
+        certs, problems = sni_certificates(
+            ((ing[0], secret, hosts) for ing, secret, hosts in self.tls), secrets)
+        self.certs = certs
+        bad = dict(problems)
+        for (ns, name), secret, _ in self.tls:
+            reason = bad.get((ns, secret))
+            if reason is not None:
+                self.skip(ns, name, f"TLS secret {secret}: {reason}; its hosts get the "
+                          "default certificate")
+
     def result(self) -> RouteTable:
         t = self.table
-        if not (self.http or self.https or self.skipped):
+        if not (self.http or self.https or self.skipped or self.certs):
             return t
         backends = list(t.backends)
         backends += [b for n, b in self.backends.items() if t.get_backend(n) is None]
         return RouteTable(http=t.http + tuple(self.http), https=t.https + tuple(self.https),
                           tcp=t.tcp, backends=tuple(backends),
-                          skipped=t.skipped + tuple(self.skipped), version=t.version)
+                          skipped=t.skipped + tuple(self.skipped), certs=self.certs,
+                          version=t.version)
 
 
 def apply_ingresses(table: RouteTable, ingresses: Iterable[Any], classes: Iterable[Any],
                     settings: Settings, plan_of: PlanOf,
-                    previous: RouteTable | None = None) -> IngressResult:
+                    previous: RouteTable | None = None,
+                    secrets: Mapping[tuple[str, str], Any] | None = None) -> IngressResult:
     """`table` with the routes of the Ingresses that are ours (see the module docstring).
     Backends equal to those of `previous` (the last result) are taken from it. Never
     raises: an Ingress that fails is skipped with a reason."""
@@ -443,6 +483,7 @@ def apply_ingresses(table: RouteTable, ingresses: Iterable[Any], classes: Iterab
         except Exception as e:  # a bug here must cost one Ingress, not the whole table
             log.exception("internal error translating Ingress %s/%s", ns, name)
             layer.skip(ns, name, f"internal error: {e!r}", logging.ERROR)
+    layer.certificates(secrets or {})
     try:
         return IngressResult(layer.result(), frozenset(layer.services))
     except ValueError:  # a bug (a duplicate route or backend): serve the services alone

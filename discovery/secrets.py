@@ -87,6 +87,18 @@ def parse_tls_secret(obj: Any) -> TlsSecret:
                      rv if isinstance(rv, str) else "")
 
 
+def by_ident(objs: Iterable[Any]) -> dict[tuple[str, str], Any]:
+    """Secrets by (namespace, name), for `sni_certificates` (unnamed ones left out)."""
+    out: dict[tuple[str, str], Any] = {}
+    for obj in objs:
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if isinstance(meta, dict):
+            ns, name = meta.get("namespace"), meta.get("name")
+            if isinstance(ns, str) and isinstance(name, str):
+                out[(ns, name)] = obj
+    return out
+
+
 def sni_certificates(
     wanted: Iterable[tuple[str, str, Iterable[str]]],
     secrets: Mapping[tuple[str, str], Any],

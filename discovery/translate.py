@@ -135,6 +135,7 @@ class KubeObjects:
     external: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     ingresses: tuple[dict[str, Any], ...] = ()  # with --ingress-class (discovery/ingress.py)
     ingressclasses: tuple[dict[str, Any], ...] = ()
+    secrets: tuple[dict[str, Any], ...] = ()  # kubernetes.io/tls ones (discovery/secrets.py)
 
 
 class _Bad(Exception):
@@ -984,8 +985,10 @@ def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
         return table
     # Imported here: discovery.ingress builds on this module's pieces.
     from discovery.ingress import apply_ingresses
+    from discovery.secrets import by_ident
     return apply_ingresses(table, objects.ingresses, objects.ingressclasses, settings,
-                           lambda ns, name: plans.get((ns, name))).table
+                           lambda ns, name: plans.get((ns, name)),
+                           secrets=by_ident(objects.secrets)).table
 
 
 def claim_service(namespace: str, name: str, plan: Plan, settings: Settings,

@@ -236,6 +236,9 @@ class RouteTable:
     tcp: tuple[TcpFrontend, ...] = ()
     backends: tuple[Backend, ...] = ()
     skipped: tuple[SkippedService, ...] = ()
+    # certificates from Secrets for the TLS frontend's SNI (Ingress spec.tls), in order:
+    # the first listing a host serves it
+    certs: tuple[SniCertificate, ...] = ()
     version: int = field(default=0, compare=False)
     _by_name: Mapping[str, Backend] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -275,7 +278,7 @@ class RouteTable:
     def from_sorted(cls, http: tuple[HttpRoute, ...], https: tuple[HttpRoute, ...],
                     tcp: tuple[TcpFrontend, ...], backends: tuple[Backend, ...],
                     skipped: tuple[SkippedService, ...], by_name: Mapping[str, Backend],
-                    version: int = 0) -> RouteTable:
+                    version: int = 0, certs: tuple[SniCertificate, ...] = ()) -> RouteTable:
         """A table from parts already in the constructor's order and already valid, with
         `by_name` mapping each backend's name to it, and which the caller never mutates.
 
@@ -286,14 +289,14 @@ class RouteTable:
         table = object.__new__(cls)
         for name, value in (("http", http), ("https", https), ("tcp", tcp),
                             ("backends", backends), ("skipped", skipped),
-                            ("version", version), ("_by_name", by_name)):
+                            ("certs", certs), ("version", version), ("_by_name", by_name)):
             object.__setattr__(table, name, value)
         return table
 
     def with_version(self, version: int) -> RouteTable:
         """This table under another version number: shares every part (no re-sorting)."""
         return RouteTable.from_sorted(self.http, self.https, self.tcp, self.backends,
-                                      self.skipped, self._by_name, version)
+                                      self.skipped, self._by_name, version, self.certs)
 
     def render(self) -> str:
         out: list[str] = []
@@ -308,6 +311,8 @@ class RouteTable:
             out.append(b.render())
         for s in self.skipped:
             out.append(s.render())
+        for c in self.certs:
+            out.append(f"certificate {c.source} for {' '.join(c.hosts)}")
         return "\n".join(out) + "\n"
 
 

@@ -6,6 +6,7 @@ the service it touches, sharing every unchanged backend and route with the last 
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 from typing import Any
@@ -133,6 +134,12 @@ def ingress_class(default: bool, controller: str = "pylb.io/ingress-controller")
             "spec": {"controller": controller}}
 
 
+def tls_secret(ns: str, name: str, kind: str, rv: int) -> dict[str, Any]:
+    pem = base64.b64encode(b"-----BEGIN X-----\n%d\n" % rv).decode()
+    return {"metadata": {"name": name, "namespace": ns, "resourceVersion": str(rv)},
+            "type": kind, "data": {"tls.crt": pem, "tls.key": pem}}
+
+
 # An operation: (kind, store key, object or None to delete). Keys are small so that
 # operations hit the same objects; a service key is not its (namespace, name), so two
 # keys can hold copies of one service (duplicates).
@@ -150,6 +157,10 @@ OPS = st.one_of(
                                     st.sampled_from(["127.2.0.1", "127.2.0.2"]))),
     st.tuples(st.just("ingresses"), st.integers(0, 3),
               st.one_of(st.none(), ingresses(), ingresses())),
+    st.tuples(st.just("secrets"), st.integers(0, 2),
+              st.none() | st.builds(tls_secret, st.sampled_from(NAMESPACES), st.just("s"),
+                                    st.sampled_from(["kubernetes.io/tls", "Opaque"]),
+                                    st.integers(1, 3))),
     st.tuples(st.just("ingressclasses"), st.just(0),
               st.none() | st.builds(ingress_class, st.booleans(),
                                     st.sampled_from(["pylb.io/ingress-controller",
@@ -176,7 +187,8 @@ def reference(stores: dict[str, dict[int, Any]], s: Settings) -> RouteTable:
                                  endpoints=tuple(stores["endpoints"].values()),
                                  external=stores["external"].get(0, {}),
                                  ingresses=tuple(stores["ingresses"].values()),
-                                 ingressclasses=tuple(stores["ingressclasses"].values())), s)
+                                 ingressclasses=tuple(stores["ingressclasses"].values()),
+                                 secrets=tuple(stores["secrets"].values())), s)
 
 
 def check_same(got: RouteTable, want: RouteTable) -> None:
@@ -195,7 +207,7 @@ def apply(tr: Translator, kind: str, key: int, obj: Any) -> None:
         return
     {"services": tr.set_service, "endpointslices": tr.set_slice,
      "endpoints": tr.set_endpoints, "ingresses": tr.set_ingress,
-     "ingressclasses": tr.set_ingress_class}[kind](key, obj)
+     "ingressclasses": tr.set_ingress_class, "secrets": tr.set_secret}[kind](key, obj)
 
 
 # INCR_EXAMPLES=5000 for a longer search
@@ -205,7 +217,8 @@ def apply(tr: Translator, kind: str, key: int, obj: Any) -> None:
 def test_incremental_equals_translate(s: Settings, batches: list[list[Any]]) -> None:
     stores: dict[str, dict[int, Any]] = {"services": {}, "endpointslices": {},
                                          "endpoints": {}, "external": {},
-                                         "ingresses": {}, "ingressclasses": {}}
+                                         "ingresses": {}, "ingressclasses": {},
+                                         "secrets": {}}
     tr = Translator(s)
     last = tr.build()
     for batch in batches:

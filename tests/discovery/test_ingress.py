@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -239,3 +240,28 @@ def test_input_order_and_duplicates_do_not_matter() -> None:
     two = run(list(reversed(objs)) + objs)
     assert one == two
     assert one.render() == two.render()
+
+
+def tls_secret(name: str, ns: str = "default", kind: str = "kubernetes.io/tls") -> Any:
+    pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nx\n").decode()
+    return {"metadata": {"name": name, "namespace": ns}, "type": kind,
+            "data": {"tls.crt": pem, "tls.key": pem}}
+
+
+def test_tls_secrets_become_table_certificates() -> None:
+    ings = [ing("b", [rule("b.test", path("/"))],
+                tls=[{"hosts": ["b.test", "*.w.test"], "secretName": "b-tls"}]),
+            ing("a", [rule("a.test", path("/"))],
+                tls=[{"hosts": ["a.test"], "secretName": "missing"},
+                     {"hosts": ["c.test"], "secretName": "opaque"}])]
+    table = translate(KubeObjects(SERVICES, SLICES, (), {}, tuple(ings), (iclass(),),
+                                  (tls_secret("b-tls"), tls_secret("opaque", kind="Opaque"),
+                                   tls_secret("b-tls", ns="other"))),
+                      Settings(ingress_class="pylb"))
+    assert [(c.source, c.hosts) for c in table.certs] == [("default/b-tls",
+                                                           ("*.w.test", "b.test"))]
+    reasons = skips(table)
+    assert "a: TLS secret missing: Secret not found; its hosts get the default " \
+           "certificate" in reasons
+    assert any("TLS secret opaque: type is 'Opaque'" in s for s in reasons)
+    assert "certificate default/b-tls for *.w.test b.test" in table.render()
