@@ -44,7 +44,21 @@ Rules, as the Ingress spec says (see proxy/http/routing.py for how they match):
 
 Backends are the services' own (`namespace/service:port`, the same object when the
 service's own route already has it), with the service's `serviceloadbalancer/lb.*`
-annotations: an Ingress routes to a service the way pylb balances it anyway.
+annotations: an Ingress routes to a service the way pylb balances it anyway. An Ingress
+whose annotations change how a backend balances (affinity, load-balance) gets its own
+copy, named `namespace/service:port@namespace/ingress`.
+
+ingress-nginx annotations (`nginx.ingress.kubernetes.io/…`; README lists them): mapped
+where pylb has the feature — `ssl-redirect`, `force-ssl-redirect`, `use-regex`,
+`rewrite-target` (its paths become regular expressions, `$n` their groups),
+`permanent-redirect` (+ `-code`), `app-root`, `affinity: cookie` + `session-cookie-name`,
+`load-balance` (round_robin; ewma and least_conn as leastconn), `backend-protocol: HTTP`.
+Refused — the Ingress is skipped with the reason, because serving it without the feature
+would be wrong, not just different: `whitelist-source-range`/`allowlist-source-range` (it
+would be open to everyone), `ssl-passthrough` (its backend expects TLS), a
+`backend-protocol` other than HTTP (pylb speaks plain HTTP/1.1 to backends). Any other
+(`proxy-body-size`, `proxy-*-timeout`, …: in pylb these are the global flags) is ignored
+with a log line, once.
 """
 
 from __future__ import annotations
@@ -52,13 +66,15 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from discovery.secrets import sni_certificates
 from discovery.translate import Ident, Plan, _Port, _Service, checked, service_backend
 from pylb.config import Settings
 from pylb.model import (
+    Affinity,
+    Algorithm,
     Backend,
     HttpRoute,
     PathMatch,
@@ -88,6 +104,96 @@ PlanOf = Callable[[str, str], Plan | None]
 
 class _Bad(Exception):
     """This Ingress (or this part of it) cannot be served, for this reason."""
+
+
+# ingress-nginx annotations that pylb maps, refuses (with the reason), or knowingly ignores
+_MAPPED = frozenset({"ssl-redirect", "force-ssl-redirect", "use-regex", "rewrite-target",
+                     "permanent-redirect", "permanent-redirect-code", "app-root",
+                     "affinity", "session-cookie-name", "load-balance", "backend-protocol"})
+_REFUSED = {
+    "whitelist-source-range": "pylb has no per-route source address allow-list; served "
+                              "without it, the Ingress would be open to every address",
+    "allowlist-source-range": "pylb has no per-route source address allow-list; served "
+                              "without it, the Ingress would be open to every address",
+    "ssl-passthrough": "TLS passthrough is per TCP port in pylb (serviceloadbalancer/"
+                       "lb.sslPassthrough with --tcp-services); terminating TLS here would "
+                       "break a backend that expects it",
+}
+_ALGORITHMS = {"round_robin": Algorithm.ROUNDROBIN, "ewma": Algorithm.LEASTCONN,
+               "least_conn": Algorithm.LEASTCONN}
+_COOKIE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}\Z")
+_LOCATION = re.compile(r"[!-~]{1,2048}\Z")  # visible ASCII, no space
+
+
+@dataclass(frozen=True, slots=True)
+class _Nginx:
+    """What the ingress-nginx annotations of one Ingress ask of pylb."""
+
+    ssl_redirect: bool = True
+    force_ssl_redirect: bool = False
+    regex: bool = False
+    rewrite: str | None = None
+    redirect: str | None = None
+    redirect_code: int = 301
+    app_root: str | None = None
+    cookie: str | None = None  # affinity: cookie, with this cookie name
+    algorithm: Algorithm | None = None
+
+    @property
+    def own_backend(self) -> bool:
+        return self.cookie is not None or self.algorithm is not None
+
+
+def _nginx(ann: Mapping[str, Any], ns: str, name: str) -> _Nginx:
+    """The annotations read, or _Bad (a refused one, or a bad value); unknown ones logged
+    once as ignored."""
+    for key in sorted(k for k in ann if isinstance(k, str) and k.startswith(NGINX)):
+        short = key[len(NGINX):]
+        if short in _REFUSED and ann[key] not in (None, ""):
+            raise _Bad(f"annotation {key}: {_REFUSED[short]}")
+        if short not in _MAPPED and short not in _REFUSED:
+            _log_once(logging.INFO, ns, name,
+                      f"annotation {key} is ignored (not supported by pylb)")
+
+    def text(key: str, pattern: re.Pattern[str] = _LOCATION) -> str | None:
+        value = ann.get(NGINX + key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not pattern.match(value):
+            raise _Bad(f"annotation {NGINX}{key}: bad value {value!r}")
+        return value
+
+    protocol = text("backend-protocol")
+    if protocol is not None and protocol.upper() != "HTTP":
+        raise _Bad(f"annotation {NGINX}backend-protocol: {protocol} is not supported: pylb "
+                   "speaks plain HTTP/1.1 to backends")
+    code = text("permanent-redirect-code")
+    redirect_code = 301
+    if code is not None:
+        if code not in ("301", "302", "307", "308"):
+            raise _Bad(f"annotation {NGINX}permanent-redirect-code: {code!r} is not 301, "
+                       "302, 307 or 308")
+        redirect_code = 302 if code in ("302", "307") else 301
+    cookie: str | None = None
+    affinity = text("affinity")
+    if affinity is not None:
+        if affinity != "cookie":
+            raise _Bad(f"annotation {NGINX}affinity: {affinity!r} is not cookie")
+        cookie = text("session-cookie-name", _COOKIE) or "INGRESSCOOKIE"  # nginx's default
+    algorithm: Algorithm | None = None
+    lb = text("load-balance")
+    if lb is not None:
+        algorithm = _ALGORITHMS.get(lb)
+        if algorithm is None:
+            raise _Bad(f"annotation {NGINX}load-balance: {lb!r} is not round_robin, ewma "
+                       "or least_conn")
+    rewrite = text("rewrite-target")
+    return _Nginx(
+        ssl_redirect=_flag(ann, "ssl-redirect", True),
+        force_ssl_redirect=_flag(ann, "force-ssl-redirect", False),
+        regex=_flag(ann, "use-regex", False) or rewrite is not None,
+        rewrite=rewrite, redirect=text("permanent-redirect"), redirect_code=redirect_code,
+        app_root=text("app-root"), cookie=cookie, algorithm=algorithm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,9 +453,18 @@ class _Layer:
             tls_hosts.update(hosts)
             if secret and hosts:
                 tls_refs.append(((ns, name), secret, tuple(hosts)))
-        redirect = _flag(ann, "ssl-redirect", True)
-        force = _flag(ann, "force-ssl-redirect", False)
+        nginx = _nginx(ann, ns, name)
+        redirect, force = nginx.ssl_redirect, nginx.force_ssl_redirect
         routes: list[tuple[HttpRoute, _Target, str]] = []
+
+        def mk(path: str, target: _Target, host: str | None, match: PathMatch, tls: bool,
+               ssl_redirect: bool = False) -> HttpRoute:
+            backend = target.backend + (f"@{ident}" if nginx.own_backend else "")
+            return HttpRoute(ident, path, backend, host, strip_prefix=False, tls=tls,
+                             ssl_redirect=ssl_redirect, match=match,
+                             rewrite=nginx.rewrite if match is not PathMatch.DEFAULT else None,
+                             redirect=nginx.redirect, redirect_code=nginx.redirect_code)
+
         for i, rule in enumerate(_list(spec.get("rules"), "spec.rules")):
             what = f"spec.rules[{i}]"
             try:
@@ -372,7 +487,17 @@ class _Layer:
                         raise _Bad(f"{pw}.pathType {path_type!r} is not Exact, Prefix or "
                                    "ImplementationSpecific")
                     path = p.get("path") or "/"
-                    if not isinstance(path, str) or not _PATH.match(path):
+                    if nginx.regex and match is PathMatch.PREFIX:
+                        match = PathMatch.REGEX  # ingress-nginx: `location ~* "^path"`
+                        if not isinstance(path, str) or not _LOCATION.match(path) \
+                                or not path.startswith("/"):
+                            raise _Bad(f"{pw}.path {path!r} is not an absolute path")
+                        try:
+                            re.compile(path)
+                        except re.error as e:
+                            raise _Bad(f"{pw}.path {path!r} is not a regular expression "
+                                       f"pylb reads: {e}") from None
+                    elif not isinstance(path, str) or not _PATH.match(path):
                         raise _Bad(f"{pw}.path {path!r} is not an absolute path")
                     if match is PathMatch.PREFIX and len(path) > 1:
                         path = path.rstrip("/") or "/"
@@ -381,13 +506,18 @@ class _Layer:
                     self.skip(ns, name, str(e))
                     continue
                 on_tls = tls or force
-                plain = HttpRoute(ident, path, target.backend, host, strip_prefix=False,
-                                  ssl_redirect=on_tls and (force or redirect), match=match)
-                routes.append((plain, target, f"{pw} ({host or '*'}{path})"))
+                routes.append((mk(path, target, host, match, False,
+                                  on_tls and (force or redirect)),
+                               target, f"{pw} ({host or '*'}{path})"))
                 if on_tls:
-                    routes.append((HttpRoute(ident, path, target.backend, host,
-                                             strip_prefix=False, tls=True, match=match),
+                    routes.append((mk(path, target, host, match, True),
                                    target, f"{pw} ({host or '*'}{path}, TLS)"))
+                if nginx.app_root is not None and j == 0:  # `/` of this host → app-root
+                    for on in ((False, True) if on_tls else (False,)):
+                        routes.append((HttpRoute(
+                            ident, "/", target.backend, host, strip_prefix=False, tls=on,
+                            match=PathMatch.EXACT, redirect=nginx.app_root,
+                            redirect_code=302), target, f"app-root ({host or '*'}/)"))
         if spec.get("defaultBackend") is not None:
             try:
                 target = self.target(ns, spec.get("defaultBackend"), "spec.defaultBackend")
@@ -399,13 +529,10 @@ class _Layer:
                               f"already Ingress {self.default_owner}'s")
                 else:
                     self.default_owner = ident
-                    routes.append((HttpRoute(ident, "/", target.backend, None,
-                                             strip_prefix=False, match=PathMatch.DEFAULT),
+                    routes.append((mk("/", target, None, PathMatch.DEFAULT, False),
                                    target, "spec.defaultBackend"))
                     if tls_hosts:
-                        routes.append((HttpRoute(ident, "/", target.backend, None,
-                                                 strip_prefix=False, tls=True,
-                                                 match=PathMatch.DEFAULT),
+                        routes.append((mk("/", target, None, PathMatch.DEFAULT, True),
                                        target, "spec.defaultBackend (TLS)"))
         self.tls += tls_refs
         problems: set[str] = set()
@@ -415,7 +542,16 @@ class _Layer:
             if owner is not None:
                 self.skip(ns, name, f"{where}: already taken by Ingress {owner}")
                 continue
-            self.backend(target)
+            backend = self.backend(target)
+            if route.backend != backend.name and route.backend not in self.backends:
+                own = replace(backend, name=route.backend)
+                if nginx.cookie is not None:
+                    own = replace(own, affinity=Affinity.COOKIE, cookie_name=nginx.cookie)
+                if nginx.algorithm is not None:
+                    own = replace(own, algorithm=nginx.algorithm)
+                was = (self.previous.get_backend(own.name) if self.previous is not None
+                       else None)
+                self.backends[own.name] = was if was is not None and was == own else own
             if target.problem is not None and target.problem not in problems:
                 problems.add(target.problem)
                 self.skip(ns, name, target.problem, logging.INFO)
@@ -441,8 +577,11 @@ class _Layer:
         t = self.table
         if not (self.http or self.https or self.skipped or self.certs):
             return t
+        used = {r.backend for r in self.http}
+        used.update(r.backend for r in self.https)
         backends = list(t.backends)
-        backends += [b for n, b in self.backends.items() if t.get_backend(n) is None]
+        backends += [b for n, b in self.backends.items()
+                     if n in used and t.get_backend(n) is None]
         return RouteTable(http=t.http + tuple(self.http), https=t.https + tuple(self.https),
                           tcp=t.tcp, backends=tuple(backends),
                           skipped=t.skipped + tuple(self.skipped), certs=self.certs,

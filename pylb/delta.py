@@ -179,7 +179,7 @@ _PACKED_FIELDS = {
     Backend: ("name", "servers", "algorithm", "affinity", "cookie_name", "proxy_protocol",
               "check_path", "check"),
     HttpRoute: ("name", "prefix", "backend", "host", "strip_prefix", "case_insensitive",
-                "tls", "ssl_redirect", "match"),
+                "tls", "ssl_redirect", "match", "rewrite", "redirect", "redirect_code"),
 }
 _SERVER = attrgetter(*_PACKED_FIELDS[Server])
 # A backend packs as (its fields but servers, its servers packed); see unpack_backends.

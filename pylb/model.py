@@ -49,6 +49,7 @@ class PathMatch(enum.StrEnum):
     PREFIX = "prefix"  # Ingress pathType Prefix: host AND element-wise path prefix
     EXACT = "exact"  # Ingress pathType Exact: host AND the path itself
     DEFAULT = "default"  # Ingress defaultBackend: whatever no other route takes
+    REGEX = "regex"  # ingress-nginx use-regex/rewrite-target: host AND ^path, any case
 
 
 _set = object.__setattr__  # how a frozen dataclass sets its derived fields
@@ -155,11 +156,20 @@ class HttpRoute:
     tls: bool = False
     ssl_redirect: bool = False  # plain frontend answers 301 to https for this route
     match: PathMatch = PathMatch.LEGACY
+    # ingress-nginx rewrite-target: the path sent is this, with $1..$9 the groups of the
+    # route's path (as a regular expression) matched against the request's path
+    rewrite: str | None = None
+    redirect: str | None = None  # answer every request with a redirect to this location
+    redirect_code: int = 301  # or 302
 
     def render(self) -> str:
         flags = []
         if self.match is not PathMatch.LEGACY:
             flags.append(self.match.value)
+        if self.rewrite is not None:
+            flags.append(f"rewrite={self.rewrite}")
+        if self.redirect is not None:
+            flags.append(f"redirect-{self.redirect_code}={self.redirect}")
         if self.host:
             flags.append(f"host={self.host}")
         if self.case_insensitive:

@@ -17,18 +17,30 @@ host AND path, as the Ingress spec says, and come before the legacy routes:
 2. the legacy routes, as above;
 3. the defaultBackend of an Ingress, if any.
 
+A Regex path (ingress-nginx's `use-regex`, or any path of an Ingress with
+`rewrite-target`) matches as a regular expression anchored at the path's start, in any
+case (nginx's `location ~*`), ordered with the others by its length as text. A route
+with `rewrite` sends that target instead, `$1`…`$9` replaced by the groups of its path
+matched against the request's path (nginx's `rewrite … break`: the whole path is
+replaced); the query is kept. A route with `redirect` makes that location the target
+(the server answers it with a redirect).
+
 A Prefix path matches element-wise: `/foo` takes `/foo` and `/foo/bar`, never `/foobar`;
 the route's prefix comes without its trailing slash (`/foo/` is `/foo`), so `/foo/` also
 takes `/foo`, as the spec's table says. Exact compares the whole path, byte for byte.
-Ingress routes forward the path unchanged.
+Other Ingress routes forward the path unchanged.
 """
 
 from __future__ import annotations
 
+import re
+
 from pylb.model import HttpRoute, PathMatch
 
-# An Ingress route to try: (path, exact, route).
-_IngressEntry = tuple[bytes, bool, HttpRoute]
+# An Ingress route to try: (path, exact, route, the path as a regex or None, the rewrite
+# template in re.Match.expand's form or None).
+_IngressEntry = tuple[bytes, bool, HttpRoute, "re.Pattern[bytes] | None", bytes | None]
+_DOLLAR = re.compile(rb"\$([1-9])")
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes, bytes]:
@@ -103,7 +115,9 @@ class Router:
                 if self._default is None:
                     self._default = r
                 continue
-            entry = (r.prefix.encode(), r.match is PathMatch.EXACT, r)
+            entry = _entry(r)
+            if entry is None:
+                continue
             if not r.host:
                 any_host.append(entry)
             elif r.host.startswith("*."):
@@ -126,9 +140,9 @@ class Router:
         hostname: bytes | None = None
         if self._ingress:
             hostname = host_without_port(host)
-            found = self._ingress_route(hostname, path)
+            found = self._ingress_route(hostname, path, query)
             if found is not None:
-                return found, path + query
+                return found
         lowered: bytes | None = None
         for prefix, ci, rhost, route in self._entries:
             probe = path
@@ -152,20 +166,39 @@ class Router:
             return self._default, path + query
         return None
 
-    def _ingress_route(self, hostname: bytes, path: bytes) -> HttpRoute | None:
+    def _ingress_route(self, hostname: bytes, path: bytes,
+                       query: bytes) -> tuple[HttpRoute, bytes] | None:
         entries = self._by_host.get(hostname)
         if entries is not None:
-            found = _first_match(entries, path)
+            found = _first_match(entries, path, query)
             if found is not None:
                 return found
         _, dot, parent = hostname.partition(b".")
         if dot:
             entries = self._by_parent.get(parent)
             if entries is not None:
-                found = _first_match(entries, path)
+                found = _first_match(entries, path, query)
                 if found is not None:
                     return found
-        return _first_match(self._any_host, path)
+        return _first_match(self._any_host, path, query)
+
+
+def _entry(r: HttpRoute) -> _IngressEntry | None:
+    """A route prepared for matching; None when its regex does not compile (discovery
+    checks them: a table from elsewhere loses the route, not the router)."""
+    regex: re.Pattern[bytes] | None = None
+    template: bytes | None = None
+    try:
+        if r.match is PathMatch.REGEX or r.rewrite is not None:
+            regex = re.compile(r.prefix.encode(), re.IGNORECASE)
+    except re.error:
+        return None
+    if r.redirect is not None:
+        template = r.redirect.encode()
+    elif r.rewrite is not None:
+        template = _DOLLAR.sub(rb"\\g<\1>", r.rewrite.encode().replace(b"\\", b"\\\\"))
+    return (r.prefix.encode(), r.match is PathMatch.EXACT, r,
+            regex if r.match is PathMatch.REGEX or r.rewrite is not None else None, template)
 
 
 def _ingress_order(entries: list[_IngressEntry]) -> tuple[_IngressEntry, ...]:
@@ -174,17 +207,37 @@ def _ingress_order(entries: list[_IngressEntry]) -> tuple[_IngressEntry, ...]:
     return tuple(sorted(entries, key=lambda e: (-len(e[0]), not e[1], e[2].name)))
 
 
-def _first_match(entries: tuple[_IngressEntry, ...], path: bytes) -> HttpRoute | None:
-    for prefix, exact, route in entries:
+def _first_match(entries: tuple[_IngressEntry, ...], path: bytes,
+                 query: bytes) -> tuple[HttpRoute, bytes] | None:
+    for prefix, exact, route, regex, template in entries:
         if exact:
-            if path == prefix:
-                return route
-        elif path.startswith(prefix):
+            if path != prefix:
+                continue
+        elif route.match is PathMatch.REGEX:
+            assert regex is not None
+            if regex.match(path) is None:
+                continue
+        elif not path.startswith(prefix):
+            continue
+        else:
             n = len(prefix)
             # element-wise: the prefix is the whole path, or a "/" follows it (the
             # prefix "/" ends with one and takes every path)
-            if len(path) == n or path[n] == 0x2F or prefix[-1] == 0x2F:
-                return route
+            if not (len(path) == n or path[n] == 0x2F or prefix[-1] == 0x2F):
+                continue
+        if template is None:
+            return route, path + query
+        if route.redirect is not None:
+            return route, template
+        assert regex is not None
+        m = regex.match(path)
+        if m is None:  # an Exact/Prefix path that, as a regex, does not match itself
+            return route, path + query
+        try:
+            return route, m.expand(template) + query
+        except (re.error, IndexError):  # $3 of a path with two groups: nginx sends ""
+            return route, _DOLLAR.sub(b"", route.rewrite.encode() if route.rewrite
+                                      else b"/") + query
     return None
 
 

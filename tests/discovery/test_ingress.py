@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any
 
 import pytest
@@ -265,3 +266,81 @@ def test_tls_secrets_become_table_certificates() -> None:
            "certificate" in reasons
     assert any("TLS secret opaque: type is 'Opaque'" in s for s in reasons)
     assert "certificate default/b-tls for *.w.test b.test" in table.render()
+
+
+# -- ingress-nginx annotations ---------------------------------------------------------------
+
+
+def test_rewrite_target_makes_regex_paths() -> None:
+    table = run([ing("i", [rule("a.test", path("/s(/|$)(.*)", kind="ImplementationSpecific"),
+                                path("/e", kind="Exact"))],
+                     annotations={N + "rewrite-target": "/$2"})])
+    got = {(r.prefix, r.match, r.rewrite) for r in ingress_routes(table)}
+    assert got == {("/s(/|$)(.*)", PathMatch.REGEX, "/$2"), ("/e", PathMatch.EXACT, "/$2")}
+
+
+def test_use_regex_bad_regex_skipped() -> None:
+    table = run([ing("i", [rule("a.test", path("/(", kind="Prefix"), path("/ok.*"))],
+                     annotations={N + "use-regex": "true"})])
+    assert [r.prefix for r in ingress_routes(table)] == ["/ok.*"]
+    assert any("not a regular expression" in s for s in skips(table))
+
+
+def test_affinity_and_load_balance_get_their_own_backend() -> None:
+    table = run([ing("i", [rule("a.test", path("/"))], annotations={
+        N + "affinity": "cookie", N + "session-cookie-name": "route",
+        N + "load-balance": "ewma"}), ing("j", [rule("b.test", path("/"))])])
+    by_host = {r.host: r.backend for r in ingress_routes(table)}
+    assert by_host == {"a.test": "default/web:80@default/i", "b.test": "default/web:80"}
+    own = table.backend("default/web:80@default/i")
+    assert (own.affinity.value, own.cookie_name, own.algorithm.value) == (
+        "cookie", "route", "leastconn")
+    assert own.servers == table.backend("default/web:80").servers
+    default_cookie = run([ing("i", [rule("a.test", path("/"))],
+                              annotations={N + "affinity": "cookie"})])
+    assert default_cookie.backend("default/web:80@default/i").cookie_name == "INGRESSCOOKIE"
+
+
+def test_permanent_redirect_and_app_root() -> None:
+    table = run([ing("i", [rule("old.test", path("/"))],
+                     annotations={N + "permanent-redirect": "https://new.test/"}),
+                 ing("j", [rule("app.test", path("/"))], annotations={N + "app-root": "/app"})])
+    got = {(r.host, r.prefix, r.match, r.redirect, r.redirect_code)
+           for r in ingress_routes(table)}
+    assert got == {("old.test", "/", PathMatch.PREFIX, "https://new.test/", 301),
+                   ("app.test", "/", PathMatch.EXACT, "/app", 302),
+                   ("app.test", "/", PathMatch.PREFIX, None, 301)}
+
+
+@pytest.mark.parametrize(("ann", "reason"), [
+    ({N + "whitelist-source-range": "10.0.0.0/8"}, "open to every address"),
+    ({N + "allowlist-source-range": "10.0.0.0/8"}, "open to every address"),
+    ({N + "ssl-passthrough": "true"}, "TLS passthrough is per TCP port"),
+    ({N + "backend-protocol": "HTTPS"}, "plain HTTP/1.1 to backends"),
+    ({N + "backend-protocol": "GRPC"}, "plain HTTP/1.1 to backends"),
+    ({N + "affinity": "ip"}, "is not cookie"),
+    ({N + "load-balance": "chash"}, "is not round_robin"),
+    ({N + "ssl-redirect": "maybe"}, 'expected "true" or "false"'),
+    ({N + "permanent-redirect-code": "418"}, "is not 301"),
+])
+def test_refused_annotations_skip_the_ingress(ann: dict[str, str], reason: str) -> None:
+    table = run([ing("i", [rule("a.test", path("/"))], annotations=ann),
+                 ing("j", [rule("b.test", path("/"))])])
+    assert [r.host for r in ingress_routes(table)] == ["b.test"]
+    assert any(s.startswith("i: ") and reason in s for s in skips(table)), skips(table)
+
+
+def test_ignored_annotations_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    objs = [ing("ign", [rule("a.test", path("/"))], annotations={
+        N + "proxy-body-size": "8m", N + "backend-protocol": "HTTP",
+        N + "configuration-snippet": "more_set_headers x;"})]
+    with caplog.at_level(logging.INFO, logger="pylb.discovery"):
+        for _ in range(3):
+            table = run(objs)
+    assert [r.host for r in ingress_routes(table)] == ["a.test"]
+    lines = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
+    assert sorted(lines) == [
+        "Ingress default/ign: annotation nginx.ingress.kubernetes.io/configuration-snippet "
+        "is ignored (not supported by pylb)",
+        "Ingress default/ign: annotation nginx.ingress.kubernetes.io/proxy-body-size is "
+        "ignored (not supported by pylb)"]

@@ -83,6 +83,12 @@ async def test_ingress_nginx_manifests_served_and_secret_rotated(
         assert shop <= routes(table)
         assert ("*.blog.example.com", "/", "prefix", "default/storefront:80") in routes(table)
         assert (None, "/", "default", "default/storefront:80") in routes(table)
+        (admin,) = [r for r in table.http if r.host == "admin.example.com"]
+        assert (admin.prefix, admin.match, admin.rewrite) == (
+            "/admin(/|$)(.*)", PathMatch.REGEX, "/$2")
+        own = table.backend(admin.backend)
+        assert admin.backend == "default/api:9000@default/admin"
+        assert (own.affinity.value, own.cookie_name) == ("cookie", "ADMIN")
         assert shop <= routes(table, tls=True)
         assert all(r.ssl_redirect for r in table.http if r.host in ("shop.example.com",
                                                                      "www.shop.example.com"))

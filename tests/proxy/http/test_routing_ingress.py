@@ -92,3 +92,48 @@ def test_legacy_only_tables_route_as_before() -> None:
     found = router.route(b"h.test", b"/other", b"")
     assert found is not None and found[0].name == "h"
     assert router.route(b"x", b"/nothing", b"") is None
+
+
+X = PathMatch.REGEX
+
+REWRITES = [
+    # (route path, match, rewrite, request path, query, expected target)
+    ("/admin(/|$)(.*)", X, "/$2", b"/admin/users/1", b"?a=1", b"/users/1?a=1"),
+    ("/admin(/|$)(.*)", X, "/$2", b"/admin", b"", b"/"),
+    ("/admin(/|$)(.*)", X, "/$2", b"/ADMIN/x", b"", b"/x"),  # nginx ~*: any case
+    ("/api/v1/(.*)", X, "/v2/$1/$1", b"/api/v1/a", b"", b"/v2/a/a"),
+    ("/old", X, "/", b"/old/deep/path", b"?q", b"/?q"),  # the whole path replaced
+    ("/x", E, "/y", b"/x", b"", b"/y"),
+    ("/g/(.*)", X, "/$3", b"/g/a", b"", b"/"),  # no third group: dropped, as nginx does
+    ("/b/(.*)", X, "/x\\y$1", b"/b/z", b"", b"/x\\yz"),  # a backslash stays one
+]
+
+
+@pytest.mark.parametrize(("path", "match", "rewrite", "req", "query", "want"), REWRITES)
+def test_rewrite_target(path: str, match: PathMatch, rewrite: str, req: bytes, query: bytes,
+                        want: bytes) -> None:
+    route = HttpRoute("i", path, "b", "h.test", strip_prefix=False, match=match,
+                      rewrite=rewrite)
+    found = Router((route,)).route(b"h.test", req, query)
+    assert found == (route, want)
+
+
+def test_regex_does_not_match_elsewhere_and_bad_regex_is_dropped() -> None:
+    good = HttpRoute("i", "/a[0-9]+", "b", None, strip_prefix=False, match=X)
+    bad = HttpRoute("j", "/(", "b", None, strip_prefix=False, match=X)
+    router = Router((good, bad))
+    assert router.match(b"h", b"/a12/x") is good
+    assert router.match(b"h", b"/x/a12") is None  # anchored at the start
+    assert router.match(b"h", b"/(") is None
+
+
+def test_redirect_routes_make_the_location_the_target() -> None:
+    moved = HttpRoute("i", "/", "b", "old.test", strip_prefix=False, match=P,
+                      redirect="https://new.test/", redirect_code=301)
+    root = HttpRoute("i", "/", "b", "app.test", strip_prefix=False, match=E,
+                     redirect="/app", redirect_code=302)
+    app = HttpRoute("i", "/", "b", "app.test", strip_prefix=False, match=P)
+    router = Router((moved, root, app))
+    assert router.route(b"old.test", b"/any/thing", b"?x") == (moved, b"https://new.test/")
+    assert router.route(b"app.test", b"/", b"") == (root, b"/app")
+    assert router.route(b"app.test", b"/app/x", b"") == (app, b"/app/x")
