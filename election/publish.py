@@ -163,11 +163,13 @@ class StatusPublisher:
     def __init__(self, api: ApiClient, *, pod_namespace: str, pod_selector: str,
                  namespaces: tuple[str, ...] = (), instance: str | None = None,
                  resync: float = 10.0, pass_timeout: float = 30.0,
-                 wall_clock: Callable[[], datetime] = utcnow) -> None:
+                 wall_clock: Callable[[], datetime] = utcnow,
+                 ingresses: bool = False) -> None:
         """`namespaces`: where pylb exposes services (() = all); `pod_selector`: the label
         selector of pylb's own pods in `pod_namespace` (e.g. `app=pylb`); `resync`: seconds
         between passes without a notify(); `pass_timeout`: a pass that takes longer (a
-        hanging API server) is abandoned and retried."""
+        hanging API server) is abandoned and retried. `ingresses`: also the status and
+        events of Ingresses (--ingress-class; election/ingress_status.py)."""
         self._api = api
         self._pod_namespace = pod_namespace
         self._pod_selector = pod_selector
@@ -178,6 +180,8 @@ class StatusPublisher:
         self._wall = wall_clock
         self._wake = asyncio.Event()
         self._sent: dict[tuple[str, str, str], str] = {}
+        self._ingresses = ingresses
+        self._ingress_sent: dict[tuple[str, str, str], str] = {}
 
     def notify(self) -> None:
         """A new route table is out: reconcile now rather than at the next resync."""
@@ -213,11 +217,24 @@ class StatusPublisher:
         services = await self._list_services()
         by_key = {(_meta(s, "namespace"), _meta(s, "name")): s for s in services}
         await self._publish_events(table, by_key)
+        addresses: list[str] | None = None
         if any(wants_status(s) for s in services):
-            pods = await self._list("/api/v1/namespaces/{namespace}/pods",
-                                    {"namespace": self._pod_namespace},
-                                    {"labelSelector": self._pod_selector})
-            await self._publish_status(table, services, node_addresses(pods))
+            addresses = await self._addresses()
+            await self._publish_status(table, services, addresses)
+        if self._ingresses:  # additive: Ingresses' status and events
+            from election import ingress_status as ing  # (it builds on this module)
+            ingresses = await ing.list_ingresses(self._list, self._namespaces)
+            if ingresses:
+                if addresses is None:
+                    addresses = await self._addresses()
+                await ing.publish_ingresses(self._api, table, ingresses, addresses,
+                                            self._ingress_sent, self._instance, self._wall())
+
+    async def _addresses(self) -> list[str]:
+        pods = await self._list("/api/v1/namespaces/{namespace}/pods",
+                                {"namespace": self._pod_namespace},
+                                {"labelSelector": self._pod_selector})
+        return node_addresses(pods)
 
     async def _publish_events(self, table: RouteTable,
                               services: dict[ServiceKey, dict[str, Any]]) -> None:
