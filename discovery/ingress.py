@@ -584,7 +584,7 @@ class _Layer:
                      if n in used and t.get_backend(n) is None]
         return RouteTable(http=t.http + tuple(self.http), https=t.https + tuple(self.https),
                           tcp=t.tcp, backends=tuple(backends),
-                          skipped=t.skipped + tuple(self.skipped), certs=self.certs,
+                          skipped=t.skipped + tuple(self.skipped), certs=t.certs + self.certs,
                           version=t.version)
 
 
