@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from discovery.filesource import FileSource
 from discovery.ingress import CLASS_ANNOTATION, CONTROLLER, DEFAULT_CLASS_ANNOTATION
 from discovery.translate import KubeObjects, translate
 from pylb.config import Settings
@@ -245,7 +248,8 @@ def test_input_order_and_duplicates_do_not_matter() -> None:
 
 def tls_secret(name: str, ns: str = "default", kind: str = "kubernetes.io/tls") -> Any:
     pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nx\n").decode()
-    return {"metadata": {"name": name, "namespace": ns}, "type": kind,
+    return {"apiVersion": "v1", "kind": "Secret", "type": kind,
+            "metadata": {"name": name, "namespace": ns},
             "data": {"tls.crt": pem, "tls.key": pem}}
 
 
@@ -344,3 +348,24 @@ def test_ignored_annotations_logged_once(caplog: pytest.LogCaptureFixture) -> No
         "is ignored (not supported by pylb)",
         "Ingress default/ign: annotation nginx.ingress.kubernetes.io/proxy-body-size is "
         "ignored (not supported by pylb)"]
+
+
+def test_file_source_reads_ingresses(tmp_path: Path) -> None:
+    """`--source file:` with `--ingress-class`: the manifests of an ingress-nginx set, with
+    the Services and an IngressClass, as `pylb run --dry` prints them."""
+    manifests = (Path(__file__).parent / "manifests" / "ingress-nginx-shop.yaml").read_text()
+    extra = yaml.safe_dump_all([
+        iclass(),
+        svc("storefront", [{"port": 80, "name": "http", "targetPort": 8080}]),
+        svc("api", [{"port": 8000, "name": "grpc"}, {"port": 9000, "name": "admin"}]),
+        tls_secret("shop-tls")])
+    path = tmp_path / "cluster.yaml"
+    path.write_text(manifests + "---\n" + extra)
+    source = FileSource(str(path), Settings(ingress_class="pylb"))
+    table = source.load()
+    hosts = {r.host for r in ingress_routes(table)}
+    assert hosts == {"shop.example.com", "www.shop.example.com", "admin.example.com",
+                     "*.blog.example.com", None}
+    assert [c.source for c in table.certs] == ["default/shop-tls"]
+    without = FileSource(str(path), Settings()).load()  # no --ingress-class: no Ingresses
+    assert ingress_routes(without) == [] and without.certs == ()
