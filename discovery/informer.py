@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api
+from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api, NetworkingV1Api
 
 from pylb import collector
 from pylb.config import KubeSettings
@@ -96,9 +96,10 @@ class Kind:
     namespace and in all namespaces."""
 
     plural: str
-    group: str  # "core" or "discovery"
-    namespaced: str
+    group: str  # "core", "discovery" or "networking"
+    namespaced: str  # "" for a cluster-scoped kind
     cluster: str
+    field_selector: str = ""  # e.g. only kubernetes.io/tls Secrets
 
 
 SERVICES = Kind("services", "core", "list_namespaced_service",
@@ -107,6 +108,13 @@ ENDPOINTSLICES = Kind("endpointslices", "discovery", "list_namespaced_endpoint_s
                       "list_endpoint_slice_for_all_namespaces")
 ENDPOINTS = Kind("endpoints", "core", "list_namespaced_endpoints",
                  "list_endpoints_for_all_namespaces")
+# With --ingress-class (discovery/ingress.py, discovery/secrets.py):
+INGRESSES = Kind("ingresses", "networking", "list_namespaced_ingress",
+                 "list_ingress_for_all_namespaces")
+INGRESSCLASSES = Kind("ingressclasses", "networking", "", "list_ingress_class")
+TLS_SECRETS = Kind("secrets", "core", "list_namespaced_secret",
+                   "list_secret_for_all_namespaces", field_selector="type=kubernetes.io/tls")
+_APIS = {"core": CoreV1Api, "discovery": DiscoveryV1Api, "networking": NetworkingV1Api}
 
 
 class Gone(Exception):
@@ -171,6 +179,10 @@ def slim(obj: Object) -> Object:
     endpoints = obj.get("endpoints")
     if isinstance(endpoints, list) and "addressType" in obj:
         _share_conditions(endpoints)
+    if "data" in obj and obj.get("type") not in (None, "kubernetes.io/tls"):
+        # a Secret that is not a TLS certificate (discovery/secrets.py): its passwords
+        # and tokens are not kept in memory
+        obj = {k: v for k, v in obj.items() if k != "data"}
     return obj
 
 
@@ -266,8 +278,10 @@ class Informer:
         self._wallclock = wallclock
         self._failures = 0
         self._list_attempts = 0
-        api = CoreV1Api(api_client) if kind.group == "core" else DiscoveryV1Api(api_client)
-        if namespace is None:
+        api = _APIS[kind.group](api_client)
+        self._selector: dict[str, str] = (
+            {"field_selector": kind.field_selector} if kind.field_selector else {})
+        if namespace is None or not kind.namespaced:
             self._call = getattr(api, kind.cluster)
             self._args: tuple[str, ...] = ()
         else:
@@ -357,7 +371,7 @@ class Informer:
             self.metrics.relists += 1
         self._list_attempts += 1
         for page in range(MAX_LIST_PAGES):
-            kwargs: dict[str, Any] = {"limit": s.page_size}
+            kwargs: dict[str, Any] = {"limit": s.page_size, **self._selector}
             if token:
                 kwargs["_continue"] = token
             resp = await self._call(*self._args, _preload_content=False,
@@ -412,7 +426,7 @@ class Informer:
         resp = await self._call(
             *self._args, watch=True, resource_version=self.resource_version,
             allow_watch_bookmarks=True, timeout_seconds=s.watch_timeout,
-            _preload_content=False, _request_timeout=self._timeout(None))
+            _preload_content=False, _request_timeout=self._timeout(None), **self._selector)
         events = 0
         opened: float | None = None
         try:

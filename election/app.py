@@ -55,7 +55,8 @@ async def run_election(settings: Settings, on_leader: LeaderCallback,
         publisher = StatusPublisher(
             client, pod_namespace=pod_namespace or os.environ.get("POD_NAMESPACE")
             or settings.election_namespace, pod_selector=pod_selector,
-            namespaces=settings.namespaces, instance=me)
+            namespaces=settings.namespaces, instance=me,
+            ingresses=settings.ingress_class is not None)
         elector: Elector
 
         def report(*_: object) -> None:

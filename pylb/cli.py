@@ -17,6 +17,7 @@ import argparse
 import enum
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -174,6 +175,14 @@ def parse_tcp_services(value: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def _ingress_class(value: str) -> str:
+    """An IngressClass name: a DNS subdomain (RFC 1123), as the API requires."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an IngressClass name (lower-case DNS subdomain)")
+    return value
+
+
 def _namespaces(value: str) -> tuple[str, ...]:
     """One namespace, a comma-separated list, or empty for all namespaces."""
     return tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
@@ -243,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--endpoints-api", choices=("endpointslices", "endpoints"),
                    default="endpointslices",
                    help="read EndpointSlices (default) or legacy Endpoints")
+    g.add_argument("--ingress-class", type=_ingress_class, default=None, metavar="NAME",
+                   help="also serve networking.k8s.io/v1 Ingresses of this IngressClass "
+                        "(its controller: pylb.io/ingress-controller), those annotated "
+                        "kubernetes.io/ingress.class: NAME, and those without a class when "
+                        "it is the default class (default: Ingresses not served)")
     _add_kube_flags(g)
     g = run.add_argument_group("frontends")
     g.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -400,6 +414,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         kubeconfig=ns.kubeconfig,
         context=ns.context,
         endpoints_api=ns.endpoints_api,
+        ingress_class=ns.ingress_class,
         bind=ns.bind,
         http_port=ns.http_port,
         https_port=ns.https_port,

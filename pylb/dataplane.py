@@ -90,6 +90,8 @@ class DataPlane:
                                tls=True, ssl_context=self.tls_store.server_context(),
                                limit=self.limit)
         self.https.set_table(self.table)
+        if self.table.certs:
+            self.tls_store.set_sni_certificates(self.table.certs)
         self.addresses["https"] = await self.https.start(
             self.settings.bind, self.settings.https_port, reuse_port=self.reuse_port)
         self._tls_watch = asyncio.get_running_loop().create_task(self.tls_store.watch())
@@ -110,6 +112,8 @@ class DataPlane:
         self.http.set_table(table, delta, left)
         if self.https is not None:
             self.https.set_table(table, delta, left)
+            if delta.certs is not None and self.tls_store is not None:
+                self.tls_store.set_sni_certificates(table.certs)  # Secrets (Ingress TLS)
         elif table.https and self._https_blocked:
             if not self._https_warned:
                 self._https_warned = True
