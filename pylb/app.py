@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pylb import __version__
+from pylb import __version__, collector
 from pylb.config import Settings, TlsSettings
 from pylb.counters import ShownCounters, Stats, merge_snapshots
 from pylb.delta import Delta, diff
@@ -326,6 +326,7 @@ class Controller:
             table = await self._table_updates.get()
             while not self._table_updates.empty():  # coalesce: only the newest matters
                 table = self._table_updates.get_nowait()
+            first = self.table_time == 0.0
             self.table = table
             self.table_time = time.time()
             log.info("route table v%d: %d http, %d https, %d tcp, %d backends, %d skipped",
@@ -337,6 +338,8 @@ class Controller:
                 self.pool.apply(table)
             elif self.plane is not None:
                 await self.plane.apply(table)
+            if first:  # the first table of a big cluster leaves tens of MiB freed
+                collector.trim()
 
     def on_check(self, key: tuple[str, int], up: bool, result: Any) -> None:
         if self.pool is not None:

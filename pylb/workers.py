@@ -54,6 +54,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from pylb import collector
 from pylb.config import Settings
 from pylb.counters import fold_report, merge_snapshots, server_key
 from pylb.delta import Delta, apply_delta, diff
@@ -547,6 +548,8 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
                     await plane.apply(table, delta)
                 except Exception:  # a table that cannot be served must not end the worker
                     log.exception("worker %d: cannot apply table v%d", index, table.version)
+                if delta is None:  # a whole table: its frame and decoding are garbage now
+                    collector.trim()
 
     def report(full: bool = False) -> None:
         r = plane.stats.report(full)
