@@ -338,8 +338,8 @@ class Controller:
                 self.pool.apply(table)
             elif self.plane is not None:
                 await self.plane.apply(table)
-            if first:  # the first table of a big cluster leaves tens of MiB freed
-                collector.trim()
+            if first:  # the first table of a big cluster: see collector.settle
+                collector.settle()
 
     def on_check(self, key: tuple[str, int], up: bool, result: Any) -> None:
         if self.pool is not None:

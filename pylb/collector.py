@@ -47,6 +47,18 @@ def paused() -> Iterator[None]:
 _malloc_trim: Any = None
 
 
+def settle() -> None:
+    """After a big one-off job whose results live on (the first table built and applied,
+    a whole table decoded and applied in a worker): move everything alive now out of the
+    cyclic collector's way (`gc.freeze`: at 10,000 services a million long-lived objects,
+    which each full collection would otherwise walk again, stalling the loop for hundreds
+    of ms at a time; frozen objects are still freed by reference counting), and give the
+    freed memory back (`trim`). Cycles that were garbage already stay; no `gc.collect()`
+    first, as that alone would stall the loop as long as the walk it saves."""
+    gc.freeze()
+    trim()
+
+
 def trim() -> None:
     """Give the C heap's free pages back to the system (glibc's `malloc_trim(0)`; nothing
     elsewhere). After a big one-off job — the first table of a big cluster, built and sent,

@@ -548,8 +548,8 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
                     await plane.apply(table, delta)
                 except Exception:  # a table that cannot be served must not end the worker
                     log.exception("worker %d: cannot apply table v%d", index, table.version)
-                if delta is None:  # a whole table: its frame and decoding are garbage now
-                    collector.trim()
+                if delta is None:  # a whole table: see collector.settle
+                    collector.settle()
 
     def report(full: bool = False) -> None:
         r = plane.stats.report(full)
