@@ -63,6 +63,7 @@ from proxy.listener import (
     bind_socket,
 )
 from proxy.tcp import proxyproto
+from proxy.tcp.poller import Poller
 from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
 from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
 from pylb.config import Settings, Timeouts
@@ -594,7 +595,7 @@ class _Conn(asyncio.Protocol):
         ct.pause_reading()
         st.pause_reading()
         self.state = _SPLICE
-        pump = SplicePump(self.proxy.loop, self.proxy.pipes, cs.fileno(), ss.fileno(),
+        pump = SplicePump(self.proxy.poller, self.proxy.pipes, cs.fileno(), ss.fileno(),
                           self._pump_done)
         pump.up = self.up
         pump.down = self.down
@@ -718,6 +719,7 @@ class TcpProxy:
             else splice_threshold
         self.pipes = PipePool(PIPE_SIZE)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: Poller | None = None
         self._frontends: dict[int, _Frontend] = {}
         self._draining: set[_Frontend] = set()
         self._nconns = 0
@@ -731,6 +733,13 @@ class TcpProxy:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
+
+    @property
+    def poller(self) -> Poller:
+        """The splice pumps' epoll set (see proxy/tcp/poller.py), made on first use."""
+        if self._poller is None:
+            self._poller = Poller(self.loop)
+        return self._poller
 
     @property
     def connections(self) -> int:
@@ -822,6 +831,9 @@ class TcpProxy:
             self._sweep.cancel()
             self._sweep = None
         self.pipes.close()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
 
     def _log_overload(self, exc: OSError) -> None:
         now = self.loop.time()
