@@ -190,6 +190,18 @@ class Balancer:
             return True
         return False
 
+    def others_usable(self, server: Server) -> bool:
+        """Whether a server other than `server` is up, to redispatch to (proxy/retry.py)."""
+        return any(s.key != server.key and self.is_up(s) for s in self.candidates)
+
+    @property
+    def sticky(self) -> bool:
+        """Whether the choice ties a client to its server (affinity, or any algorithm but
+        round robin): haproxy then redispatches only on the last retry."""
+        b = self.backend
+        return b.algorithm is not _ROUNDROBIN or b.affinity is _COOKIE \
+            or b.affinity is _CLIENT_IP
+
     # -- connections --------------------------------------------------------------------
 
     def acquire(self, server: Server) -> None:

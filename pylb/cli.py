@@ -284,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--maxconn", type=_positive_int, default=limits.maxconn,
                    help=f"connections per worker ({limits.maxconn})")
     g.add_argument("--retries", type=int, default=limits.retries,
-                   help=f"connect retries on another server ({limits.retries})")
+                   help="connect retries, as haproxy's `retries` with `option redispatch`: the "
+                        "same server a second apart (or --timeout-connect, if shorter), "
+                        f"another server on the last retry ({limits.retries})")
     for name, default, what in (
         ("http-request", timeouts.http_request, "whole request head"),
         ("connect", timeouts.connect, "connect to a server"),

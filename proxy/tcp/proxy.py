@@ -4,11 +4,12 @@ Theory of operation. Each TcpFrontend port gets a uvloop server whose Protocol i
 `_Conn`, the client side of one proxied connection; `_Upstream` is its server side. Both
 are plain callbacks, and no Task runs per connection: `_Dial` steps uvloop's
 `create_connection` coroutine from its futures' done-callbacks, with one TimerHandle for
-the connect timeout, and `dialed` redispatches to another server on failure. (A Task and
-asyncio.timeout cost ~8 µs of user CPU per connection more.) What either side sends
-before the pair is wired (a MySQL greeting, a ClientHello) is kept, bounded by the high
-watermark, and passed on first. A TLS-passthrough frontend reads the ClientHello before
-it connects, and picks the backend by its server name (`sni_backend`).
+the connect timeout, and `dialed` retries a failed connect as haproxy does
+(proxy/retry.py: the same server after a turn-around delay, another on the last
+retry). (A Task and asyncio.timeout cost ~8 µs of user CPU per connection more.) What
+either side sends before the pair is wired (a MySQL greeting, a ClientHello) is kept,
+bounded by the high watermark, and passed on first. A TLS-passthrough frontend reads the
+ClientHello before it connects, and picks the backend by its server name (`sni_backend`).
 
 Data path (Protocol path). `data_received` on one side writes to the other transport.
 Both transports get high and low write-buffer watermarks; `pause_writing` on one side
@@ -62,6 +63,7 @@ from proxy.listener import (
     Listener,
     bind_socket,
 )
+from proxy.retry import Next, after_connect_failure
 from proxy.tcp import proxyproto
 from proxy.tcp.poller import Poller
 from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
@@ -316,6 +318,7 @@ class _Conn(asyncio.Protocol):
     """The client side of a proxied connection, and the pair's state."""
 
     __slots__ = (
+        "attempts",
         "backend",
         "bal",
         "bcounters",
@@ -331,6 +334,7 @@ class _Conn(asyncio.Protocol):
         "fe",
         "proxy",
         "pump",
+        "retry_at",
         "s_eof",
         "sbuf",
         "scounters",
@@ -341,7 +345,6 @@ class _Conn(asyncio.Protocol):
         "splice_at",
         "st",
         "state",
-        "tries",
         "up",
         "upstream",
     )
@@ -358,7 +361,8 @@ class _Conn(asyncio.Protocol):
         self.dial: _Dial | None = None
         self.client_ip = ""  # only read when balancing needs it
         self.exclude: set[tuple[str, int]] | None = None  # servers that failed a connect
-        self.tries = 0  # redispatches left
+        self.attempts = 0  # failed connect attempts so far
+        self.retry_at: asyncio.TimerHandle | None = None  # the next attempt, after a delay
         self.bal: Balancer | None = None
         self.backend = ""
         self.server: Server | None = None
@@ -472,7 +476,6 @@ class _Conn(asyncio.Protocol):
             self.abort(None)
             return
         assert bal is not None
-        self.tries = max(0, proxy.settings.limits.retries)
         self._dial(bal, server)
 
     def _dial(self, bal: Balancer, server: Server) -> None:
@@ -510,18 +513,37 @@ class _Conn(asyncio.Protocol):
             return
         bal.failed(server)
         dial.sc.conn_errors += 1
-        if self.exclude is None:
-            self.exclude = set()
-        self.exclude.add(server.key)
-        nxt = bal.pick(self.client_ip, self.exclude) if self.tries > 0 else None
-        if nxt is None:
+        self.attempts += 1
+        proxy = self.proxy
+        step = after_connect_failure(
+            attempts=self.attempts, retries=proxy.settings.limits.retries,
+            timed_out=failure is Failure.CONNECT_TIMEOUT,
+            connect_timeout=proxy.settings.timeouts.connect, server_usable=bal.is_up(server),
+            others_usable=bal.others_usable(server), sticky=bal.sticky)
+        nxt: Server | None = server
+        if step.next is Next.REDISPATCH:
+            if self.exclude is None:
+                self.exclude = set()
+            self.exclude.add(server.key)
+            # All others tried: any but this one again.
+            nxt = bal.pick(self.client_ip, self.exclude) or \
+                bal.pick(self.client_ip, (server.key,))
+        if step.next is Next.GIVE_UP or nxt is None:
             self.abort(None)
             return
-        self.tries -= 1
         self.bcounters.retries += 1
         dial.sc.retries += 1
-        self.bcounters.redispatches += 1
-        self._dial(bal, nxt)
+        if nxt is not server:
+            self.bcounters.redispatches += 1
+        if step.delay > 0:  # haproxy's turn-around: the server may be restarting
+            self.retry_at = proxy.loop.call_later(step.delay, self._redial, nxt)
+        else:
+            self._dial(bal, nxt)
+
+    def _redial(self, server: Server) -> None:
+        self.retry_at = None
+        if self.state is _CONNECTING and self.bal is not None:
+            self._dial(self.bal, server)
 
     def _connected(self, up: _Upstream, sc: Counters) -> None:
         assert up.transport is not None and self.bcounters is not None
@@ -649,6 +671,9 @@ class _Conn(asyncio.Protocol):
         self.state = _CLOSED
         if self.dial is not None:
             self.dial.cancel()
+        if self.retry_at is not None:
+            self.retry_at.cancel()
+            self.retry_at = None
         self.flush_counts()
         fe = self.fe
         self.fcounters.close()
