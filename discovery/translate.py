@@ -80,7 +80,8 @@ The rules, each with its reason:
   no TCP port it is an error); `lb.send-proxy: v1|v2` (PROXY protocol to the backends of
   the TCP ports); `lb.check-path` (HTTP health check path; implies `lb.check`);
   `lb.check: "true"|"false"` (active checks for this service whatever `--checks=all|
-  annotated` says; `--checks=off` wins). `spec.sessionAffinity:
+  annotated` says; `--checks=off` wins); `lb.error-limit: N` (failed connects in a row
+  that eject a server, as `--error-limit`; 0 never ejects). `spec.sessionAffinity:
   ClientIP` gives client-IP affinity (on HTTP ports the cookie wins when both are set).
   Booleans are "true" or "false" in any case; any other value — or a value that is not a
   string — is a bad annotation. A `*.` wildcard `lb.host` is accepted only with
@@ -152,6 +153,8 @@ class _Annotations:
     send_proxy: ProxyProtocol = ProxyProtocol.NONE
     check_path: str | None = None
     check: bool | None = None  # lb.check; lb.check-path alone means True
+    error_limit: int | None = None  # lb.error-limit
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +375,14 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
             raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.check-path: expected a path "
                        f"starting with /, got {check_path!r}")
 
+    error_limit: int | None = None
+    if "lb.error-limit" in ann:
+        limit_text = ann["lb.error-limit"].strip()
+        if not limit_text.isdigit() or int(limit_text) > 1_000_000:
+            raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.error-limit: expected a whole "
+                       f"number of failed connects (0: never eject), got {limit_text!r}")
+        error_limit = int(limit_text)
+
     return _Annotations(
         algorithm=algorithm,
         host=host,
@@ -384,6 +395,7 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         send_proxy=send_proxy,
         check_path=check_path,
         check=flags.get("lb.check", True if check_path is not None else None),
+        error_limit=error_limit,
     )
 
 
@@ -1021,14 +1033,15 @@ def _claim_service(plan: Plan, settings: Settings, builder: _Builder) -> None:
                 backend_name, servers, svc.ann.algorithm,
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE,
                 proxy_protocol=svc.ann.send_proxy, check_path=svc.ann.check_path,
-                check=checked)
+                check=checked, error_limit=svc.ann.error_limit)
             for lp in listen[port.port]:
                 builder.add_tcp(svc, port, lp, backend)
         else:
             affinity = (Affinity.COOKIE if svc.ann.cookie else
                         Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE)
             backend = Backend(backend_name, servers, svc.ann.algorithm, affinity,
-                              check_path=svc.ann.check_path, check=checked)
+                              check_path=svc.ann.check_path, check=checked,
+                              error_limit=svc.ann.error_limit)
             builder.add_http(svc, port, backend)
 
 

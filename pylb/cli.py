@@ -287,6 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connect retries, as haproxy's `retries` with `option redispatch`: the "
                         "same server a second apart (or --timeout-connect, if shorter), "
                         f"another server on the last retry ({limits.retries})")
+    g.add_argument("--error-limit", type=int, default=limits.passive_fall, metavar="N",
+                   help="failed connects in a row that eject a server for --error-down-for "
+                        "(haproxy's observe layer4 + error-limit; 0: never; per service: "
+                        f"lb.error-limit) ({limits.passive_fall})")
+    g.add_argument("--error-down-for", type=_duration, default=limits.passive_down_for,
+                   metavar="DUR",
+                   help="how long an ejected server gets no new work, unless a connect in "
+                        "panic or a passing active check brings it back first "
+                        f"({limits.passive_down_for:g})")
+    g.add_argument("--panic-threshold", type=int, default=limits.panic_threshold,
+                   metavar="PERCENT",
+                   help="ejections apply only while this share of a backend's servers is "
+                        "not ejected; below, all are used (Envoy's panic threshold) "
+                        f"({limits.panic_threshold})")
     for name, default, what in (
         ("http-request", timeouts.http_request, "whole request head"),
         ("connect", timeouts.connect, "connect to a server"),
@@ -407,6 +421,12 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         seen[port] = flag
     if ns.retries < 0:
         raise FlagError("--retries: must be 0 or more")
+    if ns.error_down_for <= 0:
+        raise FlagError("--error-down-for: must be more than 0")
+    if ns.error_limit < 0:
+        raise FlagError("--error-limit: must be 0 or more")
+    if not 0 <= ns.panic_threshold <= 100:
+        raise FlagError("--panic-threshold: must be a percentage, 0 to 100")
     return Settings(
         source=ns.source,
         namespaces=ns.namespace,
@@ -432,7 +452,9 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
             http_request=ns.timeout_http_request, connect=ns.timeout_connect,
             client=ns.timeout_client, server=ns.timeout_server, tunnel=ns.timeout_tunnel,
             keep_alive=ns.timeout_keep_alive),
-        limits=Limits(maxconn=ns.maxconn, retries=ns.retries),
+        limits=Limits(maxconn=ns.maxconn, retries=ns.retries, passive_fall=ns.error_limit,
+                      passive_down_for=ns.error_down_for,
+                      panic_threshold=ns.panic_threshold),
         tls=TlsSettings(cert=ns.ssl_cert, ca_cert=ns.ssl_ca_cert, verify=ns.ssl_verify,
                         hsts=ns.hsts),
         checks=CheckSettings(interval=ns.check_interval, rise=ns.check_rise,

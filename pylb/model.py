@@ -98,6 +98,8 @@ class Backend:
     # Actively checked? None: as --checks says for backends not annotated (translate
     # resolves it against the settings, so a rendered table shows it).
     check: bool | None = None
+    # Failed connects in a row that eject a server (lb.error-limit); None: --error-limit.
+    error_limit: int | None = None
 
     @property
     def available(self) -> tuple[Server, ...]:
@@ -115,6 +117,8 @@ class Backend:
             head += " check"
         if self.check_path:
             head += f" check-path={self.check_path}"
+        if self.error_limit is not None:
+            head += f" error-limit={self.error_limit}"
         lines = [head]
         lines += [f"    server {s.render()}" for s in self.servers]
         if not self.servers:

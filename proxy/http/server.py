@@ -656,7 +656,8 @@ class ClientProtocol(asyncio.Protocol):
         step = after_connect_failure(
             attempts=self._attempts, retries=proxy.settings.limits.retries,
             timed_out=failure is Failure.CONNECT_TIMEOUT,
-            connect_timeout=proxy.settings.timeouts.connect, server_usable=balancer.is_up(server),
+            connect_timeout=proxy.settings.timeouts.connect,
+            server_usable=balancer.usable(server),
             others_usable=balancer.others_usable(server), sticky=balancer.sticky)
         if step.next is Next.REDISPATCH:
             srv.retries += 1

@@ -518,8 +518,9 @@ class _Conn(asyncio.Protocol):
         step = after_connect_failure(
             attempts=self.attempts, retries=proxy.settings.limits.retries,
             timed_out=failure is Failure.CONNECT_TIMEOUT,
-            connect_timeout=proxy.settings.timeouts.connect, server_usable=bal.is_up(server),
-            others_usable=bal.others_usable(server), sticky=bal.sticky)
+            connect_timeout=proxy.settings.timeouts.connect,
+            server_usable=bal.usable(server), others_usable=bal.others_usable(server),
+            sticky=bal.sticky)
         nxt: Server | None = server
         if step.next is Next.REDISPATCH:
             if self.exclude is None:

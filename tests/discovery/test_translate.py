@@ -492,6 +492,13 @@ def test_send_proxy(value: str, expected: ProxyProtocol) -> None:
                                                   check=True)
 
 
+def test_error_limit_annotation() -> None:
+    t = run([svc("a", annotations={P + "lb.error-limit": "0"}), svc("b")])
+    assert t.backend("default/a:80").error_limit == 0  # never eject
+    assert t.backend("default/b:80").error_limit is None  # --error-limit
+    assert "backend default/a:80 balance=roundrobin check error-limit=0" in t.render()
+
+
 # Every malformed input skips that one service (the good one beside it stays) with a reason
 # that names the problem.
 BAD: list[tuple[str, Any, str]] = [
@@ -516,6 +523,9 @@ BAD: list[tuple[str, Any, str]] = [
     ("check-path", svc("bad", annotations={P + "lb.check-path": "healthz"}), "lb.check-path"),
     ("check-path space", svc("bad", annotations={P + "lb.check-path": "/a b"}), "lb.check-path"),
     ("check", svc("bad", annotations={P + "lb.check": "yes"}), "lb.check"),
+    ("error-limit", svc("bad", annotations={P + "lb.error-limit": "-1"}), "lb.error-limit"),
+    ("error-limit word", svc("bad", annotations={P + "lb.error-limit": "few"}),
+     "lb.error-limit"),
     ("passthrough bool", svc("bad", annotations={P + "lb.sslPassthrough": "on"}),
      "lb.sslPassthrough"),
     ("port string", svc("bad", [{"port": "80"}]), "spec.ports[0].port"),

@@ -30,10 +30,6 @@ from tests.proxy.http.conftest import (  # noqa: F401  (fixtures)
 OUTAGE = 1.5  # seconds the backend is away: under the 3 s that 3 retries wait
 PROBES = 40  # one every 100 ms: 4 s, the outage from 0.5 s to 2.0 s
 PROBE_TIMEOUT = 15.0
-# Passive ejection (3 failed connects: out for 10 s) would take the only server out for
-# the outage and beyond; the panic threshold (never eject the last usable servers) is
-# item 2's. Until then, this test keeps ejection out of the way.
-PASSIVE_FALL = 1000
 HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
@@ -122,8 +118,8 @@ async def _run(backend: Restartable, probe_port: int, l7: bool) -> int:
 async def test_l4_restart_costs_a_wait_not_errors(retries: int) -> None:
     backend = Restartable()
     await backend.start()
-    settings = Settings(limits=Limits(retries=retries, passive_fall=PASSIVE_FALL),
-                        timeouts=Timeouts(connect=5.0))
+    # Default ejection (3 failed connects): the panic threshold keeps the only server.
+    settings = Settings(limits=Limits(retries=retries), timeouts=Timeouts(connect=5.0))
     p = TcpProxy(settings, Stats(), Balancers(settings.limits), host="127.0.0.1",
                  splice_threshold=None)
     try:
@@ -146,7 +142,7 @@ async def test_l7_restart_costs_a_wait_not_errors(start_proxy: StartProxy,  # no
                                                   retries: int) -> None:
     backend = Restartable()
     await backend.start()
-    r = await start_proxy(0, table=False, limits={"retries": retries, "passive_fall": PASSIVE_FALL},
+    r = await start_proxy(0, table=False, limits={"retries": retries},
                           timeouts={"connect": 5.0})
     try:
         b = Backend("default/web:80", (Server("127.0.0.1", backend.port),))
