@@ -806,7 +806,9 @@ class _Builder:
             if claim.default:
                 self.skip(svc.namespace, svc.name,
                           f"port {port.port}: TCP port {listen} is already taken by service "
-                          f"{claim.default_owner}")
+                          f"{claim.default_owner} (services share a TCP port only when "
+                          f"routed by TLS server name: {ANNOTATION_PREFIX}lb.sslPassthrough "
+                          "with lb.host)")
                 return
             claim.default, claim.default_owner = backend.name, svc.ident
         claim.names.add(svc.name)

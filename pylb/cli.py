@@ -157,9 +157,12 @@ def _status_code(value: str) -> int:
 
 
 def parse_tcp_services(value: str) -> tuple[tuple[str, int], ...]:
-    """`mysql:3306,nginxsvc:443` → (("mysql", 3306), ("nginxsvc", 443))."""
+    """`mysql:3306,nginxsvc:443` → (("mysql", 3306), ("nginxsvc", 443)).
+
+    Several services may name one port (`pt1:9443,pt2:9443`): the translation lets them
+    share it when each is TLS passthrough with `lb.host` (routed by the ClientHello's
+    server name), and skips the others with the reason."""
     out: list[tuple[str, int]] = []
-    seen_ports: set[int] = set()
     for item in filter(None, (p.strip() for p in value.split(","))):
         name, sep, port_s = item.rpartition(":")
         if not sep or not name:
@@ -167,9 +170,8 @@ def parse_tcp_services(value: str) -> tuple[tuple[str, int], ...]:
         port = _port(port_s)
         if port == 0:
             raise argparse.ArgumentTypeError(f"port 0 in {item!r}")
-        if port in seen_ports:
-            raise argparse.ArgumentTypeError(f"port {port} listed twice")
-        seen_ports.add(port)
+        if (name, port) in out:
+            raise argparse.ArgumentTypeError(f"{name}:{port} listed twice")
         out.append((name, port))
     return tuple(out)
 
@@ -413,7 +415,10 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
     # https port clashes only when pylb must terminate TLS there (--ssl-cert given).
     if ns.ssl_cert:
         ports.add(("--https-port", ns.https_port))
-    ports |= {(f"--tcp-services {n}", p) for n, p in ns.tcp_services}
+    by_port: dict[int, list[str]] = {}
+    for n, p in ns.tcp_services:
+        by_port.setdefault(p, []).append(n)
+    ports |= {(f"--tcp-services {'+'.join(names)}", p) for p, names in by_port.items()}
     seen: dict[int, str] = {}
     for flag, port in sorted(ports):
         if port and port in seen:
@@ -539,7 +544,11 @@ def listeners(settings: Settings) -> list[tuple[str, str, int]]:
            ("--health-port", s.bind, s.health_port)]
     if s.tls.cert:  # without a certificate the TLS frontend opens later, if a service needs it
         out.append(("--https-port", s.bind, s.https_port))
-    out += [(f"--tcp-services {name}:{port}", s.bind, port) for name, port in s.tcp_services]
+    by_port: dict[int, list[str]] = {}
+    for name, port in s.tcp_services:
+        by_port.setdefault(port, []).append(name)
+    out += [(f"--tcp-services {'+'.join(names)}:{port}", s.bind, port)
+            for port, names in by_port.items()]
     return out
 
 

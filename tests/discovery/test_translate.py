@@ -343,7 +343,9 @@ def test_tcp_port_collision_across_namespaces() -> None:
     t = run([svc("mysql", [{"port": 3306}], ns="b"), svc("mysql", [{"port": 3306}], ns="a")],
             namespaces=(), tcp_services=(("mysql", 3306),))
     assert t.tcp == (TcpFrontend("mysql", 3306, "a/mysql:3306"),)
-    assert reasons(t) == ["port 3306: TCP port 3306 is already taken by service a/mysql"]
+    assert reasons(t) == ["port 3306: TCP port 3306 is already taken by service a/mysql "
+                          "(services share a TCP port only when routed by TLS server name: "
+                          "serviceloadbalancer/lb.sslPassthrough with lb.host)"]
 
 
 def test_ssl_passthrough_services_share_a_port_by_sni() -> None:

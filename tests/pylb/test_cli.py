@@ -121,7 +121,7 @@ def test_dry_render_says_which_backends_are_checked(argv: list[str], checked: se
     (["--http-port=eighty"], "--http-port"),
     (["--http-port=70000"], "--http-port"),
     (["--tcp-services=mysql"], "--tcp-services"),
-    (["--tcp-services=a:1,b:1"], "--tcp-services"),
+    (["--tcp-services=a:1,a:1"], "--tcp-services"),
     (["--balance-algorithm=random"], "--balance-algorithm"),
     (["--default-return-code=42"], "--default-return-code"),
     (["--use-kubernetes-cluster-service=maybe"], "--use-kubernetes-cluster-service"),
