@@ -81,8 +81,10 @@ The rules, each with its reason:
   the TCP ports); `lb.check-path` (HTTP health check path; implies `lb.check`);
   `lb.check: "true"|"false"` (active checks for this service whatever `--checks=all|
   annotated` says; `--checks=off` wins); `lb.error-limit: N` (failed connects in a row
-  that eject a server, as `--error-limit`; 0 never ejects). `spec.sessionAffinity:
-  ClientIP` gives client-IP affinity (on HTTP ports the cookie wins when both are set).
+  that eject a server, as `--error-limit`; 0 never ejects); `lb.slash-redirect: "true"`
+  (the bare prefix `/name` answers 301 to `/name/`, the query kept; stripping routes).
+  `spec.sessionAffinity: ClientIP` gives client-IP affinity (on HTTP ports the cookie
+  wins when both are set).
   Booleans are "true" or "false" in any case; any other value — or a value that is not a
   string — is a bad annotation. A `*.` wildcard `lb.host` is accepted only with
   `lb.sslPassthrough` (SNI matches wildcards; Host routes do not) and is then not put on
@@ -154,6 +156,7 @@ class _Annotations:
     check_path: str | None = None
     check: bool | None = None  # lb.check; lb.check-path alone means True
     error_limit: int | None = None  # lb.error-limit
+    slash_redirect: bool = False  # lb.slash-redirect
 
 
 
@@ -347,7 +350,7 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
 
     flags = {key: _ann_bool(key, ann[key]) for key in (
         "lb.sslTerm", "lb.cookie-sticky-session", "lb.sslRedirect", "lb.sslPassthrough",
-        "lb.check",
+        "lb.check", "lb.slash-redirect",
     ) if key in ann}
     passthrough = flags.get("lb.sslPassthrough", False)
 
@@ -396,6 +399,7 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         check_path=check_path,
         check=flags.get("lb.check", True if check_path is not None else None),
         error_limit=error_limit,
+        slash_redirect=flags.get("lb.slash-redirect", False),
     )
 
 
@@ -776,11 +780,13 @@ class _Builder:
         host = ann.host if ann.host is not None and not ann.host.startswith("*.") else None
         ci = ann.acl_case_insensitive
         routes: list[HttpRoute] = []
+        slash = ann.slash_redirect and strip
         if ann.ssl_term or ann.ssl_redirect:
-            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci, tls=True))
+            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci, tls=True,
+                                    slash_redirect=slash))
         if not ann.ssl_term or ann.ssl_redirect:
             routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci,
-                                    ssl_redirect=ann.ssl_redirect))
+                                    ssl_redirect=ann.ssl_redirect, slash_redirect=slash))
         for r in routes:
             conflict = self._route_conflict(r)
             if conflict is not None:

@@ -164,7 +164,7 @@ _PACKED_FIELDS = {
     Backend: ("name", "servers", "algorithm", "affinity", "cookie_name", "proxy_protocol",
               "check_path", "check", "error_limit"),
     HttpRoute: ("name", "prefix", "backend", "host", "strip_prefix", "case_insensitive",
-                "tls", "ssl_redirect"),
+                "tls", "ssl_redirect", "slash_redirect"),
 }
 _SERVER = attrgetter(*_PACKED_FIELDS[Server])
 # A backend packs as (its fields but servers, its servers packed); see unpack_backends.

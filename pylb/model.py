@@ -146,6 +146,9 @@ class HttpRoute:
     case_insensitive: bool = False
     tls: bool = False
     ssl_redirect: bool = False  # plain frontend answers 301 to https for this route
+    # The bare prefix (`/web`, no slash) of a stripping route answers 301 to `/web/`
+    # (nginx's directory behaviour; lb.slash-redirect), so relative URLs resolve.
+    slash_redirect: bool = False
 
     def render(self) -> str:
         flags = []
@@ -157,6 +160,8 @@ class HttpRoute:
             flags.append("no-strip")
         if self.ssl_redirect:
             flags.append("redirect-https")
+        if self.slash_redirect:
+            flags.append("redirect-slash")
         tail = (" " + " ".join(flags)) if flags else ""
         return f"route {self.prefix} -> {self.backend}{tail}"
 

@@ -55,7 +55,7 @@ from proxy.http.parser import (
     ResponseHead,
     request_parser,
 )
-from proxy.http.routing import split_target
+from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import HIGH_WATER, LOW_WATER, UpstreamProtocol
 from proxy.retry import Next, after_connect_failure
 from pylb.counters import Counters
@@ -566,6 +566,11 @@ class ClientProtocol(asyncio.Protocol):
         if route.ssl_redirect and not proxy.tls:
             self._redirect(b"https://%s%s" % (host, path + query))
             return
+        if route.slash_redirect:
+            location = slash_redirect(route, path, query)
+            if location is not None:
+                self._redirect(location)
+                return
         backend = proxy.table.get_backend(route.backend)
         balancer = proxy.balancers.get(route.backend)
         if backend is None or balancer is None:

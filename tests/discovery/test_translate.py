@@ -501,6 +501,17 @@ def test_error_limit_annotation() -> None:
     assert "backend default/a:80 balance=roundrobin check error-limit=0" in t.render()
 
 
+def test_slash_redirect_annotation() -> None:
+    t = run([svc("a", annotations={P + "lb.slash-redirect": "true"}),
+             svc("b", annotations={P + "lb.slash-redirect": "true",
+                                   P + "lb.aclMatch": "/keep"}), svc("c")])
+    routes = {r.name: r for r in t.http}
+    assert routes["a"].slash_redirect  # a stripping route
+    assert not routes["/keep"].slash_redirect  # aclMatch keeps the prefix: nothing to do
+    assert not routes["c"].slash_redirect  # the 2015 default
+    assert "route /a -> default/a:80 redirect-slash" in t.render()
+
+
 # Every malformed input skips that one service (the good one beside it stays) with a reason
 # that names the problem.
 BAD: list[tuple[str, Any, str]] = [
@@ -526,6 +537,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("check-path space", svc("bad", annotations={P + "lb.check-path": "/a b"}), "lb.check-path"),
     ("check", svc("bad", annotations={P + "lb.check": "yes"}), "lb.check"),
     ("error-limit", svc("bad", annotations={P + "lb.error-limit": "-1"}), "lb.error-limit"),
+    ("slash-redirect", svc("bad", annotations={P + "lb.slash-redirect": "yes"}),
+     "lb.slash-redirect"),
     ("error-limit word", svc("bad", annotations={P + "lb.error-limit": "few"}),
      "lb.error-limit"),
     ("passthrough bool", svc("bad", annotations={P + "lb.sslPassthrough": "on"}),
