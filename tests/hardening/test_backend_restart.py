@@ -11,7 +11,6 @@ instant it closes), many without retries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -20,7 +19,7 @@ from proxy.tcp import TcpProxy
 from pylb.config import Limits, Settings, Timeouts
 from pylb.counters import Stats
 from pylb.model import Backend, HttpRoute, RouteTable, Server, TcpFrontend
-from tests.conftest import free_port
+from tests.hardening._restartable import Restartable
 from tests.proxy.http.conftest import (  # noqa: F401  (fixtures)
     StartProxy,
     parser_kind,
@@ -30,47 +29,6 @@ from tests.proxy.http.conftest import (  # noqa: F401  (fixtures)
 OUTAGE = 1.5  # seconds the backend is away: under the 3 s that 3 retries wait
 PROBES = 40  # one every 100 ms: 4 s, the outage from 0.5 s to 2.0 s
 PROBE_TIMEOUT = 15.0
-HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-
-
-class Restartable:
-    """A backend on a fixed port that answers HTTP GETs and echoes anything else, and
-    can go away (its listener closed: connects are refused) and come back."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-
-    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            data = await r.read(65536)
-            if data.startswith(b"GET "):
-                while b"\r\n\r\n" not in data:
-                    more = await r.read(65536)
-                    if not more:
-                        return
-                    data += more
-                w.write(HTTP_OK)
-            else:
-                w.write(data)
-            await w.drain()
-        w.close()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
-                                                 reuse_address=True)
-
-    def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def outage(self, delay: float, duration: float) -> None:
-        await asyncio.sleep(delay)
-        self.stop()
-        await asyncio.sleep(duration)
-        await self.start()
-
-
 async def _probe_l4(port: int) -> bool:
     try:
         r, w = await asyncio.open_connection("127.0.0.1", port)
