@@ -544,6 +544,19 @@ def _validate_events_v1(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
     return causes
 
 
+# ---- Gateway API --------------------------------------------------------------------------
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+_GATEWAY_KINDS = (
+    ("gatewayclasses", "GatewayClass", False, True),
+    ("gateways", "Gateway", True, True),
+    ("httproutes", "HTTPRoute", True, True),
+    ("tlsroutes", "TLSRoute", True, True),
+    ("tcproutes", "TCPRoute", True, True),
+    ("referencegrants", "ReferenceGrant", True, False),
+)
+
+
 # ---- the table -----------------------------------------------------------------------------
 
 RESOURCES: tuple[Resource, ...] = (
@@ -572,6 +585,11 @@ RESOURCES: tuple[Resource, ...] = (
              initial_status='{"phase": "Pending", "qosClass": "BestEffort"}'),
     Resource("", "v1", "namespaces", "Namespace", namespaced=False, has_status=True,
              return_deleted=True, name_rule="label", initial_status='{"phase": "Active"}'),
+    # Gateway API (gateway.networking.k8s.io, standard channel v1): CRDs with a status
+    # subresource, whose spec changes bump metadata.generation (status writes do not).
+    *(Resource(GATEWAY_GROUP, "v1", plural, kind, namespaced=namespaced, has_status=status,
+               generation=True, return_deleted=True)
+      for plural, kind, namespaced, status in _GATEWAY_KINDS),
 )
 
 _BY_KEY = {r.key: r for r in RESOURCES}
