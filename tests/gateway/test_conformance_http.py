@@ -1,0 +1,322 @@
+"""The upstream GATEWAY-HTTP core conformance tests, ported (one test function per upstream
+test, named after its ShortName): the same manifests, the same requests and expectations,
+the same status conditions the suite waits for. Requests go through the Gateway router the
+listeners use (proxy.http.gwrouting) on the address the translation bound for the Gateway;
+`test_gateway_e2e.py` sends some of them over real sockets through kfake and pylb.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from discovery.gateway.translate import GatewaySettings, translate
+from proxy.http.gwrouting import GatewayRouter
+from tests.gateway.harness import (
+    APP,
+    INFRA,
+    POOL,
+    WEB,
+    Client,
+    Cluster,
+    accepted_and_resolved,
+    condition,
+    route_conditions,
+)
+
+V1, V2, V3 = (INFRA, "infra-backend-v1", 8080), (INFRA, "infra-backend-v2", 8080), \
+    (INFRA, "infra-backend-v3", 8080)
+
+
+def setup(*manifests: str) -> Client:
+    return Client(Cluster.load(*manifests).plan())
+
+
+def expect(c: Client, gateway: str, cases: list[tuple[dict[str, object], object]]) -> None:
+    """Each (request, expected): a backend tuple, or a status code."""
+    for req, want in cases:
+        d = c.get(gateway, **req)  # type: ignore[arg-type]
+        if isinstance(want, int):
+            assert d.status == want, (req, d)
+        else:
+            assert (d.status, d.backend) == (0, want), (req, d)
+
+
+def test_HTTPRouteSimpleSameNamespace() -> None:
+    c = setup("httproute-simple-same-namespace.yaml")
+    accepted_and_resolved(c.plan, ["gateway-conformance-infra-test"])
+    expect(c, "same-namespace", [({"path": "/"}, V1)])
+
+
+def test_HTTPRouteMatching() -> None:
+    c = setup("httproute-matching.yaml")
+    accepted_and_resolved(c.plan, ["matching"])
+    expect(c, "same-namespace", [
+        ({"path": "/"}, V1), ({"path": "/example"}, V1),
+        ({"path": "/", "headers": {"Version": "one"}}, V1),
+        ({"path": "/v2"}, V2), ({"path": "/v2/example"}, V2),
+        ({"path": "/", "headers": {"Version": "two"}}, V2), ({"path": "/v2/"}, V2),
+        ({"path": "/v2example"}, V1), ({"path": "/foo/v2/example"}, V1)])
+
+
+def test_HTTPRouteExactPathMatching() -> None:
+    c = setup("httproute-exact-path-matching.yaml")
+    accepted_and_resolved(c.plan, ["exact-matching"])
+    expect(c, "same-namespace", [
+        ({"path": "/one"}, V1), ({"path": "/two"}, V2), ({"path": "/"}, 404),
+        ({"path": "/one/example"}, 404), ({"path": "/two/"}, 404), ({"path": "/Two"}, 404)])
+
+
+def test_HTTPRouteHeaderMatching() -> None:
+    c = setup("httproute-header-matching.yaml")
+    accepted_and_resolved(c.plan, ["header-matching"])
+    h = "headers"
+    expect(c, "same-namespace", [
+        ({"path": "/", h: {"Version": "one"}}, V1),
+        ({"path": "/", h: {"Version": "two"}}, V2),
+        ({"path": "/", h: {"Version": "two", "Color": "orange"}}, V1),
+        ({"path": "/", h: {"Version": "two", "Color": "blue"}}, V2),
+        ({"path": "/", h: {"Color": "orange"}}, 404),
+        ({"path": "/", h: {"Some-Other-Header": "one"}}, 404),
+        ({"path": "/", h: {"Color": "blue"}}, V1),
+        ({"path": "/", h: {"Color": "green"}}, V1),
+        ({"path": "/", h: {"Color": "red"}}, V2),
+        ({"path": "/", h: {"Color": "yellow"}}, V2),
+        ({"path": "/", h: {"Color": "purple"}}, 404)])
+
+
+def test_HTTPRoutePathMatchOrder() -> None:
+    c = setup("httproute-path-match-order.yaml")
+    accepted_and_resolved(c.plan, ["path-matching-order"])
+    expect(c, "same-namespace", [
+        ({"path": "/match/exact/one"}, V3), ({"path": "/match/exact"}, V2),
+        ({"path": "/match"}, V1), ({"path": "/match/prefix/one/any"}, V2),
+        ({"path": "/match/prefix/any"}, V1), ({"path": "/match/any"}, V3)])
+
+
+def test_HTTPRouteMatchingAcrossRoutes() -> None:
+    c = setup("httproute-matching-across-routes.yaml")
+    accepted_and_resolved(c.plan, ["matching-part1", "matching-part2"])
+    com, net = "example.com", "example.net"
+    expect(c, "same-namespace", [
+        ({"host": com, "path": "/"}, V1), ({"host": com, "path": "/example"}, V1),
+        ({"host": net, "path": "/example"}, V1),
+        ({"host": com, "path": "/example", "headers": {"Version": "one"}}, V1),
+        ({"host": com, "path": "/v2"}, V2), ({"host": net, "path": "/v2"}, V1),
+        ({"host": com, "path": "/v2/example"}, V2),
+        ({"host": com, "path": "/", "headers": {"Version": "two"}}, V2)])
+
+
+def test_HTTPRouteListenerHostnameMatching() -> None:
+    c = setup("httproute-listener-hostname-matching.yaml")
+    gw = "httproute-listener-hostname-matching"
+    for r in ("backend-v1", "backend-v2", "backend-v3"):
+        assert route_conditions(c.plan, r, gw)["Accepted"] == ("True", "Accepted")
+    expect(c, gw, [
+        ({"host": "bar.com", "path": "/"}, V1), ({"host": "foo.bar.com", "path": "/"}, V2),
+        ({"host": "baz.bar.com", "path": "/"}, V3), ({"host": "boo.bar.com", "path": "/"}, V3),
+        ({"host": "multiple.prefixes.bar.com", "path": "/"}, V3),
+        ({"host": "multiple.prefixes.foo.com", "path": "/"}, V3),
+        ({"host": "foo.com", "path": "/"}, 404), ({"host": "no.matching.host", "path": "/"}, 404)])
+
+
+def test_HTTPRouteHostnameIntersection() -> None:
+    c = setup("httproute-hostname-intersection.yaml")
+    gw = "httproute-hostname-intersection"
+    routes = ["specific-host-matches-listener-specific-host",
+              "specific-host-matches-listener-wildcard-host",
+              "wildcard-host-matches-listener-specific-host",
+              "wildcard-host-matches-listener-wildcard-host"]
+    accepted_and_resolved(c.plan, routes, gw)
+    vs, wi, aw = "very.specific.com", "foo.wildcard.io", "foo.anotherwildcard.io"
+    expect(c, gw, [
+        ({"host": vs, "path": "/s1"}, V1), ({"host": vs + ":1234", "path": "/s1"}, V1),
+        ({"host": "non.matching.com", "path": "/s1"}, 404),
+        ({"host": "foo.nonmatchingwildcard.io", "path": "/s1"}, 404),
+        ({"host": wi, "path": "/s1"}, 404), ({"host": vs, "path": "/non-matching-prefix"}, 404),
+        ({"host": wi, "path": "/s2"}, V2), ({"host": "bar.wildcard.io", "path": "/s2"}, V2),
+        ({"host": "foo.bar.wildcard.io", "path": "/s2"}, V2),
+        ({"host": "non.matching.com", "path": "/s2"}, 404),
+        ({"host": "wildcard.io", "path": "/s2"}, 404), ({"host": vs, "path": "/s2"}, 404),
+        ({"host": wi, "path": "/non-matching-prefix"}, 404),
+        ({"host": vs, "path": "/s3"}, V3), ({"host": "non.matching.com", "path": "/s3"}, 404),
+        ({"host": "foo.specific.com", "path": "/s3"}, 404), ({"host": wi, "path": "/s3"}, 404),
+        ({"host": aw, "path": "/s4"}, V1), ({"host": "bar.anotherwildcard.io", "path": "/s4"}, V1),
+        ({"host": "foo.bar.anotherwildcard.io", "path": "/s4"}, V1),
+        ({"host": "anotherwildcard.io", "path": "/s4"}, 404), ({"host": wi, "path": "/s4"}, 404),
+        ({"host": vs, "path": "/s4"}, 404), ({"host": aw, "path": "/non-matching-prefix"}, 404),
+        ({"host": "specific.but.wrong.com", "path": "/s5"}, 404),
+        ({"host": "wildcard.io", "path": "/s5"}, 404)])
+    conds = route_conditions(c.plan, "no-intersecting-hosts", gw)
+    assert conds["Accepted"] == ("False", "NoMatchingListenerHostname")
+    listeners = {lst["name"]: lst for lst in c.plan.status[("gateways", INFRA, gw)]["listeners"]}
+    assert {n: lst["attachedRoutes"] for n, lst in listeners.items()} == \
+        {"listener-1": 2, "listener-2": 1, "listener-3": 1}
+    for lst in listeners.values():
+        assert lst["supportedKinds"] == [{"group": "gateway.networking.k8s.io",
+                                          "kind": "HTTPRoute"}]
+        assert condition(lst, "Accepted")["status"] == "True"
+        assert condition(lst, "ResolvedRefs")["status"] == "True"
+    gw_all = "httproute-hostname-intersection-all"
+    accepted_and_resolved(c.plan, ["httproute-hostname-intersection-all"], gw_all)
+    expect(c, gw_all, [
+        ({"host": "first.com", "path": "/"}, V2), ({"host": "sub.first.com", "path": "/"}, V2),
+        ({"host": "second.com", "path": "/"}, V2), ({"host": "sub.second.com", "path": "/"}, V2),
+        ({"host": "third.com", "path": "/"}, 404), ({"host": "sub.third.com", "path": "/"}, 404)])
+
+
+def test_HTTPRouteCrossNamespace() -> None:
+    c = setup("httproute-cross-namespace.yaml")
+    accepted_and_resolved(c.plan, ["cross-namespace"], "backend-namespaces", WEB)
+    expect(c, "backend-namespaces", [({"path": "/"}, (WEB, "web-backend", 8080))])
+
+
+def test_HTTPRouteMultipleGateways() -> None:
+    c = setup("httproute-multiple-gateways.yaml")
+    accepted_and_resolved(c.plan, ["multiple-gateways-shared-route",
+                                   "same-namespace-dedicated-route"], "same-namespace")
+    accepted_and_resolved(c.plan, ["multiple-gateways-shared-route",
+                                   "all-namespaces-dedicated-route"], "all-namespaces")
+    assert c.address("same-namespace") != c.address("all-namespaces")
+    expect(c, "same-namespace", [({"path": "/shared"}, V1), ({"path": "/"}, V2)])
+    expect(c, "all-namespaces", [({"path": "/shared"}, V1), ({"path": "/"}, V3)])
+
+
+def test_HTTPRouteReferenceGrant() -> None:
+    cluster = Cluster.load("httproute-reference-grant.yaml")
+    c = Client(cluster.plan())
+    accepted_and_resolved(c.plan, ["reference-grant"])
+    expect(c, "same-namespace", [({"path": "/"}, (WEB, "web-backend", 8080))])
+    # the test then deletes the ReferenceGrant: the same request must get a 500
+    cluster.objects = [o for o in cluster.objects if o.get("kind") != "ReferenceGrant"]
+    c = Client(cluster.plan())
+    expect(c, "same-namespace", [({"path": "/"}, 500)])
+    assert route_conditions(c.plan, "reference-grant")["ResolvedRefs"] == \
+        ("False", "RefNotPermitted")
+
+
+@pytest.mark.parametrize(("manifest", "route", "reason", "path"), [
+    ("httproute-invalid-backendref-unknown-kind.yaml", "invalid-backend-ref-unknown-kind",
+     "InvalidKind", "/v2"),
+    ("httproute-invalid-cross-namespace-backend-ref.yaml",
+     "invalid-cross-namespace-backend-ref", "RefNotPermitted", "/"),
+    ("httproute-invalid-nonexistent-backendref.yaml", "invalid-nonexistent-backend-ref",
+     "BackendNotFound", "/"),
+    ("httproute-invalid-reference-grant.yaml", "reference-grant", "RefNotPermitted", "/"),
+])
+def test_HTTPRouteInvalidBackendRefs(manifest: str, route: str, reason: str, path: str) -> None:
+    """HTTPRouteInvalidBackendRefUnknownKind, HTTPRouteInvalidCrossNamespaceBackendRef,
+    HTTPRouteInvalidNonExistentBackendRef, HTTPRouteInvalidReferenceGrant: accepted, with
+    ResolvedRefs False and the reason, and 500 for its traffic."""
+    c = setup(manifest)
+    conds = route_conditions(c.plan, route)
+    assert conds["Accepted"] == ("True", "Accepted")
+    assert conds["ResolvedRefs"] == ("False", reason)
+    expect(c, "same-namespace", [({"path": path}, 500)])
+
+
+def test_HTTPRoutePartiallyInvalidViaInvalidReferenceGrant() -> None:
+    c = setup("httproute-partially-invalid-via-invalid-reference-grant.yaml")
+    conds = route_conditions(c.plan, "invalid-reference-grant")
+    assert conds["Accepted"] == ("True", "Accepted")
+    assert conds["ResolvedRefs"] == ("False", "RefNotPermitted")
+    expect(c, "same-namespace", [({"path": "/"}, (APP, "app-backend-v1", 8080)),
+                                 ({"path": "/v2"}, 500)])
+
+
+@pytest.mark.parametrize(("manifest", "route", "ns"), [
+    ("httproute-invalid-cross-namespace-parent-ref.yaml", "invalid-cross-namespace-parent-ref",
+     WEB),
+    ("httproute-invalid-parentref-not-matching-section-name.yaml",
+     "httproute-listener-not-matching-section-name", INFRA),
+])
+def test_HTTPRouteInvalidParentRefs(manifest: str, route: str, ns: str) -> None:
+    """HTTPRouteInvalidCrossNamespaceParentRef (NotAllowedByListeners) and
+    HTTPRouteInvalidParentRefNotMatchingSectionName (NoMatchingParent): not accepted by any
+    parent, and the Gateway counts zero routes."""
+    c = setup(manifest)
+    conds = route_conditions(c.plan, route, ns=ns)
+    want = "NotAllowedByListeners" if ns == WEB else "NoMatchingParent"
+    assert conds["Accepted"] == ("False", want)
+    gw = c.plan.status[("gateways", INFRA, "same-namespace")]
+    assert [lst["attachedRoutes"] for lst in gw["listeners"]] == [0]
+
+
+def test_HTTPRouteOmittedBackendRefs() -> None:
+    c = setup("httproute-omitted-backendrefs.yaml")
+    accepted_and_resolved(c.plan, ["omitted-backendrefs"])
+    expect(c, "same-namespace", [({"path": "/forward"}, V1),
+                                 ({"path": "/omitted-no-forward"}, 500),
+                                 ({"path": "/empty-no-forward"}, 500)])
+
+
+def test_HTTPRouteRedirectHostAndStatus() -> None:
+    c = setup("httproute-redirect-host-and-status.yaml")
+    accepted_and_resolved(c.plan, ["redirect-host-and-status"])
+    d = c.get("same-namespace", "/hostname-redirect")
+    assert (d.status, d.location) == (302, b"http://example.org/hostname-redirect")
+    d = c.get("same-namespace", "/host-and-status")
+    assert (d.status, d.location) == (301, b"http://example.org/host-and-status")
+
+
+def test_HTTPRouteWeight() -> None:
+    """70/30/0 within the suite's tolerance (it allows ±5 percentage points) over 500
+    requests, with a seeded choice so the test cannot flake."""
+    plan = Cluster.load("httproute-weight.yaml").plan()
+    accepted_and_resolved(plan, ["weighted-backends"])
+    address = plan.status[("gateways", INFRA, "same-namespace")]["addresses"][0]["value"]
+    router = GatewayRouter(plan.by_endpoint()[(address, 80)], rng=random.Random(7))
+    seen = Counter(router.route(b"x", b"GET", b"/", b"", []).backend for _ in range(500))
+    assert set(seen) == {V1, V2}
+    assert abs(seen[V1] / 500 - 0.7) < 0.05
+
+
+def test_HTTPRouteRequestHeaderModifier() -> None:
+    from proxy.http.gwrouting import apply_header_ops
+    c = setup("httproute-request-header-modifier.yaml")
+    accepted_and_resolved(c.plan, ["request-header-modifier"])
+
+    def sent(path: str, headers: dict[str, str]) -> dict[str, str]:
+        d = c.get("same-namespace", path, headers=headers)
+        assert (d.status, d.backend) == (0, V1)
+        out = apply_header_ops([(k.encode(), v.encode()) for k, v in headers.items()],
+                               d.request_headers)
+        return {k.decode().lower(): v.decode() for k, v in out}
+
+    assert sent("/set", {"Some-Other-Header": "val"}) == \
+        {"some-other-header": "val", "x-header-set": "set-overwrites-values"}
+    assert sent("/set", {"Some-Other-Header": "val", "X-Header-Set": "some-other-value"}) == \
+        {"some-other-header": "val", "x-header-set": "set-overwrites-values"}
+    assert sent("/add", {"Some-Other-Header": "val"})["x-header-add"] == "add-appends-values"
+    assert sent("/add", {"X-Header-Add": "some-other-value"})["x-header-add"] == \
+        "some-other-value,add-appends-values"
+    assert "x-header-remove" not in sent("/remove", {"X-Header-Remove": "val"})
+    got = sent("/multiple", {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
+                             "X-Header-Remove-2": "remove-val-2",
+                             "Another-Header": "another-header-val"})
+    assert got == {"x-header-set-1": "header-set-1", "x-header-set-2": "header-set-2",
+                   "x-header-add-1": "header-add-1", "x-header-add-2": "add-val-2,header-add-2",
+                   "x-header-add-3": "header-add-3", "another-header": "another-header-val"}
+    got = sent("/case-insensitivity", {"x-header-set": "original-val-set",
+                                       "x-header-add": "original-val-add",
+                                       "x-header-remove": "original-val-remove",
+                                       "Another-Header": "another-header-val"})
+    assert got == {"x-header-set": "header-set", "x-header-add": "original-val-add,header-add",
+                   "another-header": "another-header-val"}
+
+
+def test_pool_gives_each_gateway_its_own_address() -> None:
+    plan = Cluster.load().plan()
+    addrs = [plan.status[("gateways", INFRA, g)]["addresses"][0]["value"]
+             for g in ("same-namespace", "all-namespaces", "backend-namespaces")]
+    assert len(set(addrs)) == 3 and set(addrs) <= set(POOL)
+    # without a pool every Gateway takes the node's address: the second one on port 80 with
+    # an overlapping (empty) hostname is Conflicted, never merged
+    inputs = Cluster.load().inputs()
+    plan = translate(inputs, GatewaySettings(node_address="127.0.0.1"))
+    conflicted = [g for g in ("same-namespace", "all-namespaces", "backend-namespaces")
+                  if condition(plan.status[("gateways", INFRA, g)]["listeners"][0],
+                               "Conflicted")["status"] == "True"]
+    assert len(conflicted) == 2
