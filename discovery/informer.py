@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api
+from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 
 from pylb import collector
 from pylb.config import KubeSettings
@@ -89,9 +89,17 @@ class Kind:
     namespace and in all namespaces."""
 
     plural: str
-    group: str  # "core" or "discovery"
+    group: str  # "core" or "discovery"; or a CRD's API group, with `version`
     namespaced: str
     cluster: str
+    version: str = ""  # a CRD's version: listed and watched through CustomObjectsApi
+
+
+def custom_kind(group: str, version: str, plural: str) -> Kind:
+    """A CRD-backed kind (e.g. the Gateway API's): CustomObjectsApi's list calls, which take
+    the same list/watch parameters as the built-in kinds' and answer the same shapes."""
+    return Kind(plural, group, "list_namespaced_custom_object", "list_cluster_custom_object",
+                version)
 
 
 SERVICES = Kind("services", "core", "list_namespaced_service",
@@ -331,10 +339,18 @@ class Informer:
         self._wallclock = wallclock
         self._failures = 0
         self._list_attempts = 0
-        api = CoreV1Api(api_client) if kind.group == "core" else DiscoveryV1Api(api_client)
-        if namespace is None:
+        api: Any = CoreV1Api(api_client) if kind.group == "core" else \
+            DiscoveryV1Api(api_client)
+        self._args: tuple[str, ...]
+        if kind.version:
+            api = CustomObjectsApi(api_client)
+            crd = (kind.group, kind.version)
+            self._call = getattr(api, kind.cluster if namespace is None else kind.namespaced)
+            self._args = (*crd, kind.plural) if namespace is None else \
+                (*crd, namespace, kind.plural)
+        elif namespace is None:
             self._call = getattr(api, kind.cluster)
-            self._args: tuple[str, ...] = ()
+            self._args = ()
         else:
             self._call = getattr(api, kind.namespaced)
             self._args = (namespace,)

@@ -91,6 +91,7 @@ class DataPlane:
         self.addresses: dict[str, tuple[str, int]] = {}
         self._tls_watch: asyncio.Task[None] | None = None
         self._https_blocked = settings.https_port in {p for _, p in settings.tcp_services}
+        self.gateways: Any = None  # proxy.http.gwplane.GatewayPlane with --gateway-api
         self._https_warned = False
 
     async def start(self) -> None:
@@ -142,6 +143,8 @@ class DataPlane:
                 log.error("cannot open the TLS frontend on :%d: %s",
                           self.settings.https_port, e)
         await self.tcp.set_table(table, delta)
+        if self.gateways is not None:
+            self.gateways.set_table(table, delta, left)
 
     async def _apply_backends(self, delta: Delta) -> set[tuple[str, int]]:
         """The balancers brought up to `delta`; returns the server addresses no backend
@@ -224,6 +227,8 @@ class DataPlane:
         parts = [self.http.shutdown(grace), self.tcp.shutdown(grace)]
         if self.https is not None:
             parts.append(self.https.shutdown(grace))
+        if self.gateways is not None:
+            parts.append(self.gateways.shutdown(grace))
         await asyncio.gather(*parts, return_exceptions=True)
 
 
@@ -384,6 +389,8 @@ class Controller:
         ]
         if s.election:
             self._tasks.append(loop.create_task(self._run_election(), name="election"))
+        if s.gateway.enabled:
+            self._tasks.append(loop.create_task(self._run_gateways(), name="gateway-api"))
         log.info("pylb %s serving: http :%d, stats :%d, health :%d, %d worker(s)",
                  __version__, s.http_port, s.stats_port, s.health_port, s.workers)
         stop = loop.create_task(self._stopped.wait())
@@ -431,6 +438,25 @@ class Controller:
             self.plane.reload()
         if self.pool is not None:
             self.pool.signal(signal.SIGHUP)
+
+    async def _run_gateways(self) -> None:
+        """--gateway-api: watch the Gateway API kinds, serve the plan's listeners; write
+        status when leader (always without --election)."""
+        from discovery.gateway.source import GatewaySource
+        from proxy.http.gwplane import GatewayPlane
+
+        assert self.plane is not None  # --gateway-api needs --workers 1 (settings check)
+        plane = self.plane
+        plane.gateways = GatewayPlane(self.settings, plane.stats, plane.balancers,
+                                      plane.limit)
+        plane.gateways.set_table(plane.table)
+
+        def leader() -> bool:
+            return not self.settings.election or bool(
+                self.leader and self.leader.get("is_self"))
+
+        self.gateway_source = GatewaySource(self.settings, is_leader=leader)
+        await self.gateway_source.run(plane.gateways.apply_plan)
 
     async def _run_election(self) -> None:
         from election.app import run_election

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 from urllib.parse import unquote, urlparse
 
-from pylb import __version__
+from pylb import __version__, gatewayflags
 from pylb.config import (
     CheckScope,
     CheckSettings,
@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default="endpointslices",
                    help="read EndpointSlices (default) or legacy Endpoints")
     _add_kube_flags(g)
+    gatewayflags.add_flags(run)
     g = run.add_argument_group("frontends")
     g.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     g.add_argument("--http-port", type=_port, default=80, help="HTTP frontend port (80)")
@@ -405,6 +406,11 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         seen[port] = flag
     if ns.retries < 0:
         raise FlagError("--retries: must be 0 or more")
+    if ns.gateway_api and not ns.source == "kubernetes":
+        raise FlagError("--gateway-api: needs --source kubernetes")
+    if ns.gateway_api and (ns.workers or default_workers()) > 1:
+        raise FlagError("--gateway-api: needs --workers 1 (Gateway listeners are served by "
+                        "the controller's own data plane for now)")
     return Settings(
         source=ns.source,
         namespaces=ns.namespace,
@@ -446,6 +452,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         election=ns.election,
         election_namespace=ns.election_namespace,
         election_id=ns.election_id,
+        gateway=gatewayflags.from_args(ns),
         syslog=ns.syslog,
         log_level=ns.log_level or ("warning" if ns.dry else "info"),
         dry=ns.dry,

@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Collection
+from typing import Any
 
 from proxy.balance import Balancers, Key
 from proxy.http.parser import resolve
@@ -61,6 +62,7 @@ class HttpProxy:
         self.proto = b"https" if tls else b"http"  # X-Forwarded-Proto
         self.table = RouteTable()
         self.router = Router(())
+        self.gateway: Any = None  # a Gateway listener's proxy.http.gwplane.GatewayDispatch
         self.conns: set[ClientProtocol] = set()
         self.closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
