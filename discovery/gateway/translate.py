@@ -38,7 +38,7 @@ from discovery.gateway.model import (
 HTTP_PROTOCOLS = ("HTTP",)
 SERVED_PROTOCOLS = ("HTTP",)  # HTTPS/TLS/TCP listeners: see README (not served yet)
 REDIRECT_CODES = (301, 302, 303, 307, 308)
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_PARAMS_ERR = "pylb takes no infrastructure parameters (parametersRef)"
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class GatewayInputs:
     grants: Sequence[JsonObj] = ()
     services: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    secrets: frozenset[tuple[str, str]] = frozenset()
+    # TLS Secrets holding a certificate and key; None: not watched (existence unchecked)
+    secrets: frozenset[tuple[str, str]] | None = None
 
 
 def _meta(obj: JsonObj) -> tuple[str, str, int, str]:
@@ -223,9 +224,35 @@ def _gateway_listeners(gw: JsonObj, ns: str, name: str, address: str,
         lst.conditions["ResolvedRefs"] = (
             (True, "ResolvedRefs", "") if all_ok else
             (False, "InvalidRouteKinds", "allowedRoutes.kinds names a kind pylb does not serve"))
+        if protocol == "HTTPS" or (protocol == "TLS" and _dict(spec.get("tls")).get(
+                "mode", "Terminate") == "Terminate"):
+            bad = _certificate_refs(spec, ns, inputs)
+            if bad is not None:
+                lst.conditions["ResolvedRefs"] = (False, *bad)
         lst.conditions["Conflicted"] = (False, "NoConflicts", "")
         out.append(lst)
     return out
+
+
+def _certificate_refs(spec: JsonObj, gw_ns: str,
+                      inputs: GatewayInputs) -> tuple[str, str] | None:
+    """(reason, message) of the first bad certificateRef of a terminating listener."""
+    refs = _list(_dict(spec.get("tls")).get("certificateRefs"))
+    if not refs:
+        return ("InvalidCertificateRef", "no certificateRefs")
+    for ref in refs:
+        ref = _dict(ref)
+        group, kind = ref.get("group", ""), ref.get("kind", "Secret")
+        ns, name = str(ref.get("namespace") or gw_ns), str(ref.get("name") or "")
+        if group != "" or kind != "Secret":
+            return ("InvalidCertificateRef", f"certificateRef {group}/{kind} is not a Secret")
+        if ns != gw_ns and not _granted(inputs.grants, "Gateway", gw_ns, "", "Secret", ns,
+                                        name):
+            return ("RefNotPermitted", f"no ReferenceGrant in {ns} allows Secret {name}")
+        if inputs.secrets is not None and (ns, name) not in inputs.secrets:
+            return ("InvalidCertificateRef", f"Secret {ns}/{name} is missing or not a TLS "
+                                             "secret with a certificate and key")
+    return None
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -375,7 +402,8 @@ def _allowed(lst: _GwListener, route_ns: str, inputs: GatewayInputs, kind: str) 
         return route_ns == lst.gw_ns
     if frm == "Selector":
         sel = _dict(ns_rule.get("selector"))
-        labels = inputs.namespaces.get(route_ns, {})
+        # the API server labels every namespace with its name (Kubernetes 1.22+)
+        labels = {**inputs.namespaces.get(route_ns, {}), "kubernetes.io/metadata.name": route_ns}
         want = _dict(sel.get("matchLabels"))
         if any(labels.get(k) != v for k, v in want.items()):
             return False
@@ -427,7 +455,11 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
         ns, name, gen, _ = _meta(gw)
         if _dict(gw.get("spec")).get("gatewayClassName") not in mine or not name:
             continue
-        address, err = _pick_address(gw, pool, s.node_address)
+        err: str | None
+        if _dict(_dict(gw.get("spec")).get("infrastructure")).get("parametersRef"):
+            address, err = "", _PARAMS_ERR
+        else:
+            address, err = _pick_address(gw, pool, s.node_address)
         key = f"{ns}/{name}"
         gw_meta[key] = (gw, gen, address, err)
         if err:
@@ -526,12 +558,15 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
                 plan_listeners.append(Listener(
                     key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
                     tuple(sorted(lst.rules, key=lambda e: e.order))))
+        reason_of_err = "InvalidParameters" if err == _PARAMS_ERR else "AddressNotUsable"
+        prog_of_err = "Invalid" if err == _PARAMS_ERR else "AddressNotUsable"
         all_ok = not err and bool(lsts) and all(lst.usable for lst in lsts)
         any_ok = not err and any(lst.usable for lst in lsts)
-        acc: tuple[bool, str, str] = (False, "AddressNotUsable", err) if err else (
-            (True, "Accepted", "") if any_ok or not lsts else
+        acc: tuple[bool, str, str] = (False, reason_of_err, err) if err else (
+            (True, "Accepted", "") if all_ok or not lsts else
+            (True, "ListenersNotValid", "some listeners are not valid") if any_ok else
             (False, "ListenersNotValid", "no listener is valid"))
-        prog: tuple[bool, str, str] = (False, "AddressNotUsable", err) if err else (
+        prog: tuple[bool, str, str] = (False, prog_of_err, err) if err else (
             (True, "Programmed", "") if any_ok else (False, "Invalid", "nothing to serve"))
         if not err and any_ok and not all_ok:
             skipped.append(f"Gateway {key}: some listeners are not served")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from discovery.gateway.model import GatewayPlan
+from discovery.gateway.secrets import valid_tls_secret
 from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
 from proxy.http.gwrouting import Decision, GatewayRouter
 
@@ -69,8 +70,11 @@ class Cluster:
                 p["port"] for p in s.get("spec", {}).get("ports", []))
         namespaces: Mapping[str, Mapping[str, str]] = {
             n["metadata"]["name"]: n["metadata"].get("labels", {}) for n in self.kind("Namespace")}
-        secrets = frozenset((s["metadata"].get("namespace", "default"), s["metadata"]["name"])
-                            for s in self.kind("Secret"))
+        # the suite creates these TLS Secrets itself (valid certificate and key); it also
+        # makes `malformed-certificate`, which is no valid TLS secret and so not listed
+        secrets = frozenset({(INFRA, "tls-validity-checks-certificate"), (WEB, "certificate"),
+                             *((s["metadata"].get("namespace", "default"), s["metadata"]["name"])
+                               for s in self.kind("Secret") if valid_tls_secret(s))})
         return GatewayInputs(self.kind("GatewayClass"), self.kind("Gateway"),
                              self.kind("HTTPRoute"), self.kind("ReferenceGrant"), services,
                              namespaces, secrets)
