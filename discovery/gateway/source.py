@@ -21,7 +21,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
-from discovery.gateway.model import GROUP, GatewayPlan, JsonObj
+from discovery.gateway.model import GatewayPlan, JsonObj
 from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
 from discovery.informer import SERVICES, Informer, Kind, custom_kind
 from election import kapi
@@ -30,13 +30,21 @@ from pylb.config import Settings
 log = logging.getLogger("pylb.gateway")
 
 NAMESPACES = Kind("namespaces", "core", "list_namespace", "list_namespace")
+# (the group spelled out: tests/deploy reads these calls to check the RBAC rules)
 KINDS = {
-    "gatewayclasses": custom_kind(GROUP, "v1", "gatewayclasses"),
-    "gateways": custom_kind(GROUP, "v1", "gateways"),
-    "httproutes": custom_kind(GROUP, "v1", "httproutes"),
-    "referencegrants": custom_kind(GROUP, "v1", "referencegrants"),
+    "gatewayclasses": custom_kind("gateway.networking.k8s.io", "v1", "gatewayclasses"),
+    "gateways": custom_kind("gateway.networking.k8s.io", "v1", "gateways"),
+    "httproutes": custom_kind("gateway.networking.k8s.io", "v1", "httproutes"),
+    "referencegrants": custom_kind("gateway.networking.k8s.io", "v1", "referencegrants"),
     "services": SERVICES,
     "namespaces": NAMESPACES,
+}
+STATUS_PATH = {
+    "gatewayclasses": "/apis/gateway.networking.k8s.io/v1/gatewayclasses/{name}/status",
+    "gateways":
+        "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/gateways/{name}/status",
+    "httproutes":
+        "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes/{name}/status",
 }
 DEBOUNCE = 0.05  # seconds: a burst of events makes one plan
 RESYNC = 10.0  # seconds between status passes without a change (a write that failed)
@@ -203,11 +211,9 @@ class GatewaySource:
                 want = settled_status(plural, current, planned, controller)
                 if want is None:
                     continue
-                path = (f"/apis/{GROUP}/v1/{plural}/{{name}}/status" if not ns else
-                        f"/apis/{GROUP}/v1/namespaces/{{namespace}}/{plural}/{{name}}/status")
                 params = {"name": name, **({"namespace": ns} if ns else {})}
                 try:
-                    await kapi.call(client, "PATCH", path, params=params,
+                    await kapi.call(client, "PATCH", STATUS_PATH[plural], params=params,
                                     body={"status": want},
                                     content_type="application/merge-patch+json")
                 except kapi.ApiError as e:

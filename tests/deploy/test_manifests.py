@@ -173,6 +173,10 @@ def _eval(node: ast.AST, names: dict[str, list[str]]) -> list[str]:
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
             node.value.id == "self":
         return names.get("self." + node.attr, [])
+    if isinstance(node, ast.Dict):  # a table of paths: any of its values
+        return [v for item in node.values if item is not None for v in _eval(item, names)]
+    if isinstance(node, ast.Subscript):  # TABLE[key]
+        return _eval(node.value, names)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         return [a + b for a in _eval(node.left, names) for b in _eval(node.right, names)]
     return []
@@ -205,7 +209,9 @@ def code_api_calls() -> set[tuple[str, str, str]]:
     for pkg in ("discovery", "election"):
         for f in (ROOT / pkg).rglob("*.py"):
             text = f.read_text()
-            watches = "Watch(" in text or "watch=True" in text or "\"watch\"" in text
+            # an Informer lists and watches
+            watches = "Watch(" in text or "watch=True" in text or "\"watch\"" in text or \
+                "Informer(" in text
             tree = ast.parse(text)
             names = _strings(tree)
             found: set[tuple[str, str, str]] = set()
@@ -224,6 +230,13 @@ def code_api_calls() -> set[tuple[str, str, str]]:
                         if method in ("GET", "POST", "PUT", "PATCH", "DELETE") and \
                                 path.startswith(("/api/", "/apis/")):
                             found.add(_path_needs(method, path))
+            # CRD kinds an Informer lists (discovery.informer.custom_kind(group, v, plural))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                        node.func.id == "custom_kind" and len(node.args) == 3:
+                    for group in _eval(node.args[0], names):
+                        for plural in _eval(node.args[2], names):
+                            found.add((group, plural, "list"))
             # paths handed to a listing helper (`self._list("/api/v1/...pods", ...)`)
             for node in ast.walk(tree):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
