@@ -447,15 +447,19 @@ class Controller:
 
         assert self.plane is not None  # --gateway-api needs --workers 1 (settings check)
         plane = self.plane
+        # Gateways on the node's own address: advertised as $NODE_IP (the downward API's
+        # status.hostIP, deploy/gateway) when set, bound at --bind
+        node_ip = os.environ.get("NODE_IP") or self.settings.bind
         plane.gateways = GatewayPlane(self.settings, plane.stats, plane.balancers,
-                                      plane.limit)
+                                      plane.limit, node_address=node_ip)
         plane.gateways.set_table(plane.table)
 
         def leader() -> bool:
             return not self.settings.election or bool(
                 self.leader and self.leader.get("is_self"))
 
-        self.gateway_source = GatewaySource(self.settings, is_leader=leader)
+        self.gateway_source = GatewaySource(self.settings, is_leader=leader,
+                                            node_address=node_ip)
         await self.gateway_source.run(plane.gateways.apply_plan)
 
     async def _run_election(self) -> None:

@@ -69,7 +69,10 @@ class GatewayPlane:
     """The Gateway listeners of one data plane."""
 
     def __init__(self, settings: Settings, stats: Any, balancers: Any,
-                 limit: Any = None) -> None:
+                 limit: Any = None, node_address: str | None = None) -> None:
+        """`node_address`: the address Gateways get when neither spec.addresses nor the
+        pool gives one; their listeners bind `--bind` (it is the node's, seen from
+        outside a pod)."""
         self.settings = settings
         self.stats = stats
         self.balancers = balancers
@@ -79,6 +82,7 @@ class GatewayPlane:
         self.table = RouteTable()
         self.plan = GatewayPlan()
         self._port_map = dict(settings.gateway.port_map)
+        self._node_address = node_address or settings.bind
         self._closing: set[asyncio.Task[None]] = set()
 
     def bind_port(self, port: int) -> int:
@@ -105,7 +109,8 @@ class GatewayPlane:
                                   frontend=f"gateway {address}:{port}", limit=self.limit)
                 proxy.set_table(self.table)
                 try:
-                    self.bound[key] = await proxy.start(address, self.bind_port(port))
+                    host = self.settings.bind if address == self._node_address else address
+                    self.bound[key] = await proxy.start(host, self.bind_port(port))
                 except OSError as e:
                     log.error("gateway listener %s:%d (bound at :%d): %s", address, port,
                               self.bind_port(port), e.strerror or e)

@@ -84,56 +84,73 @@ class Live:
     gw_port: int = field(default_factory=free_port)
     echoes: list[web.AppRunner] = field(default_factory=list)
     proc: asyncio.subprocess.Process | None = None
-    applied: list[tuple[str, str, str]] = field(default_factory=list)
+    # echo backends: (namespace, pod labels, pod name, port)
+    pods: list[tuple[str, dict[str, str], str, int]] = field(default_factory=list)
 
     async def apply(self, name: str) -> list[tuple[str, str, str]]:
-        """Apply a manifest file; Deployments become echo backends and EndpointSlices.
-        Returns what it created (resource, namespace, name), for `remove`."""
+        """Apply a manifest file. Deployments become echo backends; a Service with a
+        selector gets an EndpointSlice of the echo backend it selects; a manual
+        EndpointSlice gets the infra-backend-v1 backend's address and port, as the suite
+        patches it with that Deployment's pods (IPv6 ones stay empty: the echo backends
+        listen on IPv4). Returns what it created, for `remove`."""
         docs = read_manifests(name)
         made: list[tuple[str, str, str]] = []
-        services = [d for d in docs if d.get("kind") == "Service"]
+        for doc in docs:
+            if doc.get("kind") == "Deployment":
+                await self._deployment(doc)
         for doc in docs:
             kind = doc.get("kind")
             meta = doc["metadata"]
-            ns = meta.get("namespace", "default" if kind != "Namespace" else "")
+            cluster_scoped = kind in ("Namespace", "GatewayClass")
+            ns = "" if cluster_scoped else meta.setdefault("namespace", "default")
             if kind in RESOURCE:
-                if kind != "Namespace" and kind != "GatewayClass":
-                    meta["namespace"] = ns
                 if kind == "Namespace" and self.api.store.get("namespaces", "",
                                                               meta["name"]) is not None:
                     continue
                 self.api.store.create(RESOURCE[kind], doc)
-                made.append((RESOURCE[kind], ns if kind not in ("Namespace",
-                                                                "GatewayClass") else "",
-                             meta["name"]))
-            elif kind == "Deployment":
-                made += await self._deployment(doc, ns, services)
+                made.append((RESOURCE[kind], ns, meta["name"]))
+                if kind == "Service":
+                    made += self._slice_for(doc)
+            elif kind == "EndpointSlice":
+                pods = [p for p in self.pods if p[0] == INFRA and
+                        p[1].get("app") == "infra-backend-v1"]
+                v4 = doc.get("addressType") == "IPv4"
+                doc["endpoints"] = [
+                    {"addresses": ["127.0.0.1"], "conditions": {"ready": True},
+                     "targetRef": {"kind": "Pod", "namespace": INFRA, "name": pod}}
+                    for _, _, pod, _ in pods] if v4 else []
+                for port in doc.get("ports") or []:
+                    port["port"] = pods[0][3]
+                self.api.store.create("endpointslices", doc)
+                made.append(("endpointslices", ns, meta["name"]))
         return made
 
-    async def _deployment(self, dep: JsonObj, ns: str,
-                          services: list[JsonObj]) -> list[tuple[str, str, str]]:
+    async def _deployment(self, dep: JsonObj) -> None:
+        ns = dep["metadata"].get("namespace", "default")
         labels = dep["spec"]["template"]["metadata"]["labels"]
         pod = f"{dep['metadata']['name']}-pod-0"
         runner = await start_echo(ns, pod)
         self.echoes.append(runner)
-        port = _port_of(runner)
-        made = []
-        for svc in services:
-            sel = svc.get("spec", {}).get("selector") or {}
-            if svc["metadata"].get("namespace", "default") != ns or not sel or \
-                    any(labels.get(k) != v for k, v in sel.items()):
-                continue
-            name = f"{svc['metadata']['name']}-slice"
-            self.api.store.create("endpointslices", {
-                "metadata": {"name": name, "namespace": ns,
-                             "labels": {"kubernetes.io/service-name": svc["metadata"]["name"]}},
-                "addressType": "IPv4",
-                "ports": [{"name": p.get("name", ""), "port": port, "protocol": "TCP"}
-                          for p in svc["spec"]["ports"]],
-                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
-                               "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}}]})
-            made.append(("endpointslices", ns, name))
-        return made
+        self.pods.append((ns, labels, pod, _port_of(runner)))
+
+    def _slice_for(self, svc: JsonObj) -> list[tuple[str, str, str]]:
+        ns = svc["metadata"]["namespace"]
+        sel = svc.get("spec", {}).get("selector") or {}
+        pods = [p for p in self.pods if p[0] == ns and sel and
+                all(p[1].get(k) == v for k, v in sel.items())]
+        if not pods:
+            return []
+        name = f"{svc['metadata']['name']}-slice"
+        self.api.store.create("endpointslices", {
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": svc["metadata"]["name"]}},
+            "addressType": "IPv4",
+            "ports": [{"name": p.get("name", ""), "port": pods[0][3], "protocol": "TCP"}
+                      for p in svc["spec"]["ports"]],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
+                           "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}}
+                          for _, _, pod, _ in pods[:1]]})
+        return [("endpointslices", ns, name)]
 
     def remove(self, made: list[tuple[str, str, str]]) -> None:
         for res, ns, name in reversed(made):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.gateway.harness import APP, INFRA, WEB
-from tests.gateway.live import Live, Response
+from tests.gateway.live import GROUP, Live, Response
 from tests.kfake import FakeApiServer
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -148,4 +148,60 @@ async def test_gateway_conformance_live(live: Live) -> None:
         r = await live.request("same-namespace", "/host-and-status")
         assert (r.status, r.headers["location"]) == (301, "http://example.org/host-and-status")
     await live.eventually(redirect)
+    live.remove(made)
+
+    # HTTPRouteServiceTypes: a Service with manual EndpointSlices, a headless Service with
+    # a selector, a headless one with manual slices: all reach infra-backend-v1
+    made = await live.apply("httproute-service-types.yaml")
+
+    async def service_types() -> None:
+        for path in ("/manual-endpointslices", "/headless",
+                     "/headless-manual-endpointslices"):
+            reached(await live.request("same-namespace", path), V1)
+    await live.eventually(service_types)
+    live.remove(made)
+
+    # HTTPRouteReferenceGrant: allowed with the grant, 500 once it is deleted
+    made = await live.apply("httproute-reference-grant.yaml")
+
+    async def granted() -> None:
+        reached(await live.request("same-namespace", "/"), "web-backend", WEB)
+    await live.eventually(granted)
+    live.api.store.delete(f"referencegrants.{GROUP}", WEB, "reference-grant")
+
+    async def revoked() -> None:
+        assert (await live.request("same-namespace", "/")).status == 500
+        assert route_parent(live, "reference-grant")["ResolvedRefs"][:2] == \
+            ("False", "RefNotPermitted")
+    await live.eventually(revoked)
+    live.remove(made)
+
+    # HTTPRouteObservedGenerationBump: a spec change moves every condition's
+    # observedGeneration to the new generation; and the changed route reaches traffic
+    made = await live.apply("httproute-observed-generation-bump.yaml")
+
+    async def gen1() -> None:
+        assert {c[2] for c in route_parent(live, "observed-generation-bump").values()} == {1}
+        reached(await live.request("same-namespace", "/"), V1)
+    await live.eventually(gen1)
+    route = live.api.store.get(f"httproutes.{GROUP}", INFRA, "observed-generation-bump")
+    assert route is not None
+    route["spec"]["rules"][0]["backendRefs"][0]["name"] = V2
+    live.api.store.update(f"httproutes.{GROUP}", route)
+
+    async def gen2() -> None:
+        assert {c[2] for c in route_parent(live, "observed-generation-bump").values()} == {2}
+        reached(await live.request("same-namespace", "/"), V2)
+    took = await live.eventually(gen2)
+    print(f"route change reached traffic and status in {took * 1000:.0f} ms")
+    live.remove(made)
+
+    # HTTPRouteInvalidBackendRefUnknownKind: accepted, ResolvedRefs False, 500
+    made = await live.apply("httproute-invalid-backendref-unknown-kind.yaml")
+
+    async def unknown_kind() -> None:
+        assert route_parent(live, "invalid-backend-ref-unknown-kind")["ResolvedRefs"][:2] == \
+            ("False", "InvalidKind")
+        assert (await live.request("same-namespace", "/v2")).status == 500
+    await live.eventually(unknown_kind)
     live.remove(made)
