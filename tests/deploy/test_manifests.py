@@ -116,7 +116,7 @@ def test_the_gateway_example_is_accepted_and_routes_nginxsvc() -> None:
     assert [c["status"] for c in gw["conditions"]] == ["True", "True"]
     route = plan.status[("httproutes", "default", "nginxsvc")]["parents"][0]
     assert [c["status"] for c in route["conditions"]] == ["True", "True"]
-    (key, listeners), = plan.by_endpoint().items()
+    ((_address, listeners),) = plan.by_endpoint().items()
     d = GatewayRouter(listeners).route(b"node", b"GET", b"/nginxsvc/x", b"?q", [])
     assert (d.backend, d.target) == (("default", "nginxsvc", 80), b"/x?q")
 
