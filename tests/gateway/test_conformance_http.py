@@ -441,3 +441,137 @@ def test_ObservedGenerationBump() -> None:
                 plan.status[("gatewayclasses", "", "pylb")]["conditions"]} == {gen}
         for p in plan.status[("httproutes", INFRA, "observed-generation-bump")]["parents"]:
             assert {c["observedGeneration"] for c in p["conditions"]} == {gen}
+
+
+# -- Extended features the issue asks for (HTTPRoute*Redirect*, *Rewrite*, matching) ------
+
+
+def location(c: Client, path: str, **kw: object) -> tuple[int, str]:
+    d = c.get("same-namespace", path, host="gw.example", **kw)  # type: ignore[arg-type]
+    assert d.location is not None, d
+    return d.status, d.location.decode()
+
+
+def test_HTTPRouteRedirectPath() -> None:
+    c = setup("httproute-redirect-path.yaml")
+    accepted_and_resolved(c.plan, ["redirect-path"])
+    assert location(c, "/original-prefix/lemon") == \
+        (302, "http://gw.example/replacement-prefix/lemon")
+    assert location(c, "/full/path/original") == (302, "http://gw.example/full-path-replacement")
+    assert location(c, "/path-and-host") == (302, "http://example.org/replacement-prefix")
+    assert location(c, "/path-and-status") == (301, "http://gw.example/replacement-prefix")
+    assert location(c, "/full-path-and-host") == (302, "http://example.org/replacement-full")
+    assert location(c, "/full-path-and-status") == (301, "http://gw.example/replacement-full")
+
+
+def test_HTTPRouteRedirectPort() -> None:
+    c = setup("httproute-redirect-port.yaml")
+    accepted_and_resolved(c.plan, ["redirect-port"])
+    assert location(c, "/port") == (302, "http://gw.example:8083/port")
+    assert location(c, "/port-and-host") == (302, "http://example.org:8083/port-and-host")
+    assert location(c, "/port-and-status") == (301, "http://gw.example:8083/port-and-status")
+    assert location(c, "/port-and-host-and-status") == \
+        (302, "http://example.org:8083/port-and-host-and-status")
+
+
+def test_HTTPRouteRedirectScheme() -> None:
+    c = setup("httproute-redirect-scheme.yaml")
+    accepted_and_resolved(c.plan, ["redirect-scheme"])
+    assert location(c, "/scheme") == (302, "https://gw.example/scheme")
+    assert location(c, "/scheme-and-host") == (302, "https://example.org/scheme-and-host")
+    assert location(c, "/scheme-and-status") == (301, "https://gw.example/scheme-and-status")
+    assert location(c, "/scheme-and-host-and-status") == \
+        (302, "https://example.org/scheme-and-host-and-status")
+
+
+def test_HTTPRouteRedirectPortAndScheme_port80_and_8080() -> None:
+    """The listeners on :80 and :8080 (the :443 one is HTTPS, not served yet): a scheme
+    without a port goes to its well-known port, no scheme keeps the listener's port."""
+    c = setup("httproute-redirect-port-and-scheme.yaml")
+    accepted_and_resolved(c.plan, ["http-route-for-listener-on-port-80"])
+    for path, want in [("/scheme-nil-and-port-nil", "http://example.org/"),
+                       ("/scheme-nil-and-port-80", "http://example.org/"),
+                       ("/scheme-nil-and-port-8080", "http://example.org:8080/"),
+                       ("/scheme-https-and-port-nil", "https://example.org/"),
+                       ("/scheme-https-and-port-443", "https://example.org/"),
+                       ("/scheme-https-and-port-8443", "https://example.org:8443/")]:
+        assert location(c, path) == (302, want + path[1:]), path
+    gw = "same-namespace-with-http-listener-on-8080"
+    accepted_and_resolved(c.plan, ["http-route-for-listener-on-port-8080"], gw)
+    d = c.get(gw, "/scheme-nil-and-port-nil", host="gw.example", port=8080)
+    assert (d.status, d.location) == (302, b"http://example.org:8080/scheme-nil-and-port-nil")
+
+
+@pytest.mark.parametrize(("manifest", "path", "status", "method"), [
+    ("httproute-303-redirect.yaml", "/see-other", 303, "POST"),
+    ("httproute-307-redirect.yaml", "/temporary", 307, "GET"),
+    ("httproute-308-redirect.yaml", "/permanent", 308, "GET"),
+])
+def test_HTTPRoute30xRedirect(manifest: str, path: str, status: int, method: str) -> None:
+    """HTTPRoute303Redirect, HTTPRoute307Redirect, HTTPRoute308Redirect."""
+    c = setup(manifest)
+    assert location(c, path, method=method)[0] == status
+
+
+def test_HTTPRouteRewritePath() -> None:
+    c = setup("httproute-rewrite-path.yaml")
+    accepted_and_resolved(c.plan, ["rewrite-path"])
+    for path, want in [("/prefix/one/two", b"/one/two"), ("/strip-prefix/three", b"/three"),
+                       ("/strip-prefix", b"/"), ("/full/one/two", b"/one"),
+                       ("/full/rewrite-path-and-modify-headers/test", b"/test"),
+                       ("/prefix/rewrite-path-and-modify-headers/one", b"/prefix/one")]:
+        d = c.get("same-namespace", path)
+        assert (d.backend, d.target) == (V1, want), path
+
+
+def test_HTTPRouteRewriteHost() -> None:
+    c = setup("httproute-rewrite-host.yaml")
+    accepted_and_resolved(c.plan, ["rewrite-host"])
+    for path, host, backend in [("/one", b"one.example.org", V1), ("/two", b"example.org", V2),
+                                ("/rewrite-host-and-modify-headers", b"test.example.org", V2)]:
+        d = c.get("same-namespace", path, host="rewrite.example")
+        assert (d.backend, d.host) == (backend, host), path
+
+
+def test_HTTPRouteQueryParamMatching() -> None:
+    c = setup("httproute-query-param-matching.yaml")
+    accepted_and_resolved(c.plan, ["query-param-matching"])
+    h = "headers"
+    expect(c, "same-namespace", [
+        ({"path": "/?animal=whale"}, V1), ({"path": "/?animal=dolphin"}, V2),
+        ({"path": "/?animal=dolphin&color=blue"}, V3), ({"path": "/?ANIMAL=Whale"}, V3),
+        ({"path": "/?animal=whale&otherparam=irrelevant"}, V1),
+        ({"path": "/?animal=dolphin&color=yellow"}, V2), ({"path": "/?color=blue"}, 404),
+        ({"path": "/?animal=dog"}, 404), ({"path": "/?animal=whaledolphin"}, 404),
+        ({"path": "/"}, 404), ({"path": "/path1?animal=whale"}, V1),
+        ({h: {"version": "one"}, "path": "/?animal=whale"}, V2),
+        ({h: {"version": "two"}, "path": "/path2?animal=whale"}, V3),
+        ({"path": "/path3?animal=shark"}, V1),
+        ({h: {"version": "three"}, "path": "/path4?animal=kraken"}, V1),
+        ({"path": "/?animal=shark"}, 404), ({"path": "/path4?animal=kraken"}, 404),
+        ({"path": "/path5?animal=hydra"}, V1),
+        ({h: {"version": "four"}, "path": "/?animal=hydra"}, V3)])
+
+
+def test_HTTPRouteMethodMatching() -> None:
+    c = setup("httproute-method-matching.yaml")
+    accepted_and_resolved(c.plan, ["method-matching"])
+    h, m = "headers", "method"
+    expect(c, "same-namespace", [
+        ({"path": "/", m: "POST"}, V1), ({"path": "/", m: "GET"}, V2),
+        ({"path": "/", m: "HEAD"}, 404), ({"path": "/path1", m: "GET"}, V1),
+        ({h: {"version": "one"}, "path": "/", m: "PUT"}, V2),
+        ({h: {"version": "two"}, "path": "/path2", m: "POST"}, V3),
+        ({"path": "/path3", m: "PATCH"}, V1),
+        ({h: {"version": "three"}, "path": "/path4", m: "DELETE"}, V1),
+        ({"path": "/", m: "PUT"}, 404), ({"path": "/path4", m: "DELETE"}, 404),
+        ({"path": "/path5", m: "PATCH"}, V1),
+        ({h: {"version": "four"}, "path": "/", m: "PATCH"}, V2)])
+
+
+def test_HTTPRouteResponseHeaderModifier_decided() -> None:
+    """The filter is compiled into the decision (applying it to responses is not done)."""
+    c = setup("httproute-response-header-modifier.yaml")
+    accepted_and_resolved(c.plan, ["response-header-modifier"])
+    d = c.get("same-namespace", "/set")
+    assert d.response_headers and d.response_headers[0].set

@@ -205,3 +205,31 @@ async def test_gateway_conformance_live(live: Live) -> None:
         assert (await live.request("same-namespace", "/v2")).status == 500
     await live.eventually(unknown_kind)
     live.remove(made)
+
+    # HTTPRouteRewritePath, HTTPRouteRewriteHost (extended): what the backend received
+    made = await live.apply("httproute-rewrite-path.yaml")
+    made += await live.apply("httproute-rewrite-host.yaml")
+
+    async def rewrites() -> None:
+        r = await live.request("same-namespace", "/prefix/one/two")
+        reached(r, V1)
+        assert r.echo["path"] == "/one/two"
+        r = await live.request("same-namespace", "/strip-prefix")
+        assert r.echo["path"] == "/"
+        r = await live.request("same-namespace", "/two", host="rewrite.example")
+        reached(r, V2)
+        assert r.echo["host"] == "example.org"
+    await live.eventually(rewrites)
+    live.remove(made)
+
+    # HTTPRoute307Redirect, HTTPRouteRedirectPort (extended)
+    made = await live.apply("httproute-307-redirect.yaml")
+    made += await live.apply("httproute-redirect-port.yaml")
+
+    async def redirects() -> None:
+        r = await live.request("same-namespace", "/temporary", host="gw.example")
+        assert (r.status, r.headers["location"]) == (307, "http://gw.example/temporary")
+        r = await live.request("same-namespace", "/port", host="gw.example")
+        assert (r.status, r.headers["location"]) == (302, "http://gw.example:8083/port")
+    await live.eventually(redirects)
+    live.remove(made)
