@@ -98,6 +98,8 @@ def settled_status(plural: str, current: JsonObj, planned: JsonObj | None,
         old_mine = {repr(sorted(p.get("parentRef", {}).items())): p
                     for p in current.get("parents") or []
                     if isinstance(p, dict) and p.get("controllerName") == controller}
+        if planned is None and not old_mine:
+            return None  # not ours, and never was
         for p in (planned or {}).get("parents", []):
             prev = old_mine.get(repr(sorted(p["parentRef"].items())), {})
             parents.append({**p, "conditions": _settle(prev.get("conditions") or [],

@@ -62,10 +62,20 @@ class GatewayInputs:
 
 
 def _meta(obj: JsonObj) -> tuple[str, str, int, str]:
-    meta = obj.get("metadata") or {}
+    meta = _dict(obj.get("metadata"))
     gen = meta.get("generation")
-    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""),
+    ns, name = meta.get("namespace"), meta.get("name")
+    return (ns if isinstance(ns, str) else "", name if isinstance(name, str) else "",
             gen if isinstance(gen, int) else 1, str(meta.get("creationTimestamp") or ""))
+
+
+def _objects(objs: Iterable[Any]) -> list[JsonObj]:
+    """The objects that are objects at all (a dict with a name): the rest is skipped."""
+    return [o for o in objs if isinstance(o, dict) and _meta(o)[1]]
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _cond(ctype: str, ok: bool, reason: str, message: str, gen: int, now: str) -> JsonObj:
@@ -154,9 +164,11 @@ def _listener_kinds(spec: JsonObj, protocol: str) -> tuple[list[str], bool]:
     return ok, len(ok) == len(kinds)
 
 
-def _pick_address(gw: JsonObj, pool: list[str], node: str) -> tuple[str, str | None]:
-    """(address, error): spec.addresses' first IPAddress, else the pool's next, else the
-    node's. An address of another type or not an IP is an error (AddressNotUsable)."""
+def _pick_address(gw: JsonObj, pool: list[str], node: str,
+                  kept: str | None = None) -> tuple[str, str | None]:
+    """(address, error): spec.addresses' first IPAddress, else the pool address it `kept`,
+    else the pool's next, else the node's. An address of another type or not an IP is an
+    error (AddressNotUsable)."""
     for a in _list(_dict(gw.get("spec")).get("addresses")):
         a = _dict(a)
         atype = a.get("type", "IPAddress")
@@ -170,6 +182,8 @@ def _pick_address(gw: JsonObj, pool: list[str], node: str) -> tuple[str, str | N
         except ValueError:
             return "", f"{value!r} is not an IP address"
         return value, None
+    if kept:
+        return kept, None
     if pool:
         return pool.pop(0), None
     return node, None
@@ -299,14 +313,17 @@ def compile_filters(items: Any) -> tuple[Filters, str | None]:
             r = _dict(f.get("requestRedirect"))
             code = r.get("statusCode", 302)
             port = r.get("port")
-            if code not in REDIRECT_CODES:
+            if code not in REDIRECT_CODES or isinstance(code, bool):
                 return Filters(), f"redirect statusCode {code!r} is not supported"
-            redirect = Redirect(r.get("scheme"), r.get("hostname"),
-                                port if isinstance(port, int) else None,
-                                _path_mod(r.get("path")), code)
+            scheme = r.get("scheme")
+            if scheme is not None and scheme not in ("http", "https"):
+                return Filters(), f"redirect scheme {scheme!r} is not supported"
+            redirect = Redirect(_str_or_none(scheme), _str_or_none(r.get("hostname")),
+                                port if isinstance(port, int) and 0 < port < 65536 else None,
+                                _path_mod(r.get("path")), int(code))
         elif ftype == "URLRewrite":
             r = _dict(f.get("urlRewrite"))
-            rewrite = Rewrite(r.get("hostname"), _path_mod(r.get("path")))
+            rewrite = Rewrite(_str_or_none(r.get("hostname")), _path_mod(r.get("path")))
         else:
             return Filters(), f"filter type {ftype!r} is not supported"
     if redirect is not None and rewrite is not None:
@@ -444,22 +461,36 @@ def _route_entries(route: JsonObj, rhosts: list[str], created: str, ns: str, nam
 
 
 def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> GatewayPlan:
+    inputs = GatewayInputs(_objects(inputs.classes), _objects(inputs.gateways),
+                           _objects(inputs.httproutes), _objects(inputs.grants),
+                           inputs.services, inputs.namespaces, inputs.secrets)
     status: dict[tuple[str, str, str], JsonObj] = {}
     skipped: list[str] = []
     mine = _controller_classes(inputs, s, status)
     pool = list(s.address_pool)
+    # A pool address stays with the Gateway that has it (its status says so), so that
+    # another Gateway coming or going never moves it.
+    kept: dict[str, str] = {}
+    for gw in _order(inputs.gateways):
+        ns, name, _, _ = _meta(gw)
+        held = [a.get("value") for a in _list(_dict(gw.get("status")).get("addresses"))
+                if isinstance(a, dict)]
+        if held and held[0] in pool and not _list(_dict(gw.get("spec")).get("addresses")):
+            kept[f"{ns}/{name}"] = str(held[0])
+            pool.remove(held[0])
     listeners: dict[str, list[_GwListener]] = {}
     gw_meta: dict[str, tuple[JsonObj, int, str, str | None]] = {}
     bound: list[_GwListener] = []
     for gw in _order(inputs.gateways):
         ns, name, gen, _ = _meta(gw)
-        if _dict(gw.get("spec")).get("gatewayClassName") not in mine or not name:
+        cls = _dict(gw.get("spec")).get("gatewayClassName")
+        if not isinstance(cls, str) or cls not in mine:
             continue
         err: str | None
         if _dict(_dict(gw.get("spec")).get("infrastructure")).get("parametersRef"):
             address, err = "", _PARAMS_ERR
         else:
-            address, err = _pick_address(gw, pool, s.node_address)
+            address, err = _pick_address(gw, pool, s.node_address, kept.get(f"{ns}/{name}"))
         key = f"{ns}/{name}"
         gw_meta[key] = (gw, gen, address, err)
         if err:
