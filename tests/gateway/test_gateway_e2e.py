@@ -194,6 +194,29 @@ async def test_gateway_conformance_live(live: Live) -> None:
         reached(await live.request("same-namespace", "/"), V2)
     took = await live.eventually(gen2)
     print(f"route change reached traffic and status in {took * 1000:.0f} ms")
+    # a Service change (its EndpointSlice now names infra-backend-v3's pod) reaches the
+    # same Gateway route through the Service table
+    v3_port = next(p[3] for p in live.pods if p[1].get("app") == V3)
+    eps = live.api.store.get("endpointslices", INFRA, f"{V2}-slice")
+    assert eps is not None
+    v2_port = eps["ports"][0]["port"]
+    eps["ports"][0]["port"] = v3_port
+    eps["endpoints"][0]["targetRef"]["name"] = f"{V3}-pod-0"
+    live.api.store.update("endpointslices", eps)
+
+    async def service_change() -> None:
+        reached(await live.request("same-namespace", "/"), V3)
+    took = await live.eventually(service_change)
+    print(f"service change reached the Gateway route's traffic in {took * 1000:.0f} ms")
+    eps = live.api.store.get("endpointslices", INFRA, f"{V2}-slice")
+    assert eps is not None
+    eps["ports"][0]["port"] = v2_port
+    eps["endpoints"][0]["targetRef"]["name"] = f"{V2}-pod-0"
+    live.api.store.update("endpointslices", eps)
+
+    async def restored() -> None:
+        reached(await live.request("same-namespace", "/"), V2)
+    await live.eventually(restored)
     live.remove(made)
 
     # HTTPRouteInvalidBackendRefUnknownKind: accepted, ResolvedRefs False, 500
