@@ -288,18 +288,32 @@ def _header_ops(value: Any) -> HeaderOps:
                      tuple(str(x) for x in _list(v.get("remove")) if isinstance(x, str)))
 
 
+class _Unsupported(ValueError):
+    """A value the spec lets implementations refuse: the route is not Accepted
+    (UnsupportedValue)."""
+
+
 def _path_mod(value: Any) -> PathModifier | None:
+    if value is None:
+        return None
     v = _dict(value)
     kind = v.get("type")
     if kind == "ReplaceFullPath":
         return PathModifier(kind, str(v.get("replaceFullPath") or "/"))
     if kind == "ReplacePrefixMatch":
         return PathModifier(kind, str(v.get("replacePrefixMatch") or "/"))
-    return None
+    raise _Unsupported(f"path modifier type {kind!r} is not supported")
 
 
 def compile_filters(items: Any) -> tuple[Filters, str | None]:
     """(filters, error) of a rule's or backendRef's `filters`."""
+    try:
+        return _compile_filters(items)
+    except _Unsupported as e:
+        return Filters(), str(e)
+
+
+def _compile_filters(items: Any) -> tuple[Filters, str | None]:
     req = resp = None
     redirect = rewrite = None
     for f in _list(items):
@@ -454,6 +468,10 @@ def _route_entries(route: JsonObj, rhosts: list[str], created: str, ns: str, nam
             if err or cm is None:
                 return [], None, err
             matches.append(cm)
+        mods = [f.path for f in (filters.redirect, filters.rewrite) if f is not None]
+        if any(m is not None and m.kind == "ReplacePrefixMatch" for m in mods) and \
+                any(m.path_kind != "PathPrefix" for m in matches):
+            return [], None, "ReplacePrefixMatch needs PathPrefix matches"
         backends, p = resolve_backends(ns, rule.get("backendRefs"), inputs)
         problem = problem or p
         rules.append((matches, filters, backends, ri))

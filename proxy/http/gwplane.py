@@ -39,7 +39,7 @@ class GatewayDispatch:
 
     def __init__(self, router: GatewayRouter) -> None:
         self.router = router
-        self._routes: dict[str, HttpRoute] = {}
+        self._routes: dict[tuple[str, str, int], HttpRoute] = {}
 
     def route(self, client: ClientProtocol, head: RequestHead, host: bytes, path: bytes,
               query: bytes) -> tuple[HttpRoute, bytes] | None:
@@ -57,11 +57,11 @@ class GatewayDispatch:
         if ops:
             head.headers = apply_header_ops(list(head.headers), ops)
         assert d.backend is not None
-        ns, svc, port = d.backend
-        name = f"{ns}/{svc}:{port}"
-        route = self._routes.get(name)
-        if route is None:
-            route = self._routes[name] = HttpRoute(name, "/", name, strip_prefix=False)
+        route = self._routes.get(d.backend)
+        if route is None:  # once per backend: the table's name of that Service port
+            ns, svc, port = d.backend
+            name = f"{ns}/{svc}:{port}"
+            route = self._routes[d.backend] = HttpRoute(name, "/", name, strip_prefix=False)
         return route, d.target
 
 

@@ -575,3 +575,46 @@ def test_HTTPRouteResponseHeaderModifier_decided() -> None:
     accepted_and_resolved(c.plan, ["response-header-modifier"])
     d = c.get("same-namespace", "/set")
     assert d.response_headers and d.response_headers[0].set
+
+
+def _one_route(rule: dict[str, object]) -> Client:
+    cluster = Cluster.load()
+    cluster.objects.append({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "r", "namespace": INFRA, "generation": 1,
+                     "creationTimestamp": "2026-01-02T00:00:00Z"},
+        "spec": {"parentRefs": [{"name": "same-namespace"}], "rules": [rule]}})
+    return Client(cluster.plan())
+
+
+@pytest.mark.parametrize(("prefix", "path", "replace", "want"), [
+    ("/foo", "/foo/bar", "/xyz", b"/xyz/bar"), ("/foo", "/foo/bar", "/xyz/", b"/xyz/bar"),
+    ("/foo/", "/foo/bar", "/xyz", b"/xyz/bar"), ("/foo/", "/foo/bar", "/xyz/", b"/xyz/bar"),
+    ("/foo", "/foo", "/xyz", b"/xyz"), ("/foo", "/foo/", "/xyz", b"/xyz/"),
+    ("/foo", "/foo/bar", "", b"/bar"), ("/foo", "/foo", "", b"/"), ("/foo", "/foo/", "", b"/"),
+    ("/foo", "/foo/bar", "/", b"/bar"), ("/foo", "/foo", "/", b"/"),
+    ("/", "/foo", "/xyz", b"/xyz/foo"),
+])
+def test_replace_prefix_match(prefix: str, path: str, replace: str, want: bytes) -> None:
+    """The spec's ReplacePrefixMatch examples: the prefix replaced at a segment boundary."""
+    c = _one_route({"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+                    "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {
+                        "type": "ReplacePrefixMatch", "replacePrefixMatch": replace}}}],
+                    "backendRefs": [{"name": "infra-backend-v1", "port": 8080}]})
+    d = c.get("same-namespace", path)
+    assert (d.backend, d.target) == (V1, want)
+
+
+@pytest.mark.parametrize("rule", [
+    {"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+     "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {
+         "type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]},
+    {"filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "Squash"}}}]},
+    {"filters": [{"type": "RequestMirror"}]},
+    {"matches": [{"path": {"type": "RegularExpression", "value": "/.*"}}]},
+    {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "ftp"}}]},
+])
+def test_unsupported_values_are_not_accepted(rule: dict[str, object]) -> None:
+    c = _one_route(rule)
+    assert route_conditions(c.plan, "r")["Accepted"] == ("False", "UnsupportedValue")
+    assert c.get("same-namespace", "/a").status == 404
