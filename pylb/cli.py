@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-from pylb import __version__, app
+from pylb import __version__, app, gatewayflags
 from pylb.config import (
     CheckScope,
     CheckSettings,
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "kubernetes.io/ingress.class: NAME, and those without a class when "
                         "it is the default class (default: Ingresses not served)")
     _add_kube_flags(g)
+    gatewayflags.add_flags(run)
     g = run.add_argument_group("frontends")
     g.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     g.add_argument("--http-port", type=_port, default=80, help="HTTP frontend port (80)")
@@ -431,6 +432,11 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         raise FlagError("--error-limit: must be 0 or more")
     if not 0 <= ns.panic_threshold <= 100:
         raise FlagError("--panic-threshold: must be a percentage, 0 to 100")
+    if ns.gateway_api and not ns.source == "kubernetes":
+        raise FlagError("--gateway-api: needs --source kubernetes")
+    if ns.gateway_api and (ns.workers or default_workers()) > 1:
+        raise FlagError("--gateway-api: needs --workers 1 (Gateway listeners are served by "
+                        "the controller's own data plane for now)")
     return Settings(
         source=ns.source,
         namespaces=ns.namespace,
@@ -475,6 +481,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         election=ns.election,
         election_namespace=ns.election_namespace,
         election_id=ns.election_id,
+        gateway=gatewayflags.from_args(ns),
         syslog=ns.syslog,
         log_level=ns.log_level or ("warning" if ns.dry else "info"),
         dry=ns.dry,

@@ -182,6 +182,16 @@ class CheckSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayApi:
+    """pylb as a Gateway API controller (`--gateway-api`; discovery/gateway)."""
+
+    enabled: bool = False
+    controller_name: str = "pylb.io/gateway-controller"  # GatewayClasses pylb handles
+    address_pool: tuple[str, ...] = ()  # for Gateways without spec.addresses, in order
+    port_map: tuple[tuple[int, int], ...] = ()  # (listener port, port bound instead)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     # Sources
     source: str = "kubernetes"  # "kubernetes" or "file:PATH"
@@ -225,6 +235,7 @@ class Settings:
     election: str | None = None
     election_namespace: str = "default"
     election_id: str | None = None
+    gateway: GatewayApi = field(default_factory=GatewayApi)
     # Logging
     syslog: bool = False  # 2015 meaning: the access log goes to stdout
     log_level: str = "info"

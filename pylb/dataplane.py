@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from proxy.balance import Balancers
 from proxy.certs import CertificateError, generate_self_signed
@@ -74,6 +75,7 @@ class DataPlane:
         self.addresses: dict[str, tuple[str, int]] = {}
         self._tls_watch: asyncio.Task[None] | None = None
         self._https_blocked = settings.https_port in {p for _, p in settings.tcp_services}
+        self.gateways: Any = None  # proxy.http.gwplane.GatewayPlane with --gateway-api
         self._https_warned = False
 
     def _ejected(self, backend: str, server: Server, fails: int,
@@ -141,6 +143,8 @@ class DataPlane:
                 log.error("cannot open the TLS frontend on :%d: %s",
                           self.settings.https_port, e)
         await self.tcp.set_table(table, delta)
+        if self.gateways is not None:
+            self.gateways.set_table(table, delta, left)
 
     async def _apply_backends(self, delta: Delta) -> set[tuple[str, int]]:
         """The balancers brought up to `delta`; returns the server addresses no backend
@@ -221,4 +225,6 @@ class DataPlane:
         parts = [self.http.shutdown(grace), self.tcp.shutdown(grace)]
         if self.https is not None:
             parts.append(self.https.shutdown(grace))
+        if self.gateways is not None:
+            parts.append(self.gateways.shutdown(grace))
         await asyncio.gather(*parts, return_exceptions=True)

@@ -557,7 +557,13 @@ class ClientProtocol(asyncio.Protocol):
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         authority, path, query = split_target(head.target)
         host = authority or head.host
-        found = proxy.router.route(host, path, query)
+        gateway = proxy.gateway
+        if gateway is not None:  # a Gateway API listener (proxy.http.gwplane)
+            found = gateway.route(self, head, host, path, query)
+            if found is None:
+                return  # answered there: 404, 500 or a redirect
+        else:
+            found = proxy.router.route(host, path, query)
         if found is None:
             self._local(proxy.settings.default_return_code, proxy.error_page,
                         Failure.NO_ROUTE)
@@ -951,13 +957,13 @@ class ClientProtocol(asyncio.Protocol):
                                          head_only=req.method == b"HEAD"))
         self._local_done(close)
 
-    def _redirect(self, location: bytes, code: int = 301) -> None:
+    def _redirect(self, location: bytes, status: int = 301) -> None:
         req = self._req
         assert req is not None
         close = req.has_body or not req.keep_alive or self._proxy.closing or req.upgrade
-        self._status = code
-        self._fe.response(code)
-        self._wbuf.append(redirect_response(location, close=close, code=code))
+        self._status = status
+        self._fe.response(status)
+        self._wbuf.append(redirect_response(location, close=close, status=status))
         self._local_done(close)
 
     def _local_done(self, close: bool) -> None:
