@@ -189,9 +189,12 @@ class GatewaySource:
             if not self.synced:
                 continue
             plan = self.build()
-            if plan != self.plan:
-                for line in plan.skipped:
-                    log.info("gateway: %s", line)
+            # an address:port that could not be bound is retried at every turn (every
+            # RESYNC seconds at the latest), so the plan goes out again while one is down
+            if plan != self.plan or self.unavailable:
+                if plan != self.plan:
+                    for line in plan.skipped:
+                        log.info("gateway: %s", line)
                 self.plan = plan
                 result = publish(plan)
                 if isinstance(result, Awaitable):
