@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -51,7 +52,9 @@ STATUS_PATH = {
 DEBOUNCE = 0.05  # seconds: a burst of events makes one plan
 RESYNC = 10.0  # seconds between status passes without a change (a write that failed)
 
-Publish = Callable[[GatewayPlan], Awaitable[None] | None]
+# publish(plan) may return (or resolve to) the (address, port) the data plane could not
+# bind: the next plan's status says so (PortUnavailable), and binding is retried with it
+Publish = Callable[[GatewayPlan], Awaitable[Any] | Any]
 ApiClientFactory = Callable[[], Awaitable[ApiClient]]
 
 
@@ -143,6 +146,7 @@ class GatewaySource:
         self.status_errors = 0
         self.last_latency: float | None = None
         self._dirty_since: float | None = None
+        self.unavailable: frozenset[tuple[str, int]] = frozenset()
 
     @property
     def synced(self) -> bool:
@@ -168,7 +172,8 @@ class GatewaySource:
 
     def build(self) -> GatewayPlan:
         objects = {p: i.objects for p, i in self._informers.items()}
-        return translate(inputs_from(objects),
+        inputs = dataclasses.replace(inputs_from(objects), unavailable=self.unavailable)
+        return translate(inputs,
                          GatewaySettings(self.gw_settings.controller_name,
                                          self.gw_settings.address_pool,
                                          self.gw_settings.node_address, _now()))
@@ -184,13 +189,19 @@ class GatewaySource:
             if not self.synced:
                 continue
             plan = self.build()
-            if plan != self.plan:
-                for line in plan.skipped:
-                    log.info("gateway: %s", line)
+            # an address:port that could not be bound is retried at every turn (every
+            # RESYNC seconds at the latest), so the plan goes out again while one is down
+            if plan != self.plan or self.unavailable:
+                if plan != self.plan:
+                    for line in plan.skipped:
+                        log.info("gateway: %s", line)
                 self.plan = plan
                 result = publish(plan)
-                if result is not None:
-                    await result
+                if isinstance(result, Awaitable):
+                    result = await result
+                if isinstance(result, frozenset) and result != self.unavailable:
+                    self.unavailable = result
+                    self._dirty.set()  # a plan whose status says which ports are down
                 if started is not None:
                     self.last_latency = time.monotonic() - started
             if self._is_leader():

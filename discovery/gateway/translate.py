@@ -59,6 +59,9 @@ class GatewayInputs:
     namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # TLS Secrets holding a certificate and key; None: not watched (existence unchecked)
     secrets: frozenset[tuple[str, str]] | None = None
+    # (address, port) the data plane could not bind (in use, not on this node): their
+    # listeners stay in the plan (binding is retried) with Accepted False, PortUnavailable
+    unavailable: frozenset[tuple[str, int]] = frozenset()
 
 
 def _meta(obj: JsonObj) -> tuple[str, str, int, str]:
@@ -481,7 +484,8 @@ def _route_entries(route: JsonObj, rhosts: list[str], created: str, ns: str, nam
 def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> GatewayPlan:
     inputs = GatewayInputs(_objects(inputs.classes), _objects(inputs.gateways),
                            _objects(inputs.httproutes), _objects(inputs.grants),
-                           inputs.services, inputs.namespaces, inputs.secrets)
+                           inputs.services, inputs.namespaces, inputs.secrets,
+                           inputs.unavailable)
     status: dict[tuple[str, str, str], JsonObj] = {}
     skipped: list[str] = []
     mine = _controller_classes(inputs, s, status)
@@ -598,11 +602,17 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
         lsts = listeners[key]
         lstat = []
         for lst in lsts:
+            port_down = lst.usable and (lst.address, lst.port) in inputs.unavailable
+            lconds = dict(lst.conditions)
+            if port_down:
+                lconds["Accepted"] = (False, "PortUnavailable",
+                                      f"{lst.address}:{lst.port} cannot be bound here")
+                lconds["Programmed"] = (False, "Invalid", "port unavailable")
             lstat.append({
                 "name": lst.name, "attachedRoutes": lst.attached,
                 "supportedKinds": [{"group": GROUP, "kind": k} for k in lst.kinds],
                 "conditions": [_cond(t, ok, r, m, gen, s.now)
-                               for t, (ok, r, m) in lst.conditions.items()]})
+                               for t, (ok, r, m) in lconds.items()]})
             if lst.usable:
                 plan_listeners.append(Listener(
                     key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
@@ -615,8 +625,10 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             (True, "Accepted", "") if all_ok or not lsts else
             (True, "ListenersNotValid", "some listeners are not valid") if any_ok else
             (False, "ListenersNotValid", "no listener is valid"))
+        serving = any(lst.usable and (lst.address, lst.port) not in inputs.unavailable
+                      for lst in lsts)
         prog: tuple[bool, str, str] = (False, prog_of_err, err) if err else (
-            (True, "Programmed", "") if any_ok else (False, "Invalid", "nothing to serve"))
+            (True, "Programmed", "") if serving else (False, "Invalid", "nothing served"))
         if not err and any_ok and not all_ok:
             skipped.append(f"Gateway {key}: some listeners are not served")
         status[("gateways", ns, name)] = {

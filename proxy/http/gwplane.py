@@ -84,15 +84,19 @@ class GatewayPlane:
         self._port_map = dict(settings.gateway.port_map)
         self._node_address = node_address or settings.bind
         self._closing: set[asyncio.Task[None]] = set()
+        self.unavailable: frozenset[tuple[str, int]] = frozenset()
 
     def bind_port(self, port: int) -> int:
         return self._port_map.get(port, port)
 
-    async def apply_plan(self, plan: GatewayPlan) -> None:
+    async def apply_plan(self, plan: GatewayPlan) -> frozenset[tuple[str, int]]:
+        """Serve `plan`; the (address, port) that could not be bound (retried with the
+        next plan), for the listeners' status."""
         from proxy.http.proxy import HttpProxy
 
         self.plan = plan
         wanted = plan.by_endpoint()
+        unavailable: set[tuple[str, int]] = set()
         for key in [k for k in self.proxies if k not in wanted]:
             gone = self.proxies.pop(key)
             self.bound.pop(key, None)
@@ -112,11 +116,15 @@ class GatewayPlane:
                     host = self.settings.bind if address == self._node_address else address
                     self.bound[key] = await proxy.start(host, self.bind_port(port))
                 except OSError as e:
-                    log.error("gateway listener %s:%d (bound at :%d): %s", address, port,
-                              self.bind_port(port), e.strerror or e)
+                    if key not in self.unavailable:
+                        log.error("gateway listener %s:%d (bound at :%d): %s", address, port,
+                                  self.bind_port(port), e.strerror or e)
+                    unavailable.add(key)
                     continue
                 self.proxies[key] = proxy
             proxy.gateway = GatewayDispatch(GatewayRouter(listeners))
+        self.unavailable = frozenset(unavailable)
+        return self.unavailable
 
     def set_table(self, table: RouteTable, delta: Any = None,
                   left: Collection[Any] = ()) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
@@ -14,11 +15,11 @@ from hypothesis import strategies as st
 from kubernetes_asyncio.client import ApiClient
 
 from discovery.gateway.source import GatewaySource, settled_status
-from discovery.gateway.translate import GatewayInputs, translate
-from pylb.kubeapi import api_client_from_dict
+from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
 from proxy.http.gwrouting import GatewayRouter
 from pylb.config import GatewayApi, Settings
 from pylb.gatewaymodel import GatewayPlan
+from pylb.kubeapi import api_client_from_dict
 from tests.gateway.harness import Cluster
 from tests.kfake import FakeApiServer
 
@@ -211,3 +212,54 @@ def test_corrupted_conformance_objects_never_raise(data: st.DataObject) -> None:
                                    (b"x:1", b"/scheme-nil-and-port-8080", b"?q")):
             d = router.route(host, b"GET", path_, query, [(b"version", b"two")])
             assert d.status in (0, 301, 302, 303, 307, 308, 404, 500)
+
+
+async def test_a_port_in_use_is_reported_and_retried() -> None:
+    """The data plane cannot bind a Gateway's address:port (someone holds it): the plan's
+    next status says PortUnavailable on that listener and Programmed False on the
+    Gateway; once the port is free, the next plan binds it."""
+    import socket
+
+    from proxy.balance import Balancers
+    from proxy.http.gwplane import GatewayPlane
+    from pylb.config import Limits
+    from pylb.counters import Stats
+    from tests.conftest import free_port
+
+    port = free_port("127.0.10.1")
+    pool = ("127.0.10.1", "127.0.10.2", "127.0.10.3")
+    s = Settings(bind="127.0.10.9", gateway=GatewayApi(enabled=True, address_pool=pool,
+                                                       port_map=((80, port),)),
+                 grace_period=0.1)
+    plane = GatewayPlane(s, Stats(), Balancers(Limits()))
+    inputs = Cluster.load().inputs()
+    gs = GatewaySettings(address_pool=pool, node_address="127.0.10.9")
+    plan = translate(inputs, gs)
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.10.1", port))
+    holder.listen()
+    try:
+        down = await plane.apply_plan(plan)
+        assert down == {("127.0.10.1", 80)}
+    except BaseException:
+        await plane.shutdown(0.1)
+        raise
+    finally:
+        holder.close()
+    gw = next(g for g in ("all-namespaces", "backend-namespaces", "same-namespace")
+              if plan.status[("gateways", "gateway-conformance-infra", g)]["addresses"]
+              and plan.status[("gateways", "gateway-conformance-infra", g)]["addresses"][0][
+                  "value"] == "127.0.10.1")
+    marked = translate(dataclasses.replace(inputs, unavailable=down), gs)
+    st = marked.status[("gateways", "gateway-conformance-infra", gw)]
+    assert [(c["type"], c["status"], c["reason"]) for c in st["listeners"][0]["conditions"]
+            if c["type"] in ("Accepted", "Programmed")] == [
+        ("Accepted", "False", "PortUnavailable"), ("Programmed", "False", "Invalid")]
+    assert [c["status"] for c in st["conditions"] if c["type"] == "Programmed"] == ["False"]
+    assert marked == plan  # the listener stays in the plan: binding is retried
+    try:
+        assert await plane.apply_plan(marked) == frozenset()
+        assert set(plane.proxies) == set(plan.by_endpoint()) and len(plane.proxies) == 3
+    finally:
+        await plane.shutdown(0.1)
