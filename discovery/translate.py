@@ -986,9 +986,13 @@ def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
     # Imported here: discovery.ingress builds on this module's pieces.
     from discovery.ingress import apply_ingresses
     from discovery.secrets import by_ident
-    return apply_ingresses(table, objects.ingresses, objects.ingressclasses, settings,
-                           lambda ns, name: plans.get((ns, name)),
-                           secrets=by_ident(objects.secrets)).table
+    layered = apply_ingresses(table, objects.ingresses, objects.ingressclasses, settings,
+                              lambda ns, name: plans.get((ns, name)),
+                              secrets=by_ident(objects.secrets)).table
+    # The reference sorts and checks the layered table whole (the layer inserts into
+    # sorted parts; the incremental translation's tests compare with this).
+    return RouteTable(http=layered.http, https=layered.https, tcp=layered.tcp,
+                      backends=layered.backends, skipped=layered.skipped, certs=layered.certs)
 
 
 def claim_service(namespace: str, name: str, plan: Plan, settings: Settings,
