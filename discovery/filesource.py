@@ -163,6 +163,7 @@ class FileSource:
         self.settings = settings
         self.poll_interval = poll_interval
         self.synced = False
+        self.last_sync: float | None = None  # a file is read, never synced with a cluster
         self.version = 0
         self._last: RouteTable | None = None
         self._signature: Signature | None = None
@@ -179,6 +180,10 @@ class FileSource:
         st = os.stat(self.path)
         sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         return sig, time.time_ns() - st.st_mtime_ns < _RACY_NS
+
+    def metrics(self) -> dict[str, float]:
+        """No watch to report on: the stats page's discovery numbers are the cluster's."""
+        return {}
 
     def read(self) -> KubeObjects:
         """Read and parse the file once. Raises FileSourceError."""

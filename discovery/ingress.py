@@ -68,10 +68,9 @@ import re
 from bisect import insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from discovery.secrets import sni_certificates
-from discovery.translate import Ident, Plan, _Port, _Service, checked, service_backend
 from pylb.config import Settings
 from pylb.model import (
     Affinity,
@@ -86,6 +85,9 @@ from pylb.model import (
     route_order,
     skipped_order,
 )
+
+if TYPE_CHECKING:  # translate.py builds this layer on top of its table (no cycle)
+    from discovery.translate import Ident, Plan, _Port, _Service
 
 log = logging.getLogger("pylb.discovery")
 
@@ -102,7 +104,7 @@ _PATH_TYPES = {"Exact": PathMatch.EXACT, "Prefix": PathMatch.PREFIX,
                "ImplementationSpecific": PathMatch.PREFIX}
 _LOGGED_MAX = 10_000
 
-PlanOf = Callable[[str, str], Plan | None]
+PlanOf = Callable[[str, str], "Plan | None"]
 T = TypeVar("T")
 
 
@@ -432,9 +434,7 @@ class _Layer:
             for step in plan.steps:
                 if not isinstance(step, str) and step[0] == target.port:
                     servers = step[1]
-            svc = plan.svc
-            backend = service_backend(svc, target.port, servers, checked(svc.ann,
-                                                                         self.settings))
+            backend = plan.backend(target.port, servers, self.settings)
         else:
             backend = Backend(target.backend)
         was = self.previous.get_backend(backend.name) if self.previous is not None else None

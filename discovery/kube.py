@@ -67,10 +67,10 @@ from discovery.informer import (
     Kind,
     Object,
 )
-from discovery.kubeclient import make_api_client
 from discovery.translate import KubeObjects
 from pylb import collector
 from pylb.config import Settings
+from pylb.kubeapi import client_for
 from pylb.model import RouteTable
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def watched_kinds(settings: Settings) -> tuple[Kind, ...]:
 class KubeSource:
     """Publishes a `RouteTable` for the cluster's services, and a new one on each change.
 
-    `api_client_factory` makes the client (default: `make_api_client(settings)`); the
+    `api_client_factory` makes the client (default: `pylb.kubeapi.client_for(settings)`); the
     source closes it when `run` ends. `translate_fn` (tests) replaces the incremental
     translation by a whole one, called with every object on each change; `resolver`, and
     the informers' backoff `rng` and `sleep` are there for tests too.
@@ -117,7 +117,7 @@ class KubeSource:
     ) -> None:
         self.settings = settings
         self._kinds = watched_kinds(settings)
-        self._factory = api_client_factory or (lambda: make_api_client(settings))
+        self._factory = api_client_factory or (lambda: client_for(settings))
         self._translate = translate_fn
         self._rng = rng
         self._sleep = sleep
@@ -269,6 +269,7 @@ class KubeSource:
         started = time.monotonic()
         if len(changes) > SMALL_BUILD or translator.dirty > SMALL_BUILD:
             table = await asyncio.to_thread(self._build_big, translator, changes, external)
+            collector.trim()  # what the build and the lists before it freed (see trim)
         else:
             table = self._build_incremental(translator, changes, external)
         self._translator = translator

@@ -1,12 +1,16 @@
 """Kubernetes objects → RouteTable: the 2015 service-loadbalancer's rules, as one pure function.
 
 Theory of operation. `translate()` takes plain dicts as the API server returns them
-(camelCase keys) and the settings, and returns a `RouteTable`. It does no I/O and keeps no
-state. It is the reference: the watcher and the file source get the same table from
-discovery/incremental.py, which keeps per-service results between changes and redoes only
-what a change touches, using this module's pieces — `plan_service` (the per-service part
-of passes 1 and 2), `claim_service` (pass 3 for one service) and `claim_keys` (which
-services' claims can interact) — and whose tests check it against `translate()`.
+(camelCase keys) and the settings, and returns a `RouteTable`. It does no I/O, and its
+result depends on its arguments alone; the one state it keeps is a memo of address texts
+(`_canonical_ip`, a module-global `functools.lru_cache`, which is thread-safe: the
+watcher and the file source call this module from a worker thread, `asyncio.to_thread`,
+while the loop may call it too). It is the reference: the watcher and the file source get
+the same table from discovery/incremental.py, which keeps per-service results between
+changes and redoes only what a change touches, using this module's pieces —
+`plan_service` (the per-service part of passes 1 and 2), `claim_service` (pass 3 for one
+service) and `claim_keys` (which services' claims can interact) — and whose tests check it
+against `translate()`.
 
 It works in three passes:
 
@@ -99,6 +103,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from discovery.ingress import apply_ingresses
+from discovery.secrets import by_ident
 from pylb.config import CheckScope, Settings
 from pylb.model import (
     Affinity,
@@ -230,10 +236,25 @@ def _opt_bool(value: Any, default: bool, what: str) -> bool:
     return value
 
 
-@functools.lru_cache(maxsize=1 << 18)
+# An IPv4 address in canonical dotted-decimal form (no leading zeros): ipaddress's own
+# text for it is the very same string.
+_CANONICAL_V4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+                           r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)", re.ASCII)
+
+
 def _canonical_ip(value: str) -> str | None:
-    """The canonical text of an IP address, or None. Cached: a big cluster has 100,000
-    endpoints, each parsed again on every table rebuild, and ipaddress is slow."""
+    """The canonical text of an IP address, or None. The common case — an IPv4 address as
+    Kubernetes writes it — is `value` itself, checked by a regular expression: no parse, no
+    new string, nothing cached (a cache entry and a second copy of each address were ~15 MiB
+    at 100,000 endpoints). Anything else is parsed, cached: ipaddress is slow, and every
+    endpoint is read again on every rebuild of its service."""
+    if _CANONICAL_V4.fullmatch(value) is not None:
+        return value
+    return _parsed_ip(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parsed_ip(value: str) -> str | None:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
@@ -927,6 +948,12 @@ class Plan:
     error: str | None
     cloud_lb: bool = False  # type LoadBalancer without our class: a cloud LB serves it
 
+    def backend(self, port: _Port, servers: tuple[Server, ...], settings: Settings) -> Backend:
+        """The HTTP backend of one of this (usable) service's ports: its route's, or an
+        Ingress's (discovery/ingress.py)."""
+        assert self.svc is not None
+        return service_backend(self.svc, port, servers, checked(self.svc.ann, settings))
+
 
 def plan_service(obj: dict[str, Any], namespace: str, name: str, settings: Settings,
                  slices: list[Any], endpoints: list[Any], external: Any) -> Plan:
@@ -983,9 +1010,6 @@ def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
     table = builder.table()
     if settings.ingress_class is None:
         return table
-    # Imported here: discovery.ingress builds on this module's pieces.
-    from discovery.ingress import apply_ingresses
-    from discovery.secrets import by_ident
     layered = apply_ingresses(table, objects.ingresses, objects.ingressclasses, settings,
                               lambda ns, name: plans.get((ns, name)),
                               secrets=by_ident(objects.secrets)).table

@@ -27,7 +27,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from election import kapi
 from election.decide import format_time
-from election.publish import COMPONENT, ServiceEvent, event_name, ingress_patch
+from election.objects import COMPONENT, ServiceEvent, event_name, ingress_patch
 from pylb.model import PathMatch, RouteTable
 
 log = logging.getLogger("pylb.election.publish")

@@ -25,42 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from election import ingress_status as ing
 from election import kapi
 from election.decide import format_time, utcnow
+from election.objects import COMPONENT, ServiceEvent, event_name, ingress_patch
 from pylb.model import RouteTable
 
 log = logging.getLogger("pylb.election.publish")
 
 LB_CLASS = "pylb.io/lb"
-COMPONENT = "pylb"
 REASON_EXPOSED = "Exposed"
 REASON_SKIPPED = "NotExposed"
 RETRY_AFTER_ERROR = 2.0  # seconds before a failed pass is retried (resync, if shorter)
 
 ServiceKey = tuple[str, str]  # (namespace, name)
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceEvent:
-    namespace: str
-    name: str
-    type: str  # Normal or Warning
-    reason: str
-    message: str
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.namespace, self.name, self.reason)
 
 
 def _service_of_backend(backend: str) -> ServiceKey | None:
@@ -143,20 +129,13 @@ def wants_status(service: dict[str, Any]) -> bool:
     return bool(spec.get("type") == "LoadBalancer" and spec.get("loadBalancerClass") == LB_CLASS)
 
 
-def ingress_patch(service: dict[str, Any], addresses: list[str],
-                  exposed: bool) -> dict[str, Any] | None:
-    """The status patch that brings the service's ingress to what it should be, or None
-    when it already is."""
-    desired = [{"ip": ip} for ip in addresses] if exposed else []
-    current = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    if current == desired:
-        return None
-    return {"status": {"loadBalancer": {"ingress": desired}}}
 
 
-def event_name(service_name: str, uid: str, event: ServiceEvent) -> str:
-    digest = hashlib.sha256(f"{uid}\0{event.reason}\0{event.message}".encode()).hexdigest()
-    return f"{service_name}.pylb-{digest[:12]}"
+def retry_delay(exc: BaseException, resync: float) -> float:
+    """Seconds before a failed pass is tried again: RETRY_AFTER_ERROR, or longer when the
+    server asked for it (Retry-After, read once in pylb.kubeapi), never past the resync."""
+    asked = exc.retry_after if isinstance(exc, kapi.ApiError) else None
+    return min(resync, max(RETRY_AFTER_ERROR, asked or 0.0))
 
 
 class StatusPublisher:
@@ -205,9 +184,9 @@ class StatusPublisher:
                     async with asyncio.timeout(self._pass_timeout):
                         await self.reconcile(table)
                 except (kapi.ApiError, TimeoutError) as exc:
-                    next_pass = loop.time() + min(self._resync, RETRY_AFTER_ERROR)
+                    next_pass = loop.time() + retry_delay(exc, self._resync)
                     log.warning("publishing status failed (retrying): %s",
-                                exc or "timed out")
+                                str(exc) or "timed out")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(poll, self._resync)):
                     await self._wake.wait()
@@ -222,7 +201,6 @@ class StatusPublisher:
             addresses = await self._addresses()
             await self._publish_status(table, services, addresses)
         if self._ingresses:  # additive: Ingresses' status and events
-            from election import ingress_status as ing  # (it builds on this module)
             ingresses = await ing.list_ingresses(self._list, self._namespaces)
             if ingresses:
                 if addresses is None:
