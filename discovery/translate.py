@@ -1030,9 +1030,13 @@ def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
     table = builder.table()
     if settings.ingress_class is None:
         return table
-    return apply_ingresses(table, objects.ingresses, objects.ingressclasses, settings,
-                           lambda ns, name: plans.get((ns, name)),
-                           secrets=by_ident(objects.secrets)).table
+    layered = apply_ingresses(table, objects.ingresses, objects.ingressclasses, settings,
+                              lambda ns, name: plans.get((ns, name)),
+                              secrets=by_ident(objects.secrets)).table
+    # The reference sorts and checks the layered table whole (the layer inserts into
+    # sorted parts; the incremental translation's tests compare with this).
+    return RouteTable(http=layered.http, https=layered.https, tcp=layered.tcp,
+                      backends=layered.backends, skipped=layered.skipped, certs=layered.certs)
 
 
 def claim_service(namespace: str, name: str, plan: Plan, settings: Settings,
