@@ -80,7 +80,10 @@ The rules, each with its reason:
   no TCP port it is an error); `lb.send-proxy: v1|v2` (PROXY protocol to the backends of
   the TCP ports); `lb.check-path` (HTTP health check path; implies `lb.check`);
   `lb.check: "true"|"false"` (active checks for this service whatever `--checks=all|
-  annotated` says; `--checks=off` wins). `spec.sessionAffinity:
+  annotated` says; `--checks=off` wins); `lb.maxconn` (requests or connections in flight
+  per server, more wait in a queue; else `--server-maxconn`) and `lb.rate-limit`
+  (`RATE[/s|/m][,burst=N]` per client address, or `off`; else `--rate-limit`): the syntax
+  is pylb.limits'. `spec.sessionAffinity:
   ClientIP` gives client-IP affinity (on HTTP ports the cookie wins when both are set).
   Booleans are "true" or "false" in any case; any other value — or a value that is not a
   string — is a bad annotation. A `*.` wildcard `lb.host` is accepted only with
@@ -100,6 +103,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pylb.config import CheckScope, Settings
+from pylb.limits import parse_maxconn, parse_rate_limit
 from pylb.model import (
     Affinity,
     Algorithm,
@@ -152,6 +156,8 @@ class _Annotations:
     send_proxy: ProxyProtocol = ProxyProtocol.NONE
     check_path: str | None = None
     check: bool | None = None  # lb.check; lb.check-path alone means True
+    maxconn: int = 0  # lb.maxconn, else --server-maxconn
+    rate_limit: tuple[float, int] | None = None  # lb.rate-limit, else --rate-limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +378,20 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
             raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.check-path: expected a path "
                        f"starting with /, got {check_path!r}")
 
+    maxconn = settings.limits.server_maxconn
+    if "lb.maxconn" in ann:
+        try:
+            maxconn = parse_maxconn(ann["lb.maxconn"])
+        except ValueError as e:
+            raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.maxconn: {e}") from None
+    rate_limit = settings.limits.rate_limit
+    if "lb.rate-limit" in ann:
+        value = ann["lb.rate-limit"].strip()
+        try:  # "off" (or "0") lifts --rate-limit for this service
+            rate_limit = None if value.lower() in ("off", "0") else parse_rate_limit(value)
+        except ValueError as e:
+            raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.rate-limit: {e}") from None
+
     return _Annotations(
         algorithm=algorithm,
         host=host,
@@ -384,6 +404,8 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         send_proxy=send_proxy,
         check_path=check_path,
         check=flags.get("lb.check", True if check_path is not None else None),
+        maxconn=maxconn,
+        rate_limit=rate_limit,
     )
 
 
@@ -1021,14 +1043,15 @@ def _claim_service(plan: Plan, settings: Settings, builder: _Builder) -> None:
                 backend_name, servers, svc.ann.algorithm,
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE,
                 proxy_protocol=svc.ann.send_proxy, check_path=svc.ann.check_path,
-                check=checked)
+                check=checked, maxconn=svc.ann.maxconn, rate_limit=svc.ann.rate_limit)
             for lp in listen[port.port]:
                 builder.add_tcp(svc, port, lp, backend)
         else:
             affinity = (Affinity.COOKIE if svc.ann.cookie else
                         Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE)
             backend = Backend(backend_name, servers, svc.ann.algorithm, affinity,
-                              check_path=svc.ann.check_path, check=checked)
+                              check_path=svc.ann.check_path, check=checked,
+                              maxconn=svc.ann.maxconn, rate_limit=svc.ann.rate_limit)
             builder.add_http(svc, port, backend)
 
 

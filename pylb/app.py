@@ -76,7 +76,7 @@ class DataPlane:
         self.settings = settings
         self.reuse_port = reuse_port
         self.stats = Stats()
-        self.balancers = Balancers(settings.limits)
+        self.balancers = Balancers(settings.limits, stats=self.stats)
         # --maxconn counts every frontend's connections together, as haproxy's global
         # maxconn does.
         self.limit = ConnectionLimit(settings.limits.maxconn)

@@ -98,6 +98,10 @@ class Backend:
     # Actively checked? None: as --checks says for backends not annotated (translate
     # resolves it against the settings, so a rendered table shows it).
     check: bool | None = None
+    # Per-server connection limit (lb.maxconn or --server-maxconn; 0: none) and per-client
+    # rate limit (lb.rate-limit or --rate-limit: per second, burst; None: none).
+    maxconn: int = 0
+    rate_limit: tuple[float, int] | None = None
 
     @property
     def available(self) -> tuple[Server, ...]:
@@ -115,6 +119,10 @@ class Backend:
             head += " check"
         if self.check_path:
             head += f" check-path={self.check_path}"
+        if self.maxconn:
+            head += f" maxconn={self.maxconn}"
+        if self.rate_limit is not None:
+            head += f" rate-limit={self.rate_limit[0]:g}/s,burst={self.rate_limit[1]}"
         lines = [head]
         lines += [f"    server {s.render()}" for s in self.servers]
         if not self.servers:

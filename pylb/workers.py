@@ -48,7 +48,7 @@ import signal
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pylb.config import Settings
@@ -422,6 +422,9 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
     from pylb.app import DataPlane
 
     loop = asyncio.get_running_loop()
+    # Per-server limits are divided among the workers (proxy/queue.py says why).
+    settings = replace(settings, limits=replace(settings.limits,
+                                                worker=(index, settings.workers)))
     plane = DataPlane(settings, reuse_port=True, self_signed_pem=self_signed_pem)
     failed: str | None = None
     try:

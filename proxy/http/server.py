@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from proxy.balance import Balancer, cookie_value
+from proxy.balance import Balancer, cookie_value, normalize_client_ip
 from proxy.http import headers as hdr
 from proxy.http.errors import error_response, redirect_response
 from proxy.http.parser import (
@@ -57,6 +57,8 @@ from proxy.http.parser import (
 )
 from proxy.http.routing import split_target
 from proxy.http.upstream import HIGH_WATER, LOW_WATER, UpstreamProtocol
+from proxy.queue import Gate, Ticket
+from proxy.ratelimit import retry_after
 from pylb.counters import Counters
 from pylb.failures import Failure
 from pylb.model import Affinity, Backend, Server
@@ -82,6 +84,7 @@ class ClientProtocol(asyncio.Protocol):
         "_backend",
         "_balancer",
         "_be_c",
+        "_body_timer",
         "_bytes_out_req",
         "_chunked_out",
         "_close_after",
@@ -109,6 +112,7 @@ class ClientProtocol(asyncio.Protocol):
         "_resp_bytes",
         "_resp_done",
         "_server",
+        "_slot",
         "_srv_c",
         "_ssl_client",
         "_status",
@@ -116,6 +120,7 @@ class ClientProtocol(asyncio.Protocol):
         "_t_conn",
         "_t_head",
         "_t_resp",
+        "_ticket",
         "_timer",
         "_tkind",
         "_tlen",
@@ -163,6 +168,7 @@ class ClientProtocol(asyncio.Protocol):
         self._close_after = False
         self._feeding = False  # inside parser.feed: writes to the backend wait for its end
         self._gone = False  # closing: parser events that still come are ignored
+        self._body_timer: asyncio.TimerHandle | None = None  # --timeout-request-body
         self._reset()
 
     def _reset(self) -> None:
@@ -175,6 +181,9 @@ class ClientProtocol(asyncio.Protocol):
         self._backend: Backend | None = None
         self._balancer: Balancer | None = None
         self._server: Server | None = None
+        # A per-server slot held (proxy.queue), or a place in the queue for one.
+        self._slot: Server | None = None
+        self._ticket: Ticket | None = None
         self._up: UpstreamProtocol | None = None
         self._srv_c: Counters | None = None
         self._be_c: Counters | None = None
@@ -500,6 +509,9 @@ class ClientProtocol(asyncio.Protocol):
             self._enqueue(2, None)
             return
         self._req_done = True
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         req = self._req
         if req.chunked and not self._discard:
             if self._up is not None:
@@ -552,6 +564,9 @@ class ClientProtocol(asyncio.Protocol):
         self._fe.req_total += 1
         if head.chunked or head.content_length:  # head.has_body
             self._arm(_T_CLIENT, proxy.settings.timeouts.client, now)
+            body_timeout = proxy.settings.timeouts.http_body
+            if body_timeout is not None:
+                self._body_timer = self._loop.call_at(now + body_timeout, self._body_late)
         else:
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         authority, path, query = split_target(head.target)
@@ -572,6 +587,14 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._backend = backend
         self._balancer = balancer
+        if balancer.limiter is not None:
+            wait = balancer.limiter.check(normalize_client_ip(self.client_ip))
+            if wait:
+                self._fe.denied_req += 1
+                proxy.stats.backend(backend.name).denied_req += 1
+                self._local(429, None, Failure.RATE_LIMITED,
+                            b"retry-after: %d\r\n" % retry_after(wait))
+                return
         cookie_name = None
         if backend.affinity is _COOKIE:
             cookie_name = backend.cookie_name.encode()
@@ -590,7 +613,24 @@ class ClientProtocol(asyncio.Protocol):
         assert balancer is not None and self._backend is not None
         proxy = self._proxy
         cookie = self._cookie.decode("latin-1") if self._cookie else None
+        if self._slot is not None:
+            self._free_slot()  # a retry: the failed attempt's slot goes back first
         server = balancer.pick(self.client_ip, self._exclude or (), cookie)
+        if balancer.gate is not None:
+            got = balancer.gate.admit(self, balancer, server, self.client_ip,
+                                      self._exclude or ())
+            if type(got) is Ticket:
+                self._ticket = got  # queue_granted or queue_expired comes later
+                return
+            if type(got) is Failure:
+                if got is not Failure.NO_SERVER:
+                    proxy.stats.fail(got)
+                    proxy.stats.backend(self._backend.name).conn_errors += 1
+                    self._fail(got)
+                    return
+                server = None
+            else:
+                server = self._slot = cast(Server, got)
         if server is None:
             if last is None:
                 proxy.stats.fail(Failure.NO_SERVER)
@@ -601,6 +641,9 @@ class ClientProtocol(asyncio.Protocol):
                 proxy.stats.backend(self._backend.name).resp_errors += 1
             self._fail(last or Failure.NO_SERVER)
             return
+        self._go(server)
+
+    def _go(self, server: Server) -> None:
         self._server = server
         # A retry goes on a new connection: another idle one may have been closed by the
         # server just as this one was, and a new one cannot lose the keep-alive race.
@@ -610,7 +653,48 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._connecting = True
         self._t_conn = 0.0
-        proxy.connect(self, server)
+        self._proxy.connect(self, server)
+
+    # -- the queue (proxy.queue calls these) ---------------------------------------------
+
+    def queue_granted(self, server: Server) -> None:
+        self._ticket = None
+        self._slot = server
+        self._go(server)
+
+    def queue_expired(self, failure: Failure) -> None:
+        self._ticket = None
+        proxy = self._proxy
+        proxy.stats.fail(failure)
+        if self._backend is not None:
+            proxy.stats.backend(self._backend.name).conn_errors += 1
+        self._fail(failure)
+
+    def _free_slot(self) -> None:
+        balancer = self._balancer
+        gate: Gate | None = balancer.gate if balancer is not None else None
+        ticket, slot = self._ticket, self._slot
+        self._ticket = self._slot = None
+        if gate is not None and balancer is not None:
+            if ticket is not None:
+                gate.cancel(ticket)
+            if slot is not None:
+                gate.release(slot, balancer)
+
+    def _body_late(self) -> None:
+        """--timeout-request-body: the body is not whole in time (a slow POST). 408, and
+        its server slot and connection are freed."""
+        self._body_timer = None
+        if self.closed or self._req is None or self._req_done:
+            return
+        self._proxy.stats.fail(Failure.BODY_TIMEOUT)
+        self._fe.req_errors += 1
+        if self._resp is None:
+            self._drop_upstream()
+            self._close_after = True
+            self._respond_error(Failure.BODY_TIMEOUT)
+        else:
+            self._abort_all()
 
     def connect_done(self, server: Server, up: UpstreamProtocol | None,
                      failure: Failure | None, local: bool = False) -> None:
@@ -913,8 +997,9 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- answering ----------------------------------------------------------------------
 
-    def _local(self, status: int, body: bytes | None, failure: Failure) -> None:
-        """Answer the current request ourselves."""
+    def _local(self, status: int, body: bytes | None, failure: Failure,
+               extra: bytes = b"") -> None:
+        """Answer the current request ourselves (`extra`: header lines)."""
         proxy = self._proxy
         proxy.stats.fail(failure)
         req = self._req
@@ -922,7 +1007,7 @@ class ClientProtocol(asyncio.Protocol):
         close = req.has_body or not req.keep_alive or proxy.closing or req.upgrade
         self._status = status
         self._fe.response(status)
-        self._wbuf.append(error_response(status, body, close=close,
+        self._wbuf.append(error_response(status, body, close=close, extra=extra,
                                          head_only=req.method == b"HEAD"))
         self._local_done(close)
 
@@ -1051,6 +1136,11 @@ class ClientProtocol(asyncio.Protocol):
             up.detach()
             up.close()
         self._release_server()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if self._slot is not None or self._ticket is not None:
+            self._free_slot()  # after the pool took `up`: the next in line gets it warm
         if log_it and access_log.isEnabledFor(logging.INFO):
             self._log()
         self._reset()

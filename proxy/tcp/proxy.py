@@ -53,7 +53,7 @@ import logging
 import socket
 from typing import Any, cast
 
-from proxy.balance import Balancer, Balancers
+from proxy.balance import Balancer, Balancers, normalize_client_ip
 from proxy.listener import (
     BACKLOG,
     EXPIRY_SLACK,
@@ -62,6 +62,7 @@ from proxy.listener import (
     Listener,
     bind_socket,
 )
+from proxy.queue import Ticket
 from proxy.tcp import proxyproto
 from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
 from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
@@ -337,9 +338,11 @@ class _Conn(asyncio.Protocol):
         "seen_up",
         "server",
         "server_at",
+        "slot",
         "splice_at",
         "st",
         "state",
+        "ticket",
         "tries",
         "up",
         "upstream",
@@ -361,6 +364,8 @@ class _Conn(asyncio.Protocol):
         self.bal: Balancer | None = None
         self.backend = ""
         self.server: Server | None = None
+        self.slot: Server | None = None  # a per-server slot held (proxy.queue)
+        self.ticket: Ticket | None = None  # or a place in the queue for one
         self.scounters: Counters | None = None
         self.bcounters: Counters | None = None
         self.sbuf = b""  # the client's first bytes, until the server is connected
@@ -460,11 +465,25 @@ class _Conn(asyncio.Protocol):
         self.bcounters = proxy.stats.backend(backend)
         bal = self.bal = proxy.balancers.get(backend)
         if bal is not None and (bal.backend.algorithm is Algorithm.SOURCE
-                                or bal.backend.affinity is Affinity.CLIENT_IP):
+                                or bal.backend.affinity is Affinity.CLIENT_IP
+                                or bal.limiter is not None):
             # Two syscalls and a socket object: only when the choice depends on it.
             peer = self.ct.get_extra_info("peername")
             self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        if bal is not None and bal.limiter is not None \
+                and bal.limiter.check(normalize_client_ip(self.client_ip)):
+            # Over the client's rate of new connections: reset, as haproxy's
+            # `tcp-request connection reject` (nothing was read, nothing is answered).
+            self.fcounters.denied_conn += 1
+            self.bcounters.denied_conn += 1
+            proxy.stats.fail(Failure.RATE_LIMITED)
+            self.abort(None)
+            return
         server = bal.pick(self.client_ip) if bal is not None else None
+        if bal is not None and bal.gate is not None:
+            server = self._admit(bal, server)
+            if server is None:
+                return  # queued, or refused
         if server is None:
             self.bcounters.conn_errors += 1
             proxy.stats.fail(Failure.NO_SERVER)
@@ -473,6 +492,51 @@ class _Conn(asyncio.Protocol):
         assert bal is not None
         self.tries = max(0, proxy.settings.limits.retries)
         self._dial(bal, server)
+
+    def _admit(self, bal: Balancer, server: Server | None) -> Server | None:
+        """A gated backend (proxy.queue): the server to dial now, or None when this
+        connection waits in the queue (or was refused: then it is closed)."""
+        assert bal.gate is not None
+        got = bal.gate.admit(self, bal, server, self.client_ip, self.exclude or ())
+        if type(got) is Ticket:
+            self.ticket = got
+            return None
+        if type(got) is Failure:
+            if got is Failure.NO_SERVER:
+                self.bcounters.conn_errors += 1  # type: ignore[union-attr]
+                self.proxy.stats.fail(got)
+            else:
+                self.queue_expired(got)
+                return None
+            self.abort(None)
+            return None
+        self.slot = cast(Server, got)
+        return self.slot
+
+    def queue_granted(self, server: Server) -> None:
+        self.ticket = None
+        self.slot = server
+        bal = self.bal
+        assert bal is not None
+        self._dial(bal, server)
+
+    def queue_expired(self, failure: Failure) -> None:
+        self.ticket = None
+        if self.bcounters is not None:
+            self.bcounters.conn_errors += 1
+        self.proxy.stats.fail(failure)
+        self.abort(None)
+
+    def _free_slot(self) -> None:
+        bal = self.bal
+        gate = bal.gate if bal is not None else None
+        ticket, slot = self.ticket, self.slot
+        self.ticket = self.slot = None
+        if gate is not None and bal is not None:
+            if ticket is not None:
+                gate.cancel(ticket)
+            if slot is not None:
+                gate.release(slot, bal)
 
     def _dial(self, bal: Balancer, server: Server) -> None:
         bal.acquire(server)
@@ -499,6 +563,8 @@ class _Conn(asyncio.Protocol):
             return
         bal.release(server)
         self.server = None
+        if self.slot is not None:
+            self._free_slot()
         self.bcounters.conn_errors += 1
         self.proxy.stats.fail(failure)
         if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
@@ -513,6 +579,10 @@ class _Conn(asyncio.Protocol):
             self.exclude = set()
         self.exclude.add(server.key)
         nxt = bal.pick(self.client_ip, self.exclude) if self.tries > 0 else None
+        if bal.gate is not None and self.tries > 0:
+            nxt = self._admit(bal, nxt)
+            if nxt is None:
+                return  # queued, or refused
         if nxt is None:
             self.abort(None)
             return
@@ -663,6 +733,8 @@ class _Conn(asyncio.Protocol):
         if self.server is not None and self.bal is not None:
             self.bal.release(self.server)
             self.server = None
+        if self.slot is not None or self.ticket is not None:
+            self._free_slot()
 
     def flush_counts(self) -> None:
         pump = self.pump
