@@ -18,10 +18,12 @@ from proxy.balance import Balancers
 from proxy.http import HttpProxy
 from proxy.tcp import TcpProxy
 from pylb.config import Limits, Settings, Timeouts
-from pylb.counters import Stats
+from pylb.counters import Stats, merge_snapshots
 from pylb.failures import Failure
 from pylb.model import Affinity, Backend, HttpRoute, RouteTable, Server, TcpFrontend
+from pylb.stats import StatsView, render_csv
 from tests.proxy.http.client import RawClient, get
+from tests.pylb.test_stats_render import csv_rows
 
 BACKEND = "default/slow:80"
 
@@ -99,6 +101,14 @@ async def http_proxy(settings: Settings, backend: Backend,
     return proxy, port, stats, balancers
 
 
+def stats_row(stats: Stats, backend: Backend, svname: str = "BACKEND") -> dict[str, str]:
+    """The backend's row of the stats CSV, as the stats page would show it now."""
+    table = RouteTable(http=(HttpRoute("slow", "/slow", backend.name),), backends=(backend,))
+    view = StatsView(version="t", pid=1, started=0.0, now=time.time(), table=table,
+                     counters=merge_snapshots([stats.snapshot()]))
+    return csv_rows(render_csv(view))[(backend.name, svname)]
+
+
 async def wait_for(cond: object, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():  # type: ignore[operator]
@@ -129,6 +139,9 @@ async def test_maxconn_2_queue_serves_50_clients_in_order(slow: list[SlowBackend
         assert gate.waiting == 48 - (len(be.order) - 2)
         row = stats.backend(BACKEND)
         assert row.queue_max >= 40
+        filling = stats_row(stats, backend)  # the stats page while the queue is full
+        assert int(filling["qcur"]) == gate.waiting and int(filling["qmax"]) >= 40
+        assert stats_row(stats, backend, "s1")["slim"] == "2"
         be.delay = 0.01
         statuses = await asyncio.gather(*(c.read_response(timeout=60) for c in clients))
     finally:
@@ -141,6 +154,9 @@ async def test_maxconn_2_queue_serves_50_clients_in_order(slow: list[SlowBackend
     row = stats.backend(BACKEND)
     assert row.queue_cur == 0 and row.queued == 48 and row.queue_time > 0
     assert gate.used == {} and gate.waiting == 0
+    drained = stats_row(stats, backend)
+    assert drained["qcur"] == "0" and int(drained["qmax"]) >= 40
+    assert int(drained["qtime"]) > 0
 
 
 async def test_queue_timeout_503_for_the_rest(slow: list[SlowBackend]) -> None:
