@@ -95,6 +95,7 @@ class ClientProtocol(asyncio.Protocol):
         "_fe",
         "_feeding",
         "_gone",
+        "_held",
         "_keep",
         "_loop",
         "_out_head",
@@ -112,7 +113,6 @@ class ClientProtocol(asyncio.Protocol):
         "_resp_bytes",
         "_resp_done",
         "_server",
-        "_slot",
         "_srv_c",
         "_ssl_client",
         "_status",
@@ -120,7 +120,6 @@ class ClientProtocol(asyncio.Protocol):
         "_t_conn",
         "_t_head",
         "_t_resp",
-        "_ticket",
         "_timer",
         "_tkind",
         "_tlen",
@@ -169,6 +168,10 @@ class ClientProtocol(asyncio.Protocol):
         self._feeding = False  # inside parser.feed: writes to the backend wait for its end
         self._gone = False  # closing: parser events that still come are ignored
         self._body_timer: asyncio.TimerHandle | None = None  # --timeout-request-body
+        # A per-server slot held (proxy.queue), or a place in the queue for one: set only
+        # on a backend with a limit, and cleared by `_free_slot` when the exchange ends
+        # (not by `_reset`, which runs per request). One field: one test per request.
+        self._held: Server | Ticket | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -181,9 +184,6 @@ class ClientProtocol(asyncio.Protocol):
         self._backend: Backend | None = None
         self._balancer: Balancer | None = None
         self._server: Server | None = None
-        # A per-server slot held (proxy.queue), or a place in the queue for one.
-        self._slot: Server | None = None
-        self._ticket: Ticket | None = None
         self._up: UpstreamProtocol | None = None
         self._srv_c: Counters | None = None
         self._be_c: Counters | None = None
@@ -508,10 +508,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._queue is not None or self._req_done or self._req is None:
             self._enqueue(2, None)
             return
-        self._req_done = True
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._req_done = True  # (an armed _body_timer finds this, or _end_exchange ends it)
         req = self._req
         if req.chunked and not self._discard:
             if self._up is not None:
@@ -613,14 +610,14 @@ class ClientProtocol(asyncio.Protocol):
         assert balancer is not None and self._backend is not None
         proxy = self._proxy
         cookie = self._cookie.decode("latin-1") if self._cookie else None
-        if self._slot is not None:
+        if self._held is not None:
             self._free_slot()  # a retry: the failed attempt's slot goes back first
         server = balancer.pick(self.client_ip, self._exclude or (), cookie)
         if balancer.gate is not None:
             got = balancer.gate.admit(self, balancer, server, self.client_ip,
                                       self._exclude or ())
             if type(got) is Ticket:
-                self._ticket = got  # queue_granted or queue_expired comes later
+                self._held = got  # queue_granted or queue_expired comes later
                 return
             if type(got) is Failure:
                 if got is not Failure.NO_SERVER:
@@ -630,7 +627,8 @@ class ClientProtocol(asyncio.Protocol):
                     return
                 server = None
             else:
-                server = self._slot = cast(Server, got)
+                server = cast(Server, got)
+                self._held = server
         if server is None:
             if last is None:
                 proxy.stats.fail(Failure.NO_SERVER)
@@ -641,9 +639,6 @@ class ClientProtocol(asyncio.Protocol):
                 proxy.stats.backend(self._backend.name).resp_errors += 1
             self._fail(last or Failure.NO_SERVER)
             return
-        self._go(server)
-
-    def _go(self, server: Server) -> None:
         self._server = server
         # A retry goes on a new connection: another idle one may have been closed by the
         # server just as this one was, and a new one cannot lose the keep-alive race.
@@ -653,17 +648,24 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._connecting = True
         self._t_conn = 0.0
-        self._proxy.connect(self, server)
+        proxy.connect(self, server)
 
     # -- the queue (proxy.queue calls these) ---------------------------------------------
 
     def queue_granted(self, server: Server) -> None:
-        self._ticket = None
-        self._slot = server
-        self._go(server)
+        """`_dispatch`'s end, for a request that waited (kept inline there: a call per
+        request costs the no-limit path ~200 instructions, bench/instructions.py)."""
+        self._held = self._server = server
+        up = self._pool.take(server.key) if not self._attempts else None
+        if up is not None:
+            self._attach(up)
+            return
+        self._connecting = True
+        self._t_conn = 0.0
+        self._proxy.connect(self, server)
 
     def queue_expired(self, failure: Failure) -> None:
-        self._ticket = None
+        self._held = None
         proxy = self._proxy
         proxy.stats.fail(failure)
         if self._backend is not None:
@@ -673,13 +675,13 @@ class ClientProtocol(asyncio.Protocol):
     def _free_slot(self) -> None:
         balancer = self._balancer
         gate: Gate | None = balancer.gate if balancer is not None else None
-        ticket, slot = self._ticket, self._slot
-        self._ticket = self._slot = None
+        held = self._held
+        self._held = None
         if gate is not None and balancer is not None:
-            if ticket is not None:
-                gate.cancel(ticket)
-            if slot is not None:
-                gate.release(slot, balancer)
+            if type(held) is Ticket:
+                gate.cancel(held)
+            elif held is not None:
+                gate.release(cast(Server, held), balancer)
 
     def _body_late(self) -> None:
         """--timeout-request-body: the body is not whole in time (a slow POST). 408, and
@@ -1139,7 +1141,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        if self._slot is not None or self._ticket is not None:
+        if self._held is not None:
             self._free_slot()  # after the pool took `up`: the next in line gets it warm
         if log_it and access_log.isEnabledFor(logging.INFO):
             self._log()
