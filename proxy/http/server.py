@@ -364,9 +364,10 @@ class ClientProtocol(asyncio.Protocol):
                 self._wsize = size
                 self._extend(now)
                 return
-        if kind == _T_SERVER and self._connecting:
-            # Still connecting: the connect timeout bounds that (each attempt), and the
-            # server's time starts when it has the request (`_attach` re-arms).
+        if kind == _T_SERVER and (self._connecting or type(self._held) is Ticket):
+            # Still connecting, or queued for a server slot: the connect timeout (each
+            # attempt) or the queue timeout bounds that, and the server's time starts
+            # when it has the request (`_attach` re-arms).
             self._extend(now)
             return
         self._tkind = _T_NONE

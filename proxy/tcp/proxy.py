@@ -480,17 +480,17 @@ class _Conn(asyncio.Protocol):
             self.abort(None)
             return
         server = bal.pick(self.client_ip) if bal is not None else None
+        self.tries = max(0, proxy.settings.limits.retries)
         if bal is not None and bal.gate is not None:
             server = self._admit(bal, server)
             if server is None:
-                return  # queued, or refused
+                return  # queued (queue_granted dials), or refused
         if server is None:
             self.bcounters.conn_errors += 1
             proxy.stats.fail(Failure.NO_SERVER)
             self.abort(None)
             return
         assert bal is not None
-        self.tries = max(0, proxy.settings.limits.retries)
         self._dial(bal, server)
 
     def _admit(self, bal: Balancer, server: Server | None) -> Server | None:

@@ -443,3 +443,24 @@ async def test_l4_rate_limit_resets_new_connections(
         for w in conns:
             w.transport.abort()
         await proxy.shutdown(0)
+
+
+async def test_time_in_the_queue_is_not_the_servers(slow: list[SlowBackend]) -> None:
+    """`timeout server` starts when the server has the request, not while it waits for a
+    slot: a queue timeout above it is honoured (no 504 for the wait)."""
+    be = await SlowBackend(0.5).start()
+    slow.append(be)
+    settings = Settings(timeouts=Timeouts(server=2.0), limits=Limits(queue_timeout=60.0))
+    backend = Backend(BACKEND, (Server("127.0.0.1", be.port, name="s1"),), maxconn=1)
+    proxy, port, _, _ = await http_proxy(settings, backend)
+    clients = []
+    try:
+        for i in range(6):  # the last waits 2.5 s for its slot: past timeout server
+            clients.append(await RawClient.connect(port))
+            await clients[-1].send(get(f"/slow/?id={i}"))
+        got = await asyncio.gather(*(c.read_response(timeout=30) for c in clients))
+        assert [r.status for r in got] == [200] * 6
+    finally:
+        for c in clients:
+            await c.close()
+        await proxy.shutdown(0.5)
