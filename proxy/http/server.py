@@ -125,6 +125,7 @@ class ClientProtocol(asyncio.Protocol):
         "_tlen",
         "_tstamp",
         "_tunnel_eofs",
+        "_tw",
         "_ubuf",
         "_unsent",
         "_up",
@@ -172,6 +173,7 @@ class ClientProtocol(asyncio.Protocol):
         # on a backend with a limit, and cleared by `_free_slot` when the exchange ends
         # (not by `_reset`, which runs per request). One field: one test per request.
         self._held: Server | Ticket | None = None
+        self._tw = 0.0  # seconds the held slot was waited for (the access log's Tw)
         self._reset()
 
     def _reset(self) -> None:
@@ -630,6 +632,7 @@ class ClientProtocol(asyncio.Protocol):
             else:
                 server = cast(Server, got)
                 self._held = server
+                self._tw = 0.0
         if server is None:
             if last is None:
                 proxy.stats.fail(Failure.NO_SERVER)
@@ -656,6 +659,8 @@ class ClientProtocol(asyncio.Protocol):
     def queue_granted(self, server: Server) -> None:
         """`_dispatch`'s end, for a request that waited (kept inline there: a call per
         request costs the no-limit path ~200 instructions, bench/instructions.py)."""
+        ticket = self._held
+        self._tw = self._loop.time() - ticket.since if type(ticket) is Ticket else 0.0
         self._held = self._server = server
         up = self._pool.take(server.key) if not self._attempts else None
         if up is not None:
@@ -666,7 +671,8 @@ class ClientProtocol(asyncio.Protocol):
         self._proxy.connect(self, server)
 
     def queue_expired(self, failure: Failure) -> None:
-        self._held = None
+        # `_held` keeps the (spent) ticket till the exchange ends: the log's Tw reads it,
+        # and `_free_slot`'s cancel of it is a no-op.
         proxy = self._proxy
         proxy.stats.fail(failure)
         if self._backend is not None:
@@ -1142,10 +1148,10 @@ class ClientProtocol(asyncio.Protocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        if self._held is not None:
-            self._free_slot()  # after the pool took `up`: the next in line gets it warm
         if log_it and access_log.isEnabledFor(logging.INFO):
             self._log()
+        if self._held is not None:
+            self._free_slot()  # after the pool took `up`: the next in line gets it warm
         self._reset()
 
     def _log(self) -> None:
@@ -1154,7 +1160,10 @@ class ClientProtocol(asyncio.Protocol):
         t0 = self._t0 or now
         ms: Callable[[float], int] = lambda t: int((t - t0) * 1000) if t else -1  # noqa: E731
         tq = ms(self._t_head)
-        tc = int((self._t_conn - self._t_head) * 1000) if self._t_conn else -1
+        held = self._held  # Tw: time in the queue (haproxy's), when there is one
+        tw = (0 if self._t_conn else -1) if held is None else \
+            int((now - held.since) * 1000) if type(held) is Ticket else int(self._tw * 1000)
+        tc = int((self._t_conn - self._t_head) * 1000) - max(tw, 0) if self._t_conn else -1
         tr = int((self._t_resp - self._t_conn) * 1000) if self._t_resp and self._t_conn \
             else -1
         backend = self._backend.name if self._backend is not None else "<NOSRV>"
@@ -1162,7 +1171,7 @@ class ClientProtocol(asyncio.Protocol):
         line = '%s:%d [%s] %s %s/%s %d/%d/%d/%d/%d %d %d "%s %s HTTP/%s"' % (  # noqa: UP031
             self.client_ip, self.client_port,
             time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime()), self._proxy.frontend,
-            backend, server, tq, 0 if self._t_conn else -1, tc, tr, ms(now), self._status,
+            backend, server, tq, tw, tc, tr, ms(now), self._status,
             self._resp_bytes,
             req.method.decode("latin-1") if req else "<BADREQ>",
             req.target.decode("latin-1") if req else "",

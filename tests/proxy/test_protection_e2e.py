@@ -464,3 +464,36 @@ async def test_time_in_the_queue_is_not_the_servers(slow: list[SlowBackend]) -> 
         for c in clients:
             await c.close()
         await proxy.shutdown(0.5)
+
+
+async def test_access_log_tw_is_the_time_in_the_queue(
+        slow: list[SlowBackend], caplog: pytest.LogCaptureFixture) -> None:
+    """haproxy's Tq/Tw/Tc/Tr/Tt: Tw is the wait for a slot (and not counted in Tc)."""
+    import logging
+    import re
+
+    be = await SlowBackend(0.4).start()
+    slow.append(be)
+    settings = Settings(limits=Limits(queue_timeout=0.2))
+    backend = Backend(BACKEND, (Server("127.0.0.1", be.port, name="s1"),), maxconn=1)
+    proxy, port, _, _ = await http_proxy(settings, backend)
+    try:
+        with caplog.at_level(logging.INFO, logger="pylb.access"):
+            a, b = await RawClient.connect(port), await RawClient.connect(port)
+            await a.send(get("/slow/?id=1"))
+            await wait_for(lambda: be.order == [1], "the first at the server")
+            await b.send(get("/slow/?id=2"))
+            assert (await b.read_response()).status == 503  # after 0.2 s in the queue
+            assert (await a.read_response()).status == 200
+            for c in (a, b):
+                await c.close()
+    finally:
+        await proxy.shutdown(0.5)
+    timers = {}
+    for rec in caplog.records:
+        if rec.name == "pylb.access":
+            m = re.search(r" (-?\d+)/(-?\d+)/(-?\d+)/(-?\d+)/(-?\d+) (\d+) ", rec.getMessage())
+            assert m is not None
+            timers[int(m.group(6))] = [int(x) for x in m.groups()[:5]]
+    assert timers[200][1] == 0  # served at once: no wait
+    assert timers[503][1] >= 195  # waited the queue timeout (less the clock's resolution)
