@@ -13,7 +13,8 @@ Memory is bounded: at most `size` addresses per rate-limited backend per worker 
 `stick-table size`), the least recently seen dropped first (an OrderedDict: O(1) to touch
 and to evict). An address evicted while its bucket is not yet full comes back with a full
 one: the cost of the bound, only under more distinct clients than `size` within
-`burst / rate` seconds. Measured: ~190 bytes per entry (tests/proxy/test_ratelimit.py).
+`burst / rate` seconds. Measured with tracemalloc: 115 bytes per entry for the table's
+node and float, 193 with an IPv6 address string of its own: 100,000 clients ≈ 19 MiB.
 
 Processes: each worker keeps its own table and applies the whole rate, so a client whose
 connections the kernel spreads over N workers may get up to N x rate; dividing the rate
