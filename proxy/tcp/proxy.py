@@ -582,7 +582,8 @@ class _Conn(asyncio.Protocol):
         if bal.gate is not None and self.tries > 0:
             nxt = self._admit(bal, nxt)
             if nxt is None:
-                return  # queued, or refused
+                self.tries -= 1  # queued (a retry that waits is one too), or refused
+                return
         if nxt is None:
             self.abort(None)
             return

@@ -497,3 +497,39 @@ async def test_access_log_tw_is_the_time_in_the_queue(
             timers[int(m.group(6))] = [int(x) for x in m.groups()[:5]]
     assert timers[200][1] == 0  # served at once: no wait
     assert timers[503][1] >= 195  # waited the queue timeout (less the clock's resolution)
+
+
+async def test_l4_a_redispatch_may_wait_in_the_queue(
+        upstream: tuple[asyncio.Server, list[int]]) -> None:
+    """A connect that fails goes to another server; when that one is full, the retry
+    waits for its slot like any other connection."""
+    server, active = upstream
+    port = server.sockets[0].getsockname()[1]
+    with __import__("socket").socket() as s:  # a port nothing listens on: refused
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    backend = Backend("default/db:3306", (Server("127.0.0.1", dead_port, name="dead"),
+                                          Server("127.0.0.1", port, name="live")), maxconn=1)
+    proxy, fport, stats = await tcp_proxy(backend, Limits(queue_timeout=30.0))
+    conns = []
+    try:
+        for _ in range(3):
+            conns.append(await asyncio.open_connection("127.0.0.1", fport))
+        assert await asyncio.wait_for(conns[0][0].readline(), 5) == b"hi\n"
+        await wait_for(lambda: stats.backend(backend.name).queue_cur == 2, "2 waiting")
+        # (Which of the two queued first depends on whether its first try went to the
+        # dead server: a retry joins the queue when it fails.)
+        reads = {i: asyncio.ensure_future(conns[i][0].readline()) for i in (1, 2)}
+        conns[0][1].close()  # the one connected leaves: the first in line goes
+        done, _ = await asyncio.wait(reads.values(), timeout=5,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and next(iter(done)).result() == b"hi\n"
+        first = next(i for i, f in reads.items() if f in done)
+        other = 3 - first
+        conns[first][1].close()
+        assert await asyncio.wait_for(reads[other], 5) == b"hi\n"
+        assert active[1] == 1
+    finally:
+        for _, w in conns:
+            w.transport.abort()
+        await proxy.shutdown(0)
