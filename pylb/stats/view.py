@@ -161,8 +161,12 @@ def _qtime(c: Mapping[str, Any]) -> int:
     """haproxy's qtime: the mean time requests spent in the queue, in ms, counting those
     that did not wait as 0 (haproxy averages its last 1024 requests; pylb since start, so
     that every worker's row adds up exactly)."""
-    n = int(c.get("lbtot", 0))
-    return int(float(c.get("queue_time", 0.0)) * 1000 / n) if n else 0
+    try:
+        n = int(c.get("lbtot", 0))
+        mean = float(c.get("queue_time", 0.0)) * 1000 / n if n > 0 else 0.0
+    except (TypeError, ValueError, OverflowError):  # a worker's report is data, not law
+        return 0
+    return int(mean) if math.isfinite(mean) and mean >= 0 else 0
 
 
 class LazyCounters(Mapping[str, Any]):
