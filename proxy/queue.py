@@ -35,9 +35,9 @@ loop turn.
 Processes. Every worker has its own balancers, so a per-server limit is divided among the
 workers (`worker_share`): with maxconn 10 and 4 workers, the shares are 3, 3, 2, 2, and
 the server never has more than 10 in flight from this node. Divided, not per worker,
-because the limit exists to protect the server: haproxy's `nbproc` applied it per process
-and its documentation warned that the server then sees nbproc x maxconn, which is what an
-operator who writes a server's capacity does not want. The price: the kernel spreads
+because the limit exists to protect the server: under haproxy's `nbproc` each process kept
+its own count, so the server could see nbproc x maxconn, which is not what an operator
+who writes a server's capacity means. The price: the kernel spreads
 connections over workers unevenly, so one worker may queue while another has a free slot
 (at most workers - 1 slots idle). A limit below the number of workers still gives every
 worker one slot (a zero share would refuse everything), so there the server may see
