@@ -160,6 +160,7 @@ class Controller:
             table_version=table.version,
             table_age=(time.time() - self.table_time) if self.table_time else None,
             maxconn=self.settings.limits.maxconn,
+            queue_limit=self.settings.limits.queue_limit,
         )
 
     def alive(self) -> bool:

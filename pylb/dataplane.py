@@ -60,7 +60,8 @@ class DataPlane:
         self.settings = settings
         self.reuse_port = reuse_port
         self.stats = Stats()
-        self.balancers = Balancers(settings.limits, on_eject=self._ejected)
+        self.balancers = Balancers(settings.limits, on_eject=self._ejected,
+                                   stats=self.stats)
         # --maxconn counts every frontend's connections together, as haproxy's global
         # maxconn does.
         self.limit = ConnectionLimit(settings.limits.maxconn)

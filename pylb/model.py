@@ -122,6 +122,10 @@ class Backend:
     check: bool | None = None
     # Failed connects in a row that eject a server (lb.error-limit); None: --error-limit.
     error_limit: int | None = None
+    # Per-server connection limit (lb.maxconn or --server-maxconn; 0: none) and per-client
+    # rate limit (lb.rate-limit or --rate-limit: per second, burst; None: none).
+    maxconn: int = 0
+    rate_limit: tuple[float, int] | None = None
 
     @property
     def available(self) -> tuple[Server, ...]:
@@ -141,6 +145,10 @@ class Backend:
             head += f" check-path={self.check_path}"
         if self.error_limit is not None:
             head += f" error-limit={self.error_limit}"
+        if self.maxconn:
+            head += f" maxconn={self.maxconn}"
+        if self.rate_limit is not None:
+            head += f" rate-limit={self.rate_limit[0]:g}/s,burst={self.rate_limit[1]}"
         lines = [head]
         lines += [f"    server {s.render()}" for s in self.servers]
         if not self.servers:

@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from proxy.balance import Balancer, cookie_value
+from proxy.balance import Balancer, cookie_value, normalize_client_ip
 from proxy.http import headers as hdr
 from proxy.http.errors import error_response, redirect_response
 from proxy.http.parser import (
@@ -57,6 +57,8 @@ from proxy.http.parser import (
 )
 from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import HIGH_WATER, LOW_WATER, UpstreamProtocol
+from proxy.queue import Gate, Ticket
+from proxy.ratelimit import retry_after
 from proxy.retry import Next, after_connect_failure
 from pylb.counters import Counters
 from pylb.failures import Failure
@@ -83,6 +85,7 @@ class ClientProtocol(asyncio.Protocol):
         "_backend",
         "_balancer",
         "_be_c",
+        "_body_timer",
         "_bytes_out_req",
         "_chunked_out",
         "_close_after",
@@ -93,6 +96,7 @@ class ClientProtocol(asyncio.Protocol):
         "_fe",
         "_feeding",
         "_gone",
+        "_held",
         "_keep",
         "_loop",
         "_out_head",
@@ -122,6 +126,7 @@ class ClientProtocol(asyncio.Protocol):
         "_tlen",
         "_tstamp",
         "_tunnel_eofs",
+        "_tw",
         "_ubuf",
         "_unsent",
         "_up",
@@ -164,6 +169,12 @@ class ClientProtocol(asyncio.Protocol):
         self._close_after = False
         self._feeding = False  # inside parser.feed: writes to the backend wait for its end
         self._gone = False  # closing: parser events that still come are ignored
+        self._body_timer: asyncio.TimerHandle | None = None  # --timeout-request-body
+        # A per-server slot held (proxy.queue), or a place in the queue for one: set only
+        # on a backend with a limit, and cleared by `_free_slot` when the exchange ends
+        # (not by `_reset`, which runs per request). One field: one test per request.
+        self._held: Server | Ticket | None = None
+        self._tw = 0.0  # seconds the held slot was waited for (the access log's Tw)
         self._reset()
 
     def _reset(self) -> None:
@@ -356,9 +367,10 @@ class ClientProtocol(asyncio.Protocol):
                 self._wsize = size
                 self._extend(now)
                 return
-        if kind == _T_SERVER and self._connecting:
-            # Still connecting: the connect timeout bounds that (each attempt), and the
-            # server's time starts when it has the request (`_attach` re-arms).
+        if kind == _T_SERVER and (self._connecting or type(self._held) is Ticket):
+            # Still connecting, or queued for a server slot: the connect timeout (each
+            # attempt) or the queue timeout bounds that, and the server's time starts
+            # when it has the request (`_attach` re-arms).
             self._extend(now)
             return
         self._tkind = _T_NONE
@@ -500,7 +512,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._queue is not None or self._req_done or self._req is None:
             self._enqueue(2, None)
             return
-        self._req_done = True
+        self._req_done = True  # (an armed _body_timer finds this, or _end_exchange ends it)
         req = self._req
         if req.chunked and not self._discard:
             if self._up is not None:
@@ -553,6 +565,9 @@ class ClientProtocol(asyncio.Protocol):
         self._fe.req_total += 1
         if head.chunked or head.content_length:  # head.has_body
             self._arm(_T_CLIENT, proxy.settings.timeouts.client, now)
+            body_timeout = proxy.settings.timeouts.http_body
+            if body_timeout is not None:
+                self._body_timer = self._loop.call_at(now + body_timeout, self._body_late)
         else:
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         authority, path, query = split_target(head.target)
@@ -587,6 +602,14 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._backend = backend
         self._balancer = balancer
+        if balancer.limiter is not None:
+            wait = balancer.limiter.check(normalize_client_ip(self.client_ip))
+            if wait:
+                self._fe.denied_req += 1
+                proxy.stats.backend(backend.name).denied_req += 1
+                self._local(429, None, Failure.RATE_LIMITED,
+                            b"retry-after: %d\r\n" % retry_after(wait))
+                return
         cookie_name = None
         if backend.affinity is _COOKIE:
             cookie_name = backend.cookie_name.encode()
@@ -605,7 +628,26 @@ class ClientProtocol(asyncio.Protocol):
         assert balancer is not None and self._backend is not None
         proxy = self._proxy
         cookie = self._cookie.decode("latin-1") if self._cookie else None
+        if self._held is not None:
+            self._free_slot()  # a retry: the failed attempt's slot goes back first
         server = balancer.pick(self.client_ip, self._exclude or (), cookie)
+        if balancer.gate is not None:
+            got = balancer.gate.admit(self, balancer, server, self.client_ip,
+                                      self._exclude or ())
+            if type(got) is Ticket:
+                self._held = got  # queue_granted or queue_expired comes later
+                return
+            if type(got) is Failure:
+                if got is not Failure.NO_SERVER:
+                    proxy.stats.fail(got)
+                    proxy.stats.backend(self._backend.name).conn_errors += 1
+                    self._fail(got)
+                    return
+                server = None
+            else:
+                server = cast(Server, got)
+                self._held = server
+                self._tw = 0.0
         if server is None:
             if last is None:
                 proxy.stats.fail(Failure.NO_SERVER)
@@ -626,6 +668,57 @@ class ClientProtocol(asyncio.Protocol):
         self._connecting = True
         self._t_conn = 0.0
         proxy.connect(self, server)
+
+    # -- the queue (proxy.queue calls these) ---------------------------------------------
+
+    def queue_granted(self, server: Server) -> None:
+        """`_dispatch`'s end, for a request that waited (kept inline there: a call per
+        request costs the no-limit path ~200 instructions, bench/instructions.py)."""
+        ticket = self._held
+        self._tw = self._loop.time() - ticket.since if type(ticket) is Ticket else 0.0
+        self._held = self._server = server
+        up = self._pool.take(server.key) if not self._attempts else None
+        if up is not None:
+            self._attach(up)
+            return
+        self._connecting = True
+        self._t_conn = 0.0
+        self._proxy.connect(self, server)
+
+    def queue_expired(self, failure: Failure) -> None:
+        # `_held` keeps the (spent) ticket till the exchange ends: the log's Tw reads it,
+        # and `_free_slot`'s cancel of it is a no-op.
+        proxy = self._proxy
+        proxy.stats.fail(failure)
+        if self._backend is not None:
+            proxy.stats.backend(self._backend.name).conn_errors += 1
+        self._fail(failure)
+
+    def _free_slot(self) -> None:
+        balancer = self._balancer
+        gate: Gate | None = balancer.gate if balancer is not None else None
+        held = self._held
+        self._held = None
+        if gate is not None and balancer is not None:
+            if type(held) is Ticket:
+                gate.cancel(held)
+            elif held is not None:
+                gate.release(cast(Server, held), balancer)
+
+    def _body_late(self) -> None:
+        """--timeout-request-body: the body is not whole in time (a slow POST). 408, and
+        its server slot and connection are freed."""
+        self._body_timer = None
+        if self.closed or self._req is None or self._req_done:
+            return
+        self._proxy.stats.fail(Failure.BODY_TIMEOUT)
+        self._fe.req_errors += 1
+        if self._resp is None:
+            self._drop_upstream()
+            self._close_after = True
+            self._respond_error(Failure.BODY_TIMEOUT)
+        else:
+            self._abort_all()
 
     def connect_done(self, server: Server, up: UpstreamProtocol | None,
                      failure: Failure | None, local: bool = False) -> None:
@@ -944,8 +1037,9 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- answering ----------------------------------------------------------------------
 
-    def _local(self, status: int, body: bytes | None, failure: Failure) -> None:
-        """Answer the current request ourselves."""
+    def _local(self, status: int, body: bytes | None, failure: Failure,
+               extra: bytes = b"") -> None:
+        """Answer the current request ourselves (`extra`: header lines)."""
         proxy = self._proxy
         proxy.stats.fail(failure)
         req = self._req
@@ -953,7 +1047,7 @@ class ClientProtocol(asyncio.Protocol):
         close = req.has_body or not req.keep_alive or proxy.closing or req.upgrade
         self._status = status
         self._fe.response(status)
-        self._wbuf.append(error_response(status, body, close=close,
+        self._wbuf.append(error_response(status, body, close=close, extra=extra,
                                          head_only=req.method == b"HEAD"))
         self._local_done(close)
 
@@ -1082,8 +1176,13 @@ class ClientProtocol(asyncio.Protocol):
             up.detach()
             up.close()
         self._release_server()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         if log_it and access_log.isEnabledFor(logging.INFO):
             self._log()
+        if self._held is not None:
+            self._free_slot()  # after the pool took `up`: the next in line gets it warm
         self._reset()
 
     def _log(self) -> None:
@@ -1092,7 +1191,10 @@ class ClientProtocol(asyncio.Protocol):
         t0 = self._t0 or now
         ms: Callable[[float], int] = lambda t: int((t - t0) * 1000) if t else -1  # noqa: E731
         tq = ms(self._t_head)
-        tc = int((self._t_conn - self._t_head) * 1000) if self._t_conn else -1
+        held = self._held  # Tw: time in the queue (haproxy's), when there is one
+        tw = (0 if self._t_conn else -1) if held is None else \
+            int((now - held.since) * 1000) if type(held) is Ticket else int(self._tw * 1000)
+        tc = int((self._t_conn - self._t_head) * 1000) - max(tw, 0) if self._t_conn else -1
         tr = int((self._t_resp - self._t_conn) * 1000) if self._t_resp and self._t_conn \
             else -1
         backend = self._backend.name if self._backend is not None else "<NOSRV>"
@@ -1100,7 +1202,7 @@ class ClientProtocol(asyncio.Protocol):
         line = '%s:%d [%s] %s %s/%s %d/%d/%d/%d/%d %d %d "%s %s HTTP/%s"' % (  # noqa: UP031
             self.client_ip, self.client_port,
             time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime()), self._proxy.frontend,
-            backend, server, tq, 0 if self._t_conn else -1, tc, tr, ms(now), self._status,
+            backend, server, tq, tw, tc, tr, ms(now), self._status,
             self._resp_bytes,
             req.method.decode("latin-1") if req else "<BADREQ>",
             req.target.decode("latin-1") if req else "",

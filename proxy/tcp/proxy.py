@@ -55,9 +55,10 @@ import logging
 import socket
 from typing import Any, cast
 
-from proxy.balance import Balancer, Balancers
+from proxy.balance import Balancer, Balancers, normalize_client_ip
 from proxy.connect import Dial, ShortageLog
 from proxy.listener import BACKLOG, ConnectionLimit, Listener, bind_socket
+from proxy.queue import Ticket
 from proxy.retry import Next, after_connect_failure
 from proxy.tcp import proxyproto
 from proxy.tcp.poller import Poller
@@ -247,9 +248,11 @@ class _Conn(asyncio.Protocol):
         "seen_up",
         "server",
         "server_at",
+        "slot",
         "splice_at",
         "st",
         "state",
+        "ticket",
         "up",
         "upstream",
     )
@@ -272,6 +275,8 @@ class _Conn(asyncio.Protocol):
         self.bal: Balancer | None = None
         self.backend = ""
         self.server: Server | None = None
+        self.slot: Server | None = None  # a per-server slot held (proxy.queue)
+        self.ticket: Ticket | None = None  # or a place in the queue for one
         self.scounters: Counters | None = None
         self.bcounters: Counters | None = None
         self.sbuf = b""  # the client's first bytes, until the server is connected
@@ -370,11 +375,26 @@ class _Conn(asyncio.Protocol):
         self.bcounters = proxy.stats.backend(backend)
         bal = self.bal = proxy.balancers.get(backend)
         if bal is not None and (bal.backend.algorithm is Algorithm.SOURCE
-                                or bal.backend.affinity is Affinity.CLIENT_IP):
+                                or bal.backend.affinity is Affinity.CLIENT_IP
+                                or bal.limiter is not None):
             # Two syscalls and a socket object: only when the choice depends on it.
             peer = self.ct.get_extra_info("peername")
             self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        if bal is not None and bal.limiter is not None \
+                and bal.limiter.check(normalize_client_ip(self.client_ip)):
+            # Over the client's rate of new connections: reset, as haproxy's
+            # `tcp-request connection reject` (nothing was read, nothing is answered).
+            self.fcounters.denied_conn += 1
+            self.bcounters.denied_conn += 1
+            proxy.stats.fail(Failure.RATE_LIMITED)
+            self.abort(None)
+            return
         server = bal.pick(self.client_ip) if bal is not None else None
+        if bal is not None and bal.gate is not None:
+            # The wait in the queue spends no connect retry (self.attempts).
+            server = self._admit(bal, server, ())
+            if server is None:
+                return  # queued (queue_granted dials), or refused
         if server is None:
             self.bcounters.conn_errors += 1
             proxy.stats.fail(Failure.NO_SERVER)
@@ -382,6 +402,53 @@ class _Conn(asyncio.Protocol):
             return
         assert bal is not None
         self._dial(bal, server)
+
+    def _admit(self, bal: Balancer, server: Server | None,
+               exclude: set[tuple[str, int]] | tuple[()]) -> Server | None:
+        """A gated backend (proxy.queue): the server to dial now, or None when this
+        connection waits in the queue (or was refused: then it is closed). `exclude`:
+        servers that may not take it now (a redispatch's failed one)."""
+        assert bal.gate is not None
+        got = bal.gate.admit(self, bal, server, self.client_ip, exclude)
+        if type(got) is Ticket:
+            self.ticket = got
+            return None
+        if type(got) is Failure:
+            if got is Failure.NO_SERVER:
+                self.bcounters.conn_errors += 1  # type: ignore[union-attr]
+                self.proxy.stats.fail(got)
+            else:
+                self.queue_expired(got)
+                return None
+            self.abort(None)
+            return None
+        self.slot = cast(Server, got)
+        return self.slot
+
+    def queue_granted(self, server: Server) -> None:
+        self.ticket = None
+        self.slot = server
+        bal = self.bal
+        assert bal is not None
+        self._dial(bal, server)
+
+    def queue_expired(self, failure: Failure) -> None:
+        self.ticket = None
+        if self.bcounters is not None:
+            self.bcounters.conn_errors += 1
+        self.proxy.stats.fail(failure)
+        self.abort(None)
+
+    def _free_slot(self) -> None:
+        bal = self.bal
+        gate = bal.gate if bal is not None else None
+        ticket, slot = self.ticket, self.slot
+        self.ticket = self.slot = None
+        if gate is not None and bal is not None:
+            if ticket is not None:
+                gate.cancel(ticket)
+            if slot is not None:
+                gate.release(slot, bal)
 
     def _dial(self, bal: Balancer, server: Server) -> None:
         bal.acquire(server)
@@ -432,14 +499,23 @@ class _Conn(asyncio.Protocol):
             connect_timeout=proxy.settings.timeouts.connect,
             server_usable=bal.usable(server), others_usable=bal.others_usable(server),
             sticky=bal.sticky)
-        nxt: Server | None = server
+        nxt: Server | None = server  # a retry on the same server keeps its slot
         if step.next is Next.REDISPATCH:
             if self.exclude is None:
                 self.exclude = set()
             self.exclude.add(server.key)
+            if self.slot is not None:
+                self._free_slot()  # the failed server's slot goes to the next in line
             # All others tried: any but this one again.
             nxt = bal.pick(self.client_ip, self.exclude) or \
                 bal.pick(self.client_ip, (server.key,))
+            if bal.gate is not None:
+                # A gated backend: the retry takes a slot, or waits in the queue like any
+                # connection (its dial when granted is this retry: it spent it), or is
+                # refused (then closed).
+                nxt = self._admit(bal, nxt, {server.key})
+                if nxt is None:
+                    return
         if step.next is Next.GIVE_UP or nxt is None:
             self.abort(None)
             return
@@ -598,6 +674,8 @@ class _Conn(asyncio.Protocol):
         if self.server is not None and self.bal is not None:
             self.bal.release(self.server)
             self.server = None
+        if self.slot is not None or self.ticket is not None:
+            self._free_slot()
 
     def flush_counts(self) -> None:
         pump = self.pump
