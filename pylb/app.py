@@ -349,12 +349,49 @@ class Controller:
 
     async def run(self) -> None:
         from proxy.check import HealthChecker
-        from pylb.health import HealthServer
-        from pylb.stats import StatsServer
 
         s = self.settings
         loop = asyncio.get_running_loop()
         self.checker = HealthChecker(s, self.on_check)
+        # Discovery lists while the workers start (each a second or more at 10,000
+        # services); its tables wait in the queue until _apply_tables runs.
+        discovery = loop.create_task(self.source.run(self.publish), name="discovery")
+        try:
+            await self._open(s)
+        except BaseException:
+            discovery.cancel()
+            await asyncio.wait([discovery])
+            raise
+        self._loop = loop
+        for sig in (signal.SIGTERM, signal.SIGINT):  # not the loop's: see pylb.stopping
+            signal.signal(sig, self._on_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        self._tasks = [
+            loop.create_task(self._apply_tables(), name="apply-tables"),
+            discovery,
+            loop.create_task(self.checker.run(), name="health-checks"),
+        ]
+        if s.election:
+            self._tasks.append(loop.create_task(self._run_election(), name="election"))
+        log.info("pylb %s serving: http :%d, stats :%d, health :%d, %d worker(s)",
+                 __version__, s.http_port, s.stats_port, s.health_port, s.workers)
+        stop = loop.create_task(self._stopped.wait())
+        done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        failure: BaseException | None = None
+        for t in done:
+            if t is not stop and not t.cancelled() and t.exception() is not None:
+                failure = t.exception()
+                log.error("%s failed: %s", t.get_name(), failure)
+        stop.cancel()
+        await self.shutdown()
+        if failure is not None:  # e.g. no cluster configuration: say so and exit non-zero
+            raise StartupError(f"{failure}") from failure
+
+    async def _open(self, s: Settings) -> None:
+        """Start the workers (or the data plane here), the stats and health servers."""
+        from pylb.health import HealthServer
+        from pylb.stats import StatsServer
+
         if s.workers > 1:
             from pylb.workers import WorkerPool
 
@@ -376,30 +413,6 @@ class Controller:
             await self.health_server.start(s.bind, s.health_port)
         except OSError as e:
             raise StartupError(f"cannot listen for stats/health: {e.strerror or e}") from None
-        self._loop = loop
-        for sig in (signal.SIGTERM, signal.SIGINT):  # not the loop's: see pylb.stopping
-            signal.signal(sig, self._on_signal)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
-        self._tasks = [
-            loop.create_task(self._apply_tables(), name="apply-tables"),
-            loop.create_task(self.source.run(self.publish), name="discovery"),
-            loop.create_task(self.checker.run(), name="health-checks"),
-        ]
-        if s.election:
-            self._tasks.append(loop.create_task(self._run_election(), name="election"))
-        log.info("pylb %s serving: http :%d, stats :%d, health :%d, %d worker(s)",
-                 __version__, s.http_port, s.stats_port, s.health_port, s.workers)
-        stop = loop.create_task(self._stopped.wait())
-        done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-        failure: BaseException | None = None
-        for t in done:
-            if t is not stop and not t.cancelled() and t.exception() is not None:
-                failure = t.exception()
-                log.error("%s failed: %s", t.get_name(), failure)
-        stop.cancel()
-        await self.shutdown()
-        if failure is not None:  # e.g. no cluster configuration: say so and exit non-zero
-            raise StartupError(f"{failure}") from failure
 
     def stop(self) -> None:
         """Begin the graceful shutdown (as SIGTERM does)."""
