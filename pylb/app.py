@@ -336,8 +336,8 @@ class Controller:
                 self.pool.apply(table)
             elif self.plane is not None:
                 await self.plane.apply(table)
-            # After the data plane has it: checks need not hold traffic up (taking in a
-            # first table of 100,000 checked servers is ~0.5 s).
+            # After the data plane has it: checks need not hold traffic up (a first table
+            # of 100,000 checked servers costs ~60 ms here, then chunks on later turns).
             if self.checker is not None:
                 self.checker.set_table(table)
             if first:  # the first table of a big cluster: see collector.settle
