@@ -28,6 +28,9 @@ Key = tuple[str, int]
 _COOKIE, _CLIENT_IP = Affinity.COOKIE, Affinity.CLIENT_IP
 _ROUNDROBIN, _LEASTCONN, _FIRST, _SOURCE = (Algorithm.ROUNDROBIN, Algorithm.LEASTCONN,
                                             Algorithm.FIRST, Algorithm.SOURCE)
+# "Down until an active check says otherwise": one float object for every such server
+# (`float("inf")` makes a new one per call: 100,000 servers checked down were ~2.4 MiB).
+_CHECKED_DOWN = float("inf")
 
 
 def _rr_pick(servers: tuple[Server, ...], current: dict[Key, int]) -> Server:
@@ -165,27 +168,27 @@ class Balancer:
             self.down.pop(key, None)
             self.fails.pop(key, None)
         else:
-            self.down[key] = float("inf")
+            self.down[key] = _CHECKED_DOWN
 
     def failed(self, server: Server) -> None:
         """A connect to `server` failed: after `passive_fall` in a row it is out for
         `passive_down_for` seconds."""
         n = self.fails.get(server.key, 0) + 1
         self.fails[server.key] = n
-        if n >= self._limits.passive_fall and self.down.get(server.key) != float("inf"):
+        if n >= self._limits.passive_fall and self.down.get(server.key) != _CHECKED_DOWN:
             self.down[server.key] = self._clock() + self._limits.passive_down_for
 
     def succeeded(self, server: Server) -> None:
         if self.fails.pop(server.key, None) is not None:
             until = self.down.get(server.key)
-            if until is not None and until != float("inf"):
+            if until is not None and until != _CHECKED_DOWN:
                 del self.down[server.key]
 
     def is_up(self, server: Server) -> bool:
         until = self.down.get(server.key)
         if until is None:
             return True
-        if until != float("inf") and until <= self._clock():
+        if until != _CHECKED_DOWN and until <= self._clock():
             del self.down[server.key]  # retry it now
             return True
         return False
@@ -336,7 +339,7 @@ class Balancers:
                 elif b.name not in names:
                     by_key[key] = (*names, b.name)
                 # A server new to this backend may already be known down by an active check.
-                if self._health.get(key) is False and bal.down.get(key) != float("inf"):
+                if self._health.get(key) is False and bal.down.get(key) != _CHECKED_DOWN:
                     bal.set_health(key, False)
         return {k for k in left if k not in by_key}
 
