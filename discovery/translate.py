@@ -1,12 +1,16 @@
 """Kubernetes objects → RouteTable: the 2015 service-loadbalancer's rules, as one pure function.
 
 Theory of operation. `translate()` takes plain dicts as the API server returns them
-(camelCase keys) and the settings, and returns a `RouteTable`. It does no I/O and keeps no
-state. It is the reference: the watcher and the file source get the same table from
-discovery/incremental.py, which keeps per-service results between changes and redoes only
-what a change touches, using this module's pieces — `plan_service` (the per-service part
-of passes 1 and 2), `claim_service` (pass 3 for one service) and `claim_keys` (which
-services' claims can interact) — and whose tests check it against `translate()`.
+(camelCase keys) and the settings, and returns a `RouteTable`. It does no I/O, and its
+result depends on its arguments alone; the one state it keeps is a memo of address texts
+(`_canonical_ip`, a module-global `functools.lru_cache`, which is thread-safe: the
+watcher and the file source call this module from a worker thread, `asyncio.to_thread`,
+while the loop may call it too). It is the reference: the watcher and the file source get
+the same table from discovery/incremental.py, which keeps per-service results between
+changes and redoes only what a change touches, using this module's pieces —
+`plan_service` (the per-service part of passes 1 and 2), `claim_service` (pass 3 for one
+service) and `claim_keys` (which services' claims can interact) — and whose tests check it
+against `translate()`.
 
 It works in three passes:
 
@@ -80,8 +84,11 @@ The rules, each with its reason:
   no TCP port it is an error); `lb.send-proxy: v1|v2` (PROXY protocol to the backends of
   the TCP ports); `lb.check-path` (HTTP health check path; implies `lb.check`);
   `lb.check: "true"|"false"` (active checks for this service whatever `--checks=all|
-  annotated` says; `--checks=off` wins). `spec.sessionAffinity:
-  ClientIP` gives client-IP affinity (on HTTP ports the cookie wins when both are set).
+  annotated` says; `--checks=off` wins); `lb.error-limit: N` (failed connects in a row
+  that eject a server, as `--error-limit`; 0 never ejects); `lb.slash-redirect: "true"`
+  (the bare prefix `/name` answers 301 to `/name/`, the query kept; stripping routes).
+  `spec.sessionAffinity: ClientIP` gives client-IP affinity (on HTTP ports the cookie
+  wins when both are set).
   Booleans are "true" or "false" in any case; any other value — or a value that is not a
   string — is a bad annotation. A `*.` wildcard `lb.host` is accepted only with
   `lb.sslPassthrough` (SNI matches wildcards; Host routes do not) and is then not put on
@@ -99,6 +106,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from discovery.ingress import apply_ingresses
+from discovery.secrets import by_ident
 from pylb.config import CheckScope, Settings
 from pylb.model import (
     Affinity,
@@ -133,6 +142,9 @@ class KubeObjects:
     endpointslices: tuple[dict[str, Any], ...] = ()
     endpoints: tuple[dict[str, Any], ...] = ()
     external: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    ingresses: tuple[dict[str, Any], ...] = ()  # with --ingress-class (discovery/ingress.py)
+    ingressclasses: tuple[dict[str, Any], ...] = ()
+    secrets: tuple[dict[str, Any], ...] = ()  # kubernetes.io/tls ones (discovery/secrets.py)
 
 
 class _Bad(Exception):
@@ -152,6 +164,9 @@ class _Annotations:
     send_proxy: ProxyProtocol = ProxyProtocol.NONE
     check_path: str | None = None
     check: bool | None = None  # lb.check; lb.check-path alone means True
+    error_limit: int | None = None  # lb.error-limit
+    slash_redirect: bool = False  # lb.slash-redirect
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +374,7 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
 
     flags = {key: _ann_bool(key, ann[key]) for key in (
         "lb.sslTerm", "lb.cookie-sticky-session", "lb.sslRedirect", "lb.sslPassthrough",
-        "lb.check",
+        "lb.check", "lb.slash-redirect",
     ) if key in ann}
     passthrough = flags.get("lb.sslPassthrough", False)
 
@@ -387,6 +402,14 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
             raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.check-path: expected a path "
                        f"starting with /, got {check_path!r}")
 
+    error_limit: int | None = None
+    if "lb.error-limit" in ann:
+        limit_text = ann["lb.error-limit"].strip()
+        if not limit_text.isdigit() or int(limit_text) > 1_000_000:
+            raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.error-limit: expected a whole "
+                       f"number of failed connects (0: never eject), got {limit_text!r}")
+        error_limit = int(limit_text)
+
     return _Annotations(
         algorithm=algorithm,
         host=host,
@@ -399,10 +422,12 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         send_proxy=send_proxy,
         check_path=check_path,
         check=flags.get("lb.check", True if check_path is not None else None),
+        error_limit=error_limit,
+        slash_redirect=flags.get("lb.slash-redirect", False),
     )
 
 
-def _checked(ann: _Annotations, settings: Settings) -> bool:
+def checked(ann: _Annotations, settings: Settings) -> bool:
     """Whether the service's backends get active checks: `--checks` and `lb.check`."""
     scope = settings.checks.scope
     if scope is CheckScope.OFF:
@@ -779,11 +804,13 @@ class _Builder:
         host = ann.host if ann.host is not None and not ann.host.startswith("*.") else None
         ci = ann.acl_case_insensitive
         routes: list[HttpRoute] = []
+        slash = ann.slash_redirect and strip
         if ann.ssl_term or ann.ssl_redirect:
-            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci, tls=True))
+            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci, tls=True,
+                                    slash_redirect=slash))
         if not ann.ssl_term or ann.ssl_redirect:
             routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci,
-                                    ssl_redirect=ann.ssl_redirect))
+                                    ssl_redirect=ann.ssl_redirect, slash_redirect=slash))
         for r in routes:
             conflict = self._route_conflict(r)
             if conflict is not None:
@@ -809,7 +836,9 @@ class _Builder:
             if claim.default:
                 self.skip(svc.namespace, svc.name,
                           f"port {port.port}: TCP port {listen} is already taken by service "
-                          f"{claim.default_owner}")
+                          f"{claim.default_owner} (services share a TCP port only when "
+                          f"routed by TLS server name: {ANNOTATION_PREFIX}lb.sslPassthrough "
+                          "with lb.host)")
                 return
             claim.default, claim.default_owner = backend.name, svc.ident
         claim.names.add(svc.name)
@@ -939,6 +968,12 @@ class Plan:
     error: str | None
     cloud_lb: bool = False  # type LoadBalancer without our class: a cloud LB serves it
 
+    def backend(self, port: _Port, servers: tuple[Server, ...], settings: Settings) -> Backend:
+        """The HTTP backend of one of this (usable) service's ports: its route's, or an
+        Ingress's (discovery/ingress.py)."""
+        assert self.svc is not None
+        return service_backend(self.svc, port, servers, checked(self.svc.ann, settings))
+
 
 def plan_service(obj: dict[str, Any], namespace: str, name: str, settings: Settings,
                  slices: list[Any], endpoints: list[Any], external: Any) -> Plan:
@@ -957,8 +992,12 @@ def _plan_service(obj: dict[str, Any], namespace: str, name: str, settings: Sett
         svc = _parse_service(obj, settings, namespace, name)
     except _Bad as e:
         return Plan(None, (), str(e))
-    if svc.type == "LoadBalancer" and obj.get("spec", {}).get("loadBalancerClass") != LB_CLASS:
+    cloud_lb = (svc.type == "LoadBalancer"
+                and obj.get("spec", {}).get("loadBalancerClass") != LB_CLASS)
+    if cloud_lb and settings.ingress_class is None:
         return Plan(svc, (), None, cloud_lb=True)
+    # (With Ingresses a cloud-balanced service still gets its servers: an Ingress may
+    # route to it.)
     steps: list[str | tuple[_Port, tuple[Server, ...]]] = []
     try:
         for port in svc.ports:
@@ -968,8 +1007,8 @@ def _plan_service(obj: dict[str, Any], namespace: str, name: str, settings: Sett
                 steps.append((port, _servers(svc, port, slices, endpoints, external,
                                              settings)))
     except _Bad as e:
-        return Plan(svc, tuple(steps), str(e))
-    return Plan(svc, tuple(steps), None)
+        return Plan(svc, tuple(steps), str(e), cloud_lb)
+    return Plan(svc, tuple(steps), None, cloud_lb)
 
 
 def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
@@ -981,12 +1020,19 @@ def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
     builder = _Builder(settings)
     idx = _index(objects)
     external = objects.external
+    plans: dict[Ident, Plan] = {}
     for (namespace, name), obj in _select(objects, settings, builder):
         plan = plan_service(obj, namespace, name, settings,
                             idx.slices.get((namespace, name), []),
                             idx.endpoints.get((namespace, name), []), external)
         claim_service(namespace, name, plan, settings, builder)
-    return builder.table()
+        plans[(namespace, name)] = plan
+    table = builder.table()
+    if settings.ingress_class is None:
+        return table
+    return apply_ingresses(table, objects.ingresses, objects.ingressclasses, settings,
+                           lambda ns, name: plans.get((ns, name)),
+                           secrets=by_ident(objects.secrets)).table
 
 
 def claim_service(namespace: str, name: str, plan: Plan, settings: Settings,
@@ -1025,7 +1071,7 @@ def _claim_service(plan: Plan, settings: Settings, builder: _Builder) -> None:
             plans.append(step)
     if error is not None:
         raise _Bad(error)
-    checked = _checked(svc.ann, settings)
+    is_checked = checked(svc.ann, settings)
     for port, servers in plans:
         backend_name = f"{svc.namespace}/{svc.name}:{port.port}"
         if not servers:
@@ -1036,15 +1082,21 @@ def _claim_service(plan: Plan, settings: Settings, builder: _Builder) -> None:
                 backend_name, servers, svc.ann.algorithm,
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE,
                 proxy_protocol=svc.ann.send_proxy, check_path=svc.ann.check_path,
-                check=checked)
+                check=is_checked, error_limit=svc.ann.error_limit)
             for lp in listen[port.port]:
                 builder.add_tcp(svc, port, lp, backend)
         else:
-            affinity = (Affinity.COOKIE if svc.ann.cookie else
-                        Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE)
-            backend = Backend(backend_name, servers, svc.ann.algorithm, affinity,
-                              check_path=svc.ann.check_path, check=checked)
-            builder.add_http(svc, port, backend)
+            builder.add_http(svc, port, service_backend(svc, port, servers, is_checked))
+
+
+def service_backend(svc: _Service, port: _Port, servers: tuple[Server, ...],
+                    is_checked: bool | None) -> Backend:
+    """The HTTP backend of a service port (its route's, or an Ingress's)."""
+    affinity = (Affinity.COOKIE if svc.ann.cookie else
+                Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE)
+    return Backend(f"{svc.namespace}/{svc.name}:{port.port}", servers, svc.ann.algorithm,
+                   affinity, check_path=svc.ann.check_path, check=is_checked,
+                   error_limit=svc.ann.error_limit)
 
 
 def claim_keys(plan: Plan, settings: Settings) -> tuple[tuple[Any, ...], ...]:

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import enum
-import errno
 import logging
 import os
-import socket
+import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
-from urllib.parse import unquote, urlparse
 
-from pylb import __version__
+from pylb import __version__, app
 from pylb.config import (
     CheckScope,
     CheckSettings,
@@ -39,17 +36,21 @@ from pylb.config import (
     TlsSettings,
     default_check_scope,
 )
+from pylb.demo import DemoPorts, run_demo
+from pylb.logs import setup_logging
 from pylb.model import Algorithm
+from pylb.preflight import (
+    FlagError,
+    StartupError,
+    check_cluster,
+    check_files,
+    check_ports,
+    listeners,
+    load_error_page,
+)
 
 log = logging.getLogger("pylb")
 E = TypeVar("E", bound=enum.Enum)
-
-# Where a pod finds its service account (kubernetes-asyncio reads the same place).
-SERVICEACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-
-class FlagError(Exception):
-    """A flag's value is unusable; the message names the flag."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -157,9 +158,12 @@ def _status_code(value: str) -> int:
 
 
 def parse_tcp_services(value: str) -> tuple[tuple[str, int], ...]:
-    """`mysql:3306,nginxsvc:443` → (("mysql", 3306), ("nginxsvc", 443))."""
+    """`mysql:3306,nginxsvc:443` → (("mysql", 3306), ("nginxsvc", 443)).
+
+    Several services may name one port (`pt1:9443,pt2:9443`): the translation lets them
+    share it when each is TLS passthrough with `lb.host` (routed by the ClientHello's
+    server name), and skips the others with the reason."""
     out: list[tuple[str, int]] = []
-    seen_ports: set[int] = set()
     for item in filter(None, (p.strip() for p in value.split(","))):
         name, sep, port_s = item.rpartition(":")
         if not sep or not name:
@@ -167,11 +171,18 @@ def parse_tcp_services(value: str) -> tuple[tuple[str, int], ...]:
         port = _port(port_s)
         if port == 0:
             raise argparse.ArgumentTypeError(f"port 0 in {item!r}")
-        if port in seen_ports:
-            raise argparse.ArgumentTypeError(f"port {port} listed twice")
-        seen_ports.add(port)
+        if (name, port) in out:
+            raise argparse.ArgumentTypeError(f"{name}:{port} listed twice")
         out.append((name, port))
     return tuple(out)
+
+
+def _ingress_class(value: str) -> str:
+    """An IngressClass name: a DNS subdomain (RFC 1123), as the API requires."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an IngressClass name (lower-case DNS subdomain)")
+    return value
 
 
 def _namespaces(value: str) -> tuple[str, ...]:
@@ -183,21 +194,6 @@ def _source(value: str) -> str:
     if value == "kubernetes" or (value.startswith("file:") and len(value) > 5):
         return value
     raise argparse.ArgumentTypeError(f"expected 'kubernetes' or 'file:PATH', got {value!r}")
-
-
-def load_error_page(value: str) -> bytes:
-    """The page for --error-page: a file path or a file:// URL, read once at start-up."""
-    if "://" in value:
-        url = urlparse(value)
-        if url.scheme != "file":
-            raise FlagError(f"--error-page: only file paths and file:// URLs, got {value!r}")
-        path = unquote(url.path)
-    else:
-        path = value
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise FlagError(f"--error-page: cannot read {path}: {e.strerror or e}") from None
 
 
 def default_workers() -> int:
@@ -258,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--endpoints-api", choices=("endpointslices", "endpoints"),
                    default="endpointslices",
                    help="read EndpointSlices (default) or legacy Endpoints")
+    g.add_argument("--ingress-class", type=_ingress_class, default=None, metavar="NAME",
+                   help="also serve networking.k8s.io/v1 Ingresses of this IngressClass "
+                        "(its controller: pylb.io/ingress-controller), those annotated "
+                        "kubernetes.io/ingress.class: NAME, and those without a class when "
+                        "it is the default class (default: Ingresses not served)")
     _add_kube_flags(g)
     g = run.add_argument_group("frontends")
     g.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -284,7 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--maxconn", type=_positive_int, default=limits.maxconn,
                    help=f"connections per worker ({limits.maxconn})")
     g.add_argument("--retries", type=int, default=limits.retries,
-                   help=f"connect retries on another server ({limits.retries})")
+                   help="connect retries, as haproxy's `retries` with `option redispatch`: the "
+                        "same server a second apart (or --timeout-connect, if shorter), "
+                        f"another server on the last retry ({limits.retries})")
+    g.add_argument("--error-limit", type=int, default=limits.passive_fall, metavar="N",
+                   help="failed connects in a row that eject a server for --error-down-for "
+                        "(haproxy's observe layer4 + error-limit; 0: never; per service: "
+                        f"lb.error-limit) ({limits.passive_fall})")
+    g.add_argument("--error-down-for", type=_duration, default=limits.passive_down_for,
+                   metavar="DUR",
+                   help="how long an ejected server gets no new work, unless a connect in "
+                        "panic or a passing active check brings it back first "
+                        f"({limits.passive_down_for:g})")
+    g.add_argument("--panic-threshold", type=int, default=limits.panic_threshold,
+                   metavar="PERCENT",
+                   help="ejections apply only while this share of a backend's servers is "
+                        "not ejected; below, all are used (Envoy's panic threshold) "
+                        f"({limits.panic_threshold})")
     for name, default, what in (
         ("http-request", timeouts.http_request, "whole request head"),
         ("connect", timeouts.connect, "connect to a server"),
@@ -397,7 +414,10 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
     # https port clashes only when pylb must terminate TLS there (--ssl-cert given).
     if ns.ssl_cert:
         ports.add(("--https-port", ns.https_port))
-    ports |= {(f"--tcp-services {n}", p) for n, p in ns.tcp_services}
+    by_port: dict[int, list[str]] = {}
+    for n, p in ns.tcp_services:
+        by_port.setdefault(p, []).append(n)
+    ports |= {(f"--tcp-services {'+'.join(names)}", p) for p, names in by_port.items()}
     seen: dict[int, str] = {}
     for flag, port in sorted(ports):
         if port and port in seen:
@@ -405,6 +425,12 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         seen[port] = flag
     if ns.retries < 0:
         raise FlagError("--retries: must be 0 or more")
+    if ns.error_down_for <= 0:
+        raise FlagError("--error-down-for: must be more than 0")
+    if ns.error_limit < 0:
+        raise FlagError("--error-limit: must be 0 or more")
+    if not 0 <= ns.panic_threshold <= 100:
+        raise FlagError("--panic-threshold: must be a percentage, 0 to 100")
     return Settings(
         source=ns.source,
         namespaces=ns.namespace,
@@ -415,6 +441,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         kubeconfig=ns.kubeconfig,
         context=ns.context,
         endpoints_api=ns.endpoints_api,
+        ingress_class=ns.ingress_class,
         bind=ns.bind,
         http_port=ns.http_port,
         https_port=ns.https_port,
@@ -430,7 +457,9 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
             http_request=ns.timeout_http_request, connect=ns.timeout_connect,
             client=ns.timeout_client, server=ns.timeout_server, tunnel=ns.timeout_tunnel,
             keep_alive=ns.timeout_keep_alive),
-        limits=Limits(maxconn=ns.maxconn, retries=ns.retries),
+        limits=Limits(maxconn=ns.maxconn, retries=ns.retries, passive_fall=ns.error_limit,
+                      passive_down_for=ns.error_down_for,
+                      panic_threshold=ns.panic_threshold),
         tls=TlsSettings(cert=ns.ssl_cert, ca_cert=ns.ssl_ca_cert, verify=ns.ssl_verify,
                         hsts=ns.hsts),
         checks=CheckSettings(interval=ns.check_interval, rise=ns.check_rise,
@@ -452,117 +481,11 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
     )
 
 
-def check_files(settings: Settings) -> None:
-    """Load every file start-up would load and stop naming the flag and the file: the
-    certificates (--ssl-cert) and the client CA (--ssl-ca-cert); --error-page is read by
-    settings_from_args. Runs before any worker starts, and for --dry too."""
-    if settings.tls.cert:
-        from proxy.certs import CertificateError
-        from proxy.tls import TlsStore
-
-        try:
-            TlsStore(replace(settings.tls, ca_cert=None))
-        except CertificateError as e:  # its message starts with the file
-            raise FlagError(f"--ssl-cert: {e}") from None
-    ca = settings.tls.ca_cert
-    if ca:
-        import ssl
-
-        try:
-            ssl.create_default_context().load_verify_locations(cafile=ca)
-        except ssl.SSLError as e:
-            raise FlagError(f"--ssl-ca-cert: {ca}: no CA certificate in it "
-                            f"({e.reason or e})") from None
-        except OSError as e:
-            raise FlagError(f"--ssl-ca-cert: {ca}: cannot read: {e.strerror or e}") from None
-
-
-def check_cluster(settings: Settings, explicit: bool,
-                  environ: Mapping[str, str] | None = None,
-                  token: str = SERVICEACCOUNT_TOKEN) -> None:
-    """With `--source kubernetes`, stop at once when there is no cluster to talk to, saying
-    how to run without one. `explicit`: --use-kubernetes-cluster-service was given."""
-    if settings.source != "kubernetes":
-        return
-    env = os.environ if environ is None else environ
-    instead = "run on a file with --source file:PATH (e.g. examples/cluster.yaml)"
-    if settings.use_cluster_service:
-        if "KUBERNETES_SERVICE_HOST" not in env:
-            why = "$KUBERNETES_SERVICE_HOST is not set: not in a pod"
-        elif not os.path.exists(token):
-            why = f"{token} does not exist: is automountServiceAccountToken false?"
-        else:
-            return
-        raise FlagError(f"--use-kubernetes-cluster-service: no in-cluster service account "
-                        f"was found ({why}); {instead}, or from a kubeconfig with "
-                        "--use-kubernetes-cluster-service=false")
-    path = settings.kubeconfig or env.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    if any(os.path.exists(os.path.expanduser(p)) for p in path.split(":") if p):
-        return
-    if explicit:
-        raise FlagError(f"--use-kubernetes-cluster-service=false: no kubeconfig at {path}; "
-                        f"name one with --kubeconfig PATH or $KUBECONFIG, or {instead}")
-    raise FlagError("no cluster to watch: no in-cluster service account was found "
-                    "($KUBERNETES_SERVICE_HOST is not set: not in a pod) and no kubeconfig at "
-                    f"{path}; {instead}, or from a kubeconfig with --kubeconfig PATH or "
-                    "$KUBECONFIG")
-
-
-def listeners(settings: Settings) -> list[tuple[str, str, int]]:
-    """(flag, address, port) of every socket `pylb run` listens on at start-up."""
-    s = settings
-    out = [("--http-port", s.bind, s.http_port), ("--stats-port", s.stats_bind, s.stats_port),
-           ("--health-port", s.bind, s.health_port)]
-    if s.tls.cert:  # without a certificate the TLS frontend opens later, if a service needs it
-        out.append(("--https-port", s.bind, s.https_port))
-    out += [(f"--tcp-services {name}:{port}", s.bind, port) for name, port in s.tcp_services]
-    return out
-
-
-def check_ports(listen: Iterable[tuple[str, str, int]]) -> None:
-    """Stop before anything starts when a port cannot be listened on, naming its flag. (A
-    port taken between this check and the real bind still fails start-up, less nicely.)"""
-    for flag, host, port in listen:
-        if port == 0:
-            continue
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    why = "is in use by another program"
-                elif e.errno == errno.EACCES and port < 1024:
-                    why = "needs root or CAP_NET_BIND_SERVICE (a port below 1024)"
-                else:
-                    why = f"cannot be listened on: {e.strerror or e}"
-                option = flag.split()[0]
-                raise FlagError(f"{flag}: port {port} on {host} {why}; choose another "
-                                f"with {option}") from None
-
-
-def setup_logging(level: str, tag: str = "", access_log: bool = True) -> None:
-    """One stream (stderr) for every process, each line tagged with its worker. The access
-    log (`pylb.access`, one line per request like haproxy's httplog) goes to stdout when
-    `access_log` (`--syslog`, its 2015 meaning); otherwise it is off, and the hot path
-    skips formatting it entirely."""
-    fmt = "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
-    access = logging.getLogger("pylb.access")
-    access.propagate = False
-    if access_log:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
-    else:
-        access.setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "elect":
+        # Here, not at the top: the sidecar pulls in kubernetes-asyncio (~0.6 s of CPU),
+        # which `pylb run` on a file source and `pylb demo` never need.
         from election.sidecar import main as elect_main
 
         return elect_main(args[1:])
@@ -573,8 +496,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if ns.command == "demo":
         setup_logging("info")
-        from pylb.demo import DemoPorts, run_demo
-
         return run_demo(DemoPorts(http=ns.port, stats=ns.stats_port, health=ns.health_port,
                                   tcp=ns.tcp_port), duration=ns.duration)
     try:
@@ -589,11 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_ports(listeners(settings))
     except FlagError as e:
         parser.exit(2, f"pylb run: error: {e}\n")
-    from pylb import app
-
     try:
         return app.main(settings)
-    except app.StartupError as e:
+    except StartupError as e:
         print(f"pylb run: error: {e}", file=sys.stderr)
         return 1
 

@@ -41,9 +41,10 @@ from typing import Any
 import pytest
 
 from bench import memory, procs
+from proxy.tcp.poller import Poller
 from proxy.tcp.splice import PipePool, SplicePump
-from pylb.app import DataPlane
 from pylb.config import Settings
+from pylb.dataplane import DataPlane
 from pylb.model import Backend, HttpRoute, RouteTable, Server, TcpFrontend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,7 +187,7 @@ async def _churn(pl: _Plane) -> dict[str, int]:
             + int(final["bad_echo"])}
 
 
-_WATCHED = ("ClientProtocol", "UpstreamProtocol", "_Conn", "_Upstream", "_Dial",
+_WATCHED = ("ClientProtocol", "UpstreamProtocol", "_Conn", "_Upstream", "Dial", "Steps",
             "SplicePump", "_Direction", "Task")
 
 
@@ -283,7 +284,7 @@ async def test_splice_waits_for_a_pipe_when_out_of_fds() -> None:
     b, b_peer = socket.socketpair()
     pool = _StingyPool(refusals=3)
     done: asyncio.Future[BaseException | None] = loop.create_future()
-    pump = SplicePump(loop, pool, a_peer.fileno(), b_peer.fileno(),
+    pump = SplicePump(Poller(loop), pool, a_peer.fileno(), b_peer.fileno(),
                       lambda exc, _client: done.set_result(exc))
     with contextlib.ExitStack() as stack:
         for s in (a, a_peer, b, b_peer):
@@ -322,8 +323,8 @@ async def test_connect_survives_a_loop_stall_longer_than_its_timeout(
     import time
 
     from proxy.balance import Balancers
+    from proxy.connect import Dial
     from proxy.tcp import TcpProxy
-    from proxy.tcp import proxy as tcp_proxy
     from pylb.config import Timeouts
     from pylb.counters import Stats
 
@@ -341,7 +342,7 @@ async def test_connect_survives_a_loop_stall_longer_than_its_timeout(
     await p.set_table(RouteTable(tcp=(TcpFrontend("f", 0, "b"),),
                                  backends=(Backend("b", (Server("127.0.0.1", bport),)),)))
     port = p.bound_ports()[0][1]
-    start = tcp_proxy._Dial.start
+    start = Dial.start
     wake_r, wake_w = socket.socketpair()
 
     def starved_start(self: Any, timeout: float) -> None:
@@ -357,7 +358,7 @@ async def test_connect_survives_a_loop_stall_longer_than_its_timeout(
         loop.add_reader(wake_r, in_poll_phase)
         wake_w.send(b"!")
 
-    monkeypatch.setattr(tcp_proxy._Dial, "start", starved_start)
+    monkeypatch.setattr(Dial, "start", starved_start)
     try:
         r, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(b"ping")
