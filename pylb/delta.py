@@ -28,6 +28,7 @@ from pylb.model import (
     SkippedService,
     SniCertificate,
     TcpFrontend,
+    server_unchecked,
 )
 
 _name = attrgetter("name")
@@ -210,10 +211,10 @@ def unpack_backends(packed: tuple[PackedBackend, ...]) -> tuple[Backend, ...]:
     # Each port comes out of the unpickler as an int object of its own (pickle shares no
     # ints): one per port number instead is ~3 MiB less in a worker at 100,000 servers.
     ports: dict[int, int] = {}
-    share = ports.setdefault
+    share, make = ports.setdefault, server_unchecked
     out = []
     for (name, *rest), servers in packed:
-        out.append(Backend(name, tuple(Server(s[0], share(s[1], s[1]), *s[2:])
+        out.append(Backend(name, tuple(make(s[0], share(s[1], s[1]), *s[2:])
                                        for s in servers), *rest))
     return tuple(out)
 
