@@ -21,11 +21,13 @@ each half is:
     DONE       read whole         sent whole         -> IDLE (keep-alive) or CLOSED
     TUNNEL     after a 101, bytes both ways until both sides have closed
     CLOSED     the connection is closing: parser events still coming are ignored
+               (every event leaves it CLOSED)
 
 The table `TRANSITIONS` is the whole automaton: (state, event) → next state. A pair not
-in it is a bug of ours (the Protocol indexes the table directly, so an illegal step
-raises KeyError, which ends that connection as an internal error, never silently).
-CLOSE is legal from every state.
+in it is a bug of ours (the Protocol indexes the table directly — `ON`, the same table
+by event — so an illegal step raises KeyError, which ends that connection as an
+internal error, never silently).
+CLOSE is legal from every state, and CLOSED absorbs every event.
 
 The decisions are pure functions over plain facts, each tested as a table
 (tests/proxy/http/test_exchange.py): `keep_alive` (may the connection carry another
@@ -87,13 +89,21 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.DRAIN, E.REQUEST_END): S.DONE,
     (S.DONE, E.NEXT): S.IDLE,
     **{(s, E.CLOSE): S.CLOSED for s in S},
+    # CLOSED absorbs every event: a response still arriving for a connection we have
+    # closed (or cut) changes nothing; its accounts are closed once, when it goes.
+    **{(S.CLOSED, e): S.CLOSED for e in E},
 }
 del S, E
 
-# States in which the request has been read whole, and those in which the response is
-# whole (sent, or handed to the transport); the Protocol asks these instead of keeping
-# a flag for each.
-REQUEST_WHOLE = frozenset({State.WAITING, State.RESPONSE, State.DONE})
+# The same table by event: `ON[event][state]` is the next state (one dict lookup keyed by
+# a state, half the cost of building and hashing a pair; the Protocol's hot path uses it).
+ON: dict[Event, dict[State, State]] = {
+    e: {s: n for (s, ev), n in TRANSITIONS.items() if ev is e} for e in Event}
+
+# States in which the request has been read whole (a tunnel carries whatever is left of
+# it), and those in which the response is whole (sent, or handed to the transport); the
+# Protocol asks these instead of keeping a flag for each.
+REQUEST_WHOLE = frozenset({State.WAITING, State.RESPONSE, State.DONE, State.TUNNEL})
 RESPONSE_WHOLE = frozenset({State.DRAIN, State.DONE, State.TUNNEL})
 
 

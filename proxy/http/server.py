@@ -12,6 +12,11 @@ is gathered in `_wbuf` and written once per read (`flush`), so a small response 
 in one write. An exchange ends when the request has been read whole and the response
 sent whole; then the connection waits for the next request (keep-alive) or closes.
 
+Where the exchange is — request being read, waiting for the response, response under
+way, tunnel, closing — is one `State` (`_state`), moved only through the table of
+`proxy.http.exchange`, which also decides keep-alive after a response (`keep_alive`).
+The methods below carry those decisions out.
+
 Pipelined requests: while an exchange is under way with its request fully read, further
 parser events wait in `_queue` (the client's reading is paused meanwhile, so the queue is
 at most one read's worth) and are replayed when the exchange ends; so does a parse error
@@ -48,6 +53,8 @@ from typing import TYPE_CHECKING, Any, cast
 from proxy.balance import Balancer, cookie_value
 from proxy.http import headers as hdr
 from proxy.http.errors import error_response, redirect_response
+from proxy.http.exchange import ON, REQUEST_WHOLE, RESPONSE_WHOLE, Event, State
+from proxy.http.exchange import keep_alive as keep_alive_after
 from proxy.http.parser import (
     ParseError,
     RequestHead,
@@ -74,6 +81,19 @@ _P_QUEUE, _P_UPSTREAM, _P_PENDING, _P_UPGRADE = 1, 2, 4, 8
 _REPLAY_MAX = 64 * 1024  # body bytes kept to replay on a retry (else no retry)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _COOKIE = Affinity.COOKIE  # an Enum member's lookup costs ten times a global's (3.11)
+# The exchange's states as globals, for the same reason; `_ON_X[state]` is the state after
+# event X, straight from the table (an illegal step raises KeyError: an internal error,
+# never silent).
+_IDLE, _REQUEST, _WAITING, _RESPONSE, _EARLY, _DRAIN, _DONE, _TUNNEL, _CLOSED = State
+_ON_HEAD = ON[Event.HEAD]
+_ON_REQUEST_END = ON[Event.REQUEST_END]
+_ON_RESPONSE_HEAD = ON[Event.RESPONSE_HEAD]
+_ON_RESPONSE_END = ON[Event.RESPONSE_END]
+_ON_ANSWER = ON[Event.ANSWER]
+_ON_RETRACT = ON[Event.RETRACT]
+_ON_SWITCH = ON[Event.SWITCH]
+_REQ_WHOLE = REQUEST_WHOLE
+_RESP_WHOLE = RESPONSE_WHOLE
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -87,11 +107,9 @@ class ClientProtocol(asyncio.Protocol):
         "_close_after",
         "_connecting",
         "_cookie",
-        "_discard",
         "_exclude",
         "_fe",
         "_feeding",
-        "_gone",
         "_keep",
         "_loop",
         "_out_head",
@@ -104,13 +122,13 @@ class ClientProtocol(asyncio.Protocol):
         "_replay",
         "_replay_size",
         "_req",
-        "_req_done",
         "_resp",
         "_resp_bytes",
-        "_resp_done",
         "_server",
         "_srv_c",
         "_ssl_client",
+        "_state",
+        "_state_closed",
         "_status",
         "_t0",
         "_t_conn",
@@ -133,7 +151,6 @@ class ClientProtocol(asyncio.Protocol):
         "local_port",
         "parser",
         "transport",
-        "tunnel",
     )
 
     def __init__(self, proxy: HttpProxy) -> None:
@@ -148,7 +165,8 @@ class ClientProtocol(asyncio.Protocol):
         self.client_port = 0
         self.local_port = 0
         self.closed = False
-        self.tunnel = False
+        self._state = _IDLE  # the exchange's (proxy.http.exchange)
+        self._state_closed = _IDLE  # the state the connection was closed in
         self._tunnel_eofs = 0
         self._ssl_client: tuple[bytes, bytes] | None = None
         self._paused = 0
@@ -160,18 +178,14 @@ class ClientProtocol(asyncio.Protocol):
         self._wbuf: list[bytes] = []
         self._wsize = 0  # the waited-for side's write buffer when last looked at
         self._ubuf: list[bytes] = []
-        self._close_after = False
+        self._close_after = False  # close after this exchange (an input to keep_alive)
         self._feeding = False  # inside parser.feed: writes to the backend wait for its end
-        self._gone = False  # closing: parser events that still come are ignored
         self._reset()
 
     def _reset(self) -> None:
         """Forget the exchange that ended."""
         self._req: RequestHead | None = None
-        self._req_done = False
-        self._discard = False
         self._resp: ResponseHead | None = None
-        self._resp_done = False
         self._backend: Backend | None = None
         self._balancer: Balancer | None = None
         self._server: Server | None = None
@@ -239,14 +253,33 @@ class ClientProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if self._req is not None:
-            if not self._resp_done and not self._gone:  # (_gone: we cut it, and said why)
+            state = self._state
+            if state not in _RESP_WHOLE and state is not _CLOSED:  # (else we cut it)
                 self._proxy.stats.fail(Failure.CLIENT_ABORT)
             self._drop_upstream()
             self._end_exchange(reusable=False, log_it=True)
+        self._closing()
         self._proxy.connection_gone()
 
+    def _closing(self) -> None:
+        state = self._state
+        if state is not _CLOSED:
+            self._state_closed = state
+            self._state = _CLOSED
+
+    @property
+    def tunnel(self) -> bool:
+        return self._state is _TUNNEL
+
+    @property
+    def request_whole(self) -> bool:
+        """The current exchange's request has been read to its end (or the connection
+        was closed after it had been)."""
+        state = self._state
+        return (self._state_closed if state is _CLOSED else state) in _REQ_WHOLE
+
     def close(self) -> None:
-        self._gone = True
+        self._closing()
         t = self.transport
         if t is not None and not t.is_closing():
             self.flush()
@@ -255,7 +288,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._client_wait(t)
 
     def abort(self) -> None:
-        self._gone = True
+        self._closing()
         t = self.transport
         if t is not None:
             t.abort()
@@ -268,7 +301,8 @@ class ClientProtocol(asyncio.Protocol):
         if not self._paused and self.transport is not None:
             self.transport.pause_reading()
         self._paused |= why
-        if why == _P_UPSTREAM and self._tkind == _T_CLIENT and not self._req_done:
+        if why == _P_UPSTREAM and self._tkind == _T_CLIENT \
+                and (self._state is _REQUEST or self._state is _EARLY):
             # The body waits for the server to take it, not for the client.
             up = self._up
             self._wsize = up.transport.get_write_buffer_size() \
@@ -280,8 +314,8 @@ class ClientProtocol(asyncio.Protocol):
             self._paused &= ~why
             if not self._paused and self.transport is not None and not self.closed:
                 self.transport.resume_reading()
-            if why & _P_UPSTREAM and self._tkind == _T_SERVER and not self._req_done \
-                    and self._req is not None and self._resp is None:
+            if why & _P_UPSTREAM and self._tkind == _T_SERVER \
+                    and self._state is _REQUEST:
                 self._arm(_T_CLIENT, self._proxy.settings.timeouts.client)
 
     def pause_writing(self) -> None:
@@ -298,7 +332,8 @@ class ClientProtocol(asyncio.Protocol):
             self._up_paused = False
             if up is not None and up.transport is not None and not up.closed:
                 up.transport.resume_reading()
-        if self._tkind == _T_CLIENT and self._req_done and not self._gone:
+        if self._tkind == _T_CLIENT and self._state in _REQ_WHOLE \
+                and self._state is not _TUNNEL:
             self._arm(_T_SERVER, self._proxy.settings.timeouts.server)
 
     # -- timers ---------------------------------------------------------------------------
@@ -385,7 +420,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._fe.bytes_in += len(data)
-        if self.tunnel:
+        if self._state is _TUNNEL:
             self._tstamp = self._loop.time()
             up = self._up
             if up is not None and up.transport is not None:
@@ -420,25 +455,29 @@ class ClientProtocol(asyncio.Protocol):
             self._uflush()
 
     def eof_received(self) -> bool | None:
-        if self.tunnel:
+        if self._state is _TUNNEL:
             up = self._up
             if up is not None and up.transport is not None and up.transport.can_write_eof() \
                     and not up.transport.is_closing():
                 up.transport.write_eof()
                 return self._tunnel_eof(1)
             return None
-        if self._req is not None and not self._req_done:
-            self._close_after = True
-            return None  # a truncated request: close (the response, if any, is lost)
-        if self._req is not None:
-            self._close_after = True
+        if self._req is None:
+            return None
+        self._close_after = True
+        if self._state in _REQ_WHOLE:
             return True  # half-closed after a whole request: still send the response
-        return None
+        return None  # a truncated request: close (the response, if any, is lost)
 
     def _bad_request(self, failure: Failure) -> None:
         self._proxy.stats.fail(failure)
         self._fe.req_errors += 1
-        if self._req is not None and self._req_done:
+        state = self._state
+        if state is _CLOSED:
+            if self._resp is not None:
+                self.abort()
+            return
+        if self._req is not None and state in _REQ_WHOLE:
             # A bad next request while the previous one is answered: that answer goes
             # out first, then the 400 (the parser is dead; reading stops meanwhile).
             self._parse_failed(failure)
@@ -450,7 +489,7 @@ class ClientProtocol(asyncio.Protocol):
         self._local_error(failure)
 
     def _parse_failed(self, failure: Failure) -> None:
-        if self._gone:
+        if self._state is _CLOSED:
             return
         if self._queue is not None or self._req is not None:
             self._enqueue(3, failure)
@@ -460,7 +499,7 @@ class ClientProtocol(asyncio.Protocol):
     # The parser's callbacks. Events of a request that must wait are queued.
 
     def on_head(self, head: RequestHead) -> None:
-        if self._gone:
+        if self._state is _CLOSED:
             return
         if self._queue is not None or self._req is not None:
             self._enqueue(0, head)
@@ -468,12 +507,13 @@ class ClientProtocol(asyncio.Protocol):
         self._start(head)
 
     def on_body(self, data: bytes) -> None:
-        if self._gone:
+        state = self._state
+        if state is _CLOSED:
             return
-        if self._queue is not None or self._req_done:
+        if self._queue is not None or state in _REQ_WHOLE:
             self._enqueue(1, data)
             return
-        if self._discard:
+        if state is _DRAIN:
             return
         req = self._req
         parts = (b"%x\r\n" % len(data), data, b"\r\n") if req is not None and req.chunked \
@@ -494,14 +534,16 @@ class ClientProtocol(asyncio.Protocol):
                 replay.extend(parts)
 
     def on_end(self) -> None:
-        if self._gone:
+        state = self._state
+        if state is _CLOSED:
             return
-        if self._queue is not None or self._req_done or self._req is None:
+        if self._queue is not None or state in _REQ_WHOLE or state is _IDLE:
             self._enqueue(2, None)
             return
-        self._req_done = True
+        self._state = _ON_REQUEST_END[state]
         req = self._req
-        if req.chunked and not self._discard:
+        assert req is not None
+        if req.chunked and state is not _DRAIN:
             if self._up is not None:
                 self._ubuf.append(b"0\r\n\r\n")
             else:
@@ -510,7 +552,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._replay.append(b"0\r\n\r\n")
         if req.upgrade:
             self.pause_reading(_P_UPGRADE)
-        if self._resp_done:
+        if state is _DRAIN:  # now _DONE
             self._finish()
         elif self._tkind != _T_SERVER:
             self._arm(_T_SERVER, self._proxy.settings.timeouts.server)
@@ -548,6 +590,7 @@ class ClientProtocol(asyncio.Protocol):
     def _start(self, head: RequestHead) -> None:
         proxy = self._proxy
         self._req = head
+        self._state = _ON_HEAD[self._state]
         now = self._t_head = self._loop.time()
         self._fe.req_total += 1
         if head.chunked or head.content_length:  # head.has_body
@@ -737,18 +780,15 @@ class ClientProtocol(asyncio.Protocol):
         req = self._req
         assert req is not None and self._backend is not None and self._server is not None
         self._resp = head
+        state = self._state = _ON_RESPONSE_HEAD[self._state]
         self._status = head.status
         self._t_resp = self._loop.time()
         framing = hdr.response_framing(head, req.version)
-        # A response that comes before the request is whole (the server refuses the
-        # body) ends the connection: the rest of the body would arrive in its place.
-        keep = (req.keep_alive and self._req_done and not self._close_after
-                and not proxy.closing and framing != hdr.FRAME_CLOSE)
-        if head.status == 101:
-            keep = False
-        elif req.upgrade:
-            keep = False  # the client's bytes after an upgrade request are not HTTP to us
-        self._keep = keep
+        keep = self._keep = keep_alive_after(
+            client_keep_alive=req.keep_alive, request_whole=state is _RESPONSE,
+            close_delimited=framing == hdr.FRAME_CLOSE,
+            upgrade=req.upgrade or head.status == 101, must_close=self._close_after,
+            stopping=proxy.closing)
         set_cookie = None
         backend = self._backend
         if backend.affinity is _COOKIE:
@@ -771,16 +811,13 @@ class ClientProtocol(asyncio.Protocol):
     def on_response_end(self) -> None:
         if self._chunked_out:
             self._wbuf.append(b"0\r\n\r\n")
-        self._resp_done = True
-        if self._req_done:
-            self._finish()
-        else:
+        state = self._state = _ON_RESPONSE_END[self._state]
+        if state is _DRAIN:
             # The server answered before the request was whole: stop forwarding it, and
             # since the rest of its body is still coming, close after this response.
             self._close_after = True
             self._keep = False
-            self._discard = True
-            self._finish()
+        self._finish()
 
     def flush(self) -> None:
         wbuf = self._wbuf
@@ -810,6 +847,7 @@ class ClientProtocol(asyncio.Protocol):
             idx = self._status // 100 - 1
             self._fe.hrsp[idx if 0 <= idx < 5 else 5] -= 1  # counted by on_response
             self._resp = None
+            self._state = _ON_RETRACT[self._state]
         if self._resp is None:
             self._close_after = True
             self._respond_error(failure)
@@ -820,10 +858,11 @@ class ClientProtocol(asyncio.Protocol):
     def upstream_lost(self, up: UpstreamProtocol) -> None:
         if up is not self._up:
             return
-        if self.tunnel:
+        state = self._state
+        if state is _TUNNEL:
             self.close()
             return
-        if self._resp_done:
+        if state in _RESP_WHOLE:
             return
         if self._resp is None and not up.got_bytes and up.uses > 1 and self._retry_ok() \
                 and self._attempts < self._proxy.settings.limits.retries:
@@ -858,7 +897,7 @@ class ClientProtocol(asyncio.Protocol):
         self._count_resp_error()
         self._drop_upstream()
         if self._resp is None:
-            if not self._req_done:
+            if self._state not in _REQ_WHOLE:
                 self._close_after = True
             self._respond_error(Failure.BACKEND_TIMEOUT)
         else:
@@ -876,13 +915,12 @@ class ClientProtocol(asyncio.Protocol):
         """The backend said 101 (its head is in `_wbuf`): from now on, bytes both ways."""
         up = self._up
         assert up is not None and up.transport is not None
-        self.tunnel = True
+        self._state = _ON_SWITCH[self._state]
         if upstream_rest:
             self._wbuf.append(upstream_rest)
         client_rest = self.parser.upgrade_rest
         if client_rest:
             up.transport.write(client_rest)
-        self._resp_done = True
         self._arm(_T_TUNNEL, self._proxy.settings.timeouts.tunnel)
         self.resume_reading(_P_UPGRADE)
 
@@ -919,7 +957,7 @@ class ClientProtocol(asyncio.Protocol):
         proxy.stats.fail(failure)
         req = self._req
         assert req is not None
-        close = req.has_body or not req.keep_alive or proxy.closing or req.upgrade
+        close = not self._local_keep_alive(req)
         self._status = status
         self._fe.response(status)
         self._wbuf.append(error_response(status, body, close=close,
@@ -929,20 +967,27 @@ class ClientProtocol(asyncio.Protocol):
     def _redirect(self, location: bytes) -> None:
         req = self._req
         assert req is not None
-        close = req.has_body or not req.keep_alive or self._proxy.closing or req.upgrade
+        close = not self._local_keep_alive(req)
         self._status = 301
         self._fe.response(301)
         self._wbuf.append(redirect_response(location, close=close))
         self._local_done(close)
 
+    def _local_keep_alive(self, req: RequestHead) -> bool:
+        """Keep-alive after our own answer to the request just read (its head only: a
+        body would have to be read and dropped first, so one closes the connection)."""
+        return keep_alive_after(
+            client_keep_alive=req.keep_alive, request_whole=not req.has_body,
+            close_delimited=False, upgrade=req.upgrade, must_close=self._close_after,
+            stopping=self._proxy.closing)
+
     def _local_done(self, close: bool) -> None:
-        self._discard = True
-        self._resp_done = True
+        state = self._state = _ON_ANSWER[self._state]
         self._keep = not close
         if close:
             self._close_after = True
             self._finish()
-        elif self._req_done:
+        elif state is _DONE:
             self._finish()
         # else: on_end comes from the parser right after this head; it finishes then
 
@@ -952,14 +997,16 @@ class ClientProtocol(asyncio.Protocol):
         status = failure.status
         self._status = status
         self._fe.response(status)
-        close = self._close_after or req is None or not req.keep_alive or not self._req_done
-        self._wbuf.append(error_response(status, close=close,
+        keep = keep_alive_after(
+            client_keep_alive=req is not None and req.keep_alive,
+            request_whole=self._state in _REQ_WHOLE, close_delimited=False, upgrade=False,
+            must_close=self._close_after, stopping=False)
+        self._wbuf.append(error_response(status, close=not keep,
                                          head_only=req is not None and req.method == b"HEAD"))
-        self._resp_done = True
-        self._keep = not close
-        if close:
+        self._state = _ON_ANSWER[self._state]
+        self._keep = keep
+        if not keep:
             self._close_after = True
-        self._discard = True
         self._finish()
 
     def _local_error(self, failure: Failure) -> None:
@@ -985,17 +1032,19 @@ class ClientProtocol(asyncio.Protocol):
         """The response is complete (or given up). The exchange ends now if the request
         was read whole; else (close_after) the connection closes."""
         up = self._up
+        done = self._state is _DONE  # else _DRAIN (closing) or _CLOSED
         reusable = False
         if up is not None:
             parser = up.parser
-            reusable = (self._resp is not None and self._resp.keep_alive and self._req_done
+            reusable = (done and self._resp is not None and self._resp.keep_alive
                         and parser is not None
                         and not parser.rest and parser.upgrade_rest is None and up.usable)
-        keep = self._keep and not self._close_after
+        keep = done and self._keep and not self._close_after
         self._end_exchange(reusable, log_it=True)
         if not keep:
             self.close()
             return
+        self._state = _IDLE  # _ON_NEXT[_DONE]: no lookup for a constant
         self.flush()
         self._arm(_T_KEEPALIVE, self._proxy.settings.timeouts.keep_alive)
         if self._proxy.closing:
@@ -1041,7 +1090,7 @@ class ClientProtocol(asyncio.Protocol):
                 up.transport.resume_reading()
         if self._paused & _P_UPSTREAM:
             self.resume_reading(_P_UPSTREAM)
-        if up is not None and not self.tunnel:
+        if up is not None and self._state is not _TUNNEL:
             up.detach()
             if reusable:
                 self._pool.put(up)
