@@ -47,13 +47,21 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from proxy.balance import Balancer, cookie_value
+from proxy.http import accesslog
 from proxy.http import headers as hdr
 from proxy.http.errors import error_response, redirect_response
-from proxy.http.exchange import ON, REQUEST_WHOLE, RESPONSE_WHOLE, Event, State
+from proxy.http.exchange import (
+    ON,
+    REQUEST_WHOLE,
+    RESPONSE_WHOLE,
+    Event,
+    State,
+    may_resend,
+    termination,
+)
 from proxy.http.exchange import keep_alive as keep_alive_after
 from proxy.http.parser import (
     ParseError,
@@ -71,7 +79,6 @@ from pylb.model import Affinity, Backend, Server
 if TYPE_CHECKING:
     from proxy.http.proxy import HttpProxy
 
-access_log = logging.getLogger("pylb.access")
 log = logging.getLogger("pylb.http")
 
 # Timer kinds. Only the inactivity kinds (> _T_REQUEST) are stretched by activity.
@@ -134,6 +141,7 @@ class ClientProtocol(asyncio.Protocol):
         "_t_conn",
         "_t_head",
         "_t_resp",
+        "_term",
         "_timer",
         "_tkind",
         "_tlen",
@@ -208,6 +216,7 @@ class ClientProtocol(asyncio.Protocol):
         self._unsent: tuple[list[bytes], int] | None = None
         self._keep = True
         self._status = 0
+        self._term = "--"  # haproxy's termination state, for the access log
         self._resp_bytes = 0
         self._bytes_out_req = 0
         self._t0 = 0.0
@@ -256,6 +265,7 @@ class ClientProtocol(asyncio.Protocol):
             state = self._state
             if state not in _RESP_WHOLE and state is not _CLOSED:  # (else we cut it)
                 self._proxy.stats.fail(Failure.CLIENT_ABORT)
+                self._ended(Failure.CLIENT_ABORT)
             self._drop_upstream()
             self._end_exchange(reusable=False, log_it=True)
         self._closing()
@@ -400,10 +410,12 @@ class ClientProtocol(asyncio.Protocol):
             self.close()
         elif kind == _T_REQUEST:
             self._proxy.stats.fail(Failure.REQUEST_TIMEOUT)
+            self._ended(Failure.REQUEST_TIMEOUT)
             self._fe.req_errors += 1
             self._local_error(Failure.REQUEST_TIMEOUT)
         elif kind == _T_CLIENT:
             self._proxy.stats.fail(Failure.CLIENT_TIMEOUT)
+            self._ended(Failure.CLIENT_TIMEOUT)
             if self._resp is None and self._req is not None:
                 self._fe.req_errors += 1
                 self._close_after = True
@@ -447,6 +459,7 @@ class ClientProtocol(asyncio.Protocol):
             log.exception("%s: internal error on a connection from %s", self._proxy.frontend,
                           self.client_ip)
             self._proxy.stats.fail(Failure.INTERNAL)
+            self._ended(Failure.INTERNAL)
             self._drop_upstream()
             self.abort()
             return
@@ -471,6 +484,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def _bad_request(self, failure: Failure) -> None:
         self._proxy.stats.fail(failure)
+        if self._req is None or self._state not in _REQ_WHOLE:
+            self._ended(failure)  # (else it is the next request's, answered later)
         self._fe.req_errors += 1
         state = self._state
         if state is _CLOSED:
@@ -836,6 +851,7 @@ class ClientProtocol(asyncio.Protocol):
             up.abort()
             return
         self._proxy.stats.fail(failure)
+        self._ended(failure)
         self._count_resp_error()
         self._drop_upstream()
         unsent = self._unsent
@@ -864,8 +880,12 @@ class ClientProtocol(asyncio.Protocol):
             return
         if state in _RESP_WHOLE:
             return
-        if self._resp is None and not up.got_bytes and up.uses > 1 and self._retry_ok() \
-                and self._attempts < self._proxy.settings.limits.retries:
+        req = self._req
+        if req is not None and may_resend(
+                idempotent=req.idempotent, body_kept=self._replay is not None,
+                response_started=self._resp is not None or up.got_bytes,
+                reused_connection=up.uses > 1, attempts=self._attempts,
+                retries=self._proxy.settings.limits.retries):
             # A pooled connection the server had closed: send again on another one.
             up.detach()
             self._up = None
@@ -881,10 +901,6 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.upstream_failed(up, Failure.BACKEND_RESET)
 
-    def _retry_ok(self) -> bool:
-        req = self._req
-        return req is not None and req.idempotent and self._replay is not None
-
     def _count_resp_error(self) -> None:
         if self._backend is not None:
             self._proxy.stats.backend(self._backend.name).resp_errors += 1
@@ -894,6 +910,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _backend_timeout(self) -> None:
         self._proxy.stats.fail(Failure.BACKEND_TIMEOUT)
+        self._ended(Failure.BACKEND_TIMEOUT)
         self._count_resp_error()
         self._drop_upstream()
         if self._resp is None:
@@ -955,6 +972,7 @@ class ClientProtocol(asyncio.Protocol):
         """Answer the current request ourselves."""
         proxy = self._proxy
         proxy.stats.fail(failure)
+        self._ended(failure)
         req = self._req
         assert req is not None
         close = not self._local_keep_alive(req)
@@ -1012,6 +1030,7 @@ class ClientProtocol(asyncio.Protocol):
     def _local_error(self, failure: Failure) -> None:
         """Answer outside any routed exchange (a malformed request, a slow head), and
         close."""
+        self._ended(failure)
         self._status = failure.status
         self._fe.response(failure.status)
         req = self._req  # a HEAD whose body (chunked) was malformed: no body either
@@ -1023,8 +1042,18 @@ class ClientProtocol(asyncio.Protocol):
         self.close()
 
     def _fail(self, failure: Failure) -> None:
+        self._ended(failure)
         self._connecting = False
         self._respond_error(failure)
+
+    def _ended(self, failure: Failure) -> None:
+        """`failure` ends this exchange: note haproxy's termination state for the log
+        (the first failure only: what follows is its consequence)."""
+        if self._term == "--":
+            state = self._state
+            self._term = termination(
+                failure, self._state_closed if state is _CLOSED else state,
+                self._connecting)
 
     # -- the end of an exchange ----------------------------------------------------------
 
@@ -1100,27 +1129,17 @@ class ClientProtocol(asyncio.Protocol):
             up.detach()
             up.close()
         self._release_server()
-        if log_it and access_log.isEnabledFor(logging.INFO):
+        if log_it and accesslog.enabled():
             self._log()
         self._reset()
 
     def _log(self) -> None:
-        req = self._req
-        now = self._loop.time()
-        t0 = self._t0 or now
-        ms: Callable[[float], int] = lambda t: int((t - t0) * 1000) if t else -1  # noqa: E731
-        tq = ms(self._t_head)
-        tc = int((self._t_conn - self._t_head) * 1000) if self._t_conn else -1
-        tr = int((self._t_resp - self._t_conn) * 1000) if self._t_resp and self._t_conn \
-            else -1
-        backend = self._backend.name if self._backend is not None else "<NOSRV>"
-        server = self._server.label if self._server is not None else "<NOSRV>"
-        line = '%s:%d [%s] %s %s/%s %d/%d/%d/%d/%d %d %d "%s %s HTTP/%s"' % (  # noqa: UP031
-            self.client_ip, self.client_port,
-            time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime()), self._proxy.frontend,
-            backend, server, tq, 0 if self._t_conn else -1, tc, tr, ms(now), self._status,
-            self._resp_bytes,
-            req.method.decode("latin-1") if req else "<BADREQ>",
-            req.target.decode("latin-1") if req else "",
-            req.version.decode() if req else "1.1")
-        access_log.info(line)
+        backend, server = self._backend, self._server
+        accesslog.log(accesslog.line(
+            client_ip=self.client_ip, client_port=self.client_port,
+            frontend=self._proxy.frontend,
+            backend=backend.name if backend is not None else accesslog.NOSRV,
+            server=server.label if server is not None else accesslog.NOSRV,
+            t0=self._t0, t_head=self._t_head, t_conn=self._t_conn, t_resp=self._t_resp,
+            now=self._loop.time(), status=self._status, nbytes=self._resp_bytes,
+            termination=self._term, req=self._req))
