@@ -178,7 +178,13 @@ class HttpProxy:
         for _ in range(3):
             await asyncio.sleep(0)
 
-    def connection_gone(self) -> None:
+    def connection_opened(self, conn: ClientProtocol) -> None:
+        self.conns.add(conn)
+
+    def connection_gone(self, conn: ClientProtocol) -> None:
+        self.conns.discard(conn)
+        if self.limit is not None:
+            self.limit.release()
         if self._gone is not None and not self.conns:
             self._gone.set()
 

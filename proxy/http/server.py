@@ -22,10 +22,10 @@ parser events wait in `_queue` (the client's reading is paused meanwhile, so the
 at most one read's worth) and are replayed when the exchange ends; so does a parse error
 of a later request, answered with its 400 only after the responses before it.
 
-Flow control is cross-wired with high/low watermarks (`upstream.HIGH_WATER`/`LOW_WATER`):
+Flow control is cross-wired with high/low watermarks (`proxy.flow`, shared with L4):
 the backend's write buffer full → stop reading the client; the client's write buffer
-full → stop reading the backend. Reading is paused for several independent reasons (a
-bit each in `_paused`), and resumed only when none is left.
+full → stop reading the backend. Reading the client is paused for several independent
+reasons (`flow.Pause`, a bit each in `_paused`), and resumed only when none is left.
 
 Timers: one `TimerHandle` per connection, armed for the phase's timeout (`_T_*`). The
 inactivity kinds (client, server, tunnel) are not re-armed on every read: activity only
@@ -47,8 +47,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+from proxy import flow
 from proxy.balance import Balancer, cookie_value
 from proxy.http import accesslog
 from proxy.http import headers as hdr
@@ -63,6 +64,7 @@ from proxy.http.exchange import (
     termination,
 )
 from proxy.http.exchange import keep_alive as keep_alive_after
+from proxy.http.frontend import Frontend
 from proxy.http.parser import (
     ParseError,
     RequestHead,
@@ -71,20 +73,21 @@ from proxy.http.parser import (
     request_parser,
 )
 from proxy.http.routing import split_target
-from proxy.http.upstream import HIGH_WATER, LOW_WATER, UpstreamProtocol
+from proxy.http.upstream import UpstreamProtocol
 from pylb.counters import Counters
 from pylb.failures import Failure
 from pylb.model import Affinity, Backend, Server
-
-if TYPE_CHECKING:
-    from proxy.http.proxy import HttpProxy
 
 log = logging.getLogger("pylb.http")
 
 # Timer kinds. Only the inactivity kinds (> _T_REQUEST) are stretched by activity.
 _T_NONE, _T_KEEPALIVE, _T_REQUEST, _T_CLIENT, _T_SERVER, _T_TUNNEL = range(6)
-# Reasons to pause reading the client.
-_P_QUEUE, _P_UPSTREAM, _P_PENDING, _P_UPGRADE = 1, 2, 4, 8
+# Reasons to pause reading the client, as ints (an IntFlag's operators are Python calls).
+_P_QUEUE = int(flow.Pause.QUEUE)
+_P_UPSTREAM = int(flow.Pause.PEER)
+_P_PENDING = int(flow.Pause.PENDING)
+_P_UPGRADE = int(flow.Pause.UPGRADE)
+_HIGH_WATER = flow.HIGH_WATER
 _REPLAY_MAX = 64 * 1024  # body bytes kept to replay on a retry (else no retry)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _COOKIE = Affinity.COOKIE  # an Enum member's lookup costs ten times a global's (3.11)
@@ -161,7 +164,7 @@ class ClientProtocol(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, proxy: HttpProxy) -> None:
+    def __init__(self, proxy: Frontend) -> None:
         self._proxy = proxy
         self._pool = proxy.pool
         self._loop = proxy.loop
@@ -231,7 +234,7 @@ class ClientProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         proxy = self._proxy
-        proxy.conns.add(self)
+        proxy.connection_opened(self)
         fe = self._fe
         fe.open()
         peer = transport.get_extra_info("peername")
@@ -241,7 +244,7 @@ class ClientProtocol(asyncio.Protocol):
         if sockname:
             self.local_port = sockname[1]
         # TCP_NODELAY: uvloop and asyncio set it on TCP transports already.
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        flow.set_limits(transport)
         if proxy.tls:
             ssl_object = transport.get_extra_info("ssl_object")
             cert = ssl_object.getpeercert() if ssl_object is not None else None
@@ -254,9 +257,6 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self._proxy.conns.discard(self)
-        if self._proxy.limit is not None:
-            self._proxy.limit.release()
         self._fe.close()
         if self._timer is not None:
             self._timer.cancel()
@@ -269,7 +269,7 @@ class ClientProtocol(asyncio.Protocol):
             self._drop_upstream()
             self._end_exchange(reusable=False, log_it=True)
         self._closing()
-        self._proxy.connection_gone()
+        self._proxy.connection_gone(self)
 
     def _closing(self) -> None:
         state = self._state
@@ -308,9 +308,7 @@ class ClientProtocol(asyncio.Protocol):
         return self._req is None and self._queue is None
 
     def pause_reading(self, why: int) -> None:
-        if not self._paused and self.transport is not None:
-            self.transport.pause_reading()
-        self._paused |= why
+        self._paused = flow.pause(self.transport, self._paused, why)
         if why == _P_UPSTREAM and self._tkind == _T_CLIENT \
                 and (self._state is _REQUEST or self._state is _EARLY):
             # The body waits for the server to take it, not for the client.
@@ -321,9 +319,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def resume_reading(self, why: int) -> None:
         if self._paused & why:
-            self._paused &= ~why
-            if not self._paused and self.transport is not None and not self.closed:
-                self.transport.resume_reading()
+            self._paused = flow.resume(self.transport, self._paused, why)
             if why & _P_UPSTREAM and self._tkind == _T_SERVER \
                     and self._state is _REQUEST:
                 self._arm(_T_CLIENT, self._proxy.settings.timeouts.client)
@@ -538,7 +534,7 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self._pending.extend(parts)
             self._pending_size += len(data)
-            if self._pending_size > HIGH_WATER:
+            if self._pending_size > _HIGH_WATER:
                 self.pause_reading(_P_PENDING)
         replay = self._replay
         if replay is not None:
