@@ -10,6 +10,7 @@ import asyncio
 from typing import Any, Protocol
 
 from proxy.balance import Balancers
+from proxy.http.idle import IdleSweep
 from proxy.http.pool import Pool
 from proxy.http.routing import Router
 from pylb.config import HttpParser, Settings
@@ -37,6 +38,9 @@ class Frontend(Protocol):
 
     @property
     def pool(self) -> Pool: ...
+
+    @property
+    def idle(self) -> IdleSweep: ...
 
     def connection_opened(self, conn: Any) -> None:
         """A client connection is open (`conn`: the ClientProtocol)."""

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Collection
 
 from proxy.balance import Balancers, Key
+from proxy.http.idle import IdleSweep
 from proxy.http.parser import resolve
 from proxy.http.pool import Pool
 from proxy.http.routing import Router
@@ -65,6 +66,7 @@ class HttpProxy:
         self.closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Pool | None = None
+        self._idle: IdleSweep | None = None
         self._server: asyncio.Server | None = None
         self._connects: set[asyncio.Task[None]] = set()
         self._gone: asyncio.Event | None = None
@@ -83,6 +85,13 @@ class HttpProxy:
             self._pool = Pool(self.loop, limits.pool_per_server, timeouts.backend_idle)
             self._pool.retain(self.balancers.live_keys)  # pool only the table's servers
         return self._pool
+
+    @property
+    def idle(self) -> IdleSweep:
+        """The sweep of idle keep-alive client connections."""
+        if self._idle is None:
+            self._idle = IdleSweep(self.loop, self.conns, self.settings.timeouts.keep_alive)
+        return self._idle
 
     @property
     def connections(self) -> int:
@@ -172,6 +181,8 @@ class HttpProxy:
             await asyncio.gather(*self._connects, return_exceptions=True)
         if self._pool is not None:
             self._pool.close_all()
+        if self._idle is not None:
+            self._idle.cancel()
         if self._server is not None:
             await self._server.wait_closed()
         # Let the transports' close callbacks run, so nothing is left for the loop's end.

@@ -170,8 +170,8 @@ class ClientProtocol(asyncio.Protocol):
         self._loop = proxy.loop
         self._fe: Counters = proxy.fe_counters
         self.transport: asyncio.Transport | None = None
-        self.parser: RequestParser = request_parser(proxy.parser_kind, self,
-                                                    proxy.settings.limits)
+        # made on the first bytes, dropped while idle between requests (proxy.http.idle)
+        self.parser: RequestParser | None = None
         self.client_ip = ""
         self.client_port = 0
         self.local_port = 0
@@ -359,6 +359,28 @@ class ClientProtocol(asyncio.Protocol):
             timer.cancel()
         self._timer = self._loop.call_at(now + seconds, self._on_timer)
 
+    def _go_idle(self) -> None:
+        """Between requests the frontend's sweep watches us. The timer of the exchange
+        is left to fire (cancelling it and arming one for the next request would cost a
+        TimerHandle per request); when it does, it is not re-armed."""
+        self._tkind = _T_KEEPALIVE
+        self._tlen = self._proxy.settings.timeouts.keep_alive
+        self._tstamp = self._loop.time()
+        self._proxy.idle.watch()
+
+    def idle_check(self, now: float, interval: float) -> bool:
+        """The sweep's visit (proxy.http.idle): True while idle between requests."""
+        if self._tkind != _T_KEEPALIVE or self.closed:
+            return False
+        idle = now - self._tstamp
+        if idle >= self._tlen:
+            self._tkind = _T_NONE
+            self.close()
+            return False
+        if idle >= interval:
+            self.parser = None  # ~0.9 KiB (llhttp); a new one for the next request
+        return True
+
     def _disarm(self) -> None:
         self._tkind = _T_NONE
 
@@ -375,8 +397,8 @@ class ClientProtocol(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         kind = self._tkind
-        if kind == _T_NONE or self.closed:
-            return
+        if kind <= _T_KEEPALIVE or self.closed:  # _T_NONE or _T_KEEPALIVE
+            return  # (idle between requests: the sweep's, proxy.http.idle)
         now = self._loop.time()
         deadline = self._tstamp + self._tlen
         if now < deadline:
@@ -440,9 +462,13 @@ class ClientProtocol(asyncio.Protocol):
         elif kind == _T_KEEPALIVE:
             now = self._t0 = self._loop.time()
             self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request, now)
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = request_parser(self._proxy.parser_kind, self,
+                                                  self._proxy.settings.limits)
         self._feeding = True
         try:
-            self.parser.feed(data)
+            parser.feed(data)
         except ParseError as e:
             self._feeding = False
             if self._ubuf:
@@ -931,6 +957,7 @@ class ClientProtocol(asyncio.Protocol):
         self._state = _ON_SWITCH[self._state]
         if upstream_rest:
             self._wbuf.append(upstream_rest)
+        assert self.parser is not None
         client_rest = self.parser.upgrade_rest
         if client_rest:
             up.transport.write(client_rest)
@@ -1071,7 +1098,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._state = _IDLE  # _ON_NEXT[_DONE]: no lookup for a constant
         self.flush()
-        self._arm(_T_KEEPALIVE, self._proxy.settings.timeouts.keep_alive)
+        self._go_idle()
         if self._proxy.closing:
             self.close()
             return
