@@ -1,5 +1,5 @@
 """The access log: one haproxy-httplog-like line per exchange on the `pylb.access` logger
-at INFO, built only when that logger is enabled (the Protocol asks `enabled()` first).
+at INFO, built only when that logger is enabled (the Protocol asks it first).
 
     127.0.0.1:40000 [07/Dec/2026:02:40:00] http default/app/b0 0/0/1/2/3 200 13 -- "GET / HTTP/1.1"
 
@@ -19,10 +19,6 @@ from proxy.http.parser import RequestHead
 
 access_log = logging.getLogger("pylb.access")
 NOSRV = "<NOSRV>"
-
-
-def enabled() -> bool:
-    return access_log.isEnabledFor(logging.INFO)
 
 
 def _ms(t: float, since: float) -> int:

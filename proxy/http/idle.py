@@ -32,7 +32,7 @@ class Idler(Protocol):
 
 
 class IdleSweep:
-    __slots__ = ("_conns", "_handle", "_loop", "interval")
+    __slots__ = ("_conns", "_handle", "_loop", "armed", "interval")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conns: Collection[Idler],
                  keep_alive: float) -> None:
@@ -40,14 +40,17 @@ class IdleSweep:
         self._conns = conns
         self.interval = max(0.001, min(keep_alive / 4, MAX_INTERVAL))
         self._handle: asyncio.TimerHandle | None = None
+        self.armed = False  # a sweep is due (callers look first: one call fewer)
 
     def watch(self) -> None:
         """A connection went idle: make sure a sweep comes."""
         if self._handle is None:
             self._handle = self._loop.call_later(self.interval, self._sweep)
+            self.armed = True
 
     def _sweep(self) -> None:
         self._handle = None
+        self.armed = False
         now = self._loop.time()
         interval = self.interval
         idle = False
@@ -61,3 +64,4 @@ class IdleSweep:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+            self.armed = False

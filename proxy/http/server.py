@@ -88,6 +88,8 @@ _P_UPSTREAM = int(flow.Pause.PEER)
 _P_PENDING = int(flow.Pause.PENDING)
 _P_UPGRADE = int(flow.Pause.UPGRADE)
 _HIGH_WATER = flow.HIGH_WATER
+_access_log_enabled = accesslog.access_log.isEnabledFor  # asked per exchange
+_INFO = logging.INFO
 _REPLAY_MAX = 64 * 1024  # body bytes kept to replay on a retry (else no retry)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _COOKIE = Affinity.COOKIE  # an Enum member's lookup costs ten times a global's (3.11)
@@ -140,6 +142,7 @@ class ClientProtocol(asyncio.Protocol):
         "_state",
         "_state_closed",
         "_status",
+        "_sweep",
         "_t0",
         "_t_conn",
         "_t_head",
@@ -169,6 +172,7 @@ class ClientProtocol(asyncio.Protocol):
         self._pool = proxy.pool
         self._loop = proxy.loop
         self._fe: Counters = proxy.fe_counters
+        self._sweep = proxy.idle
         self.transport: asyncio.Transport | None = None
         # made on the first bytes, dropped while idle between requests (proxy.http.idle)
         self.parser: RequestParser | None = None
@@ -366,7 +370,9 @@ class ClientProtocol(asyncio.Protocol):
         self._tkind = _T_KEEPALIVE
         self._tlen = self._proxy.settings.timeouts.keep_alive
         self._tstamp = self._loop.time()
-        self._proxy.idle.watch()
+        sweep = self._sweep
+        if not sweep.armed:
+            sweep.watch()
 
     def idle_check(self, now: float, interval: float) -> bool:
         """The sweep's visit (proxy.http.idle): True while idle between requests."""
@@ -1090,7 +1096,9 @@ class ClientProtocol(asyncio.Protocol):
             parser = up.parser
             reusable = (done and self._resp is not None and self._resp.keep_alive
                         and parser is not None
-                        and not parser.rest and parser.upgrade_rest is None and up.usable)
+                        and not parser.rest and parser.upgrade_rest is None
+                        and not up.closed and not up.eof and up.transport is not None
+                        and not up.transport.is_closing())  # up.usable, inline
         keep = done and self._keep and not self._close_after
         self._end_exchange(reusable, log_it=True)
         if not keep:
@@ -1152,7 +1160,7 @@ class ClientProtocol(asyncio.Protocol):
             up.detach()
             up.close()
         self._release_server()
-        if log_it and accesslog.enabled():
+        if log_it and _access_log_enabled(_INFO):
             self._log()
         self._reset()
 
