@@ -246,9 +246,11 @@ class ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip, self.client_port = peer[0], peer[1]
-        sockname = transport.get_extra_info("sockname")
-        if sockname:
-            self.local_port = sockname[1]
+        port = proxy.port
+        if not port:
+            sockname = transport.get_extra_info("sockname")
+            port = sockname[1] if sockname else 0
+        self.local_port = port
         # TCP_NODELAY: uvloop and asyncio set it on TCP transports already.
         flow.set_limits(transport)
         if proxy.tls:
