@@ -62,6 +62,15 @@ def test_retry_after(headers: dict[str, str], body: bytes, expected: float | Non
     assert retry_after(headers, parse_status(body)) == expected
 
 
+def test_retry_after_date_counts_from_the_given_clock() -> None:
+    """An HTTP-date Retry-After is read against the caller's wall clock, not time.time()."""
+    date = {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}  # 1445412480 epoch seconds
+    assert retry_after(date, None, now=1445412480.0 - 12.5) == 12.5
+    assert retry_after(date, None, now=1445412480.0 + 5) == 0.0
+    err = error_from_response(503, date, b"", now=1445412480.0 - 3)
+    assert isinstance(err, ApiError) and err.retry_after == 3.0
+
+
 @pytest.mark.parametrize(("code", "headers", "body", "kind", "status", "wait"), [
     (410, {}, _status(410, "Expired", "continue token expired"), Gone, None, None),
     (429, {"Retry-After": "2"}, b"Too many requests, please try again later.", ApiError,
@@ -132,6 +141,24 @@ def test_slim_drops_managed_fields_without_touching_the_input() -> None:
     obj = {"metadata": {"name": "a", "managedFields": [{"manager": "kubectl"}]}, "spec": {}}
     assert slim(obj) == {"metadata": {"name": "a"}, "spec": {}}
     assert "managedFields" in obj["metadata"]
+
+
+def test_slim_keeps_only_the_metadata_pylb_reads() -> None:
+    meta = {"name": "a", "namespace": "n", "resourceVersion": "7", "uid": "u-1",
+            "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 3,
+            "labels": {"app": "a"}, "ownerReferences": [{"kind": "Service"}],
+            "annotations": {"serviceloadbalancer/lb.host": "h",
+                            "kubectl.kubernetes.io/last-applied-configuration": "{...}"}}
+    obj = {"metadata": meta, "spec": {"ports": []}}
+    out = slim(obj)
+    assert out == {"metadata": {"name": "a", "namespace": "n", "resourceVersion": "7",
+                                "labels": {"app": "a"},
+                                "annotations": {"serviceloadbalancer/lb.host": "h"}},
+                   "spec": {"ports": []}}
+    assert out["spec"] is obj["spec"]
+    assert obj["metadata"] is meta and "uid" in meta and len(meta["annotations"]) == 2
+    lean = {"metadata": {"name": "b", "labels": {}}, "spec": {}}
+    assert slim(lean) is lean  # nothing to leave out: the very object
 
 
 def test_addresses_dedupe_and_order() -> None:

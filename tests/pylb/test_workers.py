@@ -366,7 +366,7 @@ async def test_workers_share_one_self_signed_certificate(backends: list[int]) ->
     import hashlib
     import ssl
 
-    from pylb.app import make_self_signed
+    from pylb.dataplane import make_self_signed
 
     s = settings(https_port=free_port())
     pool = WorkerPool(s, self_signed_pem=make_self_signed(s))
@@ -540,8 +540,10 @@ async def test_eof_from_the_controller_stops_the_worker_at_once() -> None:
         w.stopping = True  # not to be restarted
         assert w.channel is not None
         w.channel.abort()
-        await wait_until(lambda: not w.process.is_alive(), timeout=10)
-        assert w.process.exitcode == 0
+        proc = w.process
+        assert proc is not None
+        await wait_until(lambda: proc.poll() is not None, timeout=10)
+        assert proc.returncode == 0
     finally:
         await pool.shutdown(1.0)
 
