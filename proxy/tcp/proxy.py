@@ -55,6 +55,7 @@ import logging
 import socket
 from typing import Any, cast
 
+from proxy import flow
 from proxy.balance import Balancer, Balancers, normalize_client_ip
 from proxy.connect import Dial, ShortageLog
 from proxy.listener import BACKLOG, ConnectionLimit, Listener, bind_socket
@@ -72,10 +73,11 @@ from pylb.model import Affinity, Algorithm, ProxyProtocol, RouteTable, Server, T
 
 log = logging.getLogger("pylb.tcp")
 
-# Write-buffer watermarks per transport. 64 KiB is asyncio's default high mark; the low
-# mark at a quarter avoids pause/resume ping-pong.
-HIGH_WATER = 64 * 1024
-LOW_WATER = 16 * 1024
+# Write-buffer watermarks per transport: one pair for L4 and L7, justified in proxy.flow.
+HIGH_WATER = flow.HIGH_WATER
+LOW_WATER = flow.LOW_WATER
+_P_PEER = int(flow.Pause.PEER)
+_P_CONNECTING = int(flow.Pause.CONNECTING)
 # Splice only pays once a connection moves bulk data. Moving a connection to splice costs
 # ~42 µs (dups, two pipes, epoll changes; bench medians: 140 vs 98 µs per connection) and
 # saves ~0.14 µs per KiB (0.30 vs 0.15 CPU-s/GiB). Not knowing how much more a connection
@@ -209,12 +211,13 @@ class _Upstream(asyncio.Protocol):
             self.conn.server_lost(exc)
 
     def pause_writing(self) -> None:
-        self.conn.ct.pause_reading()
+        c = self.conn
+        c.c_paused = flow.pause(c.ct, c.c_paused, _P_PEER)
 
     def resume_writing(self) -> None:
         c = self.conn
         if c.state is _TUNNEL:
-            c.ct.resume_reading()
+            c.c_paused = flow.resume(c.ct, c.c_paused, _P_PEER)
             if c.down + c.up >= c.splice_at:
                 c.try_splice()
 
@@ -229,6 +232,7 @@ class _Conn(asyncio.Protocol):
         "bcounters",
         "born",
         "c_eof",
+        "c_paused",
         "client_at",
         "client_ip",
         "ct",
@@ -288,6 +292,7 @@ class _Conn(asyncio.Protocol):
         self.client_at = 0.0
         self.server_at = 0.0
         self.c_eof = False
+        self.c_paused = 0  # why the client is not read (flow.Pause bits)
         self.s_eof = False
         self.splice_at = proxy.splice_at
 
@@ -320,7 +325,7 @@ class _Conn(asyncio.Protocol):
             if not self.backend:
                 self._inspect()
             elif len(self.sbuf) >= HIGH_WATER:
-                self.ct.pause_reading()
+                self.c_paused = flow.pause(self.ct, self.c_paused, _P_CONNECTING)
 
     def eof_received(self) -> bool:
         self.c_eof = True
@@ -359,7 +364,7 @@ class _Conn(asyncio.Protocol):
                 len(self.sbuf) <= MAX_CLIENT_HELLO + 5:
             return
         host = None if isinstance(result, NeedMore) else result
-        self.ct.pause_reading()
+        self.c_paused = flow.pause(self.ct, self.c_paused, _P_CONNECTING)
         name = sni_backend(self.fe.frontend, host)
         if name is None:
             self.proxy.stats.fail(Failure.NO_ROUTE)
@@ -548,7 +553,7 @@ class _Conn(asyncio.Protocol):
         # Resume both sides first: the writes below may pause them again (pause_writing
         # runs inside write), and that must be the last word.
         if not self.c_eof:
-            self.ct.resume_reading()
+            self.c_paused = flow.resume(self.ct, self.c_paused, _P_CONNECTING)
         st.resume_reading()
         if bal.backend.proxy_protocol is not ProxyProtocol.NONE:
             src = self.ct.get_extra_info("peername")
@@ -696,7 +701,7 @@ class _Conn(asyncio.Protocol):
 def _tune(transport: asyncio.Transport) -> None:
     # uvloop sets TCP_NODELAY on every TCP transport already; asking for the socket to
     # set it again costs a socket object per side (~10 µs per connection).
-    transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+    flow.set_limits(transport)
 
 
 def _addr(a: Any) -> tuple[str, int] | None:
