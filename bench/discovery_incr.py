@@ -46,8 +46,8 @@ def pct(values: list[float], p: float) -> float:
 async def run(services: int, endpoints: int, changes: int, profile: Path | None,
               page_size: int | None) -> dict[str, Any]:
     from discovery.kube import KubeSource
-    from discovery.kubeclient import api_client_from_dict
     from pylb.config import KubeSettings, Settings
+    from pylb.kubeapi import api_client_from_dict
 
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     fd, kc = tempfile.mkstemp(suffix=".yaml")

@@ -20,7 +20,7 @@ sends exactly `--requests` more from this process (a plain blocking client, one 
 at a time, so each read is one request: the per-request path is what is counted, not
 batching luck), dumps the counters (`callgrind_control -d`) and divides.
 
-The proxy is a real pylb worker set-up run in its own process (`pylb.app.DataPlane`: the
+The proxy is a real pylb worker set-up run in its own process (`pylb.dataplane.DataPlane`: the
 listener with --maxconn, the shared balancers, the TLS frontend from `--ssl-cert`), with
 a fixed route table: `/svc` → one nginx backend (bench/configs/nginx-backend.conf, also
 in its own process, not counted). `--proxy haproxy` counts haproxy 2.6 with the bench's

@@ -63,7 +63,7 @@ def big_table(services: int, probe_port: int = 1, version: int = 1,
 
 
 async def apply_times(services: int, n: int = 5) -> dict[str, Any]:
-    from pylb.app import DataPlane
+    from pylb.dataplane import DataPlane
 
     plane = DataPlane(Settings(bind="127.0.0.1", http_port=0, workers=1))
     t = big_table(services, 1)

@@ -48,7 +48,9 @@ from pylb.model import RouteTable
 
 log = logging.getLogger("pylb.discovery")
 
-_KINDS = {"Service": "services", "EndpointSlice": "endpointslices", "Endpoints": "endpoints"}
+_KINDS = {"Service": "services", "EndpointSlice": "endpointslices", "Endpoints": "endpoints",
+          # read only with --ingress-class (discovery/ingress.py)
+          "Ingress": "ingresses", "IngressClass": "ingressclasses", "Secret": "secrets"}
 
 # A file whose mtime is closer than this to the time it was read may be rewritten within
 # the same timestamp tick (Linux stamps files from a clock that ticks every few ms; some
@@ -87,6 +89,9 @@ def objects_from_yaml(text: str, settings: Settings, origin: str = "<string>") -
         if bucket is None:
             log.debug("%s: ignoring an object of kind %r", origin, kind)
             continue
+        if bucket == "ingressclasses":  # cluster-scoped: no namespace to filter on
+            found[bucket].append(obj)
+            continue
         obj = _with_namespace(obj)
         ns = obj["metadata"].get("namespace") if isinstance(obj.get("metadata"), dict) else None
         if settings.namespaces and isinstance(ns, str) and ns not in settings.namespaces:
@@ -94,7 +99,10 @@ def objects_from_yaml(text: str, settings: Settings, origin: str = "<string>") -
         found[bucket].append(obj)
     return KubeObjects(services=tuple(found["services"]),
                        endpointslices=tuple(found["endpointslices"]),
-                       endpoints=tuple(found["endpoints"]))
+                       endpoints=tuple(found["endpoints"]),
+                       ingresses=tuple(found["ingresses"]),
+                       ingressclasses=tuple(found["ingressclasses"]),
+                       secrets=tuple(found["secrets"]))
 
 
 def _flatten(docs: Iterable[Any], origin: str) -> Iterable[dict[str, Any]]:
@@ -155,6 +163,7 @@ class FileSource:
         self.settings = settings
         self.poll_interval = poll_interval
         self.synced = False
+        self.last_sync: float | None = None  # a file is read, never synced with a cluster
         self.version = 0
         self._last: RouteTable | None = None
         self._signature: Signature | None = None
@@ -163,13 +172,18 @@ class FileSource:
         self._externals = ExternalNames(resolver, settings.kube.dns_timeout)
         self._translator = Translator(settings)
         self._fed: dict[str, dict[Hashable, Any]] = {
-            "services": {}, "endpointslices": {}, "endpoints": {}}
+            "services": {}, "endpointslices": {}, "endpoints": {}, "ingresses": {},
+            "ingressclasses": {}, "secrets": {}}
 
     def _stat(self) -> tuple[Signature, bool]:
         """(signature, racy) of the file as it is now; OSError if it cannot be stat'ed."""
         st = os.stat(self.path)
         sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         return sig, time.time_ns() - st.st_mtime_ns < _RACY_NS
+
+    def metrics(self) -> dict[str, float]:
+        """No watch to report on: the stats page's discovery numbers are the cluster's."""
+        return {}
 
     def read(self) -> KubeObjects:
         """Read and parse the file once. Raises FileSourceError."""
@@ -209,7 +223,10 @@ class FileSource:
         tr = self._translator
         for kind, setter in (("services", tr.set_service),
                              ("endpointslices", tr.set_slice),
-                             ("endpoints", tr.set_endpoints)):
+                             ("endpoints", tr.set_endpoints),
+                             ("ingresses", tr.set_ingress),
+                             ("ingressclasses", tr.set_ingress_class),
+                             ("secrets", tr.set_secret)):
             old, new = self._fed[kind], keyed(getattr(objects, kind))
             for key in old.keys() - new.keys():
                 setter(key, None)

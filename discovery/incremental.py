@@ -32,6 +32,13 @@ by keeping what translate() recomputes:
    recomputed each build. The table is made with `RouteTable.from_sorted`: no sort, no
    scan. A build that changes nothing returns the last table itself.
 
+5. **Ingresses** (with `--ingress-class`) are a layer over that table
+   (discovery/ingress.py `apply_ingresses`), redone whole — it is small: one pass over
+   the Ingresses, and one sort of the routes — when an Ingress or IngressClass changed,
+   when the services' table changed, or when a service an Ingress names was re-planned
+   (its servers may show only through an Ingress: a cloud-balanced service). Otherwise the
+   last layered table is returned as it is.
+
 tests/discovery/test_incremental.py checks, over random sequences of changes (collisions,
 duplicates, TCP ports, --target-service), that every table equals translate()'s.
 
@@ -47,6 +54,8 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from discovery.ingress import apply_ingresses
+from discovery.secrets import by_ident
 from discovery.translate import (
     Ident,
     Plan,
@@ -205,6 +214,14 @@ class Translator:
         # can move between a route and a TCP port as the same object)
         self._gone_backends: list[Backend] = []
         self._new_backends: list[Backend] = []
+        # the Ingress layer: its inputs, the services' table it was laid on, the result
+        self._ingresses: dict[Hashable, Obj] = {}
+        self._ingress_classes: dict[Hashable, Obj] = {}
+        self._secrets: dict[Hashable, Obj] = {}
+        self._ingress_dirty = False
+        self._ingress_base: RouteTable | None = None
+        self._ingress_services: frozenset[Ident] = frozenset()
+        self._layered = self.table
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -265,6 +282,26 @@ class Translator:
             _multi_add(of, owner, key)
             self._dirty.add(owner)
 
+    def set_ingress(self, key: Hashable, obj: Obj | None) -> None:
+        """The Ingress stored under `key` is now `obj` (None: deleted)."""
+        self._set_layer_input(self._ingresses, key, obj)
+
+    def set_ingress_class(self, key: Hashable, obj: Obj | None) -> None:
+        """The IngressClass stored under `key` is now `obj` (None: deleted)."""
+        self._set_layer_input(self._ingress_classes, key, obj)
+
+    def set_secret(self, key: Hashable, obj: Obj | None) -> None:
+        """The Secret stored under `key` is now `obj` (None: deleted)."""
+        self._set_layer_input(self._secrets, key, obj)
+
+    def _set_layer_input(self, store: dict[Hashable, Obj], key: Hashable,
+                         obj: Obj | None) -> None:
+        old = store.pop(key, None)
+        if obj is not None:
+            store[key] = obj
+        if old is not obj:
+            self._ingress_dirty = True
+
     def set_external(self, external: Mapping[str, Any]) -> None:
         """The resolved ExternalName names (discovery.dns): re-plans ExternalName services."""
         if external == self._external:
@@ -280,7 +317,32 @@ class Translator:
         changed, seed = self._replan()
         if changed:
             self._reclaim(self._component(changed, seed), seed)
-        return self._assemble()
+        table = self._assemble()
+        if self.settings.ingress_class is None:
+            return table
+        return self._layer(table, changed)
+
+    def _layer(self, table: RouteTable, changed: list[Ident]) -> RouteTable:
+        """`table` with the Ingresses' routes: the last result when nothing they read
+        changed."""
+        if (not self._ingress_dirty and table is self._ingress_base
+                and self._ingress_services.isdisjoint(changed)):
+            return self._layered
+        entries = self._entries
+
+        def plan_of(ns: str, name: str) -> Plan | None:
+            entry = entries.get((ns, name))
+            return entry.plan if entry is not None else None
+
+        result = apply_ingresses(table, self._ingresses.values(),
+                                 self._ingress_classes.values(), self.settings, plan_of,
+                                 self._layered, by_ident(self._secrets.values()))
+        self._ingress_dirty = False
+        self._ingress_base = table
+        self._ingress_services = result.services
+        if result.table != self._layered:
+            self._layered = result.table
+        return self._layered
 
     def _replan(self) -> tuple[list[Ident], set[tuple[Any, ...]]]:
         """Re-plan the dirty services; those whose plan changed (or that are gone), and the

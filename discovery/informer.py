@@ -48,7 +48,6 @@ once stored (see FREEZE_LIST): otherwise each full collection walks the whole st
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import gc
 import json
 import logging
@@ -59,10 +58,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api
+from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api, NetworkingV1Api
 
 from pylb import collector
 from pylb.config import KubeSettings
+
+# Re-exported (`x as x`): callers and tests have long imported them from here.
+from pylb.kubeapi import ApiError as ApiError
+from pylb.kubeapi import backoff_delay as backoff_delay
+from pylb.kubeapi import error_from_status
+from pylb.kubeapi import is_too_large as is_too_large
+from pylb.kubeapi import parse_status as parse_status
+from pylb.kubeapi import retry_after as retry_after
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +96,10 @@ class Kind:
     namespace and in all namespaces."""
 
     plural: str
-    group: str  # "core" or "discovery"
-    namespaced: str
+    group: str  # "core", "discovery" or "networking"
+    namespaced: str  # "" for a cluster-scoped kind
     cluster: str
+    field_selector: str = ""  # e.g. only kubernetes.io/tls Secrets
 
 
 SERVICES = Kind("services", "core", "list_namespaced_service",
@@ -100,26 +108,17 @@ ENDPOINTSLICES = Kind("endpointslices", "discovery", "list_namespaced_endpoint_s
                       "list_endpoint_slice_for_all_namespaces")
 ENDPOINTS = Kind("endpoints", "core", "list_namespaced_endpoints",
                  "list_endpoints_for_all_namespaces")
+# With --ingress-class (discovery/ingress.py, discovery/secrets.py):
+INGRESSES = Kind("ingresses", "networking", "list_namespaced_ingress",
+                 "list_ingress_for_all_namespaces")
+INGRESSCLASSES = Kind("ingressclasses", "networking", "", "list_ingress_class")
+TLS_SECRETS = Kind("secrets", "core", "list_namespaced_secret",
+                   "list_secret_for_all_namespaces", field_selector="type=kubernetes.io/tls")
+_APIS = {"core": CoreV1Api, "discovery": DiscoveryV1Api, "networking": NetworkingV1Api}
 
 
 class Gone(Exception):
     """410: our resourceVersion (or continue token) has expired; relist."""
-
-
-class ApiError(Exception):
-    """A non-2xx answer or an ERROR event other than 410.
-
-    `too_large`: the server has not reached our resourceVersion (504, cause
-    `ResourceVersionTooLarge`): it lost data (etcd restored from a backup) or is lagging.
-    Resuming from that version may never work, so, as client-go does, we relist.
-    """
-
-    def __init__(self, status: int, message: str, retry_after: float | None = None,
-                 too_large: bool = False) -> None:
-        super().__init__(f"{status} {message}")
-        self.status = status
-        self.retry_after = retry_after
-        self.too_large = too_large
 
 
 class StreamError(Exception):
@@ -128,69 +127,15 @@ class StreamError(Exception):
 
 # --- pure helpers -----------------------------------------------------------------------
 
-def backoff_delay(failures: int, base: float, cap: float, rnd: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**(failures-1))). `rnd` in [0, 1)."""
-    if failures <= 0:
-        return 0.0
-    return rnd * min(cap, base * 2.0 ** min(failures - 1, 62))
-
-
-def parse_status(body: bytes) -> dict[str, Any] | None:
-    """A Kubernetes `Status` object from an error body, or None (APF's 429 is plain text)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    if isinstance(doc, dict) and doc.get("kind") == "Status":
-        return doc
-    return None
-
-
-def retry_after(headers: Mapping[str, str], status: Mapping[str, Any] | None) -> float | None:
-    """Seconds to wait from `Retry-After` (seconds or an HTTP date), else from the Status's
-    `details.retryAfterSeconds`; None when neither says."""
-    value = headers.get("Retry-After")
-    if value:
-        value = value.strip()
-        if value.isdigit():
-            return float(value)
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None and when.tzinfo is not None:
-            return max(0.0, when.timestamp() - time.time())
-    if status:
-        details = status.get("details") or {}
-        seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
-        if isinstance(seconds, int) and seconds > 0:
-            return float(seconds)
-    return None
-
-
-def is_too_large(status: Mapping[str, Any] | None) -> bool:
-    """A Status saying our resourceVersion is ahead of the server's (apiserver
-    `storage/errors.go`: cause ResourceVersionTooLarge, "Too large resource version")."""
-    if not status:
-        return False
-    details = status.get("details")
-    causes = details.get("causes") if isinstance(details, dict) else None
-    for cause in causes if isinstance(causes, list) else ():
-        if isinstance(cause, dict) and cause.get("reason") == "ResourceVersionTooLarge":
-            return True
-    return str(status.get("message", "")).startswith("Too large resource version")
-
-
-def error_from_response(code: int, headers: Mapping[str, str], body: bytes) -> Exception:
-    """The exception for a non-2xx answer: `Gone` for 410, else `ApiError`."""
+def error_from_response(code: int, headers: Mapping[str, str], body: bytes,
+                        now: float | None = None) -> Exception:
+    """The exception for a non-2xx answer: `Gone` for 410, else `ApiError` (`now`: the
+    wall clock a Retry-After date counts from, pylb.kubeapi.retry_after)."""
     status = parse_status(body)
     if code == 410:
         return Gone((status or {}).get("message") or "410 Gone")
-    if status is not None:
-        message = f"{status.get('reason', '')}: {status.get('message', '')}"
-    else:
-        message = body[:200].decode("utf-8", "replace").strip()
-    return ApiError(code, message, retry_after(headers, status), is_too_large(status))
+    return error_from_status(code, status, headers=headers, now=now,
+                             text=body[:200].decode("utf-8", "replace").strip())
 
 
 def decode_event(line: bytes) -> tuple[str, Object]:
@@ -210,9 +155,7 @@ def decode_event(line: bytes) -> tuple[str, Object]:
         code = obj.get("code")
         if code == 410:
             raise Gone(str(obj.get("message") or "410 Gone"))
-        raise ApiError(code if isinstance(code, int) else 500,
-                       f"{obj.get('reason', '')}: {obj.get('message', '')}",
-                       retry_after({}, obj), is_too_large(obj))
+        raise error_from_status(code if isinstance(code, int) else 500, obj)
     return etype, obj
 
 
@@ -236,6 +179,10 @@ def slim(obj: Object) -> Object:
     endpoints = obj.get("endpoints")
     if isinstance(endpoints, list) and "addressType" in obj:
         _share_conditions(endpoints)
+    if "data" in obj and obj.get("type") not in (None, "kubernetes.io/tls"):
+        # a Secret that is not a TLS certificate (discovery/secrets.py): its passwords
+        # and tokens are not kept in memory
+        obj = {k: v for k, v in obj.items() if k != "data"}
     return obj
 
 
@@ -331,8 +278,10 @@ class Informer:
         self._wallclock = wallclock
         self._failures = 0
         self._list_attempts = 0
-        api = CoreV1Api(api_client) if kind.group == "core" else DiscoveryV1Api(api_client)
-        if namespace is None:
+        api = _APIS[kind.group](api_client)
+        self._selector: dict[str, str] = (
+            {"field_selector": kind.field_selector} if kind.field_selector else {})
+        if namespace is None or not kind.namespaced:
             self._call = getattr(api, kind.cluster)
             self._args: tuple[str, ...] = ()
         else:
@@ -422,7 +371,7 @@ class Informer:
             self.metrics.relists += 1
         self._list_attempts += 1
         for page in range(MAX_LIST_PAGES):
-            kwargs: dict[str, Any] = {"limit": s.page_size}
+            kwargs: dict[str, Any] = {"limit": s.page_size, **self._selector}
             if token:
                 kwargs["_continue"] = token
             resp = await self._call(*self._args, _preload_content=False,
@@ -430,7 +379,8 @@ class Informer:
             try:
                 body = await resp.read()
                 if not 200 <= resp.status < 300:
-                    raise error_from_response(resp.status, resp.headers, body[:MAX_ERROR_BODY])
+                    raise error_from_response(resp.status, resp.headers, body[:MAX_ERROR_BODY],
+                                              self._wallclock())
             finally:
                 resp.release()
             doc = json.loads(body)
@@ -476,14 +426,14 @@ class Informer:
         resp = await self._call(
             *self._args, watch=True, resource_version=self.resource_version,
             allow_watch_bookmarks=True, timeout_seconds=s.watch_timeout,
-            _preload_content=False, _request_timeout=self._timeout(None))
+            _preload_content=False, _request_timeout=self._timeout(None), **self._selector)
         events = 0
         opened: float | None = None
         try:
             if resp.status != 200:
                 async with asyncio.timeout(s.read_timeout):
                     body = await resp.content.read(MAX_ERROR_BODY)
-                raise error_from_response(resp.status, resp.headers, body)
+                raise error_from_response(resp.status, resp.headers, body, self._wallclock())
             opened = self._clock()
             while self._clock() < deadline:
                 try:

@@ -55,11 +55,22 @@ from kubernetes_asyncio.client import ApiClient
 
 from discovery.dns import ExternalNames, Resolve, external_names, resolve
 from discovery.incremental import Translator
-from discovery.informer import ENDPOINTS, ENDPOINTSLICES, SERVICES, Informer, Key, Kind, Object
-from discovery.kubeclient import make_api_client
+from discovery.informer import (
+    ENDPOINTS,
+    ENDPOINTSLICES,
+    INGRESSCLASSES,
+    INGRESSES,
+    SERVICES,
+    TLS_SECRETS,
+    Informer,
+    Key,
+    Kind,
+    Object,
+)
 from discovery.translate import KubeObjects
 from pylb import collector
 from pylb.config import Settings
+from pylb.kubeapi import client_for
 from pylb.model import RouteTable
 
 log = logging.getLogger(__name__)
@@ -74,11 +85,13 @@ SMALL_BUILD = 200
 
 
 def watched_kinds(settings: Settings) -> tuple[Kind, ...]:
-    """Services, and EndpointSlices or (`--endpoints-api=endpoints`) legacy Endpoints."""
+    """Services, and EndpointSlices or (`--endpoints-api=endpoints`) legacy Endpoints; with
+    `--ingress-class`, Ingresses, IngressClasses and kubernetes.io/tls Secrets too."""
+    ingress = (INGRESSES, INGRESSCLASSES, TLS_SECRETS) if settings.ingress_class else ()
     if settings.endpoints_api == "endpoints":
-        return (SERVICES, ENDPOINTS)
+        return (SERVICES, ENDPOINTS, *ingress)
     if settings.endpoints_api == "endpointslices":
-        return (SERVICES, ENDPOINTSLICES)
+        return (SERVICES, ENDPOINTSLICES, *ingress)
     raise ValueError(f"endpoints_api must be 'endpointslices' or 'endpoints', "
                      f"not {settings.endpoints_api!r}")
 
@@ -86,7 +99,7 @@ def watched_kinds(settings: Settings) -> tuple[Kind, ...]:
 class KubeSource:
     """Publishes a `RouteTable` for the cluster's services, and a new one on each change.
 
-    `api_client_factory` makes the client (default: `make_api_client(settings)`); the
+    `api_client_factory` makes the client (default: `pylb.kubeapi.client_for(settings)`); the
     source closes it when `run` ends. `translate_fn` (tests) replaces the incremental
     translation by a whole one, called with every object on each change; `resolver`, and
     the informers' backoff `rng` and `sleep` are there for tests too.
@@ -104,7 +117,7 @@ class KubeSource:
     ) -> None:
         self.settings = settings
         self._kinds = watched_kinds(settings)
-        self._factory = api_client_factory or (lambda: make_api_client(settings))
+        self._factory = api_client_factory or (lambda: client_for(settings))
         self._translate = translate_fn
         self._rng = rng
         self._sleep = sleep
@@ -141,7 +154,8 @@ class KubeSource:
             self._informers = [
                 Informer(client, kind, ns, self.settings.kube, self._changed,
                          rng=self._rng, sleep=self._sleep)
-                for kind in self._kinds for ns in namespaces]
+                for kind in self._kinds
+                for ns in (namespaces if kind.namespaced else (None,))]
             async with asyncio.TaskGroup() as tg:
                 for informer in self._informers:
                     tg.create_task(informer.run(), name=f"informer {informer.name}")
@@ -204,7 +218,9 @@ class KubeSource:
 
     def _feed(self, translator: Translator, changes: list[tuple[Kind, Key, Any]]) -> None:
         setters = {SERVICES: translator.set_service, ENDPOINTSLICES: translator.set_slice,
-                   ENDPOINTS: translator.set_endpoints}
+                   ENDPOINTS: translator.set_endpoints, INGRESSES: translator.set_ingress,
+                   INGRESSCLASSES: translator.set_ingress_class,
+                   TLS_SECRETS: translator.set_secret}
         for kind, key, obj in changes:
             setters[kind](key, obj)
 
@@ -243,7 +259,10 @@ class KubeSource:
                 services=self._objects(SERVICES),
                 endpointslices=self._objects(ENDPOINTSLICES),
                 endpoints=self._objects(ENDPOINTS),
-                external=external)
+                external=external,
+                ingresses=self._objects(INGRESSES),
+                ingressclasses=self._objects(INGRESSCLASSES),
+                secrets=self._objects(TLS_SECRETS))
             return await asyncio.to_thread(self._translate, objects, self.settings)
         translator = self._translator or Translator(self.settings)
         self._translator = None  # until this build has succeeded

@@ -13,12 +13,12 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
-from election.client import make_api_client
 from election.decide import Timing
 from election.elector import Elector
 from election.lock import make_lock
 from election.publish import StatusPublisher
 from pylb.config import Settings
+from pylb.kubeapi import client_for
 from pylb.model import RouteTable
 
 #: The label of pylb's own pods (deploy/daemonset.yaml); their nodes become the ingress.
@@ -42,23 +42,21 @@ async def run_election(settings: Settings, on_leader: LeaderCallback,
     `on_leader(name, info)` is called at every change: `name` is the leader (None while
     nobody holds the lease), `info` has `is_self`, `since` (the leader's acquireTime,
     epoch seconds, or None) and `transitions`. `get_table` returns the current route
-    table. `api`: the app's client; when None one is made from the settings' kubeconfig
-    or in-cluster account (and closed at the end). `pod_namespace` defaults to
+    table. `api`: a client to use (tests); when None one is made as discovery makes its
+    own, pylb.kubeapi.client_for (and closed at the end). `pod_namespace` defaults to
     $POD_NAMESPACE, else the election namespace (where deploy/ puts both).
     """
     if not settings.election:
         raise ValueError("run_election needs --election")
     own = api is None
-    client = api or await make_api_client(
-        kubeconfig=settings.kubeconfig,
-        in_cluster=settings.use_cluster_service and not settings.kubeconfig,
-        context=settings.context)
+    client = api or await client_for(settings)
     try:
         me = identity_of(settings)
         publisher = StatusPublisher(
             client, pod_namespace=pod_namespace or os.environ.get("POD_NAMESPACE")
             or settings.election_namespace, pod_selector=pod_selector,
-            namespaces=settings.namespaces, instance=me)
+            namespaces=settings.namespaces, instance=me,
+            ingresses=settings.ingress_class is not None)
         elector: Elector
 
         def report(*_: object) -> None:

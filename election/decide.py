@@ -15,7 +15,9 @@ it got to `decide` together with the local monotonic time, and writes whatever r
 - `leaseTransitions` counts changes of holder and `acquireTime` is when the current holder
   got the lease; a leader renewing keeps both.
 
-Times written into records are wall-clock UTC datetimes supplied by the caller.
+Times written into records are wall-clock UTC datetimes supplied by the caller. No
+function here reads a clock; `utcnow` is the wall clock the callers (election.elector,
+election.publish) inject by default, kept beside the time formats it feeds.
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ def release(current: Record, identity: str, wall: datetime) -> Record | None:
 
 
 def utcnow() -> datetime:
+    """The default wall clock of the callers (never read by the decisions above)."""
     return datetime.now(UTC)
 
 

@@ -286,7 +286,14 @@ class Elector:
                     return
         except (TimeoutError, kapi.ApiError) as exc:
             log.warning("%s: release failed (%s); followers take over when the lease "
-                        "expires", self.lock.description, exc or "timed out")
+                        "expires", self.lock.description, _why(exc))
+
+
+def _why(exc: BaseException) -> str:
+    """An exception for a log line: its text, or what it is when it has none (a timeout's
+    TimeoutError has no message, and an exception is always true, so `exc or ...` is not
+    a fallback)."""
+    return str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
 
 
 def _call_safely(callback: Callable[..., None], *args: object) -> None:

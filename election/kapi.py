@@ -6,7 +6,8 @@ the API server rejects for MicroTime fields) and re-serialize objects we only wa
 pass back unchanged. The ApiClient still supplies the host, TLS, authentication (token
 refresh included) and the connection pool.
 
-Every failure, HTTP or transport, comes out as one exception type, `ApiError`.
+Every failure, HTTP or transport, comes out as one exception type, pylb.kubeapi's
+`ApiError` (the one discovery raises too), with the server's Retry-After when it sent one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
+
+# Re-exported (`kapi.ApiError`): election's callers catch it by this name.
+from pylb.kubeapi import ApiError as ApiError
+from pylb.kubeapi import error_from_status, parse_status
 
 #: Every (apiGroup, resource, verb) election/ uses, for deploy/rbac.yaml and its test (the
 #: calls go through `call()` with paths, so they cannot be found by scanning for KA methods).
@@ -37,26 +42,6 @@ JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 
 
-class ApiError(Exception):
-    """A call that did not succeed: `status` is the HTTP code, or 0 when the request never
-    got an answer (connection refused, reset, timeout, garbage)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}" if status else message)
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def conflict(self) -> bool:
-        """409: a stale resourceVersion (Conflict) or an existing name (AlreadyExists)."""
-        return self.status == 409
-
-
 async def call(api: ApiClient, method: str, path: str, *, params: dict[str, str] | None = None,
                query: dict[str, str] | None = None, body: Any = None,
                content_type: str = JSON) -> Any:
@@ -76,15 +61,8 @@ async def call(api: ApiClient, method: str, path: str, *, params: dict[str, str]
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         raise ApiError(0, type(exc).__name__, str(exc) or type(exc).__name__) from exc
     if not 200 <= status <= 299:
-        reason, message = "", data.decode("utf-8", "replace")[:500]
-        try:
-            status_obj = json.loads(data)
-            if isinstance(status_obj, dict):
-                reason = str(status_obj.get("reason", ""))
-                message = str(status_obj.get("message", message))
-        except ValueError:
-            pass
-        raise ApiError(status, reason, message)
+        raise error_from_status(status, parse_status(data), headers=resp.headers,
+                                text=data.decode("utf-8", "replace")[:500])
     try:
         return json.loads(data) if data else None
     except ValueError as exc:

@@ -25,42 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from election import ingress_status as ing
 from election import kapi
 from election.decide import format_time, utcnow
+from election.objects import COMPONENT, ServiceEvent, event_name, ingress_patch
 from pylb.model import RouteTable
 
 log = logging.getLogger("pylb.election.publish")
 
 LB_CLASS = "pylb.io/lb"
-COMPONENT = "pylb"
 REASON_EXPOSED = "Exposed"
 REASON_SKIPPED = "NotExposed"
 RETRY_AFTER_ERROR = 2.0  # seconds before a failed pass is retried (resync, if shorter)
 
 ServiceKey = tuple[str, str]  # (namespace, name)
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceEvent:
-    namespace: str
-    name: str
-    type: str  # Normal or Warning
-    reason: str
-    message: str
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.namespace, self.name, self.reason)
 
 
 def _service_of_backend(backend: str) -> ServiceKey | None:
@@ -102,6 +88,8 @@ def plan_events(table: RouteTable) -> dict[tuple[str, str, str], ServiceEvent]:
         events[e.key] = e
     reasons: dict[ServiceKey, list[str]] = {}
     for s in table.skipped:
+        if s.kind != "Service":
+            continue  # Ingresses: discovery's own events (not written yet), not a Service's
         reasons.setdefault((s.namespace, s.name), []).append(s.reason)
     for (ns, name), why in reasons.items():
         e = ServiceEvent(ns, name, "Warning", REASON_SKIPPED,
@@ -141,31 +129,26 @@ def wants_status(service: dict[str, Any]) -> bool:
     return bool(spec.get("type") == "LoadBalancer" and spec.get("loadBalancerClass") == LB_CLASS)
 
 
-def ingress_patch(service: dict[str, Any], addresses: list[str],
-                  exposed: bool) -> dict[str, Any] | None:
-    """The status patch that brings the service's ingress to what it should be, or None
-    when it already is."""
-    desired = [{"ip": ip} for ip in addresses] if exposed else []
-    current = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    if current == desired:
-        return None
-    return {"status": {"loadBalancer": {"ingress": desired}}}
 
 
-def event_name(service_name: str, uid: str, event: ServiceEvent) -> str:
-    digest = hashlib.sha256(f"{uid}\0{event.reason}\0{event.message}".encode()).hexdigest()
-    return f"{service_name}.pylb-{digest[:12]}"
+def retry_delay(exc: BaseException, resync: float) -> float:
+    """Seconds before a failed pass is tried again: RETRY_AFTER_ERROR, or longer when the
+    server asked for it (Retry-After, read once in pylb.kubeapi), never past the resync."""
+    asked = exc.retry_after if isinstance(exc, kapi.ApiError) else None
+    return min(resync, max(RETRY_AFTER_ERROR, asked or 0.0))
 
 
 class StatusPublisher:
     def __init__(self, api: ApiClient, *, pod_namespace: str, pod_selector: str,
                  namespaces: tuple[str, ...] = (), instance: str | None = None,
                  resync: float = 10.0, pass_timeout: float = 30.0,
-                 wall_clock: Callable[[], datetime] = utcnow) -> None:
+                 wall_clock: Callable[[], datetime] = utcnow,
+                 ingresses: bool = False) -> None:
         """`namespaces`: where pylb exposes services (() = all); `pod_selector`: the label
         selector of pylb's own pods in `pod_namespace` (e.g. `app=pylb`); `resync`: seconds
         between passes without a notify(); `pass_timeout`: a pass that takes longer (a
-        hanging API server) is abandoned and retried."""
+        hanging API server) is abandoned and retried. `ingresses`: also the status and
+        events of Ingresses (--ingress-class; election/ingress_status.py)."""
         self._api = api
         self._pod_namespace = pod_namespace
         self._pod_selector = pod_selector
@@ -176,6 +159,8 @@ class StatusPublisher:
         self._wall = wall_clock
         self._wake = asyncio.Event()
         self._sent: dict[tuple[str, str, str], str] = {}
+        self._ingresses = ingresses
+        self._ingress_sent: dict[tuple[str, str, str], str] = {}
 
     def notify(self) -> None:
         """A new route table is out: reconcile now rather than at the next resync."""
@@ -199,9 +184,9 @@ class StatusPublisher:
                     async with asyncio.timeout(self._pass_timeout):
                         await self.reconcile(table)
                 except (kapi.ApiError, TimeoutError) as exc:
-                    next_pass = loop.time() + min(self._resync, RETRY_AFTER_ERROR)
+                    next_pass = loop.time() + retry_delay(exc, self._resync)
                     log.warning("publishing status failed (retrying): %s",
-                                exc or "timed out")
+                                str(exc) or "timed out")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(poll, self._resync)):
                     await self._wake.wait()
@@ -211,11 +196,23 @@ class StatusPublisher:
         services = await self._list_services()
         by_key = {(_meta(s, "namespace"), _meta(s, "name")): s for s in services}
         await self._publish_events(table, by_key)
+        addresses: list[str] | None = None
         if any(wants_status(s) for s in services):
-            pods = await self._list("/api/v1/namespaces/{namespace}/pods",
-                                    {"namespace": self._pod_namespace},
-                                    {"labelSelector": self._pod_selector})
-            await self._publish_status(table, services, node_addresses(pods))
+            addresses = await self._addresses()
+            await self._publish_status(table, services, addresses)
+        if self._ingresses:  # additive: Ingresses' status and events
+            ingresses = await ing.list_ingresses(self._list, self._namespaces)
+            if ingresses:
+                if addresses is None:
+                    addresses = await self._addresses()
+                await ing.publish_ingresses(self._api, table, ingresses, addresses,
+                                            self._ingress_sent, self._instance, self._wall())
+
+    async def _addresses(self) -> list[str]:
+        pods = await self._list("/api/v1/namespaces/{namespace}/pods",
+                                {"namespace": self._pod_namespace},
+                                {"labelSelector": self._pod_selector})
+        return node_addresses(pods)
 
     async def _publish_events(self, table: RouteTable,
                               services: dict[ServiceKey, dict[str, Any]]) -> None:

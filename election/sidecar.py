@@ -26,10 +26,10 @@ import uvloop
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
-from election.client import ClientSetupError, make_api_client
 from election.decide import Timing
 from election.elector import Elector
 from election.lock import LOCK_KINDS, make_lock
+from pylb.kubeapi import ClientSetupError, make_api_client
 
 log = logging.getLogger("pylb.election")
 

@@ -114,6 +114,13 @@ def load_pem(path: str, now: dt.datetime | None = None) -> LoadedPem:
     return check_pem_bytes(data, key_blocks, path, now, sources=tuple(sources))
 
 
+def load_pem_pair(chain: bytes, key: bytes, label: str,
+                  now: dt.datetime | None = None) -> LoadedPem:
+    """`check_pem` of a chain and a key given as bytes (a Kubernetes TLS Secret's
+    `tls.crt` and `tls.key`); errors name `label`."""
+    return check_pem_bytes(chain, _blocks(key, _is_key_block), label, now)
+
+
 def find_key_file(cert_path: str) -> str | None:
     """The key file beside a certificate file, as haproxy looks for it, or None."""
     stem, ext = os.path.splitext(cert_path)

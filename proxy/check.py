@@ -22,7 +22,7 @@ second: the loop starved and the process ran out of descriptors).
   starts what is due as short-lived tasks — never more than `cap` — and goes back to
   sleep; a probe's end, `set_table` and `stop` wake it early.
 - Local shortage is no verdict. A connect that fails with EMFILE, ENFILE, ENOBUFS, ENOMEM
-  or EADDRNOTAVAIL (`proxy.listener.LOCAL_ERRNOS`) says this process is short, not that
+  or EADDRNOTAVAIL (`proxy.connect.LOCAL_ERRNOS`) says this process is short, not that
   the server is down: the schedule pauses (backing off from 0.1 s to 2 s), the server is
   retried after the pause, and a warning is logged at most every 10 s.
 - Measured (bench/checks.py, 100,000 servers that refuse, defaults, uvloop): a probe
@@ -69,7 +69,7 @@ from dataclasses import dataclass, replace
 
 import h11
 
-from proxy.listener import LOCAL_ERRNOS
+from proxy.connect import LOCAL_ERRNOS
 from pylb.config import CheckScope, CheckSettings, Settings
 from pylb.model import Backend, RouteTable, format_hostport
 

@@ -6,7 +6,8 @@ readable and offers no way to stop for a while, so pylb accepts itself: the list
 socket is non-blocking and registered with `loop.add_reader`; each readiness callback
 accepts up to `ACCEPT_BATCH` connections and hands each to
 `loop.connect_accepted_socket` with the frontend's protocol factory (and TLS context),
-stepping that coroutine from callbacks rather than paying for a Task per connection.
+stepping that coroutine from callbacks (proxy.connect.Steps) rather than paying for a Task
+per connection.
 
 - `ConnectionLimit` is shared by all listeners of a worker. At `maxconn` open connections
   every listener removes its reader: new connections wait in the kernel's backlog (as
@@ -28,7 +29,8 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+
+from proxy.connect import Steps
 
 log = logging.getLogger("pylb.listener")
 
@@ -37,14 +39,6 @@ OVERLOAD_PAUSE = 0.1  # seconds without accepting after EMFILE & co.
 WARN_EVERY = 10.0
 BACKLOG = 4096  # haproxy's default backlog is maxconn; the kernel caps at somaxconn
 OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-# For the HTTP and TCP proxies' connects to backends:
-# connect() errors that mean this process is short of descriptors, memory or ephemeral
-# ports, not that the server is down: the connection is shed, the server not blamed.
-LOCAL_ERRNOS = OVERLOAD_ERRNOS | {errno.EADDRNOTAVAIL}
-# A connect timer that fires later than this after its deadline found the loop stalled
-# (libuv runs due timers before it polls for I/O); it looks again this much later.
-EXPIRY_SLACK = 0.05
 
 
 class ConnectionLimit:
@@ -211,11 +205,14 @@ class Listener:
             coro = self.loop.connect_accepted_socket(
                 self.factory, conn, ssl=self.ssl_context,
                 ssl_handshake_timeout=self.handshake_timeout)
-        _Handover(self, coro)
+        Steps(self.loop, coro, self._handed_over)
 
-    def _handover_failed(self, exc: BaseException) -> None:
-        # The TLS handshake failed or the peer vanished before the transport was made:
-        # the protocol never saw the connection, so its slot is given back here.
+    def _handed_over(self, _result: object, exc: BaseException | None) -> None:
+        if exc is None:
+            return  # the protocol has the connection and will release its slot
+        # The TLS handshake failed or the peer vanished before the transport was made (or
+        # the hand-over was cancelled): the protocol never saw the connection, so its slot
+        # is given back here.
         if self.limit is not None:
             self.limit.release()
         log.debug("connection dropped before it started: %r", exc)
@@ -235,30 +232,3 @@ class Listener:
         self._resume_handle = None
         if self.limit is None or not self.limit.full:
             self.resume()
-
-
-class _Handover:
-    """Runs `connect_accepted_socket` to completion by stepping the coroutine from its
-    futures' callbacks, as a Task would, without a Task per accepted connection (a Task
-    costs more than the rest of the hand-over on a plain TCP connection)."""
-
-    __slots__ = ("coro", "listener")
-
-    def __init__(self, listener: Listener, coro: Any) -> None:
-        self.listener = listener
-        self.coro = coro
-        self._step(None)
-
-    def _step(self, _fut: object) -> None:
-        try:
-            yielded = self.coro.send(None)
-        except StopIteration:
-            return  # the protocol has the connection and will release its slot
-        except BaseException as e:  # any failure, even cancellation, frees the slot
-            self.listener._handover_failed(e)
-            return
-        if yielded is None:  # a bare yield: step again on the next turn
-            self.listener.loop.call_soon(self._step, None)
-        else:
-            yielded._asyncio_future_blocking = False
-            yielded.add_done_callback(self._step)

@@ -22,6 +22,14 @@ Kubernetes' secret-volume update (a new timestamped directory, then an atomic re
 the `..data` symlink): inode, size and mtime of the files seen through it change. The
 client CA file (`--ssl-ca-cert`) is watched and reloaded the same way.
 
+Certificates from Kubernetes Secrets (an Ingress's `spec.tls`, discovery/secrets.py) are a
+second, smaller set laid over the files: `set_sni_certificates` checks each (as a file is
+checked), builds a context for each new one (an unchanged one keeps its context), and swaps
+one reference, so a rotated Secret is served from the next handshake on and open
+connections keep theirs. Their hosts are looked up first (exact, then wildcard), then the
+files' names, then the default. One that fails a check is logged once and its hosts get
+the default certificate.
+
 Sessions are cached on the front context (OpenSSL keeps the cache of the context a
 connection started on), one cache per worker: TLS 1.2 resumes by session ID, TLS 1.3 by a
 "stateful" ticket that only names the cached session (stateless tickets, which carry the
@@ -59,9 +67,11 @@ from proxy.certs import (
     generate_self_signed,
     is_ca_bundle,
     load_pem,
+    load_pem_pair,
     utcnow,
 )
 from pylb.config import SslVerify, TlsSettings
+from pylb.model import SniCertificate
 
 __all__ = ["EXPIRY_WARNING_DAYS", "TLS12_CIPHERS", "CertInfo", "CertificateError", "TlsStore",
            "self_signed_names"]
@@ -115,6 +125,23 @@ class _Generation:
         return self.default
 
 
+@dataclass(frozen=True, slots=True)
+class _SniSet:
+    """The certificates from Secrets: contexts by exact host and by wildcard parent."""
+
+    exact: dict[str, ssl.SSLContext]
+    wildcard: dict[str, ssl.SSLContext]
+    infos: tuple[CertInfo, ...]
+
+    def find(self, name: str) -> ssl.SSLContext | None:
+        ctx = self.exact.get(name)
+        if ctx is None:
+            _, dot, parent = name.partition(".")
+            if dot:
+                ctx = self.wildcard.get(parent)
+        return ctx
+
+
 class TlsStore:
     """The certificates of the TLS frontend, and the context the listener uses.
 
@@ -138,6 +165,10 @@ class TlsStore:
         self._gen: _Generation | None = None
         self._warned: dict[str, int] = {}  # fingerprint -> day (ordinal) last warned
         self.self_signed_pem: bytes | None = None  # the fallback in use, if any
+        self._sni: _SniSet | None = None  # certificates from Secrets
+        # (chain, key) -> (context, info) of those in use; and those refused (logged once)
+        self._sni_loaded: dict[tuple[bytes, bytes], tuple[ssl.SSLContext, CertInfo]] = {}
+        self._sni_refused: dict[tuple[bytes, bytes], str] = {}
         if settings.cert is not None:
             self._gen = self._build(self._fingerprint())
             for info in self._gen.infos:
@@ -168,6 +199,11 @@ class TlsStore:
         """The context a handshake naming `server_name` gets (for tests and the stats)."""
         if self._gen is None:
             raise CertificateError("no TLS certificate: pass --ssl-cert")
+        sni = self._sni
+        if sni is not None and server_name:
+            ctx = sni.find(server_name.lower().rstrip("."))
+            if ctx is not None:
+                return ctx
         return self._gen.select(server_name)
 
     def certificates(self) -> list[CertInfo]:
@@ -175,7 +211,54 @@ class TlsStore:
         if self._gen is None:
             return []
         now = self._clock()
-        return [info.at(now) for info in self._gen.infos]
+        sni = self._sni.infos if self._sni is not None else ()
+        return [info.at(now) for info in self._gen.infos + sni]
+
+    def set_sni_certificates(self, certs: tuple[SniCertificate, ...]) -> list[tuple[str, str]]:
+        """Serve each certificate for its hosts from the next handshake on (open
+        connections keep what they have); those before are dropped. Returns (source,
+        reason) for each certificate refused — its hosts get the default certificate — and
+        logs each refusal once. The first certificate listing a host serves it."""
+        now = self._clock()
+        exact: dict[str, ssl.SSLContext] = {}
+        wildcard: dict[str, ssl.SSLContext] = {}
+        infos: list[CertInfo] = []
+        loaded: dict[tuple[bytes, bytes], tuple[ssl.SSLContext, CertInfo]] = {}
+        refused: dict[tuple[bytes, bytes], str] = {}
+        problems: list[tuple[str, str]] = []
+        for cert in certs:
+            key = (cert.chain, cert.key)
+            found = loaded.get(key) or self._sni_loaded.get(key)
+            if found is None:
+                reason = refused.get(key) or self._sni_refused.get(key)
+                if reason is None:
+                    try:
+                        pem = load_pem_pair(cert.chain, cert.key, f"secret {cert.source}", now)
+                        found = (self._context_for(pem), pem.info)
+                        log.info("TLS certificate from secret %s: %s, %d days left",
+                                 cert.source, ", ".join(pem.info.names) or pem.info.subject,
+                                 pem.info.days_left)
+                    except CertificateError as e:
+                        reason = str(e)
+                        log.error("TLS: not serving %s (its hosts %s get the default "
+                                  "certificate): %s", cert.source, ", ".join(cert.hosts),
+                                  reason)
+                if reason is not None:
+                    refused[key] = reason
+                    problems.append((cert.source, reason))
+                    continue
+            assert found is not None
+            if key not in loaded:
+                loaded[key] = found
+                infos.append(found[1])
+            for host in cert.hosts:
+                if host.startswith("*."):
+                    wildcard.setdefault(host[2:], found[0])
+                else:
+                    exact.setdefault(host, found[0])
+        self._sni_loaded, self._sni_refused = loaded, refused
+        self._sni = _SniSet(exact, wildcard, tuple(infos)) if loaded else None
+        return problems
 
     def reload_if_changed(self) -> bool:
         """Reload when the files changed on disk; True if a new generation is in use.
@@ -235,6 +318,12 @@ class TlsStore:
 
     def _on_sni(self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                 ctx: ssl.SSLContext) -> None:
+        sni = self._sni
+        if sni is not None and server_name:
+            found = sni.find(server_name.lower().rstrip("."))
+            if found is not None:
+                sslobj.context = found
+                return
         gen = self._gen
         if gen is not None:
             sslobj.context = gen.select(server_name)

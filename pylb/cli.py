@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import enum
-import errno
 import logging
 import os
-import socket
+import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
-from urllib.parse import unquote, urlparse
 
-from pylb import __version__
+from pylb import __version__, app
 from pylb.config import (
     CheckScope,
     CheckSettings,
@@ -39,17 +36,21 @@ from pylb.config import (
     TlsSettings,
     default_check_scope,
 )
+from pylb.demo import DemoPorts, run_demo
+from pylb.logs import setup_logging
 from pylb.model import Algorithm
+from pylb.preflight import (
+    FlagError,
+    StartupError,
+    check_cluster,
+    check_files,
+    check_ports,
+    listeners,
+    load_error_page,
+)
 
 log = logging.getLogger("pylb")
 E = TypeVar("E", bound=enum.Enum)
-
-# Where a pod finds its service account (kubernetes-asyncio reads the same place).
-SERVICEACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-
-class FlagError(Exception):
-    """A flag's value is unusable; the message names the flag."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -174,6 +175,14 @@ def parse_tcp_services(value: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def _ingress_class(value: str) -> str:
+    """An IngressClass name: a DNS subdomain (RFC 1123), as the API requires."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an IngressClass name (lower-case DNS subdomain)")
+    return value
+
+
 def _namespaces(value: str) -> tuple[str, ...]:
     """One namespace, a comma-separated list, or empty for all namespaces."""
     return tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
@@ -183,21 +192,6 @@ def _source(value: str) -> str:
     if value == "kubernetes" or (value.startswith("file:") and len(value) > 5):
         return value
     raise argparse.ArgumentTypeError(f"expected 'kubernetes' or 'file:PATH', got {value!r}")
-
-
-def load_error_page(value: str) -> bytes:
-    """The page for --error-page: a file path or a file:// URL, read once at start-up."""
-    if "://" in value:
-        url = urlparse(value)
-        if url.scheme != "file":
-            raise FlagError(f"--error-page: only file paths and file:// URLs, got {value!r}")
-        path = unquote(url.path)
-    else:
-        path = value
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise FlagError(f"--error-page: cannot read {path}: {e.strerror or e}") from None
 
 
 def default_workers() -> int:
@@ -258,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--endpoints-api", choices=("endpointslices", "endpoints"),
                    default="endpointslices",
                    help="read EndpointSlices (default) or legacy Endpoints")
+    g.add_argument("--ingress-class", type=_ingress_class, default=None, metavar="NAME",
+                   help="also serve networking.k8s.io/v1 Ingresses of this IngressClass "
+                        "(its controller: pylb.io/ingress-controller), those annotated "
+                        "kubernetes.io/ingress.class: NAME, and those without a class when "
+                        "it is the default class (default: Ingresses not served)")
     _add_kube_flags(g)
     g = run.add_argument_group("frontends")
     g.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -415,6 +414,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         kubeconfig=ns.kubeconfig,
         context=ns.context,
         endpoints_api=ns.endpoints_api,
+        ingress_class=ns.ingress_class,
         bind=ns.bind,
         http_port=ns.http_port,
         https_port=ns.https_port,
@@ -452,117 +452,11 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
     )
 
 
-def check_files(settings: Settings) -> None:
-    """Load every file start-up would load and stop naming the flag and the file: the
-    certificates (--ssl-cert) and the client CA (--ssl-ca-cert); --error-page is read by
-    settings_from_args. Runs before any worker starts, and for --dry too."""
-    if settings.tls.cert:
-        from proxy.certs import CertificateError
-        from proxy.tls import TlsStore
-
-        try:
-            TlsStore(replace(settings.tls, ca_cert=None))
-        except CertificateError as e:  # its message starts with the file
-            raise FlagError(f"--ssl-cert: {e}") from None
-    ca = settings.tls.ca_cert
-    if ca:
-        import ssl
-
-        try:
-            ssl.create_default_context().load_verify_locations(cafile=ca)
-        except ssl.SSLError as e:
-            raise FlagError(f"--ssl-ca-cert: {ca}: no CA certificate in it "
-                            f"({e.reason or e})") from None
-        except OSError as e:
-            raise FlagError(f"--ssl-ca-cert: {ca}: cannot read: {e.strerror or e}") from None
-
-
-def check_cluster(settings: Settings, explicit: bool,
-                  environ: Mapping[str, str] | None = None,
-                  token: str = SERVICEACCOUNT_TOKEN) -> None:
-    """With `--source kubernetes`, stop at once when there is no cluster to talk to, saying
-    how to run without one. `explicit`: --use-kubernetes-cluster-service was given."""
-    if settings.source != "kubernetes":
-        return
-    env = os.environ if environ is None else environ
-    instead = "run on a file with --source file:PATH (e.g. examples/cluster.yaml)"
-    if settings.use_cluster_service:
-        if "KUBERNETES_SERVICE_HOST" not in env:
-            why = "$KUBERNETES_SERVICE_HOST is not set: not in a pod"
-        elif not os.path.exists(token):
-            why = f"{token} does not exist: is automountServiceAccountToken false?"
-        else:
-            return
-        raise FlagError(f"--use-kubernetes-cluster-service: no in-cluster service account "
-                        f"was found ({why}); {instead}, or from a kubeconfig with "
-                        "--use-kubernetes-cluster-service=false")
-    path = settings.kubeconfig or env.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    if any(os.path.exists(os.path.expanduser(p)) for p in path.split(":") if p):
-        return
-    if explicit:
-        raise FlagError(f"--use-kubernetes-cluster-service=false: no kubeconfig at {path}; "
-                        f"name one with --kubeconfig PATH or $KUBECONFIG, or {instead}")
-    raise FlagError("no cluster to watch: no in-cluster service account was found "
-                    "($KUBERNETES_SERVICE_HOST is not set: not in a pod) and no kubeconfig at "
-                    f"{path}; {instead}, or from a kubeconfig with --kubeconfig PATH or "
-                    "$KUBECONFIG")
-
-
-def listeners(settings: Settings) -> list[tuple[str, str, int]]:
-    """(flag, address, port) of every socket `pylb run` listens on at start-up."""
-    s = settings
-    out = [("--http-port", s.bind, s.http_port), ("--stats-port", s.stats_bind, s.stats_port),
-           ("--health-port", s.bind, s.health_port)]
-    if s.tls.cert:  # without a certificate the TLS frontend opens later, if a service needs it
-        out.append(("--https-port", s.bind, s.https_port))
-    out += [(f"--tcp-services {name}:{port}", s.bind, port) for name, port in s.tcp_services]
-    return out
-
-
-def check_ports(listen: Iterable[tuple[str, str, int]]) -> None:
-    """Stop before anything starts when a port cannot be listened on, naming its flag. (A
-    port taken between this check and the real bind still fails start-up, less nicely.)"""
-    for flag, host, port in listen:
-        if port == 0:
-            continue
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    why = "is in use by another program"
-                elif e.errno == errno.EACCES and port < 1024:
-                    why = "needs root or CAP_NET_BIND_SERVICE (a port below 1024)"
-                else:
-                    why = f"cannot be listened on: {e.strerror or e}"
-                option = flag.split()[0]
-                raise FlagError(f"{flag}: port {port} on {host} {why}; choose another "
-                                f"with {option}") from None
-
-
-def setup_logging(level: str, tag: str = "", access_log: bool = True) -> None:
-    """One stream (stderr) for every process, each line tagged with its worker. The access
-    log (`pylb.access`, one line per request like haproxy's httplog) goes to stdout when
-    `access_log` (`--syslog`, its 2015 meaning); otherwise it is off, and the hot path
-    skips formatting it entirely."""
-    fmt = "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
-    access = logging.getLogger("pylb.access")
-    access.propagate = False
-    if access_log:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
-    else:
-        access.setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "elect":
+        # Here, not at the top: the sidecar pulls in kubernetes-asyncio (~0.6 s of CPU),
+        # which `pylb run` on a file source and `pylb demo` never need.
         from election.sidecar import main as elect_main
 
         return elect_main(args[1:])
@@ -573,8 +467,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if ns.command == "demo":
         setup_logging("info")
-        from pylb.demo import DemoPorts, run_demo
-
         return run_demo(DemoPorts(http=ns.port, stats=ns.stats_port, health=ns.health_port,
                                   tcp=ns.tcp_port), duration=ns.duration)
     try:
@@ -589,11 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_ports(listeners(settings))
     except FlagError as e:
         parser.exit(2, f"pylb run: error: {e}\n")
-    from pylb import app
-
     try:
         return app.main(settings)
-    except app.StartupError as e:
+    except StartupError as e:
         print(f"pylb run: error: {e}", file=sys.stderr)
         return 1
 

@@ -182,6 +182,9 @@ class Settings:
     kubeconfig: str | None = None
     context: str | None = None
     endpoints_api: str = "endpointslices"  # or "endpoints"
+    # Serve networking.k8s.io/v1 Ingresses of this IngressClass (discovery/ingress.py);
+    # None: Ingresses are not watched (their RBAC is not needed).
+    ingress_class: str | None = None
     kube: KubeSettings = field(default_factory=KubeSettings)
     # Frontends
     bind: str = "0.0.0.0"

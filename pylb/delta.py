@@ -20,7 +20,15 @@ from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any
 
-from pylb.model import Backend, HttpRoute, RouteTable, Server, SkippedService, TcpFrontend
+from pylb.model import (
+    Backend,
+    HttpRoute,
+    RouteTable,
+    Server,
+    SkippedService,
+    SniCertificate,
+    TcpFrontend,
+)
 
 _name = attrgetter("name")
 
@@ -37,20 +45,23 @@ class Delta:
     https: tuple[HttpRoute, ...] | None = None
     tcp: tuple[TcpFrontend, ...] | None = None
     skipped: tuple[SkippedService, ...] | None = None
+    certs: tuple[SniCertificate, ...] | None = None
 
     @property
     def empty(self) -> bool:
         """Nothing but the version changes."""
         return not self.backends and not self.removed and self.http is None and \
-            self.https is None and self.tcp is None and self.skipped is None
+            self.https is None and self.tcp is None and self.skipped is None and \
+            self.certs is None
 
     def __reduce__(self) -> tuple[Any, ...]:
         if not PACKABLE:
             return (Delta, (self.base, self.version, self.backends, self.removed, self.http,
-                            self.https, self.tcp, self.skipped))
+                            self.https, self.tcp, self.skipped, self.certs))
         return (_unpack_delta, (self.base, self.version, pack_backends(self.backends),
                                 self.removed, _pack_routes(self.http),
-                                _pack_routes(self.https), self.tcp, self.skipped))
+                                _pack_routes(self.https), self.tcp, self.skipped,
+                                self.certs))
 
     def render(self) -> str:
         """One line for the log."""
@@ -59,9 +70,10 @@ class Delta:
             parts.append(f"{len(self.backends)} backends changed")
         if self.removed:
             parts.append(f"{len(self.removed)} removed")
-        for what in ("http", "https", "tcp", "skipped"):
+        for what in ("http", "https", "tcp", "skipped", "certs"):
             if getattr(self, what) is not None:
-                parts.append(f"{what} routes" if what != "skipped" else "skipped list")
+                parts.append(f"{what} routes" if what not in ("skipped", "certs")
+                             else f"{what} list")
         return ", ".join(parts)
 
 
@@ -93,7 +105,8 @@ def diff(old: RouteTable, new: RouteTable) -> Delta:
         http=None if _same(old.http, new.http) else new.http,
         https=None if _same(old.https, new.https) else new.https,
         tcp=None if _same(old.tcp, new.tcp) else new.tcp,
-        skipped=None if _same(old.skipped, new.skipped) else new.skipped)
+        skipped=None if _same(old.skipped, new.skipped) else new.skipped,
+        certs=None if _same(old.certs, new.certs) else new.certs)
 
 
 def apply_delta(old: RouteTable, delta: Delta) -> RouteTable:
@@ -107,11 +120,12 @@ def apply_delta(old: RouteTable, delta: Delta) -> RouteTable:
     https = old.https if delta.https is None else delta.https
     tcp = old.tcp if delta.tcp is None else delta.tcp
     skipped = old.skipped if delta.skipped is None else delta.skipped
+    certs = old.certs if delta.certs is None else delta.certs
     if delta.removed or delta.http is not None or delta.https is not None or \
             delta.tcp is not None or delta.skipped is not None:
         # Routes changed or backends left: the constructor sorts and checks every reference.
         return RouteTable(http=http, https=https, tcp=tcp, backends=backends,
-                          skipped=skipped, version=delta.version)
+                          skipped=skipped, certs=certs, version=delta.version)
     # Only backends changed or came: every route's backend is still there, the order of
     # the parts is the old (checked) table's, and `_merge` kept `backends` sorted. Skip
     # the constructor's sort and checks, which cost ~20 ms at 10,000 services — most of a
@@ -119,7 +133,8 @@ def apply_delta(old: RouteTable, delta: Delta) -> RouteTable:
     by_name = dict(old._by_name)
     for b in delta.backends:
         by_name[b.name] = b
-    return RouteTable.from_sorted(http, https, tcp, backends, skipped, by_name, delta.version)
+    return RouteTable.from_sorted(http, https, tcp, backends, skipped, by_name, delta.version,
+                                  certs)
 
 
 def _merge(old: tuple[Backend, ...], changed: tuple[Backend, ...],
@@ -164,7 +179,7 @@ _PACKED_FIELDS = {
     Backend: ("name", "servers", "algorithm", "affinity", "cookie_name", "proxy_protocol",
               "check_path", "check"),
     HttpRoute: ("name", "prefix", "backend", "host", "strip_prefix", "case_insensitive",
-                "tls", "ssl_redirect"),
+                "tls", "ssl_redirect", "match", "rewrite", "redirect", "redirect_code"),
 }
 _SERVER = attrgetter(*_PACKED_FIELDS[Server])
 # A backend packs as (its fields but servers, its servers packed); see unpack_backends.
@@ -208,19 +223,20 @@ def _unpack_routes(packed: tuple[tuple[Any, ...], ...] | None) -> tuple[HttpRout
 def pack_table(table: RouteTable) -> tuple[Any, ...]:
     """`table` as plain tuples (for pickling); `unpack_table` makes it again."""
     return (_pack_routes(table.http), _pack_routes(table.https), table.tcp,
-            pack_backends(table.backends), table.skipped, table.version)
+            pack_backends(table.backends), table.skipped, table.version, table.certs)
 
 
 def unpack_table(packed: tuple[Any, ...]) -> RouteTable:
-    http, https, tcp, backends, skipped, version = packed
+    http, https, tcp, backends, skipped, version, certs = packed
     return RouteTable(_unpack_routes(http) or (), _unpack_routes(https) or (), tcp,
-                      unpack_backends(backends), skipped, version=version)
+                      unpack_backends(backends), skipped, certs, version=version)
 
 
 def _unpack_delta(base: int, version: int, backends: tuple[PackedBackend, ...],
                   removed: tuple[str, ...], http: tuple[tuple[Any, ...], ...] | None,
                   https: tuple[tuple[Any, ...], ...] | None,
                   tcp: tuple[TcpFrontend, ...] | None,
-                  skipped: tuple[SkippedService, ...] | None) -> Delta:
+                  skipped: tuple[SkippedService, ...] | None,
+                  certs: tuple[SniCertificate, ...] | None = None) -> Delta:
     return Delta(base, version, unpack_backends(backends), removed, _unpack_routes(http),
-                 _unpack_routes(https), tcp, skipped)
+                 _unpack_routes(https), tcp, skipped, certs)

@@ -24,7 +24,9 @@ from typing import Any, cast
 import h11
 import yaml
 
+from pylb.app import Controller
 from pylb.config import Settings, Timeouts
+from pylb.preflight import FlagError, StartupError, check_ports
 
 log = logging.getLogger("pylb.demo")
 
@@ -190,9 +192,6 @@ pylb demo: the load balancer is serving the services in {path}
 
 
 async def _run(ports: DemoPorts, duration: float | None) -> None:
-    from pylb.app import Controller
-    from pylb.cli import FlagError, check_ports
-
     seen: dict[int, str] = {}
     for flag, _, port in ports.listeners():
         if port in seen:
@@ -239,9 +238,6 @@ def run_demo(ports: DemoPorts | None = None, duration: float | None = None) -> i
     """`pylb demo`; a port that cannot be listened on is one line on stderr naming its
     flag, and exit status 2."""
     import uvloop
-
-    from pylb.app import StartupError
-    from pylb.cli import FlagError
 
     try:
         uvloop.run(_run(ports or DemoPorts(), duration))

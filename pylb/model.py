@@ -42,6 +42,16 @@ class ProxyProtocol(enum.StrEnum):
     V2 = "v2"
 
 
+class PathMatch(enum.StrEnum):
+    """How an `HttpRoute` matches a request (proxy/http/routing.py does the matching)."""
+
+    LEGACY = "legacy"  # the 2015 rules: segment-boundary prefix, OR-ed with the Host
+    PREFIX = "prefix"  # Ingress pathType Prefix: host AND element-wise path prefix
+    EXACT = "exact"  # Ingress pathType Exact: host AND the path itself
+    DEFAULT = "default"  # Ingress defaultBackend: whatever no other route takes
+    REGEX = "regex"  # ingress-nginx use-regex/rewrite-target: host AND ^path, any case
+
+
 _set = object.__setattr__  # how a frozen dataclass sets its derived fields
 
 
@@ -131,7 +141,10 @@ class HttpRoute:
     when `case_insensitive`; or, when `host` is set, when its Host header (without port)
     equals `host` — the two are OR-ed, as the 2015 template's ACLs were. `strip_prefix`
     removes the prefix before forwarding (`/name/a?b` → `/a?b`, `/name` → `/`); aclMatch
-    routes keep it.
+    routes keep it. That is `match=LEGACY`; the Ingress kinds (`PREFIX`, `EXACT`,
+    `DEFAULT`) match host AND path, `host` may then be a `*.` wildcard of one label, and
+    `prefix` of a PREFIX route has no trailing slash (but `/` itself): see
+    proxy/http/routing.py for their precedence.
     """
 
     name: str  # "svc" for service port 80, else "svc:port"; or the aclMatch prefix
@@ -142,9 +155,21 @@ class HttpRoute:
     case_insensitive: bool = False
     tls: bool = False
     ssl_redirect: bool = False  # plain frontend answers 301 to https for this route
+    match: PathMatch = PathMatch.LEGACY
+    # ingress-nginx rewrite-target: the path sent is this, with $1..$9 the groups of the
+    # route's path (as a regular expression) matched against the request's path
+    rewrite: str | None = None
+    redirect: str | None = None  # answer every request with a redirect to this location
+    redirect_code: int = 301  # or 302
 
     def render(self) -> str:
         flags = []
+        if self.match is not PathMatch.LEGACY:
+            flags.append(self.match.value)
+        if self.rewrite is not None:
+            flags.append(f"rewrite={self.rewrite}")
+        if self.redirect is not None:
+            flags.append(f"redirect-{self.redirect_code}={self.redirect}")
         if self.host:
             flags.append(f"host={self.host}")
         if self.case_insensitive:
@@ -179,16 +204,32 @@ class TcpFrontend:
 
 
 @dataclass(frozen=True, slots=True)
+class SniCertificate:
+    """A certificate to serve on the TLS frontend for `hosts` (exact names, or `*.`
+    wildcards of one label), from a Kubernetes Secret (discovery/secrets.py). `chain` and
+    `key` are PEM as the Secret holds them, not yet checked: the TLS store checks them
+    (proxy/tls.py) and serves the default certificate for the hosts of one that fails."""
+
+    source: str  # "namespace/secret"
+    hosts: tuple[str, ...]
+    chain: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class SkippedService:
     """A service the translation did not expose, and why (shown by --dry, logged, and
-    written as a Kubernetes Event by the leader)."""
+    written as a Kubernetes Event by the leader). `kind` is "Ingress" for an Ingress, or a
+    part of one, that pylb does not serve."""
 
     namespace: str
     name: str
     reason: str
+    kind: str = "Service"
 
     def render(self) -> str:
-        return f"skipped {self.namespace}/{self.name}: {self.reason}"
+        kind = "" if self.kind == "Service" else f"{self.kind} "
+        return f"skipped {kind}{self.namespace}/{self.name}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -196,8 +237,7 @@ class RouteTable:
     """The immutable snapshot the data plane serves from.
 
     Routes are kept sorted longest prefix first (then by name), so the first match wins
-    and is the longest. `version` and `source` describe the snapshot and take no part in
-    equality.
+    and is the longest. `version` numbers the snapshot and takes no part in equality.
     """
 
     http: tuple[HttpRoute, ...] = ()
@@ -205,6 +245,9 @@ class RouteTable:
     tcp: tuple[TcpFrontend, ...] = ()
     backends: tuple[Backend, ...] = ()
     skipped: tuple[SkippedService, ...] = ()
+    # certificates from Secrets for the TLS frontend's SNI (Ingress spec.tls), in order:
+    # the first listing a host serves it
+    certs: tuple[SniCertificate, ...] = ()
     version: int = field(default=0, compare=False)
     _by_name: Mapping[str, Backend] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -244,7 +287,7 @@ class RouteTable:
     def from_sorted(cls, http: tuple[HttpRoute, ...], https: tuple[HttpRoute, ...],
                     tcp: tuple[TcpFrontend, ...], backends: tuple[Backend, ...],
                     skipped: tuple[SkippedService, ...], by_name: Mapping[str, Backend],
-                    version: int = 0) -> RouteTable:
+                    version: int = 0, certs: tuple[SniCertificate, ...] = ()) -> RouteTable:
         """A table from parts already in the constructor's order and already valid, with
         `by_name` mapping each backend's name to it, and which the caller never mutates.
 
@@ -255,14 +298,14 @@ class RouteTable:
         table = object.__new__(cls)
         for name, value in (("http", http), ("https", https), ("tcp", tcp),
                             ("backends", backends), ("skipped", skipped),
-                            ("version", version), ("_by_name", by_name)):
+                            ("certs", certs), ("version", version), ("_by_name", by_name)):
             object.__setattr__(table, name, value)
         return table
 
     def with_version(self, version: int) -> RouteTable:
         """This table under another version number: shares every part (no re-sorting)."""
         return RouteTable.from_sorted(self.http, self.https, self.tcp, self.backends,
-                                      self.skipped, self._by_name, version)
+                                      self.skipped, self._by_name, version, self.certs)
 
     def render(self) -> str:
         out: list[str] = []
@@ -277,17 +320,20 @@ class RouteTable:
             out.append(b.render())
         for s in self.skipped:
             out.append(s.render())
+        for c in self.certs:
+            out.append(f"certificate {c.source} for {' '.join(c.hosts)}")
         return "\n".join(out) + "\n"
 
 
-def route_order(r: HttpRoute) -> tuple[int, str, str, str]:
-    """A table's order of routes: longest prefix first, then by prefix, host, name."""
-    return (-len(r.prefix), r.prefix, r.host or "", r.name)
+def route_order(r: HttpRoute) -> tuple[int, str, str, str, str]:
+    """A table's order of routes: longest prefix first, then by prefix, host, name, and
+    match kind. (The router orders Ingress routes its own way.)"""
+    return (-len(r.prefix), r.prefix, r.host or "", r.name, r.match.value)
 
 
-def skipped_order(s: SkippedService) -> tuple[str, str, str]:
+def skipped_order(s: SkippedService) -> tuple[str, str, str, str]:
     """A table's order of skipped services."""
-    return (s.namespace, s.name, s.reason)
+    return (s.namespace, s.name, s.reason, s.kind)
 
 
 def _sort_routes(routes: Iterable[HttpRoute]) -> tuple[HttpRoute, ...]:

@@ -53,7 +53,9 @@ from typing import Any
 
 from pylb.config import Settings
 from pylb.counters import fold_report, merge_snapshots, server_key
+from pylb.dataplane import DataPlane
 from pylb.delta import Delta, apply_delta, diff
+from pylb.logs import setup_logging
 from pylb.messages import (
     Channel,
     Error,
@@ -68,6 +70,7 @@ from pylb.messages import (
     open_channel,
 )
 from pylb.model import RouteTable
+from pylb.preflight import StartupError
 
 log = logging.getLogger("pylb.workers")
 
@@ -189,8 +192,6 @@ class WorkerPool:
             log.error("worker %d: %s", w.index, msg.message)
             fut = self._ready_waiters.get(w.index)
             if fut is not None and not fut.done():
-                from pylb.app import StartupError
-
                 fut.set_exception(StartupError(msg.message))
         else:
             log.warning("worker %d sent an unexpected %s", w.index, type(msg).__name__)
@@ -403,8 +404,6 @@ class WorkerPool:
 def worker_main(index: int, settings: Settings, sock: socket.socket,
                 self_signed_pem: bytes | None = None) -> None:
     """Entry point of a worker process."""
-    from pylb.cli import setup_logging
-
     setup_logging(settings.log_level, tag=f"worker {index}", access_log=settings.syslog)
     # Ctrl-C reaches the whole process group; the controller decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -419,8 +418,6 @@ def worker_main(index: int, settings: Settings, sock: socket.socket,
 
 async def _worker(index: int, settings: Settings, sock: socket.socket,
                   self_signed_pem: bytes | None) -> None:
-    from pylb.app import DataPlane
-
     loop = asyncio.get_running_loop()
     plane = DataPlane(settings, reuse_port=True, self_signed_pem=self_signed_pem)
     failed: str | None = None

@@ -700,11 +700,12 @@ def _dummy_request(method: bytes, upgrade: bool) -> h11.Request:
 
 
 class H11ResponseParser:
-    __slots__ = ("_body", "_buf", "_method", "_request_upgrade", "_sink", "rest",
+    __slots__ = ("_body", "_buf", "_max_head", "_method", "_request_upgrade", "_sink", "rest",
                  "upgrade_rest")
 
     def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
                  max_head: int = 64 * 1024) -> None:
+        self._max_head = max_head
         self.reset(sink, method, request_upgrade)
 
     def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False) -> bool:
@@ -740,7 +741,7 @@ class H11ResponseParser:
             buf = self._buf + data if self._buf else data
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > 64 * 1024:
+                if len(buf) > self._max_head:
                     raise ParseError(Failure.BAD_RESPONSE, "response head too long")
                 if not b"HTTP/".startswith(buf[:5]):
                     # Garbage or an HTTP/0.9 body: refused now, as llhttp does, rather

@@ -12,21 +12,17 @@ import logging
 import socket
 import ssl
 from collections.abc import Collection
+from typing import cast
 
 from proxy.balance import Balancers, Key
+from proxy.connect import Dial, ShortageLog
 from proxy.http.idle import IdleSweep
 from proxy.http.parser import resolve
 from proxy.http.pool import Pool
 from proxy.http.routing import Router
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
-from proxy.listener import (
-    EXPIRY_SLACK,
-    LOCAL_ERRNOS,
-    ConnectionLimit,
-    Listener,
-    bind_socket,
-)
+from proxy.listener import ConnectionLimit, Listener, bind_socket
 from pylb.config import Settings
 from pylb.counters import Stats
 from pylb.delta import Delta
@@ -34,8 +30,6 @@ from pylb.failures import Failure
 from pylb.model import RouteTable, Server
 
 log = logging.getLogger("pylb.http")
-
-WARN_EVERY = 1.0  # seconds between two warnings about local shortage
 
 
 class HttpProxy:
@@ -68,9 +62,9 @@ class HttpProxy:
         self._pool: Pool | None = None
         self._idle: IdleSweep | None = None
         self._server: asyncio.Server | None = None
-        self._connects: set[asyncio.Task[None]] = set()
+        self._connects: set[Dial] = set()  # connects under way
         self._gone: asyncio.Event | None = None
-        self._short_logged = -1e9
+        self.shortage = ShortageLog(frontend)  # connects failing for our own shortage
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -175,10 +169,14 @@ class HttpProxy:
                             self.frontend, len(self.conns))
         for conn in list(self.conns):
             conn.abort()
-        for task in list(self._connects):
-            task.cancel()
-        if self._connects:
-            await asyncio.gather(*self._connects, return_exceptions=True)
+        for dial in list(self._connects):
+            dial.cancel()
+        # Each cancelled connect ends (CLIENT_ABORT) within a turn or two of the loop; let
+        # them end before the pool closes, so no late one hands it a connection.
+        for _ in range(100):
+            if not self._connects:
+                break
+            await asyncio.sleep(0)
         if self._pool is not None:
             self._pool.close_all()
         if self._idle is not None:
@@ -202,44 +200,24 @@ class HttpProxy:
     # -- connecting to servers --------------------------------------------------------------
 
     def connect(self, client: ClientProtocol, server: Server) -> None:
-        task = self.loop.create_task(self._connect(client, server))
-        self._connects.add(task)
-        task.add_done_callback(self._connects.discard)
-
-    async def _connect(self, client: ClientProtocol, server: Server) -> None:
-        kind = self.parser_kind
+        """Connect to `server` for `client`, which hears of it in `connect_done`."""
         key = server.key
-        loop = self.loop
-        timeout = self.settings.timeouts.connect
-        attempt = asyncio.ensure_future(loop.create_connection(
-            lambda: UpstreamProtocol(key, kind), server.address, server.port))
-        try:
-            if timeout > 0 and not attempt.done():
-                deadline = loop.time() + timeout
-                await asyncio.wait((attempt,), timeout=timeout)
-                if not attempt.done() and loop.time() - deadline > EXPIRY_SLACK:
-                    # The timeout fired late: the loop was stalled (a starved worker).
-                    # libuv runs due timers before it polls for I/O, so a connect that
-                    # completed during the stall is not seen yet. Look once more, after
-                    # the loop has polled, rather than drop it as CONNECT_TIMEOUT.
-                    await asyncio.wait((attempt,), timeout=EXPIRY_SLACK)
-                if not attempt.done():
-                    attempt.cancel()
-                    client.connect_done(server, None, Failure.CONNECT_TIMEOUT)
-                    return
-            _, up = await attempt
-        except asyncio.CancelledError:
-            attempt.cancel()
-            raise
-        except OSError as e:
-            local = e.errno in LOCAL_ERRNOS
-            if local and self.loop.time() >= self._short_logged + WARN_EVERY:
-                self._short_logged = self.loop.time()
-                log.warning("%s: cannot connect to backends: %s (%d client connections)",
-                            self.frontend, e.strerror, len(self.conns))
-            client.connect_done(server, None, Failure.CONNECT_FAILED, local=local)
-            return
-        if self.closing and client.closed:
-            up.close()
-            return
-        client.connect_done(server, up, None)
+        kind = self.parser_kind
+        dial = Dial(self.loop, lambda: UpstreamProtocol(key, kind), server.address,
+                    server.port, lambda d: self._dialed(d, client, server))
+        self._connects.add(dial)  # before start: a connect that fails at once ends in it
+        dial.start(self.settings.timeouts.connect)
+
+    def _dialed(self, dial: Dial, client: ClientProtocol, server: Server) -> None:
+        self._connects.discard(dial)
+        failure = dial.failure
+        if failure is None:
+            up = cast(UpstreamProtocol, dial.protocol)
+            if self.closing and client.closed:
+                up.close()
+                return
+            client.connect_done(server, up, None)
+        elif failure is not Failure.CLIENT_ABORT:  # CLIENT_ABORT: cut at shutdown
+            if dial.local:
+                self.shortage.note(self.loop, dial.error, len(self.conns))
+            client.connect_done(server, None, failure, local=dial.local)

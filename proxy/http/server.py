@@ -651,6 +651,9 @@ class ClientProtocol(asyncio.Protocol):
         if route.ssl_redirect and not proxy.tls:
             self._redirect(b"https://%s%s" % (host, path + query))
             return
+        if route.redirect is not None:  # the router made the location the target
+            self._redirect(target, route.redirect_code)
+            return
         backend = proxy.table.get_backend(route.backend)
         balancer = proxy.balancers.get(route.backend)
         if backend is None or balancer is None:
@@ -1011,13 +1014,13 @@ class ClientProtocol(asyncio.Protocol):
                                          head_only=req.method == b"HEAD"))
         self._local_done(close)
 
-    def _redirect(self, location: bytes) -> None:
+    def _redirect(self, location: bytes, code: int = 301) -> None:
         req = self._req
         assert req is not None
         close = not self._local_keep_alive(req)
-        self._status = 301
-        self._fe.response(301)
-        self._wbuf.append(redirect_response(location, close=close))
+        self._status = code
+        self._fe.response(code)
+        self._wbuf.append(redirect_response(location, close=close, code=code))
         self._local_done(close)
 
     def _local_keep_alive(self, req: RequestHead) -> bool:

@@ -1,14 +1,14 @@
 """The L4 TCP frontends: listeners, and one spliced client↔server pair per connection.
 
-Theory of operation. Each TcpFrontend port gets a uvloop server whose Protocol is
-`_Conn`, the client side of one proxied connection; `_Upstream` is its server side. Both
-are plain callbacks, and no Task runs per connection: `_Dial` steps uvloop's
-`create_connection` coroutine from its futures' done-callbacks, with one TimerHandle for
-the connect timeout, and `dialed` redispatches to another server on failure. (A Task and
-asyncio.timeout cost ~8 µs of user CPU per connection more.) What either side sends
-before the pair is wired (a MySQL greeting, a ClientHello) is kept, bounded by the high
-watermark, and passed on first. A TLS-passthrough frontend reads the ClientHello before
-it connects, and picks the backend by its server name (`sni_backend`).
+Theory of operation. Each TcpFrontend port gets a uvloop server whose Protocol is `_Conn`,
+the client side of one proxied connection; `_Upstream` is its server side. Both are plain
+callbacks, and no Task runs per connection: the connect is a `proxy.connect.Dial`
+(uvloop's `create_connection` stepped from callbacks, one TimerHandle for the connect
+timeout), and `dialed` redispatches to another server on failure. (A Task and
+asyncio.timeout cost ~8 µs of user CPU per connection more.) What either side sends before
+the pair is wired (a MySQL greeting, a ClientHello) is kept, bounded by the high
+watermark, and passed on first. A TLS-passthrough frontend reads the ClientHello before it
+connects, and picks the backend by its server name (`sni_backend`).
 
 Data path (Protocol path). `data_received` on one side writes to the other transport.
 Both transports get high and low write-buffer watermarks; `pause_writing` on one side
@@ -30,10 +30,11 @@ splice from the first byte 140 µs, a bare uvloop proxy 65 µs, haproxy 52 µs. 
 threshold (DEFAULT_SPLICE_THRESHOLD): short connections never pay for splice, bulk ones
 halve their CPU.
 
-Timeouts. Connect: one TimerHandle per attempt (`_Dial`). Inactivity: no timer is touched
-per chunk. Each side only bumps its byte count; one sweep per proxy (`loop.call_later`,
-every quarter of the smallest timeout, at most 1 s) compares counts with the last sweep,
-stamps activity, flushes byte deltas into the counters, and applies `idle_verdict`.
+Timeouts. Connect: one TimerHandle per attempt (`proxy.connect.Dial`). Inactivity: no
+timer is touched per chunk. Each side only bumps its byte count; one sweep per proxy
+(`loop.call_later`, every quarter of the smallest timeout, at most 1 s) compares counts
+with the last sweep, stamps activity, flushes byte deltas into the counters, and applies
+`idle_verdict`.
 
 Route changes. A listener whose frontend left the table is closed; its connections get
 `grace_period` to finish, then are closed. A connection keeps the Balancer and Server it
@@ -42,7 +43,7 @@ and gets no new ones.
 
 Overload. Out of fds, libuv's accept closes what it cannot take and the listener lives
 on; a connect that fails for want of our own fds, memory or ports sheds that connection
-without marking the server down (LOCAL_ERRNOS).
+without marking the server down (`Dial.local`, proxy.connect.LOCAL_ERRNOS).
 """
 
 from __future__ import annotations
@@ -55,14 +56,8 @@ from typing import Any, cast
 
 from proxy import flow
 from proxy.balance import Balancer, Balancers
-from proxy.listener import (
-    BACKLOG,
-    EXPIRY_SLACK,
-    LOCAL_ERRNOS,
-    ConnectionLimit,
-    Listener,
-    bind_socket,
-)
+from proxy.connect import Dial, ShortageLog
+from proxy.listener import BACKLOG, ConnectionLimit, Listener, bind_socket
 from proxy.tcp import proxyproto
 from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
 from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
@@ -170,7 +165,7 @@ class _Frontend:
 
 class _Upstream(asyncio.Protocol):
     """The server side of a connection: forwards to its `_Conn`. Between connection_made
-    and the moment the `_Dial` hands it over, what the server says (a MySQL greeting) is
+    and the moment its Dial hands it over, what the server says (a MySQL greeting) is
     kept in `early`, and an EOF or loss is noted, for `_Conn._connected` to pass on."""
 
     __slots__ = ("conn", "early", "eof", "lost", "lost_exc", "transport")
@@ -223,97 +218,6 @@ class _Upstream(asyncio.Protocol):
                 c.try_splice()
 
 
-class _Dial:
-    """One connect attempt, driven by callbacks rather than a Task.
-
-    `loop.create_connection` is a coroutine; a Task would step it, at the price of a Task
-    object, a registry entry and a scheduling hop per connection. This steps it by hand,
-    exactly as a Task does: `send(None)`, and when it yields a future, step again from that
-    future's done-callback. Cancelling cancels the awaited future, so the coroutine sees
-    CancelledError where it awaits and cleans up its socket itself. The connect timeout is
-    one TimerHandle that cancels.
-    """
-
-    __slots__ = ("cancelled", "conn", "coro", "deadline", "rechecked", "sc", "server",
-                 "timed_out", "timer", "up", "waiting")
-
-    def __init__(self, conn: _Conn, server: Server, sc: Counters) -> None:
-        self.conn = conn
-        self.server = server
-        self.sc = sc
-        self.up = _Upstream(conn)
-        self.coro: Any = None
-        self.waiting: asyncio.Future[Any] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timed_out = False
-        self.cancelled = False
-        self.deadline = 0.0
-        self.rechecked = False
-
-    def start(self, timeout: float) -> None:
-        loop = self.conn.proxy.loop
-        up = self.up
-        self.coro = loop.create_connection(lambda: up, self.server.address, self.server.port)
-        if timeout > 0:
-            self.deadline = loop.time() + timeout
-            self.timer = loop.call_later(timeout, self._expire)
-        self._step(None)
-
-    def _expire(self) -> None:
-        loop = self.conn.proxy.loop
-        if not self.rechecked and loop.time() - self.deadline > EXPIRY_SLACK:
-            # Fired late: the loop was stalled (a starved worker). libuv runs due timers
-            # before it polls for I/O, so a connect that completed during the stall is
-            # not seen yet, and would be dropped as CONNECT_TIMEOUT. Look once more, after
-            # the loop has polled.
-            self.rechecked = True
-            self.timer = loop.call_later(EXPIRY_SLACK, self._expire)
-            return
-        self.timer = None
-        self.timed_out = True
-        self.cancel()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        if self.waiting is not None:
-            self.waiting.cancel()
-
-    def _step(self, _fut: object) -> None:
-        self.waiting = None
-        coro = self.coro
-        try:
-            if self.cancelled and _fut is None:
-                yielded = coro.throw(asyncio.CancelledError())
-            else:
-                yielded = coro.send(None)
-        except StopIteration:
-            self._done(None, None)
-        except asyncio.CancelledError:
-            self._done(Failure.CONNECT_TIMEOUT if self.timed_out else Failure.CLIENT_ABORT,
-                       None)
-        except OSError as e:
-            self._done(Failure.CONNECT_FAILED, e)
-        except Exception as e:  # a bad address, say: fail this connection, not the worker
-            log.warning("tcp: connect to %s failed: %r", self.server.label, e)
-            self._done(Failure.CONNECT_FAILED, e)
-        else:
-            if yielded is None:  # a bare yield (sleep(0)): step again on the next tick
-                self.conn.proxy.loop.call_soon(self._step, None)
-                return
-            yielded._asyncio_future_blocking = False
-            self.waiting = yielded
-            yielded.add_done_callback(self._step)
-            if self.cancelled:
-                yielded.cancel()
-
-    def _done(self, failure: Failure | None, exc: BaseException | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.coro = None
-        self.conn.dialed(self, failure, exc)
-
-
 class _Conn(asyncio.Protocol):
     """The client side of a proxied connection, and the pair's state."""
 
@@ -328,6 +232,7 @@ class _Conn(asyncio.Protocol):
         "client_ip",
         "ct",
         "dial",
+        "dial_sc",
         "down",
         "exclude",
         "fcounters",
@@ -358,7 +263,8 @@ class _Conn(asyncio.Protocol):
         self.st: asyncio.Transport = None  # type: ignore[assignment]  # set once connected
         self.upstream: _Upstream | None = None
         self.pump: SplicePump | None = None
-        self.dial: _Dial | None = None
+        self.dial: Dial | None = None
+        self.dial_sc: Counters | None = None  # the counters of the server being dialled
         self.client_ip = ""  # only read when balancing needs it
         self.exclude: set[tuple[str, int]] | None = None  # servers that failed a connect
         self.tries = 0  # redispatches left
@@ -388,9 +294,8 @@ class _Conn(asyncio.Protocol):
         fe = self.fe
         fe.conns.add(self)
         self.fcounters.open()
-        proxy._nconns += 1
+        proxy.opened()
         self.client_at = self.born = proxy.loop.time()
-        proxy._arm_sweep()
         _tune(transport)
         if fe.frontend.sni:
             return  # read the ClientHello first
@@ -482,38 +387,44 @@ class _Conn(asyncio.Protocol):
     def _dial(self, bal: Balancer, server: Server) -> None:
         bal.acquire(server)
         self.server = server
-        sc = self.proxy.stats.server(self.backend, server.label)
+        proxy = self.proxy
+        sc = self.dial_sc = proxy.stats.server(self.backend, server.label)
         sc.lbtot += 1
-        self.dial = dial = _Dial(self, server, sc)
-        dial.start(self.proxy.settings.timeouts.connect)
+        up = _Upstream(self)
+        # Stored before start: a connect that fails at once calls dialed inside it.
+        self.dial = dial = Dial(proxy.loop, lambda: up, server.address, server.port,
+                                self.dialed)
+        dial.start(proxy.settings.timeouts.connect)
 
-    def dialed(self, dial: _Dial, failure: Failure | None, exc: BaseException | None) -> None:
+    def dialed(self, dial: Dial) -> None:
         """The end of one connect attempt: wire the pair, or redispatch, or give up."""
         self.dial = None
-        up = dial.up
+        failure = dial.failure
         if self.state is _CLOSED:
-            if failure is None and up.transport is not None:
-                up.transport.abort()
+            if failure is None and dial.transport is not None:
+                dial.transport.abort()
             return
         bal = self.bal
+        server = self.server
+        sc = self.dial_sc
         assert bal is not None and self.bcounters is not None
-        server = dial.server
+        assert server is not None and sc is not None
         if failure is None:
             bal.succeeded(server)
-            self._connected(up, dial.sc)
+            self._connected(cast(_Upstream, dial.protocol), sc)
             return
         bal.release(server)
         self.server = None
         self.bcounters.conn_errors += 1
         self.proxy.stats.fail(failure)
-        if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+        if dial.local:
             # Out of fds, memory or ports here: not the server's fault, and no other
             # server would fare better. Shed this connection; blame no one.
-            self.proxy._log_overload(exc)
+            self.proxy.shortage.note(self.proxy.loop, dial.error, self.proxy.connections)
             self.abort(None)
             return
         bal.failed(server)
-        dial.sc.conn_errors += 1
+        sc.conn_errors += 1
         if self.exclude is None:
             self.exclude = set()
         self.exclude.add(server.key)
@@ -523,7 +434,7 @@ class _Conn(asyncio.Protocol):
             return
         self.tries -= 1
         self.bcounters.retries += 1
-        dial.sc.retries += 1
+        sc.retries += 1
         self.bcounters.redispatches += 1
         self._dial(bal, nxt)
 
@@ -657,10 +568,7 @@ class _Conn(asyncio.Protocol):
         fe = self.fe
         self.fcounters.close()
         fe.conns.discard(self)
-        proxy = self.proxy
-        proxy._nconns -= 1
-        if proxy.limit is not None:
-            proxy.limit.release()
+        self.proxy.closed()
         if self.scounters is not None:
             self.scounters.close()
         if self.bcounters is not None and self.st is not None:
@@ -729,7 +637,7 @@ class TcpProxy:
         self._sweep: asyncio.TimerHandle | None = None
         self._table = RouteTable()
         self._lock = asyncio.Lock()  # set_table calls do not interleave their awaits
-        self._overload_logged = -1e9
+        self.shortage = ShortageLog("tcp")  # connects failing for our own shortage
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -828,12 +736,16 @@ class TcpProxy:
             self._sweep = None
         self.pipes.close()
 
-    def _log_overload(self, exc: OSError) -> None:
-        now = self.loop.time()
-        if now >= self._overload_logged + 1.0:  # at most once a second
-            self._overload_logged = now
-            log.warning("tcp: shedding connections, cannot connect to backends: %s "
-                        "(%d open)", exc, self._nconns)
+    def opened(self) -> None:
+        """A connection (`_Conn`) has started: counted, and the inactivity sweep armed."""
+        self._nconns += 1
+        self._arm_sweep()
+
+    def closed(self) -> None:
+        """A connection has ended: uncounted, and its `--maxconn` slot given back."""
+        self._nconns -= 1
+        if self.limit is not None:
+            self.limit.release()
 
     # -- inactivity sweep ---------------------------------------------------------------
 

@@ -6,6 +6,7 @@ the service it touches, sharing every unchanged backend and route with the last 
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 from typing import Any
@@ -91,6 +92,54 @@ def legacy(ns: str, name: str, ip: str) -> dict[str, Any]:
             "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "http", "port": 8080}]}]}
 
 
+@st.composite
+def ingresses(draw: st.DrawFn) -> dict[str, Any]:
+    """Ingresses that collide on hosts and paths, name services that may not exist, ports
+    by number or name, and sometimes are not ours or are malformed."""
+    def backend() -> dict[str, Any]:
+        port = draw(st.sampled_from([{"number": 80}, {"number": 8080}, {"name": "http"},
+                                     {"name": "mysql"}, {"number": 9999}]))
+        return {"service": {"name": draw(st.sampled_from(NAMES)), "port": port}}
+
+    paths = [{"path": draw(st.sampled_from(["/", "/p", "/p/", "/q/r"])),
+              "pathType": draw(st.sampled_from(["Prefix", "Exact",
+                                                "ImplementationSpecific"])),
+              "backend": backend()}
+             for _ in range(draw(st.integers(0, 2)))]
+    host = draw(st.sampled_from([None, "x.example", "*.example", "Bad_Host"]))
+    rule: dict[str, Any] = {"http": {"paths": paths}}
+    if host is not None:
+        rule["host"] = host
+    spec: dict[str, Any] = {"rules": [rule]}
+    cls = draw(st.sampled_from(["pylb", "pylb", None, "nginx"]))
+    if cls is not None:
+        spec["ingressClassName"] = cls
+    if draw(st.booleans()):
+        spec["tls"] = [{"hosts": ["x.example"], "secretName": "s"}]
+    if draw(st.integers(0, 3)) == 0:
+        spec["defaultBackend"] = backend()
+    ann = draw(st.sampled_from([{}, {"kubernetes.io/ingress.class": "pylb"},
+                                {"nginx.ingress.kubernetes.io/ssl-redirect": "false"},
+                                {"nginx.ingress.kubernetes.io/force-ssl-redirect": "yes"}]))
+    return {"metadata": {"name": draw(st.sampled_from(["i", "j"])),
+                         "namespace": draw(st.sampled_from(NAMESPACES)),
+                         "resourceVersion": str(draw(st.integers(1, 5))),
+                         "annotations": ann},
+            "spec": spec}
+
+
+def ingress_class(default: bool, controller: str = "pylb.io/ingress-controller") -> Any:
+    return {"metadata": {"name": "pylb", "annotations": {
+        "ingressclass.kubernetes.io/is-default-class": str(default).lower()}},
+            "spec": {"controller": controller}}
+
+
+def tls_secret(ns: str, name: str, kind: str, rv: int) -> dict[str, Any]:
+    pem = base64.b64encode(b"-----BEGIN X-----\n%d\n" % rv).decode()
+    return {"metadata": {"name": name, "namespace": ns, "resourceVersion": str(rv)},
+            "type": kind, "data": {"tls.crt": pem, "tls.key": pem}}
+
+
 # An operation: (kind, store key, object or None to delete). Keys are small so that
 # operations hit the same objects; a service key is not its (namespace, name), so two
 # keys can hold copies of one service (duplicates).
@@ -106,6 +155,16 @@ OPS = st.one_of(
               st.none() | st.builds(legacy, st.sampled_from(NAMESPACES),
                                     st.sampled_from(NAMES),
                                     st.sampled_from(["127.2.0.1", "127.2.0.2"]))),
+    st.tuples(st.just("ingresses"), st.integers(0, 3),
+              st.one_of(st.none(), ingresses(), ingresses())),
+    st.tuples(st.just("secrets"), st.integers(0, 2),
+              st.none() | st.builds(tls_secret, st.sampled_from(NAMESPACES), st.just("s"),
+                                    st.sampled_from(["kubernetes.io/tls", "Opaque"]),
+                                    st.integers(1, 3))),
+    st.tuples(st.just("ingressclasses"), st.just(0),
+              st.none() | st.builds(ingress_class, st.booleans(),
+                                    st.sampled_from(["pylb.io/ingress-controller",
+                                                     "k8s.io/ingress-nginx"]))),
 )
 
 SETTINGS = st.sampled_from([
@@ -117,6 +176,8 @@ SETTINGS = st.sampled_from([
     Settings(namespaces=(), target_service="b"),
     Settings(namespaces=(), forward_services=True),
     Settings(namespaces=(), endpoints_api="endpoints"),
+    Settings(namespaces=(), ingress_class="pylb"),
+    Settings(namespaces=("ns1",), ingress_class="pylb", tcp_services=(("a", 3306),)),
 ])
 
 
@@ -124,7 +185,10 @@ def reference(stores: dict[str, dict[int, Any]], s: Settings) -> RouteTable:
     return translate(KubeObjects(services=tuple(stores["services"].values()),
                                  endpointslices=tuple(stores["endpointslices"].values()),
                                  endpoints=tuple(stores["endpoints"].values()),
-                                 external=stores["external"].get(0, {})), s)
+                                 external=stores["external"].get(0, {}),
+                                 ingresses=tuple(stores["ingresses"].values()),
+                                 ingressclasses=tuple(stores["ingressclasses"].values()),
+                                 secrets=tuple(stores["secrets"].values())), s)
 
 
 def check_same(got: RouteTable, want: RouteTable) -> None:
@@ -142,7 +206,8 @@ def apply(tr: Translator, kind: str, key: int, obj: Any) -> None:
         tr.set_external(obj)
         return
     {"services": tr.set_service, "endpointslices": tr.set_slice,
-     "endpoints": tr.set_endpoints}[kind](key, obj)
+     "endpoints": tr.set_endpoints, "ingresses": tr.set_ingress,
+     "ingressclasses": tr.set_ingress_class, "secrets": tr.set_secret}[kind](key, obj)
 
 
 # INCR_EXAMPLES=5000 for a longer search
@@ -151,7 +216,9 @@ def apply(tr: Translator, kind: str, key: int, obj: Any) -> None:
 @given(SETTINGS, st.lists(st.lists(OPS, min_size=1, max_size=4), min_size=1, max_size=12))
 def test_incremental_equals_translate(s: Settings, batches: list[list[Any]]) -> None:
     stores: dict[str, dict[int, Any]] = {"services": {}, "endpointslices": {},
-                                         "endpoints": {}, "external": {}}
+                                         "endpoints": {}, "external": {},
+                                         "ingresses": {}, "ingressclasses": {},
+                                         "secrets": {}}
     tr = Translator(s)
     last = tr.build()
     for batch in batches:

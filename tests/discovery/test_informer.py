@@ -15,8 +15,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from discovery.informer import ENDPOINTSLICES, SERVICES, Informer
-from discovery.kubeclient import api_client_from_dict
 from pylb.config import KubeSettings
+from pylb.kubeapi import api_client_from_dict
 from tests.kfake import FakeApiServer, faults
 
 SETTINGS = KubeSettings(watch_timeout=30, read_timeout=2.0, connect_timeout=2.0,

@@ -62,6 +62,15 @@ def test_retry_after(headers: dict[str, str], body: bytes, expected: float | Non
     assert retry_after(headers, parse_status(body)) == expected
 
 
+def test_retry_after_date_counts_from_the_given_clock() -> None:
+    """An HTTP-date Retry-After is read against the caller's wall clock, not time.time()."""
+    date = {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}  # 1445412480 epoch seconds
+    assert retry_after(date, None, now=1445412480.0 - 12.5) == 12.5
+    assert retry_after(date, None, now=1445412480.0 + 5) == 0.0
+    err = error_from_response(503, date, b"", now=1445412480.0 - 3)
+    assert isinstance(err, ApiError) and err.retry_after == 3.0
+
+
 @pytest.mark.parametrize(("code", "headers", "body", "kind", "status", "wait"), [
     (410, {}, _status(410, "Expired", "continue token expired"), Gone, None, None),
     (429, {"Retry-After": "2"}, b"Too many requests, please try again later.", ApiError,

@@ -16,8 +16,8 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 
 from discovery.kube import KubeSource
-from discovery.kubeclient import api_client_from_dict
 from pylb.config import KubeSettings, Settings
+from pylb.kubeapi import api_client_from_dict, client_for, pod_namespace
 from pylb.model import RouteTable
 from tests.kfake import FakeApiServer, faults
 
@@ -604,10 +604,8 @@ async def test_externalname_is_re_resolved(kube_api: FakeApiServer) -> None:
 async def _sync_once(s: Settings, api: FakeApiServer, **kw: Any) -> RouteTable:
     api.store.create("services", service("web"))
     api.store.create("endpointslices", eslice("web", ["10.0.0.1"]))
-    from discovery.kubeclient import make_api_client
-
     async def factory() -> ApiClient:
-        return await make_api_client(s, **kw)
+        return await client_for(s, **kw)
 
     async with running(KubeSource(s, factory)) as pub:
         return await pub.until(has("default/web:80", "10.0.0.1:8080"))
@@ -650,14 +648,12 @@ async def test_in_cluster_with_token_rotation(no_proxy_env: None, tmp_path: Path
         env = api.write_incluster(tmp_path / "sa", token="one", namespace="shop")
         environ = {k: v for k, v in env.items() if k.startswith("KUBERNETES_")}
         s = Settings(use_cluster_service=True, kube=FAST)
-        from discovery.kubeclient import make_api_client, pod_namespace
-
         assert pod_namespace(str(tmp_path / "sa")) == "shop"
         api.store.create("services", service("web"))
 
         async def factory() -> ApiClient:
-            return await make_api_client(s, environ=environ,
-                                         serviceaccount_dir=str(tmp_path / "sa"))
+            return await client_for(s, environ=environ,
+                                    serviceaccount_dir=str(tmp_path / "sa"))
 
         source = KubeSource(s, factory)
         async with running(source) as pub:
@@ -675,11 +671,9 @@ async def test_in_cluster_with_token_rotation(no_proxy_env: None, tmp_path: Path
 async def test_in_cluster_outside_a_pod_fails_clearly(tmp_path: Path) -> None:
     from kubernetes_asyncio.config import ConfigException
 
-    from discovery.kubeclient import make_api_client
-
     with pytest.raises(ConfigException):
-        await make_api_client(Settings(use_cluster_service=True), environ={},
-                              serviceaccount_dir=str(tmp_path))
+        await client_for(Settings(use_cluster_service=True), environ={},
+                         serviceaccount_dir=str(tmp_path))
     with pytest.raises(ConfigException):
-        await make_api_client(Settings(use_cluster_service=False,
-                                       kubeconfig=str(tmp_path / "nope")))
+        await client_for(Settings(use_cluster_service=False,
+                                  kubeconfig=str(tmp_path / "nope")))

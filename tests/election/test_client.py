@@ -1,4 +1,4 @@
-"""The sidecar's own client set-up."""
+"""The client set-up (pylb.kubeapi) as the sidecar uses it, and kapi's errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from election import kapi
-from election.client import ClientSetupError, make_api_client
+from pylb.kubeapi import ClientSetupError, make_api_client
 from tests.kfake import FakeApiServer
 
 

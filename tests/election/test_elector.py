@@ -170,3 +170,44 @@ async def test_status_reports_leader_since_and_transitions() -> None:
 def test_empty_identity_rejected() -> None:
     with pytest.raises(ValueError, match="identity"):
         Elector(MemoryLock(MemoryStore()), "")
+
+
+class _HangingLock(MemoryLock):
+    """A MemoryLock whose reads can be made to hang (an API server that never answers)."""
+
+    hang = False
+
+    async def get(self) -> Record | None:
+        if self.hang:
+            await asyncio.Event().wait()
+        return await super().get()
+
+
+@pytest.mark.parametrize(("fault", "logged"), [
+    ("hang", "release failed (timed out)"),
+    ("fail", "release failed (503 ServiceUnavailable: apiserver is shutting down)"),
+])
+async def test_failed_release_says_why(fault: str, logged: str,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The release's log line names the failure; a timeout (whose exception has no text)
+    says "timed out" rather than "()"."""
+    store = MemoryStore()
+    lock = _HangingLock(store, "a")
+    # Real time, kept short: the release is bounded by the renew deadline (0.2 s).
+    elector = Elector(lock, "a", Timing(1, 0.2, 0.1))
+    task = asyncio.get_running_loop().create_task(elector.run())
+    for _ in range(100):
+        if elector.is_leader:
+            break
+        await asyncio.sleep(0.01)
+    assert elector.is_leader
+    if fault == "hang":
+        lock.hang = True
+    else:
+        store.failing = True
+    task.cancel()
+    with caplog.at_level("WARNING", logger="pylb.election"), \
+            pytest.raises(asyncio.CancelledError):
+        await task
+    assert any(logged in r.getMessage() for r in caplog.records), caplog.text
+    assert store.record is not None and store.record.holder == "a"  # not released

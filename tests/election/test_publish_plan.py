@@ -14,8 +14,10 @@ from election.publish import (
     ingress_patch,
     node_addresses,
     plan_events,
+    retry_delay,
     wants_status,
 )
+from pylb.kubeapi import ApiError
 from pylb.model import Backend, HttpRoute, RouteTable, Server, SkippedService, TcpFrontend
 
 WEB = Backend("shop/web:80", (Server("10.0.0.1", 8080),))
@@ -144,3 +146,16 @@ def test_ingress_patch(service: dict[str, Any], ips: list[str], exposed: bool,
         assert patch is None
     else:
         assert patch == {"status": {"loadBalancer": {"ingress": ingress}}}
+
+
+@pytest.mark.parametrize(("exc", "resync", "expected"), [
+    (TimeoutError(), 10.0, 2.0),
+    (ApiError(0, "ClientConnectorError", "refused"), 10.0, 2.0),
+    (ApiError(429, "TooManyRequests", "slow down", retry_after=5.0), 10.0, 5.0),
+    (ApiError(429, "TooManyRequests", "slow down", retry_after=120.0), 10.0, 10.0),
+    (ApiError(503, "ServiceUnavailable", "x", retry_after=1.0), 10.0, 2.0),
+    (TimeoutError(), 1.0, 1.0),
+])
+def test_retry_delay_honours_retry_after_up_to_the_resync(
+        exc: BaseException, resync: float, expected: float) -> None:
+    assert retry_delay(exc, resync) == expected

@@ -42,8 +42,8 @@ import pytest
 
 from bench import memory, procs
 from proxy.tcp.splice import PipePool, SplicePump
-from pylb.app import DataPlane
 from pylb.config import Settings
+from pylb.dataplane import DataPlane
 from pylb.model import Backend, HttpRoute, RouteTable, Server, TcpFrontend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,7 +186,7 @@ async def _churn(pl: _Plane) -> dict[str, int]:
             + int(final["bad_echo"])}
 
 
-_WATCHED = ("ClientProtocol", "UpstreamProtocol", "_Conn", "_Upstream", "_Dial",
+_WATCHED = ("ClientProtocol", "UpstreamProtocol", "_Conn", "_Upstream", "Dial", "Steps",
             "SplicePump", "_Direction", "Task")
 
 
@@ -322,8 +322,8 @@ async def test_connect_survives_a_loop_stall_longer_than_its_timeout(
     import time
 
     from proxy.balance import Balancers
+    from proxy.connect import Dial
     from proxy.tcp import TcpProxy
-    from proxy.tcp import proxy as tcp_proxy
     from pylb.config import Timeouts
     from pylb.counters import Stats
 
@@ -341,7 +341,7 @@ async def test_connect_survives_a_loop_stall_longer_than_its_timeout(
     await p.set_table(RouteTable(tcp=(TcpFrontend("f", 0, "b"),),
                                  backends=(Backend("b", (Server("127.0.0.1", bport),)),)))
     port = p.bound_ports()[0][1]
-    start = tcp_proxy._Dial.start
+    start = Dial.start
     wake_r, wake_w = socket.socketpair()
 
     def starved_start(self: Any, timeout: float) -> None:
@@ -357,7 +357,7 @@ async def test_connect_survives_a_loop_stall_longer_than_its_timeout(
         loop.add_reader(wake_r, in_poll_phase)
         wake_w.send(b"!")
 
-    monkeypatch.setattr(tcp_proxy._Dial, "start", starved_start)
+    monkeypatch.setattr(Dial, "start", starved_start)
     try:
         r, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(b"ping")

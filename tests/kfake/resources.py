@@ -544,6 +544,120 @@ def _validate_events_v1(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
     return causes
 
 
+# ---- networking.k8s.io/v1 Ingress and IngressClass, v1 Secret ----------------------------
+# (kubernetes `pkg/apis/networking/validation/validation.go`, `pkg/apis/core/validation`)
+
+_PATH_TYPES = ["Exact", "ImplementationSpecific", "Prefix"]
+
+
+def _validate_backend(b: Any, p: str) -> list[Cause]:
+    if not isinstance(b, dict):
+        return [required(p)]
+    svc, res = b.get("service"), b.get("resource")
+    if (svc is None) == (res is None):
+        return [invalid(p, "", "cannot set both service and resource backends")
+                if svc is not None else required(p, "one of service or resource")]
+    if svc is None:
+        return [] if isinstance(res, dict) and res.get("kind") and res.get("name") else [
+            required(f"{p}.resource.kind")]
+    causes: list[Cause] = []
+    if not isinstance(svc, dict) or not svc.get("name"):
+        return [required(f"{p}.service.name")]
+    port = svc.get("port") if isinstance(svc.get("port"), dict) else {}
+    number, name = port.get("number"), port.get("name")
+    if number is not None and name:
+        causes.append(invalid(f"{p}.service.port", port,
+                              "cannot set both port name & port number"))
+    elif number is None and not name:
+        causes.append(required(f"{p}.service.port", "port name or number is required"))
+    elif number is not None and not (isinstance(number, int) and 0 < number < 65536):
+        causes.append(invalid(f"{p}.service.port.number", number,
+                              "must be between 1 and 65535, inclusive"))
+    return causes
+
+
+def _validate_ingress(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [required("spec")]
+    causes: list[Cause] = []
+    rules = spec.get("rules") or []
+    if not rules and spec.get("defaultBackend") is None:
+        causes.append(invalid("spec", "", "either `defaultBackend` or `rules` must be "
+                                          "specified"))
+    if spec.get("defaultBackend") is not None:
+        causes += _validate_backend(spec["defaultBackend"], "spec.defaultBackend")
+    for i, rule in enumerate(rules):
+        p = f"spec.rules[{i}]"
+        host = rule.get("host") if isinstance(rule, dict) else None
+        if host:
+            bare = host[2:] if host.startswith("*.") else host
+            if "*" in bare or not _DNS1123_SUBDOMAIN.fullmatch(bare):
+                causes.append(invalid(f"{p}.host", host, "a wildcard DNS-1123 subdomain "
+                                      "must start with '*.', followed by a valid DNS subdomain"))
+        http = rule.get("http") if isinstance(rule, dict) else None
+        if http is None:
+            continue
+        paths = http.get("paths") if isinstance(http, dict) else None
+        if not paths:
+            causes.append(required(f"{p}.http.paths"))
+            continue
+        for j, path in enumerate(paths):
+            pp = f"{p}.http.paths[{j}]"
+            ptype = path.get("pathType")
+            if not ptype:
+                causes.append(required(f"{pp}.pathType", "pathType must be specified"))
+            elif ptype not in _PATH_TYPES:
+                causes.append(not_supported(f"{pp}.pathType", ptype, _PATH_TYPES))
+            value = path.get("path") or ""
+            if ptype in ("Exact", "Prefix") and not value.startswith("/"):
+                causes.append(invalid(f"{pp}.path", value, "must be an absolute path"))
+            causes += _validate_backend(path.get("backend"), f"{pp}.backend")
+    for i, tls in enumerate(spec.get("tls") or []):
+        for j, host in enumerate((tls or {}).get("hosts") or []):
+            bare = host[2:] if isinstance(host, str) and host.startswith("*.") else host
+            if not isinstance(bare, str) or not _DNS1123_SUBDOMAIN.fullmatch(bare):
+                causes.append(invalid(f"spec.tls[{i}].hosts[{j}]", host,
+                                      "a wildcard DNS-1123 subdomain must start with '*.', "
+                                      "followed by a valid DNS subdomain"))
+    name = spec.get("ingressClassName")
+    if name is not None and not _DNS1123_SUBDOMAIN.fullmatch(str(name)):
+        causes.append(invalid("spec.ingressClassName", name, "a lowercase RFC 1123 subdomain"))
+    return causes
+
+
+def _validate_ingress_class(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
+    controller = (obj.get("spec") or {}).get("controller")
+    if not controller:
+        return [required("spec.controller")]
+    if old is not None and (old.get("spec") or {}).get("controller") != controller:
+        return [invalid("spec.controller", controller, "field is immutable")]
+    return []
+
+
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _validate_secret(obj: JsonObj, old: JsonObj | None) -> list[Cause]:
+    causes: list[Cause] = []
+    data = obj.get("data") or {}
+    for k, v in data.items():
+        if not isinstance(v, str) or len(v) % 4 or not _B64.fullmatch(v):
+            causes.append(invalid(f"data[{k}]", "<secret contents redacted>",
+                                  "illegal base64 data"))
+    if obj.get("type") == "kubernetes.io/tls":
+        for k in ("tls.crt", "tls.key"):
+            if k not in data:
+                causes.append(required(f"data[{k}]"))
+    if old is not None and old.get("type") != obj.get("type"):
+        causes.append(invalid("type", obj.get("type"), "field is immutable"))
+    return causes
+
+
+def _default_secret(obj: JsonObj, old: JsonObj | None, alloc: Allocator) -> None:
+    obj.setdefault("type", "Opaque")
+
+
 # ---- the table -----------------------------------------------------------------------------
 
 RESOURCES: tuple[Resource, ...] = (
@@ -572,6 +686,13 @@ RESOURCES: tuple[Resource, ...] = (
              initial_status='{"phase": "Pending", "qosClass": "BestEffort"}'),
     Resource("", "v1", "namespaces", "Namespace", namespaced=False, has_status=True,
              return_deleted=True, name_rule="label", initial_status='{"phase": "Active"}'),
+    Resource("networking.k8s.io", "v1", "ingresses", "Ingress", has_status=True,
+             generation=True, initial_status='{"loadBalancer": {}}',
+             validate=_validate_ingress),
+    Resource("networking.k8s.io", "v1", "ingressclasses", "IngressClass", namespaced=False,
+             generation=True, validate=_validate_ingress_class),
+    Resource("", "v1", "secrets", "Secret", validate=_validate_secret,
+             default=_default_secret),
 )
 
 _BY_KEY = {r.key: r for r in RESOURCES}

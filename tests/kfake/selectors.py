@@ -150,6 +150,7 @@ EXTRA_FIELDS: dict[str, tuple[str, ...]] = {
                "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
                "reportingComponent", "source", "type"),
     "namespaces": ("status.phase",),
+    "secrets": ("type",),
 }
 
 

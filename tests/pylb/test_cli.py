@@ -12,10 +12,7 @@ import pytest
 from pylb.app import dry_run
 from pylb.cli import (
     CLUSTER_SERVICE_HELP,
-    FlagError,
     build_parser,
-    check_cluster,
-    check_ports,
     main,
     parse_tcp_services,
     settings_from_args,
@@ -23,6 +20,7 @@ from pylb.cli import (
 )
 from pylb.config import CheckScope, CheckSettings, Settings
 from pylb.model import Algorithm
+from pylb.preflight import FlagError, check_cluster, check_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from pylb.app import DataPlane
 from pylb.config import Limits, Settings
+from pylb.dataplane import DataPlane
 from pylb.demo import start_echo_server, start_name_server
 from pylb.model import Backend, HttpRoute, RouteTable, Server, TcpFrontend
 from tests.conftest import free_port
@@ -88,7 +88,7 @@ async def test_a_big_table_is_applied_in_slices_with_the_loop_let_in() -> None:
     """A whole table of many backends is taken APPLY_SLICE at a time: something else on
     the loop runs while it is half applied (the old routes still serve), and at the end
     every backend has its balancer and the removals of the change are done."""
-    from pylb.app import APPLY_SLICE
+    from pylb.dataplane import APPLY_SLICE
 
     plane = DataPlane(Settings(bind="127.0.0.1", http_port=0))
     await plane.start()

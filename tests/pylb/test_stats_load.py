@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pylb.app import DataPlane
 from pylb.config import Settings
 from pylb.counters import merge_snapshots
+from pylb.dataplane import DataPlane
 from pylb.model import Backend, HttpRoute, RouteTable, Server
 from pylb.stats import StatsView, render_csv, render_json
 from pylb.stats.prom import Exposition

@@ -366,7 +366,7 @@ async def test_workers_share_one_self_signed_certificate(backends: list[int]) ->
     import hashlib
     import ssl
 
-    from pylb.app import make_self_signed
+    from pylb.dataplane import make_self_signed
 
     s = settings(https_port=free_port())
     pool = WorkerPool(s, self_signed_pem=make_self_signed(s))

@@ -8,6 +8,8 @@ import pytest
 
 from proxy.http.parser import (
     BodyFramer,
+    H11ResponseParser,
+    HttptoolsResponseParser,
     ParseError,
     RequestHead,
     ResponseHead,
@@ -286,6 +288,19 @@ def test_bad_responses(parser_kind: HttpParser, data: bytes) -> None:
     with pytest.raises(ParseError) as e:
         rparse(parser_kind, data)
     assert e.value.failure is Failure.BAD_RESPONSE
+
+
+def test_response_head_limit_is_max_head(parser_kind: HttpParser) -> None:
+    """Both response parsers honour `max_head` (h11's once ignored it for a fixed 64 KiB)."""
+    cls = H11ResponseParser if parser_kind is HttpParser.H11 else HttptoolsResponseParser
+    head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 2000
+    small = cls(Sink(), b"GET", max_head=1024)
+    with pytest.raises(ParseError) as e:
+        small.feed(head)
+    assert e.value.failure is Failure.BAD_RESPONSE
+    big = cls(Sink(), b"GET", max_head=64 * 1024)
+    big.feed(head)  # within its limit: waits for the rest of the head
+    big.feed(b"\r\nContent-Length: 0\r\n\r\n")
 
 
 def test_truncated_response_is_reset(parser_kind: HttpParser) -> None:
