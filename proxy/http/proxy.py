@@ -16,6 +16,8 @@ from typing import cast
 
 from proxy.balance import Balancers, Key
 from proxy.connect import Dial, ShortageLog
+from proxy.http.alpn import AlpnSwitch, PrefaceSwitch
+from proxy.http.h2server import H2Connection
 from proxy.http.idle import IdleSweep
 from proxy.http.parser import resolve
 from proxy.http.pool import Pool
@@ -56,7 +58,7 @@ class HttpProxy:
         self.proto = b"https" if tls else b"http"  # X-Forwarded-Proto
         self.table = RouteTable()
         self.router = Router(())
-        self.conns: set[ClientProtocol] = set()
+        self.conns: set[ClientProtocol | H2Connection] = set()
         self.closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Pool | None = None
@@ -146,7 +148,13 @@ class HttpProxy:
         `timeout client-hs`, 2.8, defaults to it too)."""
         return self.settings.timeouts.client if self.ssl_context is not None else None
 
-    def _protocol(self) -> ClientProtocol:
+    def _protocol(self) -> asyncio.Protocol:
+        # TLS: ALPN chose HTTP/2 or HTTP/1.1 (proxy.http.alpn); plain: h2c with prior
+        # knowledge only with --h2c, else no sniffing at all.
+        if self.ssl_context is not None:
+            return AlpnSwitch(self)
+        if self.settings.h2c:
+            return PrefaceSwitch(self)
         return ClientProtocol(self)
 
     async def shutdown(self, grace: float) -> None:
@@ -187,11 +195,11 @@ class HttpProxy:
         for _ in range(3):
             await asyncio.sleep(0)
 
-    def connection_opened(self, conn: ClientProtocol) -> None:
+    def connection_opened(self, conn: ClientProtocol | H2Connection) -> None:
         self.conns.add(conn)
 
-    def connection_gone(self, conn: ClientProtocol) -> None:
-        self.conns.discard(conn)
+    def connection_gone(self, conn: ClientProtocol | H2Connection | PrefaceSwitch) -> None:
+        self.conns.discard(conn)  # (a PrefaceSwitch never is in it)
         if self.limit is not None:
             self.limit.release()
         if self._gone is not None and not self.conns:

@@ -1,0 +1,213 @@
+"""End to end: HTTP/2 clients (the h2 library raw, curl, httpx, h2load) through pylb to
+HTTP/1.1 backends: h2c with prior knowledge (--h2c) and TLS with ALPN h2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import ssl
+
+import h2.events
+import pytest
+import trustme
+
+from pylb.config import HttpParser
+from tests.proxy.http.conftest import StartProxy
+from tests.proxy.http.h2client import H2Client
+
+
+@pytest.fixture
+def parser_kind() -> HttpParser:
+    return HttpParser.AUTO  # the h2 side does not depend on the HTTP/1.1 parser
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    from proxy.tls import ALPN
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    ctx.set_alpn_protocols(list(ALPN))
+    return ctx
+
+
+def client_context(ca: trustme.CA, alpn: list[str]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+async def test_h2c_prior_knowledge_streams(start_proxy: StartProxy) -> None:
+    r = await start_proxy(2, h2c=True)
+    c = await H2Client.open(r.port)
+    try:
+        sids = [await c.get(b"/app/x%d?q=1" % i) for i in range(5)]
+        post = await c.get(b"/app/up", body=b"y" * 100_000)  # > one stream window
+        for i, sid in enumerate(sids):
+            status, body, headers = await c.response(sid)
+            assert status == 200, (status, body, c.events)
+            seen = json.loads(body)
+            assert seen["target"] == f"/x{i}?q=1"
+            hs = {k.lower(): v for k, v in seen["headers"]}
+            assert hs["host"] == "example.com"
+            assert hs["x-forwarded-proto"] == "http"
+            names = [k for k, _ in headers]
+            assert b"connection" not in names and b"transfer-encoding" not in names
+        status, body, _ = await c.response(post)
+        assert status == 200
+        assert json.loads(body)["body_len"] == 100_000
+        # A route that does not exist: our own 404, on its stream only.
+        status, _, _ = await c.response(await c.get(b"/nothing"))
+        assert status == 404
+    finally:
+        await c.close()
+    fe = r.stats.frontend("http")
+    assert fe.req_total == 7
+    # The backends were reached over pooled HTTP/1.1 keep-alive connections.
+    assert sum(len(b.seen) for b in r.backends) == 6
+
+
+async def test_plain_port_without_flag_is_http1_only(start_proxy: StartProxy) -> None:
+    r = await start_proxy(1)
+    c = await H2Client.open(r.port)
+    try:
+        await c.get()
+        await c.until(lambda: c.closed, 5)
+        assert c.closed  # the preface is a bad HTTP/1.1 request: 400, closed
+    finally:
+        await c.close()
+
+
+async def test_tls_alpn_h2_and_http11(start_proxy: StartProxy, ca: trustme.CA) -> None:
+    r = await start_proxy(1, tls=True, ssl_context=server_context(ca))
+    c = await H2Client.open(r.port, client_context(ca, ["h2", "http/1.1"]))
+    try:
+        ssl_obj = c.writer.get_extra_info("ssl_object")
+        assert ssl_obj.selected_alpn_protocol() == "h2"
+        status, body, headers = await c.response(await c.get())
+        assert status == 200
+        hs = {k.lower(): v for k, v in json.loads(body)["headers"]}
+        assert hs["x-forwarded-proto"] == "https"
+        assert dict(headers)[b"strict-transport-security"]
+    finally:
+        await c.close()
+    # An HTTP/1.1-only client on the same port.
+    ctx = client_context(ca, ["http/1.1"])
+    rd, wr = await asyncio.open_connection("127.0.0.1", r.port, ssl=ctx,
+                                           server_hostname="localhost")
+    wr.write(b"GET /app/y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data = await asyncio.wait_for(rd.read(), 10)
+    assert data.startswith(b"HTTP/1.1 200")
+    wr.close()
+
+
+async def test_graceful_shutdown_finishes_streams(start_proxy: StartProxy) -> None:
+    r = await start_proxy(1, h2c=True)
+    c = await H2Client.open(r.port)
+    try:
+        sid = await c.get(b"/app/slow?delay=0.5")
+        await asyncio.sleep(0.2)
+        stop = asyncio.create_task(r.proxy.shutdown(5))
+        status, body, _ = await c.response(sid)
+        assert status == 200 and json.loads(body)["target"] == "/slow?delay=0.5"
+        assert c.graceful == [sid]  # GOAWAY NO_ERROR naming the stream under way
+        await stop
+    finally:
+        await c.close()
+
+
+async def test_slow_reader_bounded(start_proxy: StartProxy) -> None:
+    """A client that does not reopen its window: pylb reads the backend only as far as
+    the window and its watermark allow, then the stream is reset after timeout client."""
+    r = await start_proxy(1, h2c=True, timeouts={"client": 1.0})
+    c = await H2Client.open(r.port)
+    try:
+        sid = await c.get(b"/app/big?n=20000000")
+        await c.until(lambda: c.ended(sid), 8)
+        # the client never acknowledged: at most its 64 KiB window reached it
+        got = sum(len(e.data) for e in c.of(sid, h2.events.DataReceived))
+        assert got <= 65535
+        assert c.reset_code(sid) == 8  # CANCEL
+        # the connection is still usable
+        for e in c.of(sid, h2.events.DataReceived):
+            c.conn.acknowledge_received_data(e.flow_controlled_length, sid)
+        status, _, _ = await c.response(await c.get())
+        assert status == 200
+    finally:
+        await c.close()
+
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+
+
+async def run(*args: str) -> tuple[int, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+@pytest.mark.needs_tool
+@needs_curl
+async def test_curl_http2_prior_knowledge(start_proxy: StartProxy) -> None:
+    r = await start_proxy(1, h2c=True)
+    base = f"http://127.0.0.1:{r.port}"
+    # One URL per run: curl 7.88.1 fails to reuse a prior-knowledge h2 connection for a
+    # second URL ("Error in the HTTP2 framing layer"), against haproxy's h2c alike.
+    rc, out, err = await run("curl", "-sS", "--max-time", "20", "--http2-prior-knowledge",
+                             "-w", "\n%{http_version}", f"{base}/app/b",
+                             "--data-binary", "hello")
+    assert rc == 0, err
+    body, _, version = out.rpartition(b"\n")
+    assert version == b"2"
+    seen = json.loads(body)
+    assert seen["target"] == "/b" and seen["body_len"] == 5
+
+
+@pytest.mark.needs_tool
+@needs_curl
+async def test_curl_http2_tls(start_proxy: StartProxy, ca: trustme.CA,
+                              tmp_path: object) -> None:
+    import pathlib
+    cafile = pathlib.Path(str(tmp_path)) / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    r = await start_proxy(1, tls=True, ssl_context=server_context(ca))
+    rc, out, err = await run("curl", "-sS", "--max-time", "20", "--http2", "--cacert",
+                             str(cafile), "-w", "\n%{http_version}",
+                             f"https://localhost:{r.port}/app/z",
+                             "--resolve", f"localhost:{r.port}:127.0.0.1")
+    assert rc == 0, err
+    body, _, version = out.rpartition(b"\n")
+    assert version == b"2"
+    assert json.loads(body)["target"] == "/z"
+
+
+@pytest.mark.needs_tool
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="needs h2load (nghttp2-client)")
+async def test_h2load(start_proxy: StartProxy) -> None:
+    r = await start_proxy(2, h2c=True)
+    rc, out, err = await run("h2load", "-n", "400", "-c", "4", "-m", "10",
+                             f"http://127.0.0.1:{r.port}/app/load")
+    assert rc == 0, err
+    assert b"400 succeeded, 0 failed, 0 errored" in out, out
+    assert b"status codes: 400 2xx" in out, out
+
+
+async def test_httpx_http2(start_proxy: StartProxy, ca: trustme.CA) -> None:
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("h2")
+    r = await start_proxy(1, tls=True, ssl_context=server_context(ca))
+    ctx = client_context(ca, ["h2", "http/1.1"])
+    async with httpx.AsyncClient(http2=True, verify=ctx) as client:
+        rs = await asyncio.gather(*(client.get(f"https://localhost:{r.port}/app/{i}")
+                                    for i in range(10)))
+        post = await client.post(f"https://localhost:{r.port}/app/p", content=b"z" * 300_000)
+    assert all(x.status_code == 200 and x.http_version == "HTTP/2" for x in rs)
+    assert [x.json()["target"] for x in rs] == [f"/{i}" for i in range(10)]
+    assert post.json()["body_len"] == 300_000
