@@ -55,6 +55,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.connection import ConnectionState
 from hyperframe.frame import GoAwayFrame
 
 from proxy import flow
@@ -79,6 +80,7 @@ RESET_BUDGET = 200
 CONTROL_BURST = 1000
 CONTROL_RATE = 100.0  # control frames a second, sustained
 WRITE_LIMIT = 4 * 1024 * 1024
+LINGER = 2.0  # seconds a connection cut for an error drains the client's frames
 _HIGH = flow.HIGH_WATER
 _LOW = flow.LOW_WATER
 _CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
@@ -638,8 +640,10 @@ class H2Connection(asyncio.Protocol):
         self.loop = proxy.loop
         self.transport: asyncio.Transport | None = None
         limits = proxy.settings.limits
+        # Header checks are h2rules' (a malformed request is a stream error there; the
+        # engine's own checks would make each a connection error).
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                           validate_inbound_headers=True,
+                                           validate_inbound_headers=False,
                                            normalize_inbound_headers=False)
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -656,6 +660,7 @@ class H2Connection(asyncio.Protocol):
         self.local_port = 0
         self.closed = False
         self.going_away = False
+        self.cut = False  # a connection error was sent: nothing more is read or sent
         self.last_stream = 0
         self.resets = RESET_BUDGET
         self.tokens = float(CONTROL_BURST)
@@ -689,6 +694,8 @@ class H2Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.proxy.fe_counters.bytes_in += len(data)
+        if self.cut:
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -697,7 +704,7 @@ class H2Connection(asyncio.Protocol):
         try:
             for event in events:
                 self._event(event)
-                if self.closed:
+                if self.cut or self.closed:
                     return
         except Exception:
             log.exception("%s: internal error on an h2 connection from %s",
@@ -710,14 +717,16 @@ class H2Connection(asyncio.Protocol):
     def _protocol_error(self, e: h2.exceptions.ProtocolError) -> None:
         """A connection error (RFC 9113 §5.4.1): GOAWAY with its code, then close."""
         self.proxy.fe_counters.req_errors += 1
+        self.cut = True
         code = getattr(e, "error_code", None) or _PROTOCOL_ERROR
         if isinstance(e, h2.exceptions.DenialOfServiceError):
             code = _CALM
-        # (if the engine closed itself, it has queued its own GOAWAY)
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection(error_code=code)
+        if self.h2.state_machine.state is not ConnectionState.CLOSED:
+            # (else the engine closed itself, and queued its own GOAWAY)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection(error_code=code)
         self.flush()
-        self.close(graceful=False)
+        self._linger()
 
     def _event(self, ev: h2.events.Event) -> None:
         if isinstance(ev, h2.events.RequestReceived):
@@ -799,24 +808,25 @@ class H2Connection(asyncio.Protocol):
 
     def calm(self) -> None:
         """GOAWAY ENHANCE_YOUR_CALM: the client's frames cost too much for what they ask."""
-        if self.closed:
+        if self.closed or self.cut:
             return
+        self.cut = True
         self.proxy.fe_counters.req_errors += 1
         self.h2.close_connection(error_code=_CALM, last_stream_id=self.last_stream)
         self.flush()
-        self.close(graceful=False)
+        self._linger()
 
     # -- the streams' sending ------------------------------------------------------------------
 
     def ack(self, stream_id: int, n: int) -> None:
-        if n and not self.closed:
+        if n and not self.closed and not self.cut:
             # (a closed stream's bytes still reopen the connection's window)
             with contextlib.suppress(h2.exceptions.StreamClosedError):
                 self.h2.acknowledge_received_data(n, stream_id)
 
     def send_headers(self, stream: H2Stream, block: list[tuple[bytes, bytes]],
                      end_stream: bool) -> None:
-        if self.closed or stream.stream_id not in self.streams:
+        if self.closed or self.cut or stream.stream_id not in self.streams:
             return
         self.h2.send_headers(stream.stream_id, block, end_stream=end_stream)
         if end_stream:
@@ -824,7 +834,7 @@ class H2Connection(asyncio.Protocol):
 
     def send_out(self, stream: H2Stream) -> None:
         """Send what the client's windows allow of `stream`'s response."""
-        if self.closed:
+        if self.closed or self.cut:
             return
         sid = stream.stream_id
         if sid not in self.streams:
@@ -849,7 +859,7 @@ class H2Connection(asyncio.Protocol):
 
     def reset(self, stream: H2Stream, code: h2.errors.ErrorCodes) -> None:
         sid = stream.stream_id
-        if self.streams.pop(sid, None) is not None and not self.closed:
+        if self.streams.pop(sid, None) is not None and not self.closed and not self.cut:
             self.blocked.pop(sid, None)
             self.h2.reset_stream(sid, code)
             self.flush()
@@ -964,6 +974,22 @@ class H2Connection(asyncio.Protocol):
             if self.streams:
                 return  # closes when the last stream is done
         self._close_transport()
+
+    def _linger(self) -> None:
+        """After a connection error: our side is shut (FIN after the GOAWAY), and what
+        the client still sends is read and dropped for a moment (`LINGER`), as nginx's
+        lingering close: closing with its frames unread would send a TCP reset, which
+        can destroy the GOAWAY in the client's receive buffer before it reads it."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if not t.can_write_eof():  # TLS: close_notify, then close
+            t.close()
+            return
+        t.write_eof()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(LINGER, t.close)
 
     def _close_transport(self) -> None:
         t = self.transport

@@ -34,6 +34,7 @@ class H2Client:
         self.events: list[h2.events.Event] = []
         self.closed = False
         self.graceful: list[int] = []  # last stream ids of GOAWAY NO_ERROR frames
+        self.goaway_codes: list[int] = []  # error codes of every GOAWAY received
         self._buf = b""
         self._preface_seen = False
 
@@ -85,9 +86,12 @@ class H2Client:
             if len(buf) < 9 + n:
                 break
             frame, buf = buf[:9 + n], buf[9 + n:]
-            if frame[3] == 7 and int.from_bytes(frame[13:17], "big") == 0:
-                self.graceful.append(int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF)
-                continue
+            if frame[3] == 7:
+                code = int.from_bytes(frame[13:17], "big")
+                self.goaway_codes.append(code)
+                if code == 0:
+                    self.graceful.append(int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF)
+                    continue
             out.append(frame)
         self._buf = buf
         return b"".join(out)
