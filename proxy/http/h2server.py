@@ -677,7 +677,10 @@ class H2Connection(asyncio.Protocol):
         self.transport = transport
         proxy = self.proxy
         proxy.connection_opened(self)
-        proxy.fe_counters.open()
+        fe = proxy.fe_counters
+        fe.open()
+        fe.h2_cur += 1
+        fe.h2_tot += 1
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip, self.client_port = peer[0], peer[1]
@@ -717,6 +720,7 @@ class H2Connection(asyncio.Protocol):
     def _protocol_error(self, e: h2.exceptions.ProtocolError) -> None:
         """A connection error (RFC 9113 §5.4.1): GOAWAY with its code, then close."""
         self.proxy.fe_counters.req_errors += 1
+        self.proxy.fe_counters.h2_conn_errors += 1
         self.cut = True
         code = getattr(e, "error_code", None) or _PROTOCOL_ERROR
         if isinstance(e, h2.exceptions.DenialOfServiceError):
@@ -748,6 +752,7 @@ class H2Connection(asyncio.Protocol):
         elif isinstance(ev, h2.events.StreamReset):
             stream = self.streams.pop(ev.stream_id, None)
             self.blocked.pop(ev.stream_id, None)
+            self.proxy.fe_counters.h2_resets += 1
             if stream is not None:
                 if not stream.closed and stream.state is not State.DONE:
                     self._glitch()
@@ -778,9 +783,11 @@ class H2Connection(asyncio.Protocol):
             self.h2.reset_stream(stream_id, _REFUSED)  # after our GOAWAY
             return
         proxy = self.proxy
+        proxy.fe_counters.h2_streams += 1
         try:
             req = h2rules.request_head(headers, ended, proxy.settings.limits.max_uri)
         except h2rules.Malformed:
+            proxy.fe_counters.h2_strm_errors += 1
             proxy.fe_counters.req_errors += 1
             proxy.stats.fail(Failure.BAD_REQUEST)
             self.h2.reset_stream(stream_id, _PROTOCOL_ERROR)
@@ -812,6 +819,7 @@ class H2Connection(asyncio.Protocol):
             return
         self.cut = True
         self.proxy.fe_counters.req_errors += 1
+        self.proxy.fe_counters.h2_conn_errors += 1
         self.h2.close_connection(error_code=_CALM, last_stream_id=self.last_stream)
         self.flush()
         self._linger()
@@ -869,6 +877,7 @@ class H2Connection(asyncio.Protocol):
     def malformed(self, stream: H2Stream) -> None:
         """A request body at odds with its content-length (RFC 9113 §8.1.1)."""
         self.proxy.fe_counters.req_errors += 1
+        self.proxy.fe_counters.h2_strm_errors += 1
         self.proxy.stats.fail(Failure.BAD_REQUEST)
         stream._note(Failure.BAD_REQUEST)
         stream._drop_up()
@@ -1008,7 +1017,9 @@ class H2Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.proxy.fe_counters.close()
+        fe = self.proxy.fe_counters
+        fe.close()
+        fe.h2_cur -= 1
         streams = list(self.streams.values())
         self.streams.clear()
         self.blocked.clear()

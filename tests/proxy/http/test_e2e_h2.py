@@ -13,6 +13,7 @@ import pytest
 import trustme
 
 from pylb.config import HttpParser
+from pylb.stats.view import StatsView, stat_rows
 from tests.proxy.http.conftest import StartProxy
 from tests.proxy.http.h2client import H2Client
 
@@ -68,6 +69,17 @@ async def test_h2c_prior_knowledge_streams(start_proxy: StartProxy) -> None:
         await c.close()
     fe = r.stats.frontend("http")
     assert fe.req_total == 7
+    assert (fe.h2_tot, fe.h2_streams) == (1, 7)
+    for _ in range(100):  # the connection's end is seen by the server a moment later
+        if fe.h2_cur == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert fe.h2_cur == 0
+    # The stats page's CSV: haproxy's h2 columns of the frontend row.
+    view = StatsView(version="t", pid=1, started=0.0, now=0.0, counters=r.stats.snapshot())
+    row = next(x for x in stat_rows(view)
+               if x["svname"] == "FRONTEND" and x["pxname"] == "http")
+    assert (row["h2_total_connections"], row["h2_headers_rcvd"]) == (1, 7)
     # The backends were reached over pooled HTTP/1.1 keep-alive connections.
     assert sum(len(b.seen) for b in r.backends) == 6
 
