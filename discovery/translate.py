@@ -161,6 +161,7 @@ class _Annotations:
     send_proxy: ProxyProtocol = ProxyProtocol.NONE
     check_path: str | None = None
     check: bool | None = None  # lb.check; lb.check-path alone means True
+    h2c: bool | None = None  # lb.backend-protocol; None: as the port's appProtocol says
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +170,7 @@ class _Port:
     name: str
     target: int | str
     protocol: str
+    app_protocol: str = ""  # spec.ports[].appProtocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +383,14 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
             raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.check-path: expected a path "
                        f"starting with /, got {check_path!r}")
 
+    h2c: bool | None = None
+    if "lb.backend-protocol" in ann:
+        proto = ann["lb.backend-protocol"].strip().lower()
+        if proto not in _BACKEND_PROTOCOLS:
+            raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.backend-protocol: expected "
+                       f"\"h2c\", \"grpc\" or \"http1\", got {ann['lb.backend-protocol']!r}")
+        h2c = _BACKEND_PROTOCOLS[proto]
+
     return _Annotations(
         algorithm=algorithm,
         host=host,
@@ -393,7 +403,15 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         send_proxy=send_proxy,
         check_path=check_path,
         check=flags.get("lb.check", True if check_path is not None else None),
+        h2c=h2c,
     )
+
+
+# lb.backend-protocol values (haproxy: `proto h2` on a server line) → h2c or not.
+_BACKEND_PROTOCOLS = {"h2c": True, "grpc": True, "http1": False, "http/1.1": False}
+# A port's appProtocol that means h2c (KEP-3726's kubernetes.io/h2c; "grpc" as Istio and
+# Envoy Gateway read it).
+H2C_APP_PROTOCOLS = frozenset({"kubernetes.io/h2c", "grpc", "h2c"})
 
 
 def checked(ann: _Annotations, settings: Settings) -> bool:
@@ -453,7 +471,9 @@ def _ports(spec: dict[str, Any]) -> tuple[_Port, ...]:
                 target = _port_number(target, f"spec.ports[{i}].targetPort")
         else:
             target = _port_number(tp, f"spec.ports[{i}].targetPort")
-        ports.append(_Port(number, name, target, protocol))
+        app = p.get("appProtocol")
+        ports.append(_Port(number, name, target, protocol,
+                           app if isinstance(app, str) else ""))
     seen: set[tuple[int, str]] = set()
     for p in ports:
         if (p.port, p.protocol) in seen:
@@ -1059,8 +1079,10 @@ def service_backend(svc: _Service, port: _Port, servers: tuple[Server, ...],
     """The HTTP backend of a service port (its route's, or an Ingress's)."""
     affinity = (Affinity.COOKIE if svc.ann.cookie else
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE)
+    h2c = svc.ann.h2c if svc.ann.h2c is not None \
+        else port.app_protocol.lower() in H2C_APP_PROTOCOLS
     return Backend(f"{svc.namespace}/{svc.name}:{port.port}", servers, svc.ann.algorithm,
-                   affinity, check_path=svc.ann.check_path, check=is_checked)
+                   affinity, check_path=svc.ann.check_path, check=is_checked, h2c=h2c)
 
 
 def claim_keys(plan: Plan, settings: Settings) -> tuple[tuple[Any, ...], ...]:

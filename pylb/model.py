@@ -108,6 +108,9 @@ class Backend:
     # Actively checked? None: as --checks says for backends not annotated (translate
     # resolves it against the settings, so a rendered table shows it).
     check: bool | None = None
+    # Speak HTTP/2 without TLS (h2c, prior knowledge) to the servers: gRPC. From the
+    # port's appProtocol (kubernetes.io/h2c, grpc) or lb.backend-protocol: h2c.
+    h2c: bool = False
 
     @property
     def available(self) -> tuple[Server, ...]:
@@ -125,6 +128,8 @@ class Backend:
             head += " check"
         if self.check_path:
             head += f" check-path={self.check_path}"
+        if self.h2c:
+            head += " proto=h2c"
         lines = [head]
         lines += [f"    server {s.render()}" for s in self.servers]
         if not self.servers:

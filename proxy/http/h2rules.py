@@ -131,6 +131,38 @@ def request_head(headers: Headers, end_stream: bool, max_uri: int) -> RequestHea
     return head
 
 
+def upstream_headers(req: RequestHead, target: bytes, *, client_ip: str,
+                     proto: bytes) -> Headers:
+    """The header block sent to an h2c server: the request's (checked by
+    `request_head`), `te: trailers` (gRPC servers require it, RFC 9113 §8.2.2 allows
+    it) and the X-Forwarded-* fields HTTP/1.1 backends get."""
+    out: Headers = [(b":method", req.method), (b":scheme", b"http"),
+                    (b":authority", req.host), (b":path", target), (b"te", b"trailers")]
+    xff = [v for k, v in req.headers if k == b"x-forwarded-for"]
+    for k, v in req.headers[1:]:  # [0] is the host
+        if k[:11] != b"x-forwarded":
+            out.append((k, v))
+    xff.append(client_ip.encode())
+    out += [(b"x-forwarded-for", b", ".join(xff)), (b"x-forwarded-proto", proto),
+            (b"x-forwarded-host", req.host)]
+    return out
+
+
+_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout(headers: Headers) -> float | None:
+    """The `grpc-timeout` of a gRPC request in seconds (gRPC over HTTP/2: 1 to 8 digits
+    and a unit), or None."""
+    for k, v in headers:
+        if k == b"grpc-timeout":
+            unit = _GRPC_UNITS.get(v[-1:])
+            if unit is None or not v[:-1].isdigit() or len(v) > 9:
+                return None
+            return int(v[:-1]) * unit
+    return None
+
+
 def response_headers(status: int, headers: Headers, connection: frozenset[bytes],
                      hsts: bytes | None, set_cookie: bytes | None) -> Headers:
     """The h2 header block of an HTTP/1.1 response: `:status`, names in lower case,

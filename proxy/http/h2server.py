@@ -64,6 +64,7 @@ from proxy.http import accesslog, h2rules
 from proxy.http import headers as hdr
 from proxy.http.exchange import ON, Event, State, termination
 from proxy.http.frontend import Frontend
+from proxy.http.h2upstream import H2Upstream
 from proxy.http.parser import RequestHead, ResponseHead
 from proxy.http.upstream import UpstreamProtocol
 from pylb.counters import Counters
@@ -106,18 +107,27 @@ class H2Stream:
         "_be_c",
         "_conn",
         "_cookie",
+        "_deadline",
         "_end_sent",
         "_exclude",
+        "_grpc",
+        "_h2up",
         "_out",
         "_out_size",
         "_pending",
         "_pending_n",
+        "_req_ended",
         "_resp_end",
         "_srv_c",
         "_stall",
         "_timer",
+        "_trailers",
         "_unacked",
+        "_up_end_sent",
+        "_up_headers",
         "_up_paused",
+        "_up_sid",
+        "_up_unacked",
         "attempts",
         "backend",
         "body_seen",
@@ -175,6 +185,18 @@ class H2Stream:
         self.t0 = conn.loop.time()
         self.t_conn = 0.0
         self.t_resp = 0.0
+        # h2c to the server (a gRPC backend): its connection and stream, the request's
+        # header block for it, the response's trailers, response bytes not yet
+        # acknowledged to the server
+        self._h2up: H2Upstream | None = None
+        self._up_sid = 0
+        self._up_headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._up_unacked = 0
+        self._up_end_sent = False
+        self._req_ended = False
+        self._grpc = False
+        self._deadline = 0.0
 
     # -- the request ------------------------------------------------------------------
 
@@ -189,6 +211,11 @@ class H2Stream:
             return
         if self.state is State.DRAIN or not data:
             self._conn.ack(self.stream_id, flow_len)
+            return
+        if self.backend is not None and self.backend.h2c:
+            self._unacked += flow_len
+            self._pending.append(data)
+            self._pump_up()
             return
         part = b"%x\r\n%s\r\n" % (len(data), data) if self.req.chunked else data
         self._unacked += flow_len
@@ -211,7 +238,10 @@ class H2Stream:
             self._conn.malformed(self)
             return
         self.state = _ON_REQUEST_END[state]
-        if self.req.chunked and state is not State.DRAIN:
+        self._req_ended = True
+        if self.backend is not None and self.backend.h2c:
+            self._pump_up()
+        elif self.req.chunked and state is not State.DRAIN:
             self._send_up(b"0\r\n\r\n")
         if self.state is State.DONE:
             self._finish()
@@ -240,6 +270,8 @@ class H2Stream:
         proxy = conn.proxy
         req = self.req
         proxy.fe_counters.req_total += 1
+        ctype = hdr.get_header(req.headers, b"content-type")
+        self._grpc = ctype is not None and ctype.startswith(b"application/grpc")
         path, _, query = req.target.partition(b"?")
         found = proxy.router.route(req.host, path, b"?" + query if query else b"")
         if found is None:
@@ -264,6 +296,17 @@ class H2Stream:
         if backend.affinity is _COOKIE:
             cookie_name = backend.cookie_name.encode()
             self._cookie = hdr.find_cookie(req.headers, cookie_name)
+        if backend.h2c:
+            self._up_headers = h2rules.upstream_headers(
+                req, target, client_ip=conn.client_ip, proto=proxy.proto)
+            timeout = h2rules.grpc_timeout(req.headers)
+            if timeout is not None:
+                # The server should answer DEADLINE_EXCEEDED itself; a moment later, we
+                # do (and cancel its stream).
+                self._deadline = timeout
+                self._arm(timeout + 1.0)
+            self._dispatch(None)
+            return
         head = hdr.request_head(req, target, client_ip=conn.client_ip, proto=proxy.proto,
                                 port=conn.local_port, chunked=req.chunked,
                                 affinity_cookie=cookie_name, ssl_client=None)
@@ -286,6 +329,10 @@ class H2Stream:
             self._error(failure)
             return
         self.server = server
+        if self.backend.h2c:
+            self.connecting = True
+            proxy.h2_pool.get(server.key, self)
+            return
         up = proxy.pool.take(server.key) if not self.attempts else None
         if up is not None:
             self._attach(up)
@@ -331,10 +378,127 @@ class H2Stream:
         self._attach(up)
 
     def _attach(self, up: UpstreamProtocol) -> None:
-        proxy = self._conn.proxy
         server, backend, balancer = self.server, self.backend, self._balancer
         assert server is not None and backend is not None and balancer is not None
         self.up = up
+        self._account(server)
+        up.begin(self, self.req.method, False)
+        data = b"".join(self._pending)
+        self._pending = []
+        self._pending_n = 0
+        self.bytes_in += len(data)
+        if up.transport is not None:
+            up.transport.write(data)
+        self._ack()
+
+    # -- h2c to the server (h2upstream.UpOwner) ------------------------------------------------
+
+    def up_ready(self, conn: H2Upstream | None, failure: Failure | None,
+                 local: bool) -> None:
+        server = self.server
+        if self.closed or not self.connecting or server is None:
+            return
+        if conn is None:
+            assert failure is not None
+            self.connect_done(server, None, failure, local)
+            return
+        self.connecting = False
+        assert self._balancer is not None
+        self._balancer.succeeded(server)
+        self._account(server)
+        self._h2up = conn
+        self._up_sid = conn.open(self, self._up_headers,
+                                 end=self._req_ended and not self._pending)
+        self._up_end_sent = self._req_ended and not self._pending
+        self._pump_up()
+
+    def _pump_up(self) -> None:
+        """Send the request body as the server's windows allow; acknowledge to the
+        client what went."""
+        conn = self._h2up
+        if conn is None:
+            return
+        sid = self._up_sid
+        pending = self._pending
+        sent = False
+        while pending:
+            window = conn.window(sid)
+            if window <= 0:
+                break
+            data = pending[0]
+            if len(data) > window:
+                pending[0] = data[window:]
+                data = data[:window]
+            else:
+                pending.pop(0)
+            last = not pending and self._req_ended
+            conn.send(sid, data, last)
+            self.bytes_in += len(data)
+            sent = True
+            if last:
+                self._up_end_sent = True
+        if not pending:
+            if self._req_ended and not self._up_end_sent:
+                self._up_end_sent = True
+                conn.end(sid)
+            if sent or self._unacked:
+                n, self._unacked = self._unacked, 0
+                self._conn.ack(self.stream_id, n)
+                self._conn.flush()
+
+    def up_window(self) -> None:
+        self._pump_up()
+
+    def up_headers(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        if self.state is State.CLOSED:
+            return
+        status = 0
+        rest: list[tuple[bytes, bytes]] = []
+        for k, v in headers:
+            if k == b":status":
+                status = int(v)
+            elif k[:1] != b":":
+                rest.append((k, v))
+        if status < 200:
+            return  # 1xx: not relayed
+        head = ResponseHead(status, b"", b"2.0", rest)
+        head.connection = _NO_TOKENS
+        head.no_body = ended  # gRPC's trailers-only response: one HEADERS, END_STREAM
+        self.on_response(head)
+
+    def up_data(self, data: bytes, flow_len: int) -> None:
+        self.on_response_body(data)
+        conn = self._h2up
+        if conn is not None:
+            if self._out_size < _HIGH:
+                conn.ack(self._up_sid, flow_len)
+            else:
+                self._up_unacked += flow_len
+
+    def up_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self._trailers = [(k, v) for k, v in headers if k[:1] != b":"]
+
+    def up_end(self) -> None:
+        self.on_response_end()
+
+    def up_reset(self, failure: Failure, refused: bool) -> None:
+        conn = self._h2up
+        if conn is None or self.closed:
+            return
+        self._h2up = None
+        self._conn.proxy.stats.fail(failure)
+        if self.resp is None and self.state is not State.CLOSED:
+            self._error(failure)
+        else:
+            self._note(failure)
+            self._conn.reset(self, _INTERNAL)
+
+    def _account(self, server: Server) -> None:
+        """The exchange holds a server from now on: its stats and the balancer's
+        count."""
+        proxy = self._conn.proxy
+        backend, balancer = self.backend, self._balancer
+        assert backend is not None and balancer is not None
         self.t_conn = self._conn.loop.time()
         balancer.acquire(server)
         now = time.time()
@@ -344,14 +508,6 @@ class H2Stream:
         be = self._be_c = proxy.stats.backend(backend.name)
         be.open(now)
         be.lbtot += 1
-        up.begin(self, self.req.method, False)
-        data = b"".join(self._pending)
-        self._pending = []
-        self._pending_n = 0
-        self.bytes_in += len(data)
-        if up.transport is not None:
-            up.transport.write(data)
-        self._ack()
 
     # -- Owner: the server's side --------------------------------------------------------------
 
@@ -447,6 +603,9 @@ class H2Stream:
             # The server answered before the request was whole: the rest of the body is
             # dropped, so its connection cannot carry another request.
             self._drop_up()
+        if self._end_sent:  # a response without a body: its HEADERS ended the stream
+            self.sent_end()
+            return
         self._conn.send_out(self)
 
     # -- sending to the client (H2Connection calls these) ----------------------------------------
@@ -467,6 +626,9 @@ class H2Stream:
         end = self._resp_end and not self._out_size and not self._end_sent
         if end:
             self._end_sent = True
+        if self._up_unacked and self._out_size < _LOW and self._h2up is not None:
+            n, self._up_unacked = self._up_unacked, 0
+            self._h2up.ack(self._up_sid, n)
         if self._up_paused and self._out_size < _LOW:
             self._up_paused = False
             up = self.up
@@ -478,6 +640,10 @@ class H2Stream:
         else:
             self._stall = 0.0
         return data, end
+
+    @property
+    def trailers(self) -> list[tuple[bytes, bytes]] | None:
+        return self._trailers
 
     @property
     def waiting_out(self) -> bool:
@@ -493,6 +659,9 @@ class H2Stream:
     def _local(self, status: int, body: bytes | None, failure: Failure) -> None:
         self._conn.proxy.stats.fail(failure)
         self._note(failure)
+        if self._grpc:
+            self._grpc_error(12 if failure is Failure.NO_ROUTE else 14, failure)
+            return
         self._answer(status, [(b"content-type", b"text/html")], body
                      if body is not None else b"<html><body><h1>%d</h1></body></html>\n"
                      % status)
@@ -503,10 +672,22 @@ class H2Stream:
     def _error(self, failure: Failure) -> None:
         self._note(failure)
         self._drop_up()
+        if self._grpc:
+            self._grpc_error(14, failure)
+            return
         self._answer(failure.status, [(b"content-type", b"text/html")],
                      b"<html><body><h1>%d</h1></body></html>\n" % failure.status)
 
-    def _answer(self, status: int, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def _grpc_error(self, code: int, failure: Failure) -> None:
+        """A gRPC-shaped error: HTTP 200, trailers only, grpc-status `code` (14
+        UNAVAILABLE as Envoy answers for an upstream it cannot reach; 12 UNIMPLEMENTED
+        for no route; 4 DEADLINE_EXCEEDED)."""
+        self._answer(200, [(b"content-type", b"application/grpc"),
+                           (b"grpc-status", b"%d" % code),
+                           (b"grpc-message", failure.label.encode())], b"", length=False)
+
+    def _answer(self, status: int, fields: list[tuple[bytes, bytes]], body: bytes,
+                length: bool = True) -> None:
         if self.state is State.CLOSED:
             return
         conn = self._conn
@@ -515,8 +696,9 @@ class H2Stream:
         self.state = _ON_ANSWER[self.state]
         if self.req.method == b"HEAD":
             body = b""
-        block = [(b":status", b"%d" % status), *fields,
-                 (b"content-length", b"%d" % len(body))]
+        block = [(b":status", b"%d" % status), *fields]
+        if length:
+            block.append((b"content-length", b"%d" % len(body)))
         conn.send_headers(self, block, end_stream=not body)
         if body:
             self._out.append(body)
@@ -542,6 +724,17 @@ class H2Stream:
     def _on_timer(self) -> None:
         self._timer = None
         if self.closed:
+            return
+        if self._deadline:
+            if not self._resp_end:  # the server let the deadline pass
+                self._conn.proxy.stats.fail(Failure.BACKEND_TIMEOUT)
+                self._note(Failure.BACKEND_TIMEOUT)
+                if self.resp is None:
+                    self._drop_up()
+                    self._grpc_error(4, Failure.BACKEND_TIMEOUT)
+                else:
+                    self._drop_up()
+                    self._conn.reset(self, _CANCEL)
             return
         if self.connecting:
             self._arm(self._conn.proxy.settings.timeouts.connect)
@@ -574,6 +767,13 @@ class H2Stream:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        h2up = self._h2up
+        if h2up is not None:
+            self._h2up = None
+            if self.state is State.DONE:
+                h2up.forget(self._up_sid)
+            else:
+                h2up.reset(self._up_sid)
         up = self.up
         if up is not None:
             self.up = None
@@ -610,6 +810,10 @@ class H2Stream:
                 termination=self.term, req=_log_head(self.req)))
 
     def _drop_up(self) -> None:
+        h2up = self._h2up
+        if h2up is not None:
+            self._h2up = None
+            h2up.reset(self._up_sid)
         up = self.up
         if up is not None:
             self.up = None
@@ -851,7 +1055,12 @@ class H2Connection(asyncio.Protocol):
         while True:
             window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
             data, end = stream.take_out(max(window, 0))
-            if data or end:
+            trailers = stream.trailers if end else None
+            if trailers is not None:
+                if data:
+                    conn.send_data(sid, data)
+                conn.send_headers(sid, trailers, end_stream=True)
+            elif data or end:
                 conn.send_data(sid, data, end_stream=end)
             if end:
                 self.blocked.pop(sid, None)

@@ -18,6 +18,7 @@ from proxy.balance import Balancers, Key
 from proxy.connect import Dial, ShortageLog
 from proxy.http.alpn import AlpnSwitch, PrefaceSwitch
 from proxy.http.h2server import H2Connection
+from proxy.http.h2upstream import H2Pool
 from proxy.http.idle import IdleSweep
 from proxy.http.parser import resolve
 from proxy.http.pool import Pool
@@ -62,6 +63,7 @@ class HttpProxy:
         self.closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Pool | None = None
+        self._h2_pool: H2Pool | None = None
         self._idle: IdleSweep | None = None
         self._server: asyncio.Server | None = None
         self._connects: set[Dial] = set()  # connects under way
@@ -81,6 +83,13 @@ class HttpProxy:
             self._pool = Pool(self.loop, limits.pool_per_server, timeouts.backend_idle)
             self._pool.retain(self.balancers.live_keys)  # pool only the table's servers
         return self._pool
+
+    @property
+    def h2_pool(self) -> H2Pool:
+        """The h2c connections to servers of h2c (gRPC) backends."""
+        if self._h2_pool is None:
+            self._h2_pool = H2Pool(self.loop, self.settings.timeouts.connect)
+        return self._h2_pool
 
     @property
     def idle(self) -> IdleSweep:
@@ -187,6 +196,8 @@ class HttpProxy:
             await asyncio.sleep(0)
         if self._pool is not None:
             self._pool.close_all()
+        if self._h2_pool is not None:
+            self._h2_pool.close_all()
         if self._idle is not None:
             self._idle.cancel()
         if self._server is not None:

@@ -62,14 +62,19 @@ async def test_h2c_prior_knowledge_streams(start_proxy: StartProxy) -> None:
         status, body, _ = await c.response(post)
         assert status == 200
         assert json.loads(body)["body_len"] == 100_000
+        # Responses without a body end their stream with the HEADERS frame.
+        status, body, _ = await c.response(await c.get(b"/app/status?code=204"))
+        assert (status, body) == (204, b"")
+        status, body, headers = await c.response(await c.get(b"/app/h", method=b"HEAD"))
+        assert status == 200 and body == b"" and dict(headers)[b"content-length"]
         # A route that does not exist: our own 404, on its stream only.
         status, _, _ = await c.response(await c.get(b"/nothing"))
         assert status == 404
     finally:
         await c.close()
     fe = r.stats.frontend("http")
-    assert fe.req_total == 7
-    assert (fe.h2_tot, fe.h2_streams) == (1, 7)
+    assert fe.req_total == 9
+    assert (fe.h2_tot, fe.h2_streams) == (1, 9)
     for _ in range(100):  # the connection's end is seen by the server a moment later
         if fe.h2_cur == 0:
             break
@@ -79,9 +84,9 @@ async def test_h2c_prior_knowledge_streams(start_proxy: StartProxy) -> None:
     view = StatsView(version="t", pid=1, started=0.0, now=0.0, counters=r.stats.snapshot())
     row = next(x for x in stat_rows(view)
                if x["svname"] == "FRONTEND" and x["pxname"] == "http")
-    assert (row["h2_total_connections"], row["h2_headers_rcvd"]) == (1, 7)
+    assert (row["h2_total_connections"], row["h2_headers_rcvd"]) == (1, 9)
     # The backends were reached over pooled HTTP/1.1 keep-alive connections.
-    assert sum(len(b.seen) for b in r.backends) == 6
+    assert sum(len(b.seen) for b in r.backends) == 8
 
 
 async def test_plain_port_without_flag_is_http1_only(start_proxy: StartProxy) -> None:
