@@ -131,8 +131,8 @@ def request_head(headers: Headers, end_stream: bool, max_uri: int) -> RequestHea
     return head
 
 
-def upstream_headers(req: RequestHead, target: bytes, *, client_ip: str,
-                     proto: bytes) -> Headers:
+def upstream_headers(req: RequestHead, target: bytes, *, client_ip: str, proto: bytes,
+                     ssl_client: tuple[bytes, bytes] | None = None) -> Headers:
     """The header block sent to an h2c server: the request's (checked by
     `request_head`), `te: trailers` (gRPC servers require it, RFC 9113 §8.2.2 allows
     it) and the X-Forwarded-* fields HTTP/1.1 backends get."""
@@ -140,11 +140,13 @@ def upstream_headers(req: RequestHead, target: bytes, *, client_ip: str,
                     (b":authority", req.host), (b":path", target), (b"te", b"trailers")]
     xff = [v for k, v in req.headers if k == b"x-forwarded-for"]
     for k, v in req.headers[1:]:  # [0] is the host
-        if k[:11] != b"x-forwarded":
+        if k[:11] != b"x-forwarded" and k[:12] != b"x-ssl-client":  # (ours to set)
             out.append((k, v))
     xff.append(client_ip.encode())
     out += [(b"x-forwarded-for", b", ".join(xff)), (b"x-forwarded-proto", proto),
             (b"x-forwarded-host", req.host)]
+    if ssl_client is not None:
+        out += [(b"x-ssl-client-verify", ssl_client[0]), (b"x-ssl-client-dn", ssl_client[1])]
     return out
 
 

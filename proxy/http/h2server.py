@@ -298,7 +298,8 @@ class H2Stream:
             self._cookie = hdr.find_cookie(req.headers, cookie_name)
         if backend.h2c:
             self._up_headers = h2rules.upstream_headers(
-                req, target, client_ip=conn.client_ip, proto=proxy.proto)
+                req, target, client_ip=conn.client_ip, proto=proxy.proto,
+                ssl_client=conn.ssl_client)
             timeout = h2rules.grpc_timeout(req.headers)
             if timeout is not None:
                 # The server should answer DEADLINE_EXCEEDED itself; a moment later, we
@@ -309,7 +310,7 @@ class H2Stream:
             return
         head = hdr.request_head(req, target, client_ip=conn.client_ip, proto=proxy.proto,
                                 port=conn.local_port, chunked=req.chunked,
-                                affinity_cookie=cookie_name, ssl_client=None)
+                                affinity_cookie=cookie_name, ssl_client=conn.ssl_client)
         self._pending.insert(0, head)
         self._arm(proxy.settings.timeouts.server)
         self._dispatch(None)
@@ -872,7 +873,7 @@ class H2Connection(asyncio.Protocol):
         self._paused = False  # the client's socket is full
         self._timer: asyncio.TimerHandle | None = None
         self._t_idle = 0.0
-        self.first: bytes = b""  # bytes read before us (h2c detection)
+        self.ssl_client: tuple[bytes, bytes] | None = None  # (verify, DN) of a certificate
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -892,6 +893,11 @@ class H2Connection(asyncio.Protocol):
         if sockname:
             self.local_port = sockname[1]
         flow.set_limits(transport)
+        if proxy.tls:
+            ssl_object = transport.get_extra_info("ssl_object")
+            cert = ssl_object.getpeercert() if ssl_object is not None else None
+            if cert:
+                self.ssl_client = (b"SUCCESS", hdr.ssl_client_dn(cert))
         self.t_tokens = self._t_idle = self.loop.time()
         conn = self.h2
         conn.initiate_connection()

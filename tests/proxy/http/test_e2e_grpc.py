@@ -105,6 +105,8 @@ async def test_unary_and_trailers(start_proxy: StartProxy, grpc_server: int) -> 
     assert code == grpc.StatusCode.NOT_FOUND and details == "nope"  # the trailers
     be = r.stats.backend("default/grpc:50051")
     assert be.lbtot == 21
+    # 21 calls, one multiplexed h2c connection to the server
+    assert len(r.proxy.h2_pool.conns[("127.0.0.1", grpc_server)]) == 1
     assert r.stats.frontend("http").h2_streams == 21
 
 

@@ -61,3 +61,25 @@ def test_response_headers() -> None:
         frozenset({b"x-hop"}), b"max-age=1", None)
     assert block == [(b":status", b"200"), (b"content-type", b"text/plain"),
                      (b"strict-transport-security", b"max-age=1")]
+
+
+def test_upstream_headers_for_h2c() -> None:
+    head = h2rules.request_head(
+        [*BASE, (b"content-type", b"application/grpc"), (b"x-forwarded-for", b"10.0.0.1"),
+         (b"x-ssl-client-dn", b"CN=mallory"), (b"x-forwarded-proto", b"gopher")],
+        end_stream=False, max_uri=8192)
+    out = h2rules.upstream_headers(head, b"/svc/M", client_ip="127.0.0.2", proto=b"https",
+                                   ssl_client=(b"SUCCESS", b"CN=alice"))
+    assert out == [
+        (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a.example:8443"),
+        (b":path", b"/svc/M"), (b"te", b"trailers"), (b"content-type", b"application/grpc"),
+        (b"x-forwarded-for", b"10.0.0.1, 127.0.0.2"), (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"a.example:8443"), (b"x-ssl-client-verify", b"SUCCESS"),
+        (b"x-ssl-client-dn", b"CN=alice")]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (b"5S", 5.0), (b"100m", 0.1), (b"2M", 120.0), (b"1H", 3600.0), (b"7u", 7e-6),
+    (b"S", None), (b"5x", None), (b"123456789S", None)])
+def test_grpc_timeout(value: bytes, seconds: float | None) -> None:
+    assert h2rules.grpc_timeout([(b"grpc-timeout", value)]) == seconds
