@@ -34,7 +34,9 @@ Limits and abuse (each tested in tests/proxy/http/test_h2_attacks.py):
   back; an empty budget ends the connection with GOAWAY ENHANCE_YOUR_CALM. Streams
   refused for the concurrency limit count too.
 - Control-frame floods (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA): a token
-  bucket (`CONTROL_BURST`, refilled at `CONTROL_RATE` a second); empty, GOAWAY
+  bucket (`CONTROL_BURST`, refilled at `CONTROL_RATE` a second and by
+  `CONTROL_PER_STREAM` for each stream answered, so that a busy client's window updates
+  never count against it); empty, GOAWAY
   ENHANCE_YOUR_CALM. A client that does not read what its PINGs and SETTINGS make us send
   is also cut when our write buffer to it passes `WRITE_LIMIT`.
 - Graceful shutdown: `close()` sends GOAWAY with the last stream id seen, accepts no new
@@ -80,6 +82,7 @@ CONNECTION_WINDOW = 1024 * 1024  # 16 full stream windows in flight at once
 RESET_BUDGET = 200
 CONTROL_BURST = 1000
 CONTROL_RATE = 100.0  # control frames a second, sustained
+CONTROL_PER_STREAM = 10  # and this many more for each stream answered
 WRITE_LIMIT = 4 * 1024 * 1024
 LINGER = 2.0  # seconds a connection cut for an error drains the client's frames
 _HIGH = flow.HIGH_WATER
@@ -1101,8 +1104,12 @@ class H2Connection(asyncio.Protocol):
     def stream_done(self, stream: H2Stream, clean: bool) -> None:
         self.streams.pop(stream.stream_id, None)
         self.blocked.pop(stream.stream_id, None)
-        if clean and self.resets < RESET_BUDGET:
-            self.resets += 1
+        if clean:
+            if self.resets < RESET_BUDGET:
+                self.resets += 1
+            # A client's WINDOW_UPDATEs and PINGs come with the work it asks for: each
+            # stream answered pays for a few of them (`CONTROL_PER_STREAM`).
+            self.tokens = min(CONTROL_BURST, self.tokens + CONTROL_PER_STREAM)
         self.flush()  # (the server connection, detached now, will not ask for it)
         self._maybe_done()
 
