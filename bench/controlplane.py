@@ -320,7 +320,7 @@ async def run(cfg: Config) -> dict[str, Any]:
             tree = procs.tree(pylb.pid)
             for pid in set(tree) - pids:
                 with contextlib.suppress(OSError):
-                    if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    if b"pylb.workerproc" in Path(f"/proc/{pid}/cmdline").read_bytes():
                         worker_pids.add(pid)
             pids.update(tree)
             rss.append((time.monotonic() - t0, procs.rss_kib(pylb.pid)))

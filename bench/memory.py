@@ -94,9 +94,8 @@ def cmdline(pid: int) -> str:
 
 
 def pylb_workers(root: int) -> list[int]:
-    """The worker processes under a `pylb run` controller (multiprocessing spawn
-    children), not its resource tracker."""
-    return [p for p in procs.tree(root)[1:] if "spawn_main" in cmdline(p)]
+    """The worker processes under a `pylb run` controller (`python -m pylb.workerproc`)."""
+    return [p for p in procs.tree(root)[1:] if "pylb.workerproc" in cmdline(p)]
 
 
 @dataclass

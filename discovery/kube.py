@@ -269,6 +269,7 @@ class KubeSource:
         started = time.monotonic()
         if len(changes) > SMALL_BUILD or translator.dirty > SMALL_BUILD:
             table = await asyncio.to_thread(self._build_big, translator, changes, external)
+            collector.trim()  # what the build and the lists before it freed (see trim)
         else:
             table = self._build_incremental(translator, changes, external)
         self._translator = translator

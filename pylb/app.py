@@ -49,7 +49,7 @@ import uvloop
 
 from discovery.filesource import FileSource
 from proxy.check import HealthChecker
-from pylb import __version__
+from pylb import __version__, collector
 from pylb.config import Settings
 from pylb.counters import ShownCounters, merge_snapshots
 from pylb.dataplane import DataPlane, make_self_signed, make_tls_store
@@ -181,6 +181,7 @@ class Controller:
             table = await self._table_updates.get()
             while not self._table_updates.empty():  # coalesce: only the newest matters
                 table = self._table_updates.get_nowait()
+            first = self.table_time == 0.0
             self.table = table
             self.table_time = time.time()
             log.info("route table v%d: %d http, %d https, %d tcp, %d backends, %d skipped",
@@ -191,6 +192,8 @@ class Controller:
                 self.pool.apply(table)
             elif self.plane is not None:
                 await self.plane.apply(table)
+            if first:  # the first table of a big cluster: see collector.settle
+                collector.settle()
 
     def on_check(self, key: tuple[str, int], up: bool, _result: object) -> None:
         """The checker's verdict change, passed on to the data plane (the result itself

@@ -98,8 +98,11 @@ class KubeSettings:
     backoff_cap: float = 30.0
     # Bursts of events (a rollout touches many slices) become one table: publish once the
     # stream has been quiet for `coalesce_window`, and at most `coalesce_max_delay` after
-    # the first event of the burst.
-    coalesce_window: float = 0.05
+    # the first event of the burst. 10 ms: the quiet time is added to every change's
+    # latency, and a burst cut into several tables costs little since tables are built
+    # incrementally and go to the workers as deltas (50 ms before: change→traffic p50 at
+    # 10,000 services ~70 ms, of which 50 were this wait).
+    coalesce_window: float = 0.01
     coalesce_max_delay: float = 0.5
     # ExternalName services: DNS is re-resolved this often (30 s ≈ a common TTL), each
     # lookup bounded by `dns_timeout` (glibc's default resolver timeout is 5 s).

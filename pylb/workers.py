@@ -1,13 +1,15 @@
 """Worker processes: N data planes on one node's cores, fed by the controller.
 
-Theory of operation. The controller starts N workers (multiprocessing, `spawn`: a fresh
-interpreter, no event loop state inherited). Each worker runs its own uvloop loop and binds
-every frontend with SO_REUSEPORT, so the kernel spreads new connections across them.
-Between the controller and each worker runs one Unix stream socket (a socketpair; the
-worker's end goes to the new interpreter as an inherited descriptor, which is how
-multiprocessing pickles a socket for `spawn`), which both sides drive through their event
-loop's own buffered transport (pylb.messages: frozen dataclasses in length-prefixed
-frames; writes never block and are never cut):
+Theory of operation. The controller starts N workers, each a fresh interpreter
+(`python -m pylb.workerproc FD`: no event loop state inherited, and only the modules a data
+plane needs — not multiprocessing, whose `spawn` start method also runs a resource-tracker
+process, 13 MiB for nothing we use). Each worker runs its own uvloop loop and binds every
+frontend with SO_REUSEPORT, so the kernel spreads new connections across them. Between the
+controller and each worker runs one Unix stream socket (a socketpair; the worker's end is
+the one descriptor it inherits), which both sides drive through their event loop's own
+buffered transport (pylb.messages: frozen dataclasses in length-prefixed frames; writes
+never block and are never cut). The first frame is the worker's start-up arguments
+(`_Start`: its index and the settings), which the worker reads before it starts its loop:
 
     controller → worker   Table(table)          the whole table: on start and restart, or
                                                 after the worker lagged or asked for it
@@ -41,22 +43,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
+import pickle
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from pylb import collector
 from pylb.config import Settings
 from pylb.counters import fold_report, merge_snapshots, server_key
 from pylb.dataplane import DataPlane
 from pylb.delta import Delta, apply_delta, diff
 from pylb.logs import setup_logging
 from pylb.messages import (
+    HEADER,
     Channel,
     Error,
     Health,
@@ -76,12 +81,38 @@ log = logging.getLogger("pylb.workers")
 
 STATS_INTERVAL = 0.5  # seconds between counter reports; the stats page lags by at most this
 RESTART_BACKOFF = (0.5, 30.0)  # first delay and cap, doubling per consecutive crash
+WATCH_INTERVAL = 0.25  # seconds between two looks at whether a worker has exited
+
+
+@dataclass(frozen=True)
+class _Start:
+    """A worker's start-up arguments: the first frame on its stream, read before its loop
+    starts. A plain pickle of the controller's own settings, not a `Message`: the stream
+    is private to the pair, and a Settings holds more classes than messages may name."""
+
+    index: int
+    settings: Settings
+    self_signed_pem: bytes | None
+
+
+def worker_argv(fd: int) -> list[str]:
+    """The command line of a worker whose stream is descriptor `fd`."""
+    return [sys.executable, "-m", "pylb.workerproc", str(fd)]
+
+
+def _worker_env() -> dict[str, str]:
+    """The controller's environment, with pylb's own directory first on PYTHONPATH: a
+    worker imports the same pylb as the controller, installed or run from a checkout."""
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
 
 
 @dataclass
 class _Worker:
     index: int
-    process: Any = None
+    process: subprocess.Popen[bytes] | None = None
     channel: Channel | None = None
     snapshot: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
@@ -111,7 +142,6 @@ class WorkerPool:
         self.restarts = 0
         self.table = RouteTable()
         self.health: dict[tuple[str, int], bool] = {}
-        self._ctx = multiprocessing.get_context("spawn")
         self._workers = [_Worker(i) for i in range(settings.workers)]
         self._retired: list[dict[str, Any]] = []
         self._closing = False
@@ -145,12 +175,8 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # The child's end is pickled for `spawn` by multiprocessing.reduction: the
-            # descriptor is passed to the new interpreter (pass_fds), no fd server thread.
-            proc = self._ctx.Process(target=worker_main, args=(w.index, self.settings, child,
-                                                                     self.self_signed_pem),
-                                     name=f"pylb-worker-{w.index}", daemon=True)
-            proc.start()
+            proc = subprocess.Popen(worker_argv(child.fileno()), pass_fds=(child.fileno(),),
+                                    stdin=subprocess.DEVNULL, env=_worker_env())
         except BaseException:
             parent.close()
             raise
@@ -168,6 +194,8 @@ class WorkerPool:
             log.error("worker %d: cannot attach its stream: %s", w.index, e)
             return
         w.channel = ch
+        start = pickle.dumps(_Start(w.index, self.settings, self.self_signed_pem), protocol=5)
+        ch.send_frame(HEADER.pack(len(start)) + start)
         self._send_table(w)
         self._send_health_map(w)
 
@@ -209,16 +237,14 @@ class WorkerPool:
         """Restart workers that die, with backoff."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            sentinels = {w.process.sentinel: w for w in self._workers if w.process}
-            ready = await loop.run_in_executor(
-                None, multiprocessing.connection.wait, list(sentinels), 1.0)
-            for s in ready:
-                w = sentinels[s]
-                if self._closing or w.stopping:
+            await asyncio.sleep(WATCH_INTERVAL)
+            for w in self._workers:
+                if w.process is None or self._closing or w.stopping:
                     continue
-                code = w.process.exitcode
+                code = w.process.poll()  # reaps it
+                if code is None:
+                    continue
                 self._detach(w)
-                w.process.join(0)
                 if w.snapshot:
                     self._retire(w.snapshot)
                     w.snapshot = {}
@@ -261,12 +287,13 @@ class WorkerPool:
         for w in self._workers:
             if w.process is None:
                 continue
-            while w.process.is_alive() and time.monotonic() < deadline:
+            while w.process.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            if w.process.is_alive():
+            if w.process.poll() is None:
                 log.warning("worker %d did not stop in time; killing it", w.index)
                 w.process.kill()
-            w.process.join(1.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.process.wait(1.0)
             self._detach(w)
         await asyncio.sleep(0)  # let the aborted transports close
         for task in list(self._spawning):
@@ -392,13 +419,45 @@ class WorkerPool:
         return merge_snapshots(self.snapshots())
 
     def alive(self) -> bool:
-        return any(w.process is not None and w.process.is_alive() for w in self._workers)
+        return any(w.process is not None and w.process.poll() is None for w in self._workers)
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process is not None]
 
 
 # -- the worker process ------------------------------------------------------------------
+
+
+def _read_start(sock: socket.socket) -> _Start:
+    """The first frame of the stream, read blocking, byte-exact: what follows is the
+    framed stream the worker's loop takes over."""
+
+    def exactly(n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError("the controller closed the stream before the start frame")
+            buf += chunk
+        return bytes(buf)
+
+    (size,) = HEADER.unpack(exactly(HEADER.size))
+    start = pickle.loads(exactly(size))
+    if not isinstance(start, _Start):
+        raise TypeError(f"the first frame is a {type(start).__name__}, not the start frame")
+    return start
+
+
+def process_main(argv: list[str]) -> None:
+    """`python -m pylb.workerproc FD`: a worker whose stream to the controller is FD."""
+    sock = socket.socket(fileno=int(argv[0]))
+    sock.setblocking(True)
+    try:
+        start = _read_start(sock)
+    except (OSError, EOFError) as e:  # the controller is gone already: nothing to serve
+        print(f"pylb worker: no start frame: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    worker_main(start.index, start.settings, sock, start.self_signed_pem)
 
 
 def worker_main(index: int, settings: Settings, sock: socket.socket,
@@ -486,6 +545,8 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
                     await plane.apply(table, delta)
                 except Exception:  # a table that cannot be served must not end the worker
                     log.exception("worker %d: cannot apply table v%d", index, table.version)
+                if delta is None:  # a whole table: see collector.settle
+                    collector.settle()
 
     def report(full: bool = False) -> None:
         r = plane.stats.report(full)

@@ -33,6 +33,7 @@ class Frontend(Protocol):
     table: RouteTable
     router: Router
     closing: bool  # shutting down: close connections after their exchange
+    port: int  # the port it listens on, or 0 (not one port, or not started)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...

@@ -892,9 +892,11 @@ class H2Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip, self.client_port = peer[0], peer[1]
-        sockname = transport.get_extra_info("sockname")
-        if sockname:
-            self.local_port = sockname[1]
+        port = proxy.port
+        if not port:
+            sockname = transport.get_extra_info("sockname")
+            port = sockname[1] if sockname else 0
+        self.local_port = port
         flow.set_limits(transport)
         if proxy.tls:
             ssl_object = transport.get_extra_info("ssl_object")

@@ -1,14 +1,14 @@
 """Idle keep-alive client connections: one timer per frontend, not one per connection.
 
-Between two requests a keep-alive connection holds no TimerHandle and no request parser
-(an llhttp parser is ~0.9 KiB, a timer ~0.6 KiB, of the ~3.9 KiB an idle connection
-cost: bench/RESULTS.md, memory per connection): its last timer is not re-armed when it
-fires (within `timeout http-request` of the last request, since the timer of a busy
-connection is kept across requests, not re-made per request). It stamps when it went
-idle; this sweep,
-every `interval` while any connection is idle, closes those idle longer than `timeout
-http-keep-alive`, and drops the parser of those idle for a whole interval (the next
-request's first bytes make a new one, ~2 µs, only after a pause of a second or more).
+Between two requests a keep-alive connection should hold no TimerHandle and no request
+parser (an llhttp parser is ~0.9 KiB, a timer ~0.6 KiB, of the ~3.9 KiB an idle
+connection cost: bench/RESULTS.md, memory per connection). Going idle, a connection only
+stamps the time (server.ClientProtocol._go_idle). This sweep, every `interval` while any
+connection is idle, closes those idle longer than `timeout http-keep-alive`, and drops
+the parser and the timer of those idle for a whole interval; the next request's first
+bytes make a new parser (~2 µs, only after a pause of a second or more). The timer of a
+busy connection is kept across requests (re-making it per request costs ~8k
+instructions), except after its first exchange (see `_go_idle`).
 
 The interval is a quarter of the keep-alive timeout, at most 1 s (as the L4 proxy's
 inactivity sweep): a connection is closed at most 25 % (or 1 s) after its timeout, never

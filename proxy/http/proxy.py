@@ -61,6 +61,9 @@ class HttpProxy:
         self.router = Router(())
         self.conns: set[ClientProtocol | H2Connection] = set()
         self.closing = False
+        # The port clients connect to (X-Forwarded-Port), once started on one port: a
+        # getsockname per connection fewer (0: each connection asks its socket).
+        self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Pool | None = None
         self._h2_pool: H2Pool | None = None
@@ -137,6 +140,7 @@ class HttpProxy:
                                       handshake_timeout=self._handshake_timeout, loop=loop)
             self._listener.start()
             addr = sock.getsockname()
+            self.port = addr[1]
             return addr[0], addr[1]
         if sock is not None:
             server = await loop.create_server(self._protocol, sock=sock,
@@ -149,6 +153,8 @@ class HttpProxy:
                                               ssl_handshake_timeout=self._handshake_timeout)
         self._server = server
         addr = server.sockets[0].getsockname()
+        ports = {s.getsockname()[1] for s in server.sockets}
+        self.port = addr[1] if len(ports) == 1 else 0
         return addr[0], addr[1]
 
     @property

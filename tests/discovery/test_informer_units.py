@@ -143,6 +143,24 @@ def test_slim_drops_managed_fields_without_touching_the_input() -> None:
     assert "managedFields" in obj["metadata"]
 
 
+def test_slim_keeps_only_the_metadata_pylb_reads() -> None:
+    meta = {"name": "a", "namespace": "n", "resourceVersion": "7", "uid": "u-1",
+            "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 3,
+            "labels": {"app": "a"}, "ownerReferences": [{"kind": "Service"}],
+            "annotations": {"serviceloadbalancer/lb.host": "h",
+                            "kubectl.kubernetes.io/last-applied-configuration": "{...}"}}
+    obj = {"metadata": meta, "spec": {"ports": []}}
+    out = slim(obj)
+    assert out == {"metadata": {"name": "a", "namespace": "n", "resourceVersion": "7",
+                                "labels": {"app": "a"},
+                                "annotations": {"serviceloadbalancer/lb.host": "h"}},
+                   "spec": {"ports": []}}
+    assert out["spec"] is obj["spec"]
+    assert obj["metadata"] is meta and "uid" in meta and len(meta["annotations"]) == 2
+    lean = {"metadata": {"name": "b", "labels": {}}, "spec": {}}
+    assert slim(lean) is lean  # nothing to leave out: the very object
+
+
 def test_addresses_dedupe_and_order() -> None:
     infos = [
         (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 import itertools
 import logging
 import random
@@ -747,3 +748,24 @@ def test_near_valid_clusters_never_raise_and_do_not_depend_on_order(
         logging.getLogger("pylb.discovery").disabled = False
     assert all("internal error" not in s.reason for s in t.skipped)
     assert t == again and t.render() == again.render()
+
+
+@pytest.mark.parametrize("text", [
+    "0.0.0.0", "127.1.2.3", "255.255.255.255", "199.249.250.251", "10.0.0.1",
+    "256.1.1.1", "01.2.3.4", "1.2.3.04", "0.0.0.00", "1.2.3", "1.2.3.4.5", "10.0.0.1 ",
+    "1.2.3.4\n", "\u0661.2.3.4", "", "::1", "::ffff:1.2.3.4", "2001:DB8::1", "fe80::1%eth0",
+    "1.2.3.4%eth0",
+])
+def test_canonical_ip_is_ipaddress_text(text: str) -> None:
+    """The IPv4 fast path (a regular expression, the input returned as is) agrees with
+    ipaddress on every form, canonical or not."""
+    from discovery.translate import _canonical_ip
+
+    try:
+        want: str | None = str(ipaddress.ip_address(text))
+    except ValueError:
+        want = None
+    got = _canonical_ip(text)
+    assert got == want
+    if want == text:
+        assert got is text or ":" in text  # no second copy of a canonical IPv4 address

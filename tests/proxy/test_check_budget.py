@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from proxy.check import (
+    _CHUNK,
     L4CON,
     L4OK,
     CheckResult,
@@ -491,8 +492,8 @@ def test_real_emfile_from_a_probe_is_raised_not_a_verdict(loop: str) -> None:
 
 
 async def test_a_big_table_is_taken_in_parts_while_running() -> None:
-    """12,000 new servers while the loop runs: 5,000 at once, the rest over the next turns
-    of the loop (other work runs between), spread over one span as a whole."""
+    """12,000 new servers while the loop runs: one chunk (`_CHUNK`) at once, the rest over
+    the next turns of the loop (other work runs between), spread over one span as a whole."""
     async def ok(key: Key, path: str | None, timeout: float) -> Probe:
         return Probe(L4OK)
 
@@ -503,7 +504,7 @@ async def test_a_big_table_is_taken_in_parts_while_running() -> None:
     try:
         await asyncio.sleep(0.01)
         checker.set_table(_table(12_000))
-        assert len(checker.results()) == 10 + 5000
+        assert len(checker.results()) == 10 + _CHUNK
         async with asyncio.timeout(30):
             while len(checker.results()) < 12_000:
                 await asyncio.sleep(0)

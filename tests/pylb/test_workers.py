@@ -540,8 +540,10 @@ async def test_eof_from_the_controller_stops_the_worker_at_once() -> None:
         w.stopping = True  # not to be restarted
         assert w.channel is not None
         w.channel.abort()
-        await wait_until(lambda: not w.process.is_alive(), timeout=10)
-        assert w.process.exitcode == 0
+        proc = w.process
+        assert proc is not None
+        await wait_until(lambda: proc.poll() is not None, timeout=10)
+        assert proc.returncode == 0
     finally:
         await pool.shutdown(1.0)
 
