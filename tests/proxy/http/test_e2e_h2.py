@@ -228,3 +228,37 @@ async def test_httpx_http2(start_proxy: StartProxy, ca: trustme.CA) -> None:
     assert all(x.status_code == 200 and x.http_version == "HTTP/2" for x in rs)
     assert [x.json()["target"] for x in rs] == [f"/{i}" for i in range(10)]
     assert post.json()["body_len"] == 300_000
+
+
+async def test_upload_to_a_slow_backend_is_bounded(start_proxy: StartProxy) -> None:
+    """A client uploading faster than the backend reads: pylb acknowledges the request's
+    bytes only as the backend takes them, so the client is held by its windows, not
+    buffered for (the bound: kernel socket buffers plus a window and a watermark)."""
+    r = await start_proxy(1, h2c=True)
+    r.backends[0].read_delay = 0.1  # ~640 KiB/s
+    c = await H2Client.open(r.port)
+    total = 40 * 1024 * 1024
+    try:
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                                  (b":authority", b"x"), (b":path", b"/app/up")])
+        await c.flush()
+        sent = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.0
+        chunk = b"u" * 16384
+        while sent < total and loop.time() < end:
+            window = min(c.conn.local_flow_control_window(sid), len(chunk))
+            if window <= 0:
+                await c.read_some(max(0.01, end - loop.time()))
+                continue
+            c.conn.send_data(sid, chunk[:window])
+            sent += window
+            await c.flush()
+        # Held back: far less than the 40 MiB offered went in 2 s (unbounded buffering
+        # would take it all at loopback speed).
+        assert sent < 12 * 1024 * 1024, sent
+        c.conn.reset_stream(sid)
+        await c.flush()
+    finally:
+        await c.close()
