@@ -3,6 +3,7 @@
 
     python -m bench.h2 [--requests 20000] [--clients 10] [--streams 10]
     python -m bench.h2 micro      # memory of an idle h2 connection, CPU of a stream
+    python -m bench.h2 grpc       # gRPC unary calls (h2load) through pylb and haproxy
 
 We report requests/s as h2load sees them and the proxy's CPU µs per request
 (utime+stime of its process tree from /proc). Proxy on CPU 1, h2load and nginx on CPU 0,
@@ -32,7 +33,21 @@ from bench.l7_http import BODY, _render
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_pylb(listen: int, backend: int) -> None:
+def run_grpc_server(port: int) -> None:
+    """A grpcio server answering /bench.Svc/Unary with its request's bytes."""
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Svc", {
+        "Unary": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def run_pylb(listen: int, backend: int, h2c_backend: bool = False) -> None:
     import asyncio
 
     import uvloop
@@ -47,15 +62,18 @@ def run_pylb(listen: int, backend: int) -> None:
         s = Settings(h2c=True)
         p = HttpProxy(s, Stats(), Balancers(s.limits))
         p.set_table(RouteTable(http=(HttpRoute("svc", "/svc", "b"),),
-                               backends=(Backend("b", (Server("127.0.0.1", backend),)),)))
+                               backends=(Backend("b", (Server("127.0.0.1", backend),),
+                                                 h2c=h2c_backend),)))
         await p.start("127.0.0.1", listen)
         await asyncio.Event().wait()
 
     uvloop.run(main())
 
 
-def h2load(url: str, requests: int, clients: int, streams: int) -> dict[str, Any]:
-    argv = ["h2load", "-n", str(requests), "-c", str(clients), "-m", str(streams), url]
+def h2load(url: str, requests: int, clients: int, streams: int,
+           extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    argv = ["h2load", "-n", str(requests), "-c", str(clients), "-m", str(streams), *extra,
+            url]
     if shutil.which("taskset"):
         argv = ["taskset", "-c", "0", *argv]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600).stdout
@@ -180,12 +198,57 @@ def run_micro(n: int = 3000, rounds: int = 5, prof: Any = None) -> None:
     uvloop.run(main())
 
 
+def run_grpc(argv: list[str]) -> None:
+    """gRPC unary calls (a 64-byte message each way) driven by h2load through haproxy
+    and pylb, both h2c to one grpcio server: the proxy's CPU per call."""
+    ap = argparse.ArgumentParser(prog="python -m bench.h2 grpc")
+    ap.add_argument("--requests", type=int, default=10000)
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--streams", type=int, default=10)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmpdir, procs.group() as g:
+        tmp = Path(tmpdir)
+        body = tmp / "call.bin"
+        message = b"m" * 64
+        body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+        gport = procs.free_port()
+        g.add(procs.start("grpc", [sys.executable, "-m", "bench.h2", "grpcserver", str(gport)],
+                          cpus="0", logdir=tmp, cwd=str(ROOT)))
+        procs.wait_port(gport)
+        hport = procs.free_port()
+        hcfg = _render("haproxy-grpc.cfg", tmp / "haproxy.cfg", port=hport, backend_port=gport)
+        runs = [("haproxy", g.add(procs.start("haproxy", ["haproxy", "-f", str(hcfg), "-db"],
+                                              cpus="1", logdir=tmp)), hport)]
+        port = procs.free_port()
+        runs.append(("pylb", g.add(procs.start(
+            "pylb", [sys.executable, "-m", "bench.h2", "pylb", str(port), str(gport), "h2c"],
+            cpus="1", logdir=tmp, cwd=str(ROOT))), port))
+        extra = ("-d", str(body), "-H", "content-type: application/grpc", "-H",
+                 "te: trailers")
+        for name, proc, p in runs:
+            procs.wait_port(p)
+            url = f"http://127.0.0.1:{p}/svc/bench.Svc/Unary"
+            if name == "haproxy":
+                url = f"http://127.0.0.1:{p}/bench.Svc/Unary"
+            h2load(url, 500, args.clients, args.streams, extra)  # warm up
+            cpu0 = proc.cpu()
+            res = h2load(url, args.requests, args.clients, args.streams, extra)
+            cpu = proc.cpu() - cpu0
+            print(json.dumps({"name": name, **res, "cpu_us_per_call":
+                              round(cpu / res["succeeded"] * 1e6, 1)
+                              if res["succeeded"] else None}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "pylb":
-        return run_pylb(int(argv[1]), int(argv[2]))
+        return run_pylb(int(argv[1]), int(argv[2]), len(argv) > 3)
+    if argv and argv[0] == "grpcserver":
+        return run_grpc_server(int(argv[1]))
     if argv and argv[0] == "micro":
         return run_micro()
+    if argv and argv[0] == "grpc":
+        return run_grpc(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench.h2")
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--clients", type=int, default=10)
