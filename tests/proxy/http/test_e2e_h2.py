@@ -123,6 +123,29 @@ async def test_tls_alpn_h2_and_http11(start_proxy: StartProxy, ca: trustme.CA) -
     wr.close()
 
 
+async def test_tls_client_certificate_over_h2(start_proxy: StartProxy,
+                                              ca: trustme.CA) -> None:
+    """X-SSL-Client-* come from the TLS session on h2 streams too; a client's own are
+    dropped."""
+    sctx = server_context(ca)
+    ca.configure_trust(sctx)
+    sctx.verify_mode = ssl.CERT_OPTIONAL
+    r = await start_proxy(1, tls=True, ssl_context=sctx)
+    cctx = client_context(ca, ["h2"])
+    ca.issue_cert("alice@example.com", common_name="alice").configure_cert(cctx)
+    c = await H2Client.open(r.port, cctx)
+    try:
+        status, body, _ = await c.response(await c.get(extra=[
+            (b"x-ssl-client-dn", b"CN=mallory"), (b"x-ssl-client-verify", b"SUCCESS")]))
+        assert status == 200
+        hs = [(k.lower(), v) for k, v in json.loads(body)["headers"]]
+        assert [v for k, v in hs if k == "x-ssl-client-verify"] == ["SUCCESS"]
+        dns = [v for k, v in hs if k == "x-ssl-client-dn"]
+        assert len(dns) == 1 and "CN=alice" in dns[0]
+    finally:
+        await c.close()
+
+
 async def test_graceful_shutdown_finishes_streams(start_proxy: StartProxy) -> None:
     r = await start_proxy(1, h2c=True)
     c = await H2Client.open(r.port)
