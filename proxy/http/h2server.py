@@ -561,7 +561,11 @@ class H2Stream:
     # ResponseSink
 
     def on_interim(self, head: ResponseHead) -> None:
-        pass  # 1xx: not relayed (100-continue is the server's business with us)
+        # 100 Continue goes to a client that asked for it (RFC 9110 §10.1.1); other 1xx
+        # (102, 103) are dropped.
+        if head.status == 100 and self.resp is None \
+                and hdr.get_header(self.req.headers, b"expect") is not None:
+            self._conn.send_headers(self, [(b":status", b"100")], end_stream=False)
 
     def on_response(self, head: ResponseHead) -> None:
         if self.state is State.CLOSED:

@@ -146,6 +146,25 @@ async def test_tls_client_certificate_over_h2(start_proxy: StartProxy,
         await c.close()
 
 
+async def test_expect_100_continue_relayed(start_proxy: StartProxy) -> None:
+    r = await start_proxy(1, h2c=True)
+    c = await H2Client.open(r.port)
+    try:
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                                  (b":authority", b"x"), (b":path", b"/app/e"),
+                                  (b"expect", b"100-continue"), (b"content-length", b"3")])
+        await c.flush()
+        await c.until(lambda: bool(c.of(sid, h2.events.InformationalResponseReceived)), 5)
+        assert c.of(sid, h2.events.InformationalResponseReceived)
+        c.conn.send_data(sid, b"abc", end_stream=True)
+        await c.flush()
+        status, body, _ = await c.response(sid)
+        assert status == 200 and json.loads(body)["body_len"] == 3
+    finally:
+        await c.close()
+
+
 async def test_graceful_shutdown_finishes_streams(start_proxy: StartProxy) -> None:
     r = await start_proxy(1, h2c=True)
     c = await H2Client.open(r.port)
