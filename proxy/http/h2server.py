@@ -99,6 +99,7 @@ _ON_RESPONSE_END = ON[Event.RESPONSE_END]
 _ON_ANSWER = ON[Event.ANSWER]
 _ON_CLOSE = ON[Event.CLOSE]
 _COOKIE = Affinity.COOKIE
+_REPLAY_MAX = 64 * 1024  # request body kept to resend a refused h2c stream (as HTTP/1.1's)
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
 
@@ -119,6 +120,7 @@ class H2Stream:
         "_out_size",
         "_pending",
         "_pending_n",
+        "_replay",
         "_req_ended",
         "_resp_end",
         "_srv_c",
@@ -197,6 +199,7 @@ class H2Stream:
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._up_unacked = 0
         self._up_end_sent = False
+        self._replay: list[bytes] | None = []  # body sent to an h2c server, to resend
         self._req_ended = False
         self._grpc = False
         self._deadline = 0.0
@@ -438,6 +441,12 @@ class H2Stream:
             last = not pending and self._req_ended
             conn.send(sid, data, last)
             self.bytes_in += len(data)
+            replay = self._replay
+            if replay is not None:
+                if self.bytes_in > _REPLAY_MAX:
+                    self._replay = None
+                else:
+                    replay.append(data)
             sent = True
             if last:
                 self._up_end_sent = True
@@ -465,6 +474,7 @@ class H2Stream:
                 rest.append((k, v))
         if status < 200:
             return  # 1xx: not relayed
+        self._replay = None  # answered: nothing to resend any more
         head = ResponseHead(status, b"", b"2.0", rest)
         head.connection = _NO_TOKENS
         head.no_body = ended  # gRPC's trailers-only response: one HEADERS, END_STREAM
@@ -490,7 +500,29 @@ class H2Stream:
         if conn is None or self.closed:
             return
         self._h2up = None
-        self._conn.proxy.stats.fail(failure)
+        proxy = self._conn.proxy
+        replay = self._replay
+        if refused and self.resp is None and replay is not None and self.server is not None \
+                and self.attempts < proxy.settings.limits.retries \
+                and self.state is not State.CLOSED:
+            # REFUSED_STREAM, or above a GOAWAY's last stream: the server did nothing
+            # with it (RFC 9113 §8.7), and the body sent so far is kept: send it again.
+            self._pending[:0] = replay
+            self._replay = []
+            self.bytes_in = 0
+            self._up_end_sent = False
+            srv, be, balancer = self._srv_c, self._be_c, self._balancer
+            if srv is not None and be is not None and balancer is not None:
+                self._srv_c = self._be_c = None
+                balancer.release(self.server)
+                srv.close()
+                be.close()
+                srv.retries += 1
+                be.retries += 1
+            self.attempts += 1
+            self._dispatch(failure)
+            return
+        proxy.stats.fail(failure)
         if self.resp is None and self.state is not State.CLOSED:
             self._error(failure)
         else:

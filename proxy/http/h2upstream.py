@@ -10,8 +10,10 @@ out the first with a free stream (the server's MAX_CONCURRENT_STREAMS); streams 
 find none wait for one connection being dialled for them all, so a burst of calls to a
 new server makes one connection, not one each (Envoy's HTTP/2 connection pool does the
 same). A GOAWAY from the server lets its streams up to the last one named finish, makes
-the rest fail as REFUSED_STREAM (safe to retry, RFC 9113 §8.7), and takes the connection
-out of the pool.
+the rest fail as refused (the owner sends them again, RFC 9113 §8.7), and takes the
+connection out of the pool; GOAWAY frames are taken out of the bytes before the engine
+sees them (`_sift`), since the engine would close its side and drop the frames of the
+streams still finishing.
 
 Flow control: response DATA is acknowledged to the server only as the client stream has
 room for it (the owner calls `ack`); request DATA is sent as the server's windows allow,
@@ -69,6 +71,8 @@ class H2Upstream(asyncio.Protocol):
         self.streams: dict[int, UpOwner] = {}
         self.closed = False
         self.draining = False  # GOAWAY received, or failed: no new streams
+        self._buf = b""  # an incomplete frame (`_sift`)
+        self._goaways: list[tuple[int, int]] = []  # (last stream id, error code)
 
     @property
     def usable(self) -> bool:
@@ -140,7 +144,42 @@ class H2Upstream(asyncio.Protocol):
 
     # -- the server's frames -------------------------------------------------------------------
 
+    def _sift(self, data: bytes) -> bytes:
+        """Take GOAWAY frames out of the server's bytes and act on them here: the h2
+        engine closes its side on one (its state CLOSED refuses every later frame), which
+        would lose the streams the server still finishes."""
+        buf = self._buf + data if self._buf else data
+        pos, end = 0, len(buf)
+        out: list[bytes] = []
+        start = 0
+        while end - pos >= 9:
+            n = int.from_bytes(buf[pos:pos + 3], "big")
+            if end - pos < 9 + n:
+                break
+            if buf[pos + 3] == 7:  # GOAWAY
+                out.append(buf[start:pos])
+                last = int.from_bytes(buf[pos + 9:pos + 13], "big") & 0x7FFFFFFF
+                code = int.from_bytes(buf[pos + 13:pos + 17], "big")
+                self._goaways.append((last, code))
+                start = pos + 9 + n
+            pos += 9 + n
+        self._buf = buf[pos:]
+        if not out:
+            return buf[:pos] if self._buf else buf
+        out.append(buf[start:pos])
+        return b"".join(out)
+
+    def _goaway(self, last: int, code: int) -> None:
+        self.draining = True
+        self.pool.remove(self)
+        for s, o in list(self.streams.items()):
+            if s > last or code:
+                self.streams.pop(s, None)
+                o.up_reset(Failure.BACKEND_RESET, s > last)
+        self._maybe_idle()
+
     def data_received(self, data: bytes) -> None:
+        data = self._sift(data)
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -176,16 +215,10 @@ class H2Upstream(asyncio.Protocol):
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 for o in list(self.streams.values()):
                     o.up_window()
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                self.draining = True
-                self.pool.remove(self)
-                last = ev.last_stream_id or 0
-                for s, o in list(self.streams.items()):
-                    if s > last or ev.error_code:
-                        self.streams.pop(s, None)
-                        o.up_reset(Failure.BACKEND_RESET, s > last)
-                self._maybe_idle()
         self.flush()
+        goaways = self._goaways
+        while goaways:
+            self._goaway(*goaways.pop(0))
 
     def _fail_all(self, failure: Failure) -> None:
         self.draining = True

@@ -171,3 +171,49 @@ async def test_unavailable_is_grpc_shaped(start_proxy: StartProxy) -> None:
             return e.code()
         return None
     assert await in_thread(r.port, unrouted) == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_refused_stream_is_sent_again(start_proxy: StartProxy) -> None:
+    """An h2c server that refuses the first stream of each connection with GOAWAY
+    (last stream 0): the call goes again on a new connection (RFC 9113 §8.7)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conns = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        conns += 1
+        first = conns == 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        try:
+            while data := await reader.read(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.StreamEnded):
+                        if first:
+                            conn.close_connection(last_stream_id=0)
+                        else:
+                            conn.send_headers(ev.stream_id, [
+                                (b":status", b"200"), (b"content-type", b"application/grpc")])
+                            conn.send_data(ev.stream_id, b"\x00\x00\x00\x00\x02ok")
+                            conn.send_headers(ev.stream_id, [(b"grpc-status", b"0")],
+                                              end_stream=True)
+                writer.write(conn.data_to_send())
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        r = await proxied(start_proxy, port)
+        out = await in_thread(r.port, lambda ch: ch.unary_unary("/test.Svc/Unary")(
+            b"x", timeout=10))
+        assert out == b"ok"
+        assert conns == 2
+        assert r.stats.backend("default/grpc:50051").retries == 1
+    finally:
+        server.close()
