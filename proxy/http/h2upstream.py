@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Protocol, cast
 
 import h2.config
@@ -238,6 +238,11 @@ class H2Upstream(asyncio.Protocol):
     def resume_writing(self) -> None:
         pass
 
+    def drain(self) -> None:
+        """No new stream; close once the open ones are done."""
+        self.draining = True
+        self._maybe_idle()
+
     def close(self) -> None:
         self.draining = True
         if self.transport is not None:
@@ -295,6 +300,14 @@ class H2Pool:
             conns.remove(conn)
             if not conns:
                 del self.conns[conn.key]
+
+    def retain(self, keys: Container[Key]) -> None:
+        """Servers not in `keys` left the table: their connections take no new stream
+        and close when their streams are done (a GOAWAY-like drain, ours)."""
+        for key in [k for k in self.conns if k not in keys]:
+            for conn in self.conns.pop(key):
+                conn.draining = True
+                conn.drain()
 
     def close_all(self) -> None:
         for dial in list(self._dials):

@@ -126,6 +126,8 @@ class HttpProxy:
         self.table = table
         if self._pool is not None and left:
             self._pool.retain(self.balancers.live_keys)
+        if self._h2_pool is not None and left:
+            self._h2_pool.retain(self.balancers.live_keys)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False,
                     sock: socket.socket | None = None) -> tuple[str, int]:

@@ -217,3 +217,19 @@ async def test_refused_stream_is_sent_again(start_proxy: StartProxy) -> None:
         assert r.stats.backend("default/grpc:50051").retries == 1
     finally:
         server.close()
+
+
+async def test_server_leaving_the_table_drains_its_connections(
+        start_proxy: StartProxy, grpc_server: int) -> None:
+    r = await proxied(start_proxy, grpc_server)
+    await in_thread(r.port, lambda ch: ch.unary_unary("/test.Svc/Unary")(b"x", timeout=10))
+    key = ("127.0.0.1", grpc_server)
+    (conn,) = r.proxy.h2_pool.conns[key]
+    backend = Backend("default/grpc:50051", (Server("127.0.0.1", 9, name="gone"),), h2c=True)
+    r.table([HttpRoute("grpc", "/test.Svc", backend.name, strip_prefix=False)], [backend])
+    assert key not in r.proxy.h2_pool.conns
+    for _ in range(100):
+        if conn.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert conn.closed  # no stream was open: closed at once
