@@ -672,7 +672,8 @@ class H2Stream:
         if self._up_paused and self._out_size < _LOW:
             self._up_paused = False
             up = self.up
-            if up is not None and up.transport is not None and not up.closed:
+            if up is not None and up.transport is not None and not up.closed \
+                    and not self._conn.paused:  # (else the socket's resume does it)
                 up.transport.resume_reading()
         if self._out_size:
             if not self._stall:
@@ -680,6 +681,16 @@ class H2Stream:
         else:
             self._stall = 0.0
         return data, end
+
+    def stalled(self, now: float) -> None:
+        """Waiting for the client (its socket) from `now`, unless already."""
+        if not self._stall:
+            self._stall = now
+
+    @property
+    def holding(self) -> bool:
+        """Its server's reading is paused for this stream's own buffer."""
+        return self._up_paused
 
     @property
     def trailers(self) -> list[tuple[bytes, bytes]] | None:
@@ -909,7 +920,7 @@ class H2Connection(asyncio.Protocol):
         self.resets = RESET_BUDGET
         self.tokens = float(CONTROL_BURST)
         self.t_tokens = 0.0
-        self._paused = False  # the client's socket is full
+        self.paused = False  # the client's socket is full
         self._timer: asyncio.TimerHandle | None = None
         self._t_idle = 0.0
         self.ssl_client: tuple[bytes, bytes] | None = None  # (verify, DN) of a certificate
@@ -1098,6 +1109,12 @@ class H2Connection(asyncio.Protocol):
         sid = stream.stream_id
         if sid not in self.streams:
             return
+        if self.paused and stream.waiting_out:
+            # The client's socket is full: nothing more goes into its buffer until it
+            # drains (`resume_writing`), whatever its windows allow.
+            stream.stalled(self.loop.time())
+            self.blocked[sid] = stream
+            return
         conn = self.h2
         while True:
             window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
@@ -1178,17 +1195,21 @@ class H2Connection(asyncio.Protocol):
     # -- flow of the socket ------------------------------------------------------------------
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.paused = True
         for stream in self.streams.values():
             up = stream.up
             if up is not None and up.transport is not None:
                 up.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self.paused = False
+        for stream in list(self.blocked.values()):
+            self.send_out(stream)
+        self.flush()
         for stream in self.streams.values():
             up = stream.up
-            if up is not None and up.transport is not None and not up.closed:
+            if up is not None and up.transport is not None and not up.closed \
+                    and not stream.holding:  # (else its own bound keeps it paused)
                 up.transport.resume_reading()
 
     # -- timers: idle connection and stalled windows ------------------------------------------

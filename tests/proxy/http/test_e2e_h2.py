@@ -9,6 +9,7 @@ import shutil
 import ssl
 
 import h2.events
+import h2.settings
 import pytest
 import trustme
 
@@ -302,5 +303,35 @@ async def test_upload_to_a_slow_backend_is_bounded(start_proxy: StartProxy) -> N
         assert sent < 12 * 1024 * 1024, sent
         c.conn.reset_stream(sid)
         await c.flush()
+    finally:
+        await c.close()
+
+
+async def test_client_not_reading_its_socket_is_bounded(start_proxy: StartProxy) -> None:
+    """Windows wide open but the client's socket not read: pylb stops at its write
+    buffer's watermark (and reads the backend no further), it does not fill it to the
+    window's size; then the client reads and gets the whole response."""
+    from proxy.http.h2server import H2Connection
+    r = await start_proxy(1, h2c=True)
+    c = await H2Client.open(r.port)
+    size = 30_000_000
+    try:
+        c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        c.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        await c.flush()
+        await c.read_some(2)  # the server's SETTINGS and ACK
+        sid = await c.get(b"/app/big?n=%d" % size)
+        await asyncio.sleep(1.5)  # not reading
+        (conn,) = [x for x in r.proxy.conns if isinstance(x, H2Connection)]
+        assert conn.transport is not None
+        held = conn.transport.get_write_buffer_size()
+        assert held < 2 * 1024 * 1024, held  # HIGH_WATER and a read or two, not 30 MB
+        got = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while not c.ended(sid) and loop.time() < end:
+            await c.read_some(5)
+        got = sum(len(e.data) for e in c.of(sid, h2.events.DataReceived))
+        assert got == size
     finally:
         await c.close()
