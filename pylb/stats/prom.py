@@ -266,6 +266,9 @@ def row_family_texts(view: StatsView,
     fe_errors = _Text("pylb_frontend_request_errors", "Bad or failed client requests", True)
     fe_denied = _Text("pylb_frontend_denied_requests", "Denied requests", True)
     limit = _Text("pylb_frontend_limit_sessions", "Session limit (maxconn x workers)")
+    h2_cur = _Text("pylb_frontend_h2_connections", "Open HTTP/2 client connections")
+    h2_tot = _Text("pylb_frontend_h2_connections", "HTTP/2 client connections", True)
+    h2_streams = _Text("pylb_frontend_h2_streams", "HTTP/2 request streams", True)
     be_up = _Text("pylb_backend_up", "1 when a server can take work")
     be_active = _Text("pylb_backend_active_servers", "Usable servers")
     by_state = _Text("pylb_backend_servers", "Servers of the backend by status")
@@ -297,6 +300,10 @@ def row_family_texts(view: StatsView,
             fe_denied.add(labels, row.get("dreq"))
             if row.get("slim"):
                 limit.add(labels, row.get("slim"))
+            if row.get("h2_total_connections"):
+                h2_cur.add(labels, row.get("h2_open_connections"))
+                h2_tot.add(labels, row.get("h2_total_connections"))
+                h2_streams.add(labels, row.get("h2_headers_rcvd"))
         elif t == TYPE_BACKEND:
             labels = f'{{backend="{px_labels}"}}'
             for state, count in sorted(states.items()):
@@ -330,7 +337,8 @@ def row_family_texts(view: StatsView,
                 chk_fail.add(labels, row.get("chkfail"))
                 chk_down.add(labels, row.get("chkdown"))
                 downtime.add(labels, row.get("downtime"))
-    families = [*fe.families(), fe_errors, fe_denied, limit, *be.families(), be_up,
+    families = [*fe.families(), fe_errors, fe_denied, limit, h2_cur, h2_tot, h2_streams,
+                *be.families(), be_up,
                 be_active, by_state, be_conn, be_resp, retries, redispatches,
                 *sv.families(), sv_up, sv_status, sv_weight, sv_conn, sv_resp, chk_dur,
                 chk_fail, chk_down, downtime]

@@ -14,6 +14,7 @@ import pytest
 import trustme
 
 from pylb.config import HttpParser
+from pylb.stats.prom import row_families
 from pylb.stats.view import StatsView, stat_rows
 from tests.proxy.http.conftest import StartProxy
 from tests.proxy.http.h2client import H2Client
@@ -86,6 +87,9 @@ async def test_h2c_prior_knowledge_streams(start_proxy: StartProxy) -> None:
     row = next(x for x in stat_rows(view)
                if x["svname"] == "FRONTEND" and x["pxname"] == "http")
     assert (row["h2_total_connections"], row["h2_headers_rcvd"]) == (1, 9)
+    metrics = row_families(view)  # and /metrics
+    assert 'pylb_frontend_h2_streams_total{frontend="http"} 9' in metrics
+    assert 'pylb_frontend_h2_connections_total{frontend="http"} 1' in metrics
     # The backends were reached over pooled HTTP/1.1 keep-alive connections.
     assert sum(len(b.seen) for b in r.backends) == 8
 
