@@ -119,7 +119,6 @@ class H2Stream:
         "_out",
         "_out_size",
         "_pending",
-        "_pending_n",
         "_replay",
         "_req_ended",
         "_resp_end",
@@ -172,7 +171,6 @@ class H2Stream:
         self.connecting = False
         self.closed = False  # (read by HttpProxy._dialed)
         self._pending: list[bytes] = []  # head and body before the server is attached
-        self._pending_n = 0
         self._unacked = 0  # request bytes not yet acknowledged to the client
         self.up_blocked = False  # the server's write buffer is full
         self._out: list[bytes] = []  # response bytes waiting for the client's window
@@ -228,7 +226,6 @@ class H2Stream:
         up = self.up
         if up is None or up.transport is None:
             self._pending.append(part)
-            self._pending_n += len(part)
             return
         self.bytes_in += len(part)
         up.transport.write(part)
@@ -392,7 +389,6 @@ class H2Stream:
         up.begin(self, self.req.method, False)
         data = b"".join(self._pending)
         self._pending = []
-        self._pending_n = 0
         self.bytes_in += len(data)
         if up.transport is not None:
             up.transport.write(data)
