@@ -177,7 +177,7 @@ def _merge(old: tuple[Backend, ...], changed: tuple[Backend, ...],
 _PACKED_FIELDS = {
     Server: ("address", "port", "name", "weight", "ready", "serving", "terminating"),
     Backend: ("name", "servers", "algorithm", "affinity", "cookie_name", "proxy_protocol",
-              "check_path", "check"),
+              "check_path", "check", "h2c"),
     HttpRoute: ("name", "prefix", "backend", "host", "strip_prefix", "case_insensitive",
                 "tls", "ssl_redirect", "match", "rewrite", "redirect", "redirect_code"),
 }
