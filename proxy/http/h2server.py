@@ -7,9 +7,12 @@ connection (a protocol engine: bytes in, events out, no I/O) and acts on its eve
 writes what the engine has to send once per read. Each request stream is an `H2Stream`:
 an exchange of `proxy.http.exchange` (its state moved through the same table as an
 HTTP/1.1 connection's), and the `Owner` of the `UpstreamProtocol` that carries it to a
-server as HTTP/1.1 (the header block translated and checked by `h2rules`). Its response
-comes back through the response parser's callbacks, as for HTTP/1.1, and goes out as
-HEADERS and DATA frames.
+server as HTTP/1.1 (the header block translated and checked by `h2rules`: a malformed
+request is reset with PROTOCOL_ERROR, a stream error, and never reaches a server). Its
+response comes back through the response parser's callbacks, as for HTTP/1.1, and goes
+out as HEADERS and DATA frames. A stream of an h2c backend (gRPC, `Backend.h2c`) goes to
+a stream of a pooled multiplexed `h2upstream.H2Upstream` instead, the `UpOwner`
+methods carrying its response, trailers and windows.
 
 Flow control, both ways bounded:
 - client → server: a DATA frame's bytes are acknowledged to the client (its window
@@ -19,28 +22,33 @@ Flow control, both ways bounded:
   stream's window (`INITIAL_WINDOW`), and of all streams the connection's
   (`CONNECTION_WINDOW`).
 - server → client: DATA goes out as the client's windows allow; what does not fit waits
-  in the stream, and past the high watermark the server connection is not read until
-  the client reopens the window (WINDOW_UPDATE) or its socket drains. A client that keeps
-  a window shut longer than `timeout client` loses the stream (zero-window stall).
+  in the stream, and past the high watermark the server connection is not read (an h2c
+  server's DATA is not acknowledged) until the client reopens the window (WINDOW_UPDATE).
+  While the client's socket is above its watermark nothing more is written to it, and
+  every HTTP/1.1 server connection of the client's streams is paused. A client that
+  keeps a window (or its socket) shut longer than `timeout client` loses the stream
+  (zero-window stall).
 
 Limits and abuse (each tested in tests/proxy/http/test_h2_attacks.py):
 - SETTINGS: MAX_CONCURRENT_STREAMS 100 (nginx's `http2_max_concurrent_streams`, haproxy's
-  `tune.h2.max-concurrent-streams` default), MAX_HEADER_LIST_SIZE = `--max-header-size`'s
-  equivalent (HPACK decoding stops at it: an HPACK bomb costs nothing more),
+  `tune.h2.max-concurrent-streams` default; a stream beyond it is the engine's connection
+  error), MAX_HEADER_LIST_SIZE = `Limits.max_request_head` + 32 × `max_headers` (HTTP/1.1's
+  head bound in HPACK's accounting; decoding stops at it: an HPACK bomb costs no more),
   INITIAL_WINDOW_SIZE 64 KiB (the RFC default; each stream then buffers at most that),
   ENABLE_PUSH 0. The h2 engine refuses more than 64 CONTINUATION frames per block.
 - Rapid reset (CVE-2023-44487): each stream the client resets before its response is
   whole costs one unit of a budget (`RESET_BUDGET`), each stream answered whole gives one
-  back; an empty budget ends the connection with GOAWAY ENHANCE_YOUR_CALM. Streams
-  refused for the concurrency limit count too.
+  back; an empty budget ends the connection with GOAWAY ENHANCE_YOUR_CALM. Malformed
+  streams count too.
 - Control-frame floods (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA): a token
   bucket (`CONTROL_BURST`, refilled at `CONTROL_RATE` a second and by
   `CONTROL_PER_STREAM` for each stream answered, so that a busy client's window updates
-  never count against it); empty, GOAWAY
-  ENHANCE_YOUR_CALM. A client that does not read what its PINGs and SETTINGS make us send
+  never count against it); empty, GOAWAY ENHANCE_YOUR_CALM. A client that does not read what its PINGs and SETTINGS make us send
   is also cut when our write buffer to it passes `WRITE_LIMIT`.
-- Graceful shutdown: `close()` sends GOAWAY with the last stream id seen, accepts no new
-  stream and closes when the streams under way are finished.
+- A connection error (GOAWAY) closes lingering: FIN, then the client's frames read and
+  dropped for `LINGER` seconds, so that a TCP reset does not destroy the GOAWAY.
+- Graceful shutdown: `close()` sends GOAWAY with the last stream id seen, refuses new
+  streams (REFUSED_STREAM) and closes when the streams under way are finished.
 """
 
 from __future__ import annotations
