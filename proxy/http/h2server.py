@@ -43,8 +43,9 @@ Limits and abuse (each tested in tests/proxy/http/test_h2_attacks.py):
 - Control-frame floods (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA): a token
   bucket (`CONTROL_BURST`, refilled at `CONTROL_RATE` a second and by
   `CONTROL_PER_STREAM` for each stream answered, so that a busy client's window updates
-  never count against it); empty, GOAWAY ENHANCE_YOUR_CALM. A client that does not read what its PINGs and SETTINGS make us send
-  is also cut when our write buffer to it passes `WRITE_LIMIT`.
+  never count against it); empty, GOAWAY ENHANCE_YOUR_CALM. A client that does not
+  read what its PINGs and SETTINGS make us send is also cut when our write buffer to it
+  passes `WRITE_LIMIT`.
 - A connection error (GOAWAY) closes lingering: FIN, then the client's frames read and
   dropped for `LINGER` seconds, so that a TCP reset does not destroy the GOAWAY.
 - Graceful shutdown: `close()` sends GOAWAY with the last stream id seen, refuses new
