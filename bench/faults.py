@@ -1,6 +1,10 @@
 """Backend faults under load, end to end (issue #12; not a test).
 
     python -m bench.faults [--seconds 30] [--connections 20] [--faults none,reset-before,...]
+    python -m bench.faults --restart [--outage 5] [--modes tcp,http]
+
+`--restart`: a backend that goes away for `--outage` seconds under a connect-per-100-ms
+client, through pylb and haproxy side by side with the same retries (bench/restart.py).
 
 For each fault: `pylb run` (a subprocess, `--source file:`, one worker, active checks off
 so the fault lasts the whole run) serves one service whose three servers are two nginx
@@ -234,7 +238,18 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--faults", default=",".join(FAULTS))
+    ap.add_argument("--restart", action="store_true",
+                    help="the restart-under-load case instead, pylb beside haproxy")
+    ap.add_argument("--outage", type=float, default=5.0)
+    ap.add_argument("--modes", default="tcp,http")
     args = ap.parse_args()
+    if args.restart:
+        from bench.restart import report, run_restart
+
+        with tempfile.TemporaryDirectory(prefix="pylb-restart-") as t:
+            for mode in filter(None, args.modes.split(",")):
+                report(mode, args.outage, run_restart(mode, args.outage, Path(t)))
+        return 0
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed", file=sys.stderr)

@@ -54,7 +54,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from discovery.ingress import apply_ingresses
+from discovery.ingress import LayerParts, apply_ingresses, merge_layer
 from discovery.secrets import by_ident
 from discovery.translate import (
     Ident,
@@ -221,6 +221,7 @@ class Translator:
         self._ingress_dirty = False
         self._ingress_base: RouteTable | None = None
         self._ingress_services: frozenset[Ident] = frozenset()
+        self._ingress_parts: LayerParts | None = None
         self._layered = self.table
 
     # -- inputs ---------------------------------------------------------------------------
@@ -325,9 +326,18 @@ class Translator:
     def _layer(self, table: RouteTable, changed: list[Ident]) -> RouteTable:
         """`table` with the Ingresses' routes: the last result when nothing they read
         changed."""
-        if (not self._ingress_dirty and table is self._ingress_base
-                and self._ingress_services.isdisjoint(changed)):
-            return self._layered
+        if not self._ingress_dirty and self._ingress_services.isdisjoint(changed):
+            if table is self._ingress_base:
+                return self._layered
+            if self._ingress_parts is not None:
+                # only the services' table moved: lay the same parts on it, if it still
+                # agrees with what they read (else redo them below)
+                merged = merge_layer(table, self._ingress_parts)
+                if merged is not None:
+                    self._ingress_base = table
+                    if merged != self._layered:
+                        self._layered = merged
+                    return self._layered
         entries = self._entries
 
         def plan_of(ns: str, name: str) -> Plan | None:
@@ -340,6 +350,7 @@ class Translator:
         self._ingress_dirty = False
         self._ingress_base = table
         self._ingress_services = result.services
+        self._ingress_parts = result.parts
         if result.table != self._layered:
             self._layered = result.table
         return self._layered

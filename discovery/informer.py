@@ -58,7 +58,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api, NetworkingV1Api
+from kubernetes_asyncio.client import (
+    ApiClient,
+    CoreV1Api,
+    CustomObjectsApi,
+    DiscoveryV1Api,
+    NetworkingV1Api,
+)
 
 from pylb import collector
 from pylb.config import KubeSettings
@@ -96,10 +102,22 @@ class Kind:
     namespace and in all namespaces."""
 
     plural: str
-    group: str  # "core", "discovery" or "networking"
+    group: str  # "core", "discovery" or "networking"; or a CRD's API group, with `version`
     namespaced: str  # "" for a cluster-scoped kind
     cluster: str
     field_selector: str = ""  # e.g. only kubernetes.io/tls Secrets
+    version: str = ""  # a CRD's version: listed and watched through CustomObjectsApi
+    # Metadata fields kept beyond KEPT_METADATA (slim): a Gateway API object's generation
+    # (status.observedGeneration) and creationTimestamp (the spec's tie-break by age).
+    more_metadata: frozenset[str] = frozenset()
+
+
+def custom_kind(group: str, version: str, plural: str, *, namespaced: bool = True) -> Kind:
+    """A CRD-backed kind (e.g. the Gateway API's): CustomObjectsApi's list calls, which take
+    the same list/watch parameters as the built-in kinds' and answer the same shapes."""
+    return Kind(plural, group, "list_namespaced_custom_object" if namespaced else "",
+                "list_cluster_custom_object", version=version,
+                more_metadata=frozenset({"generation", "creationTimestamp"}))
 
 
 SERVICES = Kind("services", "core", "list_namespaced_service",
@@ -180,7 +198,7 @@ KEPT_METADATA = frozenset({"name", "namespace", "resourceVersion", "labels", "an
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
-def slim(obj: Object) -> Object:
+def slim(obj: Object, more: frozenset[str] = frozenset()) -> Object:
     """The object as stored: only the metadata pylb reads (`KEPT_METADATA`, without
     kubectl's last-applied copy of the object), and with an EndpointSlice's endpoint
     `conditions` shared (`_shared_conditions`). The input is not changed (the metadata is
@@ -189,9 +207,10 @@ def slim(obj: Object) -> Object:
     if isinstance(meta, dict):
         annotations = meta.get("annotations")
         odd = isinstance(annotations, dict) and LAST_APPLIED in annotations
-        if odd or not KEPT_METADATA.issuperset(meta):
+        kept = KEPT_METADATA | more if more else KEPT_METADATA
+        if odd or not kept.issuperset(meta):
             obj = dict(obj)
-            meta = {k: v for k, v in meta.items() if k in KEPT_METADATA}
+            meta = {k: v for k, v in meta.items() if k in kept}
             if odd:
                 assert isinstance(annotations, dict)
                 meta["annotations"] = {k: v for k, v in annotations.items()
@@ -237,14 +256,15 @@ def _share_conditions(endpoints: list[Any]) -> None:
         ep["conditions"] = one
 
 
-def apply_event(store: dict[Key, Object], etype: str, obj: Object) -> bool:
+def apply_event(store: dict[Key, Object], etype: str, obj: Object,
+                more: frozenset[str] = frozenset()) -> bool:
     """Apply a non-ERROR event to `store`; True when the store changed."""
     if etype == "BOOKMARK":
         return False
     key = object_key(obj)
     if etype == "DELETED":
         return store.pop(key, None) is not None
-    store[key] = slim(obj)
+    store[key] = slim(obj, more)
     return True
 
 
@@ -299,12 +319,23 @@ class Informer:
         self._wallclock = wallclock
         self._failures = 0
         self._list_attempts = 0
-        api = _APIS[kind.group](api_client)
         self._selector: dict[str, str] = (
             {"field_selector": kind.field_selector} if kind.field_selector else {})
+        self._args: tuple[str, ...]
+        if kind.version:
+            api: Any = CustomObjectsApi(api_client)
+            crd = (kind.group, kind.version)
+            if namespace is None or not kind.namespaced:
+                self._call = getattr(api, kind.cluster)
+                self._args = (*crd, kind.plural)
+            else:
+                self._call = getattr(api, kind.namespaced)
+                self._args = (*crd, namespace, kind.plural)
+            return
+        api = _APIS[kind.group](api_client)
         if namespace is None or not kind.namespaced:
             self._call = getattr(api, kind.cluster)
-            self._args: tuple[str, ...] = ()
+            self._args = ()
         else:
             self._call = getattr(api, kind.namespaced)
             self._args = (namespace,)
@@ -411,7 +442,7 @@ class Informer:
             if page == 0:
                 version = str(meta.get("resourceVersion") or "")
             for item in doc.get("items") or ():
-                items[object_key(item)] = slim(item)
+                items[object_key(item)] = slim(item, self.kind.more_metadata)
             token = meta.get("continue") or None
             if not token:
                 break
@@ -475,7 +506,7 @@ class Informer:
                 rv = resource_version(obj)
                 if rv:
                     self.resource_version = rv
-                if apply_event(self.objects, etype, obj):
+                if apply_event(self.objects, etype, obj, self.kind.more_metadata):
                     if self._changes is not None:
                         self._changes.add(object_key(obj))
                     self._on_change()

@@ -65,9 +65,10 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from discovery.secrets import sni_certificates
 from pylb.config import Settings
@@ -81,6 +82,8 @@ from pylb.model import (
     Server,
     SkippedService,
     SniCertificate,
+    route_order,
+    skipped_order,
 )
 
 if TYPE_CHECKING:  # translate.py builds this layer on top of its table (no cycle)
@@ -102,6 +105,7 @@ _PATH_TYPES = {"Exact": PathMatch.EXACT, "Prefix": PathMatch.PREFIX,
 _LOGGED_MAX = 10_000
 
 PlanOf = Callable[[str, str], "Plan | None"]
+T = TypeVar("T")
 
 
 class _Bad(Exception):
@@ -199,11 +203,27 @@ def _nginx(ann: Mapping[str, Any], ns: str, name: str) -> _Nginx:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerParts:
+    """What the Ingresses add to a table, apart from it: `merge_layer` lays them on
+    another services' table, as long as it agrees with the one they were made for
+    wherever they read it (`deps`: each backend name looked up, and what was there)."""
+
+    http: tuple[HttpRoute, ...]
+    https: tuple[HttpRoute, ...]
+    new: tuple[Backend, ...]  # backends the table did not have
+    skipped: tuple[SkippedService, ...]
+    certs: tuple[SniCertificate, ...]
+    deps: tuple[tuple[str, Backend | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class IngressResult:
-    """What the Ingresses add: the table with them, and the services they name."""
+    """What the Ingresses add: the table with them, the services they name, and the
+    parts (None when there is nothing to reuse)."""
 
     table: RouteTable
     services: frozenset[Ident]
+    parts: LayerParts | None = None
 
 
 _logged: set[tuple[str, str, str]] = set()
@@ -361,6 +381,7 @@ class _Layer:
         # (Ingress namespace, name), Secret name, the hosts it serves: in Ingress order
         self.tls: list[tuple[tuple[str, str], str, tuple[str, ...]]] = []
         self.certs: tuple[SniCertificate, ...] = ()
+        self.looked: set[str] = set()  # backend names looked up in the table
 
     def skip(self, ns: str, name: str, reason: str, level: int = logging.WARNING) -> None:
         _log_once(level, ns, name, reason)
@@ -403,6 +424,7 @@ class _Layer:
 
     def backend(self, target: _Target) -> Backend:
         """The backend of a target: the table's own when the service's route made it."""
+        self.looked.add(target.backend)
         known = self.backends.get(target.backend) or self.table.get_backend(target.backend)
         if known is not None:
             return known
@@ -573,19 +595,54 @@ class _Layer:
                 self.skip(ns, name, f"TLS secret {secret}: {reason}; its hosts get the "
                           "default certificate")
 
-    def result(self) -> RouteTable:
+    def parts(self) -> LayerParts:
         t = self.table
-        if not (self.http or self.https or self.skipped or self.certs):
-            return t
         used = {r.backend for r in self.http}
         used.update(r.backend for r in self.https)
-        backends = list(t.backends)
-        backends += [b for n, b in self.backends.items()
-                     if n in used and t.get_backend(n) is None]
-        return RouteTable(http=t.http + tuple(self.http), https=t.https + tuple(self.https),
-                          tcp=t.tcp, backends=tuple(backends),
-                          skipped=t.skipped + tuple(self.skipped), certs=t.certs + self.certs,
-                          version=t.version)
+        new = tuple(b for n, b in self.backends.items()
+                    if n in used and t.get_backend(n) is None)
+        names = sorted(self.looked | self.backends.keys())
+        return LayerParts(tuple(self.http), tuple(self.https), new,
+                          tuple(dict.fromkeys(self.skipped)), self.certs,
+                          tuple((n, t.get_backend(n)) for n in names))
+
+
+def merge_layer(t: RouteTable, parts: LayerParts) -> RouteTable | None:
+    """The services' table `t` with the Ingresses' `parts`; None when `t` differs from the
+    table the parts were made for where they read it (then redo them)."""
+    for name, was in parts.deps:
+        if t.get_backend(name) is not was:
+            return None
+    if not (parts.http or parts.https or parts.skipped or parts.certs):
+        return t
+    by_name = dict(t._by_name)
+    by_name.update((b.name, b) for b in parts.new)
+    # The services' parts are sorted already: the layer's few are inserted into them
+    # (O(n) copies at C speed, not a sort of the whole table in Python: at 10,000
+    # services, a one-endpoint change cost 15 ms with the constructor). translate()
+    # re-sorts and checks the result with the constructor, so the property test of
+    # discovery/incremental.py would see a wrong order here.
+    return RouteTable.from_sorted(
+        _merged(t.http, parts.http, route_order), _merged(t.https, parts.https, route_order),
+        t.tcp, _merged(t.backends, parts.new, _backend_name),
+        _merged(t.skipped, parts.skipped, skipped_order), by_name,
+        t.version, t.certs + parts.certs)
+
+
+def _merged(base: tuple[T, ...], extra: Iterable[T], key: Callable[[T], Any]) -> tuple[T, ...]:
+    """`base` (sorted by `key`) with `extra` inserted where a stable sort of `base` then
+    `extra` would put them."""
+    add = sorted(extra, key=key)
+    if not add:
+        return base
+    out = list(base)
+    for item in add:
+        insort(out, item, key=key)
+    return tuple(out)
+
+
+def _backend_name(b: Backend) -> str:
+    return b.name
 
 
 def apply_ingresses(table: RouteTable, ingresses: Iterable[Any], classes: Iterable[Any],
@@ -624,7 +681,10 @@ def apply_ingresses(table: RouteTable, ingresses: Iterable[Any], classes: Iterab
             layer.skip(ns, name, f"internal error: {e!r}", logging.ERROR)
     layer.certificates(secrets or {})
     try:
-        return IngressResult(layer.result(), frozenset(layer.services))
-    except ValueError:  # a bug (a duplicate route or backend): serve the services alone
+        parts = layer.parts()
+        merged = merge_layer(table, parts)
+        assert merged is not None  # made for this very table
+        return IngressResult(merged, frozenset(layer.services), parts)
+    except (ValueError, AssertionError):  # a bug: serve the services alone
         log.exception("internal error adding the Ingresses' routes")
         return IngressResult(table, frozenset(layer.services))

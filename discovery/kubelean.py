@@ -38,10 +38,14 @@ LEAN = {
         "ApiException": "exceptions",
         "CoreV1Api": "api.core_v1_api",
         "DiscoveryV1Api": "api.discovery_v1_api",
+        "NetworkingV1Api": "api.networking_v1_api",  # Ingress, IngressClass
+        "CustomObjectsApi": "api.custom_objects_api",  # the Gateway API's kinds
     },
     f"{ROOT}.client.api": {
         "CoreV1Api": "core_v1_api",
         "DiscoveryV1Api": "discovery_v1_api",
+        "NetworkingV1Api": "networking_v1_api",
+        "CustomObjectsApi": "custom_objects_api",
     },
 }
 

@@ -84,8 +84,11 @@ The rules, each with its reason:
   no TCP port it is an error); `lb.send-proxy: v1|v2` (PROXY protocol to the backends of
   the TCP ports); `lb.check-path` (HTTP health check path; implies `lb.check`);
   `lb.check: "true"|"false"` (active checks for this service whatever `--checks=all|
-  annotated` says; `--checks=off` wins). `spec.sessionAffinity:
-  ClientIP` gives client-IP affinity (on HTTP ports the cookie wins when both are set).
+  annotated` says; `--checks=off` wins); `lb.error-limit: N` (failed connects in a row
+  that eject a server, as `--error-limit`; 0 never ejects); `lb.slash-redirect: "true"`
+  (the bare prefix `/name` answers 301 to `/name/`, the query kept; stripping routes).
+  `spec.sessionAffinity: ClientIP` gives client-IP affinity (on HTTP ports the cookie
+  wins when both are set).
   Booleans are "true" or "false" in any case; any other value — or a value that is not a
   string — is a bad annotation. A `*.` wildcard `lb.host` is accepted only with
   `lb.sslPassthrough` (SNI matches wildcards; Host routes do not) and is then not put on
@@ -161,6 +164,8 @@ class _Annotations:
     send_proxy: ProxyProtocol = ProxyProtocol.NONE
     check_path: str | None = None
     check: bool | None = None  # lb.check; lb.check-path alone means True
+    error_limit: int | None = None  # lb.error-limit
+    slash_redirect: bool = False  # lb.slash-redirect
     h2c: bool | None = None  # lb.backend-protocol; None: as the port's appProtocol says
 
 
@@ -370,7 +375,7 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
 
     flags = {key: _ann_bool(key, ann[key]) for key in (
         "lb.sslTerm", "lb.cookie-sticky-session", "lb.sslRedirect", "lb.sslPassthrough",
-        "lb.check",
+        "lb.check", "lb.slash-redirect",
     ) if key in ann}
     passthrough = flags.get("lb.sslPassthrough", False)
 
@@ -398,6 +403,14 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
             raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.check-path: expected a path "
                        f"starting with /, got {check_path!r}")
 
+    error_limit: int | None = None
+    if "lb.error-limit" in ann:
+        limit_text = ann["lb.error-limit"].strip()
+        if not limit_text.isdigit() or int(limit_text) > 1_000_000:
+            raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.error-limit: expected a whole "
+                       f"number of failed connects (0: never eject), got {limit_text!r}")
+        error_limit = int(limit_text)
+
     h2c: bool | None = None
     if "lb.backend-protocol" in ann:
         proto = ann["lb.backend-protocol"].strip().lower()
@@ -418,6 +431,8 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         send_proxy=send_proxy,
         check_path=check_path,
         check=flags.get("lb.check", True if check_path is not None else None),
+        error_limit=error_limit,
+        slash_redirect=flags.get("lb.slash-redirect", False),
         h2c=h2c,
     )
 
@@ -808,11 +823,13 @@ class _Builder:
         host = ann.host if ann.host is not None and not ann.host.startswith("*.") else None
         ci = ann.acl_case_insensitive
         routes: list[HttpRoute] = []
+        slash = ann.slash_redirect and strip
         if ann.ssl_term or ann.ssl_redirect:
-            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci, tls=True))
+            routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci, tls=True,
+                                    slash_redirect=slash))
         if not ann.ssl_term or ann.ssl_redirect:
             routes.append(HttpRoute(name, prefix, backend.name, host, strip, ci,
-                                    ssl_redirect=ann.ssl_redirect))
+                                    ssl_redirect=ann.ssl_redirect, slash_redirect=slash))
         for r in routes:
             conflict = self._route_conflict(r)
             if conflict is not None:
@@ -838,7 +855,9 @@ class _Builder:
             if claim.default:
                 self.skip(svc.namespace, svc.name,
                           f"port {port.port}: TCP port {listen} is already taken by service "
-                          f"{claim.default_owner}")
+                          f"{claim.default_owner} (services share a TCP port only when "
+                          f"routed by TLS server name: {ANNOTATION_PREFIX}lb.sslPassthrough "
+                          "with lb.host)")
                 return
             claim.default, claim.default_owner = backend.name, svc.ident
         claim.names.add(svc.name)
@@ -1030,9 +1049,13 @@ def translate(objects: KubeObjects, settings: Settings) -> RouteTable:
     table = builder.table()
     if settings.ingress_class is None:
         return table
-    return apply_ingresses(table, objects.ingresses, objects.ingressclasses, settings,
-                           lambda ns, name: plans.get((ns, name)),
-                           secrets=by_ident(objects.secrets)).table
+    layered = apply_ingresses(table, objects.ingresses, objects.ingressclasses, settings,
+                              lambda ns, name: plans.get((ns, name)),
+                              secrets=by_ident(objects.secrets)).table
+    # The reference sorts and checks the layered table whole (the layer inserts into
+    # sorted parts; the incremental translation's tests compare with this).
+    return RouteTable(http=layered.http, https=layered.https, tcp=layered.tcp,
+                      backends=layered.backends, skipped=layered.skipped, certs=layered.certs)
 
 
 def claim_service(namespace: str, name: str, plan: Plan, settings: Settings,
@@ -1082,7 +1105,7 @@ def _claim_service(plan: Plan, settings: Settings, builder: _Builder) -> None:
                 backend_name, servers, svc.ann.algorithm,
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE,
                 proxy_protocol=svc.ann.send_proxy, check_path=svc.ann.check_path,
-                check=is_checked)
+                check=is_checked, error_limit=svc.ann.error_limit)
             for lp in listen[port.port]:
                 builder.add_tcp(svc, port, lp, backend)
         else:
@@ -1097,7 +1120,8 @@ def service_backend(svc: _Service, port: _Port, servers: tuple[Server, ...],
     h2c = svc.ann.h2c if svc.ann.h2c is not None \
         else port.app_protocol.lower() in H2C_APP_PROTOCOLS
     return Backend(f"{svc.namespace}/{svc.name}:{port.port}", servers, svc.ann.algorithm,
-                   affinity, check_path=svc.ann.check_path, check=is_checked, h2c=h2c)
+                   affinity, check_path=svc.ann.check_path, check=is_checked,
+                   error_limit=svc.ann.error_limit, h2c=h2c)
 
 
 def claim_keys(plan: Plan, settings: Settings) -> tuple[tuple[Any, ...], ...]:

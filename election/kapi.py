@@ -12,15 +12,12 @@ Every failure, HTTP or transport, comes out as one exception type, pylb.kubeapi'
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-import aiohttp
-from kubernetes_asyncio.client import ApiClient
-
-# Re-exported (`kapi.ApiError`): election's callers catch it by this name.
+# Re-exported (`kapi.ApiError`, `kapi.call`): election's callers use these names. The call
+# itself lives in pylb.kubeapi, where discovery's Gateway status writer finds it too.
+from pylb.kubeapi import JSON as JSON
+from pylb.kubeapi import MERGE_PATCH as MERGE_PATCH
 from pylb.kubeapi import ApiError as ApiError
-from pylb.kubeapi import error_from_status, parse_status
+from pylb.kubeapi import call as call
 
 #: Every (apiGroup, resource, verb) election/ uses, for deploy/rbac.yaml and its test (the
 #: calls go through `call()` with paths, so they cannot be found by scanning for KA methods).
@@ -37,33 +34,3 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset({
     ("", "services/status", "patch"),
     ("", "pods", "list"),
 })
-
-JSON = "application/json"
-MERGE_PATCH = "application/merge-patch+json"
-
-
-async def call(api: ApiClient, method: str, path: str, *, params: dict[str, str] | None = None,
-               query: dict[str, str] | None = None, body: Any = None,
-               content_type: str = JSON) -> Any:
-    """`method path` (with `{name}` placeholders filled from `params`, URL-quoted), JSON
-    body in, decoded JSON out."""
-    headers = {"Accept": JSON, "Content-Type": content_type}
-    try:
-        resp = await api.call_api(
-            path, method, path_params=params or None,
-            query_params=list(query.items()) if query else None, header_params=headers,
-            body=body, auth_settings=["BearerToken"], _preload_content=False)
-        try:
-            data = await resp.read()
-            status = int(resp.status)
-        finally:
-            resp.release()
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-        raise ApiError(0, type(exc).__name__, str(exc) or type(exc).__name__) from exc
-    if not 200 <= status <= 299:
-        raise error_from_status(status, parse_status(data), headers=resp.headers,
-                                text=data.decode("utf-8", "replace")[:500])
-    try:
-        return json.loads(data) if data else None
-    except ValueError as exc:
-        raise ApiError(0, "BadResponse", f"{method} {path}: response is not JSON") from exc

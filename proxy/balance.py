@@ -24,6 +24,10 @@ from pylb.config import Limits
 from pylb.model import Affinity, Algorithm, Backend, Server
 
 Key = tuple[str, int]
+_INF = float("inf")
+# Told of each passive ejection (backend name, server, failed connects in a row, seconds
+# out) and each return (…, 0, None): the worker logs it and shows it on the stats page.
+OnEject = Callable[[str, Server, int, float | None], None]
 # Enum members as globals: a member's lookup through its class costs ten times a global's.
 _COOKIE, _CLIENT_IP = Affinity.COOKIE, Affinity.CLIENT_IP
 _ROUNDROBIN, _LEASTCONN, _FIRST, _SOURCE = (Algorithm.ROUNDROBIN, Algorithm.LEASTCONN,
@@ -116,6 +120,7 @@ class Balancer:
         "_by_cookie",
         "_clock",
         "_limits",
+        "_on_eject",
         "_rr",
         "_sticky",
         "_tiebreak",
@@ -127,9 +132,11 @@ class Balancer:
     )
 
     def __init__(self, backend: Backend, limits: Limits | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_eject: OnEject | None = None) -> None:
         self._limits = limits or Limits()
         self._clock = clock
+        self._on_eject = on_eject
         self._rr: dict[Key, int] = {}
         self._sticky: OrderedDict[str, tuple[Key, float]] = OrderedDict()
         self._tiebreak = 0
@@ -160,35 +167,96 @@ class Balancer:
     # -- health -------------------------------------------------------------------------
 
     def set_health(self, key: Key, up: bool) -> None:
-        """An active health check's verdict (from the controller)."""
+        """An active health check's verdict (from the controller). A passing one ends a
+        passive ejection too."""
         if up:
-            self.down.pop(key, None)
+            until = self.down.pop(key, None)
             self.fails.pop(key, None)
+            if until is not None and until != _INF:
+                self._returned(key)
         else:
-            self.down[key] = float("inf")
+            self.down[key] = _INF
 
     def failed(self, server: Server) -> None:
-        """A connect to `server` failed: after `passive_fall` in a row it is out for
-        `passive_down_for` seconds."""
-        n = self.fails.get(server.key, 0) + 1
-        self.fails[server.key] = n
-        if n >= self._limits.passive_fall and self.down.get(server.key) != float("inf"):
-            self.down[server.key] = self._clock() + self._limits.passive_down_for
+        """A connect to `server` failed: after the error limit (the backend's
+        `error_limit`, else `--error-limit`; 0: never) in a row it is ejected for
+        `passive_down_for` seconds (haproxy's `observe layer4` + `error-limit`)."""
+        key = server.key
+        n = self.fails.get(key, 0) + 1
+        self.fails[key] = n
+        limit = self.backend.error_limit
+        if limit is None:
+            limit = self._limits.passive_fall
+        if limit <= 0 or n < limit:
+            return
+        until = self.down.get(key)
+        if until == _INF:
+            return
+        now = self._clock()
+        self.down[key] = now + self._limits.passive_down_for
+        if (until is None or until <= now) and self._on_eject is not None:
+            self._on_eject(self.backend.name, server, n, self._limits.passive_down_for)
 
     def succeeded(self, server: Server) -> None:
         if self.fails.pop(server.key, None) is not None:
             until = self.down.get(server.key)
-            if until is not None and until != float("inf"):
+            if until is not None and until != _INF:
                 del self.down[server.key]
+                self._returned(server.key)
 
     def is_up(self, server: Server) -> bool:
+        """Not marked down by a check, nor ejected (whatever the panic threshold says)."""
         until = self.down.get(server.key)
         if until is None:
             return True
-        if until != float("inf") and until <= self._clock():
+        if until != _INF and until <= self._clock():
             del self.down[server.key]  # retry it now
+            self._returned(server.key)
             return True
         return False
+
+    def usable(self, server: Server) -> bool:
+        """May get new work: up, or ejected while the panic threshold uses every server
+        that no check marked down."""
+        if not self.down:
+            return True
+        return self.is_up(server) or (self.down.get(server.key) != _INF
+                                      and not self._honour_ejections())
+
+    def _honour_ejections(self) -> bool:
+        """Envoy's panic threshold: passive ejections apply only while at least
+        `panic_threshold` percent of the servers no check marked down are not ejected;
+        below, all of those are used (never eject the last usable servers)."""
+        down = self.down
+        now = self._clock()
+        checked_up = ok = 0
+        for s in self.candidates:
+            until = down.get(s.key)
+            if until == _INF:
+                continue
+            checked_up += 1
+            if until is None or until <= now:
+                ok += 1
+        return ok * 100 >= self._limits.panic_threshold * checked_up
+
+    def _returned(self, key: Key) -> None:
+        if self._on_eject is not None:
+            s = self._find(key)
+            if s is not None:
+                self._on_eject(self.backend.name, s, 0, None)
+
+    def others_usable(self, server: Server) -> bool:
+        """Whether a server other than `server` is usable, to redispatch to
+        (proxy/retry.py)."""
+        return any(s.key != server.key and self.usable(s) for s in self.candidates)
+
+    @property
+    def sticky(self) -> bool:
+        """Whether the choice ties a client to its server (affinity, or any algorithm but
+        round robin): haproxy then redispatches only on the last retry."""
+        b = self.backend
+        return b.algorithm is not _ROUNDROBIN or b.affinity is _COOKIE \
+            or b.affinity is _CLIENT_IP
 
     # -- connections --------------------------------------------------------------------
 
@@ -215,7 +283,7 @@ class Balancer:
         affinity = backend.affinity
         if affinity is _COOKIE and cookie:
             s = self._by_cookie.get(cookie)
-            if s is not None and s.key not in exclude and self.is_up(s):
+            if s is not None and s.key not in exclude and self.usable(s):
                 return s
         algo = backend.algorithm
         if affinity is _CLIENT_IP or algo is _SOURCE:
@@ -227,13 +295,16 @@ class Balancer:
                 key, expires = hit
                 if expires > now:
                     s = self._find(key)
-                    if s is not None and key not in exclude and self.is_up(s):
+                    if s is not None and key not in exclude and self.usable(s):
                         self._stick(client_ip, key, now)
                         return s
                 del self._sticky[client_ip]
         if exclude or self.down:
             servers = tuple(s for s in self.candidates
                             if s.key not in exclude and (not self.down or self.is_up(s)))
+            if self.down and not self._honour_ejections():  # panic: the ejected too
+                servers = tuple(s for s in self.candidates
+                                if s.key not in exclude and self.down.get(s.key) != _INF)
         else:
             servers = self.candidates  # the common case: nothing down, nothing tried yet
         if not servers:
@@ -276,12 +347,14 @@ class Balancers:
     from server address to the backends that list it keeps an active check's verdict and
     "which servers left the table" proportional to the change, not to the table."""
 
-    __slots__ = ("_by_key", "_by_name", "_clock", "_health", "_limits")
+    __slots__ = ("_by_key", "_by_name", "_clock", "_health", "_limits", "on_eject")
 
     def __init__(self, limits: Limits | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_eject: OnEject | None = None) -> None:
         self._limits = limits or Limits()
         self._clock = clock
+        self.on_eject = on_eject
         self._by_name: dict[str, Balancer] = {}
         self._health: dict[Key, bool] = {}
         # server address -> names of the backends listing it (most list it once)
@@ -315,7 +388,8 @@ class Balancers:
         for b in changed:
             bal = by_name.get(b.name)
             if bal is None:
-                bal = by_name[b.name] = Balancer(b, self._limits, self._clock)
+                bal = by_name[b.name] = Balancer(b, self._limits, self._clock,
+                                                 self.on_eject)
             elif bal.backend is b:
                 continue
             else:

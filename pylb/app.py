@@ -234,6 +234,8 @@ class Controller:
         ]
         if s.election:
             self._tasks.append(loop.create_task(self._run_election(), name="election"))
+        if s.gateway.enabled:
+            self._tasks.append(loop.create_task(self._run_gateways(), name="gateway-api"))
         log.info("pylb %s serving: http :%d, stats :%d, health :%d, %d worker(s)",
                  __version__, s.http_port, s.stats_port, s.health_port, s.workers)
         stop = loop.create_task(self._stopped.wait())
@@ -281,6 +283,29 @@ class Controller:
             self.plane.reload()
         if self.pool is not None:
             self.pool.signal(signal.SIGHUP)
+
+    async def _run_gateways(self) -> None:
+        """--gateway-api: watch the Gateway API kinds, serve the plan's listeners; write
+        status when leader (always without --election)."""
+        from discovery.gateway.source import GatewaySource
+        from proxy.http.gwplane import GatewayPlane
+
+        assert self.plane is not None  # --gateway-api needs --workers 1 (settings check)
+        plane = self.plane
+        # Gateways on the node's own address: advertised as $NODE_IP (the downward API's
+        # status.hostIP, deploy/gateway) when set, bound at --bind
+        node_ip = os.environ.get("NODE_IP") or self.settings.bind
+        plane.gateways = GatewayPlane(self.settings, plane.stats, plane.balancers,
+                                      plane.limit, node_address=node_ip)
+        plane.gateways.set_table(plane.table)
+
+        def leader() -> bool:
+            return not self.settings.election or bool(
+                self.leader and self.leader.get("is_self"))
+
+        self.gateway_source = GatewaySource(self.settings, is_leader=leader,
+                                            node_address=node_ip)
+        await self.gateway_source.run(plane.gateways.apply_plan)
 
     async def _run_election(self) -> None:
         from election.app import run_election  # kubernetes-asyncio: see make_source

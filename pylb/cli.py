@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-from pylb import __version__, app
+from pylb import __version__, app, gatewayflags
 from pylb.config import (
     CheckScope,
     CheckSettings,
@@ -158,9 +158,12 @@ def _status_code(value: str) -> int:
 
 
 def parse_tcp_services(value: str) -> tuple[tuple[str, int], ...]:
-    """`mysql:3306,nginxsvc:443` → (("mysql", 3306), ("nginxsvc", 443))."""
+    """`mysql:3306,nginxsvc:443` → (("mysql", 3306), ("nginxsvc", 443)).
+
+    Several services may name one port (`pt1:9443,pt2:9443`): the translation lets them
+    share it when each is TLS passthrough with `lb.host` (routed by the ClientHello's
+    server name), and skips the others with the reason."""
     out: list[tuple[str, int]] = []
-    seen_ports: set[int] = set()
     for item in filter(None, (p.strip() for p in value.split(","))):
         name, sep, port_s = item.rpartition(":")
         if not sep or not name:
@@ -168,9 +171,8 @@ def parse_tcp_services(value: str) -> tuple[tuple[str, int], ...]:
         port = _port(port_s)
         if port == 0:
             raise argparse.ArgumentTypeError(f"port 0 in {item!r}")
-        if port in seen_ports:
-            raise argparse.ArgumentTypeError(f"port {port} listed twice")
-        seen_ports.add(port)
+        if (name, port) in out:
+            raise argparse.ArgumentTypeError(f"{name}:{port} listed twice")
         out.append((name, port))
     return tuple(out)
 
@@ -258,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "kubernetes.io/ingress.class: NAME, and those without a class when "
                         "it is the default class (default: Ingresses not served)")
     _add_kube_flags(g)
+    gatewayflags.add_flags(run)
     g = run.add_argument_group("frontends")
     g.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     g.add_argument("--http-port", type=_port, default=80, help="HTTP frontend port (80)")
@@ -286,7 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--maxconn", type=_positive_int, default=limits.maxconn,
                    help=f"connections per worker ({limits.maxconn})")
     g.add_argument("--retries", type=int, default=limits.retries,
-                   help=f"connect retries on another server ({limits.retries})")
+                   help="connect retries, as haproxy's `retries` with `option redispatch`: the "
+                        "same server a second apart (or --timeout-connect, if shorter), "
+                        f"another server on the last retry ({limits.retries})")
+    g.add_argument("--error-limit", type=int, default=limits.passive_fall, metavar="N",
+                   help="failed connects in a row that eject a server for --error-down-for "
+                        "(haproxy's observe layer4 + error-limit; 0: never; per service: "
+                        f"lb.error-limit) ({limits.passive_fall})")
+    g.add_argument("--error-down-for", type=_duration, default=limits.passive_down_for,
+                   metavar="DUR",
+                   help="how long an ejected server gets no new work, unless a connect in "
+                        "panic or a passing active check brings it back first "
+                        f"({limits.passive_down_for:g})")
+    g.add_argument("--panic-threshold", type=int, default=limits.panic_threshold,
+                   metavar="PERCENT",
+                   help="ejections apply only while this share of a backend's servers is "
+                        "not ejected; below, all are used (Envoy's panic threshold) "
+                        f"({limits.panic_threshold})")
     for name, default, what in (
         ("http-request", timeouts.http_request, "whole request head"),
         ("connect", timeouts.connect, "connect to a server"),
@@ -399,7 +418,10 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
     # https port clashes only when pylb must terminate TLS there (--ssl-cert given).
     if ns.ssl_cert:
         ports.add(("--https-port", ns.https_port))
-    ports |= {(f"--tcp-services {n}", p) for n, p in ns.tcp_services}
+    by_port: dict[int, list[str]] = {}
+    for n, p in ns.tcp_services:
+        by_port.setdefault(p, []).append(n)
+    ports |= {(f"--tcp-services {'+'.join(names)}", p) for p, names in by_port.items()}
     seen: dict[int, str] = {}
     for flag, port in sorted(ports):
         if port and port in seen:
@@ -407,6 +429,17 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         seen[port] = flag
     if ns.retries < 0:
         raise FlagError("--retries: must be 0 or more")
+    if ns.error_down_for <= 0:
+        raise FlagError("--error-down-for: must be more than 0")
+    if ns.error_limit < 0:
+        raise FlagError("--error-limit: must be 0 or more")
+    if not 0 <= ns.panic_threshold <= 100:
+        raise FlagError("--panic-threshold: must be a percentage, 0 to 100")
+    if ns.gateway_api and not ns.source == "kubernetes":
+        raise FlagError("--gateway-api: needs --source kubernetes")
+    if ns.gateway_api and (ns.workers or default_workers()) > 1:
+        raise FlagError("--gateway-api: needs --workers 1 (Gateway listeners are served by "
+                        "the controller's own data plane for now)")
     return Settings(
         source=ns.source,
         namespaces=ns.namespace,
@@ -434,7 +467,9 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
             http_request=ns.timeout_http_request, connect=ns.timeout_connect,
             client=ns.timeout_client, server=ns.timeout_server, tunnel=ns.timeout_tunnel,
             keep_alive=ns.timeout_keep_alive),
-        limits=Limits(maxconn=ns.maxconn, retries=ns.retries),
+        limits=Limits(maxconn=ns.maxconn, retries=ns.retries, passive_fall=ns.error_limit,
+                      passive_down_for=ns.error_down_for,
+                      panic_threshold=ns.panic_threshold),
         tls=TlsSettings(cert=ns.ssl_cert, ca_cert=ns.ssl_ca_cert, verify=ns.ssl_verify,
                         hsts=ns.hsts),
         checks=CheckSettings(interval=ns.check_interval, rise=ns.check_rise,
@@ -450,6 +485,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         election=ns.election,
         election_namespace=ns.election_namespace,
         election_id=ns.election_id,
+        gateway=gatewayflags.from_args(ns),
         syslog=ns.syslog,
         log_level=ns.log_level or ("warning" if ns.dry else "info"),
         dry=ns.dry,

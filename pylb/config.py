@@ -59,10 +59,17 @@ class Limits:
     maxconn: int = 20000  # per worker; haproxy's 2015 template: maxconn 20000 (defaults)
     retries: int = 3  # haproxy: `retries 3`, with `option redispatch`
     pool_per_server: int = 64  # idle keep-alive connections kept per backend server
-    # A server that failed this many connects in a row is marked down passively and
-    # retried after `passive_down_for` seconds (haproxy's observe layer4 + error-limit).
+    # A server that failed this many connects in a row is ejected (marked down
+    # passively) for `passive_down_for` seconds: haproxy's `observe layer4` with
+    # `error-limit` (its default is 10; 3 is haproxy's `fall 3`, as quick as the active
+    # check) and `on-error mark-down`. 0 never ejects. --error-limit, --error-down-for,
+    # and per service serviceloadbalancer/lb.error-limit.
     passive_fall: int = 3
     passive_down_for: float = 10.0
+    # Envoy's panic threshold (its default, 50%): ejections apply only while at least
+    # this percentage of a backend's servers (those no active check marked down) is not
+    # ejected; below, all of them are used: the last servers are never ejected.
+    panic_threshold: int = 50
     # Affinity table expiry: haproxy `stick-table type ip size 20k expire 30m`.
     stick_expire: float = 1800.0
     stick_size: int = 20000
@@ -175,6 +182,16 @@ class CheckSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayApi:
+    """pylb as a Gateway API controller (`--gateway-api`; discovery/gateway)."""
+
+    enabled: bool = False
+    controller_name: str = "pylb.io/gateway-controller"  # GatewayClasses pylb handles
+    address_pool: tuple[str, ...] = ()  # for Gateways without spec.addresses, in order
+    port_map: tuple[tuple[int, int], ...] = ()  # (listener port, port bound instead)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     # Sources
     source: str = "kubernetes"  # "kubernetes" or "file:PATH"
@@ -221,6 +238,7 @@ class Settings:
     election: str | None = None
     election_namespace: str = "default"
     election_id: str | None = None
+    gateway: GatewayApi = field(default_factory=GatewayApi)
     # Logging
     syslog: bool = False  # 2015 meaning: the access log goes to stdout
     log_level: str = "info"

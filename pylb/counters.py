@@ -28,7 +28,7 @@ from typing import Any
 from pylb.failures import Failure
 
 # Which fields are maxima (merged with max), and which are timestamps (merged with max).
-_MAX_FIELDS = frozenset({"max_conns", "max_rate", "last_session"})
+_MAX_FIELDS = frozenset({"max_conns", "max_rate", "last_session", "ejected_until"})
 
 
 class Counters:
@@ -43,6 +43,7 @@ class Counters:
         "cur_conns",
         "denied_req",
         "denied_resp",
+        "ejected_until",
         "h2_conn_errors",
         "h2_cur",
         "h2_resets",
@@ -87,6 +88,9 @@ class Counters:
         self.h2_strm_errors = 0
         self.h2_conn_errors = 0
         self.last_session = 0.0  # wall-clock time of the last new session
+        # A server passively ejected (proxy/balance.py): wall-clock time it gets work
+        # again; 0 when it is not. Merged with max: ejected in some worker.
+        self.ejected_until = 0.0
         self.max_rate = 0
         self._rate_second = 0
         self._rate_count = 0
@@ -154,7 +158,7 @@ def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 _fingerprint = attrgetter(
     "total_conns", "cur_conns", "bytes_in", "bytes_out", "lbtot", "req_total",
     "conn_errors", "resp_errors", "retries", "redispatches", "req_errors", "denied_req",
-    "denied_resp")
+    "denied_resp", "ejected_until")
 
 
 # Rows a report looks at beyond the busy ones: a fingerprint costs 1-3 µs, so a report

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
+from typing import Any
 
 from proxy.balance import Balancers
 from proxy.certs import CertificateError, generate_self_signed
@@ -23,7 +25,7 @@ from proxy.tls import TlsStore, self_signed_names
 from pylb.config import Settings, TlsSettings
 from pylb.counters import Stats
 from pylb.delta import Delta, diff
-from pylb.model import RouteTable
+from pylb.model import RouteTable, Server
 from pylb.preflight import FlagError, StartupError, load_error_page
 
 log = logging.getLogger("pylb")
@@ -58,7 +60,7 @@ class DataPlane:
         self.settings = settings
         self.reuse_port = reuse_port
         self.stats = Stats()
-        self.balancers = Balancers(settings.limits)
+        self.balancers = Balancers(settings.limits, on_eject=self._ejected)
         # --maxconn counts every frontend's connections together, as haproxy's global
         # maxconn does.
         self.limit = ConnectionLimit(settings.limits.maxconn)
@@ -73,7 +75,22 @@ class DataPlane:
         self.addresses: dict[str, tuple[str, int]] = {}
         self._tls_watch: asyncio.Task[None] | None = None
         self._https_blocked = settings.https_port in {p for _, p in settings.tcp_services}
+        self.gateways: Any = None  # proxy.http.gwplane.GatewayPlane with --gateway-api
         self._https_warned = False
+
+    def _ejected(self, backend: str, server: Server, fails: int,
+                 down_for: float | None) -> None:
+        """A server passively ejected (`down_for` seconds) or back (None): one log line
+        each, and its stats row shows it (pylb.stats.view)."""
+        sc = self.stats.server(backend, server.label)
+        if down_for is None:
+            sc.ejected_until = 0.0
+            log.info("server %s/%s is back after its ejection", backend, server.label)
+        else:
+            sc.ejected_until = time.time() + down_for
+            log.warning("server %s/%s ejected for %gs: %d failed connects in a row "
+                        "(error-limit; still used while too few servers are left)",
+                        backend, server.label, down_for, fails)
 
     async def start(self) -> None:
         s = self.settings
@@ -126,6 +143,8 @@ class DataPlane:
                 log.error("cannot open the TLS frontend on :%d: %s",
                           self.settings.https_port, e)
         await self.tcp.set_table(table, delta)
+        if self.gateways is not None:
+            self.gateways.set_table(table, delta, left)
 
     async def _apply_backends(self, delta: Delta) -> set[tuple[str, int]]:
         """The balancers brought up to `delta`; returns the server addresses no backend
@@ -206,4 +225,6 @@ class DataPlane:
         parts = [self.http.shutdown(grace), self.tcp.shutdown(grace)]
         if self.https is not None:
             parts.append(self.https.shutdown(grace))
+        if self.gateways is not None:
+            parts.append(self.gateways.shutdown(grace))
         await asyncio.gather(*parts, return_exceptions=True)

@@ -177,9 +177,10 @@ def _merge(old: tuple[Backend, ...], changed: tuple[Backend, ...],
 _PACKED_FIELDS = {
     Server: ("address", "port", "name", "weight", "ready", "serving", "terminating"),
     Backend: ("name", "servers", "algorithm", "affinity", "cookie_name", "proxy_protocol",
-              "check_path", "check", "h2c"),
+              "check_path", "check", "error_limit", "h2c"),
     HttpRoute: ("name", "prefix", "backend", "host", "strip_prefix", "case_insensitive",
-                "tls", "ssl_redirect", "match", "rewrite", "redirect", "redirect_code"),
+                "tls", "ssl_redirect", "match", "rewrite", "redirect", "redirect_code",
+                "slash_redirect"),
 }
 _SERVER = attrgetter(*_PACKED_FIELDS[Server])
 # A backend packs as (its fields but servers, its servers packed); see unpack_backends.

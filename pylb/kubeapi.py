@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
@@ -280,3 +281,35 @@ async def api_client_from_dict(kubeconfig: Mapping[str, Any],
     await kconfig.load_kube_config_from_dict(dict(kubeconfig), context=context,
                                              client_configuration=cfg)
     return _client(cfg)
+
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+async def call(api: ApiClient, method: str, path: str, *,
+               params: dict[str, str] | None = None, query: dict[str, str] | None = None,
+               body: Any = None,
+               content_type: str = JSON) -> Any:
+    """`method path` (with `{name}` placeholders filled from `params`, URL-quoted), JSON
+    body in, decoded JSON out."""
+    headers = {"Accept": JSON, "Content-Type": content_type}
+    try:
+        resp = await api.call_api(
+            path, method, path_params=params or None,
+            query_params=list(query.items()) if query else None, header_params=headers,
+            body=body, auth_settings=["BearerToken"], _preload_content=False)
+        try:
+            data = await resp.read()
+            status = int(resp.status)
+        finally:
+            resp.release()
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        raise ApiError(0, type(exc).__name__, str(exc) or type(exc).__name__) from exc
+    if not 200 <= status <= 299:
+        raise error_from_status(status, parse_status(data), headers=resp.headers,
+                                text=data.decode("utf-8", "replace")[:500])
+    try:
+        return json.loads(data) if data else None
+    except ValueError as exc:
+        raise ApiError(0, "BadResponse", f"{method} {path}: response is not JSON") from exc

@@ -120,6 +120,8 @@ class Backend:
     # Actively checked? None: as --checks says for backends not annotated (translate
     # resolves it against the settings, so a rendered table shows it).
     check: bool | None = None
+    # Failed connects in a row that eject a server (lb.error-limit); None: --error-limit.
+    error_limit: int | None = None
     # Speak HTTP/2 without TLS (h2c, prior knowledge) to the servers: gRPC. From the
     # port's appProtocol (kubernetes.io/h2c, grpc) or lb.backend-protocol: h2c.
     h2c: bool = False
@@ -140,6 +142,8 @@ class Backend:
             head += " check"
         if self.check_path:
             head += f" check-path={self.check_path}"
+        if self.error_limit is not None:
+            head += f" error-limit={self.error_limit}"
         if self.h2c:
             head += " proto=h2c"
         lines = [head]
@@ -178,6 +182,9 @@ class HttpRoute:
     rewrite: str | None = None
     redirect: str | None = None  # answer every request with a redirect to this location
     redirect_code: int = 301  # or 302
+    # The bare prefix (`/web`, no slash) of a stripping route answers 301 to `/web/`
+    # (nginx's directory behaviour; lb.slash-redirect), so relative URLs resolve.
+    slash_redirect: bool = False
 
     def render(self) -> str:
         flags = []
@@ -195,6 +202,8 @@ class HttpRoute:
             flags.append("no-strip")
         if self.ssl_redirect:
             flags.append("redirect-https")
+        if self.slash_redirect:
+            flags.append("redirect-slash")
         tail = (" " + " ".join(flags)) if flags else ""
         return f"route {self.prefix} -> {self.backend}{tail}"
 

@@ -107,7 +107,11 @@ def listeners(settings: Settings) -> list[tuple[str, str, int]]:
            ("--health-port", s.bind, s.health_port)]
     if s.tls.cert:  # without a certificate the TLS frontend opens later, if a service needs it
         out.append(("--https-port", s.bind, s.https_port))
-    out += [(f"--tcp-services {name}:{port}", s.bind, port) for name, port in s.tcp_services]
+    by_port: dict[int, list[str]] = {}
+    for name, port in s.tcp_services:
+        by_port.setdefault(port, []).append(name)
+    out += [(f"--tcp-services {'+'.join(names)}:{port}", s.bind, port)
+            for port, names in by_port.items()]
     return out
 
 

@@ -48,10 +48,10 @@ def error_response(status: int, body: bytes | None = None, *, close: bool = True
     return head if head_only else head + body
 
 
-def redirect_response(location: bytes, *, close: bool = False, code: int = 301) -> bytes:
-    """301 (or 302) to `location` (the plain frontend's answer for ssl-redirect routes,
-    and an Ingress's permanent-redirect or app-root)."""
-    status = b"302 Found" if code == 302 else b"301 Moved Permanently"
-    return b"HTTP/1.1 %s\r\ncontent-length: 0\r\nlocation: %s\r\n" \
+def redirect_response(location: bytes, *, close: bool = False, status: int = 301) -> bytes:
+    """`status` (301: the plain frontend's answer for ssl-redirect routes; an Ingress's
+    permanent-redirect or app-root, 301 or 302; a Gateway RequestRedirect's
+    301/302/303/307/308) to `location`."""
+    return b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nlocation: %s\r\n" \
            b"cache-control: no-cache\r\n%s\r\n" % (
-               status, location, b"connection: close\r\n" if close else b"")
+               status, reason(status), location, b"connection: close\r\n" if close else b"")

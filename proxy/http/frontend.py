@@ -34,6 +34,7 @@ class Frontend(Protocol):
     router: Router
     closing: bool  # shutting down: close connections after their exchange
     port: int  # the port it listens on, or 0 (not one port, or not started)
+    gateway: Any  # a Gateway API listener's router (proxy.http.gwplane), or None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...

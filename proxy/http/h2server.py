@@ -77,6 +77,7 @@ from proxy.http.exchange import ON, Event, State, termination
 from proxy.http.frontend import Frontend
 from proxy.http.h2upstream import H2Upstream
 from proxy.http.parser import RequestHead, ResponseHead
+from proxy.http.routing import slash_redirect
 from proxy.http.upstream import UpstreamProtocol
 from pylb.counters import Counters
 from pylb.failures import Failure
@@ -284,8 +285,15 @@ class H2Stream:
         proxy.fe_counters.req_total += 1
         ctype = hdr.get_header(req.headers, b"content-type")
         self._grpc = ctype is not None and ctype.startswith(b"application/grpc")
-        path, _, query = req.target.partition(b"?")
-        found = proxy.router.route(req.host, path, b"?" + query if query else b"")
+        path, _, q = req.target.partition(b"?")
+        query = b"?" + q if q else b""
+        gateway = proxy.gateway
+        if gateway is not None:  # a Gateway API listener: it answers what it refuses
+            found = gateway.route(self, req, req.host, path, query)
+            if found is None:
+                return
+        else:
+            found = proxy.router.route(req.host, path, query)
         if found is None:
             self._local(proxy.settings.default_return_code, proxy.error_page,
                         Failure.NO_ROUTE)
@@ -297,6 +305,11 @@ class H2Stream:
         if route.redirect is not None:
             self._redirect(target, route.redirect_code)
             return
+        if route.slash_redirect:
+            location = slash_redirect(route, path, query)
+            if location is not None:
+                self._redirect(location, 301)
+                return
         backend = proxy.table.get_backend(route.backend)
         balancer = proxy.balancers.get(route.backend)
         if backend is None or balancer is None:

@@ -12,7 +12,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Collection
-from typing import cast
+from typing import Any, cast
 
 from proxy.balance import Balancers, Key
 from proxy.connect import Dial, ShortageLog
@@ -59,6 +59,7 @@ class HttpProxy:
         self.proto = b"https" if tls else b"http"  # X-Forwarded-Proto
         self.table = RouteTable()
         self.router = Router(())
+        self.gateway: Any = None  # a Gateway listener's proxy.http.gwplane.GatewayDispatch
         self.conns: set[ClientProtocol | H2Connection] = set()
         self.closing = False
         # The port clients connect to (X-Forwarded-Port), once started on one port: a

@@ -241,6 +241,20 @@ def _first_match(entries: tuple[_IngressEntry, ...], path: bytes,
     return None
 
 
+def slash_redirect(route: HttpRoute, path: bytes, query: bytes) -> bytes | None:
+    """The 301 location for a route's bare prefix (`/web?q` → `/web/?q`) when the route
+    asks for it (lb.slash-redirect) and strips its prefix; else None. Only the exact
+    prefix, as the client spelt it: `/web/…` and Host-only matches are forwarded."""
+    if not route.slash_redirect or not route.strip_prefix:
+        return None
+    prefix = route.prefix.encode()
+    if prefix.endswith(b"/") or len(path) != len(prefix):
+        return None
+    if path != prefix and not (route.case_insensitive and path.lower() == prefix.lower()):
+        return None
+    return path + b"/" + query
+
+
 def rewrite(route: HttpRoute, path: bytes, query: bytes) -> bytes:
     """The target sent to the backend: the prefix stripped unless the route keeps it (and
     only when the path carries it: a route matched by Host alone forwards the path)."""

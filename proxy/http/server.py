@@ -72,8 +72,9 @@ from proxy.http.parser import (
     ResponseHead,
     request_parser,
 )
-from proxy.http.routing import split_target
+from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import UpstreamProtocol
+from proxy.retry import Next, after_connect_failure
 from pylb.counters import Counters
 from pylb.failures import Failure
 from pylb.model import Affinity, Backend, Server
@@ -661,7 +662,13 @@ class ClientProtocol(asyncio.Protocol):
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         authority, path, query = split_target(head.target)
         host = authority or head.host
-        found = proxy.router.route(host, path, query)
+        gateway = proxy.gateway
+        if gateway is not None:  # a Gateway API listener (proxy.http.gwplane)
+            found = gateway.route(self, head, host, path, query)
+            if found is None:
+                return  # answered there: 404, 500 or a redirect
+        else:
+            found = proxy.router.route(host, path, query)
         if found is None:
             self._local(proxy.settings.default_return_code, proxy.error_page,
                         Failure.NO_ROUTE)
@@ -673,6 +680,11 @@ class ClientProtocol(asyncio.Protocol):
         if route.redirect is not None:  # the router made the location the target
             self._redirect(target, route.redirect_code)
             return
+        if route.slash_redirect:
+            location = slash_redirect(route, path, query)
+            if location is not None:
+                self._redirect(location)
+                return
         backend = proxy.table.get_backend(route.backend)
         balancer = proxy.balancers.get(route.backend)
         if backend is None or balancer is None:
@@ -760,24 +772,40 @@ class ClientProtocol(asyncio.Protocol):
             balancer.failed(server)
             srv.conn_errors += 1
         self._attempts += 1
-        if self._attempts <= proxy.settings.limits.retries:
+        step = after_connect_failure(
+            attempts=self._attempts, retries=proxy.settings.limits.retries,
+            timed_out=failure is Failure.CONNECT_TIMEOUT,
+            connect_timeout=proxy.settings.timeouts.connect,
+            server_usable=balancer.usable(server),
+            others_usable=balancer.others_usable(server), sticky=balancer.sticky)
+        if step.next is Next.REDISPATCH:
             srv.retries += 1
             proxy.stats.backend(backend.name).retries += 1
             exclude = self._exclude
             if exclude is None:
                 exclude = self._exclude = set()
+            if len(exclude) + 1 >= len(balancer.candidates):
+                exclude.clear()  # all others tried: any but this one again
             exclude.add(server.key)
-            if len(exclude) >= len(balancer.candidates):
-                exclude.clear()  # all tried: haproxy retries the same ones again
-            else:
-                proxy.stats.backend(backend.name).redispatches += 1
-                srv.redispatches += 1
+            proxy.stats.backend(backend.name).redispatches += 1
+            srv.redispatches += 1
             self._server = None
             self._dispatch(failure)
+            return
+        if step.next is Next.SAME:  # haproxy's turn-around: the server may be restarting
+            srv.retries += 1
+            proxy.stats.backend(backend.name).retries += 1
+            self._connecting = True  # the same server, as far as connect_done cares
+            self._loop.call_later(step.delay, self._redial, server)
             return
         proxy.stats.backend(backend.name).conn_errors += 1
         self._server = None
         self._fail(failure)
+
+    def _redial(self, server: Server) -> None:
+        if not self.closed and self._connecting and self._server is server:
+            self._t_conn = 0.0
+            self._proxy.connect(self, server)
 
     def _attach(self, up: UpstreamProtocol) -> None:
         proxy = self._proxy
@@ -1033,13 +1061,13 @@ class ClientProtocol(asyncio.Protocol):
                                          head_only=req.method == b"HEAD"))
         self._local_done(close)
 
-    def _redirect(self, location: bytes, code: int = 301) -> None:
+    def _redirect(self, location: bytes, status: int = 301) -> None:
         req = self._req
         assert req is not None
         close = not self._local_keep_alive(req)
-        self._status = code
-        self._fe.response(code)
-        self._wbuf.append(redirect_response(location, close=close, code=code))
+        self._status = status
+        self._fe.response(status)
+        self._wbuf.append(redirect_response(location, close=close, status=status))
         self._local_done(close)
 
     def _local_keep_alive(self, req: RequestHead) -> bool:

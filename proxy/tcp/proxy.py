@@ -4,7 +4,8 @@ Theory of operation. Each TcpFrontend port gets a uvloop server whose Protocol i
 the client side of one proxied connection; `_Upstream` is its server side. Both are plain
 callbacks, and no Task runs per connection: the connect is a `proxy.connect.Dial`
 (uvloop's `create_connection` stepped from callbacks, one TimerHandle for the connect
-timeout), and `dialed` redispatches to another server on failure. (A Task and
+timeout), and `dialed` retries a failed connect as haproxy does (proxy/retry.py: the
+same server after a turn-around delay, another on the last retry). (A Task and
 asyncio.timeout cost ~8 µs of user CPU per connection more.) What either side sends before
 the pair is wired (a MySQL greeting, a ClientHello) is kept, bounded by the high
 watermark, and passed on first. A TLS-passthrough frontend reads the ClientHello before it
@@ -58,7 +59,9 @@ from proxy import flow
 from proxy.balance import Balancer, Balancers
 from proxy.connect import Dial, ShortageLog
 from proxy.listener import BACKLOG, ConnectionLimit, Listener, bind_socket
+from proxy.retry import Next, after_connect_failure
 from proxy.tcp import proxyproto
+from proxy.tcp.poller import Poller
 from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
 from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
 from pylb.config import Settings, Timeouts
@@ -222,6 +225,7 @@ class _Conn(asyncio.Protocol):
     """The client side of a proxied connection, and the pair's state."""
 
     __slots__ = (
+        "attempts",
         "backend",
         "bal",
         "bcounters",
@@ -239,6 +243,7 @@ class _Conn(asyncio.Protocol):
         "fe",
         "proxy",
         "pump",
+        "retry_at",
         "s_eof",
         "sbuf",
         "scounters",
@@ -249,7 +254,6 @@ class _Conn(asyncio.Protocol):
         "splice_at",
         "st",
         "state",
-        "tries",
         "up",
         "upstream",
     )
@@ -267,7 +271,8 @@ class _Conn(asyncio.Protocol):
         self.dial_sc: Counters | None = None  # the counters of the server being dialled
         self.client_ip = ""  # only read when balancing needs it
         self.exclude: set[tuple[str, int]] | None = None  # servers that failed a connect
-        self.tries = 0  # redispatches left
+        self.attempts = 0  # failed connect attempts so far
+        self.retry_at: asyncio.TimerHandle | None = None  # the next attempt, after a delay
         self.bal: Balancer | None = None
         self.backend = ""
         self.server: Server | None = None
@@ -381,7 +386,6 @@ class _Conn(asyncio.Protocol):
             self.abort(None)
             return
         assert bal is not None
-        self.tries = max(0, proxy.settings.limits.retries)
         self._dial(bal, server)
 
     def _dial(self, bal: Balancer, server: Server) -> None:
@@ -425,18 +429,38 @@ class _Conn(asyncio.Protocol):
             return
         bal.failed(server)
         sc.conn_errors += 1
-        if self.exclude is None:
-            self.exclude = set()
-        self.exclude.add(server.key)
-        nxt = bal.pick(self.client_ip, self.exclude) if self.tries > 0 else None
-        if nxt is None:
+        self.attempts += 1
+        proxy = self.proxy
+        step = after_connect_failure(
+            attempts=self.attempts, retries=proxy.settings.limits.retries,
+            timed_out=failure is Failure.CONNECT_TIMEOUT,
+            connect_timeout=proxy.settings.timeouts.connect,
+            server_usable=bal.usable(server), others_usable=bal.others_usable(server),
+            sticky=bal.sticky)
+        nxt: Server | None = server
+        if step.next is Next.REDISPATCH:
+            if self.exclude is None:
+                self.exclude = set()
+            self.exclude.add(server.key)
+            # All others tried: any but this one again.
+            nxt = bal.pick(self.client_ip, self.exclude) or \
+                bal.pick(self.client_ip, (server.key,))
+        if step.next is Next.GIVE_UP or nxt is None:
             self.abort(None)
             return
-        self.tries -= 1
         self.bcounters.retries += 1
         sc.retries += 1
-        self.bcounters.redispatches += 1
-        self._dial(bal, nxt)
+        if nxt is not server:
+            self.bcounters.redispatches += 1
+        if step.delay > 0:  # haproxy's turn-around: the server may be restarting
+            self.retry_at = proxy.loop.call_later(step.delay, self._redial, nxt)
+        else:
+            self._dial(bal, nxt)
+
+    def _redial(self, server: Server) -> None:
+        self.retry_at = None
+        if self.state is _CONNECTING and self.bal is not None:
+            self._dial(self.bal, server)
 
     def _connected(self, up: _Upstream, sc: Counters) -> None:
         assert up.transport is not None and self.bcounters is not None
@@ -510,7 +534,7 @@ class _Conn(asyncio.Protocol):
         ct.pause_reading()
         st.pause_reading()
         self.state = _SPLICE
-        pump = SplicePump(self.proxy.loop, self.proxy.pipes, cs.fileno(), ss.fileno(),
+        pump = SplicePump(self.proxy.poller, self.proxy.pipes, cs.fileno(), ss.fileno(),
                           self._pump_done)
         pump.up = self.up
         pump.down = self.down
@@ -564,6 +588,9 @@ class _Conn(asyncio.Protocol):
         self.state = _CLOSED
         if self.dial is not None:
             self.dial.cancel()
+        if self.retry_at is not None:
+            self.retry_at.cancel()
+            self.retry_at = None
         self.flush_counts()
         fe = self.fe
         self.fcounters.close()
@@ -631,6 +658,7 @@ class TcpProxy:
             else splice_threshold
         self.pipes = PipePool(PIPE_SIZE)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: Poller | None = None
         self._frontends: dict[int, _Frontend] = {}
         self._draining: set[_Frontend] = set()
         self._nconns = 0
@@ -644,6 +672,13 @@ class TcpProxy:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
+
+    @property
+    def poller(self) -> Poller:
+        """The splice pumps' epoll set (see proxy/tcp/poller.py), made on first use."""
+        if self._poller is None:
+            self._poller = Poller(self.loop)
+        return self._poller
 
     @property
     def connections(self) -> int:
@@ -735,6 +770,9 @@ class TcpProxy:
             self._sweep.cancel()
             self._sweep = None
         self.pipes.close()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
 
     def opened(self) -> None:
         """A connection (`_Conn`) has started: counted, and the inactivity sweep armed."""

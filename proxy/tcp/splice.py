@@ -25,7 +25,10 @@ waits `PIPE_RETRY` seconds and tries again, as the accept loop does. EOF on src 
 forwarded as shutdown(SHUT_WR) on dst once the pipe is drained (half-close both ways); a
 reset or error on either side aborts both, the other with SO_LINGER 0 so it sees a reset
 too. The pump reports bytes and its end through plain attributes and one callback, so the
-connection's owner counts and times it exactly as on the Protocol path.
+connection's owner counts and times it exactly as on the Protocol path. Readiness comes
+from the pumps' own level-triggered epoll set (proxy/tcp/poller.py), not from
+`loop.add_reader`: uvloop stops watching an fd for good at its first EPOLLERR, and a
+reset that arrives with the peer's last bytes was then never seen.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import os
 import socket
 import struct
 from collections.abc import Callable
+
+from proxy.tcp.poller import Poller
 
 HAVE_SPLICE = hasattr(os, "splice")
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -113,10 +118,10 @@ class SplicePump:
     __slots__ = ("_a", "_b", "_c", "_loop", "_on_done", "_pool", "_s", "closed", "down",
                  "up")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pool: PipePool, client_fd: int,
+    def __init__(self, poller: Poller, pool: PipePool, client_fd: int,
                  server_fd: int,
                  on_done: Callable[[BaseException | None, bool], None]) -> None:
-        self._loop = loop
+        self._loop = poller  # readiness from the pumps' own epoll set (proxy/tcp/poller.py)
         self._pool = pool
         self._on_done = on_done
         self._c = socket.socket(fileno=os.dup(client_fd))
@@ -144,7 +149,7 @@ class SplicePump:
                     return
                 self._loop.remove_reader(d.src)
                 d.reading = False
-                d.retry = self._loop.call_later(PIPE_RETRY, self._retry, d)
+                d.retry = self._loop.loop.call_later(PIPE_RETRY, self._retry, d)
                 return
         try:
             n = os.splice(d.src, pipe[1], self._pool.capacity, flags=_FLAGS)

@@ -355,6 +355,11 @@ def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, ii
         "addr": format_hostport(server.address, server.port),
         "mode": mode,
     }
+    ejected = float(g("ejected_until", 0) or 0)
+    if ejected > view.now and server_usable(str(row["status"])):
+        # Passively ejected (failed connects: haproxy's observe layer4 marks it DOWN).
+        row["status"] = "DOWN"
+        row["act"] = 0
     if check is not None:
         row.update({
             "chkfail": check.failures,
@@ -370,6 +375,10 @@ def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, ii
             "check_rise": check.rise, "check_fall": check.fall,
             "check_health": check.health,
         })
+    if ejected > view.now and row["status"] == "DOWN" and not row["act"]:
+        row["check_desc"] = row["last_chk"] = (
+            f"ejected: failed connects (error-limit), back in {ejected - view.now:.0f}s "
+            "(used anyway while too few servers are left)")
     return row
 
 

@@ -36,12 +36,46 @@ def _docs() -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.parametrize("name,doc", _docs(), ids=lambda v: v if isinstance(v, str) else
                          f"{v.get('kind')}/{v.get('metadata', {}).get('name')}")
 def test_manifest_validates_against_openapi_schema(name: str, doc: dict[str, Any]) -> None:
+    if doc["apiVersion"].startswith("gateway.networking.k8s.io/"):
+        validate_gateway_api(doc)  # a CRD: its own schema, not the cluster's OpenAPI
+        return
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
+def validate_gateway_api(doc: dict[str, Any]) -> None:
+    """`doc` against the upstream CRD's openAPIV3Schema (tests/gateway/conformance/crd;
+    the CEL rules are not evaluated), and unknown fields refused as a cluster prunes them."""
+    jsonschema = pytest.importorskip("jsonschema")
+    group, version = doc["apiVersion"].split("/")
+    crd_dir = ROOT / "tests" / "gateway" / "conformance" / "crd"
+    for path in crd_dir.glob(f"{group}_*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        if crd["spec"]["names"]["kind"] != doc["kind"]:
+            continue
+        schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]
+                      if v["name"] == version)
+        jsonschema.validate({k: v for k, v in doc.items() if k != "metadata"} | {
+            "metadata": {}}, _closed(schema))
+        return
+    raise AssertionError(f"no CRD for {doc['apiVersion']} {doc['kind']}")
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with additionalProperties false wherever properties are listed."""
+    if isinstance(schema, dict):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
 def test_the_kustomizations() -> None:
-    assert KUSTOMIZATIONS == ["base", "client-ca", "examples", "ingress", "tls"]
+    assert KUSTOMIZATIONS == ["base", "client-ca", "examples", "gateway", "gateway-example",
+                              "ingress", "tls"]
     # every manifest belongs to exactly one kustomization, and nothing is left out
     listed = []
     for k in KUSTOMIZATIONS:
@@ -59,8 +93,35 @@ def test_the_kustomizations() -> None:
     assert {d["kind"] for d in kustomize.build(DEPLOY / "ingress")} == {
         "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
         "DaemonSet", "IngressClass", "Role", "RoleBinding"}
-    assert {d["metadata"]["namespace"] for d in kustomize.build(DEPLOY / "examples")} == {
-        "default"}
+    assert {d["kind"] for d in kustomize.build(DEPLOY / "gateway")} == {
+        "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
+        "DaemonSet", "GatewayClass"}
+    for k in ("examples", "gateway-example"):
+        assert {d["metadata"]["namespace"] for d in kustomize.build(DEPLOY / k)} == {"default"}
+
+
+def test_the_gateway_example_is_accepted_and_routes_nginxsvc() -> None:
+    """deploy/gateway's class, deploy/gateway-example's Gateway and HTTPRoute and
+    deploy/examples' nginxsvc, translated as pylb --gateway-api would: all accepted, and
+    /nginxsvc/x reaches nginxsvc:80 as /x."""
+    from discovery.gateway.translate import GatewayInputs, translate
+    from proxy.http.gwrouting import GatewayRouter
+
+    docs = [d for k in ("gateway", "gateway-example", "examples")
+            for d in kustomize.build(DEPLOY / k)]
+    kinds = {k: [d for d in docs if d["kind"] == k]
+             for k in ("GatewayClass", "Gateway", "HTTPRoute", "Service")}
+    services = {(d["metadata"]["namespace"], d["metadata"]["name"]):
+                tuple(p["port"] for p in d["spec"]["ports"]) for d in kinds["Service"]}
+    plan = translate(GatewayInputs(kinds["GatewayClass"], kinds["Gateway"],
+                                   kinds["HTTPRoute"], (), services))
+    gw = plan.status[("gateways", "default", "web")]
+    assert [c["status"] for c in gw["conditions"]] == ["True", "True"]
+    route = plan.status[("httproutes", "default", "nginxsvc")]["parents"][0]
+    assert [c["status"] for c in route["conditions"]] == ["True", "True"]
+    ((_address, listeners),) = plan.by_endpoint().items()
+    d = GatewayRouter(listeners).route(b"node", b"GET", b"/nginxsvc/x", b"?q", [])
+    assert (d.backend, d.target) == (("default", "nginxsvc", 80), b"/x?q")
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
@@ -181,6 +242,10 @@ def _eval(node: ast.AST, names: dict[str, list[str]]) -> list[str]:
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
             node.value.id == "self":
         return names.get("self." + node.attr, [])
+    if isinstance(node, ast.Dict):  # a table of paths: any of its values
+        return [v for item in node.values if item is not None for v in _eval(item, names)]
+    if isinstance(node, ast.Subscript):  # TABLE[key]
+        return _eval(node.value, names)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         return [a + b for a in _eval(node.left, names) for b in _eval(node.right, names)]
     return []
@@ -213,7 +278,9 @@ def code_api_calls() -> set[tuple[str, str, str]]:
     for pkg in ("discovery", "election"):
         for f in (ROOT / pkg).rglob("*.py"):
             text = f.read_text()
-            watches = "Watch(" in text or "watch=True" in text or "\"watch\"" in text
+            # an Informer lists and watches
+            watches = "Watch(" in text or "watch=True" in text or "\"watch\"" in text or \
+                "Informer(" in text
             tree = ast.parse(text)
             names = _strings(tree)
             found: set[tuple[str, str, str]] = set()
@@ -232,6 +299,13 @@ def code_api_calls() -> set[tuple[str, str, str]]:
                         if method in ("GET", "POST", "PUT", "PATCH", "DELETE") and \
                                 path.startswith(("/api/", "/apis/")):
                             found.add(_path_needs(method, path))
+            # CRD kinds an Informer lists (discovery.informer.custom_kind(group, v, plural))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                        node.func.id == "custom_kind" and len(node.args) == 3:
+                    for group in _eval(node.args[0], names):
+                        for plural in _eval(node.args[2], names):
+                            found.add((group, plural, "list"))
             # paths handed to a listing helper (`self._list("/api/v1/...pods", ...)`)
             for node in ast.walk(tree):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \

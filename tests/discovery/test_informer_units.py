@@ -322,3 +322,17 @@ def test_slim_leaves_odd_conditions_alone() -> None:
                                         "conditions": {"ready": ["x"]}},
                                        {"addresses": ["127.4.0.2"], "conditions": "bad"},
                                        "bad"]}
+
+
+def test_a_crd_kind_keeps_generation_and_age() -> None:
+    """Gateway API objects keep metadata.generation (their status's observedGeneration)
+    and creationTimestamp (the spec's oldest-wins tie-break); built-in kinds do not."""
+    from discovery.informer import custom_kind
+
+    obj = {"metadata": {"name": "r", "namespace": "d", "generation": 2, "uid": "u",
+                        "creationTimestamp": "2026-01-01T00:00:00Z"}}
+    kind = custom_kind("gateway.networking.k8s.io", "v1", "httproutes")
+    assert slim(obj, kind.more_metadata)["metadata"] == {
+        "name": "r", "namespace": "d", "generation": 2,
+        "creationTimestamp": "2026-01-01T00:00:00Z"}
+    assert slim(obj)["metadata"] == {"name": "r", "namespace": "d"}

@@ -25,7 +25,7 @@ MODELS = "kubernetes_asyncio.client.models.v1_service"
 def test_discovery_loads_no_generated_models_or_apis() -> None:
     r = run(f"""
 import json, sys
-import discovery.kube, discovery.informer, discovery.kubeclient
+import discovery.kube, discovery.informer, pylb.kubeapi
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api, DiscoveryV1Api
 print(json.dumps({{"models": "{MODELS}" in sys.modules,
                   "apps_api": "kubernetes_asyncio.client.api.apps_v1_api" in sys.modules,

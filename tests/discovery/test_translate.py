@@ -344,7 +344,9 @@ def test_tcp_port_collision_across_namespaces() -> None:
     t = run([svc("mysql", [{"port": 3306}], ns="b"), svc("mysql", [{"port": 3306}], ns="a")],
             namespaces=(), tcp_services=(("mysql", 3306),))
     assert t.tcp == (TcpFrontend("mysql", 3306, "a/mysql:3306"),)
-    assert reasons(t) == ["port 3306: TCP port 3306 is already taken by service a/mysql"]
+    assert reasons(t) == ["port 3306: TCP port 3306 is already taken by service a/mysql "
+                          "(services share a TCP port only when routed by TLS server name: "
+                          "serviceloadbalancer/lb.sslPassthrough with lb.host)"]
 
 
 def test_ssl_passthrough_services_share_a_port_by_sni() -> None:
@@ -493,6 +495,24 @@ def test_send_proxy(value: str, expected: ProxyProtocol) -> None:
                                                   check=True)
 
 
+def test_error_limit_annotation() -> None:
+    t = run([svc("a", annotations={P + "lb.error-limit": "0"}), svc("b")])
+    assert t.backend("default/a:80").error_limit == 0  # never eject
+    assert t.backend("default/b:80").error_limit is None  # --error-limit
+    assert "backend default/a:80 balance=roundrobin check error-limit=0" in t.render()
+
+
+def test_slash_redirect_annotation() -> None:
+    t = run([svc("a", annotations={P + "lb.slash-redirect": "true"}),
+             svc("b", annotations={P + "lb.slash-redirect": "true",
+                                   P + "lb.aclMatch": "/keep"}), svc("c")])
+    routes = {r.name: r for r in t.http}
+    assert routes["a"].slash_redirect  # a stripping route
+    assert not routes["/keep"].slash_redirect  # aclMatch keeps the prefix: nothing to do
+    assert not routes["c"].slash_redirect  # the 2015 default
+    assert "route /a -> default/a:80 redirect-slash" in t.render()
+
+
 @pytest.mark.parametrize(("port", "annotations", "h2c"), [
     ({"port": 80}, {}, False),
     ({"port": 80, "appProtocol": "kubernetes.io/h2c"}, {}, True),
@@ -536,6 +556,11 @@ BAD: list[tuple[str, Any, str]] = [
     ("check-path", svc("bad", annotations={P + "lb.check-path": "healthz"}), "lb.check-path"),
     ("check-path space", svc("bad", annotations={P + "lb.check-path": "/a b"}), "lb.check-path"),
     ("check", svc("bad", annotations={P + "lb.check": "yes"}), "lb.check"),
+    ("error-limit", svc("bad", annotations={P + "lb.error-limit": "-1"}), "lb.error-limit"),
+    ("slash-redirect", svc("bad", annotations={P + "lb.slash-redirect": "yes"}),
+     "lb.slash-redirect"),
+    ("error-limit word", svc("bad", annotations={P + "lb.error-limit": "few"}),
+     "lb.error-limit"),
     ("passthrough bool", svc("bad", annotations={P + "lb.sslPassthrough": "on"}),
      "lb.sslPassthrough"),
     ("port string", svc("bad", [{"port": "80"}]), "spec.ports[0].port"),

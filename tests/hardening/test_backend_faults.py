@@ -383,10 +383,12 @@ async def test_server_timeout_starts_when_connected(start_proxy: StartProxy) -> 
 @pytest.mark.parametrize("kind", ["refused", "blackhole"])
 async def test_connect_fault_no_other_server(start_proxy: StartProxy,  # noqa: F811
                                              kind: str) -> None:
-    """With nothing to redispatch to, the connect is retried `retries` times, then the
-    client gets 502 (refused) or 504 (connect timeout); once the server has failed
-    `passive_fall` (3) connects in a row it is out, and the next clients get 503 at once.
-    The other service is fine meanwhile."""
+    """With nothing to redispatch to, the connect is retried `retries` times on the same
+    server (haproxy's turn-around between), then the client gets 502 (refused) or 504
+    (connect timeout). The server, failing `passive_fall` (3) connects in a row, is
+    ejected, but as the backend's only server it is still used (the panic threshold):
+    every request is retried and answered alike, none gets a 503. The other service is
+    fine meanwhile."""
     hole = BlackHole().start() if kind == "blackhole" else RefusedPort()
     failure = Failure.CONNECT_TIMEOUT if kind == "blackhole" else Failure.CONNECT_FAILED
     try:
@@ -401,16 +403,15 @@ async def test_connect_fault_no_other_server(start_proxy: StartProxy,  # noqa: F
                                          load(r.port, "/other/y"))
     finally:
         hole.stop()
-    # 1st request: attempt + retry fail. 2nd: its attempt is the 3rd failure in a row
-    # (the server is marked down), the retry finds no server. 3rd, 4th: no server.
-    assert [o.status for o in bad] == [failure.status, failure.status, 503, 503]
+    # Each request: attempt + retry (the same server, 1 s later after a refusal) fail.
+    assert [o.status for o in bad] == [failure.status] * 4
     assert [o.status for o in good] == [200] * len(good)
     dc = r.stats.backend(dead.name)
-    assert (dc.conn_errors, dc.retries, dc.redispatches) == (2, 2, 0)
-    assert r.stats.server(dead.name, "dead").conn_errors == 3
+    assert (dc.conn_errors, dc.retries, dc.redispatches) == (4, 4, 0)
+    assert r.stats.server(dead.name, "dead").conn_errors == 8
     oc = r.stats.backend(OTHER)
     other_econ = r.stats.server(OTHER, "b0").conn_errors  # > 0 only if the loop stalled
-    assert r.stats.failures == {failure: 3 + other_econ, Failure.NO_SERVER: 2}
+    assert r.stats.failures == {failure: 8 + other_econ}
     assert r.stats.frontend("http").hrsp[4] == 4
     assert (oc.resp_errors, oc.conn_errors, oc.retries) == (0, 0, other_econ)
 

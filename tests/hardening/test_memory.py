@@ -41,6 +41,7 @@ from typing import Any
 import pytest
 
 from bench import memory, procs
+from proxy.tcp.poller import Poller
 from proxy.tcp.splice import PipePool, SplicePump
 from pylb.config import Settings
 from pylb.dataplane import DataPlane
@@ -283,7 +284,7 @@ async def test_splice_waits_for_a_pipe_when_out_of_fds() -> None:
     b, b_peer = socket.socketpair()
     pool = _StingyPool(refusals=3)
     done: asyncio.Future[BaseException | None] = loop.create_future()
-    pump = SplicePump(loop, pool, a_peer.fileno(), b_peer.fileno(),
+    pump = SplicePump(Poller(loop), pool, a_peer.fileno(), b_peer.fileno(),
                       lambda exc, _client: done.set_result(exc))
     with contextlib.ExitStack() as stack:
         for s in (a, a_peer, b, b_peer):

@@ -658,6 +658,19 @@ def _default_secret(obj: JsonObj, old: JsonObj | None, alloc: Allocator) -> None
     obj.setdefault("type", "Opaque")
 
 
+# ---- Gateway API --------------------------------------------------------------------------
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+_GATEWAY_KINDS = (
+    ("gatewayclasses", "GatewayClass", False, True),
+    ("gateways", "Gateway", True, True),
+    ("httproutes", "HTTPRoute", True, True),
+    ("tlsroutes", "TLSRoute", True, True),
+    ("tcproutes", "TCPRoute", True, True),
+    ("referencegrants", "ReferenceGrant", True, False),
+)
+
+
 # ---- the table -----------------------------------------------------------------------------
 
 RESOURCES: tuple[Resource, ...] = (
@@ -693,6 +706,11 @@ RESOURCES: tuple[Resource, ...] = (
              generation=True, validate=_validate_ingress_class),
     Resource("", "v1", "secrets", "Secret", validate=_validate_secret,
              default=_default_secret),
+    # Gateway API (gateway.networking.k8s.io, standard channel v1): CRDs with a status
+    # subresource, whose spec changes bump metadata.generation (status writes do not).
+    *(Resource(GATEWAY_GROUP, "v1", plural, kind, namespaced=namespaced, has_status=status,
+               generation=True, return_deleted=True)
+      for plural, kind, namespaced, status in _GATEWAY_KINDS),
 )
 
 _BY_KEY = {r.key: r for r in RESOURCES}

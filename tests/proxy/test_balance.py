@@ -283,6 +283,61 @@ def test_active_health_is_not_lifted_by_time_or_success() -> None:
     assert set(picks(bal, 4)) == {1, 2}
 
 
+def test_panic_threshold_never_ejects_the_last_servers() -> None:
+    """Envoy's panic threshold (50%): with too few servers left, the ejected are used too;
+    a server an active check marked down never is."""
+    clock = Clock()
+    events: list[tuple[str, int, int, float | None]] = []
+    limits = Limits(passive_fall=1, passive_down_for=10.0)
+
+    def on_eject(b: str, s: Server, n: int, down_for: float | None) -> None:
+        events.append((b, int(s.address.rsplit('.', 1)[1]), n, down_for))
+    one = Balancer(backend(srv(1)), limits, clock, on_eject)
+    one.failed(srv(1))
+    assert not one.is_up(srv(1)) and one.usable(srv(1))  # ejected, used anyway
+    assert one.pick("c") == srv(1)
+    assert events == [("default/app:80", 1, 1, 10.0)]
+    s1, s2, s3 = srv(1), srv(2), srv(3)
+    bal = Balancer(backend(s1, s2, s3), limits, clock)
+    bal.failed(s1)  # 2 of 3 left: >= 50%, the ejection holds
+    assert set(picks(bal, 6)) == {2, 3}
+    bal.failed(s2)  # 1 of 3 left: panic, all three
+    assert set(picks(bal, 6)) == {1, 2, 3}
+    bal.set_health(s3.key, False)  # checked down: never used; of 1 and 2, none is left
+    assert set(picks(bal, 6)) == {1, 2}
+    assert Balancer(backend(s1, s2), dataclasses.replace(limits, panic_threshold=0),
+                    clock).pick("c") is not None
+    zero = Balancer(backend(s1), dataclasses.replace(limits, panic_threshold=0), clock)
+    zero.failed(s1)
+    assert zero.pick("c") is None  # a threshold of 0: ejections always apply
+
+
+def test_error_limit_per_backend_and_returns_are_told() -> None:
+    clock = Clock()
+    events: list[tuple[int, int, float | None]] = []
+    bal = Balancer(dataclasses.replace(backend(srv(1), srv(2), srv(3)), error_limit=2),
+                   Limits(passive_fall=5), clock,
+                   lambda _b, s, n, down_for: events.append(
+                       (int(s.address.rsplit('.', 1)[1]), n, down_for)))
+    bal.failed(srv(1))
+    assert bal.is_up(srv(1))
+    bal.failed(srv(1))  # the backend's limit (2), not --error-limit's (5)
+    assert not bal.is_up(srv(1)) and events == [(1, 2, 10.0)]
+    bal.failed(srv(1))  # still failing (panic or a connect in flight): no second line
+    assert events == [(1, 2, 10.0)]
+    bal.set_health(srv(1).key, True)  # a passing active check ends it
+    assert bal.is_up(srv(1)) and events[-1] == (1, 0, None)
+    bal.failed(srv(2))
+    bal.failed(srv(2))
+    clock.now += 10.1
+    assert bal.is_up(srv(2)) and events[-1] == (2, 0, None)  # time ends it
+    off = Balancer(dataclasses.replace(backend(srv(1), srv(2)), error_limit=0),
+                   Limits(passive_fall=1), clock)
+    for _ in range(10):
+        off.failed(srv(1))
+    assert off.is_up(srv(1))  # 0: never ejected
+
+
 def test_all_down_gives_none() -> None:
     bal = Balancer(backend(srv(1)))
     bal.set_health(srv(1).key, False)

@@ -64,6 +64,15 @@ def test_flags(argv: list[str], field: str, expected: object) -> None:
     assert getattr(settings(*argv), field) == expected
 
 
+def test_passive_ejection_flags() -> None:
+    s = settings("--error-limit=5", "--error-down-for=30s", "--panic-threshold=0")
+    assert (s.limits.passive_fall, s.limits.passive_down_for, s.limits.panic_threshold) == (
+        5, 30.0, 0)
+    d = settings()
+    assert (d.limits.passive_fall, d.limits.passive_down_for, d.limits.panic_threshold) == (
+        3, 10.0, 50)
+
+
 EXAMPLE_SOURCE = f"--source=file:{ROOT / 'examples' / 'cluster.yaml'}"
 
 
@@ -110,7 +119,7 @@ def test_dry_render_says_which_backends_are_checked(argv: list[str], checked: se
     (["--http-port=eighty"], "--http-port"),
     (["--http-port=70000"], "--http-port"),
     (["--tcp-services=mysql"], "--tcp-services"),
-    (["--tcp-services=a:1,b:1"], "--tcp-services"),
+    (["--tcp-services=a:1,a:1"], "--tcp-services"),
     (["--balance-algorithm=random"], "--balance-algorithm"),
     (["--default-return-code=42"], "--default-return-code"),
     (["--use-kubernetes-cluster-service=maybe"], "--use-kubernetes-cluster-service"),
@@ -128,6 +137,9 @@ def test_dry_render_says_which_backends_are_checked(argv: list[str], checked: se
     (["--check-rate=0"], "--check-rate"),
     (["--check-rate=fast"], "--check-rate"),
     (["--check-max-inflight=0"], "--check-max-inflight"),
+    (["--error-limit=-1"], "--error-limit"),
+    (["--error-down-for=0"], "--error-down-for"),
+    (["--panic-threshold=101"], "--panic-threshold"),
 ])
 def test_bad_flag_stops_startup_naming_it(argv: list[str], flag: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:

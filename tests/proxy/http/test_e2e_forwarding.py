@@ -426,3 +426,29 @@ async def test_early_response_before_body_closes_client(start_proxy: StartProxy)
         assert await c.at_eof()
     finally:
         await c.close()
+
+
+async def test_bare_prefix_slash_redirect_with_curl(start_proxy: StartProxy) -> None:
+    """lb.slash-redirect: the bare prefix answers 301 to prefix + '/' with the query, as
+    nginx does for a directory; `curl -L` then lands on the backend's `/`. Without it
+    (the 2015 rule), the bare prefix is forwarded as `/`."""
+    r = await start_proxy(1, table=False)
+    b = Backend("ns/web:80", servers_of(r.backends[0]))
+    r.table([HttpRoute("web", "/web", b.name, slash_redirect=True),
+             HttpRoute("old", "/old", b.name)], [b])
+    c, resp = await roundtrip(r.port, get("/web?x=1&y=2"))
+    await c.close()
+    assert resp.status == 301
+    assert resp.header("location") == "/web/?x=1&y=2"
+    base = f"http://127.0.0.1:{r.port}"
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sSL", "--max-redirs", "2", "-w", "\\n%{num_redirects} %{url_effective}",
+        f"{base}/web?x=1", stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    body, _, tail = out.decode().rpartition("\n")
+    assert tail == f"1 {base}/web/?x=1"
+    assert '"target": "/?x=1"' in body
+    for path, target in (("/web/a.png", "/a.png"), ("/old", "/"), ("/old?q", "/?q")):
+        c, resp = await roundtrip(r.port, get(path))
+        await c.close()
+        assert resp.status == 200 and resp.json()["target"] == target, path

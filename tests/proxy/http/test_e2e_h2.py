@@ -339,3 +339,19 @@ async def test_client_not_reading_its_socket_is_bounded(start_proxy: StartProxy)
         assert got == size
     finally:
         await c.close()
+
+
+async def test_slash_redirect_over_h2(start_proxy: StartProxy) -> None:
+    from pylb.model import HttpRoute
+    from tests.proxy.http.conftest import simple_table
+    r = await start_proxy(1, h2c=True, table=False)
+    _, backends = simple_table(r.backends)
+    r.table([HttpRoute("app", "/app", backends[0].name, slash_redirect=True)], backends)
+    c = await H2Client.open(r.port)
+    try:
+        status, _, headers = await c.response(await c.get(b"/app?x=1"))
+        assert status == 301 and dict(headers)[b"location"] == b"/app/?x=1"
+        status, body, _ = await c.response(await c.get(b"/app/y"))
+        assert status == 200 and json.loads(body)["target"] == "/y"
+    finally:
+        await c.close()

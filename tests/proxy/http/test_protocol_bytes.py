@@ -148,7 +148,7 @@ async def test_stale_pooled_connection_dies_before_response(parser_kind: HttpPar
     ut.close()
     await asyncio.sleep(0)
     assert proxy.stats.backend("b").retries >= 1
-    for _ in range(100):
+    for _ in range(1000):  # the retries wait haproxy's turn-around (1 s) each
         if ct.out:
             break
         await asyncio.sleep(0.01)

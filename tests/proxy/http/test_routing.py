@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.http.routing import Router, host_without_port, rewrite, split_target
+from proxy.http.routing import (
+    Router,
+    host_without_port,
+    rewrite,
+    slash_redirect,
+    split_target,
+)
 from pylb.model import HttpRoute, RouteTable
 
 
@@ -124,3 +130,21 @@ def test_route_is_match_then_rewrite(host: bytes, segments: list[bytes], slash: 
         route = router.match(host, path)
         expected = None if route is None else (route, rewrite(route, path, query))
         assert router.route(host, path, query) == expected
+
+
+@pytest.mark.parametrize(("route", "path", "query", "expected"), [
+    (HttpRoute("w", "/web", "b", slash_redirect=True), b"/web", b"", b"/web/"),
+    (HttpRoute("w", "/web", "b", slash_redirect=True), b"/web", b"?a=1", b"/web/?a=1"),
+    (HttpRoute("w", "/web", "b", slash_redirect=True), b"/web/", b"", None),
+    (HttpRoute("w", "/web", "b", slash_redirect=True), b"/web/x", b"", None),
+    (HttpRoute("w", "/web", "b", slash_redirect=True), b"/", b"", None),  # Host match
+    (HttpRoute("w", "/web", "b", slash_redirect=True), b"/WEB", b"", None),
+    (HttpRoute("w", "/web", "b", case_insensitive=True, slash_redirect=True), b"/WEB", b"",
+     b"/WEB/"),
+    (HttpRoute("w", "/web", "b"), b"/web", b"", None),  # the 2015 rule: forwarded as /
+    (HttpRoute("w", "/web", "b", strip_prefix=False, slash_redirect=True), b"/web", b"",
+     None),
+])
+def test_slash_redirect(route: HttpRoute, path: bytes, query: bytes,
+                        expected: bytes | None) -> None:
+    assert slash_redirect(route, path, query) == expected

@@ -1,0 +1,236 @@
+"""The Gateway controller's discovery loop: watches the Gateway API kinds (and the Services
+and Namespaces routes refer to) through the same `Informer` as the Service source,
+translates them with `discovery.gateway.translate` on every change, publishes the plan to
+the data plane, and — on the leader only — writes the plan's status back.
+
+Status writes are merge patches of `…/status`, made only when what pylb would write
+differs from what the object carries (conditions compared without lastTransitionTime, which
+is kept from the object while a condition's status and reason stay). An HTTPRoute's
+`status.parents` entries of other controllers are kept as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient
+
+from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
+from discovery.informer import SERVICES, Informer, Kind, custom_kind
+from pylb import kubeapi as kapi
+from pylb.config import Settings
+from pylb.gatewaymodel import GatewayPlan, JsonObj
+from pylb.kubeapi import client_for
+
+log = logging.getLogger("pylb.gateway")
+
+NAMESPACES = Kind("namespaces", "core", "list_namespace", "list_namespace")
+# (the group spelled out: tests/deploy reads these calls to check the RBAC rules)
+KINDS = {
+    "gatewayclasses": custom_kind("gateway.networking.k8s.io", "v1", "gatewayclasses",
+                                  namespaced=False),
+    "gateways": custom_kind("gateway.networking.k8s.io", "v1", "gateways"),
+    "httproutes": custom_kind("gateway.networking.k8s.io", "v1", "httproutes"),
+    "referencegrants": custom_kind("gateway.networking.k8s.io", "v1", "referencegrants"),
+    "services": SERVICES,
+    "namespaces": NAMESPACES,
+}
+STATUS_PATH = {
+    "gatewayclasses": "/apis/gateway.networking.k8s.io/v1/gatewayclasses/{name}/status",
+    "gateways":
+        "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/gateways/{name}/status",
+    "httproutes":
+        "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes/{name}/status",
+}
+DEBOUNCE = 0.05  # seconds: a burst of events makes one plan
+RESYNC = 10.0  # seconds between status passes without a change (a write that failed)
+
+# publish(plan) may return (or resolve to) the (address, port) the data plane could not
+# bind: the next plan's status says so (PortUnavailable), and binding is retried with it
+Publish = Callable[[GatewayPlan], Awaitable[Any] | Any]
+ApiClientFactory = Callable[[], Awaitable[ApiClient]]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def inputs_from(objects: Mapping[str, Mapping[Any, JsonObj]]) -> GatewayInputs:
+    """The translation's inputs from the informers' stores (by plural)."""
+    services: dict[tuple[str, str], tuple[int, ...]] = {}
+    for (ns, name), svc in objects.get("services", {}).items():
+        ports = (svc.get("spec") or {}).get("ports") or []
+        services[(ns, name)] = tuple(p["port"] for p in ports
+                                     if isinstance(p, dict) and isinstance(p.get("port"), int))
+    namespaces = {name: dict((n.get("metadata") or {}).get("labels") or {})
+                  for (_, name), n in objects.get("namespaces", {}).items()}
+    return GatewayInputs(
+        tuple(objects.get("gatewayclasses", {}).values()),
+        tuple(objects.get("gateways", {}).values()),
+        tuple(objects.get("httproutes", {}).values()),
+        tuple(objects.get("referencegrants", {}).values()),
+        services, namespaces)
+
+
+def _settle(old: list[Any], new: list[JsonObj]) -> list[JsonObj]:
+    """`new` conditions keeping `old`'s lastTransitionTime where type and status agree."""
+    before = {c.get("type"): c for c in old if isinstance(c, dict)}
+    out = []
+    for c in new:
+        prev = before.get(c["type"])
+        if prev is not None and prev.get("status") == c["status"] and \
+                prev.get("lastTransitionTime"):
+            c = {**c, "lastTransitionTime": prev["lastTransitionTime"]}
+        out.append(c)
+    return out
+
+
+def settled_status(plural: str, current: JsonObj, planned: JsonObj | None,
+                   controller: str) -> JsonObj | None:
+    """The status to write over `current` (the object's), or None when nothing changes.
+    `planned` None: pylb has nothing to say of this object any more (only routes: their
+    parents entries of pylb are dropped)."""
+    if plural == "httproutes":
+        parents = [p for p in current.get("parents") or []
+                   if isinstance(p, dict) and p.get("controllerName") != controller]
+        old_mine = {repr(sorted(p.get("parentRef", {}).items())): p
+                    for p in current.get("parents") or []
+                    if isinstance(p, dict) and p.get("controllerName") == controller}
+        if planned is None and not old_mine:
+            return None  # not ours, and never was
+        for p in (planned or {}).get("parents", []):
+            prev = old_mine.get(repr(sorted(p["parentRef"].items())), {})
+            parents.append({**p, "conditions": _settle(prev.get("conditions") or [],
+                                                       p["conditions"])})
+        want: JsonObj = {**current, "parents": parents}
+    else:
+        if planned is None:
+            return None
+        want = dict(planned)
+        want["conditions"] = _settle(current.get("conditions") or [], planned["conditions"])
+        if "listeners" in planned:
+            prev_l = {lst.get("name"): lst for lst in current.get("listeners") or []
+                      if isinstance(lst, dict)}
+            want["listeners"] = [
+                {**lst, "conditions": _settle(
+                    (prev_l.get(lst["name"]) or {}).get("conditions") or [],
+                    lst["conditions"])} for lst in planned["listeners"]]
+    return None if want == current else want
+
+
+class GatewaySource:
+    """Publishes a `GatewayPlan` for the cluster's Gateway API objects, and a new one on each
+    change; writes status when `is_leader()` says so."""
+
+    def __init__(self, settings: Settings, api_client_factory: ApiClientFactory | None = None,
+                 *, is_leader: Callable[[], bool] = lambda: True,
+                 node_address: str | None = None) -> None:
+        self.settings = settings
+        gw = settings.gateway
+        self.gw_settings = GatewaySettings(
+            controller_name=gw.controller_name, address_pool=gw.address_pool,
+            node_address=node_address or settings.bind)
+        self._factory = api_client_factory or (lambda: client_for(settings))
+        self._is_leader = is_leader
+        self._informers: dict[str, Informer] = {}
+        self._dirty = asyncio.Event()
+        self.plan: GatewayPlan | None = None
+        self.status_writes = 0
+        self.status_errors = 0
+        self.last_latency: float | None = None
+        self._dirty_since: float | None = None
+        self.unavailable: frozenset[tuple[str, int]] = frozenset()
+
+    @property
+    def synced(self) -> bool:
+        return bool(self._informers) and all(i.synced for i in self._informers.values())
+
+    def _changed(self) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+        self._dirty.set()
+
+    async def run(self, publish: Publish) -> None:
+        client = await self._factory()
+        try:
+            self._informers = {
+                plural: Informer(client, kind, None, self.settings.kube, self._changed)
+                for plural, kind in KINDS.items()}
+            async with asyncio.TaskGroup() as tg:
+                for plural, informer in self._informers.items():
+                    tg.create_task(informer.run(), name=f"gateway informer {plural}")
+                await self._loop(client, publish)
+        finally:
+            await client.close()
+
+    def build(self) -> GatewayPlan:
+        objects = {p: i.objects for p, i in self._informers.items()}
+        inputs = dataclasses.replace(inputs_from(objects), unavailable=self.unavailable)
+        return translate(inputs,
+                         GatewaySettings(self.gw_settings.controller_name,
+                                         self.gw_settings.address_pool,
+                                         self.gw_settings.node_address, _now()))
+
+    async def _loop(self, client: ApiClient, publish: Publish) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RESYNC):
+                    await self._dirty.wait()
+            await asyncio.sleep(DEBOUNCE)
+            self._dirty.clear()
+            started, self._dirty_since = self._dirty_since, None
+            if not self.synced:
+                continue
+            plan = self.build()
+            # an address:port that could not be bound is retried at every turn (every
+            # RESYNC seconds at the latest), so the plan goes out again while one is down
+            if plan != self.plan or self.unavailable:
+                if plan != self.plan:
+                    for line in plan.skipped:
+                        log.info("gateway: %s", line)
+                self.plan = plan
+                result = publish(plan)
+                if isinstance(result, Awaitable):
+                    result = await result
+                if isinstance(result, frozenset) and result != self.unavailable:
+                    self.unavailable = result
+                    self._dirty.set()  # a plan whose status says which ports are down
+                if started is not None:
+                    self.last_latency = time.monotonic() - started
+            if self._is_leader():
+                try:
+                    await self.write_status(client, plan)
+                except kapi.ApiError as e:
+                    self.status_errors += 1
+                    log.warning("gateway status: %s (retrying)", e)
+                    self._dirty.set()
+                    await asyncio.sleep(1.0)
+
+    async def write_status(self, client: ApiClient, plan: GatewayPlan) -> None:
+        controller = self.gw_settings.controller_name
+        for plural in ("gatewayclasses", "gateways", "httproutes"):
+            for (ns, name), obj in list(self._informers[plural].objects.items()):
+                planned = plan.status.get((plural, ns, name))
+                current = obj.get("status") or {}
+                if planned is None and plural != "httproutes":
+                    continue
+                want = settled_status(plural, current, planned, controller)
+                if want is None:
+                    continue
+                params = {"name": name, **({"namespace": ns} if ns else {})}
+                try:
+                    await kapi.call(client, "PATCH", STATUS_PATH[plural], params=params,
+                                    body={"status": want},
+                                    content_type="application/merge-patch+json")
+                except kapi.ApiError as e:
+                    if e.status == 404:
+                        continue  # deleted meanwhile: its status goes with it
+                    raise
+                self.status_writes += 1

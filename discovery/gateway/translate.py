@@ -1,0 +1,646 @@
+"""Gateway API objects → a `GatewayPlan`: pure functions, every bad object skipped with a
+reason (on its status and in `plan.skipped`), never raising.
+
+Inputs are the objects as the API serves them (JSON dicts: CustomObjectsApi's shape), the
+Services (namespace, name → ports), the namespaces' labels (for `allowedRoutes.namespaces.
+from: Selector`) and the TLS Secrets present. The CRDs' defaults are applied here too, so a
+file of manifests that omits them translates as the cluster would store it.
+
+Precedence (GEP-1016/the HTTPRoute spec): a request picks the listener with the most specific
+hostname, then among the rules attached there the most specific route hostname, then Exact
+path before PathPrefix, the longest prefix, a method match, the most header matches, the most
+query matches; ties go to the oldest route, then namespace/name, then rule and match order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pylb.gatewaymodel import (
+    DEFAULT_CONTROLLER,
+    GROUP,
+    Filters,
+    GatewayPlan,
+    HeaderOps,
+    JsonObj,
+    Listener,
+    PathModifier,
+    Redirect,
+    Rewrite,
+    RouteMatch,
+    RuleEntry,
+    WeightedBackend,
+)
+
+HTTP_PROTOCOLS = ("HTTP",)
+SERVED_PROTOCOLS = ("HTTP",)  # HTTPS/TLS/TCP listeners: see README (not served yet)
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+_PARAMS_ERR = "pylb takes no infrastructure parameters (parametersRef)"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    controller_name: str = DEFAULT_CONTROLLER
+    address_pool: tuple[str, ...] = ()  # handed to Gateways without spec.addresses, in order
+    node_address: str = "0.0.0.0"
+    now: str = "1970-01-01T00:00:00Z"  # lastTransitionTime written on conditions
+
+
+@dataclass(frozen=True)
+class GatewayInputs:
+    classes: Sequence[JsonObj] = ()
+    gateways: Sequence[JsonObj] = ()
+    httproutes: Sequence[JsonObj] = ()
+    grants: Sequence[JsonObj] = ()
+    services: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+    namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # TLS Secrets holding a certificate and key; None: not watched (existence unchecked)
+    secrets: frozenset[tuple[str, str]] | None = None
+    # (address, port) the data plane could not bind (in use, not on this node): their
+    # listeners stay in the plan (binding is retried) with Accepted False, PortUnavailable
+    unavailable: frozenset[tuple[str, int]] = frozenset()
+
+
+def _meta(obj: JsonObj) -> tuple[str, str, int, str]:
+    meta = _dict(obj.get("metadata"))
+    gen = meta.get("generation")
+    ns, name = meta.get("namespace"), meta.get("name")
+    return (ns if isinstance(ns, str) else "", name if isinstance(name, str) else "",
+            gen if isinstance(gen, int) else 1, str(meta.get("creationTimestamp") or ""))
+
+
+def _objects(objs: Iterable[Any]) -> list[JsonObj]:
+    """The objects that are objects at all (a dict with a name): the rest is skipped."""
+    return [o for o in objs if isinstance(o, dict) and _meta(o)[1]]
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _cond(ctype: str, ok: bool, reason: str, message: str, gen: int, now: str) -> JsonObj:
+    return {"type": ctype, "status": "True" if ok else "False", "reason": reason,
+            "message": message, "observedGeneration": gen, "lastTransitionTime": now}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> JsonObj:
+    return value if isinstance(value, dict) else {}
+
+
+# ---- hostnames -------------------------------------------------------------------------------
+
+
+def hostname_matches(pattern: str, host: str) -> bool:
+    """`host` (a request's, or a non-wildcard route hostname) is covered by `pattern`: equal,
+    or `*.example.com` covering one or more labels before `.example.com`."""
+    if not pattern:
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+def intersect(listener: str, route_hosts: Sequence[str]) -> list[str]:
+    """The route's hostnames as the listener narrows them ("" = any); [] = no intersection."""
+    if not route_hosts:
+        return [listener]
+    if not listener:
+        return list(route_hosts)
+    out: list[str] = []
+    for h in route_hosts:
+        if hostname_matches(listener, h) if not h.startswith("*.") else False:
+            out.append(h)
+        elif h.startswith("*.") and hostname_matches(h, listener) and not \
+                listener.startswith("*."):
+            out.append(listener)
+        elif h.startswith("*.") and listener.startswith("*."):
+            if h == listener or h.endswith(listener[1:]):
+                out.append(h)
+            elif listener.endswith(h[1:]):
+                out.append(listener)
+    return out
+
+
+# ---- gateways, listeners, addresses -----------------------------------------------------------
+
+
+@dataclass
+class _GwListener:
+    gateway: str
+    gw_ns: str
+    spec: JsonObj
+    name: str
+    port: int
+    protocol: str
+    hostname: str
+    address: str = ""
+    kinds: list[str] = field(default_factory=list)
+    conditions: dict[str, tuple[bool, str, str]] = field(default_factory=dict)
+    attached: int = 0
+    rules: list[RuleEntry] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return all(ok or t == "Conflicted" for t, (ok, _, _) in self.conditions.items()) and \
+            not self.conditions.get("Conflicted", (False, "", ""))[0]
+
+
+def _listener_kinds(spec: JsonObj, protocol: str) -> tuple[list[str], bool]:
+    """(supported kinds, every listed kind supported)."""
+    default = ["HTTPRoute"] if protocol in ("HTTP", "HTTPS") else []
+    kinds = _list(_dict(spec.get("allowedRoutes")).get("kinds"))
+    if not kinds:
+        return default, True
+    ok: list[str] = []
+    for k in kinds:
+        k = _dict(k)
+        group = k.get("group", GROUP)
+        if group == GROUP and k.get("kind") in default:
+            ok.append(str(k["kind"]))
+    return ok, len(ok) == len(kinds)
+
+
+def _pick_address(gw: JsonObj, pool: list[str], node: str,
+                  kept: str | None = None) -> tuple[str, str | None]:
+    """(address, error): spec.addresses' first IPAddress, else the pool address it `kept`,
+    else the pool's next, else the node's. An address of another type or not an IP is an
+    error (AddressNotUsable)."""
+    for a in _list(_dict(gw.get("spec")).get("addresses")):
+        a = _dict(a)
+        atype = a.get("type", "IPAddress")
+        value = str(a.get("value") or "")
+        if atype != "IPAddress":
+            return "", f"address type {atype!r} is not supported"
+        if not value:
+            break  # GatewayAddressEmpty: an address of pylb's choosing
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return "", f"{value!r} is not an IP address"
+        return value, None
+    if kept:
+        return kept, None
+    if pool:
+        return pool.pop(0), None
+    return node, None
+
+
+def _controller_classes(inputs: GatewayInputs, s: GatewaySettings,
+                        status: dict[tuple[str, str, str], JsonObj]) -> set[str]:
+    mine: set[str] = set()
+    for gc in inputs.classes:
+        _, name, gen, _ = _meta(gc)
+        if _dict(gc.get("spec")).get("controllerName") != s.controller_name or not name:
+            continue
+        mine.add(name)
+        status[("gatewayclasses", "", name)] = {"conditions": [
+            _cond("Accepted", True, "Accepted", "handled by pylb", gen, s.now),
+            _cond("SupportedVersion", True, "SupportedVersion", "v1", gen, s.now)]}
+    return mine
+
+
+def _order(objs: Iterable[JsonObj]) -> list[JsonObj]:
+    """Oldest first, then namespace/name: the spec's tie-break, and the order addresses from
+    the pool and conflicts are settled in."""
+    def key(o: JsonObj) -> tuple[str, str, str]:
+        ns, name, _, created = _meta(o)
+        return (created, ns, name)
+    return sorted((o for o in objs if isinstance(o, dict)), key=key)
+
+
+def _gateway_listeners(gw: JsonObj, ns: str, name: str, address: str,
+                       inputs: GatewayInputs) -> list[_GwListener]:
+    out: list[_GwListener] = []
+    seen: set[str] = set()
+    for spec in _list(_dict(gw.get("spec")).get("listeners")):
+        spec = _dict(spec)
+        lname = str(spec.get("name") or "")
+        port = spec.get("port")
+        protocol = str(spec.get("protocol") or "")
+        if not lname or lname in seen or not isinstance(port, int) or not 1 <= port <= 65535:
+            continue  # the CRD rejects these; a bad one never reaches traffic
+        seen.add(lname)
+        lst = _GwListener(f"{ns}/{name}", ns, spec, lname, port, protocol,
+                          str(spec.get("hostname") or "").lower(), address)
+        kinds, all_ok = _listener_kinds(spec, protocol)
+        lst.kinds = kinds
+        if protocol not in SERVED_PROTOCOLS:
+            lst.conditions["Accepted"] = (False, "UnsupportedProtocol",
+                                          f"protocol {protocol} is not served by pylb yet")
+            lst.conditions["Programmed"] = (False, "Invalid", "listener not accepted")
+        else:
+            lst.conditions["Accepted"] = (True, "Accepted", "")
+            lst.conditions["Programmed"] = (True, "Programmed", "")
+        lst.conditions["ResolvedRefs"] = (
+            (True, "ResolvedRefs", "") if all_ok else
+            (False, "InvalidRouteKinds", "allowedRoutes.kinds names a kind pylb does not serve"))
+        if protocol == "HTTPS" or (protocol == "TLS" and _dict(spec.get("tls")).get(
+                "mode", "Terminate") == "Terminate"):
+            bad = _certificate_refs(spec, ns, inputs)
+            if bad is not None:
+                lst.conditions["ResolvedRefs"] = (False, *bad)
+        lst.conditions["Conflicted"] = (False, "NoConflicts", "")
+        out.append(lst)
+    return out
+
+
+def _certificate_refs(spec: JsonObj, gw_ns: str,
+                      inputs: GatewayInputs) -> tuple[str, str] | None:
+    """(reason, message) of the first bad certificateRef of a terminating listener."""
+    refs = _list(_dict(spec.get("tls")).get("certificateRefs"))
+    if not refs:
+        return ("InvalidCertificateRef", "no certificateRefs")
+    for ref in refs:
+        ref = _dict(ref)
+        group, kind = ref.get("group", ""), ref.get("kind", "Secret")
+        ns, name = str(ref.get("namespace") or gw_ns), str(ref.get("name") or "")
+        if group != "" or kind != "Secret":
+            return ("InvalidCertificateRef", f"certificateRef {group}/{kind} is not a Secret")
+        if ns != gw_ns and not _granted(inputs.grants, "Gateway", gw_ns, "", "Secret", ns,
+                                        name):
+            return ("RefNotPermitted", f"no ReferenceGrant in {ns} allows Secret {name}")
+        if inputs.secrets is not None and (ns, name) not in inputs.secrets:
+            return ("InvalidCertificateRef", f"Secret {ns}/{name} is missing or not a TLS "
+                                             "secret with a certificate and key")
+    return None
+
+
+def _overlap(a: str, b: str) -> bool:
+    if not a or not b:
+        return True
+    return a == b or hostname_matches(a, b) or hostname_matches(b, a)
+
+
+# ---- HTTPRoutes ----------------------------------------------------------------------------
+
+
+def _header_ops(value: Any) -> HeaderOps:
+    v = _dict(value)
+
+    def pairs(key: str) -> tuple[tuple[str, str], ...]:
+        return tuple((str(_dict(h).get("name")), str(_dict(h).get("value", "")))
+                     for h in _list(v.get(key)) if _dict(h).get("name"))
+    return HeaderOps(pairs("set"), pairs("add"),
+                     tuple(str(x) for x in _list(v.get("remove")) if isinstance(x, str)))
+
+
+class _Unsupported(ValueError):
+    """A value the spec lets implementations refuse: the route is not Accepted
+    (UnsupportedValue)."""
+
+
+def _path_mod(value: Any) -> PathModifier | None:
+    if value is None:
+        return None
+    v = _dict(value)
+    kind = v.get("type")
+    if kind == "ReplaceFullPath":
+        return PathModifier(kind, str(v.get("replaceFullPath") or "/"))
+    if kind == "ReplacePrefixMatch":
+        return PathModifier(kind, str(v.get("replacePrefixMatch") or "/"))
+    raise _Unsupported(f"path modifier type {kind!r} is not supported")
+
+
+def compile_filters(items: Any) -> tuple[Filters, str | None]:
+    """(filters, error) of a rule's or backendRef's `filters`."""
+    try:
+        return _compile_filters(items)
+    except _Unsupported as e:
+        return Filters(), str(e)
+
+
+def _compile_filters(items: Any) -> tuple[Filters, str | None]:
+    req = resp = None
+    redirect = rewrite = None
+    for f in _list(items):
+        f = _dict(f)
+        ftype = f.get("type")
+        if ftype == "RequestHeaderModifier":
+            req = _header_ops(f.get("requestHeaderModifier"))
+        elif ftype == "ResponseHeaderModifier":
+            resp = _header_ops(f.get("responseHeaderModifier"))
+        elif ftype == "RequestRedirect":
+            r = _dict(f.get("requestRedirect"))
+            code = r.get("statusCode", 302)
+            port = r.get("port")
+            if code not in REDIRECT_CODES or isinstance(code, bool):
+                return Filters(), f"redirect statusCode {code!r} is not supported"
+            scheme = r.get("scheme")
+            if scheme is not None and scheme not in ("http", "https"):
+                return Filters(), f"redirect scheme {scheme!r} is not supported"
+            redirect = Redirect(_str_or_none(scheme), _str_or_none(r.get("hostname")),
+                                port if isinstance(port, int) and 0 < port < 65536 else None,
+                                _path_mod(r.get("path")), int(code))
+        elif ftype == "URLRewrite":
+            r = _dict(f.get("urlRewrite"))
+            rewrite = Rewrite(_str_or_none(r.get("hostname")), _path_mod(r.get("path")))
+        else:
+            return Filters(), f"filter type {ftype!r} is not supported"
+    if redirect is not None and rewrite is not None:
+        return Filters(), "RequestRedirect and URLRewrite cannot be combined"
+    return Filters(req, resp, redirect, rewrite), None
+
+
+def compile_match(m: JsonObj) -> tuple[RouteMatch | None, str | None]:
+    path = _dict(m.get("path")) or {"type": "PathPrefix", "value": "/"}
+    kind = path.get("type", "PathPrefix")
+    value = str(path.get("value", "/"))
+    if kind not in ("Exact", "PathPrefix"):
+        return None, f"path match type {kind!r} is not supported"
+    if not value.startswith("/"):
+        return None, f"path {value!r} does not start with /"
+    headers = []
+    for h in _list(m.get("headers")):
+        h = _dict(h)
+        if h.get("type", "Exact") != "Exact":
+            return None, f"header match type {h.get('type')!r} is not supported"
+        headers.append((str(h.get("name", "")).lower(), str(h.get("value", ""))))
+    queries = []
+    for q in _list(m.get("queryParams")):
+        q = _dict(q)
+        if q.get("type", "Exact") != "Exact":
+            return None, f"query match type {q.get('type')!r} is not supported"
+        queries.append((str(q.get("name", "")), str(q.get("value", ""))))
+    method = m.get("method")
+    return RouteMatch(kind, value, tuple(headers), tuple(queries),
+                      str(method).upper() if method else None), None
+
+
+def _granted(grants: Sequence[JsonObj], from_kind: str, from_ns: str, to_group: str,
+             to_kind: str, to_ns: str, to_name: str) -> bool:
+    for g in grants:
+        gns, _, _, _ = _meta(g)
+        if gns != to_ns:
+            continue
+        spec = _dict(g.get("spec"))
+        if not any(_dict(f).get("group") == GROUP and _dict(f).get("kind") == from_kind
+                   and _dict(f).get("namespace") == from_ns for f in _list(spec.get("from"))):
+            continue
+        for t in _list(spec.get("to")):
+            t = _dict(t)
+            if t.get("group", "") == to_group and t.get("kind") == to_kind and \
+                    t.get("name") in (None, "", to_name):
+                return True
+    return False
+
+
+def resolve_backends(route_ns: str, refs: Any, inputs: GatewayInputs,
+                     kind: str = "HTTPRoute") -> tuple[tuple[WeightedBackend, ...],
+                                                       tuple[str, str] | None]:
+    """The rule's backends and the first reference problem (reason, message), if any."""
+    out: list[WeightedBackend] = []
+    problem: tuple[str, str] | None = None
+    for ref in _list(refs):
+        ref = _dict(ref)
+        weight = ref.get("weight", 1)
+        weight = weight if isinstance(weight, int) and weight >= 0 else 1
+        group, rkind = ref.get("group", ""), ref.get("kind", "Service")
+        name = str(ref.get("name") or "")
+        ns = str(ref.get("namespace") or route_ns)
+        port = ref.get("port")
+        filters, _ = compile_filters(ref.get("filters"))
+        bad: tuple[str, str] | None = None
+        if group != "" or rkind != "Service":
+            bad = ("InvalidKind", f"backendRef kind {group}/{rkind} is not supported")
+        elif ns != route_ns and not _granted(inputs.grants, kind, route_ns, "", "Service",
+                                             ns, name):
+            bad = ("RefNotPermitted", f"no ReferenceGrant in {ns} allows {route_ns}/{name}")
+        elif (ns, name) not in inputs.services:
+            bad = ("BackendNotFound", f"service {ns}/{name} not found")
+        elif not isinstance(port, int) or port not in inputs.services[(ns, name)]:
+            bad = ("BackendNotFound", f"service {ns}/{name} has no port {port}")
+        if bad is not None:
+            problem = problem or bad
+            out.append(WeightedBackend(None, weight, filters))
+        else:
+            assert isinstance(port, int)
+            out.append(WeightedBackend((ns, name, port), weight, filters))
+    return tuple(out), problem
+
+
+def _allowed(lst: _GwListener, route_ns: str, inputs: GatewayInputs, kind: str) -> bool:
+    if kind not in lst.kinds:
+        return False
+    ns_rule = _dict(_dict(lst.spec.get("allowedRoutes")).get("namespaces"))
+    frm = ns_rule.get("from", "Same")
+    if frm == "All":
+        return True
+    if frm == "Same":
+        return route_ns == lst.gw_ns
+    if frm == "Selector":
+        sel = _dict(ns_rule.get("selector"))
+        # the API server labels every namespace with its name (Kubernetes 1.22+)
+        labels = {**inputs.namespaces.get(route_ns, {}), "kubernetes.io/metadata.name": route_ns}
+        want = _dict(sel.get("matchLabels"))
+        if any(labels.get(k) != v for k, v in want.items()):
+            return False
+        for expr in _list(sel.get("matchExpressions")):
+            expr = _dict(expr)
+            key, op, vals = expr.get("key"), expr.get("operator"), _list(expr.get("values"))
+            has = key in labels
+            if (op == "In" and labels.get(str(key)) not in vals) or \
+                    (op == "NotIn" and labels.get(str(key)) in vals) or \
+                    (op == "Exists" and not has) or (op == "DoesNotExist" and has):
+                return False
+        return True
+    return False
+
+
+def _route_entries(route: JsonObj, rhosts: list[str], created: str, ns: str, name: str,
+                   inputs: GatewayInputs) -> tuple[list[tuple[list[RouteMatch], Filters,
+                                                              tuple[WeightedBackend, ...], int]],
+                                                    tuple[str, str] | None, str | None]:
+    """(compiled rules, ref problem, spec error)."""
+    rules = []
+    problem = None
+    for ri, rule in enumerate(_list(_dict(route.get("spec")).get("rules")) or [{}]):
+        rule = _dict(rule)
+        filters, err = compile_filters(rule.get("filters"))
+        if err:
+            return [], None, err
+        matches = []
+        for m in _list(rule.get("matches")) or [{}]:
+            cm, err = compile_match(_dict(m))
+            if err or cm is None:
+                return [], None, err
+            matches.append(cm)
+        mods = [f.path for f in (filters.redirect, filters.rewrite) if f is not None]
+        if any(m is not None and m.kind == "ReplacePrefixMatch" for m in mods) and \
+                any(m.path_kind != "PathPrefix" for m in matches):
+            return [], None, "ReplacePrefixMatch needs PathPrefix matches"
+        backends, p = resolve_backends(ns, rule.get("backendRefs"), inputs)
+        problem = problem or p
+        rules.append((matches, filters, backends, ri))
+    return rules, problem, None
+
+
+def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> GatewayPlan:
+    inputs = GatewayInputs(_objects(inputs.classes), _objects(inputs.gateways),
+                           _objects(inputs.httproutes), _objects(inputs.grants),
+                           inputs.services, inputs.namespaces, inputs.secrets,
+                           inputs.unavailable)
+    status: dict[tuple[str, str, str], JsonObj] = {}
+    skipped: list[str] = []
+    mine = _controller_classes(inputs, s, status)
+    pool = list(s.address_pool)
+    # A pool address stays with the Gateway that has it (its status says so), so that
+    # another Gateway coming or going never moves it.
+    kept: dict[str, str] = {}
+    for gw in _order(inputs.gateways):
+        ns, name, _, _ = _meta(gw)
+        held = [a.get("value") for a in _list(_dict(gw.get("status")).get("addresses"))
+                if isinstance(a, dict)]
+        if held and held[0] in pool and not _list(_dict(gw.get("spec")).get("addresses")):
+            kept[f"{ns}/{name}"] = str(held[0])
+            pool.remove(held[0])
+    listeners: dict[str, list[_GwListener]] = {}
+    gw_meta: dict[str, tuple[JsonObj, int, str, str | None]] = {}
+    bound: list[_GwListener] = []
+    for gw in _order(inputs.gateways):
+        ns, name, gen, _ = _meta(gw)
+        cls = _dict(gw.get("spec")).get("gatewayClassName")
+        if not isinstance(cls, str) or cls not in mine:
+            continue
+        err: str | None
+        if _dict(_dict(gw.get("spec")).get("infrastructure")).get("parametersRef"):
+            address, err = "", _PARAMS_ERR
+        else:
+            address, err = _pick_address(gw, pool, s.node_address, kept.get(f"{ns}/{name}"))
+        key = f"{ns}/{name}"
+        gw_meta[key] = (gw, gen, address, err)
+        if err:
+            skipped.append(f"Gateway {key}: {err}")
+            listeners[key] = []
+            continue
+        lsts = _gateway_listeners(gw, ns, name, address, inputs)
+        for lst in lsts:
+            for other in bound:
+                if other.address == lst.address and other.port == lst.port and \
+                        _overlap(other.hostname, lst.hostname) and \
+                        (other.gateway != lst.gateway or other.hostname == lst.hostname):
+                    lst.conditions["Conflicted"] = (
+                        True, "HostnameConflict",
+                        f"{other.gateway} listener {other.name} holds "
+                        f"{lst.address}:{lst.port} for an overlapping hostname")
+                    lst.conditions["Programmed"] = (False, "Invalid", "conflicted")
+                    break
+            if lst.usable:
+                bound.append(lst)
+        listeners[key] = lsts
+
+    # routes, oldest first
+    for route in _order(inputs.httproutes):
+        ns, name, gen, created = _meta(route)
+        spec = _dict(route.get("spec"))
+        rhosts = [str(h).lower() for h in _list(spec.get("hostnames")) if isinstance(h, str)]
+        parents_status = []
+        compiled, problem, err = _route_entries(route, rhosts, created, ns, name, inputs)
+        for pref in _list(spec.get("parentRefs")):
+            pref = _dict(pref)
+            if pref.get("group", GROUP) != GROUP or pref.get("kind", "Gateway") != "Gateway":
+                continue
+            gkey = f"{pref.get('namespace') or ns}/{pref.get('name')}"
+            if gkey not in gw_meta:
+                continue  # not a Gateway of ours: its controller writes this parent's status
+            section, port = pref.get("sectionName"), pref.get("port")
+            cands = [lst for lst in listeners[gkey]
+                     if (section is None or lst.name == section)
+                     and (port is None or lst.port == port)]
+            accepted = False
+            reason, message = "NoMatchingParent", "no listener matches sectionName/port"
+            if err:
+                reason, message = "UnsupportedValue", err
+            elif cands:
+                allowed = [lst for lst in cands if _allowed(lst, ns, inputs, "HTTPRoute")]
+                if not allowed:
+                    reason, message = "NotAllowedByListeners", "no listener allows this route"
+                for lst in allowed:
+                    hosts = intersect(lst.hostname, rhosts)
+                    if not hosts:
+                        if reason != "NotAllowedByListeners":
+                            reason = "NoMatchingListenerHostname"
+                            message = "no hostname intersects the listener's"
+                        continue
+                    accepted = True
+                    lst.attached += 1
+                    if not lst.usable:
+                        continue
+                    for matches, filters, backends, ri in compiled:
+                        for mi, m in enumerate(matches):
+                            for h in hosts:
+                                lst.rules.append(RuleEntry(
+                                    h, m, backends, filters, f"{ns}/{name}",
+                                    _precedence(m, created, ns, name, ri, mi)))
+            if accepted:
+                reason, message = "Accepted", ""
+            conds = [_cond("Accepted", accepted, reason, message, gen, s.now)]
+            if problem:
+                conds.append(_cond("ResolvedRefs", False, problem[0], problem[1], gen, s.now))
+            else:
+                conds.append(_cond("ResolvedRefs", True, "ResolvedRefs", "", gen, s.now))
+            if not accepted:
+                skipped.append(f"HTTPRoute {ns}/{name} on {gkey}: {reason}: {message}")
+            pstat = {k: v for k, v in pref.items()
+                     if k in ("group", "kind", "namespace", "name", "sectionName", "port")}
+            pstat.setdefault("group", GROUP)
+            pstat.setdefault("kind", "Gateway")
+            parents_status.append({"parentRef": pstat, "controllerName": s.controller_name,
+                                   "conditions": conds})
+        if parents_status:
+            status[("httproutes", ns, name)] = {"parents": parents_status}
+
+    plan_listeners: list[Listener] = []
+    for key, (_gw, gen, address, err) in gw_meta.items():
+        ns, name = key.split("/", 1)
+        lsts = listeners[key]
+        lstat = []
+        for lst in lsts:
+            port_down = lst.usable and (lst.address, lst.port) in inputs.unavailable
+            lconds = dict(lst.conditions)
+            if port_down:
+                lconds["Accepted"] = (False, "PortUnavailable",
+                                      f"{lst.address}:{lst.port} cannot be bound here")
+                lconds["Programmed"] = (False, "Invalid", "port unavailable")
+            lstat.append({
+                "name": lst.name, "attachedRoutes": lst.attached,
+                "supportedKinds": [{"group": GROUP, "kind": k} for k in lst.kinds],
+                "conditions": [_cond(t, ok, r, m, gen, s.now)
+                               for t, (ok, r, m) in lconds.items()]})
+            if lst.usable:
+                plan_listeners.append(Listener(
+                    key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
+                    tuple(sorted(lst.rules, key=lambda e: e.order))))
+        reason_of_err = "InvalidParameters" if err == _PARAMS_ERR else "AddressNotUsable"
+        prog_of_err = "Invalid" if err == _PARAMS_ERR else "AddressNotUsable"
+        all_ok = not err and bool(lsts) and all(lst.usable for lst in lsts)
+        any_ok = not err and any(lst.usable for lst in lsts)
+        acc: tuple[bool, str, str] = (False, reason_of_err, err) if err else (
+            (True, "Accepted", "") if all_ok or not lsts else
+            (True, "ListenersNotValid", "some listeners are not valid") if any_ok else
+            (False, "ListenersNotValid", "no listener is valid"))
+        serving = any(lst.usable and (lst.address, lst.port) not in inputs.unavailable
+                      for lst in lsts)
+        prog: tuple[bool, str, str] = (False, prog_of_err, err) if err else (
+            (True, "Programmed", "") if serving else (False, "Invalid", "nothing served"))
+        if not err and any_ok and not all_ok:
+            skipped.append(f"Gateway {key}: some listeners are not served")
+        status[("gateways", ns, name)] = {
+            "addresses": [] if err else [{"type": "IPAddress", "value": address}],
+            "conditions": [_cond("Accepted", acc[0], acc[1], acc[2], gen, s.now),
+                           _cond("Programmed", prog[0], prog[1], prog[2], gen, s.now)],
+            "listeners": lstat}
+    plan_listeners.sort(key=lambda lst: (lst.address, lst.port, lst.gateway, lst.name))
+    return GatewayPlan(tuple(plan_listeners), status, tuple(skipped))
+
+
+def _precedence(m: RouteMatch, created: str, ns: str, name: str, ri: int,
+                mi: int) -> tuple[Any, ...]:
+    return (0 if m.path_kind == "Exact" else 1, -len(m.path), 0 if m.method else 1,
+            -len(m.headers), -len(m.queries), created, ns, name, ri, mi)

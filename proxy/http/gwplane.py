@@ -1,0 +1,138 @@
+"""Gateway listeners in the data plane: one `HttpProxy` per (address, port) a
+`GatewayPlan` binds, routing with `GatewayRouter` instead of the Service router.
+
+They share the data plane's balancers, stats and connection limit with its other
+frontends: a backendRef to Service port `ns/svc:port` is served by the table's backend of
+that name (the same servers, health checks and counters as the Service's own route). A
+listener that cannot be bound (address not on this node, port taken) is logged once per
+plan and left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+from proxy.http.gwrouting import GatewayRouter, apply_header_ops
+from pylb.config import Settings
+from pylb.failures import Failure
+from pylb.gatewaymodel import GatewayPlan, HeaderOps
+from pylb.model import HttpRoute, RouteTable
+
+if TYPE_CHECKING:
+    from proxy.http.parser import RequestHead
+    from proxy.http.proxy import HttpProxy
+    from proxy.http.server import ClientProtocol
+
+log = logging.getLogger("pylb.gateway")
+
+
+class GatewayDispatch:
+    """`HttpProxy.gateway` of a Gateway listener: called by `ClientProtocol._start` with
+    the request head; answers 404/500/redirects itself (returning None), else applies the
+    request filters to the head and returns the (route, target) to forward, as
+    `Router.route` does."""
+
+    __slots__ = ("_routes", "router")
+
+    def __init__(self, router: GatewayRouter) -> None:
+        self.router = router
+        self._routes: dict[tuple[str, str, int], HttpRoute] = {}
+
+    def route(self, client: ClientProtocol, head: RequestHead, host: bytes, path: bytes,
+              query: bytes) -> tuple[HttpRoute, bytes] | None:
+        d = self.router.route(host, head.method, path, query, head.headers)
+        if d.status:
+            if d.location is not None:
+                client._redirect(d.location, d.status)
+            else:
+                client._local(d.status, None,
+                              Failure.NO_ROUTE if d.status == 404 else Failure.NO_SERVER)
+            return None
+        ops = d.request_headers
+        if d.host is not None:
+            ops += (HeaderOps(set=(("Host", d.host.decode("latin-1")),)),)
+        if ops:
+            head.headers = apply_header_ops(list(head.headers), ops)
+        assert d.backend is not None
+        route = self._routes.get(d.backend)
+        if route is None:  # once per backend: the table's name of that Service port
+            ns, svc, port = d.backend
+            name = f"{ns}/{svc}:{port}"
+            route = self._routes[d.backend] = HttpRoute(name, "/", name, strip_prefix=False)
+        return route, d.target
+
+
+class GatewayPlane:
+    """The Gateway listeners of one data plane."""
+
+    def __init__(self, settings: Settings, stats: Any, balancers: Any,
+                 limit: Any = None, node_address: str | None = None) -> None:
+        """`node_address`: the address Gateways get when neither spec.addresses nor the
+        pool gives one; their listeners bind `--bind` (it is the node's, seen from
+        outside a pod)."""
+        self.settings = settings
+        self.stats = stats
+        self.balancers = balancers
+        self.limit = limit
+        self.proxies: dict[tuple[str, int], HttpProxy] = {}
+        self.bound: dict[tuple[str, int], tuple[str, int]] = {}  # listener → bound address
+        self.table = RouteTable()
+        self.plan = GatewayPlan()
+        self._port_map = dict(settings.gateway.port_map)
+        self._node_address = node_address or settings.bind
+        self._closing: set[asyncio.Task[None]] = set()
+        self.unavailable: frozenset[tuple[str, int]] = frozenset()
+
+    def bind_port(self, port: int) -> int:
+        return self._port_map.get(port, port)
+
+    async def apply_plan(self, plan: GatewayPlan) -> frozenset[tuple[str, int]]:
+        """Serve `plan`; the (address, port) that could not be bound (retried with the
+        next plan), for the listeners' status."""
+        from proxy.http.proxy import HttpProxy
+
+        self.plan = plan
+        wanted = plan.by_endpoint()
+        unavailable: set[tuple[str, int]] = set()
+        for key in [k for k in self.proxies if k not in wanted]:
+            gone = self.proxies.pop(key)
+            self.bound.pop(key, None)
+            # open exchanges finish in the background; the port is closed at once
+            task = asyncio.get_running_loop().create_task(
+                gone.shutdown(self.settings.grace_period))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        for key, listeners in wanted.items():
+            proxy = self.proxies.get(key)
+            if proxy is None:
+                address, port = key
+                proxy = HttpProxy(self.settings, self.stats, self.balancers,
+                                  frontend=f"gateway {address}:{port}", limit=self.limit)
+                proxy.set_table(self.table)
+                try:
+                    host = self.settings.bind if address == self._node_address else address
+                    self.bound[key] = await proxy.start(host, self.bind_port(port))
+                except OSError as e:
+                    if key not in self.unavailable:
+                        log.error("gateway listener %s:%d (bound at :%d): %s", address, port,
+                                  self.bind_port(port), e.strerror or e)
+                    unavailable.add(key)
+                    continue
+                self.proxies[key] = proxy
+            proxy.gateway = GatewayDispatch(GatewayRouter(listeners))
+        self.unavailable = frozenset(unavailable)
+        return self.unavailable
+
+    def set_table(self, table: RouteTable, delta: Any = None,
+                  left: Collection[Any] = ()) -> None:
+        self.table = table
+        for proxy in self.proxies.values():
+            proxy.set_table(table, delta, left)
+
+    async def shutdown(self, grace: float) -> None:
+        await asyncio.gather(*(p.shutdown(grace) for p in self.proxies.values()),
+                             *self._closing, return_exceptions=True)
+        self.proxies.clear()

@@ -1,0 +1,270 @@
+"""Gateway API request routing: pure functions over the listeners of one address:port.
+
+`GatewayRouter` is built once per plan for each (address, port) pylb binds for Gateways.
+A request picks the listener with the most specific hostname, then the most specific route
+hostname attached to it (exact, then the longest wildcard, then "any"), then the first rule
+match in the spec's precedence order (kept sorted by the translation). The answer is a
+`Decision`: a backend and the request/response edits to make, or a status to answer locally
+(404 no route, 500 no valid backend, 3xx redirect).
+
+Plain Service routes never come here: this is a separate router for Gateway listeners, so
+their hot path is unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from proxy.http.routing import host_without_port
+from pylb.gatewaymodel import (
+    Filters,
+    HeaderOps,
+    Listener,
+    PathModifier,
+    RuleEntry,
+    WeightedBackend,
+)
+
+_WELL_KNOWN = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """`status` 0: forward to `backend` (namespace, service, port) with `target` (path and
+    query) and `host` (None: unchanged), applying `request_headers` in order; else answer
+    `status` locally (with `location` for a redirect). `response_headers` apply either way.
+    `route` names the HTTPRoute (namespace/name) that matched, "" when none did."""
+
+    status: int
+    backend: tuple[str, str, int] | None = None
+    target: bytes = b""
+    host: bytes | None = None
+    location: bytes | None = None
+    request_headers: tuple[HeaderOps, ...] = ()
+    response_headers: tuple[HeaderOps, ...] = ()
+    route: str = ""
+
+
+NOT_FOUND = Decision(404)
+
+
+def _norm_prefix(value: str) -> bytes:
+    return (value.rstrip("/") or "/").encode()
+
+
+def _prefix_ok(prefix: bytes, path: bytes) -> bool:
+    if prefix == b"/":
+        return True
+    n = len(prefix)
+    return path.startswith(prefix) and (len(path) == n or path[n] == 0x2F)
+
+
+class _Compiled:
+    __slots__ = ("entry", "exact", "headers", "method", "prefix", "queries")
+
+    def __init__(self, e: RuleEntry) -> None:
+        m = e.match
+        self.entry = e
+        self.exact = m.path.encode() if m.path_kind == "Exact" else None
+        self.prefix = _norm_prefix(m.path)
+        self.method = m.method.encode() if m.method else None
+        self.headers = tuple((n.encode().lower(), v.encode()) for n, v in m.headers)
+        self.queries = m.queries
+
+
+class _Vhosts:
+    """One listener's rules grouped by route hostname."""
+
+    __slots__ = ("any", "exact", "listener", "wild")
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.exact: dict[str, list[_Compiled]] = {}
+        self.wild: dict[str, list[_Compiled]] = {}  # ".example.com" for "*.example.com"
+        self.any: list[_Compiled] = []
+        for e in listener.rules:
+            c = _Compiled(e)
+            if not e.hostname:
+                self.any.append(c)
+            elif e.hostname.startswith("*."):
+                self.wild.setdefault(e.hostname[1:], []).append(c)
+            else:
+                self.exact.setdefault(e.hostname, []).append(c)
+
+    def rules_for(self, host: str) -> list[_Compiled]:
+        found = self.exact.get(host)
+        if found is not None:
+            return found
+        if self.wild:
+            dot = host.find(".")
+            while dot >= 0:
+                found = self.wild.get(host[dot:])
+                if found is not None:
+                    return found
+                dot = host.find(".", dot + 1)
+        return self.any
+
+
+def _host_rank(pattern: str, host: str) -> tuple[int, int] | None:
+    if not pattern:
+        return (0, 0)
+    if pattern.startswith("*."):
+        return (1, len(pattern)) if host.endswith(pattern[1:]) and \
+            len(host) > len(pattern) - 1 else None
+    return (2, len(pattern)) if host == pattern else None
+
+
+class GatewayRouter:
+    """The Gateway listeners sharing one address:port."""
+
+    __slots__ = ("_rng", "_vhosts", "port", "scheme")
+
+    def __init__(self, listeners: Sequence[Listener], scheme: str = "http",
+                 rng: random.Random | None = None) -> None:
+        self._vhosts = tuple(_Vhosts(lst) for lst in listeners)
+        self.port = listeners[0].port if listeners else 0
+        self.scheme = scheme
+        self._rng = rng or random.Random()
+
+    def _listener(self, host: str) -> _Vhosts | None:
+        best: tuple[int, int] | None = None
+        chosen = None
+        for v in self._vhosts:
+            rank = _host_rank(v.listener.hostname, host)
+            if rank is not None and (best is None or rank > best):
+                best, chosen = rank, v
+        return chosen
+
+    def route(self, host: bytes, method: bytes, path: bytes, query: bytes,
+              headers: Sequence[tuple[bytes, bytes]]) -> Decision:
+        """`host` as sent (maybe with a port), `path` without the query, `query` with its
+        '?' (or b""), `headers` as (name, value) pairs in any case."""
+        hostname = host_without_port(host).decode("latin-1")
+        vh = self._listener(hostname)
+        if vh is None:
+            return NOT_FOUND
+        hdrs: dict[bytes, bytes] | None = None
+        params: dict[str, str] | None = None
+        for c in vh.rules_for(hostname):
+            if c.exact is not None:
+                if path != c.exact:
+                    continue
+            elif not _prefix_ok(c.prefix, path):
+                continue
+            if c.method is not None and method != c.method:
+                continue
+            if c.headers:
+                if hdrs is None:
+                    hdrs = {}
+                    for n, v in headers:
+                        hdrs.setdefault(n.lower(), v)
+                if any(hdrs.get(n) != v for n, v in c.headers):
+                    continue
+            if c.queries:
+                if params is None:
+                    params = {}
+                    for k, val in parse_qsl(query[1:].decode("latin-1"),
+                                            keep_blank_values=True):
+                        params.setdefault(k, val)
+                if any(params.get(n) != v for n, v in c.queries):
+                    continue
+            return self._decide(c, hostname, path, query)
+        return NOT_FOUND
+
+    def _decide(self, c: _Compiled, hostname: str, path: bytes, query: bytes) -> Decision:
+        e = c.entry
+        f = e.filters
+        route = e.route
+        if f.redirect is not None:
+            r = f.redirect
+            scheme = r.scheme or self.scheme
+            if r.port is not None:
+                port = r.port
+            elif r.scheme:
+                port = _WELL_KNOWN.get(r.scheme, self.port)
+            else:
+                port = self.port
+            shown = "" if _WELL_KNOWN.get(scheme) == port else f":{port}"
+            new_path = _modify(r.path, c, path)
+            loc = f"{scheme}://{r.hostname or hostname}{shown}".encode() + new_path + query
+            return Decision(r.status, location=loc,
+                            response_headers=_ops(f.response_headers), route=route)
+        chosen = self._pick(e.backends)
+        if chosen is None or chosen.service is None:
+            return Decision(500, response_headers=_ops(f.response_headers), route=route)
+        target = path
+        host = None
+        if f.rewrite is not None:
+            target = _modify(f.rewrite.path, c, path)
+            if f.rewrite.hostname:
+                host = f.rewrite.hostname.encode()
+        bf = chosen.filters
+        return Decision(0, chosen.service, target + query, host,
+                        request_headers=_ops(f.request_headers) + _ops(bf.request_headers),
+                        response_headers=_ops(f.response_headers) + _ops(bf.response_headers),
+                        route=route)
+
+    def _pick(self, backends: tuple[WeightedBackend, ...]) -> WeightedBackend | None:
+        total = sum(b.weight for b in backends)
+        if total <= 0:
+            return None
+        if len(backends) == 1:
+            return backends[0]
+        n = self._rng.randrange(total)
+        for b in backends:
+            n -= b.weight
+            if n < 0:
+                return b
+        return None
+
+
+def _ops(ops: HeaderOps | None) -> tuple[HeaderOps, ...]:
+    return (ops,) if ops is not None else ()
+
+
+def _modify(mod: PathModifier | None, c: _Compiled, path: bytes) -> bytes:
+    """The path after a ReplaceFullPath / ReplacePrefixMatch (the matched prefix replaced
+    at its segment boundary; `/` as a replacement leaves no double slash)."""
+    if mod is None:
+        return path
+    if mod.kind == "ReplaceFullPath":
+        return mod.value.encode()
+    prefix = c.exact if c.exact is not None else c.prefix
+    rest = path[len(prefix):] if prefix != b"/" else path
+    if prefix == b"/" and path.startswith(b"/"):
+        rest = path[1:]
+        rest = b"/" + rest if rest else b""
+    repl = mod.value.encode()
+    if not rest:
+        return repl or b"/"
+    return (repl.rstrip(b"/") + rest) or b"/"
+
+
+def apply_header_ops(headers: list[tuple[bytes, bytes]],
+                     ops: Sequence[HeaderOps]) -> list[tuple[bytes, bytes]]:
+    """`headers` (name, value) after the modifiers: set replaces every value of the name,
+    add appends (joining an existing value with ", " as the spec's examples do), remove
+    drops the name; names compared case-insensitively."""
+    for op in ops:
+        for name, value in op.set:
+            low = name.lower().encode()
+            headers = [(n, v) for n, v in headers if n.lower() != low]
+            headers.append((name.encode(), value.encode()))
+        for name, value in op.add:
+            low = name.lower().encode()
+            for i, (n, v) in enumerate(headers):
+                if n.lower() == low:
+                    headers[i] = (n, v + b"," + value.encode())
+                    break
+            else:
+                headers.append((name.encode(), value.encode()))
+        if op.remove:
+            drop = {r.lower().encode() for r in op.remove}
+            headers = [(n, v) for n, v in headers if n.lower() not in drop]
+    return headers
+
+
+__all__ = ["Decision", "Filters", "GatewayRouter", "apply_header_ops"]

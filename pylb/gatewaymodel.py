@@ -1,0 +1,124 @@
+"""What the Gateway translation produces: plain frozen data, compared by value.
+
+A `GatewayPlan` holds the listeners pylb binds (one `Listener` per Gateway listener it
+accepts, at the address chosen for its Gateway), the compiled HTTPRoute rules attached to
+each, and the status every watched object should carry (written by the leader only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+JsonObj = dict[str, Any]
+
+GROUP = "gateway.networking.k8s.io"
+DEFAULT_CONTROLLER = "pylb.io/gateway-controller"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    """A RequestHeaderModifier or ResponseHeaderModifier: names kept as given (lower-cased
+    when compared)."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PathModifier:
+    """`ReplaceFullPath` or `ReplacePrefixMatch` and its value."""
+
+    kind: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    scheme: str | None = None
+    hostname: str | None = None
+    port: int | None = None
+    path: PathModifier | None = None
+    status: int = 302
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    hostname: str | None = None
+    path: PathModifier | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedBackend:
+    """A backendRef: `service` is (namespace, name, port), or None when the reference does
+    not resolve (its share of the traffic is answered 500, as the spec says)."""
+
+    service: tuple[str, str, int] | None
+    weight: int
+    filters: Filters = Filters()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """One `matches[]` entry of a rule, compiled. `path_kind` is Exact or PathPrefix;
+    header names are lower case; `method` is upper case or None."""
+
+    path_kind: str = "PathPrefix"
+    path: str = "/"
+    headers: tuple[tuple[str, str], ...] = ()
+    queries: tuple[tuple[str, str], ...] = ()
+    method: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEntry:
+    """One (hostname, match) of a rule of an HTTPRoute attached to a listener.
+
+    `hostname` is the route hostname after intersection with the listener's ("" = any).
+    `order` is the spec's precedence key (smaller wins), ties broken by the route's age,
+    namespace/name and the rule's and match's index.
+    """
+
+    hostname: str
+    match: RouteMatch
+    backends: tuple[WeightedBackend, ...]
+    filters: Filters
+    route: str  # namespace/name
+    order: tuple[Any, ...] = field(compare=False, default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A Gateway listener pylb serves: `address:port`, matched by `hostname` ("" = any)."""
+
+    gateway: str  # namespace/name
+    name: str
+    address: str
+    port: int
+    protocol: str
+    hostname: str
+    rules: tuple[RuleEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    listeners: tuple[Listener, ...] = ()
+    # status to write, keyed by (plural, namespace, name): the whole `status` object
+    status: dict[tuple[str, str, str], JsonObj] = field(default_factory=dict, compare=False)
+    skipped: tuple[str, ...] = ()  # "kind ns/name: reason", for logs and --dry
+
+    def by_endpoint(self) -> dict[tuple[str, int], tuple[Listener, ...]]:
+        """Listeners grouped by the (address, port) they share."""
+        out: dict[tuple[str, int], list[Listener]] = {}
+        for lst in self.listeners:
+            out.setdefault((lst.address, lst.port), []).append(lst)
+        return {k: tuple(v) for k, v in out.items()}

@@ -1,0 +1,141 @@
+"""The conformance harness: the upstream manifests (tests/gateway/conformance, Apache-2.0,
+see LICENSE and UPSTREAM_COMMIT there) loaded as a cluster would hold them, translated by
+discovery.gateway, and requests answered by proxy.http.gwrouting as pylb's Gateway listeners
+answer them.
+
+`Cluster.load(*names)` reads `base-manifests.yaml` and the named test manifests;
+`cluster.plan()` translates; `Client(plan).get(gateway, path, host=, headers=, method=)`
+gives the `Decision` the listener on that Gateway's address makes. Each Gateway gets its own
+address from a pool, 127.0.10.x, as the issue asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from discovery.gateway.secrets import valid_tls_secret
+from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
+from proxy.http.gwrouting import Decision, GatewayRouter
+from pylb.gatewaymodel import GatewayPlan
+
+HERE = Path(__file__).parent / "conformance"
+INFRA = "gateway-conformance-infra"
+WEB = "gateway-conformance-web-backend"
+APP = "gateway-conformance-app-backend"
+CLASS = "pylb"
+POOL = tuple(f"127.0.10.{i}" for i in range(1, 60))
+
+JsonObj = dict[str, Any]
+
+
+def read_manifests(name: str) -> list[JsonObj]:
+    path = HERE / name if (HERE / name).exists() else HERE / "tests" / name
+    text = path.read_text().replace("{GATEWAY_CLASS_NAME}", CLASS)
+    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+
+
+@dataclass
+class Cluster:
+    """Objects by kind, in the order they were applied (which gives creationTimestamps)."""
+
+    objects: list[JsonObj] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, *names: str) -> Cluster:
+        c = cls()
+        c.objects.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                          "metadata": {"name": CLASS},
+                          "spec": {"controllerName": "pylb.io/gateway-controller"}})
+        for name in ("base-manifests.yaml", *names):
+            c.objects += read_manifests(name)
+        for i, obj in enumerate(c.objects):
+            meta = obj.setdefault("metadata", {})
+            meta.setdefault("generation", 1)
+            meta["creationTimestamp"] = f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z"
+        return c
+
+    def kind(self, kind: str) -> list[JsonObj]:
+        return [o for o in self.objects if o.get("kind") == kind]
+
+    def inputs(self) -> GatewayInputs:
+        services: dict[tuple[str, str], tuple[int, ...]] = {}
+        for s in self.kind("Service"):
+            meta = s["metadata"]
+            services[(meta.get("namespace", "default"), meta["name"])] = tuple(
+                p["port"] for p in s.get("spec", {}).get("ports", []))
+        namespaces: Mapping[str, Mapping[str, str]] = {
+            n["metadata"]["name"]: n["metadata"].get("labels", {}) for n in self.kind("Namespace")}
+        # the suite creates these TLS Secrets itself (valid certificate and key); it also
+        # makes `malformed-certificate`, which is no valid TLS secret and so not listed
+        secrets = frozenset({(INFRA, "tls-validity-checks-certificate"), (WEB, "certificate"),
+                             *((s["metadata"].get("namespace", "default"), s["metadata"]["name"])
+                               for s in self.kind("Secret") if valid_tls_secret(s))})
+        return GatewayInputs(self.kind("GatewayClass"), self.kind("Gateway"),
+                             self.kind("HTTPRoute"), self.kind("ReferenceGrant"), services,
+                             namespaces, secrets)
+
+    def plan(self) -> GatewayPlan:
+        return translate(self.inputs(), GatewaySettings(address_pool=POOL))
+
+
+class Client:
+    """Requests to a Gateway, as the conformance suite's round tripper sends them."""
+
+    def __init__(self, plan: GatewayPlan) -> None:
+        self.plan = plan
+        self.routers = {k: GatewayRouter(v) for k, v in plan.by_endpoint().items()}
+
+    def address(self, gateway: str, ns: str = INFRA) -> str:
+        status = self.plan.status[("gateways", ns, gateway)]
+        return str(status["addresses"][0]["value"])
+
+    def get(self, gateway: str, path: str, host: str = "", headers: Mapping[str, str] = {},
+            method: str = "GET", port: int = 80, ns: str = INFRA) -> Decision:
+        router = self.routers.get((self.address(gateway, ns), port))
+        if router is None:
+            return Decision(-1)  # nothing listens: connection refused
+        p, _, q = path.partition("?")
+        return router.route(host.encode() or self.address(gateway, ns).encode(), method.encode(),
+                            p.encode(), (b"?" + q.encode()) if q else b"",
+                            [(k.encode(), v.encode()) for k, v in headers.items()])
+
+
+def condition(status: JsonObj, ctype: str) -> JsonObj:
+    for c in status.get("conditions", []):
+        if c["type"] == ctype:
+            return dict(c)
+    raise AssertionError(f"no {ctype} condition in {status}")
+
+
+def parent(plan: GatewayPlan, route: str, gateway: str, ns: str = INFRA,
+           gw_ns: str = INFRA) -> JsonObj:
+    for p in plan.status[("httproutes", ns, route)]["parents"]:
+        ref = p["parentRef"]
+        if ref["name"] == gateway and ref.get("namespace", ns) == gw_ns:
+            return dict(p)
+    raise AssertionError(f"no parent {gateway} in {route}'s status")
+
+
+def route_conditions(plan: GatewayPlan, route: str, gateway: str = "same-namespace",
+                     ns: str = INFRA) -> dict[str, tuple[str, str]]:
+    """{type: (status, reason)} of the route's parent status for `gateway`."""
+    p = parent(plan, route, gateway, ns)
+    return {c["type"]: (c["status"], c["reason"]) for c in p["conditions"]}
+
+
+def accepted_and_resolved(plan: GatewayPlan, routes: Iterable[str],
+                          gateway: str = "same-namespace", ns: str = INFRA) -> None:
+    """GatewayAndHTTPRoutesMustBeAccepted + HTTPRouteMustHaveResolvedRefsConditionsTrue."""
+    gw = plan.status[("gateways", INFRA, gateway)]
+    assert condition(gw, "Accepted")["status"] == "True"
+    assert condition(gw, "Programmed")["status"] == "True"
+    assert gw["addresses"]
+    for r in routes:
+        conds = route_conditions(plan, r, gateway, ns)
+        assert conds["Accepted"] == ("True", "Accepted"), (r, conds)
+        assert conds["ResolvedRefs"] == ("True", "ResolvedRefs"), (r, conds)

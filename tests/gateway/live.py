@@ -1,0 +1,237 @@
+"""The live conformance harness: the upstream manifests applied to the fake API server, the
+Deployments replaced by echo backends on loopback that answer as the upstream echo server
+does (JSON: path, host, method, headers, namespace, pod), `pylb run --gateway-api` as a
+user runs it, and requests sent to each Gateway's own address.
+
+Listener port 80 is bound at a free port (`--gateway-port-map 80=P`): tests never bind
+low ports. Each Gateway gets its own 127.0.10.x from `--gateway-address-pool`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from tests.conftest import free_port
+from tests.gateway.harness import CLASS, INFRA, POOL, read_manifests
+from tests.kfake import FakeApiServer
+
+JsonObj = dict[str, Any]
+GROUP = "gateway.networking.k8s.io"
+RESOURCE = {  # kind → the fake store's resource name
+    "Namespace": "namespaces", "Service": "services",
+    "GatewayClass": f"gatewayclasses.{GROUP}", "Gateway": f"gateways.{GROUP}",
+    "HTTPRoute": f"httproutes.{GROUP}", "ReferenceGrant": f"referencegrants.{GROUP}",
+}
+
+
+async def start_echo(namespace: str, pod: str) -> web.AppRunner:
+    """An echo backend: answers every request with what it received, its namespace and pod
+    name, as the conformance suite's echo server does."""
+    async def handle(request: web.Request) -> web.Response:
+        headers: dict[str, list[str]] = {}
+        for k, v in request.headers.items():
+            headers.setdefault(k, []).append(v)
+        return web.json_response({
+            "path": request.path_qs, "host": request.host, "method": request.method,
+            "proto": f"HTTP/{request.version.major}.{request.version.minor}",
+            "headers": headers, "namespace": namespace, "pod": pod})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+def _port_of(runner: web.AppRunner) -> int:
+    server = runner.server
+    assert server is not None
+    for site in runner.sites:
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        return int(sock.getsockname()[1])
+    raise AssertionError("echo backend has no socket")
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def echo(self) -> JsonObj:
+        doc: JsonObj = json.loads(self.body)
+        return doc
+
+
+@dataclass
+class Live:
+    api: FakeApiServer
+    tmp: Path
+    http_port: int = field(default_factory=free_port)
+    gw_port: int = field(default_factory=free_port)
+    echoes: list[web.AppRunner] = field(default_factory=list)
+    proc: asyncio.subprocess.Process | None = None
+    # echo backends: (namespace, pod labels, pod name, port)
+    pods: list[tuple[str, dict[str, str], str, int]] = field(default_factory=list)
+
+    async def apply(self, name: str) -> list[tuple[str, str, str]]:
+        """Apply a manifest file. Deployments become echo backends; a Service with a
+        selector gets an EndpointSlice of the echo backend it selects; a manual
+        EndpointSlice gets the infra-backend-v1 backend's address and port, as the suite
+        patches it with that Deployment's pods (IPv6 ones stay empty: the echo backends
+        listen on IPv4). Returns what it created, for `remove`."""
+        docs = read_manifests(name)
+        made: list[tuple[str, str, str]] = []
+        for doc in docs:
+            if doc.get("kind") == "Deployment":
+                await self._deployment(doc)
+        for doc in docs:
+            kind = doc.get("kind")
+            meta = doc["metadata"]
+            cluster_scoped = kind in ("Namespace", "GatewayClass")
+            ns = "" if cluster_scoped else meta.setdefault("namespace", "default")
+            if kind in RESOURCE:
+                if kind == "Namespace" and self.api.store.get("namespaces", "",
+                                                              meta["name"]) is not None:
+                    continue
+                self.api.store.create(RESOURCE[kind], doc)
+                made.append((RESOURCE[kind], ns, meta["name"]))
+                if kind == "Service":
+                    made += self._slice_for(doc)
+            elif kind == "EndpointSlice":
+                pods = [p for p in self.pods if p[0] == INFRA and
+                        p[1].get("app") == "infra-backend-v1"]
+                v4 = doc.get("addressType") == "IPv4"
+                doc["endpoints"] = [
+                    {"addresses": ["127.0.0.1"], "conditions": {"ready": True},
+                     "targetRef": {"kind": "Pod", "namespace": INFRA, "name": pod}}
+                    for _, _, pod, _ in pods] if v4 else []
+                for port in doc.get("ports") or []:
+                    port["port"] = pods[0][3]
+                self.api.store.create("endpointslices", doc)
+                made.append(("endpointslices", ns, meta["name"]))
+        return made
+
+    async def _deployment(self, dep: JsonObj) -> None:
+        ns = dep["metadata"].get("namespace", "default")
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        pod = f"{dep['metadata']['name']}-pod-0"
+        runner = await start_echo(ns, pod)
+        self.echoes.append(runner)
+        self.pods.append((ns, labels, pod, _port_of(runner)))
+
+    def _slice_for(self, svc: JsonObj) -> list[tuple[str, str, str]]:
+        ns = svc["metadata"]["namespace"]
+        sel = svc.get("spec", {}).get("selector") or {}
+        pods = [p for p in self.pods if p[0] == ns and sel and
+                all(p[1].get(k) == v for k, v in sel.items())]
+        if not pods:
+            return []
+        name = f"{svc['metadata']['name']}-slice"
+        self.api.store.create("endpointslices", {
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": svc["metadata"]["name"]}},
+            "addressType": "IPv4",
+            "ports": [{"name": p.get("name", ""), "port": pods[0][3], "protocol": "TCP"}
+                      for p in svc["spec"]["ports"]],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
+                           "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}}
+                          for _, _, pod, _ in pods[:1]]})
+        return [("endpointslices", ns, name)]
+
+    def remove(self, made: list[tuple[str, str, str]]) -> None:
+        for res, ns, name in reversed(made):
+            with contextlib.suppress(Exception):
+                self.api.store.delete(res, ns, name)
+
+    async def start(self) -> None:
+        self.api.store.create(f"gatewayclasses.{GROUP}", {
+            "apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": CLASS},
+            "spec": {"controllerName": "pylb.io/gateway-controller"}})
+        await self.apply("base-manifests.yaml")
+        kubeconfig = self.tmp / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(self.api.kubeconfig_dict()))
+        self.log = self.tmp / "pylb.log"
+        with self.log.open("wb") as fh:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pylb", "run", "--source=kubernetes",
+                "--use-kubernetes-cluster-service=false", f"--kubeconfig={kubeconfig}",
+                "--namespace=", "--bind=127.0.0.1", f"--http-port={self.http_port}",
+                f"--stats-port={free_port()}", f"--health-port={free_port()}", "--workers=1",
+                "--gateway-api", f"--gateway-address-pool={','.join(POOL[:20])}",
+                f"--gateway-port-map=80={self.gw_port},8080={free_port()}",
+                env={"NO_PROXY": "127.0.0.1,localhost", "PATH": "/usr/bin:/bin"},
+                stdout=asyncio.subprocess.DEVNULL, stderr=fh)
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 20)
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+        for r in self.echoes:
+            await r.cleanup()
+
+    def status(self, kind: str, name: str, ns: str = INFRA) -> JsonObj:
+        obj = self.api.store.get(RESOURCE[kind], ns if kind != "GatewayClass" else "", name)
+        return dict((obj or {}).get("status") or {})
+
+    def address(self, gateway: str, ns: str = INFRA) -> str | None:
+        addrs = self.status("Gateway", gateway, ns).get("addresses") or []
+        return str(addrs[0]["value"]) if addrs else None
+
+    async def request(self, gateway: str, path: str, host: str | None = None,
+                      headers: dict[str, str] | None = None, method: str = "GET",
+                      ns: str = INFRA) -> Response:
+        address = self.address(gateway, ns)
+        assert address is not None, f"gateway {gateway} has no address yet"
+        r, w = await asyncio.open_connection(address, self.gw_port)
+        try:
+            lines = [f"{method} {path} HTTP/1.1", f"Host: {host or address}",
+                     "Connection: close"]
+            lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+            w.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            data = await asyncio.wait_for(r.read(), 5)
+        finally:
+            w.close()
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
+        head, _, body = data.partition(b"\r\n\r\n")
+        first, *rest = head.decode("latin-1").split("\r\n")
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in rest)}
+        return Response(int(first.split()[1]), hdrs, body)
+
+    async def eventually(self, check: Callable[[], Awaitable[None]],
+                         timeout: float = 20.0) -> float:
+        """Retry `check` until it passes (the suite's "eventually consistent"): the seconds
+        it took. Then it must keep passing: checked three more times."""
+        start = time.monotonic()
+        while True:
+            try:
+                await check()
+                break
+            except (AssertionError, OSError, ValueError, KeyError, TimeoutError) as e:
+                if time.monotonic() - start > timeout:
+                    tail = self.log.read_text()[-3000:] if self.log.exists() else ""
+                    raise AssertionError(f"not consistent after {timeout}s: {e!r}\n{tail}") \
+                        from None
+                await asyncio.sleep(0.05)
+        took = time.monotonic() - start
+        for _ in range(3):
+            await check()
+        return took

@@ -1,0 +1,258 @@
+"""Upstream GATEWAY-HTTP core conformance tests over real sockets: the fake API server holds
+the manifests, `pylb run --gateway-api` serves them (one process for the whole module, as
+the suite runs against one cluster: each test applies its manifests, waits for its
+expectations to hold, and removes them), and echo backends say who answered."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.harness import APP, INFRA, WEB
+from tests.gateway.live import GROUP, Live, Response
+from tests.kfake import FakeApiServer
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+
+V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
+
+
+@pytest.fixture
+async def live(tmp_path: Path, no_proxy_env: None) -> AsyncIterator[Live]:
+    async with FakeApiServer(bookmark_interval=0.5) as api:
+        lv = Live(api, tmp_path)
+        await lv.start()
+        try:
+            yield lv
+        finally:
+            await lv.stop()
+
+
+def reached(r: Response, backend: str, ns: str = INFRA) -> None:
+    assert r.status == 200, (r.status, r.body[:200])
+    echo = r.echo
+    assert echo["namespace"] == ns and echo["pod"].startswith(backend + "-pod"), echo
+
+
+def cond(status: dict[str, object], ctype: str) -> tuple[object, object, object]:
+    for c in status.get("conditions", []):  # type: ignore[union-attr]
+        if c["type"] == ctype:  # type: ignore[index]
+            return c["status"], c["reason"], c.get("observedGeneration")  # type: ignore[index]
+    raise AssertionError(f"no {ctype} in {status}")
+
+
+def route_parent(lv: Live, route: str, gateway: str = "same-namespace",
+                 ns: str = INFRA) -> dict[str, tuple[object, object, object]]:
+    for p in lv.status("HTTPRoute", route, ns).get("parents", []):
+        if p["parentRef"]["name"] == gateway:
+            return {c["type"]: (c["status"], c["reason"], c.get("observedGeneration"))
+                    for c in p["conditions"]}
+    raise AssertionError(f"{route} has no parent status for {gateway}")
+
+
+async def test_gateway_conformance_live(live: Live) -> None:
+    # the base: GatewayClass accepted, each Gateway programmed on its own address
+    async def base() -> None:
+        assert cond(live.status("GatewayClass", "pylb", ""), "Accepted")[:2] == \
+            ("True", "Accepted")
+        for gw in ("same-namespace", "all-namespaces", "backend-namespaces"):
+            st = live.status("Gateway", gw)
+            assert cond(st, "Accepted")[:2] == ("True", "Accepted")
+            assert cond(st, "Programmed") == ("True", "Programmed", 1)
+        addrs = {live.address(g) for g in ("same-namespace", "all-namespaces",
+                                           "backend-namespaces")}
+        assert len(addrs) == 3
+    await live.eventually(base, 30)
+
+    # HTTPRouteSimpleSameNamespace
+    made = await live.apply("httproute-simple-same-namespace.yaml")
+
+    async def simple() -> None:
+        assert route_parent(live, "gateway-conformance-infra-test")["Accepted"][:2] == \
+            ("True", "Accepted")
+        assert route_parent(live, "gateway-conformance-infra-test")["ResolvedRefs"][:2] == \
+            ("True", "ResolvedRefs")
+        reached(await live.request("same-namespace", "/"), V1)
+    await live.eventually(simple)
+    live.remove(made)
+
+    # HTTPRouteMatching
+    made = await live.apply("httproute-matching.yaml")
+
+    async def matching() -> None:
+        reached(await live.request("same-namespace", "/"), V1)
+        reached(await live.request("same-namespace", "/example"), V1)
+        reached(await live.request("same-namespace", "/", headers={"Version": "one"}), V1)
+        reached(await live.request("same-namespace", "/v2"), V2)
+        reached(await live.request("same-namespace", "/v2/example"), V2)
+        reached(await live.request("same-namespace", "/", headers={"Version": "two"}), V2)
+        reached(await live.request("same-namespace", "/v2example"), V1)
+        reached(await live.request("same-namespace", "/foo/v2/example"), V1)
+    await live.eventually(matching)
+    live.remove(made)
+
+    # HTTPRouteExactPathMatching
+    made = await live.apply("httproute-exact-path-matching.yaml")
+
+    async def exact() -> None:
+        reached(await live.request("same-namespace", "/one"), V1)
+        reached(await live.request("same-namespace", "/two"), V2)
+        for p in ("/", "/one/example", "/two/", "/Two"):
+            assert (await live.request("same-namespace", p)).status == 404, p
+    await live.eventually(exact)
+    live.remove(made)
+
+    # HTTPRouteCrossNamespace
+    made = await live.apply("httproute-cross-namespace.yaml")
+
+    async def cross() -> None:
+        reached(await live.request("backend-namespaces", "/"), "web-backend", WEB)
+    await live.eventually(cross)
+    live.remove(made)
+
+    # HTTPRoutePartiallyInvalidViaInvalidReferenceGrant: 200 for the valid rule, 500 for
+    # the one whose backendRef no grant allows
+    made = await live.apply("httproute-partially-invalid-via-invalid-reference-grant.yaml")
+
+    async def partial() -> None:
+        assert route_parent(live, "invalid-reference-grant")["ResolvedRefs"][:2] == \
+            ("False", "RefNotPermitted")
+        reached(await live.request("same-namespace", "/"), "app-backend-v1", APP)
+        assert (await live.request("same-namespace", "/v2")).status == 500
+    await live.eventually(partial)
+    live.remove(made)
+
+    # HTTPRouteRequestHeaderModifier (a few of its cases): what the backend received
+    made = await live.apply("httproute-request-header-modifier.yaml")
+
+    async def modifier() -> None:
+        r = await live.request("same-namespace", "/add",
+                               headers={"X-Header-Add": "some-other-value"})
+        reached(r, V1)
+        assert r.echo["headers"]["X-Header-Add"] == ["some-other-value,add-appends-values"]
+        r = await live.request("same-namespace", "/remove", headers={"X-Header-Remove": "v"})
+        assert "X-Header-Remove" not in r.echo["headers"]
+        r = await live.request("same-namespace", "/set", headers={"X-Header-Set": "x"})
+        assert r.echo["headers"]["X-Header-Set"] == ["set-overwrites-values"]
+    await live.eventually(modifier)
+    live.remove(made)
+
+    # HTTPRouteRedirectHostAndStatus
+    made = await live.apply("httproute-redirect-host-and-status.yaml")
+
+    async def redirect() -> None:
+        r = await live.request("same-namespace", "/hostname-redirect")
+        assert (r.status, r.headers["location"]) == (302, "http://example.org/hostname-redirect")
+        r = await live.request("same-namespace", "/host-and-status")
+        assert (r.status, r.headers["location"]) == (301, "http://example.org/host-and-status")
+    await live.eventually(redirect)
+    live.remove(made)
+
+    # HTTPRouteServiceTypes: a Service with manual EndpointSlices, a headless Service with
+    # a selector, a headless one with manual slices: all reach infra-backend-v1
+    made = await live.apply("httproute-service-types.yaml")
+
+    async def service_types() -> None:
+        for path in ("/manual-endpointslices", "/headless",
+                     "/headless-manual-endpointslices"):
+            reached(await live.request("same-namespace", path), V1)
+    await live.eventually(service_types)
+    live.remove(made)
+
+    # HTTPRouteReferenceGrant: allowed with the grant, 500 once it is deleted
+    made = await live.apply("httproute-reference-grant.yaml")
+
+    async def granted() -> None:
+        reached(await live.request("same-namespace", "/"), "web-backend", WEB)
+    await live.eventually(granted)
+    live.api.store.delete(f"referencegrants.{GROUP}", WEB, "reference-grant")
+
+    async def revoked() -> None:
+        assert (await live.request("same-namespace", "/")).status == 500
+        assert route_parent(live, "reference-grant")["ResolvedRefs"][:2] == \
+            ("False", "RefNotPermitted")
+    await live.eventually(revoked)
+    live.remove(made)
+
+    # HTTPRouteObservedGenerationBump: a spec change moves every condition's
+    # observedGeneration to the new generation; and the changed route reaches traffic
+    made = await live.apply("httproute-observed-generation-bump.yaml")
+
+    async def gen1() -> None:
+        assert {c[2] for c in route_parent(live, "observed-generation-bump").values()} == {1}
+        reached(await live.request("same-namespace", "/"), V1)
+    await live.eventually(gen1)
+    route = live.api.store.get(f"httproutes.{GROUP}", INFRA, "observed-generation-bump")
+    assert route is not None
+    route["spec"]["rules"][0]["backendRefs"][0]["name"] = V2
+    live.api.store.update(f"httproutes.{GROUP}", route)
+
+    async def gen2() -> None:
+        assert {c[2] for c in route_parent(live, "observed-generation-bump").values()} == {2}
+        reached(await live.request("same-namespace", "/"), V2)
+    took = await live.eventually(gen2)
+    print(f"route change reached traffic and status in {took * 1000:.0f} ms")
+    # a Service change (its EndpointSlice now names infra-backend-v3's pod) reaches the
+    # same Gateway route through the Service table
+    v3_port = next(p[3] for p in live.pods if p[1].get("app") == V3)
+    eps = live.api.store.get("endpointslices", INFRA, f"{V2}-slice")
+    assert eps is not None
+    v2_port = eps["ports"][0]["port"]
+    eps["ports"][0]["port"] = v3_port
+    eps["endpoints"][0]["targetRef"]["name"] = f"{V3}-pod-0"
+    live.api.store.update("endpointslices", eps)
+
+    async def service_change() -> None:
+        reached(await live.request("same-namespace", "/"), V3)
+    took = await live.eventually(service_change)
+    print(f"service change reached the Gateway route's traffic in {took * 1000:.0f} ms")
+    eps = live.api.store.get("endpointslices", INFRA, f"{V2}-slice")
+    assert eps is not None
+    eps["ports"][0]["port"] = v2_port
+    eps["endpoints"][0]["targetRef"]["name"] = f"{V2}-pod-0"
+    live.api.store.update("endpointslices", eps)
+
+    async def restored() -> None:
+        reached(await live.request("same-namespace", "/"), V2)
+    await live.eventually(restored)
+    live.remove(made)
+
+    # HTTPRouteInvalidBackendRefUnknownKind: accepted, ResolvedRefs False, 500
+    made = await live.apply("httproute-invalid-backendref-unknown-kind.yaml")
+
+    async def unknown_kind() -> None:
+        assert route_parent(live, "invalid-backend-ref-unknown-kind")["ResolvedRefs"][:2] == \
+            ("False", "InvalidKind")
+        assert (await live.request("same-namespace", "/v2")).status == 500
+    await live.eventually(unknown_kind)
+    live.remove(made)
+
+    # HTTPRouteRewritePath, HTTPRouteRewriteHost (extended): what the backend received
+    made = await live.apply("httproute-rewrite-path.yaml")
+    made += await live.apply("httproute-rewrite-host.yaml")
+
+    async def rewrites() -> None:
+        r = await live.request("same-namespace", "/prefix/one/two")
+        reached(r, V1)
+        assert r.echo["path"] == "/one/two"
+        r = await live.request("same-namespace", "/strip-prefix")
+        assert r.echo["path"] == "/"
+        r = await live.request("same-namespace", "/two", host="rewrite.example")
+        reached(r, V2)
+        assert r.echo["host"] == "example.org"
+    await live.eventually(rewrites)
+    live.remove(made)
+
+    # HTTPRoute307Redirect, HTTPRouteRedirectPort (extended)
+    made = await live.apply("httproute-307-redirect.yaml")
+    made += await live.apply("httproute-redirect-port.yaml")
+
+    async def redirects() -> None:
+        r = await live.request("same-namespace", "/temporary", host="gw.example")
+        assert (r.status, r.headers["location"]) == (307, "http://gw.example/temporary")
+        r = await live.request("same-namespace", "/port", host="gw.example")
+        assert (r.status, r.headers["location"]) == (302, "http://gw.example:8083/port")
+    await live.eventually(redirects)
+    live.remove(made)

@@ -1,0 +1,265 @@
+"""discovery.gateway.source against the fake API server: plans follow the objects, only
+the leader writes status, a write happens only when the status changes, and translation
+never raises on shapes the API server would accept."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kubernetes_asyncio.client import ApiClient
+
+from discovery.gateway.source import GatewaySource, settled_status
+from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
+from proxy.http.gwrouting import GatewayRouter
+from pylb.config import GatewayApi, Settings
+from pylb.gatewaymodel import GatewayPlan
+from pylb.kubeapi import api_client_from_dict
+from tests.gateway.harness import Cluster
+from tests.kfake import FakeApiServer
+
+G = "gateway.networking.k8s.io"
+
+
+def load(api: FakeApiServer, *manifests: str) -> None:
+    for obj in Cluster.load(*manifests).objects:
+        kind = obj["kind"]
+        res = {"GatewayClass": f"gatewayclasses.{G}", "Gateway": f"gateways.{G}",
+               "HTTPRoute": f"httproutes.{G}", "Service": "services",
+               "Namespace": "namespaces"}.get(kind)
+        if res is not None:
+            obj["metadata"].pop("creationTimestamp", None)
+            obj["metadata"].pop("generation", None)
+            api.store.create(res, obj)
+
+
+async def until(check: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_only_the_leader_writes_status(kube_api: FakeApiServer) -> None:
+    load(kube_api, "httproute-simple-same-namespace.yaml")
+    plans: list[GatewayPlan] = []
+    leader = False
+
+    async def factory() -> ApiClient:
+        return await api_client_from_dict(kube_api.kubeconfig_dict())
+
+    s = Settings(namespaces=(), gateway=GatewayApi(enabled=True,
+                                                   address_pool=("127.0.10.1", "127.0.10.2",
+                                                                 "127.0.10.3")))
+    source = GatewaySource(s, factory, is_leader=lambda: leader)
+    task = asyncio.create_task(source.run(plans.append))
+    try:
+        await until(lambda: plans)
+        route = "gateway-conformance-infra-test"
+        # same age: the pool goes in namespace/name order
+        assert [lst.address for lst in plans[-1].listeners] == \
+            ["127.0.10.1", "127.0.10.2", "127.0.10.3"]
+        await asyncio.sleep(0.3)  # a follower: nothing written
+        assert source.status_writes == 0
+        assert kube_api.store.get(f"httproutes.{G}", "gateway-conformance-infra",
+                                  route)["status"] in ({}, None, {"parents": []})
+        leader = True
+        source._changed()
+        await until(lambda: (kube_api.store.get(f"httproutes.{G}",
+                                                "gateway-conformance-infra", route)
+                             or {}).get("status", {}).get("parents"))
+        gw = kube_api.store.get(f"gateways.{G}", "gateway-conformance-infra",
+                                "same-namespace")
+        assert gw is not None
+        assert gw["status"]["addresses"] == [{"type": "IPAddress", "value": "127.0.10.3"}]
+        writes = source.status_writes
+        # our own status writes come back as MODIFIED events: nothing more to write
+        await asyncio.sleep(0.5)
+        assert source.status_writes == writes
+        # a route of another controller's Gateway is left alone
+        kube_api.store.create(f"httproutes.{G}", {
+            "metadata": {"name": "theirs", "namespace": "gateway-conformance-infra"},
+            "spec": {"parentRefs": [{"name": "not-ours"}]}})
+        await asyncio.sleep(0.5)
+        theirs = kube_api.store.get(f"httproutes.{G}", "gateway-conformance-infra", "theirs")
+        assert (theirs or {}).get("status") in ({}, None)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_settled_status_keeps_other_controllers_parents_and_transition_times() -> None:
+    other = {"parentRef": {"name": "x"}, "controllerName": "example.com/other",
+             "conditions": []}
+    mine_old = {"parentRef": {"name": "gw"}, "controllerName": "pylb.io/gateway-controller",
+                "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                "lastTransitionTime": "2020-01-01T00:00:00Z",
+                                "observedGeneration": 1, "message": ""}]}
+    planned = {"parents": [{"parentRef": {"name": "gw"},
+                            "controllerName": "pylb.io/gateway-controller",
+                            "conditions": [{"type": "Accepted", "status": "True",
+                                            "reason": "Accepted", "message": "",
+                                            "observedGeneration": 1,
+                                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]}
+    current = {"parents": [other, mine_old]}
+    assert settled_status("httproutes", current, planned, "pylb.io/gateway-controller") is None
+    planned["parents"][0]["conditions"][0]["observedGeneration"] = 2
+    want = settled_status("httproutes", current, planned, "pylb.io/gateway-controller")
+    assert want is not None and want["parents"][0] == other
+    assert want["parents"][1]["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+    # pylb no longer a parent: its entries go, the others stay
+    assert settled_status("httproutes", current, None, "pylb.io/gateway-controller") == \
+        {"parents": [other]}
+
+
+# -- bad input never raises -----------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.sampled_from(
+        ["", "/", "/a", "x", "*.x.com", "a.x.com", "HTTP", "HTTPS", "TCP", "Exact",
+         "PathPrefix", "RegularExpression", "Service", "Gateway", "All", "Same", "Selector",
+         "RequestRedirect", "URLRewrite", "RequestHeaderModifier", "ReplacePrefixMatch",
+         "gateway.networking.k8s.io", "pylb", "pylb.io/gateway-controller", "ns", "gw"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["metadata", "spec", "name", "namespace", "listeners", "port",
+                         "protocol", "hostname", "rules", "matches", "path", "type", "value",
+                         "backendRefs", "weight", "parentRefs", "sectionName", "filters",
+                         "requestRedirect", "urlRewrite", "statusCode", "headers",
+                         "queryParams", "method", "hostnames", "allowedRoutes", "kinds",
+                         "namespaces", "from", "gatewayClassName", "controllerName",
+                         "addresses", "kind", "group", "tls", "certificateRefs", "to",
+                         "generation", "creationTimestamp"]), children, max_size=4),
+    max_leaves=25)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_json, max_size=4), st.lists(_json, max_size=4), st.lists(_json, max_size=4))
+def test_translate_never_raises(gateways: list[Any], routes: list[Any],
+                                grants: list[Any]) -> None:
+    """Anything at all where the objects go: a plan comes out (bad parts skipped)."""
+    classes = [{"metadata": {"name": "pylb"},
+                "spec": {"controllerName": "pylb.io/gateway-controller"}}]
+    gws = [g if not isinstance(g, dict) else {**g, "spec": {
+        **(g.get("spec") if isinstance(g.get("spec"), dict) else {}),
+        "gatewayClassName": "pylb"}} for g in gateways]
+    plan = translate(GatewayInputs(classes, gws, routes, grants,  # type: ignore[arg-type]
+                                   {("ns", "x"): (80,)}))
+    assert isinstance(plan, GatewayPlan)
+    for listeners in plan.by_endpoint().values():  # and every request gets an answer
+        router = GatewayRouter(listeners)
+        for host, path, query in ((b"a.x.com", b"/a", b"?x=1"), (b"x", b"/", b""),
+                                  (b"[::1]:80", b"/a/b", b"?a")):
+            d = router.route(host, b"GET", path, query, [(b"x", b"1")])
+            assert d.status in (0, 301, 302, 303, 307, 308, 404, 500)
+
+
+_CORPUS = Cluster.load("httproute-matching.yaml", "httproute-rewrite-path.yaml",
+                       "httproute-redirect-port-and-scheme.yaml",
+                       "httproute-request-header-modifier.yaml",
+                       "httproute-listener-hostname-matching.yaml",
+                       "gateway-with-attached-routes.yaml",
+                       "httproute-reference-grant.yaml").objects
+_BASE = Cluster.load().inputs()
+_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-1, 70000), st.text(max_size=5),
+                  st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3),
+                                                                       st.integers(),
+                                                                       max_size=2))
+
+
+def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_corrupted_conformance_objects_never_raise(data: st.DataObject) -> None:
+    """The upstream manifests with one to three values replaced by junk of any type (what
+    a cluster without the CRDs' validation, or a file, could hold)."""
+    import copy
+
+    objs = copy.deepcopy([o for o in _CORPUS if o["kind"] in
+                          ("GatewayClass", "Gateway", "HTTPRoute", "ReferenceGrant")])
+    for _ in range(data.draw(st.integers(1, 3))):
+        obj = data.draw(st.sampled_from(objs))
+        path = data.draw(st.sampled_from(_paths(obj)))
+        target = obj
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = data.draw(_JUNK)
+    kinds = {k: [o for o in objs if o.get("kind") == k]
+             for k in ("GatewayClass", "Gateway", "HTTPRoute", "ReferenceGrant")}
+    inputs = _BASE
+    plan = translate(GatewayInputs(kinds["GatewayClass"], kinds["Gateway"], kinds["HTTPRoute"],
+                                   kinds["ReferenceGrant"], inputs.services,
+                                   inputs.namespaces, inputs.secrets))
+    for listeners in plan.by_endpoint().values():
+        router = GatewayRouter(listeners)
+        for host, path_, query in ((b"foo.bar.com", b"/v2/x", b"?animal=whale"),
+                                   (b"example.org", b"/prefix/one", b""),
+                                   (b"x:1", b"/scheme-nil-and-port-8080", b"?q")):
+            d = router.route(host, b"GET", path_, query, [(b"version", b"two")])
+            assert d.status in (0, 301, 302, 303, 307, 308, 404, 500)
+
+
+async def test_a_port_in_use_is_reported_and_retried() -> None:
+    """The data plane cannot bind a Gateway's address:port (someone holds it): the plan's
+    next status says PortUnavailable on that listener and Programmed False on the
+    Gateway; once the port is free, the next plan binds it."""
+    import socket
+
+    from proxy.balance import Balancers
+    from proxy.http.gwplane import GatewayPlane
+    from pylb.config import Limits
+    from pylb.counters import Stats
+    from tests.conftest import free_port
+
+    port = free_port("127.0.10.1")
+    pool = ("127.0.10.1", "127.0.10.2", "127.0.10.3")
+    s = Settings(bind="127.0.10.9", gateway=GatewayApi(enabled=True, address_pool=pool,
+                                                       port_map=((80, port),)),
+                 grace_period=0.1)
+    plane = GatewayPlane(s, Stats(), Balancers(Limits()))
+    inputs = Cluster.load().inputs()
+    gs = GatewaySettings(address_pool=pool, node_address="127.0.10.9")
+    plan = translate(inputs, gs)
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.10.1", port))
+    holder.listen()
+    try:
+        down = await plane.apply_plan(plan)
+        assert down == {("127.0.10.1", 80)}
+    except BaseException:
+        await plane.shutdown(0.1)
+        raise
+    finally:
+        holder.close()
+    gw = next(g for g in ("all-namespaces", "backend-namespaces", "same-namespace")
+              if plan.status[("gateways", "gateway-conformance-infra", g)]["addresses"]
+              and plan.status[("gateways", "gateway-conformance-infra", g)]["addresses"][0][
+                  "value"] == "127.0.10.1")
+    marked = translate(dataclasses.replace(inputs, unavailable=down), gs)
+    st = marked.status[("gateways", "gateway-conformance-infra", gw)]
+    assert [(c["type"], c["status"], c["reason"]) for c in st["listeners"][0]["conditions"]
+            if c["type"] in ("Accepted", "Programmed")] == [
+        ("Accepted", "False", "PortUnavailable"), ("Programmed", "False", "Invalid")]
+    assert [c["status"] for c in st["conditions"] if c["type"] == "Programmed"] == ["False"]
+    assert marked == plan  # the listener stays in the plan: binding is retried
+    try:
+        assert await plane.apply_plan(marked) == frozenset()
+        assert set(plane.proxies) == set(plan.by_endpoint()) and len(plane.proxies) == 3
+    finally:
+        await plane.shutdown(0.1)
