@@ -172,6 +172,7 @@ class _Annotations:
     slash_redirect: bool = False  # lb.slash-redirect
     maxconn: int = 0  # lb.maxconn, else --server-maxconn
     rate_limit: tuple[float, int] | None = None  # lb.rate-limit, else --rate-limit
+    h2c: bool | None = None  # lb.backend-protocol; None: as the port's appProtocol says
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,7 @@ class _Port:
     name: str
     target: int | str
     protocol: str
+    app_protocol: str = ""  # spec.ports[].appProtocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +430,14 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         except ValueError as e:
             raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.rate-limit: {e}") from None
 
+    h2c: bool | None = None
+    if "lb.backend-protocol" in ann:
+        proto = ann["lb.backend-protocol"].strip().lower()
+        if proto not in _BACKEND_PROTOCOLS:
+            raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.backend-protocol: expected "
+                       f"\"h2c\", \"grpc\" or \"http1\", got {ann['lb.backend-protocol']!r}")
+        h2c = _BACKEND_PROTOCOLS[proto]
+
     return _Annotations(
         algorithm=algorithm,
         host=host,
@@ -444,7 +454,15 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         slash_redirect=flags.get("lb.slash-redirect", False),
         maxconn=maxconn,
         rate_limit=rate_limit,
+        h2c=h2c,
     )
+
+
+# lb.backend-protocol values (haproxy: `proto h2` on a server line) → h2c or not.
+_BACKEND_PROTOCOLS = {"h2c": True, "grpc": True, "http1": False, "http/1.1": False}
+# A port's appProtocol that means h2c (KEP-3726's kubernetes.io/h2c; "grpc" as Istio and
+# Envoy Gateway read it).
+H2C_APP_PROTOCOLS = frozenset({"kubernetes.io/h2c", "grpc", "h2c"})
 
 
 def checked(ann: _Annotations, settings: Settings) -> bool:
@@ -504,7 +522,9 @@ def _ports(spec: dict[str, Any]) -> tuple[_Port, ...]:
                 target = _port_number(target, f"spec.ports[{i}].targetPort")
         else:
             target = _port_number(tp, f"spec.ports[{i}].targetPort")
-        ports.append(_Port(number, name, target, protocol))
+        app = p.get("appProtocol")
+        ports.append(_Port(number, name, target, protocol,
+                           app if isinstance(app, str) else ""))
     seen: set[tuple[int, str]] = set()
     for p in ports:
         if (p.port, p.protocol) in seen:
@@ -1119,10 +1139,12 @@ def service_backend(svc: _Service, port: _Port, servers: tuple[Server, ...],
     """The HTTP backend of a service port (its route's, or an Ingress's)."""
     affinity = (Affinity.COOKIE if svc.ann.cookie else
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE)
+    h2c = svc.ann.h2c if svc.ann.h2c is not None \
+        else port.app_protocol.lower() in H2C_APP_PROTOCOLS
     return Backend(f"{svc.namespace}/{svc.name}:{port.port}", servers, svc.ann.algorithm,
                    affinity, check_path=svc.ann.check_path, check=is_checked,
                    error_limit=svc.ann.error_limit, maxconn=svc.ann.maxconn,
-                   rate_limit=svc.ann.rate_limit)
+                   rate_limit=svc.ann.rate_limit, h2c=h2c)
 
 
 def claim_keys(plan: Plan, settings: Settings) -> tuple[tuple[Any, ...], ...]:

@@ -89,7 +89,7 @@ TLS12_CIPHERS = ":".join([
     "ECDHE-ECDSA-CHACHA20-POLY1305",
     "ECDHE-RSA-CHACHA20-POLY1305",
 ])
-ALPN = ("http/1.1",)
+ALPN = ("h2", "http/1.1")  # h2 preferred (proxy.http.alpn dispatches)
 # cert-manager renews 30 days before expiry and ACME clients at 30 days too; a certificate
 # that still has fewer than 14 days left is one whose renewal is failing.
 EXPIRY_WARNING_DAYS = 14

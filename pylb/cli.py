@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--http-parser", type=_one_of(HttpParser, "parser"),
                    default=HttpParser.AUTO, metavar="PARSER",
                    help="auto (httptools when installed), h11, httptools")
+    g.add_argument("--h2c", action="store_true",
+                   help="accept HTTP/2 with prior knowledge (h2c) on the plain HTTP port "
+                        "(off; TLS negotiates h2 by ALPN always)")
     g.add_argument("--maxconn", type=_positive_int, default=limits.maxconn,
                    help=f"connections per worker ({limits.maxconn})")
     g.add_argument("--retries", type=int, default=limits.retries,
@@ -496,6 +499,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         error_page=ns.error_page,
         error_page_body=error_page_body,
         http_parser=ns.http_parser,
+        h2c=ns.h2c,
         timeouts=Timeouts(
             http_request=ns.timeout_http_request, connect=ns.timeout_connect,
             client=ns.timeout_client, server=ns.timeout_server, tunnel=ns.timeout_tunnel,

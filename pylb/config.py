@@ -240,6 +240,9 @@ class Settings:
     error_page: str | None = None
     error_page_body: bytes | None = field(default=None, repr=False)
     http_parser: HttpParser = HttpParser.AUTO
+    # h2c with prior knowledge on the plain HTTP port (proxy.http.alpn); off by default,
+    # as haproxy (`proto h2` on a bind) and nginx (`http2 on` without TLS) have it.
+    h2c: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     tls: TlsSettings = field(default_factory=TlsSettings)

@@ -46,6 +46,12 @@ class Counters:
         "denied_req",
         "denied_resp",
         "ejected_until",
+        "h2_conn_errors",
+        "h2_cur",
+        "h2_resets",
+        "h2_streams",
+        "h2_strm_errors",
+        "h2_tot",
         "hrsp",
         "last_session",
         "lbtot",
@@ -86,6 +92,14 @@ class Counters:
         self.redispatches = 0
         self.req_total = 0
         self.hrsp = [0, 0, 0, 0, 0, 0]  # 1xx 2xx 3xx 4xx 5xx other
+        # HTTP/2 client connections (a frontend's: proxy.http.h2server): open, total;
+        # request streams; streams the client reset; stream and connection errors sent
+        self.h2_cur = 0
+        self.h2_tot = 0
+        self.h2_streams = 0
+        self.h2_resets = 0
+        self.h2_strm_errors = 0
+        self.h2_conn_errors = 0
         self.last_session = 0.0  # wall-clock time of the last new session
         # A server passively ejected (proxy/balance.py): wall-clock time it gets work
         # again; 0 when it is not. Merged with max: ejected in some worker.

@@ -178,7 +178,7 @@ def _merge(old: tuple[Backend, ...], changed: tuple[Backend, ...],
 _PACKED_FIELDS = {
     Server: ("address", "port", "name", "weight", "ready", "serving", "terminating"),
     Backend: ("name", "servers", "algorithm", "affinity", "cookie_name", "proxy_protocol",
-              "check_path", "check", "error_limit", "maxconn", "rate_limit"),
+              "check_path", "check", "error_limit", "maxconn", "rate_limit", "h2c"),
     HttpRoute: ("name", "prefix", "backend", "host", "strip_prefix", "case_insensitive",
                 "tls", "ssl_redirect", "match", "rewrite", "redirect", "redirect_code",
                 "slash_redirect"),

@@ -159,6 +159,9 @@ class Backend:
     # rate limit (lb.rate-limit or --rate-limit: per second, burst; None: none).
     maxconn: int = 0
     rate_limit: tuple[float, int] | None = None
+    # Speak HTTP/2 without TLS (h2c, prior knowledge) to the servers: gRPC. From the
+    # port's appProtocol (kubernetes.io/h2c, grpc) or lb.backend-protocol: h2c.
+    h2c: bool = False
 
     @property
     def available(self) -> tuple[Server, ...]:
@@ -182,6 +185,8 @@ class Backend:
             head += f" maxconn={self.maxconn}"
         if self.rate_limit is not None:
             head += f" rate-limit={self.rate_limit[0]:g}/s,burst={self.rate_limit[1]}"
+        if self.h2c:
+            head += " proto=h2c"
         lines = [head]
         lines += [f"    server {s.render()}" for s in self.servers]
         if not self.servers:

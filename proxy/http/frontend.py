@@ -10,6 +10,7 @@ import asyncio
 from typing import Any, Protocol
 
 from proxy.balance import Balancers
+from proxy.http.h2upstream import H2Pool
 from proxy.http.idle import IdleSweep
 from proxy.http.pool import Pool
 from proxy.http.routing import Router
@@ -43,6 +44,9 @@ class Frontend(Protocol):
 
     @property
     def idle(self) -> IdleSweep: ...
+
+    @property
+    def h2_pool(self) -> H2Pool: ...
 
     def connection_opened(self, conn: Any) -> None:
         """A client connection is open (`conn`: the ClientProtocol)."""

@@ -16,6 +16,9 @@ from typing import Any, cast
 
 from proxy.balance import Balancers, Key
 from proxy.connect import Dial, ShortageLog
+from proxy.http.alpn import AlpnSwitch, PrefaceSwitch
+from proxy.http.h2server import H2Connection
+from proxy.http.h2upstream import H2Pool
 from proxy.http.idle import IdleSweep
 from proxy.http.parser import resolve
 from proxy.http.pool import Pool
@@ -57,13 +60,14 @@ class HttpProxy:
         self.table = RouteTable()
         self.router = Router(())
         self.gateway: Any = None  # a Gateway listener's proxy.http.gwplane.GatewayDispatch
-        self.conns: set[ClientProtocol] = set()
+        self.conns: set[ClientProtocol | H2Connection] = set()
         self.closing = False
         # The port clients connect to (X-Forwarded-Port), once started on one port: a
         # getsockname per connection fewer (0: each connection asks its socket).
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Pool | None = None
+        self._h2_pool: H2Pool | None = None
         self._idle: IdleSweep | None = None
         self._server: asyncio.Server | None = None
         self._connects: set[Dial] = set()  # connects under way
@@ -83,6 +87,13 @@ class HttpProxy:
             self._pool = Pool(self.loop, limits.pool_per_server, timeouts.backend_idle)
             self._pool.retain(self.balancers.live_keys)  # pool only the table's servers
         return self._pool
+
+    @property
+    def h2_pool(self) -> H2Pool:
+        """The h2c connections to servers of h2c (gRPC) backends."""
+        if self._h2_pool is None:
+            self._h2_pool = H2Pool(self.loop, self.settings.timeouts.connect)
+        return self._h2_pool
 
     @property
     def idle(self) -> IdleSweep:
@@ -116,6 +127,8 @@ class HttpProxy:
         self.table = table
         if self._pool is not None and left:
             self._pool.retain(self.balancers.live_keys)
+        if self._h2_pool is not None and left:
+            self._h2_pool.retain(self.balancers.live_keys)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False,
                     sock: socket.socket | None = None) -> tuple[str, int]:
@@ -153,7 +166,13 @@ class HttpProxy:
         `timeout client-hs`, 2.8, defaults to it too)."""
         return self.settings.timeouts.client if self.ssl_context is not None else None
 
-    def _protocol(self) -> ClientProtocol:
+    def _protocol(self) -> asyncio.Protocol:
+        # TLS: ALPN chose HTTP/2 or HTTP/1.1 (proxy.http.alpn); plain: h2c with prior
+        # knowledge only with --h2c, else no sniffing at all.
+        if self.ssl_context is not None:
+            return AlpnSwitch(self)
+        if self.settings.h2c:
+            return PrefaceSwitch(self)
         return ClientProtocol(self)
 
     async def shutdown(self, grace: float) -> None:
@@ -186,6 +205,8 @@ class HttpProxy:
             await asyncio.sleep(0)
         if self._pool is not None:
             self._pool.close_all()
+        if self._h2_pool is not None:
+            self._h2_pool.close_all()
         if self._idle is not None:
             self._idle.cancel()
         if self._server is not None:
@@ -194,11 +215,11 @@ class HttpProxy:
         for _ in range(3):
             await asyncio.sleep(0)
 
-    def connection_opened(self, conn: ClientProtocol) -> None:
+    def connection_opened(self, conn: ClientProtocol | H2Connection) -> None:
         self.conns.add(conn)
 
-    def connection_gone(self, conn: ClientProtocol) -> None:
-        self.conns.discard(conn)
+    def connection_gone(self, conn: ClientProtocol | H2Connection | PrefaceSwitch) -> None:
+        self.conns.discard(conn)  # (a PrefaceSwitch never is in it)
         if self.limit is not None:
             self.limit.release()
         if self._gone is not None and not self.conns:

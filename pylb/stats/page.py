@@ -226,8 +226,13 @@ def _cell_title(row: Row, field: str) -> str:
     if field == "stot" and row.get("hrsp_2xx") is not None:
         parts = [f"{k}: {row.get('hrsp_' + k)}" for k in
                  ("1xx", "2xx", "3xx", "4xx", "5xx", "other")]
-        return "HTTP requests: " + str(row.get("req_tot")) + "\n" + "\n".join(
+        text = "HTTP requests: " + str(row.get("req_tot")) + "\n" + "\n".join(
             f"  {p}" for p in parts)
+        if row.get("h2_total_connections"):
+            text += (f"\nHTTP/2 connections: {row.get('h2_open_connections')} open, "
+                     f"{row.get('h2_total_connections')} total; "
+                     f"streams: {row.get('h2_headers_rcvd')}")
+        return text
     if field == "lastchk" and row.get("check_desc"):
         return visible(str(row.get("check_desc")))
     if field == "status" and row.get("check_rise"):

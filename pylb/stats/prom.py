@@ -281,6 +281,9 @@ def row_family_texts(view: StatsView,
     sv_limit = _Text("pylb_server_limit_sessions", "Per-server limit (lb.maxconn)")
     sv_qtime = _Text("pylb_server_queue_time_average_seconds",
                      "Mean time in the queue per request sent to the server")
+    h2_cur = _Text("pylb_frontend_h2_connections", "Open HTTP/2 client connections")
+    h2_tot = _Text("pylb_frontend_h2_connections", "HTTP/2 client connections", True)
+    h2_streams = _Text("pylb_frontend_h2_streams", "HTTP/2 request streams", True)
     be_up = _Text("pylb_backend_up", "1 when a server can take work")
     be_active = _Text("pylb_backend_active_servers", "Usable servers")
     by_state = _Text("pylb_backend_servers", "Servers of the backend by status")
@@ -313,6 +316,10 @@ def row_family_texts(view: StatsView,
             fe_dcon.add(labels, row.get("dcon"))
             if row.get("slim"):
                 limit.add(labels, row.get("slim"))
+            if row.get("h2_total_connections"):
+                h2_cur.add(labels, row.get("h2_open_connections"))
+                h2_tot.add(labels, row.get("h2_total_connections"))
+                h2_streams.add(labels, row.get("h2_headers_rcvd"))
         elif t == TYPE_BACKEND:
             labels = f'{{backend="{px_labels}"}}'
             for state, count in sorted(states.items()):
@@ -354,11 +361,11 @@ def row_family_texts(view: StatsView,
                 chk_fail.add(labels, row.get("chkfail"))
                 chk_down.add(labels, row.get("chkdown"))
                 downtime.add(labels, row.get("downtime"))
-    families = [*fe.families(), fe_errors, fe_denied, fe_dcon, limit, *be.families(), be_up,
-                be_active, by_state, be_conn, be_resp, retries, redispatches, be_qcur,
-                be_qmax, be_qtime, be_denied, *sv.families(), sv_up, sv_status, sv_weight,
-                sv_conn, sv_resp, sv_limit, sv_qcur, sv_qtime, chk_dur, chk_fail,
-                chk_down, downtime]
+    families = [*fe.families(), fe_errors, fe_denied, fe_dcon, limit, h2_cur, h2_tot,
+                h2_streams, *be.families(), be_up, be_active, by_state, be_conn, be_resp,
+                retries, redispatches, be_qcur, be_qmax, be_qtime, be_denied,
+                *sv.families(), sv_up, sv_status, sv_weight, sv_conn, sv_resp, sv_limit,
+                sv_qcur, sv_qtime, chk_dur, chk_fail, chk_down, downtime]
     return [f.text() for f in families]
 
 

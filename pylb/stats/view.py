@@ -321,6 +321,13 @@ def _frontend_row(view: StatsView, name: str, mode: str, iid: int) -> Row:
         "status": "OPEN", "pid": 1, "iid": iid, "sid": 0, "type": TYPE_FRONTEND,
         "mode": mode, "dcon": int(c.get("denied_conn", 0)),
         "conn_rate": row["rate"], "conn_rate_max": row["rate_max"], "conn_tot": row["stot"],
+        # haproxy's h2 mux counters, as its frontends report them
+        "h2_open_connections": int(c.get("h2_cur", 0)),
+        "h2_total_connections": int(c.get("h2_tot", 0)),
+        "h2_headers_rcvd": int(c.get("h2_streams", 0)),
+        "h2_rst_stream_rcvd": int(c.get("h2_resets", 0)),
+        "h2_detected_strm_protocol_errors": int(c.get("h2_strm_errors", 0)),
+        "h2_detected_conn_protocol_errors": int(c.get("h2_conn_errors", 0)),
     })
     del row["lastsess"], row["qcur"], row["qmax"]  # a frontend has no queue
     if mode != "http":

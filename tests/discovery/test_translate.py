@@ -513,6 +513,23 @@ def test_slash_redirect_annotation() -> None:
     assert "route /a -> default/a:80 redirect-slash" in t.render()
 
 
+@pytest.mark.parametrize(("port", "annotations", "h2c"), [
+    ({"port": 80}, {}, False),
+    ({"port": 80, "appProtocol": "kubernetes.io/h2c"}, {}, True),
+    ({"port": 80, "appProtocol": "grpc"}, {}, True),
+    ({"port": 80, "appProtocol": "http"}, {}, False),
+    ({"port": 80}, {"lb.backend-protocol": "h2c"}, True),
+    ({"port": 80}, {"lb.backend-protocol": "GRPC"}, True),
+    ({"port": 80, "appProtocol": "grpc"}, {"lb.backend-protocol": "http1"}, False),
+])
+def test_backend_protocol(port: dict[str, Any], annotations: dict[str, str],
+                          h2c: bool) -> None:
+    t = run([svc("a", [port], annotations={P + k: v for k, v in annotations.items()})])
+    backend = t.backend("default/a:80")
+    assert backend.h2c is h2c
+    assert ("proto=h2c" in backend.render()) is h2c
+
+
 # Every malformed input skips that one service (the good one beside it stays) with a reason
 # that names the problem.
 BAD: list[tuple[str, Any, str]] = [
@@ -524,6 +541,8 @@ BAD: list[tuple[str, Any, str]] = [
      "must be a string"),
     ("annotations not a map", svc("bad", annotations=["x"]), "annotations is not an object"),  # type: ignore[arg-type]
     ("bad host", svc("bad", annotations={P + "lb.host": "foo_bar.com"}), "lb.host"),
+    ("backend protocol", svc("bad", annotations={P + "lb.backend-protocol": "h3"}),
+     "lb.backend-protocol"),
     ("host with space", svc("bad", annotations={P + "lb.host": "a b"}), "lb.host"),
     ("empty host", svc("bad", annotations={P + "lb.host": ""}), "lb.host"),
     ("long label", svc("bad", annotations={P + "lb.host": "a" * 64 + ".com"}), "lb.host"),

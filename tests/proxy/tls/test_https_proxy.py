@@ -40,9 +40,9 @@ def _headers(out: str) -> dict[str, str]:
 @pytest.mark.parametrize("version", ["--tlsv1.2", "--tlsv1.3"])
 async def test_curl_cacert(front_factory: Any, host: str, version: str) -> None:
     front = await front_factory()
-    rc, out = await curl(front, host, version, "--http2")  # ALPN falls back to http/1.1
+    rc, out = await curl(front, host, version, "--http2")  # ALPN h2 (proxy.http.alpn)
     assert rc == 0, out
-    assert out.startswith("HTTP/1.1 200"), out
+    assert out.startswith("HTTP/2 200"), out
     hs = _headers(out)
     assert hs["strict-transport-security"] == "max-age=15768000"
     body = json.loads(out.split("\r\n\r\n", 1)[1])

@@ -96,8 +96,9 @@ async def test_protocol_versions(setup: tuple[TlsStore, str], ca: trustme.CA, tm
 
 
 @pytest.mark.parametrize(("offer", "expected"), [
-    ("h2,http/1.1", "ALPN protocol: http/1.1"),
-    ("h2", "No ALPN negotiated"),
+    ("h2,http/1.1", "ALPN protocol: h2"),
+    ("http/1.1", "ALPN protocol: http/1.1"),
+    ("spdy/3", "No ALPN negotiated"),
 ])
 async def test_alpn(setup: tuple[TlsStore, str], offer: str, expected: str) -> None:
     store, _ = setup

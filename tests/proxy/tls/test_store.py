@@ -131,9 +131,11 @@ async def test_tls10_and_11_refused(ca: trustme.CA, cert_dir: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("offer", "chosen"), [
-    (("h2", "http/1.1"), "http/1.1"),
+    (("h2", "http/1.1"), "h2"),  # h2 preferred (proxy.http.alpn dispatches)
+    (("http/1.1", "h2"), "h2"),  # the server's preference
     (("http/1.1",), "http/1.1"),
-    (("h2",), None),  # no overlap: the handshake goes on without ALPN
+    (("h2",), "h2"),
+    (("spdy/3",), None),  # no overlap: the handshake goes on without ALPN
     ((), None),
 ])
 async def test_alpn(ca: trustme.CA, cert_dir: Path, offer: tuple[str, ...],
