@@ -68,6 +68,7 @@ import time
 from array import array
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import h11
 
@@ -222,9 +223,14 @@ class CheckResults(Mapping[Key, CheckResult]):
     object per server with its own float objects: 100,000 servers probed once each, the
     checker 52.0 → 42.8 MiB (bench/check_memory.py). `CheckResult`s are made on reading
     (the stats page reads a `copy()`, taken on the loop, in its render thread).
+
+    A server not probed yet has no slot: `share` names one `CheckResult` object for all
+    the servers added together (a negative number in `_slots`, counted in `_shared`), so
+    a big table's servers cost a dict entry each until their first probe.
     """
 
-    __slots__ = ("_detail", "_flags", "_floats", "_free", "_ints", "_slots", "_status")
+    __slots__ = ("_detail", "_flags", "_floats", "_free", "_ints", "_next_code", "_shared",
+                 "_shared_ids", "_slots", "_status")
 
     _INTS = 6  # health, rise, fall, code (-1: None), failures, downs
     _FLOATS = 4  # duration_ms, checked_at, last_change, downtime
@@ -237,6 +243,30 @@ class CheckResults(Mapping[Key, CheckResult]):
         self._ints = array("i")
         self._floats = array("d")
         self._detail: list[str] = []
+        self._shared: dict[int, list[Any]] = {}  # code -> [CheckResult, servers using it]
+        self._shared_ids: dict[int, int] = {}  # id(CheckResult) -> its code
+        self._next_code = -1
+
+    def share(self, key: Key, r: CheckResult) -> None:
+        """`key`'s result is `r`, as (the same object) for the other servers given it."""
+        code = self._shared_ids.get(id(r))
+        if code is None:
+            code = self._shared_ids[id(r)] = self._next_code
+            self._next_code -= 1
+            self._shared[code] = [r, 0]
+        self._release(key)
+        self._shared[code][1] += 1
+        self._slots[key] = code
+
+    def _release(self, key: Key) -> None:
+        """Forget `key`'s shared result, if it has one (its slot stays in `_slots`)."""
+        code = self._slots.get(key)
+        if code is None or code >= 0:
+            return
+        entry = self._shared[code]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._shared[code], self._shared_ids[id(entry[0])]
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -249,6 +279,8 @@ class CheckResults(Mapping[Key, CheckResult]):
 
     def __getitem__(self, key: Key) -> CheckResult:
         i = self._slots[key]
+        if i < 0:
+            return cast(CheckResult, self._shared[i][0])
         ints, floats = self._ints, self._floats
         n, f = i * self._INTS, i * self._FLOATS
         flags = self._flags[i]
@@ -262,8 +294,9 @@ class CheckResults(Mapping[Key, CheckResult]):
             http=bool(flags & _HTTP))
 
     def __setitem__(self, key: Key, r: CheckResult) -> None:
+        self._release(key)
         i = self._slots.get(key)
-        if i is None:
+        if i is None or i < 0:
             if self._free:
                 i = self._free.pop()
             else:
@@ -290,9 +323,11 @@ class CheckResults(Mapping[Key, CheckResult]):
         self._detail[i] = sys.intern(r.detail)
 
     def __delitem__(self, key: Key) -> None:
+        self._release(key)
         i = self._slots.pop(key)
-        self._detail[i] = ""
-        self._free.append(i)
+        if i >= 0:
+            self._detail[i] = ""
+            self._free.append(i)
 
     def copy(self) -> CheckResults:
         """A snapshot (the columns are copied whole: a memcpy each)."""
@@ -303,6 +338,7 @@ class CheckResults(Mapping[Key, CheckResult]):
         out._ints = array("i", self._ints)
         out._floats = array("d", self._floats)
         out._detail = list(self._detail)
+        out._shared = {code: list(e) for code, e in self._shared.items()}
         return out
 
 
@@ -864,7 +900,7 @@ class HealthChecker:
                 http = path is not None
                 if http not in fresh:
                     fresh[http] = initial(self._params, wall, http=http)
-                results[key] = fresh[http]
+                results.share(key, fresh[http])
             elif target.path != path:
                 schedule.set_path(key, path, now)
                 results[key] = replace(results[key], http=path is not None)

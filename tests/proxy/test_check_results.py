@@ -51,3 +51,24 @@ def test_results_delete_reuses_the_slot_and_copy_is_a_snapshot() -> None:
     assert len(store._status) == 2  # the freed slot was taken again
     assert dict(snap) == {("127.0.0.1", 1): a, ("127.0.0.1", 2): b}
     assert CheckResults() == {}
+
+
+def test_shared_results_cost_no_slot_until_written() -> None:
+    store = CheckResults()
+    first, later = CheckResult(last_change=1.0), CheckResult(last_change=2.0, http=True)
+    for i in range(1, 4):
+        store.share(("127.0.0.1", i), first)
+    store.share(("127.0.0.2", 1), later)
+    assert store[("127.0.0.1", 2)] is first and store[("127.0.0.2", 1)] is later
+    assert len(store._status) == 0 and len(store._shared) == 2
+    probed = replace(first, status=L4CON, up=False, checked_at=5.0)
+    store[("127.0.0.1", 1)] = probed
+    del store[("127.0.0.1", 2)]
+    store[("127.0.0.2", 1)] = probed  # the last user of `later`: it goes
+    assert len(store._status) == 2 and list(store._shared.values()) == [[first, 1]]
+    snap = store.copy()
+    del store[("127.0.0.1", 3)]
+    assert store._shared == {} and dict(store) == {("127.0.0.1", 1): probed,
+                                                   ("127.0.0.2", 1): probed}
+    assert dict(snap) == {("127.0.0.1", 1): probed, ("127.0.0.1", 3): first,
+                          ("127.0.0.2", 1): probed}
