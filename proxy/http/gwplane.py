@@ -69,10 +69,13 @@ class GatewayPlane:
     """The Gateway listeners of one data plane."""
 
     def __init__(self, settings: Settings, stats: Any, balancers: Any,
-                 limit: Any = None, node_address: str | None = None) -> None:
+                 limit: Any = None, node_address: str | None = None, *,
+                 reuse_port: bool = False) -> None:
         """`node_address`: the address Gateways get when neither spec.addresses nor the
         pool gives one; their listeners bind `--bind` (it is the node's, seen from
-        outside a pod)."""
+        outside a pod). `reuse_port`: bound with SO_REUSEPORT, as a worker binds its
+        other frontends (every worker serves every Gateway listener)."""
+        self.reuse_port = reuse_port
         self.settings = settings
         self.stats = stats
         self.balancers = balancers
@@ -114,7 +117,8 @@ class GatewayPlane:
                 proxy.set_table(self.table)
                 try:
                     host = self.settings.bind if address == self._node_address else address
-                    self.bound[key] = await proxy.start(host, self.bind_port(port))
+                    self.bound[key] = await proxy.start(host, self.bind_port(port),
+                                                        reuse_port=self.reuse_port)
                 except OSError as e:
                     if key not in self.unavailable:
                         log.error("gateway listener %s:%d (bound at :%d): %s", address, port,

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -86,6 +89,7 @@ class Live:
     proc: asyncio.subprocess.Process | None = None
     # echo backends: (namespace, pod labels, pod name, port)
     pods: list[tuple[str, dict[str, str], str, int]] = field(default_factory=list)
+    workers: int = 2  # pylb's default on a 2-core node
 
     async def apply(self, name: str) -> list[tuple[str, str, str]]:
         """Apply a manifest file. Deployments become echo backends; a Service with a
@@ -170,8 +174,9 @@ class Live:
                 sys.executable, "-m", "pylb", "run", "--source=kubernetes",
                 "--use-kubernetes-cluster-service=false", f"--kubeconfig={kubeconfig}",
                 "--namespace=", "--bind=127.0.0.1", f"--http-port={self.http_port}",
-                f"--stats-port={free_port()}", f"--health-port={free_port()}", "--workers=1",
-                "--gateway-api", f"--gateway-address-pool={','.join(POOL[:20])}",
+                f"--stats-port={free_port()}", f"--health-port={free_port()}",
+                f"--workers={self.workers}", "--gateway-api",
+                f"--gateway-address-pool={','.join(POOL[:20])}",
                 f"--gateway-port-map=80={self.gw_port},8080={free_port()}",
                 env={"NO_PROXY": "127.0.0.1,localhost", "PATH": "/usr/bin:/bin"},
                 stdout=asyncio.subprocess.DEVNULL, stderr=fh)
@@ -186,6 +191,25 @@ class Live:
                 await self.proc.wait()
         for r in self.echoes:
             await r.cleanup()
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes of `pylb run` (its children)."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+
+    def kill_worker(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    def sockets_listening(self, address: str, port: int) -> int:
+        """How many sockets listen at address:port (IPv4), from /proc/net/tcp: one per
+        worker that bound it."""
+        want = f"{socket.htonl(int.from_bytes(socket.inet_aton(address), 'big')):08X}" \
+            f":{port:04X}"
+        with open("/proc/net/tcp") as fh:
+            rows = [line.split() for line in fh.readlines()[1:]]
+        return sum(1 for r in rows if r[1] == want and r[3] == "0A")
 
     def status(self, kind: str, name: str, ns: str = INFRA) -> JsonObj:
         obj = self.api.store.get(RESOURCE[kind], ns if kind != "GatewayClass" else "", name)

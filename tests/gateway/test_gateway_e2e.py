@@ -19,10 +19,11 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
 
 
-@pytest.fixture
-async def live(tmp_path: Path, no_proxy_env: None) -> AsyncIterator[Live]:
+@pytest.fixture(params=[2])
+async def live(request: pytest.FixtureRequest, tmp_path: Path,
+               no_proxy_env: None) -> AsyncIterator[Live]:
     async with FakeApiServer(bookmark_interval=0.5) as api:
-        lv = Live(api, tmp_path)
+        lv = Live(api, tmp_path, workers=request.param)
         await lv.start()
         try:
             yield lv
@@ -64,7 +65,21 @@ async def test_gateway_conformance_live(live: Live) -> None:
         addrs = {live.address(g) for g in ("same-namespace", "all-namespaces",
                                            "backend-namespaces")}
         assert len(addrs) == 3
+        # every worker (two: pylb's default on a 2-core node) binds every listener
+        for a in addrs:
+            assert a is not None and live.sockets_listening(a, live.gw_port) == 2, a
     await live.eventually(base, 30)
+
+    # a worker that dies is restarted and binds the Gateway listeners again
+    first, *_ = pids = live.worker_pids()
+    assert len(pids) == 2
+    live.kill_worker(first)
+
+    async def restarted() -> None:
+        now = live.worker_pids()
+        assert first not in now and len(now) == 2, now
+        await base()
+    await live.eventually(restarted, 30)
 
     # HTTPRouteSimpleSameNamespace
     made = await live.apply("httproute-simple-same-namespace.yaml")
@@ -255,4 +270,17 @@ async def test_gateway_conformance_live(live: Live) -> None:
         r = await live.request("same-namespace", "/port", host="gw.example")
         assert (r.status, r.headers["location"]) == (302, "http://gw.example:8083/port")
     await live.eventually(redirects)
+    live.remove(made)
+
+
+@pytest.mark.parametrize("live", [1], indirect=True)
+async def test_one_worker_serves_gateways_in_the_controller(live: Live) -> None:
+    made = await live.apply("httproute-simple-same-namespace.yaml")
+
+    async def simple() -> None:
+        address = live.address("same-namespace")
+        assert address is not None and live.sockets_listening(address, live.gw_port) == 1
+        reached(await live.request("same-namespace", "/"), V1)
+    await live.eventually(simple, 30)
+    assert live.worker_pids() == []
     live.remove(made)
