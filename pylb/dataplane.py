@@ -126,7 +126,8 @@ class DataPlane:
         if self.gateways is None:
             self.gateways = GatewayPlane(self.settings, self.stats, self.balancers,
                                          self.limit, node_address=node_address,
-                                         reuse_port=self.reuse_port)
+                                         reuse_port=self.reuse_port,
+                                         self_signed_pem=self.self_signed_pem)
             self.gateways.set_table(self.table)
         return self.gateways
 

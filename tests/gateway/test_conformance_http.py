@@ -399,12 +399,43 @@ def test_GatewayListenerCertificateRefs(manifest: str, gateway: str, reason: str
 @pytest.mark.parametrize("manifest", ["gateway-secret-reference-grant-all-in-namespace.yaml",
                                       "gateway-secret-reference-grant-specific.yaml"])
 def test_GatewaySecretReferenceGrant(manifest: str) -> None:
-    """GatewaySecretReferenceGrantAllInNamespace / Specific: the grant resolves the ref.
-    (The listener is HTTPS, which pylb does not serve yet: Accepted stays False.)"""
+    """GatewaySecretReferenceGrantAllInNamespace / Specific: the grant resolves the ref,
+    and the HTTPS listener is served with the other namespace's certificate."""
     c = setup(manifest)
     gw = next(g["metadata"]["name"] for g in Cluster.load(manifest).kind("Gateway")
           if g["metadata"]["name"].startswith("gateway-secret"))
-    assert lcond(listeners_of(c, gw)["https"], "ResolvedRefs") == ("True", "ResolvedRefs")
+    lst = listeners_of(c, gw)["https"]
+    assert lcond(lst, "ResolvedRefs") == ("True", "ResolvedRefs")
+    assert lcond(lst, "Programmed") == ("True", "Programmed")
+    (served,) = [x for x in c.plan.listeners if x.gateway == f"{INFRA}/{gw}"]
+    assert [cert.source for cert in served.certificates] == [f"{WEB}/certificate"]
+
+
+def test_HTTPRouteHTTPSListener() -> None:
+    """Routes on an HTTPS listener, by hostname (the TLS handshakes: test_gateway_e2e)."""
+    c = setup("httproute-https-listener.yaml")
+    gw = "same-namespace-with-https-listener"
+    accepted_and_resolved(c.plan, ["httproute-https-test", "httproute-https-test-no-hostname"],
+                          gateway=gw)
+    expect(c, gw, [({"path": "/", "host": "example.org", "port": 443}, V1),
+                   ({"path": "/", "host": "unknown-example.org", "port": 443}, 404),
+                   ({"path": "/", "host": "second-example.org", "port": 443}, V2)])
+    certs = {lst.name: [(x.source, x.hosts) for x in lst.certificates]
+             for lst in c.plan.listeners if lst.gateway == f"{INFRA}/{gw}"}
+    secret = f"{INFRA}/tls-validity-checks-certificate"
+    assert certs["https"] == [(secret, ("*",))]
+    assert certs["https-with-hostname"] == [(secret, ("second-example.org",))]
+
+
+def test_an_https_listener_without_its_secret_is_not_served() -> None:
+    """A certificateRef whose Secret is not there (or not TLS): ResolvedRefs False,
+    InvalidCertificateRef, and the listener is not Programmed: nothing to terminate with."""
+    c = setup("gateway-invalid-tls-configuration.yaml")
+    lst = listeners_of(c, "gateway-certificate-nonexistent-secret")["https"]
+    assert lcond(lst, "ResolvedRefs") == ("False", "InvalidCertificateRef")
+    assert lcond(lst, "Programmed")[0] == "False"
+    assert not [x for x in c.plan.listeners
+                if x.gateway == f"{INFRA}/gateway-certificate-nonexistent-secret"]
 
 
 def test_GatewayWithAttachedRoutes() -> None:

@@ -5,12 +5,13 @@ expectations to hold, and removes them), and echo backends say who answered."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import APP, INFRA, WEB
+from tests.gateway.harness import APP, INFRA, WEB, tls_secret
 from tests.gateway.live import GROUP, Live, Response
 from tests.kfake import FakeApiServer
 
@@ -80,6 +81,23 @@ async def test_gateway_conformance_live(live: Live) -> None:
         assert first not in now and len(now) == 2, now
         await base()
     await live.eventually(restarted, 30)
+
+    # HTTPRouteHTTPSListener: TLS terminated with the Secret's certificate (the client
+    # trusts only it and checks the name), routes by hostname behind it
+    made = await live.apply("httproute-https-listener.yaml")
+    https_gw = "same-namespace-with-https-listener"
+    ca = base64.b64decode(tls_secret(INFRA, "tls-validity-checks-certificate")["data"]["tls.crt"])
+
+    async def https() -> None:
+        for route in ("httproute-https-test", "httproute-https-test-no-hostname"):
+            assert route_parent(live, route, https_gw)["Accepted"][:2] == ("True", "Accepted")
+            assert route_parent(live, route, https_gw)["ResolvedRefs"][:2] == \
+                ("True", "ResolvedRefs")
+        reached(await live.tls_request(https_gw, "/", "example.org", ca), V1)
+        assert (await live.tls_request(https_gw, "/", "unknown-example.org", ca)).status == 404
+        reached(await live.tls_request(https_gw, "/", "second-example.org", ca), V2)
+    await live.eventually(https)
+    live.remove(made)
 
     # HTTPRouteSimpleSameNamespace
     made = await live.apply("httproute-simple-same-namespace.yaml")
