@@ -38,7 +38,8 @@ JsonObj = dict[str, Any]
 
 
 # The names the suite's TLS Secrets' certificate covers (it makes them itself, self-signed)
-TLS_NAMES = ("example.org", "second-example.org", "unknown-example.org", "*.wildcard.org")
+TLS_NAMES = ("example.org", "second-example.org", "unknown-example.org", "*.wildcard.org",
+             "secure.test.com")
 
 
 @functools.cache

@@ -252,8 +252,8 @@ class Live:
         address = self.address(gateway, ns)
         assert address is not None, f"gateway {gateway} has no address yet"
         ctx = ssl.create_default_context(cadata=ca.decode())
-        r, w = await asyncio.open_connection(address, self.tls_port, ssl=ctx,
-                                             server_hostname=sni)
+        r, w = await asyncio.wait_for(asyncio.open_connection(
+            address, self.tls_port, ssl=ctx, server_hostname=sni, ssl_handshake_timeout=5), 6)
         try:
             lines = [f"GET {path} HTTP/1.1", f"Host: {host or sni}", "Connection: close"]
             w.write(("\r\n".join(lines) + "\r\n\r\n").encode())

@@ -6,6 +6,7 @@ expectations to hold, and removes them), and echo backends say who answered."""
 from __future__ import annotations
 
 import base64
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -98,6 +99,96 @@ async def test_gateway_conformance_live(live: Live) -> None:
         reached(await live.tls_request(https_gw, "/", "second-example.org", ca), V2)
     await live.eventually(https)
     live.remove(made)
+
+    # GatewayModifyListeners: a listener added to a Gateway serves, one removed stops
+    made = await live.apply("gateway-modify-listeners.yaml")
+
+    def listener_status(gw: str) -> dict[str, tuple[bool, bool, int]]:
+        st = live.status("Gateway", gw)
+        obj = live.api.store.get(f"gateways.{GROUP}", INFRA, gw)
+        assert obj is not None
+        gen = obj["metadata"]["generation"]
+        assert all(c["observedGeneration"] == gen for c in st["conditions"])  # latest
+        return {lst["name"]: (cond(lst, "Accepted")[0] == "True",
+                              cond(lst, "ResolvedRefs")[0] == "True", lst["attachedRoutes"])
+                for lst in st.get("listeners", [])}
+
+    async def before() -> None:
+        assert listener_status("gateway-add-listener") == {"https": (True, True, 1)}
+        assert listener_status("gateway-remove-listener") == {
+            "https": (True, True, 1), "http": (True, True, 1)}
+        r = await live.tls_request("gateway-remove-listener", "/", "secure.test.com", ca)
+        reached(r, V1)
+    await live.eventually(before)
+    add = live.api.store.get(f"gateways.{GROUP}", INFRA, "gateway-add-listener")
+    assert add is not None
+    add["spec"]["listeners"].append({"name": "http", "port": 80, "protocol": "HTTP",
+                                     "hostname": "data.test.com",
+                                     "allowedRoutes": {"namespaces": {"from": "All"}}})
+    live.api.store.update(f"gateways.{GROUP}", add)
+    remove = live.api.store.get(f"gateways.{GROUP}", INFRA, "gateway-remove-listener")
+    assert remove is not None
+    remove["spec"]["listeners"] = [x for x in remove["spec"]["listeners"] if x["name"] == "http"]
+    live.api.store.update(f"gateways.{GROUP}", remove)
+
+    async def after() -> None:
+        assert listener_status("gateway-add-listener") == {
+            "https": (True, True, 1), "http": (True, True, 1)}
+        assert listener_status("gateway-remove-listener") == {"http": (True, True, 1)}
+        reached(await live.request("gateway-add-listener", "/", host="data.test.com"), V1)
+        try:
+            await live.tls_request("gateway-remove-listener", "/", "secure.test.com", ca)
+        except ConnectionRefusedError:
+            return  # the removed listener's port is closed
+        raise AssertionError("the removed HTTPS listener still answers")
+    await live.eventually(after)
+    live.remove(made)
+
+    # SNI picks the listener's own certificate (two Secrets on one port), and a rotated
+    # Secret is served from the next handshake on
+    a_secret = tls_secret(INFRA, "sni-a", ("a.example",))
+    b_secret = tls_secret(INFRA, "sni-b", ("b.example",))
+    live.api.store.create("secrets", dict(a_secret))
+    live.api.store.create("secrets", dict(b_secret))
+
+    def https_listener(name: str, secret: str) -> dict[str, object]:
+        return {"name": name, "port": 443, "protocol": "HTTPS", "hostname": name,
+                "tls": {"certificateRefs": [{"name": secret}]}}
+    live.api.store.create(f"gateways.{GROUP}", {
+        "apiVersion": f"{GROUP}/v1", "kind": "Gateway",
+        "metadata": {"name": "sni", "namespace": INFRA},
+        "spec": {"gatewayClassName": "pylb",
+                 "listeners": [https_listener("a.example", "sni-a"),
+                               https_listener("b.example", "sni-b")]}})
+    live.api.store.create(f"httproutes.{GROUP}", {
+        "apiVersion": f"{GROUP}/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "sni", "namespace": INFRA},
+        "spec": {"parentRefs": [{"name": "sni"}],
+                 "rules": [{"backendRefs": [{"name": V1, "port": 8080}]}]}})
+
+    def crt(secret: dict[str, object]) -> bytes:
+        return base64.b64decode(secret["data"]["tls.crt"])  # type: ignore[index]
+
+    async def sni() -> None:
+        reached(await live.tls_request("sni", "/", "a.example", crt(a_secret)), V1)
+        reached(await live.tls_request("sni", "/", "b.example", crt(b_secret)), V1)
+        try:  # a.example's name with b's certificate as the only trusted one: refused
+            await live.tls_request("sni", "/", "a.example", crt(b_secret))
+        except ssl.SSLCertVerificationError:
+            return
+        raise AssertionError("a.example was not served a.example's certificate")
+    await live.eventually(sni)
+    rotated = tls_secret(INFRA, "sni-a", ("a.example", "rotated"))
+    current = live.api.store.get("secrets", INFRA, "sni-a")
+    assert current is not None
+    live.api.store.update("secrets", {**current, "data": rotated["data"]})
+
+    async def rotation() -> None:
+        reached(await live.tls_request("sni", "/", "a.example", crt(rotated)), V1)
+    took = await live.eventually(rotation)
+    print(f"a rotated Secret was served after {took * 1000:.0f} ms")
+    live.remove([(f"httproutes.{GROUP}", INFRA, "sni"), (f"gateways.{GROUP}", INFRA, "sni"),
+                 ("secrets", INFRA, "sni-a"), ("secrets", INFRA, "sni-b")])
 
     # HTTPRouteSimpleSameNamespace
     made = await live.apply("httproute-simple-same-namespace.yaml")
