@@ -548,6 +548,14 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
         for lst in lsts:
             for other in bound:
                 if other.address == lst.address and other.port == lst.port and \
+                        other.protocol != lst.protocol:  # one port: TLS or not, never both
+                    lst.conditions["Conflicted"] = (
+                        True, "ProtocolConflict",
+                        f"{other.gateway} listener {other.name} holds "
+                        f"{lst.address}:{lst.port} for {other.protocol}")
+                    lst.conditions["Programmed"] = (False, "Invalid", "conflicted")
+                    break
+                if other.address == lst.address and other.port == lst.port and \
                         _overlap(other.hostname, lst.hostname) and \
                         (other.gateway != lst.gateway or other.hostname == lst.hostname):
                     lst.conditions["Conflicted"] = (

@@ -649,3 +649,25 @@ def test_unsupported_values_are_not_accepted(rule: dict[str, object]) -> None:
     c = _one_route(rule)
     assert route_conditions(c.plan, "r")["Accepted"] == ("False", "UnsupportedValue")
     assert c.get("same-namespace", "/a").status == 404
+
+
+def test_http_and_https_on_one_port_conflict() -> None:
+    """An HTTP and an HTTPS listener on one address and port: the later one is
+    Conflicted, ProtocolConflict, and not served (the port cannot both terminate TLS and
+    not)."""
+    c = Cluster.load()
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+          "metadata": {"name": "mixed", "namespace": INFRA, "generation": 1,
+                       "creationTimestamp": "2026-02-01T00:00:00Z"},
+          "spec": {"gatewayClassName": "pylb", "listeners": [
+              {"name": "plain", "port": 8000, "protocol": "HTTP", "hostname": "a.example"},
+              {"name": "tls", "port": 8000, "protocol": "HTTPS", "hostname": "b.example",
+               "tls": {"certificateRefs": [{"name": "tls-validity-checks-certificate"}]}}]}}
+    c.objects.append(gw)
+    client = Client(c.plan())
+    lsts = listeners_of(client, "mixed")
+    assert lcond(lsts["plain"], "Conflicted") == ("False", "NoConflicts")
+    assert lcond(lsts["tls"], "Conflicted") == ("True", "ProtocolConflict")
+    assert lcond(lsts["tls"], "Programmed")[0] == "False"
+    assert [lst.name for lst in client.plan.listeners if lst.gateway == f"{INFRA}/mixed"] == \
+        ["plain"]
