@@ -139,6 +139,9 @@ class GatewayPlane:
                                   frontend=f"gateway {address}:{port}", limit=self.limit,
                                   tls=store is not None,
                                   ssl_context=store.server_context() if store else None)
+                # no Strict-Transport-Security of --hsts: a Gateway's responses carry
+                # what its routes say (ResponseHeaderModifier), nothing unasked
+                proxy.hsts = None
                 proxy.set_table(self.table)
                 try:
                     host = self.settings.bind if address == self._node_address else address

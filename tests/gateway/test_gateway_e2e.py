@@ -94,7 +94,9 @@ async def test_gateway_conformance_live(live: Live) -> None:
             assert route_parent(live, route, https_gw)["Accepted"][:2] == ("True", "Accepted")
             assert route_parent(live, route, https_gw)["ResolvedRefs"][:2] == \
                 ("True", "ResolvedRefs")
-        reached(await live.tls_request(https_gw, "/", "example.org", ca), V1)
+        r = await live.tls_request(https_gw, "/", "example.org", ca)
+        reached(r, V1)
+        assert "strict-transport-security" not in r.headers  # --hsts is the TLS frontend's
         assert (await live.tls_request(https_gw, "/", "unknown-example.org", ca)).status == 404
         reached(await live.tls_request(https_gw, "/", "second-example.org", ca), V2)
     await live.eventually(https)
