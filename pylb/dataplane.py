@@ -15,11 +15,11 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from proxy.balance import Balancers
 from proxy.certs import CertificateError, generate_self_signed
 from proxy.http import HttpProxy
-from proxy.http.gwplane import GatewayPlane
 from proxy.listener import ConnectionLimit
 from proxy.tcp import TcpProxy
 from proxy.tls import TlsStore, self_signed_names
@@ -28,6 +28,9 @@ from pylb.counters import Stats
 from pylb.delta import Delta, diff
 from pylb.model import RouteTable, Server
 from pylb.preflight import FlagError, StartupError, load_error_page
+
+if TYPE_CHECKING:
+    from proxy.http.gwplane import GatewayPlane
 
 log = logging.getLogger("pylb")
 
@@ -123,6 +126,8 @@ class DataPlane:
     def attach_gateways(self, node_address: str) -> GatewayPlane:
         """--gateway-api: this plane's Gateway listeners (bound as its other frontends are,
         with SO_REUSEPORT in a worker), fed plans by `GatewayPlane.apply_plan`."""
+        from proxy.http.gwplane import GatewayPlane  # only with --gateway-api
+
         if self.gateways is None:
             self.gateways = GatewayPlane(self.settings, self.stats, self.balancers,
                                          self.limit, node_address=node_address,

@@ -23,9 +23,7 @@ import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from proxy.certs import generate_self_signed
 from proxy.http.gwrouting import GatewayRouter, apply_header_ops
-from proxy.tls import TlsStore, self_signed_names
 from pylb.config import Settings
 from pylb.failures import Failure
 from pylb.gatewaymodel import GatewayPlan, HeaderOps
@@ -35,6 +33,7 @@ if TYPE_CHECKING:
     from proxy.http.parser import RequestHead
     from proxy.http.proxy import HttpProxy
     from proxy.http.server import ClientProtocol
+    from proxy.tls import TlsStore
 
 log = logging.getLogger("pylb.gateway")
 
@@ -161,6 +160,10 @@ class GatewayPlane:
         return self.unavailable
 
     def _tls_store(self) -> TlsStore:
+        # imported here, as in pylb.dataplane: cryptography only where TLS is set up
+        from proxy.certs import generate_self_signed
+        from proxy.tls import TlsStore, self_signed_names
+
         if self.self_signed_pem is None:
             self.self_signed_pem = generate_self_signed(self_signed_names())
         # the certificates are the Secrets'; no client certificates (--ssl-ca-cert is the
