@@ -86,7 +86,10 @@ The rules, each with its reason:
   `lb.check: "true"|"false"` (active checks for this service whatever `--checks=all|
   annotated` says; `--checks=off` wins); `lb.error-limit: N` (failed connects in a row
   that eject a server, as `--error-limit`; 0 never ejects); `lb.slash-redirect: "true"`
-  (the bare prefix `/name` answers 301 to `/name/`, the query kept; stripping routes).
+  (the bare prefix `/name` answers 301 to `/name/`, the query kept; stripping routes);
+  `lb.maxconn` (requests or connections in flight per server, more wait in a queue; else
+  `--server-maxconn`) and `lb.rate-limit` (`RATE[/s|/m][,burst=N]` per client address, or
+  `off`; else `--rate-limit`): the syntax is pylb.limits'.
   `spec.sessionAffinity: ClientIP` gives client-IP affinity (on HTTP ports the cookie
   wins when both are set).
   Booleans are "true" or "false" in any case; any other value — or a value that is not a
@@ -109,6 +112,7 @@ from typing import Any
 from discovery.ingress import apply_ingresses
 from discovery.secrets import by_ident
 from pylb.config import CheckScope, Settings
+from pylb.limits import parse_maxconn, parse_rate_limit
 from pylb.model import (
     Affinity,
     Algorithm,
@@ -166,7 +170,8 @@ class _Annotations:
     check: bool | None = None  # lb.check; lb.check-path alone means True
     error_limit: int | None = None  # lb.error-limit
     slash_redirect: bool = False  # lb.slash-redirect
-
+    maxconn: int = 0  # lb.maxconn, else --server-maxconn
+    rate_limit: tuple[float, int] | None = None  # lb.rate-limit, else --rate-limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +414,19 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
             raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.error-limit: expected a whole "
                        f"number of failed connects (0: never eject), got {limit_text!r}")
         error_limit = int(limit_text)
+    maxconn = settings.limits.server_maxconn
+    if "lb.maxconn" in ann:
+        try:
+            maxconn = parse_maxconn(ann["lb.maxconn"])
+        except ValueError as e:
+            raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.maxconn: {e}") from None
+    rate_limit = settings.limits.rate_limit
+    if "lb.rate-limit" in ann:
+        value = ann["lb.rate-limit"].strip()
+        try:  # "off" (or "0") lifts --rate-limit for this service
+            rate_limit = None if value.lower() in ("off", "0") else parse_rate_limit(value)
+        except ValueError as e:
+            raise _Bad(f"annotation {ANNOTATION_PREFIX}lb.rate-limit: {e}") from None
 
     return _Annotations(
         algorithm=algorithm,
@@ -424,6 +442,8 @@ def _annotations(raw: dict[str, Any], settings: Settings, ident: str) -> _Annota
         check=flags.get("lb.check", True if check_path is not None else None),
         error_limit=error_limit,
         slash_redirect=flags.get("lb.slash-redirect", False),
+        maxconn=maxconn,
+        rate_limit=rate_limit,
     )
 
 
@@ -1086,7 +1106,8 @@ def _claim_service(plan: Plan, settings: Settings, builder: _Builder) -> None:
                 backend_name, servers, svc.ann.algorithm,
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE,
                 proxy_protocol=svc.ann.send_proxy, check_path=svc.ann.check_path,
-                check=is_checked, error_limit=svc.ann.error_limit)
+                check=is_checked, error_limit=svc.ann.error_limit,
+                maxconn=svc.ann.maxconn, rate_limit=svc.ann.rate_limit)
             for lp in listen[port.port]:
                 builder.add_tcp(svc, port, lp, backend)
         else:
@@ -1100,7 +1121,8 @@ def service_backend(svc: _Service, port: _Port, servers: tuple[Server, ...],
                 Affinity.CLIENT_IP if svc.client_ip_affinity else Affinity.NONE)
     return Backend(f"{svc.namespace}/{svc.name}:{port.port}", servers, svc.ann.algorithm,
                    affinity, check_path=svc.ann.check_path, check=is_checked,
-                   error_limit=svc.ann.error_limit)
+                   error_limit=svc.ann.error_limit, maxconn=svc.ann.maxconn,
+                   rate_limit=svc.ann.rate_limit)
 
 
 def claim_keys(plan: Plan, settings: Settings) -> tuple[tuple[Any, ...], ...]:

@@ -20,7 +20,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Container, Iterable
 
+from proxy import queue
+from proxy.ratelimit import Limiter
 from pylb.config import Limits
+from pylb.counters import Stats
 from pylb.model import Affinity, Algorithm, Backend, Server
 
 Key = tuple[str, int]
@@ -122,6 +125,7 @@ class Balancer:
         "_limits",
         "_on_eject",
         "_rr",
+        "_stats",
         "_sticky",
         "_tiebreak",
         "active",
@@ -129,14 +133,21 @@ class Balancer:
         "candidates",
         "down",
         "fails",
+        "gate",
+        "limiter",
     )
 
     def __init__(self, backend: Backend, limits: Limits | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_eject: OnEject | None = None) -> None:
+                 on_eject: OnEject | None = None, stats: Stats | None = None) -> None:
         self._limits = limits or Limits()
         self._clock = clock
         self._on_eject = on_eject
+        self._stats = stats
+        # Per-server slots and the queue (proxy.queue), and the per-client rate limit
+        # (proxy.ratelimit): None unless the backend sets them, so they cost nothing then.
+        self.gate: queue.Gate | None = None
+        self.limiter: Limiter | None = None
         self._rr: dict[Key, int] = {}
         self._sticky: OrderedDict[str, tuple[Key, float]] = OrderedDict()
         self._tiebreak = 0
@@ -163,6 +174,11 @@ class Balancer:
         # a big table's first apply otherwise.
         self._by_cookie = {cookie_value(s): s for s in servers} \
             if backend.affinity is _COOKIE else {}
+        if backend.maxconn or self.gate is not None:
+            queue.configure(self, backend, self._limits, self._stats)
+        if backend.rate_limit is not None or self.limiter is not None:
+            self.limiter = Limiter.configure(self.limiter, backend.rate_limit,
+                                             self._limits.rate_table_size)
 
     # -- health -------------------------------------------------------------------------
 
@@ -176,6 +192,8 @@ class Balancer:
                 self._returned(key)
         else:
             self.down[key] = _INF
+        if self.gate is not None:
+            self.gate.refresh(self)  # waiters pinned to it move, or it takes waiters
 
     def failed(self, server: Server) -> None:
         """A connect to `server` failed: after the error limit (the backend's
@@ -194,8 +212,11 @@ class Balancer:
             return
         now = self._clock()
         self.down[key] = now + self._limits.passive_down_for
-        if (until is None or until <= now) and self._on_eject is not None:
-            self._on_eject(self.backend.name, server, n, self._limits.passive_down_for)
+        if until is None or until <= now:
+            if self._on_eject is not None:
+                self._on_eject(self.backend.name, server, n, self._limits.passive_down_for)
+            if self.gate is not None:
+                self.gate.refresh(self)  # waiters pinned to it move to another server
 
     def succeeded(self, server: Server) -> None:
         if self.fails.pop(server.key, None) is not None:
@@ -299,6 +320,9 @@ class Balancer:
                         self._stick(client_ip, key, now)
                         return s
                 del self._sticky[client_ip]
+        gate = self.gate
+        if gate is not None and gate.full:  # servers with no free slot: skipped
+            exclude = gate.full.union(exclude) if exclude else gate.full
         if exclude or self.down:
             servers = tuple(s for s in self.candidates
                             if s.key not in exclude and (not self.down or self.is_up(s)))
@@ -347,14 +371,16 @@ class Balancers:
     from server address to the backends that list it keeps an active check's verdict and
     "which servers left the table" proportional to the change, not to the table."""
 
-    __slots__ = ("_by_key", "_by_name", "_clock", "_health", "_limits", "on_eject")
+    __slots__ = ("_by_key", "_by_name", "_clock", "_health", "_limits", "_stats",
+                 "on_eject")
 
     def __init__(self, limits: Limits | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_eject: OnEject | None = None) -> None:
+                 on_eject: OnEject | None = None, stats: Stats | None = None) -> None:
         self._limits = limits or Limits()
         self._clock = clock
         self.on_eject = on_eject
+        self._stats = stats  # where the queues count (proxy.queue); None: nowhere
         self._by_name: dict[str, Balancer] = {}
         self._health: dict[Key, bool] = {}
         # server address -> names of the backends listing it (most list it once)
@@ -385,11 +411,13 @@ class Balancers:
             bal = by_name.pop(name, None)
             if bal is not None:
                 left.update(self._unindex(name, bal.backend))
+                if bal.gate is not None:
+                    bal.gate.close()
         for b in changed:
             bal = by_name.get(b.name)
             if bal is None:
                 bal = by_name[b.name] = Balancer(b, self._limits, self._clock,
-                                                 self.on_eject)
+                                                 self.on_eject, self._stats)
             elif bal.backend is b:
                 continue
             else:
@@ -410,7 +438,7 @@ class Balancers:
                 elif b.name not in names:
                     by_key[key] = (*names, b.name)
                 # A server new to this backend may already be known down by an active check.
-                if self._health.get(key) is False and bal.down.get(key) != float("inf"):
+                if self._health.get(key) is False and bal.down.get(key) != _INF:
                     bal.set_health(key, False)
         return {k for k in left if k not in by_key}
 
@@ -439,12 +467,26 @@ class Balancers:
 
     def set_health(self, key: Key, up: bool) -> None:
         """An active check's verdict for a server address, applied in every backend."""
-        self._health[key] = up
         names = self._by_key.get(key, ())
-        for name in (names,) if type(names) is str else names:
+        names = (names,) if type(names) is str else names
+        if names and key not in self._health:
+            key = self._own_key(key, names[0])
+        self._health[key] = up
+        for name in names:
             bal = self._by_name.get(name)
             if bal is not None:
                 bal.set_health(key, up)
+
+    def _own_key(self, key: Key, name: str) -> Key:
+        """The table's own `(address, port)` object equal to `key`. A verdict's key comes
+        off the wire as a new tuple and string: kept as such in the health maps, that was
+        ~140 B per checked server a worker (14 MiB at 100,000)."""
+        bal = self._by_name.get(name)
+        if bal is not None:
+            for s in bal.backend.servers:
+                if s.key == key:
+                    return s.key
+        return key
 
     def reset_health(self, verdicts: dict[Key, bool]) -> None:
         """The whole map of active-check verdicts: addresses not in it have none (a server

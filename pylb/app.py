@@ -160,6 +160,7 @@ class Controller:
             table_version=table.version,
             table_age=(time.time() - self.table_time) if self.table_time else None,
             maxconn=self.settings.limits.maxconn,
+            queue_limit=self.settings.limits.queue_limit,
         )
 
     def alive(self) -> bool:
@@ -187,11 +188,13 @@ class Controller:
             log.info("route table v%d: %d http, %d https, %d tcp, %d backends, %d skipped",
                      table.version, len(table.http), len(table.https), len(table.tcp),
                      len(table.backends), len(table.skipped))
-            self.checker.set_table(table)
             if self.pool is not None:
                 self.pool.apply(table)
             elif self.plane is not None:
                 await self.plane.apply(table)
+            # After the data plane has it: checks need not hold traffic up (a first table
+            # of 100,000 checked servers costs ~60 ms here, then chunks on later turns).
+            self.checker.set_table(table)
             if first:  # the first table of a big cluster: see collector.settle
                 collector.settle()
 
@@ -206,30 +209,22 @@ class Controller:
     async def run(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        if s.workers > 1:
-            self.pool = WorkerPool(s, self_signed_pem=make_self_signed(s))
-            await self.pool.start()
-        else:
-            tls_store = make_tls_store(s.tls, need_tls=True) if s.tls.cert else None
-            self.plane = DataPlane(s, tls_store=tls_store,
-                                   self_signed_pem=make_self_signed(s))
-            try:
-                await self.plane.start()
-            except OSError as e:
-                raise StartupError(f"cannot listen on {s.bind}:{s.http_port}: "
-                                   f"{e.strerror or e}") from None
+        # Discovery lists while the workers start (each a second or more at 10,000
+        # services); its tables wait in the queue until _apply_tables runs.
+        discovery = loop.create_task(self.source.run(self.publish), name="discovery")
         try:
-            await self.stats_server.start(s.stats_bind, s.stats_port)
-            await self.health_server.start(s.bind, s.health_port)
-        except OSError as e:
-            raise StartupError(f"cannot listen for stats/health: {e.strerror or e}") from None
+            await self._open(s)
+        except BaseException:
+            discovery.cancel()
+            await asyncio.wait([discovery])
+            raise
         self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):  # not the loop's: see pylb.stopping
             signal.signal(sig, self._on_signal)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         self._tasks = [
             loop.create_task(self._apply_tables(), name="apply-tables"),
-            loop.create_task(self.source.run(self.publish), name="discovery"),
+            discovery,
             loop.create_task(self.checker.run(), name="health-checks"),
         ]
         if s.election:
@@ -249,6 +244,26 @@ class Controller:
         await self.shutdown()
         if failure is not None:  # e.g. no cluster configuration: say so and exit non-zero
             raise StartupError(f"{failure}") from failure
+
+    async def _open(self, s: Settings) -> None:
+        """Start the workers (or the data plane here), the stats and health servers."""
+        if s.workers > 1:
+            self.pool = WorkerPool(s, self_signed_pem=make_self_signed(s))
+            await self.pool.start()
+        else:
+            tls_store = make_tls_store(s.tls, need_tls=True) if s.tls.cert else None
+            self.plane = DataPlane(s, tls_store=tls_store,
+                                   self_signed_pem=make_self_signed(s))
+            try:
+                await self.plane.start()
+            except OSError as e:
+                raise StartupError(f"cannot listen on {s.bind}:{s.http_port}: "
+                                   f"{e.strerror or e}") from None
+        try:
+            await self.stats_server.start(s.stats_bind, s.stats_port)
+            await self.health_server.start(s.bind, s.health_port)
+        except OSError as e:
+            raise StartupError(f"cannot listen for stats/health: {e.strerror or e}") from None
 
     def stop(self) -> None:
         """Begin the graceful shutdown (as SIGTERM does)."""

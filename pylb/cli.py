@@ -37,6 +37,7 @@ from pylb.config import (
     default_check_scope,
 )
 from pylb.demo import DemoPorts, run_demo
+from pylb.limits import parse_maxconn, parse_rate_limit
 from pylb.logs import setup_logging
 from pylb.model import Algorithm
 from pylb.preflight import (
@@ -117,6 +118,20 @@ def _positive_int(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {n}")
     return n
+
+
+def _rate_limit(value: str) -> tuple[float, int]:
+    try:
+        return parse_rate_limit(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _maxconn(value: str) -> int:
+    try:
+        return parse_maxconn(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_float(value: str) -> float:
@@ -313,6 +328,28 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         g.add_argument(f"--timeout-{name}", type=_duration, default=default, metavar="DUR",
                        help=f"{what} ({default:g}s)")
+    g = run.add_argument_group("protecting backends (haproxy: server maxconn, timeout "
+                               "queue, stick-table rate limits)")
+    g.add_argument("--server-maxconn", type=_maxconn, default=0, metavar="N",
+                   help="requests (L7) or connections (L4) in flight per server for "
+                        "services without lb.maxconn; more wait in the backend's queue; "
+                        "divided among the workers (0: no limit)")
+    g.add_argument("--queue-limit", type=_maxconn, default=0, metavar="N",
+                   help="requests waiting in one backend's queue, per worker; more get "
+                        "503 (0: only --maxconn bounds it)")
+    g.add_argument("--timeout-queue", type=_duration, default=None, metavar="DUR",
+                   help="longest wait in a queue, then 503 (default: --timeout-connect)")
+    g.add_argument("--rate-limit", type=_rate_limit, default=None,
+                   metavar="RATE[/s|/m][,burst=N]",
+                   help="per client address, for services without lb.rate-limit: HTTP "
+                        "requests over it get 429, TCP connections a reset (default: none)")
+    g.add_argument("--rate-limit-table-size", type=_positive_int,
+                   default=limits.rate_table_size, metavar="N",
+                   help="client addresses remembered per rate-limited backend and worker, "
+                        f"least recently seen dropped first ({limits.rate_table_size})")
+    g.add_argument("--timeout-request-body", type=_duration, default=None, metavar="DUR",
+                   help="whole request body from its head, then 408 (a slow POST); "
+                        "default: off, the body is bounded by --timeout-client inactivity")
     g = run.add_argument_group("active health checks")
     g.add_argument("--check-interval", type=_duration, default=checks.interval, metavar="DUR",
                    help=f"between checks of one server ({checks.interval:g}s; haproxy inter)")
@@ -459,10 +496,14 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         timeouts=Timeouts(
             http_request=ns.timeout_http_request, connect=ns.timeout_connect,
             client=ns.timeout_client, server=ns.timeout_server, tunnel=ns.timeout_tunnel,
-            keep_alive=ns.timeout_keep_alive),
+            keep_alive=ns.timeout_keep_alive, http_body=ns.timeout_request_body),
         limits=Limits(maxconn=ns.maxconn, retries=ns.retries, passive_fall=ns.error_limit,
                       passive_down_for=ns.error_down_for,
-                      panic_threshold=ns.panic_threshold),
+                      panic_threshold=ns.panic_threshold,
+                      server_maxconn=ns.server_maxconn, queue_limit=ns.queue_limit,
+                      queue_timeout=ns.timeout_queue if ns.timeout_queue is not None
+                      else ns.timeout_connect,
+                      rate_limit=ns.rate_limit, rate_table_size=ns.rate_limit_table_size),
         tls=TlsSettings(cert=ns.ssl_cert, ca_cert=ns.ssl_ca_cert, verify=ns.ssl_verify,
                         hsts=ns.hsts),
         checks=CheckSettings(interval=ns.check_interval, rise=ns.check_rise,

@@ -42,6 +42,10 @@ class Timeouts:
     server: float = 50.0  # server inactivity (waiting for a response, or mid-body)
     tunnel: float = 3600.0  # WebSocket / upgraded and L4 tunnels once both sides talk
     keep_alive: float = 60.0  # idle client connection between requests
+    # Whole request body, from its head (haproxy's `timeout http-request` with `option
+    # http-buffer-request`): a slow POST then holds its server slot this long at most.
+    # None: off, as haproxy's default (the body is bounded only by `client` inactivity).
+    http_body: float | None = None
     backend_idle: float = 30.0  # pooled idle connection to a backend server; < typical
     # backend keep-alive timeouts (nginx 75s, Go 90s) so we close first and never reuse
     # a connection the server is about to close.
@@ -73,6 +77,23 @@ class Limits:
     # Affinity table expiry: haproxy `stick-table type ip size 20k expire 30m`.
     stick_expire: float = 1800.0
     stick_size: int = 20000
+    # Per-server connection limit for backends not annotated lb.maxconn (haproxy's server
+    # `maxconn`; 0: none, as haproxy's default). Divided among the workers: proxy/queue.py.
+    server_maxconn: int = 0
+    # Requests waiting in one backend's queue, per worker, at most; 0: only --maxconn
+    # bounds it (haproxy's backend queue has no limit of its own, and its per-server
+    # `maxqueue` defaults to none).
+    queue_limit: int = 0
+    # haproxy's `timeout queue`; when not given, the connect timeout (haproxy's rule).
+    queue_timeout: float = 5.0
+    # Per-client rate limit for backends not annotated lb.rate-limit: (requests or new
+    # connections per second, burst), or None.
+    rate_limit: tuple[float, int] | None = None
+    # Client addresses a rate-limited backend remembers per worker (haproxy's stick-table
+    # `size`); the least recently seen goes first. ~200 bytes each: 100k ≈ 20 MiB.
+    rate_table_size: int = 100_000
+    # (this worker's index, workers): per-server limits are divided among the workers.
+    worker: tuple[int, int] = (0, 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,8 @@ from typing import Any
 from pylb.failures import Failure
 
 # Which fields are maxima (merged with max), and which are timestamps (merged with max).
-_MAX_FIELDS = frozenset({"max_conns", "max_rate", "last_session", "ejected_until"})
+_MAX_FIELDS = frozenset({"max_conns", "max_rate", "last_session", "ejected_until",
+                         "queue_max"})
 
 
 class Counters:
@@ -41,6 +42,7 @@ class Counters:
         "bytes_out",
         "conn_errors",
         "cur_conns",
+        "denied_conn",
         "denied_req",
         "denied_resp",
         "ejected_until",
@@ -49,6 +51,10 @@ class Counters:
         "lbtot",
         "max_conns",
         "max_rate",
+        "queue_cur",
+        "queue_max",
+        "queue_time",
+        "queued",
         "redispatches",
         "req_errors",
         "req_total",
@@ -66,6 +72,13 @@ class Counters:
         self.bytes_out = 0
         self.denied_req = 0
         self.denied_resp = 0
+        self.denied_conn = 0  # L4 connections refused by a rate limit (haproxy's dcon)
+        # The queue (proxy.queue): waiting now, most ever waiting, and the requests that
+        # waited with their total wait in seconds (the stats page's qtime is the mean).
+        self.queue_cur = 0
+        self.queue_max = 0
+        self.queue_time = 0.0
+        self.queued = 0
         self.req_errors = 0
         self.conn_errors = 0
         self.resp_errors = 0
@@ -144,7 +157,7 @@ def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 _fingerprint = attrgetter(
     "total_conns", "cur_conns", "bytes_in", "bytes_out", "lbtot", "req_total",
     "conn_errors", "resp_errors", "retries", "redispatches", "req_errors", "denied_req",
-    "denied_resp", "ejected_until")
+    "denied_resp", "ejected_until", "denied_conn", "queue_cur", "queued")
 
 
 # Rows a report looks at beyond the busy ones: a fingerprint costs 1-3 µs, so a report

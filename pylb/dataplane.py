@@ -18,11 +18,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from proxy.balance import Balancers
-from proxy.certs import CertificateError, generate_self_signed
 from proxy.http import HttpProxy
 from proxy.listener import ConnectionLimit
 from proxy.tcp import TcpProxy
-from proxy.tls import TlsStore, self_signed_names
 from pylb.config import Settings, TlsSettings
 from pylb.counters import Stats
 from pylb.delta import Delta, diff
@@ -31,6 +29,7 @@ from pylb.preflight import FlagError, StartupError, load_error_page
 
 if TYPE_CHECKING:
     from proxy.http.gwplane import GatewayPlane
+    from proxy.tls import TlsStore
 
 log = logging.getLogger("pylb")
 
@@ -39,8 +38,16 @@ log = logging.getLogger("pylb")
 APPLY_SLICE = 1000
 
 
+# proxy.tls and proxy.certs are imported where TLS is set up, not at the top: they load
+# cryptography (~8 MiB and ~0.1 s of start-up a worker), which a worker without a TLS
+# frontend never uses.
+
+
 def make_tls_store(tls: TlsSettings, need_tls: bool,
                    self_signed_pem: bytes | None = None) -> TlsStore:
+    from proxy.certs import CertificateError
+    from proxy.tls import TlsStore
+
     try:
         return TlsStore(tls, need_tls=need_tls, self_signed_pem=self_signed_pem)
     except CertificateError as e:
@@ -58,6 +65,9 @@ def make_self_signed(settings: Settings) -> bytes | None:
     controller so that every worker serves the same one."""
     if settings.tls.cert:
         return None
+    from proxy.certs import generate_self_signed
+    from proxy.tls import self_signed_names
+
     return generate_self_signed(self_signed_names())
 
 
@@ -70,7 +80,8 @@ class DataPlane:
         self.settings = settings
         self.reuse_port = reuse_port
         self.stats = Stats()
-        self.balancers = Balancers(settings.limits, on_eject=self._ejected)
+        self.balancers = Balancers(settings.limits, on_eject=self._ejected,
+                                   stats=self.stats)
         # --maxconn counts every frontend's connections together, as haproxy's global
         # maxconn does.
         self.limit = ConnectionLimit(settings.limits.maxconn)

@@ -28,6 +28,7 @@ from pylb.model import (
     SkippedService,
     SniCertificate,
     TcpFrontend,
+    server_unchecked,
 )
 
 _name = attrgetter("name")
@@ -177,7 +178,7 @@ def _merge(old: tuple[Backend, ...], changed: tuple[Backend, ...],
 _PACKED_FIELDS = {
     Server: ("address", "port", "name", "weight", "ready", "serving", "terminating"),
     Backend: ("name", "servers", "algorithm", "affinity", "cookie_name", "proxy_protocol",
-              "check_path", "check", "error_limit"),
+              "check_path", "check", "error_limit", "maxconn", "rate_limit"),
     HttpRoute: ("name", "prefix", "backend", "host", "strip_prefix", "case_insensitive",
                 "tls", "ssl_redirect", "match", "rewrite", "redirect", "redirect_code",
                 "slash_redirect"),
@@ -210,10 +211,10 @@ def unpack_backends(packed: tuple[PackedBackend, ...]) -> tuple[Backend, ...]:
     # Each port comes out of the unpickler as an int object of its own (pickle shares no
     # ints): one per port number instead is ~3 MiB less in a worker at 100,000 servers.
     ports: dict[int, int] = {}
-    share = ports.setdefault
+    share, make = ports.setdefault, server_unchecked
     out = []
     for (name, *rest), servers in packed:
-        out.append(Backend(name, tuple(Server(s[0], share(s[1], s[1]), *s[2:])
+        out.append(Backend(name, tuple(make(s[0], share(s[1], s[1]), *s[2:])
                                        for s in servers), *rest))
     return tuple(out)
 

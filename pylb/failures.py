@@ -18,6 +18,10 @@ class Failure(enum.Enum):
     FORBIDDEN = (403, "dreq", "forbidden")
     NO_ROUTE = (404, "ereq", "no_route")
     NO_SERVER = (503, "econ", "no_server")
+    QUEUE_TIMEOUT = (503, "econ", "queue_timeout")  # waited `timeout queue` for a slot
+    QUEUE_FULL = (503, "econ", "queue_full")  # the backend's queue at --queue-limit
+    RATE_LIMITED = (429, "dreq", "rate_limited")  # a client over lb.rate-limit
+    BODY_TIMEOUT = (408, "ereq", "body_timeout")  # body not whole in --timeout-request-body
     CONNECT_FAILED = (502, "econ", "connect_failed")
     CONNECT_TIMEOUT = (504, "econ", "connect_timeout")
     BACKEND_RESET = (502, "eresp", "backend_reset")
@@ -48,6 +52,7 @@ REASON_PHRASES: dict[int, bytes] = {
     404: b"Not Found",
     408: b"Request Timeout",
     414: b"URI Too Long",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     502: b"Bad Gateway",

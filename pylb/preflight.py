@@ -18,8 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from proxy.certs import CertificateError
-from proxy.tls import TlsStore
 from pylb.config import Settings
 
 # Where a pod finds its service account (kubernetes-asyncio reads the same place).
@@ -54,6 +52,9 @@ def check_files(settings: Settings) -> None:
     certificates (--ssl-cert) and the client CA (--ssl-ca-cert); --error-page is read by
     settings_from_args. Runs before any worker starts, and for --dry too."""
     if settings.tls.cert:
+        from proxy.certs import CertificateError  # cryptography: only when there is TLS
+        from proxy.tls import TlsStore
+
         try:
             TlsStore(replace(settings.tls, ca_cert=None))
         except CertificateError as e:  # its message starts with the file

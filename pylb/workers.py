@@ -55,7 +55,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pylb import collector
@@ -539,6 +539,9 @@ def worker_main(index: int, settings: Settings, sock: socket.socket,
 async def _worker(index: int, settings: Settings, sock: socket.socket,
                   self_signed_pem: bytes | None) -> None:
     loop = asyncio.get_running_loop()
+    # Per-server limits are divided among the workers (proxy/queue.py says why).
+    settings = replace(settings, limits=replace(settings.limits,
+                                                worker=(index, settings.workers)))
     plane = DataPlane(settings, reuse_port=True, self_signed_pem=self_signed_pem)
     failed: str | None = None
     try:

@@ -13,6 +13,7 @@ _TEXT: dict[int, bytes] = {
     404: b"The requested URL was not found on this server.",
     408: b"Your browser didn't send a complete request in time.",
     414: b"The requested URL is too long.",
+    429: b"Too many requests: slow down.",
     431: b"The request header fields are too large.",
     500: b"An internal server error occurred.",
     502: b"The server returned an invalid or incomplete response.",

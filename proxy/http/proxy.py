@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from proxy.balance import Balancers, Key
 from proxy.connect import Dial, ShortageLog
+from proxy.http.idle import IdleSweep
 from proxy.http.parser import resolve
 from proxy.http.pool import Pool
 from proxy.http.routing import Router
@@ -58,8 +59,12 @@ class HttpProxy:
         self.gateway: Any = None  # a Gateway listener's proxy.http.gwplane.GatewayDispatch
         self.conns: set[ClientProtocol] = set()
         self.closing = False
+        # The port clients connect to (X-Forwarded-Port), once started on one port: a
+        # getsockname per connection fewer (0: each connection asks its socket).
+        self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Pool | None = None
+        self._idle: IdleSweep | None = None
         self._server: asyncio.Server | None = None
         self._connects: set[Dial] = set()  # connects under way
         self._gone: asyncio.Event | None = None
@@ -78,6 +83,13 @@ class HttpProxy:
             self._pool = Pool(self.loop, limits.pool_per_server, timeouts.backend_idle)
             self._pool.retain(self.balancers.live_keys)  # pool only the table's servers
         return self._pool
+
+    @property
+    def idle(self) -> IdleSweep:
+        """The sweep of idle keep-alive client connections."""
+        if self._idle is None:
+            self._idle = IdleSweep(self.loop, self.conns, self.settings.timeouts.keep_alive)
+        return self._idle
 
     @property
     def connections(self) -> int:
@@ -118,6 +130,7 @@ class HttpProxy:
                                       handshake_timeout=self._handshake_timeout, loop=loop)
             self._listener.start()
             addr = sock.getsockname()
+            self.port = addr[1]
             return addr[0], addr[1]
         if sock is not None:
             server = await loop.create_server(self._protocol, sock=sock,
@@ -130,6 +143,8 @@ class HttpProxy:
                                               ssl_handshake_timeout=self._handshake_timeout)
         self._server = server
         addr = server.sockets[0].getsockname()
+        ports = {s.getsockname()[1] for s in server.sockets}
+        self.port = addr[1] if len(ports) == 1 else 0
         return addr[0], addr[1]
 
     @property
@@ -171,13 +186,21 @@ class HttpProxy:
             await asyncio.sleep(0)
         if self._pool is not None:
             self._pool.close_all()
+        if self._idle is not None:
+            self._idle.cancel()
         if self._server is not None:
             await self._server.wait_closed()
         # Let the transports' close callbacks run, so nothing is left for the loop's end.
         for _ in range(3):
             await asyncio.sleep(0)
 
-    def connection_gone(self) -> None:
+    def connection_opened(self, conn: ClientProtocol) -> None:
+        self.conns.add(conn)
+
+    def connection_gone(self, conn: ClientProtocol) -> None:
+        self.conns.discard(conn)
+        if self.limit is not None:
+            self.limit.release()
         if self._gone is not None and not self.conns:
             self._gone.set()
 

@@ -12,15 +12,20 @@ is gathered in `_wbuf` and written once per read (`flush`), so a small response 
 in one write. An exchange ends when the request has been read whole and the response
 sent whole; then the connection waits for the next request (keep-alive) or closes.
 
+Where the exchange is — request being read, waiting for the response, response under
+way, tunnel, closing — is one `State` (`_state`), moved only through the table of
+`proxy.http.exchange`, which also decides keep-alive after a response (`keep_alive`).
+The methods below carry those decisions out.
+
 Pipelined requests: while an exchange is under way with its request fully read, further
 parser events wait in `_queue` (the client's reading is paused meanwhile, so the queue is
 at most one read's worth) and are replayed when the exchange ends; so does a parse error
 of a later request, answered with its 400 only after the responses before it.
 
-Flow control is cross-wired with high/low watermarks (`upstream.HIGH_WATER`/`LOW_WATER`):
+Flow control is cross-wired with high/low watermarks (`proxy.flow`, shared with L4):
 the backend's write buffer full → stop reading the client; the client's write buffer
-full → stop reading the backend. Reading is paused for several independent reasons (a
-bit each in `_paused`), and resumed only when none is left.
+full → stop reading the backend. Reading the client is paused for several independent
+reasons (`flow.Pause`, a bit each in `_paused`), and resumed only when none is left.
 
 Timers: one `TimerHandle` per connection, armed for the phase's timeout (`_T_*`). The
 inactivity kinds (client, server, tunnel) are not re-armed on every read: activity only
@@ -42,12 +47,24 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from proxy.balance import Balancer, cookie_value
+from proxy import flow
+from proxy.balance import Balancer, cookie_value, normalize_client_ip
+from proxy.http import accesslog
 from proxy.http import headers as hdr
 from proxy.http.errors import error_response, redirect_response
+from proxy.http.exchange import (
+    ON,
+    REQUEST_WHOLE,
+    RESPONSE_WHOLE,
+    Event,
+    State,
+    may_resend,
+    termination,
+)
+from proxy.http.exchange import keep_alive as keep_alive_after
+from proxy.http.frontend import Frontend
 from proxy.http.parser import (
     ParseError,
     RequestHead,
@@ -56,43 +73,61 @@ from proxy.http.parser import (
     request_parser,
 )
 from proxy.http.routing import slash_redirect, split_target
-from proxy.http.upstream import HIGH_WATER, LOW_WATER, UpstreamProtocol
+from proxy.http.upstream import UpstreamProtocol
+from proxy.queue import Gate, Ticket
+from proxy.ratelimit import retry_after
 from proxy.retry import Next, after_connect_failure
 from pylb.counters import Counters
 from pylb.failures import Failure
 from pylb.model import Affinity, Backend, Server
 
-if TYPE_CHECKING:
-    from proxy.http.proxy import HttpProxy
-
-access_log = logging.getLogger("pylb.access")
 log = logging.getLogger("pylb.http")
 
 # Timer kinds. Only the inactivity kinds (> _T_REQUEST) are stretched by activity.
 _T_NONE, _T_KEEPALIVE, _T_REQUEST, _T_CLIENT, _T_SERVER, _T_TUNNEL = range(6)
-# Reasons to pause reading the client.
-_P_QUEUE, _P_UPSTREAM, _P_PENDING, _P_UPGRADE = 1, 2, 4, 8
+# Reasons to pause reading the client, as ints (an IntFlag's operators are Python calls).
+_P_QUEUE = int(flow.Pause.QUEUE)
+_P_UPSTREAM = int(flow.Pause.PEER)
+_P_PENDING = int(flow.Pause.PENDING)
+_P_UPGRADE = int(flow.Pause.UPGRADE)
+_HIGH_WATER = flow.HIGH_WATER
+_access_log_enabled = accesslog.access_log.isEnabledFor  # asked per exchange
+_INFO = logging.INFO
 _REPLAY_MAX = 64 * 1024  # body bytes kept to replay on a retry (else no retry)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _COOKIE = Affinity.COOKIE  # an Enum member's lookup costs ten times a global's (3.11)
+# The exchange's states as globals, for the same reason; `_ON_X[state]` is the state after
+# event X, straight from the table (an illegal step raises KeyError: an internal error,
+# never silent).
+_IDLE, _REQUEST, _WAITING, _RESPONSE, _EARLY, _DRAIN, _DONE, _TUNNEL, _CLOSED = State
+_ON_HEAD = ON[Event.HEAD]
+_ON_REQUEST_END = ON[Event.REQUEST_END]
+_ON_RESPONSE_HEAD = ON[Event.RESPONSE_HEAD]
+_ON_RESPONSE_END = ON[Event.RESPONSE_END]
+_ON_ANSWER = ON[Event.ANSWER]
+_ON_RETRACT = ON[Event.RETRACT]
+_ON_SWITCH = ON[Event.SWITCH]
+_REQ_WHOLE = REQUEST_WHOLE
+_RESP_WHOLE = RESPONSE_WHOLE
 
 
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
+        "_again",
         "_attempts",
         "_backend",
         "_balancer",
         "_be_c",
+        "_body_timer",
         "_bytes_out_req",
         "_chunked_out",
         "_close_after",
         "_connecting",
         "_cookie",
-        "_discard",
         "_exclude",
         "_fe",
         "_feeding",
-        "_gone",
+        "_held",
         "_keep",
         "_loop",
         "_out_head",
@@ -105,23 +140,26 @@ class ClientProtocol(asyncio.Protocol):
         "_replay",
         "_replay_size",
         "_req",
-        "_req_done",
         "_resp",
         "_resp_bytes",
-        "_resp_done",
         "_server",
         "_srv_c",
         "_ssl_client",
+        "_state",
+        "_state_closed",
         "_status",
+        "_sweep",
         "_t0",
         "_t_conn",
         "_t_head",
         "_t_resp",
+        "_term",
         "_timer",
         "_tkind",
         "_tlen",
         "_tstamp",
         "_tunnel_eofs",
+        "_tw",
         "_ubuf",
         "_unsent",
         "_up",
@@ -134,22 +172,23 @@ class ClientProtocol(asyncio.Protocol):
         "local_port",
         "parser",
         "transport",
-        "tunnel",
     )
 
-    def __init__(self, proxy: HttpProxy) -> None:
+    def __init__(self, proxy: Frontend) -> None:
         self._proxy = proxy
         self._pool = proxy.pool
         self._loop = proxy.loop
         self._fe: Counters = proxy.fe_counters
+        self._sweep = proxy.idle
         self.transport: asyncio.Transport | None = None
-        self.parser: RequestParser = request_parser(proxy.parser_kind, self,
-                                                    proxy.settings.limits)
+        # made on the first bytes, dropped while idle between requests (proxy.http.idle)
+        self.parser: RequestParser | None = None
         self.client_ip = ""
         self.client_port = 0
         self.local_port = 0
         self.closed = False
-        self.tunnel = False
+        self._state = _IDLE  # the exchange's (proxy.http.exchange)
+        self._state_closed = _IDLE  # the state the connection was closed in
         self._tunnel_eofs = 0
         self._ssl_client: tuple[bytes, bytes] | None = None
         self._paused = 0
@@ -161,18 +200,21 @@ class ClientProtocol(asyncio.Protocol):
         self._wbuf: list[bytes] = []
         self._wsize = 0  # the waited-for side's write buffer when last looked at
         self._ubuf: list[bytes] = []
-        self._close_after = False
+        self._close_after = False  # close after this exchange (an input to keep_alive)
+        self._again = False  # an exchange has ended on this connection
         self._feeding = False  # inside parser.feed: writes to the backend wait for its end
-        self._gone = False  # closing: parser events that still come are ignored
+        self._body_timer: asyncio.TimerHandle | None = None  # --timeout-request-body
+        # A per-server slot held (proxy.queue), or a place in the queue for one: set only
+        # on a backend with a limit, and cleared by `_free_slot` when the exchange ends
+        # (not by `_reset`, which runs per request). One field: one test per request.
+        self._held: Server | Ticket | None = None
+        self._tw = 0.0  # seconds the held slot was waited for (the access log's Tw)
         self._reset()
 
     def _reset(self) -> None:
         """Forget the exchange that ended."""
         self._req: RequestHead | None = None
-        self._req_done = False
-        self._discard = False
         self._resp: ResponseHead | None = None
-        self._resp_done = False
         self._backend: Backend | None = None
         self._balancer: Balancer | None = None
         self._server: Server | None = None
@@ -195,6 +237,7 @@ class ClientProtocol(asyncio.Protocol):
         self._unsent: tuple[list[bytes], int] | None = None
         self._keep = True
         self._status = 0
+        self._term = "--"  # haproxy's termination state, for the access log
         self._resp_bytes = 0
         self._bytes_out_req = 0
         self._t0 = 0.0
@@ -209,17 +252,19 @@ class ClientProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         proxy = self._proxy
-        proxy.conns.add(self)
+        proxy.connection_opened(self)
         fe = self._fe
         fe.open()
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip, self.client_port = peer[0], peer[1]
-        sockname = transport.get_extra_info("sockname")
-        if sockname:
-            self.local_port = sockname[1]
+        port = proxy.port
+        if not port:
+            sockname = transport.get_extra_info("sockname")
+            port = sockname[1] if sockname else 0
+        self.local_port = port
         # TCP_NODELAY: uvloop and asyncio set it on TCP transports already.
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        flow.set_limits(transport)
         if proxy.tls:
             ssl_object = transport.get_extra_info("ssl_object")
             cert = ssl_object.getpeercert() if ssl_object is not None else None
@@ -232,22 +277,39 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self._proxy.conns.discard(self)
-        if self._proxy.limit is not None:
-            self._proxy.limit.release()
         self._fe.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._req is not None:
-            if not self._resp_done and not self._gone:  # (_gone: we cut it, and said why)
+            state = self._state
+            if state not in _RESP_WHOLE and state is not _CLOSED:  # (else we cut it)
                 self._proxy.stats.fail(Failure.CLIENT_ABORT)
+                self._ended(Failure.CLIENT_ABORT)
             self._drop_upstream()
             self._end_exchange(reusable=False, log_it=True)
-        self._proxy.connection_gone()
+        self._closing()
+        self._proxy.connection_gone(self)
+
+    def _closing(self) -> None:
+        state = self._state
+        if state is not _CLOSED:
+            self._state_closed = state
+            self._state = _CLOSED
+
+    @property
+    def tunnel(self) -> bool:
+        return self._state is _TUNNEL
+
+    @property
+    def request_whole(self) -> bool:
+        """The current exchange's request has been read to its end (or the connection
+        was closed after it had been)."""
+        state = self._state
+        return (self._state_closed if state is _CLOSED else state) in _REQ_WHOLE
 
     def close(self) -> None:
-        self._gone = True
+        self._closing()
         t = self.transport
         if t is not None and not t.is_closing():
             self.flush()
@@ -256,7 +318,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._client_wait(t)
 
     def abort(self) -> None:
-        self._gone = True
+        self._closing()
         t = self.transport
         if t is not None:
             t.abort()
@@ -266,10 +328,9 @@ class ClientProtocol(asyncio.Protocol):
         return self._req is None and self._queue is None
 
     def pause_reading(self, why: int) -> None:
-        if not self._paused and self.transport is not None:
-            self.transport.pause_reading()
-        self._paused |= why
-        if why == _P_UPSTREAM and self._tkind == _T_CLIENT and not self._req_done:
+        self._paused = flow.pause(self.transport, self._paused, why)
+        if why == _P_UPSTREAM and self._tkind == _T_CLIENT \
+                and (self._state is _REQUEST or self._state is _EARLY):
             # The body waits for the server to take it, not for the client.
             up = self._up
             self._wsize = up.transport.get_write_buffer_size() \
@@ -278,11 +339,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def resume_reading(self, why: int) -> None:
         if self._paused & why:
-            self._paused &= ~why
-            if not self._paused and self.transport is not None and not self.closed:
-                self.transport.resume_reading()
-            if why & _P_UPSTREAM and self._tkind == _T_SERVER and not self._req_done \
-                    and self._req is not None and self._resp is None:
+            self._paused = flow.resume(self.transport, self._paused, why)
+            if why & _P_UPSTREAM and self._tkind == _T_SERVER \
+                    and self._state is _REQUEST:
                 self._arm(_T_CLIENT, self._proxy.settings.timeouts.client)
 
     def pause_writing(self) -> None:
@@ -299,7 +358,8 @@ class ClientProtocol(asyncio.Protocol):
             self._up_paused = False
             if up is not None and up.transport is not None and not up.closed:
                 up.transport.resume_reading()
-        if self._tkind == _T_CLIENT and self._req_done and not self._gone:
+        if self._tkind == _T_CLIENT and self._state in _REQ_WHOLE \
+                and self._state is not _TUNNEL:
             self._arm(_T_SERVER, self._proxy.settings.timeouts.server)
 
     # -- timers ---------------------------------------------------------------------------
@@ -319,6 +379,45 @@ class ClientProtocol(asyncio.Protocol):
             timer.cancel()
         self._timer = self._loop.call_at(now + seconds, self._on_timer)
 
+    def _go_idle(self) -> None:
+        """Between requests the frontend's sweep watches us. After the first exchange
+        the timer goes at once: many connections stay idle after one request (browsers
+        keep spares), and 10,000 of them would hold 10,000 timers until the sweep. After
+        later ones it is kept (a busy connection would make one per request, ~8k
+        instructions), to be dropped by the sweep or when it fires (not re-armed)."""
+        if not self._again:
+            self._again = True
+            timer = self._timer
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+        self._tkind = _T_KEEPALIVE
+        self._tlen = self._proxy.settings.timeouts.keep_alive
+        self._tstamp = self._loop.time()
+        sweep = self._sweep
+        if not sweep.armed:
+            sweep.watch()
+
+    def idle_check(self, now: float, interval: float) -> bool:
+        """The sweep's visit (proxy.http.idle): True while idle between requests."""
+        if self._tkind != _T_KEEPALIVE or self.closed:
+            return False
+        idle = now - self._tstamp
+        if idle >= self._tlen:
+            self._tkind = _T_NONE
+            self.close()
+            return False
+        if idle >= interval:
+            # Idle a whole interval: slim down. The parser (~0.9 KiB, llhttp) is made
+            # again by the next request's first bytes; the exchange's last timer (~0.6
+            # KiB) would only fire to find nothing to do.
+            self.parser = None
+            timer = self._timer
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+        return True
+
     def _disarm(self) -> None:
         self._tkind = _T_NONE
 
@@ -335,8 +434,8 @@ class ClientProtocol(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         kind = self._tkind
-        if kind == _T_NONE or self.closed:
-            return
+        if kind <= _T_KEEPALIVE or self.closed:  # _T_NONE or _T_KEEPALIVE
+            return  # (idle between requests: the sweep's, proxy.http.idle)
         now = self._loop.time()
         deadline = self._tstamp + self._tlen
         if now < deadline:
@@ -356,9 +455,10 @@ class ClientProtocol(asyncio.Protocol):
                 self._wsize = size
                 self._extend(now)
                 return
-        if kind == _T_SERVER and self._connecting:
-            # Still connecting: the connect timeout bounds that (each attempt), and the
-            # server's time starts when it has the request (`_attach` re-arms).
+        if kind == _T_SERVER and (self._connecting or type(self._held) is Ticket):
+            # Still connecting, or queued for a server slot: the connect timeout (each
+            # attempt) or the queue timeout bounds that, and the server's time starts
+            # when it has the request (`_attach` re-arms).
             self._extend(now)
             return
         self._tkind = _T_NONE
@@ -366,10 +466,12 @@ class ClientProtocol(asyncio.Protocol):
             self.close()
         elif kind == _T_REQUEST:
             self._proxy.stats.fail(Failure.REQUEST_TIMEOUT)
+            self._ended(Failure.REQUEST_TIMEOUT)
             self._fe.req_errors += 1
             self._local_error(Failure.REQUEST_TIMEOUT)
         elif kind == _T_CLIENT:
             self._proxy.stats.fail(Failure.CLIENT_TIMEOUT)
+            self._ended(Failure.CLIENT_TIMEOUT)
             if self._resp is None and self._req is not None:
                 self._fe.req_errors += 1
                 self._close_after = True
@@ -386,7 +488,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._fe.bytes_in += len(data)
-        if self.tunnel:
+        if self._state is _TUNNEL:
             self._tstamp = self._loop.time()
             up = self._up
             if up is not None and up.transport is not None:
@@ -398,9 +500,13 @@ class ClientProtocol(asyncio.Protocol):
         elif kind == _T_KEEPALIVE:
             now = self._t0 = self._loop.time()
             self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request, now)
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = request_parser(self._proxy.parser_kind, self,
+                                                  self._proxy.settings.limits)
         self._feeding = True
         try:
-            self.parser.feed(data)
+            parser.feed(data)
         except ParseError as e:
             self._feeding = False
             if self._ubuf:
@@ -413,6 +519,7 @@ class ClientProtocol(asyncio.Protocol):
             log.exception("%s: internal error on a connection from %s", self._proxy.frontend,
                           self.client_ip)
             self._proxy.stats.fail(Failure.INTERNAL)
+            self._ended(Failure.INTERNAL)
             self._drop_upstream()
             self.abort()
             return
@@ -421,25 +528,31 @@ class ClientProtocol(asyncio.Protocol):
             self._uflush()
 
     def eof_received(self) -> bool | None:
-        if self.tunnel:
+        if self._state is _TUNNEL:
             up = self._up
             if up is not None and up.transport is not None and up.transport.can_write_eof() \
                     and not up.transport.is_closing():
                 up.transport.write_eof()
                 return self._tunnel_eof(1)
             return None
-        if self._req is not None and not self._req_done:
-            self._close_after = True
-            return None  # a truncated request: close (the response, if any, is lost)
-        if self._req is not None:
-            self._close_after = True
+        if self._req is None:
+            return None
+        self._close_after = True
+        if self._state in _REQ_WHOLE:
             return True  # half-closed after a whole request: still send the response
-        return None
+        return None  # a truncated request: close (the response, if any, is lost)
 
     def _bad_request(self, failure: Failure) -> None:
         self._proxy.stats.fail(failure)
+        if self._req is None or self._state not in _REQ_WHOLE:
+            self._ended(failure)  # (else it is the next request's, answered later)
         self._fe.req_errors += 1
-        if self._req is not None and self._req_done:
+        state = self._state
+        if state is _CLOSED:
+            if self._resp is not None:
+                self.abort()
+            return
+        if self._req is not None and state in _REQ_WHOLE:
             # A bad next request while the previous one is answered: that answer goes
             # out first, then the 400 (the parser is dead; reading stops meanwhile).
             self._parse_failed(failure)
@@ -451,7 +564,7 @@ class ClientProtocol(asyncio.Protocol):
         self._local_error(failure)
 
     def _parse_failed(self, failure: Failure) -> None:
-        if self._gone:
+        if self._state is _CLOSED:
             return
         if self._queue is not None or self._req is not None:
             self._enqueue(3, failure)
@@ -461,7 +574,7 @@ class ClientProtocol(asyncio.Protocol):
     # The parser's callbacks. Events of a request that must wait are queued.
 
     def on_head(self, head: RequestHead) -> None:
-        if self._gone:
+        if self._state is _CLOSED:
             return
         if self._queue is not None or self._req is not None:
             self._enqueue(0, head)
@@ -469,12 +582,13 @@ class ClientProtocol(asyncio.Protocol):
         self._start(head)
 
     def on_body(self, data: bytes) -> None:
-        if self._gone:
+        state = self._state
+        if state is _CLOSED:
             return
-        if self._queue is not None or self._req_done:
+        if self._queue is not None or state in _REQ_WHOLE:
             self._enqueue(1, data)
             return
-        if self._discard:
+        if state is _DRAIN:
             return
         req = self._req
         parts = (b"%x\r\n" % len(data), data, b"\r\n") if req is not None and req.chunked \
@@ -484,7 +598,7 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self._pending.extend(parts)
             self._pending_size += len(data)
-            if self._pending_size > HIGH_WATER:
+            if self._pending_size > _HIGH_WATER:
                 self.pause_reading(_P_PENDING)
         replay = self._replay
         if replay is not None:
@@ -495,14 +609,16 @@ class ClientProtocol(asyncio.Protocol):
                 replay.extend(parts)
 
     def on_end(self) -> None:
-        if self._gone:
+        state = self._state
+        if state is _CLOSED:
             return
-        if self._queue is not None or self._req_done or self._req is None:
+        if self._queue is not None or state in _REQ_WHOLE or state is _IDLE:
             self._enqueue(2, None)
             return
-        self._req_done = True
+        self._state = _ON_REQUEST_END[state]
         req = self._req
-        if req.chunked and not self._discard:
+        assert req is not None
+        if req.chunked and state is not _DRAIN:
             if self._up is not None:
                 self._ubuf.append(b"0\r\n\r\n")
             else:
@@ -511,7 +627,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._replay.append(b"0\r\n\r\n")
         if req.upgrade:
             self.pause_reading(_P_UPGRADE)
-        if self._resp_done:
+        if state is _DRAIN:  # now _DONE
             self._finish()
         elif self._tkind != _T_SERVER:
             self._arm(_T_SERVER, self._proxy.settings.timeouts.server)
@@ -549,10 +665,14 @@ class ClientProtocol(asyncio.Protocol):
     def _start(self, head: RequestHead) -> None:
         proxy = self._proxy
         self._req = head
+        self._state = _ON_HEAD[self._state]
         now = self._t_head = self._loop.time()
         self._fe.req_total += 1
         if head.chunked or head.content_length:  # head.has_body
             self._arm(_T_CLIENT, proxy.settings.timeouts.client, now)
+            body_timeout = proxy.settings.timeouts.http_body
+            if body_timeout is not None:
+                self._body_timer = self._loop.call_at(now + body_timeout, self._body_late)
         else:
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         authority, path, query = split_target(head.target)
@@ -587,6 +707,14 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._backend = backend
         self._balancer = balancer
+        if balancer.limiter is not None:
+            wait = balancer.limiter.check(normalize_client_ip(self.client_ip))
+            if wait:
+                self._fe.denied_req += 1
+                proxy.stats.backend(backend.name).denied_req += 1
+                self._local(429, None, Failure.RATE_LIMITED,
+                            b"retry-after: %d\r\n" % retry_after(wait))
+                return
         cookie_name = None
         if backend.affinity is _COOKIE:
             cookie_name = backend.cookie_name.encode()
@@ -605,7 +733,26 @@ class ClientProtocol(asyncio.Protocol):
         assert balancer is not None and self._backend is not None
         proxy = self._proxy
         cookie = self._cookie.decode("latin-1") if self._cookie else None
+        if self._held is not None:
+            self._free_slot()  # a retry: the failed attempt's slot goes back first
         server = balancer.pick(self.client_ip, self._exclude or (), cookie)
+        if balancer.gate is not None:
+            got = balancer.gate.admit(self, balancer, server, self.client_ip,
+                                      self._exclude or ())
+            if type(got) is Ticket:
+                self._held = got  # queue_granted or queue_expired comes later
+                return
+            if type(got) is Failure:
+                if got is not Failure.NO_SERVER:
+                    proxy.stats.fail(got)
+                    proxy.stats.backend(self._backend.name).conn_errors += 1
+                    self._fail(got)
+                    return
+                server = None
+            else:
+                server = cast(Server, got)
+                self._held = server
+                self._tw = 0.0
         if server is None:
             if last is None:
                 proxy.stats.fail(Failure.NO_SERVER)
@@ -626,6 +773,57 @@ class ClientProtocol(asyncio.Protocol):
         self._connecting = True
         self._t_conn = 0.0
         proxy.connect(self, server)
+
+    # -- the queue (proxy.queue calls these) ---------------------------------------------
+
+    def queue_granted(self, server: Server) -> None:
+        """`_dispatch`'s end, for a request that waited (kept inline there: a call per
+        request costs the no-limit path ~200 instructions, bench/instructions.py)."""
+        ticket = self._held
+        self._tw = self._loop.time() - ticket.since if type(ticket) is Ticket else 0.0
+        self._held = self._server = server
+        up = self._pool.take(server.key) if not self._attempts else None
+        if up is not None:
+            self._attach(up)
+            return
+        self._connecting = True
+        self._t_conn = 0.0
+        self._proxy.connect(self, server)
+
+    def queue_expired(self, failure: Failure) -> None:
+        # `_held` keeps the (spent) ticket till the exchange ends: the log's Tw reads it,
+        # and `_free_slot`'s cancel of it is a no-op.
+        proxy = self._proxy
+        proxy.stats.fail(failure)
+        if self._backend is not None:
+            proxy.stats.backend(self._backend.name).conn_errors += 1
+        self._fail(failure)
+
+    def _free_slot(self) -> None:
+        balancer = self._balancer
+        gate: Gate | None = balancer.gate if balancer is not None else None
+        held = self._held
+        self._held = None
+        if gate is not None and balancer is not None:
+            if type(held) is Ticket:
+                gate.cancel(held)
+            elif held is not None:
+                gate.release(cast(Server, held), balancer)
+
+    def _body_late(self) -> None:
+        """--timeout-request-body: the body is not whole in time (a slow POST). 408, and
+        its server slot and connection are freed."""
+        self._body_timer = None
+        if self.closed or self._req is None or self._state in _REQ_WHOLE:
+            return
+        self._proxy.stats.fail(Failure.BODY_TIMEOUT)
+        self._fe.req_errors += 1
+        if self._resp is None:
+            self._drop_upstream()
+            self._close_after = True
+            self._respond_error(Failure.BODY_TIMEOUT)
+        else:
+            self._abort_all()
 
     def connect_done(self, server: Server, up: UpstreamProtocol | None,
                      failure: Failure | None, local: bool = False) -> None:
@@ -768,18 +966,15 @@ class ClientProtocol(asyncio.Protocol):
         req = self._req
         assert req is not None and self._backend is not None and self._server is not None
         self._resp = head
+        state = self._state = _ON_RESPONSE_HEAD[self._state]
         self._status = head.status
         self._t_resp = self._loop.time()
         framing = hdr.response_framing(head, req.version)
-        # A response that comes before the request is whole (the server refuses the
-        # body) ends the connection: the rest of the body would arrive in its place.
-        keep = (req.keep_alive and self._req_done and not self._close_after
-                and not proxy.closing and framing != hdr.FRAME_CLOSE)
-        if head.status == 101:
-            keep = False
-        elif req.upgrade:
-            keep = False  # the client's bytes after an upgrade request are not HTTP to us
-        self._keep = keep
+        keep = self._keep = keep_alive_after(
+            client_keep_alive=req.keep_alive, request_whole=state is _RESPONSE,
+            close_delimited=framing == hdr.FRAME_CLOSE,
+            upgrade=req.upgrade or head.status == 101, must_close=self._close_after,
+            stopping=proxy.closing)
         set_cookie = None
         backend = self._backend
         if backend.affinity is _COOKIE:
@@ -802,16 +997,13 @@ class ClientProtocol(asyncio.Protocol):
     def on_response_end(self) -> None:
         if self._chunked_out:
             self._wbuf.append(b"0\r\n\r\n")
-        self._resp_done = True
-        if self._req_done:
-            self._finish()
-        else:
+        state = self._state = _ON_RESPONSE_END[self._state]
+        if state is _DRAIN:
             # The server answered before the request was whole: stop forwarding it, and
             # since the rest of its body is still coming, close after this response.
             self._close_after = True
             self._keep = False
-            self._discard = True
-            self._finish()
+        self._finish()
 
     def flush(self) -> None:
         wbuf = self._wbuf
@@ -830,6 +1022,7 @@ class ClientProtocol(asyncio.Protocol):
             up.abort()
             return
         self._proxy.stats.fail(failure)
+        self._ended(failure)
         self._count_resp_error()
         self._drop_upstream()
         unsent = self._unsent
@@ -841,6 +1034,7 @@ class ClientProtocol(asyncio.Protocol):
             idx = self._status // 100 - 1
             self._fe.hrsp[idx if 0 <= idx < 5 else 5] -= 1  # counted by on_response
             self._resp = None
+            self._state = _ON_RETRACT[self._state]
         if self._resp is None:
             self._close_after = True
             self._respond_error(failure)
@@ -851,13 +1045,18 @@ class ClientProtocol(asyncio.Protocol):
     def upstream_lost(self, up: UpstreamProtocol) -> None:
         if up is not self._up:
             return
-        if self.tunnel:
+        state = self._state
+        if state is _TUNNEL:
             self.close()
             return
-        if self._resp_done:
+        if state in _RESP_WHOLE:
             return
-        if self._resp is None and not up.got_bytes and up.uses > 1 and self._retry_ok() \
-                and self._attempts < self._proxy.settings.limits.retries:
+        req = self._req
+        if req is not None and may_resend(
+                idempotent=req.idempotent, body_kept=self._replay is not None,
+                response_started=self._resp is not None or up.got_bytes,
+                reused_connection=up.uses > 1, attempts=self._attempts,
+                retries=self._proxy.settings.limits.retries):
             # A pooled connection the server had closed: send again on another one.
             up.detach()
             self._up = None
@@ -873,10 +1072,6 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.upstream_failed(up, Failure.BACKEND_RESET)
 
-    def _retry_ok(self) -> bool:
-        req = self._req
-        return req is not None and req.idempotent and self._replay is not None
-
     def _count_resp_error(self) -> None:
         if self._backend is not None:
             self._proxy.stats.backend(self._backend.name).resp_errors += 1
@@ -886,10 +1081,11 @@ class ClientProtocol(asyncio.Protocol):
 
     def _backend_timeout(self) -> None:
         self._proxy.stats.fail(Failure.BACKEND_TIMEOUT)
+        self._ended(Failure.BACKEND_TIMEOUT)
         self._count_resp_error()
         self._drop_upstream()
         if self._resp is None:
-            if not self._req_done:
+            if self._state not in _REQ_WHOLE:
                 self._close_after = True
             self._respond_error(Failure.BACKEND_TIMEOUT)
         else:
@@ -907,13 +1103,13 @@ class ClientProtocol(asyncio.Protocol):
         """The backend said 101 (its head is in `_wbuf`): from now on, bytes both ways."""
         up = self._up
         assert up is not None and up.transport is not None
-        self.tunnel = True
+        self._state = _ON_SWITCH[self._state]
         if upstream_rest:
             self._wbuf.append(upstream_rest)
+        assert self.parser is not None
         client_rest = self.parser.upgrade_rest
         if client_rest:
             up.transport.write(client_rest)
-        self._resp_done = True
         self._arm(_T_TUNNEL, self._proxy.settings.timeouts.tunnel)
         self.resume_reading(_P_UPGRADE)
 
@@ -944,36 +1140,45 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- answering ----------------------------------------------------------------------
 
-    def _local(self, status: int, body: bytes | None, failure: Failure) -> None:
-        """Answer the current request ourselves."""
+    def _local(self, status: int, body: bytes | None, failure: Failure,
+               extra: bytes = b"") -> None:
+        """Answer the current request ourselves (`extra`: header lines)."""
         proxy = self._proxy
         proxy.stats.fail(failure)
+        self._ended(failure)
         req = self._req
         assert req is not None
-        close = req.has_body or not req.keep_alive or proxy.closing or req.upgrade
+        close = not self._local_keep_alive(req)
         self._status = status
         self._fe.response(status)
-        self._wbuf.append(error_response(status, body, close=close,
+        self._wbuf.append(error_response(status, body, close=close, extra=extra,
                                          head_only=req.method == b"HEAD"))
         self._local_done(close)
 
     def _redirect(self, location: bytes, status: int = 301) -> None:
         req = self._req
         assert req is not None
-        close = req.has_body or not req.keep_alive or self._proxy.closing or req.upgrade
+        close = not self._local_keep_alive(req)
         self._status = status
         self._fe.response(status)
         self._wbuf.append(redirect_response(location, close=close, status=status))
         self._local_done(close)
 
+    def _local_keep_alive(self, req: RequestHead) -> bool:
+        """Keep-alive after our own answer to the request just read (its head only: a
+        body would have to be read and dropped first, so one closes the connection)."""
+        return keep_alive_after(
+            client_keep_alive=req.keep_alive, request_whole=not req.has_body,
+            close_delimited=False, upgrade=req.upgrade, must_close=self._close_after,
+            stopping=self._proxy.closing)
+
     def _local_done(self, close: bool) -> None:
-        self._discard = True
-        self._resp_done = True
+        state = self._state = _ON_ANSWER[self._state]
         self._keep = not close
         if close:
             self._close_after = True
             self._finish()
-        elif self._req_done:
+        elif state is _DONE:
             self._finish()
         # else: on_end comes from the parser right after this head; it finishes then
 
@@ -983,19 +1188,22 @@ class ClientProtocol(asyncio.Protocol):
         status = failure.status
         self._status = status
         self._fe.response(status)
-        close = self._close_after or req is None or not req.keep_alive or not self._req_done
-        self._wbuf.append(error_response(status, close=close,
+        keep = keep_alive_after(
+            client_keep_alive=req is not None and req.keep_alive,
+            request_whole=self._state in _REQ_WHOLE, close_delimited=False, upgrade=False,
+            must_close=self._close_after, stopping=False)
+        self._wbuf.append(error_response(status, close=not keep,
                                          head_only=req is not None and req.method == b"HEAD"))
-        self._resp_done = True
-        self._keep = not close
-        if close:
+        self._state = _ON_ANSWER[self._state]
+        self._keep = keep
+        if not keep:
             self._close_after = True
-        self._discard = True
         self._finish()
 
     def _local_error(self, failure: Failure) -> None:
         """Answer outside any routed exchange (a malformed request, a slow head), and
         close."""
+        self._ended(failure)
         self._status = failure.status
         self._fe.response(failure.status)
         req = self._req  # a HEAD whose body (chunked) was malformed: no body either
@@ -1007,8 +1215,18 @@ class ClientProtocol(asyncio.Protocol):
         self.close()
 
     def _fail(self, failure: Failure) -> None:
+        self._ended(failure)
         self._connecting = False
         self._respond_error(failure)
+
+    def _ended(self, failure: Failure) -> None:
+        """`failure` ends this exchange: note haproxy's termination state for the log
+        (the first failure only: what follows is its consequence)."""
+        if self._term == "--":
+            state = self._state
+            self._term = termination(
+                failure, self._state_closed if state is _CLOSED else state,
+                self._connecting)
 
     # -- the end of an exchange ----------------------------------------------------------
 
@@ -1016,19 +1234,23 @@ class ClientProtocol(asyncio.Protocol):
         """The response is complete (or given up). The exchange ends now if the request
         was read whole; else (close_after) the connection closes."""
         up = self._up
+        done = self._state is _DONE  # else _DRAIN (closing) or _CLOSED
         reusable = False
         if up is not None:
             parser = up.parser
-            reusable = (self._resp is not None and self._resp.keep_alive and self._req_done
+            reusable = (done and self._resp is not None and self._resp.keep_alive
                         and parser is not None
-                        and not parser.rest and parser.upgrade_rest is None and up.usable)
-        keep = self._keep and not self._close_after
+                        and not parser.rest and parser.upgrade_rest is None
+                        and not up.closed and not up.eof and up.transport is not None
+                        and not up.transport.is_closing())  # up.usable, inline
+        keep = done and self._keep and not self._close_after
         self._end_exchange(reusable, log_it=True)
         if not keep:
             self.close()
             return
+        self._state = _IDLE  # _ON_NEXT[_DONE]: no lookup for a constant
         self.flush()
-        self._arm(_T_KEEPALIVE, self._proxy.settings.timeouts.keep_alive)
+        self._go_idle()
         if self._proxy.closing:
             self.close()
             return
@@ -1072,7 +1294,7 @@ class ClientProtocol(asyncio.Protocol):
                 up.transport.resume_reading()
         if self._paused & _P_UPSTREAM:
             self.resume_reading(_P_UPSTREAM)
-        if up is not None and not self.tunnel:
+        if up is not None and self._state is not _TUNNEL:
             up.detach()
             if reusable:
                 self._pool.put(up)
@@ -1082,27 +1304,25 @@ class ClientProtocol(asyncio.Protocol):
             up.detach()
             up.close()
         self._release_server()
-        if log_it and access_log.isEnabledFor(logging.INFO):
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if log_it and _access_log_enabled(_INFO):
             self._log()
+        if self._held is not None:
+            self._free_slot()  # after the pool took `up`: the next in line gets it warm
         self._reset()
 
     def _log(self) -> None:
-        req = self._req
-        now = self._loop.time()
-        t0 = self._t0 or now
-        ms: Callable[[float], int] = lambda t: int((t - t0) * 1000) if t else -1  # noqa: E731
-        tq = ms(self._t_head)
-        tc = int((self._t_conn - self._t_head) * 1000) if self._t_conn else -1
-        tr = int((self._t_resp - self._t_conn) * 1000) if self._t_resp and self._t_conn \
-            else -1
-        backend = self._backend.name if self._backend is not None else "<NOSRV>"
-        server = self._server.label if self._server is not None else "<NOSRV>"
-        line = '%s:%d [%s] %s %s/%s %d/%d/%d/%d/%d %d %d "%s %s HTTP/%s"' % (  # noqa: UP031
-            self.client_ip, self.client_port,
-            time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime()), self._proxy.frontend,
-            backend, server, tq, 0 if self._t_conn else -1, tc, tr, ms(now), self._status,
-            self._resp_bytes,
-            req.method.decode("latin-1") if req else "<BADREQ>",
-            req.target.decode("latin-1") if req else "",
-            req.version.decode() if req else "1.1")
-        access_log.info(line)
+        backend, server = self._backend, self._server
+        held = self._held  # Tw: time in the queue (haproxy's), when there is one
+        tw = None if held is None else int((self._loop.time() - held.since) * 1000) \
+            if type(held) is Ticket else int(self._tw * 1000)
+        accesslog.log(accesslog.line(
+            client_ip=self.client_ip, client_port=self.client_port,
+            frontend=self._proxy.frontend,
+            backend=backend.name if backend is not None else accesslog.NOSRV,
+            server=server.label if server is not None else accesslog.NOSRV,
+            t0=self._t0, t_head=self._t_head, t_conn=self._t_conn, t_resp=self._t_resp,
+            now=self._loop.time(), status=self._status, nbytes=self._resp_bytes,
+            termination=self._term, req=self._req, tw=tw))

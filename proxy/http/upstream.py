@@ -11,20 +11,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
-from proxy.http.parser import ParseError, ResponseParser, response_parser
+from proxy import flow
+from proxy.balance import Key
+from proxy.http.parser import ParseError, ResponseParser, ResponseSink, response_parser
 from pylb.config import HttpParser
 from pylb.failures import Failure
 
-if TYPE_CHECKING:
-    from proxy.http.pool import Key, Pool
-    from proxy.http.server import ClientProtocol
-
 log = logging.getLogger("pylb.http")
 
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+
+class Owner(ResponseSink, Protocol):
+    """What an UpstreamProtocol calls on the exchange that owns it (server.ClientProtocol):
+    the response parser's callbacks, flow control and the tunnel."""
+
+    def pause_reading(self, why: int) -> None: ...
+    def resume_reading(self, why: int) -> None: ...
+    def upstream_activity(self, n: int) -> None: ...
+    def upstream_failed(self, up: UpstreamProtocol, failure: Failure) -> None: ...
+    def upstream_lost(self, up: UpstreamProtocol) -> None: ...
+    def start_tunnel(self, upstream_rest: bytes) -> None: ...
+    def tunnel_from_upstream(self, data: bytes) -> None: ...
+    def tunnel_upstream_eof(self) -> bool | None: ...
+    def flush(self) -> None: ...
+
+
+class Holder(Protocol):
+    """The pool an idle connection waits in (pool.Pool)."""
+
+    def remove(self, conn: UpstreamProtocol) -> None: ...
+
+_PEER = int(flow.Pause.PEER)  # why the owner stops reading its client when we are full
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -47,10 +65,10 @@ class UpstreamProtocol(asyncio.Protocol):
         self.key = key
         self.kind = kind
         self.transport: asyncio.Transport | None = None
-        self.owner: ClientProtocol | None = None
+        self.owner: Owner | None = None
         self.parser: ResponseParser | None = None
         self.idle_since = 0.0
-        self.pool: Pool | None = None  # the pool it idles in (Pool sets and clears it)
+        self.pool: Holder | None = None  # the pool it idles in (Pool sets and clears it)
         self.closed = False
         self.eof = False
         self.got_bytes = False  # any response byte in the current exchange
@@ -64,7 +82,7 @@ class UpstreamProtocol(asyncio.Protocol):
         t = self.transport
         return not self.closed and not self.eof and t is not None and not t.is_closing()
 
-    def enter_pool(self, pool: Pool, now: float) -> None:
+    def enter_pool(self, pool: Holder, now: float) -> None:
         self.owner = None
         if self.parser is not None:
             self.parser.release()  # kept for reuse, but it must not hold the last client
@@ -74,7 +92,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def leave_pool(self) -> None:
         self.pool = None
 
-    def begin(self, owner: ClientProtocol, method: bytes, upgrade: bool) -> None:
+    def begin(self, owner: Owner, method: bytes, upgrade: bool) -> None:
         """Start an exchange: the next bytes from the server are `owner`'s response."""
         self.owner = owner
         self.got_bytes = False
@@ -105,7 +123,7 @@ class UpstreamProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         # TCP_NODELAY: uvloop and asyncio set it on TCP transports already.
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        flow.set_limits(transport)
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
@@ -170,8 +188,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.owner is not None:
-            self.owner.pause_reading(2)
+            self.owner.pause_reading(_PEER)
 
     def resume_writing(self) -> None:
         if self.owner is not None:
-            self.owner.resume_reading(2)
+            self.owner.resume_reading(_PEER)

@@ -55,9 +55,11 @@ import logging
 import socket
 from typing import Any, cast
 
-from proxy.balance import Balancer, Balancers
+from proxy import flow
+from proxy.balance import Balancer, Balancers, normalize_client_ip
 from proxy.connect import Dial, ShortageLog
 from proxy.listener import BACKLOG, ConnectionLimit, Listener, bind_socket
+from proxy.queue import Ticket
 from proxy.retry import Next, after_connect_failure
 from proxy.tcp import proxyproto
 from proxy.tcp.poller import Poller
@@ -71,10 +73,11 @@ from pylb.model import Affinity, Algorithm, ProxyProtocol, RouteTable, Server, T
 
 log = logging.getLogger("pylb.tcp")
 
-# Write-buffer watermarks per transport. 64 KiB is asyncio's default high mark; the low
-# mark at a quarter avoids pause/resume ping-pong.
-HIGH_WATER = 64 * 1024
-LOW_WATER = 16 * 1024
+# Write-buffer watermarks per transport: one pair for L4 and L7, justified in proxy.flow.
+HIGH_WATER = flow.HIGH_WATER
+LOW_WATER = flow.LOW_WATER
+_P_PEER = int(flow.Pause.PEER)
+_P_CONNECTING = int(flow.Pause.CONNECTING)
 # Splice only pays once a connection moves bulk data. Moving a connection to splice costs
 # ~42 µs (dups, two pipes, epoll changes; bench medians: 140 vs 98 µs per connection) and
 # saves ~0.14 µs per KiB (0.30 vs 0.15 CPU-s/GiB). Not knowing how much more a connection
@@ -208,12 +211,13 @@ class _Upstream(asyncio.Protocol):
             self.conn.server_lost(exc)
 
     def pause_writing(self) -> None:
-        self.conn.ct.pause_reading()
+        c = self.conn
+        c.c_paused = flow.pause(c.ct, c.c_paused, _P_PEER)
 
     def resume_writing(self) -> None:
         c = self.conn
         if c.state is _TUNNEL:
-            c.ct.resume_reading()
+            c.c_paused = flow.resume(c.ct, c.c_paused, _P_PEER)
             if c.down + c.up >= c.splice_at:
                 c.try_splice()
 
@@ -228,6 +232,7 @@ class _Conn(asyncio.Protocol):
         "bcounters",
         "born",
         "c_eof",
+        "c_paused",
         "client_at",
         "client_ip",
         "ct",
@@ -247,9 +252,11 @@ class _Conn(asyncio.Protocol):
         "seen_up",
         "server",
         "server_at",
+        "slot",
         "splice_at",
         "st",
         "state",
+        "ticket",
         "up",
         "upstream",
     )
@@ -272,6 +279,8 @@ class _Conn(asyncio.Protocol):
         self.bal: Balancer | None = None
         self.backend = ""
         self.server: Server | None = None
+        self.slot: Server | None = None  # a per-server slot held (proxy.queue)
+        self.ticket: Ticket | None = None  # or a place in the queue for one
         self.scounters: Counters | None = None
         self.bcounters: Counters | None = None
         self.sbuf = b""  # the client's first bytes, until the server is connected
@@ -283,6 +292,7 @@ class _Conn(asyncio.Protocol):
         self.client_at = 0.0
         self.server_at = 0.0
         self.c_eof = False
+        self.c_paused = 0  # why the client is not read (flow.Pause bits)
         self.s_eof = False
         self.splice_at = proxy.splice_at
 
@@ -315,7 +325,7 @@ class _Conn(asyncio.Protocol):
             if not self.backend:
                 self._inspect()
             elif len(self.sbuf) >= HIGH_WATER:
-                self.ct.pause_reading()
+                self.c_paused = flow.pause(self.ct, self.c_paused, _P_CONNECTING)
 
     def eof_received(self) -> bool:
         self.c_eof = True
@@ -354,7 +364,7 @@ class _Conn(asyncio.Protocol):
                 len(self.sbuf) <= MAX_CLIENT_HELLO + 5:
             return
         host = None if isinstance(result, NeedMore) else result
-        self.ct.pause_reading()
+        self.c_paused = flow.pause(self.ct, self.c_paused, _P_CONNECTING)
         name = sni_backend(self.fe.frontend, host)
         if name is None:
             self.proxy.stats.fail(Failure.NO_ROUTE)
@@ -370,11 +380,26 @@ class _Conn(asyncio.Protocol):
         self.bcounters = proxy.stats.backend(backend)
         bal = self.bal = proxy.balancers.get(backend)
         if bal is not None and (bal.backend.algorithm is Algorithm.SOURCE
-                                or bal.backend.affinity is Affinity.CLIENT_IP):
+                                or bal.backend.affinity is Affinity.CLIENT_IP
+                                or bal.limiter is not None):
             # Two syscalls and a socket object: only when the choice depends on it.
             peer = self.ct.get_extra_info("peername")
             self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        if bal is not None and bal.limiter is not None \
+                and bal.limiter.check(normalize_client_ip(self.client_ip)):
+            # Over the client's rate of new connections: reset, as haproxy's
+            # `tcp-request connection reject` (nothing was read, nothing is answered).
+            self.fcounters.denied_conn += 1
+            self.bcounters.denied_conn += 1
+            proxy.stats.fail(Failure.RATE_LIMITED)
+            self.abort(None)
+            return
         server = bal.pick(self.client_ip) if bal is not None else None
+        if bal is not None and bal.gate is not None:
+            # The wait in the queue spends no connect retry (self.attempts).
+            server = self._admit(bal, server, ())
+            if server is None:
+                return  # queued (queue_granted dials), or refused
         if server is None:
             self.bcounters.conn_errors += 1
             proxy.stats.fail(Failure.NO_SERVER)
@@ -382,6 +407,53 @@ class _Conn(asyncio.Protocol):
             return
         assert bal is not None
         self._dial(bal, server)
+
+    def _admit(self, bal: Balancer, server: Server | None,
+               exclude: set[tuple[str, int]] | tuple[()]) -> Server | None:
+        """A gated backend (proxy.queue): the server to dial now, or None when this
+        connection waits in the queue (or was refused: then it is closed). `exclude`:
+        servers that may not take it now (a redispatch's failed one)."""
+        assert bal.gate is not None
+        got = bal.gate.admit(self, bal, server, self.client_ip, exclude)
+        if type(got) is Ticket:
+            self.ticket = got
+            return None
+        if type(got) is Failure:
+            if got is Failure.NO_SERVER:
+                self.bcounters.conn_errors += 1  # type: ignore[union-attr]
+                self.proxy.stats.fail(got)
+            else:
+                self.queue_expired(got)
+                return None
+            self.abort(None)
+            return None
+        self.slot = cast(Server, got)
+        return self.slot
+
+    def queue_granted(self, server: Server) -> None:
+        self.ticket = None
+        self.slot = server
+        bal = self.bal
+        assert bal is not None
+        self._dial(bal, server)
+
+    def queue_expired(self, failure: Failure) -> None:
+        self.ticket = None
+        if self.bcounters is not None:
+            self.bcounters.conn_errors += 1
+        self.proxy.stats.fail(failure)
+        self.abort(None)
+
+    def _free_slot(self) -> None:
+        bal = self.bal
+        gate = bal.gate if bal is not None else None
+        ticket, slot = self.ticket, self.slot
+        self.ticket = self.slot = None
+        if gate is not None and bal is not None:
+            if ticket is not None:
+                gate.cancel(ticket)
+            if slot is not None:
+                gate.release(slot, bal)
 
     def _dial(self, bal: Balancer, server: Server) -> None:
         bal.acquire(server)
@@ -432,14 +504,23 @@ class _Conn(asyncio.Protocol):
             connect_timeout=proxy.settings.timeouts.connect,
             server_usable=bal.usable(server), others_usable=bal.others_usable(server),
             sticky=bal.sticky)
-        nxt: Server | None = server
+        nxt: Server | None = server  # a retry on the same server keeps its slot
         if step.next is Next.REDISPATCH:
             if self.exclude is None:
                 self.exclude = set()
             self.exclude.add(server.key)
+            if self.slot is not None:
+                self._free_slot()  # the failed server's slot goes to the next in line
             # All others tried: any but this one again.
             nxt = bal.pick(self.client_ip, self.exclude) or \
                 bal.pick(self.client_ip, (server.key,))
+            if bal.gate is not None:
+                # A gated backend: the retry takes a slot, or waits in the queue like any
+                # connection (its dial when granted is this retry: it spent it), or is
+                # refused (then closed).
+                nxt = self._admit(bal, nxt, {server.key})
+                if nxt is None:
+                    return
         if step.next is Next.GIVE_UP or nxt is None:
             self.abort(None)
             return
@@ -472,7 +553,7 @@ class _Conn(asyncio.Protocol):
         # Resume both sides first: the writes below may pause them again (pause_writing
         # runs inside write), and that must be the last word.
         if not self.c_eof:
-            self.ct.resume_reading()
+            self.c_paused = flow.resume(self.ct, self.c_paused, _P_CONNECTING)
         st.resume_reading()
         if bal.backend.proxy_protocol is not ProxyProtocol.NONE:
             src = self.ct.get_extra_info("peername")
@@ -598,6 +679,8 @@ class _Conn(asyncio.Protocol):
         if self.server is not None and self.bal is not None:
             self.bal.release(self.server)
             self.server = None
+        if self.slot is not None or self.ticket is not None:
+            self._free_slot()
 
     def flush_counts(self) -> None:
         pump = self.pump
@@ -618,7 +701,7 @@ class _Conn(asyncio.Protocol):
 def _tune(transport: asyncio.Transport) -> None:
     # uvloop sets TCP_NODELAY on every TCP transport already; asking for the socket to
     # set it again costs a socket object per side (~10 µs per connection).
-    transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+    flow.set_limits(transport)
 
 
 def _addr(a: Any) -> tuple[str, int] | None:

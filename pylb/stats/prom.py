@@ -266,6 +266,21 @@ def row_family_texts(view: StatsView,
     fe_errors = _Text("pylb_frontend_request_errors", "Bad or failed client requests", True)
     fe_denied = _Text("pylb_frontend_denied_requests", "Denied requests", True)
     limit = _Text("pylb_frontend_limit_sessions", "Session limit (maxconn x workers)")
+    fe_dcon = _Text("pylb_frontend_denied_connections",
+                    "TCP connections reset by a per-client rate limit", True)
+    # The queue (per-server maxconn) and the rate limits: haproxy's qcur, qmax, qtime,
+    # dreq. Server series only for backends with a per-server limit.
+    be_qcur = _Text("pylb_backend_queue_current", "Requests waiting for any server")
+    be_qmax = _Text("pylb_backend_queue_max", "Most requests waiting at once")
+    be_qtime = _Text("pylb_backend_queue_time_average_seconds",
+                     "Mean time in the queue per request (0 for those that did not wait)")
+    be_denied = _Text("pylb_backend_denied_requests",
+                      "Requests (HTTP: 429) denied by a per-client rate limit", True)
+    sv_qcur = _Text("pylb_server_queue_current",
+                    "Requests waiting for this server (affinity) when it is full")
+    sv_limit = _Text("pylb_server_limit_sessions", "Per-server limit (lb.maxconn)")
+    sv_qtime = _Text("pylb_server_queue_time_average_seconds",
+                     "Mean time in the queue per request sent to the server")
     be_up = _Text("pylb_backend_up", "1 when a server can take work")
     be_active = _Text("pylb_backend_active_servers", "Usable servers")
     by_state = _Text("pylb_backend_servers", "Servers of the backend by status")
@@ -295,6 +310,7 @@ def row_family_texts(view: StatsView,
             fe.add(row, labels)
             fe_errors.add(labels, row.get("ereq"))
             fe_denied.add(labels, row.get("dreq"))
+            fe_dcon.add(labels, row.get("dcon"))
             if row.get("slim"):
                 limit.add(labels, row.get("slim"))
         elif t == TYPE_BACKEND:
@@ -309,6 +325,10 @@ def row_family_texts(view: StatsView,
             be_resp.add(labels, row.get("eresp"))
             retries.add(labels, row.get("wretr"))
             redispatches.add(labels, row.get("wredis"))
+            be_qcur.add(labels, row.get("qcur"))
+            be_qmax.add(labels, row.get("qmax"))
+            be_qtime.add(labels, _f(row.get("qtime") or 0) / 1000.0)
+            be_denied.add(labels, row.get("dreq"))
         else:
             status = str(row.get("status") or "")
             state = (status.split(" ")[0] if status != "no check" else "no_check").lower()
@@ -324,16 +344,21 @@ def row_family_texts(view: StatsView,
             sv_weight.add(labels, row.get("weight"))
             sv_conn.add(labels, row.get("econ"))
             sv_resp.add(labels, row.get("eresp"))
+            if row.get("slim"):
+                sv_limit.add(labels, row.get("slim"))
+                sv_qcur.add(labels, row.get("qcur"))
+                sv_qtime.add(labels, _f(row.get("qtime") or 0) / 1000.0)
             if row.get("check_duration") is not None:
                 chk_dur.add(labels, _f(row["check_duration"]) / 1000.0)
             if row.get("check_status") is not None:
                 chk_fail.add(labels, row.get("chkfail"))
                 chk_down.add(labels, row.get("chkdown"))
                 downtime.add(labels, row.get("downtime"))
-    families = [*fe.families(), fe_errors, fe_denied, limit, *be.families(), be_up,
-                be_active, by_state, be_conn, be_resp, retries, redispatches,
-                *sv.families(), sv_up, sv_status, sv_weight, sv_conn, sv_resp, chk_dur,
-                chk_fail, chk_down, downtime]
+    families = [*fe.families(), fe_errors, fe_denied, fe_dcon, limit, *be.families(), be_up,
+                be_active, by_state, be_conn, be_resp, retries, redispatches, be_qcur,
+                be_qmax, be_qtime, be_denied, *sv.families(), sv_up, sv_status, sv_weight,
+                sv_conn, sv_resp, sv_limit, sv_qcur, sv_qtime, chk_dur, chk_fail,
+                chk_down, downtime]
     return [f.text() for f in families]
 
 

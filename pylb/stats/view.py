@@ -127,6 +127,7 @@ class StatsView:
     table_version: int = 0
     table_age: float | None = None  # seconds since the table was applied
     maxconn: int = 0  # per worker (Limits.maxconn)
+    queue_limit: int = 0  # per backend and worker (Limits.queue_limit); 0: none
     # Frontend name → mode ("http" or "tcp"), when the caller knows better than the table.
     frontend_modes: Mapping[str, str] = field(default_factory=dict)
 
@@ -147,6 +148,25 @@ class StatsView:
     @property
     def frontend_limit(self) -> int:
         return self.maxconn * max(1, self.workers)
+
+    def qlimit(self, backend: Backend) -> int | None:
+        """The Queue Limit cell: the node's --queue-limit (every worker's), where a
+        backend has a queue at all (a per-server limit); else empty, as haproxy's."""
+        if not backend.maxconn or not self.queue_limit:
+            return None
+        return self.queue_limit * max(1, self.workers)
+
+
+def _qtime(c: Mapping[str, Any]) -> int:
+    """haproxy's qtime: the mean time requests spent in the queue, in ms, counting those
+    that did not wait as 0 (haproxy averages its last 1024 requests; pylb since start, so
+    that every worker's row adds up exactly)."""
+    try:
+        n = int(c.get("lbtot", 0))
+        mean = float(c.get("queue_time", 0.0)) * 1000 / n if n > 0 else 0.0
+    except (TypeError, ValueError, OverflowError):  # a worker's report is data, not law
+        return 0
+    return int(mean) if math.isfinite(mean) and mean >= 0 else 0
 
 
 class LazyCounters(Mapping[str, Any]):
@@ -281,6 +301,8 @@ def _counter_cells(c: Mapping[str, Any], now: float) -> Row:
         "bout": int(c.get("bytes_out", 0)),
         "dreq": int(c.get("denied_req", 0)),
         "dresp": int(c.get("denied_resp", 0)),
+        "qcur": int(c.get("queue_cur", 0)),
+        "qmax": int(c.get("queue_max", 0)),
         "rate": int(c.get("rate", 0)),
         "rate_max": int(c.get("max_rate", 0)),
         "hrsp_1xx": hrsp[0], "hrsp_2xx": hrsp[1], "hrsp_3xx": hrsp[2],
@@ -297,10 +319,10 @@ def _frontend_row(view: StatsView, name: str, mode: str, iid: int) -> Row:
         "slim": view.frontend_limit or None,
         "ereq": int(c.get("req_errors", 0)),
         "status": "OPEN", "pid": 1, "iid": iid, "sid": 0, "type": TYPE_FRONTEND,
-        "mode": mode,
+        "mode": mode, "dcon": int(c.get("denied_conn", 0)),
         "conn_rate": row["rate"], "conn_rate_max": row["rate_max"], "conn_tot": row["stot"],
     })
-    del row["lastsess"]
+    del row["lastsess"], row["qcur"], row["qmax"]  # a frontend has no queue
     if mode != "http":
         for k in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
                   "req_tot"):
@@ -321,7 +343,10 @@ def _server_row(view: StatsView, backend: Backend, server: Server, mode: str, ii
     http = mode == "http"
     hrsp = g("hrsp") or _NO_HRSP
     row: Row = {
-        "pxname": backend.name, "svname": svname, "qcur": 0, "qmax": 0,
+        "pxname": backend.name, "svname": svname,
+        "qcur": int(g("queue_cur", 0)), "qmax": int(g("queue_max", 0)),
+        "qlimit": view.qlimit(backend), "qtime": _qtime(c),
+        "slim": backend.maxconn or None,
         "scur": int(g("cur_conns", 0)),
         "smax": int(g("max_conns", 0)),
         "stot": int(g("total_conns", 0)),
@@ -383,8 +408,7 @@ def _removed_row(view: StatsView, backend: str, label: str, mode: str, iid: int,
     """A server the table no longer has that still holds sessions: DRAIN (no new work,
     haproxy's word for it), weight 0, said to be removed. It goes with its last session
     (counters.prune_to_table)."""
-    row: Row = {"pxname": backend, "svname": label, "qcur": 0, "qmax": 0,
-                **_counter_cells(c, view.now)}
+    row: Row = {"pxname": backend, "svname": label, **_counter_cells(c, view.now)}
     row.update({
         "econ": int(c.get("conn_errors", 0)),
         "eresp": int(c.get("resp_errors", 0)),
@@ -414,8 +438,8 @@ def _backend_row(view: StatsView, backend: Backend, mode: str, iid: int,
                  servers: list[Row], removed: bool = False) -> Row:
     c = view.counters.get("backends", {}).get(backend.name, {})
     usable = [r for r in servers if server_usable(str(r["status"]))]
-    row: Row = {"pxname": backend.name, "svname": "BACKEND", "qcur": 0, "qmax": 0,
-                **_counter_cells(c, view.now)}
+    row: Row = {"pxname": backend.name, "svname": "BACKEND", **_counter_cells(c, view.now),
+                "qlimit": view.qlimit(backend), "qtime": _qtime(c)}
     row.update({
         "econ": int(c.get("conn_errors", 0)),
         "eresp": int(c.get("resp_errors", 0)),

@@ -775,3 +775,40 @@ def test_canonical_ip_is_ipaddress_text(text: str) -> None:
     assert got == want
     if want == text:
         assert got is text or ":" in text  # no second copy of a canonical IPv4 address
+
+
+# -- protecting backends: lb.maxconn, lb.rate-limit ---------------------------------------------
+
+
+def test_maxconn_and_rate_limit_annotations_and_their_flags() -> None:
+    from pylb.config import Limits
+
+    services = [svc("a", annotations={P + "lb.maxconn": "25", P + "lb.rate-limit": "10/s"}),
+                svc("b"),
+                svc("c", annotations={P + "lb.maxconn": "0", P + "lb.rate-limit": "off"}),
+                svc("db", [{"port": 3306}], annotations={P + "lb.maxconn": "4",
+                                                        P + "lb.rate-limit": "1/s,burst=5"})]
+    t = run(services, tcp_services=(("db", 3306),))
+    assert (t.backend("default/a:80").maxconn, t.backend("default/a:80").rate_limit) == \
+        (25, (10.0, 10))
+    assert (t.backend("default/b:80").maxconn, t.backend("default/b:80").rate_limit) == \
+        (0, None)
+    assert t.backend("default/db:3306").maxconn == 4
+    assert t.backend("default/db:3306").rate_limit == (1.0, 5)
+    assert "maxconn=25 rate-limit=10/s,burst=10" in t.render()
+    # The flags are the defaults of services without the annotations; "0"/"off" lift them.
+    t = run(services, limits=Limits(server_maxconn=100, rate_limit=(50.0, 100)))
+    assert (t.backend("default/b:80").maxconn, t.backend("default/b:80").rate_limit) == \
+        (100, (50.0, 100))
+    assert (t.backend("default/c:80").maxconn, t.backend("default/c:80").rate_limit) == \
+        (0, None)
+    assert t.backend("default/a:80").maxconn == 25
+
+
+@pytest.mark.parametrize(("key", "value"), [("lb.maxconn", "-1"), ("lb.maxconn", "many"),
+                                            ("lb.rate-limit", "fast"),
+                                            ("lb.rate-limit", "10/s,burst=0")])
+def test_bad_protection_annotations_skip_the_service(key: str, value: str) -> None:
+    t = run([svc("a", annotations={P + key: value}), svc("ok")])
+    assert [r.name for r in t.http] == ["ok"]
+    assert len(reasons(t, "a")) == 1 and key in reasons(t, "a")[0]

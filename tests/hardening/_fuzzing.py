@@ -348,7 +348,7 @@ class _Client(ClientProtocol):
 
     def _end_exchange(self, reusable: bool, log_it: bool) -> None:
         if self._req is not None:
-            self.exchanges.append((self._status, self._req_done))
+            self.exchanges.append((self._status, self.request_whole))
         super()._end_exchange(reusable, log_it)
 
 

@@ -140,6 +140,12 @@ def test_dry_render_says_which_backends_are_checked(argv: list[str], checked: se
     (["--error-limit=-1"], "--error-limit"),
     (["--error-down-for=0"], "--error-down-for"),
     (["--panic-threshold=101"], "--panic-threshold"),
+    (["--server-maxconn=-2"], "--server-maxconn"),
+    (["--queue-limit=lots"], "--queue-limit"),
+    (["--timeout-queue=never"], "--timeout-queue"),
+    (["--rate-limit=fast"], "--rate-limit"),
+    (["--rate-limit=10/s,burst=0"], "--rate-limit"),
+    (["--timeout-request-body=x"], "--timeout-request-body"),
 ])
 def test_bad_flag_stops_startup_naming_it(argv: list[str], flag: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -341,3 +347,21 @@ def test_an_unknown_choice_lists_the_valid_values_on_one_line(
     line = _one_line(capsys.readouterr().err)
     assert line.startswith(f"pylb run: error: argument {argv[0].split('=')[0]}: ")
     assert valid in line
+
+
+def test_protection_flags() -> None:
+    s = settings()
+    assert (s.limits.server_maxconn, s.limits.queue_limit, s.limits.rate_limit) == (0, 0, None)
+    assert s.limits.queue_timeout == s.timeouts.connect  # haproxy: timeout queue unset
+    assert s.timeouts.http_body is None  # off, as haproxy without http-buffer-request
+    s = settings("--timeout-connect=2s")
+    assert s.limits.queue_timeout == 2.0
+    s = settings("--server-maxconn=50", "--queue-limit=100", "--timeout-queue=30s",
+                 "--rate-limit=100/m,burst=20", "--rate-limit-table-size=5000",
+                 "--timeout-request-body=20s")
+    assert (s.limits.server_maxconn, s.limits.queue_limit, s.limits.queue_timeout) == \
+        (50, 100, 30.0)
+    assert s.limits.rate_limit is not None and s.limits.rate_limit[1] == 20
+    assert abs(s.limits.rate_limit[0] - 100 / 60) < 1e-9
+    assert s.limits.rate_table_size == 5000
+    assert s.timeouts.http_body == 20.0

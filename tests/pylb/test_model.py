@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,20 @@ def test_model_objects_are_immutable() -> None:
         t.http = ()  # type: ignore[misc]
     with pytest.raises(AttributeError):
         A.servers[0].ready = False  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("args", [
+    ("10.0.0.1", 8080, "", 1, True, True, False),
+    ("10.0.0.2", 80, "pod-a", 3, False, True, True),
+    ("fd00::1", 443, "", 0, False, False, False),
+])
+def test_server_unchecked_is_the_constructor(args: tuple[Any, ...]) -> None:
+    """Every slot, the derived ones too, as the dataclass's own __init__ and
+    __post_init__ set them (pylb.delta builds a worker's servers this way)."""
+    from pylb.model import server_unchecked
+
+    made, want = server_unchecked(*args), Server(*args)
+    assert made == want and hash(made) == hash(want)
+    for slot in Server.__slots__:
+        assert getattr(made, slot) == getattr(want, slot), slot
+    assert made.label == want.label and made.key == want.key

@@ -71,7 +71,7 @@ async def start_proxy(parser_kind: HttpParser) -> AsyncIterator[StartProxy]:
                             timeouts=Timeouts(**(timeouts or {})),
                             limits=Limits(**(limits or {})), **settings_kw)
         stats = Stats()
-        balancers = Balancers(settings.limits)
+        balancers = Balancers(settings.limits, stats=stats)
         proxy = HttpProxy(settings, stats, balancers, tls=tls, ssl_context=ssl_context,
                           frontend="https" if tls else "http")
         _, port = await proxy.start("127.0.0.1", 0)

@@ -321,7 +321,7 @@ async def test_access_log_line(start_proxy: StartProxy, caplog: pytest.LogCaptur
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "pylb.access"]
     assert len(lines) == 1
     pattern = (r'127\.0\.0\.1:\d+ \[[^]]+\] http default/app:80/b0 '
-               r'\d+/0/\d+/\d+/\d+ 200 \d+ "GET /app/logged HTTP/1\.1"')
+               r'\d+/0/\d+/\d+/\d+ 200 \d+ -- "GET /app/logged HTTP/1\.1"')
     assert re.fullmatch(pattern, lines[0]), lines[0]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pylb.access"):
@@ -329,6 +329,7 @@ async def test_access_log_line(start_proxy: StartProxy, caplog: pytest.LogCaptur
         await c.close()
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "pylb.access"]
     assert len(lines) == 1 and '<NOSRV>/<NOSRV>' in lines[0] and " 400 " in lines[0]
+    assert ' PR "<BADREQ> ' in lines[0], lines[0]  # haproxy's "PR": refused by the proxy
 
 
 async def test_counters(start_proxy: StartProxy) -> None:

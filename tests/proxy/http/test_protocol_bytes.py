@@ -165,3 +165,30 @@ async def test_head_and_body_coalesced(parser_kind: HttpParser) -> None:
     assert ct.writes == 1
     ct.close()
     await asyncio.sleep(0)
+
+
+async def test_idle_connection_slims_down_and_closes_at_keep_alive(
+        parser_kind: HttpParser) -> None:
+    """Idle between requests: the sweep (proxy.http.idle), visited here with a chosen
+    time instead of the loop's, drops the parser and the timer after one interval, the
+    next request still goes through (a new parser), and the connection is closed once
+    idle for `timeout http-keep-alive`, not before."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    keep_alive = proxy.settings.timeouts.keep_alive
+    interval = proxy.idle.interval
+    assert interval == min(keep_alive / 4, 1.0)
+    for _ in range(2):  # after the first exchange and after a later one
+        client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert ut.take().startswith(b"GET /x ")
+        up.data_received(OK)
+        assert ct.take().endswith(b"ok") and client.idle
+        now = asyncio.get_running_loop().time()
+        assert client.idle_check(now, interval)  # just idle: nothing dropped
+        assert client.parser is not None
+        assert client.idle_check(now + interval, interval)
+        assert client.parser is None and client._timer is None
+        assert not ct.closing
+    assert client.idle_check(now + keep_alive - 0.01, interval) and not ct.closing
+    assert not client.idle_check(now + keep_alive, interval)
+    assert ct.closing
+    await asyncio.sleep(0)
