@@ -516,8 +516,8 @@ def test_HTTPRouteRedirectScheme() -> None:
 
 
 def test_HTTPRouteRedirectPortAndScheme_port80_and_8080() -> None:
-    """The listeners on :80 and :8080 (the :443 one is HTTPS, not served yet): a scheme
-    without a port goes to its well-known port, no scheme keeps the listener's port."""
+    """The listeners on :80 and :8080: a scheme without a port goes to its well-known
+    port, no scheme keeps the listener's port."""
     c = setup("httproute-redirect-port-and-scheme.yaml")
     accepted_and_resolved(c.plan, ["http-route-for-listener-on-port-80"])
     for path, want in [("/scheme-nil-and-port-nil", "http://example.org/"),
@@ -531,6 +531,22 @@ def test_HTTPRouteRedirectPortAndScheme_port80_and_8080() -> None:
     accepted_and_resolved(c.plan, ["http-route-for-listener-on-port-8080"], gw)
     d = c.get(gw, "/scheme-nil-and-port-nil", host="gw.example", port=8080)
     assert (d.status, d.location) == (302, b"http://example.org:8080/scheme-nil-and-port-nil")
+
+
+def test_HTTPRouteRedirectPortAndScheme_https_listener_on_443() -> None:
+    """The HTTPS listener on :443: a redirect without scheme keeps https (and :443 is its
+    well-known port, so not shown)."""
+    c = setup("httproute-redirect-port-and-scheme.yaml")
+    gw = "same-namespace-with-https-listener"
+    accepted_and_resolved(c.plan, ["http-route-for-listener-on-port-443"], gw)
+    for path, want in [("/scheme-nil-and-port-nil", "https://example.org/"),
+                       ("/scheme-nil-and-port-443", "https://example.org/"),
+                       ("/scheme-nil-and-port-8443", "https://example.org:8443/"),
+                       ("/scheme-http-and-port-nil", "http://example.org/"),
+                       ("/scheme-http-and-port-80", "http://example.org/"),
+                       ("/scheme-http-and-port-8080", "http://example.org:8080/")]:
+        d = c.get(gw, path, host="example.org", port=443)
+        assert (d.status, d.location) == (302, (want + path[1:]).encode()), path
 
 
 @pytest.mark.parametrize(("manifest", "path", "status", "method"), [
