@@ -8,9 +8,9 @@ listener that cannot be bound (address not on this node, port taken) is logged o
 plan and left out.
 
 An (address, port) with HTTPS listeners terminates TLS there: one `TlsStore` per endpoint
-(proxy.tls: `--ssl-ciphers` and the other TLS flags apply), serving each listener's
-certificate (from its certificateRefs' Secret) for the listener's hostname by SNI, and a
-listener without hostname's for any other name. A handshake no listener's certificate
+(proxy.tls: the TLS frontend's versions, ciphers and session-ticket setting), serving each
+listener's certificate (from its certificateRefs' Secret) for the listener's hostname by
+SNI, and a listener without hostname's for any other name. A handshake no listener's certificate
 covers gets the self-signed fallback certificate (its request is then answered 404, as no
 listener matches its host). A changed Secret is served from the next handshake on.
 """
