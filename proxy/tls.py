@@ -134,12 +134,14 @@ class _SniSet:
     infos: tuple[CertInfo, ...]
 
     def find(self, name: str) -> ssl.SSLContext | None:
+        """By exact name, then wildcard parent, then the host `*` (any name, and none:
+        a Gateway listener without hostname) when one is listed."""
         ctx = self.exact.get(name)
         if ctx is None:
             _, dot, parent = name.partition(".")
             if dot:
                 ctx = self.wildcard.get(parent)
-        return ctx
+        return ctx if ctx is not None else self.exact.get("*")
 
 
 class TlsStore:
@@ -319,8 +321,9 @@ class TlsStore:
     def _on_sni(self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                 ctx: ssl.SSLContext) -> None:
         sni = self._sni
-        if sni is not None and server_name:
-            found = sni.find(server_name.lower().rstrip("."))
+        if sni is not None:
+            found = (sni.find(server_name.lower().rstrip(".")) if server_name
+                     else sni.exact.get("*"))
             if found is not None:
                 sslobj.context = found
                 return

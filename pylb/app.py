@@ -52,7 +52,7 @@ from proxy.check import HealthChecker
 from pylb import __version__, collector
 from pylb.config import Settings
 from pylb.counters import ShownCounters, merge_snapshots
-from pylb.dataplane import DataPlane, make_self_signed, make_tls_store
+from pylb.dataplane import DataPlane, gateway_node_address, make_self_signed, make_tls_store
 from pylb.health import HealthServer
 from pylb.model import RouteTable
 from pylb.preflight import StartupError
@@ -303,16 +303,15 @@ class Controller:
         """--gateway-api: watch the Gateway API kinds, serve the plan's listeners; write
         status when leader (always without --election)."""
         from discovery.gateway.source import GatewaySource
-        from proxy.http.gwplane import GatewayPlane
 
-        assert self.plane is not None  # --gateway-api needs --workers 1 (settings check)
-        plane = self.plane
-        # Gateways on the node's own address: advertised as $NODE_IP (the downward API's
-        # status.hostIP, deploy/gateway) when set, bound at --bind
-        node_ip = os.environ.get("NODE_IP") or self.settings.bind
-        plane.gateways = GatewayPlane(self.settings, plane.stats, plane.balancers,
-                                      plane.limit, node_address=node_ip)
-        plane.gateways.set_table(plane.table)
+        # Gateways on the node's own address are advertised as $NODE_IP, bound at --bind.
+        # Every worker binds every listener (SO_REUSEPORT); status is written here only.
+        node_ip = gateway_node_address(self.settings)
+        if self.pool is not None:
+            publish: Callable[[Any], Any] = self.pool.apply_gateways
+        else:
+            assert self.plane is not None
+            publish = self.plane.attach_gateways(node_ip).apply_plan
 
         def leader() -> bool:
             return not self.settings.election or bool(
@@ -320,7 +319,7 @@ class Controller:
 
         self.gateway_source = GatewaySource(self.settings, is_leader=leader,
                                             node_address=node_ip)
-        await self.gateway_source.run(plane.gateways.apply_plan)
+        await self.gateway_source.run(publish)
 
     async def _run_election(self) -> None:
         from election.app import run_election  # kubernetes-asyncio: see make_source

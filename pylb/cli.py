@@ -474,9 +474,6 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         raise FlagError("--panic-threshold: must be a percentage, 0 to 100")
     if ns.gateway_api and not ns.source == "kubernetes":
         raise FlagError("--gateway-api: needs --source kubernetes")
-    if ns.gateway_api and (ns.workers or default_workers()) > 1:
-        raise FlagError("--gateway-api: needs --workers 1 (Gateway listeners are served by "
-                        "the controller's own data plane for now)")
     return Settings(
         source=ns.source,
         namespaces=ns.namespace,

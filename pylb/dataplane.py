@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from proxy.balance import Balancers
 from proxy.http import HttpProxy
@@ -27,6 +28,7 @@ from pylb.model import RouteTable, Server
 from pylb.preflight import FlagError, StartupError, load_error_page
 
 if TYPE_CHECKING:
+    from proxy.http.gwplane import GatewayPlane
     from proxy.tls import TlsStore
 
 log = logging.getLogger("pylb")
@@ -50,6 +52,12 @@ def make_tls_store(tls: TlsSettings, need_tls: bool,
         return TlsStore(tls, need_tls=need_tls, self_signed_pem=self_signed_pem)
     except CertificateError as e:
         raise StartupError(str(e)) from None
+
+
+def gateway_node_address(settings: Settings) -> str:
+    """The address of Gateways that neither spec.addresses nor the pool place: $NODE_IP
+    (the downward API's status.hostIP, deploy/gateway) when set, else --bind."""
+    return os.environ.get("NODE_IP") or settings.bind
 
 
 def make_self_signed(settings: Settings) -> bytes | None:
@@ -88,7 +96,7 @@ class DataPlane:
         self.addresses: dict[str, tuple[str, int]] = {}
         self._tls_watch: asyncio.Task[None] | None = None
         self._https_blocked = settings.https_port in {p for _, p in settings.tcp_services}
-        self.gateways: Any = None  # proxy.http.gwplane.GatewayPlane with --gateway-api
+        self.gateways: GatewayPlane | None = None  # --gateway-api: see attach_gateways
         self._https_warned = False
 
     def _ejected(self, backend: str, server: Server, fails: int,
@@ -125,6 +133,19 @@ class DataPlane:
         self.addresses["https"] = await self.https.start(
             self.settings.bind, self.settings.https_port, reuse_port=self.reuse_port)
         self._tls_watch = asyncio.get_running_loop().create_task(self.tls_store.watch())
+
+    def attach_gateways(self, node_address: str) -> GatewayPlane:
+        """--gateway-api: this plane's Gateway listeners (bound as its other frontends are,
+        with SO_REUSEPORT in a worker), fed plans by `GatewayPlane.apply_plan`."""
+        from proxy.http.gwplane import GatewayPlane  # only with --gateway-api
+
+        if self.gateways is None:
+            self.gateways = GatewayPlane(self.settings, self.stats, self.balancers,
+                                         self.limit, node_address=node_address,
+                                         reuse_port=self.reuse_port,
+                                         self_signed_pem=self.self_signed_pem)
+            self.gateways.set_table(self.table)
+        return self.gateways
 
     async def apply(self, table: RouteTable, delta: Delta | None = None) -> None:
         """Serve `table` from now on. Incremental: `delta` is the change from the table

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pylb.model import SniCertificate
+
 JsonObj = dict[str, Any]
 
 GROUP = "gateway.networking.k8s.io"
@@ -107,6 +109,8 @@ class Listener:
     protocol: str
     hostname: str
     rules: tuple[RuleEntry, ...] = ()
+    # HTTPS: what to terminate with, for `hostname` by SNI ("*": any name, and none)
+    certificates: tuple[SniCertificate, ...] = ()
 
 
 @dataclass(frozen=True)

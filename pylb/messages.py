@@ -25,7 +25,9 @@ the one big message — 4.7 MB at 10,000 services of 10 servers — and goes to 
 start, after a lag, or on request; every other change is a `Delta` of a few hundred bytes
 per changed backend. As defence in depth against a bug rather than an attacker, the reader
 only resolves classes and functions of pylb's own message, delta and model modules and a
-few builtins (`_Unpickler`).
+few builtins (`_Unpickler`). With --gateway-api the controller also sends each worker the
+Gateway listeners to bind (`Gateways`: small, whole, on each change and on start), and
+each worker says which it could not bind (`GatewaysBound`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pylb.delta import PACKABLE, Delta, pack_table, unpack_table
+from pylb.gatewaymodel import GatewayPlan
 from pylb.model import RouteTable
 
 log = logging.getLogger("pylb.workers")
@@ -87,6 +90,16 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class Gateways:
+    """--gateway-api: the Gateway listeners to serve (the plan without its status, which
+    only the controller writes). `seq` numbers the plans; the worker answers each with
+    `GatewaysBound`."""
+
+    seq: int
+    plan: GatewayPlan
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Stop accepting, let open connections finish for up to `grace` seconds, exit."""
 
@@ -111,6 +124,15 @@ class Error:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewaysBound:
+    """The worker serves Gateway plan `seq`; `unavailable`: the (address, port) it could
+    not bind (the listeners' status says PortUnavailable)."""
+
+    seq: int
+    unavailable: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class NeedTable:
     """A delta did not apply to the worker's table (`have` is its version): send the
     whole table."""
@@ -132,7 +154,8 @@ class Stats:
     full: bool = False
 
 
-Message = Table | Delta | Health | Shutdown | Ready | Error | NeedTable | Stats
+Message = (Table | Delta | Health | Gateways | Shutdown | Ready | Error | GatewaysBound
+           | NeedTable | Stats)
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -152,6 +175,7 @@ _ALLOWED = {
     "pylb.messages": None,
     "pylb.delta": None,
     "pylb.model": None,
+    "pylb.gatewaymodel": None,
     "builtins": frozenset({"tuple", "list", "dict", "set", "frozenset", "str", "int",
                            "float", "bool", "bytes", "NoneType"}),
 }
@@ -172,7 +196,8 @@ def decode(payload: bytes) -> Message:
         raise
     except Exception as e:
         raise FrameError(f"undecodable message: {e}") from None
-    if not isinstance(msg, Table | Delta | Health | Shutdown | Ready | Error | NeedTable | Stats):
+    if not isinstance(msg, Table | Delta | Health | Gateways | Shutdown | Ready | Error
+                      | GatewaysBound | NeedTable | Stats):
         raise FrameError(f"not a message: {type(msg).__name__}")
     return msg
 

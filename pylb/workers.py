@@ -18,10 +18,13 @@ never block and are never cut). The first frame is the worker's start-up argumen
                           Health(verdicts)      active-check verdicts, coalesced: the latest
                                                 per server, one batch per loop turn; the
                                                 whole map (full=True) on start
+                          Gateways(seq, plan)   --gateway-api: the Gateway listeners to
+                                                bind, whole, on each change and on start
                           Shutdown(grace)       stop accepting, drain, exit
     worker → controller   Ready(index)          listeners bound
                           Error(message)        could not start (e.g. port in use)
                           NeedTable(have)       a delta was not from its version
+                          GatewaysBound(seq, …) the Gateway listeners it could not bind
                           Stats(rows…)          counter rows changed since its last report,
                                                 every `STATS_INTERVAL`
 
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -57,13 +61,16 @@ from typing import Any
 from pylb import collector
 from pylb.config import Settings
 from pylb.counters import fold_report, merge_snapshots, server_key
-from pylb.dataplane import DataPlane
+from pylb.dataplane import DataPlane, gateway_node_address
 from pylb.delta import Delta, apply_delta, diff
+from pylb.gatewaymodel import GatewayPlan
 from pylb.logs import setup_logging
 from pylb.messages import (
     HEADER,
     Channel,
     Error,
+    Gateways,
+    GatewaysBound,
     Health,
     Message,
     NeedTable,
@@ -82,6 +89,10 @@ log = logging.getLogger("pylb.workers")
 STATS_INTERVAL = 0.5  # seconds between counter reports; the stats page lags by at most this
 RESTART_BACKOFF = (0.5, 30.0)  # first delay and cap, doubling per consecutive crash
 WATCH_INTERVAL = 0.25  # seconds between two looks at whether a worker has exited
+# How long a Gateway plan waits for the workers to say what they bound: binding is a few
+# system calls per listener, so this is only reached by a worker that is stuck or dying
+# (its listeners are then left out of PortUnavailable until the next plan).
+GATEWAY_BIND_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,10 @@ class _Worker:
     # Noted while its buffer is above the high watermark; sent when it drains.
     table_stale: bool = False
     health_stale: bool = False
+    gateways_stale: bool = False
+    # The Gateway plan the worker last said it serves, and what of it it could not bind.
+    gateways_seq: int = -1
+    gateways_down: tuple[tuple[str, int], ...] = ()
 
 
 def _retire(snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +167,8 @@ class WorkerPool:
         self._pending_health: dict[tuple[str, int], bool] = {}
         self._health_flush: asyncio.Handle | None = None
         self._health_bound = 1024  # prune self.health to the table above this many keys
+        self.gateways: Gateways | None = None  # the newest Gateway plan (--gateway-api)
+        self._gateways_answered = asyncio.Event()
         # what was sent, for the figures in the report and the tests
         self.sent = {"tables": 0, "deltas": 0, "health": 0, "table_bytes": 0,
                      "delta_bytes": 0}
@@ -184,6 +201,7 @@ class WorkerPool:
             child.close()
         w.process, w.ready, w.started = proc, False, time.monotonic()
         w.sent_version, w.table_stale, w.health_stale = None, False, False
+        w.gateways_stale, w.gateways_seq, w.gateways_down = False, -1, ()
         self._ready_waiters[w.index] = loop.create_future()
         ch = Channel(lambda m: self._on_message(w, m), lambda _exc: self._on_lost(w, ch),
                      None, lambda: self._drained(w), name=f"worker {w.index}")
@@ -198,6 +216,7 @@ class WorkerPool:
         ch.send_frame(HEADER.pack(len(start)) + start)
         self._send_table(w)
         self._send_health_map(w)
+        self._send_gateways(w)
 
     def _on_message(self, w: _Worker, msg: Message) -> None:
         if isinstance(msg, Stats):
@@ -211,6 +230,9 @@ class WorkerPool:
             fut = self._ready_waiters.get(w.index)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        elif isinstance(msg, GatewaysBound):
+            w.gateways_seq, w.gateways_down = msg.seq, msg.unavailable
+            self._gateways_answered.set()
         elif isinstance(msg, NeedTable):
             log.warning("worker %d has table v%d and missed a change: sending it the whole "
                         "table v%d", w.index, msg.have, self.table.version)
@@ -227,6 +249,7 @@ class WorkerPool:
     def _on_lost(self, w: _Worker, ch: Channel) -> None:
         if w.channel is ch:
             w.channel = None
+        self._gateways_answered.set()  # apply_gateways waits for this worker no more
 
     def _detach(self, w: _Worker) -> None:
         if w.channel is not None:
@@ -341,6 +364,8 @@ class WorkerPool:
             self._send_table(w)
         if w.health_stale:
             self._send_health_map(w)
+        if w.gateways_stale:
+            self._send_gateways(w)
 
     def apply(self, table: RouteTable) -> None:
         """Publish a new table: a delta to each worker that has the previous one, the
@@ -371,6 +396,42 @@ class WorkerPool:
             live = {s.key for b in table.backends for s in b.servers}
             self.health = {k: v for k, v in self.health.items() if k in live}
             self._health_bound = 2 * len(self.health) + 1024
+
+    def _send_gateways(self, w: _Worker) -> None:
+        ch = self._usable(w)
+        if ch is None or self.gateways is None:
+            return
+        if ch.paused:
+            w.gateways_stale = True
+            return
+        ch.send(self.gateways)
+        w.gateways_stale = False
+
+    async def apply_gateways(self, plan: GatewayPlan,
+                             timeout: float = GATEWAY_BIND_TIMEOUT) -> frozenset[tuple[str, int]]:
+        """Send every worker the Gateway listeners of `plan` (a worker started later gets
+        the newest on start) and wait, up to `timeout`, for each live one to bind them:
+        the (address, port) some worker could not bind."""
+        seq = (self.gateways.seq + 1) if self.gateways is not None else 0
+        # the status stays here: only the controller writes it
+        self.gateways = Gateways(seq, dataclasses.replace(plan, status={}))
+        for w in self._workers:
+            self._send_gateways(w)
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [w for w in self._workers
+                       if w.gateways_seq != seq and self._usable(w) is not None]
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                break
+            self._gateways_answered.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gateways_answered.wait(), left)
+        if waiting:
+            log.warning("gateway plan %d: worker(s) %s did not answer in %.0fs", seq,
+                        ", ".join(str(w.index) for w in waiting), timeout)
+        return frozenset(k for w in self._workers if w.gateways_seq == seq
+                         for k in w.gateways_down)
 
     def set_health(self, key: tuple[str, int], up: bool) -> None:
         """An active check's verdict. Verdicts are coalesced: the latest per server goes
@@ -494,9 +555,11 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
     wake = asyncio.Event()
     received = RouteTable()
     awaiting_table = False
+    gateways: Gateways | None = None  # the newest Gateway plan, not yet applied
+    gateways_wake = asyncio.Event()
 
     def on_message(msg: Message) -> None:
-        nonlocal received, awaiting_table
+        nonlocal received, awaiting_table, gateways
         if isinstance(msg, Table):
             received, awaiting_table = msg.table, False
             pending.clear()
@@ -515,6 +578,9 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
             received = table
             pending.append((table, msg))
             wake.set()
+        elif isinstance(msg, Gateways):
+            gateways = msg
+            gateways_wake.set()
         elif isinstance(msg, Health):
             plane.set_health_many(msg.verdicts, full=msg.full)
         elif isinstance(msg, Shutdown) and not stop.done():
@@ -551,6 +617,24 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
                 if delta is None:  # a whole table: see collector.settle
                     collector.settle()
 
+    async def apply_gateways() -> None:
+        """Bind the newest Gateway plan (older ones unapplied are skipped), and say what
+        could not be bound."""
+        nonlocal gateways
+        gwplane = plane.attach_gateways(gateway_node_address(settings))
+        while True:
+            await gateways_wake.wait()
+            gateways_wake.clear()
+            msg, gateways = gateways, None
+            if msg is None:
+                continue
+            try:
+                down = await gwplane.apply_plan(msg.plan)
+            except Exception:  # a plan that cannot be served must not end the worker
+                log.exception("worker %d: cannot apply Gateway plan %d", index, msg.seq)
+                down = frozenset(msg.plan.by_endpoint())
+            channel.send(GatewaysBound(msg.seq, tuple(sorted(down))))
+
     def report(full: bool = False) -> None:
         r = plane.stats.report(full)
         channel.send(Stats(frontends=r["frontends"], backends=r["backends"],
@@ -578,6 +662,8 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     channel.send(Ready(index))
     tasks = [loop.create_task(apply_tables()), loop.create_task(report_loop())]
+    if settings.gateway.enabled:
+        tasks.append(loop.create_task(apply_gateways()))
     grace = await stop
     for t in tasks:
         t.cancel()

@@ -2,8 +2,8 @@
 `tls.crt` is a PEM certificate and `tls.key` a PEM private key (what the spec calls a
 valid certificate reference). Pure; never raises.
 
-(Only the check: HTTPS listeners are not served yet, see README. The Ingress work, #19,
-brings the Secret → certificate loading the listeners will share.)
+(The PEM shape and the certificate each HTTPS listener serves come from discovery/secrets.py,
+shared with Ingress TLS; this stricter check decides ResolvedRefs.)
 """
 
 from __future__ import annotations

@@ -22,8 +22,10 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from discovery.gateway.secrets import valid_tls_secret
 from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
-from discovery.informer import SERVICES, Informer, Kind, custom_kind
+from discovery.informer import SERVICES, TLS_SECRETS, Informer, Kind, custom_kind
+from discovery.secrets import by_ident
 from pylb import kubeapi as kapi
 from pylb.config import Settings
 from pylb.gatewaymodel import GatewayPlan, JsonObj
@@ -140,6 +142,7 @@ class GatewaySource:
         self._factory = api_client_factory or (lambda: client_for(settings))
         self._is_leader = is_leader
         self._informers: dict[str, Informer] = {}
+        self._secrets: list[Informer] = []  # TLS Secrets, per watched namespace
         self._dirty = asyncio.Event()
         self.plan: GatewayPlan | None = None
         self.status_writes = 0
@@ -150,7 +153,8 @@ class GatewaySource:
 
     @property
     def synced(self) -> bool:
-        return bool(self._informers) and all(i.synced for i in self._informers.values())
+        return bool(self._informers) and all(
+            i.synced for i in (*self._informers.values(), *self._secrets))
 
     def _changed(self) -> None:
         if self._dirty_since is None:
@@ -163,16 +167,29 @@ class GatewaySource:
             self._informers = {
                 plural: Informer(client, kind, None, self.settings.kube, self._changed)
                 for plural, kind in KINDS.items()}
+            # HTTPS listeners' certificates: kubernetes.io/tls Secrets, listed with that
+            # field selector in the namespaces pylb watches (--namespace; all when empty),
+            # as for Ingress TLS: RBAC can then grant them per namespace (a Role), and a
+            # certificateRef elsewhere is InvalidCertificateRef, "Secret not found"
+            namespaces = tuple(dict.fromkeys(self.settings.namespaces)) or (None,)
+            self._secrets = [Informer(client, TLS_SECRETS, ns, self.settings.kube,
+                                      self._changed) for ns in namespaces]
             async with asyncio.TaskGroup() as tg:
                 for plural, informer in self._informers.items():
                     tg.create_task(informer.run(), name=f"gateway informer {plural}")
+                for informer in self._secrets:
+                    tg.create_task(informer.run(), name="gateway informer secrets")
                 await self._loop(client, publish)
         finally:
             await client.close()
 
     def build(self) -> GatewayPlan:
         objects = {p: i.objects for p, i in self._informers.items()}
-        inputs = dataclasses.replace(inputs_from(objects), unavailable=self.unavailable)
+        secrets = by_ident(obj for i in self._secrets for obj in i.objects.values())
+        inputs = dataclasses.replace(
+            inputs_from(objects), unavailable=self.unavailable,
+            secrets=frozenset(k for k, obj in secrets.items() if valid_tls_secret(obj)),
+            secret_objects=secrets)
         return translate(inputs,
                          GatewaySettings(self.gw_settings.controller_name,
                                          self.gw_settings.address_pool,

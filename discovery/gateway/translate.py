@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from discovery.secrets import sni_certificates
 from pylb.gatewaymodel import (
     DEFAULT_CONTROLLER,
     GROUP,
@@ -34,9 +35,10 @@ from pylb.gatewaymodel import (
     RuleEntry,
     WeightedBackend,
 )
+from pylb.model import SniCertificate
 
 HTTP_PROTOCOLS = ("HTTP",)
-SERVED_PROTOCOLS = ("HTTP",)  # HTTPS/TLS/TCP listeners: see README (not served yet)
+SERVED_PROTOCOLS = ("HTTP", "HTTPS")  # TLS (passthrough) and TCP listeners: see README
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 _PARAMS_ERR = "pylb takes no infrastructure parameters (parametersRef)"
 
@@ -62,6 +64,8 @@ class GatewayInputs:
     # (address, port) the data plane could not bind (in use, not on this node): their
     # listeners stay in the plan (binding is retried) with Accepted False, PortUnavailable
     unavailable: frozenset[tuple[str, int]] = frozenset()
+    # those Secrets' objects by (namespace, name): the certificates HTTPS listeners serve
+    secret_objects: Mapping[tuple[str, str], Any] = field(default_factory=dict)
 
 
 def _meta(obj: JsonObj) -> tuple[str, str, int, str]:
@@ -145,6 +149,7 @@ class _GwListener:
     conditions: dict[str, tuple[bool, str, str]] = field(default_factory=dict)
     attached: int = 0
     rules: list[RuleEntry] = field(default_factory=list)
+    certificates: tuple[SniCertificate, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -243,17 +248,37 @@ def _gateway_listeners(gw: JsonObj, ns: str, name: str, address: str,
             (False, "InvalidRouteKinds", "allowedRoutes.kinds names a kind pylb does not serve"))
         if protocol == "HTTPS" or (protocol == "TLS" and _dict(spec.get("tls")).get(
                 "mode", "Terminate") == "Terminate"):
-            bad = _certificate_refs(spec, ns, inputs)
+            bad, refs = _certificate_refs(spec, ns, inputs)
+            if bad is None and protocol == "HTTPS":
+                # served for the listener's hostname by SNI ("*": any name, and none)
+                certs, problems = sni_certificates(
+                    [(rns, rname, (lst.hostname or "*",)) for rns, rname in refs],
+                    inputs.secret_objects)
+                if problems:
+                    (pns, pname), why = problems[0]
+                    bad = ("InvalidCertificateRef", f"Secret {pns}/{pname}: {why}")
+                lst.certificates = certs
             if bad is not None:
                 lst.conditions["ResolvedRefs"] = (False, *bad)
+                if protocol == "HTTPS":  # nothing to terminate with: not served
+                    lst.conditions["Programmed"] = (False, "Invalid", bad[1])
         lst.conditions["Conflicted"] = (False, "NoConflicts", "")
         out.append(lst)
     return out
 
 
-def _certificate_refs(spec: JsonObj, gw_ns: str,
-                      inputs: GatewayInputs) -> tuple[str, str] | None:
-    """(reason, message) of the first bad certificateRef of a terminating listener."""
+def _certificate_refs(spec: JsonObj, gw_ns: str, inputs: GatewayInputs
+                      ) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+    """(reason, message) of the first bad certificateRef of a terminating listener (None:
+    all good), and the (namespace, name) of the Secrets referred to."""
+    bad = _first_bad_certificate_ref(spec, gw_ns, inputs)
+    refs = [(str(_dict(r).get("namespace") or gw_ns), str(_dict(r).get("name") or ""))
+            for r in _list(_dict(spec.get("tls")).get("certificateRefs"))]
+    return bad, refs
+
+
+def _first_bad_certificate_ref(spec: JsonObj, gw_ns: str,
+                               inputs: GatewayInputs) -> tuple[str, str] | None:
     refs = _list(_dict(spec.get("tls")).get("certificateRefs"))
     if not refs:
         return ("InvalidCertificateRef", "no certificateRefs")
@@ -485,7 +510,7 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
     inputs = GatewayInputs(_objects(inputs.classes), _objects(inputs.gateways),
                            _objects(inputs.httproutes), _objects(inputs.grants),
                            inputs.services, inputs.namespaces, inputs.secrets,
-                           inputs.unavailable)
+                           inputs.unavailable, inputs.secret_objects)
     status: dict[tuple[str, str, str], JsonObj] = {}
     skipped: list[str] = []
     mine = _controller_classes(inputs, s, status)
@@ -522,6 +547,14 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
         lsts = _gateway_listeners(gw, ns, name, address, inputs)
         for lst in lsts:
             for other in bound:
+                if other.address == lst.address and other.port == lst.port and \
+                        other.protocol != lst.protocol:  # one port: TLS or not, never both
+                    lst.conditions["Conflicted"] = (
+                        True, "ProtocolConflict",
+                        f"{other.gateway} listener {other.name} holds "
+                        f"{lst.address}:{lst.port} for {other.protocol}")
+                    lst.conditions["Programmed"] = (False, "Invalid", "conflicted")
+                    break
                 if other.address == lst.address and other.port == lst.port and \
                         _overlap(other.hostname, lst.hostname) and \
                         (other.gateway != lst.gateway or other.hostname == lst.hostname):
@@ -616,7 +649,7 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             if lst.usable:
                 plan_listeners.append(Listener(
                     key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
-                    tuple(sorted(lst.rules, key=lambda e: e.order))))
+                    tuple(sorted(lst.rules, key=lambda e: e.order)), lst.certificates))
         reason_of_err = "InvalidParameters" if err == _PARAMS_ERR else "AddressNotUsable"
         prog_of_err = "Invalid" if err == _PARAMS_ERR else "AddressNotUsable"
         all_ok = not err and bool(lsts) and all(lst.usable for lst in lsts)

@@ -6,11 +6,19 @@ frontends: a backendRef to Service port `ns/svc:port` is served by the table's b
 that name (the same servers, health checks and counters as the Service's own route). A
 listener that cannot be bound (address not on this node, port taken) is logged once per
 plan and left out.
+
+An (address, port) with HTTPS listeners terminates TLS there: one `TlsStore` per endpoint
+(proxy.tls: the TLS frontend's versions, ciphers and session-ticket setting), serving each
+listener's certificate (from its certificateRefs' Secret) for the listener's hostname by
+SNI, and a listener without hostname's for any other name. A handshake no listener's certificate
+covers gets the self-signed fallback certificate (its request is then answered 404, as no
+listener matches its host). A changed Secret is served from the next handshake on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
@@ -25,6 +33,7 @@ if TYPE_CHECKING:
     from proxy.http.parser import RequestHead
     from proxy.http.proxy import HttpProxy
     from proxy.http.server import ClientProtocol
+    from proxy.tls import TlsStore
 
 log = logging.getLogger("pylb.gateway")
 
@@ -69,10 +78,15 @@ class GatewayPlane:
     """The Gateway listeners of one data plane."""
 
     def __init__(self, settings: Settings, stats: Any, balancers: Any,
-                 limit: Any = None, node_address: str | None = None) -> None:
+                 limit: Any = None, node_address: str | None = None, *,
+                 reuse_port: bool = False, self_signed_pem: bytes | None = None) -> None:
         """`node_address`: the address Gateways get when neither spec.addresses nor the
         pool gives one; their listeners bind `--bind` (it is the node's, seen from
-        outside a pod)."""
+        outside a pod). `reuse_port`: bound with SO_REUSEPORT, as a worker binds its
+        other frontends (every worker serves every Gateway listener)."""
+        self.reuse_port = reuse_port
+        self.self_signed_pem = self_signed_pem  # made on first need when None
+        self.tls: dict[tuple[str, int], TlsStore] = {}  # the endpoints that terminate TLS
         self.settings = settings
         self.stats = stats
         self.balancers = balancers
@@ -97,9 +111,14 @@ class GatewayPlane:
         self.plan = plan
         wanted = plan.by_endpoint()
         unavailable: set[tuple[str, int]] = set()
-        for key in [k for k in self.proxies if k not in wanted]:
+        def https(lsts: tuple[Any, ...]) -> bool:
+            return any(lst.protocol == "HTTPS" for lst in lsts)
+
+        for key in [k for k in self.proxies
+                    if k not in wanted or https(wanted[k]) != (k in self.tls)]:
             gone = self.proxies.pop(key)
             self.bound.pop(key, None)
+            self.tls.pop(key, None)
             # open exchanges finish in the background; the port is closed at once
             task = asyncio.get_running_loop().create_task(
                 gone.shutdown(self.settings.grace_period))
@@ -107,14 +126,26 @@ class GatewayPlane:
             task.add_done_callback(self._closing.discard)
         for key, listeners in wanted.items():
             proxy = self.proxies.get(key)
+            store = self.tls.get(key)
+            if https(listeners):
+                if store is None:
+                    store = self._tls_store()
+                store.set_sni_certificates(tuple(
+                    c for lst in listeners for c in lst.certificates))
             if proxy is None:
                 address, port = key
                 proxy = HttpProxy(self.settings, self.stats, self.balancers,
-                                  frontend=f"gateway {address}:{port}", limit=self.limit)
+                                  frontend=f"gateway {address}:{port}", limit=self.limit,
+                                  tls=store is not None,
+                                  ssl_context=store.server_context() if store else None)
+                # no Strict-Transport-Security of --hsts: a Gateway's responses carry
+                # what its routes say (ResponseHeaderModifier), nothing unasked
+                proxy.hsts = None
                 proxy.set_table(self.table)
                 try:
                     host = self.settings.bind if address == self._node_address else address
-                    self.bound[key] = await proxy.start(host, self.bind_port(port))
+                    self.bound[key] = await proxy.start(host, self.bind_port(port),
+                                                        reuse_port=self.reuse_port)
                 except OSError as e:
                     if key not in self.unavailable:
                         log.error("gateway listener %s:%d (bound at :%d): %s", address, port,
@@ -122,9 +153,24 @@ class GatewayPlane:
                     unavailable.add(key)
                     continue
                 self.proxies[key] = proxy
+                if store is not None:
+                    self.tls[key] = store
             proxy.gateway = GatewayDispatch(GatewayRouter(listeners))
         self.unavailable = frozenset(unavailable)
         return self.unavailable
+
+    def _tls_store(self) -> TlsStore:
+        # imported here, as in pylb.dataplane: cryptography only where TLS is set up
+        from proxy.certs import generate_self_signed
+        from proxy.tls import TlsStore, self_signed_names
+
+        if self.self_signed_pem is None:
+            self.self_signed_pem = generate_self_signed(self_signed_names())
+        # the certificates are the Secrets'; no client certificates (--ssl-ca-cert is the
+        # TLS frontend's: a Gateway asks for them with frontendValidation, not served)
+        return TlsStore(dataclasses.replace(self.settings.tls, cert=None,
+                                                    ca_cert=None), need_tls=True,
+                        self_signed_pem=self.self_signed_pem)
 
     def set_table(self, table: RouteTable, delta: Any = None,
                   left: Collection[Any] = ()) -> None:

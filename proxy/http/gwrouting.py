@@ -122,11 +122,14 @@ class GatewayRouter:
 
     __slots__ = ("_rng", "_vhosts", "port", "scheme")
 
-    def __init__(self, listeners: Sequence[Listener], scheme: str = "http",
+    def __init__(self, listeners: Sequence[Listener], scheme: str | None = None,
                  rng: random.Random | None = None) -> None:
+        """`scheme`: the requests' (a redirect without one keeps it); by default https
+        on an HTTPS listener's port, else http."""
         self._vhosts = tuple(_Vhosts(lst) for lst in listeners)
         self.port = listeners[0].port if listeners else 0
-        self.scheme = scheme
+        self.scheme = scheme or (
+            "https" if any(lst.protocol == "HTTPS" for lst in listeners) else "http")
         self._rng = rng or random.Random()
 
     def _listener(self, host: str) -> _Vhosts | None:

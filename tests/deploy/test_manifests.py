@@ -95,7 +95,7 @@ def test_the_kustomizations() -> None:
         "DaemonSet", "IngressClass", "Role", "RoleBinding"}
     assert {d["kind"] for d in kustomize.build(DEPLOY / "gateway")} == {
         "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
-        "DaemonSet", "GatewayClass"}
+        "DaemonSet", "GatewayClass", "Role", "RoleBinding"}
     for k in ("examples", "gateway-example"):
         assert {d["metadata"]["namespace"] for d in kustomize.build(DEPLOY / k)} == {"default"}
 
@@ -340,6 +340,23 @@ def test_ingress_overlay_rbac_is_exactly_what_ingresses_need() -> None:
     assert "--ingress-class=pylb" in args and "--namespace=default" in args
     (cls,) = [d for d in docs if d["kind"] == "IngressClass"]
     assert cls["spec"]["controller"] == "pylb.io/ingress-controller"
+    bound = {(d["kind"], d["roleRef"]["name"]) for d in docs if d["kind"].endswith("Binding")}
+    assert {(d["kind"] + "Binding", d["metadata"]["name"]) for d in roles} <= bound
+
+
+def test_gateway_overlay_reads_secrets_only_in_its_namespaces() -> None:
+    """HTTPS listeners' certificates: list/watch Secrets, as the code does, granted by a
+    Role in the watched namespace (--namespace=default) only, never cluster-wide."""
+    docs = [d for k, d in _docs() if k == "gateway"]
+    roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")
+             and d["metadata"]["name"] != "pylb"]
+    secrets = {n for n in code_api_calls() if n[1] == "secrets"}
+    assert secrets == {("", "secrets", "list"), ("", "secrets", "watch")}
+    assert _granted(*roles) == secrets
+    assert all(d["kind"] == "Role" and d["metadata"]["namespace"] == "default" for d in roles)
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--gateway-api" in args and "--namespace=default" in args
     bound = {(d["kind"], d["roleRef"]["name"]) for d in docs if d["kind"].endswith("Binding")}
     assert {(d["kind"] + "Binding", d["metadata"]["name"]) for d in roles} <= bound
 

@@ -11,6 +11,8 @@ address from a pool, 127.0.10.x, as the issue asks.
 
 from __future__ import annotations
 
+import base64
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,8 @@ import yaml
 
 from discovery.gateway.secrets import valid_tls_secret
 from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
+from discovery.secrets import by_ident
+from proxy.certs import generate_self_signed
 from proxy.http.gwrouting import Decision, GatewayRouter
 from pylb.gatewaymodel import GatewayPlan
 
@@ -31,6 +35,30 @@ CLASS = "pylb"
 POOL = tuple(f"127.0.10.{i}" for i in range(1, 60))
 
 JsonObj = dict[str, Any]
+
+
+# The names the suite's TLS Secrets' certificate covers (it makes them itself, self-signed)
+TLS_NAMES = ("example.org", "second-example.org", "unknown-example.org", "*.wildcard.org",
+             "secure.test.com")
+
+
+@functools.cache
+def tls_secret(ns: str, name: str, names: tuple[str, ...] = TLS_NAMES) -> JsonObj:
+    """A kubernetes.io/tls Secret with a fresh self-signed certificate for `names`."""
+    pem = generate_self_signed(list(names))
+    cut = pem.index(b"-----BEGIN", pem.index(b"-----END"))
+    first, second = pem[:cut], pem[cut:]
+    crt, key = (first, second) if b"CERTIFICATE" in first.split(b"\n", 1)[0] else \
+        (second, first)
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"namespace": ns, "name": name},
+            "data": {"tls.crt": base64.b64encode(crt).decode(),
+                     "tls.key": base64.b64encode(key).decode()}}
+
+
+def suite_secrets() -> list[JsonObj]:
+    """The TLS Secrets the suite creates before the tests."""
+    return [tls_secret(INFRA, "tls-validity-checks-certificate"), tls_secret(WEB, "certificate")]
 
 
 def read_manifests(name: str) -> list[JsonObj]:
@@ -70,14 +98,13 @@ class Cluster:
                 p["port"] for p in s.get("spec", {}).get("ports", []))
         namespaces: Mapping[str, Mapping[str, str]] = {
             n["metadata"]["name"]: n["metadata"].get("labels", {}) for n in self.kind("Namespace")}
-        # the suite creates these TLS Secrets itself (valid certificate and key); it also
-        # makes `malformed-certificate`, which is no valid TLS secret and so not listed
-        secrets = frozenset({(INFRA, "tls-validity-checks-certificate"), (WEB, "certificate"),
-                             *((s["metadata"].get("namespace", "default"), s["metadata"]["name"])
-                               for s in self.kind("Secret") if valid_tls_secret(s))})
+        # the suite creates its TLS Secrets itself (valid certificate and key); a test's
+        # manifests add others (`malformed-certificate`, which is no valid TLS secret)
+        objs = by_ident([*suite_secrets(), *self.kind("Secret")])
+        secrets = frozenset(k for k, obj in objs.items() if valid_tls_secret(obj))
         return GatewayInputs(self.kind("GatewayClass"), self.kind("Gateway"),
                              self.kind("HTTPRoute"), self.kind("ReferenceGrant"), services,
-                             namespaces, secrets)
+                             namespaces, secrets, secret_objects=objs)
 
     def plan(self) -> GatewayPlan:
         return translate(self.inputs(), GatewaySettings(address_pool=POOL))

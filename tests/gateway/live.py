@@ -3,8 +3,8 @@ Deployments replaced by echo backends on loopback that answer as the upstream ec
 does (JSON: path, host, method, headers, namespace, pod), `pylb run --gateway-api` as a
 user runs it, and requests sent to each Gateway's own address.
 
-Listener port 80 is bound at a free port (`--gateway-port-map 80=P`): tests never bind
-low ports. Each Gateway gets its own 127.0.10.x from `--gateway-address-pool`.
+Listener ports 80 and 443 are bound at free ports (`--gateway-port-map 80=P,443=Q`):
+tests never bind low ports. Each Gateway gets its own 127.0.10.x from `--gateway-address-pool`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,13 +27,13 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import free_port
-from tests.gateway.harness import CLASS, INFRA, POOL, read_manifests
+from tests.gateway.harness import CLASS, INFRA, POOL, read_manifests, suite_secrets
 from tests.kfake import FakeApiServer
 
 JsonObj = dict[str, Any]
 GROUP = "gateway.networking.k8s.io"
 RESOURCE = {  # kind → the fake store's resource name
-    "Namespace": "namespaces", "Service": "services",
+    "Namespace": "namespaces", "Service": "services", "Secret": "secrets",
     "GatewayClass": f"gatewayclasses.{GROUP}", "Gateway": f"gateways.{GROUP}",
     "HTTPRoute": f"httproutes.{GROUP}", "ReferenceGrant": f"referencegrants.{GROUP}",
 }
@@ -82,10 +86,12 @@ class Live:
     tmp: Path
     http_port: int = field(default_factory=free_port)
     gw_port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)  # listener port 443
     echoes: list[web.AppRunner] = field(default_factory=list)
     proc: asyncio.subprocess.Process | None = None
     # echo backends: (namespace, pod labels, pod name, port)
     pods: list[tuple[str, dict[str, str], str, int]] = field(default_factory=list)
+    workers: int = 2  # pylb's default on a 2-core node
 
     async def apply(self, name: str) -> list[tuple[str, str, str]]:
         """Apply a manifest file. Deployments become echo backends; a Service with a
@@ -162,6 +168,8 @@ class Live:
             "apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": CLASS},
             "spec": {"controllerName": "pylb.io/gateway-controller"}})
         await self.apply("base-manifests.yaml")
+        for secret in suite_secrets():  # the suite makes these before its tests
+            self.api.store.create("secrets", secret)
         kubeconfig = self.tmp / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump(self.api.kubeconfig_dict()))
         self.log = self.tmp / "pylb.log"
@@ -170,9 +178,11 @@ class Live:
                 sys.executable, "-m", "pylb", "run", "--source=kubernetes",
                 "--use-kubernetes-cluster-service=false", f"--kubeconfig={kubeconfig}",
                 "--namespace=", "--bind=127.0.0.1", f"--http-port={self.http_port}",
-                f"--stats-port={free_port()}", f"--health-port={free_port()}", "--workers=1",
-                "--gateway-api", f"--gateway-address-pool={','.join(POOL[:20])}",
-                f"--gateway-port-map=80={self.gw_port},8080={free_port()}",
+                f"--stats-port={free_port()}", f"--health-port={free_port()}",
+                f"--workers={self.workers}", "--gateway-api",
+                f"--gateway-address-pool={','.join(POOL[:20])}",
+                f"--gateway-port-map=80={self.gw_port},8080={free_port()},"
+                f"443={self.tls_port}",
                 env={"NO_PROXY": "127.0.0.1,localhost", "PATH": "/usr/bin:/bin"},
                 stdout=asyncio.subprocess.DEVNULL, stderr=fh)
 
@@ -186,6 +196,25 @@ class Live:
                 await self.proc.wait()
         for r in self.echoes:
             await r.cleanup()
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes of `pylb run` (its children)."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+
+    def kill_worker(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    def sockets_listening(self, address: str, port: int) -> int:
+        """How many sockets listen at address:port (IPv4), from /proc/net/tcp: one per
+        worker that bound it."""
+        want = f"{socket.htonl(int.from_bytes(socket.inet_aton(address), 'big')):08X}" \
+            f":{port:04X}"
+        with open("/proc/net/tcp") as fh:
+            rows = [line.split() for line in fh.readlines()[1:]]
+        return sum(1 for r in rows if r[1] == want and r[3] == "0A")
 
     def status(self, kind: str, name: str, ns: str = INFRA) -> JsonObj:
         obj = self.api.store.get(RESOURCE[kind], ns if kind != "GatewayClass" else "", name)
@@ -216,6 +245,28 @@ class Live:
         hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in rest)}
         return Response(int(first.split()[1]), hdrs, body)
 
+    async def tls_request(self, gateway: str, path: str, sni: str, ca: bytes,
+                          host: str | None = None, ns: str = INFRA) -> Response:
+        """A request over TLS to the Gateway's listener port 443, with `sni` as server
+        name, trusting only `ca` (a PEM certificate) and checking the name against it."""
+        address = self.address(gateway, ns)
+        assert address is not None, f"gateway {gateway} has no address yet"
+        ctx = ssl.create_default_context(cadata=ca.decode())
+        r, w = await asyncio.wait_for(asyncio.open_connection(
+            address, self.tls_port, ssl=ctx, server_hostname=sni, ssl_handshake_timeout=5), 6)
+        try:
+            lines = [f"GET {path} HTTP/1.1", f"Host: {host or sni}", "Connection: close"]
+            w.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            data = await asyncio.wait_for(r.read(), 5)
+        finally:
+            w.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await w.wait_closed()
+        head, _, body = data.partition(b"\r\n\r\n")
+        first, *rest = head.decode("latin-1").split("\r\n")
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in rest)}
+        return Response(int(first.split()[1]), hdrs, body)
+
     async def eventually(self, check: Callable[[], Awaitable[None]],
                          timeout: float = 20.0) -> float:
         """Retry `check` until it passes (the suite's "eventually consistent"): the seconds
@@ -225,7 +276,8 @@ class Live:
             try:
                 await check()
                 break
-            except (AssertionError, OSError, ValueError, KeyError, TimeoutError) as e:
+            except (AssertionError, OSError, ValueError, KeyError, TimeoutError,
+                    IndexError) as e:
                 if time.monotonic() - start > timeout:
                     tail = self.log.read_text()[-3000:] if self.log.exists() else ""
                     raise AssertionError(f"not consistent after {timeout}s: {e!r}\n{tail}") \

@@ -399,12 +399,43 @@ def test_GatewayListenerCertificateRefs(manifest: str, gateway: str, reason: str
 @pytest.mark.parametrize("manifest", ["gateway-secret-reference-grant-all-in-namespace.yaml",
                                       "gateway-secret-reference-grant-specific.yaml"])
 def test_GatewaySecretReferenceGrant(manifest: str) -> None:
-    """GatewaySecretReferenceGrantAllInNamespace / Specific: the grant resolves the ref.
-    (The listener is HTTPS, which pylb does not serve yet: Accepted stays False.)"""
+    """GatewaySecretReferenceGrantAllInNamespace / Specific: the grant resolves the ref,
+    and the HTTPS listener is served with the other namespace's certificate."""
     c = setup(manifest)
     gw = next(g["metadata"]["name"] for g in Cluster.load(manifest).kind("Gateway")
           if g["metadata"]["name"].startswith("gateway-secret"))
-    assert lcond(listeners_of(c, gw)["https"], "ResolvedRefs") == ("True", "ResolvedRefs")
+    lst = listeners_of(c, gw)["https"]
+    assert lcond(lst, "ResolvedRefs") == ("True", "ResolvedRefs")
+    assert lcond(lst, "Programmed") == ("True", "Programmed")
+    (served,) = [x for x in c.plan.listeners if x.gateway == f"{INFRA}/{gw}"]
+    assert [cert.source for cert in served.certificates] == [f"{WEB}/certificate"]
+
+
+def test_HTTPRouteHTTPSListener() -> None:
+    """Routes on an HTTPS listener, by hostname (the TLS handshakes: test_gateway_e2e)."""
+    c = setup("httproute-https-listener.yaml")
+    gw = "same-namespace-with-https-listener"
+    accepted_and_resolved(c.plan, ["httproute-https-test", "httproute-https-test-no-hostname"],
+                          gateway=gw)
+    expect(c, gw, [({"path": "/", "host": "example.org", "port": 443}, V1),
+                   ({"path": "/", "host": "unknown-example.org", "port": 443}, 404),
+                   ({"path": "/", "host": "second-example.org", "port": 443}, V2)])
+    certs = {lst.name: [(x.source, x.hosts) for x in lst.certificates]
+             for lst in c.plan.listeners if lst.gateway == f"{INFRA}/{gw}"}
+    secret = f"{INFRA}/tls-validity-checks-certificate"
+    assert certs["https"] == [(secret, ("*",))]
+    assert certs["https-with-hostname"] == [(secret, ("second-example.org",))]
+
+
+def test_an_https_listener_without_its_secret_is_not_served() -> None:
+    """A certificateRef whose Secret is not there (or not TLS): ResolvedRefs False,
+    InvalidCertificateRef, and the listener is not Programmed: nothing to terminate with."""
+    c = setup("gateway-invalid-tls-configuration.yaml")
+    lst = listeners_of(c, "gateway-certificate-nonexistent-secret")["https"]
+    assert lcond(lst, "ResolvedRefs") == ("False", "InvalidCertificateRef")
+    assert lcond(lst, "Programmed")[0] == "False"
+    assert not [x for x in c.plan.listeners
+                if x.gateway == f"{INFRA}/gateway-certificate-nonexistent-secret"]
 
 
 def test_GatewayWithAttachedRoutes() -> None:
@@ -485,8 +516,8 @@ def test_HTTPRouteRedirectScheme() -> None:
 
 
 def test_HTTPRouteRedirectPortAndScheme_port80_and_8080() -> None:
-    """The listeners on :80 and :8080 (the :443 one is HTTPS, not served yet): a scheme
-    without a port goes to its well-known port, no scheme keeps the listener's port."""
+    """The listeners on :80 and :8080: a scheme without a port goes to its well-known
+    port, no scheme keeps the listener's port."""
     c = setup("httproute-redirect-port-and-scheme.yaml")
     accepted_and_resolved(c.plan, ["http-route-for-listener-on-port-80"])
     for path, want in [("/scheme-nil-and-port-nil", "http://example.org/"),
@@ -500,6 +531,22 @@ def test_HTTPRouteRedirectPortAndScheme_port80_and_8080() -> None:
     accepted_and_resolved(c.plan, ["http-route-for-listener-on-port-8080"], gw)
     d = c.get(gw, "/scheme-nil-and-port-nil", host="gw.example", port=8080)
     assert (d.status, d.location) == (302, b"http://example.org:8080/scheme-nil-and-port-nil")
+
+
+def test_HTTPRouteRedirectPortAndScheme_https_listener_on_443() -> None:
+    """The HTTPS listener on :443: a redirect without scheme keeps https (and :443 is its
+    well-known port, so not shown)."""
+    c = setup("httproute-redirect-port-and-scheme.yaml")
+    gw = "same-namespace-with-https-listener"
+    accepted_and_resolved(c.plan, ["http-route-for-listener-on-port-443"], gw)
+    for path, want in [("/scheme-nil-and-port-nil", "https://example.org/"),
+                       ("/scheme-nil-and-port-443", "https://example.org/"),
+                       ("/scheme-nil-and-port-8443", "https://example.org:8443/"),
+                       ("/scheme-http-and-port-nil", "http://example.org/"),
+                       ("/scheme-http-and-port-80", "http://example.org/"),
+                       ("/scheme-http-and-port-8080", "http://example.org:8080/")]:
+        d = c.get(gw, path, host="example.org", port=443)
+        assert (d.status, d.location) == (302, (want + path[1:]).encode()), path
 
 
 @pytest.mark.parametrize(("manifest", "path", "status", "method"), [
@@ -618,3 +665,25 @@ def test_unsupported_values_are_not_accepted(rule: dict[str, object]) -> None:
     c = _one_route(rule)
     assert route_conditions(c.plan, "r")["Accepted"] == ("False", "UnsupportedValue")
     assert c.get("same-namespace", "/a").status == 404
+
+
+def test_http_and_https_on_one_port_conflict() -> None:
+    """An HTTP and an HTTPS listener on one address and port: the later one is
+    Conflicted, ProtocolConflict, and not served (the port cannot both terminate TLS and
+    not)."""
+    c = Cluster.load()
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+          "metadata": {"name": "mixed", "namespace": INFRA, "generation": 1,
+                       "creationTimestamp": "2026-02-01T00:00:00Z"},
+          "spec": {"gatewayClassName": "pylb", "listeners": [
+              {"name": "plain", "port": 8000, "protocol": "HTTP", "hostname": "a.example"},
+              {"name": "tls", "port": 8000, "protocol": "HTTPS", "hostname": "b.example",
+               "tls": {"certificateRefs": [{"name": "tls-validity-checks-certificate"}]}}]}}
+    c.objects.append(gw)
+    client = Client(c.plan())
+    lsts = listeners_of(client, "mixed")
+    assert lcond(lsts["plain"], "Conflicted") == ("False", "NoConflicts")
+    assert lcond(lsts["tls"], "Conflicted") == ("True", "ProtocolConflict")
+    assert lcond(lsts["tls"], "Programmed")[0] == "False"
+    assert [lst.name for lst in client.plan.listeners if lst.gateway == f"{INFRA}/mixed"] == \
+        ["plain"]

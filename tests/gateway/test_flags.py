@@ -22,7 +22,6 @@ def test_gateway_flags() -> None:
     (["--gateway-address-pool=10.0.0.300"], "--gateway-address-pool"),
     (["--gateway-port-map=80"], "--gateway-port-map"),
     (["--gateway-port-map=80=70000"], "--gateway-port-map"),
-    (["--gateway-api", "--workers=2"], "--gateway-api"),
     (["--gateway-api", "--workers=1", "--source=file:README.md"], "--gateway-api"),
 ])
 def test_bad_gateway_flag_stops_startup_naming_it(argv: list[str], flag: str,

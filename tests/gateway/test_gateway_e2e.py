@@ -5,12 +5,14 @@ expectations to hold, and removes them), and echo backends say who answered."""
 
 from __future__ import annotations
 
+import base64
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import APP, INFRA, WEB
+from tests.gateway.harness import APP, INFRA, WEB, tls_secret
 from tests.gateway.live import GROUP, Live, Response
 from tests.kfake import FakeApiServer
 
@@ -19,10 +21,11 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
 
 
-@pytest.fixture
-async def live(tmp_path: Path, no_proxy_env: None) -> AsyncIterator[Live]:
+@pytest.fixture(params=[2])
+async def live(request: pytest.FixtureRequest, tmp_path: Path,
+               no_proxy_env: None) -> AsyncIterator[Live]:
     async with FakeApiServer(bookmark_interval=0.5) as api:
-        lv = Live(api, tmp_path)
+        lv = Live(api, tmp_path, workers=request.param)
         await lv.start()
         try:
             yield lv
@@ -64,7 +67,130 @@ async def test_gateway_conformance_live(live: Live) -> None:
         addrs = {live.address(g) for g in ("same-namespace", "all-namespaces",
                                            "backend-namespaces")}
         assert len(addrs) == 3
+        # every worker (two: pylb's default on a 2-core node) binds every listener
+        for a in addrs:
+            assert a is not None and live.sockets_listening(a, live.gw_port) == 2, a
     await live.eventually(base, 30)
+
+    # a worker that dies is restarted and binds the Gateway listeners again
+    first, *_ = pids = live.worker_pids()
+    assert len(pids) == 2
+    live.kill_worker(first)
+
+    async def restarted() -> None:
+        now = live.worker_pids()
+        assert first not in now and len(now) == 2, now
+        await base()
+    await live.eventually(restarted, 30)
+
+    # HTTPRouteHTTPSListener: TLS terminated with the Secret's certificate (the client
+    # trusts only it and checks the name), routes by hostname behind it
+    made = await live.apply("httproute-https-listener.yaml")
+    https_gw = "same-namespace-with-https-listener"
+    ca = base64.b64decode(tls_secret(INFRA, "tls-validity-checks-certificate")["data"]["tls.crt"])
+
+    async def https() -> None:
+        for route in ("httproute-https-test", "httproute-https-test-no-hostname"):
+            assert route_parent(live, route, https_gw)["Accepted"][:2] == ("True", "Accepted")
+            assert route_parent(live, route, https_gw)["ResolvedRefs"][:2] == \
+                ("True", "ResolvedRefs")
+        r = await live.tls_request(https_gw, "/", "example.org", ca)
+        reached(r, V1)
+        assert "strict-transport-security" not in r.headers  # --hsts is the TLS frontend's
+        assert (await live.tls_request(https_gw, "/", "unknown-example.org", ca)).status == 404
+        reached(await live.tls_request(https_gw, "/", "second-example.org", ca), V2)
+    await live.eventually(https)
+    live.remove(made)
+
+    # GatewayModifyListeners: a listener added to a Gateway serves, one removed stops
+    made = await live.apply("gateway-modify-listeners.yaml")
+
+    def listener_status(gw: str) -> dict[str, tuple[bool, bool, int]]:
+        st = live.status("Gateway", gw)
+        obj = live.api.store.get(f"gateways.{GROUP}", INFRA, gw)
+        assert obj is not None
+        gen = obj["metadata"]["generation"]
+        assert all(c["observedGeneration"] == gen for c in st["conditions"])  # latest
+        return {lst["name"]: (cond(lst, "Accepted")[0] == "True",
+                              cond(lst, "ResolvedRefs")[0] == "True", lst["attachedRoutes"])
+                for lst in st.get("listeners", [])}
+
+    async def before() -> None:
+        assert listener_status("gateway-add-listener") == {"https": (True, True, 1)}
+        assert listener_status("gateway-remove-listener") == {
+            "https": (True, True, 1), "http": (True, True, 1)}
+        r = await live.tls_request("gateway-remove-listener", "/", "secure.test.com", ca)
+        reached(r, V1)
+    await live.eventually(before)
+    add = live.api.store.get(f"gateways.{GROUP}", INFRA, "gateway-add-listener")
+    assert add is not None
+    add["spec"]["listeners"].append({"name": "http", "port": 80, "protocol": "HTTP",
+                                     "hostname": "data.test.com",
+                                     "allowedRoutes": {"namespaces": {"from": "All"}}})
+    live.api.store.update(f"gateways.{GROUP}", add)
+    remove = live.api.store.get(f"gateways.{GROUP}", INFRA, "gateway-remove-listener")
+    assert remove is not None
+    remove["spec"]["listeners"] = [x for x in remove["spec"]["listeners"] if x["name"] == "http"]
+    live.api.store.update(f"gateways.{GROUP}", remove)
+
+    async def after() -> None:
+        assert listener_status("gateway-add-listener") == {
+            "https": (True, True, 1), "http": (True, True, 1)}
+        assert listener_status("gateway-remove-listener") == {"http": (True, True, 1)}
+        reached(await live.request("gateway-add-listener", "/", host="data.test.com"), V1)
+        try:
+            await live.tls_request("gateway-remove-listener", "/", "secure.test.com", ca)
+        except ConnectionRefusedError:
+            return  # the removed listener's port is closed
+        raise AssertionError("the removed HTTPS listener still answers")
+    await live.eventually(after)
+    live.remove(made)
+
+    # SNI picks the listener's own certificate (two Secrets on one port), and a rotated
+    # Secret is served from the next handshake on
+    a_secret = tls_secret(INFRA, "sni-a", ("a.example",))
+    b_secret = tls_secret(INFRA, "sni-b", ("b.example",))
+    live.api.store.create("secrets", dict(a_secret))
+    live.api.store.create("secrets", dict(b_secret))
+
+    def https_listener(name: str, secret: str) -> dict[str, object]:
+        return {"name": name, "port": 443, "protocol": "HTTPS", "hostname": name,
+                "tls": {"certificateRefs": [{"name": secret}]}}
+    live.api.store.create(f"gateways.{GROUP}", {
+        "apiVersion": f"{GROUP}/v1", "kind": "Gateway",
+        "metadata": {"name": "sni", "namespace": INFRA},
+        "spec": {"gatewayClassName": "pylb",
+                 "listeners": [https_listener("a.example", "sni-a"),
+                               https_listener("b.example", "sni-b")]}})
+    live.api.store.create(f"httproutes.{GROUP}", {
+        "apiVersion": f"{GROUP}/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "sni", "namespace": INFRA},
+        "spec": {"parentRefs": [{"name": "sni"}],
+                 "rules": [{"backendRefs": [{"name": V1, "port": 8080}]}]}})
+
+    def crt(secret: dict[str, object]) -> bytes:
+        return base64.b64decode(secret["data"]["tls.crt"])  # type: ignore[index]
+
+    async def sni() -> None:
+        reached(await live.tls_request("sni", "/", "a.example", crt(a_secret)), V1)
+        reached(await live.tls_request("sni", "/", "b.example", crt(b_secret)), V1)
+        try:  # a.example's name with b's certificate as the only trusted one: refused
+            await live.tls_request("sni", "/", "a.example", crt(b_secret))
+        except ssl.SSLCertVerificationError:
+            return
+        raise AssertionError("a.example was not served a.example's certificate")
+    await live.eventually(sni)
+    rotated = tls_secret(INFRA, "sni-a", ("a.example", "rotated"))
+    current = live.api.store.get("secrets", INFRA, "sni-a")
+    assert current is not None
+    live.api.store.update("secrets", {**current, "data": rotated["data"]})
+
+    async def rotation() -> None:
+        reached(await live.tls_request("sni", "/", "a.example", crt(rotated)), V1)
+    took = await live.eventually(rotation)
+    print(f"a rotated Secret was served after {took * 1000:.0f} ms")
+    live.remove([(f"httproutes.{GROUP}", INFRA, "sni"), (f"gateways.{GROUP}", INFRA, "sni"),
+                 ("secrets", INFRA, "sni-a"), ("secrets", INFRA, "sni-b")])
 
     # HTTPRouteSimpleSameNamespace
     made = await live.apply("httproute-simple-same-namespace.yaml")
@@ -255,4 +381,17 @@ async def test_gateway_conformance_live(live: Live) -> None:
         r = await live.request("same-namespace", "/port", host="gw.example")
         assert (r.status, r.headers["location"]) == (302, "http://gw.example:8083/port")
     await live.eventually(redirects)
+    live.remove(made)
+
+
+@pytest.mark.parametrize("live", [1], indirect=True)
+async def test_one_worker_serves_gateways_in_the_controller(live: Live) -> None:
+    made = await live.apply("httproute-simple-same-namespace.yaml")
+
+    async def simple() -> None:
+        address = live.address("same-namespace")
+        assert address is not None and live.sockets_listening(address, live.gw_port) == 1
+        reached(await live.request("same-namespace", "/"), V1)
+    await live.eventually(simple, 30)
+    assert live.worker_pids() == []
     live.remove(made)

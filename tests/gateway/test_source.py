@@ -229,7 +229,8 @@ async def test_a_port_in_use_is_reported_and_retried() -> None:
     port = free_port("127.0.10.1")
     pool = ("127.0.10.1", "127.0.10.2", "127.0.10.3")
     s = Settings(bind="127.0.10.9", gateway=GatewayApi(enabled=True, address_pool=pool,
-                                                       port_map=((80, port),)),
+                                                       port_map=((80, port),
+                                                                 (443, free_port()))),
                  grace_period=0.1)
     plane = GatewayPlane(s, Stats(), Balancers(Limits()))
     inputs = Cluster.load().inputs()
@@ -260,6 +261,8 @@ async def test_a_port_in_use_is_reported_and_retried() -> None:
     assert marked == plan  # the listener stays in the plan: binding is retried
     try:
         assert await plane.apply_plan(marked) == frozenset()
-        assert set(plane.proxies) == set(plan.by_endpoint()) and len(plane.proxies) == 3
+        # the three Gateways on :80, and the HTTPS one's :443
+        assert set(plane.proxies) == set(plan.by_endpoint()) and len(plane.proxies) == 4
+        assert set(plane.tls) == {k for k in plane.proxies if k[1] == 443}
     finally:
         await plane.shutdown(0.1)

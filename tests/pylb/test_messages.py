@@ -8,12 +8,24 @@ import pickle
 import pytest
 
 from pylb.delta import Delta
+from pylb.gatewaymodel import (
+    Filters,
+    GatewayPlan,
+    HeaderOps,
+    Listener,
+    Redirect,
+    RouteMatch,
+    RuleEntry,
+    WeightedBackend,
+)
 from pylb.messages import (
     HEADER,
     MAX_FRAME,
     Error,
     FrameError,
     FrameReader,
+    Gateways,
+    GatewaysBound,
     Health,
     Message,
     NeedTable,
@@ -43,6 +55,11 @@ C = Backend("ns/c:443")
 ROUTES = (HttpRoute("a", "/a", B.name), HttpRoute("/X", "/X", B.name, host="x.example",
                                                   strip_prefix=False, case_insensitive=True,
                                                   ssl_redirect=True))
+RULE = RuleEntry("*.example.com", RouteMatch("Exact", "/a", (("version", "one"),), (), "GET"),
+                 (WeightedBackend(("ns", "a", 80), 3), WeightedBackend(None, 1)),
+                 Filters(request_headers=HeaderOps(set=(("X-A", "1"),), remove=("x-b",)),
+                         redirect=Redirect(scheme="https", status=301)),
+                 "ns/r", order=(1, "x", (2,)))
 MESSAGES: list[Message] = [
     Table(RouteTable(http=ROUTES, https=(HttpRoute("c", "/c", C.name, tls=True),),
                      tcp=(TcpFrontend("c", 8443, "", (("c.example", C.name),)),),
@@ -51,6 +68,9 @@ MESSAGES: list[Message] = [
     Delta(base=7, version=8, backends=(B,), removed=("ns/b:80",), http=ROUTES, https=()),
     Health(((("127.2.0.1", 80), False), (("::1", 81), True))),
     Health((), full=True),
+    Gateways(3, GatewayPlan((Listener("ns/gw", "http", "127.0.10.1", 80, "HTTP", "",
+                                      (RULE,)),))),
+    GatewaysBound(3, (("127.0.10.1", 80),)),
     Shutdown(2.5),
     Ready(1),
     Error("cannot listen"),

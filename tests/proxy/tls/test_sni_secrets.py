@@ -119,3 +119,24 @@ async def test_bad_certificate_logged_once_default_served(
     assert {c.names for c in store.certificates()} == {("default.example",), ("g.test",)}
     store.set_sni_certificates(())
     assert [c.names for c in store.certificates()] == [("default.example",)]
+
+
+async def test_host_star_serves_any_other_name_and_no_name(
+        ca: trustme.CA, tmp_path: Path) -> None:
+    """A Gateway listener without hostname: its certificate listed for host `*` answers
+    every name no other certificate covers, and handshakes without SNI."""
+    default = write_leaf(ca, tmp_path / "default.pem", "default.example")
+    store = TlsStore(TlsSettings(cert=str(default)))
+    assert store.set_sni_certificates((sni(ca, "named", "named.test"),
+                                       sni(ca, "any", "any.test", serve=("*",)))) == []
+    async with echo_server(store.server_context()) as srv:
+        loose = client_context(ca, check_hostname=False)
+        for name, cn in (("named.test", "named.test"), ("other.test", "any.test"),
+                         (None, "any.test")):
+            async with connection(srv.port, loose, name) as conn:
+                assert conn.peer_cn() == cn, name
+    store.set_sni_certificates((sni(ca, "named", "named.test"),))
+    async with echo_server(store.server_context()) as srv2:
+        loose = client_context(ca, check_hostname=False)
+        async with connection(srv2.port, loose, "other.test") as conn:
+            assert conn.peer_cn() == "default.example"
