@@ -31,6 +31,9 @@ _INF = float("inf")
 # Told of each passive ejection (backend name, server, failed connects in a row, seconds
 # out) and each return (…, 0, None): the worker logs it and shows it on the stats page.
 OnEject = Callable[[str, Server, int, float | None], None]
+# `fails` of a return (`down_for` None) told to the OnEject hook: a passing active check
+# ended the ejection (else 0: its time ran out, or a connect to it succeeded).
+BACK_BY_CHECK = -1
 # Enum members as globals: a member's lookup through its class costs ten times a global's.
 _COOKIE, _CLIENT_IP = Affinity.COOKIE, Affinity.CLIENT_IP
 _ROUNDROBIN, _LEASTCONN, _FIRST, _SOURCE = (Algorithm.ROUNDROBIN, Algorithm.LEASTCONN,
@@ -189,7 +192,7 @@ class Balancer:
             until = self.down.pop(key, None)
             self.fails.pop(key, None)
             if until is not None and until != _INF:
-                self._returned(key)
+                self._returned(key, BACK_BY_CHECK)
         else:
             self.down[key] = _INF
         if self.gate is not None:
@@ -260,11 +263,11 @@ class Balancer:
                 ok += 1
         return ok * 100 >= self._limits.panic_threshold * checked_up
 
-    def _returned(self, key: Key) -> None:
+    def _returned(self, key: Key, how: int = 0) -> None:
         if self._on_eject is not None:
             s = self._find(key)
             if s is not None:
-                self._on_eject(self.backend.name, s, 0, None)
+                self._on_eject(self.backend.name, s, how, None)
 
     def others_usable(self, server: Server) -> bool:
         """Whether a server other than `server` is usable, to redispatch to

@@ -132,7 +132,16 @@ class Stats:
     full: bool = False
 
 
-Message = Table | Delta | Health | Shutdown | Ready | Error | NeedTable | Stats
+@dataclass(frozen=True, slots=True)
+class Ejected:
+    """The worker ejected the server at `key` (failed connects): the controller's next
+    passing check of it is sent back as a verdict, which ends the ejection. One per
+    ejection, so at most one per server per --error-down-for."""
+
+    key: Key
+
+
+Message = Table | Delta | Health | Shutdown | Ready | Error | NeedTable | Stats | Ejected
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -172,7 +181,8 @@ def decode(payload: bytes) -> Message:
         raise
     except Exception as e:
         raise FrameError(f"undecodable message: {e}") from None
-    if not isinstance(msg, Table | Delta | Health | Shutdown | Ready | Error | NeedTable | Stats):
+    if not isinstance(msg, Table | Delta | Health | Shutdown | Ready | Error | NeedTable | Stats
+                      | Ejected):
         raise FrameError(f"not a message: {type(msg).__name__}")
     return msg
 

@@ -24,6 +24,9 @@ never block and are never cut). The first frame is the worker's start-up argumen
                           NeedTable(have)       a delta was not from its version
                           Stats(rows…)          counter rows changed since its last report,
                                                 every `STATS_INTERVAL`
+                          Ejected(key)          it ejected that server (failed connects): the
+                                                controller's next passing check of it comes
+                                                back as an UP verdict, which ends ejections
 
 Nothing piles up behind a slow reader. While a worker's write buffer is above the high
 watermark (its transport paused writing), the controller sends it nothing new and notes
@@ -51,6 +54,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -63,6 +67,7 @@ from pylb.logs import setup_logging
 from pylb.messages import (
     HEADER,
     Channel,
+    Ejected,
     Error,
     Health,
     Message,
@@ -152,6 +157,8 @@ class WorkerPool:
         self._pending_health: dict[tuple[str, int], bool] = {}
         self._health_flush: asyncio.Handle | None = None
         self._health_bound = 1024  # prune self.health to the table above this many keys
+        # A worker's Ejected(key): the controller watches that server's next passing check.
+        self.on_ejection: Callable[[tuple[str, int]], None] | None = None
         # what was sent, for the figures in the report and the tests
         self.sent = {"tables": 0, "deltas": 0, "health": 0, "table_bytes": 0,
                      "delta_bytes": 0}
@@ -206,6 +213,9 @@ class WorkerPool:
                 "servers": msg.servers, "failures": msg.failures,
                 "removed_backends": msg.removed_backends,
                 "removed_servers": msg.removed_servers}, full=msg.full)
+        elif isinstance(msg, Ejected):
+            if self.on_ejection is not None:
+                self.on_ejection(msg.key)
         elif isinstance(msg, Ready):
             w.ready = True
             fut = self._ready_waiters.get(w.index)
@@ -526,6 +536,11 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
             stop.set_result(0.0)
 
     channel = Channel(on_message, on_lost, name=f"worker {index}: controller stream")
+
+    def on_ejection(key: tuple[str, int]) -> None:
+        channel.send(Ejected(key))
+
+    plane.on_ejection = on_ejection
     await open_channel(sock, channel)
     if failed is not None:
         channel.send(Error(failed))

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from proxy.balance import Balancer, Balancers, cookie_value, normalize_client_ip
+from proxy.balance import BACK_BY_CHECK, Balancer, Balancers, cookie_value, normalize_client_ip
 from pylb.config import Limits
 from pylb.model import Affinity, Algorithm, Backend, Server
 
@@ -325,8 +325,8 @@ def test_error_limit_per_backend_and_returns_are_told() -> None:
     assert not bal.is_up(srv(1)) and events == [(1, 2, 10.0)]
     bal.failed(srv(1))  # still failing (panic or a connect in flight): no second line
     assert events == [(1, 2, 10.0)]
-    bal.set_health(srv(1).key, True)  # a passing active check ends it
-    assert bal.is_up(srv(1)) and events[-1] == (1, 0, None)
+    bal.set_health(srv(1).key, True)  # a passing active check ends it, and says so
+    assert bal.is_up(srv(1)) and events[-1] == (1, BACK_BY_CHECK, None)
     bal.failed(srv(2))
     bal.failed(srv(2))
     clock.now += 10.1
