@@ -125,6 +125,7 @@ class Balancer:
     __slots__ = (
         "_by_cookie",
         "_clock",
+        "_honour",
         "_limits",
         "_on_eject",
         "_rr",
@@ -159,6 +160,10 @@ class Balancer:
         # key -> monotonic time until which the server is considered down (passive), or
         # float("inf") while an active health check says it is down.
         self.down: dict[Key, float] = {}
+        # `_honour_ejections`' verdict and the time it holds until (the next ejection
+        # to run out), or None: recomputed (O(servers)) only after `down` or the server
+        # list changed, or an ejection ran out; every write to `down` clears it.
+        self._honour: tuple[bool, float] | None = None
         self.backend = backend
         self.candidates: tuple[Server, ...] = ()
         self._by_cookie: dict[str, Server] = {}
@@ -170,6 +175,7 @@ class Balancer:
         servers = tuple(sorted(backend.available, key=lambda s: s.key))
         self.candidates = servers
         keys = {s.key for s in backend.servers}
+        self._honour = None
         for d in (self._rr, self.fails, self.down):
             for k in [k for k in d if k not in keys]:
                 del d[k]
@@ -188,6 +194,7 @@ class Balancer:
     def set_health(self, key: Key, up: bool) -> None:
         """An active health check's verdict (from the controller). A passing one ends a
         passive ejection too."""
+        self._honour = None
         if up:
             until = self.down.pop(key, None)
             self.fails.pop(key, None)
@@ -215,6 +222,7 @@ class Balancer:
             return
         now = self._clock()
         self.down[key] = now + self._limits.passive_down_for
+        self._honour = None
         if until is None or until <= now:
             if self._on_eject is not None:
                 self._on_eject(self.backend.name, server, n, self._limits.passive_down_for)
@@ -226,6 +234,7 @@ class Balancer:
             until = self.down.get(server.key)
             if until is not None and until != _INF:
                 del self.down[server.key]
+                self._honour = None
                 self._returned(server.key)
 
     def is_up(self, server: Server) -> bool:
@@ -235,6 +244,7 @@ class Balancer:
             return True
         if until != _INF and until <= self._clock():
             del self.down[server.key]  # retry it now
+            self._honour = None
             self._returned(server.key)
             return True
         return False
@@ -250,10 +260,17 @@ class Balancer:
     def _honour_ejections(self) -> bool:
         """Envoy's panic threshold: passive ejections apply only while at least
         `panic_threshold` percent of the servers no check marked down are not ejected;
-        below, all of those are used (never eject the last usable servers)."""
-        down = self.down
+        below, all of those are used (never eject the last usable servers).
+
+        O(1) amortised: the verdict is kept until `down` or the server list changes, or
+        the next ejection runs out (`others_usable` and the queue ask it per server)."""
         now = self._clock()
+        cached = self._honour
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        down = self.down
         checked_up = ok = 0
+        next_out = _INF
         for s in self.candidates:
             until = down.get(s.key)
             if until == _INF:
@@ -261,7 +278,11 @@ class Balancer:
             checked_up += 1
             if until is None or until <= now:
                 ok += 1
-        return ok * 100 >= self._limits.panic_threshold * checked_up
+            elif until < next_out:
+                next_out = until
+        honour = ok * 100 >= self._limits.panic_threshold * checked_up
+        self._honour = (honour, next_out)
+        return honour
 
     def _returned(self, key: Key, how: int = 0) -> None:
         if self._on_eject is not None:

@@ -466,3 +466,39 @@ def test_an_address_in_several_backends_gets_every_verdict_until_the_last_leaves
     assert set(regs.live_keys) == {lo(1).key}
     assert regs.apply([], ["ns/a:80"]) == {lo(1).key}
     assert not set(regs.live_keys)
+
+
+class _CountingTuple(tuple[Server, ...]):
+    """A server list that counts the passes over it."""
+
+    passes = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        type(self).passes += 1
+        return super().__iter__()
+
+
+def test_panic_verdict_is_kept_until_something_changes() -> None:
+    """`_honour_ejections` is O(1) amortised: asking `usable` of every server (as
+    `others_usable` and the queue do) passes over the server list once, not once per
+    ejected server; the verdict still follows ejections running out and new ones."""
+    clock = Clock()
+    servers = [srv(i) for i in range(1, 201)]
+    bal = Balancer(backend(*servers), Limits(passive_fall=1, passive_down_for=10.0), clock)
+    for s in servers[:60]:
+        bal.failed(s)  # 60 of 200 ejected: 70% left, the ejections hold
+    bal.candidates = _CountingTuple(bal.candidates)
+    _CountingTuple.passes = 0
+    for s in servers:
+        assert bal.usable(s) is (s not in servers[:60])
+    assert bal.others_usable(servers[0])
+    assert _CountingTuple.passes == 2  # one verdict, then others_usable's own pass
+    clock.now += 5
+    for s in servers[60:120]:
+        bal.failed(s)  # 120 of 200: 40% left, panic: all used
+    assert all(bal.usable(s) for s in servers)
+    clock.now += 5.5  # the first 60 ran out: 140 of 200 left, the second 60 hold again
+    assert not bal.usable(servers[60]) and bal.usable(servers[0])
+    assert not bal.usable(servers[119]) and bal.usable(servers[59])
+    bal.set_health(servers[60].key, True)  # a passing check: one fewer ejected
+    assert bal.usable(servers[60]) and not bal.usable(servers[61])
