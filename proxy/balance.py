@@ -127,6 +127,7 @@ class Balancer:
         "_clock",
         "_honour",
         "_limits",
+        "_masked",
         "_on_eject",
         "_rr",
         "_stats",
@@ -164,6 +165,9 @@ class Balancer:
         # to run out), or None: recomputed (O(servers)) only after `down` or the server
         # list changed, or an ejection ran out; every write to `down` clears it.
         self._honour: tuple[bool, float] | None = None
+        # Servers ejected when a check marked them down (the check's mark replaced the
+        # ejection's end in `down`): its UP verdict ends the ejection too, and says so.
+        self._masked: set[Key] = set()
         self.backend = backend
         self.candidates: tuple[Server, ...] = ()
         self._by_cookie: dict[str, Server] = {}
@@ -176,6 +180,7 @@ class Balancer:
         self.candidates = servers
         keys = {s.key for s in backend.servers}
         self._honour = None
+        self._masked &= keys
         for d in (self._rr, self.fails, self.down):
             for k in [k for k in d if k not in keys]:
                 del d[k]
@@ -195,12 +200,17 @@ class Balancer:
         """An active health check's verdict (from the controller). A passing one ends a
         passive ejection too."""
         self._honour = None
+        masked = self._masked
         if up:
             until = self.down.pop(key, None)
             self.fails.pop(key, None)
-            if until is not None and until != _INF:
+            if (until is not None and until != _INF) or key in masked:
+                masked.discard(key)
                 self._returned(key, BACK_BY_CHECK)
         else:
+            until = self.down.get(key)
+            if until is not None and until != _INF and until > self._clock():
+                masked.add(key)
             self.down[key] = _INF
         if self.gate is not None:
             self.gate.refresh(self)  # waiters pinned to it move, or it takes waiters

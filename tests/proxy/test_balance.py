@@ -502,3 +502,20 @@ def test_panic_verdict_is_kept_until_something_changes() -> None:
     assert not bal.usable(servers[119]) and bal.usable(servers[59])
     bal.set_health(servers[60].key, True)  # a passing check: one fewer ejected
     assert bal.usable(servers[60]) and not bal.usable(servers[61])
+
+
+def test_an_ejection_under_a_down_check_ends_with_its_up_verdict() -> None:
+    """Ejected, then marked down by a check, then up: the return is told (its log line
+    and the stats row's ejected_until depend on it), once."""
+    clock = Clock()
+    events: list[tuple[int, int, float | None]] = []
+    bal = Balancer(backend(srv(1), srv(2)), Limits(passive_fall=1), clock,
+                   lambda _b, s, n, down_for: events.append(
+                       (int(s.address.rsplit('.', 1)[1]), n, down_for)))
+    bal.failed(srv(1))
+    bal.set_health(srv(1).key, False)
+    bal.set_health(srv(1).key, True)
+    assert bal.is_up(srv(1)) and events == [(1, 1, 10.0), (1, BACK_BY_CHECK, None)]
+    bal.set_health(srv(1).key, False)  # a check alone: no return to tell
+    bal.set_health(srv(1).key, True)
+    assert len(events) == 2

@@ -78,6 +78,7 @@ async def test_a_passing_check_ends_an_ejection(tmp_path: Path, workers: int) ->
             seen.add(await _through(port))
             seen.discard(b"")
             await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # B's first probes have passed: its check is UP
 
         b.close()
         await b.wait_closed()
