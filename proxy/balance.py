@@ -31,6 +31,9 @@ _INF = float("inf")
 # Told of each passive ejection (backend name, server, failed connects in a row, seconds
 # out) and each return (…, 0, None): the worker logs it and shows it on the stats page.
 OnEject = Callable[[str, Server, int, float | None], None]
+# `fails` of a return (`down_for` None) told to the OnEject hook: a passing active check
+# ended the ejection (else 0: its time ran out, or a connect to it succeeded).
+BACK_BY_CHECK = -1
 # Enum members as globals: a member's lookup through its class costs ten times a global's.
 _COOKIE, _CLIENT_IP = Affinity.COOKIE, Affinity.CLIENT_IP
 _ROUNDROBIN, _LEASTCONN, _FIRST, _SOURCE = (Algorithm.ROUNDROBIN, Algorithm.LEASTCONN,
@@ -130,7 +133,9 @@ class Balancer:
     __slots__ = (
         "_by_cookie",
         "_clock",
+        "_honour",
         "_limits",
+        "_masked",
         "_on_eject",
         "_rr",
         "_stats",
@@ -164,6 +169,13 @@ class Balancer:
         # key -> monotonic time until which the server is considered down (passive), or
         # float("inf") while an active health check says it is down.
         self.down: dict[Key, float] = {}
+        # `_honour_ejections`' verdict and the time it holds until (the next ejection
+        # to run out), or None: recomputed (O(servers)) only after `down` or the server
+        # list changed, or an ejection ran out; every write to `down` clears it.
+        self._honour: tuple[bool, float] | None = None
+        # Servers ejected when a check marked them down (the check's mark replaced the
+        # ejection's end in `down`): its UP verdict ends the ejection too, and says so.
+        self._masked: set[Key] = set()
         self.backend = backend
         self.candidates: tuple[Server, ...] = ()
         self._by_cookie = _NO_COOKIES
@@ -175,6 +187,8 @@ class Balancer:
         servers = tuple(sorted(backend.available, key=lambda s: s.key))
         self.candidates = servers
         keys = {s.key for s in backend.servers}
+        self._honour = None
+        self._masked &= keys
         for d in (self._rr, self.fails, self.down):
             for k in [k for k in d if k not in keys]:
                 del d[k]
@@ -193,12 +207,18 @@ class Balancer:
     def set_health(self, key: Key, up: bool) -> None:
         """An active health check's verdict (from the controller). A passing one ends a
         passive ejection too."""
+        self._honour = None
+        masked = self._masked
         if up:
             until = self.down.pop(key, None)
             self.fails.pop(key, None)
-            if until is not None and until != _INF:
-                self._returned(key)
+            if (until is not None and until != _INF) or key in masked:
+                masked.discard(key)
+                self._returned(key, BACK_BY_CHECK)
         else:
+            until = self.down.get(key)
+            if until is not None and until != _INF and until > self._clock():
+                masked.add(key)
             self.down[key] = _INF
         if self.gate is not None:
             self.gate.refresh(self)  # waiters pinned to it move, or it takes waiters
@@ -222,6 +242,7 @@ class Balancer:
             return
         now = self._clock()
         self.down[key] = now + self._limits.passive_down_for
+        self._honour = None
         if until is None or until <= now:
             if self._on_eject is not None:
                 self._on_eject(self.backend.name, server, n, self._limits.passive_down_for)
@@ -233,6 +254,7 @@ class Balancer:
             until = self.down.get(server.key)
             if until is not None and until != _INF:
                 del self.down[server.key]
+                self._honour = None
                 self._returned(server.key)
 
     def is_up(self, server: Server) -> bool:
@@ -242,6 +264,7 @@ class Balancer:
             return True
         if until != _INF and until <= self._clock():
             del self.down[server.key]  # retry it now
+            self._honour = None
             self._returned(server.key)
             return True
         return False
@@ -257,10 +280,17 @@ class Balancer:
     def _honour_ejections(self) -> bool:
         """Envoy's panic threshold: passive ejections apply only while at least
         `panic_threshold` percent of the servers no check marked down are not ejected;
-        below, all of those are used (never eject the last usable servers)."""
-        down = self.down
+        below, all of those are used (never eject the last usable servers).
+
+        O(1) amortised: the verdict is kept until `down` or the server list changes, or
+        the next ejection runs out (`others_usable` and the queue ask it per server)."""
         now = self._clock()
+        cached = self._honour
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        down = self.down
         checked_up = ok = 0
+        next_out = _INF
         for s in self.candidates:
             until = down.get(s.key)
             if until == _INF:
@@ -268,13 +298,17 @@ class Balancer:
             checked_up += 1
             if until is None or until <= now:
                 ok += 1
-        return ok * 100 >= self._limits.panic_threshold * checked_up
+            elif until < next_out:
+                next_out = until
+        honour = ok * 100 >= self._limits.panic_threshold * checked_up
+        self._honour = (honour, next_out)
+        return honour
 
-    def _returned(self, key: Key) -> None:
+    def _returned(self, key: Key, how: int = 0) -> None:
         if self._on_eject is not None:
             s = self._find(key)
             if s is not None:
-                self._on_eject(self.backend.name, s, 0, None)
+                self._on_eject(self.backend.name, s, how, None)
 
     def others_usable(self, server: Server) -> bool:
         """Whether a server other than `server` is usable, to redispatch to

@@ -785,11 +785,16 @@ class HealthChecker:
                  monotonic: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None,
                  probe: ProbeFn = probe_server,
-                 nofile: int | None = -1) -> None:
+                 nofile: int | None = -1,
+                 on_pass: Callable[[Key, CheckResult], None] | None = None) -> None:
         self._params = params or settings.checks
         self._timeout = (self._params.timeout if self._params.timeout is not None
                          else settings.timeouts.connect)
         self._on_change = on_change
+        self._on_pass = on_pass
+        # Servers a data plane ejected (failed connects) -> when they were watched: the
+        # first passing probe started after that is told to `on_pass` (see `watch`).
+        self._watched: dict[Key, float] = {}
         self._clock = clock
         self._mono = monotonic
         self._probe = probe
@@ -895,6 +900,7 @@ class HealthChecker:
                     schedule.remove(key)
                     if key in results:
                         del results[key]
+                    self._watched.pop(key, None)
             elif target is None:
                 added.append((key, path))
                 http = path is not None
@@ -958,6 +964,14 @@ class HealthChecker:
         self._stopping = True
         self._wake()
 
+    def watch(self, key: Key) -> None:
+        """A data plane ejected the server at `key`: the first probe of it that passes,
+        started from now on, is told to `on_pass` even though the check stays up (its
+        transitions alone would not end the ejection). Only checked servers are watched,
+        each once, so this holds at most one entry per checked server."""
+        if key in self._results:
+            self._watched[key] = self._mono()
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -991,6 +1005,15 @@ class HealthChecker:
                 self._on_change(key, new.up, new)
             except Exception:
                 log.exception("health check callback failed for %s", format_hostport(*key))
+        watched = self._watched
+        if watched and new.up and result.passed and watched.get(key, started) < started:
+            del watched[key]
+            if self._on_pass is not None and new.up == prev.up:  # else on_change told it
+                try:
+                    self._on_pass(key, new)
+                except Exception:
+                    log.exception("health check callback failed for %s",
+                                  format_hostport(*key))
 
     def _log_transition(self, key: Key, new: CheckResult) -> None:
         now = self._mono()

@@ -110,7 +110,7 @@ class Controller:
         self.leader: dict[str, Any] | None = None
         self.plane: DataPlane | None = None
         self.pool: WorkerPool | None = None
-        self.checker = HealthChecker(settings, self.on_check)
+        self.checker = HealthChecker(settings, self.on_check, on_pass=self.on_check_passed)
         self.stats_server = StatsServer(settings, self.view)
         self.health_server = HealthServer(settings, self.alive, self.ready)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -206,6 +206,11 @@ class Controller:
         elif self.plane is not None:
             self.plane.set_health(key, up)
 
+    def on_check_passed(self, key: tuple[str, int], result: object) -> None:
+        """A passing probe of a server a data plane ejected while its check stayed up:
+        the UP verdict again, which ends the ejection (issue #22)."""
+        self.on_check(key, True, result)
+
     async def run(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
@@ -249,11 +254,13 @@ class Controller:
         """Start the workers (or the data plane here), the stats and health servers."""
         if s.workers > 1:
             self.pool = WorkerPool(s, self_signed_pem=make_self_signed(s))
+            self.pool.on_ejection = self.checker.watch
             await self.pool.start()
         else:
             tls_store = make_tls_store(s.tls, need_tls=True) if s.tls.cert else None
             self.plane = DataPlane(s, tls_store=tls_store,
                                    self_signed_pem=make_self_signed(s))
+            self.plane.on_ejection = self.checker.watch
             try:
                 await self.plane.start()
             except OSError as e:

@@ -14,10 +14,10 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from proxy.balance import Balancers
+from proxy.balance import BACK_BY_CHECK, Balancers
 from proxy.http import HttpProxy
 from proxy.listener import ConnectionLimit
 from proxy.tcp import TcpProxy
@@ -98,6 +98,9 @@ class DataPlane:
         self._https_blocked = settings.https_port in {p for _, p in settings.tcp_services}
         self.gateways: GatewayPlane | None = None  # --gateway-api: see attach_gateways
         self._https_warned = False
+        # Told the address of each server this plane ejects: the controller then asks its
+        # checker for the next passing probe of it, which ends the ejection (pylb.app).
+        self.on_ejection: Callable[[tuple[str, int]], None] | None = None
 
     def _ejected(self, backend: str, server: Server, fails: int,
                  down_for: float | None) -> None:
@@ -106,12 +109,16 @@ class DataPlane:
         sc = self.stats.server(backend, server.label)
         if down_for is None:
             sc.ejected_until = 0.0
-            log.info("server %s/%s is back after its ejection", backend, server.label)
+            log.info("server %s/%s is back %s", backend, server.label,
+                     "after a passing check" if fails == BACK_BY_CHECK
+                     else "after its ejection")
         else:
             sc.ejected_until = time.time() + down_for
             log.warning("server %s/%s ejected for %gs: %d failed connects in a row "
                         "(error-limit; still used while too few servers are left)",
                         backend, server.label, down_for, fails)
+            if self.on_ejection is not None:
+                self.on_ejection(server.key)
 
     async def start(self) -> None:
         s = self.settings

@@ -154,8 +154,17 @@ class Stats:
     full: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Ejected:
+    """The worker ejected the server at `key` (failed connects): the controller's next
+    passing check of it is sent back as a verdict, which ends the ejection. One per
+    ejection, so at most one per server per --error-down-for."""
+
+    key: Key
+
+
 Message = (Table | Delta | Health | Gateways | Shutdown | Ready | Error | GatewaysBound
-           | NeedTable | Stats)
+           | NeedTable | Stats | Ejected)
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -197,7 +206,7 @@ def decode(payload: bytes) -> Message:
     except Exception as e:
         raise FrameError(f"undecodable message: {e}") from None
     if not isinstance(msg, Table | Delta | Health | Gateways | Shutdown | Ready | Error
-                      | GatewaysBound | NeedTable | Stats):
+                      | GatewaysBound | NeedTable | Stats | Ejected):
         raise FrameError(f"not a message: {type(msg).__name__}")
     return msg
 

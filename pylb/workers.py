@@ -27,6 +27,9 @@ never block and are never cut). The first frame is the worker's start-up argumen
                           GatewaysBound(seq, …) the Gateway listeners it could not bind
                           Stats(rows…)          counter rows changed since its last report,
                                                 every `STATS_INTERVAL`
+                          Ejected(key)          it ejected that server (failed connects): the
+                                                controller's next passing check of it comes
+                                                back as an UP verdict, which ends ejections
 
 Nothing piles up behind a slow reader. While a worker's write buffer is above the high
 watermark (its transport paused writing), the controller sends it nothing new and notes
@@ -55,6 +58,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,6 +72,7 @@ from pylb.logs import setup_logging
 from pylb.messages import (
     HEADER,
     Channel,
+    Ejected,
     Error,
     Gateways,
     GatewaysBound,
@@ -169,6 +174,8 @@ class WorkerPool:
         self._health_bound = 1024  # prune self.health to the table above this many keys
         self.gateways: Gateways | None = None  # the newest Gateway plan (--gateway-api)
         self._gateways_answered = asyncio.Event()
+        # A worker's Ejected(key): the controller watches that server's next passing check.
+        self.on_ejection: Callable[[tuple[str, int]], None] | None = None
         # what was sent, for the figures in the report and the tests
         self.sent = {"tables": 0, "deltas": 0, "health": 0, "table_bytes": 0,
                      "delta_bytes": 0}
@@ -225,6 +232,9 @@ class WorkerPool:
                 "servers": msg.servers, "failures": msg.failures,
                 "removed_backends": msg.removed_backends,
                 "removed_servers": msg.removed_servers}, full=msg.full)
+        elif isinstance(msg, Ejected):
+            if self.on_ejection is not None:
+                self.on_ejection(msg.key)
         elif isinstance(msg, Ready):
             w.ready = True
             fut = self._ready_waiters.get(w.index)
@@ -592,6 +602,11 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
             stop.set_result(0.0)
 
     channel = Channel(on_message, on_lost, name=f"worker {index}: controller stream")
+
+    def on_ejection(key: tuple[str, int]) -> None:
+        channel.send(Ejected(key))
+
+    plane.on_ejection = on_ejection
     await open_channel(sock, channel)
     if failed is not None:
         channel.send(Error(failed))

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from proxy.balance import Balancer, Balancers, cookie_value, normalize_client_ip
+from proxy.balance import BACK_BY_CHECK, Balancer, Balancers, cookie_value, normalize_client_ip
 from pylb.config import Limits
 from pylb.model import Affinity, Algorithm, Backend, Server
 
@@ -325,8 +325,8 @@ def test_error_limit_per_backend_and_returns_are_told() -> None:
     assert not bal.is_up(srv(1)) and events == [(1, 2, 10.0)]
     bal.failed(srv(1))  # still failing (panic or a connect in flight): no second line
     assert events == [(1, 2, 10.0)]
-    bal.set_health(srv(1).key, True)  # a passing active check ends it
-    assert bal.is_up(srv(1)) and events[-1] == (1, 0, None)
+    bal.set_health(srv(1).key, True)  # a passing active check ends it, and says so
+    assert bal.is_up(srv(1)) and events[-1] == (1, BACK_BY_CHECK, None)
     bal.failed(srv(2))
     bal.failed(srv(2))
     clock.now += 10.1
@@ -466,3 +466,56 @@ def test_an_address_in_several_backends_gets_every_verdict_until_the_last_leaves
     assert set(regs.live_keys) == {lo(1).key}
     assert regs.apply([], ["ns/a:80"]) == {lo(1).key}
     assert not set(regs.live_keys)
+
+
+class _CountingTuple(tuple[Server, ...]):
+    """A server list that counts the passes over it."""
+
+    passes = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        type(self).passes += 1
+        return super().__iter__()
+
+
+def test_panic_verdict_is_kept_until_something_changes() -> None:
+    """`_honour_ejections` is O(1) amortised: asking `usable` of every server (as
+    `others_usable` and the queue do) passes over the server list once, not once per
+    ejected server; the verdict still follows ejections running out and new ones."""
+    clock = Clock()
+    servers = [srv(i) for i in range(1, 201)]
+    bal = Balancer(backend(*servers), Limits(passive_fall=1, passive_down_for=10.0), clock)
+    for s in servers[:60]:
+        bal.failed(s)  # 60 of 200 ejected: 70% left, the ejections hold
+    bal.candidates = _CountingTuple(bal.candidates)
+    _CountingTuple.passes = 0
+    for s in servers:
+        assert bal.usable(s) is (s not in servers[:60])
+    assert bal.others_usable(servers[0])
+    assert _CountingTuple.passes == 2  # one verdict, then others_usable's own pass
+    clock.now += 5
+    for s in servers[60:120]:
+        bal.failed(s)  # 120 of 200: 40% left, panic: all used
+    assert all(bal.usable(s) for s in servers)
+    clock.now += 5.5  # the first 60 ran out: 140 of 200 left, the second 60 hold again
+    assert not bal.usable(servers[60]) and bal.usable(servers[0])
+    assert not bal.usable(servers[119]) and bal.usable(servers[59])
+    bal.set_health(servers[60].key, True)  # a passing check: one fewer ejected
+    assert bal.usable(servers[60]) and not bal.usable(servers[61])
+
+
+def test_an_ejection_under_a_down_check_ends_with_its_up_verdict() -> None:
+    """Ejected, then marked down by a check, then up: the return is told (its log line
+    and the stats row's ejected_until depend on it), once."""
+    clock = Clock()
+    events: list[tuple[int, int, float | None]] = []
+    bal = Balancer(backend(srv(1), srv(2)), Limits(passive_fall=1), clock,
+                   lambda _b, s, n, down_for: events.append(
+                       (int(s.address.rsplit('.', 1)[1]), n, down_for)))
+    bal.failed(srv(1))
+    bal.set_health(srv(1).key, False)
+    bal.set_health(srv(1).key, True)
+    assert bal.is_up(srv(1)) and events == [(1, 1, 10.0), (1, BACK_BY_CHECK, None)]
+    bal.set_health(srv(1).key, False)  # a check alone: no return to tell
+    bal.set_health(srv(1).key, True)
+    assert len(events) == 2

@@ -338,3 +338,35 @@ async def test_checker_callback_error_is_contained() -> None:
     finally:
         checker.stop()
         await task
+
+
+async def test_watched_server_told_once_at_its_next_passing_probe() -> None:
+    """A server a data plane ejected (`watch`) is told to `on_pass` at its first passing
+    probe though its check stays up (no transition), once; an unchecked address is not
+    watched."""
+    srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    key = ("127.0.0.1", srv.sockets[0].getsockname()[1])
+    changes = Changes()
+    passes: list[tuple[tuple[str, int], str]] = []
+    checker = HealthChecker(Settings(), changes, params=FAST,
+                            on_pass=lambda k, r: passes.append((k, r.status)))
+    checker.set_table(RouteTable(backends=(Backend("b", (Server(*key),)),)))
+    task = asyncio.create_task(checker.run())
+    try:
+        async with asyncio.timeout(10):
+            while checker.results()[key].status != L4OK:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert passes == []  # not watched: passing probes tell nothing
+        checker.watch(("127.0.0.1", 1))  # not checked: ignored
+        checker.watch(key)
+        async with asyncio.timeout(10):
+            while not passes:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # ten more passing probes
+        assert passes == [(key, L4OK)] and changes.seen == []
+    finally:
+        checker.stop()
+        await asyncio.wait_for(task, 10)
+        srv.close()
+        await srv.wait_closed()

@@ -72,7 +72,7 @@ async def test_ejected_logged_shown_and_ended_by_a_passing_check(
         assert _csv_row(plane, table, "BACKEND")["act"] == "1"
         plane.set_health(dead.key, True)  # a passing active check
         assert plane.stats.server(be.name, "dead").ejected_until == 0
-        assert any(r.getMessage() == "server d/db:5432/dead is back after its ejection"
+        assert any(r.getMessage() == "server d/db:5432/dead is back after a passing check"
                    for r in caplog.records)
         assert _csv_row(plane, table, "dead")["status"] == "no check"
     finally:

@@ -21,6 +21,7 @@ from pylb.gatewaymodel import (
 from pylb.messages import (
     HEADER,
     MAX_FRAME,
+    Ejected,
     Error,
     FrameError,
     FrameReader,
@@ -75,6 +76,7 @@ MESSAGES: list[Message] = [
     Ready(1),
     Error("cannot listen"),
     NeedTable(7),
+    Ejected(("127.2.0.1", 80)),
     Stats(frontends={"http": {"req_total": 3, "hrsp": [0, 3, 0, 0, 0, 0]}},
           servers={"ns/a:80\x00a-0": {"bytes_in": 10}}, removed_backends=("ns/b:80",)),
 ]
