@@ -193,7 +193,7 @@ async def test_h2_rate_limit_with_burst_429_retry_after(slow: list[SlowBackend])
     assert stats.failures.get(Failure.RATE_LIMITED) == 3
 
 
-async def test_h2_stream_reset_or_connection_lost_while_queued_frees_its_place(
+async def test_h2_stream_reset_connection_lost_or_goaway_while_queued_frees_its_place(
         slow: list[SlowBackend]) -> None:
     be = await SlowBackend(0.5).start()
     slow.append(be)
@@ -204,13 +204,18 @@ async def test_h2_stream_reset_or_connection_lost_while_queued_frees_its_place(
     assert gate is not None
     c = await H2Client.open(port)
     gone = await H2Client.open(port)
+    away = await H2Client.open(port)
     try:
         a = await c.get(b"/slow/?id=0")
         await wait_for(lambda: be.order == [0], "the first at the server")
         b = await c.get(b"/slow/?id=1")
         await gone.get(b"/slow/?id=2")
         d = await c.get(b"/slow/?id=3")
-        await wait_for(lambda: gate.waiting == 3, "three waiting")
+        await away.get(b"/slow/?id=4")
+        await wait_for(lambda: gate.waiting == 4, "four waiting")
+        away.conn.close_connection()  # the client's GOAWAY while queued
+        await away.flush()
+        await wait_for(lambda: gate.waiting == 3, "the GOAWAY's gone from the queue")
         c.conn.reset_stream(b)  # RST_STREAM CANCEL while queued
         await c.flush()
         await wait_for(lambda: gate.waiting == 2, "the reset one gone from the queue")
@@ -221,8 +226,9 @@ async def test_h2_stream_reset_or_connection_lost_while_queued_frees_its_place(
         assert [(await c.response(s, timeout=10))[0] for s in (a, d)] == [200, 200]
     finally:
         await c.close()
+        await away.close()
         await proxy.shutdown(0.5)
-    assert be.order == [0, 3]  # the reset and the lost were never sent
+    assert be.order == [0, 3]  # the reset, the lost and the GOAWAY's never sent
     assert gate.used == {} and gate.waiting == 0
     assert stats.backend(BACKEND).queue_cur == 0
 
