@@ -69,7 +69,7 @@ import h2.settings
 from h2.connection import ConnectionState
 from hyperframe.frame import GoAwayFrame
 
-from proxy import flow
+from proxy import admission, flow
 from proxy.balance import Balancer, cookie_value
 from proxy.http import accesslog, h2rules
 from proxy.http import headers as hdr
@@ -79,6 +79,7 @@ from proxy.http.h2upstream import H2Upstream
 from proxy.http.parser import RequestHead, ResponseHead
 from proxy.http.routing import slash_redirect
 from proxy.http.upstream import UpstreamProtocol
+from proxy.queue import Ticket
 from pylb.counters import Counters
 from pylb.failures import Failure
 from pylb.model import Affinity, Backend, Server
@@ -100,6 +101,7 @@ _LOW = flow.LOW_WATER
 _CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 _PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
 _CANCEL = h2.errors.ErrorCodes.CANCEL
+_NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _INTERNAL = h2.errors.ErrorCodes.INTERNAL_ERROR
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
 _ON_HEAD = ON[Event.HEAD]
@@ -111,6 +113,8 @@ _ON_CLOSE = ON[Event.CLOSE]
 _COOKIE = Affinity.COOKIE
 _REPLAY_MAX = 64 * 1024  # request body kept to resend a refused h2c stream (as HTTP/1.1's)
 _NO_TOKENS: frozenset[bytes] = frozenset()
+# grpc-status for our own refusals (14 UNAVAILABLE otherwise)
+_GRPC_CODE = {Failure.NO_ROUTE: 12, Failure.RATE_LIMITED: 8}
 
 
 class H2Stream:
@@ -119,6 +123,7 @@ class H2Stream:
     __slots__ = (
         "_balancer",
         "_be_c",
+        "_body_timer",
         "_conn",
         "_cookie",
         "_deadline",
@@ -126,6 +131,7 @@ class H2Stream:
         "_exclude",
         "_grpc",
         "_h2up",
+        "_held",
         "_out",
         "_out_size",
         "_pending",
@@ -136,6 +142,7 @@ class H2Stream:
         "_stall",
         "_timer",
         "_trailers",
+        "_tw",
         "_unacked",
         "_up_end_sent",
         "_up_headers",
@@ -211,6 +218,12 @@ class H2Stream:
         self._req_ended = False
         self._grpc = False
         self._deadline = 0.0
+        # A backend with lb.maxconn (proxy.admission): the slot held on `server`, or the
+        # place in its queue, from the dispatch till the stream ends; `_tw`, the seconds
+        # it waited for the slot (the log's Tw).
+        self._held: Server | Ticket | None = None
+        self._tw = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None  # --timeout-request-body
 
     # -- the request ------------------------------------------------------------------
 
@@ -283,6 +296,10 @@ class H2Stream:
         proxy = conn.proxy
         req = self.req
         proxy.fe_counters.req_total += 1
+        if req.chunked or req.content_length:  # a body to come
+            body_timeout = proxy.settings.timeouts.http_body
+            if body_timeout is not None:
+                self._body_timer = conn.loop.call_later(body_timeout, self._body_late)
         ctype = hdr.get_header(req.headers, b"content-type")
         self._grpc = ctype is not None and ctype.startswith(b"application/grpc")
         path, _, q = req.target.partition(b"?")
@@ -317,6 +334,13 @@ class H2Stream:
             return
         self.backend = backend
         self._balancer = balancer
+        if balancer.limiter is not None:
+            wait = admission.rate_limited(balancer.limiter, conn.client_ip,
+                                          proxy.fe_counters, proxy.stats, backend.name)
+            if wait:
+                self._local(429, None, Failure.RATE_LIMITED,
+                            [(b"retry-after", b"%d" % wait)])
+                return
         cookie_name = None
         if backend.affinity is _COOKIE:
             cookie_name = backend.cookie_name.encode()
@@ -345,7 +369,22 @@ class H2Stream:
         assert balancer is not None and self.backend is not None
         proxy = self._conn.proxy
         cookie = self._cookie.decode("latin-1") if self._cookie else None
+        if self._held is not None:
+            self._free_slot()  # a retry: the failed attempt's slot goes back first
         server = balancer.pick(self._conn.client_ip, self._exclude or (), cookie)
+        if balancer.gate is not None:
+            got = admission.admit(self, balancer, server, self._conn.client_ip,
+                                  self._exclude or (), proxy.stats, self.backend.name)
+            if type(got) is Ticket:
+                self._held = got  # queue_granted or queue_expired comes later
+                return
+            if type(got) is Failure:
+                self._error(got)
+                return
+            server = cast("Server | None", got)
+            if server is not None:
+                self._held = server
+                self._tw = 0.0
         if server is None:
             failure = last or Failure.NO_SERVER
             if last is None:
@@ -354,8 +393,12 @@ class H2Stream:
                 proxy.stats.backend(self.backend.name).conn_errors += 1
             self._error(failure)
             return
+        self._go(server)
+
+    def _go(self, server: Server) -> None:
+        proxy = self._conn.proxy
         self.server = server
-        if self.backend.h2c:
+        if self.backend is not None and self.backend.h2c:
             self.connecting = True
             proxy.h2_pool.get(server.key, self)
             return
@@ -365,6 +408,47 @@ class H2Stream:
             return
         self.connecting = True
         proxy.connect(self, server)
+
+    # -- the queue (proxy.queue calls these, as HTTP/1.1's ClientProtocol's) -----------------
+
+    def queue_granted(self, server: Server) -> None:
+        ticket = self._held
+        self._tw = self._conn.loop.time() - ticket.since if type(ticket) is Ticket else 0.0
+        self._held = server
+        self._go(server)
+
+    def queue_expired(self, failure: Failure) -> None:
+        # `_held` keeps the spent ticket till the stream ends (the log's Tw reads it; the
+        # gate's cancel of it is a no-op).
+        if self.backend is not None:
+            admission.refused(self._conn.proxy.stats, self.backend.name, failure)
+        else:
+            self._conn.proxy.stats.fail(failure)
+        self._error(failure)
+
+    def _free_slot(self) -> None:
+        held = self._held
+        self._held = None
+        admission.free(self._balancer, held)
+
+    def _body_late(self) -> None:
+        """--timeout-request-body: the body is not whole in time (a slow POST). 408 and
+        RST_STREAM NO_ERROR for this stream only (RFC 9113 §8.1: the rest of the request
+        is not wanted); its server slot and connection are freed."""
+        self._body_timer = None
+        if self.closed or self._req_ended:
+            return
+        conn = self._conn
+        conn.proxy.stats.fail(Failure.BODY_TIMEOUT)
+        conn.proxy.fe_counters.req_errors += 1
+        self._note(Failure.BODY_TIMEOUT)
+        if self.resp is None:
+            self._error(Failure.BODY_TIMEOUT)
+            if not self.closed:
+                conn.reset(self, _NO_ERROR)
+        else:
+            self._drop_up()
+            conn.reset(self, _CANCEL)
 
     def connect_done(self, server: Server, up: UpstreamProtocol | None,
                      failure: Failure | None, local: bool = False) -> None:
@@ -725,13 +809,14 @@ class H2Stream:
 
     # -- answers of our own --------------------------------------------------------------------
 
-    def _local(self, status: int, body: bytes | None, failure: Failure) -> None:
+    def _local(self, status: int, body: bytes | None, failure: Failure,
+               fields: list[tuple[bytes, bytes]] | None = None) -> None:
         self._conn.proxy.stats.fail(failure)
         self._note(failure)
         if self._grpc:
-            self._grpc_error(12 if failure is Failure.NO_ROUTE else 14, failure)
+            self._grpc_error(_GRPC_CODE.get(failure, 14), failure)
             return
-        self._answer(status, [(b"content-type", b"text/html")], body
+        self._answer(status, [(b"content-type", b"text/html"), *(fields or ())], body
                      if body is not None else b"<html><body><h1>%d</h1></body></html>\n"
                      % status)
 
@@ -749,8 +834,9 @@ class H2Stream:
 
     def _grpc_error(self, code: int, failure: Failure) -> None:
         """A gRPC-shaped error: HTTP 200, trailers only, grpc-status `code` (14
-        UNAVAILABLE as Envoy answers for an upstream it cannot reach; 12 UNIMPLEMENTED
-        for no route; 4 DEADLINE_EXCEEDED)."""
+        UNAVAILABLE as Envoy answers for an upstream it cannot reach, a full queue or
+        one waited out; 12 UNIMPLEMENTED for no route; 4 DEADLINE_EXCEEDED; 8
+        RESOURCE_EXHAUSTED for a rate-limited client, as Envoy's rate limit filter)."""
         self._answer(200, [(b"content-type", b"application/grpc"),
                            (b"grpc-status", b"%d" % code),
                            (b"grpc-message", failure.label.encode())], b"", length=False)
@@ -805,7 +891,9 @@ class H2Stream:
                     self._drop_up()
                     self._conn.reset(self, _CANCEL)
             return
-        if self.connecting:
+        if self.connecting or type(self._held) is Ticket:
+            # (neither connecting nor the wait in the queue, bounded by `timeout queue`,
+            # is the server's time)
             self._arm(self._conn.proxy.settings.timeouts.connect)
             return
         if self.resp is None:
@@ -836,6 +924,9 @@ class H2Stream:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         h2up = self._h2up
         if h2up is not None:
             self._h2up = None
@@ -869,6 +960,10 @@ class H2Stream:
         if accesslog.access_log.isEnabledFor(logging.INFO):
             conn = self._conn
             backend, server = self.backend, self.server
+            held = self._held  # Tw: time in the queue, when the backend has one
+            tw = None if held is None else \
+                int((conn.loop.time() - held.since) * 1000) if type(held) is Ticket \
+                else int(self._tw * 1000)
             accesslog.log(accesslog.line(
                 client_ip=conn.client_ip, client_port=conn.client_port,
                 frontend=conn.proxy.frontend,
@@ -876,7 +971,9 @@ class H2Stream:
                 server=server.label if server is not None else accesslog.NOSRV,
                 t0=self.t0, t_head=self.t0, t_conn=self.t_conn, t_resp=self.t_resp,
                 now=conn.loop.time(), status=self.status, nbytes=self.bytes_out,
-                termination=self.term, req=_log_head(self.req)))
+                termination=self.term, req=_log_head(self.req), tw=tw))
+        if self._held is not None:
+            self._free_slot()  # after the pool took `up`: the next in line gets it warm
 
     def _drop_up(self) -> None:
         h2up = self._h2up

@@ -49,8 +49,8 @@ import time
 from collections import deque
 from typing import Any, cast
 
-from proxy import flow
-from proxy.balance import Balancer, cookie_value, normalize_client_ip
+from proxy import admission, flow
+from proxy.balance import Balancer, cookie_value
 from proxy.http import accesslog
 from proxy.http import headers as hdr
 from proxy.http.errors import error_response, redirect_response
@@ -74,8 +74,7 @@ from proxy.http.parser import (
 )
 from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import UpstreamProtocol
-from proxy.queue import Gate, Ticket
-from proxy.ratelimit import retry_after
+from proxy.queue import Ticket
 from proxy.retry import Next, after_connect_failure
 from pylb.counters import Counters
 from pylb.failures import Failure
@@ -708,12 +707,10 @@ class ClientProtocol(asyncio.Protocol):
         self._backend = backend
         self._balancer = balancer
         if balancer.limiter is not None:
-            wait = balancer.limiter.check(normalize_client_ip(self.client_ip))
+            wait = admission.rate_limited(balancer.limiter, self.client_ip, self._fe,
+                                          proxy.stats, backend.name)
             if wait:
-                self._fe.denied_req += 1
-                proxy.stats.backend(backend.name).denied_req += 1
-                self._local(429, None, Failure.RATE_LIMITED,
-                            b"retry-after: %d\r\n" % retry_after(wait))
+                self._local(429, None, Failure.RATE_LIMITED, b"retry-after: %d\r\n" % wait)
                 return
         cookie_name = None
         if backend.affinity is _COOKIE:
@@ -737,20 +734,16 @@ class ClientProtocol(asyncio.Protocol):
             self._free_slot()  # a retry: the failed attempt's slot goes back first
         server = balancer.pick(self.client_ip, self._exclude or (), cookie)
         if balancer.gate is not None:
-            got = balancer.gate.admit(self, balancer, server, self.client_ip,
-                                      self._exclude or ())
+            got = admission.admit(self, balancer, server, self.client_ip,
+                                  self._exclude or (), proxy.stats, self._backend.name)
             if type(got) is Ticket:
                 self._held = got  # queue_granted or queue_expired comes later
                 return
             if type(got) is Failure:
-                if got is not Failure.NO_SERVER:
-                    proxy.stats.fail(got)
-                    proxy.stats.backend(self._backend.name).conn_errors += 1
-                    self._fail(got)
-                    return
-                server = None
-            else:
-                server = cast(Server, got)
+                self._fail(got)
+                return
+            server = cast("Server | None", got)
+            if server is not None:
                 self._held = server
                 self._tw = 0.0
         if server is None:
@@ -793,22 +786,16 @@ class ClientProtocol(asyncio.Protocol):
     def queue_expired(self, failure: Failure) -> None:
         # `_held` keeps the (spent) ticket till the exchange ends: the log's Tw reads it,
         # and `_free_slot`'s cancel of it is a no-op.
-        proxy = self._proxy
-        proxy.stats.fail(failure)
         if self._backend is not None:
-            proxy.stats.backend(self._backend.name).conn_errors += 1
+            admission.refused(self._proxy.stats, self._backend.name, failure)
+        else:
+            self._proxy.stats.fail(failure)
         self._fail(failure)
 
     def _free_slot(self) -> None:
-        balancer = self._balancer
-        gate: Gate | None = balancer.gate if balancer is not None else None
         held = self._held
         self._held = None
-        if gate is not None and balancer is not None:
-            if type(held) is Ticket:
-                gate.cancel(held)
-            elif held is not None:
-                gate.release(cast(Server, held), balancer)
+        admission.free(self._balancer, held)
 
     def _body_late(self) -> None:
         """--timeout-request-body: the body is not whole in time (a slow POST). 408, and
