@@ -52,6 +52,10 @@ class GatewaySettings:
     address_pool: tuple[str, ...] = ()  # handed to Gateways without spec.addresses, in order
     node_address: str = "0.0.0.0"
     now: str = "1970-01-01T00:00:00Z"  # lastTransitionTime written on conditions
+    # translate TLS (Passthrough) and TCP listeners and their TLSRoutes/TCPRoutes (into
+    # `GatewayPlan.l4_listeners`, Programmed False/Pending). Off for the live source: the data
+    # plane does not bind them yet, so there they stay Accepted False, UnsupportedProtocol.
+    l4: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,7 @@ def _order(objs: Iterable[JsonObj]) -> list[JsonObj]:
 
 
 def _gateway_listeners(gw: JsonObj, ns: str, name: str, address: str,
-                       inputs: GatewayInputs) -> list[_GwListener]:
+                       inputs: GatewayInputs, l4: bool) -> list[_GwListener]:
     out: list[_GwListener] = []
     seen: set[str] = set()
     for spec in _list(_dict(gw.get("spec")).get("listeners")):
@@ -240,10 +244,15 @@ def _gateway_listeners(gw: JsonObj, ns: str, name: str, address: str,
         seen.add(lname)
         lst = _GwListener(f"{ns}/{name}", ns, spec, lname, port, protocol,
                           str(spec.get("hostname") or "").lower(), address)
-        kinds, all_ok = _listener_kinds(spec, protocol)
+        kinds, all_ok = _listener_kinds(spec, protocol if l4 or protocol not in L4_PROTOCOLS
+                                        else "")
         lst.kinds = kinds
         mode = _dict(spec.get("tls")).get("mode", "Terminate")
-        if protocol == "TLS" and mode != "Passthrough":
+        if protocol in L4_PROTOCOLS and not l4:
+            lst.conditions["Accepted"] = (False, "UnsupportedProtocol",
+                                          f"protocol {protocol} is not served by pylb yet")
+            lst.conditions["Programmed"] = (False, "Invalid", "listener not accepted")
+        elif protocol == "TLS" and mode != "Passthrough":
             lst.kinds = []
             lst.conditions["Accepted"] = (False, "UnsupportedProtocol",
                                           "TLS listeners are served in mode Passthrough only")
@@ -561,7 +570,7 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             skipped.append(f"Gateway {key}: {err}")
             listeners[key] = []
             continue
-        lsts = _gateway_listeners(gw, ns, name, address, inputs)
+        lsts = _gateway_listeners(gw, ns, name, address, inputs, s.l4)
         for lst in lsts:
             for other in bound:
                 if other.address == lst.address and other.port == lst.port and \

@@ -107,8 +107,8 @@ class Cluster:
                              namespaces, secrets, secret_objects=objs,
                              tlsroutes=self.kind("TLSRoute"), tcproutes=self.kind("TCPRoute"))
 
-    def plan(self) -> GatewayPlan:
-        return translate(self.inputs(), GatewaySettings(address_pool=POOL))
+    def plan(self, l4: bool = False) -> GatewayPlan:
+        return translate(self.inputs(), GatewaySettings(address_pool=POOL, l4=l4))
 
 
 class Client:

@@ -2,11 +2,12 @@
 translation level: the same manifests, the same route and listener status the suite waits
 for, and which backends each listener's routes lead to (by SNI for TLS passthrough).
 pylb translates these listeners but does not bind them yet: their Programmed is False with
-reason Pending (README, Gateway API)."""
+reason Pending (README, Gateway API), and only with `GatewaySettings(l4=True)`: the live
+source keeps them UnsupportedProtocol until the data plane binds them."""
 
 from __future__ import annotations
 
-from discovery.gateway.translate import GatewayInputs, translate
+from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
 from pylb.gatewaymodel import GatewayPlan, Listener
 from tests.gateway.harness import CLASS, INFRA, Cluster, condition, parent
 
@@ -31,7 +32,7 @@ def listener_status(plan: GatewayPlan, gateway: str, name: str) -> dict[str, obj
 
 
 def test_TCPRouteInvalidNonTCPListener() -> None:
-    plan = Cluster.load("tcproute-invalid-non-tcp-listener.yaml").plan()
+    plan = Cluster.load("tcproute-invalid-non-tcp-listener.yaml").plan(l4=True)
     assert conds(plan, "tcproutes", "tcp-route", "tcp-mixed-protocol-gateway")["Accepted"] \
         == ("False", "NotAllowedByListeners")
     assert listener_status(plan, "tcp-mixed-protocol-gateway",
@@ -39,7 +40,7 @@ def test_TCPRouteInvalidNonTCPListener() -> None:
 
 
 def test_TCPRouteInvalidBackendRefNonexistent() -> None:
-    plan = Cluster.load("tcproute-invalid-backendref-nonexistent.yaml").plan()
+    plan = Cluster.load("tcproute-invalid-backendref-nonexistent.yaml").plan(l4=True)
     c = conds(plan, "tcproutes", "tcp-route-invalid-backend-ref-nonexistent",
               "tcp-gateway-invalid-backend")
     assert c["ResolvedRefs"] == ("False", "BackendNotFound")
@@ -49,7 +50,7 @@ def test_TCPRouteInvalidBackendRefNonexistent() -> None:
 
 
 def test_TCPRouteParentRefPortAndSectionName() -> None:
-    plan = Cluster.load("tcproute-parentref-port-and-section-name.yaml").plan()
+    plan = Cluster.load("tcproute-parentref-port-and-section-name.yaml").plan(l4=True)
     gw = "tcp-multi-listener-gateway"
     for route in ("tcp-route-by-port", "tcp-route-by-section", "tcp-route-by-section-and-port"):
         assert conds(plan, "tcproutes", route, gw) == {
@@ -73,7 +74,7 @@ def test_TCPRouteParentRefPortAndSectionName() -> None:
 
 
 def test_TLSRouteSimpleSameNamespace() -> None:
-    plan = Cluster.load("tlsroute-simple-same-namespace.yaml").plan()
+    plan = Cluster.load("tlsroute-simple-same-namespace.yaml").plan(l4=True)
     assert conds(plan, "tlsroutes", "gateway-conformance-infra-test", "gateway-tlsroute") == {
         "Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
     lst = l4(plan, "gateway-tlsroute", "https")
@@ -83,7 +84,7 @@ def test_TLSRouteSimpleSameNamespace() -> None:
 
 
 def test_TLSRouteInvalidNoMatchingListenerHostname() -> None:
-    plan = Cluster.load("tlsroute-invalid-no-matching-listener-hostname.yaml").plan()
+    plan = Cluster.load("tlsroute-invalid-no-matching-listener-hostname.yaml").plan(l4=True)
     for route, gw in (("tlsroute-hostname-mismatch-1", "gateway-tls-exact-hostname"),
                       ("tlsroute-hostname-mismatch-2", "gateway-tls-wildcard-hostname")):
         assert conds(plan, "tlsroutes", route, gw)["Accepted"] == \
@@ -110,7 +111,7 @@ def test_tls_terminate_is_refused_and_weights_and_intersection_are_kept() -> Non
                                "rules": [{"backendRefs": [
                                    {"name": "infra-backend-v1", "port": 8080, "weight": 3},
                                    {"name": "infra-backend-v2", "port": 8080, "weight": 1}]}]}})
-    plan = c.plan()
+    plan = c.plan(l4=True)
     st = listener_status(plan, "gw", "t")
     assert (condition(st, "Accepted")["status"], condition(st, "Accepted")["reason"]) == \
         ("False", "UnsupportedProtocol")
@@ -130,6 +131,18 @@ def test_bad_l4_objects_are_skipped_never_raised() -> None:
                            "spec": {"parentRefs": "no", "rules": [None, {"backendRefs": 4}]}}]
     plan = translate(GatewayInputs(inputs.classes, inputs.gateways, (), (), inputs.services,
                                    tlsroutes=[*inputs.tlsroutes, *junk],  # type: ignore[list-item]
-                                   tcproutes=junk))  # type: ignore[arg-type]
+                                   tcproutes=junk),  # type: ignore[arg-type]
+                     GatewaySettings(l4=True))
     assert l4(plan, "gateway-tlsroute", "https").l4_routes[0].route == \
         f"{INFRA}/gateway-conformance-infra-test"
+
+
+def test_without_l4_tls_and_tcp_listeners_stay_unsupported() -> None:
+    plan = Cluster.load("tlsroute-simple-same-namespace.yaml",
+                        "tcproute-invalid-backendref-nonexistent.yaml").plan()
+    for gw, name in (("gateway-tlsroute", "https"), ("tcp-gateway-invalid-backend", "tcp")):
+        st = listener_status(plan, gw, name)
+        assert (condition(st, "Accepted")["status"], condition(st, "Accepted")["reason"]) == \
+            ("False", "UnsupportedProtocol")
+        assert st["supportedKinds"] == []
+    assert not plan.l4_listeners
