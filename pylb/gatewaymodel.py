@@ -99,6 +99,17 @@ class RuleEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class L4Route:
+    """A TLSRoute (by SNI: `hostname` after intersection with the listener's, "" = any) or a
+    TCPRoute (`hostname` "") attached to a TLS Passthrough or TCP listener."""
+
+    hostname: str
+    backends: tuple[WeightedBackend, ...]
+    route: str  # namespace/name
+    order: tuple[Any, ...] = field(compare=False, default=())
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     """A Gateway listener pylb serves: `address:port`, matched by `hostname` ("" = any)."""
 
@@ -111,6 +122,8 @@ class Listener:
     rules: tuple[RuleEntry, ...] = ()
     # HTTPS: what to terminate with, for `hostname` by SNI ("*": any name, and none)
     certificates: tuple[SniCertificate, ...] = ()
+    # TLS (mode Passthrough) and TCP: the TLSRoutes/TCPRoutes attached, oldest first
+    l4_routes: tuple[L4Route, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,9 @@ class GatewayPlan:
     # status to write, keyed by (plural, namespace, name): the whole `status` object
     status: dict[tuple[str, str, str], JsonObj] = field(default_factory=dict, compare=False)
     skipped: tuple[str, ...] = ()  # "kind ns/name: reason", for logs and --dry
+    # TLS (Passthrough) and TCP listeners with their routes: translated, not yet bound by
+    # the data plane (their status says Programmed False, Pending)
+    l4_listeners: tuple[Listener, ...] = ()
 
     def by_endpoint(self) -> dict[tuple[str, int], tuple[Listener, ...]]:
         """Listeners grouped by the (address, port) they share."""

@@ -15,7 +15,7 @@ query matches; ties go to the oldest route, then namespace/name, then rule and m
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from pylb.gatewaymodel import (
     GatewayPlan,
     HeaderOps,
     JsonObj,
+    L4Route,
     Listener,
     PathModifier,
     Redirect,
@@ -38,7 +39,9 @@ from pylb.gatewaymodel import (
 from pylb.model import SniCertificate
 
 HTTP_PROTOCOLS = ("HTTP",)
-SERVED_PROTOCOLS = ("HTTP", "HTTPS")  # TLS (passthrough) and TCP listeners: see README
+SERVED_PROTOCOLS = ("HTTP", "HTTPS")
+L4_PROTOCOLS = ("TLS", "TCP")  # TLS: mode Passthrough only; translated, not bound yet
+ROUTE_KINDS = {"HTTP": "HTTPRoute", "HTTPS": "HTTPRoute", "TLS": "TLSRoute", "TCP": "TCPRoute"}
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 _PARAMS_ERR = "pylb takes no infrastructure parameters (parametersRef)"
 
@@ -49,6 +52,10 @@ class GatewaySettings:
     address_pool: tuple[str, ...] = ()  # handed to Gateways without spec.addresses, in order
     node_address: str = "0.0.0.0"
     now: str = "1970-01-01T00:00:00Z"  # lastTransitionTime written on conditions
+    # translate TLS (Passthrough) and TCP listeners and their TLSRoutes/TCPRoutes (into
+    # `GatewayPlan.l4_listeners`, Programmed False/Pending). Off for the live source: the data
+    # plane does not bind them yet, so there they stay Accepted False, UnsupportedProtocol.
+    l4: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class GatewayInputs:
     unavailable: frozenset[tuple[str, int]] = frozenset()
     # those Secrets' objects by (namespace, name): the certificates HTTPS listeners serve
     secret_objects: Mapping[tuple[str, str], Any] = field(default_factory=dict)
+    tlsroutes: Sequence[JsonObj] = ()
+    tcproutes: Sequence[JsonObj] = ()
 
 
 def _meta(obj: JsonObj) -> tuple[str, str, int, str]:
@@ -150,6 +159,7 @@ class _GwListener:
     attached: int = 0
     rules: list[RuleEntry] = field(default_factory=list)
     certificates: tuple[SniCertificate, ...] = ()
+    l4_routes: list[L4Route] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -159,7 +169,7 @@ class _GwListener:
 
 def _listener_kinds(spec: JsonObj, protocol: str) -> tuple[list[str], bool]:
     """(supported kinds, every listed kind supported)."""
-    default = ["HTTPRoute"] if protocol in ("HTTP", "HTTPS") else []
+    default = [ROUTE_KINDS[protocol]] if protocol in ROUTE_KINDS else []
     kinds = _list(_dict(spec.get("allowedRoutes")).get("kinds"))
     if not kinds:
         return default, True
@@ -221,7 +231,7 @@ def _order(objs: Iterable[JsonObj]) -> list[JsonObj]:
 
 
 def _gateway_listeners(gw: JsonObj, ns: str, name: str, address: str,
-                       inputs: GatewayInputs) -> list[_GwListener]:
+                       inputs: GatewayInputs, l4: bool) -> list[_GwListener]:
     out: list[_GwListener] = []
     seen: set[str] = set()
     for spec in _list(_dict(gw.get("spec")).get("listeners")):
@@ -234,9 +244,24 @@ def _gateway_listeners(gw: JsonObj, ns: str, name: str, address: str,
         seen.add(lname)
         lst = _GwListener(f"{ns}/{name}", ns, spec, lname, port, protocol,
                           str(spec.get("hostname") or "").lower(), address)
-        kinds, all_ok = _listener_kinds(spec, protocol)
+        kinds, all_ok = _listener_kinds(spec, protocol if l4 or protocol not in L4_PROTOCOLS
+                                        else "")
         lst.kinds = kinds
-        if protocol not in SERVED_PROTOCOLS:
+        mode = _dict(spec.get("tls")).get("mode", "Terminate")
+        if protocol in L4_PROTOCOLS and not l4:
+            lst.conditions["Accepted"] = (False, "UnsupportedProtocol",
+                                          f"protocol {protocol} is not served by pylb yet")
+            lst.conditions["Programmed"] = (False, "Invalid", "listener not accepted")
+        elif protocol == "TLS" and mode != "Passthrough":
+            lst.kinds = []
+            lst.conditions["Accepted"] = (False, "UnsupportedProtocol",
+                                          "TLS listeners are served in mode Passthrough only")
+            lst.conditions["Programmed"] = (False, "Invalid", "listener not accepted")
+        elif protocol in L4_PROTOCOLS:
+            lst.conditions["Accepted"] = (True, "Accepted", "")
+            # usable (routes attach, conflicts count) but not bound by the data plane yet
+            lst.conditions["Programmed"] = (True, "Pending", "")
+        elif protocol not in SERVED_PROTOCOLS:
             lst.conditions["Accepted"] = (False, "UnsupportedProtocol",
                                           f"protocol {protocol} is not served by pylb yet")
             lst.conditions["Programmed"] = (False, "Invalid", "listener not accepted")
@@ -510,7 +535,8 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
     inputs = GatewayInputs(_objects(inputs.classes), _objects(inputs.gateways),
                            _objects(inputs.httproutes), _objects(inputs.grants),
                            inputs.services, inputs.namespaces, inputs.secrets,
-                           inputs.unavailable, inputs.secret_objects)
+                           inputs.unavailable, inputs.secret_objects,
+                           _objects(inputs.tlsroutes), _objects(inputs.tcproutes))
     status: dict[tuple[str, str, str], JsonObj] = {}
     skipped: list[str] = []
     mine = _controller_classes(inputs, s, status)
@@ -544,7 +570,7 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             skipped.append(f"Gateway {key}: {err}")
             listeners[key] = []
             continue
-        lsts = _gateway_listeners(gw, ns, name, address, inputs)
+        lsts = _gateway_listeners(gw, ns, name, address, inputs, s.l4)
         for lst in lsts:
             for other in bound:
                 if other.address == lst.address and other.port == lst.port and \
@@ -573,63 +599,20 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
         ns, name, gen, created = _meta(route)
         spec = _dict(route.get("spec"))
         rhosts = [str(h).lower() for h in _list(spec.get("hostnames")) if isinstance(h, str)]
-        parents_status = []
         compiled, problem, err = _route_entries(route, rhosts, created, ns, name, inputs)
-        for pref in _list(spec.get("parentRefs")):
-            pref = _dict(pref)
-            if pref.get("group", GROUP) != GROUP or pref.get("kind", "Gateway") != "Gateway":
-                continue
-            gkey = f"{pref.get('namespace') or ns}/{pref.get('name')}"
-            if gkey not in gw_meta:
-                continue  # not a Gateway of ours: its controller writes this parent's status
-            section, port = pref.get("sectionName"), pref.get("port")
-            cands = [lst for lst in listeners[gkey]
-                     if (section is None or lst.name == section)
-                     and (port is None or lst.port == port)]
-            accepted = False
-            reason, message = "NoMatchingParent", "no listener matches sectionName/port"
-            if err:
-                reason, message = "UnsupportedValue", err
-            elif cands:
-                allowed = [lst for lst in cands if _allowed(lst, ns, inputs, "HTTPRoute")]
-                if not allowed:
-                    reason, message = "NotAllowedByListeners", "no listener allows this route"
-                for lst in allowed:
-                    hosts = intersect(lst.hostname, rhosts)
-                    if not hosts:
-                        if reason != "NotAllowedByListeners":
-                            reason = "NoMatchingListenerHostname"
-                            message = "no hostname intersects the listener's"
-                        continue
-                    accepted = True
-                    lst.attached += 1
-                    if not lst.usable:
-                        continue
-                    for matches, filters, backends, ri in compiled:
-                        for mi, m in enumerate(matches):
-                            for h in hosts:
-                                lst.rules.append(RuleEntry(
-                                    h, m, backends, filters, f"{ns}/{name}",
-                                    _precedence(m, created, ns, name, ri, mi)))
-            if accepted:
-                reason, message = "Accepted", ""
-            conds = [_cond("Accepted", accepted, reason, message, gen, s.now)]
-            if problem:
-                conds.append(_cond("ResolvedRefs", False, problem[0], problem[1], gen, s.now))
-            else:
-                conds.append(_cond("ResolvedRefs", True, "ResolvedRefs", "", gen, s.now))
-            if not accepted:
-                skipped.append(f"HTTPRoute {ns}/{name} on {gkey}: {reason}: {message}")
-            pstat = {k: v for k, v in pref.items()
-                     if k in ("group", "kind", "namespace", "name", "sectionName", "port")}
-            pstat.setdefault("group", GROUP)
-            pstat.setdefault("kind", "Gateway")
-            parents_status.append({"parentRef": pstat, "controllerName": s.controller_name,
-                                   "conditions": conds})
+        parents_status = _parents(
+            "HTTPRoute", route, rhosts, err, problem, gw_meta, listeners, inputs, s,
+            skipped, _rule_attacher(compiled, ns, name, created))
         if parents_status:
             status[("httproutes", ns, name)] = {"parents": parents_status}
 
+    for kind, plural, routes in (("TLSRoute", "tlsroutes", inputs.tlsroutes),
+                                 ("TCPRoute", "tcproutes", inputs.tcproutes)):
+        for route in _order(routes):
+            _l4_route(kind, plural, route, gw_meta, listeners, inputs, s, status, skipped)
+
     plan_listeners: list[Listener] = []
+    l4_listeners: list[Listener] = []
     for key, (_gw, gen, address, err) in gw_meta.items():
         ns, name = key.split("/", 1)
         lsts = listeners[key]
@@ -641,12 +624,19 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
                 lconds["Accepted"] = (False, "PortUnavailable",
                                       f"{lst.address}:{lst.port} cannot be bound here")
                 lconds["Programmed"] = (False, "Invalid", "port unavailable")
+            elif lconds.get("Programmed", (False, "", ""))[1] == "Pending":
+                lconds["Programmed"] = (False, "Pending", "TLS passthrough and TCP listeners "
+                                        "are translated but not yet bound by pylb")
             lstat.append({
                 "name": lst.name, "attachedRoutes": lst.attached,
                 "supportedKinds": [{"group": GROUP, "kind": k} for k in lst.kinds],
                 "conditions": [_cond(t, ok, r, m, gen, s.now)
                                for t, (ok, r, m) in lconds.items()]})
-            if lst.usable:
+            if lst.usable and lst.protocol in L4_PROTOCOLS:
+                l4_listeners.append(Listener(
+                    key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
+                    l4_routes=tuple(sorted(lst.l4_routes, key=lambda r: r.order))))
+            elif lst.usable:
                 plan_listeners.append(Listener(
                     key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
                     tuple(sorted(lst.rules, key=lambda e: e.order)), lst.certificates))
@@ -659,7 +649,7 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             (True, "ListenersNotValid", "some listeners are not valid") if any_ok else
             (False, "ListenersNotValid", "no listener is valid"))
         serving = any(lst.usable and (lst.address, lst.port) not in inputs.unavailable
-                      for lst in lsts)
+                      and lst.protocol not in L4_PROTOCOLS for lst in lsts)
         prog: tuple[bool, str, str] = (False, prog_of_err, err) if err else (
             (True, "Programmed", "") if serving else (False, "Invalid", "nothing served"))
         if not err and any_ok and not all_ok:
@@ -670,7 +660,107 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
                            _cond("Programmed", prog[0], prog[1], prog[2], gen, s.now)],
             "listeners": lstat}
     plan_listeners.sort(key=lambda lst: (lst.address, lst.port, lst.gateway, lst.name))
-    return GatewayPlan(tuple(plan_listeners), status, tuple(skipped))
+    l4_listeners.sort(key=lambda lst: (lst.address, lst.port, lst.gateway, lst.name))
+    return GatewayPlan(tuple(plan_listeners), status, tuple(skipped), tuple(l4_listeners))
+
+
+def _rule_attacher(compiled: list[tuple[list[RouteMatch], Filters,
+                                        tuple[WeightedBackend, ...], int]],
+                   ns: str, name: str, created: str
+                   ) -> Callable[[_GwListener, list[str]], None]:
+    def attach(lst: _GwListener, hosts: list[str]) -> None:
+        for matches, filters, backends, ri in compiled:
+            for mi, m in enumerate(matches):
+                for h in hosts:
+                    lst.rules.append(RuleEntry(h, m, backends, filters, f"{ns}/{name}",
+                                               _precedence(m, created, ns, name, ri, mi)))
+    return attach
+
+
+def _parents(kind: str, route: JsonObj, rhosts: list[str], err: str | None,
+             problem: tuple[str, str] | None,
+             gw_meta: Mapping[str, tuple[JsonObj, int, str, str | None]],
+             listeners: Mapping[str, list[_GwListener]], inputs: GatewayInputs,
+             s: GatewaySettings, skipped: list[str],
+             attach: Callable[[_GwListener, list[str]], None]) -> list[JsonObj]:
+    """The route's `status.parents` for the Gateways of ours it names, attaching it (with
+    `attach`, given the intersected hostnames) to every listener that accepts it."""
+    ns, name, gen, _ = _meta(route)
+    parents_status = []
+    for pref in _list(_dict(route.get("spec")).get("parentRefs")):
+        pref = _dict(pref)
+        if pref.get("group", GROUP) != GROUP or pref.get("kind", "Gateway") != "Gateway":
+            continue
+        gkey = f"{pref.get('namespace') or ns}/{pref.get('name')}"
+        if gkey not in gw_meta:
+            continue  # not a Gateway of ours: its controller writes this parent's status
+        section, port = pref.get("sectionName"), pref.get("port")
+        cands = [lst for lst in listeners[gkey]
+                 if (section is None or lst.name == section)
+                 and (port is None or lst.port == port)]
+        accepted = False
+        reason, message = "NoMatchingParent", "no listener matches sectionName/port"
+        if err:
+            reason, message = "UnsupportedValue", err
+        elif cands:
+            allowed = [lst for lst in cands if _allowed(lst, ns, inputs, kind)]
+            if not allowed:
+                reason, message = "NotAllowedByListeners", "no listener allows this route"
+            for lst in allowed:
+                hosts = intersect(lst.hostname, rhosts)
+                if not hosts:
+                    if reason != "NotAllowedByListeners":
+                        reason = "NoMatchingListenerHostname"
+                        message = "no hostname intersects the listener's"
+                    continue
+                accepted = True
+                lst.attached += 1
+                if lst.usable:
+                    attach(lst, hosts)
+        if accepted:
+            reason, message = "Accepted", ""
+        conds = [_cond("Accepted", accepted, reason, message, gen, s.now)]
+        if problem:
+            conds.append(_cond("ResolvedRefs", False, problem[0], problem[1], gen, s.now))
+        else:
+            conds.append(_cond("ResolvedRefs", True, "ResolvedRefs", "", gen, s.now))
+        if not accepted:
+            skipped.append(f"{kind} {ns}/{name} on {gkey}: {reason}: {message}")
+        pstat = {k: v for k, v in pref.items()
+                 if k in ("group", "kind", "namespace", "name", "sectionName", "port")}
+        pstat.setdefault("group", GROUP)
+        pstat.setdefault("kind", "Gateway")
+        parents_status.append({"parentRef": pstat, "controllerName": s.controller_name,
+                               "conditions": conds})
+    return parents_status
+
+
+def _l4_route(kind: str, plural: str, route: JsonObj,
+              gw_meta: Mapping[str, tuple[JsonObj, int, str, str | None]],
+              listeners: Mapping[str, list[_GwListener]], inputs: GatewayInputs,
+              s: GatewaySettings, status: dict[tuple[str, str, str], JsonObj],
+              skipped: list[str]) -> None:
+    """A TLSRoute or TCPRoute: the backendRefs of all its rules, weighted, behind each
+    (intersected) hostname of each listener that accepts it."""
+    ns, name, _, created = _meta(route)
+    spec = _dict(route.get("spec"))
+    rhosts = [str(h).lower() for h in _list(spec.get("hostnames")) if isinstance(h, str)] \
+        if kind == "TLSRoute" else []
+    backends: list[WeightedBackend] = []
+    problem: tuple[str, str] | None = None
+    for rule in _list(spec.get("rules")):
+        b, p = resolve_backends(ns, _dict(rule).get("backendRefs"), inputs, kind)
+        backends += b
+        problem = problem or p
+
+    def attach(lst: _GwListener, hosts: list[str]) -> None:
+        for h in hosts:
+            lst.l4_routes.append(L4Route(h, tuple(backends), f"{ns}/{name}",
+                                         (created, ns, name)))
+    parents = _parents(kind, route, rhosts, None, problem, gw_meta, listeners, inputs, s,
+                       skipped, attach)
+    if parents:
+        status[(plural, ns, name)] = {"parents": parents}
 
 
 def _precedence(m: RouteMatch, created: str, ns: str, name: str, ri: int,

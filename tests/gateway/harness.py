@@ -104,10 +104,11 @@ class Cluster:
         secrets = frozenset(k for k, obj in objs.items() if valid_tls_secret(obj))
         return GatewayInputs(self.kind("GatewayClass"), self.kind("Gateway"),
                              self.kind("HTTPRoute"), self.kind("ReferenceGrant"), services,
-                             namespaces, secrets, secret_objects=objs)
+                             namespaces, secrets, secret_objects=objs,
+                             tlsroutes=self.kind("TLSRoute"), tcproutes=self.kind("TCPRoute"))
 
-    def plan(self) -> GatewayPlan:
-        return translate(self.inputs(), GatewaySettings(address_pool=POOL))
+    def plan(self, l4: bool = False) -> GatewayPlan:
+        return translate(self.inputs(), GatewaySettings(address_pool=POOL, l4=l4))
 
 
 class Client:
@@ -140,8 +141,8 @@ def condition(status: JsonObj, ctype: str) -> JsonObj:
 
 
 def parent(plan: GatewayPlan, route: str, gateway: str, ns: str = INFRA,
-           gw_ns: str = INFRA) -> JsonObj:
-    for p in plan.status[("httproutes", ns, route)]["parents"]:
+           gw_ns: str = INFRA, plural: str = "httproutes") -> JsonObj:
+    for p in plan.status[(plural, ns, route)]["parents"]:
         ref = p["parentRef"]
         if ref["name"] == gateway and ref.get("namespace", ns) == gw_ns:
             return dict(p)

@@ -12,6 +12,7 @@ from pylb.gatewaymodel import (
     Filters,
     GatewayPlan,
     HeaderOps,
+    L4Route,
     Listener,
     Redirect,
     RouteMatch,
@@ -72,6 +73,10 @@ MESSAGES: list[Message] = [
     Gateways(3, GatewayPlan((Listener("ns/gw", "http", "127.0.10.1", 80, "HTTP", "",
                                       (RULE,)),))),
     GatewaysBound(3, (("127.0.10.1", 80),)),
+    Gateways(4, GatewayPlan(l4_listeners=(Listener(
+        "ns/gw", "tls", "127.0.10.1", 443, "TLS", "*.example",
+        l4_routes=(L4Route("a.example", (WeightedBackend(("ns", "b", 8443), 3),
+                                         WeightedBackend(None, 1)), "ns/r"),)),))),
     Shutdown(2.5),
     Ready(1),
     Error("cannot listen"),
