@@ -88,14 +88,18 @@ class Latencies:
     """Answered requests' latencies (s), plus those that got no answer in time."""
 
     samples: list[float] = field(default_factory=list)
+    at: list[float] = field(default_factory=list)  # when each sample was sent (s from start)
     timeouts: int = 0
     errors: int = 0
 
     def summary(self) -> dict[str, Any]:
         s = sorted(self.samples)
+        slowest = max(range(len(self.samples)), key=self.samples.__getitem__, default=None)
         return {"n": len(s), "p50_ms": _ms(_pct(s, 0.5)), "p99_ms": _ms(_pct(s, 0.99)),
                 "max_ms": _ms(s[-1] if s else None), "timeouts": self.timeouts,
-                "errors": self.errors}
+                "errors": self.errors,
+                # when the slowest was sent, in s after pylb started: start-up or steady
+                "max_at_s": round(self.at[slowest], 2) if slowest is not None else None}
 
 
 def _pct(sorted_values: list[float], q: float) -> float | None:
@@ -306,6 +310,7 @@ async def run(cfg: Config) -> dict[str, Any]:
                 except TimeoutError:
                     lat.timeouts += 1
                     lat.samples.append(SAMPLE_TIMEOUT)
+                    lat.at.append(t - t0)
                     return
                 except (OSError, ValueError):
                     if answered:
@@ -313,6 +318,7 @@ async def run(cfg: Config) -> dict[str, Any]:
                     return
                 answered = True
                 lat.samples.append(time.monotonic() - t)
+                lat.at.append(t - t0)
 
             return sample
 
