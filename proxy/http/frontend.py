@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from proxy import flow
 from proxy.balance import Balancers
+from proxy.http import headers as hdr
 from proxy.http.h2upstream import H2Pool
 from proxy.http.idle import IdleSweep
 from proxy.http.pool import Pool
@@ -57,3 +59,27 @@ class Frontend(Protocol):
     def connect(self, client: Any, server: Server) -> None:
         """Connect to `server` for `client` (a ClientProtocol), which hears of the
         outcome through its `connect_done`."""
+
+
+def accepted(transport: asyncio.Transport, fe: Frontend
+             ) -> tuple[str, int, int, tuple[bytes, bytes] | None]:
+    """What a new client connection (HTTP/1.1 or HTTP/2) learns of itself once: the
+    client's address and port ("", 0 when the transport has none), the frontend's own
+    port (X-Forwarded-Port), and on a TLS frontend the verified client certificate's
+    (verify, DN) for X-SSL-Client-*; it also sets the transport's watermarks
+    (proxy.flow). TCP_NODELAY: uvloop and asyncio set it on TCP transports already."""
+    local = fe.port
+    if not local:
+        sockname = transport.get_extra_info("sockname")
+        local = sockname[1] if sockname else 0
+    flow.set_limits(transport)
+    ssl_client = None
+    if fe.tls:
+        ssl_object = transport.get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert() if ssl_object is not None else None
+        if cert:
+            ssl_client = (b"SUCCESS", hdr.ssl_client_dn(cert))
+    peer = transport.get_extra_info("peername")
+    if peer:
+        return peer[0], peer[1], local, ssl_client
+    return "", 0, local, ssl_client

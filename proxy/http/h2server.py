@@ -74,7 +74,7 @@ from proxy.balance import Balancer, cookie_value
 from proxy.http import accesslog, h2rules
 from proxy.http import headers as hdr
 from proxy.http.exchange import ON, Event, State, termination
-from proxy.http.frontend import Frontend
+from proxy.http.frontend import Frontend, accepted
 from proxy.http.h2upstream import H2Upstream
 from proxy.http.parser import RequestHead, ResponseHead
 from proxy.http.routing import slash_redirect
@@ -1051,20 +1051,8 @@ class H2Connection(asyncio.Protocol):
         fe.open()
         fe.h2_cur += 1
         fe.h2_tot += 1
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.client_ip, self.client_port = peer[0], peer[1]
-        port = proxy.port
-        if not port:
-            sockname = transport.get_extra_info("sockname")
-            port = sockname[1] if sockname else 0
-        self.local_port = port
-        flow.set_limits(transport)
-        if proxy.tls:
-            ssl_object = transport.get_extra_info("ssl_object")
-            cert = ssl_object.getpeercert() if ssl_object is not None else None
-            if cert:
-                self.ssl_client = (b"SUCCESS", hdr.ssl_client_dn(cert))
+        self.client_ip, self.client_port, self.local_port, self.ssl_client = \
+            accepted(transport, proxy)
         self.t_tokens = self._t_idle = self.loop.time()
         conn = self.h2
         conn.initiate_connection()

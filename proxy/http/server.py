@@ -64,7 +64,7 @@ from proxy.http.exchange import (
     termination,
 )
 from proxy.http.exchange import keep_alive as keep_alive_after
-from proxy.http.frontend import Frontend
+from proxy.http.frontend import Frontend, accepted
 from proxy.http.parser import (
     ParseError,
     RequestHead,
@@ -254,21 +254,8 @@ class ClientProtocol(asyncio.Protocol):
         proxy.connection_opened(self)
         fe = self._fe
         fe.open()
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.client_ip, self.client_port = peer[0], peer[1]
-        port = proxy.port
-        if not port:
-            sockname = transport.get_extra_info("sockname")
-            port = sockname[1] if sockname else 0
-        self.local_port = port
-        # TCP_NODELAY: uvloop and asyncio set it on TCP transports already.
-        flow.set_limits(transport)
-        if proxy.tls:
-            ssl_object = transport.get_extra_info("ssl_object")
-            cert = ssl_object.getpeercert() if ssl_object is not None else None
-            if cert:
-                self._ssl_client = (b"SUCCESS", hdr.ssl_client_dn(cert))
+        self.client_ip, self.client_port, self.local_port, self._ssl_client = \
+            accepted(transport, proxy)
         self._t0 = self._loop.time()
         self._arm(_T_REQUEST, proxy.settings.timeouts.http_request)
 
