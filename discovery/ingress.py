@@ -52,11 +52,14 @@ ingress-nginx annotations (`nginx.ingress.kubernetes.io/…`; README lists them)
 where pylb has the feature — `ssl-redirect`, `force-ssl-redirect`, `use-regex`,
 `rewrite-target` (its paths become regular expressions, `$n` their groups),
 `permanent-redirect` (+ `-code`), `app-root`, `affinity: cookie` + `session-cookie-name`,
-`load-balance` (round_robin; ewma and least_conn as leastconn), `backend-protocol: HTTP`.
+`load-balance` (round_robin; ewma and least_conn as leastconn), `backend-protocol` HTTP
+(the default) and GRPC / H2C (HTTP/2 without TLS to the servers, as
+`serviceloadbalancer/lb.backend-protocol: h2c`).
 Refused — the Ingress is skipped with the reason, because serving it without the feature
 would be wrong, not just different: `whitelist-source-range`/`allowlist-source-range` (it
 would be open to everyone), `ssl-passthrough` (its backend expects TLS), a
-`backend-protocol` other than HTTP (pylb speaks plain HTTP/1.1 to backends). Any other
+`backend-protocol` of HTTPS, GRPCS, AJP or FCGI (pylb speaks plain HTTP/1.1 or h2c to
+backends). Any other
 (`proxy-body-size`, `proxy-*-timeout`, …: in pylb these are the global flags) is ignored
 with a log line, once.
 """
@@ -144,10 +147,11 @@ class _Nginx:
     app_root: str | None = None
     cookie: str | None = None  # affinity: cookie, with this cookie name
     algorithm: Algorithm | None = None
+    h2c: bool = False  # backend-protocol: GRPC or H2C
 
     @property
     def own_backend(self) -> bool:
-        return self.cookie is not None or self.algorithm is not None
+        return self.cookie is not None or self.algorithm is not None or self.h2c
 
 
 def _nginx(ann: Mapping[str, Any], ns: str, name: str) -> _Nginx:
@@ -170,9 +174,13 @@ def _nginx(ann: Mapping[str, Any], ns: str, name: str) -> _Nginx:
         return value
 
     protocol = text("backend-protocol")
-    if protocol is not None and protocol.upper() != "HTTP":
-        raise _Bad(f"annotation {NGINX}backend-protocol: {protocol} is not supported: pylb "
-                   "speaks plain HTTP/1.1 to backends")
+    h2c = False
+    if protocol is not None:
+        if protocol.upper() in ("GRPC", "H2C"):
+            h2c = True
+        elif protocol.upper() != "HTTP":
+            raise _Bad(f"annotation {NGINX}backend-protocol: {protocol} is not supported: "
+                       "pylb speaks plain HTTP/1.1 or h2c to backends (no TLS to backends)")
     code = text("permanent-redirect-code")
     redirect_code = 301
     if code is not None:
@@ -199,7 +207,7 @@ def _nginx(ann: Mapping[str, Any], ns: str, name: str) -> _Nginx:
         force_ssl_redirect=_flag(ann, "force-ssl-redirect", False),
         regex=_flag(ann, "use-regex", False) or rewrite is not None,
         rewrite=rewrite, redirect=text("permanent-redirect"), redirect_code=redirect_code,
-        app_root=text("app-root"), cookie=cookie, algorithm=algorithm)
+        app_root=text("app-root"), cookie=cookie, algorithm=algorithm, h2c=h2c)
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,6 +579,8 @@ class _Layer:
                     own = replace(own, affinity=Affinity.COOKIE, cookie_name=nginx.cookie)
                 if nginx.algorithm is not None:
                     own = replace(own, algorithm=nginx.algorithm)
+                if nginx.h2c:
+                    own = replace(own, h2c=True)
                 was = (self.previous.get_backend(own.name) if self.previous is not None
                        else None)
                 self.backends[own.name] = was if was is not None and was == own else own

@@ -290,6 +290,20 @@ def test_use_regex_bad_regex_skipped() -> None:
     assert any("not a regular expression" in s for s in skips(table))
 
 
+@pytest.mark.parametrize("protocol", ["GRPC", "H2C", "grpc"])
+def test_backend_protocol_grpc_speaks_h2c_on_its_own_backend(protocol: str) -> None:
+    table = run([ing("i", [rule("a.test", path("/"))],
+                     annotations={N + "backend-protocol": protocol}),
+                 ing("j", [rule("b.test", path("/"))],
+                     annotations={N + "backend-protocol": "HTTP"})])
+    by_host = {r.host: r.backend for r in ingress_routes(table)}
+    assert by_host == {"a.test": "default/web:80@default/i", "b.test": "default/web:80"}
+    assert table.backend("default/web:80@default/i").h2c is True
+    assert table.backend("default/web:80").h2c is False
+    assert table.backend("default/web:80@default/i").servers == \
+        table.backend("default/web:80").servers
+
+
 def test_affinity_and_load_balance_get_their_own_backend() -> None:
     table = run([ing("i", [rule("a.test", path("/"))], annotations={
         N + "affinity": "cookie", N + "session-cookie-name": "route",
@@ -320,8 +334,9 @@ def test_permanent_redirect_and_app_root() -> None:
     ({N + "whitelist-source-range": "10.0.0.0/8"}, "open to every address"),
     ({N + "allowlist-source-range": "10.0.0.0/8"}, "open to every address"),
     ({N + "ssl-passthrough": "true"}, "TLS passthrough is per TCP port"),
-    ({N + "backend-protocol": "HTTPS"}, "plain HTTP/1.1 to backends"),
-    ({N + "backend-protocol": "GRPC"}, "plain HTTP/1.1 to backends"),
+    ({N + "backend-protocol": "HTTPS"}, "plain HTTP/1.1 or h2c to backends"),
+    ({N + "backend-protocol": "GRPCS"}, "plain HTTP/1.1 or h2c to backends"),
+    ({N + "backend-protocol": "FCGI"}, "plain HTTP/1.1 or h2c to backends"),
     ({N + "affinity": "ip"}, "is not cookie"),
     ({N + "load-balance": "chash"}, "is not round_robin"),
     ({N + "ssl-redirect": "maybe"}, 'expected "true" or "false"'),

@@ -1,6 +1,7 @@
 """`pylb run` end to end for gRPC: a Service whose port says `appProtocol:
 kubernetes.io/h2c`, routed by `lb.host`, reached by a grpcio client over h2c (`--h2c`)
-through a real controller and worker; the stats CSV counts the HTTP/2 connection."""
+through a real controller and worker; the stats CSV counts the HTTP/2 connection. And an
+ingress-nginx Ingress with `backend-protocol: GRPC` in front of a plain Service port."""
 
 from __future__ import annotations
 
@@ -36,20 +37,58 @@ subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{port: {port}}}]}}]
 """
 
 
-def test_pylb_run_proxies_grpc_over_h2c(tmp_path: Path) -> None:
+INGRESS = """\
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {{name: pylb}}
+spec: {{controller: pylb.io/ingress-controller}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: greeter
+  namespace: default
+  annotations: {{nginx.ingress.kubernetes.io/backend-protocol: GRPC}}
+spec:
+  ingressClassName: pylb
+  rules:
+  - host: greeter.example
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend: {{service: {{name: greeter, port: {{number: 50051}}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: greeter, namespace: default}}
+spec:
+  ports: [{{port: 50051, targetPort: {port}}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: greeter, namespace: default}}
+subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{port: {port}}}]}}]
+"""
+
+
+@pytest.mark.parametrize(("manifest_text", "extra"), [
+    (MANIFEST, []), (INGRESS, ["--ingress-class", "pylb"])], ids=["appProtocol", "ingress"])
+def test_pylb_run_proxies_grpc_over_h2c(tmp_path: Path, manifest_text: str,
+                                        extra: list[str]) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", {
         "U": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"pong:" + req)}),))
     gport = server.add_insecure_port("127.0.0.1:0")
     server.start()
     manifest = tmp_path / "grpc.yaml"
-    manifest.write_text(MANIFEST.format(port=gport))
+    manifest.write_text(manifest_text.format(port=gport))
     http, stats = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pylb", "run", "--source", f"file:{manifest}", "--h2c",
          "--bind", "127.0.0.1", "--http-port", str(http), "--https-port", str(free_port()),
          "--stats-port", str(stats), "--stats-bind", "127.0.0.1",
-         "--health-port", str(free_port()), "--workers", "1"],
+         "--health-port", str(free_port()), "--workers", "1", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
