@@ -40,7 +40,8 @@ Rules, as the Ingress spec says (see proxy/http/routing.py for how they match):
   for the TLS store, in Ingress order (the first Ingress naming a host gives its
   certificate). A Secret that is missing or not a TLS Secret is recorded as a reason on
   each Ingress naming it, and its hosts get the default certificate. Rules without a
-  host are served on plain HTTP only.
+  host are served on both ports (HTTPS with the default certificate, no redirect), as
+  ingress-nginx's catch-all server does.
 
 Backends are the services' own (`namespace/service:port`, the same object when the
 service's own route already has it), with the service's `serviceloadbalancer/lb.*`
@@ -536,14 +537,17 @@ class _Layer:
                     self.skip(ns, name, str(e))
                     continue
                 on_tls = tls or force
+                # ingress-nginx serves a rule without a host in its catch-all server,
+                # which listens on 443 too (default certificate), without a redirect
+                served_tls = on_tls or host is None
                 routes.append((mk(path, target, host, match, False,
                                   on_tls and (force or redirect)),
                                target, f"{pw} ({host or '*'}{path})"))
-                if on_tls:
+                if served_tls:
                     routes.append((mk(path, target, host, match, True),
                                    target, f"{pw} ({host or '*'}{path}, TLS)"))
                 if nginx.app_root is not None and j == 0:  # `/` of this host → app-root
-                    for on in ((False, True) if on_tls else (False,)):
+                    for on in ((False, True) if served_tls else (False,)):
                         routes.append((HttpRoute(
                             ident, "/", target.backend, host, strip_prefix=False, tls=on,
                             match=PathMatch.EXACT, redirect=nginx.app_root,
@@ -559,11 +563,11 @@ class _Layer:
                               f"already Ingress {self.default_owner}'s")
                 else:
                     self.default_owner = ident
+                    # on both ports, as ingress-nginx's catch-all server
                     routes.append((mk("/", target, None, PathMatch.DEFAULT, False),
                                    target, "spec.defaultBackend"))
-                    if tls_hosts:
-                        routes.append((mk("/", target, None, PathMatch.DEFAULT, True),
-                                       target, "spec.defaultBackend (TLS)"))
+                    routes.append((mk("/", target, None, PathMatch.DEFAULT, True),
+                                   target, "spec.defaultBackend (TLS)"))
         self.tls += tls_refs
         problems: set[str] = set()
         for route, target, where in routes:

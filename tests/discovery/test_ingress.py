@@ -226,6 +226,18 @@ def test_tls_hosts_served_on_tls_and_redirected() -> None:
     assert [r.host for r in ingress_routes(table, tls=True)] == ["a.test"]
 
 
+def test_rules_without_host_and_default_backend_served_on_both_ports() -> None:
+    # ingress-nginx's catch-all server `_` listens on 80 and 443 (default certificate)
+    table = run([ing("i", [rule(None, path("/any")), rule("a.test", path("/"))],
+                     defaultBackend=backend("web"))])
+    plain = {(r.host, r.prefix, r.match): r.ssl_redirect for r in ingress_routes(table)}
+    assert plain == {(None, "/any", PathMatch.PREFIX): False,
+                     ("a.test", "/", PathMatch.PREFIX): False,
+                     (None, "/", PathMatch.DEFAULT): False}
+    assert {(r.host, r.prefix, r.match) for r in ingress_routes(table, tls=True)} == {
+        (None, "/any", PathMatch.PREFIX), (None, "/", PathMatch.DEFAULT)}
+
+
 def test_ssl_redirect_off_and_force() -> None:
     off = run([ing("i", [rule("a.test", path("/"))], annotations={N + "ssl-redirect": "false"},
                    tls=[{"hosts": ["a.test"], "secretName": "s"}])])
