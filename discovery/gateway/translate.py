@@ -15,6 +15,7 @@ query matches; ties go to the oldest route, then namespace/name, then rule and m
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from discovery.secrets import sni_certificates
 from pylb.gatewaymodel import (
     DEFAULT_CONTROLLER,
+    FRAMING_FIELDS,
     GROUP,
     Filters,
     GatewayPlan,
@@ -331,14 +333,38 @@ def _overlap(a: str, b: str) -> bool:
 # ---- HTTPRoutes ----------------------------------------------------------------------------
 
 
-def _header_ops(value: Any) -> HeaderOps:
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")  # the CRDs' HTTPHeaderName pattern
+_BAD_VALUE = re.compile(r"[\x00\r\n]")  # would split the head (RFC 9110 §5.5)
+
+
+def _header_ops(value: Any, response: bool = False) -> HeaderOps:
+    """A header modifier; _Unsupported for a name that is not a token or a value that
+    would split the message (the API server checks neither the value nor, without the
+    CRD's schema, the name), and in a response for the framing fields pylb writes."""
     v = _dict(value)
 
+    def check(name: str) -> str:
+        if not _TOKEN.fullmatch(name):
+            raise _Unsupported(f"header name {name[:64]!r} is not a token")
+        if response and name.lower() in FRAMING_FIELDS:
+            raise _Unsupported(f"ResponseHeaderModifier cannot change {name}: pylb "
+                               "writes the framing and hop-by-hop fields")
+        return name
+
     def pairs(key: str) -> tuple[tuple[str, str], ...]:
-        return tuple((str(_dict(h).get("name")), str(_dict(h).get("value", "")))
-                     for h in _list(v.get(key)) if _dict(h).get("name"))
+        out = []
+        for h in _list(v.get(key)):
+            h = _dict(h)
+            if not h.get("name"):
+                continue
+            val = str(h.get("value", ""))
+            if _BAD_VALUE.search(val):
+                raise _Unsupported(f"header {str(h['name'])[:64]!r}: the value has a "
+                                   "control character (CR, LF or NUL)")
+            out.append((check(str(h["name"])), val))
+        return tuple(out)
     return HeaderOps(pairs("set"), pairs("add"),
-                     tuple(str(x) for x in _list(v.get("remove")) if isinstance(x, str)))
+                     tuple(check(x) for x in _list(v.get("remove")) if isinstance(x, str)))
 
 
 class _Unsupported(ValueError):
@@ -375,7 +401,7 @@ def _compile_filters(items: Any) -> tuple[Filters, str | None]:
         if ftype == "RequestHeaderModifier":
             req = _header_ops(f.get("requestHeaderModifier"))
         elif ftype == "ResponseHeaderModifier":
-            resp = _header_ops(f.get("responseHeaderModifier"))
+            resp = _header_ops(f.get("responseHeaderModifier"), response=True)
         elif ftype == "RequestRedirect":
             r = _dict(f.get("requestRedirect"))
             code = r.get("statusCode", 302)
@@ -525,6 +551,10 @@ def _route_entries(route: JsonObj, rhosts: list[str], created: str, ns: str, nam
         if any(m is not None and m.kind == "ReplacePrefixMatch" for m in mods) and \
                 any(m.path_kind != "PathPrefix" for m in matches):
             return [], None, "ReplacePrefixMatch needs PathPrefix matches"
+        for ref in _list(rule.get("backendRefs")):  # their filters as the rule's
+            _, err = compile_filters(_dict(ref).get("filters"))
+            if err:
+                return [], None, f"backendRef filter: {err}"
         backends, p = resolve_backends(ns, rule.get("backendRefs"), inputs)
         problem = problem or p
         rules.append((matches, filters, backends, ri))

@@ -27,7 +27,7 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import free_port
-from tests.gateway.harness import CLASS, INFRA, POOL, read_manifests, suite_secrets
+from tests.gateway.harness import CLASS, INFRA, POOL, joined, read_manifests, suite_secrets
 from tests.kfake import FakeApiServer
 
 JsonObj = dict[str, Any]
@@ -41,15 +41,23 @@ RESOURCE = {  # kind → the fake store's resource name
 
 async def start_echo(namespace: str, pod: str) -> web.AppRunner:
     """An echo backend: answers every request with what it received, its namespace and pod
-    name, as the conformance suite's echo server does."""
+    name, as the conformance suite's echo server does; and, as it does, adds to its
+    response each `name:value` of the `X-Echo-Set-Header` request header (comma-separated),
+    the name spelt as given."""
     async def handle(request: web.Request) -> web.Response:
         headers: dict[str, list[str]] = {}
         for k, v in request.headers.items():
             headers.setdefault(k, []).append(v)
-        return web.json_response({
+        response = web.json_response({
             "path": request.path_qs, "host": request.host, "method": request.method,
             "proto": f"HTTP/{request.version.major}.{request.version.minor}",
             "headers": headers, "namespace": namespace, "pod": pod})
+        for pairs in request.headers.getall("X-Echo-Set-Header", []):
+            for pair in pairs.split(","):
+                name, colon, value = pair.strip().partition(":")
+                if colon and name:
+                    response.headers.add(name, value)
+        return response
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -73,11 +81,21 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    version: str = "HTTP/1.1"  # as the status line says ("HTTP/2" from curl)
 
     @property
     def echo(self) -> JsonObj:
         doc: JsonObj = json.loads(self.body)
         return doc
+
+
+def _response(data: bytes) -> Response:
+    """An HTTP/1.1 response read to its end; the headers as the suite's Go client sees
+    them (names in lower case, a repeated field's values joined with ",")."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    first, *rest = head.decode("latin-1").split("\r\n")
+    hdrs = joined((k.strip(), v.strip()) for k, _, v in (x.partition(":") for x in rest))
+    return Response(int(first.split()[1]), hdrs, body, first.split()[0])
 
 
 @dataclass
@@ -240,10 +258,7 @@ class Live:
             w.close()
             with contextlib.suppress(OSError):
                 await w.wait_closed()
-        head, _, body = data.partition(b"\r\n\r\n")
-        first, *rest = head.decode("latin-1").split("\r\n")
-        hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in rest)}
-        return Response(int(first.split()[1]), hdrs, body)
+        return _response(data)
 
     async def tls_request(self, gateway: str, path: str, sni: str, ca: bytes,
                           host: str | None = None, ns: str = INFRA) -> Response:
@@ -262,10 +277,30 @@ class Live:
             w.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await w.wait_closed()
-        head, _, body = data.partition(b"\r\n\r\n")
-        first, *rest = head.decode("latin-1").split("\r\n")
-        hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in rest)}
-        return Response(int(first.split()[1]), hdrs, body)
+        return _response(data)
+
+    async def curl(self, gateway: str, path: str, host: str, ca: bytes, *,
+                   headers: dict[str, str] | None = None, http2: bool = True,
+                   ns: str = INFRA) -> Response:
+        """curl, as a user runs it, to the Gateway's listener port 443 for `host` (SNI and
+        Host), trusting only `ca`; `http2`: ALPN offers h2 (curl's `--http2`), else
+        HTTP/1.1 only. Bounded: `--max-time 5`."""
+        address = self.address(gateway, ns)
+        assert address is not None, f"gateway {gateway} has no address yet"
+        cafile = self.tmp / "curl-ca.pem"
+        cafile.write_bytes(ca)
+        args = ["curl", "-sS", "-i", "--max-time", "5", "--http2" if http2 else "--http1.1",
+                "--cacert", str(cafile), "--resolve", f"{host}:{self.tls_port}:{address}",
+                f"https://{host}:{self.tls_port}{path}"]
+        for k, v in (headers or {}).items():
+            args += ["-H", f"{k}: {v}"]
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin", "NO_PROXY": "*"})
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+        if proc.returncode:
+            raise OSError(f"curl exited {proc.returncode}: {err.decode(errors='replace')}")
+        return _response(out)
 
     async def eventually(self, check: Callable[[], Awaitable[None]],
                          timeout: float = 20.0) -> float:

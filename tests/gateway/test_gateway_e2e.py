@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import APP, INFRA, WEB, tls_secret
+from tests.gateway.harness import (
+    APP,
+    INFRA,
+    RESPONSE_HEADER_MODIFIER_CASES,
+    WEB,
+    echo_set_header,
+    joined,
+    judge,
+    read_manifests,
+    tls_secret,
+)
 from tests.gateway.live import GROUP, Live, Response
 from tests.kfake import FakeApiServer
 
@@ -264,6 +274,45 @@ async def test_gateway_conformance_live(live: Live) -> None:
         assert r.echo["headers"]["X-Header-Set"] == ["set-overwrites-values"]
     await live.eventually(modifier)
     live.remove(made)
+
+    # HTTPRouteResponseHeaderModifier (extended): every case of the upstream test, over
+    # HTTP/1.1 — what the client received, and in the last case what the backend received
+    made = await live.apply("httproute-response-header-modifier.yaml")
+
+    async def response_modifier() -> None:
+        for case in RESPONSE_HEADER_MODIFIER_CASES:
+            r = await live.request("same-namespace", case.path, headers={
+                **case.request, "X-Echo-Set-Header": echo_set_header(case.backend_sets)})
+            reached(r, V1)
+            judge(r.headers, case.want, case.absent)
+            judge(joined((k, ",".join(v)) for k, v in r.echo["headers"].items()),
+                  case.want_request, case.absent_request)
+    await live.eventually(response_modifier)
+    live.remove(made)
+
+    # The same route on an HTTPS listener, with curl: over HTTP/2 (ALPN h2, the HTTP/2
+    # stream's response path) and over HTTP/1.1
+    route = read_manifests("httproute-response-header-modifier.yaml")[0]
+    route["metadata"]["name"] = "response-header-modifier-https"
+    route["spec"]["parentRefs"] = [{"name": https_gw, "sectionName": "https"}]
+    route["spec"]["hostnames"] = ["example.org"]
+    live.api.store.create(f"httproutes.{GROUP}", route)
+
+    async def response_modifier_h2() -> None:
+        for case in RESPONSE_HEADER_MODIFIER_CASES:
+            headers = {**case.request, "X-Echo-Set-Header": echo_set_header(case.backend_sets)}
+            r = await live.curl(https_gw, case.path, "example.org", ca, headers=headers)
+            assert r.version == "HTTP/2", r.version
+            reached(r, V1)
+            judge(r.headers, case.want, case.absent)
+            judge(joined((k, ",".join(v)) for k, v in r.echo["headers"].items()),
+                  case.want_request, case.absent_request)
+        r = await live.curl(https_gw, "/multiple", "example.org", ca, http2=False,
+                            headers={"X-Echo-Set-Header": "X-Header-Remove-1:v"})
+        assert r.version == "HTTP/1.1" and r.headers["x-header-set-1"] == "header-set-1"
+        assert "x-header-remove-1" not in r.headers
+    await live.eventually(response_modifier_h2)
+    live.remove([(f"httproutes.{GROUP}", INFRA, "response-header-modifier-https")])
 
     # HTTPRouteRedirectHostAndStatus
     made = await live.apply("httproute-redirect-host-and-status.yaml")
