@@ -58,6 +58,9 @@ class GatewaySettings:
     # `GatewayPlan.l4_listeners`, Programmed False/Pending). Off for the live source: the data
     # plane does not bind them yet, so there they stay Accepted False, UnsupportedProtocol.
     l4: bool = False
+    # the ready pylb nodes' IPs (pylb.nodes): the status.addresses of a Gateway bound on
+    # the node's own address, as for a Service's status.loadBalancer; () = node_address
+    node_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,8 +190,8 @@ def _listener_kinds(spec: JsonObj, protocol: str) -> tuple[list[str], bool]:
 def _pick_address(gw: JsonObj, pool: list[str], node: str,
                   kept: str | None = None) -> tuple[str, str | None]:
     """(address, error): spec.addresses' first IPAddress, else the pool address it `kept`,
-    else the pool's next, else the node's. An address of another type or not an IP is an
-    error (AddressNotUsable)."""
+    else the pool's next, else the node's (`node`; _on_node says which). An address of
+    another type or not an IP is an error (AddressNotUsable)."""
     for a in _list(_dict(gw.get("spec")).get("addresses")):
         a = _dict(a)
         atype = a.get("type", "IPAddress")
@@ -207,6 +210,12 @@ def _pick_address(gw: JsonObj, pool: list[str], node: str,
     if pool:
         return pool.pop(0), None
     return node, None
+
+
+def _own_spec_address(gw: JsonObj) -> bool:
+    """spec.addresses' first entry names a value (an empty one asks pylb to choose)."""
+    addresses = _list(_dict(gw.get("spec")).get("addresses"))
+    return bool(addresses and _dict(addresses[0]).get("value"))
 
 
 def _controller_classes(inputs: GatewayInputs, s: GatewaySettings,
@@ -582,6 +591,7 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             kept[f"{ns}/{name}"] = str(held[0])
             pool.remove(held[0])
     listeners: dict[str, list[_GwListener]] = {}
+    on_node: dict[str, bool] = {}  # bound at the node's address (no spec or pool address)
     gw_meta: dict[str, tuple[JsonObj, int, str, str | None]] = {}
     bound: list[_GwListener] = []
     for gw in _order(inputs.gateways):
@@ -593,7 +603,10 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
         if _dict(_dict(gw.get("spec")).get("infrastructure")).get("parametersRef"):
             address, err = "", _PARAMS_ERR
         else:
+            before = len(pool)
             address, err = _pick_address(gw, pool, s.node_address, kept.get(f"{ns}/{name}"))
+            on_node[f"{ns}/{name}"] = not err and len(pool) == before and \
+                f"{ns}/{name}" not in kept and not _own_spec_address(gw)
         key = f"{ns}/{name}"
         gw_meta[key] = (gw, gen, address, err)
         if err:
@@ -684,8 +697,11 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             (True, "Programmed", "") if serving else (False, "Invalid", "nothing served"))
         if not err and any_ok and not all_ok:
             skipped.append(f"Gateway {key}: some listeners are not served")
+        # its own address (spec, pool), else the ready pylb nodes' (all serve it)
+        shown = [] if err else list(s.node_addresses) if on_node.get(key) and \
+            s.node_addresses else [address]
         status[("gateways", ns, name)] = {
-            "addresses": [] if err else [{"type": "IPAddress", "value": address}],
+            "addresses": [{"type": "IPAddress", "value": a} for a in shown],
             "conditions": [_cond("Accepted", acc[0], acc[1], acc[2], gen, s.now),
                            _cond("Programmed", prog[0], prog[1], prog[2], gen, s.now)],
             "listeners": lstat}
