@@ -557,13 +557,18 @@ def _route_entries(route: JsonObj, rhosts: list[str], created: str, ns: str, nam
                 return [], None, err
             matches.append(cm)
         mods = [f.path for f in (filters.redirect, filters.rewrite) if f is not None]
+        for ref in _list(rule.get("backendRefs")):  # their filters as the rule's
+            bf, err = compile_filters(_dict(ref).get("filters"))
+            if err:
+                return [], None, f"backendRef filter: {err}"
+            if (filters.redirect and (bf.redirect or bf.rewrite)) or \
+                    (bf.redirect and filters.rewrite):
+                return [], None, "RequestRedirect and URLRewrite cannot be combined " \
+                    "(rule and backendRef)"
+            mods += [f.path for f in (bf.redirect, bf.rewrite) if f is not None]
         if any(m is not None and m.kind == "ReplacePrefixMatch" for m in mods) and \
                 any(m.path_kind != "PathPrefix" for m in matches):
             return [], None, "ReplacePrefixMatch needs PathPrefix matches"
-        for ref in _list(rule.get("backendRefs")):  # their filters as the rule's
-            _, err = compile_filters(_dict(ref).get("filters"))
-            if err:
-                return [], None, f"backendRef filter: {err}"
         backends, p = resolve_backends(ns, rule.get("backendRefs"), inputs)
         problem = problem or p
         rules.append((matches, filters, backends, ri))

@@ -186,11 +186,19 @@ class GatewayRouter:
         return NOT_FOUND
 
     def _decide(self, c: _Compiled, hostname: str, path: bytes, query: bytes) -> Decision:
+        """The rule's filters, then the picked backendRef's: its RequestRedirect answers in
+        place of the backend, its URLRewrite's path and hostname take the rule's place,
+        its header modifiers follow the rule's."""
         e = c.entry
         f = e.filters
         route = e.route
-        if f.redirect is not None:
-            r = f.redirect
+        r = f.redirect
+        i = -1
+        if r is None:
+            i = self._pick(e.backends)
+            if i >= 0:
+                r = e.backends[i].filters.redirect
+        if r is not None:
             scheme = r.scheme or self.scheme
             if r.port is not None:
                 port = r.port
@@ -201,18 +209,21 @@ class GatewayRouter:
             shown = "" if _WELL_KNOWN.get(scheme) == port else f":{port}"
             new_path = _modify(r.path, c, path)
             loc = f"{scheme}://{r.hostname or hostname}{shown}".encode() + new_path + query
-            return Decision(r.status, location=loc, response=c.edit, route=route)
-        i = self._pick(e.backends)
+            return Decision(r.status, location=loc, response=c.edit if i < 0 else c.edits[i],
+                            route=route)
         chosen = e.backends[i] if i >= 0 else None
         if chosen is None or chosen.service is None:
             return Decision(500, response=c.edit, route=route)
+        bf = chosen.filters
         target = path
         host = None
-        if f.rewrite is not None:
-            target = _modify(f.rewrite.path, c, path)
-            if f.rewrite.hostname:
-                host = f.rewrite.hostname.encode()
-        bf = chosen.filters
+        rw, brw = f.rewrite, bf.rewrite
+        if rw is not None or brw is not None:
+            mod = (brw.path if brw is not None else None) or (rw.path if rw else None)
+            target = _modify(mod, c, path)
+            name = (brw.hostname if brw is not None else None) or (rw.hostname if rw else None)
+            if name:
+                host = name.encode()
         return Decision(0, chosen.service, target + query, host,
                         request_headers=_ops(f.request_headers) + _ops(bf.request_headers),
                         response=c.edits[i], route=route)

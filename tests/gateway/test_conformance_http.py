@@ -278,9 +278,13 @@ def test_HTTPRouteWeight() -> None:
     assert abs(seen[V1] / 500 - 0.7) < 0.05
 
 
-def test_HTTPRouteRequestHeaderModifier() -> None:
+@pytest.mark.parametrize("manifest", ["httproute-request-header-modifier.yaml",
+                                      "httproute-request-header-modifier-backend.yaml"])
+def test_HTTPRouteRequestHeaderModifier(manifest: str) -> None:
+    """HTTPRouteRequestHeaderModifier (rule filters) and HTTPRouteBackendRequestHeaderModifier
+    (the same filters on the backendRef; extended): the same cases."""
     from proxy.http.gwrouting import apply_header_ops
-    c = setup("httproute-request-header-modifier.yaml")
+    c = setup(manifest)
     accepted_and_resolved(c.plan, ["request-header-modifier"])
 
     def sent(path: str, headers: dict[str, str]) -> dict[str, str]:
@@ -749,3 +753,76 @@ def test_response_header_modifiers_of_rule_then_backend_ref() -> None:
             break
     assert seen[V1] == {"x-log": "x,r,b", "x-who": "v1"}
     assert seen[V2] == {"x-log": "x,r", "x-who": "rule"}
+
+
+def test_HTTPRouteRequestHeaderModifierBackendWeights() -> None:
+    """Each backendRef's own RequestHeaderModifier goes with the backend picked (100
+    requests, as upstream: the `Backend` header names the pod that answers)."""
+    from proxy.http.gwrouting import apply_header_ops
+    c = setup("httproute-request-header-modifier-backend-weights.yaml")
+    accepted_and_resolved(c.plan, ["request-header-modifier-backend-weights"])
+    seen = set()
+    for _ in range(100):
+        d = c.get("same-namespace", "/")
+        assert d.status == 0 and d.backend is not None
+        sent = dict(apply_header_ops([], d.request_headers))
+        assert sent == {b"Backend": d.backend[1].encode()}, (d.backend, sent)
+        seen.add(d.backend)
+    assert seen == {V1, V2}
+
+
+def test_HTTPRouteListenerPortMatching() -> None:
+    """parentRef `port` (and sectionName) picks the listeners: foo.com on :80, :8080 and
+    :8090 (listener-4 only), bar.com on :8080; bar.com:8090 has no route (404)."""
+    c = setup("httproute-listener-port-matching.yaml")
+    gw = "httproute-listener-port-matching"
+    for route in ("backend-v1", "backend-v2", "backend-v3"):
+        conds = route_conditions(c.plan, route, gw)
+        assert conds["Accepted"] == ("True", "Accepted"), (route, conds)
+        assert conds["ResolvedRefs"] == ("True", "ResolvedRefs"), (route, conds)
+    expect(c, gw, [({"path": "/", "host": "foo.com"}, V1),
+                   ({"path": "/", "host": "foo.com:8080", "port": 8080}, V2),
+                   ({"path": "/", "host": "bar.com:8080", "port": 8080}, V2),
+                   ({"path": "/", "host": "foo.com:8090", "port": 8090}, V3),
+                   ({"path": "/", "host": "bar.com:8090", "port": 8090}, 404)])
+
+
+@pytest.mark.parametrize(("manifest", "route", "gateway"), [
+    ("httproute-invalid-parentref-not-matching-listener-port.yaml",
+     "httproute-listener-not-matching-route-port", "same-namespace"),
+    ("httproute-invalid-parentref-section-name-not-matching-port.yaml",
+     "httproute-listener-section-name-not-matching-port",
+     "gateway-with-one-not-matching-port-and-section-name-route"),
+])
+def test_HTTPRouteInvalidParentRefPort(manifest: str, route: str, gateway: str) -> None:
+    """HTTPRouteInvalidParentRefNotMatchingListenerPort and
+    HTTPRouteInvalidParentRefSectionNameNotMatchingPort (extended, parentRef port): Accepted
+    False, NoMatchingParent, no parent accepted, zero routes on the Gateway."""
+    c = setup(manifest)
+    p = c.plan.status[("httproutes", INFRA, route)]["parents"]
+    assert [x["parentRef"]["name"] for x in p] == [gateway]
+    conds = route_conditions(c.plan, route, gateway)
+    assert conds["Accepted"] == ("False", "NoMatchingParent")
+    if gateway == "same-namespace":  # (upstream also waits for ResolvedRefs True here)
+        assert conds["ResolvedRefs"] == ("True", "ResolvedRefs")
+    gw = c.plan.status[("gateways", INFRA, gateway)]
+    assert [lst["attachedRoutes"] for lst in gw["listeners"]] == [0] * len(gw["listeners"])
+
+
+def test_HTTPRouteBackendRequestRedirect() -> None:
+    """A backendRef's RequestRedirect (extended): answered 302 with the rewritten path."""
+    c = setup("httproute-backend-request-redirect.yaml")
+    accepted_and_resolved(c.plan, ["backend-request-redirect"])
+    assert location(c, "/full/original") == (302, "http://gw.example/redirected-full")
+    assert location(c, "/prefix/original") == \
+        (302, "http://gw.example/redirected-prefix/original")
+
+
+def test_HTTPRouteBackendURLRewrite() -> None:
+    """A backendRef's URLRewrite (extended): the backend sees the rewritten path."""
+    c = setup("httproute-backend-url-rewrite.yaml")
+    accepted_and_resolved(c.plan, ["backend-url-rewrite"])
+    for path, want in (("/full/original", b"/rewritten-full"),
+                       ("/prefix/original", b"/rewritten-prefix/original")):
+        d = c.get("same-namespace", path)
+        assert (d.status, d.backend, d.target) == (0, V1, want)
