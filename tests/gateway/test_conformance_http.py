@@ -250,6 +250,7 @@ def test_HTTPRouteInvalidParentRefs(manifest: str, route: str, ns: str) -> None:
 
 
 def test_HTTPRouteOmittedBackendRefs() -> None:
+    """HTTPRouteNoBackendRefs (its manifest: httproute-omitted-backendrefs.yaml)."""
     c = setup("httproute-omitted-backendrefs.yaml")
     accepted_and_resolved(c.plan, ["omitted-backendrefs"])
     expect(c, "same-namespace", [({"path": "/forward"}, V1),
@@ -359,6 +360,7 @@ def test_GatewayInvalidParametersRef() -> None:
 
 
 def test_GatewayInvalidListenersUnsupportedProtocol() -> None:
+    """GatewayListenerUnsupportedProtocol."""
     c = setup("gateway-invalid-listeners-unsupported-protocol.yaml")
     st = c.plan.status[("gateways", INFRA, "gateway-only-unsupported-protocols")]
     assert (condition(st, "Accepted")["status"], condition(st, "Accepted")["reason"]) == \
@@ -408,7 +410,8 @@ def test_GatewayListenerCertificateRefs(manifest: str, gateway: str, reason: str
 @pytest.mark.parametrize("manifest", ["gateway-secret-reference-grant-all-in-namespace.yaml",
                                       "gateway-secret-reference-grant-specific.yaml"])
 def test_GatewaySecretReferenceGrant(manifest: str) -> None:
-    """GatewaySecretReferenceGrantAllInNamespace / Specific: the grant resolves the ref,
+    """GatewaySecretReferenceGrantAllInNamespace, GatewaySecretReferenceGrantSpecific: the
+    grant resolves the ref,
     and the HTTPS listener is served with the other namespace's certificate."""
     c = setup(manifest)
     gw = next(g["metadata"]["name"] for g in Cluster.load(manifest).kind("Gateway")
@@ -826,3 +829,62 @@ def test_HTTPRouteBackendURLRewrite() -> None:
                        ("/prefix/original", b"/rewritten-prefix/original")):
         d = c.get("same-namespace", path)
         assert (d.status, d.backend, d.target) == (0, V1, want)
+
+
+def test_HTTPRouteNamedRule() -> None:
+    """Rules with and without `name` (extended, provisional): both served."""
+    c = setup("httproute-named-rule.yaml")
+    accepted_and_resolved(c.plan, ["http-named-rules"])
+    for path in ("/named", "/unnamed"):
+        d = c.get("same-namespace", path)
+        assert d.status == 0 and d.backend is not None, (path, d)
+
+
+@pytest.mark.parametrize(("manifest", "suffix"), [
+    ("gateway-http-listener-isolation.yaml", ""),
+    ("gateway-http-listener-isolation-with-hostname-intersection.yaml",
+     "-with-hostname-intersection")])
+def test_GatewayHTTPListenerIsolation(manifest: str, suffix: str) -> None:
+    """A request is served only by the routes of the most specific listener matching its
+    host (extended): never by a less specific listener's routes."""
+    c = setup(manifest)
+    names = ("empty-hostname", "wildcard-example-com", "wildcard-foo-example-com",
+             "abc-foo-example-com")
+    accepted_and_resolved(c.plan, [f"attaches-to-{n}{suffix}" for n in names],
+                          gateway=f"http-listener-isolation{suffix}")
+    serves = {"bar.com": "/empty-hostname", "bar.example.com": "/wildcard-example-com",
+              "bar.foo.example.com": "/wildcard-foo-example-com",
+              "abc.foo.example.com": "/abc-foo-example-com"}
+    for host, served in serves.items():
+        for n in names:
+            d = c.get(f"http-listener-isolation{suffix}", f"/{n}", host=host)
+            if f"/{n}" == served:
+                assert (d.status, d.backend) == (0, V1), (host, n, d)
+            else:
+                assert d.status == 404, (host, n, d)
+
+
+def test_GatewayWithAttachedRoutesWithPort8080() -> None:
+    """Extended (GatewayPort8080): the route names the :8080 listener by sectionName; that
+    one counts it, the other counts none."""
+    c = setup("gateway-with-attached-routes-with-port-8080.yaml")
+    lsts = listeners_of(c, "gateway-with-two-listeners-and-one-attached-route")
+    for name, attached in (("http-unattached", 0), ("http", 1)):
+        assert lcond(lsts[name], "Accepted")[0] == "True"
+        assert lcond(lsts[name], "ResolvedRefs")[0] == "True"
+        assert lsts[name]["attachedRoutes"] == attached, (name, lsts[name])
+        assert lsts[name]["supportedKinds"] == [
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]
+
+
+def test_GatewayOptionalAddressValue() -> None:
+    """spec.addresses with a type and no value (extended, provisional): pylb picks the
+    address (here from the pool), Accepted and Programmed, status.addresses says it."""
+    c = setup("gateway-optional-address-value.yaml")
+    st = c.plan.status[("gateways", INFRA, "gateway-without-address-value")]
+    assert condition(st, "Accepted")["status"] == "True"
+    assert condition(st, "Programmed")["status"] == "True"
+    (address,) = [a["value"] for a in st["addresses"]]
+    assert address in POOL
+    assert [(lst.address, lst.port) for lst in c.plan.listeners
+            if lst.gateway == f"{INFRA}/gateway-without-address-value"] == [(address, 8080)]
