@@ -296,6 +296,10 @@ async def test_gateway_conformance_live(live: Live) -> None:
     route["metadata"]["name"] = "response-header-modifier-https"
     route["spec"]["parentRefs"] = [{"name": https_gw, "sectionName": "https"}]
     route["spec"]["hostnames"] = ["example.org"]
+    route["spec"]["rules"].append({  # and pylb's own answers over HTTP/2: a redirect
+        "matches": [{"path": {"type": "PathPrefix", "value": "/go"}}],
+        "filters": [{"type": "RequestRedirect",
+                     "requestRedirect": {"hostname": "example.net", "statusCode": 301}}]})
     live.api.store.create(f"httproutes.{GROUP}", route)
 
     async def response_modifier_h2() -> None:
@@ -307,6 +311,11 @@ async def test_gateway_conformance_live(live: Live) -> None:
             judge(r.headers, case.want, case.absent)
             judge(joined((k, ",".join(v)) for k, v in r.echo["headers"].items()),
                   case.want_request, case.absent_request)
+        r = await live.curl(https_gw, "/go/x?y=1", "example.org", ca)
+        assert (r.version, r.status, r.headers["location"]) == \
+            ("HTTP/2", 301, "https://example.net/go/x?y=1")
+        r = await live.curl(https_gw, "/nowhere", "example.org", ca)
+        assert (r.version, r.status) == ("HTTP/2", 404)
         r = await live.curl(https_gw, "/multiple", "example.org", ca, http2=False,
                             headers={"X-Echo-Set-Header": "X-Header-Remove-1:v"})
         assert r.version == "HTTP/1.1" and r.headers["x-header-set-1"] == "header-set-1"
