@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from tests.conftest import free_port
 from tests.gateway.harness import CLASS, INFRA, POOL, joined, read_manifests, suite_secrets
@@ -43,8 +43,18 @@ async def start_echo(namespace: str, pod: str) -> web.AppRunner:
     """An echo backend: answers every request with what it received, its namespace and pod
     name, as the conformance suite's echo server does; and, as it does, adds to its
     response each `name:value` of the `X-Echo-Set-Header` request header (comma-separated),
-    the name spelt as given."""
-    async def handle(request: web.Request) -> web.Response:
+    the name spelt as given. A WebSocket upgrade gets every message sent back (text as
+    text, binary as binary), as its WebSocket endpoint does."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await ws.send_str(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data)
+            return ws
         headers: dict[str, list[str]] = {}
         for k, v in request.headers.items():
             headers.setdefault(k, []).append(v)

@@ -5,12 +5,16 @@ expectations to hold, and removes them), and echo backends say who answered."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 
 from tests.gateway.harness import (
     APP,
@@ -427,6 +431,25 @@ async def test_gateway_conformance_live(live: Live) -> None:
         reached(r, V2)
         assert r.echo["host"] == "example.org"
     await live.eventually(rewrites)
+    live.remove(made)
+
+    # HTTPRouteBackendProtocolWebSocket (extended): a WebSocket through the Gateway to the
+    # Service port whose appProtocol is kubernetes.io/ws; text and binary frames echoed
+    made = await live.apply("httproute-backend-protocol-websocket.yaml")
+
+    async def websocket() -> None:
+        address = live.address("same-namespace")
+        try:
+            async with ws_connect(f"ws://{address}:{live.gw_port}/ws", open_timeout=5,
+                                  close_timeout=2,
+                                  origin=Origin("ws://gateway/websocket")) as ws:
+                await ws.send("Websocket Support!")
+                assert await asyncio.wait_for(ws.recv(), 5) == "Websocket Support!"
+                await ws.send(bytes([1, 2, 3, 4, 5, 6, 7]))
+                assert await asyncio.wait_for(ws.recv(), 5) == bytes([1, 2, 3, 4, 5, 6, 7])
+        except InvalidStatus as e:  # e.g. 404 until the route is served: not yet
+            raise AssertionError(str(e)) from None
+    await live.eventually(websocket)
     live.remove(made)
 
     # HTTPRoute307Redirect, HTTPRouteRedirectPort (extended)
