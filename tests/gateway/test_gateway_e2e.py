@@ -452,6 +452,18 @@ async def test_gateway_conformance_live(live: Live) -> None:
     await live.eventually(websocket)
     live.remove(made)
 
+    # HTTPRouteBackendProtocolH2C (extended): HTTP/2 with prior knowledge to the Gateway
+    # (pylb runs with --h2c), h2c to the Service port whose appProtocol is kubernetes.io/h2c
+    made = await live.apply("httproute-backend-protocol-h2c.yaml")
+
+    async def h2c() -> None:
+        r = await live.curl("same-namespace", "/", "h2c.example", None)
+        assert r.version == "HTTP/2", r.version
+        reached(r, V1)
+        assert r.echo["proto"] == "HTTP/2.0"  # the h2c port answered
+    await live.eventually(h2c)
+    live.remove(made)
+
     # HTTPRoute307Redirect, HTTPRouteRedirectPort (extended)
     made = await live.apply("httproute-307-redirect.yaml")
     made += await live.apply("httproute-redirect-port.yaml")
