@@ -190,8 +190,8 @@ def _listener_kinds(spec: JsonObj, protocol: str) -> tuple[list[str], bool]:
 def _pick_address(gw: JsonObj, pool: list[str], node: str,
                   kept: str | None = None) -> tuple[str, str | None]:
     """(address, error): spec.addresses' first IPAddress, else the pool address it `kept`,
-    else the pool's next, else the node's (`node`; _on_node says which). An address of
-    another type or not an IP is an error (AddressNotUsable)."""
+    else the pool's next, else the node's (`node`). An address of another type or not an
+    IP is an error (UnsupportedAddress)."""
     for a in _list(_dict(gw.get("spec")).get("addresses")):
         a = _dict(a)
         atype = a.get("type", "IPAddress")
@@ -688,8 +688,9 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
                 plan_listeners.append(Listener(
                     key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
                     tuple(sorted(lst.rules, key=lambda e: e.order)), lst.certificates))
-        reason_of_err = "InvalidParameters" if err == _PARAMS_ERR else "AddressNotUsable"
-        prog_of_err = "Invalid" if err == _PARAMS_ERR else "AddressNotUsable"
+        # an address of a type or value pylb cannot use: not Accepted (UnsupportedAddress)
+        reason_of_err = "InvalidParameters" if err == _PARAMS_ERR else "UnsupportedAddress"
+        prog_of_err = "Invalid"
         all_ok = not err and bool(lsts) and all(lst.usable for lst in lsts)
         any_ok = not err and any(lst.usable for lst in lsts)
         acc: tuple[bool, str, str] = (False, reason_of_err, err) if err else (
@@ -700,6 +701,11 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
                       and lst.protocol not in L4_PROTOCOLS for lst in lsts)
         prog: tuple[bool, str, str] = (False, prog_of_err, err) if err else (
             (True, "Programmed", "") if serving else (False, "Invalid", "nothing served"))
+        if not serving and any_ok and _own_spec_address(_gw) and all(
+                (lst.address, lst.port) in inputs.unavailable for lst in lsts if lst.usable):
+            # its spec.addresses IP cannot be bound here (not this node's): a usable kind
+            # of address, unusable in fact
+            prog = (False, "AddressNotUsable", f"{address} cannot be bound on this node")
         if not err and any_ok and not all_ok:
             skipped.append(f"Gateway {key}: some listeners are not served")
         # its own address (spec, pool), else the ready pylb nodes' (all serve it)

@@ -7,6 +7,7 @@ listeners use (proxy.http.gwrouting) on the address the translation bound for th
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 
@@ -888,3 +889,40 @@ def test_GatewayOptionalAddressValue() -> None:
     assert address in POOL
     assert [(lst.address, lst.port) for lst in c.plan.listeners
             if lst.gateway == f"{INFRA}/gateway-without-address-value"] == [(address, 8080)]
+
+
+def test_GatewayStaticAddresses() -> None:
+    """Extended (GatewayStaticAddresses), with the suite's placeholders filled: 192.0.2.77
+    (TEST-NET, not this node's: the data plane reports it unbindable) and 127.0.10.77.
+    An unsupported address type: not Accepted, UnsupportedAddress; then the unusable one
+    first: Accepted, Programmed False, AddressNotUsable; then the usable one: Accepted,
+    Programmed, and status.addresses says it."""
+    cluster = Cluster.load("gateway-static-addresses.yaml")
+    (gw,) = [g for g in cluster.kind("Gateway")
+             if g["metadata"]["name"] == "gateway-static-addresses"]
+    _invalid, unusable, usable = gw["spec"]["addresses"]
+    unusable["value"], usable["value"] = "192.0.2.77", "127.0.10.77"
+    down = frozenset({("192.0.2.77", 8080)})
+
+    def status() -> dict[str, object]:
+        inputs = dataclasses.replace(cluster.inputs(), unavailable=down)
+        plan = translate(inputs, GatewaySettings(address_pool=POOL))
+        return plan.status[("gateways", INFRA, "gateway-static-addresses")]
+
+    def conds(st: dict[str, object]) -> dict[str, tuple[str, str]]:
+        return {c["type"]: (c["status"], c["reason"])  # type: ignore[index]
+                for c in st["conditions"]}  # type: ignore[attr-defined]
+
+    assert conds(status())["Accepted"] == ("False", "UnsupportedAddress")
+    gw["spec"]["addresses"] = [unusable, usable]
+    c = conds(status())
+    assert c["Accepted"] == ("True", "Accepted")
+    assert c["Programmed"] == ("False", "AddressNotUsable")
+    gw["spec"]["addresses"] = [usable]
+    st = status()
+    assert conds(st) == {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+    assert st["addresses"] == [{"type": "IPAddress", "value": "127.0.10.77"}]
+    (lst,) = st["listeners"]  # type: ignore[attr-defined]
+    assert lst["name"] == "http" and lst["attachedRoutes"] == 0
+    assert lcond(lst, "Accepted")[0] == lcond(lst, "Programmed")[0] == "True"
+    assert lcond(lst, "ResolvedRefs")[0] == "True"
