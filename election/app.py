@@ -20,9 +20,11 @@ from election.publish import StatusPublisher
 from pylb.config import Settings
 from pylb.kubeapi import client_for
 from pylb.model import RouteTable
+from pylb.nodes import POD_SELECTOR
+from pylb.nodes import pod_namespace as pod_namespace_of
 
 #: The label of pylb's own pods (deploy/daemonset.yaml); their nodes become the ingress.
-DEFAULT_POD_SELECTOR = "app=pylb"
+DEFAULT_POD_SELECTOR = POD_SELECTOR
 
 LeaderCallback = Callable[[str | None, dict[str, Any]], None]
 
@@ -53,8 +55,8 @@ async def run_election(settings: Settings, on_leader: LeaderCallback,
     try:
         me = identity_of(settings)
         publisher = StatusPublisher(
-            client, pod_namespace=pod_namespace or os.environ.get("POD_NAMESPACE")
-            or settings.election_namespace, pod_selector=pod_selector,
+            client, pod_namespace=pod_namespace or pod_namespace_of(settings.election_namespace),
+            pod_selector=pod_selector,
             namespaces=settings.namespaces, instance=me,
             ingresses=settings.ingress_class is not None)
         elector: Elector

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ from election import kapi
 from election.decide import format_time, utcnow
 from election.objects import COMPONENT, ServiceEvent, event_name, ingress_patch
 from pylb.model import RouteTable
+from pylb.nodes import node_addresses
 
 log = logging.getLogger("pylb.election.publish")
 
@@ -102,26 +103,6 @@ def events_to_send(planned: dict[tuple[str, str, str], ServiceEvent],
                    sent: dict[tuple[str, str, str], str]) -> list[ServiceEvent]:
     """Planned events whose message differs from what was last sent for that key."""
     return [e for k, e in sorted(planned.items()) if sent.get(k) != e.message]
-
-
-def is_ready(pod: dict[str, Any]) -> bool:
-    meta = pod.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
-        return False
-    status = pod.get("status") or {}
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in status.get("conditions") or [] if isinstance(c, dict))
-
-
-def node_addresses(pods: Iterable[dict[str, Any]]) -> list[str]:
-    """The distinct host IPs of the ready pods, sorted (stable status, no flapping)."""
-    ips = set()
-    for pod in pods:
-        ip = (pod.get("status") or {}).get("hostIP")
-        if is_ready(pod) and isinstance(ip, str) and ip:
-            ips.add(ip)
-    return sorted(ips, key=lambda ip: (":" in ip, socket.inet_pton(
-        socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)))
 
 
 def wants_status(service: dict[str, Any]) -> bool:

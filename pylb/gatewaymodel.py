@@ -28,6 +28,13 @@ class HeaderOps:
     remove: tuple[str, ...] = ()
 
 
+# Fields a header modifier may not touch: the message's framing and the hop-by-hop fields
+# (RFC 9110 §7.6.1), which pylb writes itself on each side (a changed Content-Length would
+# desynchronise the peer from the body). The translation refuses a modifier naming one.
+FRAMING_FIELDS = frozenset(("content-length", "transfer-encoding", "connection",
+                            "keep-alive", "proxy-connection", "te", "trailer", "upgrade"))
+
+
 @dataclass(frozen=True, slots=True)
 class PathModifier:
     """`ReplaceFullPath` or `ReplacePrefixMatch` and its value."""

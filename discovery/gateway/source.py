@@ -22,6 +22,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from discovery.gateway.nodes import ReadyNodes
 from discovery.gateway.secrets import valid_tls_secret
 from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
 from discovery.informer import SERVICES, TLS_SECRETS, Informer, Kind, custom_kind
@@ -30,6 +31,7 @@ from pylb import kubeapi as kapi
 from pylb.config import Settings
 from pylb.gatewaymodel import GatewayPlan, JsonObj
 from pylb.kubeapi import client_for
+from pylb.nodes import pod_namespace
 
 log = logging.getLogger("pylb.gateway")
 
@@ -141,6 +143,8 @@ class GatewaySource:
             node_address=node_address or settings.bind)
         self._factory = api_client_factory or (lambda: client_for(settings))
         self._is_leader = is_leader
+        # the leader's: status.addresses of Gateways on the node's address
+        self.nodes = ReadyNodes(pod_namespace(settings.election_namespace))
         self._informers: dict[str, Informer] = {}
         self._secrets: list[Informer] = []  # TLS Secrets, per watched namespace
         self._dirty = asyncio.Event()
@@ -193,7 +197,8 @@ class GatewaySource:
         return translate(inputs,
                          GatewaySettings(self.gw_settings.controller_name,
                                          self.gw_settings.address_pool,
-                                         self.gw_settings.node_address, _now()))
+                                         self.gw_settings.node_address, _now(),
+                                         node_addresses=self.nodes.addresses))
 
     async def _loop(self, client: ApiClient, publish: Publish) -> None:
         while True:
@@ -205,6 +210,8 @@ class GatewaySource:
             started, self._dirty_since = self._dirty_since, None
             if not self.synced:
                 continue
+            if self._is_leader():
+                await self.nodes.refresh(client)  # (at most every RESYNC seconds)
             plan = self.build()
             # an address:port that could not be bound is retried at every turn (every
             # RESYNC seconds at the latest), so the plan goes out again while one is down

@@ -15,6 +15,7 @@ query matches; ties go to the oldest route, then namespace/name, then rule and m
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from discovery.secrets import sni_certificates
 from pylb.gatewaymodel import (
     DEFAULT_CONTROLLER,
+    FRAMING_FIELDS,
     GROUP,
     Filters,
     GatewayPlan,
@@ -56,6 +58,9 @@ class GatewaySettings:
     # `GatewayPlan.l4_listeners`, Programmed False/Pending). Off for the live source: the data
     # plane does not bind them yet, so there they stay Accepted False, UnsupportedProtocol.
     l4: bool = False
+    # the ready pylb nodes' IPs (pylb.nodes): the status.addresses of a Gateway bound on
+    # the node's own address, as for a Service's status.loadBalancer; () = node_address
+    node_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,8 +190,8 @@ def _listener_kinds(spec: JsonObj, protocol: str) -> tuple[list[str], bool]:
 def _pick_address(gw: JsonObj, pool: list[str], node: str,
                   kept: str | None = None) -> tuple[str, str | None]:
     """(address, error): spec.addresses' first IPAddress, else the pool address it `kept`,
-    else the pool's next, else the node's. An address of another type or not an IP is an
-    error (AddressNotUsable)."""
+    else the pool's next, else the node's (`node`). An address of another type or not an
+    IP is an error (UnsupportedAddress)."""
     for a in _list(_dict(gw.get("spec")).get("addresses")):
         a = _dict(a)
         atype = a.get("type", "IPAddress")
@@ -205,6 +210,12 @@ def _pick_address(gw: JsonObj, pool: list[str], node: str,
     if pool:
         return pool.pop(0), None
     return node, None
+
+
+def _own_spec_address(gw: JsonObj) -> bool:
+    """spec.addresses' first entry names a value (an empty one asks pylb to choose)."""
+    addresses = _list(_dict(gw.get("spec")).get("addresses"))
+    return bool(addresses and _dict(addresses[0]).get("value"))
 
 
 def _controller_classes(inputs: GatewayInputs, s: GatewaySettings,
@@ -331,14 +342,38 @@ def _overlap(a: str, b: str) -> bool:
 # ---- HTTPRoutes ----------------------------------------------------------------------------
 
 
-def _header_ops(value: Any) -> HeaderOps:
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")  # the CRDs' HTTPHeaderName pattern
+_BAD_VALUE = re.compile(r"[\x00\r\n]")  # would split the head (RFC 9110 §5.5)
+
+
+def _header_ops(value: Any, response: bool = False) -> HeaderOps:
+    """A header modifier; _Unsupported for a name that is not a token or a value that
+    would split the message (the API server checks neither the value nor, without the
+    CRD's schema, the name), and in a response for the framing fields pylb writes."""
     v = _dict(value)
 
+    def check(name: str) -> str:
+        if not _TOKEN.fullmatch(name):
+            raise _Unsupported(f"header name {name[:64]!r} is not a token")
+        if response and name.lower() in FRAMING_FIELDS:
+            raise _Unsupported(f"ResponseHeaderModifier cannot change {name}: pylb "
+                               "writes the framing and hop-by-hop fields")
+        return name
+
     def pairs(key: str) -> tuple[tuple[str, str], ...]:
-        return tuple((str(_dict(h).get("name")), str(_dict(h).get("value", "")))
-                     for h in _list(v.get(key)) if _dict(h).get("name"))
+        out = []
+        for h in _list(v.get(key)):
+            h = _dict(h)
+            if not h.get("name"):
+                continue
+            val = str(h.get("value", ""))
+            if _BAD_VALUE.search(val):
+                raise _Unsupported(f"header {str(h['name'])[:64]!r}: the value has a "
+                                   "control character (CR, LF or NUL)")
+            out.append((check(str(h["name"])), val))
+        return tuple(out)
     return HeaderOps(pairs("set"), pairs("add"),
-                     tuple(str(x) for x in _list(v.get("remove")) if isinstance(x, str)))
+                     tuple(check(x) for x in _list(v.get("remove")) if isinstance(x, str)))
 
 
 class _Unsupported(ValueError):
@@ -375,7 +410,7 @@ def _compile_filters(items: Any) -> tuple[Filters, str | None]:
         if ftype == "RequestHeaderModifier":
             req = _header_ops(f.get("requestHeaderModifier"))
         elif ftype == "ResponseHeaderModifier":
-            resp = _header_ops(f.get("responseHeaderModifier"))
+            resp = _header_ops(f.get("responseHeaderModifier"), response=True)
         elif ftype == "RequestRedirect":
             r = _dict(f.get("requestRedirect"))
             code = r.get("statusCode", 302)
@@ -522,6 +557,15 @@ def _route_entries(route: JsonObj, rhosts: list[str], created: str, ns: str, nam
                 return [], None, err
             matches.append(cm)
         mods = [f.path for f in (filters.redirect, filters.rewrite) if f is not None]
+        for ref in _list(rule.get("backendRefs")):  # their filters as the rule's
+            bf, err = compile_filters(_dict(ref).get("filters"))
+            if err:
+                return [], None, f"backendRef filter: {err}"
+            if (filters.redirect and (bf.redirect or bf.rewrite)) or \
+                    (bf.redirect and filters.rewrite):
+                return [], None, "RequestRedirect and URLRewrite cannot be combined " \
+                    "(rule and backendRef)"
+            mods += [f.path for f in (bf.redirect, bf.rewrite) if f is not None]
         if any(m is not None and m.kind == "ReplacePrefixMatch" for m in mods) and \
                 any(m.path_kind != "PathPrefix" for m in matches):
             return [], None, "ReplacePrefixMatch needs PathPrefix matches"
@@ -552,6 +596,7 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             kept[f"{ns}/{name}"] = str(held[0])
             pool.remove(held[0])
     listeners: dict[str, list[_GwListener]] = {}
+    on_node: dict[str, bool] = {}  # bound at the node's address (no spec or pool address)
     gw_meta: dict[str, tuple[JsonObj, int, str, str | None]] = {}
     bound: list[_GwListener] = []
     for gw in _order(inputs.gateways):
@@ -563,7 +608,10 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
         if _dict(_dict(gw.get("spec")).get("infrastructure")).get("parametersRef"):
             address, err = "", _PARAMS_ERR
         else:
+            before = len(pool)
             address, err = _pick_address(gw, pool, s.node_address, kept.get(f"{ns}/{name}"))
+            on_node[f"{ns}/{name}"] = not err and len(pool) == before and \
+                f"{ns}/{name}" not in kept and not _own_spec_address(gw)
         key = f"{ns}/{name}"
         gw_meta[key] = (gw, gen, address, err)
         if err:
@@ -640,8 +688,9 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
                 plan_listeners.append(Listener(
                     key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
                     tuple(sorted(lst.rules, key=lambda e: e.order)), lst.certificates))
-        reason_of_err = "InvalidParameters" if err == _PARAMS_ERR else "AddressNotUsable"
-        prog_of_err = "Invalid" if err == _PARAMS_ERR else "AddressNotUsable"
+        # an address of a type or value pylb cannot use: not Accepted (UnsupportedAddress)
+        reason_of_err = "InvalidParameters" if err == _PARAMS_ERR else "UnsupportedAddress"
+        prog_of_err = "Invalid"
         all_ok = not err and bool(lsts) and all(lst.usable for lst in lsts)
         any_ok = not err and any(lst.usable for lst in lsts)
         acc: tuple[bool, str, str] = (False, reason_of_err, err) if err else (
@@ -652,10 +701,18 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
                       and lst.protocol not in L4_PROTOCOLS for lst in lsts)
         prog: tuple[bool, str, str] = (False, prog_of_err, err) if err else (
             (True, "Programmed", "") if serving else (False, "Invalid", "nothing served"))
+        if not serving and any_ok and _own_spec_address(_gw) and all(
+                (lst.address, lst.port) in inputs.unavailable for lst in lsts if lst.usable):
+            # its spec.addresses IP cannot be bound here (not this node's): a usable kind
+            # of address, unusable in fact
+            prog = (False, "AddressNotUsable", f"{address} cannot be bound on this node")
         if not err and any_ok and not all_ok:
             skipped.append(f"Gateway {key}: some listeners are not served")
+        # its own address (spec, pool), else the ready pylb nodes' (all serve it)
+        shown = [] if err else list(s.node_addresses) if on_node.get(key) and \
+            s.node_addresses else [address]
         status[("gateways", ns, name)] = {
-            "addresses": [] if err else [{"type": "IPAddress", "value": address}],
+            "addresses": [{"type": "IPAddress", "value": a} for a in shown],
             "conditions": [_cond("Accepted", acc[0], acc[1], acc[2], gen, s.now),
                            _cond("Programmed", prog[0], prog[1], prog[2], gen, s.now)],
             "listeners": lstat}

@@ -39,10 +39,11 @@ log = logging.getLogger("pylb.gateway")
 
 
 class GatewayDispatch:
-    """`HttpProxy.gateway` of a Gateway listener: called by `ClientProtocol._start` with
-    the request head; answers 404/500/redirects itself (returning None), else applies the
-    request filters to the head and returns the (route, target) to forward, as
-    `Router.route` does."""
+    """`HttpProxy.gateway` of a Gateway listener: called by `ClientProtocol._start` (and
+    `H2Stream.start`) with the request head; answers 404/500/redirects itself (returning
+    None), else applies the request filters to the head, gives the connection (stream) the
+    route's response filters as `response_edit` (proxy.http.gwfilters), and returns the
+    (route, target) to forward, as `Router.route` does."""
 
     __slots__ = ("_routes", "router")
 
@@ -65,6 +66,7 @@ class GatewayDispatch:
             ops += (HeaderOps(set=(("Host", d.host.decode("latin-1")),)),)
         if ops:
             head.headers = apply_header_ops(list(head.headers), ops)
+        client.response_edit = d.response
         assert d.backend is not None
         route = self._routes.get(d.backend)
         if route is None:  # once per backend: the table's name of that Service port

@@ -5,7 +5,8 @@ A request picks the listener with the most specific hostname, then the most spec
 hostname attached to it (exact, then the longest wildcard, then "any"), then the first rule
 match in the spec's precedence order (kept sorted by the translation). The answer is a
 `Decision`: a backend and the request/response edits to make, or a status to answer locally
-(404 no route, 500 no valid backend, 3xx redirect).
+(404 no route, 500 no valid backend, 3xx redirect). Response header modifiers are compiled
+once per plan, for each (rule, backendRef), into a `ResponseEdit` (proxy.http.gwfilters).
 
 Plain Service routes never come here: this is a separate router for Gateway listeners, so
 their hot path is unchanged.
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from proxy.http.gwfilters import ResponseEdit, compile_response_edit
 from proxy.http.routing import host_without_port
 from pylb.gatewaymodel import (
     Filters,
@@ -35,8 +37,10 @@ _WELL_KNOWN = {"http": 80, "https": 443}
 class Decision:
     """`status` 0: forward to `backend` (namespace, service, port) with `target` (path and
     query) and `host` (None: unchanged), applying `request_headers` in order; else answer
-    `status` locally (with `location` for a redirect). `response_headers` apply either way.
-    `route` names the HTTPRoute (namespace/name) that matched, "" when none did."""
+    `status` locally (with `location` for a redirect). `response`: the route's
+    ResponseHeaderModifiers, compiled (None: none); the data plane applies them to a
+    backend's responses, not to its own answers. `route` names the HTTPRoute
+    (namespace/name) that matched, "" when none did."""
 
     status: int
     backend: tuple[str, str, int] | None = None
@@ -44,7 +48,7 @@ class Decision:
     host: bytes | None = None
     location: bytes | None = None
     request_headers: tuple[HeaderOps, ...] = ()
-    response_headers: tuple[HeaderOps, ...] = ()
+    response: ResponseEdit | None = None
     route: str = ""
 
 
@@ -63,11 +67,15 @@ def _prefix_ok(prefix: bytes, path: bytes) -> bool:
 
 
 class _Compiled:
-    __slots__ = ("entry", "exact", "headers", "method", "prefix", "queries")
+    __slots__ = ("edit", "edits", "entry", "exact", "headers", "method", "prefix", "queries")
 
     def __init__(self, e: RuleEntry) -> None:
         m = e.match
         self.entry = e
+        rule = e.filters.response_headers
+        self.edit = compile_response_edit((rule,))  # the rule's own (redirect, 500)
+        self.edits = tuple(compile_response_edit((rule, b.filters.response_headers))
+                           for b in e.backends)  # per backendRef, in order
         self.exact = m.path.encode() if m.path_kind == "Exact" else None
         self.prefix = _norm_prefix(m.path)
         self.method = m.method.encode() if m.method else None
@@ -178,11 +186,19 @@ class GatewayRouter:
         return NOT_FOUND
 
     def _decide(self, c: _Compiled, hostname: str, path: bytes, query: bytes) -> Decision:
+        """The rule's filters, then the picked backendRef's: its RequestRedirect answers in
+        place of the backend, its URLRewrite's path and hostname take the rule's place,
+        its header modifiers follow the rule's."""
         e = c.entry
         f = e.filters
         route = e.route
-        if f.redirect is not None:
-            r = f.redirect
+        r = f.redirect
+        i = -1
+        if r is None:
+            i = self._pick(e.backends)
+            if i >= 0:
+                r = e.backends[i].filters.redirect
+        if r is not None:
             scheme = r.scheme or self.scheme
             if r.port is not None:
                 port = r.port
@@ -193,35 +209,38 @@ class GatewayRouter:
             shown = "" if _WELL_KNOWN.get(scheme) == port else f":{port}"
             new_path = _modify(r.path, c, path)
             loc = f"{scheme}://{r.hostname or hostname}{shown}".encode() + new_path + query
-            return Decision(r.status, location=loc,
-                            response_headers=_ops(f.response_headers), route=route)
-        chosen = self._pick(e.backends)
+            return Decision(r.status, location=loc, response=c.edit if i < 0 else c.edits[i],
+                            route=route)
+        chosen = e.backends[i] if i >= 0 else None
         if chosen is None or chosen.service is None:
-            return Decision(500, response_headers=_ops(f.response_headers), route=route)
+            return Decision(500, response=c.edit, route=route)
+        bf = chosen.filters
         target = path
         host = None
-        if f.rewrite is not None:
-            target = _modify(f.rewrite.path, c, path)
-            if f.rewrite.hostname:
-                host = f.rewrite.hostname.encode()
-        bf = chosen.filters
+        rw, brw = f.rewrite, bf.rewrite
+        if rw is not None or brw is not None:
+            mod = (brw.path if brw is not None else None) or (rw.path if rw else None)
+            target = _modify(mod, c, path)
+            name = (brw.hostname if brw is not None else None) or (rw.hostname if rw else None)
+            if name:
+                host = name.encode()
         return Decision(0, chosen.service, target + query, host,
                         request_headers=_ops(f.request_headers) + _ops(bf.request_headers),
-                        response_headers=_ops(f.response_headers) + _ops(bf.response_headers),
-                        route=route)
+                        response=c.edits[i], route=route)
 
-    def _pick(self, backends: tuple[WeightedBackend, ...]) -> WeightedBackend | None:
+    def _pick(self, backends: tuple[WeightedBackend, ...]) -> int:
+        """The index of a backendRef chosen by weight; -1 when all weigh 0 (or none)."""
         total = sum(b.weight for b in backends)
         if total <= 0:
-            return None
+            return -1
         if len(backends) == 1:
-            return backends[0]
+            return 0
         n = self._rng.randrange(total)
-        for b in backends:
+        for i, b in enumerate(backends):
             n -= b.weight
             if n < 0:
-                return b
-        return None
+                return i
+        return -1
 
 
 def _ops(ops: HeaderOps | None) -> tuple[HeaderOps, ...]:

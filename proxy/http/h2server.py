@@ -58,6 +58,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import cast
 
 import h2.config
@@ -76,7 +77,7 @@ from proxy.http import headers as hdr
 from proxy.http.exchange import ON, Event, State, termination
 from proxy.http.frontend import Frontend, accepted
 from proxy.http.h2upstream import H2Upstream
-from proxy.http.parser import RequestHead, ResponseHead
+from proxy.http.parser import Headers, RequestHead, ResponseHead
 from proxy.http.routing import slash_redirect
 from proxy.http.upstream import UpstreamProtocol
 from proxy.queue import Ticket
@@ -158,6 +159,7 @@ class H2Stream:
         "connecting",
         "req",
         "resp",
+        "response_edit",
         "server",
         "state",
         "status",
@@ -176,6 +178,8 @@ class H2Stream:
         self.req = req
         self.state = _ON_HEAD[State.IDLE]
         self.resp: ResponseHead | None = None
+        # set by a Gateway listener (proxy.http.gwfilters), else None
+        self.response_edit: Callable[[Headers], Headers] | None = None
         self.backend: Backend | None = None
         self.server: Server | None = None
         self._balancer: Balancer | None = None
@@ -717,6 +721,8 @@ class H2Stream:
             if self._cookie != value:
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
         proxy.fe_counters.response(head.status)
+        if self.response_edit is not None:  # a Gateway route's (proxy.http.gwfilters)
+            head.headers = self.response_edit(head.headers)
         block = h2rules.response_headers(head.status, head.headers, head.connection,
                                          proxy.hsts, set_cookie)
         conn.send_headers(self, block, end_stream=head.no_body)

@@ -47,6 +47,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 from proxy import admission, flow
@@ -66,6 +67,7 @@ from proxy.http.exchange import (
 from proxy.http.exchange import keep_alive as keep_alive_after
 from proxy.http.frontend import Frontend, accepted
 from proxy.http.parser import (
+    Headers,
     ParseError,
     RequestHead,
     RequestParser,
@@ -170,6 +172,7 @@ class ClientProtocol(asyncio.Protocol):
         "closed",
         "local_port",
         "parser",
+        "response_edit",
         "transport",
     )
 
@@ -186,6 +189,8 @@ class ClientProtocol(asyncio.Protocol):
         self.client_port = 0
         self.local_port = 0
         self.closed = False
+        # set per request by a Gateway listener (proxy.http.gwfilters), else always None
+        self.response_edit: Callable[[Headers], Headers] | None = None
         self._state = _IDLE  # the exchange's (proxy.http.exchange)
         self._state_closed = _IDLE  # the state the connection was closed in
         self._tunnel_eofs = 0
@@ -958,6 +963,8 @@ class ClientProtocol(asyncio.Protocol):
         self._chunked_out = framing == hdr.FRAME_CHUNKED
         self._fe.response(head.status)
         self._unsent = (self._wbuf, len(self._wbuf))  # `flush` makes a new list
+        if self.response_edit is not None:  # a Gateway route's (proxy.http.gwfilters)
+            head.headers = self.response_edit(head.headers)
         self._wbuf.append(hdr.response_head(
             head, framing, keep_alive=keep, client_version=req.version,
             set_cookie=set_cookie, hsts=proxy.hsts))

@@ -167,3 +167,90 @@ def accepted_and_resolved(plan: GatewayPlan, routes: Iterable[str],
         conds = route_conditions(plan, r, gateway, ns)
         assert conds["Accepted"] == ("True", "Accepted"), (r, conds)
         assert conds["ResolvedRefs"] == ("True", "ResolvedRefs"), (r, conds)
+
+
+@dataclass(frozen=True)
+class ResponseCase:
+    """One case of an upstream test that checks response headers: the request, what the
+    echo backend is asked to answer with (`X-Echo-Set-Header`), the response headers that
+    must arrive (values of a repeated field joined with ",", as the suite's Go client
+    joins them) and the ones that must not."""
+
+    path: str
+    backend_sets: Mapping[str, str]
+    want: Mapping[str, str] = field(default_factory=dict)
+    absent: tuple[str, ...] = ()
+    request: Mapping[str, str] = field(default_factory=dict)
+    want_request: Mapping[str, str] = field(default_factory=dict)  # what the backend saw
+    absent_request: tuple[str, ...] = ()
+
+
+# HTTPRouteResponseHeaderModifier (conformance/tests/httproute-response-header-modifier.go)
+RESPONSE_HEADER_MODIFIER_CASES = (
+    ResponseCase("/set", {"Some-Other-Header": "val"},
+                 {"Some-Other-Header": "val", "X-Header-Set": "set-overwrites-values"}),
+    ResponseCase("/set", {"Some-Other-Header": "val", "X-Header-Set": "some-other-value"},
+                 {"Some-Other-Header": "val", "X-Header-Set": "set-overwrites-values"}),
+    ResponseCase("/add", {"Some-Other-Header": "val"},
+                 {"Some-Other-Header": "val", "X-Header-Add": "add-appends-values"}),
+    ResponseCase("/add", {"Some-Other-Header": "val", "X-Header-Add": "some-other-value"},
+                 {"Some-Other-Header": "val",
+                  "X-Header-Add": "some-other-value,add-appends-values"}),
+    ResponseCase("/remove", {"X-Header-Remove": "val"}, absent=("X-Header-Remove",)),
+    ResponseCase("/multiple",
+                 {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
+                  "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val",
+                  "X-Header-Remove-1": "val"},
+                 {"X-Header-Set-1": "header-set-1", "X-Header-Set-2": "header-set-2",
+                  "X-Header-Add-1": "header-add-1", "X-Header-Add-2": "add-val-2,header-add-2",
+                  "X-Header-Add-3": "header-add-3", "Another-Header": "another-header-val"},
+                 ("X-Header-Remove-1", "X-Header-Remove-2")),
+    ResponseCase("/case-insensitivity",
+                 {"x-header-set": "original-val-set", "x-header-add": "original-val-add",
+                  "x-header-remove": "original-val-remove",
+                  "Another-Header": "another-header-val"},
+                 {"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,header-add",
+                  "X-Lowercase-Add": "lowercase-add", "X-Mixedcase-Add-1": "mixedcase-add-1",
+                  "X-Mixedcase-Add-2": "mixedcase-add-2", "X-Uppercase-Add": "uppercase-add",
+                  "Another-Header": "another-header-val"},
+                 ("x-header-remove", "X-Header-Remove")),
+    ResponseCase("/response-and-request-header-modifiers",
+                 {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
+                  "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val",
+                  "X-Header-Remove-1": "remove-val-1", "X-Header-Echo": "echo"},
+                 {"X-Header-Set-1": "header-set-1", "X-Header-Set-2": "header-set-2",
+                  "X-Header-Add-1": "header-add-1", "X-Header-Add-2": "add-val-2,header-add-2",
+                  "Another-Header": "another-header-val", "X-Header-Echo": "echo"},
+                 ("X-Header-Remove-1", "X-Header-Remove-2"),
+                 request={"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1",
+                          "X-Header-Echo": "echo"},
+                 want_request={"X-Header-Add": "header-val-1",
+                               "X-Header-Set": "set-overwrites-values",
+                               "X-Header-Add-Append": "append-val-1,header-val-2",
+                               "X-Header-Echo": "echo"},
+                 absent_request=("X-Header-Remove",)),
+)
+
+
+def echo_set_header(sets: Mapping[str, str]) -> str:
+    """The `X-Echo-Set-Header` request header the suite sends: `name:value` pairs joined
+    with ","."""
+    return ",".join(f"{k}:{v}" for k, v in sets.items())
+
+
+def joined(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Header fields as the suite's Go client sees them: names compared in lower case, the
+    values of a repeated field joined with ","."""
+    out: dict[str, list[str]] = {}
+    for k, v in fields:
+        out.setdefault(k.lower(), []).append(v)
+    return {k: ",".join(v) for k, v in out.items()}
+
+
+def judge(seen: Mapping[str, str], want: Mapping[str, str], absent: Iterable[str]) -> None:
+    """http.go's check of headers: each wanted one present with that value, each absent one
+    missing (`seen` as `joined` gives it)."""
+    for name, value in want.items():
+        assert seen.get(name.lower()) == value, (name, value, seen)
+    for name in absent:
+        assert name.lower() not in seen, (name, seen)

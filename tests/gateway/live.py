@@ -23,11 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import yaml
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from tests.conftest import free_port
-from tests.gateway.harness import CLASS, INFRA, POOL, read_manifests, suite_secrets
+from tests.gateway.harness import CLASS, INFRA, POOL, joined, read_manifests, suite_secrets
 from tests.kfake import FakeApiServer
 
 JsonObj = dict[str, Any]
@@ -41,15 +45,33 @@ RESOURCE = {  # kind → the fake store's resource name
 
 async def start_echo(namespace: str, pod: str) -> web.AppRunner:
     """An echo backend: answers every request with what it received, its namespace and pod
-    name, as the conformance suite's echo server does."""
-    async def handle(request: web.Request) -> web.Response:
+    name, as the conformance suite's echo server does; and, as it does, adds to its
+    response each `name:value` of the `X-Echo-Set-Header` request header (comma-separated),
+    the name spelt as given. A WebSocket upgrade gets every message sent back (text as
+    text, binary as binary), as its WebSocket endpoint does."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await ws.send_str(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data)
+            return ws
         headers: dict[str, list[str]] = {}
         for k, v in request.headers.items():
             headers.setdefault(k, []).append(v)
-        return web.json_response({
+        response = web.json_response({
             "path": request.path_qs, "host": request.host, "method": request.method,
             "proto": f"HTTP/{request.version.major}.{request.version.minor}",
             "headers": headers, "namespace": namespace, "pod": pod})
+        for pairs in request.headers.getall("X-Echo-Set-Header", []):
+            for pair in pairs.split(","):
+                name, colon, value = pair.strip().partition(":")
+                if colon and name:
+                    response.headers.add(name, value)
+        return response
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -57,6 +79,43 @@ async def start_echo(namespace: str, pod: str) -> web.AppRunner:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner
+
+
+async def start_h2c_echo(namespace: str, pod: str) -> asyncio.Server:
+    """The echo backend's h2c port (HTTP/2 with prior knowledge, the Service port whose
+    appProtocol is kubernetes.io/h2c): the same JSON answer, `proto` HTTP/2.0."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(
+            client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        heads: dict[int, dict[str, str]] = {}
+        try:
+            while data := await asyncio.wait_for(reader.read(65536), 30):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        heads[ev.stream_id] = dict(ev.headers)  # type: ignore[arg-type]
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        h = heads.pop(ev.stream_id, {})
+                        body = json.dumps({
+                            "path": h.get(":path", ""), "host": h.get(":authority", ""),
+                            "method": h.get(":method", ""), "proto": "HTTP/2.0",
+                            "headers": {k: [v] for k, v in h.items() if not k.startswith(":")},
+                            "namespace": namespace, "pod": pod}).encode()
+                        conn.send_headers(ev.stream_id, [
+                            (":status", "200"), ("content-type", "application/json"),
+                            ("content-length", str(len(body)))])
+                        conn.send_data(ev.stream_id, body, end_stream=True)
+                writer.write(conn.data_to_send())
+                await writer.drain()
+        except (OSError, TimeoutError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
 
 
 def _port_of(runner: web.AppRunner) -> int:
@@ -73,11 +132,21 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    version: str = "HTTP/1.1"  # as the status line says ("HTTP/2" from curl)
 
     @property
     def echo(self) -> JsonObj:
         doc: JsonObj = json.loads(self.body)
         return doc
+
+
+def _response(data: bytes) -> Response:
+    """An HTTP/1.1 response read to its end; the headers as the suite's Go client sees
+    them (names in lower case, a repeated field's values joined with ",")."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    first, *rest = head.decode("latin-1").split("\r\n")
+    hdrs = joined((k.strip(), v.strip()) for k, _, v in (x.partition(":") for x in rest))
+    return Response(int(first.split()[1]), hdrs, body, first.split()[0])
 
 
 @dataclass
@@ -92,6 +161,8 @@ class Live:
     # echo backends: (namespace, pod labels, pod name, port)
     pods: list[tuple[str, dict[str, str], str, int]] = field(default_factory=list)
     workers: int = 2  # pylb's default on a 2-core node
+    h2c_ports: dict[str, int] = field(default_factory=dict)  # pod → its h2c echo port
+    h2c_servers: list[asyncio.Server] = field(default_factory=list)
 
     async def apply(self, name: str) -> list[tuple[str, str, str]]:
         """Apply a manifest file. Deployments become echo backends; a Service with a
@@ -138,6 +209,9 @@ class Live:
         runner = await start_echo(ns, pod)
         self.echoes.append(runner)
         self.pods.append((ns, labels, pod, _port_of(runner)))
+        h2c = await start_h2c_echo(ns, pod)
+        self.h2c_servers.append(h2c)
+        self.h2c_ports[pod] = int(h2c.sockets[0].getsockname()[1])
 
     def _slice_for(self, svc: JsonObj) -> list[tuple[str, str, str]]:
         ns = svc["metadata"]["namespace"]
@@ -151,7 +225,9 @@ class Live:
             "metadata": {"name": name, "namespace": ns,
                          "labels": {"kubernetes.io/service-name": svc["metadata"]["name"]}},
             "addressType": "IPv4",
-            "ports": [{"name": p.get("name", ""), "port": pods[0][3], "protocol": "TCP"}
+            "ports": [{"name": p.get("name", ""), "protocol": "TCP",
+                       "port": self.h2c_ports[pods[0][2]]
+                       if p.get("appProtocol") == "kubernetes.io/h2c" else pods[0][3]}
                       for p in svc["spec"]["ports"]],
             "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
                            "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}}
@@ -179,7 +255,7 @@ class Live:
                 "--use-kubernetes-cluster-service=false", f"--kubeconfig={kubeconfig}",
                 "--namespace=", "--bind=127.0.0.1", f"--http-port={self.http_port}",
                 f"--stats-port={free_port()}", f"--health-port={free_port()}",
-                f"--workers={self.workers}", "--gateway-api",
+                f"--workers={self.workers}", "--gateway-api", "--h2c",
                 f"--gateway-address-pool={','.join(POOL[:20])}",
                 f"--gateway-port-map=80={self.gw_port},8080={free_port()},"
                 f"443={self.tls_port}",
@@ -196,6 +272,8 @@ class Live:
                 await self.proc.wait()
         for r in self.echoes:
             await r.cleanup()
+        for srv in self.h2c_servers:
+            srv.close()
 
     def worker_pids(self) -> list[int]:
         """The worker processes of `pylb run` (its children)."""
@@ -240,10 +318,7 @@ class Live:
             w.close()
             with contextlib.suppress(OSError):
                 await w.wait_closed()
-        head, _, body = data.partition(b"\r\n\r\n")
-        first, *rest = head.decode("latin-1").split("\r\n")
-        hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in rest)}
-        return Response(int(first.split()[1]), hdrs, body)
+        return _response(data)
 
     async def tls_request(self, gateway: str, path: str, sni: str, ca: bytes,
                           host: str | None = None, ns: str = INFRA) -> Response:
@@ -262,10 +337,38 @@ class Live:
             w.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await w.wait_closed()
-        head, _, body = data.partition(b"\r\n\r\n")
-        first, *rest = head.decode("latin-1").split("\r\n")
-        hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in rest)}
-        return Response(int(first.split()[1]), hdrs, body)
+        return _response(data)
+
+    async def curl(self, gateway: str, path: str, host: str, ca: bytes | None, *,
+                   headers: dict[str, str] | None = None, http2: bool = True,
+                   ns: str = INFRA) -> Response:
+        """curl, as a user runs it, to the Gateway's listener port 443 for `host` (SNI and
+        Host), trusting only `ca`; `http2`: ALPN offers h2 (curl's `--http2`), else
+        HTTP/1.1 only. `ca` None: plain HTTP to listener port 80, with `http2` as HTTP/2
+        with prior knowledge (h2c, `--http2-prior-knowledge`). Bounded: `--max-time 5`."""
+        address = self.address(gateway, ns)
+        assert address is not None, f"gateway {gateway} has no address yet"
+        if ca is None:
+            args = ["curl", "-sS", "-i", "--max-time", "5",
+                    "--http2-prior-knowledge" if http2 else "--http1.1",
+                    "--resolve", f"{host}:{self.gw_port}:{address}",
+                    f"http://{host}:{self.gw_port}{path}"]
+        else:
+            cafile = self.tmp / "curl-ca.pem"
+            cafile.write_bytes(ca)
+            args = ["curl", "-sS", "-i", "--max-time", "5",
+                    "--http2" if http2 else "--http1.1", "--cacert", str(cafile),
+                    "--resolve", f"{host}:{self.tls_port}:{address}",
+                    f"https://{host}:{self.tls_port}{path}"]
+        for k, v in (headers or {}).items():
+            args += ["-H", f"{k}: {v}"]
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin", "NO_PROXY": "*"})
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+        if proc.returncode:
+            raise OSError(f"curl exited {proc.returncode}: {err.decode(errors='replace')}")
+        return _response(out)
 
     async def eventually(self, check: Callable[[], Awaitable[None]],
                          timeout: float = 20.0) -> float:

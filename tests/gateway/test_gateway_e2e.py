@@ -5,14 +5,28 @@ expectations to hold, and removes them), and echo backends say who answered."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 
-from tests.gateway.harness import APP, INFRA, WEB, tls_secret
+from tests.gateway.harness import (
+    APP,
+    INFRA,
+    RESPONSE_HEADER_MODIFIER_CASES,
+    WEB,
+    echo_set_header,
+    joined,
+    judge,
+    read_manifests,
+    tls_secret,
+)
 from tests.gateway.live import GROUP, Live, Response
 from tests.kfake import FakeApiServer
 
@@ -265,6 +279,54 @@ async def test_gateway_conformance_live(live: Live) -> None:
     await live.eventually(modifier)
     live.remove(made)
 
+    # HTTPRouteResponseHeaderModifier (extended): every case of the upstream test, over
+    # HTTP/1.1 — what the client received, and in the last case what the backend received
+    made = await live.apply("httproute-response-header-modifier.yaml")
+
+    async def response_modifier() -> None:
+        for case in RESPONSE_HEADER_MODIFIER_CASES:
+            r = await live.request("same-namespace", case.path, headers={
+                **case.request, "X-Echo-Set-Header": echo_set_header(case.backend_sets)})
+            reached(r, V1)
+            judge(r.headers, case.want, case.absent)
+            judge(joined((k, ",".join(v)) for k, v in r.echo["headers"].items()),
+                  case.want_request, case.absent_request)
+    await live.eventually(response_modifier)
+    live.remove(made)
+
+    # The same route on an HTTPS listener, with curl: over HTTP/2 (ALPN h2, the HTTP/2
+    # stream's response path) and over HTTP/1.1
+    route = read_manifests("httproute-response-header-modifier.yaml")[0]
+    route["metadata"]["name"] = "response-header-modifier-https"
+    route["spec"]["parentRefs"] = [{"name": https_gw, "sectionName": "https"}]
+    route["spec"]["hostnames"] = ["example.org"]
+    route["spec"]["rules"].append({  # and pylb's own answers over HTTP/2: a redirect
+        "matches": [{"path": {"type": "PathPrefix", "value": "/go"}}],
+        "filters": [{"type": "RequestRedirect",
+                     "requestRedirect": {"hostname": "example.net", "statusCode": 301}}]})
+    live.api.store.create(f"httproutes.{GROUP}", route)
+
+    async def response_modifier_h2() -> None:
+        for case in RESPONSE_HEADER_MODIFIER_CASES:
+            headers = {**case.request, "X-Echo-Set-Header": echo_set_header(case.backend_sets)}
+            r = await live.curl(https_gw, case.path, "example.org", ca, headers=headers)
+            assert r.version == "HTTP/2", r.version
+            reached(r, V1)
+            judge(r.headers, case.want, case.absent)
+            judge(joined((k, ",".join(v)) for k, v in r.echo["headers"].items()),
+                  case.want_request, case.absent_request)
+        r = await live.curl(https_gw, "/go/x?y=1", "example.org", ca)
+        assert (r.version, r.status, r.headers["location"]) == \
+            ("HTTP/2", 301, "https://example.net/go/x?y=1")
+        r = await live.curl(https_gw, "/nowhere", "example.org", ca)
+        assert (r.version, r.status) == ("HTTP/2", 404)
+        r = await live.curl(https_gw, "/multiple", "example.org", ca, http2=False,
+                            headers={"X-Echo-Set-Header": "X-Header-Remove-1:v"})
+        assert r.version == "HTTP/1.1" and r.headers["x-header-set-1"] == "header-set-1"
+        assert "x-header-remove-1" not in r.headers
+    await live.eventually(response_modifier_h2)
+    live.remove([(f"httproutes.{GROUP}", INFRA, "response-header-modifier-https")])
+
     # HTTPRouteRedirectHostAndStatus
     made = await live.apply("httproute-redirect-host-and-status.yaml")
 
@@ -369,6 +431,37 @@ async def test_gateway_conformance_live(live: Live) -> None:
         reached(r, V2)
         assert r.echo["host"] == "example.org"
     await live.eventually(rewrites)
+    live.remove(made)
+
+    # HTTPRouteBackendProtocolWebSocket (extended): a WebSocket through the Gateway to the
+    # Service port whose appProtocol is kubernetes.io/ws; text and binary frames echoed
+    made = await live.apply("httproute-backend-protocol-websocket.yaml")
+
+    async def websocket() -> None:
+        address = live.address("same-namespace")
+        try:
+            async with ws_connect(f"ws://{address}:{live.gw_port}/ws", open_timeout=5,
+                                  close_timeout=2,
+                                  origin=Origin("ws://gateway/websocket")) as ws:
+                await ws.send("Websocket Support!")
+                assert await asyncio.wait_for(ws.recv(), 5) == "Websocket Support!"
+                await ws.send(bytes([1, 2, 3, 4, 5, 6, 7]))
+                assert await asyncio.wait_for(ws.recv(), 5) == bytes([1, 2, 3, 4, 5, 6, 7])
+        except InvalidStatus as e:  # e.g. 404 until the route is served: not yet
+            raise AssertionError(str(e)) from None
+    await live.eventually(websocket)
+    live.remove(made)
+
+    # HTTPRouteBackendProtocolH2C (extended): HTTP/2 with prior knowledge to the Gateway
+    # (pylb runs with --h2c), h2c to the Service port whose appProtocol is kubernetes.io/h2c
+    made = await live.apply("httproute-backend-protocol-h2c.yaml")
+
+    async def h2c() -> None:
+        r = await live.curl("same-namespace", "/", "h2c.example", None)
+        assert r.version == "HTTP/2", r.version
+        reached(r, V1)
+        assert r.echo["proto"] == "HTTP/2.0"  # the h2c port answered
+    await live.eventually(h2c)
     live.remove(made)
 
     # HTTPRoute307Redirect, HTTPRouteRedirectPort (extended)
