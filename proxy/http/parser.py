@@ -5,7 +5,7 @@ fully analysed head, `on_body` with decoded body bytes, `on_end` at the end of a
 It never does I/O. The two implementations are interchangeable and pass the same tests:
 
 - `h11`: the reference. h11 tokenizes each head (we find the end of the head, check it
-  lexically, and hand exactly those bytes to a fresh `h11.Connection`); the body is framed
+  lexically, and hand exactly those bytes to h11's head reader, `_h11_request`); the body is framed
   here (`BodyFramer`): Content-Length bodies pass through as they arrive, with no parser
   event per chunk, and chunked bodies go through a strict decoder.
 - `httptools`: llhttp in C does everything; its callbacks feed the same analysis.
@@ -49,6 +49,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 import h11
+
+# h11's own head readers, the functions its Connection calls for a request or response
+# head (private names: pyproject pins h11 to the versions where they are as used here;
+# `tests/proxy/http/test_parser.py::test_h11_readers_judge_as_h11_connection` checks
+# they still judge as the public Connection does). See `_h11_request`.
+from h11._readers import maybe_read_from_IDLE_client as _h11_read_request
+from h11._readers import maybe_read_from_SEND_RESPONSE_server as _h11_read_response
+from h11._receivebuffer import ReceiveBuffer as _H11Buffer
 
 from pylb.config import HttpParser, Limits
 from pylb.failures import Failure
@@ -664,16 +672,13 @@ class H11RequestParser:
     def _parse_head(self, raw: bytes) -> RequestHead:
         limits = self._limits
         _check_head_bytes(raw, Failure.BAD_REQUEST)
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(raw) + 1)
-        conn.receive_data(raw)
         try:
-            ev = conn.next_event()
-        except h11.RemoteProtocolError as e:
+            ev = _h11_request(raw)
+        except h11.ProtocolError as e:
             first = raw[:raw.find(b"\r\n")].split(b" ")
             if len(first) == 3 and len(first[1]) > limits.max_uri:
                 raise ParseError(Failure.URI_TOO_LONG) from None
             raise _h11_error(e, Failure.BAD_REQUEST) from None
-        assert isinstance(ev, h11.Request)
         head = analyze_request(ev.method, ev.target, ev.http_version, _raw_headers(raw),
                                limits)
         if len(raw) > limits.max_request_head:
@@ -681,22 +686,36 @@ class H11RequestParser:
         return head
 
 
-_END = h11.EndOfMessage()
-_DUMMIES: dict[tuple[bytes, bool], h11.Request] = {}
+def _h11_request(raw: bytes) -> h11.Request:
+    """h11's verdict on one complete request head (`raw` ends at its first CRLF CRLF).
+
+    The adapter used to build an `h11.Connection` per head (and, per response, a second
+    one told a dummy request): 2/3 of an h11 exchange's instructions went to the
+    connection's state machine, which a proxy framing bodies itself has no use for. h11
+    has no public entry point for "judge this head" short of an endpoint that also sends
+    (`start_next_cycle` needs both sides DONE, i.e. our own response sent through it), so
+    this calls the reader its Connection calls in state IDLE: the same regexes, the same
+    `Request` event validation (header names and values, Content-Length, Transfer-Encoding,
+    Host). What the Connection adds on top raises nothing for a head alone."""
+    buf = _H11Buffer()
+    buf += raw
+    ev = _h11_read_request(buf)
+    if ev is None:  # pragma: no cover - raw always holds a whole head
+        raise h11.LocalProtocolError("incomplete request head")
+    return ev
 
 
-def _dummy_request(method: bytes, upgrade: bool) -> h11.Request:
-    """h11 frames a response by its request; it is told one like ours (same method, same
-    upgrade wish). Events are immutable, so these are made once per method."""
-    req = _DUMMIES.get((method, upgrade))
-    if req is None:
-        headers = [(b"Host", b"x")]
-        if upgrade:
-            headers += [(b"Connection", b"upgrade"), (b"Upgrade", b"x")]
-        req = h11.Request(method=method, target=b"/", headers=headers)
-        if len(_DUMMIES) < 64:  # methods are client-chosen tokens: keep the cache small
-            _DUMMIES[(method, upgrade)] = req
-    return req
+def _h11_response(raw: bytes, request_upgrade: bool) -> h11.Response | h11.InformationalResponse:
+    """As `_h11_request`, for a response head. h11's Connection, told the request, also
+    refuses a 101 to a request that asked for no upgrade: so does this."""
+    buf = _H11Buffer()
+    buf += raw
+    ev = _h11_read_response(buf)
+    if ev is None:  # pragma: no cover - raw always holds a whole head
+        raise h11.LocalProtocolError("incomplete response head")
+    if ev.status_code == 101 and not request_upgrade:
+        raise h11.LocalProtocolError("101 Switching Protocols without an upgrade request")
+    return ev
 
 
 class H11ResponseParser:
@@ -782,16 +801,10 @@ class H11ResponseParser:
 
     def _parse_head(self, raw: bytes) -> ResponseHead:
         _check_head_bytes(raw, Failure.BAD_RESPONSE)
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=len(raw) + 1)
-        conn.send(_dummy_request(self._method, self._request_upgrade))
-        if self._request_upgrade:
-            conn.send(_END)  # h11 accepts a 101 only once the request is complete
-        conn.receive_data(raw)
         try:
-            ev = conn.next_event()
-        except h11.RemoteProtocolError as e:
+            ev = _h11_response(raw, self._request_upgrade)
+        except h11.ProtocolError as e:
             raise ParseError(Failure.BAD_RESPONSE, str(e)) from None
-        assert isinstance(ev, h11.Response | h11.InformationalResponse)
         return analyze_response(ev.status_code, ev.reason, ev.http_version,
                                 _raw_headers(raw), self._method)
 
