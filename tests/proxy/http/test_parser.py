@@ -411,9 +411,40 @@ def test_h11_readers_judge_as_h11_connection(data: bytes) -> None:
     assert _reader_verdict(_h11_request, raw) == _h11_connection_verdict(raw, h11.SERVER)
 
 
-@pytest.mark.parametrize("upgrade", [False, True])
 @pytest.mark.parametrize("data", _RESPONSE_HEADS)
-def test_h11_response_reader_judges_as_h11_connection(data: bytes, upgrade: bool) -> None:
+def test_h11_response_reader_judges_as_h11_connection(data: bytes) -> None:
+    """As above, for response heads. The Connection is told an upgrade request (it
+    refuses a 101 otherwise); where one told a plain GET refuses a head, the h11
+    response parser for a GET refuses it too (the 101 check is the parser's own)."""
     raw = data[:data.find(b"\r\n\r\n") + 4]
-    assert _reader_verdict(_h11_response, raw, upgrade) == \
-        _h11_connection_verdict(raw, h11.CLIENT, upgrade)
+    assert _reader_verdict(_h11_response, raw) == \
+        _h11_connection_verdict(raw, h11.CLIENT, upgrade=True)
+    if _h11_connection_verdict(raw, h11.CLIENT) == "refused":
+        with pytest.raises(ParseError):
+            H11ResponseParser(Sink(), b"GET").feed(raw)
+
+
+def test_h11_verdicts_remembered_by_exact_bytes() -> None:
+    """A head seen before is not judged again (`_REQUEST_VERDICTS`), but what depends on
+    more than its bytes is: a limit, the request's method, the upgrade wish."""
+    raw = b"GET /remembered HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n"
+    for _ in range(2):
+        head = parse(HttpParser.H11, raw).events[0][1]
+        assert (head.target, head.headers) == (b"/remembered", [(b"Host", b"a"),
+                                                                 (b"X-A", b"1")])
+    head.headers.append((b"X-B", b"2"))  # a head's fields are its own
+    assert parse(HttpParser.H11, raw).events[0][1].headers == [(b"Host", b"a"),
+                                                               (b"X-A", b"1")]
+    with pytest.raises(ParseError) as e:
+        parse(HttpParser.H11, raw, Limits(max_headers=1))
+    assert e.value.failure is Failure.HEADERS_TOO_LARGE
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"
+    sink = Sink()
+    H11ResponseParser(sink, b"GET", request_upgrade=True).feed(switch)
+    assert sink.events[0][1].status == 101
+    with pytest.raises(ParseError):
+        H11ResponseParser(Sink(), b"GET").feed(switch)
+    for method, body in ((b"GET", b"ab"), (b"HEAD", b"")):
+        sink = Sink()
+        H11ResponseParser(sink, method).feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab")
+        assert sink.kinds()[-1] == "end" and sink.body() == body
