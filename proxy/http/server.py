@@ -255,7 +255,7 @@ class ClientProtocol(asyncio.Protocol):
         fe = self._fe
         fe.open()
         self.client_ip, self.client_port, self.local_port, self._ssl_client = \
-            accepted(transport, proxy)
+            accepted(transport, proxy, self.client_ip, self.client_port)
         self._t0 = self._loop.time()
         self._arm(_T_REQUEST, proxy.settings.timeouts.http_request)
 
