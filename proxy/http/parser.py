@@ -556,6 +556,11 @@ class RequestParser(Protocol):
     upgrade_rest: bytes | None
 
     def feed(self, data: bytes) -> None: ...
+    def drop(self) -> None:
+        """The connection lets the parser go between two requests (proxy.http.idle):
+        it must be freed now, by reference counting, not by a later run of the cyclic
+        GC (the 10,000 parsers of as many idle connections would wait for a full
+        collection, which idle connections never trigger)."""
 
 
 class ResponseParser(Protocol):
@@ -612,6 +617,9 @@ class H11RequestParser:
         self._body: BodyFramer | None = None
         self._last = False  # the last request ended: it did not keep the connection alive
         self.upgrade_rest: bytes | None = None
+
+    def drop(self) -> None:
+        pass  # in no cycle but the one through its sink, which the connection breaks
 
     def feed(self, data: bytes) -> None:
         while data:
@@ -865,6 +873,10 @@ class HttptoolsRequestParser:
         self._in_body = False
         self._last = False  # as in H11RequestParser
         self.upgrade_rest: bytes | None = None
+
+    def drop(self) -> None:
+        # llhttp's parser object holds this one as its protocol: a cycle
+        del self._p
 
     def feed(self, data: bytes) -> None:
         if self.upgrade_rest is not None:
