@@ -67,7 +67,7 @@ except ImportError:  # pragma: no cover - httptools is installed with the test e
     httptools = None  # type: ignore[assignment]
 
 Headers = list[tuple[bytes, bytes]]
-_V = TypeVar("_V")
+_T = TypeVar("_T")
 
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
@@ -704,20 +704,23 @@ class H11RequestParser:
 # or a cookie changes now and then), and a backend its response head within a second
 # (the Date field). The readers are pure functions of those bytes (and so is
 # `_check_head_bytes`), so a head seen before gets the same verdict as the first time
-# without h11's ~15 µs per request head and ~30 µs per 9-field response head: every head
+# without h11's ~15 us per request head and ~30 us per 9-field response head: every head
 # the h11 parser accepts was judged by h11. Refused heads are not remembered. What
 # depends on more than the bytes (limits, method, upgrade) is checked on every head.
-# Bounded: heads of at most 2 KiB, 256 per kind, emptied when full (the clients choose
-# the heads; a client that never repeats one costs a dict insertion per head).
+# Bounded: heads of at most 1 KiB and 24 fields, 128 per kind, emptied when full (the
+# clients choose the heads; one that never repeats a head costs a dict insertion per
+# head). Worst case, filled with the largest such heads: ~0.7 MiB per kind and worker.
 _Fields = tuple[tuple[bytes, bytes], ...]
 _REQUEST_VERDICTS: dict[bytes, tuple[bytes, bytes, bytes, _Fields]] = {}
 _RESPONSE_VERDICTS: dict[bytes, tuple[int, bytes, bytes, _Fields]] = {}
-_VERDICTS_MAX = 256
-_VERDICT_HEAD_MAX = 2048
+_VERDICTS_MAX = 128
+_VERDICT_HEAD_MAX = 1024
+_VERDICT_FIELDS_MAX = 24
 
 
-def _remember(verdicts: dict[bytes, _V], raw: bytes, verdict: _V) -> None:
-    if len(raw) <= _VERDICT_HEAD_MAX:
+def _remember(verdicts: dict[bytes, tuple[_T, bytes, bytes, _Fields]], raw: bytes,
+              verdict: tuple[_T, bytes, bytes, _Fields]) -> None:
+    if len(raw) <= _VERDICT_HEAD_MAX and len(verdict[3]) <= _VERDICT_FIELDS_MAX:
         if len(verdicts) >= _VERDICTS_MAX:
             verdicts.clear()
         verdicts[raw] = verdict
