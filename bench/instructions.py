@@ -2,7 +2,7 @@
 not blur.
 
     python -m bench.instructions [--case CASE ...] [--requests 2000] [--proxy pylb|haproxy]
-                                 [--parser httptools|h11] [--mode MODE]
+                                 [--parser httptools|h11] [--mode MODE] [--unique-heads]
 
 Cases: keepalive, newconn, 64k, 1m, tls-keepalive, tls-rsa, tls-ecdsa,
 tls-rsa-resume, tls-ecdsa-resume.
@@ -11,6 +11,11 @@ Modes: `callgrind` (the default), `cprofile`, `cpu` (user and system time and pa
 per request from /proc: noisy), `strace` (syscalls per request, `strace -c` attached after
 the warm-up). Cases ending in `-resume` offer the previous session on each new connection,
 as wrk does (it keeps each connection's SSL object and its session across reconnects).
+
+`--unique-heads` adds an `X-Seq: <n>` field to each request, so that no two request heads
+are byte for byte the same: the h11 parser remembers h11's verdict on heads it has seen
+(proxy/http/parser.py, `_REQUEST_VERDICTS`), and this measures a client that never repeats
+its head (the response heads still repeat: nginx's change once a second, with Date).
 
 Wall-clock and CPU time per request move by 10-30 % from run to run on a shared 2-core
 machine. Instruction counts do not: this script runs the proxy under valgrind's callgrind
@@ -132,7 +137,7 @@ class Client:
     look on the wire; reads each response whole (Content-Length framing)."""
 
     def __init__(self, port: int, tls: bool, close: bool, path: str, method: str,
-                 body_size: int, resume: bool = False) -> None:
+                 body_size: int, resume: bool = False, unique: bool = False) -> None:
         self.addr = ("127.0.0.1", port)
         self.ctx: ssl.SSLContext | None = None
         if tls:
@@ -147,6 +152,8 @@ class Client:
         if close:
             head += "Connection: close\r\n"
         self.request = head.encode() + b"\r\n" + body
+        self.unique = unique
+        self.seq = 0
         self.sock: socket.socket | ssl.SSLSocket | None = None
         self.resume = resume
         self.session: ssl.SSLSession | None = None
@@ -165,7 +172,11 @@ class Client:
         s = self.sock
         if s is None:
             s = self.sock = self._connect()
-        s.sendall(self.request)
+        if self.unique:
+            self.seq += 1
+            s.sendall(self.request.replace(b"\r\n\r\n", b"\r\nX-Seq: %d\r\n\r\n" % self.seq, 1))
+        else:
+            s.sendall(self.request)
         buf = b""
         while b"\r\n\r\n" not in buf:
             chunk = s.recv(65536)
@@ -302,6 +313,7 @@ def _proxy(args: argparse.Namespace, tmp: Path, bport: int, pem: str,
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     key, close, path, method, body_size = CASES[args.case]
+    unique = getattr(args, "unique_heads", False)  # callers may build args without it
     with tempfile.TemporaryDirectory(prefix="pylb-instr-") as t:
         tmp = Path(t)
         tmp.chmod(0o755)  # nginx's workers run as another user
@@ -315,7 +327,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     _wait_line(p, b"ready", 30 * slow)
                 client = Client(port, bool(pem), close, path, method, body_size,
-                                resume=args.case.endswith("-resume"))
+                                resume=args.case.endswith("-resume"),
+                                unique=unique)
                 client.run(args.warmup)
                 if not close:
                     client.shutdown()  # the measured connection is opened measured too
@@ -338,6 +351,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 out: dict[str, Any] = {"proxy": args.proxy if args.proxy == "haproxy"
                                        else f"pylb-{args.parser}", "case": args.case,
                                        "requests": args.requests, "mode": args.mode}
+                if unique:
+                    out["unique_heads"] = True
                 if client.ctx is not None and close:
                     out["resumed"] = client.resumed
                 if args.mode == "callgrind":
@@ -391,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keep", help="copy the callgrind dump or the cProfile stats here")
     ap.add_argument("--sort", default="tottime", help="cProfile sort key")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--unique-heads", action="store_true",
+                    help="a different X-Seq field in each request head")
     args = ap.parse_args(argv)
     if args.mode == "callgrind" and shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian package valgrind)")

@@ -29,6 +29,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 from proxy.connect import Steps
 
@@ -134,6 +135,12 @@ class Listener:
         self.overloads = 0
         self._last_warn = 0.0
         self._resume_handle: asyncio.TimerHandle | None = None
+        # The peer address of the connection being handed over, as accept() returned it:
+        # the protocol factory may read it (both uvloop's and asyncio's
+        # connect_accepted_socket call the factory before their first await, i.e. within
+        # `_hand_over`), which saves a getpeername() and, on uvloop, the PseudoSocket the
+        # transport would make for it and keep for the connection's life (72 bytes).
+        self.peer: Any = None
         if limit is not None:
             limit.listeners.append(self)
 
@@ -194,6 +201,7 @@ class Listener:
                 continue
             if limit is not None:
                 limit.acquire()
+            self.peer = _addr
             self._hand_over(conn)
             if not self.accepting:  # the limit paused us
                 return

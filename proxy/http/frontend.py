@@ -7,6 +7,7 @@ that it fits where `HttpProxy._protocol` hands itself to a ClientProtocol.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any, Protocol
 
 from proxy import flow
@@ -61,10 +62,13 @@ class Frontend(Protocol):
         outcome through its `connect_done`."""
 
 
-def accepted(transport: asyncio.Transport, fe: Frontend
-             ) -> tuple[str, int, int, tuple[bytes, bytes] | None]:
+def accepted(transport: asyncio.Transport, fe: Frontend, client_ip: str = "",
+             client_port: int = 0) -> tuple[str, int, int, tuple[bytes, bytes] | None]:
     """What a new client connection (HTTP/1.1 or HTTP/2) learns of itself once: the
-    client's address and port ("", 0 when the transport has none), the frontend's own
+    client's address and port (`client_ip`/`client_port` when the listener's accept()
+    gave them already; else from the transport, "" and 0 when it has none; the address
+    string is interned: many connections come from one address, behind a NAT or a load
+    balancer, and then share it), the frontend's own
     port (X-Forwarded-Port), and on a TLS frontend the verified client certificate's
     (verify, DN) for X-SSL-Client-*; it also sets the transport's watermarks
     (proxy.flow). TCP_NODELAY: uvloop and asyncio set it on TCP transports already."""
@@ -79,7 +83,9 @@ def accepted(transport: asyncio.Transport, fe: Frontend
         cert = ssl_object.getpeercert() if ssl_object is not None else None
         if cert:
             ssl_client = (b"SUCCESS", hdr.ssl_client_dn(cert))
+    if client_ip:
+        return client_ip, client_port, local, ssl_client
     peer = transport.get_extra_info("peername")
     if peer:
-        return peer[0], peer[1], local, ssl_client
+        return sys.intern(peer[0]), peer[1], local, ssl_client
     return "", 0, local, ssl_client

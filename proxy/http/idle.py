@@ -5,8 +5,10 @@ parser (an llhttp parser is ~0.9 KiB, a timer ~0.6 KiB, of the ~3.9 KiB an idle
 connection cost: bench/RESULTS.md, memory per connection). Going idle, a connection only
 stamps the time (server.ClientProtocol._go_idle). This sweep, every `interval` while any
 connection is idle, closes those idle longer than `timeout http-keep-alive`, and drops
-the parser and the timer of those idle for a whole interval; the next request's first
-bytes make a new parser (~2 µs, only after a pause of a second or more). The timer of a
+the parser (freed at once: `RequestParser.drop` breaks llhttp's reference cycle, else it
+waits for a full GC), the timer and the four empty buffers of those idle for a whole
+interval; the next request's first bytes make them again (~2 µs, only after a pause of a
+second or more: `ClientProtocol._wake`). The timer of a
 busy connection is kept across requests (re-making it per request costs ~8k
 instructions), except after its first exchange (see `_go_idle`).
 

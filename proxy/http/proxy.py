@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import sys
 from collections.abc import Collection
 from typing import Any, cast
 
@@ -173,7 +174,13 @@ class HttpProxy:
             return AlpnSwitch(self)
         if self.settings.h2c:
             return PrefaceSwitch(self)
-        return ClientProtocol(self)
+        conn = ClientProtocol(self)
+        if self._listener is not None:  # the address accept() gave (frontend.accepted)
+            peer = self._listener.peer
+            if peer:
+                conn.client_ip = sys.intern(peer[0])
+                conn.client_port = peer[1]
+        return conn
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; close idle client connections now; let exchanges and tunnels

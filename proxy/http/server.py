@@ -110,6 +110,12 @@ _ON_RETRACT = ON[Event.RETRACT]
 _ON_SWITCH = ON[Event.SWITCH]
 _REQ_WHOLE = REQUEST_WHOLE
 _RESP_WHOLE = RESPONSE_WHOLE
+# What an idle connection slimmed down by the sweep (`idle_check`) holds in place of its
+# four empty buffers (`_wbuf`, `_ubuf`, `_pending`, `_replay`) until its next bytes
+# (`_wake`). Empty and falsy like them, so `flush` and the `if self._ubuf` tests pass it
+# by; a tuple, so that a write that came first by mistake fails loudly (an internal
+# error, this connection only) instead of filling a buffer all idle connections share.
+_SLIM = cast(list[bytes], ())
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -260,7 +266,7 @@ class ClientProtocol(asyncio.Protocol):
         fe = self._fe
         fe.open()
         self.client_ip, self.client_port, self.local_port, self._ssl_client = \
-            accepted(transport, proxy)
+            accepted(transport, proxy, self.client_ip, self.client_port)
         self._t0 = self._loop.time()
         self._arm(_T_REQUEST, proxy.settings.timeouts.http_request)
 
@@ -400,14 +406,26 @@ class ClientProtocol(asyncio.Protocol):
             return False
         if idle >= interval:
             # Idle a whole interval: slim down. The parser (~0.9 KiB, llhttp) is made
-            # again by the next request's first bytes; the exchange's last timer (~0.6
-            # KiB) would only fire to find nothing to do.
-            self.parser = None
+            # again by the next request's first bytes (`_wake`); the exchange's last
+            # timer (~0.6 KiB) would only fire to find nothing to do; the four empty
+            # buffers (64 bytes each) give way to `_SLIM` until then.
+            parser = self.parser
+            if parser is not None:
+                parser.drop()
+                self.parser = None
             timer = self._timer
             if timer is not None:
                 timer.cancel()
                 self._timer = None
+            self._wbuf = self._ubuf = self._pending = self._replay = _SLIM
         return True
+
+    def _wake(self) -> None:
+        """The first bytes after `idle_check` slimmed the connection down."""
+        self._wbuf = []
+        self._ubuf = []
+        self._pending = []
+        self._replay = []
 
     def _disarm(self) -> None:
         self._tkind = _T_NONE
@@ -493,6 +511,8 @@ class ClientProtocol(asyncio.Protocol):
             self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request, now)
         parser = self.parser
         if parser is None:
+            if self._wbuf is _SLIM:
+                self._wake()
             parser = self.parser = request_parser(self._proxy.parser_kind, self,
                                                   self._proxy.settings.limits)
         self._feeding = True

@@ -194,3 +194,38 @@ async def test_accepted_connections_are_whole_sockets(host: str) -> None:
         w.close()
         lst.close()
         await until(lambda: not Counted.open)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_protocol_factory_sees_the_accepted_peer(host: str) -> None:
+    """`Listener.peer` is the address accept() gave, while the factory runs (the HTTP
+    frontend takes the client address from it instead of asking the transport)."""
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    Counted.open = set()
+    limit = ConnectionLimit(10)
+    try:
+        sock = bind_socket(host, 0)
+    except OSError:
+        pytest.skip(f"cannot bind {host}")
+    seen: list[Any] = []
+
+    def factory() -> Counted:
+        seen.append(lst.peer)
+        return Counted(limit)
+
+    lst = Listener(sock, factory, limit=limit)
+    lst.start()
+    writers = []
+    try:
+        for _ in range(3):
+            r, w = await asyncio.open_connection(host, lst.address[1])
+            writers.append(w)
+            w.write(b"ping")
+            assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
+        assert [p[:2] for p in seen] == [w.get_extra_info("sockname")[:2] for w in writers]
+    finally:
+        for w in writers:
+            w.close()
+        lst.close()
+        await until(lambda: not Counted.open)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import h11
 import pytest
 
 from proxy.http.parser import (
@@ -13,6 +14,8 @@ from proxy.http.parser import (
     ParseError,
     RequestHead,
     ResponseHead,
+    _h11_request,
+    _h11_response,
     request_parser,
     response_parser,
 )
@@ -349,3 +352,99 @@ def test_trailers_are_not_head_fields(parser_kind: HttpParser) -> None:
     rsink, _ = rparse(parser_kind, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                       b"1\r\nx\r\n0\r\nX-Trailer: 1\r\n\r\n")
     assert [k for k, _ in rsink.events[0][1].headers] == [b"Transfer-Encoding"]
+
+
+def _h11_connection_verdict(raw: bytes, role: type[h11.CLIENT] | type[h11.SERVER],
+                            upgrade: bool = False) -> tuple[Any, ...] | str:
+    """What a public `h11.Connection` makes of one head: its fields, or "refused"."""
+    conn = h11.Connection(role)
+    if role is h11.CLIENT:  # parse a response: the connection must have sent a request
+        headers = [(b"Host", b"x")]
+        if upgrade:
+            headers += [(b"Connection", b"upgrade"), (b"Upgrade", b"x")]
+        conn.send(h11.Request(method=b"GET", target=b"/", headers=headers))
+        conn.send(h11.EndOfMessage())
+    conn.receive_data(raw)
+    try:
+        ev = conn.next_event()
+    except h11.RemoteProtocolError:
+        return "refused"
+    if isinstance(ev, h11.Request):
+        return (ev.method, ev.target, ev.http_version, ev.headers.raw_items())
+    assert isinstance(ev, h11.Response | h11.InformationalResponse), ev
+    return (ev.status_code, ev.reason, ev.http_version, ev.headers.raw_items())
+
+
+def _reader_verdict(read: Any, *args: Any) -> tuple[Any, ...] | str:
+    try:
+        ev = read(*args)
+    except h11.ProtocolError:
+        return "refused"
+    first = (ev.method, ev.target) if isinstance(ev, h11.Request) else (ev.status_code,
+                                                                       ev.reason)
+    return (*first, ev.http_version, ev.headers.raw_items())
+
+
+_HEADS = [m[1] for m in MALFORMED if b"\r\n\r\n" in m[1]] + [
+    b"GET / HTTP/1.1\r\n" + H + b"\r\n", b"GET / HTTP/1.0\r\n\r\n",
+    b"POST /x?y HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX-A:  b \r\n\r\nabc",
+    b"GET http://a/b HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nConnection: upgrade\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: \x80\xff\r\n\r\n",
+]
+_RESPONSE_HEADS = [*(r for r in BAD_RESPONSES if b"\r\n\r\n" in r),
+                   b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+                   b"HTTP/1.0 204 No Content\r\nServer: x\r\n\r\n",
+                   b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 101 Switching\r\n\r\n",
+                   b"HTTP/1.1 099 Low\r\n\r\n", b"HTTP/1.1 200\r\n\r\n",
+                   b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
+                   b"HTTP/1.1 200 OK\r\nX\x00: a\r\n\r\n", b"\r\n\r\n"]
+
+
+@pytest.mark.parametrize("data", _HEADS)
+def test_h11_readers_judge_as_h11_connection(data: bytes) -> None:
+    """The h11 parser calls h11's head readers (private `h11._readers`) instead of a
+    public `h11.Connection` per head: for every head of the tables above, both must give
+    the same verdict and the same fields, so that h11 stays the judge of what the h11
+    parser accepts (this breaks first if an h11 release changes the readers)."""
+    raw = data[:data.find(b"\r\n\r\n") + 4]
+    assert _reader_verdict(_h11_request, raw) == _h11_connection_verdict(raw, h11.SERVER)
+
+
+@pytest.mark.parametrize("data", _RESPONSE_HEADS)
+def test_h11_response_reader_judges_as_h11_connection(data: bytes) -> None:
+    """As above, for response heads. The Connection is told an upgrade request (it
+    refuses a 101 otherwise); where one told a plain GET refuses a head, the h11
+    response parser for a GET refuses it too (the 101 check is the parser's own)."""
+    raw = data[:data.find(b"\r\n\r\n") + 4]
+    assert _reader_verdict(_h11_response, raw) == \
+        _h11_connection_verdict(raw, h11.CLIENT, upgrade=True)
+    if _h11_connection_verdict(raw, h11.CLIENT) == "refused":
+        with pytest.raises(ParseError):
+            H11ResponseParser(Sink(), b"GET").feed(raw)
+
+
+def test_h11_verdicts_remembered_by_exact_bytes() -> None:
+    """A head seen before is not judged again (`_REQUEST_VERDICTS`), but what depends on
+    more than its bytes is: a limit, the request's method, the upgrade wish."""
+    raw = b"GET /remembered HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n"
+    for _ in range(2):
+        head = parse(HttpParser.H11, raw).events[0][1]
+        assert (head.target, head.headers) == (b"/remembered", [(b"Host", b"a"),
+                                                                 (b"X-A", b"1")])
+    head.headers.append((b"X-B", b"2"))  # a head's fields are its own
+    assert parse(HttpParser.H11, raw).events[0][1].headers == [(b"Host", b"a"),
+                                                               (b"X-A", b"1")]
+    with pytest.raises(ParseError) as e:
+        parse(HttpParser.H11, raw, Limits(max_headers=1))
+    assert e.value.failure is Failure.HEADERS_TOO_LARGE
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"
+    sink = Sink()
+    H11ResponseParser(sink, b"GET", request_upgrade=True).feed(switch)
+    assert sink.events[0][1].status == 101
+    with pytest.raises(ParseError):
+        H11ResponseParser(Sink(), b"GET").feed(switch)
+    for method, body in ((b"GET", b"ab"), (b"HEAD", b"")):
+        sink = Sink()
+        H11ResponseParser(sink, method).feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab")
+        assert sink.kinds()[-1] == "end" and sink.body() == body

@@ -192,3 +192,41 @@ async def test_idle_connection_slims_down_and_closes_at_keep_alive(
     assert not client.idle_check(now + keep_alive, interval)
     assert ct.closing
     await asyncio.sleep(0)
+
+
+async def test_slimmed_idle_connection_holds_no_buffers_and_frees_its_parser(
+        parser_kind: HttpParser) -> None:
+    """Slimming an idle connection (proxy.http.idle) leaves it no list of its own (its
+    four empty buffers share one empty placeholder), frees the request parser at once
+    (not by a later cyclic GC: llhttp's parser and ours refer to each other), and the
+    connection still serves its next request and closes cleanly (shutdown's `close`
+    flushes nothing)."""
+    import gc
+
+    from proxy.http.parser import H11RequestParser, HttptoolsRequestParser
+
+    def parsers() -> int:
+        return sum(type(o) in (H11RequestParser, HttptoolsRequestParser)
+                   for o in gc.get_objects())
+
+    proxy, client, ct, up, ut = make(parser_kind)
+    interval = proxy.idle.interval
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(2):
+            client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert ut.take().startswith(b"GET /x ")
+            up.data_received(OK)
+            assert ct.take().endswith(b"ok") and client.idle
+            before = parsers()
+            now = asyncio.get_running_loop().time()
+            assert client.idle_check(now + interval, interval)
+            assert client.parser is None
+            assert parsers() == before - 1  # freed without gc
+            assert not [r for r in gc.get_referents(client) if type(r) is list]
+    finally:
+        gc.enable()
+    client.close()
+    assert ct.closing and ct.take() == b""
+    await asyncio.sleep(0)
