@@ -137,6 +137,7 @@ class H2Stream:
         "_pending",
         "_replay",
         "_req_ended",
+        "_req_trailers",
         "_resp_end",
         "_srv_c",
         "_stall",
@@ -216,6 +217,7 @@ class H2Stream:
         self._up_end_sent = False
         self._replay: list[bytes] | None = []  # body sent to an h2c server, to resend
         self._req_ended = False
+        self._req_trailers: list[tuple[bytes, bytes]] | None = None  # the client's
         self._grpc = False
         self._deadline = 0.0
         # A backend with lb.maxconn (proxy.admission): the slot held on `server`, or the
@@ -254,6 +256,24 @@ class H2Stream:
         up.transport.write(part)
         self._ack()
 
+    def trailers_in(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """The client's trailer section (its END_STREAM follows: `end`). Forwarded to an
+        h2c server as trailers; to an HTTP/1.1 server in the chunked body's trailer
+        section, or dropped when the body went with a Content-Length, which leaves
+        HTTP/1.1 no place for them (RFC 9110 §6.5.1: an intermediary forwarding to
+        another version may discard trailers; merging them into the head, sent before
+        the body, is impossible without buffering the body whole). Malformed trailers
+        are the stream's error, as a malformed header block is."""
+        if self.state not in (State.REQUEST, State.EARLY):
+            return  # (DRAIN: the body is dropped, and its trailers with it)
+        try:
+            fields = h2rules.request_trailers(headers)
+        except h2rules.Malformed:
+            self._conn.malformed(self)
+            return
+        if fields:
+            self._req_trailers = fields
+
     def end(self) -> None:
         """The client's END_STREAM: the request is whole."""
         state = self.state
@@ -268,7 +288,7 @@ class H2Stream:
         if self.backend is not None and self.backend.h2c:
             self._pump_up()
         elif self.req.chunked and state is not State.DRAIN:
-            self._send_up(b"0\r\n\r\n")
+            self._send_up(h2rules.chunked_end(self._req_trailers))
         if self.state is State.DONE:
             self._finish()
 
@@ -516,9 +536,9 @@ class H2Stream:
         self._balancer.succeeded(server)
         self._account(server)
         self._h2up = conn
-        self._up_sid = conn.open(self, self._up_headers,
-                                 end=self._req_ended and not self._pending)
-        self._up_end_sent = self._req_ended and not self._pending
+        whole = self._req_ended and not self._pending and self._req_trailers is None
+        self._up_sid = conn.open(self, self._up_headers, end=whole)
+        self._up_end_sent = whole
         self._pump_up()
 
     def _pump_up(self) -> None:
@@ -540,7 +560,7 @@ class H2Stream:
                 data = data[:window]
             else:
                 pending.pop(0)
-            last = not pending and self._req_ended
+            last = not pending and self._req_ended and self._req_trailers is None
             conn.send(sid, data, last)
             self.bytes_in += len(data)
             replay = self._replay
@@ -555,7 +575,11 @@ class H2Stream:
         if not pending:
             if self._req_ended and not self._up_end_sent:
                 self._up_end_sent = True
-                conn.end(sid)
+                trailers = self._req_trailers
+                if trailers is not None:
+                    conn.trailers(sid, trailers)
+                else:
+                    conn.end(sid)
             if sent or self._unacked:
                 n, self._unacked = self._unacked, 0
                 self._conn.ack(self.stream_id, n)
@@ -1108,9 +1132,12 @@ class H2Connection(asyncio.Protocol):
             if not ev.data and ev.stream_ended is None:
                 self._control()  # an empty DATA frame is a control frame's worth of work
             stream.data(ev.data or b"", ev.flow_controlled_length)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            stream = self.streams.get(ev.stream_id)
+            if stream is not None:
+                stream.trailers_in(ev.headers or [])
         elif isinstance(ev, h2.events.StreamEnded):
-            # (after the HEADERS, DATA or trailers that carried END_STREAM; request
-            # trailers are not carried to an HTTP/1.1 backend)
+            # (after the HEADERS, DATA or trailers that carried END_STREAM)
             stream = self.streams.get(ev.stream_id)
             if stream is not None:
                 stream.end()

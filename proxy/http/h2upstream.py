@@ -114,6 +114,10 @@ class H2Upstream(asyncio.Protocol):
         self.h2.send_data(sid, data, end_stream=end)
         self.flush()
 
+    def trailers(self, sid: int, headers: Headers) -> None:
+        self.h2.send_headers(sid, headers, end_stream=True)
+        self.flush()
+
     def end(self, sid: int) -> None:
         self.h2.end_stream(sid)
         self.flush()
