@@ -121,6 +121,7 @@ class H2Stream:
     """One request stream: an exchange, and the owner of its server connection."""
 
     __slots__ = (
+        "_active",
         "_balancer",
         "_be_c",
         "_body_timer",
@@ -220,6 +221,7 @@ class H2Stream:
         self._req_trailers: list[tuple[bytes, bytes]] | None = None  # the client's
         self._grpc = False
         self._deadline = 0.0
+        self._active = 0.0  # the h2c stream's last DATA either way (its inactivity timer)
         # A backend with lb.maxconn (proxy.admission): the slot held on `server`, or the
         # place in its queue, from the dispatch till the stream ends; `_tw`, the seconds
         # it waited for the slot (the log's Tw).
@@ -242,6 +244,8 @@ class H2Stream:
             self._conn.ack(self.stream_id, flow_len)
             return
         if self.backend is not None and self.backend.h2c:
+            if self._active:
+                self._active = self._conn.loop.time()
             self._unacked += flow_len
             self._pending.append(data)
             self._pump_up()
@@ -375,6 +379,10 @@ class H2Stream:
                 # do (and cancel its stream).
                 self._deadline = timeout
                 self._arm(timeout + 1.0)
+            else:
+                # No deadline: an inactivity timeout (`_on_timer`).
+                self._active = conn.loop.time()
+                self._arm(proxy.settings.timeouts.server)
             self._dispatch(None)
             return
         head = hdr.request_head(req, target, client_ip=conn.client_ip, proto=proxy.proto,
@@ -519,6 +527,10 @@ class H2Stream:
         if up.transport is not None:
             up.transport.write(data)
         self._ack()
+        # (a dial's callback, outside `data_received`: the WINDOW_UPDATE goes now, or a
+        # client that filled its window before the server was connected would wait for
+        # it forever)
+        self._conn.flush()
 
     # -- h2c to the server (h2upstream.UpOwner) ------------------------------------------------
 
@@ -591,6 +603,8 @@ class H2Stream:
     def up_headers(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self.state is State.CLOSED:
             return
+        if self._active:
+            self._active = self._conn.loop.time()
         status = 0
         rest: list[tuple[bytes, bytes]] = []
         for k, v in headers:
@@ -607,6 +621,8 @@ class H2Stream:
         self.on_response(head)
 
     def up_data(self, data: bytes, flow_len: int) -> None:
+        if self._active:
+            self._active = self._conn.loop.time()
         self.on_response_body(data)
         conn = self._h2up
         if conn is not None:
@@ -904,6 +920,9 @@ class H2Stream:
         self._timer = None
         if self.closed:
             return
+        if self._active:
+            self._inactive()
+            return
         if self._deadline:
             if not self._resp_end:  # the server let the deadline pass
                 self._conn.proxy.stats.fail(Failure.BACKEND_TIMEOUT)
@@ -923,6 +942,30 @@ class H2Stream:
         if self.resp is None:
             self._conn.proxy.stats.fail(Failure.BACKEND_TIMEOUT)
             self._error(Failure.BACKEND_TIMEOUT)
+
+    def _inactive(self) -> None:
+        """An h2c stream without `grpc-timeout`: inactivity (no DATA either way) is
+        bounded as haproxy bounds it: by `timeout server` until the response begins,
+        then by `timeout tunnel`, as once a WebSocket's two sides talk: a long-lived
+        stream (a gRPC watch, a bidi chat) is legitimate, a silent one for an hour is
+        not. Connecting and waiting in the queue are not the server's time."""
+        loop = self._conn.loop
+        t = self._conn.proxy.settings.timeouts
+        now = loop.time()
+        if self.connecting or type(self._held) is Ticket:
+            self._active = now
+        limit = t.server if self.resp is None else t.tunnel
+        idle = now - self._active
+        if idle < limit:
+            self._arm(limit - idle)
+            return
+        self._conn.proxy.stats.fail(Failure.BACKEND_TIMEOUT)
+        self._note(Failure.BACKEND_TIMEOUT)
+        self._drop_up()
+        if self.resp is None:
+            self._error(Failure.BACKEND_TIMEOUT)  # (a gRPC call: grpc-status 14)
+        else:
+            self._conn.reset(self, _CANCEL)
 
     def _finish(self) -> None:
         """Request and response whole: the exchange ends; the server connection goes
@@ -952,6 +995,9 @@ class H2Stream:
             self._body_timer.cancel()
             self._body_timer = None
         h2up = self._h2up
+        if h2up is None and self.connecting and self.server is not None \
+                and self.backend is not None and self.backend.h2c:
+            self._conn.proxy.h2_pool.cancel(self.server.key, self)
         if h2up is not None:
             self._h2up = None
             if self.state is State.DONE:
