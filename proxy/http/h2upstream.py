@@ -85,6 +85,11 @@ class H2Upstream(asyncio.Protocol):
         self.draining = False  # GOAWAY received, or failed: no new streams
         self.idle_since = 0.0  # when its last stream ended (0: has streams, or none yet)
         self.settled = False  # the server's first SETTINGS received
+        # What the owners' calls make the engine send is written once per turn of the
+        # loop (one read of a client's connection opens, feeds and ends a stream: one
+        # write, not three); in our own `data_received`, once at its end.
+        self._flush_due = False
+        self._reading = False
         self._buf = b""  # an incomplete frame (`_sift`)
         self._goaways: list[tuple[int, int]] = []  # (last stream id, error code)
 
@@ -102,9 +107,15 @@ class H2Upstream(asyncio.Protocol):
         flow.set_limits(self.transport)
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.flush()
+        self._write_out()
 
     def flush(self) -> None:
+        if not self._flush_due and not self._reading:
+            self._flush_due = True
+            self.pool.loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._flush_due = False
         t = self.transport
         if t is not None and not t.is_closing():
             data = self.h2.data_to_send()
@@ -164,6 +175,7 @@ class H2Upstream(asyncio.Protocol):
     def _maybe_idle(self) -> None:
         if self.draining:
             if not self.streams and self.transport is not None:
+                self._write_out()  # (a last RST_STREAM, before the FIN)
                 self.transport.close()
             return
         if not self.streams:
@@ -177,7 +189,7 @@ class H2Upstream(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.close_connection()
-            self.flush()
+            self._write_out()
             self.transport.close()
 
     # -- the server's frames -------------------------------------------------------------------
@@ -222,11 +234,22 @@ class H2Upstream(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
             log.warning("h2c connection to %s:%d: protocol error from the server", *self.key)
-            self.flush()
+            self._write_out()
             self._fail_all(Failure.BAD_RESPONSE)
             if self.transport is not None:
                 self.transport.close()
             return
+        self._reading = True
+        try:
+            self._events(events)
+        finally:
+            self._reading = False
+        self._write_out()
+        goaways = self._goaways
+        while goaways:
+            self._goaway(*goaways.pop(0))
+
+    def _events(self, events: list[h2.events.Event]) -> None:
         for ev in events:
             sid = getattr(ev, "stream_id", 0)
             owner = self.streams.get(sid) if sid else None
@@ -256,10 +279,6 @@ class H2Upstream(asyncio.Protocol):
                 if not self.settled:
                     self.settled = True
                     self.pool.serve(self.key)
-        self.flush()
-        goaways = self._goaways
-        while goaways:
-            self._goaway(*goaways.pop(0))
 
     def _fail_all(self, failure: Failure) -> None:
         self.draining = True
@@ -287,6 +306,7 @@ class H2Upstream(asyncio.Protocol):
     def close(self) -> None:
         self.draining = True
         if self.transport is not None:
+            self._write_out()
             self.transport.close()
 
 
