@@ -111,6 +111,8 @@ _ON_RESPONSE_END = ON[Event.RESPONSE_END]
 _ON_ANSWER = ON[Event.ANSWER]
 _ON_CLOSE = ON[Event.CLOSE]
 _COOKIE = Affinity.COOKIE
+_FRAME = 16384  # response bytes sent at once (a DATA frame's default maximum); less waits
+# for the end of the server's read
 _REPLAY_MAX = 64 * 1024  # request body kept to resend a refused h2c stream (as HTTP/1.1's)
 _NO_TOKENS: frozenset[bytes] = frozenset()
 # grpc-status for our own refusals (14 UNAVAILABLE otherwise)
@@ -624,6 +626,8 @@ class H2Stream:
         if self._active:
             self._active = self._conn.loop.time()
         self.on_response_body(data)
+        if self._out_size:  # (an h2c server's message goes at once: gRPC streams)
+            self._conn.send_out(self)
         conn = self._h2up
         if conn is not None:
             if self._out_size < _HIGH:
@@ -730,6 +734,9 @@ class H2Stream:
         return None
 
     def flush(self) -> None:
+        """The end of a read of the server's connection."""
+        if self._out_size and not self._end_sent:
+            self._conn.send_out(self)
         self._conn.flush()
 
     # ResponseSink
@@ -769,7 +776,11 @@ class H2Stream:
         self._out.append(data)
         self._out_size += len(data)
         self.bytes_out += len(data)
-        self._conn.send_out(self)
+        if self._out_size >= _FRAME:
+            self._conn.send_out(self)
+        # (else at the end of the server's read, `flush`, or with the response's end: a
+        # small response whose end came in the same read goes as one DATA frame with
+        # END_STREAM, not a DATA frame and an empty one)
         if self._out_size > _HIGH and not self._up_paused:
             up = self.up
             if up is not None and up.transport is not None:
