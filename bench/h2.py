@@ -99,7 +99,7 @@ def run_micro(n: int = 3000, rounds: int = 5, prof: Any = None, memory: bool = T
     from proxy.http import HttpProxy
     from proxy.http.h2server import H2Connection
     from proxy.http.upstream import UpstreamProtocol
-    from pylb.config import Settings
+    from pylb.config import Settings, Timeouts
     from pylb.counters import Stats
     from pylb.model import Backend, HttpRoute, RouteTable, Server
 
@@ -148,7 +148,10 @@ def run_micro(n: int = 3000, rounds: int = 5, prof: Any = None, memory: bool = T
 
     async def main() -> None:
         server = Server("127.0.0.1", 9)
-        proxy = HttpProxy(Settings(h2c=True), Stats(), Balancers())
+        # (backend_idle: building the client's frames under callgrind can take longer
+        # than the pooled server connection may idle, and a stale one is not reused)
+        proxy = HttpProxy(Settings(h2c=True, timeouts=Timeouts(backend_idle=1e9)), Stats(),
+                          Balancers())
         proxy.set_table(RouteTable(http=(HttpRoute("svc", "/svc", "b"),),
                                    backends=(Backend("b", (server,)),)))
         # memory of an idle connection
@@ -197,7 +200,9 @@ def run_micro(n: int = 3000, rounds: int = 5, prof: Any = None, memory: bool = T
             best = min(best, time.process_time() - c0)
             if prof is not None:
                 prof.disable()
-            assert not conn.streams, "streams left open"
+            assert not conn.streams, ("streams left open", [
+                (st.stream_id, st.state, st.connecting, st.up, st.resp, st.term)
+                for st in list(conn.streams.values())[:3]], len(conn.streams))
         print(json.dumps({"h2_connection_heap_bytes": round(heap / 500),
                           "python_us_per_stream": round(best / n * 1e6, 1)}))
 
@@ -211,9 +216,12 @@ def run_micro_ir(n1: int = 200, n2: int = 1200) -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         for n in (n1, n2):
             out = Path(tmpdir) / f"cg.{n}"
-            subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                            sys.executable, "-m", "bench.h2", "micro", str(n), "1"],
-                           check=True, capture_output=True, cwd=str(ROOT), timeout=1800)
+            run = subprocess.run(["valgrind", "--tool=callgrind",
+                                  f"--callgrind-out-file={out}", sys.executable, "-m",
+                                  "bench.h2", "micro", str(n), "1"],
+                                 capture_output=True, cwd=str(ROOT), timeout=1800)
+            if run.returncode:
+                raise SystemExit(f"callgrind run failed: {run.stderr[-3000:]!r}")
             totals.append(_callgrind_total(out))
     print(json.dumps({"instructions_per_stream": round((totals[1] - totals[0]) / (n2 - n1))}))
 
