@@ -3,6 +3,7 @@
 
     python -m bench.h2 [--requests 20000] [--clients 10] [--streams 10]
     python -m bench.h2 micro      # memory of an idle h2 connection, CPU of a stream
+    python -m bench.h2 micro-ir   # instructions of a stream (callgrind; load-independent)
     python -m bench.h2 grpc       # gRPC unary calls (h2load) through pylb and haproxy
 
 We report requests/s as h2load sees them and the proxy's CPU µs per request
@@ -12,7 +13,10 @@ as bench/l7_http.py does; numbers compare within one run.
 `micro` measures without sockets: the Python heap an h2 connection holds once its
 preface and SETTINGS are exchanged (tracemalloc, over 500 connections), and the CPU of one
 stream (HEADERS in, HTTP/1.1 request out, HTTP/1.1 response in, HEADERS+DATA out) over
-fake transports, best of several rounds.
+fake transports, best of several rounds. `micro-ir` runs the same streams under
+callgrind twice (N1 and N2 streams, one round) and reports (Ir2 - Ir1) / (N2 - N1): the
+instructions of one stream, start-up and imports cancelled out, the same on a loaded
+machine as on an idle one.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def h2load(url: str, requests: int, clients: int, streams: int,
             "succeeded": int(ok.group(1)) if ok else 0}
 
 
-def run_micro(n: int = 3000, rounds: int = 5, prof: Any = None) -> None:
+def run_micro(n: int = 3000, rounds: int = 5, prof: Any = None, memory: bool = True) -> None:
     import time
     import tracemalloc
 
@@ -95,7 +99,7 @@ def run_micro(n: int = 3000, rounds: int = 5, prof: Any = None) -> None:
     from proxy.http import HttpProxy
     from proxy.http.h2server import H2Connection
     from proxy.http.upstream import UpstreamProtocol
-    from pylb.config import Settings
+    from pylb.config import Settings, Timeouts
     from pylb.counters import Stats
     from pylb.model import Backend, HttpRoute, RouteTable, Server
 
@@ -144,22 +148,27 @@ def run_micro(n: int = 3000, rounds: int = 5, prof: Any = None) -> None:
 
     async def main() -> None:
         server = Server("127.0.0.1", 9)
-        proxy = HttpProxy(Settings(h2c=True), Stats(), Balancers())
+        # (backend_idle: building the client's frames under callgrind can take longer
+        # than the pooled server connection may idle, and a stale one is not reused)
+        proxy = HttpProxy(Settings(h2c=True, timeouts=Timeouts(backend_idle=1e9)), Stats(),
+                          Balancers())
         proxy.set_table(RouteTable(http=(HttpRoute("svc", "/svc", "b"),),
                                    backends=(Backend("b", (server,)),)))
         # memory of an idle connection
         conns = []
-        tracemalloc.start()
-        before = tracemalloc.take_snapshot()
-        for i in range(500):
-            conn = H2Connection(proxy)
-            conn.connection_made(Fake(("192.0.2.1", 1000 + i)))  # type: ignore[arg-type]
-            _, preface = client()
-            conn.data_received(preface)
-            conns.append(conn)
-        after = tracemalloc.take_snapshot()
-        tracemalloc.stop()
-        heap = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        heap = 0
+        if memory:
+            tracemalloc.start()
+            before = tracemalloc.take_snapshot()
+            for i in range(500):
+                conn = H2Connection(proxy)
+                conn.connection_made(Fake(("192.0.2.1", 1000 + i)))  # type: ignore[arg-type]
+                _, preface = client()
+                conn.data_received(preface)
+                conns.append(conn)
+            after = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            heap = sum(s.size_diff for s in after.compare_to(before, "filename"))
         # CPU of a stream
         up = UpstreamProtocol(server.key, proxy.parser_kind)
         up.connection_made(Fake(server.key))  # type: ignore[arg-type]
@@ -191,11 +200,30 @@ def run_micro(n: int = 3000, rounds: int = 5, prof: Any = None) -> None:
             best = min(best, time.process_time() - c0)
             if prof is not None:
                 prof.disable()
-            assert not conn.streams, "streams left open"
+            assert not conn.streams, ("streams left open", [
+                (st.stream_id, st.state, st.connecting, st.up, st.resp, st.term)
+                for st in list(conn.streams.values())[:3]], len(conn.streams))
         print(json.dumps({"h2_connection_heap_bytes": round(heap / 500),
                           "python_us_per_stream": round(best / n * 1e6, 1)}))
 
     uvloop.run(main())
+
+
+def run_micro_ir(n1: int = 200, n2: int = 1200) -> None:
+    from bench.instructions import _callgrind_total
+
+    totals = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for n in (n1, n2):
+            out = Path(tmpdir) / f"cg.{n}"
+            run = subprocess.run(["valgrind", "--tool=callgrind",
+                                  f"--callgrind-out-file={out}", sys.executable, "-m",
+                                  "bench.h2", "micro", str(n), "1"],
+                                 capture_output=True, cwd=str(ROOT), timeout=1800)
+            if run.returncode:
+                raise SystemExit(f"callgrind run failed: {run.stderr[-3000:]!r}")
+            totals.append(_callgrind_total(out))
+    print(json.dumps({"instructions_per_stream": round((totals[1] - totals[0]) / (n2 - n1))}))
 
 
 def run_grpc(argv: list[str]) -> None:
@@ -246,7 +274,11 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "grpcserver":
         return run_grpc_server(int(argv[1]))
     if argv and argv[0] == "micro":
+        if len(argv) > 1:  # (micro N ROUNDS: micro-ir's runs)
+            return run_micro(int(argv[1]), int(argv[2]), memory=False)
         return run_micro()
+    if argv and argv[0] == "micro-ir":
+        return run_micro_ir()
     if argv and argv[0] == "grpc":
         return run_grpc(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench.h2")

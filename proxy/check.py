@@ -39,7 +39,13 @@ A probe is a TCP connect (`L4OK`, `L4CON` refused, `L4TOUT` timed out, `SOCKERR`
 when a backend using the server has a `check_path`, an HTTP/1.1 `GET` of that path whose
 status line must arrive within the timeout (`L7OK` for 2xx/3xx, `L7STS` otherwise,
 `L7RSP` for a reply that is not HTTP, `L7TOUT`): haproxy's `check_status` vocabulary, so
-the stats page and its CSV read as haproxy's do.
+the stats page and its CSV read as haproxy's do. A backend whose servers speak h2c
+(`Backend.h2c`, gRPC) with a check path is checked over h2c instead
+(`proxy.check_h2c`): `GET path` with prior knowledge, or, when the path is
+`/grpc.health.v1.Health/Check[?service=NAME]`, the gRPC health checking protocol (passes
+on SERVING), as Envoy's `grpc_health_check` does. Its target carries the path as
+`h2c:PATH` (`H2C`), so the schedule and the index stay as they are: same budget, same
+probe per server.
 
 What a probe means for the server is decided by `advance`, a pure function with haproxy's
 health counter (check.c): `health` runs from 0 to rise+fall-1 and the server is up while
@@ -72,6 +78,7 @@ from typing import Any, cast
 
 import h11
 
+from proxy import check_h2c
 from proxy.connect import LOCAL_ERRNOS
 from pylb.config import CheckScope, CheckSettings, Settings
 from pylb.model import Backend, RouteTable, format_hostport
@@ -105,6 +112,16 @@ DESCRIPTIONS: Mapping[str, str] = {
 }
 
 _MAX_RESPONSE_HEAD = 16 * 1024  # a health endpoint's status line and headers, not more
+H2C = "h2c:"  # a target path with this prefix is checked over h2c (`check_path`)
+
+
+def check_path(backend: Backend) -> str | None:
+    """What a probe of `backend`'s servers asks: None (TCP), an HTTP/1.1 path, or, for an
+    h2c backend, `h2c:` and the path."""
+    path = backend.check_path
+    if path is not None and backend.h2c:
+        return H2C + path
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +390,7 @@ def check_targets(table: RouteTable, scope: CheckScope = CheckScope.ALL
     for backend in sorted(table.backends, key=lambda b: b.name):  # first path wins
         for key in _eligible(backend, scope):
             if out.get(key) is None:
-                out[key] = backend.check_path
+                out[key] = check_path(backend)
     return out
 
 
@@ -430,13 +447,15 @@ class _Index:
                     new[b.name] = prev
                     continue
                 if was.servers is b.servers and was.check == b.check and \
-                        was.check_path == b.check_path:  # rebuilt around the same servers
+                        was.check_path == b.check_path and was.h2c == b.h2c:
+                    # (rebuilt around the same servers)
                     new[b.name] = (b, prev[1])
                     continue
             keys = _eligible(b, self.scope)
             new[b.name] = (b, keys)
             if prev is not None:
-                if prev[1] == keys and prev[0].check_path == b.check_path:
+                if prev[1] == keys and prev[0].check_path == b.check_path \
+                        and prev[0].h2c == b.h2c:
                     continue
                 self._unref(b.name, prev[1], touched)
             self._ref(b.name, keys, touched)
@@ -479,9 +498,9 @@ class _Index:
         if names is None:
             return False, None
         if isinstance(names, str):
-            return True, self.backends[names][0].check_path
+            return True, check_path(self.backends[names][0])
         for name in names:
-            path = self.backends[name][0].check_path
+            path = check_path(self.backends[name][0])
             if path is not None:
                 return True, path
         return True, None
@@ -735,6 +754,31 @@ async def _http_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         return Probe(L7RSP, duration_ms=_ms(t0), detail="connection closed")
 
 
+async def probe_h2c(address: str, port: int, path: str, timeout: float) -> Probe:
+    """One h2c check (`proxy.check_h2c`): L7OK, L7STS (a status, or a gRPC health
+    answer other than SERVING), L7RSP, L7TOUT, or the connect's failure."""
+    t0 = time.monotonic()
+    conn = await _connect(address, port, timeout, t0)
+    if isinstance(conn, Probe):
+        return conn
+    reader, writer = conn
+    try:
+        remaining = max(0.0, timeout - (time.monotonic() - t0))
+        async with asyncio.timeout(remaining):
+            passed, code, detail = await check_h2c.exchange(
+                reader, writer, format_hostport(address, port), path)
+        return Probe(L7OK if passed else L7STS, code=code, duration_ms=_ms(t0),
+                     detail=detail)
+    except TimeoutError:
+        return Probe(L7TOUT, duration_ms=_ms(t0), detail="no response in time")
+    except check_h2c.BadResponse as e:
+        return Probe(L7RSP, duration_ms=_ms(t0), detail=str(e))
+    except OSError as e:
+        return Probe(L7RSP, duration_ms=_ms(t0), detail=e.strerror or str(e))
+    finally:
+        await _close(writer)
+
+
 def _ms(t0: float) -> float:
     return round((time.monotonic() - t0) * 1000.0, 3)
 
@@ -753,6 +797,8 @@ async def probe_server(key: Key, path: str | None, timeout: float) -> Probe:
     local shortage (see `_connect`)."""
     if path is None:
         return await probe_tcp(key[0], key[1], timeout)
+    if path.startswith(H2C):
+        return await probe_h2c(key[0], key[1], path[len(H2C):], timeout)
     return await probe_http(key[0], key[1], path, timeout)
 
 

@@ -131,6 +131,46 @@ def request_head(headers: Headers, end_stream: bool, max_uri: int) -> RequestHea
     return head
 
 
+# Fields a trailer section cannot carry (RFC 9110 §6.5.1: framing, routing, request
+# modifiers, authentication, content format; their evaluation precedes the content): a
+# sender must not generate them, so pylb forwards none (dropped, not a stream error:
+# §6.5.2 lets a recipient discard trailer fields).
+_NOT_IN_TRAILERS = frozenset({
+    b"content-length", b"content-type", b"content-encoding", b"content-range", b"host",
+    b"te", b"trailer", b"authorization", b"proxy-authorization", b"expect", b"range",
+    b"max-forwards", b"cache-control", b"if-match", b"if-none-match",
+    b"if-modified-since", b"if-unmodified-since", b"if-range", b"cookie", b"set-cookie"})
+
+
+def request_trailers(headers: Headers) -> Headers:
+    """The trailer section of a request stream, to forward (to an h2c server as a
+    HEADERS frame with END_STREAM, to an HTTP/1.1 server as the chunked body's trailer
+    section); raises Malformed. The rules of the header block apply (RFC 9113 §8.1: no
+    pseudo-header; §8.2.1 and §8.2.2: names, values, connection-specific fields: a
+    malformed stream), and what a trailer section cannot carry is dropped."""
+    out: Headers = []
+    for name, value in headers:
+        if name[:1] == b":":
+            raise Malformed("pseudo-header in trailers")
+        if not _NAME.match(name):
+            raise Malformed(f"bad trailer field name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise Malformed(f"bad value of trailer {name!r}")
+        if name in CONNECTION_SPECIFIC:
+            raise Malformed(f"connection-specific field {name!r} in trailers")
+        if name not in _NOT_IN_TRAILERS:
+            out.append((name, value))
+    return out
+
+
+def chunked_end(trailers: Headers | None) -> bytes:
+    """The last chunk of an HTTP/1.1 chunked body, with its trailer section (fields
+    checked by `request_trailers`)."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    return b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % kv for kv in trailers)
+
+
 def upstream_headers(req: RequestHead, target: bytes, *, client_ip: str, proto: bytes,
                      ssl_client: tuple[bytes, bytes] | None = None) -> Headers:
     """The header block sent to an h2c server: the request's (checked by

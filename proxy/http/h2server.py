@@ -112,6 +112,8 @@ _ON_RESPONSE_END = ON[Event.RESPONSE_END]
 _ON_ANSWER = ON[Event.ANSWER]
 _ON_CLOSE = ON[Event.CLOSE]
 _COOKIE = Affinity.COOKIE
+_FRAME = 16384  # response bytes sent at once (a DATA frame's default maximum); less waits
+# for the end of the server's read
 _REPLAY_MAX = 64 * 1024  # request body kept to resend a refused h2c stream (as HTTP/1.1's)
 _NO_TOKENS: frozenset[bytes] = frozenset()
 # grpc-status for our own refusals (14 UNAVAILABLE otherwise)
@@ -122,6 +124,7 @@ class H2Stream:
     """One request stream: an exchange, and the owner of its server connection."""
 
     __slots__ = (
+        "_active",
         "_balancer",
         "_be_c",
         "_body_timer",
@@ -138,6 +141,7 @@ class H2Stream:
         "_pending",
         "_replay",
         "_req_ended",
+        "_req_trailers",
         "_resp_end",
         "_srv_c",
         "_stall",
@@ -220,8 +224,10 @@ class H2Stream:
         self._up_end_sent = False
         self._replay: list[bytes] | None = []  # body sent to an h2c server, to resend
         self._req_ended = False
+        self._req_trailers: list[tuple[bytes, bytes]] | None = None  # the client's
         self._grpc = False
         self._deadline = 0.0
+        self._active = 0.0  # the h2c stream's last DATA either way (its inactivity timer)
         # A backend with lb.maxconn (proxy.admission): the slot held on `server`, or the
         # place in its queue, from the dispatch till the stream ends; `_tw`, the seconds
         # it waited for the slot (the log's Tw).
@@ -244,6 +250,8 @@ class H2Stream:
             self._conn.ack(self.stream_id, flow_len)
             return
         if self.backend is not None and self.backend.h2c:
+            if self._active:
+                self._active = self._conn.loop.time()
             self._unacked += flow_len
             self._pending.append(data)
             self._pump_up()
@@ -257,6 +265,24 @@ class H2Stream:
         self.bytes_in += len(part)
         up.transport.write(part)
         self._ack()
+
+    def trailers_in(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """The client's trailer section (its END_STREAM follows: `end`). Forwarded to an
+        h2c server as trailers; to an HTTP/1.1 server in the chunked body's trailer
+        section, or dropped when the body went with a Content-Length, which leaves
+        HTTP/1.1 no place for them (RFC 9110 §6.5.1: an intermediary forwarding to
+        another version may discard trailers; merging them into the head, sent before
+        the body, is impossible without buffering the body whole). Malformed trailers
+        are the stream's error, as a malformed header block is."""
+        if self.state not in (State.REQUEST, State.EARLY):
+            return  # (DRAIN: the body is dropped, and its trailers with it)
+        try:
+            fields = h2rules.request_trailers(headers)
+        except h2rules.Malformed:
+            self._conn.malformed(self)
+            return
+        if fields:
+            self._req_trailers = fields
 
     def end(self) -> None:
         """The client's END_STREAM: the request is whole."""
@@ -272,7 +298,7 @@ class H2Stream:
         if self.backend is not None and self.backend.h2c:
             self._pump_up()
         elif self.req.chunked and state is not State.DRAIN:
-            self._send_up(b"0\r\n\r\n")
+            self._send_up(h2rules.chunked_end(self._req_trailers))
         if self.state is State.DONE:
             self._finish()
 
@@ -359,6 +385,10 @@ class H2Stream:
                 # do (and cancel its stream).
                 self._deadline = timeout
                 self._arm(timeout + 1.0)
+            else:
+                # No deadline: an inactivity timeout (`_on_timer`).
+                self._active = conn.loop.time()
+                self._arm(proxy.settings.timeouts.server)
             self._dispatch(None)
             return
         head = hdr.request_head(req, target, client_ip=conn.client_ip, proto=proxy.proto,
@@ -490,6 +520,10 @@ class H2Stream:
             return
         balancer.succeeded(server)
         self._attach(up)
+        # (a dial's callback, outside `data_received`: the WINDOW_UPDATE goes now, or a
+        # client that filled its window before the server was connected would wait for
+        # it forever)
+        self._conn.flush()
 
     def _attach(self, up: UpstreamProtocol) -> None:
         server, backend, balancer = self.server, self.backend, self._balancer
@@ -520,9 +554,9 @@ class H2Stream:
         self._balancer.succeeded(server)
         self._account(server)
         self._h2up = conn
-        self._up_sid = conn.open(self, self._up_headers,
-                                 end=self._req_ended and not self._pending)
-        self._up_end_sent = self._req_ended and not self._pending
+        whole = self._req_ended and not self._pending and self._req_trailers is None
+        self._up_sid = conn.open(self, self._up_headers, end=whole)
+        self._up_end_sent = whole
         self._pump_up()
 
     def _pump_up(self) -> None:
@@ -544,7 +578,7 @@ class H2Stream:
                 data = data[:window]
             else:
                 pending.pop(0)
-            last = not pending and self._req_ended
+            last = not pending and self._req_ended and self._req_trailers is None
             conn.send(sid, data, last)
             self.bytes_in += len(data)
             replay = self._replay
@@ -559,7 +593,11 @@ class H2Stream:
         if not pending:
             if self._req_ended and not self._up_end_sent:
                 self._up_end_sent = True
-                conn.end(sid)
+                trailers = self._req_trailers
+                if trailers is not None:
+                    conn.trailers(sid, trailers)
+                else:
+                    conn.end(sid)
             if sent or self._unacked:
                 n, self._unacked = self._unacked, 0
                 self._conn.ack(self.stream_id, n)
@@ -571,6 +609,8 @@ class H2Stream:
     def up_headers(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self.state is State.CLOSED:
             return
+        if self._active:
+            self._active = self._conn.loop.time()
         status = 0
         rest: list[tuple[bytes, bytes]] = []
         for k, v in headers:
@@ -587,7 +627,11 @@ class H2Stream:
         self.on_response(head)
 
     def up_data(self, data: bytes, flow_len: int) -> None:
+        if self._active:
+            self._active = self._conn.loop.time()
         self.on_response_body(data)
+        if self._out_size:  # (an h2c server's message goes at once: gRPC streams)
+            self._conn.send_out(self)
         conn = self._h2up
         if conn is not None:
             if self._out_size < _HIGH:
@@ -694,6 +738,9 @@ class H2Stream:
         return None
 
     def flush(self) -> None:
+        """The end of a read of the server's connection."""
+        if self._out_size and not self._end_sent:
+            self._conn.send_out(self)
         self._conn.flush()
 
     # ResponseSink
@@ -735,7 +782,11 @@ class H2Stream:
         self._out.append(data)
         self._out_size += len(data)
         self.bytes_out += len(data)
-        self._conn.send_out(self)
+        if self._out_size >= _FRAME:
+            self._conn.send_out(self)
+        # (else at the end of the server's read, `flush`, or with the response's end: a
+        # small response whose end came in the same read goes as one DATA frame with
+        # END_STREAM, not a DATA frame and an empty one)
         if self._out_size > _HIGH and not self._up_paused:
             up = self.up
             if up is not None and up.transport is not None:
@@ -886,6 +937,9 @@ class H2Stream:
         self._timer = None
         if self.closed:
             return
+        if self._active:
+            self._inactive()
+            return
         if self._deadline:
             if not self._resp_end:  # the server let the deadline pass
                 self._conn.proxy.stats.fail(Failure.BACKEND_TIMEOUT)
@@ -905,6 +959,30 @@ class H2Stream:
         if self.resp is None:
             self._conn.proxy.stats.fail(Failure.BACKEND_TIMEOUT)
             self._error(Failure.BACKEND_TIMEOUT)
+
+    def _inactive(self) -> None:
+        """An h2c stream without `grpc-timeout`: inactivity (no DATA either way) is
+        bounded as haproxy bounds it: by `timeout server` until the response begins,
+        then by `timeout tunnel`, as once a WebSocket's two sides talk: a long-lived
+        stream (a gRPC watch, a bidi chat) is legitimate, a silent one for an hour is
+        not. Connecting and waiting in the queue are not the server's time."""
+        loop = self._conn.loop
+        t = self._conn.proxy.settings.timeouts
+        now = loop.time()
+        if self.connecting or type(self._held) is Ticket:
+            self._active = now
+        limit = t.server if self.resp is None else t.tunnel
+        idle = now - self._active
+        if idle < limit:
+            self._arm(limit - idle)
+            return
+        self._conn.proxy.stats.fail(Failure.BACKEND_TIMEOUT)
+        self._note(Failure.BACKEND_TIMEOUT)
+        self._drop_up()
+        if self.resp is None:
+            self._error(Failure.BACKEND_TIMEOUT)  # (a gRPC call: grpc-status 14)
+        else:
+            self._conn.reset(self, _CANCEL)
 
     def _finish(self) -> None:
         """Request and response whole: the exchange ends; the server connection goes
@@ -934,6 +1012,9 @@ class H2Stream:
             self._body_timer.cancel()
             self._body_timer = None
         h2up = self._h2up
+        if h2up is None and self.connecting and self.server is not None \
+                and self.backend is not None and self.backend.h2c:
+            self._conn.proxy.h2_pool.cancel(self.server.key, self)
         if h2up is not None:
             self._h2up = None
             if self.state is State.DONE:
@@ -1017,10 +1098,17 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         limits = proxy.settings.limits
         # Header checks are h2rules' (a malformed request is a stream error there; the
-        # engine's own checks would make each a connection error).
+        # engine's own checks would make each a connection error). The blocks we send are
+        # built well-formed (h2rules.response_headers: names lower case, no
+        # connection-specific field, one pseudo-header; values from a parsed HTTP/1.1
+        # response or an h2c server's checked block; our own answers are literals), so
+        # the engine's outbound checks and normalization (~10 % of a stream's
+        # instructions, `python -m bench.h2 micro-ir`) would find nothing to do.
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=False,
-                                           normalize_inbound_headers=False)
+                                           normalize_inbound_headers=False,
+                                           validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
@@ -1045,6 +1133,10 @@ class H2Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._t_idle = 0.0
         self.ssl_client: tuple[bytes, bytes] | None = None  # (verify, DN) of a certificate
+        # In `data_received`: what the streams have to send waits for its end, so that
+        # one read makes one transport.write (one send syscall), however many streams
+        # it carried (`flush`; `_write_out` when the order of bytes demands it now).
+        self._reading = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -1075,6 +1167,7 @@ class H2Connection(asyncio.Protocol):
         except h2.exceptions.ProtocolError as e:
             self._protocol_error(e)
             return
+        self._reading = True
         try:
             for event in events:
                 self._event(event)
@@ -1086,7 +1179,9 @@ class H2Connection(asyncio.Protocol):
             self.proxy.stats.fail(Failure.INTERNAL)
             self.abort()
             return
-        self.flush()
+        finally:
+            self._reading = False
+        self._write_out()
 
     def _protocol_error(self, e: h2.exceptions.ProtocolError) -> None:
         """A connection error (RFC 9113 §5.4.1): GOAWAY with its code, then close."""
@@ -1100,7 +1195,7 @@ class H2Connection(asyncio.Protocol):
             # (else the engine closed itself, and queued its own GOAWAY)
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.close_connection(error_code=code)
-        self.flush()
+        self._write_out()
         self._linger()
 
     def _event(self, ev: h2.events.Event) -> None:
@@ -1114,9 +1209,12 @@ class H2Connection(asyncio.Protocol):
             if not ev.data and ev.stream_ended is None:
                 self._control()  # an empty DATA frame is a control frame's worth of work
             stream.data(ev.data or b"", ev.flow_controlled_length)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            stream = self.streams.get(ev.stream_id)
+            if stream is not None:
+                stream.trailers_in(ev.headers or [])
         elif isinstance(ev, h2.events.StreamEnded):
-            # (after the HEADERS, DATA or trailers that carried END_STREAM; request
-            # trailers are not carried to an HTTP/1.1 backend)
+            # (after the HEADERS, DATA or trailers that carried END_STREAM)
             stream = self.streams.get(ev.stream_id)
             if stream is not None:
                 stream.end()
@@ -1192,7 +1290,7 @@ class H2Connection(asyncio.Protocol):
         self.proxy.fe_counters.req_errors += 1
         self.proxy.fe_counters.h2_conn_errors += 1
         self.h2.close_connection(error_code=_CALM, last_stream_id=self.last_stream)
-        self.flush()
+        self._write_out()
         self._linger()
 
     # -- the streams' sending ------------------------------------------------------------------
@@ -1281,10 +1379,14 @@ class H2Connection(asyncio.Protocol):
         if not self.streams:
             self._t_idle = self.loop.time()
             if self.going_away:
-                self.flush()
+                self._write_out()
                 self._close_transport()
 
     def flush(self) -> None:
+        if not self._reading:  # (else at the end of the read)
+            self._write_out()
+
+    def _write_out(self) -> None:
         t = self.transport
         if t is None or t.is_closing():
             return
@@ -1365,7 +1467,7 @@ class H2Connection(asyncio.Protocol):
             # A GOAWAY NO_ERROR written beside the engine: its own `close_connection`
             # would move it to CLOSED, where the streams under way could send nothing
             # more; new streams are refused (REFUSED_STREAM) by `_request` instead.
-            self.flush()
+            self._write_out()
             t = self.transport
             if t is not None and not t.is_closing():
                 t.write(GoAwayFrame(0, last_stream_id=self.last_stream, error_code=0)

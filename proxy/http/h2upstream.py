@@ -15,6 +15,18 @@ connection out of the pool; GOAWAY frames are taken out of the bytes before the 
 sees them (`_sift`), since the engine would close its side and drop the frames of the
 streams still finishing.
 
+Hygiene. A connection without streams for `idle_timeout` seconds (the HTTP/1.1 pool's
+`Timeouts.backend_idle`: the same resource, an idle connection to a server, under the
+same rule: closed before the server's own idle timeout would close it under a stream we
+are about to open) is closed with GOAWAY NO_ERROR by one sweep per pool, every half
+`idle_timeout` while any connection is open (a timestamp per connection, no timer per
+stream). At most `per_server` connections are open or dialled to one server
+(`Limits.pool_per_server`, the HTTP/1.1 pool's bound on connections kept per server);
+a stream finding them all full waits for a stream of one to end, at most
+`connect_timeout` (it fails then as a connect timeout would, without blaming the
+server). A backend's `lb.maxconn` bounds its streams before they come here (the
+admission gate counts h2 streams as HTTP/1.1 requests), and so the connections too.
+
 Flow control: response DATA is acknowledged to the server only as the client stream has
 room for it (the owner calls `ack`); request DATA is sent as the server's windows allow,
 what does not fit waiting in the owner, which stops acknowledging its client meanwhile.
@@ -71,22 +83,39 @@ class H2Upstream(asyncio.Protocol):
         self.streams: dict[int, UpOwner] = {}
         self.closed = False
         self.draining = False  # GOAWAY received, or failed: no new streams
+        self.idle_since = 0.0  # when its last stream ended (0: has streams, or none yet)
+        self.settled = False  # the server's first SETTINGS received
+        # What the owners' calls make the engine send is written once per turn of the
+        # loop (one read of a client's connection opens, feeds and ends a stream: one
+        # write, not three); in our own `data_received`, once at its end.
+        self._flush_due = False
+        self._reading = False
         self._buf = b""  # an incomplete frame (`_sift`)
         self._goaways: list[tuple[int, int]] = []  # (last stream id, error code)
 
     @property
     def usable(self) -> bool:
+        # Until the server's SETTINGS come, one stream: its MAX_CONCURRENT_STREAMS is not
+        # known (the engine assumes 100), and a server allowing fewer would refuse the
+        # rest; the streams waiting go on it when they come (`H2Pool.serve`).
         return (not self.closed and not self.draining and self.transport is not None
-                and len(self.streams) < self.h2.remote_settings.max_concurrent_streams)
+                and len(self.streams) < (self.h2.remote_settings.max_concurrent_streams
+                                         if self.settled else 1))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         flow.set_limits(self.transport)
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.flush()
+        self._write_out()
 
     def flush(self) -> None:
+        if not self._flush_due and not self._reading:
+            self._flush_due = True
+            self.pool.loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._flush_due = False
         t = self.transport
         if t is not None and not t.is_closing():
             data = self.h2.data_to_send()
@@ -99,6 +128,7 @@ class H2Upstream(asyncio.Protocol):
         sid: int = self.h2.get_next_available_stream_id()
         self.h2.send_headers(sid, headers, end_stream=end)
         self.streams[sid] = owner
+        self.idle_since = 0.0
         self.flush()
         return sid
 
@@ -112,6 +142,10 @@ class H2Upstream(asyncio.Protocol):
 
     def send(self, sid: int, data: bytes, end: bool) -> None:
         self.h2.send_data(sid, data, end_stream=end)
+        self.flush()
+
+    def trailers(self, sid: int, headers: Headers) -> None:
+        self.h2.send_headers(sid, headers, end_stream=True)
         self.flush()
 
     def end(self, sid: int) -> None:
@@ -139,7 +173,23 @@ class H2Upstream(asyncio.Protocol):
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
-        if self.draining and not self.streams and self.transport is not None:
+        if self.draining:
+            if not self.streams and self.transport is not None:
+                self._write_out()  # (a last RST_STREAM, before the FIN)
+                self.transport.close()
+            return
+        if not self.streams:
+            self.idle_since = self.pool.loop.time()
+        if self.pool.full:
+            self.pool.serve(self.key)
+
+    def close_idle(self) -> None:
+        """Idle too long: GOAWAY NO_ERROR (no stream is open to finish), then close."""
+        self.draining = True
+        if self.transport is not None and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection()
+            self._write_out()
             self.transport.close()
 
     # -- the server's frames -------------------------------------------------------------------
@@ -184,11 +234,22 @@ class H2Upstream(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
             log.warning("h2c connection to %s:%d: protocol error from the server", *self.key)
-            self.flush()
+            self._write_out()
             self._fail_all(Failure.BAD_RESPONSE)
             if self.transport is not None:
                 self.transport.close()
             return
+        self._reading = True
+        try:
+            self._events(events)
+        finally:
+            self._reading = False
+        self._write_out()
+        goaways = self._goaways
+        while goaways:
+            self._goaway(*goaways.pop(0))
+
+    def _events(self, events: list[h2.events.Event]) -> None:
         for ev in events:
             sid = getattr(ev, "stream_id", 0)
             owner = self.streams.get(sid) if sid else None
@@ -215,10 +276,9 @@ class H2Upstream(asyncio.Protocol):
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 for o in list(self.streams.values()):
                     o.up_window()
-        self.flush()
-        goaways = self._goaways
-        while goaways:
-            self._goaway(*goaways.pop(0))
+                if not self.settled:
+                    self.settled = True
+                    self.pool.serve(self.key)
 
     def _fail_all(self, failure: Failure) -> None:
         self.draining = True
@@ -246,32 +306,98 @@ class H2Upstream(asyncio.Protocol):
     def close(self) -> None:
         self.draining = True
         if self.transport is not None:
+            self._write_out()
             self.transport.close()
 
 
 class H2Pool:
-    """Every h2c connection to each server, and the dials under way."""
+    """Every h2c connection to each server, the dials under way, and the streams
+    waiting for room."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float,
+                 idle_timeout: float = 30.0, per_server: int = 64) -> None:
         self.loop = loop
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.per_server = max(1, per_server)
         self.conns: dict[Key, list[H2Upstream]] = {}
-        self.dialing: dict[Key, list[UpOwner]] = {}
+        self.dialing: set[Key] = set()
+        # Streams waiting for a stream of a server's connections (being dialled, not
+        # settled, or all full and `per_server` of them): (owner, its give-up timer),
+        # first come first served.
+        self.full: dict[Key, list[tuple[UpOwner, asyncio.TimerHandle]]] = {}
         self._dials: set[Dial] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
 
-    def get(self, key: Key, owner: UpOwner) -> None:
-        """Hand `owner` a connection to `key` (now, or when one is made) through its
-        `up_ready`."""
+    def _usable(self, key: Key) -> H2Upstream | None:
         for conn in self.conns.get(key, ()):
             if conn.usable:
-                owner.up_ready(conn, None, False)
-                return
-        waiting = self.dialing.get(key)
-        if waiting is not None:
-            waiting.append(owner)
+                return conn
+        return None
+
+    def get(self, key: Key, owner: UpOwner) -> None:
+        """Hand `owner` a connection to `key` (now, or when one is made or has room)
+        through its `up_ready`."""
+        conn = self._usable(key)
+        if conn is not None and key not in self.full:
+            owner.up_ready(conn, None, False)
             return
-        self.dialing[key] = [owner]
+        timer = self.loop.call_later(self.connect_timeout, self._gave_up, key, owner)
+        self.full.setdefault(key, []).append((owner, timer))
+        self.serve(key)
+
+    def serve(self, key: Key) -> None:
+        """Streams waiting for `key` take the room there is, in order; dial another
+        connection for the rest if the bound allows (and none is being dialled or
+        settling: it may have room for them all)."""
+        waiting = self.full.get(key)
+        while waiting:
+            conn = self._usable(key)
+            if conn is None:
+                break
+            owner, timer = waiting.pop(0)
+            timer.cancel()
+            owner.up_ready(conn, None, False)
+        if not waiting:
+            self.full.pop(key, None)
+            return
+        conns = self.conns.get(key, ())
+        if key in self.dialing or len(conns) >= self.per_server \
+                or any(not c.settled and not c.closed and not c.draining for c in conns):
+            return
+        self.dialing.add(key)
         self._dial(key)
+
+    def _gave_up(self, key: Key, owner: UpOwner) -> None:
+        waiting = self.full.get(key)
+        if waiting is None:
+            return
+        for i, (o, _) in enumerate(waiting):
+            if o is owner:
+                if key in self.dialing:  # the dial's own connect timeout decides
+                    waiting[i] = (owner, self.loop.call_later(
+                        self.connect_timeout, self._gave_up, key, owner))
+                    return
+                del waiting[i]
+                break
+        else:
+            return
+        if not waiting:
+            del self.full[key]
+        # (local: the server did nothing wrong, it is not marked failed)
+        owner.up_ready(None, Failure.CONNECT_TIMEOUT, True)
+
+    def cancel(self, key: Key, owner: UpOwner) -> None:
+        """`owner` no longer waits (its stream ended)."""
+        waiting = self.full.get(key)
+        if waiting:
+            for i, (o, timer) in enumerate(waiting):
+                if o is owner:
+                    timer.cancel()
+                    del waiting[i]
+                    break
+            if not waiting:
+                del self.full[key]
 
     def _dial(self, key: Key) -> None:
         done: Callable[[Dial], None] = lambda d: self._dialed(d, key)  # noqa: E731
@@ -281,18 +407,32 @@ class H2Pool:
 
     def _dialed(self, dial: Dial, key: Key) -> None:
         self._dials.discard(dial)
-        waiting = self.dialing.pop(key, [])
+        self.dialing.discard(key)
         if dial.failure is None:
             conn = cast(H2Upstream, dial.protocol)
             self.conns.setdefault(key, []).append(conn)
-            for owner in waiting:
-                if conn.usable:
-                    owner.up_ready(conn, None, False)
-                else:  # more calls than the server takes at once: another connection
-                    self.get(key, owner)
-        else:
-            for owner in waiting:
-                owner.up_ready(None, dial.failure, dial.local)
+            self._schedule()
+            self.serve(key)
+            return
+        # The streams waiting for this server share the dial's failure (they would
+        # wait for the same dead address otherwise).
+        waiting = self.full.pop(key, [])
+        for owner, timer in waiting:
+            timer.cancel()
+            owner.up_ready(None, dial.failure, dial.local)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        stale = self.loop.time() - self.idle_timeout
+        for conns in list(self.conns.values()):
+            for conn in [c for c in conns if not c.streams and 0 < c.idle_since <= stale]:
+                self.remove(conn)
+                conn.close_idle()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._sweeper is None and self.conns:
+            self._sweeper = self.loop.call_later(self.idle_timeout / 2, self._sweep)
 
     def remove(self, conn: H2Upstream) -> None:
         conns = self.conns.get(conn.key)
@@ -300,6 +440,8 @@ class H2Pool:
             conns.remove(conn)
             if not conns:
                 del self.conns[conn.key]
+            if conn.key in self.full:
+                self.serve(conn.key)  # room for a new connection
 
     def retain(self, keys: Container[Key]) -> None:
         """Servers not in `keys` left the table: their connections take no new stream
@@ -310,6 +452,13 @@ class H2Pool:
                 conn.drain()
 
     def close_all(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for waiting in self.full.values():
+            for _, timer in waiting:
+                timer.cancel()
+        self.full.clear()
         for dial in list(self._dials):
             dial.cancel()
         for conns in list(self.conns.values()):

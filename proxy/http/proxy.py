@@ -93,7 +93,9 @@ class HttpProxy:
     def h2_pool(self) -> H2Pool:
         """The h2c connections to servers of h2c (gRPC) backends."""
         if self._h2_pool is None:
-            self._h2_pool = H2Pool(self.loop, self.settings.timeouts.connect)
+            limits, timeouts = self.settings.limits, self.settings.timeouts
+            self._h2_pool = H2Pool(self.loop, timeouts.connect, timeouts.backend_idle,
+                                   limits.pool_per_server)
         return self._h2_pool
 
     @property

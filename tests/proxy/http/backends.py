@@ -23,6 +23,7 @@ class Seen:
     headers: list[tuple[str, str]]
     body_len: int
     conn: int
+    trailers: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -119,10 +120,11 @@ class HttpBackend:
                 if self.read_delay:
                     await asyncio.sleep(self.read_delay)
             elif isinstance(ev2, h11.EndOfMessage):
+                trailers = [(k.decode(), v.decode()) for k, v in ev2.headers.raw_items()]
                 break
             else:
                 return False
-        self.seen.append(Seen(ev.method.decode(), target, headers, n, conn_id))
+        self.seen.append(Seen(ev.method.decode(), target, headers, n, conn_id, trailers))
         await self._respond(conn, writer, ev, path, params, headers, n, digest.hexdigest(),
                             conn_id)
         return True

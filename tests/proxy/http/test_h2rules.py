@@ -83,3 +83,27 @@ def test_upstream_headers_for_h2c() -> None:
     (b"S", None), (b"5x", None), (b"123456789S", None)])
 def test_grpc_timeout(value: bytes, seconds: float | None) -> None:
     assert h2rules.grpc_timeout([(b"grpc-timeout", value)]) == seconds
+
+
+@pytest.mark.parametrize(("fields", "kept"), [
+    ([(b"x-checksum", b"1"), (b"grpc-foo", b"2")], [(b"x-checksum", b"1"), (b"grpc-foo", b"2")]),
+    ([(b"content-length", b"5"), (b"host", b"h"), (b"x-a", b"1")], [(b"x-a", b"1")]),
+    ([(b"te", b"trailers")], []),
+])
+def test_request_trailers_kept_and_dropped(fields: h2rules.Headers,
+                                           kept: h2rules.Headers) -> None:
+    assert h2rules.request_trailers(fields) == kept
+
+
+@pytest.mark.parametrize("fields", [
+    [(b":status", b"200")], [(b"transfer-encoding", b"chunked")], [(b"Up", b"1")],
+    [(b"x", b"a\nb")], [(b"x", b" a")], [(b"bad name", b"1")],
+])
+def test_request_trailers_malformed(fields: h2rules.Headers) -> None:
+    with pytest.raises(h2rules.Malformed):
+        h2rules.request_trailers(fields)
+
+
+def test_chunked_end() -> None:
+    assert h2rules.chunked_end(None) == b"0\r\n\r\n"
+    assert h2rules.chunked_end([(b"a", b"1"), (b"b", b"2")]) == b"0\r\na: 1\r\nb: 2\r\n\r\n"
