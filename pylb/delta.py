@@ -219,6 +219,10 @@ def unpack_backends(packed: tuple[PackedBackend, ...]) -> tuple[Backend, ...]:
     return tuple(out)
 
 
+def pack_routes(routes: tuple[HttpRoute, ...]) -> tuple[tuple[Any, ...], ...]:
+    return tuple(map(_ROUTE, routes))
+
+
 def _pack_routes(routes: tuple[HttpRoute, ...] | None) -> tuple[tuple[Any, ...], ...] | None:
     return None if routes is None else tuple(map(_ROUTE, routes))
 
