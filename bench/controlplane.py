@@ -329,7 +329,8 @@ async def run(cfg: Config) -> dict[str, Any]:
 
         async def sample_rss() -> None:
             tree = procs.tree(pylb.pid)
-            for pid in set(tree) - pids:
+            # Read again until it says: a worker just forked still has the controller's.
+            for pid in set(tree) - worker_pids - {pylb.pid}:
                 with contextlib.suppress(OSError):
                     if b"pylb.workerproc" in Path(f"/proc/{pid}/cmdline").read_bytes():
                         worker_pids.add(pid)

@@ -500,9 +500,20 @@ class WorkerPool:
                 frame = encode(delta)
             self._send_delta(w, ch, frame)
         if len(self.health) > self._health_bound:
-            live = {s.key for b in table.backends for s in b.servers}
-            self.health = {k: v for k, v in self.health.items() if k in live}
-            self._health_bound = 2 * len(self.health) + 1024
+            self._prune_health(table)
+
+    def _prune_health(self, table: RouteTable) -> None:
+        """Forget the verdicts of servers gone from `table` once the map holds more than
+        twice the table's servers (pod churn). Counting them is a walk over the backends;
+        the prune itself walks every server (~50 ms at 100,000): not while checks merely
+        fill the map during start-up, only when it outgrew the table."""
+        servers = sum(len(b.servers) for b in table.backends)
+        if len(self.health) <= 2 * servers:
+            self._health_bound = 2 * servers + 1024
+            return
+        live = {s.key for b in table.backends for s in b.servers}
+        self.health = {k: v for k, v in self.health.items() if k in live}
+        self._health_bound = 2 * max(len(self.health), servers) + 1024
 
     def _send_gateways(self, w: _Worker) -> None:
         ch = self._usable(w)

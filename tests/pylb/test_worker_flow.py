@@ -298,3 +298,19 @@ async def test_a_worker_restarted_while_a_table_is_made_gets_a_consistent_one() 
     assert [type(m) for m in other.take()] == [Health]
     await until_made(pool)
     assert other.take() == [Table(t2)]
+
+
+def test_verdicts_of_servers_gone_are_forgotten_once_they_outnumber_the_table() -> None:
+    pool, _ = pool_with(1)
+    t = big(1, n=400)  # 1,200 servers
+    pool.apply(t)
+    for b in t.backends:  # every server has a verdict: no prune, however many
+        for s in b.servers:
+            pool.set_health(s.key, False)
+    pool.apply(changed(t, 2))
+    assert len(pool.health) == 1200
+    for i in range(3000):  # churn: servers that came and went
+        pool.set_health(("127.9.0.1", 1000 + i), True)
+    pool.apply(changed(t, 3, i=1))
+    assert len(pool.health) == 1200 - 3  # v3 is v1 with backend 1 moved: its old servers go
+    assert all(k[0] != "127.9.0.1" for k in pool.health)
