@@ -207,10 +207,13 @@ def pack_backends(backends: tuple[Backend, ...]) -> tuple[PackedBackend, ...]:
     return tuple((_BACKEND(b), tuple(map(server, b.servers))) for b in backends)
 
 
-def unpack_backends(packed: tuple[PackedBackend, ...]) -> tuple[Backend, ...]:
+def unpack_backends(packed: tuple[PackedBackend, ...],
+                    ports: dict[int, int] | None = None) -> tuple[Backend, ...]:
     # Each port comes out of the unpickler as an int object of its own (pickle shares no
-    # ints): one per port number instead is ~3 MiB less in a worker at 100,000 servers.
-    ports: dict[int, int] = {}
+    # ints): one per port number instead is ~3 MiB less in a worker at 100,000 servers
+    # (`ports`: the ones met so far, shared across the parts of one table).
+    if ports is None:
+        ports = {}
     share, make = ports.setdefault, server_unchecked
     out = []
     for (name, *rest), servers in packed:

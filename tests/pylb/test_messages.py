@@ -234,3 +234,12 @@ def test_without_the_wire_form_a_table_is_made_at_once(
     monkeypatch.setattr(pylb.messages, "PACKABLE", False)
     frame, stops = frame_in_steps(many(10), 1)
     assert stops == 0 and FrameReader().feed(frame) == [Table(many(10))]
+
+
+def test_a_table_made_in_steps_shares_each_port_number_across_its_parts() -> None:
+    frame, stops = frame_in_steps(many(40), 2)
+    assert stops > 10
+    (got,) = FrameReader().feed(frame)
+    assert isinstance(got, Table)
+    ports = [s.port for b in got.table.backends for s in b.servers if s.port == 8001]
+    assert len(ports) > 10 and len({id(p) for p in ports}) == 1  # one int object
