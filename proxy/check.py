@@ -542,6 +542,7 @@ class Schedule:
         self._tokens = 1.0
         self._refilled: float | None = None
         self._rng = rng or random.Random()
+        self._last_due: tuple[float, float, float] = (-1.0, 0.0, 0.0)  # see done()
 
     @property
     def effective_interval(self) -> float:
@@ -612,7 +613,15 @@ class Schedule:
         self._pause = 0.0
         if self.targets.get(key) is not target:
             return None
-        due = started + self.effective_interval
+        # The probes started in one batch share `started` (one float object) and so
+        # their next due time: one float object for them all, not 24 B per server.
+        interval = self.effective_interval
+        last = self._last_due
+        if last[0] is started and last[1] == interval:
+            due = last[2]
+        else:
+            due = started + interval
+            self._last_due = (started, interval, due)
         self._push(key, target, due)
         return due
 

@@ -572,3 +572,20 @@ async def test_a_big_table_is_taken_in_parts_while_running() -> None:
     finally:
         checker.stop()
         await task
+
+
+def test_probes_started_together_share_their_next_due_time() -> None:
+    """One float object for a batch's next due time (24 B a server otherwise), equal to
+    what each would compute; a later batch gets its own."""
+    schedule = Schedule(interval=2.0, rate=1000.0, cap=100, rng=random.Random(3))
+    schedule.add([(("127.7.0.1", 80 + i), None) for i in range(6)], 0.0)
+    now = float(100)
+    batch = schedule.take(now)
+    assert len(batch) == 6
+    dues = [schedule.done(key, target, now) for key, target in batch[:3]]
+    later = now + 0.5
+    dues += [schedule.done(key, target, later) for key, target in batch[3:]]
+    assert dues[:3] == [now + 2.0] * 3 and dues[3:] == [later + 2.0] * 3
+    assert dues[0] is dues[1] is dues[2] and dues[3] is dues[4] is dues[5]
+    assert dues[0] is not dues[3]
+    assert all(t.due is d for (_, t), d in zip(batch, dues, strict=True))
