@@ -832,6 +832,7 @@ class HealthChecker:
         self._waiter: asyncio.Future[None] | None = None
         self._wake_time = float("inf")
         self._stopping = False
+        self._running = False  # run() is on: it finishes what set_table starts
         self._logged_interval = self._params.interval
         self._warned_at = float("-inf")
         self._put_offs_warned = 0
@@ -907,7 +908,7 @@ class HealthChecker:
         # Before run() there is nobody to finish the job later (and tests read results()
         # at once); running, the first step is done here and now — all of a change of a
         # few thousand servers.
-        running = self._waiter is not None
+        running = self._running  # (not `_waiter`: None too when run() itself calls this)
         self._taking = self._index.steps(table.backends, self._touched,
                                          _INDEX_STEP if running else 0)
         self._taking_table = table
@@ -978,6 +979,7 @@ class HealthChecker:
         if schedule.cap < self._params.max_inflight:
             log.info("health checks: at most %d probes at once (a quarter of the "
                      "descriptor limit %s)", schedule.cap, nofile)
+        self._running = True
         try:
             while not self._stopping:
                 if self._taking is not None:
@@ -1010,6 +1012,7 @@ class HealthChecker:
                     if handle is not None:
                         handle.cancel()
         finally:
+            self._running = False
             tasks = list(self._tasks)
             self._tasks.clear()
             for t in tasks:

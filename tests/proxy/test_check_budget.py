@@ -166,11 +166,16 @@ async def test_a_table_that_comes_while_one_is_read_in_steps_is_taken_in_after_i
         checker.set_table(big)
         assert checker._taking is not None
         await asyncio.sleep(0)
-        other = _table(_INDEX_STEP // 2, prefix="127.6")  # while the first is being read
+        other = _table(2 * _INDEX_STEP, prefix="127.6")  # while the first is being read
         checker.set_table(other)
+        read_in_steps, jump, seen = False, 0, len(checker._results)
         async with asyncio.timeout(30):
             while checker._taking is not None or checker._pending:
                 await asyncio.sleep(0)
+                read_in_steps |= checker._taking_table is other and checker._taking is not None
+                jump, seen = max(jump, len(checker._results) - seen), len(checker._results)
+        assert read_in_steps  # the second too, after the first
+        assert jump <= _CHUNK  # and taken in a chunk a turn: never all at once
         assert set(checker._schedule.targets) == set(check_targets(other))
         assert set(checker.results()) == set(check_targets(other))
     finally:
