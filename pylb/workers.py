@@ -103,6 +103,9 @@ log = logging.getLogger("pylb.workers")
 STATS_INTERVAL = 0.5  # seconds between counter reports; the stats page lags by at most this
 RESTART_BACKOFF = (0.5, 30.0)  # first delay and cap, doubling per consecutive crash
 WATCH_INTERVAL = 0.25  # seconds between two looks at whether a worker has exited
+# Seconds of the controller's loop a turn may give to making a whole table's frame (steps
+# of ~8 ms each: messages.TABLE_STEP); the loop's other work runs between two turns.
+ENCODE_TURN = 0.02
 # How long a Gateway plan waits for the workers to say what they bound: binding is a few
 # system calls per listener, so this is only reached by a worker that is stuck or dying
 # (its listeners are then left out of PortUnavailable until the next plan).
@@ -183,6 +186,7 @@ class WorkerPool:
         self._table_frame: tuple[RouteTable, bytes] | None = None  # encoded once per table
         self._encoding: asyncio.Task[None] | None = None  # a big table's frame being made
         self.table_step = TABLE_STEP  # servers or routes per step of making it
+        self.encode_turn = ENCODE_TURN  # seconds of steps per loop turn (0: one step)
         self._pending_health: dict[tuple[str, int], bool] = {}
         self._health_flush: asyncio.Handle | None = None
         self._health_bound = 1024  # prune self.health to the table above this many keys
@@ -410,10 +414,17 @@ class WorkerPool:
                                           name=f"encode table v{table.version}")
 
     async def _encode_steps(self, table: RouteTable, steps: Generator[None, None, bytes]) -> None:
+        # As many steps a loop turn as fit in ENCODE_TURN: the frame is made in a few
+        # turns on an idle loop, and one step a turn on a busy one (whose turns are long:
+        # a step a turn there put seconds between the first table and the workers).
         frame = None
+        clock = time.perf_counter
         while frame is None:
             await asyncio.sleep(0)
+            began = clock()
             frame = _step(steps)
+            while frame is None and clock() - began < self.encode_turn:
+                frame = _step(steps)
         self._encoding = None
         self._encoded(table, frame)
 

@@ -226,6 +226,7 @@ async def until_made(pool: WorkerPool) -> int:
 async def test_a_big_table_is_made_over_loop_turns_and_changes_wait_for_it() -> None:
     pool, chans = pool_with(2)
     pool.table_step = 5  # 30 backends of 3 servers: ~24 steps
+    pool.encode_turn = 0  # one a loop turn
     for ch in chans:
         ch.take()
     t1 = big(1)
@@ -256,7 +257,7 @@ async def test_a_big_table_is_made_over_loop_turns_and_changes_wait_for_it() -> 
 
 async def test_a_big_change_while_a_table_is_made_is_made_whole_after_it() -> None:
     pool, (ch,) = pool_with(1)
-    pool.table_step = 5
+    pool.table_step, pool.encode_turn = 5, 0
     ch.take()
     t1 = big(1)
     pool.apply(t1)
@@ -274,7 +275,7 @@ async def test_a_big_change_while_a_table_is_made_is_made_whole_after_it() -> No
 
 async def test_a_worker_restarted_while_a_table_is_made_gets_a_consistent_one() -> None:
     pool, (old, other) = pool_with(2)
-    pool.table_step = 5
+    pool.table_step, pool.encode_turn = 5, 0
     old.take(), other.take()
     t1 = big(1)
     pool.apply(t1)
@@ -314,3 +315,14 @@ def test_verdicts_of_servers_gone_are_forgotten_once_they_outnumber_the_table() 
     pool.apply(changed(t, 3, i=1))
     assert len(pool.health) == 1200 - 3  # v3 is v1 with backend 1 moved: its old servers go
     assert all(k[0] != "127.9.0.1" for k in pool.health)
+
+
+async def test_a_big_table_takes_as_many_steps_a_turn_as_fit_in_the_budget() -> None:
+    pool, (ch,) = pool_with(1)
+    pool.table_step, pool.encode_turn = 5, 60.0  # a budget no machine runs out of
+    ch.take()
+    t1 = big(1)
+    pool.apply(t1)
+    assert pool._encoding is not None  # the first step now, the rest on later turns
+    assert await until_made(pool) <= 2  # ~24 steps in the one turn after the task starts
+    assert ch.take() == [Table(t1)]

@@ -495,7 +495,7 @@ async def test_a_table_made_in_steps_and_changes_made_meanwhile_reach_every_work
     s = settings()
     pool = WorkerPool(s)
     await pool.start()
-    pool.table_step = 500  # ~25 steps
+    pool.table_step, pool.encode_turn = 500, 0  # ~25 steps, one a loop turn
     try:
         tables, deltas = pool.sent["tables"], pool.sent["deltas"]  # the empty one at start
         t1 = big_service_table(1000, backends[0])
