@@ -66,6 +66,7 @@ SAMPLE_TIMEOUT = 10.0  # a /readyz or stats request taking longer is counted as 
 REQUEST_TIMEOUT = 5.0  # one probe request through pylb
 GRACE_PERIOD = 30.0  # pylb's --grace-period default (not passed: every flag at its default)
 GRACE_MARGIN = 5.0
+SLOW_MS, SLOW_KEPT = 100.0, 20  # /readyz's target; samples above it are listed with their time
 TOKEN = "t"
 
 
@@ -99,7 +100,10 @@ class Latencies:
                 "max_ms": _ms(s[-1] if s else None), "timeouts": self.timeouts,
                 "errors": self.errors,
                 # when the slowest was sent, in s after pylb started: start-up or steady
-                "max_at_s": round(self.at[slowest], 2) if slowest is not None else None}
+                "max_at_s": round(self.at[slowest], 2) if slowest is not None else None,
+                # every sample over SLOW_MS: (sent at s, ms), the first SLOW_KEPT
+                "slow": [(round(a, 2), round(v * 1000, 1)) for a, v in
+                         zip(self.at, self.samples, strict=True) if v * 1000 > SLOW_MS][:SLOW_KEPT]}
 
 
 def _pct(sorted_values: list[float], q: float) -> float | None:
@@ -298,6 +302,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         rss: list[tuple[float, int]] = []
         pids: set[int] = set()
         worker_pids: set[int] = set()  # seen in the tree; more than --workers: restarts
+        peak_kib: dict[int, int] = {}  # per process of the tree, its highest VmRSS sampled
 
         def timed(lat: Latencies, port: int, path: str) -> Callable[[], Awaitable[None]]:
             answered = False  # refusals before the port first answers are start-up, not data
@@ -324,12 +329,18 @@ async def run(cfg: Config) -> dict[str, Any]:
 
         async def sample_rss() -> None:
             tree = procs.tree(pylb.pid)
-            for pid in set(tree) - pids:
+            # Read again until it says: a worker just forked still has the controller's.
+            for pid in set(tree) - worker_pids - {pylb.pid}:
                 with contextlib.suppress(OSError):
                     if b"pylb.workerproc" in Path(f"/proc/{pid}/cmdline").read_bytes():
                         worker_pids.add(pid)
             pids.update(tree)
-            rss.append((time.monotonic() - t0, procs.rss_kib(pylb.pid)))
+            total = 0
+            for pid in tree:
+                kib = procs.rss_kib(pid, children=False)
+                peak_kib[pid] = max(peak_kib.get(pid, 0), kib)
+                total += kib
+            rss.append((time.monotonic() - t0, total))
 
         samplers = [asyncio.create_task(_sampler(every, stop, fn)) for every, fn in (
             (READYZ_EVERY, timed(readyz, health_port, "/readyz")),
@@ -341,6 +352,13 @@ async def run(cfg: Config) -> dict[str, Any]:
             stop.set()
             await asyncio.gather(*samplers, return_exceptions=True)
         result["rss_mib_max"] = round(max((k for _, k in rss), default=0) / 1024, 1)
+        result["rss_max_at_s"] = round(max(rss, key=lambda r: r[1])[0], 2) if rss else None
+        # Each process's own peak (sampled): which one to cut. The sum of the peaks can be
+        # above rss_mib_max (the processes need not peak at the same moment).
+        result["rss_mib_peaks"] = {
+            "controller": round(peak_kib.get(pylb.pid, 0) / 1024, 1),
+            "workers": [round(peak_kib[p] / 1024, 1) for p in sorted(worker_pids)
+                        if p in peak_kib]}
         result["rss_mib_end"] = round(rss[-1][1] / 1024, 1) if rss else None
         result["readyz"] = readyz.summary()
         result["stats_page"] = stats.summary()

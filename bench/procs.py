@@ -66,10 +66,10 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    """Summed RSS (or VmHWM, the peak) of the tree, KiB."""
+def rss_kib(pid: int, field: str = "VmRSS", *, children: bool = True) -> int:
+    """Summed RSS (or VmHWM, the peak) of the tree (of `pid` alone: children=False), KiB."""
     total = 0
-    for p in tree(pid):
+    for p in tree(pid) if children else [pid]:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith(field + ":"):

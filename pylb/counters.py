@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from operator import attrgetter
 from typing import Any
 
@@ -409,19 +409,51 @@ def fold_report(snapshot: dict[str, Any], report: dict[str, Any],
 
 # -- bounded state ----------------------------------------------------------------------
 
-def table_rows(backends: Iterable[Any]) -> tuple[frozenset[str], frozenset[str]]:
+class ServerRows(Set[str]):
+    """The server keys (`backend\x00label`) of a route table's backends, as a set that is
+    not built: `key in rows` looks at that key's backend only (its labels made once, when
+    first asked). The stats page asks this of the few rows that have counters; a frozenset
+    of every key was 100,000 strings at 10,000 services (~12 MiB, remade per table
+    version) and made every server's label, kept on the Server (~6 MiB more). Iterating
+    or `len` makes them all (tests, and what a whole CSV needs anyway)."""
+
+    __slots__ = ("_by_name", "_labels")
+
+    def __init__(self, backends: Iterable[Any]) -> None:
+        self._by_name = {b.name: b for b in backends}
+        self._labels: dict[str, frozenset[str]] = {}
+
+    def _labels_of(self, b: Any) -> frozenset[str]:
+        labels = self._labels.get(b.name)
+        if labels is None:  # two render threads may both make it: equal sets either way
+            labels = self._labels[b.name] = frozenset(s.label for s in b.servers)
+        return labels
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        name, sep, label = key.partition("\x00")
+        b = self._by_name.get(name)
+        return bool(sep) and b is not None and label in self._labels_of(b)
+
+    def __iter__(self) -> Iterator[str]:
+        for name, b in self._by_name.items():
+            for label in self._labels_of(b):
+                yield f"{name}\x00{label}"
+
+    def __len__(self) -> int:
+        return sum(len(self._labels_of(b)) for b in self._by_name.values())
+
+
+def table_rows(backends: Iterable[Any]) -> tuple[frozenset[str], ServerRows]:
     """The backend names and the server keys (`backend\x00label`) of a route table's
     backends: the rows the stats page has a place for."""
-    names: list[str] = []
-    keys: list[str] = []
-    for b in backends:
-        names.append(b.name)
-        keys.extend(f"{b.name}\x00{s.label}" for s in b.servers)
-    return frozenset(names), frozenset(keys)
+    backends = tuple(backends)
+    return frozenset(b.name for b in backends), ServerRows(backends)
 
 
-def prune_to_table(counters: Mapping[str, Any], backends: frozenset[str],
-                   servers: frozenset[str]) -> dict[str, Any]:
+def prune_to_table(counters: Mapping[str, Any], backends: Set[str],
+                   servers: Set[str]) -> dict[str, Any]:
     """`counters` (merge_snapshots' shape) bounded by the route table: backend and server
     rows the table no longer has are dropped, except those with current sessions. A
     removed server that still has sessions moves from "servers" to "removed" (same keys,
@@ -473,7 +505,7 @@ class ShownCounters:
         self._until = 0.0
         self._last: tuple[object, dict[str, Any]] | None = None  # (table, value): one read
 
-    def get(self, table: Any, keys: tuple[frozenset[str], frozenset[str]]) -> dict[str, Any]:
+    def get(self, table: Any, keys: tuple[frozenset[str], ServerRows]) -> dict[str, Any]:
         """The counters for `table`, whose `table_rows` are `keys`."""
         if not self._lock.acquire(blocking=False):
             last = self._last

@@ -207,16 +207,23 @@ def pack_backends(backends: tuple[Backend, ...]) -> tuple[PackedBackend, ...]:
     return tuple((_BACKEND(b), tuple(map(server, b.servers))) for b in backends)
 
 
-def unpack_backends(packed: tuple[PackedBackend, ...]) -> tuple[Backend, ...]:
+def unpack_backends(packed: tuple[PackedBackend, ...],
+                    ports: dict[int, int] | None = None) -> tuple[Backend, ...]:
     # Each port comes out of the unpickler as an int object of its own (pickle shares no
-    # ints): one per port number instead is ~3 MiB less in a worker at 100,000 servers.
-    ports: dict[int, int] = {}
+    # ints): one per port number instead is ~3 MiB less in a worker at 100,000 servers
+    # (`ports`: the ones met so far, shared across the parts of one table).
+    if ports is None:
+        ports = {}
     share, make = ports.setdefault, server_unchecked
     out = []
     for (name, *rest), servers in packed:
         out.append(Backend(name, tuple(make(s[0], share(s[1], s[1]), *s[2:])
                                        for s in servers), *rest))
     return tuple(out)
+
+
+def pack_routes(routes: tuple[HttpRoute, ...]) -> tuple[tuple[Any, ...], ...]:
+    return tuple(map(_ROUTE, routes))
 
 
 def _pack_routes(routes: tuple[HttpRoute, ...] | None) -> tuple[tuple[Any, ...], ...] | None:

@@ -38,6 +38,13 @@ the buffer drains: at most one table is buffered per worker, whatever the rate o
 A worker skips its stats reports the same way (the next one carries every row changed
 meanwhile).
 
+A whole table of a big cluster is made into its frame a step per loop turn (~8 ms each;
+10,000 services in one go held the controller's loop ~230 ms, /readyz with it), and
+written whole when made. A worker awaiting it gets nothing else of the table meanwhile (no
+delta may come before the table it is from); when the table moved on during the making,
+the change since follows it (`WorkerPool._encode`). A change as big as a step — the first
+real table after the empty one, a namespace created at once — goes the same way, whole.
+
 A worker that dies is restarted with exponential backoff and given the current table and
 health. Its last counters are kept (with current connections zeroed), so totals on the
 stats page never go backwards. A worker whose stream reaches EOF — the controller died,
@@ -58,7 +65,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,6 +78,7 @@ from pylb.gatewaymodel import GatewayPlan
 from pylb.logs import setup_logging
 from pylb.messages import (
     HEADER,
+    TABLE_STEP,
     Channel,
     Ejected,
     Error,
@@ -85,6 +93,7 @@ from pylb.messages import (
     Table,
     encode,
     open_channel,
+    table_frame,
 )
 from pylb.model import RouteTable
 from pylb.preflight import StartupError
@@ -94,6 +103,9 @@ log = logging.getLogger("pylb.workers")
 STATS_INTERVAL = 0.5  # seconds between counter reports; the stats page lags by at most this
 RESTART_BACKOFF = (0.5, 30.0)  # first delay and cap, doubling per consecutive crash
 WATCH_INTERVAL = 0.25  # seconds between two looks at whether a worker has exited
+# Seconds of the controller's loop a turn may give to making a whole table's frame (steps
+# of ~8 ms each: messages.TABLE_STEP); the loop's other work runs between two turns.
+ENCODE_TURN = 0.02
 # How long a Gateway plan waits for the workers to say what they bound: binding is a few
 # system calls per listener, so this is only reached by a worker that is stuck or dying
 # (its listeners are then left out of PortUnavailable until the next plan).
@@ -140,6 +152,9 @@ class _Worker:
     sent_version: int | None = None
     # Noted while its buffer is above the high watermark; sent when it drains.
     table_stale: bool = False
+    # Waits for the whole-table frame being made (WorkerPool._encode): nothing else of
+    # the table is sent to it until that is written.
+    awaiting_frame: bool = False
     health_stale: bool = False
     gateways_stale: bool = False
     # The Gateway plan the worker last said it serves, and what of it it could not bind.
@@ -169,6 +184,9 @@ class WorkerPool:
         self._ready_waiters: dict[int, asyncio.Future[None]] = {}
         self._spawning: set[asyncio.Task[None]] = set()
         self._table_frame: tuple[RouteTable, bytes] | None = None  # encoded once per table
+        self._encoding: asyncio.Task[None] | None = None  # a big table's frame being made
+        self.table_step = TABLE_STEP  # servers or routes per step of making it
+        self.encode_turn = ENCODE_TURN  # seconds of steps per loop turn (0: one step)
         self._pending_health: dict[tuple[str, int], bool] = {}
         self._health_flush: asyncio.Handle | None = None
         self._health_bound = 1024  # prune self.health to the table above this many keys
@@ -218,9 +236,15 @@ class WorkerPool:
             parent.close()  # the worker sees EOF and exits; it is restarted
             log.error("worker %d: cannot attach its stream: %s", w.index, e)
             return
-        w.channel = ch
         start = pickle.dumps(_Start(w.index, self.settings, self.self_signed_pem), protocol=5)
-        ch.send_frame(HEADER.pack(len(start)) + start)
+        self._attached(w, ch, HEADER.pack(len(start)) + start)
+
+    def _attached(self, w: _Worker, ch: Channel, start: bytes) -> None:
+        """A (re)started worker's stream: its start frame, then the table, the health map
+        and the Gateway plan of this moment."""
+        w.channel = ch
+        w.sent_version, w.table_stale, w.awaiting_frame = None, False, False
+        ch.send_frame(start)
         self._send_table(w)
         self._send_health_map(w)
         self._send_gateways(w)
@@ -331,6 +355,8 @@ class WorkerPool:
         await asyncio.sleep(0)  # let the aborted transports close
         for task in list(self._spawning):
             task.cancel()
+        if self._encoding is not None:
+            self._encoding.cancel()
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -343,7 +369,8 @@ class WorkerPool:
         return ch if ch is not None and not ch.closed else None
 
     def _send_table(self, w: _Worker) -> None:
-        """The whole current table, now, or when the worker's buffer drains."""
+        """The whole current table, now, or when its frame is made (`_encode`), or when
+        the worker's buffer drains."""
         ch = self._usable(w)
         if ch is None:
             return
@@ -351,12 +378,88 @@ class WorkerPool:
             w.table_stale = True
             return
         cached = self._table_frame
-        if cached is None or cached[0] is not self.table:
-            cached = self._table_frame = (self.table, encode(Table(self.table)))
-        ch.send_frame(cached[1])
+        if cached is not None and cached[0] is self.table:
+            self._write_table(w, ch, *cached)
+            return
+        w.table_stale, w.awaiting_frame = False, True
+        if self._encoding is None:
+            self._encode(self.table)
+
+    def _write_table(self, w: _Worker, ch: Channel, table: RouteTable, frame: bytes) -> None:
+        ch.send_frame(frame)
         self.sent["tables"] += 1
-        self.sent["table_bytes"] = len(cached[1])
-        w.sent_version, w.table_stale = self.table.version, False
+        self.sent["table_bytes"] = len(frame)
+        w.sent_version, w.table_stale, w.awaiting_frame = table.version, False, False
+
+    def _encode(self, table: RouteTable) -> None:
+        """Make the whole-table frame of `table` for the workers awaiting it: a small
+        table at once, a big one a step per loop turn (messages.table_frame; 10,000
+        services in one go held the loop ~230 ms, and /readyz with it). Nothing is
+        written to a worker awaiting it meanwhile — no delta may reach a worker before
+        the table it is from — and the table may move on meanwhile: `_encoded` then
+        sends the change since."""
+        steps = table_frame(table, self.table_step)
+        frame = _step(steps)
+        if frame is not None:
+            self._encoded(table, frame)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to let run (tests): every step now
+            while frame is None:
+                frame = _step(steps)
+            self._encoded(table, frame)
+            return
+        self._encoding = loop.create_task(self._encode_steps(table, steps),
+                                          name=f"encode table v{table.version}")
+
+    async def _encode_steps(self, table: RouteTable, steps: Generator[None, None, bytes]) -> None:
+        # As many steps a loop turn as fit in ENCODE_TURN: the frame is made in a few
+        # turns on an idle loop, and one step a turn on a busy one (whose turns are long:
+        # a step a turn there put seconds between the first table and the workers).
+        frame = None
+        clock = time.perf_counter
+        while frame is None:
+            await asyncio.sleep(0)
+            began = clock()
+            frame = _step(steps)
+            while frame is None and clock() - began < self.encode_turn:
+                frame = _step(steps)
+        self._encoding = None
+        self._encoded(table, frame)
+
+    def _encoded(self, table: RouteTable, frame: bytes) -> None:
+        """`table`'s frame is made: write it to each worker awaiting it, then the change
+        from it to the current table when that moved on meanwhile."""
+        if table is self.table:
+            self._table_frame = (table, frame)
+        catch_up: bytes | None = None
+        for w in self._workers:
+            if not w.awaiting_frame:
+                continue
+            w.awaiting_frame = False
+            ch = self._usable(w)
+            if ch is None:
+                continue  # (re)spawn sends the table of that moment
+            if ch.paused:
+                w.table_stale = True
+                continue
+            self._write_table(w, ch, table, frame)
+            if table is self.table:
+                continue
+            if catch_up is None:
+                delta = diff(table, self.table)
+                if _big(delta, self.table_step):
+                    self._send_table(w)  # the current table, made the same way
+                    continue
+                catch_up = encode(delta)
+            self._send_delta(w, ch, catch_up)
+
+    def _send_delta(self, w: _Worker, ch: Channel, frame: bytes) -> None:
+        ch.send_frame(frame)
+        self.sent["deltas"] += 1
+        self.sent["delta_bytes"] = len(frame)
+        w.sent_version = self.table.version
 
     def _send_health_map(self, w: _Worker) -> None:
         ch = self._usable(w)
@@ -380,32 +483,48 @@ class WorkerPool:
     def apply(self, table: RouteTable) -> None:
         """Publish a new table: a delta to each worker that has the previous one, the
         whole table to any other (none to a worker whose buffer is full: it gets the
-        newest whole table when that drains)."""
+        newest whole table when that drains; a worker awaiting a whole table being made
+        gets the change since after it: `_encoded`). A change as big as a table step
+        goes whole, made in steps (`_encode`), rather than as one big delta frame."""
         prev, self.table = self.table, table
         # The whole-table frame of the previous table (a few MiB at 10,000 services, and
         # the old table it names) is of no use any more.
         self._table_frame = None
+        delta: Delta | None = None
         frame: bytes | None = None
         for w in self._workers:
             ch = self._usable(w)
-            if ch is None:
-                continue  # (re)spawn sends the table of that moment
+            if ch is None or w.awaiting_frame:
+                continue  # (re)spawn sends the table of that moment; see _encoded
             if ch.paused:
                 w.table_stale = True
                 continue
             if w.table_stale or w.sent_version is None or w.sent_version != prev.version:
                 self._send_table(w)
                 continue
+            if delta is None:
+                delta = diff(prev, table)
+            if _big(delta, self.table_step):
+                self._send_table(w)
+                continue
             if frame is None:
-                frame = encode(diff(prev, table))
-            ch.send_frame(frame)
-            self.sent["deltas"] += 1
-            self.sent["delta_bytes"] = len(frame)
-            w.sent_version = table.version
+                frame = encode(delta)
+            self._send_delta(w, ch, frame)
         if len(self.health) > self._health_bound:
-            live = {s.key for b in table.backends for s in b.servers}
-            self.health = {k: v for k, v in self.health.items() if k in live}
-            self._health_bound = 2 * len(self.health) + 1024
+            self._prune_health(table)
+
+    def _prune_health(self, table: RouteTable) -> None:
+        """Forget the verdicts of servers gone from `table` once the map holds more than
+        twice the table's servers (pod churn). Counting them is a walk over the backends;
+        the prune itself walks every server (~50 ms at 100,000): not while checks merely
+        fill the map during start-up, only when it outgrew the table."""
+        servers = sum(len(b.servers) for b in table.backends)
+        if len(self.health) <= 2 * servers:
+            self._health_bound = 2 * servers + 1024
+            return
+        live = {s.key for b in table.backends for s in b.servers}
+        self.health = {k: v for k, v in self.health.items() if k in live}
+        self._health_bound = 2 * max(len(self.health), servers) + 1024
 
     def _send_gateways(self, w: _Worker) -> None:
         ch = self._usable(w)
@@ -494,6 +613,24 @@ class WorkerPool:
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process is not None]
+
+
+def _step(steps: Generator[None, None, bytes]) -> bytes | None:
+    """One step of making a frame: the frame when that was the last, else None."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    return None
+
+
+def _big(delta: Delta, step: int) -> bool:
+    """A change of more than one step of encoding (messages.TABLE_STEP): it goes as the
+    whole table, made in steps, not as one delta frame made in one go."""
+    size = len(delta.backends)
+    if size >= step:
+        return True
+    return size + sum(len(b.servers) for b in delta.backends) >= step
 
 
 # -- the worker process ------------------------------------------------------------------

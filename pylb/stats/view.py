@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy.check import CheckResult
-from pylb.counters import table_rows
+from pylb.counters import ServerRows, table_rows
 from pylb.model import Backend, RouteTable, Server, format_hostport
 
 # haproxy 2.6's `show stat` header, in order (doc/management.txt section 9.1). pylb
@@ -496,10 +496,10 @@ def removed_servers(view: StatsView) -> dict[str, list[tuple[str, Mapping[str, A
     return out
 
 
-_keys_cache: list[tuple[RouteTable, tuple[frozenset[str], frozenset[str]]]] = []
+_keys_cache: list[tuple[RouteTable, tuple[frozenset[str], ServerRows]]] = []
 
 
-def table_keys(table: RouteTable) -> tuple[frozenset[str], frozenset[str]]:
+def table_keys(table: RouteTable) -> tuple[frozenset[str], ServerRows]:
     """counters.table_rows of `table`, kept for the last table (computed once per table
     version, not once per render)."""
     cached = _keys_cache[0] if _keys_cache else None

@@ -21,6 +21,7 @@ import pytest
 
 from proxy.check import (
     _CHUNK,
+    _INDEX_STEP,
     L4CON,
     L4OK,
     CheckResult,
@@ -128,6 +129,58 @@ def test_index_agrees_with_check_targets(scope: CheckScope) -> None:
         got = {k: index.resolve(k)[1] for k in index.refs}
         assert got == expected
         assert all(index.resolve(k) == (False, None) for k in touched if k not in expected)
+
+
+@pytest.mark.parametrize("step", [1, 4])
+def test_index_taken_in_steps_agrees_with_check_targets(step: int) -> None:
+    """`_Index.steps` (a big table read a part per loop turn): usable between its stops,
+    and the table's when it ends; it touches what `update` touches."""
+    rng = random.Random(11)
+    index, reference = _Index(CheckScope.ALL), _Index(CheckScope.ALL)
+    backends = {f"b{i}": _random_backend(rng, f"b{i}") for i in range(8)}
+    for _ in range(200):
+        name = f"b{rng.randrange(12)}"
+        if rng.random() < 0.6:
+            backends[name] = _random_backend(rng, name)
+        else:
+            backends.pop(name, None)
+        table = RouteTable(backends=tuple(sorted(backends.values(), key=lambda b: b.name)))
+        touched: dict[Key, None] = {}
+        for _ in index.steps(table.backends, touched, step):
+            for k in list(index.refs):
+                index.resolve(k)  # every name it refers to is there
+        assert {k: index.resolve(k)[1] for k in index.refs} == check_targets(table)
+        assert set(touched) == set(reference.update(table.backends))
+
+
+async def test_a_table_that_comes_while_one_is_read_in_steps_is_taken_in_after_it() -> None:
+    async def ok(key: Key, path: str | None, timeout: float) -> Probe:
+        return Probe(L4OK)
+
+    checker = HealthChecker(Settings(), lambda *a: None, probe=ok, nofile=None,
+                            params=CheckSettings(interval=2.0, rate=1000.0))
+    task = asyncio.create_task(checker.run())
+    try:
+        await asyncio.sleep(0.01)
+        big = _table(3 * _INDEX_STEP)
+        checker.set_table(big)
+        assert checker._taking is not None
+        await asyncio.sleep(0)
+        other = _table(2 * _INDEX_STEP, prefix="127.6")  # while the first is being read
+        checker.set_table(other)
+        read_in_steps, jump, seen = False, 0, len(checker._results)
+        async with asyncio.timeout(30):
+            while checker._taking is not None or checker._pending:
+                await asyncio.sleep(0)
+                read_in_steps |= checker._taking_table is other and checker._taking is not None
+                jump, seen = max(jump, len(checker._results) - seen), len(checker._results)
+        assert read_in_steps  # the second too, after the first
+        assert jump <= _CHUNK  # and taken in a chunk a turn: never all at once
+        assert set(checker._schedule.targets) == set(check_targets(other))
+        assert set(checker.results()) == set(check_targets(other))
+    finally:
+        checker.stop()
+        await task
 
 
 def test_index_walks_only_changed_backends() -> None:
@@ -492,8 +545,9 @@ def test_real_emfile_from_a_probe_is_raised_not_a_verdict(loop: str) -> None:
 
 
 async def test_a_big_table_is_taken_in_parts_while_running() -> None:
-    """12,000 new servers while the loop runs: one chunk (`_CHUNK`) at once, the rest over
-    the next turns of the loop (other work runs between), spread over one span as a whole."""
+    """12,000 new servers while the loop runs: read into the index `_INDEX_STEP` servers
+    a turn, then taken in `_CHUNK` a turn (other work runs between), spread over one span
+    as a whole."""
     async def ok(key: Key, path: str | None, timeout: float) -> Probe:
         return Probe(L4OK)
 
@@ -504,7 +558,14 @@ async def test_a_big_table_is_taken_in_parts_while_running() -> None:
     try:
         await asyncio.sleep(0.01)
         checker.set_table(_table(12_000))
-        assert len(checker.results()) == 10 + _CHUNK
+        assert _INDEX_STEP < 12_000 and checker._taking is not None  # read in steps
+        assert len(checker.results()) == 10  # taken in once the whole table is read
+        for _ in range(100):
+            if checker._taking is None:
+                break
+            await asyncio.sleep(0)
+        assert checker._taking is None  # read: then taken in a chunk a turn
+        assert len(checker.results()) in (10, 10 + _CHUNK)
         async with asyncio.timeout(30):
             while len(checker.results()) < 12_000:
                 await asyncio.sleep(0)
@@ -516,3 +577,20 @@ async def test_a_big_table_is_taken_in_parts_while_running() -> None:
     finally:
         checker.stop()
         await task
+
+
+def test_probes_started_together_share_their_next_due_time() -> None:
+    """One float object for a batch's next due time (24 B a server otherwise), equal to
+    what each would compute; a later batch gets its own."""
+    schedule = Schedule(interval=2.0, rate=1000.0, cap=100, rng=random.Random(3))
+    schedule.add([(("127.7.0.1", 80 + i), None) for i in range(6)], 0.0)
+    now = float(100)
+    batch = schedule.take(now)
+    assert len(batch) == 6
+    dues = [schedule.done(key, target, now) for key, target in batch[:3]]
+    later = now + 0.5
+    dues += [schedule.done(key, target, later) for key, target in batch[3:]]
+    assert dues[:3] == [now + 2.0] * 3 and dues[3:] == [later + 2.0] * 3
+    assert dues[0] is dues[1] is dues[2] and dues[3] is dues[4] is dues[5]
+    assert dues[0] is not dues[3]
+    assert all(t.due is d for (_, t), d in zip(batch, dues, strict=True))

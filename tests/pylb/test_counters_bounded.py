@@ -103,3 +103,24 @@ def test_beyond_the_sweep_budget_every_change_arrives_within_a_round(
         folded = fold_report(folded, report)
     assert max(sizes) <= 7
     assert folded["servers"] == st.snapshot()["servers"]
+
+
+def test_server_rows_answer_membership_without_making_every_label() -> None:
+    from pylb.counters import ServerRows, table_rows
+    from pylb.model import Backend, Server
+
+    backends = [Backend(f"ns/s{i}:80", (Server(f"127.8.0.{i}", 80),
+                                        Server(f"127.8.1.{i}", 81, name=f"pod-{i}")))
+                for i in range(50)]
+    names, rows = table_rows(backends)
+    assert isinstance(rows, ServerRows) and names == {b.name for b in backends}
+    assert "ns/s3:80\x00127.8.0.3:80" in rows and "ns/s3:80\x00pod-3" in rows
+    assert "ns/s3:80\x00127.8.1.3:81" not in rows  # named: its label is the name
+    assert "ns/s3:80\x00pod-4" not in rows and "ns/gone:80\x00x" not in rows
+    assert "ns/s3:80" not in rows and 7 not in rows
+    # only backend 3's servers got their labels made
+    made = [b.name for b in backends for s in b.servers if s._label is not None
+            and s.name == ""]
+    assert made == ["ns/s3:80"]
+    every = {f"{b.name}\x00{s.label}" for b in backends for s in b.servers}
+    assert rows == every and len(rows) == 100 and set(rows) == every

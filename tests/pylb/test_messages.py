@@ -36,6 +36,7 @@ from pylb.messages import (
     Stats,
     Table,
     encode,
+    table_frame,
 )
 from pylb.model import (
     Affinity,
@@ -46,6 +47,7 @@ from pylb.model import (
     RouteTable,
     Server,
     SkippedService,
+    SniCertificate,
     TcpFrontend,
 )
 
@@ -162,3 +164,82 @@ def test_without_the_wire_form_messages_still_round_trip(
     monkeypatch.setattr(pylb.messages, "PACKABLE", False)
     for msg in MESSAGES[:2]:
         assert FrameReader().feed(encode(msg)) == [msg]
+
+
+# -- a whole table made in steps (pylb.workers lets its loop run between them) -------------
+
+def frame_in_steps(table: RouteTable, step: int) -> tuple[bytes, int]:
+    """The frame `table_frame` makes, and how many times it stopped before the end."""
+    steps = table_frame(table, step)
+    stops = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, stops
+        stops += 1
+
+
+def many(n: int, version: int = 9) -> RouteTable:
+    """`n` backends of 0-4 servers (some the same object in two places), routes to
+    them on http and https, tcp frontends, skipped services and a certificate."""
+    shared = Server("127.2.9.9", 9, name="shared")
+    backends = tuple(Backend(f"ns-{i % 3}/s{i:03}:80", tuple(
+        shared if j == 3 else Server(f"127.2.{i}.{j}", 8000 + j, name=f"p{i}-{j}",
+                                     weight=1 + j, ready=j != 2, serving=j != 2)
+        for j in range(i % 5)), Algorithm.LEASTCONN if i % 2 else Algorithm.ROUNDROBIN)
+        for i in range(n))
+    http = tuple(HttpRoute(f"r{i}", f"/r{i}", b.name, host=f"h{i % 4}.example")
+                 for i, b in enumerate(backends))
+    https = tuple(HttpRoute(f"t{i}", f"/t{i}", b.name, tls=True)
+                  for i, b in enumerate(backends[::3]))
+    return RouteTable(http=http, https=https,
+                      tcp=(TcpFrontend("c", 8443, "", (("c.example", backends[0].name),)),),
+                      backends=backends, skipped=(SkippedService("ns", "d", "why"),),
+                      certs=(SniCertificate("ns/a", ("a.test",), b"chain", b"key"),),
+                      version=version)
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 10_000])
+def test_a_table_made_in_steps_decodes_as_the_whole(step: int) -> None:
+    for table in (many(40), RouteTable(), MESSAGES[0].table):  # type: ignore[union-attr]
+        frame, stops = frame_in_steps(table, step)
+        (got,) = FrameReader().feed(frame)
+        assert got == Table(table) == FrameReader().feed(encode(Table(table)))[0]
+        assert isinstance(got, Table) and got.table.render() == table.render()
+        assert got.table.version == table.version and got.table.certs == table.certs
+        if table.backends and step == 1:
+            assert stops >= len(table.backends)  # one backend a step: every one let the loop run
+        if step == 10_000:
+            assert stops <= 1  # a small table: made at once
+
+
+def test_a_part_of_a_table_is_as_restricted_as_a_frame() -> None:
+    from pylb.messages import _TableParts
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            import os
+            return (os.system, ("true",))
+
+    payload = pickle.dumps(_TableParts((), (), (), (pickle.dumps(Evil()),), (), 1, ()))
+    with pytest.raises(FrameError, match="unexpected class"):
+        FrameReader().feed(HEADER.pack(len(payload)) + payload)
+
+
+def test_without_the_wire_form_a_table_is_made_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pylb.messages
+
+    monkeypatch.setattr(pylb.messages, "PACKABLE", False)
+    frame, stops = frame_in_steps(many(10), 1)
+    assert stops == 0 and FrameReader().feed(frame) == [Table(many(10))]
+
+
+def test_a_table_made_in_steps_shares_each_port_number_across_its_parts() -> None:
+    frame, stops = frame_in_steps(many(40), 2)
+    assert stops > 10
+    (got,) = FrameReader().feed(frame)
+    assert isinstance(got, Table)
+    ports = [s.port for b in got.table.backends for s in b.servers if s.port == 8001]
+    assert len(ports) > 10 and len({id(p) for p in ports}) == 1  # one int object

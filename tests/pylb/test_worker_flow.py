@@ -181,3 +181,148 @@ async def test_a_channel_pauses_above_the_high_watermark_and_resumes_when_read()
         reader.close()
         await asyncio.wait_for(writer.wait_closed(), 5)
         await asyncio.wait_for(reader.wait_closed(), 5)
+
+
+# -- a big whole table is made a step per loop turn (WorkerPool._encode) ---------------------
+
+def big(version: int, n: int = 30, port: int = 80) -> RouteTable:
+    bs = tuple(Backend(f"ns/s{i:02}:80", tuple(Server(f"127.2.{i}.{j}", port) for j in range(3)))
+               for i in range(n))
+    return RouteTable(http=tuple(HttpRoute(f"s{i}", f"/s{i}", b.name) for i, b in
+                                 enumerate(bs)), backends=bs, version=version)
+
+
+def changed(t: RouteTable, version: int, i: int = 0) -> RouteTable:
+    """`t` with backend `i`'s servers moved to another port: a small change."""
+    bs = list(t.backends)
+    bs[i] = Backend(bs[i].name, (Server("127.2.200.1", 9000 + version),))
+    return RouteTable(http=t.http, backends=tuple(bs), version=version)
+
+
+def fold(msgs: list[Message], have: RouteTable) -> RouteTable:
+    """What a worker makes of `msgs`: a whole table replaces its own, a delta applies to
+    the table it is from (apply_delta raises when it is not: the worker would ask for the
+    whole table again — which must never be needed here)."""
+    from pylb.delta import apply_delta
+
+    for m in msgs:
+        if isinstance(m, Table):
+            have = m.table
+        elif isinstance(m, Delta):
+            have = apply_delta(have, m)
+    return have
+
+
+async def until_made(pool: WorkerPool) -> int:
+    """Loop turns until no table is being made (bounded)."""
+    turns = 0
+    while pool._encoding is not None and turns < 10_000:
+        await asyncio.sleep(0)
+        turns += 1
+    assert pool._encoding is None
+    return turns
+
+
+async def test_a_big_table_is_made_over_loop_turns_and_changes_wait_for_it() -> None:
+    pool, chans = pool_with(2)
+    pool.table_step = 5  # 30 backends of 3 servers: ~24 steps
+    pool.encode_turn = 0  # one a loop turn
+    for ch in chans:
+        ch.take()
+    t1 = big(1)
+    pool.apply(t1)  # from the empty table: a change as big as a table goes whole, in steps
+    assert pool._encoding is not None and [ch.take() for ch in chans] == [[], []]
+    await asyncio.sleep(0)
+    t2 = changed(t1, 2)
+    pool.apply(t2)
+    pool.set_health(("127.2.0.0", 80), False)  # verdicts are not held back
+    await asyncio.sleep(0)
+    t3 = changed(t2, 3, i=5)
+    pool.apply(t3)
+    for ch in chans:  # the verdict; no delta before the table it is from
+        assert [type(m) for m in ch.take()] == [Health]
+    assert await until_made(pool) > 5  # the loop ran in between
+    for ch in chans:
+        got = ch.take()
+        assert [type(m) for m in got] == [Table, Delta]
+        assert got[0] == Table(t1)  # the table being made when the changes came
+        assert isinstance(got[1], Delta) and (got[1].base, got[1].version) == (1, 3)
+        assert fold(got, RouteTable()) == t3
+    pool.apply(changed(t3, 4, i=7))  # after: deltas as usual
+    for ch in chans:
+        (d,) = ch.take()
+        assert isinstance(d, Delta) and d.base == 3
+    assert pool._table_frame is None  # the frame made was of a table gone
+
+
+async def test_a_big_change_while_a_table_is_made_is_made_whole_after_it() -> None:
+    pool, (ch,) = pool_with(1)
+    pool.table_step, pool.encode_turn = 5, 0
+    ch.take()
+    t1 = big(1)
+    pool.apply(t1)
+    await asyncio.sleep(0)
+    t2 = big(2, port=81)  # every backend changed
+    pool.apply(t2)
+    await until_made(pool)
+    await until_made(pool)  # the second whole table
+    got = ch.take()
+    assert got == [Table(t1), Table(t2)] and fold(got, RouteTable()) == t2
+    assert pool._table_frame is not None and pool._table_frame[0] is t2
+    pool._on_message(pool._workers[0], NeedTable(1))  # made already: sent at once
+    assert ch.take() == [Table(t2)]
+
+
+async def test_a_worker_restarted_while_a_table_is_made_gets_a_consistent_one() -> None:
+    pool, (old, other) = pool_with(2)
+    pool.table_step, pool.encode_turn = 5, 0
+    old.take(), other.take()
+    t1 = big(1)
+    pool.apply(t1)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert pool._encoding is not None
+    # worker 0 dies and its restart attaches a new stream while the frame is being made
+    old.closed = True
+    new = FakeChannel()
+    pool._attached(pool._workers[0], new, b"")  # type: ignore[arg-type]
+    t2 = changed(t1, 2)
+    pool.apply(t2)
+    await until_made(pool)
+    assert old.take() == []
+    for ch in (new, other):
+        got = [m for m in ch.take() if not isinstance(m, Health)]  # the new one's map
+        assert [type(m) for m in got] == [Table, Delta] and fold(got, RouteTable()) == t2
+    # and one restarted after: the current table, whole, at once (its frame is kept)
+    pool._attached(pool._workers[1], other, b"")  # type: ignore[arg-type]
+    assert pool._encoding is not None  # t2 went as a delta: its whole frame is made now
+    assert [type(m) for m in other.take()] == [Health]
+    await until_made(pool)
+    assert other.take() == [Table(t2)]
+
+
+def test_verdicts_of_servers_gone_are_forgotten_once_they_outnumber_the_table() -> None:
+    pool, _ = pool_with(1)
+    t = big(1, n=400)  # 1,200 servers
+    pool.apply(t)
+    for b in t.backends:  # every server has a verdict: no prune, however many
+        for s in b.servers:
+            pool.set_health(s.key, False)
+    pool.apply(changed(t, 2))
+    assert len(pool.health) == 1200
+    for i in range(3000):  # churn: servers that came and went
+        pool.set_health(("127.9.0.1", 1000 + i), True)
+    pool.apply(changed(t, 3, i=1))
+    assert len(pool.health) == 1200 - 3  # v3 is v1 with backend 1 moved: its old servers go
+    assert all(k[0] != "127.9.0.1" for k in pool.health)
+
+
+async def test_a_big_table_takes_as_many_steps_a_turn_as_fit_in_the_budget() -> None:
+    pool, (ch,) = pool_with(1)
+    pool.table_step, pool.encode_turn = 5, 60.0  # a budget no machine runs out of
+    ch.take()
+    t1 = big(1)
+    pool.apply(t1)
+    assert pool._encoding is not None  # the first step now, the rest on later turns
+    assert await until_made(pool) <= 2  # ~24 steps in the one turn after the task starts
+    assert ch.take() == [Table(t1)]

@@ -487,6 +487,35 @@ async def test_a_1000_service_table_reaches_every_worker(backends: list[int]) ->
         await pool.shutdown(1.0)
 
 
+async def test_a_table_made_in_steps_and_changes_made_meanwhile_reach_every_worker(
+        backends: list[int]) -> None:
+    """Real workers: a 1,000-service table made into its frame over many loop turns, two
+    changes published while it is made: each worker gets the table, then the change
+    since, and serves the newest — never a delta before its table (no NeedTable)."""
+    s = settings()
+    pool = WorkerPool(s)
+    await pool.start()
+    pool.table_step, pool.encode_turn = 500, 0  # ~25 steps, one a loop turn
+    try:
+        tables, deltas = pool.sent["tables"], pool.sent["deltas"]  # the empty one at start
+        t1 = big_service_table(1000, backends[0])
+        pool.apply(t1)
+        assert pool._encoding is not None
+        await asyncio.sleep(0)
+        svc = Backend("default/svc:80", (Server("127.0.0.1", backends[1], name="real"),))
+        t2 = RouteTable(http=t1.http, backends=(svc, *t1.backends[1:]), version=2)
+        pool.apply(t2)
+        await asyncio.sleep(0)
+        svc = Backend("default/svc:80", (Server("127.0.0.1", backends[2], name="real"),))
+        pool.apply(RouteTable(http=t1.http, backends=(svc, *t1.backends[1:]), version=3))
+        await served_only_by(s.http_port, "b2")
+        # one table and one delta a worker
+        assert (pool.sent["tables"] - tables, pool.sent["deltas"] - deltas) == (2, 2)
+        assert pool.restarts == 0 and all(w.sent_version == 3 for w in pool._workers)
+    finally:
+        await pool.shutdown(1.0)
+
+
 async def test_changes_go_as_deltas_and_a_worker_that_missed_one_gets_the_table(
         backends: list[int]) -> None:
     from pylb.delta import Delta
