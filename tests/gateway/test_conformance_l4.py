@@ -1,9 +1,9 @@
 """The upstream TLSRoute/TCPRoute conformance tests (experimental channel), ported at the
 translation level: the same manifests, the same route and listener status the suite waits
 for, and which backends each listener's routes lead to (by SNI for TLS passthrough).
-pylb translates these listeners but does not bind them yet: their Programmed is False with
-reason Pending (README, Gateway API), and only with `GatewaySettings(l4=True)`: the live
-source keeps them UnsupportedProtocol until the data plane binds them."""
+With `GatewaySettings(l4=True)` (the live source's) these listeners are Programmed and
+bound by proxy/tcp/gwl4.py; without, they stay UnsupportedProtocol. The same scenarios run
+on real sockets in tests/gateway/test_l4_live.py."""
 
 from __future__ import annotations
 
@@ -66,9 +66,9 @@ def test_TCPRouteParentRefPortAndSectionName() -> None:
         assert st["supportedKinds"] == [{"group": "gateway.networking.k8s.io",
                                          "kind": "TCPRoute"}]
         assert condition(st, "Accepted")["status"] == "True"
-        # translated, not bound by the data plane yet: said so
+        # bound by the data plane (proxy/tcp/gwl4.py) unless the port is unavailable
         assert (condition(st, "Programmed")["status"],
-                condition(st, "Programmed")["reason"]) == ("False", "Pending")
+                condition(st, "Programmed")["reason"]) == ("True", "Programmed")
     # nothing of it reaches the HTTP listeners
     assert all(lst.gateway != f"{INFRA}/{gw}" for lst in plan.listeners)
 
