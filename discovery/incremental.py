@@ -449,6 +449,8 @@ class Translator:
                 https = _reuse(builder.https, old.https)
                 routed = {r.backend for r in http}
                 routed.update(r.backend for r in https)
+                if settings.gateway.enabled:  # as translate(): Gateway routes may name any
+                    routed.update(builder.backends)
                 olds = {b.name: b for b in old.backends + old.tcp_backends}
                 backends: list[Backend] = []
                 tcp_backends: list[Backend] = []

@@ -855,6 +855,10 @@ class _Builder:
             conflict = self._route_conflict(r)
             if conflict is not None:
                 self.skip(svc.namespace, svc.name, f"port {port.port}: {conflict}")
+                if self.settings.gateway.enabled:
+                    # only its /name route clashes (a same-named Service of another
+                    # namespace): its backend, ns/name:port, stays for Gateway routes
+                    self.backends[backend.name] = backend
                 return
         for r in routes:
             self._claim(r, svc.ident)
@@ -906,6 +910,8 @@ class _Builder:
         for f in frontends:
             used.add(f.backend)
             used.update(b for _, b in f.sni)
+        if s.gateway.enabled:  # Gateway routes may name any Service port's backend
+            used.update(self.backends)
         return RouteTable(
             http=tuple(self.http),
             https=tuple(self.https),
