@@ -257,15 +257,20 @@ class Live:
                 stdout=asyncio.subprocess.DEVNULL, stderr=fh)
 
     async def stop(self) -> None:
-        if self.proc is not None:
+        """Every wait bounded: this runs in teardown, after pytest-timeout may already
+        have fired (its alarm is not re-armed), so a wait without bound here is a run that
+        never ends."""
+        if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 20)
             if self.proc.returncode is None:
                 self.proc.kill()
-                await self.proc.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), 10)
         for r in self.echoes:
-            await r.cleanup()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(r.cleanup(), 10)
         for srv in self.l4_echoes:
             srv.close()
 
@@ -301,7 +306,7 @@ class Live:
                       ns: str = INFRA) -> Response:
         address = self.address(gateway, ns)
         assert address is not None, f"gateway {gateway} has no address yet"
-        r, w = await asyncio.open_connection(address, self.gw_port)
+        r, w = await asyncio.wait_for(asyncio.open_connection(address, self.gw_port), 6)
         try:
             lines = [f"{method} {path} HTTP/1.1", f"Host: {host or address}",
                      "Connection: close"]
@@ -310,8 +315,8 @@ class Live:
             data = await asyncio.wait_for(r.read(), 5)
         finally:
             w.close()
-            with contextlib.suppress(OSError):
-                await w.wait_closed()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(w.wait_closed(), 5)
         head, _, body = data.partition(b"\r\n\r\n")
         first, *rest = head.decode("latin-1").split("\r\n")
         hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in rest)}
@@ -332,8 +337,9 @@ class Live:
             data = await asyncio.wait_for(r.read(), 5)
         finally:
             w.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await w.wait_closed()
+            # a TLS close waits for the peer's close_notify (30 s by default): bounded
+            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+                await asyncio.wait_for(w.wait_closed(), 5)
         head, _, body = data.partition(b"\r\n\r\n")
         first, *rest = head.decode("latin-1").split("\r\n")
         hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in rest)}
@@ -360,8 +366,8 @@ class Live:
             line = await asyncio.wait_for(r.readline(), 5)
         finally:
             w.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await w.wait_closed()
+            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+                await asyncio.wait_for(w.wait_closed(), 5)
         if not line:
             raise ConnectionResetError("closed without an answer")
         doc: JsonObj = json.loads(line)
