@@ -778,6 +778,7 @@ class TcpProxy:
         self._sweep: asyncio.TimerHandle | None = None
         self._table = RouteTable()
         self._lock = asyncio.Lock()  # set_table calls do not interleave their awaits
+        self._unbound: set[int] = set()  # ports that could not be bound (logged once)
         self.shortage = ShortageLog("tcp")  # connects failing for our own shortage
 
     @property
@@ -831,6 +832,7 @@ class TcpProxy:
     async def _set_frontends(self, frontends: tuple[TcpFrontend, ...]) -> None:
         loop = self.loop
         wanted = {f.port: f for f in frontends}
+        self._unbound &= wanted.keys()
         for port in [p for p in self._frontends if p not in wanted]:
             self._drain(self._frontends.pop(port), self.settings.grace_period)
         for port, f in wanted.items():
@@ -855,9 +857,12 @@ class TcpProxy:
                         reuse_port=self.reuse_port or None, backlog=BACKLOG)
                     name = fe.server.sockets[0].getsockname()
             except OSError as e:
-                log.error("tcp frontend %s: cannot listen on %s:%d: %s (retried on the "
-                          "next table)", f.name, self.host, port, e)
+                if port not in self._unbound:  # retried with every table: logged once
+                    log.error("tcp frontend %s: cannot listen on %s:%d: %s (retried on the "
+                              "next table)", f.name, self.host, port, e)
+                self._unbound.add(port)
                 continue
+            self._unbound.discard(port)
             fe.sockname = (str(name[0]), int(name[1]))
             self._frontends[port] = fe
 

@@ -24,7 +24,7 @@ from tests.kfake import FakeApiServer
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
-@pytest.fixture(params=[2])
+@pytest.fixture(params=[2, 1])  # workers; 1: the controller serves in process
 async def live(request: pytest.FixtureRequest, tmp_path: Path,
                no_proxy_env: None) -> AsyncIterator[Live]:
     async with FakeApiServer(bookmark_interval=0.5) as api:

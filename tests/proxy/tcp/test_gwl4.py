@@ -232,7 +232,8 @@ async def test_tcp_listener_and_weighted_shares(rig: Rig) -> None:
         await tcp_ask(other)
 
 
-async def test_a_port_that_cannot_be_bound_is_reported_and_retried(rig: Rig) -> None:
+async def test_a_port_that_cannot_be_bound_is_reported_and_retried(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     rig.add("a", await tagged_backend(b"a"))
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -243,6 +244,8 @@ async def test_a_port_that_cannot_be_bound_is_reported_and_retried(rig: Rig) -> 
         tcp(route("", wb("a")), address="127.0.0.2", port=port)))  # its own address
     assert await rig.plane.apply_plan(plan) == {("10.0.0.1", port)}
     assert await tcp_ask(port, host="127.0.0.2") == b"a:hi\n"
+    assert await rig.plane.apply_plan(plan) == {("10.0.0.1", port)}  # retried: logged once
+    assert sum("cannot listen" in r.getMessage() for r in caplog.records) == 1
     taken.close()
     assert await rig.plane.apply_plan(plan) == frozenset()
     assert await tcp_ask(port) == b"a:hi\n"
