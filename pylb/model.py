@@ -262,11 +262,11 @@ class TcpFrontend:
     port: int
     backend: str
     sni: tuple[tuple[str, str], ...] = ()
-    # Gateway listeners (TLSRoute, TCPRoute: proxy/tcp/gwl4.py). A backend named in
-    # `weighted` is a choice among several, made per connection in proportion to their
-    # weights ("" among them: that share is refused); `gateway`: a `*.` name in `sni`
-    # covers any number of labels, as Gateway API hostnames do (one, as certificates,
-    # otherwise), and an unnamed backend refuses the connection.
+    # Gateway listeners (TLSRoute, TCPRoute: proxy/tcp/gwl4.py, served by a TcpProxy made
+    # with gateway=True). A backend named in `weighted` is a choice among several, made
+    # per connection in proportion to their weights ("" among them: that share is
+    # refused); `gateway`: a `*.` name in `sni` covers any number of labels, as Gateway
+    # API hostnames do (one, as certificates, otherwise).
     weighted: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
     gateway: bool = False
 

@@ -110,7 +110,7 @@ class GatewayL4Plane:
             if proxy is None:
                 proxy = self.proxies[host] = TcpProxy(
                     self.settings, self.stats, self.balancers, host=host,
-                    reuse_port=self.reuse_port, limit=self.limit)
+                    reuse_port=self.reuse_port, limit=self.limit, gateway=True)
             await proxy.set_frontends(tuple(frontends.get(host, ())))
             bound = proxy.bound_ports()
             unavailable.update(ep for bport, ep in per_host.get(host, {}).items()

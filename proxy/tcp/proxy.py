@@ -158,8 +158,7 @@ class _Frontend:
     """A listening port (a uvloop server, or a maxconn-aware `Listener`) and the
     connections accepted on it."""
 
-    __slots__ = ("choices", "conn", "conns", "counters", "frontend", "listener", "server",
-                 "sockname")
+    __slots__ = ("choices", "conns", "counters", "frontend", "listener", "server", "sockname")
 
     def __init__(self, frontend: TcpFrontend, counters: Counters) -> None:
         self.counters = counters
@@ -170,12 +169,10 @@ class _Frontend:
         self.set(frontend)
 
     def set(self, frontend: TcpFrontend) -> None:
-        """Serve `frontend` from the next connection on. The Protocol class is chosen here,
-        once per table, so that a frontend without weighted choices (every Service's)
-        pays nothing per connection for those that have them (`_ChoiceConn`)."""
+        """Serve `frontend` from the next connection on (its weighted choices: read by
+        `_ChoiceConn`, the Protocol of a Gateway proxy's connections)."""
         self.frontend = frontend
         self.choices = {name: WeightedChoice(options) for name, options in frontend.weighted}
-        self.conn: type[_Conn] = _ChoiceConn if frontend.gateway else _Conn
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -751,7 +748,7 @@ class TcpProxy:
     def __init__(self, settings: Settings, stats: Stats, balancers: Balancers, *,
                  host: str = "0.0.0.0", reuse_port: bool = False,
                  splice_threshold: int | None = DEFAULT_SPLICE_THRESHOLD,
-                 limit: ConnectionLimit | None = None) -> None:
+                 limit: ConnectionLimit | None = None, gateway: bool = False) -> None:
         """`splice_threshold`: bytes after which a connection moves to os.splice (0: at
         once; None: never; ignored where splice is unavailable).
 
@@ -760,9 +757,15 @@ class TcpProxy:
         so that new connections wait in the kernel's backlog, as haproxy's do; each
         connection gives its slot back when it ends. Without it, by uvloop's own server,
         which accepts in C (~30 µs of CPU less per connection, bench/l4_tcp.py
-        pylb-switch vs pylb-maxconn) and has no limit."""
+        pylb-switch vs pylb-maxconn) and has no limit.
+
+        `gateway`: the listeners of Gateway TLS/TCP routes (proxy/tcp/gwl4.py), whose
+        connections (`_ChoiceConn`) may pick among weighted backends. The Protocol class
+        is the proxy's, bound into the accept factory: Service frontends run `_Conn`, with
+        not one instruction more per connection for the choice they never make."""
         self.settings = settings
         self.limit = limit
+        self._conn: type[_Conn] = _ChoiceConn if gateway else _Conn
         self.stats = stats
         self.balancers = balancers
         self.host = host
@@ -847,14 +850,15 @@ class TcpProxy:
             try:
                 if self.limit is not None:
                     sock = bind_socket(self.host, port, reuse_port=self.reuse_port)
-                    fe.listener = Listener(sock, lambda fe=fe: fe.conn(self, fe),  # type: ignore[misc]
+                    fe.listener = Listener(sock, lambda fe=fe, conn=self._conn: conn(self, fe),  # type: ignore[misc]
                                            limit=self.limit, loop=loop)
                     fe.listener.start()
                     name = sock.getsockname()
                 else:
                     fe.server = await loop.create_server(
-                        lambda fe=fe: fe.conn(self, fe), self.host, port, reuse_address=True,
-                        reuse_port=self.reuse_port or None, backlog=BACKLOG)
+                        lambda fe=fe, conn=self._conn: conn(self, fe), self.host, port,
+                        reuse_address=True, reuse_port=self.reuse_port or None,
+                        backlog=BACKLOG)
                     name = fe.server.sockets[0].getsockname()
             except OSError as e:
                 if port not in self._unbound:  # retried with every table: logged once
