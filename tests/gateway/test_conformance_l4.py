@@ -146,3 +146,47 @@ def test_without_l4_tls_and_tcp_listeners_stay_unsupported() -> None:
             ("False", "UnsupportedProtocol")
         assert st["supportedKinds"] == []
     assert not plan.l4_listeners
+
+
+def test_TLSRouteInvalidBackendRefNonexistent() -> None:
+    plan = Cluster.load("tlsroute-invalid-backendref-nonexistent.yaml").plan(l4=True)
+    gw = "gateway-tlsroute-invalid-backend-ref-nonexistent"
+    assert conds(plan, "tlsroutes", "invalid-backend-ref-nonexistent", gw)["ResolvedRefs"] \
+        == ("False", "BackendNotFound")
+    # attached, its connections refused: the only backend does not resolve
+    assert [b.service for lst in plan.l4_listeners if lst.gateway == f"{INFRA}/{gw}"
+            for r in lst.l4_routes for b in r.backends] == [None]
+
+
+def test_TLSRouteInvalidBackendRefUnknownKind() -> None:
+    plan = Cluster.load("tlsroute-invalid-backendref-unknown-kind.yaml").plan(l4=True)
+    gw = "gateway-tlsroute-invalid-backend-ref-unknown-kind"
+    assert conds(plan, "tlsroutes", "invalid-backend-ref-unknown-kind", gw)["ResolvedRefs"] \
+        == ("False", "InvalidKind")
+    assert [b.service for lst in plan.l4_listeners if lst.gateway == f"{INFRA}/{gw}"
+            for r in lst.l4_routes for b in r.backends] == [None]  # rejected connections
+
+
+def test_TLSRouteInvalidNoMatchingListener() -> None:
+    plan = Cluster.load("tlsroute-invalid-no-matching-listener.yaml").plan(l4=True)
+    for route, gw, reason in (
+            ("tlsroute-not-allowed-protocol-http", "gateway-tlsroute-http-only",
+             "NotAllowedByListeners"),
+            ("tlsroute-not-allowed-protocol-https", "gateway-tlsroute-https-only",
+             "NotAllowedByListeners"),
+            ("tlsroute-no-matching-section-name", "gateway-tlsroute-tls-passthrough-only",
+             "NoMatchingParent")):
+        assert conds(plan, "tlsroutes", route, gw)["Accepted"] == ("False", reason), route
+        # no parent of the route is accepted
+        assert all(c["status"] == "False"
+                   for p in plan.status[("tlsroutes", INFRA, route)]["parents"]
+                   for c in p["conditions"] if c["type"] == "Accepted"), route
+
+
+def test_TLSRouteListenerPassthroughSupportedKinds() -> None:
+    plan = Cluster.load("tlsroute-listener-passthrough-supported-kinds.yaml").plan(l4=True)
+    st = listener_status(plan, "gateway-tlsroute-passthrough-supported-kind", "tls-passthrough")
+    assert st["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "TLSRoute"}]
+    assert (condition(st, "ResolvedRefs")["status"], condition(st, "ResolvedRefs")["reason"]) \
+        == ("False", "InvalidRouteKinds")
+    assert st["attachedRoutes"] == 0
