@@ -168,7 +168,10 @@ class DataPlane:
         listeners that could not be bound."""
         assert self.gateways is not None and self.gateways_l4 is not None
         down = await self.gateways.apply_plan(plan)
-        return down | await self.gateways_l4.apply_plan(plan)
+        reserved = {self.settings.http_port, *(f.port for f in self.table.tcp)}
+        if self.https is not None:
+            reserved.add(self.settings.https_port)
+        return down | await self.gateways_l4.apply_plan(plan, reserved)
 
     async def apply(self, table: RouteTable, delta: Delta | None = None) -> None:
         """Serve `table` from now on. Incremental: `delta` is the change from the table

@@ -18,7 +18,7 @@ Service port `ns/svc:port` is served by the table's backend of that name, as in 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from proxy.tcp.proxy import TcpProxy
@@ -91,9 +91,13 @@ class GatewayL4Plane:
     def host_of(self, address: str) -> str:
         return self.settings.bind if address == self._node_address else address
 
-    async def apply_plan(self, plan: GatewayPlan) -> frozenset[tuple[str, int]]:
+    async def apply_plan(self, plan: GatewayPlan, reserved: Collection[int] = ()
+                         ) -> frozenset[tuple[str, int]]:
         """Serve `plan.l4_listeners`; the (address, port) that could not be bound (retried
-        with the next plan), for the listeners' status."""
+        with the next plan), for the listeners' status. `reserved`: ports the data plane's
+        other frontends hold on `--bind` — with SO_REUSEPORT a second socket there would
+        bind all the same and silently share the port's connections, so a Gateway listener
+        bound there is refused instead (PortUnavailable)."""
         grouped: dict[tuple[str, int], list[Listener]] = {}
         for lst in plan.l4_listeners:
             grouped.setdefault((lst.address, lst.port), []).append(lst)
@@ -102,10 +106,12 @@ class GatewayL4Plane:
         for (address, port), lsts in grouped.items():
             host, bport = self.host_of(address), self.bind_port(port)
             per_host.setdefault(host, {})[bport] = (address, port)
+            if host == self.settings.bind and bport in reserved:
+                continue
             frontends.setdefault(host, []).append(
                 gateway_frontend(f"gateway {address}:{port}", bport, lsts))
         unavailable: set[tuple[str, int]] = set()
-        for host in set(self.proxies) | set(frontends):
+        for host in set(self.proxies) | set(per_host):
             proxy = self.proxies.get(host)
             if proxy is None:
                 proxy = self.proxies[host] = TcpProxy(

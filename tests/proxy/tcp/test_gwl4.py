@@ -260,3 +260,16 @@ async def test_port_map_binds_another_port(rig: Rig) -> None:
     plan = GatewayPlan(l4_listeners=(tcp(route("", wb("a")), address="10.0.0.1"),))
     assert await rig.plane.apply_plan(plan) == frozenset()
     assert await tcp_ask(port) == b"a:hi\n"
+
+
+async def test_a_port_of_another_frontend_is_refused_not_shared(rig: Rig) -> None:
+    """With SO_REUSEPORT (workers) a second socket on a port the data plane's own frontends
+    hold would bind and split its connections: refused as unavailable instead."""
+    rig.add("a", await tagged_backend(b"a"))
+    port = free_port()
+    plan = GatewayPlan(l4_listeners=(tcp(route("", wb("a")), address="10.0.0.1", port=port),))
+    assert await rig.plane.apply_plan(plan, reserved={port}) == {("10.0.0.1", port)}
+    with pytest.raises(ConnectionRefusedError):
+        await tcp_ask(port)
+    assert await rig.plane.apply_plan(plan) == frozenset()  # released: bound
+    assert await tcp_ask(port) == b"a:hi\n"
