@@ -3,8 +3,9 @@ Deployments replaced by echo backends on loopback that answer as the upstream ec
 does (JSON: path, host, method, headers, namespace, pod), `pylb run --gateway-api` as a
 user runs it, and requests sent to each Gateway's own address.
 
-Listener ports 80 and 443 are bound at free ports (`--gateway-port-map 80=P,443=Q`):
-tests never bind low ports. Each Gateway gets its own 127.0.10.x from `--gateway-address-pool`.
+Listener ports 80, 443 and the TCPRoute tests' are bound at free ports
+(`--gateway-port-map 80=P,443=Q,…`): tests never bind low ports, nor fixed ones. Each
+Gateway gets its own 127.0.10.x from `--gateway-address-pool`.
 
 TLSRoute/TCPRoute backends: a Deployment with `TCP_ECHO_SERVER` is an L4 echo (port 3000
 plain, 8443 TLS when it has `TLS_SERVER_CERT`) that answers one JSON line per line received:
@@ -139,6 +140,9 @@ class Live:
     # targetPort → the port an echo backend serves it at, by (namespace, pod) (docstring)
     pod_ports: dict[tuple[str, str], dict[int, int]] = field(default_factory=dict)
     l4_echoes: list[asyncio.Server] = field(default_factory=list)
+    # the TCPRoute tests' listener ports, bound at free ports (--gateway-port-map)
+    l4_ports: dict[int, int] = field(default_factory=lambda: {
+        p: free_port() for p in (9300, 9301, 9302, 9310, 9311, 9312, 9313, 9320, 9321)})
 
     async def apply(self, name: str) -> list[tuple[str, str, str]]:
         """Apply a manifest file. Deployments become echo backends; a Service with a
@@ -252,7 +256,7 @@ class Live:
                 f"--workers={self.workers}", "--gateway-api",
                 f"--gateway-address-pool={','.join(POOL[:20])}",
                 f"--gateway-port-map=80={self.gw_port},8080={free_port()},"
-                f"443={self.tls_port}",
+                f"443={self.tls_port}," + ",".join(f"{k}={v}" for k, v in self.l4_ports.items()),
                 env={"NO_PROXY": "127.0.0.1,localhost", "PATH": "/usr/bin:/bin"},
                 stdout=asyncio.subprocess.DEVNULL, stderr=fh)
 
@@ -358,7 +362,7 @@ class Live:
             ctx = ssl.create_default_context()
             BACKEND_CA.configure_trust(ctx)
         r, w = await asyncio.wait_for(asyncio.open_connection(
-            address, self.tls_port if port == 443 else port, ssl=ctx,
+            address, self.tls_port if port == 443 else self.l4_ports.get(port, port), ssl=ctx,
             server_hostname=sni if tls else None,
             ssl_handshake_timeout=5 if tls else None), 6)
         try:
