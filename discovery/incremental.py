@@ -443,12 +443,13 @@ class Translator:
                 old = _Entry(entry.plan, entry.keys, entry.http, entry.https, entry.skipped,
                              entry.backends, entry.tcp_backends)
                 builder.http, builder.https, builder.skipped = [], [], []
-                builder.backends = {}
+                builder.backends, builder.unrouted = {}, set()
                 claim_service(ident[0], ident[1], entry.plan, settings, builder)
                 http = _reuse(builder.http, old.http)
                 https = _reuse(builder.https, old.https)
                 routed = {r.backend for r in http}
                 routed.update(r.backend for r in https)
+                routed.update(builder.unrouted)  # --gateway-api: as translate()
                 olds = {b.name: b for b in old.backends + old.tcp_backends}
                 backends: list[Backend] = []
                 tcp_backends: list[Backend] = []

@@ -308,6 +308,9 @@ class Informer:
         self.namespace = namespace
         self.objects: dict[Key, Object] = {}
         self.synced = False
+        # the list was answered 404: the kind is not served here (a CRD not installed);
+        # listing goes on with backoff, and a later list that succeeds clears it
+        self.absent = False
         self._changes: set[Key] | None = None  # since the last take_changes(); None = all
         self.resource_version = ""
         self.metrics = InformerMetrics()
@@ -369,10 +372,14 @@ class Informer:
                     delay = self._backoff()
                 self._note_error(f"410 Gone: {e}", logging.INFO)
             except ApiError as e:
+                again = self.absent and e.status == 404
+                if need_list and e.status == 404:
+                    self.absent = True
                 need_list = need_list or e.too_large
                 self._failures += 1
                 delay = max(self._backoff(), min(e.retry_after or 0.0, self._settings.backoff_cap))
-                self._note_error(f"API error {e}{self._hint(e.status)}", logging.WARNING)
+                self._note_error(f"API error {e}{self._hint(e.status)}",
+                                 logging.DEBUG if again else logging.WARNING)
             except (StreamError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
                 self._failures += 1
                 delay = self._backoff()
@@ -465,6 +472,7 @@ class Informer:
         self.objects = items
         self.resource_version = version
         self.synced = True
+        self.absent = False
         self.metrics.lists += 1
         self.metrics.last_sync = self._wallclock()
         log.debug("%s: listed %d at %s", self.name, len(items), version)

@@ -802,6 +802,9 @@ class _Builder:
         self.http: list[HttpRoute] = []
         self.https: list[HttpRoute] = []
         self.backends: dict[str, Backend] = {}
+        # --gateway-api: backends of Service ports whose /name route clashed, kept for
+        # Gateway routes (which name them by namespace)
+        self.unrouted: set[str] = set()
         self.skipped: list[SkippedService] = []
         self.tcp: dict[int, _TcpClaim] = {}
         # per frontend: exact prefix / casefolded prefix / host -> owner ident
@@ -855,6 +858,11 @@ class _Builder:
             conflict = self._route_conflict(r)
             if conflict is not None:
                 self.skip(svc.namespace, svc.name, f"port {port.port}: {conflict}")
+                if self.settings.gateway.enabled:
+                    # only its /name route clashes (a same-named Service of another
+                    # namespace): its backend, ns/name:port, stays for Gateway routes
+                    self.backends[backend.name] = backend
+                    self.unrouted.add(backend.name)
                 return
         for r in routes:
             self._claim(r, svc.ident)
@@ -906,6 +914,7 @@ class _Builder:
         for f in frontends:
             used.add(f.backend)
             used.update(b for _, b in f.sni)
+        used.update(self.unrouted)
         return RouteTable(
             http=tuple(self.http),
             https=tuple(self.https),

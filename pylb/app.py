@@ -322,7 +322,8 @@ class Controller:
             publish: Callable[[Any], Any] = self.pool.apply_gateways
         else:
             assert self.plane is not None
-            publish = self.plane.attach_gateways(node_ip).apply_plan
+            self.plane.attach_gateways(node_ip)
+            publish = self.plane.apply_gateway_plan
 
         def leader() -> bool:
             return not self.settings.election or bool(

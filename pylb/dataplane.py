@@ -29,7 +29,9 @@ from pylb.preflight import FlagError, StartupError, load_error_page
 
 if TYPE_CHECKING:
     from proxy.http.gwplane import GatewayPlane
+    from proxy.tcp.gwl4 import GatewayL4Plane
     from proxy.tls import TlsStore
+    from pylb.gatewaymodel import GatewayPlan
 
 log = logging.getLogger("pylb")
 
@@ -97,6 +99,7 @@ class DataPlane:
         self._tls_watch: asyncio.Task[None] | None = None
         self._https_blocked = settings.https_port in {p for _, p in settings.tcp_services}
         self.gateways: GatewayPlane | None = None  # --gateway-api: see attach_gateways
+        self.gateways_l4: GatewayL4Plane | None = None  # its TLS Passthrough and TCP ones
         self._https_warned = False
         # Told the address of each server this plane ejects: the controller then asks its
         # checker for the next passing probe of it, which ends the ejection (pylb.app).
@@ -143,9 +146,15 @@ class DataPlane:
 
     def attach_gateways(self, node_address: str) -> GatewayPlane:
         """--gateway-api: this plane's Gateway listeners (bound as its other frontends are,
-        with SO_REUSEPORT in a worker), fed plans by `GatewayPlane.apply_plan`."""
+        with SO_REUSEPORT in a worker), fed plans by `apply_gateway_plan`: the HTTP and
+        HTTPS ones by `GatewayPlane`, TLS Passthrough and TCP by `GatewayL4Plane`."""
         from proxy.http.gwplane import GatewayPlane  # only with --gateway-api
+        from proxy.tcp.gwl4 import GatewayL4Plane
 
+        if self.gateways_l4 is None:
+            self.gateways_l4 = GatewayL4Plane(self.settings, self.stats, self.balancers,
+                                              self.limit, node_address=node_address,
+                                              reuse_port=self.reuse_port)
         if self.gateways is None:
             self.gateways = GatewayPlane(self.settings, self.stats, self.balancers,
                                          self.limit, node_address=node_address,
@@ -153,6 +162,16 @@ class DataPlane:
                                          self_signed_pem=self.self_signed_pem)
             self.gateways.set_table(self.table)
         return self.gateways
+
+    async def apply_gateway_plan(self, plan: GatewayPlan) -> frozenset[tuple[str, int]]:
+        """Serve a Gateway plan (after `attach_gateways`): the (address, port) of its
+        listeners that could not be bound."""
+        assert self.gateways is not None and self.gateways_l4 is not None
+        down = await self.gateways.apply_plan(plan)
+        reserved = {self.settings.http_port, *(f.port for f in self.table.tcp)}
+        if self.https is not None:
+            reserved.add(self.settings.https_port)
+        return down | await self.gateways_l4.apply_plan(plan, reserved)
 
     async def apply(self, table: RouteTable, delta: Delta | None = None) -> None:
         """Serve `table` from now on. Incremental: `delta` is the change from the table
@@ -258,6 +277,8 @@ class DataPlane:
     @property
     def connections(self) -> int:
         n = self.http.connections + self.tcp.connections
+        if self.gateways_l4 is not None:
+            n += self.gateways_l4.connections
         return n + (self.https.connections if self.https is not None else 0)
 
     async def shutdown(self, grace: float) -> None:
@@ -268,4 +289,6 @@ class DataPlane:
             parts.append(self.https.shutdown(grace))
         if self.gateways is not None:
             parts.append(self.gateways.shutdown(grace))
+        if self.gateways_l4 is not None:
+            parts.append(self.gateways_l4.shutdown(grace))
         await asyncio.gather(*parts, return_exceptions=True)

@@ -139,8 +139,8 @@ class GatewayPlan:
     # status to write, keyed by (plural, namespace, name): the whole `status` object
     status: dict[tuple[str, str, str], JsonObj] = field(default_factory=dict, compare=False)
     skipped: tuple[str, ...] = ()  # "kind ns/name: reason", for logs and --dry
-    # TLS (Passthrough) and TCP listeners with their routes: translated, not yet bound by
-    # the data plane (their status says Programmed False, Pending)
+    # TLS (Passthrough) and TCP listeners with their routes (bound by proxy/tcp/gwl4.py,
+    # apart from the HTTP ones: GatewayPlane never sees them)
     l4_listeners: tuple[Listener, ...] = ()
 
     def by_endpoint(self) -> dict[tuple[str, int], tuple[Listener, ...]]:

@@ -262,11 +262,21 @@ class TcpFrontend:
     port: int
     backend: str
     sni: tuple[tuple[str, str], ...] = ()
+    # Gateway listeners (TLSRoute, TCPRoute: proxy/tcp/gwl4.py, served by a TcpProxy made
+    # with gateway=True). A backend named in `weighted` is a choice among several, made
+    # per connection in proportion to their weights ("" among them: that share is
+    # refused); `gateway`: a `*.` name in `sni` covers any number of labels, as Gateway
+    # API hostnames do (one, as certificates, otherwise).
+    weighted: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    gateway: bool = False
 
     def render(self) -> str:
         line = f"tcp :{self.port} {self.name} -> {self.backend or '(none)'}"
         for host, backend in self.sni:
             line += f"\n    sni {host} -> {backend}"
+        for choice, options in self.weighted:
+            line += f"\n    {choice} = " + " ".join(f"{b or '(refused)'}*{w}"
+                                                 for b, w in options)
         return line
 
 

@@ -773,7 +773,7 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
         """Bind the newest Gateway plan (older ones unapplied are skipped), and say what
         could not be bound."""
         nonlocal gateways
-        gwplane = plane.attach_gateways(gateway_node_address(settings))
+        plane.attach_gateways(gateway_node_address(settings))
         while True:
             await gateways_wake.wait()
             gateways_wake.clear()
@@ -781,10 +781,11 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
             if msg is None:
                 continue
             try:
-                down = await gwplane.apply_plan(msg.plan)
+                down = await plane.apply_gateway_plan(msg.plan)
             except Exception:  # a plan that cannot be served must not end the worker
                 log.exception("worker %d: cannot apply Gateway plan %d", index, msg.seq)
-                down = frozenset(msg.plan.by_endpoint())
+                down = frozenset(msg.plan.by_endpoint()) | {
+                    (lst.address, lst.port) for lst in msg.plan.l4_listeners}
             channel.send(GatewaysBound(msg.seq, tuple(sorted(down))))
 
     def report(full: bool = False) -> None:

@@ -5,8 +5,9 @@ the data plane, and — on the leader only — writes the plan's status back.
 
 Status writes are merge patches of `…/status`, made only when what pylb would write
 differs from what the object carries (conditions compared without lastTransitionTime, which
-is kept from the object while a condition's status and reason stay). An HTTPRoute's
-`status.parents` entries of other controllers are kept as they are.
+is kept from the object while a condition's status and reason stay). A route's (HTTPRoute,
+TLSRoute, TCPRoute) `status.parents` entries of other controllers are kept as they are.
+A cluster without the TLSRoute/TCPRoute CRDs (OPTIONAL) is served all the same.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ KINDS = {
                                   namespaced=False),
     "gateways": custom_kind("gateway.networking.k8s.io", "v1", "gateways"),
     "httproutes": custom_kind("gateway.networking.k8s.io", "v1", "httproutes"),
+    "tlsroutes": custom_kind("gateway.networking.k8s.io", "v1", "tlsroutes"),
+    "tcproutes": custom_kind("gateway.networking.k8s.io", "v1", "tcproutes"),
     "referencegrants": custom_kind("gateway.networking.k8s.io", "v1", "referencegrants"),
     "services": SERVICES,
     "namespaces": NAMESPACES,
@@ -52,7 +55,16 @@ STATUS_PATH = {
         "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/gateways/{name}/status",
     "httproutes":
         "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes/{name}/status",
+    "tlsroutes":
+        "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/tlsroutes/{name}/status",
+    "tcproutes":
+        "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/tcproutes/{name}/status",
 }
+ROUTES = ("httproutes", "tlsroutes", "tcproutes")  # status.parents, shared with others
+# Kinds a cluster may not serve (their CRDs are installed apart from the standard ones): a
+# list answered 404 counts as synced and empty, so that Gateways and HTTPRoutes are served
+# meanwhile; the informer keeps listing, and the kind joins when its CRD does.
+OPTIONAL = frozenset({"tlsroutes", "tcproutes"})
 DEBOUNCE = 0.05  # seconds: a burst of events makes one plan
 RESYNC = 10.0  # seconds between status passes without a change (a write that failed)
 
@@ -80,7 +92,9 @@ def inputs_from(objects: Mapping[str, Mapping[Any, JsonObj]]) -> GatewayInputs:
         tuple(objects.get("gateways", {}).values()),
         tuple(objects.get("httproutes", {}).values()),
         tuple(objects.get("referencegrants", {}).values()),
-        services, namespaces)
+        services, namespaces,
+        tlsroutes=tuple(objects.get("tlsroutes", {}).values()),
+        tcproutes=tuple(objects.get("tcproutes", {}).values()))
 
 
 def _settle(old: list[Any], new: list[JsonObj]) -> list[JsonObj]:
@@ -101,7 +115,7 @@ def settled_status(plural: str, current: JsonObj, planned: JsonObj | None,
     """The status to write over `current` (the object's), or None when nothing changes.
     `planned` None: pylb has nothing to say of this object any more (only routes: their
     parents entries of pylb are dropped)."""
-    if plural == "httproutes":
+    if plural in ROUTES:
         parents = [p for p in current.get("parents") or []
                    if isinstance(p, dict) and p.get("controllerName") != controller]
         old_mine = {repr(sorted(p.get("parentRef", {}).items())): p
@@ -140,7 +154,7 @@ class GatewaySource:
         gw = settings.gateway
         self.gw_settings = GatewaySettings(
             controller_name=gw.controller_name, address_pool=gw.address_pool,
-            node_address=node_address or settings.bind)
+            node_address=node_address or settings.bind, l4=True)
         self._factory = api_client_factory or (lambda: client_for(settings))
         self._is_leader = is_leader
         # the leader's: status.addresses of Gateways on the node's address
@@ -158,7 +172,8 @@ class GatewaySource:
     @property
     def synced(self) -> bool:
         return bool(self._informers) and all(
-            i.synced for i in (*self._informers.values(), *self._secrets))
+            i.synced or (i.absent and plural in OPTIONAL)
+            for plural, i in (*self._informers.items(), *(("", i) for i in self._secrets)))
 
     def _changed(self) -> None:
         if self._dirty_since is None:
@@ -195,10 +210,8 @@ class GatewaySource:
             secrets=frozenset(k for k, obj in secrets.items() if valid_tls_secret(obj)),
             secret_objects=secrets)
         return translate(inputs,
-                         GatewaySettings(self.gw_settings.controller_name,
-                                         self.gw_settings.address_pool,
-                                         self.gw_settings.node_address, _now(),
-                                         node_addresses=self.nodes.addresses))
+                         dataclasses.replace(self.gw_settings, now=_now(),
+                                             node_addresses=self.nodes.addresses))
 
     async def _loop(self, client: ApiClient, publish: Publish) -> None:
         while True:
@@ -239,11 +252,11 @@ class GatewaySource:
 
     async def write_status(self, client: ApiClient, plan: GatewayPlan) -> None:
         controller = self.gw_settings.controller_name
-        for plural in ("gatewayclasses", "gateways", "httproutes"):
+        for plural in ("gatewayclasses", "gateways", *ROUTES):
             for (ns, name), obj in list(self._informers[plural].objects.items()):
                 planned = plan.status.get((plural, ns, name))
                 current = obj.get("status") or {}
-                if planned is None and plural != "httproutes":
+                if planned is None and plural not in ROUTES:
                     continue
                 want = settled_status(plural, current, planned, controller)
                 if want is None:

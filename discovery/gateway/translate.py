@@ -42,7 +42,7 @@ from pylb.model import SniCertificate
 
 HTTP_PROTOCOLS = ("HTTP",)
 SERVED_PROTOCOLS = ("HTTP", "HTTPS")
-L4_PROTOCOLS = ("TLS", "TCP")  # TLS: mode Passthrough only; translated, not bound yet
+L4_PROTOCOLS = ("TLS", "TCP")  # TLS: mode Passthrough only (proxy/tcp/gwl4.py)
 ROUTE_KINDS = {"HTTP": "HTTPRoute", "HTTPS": "HTTPRoute", "TLS": "TLSRoute", "TCP": "TCPRoute"}
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 _PARAMS_ERR = "pylb takes no infrastructure parameters (parametersRef)"
@@ -54,9 +54,9 @@ class GatewaySettings:
     address_pool: tuple[str, ...] = ()  # handed to Gateways without spec.addresses, in order
     node_address: str = "0.0.0.0"
     now: str = "1970-01-01T00:00:00Z"  # lastTransitionTime written on conditions
-    # translate TLS (Passthrough) and TCP listeners and their TLSRoutes/TCPRoutes (into
-    # `GatewayPlan.l4_listeners`, Programmed False/Pending). Off for the live source: the data
-    # plane does not bind them yet, so there they stay Accepted False, UnsupportedProtocol.
+    # serve TLS (Passthrough) and TCP listeners and their TLSRoutes/TCPRoutes (into
+    # `GatewayPlan.l4_listeners`); off: they are Accepted False, UnsupportedProtocol (for a
+    # source that does not watch TLSRoutes and TCPRoutes)
     l4: bool = False
     # the ready pylb nodes' IPs (pylb.nodes): the status.addresses of a Gateway bound on
     # the node's own address, as for a Service's status.loadBalancer; () = node_address
@@ -268,11 +268,7 @@ def _gateway_listeners(gw: JsonObj, ns: str, name: str, address: str,
             lst.conditions["Accepted"] = (False, "UnsupportedProtocol",
                                           "TLS listeners are served in mode Passthrough only")
             lst.conditions["Programmed"] = (False, "Invalid", "listener not accepted")
-        elif protocol in L4_PROTOCOLS:
-            lst.conditions["Accepted"] = (True, "Accepted", "")
-            # usable (routes attach, conflicts count) but not bound by the data plane yet
-            lst.conditions["Programmed"] = (True, "Pending", "")
-        elif protocol not in SERVED_PROTOCOLS:
+        elif protocol not in SERVED_PROTOCOLS + L4_PROTOCOLS:
             lst.conditions["Accepted"] = (False, "UnsupportedProtocol",
                                           f"protocol {protocol} is not served by pylb yet")
             lst.conditions["Programmed"] = (False, "Invalid", "listener not accepted")
@@ -672,9 +668,6 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
                 lconds["Accepted"] = (False, "PortUnavailable",
                                       f"{lst.address}:{lst.port} cannot be bound here")
                 lconds["Programmed"] = (False, "Invalid", "port unavailable")
-            elif lconds.get("Programmed", (False, "", ""))[1] == "Pending":
-                lconds["Programmed"] = (False, "Pending", "TLS passthrough and TCP listeners "
-                                        "are translated but not yet bound by pylb")
             lstat.append({
                 "name": lst.name, "attachedRoutes": lst.attached,
                 "supportedKinds": [{"group": GROUP, "kind": k} for k in lst.kinds],
@@ -698,7 +691,7 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             (True, "ListenersNotValid", "some listeners are not valid") if any_ok else
             (False, "ListenersNotValid", "no listener is valid"))
         serving = any(lst.usable and (lst.address, lst.port) not in inputs.unavailable
-                      and lst.protocol not in L4_PROTOCOLS for lst in lsts)
+                      for lst in lsts)
         prog: tuple[bool, str, str] = (False, prog_of_err, err) if err else (
             (True, "Programmed", "") if serving else (False, "Invalid", "nothing served"))
         if not serving and any_ok and _own_spec_address(_gw) and all(

@@ -9,7 +9,8 @@ same server after a turn-around delay, another on the last retry). (A Task and
 asyncio.timeout cost ~8 µs of user CPU per connection more.) What either side sends before
 the pair is wired (a MySQL greeting, a ClientHello) is kept, bounded by the high
 watermark, and passed on first. A TLS-passthrough frontend reads the ClientHello before it
-connects, and picks the backend by its server name (`sni_backend`).
+connects, and picks the backend by its server name (`sni_backend`). A Gateway proxy's
+connections (`_ChoiceConn`, proxy/tcp/gwl4.py) may then pick among weighted backends.
 
 Data path (Protocol path). `data_received` on one side writes to the other transport.
 Both transports get high and low write-buffer watermarks; `pause_writing` on one side
@@ -62,6 +63,7 @@ from proxy.listener import BACKLOG, ConnectionLimit, Listener, bind_socket
 from proxy.queue import Ticket
 from proxy.retry import Next, after_connect_failure
 from proxy.tcp import proxyproto
+from proxy.tcp.choice import WeightedChoice
 from proxy.tcp.poller import Poller
 from proxy.tcp.splice import HAVE_SPLICE, LINGER_RST, PipePool, SplicePump
 from proxy.tls_sni import MAX_CLIENT_HELLO, NeedMore, parse_client_hello_sni
@@ -121,14 +123,21 @@ def idle_verdict(tunnel: bool, now: float, client_at: float, server_at: float,
 
 def sni_backend(frontend: TcpFrontend, host: str | None) -> str | None:
     """The backend for a TLS-passthrough connection naming `host`: an exact `sni` entry,
-    else the `*.` wildcard of its parent domain (one label, as in certificates), else the
-    frontend's default backend; None when there is none (the connection is refused)."""
+    else the `*.` wildcard of its parent domain (one label, as in certificates; for a
+    Gateway listener, of any ancestor, the nearest first, as Gateway API hostnames), else
+    the frontend's default backend; None when there is none (the connection is refused)."""
     if host is not None:
         host = host.lower().rstrip(".")
         for name, backend in frontend.sni:
             if name.lower() == host:
                 return backend
         dot = host.find(".")
+        while frontend.gateway and dot > 0:
+            wildcard = "*" + host[dot:]
+            for name, backend in frontend.sni:
+                if name.lower() == wildcard:
+                    return backend
+            dot = host.find(".", dot + 1)
         if dot > 0:
             wildcard = "*" + host[dot:]
             for name, backend in frontend.sni:
@@ -150,15 +159,21 @@ class _Frontend:
     """A listening port (a uvloop server, or a maxconn-aware `Listener`) and the
     connections accepted on it."""
 
-    __slots__ = ("conns", "counters", "frontend", "listener", "server", "sockname")
+    __slots__ = ("choices", "conns", "counters", "frontend", "listener", "server", "sockname")
 
     def __init__(self, frontend: TcpFrontend, counters: Counters) -> None:
-        self.frontend = frontend
         self.counters = counters
         self.server: asyncio.Server | None = None
         self.listener: Listener | None = None
         self.conns: set[_Conn] = set()
         self.sockname: tuple[str, int] = ("", 0)
+        self.set(frontend)
+
+    def set(self, frontend: TcpFrontend) -> None:
+        """Serve `frontend` from the next connection on (its weighted choices: read by
+        `_ChoiceConn`, the Protocol of a Gateway proxy's connections)."""
+        self.frontend = frontend
+        self.choices = {name: WeightedChoice(options) for name, options in frontend.weighted}
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -698,6 +713,24 @@ class _Conn(asyncio.Protocol):
                     c.bytes_out += dd
 
 
+class _ChoiceConn(_Conn):
+    """A Gateway listener's connection (TCPRoute, TLSRoute): its backend may be a weighted
+    choice among Services' (proxy/tcp/choice.py), picked when it connects; "" (no route, or
+    an unresolved backendRef's share) refuses it."""
+
+    __slots__ = ()
+
+    def connect(self, backend: str) -> None:
+        choice = self.fe.choices.get(backend)
+        if choice is not None:
+            backend = choice.pick()
+        if not backend:
+            self.proxy.stats.fail(Failure.NO_ROUTE)
+            self.abort(None)
+            return
+        _Conn.connect(self, backend)
+
+
 def _tune(transport: asyncio.Transport) -> None:
     # uvloop sets TCP_NODELAY on every TCP transport already; asking for the socket to
     # set it again costs a socket object per side (~10 µs per connection).
@@ -716,7 +749,7 @@ class TcpProxy:
     def __init__(self, settings: Settings, stats: Stats, balancers: Balancers, *,
                  host: str = "0.0.0.0", reuse_port: bool = False,
                  splice_threshold: int | None = DEFAULT_SPLICE_THRESHOLD,
-                 limit: ConnectionLimit | None = None) -> None:
+                 limit: ConnectionLimit | None = None, gateway: bool = False) -> None:
         """`splice_threshold`: bytes after which a connection moves to os.splice (0: at
         once; None: never; ignored where splice is unavailable).
 
@@ -725,9 +758,16 @@ class TcpProxy:
         so that new connections wait in the kernel's backlog, as haproxy's do; each
         connection gives its slot back when it ends. Without it, by uvloop's own server,
         which accepts in C (~30 µs of CPU less per connection, bench/l4_tcp.py
-        pylb-switch vs pylb-maxconn) and has no limit."""
+        pylb-switch vs pylb-maxconn) and has no limit.
+
+        `gateway`: the listeners of Gateway TLS/TCP routes (proxy/tcp/gwl4.py), whose
+        connections (`_ChoiceConn`) may pick among weighted backends. The Protocol class
+        is the proxy's, bound into the accept factory: Service frontends run `_Conn` and
+        pay nothing per connection for the choice they never make (callgrind: the same
+        instructions per accepted connection, within noise)."""
         self.settings = settings
         self.limit = limit
+        self._conn: type[_Conn] = _ChoiceConn if gateway else _Conn
         self.stats = stats
         self.balancers = balancers
         self.host = host
@@ -743,6 +783,7 @@ class TcpProxy:
         self._sweep: asyncio.TimerHandle | None = None
         self._table = RouteTable()
         self._lock = asyncio.Lock()  # set_table calls do not interleave their awaits
+        self._unbound: set[int] = set()  # ports that could not be bound (logged once)
         self.shortage = ShortageLog("tcp")  # connects failing for our own shortage
 
     @property
@@ -780,12 +821,23 @@ class TcpProxy:
         async with self._lock:
             await self._set_table(table, delta)
 
+    async def set_frontends(self, frontends: tuple[TcpFrontend, ...]) -> None:
+        """Serve these frontends, as `set_table` does, with the backends left as they are:
+        for listeners over the balancers of another proxy's table (the Gateway listeners,
+        proxy/tcp/gwl4.py)."""
+        async with self._lock:
+            await self._set_frontends(frontends)
+
     async def _set_table(self, table: RouteTable, delta: Delta | None) -> None:
-        loop = self.loop
         self._table = table
         if delta is None:
             self.balancers.update(table.backends)
-        wanted = {f.port: f for f in table.tcp}
+        await self._set_frontends(table.tcp)
+
+    async def _set_frontends(self, frontends: tuple[TcpFrontend, ...]) -> None:
+        loop = self.loop
+        wanted = {f.port: f for f in frontends}
+        self._unbound &= wanted.keys()
         for port in [p for p in self._frontends if p not in wanted]:
             self._drain(self._frontends.pop(port), self.settings.grace_period)
         for port, f in wanted.items():
@@ -793,25 +845,30 @@ class TcpProxy:
             if fe is not None:
                 if fe.frontend.name != f.name:
                     fe.counters = self.stats.frontend(f.name)
-                fe.frontend = f
+                if fe.frontend != f:
+                    fe.set(f)
                 continue
             fe = _Frontend(f, self.stats.frontend(f.name))
             try:
                 if self.limit is not None:
                     sock = bind_socket(self.host, port, reuse_port=self.reuse_port)
-                    fe.listener = Listener(sock, lambda fe=fe: _Conn(self, fe),  # type: ignore[misc]
+                    fe.listener = Listener(sock, lambda fe=fe, conn=self._conn: conn(self, fe),  # type: ignore[misc]
                                            limit=self.limit, loop=loop)
                     fe.listener.start()
                     name = sock.getsockname()
                 else:
                     fe.server = await loop.create_server(
-                        lambda fe=fe: _Conn(self, fe), self.host, port, reuse_address=True,
-                        reuse_port=self.reuse_port or None, backlog=BACKLOG)
+                        lambda fe=fe, conn=self._conn: conn(self, fe), self.host, port,
+                        reuse_address=True, reuse_port=self.reuse_port or None,
+                        backlog=BACKLOG)
                     name = fe.server.sockets[0].getsockname()
             except OSError as e:
-                log.error("tcp frontend %s: cannot listen on %s:%d: %s (retried on the "
-                          "next table)", f.name, self.host, port, e)
+                if port not in self._unbound:  # retried with every table: logged once
+                    log.error("tcp frontend %s: cannot listen on %s:%d: %s (retried on the "
+                              "next table)", f.name, self.host, port, e)
+                self._unbound.add(port)
                 continue
+            self._unbound.discard(port)
             fe.sockname = (str(name[0]), int(name[1]))
             self._frontends[port] = fe
 

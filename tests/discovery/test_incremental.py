@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from discovery.incremental import Translator
 from discovery.translate import KubeObjects, translate
-from pylb.config import Settings
+from pylb.config import GatewayApi, Settings
 from pylb.model import RouteTable
 
 NAMES = ("a", "b", "c", "d")
@@ -178,6 +178,7 @@ SETTINGS = st.sampled_from([
     Settings(namespaces=(), endpoints_api="endpoints"),
     Settings(namespaces=(), ingress_class="pylb"),
     Settings(namespaces=("ns1",), ingress_class="pylb", tcp_services=(("a", 3306),)),
+    Settings(namespaces=(), tcp_services=(("a", 3306),), gateway=GatewayApi(enabled=True)),
 ])
 
 

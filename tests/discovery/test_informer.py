@@ -228,3 +228,22 @@ async def test_a_short_quiet_watch_keeps_backing_off(monkeypatch: pytest.MonkeyP
         await _outage_then_quiet_watch(api, Clock(), sleeps, held=SETTINGS.backoff_cap / 2)
     # Ended with no event after 15 s: not proof the server is back; the backoff goes on.
     assert sleeps.delays[:4] == pytest.approx([window(1), window(2), window(3), window(4)])
+
+
+async def test_a_kind_not_served_is_absent_until_listed(
+        api: FakeApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A list answered 404 (a CRD not installed) marks the kind `absent` (the Gateway source
+    then counts it as synced and empty), logged at WARNING once, not at every retry; the
+    lists go on with backoff, and one that succeeds clears it."""
+    missing = api.faults.add(faults.http(404, "the server could not find the requested "
+                                              "resource"), verb="list", count=None)
+    sleeps = Sleeps(api)
+    with caplog.at_level("DEBUG", logger="discovery.informer"):
+        async with informing(api, sleeps=sleeps) as inf:
+            await sleeps.until(3)
+            assert inf.absent and not inf.synced
+            api.faults.rules.remove(missing)
+            await until(lambda: inf.synced)
+            assert not inf.absent
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "404" in r.getMessage()]
+    assert len(warnings) == 1

@@ -16,7 +16,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from discovery.translate import KubeObjects, translate
-from pylb.config import CheckScope, CheckSettings, Settings
+from pylb.config import CheckScope, CheckSettings, GatewayApi, Settings
 from pylb.model import (
     Affinity,
     Algorithm,
@@ -144,6 +144,16 @@ def test_same_name_in_two_namespaces_first_namespace_keeps_the_route() -> None:
     assert [(s.namespace, s.name) for s in t.skipped] == [("zeta", "web")]
     assert "already taken by service alpha/web" in t.skipped[0].reason
     assert [b.name for b in t.backends] == ["alpha/web:80"]
+
+
+def test_with_gateway_api_a_clashing_service_keeps_its_backend() -> None:
+    """Only its /name route clashes: Gateway routes name Service ports by namespace, so
+    with --gateway-api every Service port keeps its backend."""
+    t = run([svc("web", ns="zeta"), svc("web", ns="alpha")], namespaces=(),
+            gateway=GatewayApi(enabled=True))
+    assert t.http == (HttpRoute("web", "/web", "alpha/web:80"),)
+    assert [(s.namespace, s.name) for s in t.skipped] == [("zeta", "web")]
+    assert [b.name for b in t.backends] == ["alpha/web:80", "zeta/web:80"]
 
 
 def test_order_and_duplicates_do_not_matter() -> None:

@@ -3,14 +3,22 @@ Deployments replaced by echo backends on loopback that answer as the upstream ec
 does (JSON: path, host, method, headers, namespace, pod), `pylb run --gateway-api` as a
 user runs it, and requests sent to each Gateway's own address.
 
-Listener ports 80 and 443 are bound at free ports (`--gateway-port-map 80=P,443=Q`):
-tests never bind low ports. Each Gateway gets its own 127.0.10.x from `--gateway-address-pool`.
+Listener ports 80, 443 and the TCPRoute tests' are bound at free ports
+(`--gateway-port-map 80=P,443=Q,…`): tests never bind low ports, nor fixed ones. Each
+Gateway gets its own 127.0.10.x from `--gateway-address-pool`.
+
+TLSRoute/TCPRoute backends: a Deployment with `TCP_ECHO_SERVER` is an L4 echo (port 3000
+plain, 8443 TLS when it has `TLS_SERVER_CERT`) that answers one JSON line per line received:
+its namespace, pod, service and, over TLS, the server name the handshake named; one with
+`TLS_SERVER_CERT` alone also serves its HTTP echo over TLS on 8443. Their certificates are
+issued by `BACKEND_CA` (the suite's "tls-checks" CA) for `BACKEND_NAMES`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -27,6 +35,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import trustme
 import yaml
 from aiohttp import WSMsgType, web
 
@@ -40,10 +49,46 @@ RESOURCE = {  # kind → the fake store's resource name
     "Namespace": "namespaces", "Service": "services", "Secret": "secrets",
     "GatewayClass": f"gatewayclasses.{GROUP}", "Gateway": f"gateways.{GROUP}",
     "HTTPRoute": f"httproutes.{GROUP}", "ReferenceGrant": f"referencegrants.{GROUP}",
+    "TLSRoute": f"tlsroutes.{GROUP}", "TCPRoute": f"tcproutes.{GROUP}",
 }
+BACKEND_CA = trustme.CA()
+BACKEND_NAMES = ("abc.example.com", "other.example.com", "*.example.com", "example.com")
 
 
-async def start_echo(namespace: str, pod: str) -> web.AppRunner:
+@functools.cache
+def backend_tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    BACKEND_CA.issue_cert(*BACKEND_NAMES).configure_cert(ctx)
+
+    def note_sni(obj: Any, name: str | None, _ctx: ssl.SSLContext) -> None:
+        obj.seen_sni = name  # what the handshake named, for the echo to tell
+    ctx.sni_callback = note_sni
+    return ctx
+
+
+async def start_l4_echo(namespace: str, pod: str, service: str,
+                        tls: bool) -> asyncio.Server:
+    """A TCP (or TLS) echo backend: a JSON line of who it is per line received."""
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        sslobj = w.get_extra_info("ssl_object")
+        sni = getattr(sslobj, "seen_sni", None)
+        try:
+            while line := await r.readline():
+                w.write(json.dumps({"namespace": namespace, "pod": pod, "service": service,
+                                    "sni": sni, "echo": line.decode().strip()}).encode()
+                        + b"\n")
+                await w.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            w.close()
+    server = await asyncio.start_server(serve, "127.0.0.1", 0,
+                                        ssl=backend_tls() if tls else None)
+    return server
+
+
+async def start_echo(namespace: str, pod: str,
+                     ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     """An echo backend: answers every request with what it received, its namespace and pod
     name, as the conformance suite's echo server does; and, as it does, adds to its
     response each `name:value` of the `X-Echo-Set-Header` request header (comma-separated),
@@ -77,7 +122,7 @@ async def start_echo(namespace: str, pod: str) -> web.AppRunner:
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
     return runner
 
 
@@ -163,6 +208,12 @@ class Live:
     workers: int = 2  # pylb's default on a 2-core node
     h2c_ports: dict[str, int] = field(default_factory=dict)  # pod → its h2c echo port
     h2c_servers: list[asyncio.Server] = field(default_factory=list)
+    # targetPort → the port an echo backend serves it at, by (namespace, pod) (docstring)
+    pod_ports: dict[tuple[str, str], dict[int, int]] = field(default_factory=dict)
+    l4_echoes: list[asyncio.Server] = field(default_factory=list)
+    # the TCPRoute tests' listener ports, bound at free ports (--gateway-port-map)
+    l4_ports: dict[int, int] = field(default_factory=lambda: {
+        p: free_port() for p in (9300, 9301, 9302, 9310, 9311, 9312, 9313, 9320, 9321)})
 
     async def apply(self, name: str) -> list[tuple[str, str, str]]:
         """Apply a manifest file. Deployments become echo backends; a Service with a
@@ -181,6 +232,8 @@ class Live:
             cluster_scoped = kind in ("Namespace", "GatewayClass")
             ns = "" if cluster_scoped else meta.setdefault("namespace", "default")
             if kind in RESOURCE:
+                if str(doc.get("apiVersion", "")).startswith(f"{GROUP}/"):
+                    doc["apiVersion"] = f"{GROUP}/v1"  # v1alpha2 manifests: v1 served here
                 if kind == "Namespace" and self.api.store.get("namespaces", "",
                                                               meta["name"]) is not None:
                     continue
@@ -206,12 +259,31 @@ class Live:
         ns = dep["metadata"].get("namespace", "default")
         labels = dep["spec"]["template"]["metadata"]["labels"]
         pod = f"{dep['metadata']['name']}-pod-0"
+        env = {e.get("name"): e.get("value") for c in dep["spec"]["template"]["spec"].get(
+            "containers", []) for e in c.get("env") or []}
+        tls = "TLS_SERVER_CERT" in env
+        if "TCP_ECHO_SERVER" in env:
+            service = str(env.get("SERVICE_NAME") or dep["metadata"]["name"])
+            plain = await start_l4_echo(ns, pod, service, tls=False)
+            self.l4_echoes.append(plain)
+            ports = {3000: plain.sockets[0].getsockname()[1]}
+            if tls:
+                secure = await start_l4_echo(ns, pod, service, tls=True)
+                self.l4_echoes.append(secure)
+                ports[8443] = secure.sockets[0].getsockname()[1]
+            self.pod_ports[(ns, pod)] = ports
+            self.pods.append((ns, labels, pod, ports[3000]))
+            return
         runner = await start_echo(ns, pod)
         self.echoes.append(runner)
         self.pods.append((ns, labels, pod, _port_of(runner)))
         h2c = await start_h2c_echo(ns, pod)
         self.h2c_servers.append(h2c)
         self.h2c_ports[pod] = int(h2c.sockets[0].getsockname()[1])
+        if tls:  # its HTTP echo over TLS too, at 8443 (TLSRoute backends)
+            secure_runner = await start_echo(ns, pod, ssl_context=backend_tls())
+            self.echoes.append(secure_runner)
+            self.pod_ports[(ns, pod)] = {8443: _port_of(secure_runner)}
 
     def _slice_for(self, svc: JsonObj) -> list[tuple[str, str, str]]:
         ns = svc["metadata"]["namespace"]
@@ -227,7 +299,9 @@ class Live:
             "addressType": "IPv4",
             "ports": [{"name": p.get("name", ""), "protocol": "TCP",
                        "port": self.h2c_ports[pods[0][2]]
-                       if p.get("appProtocol") == "kubernetes.io/h2c" else pods[0][3]}
+                       if p.get("appProtocol") == "kubernetes.io/h2c"
+                       else self.pod_ports.get((ns, pods[0][2]), {}).get(
+                           p.get("targetPort", p.get("port")), pods[0][3])}
                       for p in svc["spec"]["ports"]],
             "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
                            "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}}
@@ -258,21 +332,26 @@ class Live:
                 f"--workers={self.workers}", "--gateway-api", "--h2c",
                 f"--gateway-address-pool={','.join(POOL[:20])}",
                 f"--gateway-port-map=80={self.gw_port},8080={free_port()},"
-                f"443={self.tls_port}",
+                f"443={self.tls_port}," + ",".join(f"{k}={v}" for k, v in self.l4_ports.items()),
                 env={"NO_PROXY": "127.0.0.1,localhost", "PATH": "/usr/bin:/bin"},
                 stdout=asyncio.subprocess.DEVNULL, stderr=fh)
 
     async def stop(self) -> None:
-        if self.proc is not None:
+        """Every wait bounded: this runs in teardown, after pytest-timeout may already
+        have fired (its alarm is not re-armed), so a wait without bound here is a run that
+        never ends."""
+        if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 20)
             if self.proc.returncode is None:
                 self.proc.kill()
-                await self.proc.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), 10)
         for r in self.echoes:
-            await r.cleanup()
-        for srv in self.h2c_servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(r.cleanup(), 10)
+        for srv in [*self.h2c_servers, *self.l4_echoes]:
             srv.close()
 
     def worker_pids(self) -> list[int]:
@@ -307,7 +386,7 @@ class Live:
                       ns: str = INFRA) -> Response:
         address = self.address(gateway, ns)
         assert address is not None, f"gateway {gateway} has no address yet"
-        r, w = await asyncio.open_connection(address, self.gw_port)
+        r, w = await asyncio.wait_for(asyncio.open_connection(address, self.gw_port), 6)
         try:
             lines = [f"{method} {path} HTTP/1.1", f"Host: {host or address}",
                      "Connection: close"]
@@ -316,8 +395,8 @@ class Live:
             data = await asyncio.wait_for(r.read(), 5)
         finally:
             w.close()
-            with contextlib.suppress(OSError):
-                await w.wait_closed()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(w.wait_closed(), 5)
         return _response(data)
 
     async def tls_request(self, gateway: str, path: str, sni: str, ca: bytes,
@@ -335,8 +414,9 @@ class Live:
             data = await asyncio.wait_for(r.read(), 5)
         finally:
             w.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await w.wait_closed()
+            # a TLS close waits for the peer's close_notify (30 s by default): bounded
+            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+                await asyncio.wait_for(w.wait_closed(), 5)
         return _response(data)
 
     async def curl(self, gateway: str, path: str, host: str, ca: bytes | None, *,
@@ -369,6 +449,34 @@ class Live:
         if proc.returncode:
             raise OSError(f"curl exited {proc.returncode}: {err.decode(errors='replace')}")
         return _response(out)
+
+    async def l4_request(self, gateway: str, port: int, sni: str | None = None,
+                         tls: bool = False, ns: str = INFRA) -> JsonObj:
+        """One connection to the Gateway's listener `port` (443 at its mapped port): a line
+        sent, the echo backend's JSON line back. With `tls`, a TLS handshake naming `sni`
+        end to end with the backend, trusting `BACKEND_CA` and checking the name. A
+        refused connection raises (OSError, ssl.SSLError)."""
+        address = self.address(gateway, ns)
+        assert address is not None, f"gateway {gateway} has no address yet"
+        ctx = None
+        if tls:
+            ctx = ssl.create_default_context()
+            BACKEND_CA.configure_trust(ctx)
+        r, w = await asyncio.wait_for(asyncio.open_connection(
+            address, self.tls_port if port == 443 else self.l4_ports.get(port, port), ssl=ctx,
+            server_hostname=sni if tls else None,
+            ssl_handshake_timeout=5 if tls else None), 6)
+        try:
+            w.write(b"ping\n")
+            line = await asyncio.wait_for(r.readline(), 5)
+        finally:
+            w.close()
+            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+                await asyncio.wait_for(w.wait_closed(), 5)
+        if not line:
+            raise ConnectionResetError("closed without an answer")
+        doc: JsonObj = json.loads(line)
+        return doc
 
     async def eventually(self, check: Callable[[], Awaitable[None]],
                          timeout: float = 20.0) -> float:

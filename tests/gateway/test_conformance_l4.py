@@ -1,9 +1,9 @@
 """The upstream TLSRoute/TCPRoute conformance tests (experimental channel), ported at the
 translation level: the same manifests, the same route and listener status the suite waits
 for, and which backends each listener's routes lead to (by SNI for TLS passthrough).
-pylb translates these listeners but does not bind them yet: their Programmed is False with
-reason Pending (README, Gateway API), and only with `GatewaySettings(l4=True)`: the live
-source keeps them UnsupportedProtocol until the data plane binds them."""
+With `GatewaySettings(l4=True)` (the live source's) these listeners are Programmed and
+bound by proxy/tcp/gwl4.py; without, they stay UnsupportedProtocol. The same scenarios run
+on real sockets in tests/gateway/test_l4_live.py."""
 
 from __future__ import annotations
 
@@ -66,9 +66,9 @@ def test_TCPRouteParentRefPortAndSectionName() -> None:
         assert st["supportedKinds"] == [{"group": "gateway.networking.k8s.io",
                                          "kind": "TCPRoute"}]
         assert condition(st, "Accepted")["status"] == "True"
-        # translated, not bound by the data plane yet: said so
+        # bound by the data plane (proxy/tcp/gwl4.py) unless the port is unavailable
         assert (condition(st, "Programmed")["status"],
-                condition(st, "Programmed")["reason"]) == ("False", "Pending")
+                condition(st, "Programmed")["reason"]) == ("True", "Programmed")
     # nothing of it reaches the HTTP listeners
     assert all(lst.gateway != f"{INFRA}/{gw}" for lst in plan.listeners)
 
@@ -146,3 +146,47 @@ def test_without_l4_tls_and_tcp_listeners_stay_unsupported() -> None:
             ("False", "UnsupportedProtocol")
         assert st["supportedKinds"] == []
     assert not plan.l4_listeners
+
+
+def test_TLSRouteInvalidBackendRefNonexistent() -> None:
+    plan = Cluster.load("tlsroute-invalid-backendref-nonexistent.yaml").plan(l4=True)
+    gw = "gateway-tlsroute-invalid-backend-ref-nonexistent"
+    assert conds(plan, "tlsroutes", "invalid-backend-ref-nonexistent", gw)["ResolvedRefs"] \
+        == ("False", "BackendNotFound")
+    # attached, its connections refused: the only backend does not resolve
+    assert [b.service for lst in plan.l4_listeners if lst.gateway == f"{INFRA}/{gw}"
+            for r in lst.l4_routes for b in r.backends] == [None]
+
+
+def test_TLSRouteInvalidBackendRefUnknownKind() -> None:
+    plan = Cluster.load("tlsroute-invalid-backendref-unknown-kind.yaml").plan(l4=True)
+    gw = "gateway-tlsroute-invalid-backend-ref-unknown-kind"
+    assert conds(plan, "tlsroutes", "invalid-backend-ref-unknown-kind", gw)["ResolvedRefs"] \
+        == ("False", "InvalidKind")
+    assert [b.service for lst in plan.l4_listeners if lst.gateway == f"{INFRA}/{gw}"
+            for r in lst.l4_routes for b in r.backends] == [None]  # rejected connections
+
+
+def test_TLSRouteInvalidNoMatchingListener() -> None:
+    plan = Cluster.load("tlsroute-invalid-no-matching-listener.yaml").plan(l4=True)
+    for route, gw, reason in (
+            ("tlsroute-not-allowed-protocol-http", "gateway-tlsroute-http-only",
+             "NotAllowedByListeners"),
+            ("tlsroute-not-allowed-protocol-https", "gateway-tlsroute-https-only",
+             "NotAllowedByListeners"),
+            ("tlsroute-no-matching-section-name", "gateway-tlsroute-tls-passthrough-only",
+             "NoMatchingParent")):
+        assert conds(plan, "tlsroutes", route, gw)["Accepted"] == ("False", reason), route
+        # no parent of the route is accepted
+        assert all(c["status"] == "False"
+                   for p in plan.status[("tlsroutes", INFRA, route)]["parents"]
+                   for c in p["conditions"] if c["type"] == "Accepted"), route
+
+
+def test_TLSRouteListenerPassthroughSupportedKinds() -> None:
+    plan = Cluster.load("tlsroute-listener-passthrough-supported-kinds.yaml").plan(l4=True)
+    st = listener_status(plan, "gateway-tlsroute-passthrough-supported-kind", "tls-passthrough")
+    assert st["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "TLSRoute"}]
+    assert (condition(st, "ResolvedRefs")["status"], condition(st, "ResolvedRefs")["reason"]) \
+        == ("False", "InvalidRouteKinds")
+    assert st["attachedRoutes"] == 0

@@ -30,9 +30,14 @@ def load(api: FakeApiServer, *manifests: str) -> None:
     for obj in Cluster.load(*manifests).objects:
         kind = obj["kind"]
         res = {"GatewayClass": f"gatewayclasses.{G}", "Gateway": f"gateways.{G}",
-               "HTTPRoute": f"httproutes.{G}", "Service": "services",
+               "HTTPRoute": f"httproutes.{G}", "TCPRoute": f"tcproutes.{G}",
+               "TLSRoute": f"tlsroutes.{G}", "Service": "services",
                "Namespace": "namespaces"}.get(kind)
-        if res is not None:
+        meta = obj["metadata"]
+        if res is not None and api.store.get(res, meta.get("namespace", ""),
+                                             meta["name"]) is None:  # base loaded once
+            if str(obj.get("apiVersion", "")).startswith(f"{G}/"):
+                obj["apiVersion"] = f"{G}/v1"  # the version the CRDs here serve
             obj["metadata"].pop("creationTimestamp", None)
             obj["metadata"].pop("generation", None)
             api.store.create(res, obj)
@@ -88,6 +93,58 @@ async def test_only_the_leader_writes_status(kube_api: FakeApiServer) -> None:
         await asyncio.sleep(0.5)
         theirs = kube_api.store.get(f"httproutes.{G}", "gateway-conformance-infra", "theirs")
         assert (theirs or {}).get("status") in ({}, None)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_cluster_without_l4_route_crds_serves_httproutes(
+        kube_api: FakeApiServer) -> None:
+    """TLSRoute/TCPRoute lists answered 404 (their CRDs not installed): HTTPRoutes are
+    served and their status written all the same; once the CRDs answer, a TCPRoute is
+    served and its status.parents written, as an HTTPRoute's."""
+    from tests.kfake import faults
+
+    load(kube_api, "httproute-simple-same-namespace.yaml")
+    missing = kube_api.faults.add(faults.http(404, "the server could not find the "
+                                                   "requested resource"),
+                                  path_re="/(tlsroutes|tcproutes)", count=None)
+    plans: list[GatewayPlan] = []
+
+    async def factory() -> ApiClient:
+        return await api_client_from_dict(kube_api.kubeconfig_dict())
+
+    s = Settings(namespaces=(), gateway=GatewayApi(enabled=True),
+                 kube=dataclasses.replace(Settings().kube, backoff_base=0.05,
+                                          backoff_cap=0.2))
+    source = GatewaySource(s, factory)
+    task = asyncio.create_task(source.run(plans.append))
+    infra = "gateway-conformance-infra"
+    try:
+        await until(lambda: plans and plans[-1].listeners)
+        assert source._informers["tcproutes"].absent
+        assert source._informers["tlsroutes"].absent
+        await until(lambda: (kube_api.store.get(f"httproutes.{G}", infra,
+                                                "gateway-conformance-infra-test")
+                             or {}).get("status", {}).get("parents"))
+        kube_api.faults.rules.remove(missing)
+        load(kube_api, "tcproute-parentref-port-and-section-name.yaml")
+        await until(lambda: len(plans[-1].l4_listeners) == 3)
+        assert not source._informers["tcproutes"].absent
+        await until(lambda: (kube_api.store.get(f"tcproutes.{G}", infra,
+                                                "tcp-route-by-port")
+                             or {}).get("status", {}).get("parents"))
+        parent = kube_api.store.get(f"tcproutes.{G}", infra,
+                                    "tcp-route-by-port")["status"]["parents"][0]
+        assert {c["type"]: c["status"] for c in parent["conditions"]} == \
+            {"Accepted": "True", "ResolvedRefs": "True"}
+        gw = kube_api.store.get(f"gateways.{G}", infra, "tcp-multi-listener-gateway")
+        assert gw is not None
+        assert [(lst["name"], lst["attachedRoutes"],
+                 {c["type"]: c["status"] for c in lst["conditions"]}["Programmed"])
+                for lst in gw["status"]["listeners"]] == \
+            [("one", 1, "True"), ("two", 1, "True"), ("three", 1, "True")]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
