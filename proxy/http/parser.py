@@ -112,19 +112,40 @@ class RequestHead:
 
 
 class ResponseHead:
-    __slots__ = ("chunked", "connection", "content_length", "headers", "keep_alive", "no_body",
-                 "reason", "status", "version")
+    __slots__ = ("_headers", "chunked", "connection", "content_length", "drops", "keep_alive",
+                 "no_body", "raw", "reason", "status", "sts", "version")
 
-    def __init__(self, status: int, reason: bytes, version: bytes, headers: Headers) -> None:
+    def __init__(self, status: int, reason: bytes, version: bytes,
+                 headers: Headers | None) -> None:
         self.status = status
         self.reason = reason
         self.version = version
-        self.headers = headers
+        # Either the fields as a list, or (the httptools parser) the head's field lines as
+        # read, `raw`, with the spans a proxy drops (`drops`: hop-by-hop fields;
+        # `sts`: Strict-Transport-Security) found by one scan: see `analyze_response_raw`.
+        self._headers = headers
+        self.raw: bytes | None = None
+        self.drops: list[tuple[int, int]] = _NO_SPANS
+        self.sts: list[tuple[int, int]] = _NO_SPANS
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
         self.no_body = False  # HEAD, 1xx, 204, 304: framing headers say nothing
         self.connection: frozenset[bytes] = _NO_TOKENS
+
+    @property
+    def headers(self) -> Headers:
+        """The fields as (name, value) pairs, values without surrounding blanks (made
+        from `raw` when first asked for: the proxy's own path never asks)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _field_list(self.raw or b"")
+        return headers
+
+    @headers.setter
+    def headers(self, headers: Headers) -> None:
+        self._headers = headers
+        self.raw = None
 
 
 class RequestSink(Protocol):
@@ -159,6 +180,7 @@ _KNOWN: dict[bytes, int] = {
                      b"Set-Cookie", b"Vary", b"Location", b"Referer", b"Origin"), -1),
     **_SPECIAL, **{k.title(): v for k, v in _SPECIAL.items()}}
 _NO_TOKENS: frozenset[bytes] = frozenset()
+_NO_SPANS: list[tuple[int, int]] = []  # shared, never appended to
 
 
 # Connection values as usually sent, already split into their tokens.
@@ -374,6 +396,95 @@ def analyze_response(status: int, reason: bytes, version: bytes, headers: Header
     if not no_body and length is None and not chunked:
         head.keep_alive = False  # delimited by close
     return head
+
+
+# The response fields a proxy acts on, in a head's field lines lower-cased (each line
+# preceded by CRLF, see `analyze_response_raw`): group 1 the name, group 2 the value
+# without surrounding blanks; the span from the CRLF before the line to the CRLF ending
+# it is what dropping the line cuts. `close` is here for `Connection: close`, which
+# makes a field named Close hop-by-hop (as `headers.response_head` drops it).
+_RESP_FIELDS = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|"
+    rb"trailer|upgrade|strict-transport-security|close):[ \t]*([^\r]*?)[ \t]*(?=\r\n)")
+
+
+def analyze_response_raw(status: int, line: bytes, version: bytes, raw: bytes,
+                         method: bytes) -> ResponseHead:
+    """`analyze_response` for a head llhttp has taken, from its bytes: `line` the status
+    line, `raw` its field lines as read, each preceded by CRLF and the last followed by
+    one (b"\r\n" when there are none). llhttp has refused anything but CRLF line ends,
+    obs-fold, controls and bad tokens, so the lines are exactly the fields; one scan
+    finds the few that framing and hop-by-hop removal need, and the rest is forwarded as
+    read (`headers.response_head`), never split into a list."""
+    if version != b"1.1" and version != b"1.0":
+        raise ParseError(Failure.BAD_RESPONSE, "unsupported HTTP version")
+    if not 100 <= status <= 999:
+        raise ParseError(Failure.BAD_RESPONSE, "bad status")
+    if raw.count(b"\n") > 1001:  # as the list-based path: more than 1,000 fields
+        raise ParseError(Failure.BAD_RESPONSE, "too many response header fields")
+    # llhttp's status line: "HTTP/d.d ddd" then " reason" or nothing
+    head = ResponseHead(status, line[13:], version, None)
+    head.raw = raw
+    length: int | None = None
+    chunked = False
+    tokens = _NO_TOKENS
+    drops: list[tuple[int, int]] | None = None
+    sts: list[tuple[int, int]] | None = None
+    close: list[tuple[int, int]] | None = None
+    for m in _RESP_FIELDS.finditer(raw.lower()):
+        name = m.group(1)
+        if name == b"content-length":
+            value = m.group(2)
+            if length is not None or not _DIGITS.fullmatch(value):
+                raise ParseError(Failure.BAD_RESPONSE, "bad or repeated Content-Length")
+            length = int(value)
+            continue
+        if name == b"strict-transport-security":
+            if sts is None:
+                sts = head.sts = []
+            sts.append(m.span())
+            continue
+        if name == b"close":
+            if close is None:
+                close = []
+            close.append(m.span())
+            continue
+        if drops is None:
+            drops = head.drops = []
+        drops.append(m.span())
+        if name == b"transfer-encoding":
+            if chunked or m.group(2) != b"chunked":
+                raise ParseError(Failure.BAD_RESPONSE, "unsupported Transfer-Encoding")
+            chunked = True
+        elif name == b"connection":
+            value = m.group(2)
+            more = _USUAL_CONNECTION.get(value)
+            if more is None:
+                more = frozenset(t.strip() for t in value.split(b",")) - {b""}
+            tokens = tokens | more if tokens else more
+    if chunked and length is not None:
+        raise ParseError(Failure.BAD_RESPONSE, "Content-Length with Transfer-Encoding")
+    if close is not None and b"close" in tokens:
+        head.drops = sorted((drops or []) + close)
+    head.content_length = length
+    head.chunked = chunked
+    no_body = head.no_body = (method == b"HEAD" or status < 200 or status == 204
+                              or status == 304)
+    head.connection = tokens
+    head.keep_alive = (b"close" not in tokens) if version == b"1.1" else b"keep-alive" in tokens
+    if not no_body and length is None and not chunked:
+        head.keep_alive = False  # delimited by close
+    return head
+
+
+def _field_list(raw: bytes) -> Headers:
+    """The (name, value) pairs of field lines llhttp has taken (`analyze_response_raw`)."""
+    out: Headers = []
+    for line in raw.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            out.append((name, value.strip(b" \t")))
+    return out
 
 
 def _check_partial_head(buf: bytes, failure: Failure) -> None:
@@ -890,9 +1001,12 @@ class HttptoolsRequestParser:
 
 
 class HttptoolsResponseParser:
-    __slots__ = ("_close_delimited", "_done", "_head_fed", "_headers", "_headers_seen",
-                 "_max_head", "_method", "_p", "_reason", "_sink", "_stopped", "rest",
-                 "upgrade_rest")
+    """llhttp checks and frames the response; it calls back once per head, not per field
+    (there is no `on_header`): the head's bytes, kept in `_hbuf` while it comes, are
+    analysed in one scan (`analyze_response_raw`) and forwarded as read."""
+
+    __slots__ = ("_close_delimited", "_done", "_hbuf", "_head_fed", "_headers_seen",
+                 "_max_head", "_method", "_p", "_sink", "_stopped", "rest", "upgrade_rest")
 
     def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
                  max_head: int = 64 * 1024) -> None:
@@ -920,8 +1034,7 @@ class HttptoolsResponseParser:
     def _start(self, sink: ResponseSink, method: bytes) -> None:
         self._sink = sink
         self._method = method
-        self._headers: Headers = []
-        self._reason = b""
+        self._hbuf = b""  # the bytes from the start of a head still incomplete
         self._done = False
         self._headers_seen = False
         self._close_delimited = False
@@ -934,6 +1047,8 @@ class HttptoolsResponseParser:
         if self._done:
             self.rest += data
             return
+        if not self._headers_seen:
+            self._hbuf = self._hbuf + data if self._hbuf else data
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -969,25 +1084,19 @@ class HttptoolsResponseParser:
     def on_message_begin(self) -> None:
         if self._done:
             self.rest = b"?"  # more bytes after the response: the connection is not clean
-        # (_headers is fresh: from _start, or emptied by on_headers_complete after 1xx)
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if value and value[-1] <= 0x20:  # as in the request parser
-            value = value.rstrip(b" \t")
-        headers = self._headers
-        headers.append((name, value))
-        if len(headers) > 1000:
-            raise ParseError(Failure.BAD_RESPONSE, "too many response header fields")
 
     def on_headers_complete(self) -> None:
-        p = self._p
-        head = analyze_response(p.get_status_code(), self._reason,
-                                p.get_http_version().encode(), self._headers, self._method)
-        self._reason = b""
-        self._headers = []  # trailer fields (on_header again) must not join the head
+        buf = self._hbuf
+        start = 0
+        if buf[0] == 0x0D or buf[0] == 0x0A:  # empty lines before it: llhttp skips them
+            start = len(buf) - len(buf.lstrip(b"\r\n"))
+        # llhttp took this head, so its lines end in CRLF and the first empty line ends it
+        line = buf.find(b"\r\n", start)
+        end = buf.find(b"\r\n\r\n", line)
+        status_line = buf[start:line]  # "HTTP/d.d ddd[ reason]": llhttp checked it
+        head = analyze_response_raw(self._p.get_status_code(), status_line,
+                                    status_line[5:8], buf[line:end + 2], self._method)
+        self._hbuf = buf[end + 4:] if head.status < 200 else b""  # what follows a 1xx
         if head.status < 200 and head.status != 101:
             self._sink.on_interim(head)
             return
