@@ -11,6 +11,8 @@ the client must carry the same fields (byte for byte when the input's fields are
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -19,13 +21,17 @@ import pytest
 from proxy.http import headers as hdr
 from proxy.http.parser import (
     Headers,
+    HttptoolsRequestParser,
     HttptoolsResponseParser,
     ParseError,
+    RequestHead,
     ResponseHead,
+    analyze_request,
     analyze_response,
 )
+from pylb.config import Limits
 from pylb.failures import Failure
-from tests.hardening._smuggling import RESPONSES
+from tests.hardening._smuggling import ACCEPTED, REQUESTS, RESPONSES
 
 
 class _Reference:
@@ -231,4 +237,245 @@ def test_head_bytes_are_not_kept_after_the_head() -> None:
     for _ in range(10):
         p.feed(b"x" * 10000)
     assert sink.ended and len(sink.body) == 100000
+    assert p._hbuf == b""
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+class _OldRequestParser:
+    """The httptools request parser as it was, with a callback per field: the reference."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.events: list[tuple[str, object]] = []
+        self.p = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.fields: Headers = []
+        self.size = 0
+        self.fed = 0
+        self.in_body = False
+        self.last = False
+        self.upgrade_rest: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.upgrade_rest is not None:
+            self.upgrade_rest += data
+            return
+        if self.last and not self.in_body:
+            return
+        if not self.in_body and data.find(b"\r\n\r\n") < 0:
+            self.fed += len(data)
+            if self.fed > self.limits.max_request_head:
+                raise ParseError(Failure.HEADERS_TOO_LARGE)
+        try:
+            self.p.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.upgrade_rest = data[e.args[0]:]
+        except httptools.HttpParserCallbackError as e:
+            assert isinstance(e.__context__, ParseError)
+            raise e.__context__ from None
+        except httptools.HttpParserError:
+            if self.last and not self.in_body:
+                return
+            raise ParseError(Failure.BAD_REQUEST) from None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_uri:
+            raise ParseError(Failure.URI_TOO_LONG)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")
+        if self.in_body and name.lower() == b"connection":
+            raise ParseError(Failure.BAD_REQUEST, "Connection in trailers")
+        self.fields.append((name, value))
+        self.size += len(name) + len(value) + 4
+        if len(self.fields) > self.limits.max_headers:
+            raise ParseError(Failure.HEADERS_TOO_LARGE)
+        if self.size + len(self.url) > self.limits.max_request_head:
+            raise ParseError(Failure.HEADERS_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        p = self.p
+        head = analyze_request(p.get_method(), self.url, p.get_http_version().encode(),
+                               self.fields, self.limits)
+        self.in_body = True
+        self.fed = 0
+        self.fields = []
+        self.last = not head.keep_alive
+        self.events.append(("head", head))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(("body", body))
+
+    def on_message_complete(self) -> None:
+        self.in_body = False
+        self.url = b""
+        self.size = 0
+        self.fields = []
+        self.events.append(("end", None))
+
+
+@dataclass
+class _RequestSink:
+    events: list[tuple[str, object]] = field(default_factory=list)
+
+    def on_head(self, head: RequestHead) -> None:
+        self.events.append(("head", head))
+
+    def on_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def on_end(self) -> None:
+        self.events.append(("end", None))
+
+
+def _merge(events: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """Body slices joined (llhttp and BodyFramer cut a body differently)."""
+    out: list[tuple[str, object]] = []
+    for kind, item in events:
+        if kind == "body" and out and out[-1][0] == "body":
+            out[-1] = ("body", out[-1][1] + item)  # type: ignore[operator]
+        elif kind != "body" or item:
+            out.append((kind, item))
+    return out
+
+
+def _requests(make: Callable[[], tuple[object, list[tuple[str, object]]]], data: bytes,
+              step: int) -> tuple[list[tuple[str, object]], Failure | None, bytes | None]:
+    parser, events = make()
+    failure = None
+    try:
+        for i in range(0, len(data), step):
+            parser.feed(data[i:i + step])  # type: ignore[attr-defined]
+    except ParseError as e:
+        failure = e.failure
+    return _merge(events), failure, parser.upgrade_rest  # type: ignore[attr-defined]
+
+
+def _old(limits: Limits) -> Callable[[], tuple[object, list[tuple[str, object]]]]:
+    def make() -> tuple[object, list[tuple[str, object]]]:
+        p = _OldRequestParser(limits)
+        return p, p.events
+    return make
+
+
+def _new(limits: Limits) -> Callable[[], tuple[object, list[tuple[str, object]]]]:
+    def make() -> tuple[object, list[tuple[str, object]]]:
+        sink = _RequestSink()
+        return HttptoolsRequestParser(sink, limits), sink.events
+    return make
+
+
+def _forwarded(head: RequestHead, **kw: object) -> bytes:
+    return hdr.request_head(head, head.target, client_ip="192.0.2.7", proto=b"https",
+                            port=443, chunked=head.chunked, **kw)  # type: ignore[arg-type]
+
+
+def _spelt_plainly(data: bytes) -> bool:
+    """Every field line of the first head is `Name: value` (one space, no blanks around
+    the value, not empty): the list-based path sends it back byte for byte."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    return all(re.fullmatch(rb"[^:\s]+: \S(?:.*\S)?", line) is not None
+               for line in head.split(b"\r\n")[1:])
+
+
+G = b"GET /a?b HTTP/1.1\r\nHost: example.com\r\n"
+REQUEST_CASES: list[tuple[str, bytes, bool]] = [
+    ("plain", G + b"\r\n", True),
+    ("wrk", b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n", True),
+    ("browser", b"GET /p HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n"
+     b"User-Agent: Mozilla/5.0\r\nAccept: text/html,*/*;q=0.8\r\n"
+     b"Accept-Encoding: gzip, br\r\nAccept-Language: en\r\nCookie: a=1; b=2\r\n\r\n", True),
+    ("close", G + b"Connection: close\r\n\r\n" + G + b"\r\n", True),
+    ("pipelined", G + b"\r\n" + G + b"X-A: 1\r\n\r\n" + G + b"\r\n", True),
+    ("crlf_between", G + b"\r\n\r\n\r\n" + G + b"\r\n", True),
+    ("post_cl_pipelined", b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+     + G + b"\r\n", True),
+    ("post_cl_spaces", b"POST /p HTTP/1.1\r\nHost: h\r\ncontent-length:  5 \r\n\r\nhello",
+     False),
+    ("chunked_pipelined", b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+     b"\r\n5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n" + G + b"\r\n", True),
+    ("chunked_ext", b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"3;a=b\r\nabc\r\n0\r\n\r\n", True),
+    ("chunked_close", b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+     b"Connection: close\r\n\r\n1\r\nx\r\n0\r\n\r\n" + G + b"\r\n", True),
+    ("xff", G + b"X-Forwarded-For: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2\r\n"
+     b"X-Forwarded-Proto: gopher\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\n"
+     b"X-SSL-Client-Verify: 0\r\nX-SSL-Client-DN: CN=me\r\n\r\n", True),
+    ("hop_by_hop", G + b"Keep-Alive: 5\r\nProxy-Connection: x\r\nTE: trailers\r\n"
+     b"Trailer: X\r\nUpgrade: h2c\r\nX-Keep: 1\r\n\r\n", True),
+    ("names_like_hop_by_hop", G + b"TEE: 1\r\nX-Connection: 2\r\nHostname: 3\r\n"
+     b"Content-Lengths: 4\r\n\r\n", True),
+    ("connection_names_field", G + b"Connection: X-Private\r\nX-Private: 1\r\n\r\n", True),
+    ("connection_names_host", G + b"Connection: host\r\n\r\n", True),
+    ("close_names_close", G + b"Connection: close\r\nClose: 1\r\n\r\n", True),
+    ("close_field_kept", G + b"Close: 1\r\n\r\n", True),
+    ("upgrade", G + b"Connection: Upgrade\r\nUpgrade: WebSocket\r\n\r\nrest", True),
+    ("expect", b"POST /p HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\n"
+     b"Content-Length: 1\r\n\r\nx", True),
+    ("http10", b"GET /x HTTP/1.0\r\n\r\n", True),
+    ("http10_keep_alive", b"GET /x HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"
+     + b"GET /y HTTP/1.0\r\nHost: h\r\n\r\n", True),
+    ("absolute_form", b"GET http://Example.com:80/x HTTP/1.1\r\nHost: example.com\r\n\r\n",
+     True),
+    ("ows_and_empty", G + b"X-A:\t a b \t\r\nX-B:\r\n\r\n", False),
+    ("obs_text", G + b"X-A: caf\xc3\xa9\r\n\r\n", True),
+    ("upper_case_names", b"GET / HTTP/1.1\r\nHOST: h\r\nCONNECTION: CLOSE\r\n\r\n", True),
+    ("max_headers", G + b"".join(b"X-%d: 1\r\n" % i for i in range(99)) + b"\r\n", True),
+    ("too_many_headers", G + b"".join(b"X-%d: 1\r\n" % i for i in range(100)) + b"\r\n",
+     True),
+    ("head_near_limit", G + b"X-A: " + b"a" * 8100 + b"\r\n\r\n", True),
+    ("head_over_limit", G + b"X-A: " + b"a" * 9000 + b"\r\n\r\n", True),
+    *((f"limit_{n}", b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * n + b"\r\n\r\n", True)
+      for n in range(8165, 8190)),
+    *((f"many_fields_no_space_{v}", G + b"".join(b"X-%02d:" % i + b"v" * v + b"\r\n"
+                                               for i in range(98)) + b"\r\n", False)
+      for v in range(70, 80)),
+    ("uri_too_long", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", True),
+    ("content_length_underscore", G + b"Content_Length: 1\r\n\r\nx", True),
+    ("transfer_encoding_underscore", G + b"transfer_encoding: chunked\r\n\r\n", True),
+    ("trailer_connection", b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+     b"\r\n0\r\nConnection: close\r\n\r\n" + G + b"\r\n", True),
+    *((f"smuggling_{c.name}", c.data, _spelt_plainly(c.data)) for c in REQUESTS),
+    *((f"accepted_{c.name}", c.data, _spelt_plainly(c.data)) for c in ACCEPTED),
+]
+LIMITS = Limits(max_request_head=8192, max_headers=100, max_uri=8192)
+
+
+@pytest.mark.parametrize(("data", "normalized"), [c[1:] for c in REQUEST_CASES],
+                         ids=[c[0] for c in REQUEST_CASES])
+@pytest.mark.parametrize("step", [1 << 20, 1, 7])
+def test_request_scan_agrees_with_the_per_field_path(data: bytes, normalized: bool,
+                                                     step: int) -> None:
+    want, want_failure, want_rest = _requests(_old(LIMITS), data, step)
+    got, failure, rest = _requests(_new(LIMITS), data, step)
+    assert failure == want_failure
+    assert rest == want_rest
+    assert [k for k, _ in got] == [k for k, _ in want]
+    for (kind, g), (_, w) in zip(got, want, strict=True):
+        if kind != "head":
+            assert g == w
+            continue
+        assert isinstance(g, RequestHead) and isinstance(w, RequestHead)
+        assert (g.method, g.target, g.version, g.host, g.content_length, g.chunked,
+                g.keep_alive, g.upgrade, g.expect_continue, g.connection, g.idempotent) == (
+            w.method, w.target, w.version, w.host, w.content_length, w.chunked,
+            w.keep_alive, w.upgrade, w.expect_continue, w.connection, w.idempotent)
+        for kw in ({}, {"ssl_client": (b"SUCCESS", b"CN=c")}, {"affinity_cookie": b"a"}):
+            sent = _forwarded(g, **kw)
+            expected = _forwarded(w, **kw)
+            assert sent.split(b"\r\n")[0] == expected.split(b"\r\n")[0]
+            assert _fields(sent) == _fields(expected)
+            if normalized:
+                assert sent == expected
+        assert g.headers == w.headers
+
+
+def test_request_bytes_are_not_kept_after_a_request() -> None:
+    sink = _RequestSink()
+    p = HttptoolsRequestParser(sink, LIMITS)
+    p.feed(G + b"\r\n")
+    assert [k for k, _ in sink.events] == ["head", "end"]
     assert p._hbuf == b""
