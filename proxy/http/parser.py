@@ -445,7 +445,17 @@ def analyze_request_raw(method: bytes, target: bytes, version: bytes, raw: bytes
     if cut:
         # Connection: close makes a field named Close hop-by-hop (else it is kept)
         keep = _REQ_KEEP if not close or b"close" not in tokens else _REQ_KEEP_ALL_BUT_CLOSE
-        head.drops = [m.span() for m in _REQ_FIELDS.finditer(low) if m.group(1) not in keep]
+        # Each line to cut, found in order with two finds (cheaper than a second sre
+        # pass): "\r\n" appears in the field lines only where a line starts, and a name's
+        # fields are either all cut or all kept, so none is skipped.
+        spans = head.drops = []
+        pos = 0
+        for name, _ in found:
+            if name not in keep:
+                pos = low.find(b"\r\n%s:" % name, pos)
+                end = low.find(b"\r", pos + 2)
+                spans.append((pos, end))
+                pos = end
     return _request_semantics(head, authority,
                               (length, chunked, host, hosts, tokens, upgrade > 0, expect))
 
