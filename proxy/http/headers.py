@@ -69,8 +69,38 @@ def request_head(head: RequestHead, target: bytes, *, client_ip: str, proto: byt
     `chunked`: the body is re-framed as chunks (the client sent chunks); otherwise the
     client's Content-Length, if any, is kept. `ssl_client`: (verify, DN) of a TLS client
     certificate."""
-    headers = head.headers
     named = head.connection
+    raw = head.raw
+    if raw is not None and named <= _USUAL_TOKENS and affinity_cookie is None \
+            and head.version == b"1.1":
+        # The fields as read, but for those the parser's scan marked to drop
+        # (parser.analyze_request_raw), then ours, in the order of the list-based path.
+        drops = head.drops
+        if drops:
+            parts: list[bytes] = []
+            pos = 0
+            for start, end in drops:
+                parts.append(raw[pos:start])
+                pos = end
+            parts.append(raw[pos:])
+            raw = b"".join(parts)
+        seen = head.xff
+        client = client_ip.encode()
+        out = [b"%s %s HTTP/1.1%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
+               b"X-Forwarded-Host: %s\r\nX-Forwarded-Port: %d\r\n"
+               % (head.method, target, raw, b"%s, %s" % (b", ".join(seen), client)
+                  if seen else client, proto, head.host, port)]
+        if ssl_client is not None:
+            out.append(b"X-SSL-Client-Verify: %s\r\nX-SSL-Client-DN: %s\r\n" % ssl_client)
+        if head.upgrade and head.upgrade_value is not None:
+            out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % head.upgrade_value)
+        elif chunked:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        elif head.content_length is not None:
+            out.append(b"Content-Length: %d\r\n" % head.content_length)
+        out.append(b"\r\n")
+        return b"".join(out)
+    headers = head.headers
     if b"host" in named:
         named = named - _NOT_HOP
     out = [b"%s %s HTTP/1.1\r\n" % (head.method, target)]
@@ -129,8 +159,45 @@ def response_head(resp: ResponseHead, framing: int, *, keep_alive: bool,
                   hsts: bytes | None = None) -> bytes:
     """The head sent to the client. `keep_alive` says whether pylb keeps the client
     connection open after this response; `set_cookie` is a complete Set-Cookie value."""
-    headers = resp.headers
     named = resp.connection
+    raw = resp.raw
+    if raw is not None and resp.status != 101 and named <= _USUAL_TOKENS:
+        # The head as read, but for the fields the parser's scan marked to drop
+        # (parser.analyze_response_raw): no list of fields, no lower() per field.
+        drops = resp.drops
+        if hsts is not None and resp.sts:
+            drops = sorted(drops + resp.sts)
+        if drops:
+            parts: list[bytes] = []
+            pos = 0
+            for start, end in drops:
+                parts.append(raw[pos:start])
+                pos = end
+            parts.append(raw[pos:])
+            raw = b"".join(parts)
+        if set_cookie is None and not hsts and framing != FRAME_CHUNKED:
+            if not keep_alive:
+                last = b"Connection: close\r\n\r\n"
+            elif client_version == b"1.0":
+                last = b"Connection: keep-alive\r\n\r\n"
+            else:
+                last = b"\r\n"
+            return b"HTTP/1.1 %d %s%s%s" % (resp.status, resp.reason, raw, last)
+        out = [b"HTTP/1.1 %d %s%s" % (resp.status, resp.reason, raw)]
+        if set_cookie is not None:
+            out.append(b'Set-Cookie: %s\r\nCache-Control: no-cache="set-cookie"\r\n'
+                       % set_cookie)
+        if hsts:
+            out.append(b"Strict-Transport-Security: %s\r\n" % hsts)
+        if framing == FRAME_CHUNKED:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        if not keep_alive:
+            out.append(b"Connection: close\r\n")
+        elif client_version == b"1.0":
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
+    headers = resp.headers
     out = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason)]
     upgrade: bytes | None = None
     plain = _PLAIN if named <= _USUAL_TOKENS else frozenset()

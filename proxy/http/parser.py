@@ -98,15 +98,25 @@ class ParseError(Exception):
 
 
 class RequestHead:
-    __slots__ = ("chunked", "connection", "content_length", "expect_continue", "headers",
-                 "host", "idempotent", "keep_alive", "method", "target", "upgrade", "version")
+    __slots__ = ("_headers", "chunked", "connection", "content_length", "drops",
+                 "expect_continue", "host", "idempotent", "keep_alive", "method", "raw",
+                 "target", "upgrade", "upgrade_value", "version", "xff")
 
-    def __init__(self, method: bytes, target: bytes, version: bytes, headers: Headers) -> None:
+    def __init__(self, method: bytes, target: bytes, version: bytes,
+                 headers: Headers | None) -> None:
         self.method = method
         self.idempotent = method in _IDEMPOTENT  # safe to send again (read per request)
         self.target = target
         self.version = version  # b"1.0" or b"1.1"
-        self.headers = headers  # names as received; values without surrounding blanks
+        # Names as received; values without surrounding blanks. Or (the httptools
+        # parser) the field lines as read, `raw`, with what its scan found: `drops`, the
+        # spans `headers.request_head` cuts; `xff`, X-Forwarded-For values; the last
+        # Upgrade value (see `analyze_request_raw`).
+        self._headers = headers
+        self.raw: bytes | None = None
+        self.drops: list[tuple[int, int]] = _NO_SPANS
+        self.xff: list[bytes] | None = None
+        self.upgrade_value: bytes | None = None
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
@@ -116,24 +126,58 @@ class RequestHead:
         self.connection: frozenset[bytes] = _NO_TOKENS  # tokens of Connection, lower case
 
     @property
+    def headers(self) -> Headers:
+        """The fields as (name, value) pairs, made from `raw` when first asked for."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _field_list(self.raw or b"")
+        return headers
+
+    @headers.setter
+    def headers(self, headers: Headers) -> None:
+        self._headers = headers
+        self.raw = None  # changed (gwplane's header filters): sent from the list
+
+    @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
 
 class ResponseHead:
-    __slots__ = ("chunked", "connection", "content_length", "headers", "keep_alive", "no_body",
-                 "reason", "status", "version")
+    __slots__ = ("_headers", "chunked", "connection", "content_length", "drops", "keep_alive",
+                 "no_body", "raw", "reason", "status", "sts", "version")
 
-    def __init__(self, status: int, reason: bytes, version: bytes, headers: Headers) -> None:
+    def __init__(self, status: int, reason: bytes, version: bytes,
+                 headers: Headers | None) -> None:
         self.status = status
         self.reason = reason
         self.version = version
-        self.headers = headers
+        # Either the fields as a list, or (the httptools parser) the head's field lines as
+        # read, `raw`, with the spans a proxy drops (`drops`: hop-by-hop fields;
+        # `sts`: Strict-Transport-Security) found by one scan: see `analyze_response_raw`.
+        self._headers = headers
+        self.raw: bytes | None = None
+        self.drops: list[tuple[int, int]] = _NO_SPANS
+        self.sts: list[tuple[int, int]] = _NO_SPANS
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
         self.no_body = False  # HEAD, 1xx, 204, 304: framing headers say nothing
         self.connection: frozenset[bytes] = _NO_TOKENS
+
+    @property
+    def headers(self) -> Headers:
+        """The fields as (name, value) pairs, values without surrounding blanks (made
+        from `raw` when first asked for: the proxy's own path never asks)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _field_list(self.raw or b"")
+        return headers
+
+    @headers.setter
+    def headers(self, headers: Headers) -> None:
+        self._headers = headers
+        self.raw = None
 
 
 class RequestSink(Protocol):
@@ -168,6 +212,7 @@ _KNOWN: dict[bytes, int] = {
                      b"Set-Cookie", b"Vary", b"Location", b"Referer", b"Origin"), -1),
     **_SPECIAL, **{k.title(): v for k, v in _SPECIAL.items()}}
 _NO_TOKENS: frozenset[bytes] = frozenset()
+_NO_SPANS: list[tuple[int, int]] = []  # shared, never appended to
 
 
 # Connection values as usually sent, already split into their tokens.
@@ -239,24 +284,36 @@ def analyze_request(method: bytes, target: bytes, version: bytes, headers: Heade
         raise ParseError(Failure.URI_TOO_LONG)
     if len(headers) > limits.max_headers:
         raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
+    authority = _check_request_line(method, target, version)
+    head = RequestHead(method, target, version, headers)
+    return _request_semantics(head, authority,
+                              _scan(headers, Failure.BAD_REQUEST))
+
+
+def _check_request_line(method: bytes, target: bytes, version: bytes) -> bytes | None:
+    """The checks of the request line; the authority of an absolute-form target."""
     if version != b"1.1" and version != b"1.0":
         raise ParseError(Failure.BAD_REQUEST, "unsupported HTTP version")
     if method not in METHODS:
         raise ParseError(Failure.BAD_REQUEST, "unknown method")
-    authority: bytes | None = None
     if not target:
         raise ParseError(Failure.BAD_REQUEST, "bad request target")
     if target[0] == 0x2F:  # origin-form, nearly every request
         if 0x23 in target:  # "#"; an int is the fast operand of bytes.__contains__
             raise ParseError(Failure.BAD_REQUEST, "fragment in request target")
-    elif target == b"*":
+        return None
+    if target == b"*":
         if method != b"OPTIONS":
             raise ParseError(Failure.BAD_REQUEST, "asterisk-form target without OPTIONS")
-    else:
-        authority = _absolute_authority(target)
-    head = RequestHead(method, target, version, headers)
-    length, chunked, host, hosts, tokens, upgrade, expect = _scan(headers,
-                                                                  Failure.BAD_REQUEST)
+        return None
+    return _absolute_authority(target)
+
+
+def _request_semantics(head: RequestHead, authority: bytes | None,
+                       scan: _Scan) -> RequestHead:
+    length, chunked, host, hosts, tokens, upgrade, expect = scan
+    version = head.version
+    target = head.target
     head.content_length = length
     head.chunked = chunked
     if chunked and version == b"1.0":
@@ -285,6 +342,131 @@ def analyze_request(method: bytes, target: bytes, version: bytes, headers: Heade
             raise ParseError(Failure.BAD_REQUEST, "unsupported Expect")
         head.expect_continue = version == b"1.1"
     return head
+
+
+# The request fields pylb acts on or replaces, in a head's field lines lower-cased (each
+# line preceded by CRLF): group 1 the name, group 2 the value without leading blanks.
+# (Scanning the lower-cased bytes costs sre a third less than a case-insensitive group.)
+# The spellings with '_' are here to be refused (see `_scan`); `close` for a field that
+# `Connection: close` makes hop-by-hop.
+_REQ_FIELDS = re.compile(
+    rb"\r\n(host|content[-_]length|transfer[-_]encoding|connection|expect|upgrade|"
+    rb"keep-alive|proxy-connection|te|trailer|x-forwarded-(?:for|proto|host|port)|"
+    rb"x-ssl-client-(?:verify|dn)|close):[ \t]*([^\r]*)")
+_REQ_KEEP = frozenset((b"host", b"expect", b"close"))  # not dropped (close: see above)
+_REQ_KEEP_ALL_BUT_CLOSE = frozenset((b"host", b"expect"))
+_NOTHING_FOUND: _Scan = (None, False, b"", 0, _NO_TOKENS, False, None)
+
+
+def _as_sent(raw: bytes, low: bytes, key: bytes, value: bytes, nth: int = 0) -> bytes:
+    """The `nth` (from 0) value of field `key` (b"\\r\\nname:") as sent, not lower-cased:
+    `value` is it lower-cased; `raw` and `low` have the same offsets."""
+    at = low.find(key)
+    while nth:
+        at = low.find(key, at + 1)
+        nth -= 1
+    at = low.find(value, at + len(key))  # past the blanks before the value
+    return raw[at:at + len(value)]
+
+
+def analyze_request_raw(method: bytes, target: bytes, version: bytes, raw: bytes,
+                        limits: Limits) -> RequestHead:
+    """`analyze_request` for a head llhttp has taken, from its field lines as read
+    (`raw`: each preceded by CRLF, the last followed by one; b"\r\n" when there are
+    none). llhttp has refused anything but CRLF line ends, obs-fold, controls and bad
+    tokens, so the lines are exactly the fields: one scan finds those that framing,
+    routing and the forwarded head need, and the same rules as `_scan` apply to them in
+    the same order. The rest is forwarded as read (`headers.request_head`)."""
+    if len(target) > limits.max_uri:
+        raise ParseError(Failure.URI_TOO_LONG)
+    n = raw.count(b"\n") - 1
+    if n > limits.max_headers:
+        raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
+    # The per-field path's size: name + value + 4 per field, and the target; the raw
+    # length + n bounds it from above, so it is counted exactly only near the limit.
+    if len(raw) + n + len(target) > limits.max_request_head and sum(
+            len(k) + len(v) + 4 for k, v in _field_list(raw)) + len(target) \
+            > limits.max_request_head:
+        raise ParseError(Failure.HEADERS_TOO_LARGE)
+    if target and target[0] == 0x2F and 0x23 not in target and version == b"1.1" \
+            and method in METHODS:
+        authority = None  # _check_request_line's answer for nearly every request
+    else:
+        authority = _check_request_line(method, target, version)
+    head = RequestHead(method, target, version, None)
+    head.raw = raw
+    length: int | None = None
+    chunked = False
+    host = b""
+    hosts = 0
+    tokens = _NO_TOKENS
+    upgrade = 0  # Upgrade fields seen
+    expect: bytes | None = None
+    close = False
+    cut = False  # a field to drop was found
+    # findall (tuples) costs sre half what finditer (match objects) does; the spans to
+    # cut are looked for only when there is something to cut (most requests: nothing).
+    low = raw.lower()
+    found = _REQ_FIELDS.findall(low)
+    if not found:
+        return _request_semantics(head, authority, _NOTHING_FOUND)
+    for name, value in found:
+        if value and value[-1] <= 0x20:  # SP or HTAB: llhttp refused other controls
+            value = value.rstrip(b" \t")
+        if name == b"host":
+            if not hosts:
+                # no letter in it (an address): as sent; else find it in `raw`
+                host = value if value.upper() == value else \
+                    _as_sent(raw, low, b"\r\nhost:", value)
+            hosts += 1
+            continue
+        if name == b"expect":
+            expect = value
+            continue
+        cut = True
+        if name == b"close":
+            close = True
+        elif name == b"content-length":
+            if length is not None or not _DIGITS.fullmatch(value):
+                raise ParseError(Failure.BAD_REQUEST, "bad or repeated Content-Length")
+            length = int(value)
+        elif name == b"connection":
+            more = _USUAL_CONNECTION.get(value)
+            if more is None:
+                more = frozenset(t.strip() for t in value.split(b",")) - {b""}
+            tokens = tokens | more if tokens else more
+        elif name == b"x-forwarded-for":
+            if head.xff is None:
+                head.xff = []
+            head.xff.append(_as_sent(raw, low, b"\r\nx-forwarded-for:", value,
+                                     len(head.xff)))
+        elif name == b"transfer-encoding":
+            if chunked or value != b"chunked":
+                raise ParseError(Failure.BAD_REQUEST, "unsupported Transfer-Encoding")
+            chunked = True
+        elif name == b"upgrade":
+            head.upgrade_value = _as_sent(raw, low, b"\r\nupgrade:", value, upgrade)
+            upgrade += 1  # the last one is sent
+        elif 0x5F in name:  # "_": content_length, transfer_encoding
+            raise ParseError(Failure.BAD_REQUEST, "framing field spelt with '_'")
+    if chunked and length is not None:
+        raise ParseError(Failure.BAD_REQUEST, "Content-Length with Transfer-Encoding")
+    if cut:
+        # Connection: close makes a field named Close hop-by-hop (else it is kept)
+        keep = _REQ_KEEP if not close or b"close" not in tokens else _REQ_KEEP_ALL_BUT_CLOSE
+        # Each line to cut, found in order with two finds (cheaper than a second sre
+        # pass): "\r\n" appears in the field lines only where a line starts, and a name's
+        # fields are either all cut or all kept, so none is skipped.
+        spans = head.drops = []
+        pos = 0
+        for name, _ in found:
+            if name not in keep:
+                pos = low.find(b"\r\n%s:" % name, pos)
+                end = low.find(b"\r", pos + 2)
+                spans.append((pos, end))
+                pos = end
+    return _request_semantics(head, authority,
+                              (length, chunked, host, hosts, tokens, upgrade > 0, expect))
 
 
 # RFC 9110 §4.2 / RFC 3986 §3.2.2: a host is a reg-name (unreserved, pct-encoded,
@@ -383,6 +565,98 @@ def analyze_response(status: int, reason: bytes, version: bytes, headers: Header
     if not no_body and length is None and not chunked:
         head.keep_alive = False  # delimited by close
     return head
+
+
+# The response fields a proxy acts on, in a head's field lines (each line preceded by
+# CRLF, see `analyze_response_raw`): group 1 the name (any case), group 2 the value
+# without leading blanks; the span from the CRLF before the line to the CRLF ending it
+# is what dropping the line cuts. `close` is here for `Connection: close`, which
+# makes a field named Close hop-by-hop (as `headers.response_head` drops it).
+_RESP_FIELDS = re.compile(
+    rb"\r\n((?i:content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|"
+    rb"trailer|upgrade|strict-transport-security|close)):[ \t]*([^\r]*)")
+# (A greedy value, its trailing blanks cut in Python: a lazy one with a look-ahead for
+# the CRLF costs sre twice the instructions.)
+
+
+def analyze_response_raw(status: int, line: bytes, version: bytes, raw: bytes,
+                         method: bytes) -> ResponseHead:
+    """`analyze_response` for a head llhttp has taken, from its bytes: `line` the status
+    line, `raw` its field lines as read, each preceded by CRLF and the last followed by
+    one (b"\r\n" when there are none). llhttp has refused anything but CRLF line ends,
+    obs-fold, controls and bad tokens, so the lines are exactly the fields; one scan
+    finds the few that framing and hop-by-hop removal need, and the rest is forwarded as
+    read (`headers.response_head`), never split into a list."""
+    if version != b"1.1" and version != b"1.0":
+        raise ParseError(Failure.BAD_RESPONSE, "unsupported HTTP version")
+    if not 100 <= status <= 999:
+        raise ParseError(Failure.BAD_RESPONSE, "bad status")
+    if raw.count(b"\n") > 1001:  # as the list-based path: more than 1,000 fields
+        raise ParseError(Failure.BAD_RESPONSE, "too many response header fields")
+    # llhttp's status line: "HTTP/d.d ddd" then " reason" or nothing
+    head = ResponseHead(status, line[13:], version, None)
+    head.raw = raw
+    length: int | None = None
+    chunked = False
+    tokens = _NO_TOKENS
+    drops: list[tuple[int, int]] | None = None
+    sts: list[tuple[int, int]] | None = None
+    close: list[tuple[int, int]] | None = None
+    for m in _RESP_FIELDS.finditer(raw):
+        name, value = m.groups()
+        name = name.lower()
+        if value and value[-1] <= 0x20:  # SP or HTAB: llhttp refused other controls
+            value = value.rstrip(b" \t")
+        if name == b"content-length":
+            if length is not None or not _DIGITS.fullmatch(value):
+                raise ParseError(Failure.BAD_RESPONSE, "bad or repeated Content-Length")
+            length = int(value)
+            continue
+        if name == b"strict-transport-security":
+            if sts is None:
+                sts = head.sts = []
+            sts.append(m.span())
+            continue
+        if name == b"close":
+            if close is None:
+                close = []
+            close.append(m.span())
+            continue
+        if drops is None:
+            drops = head.drops = []
+        drops.append(m.span())
+        if name == b"transfer-encoding":
+            if chunked or value.lower() != b"chunked":
+                raise ParseError(Failure.BAD_RESPONSE, "unsupported Transfer-Encoding")
+            chunked = True
+        elif name == b"connection":
+            more = _USUAL_CONNECTION.get(value)
+            if more is None:
+                more = frozenset(t.strip().lower() for t in value.split(b",")) - {b""}
+            tokens = tokens | more if tokens else more
+    if chunked and length is not None:
+        raise ParseError(Failure.BAD_RESPONSE, "Content-Length with Transfer-Encoding")
+    if close is not None and b"close" in tokens:
+        head.drops = sorted((drops or []) + close)
+    head.content_length = length
+    head.chunked = chunked
+    no_body = head.no_body = (method == b"HEAD" or status < 200 or status == 204
+                              or status == 304)
+    head.connection = tokens
+    head.keep_alive = (b"close" not in tokens) if version == b"1.1" else b"keep-alive" in tokens
+    if not no_body and length is None and not chunked:
+        head.keep_alive = False  # delimited by close
+    return head
+
+
+def _field_list(raw: bytes) -> Headers:
+    """The (name, value) pairs of field lines llhttp has taken (`analyze_response_raw`)."""
+    out: Headers = []
+    for line in raw.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            out.append((name, value.strip(b" \t")))
+    return out
 
 
 def _check_partial_head(buf: bytes, failure: Failure) -> None:
@@ -857,21 +1131,26 @@ class H11ResponseParser:
 
 
 class HttptoolsRequestParser:
-    """llhttp does the tokenizing and framing; the callbacks build the same heads."""
+    """llhttp checks the request and frames Content-Length bodies; it calls back once per
+    head (`on_url`, `on_headers_complete`), not per field. The bytes of the current
+    message, from its start, are kept in `_hbuf` (`_pos` is where the parser is in
+    them: past the head, then past each body slice), so the head is analysed from its
+    bytes (`analyze_request_raw`) and forwarded as read. A chunked body is decoded by
+    `BodyFramer` (as on the h11 path): it checks trailer fields, which llhttp would only
+    report through per-field callbacks; the next request gets a fresh llhttp parser."""
 
-    __slots__ = ("_head_fed", "_head_size", "_headers", "_in_body", "_last", "_limits",
-                 "_max_head", "_max_headers", "_p", "_sink", "_url", "upgrade_rest")
+    __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_last", "_limits", "_p", "_pos",
+                 "_sink", "_url", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         assert httptools is not None
         self._sink = sink
         self._limits = limits
-        self._max_headers = limits.max_headers
-        self._max_head = limits.max_request_head
         self._p = httptools.HttpRequestParser(self)
         self._url = b""
-        self._headers: Headers = []
-        self._head_size = 0
+        self._hbuf = b""
+        self._pos = 0
+        self._body: BodyFramer | None = None
         self._head_fed = 0  # bytes of a head still incomplete (see `feed`)
         self._in_body = False
         self._last = False  # as in H11RequestParser
@@ -882,30 +1161,59 @@ class HttptoolsRequestParser:
         del self._p
 
     def feed(self, data: bytes) -> None:
-        if self.upgrade_rest is not None:
-            self.upgrade_rest += data
-            return
-        if self._last and not self._in_body:
-            return
-        if not self._in_body and data.find(b"\r\n\r\n") < 0:
-            # llhttp keeps partial fields to itself: count what a head still incomplete
-            # has taken (exact when a head begins a read; the fields are counted anyway).
-            self._head_fed += len(data)
-            if self._head_fed > self._limits.max_request_head:
-                raise ParseError(Failure.HEADERS_TOO_LARGE)
-        try:
-            self._p.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            self.upgrade_rest = data[e.args[0]:]
-        except httptools.HttpParserCallbackError as e:
-            ctx = e.__context__
-            if isinstance(ctx, ParseError):
-                raise ctx from None
-            raise  # an error of ours, not of the request
-        except httptools.HttpParserError as e:
+        while data:
+            if self.upgrade_rest is not None:
+                self.upgrade_rest += data
+                return
+            body = self._body
+            if body is not None:
+                rest = body.feed(data)
+                if rest is None:
+                    return
+                self._body = None
+                self._in_body = False
+                self._url = b""
+                self._sink.on_end()
+                data = rest
+                continue
             if self._last and not self._in_body:
-                return  # llhttp refuses data after a closing request; we ignore it
-            raise ParseError(Failure.BAD_REQUEST, str(e)) from None
+                return
+            if self._in_body:
+                self._hbuf = data
+                self._pos = 0
+            else:
+                if data.find(b"\r\n\r\n") < 0:
+                    # llhttp keeps partial fields to itself: count what a head still
+                    # incomplete has taken (exact when a head begins a read).
+                    self._head_fed += len(data)
+                    if self._head_fed > self._limits.max_request_head:
+                        raise ParseError(Failure.HEADERS_TOO_LARGE)
+                hbuf = self._hbuf
+                pos = self._pos
+                self._hbuf = hbuf[pos:] + data if pos < len(hbuf) else data
+                self._pos = 0
+            try:
+                self._p.feed_data(data)
+            except httptools.HttpParserUpgrade as e:
+                self.upgrade_rest = data[e.args[0]:]
+            except httptools.HttpParserCallbackError as e:
+                ctx = e.__context__
+                if isinstance(ctx, ParseError):
+                    raise ctx from None
+                if not isinstance(ctx, _StopParsing):
+                    raise  # an error of ours, not of the request
+                # A chunked body follows (on_headers_complete): BodyFramer takes the bytes
+                # after the head, and a fresh llhttp parser the next request.
+                self._p = httptools.HttpRequestParser(self)
+                data = self._hbuf[self._pos:]
+                self._hbuf = b""
+                self._pos = 0
+                continue
+            except httptools.HttpParserError as e:
+                if self._last and not self._in_body:
+                    return  # llhttp refuses data after a closing request; we ignore it
+                raise ParseError(Failure.BAD_REQUEST, str(e)) from None
+            return
 
     # No on_message_begin (a Python call per request saved): what it would reset is reset
     # by __init__ and at the end of each message (on_message_complete).
@@ -915,48 +1223,47 @@ class HttptoolsRequestParser:
         if len(self._url) > self._limits.max_uri:
             raise ParseError(Failure.URI_TOO_LONG)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # <= 0x20 is a cheaper test than `in (0x20, 0x09)`; rstrip leaves anything else
-        if value and value[-1] <= 0x20:
-            value = value.rstrip(b" \t")
-        if self._in_body and len(name) == 10 and name.lower() == b"connection":
-            # A trailer field: llhttp takes `Connection: close` here as the connection's
-            # end and then refuses the next request; both parsers refuse it at once.
-            raise ParseError(Failure.BAD_REQUEST, "Connection in trailers")
-        headers = self._headers
-        headers.append((name, value))
-        size = self._head_size = self._head_size + len(name) + len(value) + 4
-        if len(headers) > self._max_headers:
-            raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
-        if size + len(self._url) > self._max_head:
-            raise ParseError(Failure.HEADERS_TOO_LARGE)
-
     def on_headers_complete(self) -> None:
+        buf = self._hbuf
+        start = self._pos
+        c = buf[start]
+        if c == 0x0D or c == 0x0A:  # empty lines before the request line: llhttp skips them
+            start = len(buf) - len(buf[start:].lstrip(b"\r\n"))
+        # llhttp took this head, so its lines end in CRLF and the first empty line ends it
+        line = buf.find(b"\r\n", start)
+        end = buf.find(b"\r\n\r\n", line)
+        self._pos = end + 4
         p = self._p
-        head = analyze_request(p.get_method(), self._url, p.get_http_version().encode(),
-                               self._headers, self._limits)
+        head = analyze_request_raw(p.get_method(), self._url, p.get_http_version().encode(),
+                                   buf[line:end + 2], self._limits)
         self._in_body = True
         self._head_fed = 0
-        self._headers = []  # llhttp reports trailer fields with on_header too: not these
         self._last = not head.keep_alive
         self._sink.on_head(head)
+        if head.chunked:
+            self._body = BodyFramer(self._sink.on_body, None, True, Failure.BAD_REQUEST)
+            raise _StopParsing
 
     def on_body(self, body: bytes) -> None:
+        self._pos += len(body)
         self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
         self._url = b""
-        self._head_size = 0
-        if self._headers:
-            self._headers = []  # trailer fields
+        if self._pos >= len(self._hbuf):  # nothing follows in this read: hold no bytes
+            self._hbuf = b""
+            self._pos = 0
         self._sink.on_end()
 
 
 class HttptoolsResponseParser:
-    __slots__ = ("_close_delimited", "_done", "_head_fed", "_headers", "_headers_seen",
-                 "_max_head", "_method", "_p", "_reason", "_sink", "_stopped", "rest",
-                 "upgrade_rest")
+    """llhttp checks and frames the response; it calls back once per head, not per field
+    (there is no `on_header`): the head's bytes, kept in `_hbuf` while it comes, are
+    analysed in one scan (`analyze_response_raw`) and forwarded as read."""
+
+    __slots__ = ("_close_delimited", "_done", "_hbuf", "_head_fed", "_headers_seen",
+                 "_max_head", "_method", "_p", "_sink", "_stopped", "rest", "upgrade_rest")
 
     def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
                  max_head: int = 64 * 1024) -> None:
@@ -984,8 +1291,7 @@ class HttptoolsResponseParser:
     def _start(self, sink: ResponseSink, method: bytes) -> None:
         self._sink = sink
         self._method = method
-        self._headers: Headers = []
-        self._reason = b""
+        self._hbuf = b""  # the bytes from the start of a head still incomplete
         self._done = False
         self._headers_seen = False
         self._close_delimited = False
@@ -998,6 +1304,8 @@ class HttptoolsResponseParser:
         if self._done:
             self.rest += data
             return
+        if not self._headers_seen:
+            self._hbuf = self._hbuf + data if self._hbuf else data
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -1033,25 +1341,19 @@ class HttptoolsResponseParser:
     def on_message_begin(self) -> None:
         if self._done:
             self.rest = b"?"  # more bytes after the response: the connection is not clean
-        # (_headers is fresh: from _start, or emptied by on_headers_complete after 1xx)
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if value and value[-1] <= 0x20:  # as in the request parser
-            value = value.rstrip(b" \t")
-        headers = self._headers
-        headers.append((name, value))
-        if len(headers) > 1000:
-            raise ParseError(Failure.BAD_RESPONSE, "too many response header fields")
 
     def on_headers_complete(self) -> None:
-        p = self._p
-        head = analyze_response(p.get_status_code(), self._reason,
-                                p.get_http_version().encode(), self._headers, self._method)
-        self._reason = b""
-        self._headers = []  # trailer fields (on_header again) must not join the head
+        buf = self._hbuf
+        start = 0
+        if buf[0] == 0x0D or buf[0] == 0x0A:  # empty lines before it: llhttp skips them
+            start = len(buf) - len(buf.lstrip(b"\r\n"))
+        # llhttp took this head, so its lines end in CRLF and the first empty line ends it
+        line = buf.find(b"\r\n", start)
+        end = buf.find(b"\r\n\r\n", line)
+        status_line = buf[start:line]  # "HTTP/d.d ddd[ reason]": llhttp checked it
+        head = analyze_response_raw(self._p.get_status_code(), status_line,
+                                    status_line[5:8], buf[line:end + 2], self._method)
+        self._hbuf = buf[end + 4:] if head.status < 200 else b""  # what follows a 1xx
         if head.status < 200 and head.status != 101:
             self._sink.on_interim(head)
             return
