@@ -36,6 +36,11 @@ schedules = st.lists(st.tuples(st.floats(0.1, 10.0), st.integers(-1, LEADER)), m
          jitter=[0.0, 0.3, 0.0, 0.0], kill=-1)  # a leader waking late would overlap here
 @example(timing=Timing(1.5, 1.2, 0.5), n=2, schedule=[(1.05, -1), (10.0, LEADER)],
          jitter=[0.0, 0.0, 0.0, 0.0], kill=-1)  # followers waiting int(1.5) = 1 s overlap
+# p1 partitioned from the start first reads dead p0's record at 2.1875 s, after the heal
+# at 2 s; its leaseDurationSeconds is ceil(1.25) = 2, so p1 leads at 4.375 s: past a bound
+# of lease_duration (1.25 s) + two jittered retries, within lease_seconds (2 s) + two.
+@example(timing=Timing(1.25, 1.0, 0.21875), n=2, schedule=[(1.0, 1), (1.0, 0)],
+         jitter=[0.0, 0.0, 0.0, 0.0], kill=0)
 @settings(max_examples=50, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(timing=timings(), n=st.integers(2, 4), schedule=schedules,
@@ -75,12 +80,23 @@ async def _scenario(timing: Timing, n: int, schedule: list[tuple[float, int]],
         for lock in locks:
             lock.failing = False
         living = [e for e, t in zip(electors, tasks, strict=True) if not t.done()]
-        # Healed: within a lease plus two jittered retries someone leads.
-        await vt.advance(timing.lease_duration + 2 * timing.retry_period * (1 + JITTER_FACTOR)
-                         + 0.01, check=at_most_one, participants=alive)
+        await vt.advance(_healed_within(timing), check=at_most_one, participants=alive)
         if living:
             assert sum(e.is_leader for e in living) == 1
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _healed_within(timing: Timing) -> float:
+    """How long after the partitions heal someone must lead, as client-go's semantics
+    allow it (tryAcquireOrRenew: a holder is presumed alive until observedTime + the
+    *record's* leaseDurationSeconds, observedTime being when this process first read that
+    record). A follower partitioned all along first reads the dead holder's record at its
+    next attempt, up to one jittered retry period after the heal; it waits the record's
+    lease from then, and takes over at its first attempt after that, up to one more
+    jittered retry period. The record says `lease_seconds`, the configured lease rounded
+    UP to whole seconds (Timing.lease_seconds; 2 s for 1.25 s), not `lease_duration`.
+    +0.01 for float sums."""
+    return timing.lease_seconds + 2 * timing.retry_period * (1 + JITTER_FACTOR) + 0.01
