@@ -167,10 +167,10 @@ class DataPlane:
         """Serve a Gateway plan (after `attach_gateways`): the (address, port) of its
         listeners that could not be bound."""
         assert self.gateways is not None and self.gateways_l4 is not None
-        down = await self.gateways.apply_plan(plan)
         reserved = {self.settings.http_port, *(f.port for f in self.table.tcp)}
         if self.https is not None:
             reserved.add(self.settings.https_port)
+        down = await self.gateways.apply_plan(plan, reserved)
         return down | await self.gateways_l4.apply_plan(plan, reserved)
 
     async def apply(self, table: RouteTable, delta: Delta | None = None) -> None:

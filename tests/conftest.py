@@ -8,6 +8,10 @@ from typing import Any
 import pytest
 import uvloop
 
+# pytest-timeout made able to stop a test awaiting in uvloop, with a backstop that ends the
+# run when a test outlives its timeout anyway (tests/timeouts.py says how).
+pytest_plugins = ["tests.timeouts"]
+
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     # pylb runs on uvloop; the tests do too.

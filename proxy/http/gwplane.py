@@ -4,8 +4,8 @@
 They share the data plane's balancers, stats and connection limit with its other
 frontends: a backendRef to Service port `ns/svc:port` is served by the table's backend of
 that name (the same servers, health checks and counters as the Service's own route). A
-listener that cannot be bound (address not on this node, port taken) is logged once per
-plan and left out.
+listener that cannot be bound (address not on this node, port taken, or a port pylb's own
+frontends hold on `--bind`: never shared) is logged once per plan and left out.
 
 An (address, port) with HTTPS listeners terminates TLS there: one `TlsStore` per endpoint
 (proxy.tls: the TLS frontend's versions, ciphers and session-ticket setting), serving each
@@ -105,19 +105,29 @@ class GatewayPlane:
     def bind_port(self, port: int) -> int:
         return self._port_map.get(port, port)
 
-    async def apply_plan(self, plan: GatewayPlan) -> frozenset[tuple[str, int]]:
+    def host_of(self, address: str) -> str:
+        return self.settings.bind if address == self._node_address else address
+
+    async def apply_plan(self, plan: GatewayPlan, reserved: Collection[int] = ()
+                         ) -> frozenset[tuple[str, int]]:
         """Serve `plan`; the (address, port) that could not be bound (retried with the
-        next plan), for the listeners' status."""
+        next plan), for the listeners' status. `reserved`: ports the data plane's other
+        frontends hold on `--bind` — with SO_REUSEPORT (workers) a second socket there
+        would bind all the same and silently share the port's connections with the
+        `--http-port`/`--https-port` frontend, so a listener there is refused instead
+        (PortUnavailable), as proxy.tcp.gwl4 refuses its own."""
         from proxy.http.proxy import HttpProxy
 
         self.plan = plan
         wanted = plan.by_endpoint()
+        refused = {key for key in wanted if self.host_of(key[0]) == self.settings.bind
+                   and self.bind_port(key[1]) in reserved}
         unavailable: set[tuple[str, int]] = set()
         def https(lsts: tuple[Any, ...]) -> bool:
             return any(lst.protocol == "HTTPS" for lst in lsts)
 
-        for key in [k for k in self.proxies
-                    if k not in wanted or https(wanted[k]) != (k in self.tls)]:
+        for key in [k for k in self.proxies if k not in wanted or k in refused
+                    or https(wanted[k]) != (k in self.tls)]:
             gone = self.proxies.pop(key)
             self.bound.pop(key, None)
             self.tls.pop(key, None)
@@ -127,6 +137,13 @@ class GatewayPlane:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         for key, listeners in wanted.items():
+            if key in refused:
+                if key not in self.unavailable:
+                    log.error("gateway listener %s:%d (bound at :%d): the port of one of "
+                              "pylb's own frontends on %s; not shared", *key,
+                              self.bind_port(key[1]), self.settings.bind)
+                unavailable.add(key)
+                continue
             proxy = self.proxies.get(key)
             store = self.tls.get(key)
             if https(listeners):
@@ -145,8 +162,8 @@ class GatewayPlane:
                 proxy.hsts = None
                 proxy.set_table(self.table)
                 try:
-                    host = self.settings.bind if address == self._node_address else address
-                    self.bound[key] = await proxy.start(host, self.bind_port(port),
+                    self.bound[key] = await proxy.start(self.host_of(address),
+                                                        self.bind_port(port),
                                                         reuse_port=self.reuse_port)
                 except OSError as e:
                     if key not in self.unavailable:
