@@ -97,6 +97,28 @@ def inputs_from(objects: Mapping[str, Mapping[Any, JsonObj]]) -> GatewayInputs:
         tcproutes=tuple(objects.get("tcproutes", {}).values()))
 
 
+def _route_key(obj: Any) -> Any:
+    """What `translate` reads of a route: not its status, nor its resourceVersion."""
+    if not isinstance(obj, dict):
+        return obj
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta = (meta.get("namespace"), meta.get("name"), meta.get("generation"),
+                meta.get("creationTimestamp"))
+    return meta, obj.get("spec")
+
+
+def translation_key(inputs: GatewayInputs, node_addresses: Any) -> Any:
+    """Equal keys, equal plans: a route's status change (the leader's own writes, thousands
+    of them on a first pass, each coming back as a MODIFIED event) is no reason to translate
+    every Gateway object again. GatewayClasses, Gateways (whose status.addresses keeps a pool
+    address), grants, Services, namespaces and Secrets count whole."""
+    return (tuple(map(_route_key, inputs.httproutes)),
+            tuple(map(_route_key, inputs.tlsroutes)), tuple(map(_route_key, inputs.tcproutes)),
+            inputs.classes, inputs.gateways, inputs.grants, inputs.services, inputs.namespaces,
+            inputs.secrets, inputs.unavailable, inputs.secret_objects, node_addresses)
+
+
 def _settle(old: list[Any], new: list[JsonObj]) -> list[JsonObj]:
     """`new` conditions keeping `old`'s lastTransitionTime where type and status agree."""
     before = {c.get("type"): c for c in old if isinstance(c, dict)}
@@ -165,6 +187,7 @@ class GatewaySource:
         self.plan: GatewayPlan | None = None
         self._status_plan: GatewayPlan | None = None  # the newest, for _status_loop
         self._status_due = asyncio.Event()
+        self._built: tuple[Any, GatewayPlan] | None = None  # (translation_key, its plan)
         self.status_writes = 0
         self.status_errors = 0
         self.last_latency: float | None = None
@@ -212,9 +235,13 @@ class GatewaySource:
             inputs_from(objects), unavailable=self.unavailable,
             secrets=frozenset(k for k, obj in secrets.items() if valid_tls_secret(obj)),
             secret_objects=secrets)
-        return translate(inputs,
-                         dataclasses.replace(self.gw_settings, now=_now(),
-                                             node_addresses=self.nodes.addresses))
+        key = translation_key(inputs, self.nodes.addresses)
+        if self._built is not None and self._built[0] == key:
+            return self._built[1]  # e.g. our own status writes coming back
+        plan = translate(inputs, dataclasses.replace(self.gw_settings, now=_now(),
+                                                     node_addresses=self.nodes.addresses))
+        self._built = (key, plan)
+        return plan
 
     async def _loop(self, client: ApiClient, publish: Publish) -> None:
         while True:
