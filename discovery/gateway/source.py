@@ -97,6 +97,28 @@ def inputs_from(objects: Mapping[str, Mapping[Any, JsonObj]]) -> GatewayInputs:
         tcproutes=tuple(objects.get("tcproutes", {}).values()))
 
 
+def _route_key(obj: Any) -> Any:
+    """What `translate` reads of a route: not its status, nor its resourceVersion."""
+    if not isinstance(obj, dict):
+        return obj
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta = (meta.get("namespace"), meta.get("name"), meta.get("generation"),
+                meta.get("creationTimestamp"))
+    return meta, obj.get("spec")
+
+
+def translation_key(inputs: GatewayInputs, node_addresses: Any) -> Any:
+    """Equal keys, equal plans: a route's status change (the leader's own writes, thousands
+    of them on a first pass, each coming back as a MODIFIED event) is no reason to translate
+    every Gateway object again. GatewayClasses, Gateways (whose status.addresses keeps a pool
+    address), grants, Services, namespaces and Secrets count whole."""
+    return (tuple(map(_route_key, inputs.httproutes)),
+            tuple(map(_route_key, inputs.tlsroutes)), tuple(map(_route_key, inputs.tcproutes)),
+            inputs.classes, inputs.gateways, inputs.grants, inputs.services, inputs.namespaces,
+            inputs.secrets, inputs.unavailable, inputs.secret_objects, node_addresses)
+
+
 def _settle(old: list[Any], new: list[JsonObj]) -> list[JsonObj]:
     """`new` conditions keeping `old`'s lastTransitionTime where type and status agree."""
     before = {c.get("type"): c for c in old if isinstance(c, dict)}
@@ -163,6 +185,11 @@ class GatewaySource:
         self._secrets: list[Informer] = []  # TLS Secrets, per watched namespace
         self._dirty = asyncio.Event()
         self.plan: GatewayPlan | None = None
+        self._status_plan: GatewayPlan | None = None  # the newest, for _status_loop
+        self._status_due = asyncio.Event()
+        self._built: tuple[Any, GatewayPlan] | None = None  # (translation_key, its plan)
+        # (plural, ns, name) → (object, planned status) found settled by the last pass
+        self._settled: dict[tuple[str, str, str], tuple[JsonObj, JsonObj | None]] = {}
         self.status_writes = 0
         self.status_errors = 0
         self.last_latency: float | None = None
@@ -198,6 +225,7 @@ class GatewaySource:
                     tg.create_task(informer.run(), name=f"gateway informer {plural}")
                 for informer in self._secrets:
                     tg.create_task(informer.run(), name="gateway informer secrets")
+                tg.create_task(self._status_loop(client), name="gateway status")
                 await self._loop(client, publish)
         finally:
             await client.close()
@@ -209,9 +237,13 @@ class GatewaySource:
             inputs_from(objects), unavailable=self.unavailable,
             secrets=frozenset(k for k, obj in secrets.items() if valid_tls_secret(obj)),
             secret_objects=secrets)
-        return translate(inputs,
-                         dataclasses.replace(self.gw_settings, now=_now(),
-                                             node_addresses=self.nodes.addresses))
+        key = translation_key(inputs, self.nodes.addresses)
+        if self._built is not None and self._built[0] == key:
+            return self._built[1]  # e.g. our own status writes coming back
+        plan = translate(inputs, dataclasses.replace(self.gw_settings, now=_now(),
+                                                     node_addresses=self.nodes.addresses))
+        self._built = (key, plan)
+        return plan
 
     async def _loop(self, client: ApiClient, publish: Publish) -> None:
         while True:
@@ -225,7 +257,9 @@ class GatewaySource:
                 continue
             if self._is_leader():
                 await self.nodes.refresh(client)  # (at most every RESYNC seconds)
+            t = time.process_time()
             plan = self.build()
+            log.debug("gateway: plan built in %.1f ms (CPU)", (time.process_time() - t) * 1e3)
             # an address:port that could not be bound is retried at every turn (every
             # RESYNC seconds at the latest), so the plan goes out again while one is down
             if plan != self.plan or self.unavailable:
@@ -241,25 +275,47 @@ class GatewaySource:
                     self._dirty.set()  # a plan whose status says which ports are down
                 if started is not None:
                     self.last_latency = time.monotonic() - started
-            if self._is_leader():
-                try:
-                    await self.write_status(client, plan)
-                except kapi.ApiError as e:
-                    self.status_errors += 1
-                    log.warning("gateway status: %s (retrying)", e)
-                    self._dirty.set()
-                    await asyncio.sleep(1.0)
+            self._status_plan = plan  # (its status may differ where its listeners do not)
+            self._status_due.set()
+
+    async def _status_loop(self, client: ApiClient) -> None:
+        """The leader's status writes, apart from the plan loop: a pass over thousands of
+        routes (the first one: thousands of PATCHes) never holds the next plan back from
+        traffic. Each pass writes the newest plan's status; a plan made meanwhile gets
+        another pass."""
+        while True:
+            await self._status_due.wait()
+            self._status_due.clear()
+            plan = self._status_plan
+            if plan is None or not self._is_leader():
+                continue
+            try:
+                await self.write_status(client, plan)
+            except kapi.ApiError as e:
+                self.status_errors += 1
+                log.warning("gateway status: %s (retrying)", e)
+                await asyncio.sleep(1.0)
+                self._dirty.set()  # a new plan, then its status again
 
     async def write_status(self, client: ApiClient, plan: GatewayPlan) -> None:
         controller = self.gw_settings.controller_name
+        # carried over only for objects still there: deleted ones leave with this pass
+        settled, self._settled = self._settled, {}
         for plural in ("gatewayclasses", "gateways", *ROUTES):
             for (ns, name), obj in list(self._informers[plural].objects.items()):
                 planned = plan.status.get((plural, ns, name))
-                current = obj.get("status") or {}
                 if planned is None and plural not in ROUTES:
                     continue
-                want = settled_status(plural, current, planned, controller)
+                # the same object against the same planned status (a reused plan) was
+                # found settled last pass: 5,000 routes, 30-50 ms saved per pass
+                key = (plural, ns, name)
+                done = settled.get(key)
+                if done is not None and done[0] is obj and done[1] is planned:
+                    self._settled[key] = done
+                    continue
+                want = settled_status(plural, obj.get("status") or {}, planned, controller)
                 if want is None:
+                    self._settled[key] = (obj, planned)
                     continue
                 params = {"name": name, **({"namespace": ns} if ns else {})}
                 try:

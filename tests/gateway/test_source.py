@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes_asyncio.client import ApiClient
 
-from discovery.gateway.source import GatewaySource, settled_status
+from discovery.gateway.source import GatewaySource, settled_status, translation_key
 from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
 from proxy.http.gwrouting import GatewayRouter
 from pylb.config import GatewayApi, Settings
@@ -131,7 +131,9 @@ async def test_a_cluster_without_l4_route_crds_serves_httproutes(
         kube_api.faults.rules.remove(missing)
         load(kube_api, "tcproute-parentref-port-and-section-name.yaml")
         await until(lambda: len(plans[-1].l4_listeners) == 3)
-        assert not source._informers["tcproutes"].absent
+        # (the Gateways' TCP listeners can be planned before the TCPRoute informer's
+        # backoff ends: a plan turn no longer waits for the status pass)
+        await until(lambda: not source._informers["tcproutes"].absent)
         await until(lambda: (kube_api.store.get(f"tcproutes.{G}", infra,
                                                 "tcp-route-by-port")
                              or {}).get("status", {}).get("parents"))
@@ -323,3 +325,28 @@ async def test_a_port_in_use_is_reported_and_retried() -> None:
         assert set(plane.tls) == {k for k in plane.proxies if k[1] == 443}
     finally:
         await plane.shutdown(0.1)
+
+
+def test_a_route_status_change_is_no_reason_to_translate_again() -> None:
+    """`translation_key` (GatewaySource.build reuses the plan while it is equal): a route's
+    status or resourceVersion changing keeps it, anything translate reads changes it."""
+    import copy
+
+    inputs = Cluster.load("httproute-simple-same-namespace.yaml").inputs()
+    key = translation_key(inputs, ())
+
+    def changed(edit: Any, node_addresses: Any = ()) -> bool:
+        again = copy.deepcopy(inputs)
+        edit(again)
+        return translation_key(again, node_addresses) != key
+
+    def route(i: GatewayInputs) -> Any:
+        return i.httproutes[0]
+
+    assert not changed(lambda i: route(i).update(status={"parents": [{"x": 1}]}))
+    assert not changed(lambda i: route(i)["metadata"].update(resourceVersion="99"))
+    assert changed(lambda i: route(i)["spec"].update(hostnames=["other.example"]))
+    assert changed(lambda i: route(i)["metadata"].update(generation=7))
+    assert changed(lambda i: i.gateways[0].update(status={"addresses": []}))
+    assert changed(lambda i: i.services.pop(next(iter(i.services))))  # type: ignore[attr-defined]
+    assert changed(lambda i: None, node_addresses=("10.0.0.1",))

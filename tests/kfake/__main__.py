@@ -59,6 +59,35 @@ def slices(n: int, per_service: int, namespace: str, namespaces: int = 1) -> Ite
         }
 
 
+GATEWAY_CONTROLLER = "pylb.io/gateway-controller"
+
+
+def gateway_objects(routes: int, n_services: int, namespace: str, namespaces: int = 1,
+                    address: str = "127.0.0.1") -> dict[str, list[JsonObj]]:
+    """A GatewayClass of pylb's, one Gateway ("gw", one HTTP listener on port 80 at
+    `address`, routes from every namespace) and `routes` HTTPRoutes: route-i, hostname
+    r-i.bench, one rule to svc-(i mod n_services):80, in that Service's namespace."""
+    gw_ns = namespace_of(0, namespace, namespaces)
+    gw = {"metadata": {"name": "gw", "namespace": gw_ns},
+          "spec": {"gatewayClassName": "pylb",
+                   "addresses": [{"type": "IPAddress", "value": address}],
+                   "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
+                                  "allowedRoutes": {"namespaces": {"from": "All"}}}]}}
+    out: dict[str, list[JsonObj]] = {
+        "gatewayclasses": [{"metadata": {"name": "pylb"},
+                            "spec": {"controllerName": GATEWAY_CONTROLLER}}],
+        "gateways": [gw], "httproutes": []}
+    for i in range(routes):
+        svc = i % max(1, n_services)
+        out["httproutes"].append({
+            "metadata": {"name": f"route-{i}",
+                         "namespace": namespace_of(svc, namespace, namespaces)},
+            "spec": {"parentRefs": [{"name": "gw", "namespace": gw_ns}],
+                     "hostnames": [f"r-{i}.bench"],
+                     "rules": [{"backendRefs": [{"name": f"svc-{svc}", "port": 80}]}]}})
+    return out
+
+
 def _ip(n: int) -> str:
     """The n-th fake endpoint address: unique, in 127.1.0.0-127.254.255.255 (loopback,
     never 127.0.0.x where real test servers listen), so nothing outside this host is ever
@@ -83,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--services", type=int, default=0, help="Services to load")
     p.add_argument("--endpoints", type=int, default=0,
                    help="endpoints per service, in one EndpointSlice each")
+    p.add_argument("--httproutes", type=int, default=0,
+                   help="also load a GatewayClass of pylb's, one Gateway (HTTP, port 80, at "
+                        "127.0.0.1) and this many HTTPRoutes, each to one of the Services")
     p.add_argument("--bookmark-interval", type=float, default=60.0)
     p.add_argument("--history-size", type=int, default=10_000)
     return p.parse_args(argv)
@@ -97,6 +129,10 @@ async def serve(args: argparse.Namespace) -> None:
     if args.endpoints:
         api.store.load("endpointslices", slices(args.services, args.endpoints, args.namespace,
                                                   args.namespaces))
+    if args.httproutes:
+        for plural, objs in gateway_objects(args.httproutes, args.services, args.namespace,
+                                            args.namespaces).items():
+            api.store.load(plural, objs)
     loaded = time.perf_counter() - t0
     await api.start()
     try:
