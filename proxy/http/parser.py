@@ -836,6 +836,10 @@ class RequestParser(Protocol):
         GC (the 10,000 parsers of as many idle connections would wait for a full
         collection, which idle connections never trigger)."""
 
+    def at_rest(self) -> bool:
+        """A message has ended, the connection stays open after it, and the parser holds
+        no byte of a next one: a fresh parser would go on exactly where this one is."""
+
 
 class ResponseParser(Protocol):
     upgrade_rest: bytes | None
@@ -894,6 +898,10 @@ class H11RequestParser:
 
     def drop(self) -> None:
         pass  # in no cycle but the one through its sink, which the connection breaks
+
+    def at_rest(self) -> bool:
+        return not self._buf and self._body is None and not self._last \
+            and self.upgrade_rest is None
 
     def feed(self, data: bytes) -> None:
         while data:
@@ -1159,6 +1167,11 @@ class HttptoolsRequestParser:
     def drop(self) -> None:
         # llhttp's parser object holds this one as its protocol: a cycle
         del self._p
+
+    def at_rest(self) -> bool:
+        # `_hbuf` is emptied at a message's end only when nothing follows it in the read
+        return not self._hbuf and not self._in_body and self._body is None \
+            and not self._last and self.upgrade_rest is None
 
     def feed(self, data: bytes) -> None:
         while data:

@@ -535,6 +535,14 @@ class ClientProtocol(asyncio.Protocol):
             self.abort()
             return
         self._feeding = False
+        if not self._again and self._queue is None and self._state in _REQ_WHOLE \
+                and parser.at_rest():
+            # The first request is whole and the read ended with it. Many connections
+            # make no second request (browsers keep spares): the parser (~1 KiB) goes
+            # now rather than at the idle sweep; a second request makes a new one, once
+            # per connection (later requests keep theirs).
+            parser.drop()
+            self.parser = None
         if self._ubuf:
             self._uflush()
 

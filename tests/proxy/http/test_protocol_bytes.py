@@ -117,6 +117,38 @@ async def test_pipelined_requests_wait_their_turn(parser_kind: HttpParser) -> No
     await asyncio.sleep(0)
 
 
+SECOND = b"POST /a/2 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
+
+
+async def test_pipelined_second_request_survives_the_first_parsers_drop(
+        parser_kind: HttpParser) -> None:
+    """The first request's parser is dropped when that request is whole and the read
+    ended with it (a memory policy: proxy.http.server's data_received). A second request
+    pipelined behind it — in the same read, or split at every byte from the first
+    request's last bytes on — is never lost, nor forwarded before the first answer."""
+    first = b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n"
+    stream = first + SECOND
+    for cut in [len(stream), *range(len(first) - 3, len(stream))]:
+        _proxy, client, ct, up, ut = make(parser_kind)
+        reads = [stream[:cut], stream[cut:]] if cut < len(stream) else [stream]
+        if cut == len(stream) - 1:
+            reads = [first, *(bytes([b]) for b in SECOND)]  # one byte per read
+        for i, data in enumerate(reads):
+            client.data_received(data)
+            if i == 0:  # dropped only when the read ended exactly with the first request
+                assert (client.parser is None) is (data == first), cut
+        sent = ut.take()
+        assert sent.startswith(b"GET /1 ") and b"/2" not in sent, cut
+        up.data_received(OK)
+        assert ct.take() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        sent = ut.take()
+        assert sent.startswith(b"POST /2 ") and sent.endswith(b"\r\n\r\nxyz"), (cut, sent)
+        up.data_received(OK)
+        assert ct.take().endswith(b"ok") and client.idle, cut
+        ct.close()
+        await asyncio.sleep(0)
+
+
 async def test_flow_control_cross_wired(parser_kind: HttpParser) -> None:
     _proxy, client, ct, up, ut = make(parser_kind)
     client.data_received(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nab")
@@ -177,14 +209,16 @@ async def test_idle_connection_slims_down_and_closes_at_keep_alive(
     keep_alive = proxy.settings.timeouts.keep_alive
     interval = proxy.idle.interval
     assert interval == min(keep_alive / 4, 1.0)
-    for _ in range(2):  # after the first exchange and after a later one
+    for first in (True, False):  # after the first exchange and after a later one
         client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
         assert ut.take().startswith(b"GET /x ")
         up.data_received(OK)
         assert ct.take().endswith(b"ok") and client.idle
         now = asyncio.get_running_loop().time()
-        assert client.idle_check(now, interval)  # just idle: nothing dropped
-        assert client.parser is not None
+        assert client.idle_check(now, interval)  # just idle: nothing more dropped
+        # the first request's parser went when that request was whole (data_received);
+        # a later request's parser is kept until the sweep
+        assert (client.parser is None) is first
         assert client.idle_check(now + interval, interval)
         assert client.parser is None and client._timer is None
         assert not ct.closing
@@ -214,8 +248,11 @@ async def test_slimmed_idle_connection_holds_no_buffers_and_frees_its_parser(
     gc.collect()
     gc.disable()
     try:
-        for _ in range(2):
+        for first in (True, False):
+            before = parsers()
             client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+            if first:  # dropped as soon as the first request was whole: freed without gc
+                assert client.parser is None and parsers() == before
             assert ut.take().startswith(b"GET /x ")
             up.data_received(OK)
             assert ct.take().endswith(b"ok") and client.idle
@@ -223,7 +260,7 @@ async def test_slimmed_idle_connection_holds_no_buffers_and_frees_its_parser(
             now = asyncio.get_running_loop().time()
             assert client.idle_check(now + interval, interval)
             assert client.parser is None
-            assert parsers() == before - 1  # freed without gc
+            assert parsers() == before - (0 if first else 1)  # freed without gc
             assert not [r for r in gc.get_referents(client) if type(r) is list]
     finally:
         gc.enable()
