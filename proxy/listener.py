@@ -25,14 +25,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
 import ssl
 import time
 from collections.abc import Callable
 from typing import Any
-
-import uvloop
 
 from proxy.connect import Steps
 
@@ -113,31 +110,6 @@ class _Accepted6(socket.socket):
     type = socket.SOCK_STREAM
 
 
-class _Fd4(int):
-    """An accepted descriptor as uvloop's connect_accepted_socket takes it: that method
-    reads only `family`, `type` and `fileno()`, and keeps the object to `close()` when the
-    transport closes (after libuv has closed the descriptor; a non-socket's EBADF there is
-    expected, uvloop/handles/handle.pyx `_close`). An int subclass is made in C: no
-    socket.socket.__init__ frame, no `_io_refs` count, no `detach()` frame at close —
-    measured in the commit that brought it (bench.instructions, newconn). asyncio's
-    connect_accepted_socket wants a real socket: the classes above serve it."""
-
-    __slots__ = ()
-    family = socket.AF_INET
-    type = socket.SOCK_STREAM
-
-    def fileno(self) -> int:
-        return int(self)
-
-    def close(self) -> None:
-        pass  # the transport's handle has closed the descriptor
-
-
-class _Fd6(_Fd4):
-    __slots__ = ()
-    family = socket.AF_INET6
-
-
 class Listener:
     """One listening socket feeding a protocol factory."""
 
@@ -151,16 +123,13 @@ class Listener:
         connection holds a slot meanwhile); None: the loop's default (60 s)."""
         self.sock = sock
         self._family = sock.family
+        self._accepted: type[socket.socket] | None = {
+            socket.AF_INET: _Accepted4, socket.AF_INET6: _Accepted6}.get(sock.family)
         self.factory = protocol_factory
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.limit = limit
         self.loop = loop or asyncio.get_running_loop()
-        self._fd_only = isinstance(self.loop, uvloop.Loop)
-        self._accepted: Callable[..., Any] | None = (
-            {socket.AF_INET: _Fd4, socket.AF_INET6: _Fd6} if self._fd_only
-            else {socket.AF_INET: _Accepted4, socket.AF_INET6: _Accepted6}).get(sock.family)
-        self._handing: Any = None  # the connection being handed over, while Steps starts
         self.accepting = False
         self.closed = False
         self.overloads = 0
@@ -212,15 +181,13 @@ class Listener:
         sock = self.sock
         accepted = self._accepted
         family = self._family
-        fd_only = self._fd_only
         for _ in range(ACCEPT_BATCH):
             try:
                 if accepted is not None:
                     # socket.accept() without its enum conversions. No setblocking:
                     # libuv makes the descriptor non-blocking when it takes it over.
                     fd, _addr = sock._accept()  # type: ignore[attr-defined]
-                    conn = accepted(fd) if fd_only \
-                        else accepted(family, socket.SOCK_STREAM, 0, fd)
+                    conn = accepted(family, socket.SOCK_STREAM, 0, fd)
                 else:  # AF_UNIX
                     conn, _addr = sock.accept()
                     conn.setblocking(False)
@@ -246,19 +213,11 @@ class Listener:
             coro = self.loop.connect_accepted_socket(
                 self.factory, conn, ssl=self.ssl_context,
                 ssl_handshake_timeout=self.handshake_timeout)
-        self._handing = conn
         Steps(self.loop, coro, self._handed_over)
-        self._handing = None
 
     def _handed_over(self, _result: object, exc: BaseException | None) -> None:
         if exc is None:
             return  # the protocol has the connection and will release its slot
-        conn = self._handing
-        if isinstance(conn, _Fd4):
-            # Failed before its first await (the protocol factory raised, say): no
-            # transport took the descriptor, and an int does not close it when dropped.
-            # (Later failures close it through the transport, as for a socket object.)
-            os.close(conn)
         # The TLS handshake failed or the peer vanished before the transport was made (or
         # the hand-over was cancelled): the protocol never saw the connection, so its slot
         # is given back here.

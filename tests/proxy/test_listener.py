@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import socket
 import subprocess
@@ -230,33 +229,3 @@ async def test_protocol_factory_sees_the_accepted_peer(host: str) -> None:
             w.close()
         lst.close()
         await until(lambda: not Counted.open)
-
-
-async def test_failed_hand_over_closes_the_descriptor_and_frees_the_slot() -> None:
-    """A protocol factory that raises: no transport took the accepted descriptor, so the
-    listener closes it (on uvloop it is handed over as a bare int, which closes nothing
-    when dropped) and gives the slot back; the client sees its connection end."""
-    import os
-
-    limit = ConnectionLimit(10)
-    sock = bind_socket("127.0.0.1", 0)
-
-    def factory() -> Counted:
-        raise RuntimeError("no protocol today")
-
-    lst = Listener(sock, factory, limit=limit)
-    lst.start()
-    counts = []
-    try:
-        for _ in range(4):
-            r, w = await asyncio.open_connection("127.0.0.1", lst.address[1])
-            with contextlib.suppress(ConnectionResetError):
-                assert await asyncio.wait_for(r.read(10), 5) == b""
-            w.close()
-            with contextlib.suppress(ConnectionResetError):
-                await w.wait_closed()
-            await until(lambda: limit.current == 0)
-            counts.append(len(os.listdir("/proc/self/fd")))
-        assert counts[-1] <= counts[0], counts  # (the first round may open the loop's own)
-    finally:
-        lst.close()
