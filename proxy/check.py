@@ -729,6 +729,17 @@ async def probe_tcp(address: str, port: int, timeout: float) -> Probe:
 async def probe_http(address: str, port: int, path: str, timeout: float) -> Probe:
     """`GET path` with `Connection: close`; 2xx and 3xx pass, as haproxy's
     `option httpchk` with no `http-check expect`."""
+    return await _probe_l7(address, port, timeout, lambda r, w, t0: _http_exchange(
+        r, w, address, port, path, t0))
+
+
+L7Exchange = Callable[[asyncio.StreamReader, asyncio.StreamWriter, float],
+                      Awaitable[Probe]]
+
+
+async def _probe_l7(address: str, port: int, timeout: float, exchange: L7Exchange) -> Probe:
+    """Connect, then `exchange` within what is left of `timeout`: L7TOUT when it runs
+    out, L7RSP on a socket error; the connection closed in every case."""
     t0 = time.monotonic()
     conn = await _connect(address, port, timeout, t0)
     if isinstance(conn, Probe):
@@ -737,7 +748,7 @@ async def probe_http(address: str, port: int, path: str, timeout: float) -> Prob
     try:
         remaining = max(0.0, timeout - (time.monotonic() - t0))
         async with asyncio.timeout(remaining):
-            return await _http_exchange(reader, writer, address, port, path, t0)
+            return await exchange(reader, writer, t0)
     except TimeoutError:
         return Probe(L7TOUT, duration_ms=_ms(t0), detail="no response in time")
     except OSError as e:
@@ -777,26 +788,16 @@ async def _http_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 async def probe_h2c(address: str, port: int, path: str, timeout: float) -> Probe:
     """One h2c check (`proxy.check_h2c`): L7OK, L7STS (a status, or a gRPC health
     answer other than SERVING), L7RSP, L7TOUT, or the connect's failure."""
-    t0 = time.monotonic()
-    conn = await _connect(address, port, timeout, t0)
-    if isinstance(conn, Probe):
-        return conn
-    reader, writer = conn
-    try:
-        remaining = max(0.0, timeout - (time.monotonic() - t0))
-        async with asyncio.timeout(remaining):
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       t0: float) -> Probe:
+        try:
             passed, code, detail = await check_h2c.exchange(
                 reader, writer, format_hostport(address, port), path)
+        except check_h2c.BadResponse as e:
+            return Probe(L7RSP, duration_ms=_ms(t0), detail=str(e))
         return Probe(L7OK if passed else L7STS, code=code, duration_ms=_ms(t0),
                      detail=detail)
-    except TimeoutError:
-        return Probe(L7TOUT, duration_ms=_ms(t0), detail="no response in time")
-    except check_h2c.BadResponse as e:
-        return Probe(L7RSP, duration_ms=_ms(t0), detail=str(e))
-    except OSError as e:
-        return Probe(L7RSP, duration_ms=_ms(t0), detail=e.strerror or str(e))
-    finally:
-        await _close(writer)
+    return await _probe_l7(address, port, timeout, exchange)
 
 
 def _ms(t0: float) -> float:
