@@ -673,11 +673,7 @@ class H2Stream:
             self._dispatch(failure)
             return
         proxy.stats.fail(failure)
-        if self.resp is None and self.state is not State.CLOSED:
-            self._error(failure)
-        else:
-            self._note(failure)
-            self._conn.reset(self, _INTERNAL)
+        self._end_failed(failure)
 
     def _account(self, server: Server) -> None:
         """The exchange holds a server from now on: its stats and the balancer's
@@ -722,6 +718,11 @@ class H2Stream:
         if up is not None:
             up.detach()
             up.abort()
+        self._end_failed(failure)
+
+    def _end_failed(self, failure: Failure) -> None:
+        """The stream cannot be served: its error response while none has begun, else a
+        reset (the client has part of a response already)."""
         if self.resp is None and self.state is not State.CLOSED:
             self._error(failure)
         else:
