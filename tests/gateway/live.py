@@ -467,7 +467,10 @@ class Live:
             server_hostname=sni if tls else None,
             ssl_handshake_timeout=5 if tls else None), 6)
         try:
-            w.write(b"ping\n")
+            try:
+                w.write(b"ping\n")
+            except RuntimeError as e:  # uvloop's word for a transport the peer already closed
+                raise ConnectionResetError(f"closed before the line was sent: {e}") from e
             line = await asyncio.wait_for(r.readline(), 5)
         finally:
             w.close()
