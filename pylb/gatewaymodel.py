@@ -21,7 +21,7 @@ DEFAULT_CONTROLLER = "pylb.io/gateway-controller"
 T = TypeVar("T", bound=type)
 
 
-def _pickled_by_fields(cls: T) -> T:
+def pickled_by_fields(cls: T) -> T:
     """Pickle a slotted dataclass as its constructor call with the fields in order: half
     the time of the dataclass's own __getstate__/__setstate__ (which call `fields()` per
     object), both ways. Every change sends the whole plan to every worker: 5,000 routes,
@@ -38,7 +38,7 @@ def _pickled_by_fields(cls: T) -> T:
     return cls
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class HeaderOps:
     """A RequestHeaderModifier or ResponseHeaderModifier: names kept as given (lower-cased
@@ -56,7 +56,7 @@ FRAMING_FIELDS = frozenset(("content-length", "transfer-encoding", "connection",
                             "keep-alive", "proxy-connection", "te", "trailer", "upgrade"))
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class PathModifier:
     """`ReplaceFullPath` or `ReplacePrefixMatch` and its value."""
@@ -65,7 +65,7 @@ class PathModifier:
     value: str
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Redirect:
     scheme: str | None = None
@@ -75,14 +75,14 @@ class Redirect:
     status: int = 302
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Rewrite:
     hostname: str | None = None
     path: PathModifier | None = None
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Filters:
     request_headers: HeaderOps | None = None
@@ -91,7 +91,7 @@ class Filters:
     rewrite: Rewrite | None = None
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class WeightedBackend:
     """A backendRef: `service` is (namespace, name, port), or None when the reference does
@@ -102,7 +102,7 @@ class WeightedBackend:
     filters: Filters = Filters()
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
     """One `matches[]` entry of a rule, compiled. `path_kind` is Exact or PathPrefix;
@@ -115,7 +115,7 @@ class RouteMatch:
     method: str | None = None
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class RuleEntry:
     """One (hostname, match) of a rule of an HTTPRoute attached to a listener.
@@ -133,7 +133,7 @@ class RuleEntry:
     order: tuple[Any, ...] = field(compare=False, default=())
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class L4Route:
     """A TLSRoute (by SNI: `hostname` after intersection with the listener's, "" = any) or a
@@ -145,7 +145,7 @@ class L4Route:
     order: tuple[Any, ...] = field(compare=False, default=())
 
 
-@_pickled_by_fields
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Listener:
     """A Gateway listener pylb serves: `address:port`, matched by `hostname` ("" = any)."""

@@ -28,8 +28,9 @@ that making it does not hold the controller's loop; it is still one frame). As d
 in depth against a bug rather than an attacker, the reader
 only resolves classes and functions of pylb's own message, delta and model modules and a
 few builtins (`_Unpickler`). With --gateway-api the controller also sends each worker the
-Gateway listeners to bind (`Gateways`: small, whole, on each change and on start), and
-each worker says which it could not bind (`GatewaysBound`).
+Gateway listeners to bind (`Gateways`: the whole plan on start, after a lag or on request
+(`NeedGateways`); else `GatewaysDelta`, the change from the plan sent before), and each
+worker says which it could not bind (`GatewaysBound`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from pylb.delta import (
     unpack_backends,
     unpack_table,
 )
+from pylb.gatewaydelta import PlanDelta
 from pylb.gatewaymodel import GatewayPlan
 from pylb.model import Backend, HttpRoute, RouteTable
 
@@ -186,6 +188,17 @@ class Gateways:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewaysDelta:
+    """--gateway-api: Gateway plan `seq` as the change from plan `base`, which the worker
+    was sent last (pylb.gatewaydelta). A worker that does not hold `base` asks for the
+    whole plan (`NeedGateways`) and takes no delta until it has it."""
+
+    seq: int
+    base: int
+    delta: PlanDelta
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Stop accepting, let open connections finish for up to `grace` seconds, exit."""
 
@@ -227,6 +240,14 @@ class NeedTable:
 
 
 @dataclass(frozen=True, slots=True)
+class NeedGateways:
+    """A Gateway plan delta was not from the plan the worker holds (`have`: its seq, -1
+    for none): send the whole plan."""
+
+    have: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """Counter rows changed since the worker's last report (all of them when `full`), in
     pylb.counters' snapshot shape, and the rows the worker dropped since."""
@@ -249,8 +270,8 @@ class Ejected:
     key: Key
 
 
-Message = (Table | Delta | Health | Gateways | Shutdown | Ready | Error | GatewaysBound
-           | NeedTable | Stats | Ejected)
+Message = (Table | Delta | Health | Gateways | GatewaysDelta | Shutdown | Ready | Error
+           | GatewaysBound | NeedTable | NeedGateways | Stats | Ejected)
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -271,6 +292,7 @@ _ALLOWED = {
     "pylb.delta": None,
     "pylb.model": None,
     "pylb.gatewaymodel": None,
+    "pylb.gatewaydelta": None,
     "builtins": frozenset({"tuple", "list", "dict", "set", "frozenset", "str", "int",
                            "float", "bool", "bytes", "NoneType"}),
 }
@@ -291,8 +313,9 @@ def decode(payload: bytes) -> Message:
         raise
     except Exception as e:
         raise FrameError(f"undecodable message: {e}") from None
-    if not isinstance(msg, Table | Delta | Health | Gateways | Shutdown | Ready | Error
-                      | GatewaysBound | NeedTable | Stats | Ejected):
+    if not isinstance(msg, Table | Delta | Health | Gateways | GatewaysDelta | Shutdown
+                      | Ready | Error | GatewaysBound | NeedTable | NeedGateways | Stats
+                      | Ejected):
         raise FrameError(f"not a message: {type(msg).__name__}")
     return msg
 

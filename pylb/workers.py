@@ -19,11 +19,15 @@ never block and are never cut). The first frame is the worker's start-up argumen
                                                 per server, one batch per loop turn; the
                                                 whole map (full=True) on start
                           Gateways(seq, plan)   --gateway-api: the Gateway listeners to
-                                                bind, whole, on each change and on start
+                                                bind, whole: on start and restart, after
+                                                the worker lagged or asked for it
+                          GatewaysDelta         each later plan as a change (pylb.
+                                                gatewaydelta) from the one sent before
                           Shutdown(grace)       stop accepting, drain, exit
     worker → controller   Ready(index)          listeners bound
                           Error(message)        could not start (e.g. port in use)
                           NeedTable(have)       a delta was not from its version
+                          NeedGateways(have)    a plan delta was not from the plan it holds
                           GatewaysBound(seq, …) the Gateway listeners it could not bind
                           Stats(rows…)          counter rows changed since its last report,
                                                 every `STATS_INTERVAL`
@@ -74,6 +78,8 @@ from pylb.config import Settings
 from pylb.counters import fold_report, merge_snapshots, server_key
 from pylb.dataplane import DataPlane, gateway_node_address
 from pylb.delta import Delta, apply_delta, diff
+from pylb.gatewaydelta import apply_delta as apply_plan_delta
+from pylb.gatewaydelta import plan_delta
 from pylb.gatewaymodel import GatewayPlan
 from pylb.logs import setup_logging
 from pylb.messages import (
@@ -84,8 +90,10 @@ from pylb.messages import (
     Error,
     Gateways,
     GatewaysBound,
+    GatewaysDelta,
     Health,
     Message,
+    NeedGateways,
     NeedTable,
     Ready,
     Shutdown,
@@ -157,6 +165,9 @@ class _Worker:
     awaiting_frame: bool = False
     health_stale: bool = False
     gateways_stale: bool = False
+    # The seq of the Gateway plan it holds once it has read all that was sent (None: not
+    # known; the next plan goes whole).
+    gateways_sent: int | None = None
     # The Gateway plan the worker last said it serves, and what of it it could not bind.
     gateways_seq: int = -1
     gateways_down: tuple[tuple[str, int], ...] = ()
@@ -196,7 +207,8 @@ class WorkerPool:
         self.on_ejection: Callable[[tuple[str, int]], None] | None = None
         # what was sent, for the figures in the report and the tests
         self.sent = {"tables": 0, "deltas": 0, "health": 0, "table_bytes": 0,
-                     "delta_bytes": 0}
+                     "delta_bytes": 0, "gateway_plans": 0, "gateway_deltas": 0,
+                     "gateway_plan_bytes": 0, "gateway_delta_bytes": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -227,6 +239,7 @@ class WorkerPool:
         w.process, w.ready, w.started = proc, False, time.monotonic()
         w.sent_version, w.table_stale, w.health_stale = None, False, False
         w.gateways_stale, w.gateways_seq, w.gateways_down = False, -1, ()
+        w.gateways_sent = None
         self._ready_waiters[w.index] = loop.create_future()
         ch = Channel(lambda m: self._on_message(w, m), lambda _exc: self._on_lost(w, ch),
                      None, lambda: self._drained(w), name=f"worker {w.index}")
@@ -267,6 +280,12 @@ class WorkerPool:
         elif isinstance(msg, GatewaysBound):
             w.gateways_seq, w.gateways_down = msg.seq, msg.unavailable
             self._gateways_answered.set()
+        elif isinstance(msg, NeedGateways):
+            log.warning("worker %d holds Gateway plan %d and missed a change: sending it "
+                        "the whole plan %d", w.index, msg.have,
+                        self.gateways.seq if self.gateways is not None else -1)
+            w.gateways_sent = None
+            self._send_gateways(w)
         elif isinstance(msg, NeedTable):
             log.warning("worker %d has table v%d and missed a change: sending it the whole "
                         "table v%d", w.index, msg.have, self.table.version)
@@ -527,27 +546,51 @@ class WorkerPool:
         self._health_bound = 2 * max(len(self.health), servers) + 1024
 
     def _send_gateways(self, w: _Worker, frame: bytes | None = None) -> None:
-        """`frame`: the plan's, encoded once for every worker (5,000 routes: ~40 ms each)."""
+        """The whole current Gateway plan. `frame`: its frame, encoded once for every
+        worker that gets it (5,000 routes: ~40 ms each)."""
         ch = self._usable(w)
         if ch is None or self.gateways is None:
             return
         if ch.paused:
-            w.gateways_stale = True
+            w.gateways_stale, w.gateways_sent = True, None
             return
-        ch.send_frame(frame if frame is not None else encode(self.gateways))
-        w.gateways_stale = False
+        if frame is None:
+            frame = encode(self.gateways)
+        ch.send_frame(frame)
+        self.sent["gateway_plans"] += 1
+        self.sent["gateway_plan_bytes"] = len(frame)
+        w.gateways_stale, w.gateways_sent = False, self.gateways.seq
 
     async def apply_gateways(self, plan: GatewayPlan,
                              timeout: float = GATEWAY_BIND_TIMEOUT) -> frozenset[tuple[str, int]]:
-        """Send every worker the Gateway listeners of `plan` (a worker started later gets
-        the newest on start) and wait, up to `timeout`, for each live one to bind them:
-        the (address, port) some worker could not bind."""
-        seq = (self.gateways.seq + 1) if self.gateways is not None else 0
+        """Send every worker the Gateway listeners of `plan` — the change from the plan
+        it was sent before (`GatewaysDelta`), or the whole plan to a worker that plan
+        may not have reached (started since, lagging: see `_send_gateways`) — and wait,
+        up to `timeout`, for each live one to bind them: the (address, port) some worker
+        could not bind. Each frame is made once for all the workers that get it, and
+        only when one does."""
+        prev = self.gateways
+        seq = (prev.seq + 1) if prev is not None else 0
         # the status stays here: only the controller writes it
         self.gateways = Gateways(seq, dataclasses.replace(plan, status={}))
-        frame = encode(self.gateways)
+        whole: bytes | None = None
+        change: bytes | None = None
         for w in self._workers:
-            self._send_gateways(w, frame)
+            ch = self._usable(w)
+            if ch is None:
+                continue  # (re)spawn sends the plan of that moment
+            if prev is None or ch.paused or w.gateways_stale or w.gateways_sent != prev.seq:
+                if whole is None and not ch.paused:
+                    whole = encode(self.gateways)
+                self._send_gateways(w, whole)
+                continue
+            if change is None:
+                change = encode(GatewaysDelta(seq, prev.seq,
+                                              plan_delta(prev.plan, self.gateways.plan)))
+            ch.send_frame(change)
+            self.sent["gateway_deltas"] += 1
+            self.sent["gateway_delta_bytes"] = len(change)
+            w.gateways_sent = seq
         deadline = time.monotonic() + timeout
         while True:
             waiting = [w for w in self._workers
@@ -705,10 +748,36 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
     received = RouteTable()
     awaiting_table = False
     gateways: Gateways | None = None  # the newest Gateway plan, not yet applied
+    # The newest Gateway plan read (whole, or made from every delta since): the base the
+    # next delta must be from.
+    held: Gateways | None = None
+    awaiting_plan = False
     gateways_wake = asyncio.Event()
 
+    def on_gateways_delta(msg: GatewaysDelta) -> None:
+        """Every delta is applied to the plan held, in order (unlike whole plans, none
+        can be skipped); only the newest plan made is bound (`apply_gateways`)."""
+        nonlocal held, awaiting_plan, gateways
+        if awaiting_plan:
+            return  # the whole plan is on its way
+        problem = None
+        if held is None or held.seq != msg.base:
+            problem = f"a Gateway plan delta from plan {msg.base}, not from the one it holds"
+        else:
+            try:
+                held = Gateways(msg.seq, apply_plan_delta(held.plan, msg.delta))
+            except (ValueError, TypeError) as e:
+                problem = f"Gateway plan delta {msg.base} -> {msg.seq}: {e}"
+        if problem is not None:
+            log.warning("worker %d: %s; asking for the whole plan", index, problem)
+            awaiting_plan = True
+            channel.send(NeedGateways(held.seq if held is not None else -1))
+            return
+        gateways = held
+        gateways_wake.set()
+
     def on_message(msg: Message) -> None:
-        nonlocal received, awaiting_table, gateways
+        nonlocal received, awaiting_table, gateways, held, awaiting_plan
         if isinstance(msg, Table):
             received, awaiting_table = msg.table, False
             pending.clear()
@@ -728,8 +797,11 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
             pending.append((table, msg))
             wake.set()
         elif isinstance(msg, Gateways):
-            gateways = msg
+            gateways = held = msg
+            awaiting_plan = False
             gateways_wake.set()
+        elif isinstance(msg, GatewaysDelta):
+            on_gateways_delta(msg)
         elif isinstance(msg, Health):
             plane.set_health_many(msg.verdicts, full=msg.full)
         elif isinstance(msg, Shutdown) and not stop.done():
@@ -772,8 +844,9 @@ async def _worker(index: int, settings: Settings, sock: socket.socket,
                     collector.settle()
 
     async def apply_gateways() -> None:
-        """Bind the newest Gateway plan (older ones unapplied are skipped), and say what
-        could not be bound."""
+        """Bind the newest Gateway plan (older ones unapplied are skipped: the plane
+        works out the change from the plan it serves itself), and say what could not be
+        bound."""
         nonlocal gateways
         plane.attach_gateways(gateway_node_address(settings))
         while True:

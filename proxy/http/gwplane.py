@@ -174,7 +174,11 @@ class GatewayPlane:
                 self.proxies[key] = proxy
                 if store is not None:
                     self.tls[key] = store
-            proxy.gateway = GatewayDispatch(GatewayRouter(listeners))
+            # the router made from the one before: only what changed is compiled again
+            had = proxy.gateway
+            proxy.gateway = GatewayDispatch(had.router.updated(listeners)
+                                            if isinstance(had, GatewayDispatch)
+                                            else GatewayRouter(listeners))
         self.unavailable = frozenset(unavailable)
         return self.unavailable
 

@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 from pylb.delta import Delta
+from pylb.gatewaydelta import PlanDelta, RulesPatch
 from pylb.gatewaymodel import (
     Filters,
     GatewayPlan,
@@ -28,8 +29,10 @@ from pylb.messages import (
     FrameReader,
     Gateways,
     GatewaysBound,
+    GatewaysDelta,
     Health,
     Message,
+    NeedGateways,
     NeedTable,
     Ready,
     Shutdown,
@@ -79,6 +82,9 @@ MESSAGES: list[Message] = [
         "ns/gw", "tls", "127.0.10.1", 443, "TLS", "*.example",
         l4_routes=(L4Route("a.example", (WeightedBackend(("ns", "b", 8443), 3),
                                          WeightedBackend(None, 1)), "ns/r"),)),))),
+    GatewaysDelta(5, 4, PlanDelta((0, RulesPatch(1, ("ns/r",), (RULE,), (3,)), Listener(
+        "ns/gw", "b", "127.0.10.1", 81, "HTTP", "")), l4_listeners=(), skipped=("x",))),
+    NeedGateways(4),
     Shutdown(2.5),
     Ready(1),
     Error("cannot listen"),

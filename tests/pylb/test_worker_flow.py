@@ -9,7 +9,21 @@ from typing import Any
 
 from pylb.config import Settings
 from pylb.delta import Delta
-from pylb.messages import FrameReader, Health, Message, NeedTable, Stats, Table
+from pylb.gatewaydelta import apply_delta as apply_plan_delta
+from pylb.gatewaymodel import GatewayPlan, Listener
+from pylb.messages import (
+    FrameReader,
+    Gateways,
+    GatewaysDelta,
+    Health,
+    Message,
+    NeedGateways,
+    NeedTable,
+    Ready,
+    Stats,
+    Table,
+    encode,
+)
 from pylb.model import Backend, HttpRoute, RouteTable, Server
 from pylb.workers import WorkerPool
 
@@ -326,3 +340,73 @@ async def test_a_big_table_takes_as_many_steps_a_turn_as_fit_in_the_budget() -> 
     assert pool._encoding is not None  # the first step now, the rest on later turns
     assert await until_made(pool) <= 2  # ~24 steps in the one turn after the task starts
     assert ch.take() == [Table(t1)]
+
+
+# -- Gateway plans: whole, then deltas -----------------------------------------------------
+
+
+def gw_plan(*paths: str) -> GatewayPlan:
+    from pylb.gatewaymodel import Filters, RouteMatch, RuleEntry, WeightedBackend
+
+    rules = tuple(RuleEntry("", RouteMatch(path=p), (WeightedBackend(("ns", "s", 80), 1),),
+                            Filters(), f"ns/r{i}", (i,)) for i, p in enumerate(paths))
+    return GatewayPlan((Listener("ns/gw", "http", "127.0.0.1", 80, "HTTP", "", rules),),
+                       status={("httproutes", "ns", "r0"): {"parents": []}})
+
+
+def gateways(pool: WorkerPool, plan: GatewayPlan) -> None:
+    asyncio.run(pool.apply_gateways(plan, timeout=0))  # no worker answers here
+
+
+def test_a_gateway_plan_goes_whole_then_as_deltas_from_the_plan_sent() -> None:
+    pool, (ch, other) = pool_with(2)
+    ch.take(), other.take()
+    p0, p1 = gw_plan("/a", "/b"), gw_plan("/a", "/c")
+    gateways(pool, p0)
+    (m0,) = ch.take()
+    assert isinstance(m0, Gateways) and m0.seq == 0 and m0.plan == p0 and m0.plan.status == {}
+    assert other.take() == [m0]
+    gateways(pool, p1)
+    (m1,) = ch.take()
+    assert isinstance(m1, GatewaysDelta) and (m1.seq, m1.base) == (1, 0)
+    assert m1.delta.routes == 1  # one route changed: only it travels
+    assert apply_plan_delta(m0.plan, m1.delta) == p1
+    assert other.take() == [m1]
+    assert pool.sent["gateway_plans"] == 2 and pool.sent["gateway_deltas"] == 2
+
+
+def test_a_paused_worker_gets_the_newest_whole_plan_when_it_drains() -> None:
+    pool, (slow, fast) = pool_with(2)
+    gateways(pool, gw_plan("/a"))
+    slow.take(), fast.take()
+    slow.paused = True
+    for i in range(5):
+        gateways(pool, gw_plan("/a", f"/p{i}"))
+    assert slow.take() == []
+    assert [type(m) for m in fast.take()] == [GatewaysDelta] * 5
+    slow.paused = False
+    pool._drained(pool._workers[0])
+    (whole,) = slow.take()
+    assert isinstance(whole, Gateways) and whole.seq == 5 and whole.plan == gw_plan("/a", "/p4")
+    gateways(pool, gw_plan("/b"))  # and deltas again, from the plan it has
+    (d,) = slow.take()
+    assert isinstance(d, GatewaysDelta) and d.base == 5
+
+
+def test_need_gateways_and_a_restart_get_the_whole_plan() -> None:
+    pool, (ch,) = pool_with(1)
+    gateways(pool, gw_plan("/a"))
+    gateways(pool, gw_plan("/b"))
+    ch.take()
+    w = pool._workers[0]
+    pool._on_message(w, NeedGateways(0))
+    (whole,) = ch.take()
+    assert isinstance(whole, Gateways) and whole.seq == 1
+    gateways(pool, gw_plan("/c"))
+    assert [type(m) for m in ch.take()] == [GatewaysDelta]
+    # a worker (re)started: its stream starts over, with the whole plan of that moment
+    fresh = FakeChannel()
+    w.sent_version = None
+    w.gateways_sent = None
+    pool._attached(w, fresh, encode(Ready(0)))  # type: ignore[arg-type]  # (a start frame)
+    assert [type(m) for m in fresh.got if isinstance(m, Gateways | GatewaysDelta)] == [Gateways]

@@ -750,3 +750,63 @@ async def test_a_stalled_worker_gets_the_newest_whole_table_when_it_drains(
         if stopped:
             os.kill(stopped, signal.SIGCONT)
         await pool.shutdown(1.0)
+
+
+# -- Gateway plans to real workers: whole, then deltas -------------------------------------
+
+
+def _gw_plan(port: int, service: str, routes: int = 50) -> Any:
+    """A Gateway listener at 127.0.0.1:`port` with `routes` routes on other hostnames
+    and one, `ns/probe`, sending any host's requests to Service `service`."""
+    from pylb.gatewaymodel import (
+        Filters,
+        GatewayPlan,
+        Listener,
+        RouteMatch,
+        RuleEntry,
+        WeightedBackend,
+    )
+
+    def entry(host: str, route: str, svc: str, order: int) -> RuleEntry:
+        return RuleEntry(host, RouteMatch(), (WeightedBackend(("default", svc, 80), 1),),
+                         Filters(), route, (order,))
+
+    rules = [entry(f"h{i}.example.com", f"ns/r{i}", "b0", i) for i in range(routes)]
+    rules.append(entry("", "ns/probe", service, routes))
+    return GatewayPlan((Listener("ns/gw", "http", "127.0.0.1", port, "HTTP", "",
+                                 tuple(rules)),))
+
+
+async def test_gateway_plans_go_as_deltas_and_a_worker_that_missed_one_gets_the_plan(
+        backends: list[int]) -> None:
+    from pylb.config import GatewayApi
+    from pylb.gatewaydelta import PlanDelta
+    from pylb.messages import GatewaysDelta
+
+    s = settings(gateway=GatewayApi(enabled=True))
+    gw = free_port()
+    pool = WorkerPool(s)
+    await pool.start()
+    try:
+        bs = tuple(Backend(f"default/b{i}:80", (Server("127.0.0.1", p, name=f"b{i}"),))
+                   for i, p in enumerate(backends[:2]))
+        pool.apply(RouteTable(backends=bs, version=1))
+        assert await pool.apply_gateways(_gw_plan(gw, "b0")) == frozenset()
+        await served_only_by(gw, "b0")
+        assert (pool.sent["gateway_plans"], pool.sent["gateway_deltas"]) == (2, 0)
+        assert all(w.gateways_seq == 0 for w in pool._workers)
+        assert await pool.apply_gateways(_gw_plan(gw, "b1")) == frozenset()
+        await served_only_by(gw, "b1")
+        assert (pool.sent["gateway_plans"], pool.sent["gateway_deltas"]) == (2, 2)
+        assert pool.sent["gateway_delta_bytes"] < pool.sent["gateway_plan_bytes"] / 10
+        # worker 0 gets a delta from a plan it never had: it asks for the whole plan
+        w = pool._workers[0]
+        assert w.channel is not None
+        w.channel.send(GatewaysDelta(99, 98, PlanDelta((0,))))
+        await wait_until(lambda: pool.sent["gateway_plans"] == 3)
+        assert await pool.apply_gateways(_gw_plan(gw, "b0")) == frozenset()  # deltas again
+        await served_only_by(gw, "b0")
+        assert (pool.sent["gateway_plans"], pool.sent["gateway_deltas"]) == (3, 4)
+        assert all(w.gateways_seq == 2 for w in pool._workers) and pool.restarts == 0
+    finally:
+        await pool.shutdown(1.0)
