@@ -3,7 +3,7 @@
 `GatewayRouter` is built for each (address, port) pylb binds for Gateways, and made anew
 from the one before for each later plan (`updated`): only the new rule entries are compiled
 and only the hostname buckets where they or the entries they replace sit are rebuilt (5,000
-routes: a one-route change ~N ms, where a router built anew takes ~12 ms).
+routes, one route changed: 0.6 ms, where a router built anew takes 12 ms; bench.gateway_delta).
 A request picks the listener with the most specific hostname, then the most specific route
 hostname attached to it (exact, then the longest wildcard, then "any"), then the first rule
 match in the spec's precedence order (kept sorted by the translation). The answer is a
