@@ -379,7 +379,8 @@ def analyze_request_raw(method: bytes, target: bytes, version: bytes, raw: bytes
     the same order. The rest is forwarded as read (`headers.request_head`)."""
     if len(target) > limits.max_uri:
         raise ParseError(Failure.URI_TOO_LONG)
-    n = raw.count(b"\n") - 1
+    scan = _REQUEST_SCANS.get(raw)
+    n = raw.count(b"\n") - 1 if scan is None else scan[4]  # the field lines
     if n > limits.max_headers:
         raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
     # The per-field path's size: name + value + 4 per field, and the target; the raw
@@ -395,14 +396,13 @@ def analyze_request_raw(method: bytes, target: bytes, version: bytes, raw: bytes
         authority = _check_request_line(method, target, version)
     head = RequestHead(method, target, version, None)
     head.raw = raw
-    scan = _REQUEST_SCANS.get(raw)
     if scan is None:
-        scan = _scan_request_raw(raw)
+        scan = _scan_request_raw(raw, n)
         if len(raw) <= _SCAN_HEAD_MAX:
             if len(_REQUEST_SCANS) >= _SCANS_MAX:
                 _REQUEST_SCANS.clear()
             _REQUEST_SCANS[raw] = scan
-    fields, head.drops, head.xff, head.upgrade_value = scan
+    fields, head.drops, head.xff, head.upgrade_value, _ = scan
     return _request_semantics(head, authority, fields)
 
 
@@ -412,16 +412,16 @@ def analyze_request_raw(method: bytes, target: bytes, version: bytes, raw: bytes
 # is not in them). As `_RESPONSE_SCANS`, for the same reasons and with the same bounds;
 # the limits, the request line and the Host checks (`_request_semantics`) run on every
 # head.
-_RequestScan = tuple[_Scan, list[tuple[int, int]], "list[bytes] | None", "bytes | None"]
+_RequestScan = tuple[_Scan, list[tuple[int, int]], "list[bytes] | None", "bytes | None",
+                     int]
 _REQUEST_SCANS: dict[bytes, _RequestScan] = {}
-_NOTHING_SCANNED: _RequestScan = (_NOTHING_FOUND, _NO_SPANS, None, None)
 
 
-def _scan_request_raw(raw: bytes) -> _RequestScan:
+def _scan_request_raw(raw: bytes, n: int) -> _RequestScan:
     """What framing, routing and the forwarded head need of a request head's field
-    lines (see `analyze_request_raw`): `_request_semantics`' input, the spans to drop,
-    the X-Forwarded-For values and the last Upgrade value as sent; ParseError if they
-    frame the message badly."""
+    lines (see `analyze_request_raw`; `n`: how many there are): `_request_semantics`'
+    input, the spans to drop, the X-Forwarded-For values and the last Upgrade value as
+    sent, and `n`; ParseError if they frame the message badly."""
     length: int | None = None
     chunked = False
     host = b""
@@ -436,7 +436,7 @@ def _scan_request_raw(raw: bytes) -> _RequestScan:
     low = raw.lower()
     found = _REQ_FIELDS.findall(low)
     if not found:
-        return _NOTHING_SCANNED
+        return _NOTHING_FOUND, _NO_SPANS, None, None, n
     drops = _NO_SPANS
     xff: list[bytes] | None = None
     upgrade_value: bytes | None = None
@@ -495,7 +495,7 @@ def _scan_request_raw(raw: bytes) -> _RequestScan:
                 spans.append((pos, end))
                 pos = end
     return ((length, chunked, host, hosts, tokens, upgrade > 0, expect), drops, xff,
-            upgrade_value)
+            upgrade_value, n)
 
 
 # RFC 9110 §4.2 / RFC 3986 §3.2.2: a host is a reg-name (unreserved, pct-encoded,
@@ -1308,8 +1308,10 @@ class HttptoolsRequestParser:
         line = buf.find(b"\r\n", start)
         end = buf.find(b"\r\n\r\n", line)
         self._pos = end + 4
-        p = self._p
-        head = analyze_request_raw(p.get_method(), self._url, p.get_http_version().encode(),
+        # The version as the request line ends with it: llhttp took "d.d" right before
+        # the CRLF (get_http_version() formats a str from llhttp's numbers: ~2k
+        # instructions a request).
+        head = analyze_request_raw(self._p.get_method(), self._url, buf[line - 3:line],
                                    buf[line:end + 2], self._limits)
         self._in_body = True
         self._head_fed = 0

@@ -934,11 +934,11 @@ class ClientProtocol(asyncio.Protocol):
         req = self._req
         assert server is not None and backend is not None and req is not None
         self._up = up
-        self._t_conn = self._loop.time()
+        now = self._t_conn = self._loop.time()
         if self._tkind == _T_SERVER:
             # The server's time starts now: connecting (and redispatching after connect
             # timeouts) is bounded by the connect timeout, as in haproxy.
-            self._arm(_T_SERVER, proxy.settings.timeouts.server)
+            self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         balancer = self._balancer
         assert balancer is not None
         balancer.acquire(server)
