@@ -45,7 +45,7 @@ interim 1xx answers go to `on_interim`, 101 ends parsing like an upgrade request
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 import h11
@@ -145,7 +145,7 @@ class RequestHead:
 
 class ResponseHead:
     __slots__ = ("_headers", "chunked", "connection", "content_length", "drops", "keep_alive",
-                 "no_body", "raw", "reason", "status", "sts", "version")
+                 "kept", "no_body", "raw", "reason", "status", "sts", "version")
 
     def __init__(self, status: int, reason: bytes, version: bytes,
                  headers: Headers | None) -> None:
@@ -159,6 +159,7 @@ class ResponseHead:
         self.raw: bytes | None = None
         self.drops: list[tuple[int, int]] = _NO_SPANS
         self.sts: list[tuple[int, int]] = _NO_SPANS
+        self.kept: bytes | None = None  # `raw` without the `drops` spans, when known
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
@@ -177,7 +178,19 @@ class ResponseHead:
     @headers.setter
     def headers(self, headers: Headers) -> None:
         self._headers = headers
-        self.raw = None
+        self.raw = self.kept = None
+
+
+def cut(raw: bytes, drops: Sequence[tuple[int, int]]) -> bytes:
+    """`raw` without the (start, end) byte ranges `drops` (in order, not overlapping):
+    the fields the parser's scan marked to drop, the rest forwarded as read."""
+    parts: list[bytes] = []
+    pos = 0
+    for start, end in drops:
+        parts.append(raw[pos:start])
+        pos = end
+    parts.append(raw[pos:])
+    return b"".join(parts)
 
 
 class RequestSink(Protocol):
@@ -630,7 +643,7 @@ def analyze_response_raw(status: int, line: bytes, version: bytes, raw: bytes,
             if len(_RESPONSE_SCANS) >= _SCANS_MAX:
                 _RESPONSE_SCANS.clear()
             _RESPONSE_SCANS[raw] = scan
-    length, chunked, tokens, drops, sts = scan
+    length, chunked, tokens, drops, sts, head.kept = scan
     head.drops = drops
     head.sts = sts
     head.content_length = length
@@ -651,10 +664,11 @@ def analyze_response_raw(status: int, line: bytes, version: bytes, raw: bytes,
 # sre pass (~2.5 us of the ~3 us `analyze_response_raw` took for nginx's 9 fields);
 # what depends on more (status, version, the request's method) is worked out for every
 # head. Heads the scan refused are not remembered. Bounded as h11's verdicts are: heads
-# of at most 1 KiB, 128 per kind, emptied when full (~0.2 MiB at most per worker). The
-# lists in an answer are shared by the heads that get it: nothing changes them.
+# of at most 1 KiB, 128 per kind, emptied when full (~0.3 MiB at most per worker, with
+# the field lines the response is forwarded with, `kept`). The lists in an answer are
+# shared by the heads that get it: nothing changes them.
 _ResponseScan = tuple["int | None", bool, frozenset[bytes], list[tuple[int, int]],
-                      list[tuple[int, int]]]
+                      list[tuple[int, int]], bytes]
 _RESPONSE_SCANS: dict[bytes, _ResponseScan] = {}
 _SCANS_MAX = 128
 _SCAN_HEAD_MAX = 1024
@@ -663,7 +677,8 @@ _SCAN_HEAD_MAX = 1024
 def _scan_response_raw(raw: bytes) -> _ResponseScan:
     """Content-Length, chunked, the Connection tokens, the spans to drop and the
     Strict-Transport-Security spans of a response head's field lines (see
-    `analyze_response_raw`); ParseError if they frame the message badly."""
+    `analyze_response_raw`), and the lines without the spans to drop; ParseError if they
+    frame the message badly."""
     if raw.count(b"\n") > 1001:  # as the list-based path: more than 1,000 fields
         raise ParseError(Failure.BAD_RESPONSE, "too many response header fields")
     length: int | None = None
@@ -708,7 +723,8 @@ def _scan_response_raw(raw: bytes) -> _ResponseScan:
         raise ParseError(Failure.BAD_RESPONSE, "Content-Length with Transfer-Encoding")
     if close is not None and b"close" in tokens:
         drops = sorted((drops or []) + close)
-    return length, chunked, tokens, drops or _NO_SPANS, sts or _NO_SPANS
+    return (length, chunked, tokens, drops or _NO_SPANS, sts or _NO_SPANS,
+            cut(raw, drops) if drops else raw)
 
 
 def _field_list(raw: bytes) -> Headers:

@@ -801,7 +801,9 @@ class ClientProtocol(asyncio.Protocol):
         # server just as this one was, and a new one cannot lose the keep-alive race.
         up = self._pool.take(server.key) if not self._attempts else None
         if up is not None:
-            self._attach(up)
+            # (only a first attempt takes a pooled connection: `_start` is still under
+            # way and has just armed the server's timer, so `_attach` need not again)
+            self._attach(up, False)
             return
         self._connecting = True
         self._t_conn = 0.0
@@ -927,7 +929,7 @@ class ClientProtocol(asyncio.Protocol):
             self._t_conn = 0.0
             self._proxy.connect(self, server)
 
-    def _attach(self, up: UpstreamProtocol) -> None:
+    def _attach(self, up: UpstreamProtocol, rearm: bool = True) -> None:
         proxy = self._proxy
         server = self._server
         backend = self._backend
@@ -935,7 +937,7 @@ class ClientProtocol(asyncio.Protocol):
         assert server is not None and backend is not None and req is not None
         self._up = up
         now = self._t_conn = self._loop.time()
-        if self._tkind == _T_SERVER:
+        if rearm and self._tkind == _T_SERVER:
             # The server's time starts now: connecting (and redispatching after connect
             # timeouts) is bounded by the connect timeout, as in haproxy.
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
