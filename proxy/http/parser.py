@@ -8,7 +8,10 @@ It never does I/O. The two implementations are interchangeable and pass the same
   lexically, and hand exactly those bytes to h11's head reader, `_h11_request`); the body is framed
   here (`BodyFramer`): Content-Length bodies pass through as they arrive, with no parser
   event per chunk, and chunked bodies go through a strict decoder.
-- `httptools`: llhttp in C does everything; its callbacks feed the same analysis.
+- `httptools`: llhttp in C does everything; its callbacks feed the same analysis. A
+  head's field lines are scanned in one regex pass, remembered by their exact bytes
+  (`_REQUEST_SCANS`, `_RESPONSE_SCANS`, as the h11 path remembers h11's verdicts): what
+  depends on more than those bytes is checked on every head.
 
 Both heads go through `analyze_request` / `analyze_response`, where the rules that prevent
 request smuggling live in one place: one Content-Length of digits only, no

@@ -262,7 +262,7 @@ async def test_first_exchange_leaves_the_connection_no_buffer(parser_kind: HttpP
 async def test_slimmed_idle_connection_holds_no_buffers_and_frees_its_parser(
         parser_kind: HttpParser) -> None:
     """Slimming an idle connection (proxy.http.idle) leaves it no list of its own (its
-    four empty buffers share one empty placeholder), frees the request parser at once
+    empty buffers are one shared empty placeholder), frees the request parser at once
     (not by a later cyclic GC: llhttp's parser and ours refer to each other), and the
     connection still serves its next request and closes cleanly (shutdown's `close`
     flushes nothing)."""
