@@ -75,8 +75,9 @@ def request_head(head: RequestHead, target: bytes, *, client_ip: str, proto: byt
             and head.version == b"1.1":
         # The fields as read, but for those the parser's scan marked to drop
         # (parser.analyze_request_raw), then ours, in the order of the list-based path.
-        if head.drops:
-            raw = cut(raw, head.drops)
+        if head.drops:  # the parser's scan cut them already (remembered with the scan)
+            kept = head.kept
+            raw = kept if kept is not None else cut(raw, head.drops)
         seen = head.xff
         client = client_ip.encode()
         out = [b"%s %s HTTP/1.1%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"

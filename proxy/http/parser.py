@@ -102,8 +102,8 @@ class ParseError(Exception):
 
 class RequestHead:
     __slots__ = ("_headers", "chunked", "connection", "content_length", "drops",
-                 "expect_continue", "host", "idempotent", "keep_alive", "method", "raw",
-                 "target", "upgrade", "upgrade_value", "version", "xff")
+                 "expect_continue", "host", "idempotent", "keep_alive", "kept", "method",
+                 "raw", "target", "upgrade", "upgrade_value", "version", "xff")
 
     def __init__(self, method: bytes, target: bytes, version: bytes,
                  headers: Headers | None) -> None:
@@ -118,6 +118,7 @@ class RequestHead:
         self._headers = headers
         self.raw: bytes | None = None
         self.drops: list[tuple[int, int]] = _NO_SPANS
+        self.kept: bytes | None = None  # `raw` without the `drops` spans, when known
         self.xff: list[bytes] | None = None
         self.upgrade_value: bytes | None = None
         self.content_length: int | None = None
@@ -139,7 +140,7 @@ class RequestHead:
     @headers.setter
     def headers(self, headers: Headers) -> None:
         self._headers = headers
-        self.raw = None  # changed (gwplane's header filters): sent from the list
+        self.raw = self.kept = None  # changed (gwplane's header filters): sent from the list
 
     @property
     def has_body(self) -> bool:
@@ -396,7 +397,7 @@ def analyze_request_raw(method: bytes, target: bytes, version: bytes, raw: bytes
     if len(target) > limits.max_uri:
         raise ParseError(Failure.URI_TOO_LONG)
     scan = _REQUEST_SCANS.get(raw)
-    n = raw.count(b"\n") - 1 if scan is None else scan[4]  # the field lines
+    n = raw.count(b"\n") - 1 if scan is None else scan[5]  # the field lines
     if n > limits.max_headers:
         raise ParseError(Failure.HEADERS_TOO_LARGE, "too many header fields")
     # The per-field path's size: name + value + 4 per field, and the target; the raw
@@ -418,7 +419,7 @@ def analyze_request_raw(method: bytes, target: bytes, version: bytes, raw: bytes
             if len(_REQUEST_SCANS) >= _SCANS_MAX:
                 _REQUEST_SCANS.clear()
             _REQUEST_SCANS[raw] = scan
-    fields, head.drops, head.xff, head.upgrade_value, _ = scan
+    fields, head.drops, head.kept, head.xff, head.upgrade_value, _ = scan
     return _request_semantics(head, authority, fields)
 
 
@@ -428,16 +429,16 @@ def analyze_request_raw(method: bytes, target: bytes, version: bytes, raw: bytes
 # is not in them). As `_RESPONSE_SCANS`, for the same reasons and with the same bounds;
 # the limits, the request line and the Host checks (`_request_semantics`) run on every
 # head.
-_RequestScan = tuple[_Scan, list[tuple[int, int]], "list[bytes] | None", "bytes | None",
-                     int]
+_RequestScan = tuple[_Scan, list[tuple[int, int]], bytes, "list[bytes] | None",
+                     "bytes | None", int]
 _REQUEST_SCANS: dict[bytes, _RequestScan] = {}
 
 
 def _scan_request_raw(raw: bytes, n: int) -> _RequestScan:
     """What framing, routing and the forwarded head need of a request head's field
     lines (see `analyze_request_raw`; `n`: how many there are): `_request_semantics`'
-    input, the spans to drop, the X-Forwarded-For values and the last Upgrade value as
-    sent, and `n`; ParseError if they frame the message badly."""
+    input, the spans to drop, the lines without them, the X-Forwarded-For values and the
+    last Upgrade value as sent, and `n`; ParseError if they frame the message badly."""
     length: int | None = None
     chunked = False
     host = b""
@@ -446,13 +447,13 @@ def _scan_request_raw(raw: bytes, n: int) -> _RequestScan:
     upgrade = 0  # Upgrade fields seen
     expect: bytes | None = None
     close = False
-    cut = False  # a field to drop was found
+    to_cut = False  # a field to drop was found
     # findall (tuples) costs sre half what finditer (match objects) does; the spans to
     # cut are looked for only when there is something to cut (most requests: nothing).
     low = raw.lower()
     found = _REQ_FIELDS.findall(low)
     if not found:
-        return _NOTHING_FOUND, _NO_SPANS, None, None, n
+        return _NOTHING_FOUND, _NO_SPANS, raw, None, None, n
     drops = _NO_SPANS
     xff: list[bytes] | None = None
     upgrade_value: bytes | None = None
@@ -469,7 +470,7 @@ def _scan_request_raw(raw: bytes, n: int) -> _RequestScan:
         if name == b"expect":
             expect = value
             continue
-        cut = True
+        to_cut = True
         if name == b"close":
             close = True
         elif name == b"content-length":
@@ -496,7 +497,7 @@ def _scan_request_raw(raw: bytes, n: int) -> _RequestScan:
             raise ParseError(Failure.BAD_REQUEST, "framing field spelt with '_'")
     if chunked and length is not None:
         raise ParseError(Failure.BAD_REQUEST, "Content-Length with Transfer-Encoding")
-    if cut:
+    if to_cut:
         # Connection: close makes a field named Close hop-by-hop (else it is kept)
         keep = _REQ_KEEP if not close or b"close" not in tokens else _REQ_KEEP_ALL_BUT_CLOSE
         # Each line to cut, found in order with two finds (cheaper than a second sre
@@ -510,8 +511,8 @@ def _scan_request_raw(raw: bytes, n: int) -> _RequestScan:
                 end = low.find(b"\r", pos + 2)
                 spans.append((pos, end))
                 pos = end
-    return ((length, chunked, host, hosts, tokens, upgrade > 0, expect), drops, xff,
-            upgrade_value, n)
+    return ((length, chunked, host, hosts, tokens, upgrade > 0, expect), drops,
+            cut(raw, drops) if drops else raw, xff, upgrade_value, n)
 
 
 # RFC 9110 §4.2 / RFC 3986 §3.2.2: a host is a reg-name (unreserved, pct-encoded,
