@@ -291,7 +291,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._proxy.stats.fail(Failure.CLIENT_ABORT)
                 self._ended(Failure.CLIENT_ABORT)
             self._drop_upstream()
-            self._end_exchange(reusable=False, log_it=True)
+            self._end_exchange(False)
         self._closing()
         self._proxy.connection_gone(self)
 
@@ -1245,7 +1245,7 @@ class ClientProtocol(asyncio.Protocol):
         self._wbuf.append(error_response(failure.status, close=True,
                                          head_only=req is not None and req.method == b"HEAD"))
         self._close_after = True
-        self._end_exchange(reusable=False, log_it=True)
+        self._end_exchange(False)
         self._disarm()
         self.close()
 
@@ -1279,7 +1279,7 @@ class ClientProtocol(asyncio.Protocol):
                         and not up.closed and not up.eof and up.transport is not None
                         and not up.transport.is_closing())  # up.usable, inline
         keep = done and self._keep and not self._close_after
-        self._end_exchange(reusable, log_it=True)
+        self._end_exchange(reusable)
         if not keep:
             self.close()
             return
@@ -1321,7 +1321,9 @@ class ClientProtocol(asyncio.Protocol):
             srv.hrsp[i] += 1
             be.hrsp[i] += 1
 
-    def _end_exchange(self, reusable: bool, log_it: bool) -> None:
+    def _end_exchange(self, reusable: bool) -> None:
+        """The exchange is over (`reusable`: its backend connection may be pooled): undo
+        its accounting, log it, forget it."""
         up = self._up
         if self._up_paused:
             self._up_paused = False  # a pooled connection must be read (to see it close)
@@ -1330,7 +1332,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._paused & _P_UPSTREAM:
             self.resume_reading(_P_UPSTREAM)
         if up is not None and self._state is not _TUNNEL:
-            up.detach()
+            up.owner = None  # up.detach(), inline (a call per request)
             if reusable:
                 self._pool.put(up)
             else:
@@ -1342,7 +1344,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        if log_it and _access_log_enabled(_INFO):
+        if _access_log_enabled(_INFO):
             self._log()
         if self._held is not None:
             self._free_slot()  # after the pool took `up`: the next in line gets it warm
