@@ -14,9 +14,7 @@ on the TLS frontend, Strict-Transport-Security.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from proxy.http.parser import Headers, RequestHead, ResponseHead
+from proxy.http.parser import Headers, RequestHead, ResponseHead, cut
 
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                   b"transfer-encoding", b"upgrade"))
@@ -63,18 +61,6 @@ def remove_cookie(value: bytes, name: bytes) -> bytes:
     return b"; ".join(kept)
 
 
-def _cut(raw: bytes, drops: Sequence[tuple[int, int]]) -> bytes:
-    """`raw` without the (start, end) byte ranges `drops` (in order, not overlapping):
-    the fields the parser's scan marked to drop, the rest forwarded as read."""
-    parts: list[bytes] = []
-    pos = 0
-    for start, end in drops:
-        parts.append(raw[pos:start])
-        pos = end
-    parts.append(raw[pos:])
-    return b"".join(parts)
-
-
 def request_head(head: RequestHead, target: bytes, *, client_ip: str, proto: bytes,
                  port: int, chunked: bool, affinity_cookie: bytes | None = None,
                  ssl_client: tuple[bytes, bytes] | None = None) -> bytes:
@@ -89,8 +75,9 @@ def request_head(head: RequestHead, target: bytes, *, client_ip: str, proto: byt
             and head.version == b"1.1":
         # The fields as read, but for those the parser's scan marked to drop
         # (parser.analyze_request_raw), then ours, in the order of the list-based path.
-        if head.drops:
-            raw = _cut(raw, head.drops)
+        if head.drops:  # the parser's scan cut them already (remembered with the scan)
+            kept = head.kept
+            raw = kept if kept is not None else cut(raw, head.drops)
         seen = head.xff
         client = client_ip.encode()
         out = [b"%s %s HTTP/1.1%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
@@ -173,9 +160,10 @@ def response_head(resp: ResponseHead, framing: int, *, keep_alive: bool,
         # (parser.analyze_response_raw): no list of fields, no lower() per field.
         drops = resp.drops
         if hsts is not None and resp.sts:
-            drops = sorted(drops + resp.sts)
-        if drops:
-            raw = _cut(raw, drops)
+            raw = cut(raw, sorted(drops + resp.sts))
+        elif drops:  # the parser's scan cut them already (remembered with the scan)
+            kept = resp.kept
+            raw = kept if kept is not None else cut(raw, drops)
         if set_cookie is None and not hsts and framing != FRAME_CHUNKED:
             if not keep_alive:
                 last = b"Connection: close\r\n\r\n"

@@ -6,8 +6,9 @@ connection cost: bench/RESULTS.md, memory per connection). Going idle, a connect
 stamps the time (server.ClientProtocol._go_idle). This sweep, every `interval` while any
 connection is idle, closes those idle longer than `timeout http-keep-alive`, and drops
 the parser (freed at once: `RequestParser.drop` breaks llhttp's reference cycle, else it
-waits for a full GC), the timer and the four empty buffers of those idle for a whole
-interval; the next request's first bytes make them again (~2 µs, only after a pause of a
+waits for a full GC), the timer and the empty write buffer of those idle for a whole
+interval (after a first exchange, the parser and the buffer went already when it
+ended); the next request's first bytes make them again (~2 µs, only after a pause of a
 second or more: `ClientProtocol._wake`). The timer of a
 busy connection is kept across requests (re-making it per request costs ~8k
 instructions), except after its first exchange (see `_go_idle`).

@@ -61,9 +61,9 @@ def split_target(target: bytes) -> tuple[bytes, bytes, bytes]:
             target = rest[cut:]
             if not target.startswith(b"/"):
                 target = b"/" + target
-    q = target.find(b"?")
-    if q < 0:
+    if 0x3F not in target:  # "?" (an int operand: no argument parsing, unlike find)
         return authority, target, b""
+    q = target.find(b"?")
     return authority, target[:q], target[q:]
 
 
@@ -85,10 +85,10 @@ def prefix_matches(prefix: bytes, path: bytes) -> bool:
 
 def strip_prefix(prefix: bytes, path: bytes) -> bytes:
     """`/name/a` → `/a`, `/name` → `/`; a prefix ending in `/` keeps that slash."""
-    if prefix.endswith(b"/"):
+    if prefix[-1:] == b"/":  # (slices: startswith/endswith parse their arguments)
         prefix = prefix[:-1]
     rest = path[len(prefix):]
-    return rest if rest.startswith(b"/") else b"/" + rest
+    return rest if rest[:1] == b"/" else b"/" + rest
 
 
 class Router:
@@ -102,7 +102,8 @@ class Router:
             (r.prefix.encode().lower() if r.case_insensitive else r.prefix.encode(),
              r.case_insensitive,
              r.host.lower().encode() if r.host else None,
-             r)
+             r,
+             r.prefix.endswith("/"))
             for r in legacy)
         by_host: dict[bytes, list[_IngressEntry]] = {}
         by_parent: dict[bytes, list[_IngressEntry]] = {}
@@ -144,16 +145,16 @@ class Router:
             if found is not None:
                 return found
         lowered: bytes | None = None
-        for prefix, ci, rhost, route in self._entries:
+        for prefix, ci, rhost, route, slash in self._entries:
             probe = path
             if ci:
                 if lowered is None:
                     lowered = path.lower()
                 probe = lowered
             n = len(prefix)
-            # prefix_matches(prefix, probe), inline: this loop runs for every request
-            if probe.startswith(prefix) and (len(probe) == n or prefix.endswith(b"/")
-                                             or probe[n] == 0x2F):
+            # prefix_matches(prefix, probe), inline: this loop runs for every request (a
+            # slice and ==: startswith parses its arguments, ~4 times the instructions)
+            if probe[:n] == prefix and (len(probe) == n or slash or probe[n] == 0x2F):
                 if route.strip_prefix:  # the prefix's case does not change its length
                     return route, strip_prefix(prefix, path) + query
                 return route, path + query

@@ -96,6 +96,7 @@ _access_log_enabled = accesslog.access_log.isEnabledFor  # asked per exchange
 _INFO = logging.INFO
 _REPLAY_MAX = 64 * 1024  # body bytes kept to replay on a retry (else no retry)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
 _COOKIE = Affinity.COOKIE  # an Enum member's lookup costs ten times a global's (3.11)
 # The exchange's states as globals, for the same reason; `_ON_X[state]` is the state after
 # event X, straight from the table (an illegal step raises KeyError: an internal error,
@@ -110,12 +111,17 @@ _ON_RETRACT = ON[Event.RETRACT]
 _ON_SWITCH = ON[Event.SWITCH]
 _REQ_WHOLE = REQUEST_WHOLE
 _RESP_WHOLE = RESPONSE_WHOLE
-# What an idle connection slimmed down by the sweep (`idle_check`) holds in place of its
-# four empty buffers (`_wbuf`, `_ubuf`, `_pending`, `_replay`) until its next bytes
-# (`_wake`). Empty and falsy like them, so `flush` and the `if self._ubuf` tests pass it
-# by; a tuple, so that a write that came first by mistake fails loudly (an internal
-# error, this connection only) instead of filling a buffer all idle connections share.
+# What an idle connection holds in place of its write buffer `_wbuf` once slimmed down
+# (after its first exchange when its parser went too, or by the sweep: `idle_check`)
+# until its next bytes (`_wake`). Empty and falsy like a list, so `flush` passes it by;
+# a tuple, so that a write that came first by mistake fails loudly (an internal error,
+# this connection only) instead of filling a buffer all idle connections share.
 _SLIM = cast(list[bytes], ())
+# The other three buffers (`_ubuf`, `_pending`, `_replay`) are made only when something
+# is put in them: empty, they are this same shared tuple, and a non-empty one is always
+# a list of its own (`if buf: buf.append(x) else: self.buf = [x]`). A GET on a pooled
+# connection then makes no list for them at all.
+_EMPTY = _SLIM
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -209,7 +215,7 @@ class ClientProtocol(asyncio.Protocol):
         self._tstamp = 0.0
         self._wbuf: list[bytes] = []
         self._wsize = 0  # the waited-for side's write buffer when last looked at
-        self._ubuf: list[bytes] = []
+        self._ubuf: list[bytes] = _EMPTY
         self._close_after = False  # close after this exchange (an input to keep_alive)
         self._again = False  # an exchange has ended on this connection
         self._feeding = False  # inside parser.feed: writes to the backend wait for its end
@@ -239,12 +245,13 @@ class ClientProtocol(asyncio.Protocol):
         self._exclude: set[tuple[str, int]] | None = None
         self._attempts = 0
         self._out_head = b""
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] = _EMPTY
         self._pending_size = 0
-        self._replay: list[bytes] | None = []
+        self._replay: list[bytes] | None = _EMPTY
         self._replay_size = 0
         self._chunked_out = False
-        self._unsent: tuple[list[bytes], int] | None = None
+        # where the response's head is in `_wbuf` while none of it has been written, else -1
+        self._unsent = -1
         self._keep = True
         self._status = 0
         self._term = "--"  # haproxy's termination state, for the access log
@@ -284,7 +291,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._proxy.stats.fail(Failure.CLIENT_ABORT)
                 self._ended(Failure.CLIENT_ABORT)
             self._drop_upstream()
-            self._end_exchange(reusable=False, log_it=True)
+            self._end_exchange(False)
         self._closing()
         self._proxy.connection_gone(self)
 
@@ -381,13 +388,18 @@ class ClientProtocol(asyncio.Protocol):
         the timer goes at once: many connections stay idle after one request (browsers
         keep spares), and 10,000 of them would hold 10,000 timers until the sweep. After
         later ones it is kept (a busy connection would make one per request, ~8k
-        instructions), to be dropped by the sweep or when it fires (not re-armed)."""
+        instructions), to be dropped by the sweep or when it fires (not re-armed).
+        If the first request's parser went already (data_received), the empty write
+        buffer goes too: the connection holds nothing of the exchange's now, and its
+        next bytes make both again (`_wake`), once per connection."""
         if not self._again:
             self._again = True
             timer = self._timer
             if timer is not None:
                 timer.cancel()
                 self._timer = None
+            if self.parser is None and self._queue is None and not self._wbuf:
+                self._wbuf = _SLIM
         self._tkind = _T_KEEPALIVE
         self._tlen = self._proxy.settings.timeouts.keep_alive
         self._tstamp = self._loop.time()
@@ -407,8 +419,8 @@ class ClientProtocol(asyncio.Protocol):
         if idle >= interval:
             # Idle a whole interval: slim down. The parser (~0.9 KiB, llhttp) is made
             # again by the next request's first bytes (`_wake`); the exchange's last
-            # timer (~0.6 KiB) would only fire to find nothing to do; the four empty
-            # buffers (64 bytes each) give way to `_SLIM` until then.
+            # timer (~0.6 KiB) would only fire to find nothing to do; the empty write
+            # buffer (56 bytes) gives way to `_SLIM` until then.
             parser = self.parser
             if parser is not None:
                 parser.drop()
@@ -417,15 +429,13 @@ class ClientProtocol(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
                 self._timer = None
-            self._wbuf = self._ubuf = self._pending = self._replay = _SLIM
+            self._wbuf = _SLIM
         return True
 
     def _wake(self) -> None:
-        """The first bytes after `idle_check` slimmed the connection down."""
+        """The first bytes after the connection was slimmed down (`_go_idle`,
+        `idle_check`)."""
         self._wbuf = []
-        self._ubuf = []
-        self._pending = []
-        self._replay = []
 
     def _disarm(self) -> None:
         self._tkind = _T_NONE
@@ -613,9 +623,17 @@ class ClientProtocol(asyncio.Protocol):
         parts = (b"%x\r\n" % len(data), data, b"\r\n") if req is not None and req.chunked \
             else (data,)
         if self._up is not None:
-            self._ubuf.extend(parts)
+            buf = self._ubuf
+            if buf:
+                buf.extend(parts)
+            else:
+                self._ubuf = list(parts)
         else:
-            self._pending.extend(parts)
+            buf = self._pending
+            if buf:
+                buf.extend(parts)
+            else:
+                self._pending = list(parts)
             self._pending_size += len(data)
             if self._pending_size > _HIGH_WATER:
                 self.pause_reading(_P_PENDING)
@@ -624,8 +642,10 @@ class ClientProtocol(asyncio.Protocol):
             self._replay_size += len(data)
             if self._replay_size > _REPLAY_MAX:
                 self._replay = None
-            else:
+            elif replay:
                 replay.extend(parts)
+            else:
+                self._replay = list(parts)
 
     def on_end(self) -> None:
         state = self._state
@@ -639,11 +659,11 @@ class ClientProtocol(asyncio.Protocol):
         assert req is not None
         if req.chunked and state is not _DRAIN:
             if self._up is not None:
-                self._ubuf.append(b"0\r\n\r\n")
+                self._ubuf = [*self._ubuf, _LAST_CHUNK]
             else:
-                self._pending.append(b"0\r\n\r\n")
+                self._pending = [*self._pending, _LAST_CHUNK]
             if self._replay is not None:
-                self._replay.append(b"0\r\n\r\n")
+                self._replay = [*self._replay, _LAST_CHUNK]
         if req.upgrade:
             self.pause_reading(_P_UPGRADE)
         if state is _DRAIN:  # now _DONE
@@ -781,7 +801,9 @@ class ClientProtocol(asyncio.Protocol):
         # server just as this one was, and a new one cannot lose the keep-alive race.
         up = self._pool.take(server.key) if not self._attempts else None
         if up is not None:
-            self._attach(up)
+            # (only a first attempt takes a pooled connection: `_start` is still under
+            # way and has just armed the server's timer, so `_attach` need not again)
+            self._attach(up, False)
             return
         self._connecting = True
         self._t_conn = 0.0
@@ -907,18 +929,18 @@ class ClientProtocol(asyncio.Protocol):
             self._t_conn = 0.0
             self._proxy.connect(self, server)
 
-    def _attach(self, up: UpstreamProtocol) -> None:
+    def _attach(self, up: UpstreamProtocol, rearm: bool = True) -> None:
         proxy = self._proxy
         server = self._server
         backend = self._backend
         req = self._req
         assert server is not None and backend is not None and req is not None
         self._up = up
-        self._t_conn = self._loop.time()
-        if self._tkind == _T_SERVER:
+        now = self._t_conn = self._loop.time()
+        if rearm and self._tkind == _T_SERVER:
             # The server's time starts now: connecting (and redispatching after connect
             # timeouts) is bounded by the connect timeout, as in haproxy.
-            self._arm(_T_SERVER, proxy.settings.timeouts.server)
+            self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         balancer = self._balancer
         assert balancer is not None
         balancer.acquire(server)
@@ -930,8 +952,11 @@ class ClientProtocol(asyncio.Protocol):
         be.open(now)
         be.lbtot += 1
         up.begin(self, req.method, req.upgrade)
-        self._ubuf = [self._out_head, *self._pending, *self._ubuf]
-        self._pending = []
+        if self._pending or self._ubuf:
+            self._ubuf = [self._out_head, *self._pending, *self._ubuf]
+            self._pending = _EMPTY
+        else:
+            self._ubuf = [self._out_head]
         self._pending_size = 0
         if not self._feeding:  # else data_received writes head and body in one go
             self._uflush()
@@ -941,7 +966,7 @@ class ClientProtocol(asyncio.Protocol):
     def _uflush(self) -> None:
         up = self._up
         data = b"".join(self._ubuf) if len(self._ubuf) != 1 else self._ubuf[0]
-        self._ubuf = []
+        self._ubuf = _EMPTY
         if up is None or up.transport is None or up.closed:
             return
         self._bytes_out_req += len(data)
@@ -990,7 +1015,7 @@ class ClientProtocol(asyncio.Protocol):
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
         self._chunked_out = framing == hdr.FRAME_CHUNKED
         self._fe.response(head.status)
-        self._unsent = (self._wbuf, len(self._wbuf))  # `flush` makes a new list
+        self._unsent = len(self._wbuf)  # (`flush` sets -1)
         if self.response_edit is not None:  # a Gateway route's (proxy.http.gwfilters)
             head.headers = self.response_edit(head.headers)
         self._wbuf.append(hdr.response_head(
@@ -1019,7 +1044,8 @@ class ClientProtocol(asyncio.Protocol):
         if not wbuf:
             return
         data = b"".join(wbuf) if len(wbuf) != 1 else wbuf[0]
-        self._wbuf = []
+        wbuf.clear()
+        self._unsent = -1
         t = self.transport
         if t is not None and not t.is_closing():
             self._fe.bytes_out += len(data)
@@ -1035,11 +1061,11 @@ class ClientProtocol(asyncio.Protocol):
         self._count_resp_error()
         self._drop_upstream()
         unsent = self._unsent
-        if self._resp is not None and unsent is not None and unsent[0] is self._wbuf:
+        if self._resp is not None and unsent >= 0:
             # Nothing of this response has left yet (it came whole in the read that
             # failed, e.g. a bad chunk): the client gets a clean 502 in its place, as
             # from haproxy, instead of a cut response.
-            del self._wbuf[unsent[1]:]
+            del self._wbuf[unsent:]
             idx = self._status // 100 - 1
             self._fe.hrsp[idx if 0 <= idx < 5 else 5] -= 1  # counted by on_response
             self._resp = None
@@ -1219,7 +1245,7 @@ class ClientProtocol(asyncio.Protocol):
         self._wbuf.append(error_response(failure.status, close=True,
                                          head_only=req is not None and req.method == b"HEAD"))
         self._close_after = True
-        self._end_exchange(reusable=False, log_it=True)
+        self._end_exchange(False)
         self._disarm()
         self.close()
 
@@ -1253,7 +1279,7 @@ class ClientProtocol(asyncio.Protocol):
                         and not up.closed and not up.eof and up.transport is not None
                         and not up.transport.is_closing())  # up.usable, inline
         keep = done and self._keep and not self._close_after
-        self._end_exchange(reusable, log_it=True)
+        self._end_exchange(reusable)
         if not keep:
             self.close()
             return
@@ -1295,7 +1321,9 @@ class ClientProtocol(asyncio.Protocol):
             srv.hrsp[i] += 1
             be.hrsp[i] += 1
 
-    def _end_exchange(self, reusable: bool, log_it: bool) -> None:
+    def _end_exchange(self, reusable: bool) -> None:
+        """The exchange is over (`reusable`: its backend connection may be pooled): undo
+        its accounting, log it, forget it."""
         up = self._up
         if self._up_paused:
             self._up_paused = False  # a pooled connection must be read (to see it close)
@@ -1304,7 +1332,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._paused & _P_UPSTREAM:
             self.resume_reading(_P_UPSTREAM)
         if up is not None and self._state is not _TUNNEL:
-            up.detach()
+            up.owner = None  # up.detach(), inline (a call per request)
             if reusable:
                 self._pool.put(up)
             else:
@@ -1316,7 +1344,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        if log_it and _access_log_enabled(_INFO):
+        if _access_log_enabled(_INFO):
             self._log()
         if self._held is not None:
             self._free_slot()  # after the pool took `up`: the next in line gets it warm

@@ -346,10 +346,10 @@ class _Client(ClientProtocol):
         self.heads.append(head)
         super()._start(head)
 
-    def _end_exchange(self, reusable: bool, log_it: bool) -> None:
+    def _end_exchange(self, reusable: bool) -> None:
         if self._req is not None:
             self.exchanges.append((self._status, self.request_whole))
-        super()._end_exchange(reusable, log_it)
+        super()._end_exchange(reusable)
 
 
 @dataclasses.dataclass

@@ -448,3 +448,54 @@ def test_h11_verdicts_remembered_by_exact_bytes() -> None:
         sink = Sink()
         H11ResponseParser(sink, method).feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab")
         assert sink.kinds()[-1] == "end" and sink.body() == body
+
+
+def test_httptools_scans_remembered_by_exact_bytes() -> None:
+    """The httptools parser scans a head's field lines once per distinct bytes
+    (`_REQUEST_SCANS`, `_RESPONSE_SCANS`); what depends on more than those bytes is
+    worked out for every head: the limits, the request line, Host against the target's
+    authority, the version's keep-alive default, the request's method and the status.
+    A head the scan refused is not remembered, and the memo stays bounded."""
+    from proxy.http import parser
+
+    kind = HttpParser.HTTPTOOLS
+    fields = b"\r\nHost: a\r\nX-Forwarded-For: 192.0.2.1\r\nConnection: keep-alive\r\n"
+    parser._REQUEST_SCANS.clear()
+    heads = []
+    for target in (b"/one", b"/two"):
+        head = parse(kind, b"GET %s HTTP/1.1%s\r\n" % (target, fields)).events[0][1]
+        heads.append((head.target, head.host, head.xff, head.keep_alive, head.drops))
+    assert fields in parser._REQUEST_SCANS  # the second came from the memo
+    assert heads[0][1:] == heads[1][1:] and heads[1][0] == b"/two"
+    assert heads[0][1:4] == (b"a", [b"192.0.2.1"], True) and len(heads[0][4]) == 2
+    assert fails(kind, b"GET /x HTTP/1.1%s\r\n" % fields, Limits(max_headers=2)) \
+        is Failure.HEADERS_TOO_LARGE
+    assert fails(kind, b"GET http://b/x HTTP/1.1%s\r\n" % fields) is Failure.BAD_REQUEST
+    close = b"\r\nHost: a\r\n"
+    for version, keep in ((b"1.1", True), (b"1.0", False)):
+        head = parse(kind, b"GET / HTTP/%s%s\r\n" % (version, close)).events[0][1]
+        assert head.keep_alive is keep, version
+    bad = b"\r\nHost: a\r\nContent-Length: 1x\r\n"
+    assert fails(kind, b"POST / HTTP/1.1%s\r\n" % bad) is Failure.BAD_REQUEST
+    assert bad not in parser._REQUEST_SCANS
+
+    parser._RESPONSE_SCANS.clear()
+    ok = b"\r\nContent-Length: 2\r\nConnection: keep-alive\r\n"
+    for method, status, body, no_body in ((b"GET", 200, b"ab", False),
+                                          (b"HEAD", 200, b"", True),
+                                          (b"GET", 304, b"", True)):
+        sink, _ = rparse(kind, b"HTTP/1.1 %d X%s\r\nab" % (status, ok), method)
+        head = sink.events[0][1]
+        assert (head.status, head.no_body, head.content_length, sink.body()) == \
+            (status, no_body, 2, body), (method, status)
+        assert head.keep_alive and len(head.drops) == 1
+    assert ok in parser._RESPONSE_SCANS
+    sink, _ = rparse(kind, b"HTTP/1.0 200 X%s\r\nab" % ok.replace(b"keep-alive", b"close"))
+    assert not sink.events[0][1].keep_alive
+    bad = b"\r\nContent-Length: 2\r\nContent-Length: 3\r\n"
+    with pytest.raises(ParseError):
+        rparse(kind, b"HTTP/1.1 200 OK%s\r\nab" % bad)
+    assert bad not in parser._RESPONSE_SCANS
+    for i in range(parser._SCANS_MAX + 5):
+        rparse(kind, b"HTTP/1.1 200 OK\r\nX-N: %d%s\r\nab" % (i, ok))
+    assert 0 < len(parser._RESPONSE_SCANS) <= parser._SCANS_MAX

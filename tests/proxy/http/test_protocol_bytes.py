@@ -228,10 +228,41 @@ async def test_idle_connection_slims_down_and_closes_at_keep_alive(
     await asyncio.sleep(0)
 
 
+async def test_first_exchange_leaves_the_connection_no_buffer(parser_kind: HttpParser) -> None:
+    """Many connections make one request and stay idle (bench/memory.py). When the
+    first request's parser went with its exchange (the read ended with the request), the
+    connection keeps no list of its own either, without waiting for the sweep; its
+    later requests, with a body split across reads (kept for a resend) or chunked, still
+    go through whole."""
+    import gc
+
+    _proxy, client, ct, up, ut = make(parser_kind)
+    client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert ut.take().startswith(b"GET /x ")
+    up.data_received(OK)
+    assert ct.take() == OK and client.idle and client.parser is None
+    assert not [r for r in gc.get_referents(client) if type(r) is list]
+    client.data_received(b"PUT /a/2 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab")
+    client.data_received(b"cde")
+    sent = ut.take()
+    assert sent.startswith(b"PUT /2 ") and sent.endswith(b"\r\n\r\nabcde"), sent
+    up.data_received(OK)
+    assert ct.take() == OK and client.idle
+    client.data_received(b"POST /a/3 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked"
+                         b"\r\n\r\n3\r\nxyz\r\n")
+    client.data_received(b"0\r\n\r\n")
+    sent = ut.take()
+    assert sent.startswith(b"POST /3 ") and sent.endswith(b"\r\n\r\n3\r\nxyz\r\n0\r\n\r\n")
+    up.data_received(OK)
+    assert ct.take() == OK and client.idle
+    ct.close()
+    await asyncio.sleep(0)
+
+
 async def test_slimmed_idle_connection_holds_no_buffers_and_frees_its_parser(
         parser_kind: HttpParser) -> None:
     """Slimming an idle connection (proxy.http.idle) leaves it no list of its own (its
-    four empty buffers share one empty placeholder), frees the request parser at once
+    empty buffers are one shared empty placeholder), frees the request parser at once
     (not by a later cyclic GC: llhttp's parser and ours refer to each other), and the
     connection still serves its next request and closes cleanly (shutdown's `close`
     flushes nothing)."""
