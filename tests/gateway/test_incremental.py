@@ -15,11 +15,13 @@ import copy
 import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from discovery.gateway import incremental
 from discovery.gateway.incremental import GatewayTranslator, inputs_from
 from discovery.gateway.translate import GatewaySettings, translate
 from pylb.gatewaymodel import GatewayPlan
@@ -259,6 +261,7 @@ class World:
     def __init__(self, s: GatewaySettings) -> None:
         self.stores: dict[str, dict[Any, Any]] = {p: {} for p in PLURALS}
         self.secrets: dict[tuple[str, str], Any] = {}
+        self.valid: frozenset[tuple[str, str]] | None = None  # None: every one of them
         self.unavailable: frozenset[tuple[str, int]] = frozenset()
         self.settings = s
 
@@ -286,15 +289,18 @@ class World:
             self.stores[plural][_key(what)] = what
 
     def build(self, tr: GatewayTranslator, now: str) -> GatewayPlan:
-        return tr.build(self.stores, settings=self.now(now), secrets=frozenset(self.secrets),
+        return tr.build(self.stores, settings=self.now(now), secrets=self.valid_secrets(),
                         secret_objects=dict(self.secrets), unavailable=self.unavailable)
+
+    def valid_secrets(self) -> frozenset[tuple[str, str]]:
+        return frozenset(self.secrets) if self.valid is None else self.valid
 
     def now(self, now: str) -> GatewaySettings:
         return GatewaySettings(**{**self.settings.__dict__, "now": now})
 
     def translate(self, now: str) -> GatewayPlan:
         inputs = inputs_from(self.stores)
-        inputs = type(inputs)(**{**inputs.__dict__, "secrets": frozenset(self.secrets),
+        inputs = type(inputs)(**{**inputs.__dict__, "secrets": self.valid_secrets(),
                                  "secret_objects": dict(self.secrets),
                                  "unavailable": self.unavailable})
         return translate(inputs, self.now(now))
@@ -339,9 +345,17 @@ SETTINGS = st.sampled_from([
 @settings(max_examples=int(os.environ.get("INCR_EXAMPLES", "300")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(SETTINGS, st.lists(st.lists(st.tuples(OPS, st.integers(0, 5)), min_size=1,
-                                   max_size=4), min_size=1, max_size=12))
-def test_incremental_equals_translate(s: GatewaySettings,
-                                      batches: list[list[Any]]) -> None:
+                                   max_size=4), min_size=1, max_size=12),
+       st.sampled_from([0, 1, incremental.BULK]))
+def test_incremental_equals_translate(s: GatewaySettings, batches: list[list[Any]],
+                                      bulk: int) -> None:
+    """(`bulk`: the number of routes in one build past which entries are sorted once
+    rather than inserted one by one: both ways, for any number of routes.)"""
+    with mock.patch.object(incremental, "BULK", bulk):
+        run_changes(s, batches)
+
+
+def run_changes(s: GatewaySettings, batches: list[list[Any]]) -> None:
     world = World(s)
     base(world)
     tr = GatewayTranslator()
@@ -387,10 +401,6 @@ def test_incremental_equals_translate(s: GatewaySettings,
 
 # ---- the conformance manifests, route by route -------------------------------------------
 
-_PLURAL = {"GatewayClass": "gatewayclasses", "Gateway": "gateways",
-           "HTTPRoute": "httproutes", "TLSRoute": "tlsroutes", "TCPRoute": "tcproutes",
-           "ReferenceGrant": "referencegrants", "Service": "services",
-           "Namespace": "namespaces"}
 _MANIFESTS = sorted(p.name for p in (HERE / "tests").glob("*.yaml"))
 
 
@@ -403,18 +413,12 @@ def test_conformance_manifests_route_by_route(name: str) -> None:
     inputs = cluster.inputs()
     world = World(GatewaySettings(address_pool=POOL, l4=True))
     world.secrets = dict(inputs.secret_objects)
-    world.stores = {p: {} for p in PLURALS}
-    routes = []
-    for o in cluster.objects:
-        plural = _PLURAL.get(o.get("kind", ""))
-        if plural is None:
-            continue
-        key = (o["metadata"].get("namespace", "default" if plural == "services" else ""),
-               o["metadata"]["name"])
-        if plural in ("httproutes", "tlsroutes", "tcproutes"):
-            routes.append((plural, key, o))
-        else:
-            world.stores[plural][key] = o
+    world.valid = inputs.secrets
+    world.stores = cluster.stores()
+    routes = [(plural, key, o) for plural in ("httproutes", "tlsroutes", "tcproutes")
+              for key, o in world.stores[plural].items()]
+    for plural, key, _ in routes:
+        del world.stores[plural][key]
     tr = GatewayTranslator()
     step = 0
 
