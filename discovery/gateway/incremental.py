@@ -272,7 +272,7 @@ class GatewayTranslator:
         secret_objects = secret_objects if secret_objects is not None else {}
         empty: Mapping[Any, Any] = {}
         dirty_listeners: set[ListenerKey] = set()
-        changed = False
+        changed = remake = False
 
         # Gateway-level: GatewayClasses, Gateways, grants, Secrets, settings
         seen = self._seen
@@ -303,8 +303,7 @@ class GatewayTranslator:
                 self._reset_routes()
                 self._view = view
             self._state = state
-            self._listeners = {}  # all made again (the same objects where unchanged)
-            self._gw_status = {}
+            remake = True  # every listener and Gateway status (the same objects if equal)
             changed = True
         state = self._state
 
@@ -376,47 +375,52 @@ class GatewayTranslator:
         gw_inputs = (unavailable, s.node_addresses)
         if gw_inputs != self._gw_inputs:
             self._gw_inputs = gw_inputs
-            self._gw_status = {}
+            remake_gateways = True
+        else:
+            remake_gateways = remake
         dirty_gateways = {lkey[0] for lkey in dirty_listeners}
+        gw_status: dict[str, tuple[JsonObj, str | None, str]] = {}
         after: list[str] = []
         for gkey in state.gw_meta:
             old = self._gw_status.get(gkey)
-            if old is None or gkey in dirty_gateways:
-                made = None
-                if old is not None:  # the same status but its time: the same dict
-                    again, line = gateway_status(gkey, state, self._attached, unavailable,
-                                                 dataclasses.replace(s, now=old[2]))
-                    if again == old[0]:
-                        made = old
-                if made is None:
-                    st, line = gateway_status(gkey, state, self._attached, unavailable, s)
-                    made = (st, line, s.now)
-                    changed = True
-                self._gw_status[gkey] = made
-            if self._gw_status[gkey][1] is not None:
-                after.append(self._gw_status[gkey][1])  # type: ignore[arg-type]
+            # kept when nothing it reads changed, or when all that changed is its time
+            if old is not None and (
+                    not (remake_gateways or gkey in dirty_gateways) or
+                    gateway_status(gkey, state, self._attached, unavailable,
+                                   dataclasses.replace(s, now=old[2]))[0] == old[0]):
+                made = old
+            else:
+                st, line = gateway_status(gkey, state, self._attached, unavailable, s)
+                made = (st, line, s.now)
+                changed = True
+            gw_status[gkey] = made
+            if made[1] is not None:
+                after.append(made[1])
+        self._gw_status = gw_status
         if not changed and self._plan is not None:
             return self._plan
         plan_listeners: list[Listener] = []
         l4_listeners: list[Listener] = []
+        listeners: dict[ListenerKey, Listener] = {}
         for gkey, lsts in state.listeners.items():
             for lst in lsts:
                 if not lst.usable:
                     continue
                 lkey = (gkey, lst.name)
                 out = self._listeners.get(lkey)
-                if out is None or lkey in dirty_listeners:
+                if out is None or remake or lkey in dirty_listeners:
                     new = plan_listener(lst, self._entries.get(lkey, ()))
                     out = out if out is not None and _same_listener(out, new) else new
-                    self._listeners[lkey] = out
+                listeners[lkey] = out
                 (l4_listeners if lst.protocol in L4_PROTOCOLS else plan_listeners).append(out)
+        self._listeners = listeners
         plan_listeners.sort(key=listener_order)
         l4_listeners.sort(key=listener_order)
         status = dict(state.status)
         status.update(self._status)
-        for gkey, (st, _, _) in self._gw_status.items():
+        for gkey, (gst, _, _) in gw_status.items():
             ns, name = gkey.split("/", 1)
-            status[("gateways", ns, name)] = st
+            status[("gateways", ns, name)] = gst
         plan = GatewayPlan(tuple(plan_listeners), status,
                            (*state.skipped, *self._route_lines, *after), tuple(l4_listeners))
         self._plan = plan

@@ -334,6 +334,22 @@ def entries(plan: GatewayPlan) -> dict[str, list[Any]]:
     return out
 
 
+def reused(plan: GatewayPlan, last: GatewayPlan) -> None:
+    """What did not change is the very object it was: a listener with the very same entries,
+    a Gateway's status equal but for its times."""
+    before = {(lst.gateway, lst.name): lst for lst in last.listeners + last.l4_listeners}
+    for lst in plan.listeners + plan.l4_listeners:
+        old = before.get((lst.gateway, lst.name))
+        if old is not None and old == lst and all(
+                a is b for a, b in zip(old.rules + old.l4_routes, lst.rules + lst.l4_routes,
+                                       strict=True)):
+            assert old is lst
+    for key, status in plan.status.items():
+        if key[0] == "gateways" and key in last.status and \
+                untimed(last.status[key]) == untimed(status):
+            assert last.status[key] is status
+
+
 SETTINGS = st.sampled_from([
     GatewaySettings(l4=True),
     GatewaySettings(l4=True, address_pool=POOL[:3], node_address="127.0.0.1"),
@@ -371,6 +387,7 @@ def run_changes(s: GatewaySettings, batches: list[list[Any]]) -> None:
         check_same(plan, world.translate(now))
         most = max(most, max((len(lst.rules) + len(lst.l4_routes)
                               for lst in plan.listeners + plan.l4_listeners), default=0))
+        reused(plan, last)
         if all(plural in ("httproutes", "tlsroutes", "tcproutes") for (plural, _), _ in batch):
             # only routes changed: every other route's status dict and entries are the
             # very objects they were

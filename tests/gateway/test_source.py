@@ -373,7 +373,14 @@ def test_a_route_status_change_is_no_reason_to_translate_again() -> None:
     assert built(lambda: stores["services"].pop(backend), translated=1)
     assert not built(lambda: stores["services"].pop(("gateway-conformance-infra",
                                                      "infra-backend-v2")))  # not named
-    assert built(lambda: None, GatewaySettings(address_pool=POOL, node_addresses=("10.0.0.1",)))
+    # the ready nodes' addresses: the status of a Gateway on the node's own address (not
+    # one from the pool), and nothing else
+    assert not built(lambda: None, GatewaySettings(address_pool=POOL, node_addresses=("10.1",)))
+    # (all on the node's address, the Gateways on :80 conflict: their routes translated
+    # again, against listeners that are no longer usable)
+    assert built(lambda: None, GatewaySettings(), translated=1)
+    assert built(lambda: None, GatewaySettings(node_addresses=("10.0.0.1",)))
+    assert not built(lambda: None, GatewaySettings(node_addresses=("10.0.0.1",)))
 
 
 async def test_a_burst_of_changes_makes_few_plans_and_an_idle_change_waits_for_none() -> None:
