@@ -20,7 +20,11 @@ before), with the cyclic collector on as in the controller:
   "route change");
 - route added / deleted;
 - Service ports: one Service's port changed (the routes that name it re-translated);
-- Service status: one Service replaced by a copy with a new status (no port changed).
+- Service status: one Service replaced by a copy with a new status (no port changed);
+
+and what follows each plan until the workers get deltas: the plan (without its status)
+encoded once for the workers (pylb.messages.encode), decoded in each, and each listener's
+`GatewayRouter` made.
 
 Prints a markdown table; no timing is asserted anywhere.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import sys
 import time
@@ -37,6 +42,8 @@ from typing import Any
 
 from discovery.gateway.incremental import GatewayTranslator, inputs_from
 from discovery.gateway.translate import GatewaySettings, translate
+from proxy.http.gwrouting import GatewayRouter
+from pylb.messages import HEADER, Gateways, decode, encode
 from tests.kfake.__main__ import gateway_objects, services
 
 Stores = dict[str, dict[tuple[str, str], Any]]
@@ -129,11 +136,24 @@ def measure(routes: int, n_services: int, repeat: int) -> dict[str, Any]:
     for _ in range(max(3, repeat // 3)):
         whole.append(_cpu(lambda: translate(inputs_from(st), s)))
     out["whole"] = whole
+    # what follows a plan today, until the workers get deltas: the whole plan to them
+    plan = tr.build(st, settings=s)
+    msg = Gateways(1, dataclasses.replace(plan, status={}))
+    frames: list[bytes] = []
+    out["encode (controller)"] = [_cpu(lambda: frames.append(encode(msg)))
+                                  for _ in range(repeat)]
+    payload = frames[0][HEADER.size:]
+    out["decode (each worker)"] = [_cpu(lambda: decode(payload)) for _ in range(repeat)]
+    out["GatewayRouter (each worker)"] = [
+        _cpu(lambda: [GatewayRouter(lsts) for lsts in plan.by_endpoint().values()])
+        for _ in range(repeat)]
+    out["frame"] = len(frames[0])
     return out
 
 
 ORDER = ("whole", "first", "nothing changed", "route status", "route change",
-         "route added / deleted", "Service ports", "Service status")
+         "route added / deleted", "Service ports", "Service status", "encode (controller)",
+         "decode (each worker)", "GatewayRouter (each worker)")
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -147,6 +167,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     lines.append("| routes translated per Service change | " + " | ".join(
         str(r["translated per Service change"]) for r in results) + " |")
+    lines.append("| plan frame to the workers | " + " | ".join(
+        f"{r['frame'] / 2**20:.2f} MiB" for r in results) + " |")
     return "\n".join(lines)
 
 
