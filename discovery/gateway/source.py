@@ -215,11 +215,18 @@ class GatewaySource:
         secrets = by_ident(obj for i in self._secrets for obj in i.objects.values())
         if len(self._tls_ok) > len(secrets):  # Secrets deleted: forget them
             self._tls_ok = {k: v for k, v in self._tls_ok.items() if k in secrets}
-        return self.translator.build(
-            objects, settings=dataclasses.replace(self.gw_settings, now=_now(),
-                                                  node_addresses=self.nodes.addresses),
-            secrets=frozenset(k for k, obj in secrets.items() if self._valid_tls(k, obj)),
-            secret_objects=secrets, unavailable=self.unavailable)
+        settings = dataclasses.replace(self.gw_settings, now=_now(),
+                                       node_addresses=self.nodes.addresses)
+        valid = frozenset(k for k, obj in secrets.items() if self._valid_tls(k, obj))
+        try:
+            return self.translator.build(objects, settings=settings, secrets=valid,
+                                         secret_objects=secrets, unavailable=self.unavailable)
+        except Exception:  # a bug in what it keeps must not end the source: start afresh
+            log.exception("gateway: the incremental translation failed; translating "
+                          "everything again")
+            self.translator = GatewayTranslator()
+            return self.translator.build(objects, settings=settings, secrets=valid,
+                                         secret_objects=secrets, unavailable=self.unavailable)
 
     def _valid_tls(self, key: tuple[str, str], obj: JsonObj) -> bool:
         """valid_tls_secret (which parses the certificate and the key) once per object."""

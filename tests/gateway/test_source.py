@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from kubernetes_asyncio.client import ApiClient
 
 from discovery.gateway.incremental import GatewayTranslator
-from discovery.gateway.source import GatewaySource, settled_status
+from discovery.gateway.source import GatewaySource, inputs_from, settled_status
 from discovery.gateway.translate import GatewayInputs, GatewaySettings, translate
 from proxy.http.gwrouting import GatewayRouter
 from pylb.config import GatewayApi, Settings
@@ -450,3 +450,29 @@ async def test_a_burst_of_changes_makes_few_plans_and_an_idle_change_waits_for_n
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
+
+
+def test_a_failing_incremental_translation_starts_afresh(caplog: Any) -> None:
+    """A bug in the translator's bookkeeping (here: a KeyError from its first build) is
+    logged, and the plan comes from a fresh translator: equal to translate()'s."""
+    stores = Cluster.load("httproute-simple-same-namespace.yaml").stores()
+
+    class Informed:
+        def __init__(self, objects: Any) -> None:
+            self.objects = objects
+
+    source = GatewaySource(Settings(gateway=GatewayApi(enabled=True)))
+    source._informers = {p: Informed(o) for p, o in stores.items()}  # type: ignore[misc]
+    broken = source.translator
+
+    def fail(*args: Any, **kwargs: Any) -> GatewayPlan:
+        raise KeyError("bookkeeping")
+
+    broken.build = fail  # type: ignore[method-assign]
+    plan = source.build()
+    assert source.translator is not broken and "translating everything again" in caplog.text
+    want = translate(dataclasses.replace(inputs_from(stores), secrets=frozenset()),
+                     source.gw_settings)
+    assert plan == want and plan.skipped == want.skipped
+    assert plan.status.keys() == want.status.keys()
+    assert any(key[0] == "httproutes" for key in plan.status)
