@@ -161,10 +161,7 @@ class _GwListener:
     address: str = ""
     kinds: list[str] = field(default_factory=list)
     conditions: dict[str, tuple[bool, str, str]] = field(default_factory=dict)
-    attached: int = 0
-    rules: list[RuleEntry] = field(default_factory=list)
     certificates: tuple[SniCertificate, ...] = ()
-    l4_routes: list[L4Route] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -571,12 +568,111 @@ def _route_entries(route: JsonObj, rhosts: list[str], created: str, ns: str, nam
     return rules, problem, None
 
 
+# ---- the translation: Gateway-level state, one route at a time, the plan ------------------
+#
+# `translate` is a fold: the Gateway-level state (`gateway_state`: GatewayClasses, Gateways
+# and their listeners, from classes, Gateways, grants, Secrets and the settings; never from a
+# route), then each route on its own against it (`translate_route`: what it attaches where,
+# its status, its skipped lines), then the plan (`gateway_status`, `plan_listener`). The
+# incremental translator (discovery/gateway/incremental.py) runs the very same functions
+# and keeps each route's `RouteResult` while nothing it read changes.
+
+ListenerKey = tuple[str, str]  # (Gateway "namespace/name", listener name)
+ROUTE_PLURALS = ("httproutes", "tlsroutes", "tcproutes")  # in the order they are translated
+_ROUTE_KIND = {"httproutes": "HTTPRoute", "tlsroutes": "TLSRoute", "tcproutes": "TCPRoute"}
+
+
+def _by_order(entry: RuleEntry | L4Route) -> tuple[Any, ...]:
+    return entry.order
+
+
+@dataclass
+class GatewayState:
+    """What routes are translated against, and what the plan's Gateway parts are made of."""
+
+    status: dict[tuple[str, str, str], JsonObj]  # the GatewayClasses'
+    gw_meta: dict[str, tuple[JsonObj, int, str, str | None]]  # (gw, generation, address, err)
+    listeners: dict[str, list[_GwListener]]
+    on_node: dict[str, bool]  # bound at the node's address (no spec or pool address)
+    skipped: list[str]  # the Gateways', before any route's
+
+    def route_view(self) -> Any:
+        """All that `translate_route` reads of this state: two states with equal views
+        translate every route alike."""
+        return [(key, [(lst.name, lst.port, lst.kinds, lst.gw_ns, lst.hostname, lst.usable,
+                        _dict(_dict(lst.spec.get("allowedRoutes")).get("namespaces")))
+                       for lst in lsts]) for key, lsts in self.listeners.items()]
+
+
+@dataclass(eq=False, slots=True)
+class RouteResult:
+    """What one route contributes to a plan: the listeners it attached to (one each time,
+    for attachedRoutes), the entries (RuleEntry or L4Route, in the order made) it adds to
+    each usable one, its status (None: no parent of ours) and its skipped lines."""
+
+    attached: tuple[ListenerKey, ...]
+    entries: tuple[tuple[ListenerKey, tuple[Any, ...]], ...]
+    status: JsonObj | None
+    skipped: tuple[str, ...]
+
+
+def normalized(inputs: GatewayInputs) -> GatewayInputs:
+    """`inputs` with every list of objects cut to the objects (dicts with a name)."""
+    return GatewayInputs(_objects(inputs.classes), _objects(inputs.gateways),
+                         _objects(inputs.httproutes), _objects(inputs.grants),
+                         inputs.services, inputs.namespaces, inputs.secrets,
+                         inputs.unavailable, inputs.secret_objects,
+                         _objects(inputs.tlsroutes), _objects(inputs.tcproutes))
+
+
 def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> GatewayPlan:
-    inputs = GatewayInputs(_objects(inputs.classes), _objects(inputs.gateways),
-                           _objects(inputs.httproutes), _objects(inputs.grants),
-                           inputs.services, inputs.namespaces, inputs.secrets,
-                           inputs.unavailable, inputs.secret_objects,
-                           _objects(inputs.tlsroutes), _objects(inputs.tcproutes))
+    inputs = normalized(inputs)
+    state = gateway_state(inputs, s)
+    status = dict(state.status)
+    attached: dict[ListenerKey, int] = {}
+    entries: dict[ListenerKey, list[Any]] = {}
+    route_lines: list[str] = []
+    for plural, routes in (("httproutes", inputs.httproutes), ("tlsroutes", inputs.tlsroutes),
+                           ("tcproutes", inputs.tcproutes)):
+        for route in _order(routes):
+            ns, name, _, _ = _meta(route)
+            r = translate_route(plural, route, state, inputs, s)
+            for lkey in r.attached:
+                attached[lkey] = attached.get(lkey, 0) + 1
+            for lkey, made in r.entries:
+                entries.setdefault(lkey, []).extend(made)
+            if r.status is not None:
+                status[(plural, ns, name)] = r.status
+            route_lines += r.skipped
+    plan_listeners: list[Listener] = []
+    l4_listeners: list[Listener] = []
+    after: list[str] = []
+    for key in state.gw_meta:
+        ns, name = key.split("/", 1)
+        status[("gateways", ns, name)], line = gateway_status(key, state, attached,
+                                                              inputs.unavailable, s)
+        if line is not None:
+            after.append(line)
+        for lst in state.listeners[key]:
+            if lst.usable:
+                ordered = sorted(entries.get((key, lst.name), ()), key=_by_order)
+                (l4_listeners if lst.protocol in L4_PROTOCOLS else plan_listeners).append(
+                    plan_listener(lst, ordered))
+    plan_listeners.sort(key=listener_order)
+    l4_listeners.sort(key=listener_order)
+    return GatewayPlan(tuple(plan_listeners), status,
+                       (*state.skipped, *route_lines, *after), tuple(l4_listeners))
+
+
+def listener_order(lst: Listener) -> tuple[str, int, str, str]:
+    return (lst.address, lst.port, lst.gateway, lst.name)
+
+
+def gateway_state(inputs: GatewayInputs, s: GatewaySettings) -> GatewayState:
+    """The GatewayClasses' status, and the Gateways of ours with their listeners: addresses
+    picked, listener conditions (conflicts included). Reads classes, Gateways, grants
+    (certificateRefs), Secrets and `s` but `now` (of the classes' conditions) and
+    `node_addresses`; never a route or a Service."""
     status: dict[tuple[str, str, str], JsonObj] = {}
     skipped: list[str] = []
     mine = _controller_classes(inputs, s, status)
@@ -592,7 +688,7 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             kept[f"{ns}/{name}"] = str(held[0])
             pool.remove(held[0])
     listeners: dict[str, list[_GwListener]] = {}
-    on_node: dict[str, bool] = {}  # bound at the node's address (no spec or pool address)
+    on_node: dict[str, bool] = {}
     gw_meta: dict[str, tuple[JsonObj, int, str, str | None]] = {}
     bound: list[_GwListener] = []
     for gw in _order(inputs.gateways):
@@ -637,104 +733,122 @@ def translate(inputs: GatewayInputs, s: GatewaySettings = GatewaySettings()) -> 
             if lst.usable:
                 bound.append(lst)
         listeners[key] = lsts
+    return GatewayState(status, gw_meta, listeners, on_node, skipped)
 
-    # routes, oldest first
-    for route in _order(inputs.httproutes):
-        ns, name, gen, created = _meta(route)
-        spec = _dict(route.get("spec"))
-        rhosts = [str(h).lower() for h in _list(spec.get("hostnames")) if isinstance(h, str)]
+
+def translate_route(plural: str, route: JsonObj, state: GatewayState, inputs: GatewayInputs,
+                    s: GatewaySettings) -> RouteResult:
+    """One route (of `plural`: httproutes, tlsroutes or tcproutes) against `state`. Reads
+    the route, `state`, `s` (controller_name, now) and of `inputs` only the Services and
+    grants its backendRefs name and its namespace's labels."""
+    kind = _ROUTE_KIND[plural]
+    ns, name, _, created = _meta(route)
+    spec = _dict(route.get("spec"))
+    rhosts = [str(h).lower() for h in _list(spec.get("hostnames")) if isinstance(h, str)] \
+        if kind != "TCPRoute" else []
+    make: Callable[[list[str]], tuple[Any, ...]]
+    err: str | None = None
+    if kind == "HTTPRoute":
         compiled, problem, err = _route_entries(route, rhosts, created, ns, name, inputs)
-        parents_status = _parents(
-            "HTTPRoute", route, rhosts, err, problem, gw_meta, listeners, inputs, s,
-            skipped, _rule_attacher(compiled, ns, name, created))
-        if parents_status:
-            status[("httproutes", ns, name)] = {"parents": parents_status}
+        make = _rule_maker(compiled, ns, name, created)
+    else:
+        backends: list[WeightedBackend] = []
+        problem = None
+        for rule in _list(spec.get("rules")):
+            b, p = resolve_backends(ns, _dict(rule).get("backendRefs"), inputs, kind)
+            backends += b
+            problem = problem or p
+        l4_backends = tuple(backends)
+        l4_order = (created, ns, name)
 
-    for kind, plural, routes in (("TLSRoute", "tlsroutes", inputs.tlsroutes),
-                                 ("TCPRoute", "tcproutes", inputs.tcproutes)):
-        for route in _order(routes):
-            _l4_route(kind, plural, route, gw_meta, listeners, inputs, s, status, skipped)
+        def make(hosts: list[str]) -> tuple[Any, ...]:
+            return tuple(L4Route(h, l4_backends, f"{ns}/{name}", l4_order) for h in hosts)
+    skipped: list[str] = []
+    attached: list[ListenerKey] = []
+    entries: list[tuple[ListenerKey, tuple[Any, ...]]] = []
+    parents = _parents(kind, route, rhosts, err, problem, state, inputs, s, skipped,
+                       attached, entries, make)
+    return RouteResult(tuple(attached), tuple(entries),
+                       {"parents": parents} if parents else None, tuple(skipped))
 
-    plan_listeners: list[Listener] = []
-    l4_listeners: list[Listener] = []
-    for key, (_gw, gen, address, err) in gw_meta.items():
-        ns, name = key.split("/", 1)
-        lsts = listeners[key]
-        lstat = []
-        for lst in lsts:
-            port_down = lst.usable and (lst.address, lst.port) in inputs.unavailable
-            lconds = dict(lst.conditions)
-            if port_down:
-                lconds["Accepted"] = (False, "PortUnavailable",
-                                      f"{lst.address}:{lst.port} cannot be bound here")
-                lconds["Programmed"] = (False, "Invalid", "port unavailable")
-            lstat.append({
-                "name": lst.name, "attachedRoutes": lst.attached,
-                "supportedKinds": [{"group": GROUP, "kind": k} for k in lst.kinds],
-                "conditions": [_cond(t, ok, r, m, gen, s.now)
-                               for t, (ok, r, m) in lconds.items()]})
-            if lst.usable and lst.protocol in L4_PROTOCOLS:
-                l4_listeners.append(Listener(
-                    key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
-                    l4_routes=tuple(sorted(lst.l4_routes, key=lambda r: r.order))))
-            elif lst.usable:
-                plan_listeners.append(Listener(
-                    key, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
-                    tuple(sorted(lst.rules, key=lambda e: e.order)), lst.certificates))
-        # an address of a type or value pylb cannot use: not Accepted (UnsupportedAddress)
-        reason_of_err = "InvalidParameters" if err == _PARAMS_ERR else "UnsupportedAddress"
-        prog_of_err = "Invalid"
-        all_ok = not err and bool(lsts) and all(lst.usable for lst in lsts)
-        any_ok = not err and any(lst.usable for lst in lsts)
-        acc: tuple[bool, str, str] = (False, reason_of_err, err) if err else (
-            (True, "Accepted", "") if all_ok or not lsts else
-            (True, "ListenersNotValid", "some listeners are not valid") if any_ok else
-            (False, "ListenersNotValid", "no listener is valid"))
-        serving = any(lst.usable and (lst.address, lst.port) not in inputs.unavailable
-                      for lst in lsts)
-        prog: tuple[bool, str, str] = (False, prog_of_err, err) if err else (
-            (True, "Programmed", "") if serving else (False, "Invalid", "nothing served"))
-        if not serving and any_ok and _own_spec_address(_gw) and all(
-                (lst.address, lst.port) in inputs.unavailable for lst in lsts if lst.usable):
-            # its spec.addresses IP cannot be bound here (not this node's): a usable kind
-            # of address, unusable in fact
-            prog = (False, "AddressNotUsable", f"{address} cannot be bound on this node")
-        if not err and any_ok and not all_ok:
-            skipped.append(f"Gateway {key}: some listeners are not served")
-        # its own address (spec, pool), else the ready pylb nodes' (all serve it)
-        shown = [] if err else list(s.node_addresses) if on_node.get(key) and \
-            s.node_addresses else [address]
-        status[("gateways", ns, name)] = {
-            "addresses": [{"type": "IPAddress", "value": a} for a in shown],
+
+def gateway_status(key: str, state: GatewayState, attached: Mapping[ListenerKey, int],
+                   unavailable: frozenset[tuple[str, int]], s: GatewaySettings
+                   ) -> tuple[JsonObj, str | None]:
+    """Gateway `key`'s status (its listeners' attachedRoutes from `attached`), and its
+    skipped line if some of its listeners are not served."""
+    gw, gen, address, err = state.gw_meta[key]
+    lsts = state.listeners[key]
+    lstat = []
+    for lst in lsts:
+        port_down = lst.usable and (lst.address, lst.port) in unavailable
+        lconds = dict(lst.conditions)
+        if port_down:
+            lconds["Accepted"] = (False, "PortUnavailable",
+                                  f"{lst.address}:{lst.port} cannot be bound here")
+            lconds["Programmed"] = (False, "Invalid", "port unavailable")
+        lstat.append({
+            "name": lst.name, "attachedRoutes": attached.get((key, lst.name), 0),
+            "supportedKinds": [{"group": GROUP, "kind": k} for k in lst.kinds],
+            "conditions": [_cond(t, ok, r, m, gen, s.now)
+                           for t, (ok, r, m) in lconds.items()]})
+    # an address of a type or value pylb cannot use: not Accepted (UnsupportedAddress)
+    reason_of_err = "InvalidParameters" if err == _PARAMS_ERR else "UnsupportedAddress"
+    prog_of_err = "Invalid"
+    all_ok = not err and bool(lsts) and all(lst.usable for lst in lsts)
+    any_ok = not err and any(lst.usable for lst in lsts)
+    acc: tuple[bool, str, str] = (False, reason_of_err, err) if err else (
+        (True, "Accepted", "") if all_ok or not lsts else
+        (True, "ListenersNotValid", "some listeners are not valid") if any_ok else
+        (False, "ListenersNotValid", "no listener is valid"))
+    serving = any(lst.usable and (lst.address, lst.port) not in unavailable for lst in lsts)
+    prog: tuple[bool, str, str] = (False, prog_of_err, err) if err else (
+        (True, "Programmed", "") if serving else (False, "Invalid", "nothing served"))
+    if not serving and any_ok and _own_spec_address(gw) and all(
+            (lst.address, lst.port) in unavailable for lst in lsts if lst.usable):
+        # its spec.addresses IP cannot be bound here (not this node's): a usable kind
+        # of address, unusable in fact
+        prog = (False, "AddressNotUsable", f"{address} cannot be bound on this node")
+    line = f"Gateway {key}: some listeners are not served" \
+        if not err and any_ok and not all_ok else None
+    # its own address (spec, pool), else the ready pylb nodes' (all serve it)
+    shown = [] if err else list(s.node_addresses) if state.on_node.get(key) and \
+        s.node_addresses else [address]
+    return {"addresses": [{"type": "IPAddress", "value": a} for a in shown],
             "conditions": [_cond("Accepted", acc[0], acc[1], acc[2], gen, s.now),
                            _cond("Programmed", prog[0], prog[1], prog[2], gen, s.now)],
-            "listeners": lstat}
-    plan_listeners.sort(key=lambda lst: (lst.address, lst.port, lst.gateway, lst.name))
-    l4_listeners.sort(key=lambda lst: (lst.address, lst.port, lst.gateway, lst.name))
-    return GatewayPlan(tuple(plan_listeners), status, tuple(skipped), tuple(l4_listeners))
+            "listeners": lstat}, line
 
 
-def _rule_attacher(compiled: list[tuple[list[RouteMatch], Filters,
-                                        tuple[WeightedBackend, ...], int]],
-                   ns: str, name: str, created: str
-                   ) -> Callable[[_GwListener, list[str]], None]:
-    def attach(lst: _GwListener, hosts: list[str]) -> None:
-        for matches, filters, backends, ri in compiled:
-            for mi, m in enumerate(matches):
-                for h in hosts:
-                    lst.rules.append(RuleEntry(h, m, backends, filters, f"{ns}/{name}",
-                                               _precedence(m, created, ns, name, ri, mi)))
-    return attach
+def plan_listener(lst: _GwListener, entries: Sequence[Any]) -> Listener:
+    """The plan's listener for a usable one, with its entries in precedence order:
+    RuleEntries (HTTP, HTTPS), L4Routes (TLS, TCP)."""
+    if lst.protocol in L4_PROTOCOLS:
+        return Listener(lst.gateway, lst.name, lst.address, lst.port, lst.protocol,
+                        lst.hostname, l4_routes=tuple(entries))
+    return Listener(lst.gateway, lst.name, lst.address, lst.port, lst.protocol, lst.hostname,
+                    tuple(entries), lst.certificates)
+
+
+def _rule_maker(compiled: list[tuple[list[RouteMatch], Filters,
+                                     tuple[WeightedBackend, ...], int]],
+                ns: str, name: str, created: str) -> Callable[[list[str]], tuple[Any, ...]]:
+    def make(hosts: list[str]) -> tuple[Any, ...]:
+        return tuple(RuleEntry(h, m, backends, filters, f"{ns}/{name}",
+                               _precedence(m, created, ns, name, ri, mi))
+                     for matches, filters, backends, ri in compiled
+                     for mi, m in enumerate(matches) for h in hosts)
+    return make
 
 
 def _parents(kind: str, route: JsonObj, rhosts: list[str], err: str | None,
-             problem: tuple[str, str] | None,
-             gw_meta: Mapping[str, tuple[JsonObj, int, str, str | None]],
-             listeners: Mapping[str, list[_GwListener]], inputs: GatewayInputs,
-             s: GatewaySettings, skipped: list[str],
-             attach: Callable[[_GwListener, list[str]], None]) -> list[JsonObj]:
-    """The route's `status.parents` for the Gateways of ours it names, attaching it (with
-    `attach`, given the intersected hostnames) to every listener that accepts it."""
+             problem: tuple[str, str] | None, state: GatewayState, inputs: GatewayInputs,
+             s: GatewaySettings, skipped: list[str], attached: list[ListenerKey],
+             entries: list[tuple[ListenerKey, tuple[Any, ...]]],
+             make: Callable[[list[str]], tuple[Any, ...]]) -> list[JsonObj]:
+    """The route's `status.parents` for the Gateways of ours it names; each listener that
+    accepts it goes to `attached`, and if usable, with what `make` makes of the intersected
+    hostnames, to `entries`."""
     ns, name, gen, _ = _meta(route)
     parents_status = []
     for pref in _list(_dict(route.get("spec")).get("parentRefs")):
@@ -742,10 +856,10 @@ def _parents(kind: str, route: JsonObj, rhosts: list[str], err: str | None,
         if pref.get("group", GROUP) != GROUP or pref.get("kind", "Gateway") != "Gateway":
             continue
         gkey = f"{pref.get('namespace') or ns}/{pref.get('name')}"
-        if gkey not in gw_meta:
+        if gkey not in state.gw_meta:
             continue  # not a Gateway of ours: its controller writes this parent's status
         section, port = pref.get("sectionName"), pref.get("port")
-        cands = [lst for lst in listeners[gkey]
+        cands = [lst for lst in state.listeners[gkey]
                  if (section is None or lst.name == section)
                  and (port is None or lst.port == port)]
         accepted = False
@@ -764,9 +878,9 @@ def _parents(kind: str, route: JsonObj, rhosts: list[str], err: str | None,
                         message = "no hostname intersects the listener's"
                     continue
                 accepted = True
-                lst.attached += 1
+                attached.append((gkey, lst.name))
                 if lst.usable:
-                    attach(lst, hosts)
+                    entries.append(((gkey, lst.name), make(hosts)))
         if accepted:
             reason, message = "Accepted", ""
         conds = [_cond("Accepted", accepted, reason, message, gen, s.now)]
@@ -783,34 +897,6 @@ def _parents(kind: str, route: JsonObj, rhosts: list[str], err: str | None,
         parents_status.append({"parentRef": pstat, "controllerName": s.controller_name,
                                "conditions": conds})
     return parents_status
-
-
-def _l4_route(kind: str, plural: str, route: JsonObj,
-              gw_meta: Mapping[str, tuple[JsonObj, int, str, str | None]],
-              listeners: Mapping[str, list[_GwListener]], inputs: GatewayInputs,
-              s: GatewaySettings, status: dict[tuple[str, str, str], JsonObj],
-              skipped: list[str]) -> None:
-    """A TLSRoute or TCPRoute: the backendRefs of all its rules, weighted, behind each
-    (intersected) hostname of each listener that accepts it."""
-    ns, name, _, created = _meta(route)
-    spec = _dict(route.get("spec"))
-    rhosts = [str(h).lower() for h in _list(spec.get("hostnames")) if isinstance(h, str)] \
-        if kind == "TLSRoute" else []
-    backends: list[WeightedBackend] = []
-    problem: tuple[str, str] | None = None
-    for rule in _list(spec.get("rules")):
-        b, p = resolve_backends(ns, _dict(rule).get("backendRefs"), inputs, kind)
-        backends += b
-        problem = problem or p
-
-    def attach(lst: _GwListener, hosts: list[str]) -> None:
-        for h in hosts:
-            lst.l4_routes.append(L4Route(h, tuple(backends), f"{ns}/{name}",
-                                         (created, ns, name)))
-    parents = _parents(kind, route, rhosts, None, problem, gw_meta, listeners, inputs, s,
-                       skipped, attach)
-    if parents:
-        status[(plural, ns, name)] = {"parents": parents}
 
 
 def _precedence(m: RouteMatch, created: str, ns: str, name: str, ri: int,

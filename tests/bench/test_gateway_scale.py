@@ -32,7 +32,8 @@ def test_the_fake_loads_a_gateway_and_routes_to_its_services() -> None:
 @pytest.mark.timeout(300)
 def test_a_tiny_run_reports_every_field(tmp_path: Path) -> None:
     cfg = gs.Config(routes=20, workers=1, services=20, namespaces=3, changes=3,
-                    first_timeout=90, change_timeout=10, changes_budget=60, out=tmp_path)
+                    first_timeout=90, change_timeout=10, changes_budget=60, out=tmp_path,
+                    settle=True)
     result = asyncio.run(gs.run(cfg))
     for key in ("routes", "services", "workers", "api_load_s", "pylb_argv",
                 "first_traffic_s", "nothing_served", "rss_mib_max", "controller_rss_mib_max",
@@ -41,6 +42,7 @@ def test_a_tiny_run_reports_every_field(tmp_path: Path) -> None:
     for flag in ("--gateway-api", "--gateway-port-map=80=", "--workers 1"):
         assert flag in result["pylb_argv"]
     if not result["nothing_served"]:  # a machine too busy to serve in 90 s still reports
+        assert result["settled_after_s"] >= 1.0
         # changes alternate: route, Service, route
         assert result["route_change"]["n"] == 2 and result["service_change"]["n"] == 1
         for kind in ("route_change", "service_change"):

@@ -35,6 +35,11 @@ CLASS = "pylb"
 POOL = tuple(f"127.0.10.{i}" for i in range(1, 60))
 
 JsonObj = dict[str, Any]
+# the kinds the Gateway source watches, by the plural its informers use
+PLURALS = {"GatewayClass": "gatewayclasses", "Gateway": "gateways", "HTTPRoute": "httproutes",
+           "TLSRoute": "tlsroutes", "TCPRoute": "tcproutes",
+           "ReferenceGrant": "referencegrants", "Service": "services",
+           "Namespace": "namespaces"}
 
 
 # The names the suite's TLS Secrets' certificate covers (it makes them itself, self-signed)
@@ -106,6 +111,18 @@ class Cluster:
                              self.kind("HTTPRoute"), self.kind("ReferenceGrant"), services,
                              namespaces, secrets, secret_objects=objs,
                              tlsroutes=self.kind("TLSRoute"), tcproutes=self.kind("TCPRoute"))
+
+    def stores(self) -> dict[str, dict[tuple[str, str], JsonObj]]:
+        """The objects as the Gateway source's informers hold them: by plural, then by
+        (namespace, name)."""
+        out: dict[str, dict[tuple[str, str], JsonObj]] = {p: {} for p in PLURALS.values()}
+        for obj in self.objects:
+            plural = PLURALS.get(obj.get("kind", ""))
+            if plural is not None:
+                meta = obj["metadata"]
+                ns = meta.get("namespace", "default" if plural == "services" else "")
+                out[plural][(ns, meta["name"])] = obj
+        return out
 
     def plan(self, l4: bool = False) -> GatewayPlan:
         return translate(self.inputs(), GatewaySettings(address_pool=POOL, l4=l4))
