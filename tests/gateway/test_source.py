@@ -476,3 +476,45 @@ def test_a_failing_incremental_translation_starts_afresh(caplog: Any) -> None:
     assert plan == want and plan.skipped == want.skipped
     assert plan.status.keys() == want.status.keys()
     assert any(key[0] == "httproutes" for key in plan.status)
+
+
+async def test_many_watch_events_then_quiet_settle_the_heap_once(monkeypatch: Any) -> None:
+    """The leader's first status pass brings every route back as a watch event, one at a
+    time: the plan loop settles the heap (collector.settle) once the events stop — not per
+    event, not while they keep coming, and not after a handful of them."""
+    from discovery.gateway import source as source_mod
+
+    monkeypatch.setattr(source_mod, "SETTLE_CHURN", 50)
+    monkeypatch.setattr(source_mod, "SETTLE_QUIET", 0.05)
+    settled: list[int] = []
+    monkeypatch.setattr(source_mod.collector, "settle", lambda: settled.append(1))
+    source = GatewaySource(Settings(gateway=GatewayApi(enabled=True)), is_leader=lambda: False)
+    built: list[int] = []
+
+    class Synced:
+        synced, absent, objects = True, False, {}
+
+    source._informers = {"httproutes": Synced()}  # type: ignore[dict-item]
+    source.build = lambda: built.append(1) or GatewayPlan()  # type: ignore[method-assign]
+    loop = asyncio.create_task(source._loop(None, lambda plan: None))  # type: ignore[arg-type]
+    try:
+        for _ in range(10):  # a few events: below the threshold, nothing settles
+            source._changed()
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.2)
+        assert settled == [] and built
+        for _ in range(60):  # a burst: nothing settles while it lasts …
+            source._changed()
+            await asyncio.sleep(0.005)
+            assert settled == []
+        for _ in range(100):  # … and once it is quiet, once
+            if settled:
+                break
+            await asyncio.sleep(0.02)
+        assert settled == [1] and source.settles == 1
+        await asyncio.sleep(0.2)
+        assert settled == [1]  # and not again without new events
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
