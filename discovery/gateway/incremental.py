@@ -21,6 +21,18 @@ result together with what it read, replaying it while none of that changed:
   changes every route is translated again. That is rare, and a Gateway's status write (the
   leader's own, coming back) does not change it.
 
+Which objects to look at: `build(changes=)` takes, by plural, the keys changed since the
+last build (the informers' `take_changes()`), and looks at those keys only, plus the routes
+a changed Service, namespace or grant made stale (`_stale_ids`): a turn after one route's
+change touches that route, a turn with nothing changed no store at all. The identity and
+`route_key` comparisons above are then applied to those keys; the whole store is compared
+only for a plural whose set is None (the first list, a relist from scratch, a fresh
+translator) and for the routes after the route view changed (none is cached). What the
+plan's status may have changed in is kept too (`take_status_changes()`: the status keys of
+the routes translated or dropped, the Gateways whose status was made again or went, every
+GatewayClass's when the Gateway-level state was rebuilt): the leader's status pass looks at
+those, and at the objects whose informer entry changed, and no other.
+
 What a route read is recorded, not re-derived: the route is translated against mappings
 that note each key looked up (`_Looked`, `_Used`), so the dependencies follow the
 translation's code, with no second copy of its rules here. Services come in through the
