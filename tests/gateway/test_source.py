@@ -564,13 +564,16 @@ async def _quiet(source: GatewaySource) -> None:
     raise AssertionError("the Gateway source never went quiet")
 
 
-async def test_the_status_pass_looks_at_what_changed(kube_api: FakeApiServer) -> None:
+async def test_the_status_pass_looks_at_what_changed(kube_api: FakeApiServer,
+                                                     monkeypatch: Any) -> None:
     """After the leader's first pass (every object), a route change makes status passes
     that look at that route (its new status, then its write coming back), not at the 40
     other routes; a write that fails is made on a later pass; a follower that becomes the
     leader looks at every object once."""
+    from discovery.gateway import source as source_mod
     from tests.kfake import faults
 
+    monkeypatch.setattr(source_mod, "RESYNC", 60.0)  # no full turn but those asked for here
     _routes_cluster(kube_api)
     leader = True
 
@@ -616,7 +619,8 @@ async def test_the_status_pass_looks_at_what_changed(kube_api: FakeApiServer) ->
 async def test_a_resync_pass_looks_at_every_object(kube_api: FakeApiServer,
                                                    monkeypatch: Any) -> None:
     """Nothing changed for RESYNC seconds: the status pass of that turn is a full one (the
-    safety net for what the change sets could miss)."""
+    safety net for what the change sets could miss); and under steady churn (a turn every
+    0.05 s, so the loop never waits RESYNC seconds), one turn every RESYNC seconds is."""
     from discovery.gateway import source as source_mod
 
     monkeypatch.setattr(source_mod, "RESYNC", 0.3)
@@ -635,6 +639,14 @@ async def test_a_resync_pass_looks_at_every_object(kube_api: FakeApiServer,
         looked, writes = source.status_looked, source.status_writes
         await until(lambda: source.status_looked - looked > 2 * ROUTES_N)
         assert source.status_writes == writes
+        monkeypatch.setattr(source_mod, "RESYNC", 0.6)
+        await asyncio.sleep(0.7)  # (a wait begun with the old RESYNC)
+        looked, built = source.status_looked, source.plans_built
+        for _ in range(40):  # 2 s of churn: 3 full turns or more, 40 in all
+            source._changed()
+            await asyncio.sleep(0.05)
+        assert source.plans_built - built >= 30
+        assert source.status_looked - looked > 2 * ROUTES_N
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
