@@ -21,6 +21,18 @@ result together with what it read, replaying it while none of that changed:
   changes every route is translated again. That is rare, and a Gateway's status write (the
   leader's own, coming back) does not change it.
 
+Which objects to look at: `build(changes=)` takes, by plural, the keys changed since the
+last build (the informers' `take_changes()`), and looks at those keys only, plus the routes
+a changed Service, namespace or grant made stale (`_stale_ids`): a turn after one route's
+change touches that route, a turn with nothing changed no store at all. The identity and
+`route_key` comparisons above are then applied to those keys; the whole store is compared
+only for a plural whose set is None (the first list, a relist from scratch, a fresh
+translator) and for the routes after the route view changed (none is cached). What the
+plan's status may have changed in is kept too (`take_status_changes()`: the status keys of
+the routes translated or dropped, the Gateways whose status was made again or went, every
+GatewayClass's when the Gateway-level state was rebuilt): the leader's status pass looks at
+those, and at the objects whose informer entry changed, and no other.
+
 What a route read is recorded, not re-derived: the route is translated against mappings
 that note each key looked up (`_Looked`, `_Used`), so the dependencies follow the
 translation's code, with no second copy of its rules here. Services come in through the
@@ -54,7 +66,7 @@ import bisect
 import contextlib
 import dataclasses
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +92,11 @@ from pylb.gatewaymodel import GatewayPlan, JsonObj, Listener
 
 StoreKey = Any  # an informer's key: (namespace, name)
 RouteId = tuple[str, StoreKey]  # (plural, key in its store)
+StatusKey = tuple[str, str, str]  # (plural, namespace, name): a GatewayPlan.status key
+# By plural, the keys changed since the last build (Informer.take_changes()), or None: any
+# may have (a plural missing from the mapping counts as None)
+Changes = Mapping[str, Collection[StoreKey] | None]
+_MISSING = object()
 
 
 def route_key(obj: Any) -> Any:
@@ -199,10 +216,32 @@ BULK = 64
 
 
 def _scan(store: Mapping[Any, Any], seen: dict[Any, tuple[Any, Any]],
-          value: Any) -> list[Any]:
+          value: Any, keys: Collection[Any] | None = None) -> list[Any]:
     """Bring `seen` (key → (object, value(object))) up to `store`; the keys whose value
-    changed, came or went. An object still there is the very object in the common case."""
+    changed, came or went. An object still there is the very object in the common case.
+    `keys`: only those can have changed (None: any, the whole store is compared)."""
     changed = []
+    if keys is not None:
+        for key in keys:
+            obj = store.get(key, _MISSING)
+            was = seen.get(key)
+            if obj is _MISSING:
+                if was is not None:
+                    del seen[key]
+                    changed.append(key)
+                continue
+            if was is not None:
+                if was[0] is obj:
+                    continue
+                v = value(obj)
+                if v == was[1]:
+                    seen[key] = (obj, v)
+                    continue
+                seen[key] = (obj, v)
+            else:
+                seen[key] = (obj, value(obj))
+            changed.append(key)
+        return changed
     before = len(seen)
     hits = 0
     for key, obj in store.items():
@@ -247,6 +286,10 @@ class GatewayTranslator:
         self._by_namespace: dict[Any, set[RouteId]] = {}
         self._grant_readers: set[RouteId] = set()
         self._all_services: set[RouteId] = set()
+        self._stale_ids: set[RouteId] = set()  # routes marked stale, not yet translated
+        # the status keys whose planned status may not be the object it was, since the
+        # last take_status_changes() (None: any)
+        self._status_changes: set[StatusKey] | None = None
         # the plan's parts
         self._attached: dict[ListenerKey, int] = {}
         self._entries: dict[ListenerKey, list[Any]] = {}
@@ -261,14 +304,25 @@ class GatewayTranslator:
         self.translated = 0  # routes translated, ever (tests, bench)
 
     def build(self, objects: Mapping[str, Mapping[Any, Any]], *,
-              settings: GatewaySettings,
+              settings: GatewaySettings, changes: Changes | None = None,
               secrets: frozenset[tuple[str, str]] | None = None,
               secret_objects: Mapping[tuple[str, str], Any] | None = None,
               unavailable: frozenset[tuple[str, int]] = frozenset()) -> GatewayPlan:
         """The plan of `objects` (informer stores by plural: gatewayclasses, gateways,
         httproutes, tlsroutes, tcproutes, referencegrants, services, namespaces) with the
-        other inputs as `translate` takes them."""
+        other inputs as `translate` takes them.
+
+        `changes`: by plural, the keys whose objects may differ from the last build's (the
+        informers' `take_changes()`), or None for "any": only those keys are looked at, so a
+        build after one route change costs what that route touches and a build with nothing
+        changed does not walk the stores. A plural missing, or None, is compared whole (by
+        identity, then by what translate reads), as every plural is when `changes` is None
+        (the first build, a relist, a fresh translator)."""
         s = settings
+
+        def keys(plural: str) -> Collection[StoreKey] | None:
+            return None if changes is None else changes.get(plural)
+
         secret_objects = secret_objects if secret_objects is not None else {}
         empty: Mapping[Any, Any] = {}
         dirty_listeners: set[ListenerKey] = set()
@@ -277,11 +331,12 @@ class GatewayTranslator:
         # Gateway-level: GatewayClasses, Gateways, grants, Secrets, settings
         seen = self._seen
         gw_changed = bool(_scan(objects.get("gatewayclasses", empty), seen["gatewayclasses"],
-                                route_key))
+                                route_key, keys("gatewayclasses")))
         gw_changed = bool(_scan(objects.get("gateways", empty), seen["gateways"],
-                                _gateway_key)) or gw_changed
+                                _gateway_key, keys("gateways"))) or gw_changed
         grants_changed = bool(_scan(objects.get("referencegrants", empty),
-                                    seen["referencegrants"], route_key))
+                                    seen["referencegrants"], route_key,
+                                    keys("referencegrants")))
         if grants_changed:
             self._grants = _objects(obj for obj, _ in seen["referencegrants"].values())
             self._stale(self._grant_readers)
@@ -302,13 +357,18 @@ class GatewayTranslator:
             if view != self._view:
                 self._reset_routes()
                 self._view = view
+            if self._status_changes is not None:  # GatewayClasses' (and Gateways')
+                self._status_changes.update(k for k in state.status)
+                if self._state is not None:
+                    self._status_changes.update(k for k in self._state.status)
             self._state = state
             remake = True  # every listener and Gateway status (the same objects if equal)
             changed = True
         state = self._state
 
         # Services and namespaces: the routes that read a changed one are stale
-        for key in _scan(objects.get("services", empty), seen["services"], service_ports):
+        for key in _scan(objects.get("services", empty), seen["services"], service_ports,
+                         keys("services")):
             was = seen["services"].get(key)
             if was is None:
                 self._ports.pop(key, None)
@@ -317,7 +377,7 @@ class GatewayTranslator:
             self._stale(self._by_service.get(key, ()))
             self._stale(self._all_services)
         for key in _scan(objects.get("namespaces", empty), seen["namespaces"],
-                         namespace_labels):
+                         namespace_labels, keys("namespaces")):
             name = key[1]  # (cluster-scoped: ("", name)) keyed by name, as inputs_from does
             was = seen["namespaces"].get(key)
             if was is None:
@@ -326,11 +386,34 @@ class GatewayTranslator:
                 self._labels[name] = was[1]
             self._stale(self._by_namespace.get(name, ()))
 
-        # routes: identity, then route_key, then what they read
+        # routes: identity, then route_key, then what they read; of all of them, or of the
+        # changed and the stale ones (every one after _reset_routes: none is cached)
         todo: list[tuple[str, StoreKey, Any]] = []
+        every = not any(self._routes.values())
+        stale_ids, self._stale_ids = self._stale_ids, set()
         for plural in ROUTE_PLURALS:
             store = objects.get(plural, empty)
             cache = self._routes[plural]
+            look = None if every else keys(plural)
+            if look is not None:
+                if stale_ids:
+                    look = {*look, *(key for p, key in stale_ids if p == plural)}
+                for key in look:
+                    obj = store.get(key, _MISSING)
+                    r = cache.get(key)
+                    if obj is _MISSING:
+                        if r is not None:
+                            self._drop(plural, key, dirty_listeners)
+                            changed = True
+                        continue
+                    if r is not None and not r.stale:
+                        if r.obj is obj:
+                            continue
+                        if route_key(obj) == r.key:
+                            r.obj = obj  # its status or resourceVersion: nothing to do
+                            continue
+                    todo.append((plural, key, obj))
+                continue
             before = len(cache)
             hits = 0
             for key, obj in store.items():
@@ -381,6 +464,7 @@ class GatewayTranslator:
         dirty_gateways = {lkey[0] for lkey in dirty_listeners}
         gw_status: dict[str, tuple[JsonObj, str | None, str]] = {}
         after: list[str] = []
+        status_changes = self._status_changes
         for gkey in state.gw_meta:
             old = self._gw_status.get(gkey)
             # kept when nothing it reads changed, or when all that changed is its time
@@ -393,9 +477,14 @@ class GatewayTranslator:
                 st, line = gateway_status(gkey, state, self._attached, unavailable, s)
                 made = (st, line, s.now)
                 changed = True
+                if status_changes is not None:
+                    status_changes.add(_gateway_status_key(gkey))
             gw_status[gkey] = made
             if made[1] is not None:
                 after.append(made[1])
+        if status_changes is not None:  # Gateways gone
+            status_changes.update(_gateway_status_key(gkey) for gkey in self._gw_status
+                                  if gkey not in gw_status)
         self._gw_status = gw_status
         if not changed and self._plan is not None:
             return self._plan
@@ -426,9 +515,19 @@ class GatewayTranslator:
         self._plan = plan
         return plan
 
+    def take_status_changes(self) -> set[StatusKey] | None:
+        """The keys of the plan's `status` whose value may not be the very object it was
+        in the plans built before the last call (a route's or Gateway's made again, come
+        or gone), or None when any may be (nothing taken since the translator was made, or
+        every route translated again). The leader's status pass looks at these only."""
+        changes, self._status_changes = self._status_changes, set()
+        return changes
+
     def _stale(self, ids: Iterable[RouteId]) -> None:
-        for plural, key in ids:
+        for rid in ids:
+            plural, key = rid
             self._routes[plural][key].stale = True
+            self._stale_ids.add(rid)
 
     def _reset_routes(self) -> None:
         """Every route translated again (the Gateway-level state they read changed)."""
@@ -437,6 +536,8 @@ class GatewayTranslator:
         self._by_namespace = {}
         self._grant_readers = set()
         self._all_services = set()
+        self._stale_ids = set()
+        self._status_changes = None
         self._attached = {}
         self._entries = {}
         self._status = {}
@@ -484,6 +585,8 @@ class GatewayTranslator:
                     bisect.insort_right(entries, e, key=_by_order)
         if result.status is not None:
             self._status[r.status_key] = result.status
+        if self._status_changes is not None and r.status_key[0]:
+            self._status_changes.add(r.status_key)
         if result.skipped:
             self._lines[rid] = (r.order, result.skipped)
             self._lines_dirty = True
@@ -521,9 +624,16 @@ class GatewayTranslator:
                 del self._entries[lkey]
         if result.status is not None:
             del self._status[r.status_key]
+        if self._status_changes is not None and r.status_key[0]:
+            self._status_changes.add(r.status_key)
         if result.skipped:
             del self._lines[rid]
             self._lines_dirty = True
+
+
+def _gateway_status_key(gkey: str) -> StatusKey:
+    ns, name = gkey.split("/", 1)
+    return ("gateways", ns, name)
 
 
 def _same_listener(old: Listener, new: Listener) -> bool:

@@ -9,6 +9,20 @@ Status writes are merge patches of `…/status`, made only when what pylb would 
 differs from what the object carries (conditions compared without lastTransitionTime, which
 is kept from the object while a condition's status and reason stay). A route's (HTTPRoute,
 TLSRoute, TCPRoute) `status.parents` entries of other controllers are kept as they are.
+
+Work per change, not per cluster: each plan turn hands the translator the informers' change
+sets (`Informer.take_changes()`), and each status pass looks only at the objects that may
+need a write — those whose informer entry changed, and those whose planned status the
+translator made again (`GatewayTranslator.take_status_changes()`), both gathered per plan in
+`_status_todo` — so a route change, and its status write coming back as a watch event, cost
+the controller what that one route costs. A full pass (every object of every kind) is the
+safety net: a new leader's first pass, the pass after a translator that failed and started
+afresh, and one turn every RESYNC seconds (the wake-up after RESYNC seconds without a
+change, or the first turn RESYNC seconds after the last full one under steady churn), whose
+build is given no change sets either: every store compared by identity and route_key. A
+write that failed is looked at again on the next pass, as is every object the failed pass
+had not reached.
+
 A cluster without the TLSRoute/TCPRoute CRDs (OPTIONAL) is served all the same.
 """
 
@@ -65,6 +79,9 @@ STATUS_PATH = {
         "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/tcproutes/{name}/status",
 }
 ROUTES = ("httproutes", "tlsroutes", "tcproutes")  # status.parents, shared with others
+STATUS_KINDS = ("gatewayclasses", "gateways", *ROUTES)  # in the order a pass writes them
+# By plural, the keys a status pass looks at (None: every object of that kind)
+StatusTodo = dict[str, set[tuple[str, str]] | None]
 # Kinds a cluster may not serve (their CRDs are installed apart from the standard ones): a
 # list answered 404 counts as synced and empty, so that Gateways and HTTPRoutes are served
 # meanwhile; the informer keeps listing, and the kind joins when its CRD does.
@@ -76,7 +93,10 @@ OPTIONAL = frozenset({"tlsroutes", "tcproutes"})
 # spends at most about half its time building and publishing, in few plans. The fixed
 # 50 ms wait before every plan that this replaces was most of a route change's latency.
 DEBOUNCE = 0.05  # seconds: the longest a plan waits for more events to join it
-RESYNC = 10.0  # seconds between status passes without a change (a write that failed)
+# Seconds between status passes without a change (a write that failed), and at most
+# between two full turns (see the module's docstring): at 10,000 routes a full turn costs
+# the controller ~12 ms CPU (bench.gateway_translate --turns), ~0.1 % of a core
+RESYNC = 10.0
 # After this many watch events since the last time, the plan loop settles the heap
 # (collector.settle: gc.freeze, malloc_trim) once no event has come for SETTLE_QUIET s.
 # Objects that arrive one event at a time are never frozen by the informer (only big
@@ -91,6 +111,23 @@ SETTLE_QUIET = 1.0
 # bind: the next plan's status says so (PortUnavailable), and binding is retried with it
 Publish = Callable[[GatewayPlan], Awaitable[Any] | Any]
 ApiClientFactory = Callable[[], Awaitable[ApiClient]]
+
+
+def _all() -> StatusTodo:
+    return dict.fromkeys(STATUS_KINDS)
+
+
+def _merge(into: StatusTodo, more: StatusTodo) -> None:
+    """`more`'s keys joined to `into`'s (None, all, wins)."""
+    for plural, keys in more.items():
+        have = into.get(plural, set())
+        if have is None:
+            continue
+        if keys is None:
+            into[plural] = None
+        else:
+            have.update(keys)
+            into[plural] = have
 
 
 def _now() -> str:
@@ -174,8 +211,16 @@ class GatewaySource:
         self._clock = clock
         self._sleep = sleep
         self._turn = 0.0  # seconds the last plan took to build and publish
-        # (plural, ns, name) → (object, planned status) found settled by the last pass
-        self._settled: dict[tuple[str, str, str], tuple[JsonObj, JsonObj | None]] = {}
+        # by plural, (ns, name) → (object, planned status) found settled by a pass
+        self._settled: dict[str, dict[tuple[str, str], tuple[JsonObj, JsonObj | None]]] = {
+            p: {} for p in STATUS_KINDS}
+        # what the status pass must look at: gathered by build() for the plan it made
+        # (_built_todo), handed over with that plan (_status_todo); full at first
+        self._built_todo: StatusTodo = _all()
+        self._status_todo: StatusTodo = _all()
+        self._full_at = clock()  # when the last full turn began
+        self._compare_all = False  # this turn's build: no change sets
+        self.status_looked = 0  # objects the status passes looked at (tests, bench)
         self.status_writes = 0
         self.status_errors = 0
         self.last_latency: float | None = None
@@ -224,6 +269,9 @@ class GatewaySource:
         plan itself when nothing translate reads changed (a route's status or
         resourceVersion, e.g. the leader's own status writes coming back)."""
         objects = {p: i.objects for p, i in self._informers.items()}
+        changes = {p: i.take_changes() for p, i in self._informers.items()}
+        if self._compare_all:  # (taken all the same: they are covered)
+            changes = dict.fromkeys(changes)
         secrets = by_ident(obj for i in self._secrets for obj in i.objects.values())
         if len(self._tls_ok) > len(secrets):  # Secrets deleted: forget them
             self._tls_ok = {k: v for k, v in self._tls_ok.items() if k in secrets}
@@ -231,14 +279,26 @@ class GatewaySource:
                                        node_addresses=self.nodes.addresses)
         valid = frozenset(k for k, obj in secrets.items() if self._valid_tls(k, obj))
         try:
-            return self.translator.build(objects, settings=settings, secrets=valid,
-                                         secret_objects=secrets, unavailable=self.unavailable)
+            plan = self.translator.build(objects, settings=settings, changes=changes,
+                                         secrets=valid, secret_objects=secrets,
+                                         unavailable=self.unavailable)
         except Exception:  # a bug in what it keeps must not end the source: start afresh
             log.exception("gateway: the incremental translation failed; translating "
                           "everything again")
-            self.translator = GatewayTranslator()
-            return self.translator.build(objects, settings=settings, secrets=valid,
+            self.translator = GatewayTranslator()  # (its status changes: all)
+            plan = self.translator.build(objects, settings=settings, secrets=valid,
                                          secret_objects=secrets, unavailable=self.unavailable)
+        todo: StatusTodo = {p: changes.get(p) for p in STATUS_KINDS}
+        remade = self.translator.take_status_changes()
+        if remade is None:
+            todo = _all()
+        else:
+            for plural, ns, name in remade:
+                keys = todo.get(plural)
+                if keys is not None:
+                    keys.add((ns, name))
+        _merge(self._built_todo, todo)
+        return plan
 
     def _valid_tls(self, key: tuple[str, str], obj: JsonObj) -> bool:
         """valid_tls_secret (which parses the certificate and the key) once per object."""
@@ -251,6 +311,7 @@ class GatewaySource:
         while True:
             burst = self._dirty.is_set()  # events came while the last plan was made
             settle = self._churn >= SETTLE_CHURN
+            resync = False
             try:
                 async with asyncio.timeout(SETTLE_QUIET if settle else RESYNC):
                     await self._dirty.wait()
@@ -260,6 +321,7 @@ class GatewaySource:
                     collector.settle()
                     self.settles += 1
                     continue
+                resync = True  # a full turn
             await asyncio.sleep(0)  # the events already read join this plan
             if burst and self._turn > 0:
                 await self._sleep(min(DEBOUNCE, self._turn))
@@ -270,6 +332,10 @@ class GatewaySource:
             turn = self._clock()
             if self._is_leader():
                 await self.nodes.refresh(client)  # (at most every RESYNC seconds)
+            full = resync or turn - self._full_at >= RESYNC
+            if full:
+                self._full_at = turn
+            self._compare_all = full
             t = time.process_time()
             plan = self.build()
             self.plans_built += 1
@@ -294,47 +360,72 @@ class GatewaySource:
                           "answer", (self._clock() - turn) * 1e3)
             self._turn = self._clock() - turn
             self._status_plan = plan  # (its status may differ where its listeners do not)
+            built, self._built_todo = self._built_todo, {}
+            _merge(self._status_todo, _all() if full else built)
             self._status_due.set()
 
     async def _status_loop(self, client: ApiClient) -> None:
         """The leader's status writes, apart from the plan loop: a pass over thousands of
         routes (the first one: thousands of PATCHes) never holds the next plan back from
         traffic. Each pass writes the newest plan's status; a plan made meanwhile gets
-        another pass."""
+        another pass. A follower forgets what changed: its first pass as the leader is a
+        full one."""
         while True:
             await self._status_due.wait()
             self._status_due.clear()
             plan = self._status_plan
             if plan is None or not self._is_leader():
+                self._status_todo = _all()
                 continue
+            todo, self._status_todo = self._status_todo, {}
             try:
-                await self.write_status(client, plan)
+                await self.write_status(client, plan, todo)
             except kapi.ApiError as e:
                 self.status_errors += 1
                 log.warning("gateway status: %s (retrying)", e)
                 await asyncio.sleep(1.0)
                 self._dirty.set()  # a new plan, then its status again
 
-    async def write_status(self, client: ApiClient, plan: GatewayPlan) -> None:
+    async def write_status(self, client: ApiClient, plan: GatewayPlan,
+                           todo: StatusTodo | None = None) -> None:
+        """Write `plan`'s status where it differs from the object's: of the objects `todo`
+        names (by plural, the keys that may need a write; None for a plural, or `todo`
+        None: every object of the kind). On an error the objects not yet looked at go
+        back to `_status_todo`, for the next pass."""
         controller = self.gw_settings.controller_name
-        # carried over only for objects still there: deleted ones leave with this pass
-        settled, self._settled = self._settled, {}
-        for plural in ("gatewayclasses", "gateways", *ROUTES):
-            for (ns, name), obj in list(self._informers[plural].objects.items()):
+        todo = _all() if todo is None else todo
+        for i, plural in enumerate(STATUS_KINDS):
+            keys = todo.get(plural, set())
+            store = self._informers[plural].objects
+            was = self._settled[plural]
+            items: list[tuple[tuple[str, str], JsonObj | None]]
+            if keys is None:  # all: those deleted leave the settled with this pass
+                settled: dict[tuple[str, str], tuple[JsonObj, JsonObj | None]] = {}
+                self._settled[plural] = settled
+                items = list(store.items())  # (the store changes while we write)
+            else:
+                settled = was
+                items = [(key, store.get(key)) for key in keys]
+            for j, (key, obj) in enumerate(items):
+                if obj is None:  # deleted: its status goes with it
+                    settled.pop(key, None)
+                    continue
+                ns, name = key
                 planned = plan.status.get((plural, ns, name))
                 if planned is None and plural not in ROUTES:
                     continue
+                self.status_looked += 1
                 # the same object against the same planned status (a reused plan) was
-                # found settled last pass: 5,000 routes, 30-50 ms saved per pass
-                key = (plural, ns, name)
-                done = settled.get(key)
+                # found settled before: 5,000 routes, 30-50 ms saved per full pass
+                done = was.get(key)
                 if done is not None and done[0] is obj and done[1] is planned:
-                    self._settled[key] = done
+                    settled[key] = done
                     continue
                 want = settled_status(plural, obj.get("status") or {}, planned, controller)
                 if want is None:
-                    self._settled[key] = (obj, planned)
+                    settled[key] = (obj, planned)
                     continue
+                settled.pop(key, None)
                 params = {"name": name, **({"namespace": ns} if ns else {})}
                 try:
                     await kapi.call(client, "PATCH", STATUS_PATH[plural], params=params,
@@ -343,5 +434,8 @@ class GatewaySource:
                 except kapi.ApiError as e:
                     if e.status == 404:
                         continue  # deleted meanwhile: its status goes with it
+                    rest: StatusTodo = {plural: {k for k, _ in items[j:]}}
+                    rest.update((p, todo.get(p, set())) for p in STATUS_KINDS[i + 1:])
+                    _merge(self._status_todo, rest)
                     raise
                 self.status_writes += 1

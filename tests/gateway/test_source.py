@@ -461,6 +461,9 @@ def test_a_failing_incremental_translation_starts_afresh(caplog: Any) -> None:
         def __init__(self, objects: Any) -> None:
             self.objects = objects
 
+        def take_changes(self) -> None:
+            return None  # all
+
     source = GatewaySource(Settings(gateway=GatewayApi(enabled=True)))
     source._informers = {p: Informed(o) for p, o in stores.items()}  # type: ignore[misc]
     broken = source.translator
@@ -518,3 +521,133 @@ async def test_many_watch_events_then_quiet_settle_the_heap_once(monkeypatch: An
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
+
+
+INFRA = "gateway-conformance-infra"
+ROUTES_N = 40
+
+
+def _routes_cluster(api: FakeApiServer) -> None:
+    load(api, "httproute-simple-same-namespace.yaml")
+    for i in range(ROUTES_N):
+        api.store.create(f"httproutes.{G}", {
+            "metadata": {"name": f"r{i}", "namespace": INFRA},
+            "spec": {"parentRefs": [{"name": "same-namespace"}], "rules": [
+                {"backendRefs": [{"name": "infra-backend-v1", "port": 8080}]}]}})
+
+
+def _resolved(api: FakeApiServer, name: str) -> str | None:
+    route = api.store.get(f"httproutes.{G}", INFRA, name) or {}
+    for parent in (route.get("status") or {}).get("parents") or []:
+        for c in parent.get("conditions") or []:
+            if c.get("type") == "ResolvedRefs":
+                return str(c["status"])
+    return None
+
+
+def _to_missing_service(api: FakeApiServer, name: str) -> None:
+    route = api.store.get(f"httproutes.{G}", INFRA, name)
+    assert route is not None
+    route["spec"]["rules"][0]["backendRefs"][0]["name"] = "not-there"
+    api.store.update(f"httproutes.{G}", route, INFRA)
+
+
+async def _quiet(source: GatewaySource) -> None:
+    """Until no plan, status look or write happens for 0.3 s (bounded: 10 s)."""
+    last = None
+    for _ in range(34):
+        now = (source.plans_built, source.status_looked, source.status_writes)
+        if now == last:
+            return
+        last = now
+        await asyncio.sleep(0.3)
+    raise AssertionError("the Gateway source never went quiet")
+
+
+async def test_the_status_pass_looks_at_what_changed(kube_api: FakeApiServer,
+                                                     monkeypatch: Any) -> None:
+    """After the leader's first pass (every object), a route change makes status passes
+    that look at that route (its new status, then its write coming back), not at the 40
+    other routes; a write that fails is made on a later pass; a follower that becomes the
+    leader looks at every object once."""
+    from discovery.gateway import source as source_mod
+    from tests.kfake import faults
+
+    monkeypatch.setattr(source_mod, "RESYNC", 60.0)  # no full turn but those asked for here
+    _routes_cluster(kube_api)
+    leader = True
+
+    async def factory() -> ApiClient:
+        return await api_client_from_dict(kube_api.kubeconfig_dict())
+
+    source = GatewaySource(Settings(namespaces=(), gateway=GatewayApi(enabled=True)),
+                           factory, is_leader=lambda: leader)
+    task = asyncio.create_task(source.run(lambda plan: None))
+    try:
+        await until(lambda: all(_resolved(kube_api, f"r{i}") == "True"
+                                for i in range(ROUTES_N)))
+        await _quiet(source)
+        assert source.status_looked > ROUTES_N  # the first pass: every object
+        looked, writes = source.status_looked, source.status_writes
+        _to_missing_service(kube_api, "r7")
+        await until(lambda: _resolved(kube_api, "r7") == "False")
+        await _quiet(source)
+        assert source.status_writes == writes + 1
+        assert source.status_looked - looked <= 3, source.status_looked - looked
+        # a write that fails is made again
+        kube_api.faults.add(faults.http(500, "etcd is away"), method="PATCH",
+                            path_re="/httproutes/r8/status", count=1)
+        _to_missing_service(kube_api, "r8")
+        # (within 3 s: a RESYNC pass, 10 s after the last change, does not count)
+        await until(lambda: _resolved(kube_api, "r8") == "False", timeout=3.0)
+        assert source.status_errors == 1
+        await _quiet(source)
+        # a follower forgets; its first pass as the leader looks at everything
+        leader = False
+        source._changed()
+        await _quiet(source)
+        looked = source.status_looked
+        leader = True
+        source._changed()
+        await until(lambda: source.status_looked - looked > ROUTES_N, timeout=3.0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_resync_pass_looks_at_every_object(kube_api: FakeApiServer,
+                                                   monkeypatch: Any) -> None:
+    """Nothing changed for RESYNC seconds: the status pass of that turn is a full one (the
+    safety net for what the change sets could miss); and under steady churn (a turn every
+    0.05 s, so the loop never waits RESYNC seconds), one turn every RESYNC seconds is."""
+    from discovery.gateway import source as source_mod
+
+    monkeypatch.setattr(source_mod, "RESYNC", 0.3)
+    _routes_cluster(kube_api)
+
+    async def factory() -> ApiClient:
+        return await api_client_from_dict(kube_api.kubeconfig_dict())
+
+    source = GatewaySource(Settings(namespaces=(), gateway=GatewayApi(enabled=True)),
+                           factory)
+    task = asyncio.create_task(source.run(lambda plan: None))
+    try:
+        await until(lambda: all(_resolved(kube_api, f"r{i}") == "True"
+                                for i in range(ROUTES_N)))
+        await asyncio.sleep(0.5)
+        looked, writes = source.status_looked, source.status_writes
+        await until(lambda: source.status_looked - looked > 2 * ROUTES_N)
+        assert source.status_writes == writes
+        monkeypatch.setattr(source_mod, "RESYNC", 0.6)
+        await asyncio.sleep(0.7)  # (a wait begun with the old RESYNC)
+        looked, built = source.status_looked, source.plans_built
+        for _ in range(40):  # 2 s of churn: 3 full turns or more, 40 in all
+            source._changed()
+            await asyncio.sleep(0.05)
+        assert source.plans_built - built >= 30
+        assert source.status_looked - looked > 2 * ROUTES_N
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
