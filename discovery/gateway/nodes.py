@@ -38,6 +38,7 @@ class ReadyNodes:
         self._clock = clock
         self._next = float("-inf")
         self._failed = ""  # the last failure logged (logged once until it changes)
+        self.tried = False  # a list was tried (answered or not)
         self.addresses: tuple[str, ...] = ()
 
     async def refresh(self, client: ApiClient) -> bool:
@@ -47,6 +48,7 @@ class ReadyNodes:
         if now < self._next:
             return False
         self._next = now + self.interval
+        self.tried = True
         try:
             pods = await self._list(client)
         except kapi.ApiError as e:

@@ -260,6 +260,7 @@ class GatewaySource:
                 for informer in self._secrets:
                     tg.create_task(informer.run(), name="gateway informer secrets")
                 tg.create_task(self._status_loop(client), name="gateway status")
+                tg.create_task(self._nodes_loop(client), name="gateway nodes")
                 await self._loop(client, publish)
         finally:
             await client.close()
@@ -330,8 +331,10 @@ class GatewaySource:
             if not self.synced:
                 continue
             turn = self._clock()
-            if self._is_leader():
-                await self.nodes.refresh(client)  # (at most every RESYNC seconds)
+            if self._is_leader() and not self.nodes.tried:
+                # the first plan's Gateway status with the nodes already (no status write
+                # to take back); later lists are _nodes_loop's, off the plan's way
+                await self.nodes.refresh(client)
             full = resync or turn - self._full_at >= RESYNC
             if full:
                 self._full_at = turn
@@ -363,6 +366,15 @@ class GatewaySource:
             built, self._built_todo = self._built_todo, {}
             _merge(self._status_todo, _all() if full else built)
             self._status_due.set()
+
+    async def _nodes_loop(self, client: ApiClient) -> None:
+        """The leader's list of the ready pylb nodes (Gateway status only), every
+        `nodes.interval` seconds, apart from the plan loop: a route change never waits
+        for that API call (nor for an API server slow to answer it)."""
+        while True:
+            await asyncio.sleep(self.nodes.interval)
+            if self._is_leader() and await self.nodes.refresh(client):
+                self._changed()  # a plan turn: the Gateways' status.addresses
 
     async def _status_loop(self, client: ApiClient) -> None:
         """The leader's status writes, apart from the plan loop: a pass over thousands of

@@ -115,3 +115,40 @@ async def test_the_leader_writes_the_ready_nodes(kube_api: FakeApiServer,
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_hanging_pods_list_holds_no_plan_back(kube_api: FakeApiServer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader lists pylb's pods (Gateway status.addresses) every `nodes.interval` in
+    its own task: an API server that never answers that list holds no route change back
+    (it did when the list ran inside the plan turn)."""
+    from tests.kfake import faults
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    load(kube_api)
+    add_pod(kube_api, "pylb-a", "10.0.0.11")
+
+    async def factory() -> ApiClient:
+        return await api_client_from_dict(kube_api.kubeconfig_dict())
+
+    plans: list[GatewayPlan] = []
+    s = Settings(namespaces=(), election_namespace="lb", gateway=GatewayApi(enabled=True))
+    source = GatewaySource(s, factory, node_address="127.0.0.1")
+    source.nodes.interval = 0.1
+
+    def pods_lists() -> int:
+        return sum(1 for r in list(kube_api.requests) if r.path.endswith("/pods"))
+
+    task = asyncio.create_task(source.run(plans.append))
+    try:
+        await until(lambda: plans and source.nodes.addresses == ("10.0.0.11",))
+        kube_api.faults.add(faults.hang(), path_re=r"/pods$", count=None)
+        before = pods_lists()
+        await until(lambda: pods_lists() > before)  # a list is hanging now …
+        await asyncio.sleep(0.3)  # … past the next interval too
+        kube_api.store.create(f"gateways.{G}", own_gateway("127.0.10.50"))
+        await until(lambda: any(lst.gateway.endswith("/own") for lst in plans[-1].listeners))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
