@@ -298,3 +298,33 @@ async def test_slimmed_idle_connection_holds_no_buffers_and_frees_its_parser(
     client.close()
     assert ct.closing and ct.take() == b""
     await asyncio.sleep(0)
+
+
+async def test_connection_closed_with_its_parser_frees_it_without_gc(
+        parser_kind: HttpParser) -> None:
+    """A `Connection: close` exchange keeps its request parser to the end (it is not at
+    rest); the connection's end lets it go, freed by reference counting rather than left,
+    with the connection it refers to, for a run of the cyclic GC."""
+    import gc
+
+    from proxy.http.parser import H11RequestParser, HttptoolsRequestParser
+
+    def parsers() -> int:
+        return sum(type(o) in (H11RequestParser, HttptoolsRequestParser)
+                   for o in gc.get_objects())
+
+    _proxy, client, ct, up, ut = make(parser_kind)
+    gc.collect()
+    gc.disable()
+    try:
+        before = parsers()
+        client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert client.parser is not None and parsers() == before + 1
+        assert ut.take().startswith(b"GET /x ")
+        up.data_received(OK)
+        assert ct.take().endswith(b"ok") and ct.closing
+        await asyncio.sleep(0)  # connection_lost
+        assert client.closed and client.parser is None
+        assert parsers() == before
+    finally:
+        gc.enable()
