@@ -265,17 +265,17 @@ class ClientProtocol(asyncio.Protocol):
     # -- connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it (no
+        # typing.cast: a call per connection).
+        self.transport = transport  # type: ignore[assignment]
         proxy = self._proxy
         proxy.connection_opened(self)
         fe = self._fe
         fe.open()
         self.client_ip, self.client_port, self.local_port, self._ssl_client = \
-            accepted(transport, proxy, self.client_ip, self.client_port)
-        self._t0 = self._loop.time()
-        self._arm(_T_REQUEST, proxy.settings.timeouts.http_request)
+            accepted(transport, proxy, self.client_ip, self.client_port)  # type: ignore[arg-type]
+        now = self._t0 = self._loop.time()
+        self._arm(_T_REQUEST, proxy.settings.timeouts.http_request, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
