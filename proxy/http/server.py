@@ -281,7 +281,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self._fe.close()
+        self._fe.cur_conns -= 1  # Counters.close(), inline (a call per connection)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -302,7 +302,10 @@ class ClientProtocol(asyncio.Protocol):
         if parser is not None and not self._feeding:
             parser.drop()
             self.parser = None
-        self._closing()
+        state = self._state  # self._closing(), inline
+        if state is not _CLOSED:
+            self._state_closed = state
+            self._state = _CLOSED
         self._proxy.connection_gone(self)
 
     def _closing(self) -> None:
