@@ -180,7 +180,8 @@ class HttpProxy:
         # TLS: ALPN chose HTTP/2 or HTTP/1.1 (proxy.http.alpn); plain: h2c with prior
         # knowledge only with --h2c, else no sniffing at all.
         if self.ssl_context is not None:
-            return AlpnSwitch(self)
+            return AlpnSwitch(self, self._listener.peer if self._listener is not None
+                              else None)
         if self.settings.h2c:
             return PrefaceSwitch(self)
         conn = ClientProtocol(self)

@@ -328,3 +328,36 @@ async def test_connection_closed_with_its_parser_frees_it_without_gc(
         assert parsers() == before
     finally:
         gc.enable()
+
+
+async def test_alpn_switch_hands_on_the_address_accept_gave(parser_kind: HttpParser) -> None:
+    """TLS: the client's address as the listener's accept() gave it reaches the
+    connection ALPN chose, which then asks its transport for no peername."""
+    from proxy.http.alpn import AlpnSwitch
+
+    proxy, *_ = make(parser_kind)
+    asked: list[str] = []
+
+    class Transport(FakeTransport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            asked.append(name)
+            return super().get_extra_info(name, default)
+
+        def set_protocol(self, protocol: asyncio.Protocol) -> None:
+            self.protocol = protocol
+
+    switch = AlpnSwitch(proxy, ("192.0.2.9", 4321))
+    t = Transport(switch, ("198.51.100.1", 1))
+    switch.connection_made(t)  # type: ignore[arg-type]
+    conn = t.protocol
+    assert isinstance(conn, ClientProtocol)
+    assert (conn.client_ip, conn.client_port) == ("192.0.2.9", 4321)
+    assert "peername" not in asked
+    # without an address from accept (no listener), the transport's is asked for
+    t2 = Transport(AlpnSwitch(proxy), ("198.51.100.1", 1))
+    t2.protocol.connection_made(t2)  # type: ignore[arg-type]
+    assert isinstance(t2.protocol, ClientProtocol)
+    assert (t2.protocol.client_ip, t2.protocol.client_port) == ("198.51.100.1", 1)
+    t.close()
+    t2.close()
+    await asyncio.sleep(0)
