@@ -361,3 +361,35 @@ async def test_alpn_switch_hands_on_the_address_accept_gave(parser_kind: HttpPar
     t.close()
     t2.close()
     await asyncio.sleep(0)
+
+
+async def test_closed_server_connection_frees_its_response_parser_without_gc(
+        parser_kind: HttpParser) -> None:
+    """A server connection that closes lets its response parser go, freed by reference
+    counting: httptools' parser is in a cycle, which would also hold the client
+    connection it served (its sink) until a run of the cyclic GC (the fake transports
+    here are in a cycle with their protocols, so the parsers are what is counted)."""
+    import gc
+
+    from proxy.http.parser import H11ResponseParser, HttptoolsResponseParser
+
+    def parsers() -> int:
+        return sum(type(o) in (H11ResponseParser, HttptoolsResponseParser)
+                   for o in gc.get_objects())
+
+    _proxy, client, ct, up, ut = make(parser_kind)
+    gc.collect()
+    gc.disable()
+    try:
+        before = parsers()
+        client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert ut.take().startswith(b"GET /x ")
+        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close"
+                         b"\r\n\r\nok")
+        assert ct.take().endswith(b"ok") and ct.closing and ut.closing
+        assert parsers() == before + 1
+        await asyncio.sleep(0)  # both connection_lost
+        assert client.closed and up.closed and up.parser is None
+        assert parsers() == before
+    finally:
+        gc.enable()
