@@ -43,7 +43,7 @@ class Pause(enum.IntFlag):
 
 
 def set_limits(transport: asyncio.WriteTransport) -> None:
-    transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+    transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # (high, low); no kwargs dict
 
 
 def pause(transport: asyncio.ReadTransport | None, paused: int, why: int) -> int:

@@ -12,7 +12,8 @@ afterwards the transport talks to the chosen Protocol directly, at no cost per b
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+import sys
+from typing import Any, cast
 
 from proxy.http.frontend import Frontend
 from proxy.http.h2server import PREFACE, H2Connection
@@ -22,16 +23,24 @@ from proxy.http.server import ClientProtocol
 class AlpnSwitch(asyncio.Protocol):
     """TLS: the protocol ALPN agreed on."""
 
-    __slots__ = ("proxy",)
+    __slots__ = ("peer", "proxy")
 
-    def __init__(self, proxy: Frontend) -> None:
+    def __init__(self, proxy: Frontend, peer: Any = None) -> None:
         self.proxy = proxy
+        # The client's address as the listener's accept() gave it (Listener.peer), or
+        # None: handed on, it saves the connection a getpeername() once the handshake
+        # is done and, on uvloop, the PseudoSocket kept for it (as on the plain port).
+        self.peer = peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        proto: asyncio.Protocol = H2Connection(self.proxy) if chosen == "h2" \
+        proto: H2Connection | ClientProtocol = H2Connection(self.proxy) if chosen == "h2" \
             else ClientProtocol(self.proxy)
+        peer = self.peer
+        if peer:
+            proto.client_ip = sys.intern(peer[0])
+            proto.client_port = peer[1]
         transport.set_protocol(proto)
         proto.connection_made(transport)
 

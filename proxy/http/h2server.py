@@ -1151,7 +1151,7 @@ class H2Connection(asyncio.Protocol):
         fe.h2_cur += 1
         fe.h2_tot += 1
         self.client_ip, self.client_port, self.local_port, self.ssl_client = \
-            accepted(transport, proxy)
+            accepted(transport, proxy, self.client_ip, self.client_port)
         self.t_tokens = self._t_idle = self.loop.time()
         conn = self.h2
         conn.initiate_connection()

@@ -934,6 +934,10 @@ class ResponseParser(Protocol):
     def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False
               ) -> bool: ...
     def release(self) -> None: ...
+    def drop(self) -> None:
+        """The server connection has closed: the parser is never fed again and must be
+        freed by reference counting, with the client connection its sink may still name
+        (as RequestParser.drop)."""
 
 
 class _Unowned:
@@ -1143,6 +1147,9 @@ class H11ResponseParser:
         """The connection went idle: forget the client (`reset` names the next one)."""
         self._sink = _UNOWNED
         self._body = None
+
+    def drop(self) -> None:
+        pass  # in no cycle: freed with its connection
 
     def feed(self, data: bytes) -> None:
         while data:
@@ -1384,6 +1391,11 @@ class HttptoolsResponseParser:
     def release(self) -> None:
         """The connection went idle: forget the client (`reset` names the next one)."""
         self._sink = _UNOWNED
+
+    def drop(self) -> None:
+        # llhttp's parser object holds this one as its protocol: a cycle, which would
+        # keep the sink (the last client connection) too until a run of the cyclic GC
+        del self._p
 
     def _start(self, sink: ResponseSink, method: bytes) -> None:
         self._sink = sink

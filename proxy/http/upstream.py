@@ -185,6 +185,12 @@ class UpstreamProtocol(asyncio.Protocol):
         owner = self.owner
         if owner is not None:
             owner.upstream_lost(self)
+        # Never fed again: freed now rather than by the cyclic GC (the httptools parser
+        # is in a cycle, which would hold the client connection it served until then).
+        parser = self.parser
+        if parser is not None:
+            self.parser = None
+            parser.drop()
 
     def pause_writing(self) -> None:
         if self.owner is not None:

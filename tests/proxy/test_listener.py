@@ -229,3 +229,53 @@ async def test_protocol_factory_sees_the_accepted_peer(host: str) -> None:
             w.close()
         lst.close()
         await until(lambda: not Counted.open)
+
+
+class _CountingAccepts:
+    """A listening socket that counts its accept calls and those that found nothing."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real, self.calls, self.empty = real, 0, 0
+
+    def _accept(self) -> tuple[int, Any]:
+        self.calls += 1
+        try:
+            return self.real._accept()  # type: ignore[attr-defined,no-any-return]
+        except BlockingIOError:
+            self.empty += 1
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="Linux's TCP_INFO")
+async def test_accepts_what_is_queued_without_an_accept_that_finds_nothing() -> None:
+    """A readiness callback takes exactly the connections in the accept queue (Linux tells
+    their number): no last accept failing with EAGAIN, the costliest part of accepting."""
+    import struct
+
+    def queued() -> int:
+        info = real.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 28)
+        return int(struct.unpack("=24xI", info)[0])
+
+    Counted.open = set()
+    limit = ConnectionLimit(100)
+    real = bind_socket("127.0.0.1", 0)
+    fake: Any = _CountingAccepts(real)
+    lst = Listener(fake, lambda: Counted(limit), limit=limit)
+    clients = [socket.create_connection(real.getsockname()[:2]) for _ in range(3)]
+    try:
+        await until(lambda: queued() == 3)
+        lst.start()
+        lst._on_readable()  # (before the loop's own call, which would then find none)
+        assert (fake.calls, fake.empty) == (3, 0)
+        assert queued() == 0
+        await until(lambda: len(Counted.open) == 3)
+        lst._on_readable()  # readable or not, a callback that finds none tries once
+        assert (fake.calls, fake.empty) == (4, 1)
+    finally:
+        for c in clients:
+            c.close()
+        lst.close()
+        await until(lambda: not Counted.open)

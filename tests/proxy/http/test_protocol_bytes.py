@@ -298,3 +298,98 @@ async def test_slimmed_idle_connection_holds_no_buffers_and_frees_its_parser(
     client.close()
     assert ct.closing and ct.take() == b""
     await asyncio.sleep(0)
+
+
+async def test_connection_closed_with_its_parser_frees_it_without_gc(
+        parser_kind: HttpParser) -> None:
+    """A `Connection: close` exchange keeps its request parser to the end (it is not at
+    rest); the connection's end lets it go, freed by reference counting rather than left,
+    with the connection it refers to, for a run of the cyclic GC."""
+    import gc
+
+    from proxy.http.parser import H11RequestParser, HttptoolsRequestParser
+
+    def parsers() -> int:
+        return sum(type(o) in (H11RequestParser, HttptoolsRequestParser)
+                   for o in gc.get_objects())
+
+    _proxy, client, ct, up, ut = make(parser_kind)
+    gc.collect()
+    gc.disable()
+    try:
+        before = parsers()
+        client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert client.parser is not None and parsers() == before + 1
+        assert ut.take().startswith(b"GET /x ")
+        up.data_received(OK)
+        assert ct.take().endswith(b"ok") and ct.closing
+        await asyncio.sleep(0)  # connection_lost
+        assert client.closed and client.parser is None
+        assert parsers() == before
+    finally:
+        gc.enable()
+
+
+async def test_alpn_switch_hands_on_the_address_accept_gave(parser_kind: HttpParser) -> None:
+    """TLS: the client's address as the listener's accept() gave it reaches the
+    connection ALPN chose, which then asks its transport for no peername."""
+    from proxy.http.alpn import AlpnSwitch
+
+    proxy, *_ = make(parser_kind)
+    asked: list[str] = []
+
+    class Transport(FakeTransport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            asked.append(name)
+            return super().get_extra_info(name, default)
+
+        def set_protocol(self, protocol: asyncio.Protocol) -> None:
+            self.protocol = protocol
+
+    switch = AlpnSwitch(proxy, ("192.0.2.9", 4321))
+    t = Transport(switch, ("198.51.100.1", 1))
+    switch.connection_made(t)  # type: ignore[arg-type]
+    conn = t.protocol
+    assert isinstance(conn, ClientProtocol)
+    assert (conn.client_ip, conn.client_port) == ("192.0.2.9", 4321)
+    assert "peername" not in asked
+    # without an address from accept (no listener), the transport's is asked for
+    t2 = Transport(AlpnSwitch(proxy), ("198.51.100.1", 1))
+    t2.protocol.connection_made(t2)  # type: ignore[arg-type]
+    assert isinstance(t2.protocol, ClientProtocol)
+    assert (t2.protocol.client_ip, t2.protocol.client_port) == ("198.51.100.1", 1)
+    t.close()
+    t2.close()
+    await asyncio.sleep(0)
+
+
+async def test_closed_server_connection_frees_its_response_parser_without_gc(
+        parser_kind: HttpParser) -> None:
+    """A server connection that closes lets its response parser go, freed by reference
+    counting: httptools' parser is in a cycle, which would also hold the client
+    connection it served (its sink) until a run of the cyclic GC (the fake transports
+    here are in a cycle with their protocols, so the parsers are what is counted)."""
+    import gc
+
+    from proxy.http.parser import H11ResponseParser, HttptoolsResponseParser
+
+    def parsers() -> int:
+        return sum(type(o) in (H11ResponseParser, HttptoolsResponseParser)
+                   for o in gc.get_objects())
+
+    _proxy, client, ct, up, ut = make(parser_kind)
+    gc.collect()
+    gc.disable()
+    try:
+        before = parsers()
+        client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert ut.take().startswith(b"GET /x ")
+        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close"
+                         b"\r\n\r\nok")
+        assert ct.take().endswith(b"ok") and ct.closing and ut.closing
+        assert parsers() == before + 1
+        await asyncio.sleep(0)  # both connection_lost
+        assert client.closed and up.closed and up.parser is None
+        assert parsers() == before
+    finally:
+        gc.enable()
