@@ -38,8 +38,12 @@ class ReadyNodes:
         self._clock = clock
         self._next = float("-inf")
         self._failed = ""  # the last failure logged (logged once until it changes)
-        self.tried = False  # a list was tried (answered or not)
         self.addresses: tuple[str, ...] = ()
+
+    @property
+    def tried(self) -> bool:
+        """A list was tried (answered or not)."""
+        return self._next != float("-inf")
 
     async def refresh(self, client: ApiClient) -> bool:
         """List the pods if `interval` has passed since the last list; True when the
@@ -48,7 +52,6 @@ class ReadyNodes:
         if now < self._next:
             return False
         self._next = now + self.interval
-        self.tried = True
         try:
             pods = await self._list(client)
         except kapi.ApiError as e:
