@@ -488,7 +488,9 @@ async def test_many_watch_events_then_quiet_settle_the_heap_once(monkeypatch: An
     from discovery.gateway import source as source_mod
 
     monkeypatch.setattr(source_mod, "SETTLE_CHURN", 50)
-    monkeypatch.setattr(source_mod, "SETTLE_QUIET", 0.05)
+    # quiet = 0.3 s against events 5 ms apart: a stall of the loop that long mid-burst is
+    # the only way the "nothing while they keep coming" check could see a settle
+    monkeypatch.setattr(source_mod, "SETTLE_QUIET", 0.3)
     settled: list[int] = []
     monkeypatch.setattr(source_mod.collector, "settle", lambda: settled.append(1))
     source = GatewaySource(Settings(gateway=GatewayApi(enabled=True)), is_leader=lambda: False)
@@ -504,18 +506,18 @@ async def test_many_watch_events_then_quiet_settle_the_heap_once(monkeypatch: An
         for _ in range(10):  # a few events: below the threshold, nothing settles
             source._changed()
             await asyncio.sleep(0.001)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         assert settled == [] and built
         for _ in range(60):  # a burst: nothing settles while it lasts …
             source._changed()
             await asyncio.sleep(0.005)
             assert settled == []
-        for _ in range(100):  # … and once it is quiet, once
+        for _ in range(250):  # … and once it is quiet, once
             if settled:
                 break
             await asyncio.sleep(0.02)
         assert settled == [1] and source.settles == 1
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         assert settled == [1]  # and not again without new events
     finally:
         loop.cancel()
