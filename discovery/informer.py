@@ -373,8 +373,12 @@ class Informer:
                 self._note_error(f"410 Gone: {e}", logging.INFO)
             except ApiError as e:
                 again = self.absent and e.status == 404
-                if need_list and e.status == 404:
+                if need_list and e.status == 404 and not self.absent:
+                    # Not served (a CRD not installed): a change for the owner, which may
+                    # count this kind as listed and empty now (the Gateway source does) and
+                    # would otherwise wait for some other change to build its first plan.
                     self.absent = True
+                    self._on_change()
                 need_list = need_list or e.too_large
                 self._failures += 1
                 delay = max(self._backoff(), min(e.retry_after or 0.0, self._settings.backoff_cap))

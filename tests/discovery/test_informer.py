@@ -59,9 +59,10 @@ class Sleeps:
 @contextlib.asynccontextmanager
 async def informing(api: FakeApiServer, kind: Any = SERVICES, namespace: str | None = "default",
                     settings: KubeSettings = SETTINGS, sleeps: Sleeps | None = None,
-                    clock: Callable[[], float] = time.monotonic) -> AsyncIterator[Informer]:
+                    clock: Callable[[], float] = time.monotonic,
+                    on_change: Callable[[], None] | None = None) -> AsyncIterator[Informer]:
     client = await api_client_from_dict(api.kubeconfig_dict())
-    informer = Informer(client, kind, namespace, settings, rng=lambda: RND,
+    informer = Informer(client, kind, namespace, settings, on_change, rng=lambda: RND,
                         sleep=sleeps or asyncio.sleep, clock=clock)
     task = asyncio.create_task(informer.run())
     try:
@@ -247,3 +248,19 @@ async def test_a_kind_not_served_is_absent_until_listed(
             assert not inf.absent
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "404" in r.getMessage()]
     assert len(warnings) == 1
+
+
+async def test_a_kind_found_absent_tells_its_owner(api: FakeApiServer) -> None:
+    """Becoming absent is a change its owner must hear of: the Gateway source counts an
+    absent optional kind as synced, so when that 404 is the last list to answer, nothing
+    else would wake it to build its first plan (seen: HTTPRoutes not served at all in a
+    cluster without the TCPRoute CRD, when its 404 came after every other list). Once per
+    flip, not at every retry."""
+    api.faults.add(faults.http(404, "the server could not find the requested resource"),
+                   verb="list", count=None)
+    sleeps = Sleeps(api)
+    told: list[bool] = []
+    async with informing(api, sleeps=sleeps, on_change=lambda: told.append(inf.absent)) as inf:
+        await sleeps.until(3)
+        assert inf.absent
+    assert told == [True]
