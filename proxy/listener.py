@@ -6,8 +6,18 @@ readable and offers no way to stop for a while, so pylb accepts itself: the list
 socket is non-blocking and registered with `loop.add_reader`; each readiness callback
 accepts up to `ACCEPT_BATCH` connections and hands each to
 `loop.connect_accepted_socket` with the frontend's protocol factory (and TLS context),
-stepping that coroutine from callbacks (proxy.connect.Steps) rather than paying for a Task
-per connection.
+stepping that coroutine from callbacks rather than paying for a Task per connection.
+
+- On uvloop no socket.socket is made for an accepted connection: connect_accepted_socket
+  reads only `family`, `type` and `fileno()` of what it is given, and at the transport's
+  end calls its `close()` (libuv has closed the descriptor by then). `_HandOver` is that
+  object and steps the coroutine too (as proxy.connect.Steps does), so a connection costs
+  one small object instead of a socket object (made, then detached: ~3k instructions)
+  and a Steps. The descriptor is libuv's once uvloop has asked for it (`fileno()`, just
+  before it opens its TCP handle on it); should the hand-over fail before, `_HandOver`
+  closes it. (If libuv's uv_tcp_open itself failed, which it does only for a descriptor
+  it already watches, that one descriptor would stay open.) Other loops get a
+  socket.socket and proxy.connect.Steps.
 
 - `ConnectionLimit` is shared by all listeners of a worker. At `maxconn` open connections
   every listener removes its reader: new connections wait in the kernel's backlog (as
@@ -32,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -123,6 +134,52 @@ class _Accepted6(socket.socket):
     type = socket.SOCK_STREAM
 
 
+class _HandOver:
+    """An accepted IPv4 connection on its way to its protocol, on uvloop (module
+    docstring): what connect_accepted_socket takes for a socket, and the stepper of that
+    coroutine."""
+
+    __slots__ = ("coro", "fd", "listener")
+    family = socket.AF_INET
+    type = socket.SOCK_STREAM
+
+    def __init__(self, fd: int, listener: Listener) -> None:
+        self.fd = fd
+        self.listener = listener
+        self.coro: Any = None
+
+    def fileno(self) -> int:
+        """uvloop asks just before it opens its TCP handle on the descriptor: libuv's
+        from now on."""
+        fd = self.fd
+        self.fd = -1
+        return fd
+
+    def close(self) -> None:
+        """uvloop's, when the transport has closed (and libuv the descriptor)."""
+
+    def step(self, _fut: object = None) -> None:
+        try:
+            yielded = self.coro.send(None)
+        except StopIteration:
+            return  # the protocol has the connection and will release its slot
+        except (Exception, asyncio.CancelledError) as e:
+            if self.fd >= 0:  # never handed to libuv
+                os.close(self.fd)
+                self.fd = -1
+            self.listener._handed_over(None, e)
+            return
+        if yielded is None:  # a bare yield: step again on the next turn
+            self.listener.loop.call_soon(self.step)
+        else:
+            yielded.add_done_callback(self.step)
+
+
+class _HandOver6(_HandOver):
+    __slots__ = ()
+    family = socket.AF_INET6
+
+
 class Listener:
     """One listening socket feeding a protocol factory."""
 
@@ -145,6 +202,10 @@ class Listener:
         self.handshake_timeout = handshake_timeout
         self.limit = limit
         self.loop = loop or asyncio.get_running_loop()
+        # uvloop: an accepted connection needs no socket object (module docstring)
+        self._handover: type[_HandOver] | None = {
+            socket.AF_INET: _HandOver, socket.AF_INET6: _HandOver6}.get(sock.family) \
+            if type(self.loop).__module__.startswith("uvloop") else None
         self.accepting = False
         self.closed = False
         self.overloads = 0
@@ -195,6 +256,7 @@ class Listener:
         limit = self.limit
         sock = self.sock
         accepted = self._accepted
+        handover = self._handover
         family = self._family
         batch = ACCEPT_BATCH
         if self._counted:
@@ -208,7 +270,10 @@ class Listener:
                 batch = 1 if batch <= 0 else min(batch, ACCEPT_BATCH)
         for _ in range(batch):
             try:
-                if accepted is not None:
+                if handover is not None:
+                    fd, _addr = sock._accept()  # type: ignore[attr-defined]
+                    conn: Any = handover(fd, self)
+                elif accepted is not None:
                     # socket.accept() without its enum conversions. No setblocking:
                     # libuv makes the descriptor non-blocking when it takes it over.
                     fd, _addr = sock._accept()  # type: ignore[attr-defined]
@@ -231,14 +296,18 @@ class Listener:
             if not self.accepting:  # the limit paused us
                 return
 
-    def _hand_over(self, conn: socket.socket) -> None:
+    def _hand_over(self, conn: socket.socket | _HandOver) -> None:
         if self.ssl_context is None:
-            coro = self.loop.connect_accepted_socket(self.factory, conn)
+            coro = self.loop.connect_accepted_socket(self.factory, conn)  # type: ignore[arg-type]
         else:
             coro = self.loop.connect_accepted_socket(
-                self.factory, conn, ssl=self.ssl_context,
+                self.factory, conn, ssl=self.ssl_context,  # type: ignore[arg-type]
                 ssl_handshake_timeout=self.handshake_timeout)
-        Steps(self.loop, coro, self._handed_over)
+        if type(conn) is _HandOver or type(conn) is _HandOver6:
+            conn.coro = coro
+            conn.step()
+        else:
+            Steps(self.loop, coro, self._handed_over)
 
     def _handed_over(self, _result: object, exc: BaseException | None) -> None:
         if exc is None:

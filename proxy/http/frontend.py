@@ -14,7 +14,7 @@ from proxy import flow
 from proxy.balance import Balancers
 from proxy.http import headers as hdr
 from proxy.http.h2upstream import H2Pool
-from proxy.http.idle import IdleSweep
+from proxy.http.idle import IdleSweep, LateTimers
 from proxy.http.pool import Pool
 from proxy.http.routing import Router
 from pylb.config import HttpParser, Settings
@@ -47,6 +47,9 @@ class Frontend(Protocol):
 
     @property
     def idle(self) -> IdleSweep: ...
+
+    @property
+    def late(self) -> LateTimers: ...
 
     @property
     def h2_pool(self) -> H2Pool: ...

@@ -1,4 +1,5 @@
-"""Idle keep-alive client connections: one timer per frontend, not one per connection.
+"""Idle keep-alive client connections, and the first timer of a new one: one timer per
+frontend, not one per connection.
 
 Between two requests a keep-alive connection should hold no TimerHandle and no request
 parser (an llhttp parser is ~0.9 KiB, a timer ~0.6 KiB, of the ~3.9 KiB an idle
@@ -17,6 +18,19 @@ The interval is a quarter of the keep-alive timeout, at most 1 s (as the L4 prox
 inactivity sweep): a connection is closed at most 25 % (or 1 s) after its timeout, never
 before it. A sweep looks at every open connection (~0.1 µs each: 1 ms a second at
 10,000 connections), which costs the busy ones nothing per request.
+
+`LateTimers`: a new connection's phase timer (`timeout http-request`, then `timeout
+server` while its response is awaited...) is made only if the connection is still in
+that phase at the frontend's next tick, at most `LATE` seconds on. Most exchanges of a
+`Connection: close` client are over well before: making a TimerHandle (a libuv timer)
+and cancelling it cost ~6k instructions per connection (bench.instructions newconn).
+Until the tick the connection holds the `LateTimers` itself in place of its TimerHandle
+(it answers `when()`, the tick's time, and `cancel()`, nothing to do); at the tick
+each connection still in a timed phase gets its TimerHandle, due when its timeout is,
+so no timeout fires later or earlier than with a timer made at once.
+A phase whose deadline comes before the tick gets its TimerHandle at once. Between the
+connection's end and the tick the list keeps it (and its transport) alive: at most
+`LATE` seconds' worth of connections.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 MAX_INTERVAL = 1.0
+LATE = 0.05  # seconds: the tick of LateTimers
 
 
 class Idler(Protocol):
@@ -68,3 +83,55 @@ class IdleSweep:
             self._handle.cancel()
             self._handle = None
             self.armed = False
+
+
+class Timed(Protocol):
+    def timer_due(self, late: LateTimers) -> None:
+        """The tick: make the TimerHandle for the phase now under way, if any (and if
+        the connection still holds `late`)."""
+        ...
+
+
+class LateTimers:
+    """The first timers of a frontend's connections, made late (module docstring)."""
+
+    __slots__ = ("_conns", "_handle", "_loop", "due")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._conns: list[Timed] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self.due = 0.0  # when the next tick comes (while one is pending)
+
+    def defer(self, conn: Timed, now: float, deadline: float) -> bool:
+        """Give `conn` its timer at the next tick: True, unless the tick would come after
+        `deadline` (then the caller makes its own TimerHandle now). `now`: the loop's
+        time."""
+        if self._handle is None:
+            self.due = now + LATE
+            self._handle = self._loop.call_at(self.due, self._tick)
+        if deadline < self.due:
+            return False
+        self._conns.append(conn)
+        return True
+
+    def when(self) -> float:
+        """As TimerHandle.when(): a deferred connection's timer fires no sooner."""
+        return self.due
+
+    def cancel(self) -> None:
+        """As TimerHandle.cancel(): the connection that drops `self` for a TimerHandle
+        or None is passed by at the tick."""
+
+    def _tick(self) -> None:
+        self._handle = None
+        conns = self._conns
+        self._conns = []
+        for conn in conns:
+            conn.timer_due(self)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._conns = []

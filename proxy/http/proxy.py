@@ -21,7 +21,7 @@ from proxy.connect import Dial, ShortageLog
 from proxy.http.alpn import AlpnSwitch, PrefaceSwitch
 from proxy.http.h2server import H2Connection
 from proxy.http.h2upstream import H2Pool
-from proxy.http.idle import IdleSweep
+from proxy.http.idle import IdleSweep, LateTimers
 from proxy.http.parser import resolve
 from proxy.http.pool import Pool
 from proxy.http.routing import Router
@@ -111,6 +111,11 @@ class HttpProxy:
         if self._idle is None:
             self._idle = IdleSweep(self.loop, self.conns, self.settings.timeouts.keep_alive)
         return self._idle
+
+    @functools.cached_property
+    def late(self) -> LateTimers:
+        """The first timers of new client connections, made at its tick."""
+        return LateTimers(self.loop)
 
     @property
     def connections(self) -> int:
@@ -226,6 +231,8 @@ class HttpProxy:
             self._h2_pool.close_all()
         if self._idle is not None:
             self._idle.cancel()
+        if "late" in self.__dict__:  # (made)
+            self.late.close()
         if self._server is not None:
             await self._server.wait_closed()
         # Let the transports' close callbacks run, so nothing is left for the loop's end.

@@ -27,7 +27,9 @@ the backend's write buffer full → stop reading the client; the client's write 
 full → stop reading the backend. Reading the client is paused for several independent
 reasons (`flow.Pause`, a bit each in `_paused`), and resumed only when none is left.
 
-Timers: one `TimerHandle` per connection, armed for the phase's timeout (`_T_*`). The
+Timers: one `TimerHandle` per connection, armed for the phase's timeout (`_T_*`); a new
+connection's first one is made only if it is still needed at the frontend's next tick
+(`proxy.http.idle.LateTimers`), which most `Connection: close` exchanges never see. The
 inactivity kinds (client, server, tunnel) are not re-armed on every read: activity only
 stamps the time, and a timer that fires early re-arms itself for what is left.
 While the client does not read a response fast enough (its write buffer above the high
@@ -66,6 +68,7 @@ from proxy.http.exchange import (
 )
 from proxy.http.exchange import keep_alive as keep_alive_after
 from proxy.http.frontend import Frontend, accepted
+from proxy.http.idle import LateTimers
 from proxy.http.parser import (
     Headers,
     ParseError,
@@ -209,7 +212,9 @@ class ClientProtocol(asyncio.Protocol):
         self._ssl_client: tuple[bytes, bytes] | None = None
         self._paused = 0
         self._queue: deque[tuple[int, Any]] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # the phase's TimerHandle, or until the frontend's next tick its LateTimers
+        # (proxy.http.idle), or None
+        self._timer: asyncio.TimerHandle | LateTimers | None = None
         self._tkind = _T_NONE
         self._tlen = 0.0
         self._tstamp = 0.0
@@ -394,7 +399,20 @@ class ClientProtocol(asyncio.Protocol):
             if timer.when() <= now + seconds:
                 return  # fires first; then re-arms itself for what is left
             timer.cancel()
+        else:
+            late = self._proxy.late
+            if late.defer(self, now, now + seconds):
+                self._timer = late  # made at its tick, if still needed (proxy.http.idle)
+                return
         self._timer = self._loop.call_at(now + seconds, self._on_timer)
+
+    def timer_due(self, late: LateTimers) -> None:
+        """The frontend's tick (proxy.http.idle.LateTimers): the phase under way gets its
+        TimerHandle, due when its timeout is."""
+        if self._timer is late:
+            self._timer = None
+            if self._tkind > _T_KEEPALIVE and not self.closed:
+                self._timer = self._loop.call_at(self._tstamp + self._tlen, self._on_timer)
 
     def _go_idle(self) -> None:
         """Between requests the frontend's sweep watches us. After the first exchange

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import subprocess
 import sys
@@ -277,5 +278,60 @@ async def test_accepts_what_is_queued_without_an_accept_that_finds_nothing() -> 
     finally:
         for c in clients:
             c.close()
+        lst.close()
+        await until(lambda: not Counted.open)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux's /proc")
+async def test_uvloop_hand_over_makes_no_socket_object_and_leaks_no_descriptor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On uvloop an accepted connection goes to connect_accepted_socket without a
+    socket.socket (proxy.listener._HandOver); each descriptor is closed once its
+    connection ends, and one whose protocol factory failed (never handed to libuv) is
+    closed by the listener, its slot given back."""
+    import proxy.listener as listener_mod
+
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+
+    class NoSocket(socket.socket):
+        def __init__(self, *args: Any) -> None:
+            raise AssertionError("a socket object was made for an accepted connection")
+
+    monkeypatch.setattr(listener_mod, "_Accepted4", NoSocket)
+    Counted.open = set()
+    limit = ConnectionLimit(10)
+    sock = bind_socket("127.0.0.1", 0)
+    fail = [False]
+
+    def factory() -> Counted:
+        if fail[0]:
+            raise RuntimeError("factory failed")
+        return Counted(limit)
+
+    lst = Listener(sock, factory, limit=limit)
+    lst.start()
+    port = lst.address[1]
+    try:
+        before = 0
+        for i in range(6):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"ping")
+            assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
+            w.close()
+            await until(lambda: not Counted.open and limit.current == 0)
+            if i == 0:  # (the first open_connection leaves the loop a descriptor of its own)
+                await asyncio.sleep(0.05)
+                before = _open_fds()
+        await until(lambda: _open_fds() == before)
+        fail[0] = True
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(r.read(10), 5) == b""  # closed at once
+        w.close()
+        await until(lambda: limit.current == 0 and _open_fds() == before)
+    finally:
         lst.close()
         await until(lambda: not Counted.open)

@@ -8,6 +8,7 @@ from typing import Any
 
 from proxy.balance import Balancers
 from proxy.http import HttpProxy
+from proxy.http.idle import LATE
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
 from pylb.config import HttpParser, Settings
@@ -397,3 +398,49 @@ async def test_closed_server_connection_frees_its_response_parser_without_gc(
         assert parsers() == before
     finally:
         gc.enable()
+
+
+async def test_first_timer_is_made_at_the_tick_only_if_still_needed(
+        parser_kind: HttpParser) -> None:
+    """A new connection holds its frontend's LateTimers in place of a TimerHandle
+    (proxy.http.idle): one whose exchange is over by the tick never makes one; one still
+    waiting for its response at the tick gets a TimerHandle due when `timeout server`
+    ends, as if it had been made at once."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    late = proxy.late
+    assert client._timer is late
+    client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert ut.take().startswith(b"GET /x ")
+    assert client._timer is late  # timeout server is far beyond the tick
+    deadline = client._tstamp + proxy.settings.timeouts.server
+    late._tick()
+    timer = client._timer
+    assert timer is not None and timer is not late
+    assert abs(timer.when() - deadline) < 0.002  # (uvloop's timers count milliseconds)
+    up.data_received(OK)
+    assert ct.take().endswith(b"ok")
+
+    second = ClientProtocol(proxy)
+    st = FakeTransport(second, ("192.0.2.8", 40001))
+    second.connection_made(st)  # type: ignore[arg-type]
+    assert second._timer is late
+    second.data_received(b"GET /a/y HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert ut.take().startswith(b"GET /y ")
+    up.data_received(OK)
+    assert st.take().endswith(b"ok") and st.closing
+    await asyncio.sleep(0)
+    assert second.closed and second._timer is None
+    late._tick()
+    assert second._timer is None  # closed before the tick: no timer was ever made
+    ct.close()
+    await asyncio.sleep(0)
+
+
+async def test_a_deadline_before_the_tick_gets_its_timer_at_once(
+        parser_kind: HttpParser) -> None:
+    """A phase that ends before the frontend's next tick is not deferred."""
+    proxy, client, _ct, _up, _ut = make(parser_kind)
+    client._arm(2, LATE / 10)  # (any kind: only the deadline counts)
+    timer = client._timer
+    assert timer is not None and timer is not proxy.late
+    assert proxy.late.when() > timer.when()
