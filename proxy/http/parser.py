@@ -11,7 +11,8 @@ It never does I/O. The two implementations are interchangeable and pass the same
 - `httptools`: llhttp in C does everything; its callbacks feed the same analysis. A
   head's field lines are scanned in one regex pass, remembered by their exact bytes
   (`_REQUEST_SCANS`, `_RESPONSE_SCANS`, as the h11 path remembers h11's verdicts): what
-  depends on more than those bytes is checked on every head.
+  depends on more than those bytes is checked on every head. A whole keep-alive response
+  in one read whose head was seen before skips llhttp too (`_RESPONSE_HEADS`).
 
 Both heads go through `analyze_request` / `analyze_response`, where the rules that prevent
 request smuggling live in one place: one Content-Length of digits only, no
@@ -183,6 +184,19 @@ class ResponseHead:
     def headers(self, headers: Headers) -> None:
         self._headers = headers
         self.raw = self.kept = None
+
+    def edited(self, headers: Headers) -> ResponseHead:
+        """A copy of this head with `headers` for its fields (sent from the list): the
+        Gateway's response filters edit this copy, never the head itself, which the
+        httptools parser may hand out again for the next response with the same bytes
+        (`_RESPONSE_HEADS`)."""
+        head = ResponseHead(self.status, self.reason, self.version, headers)
+        head.content_length = self.content_length
+        head.chunked = self.chunked
+        head.keep_alive = self.keep_alive
+        head.no_body = self.no_body
+        head.connection = self.connection
+        return head
 
 
 def cut(raw: bytes, drops: Sequence[tuple[int, int]]) -> bytes:
@@ -675,6 +689,16 @@ _ResponseScan = tuple["int | None", bool, frozenset[bytes], list[tuple[int, int]
                       list[tuple[int, int]], bytes]
 _RESPONSE_SCANS: dict[bytes, _ResponseScan] = {}
 _SCANS_MAX = 128
+# The httptools parser goes one step further for the commonest response: a final,
+# keep-alive, Content-Length-framed one to a request other than HEAD. Its whole head
+# (status line to the empty line) maps to the head analysed from it, which the next
+# response with the same bytes gets as it is, with neither llhttp nor the analysis
+# (`HttptoolsResponseParser.feed`): nothing else in it depends on more than those bytes
+# (the request method only through HEAD, which is not remembered). Heads refused by
+# llhttp or the analysis never get here. The heads are shared by every response that
+# gets them: nothing changes one (a Gateway's response filters edit a copy,
+# `ResponseHead.edited`). Bounded as `_RESPONSE_SCANS`.
+_RESPONSE_HEADS: dict[bytes, ResponseHead] = {}
 _SCAN_HEAD_MAX = 1024
 
 
@@ -1367,7 +1391,8 @@ class HttptoolsResponseParser:
     analysed in one scan (`analyze_response_raw`) and forwarded as read."""
 
     __slots__ = ("_close_delimited", "_done", "_hbuf", "_head_fed", "_headers_seen",
-                 "_max_head", "_method", "_p", "_sink", "_stopped", "rest", "upgrade_rest")
+                 "_max_head", "_method", "_p", "_quick", "_sink", "_stopped", "rest",
+                 "upgrade_rest")
 
     def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
                  max_head: int = 64 * 1024) -> None:
@@ -1405,8 +1430,31 @@ class HttptoolsResponseParser:
         self._headers_seen = False
         self._close_delimited = False
         self._head_fed = 0
+        # No byte of this response fed yet, and the request was not HEAD: its first read
+        # may be a whole response seen before (`_RESPONSE_HEADS`). llhttp is at the start
+        # of a message here: a new parser, or `reset` after a response that ended cleanly
+        # with keep-alive (the only kind whose connection is pooled and reused).
+        self._quick = method != b"HEAD"
 
     def feed(self, data: bytes) -> None:
+        if self._quick:
+            self._quick = False
+            # A whole response in one read, its head byte for byte one analysed before
+            # and its body exactly that head's Content-Length: llhttp would make the same
+            # calls (it took that head, and a length-framed body ends where its length
+            # says), so make them without it, and without the analysis.
+            end = data.find(b"\r\n\r\n") + 4
+            if end > 3:
+                head = _RESPONSE_HEADS.get(data[:end])
+                if head is not None and len(data) - end == head.content_length:
+                    self._headers_seen = True
+                    sink = self._sink
+                    sink.on_response(head)
+                    if end < len(data):
+                        sink.on_response_body(data[end:])
+                    self._done = True  # as on_message_complete
+                    sink.on_response_end()
+                    return
         if self.upgrade_rest is not None:
             self.upgrade_rest += data
             return
@@ -1469,6 +1517,12 @@ class HttptoolsResponseParser:
         self._headers_seen = True
         self._close_delimited = (not head.no_body and head.content_length is None
                                  and not head.chunked)
+        if start == 0 and head.content_length is not None and head.keep_alive \
+                and not head.no_body and head.status != 101 and end < _SCAN_HEAD_MAX:
+            # (`no_body` is False: the request was not HEAD, the status not 204 or 304)
+            if len(_RESPONSE_HEADS) >= _SCANS_MAX:
+                _RESPONSE_HEADS.clear()
+            _RESPONSE_HEADS[buf[:end + 4]] = head
         self._sink.on_response(head)
         if self._method == b"HEAD" and head.status != 101:
             # llhttp cannot be told the request was HEAD; stop here (204 and 304 it knows).

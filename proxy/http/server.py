@@ -1030,7 +1030,8 @@ class ClientProtocol(asyncio.Protocol):
         self._fe.response(head.status)
         self._unsent = len(self._wbuf)  # (`flush` sets -1)
         if self.response_edit is not None:  # a Gateway route's (proxy.http.gwfilters)
-            head.headers = self.response_edit(head.headers)
+            # on a copy: the parser may hand this head out again (parser._RESPONSE_HEADS)
+            head = self._resp = head.edited(self.response_edit(head.headers))
         self._wbuf.append(hdr.response_head(
             head, framing, keep_alive=keep, client_version=req.version,
             set_cookie=set_cookie, hsts=proxy.hsts))

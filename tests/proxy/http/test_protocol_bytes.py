@@ -397,3 +397,22 @@ async def test_closed_server_connection_frees_its_response_parser_without_gc(
         assert parsers() == before
     finally:
         gc.enable()
+
+
+async def test_response_filters_leave_the_next_response_alone(parser_kind: HttpParser) -> None:
+    """A Gateway's response filters edit a copy of the head: the next response with the
+    same bytes (which the httptools parser answers with the same head object, parser.
+    _RESPONSE_HEADS) goes out as read when its route has no filters."""
+    from proxy.http.gwfilters import compile_response_edit
+    from pylb.gatewaymodel import HeaderOps
+
+    _proxy, client, ct, up, ut = make(parser_kind)
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"
+    for edit in (None, compile_response_edit((HeaderOps(set=(("X-A", "2"),)),)), None):
+        client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert ut.take().startswith(b"GET /x ")
+        client.response_edit = edit  # as the Gateway listener sets it per request
+        up.data_received(resp)
+        assert ct.take() == resp.replace(b"X-A: 1", b"X-A: 2" if edit else b"X-A: 1")
+    ct.close()
+    await asyncio.sleep(0)
