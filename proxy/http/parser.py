@@ -150,7 +150,7 @@ class RequestHead:
 
 class ResponseHead:
     __slots__ = ("_headers", "chunked", "connection", "content_length", "drops", "keep_alive",
-                 "kept", "no_body", "raw", "reason", "status", "sts", "version")
+                 "kept", "no_body", "raw", "reason", "sent", "status", "sts", "version")
 
     def __init__(self, status: int, reason: bytes, version: bytes,
                  headers: Headers | None) -> None:
@@ -170,6 +170,12 @@ class ResponseHead:
         self.keep_alive = True
         self.no_body = False  # HEAD, 1xx, 204, 304: framing headers say nothing
         self.connection: frozenset[bytes] = _NO_TOKENS
+        # The head as `headers.response_head` last wrote it for a client, with what that
+        # depended on besides this head: (client version, keep-alive, hsts, bytes). Set
+        # by the client side (server.ClientProtocol.on_response) for a head written with
+        # no cookie and no filter, and used again when the parser hands the same head
+        # out again (`_RESPONSE_HEADS`).
+        self.sent: tuple[bytes, bool, bytes | None, bytes] | None = None
 
     @property
     def headers(self) -> Headers:

@@ -1029,12 +1029,28 @@ class ClientProtocol(asyncio.Protocol):
         self._chunked_out = framing == hdr.FRAME_CHUNKED
         self._fe.response(head.status)
         self._unsent = len(self._wbuf)  # (`flush` sets -1)
+        version = req.version
+        hsts = proxy.hsts
+        if set_cookie is None and self.response_edit is None:
+            # The head the parser hands out again for the same bytes (parser.
+            # _RESPONSE_HEADS) is rewritten once, not per response: response_head's
+            # output depends on nothing else here (framing: on the head and `version`).
+            sent = head.sent
+            if sent is not None and sent[1] == keep and sent[0] == version \
+                    and sent[2] == hsts:
+                out = sent[3]
+            else:
+                out = hdr.response_head(head, framing, keep_alive=keep,
+                                        client_version=version, hsts=hsts)
+                head.sent = (version, keep, hsts, out)
+            self._wbuf.append(out)
+            return
         if self.response_edit is not None:  # a Gateway route's (proxy.http.gwfilters)
             # on a copy: the parser may hand this head out again (parser._RESPONSE_HEADS)
             head = self._resp = head.edited(self.response_edit(head.headers))
         self._wbuf.append(hdr.response_head(
-            head, framing, keep_alive=keep, client_version=req.version,
-            set_cookie=set_cookie, hsts=proxy.hsts))
+            head, framing, keep_alive=keep, client_version=version,
+            set_cookie=set_cookie, hsts=hsts))
 
     def on_response_body(self, data: bytes) -> None:
         if self._chunked_out:

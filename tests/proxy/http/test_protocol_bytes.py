@@ -416,3 +416,31 @@ async def test_response_filters_leave_the_next_response_alone(parser_kind: HttpP
         assert ct.take() == resp.replace(b"X-A: 1", b"X-A: 2" if edit else b"X-A: 1")
     ct.close()
     await asyncio.sleep(0)
+
+
+async def test_rewritten_response_head_remembered_per_client_version_and_keep_alive(
+        parser_kind: HttpParser) -> None:
+    """The head written for a response the parser hands out again (httptools:
+    parser._RESPONSE_HEADS) is kept on it (`ResponseHead.sent`) with the client version
+    and keep-alive it was written for, and written again only when those differ."""
+    from proxy.http import parser
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Remembered: 1\r\n\r\n"
+    plain = head + b"ok"
+    cases = [(b"1.1", b"", plain),
+             (b"1.0", b"Connection: keep-alive\r\n",
+              head[:-2] + b"Connection: keep-alive\r\n\r\nok"),
+             (b"1.1", b"", plain),
+             (b"1.1", b"Connection: close\r\n", head[:-2] + b"Connection: close\r\n\r\nok")]
+    for version, fields, want in cases:
+        _proxy, client, ct, up, ut = make(parser_kind)
+        client.data_received(b"GET /a/x HTTP/%s\r\nHost: h\r\n%s\r\n" % (version, fields))
+        assert ut.take().startswith(b"GET /x ")
+        up.data_received(plain)
+        assert ct.take() == want, (version, fields)
+        if parser_kind is HttpParser.HTTPTOOLS:
+            sent = parser._RESPONSE_HEADS[head].sent
+            assert sent is not None and sent[:2] == (version, not fields.endswith(b"close\r\n"))
+            assert sent[3] == want[:-2]
+        ct.close()
+        await asyncio.sleep(0)
