@@ -110,6 +110,8 @@ _ON_ANSWER = ON[Event.ANSWER]
 _ON_RETRACT = ON[Event.RETRACT]
 _ON_SWITCH = ON[Event.SWITCH]
 _REQ_WHOLE = REQUEST_WHOLE
+_FRAME_CLOSE = hdr.FRAME_CLOSE
+_FRAME_CHUNKED = hdr.FRAME_CHUNKED
 _RESP_WHOLE = RESPONSE_WHOLE
 # What an idle connection holds in place of its write buffer `_wbuf` once slimmed down
 # (after its first exchange when its parser went too, or by the sweep: `idle_check`)
@@ -1012,24 +1014,26 @@ class ClientProtocol(asyncio.Protocol):
         assert req is not None and self._backend is not None and self._server is not None
         self._resp = head
         state = self._state = _ON_RESPONSE_HEAD[self._state]
-        self._status = head.status
+        status = self._status = head.status
         self._t_resp = self._loop.time()
-        framing = hdr.response_framing(head, req.version)
-        keep = self._keep = keep_alive_after(
-            client_keep_alive=req.keep_alive, request_whole=state is _RESPONSE,
-            close_delimited=framing == hdr.FRAME_CLOSE,
-            upgrade=req.upgrade or head.status == 101, must_close=self._close_after,
-            stopping=proxy.closing)
+        version = req.version
+        framing = hdr.response_framing(head, version)
+        # exchange.keep_alive(client_keep_alive=, request_whole=, close_delimited=,
+        # upgrade=, must_close=, stopping=), inline (a call with keywords per response)
+        keep = self._keep = (req.keep_alive and state is _RESPONSE
+                             and framing != _FRAME_CLOSE and not req.upgrade
+                             and status != 101 and not self._close_after
+                             and not proxy.closing)
         set_cookie = None
         backend = self._backend
         if backend.affinity is _COOKIE:
             value = cookie_value(self._server).encode()
             if self._cookie != value:
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
-        self._chunked_out = framing == hdr.FRAME_CHUNKED
-        self._fe.response(head.status)
+        self._chunked_out = framing == _FRAME_CHUNKED
+        i = status // 100 - 1  # self._fe.response(status), inline
+        self._fe.hrsp[i if 0 <= i < 5 else 5] += 1
         self._unsent = len(self._wbuf)  # (`flush` sets -1)
-        version = req.version
         hsts = proxy.hsts
         if set_cookie is None and self.response_edit is None:
             # The head the parser hands out again for the same bytes (parser.
