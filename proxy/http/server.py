@@ -110,6 +110,8 @@ _ON_ANSWER = ON[Event.ANSWER]
 _ON_RETRACT = ON[Event.RETRACT]
 _ON_SWITCH = ON[Event.SWITCH]
 _REQ_WHOLE = REQUEST_WHOLE
+_FRAME_NONE = hdr.FRAME_NONE
+_FRAME_LENGTH = hdr.FRAME_LENGTH
 _FRAME_CLOSE = hdr.FRAME_CLOSE
 _FRAME_CHUNKED = hdr.FRAME_CHUNKED
 _RESP_WHOLE = RESPONSE_WHOLE
@@ -1017,7 +1019,13 @@ class ClientProtocol(asyncio.Protocol):
         status = self._status = head.status
         self._t_resp = self._loop.time()
         version = req.version
-        framing = hdr.response_framing(head, version)
+        # hdr.response_framing(head, version), inline (a call per response)
+        if head.no_body or status == 101:
+            framing = _FRAME_NONE
+        elif head.content_length is not None:
+            framing = _FRAME_LENGTH
+        else:
+            framing = _FRAME_CHUNKED if version == b"1.1" else _FRAME_CLOSE
         # exchange.keep_alive(client_keep_alive=, request_whole=, close_delimited=,
         # upgrade=, must_close=, stopping=), inline (a call with keywords per response)
         keep = self._keep = (req.keep_alive and state is _RESPONSE
