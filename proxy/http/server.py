@@ -1314,12 +1314,11 @@ class ClientProtocol(asyncio.Protocol):
         done = self._state is _DONE  # else _DRAIN (closing) or _CLOSED
         reusable = False
         if up is not None:
+            # (whether `up` is still usable, pool.put asks: it closes it if not)
             parser = up.parser
-            reusable = (done and self._resp is not None and self._resp.keep_alive
-                        and parser is not None
-                        and not parser.rest and parser.upgrade_rest is None
-                        and not up.closed and not up.eof and up.transport is not None
-                        and not up.transport.is_closing())  # up.usable, inline
+            resp = self._resp
+            reusable = (done and resp is not None and resp.keep_alive and parser is not None
+                        and not parser.rest and parser.upgrade_rest is None)
         keep = done and self._keep and not self._close_after
         self._end_exchange(reusable)
         if not keep:
