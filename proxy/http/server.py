@@ -1326,7 +1326,17 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._state = _IDLE  # _ON_NEXT[_DONE]: no lookup for a constant
         self.flush()
-        self._go_idle()
+        if self._again:
+            # self._go_idle() after a later exchange, inline (a call per request): its
+            # first-exchange part has been done; stamp the time and have the sweep watch
+            self._tkind = _T_KEEPALIVE
+            self._tlen = self._proxy.settings.timeouts.keep_alive
+            self._tstamp = self._loop.time()
+            sweep = self._sweep
+            if not sweep.armed:
+                sweep.watch()
+        else:
+            self._go_idle()
         if self._proxy.closing:
             self.close()
             return
