@@ -1355,7 +1355,13 @@ class ClientProtocol(asyncio.Protocol):
         self._srv_c = self._be_c = None
         balancer = self._balancer
         assert balancer is not None
-        balancer.release(server)
+        active = balancer.active  # balancer.release(server), inline (a call per request)
+        key = server.key
+        n = active.get(key, 0) - 1
+        if n > 0:
+            active[key] = n
+        else:
+            active.pop(key, None)
         sent = self._bytes_out_req
         got = self._resp_bytes
         srv.cur_conns -= 1  # Counters.close(), inline

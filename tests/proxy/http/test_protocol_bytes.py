@@ -444,3 +444,32 @@ async def test_rewritten_response_head_remembered_per_client_version_and_keep_al
             assert sent[3] == want[:-2]
         ct.close()
         await asyncio.sleep(0)
+
+
+async def test_balancer_counts_each_exchange_until_its_response_ends(
+        parser_kind: HttpParser) -> None:
+    """The balancer's active count of a server (leastconn's input) goes up when a request
+    is sent to it and back down when its response has ended, once per exchange."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    balancer = proxy.balancers.get("b")
+    assert balancer is not None
+    up2 = UpstreamProtocol(SERVER.key, proxy.parser_kind)
+    ut2 = FakeTransport(up2, (SERVER.address, SERVER.port))
+    up2.connection_made(ut2)  # type: ignore[arg-type]
+    proxy.pool.put(up2)
+    client2 = ClientProtocol(proxy)
+    ct2 = FakeTransport(client2, ("192.0.2.8", 40000))
+    client2.connection_made(ct2)  # type: ignore[arg-type]
+    for _ in range(2):
+        client.data_received(b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        client2.data_received(b"GET /a/2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert balancer.active == {SERVER.key: 2}
+        taken = [u for u, t in ((up, ut), (up2, ut2)) if t.take()]
+        taken[0].data_received(OK)
+        assert balancer.active == {SERVER.key: 1}
+        taken[1].data_received(OK)
+        assert balancer.active == {}
+        assert ct.take().endswith(b"ok") and ct2.take().endswith(b"ok")
+    ct.close()
+    ct2.close()
+    await asyncio.sleep(0)
