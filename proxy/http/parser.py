@@ -1397,8 +1397,8 @@ class HttptoolsResponseParser:
     analysed in one scan (`analyze_response_raw`) and forwarded as read."""
 
     __slots__ = ("_close_delimited", "_done", "_hbuf", "_head_fed", "_headers_seen",
-                 "_max_head", "_method", "_p", "_quick", "_sink", "_stopped", "rest",
-                 "upgrade_rest")
+                 "_last", "_last_raw", "_max_head", "_method", "_p", "_quick", "_sink",
+                 "_stopped", "rest", "upgrade_rest")
 
     def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
                  max_head: int = 64 * 1024) -> None:
@@ -1408,6 +1408,10 @@ class HttptoolsResponseParser:
         self._stopped = False
         self.rest = b""
         self.upgrade_rest: bytes | None = None
+        # The head of `_RESPONSE_HEADS` this connection's server sent last, and its bytes:
+        # looked at before the memo (a comparison, not a slice and its hash)
+        self._last: ResponseHead | None = None
+        self._last_raw = b""
         self._start(sink, method)
 
     def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False) -> bool:
@@ -1449,18 +1453,27 @@ class HttptoolsResponseParser:
             # and its body exactly that head's Content-Length: llhttp would make the same
             # calls (it took that head, and a length-framed body ends where its length
             # says), so make them without it, and without the analysis.
-            end = data.find(b"\r\n\r\n") + 4
-            if end > 3:
-                head = _RESPONSE_HEADS.get(data[:end])
-                if head is not None and len(data) - end == head.content_length:
-                    self._headers_seen = True
-                    sink = self._sink
-                    sink.on_response(head)
-                    if end < len(data):
-                        sink.on_response_body(data[end:])
-                    self._done = True  # as on_message_complete
-                    sink.on_response_end()
-                    return
+            head = self._last
+            if head is not None and data.startswith(self._last_raw):
+                end = len(self._last_raw)
+            else:
+                head = None
+                end = data.find(b"\r\n\r\n") + 4
+                if end > 3:
+                    raw = data[:end]
+                    head = _RESPONSE_HEADS.get(raw)
+                    if head is not None:
+                        self._last = head
+                        self._last_raw = raw
+            if head is not None and len(data) - end == head.content_length:
+                self._headers_seen = True
+                sink = self._sink
+                sink.on_response(head)
+                if end < len(data):
+                    sink.on_response_body(data[end:])
+                self._done = True  # as on_message_complete
+                sink.on_response_end()
+                return
         if self.upgrade_rest is not None:
             self.upgrade_rest += data
             return
@@ -1528,7 +1541,10 @@ class HttptoolsResponseParser:
             # (`no_body` is False: the request was not HEAD, the status not 204 or 304)
             if len(_RESPONSE_HEADS) >= _SCANS_MAX:
                 _RESPONSE_HEADS.clear()
-            _RESPONSE_HEADS[buf[:end + 4]] = head
+            raw = buf[:end + 4]
+            _RESPONSE_HEADS[raw] = head
+            self._last = head
+            self._last_raw = raw
         self._sink.on_response(head)
         if self._method == b"HEAD" and head.status != 101:
             # llhttp cannot be told the request was HEAD; stop here (204 and 304 it knows).

@@ -529,6 +529,24 @@ def test_httptools_whole_responses_remembered_by_exact_head() -> None:
         p2.feed(data)
         assert sink.kinds() == ["head", "body", "end"] and p2.rest == b""
     assert sink.events[0][1] is first.events[0][1]
+    # the parser's own last head (`_last`) stands even when the memo has been emptied;
+    # on it too, anything but the same head with exactly its body takes the slow path
+    for data, method, kinds, rest in ((ok, b"GET", ["head", "body", "end"], False),
+                                      (ok + b"H", b"GET", ["head", "body", "end"], True),
+                                      (ok[:-1], b"GET", ["head", "body"], False),
+                                      (ok, b"HEAD", ["head", "end"], True)):
+        sink, p = rparse(kind, ok)
+        last = sink.events[0][1]
+        parser._RESPONSE_HEADS.clear()
+        sink = Sink()
+        assert p.reset(sink, method)
+        p.feed(data)
+        assert sink.kinds() == kinds and bool(p.rest) is rest, (data, method)
+        assert (sink.events[0][1] is last) is (data == ok and method == b"GET")
+        if kinds[-1] != "end":
+            p.feed(b"b")
+            assert sink.kinds() == [*kinds, "end"] and sink.body() == b"ab"
+    rparse(kind, ok)
     zero = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
     rparse(kind, zero)
     sink, _ = rparse(kind, zero)
@@ -565,7 +583,7 @@ def test_httptools_whole_responses_remembered_by_exact_head() -> None:
         for _ in range(2):
             sink, _ = slow(data)
             assert sink.kinds()[-1] == "end" and sink.body() == b"ab", data
-    assert len(parser._RESPONSE_HEADS) == 4  # ok, its "z" and "timeout=6" kin, zero
+    assert len(parser._RESPONSE_HEADS) == 3  # ok, zero, the "timeout=6" one
     bad = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"
     for _ in range(2):
         with pytest.raises(ParseError):
