@@ -1412,7 +1412,8 @@ class HttptoolsResponseParser:
         # looked at before the memo (a comparison, not a slice and its hash)
         self._last: ResponseHead | None = None
         self._last_raw = b""
-        self._start(sink, method)
+        self._done = True  # as after a clean response: `reset` starts the first one
+        self.reset(sink, method)
 
     def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False) -> bool:
         """Parse the next response on the same connection with this parser: True when the
@@ -1420,7 +1421,18 @@ class HttptoolsResponseParser:
         False, and a new parser must be made."""
         if self._stopped or not self._done or self.rest or self.upgrade_rest is not None:
             return False
-        self._start(sink, method)
+        self._sink = sink
+        self._method = method
+        self._hbuf = b""  # the bytes from the start of a head still incomplete
+        self._done = False
+        self._headers_seen = False
+        self._close_delimited = False
+        self._head_fed = 0
+        # No byte of this response fed yet, and the request was not HEAD: its first read
+        # may be a whole response seen before (`_RESPONSE_HEADS`). llhttp is at the start
+        # of a message here: a new parser, or one after a response that ended cleanly
+        # with keep-alive (the only kind whose connection is pooled and reused).
+        self._quick = method != b"HEAD"
         return True
 
     def release(self) -> None:
@@ -1431,20 +1443,6 @@ class HttptoolsResponseParser:
         # llhttp's parser object holds this one as its protocol: a cycle, which would
         # keep the sink (the last client connection) too until a run of the cyclic GC
         del self._p
-
-    def _start(self, sink: ResponseSink, method: bytes) -> None:
-        self._sink = sink
-        self._method = method
-        self._hbuf = b""  # the bytes from the start of a head still incomplete
-        self._done = False
-        self._headers_seen = False
-        self._close_delimited = False
-        self._head_fed = 0
-        # No byte of this response fed yet, and the request was not HEAD: its first read
-        # may be a whole response seen before (`_RESPONSE_HEADS`). llhttp is at the start
-        # of a message here: a new parser, or `reset` after a response that ended cleanly
-        # with keep-alive (the only kind whose connection is pooled and reused).
-        self._quick = method != b"HEAD"
 
     def feed(self, data: bytes) -> None:
         if self._quick:
