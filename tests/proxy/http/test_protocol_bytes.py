@@ -473,3 +473,33 @@ async def test_balancer_counts_each_exchange_until_its_response_ends(
     ct.close()
     ct2.close()
     await asyncio.sleep(0)
+
+
+def test_h2_response_filters_leave_the_remembered_head_alone() -> None:
+    """As over HTTP/1.1: an HTTP/2 stream's Gateway response filters edit a copy of the
+    head, never the one the httptools parser hands out again for the same bytes."""
+    from types import SimpleNamespace
+
+    from proxy.http.gwfilters import compile_response_edit
+    from proxy.http.h2server import H2Stream
+    from proxy.http.parser import RequestHead, ResponseHead, response_parser
+    from pylb.counters import Counters
+    from pylb.gatewaymodel import HeaderOps
+
+    blocks: list[list[tuple[bytes, bytes]]] = []
+    conn = SimpleNamespace(
+        loop=SimpleNamespace(time=lambda: 0.0),
+        proxy=SimpleNamespace(hsts=None, fe_counters=Counters()),
+        send_headers=lambda stream, block, end_stream: blocks.append(block))
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"
+    heads: list[ResponseHead] = []
+    for edit in (None, compile_response_edit((HeaderOps(set=(("X-A", "2"),)),)), None):
+        stream = H2Stream(conn, 1, RequestHead(b"GET", b"/", b"2.0", []))  # type: ignore[arg-type]
+        stream.response_edit = edit
+        sink = SimpleNamespace(on_response=lambda h: heads.append(h),
+                               on_response_body=lambda d: None, on_response_end=lambda: None,
+                               on_interim=lambda h: None)
+        response_parser(HttpParser.HTTPTOOLS, sink, b"GET").feed(resp)  # type: ignore[arg-type]
+        stream.on_response(heads[-1])
+    assert heads[1] is heads[0] is heads[2]  # the same head each time (parser memo)
+    assert [dict(b)[b"x-a"] for b in blocks] == [b"1", b"2", b"1"]
