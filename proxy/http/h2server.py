@@ -770,7 +770,8 @@ class H2Stream:
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
         proxy.fe_counters.response(head.status)
         if self.response_edit is not None:  # a Gateway route's (proxy.http.gwfilters)
-            head.headers = self.response_edit(head.headers)
+            # on a copy: the parser may hand this head out again (parser._RESPONSE_HEADS)
+            head = self.resp = head.edited(self.response_edit(head.headers))
         block = h2rules.response_headers(head.status, head.headers, head.connection,
                                          proxy.hsts, set_cookie)
         conn.send_headers(self, block, end_stream=head.no_body)

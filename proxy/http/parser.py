@@ -11,7 +11,8 @@ It never does I/O. The two implementations are interchangeable and pass the same
 - `httptools`: llhttp in C does everything; its callbacks feed the same analysis. A
   head's field lines are scanned in one regex pass, remembered by their exact bytes
   (`_REQUEST_SCANS`, `_RESPONSE_SCANS`, as the h11 path remembers h11's verdicts): what
-  depends on more than those bytes is checked on every head.
+  depends on more than those bytes is checked on every head. A whole keep-alive response
+  in one read whose head was seen before skips llhttp too (`_RESPONSE_HEADS`).
 
 Both heads go through `analyze_request` / `analyze_response`, where the rules that prevent
 request smuggling live in one place: one Content-Length of digits only, no
@@ -149,7 +150,7 @@ class RequestHead:
 
 class ResponseHead:
     __slots__ = ("_headers", "chunked", "connection", "content_length", "drops", "keep_alive",
-                 "kept", "no_body", "raw", "reason", "status", "sts", "version")
+                 "kept", "no_body", "raw", "reason", "sent", "status", "sts", "version")
 
     def __init__(self, status: int, reason: bytes, version: bytes,
                  headers: Headers | None) -> None:
@@ -169,6 +170,12 @@ class ResponseHead:
         self.keep_alive = True
         self.no_body = False  # HEAD, 1xx, 204, 304: framing headers say nothing
         self.connection: frozenset[bytes] = _NO_TOKENS
+        # The head as `headers.response_head` last wrote it for a client, with what that
+        # depended on besides this head: (client version, keep-alive, hsts, bytes). Set
+        # by the client side (server.ClientProtocol.on_response) for a head written with
+        # no cookie and no filter, and used again when the parser hands the same head
+        # out again (`_RESPONSE_HEADS`).
+        self.sent: tuple[bytes, bool, bytes | None, bytes] | None = None
 
     @property
     def headers(self) -> Headers:
@@ -183,6 +190,19 @@ class ResponseHead:
     def headers(self, headers: Headers) -> None:
         self._headers = headers
         self.raw = self.kept = None
+
+    def edited(self, headers: Headers) -> ResponseHead:
+        """A copy of this head with `headers` for its fields (sent from the list): the
+        Gateway's response filters edit this copy, never the head itself, which the
+        httptools parser may hand out again for the next response with the same bytes
+        (`_RESPONSE_HEADS`)."""
+        head = ResponseHead(self.status, self.reason, self.version, headers)
+        head.content_length = self.content_length
+        head.chunked = self.chunked
+        head.keep_alive = self.keep_alive
+        head.no_body = self.no_body
+        head.connection = self.connection
+        return head
 
 
 def cut(raw: bytes, drops: Sequence[tuple[int, int]]) -> bytes:
@@ -675,6 +695,16 @@ _ResponseScan = tuple["int | None", bool, frozenset[bytes], list[tuple[int, int]
                       list[tuple[int, int]], bytes]
 _RESPONSE_SCANS: dict[bytes, _ResponseScan] = {}
 _SCANS_MAX = 128
+# The httptools parser goes one step further for the commonest response: a final,
+# keep-alive, Content-Length-framed one to a request other than HEAD. Its whole head
+# (status line to the empty line) maps to the head analysed from it, which the next
+# response with the same bytes gets as it is, with neither llhttp nor the analysis
+# (`HttptoolsResponseParser.feed`): nothing else in it depends on more than those bytes
+# (the request method only through HEAD, which is not remembered). Heads refused by
+# llhttp or the analysis never get here. The heads are shared by every response that
+# gets them: nothing changes one (a Gateway's response filters edit a copy,
+# `ResponseHead.edited`). Bounded as `_RESPONSE_SCANS`.
+_RESPONSE_HEADS: dict[bytes, ResponseHead] = {}
 _SCAN_HEAD_MAX = 1024
 
 
@@ -1367,7 +1397,8 @@ class HttptoolsResponseParser:
     analysed in one scan (`analyze_response_raw`) and forwarded as read."""
 
     __slots__ = ("_close_delimited", "_done", "_hbuf", "_head_fed", "_headers_seen",
-                 "_max_head", "_method", "_p", "_sink", "_stopped", "rest", "upgrade_rest")
+                 "_last", "_last_raw", "_max_head", "_method", "_p", "_quick", "_sink",
+                 "_stopped", "rest", "upgrade_rest")
 
     def __init__(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False,
                  max_head: int = 64 * 1024) -> None:
@@ -1377,7 +1408,12 @@ class HttptoolsResponseParser:
         self._stopped = False
         self.rest = b""
         self.upgrade_rest: bytes | None = None
-        self._start(sink, method)
+        # The head of `_RESPONSE_HEADS` this connection's server sent last, and its bytes:
+        # looked at before the memo (a comparison, not a slice and its hash)
+        self._last: ResponseHead | None = None
+        self._last_raw = b""
+        self._done = True  # as after a clean response: `reset` starts the first one
+        self.reset(sink, method)
 
     def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False) -> bool:
         """Parse the next response on the same connection with this parser: True when the
@@ -1385,7 +1421,18 @@ class HttptoolsResponseParser:
         False, and a new parser must be made."""
         if self._stopped or not self._done or self.rest or self.upgrade_rest is not None:
             return False
-        self._start(sink, method)
+        self._sink = sink
+        self._method = method
+        self._hbuf = b""  # the bytes from the start of a head still incomplete
+        self._done = False
+        self._headers_seen = False
+        self._close_delimited = False
+        self._head_fed = 0
+        # No byte of this response fed yet, and the request was not HEAD: its first read
+        # may be a whole response seen before (`_RESPONSE_HEADS`). llhttp is at the start
+        # of a message here: a new parser, or one after a response that ended cleanly
+        # with keep-alive (the only kind whose connection is pooled and reused).
+        self._quick = method != b"HEAD"
         return True
 
     def release(self) -> None:
@@ -1397,16 +1444,34 @@ class HttptoolsResponseParser:
         # keep the sink (the last client connection) too until a run of the cyclic GC
         del self._p
 
-    def _start(self, sink: ResponseSink, method: bytes) -> None:
-        self._sink = sink
-        self._method = method
-        self._hbuf = b""  # the bytes from the start of a head still incomplete
-        self._done = False
-        self._headers_seen = False
-        self._close_delimited = False
-        self._head_fed = 0
-
     def feed(self, data: bytes) -> None:
+        if self._quick:
+            self._quick = False
+            # A whole response in one read, its head byte for byte one analysed before
+            # and its body exactly that head's Content-Length: llhttp would make the same
+            # calls (it took that head, and a length-framed body ends where its length
+            # says), so make them without it, and without the analysis.
+            head = self._last
+            if head is not None and data.startswith(self._last_raw):
+                end = len(self._last_raw)
+            else:
+                head = None
+                end = data.find(b"\r\n\r\n") + 4
+                if end > 3:
+                    raw = data[:end]
+                    head = _RESPONSE_HEADS.get(raw)
+                    if head is not None:
+                        self._last = head
+                        self._last_raw = raw
+            if head is not None and len(data) - end == head.content_length:
+                self._headers_seen = True
+                sink = self._sink
+                sink.on_response(head)
+                if end < len(data):
+                    sink.on_response_body(data[end:])
+                self._done = True  # as on_message_complete
+                sink.on_response_end()
+                return
         if self.upgrade_rest is not None:
             self.upgrade_rest += data
             return
@@ -1469,6 +1534,15 @@ class HttptoolsResponseParser:
         self._headers_seen = True
         self._close_delimited = (not head.no_body and head.content_length is None
                                  and not head.chunked)
+        if start == 0 and head.content_length is not None and head.keep_alive \
+                and not head.no_body and head.status != 101 and end < _SCAN_HEAD_MAX:
+            # (`no_body` is False: the request was not HEAD, the status not 204 or 304)
+            if len(_RESPONSE_HEADS) >= _SCANS_MAX:
+                _RESPONSE_HEADS.clear()
+            raw = buf[:end + 4]
+            _RESPONSE_HEADS[raw] = head
+            self._last = head
+            self._last_raw = raw
         self._sink.on_response(head)
         if self._method == b"HEAD" and head.status != 101:
             # llhttp cannot be told the request was HEAD; stop here (204 and 304 it knows).

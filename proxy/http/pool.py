@@ -64,7 +64,12 @@ class Pool:
             conn.close()
             return
         conns.append(conn)
-        conn.enter_pool(self, self._loop.time())
+        conn.owner = None  # conn.enter_pool(self, now), inline (a call per request):
+        parser = conn.parser
+        if parser is not None:
+            parser.release()  # kept for reuse, but it must not hold the last client
+        conn.pool = self
+        conn.idle_since = self._loop.time()
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(self.idle_timeout / 2, self._sweep)
 

@@ -113,6 +113,10 @@ _ON_ANSWER = ON[Event.ANSWER]
 _ON_RETRACT = ON[Event.RETRACT]
 _ON_SWITCH = ON[Event.SWITCH]
 _REQ_WHOLE = REQUEST_WHOLE
+_FRAME_NONE = hdr.FRAME_NONE
+_FRAME_LENGTH = hdr.FRAME_LENGTH
+_FRAME_CLOSE = hdr.FRAME_CLOSE
+_FRAME_CHUNKED = hdr.FRAME_CHUNKED
 _RESP_WHOLE = RESPONSE_WHOLE
 # What an idle connection holds in place of its write buffer `_wbuf` once slimmed down
 # (after its first exchange when its parser went too, or by the sweep: `idle_check`)
@@ -1030,28 +1034,53 @@ class ClientProtocol(asyncio.Protocol):
         assert req is not None and self._backend is not None and self._server is not None
         self._resp = head
         state = self._state = _ON_RESPONSE_HEAD[self._state]
-        self._status = head.status
+        status = self._status = head.status
         self._t_resp = self._loop.time()
-        framing = hdr.response_framing(head, req.version)
-        keep = self._keep = keep_alive_after(
-            client_keep_alive=req.keep_alive, request_whole=state is _RESPONSE,
-            close_delimited=framing == hdr.FRAME_CLOSE,
-            upgrade=req.upgrade or head.status == 101, must_close=self._close_after,
-            stopping=proxy.closing)
+        version = req.version
+        # hdr.response_framing(head, version), inline (a call per response)
+        if head.no_body or status == 101:
+            framing = _FRAME_NONE
+        elif head.content_length is not None:
+            framing = _FRAME_LENGTH
+        else:
+            framing = _FRAME_CHUNKED if version == b"1.1" else _FRAME_CLOSE
+        # exchange.keep_alive(client_keep_alive=, request_whole=, close_delimited=,
+        # upgrade=, must_close=, stopping=), inline (a call with keywords per response)
+        keep = self._keep = (req.keep_alive and state is _RESPONSE
+                             and framing != _FRAME_CLOSE and not req.upgrade
+                             and status != 101 and not self._close_after
+                             and not proxy.closing)
         set_cookie = None
         backend = self._backend
         if backend.affinity is _COOKIE:
             value = cookie_value(self._server).encode()
             if self._cookie != value:
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
-        self._chunked_out = framing == hdr.FRAME_CHUNKED
-        self._fe.response(head.status)
+        self._chunked_out = framing == _FRAME_CHUNKED
+        i = status // 100 - 1  # self._fe.response(status), inline
+        self._fe.hrsp[i if 0 <= i < 5 else 5] += 1
         self._unsent = len(self._wbuf)  # (`flush` sets -1)
+        hsts = proxy.hsts
+        if set_cookie is None and self.response_edit is None:
+            # The head the parser hands out again for the same bytes (parser.
+            # _RESPONSE_HEADS) is rewritten once, not per response: response_head's
+            # output depends on nothing else here (framing: on the head and `version`).
+            sent = head.sent
+            if sent is not None and sent[1] == keep and sent[0] == version \
+                    and sent[2] == hsts:
+                out = sent[3]
+            else:
+                out = hdr.response_head(head, framing, keep_alive=keep,
+                                        client_version=version, hsts=hsts)
+                head.sent = (version, keep, hsts, out)
+            self._wbuf.append(out)
+            return
         if self.response_edit is not None:  # a Gateway route's (proxy.http.gwfilters)
-            head.headers = self.response_edit(head.headers)
+            # on a copy: the parser may hand this head out again (parser._RESPONSE_HEADS)
+            head = self._resp = head.edited(self.response_edit(head.headers))
         self._wbuf.append(hdr.response_head(
-            head, framing, keep_alive=keep, client_version=req.version,
-            set_cookie=set_cookie, hsts=proxy.hsts))
+            head, framing, keep_alive=keep, client_version=version,
+            set_cookie=set_cookie, hsts=hsts))
 
     def on_response_body(self, data: bytes) -> None:
         if self._chunked_out:
@@ -1303,20 +1332,37 @@ class ClientProtocol(asyncio.Protocol):
         done = self._state is _DONE  # else _DRAIN (closing) or _CLOSED
         reusable = False
         if up is not None:
+            # (whether `up` is still usable, pool.put asks: it closes it if not)
             parser = up.parser
-            reusable = (done and self._resp is not None and self._resp.keep_alive
-                        and parser is not None
-                        and not parser.rest and parser.upgrade_rest is None
-                        and not up.closed and not up.eof and up.transport is not None
-                        and not up.transport.is_closing())  # up.usable, inline
+            resp = self._resp
+            reusable = (done and resp is not None and resp.keep_alive and parser is not None
+                        and not parser.rest and parser.upgrade_rest is None)
         keep = done and self._keep and not self._close_after
         self._end_exchange(reusable)
         if not keep:
             self.close()
             return
         self._state = _IDLE  # _ON_NEXT[_DONE]: no lookup for a constant
-        self.flush()
-        self._go_idle()
+        wbuf = self._wbuf  # self.flush(), inline (a call per request)
+        if wbuf:
+            data = b"".join(wbuf) if len(wbuf) != 1 else wbuf[0]
+            wbuf.clear()
+            self._unsent = -1
+            t = self.transport
+            if t is not None and not t.is_closing():
+                self._fe.bytes_out += len(data)
+                t.write(data)
+        if self._again:
+            # self._go_idle() after a later exchange, inline (a call per request): its
+            # first-exchange part has been done; stamp the time and have the sweep watch
+            self._tkind = _T_KEEPALIVE
+            self._tlen = self._proxy.settings.timeouts.keep_alive
+            self._tstamp = self._loop.time()
+            sweep = self._sweep
+            if not sweep.armed:
+                sweep.watch()
+        else:
+            self._go_idle()
         if self._proxy.closing:
             self.close()
             return
@@ -1335,7 +1381,13 @@ class ClientProtocol(asyncio.Protocol):
         self._srv_c = self._be_c = None
         balancer = self._balancer
         assert balancer is not None
-        balancer.release(server)
+        active = balancer.active  # balancer.release(server), inline (a call per request)
+        key = server.key
+        n = active.get(key, 0) - 1
+        if n > 0:
+            active[key] = n
+        else:
+            active.pop(key, None)
         sent = self._bytes_out_req
         got = self._resp_bytes
         srv.cur_conns -= 1  # Counters.close(), inline

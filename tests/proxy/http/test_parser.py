@@ -499,3 +499,110 @@ def test_httptools_scans_remembered_by_exact_bytes() -> None:
     for i in range(parser._SCANS_MAX + 5):
         rparse(kind, b"HTTP/1.1 200 OK\r\nX-N: %d%s\r\nab" % (i, ok))
     assert 0 < len(parser._RESPONSE_SCANS) <= parser._SCANS_MAX
+
+
+def test_httptools_whole_responses_remembered_by_exact_head() -> None:
+    """A read that is a whole response, its head byte for byte one analysed before and
+    its body exactly that head's Content-Length, is answered from `_RESPONSE_HEADS`
+    (the same head object: no llhttp, no analysis) with the callbacks the slow path
+    makes, and leaves the parser as that path does (reusable, nothing after). Anything
+    else takes the slow path: another head, a short or long body, HEAD, 204/304/1xx,
+    chunked, a closing response; a refused head is never remembered; bounded."""
+    from proxy.http import parser
+
+    kind = HttpParser.HTTPTOOLS
+    parser._RESPONSE_HEADS.clear()
+    head_bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n"
+    ok = head_bytes + b"ab"
+    first, p1 = rparse(kind, ok)
+    assert head_bytes in parser._RESPONSE_HEADS
+    second, p2 = rparse(kind, ok)
+    assert second.events[0][1] is first.events[0][1]  # from the memo
+    assert second.kinds() == first.kinds() == ["head", "body", "end"]
+    assert second.body() == b"ab"
+    for p in (p1, p2):  # the same state after either path
+        assert (p.rest, p.upgrade_rest, p._done, p._headers_seen) == (b"", None, True, True)
+    # a reused parser: the memo again, and llhttp still in step for a slow response
+    for data in (ok, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz", ok):
+        sink = Sink()
+        assert p2.reset(sink, b"GET")
+        p2.feed(data)
+        assert sink.kinds() == ["head", "body", "end"] and p2.rest == b""
+    assert sink.events[0][1] is first.events[0][1]
+    # the parser's own last head (`_last`) stands even when the memo has been emptied;
+    # on it too, anything but the same head with exactly its body takes the slow path
+    for data, method, kinds, rest in ((ok, b"GET", ["head", "body", "end"], False),
+                                      (ok + b"H", b"GET", ["head", "body", "end"], True),
+                                      (ok[:-1], b"GET", ["head", "body"], False),
+                                      (ok, b"HEAD", ["head", "end"], True)):
+        sink, p = rparse(kind, ok)
+        last = sink.events[0][1]
+        parser._RESPONSE_HEADS.clear()
+        sink = Sink()
+        assert p.reset(sink, method)
+        p.feed(data)
+        assert sink.kinds() == kinds and bool(p.rest) is rest, (data, method)
+        assert (sink.events[0][1] is last) is (data == ok and method == b"GET")
+        if kinds[-1] != "end":
+            p.feed(b"b")
+            assert sink.kinds() == [*kinds, "end"] and sink.body() == b"ab"
+    rparse(kind, ok)
+    zero = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    rparse(kind, zero)
+    sink, _ = rparse(kind, zero)
+    assert sink.kinds() == ["head", "end"] and sink.events[0][1] is parser._RESPONSE_HEADS[zero]
+
+    memo = parser._RESPONSE_HEADS[head_bytes]
+
+    def slow(data: bytes, method: bytes = b"GET", split: int = 0) -> tuple[Sink, Any]:
+        sink, p = rparse(kind, data, method, split=split)
+        assert not sink.events or sink.events[0][1] is not memo, data
+        return sink, p
+
+    sink, _ = slow(ok.replace(b"timeout=5", b"timeout=6"))  # one byte different
+    assert sink.kinds() == ["head", "body", "end"]
+    sink, p = slow(ok[:-1])  # short: the rest comes in the next read
+    assert sink.kinds() == ["head", "body"]
+    p.feed(b"b")
+    assert sink.kinds() == ["head", "body", "end"] and sink.body() == b"ab" and p.rest == b""
+    sink, p = slow(ok + b"H")  # a byte after the response: the connection is not clean
+    assert sink.kinds() == ["head", "body", "end"] and p.rest
+    sink, p = slow(ok, b"HEAD")
+    assert sink.kinds() == ["head", "end"] and sink.events[0][1].no_body and p.rest
+    sink, _ = slow(ok, split=7)
+    assert sink.body() == b"ab"
+    for status in (204, 304):
+        data = b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\n" % status
+        for _ in range(2):
+            sink, _ = slow(data)
+            assert sink.kinds() == ["head", "end"] and sink.events[0][1].no_body
+    for data in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab",
+                 b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nab",
+                 b"HTTP/1.1 100 Continue\r\n\r\n" + ok):
+        for _ in range(2):
+            sink, _ = slow(data)
+            assert sink.kinds()[-1] == "end" and sink.body() == b"ab", data
+    assert len(parser._RESPONSE_HEADS) == 3  # ok, zero, the "timeout=6" one
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(ParseError):
+            rparse(kind, bad + b"ab")
+    assert bad not in parser._RESPONSE_HEADS
+    for i in range(parser._SCANS_MAX + 5):
+        rparse(kind, b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i)
+    assert 0 < len(parser._RESPONSE_HEADS) <= parser._SCANS_MAX
+
+
+def test_response_head_edited_is_a_copy() -> None:
+    """A Gateway's response filters edit a copy (`ResponseHead.edited`): the head the
+    httptools parser hands out again for the same bytes stays as it was read."""
+    sink, _ = rparse(HttpParser.HTTPTOOLS,
+                     b"HTTP/1.1 201 Made\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nab")
+    head = sink.events[0][1]
+    copy = head.edited([(b"X-B", b"2")])
+    assert (copy.status, copy.reason, copy.version, copy.content_length, copy.chunked,
+            copy.keep_alive, copy.no_body, copy.connection) == \
+        (201, b"Made", b"1.1", 2, False, True, False, head.connection)
+    assert copy.raw is None and copy.headers == [(b"X-B", b"2")]
+    assert head.raw is not None and head.headers == [(b"Content-Length", b"2"), (b"X-A", b"1")]

@@ -441,6 +441,27 @@ async def test_first_timer_is_made_at_the_tick_only_if_still_needed(
     await asyncio.sleep(0)
 
 
+
+
+async def test_response_filters_leave_the_next_response_alone(parser_kind: HttpParser) -> None:
+    """A Gateway's response filters edit a copy of the head: the next response with the
+    same bytes (which the httptools parser answers with the same head object, parser.
+    _RESPONSE_HEADS) goes out as read when its route has no filters."""
+    from proxy.http.gwfilters import compile_response_edit
+    from pylb.gatewaymodel import HeaderOps
+
+    _proxy, client, ct, up, ut = make(parser_kind)
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"
+    for edit in (None, compile_response_edit((HeaderOps(set=(("X-A", "2"),)),)), None):
+        client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert ut.take().startswith(b"GET /x ")
+        client.response_edit = edit  # as the Gateway listener sets it per request
+        up.data_received(resp)
+        assert ct.take() == resp.replace(b"X-A: 1", b"X-A: 2" if edit else b"X-A: 1")
+    ct.close()
+    await asyncio.sleep(0)
+
+
 async def test_a_deadline_before_the_tick_gets_its_timer_at_once(
         parser_kind: HttpParser) -> None:
     """A phase that ends before the frontend's next tick is not deferred."""
@@ -449,3 +470,90 @@ async def test_a_deadline_before_the_tick_gets_its_timer_at_once(
     timer = client._timer
     assert timer is not None and timer is not proxy.late
     assert proxy.late.when() > timer.when()
+
+
+async def test_rewritten_response_head_remembered_per_client_version_and_keep_alive(
+        parser_kind: HttpParser) -> None:
+    """The head written for a response the parser hands out again (httptools:
+    parser._RESPONSE_HEADS) is kept on it (`ResponseHead.sent`) with the client version
+    and keep-alive it was written for, and written again only when those differ."""
+    from proxy.http import parser
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Remembered: 1\r\n\r\n"
+    plain = head + b"ok"
+    cases = [(b"1.1", b"", plain),
+             (b"1.0", b"Connection: keep-alive\r\n",
+              head[:-2] + b"Connection: keep-alive\r\n\r\nok"),
+             (b"1.1", b"", plain),
+             (b"1.1", b"Connection: close\r\n", head[:-2] + b"Connection: close\r\n\r\nok")]
+    for version, fields, want in cases:
+        _proxy, client, ct, up, ut = make(parser_kind)
+        client.data_received(b"GET /a/x HTTP/%s\r\nHost: h\r\n%s\r\n" % (version, fields))
+        assert ut.take().startswith(b"GET /x ")
+        up.data_received(plain)
+        assert ct.take() == want, (version, fields)
+        if parser_kind is HttpParser.HTTPTOOLS:
+            sent = parser._RESPONSE_HEADS[head].sent
+            assert sent is not None and sent[:2] == (version, not fields.endswith(b"close\r\n"))
+            assert sent[3] == want[:-2]
+        ct.close()
+        await asyncio.sleep(0)
+
+
+async def test_balancer_counts_each_exchange_until_its_response_ends(
+        parser_kind: HttpParser) -> None:
+    """The balancer's active count of a server (leastconn's input) goes up when a request
+    is sent to it and back down when its response has ended, once per exchange."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    balancer = proxy.balancers.get("b")
+    assert balancer is not None
+    up2 = UpstreamProtocol(SERVER.key, proxy.parser_kind)
+    ut2 = FakeTransport(up2, (SERVER.address, SERVER.port))
+    up2.connection_made(ut2)  # type: ignore[arg-type]
+    proxy.pool.put(up2)
+    client2 = ClientProtocol(proxy)
+    ct2 = FakeTransport(client2, ("192.0.2.8", 40000))
+    client2.connection_made(ct2)  # type: ignore[arg-type]
+    for _ in range(2):
+        client.data_received(b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        client2.data_received(b"GET /a/2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert balancer.active == {SERVER.key: 2}
+        taken = [u for u, t in ((up, ut), (up2, ut2)) if t.take()]
+        taken[0].data_received(OK)
+        assert balancer.active == {SERVER.key: 1}
+        taken[1].data_received(OK)
+        assert balancer.active == {}
+        assert ct.take().endswith(b"ok") and ct2.take().endswith(b"ok")
+    ct.close()
+    ct2.close()
+    await asyncio.sleep(0)
+
+
+def test_h2_response_filters_leave_the_remembered_head_alone() -> None:
+    """As over HTTP/1.1: an HTTP/2 stream's Gateway response filters edit a copy of the
+    head, never the one the httptools parser hands out again for the same bytes."""
+    from types import SimpleNamespace
+
+    from proxy.http.gwfilters import compile_response_edit
+    from proxy.http.h2server import H2Stream
+    from proxy.http.parser import RequestHead, ResponseHead, response_parser
+    from pylb.counters import Counters
+    from pylb.gatewaymodel import HeaderOps
+
+    blocks: list[list[tuple[bytes, bytes]]] = []
+    conn = SimpleNamespace(
+        loop=SimpleNamespace(time=lambda: 0.0),
+        proxy=SimpleNamespace(hsts=None, fe_counters=Counters()),
+        send_headers=lambda stream, block, end_stream: blocks.append(block))
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"
+    heads: list[ResponseHead] = []
+    for edit in (None, compile_response_edit((HeaderOps(set=(("X-A", "2"),)),)), None):
+        stream = H2Stream(conn, 1, RequestHead(b"GET", b"/", b"2.0", []))  # type: ignore[arg-type]
+        stream.response_edit = edit
+        sink = SimpleNamespace(on_response=lambda h: heads.append(h),
+                               on_response_body=lambda d: None, on_response_end=lambda: None,
+                               on_interim=lambda h: None)
+        response_parser(HttpParser.HTTPTOOLS, sink, b"GET").feed(resp)  # type: ignore[arg-type]
+        stream.on_response(heads[-1])
+    assert heads[1] is heads[0] is heads[2]  # the same head each time (parser memo)
+    assert [dict(b)[b"x-a"] for b in blocks] == [b"1", b"2", b"1"]
