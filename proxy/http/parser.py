@@ -11,7 +11,9 @@ It never does I/O. The two implementations are interchangeable and pass the same
 - `httptools`: llhttp in C does everything; its callbacks feed the same analysis. A
   head's field lines are scanned in one regex pass, remembered by their exact bytes
   (`_REQUEST_SCANS`, `_RESPONSE_SCANS`, as the h11 path remembers h11's verdicts): what
-  depends on more than those bytes is checked on every head.
+  depends on more than those bytes is checked on every head. A whole read that was one
+  bodiless request is remembered whole (`_READS`): the same read again gets the same
+  head without llhttp.
 
 Both heads go through `analyze_request` / `analyze_response`, where the rules that prevent
 request smuggling live in one place: one Content-Length of digits only, no
@@ -140,7 +142,23 @@ class RequestHead:
     @headers.setter
     def headers(self, headers: Headers) -> None:
         self._headers = headers
-        self.raw = self.kept = None  # changed (gwplane's header filters): sent from the list
+        self.raw = self.kept = None  # changed: sent from the list
+
+    def replaced(self, headers: Headers) -> RequestHead:
+        """This head with other fields (gwplane's header filters), as a copy: a head the
+        parser made may be shared by several exchanges (`_READS`), so none changes it."""
+        head = RequestHead(self.method, self.target, self.version, headers)
+        head.drops = self.drops
+        head.xff = self.xff
+        head.upgrade_value = self.upgrade_value
+        head.content_length = self.content_length
+        head.chunked = self.chunked
+        head.keep_alive = self.keep_alive
+        head.upgrade = self.upgrade
+        head.expect_continue = self.expect_continue
+        head.host = self.host
+        head.connection = self.connection
+        return head
 
     @property
     def has_body(self) -> bool:
@@ -1236,8 +1254,8 @@ class HttptoolsRequestParser:
     `BodyFramer` (as on the h11 path): it checks trailer fields, which llhttp would only
     report through per-field callbacks; the next request gets a fresh llhttp parser."""
 
-    __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_last", "_limits", "_p", "_pos",
-                 "_sink", "_url", "upgrade_rest")
+    __slots__ = ("_body", "_hbuf", "_head", "_head_fed", "_in_body", "_last", "_limits", "_p",
+                 "_pos", "_sink", "_url", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         assert httptools is not None
@@ -1251,6 +1269,7 @@ class HttptoolsRequestParser:
         self._head_fed = 0  # bytes of a head still incomplete (see `feed`)
         self._in_body = False
         self._last = False  # as in H11RequestParser
+        self._head: RequestHead | None = None  # the last head (`_READS`)
         self.upgrade_rest: bytes | None = None
 
     def drop(self) -> None:
@@ -1263,6 +1282,22 @@ class HttptoolsRequestParser:
             and not self._last and self.upgrade_rest is None
 
     def feed(self, data: bytes) -> None:
+        # self.at_rest(), inline (a call per read)
+        idle = not self._hbuf and self._body is None and not self._in_body \
+            and not self._last and self.upgrade_rest is None
+        if idle:
+            seen = _READS.get(data)
+            if seen is not None and seen[0] is self._limits:
+                # This read, at rest, was a whole bodiless request before: what llhttp
+                # and the analysis made of it then, they would make of it again, and
+                # would leave the parser as they did then (see `_READS`).
+                known = seen[1]
+                if not known.keep_alive:
+                    self._last = True  # as on_headers_complete: what follows is ignored
+                sink = self._sink
+                sink.on_head(known)
+                sink.on_end()
+                return
         while data:
             if self.upgrade_rest is not None:
                 self.upgrade_rest += data
@@ -1315,6 +1350,19 @@ class HttptoolsRequestParser:
                 if self._last and not self._in_body:
                     return  # llhttp refuses data after a closing request; we ignore it
                 raise ParseError(Failure.BAD_REQUEST, str(e)) from None
+            if idle and not self._hbuf and not self._in_body and self.upgrade_rest is None \
+                    and len(data) <= _READ_MAX:
+                # At rest before and after, every byte taken: remember the read if it was
+                # one message (`_READS`).
+                head = self._head
+                if head is not None and not head.content_length \
+                        and not head.chunked and not head.upgrade \
+                        and not head.expect_continue and head.raw is not None \
+                        and len(data) == len(head.method) + len(head.target) + 12 \
+                        + len(head.raw):
+                    if len(_READS) >= _SCANS_MAX:
+                        _READS.clear()
+                    _READS[data] = (self._limits, head)
             return
 
     # No on_message_begin (a Python call per request saved): what it would reset is reset
@@ -1343,6 +1391,7 @@ class HttptoolsRequestParser:
         self._in_body = True
         self._head_fed = 0
         self._last = not head.keep_alive
+        self._head = head
         self._sink.on_head(head)
         if head.chunked:
             self._body = BodyFramer(self._sink.on_body, None, True, Failure.BAD_REQUEST)
@@ -1359,6 +1408,26 @@ class HttptoolsRequestParser:
             self._hbuf = b""
             self._pos = 0
         self._sink.on_end()
+
+
+# Whole reads that were one bodiless request, fed to a parser at rest, by their exact
+# bytes, with the Limits they were judged under and the head they made: a client repeats
+# its request byte for byte (wrk, health checks, API polls, on one connection or on a new
+# one each time), and the same bytes fed to a parser at rest make the same callbacks
+# (`on_head` with an equal head, `on_end`) and leave the parser as they did then: at rest
+# (llhttp's state after a whole keep-alive message is its state before one), or, after a
+# request that closes the connection, ignoring what follows (`_last`); the analysis
+# (`analyze_request_raw`) is a pure function of those bytes and the limits. Only such
+# reads are remembered: no Content-Length above 0, not chunked, no upgrade, no
+# 100-continue; refused reads never are; the request line must be as llhttp reads it with
+# single spaces and no empty lines before it (the length says so), so that the read is
+# exactly one message. A hit skips llhttp and the analysis (~20k instructions of a
+# keep-alive GET's ~136k: bench/instructions.py). The head is shared by every exchange
+# the same bytes make, on any connection: nothing changes a RequestHead after the parser
+# made it (gwplane's header filters make a copy, `RequestHead.replaced`). Bounded as
+# `_REQUEST_SCANS`.
+_READS: dict[bytes, tuple[Limits, RequestHead]] = {}
+_READ_MAX = 2 * _SCAN_HEAD_MAX  # a request line and 1 KiB of field lines
 
 
 class HttptoolsResponseParser:

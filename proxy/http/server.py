@@ -734,13 +734,16 @@ class ClientProtocol(asyncio.Protocol):
             found = gateway.route(self, head, host, path, query)
             if found is None:
                 return  # answered there: 404, 500 or a redirect
+            # the head to forward: with the route's request filters applied
+            route, target, head = found
+            self._req = head
         else:
             found = proxy.router.route(host, path, query)
-        if found is None:
-            self._local(proxy.settings.default_return_code, proxy.error_page,
-                        Failure.NO_ROUTE)
-            return
-        route, target = found
+            if found is None:
+                self._local(proxy.settings.default_return_code, proxy.error_page,
+                            Failure.NO_ROUTE)
+                return
+            route, target = found
         if route.ssl_redirect and not proxy.tls:
             self._redirect(b"https://%s%s" % (host, path + query))
             return
