@@ -1254,8 +1254,8 @@ class HttptoolsRequestParser:
     `BodyFramer` (as on the h11 path): it checks trailer fields, which llhttp would only
     report through per-field callbacks; the next request gets a fresh llhttp parser."""
 
-    __slots__ = ("_body", "_hbuf", "_head", "_head_fed", "_in_body", "_last", "_limits", "_p",
-                 "_pos", "_sink", "_url", "upgrade_rest")
+    __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_last", "_limits", "_p", "_pos",
+                 "_sink", "_url", "_whole", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         assert httptools is not None
@@ -1269,7 +1269,7 @@ class HttptoolsRequestParser:
         self._head_fed = 0  # bytes of a head still incomplete (see `feed`)
         self._in_body = False
         self._last = False  # as in H11RequestParser
-        self._head: RequestHead | None = None  # the last head (`_READS`)
+        self._whole: RequestHead | None = None  # the last head, if it was all of `_hbuf`
         self.upgrade_rest: bytes | None = None
 
     def drop(self) -> None:
@@ -1282,22 +1282,20 @@ class HttptoolsRequestParser:
             and not self._last and self.upgrade_rest is None
 
     def feed(self, data: bytes) -> None:
-        # self.at_rest(), inline (a call per read)
-        idle = not self._hbuf and self._body is None and not self._in_body \
-            and not self._last and self.upgrade_rest is None
-        if idle:
-            seen = _READS.get(data)
-            if seen is not None and seen[0] is self._limits:
-                # This read, at rest, was a whole bodiless request before: what llhttp
-                # and the analysis made of it then, they would make of it again, and
-                # would leave the parser as they did then (see `_READS`).
-                known = seen[1]
-                if not known.keep_alive:
-                    self._last = True  # as on_headers_complete: what follows is ignored
-                sink = self._sink
-                sink.on_head(known)
-                sink.on_end()
-                return
+        seen = _READS.get(data)
+        if seen is not None and seen[0] is self._limits and not self._hbuf \
+                and self._body is None and not self._in_body and not self._last \
+                and self.upgrade_rest is None:  # self.at_rest(), inline
+            # This read, at rest, was a whole bodiless request before: what llhttp and
+            # the analysis made of it then, they would make of it again, and would leave
+            # the parser as they did then (see `_READS`).
+            known = seen[1]
+            if not known.keep_alive:
+                self._last = True  # as on_headers_complete: what follows is ignored
+            sink = self._sink
+            sink.on_head(known)
+            sink.on_end()
+            return
         while data:
             if self.upgrade_rest is not None:
                 self.upgrade_rest += data
@@ -1350,19 +1348,6 @@ class HttptoolsRequestParser:
                 if self._last and not self._in_body:
                     return  # llhttp refuses data after a closing request; we ignore it
                 raise ParseError(Failure.BAD_REQUEST, str(e)) from None
-            if idle and not self._hbuf and not self._in_body and self.upgrade_rest is None \
-                    and len(data) <= _READ_MAX:
-                # At rest before and after, every byte taken: remember the read if it was
-                # one message (`_READS`).
-                head = self._head
-                if head is not None and not head.content_length \
-                        and not head.chunked and not head.upgrade \
-                        and not head.expect_continue and head.raw is not None \
-                        and len(data) == len(head.method) + len(head.target) + 12 \
-                        + len(head.raw):
-                    if len(_READS) >= _SCANS_MAX:
-                        _READS.clear()
-                    _READS[data] = (self._limits, head)
             return
 
     # No on_message_begin (a Python call per request saved): what it would reset is reset
@@ -1391,7 +1376,8 @@ class HttptoolsRequestParser:
         self._in_body = True
         self._head_fed = 0
         self._last = not head.keep_alive
-        self._head = head
+        # the head is all the bytes held, from the first (`on_message_complete`)
+        self._whole = head if start == 0 and end + 4 == len(buf) else None
         self._sink.on_head(head)
         if head.chunked:
             self._body = BodyFramer(self._sink.on_body, None, True, Failure.BAD_REQUEST)
@@ -1404,30 +1390,56 @@ class HttptoolsRequestParser:
     def on_message_complete(self) -> None:
         self._in_body = False
         self._url = b""
-        if self._pos >= len(self._hbuf):  # nothing follows in this read: hold no bytes
+        buf = self._hbuf
+        if self._pos >= len(buf):  # nothing follows in this read: hold no bytes
             self._hbuf = b""
             self._pos = 0
+            head = self._whole
+            if head is not None and len(buf) <= _READ_MAX:
+                # The message was all the bytes held (its head was, and no body followed):
+                # remember them (`_READS`) the second time they come.
+                once = hash(buf)  # (computed by feed's lookup already, when one read)
+                if once not in _ONCE:
+                    if len(_ONCE) >= _ONCE_MAX:
+                        _ONCE.clear()
+                    _ONCE.add(once)
+                elif not head.content_length and not head.chunked and not head.upgrade \
+                        and not head.expect_continue and not self._p.should_upgrade() \
+                        and (not head.keep_alive or self._p.should_keep_alive()):
+                    if len(_READS) >= _SCANS_MAX:
+                        _READS.clear()
+                    _READS[buf] = (self._limits, head)
         self._sink.on_end()
 
 
-# Whole reads that were one bodiless request, fed to a parser at rest, by their exact
-# bytes, with the Limits they were judged under and the head they made: a client repeats
-# its request byte for byte (wrk, health checks, API polls, on one connection or on a new
-# one each time), and the same bytes fed to a parser at rest make the same callbacks
-# (`on_head` with an equal head, `on_end`) and leave the parser as they did then: at rest
-# (llhttp's state after a whole keep-alive message is its state before one), or, after a
-# request that closes the connection, ignoring what follows (`_last`); the analysis
-# (`analyze_request_raw`) is a pure function of those bytes and the limits. Only such
-# reads are remembered: no Content-Length above 0, not chunked, no upgrade, no
-# 100-continue; refused reads never are; the request line must be as llhttp reads it with
-# single spaces and no empty lines before it (the length says so), so that the read is
-# exactly one message. A hit skips llhttp and the analysis (~20k instructions of a
-# keep-alive GET's ~136k: bench/instructions.py). The head is shared by every exchange
-# the same bytes make, on any connection: nothing changes a RequestHead after the parser
-# made it (gwplane's header filters make a copy, `RequestHead.replaced`). Bounded as
-# `_REQUEST_SCANS`.
+# Reads that were one whole bodiless request, by their exact bytes, with the Limits they
+# were judged under and the head they made: a client repeats its request byte for byte
+# (wrk, health checks, API polls, on one connection or on a new one each time). The same
+# bytes fed to a parser at rest make the same callbacks (`on_head` with an equal head,
+# `on_end`) and leave the parser as they did then: at rest (llhttp's state after a whole
+# keep-alive message is its state before one), or, after a request that closes the
+# connection, ignoring what follows (`_last`); the analysis (`analyze_request_raw`) is a
+# pure function of those bytes and the limits. A hit skips llhttp and the analysis (~20k
+# instructions of a keep-alive GET's ~136k: bench/instructions.py).
+#
+# Remembered (`on_message_complete`): the bytes held when a message ended with them, if
+# its head began at the first of them (no empty line before it, no message before it)
+# and ended with the last (no body): the message was those bytes, whether one read
+# brought them or several (each a part of its head). Not remembered: a Content-Length
+# above 0, chunked, an upgrade, a 100-continue, a refused read, a read llhttp takes as an
+# upgrade or as closing where the analysis does not (none is known: llhttp will not see
+# the read again to say so). The head is shared by every exchange the same bytes make,
+# on any connection: nothing changes a RequestHead after the parser made it (gwplane's
+# header filters make a copy, `RequestHead.replaced`). Bounded as `_REQUEST_SCANS`.
 _READS: dict[bytes, tuple[Limits, RequestHead]] = {}
 _READ_MAX = 2 * _SCAN_HEAD_MAX  # a request line and 1 KiB of field lines
+# The hashes of such reads seen once lately: a read is remembered when it comes again, so
+# that a client that never repeats itself costs a set's add per request, not an entry of
+# `_READS` (and its head kept alive) that no read will ask for, nor empties `_READS` of
+# the reads that do come again (bench.instructions --unique-heads). A hash that collides
+# only lets a read in one sighting early.
+_ONCE: set[int] = set()
+_ONCE_MAX = 1024
 
 
 class HttptoolsResponseParser:
