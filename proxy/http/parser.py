@@ -105,7 +105,7 @@ class ParseError(Exception):
 class RequestHead:
     __slots__ = ("_headers", "chunked", "connection", "content_length", "drops",
                  "expect_continue", "host", "idempotent", "keep_alive", "kept", "method",
-                 "raw", "target", "upgrade", "upgrade_value", "version", "xff")
+                 "raw", "remembered", "target", "upgrade", "upgrade_value", "version", "xff")
 
     def __init__(self, method: bytes, target: bytes, version: bytes,
                  headers: Headers | None) -> None:
@@ -130,6 +130,11 @@ class RequestHead:
         self.expect_continue = False
         self.host = b""
         self.connection: frozenset[bytes] = _NO_TOKENS  # tokens of Connection, lower case
+        # The parser remembers this head (`_READS`): the same bytes will give this very
+        # object again, so what is worked out from it is worth keeping (ClientProtocol's
+        # route decision). The one field set after the head is handed out (by the parser,
+        # at the end of the read that made it); a hint, never a fact of the request.
+        self.remembered = False
 
     @property
     def headers(self) -> Headers:
@@ -1409,6 +1414,7 @@ class HttptoolsRequestParser:
                     if len(_READS) >= _SCANS_MAX:
                         _READS.clear()
                     _READS[buf] = (self._limits, head)
+                    head.remembered = True
         self._sink.on_end()
 
 

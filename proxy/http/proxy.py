@@ -61,6 +61,9 @@ class HttpProxy:
         self.proto = b"https" if tls else b"http"  # X-Forwarded-Proto
         self.table = RouteTable()
         self.router = Router(())
+        # `set_table`s so far: a route decision holds while it is unchanged
+        # (ClientProtocol._start)
+        self.generation = 0
         self.gateway: Any = None  # a Gateway listener's proxy.http.gwplane.GatewayDispatch
         # The open client connections, as a dict's keys rather than a set: a set grows
         # fourfold once 60 % full, so 5,000 of them take 512 KiB in a set and 145 KiB in
@@ -135,6 +138,7 @@ class HttpProxy:
         if routes_changed:
             self.router = Router(table.https if self.tls else table.http)
         self.table = table
+        self.generation += 1
         if self._pool is not None and left:
             self._pool.retain(self.balancers.live_keys)
         if self._h2_pool is not None and left:

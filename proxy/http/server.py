@@ -12,6 +12,10 @@ is gathered in `_wbuf` and written once per read (`flush`), so a small response 
 in one write. An exchange ends when the request has been read whole and the response
 sent whole; then the connection waits for the next request (keep-alive) or closes.
 
+A request whose head is the very object of an earlier exchange on the connection (the
+parser gives the same head for the same bytes: parser._READS) takes that exchange's route
+decision and rewritten head (`_routed`) while the table and the balancers are unchanged.
+
 Where the exchange is — request being read, waiting for the response, response under
 way, tunnel, closing — is one `State` (`_state`), moved only through the table of
 `proxy.http.exchange`, which also decides keep-alive after a response (`keep_alive`).
@@ -124,6 +128,12 @@ _SLIM = cast(list[bytes], ())
 _EMPTY = _SLIM
 
 
+# A route decision kept for the head it was made for (`ClientProtocol._start`): the head,
+# HttpProxy.generation and Balancers.changes when it was made, the backend and its
+# balancer, and the head rewritten for the backend.
+_Routed = tuple[RequestHead, int, int, Backend, Balancer, bytes]
+
+
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "_again",
@@ -155,6 +165,7 @@ class ClientProtocol(asyncio.Protocol):
         "_req",
         "_resp",
         "_resp_bytes",
+        "_routed",
         "_server",
         "_srv_c",
         "_ssl_client",
@@ -225,6 +236,7 @@ class ClientProtocol(asyncio.Protocol):
         # (not by `_reset`, which runs per request). One field: one test per request.
         self._held: Server | Ticket | None = None
         self._tw = 0.0  # seconds the held slot was waited for (the access log's Tw)
+        self._routed: _Routed | None = None  # (see `_start`; kept across exchanges)
         self._reset()
 
     def _reset(self) -> None:
@@ -727,39 +739,54 @@ class ClientProtocol(asyncio.Protocol):
                 self._body_timer = self._loop.call_at(now + body_timeout, self._body_late)
         else:
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
-        authority, path, query = split_target(head.target)
-        host = authority or head.host
         gateway = proxy.gateway
-        if gateway is not None:  # a Gateway API listener (proxy.http.gwplane)
-            found = gateway.route(self, head, host, path, query)
-            if found is None:
-                return  # answered there: 404, 500 or a redirect
-            # the head to forward: with the route's request filters applied
-            route, target, head = found
-            self._req = head
+        routed = self._routed
+        backend: Backend | None
+        balancer: Balancer | None
+        if routed is not None and routed[0] is head and gateway is None \
+                and routed[1] == proxy.generation and routed[2] == proxy.balancers.changes:
+            # The very head of an earlier exchange on this connection (parser._READS gives
+            # the same object for the same bytes), under the same table and balancers:
+            # routing, the redirects' checks and the head's rewriting would decide as
+            # they did then (pure functions of those and of this connection's constants).
+            # The rate limit and all that follows run for every request.
+            backend = routed[3]
+            balancer = routed[4]
+            out: bytes | None = routed[5]
         else:
-            found = proxy.router.route(host, path, query)
-            if found is None:
-                self._local(proxy.settings.default_return_code, proxy.error_page,
-                            Failure.NO_ROUTE)
+            authority, path, query = split_target(head.target)
+            host = authority or head.host
+            if gateway is not None:  # a Gateway API listener (proxy.http.gwplane)
+                found = gateway.route(self, head, host, path, query)
+                if found is None:
+                    return  # answered there: 404, 500 or a redirect
+                # the head to forward: with the route's request filters applied
+                route, target, head = found
+                self._req = head
+            else:
+                found = proxy.router.route(host, path, query)
+                if found is None:
+                    self._local(proxy.settings.default_return_code, proxy.error_page,
+                                Failure.NO_ROUTE)
+                    return
+                route, target = found
+            if route.ssl_redirect and not proxy.tls:
+                self._redirect(b"https://%s%s" % (host, path + query))
                 return
-            route, target = found
-        if route.ssl_redirect and not proxy.tls:
-            self._redirect(b"https://%s%s" % (host, path + query))
-            return
-        if route.redirect is not None:  # the router made the location the target
-            self._redirect(target, route.redirect_code)
-            return
-        if route.slash_redirect:
-            location = slash_redirect(route, path, query)
-            if location is not None:
-                self._redirect(location)
+            if route.redirect is not None:  # the router made the location the target
+                self._redirect(target, route.redirect_code)
                 return
-        backend = proxy.table.get_backend(route.backend)
-        balancer = proxy.balancers.get(route.backend)
-        if backend is None or balancer is None:
-            self._local(503, None, Failure.NO_SERVER)
-            return
+            if route.slash_redirect:
+                location = slash_redirect(route, path, query)
+                if location is not None:
+                    self._redirect(location)
+                    return
+            backend = proxy.table.get_backend(route.backend)
+            balancer = proxy.balancers.get(route.backend)
+            if backend is None or balancer is None:
+                self._local(503, None, Failure.NO_SERVER)
+                return
+            out = None
         self._backend = backend
         self._balancer = balancer
         if balancer.limiter is not None:
@@ -768,14 +795,21 @@ class ClientProtocol(asyncio.Protocol):
             if wait:
                 self._local(429, None, Failure.RATE_LIMITED, b"retry-after: %d\r\n" % wait)
                 return
-        cookie_name = None
-        if backend.affinity is _COOKIE:
-            cookie_name = backend.cookie_name.encode()
-            self._cookie = hdr.find_cookie(head.headers, cookie_name)
-        self._out_head = hdr.request_head(
-            head, target, client_ip=self.client_ip,
-            proto=proxy.proto, port=self.local_port, chunked=head.chunked,
-            affinity_cookie=cookie_name, ssl_client=self._ssl_client)
+        if out is None:
+            cookie_name = None
+            if backend.affinity is _COOKIE:
+                cookie_name = backend.cookie_name.encode()
+                self._cookie = hdr.find_cookie(head.headers, cookie_name)
+            out = hdr.request_head(
+                head, target, client_ip=self.client_ip,
+                proto=proxy.proto, port=self.local_port, chunked=head.chunked,
+                affinity_cookie=cookie_name, ssl_client=self._ssl_client)
+            if head.remembered and cookie_name is None and gateway is None:
+                # A head that comes again (`_routed`); not with cookie affinity, whose
+                # rewritten head depends on the request's cookie.
+                self._routed = (head, proxy.generation, proxy.balancers.changes, backend,
+                                balancer, out)
+        self._out_head = out
         if not head.idempotent:
             self._replay = None
         self._dispatch(None)

@@ -96,11 +96,11 @@ def test_the_same_read_again_goes_through_the_memo() -> None:
     sink = Sink()
     p = HttptoolsRequestParser(sink, LIMITS)
     p.feed(READ)  # seen once
-    assert READ not in parser._READS
+    assert READ not in parser._READS and not sink.events[0][1].remembered
     p.feed(READ)  # twice: remembered
     first = sink.events[2][1]
     assert sink.kinds() == ["head", "end"] * 2 and p.at_rest()
-    assert parser._READS[READ] == (LIMITS, first)
+    assert parser._READS[READ] == (LIMITS, first) and first.remembered
     # again, on the same connection and on another one: no llhttp, the same head
     other_sink = Sink()
     other = HttptoolsRequestParser(other_sink, LIMITS)
@@ -163,6 +163,9 @@ def test_other_reads_are_not_remembered(data: bytes) -> None:
     for _ in range(3):
         assert outcome(data) == want
     assert data not in parser._READS
+    sink = Sink()
+    outcome(data, sink=sink)
+    assert not any(v.remembered for k, v in sink.events if k == "head")
 
 
 @pytest.mark.parametrize("data", [
