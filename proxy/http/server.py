@@ -1005,11 +1005,21 @@ class ClientProtocol(asyncio.Protocol):
         if self._pending or self._ubuf:
             self._ubuf = [self._out_head, *self._pending, *self._ubuf]
             self._pending = _EMPTY
-        else:
+            if not self._feeding:  # else data_received writes head and body in one go
+                self._uflush()
+        elif req.chunked or req.content_length:  # req.has_body, inline
             self._ubuf = [self._out_head]
+            if not self._feeding:
+                self._uflush()
+        else:
+            # No body to go with the head: it goes now (`_uflush` of [head], inline,
+            # without the list: a GET's path)
+            t = up.transport
+            if t is not None and not up.closed:
+                out = self._out_head
+                self._bytes_out_req += len(out)
+                t.write(out)
         self._pending_size = 0
-        if not self._feeding:  # else data_received writes head and body in one go
-            self._uflush()
         if self._paused & _P_PENDING:
             self.resume_reading(_P_PENDING)
 
