@@ -993,12 +993,24 @@ class ClientProtocol(asyncio.Protocol):
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         balancer = self._balancer
         assert balancer is not None
-        balancer.acquire(server)
-        srv = self._srv_c = proxy.stats.server(backend.name, server.label)
+        active = balancer.active  # balancer.acquire(server), inline
+        key = server.key
+        active[key] = active.get(key, 0) + 1
+        stats = proxy.stats
+        name = backend.name
+        # stats.server() and stats.backend(), inline but for a row's first use (a call
+        # each per request otherwise)
+        srv = stats.servers.get((name, server.label))
+        if srv is None:
+            srv = stats.server(name, server.label)
+        be = stats.backends.get(name)
+        if be is None:
+            be = stats.backend(name)
+        self._srv_c = srv
+        self._be_c = be
         now = time.time()
         srv.open(now)
         srv.lbtot += 1
-        be = self._be_c = proxy.stats.backend(backend.name)
         be.open(now)
         be.lbtot += 1
         up.begin(self, req.method, req.upgrade)
