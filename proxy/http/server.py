@@ -542,8 +542,12 @@ class ClientProtocol(asyncio.Protocol):
         if kind > _T_REQUEST:
             self._tstamp = self._loop.time()
         elif kind == _T_KEEPALIVE:
-            now = self._t0 = self._loop.time()
-            self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request, now)
+            # The request's phase begins: `_arm(_T_REQUEST, …)`, but the timer is seen to
+            # (the `_arm` below) only if the read does not bring the whole head; else
+            # the head's own phase (`_start`) arms it: one `_arm` a request fewer.
+            self._t0 = self._tstamp = self._loop.time()
+            self._tkind = _T_REQUEST
+            self._tlen = self._proxy.settings.timeouts.http_request
         parser = self.parser
         if parser is None:
             if self._wbuf is _SLIM:
@@ -570,6 +574,8 @@ class ClientProtocol(asyncio.Protocol):
             self.abort()
             return
         self._feeding = False
+        if self._tkind == _T_REQUEST and kind == _T_KEEPALIVE:
+            self._arm(_T_REQUEST, self._tlen, self._tstamp)  # no whole head in this read
         if not self._again and self._queue is None and self._state in _REQ_WHOLE \
                 and parser.at_rest():
             # The first request is whole and the read ended with it. Many connections
