@@ -1266,7 +1266,9 @@ class HttptoolsRequestParser:
         assert httptools is not None
         self._sink = sink
         self._limits = limits
-        self._p = httptools.HttpRequestParser(self)
+        # llhttp's parser, made for the first read it must see (a remembered read needs
+        # none: `_READS`; a new connection's first read often is one)
+        self._p: httptools.HttpRequestParser | None = None
         self._url = b""
         self._hbuf = b""
         self._pos = 0
@@ -1279,7 +1281,7 @@ class HttptoolsRequestParser:
 
     def drop(self) -> None:
         # llhttp's parser object holds this one as its protocol: a cycle
-        del self._p
+        self._p = None
 
     def at_rest(self) -> bool:
         # `_hbuf` is emptied at a message's end only when nothing follows it in the read
@@ -1332,8 +1334,11 @@ class HttptoolsRequestParser:
                 pos = self._pos
                 self._hbuf = hbuf[pos:] + data if pos < len(hbuf) else data
                 self._pos = 0
+            p = self._p
+            if p is None:
+                p = self._p = httptools.HttpRequestParser(self)
             try:
-                self._p.feed_data(data)
+                p.feed_data(data)
             except httptools.HttpParserUpgrade as e:
                 self.upgrade_rest = data[e.args[0]:]
             except httptools.HttpParserCallbackError as e:
@@ -1344,7 +1349,7 @@ class HttptoolsRequestParser:
                     raise  # an error of ours, not of the request
                 # A chunked body follows (on_headers_complete): BodyFramer takes the bytes
                 # after the head, and a fresh llhttp parser the next request.
-                self._p = httptools.HttpRequestParser(self)
+                self._p = None
                 data = self._hbuf[self._pos:]
                 self._hbuf = b""
                 self._pos = 0
@@ -1376,7 +1381,9 @@ class HttptoolsRequestParser:
         # The version as the request line ends with it: llhttp took "d.d" right before
         # the CRLF (get_http_version() formats a str from llhttp's numbers: ~2k
         # instructions a request).
-        head = analyze_request_raw(self._p.get_method(), self._url, buf[line - 3:line],
+        p = self._p
+        assert p is not None  # (it calls us back)
+        head = analyze_request_raw(p.get_method(), self._url, buf[line - 3:line],
                                    buf[line:end + 2], self._limits)
         self._in_body = True
         self._head_fed = 0
@@ -1409,8 +1416,9 @@ class HttptoolsRequestParser:
                         _ONCE.clear()
                     _ONCE.add(once)
                 elif not head.content_length and not head.chunked and not head.upgrade \
-                        and not head.expect_continue and not self._p.should_upgrade() \
-                        and (not head.keep_alive or self._p.should_keep_alive()):
+                        and not head.expect_continue and (p := self._p) is not None \
+                        and not p.should_upgrade() \
+                        and (not head.keep_alive or p.should_keep_alive()):
                     if len(_READS) >= _SCANS_MAX:
                         _READS.clear()
                     _READS[buf] = (self._limits, head)

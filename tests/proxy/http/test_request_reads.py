@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httptools
 import pytest
 
 from proxy.http import parser
@@ -110,6 +111,24 @@ def test_the_same_read_again_goes_through_the_memo() -> None:
         assert s.events[-2][1] is first and s.kinds()[-2:] == ["head", "end"]
         assert q.at_rest()
     assert outcome(READ) == fresh(READ)
+
+
+def test_a_parser_makes_llhttp_only_for_a_read_it_must_see() -> None:
+    """A new connection's first read, when remembered, needs no llhttp parser (one is
+    made for the first read that must go through it; after a chunked body, again)."""
+    head = remembered(READ)
+    sink = Sink()
+    p = HttptoolsRequestParser(sink, LIMITS)
+    p.feed(READ)
+    assert p._p is None and sink.events[0][1] is head
+    p.feed(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert p._p is None  # llhttp read that head; the body is BodyFramer's, and the
+    p.feed(b"0\r\n\r\n")  # next request will get a new llhttp parser if it needs one
+    assert p._p is None
+    p.feed(READ)
+    assert p._p is None and sink.kinds() == ["head", "end", "head", "end", "head", "end"]
+    p.feed(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert p._p is not None and sink.events[-2][1].target == b"/x"
 
 
 def test_a_hit_leaves_the_parser_at_rest_for_what_follows() -> None:
@@ -227,7 +246,8 @@ def test_a_read_llhttp_judges_otherwise_is_not_remembered(upgrade: bool,
     analysis does not (no such read is known), the read would not come to it again."""
     for _ in range(3):
         p = HttptoolsRequestParser(Sink(), LIMITS)
-        p._p = _Verdicts(p._p, upgrade, keep_alive)  # type: ignore[assignment]
+        p._p = _Verdicts(httptools.HttpRequestParser(p), upgrade,  # type: ignore[assignment]
+                         keep_alive)
         p.feed(READ)
     assert not parser._READS
     remembered(READ)
