@@ -12,9 +12,10 @@ is gathered in `_wbuf` and written once per read (`flush`), so a small response 
 in one write. An exchange ends when the request has been read whole and the response
 sent whole; then the connection waits for the next request (keep-alive) or closes.
 
-A request whose head is the very object of an earlier exchange on the connection (the
-parser gives the same head for the same bytes: parser._READS) takes that exchange's route
-decision and rewritten head (`_routed`) while the table and the balancers are unchanged.
+A request whose head is the very object of an earlier exchange on the connection, or on
+an earlier connection from the same client (the parser gives the same head for the same
+bytes: parser._READS), takes that exchange's route decision and rewritten head
+(`_routed`, HttpProxy.routed) while the table and the balancers are unchanged.
 
 Where the exchange is — request being read, waiting for the response, response under
 way, tunnel, closing — is one `State` (`_state`), moved only through the table of
@@ -130,8 +131,13 @@ _EMPTY = _SLIM
 
 # A route decision kept for the head it was made for (`ClientProtocol._start`): the head,
 # HttpProxy.generation and Balancers.changes when it was made, the backend and its
-# balancer, and the head rewritten for the backend.
-_Routed = tuple[RequestHead, int, int, Backend, Balancer, bytes]
+# balancer, the head rewritten for the backend, and what else that depends on: the
+# client's address, the port it came to, its TLS client certificate's fields. Kept by the
+# connection (`_routed`) and by the frontend (HttpProxy.routed, by head: emptied with
+# each table, and when it holds this many: heads are few, parser._READS holds 128).
+_Routed = tuple[RequestHead, int, int, Backend, Balancer, bytes, str, int,
+                "tuple[bytes, bytes] | None"]
+_ROUTED_MAX = 256
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -747,15 +753,27 @@ class ClientProtocol(asyncio.Protocol):
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         gateway = proxy.gateway
         routed = self._routed
+        if routed is None or routed[0] is not head:
+            # Another connection's, from the same client address, to the same port,
+            # without a TLS client certificate or with the same (a client that makes a
+            # connection per request)
+            routed = proxy.routed.get(head) if head.remembered else None
+            if routed is not None:
+                if routed[6] != self.client_ip or routed[7] != self.local_port \
+                        or routed[8] != self._ssl_client:
+                    routed = None
+                else:
+                    self._routed = routed  # this connection's now
         backend: Backend | None
         balancer: Balancer | None
-        if routed is not None and routed[0] is head and gateway is None \
-                and routed[1] == proxy.generation and routed[2] == proxy.balancers.changes:
-            # The very head of an earlier exchange on this connection (parser._READS gives
-            # the same object for the same bytes), under the same table and balancers:
-            # routing, the redirects' checks and the head's rewriting would decide as
-            # they did then (pure functions of those and of this connection's constants).
-            # The rate limit and all that follows run for every request.
+        if routed is not None and gateway is None and routed[1] == proxy.generation \
+                and routed[2] == proxy.balancers.changes:
+            # The very head of an earlier exchange (parser._READS gives the same object
+            # for the same bytes), under the same table and balancers, on this connection
+            # or from the same client: routing, the redirects' checks and the head's
+            # rewriting would decide as they did then (pure functions of those and of the
+            # client's address, the port and the TLS client). The rate limit and all
+            # that follows run for every request.
             backend = routed[3]
             balancer = routed[4]
             out: bytes | None = routed[5]
@@ -811,10 +829,15 @@ class ClientProtocol(asyncio.Protocol):
                 proto=proxy.proto, port=self.local_port, chunked=head.chunked,
                 affinity_cookie=cookie_name, ssl_client=self._ssl_client)
             if head.remembered and cookie_name is None and gateway is None:
-                # A head that comes again (`_routed`); not with cookie affinity, whose
-                # rewritten head depends on the request's cookie.
-                self._routed = (head, proxy.generation, proxy.balancers.changes, backend,
-                                balancer, out)
+                # A head that comes again (`_routed`, HttpProxy.routed); not with cookie
+                # affinity, whose rewritten head depends on the request's cookie.
+                routed = self._routed = (
+                    head, proxy.generation, proxy.balancers.changes, backend, balancer,
+                    out, self.client_ip, self.local_port, self._ssl_client)
+                memo = proxy.routed
+                if len(memo) >= _ROUTED_MAX:
+                    memo.clear()
+                memo[head] = routed
         self._out_head = out
         if not head.idempotent:
             self._replay = None

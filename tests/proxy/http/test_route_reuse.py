@@ -1,7 +1,8 @@
 """A connection whose next request is the very head of an earlier one (the httptools
-parser gives the same object for the same bytes: parser._READS) reuses that exchange's
-route decision and rewritten head (`ClientProtocol._routed`) while the table and the
-balancers are unchanged; the rate limit, the balancer's pick and the counters still run
+parser gives the same object for the same bytes: parser._READS), or of an earlier
+connection's from the same client, reuses that exchange's route decision and rewritten
+head (`ClientProtocol._routed`, `HttpProxy.routed`) while the table and the balancers
+are unchanged; the rate limit, the balancer's pick and the counters still run
 for every request. On bytes, with fake transports (as test_protocol_bytes)."""
 
 from __future__ import annotations
@@ -169,4 +170,43 @@ async def test_the_rate_limit_runs_for_every_request() -> None:
     assert [a[:12] for a in answers] == [b"HTTP/1.1 200"] * 3 + [b"HTTP/1.1 429"] * 3
     assert proxy.stats.backend("b").denied_req == 3
     conn.ct.close()
+    await asyncio.sleep(0)
+
+
+async def test_a_new_connection_from_the_same_client_reuses_the_decision() -> None:
+    """A client that makes a connection per request: the frontend keeps the decision by
+    head (HttpProxy.routed) for the next connection from the same address; one from
+    another address, or to another port, or with another TLS client, routes anew; a new
+    table empties it."""
+    proxy, first = make()
+    for _ in range(3):
+        assert first.exchange()[1] == SENT
+    assert set(proxy.routed) == {parser._READS[GET][1]}
+    router = proxy.router
+    proxy.router = None  # type: ignore[assignment]  # not asked by the next connection
+    again = Conn(proxy, ("192.0.2.7", 40002))
+    assert again.exchange()[1] == SENT
+    assert again.client._routed is proxy.routed[parser._READS[GET][1]]
+    proxy.router = router
+    # each differs from the one before in one thing only (the last decision is kept)
+    port = Conn(proxy)
+    port.client.local_port = 8080
+    sent = SENT.replace(b"Port: 80", b"Port: 8080")
+    assert port.exchange()[1] == sent
+    tls = Conn(proxy)
+    tls.client.local_port = 8080
+    tls.client._ssl_client = (b"SUCCESS", b"CN=c")
+    assert tls.exchange()[1] == sent.replace(
+        b"\r\n\r\n", b"\r\nX-SSL-Client-Verify: SUCCESS\r\nX-SSL-Client-DN: CN=c\r\n\r\n")
+    other = Conn(proxy, ("192.0.2.9", 40003))
+    other.client.local_port = 8080
+    other.client._ssl_client = (b"SUCCESS", b"CN=c")
+    assert other.exchange()[1] == sent.replace(b"192.0.2.7", b"192.0.2.9").replace(
+        b"\r\n\r\n", b"\r\nX-SSL-Client-Verify: SUCCESS\r\nX-SSL-Client-DN: CN=c\r\n\r\n")
+    proxy.set_table(table(HttpRoute("a", "/a", "b", strip_prefix=False)))
+    assert not proxy.routed
+    late = Conn(proxy)
+    assert late.exchange()[1].startswith(b"GET /a/x?y HTTP/1.1\r\n")
+    for c in (first, again, other, port, tls, late):
+        c.ct.close()
     await asyncio.sleep(0)
