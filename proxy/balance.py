@@ -418,7 +418,7 @@ class Balancers:
     "which servers left the table" proportional to the change, not to the table."""
 
     __slots__ = ("_by_key", "_by_name", "_clock", "_health", "_limits", "_stats",
-                 "on_eject")
+                 "changes", "on_eject")
 
     def __init__(self, limits: Limits | None = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -433,6 +433,9 @@ class Balancers:
         # A backend's name alone, or a tuple when several list the address: most addresses
         # are listed once, and a 1-tuple per server is ~5 MiB a worker at 100,000 servers.
         self._by_key: dict[Key, str | tuple[str, ...]] = {}
+        # `apply`s so far: a decision made from `get`'s answers holds while it is unchanged
+        # (proxy.http.server.ClientProtocol._start)
+        self.changes = 0
 
     def update(self, backends: Collection[Backend]) -> set[Key]:
         """Apply a whole table's backends: new ones get a balancer, changed ones keep their
@@ -452,6 +455,7 @@ class Balancers:
         of `removed` ones. Idempotent. Returns the server addresses that were listed by a
         backend before and now are by none (their pooled connections can go)."""
         by_name, by_key = self._by_name, self._by_key
+        self.changes += 1
         left: set[Key] = set()
         for name in removed:
             bal = by_name.pop(name, None)

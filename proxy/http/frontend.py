@@ -35,6 +35,8 @@ class Frontend(Protocol):
     error_page: bytes | None
     table: RouteTable
     router: Router
+    generation: int  # `table`s served so far: a route decision holds while it is unchanged
+    routed: dict[Any, Any]  # route decisions by head (server.ClientProtocol._start)
     closing: bool  # shutting down: close connections after their exchange
     port: int  # the port it listens on, or 0 (not one port, or not started)
     gateway: Any  # a Gateway API listener's router (proxy.http.gwplane), or None

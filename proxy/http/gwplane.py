@@ -41,9 +41,10 @@ log = logging.getLogger("pylb.gateway")
 class GatewayDispatch:
     """`HttpProxy.gateway` of a Gateway listener: called by `ClientProtocol._start` (and
     `H2Stream.start`) with the request head; answers 404/500/redirects itself (returning
-    None), else applies the request filters to the head, gives the connection (stream) the
-    route's response filters as `response_edit` (proxy.http.gwfilters), and returns the
-    (route, target) to forward, as `Router.route` does."""
+    None), else gives the connection (stream) the route's response filters as
+    `response_edit` (proxy.http.gwfilters) and returns the (route, target) to forward, as
+    `Router.route` does, with the head to forward: a copy with the request filters
+    applied, or the head itself (heads are shared: parser._READS; never changed)."""
 
     __slots__ = ("_routes", "router")
 
@@ -52,7 +53,7 @@ class GatewayDispatch:
         self._routes: dict[tuple[str, str, int], HttpRoute] = {}
 
     def route(self, client: ClientProtocol, head: RequestHead, host: bytes, path: bytes,
-              query: bytes) -> tuple[HttpRoute, bytes] | None:
+              query: bytes) -> tuple[HttpRoute, bytes, RequestHead] | None:
         d = self.router.route(host, head.method, path, query, head.headers)
         if d.status:
             if d.location is not None:
@@ -65,7 +66,7 @@ class GatewayDispatch:
         if d.host is not None:
             ops += (HeaderOps(set=(("Host", d.host.decode("latin-1")),)),)
         if ops:
-            head.headers = apply_header_ops(list(head.headers), ops)
+            head = head.replaced(apply_header_ops(list(head.headers), ops))
         client.response_edit = d.response
         assert d.backend is not None
         route = self._routes.get(d.backend)
@@ -73,7 +74,7 @@ class GatewayDispatch:
             ns, svc, port = d.backend
             name = f"{ns}/{svc}:{port}"
             route = self._routes[d.backend] = HttpRoute(name, "/", name, strip_prefix=False)
-        return route, d.target
+        return route, d.target, head
 
 
 class GatewayPlane:

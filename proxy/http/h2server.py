@@ -339,13 +339,16 @@ class H2Stream:
             found = gateway.route(self, req, req.host, path, query)
             if found is None:
                 return
+            # the head to forward: with the route's request filters applied
+            route, target, req = found
+            self.req = req
         else:
             found = proxy.router.route(req.host, path, query)
-        if found is None:
-            self._local(proxy.settings.default_return_code, proxy.error_page,
-                        Failure.NO_ROUTE)
-            return
-        route, target = found
+            if found is None:
+                self._local(proxy.settings.default_return_code, proxy.error_page,
+                            Failure.NO_ROUTE)
+                return
+            route, target = found
         if route.ssl_redirect and not proxy.tls:
             self._redirect(b"https://%s%s" % (req.host, req.target), 301)
             return

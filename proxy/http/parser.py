@@ -11,8 +11,10 @@ It never does I/O. The two implementations are interchangeable and pass the same
 - `httptools`: llhttp in C does everything; its callbacks feed the same analysis. A
   head's field lines are scanned in one regex pass, remembered by their exact bytes
   (`_REQUEST_SCANS`, `_RESPONSE_SCANS`, as the h11 path remembers h11's verdicts): what
-  depends on more than those bytes is checked on every head. A whole keep-alive response
-  in one read whose head was seen before skips llhttp too (`_RESPONSE_HEADS`).
+  depends on more than those bytes is checked on every head. A whole read that was one
+  bodiless request is remembered whole (`_READS`): the same read again gets the same
+  head without llhttp; so does a whole keep-alive response in one read whose head was
+  seen before (`_RESPONSE_HEADS`).
 
 Both heads go through `analyze_request` / `analyze_response`, where the rules that prevent
 request smuggling live in one place: one Content-Length of digits only, no
@@ -104,7 +106,7 @@ class ParseError(Exception):
 class RequestHead:
     __slots__ = ("_headers", "chunked", "connection", "content_length", "drops",
                  "expect_continue", "host", "idempotent", "keep_alive", "kept", "method",
-                 "raw", "target", "upgrade", "upgrade_value", "version", "xff")
+                 "raw", "remembered", "target", "upgrade", "upgrade_value", "version", "xff")
 
     def __init__(self, method: bytes, target: bytes, version: bytes,
                  headers: Headers | None) -> None:
@@ -129,6 +131,11 @@ class RequestHead:
         self.expect_continue = False
         self.host = b""
         self.connection: frozenset[bytes] = _NO_TOKENS  # tokens of Connection, lower case
+        # The parser remembers this head (`_READS`): the same bytes will give this very
+        # object again, so what is worked out from it is worth keeping (ClientProtocol's
+        # route decision). The one field set after the head is handed out (by the parser,
+        # at the end of the read that made it); a hint, never a fact of the request.
+        self.remembered = False
 
     @property
     def headers(self) -> Headers:
@@ -141,7 +148,23 @@ class RequestHead:
     @headers.setter
     def headers(self, headers: Headers) -> None:
         self._headers = headers
-        self.raw = self.kept = None  # changed (gwplane's header filters): sent from the list
+        self.raw = self.kept = None  # changed: sent from the list
+
+    def replaced(self, headers: Headers) -> RequestHead:
+        """This head with other fields (gwplane's header filters), as a copy: a head the
+        parser made may be shared by several exchanges (`_READS`), so none changes it."""
+        head = RequestHead(self.method, self.target, self.version, headers)
+        head.drops = self.drops
+        head.xff = self.xff
+        head.upgrade_value = self.upgrade_value
+        head.content_length = self.content_length
+        head.chunked = self.chunked
+        head.keep_alive = self.keep_alive
+        head.upgrade = self.upgrade
+        head.expect_continue = self.expect_continue
+        head.host = self.host
+        head.connection = self.connection
+        return head
 
     @property
     def has_body(self) -> bool:
@@ -1267,13 +1290,15 @@ class HttptoolsRequestParser:
     report through per-field callbacks; the next request gets a fresh llhttp parser."""
 
     __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_last", "_limits", "_p", "_pos",
-                 "_sink", "_url", "upgrade_rest")
+                 "_sink", "_url", "_whole", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         assert httptools is not None
         self._sink = sink
         self._limits = limits
-        self._p = httptools.HttpRequestParser(self)
+        # llhttp's parser, made for the first read it must see (a remembered read needs
+        # none: `_READS`; a new connection's first read often is one)
+        self._p: httptools.HttpRequestParser | None = None
         self._url = b""
         self._hbuf = b""
         self._pos = 0
@@ -1281,11 +1306,12 @@ class HttptoolsRequestParser:
         self._head_fed = 0  # bytes of a head still incomplete (see `feed`)
         self._in_body = False
         self._last = False  # as in H11RequestParser
+        self._whole: RequestHead | None = None  # the last head, if it was all of `_hbuf`
         self.upgrade_rest: bytes | None = None
 
     def drop(self) -> None:
         # llhttp's parser object holds this one as its protocol: a cycle
-        del self._p
+        self._p = None
 
     def at_rest(self) -> bool:
         # `_hbuf` is emptied at a message's end only when nothing follows it in the read
@@ -1293,6 +1319,20 @@ class HttptoolsRequestParser:
             and not self._last and self.upgrade_rest is None
 
     def feed(self, data: bytes) -> None:
+        seen = _READS.get(data)
+        if seen is not None and seen[0] is self._limits and not self._hbuf \
+                and self._body is None and not self._in_body and not self._last \
+                and self.upgrade_rest is None:  # self.at_rest(), inline
+            # This read, at rest, was a whole bodiless request before: what llhttp and
+            # the analysis made of it then, they would make of it again, and would leave
+            # the parser as they did then (see `_READS`).
+            known = seen[1]
+            if not known.keep_alive:
+                self._last = True  # as on_headers_complete: what follows is ignored
+            sink = self._sink
+            sink.on_head(known)
+            sink.on_end()
+            return
         while data:
             if self.upgrade_rest is not None:
                 self.upgrade_rest += data
@@ -1324,8 +1364,11 @@ class HttptoolsRequestParser:
                 pos = self._pos
                 self._hbuf = hbuf[pos:] + data if pos < len(hbuf) else data
                 self._pos = 0
+            p = self._p
+            if p is None:
+                p = self._p = httptools.HttpRequestParser(self)
             try:
-                self._p.feed_data(data)
+                p.feed_data(data)
             except httptools.HttpParserUpgrade as e:
                 self.upgrade_rest = data[e.args[0]:]
             except httptools.HttpParserCallbackError as e:
@@ -1336,7 +1379,7 @@ class HttptoolsRequestParser:
                     raise  # an error of ours, not of the request
                 # A chunked body follows (on_headers_complete): BodyFramer takes the bytes
                 # after the head, and a fresh llhttp parser the next request.
-                self._p = httptools.HttpRequestParser(self)
+                self._p = None
                 data = self._hbuf[self._pos:]
                 self._hbuf = b""
                 self._pos = 0
@@ -1368,11 +1411,15 @@ class HttptoolsRequestParser:
         # The version as the request line ends with it: llhttp took "d.d" right before
         # the CRLF (get_http_version() formats a str from llhttp's numbers: ~2k
         # instructions a request).
-        head = analyze_request_raw(self._p.get_method(), self._url, buf[line - 3:line],
+        p = self._p
+        assert p is not None  # (it calls us back)
+        head = analyze_request_raw(p.get_method(), self._url, buf[line - 3:line],
                                    buf[line:end + 2], self._limits)
         self._in_body = True
         self._head_fed = 0
         self._last = not head.keep_alive
+        # the head is all the bytes held, from the first (`on_message_complete`)
+        self._whole = head if start == 0 and end + 4 == len(buf) else None
         self._sink.on_head(head)
         if head.chunked:
             self._body = BodyFramer(self._sink.on_body, None, True, Failure.BAD_REQUEST)
@@ -1385,10 +1432,58 @@ class HttptoolsRequestParser:
     def on_message_complete(self) -> None:
         self._in_body = False
         self._url = b""
-        if self._pos >= len(self._hbuf):  # nothing follows in this read: hold no bytes
+        buf = self._hbuf
+        if self._pos >= len(buf):  # nothing follows in this read: hold no bytes
             self._hbuf = b""
             self._pos = 0
+            head = self._whole
+            if head is not None and len(buf) <= _READ_MAX:
+                # The message was all the bytes held (its head was, and no body followed):
+                # remember them (`_READS`) the second time they come.
+                once = hash(buf)  # (computed by feed's lookup already, when one read)
+                if once not in _ONCE:
+                    if len(_ONCE) >= _ONCE_MAX:
+                        _ONCE.clear()
+                    _ONCE.add(once)
+                elif not head.content_length and not head.chunked and not head.upgrade \
+                        and not head.expect_continue and (p := self._p) is not None \
+                        and not p.should_upgrade() \
+                        and (not head.keep_alive or p.should_keep_alive()):
+                    if len(_READS) >= _SCANS_MAX:
+                        _READS.clear()
+                    _READS[buf] = (self._limits, head)
+                    head.remembered = True
         self._sink.on_end()
+
+
+# Reads that were one whole bodiless request, by their exact bytes, with the Limits they
+# were judged under and the head they made: a client repeats its request byte for byte
+# (wrk, health checks, API polls, on one connection or on a new one each time). The same
+# bytes fed to a parser at rest make the same callbacks (`on_head` with an equal head,
+# `on_end`) and leave the parser as they did then: at rest (llhttp's state after a whole
+# keep-alive message is its state before one), or, after a request that closes the
+# connection, ignoring what follows (`_last`); the analysis (`analyze_request_raw`) is a
+# pure function of those bytes and the limits. A hit skips llhttp and the analysis (~20k
+# instructions of a keep-alive GET's ~136k: bench/instructions.py).
+#
+# Remembered (`on_message_complete`): the bytes held when a message ended with them, if
+# its head began at the first of them (no empty line before it, no message before it)
+# and ended with the last (no body): the message was those bytes, whether one read
+# brought them or several (each a part of its head). Not remembered: a Content-Length
+# above 0, chunked, an upgrade, a 100-continue, a refused read, a read llhttp takes as an
+# upgrade or as closing where the analysis does not (none is known: llhttp will not see
+# the read again to say so). The head is shared by every exchange the same bytes make,
+# on any connection: nothing changes a RequestHead after the parser made it (gwplane's
+# header filters make a copy, `RequestHead.replaced`). Bounded as `_REQUEST_SCANS`.
+_READS: dict[bytes, tuple[Limits, RequestHead]] = {}
+_READ_MAX = 2 * _SCAN_HEAD_MAX  # a request line and 1 KiB of field lines
+# The hashes of such reads seen once lately: a read is remembered when it comes again, so
+# that a client that never repeats itself costs a set's add per request, not an entry of
+# `_READS` (and its head kept alive) that no read will ask for, nor empties `_READS` of
+# the reads that do come again (bench.instructions --unique-heads). A hash that collides
+# only lets a read in one sighting early.
+_ONCE: set[int] = set()
+_ONCE_MAX = 1024
 
 
 class HttptoolsResponseParser:

@@ -61,6 +61,10 @@ class HttpProxy:
         self.proto = b"https" if tls else b"http"  # X-Forwarded-Proto
         self.table = RouteTable()
         self.router = Router(())
+        # `set_table`s so far: a route decision holds while it is unchanged; the
+        # decisions by head, for the next connections (ClientProtocol._start)
+        self.generation = 0
+        self.routed: dict[Any, Any] = {}
         self.gateway: Any = None  # a Gateway listener's proxy.http.gwplane.GatewayDispatch
         # The open client connections, as a dict's keys rather than a set: a set grows
         # fourfold once 60 % full, so 5,000 of them take 512 KiB in a set and 145 KiB in
@@ -140,6 +144,8 @@ class HttpProxy:
         if routes_changed:
             self.router = Router(table.https if self.tls else table.http)
         self.table = table
+        self.generation += 1
+        self.routed = {}
         if self._pool is not None and left:
             self._pool.retain(self.balancers.live_keys)
         if self._h2_pool is not None and left:

@@ -12,6 +12,11 @@ is gathered in `_wbuf` and written once per read (`flush`), so a small response 
 in one write. An exchange ends when the request has been read whole and the response
 sent whole; then the connection waits for the next request (keep-alive) or closes.
 
+A request whose head is the very object of an earlier exchange on the connection, or on
+an earlier connection from the same client (the parser gives the same head for the same
+bytes: parser._READS), takes that exchange's route decision and rewritten head
+(`_routed`, HttpProxy.routed) while the table and the balancers are unchanged.
+
 Where the exchange is — request being read, waiting for the response, response under
 way, tunnel, closing — is one `State` (`_state`), moved only through the table of
 `proxy.http.exchange`, which also decides keep-alive after a response (`keep_alive`).
@@ -131,6 +136,17 @@ _SLIM = cast(list[bytes], ())
 _EMPTY = _SLIM
 
 
+# A route decision kept for the head it was made for (`ClientProtocol._start`): the head,
+# HttpProxy.generation and Balancers.changes when it was made, the backend and its
+# balancer, the head rewritten for the backend, and what else that depends on: the
+# client's address, the port it came to, its TLS client certificate's fields. Kept by the
+# connection (`_routed`) and by the frontend (HttpProxy.routed, by head: emptied with
+# each table, and when it holds this many: heads are few, parser._READS holds 128).
+_Routed = tuple[RequestHead, int, int, Backend, Balancer, bytes, str, int,
+                "tuple[bytes, bytes] | None"]
+_ROUTED_MAX = 256
+
+
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "_again",
@@ -162,6 +178,7 @@ class ClientProtocol(asyncio.Protocol):
         "_req",
         "_resp",
         "_resp_bytes",
+        "_routed",
         "_server",
         "_srv_c",
         "_ssl_client",
@@ -234,6 +251,7 @@ class ClientProtocol(asyncio.Protocol):
         # (not by `_reset`, which runs per request). One field: one test per request.
         self._held: Server | Ticket | None = None
         self._tw = 0.0  # seconds the held slot was waited for (the access log's Tw)
+        self._routed: _Routed | None = None  # (see `_start`; kept across exchanges)
         self._reset()
 
     def _reset(self) -> None:
@@ -552,8 +570,12 @@ class ClientProtocol(asyncio.Protocol):
         if kind > _T_REQUEST:
             self._tstamp = self._loop.time()
         elif kind == _T_KEEPALIVE:
-            now = self._t0 = self._loop.time()
-            self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request, now)
+            # The request's phase begins: `_arm(_T_REQUEST, …)`, but the timer is seen to
+            # (the `_arm` below) only if the read does not bring the whole head; else
+            # the head's own phase (`_start`) arms it: one `_arm` a request fewer.
+            self._t0 = self._tstamp = self._loop.time()
+            self._tkind = _T_REQUEST
+            self._tlen = self._proxy.settings.timeouts.http_request
         parser = self.parser
         if parser is None:
             if self._wbuf is _SLIM:
@@ -580,6 +602,8 @@ class ClientProtocol(asyncio.Protocol):
             self.abort()
             return
         self._feeding = False
+        if self._tkind == _T_REQUEST and kind == _T_KEEPALIVE:
+            self._arm(_T_REQUEST, self._tlen, self._tstamp)  # no whole head in this read
         if not self._again and self._queue is None and self._state in _REQ_WHOLE \
                 and parser.at_rest():
             # The first request is whole and the read ended with it. Many connections
@@ -749,36 +773,66 @@ class ClientProtocol(asyncio.Protocol):
                 self._body_timer = self._loop.call_at(now + body_timeout, self._body_late)
         else:
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
-        authority, path, query = split_target(head.target)
-        host = authority or head.host
         gateway = proxy.gateway
-        if gateway is not None:  # a Gateway API listener (proxy.http.gwplane)
-            found = gateway.route(self, head, host, path, query)
-            if found is None:
-                return  # answered there: 404, 500 or a redirect
+        routed = self._routed
+        if routed is None or routed[0] is not head:
+            # Another connection's, from the same client address, to the same port,
+            # without a TLS client certificate or with the same (a client that makes a
+            # connection per request)
+            routed = proxy.routed.get(head) if head.remembered else None
+            if routed is not None:
+                if routed[6] != self.client_ip or routed[7] != self.local_port \
+                        or routed[8] != self._ssl_client:
+                    routed = None
+                else:
+                    self._routed = routed  # this connection's now
+        backend: Backend | None
+        balancer: Balancer | None
+        if routed is not None and gateway is None and routed[1] == proxy.generation \
+                and routed[2] == proxy.balancers.changes:
+            # The very head of an earlier exchange (parser._READS gives the same object
+            # for the same bytes), under the same table and balancers, on this connection
+            # or from the same client: routing, the redirects' checks and the head's
+            # rewriting would decide as they did then (pure functions of those and of the
+            # client's address, the port and the TLS client). The rate limit and all
+            # that follows run for every request.
+            backend = routed[3]
+            balancer = routed[4]
+            out: bytes | None = routed[5]
         else:
-            found = proxy.router.route(host, path, query)
-        if found is None:
-            self._local(proxy.settings.default_return_code, proxy.error_page,
-                        Failure.NO_ROUTE)
-            return
-        route, target = found
-        if route.ssl_redirect and not proxy.tls:
-            self._redirect(b"https://%s%s" % (host, path + query))
-            return
-        if route.redirect is not None:  # the router made the location the target
-            self._redirect(target, route.redirect_code)
-            return
-        if route.slash_redirect:
-            location = slash_redirect(route, path, query)
-            if location is not None:
-                self._redirect(location)
+            authority, path, query = split_target(head.target)
+            host = authority or head.host
+            if gateway is not None:  # a Gateway API listener (proxy.http.gwplane)
+                found = gateway.route(self, head, host, path, query)
+                if found is None:
+                    return  # answered there: 404, 500 or a redirect
+                # the head to forward: with the route's request filters applied
+                route, target, head = found
+                self._req = head
+            else:
+                found = proxy.router.route(host, path, query)
+                if found is None:
+                    self._local(proxy.settings.default_return_code, proxy.error_page,
+                                Failure.NO_ROUTE)
+                    return
+                route, target = found
+            if route.ssl_redirect and not proxy.tls:
+                self._redirect(b"https://%s%s" % (host, path + query))
                 return
-        backend = proxy.table.get_backend(route.backend)
-        balancer = proxy.balancers.get(route.backend)
-        if backend is None or balancer is None:
-            self._local(503, None, Failure.NO_SERVER)
-            return
+            if route.redirect is not None:  # the router made the location the target
+                self._redirect(target, route.redirect_code)
+                return
+            if route.slash_redirect:
+                location = slash_redirect(route, path, query)
+                if location is not None:
+                    self._redirect(location)
+                    return
+            backend = proxy.table.get_backend(route.backend)
+            balancer = proxy.balancers.get(route.backend)
+            if backend is None or balancer is None:
+                self._local(503, None, Failure.NO_SERVER)
+                return
+            out = None
         self._backend = backend
         self._balancer = balancer
         if balancer.limiter is not None:
@@ -787,14 +841,26 @@ class ClientProtocol(asyncio.Protocol):
             if wait:
                 self._local(429, None, Failure.RATE_LIMITED, b"retry-after: %d\r\n" % wait)
                 return
-        cookie_name = None
-        if backend.affinity is _COOKIE:
-            cookie_name = backend.cookie_name.encode()
-            self._cookie = hdr.find_cookie(head.headers, cookie_name)
-        self._out_head = hdr.request_head(
-            head, target, client_ip=self.client_ip,
-            proto=proxy.proto, port=self.local_port, chunked=head.chunked,
-            affinity_cookie=cookie_name, ssl_client=self._ssl_client)
+        if out is None:
+            cookie_name = None
+            if backend.affinity is _COOKIE:
+                cookie_name = backend.cookie_name.encode()
+                self._cookie = hdr.find_cookie(head.headers, cookie_name)
+            out = hdr.request_head(
+                head, target, client_ip=self.client_ip,
+                proto=proxy.proto, port=self.local_port, chunked=head.chunked,
+                affinity_cookie=cookie_name, ssl_client=self._ssl_client)
+            if head.remembered and cookie_name is None and gateway is None:
+                # A head that comes again (`_routed`, HttpProxy.routed); not with cookie
+                # affinity, whose rewritten head depends on the request's cookie.
+                routed = self._routed = (
+                    head, proxy.generation, proxy.balancers.changes, backend, balancer,
+                    out, self.client_ip, self.local_port, self._ssl_client)
+                memo = proxy.routed
+                if len(memo) >= _ROUTED_MAX:
+                    memo.clear()
+                memo[head] = routed
+        self._out_head = out
         if not head.idempotent:
             self._replay = None
         self._dispatch(None)
@@ -978,23 +1044,45 @@ class ClientProtocol(asyncio.Protocol):
             self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         balancer = self._balancer
         assert balancer is not None
-        balancer.acquire(server)
-        srv = self._srv_c = proxy.stats.server(backend.name, server.label)
+        active = balancer.active  # balancer.acquire(server), inline
+        key = server.key
+        active[key] = active.get(key, 0) + 1
+        stats = proxy.stats
+        name = backend.name
+        # stats.server() and stats.backend(), inline but for a row's first use (a call
+        # each per request otherwise)
+        srv = stats.servers.get((name, server.label))
+        if srv is None:
+            srv = stats.server(name, server.label)
+        be = stats.backends.get(name)
+        if be is None:
+            be = stats.backend(name)
+        self._srv_c = srv
+        self._be_c = be
         now = time.time()
         srv.open(now)
         srv.lbtot += 1
-        be = self._be_c = proxy.stats.backend(backend.name)
         be.open(now)
         be.lbtot += 1
         up.begin(self, req.method, req.upgrade)
         if self._pending or self._ubuf:
             self._ubuf = [self._out_head, *self._pending, *self._ubuf]
             self._pending = _EMPTY
-        else:
+            if not self._feeding:  # else data_received writes head and body in one go
+                self._uflush()
+        elif req.chunked or req.content_length:  # req.has_body, inline
             self._ubuf = [self._out_head]
+            if not self._feeding:
+                self._uflush()
+        else:
+            # No body to go with the head: it goes now (`_uflush` of [head], inline,
+            # without the list: a GET's path)
+            t = up.transport
+            if t is not None and not up.closed:
+                out = self._out_head
+                self._bytes_out_req += len(out)
+                t.write(out)
         self._pending_size = 0
-        if not self._feeding:  # else data_received writes head and body in one go
-            self._uflush()
         if self._paused & _P_PENDING:
             self.resume_reading(_P_PENDING)
 
