@@ -145,7 +145,7 @@ class _HandOver:
 
     def __init__(self, fd: int, listener: Listener) -> None:
         self.fd = fd
-        self.listener = listener
+        self.listener: Listener | None = listener
         self.coro: Any = None
 
     def fileno(self) -> int:
@@ -162,14 +162,22 @@ class _HandOver:
         try:
             yielded = self.coro.send(None)
         except StopIteration:
-            return  # the protocol has the connection and will release its slot
+            # The protocol has the connection and will release its slot. uvloop keeps
+            # this object for the connection's life (its file object): it holds nothing
+            # more from now on (the finished coroutine, the listener).
+            self.coro = self.listener = None
+            return
         except (Exception, asyncio.CancelledError) as e:
             if self.fd >= 0:  # never handed to libuv
                 os.close(self.fd)
                 self.fd = -1
-            self.listener._handed_over(None, e)
+            listener = self.listener
+            self.coro = self.listener = None
+            assert listener is not None
+            listener._handed_over(None, e)
             return
         if yielded is None:  # a bare yield: step again on the next turn
+            assert self.listener is not None
             self.listener.loop.call_soon(self.step)
         else:
             yielded.add_done_callback(self.step)

@@ -335,3 +335,30 @@ async def test_uvloop_hand_over_makes_no_socket_object_and_leaks_no_descriptor(
     finally:
         lst.close()
         await until(lambda: not Counted.open)
+
+
+async def test_uvloop_hand_over_keeps_nothing_for_an_open_connection() -> None:
+    """uvloop keeps what it was given for a socket (proxy.listener._HandOver) for the
+    connection's life: once handed over it must hold neither the finished
+    connect_accepted_socket coroutine nor the listener (~100 bytes an idle connection,
+    bench/memory.py)."""
+    import gc
+
+    import proxy.listener as listener_mod
+
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    Counted.open = set()
+    limit = ConnectionLimit(10)
+    lst = Listener(bind_socket("127.0.0.1", 0), lambda: Counted(limit), limit=limit)
+    lst.start()
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", lst.address[1])
+        w.write(b"ping")
+        assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
+        kept = [(o.coro, o.listener) for o in gc.get_objects()
+                if isinstance(o, listener_mod._HandOver)]
+        w.close()
+        await until(lambda: not Counted.open)
+    finally:
+        lst.close()
+    assert kept == [(None, None)]  # (uvloop's file object for the open connection)
