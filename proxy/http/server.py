@@ -297,10 +297,16 @@ class ClientProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         proxy = self._proxy
         proxy.connection_opened(self)
-        fe = self._fe
-        fe.open()
-        self.client_ip, self.client_port, self.local_port, self._ssl_client = \
-            accepted(transport, proxy, self.client_ip, self.client_port)  # type: ignore[arg-type]
+        self._fe.open()
+        local = proxy.port
+        if self.client_ip and local and not proxy.tls:
+            # all that frontend.accepted() would learn: the listener's accept() gave the
+            # client's address, and the frontend knows its port (a call per connection)
+            transport.set_write_buffer_limits(flow.HIGH_WATER, flow.LOW_WATER)  # type: ignore[attr-defined]
+            self.local_port = local
+        else:
+            self.client_ip, self.client_port, self.local_port, self._ssl_client = \
+                accepted(transport, proxy, self.client_ip, self.client_port)  # type: ignore[arg-type]
         now = self._t0 = self._loop.time()
         self._arm(_T_REQUEST, proxy.settings.timeouts.http_request, now)
 

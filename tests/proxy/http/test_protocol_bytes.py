@@ -557,3 +557,39 @@ def test_h2_response_filters_leave_the_remembered_head_alone() -> None:
         stream.on_response(heads[-1])
     assert heads[1] is heads[0] is heads[2]  # the same head each time (parser memo)
     assert [dict(b)[b"x-a"] for b in blocks] == [b"1", b"2", b"1"]
+
+
+async def test_a_connection_learns_the_same_of_itself_with_or_without_the_listener(
+        parser_kind: HttpParser) -> None:
+    """ClientProtocol.connection_made does frontend.accepted()'s work inline when the
+    listener's accept() gave the client's address and the frontend knows its port: the
+    client's address and port, the frontend's port and the write buffer's watermarks
+    are what accepted() gives without a listener (create_server)."""
+    from proxy import flow
+    from proxy.listener import ConnectionLimit
+
+    learned = []
+    for limit in (ConnectionLimit(10), None):
+        settings = Settings(http_parser=parser_kind)
+        stats = Stats()
+        proxy = HttpProxy(settings, stats, Balancers(settings.limits, stats=stats),
+                          limit=limit)
+        _, port = await proxy.start("127.0.0.1", 0)
+        assert (proxy._listener is not None) == (limit is not None)
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(200):
+                if proxy.conns:
+                    break
+                await asyncio.sleep(0.01)
+            (conn,) = proxy.conns
+            assert isinstance(conn, ClientProtocol) and conn.transport is not None
+            learned.append((conn.client_ip, conn.client_port, conn.local_port,
+                            conn._ssl_client, conn.transport.get_write_buffer_limits()))
+            assert conn.client_port == w.get_extra_info("sockname")[1]
+            w.close()
+        finally:
+            await proxy.shutdown(0.5)
+        assert learned[-1] == ("127.0.0.1", conn.client_port, port, None,
+                               (flow.LOW_WATER, flow.HIGH_WATER))
+    assert len(learned) == 2
