@@ -205,15 +205,18 @@ def _pooled_fds(pl: _Plane) -> int:
 
 
 async def _settled(pl: _Plane, fds0: int) -> int:
-    """Wait (bounded) until every connection has ended and the fds add up; return the
-    fds beyond `fds0` (a count without the pools' fds) that the pools do not account
-    for."""
+    """Wait (bounded) until every connection has ended, the fds add up and every backend
+    connection still alive is a pooled one; return the fds beyond `fds0` (a count
+    without the pools' fds) that the pools do not account for. (A connection's fd is
+    closed a few loop turns before its transport lets go of its protocol: uvloop calls
+    connection_lost from the handle's close callback, scheduled after the close.)"""
     http, tcp = pl.dp.http, pl.dp.tcp
     extra = 0
     for _ in range(500):
         await asyncio.sleep(0.02)
         extra = _fds() - fds0 - _pooled_fds(pl)
-        if not http.conns and tcp.connections == 0 and not http._connects and extra == 0:
+        if not http.conns and tcp.connections == 0 and not http._connects and extra == 0 \
+                and _census()["UpstreamProtocol"] == http.pool.idle_count():
             break
     return extra
 
