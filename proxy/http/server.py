@@ -1059,10 +1059,33 @@ class ClientProtocol(asyncio.Protocol):
             be = stats.backend(name)
         self._srv_c = srv
         self._be_c = be
+        # srv.open(now) and be.open(now), inline (two calls per request): a new session
+        # on each row, its rate in the current second and the maxima (pylb.counters)
         now = time.time()
-        srv.open(now)
+        second = int(now)
+        n = srv.cur_conns = srv.cur_conns + 1
+        srv.total_conns += 1
+        if n > srv.max_conns:
+            srv.max_conns = n
+        srv.last_session = now
+        if second != srv._rate_second:
+            srv._rate_second = second
+            srv._rate_count = 0
+        n = srv._rate_count = srv._rate_count + 1
+        if n > srv.max_rate:
+            srv.max_rate = n
         srv.lbtot += 1
-        be.open(now)
+        n = be.cur_conns = be.cur_conns + 1
+        be.total_conns += 1
+        if n > be.max_conns:
+            be.max_conns = n
+        be.last_session = now
+        if second != be._rate_second:
+            be._rate_second = second
+            be._rate_count = 0
+        n = be._rate_count = be._rate_count + 1
+        if n > be.max_rate:
+            be.max_rate = n
         be.lbtot += 1
         up.begin(self, req.method, req.upgrade)
         if self._pending or self._ubuf:
