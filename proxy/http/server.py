@@ -101,6 +101,11 @@ _P_PENDING = int(flow.Pause.PENDING)
 _P_UPGRADE = int(flow.Pause.UPGRADE)
 _HIGH_WATER = flow.HIGH_WATER
 _access_log_enabled = accesslog.access_log.isEnabledFor  # asked per exchange
+# The access logger's own answers by level (CPython's Logger._cache: filled by
+# isEnabledFor, cleared in place by setLevel, logging.disable and the like). A False there
+# is isEnabledFor's False (a disabled logger's is False too): one C call per exchange with
+# the log off, instead of a Python call. Without the dict ({}), isEnabledFor is asked.
+_access_log_known: dict[int, bool] = getattr(accesslog.access_log, "_cache", {})
 _INFO = logging.INFO
 _REPLAY_MAX = 64 * 1024  # body bytes kept to replay on a retry (else no retry)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -1538,7 +1543,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        if _access_log_enabled(_INFO):
+        if _access_log_known.get(_INFO) is not False and _access_log_enabled(_INFO):
             self._log()
         if self._held is not None:
             self._free_slot()  # after the pool took `up`: the next in line gets it warm
