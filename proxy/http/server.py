@@ -771,13 +771,25 @@ class ClientProtocol(asyncio.Protocol):
         self._state = _ON_HEAD[self._state]
         now = self._t_head = self._loop.time()
         self._fe.req_total += 1
+        timeouts = proxy.settings.timeouts
         if head.chunked or head.content_length:  # head.has_body
-            self._arm(_T_CLIENT, proxy.settings.timeouts.client, now)
-            body_timeout = proxy.settings.timeouts.http_body
+            kind = _T_CLIENT
+            seconds = timeouts.client
+            body_timeout = timeouts.http_body
             if body_timeout is not None:
                 self._body_timer = self._loop.call_at(now + body_timeout, self._body_late)
         else:
-            self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
+            kind = _T_SERVER
+            seconds = timeouts.server
+        # self._arm(kind, seconds, now), inline for its common case (a call per request):
+        # a keep-alive connection's timer is due no later than the new deadline, so it
+        # stays (it re-arms itself for what is left when it fires); else `_arm` sees to it
+        self._tkind = kind
+        self._tlen = seconds
+        self._tstamp = now
+        timer = self._timer
+        if timer is None or timer.when() > now + seconds:
+            self._arm(kind, seconds, now)
         gateway = proxy.gateway
         routed = self._routed
         if routed is None or routed[0] is not head:
