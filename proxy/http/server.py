@@ -1069,9 +1069,12 @@ class ClientProtocol(asyncio.Protocol):
         name = backend.name
         # stats.server() and stats.backend(), inline but for a row's first use (a call
         # each per request otherwise)
-        srv = stats.servers.get((name, server.label))
+        label = server._label  # server.label, inline (a property call per request)
+        if label is None:  # (not made yet: the property makes it)
+            label = server.label
+        srv = stats.servers.get((name, label))
         if srv is None:
-            srv = stats.server(name, server.label)
+            srv = stats.server(name, label)
         be = stats.backends.get(name)
         if be is None:
             be = stats.backend(name)
