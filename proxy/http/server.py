@@ -81,6 +81,7 @@ from proxy.http.parser import (
     RequestParser,
     ResponseHead,
     request_parser,
+    response_parser,
 )
 from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import UpstreamProtocol
@@ -1124,7 +1125,15 @@ class ClientProtocol(asyncio.Protocol):
         if n > be.max_rate:
             be.max_rate = n
         be.lbtot += 1
-        up.begin(self, req.method, req.upgrade)
+        # up.begin(self, req.method, req.upgrade), inline (a call per request; keep the
+        # two alike): the server's next bytes are this exchange's response
+        up.owner = self
+        up.got_bytes = False
+        up.uses += 1
+        method = req.method
+        parser = up.parser
+        if parser is None or not parser.reset(self, method, req.upgrade):
+            up.parser = response_parser(up.kind, self, method, req.upgrade)
         if self._pending or self._ubuf:
             self._ubuf = [self._out_head, *self._pending, *self._ubuf]
             self._pending = _EMPTY
