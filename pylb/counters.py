@@ -109,7 +109,8 @@ class Counters:
         self._rate_count = 0
 
     def open(self, now: float | None = None) -> None:
-        """A new session (connection or, on a server, a request sent to it)."""
+        """A new session (connection or, on a server, a request sent to it). Inlined,
+        field for field, by proxy.http.server's `_attach` (keep the two alike)."""
         self.cur_conns += 1
         self.total_conns += 1
         if self.cur_conns > self.max_conns:

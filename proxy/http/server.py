@@ -81,6 +81,7 @@ from proxy.http.parser import (
     RequestParser,
     ResponseHead,
     request_parser,
+    response_parser,
 )
 from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import UpstreamProtocol
@@ -101,6 +102,11 @@ _P_PENDING = int(flow.Pause.PENDING)
 _P_UPGRADE = int(flow.Pause.UPGRADE)
 _HIGH_WATER = flow.HIGH_WATER
 _access_log_enabled = accesslog.access_log.isEnabledFor  # asked per exchange
+# The access logger's own answers by level (CPython's Logger._cache: filled by
+# isEnabledFor, cleared in place by setLevel, logging.disable and the like). A False there
+# is isEnabledFor's False (a disabled logger's is False too): one C call per exchange with
+# the log off, instead of a Python call. Without the dict ({}), isEnabledFor is asked.
+_access_log_known: dict[int, bool] = getattr(accesslog.access_log, "_cache", {})
 _INFO = logging.INFO
 _REPLAY_MAX = 64 * 1024  # body bytes kept to replay on a retry (else no retry)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -255,7 +261,8 @@ class ClientProtocol(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        """Forget the exchange that ended."""
+        """Forget the exchange that ended (inlined by `_end_exchange`: keep the two
+        alike)."""
         self._req: RequestHead | None = None
         self._resp: ResponseHead | None = None
         self._backend: Backend | None = None
@@ -772,13 +779,25 @@ class ClientProtocol(asyncio.Protocol):
         self._state = _ON_HEAD[self._state]
         now = self._t_head = self._loop.time()
         self._fe.req_total += 1
+        timeouts = proxy.settings.timeouts
         if head.chunked or head.content_length:  # head.has_body
-            self._arm(_T_CLIENT, proxy.settings.timeouts.client, now)
-            body_timeout = proxy.settings.timeouts.http_body
+            kind = _T_CLIENT
+            seconds = timeouts.client
+            body_timeout = timeouts.http_body
             if body_timeout is not None:
                 self._body_timer = self._loop.call_at(now + body_timeout, self._body_late)
         else:
-            self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
+            kind = _T_SERVER
+            seconds = timeouts.server
+        # self._arm(kind, seconds, now), inline for its common case (a call per request):
+        # a keep-alive connection's timer is due no later than the new deadline, so it
+        # stays (it re-arms itself for what is left when it fires); else `_arm` sees to it
+        self._tkind = kind
+        self._tlen = seconds
+        self._tstamp = now
+        timer = self._timer
+        if timer is None or timer.when() > now + seconds:
+            self._arm(kind, seconds, now)
         gateway = proxy.gateway
         routed = self._routed
         if routed is None or routed[0] is not head:
@@ -906,7 +925,23 @@ class ClientProtocol(asyncio.Protocol):
         self._server = server
         # A retry goes on a new connection: another idle one may have been closed by the
         # server just as this one was, and a new one cannot lose the keep-alive race.
-        up = self._pool.take(server.key) if not self._attempts else None
+        up = None
+        if not self._attempts:
+            # self._pool.take(server.key), inline for its common case (a call per
+            # request): the last pooled connection is usable and fresh, so it is taken;
+            # else (none pooled: nothing to take; a closed or stale one) `take` sees to it
+            pool = self._pool
+            key = server.key
+            conns = pool._idle.get(key)
+            if conns:
+                up = conns[-1]
+                t = up.transport  # up.usable, inline, and not stale:
+                if not up.closed and not up.eof and t is not None and not t.is_closing() \
+                        and up.idle_since > self._loop.time() - pool.idle_timeout:
+                    conns.pop()
+                    up.pool = None  # up.leave_pool(), inline
+                else:
+                    up = pool.take(key)
         if up is not None:
             # (only a first attempt takes a pooled connection: `_start` is still under
             # way and has just armed the server's timer, so `_attach` need not again)
@@ -1057,20 +1092,54 @@ class ClientProtocol(asyncio.Protocol):
         name = backend.name
         # stats.server() and stats.backend(), inline but for a row's first use (a call
         # each per request otherwise)
-        srv = stats.servers.get((name, server.label))
+        label = server._label  # server.label, inline (a property call per request)
+        if label is None:  # (not made yet: the property makes it)
+            label = server.label
+        srv = stats.servers.get((name, label))
         if srv is None:
-            srv = stats.server(name, server.label)
+            srv = stats.server(name, label)
         be = stats.backends.get(name)
         if be is None:
             be = stats.backend(name)
         self._srv_c = srv
         self._be_c = be
+        # srv.open(now) and be.open(now), inline (two calls per request): a new session
+        # on each row, its rate in the current second and the maxima (pylb.counters)
         now = time.time()
-        srv.open(now)
+        second = int(now)
+        n = srv.cur_conns = srv.cur_conns + 1
+        srv.total_conns += 1
+        if n > srv.max_conns:
+            srv.max_conns = n
+        srv.last_session = now
+        if second != srv._rate_second:
+            srv._rate_second = second
+            srv._rate_count = 0
+        n = srv._rate_count = srv._rate_count + 1
+        if n > srv.max_rate:
+            srv.max_rate = n
         srv.lbtot += 1
-        be.open(now)
+        n = be.cur_conns = be.cur_conns + 1
+        be.total_conns += 1
+        if n > be.max_conns:
+            be.max_conns = n
+        be.last_session = now
+        if second != be._rate_second:
+            be._rate_second = second
+            be._rate_count = 0
+        n = be._rate_count = be._rate_count + 1
+        if n > be.max_rate:
+            be.max_rate = n
         be.lbtot += 1
-        up.begin(self, req.method, req.upgrade)
+        # up.begin(self, req.method, req.upgrade), inline (a call per request; keep the
+        # two alike): the server's next bytes are this exchange's response
+        up.owner = self
+        up.got_bytes = False
+        up.uses += 1
+        method = req.method
+        parser = up.parser
+        if parser is None or not parser.reset(self, method, req.upgrade):
+            up.parser = response_parser(up.kind, self, method, req.upgrade)
         if self._pending or self._ubuf:
             self._ubuf = [self._out_head, *self._pending, *self._ubuf]
             self._pending = _EMPTY
@@ -1466,7 +1535,8 @@ class ClientProtocol(asyncio.Protocol):
             self._replay_queue()
 
     def _release_server(self) -> None:
-        """Undo `_attach`'s accounting (once)."""
+        """Undo `_attach`'s accounting (once). (Inlined by `_end_exchange`: keep the
+        two alike.)"""
         server = self._server
         srv = self._srv_c
         be = self._be_c
@@ -1517,15 +1587,73 @@ class ClientProtocol(asyncio.Protocol):
         elif up is not None:
             up.detach()
             up.close()
-        self._release_server()
+        # self._release_server(), inline (a call per request; keep the two alike)
+        server = self._server
+        srv = self._srv_c
+        be = self._be_c
+        if server is not None and srv is not None and be is not None:
+            self._srv_c = self._be_c = None
+            balancer = self._balancer
+            assert balancer is not None
+            active = balancer.active  # balancer.release(server), inline (a call per request)
+            key = server.key
+            n = active.get(key, 0) - 1
+            if n > 0:
+                active[key] = n
+            else:
+                active.pop(key, None)
+            sent = self._bytes_out_req
+            got = self._resp_bytes
+            srv.cur_conns -= 1  # Counters.close(), inline
+            srv.bytes_in += sent
+            srv.bytes_out += got
+            be.cur_conns -= 1
+            be.bytes_in += sent
+            be.bytes_out += got
+            status = self._status
+            if status and self._resp is not None:
+                i = status // 100 - 1  # Counters.response(), inline
+                if not 0 <= i < 5:
+                    i = 5
+                srv.hrsp[i] += 1
+                be.hrsp[i] += 1
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        if _access_log_enabled(_INFO):
+        if _access_log_known.get(_INFO) is not False and _access_log_enabled(_INFO):
             self._log()
         if self._held is not None:
             self._free_slot()  # after the pool took `up`: the next in line gets it warm
-        self._reset()
+        # self._reset(), inline (a call per request; keep the two alike)
+        self._req = None
+        self._resp = None
+        self._backend = None
+        self._balancer = None
+        self._server = None
+        self._up = None
+        self._srv_c = None
+        self._be_c = None
+        self._up_paused = False
+        self._connecting = False
+        self._cookie = None
+        self._exclude = None
+        self._attempts = 0
+        self._out_head = b""
+        self._pending = _EMPTY
+        self._pending_size = 0
+        self._replay = _EMPTY
+        self._replay_size = 0
+        self._chunked_out = False
+        self._unsent = -1
+        self._keep = True
+        self._status = 0
+        self._term = "--"  # haproxy's termination state, for the access log
+        self._resp_bytes = 0
+        self._bytes_out_req = 0
+        self._t0 = 0.0
+        self._t_head = 0.0
+        self._t_conn = 0.0
+        self._t_resp = 0.0
 
     def _log(self) -> None:
         backend, server = self._backend, self._server

@@ -332,6 +332,44 @@ async def test_access_log_line(start_proxy: StartProxy, caplog: pytest.LogCaptur
     assert ' PR "<BADREQ> ' in lines[0], lines[0]  # haproxy's "PR": refused by the proxy
 
 
+async def test_access_log_follows_runtime_changes(start_proxy: StartProxy,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The exchange's end asks the access logger's cached answer first (server.py's
+    _access_log_known): a level set, a logging.disable and a disabled logger are followed
+    at once, on the same keep-alive connection."""
+    r = await start_proxy(1)
+    access = logging.getLogger("pylb.access")
+    level, disabled = access.level, access.disabled
+    c = await RawClient.connect(r.port)
+
+    async def lines_of_one_request() -> int:
+        caplog.clear()
+        await c.send(get("/app/x"))
+        assert (await c.read_response()).status == 200
+        return sum(rec.name == "pylb.access" for rec in caplog.records)
+
+    caplog.set_level(logging.DEBUG)  # the handler takes all; the logger's level decides
+    try:
+        access.setLevel(logging.WARNING)
+        assert await lines_of_one_request() == 0
+        assert await lines_of_one_request() == 0  # (its answer cached now)
+        access.setLevel(logging.INFO)
+        assert await lines_of_one_request() == 1
+        logging.disable(logging.INFO)
+        assert await lines_of_one_request() == 0
+        logging.disable(logging.NOTSET)
+        assert await lines_of_one_request() == 1
+        access.disabled = True
+        assert await lines_of_one_request() == 0
+        access.disabled = False
+        assert await lines_of_one_request() == 1
+    finally:
+        logging.disable(logging.NOTSET)
+        access.setLevel(level)
+        access.disabled = disabled
+        await c.close()
+
+
 async def test_counters(start_proxy: StartProxy) -> None:
     r = await start_proxy(1)
     c = await RawClient.connect(r.port)
