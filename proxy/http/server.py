@@ -1535,8 +1535,7 @@ class ClientProtocol(asyncio.Protocol):
             self._replay_queue()
 
     def _release_server(self) -> None:
-        """Undo `_attach`'s accounting (once). (Inlined by `_end_exchange`: keep the
-        two alike.)"""
+        """Undo `_attach`'s accounting (once)."""
         server = self._server
         srv = self._srv_c
         be = self._be_c
@@ -1587,36 +1586,7 @@ class ClientProtocol(asyncio.Protocol):
         elif up is not None:
             up.detach()
             up.close()
-        # self._release_server(), inline (a call per request; keep the two alike)
-        server = self._server
-        srv = self._srv_c
-        be = self._be_c
-        if server is not None and srv is not None and be is not None:
-            self._srv_c = self._be_c = None
-            balancer = self._balancer
-            assert balancer is not None
-            active = balancer.active  # balancer.release(server), inline (a call per request)
-            key = server.key
-            n = active.get(key, 0) - 1
-            if n > 0:
-                active[key] = n
-            else:
-                active.pop(key, None)
-            sent = self._bytes_out_req
-            got = self._resp_bytes
-            srv.cur_conns -= 1  # Counters.close(), inline
-            srv.bytes_in += sent
-            srv.bytes_out += got
-            be.cur_conns -= 1
-            be.bytes_in += sent
-            be.bytes_out += got
-            status = self._status
-            if status and self._resp is not None:
-                i = status // 100 - 1  # Counters.response(), inline
-                if not 0 <= i < 5:
-                    i = 5
-                srv.hrsp[i] += 1
-                be.hrsp[i] += 1
+        self._release_server()
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
