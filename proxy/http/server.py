@@ -261,8 +261,7 @@ class ClientProtocol(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        """Forget the exchange that ended (inlined by `_end_exchange`: keep the two
-        alike)."""
+        """Forget the exchange that ended."""
         self._req: RequestHead | None = None
         self._resp: ResponseHead | None = None
         self._backend: Backend | None = None
@@ -1594,36 +1593,7 @@ class ClientProtocol(asyncio.Protocol):
             self._log()
         if self._held is not None:
             self._free_slot()  # after the pool took `up`: the next in line gets it warm
-        # self._reset(), inline (a call per request; keep the two alike)
-        self._req = None
-        self._resp = None
-        self._backend = None
-        self._balancer = None
-        self._server = None
-        self._up = None
-        self._srv_c = None
-        self._be_c = None
-        self._up_paused = False
-        self._connecting = False
-        self._cookie = None
-        self._exclude = None
-        self._attempts = 0
-        self._out_head = b""
-        self._pending = _EMPTY
-        self._pending_size = 0
-        self._replay = _EMPTY
-        self._replay_size = 0
-        self._chunked_out = False
-        self._unsent = -1
-        self._keep = True
-        self._status = 0
-        self._term = "--"  # haproxy's termination state, for the access log
-        self._resp_bytes = 0
-        self._bytes_out_req = 0
-        self._t0 = 0.0
-        self._t_head = 0.0
-        self._t_conn = 0.0
-        self._t_resp = 0.0
+        self._reset()
 
     def _log(self) -> None:
         backend, server = self._backend, self._server
