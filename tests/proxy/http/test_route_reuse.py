@@ -8,6 +8,7 @@ for every request. On bytes, with fake transports (as test_protocol_bytes)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -73,9 +74,13 @@ _UPS: dict[int, dict[tuple[str, int], tuple[UpstreamProtocol, FakeTransport]]] =
 
 
 @pytest.fixture(autouse=True)
-def _fresh_memo() -> None:
+def _fresh_memo() -> Iterator[None]:
     parser._READS.clear()
     parser._ONCE.clear()
+    _UPS.clear()
+    yield
+    # (else the last test's backend connections outlive the module, and a later test
+    # that counts live UpstreamProtocol objects, tests/hardening/test_memory.py, sees them)
     _UPS.clear()
 
 
