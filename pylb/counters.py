@@ -109,21 +109,8 @@ class Counters:
         self._rate_count = 0
 
     def open(self, now: float | None = None) -> None:
-        """A new session (connection or, on a server, a request sent to it). Inlined,
-        field for field, by proxy.http.server's `_attach` (keep the two alike)."""
-        self.cur_conns += 1
-        self.total_conns += 1
-        if self.cur_conns > self.max_conns:
-            self.max_conns = self.cur_conns
-        t = time.time() if now is None else now
-        self.last_session = t
-        second = int(t)
-        if second != self._rate_second:
-            self._rate_second = second
-            self._rate_count = 0
-        self._rate_count += 1
-        if self._rate_count > self.max_rate:
-            self.max_rate = self._rate_count
+        """A new session (connection or, on a server, a request sent to it)."""
+        open_rows(self, None, time.time() if now is None else now)
 
     def close(self) -> None:
         self.cur_conns -= 1
@@ -526,3 +513,25 @@ class ShownCounters:
             return value
         finally:
             self._lock.release()
+
+
+def open_rows(a: Counters, b: Counters | None, now: float) -> None:
+    """`a.open(now)`, and `b.open(now)` when `b` is given, in one call: an L7 request sent
+    to a server opens a session on the server's row and on its backend's (once per
+    request: proxy.http.server's `_attach`)."""
+    second = int(now)
+    row: Counters | None = a
+    while row is not None:
+        n = row.cur_conns = row.cur_conns + 1
+        row.total_conns += 1
+        if n > row.max_conns:
+            row.max_conns = n
+        row.last_session = now
+        if second != row._rate_second:
+            row._rate_second = second
+            row._rate_count = 0
+        n = row._rate_count = row._rate_count + 1
+        if n > row.max_rate:
+            row.max_rate = n
+        row = b
+        b = None

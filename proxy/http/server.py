@@ -87,7 +87,7 @@ from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import UpstreamProtocol
 from proxy.queue import Ticket
 from proxy.retry import Next, after_connect_failure
-from pylb.counters import Counters
+from pylb.counters import Counters, open_rows
 from pylb.failures import Failure
 from pylb.model import Affinity, Backend, Server
 
@@ -1102,33 +1102,8 @@ class ClientProtocol(asyncio.Protocol):
             be = stats.backend(name)
         self._srv_c = srv
         self._be_c = be
-        # srv.open(now) and be.open(now), inline (two calls per request): a new session
-        # on each row, its rate in the current second and the maxima (pylb.counters)
-        now = time.time()
-        second = int(now)
-        n = srv.cur_conns = srv.cur_conns + 1
-        srv.total_conns += 1
-        if n > srv.max_conns:
-            srv.max_conns = n
-        srv.last_session = now
-        if second != srv._rate_second:
-            srv._rate_second = second
-            srv._rate_count = 0
-        n = srv._rate_count = srv._rate_count + 1
-        if n > srv.max_rate:
-            srv.max_rate = n
+        open_rows(srv, be, time.time())  # srv.open(now), be.open(now): one call
         srv.lbtot += 1
-        n = be.cur_conns = be.cur_conns + 1
-        be.total_conns += 1
-        if n > be.max_conns:
-            be.max_conns = n
-        be.last_session = now
-        if second != be._rate_second:
-            be._rate_second = second
-            be._rate_count = 0
-        n = be._rate_count = be._rate_count + 1
-        if n > be.max_rate:
-            be.max_rate = n
         be.lbtot += 1
         # up.begin(self, req.method, req.upgrade), inline (a call per request; keep the
         # two alike): the server's next bytes are this exchange's response
