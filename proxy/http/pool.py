@@ -38,9 +38,6 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
 
     def take(self, key: Key) -> UpstreamProtocol | None:
-        """The last pooled connection to `key` that is usable and fresh (the others found
-        on the way are closed), or None. proxy.http.server's `_dispatch` inlines its
-        common case (keep the two alike)."""
         conns = self._idle.get(key)
         if not conns:
             return None

@@ -924,23 +924,7 @@ class ClientProtocol(asyncio.Protocol):
         self._server = server
         # A retry goes on a new connection: another idle one may have been closed by the
         # server just as this one was, and a new one cannot lose the keep-alive race.
-        up = None
-        if not self._attempts:
-            # self._pool.take(server.key), inline for its common case (a call per
-            # request): the last pooled connection is usable and fresh, so it is taken;
-            # else (none pooled: nothing to take; a closed or stale one) `take` sees to it
-            pool = self._pool
-            key = server.key
-            conns = pool._idle.get(key)
-            if conns:
-                up = conns[-1]
-                t = up.transport  # up.usable, inline, and not stale:
-                if not up.closed and not up.eof and t is not None and not t.is_closing() \
-                        and up.idle_since > self._loop.time() - pool.idle_timeout:
-                    conns.pop()
-                    up.pool = None  # up.leave_pool(), inline
-                else:
-                    up = pool.take(key)
+        up = self._pool.take(server.key) if not self._attempts else None
         if up is not None:
             # (only a first attempt takes a pooled connection: `_start` is still under
             # way and has just armed the server's timer, so `_attach` need not again)
