@@ -1464,15 +1464,7 @@ class ClientProtocol(asyncio.Protocol):
             self.close()
             return
         self._state = _IDLE  # _ON_NEXT[_DONE]: no lookup for a constant
-        wbuf = self._wbuf  # self.flush(), inline (a call per request)
-        if wbuf:
-            data = b"".join(wbuf) if len(wbuf) != 1 else wbuf[0]
-            wbuf.clear()
-            self._unsent = -1
-            t = self.transport
-            if t is not None and not t.is_closing():
-                self._fe.bytes_out += len(data)
-                t.write(data)
+        self.flush()
         if self._again:
             # self._go_idle() after a later exchange, inline (a call per request): its
             # first-exchange part has been done; stamp the time and have the sweep watch
