@@ -4,7 +4,7 @@ frontend, not one per connection.
 Between two requests a keep-alive connection should hold no TimerHandle and no request
 parser (an llhttp parser is ~0.9 KiB, a timer ~0.6 KiB, of the ~3.9 KiB an idle
 connection cost: bench/RESULTS.md, memory per connection). Going idle, a connection only
-stamps the time (server.ClientProtocol._go_idle). This sweep, every `interval` while any
+stamps the time (server.ClientProtocol._finish). This sweep, every `interval` while any
 connection is idle, closes those idle longer than `timeout http-keep-alive`, and drops
 the parser (freed at once: `RequestParser.drop` breaks llhttp's reference cycle, else it
 waits for a full GC), the timer and the empty write buffer of those idle for a whole
@@ -12,7 +12,7 @@ interval (after a first exchange, the parser and the buffer went already when it
 ended); the next request's first bytes make them again (~2 µs, only after a pause of a
 second or more: `ClientProtocol._wake`). The timer of a
 busy connection is kept across requests (re-making it per request costs ~8k
-instructions), except after its first exchange (see `_go_idle`).
+instructions), except after its first exchange (see `_first_idle`).
 
 The interval is a quarter of the keep-alive timeout, at most 1 s (as the L4 proxy's
 inactivity sweep): a connection is closed at most 25 % (or 1 s) after its timeout, never

@@ -448,29 +448,23 @@ class ClientProtocol(asyncio.Protocol):
             if self._tkind > _T_KEEPALIVE and not self.closed:
                 self._timer = self._loop.call_at(self._tstamp + self._tlen, self._on_timer)
 
-    def _go_idle(self) -> None:
-        """Between requests the frontend's sweep watches us. After the first exchange
-        the timer goes at once: many connections stay idle after one request (browsers
-        keep spares), and 10,000 of them would hold 10,000 timers until the sweep. After
-        later ones it is kept (a busy connection would make one per request, ~8k
-        instructions), to be dropped by the sweep or when it fires (not re-armed).
-        If the first request's parser went already (data_received), the empty write
-        buffer goes too: the connection holds nothing of the exchange's now, and its
-        next bytes make both again (`_wake`), once per connection."""
-        if not self._again:
-            self._again = True
-            timer = self._timer
-            if timer is not None:
-                timer.cancel()
-                self._timer = None
-            if self.parser is None and self._queue is None and not self._wbuf:
-                self._wbuf = _SLIM
-        self._tkind = _T_KEEPALIVE
-        self._tlen = self._proxy.settings.timeouts.keep_alive
-        self._tstamp = self._loop.time()
-        sweep = self._sweep
-        if not sweep.armed:
-            sweep.watch()
+    def _first_idle(self) -> None:
+        """The first exchange has ended; between requests the frontend's sweep watches the
+        connection (`_finish` stamps the time). After the first exchange the timer goes at
+        once: many connections stay idle after one request (browsers keep spares), and
+        10,000 of them would hold 10,000 timers until the sweep. After later ones it is
+        kept (a busy connection would make one per request, ~8k instructions), to be
+        dropped by the sweep or when it fires (not re-armed). If the first request's
+        parser went already (data_received), the empty write buffer goes too: the
+        connection holds nothing of the exchange's now, and its next bytes make both
+        again (`_wake`), once per connection."""
+        self._again = True
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        if self.parser is None and self._queue is None and not self._wbuf:
+            self._wbuf = _SLIM
 
     def idle_check(self, now: float, interval: float) -> bool:
         """The sweep's visit (proxy.http.idle): True while idle between requests."""
@@ -498,7 +492,7 @@ class ClientProtocol(asyncio.Protocol):
         return True
 
     def _wake(self) -> None:
-        """The first bytes after the connection was slimmed down (`_go_idle`,
+        """The first bytes after the connection was slimmed down (`_first_idle`,
         `idle_check`)."""
         self._wbuf = []
 
@@ -1465,17 +1459,15 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._state = _IDLE  # _ON_NEXT[_DONE]: no lookup for a constant
         self.flush()
-        if self._again:
-            # self._go_idle() after a later exchange, inline (a call per request): its
-            # first-exchange part has been done; stamp the time and have the sweep watch
-            self._tkind = _T_KEEPALIVE
-            self._tlen = self._proxy.settings.timeouts.keep_alive
-            self._tstamp = self._loop.time()
-            sweep = self._sweep
-            if not sweep.armed:
-                sweep.watch()
-        else:
-            self._go_idle()
+        if not self._again:
+            self._first_idle()
+        # idle between requests: the frontend's sweep watches it (proxy.http.idle)
+        self._tkind = _T_KEEPALIVE
+        self._tlen = self._proxy.settings.timeouts.keep_alive
+        self._tstamp = self._loop.time()
+        sweep = self._sweep
+        if not sweep.armed:
+            sweep.watch()
         if self._proxy.closing:
             self.close()
             return
