@@ -81,7 +81,6 @@ from proxy.http.parser import (
     RequestParser,
     ResponseHead,
     request_parser,
-    response_parser,
 )
 from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import UpstreamProtocol
@@ -1083,15 +1082,7 @@ class ClientProtocol(asyncio.Protocol):
         open_rows(srv, be, time.time())  # srv.open(now), be.open(now): one call
         srv.lbtot += 1
         be.lbtot += 1
-        # up.begin(self, req.method, req.upgrade), inline (a call per request; keep the
-        # two alike): the server's next bytes are this exchange's response
-        up.owner = self
-        up.got_bytes = False
-        up.uses += 1
-        method = req.method
-        parser = up.parser
-        if parser is None or not parser.reset(self, method, req.upgrade):
-            up.parser = response_parser(up.kind, self, method, req.upgrade)
+        up.begin(self, req.method, req.upgrade)
         if self._pending or self._ubuf:
             self._ubuf = [self._out_head, *self._pending, *self._ubuf]
             self._pending = _EMPTY

@@ -93,8 +93,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.pool = None
 
     def begin(self, owner: Owner, method: bytes, upgrade: bool) -> None:
-        """Start an exchange: the next bytes from the server are `owner`'s response.
-        (Inlined by proxy.http.server's `_attach`: keep the two alike.)"""
+        """Start an exchange: the next bytes from the server are `owner`'s response."""
         self.owner = owner
         self.got_bytes = False
         self.uses += 1
