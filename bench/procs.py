@@ -57,13 +57,21 @@ def tree(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> float:
     """utime+stime of the process tree, including reaped children (cutime/cstime)."""
-    total = 0
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process tree, including reaped children: where a
+    proxy's time goes, its own code or the kernel's (sockets, epoll, TCP)."""
+    user = system = 0
     for p in tree(pid):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             # after the comm: state=0 ... utime=11 stime=12 cutime=13 cstime=14
-            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-    return total / CLK_TCK
+            user += int(fields[11]) + int(fields[13])
+            system += int(fields[12]) + int(fields[14])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def rss_kib(pid: int, field: str = "VmRSS", *, children: bool = True) -> int:
@@ -89,6 +97,9 @@ class Proc:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def cpu_split(self) -> tuple[float, float]:
+        return cpu_split(self.pid)
 
     def peak_rss_kib(self) -> int:
         return rss_kib(self.pid, "VmHWM")

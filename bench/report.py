@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from bench.run import SCENARIOS, Case, Scenario
@@ -30,7 +31,8 @@ def markdown(cases: list[Case], machine: dict[str, object], runs: int,
         "request completed: the figure that compares proxies on a machine where the load "
         "generator saturates first. **per-core req/s** = 10⁶ ÷ CPU µs/req. Ratios are "
         "CPU µs/req against haproxy's (lower is better; 1.00× = as cheap as haproxy) and "
-        "throughput against the direct connection.", ""]
+        "throughput against the direct connection. **user / kernel** splits CPU µs/req into "
+        "the proxy's own code and the kernel's work for it (sockets, epoll, TCP).", ""]
     order = {s.name: s for s in SCENARIOS}
     for name, group in by_sc.items():
         sc: Scenario | None = order.get(name)
@@ -38,22 +40,25 @@ def markdown(cases: list[Case], machine: dict[str, object], runs: int,
         lines.append("")
         mb = sc is not None and sc.metric == "mbps"
         head = "| proxy | " + ("MB/s" if mb else "req/s") + \
-            " | p50 ms | p99 ms | CPU µs/req | per-core req/s | CPU vs haproxy | " \
-            "throughput vs direct | peak RSS MiB | errors |"
-        lines += [head, "|" + "---|" * 10]
+            " | p50 ms | p99 ms | CPU µs/req | user / kernel µs | per-core req/s | " \
+            "CPU vs haproxy | throughput vs direct | peak RSS MiB | errors |"
+        lines += [head, "|" + "---|" * 11]
         hap = next((c for c in group if c.proxy == "haproxy" and c.runs), None)
         direct = next((c for c in group if c.proxy == "direct" and c.runs), None)
         for c in group:
             if c.skipped:
-                lines.append(f"| {c.proxy} | skipped: {c.skipped} |" + " |" * 8)
+                lines.append(f"| {c.proxy} | skipped: {c.skipped} |" + " |" * 9)
                 continue
             tput = c.median("mbps" if mb else "rps")
             lo, hi = c.spread("mbps" if mb else "rps")
             cpu = c.median("cpu_us_per_req")
+            kernel = c.median("sys_us_per_req")
+            user = statistics.median(r.cpu_us_per_req - r.sys_us_per_req for r in c.runs)
+            split = f"{_fmt(user)} / {_fmt(kernel)}" if cpu and kernel else "–"
             lines.append(
                 f"| {c.proxy} | {_fmt(tput)} ({_fmt(lo, 0)}–{_fmt(hi, 0)}) | "
                 f"{_fmt(c.median('p50_ms'), 2)} | {_fmt(c.median('p99_ms'), 2)} | "
-                f"{_fmt(cpu)} | {_fmt(1e6 / cpu if cpu else 0, 0)} | "
+                f"{_fmt(cpu)} | {split} | {_fmt(1e6 / cpu if cpu else 0, 0)} | "
                 f"{_ratio(cpu, hap.median('cpu_us_per_req')) if hap else '–'} | "
                 f"{_ratio(tput, direct.median('mbps' if mb else 'rps')) if direct else '–'} | "
                 f"{_fmt(c.median('peak_rss_mib'))} | {sum(r.errors for r in c.runs)} |")

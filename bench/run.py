@@ -90,6 +90,7 @@ class Run:
     peak_rss_mib: float
     errors: int
     requests: int
+    sys_us_per_req: float = 0.0  # of cpu_us_per_req, the kernel's (the rest is user time)
 
 
 @dataclass
@@ -291,17 +292,20 @@ def run_case(sc: Scenario, name: str, *, runs: int, seconds: float,
                         cpus=load_cpus)  # warm-up
                 for i in range(runs):
                     progress(f"{sc.name} / {name}: run {i + 1} of {runs}")
-                    cpu0 = proc.cpu() if proc else 0.0
+                    user0, sys0 = proc.cpu_split() if proc else (0.0, 0.0)
                     r = wrk.run(url, seconds=seconds, connections=sc.connections,
                                 headers=headers, cpus=load_cpus)
-                    cpu = (proc.cpu() - cpu0) if proc else 0.0
+                    user1, sys1 = proc.cpu_split() if proc else (0.0, 0.0)
+                    cpu = (user1 - user0) + (sys1 - sys0)
                     case.runs.append(Run(
                         rps=r.rps, mbps=r.mb_per_s, p50_ms=r.latency_ms.get("50%", 0.0),
                         p99_ms=r.latency_ms.get("99%", 0.0),
                         cpu_us_per_req=(cpu / r.requests * 1e6) if r.requests and proc
                         else 0.0,
                         peak_rss_mib=(proc.peak_rss_kib() / 1024) if proc else 0.0,
-                        errors=r.errors, requests=r.requests))
+                        errors=r.errors, requests=r.requests,
+                        sys_us_per_req=((sys1 - sys0) / r.requests * 1e6) if r.requests
+                        and proc else 0.0))
         except FileNotFoundError as e:
             case.skipped = f"{e} not installed"
         except (TimeoutError, RuntimeError) as e:

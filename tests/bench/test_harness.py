@@ -52,7 +52,8 @@ def test_wrk_garbage_is_an_error() -> None:
 
 def test_cpu_and_rss_accounting_covers_the_process_tree() -> None:
     code = "import os,time\nif os.fork()==0:\n  t=time.process_time()\n" \
-           "  while time.process_time()-t<0.3: pass\n  time.sleep(5)\nelse: time.sleep(5)\n"
+           "  while time.process_time()-t<0.3: sum(range(20000))\n" \
+           "  time.sleep(5)\nelse: time.sleep(5)\n"
     p = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 10
@@ -60,6 +61,8 @@ def test_cpu_and_rss_accounting_covers_the_process_tree() -> None:
             time.sleep(0.05)
         assert len(procs.tree(p.pid)) == 2
         assert procs.cpu_seconds(p.pid) >= 0.25  # the child's spin counts for the parent
+        user, system = procs.cpu_split(p.pid)
+        assert user >= 0.2 > system  # a pure-Python spin is user time
         assert procs.rss_kib(p.pid) > 1000
     finally:
         for pid in procs.tree(p.pid)[::-1]:
@@ -67,17 +70,20 @@ def test_cpu_and_rss_accounting_covers_the_process_tree() -> None:
         p.wait()
 
 
-def _case(proxy: str, rps: float, cpu: float) -> Case:
-    return Case("l7-keepalive", proxy, [Run(rps, 1.0, 0.4, 2.0, cpu, 20.0, 0, 1000)])
+def _case(proxy: str, rps: float, cpu: float, kernel: float = 0.0) -> Case:
+    return Case("l7-keepalive", proxy, [Run(rps, 1.0, 0.4, 2.0, cpu, 20.0, 0, 1000, kernel)])
 
 
 def test_report_ratios_and_plots(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     cases = [_case("direct", 100.0, 0.0), _case("haproxy", 50.0, 10.0),
-             _case("pylb-httptools", 40.0, 16.0)]
+             _case("pylb-httptools", 40.0, 16.0, kernel=6.5)]
     md = report.markdown(cases, {"date": "d", "cores": 2, "cpu": "x", "python": "3.11"}, 1, 1)
     row = next(line for line in md.splitlines() if line.startswith("| pylb-httptools"))
     assert "1.60×" in row  # CPU per request vs haproxy
+    assert "| 9.5 / 6.5 |" in row  # user / kernel µs of the 16
+    hap = next(line for line in md.splitlines() if line.startswith("| haproxy"))
+    assert hap.count("|") == row.count("|") == 12  # 11 columns; no split known: "–"
     assert "0.40×" in row  # throughput vs direct
     assert "62,500" in row  # per-core req/s = 1e6 / 16
     files = report.plots(cases, tmp_path)
