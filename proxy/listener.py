@@ -117,6 +117,22 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     return sock
 
 
+_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # 0: not on this OS
+
+
+def delay_first_acks(sock: socket.socket) -> None:
+    """On a listening socket where the client speaks first and the proxy answers (HTTP,
+    TLS): the connections it accepts start in delayed-ACK mode, so the kernel sends no
+    bare ACK for a request or a ClientHello but lets the answer carry it, one TCP segment
+    less per new connection (haproxy does this for its HTTP frontends: TCP_QUICKACK 0 on
+    the listener, which Linux's accepted sockets inherit). A request that is not answered
+    within the delayed-ACK timeout (40 ms at first) is acknowledged then, as usual;
+    bulk uploads are acknowledged every second segment regardless. Not for TCP services,
+    where the server may speak first. A no-op where the option does not exist."""
+    if _TCP_QUICKACK and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 0)
+
+
 class _Accepted4(socket.socket):
     """An accepted connection, made straight from its descriptor. `family` and `type` are
     plain class attributes: socket.socket's properties convert them to enums on each

@@ -27,7 +27,7 @@ from proxy.http.pool import Pool
 from proxy.http.routing import Router
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
-from proxy.listener import ConnectionLimit, Listener, bind_socket
+from proxy.listener import ConnectionLimit, Listener, bind_socket, delay_first_acks
 from pylb.config import Settings
 from pylb.counters import Stats
 from pylb.delta import Delta
@@ -159,6 +159,7 @@ class HttpProxy:
                 sock = bind_socket(host, port, reuse_port=reuse_port)
             else:
                 sock.setblocking(False)
+            delay_first_acks(sock)
             self._listener = Listener(sock, self._protocol, limit=self.limit,
                                       ssl_context=self.ssl_context,
                                       handshake_timeout=self._handshake_timeout, loop=loop)
@@ -176,6 +177,8 @@ class HttpProxy:
                                               reuse_address=True, backlog=1024,
                                               ssl_handshake_timeout=self._handshake_timeout)
         self._server = server
+        for s in server.sockets:
+            delay_first_acks(s)
         addr = server.sockets[0].getsockname()
         ports = {s.getsockname()[1] for s in server.sockets}
         self.port = addr[1] if len(ports) == 1 else 0
