@@ -434,7 +434,7 @@ class Balancers:
         # are listed once, and a 1-tuple per server is ~5 MiB a worker at 100,000 servers.
         self._by_key: dict[Key, str | tuple[str, ...]] = {}
         # `apply`s so far: a decision made from `get`'s answers holds while it is unchanged
-        # (proxy.http.server.ClientProtocol._start)
+        # (proxy.http.server.ClientProtocol.on_head)
         self.changes = 0
 
     def update(self, backends: Collection[Backend]) -> set[Key]:

@@ -141,7 +141,7 @@ _SLIM = cast(list[bytes], ())
 _EMPTY = _SLIM
 
 
-# A route decision kept for the head it was made for (`ClientProtocol._start`): the head,
+# A route decision kept for the head it was made for (`ClientProtocol.on_head`): the head,
 # HttpProxy.generation and Balancers.changes when it was made, the backend and its
 # balancer, the head rewritten for the backend, and what else that depends on: the
 # client's address, the port it came to, its TLS client certificate's fields. Kept by the
@@ -577,7 +577,7 @@ class ClientProtocol(asyncio.Protocol):
         elif kind == _T_KEEPALIVE:
             # The request's phase begins: `_arm(_T_REQUEST, …)`, but the timer is seen to
             # (the `_arm` below) only if the read does not bring the whole head; else
-            # the head's own phase (`_start`) arms it: one `_arm` a request fewer.
+            # the head's own phase (`on_head`) arms it: one `_arm` a request fewer.
             self._t0 = self._tstamp = self._loop.time()
             self._tkind = _T_REQUEST
             self._tlen = self._proxy.settings.timeouts.http_request
@@ -664,15 +664,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._local_error(failure)
 
-    # The parser's callbacks. Events of a request that must wait are queued.
-
-    def on_head(self, head: RequestHead) -> None:
-        if self._state is _CLOSED:
-            return
-        if self._queue is not None or self._req is not None:
-            self._enqueue(0, head)
-            return
-        self._start(head)
+    # The parser's callbacks (`on_head` starts the exchange, below). Events of a request
+    # that must wait are queued.
 
     def on_body(self, data: bytes) -> None:
         state = self._state
@@ -765,7 +758,14 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- an exchange ---------------------------------------------------------------------
 
-    def _start(self, head: RequestHead) -> None:
+    def on_head(self, head: RequestHead) -> None:
+        """The parser's first callback of a request: its head starts an exchange, unless
+        one is under way (it waits in the queue then) or the connection is closing."""
+        if self._state is _CLOSED:
+            return
+        if self._queue is not None or self._req is not None:
+            self._enqueue(0, head)
+            return
         proxy = self._proxy
         self._req = head
         self._state = _ON_HEAD[self._state]
@@ -919,7 +919,7 @@ class ClientProtocol(asyncio.Protocol):
         # server just as this one was, and a new one cannot lose the keep-alive race.
         up = self._pool.take(server.key) if not self._attempts else None
         if up is not None:
-            # (only a first attempt takes a pooled connection: `_start` is still under
+            # (only a first attempt takes a pooled connection: `on_head` is still under
             # way and has just armed the server's timer, so `_attach` need not again)
             self._attach(up, False)
             return
