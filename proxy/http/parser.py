@@ -14,7 +14,8 @@ It never does I/O. The two implementations are interchangeable and pass the same
   depends on more than those bytes is checked on every head. A whole read that was one
   bodiless request is remembered whole (`_READS`): the same read again gets the same
   head without llhttp; so does a whole keep-alive response in one read whose head was
-  seen before (`_RESPONSE_HEADS`).
+  seen before (`_RESPONSE_HEADS`). Each parser compares a read with the last one of
+  those it met before it looks in the memo.
 
 Both heads go through `analyze_request` / `analyze_response`, where the rules that prevent
 request smuggling live in one place: one Content-Length of digits only, no
@@ -1289,8 +1290,8 @@ class HttptoolsRequestParser:
     `BodyFramer` (as on the h11 path): it checks trailer fields, which llhttp would only
     report through per-field callbacks; the next request gets a fresh llhttp parser."""
 
-    __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_last", "_limits", "_p", "_pos",
-                 "_sink", "_url", "_whole", "upgrade_rest")
+    __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_known", "_known_read", "_last",
+                 "_limits", "_p", "_pos", "_sink", "_url", "_whole", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         assert httptools is not None
@@ -1307,6 +1308,11 @@ class HttptoolsRequestParser:
         self._in_body = False
         self._last = False  # as in H11RequestParser
         self._whole: RequestHead | None = None  # the last head, if it was all of `_hbuf`
+        # The read of `_READS` this parser met (or remembered) last, and its head: looked
+        # at before the memo, as a comparison instead of the read's hash and a lookup (a
+        # client repeats itself on its connection). It holds after `_READS` is emptied.
+        self._known_read = b""
+        self._known: RequestHead | None = None
         self.upgrade_rest: bytes | None = None
 
     def drop(self) -> None:
@@ -1319,14 +1325,20 @@ class HttptoolsRequestParser:
             and not self._last and self.upgrade_rest is None
 
     def feed(self, data: bytes) -> None:
-        seen = _READS.get(data)
-        if seen is not None and seen[0] is self._limits and not self._hbuf \
-                and self._body is None and not self._in_body and not self._last \
+        if data == self._known_read:
+            known = self._known
+        else:
+            seen = _READS.get(data)
+            known = seen[1] if seen is not None and seen[0] is self._limits else None
+            if known is not None:
+                self._known_read = data
+                self._known = known
+        if known is not None and not self._hbuf and self._body is None \
+                and not self._in_body and not self._last \
                 and self.upgrade_rest is None:  # self.at_rest(), inline
             # This read, at rest, was a whole bodiless request before: what llhttp and
             # the analysis made of it then, they would make of it again, and would leave
             # the parser as they did then (see `_READS`).
-            known = seen[1]
             if not known.keep_alive:
                 self._last = True  # as on_headers_complete: what follows is ignored
             sink = self._sink
@@ -1453,6 +1465,8 @@ class HttptoolsRequestParser:
                         _READS.clear()
                     _READS[buf] = (self._limits, head)
                     head.remembered = True
+                    self._known_read = buf
+                    self._known = head
         self._sink.on_end()
 
 
