@@ -987,7 +987,6 @@ class ResponseParser(Protocol):
     def feed_eof(self) -> None: ...
     def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False
               ) -> bool: ...
-    def release(self) -> None: ...
     def drop(self) -> None:
         """The server connection has closed: the parser is never fed again and must be
         freed by reference counting, with the client connection its sink may still name
@@ -995,11 +994,13 @@ class ResponseParser(Protocol):
 
 
 class _Unowned:
-    """The sink of a response parser whose connection idles in the pool. The parser is
-    kept for the next exchange (`reset` is ~15x cheaper than a new httptools parser), but
-    must not keep the last client connection alive through its sink: up to
-    `pool_per_server` dead ClientProtocols (their transports, parsers and buffers) per
-    server would stay reachable as long as the pooled connections live."""
+    """The sink of a response parser after its response's end, the last callback of an
+    exchange: the parser lets go of its sink just before it. A connection is pooled only
+    after that end, and its parser is kept for the next exchange (`reset` is ~15x cheaper
+    than a new httptools parser, and names the next sink), but must not keep the last
+    client connection alive through its sink: up to `pool_per_server` dead
+    ClientProtocols (their transports, parsers and buffers) per server would stay
+    reachable as long as the pooled connections live."""
 
     __slots__ = ()
 
@@ -1197,10 +1198,11 @@ class H11ResponseParser:
         self.rest = b""
         return True
 
-    def release(self) -> None:
-        """The connection went idle: forget the client (`reset` names the next one)."""
+    def _end(self) -> None:
+        """The response's end, its last callback: let go of the sink first (`_Unowned`)."""
+        sink = self._sink
         self._sink = _UNOWNED
-        self._body = None
+        sink.on_response_end()
 
     def drop(self) -> None:
         pass  # in no cycle: freed with its connection
@@ -1218,7 +1220,7 @@ class H11ResponseParser:
                 if body.done:
                     self._body = None
                     self.rest = rest
-                    self._sink.on_response_end()
+                    self._end()
                 return
             buf = self._buf + data if self._buf else data
             end = buf.find(b"\r\n\r\n")
@@ -1244,21 +1246,21 @@ class H11ResponseParser:
                 continue
             if head.no_body:
                 self.rest = data
-                self._sink.on_response_end()
+                self._end()
                 return
             self._body = BodyFramer(self._sink.on_response_body, head.content_length,
                                     head.chunked, Failure.BAD_RESPONSE)
             if self._body.done:
                 self._body = None
                 self.rest = data
-                self._sink.on_response_end()
+                self._end()
                 return
 
     def feed_eof(self) -> None:
         body = self._body
         if body is not None and body.until_close:
             self._body = None
-            self._sink.on_response_end()
+            self._end()
         elif self.upgrade_rest is None:
             raise ParseError(Failure.BACKEND_RESET, "backend closed mid-response")
 
@@ -1544,9 +1546,11 @@ class HttptoolsResponseParser:
         self._quick = method != b"HEAD"
         return True
 
-    def release(self) -> None:
-        """The connection went idle: forget the client (`reset` names the next one)."""
+    def _end(self) -> None:
+        """The response's end, its last callback: let go of the sink first (`_Unowned`)."""
+        sink = self._sink
         self._sink = _UNOWNED
+        sink.on_response_end()
 
     def drop(self) -> None:
         # llhttp's parser object holds this one as its protocol: a cycle, which would
@@ -1579,6 +1583,7 @@ class HttptoolsResponseParser:
                 if end < len(data):
                     sink.on_response_body(data[end:])
                 self._done = True  # as on_message_complete
+                self._sink = _UNOWNED  # (self._end(), inline: the sink is at hand)
                 sink.on_response_end()
                 return
         if self.upgrade_rest is not None:
@@ -1617,7 +1622,7 @@ class HttptoolsResponseParser:
             return
         if self._headers_seen and self._close_delimited:
             self._done = True
-            self._sink.on_response_end()
+            self._end()
             return
         raise ParseError(Failure.BACKEND_RESET, "backend closed mid-response")
 
@@ -1661,7 +1666,7 @@ class HttptoolsResponseParser:
             self._stopped = True
             if head.content_length or head.chunked:
                 self.rest = b"?"
-            self._sink.on_response_end()
+            self._end()
             raise _StopParsing
 
     def on_body(self, body: bytes) -> None:
@@ -1672,7 +1677,7 @@ class HttptoolsResponseParser:
         if self._done or not self._headers_seen or self._p.get_status_code() == 101:
             return  # an interim response ended, or a 101 (its tunnel follows)
         self._done = True
-        self._sink.on_response_end()
+        self._end()
 
 
 class _StopParsing(Exception):

@@ -64,10 +64,7 @@ class Pool:
             conn.close()
             return
         conns.append(conn)
-        conn.owner = None  # conn.enter_pool(self, now), inline (a call per request):
-        parser = conn.parser
-        if parser is not None:
-            parser.release()  # kept for reuse, but it must not hold the last client
+        conn.owner = None  # conn.enter_pool(self, now), inline (a call per request)
         conn.pool = self
         conn.idle_since = self._loop.time()
         if self._sweeper is None:

@@ -83,9 +83,8 @@ class UpstreamProtocol(asyncio.Protocol):
         return not self.closed and not self.eof and t is not None and not t.is_closing()
 
     def enter_pool(self, pool: Holder, now: float) -> None:
+        # (the parser, kept for reuse, let go of the last client at its response's end)
         self.owner = None
-        if self.parser is not None:
-            self.parser.release()  # kept for reuse, but it must not hold the last client
         self.pool = pool
         self.idle_since = now
 
