@@ -439,7 +439,7 @@ class H2Stream:
             self.connecting = True
             proxy.h2_pool.get(server.key, self)
             return
-        up = proxy.pool.take(server.key) if not self.attempts else None
+        up = proxy.pool.take(server.key, proxy.loop.time()) if not self.attempts else None
         if up is not None:
             self._attach(up)
             return

@@ -37,11 +37,13 @@ class Pool:
         self._live: Container[Key] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def take(self, key: Key) -> UpstreamProtocol | None:
+    def take(self, key: Key, now: float) -> UpstreamProtocol | None:
+        """The last pooled connection to `key` still usable and fresh at `now` (the
+        loop's time, as the caller read it), or None."""
         conns = self._idle.get(key)
         if not conns:
             return None
-        stale = self._loop.time() - self.idle_timeout
+        stale = now - self.idle_timeout
         while conns:
             conn = conns.pop()
             conn.pool = None  # conn.leave_pool(), inline

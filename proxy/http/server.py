@@ -917,10 +917,10 @@ class ClientProtocol(asyncio.Protocol):
         self._server = server
         # A retry goes on a new connection: another idle one may have been closed by the
         # server just as this one was, and a new one cannot lose the keep-alive race.
-        up = self._pool.take(server.key) if not self._attempts else None
+        # (only a first attempt takes a pooled connection: `on_head` is still under way,
+        # and has just read the time and armed the server's timer: neither again here)
+        up = self._pool.take(server.key, self._t_head) if not self._attempts else None
         if up is not None:
-            # (only a first attempt takes a pooled connection: `on_head` is still under
-            # way and has just armed the server's timer, so `_attach` need not again)
             self._attach(up, False)
             return
         self._connecting = True
@@ -935,7 +935,7 @@ class ClientProtocol(asyncio.Protocol):
         ticket = self._held
         self._tw = self._loop.time() - ticket.since if type(ticket) is Ticket else 0.0
         self._held = self._server = server
-        up = self._pool.take(server.key) if not self._attempts else None
+        up = self._pool.take(server.key, self._loop.time()) if not self._attempts else None
         if up is not None:
             self._attach(up)
             return
@@ -1048,17 +1048,22 @@ class ClientProtocol(asyncio.Protocol):
             self._proxy.connect(self, server)
 
     def _attach(self, up: UpstreamProtocol, rearm: bool = True) -> None:
+        """Send the request on `up` (`rearm` False: a pooled connection `_dispatch` took
+        for the head `on_head` is routing, whose time it read and whose timer it armed)."""
         proxy = self._proxy
         server = self._server
         backend = self._backend
         req = self._req
         assert server is not None and backend is not None and req is not None
         self._up = up
-        now = self._t_conn = self._loop.time()
-        if rearm and self._tkind == _T_SERVER:
-            # The server's time starts now: connecting (and redispatching after connect
-            # timeouts) is bounded by the connect timeout, as in haproxy.
-            self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
+        if rearm:
+            now = self._t_conn = self._loop.time()
+            if self._tkind == _T_SERVER:
+                # The server's time starts now: connecting (and redispatching after
+                # connect timeouts) is bounded by the connect timeout, as in haproxy.
+                self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
+        else:  # a pooled connection for the head read this turn (`_dispatch`)
+            self._t_conn = self._t_head
         balancer = self._balancer
         assert balancer is not None
         active = balancer.active  # balancer.acquire(server), inline

@@ -4,11 +4,15 @@ goes where, pipelining, flow control (h11's ConnectionPair habit)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+import pytest
 
 from proxy.balance import Balancers
 from proxy.http import HttpProxy
 from proxy.http.idle import LATE
+from proxy.http.pool import Pool
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
 from pylb.config import HttpParser, Settings
@@ -593,3 +597,57 @@ async def test_a_connection_learns_the_same_of_itself_with_or_without_the_listen
         assert learned[-1] == ("127.0.0.1", conn.client_port, port, None,
                                (flow.LOW_WATER, flow.HIGH_WATER))
     assert len(learned) == 2
+
+
+class _SteppingClock:
+    """The running loop, but each `time()` reads `step` seconds after the last one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, step: float) -> None:
+        self._loop = loop
+        self._now = loop.time()
+        self._step = step
+
+    def time(self) -> float:
+        self._now += self._step
+        return self._now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+async def test_a_pooled_connection_is_attached_in_the_moment_of_its_head(
+        parser_kind: HttpParser, caplog: pytest.LogCaptureFixture) -> None:
+    """A pooled connection is taken and attached in the read that brought the head, as
+    haproxy's reused connection: the access log's Tc is 0 however long our own work took;
+    a pooled connection's freshness is judged at that moment too."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    clock = _SteppingClock(asyncio.get_running_loop(), 0.25)
+    client._loop = clock  # type: ignore[assignment]
+    proxy.pool._loop = clock  # type: ignore[assignment]
+    caplog.set_level(logging.INFO, logger="pylb.access")
+    client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert ut.take().startswith(b"GET /x ")
+    up.data_received(OK)
+    assert ct.take().endswith(b"ok")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "pylb.access"]
+    _tq, tw, tc, tr, _tt = line.split()[4].split("/")
+    assert (tw, tc) == ("0", "0") and int(tr) > 0, line
+    ct.close()
+    await asyncio.sleep(0)
+
+
+async def test_pool_take_judges_freshness_at_the_time_given() -> None:
+    pool = Pool(asyncio.get_running_loop(), per_server=4, idle_timeout=10.0)
+    conns = []
+    for _ in range(2):
+        up = UpstreamProtocol(SERVER.key, HttpParser.HTTPTOOLS)
+        up.connection_made(FakeTransport(up, (SERVER.address, SERVER.port)))  # type: ignore[arg-type]
+        conns.append(up)
+    stale, fresh = conns
+    pool.put(stale)
+    assert pool.take(SERVER.key, stale.idle_since + 10.5) is None  # stale by then: closed
+    assert stale.closed and pool.idle_count() == 0
+    pool.put(fresh)
+    assert pool.take(SERVER.key, fresh.idle_since + 9.5) is fresh
+    pool.close_all()
+    await asyncio.sleep(0)
