@@ -577,8 +577,8 @@ class ClientProtocol(asyncio.Protocol):
         elif kind == _T_KEEPALIVE:
             # The request's phase begins: `_arm(_T_REQUEST, …)`, but the timer is seen to
             # (the `_arm` below) only if the read does not bring the whole head; else
-            # the head's own phase (`on_head`) arms it: one `_arm` a request fewer.
-            self._t0 = self._tstamp = self._loop.time()
+            # the head's own phase (`on_head`) arms it: one `_arm` a request fewer. The
+            # time is read then too: a head in this read is the request's start as well.
             self._tkind = _T_REQUEST
             self._tlen = self._proxy.settings.timeouts.http_request
         parser = self.parser
@@ -607,8 +607,9 @@ class ClientProtocol(asyncio.Protocol):
             self.abort()
             return
         self._feeding = False
-        if self._tkind == _T_REQUEST and kind == _T_KEEPALIVE:
-            self._arm(_T_REQUEST, self._tlen, self._tstamp)  # no whole head in this read
+        if self._tkind == _T_REQUEST and kind == _T_KEEPALIVE:  # no whole head in this read
+            now = self._t0 = self._loop.time()
+            self._arm(_T_REQUEST, self._tlen, now)
         if not self._again and self._queue is None and self._state in _REQ_WHOLE \
                 and parser.at_rest():
             # The first request is whole and the read ended with it. Many connections
@@ -770,6 +771,8 @@ class ClientProtocol(asyncio.Protocol):
         self._req = head
         self._state = _ON_HEAD[self._state]
         now = self._t_head = self._loop.time()
+        if not self._t0:  # (0.0 since the last exchange: the head came whole in one read,
+            self._t0 = now  # or waited in the queue: it starts now)
         self._fe.req_total += 1
         timeouts = proxy.settings.timeouts
         if head.chunked or head.content_length:  # head.has_body

@@ -636,6 +636,27 @@ async def test_a_pooled_connection_is_attached_in_the_moment_of_its_head(
     await asyncio.sleep(0)
 
 
+async def test_keep_alive_request_starts_with_the_read_of_its_first_byte(
+        parser_kind: HttpParser, caplog: pytest.LogCaptureFixture) -> None:
+    """A keep-alive request's time (the access log's Tq) runs from the read that brought
+    its first byte to the one that completed its head: 0 when one read brought it all."""
+    _proxy, client, ct, up, _ut = make(parser_kind)
+    client.data_received(b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    up.data_received(OK)
+    client._loop = _SteppingClock(asyncio.get_running_loop(), 0.25)  # type: ignore[assignment]
+    caplog.set_level(logging.INFO, logger="pylb.access")
+    client.data_received(b"GET /a/2 HTTP/1.1\r\nHost: h\r\n\r\n")  # whole
+    up.data_received(OK)
+    client.data_received(b"GET /a/3 HTTP/1.1\r\n")  # in two reads
+    client.data_received(b"Host: h\r\n\r\n")
+    up.data_received(OK)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pylb.access"]
+    assert [line.split()[4].split("/")[0] for line in lines] == ["0", "250"], lines
+    assert ct.take().count(b"ok") == 3
+    ct.close()
+    await asyncio.sleep(0)
+
+
 async def test_pool_take_judges_freshness_at_the_time_given() -> None:
     pool = Pool(asyncio.get_running_loop(), per_server=4, idle_timeout=10.0)
     conns = []
