@@ -86,7 +86,7 @@ from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import UpstreamProtocol
 from proxy.queue import Ticket
 from proxy.retry import Next, after_connect_failure
-from pylb.counters import Counters, open_rows
+from pylb.counters import HRSP_SLOT, Counters, open_rows
 from pylb.failures import Failure
 from pylb.model import Affinity, Backend, Server
 
@@ -1171,8 +1171,7 @@ class ClientProtocol(asyncio.Protocol):
             if self._cookie != value:
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
         self._chunked_out = framing == _FRAME_CHUNKED
-        i = status // 100 - 1  # self._fe.response(status), inline
-        self._fe.hrsp[i if 0 <= i < 5 else 5] += 1
+        self._fe.hrsp[HRSP_SLOT[status]] += 1  # self._fe.response(status), inline
         self._unsent = len(self._wbuf)  # (`flush` sets -1)
         hsts = proxy.hsts
         if set_cookie is None and self.response_edit is None:
@@ -1240,8 +1239,7 @@ class ClientProtocol(asyncio.Protocol):
             # failed, e.g. a bad chunk): the client gets a clean 502 in its place, as
             # from haproxy, instead of a cut response.
             del self._wbuf[unsent:]
-            idx = self._status // 100 - 1
-            self._fe.hrsp[idx if 0 <= idx < 5 else 5] -= 1  # counted by on_response
+            self._fe.hrsp[HRSP_SLOT[self._status]] -= 1  # counted by on_response
             self._resp = None
             self._state = _ON_RETRACT[self._state]
         if self._resp is None:
@@ -1502,9 +1500,7 @@ class ClientProtocol(asyncio.Protocol):
         be.bytes_out += got
         status = self._status
         if status and self._resp is not None:
-            i = status // 100 - 1  # Counters.response(), inline
-            if not 0 <= i < 5:
-                i = 5
+            i = HRSP_SLOT[status]  # Counters.response(), inline
             srv.hrsp[i] += 1
             be.hrsp[i] += 1
 

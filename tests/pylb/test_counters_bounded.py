@@ -9,7 +9,14 @@ import random
 import pytest
 
 from pylb import counters
-from pylb.counters import Counters, Stats, fold_report, merge_snapshots, open_rows
+from pylb.counters import (
+    HRSP_SLOT,
+    Counters,
+    Stats,
+    fold_report,
+    merge_snapshots,
+    open_rows,
+)
 
 
 def test_idle_rows_that_leave_are_dropped_and_draining_rows_when_they_close() -> None:
@@ -145,3 +152,17 @@ def test_sessions_are_counted_per_wall_clock_second(monkeypatch: pytest.MonkeyPa
     row.open()  # now: reported as busy (its rate is this second's)
     st.report(full=True)
     assert ("b", "s") in st._hot and row.snapshot()["rate"] == 1
+
+
+@pytest.mark.parametrize("status", [-1, 0, 99, 100, 101, 199, 200, 204, 299, 301, 404, 499,
+                                    500, 503, 599, 600, 999, 1000, 4040])
+def test_a_status_counts_in_its_class_or_other(status: int) -> None:
+    """hrsp: 1xx..5xx, and "other" for anything else; the table the data path indexes
+    (HRSP_SLOT, statuses below 1000) says the same as the arithmetic."""
+    c = Counters()
+    c.response(status)
+    want = [0] * 6
+    want[status // 100 - 1 if 100 <= status < 600 else 5] = 1
+    assert c.hrsp == want
+    if 0 <= status < 1000:
+        assert HRSP_SLOT[status] == want.index(1)
