@@ -580,7 +580,6 @@ class ClientProtocol(asyncio.Protocol):
             # the head's own phase (`on_head`) arms it: one `_arm` a request fewer. The
             # time is read then too: a head in this read is the request's start as well.
             self._tkind = _T_REQUEST
-            self._tlen = self._proxy.settings.timeouts.http_request
         parser = self.parser
         if parser is None:
             if self._wbuf is _SLIM:
@@ -609,7 +608,7 @@ class ClientProtocol(asyncio.Protocol):
         self._feeding = False
         if self._tkind == _T_REQUEST and kind == _T_KEEPALIVE:  # no whole head in this read
             now = self._t0 = self._loop.time()
-            self._arm(_T_REQUEST, self._tlen, now)
+            self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request, now)
         if not self._again and self._queue is None and self._state in _REQ_WHOLE \
                 and parser.at_rest():
             # The first request is whole and the read ended with it. Many connections
