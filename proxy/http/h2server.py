@@ -704,9 +704,6 @@ class H2Stream:
         self._ack()
         self._conn.flush()
 
-    def upstream_activity(self, n: int) -> None:
-        pass  # the server timer is the whole exchange's (no inactivity stamping here)
-
     def upstream_failed(self, up: UpstreamProtocol, failure: Failure) -> None:
         self._conn.proxy.stats.fail(failure)
         self._lost(failure)
@@ -746,6 +743,9 @@ class H2Stream:
         if self._out_size and not self._end_sent:
             self._conn.send_out(self)
         self._conn.flush()
+
+    # (no inactivity stamping: the server timer is the whole exchange's)
+    upstream_read = flush
 
     # ResponseSink
 

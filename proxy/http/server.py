@@ -1123,6 +1123,7 @@ class ClientProtocol(asyncio.Protocol):
     def _drop_upstream(self) -> None:
         up = self._up
         if up is not None:
+            self._resp_bytes += up.got_bytes
             up.detach()
             up.abort()
             self._up = None
@@ -1130,10 +1131,13 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- the response (callbacks of the response parser, via UpstreamProtocol) ----------
 
-    def upstream_activity(self, n: int) -> None:
-        self._resp_bytes += n
+    def upstream_read(self) -> None:
+        """A read of the server's connection ended with the exchange still under way: the
+        server was active (the connection counts what it sent: `got_bytes`, added to
+        `_resp_bytes` when the exchange lets go of it), and what the read made goes out."""
         if self._tkind > _T_REQUEST:
             self._tstamp = self._loop.time()
+        self.flush()
 
     def on_interim(self, head: ResponseHead) -> None:
         req = self._req
@@ -1260,10 +1264,11 @@ class ClientProtocol(asyncio.Protocol):
         req = self._req
         if req is not None and may_resend(
                 idempotent=req.idempotent, body_kept=self._replay is not None,
-                response_started=self._resp is not None or up.got_bytes,
+                response_started=self._resp is not None or up.got_bytes > 0,
                 reused_connection=up.uses > 1, attempts=self._attempts,
                 retries=self._proxy.settings.limits.retries):
             # A pooled connection the server had closed: send again on another one.
+            self._resp_bytes += up.got_bytes
             up.detach()
             self._up = None
             self._release_server()
@@ -1321,7 +1326,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def tunnel_from_upstream(self, data: bytes) -> None:
         self._tstamp = self._loop.time()
-        self._resp_bytes += len(data)
         t = self.transport
         if t is not None and not t.is_closing():
             self._fe.bytes_out += len(data)
@@ -1513,15 +1517,17 @@ class ClientProtocol(asyncio.Protocol):
                 up.transport.resume_reading()
         if self._paused & _P_UPSTREAM:
             self.resume_reading(_P_UPSTREAM)
-        if up is not None and self._state is not _TUNNEL:
-            up.owner = None  # up.detach(), inline (a call per request)
-            if reusable:
-                self._pool.put(up)
+        if up is not None:
+            self._resp_bytes += up.got_bytes  # (what the server sent in this exchange)
+            if self._state is not _TUNNEL:
+                up.owner = None  # up.detach(), inline (a call per request)
+                if reusable:
+                    self._pool.put(up)
+                else:
+                    up.close()
             else:
+                up.detach()
                 up.close()
-        elif up is not None:
-            up.detach()
-            up.close()
         self._release_server()
         if self._body_timer is not None:
             self._body_timer.cancel()

@@ -672,3 +672,58 @@ async def test_pool_take_judges_freshness_at_the_time_given() -> None:
     assert pool.take(SERVER.key, fresh.idle_since + 9.5) is fresh
     pool.close_all()
     await asyncio.sleep(0)
+
+
+async def test_the_servers_bytes_are_counted_per_exchange(
+        parser_kind: HttpParser, caplog: pytest.LogCaptureFixture) -> None:
+    """The bytes a server sent in an exchange (the server's and backend's bytes_out, the
+    access log's byte count): every read of the response, however many, and on a failed
+    response the bytes read before it was given up; each exchange its own."""
+    proxy, client, ct, up, _ut = make(parser_kind)
+    caplog.set_level(logging.INFO, logger="pylb.access")
+    long = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"
+    client.data_received(b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    for part in (long[:5], long[5:40], long[40:]):  # three reads
+        up.data_received(part)
+    assert ct.take().endswith(b"0123456789")
+    client.data_received(b"GET /a/2 HTTP/1.1\r\nHost: h\r\n\r\n")  # the pooled connection
+    up.data_received(OK)
+    assert ct.take().endswith(b"ok")
+    client.data_received(b"GET /a/3 HTTP/1.1\r\nHost: h\r\n\r\n")
+    bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    up.data_received(bad)  # a bad chunk: 502, the connection dropped
+    assert b" 502 " in ct.take()
+    srv, be = proxy.stats.server("b", "s1"), proxy.stats.backend("b")
+    assert srv.bytes_out == be.bytes_out == len(long) + len(OK) + len(bad)
+    logged = [int(r.getMessage().split()[6]) for r in caplog.records
+              if r.name == "pylb.access"]
+    assert logged == [len(long), len(OK), len(bad)]
+    ct.close()
+    await asyncio.sleep(0)
+
+
+class _SetClock(_SteppingClock):
+    """The running loop, at the time the test sets."""
+
+    def time(self) -> float:
+        return self._now
+
+
+async def test_each_read_of_a_response_is_server_activity(parser_kind: HttpParser) -> None:
+    """timeout server is an inactivity timeout: a response whose reads come closer than
+    it apart is not cut, however long it takes whole; silence as long as it is."""
+    proxy, client, ct, up, _ut = make(parser_kind)
+    clock = _SetClock(asyncio.get_running_loop(), 0.0)
+    client._loop = clock  # type: ignore[assignment]
+    limit = proxy.settings.timeouts.server
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"
+    client.data_received(b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    clock._now += 0.6 * limit
+    up.data_received(head + b"ab")  # the response has begun, and not ended
+    clock._now += 0.6 * limit  # 1.2 x the timeout since the request, 0.6 since the read
+    client._on_timer()
+    assert not ct.closing and ct.take() == b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab"
+    clock._now += limit  # silence as long as the timeout: the timer's re-armed due time
+    client._on_timer()
+    assert ct.closing  # cut (a response under way: no 504, the connection goes)
+    await asyncio.sleep(0)
