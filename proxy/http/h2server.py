@@ -492,7 +492,7 @@ class H2Stream:
         proxy = self._conn.proxy
         if up is not None and (self.closed or self.server is not server
                                or not self.connecting):
-            proxy.pool.put(up)
+            proxy.pool.put(up, proxy.loop.time())
             return
         if self.closed or not self.connecting:
             return
@@ -1033,7 +1033,7 @@ class H2Stream:
                 up.transport.resume_reading()
             up.detach()
             if reusable:
-                self._conn.proxy.pool.put(up)
+                self._conn.proxy.pool.put(up, self._conn.proxy.loop.time())
             else:
                 up.close()
         server, srv, be, balancer = self.server, self._srv_c, self._be_c, self._balancer

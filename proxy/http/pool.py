@@ -54,7 +54,10 @@ class Pool:
             conn.close()
         return None
 
-    def put(self, conn: UpstreamProtocol) -> None:
+    def put(self, conn: UpstreamProtocol, now: float) -> None:
+        """Keep `conn`, idle since `now` (the loop's time, as the caller read it), if it
+        is usable, its server still in the table and its server's share not full; else
+        close it."""
         key = conn.key
         live = self._live
         conns = self._idle.get(key)
@@ -68,7 +71,7 @@ class Pool:
         conns.append(conn)
         conn.owner = None  # conn.enter_pool(self, now), inline (a call per request)
         conn.pool = self
-        conn.idle_since = self._loop.time()
+        conn.idle_since = now
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(self.idle_timeout / 2, self._sweep)
 

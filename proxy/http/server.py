@@ -980,7 +980,8 @@ class ClientProtocol(asyncio.Protocol):
         failed for want of this process's own descriptors, memory or ports)."""
         if up is not None and (self.closed or self._server is not server
                                or not self._connecting):
-            self._proxy.pool.put(up)  # nobody waits for it any more; keep it warm
+            # nobody waits for it any more; keep it warm
+            self._proxy.pool.put(up, self._loop.time())
             return
         if self.closed or not self._connecting:
             return
@@ -1453,7 +1454,8 @@ class ClientProtocol(asyncio.Protocol):
             reusable = (done and resp is not None and resp.keep_alive and parser is not None
                         and not parser.rest and parser.upgrade_rest is None)
         keep = done and self._keep and not self._close_after
-        self._end_exchange(reusable)
+        now = self._loop.time()  # (the pool's idle stamp for `up`, and ours)
+        self._end_exchange(reusable, now)
         if not keep:
             self.close()
             return
@@ -1464,7 +1466,7 @@ class ClientProtocol(asyncio.Protocol):
         # idle between requests: the frontend's sweep watches it (proxy.http.idle)
         self._tkind = _T_KEEPALIVE
         self._tlen = self._proxy.settings.timeouts.keep_alive
-        self._tstamp = self._loop.time()
+        self._tstamp = now
         sweep = self._sweep
         if not sweep.armed:
             sweep.watch()
@@ -1507,9 +1509,9 @@ class ClientProtocol(asyncio.Protocol):
             srv.hrsp[i] += 1
             be.hrsp[i] += 1
 
-    def _end_exchange(self, reusable: bool) -> None:
-        """The exchange is over (`reusable`: its backend connection may be pooled): undo
-        its accounting, log it, forget it."""
+    def _end_exchange(self, reusable: bool, now: float = 0.0) -> None:
+        """The exchange is over (`reusable`: its backend connection may be pooled, idle
+        since `now`, the loop's time): undo its accounting, log it, forget it."""
         up = self._up
         if self._up_paused:
             self._up_paused = False  # a pooled connection must be read (to see it close)
@@ -1522,7 +1524,7 @@ class ClientProtocol(asyncio.Protocol):
             if self._state is not _TUNNEL:
                 up.owner = None  # up.detach(), inline (a call per request)
                 if reusable:
-                    self._pool.put(up)
+                    self._pool.put(up, now)
                 else:
                     up.close()
             else:

@@ -85,7 +85,7 @@ def make(kind: HttpParser) -> tuple[HttpProxy, ClientProtocol, FakeTransport, Up
     up = UpstreamProtocol(SERVER.key, proxy.parser_kind)
     ut = FakeTransport(up, (SERVER.address, SERVER.port))
     up.connection_made(ut)  # type: ignore[arg-type]
-    proxy.pool.put(up)
+    proxy.pool.put(up, proxy.loop.time())
     client = ClientProtocol(proxy)
     ct = FakeTransport(client, ("192.0.2.7", 40000))
     client.connection_made(ct)  # type: ignore[arg-type]
@@ -514,7 +514,7 @@ async def test_balancer_counts_each_exchange_until_its_response_ends(
     up2 = UpstreamProtocol(SERVER.key, proxy.parser_kind)
     ut2 = FakeTransport(up2, (SERVER.address, SERVER.port))
     up2.connection_made(ut2)  # type: ignore[arg-type]
-    proxy.pool.put(up2)
+    proxy.pool.put(up2, proxy.loop.time())
     client2 = ClientProtocol(proxy)
     ct2 = FakeTransport(client2, ("192.0.2.8", 40000))
     client2.connection_made(ct2)  # type: ignore[arg-type]
@@ -657,7 +657,7 @@ async def test_keep_alive_request_starts_with_the_read_of_its_first_byte(
     await asyncio.sleep(0)
 
 
-async def test_pool_take_judges_freshness_at_the_time_given() -> None:
+async def test_pool_judges_freshness_at_the_times_given() -> None:
     pool = Pool(asyncio.get_running_loop(), per_server=4, idle_timeout=10.0)
     conns = []
     for _ in range(2):
@@ -665,11 +665,12 @@ async def test_pool_take_judges_freshness_at_the_time_given() -> None:
         up.connection_made(FakeTransport(up, (SERVER.address, SERVER.port)))  # type: ignore[arg-type]
         conns.append(up)
     stale, fresh = conns
-    pool.put(stale)
-    assert pool.take(SERVER.key, stale.idle_since + 10.5) is None  # stale by then: closed
+    pool.put(stale, 1000.0)  # idle since then (the caller's time)
+    assert stale.idle_since == 1000.0
+    assert pool.take(SERVER.key, 1010.5) is None  # stale by then: closed
     assert stale.closed and pool.idle_count() == 0
-    pool.put(fresh)
-    assert pool.take(SERVER.key, fresh.idle_since + 9.5) is fresh
+    pool.put(fresh, 1000.0)
+    assert pool.take(SERVER.key, 1009.5) is fresh
     pool.close_all()
     await asyncio.sleep(0)
 
