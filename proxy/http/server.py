@@ -1096,6 +1096,9 @@ class ClientProtocol(asyncio.Protocol):
             self._pending = _EMPTY
             if not self._feeding:  # else data_received writes head and body in one go
                 self._uflush()
+            self._pending_size = 0
+            if self._paused & _P_PENDING:  # (only a body kept meanwhile pauses the client)
+                self.resume_reading(_P_PENDING)
         elif req.chunked or req.content_length:  # req.has_body, inline
             self._ubuf = [self._out_head]
             if not self._feeding:
@@ -1108,9 +1111,6 @@ class ClientProtocol(asyncio.Protocol):
                 out = self._out_head
                 self._bytes_out_req += len(out)
                 t.write(out)
-        self._pending_size = 0
-        if self._paused & _P_PENDING:
-            self.resume_reading(_P_PENDING)
 
     def _uflush(self) -> None:
         up = self._up

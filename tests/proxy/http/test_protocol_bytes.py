@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from proxy import flow
 from proxy.balance import Balancers
 from proxy.http import HttpProxy
 from proxy.http.idle import LATE
@@ -727,4 +728,27 @@ async def test_each_read_of_a_response_is_server_activity(parser_kind: HttpParse
     clock._now += limit  # silence as long as the timeout: the timer's re-armed due time
     client._on_timer()
     assert ct.closing  # cut (a response under way: no 504, the connection goes)
+    await asyncio.sleep(0)
+
+
+async def test_a_body_held_while_connecting_pauses_the_client_until_sent(
+        parser_kind: HttpParser) -> None:
+    """A request body that comes before the server connection is held, and past the high
+    watermark the client is not read; the connection takes head and body in one write
+    and the client is read again."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    assert proxy.pool.take(SERVER.key, proxy.loop.time()) is up  # none pooled: connect
+    connects: list[Server] = []
+    proxy.connect = lambda c, server: connects.append(server)  # type: ignore[method-assign]
+    body = b"x" * (flow.HIGH_WATER + 1)
+    client.data_received(b"POST /a/p HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+                         % len(body) + body)
+    assert connects == [SERVER] and not ct.reading
+    client.connect_done(SERVER, up, None)
+    assert ct.reading and ut.writes == 1
+    sent = ut.take()
+    assert sent.startswith(b"POST /p ") and sent.endswith(b"\r\n\r\n" + body)
+    up.data_received(OK)
+    assert ct.take().endswith(b"ok") and client.idle
+    ct.close()
     await asyncio.sleep(0)
