@@ -367,14 +367,8 @@ class Balancer:
         gate = self.gate
         if gate is not None and gate.full:  # servers with no free slot: skipped
             exclude = gate.full.union(exclude) if exclude else gate.full
-        if exclude or self.down:
-            servers = tuple(s for s in self.candidates
-                            if s.key not in exclude and (not self.down or self.is_up(s)))
-            if self.down and not self._honour_ejections():  # panic: the ejected too
-                servers = tuple(s for s in self.candidates
-                                if s.key not in exclude and self.down.get(s.key) != _INF)
-        else:
-            servers = self.candidates  # the common case: nothing down, nothing tried yet
+        # the common case: nothing down, nothing tried yet: the candidates as they are
+        servers = self._eligible(exclude) if exclude or self.down else self.candidates
         if not servers:
             return None
         if algo is _ROUNDROBIN:
@@ -390,6 +384,17 @@ class Balancer:
         if affinity is _CLIENT_IP:
             self._stick(client_ip, chosen.key, self._clock())
         return chosen
+
+    def _eligible(self, exclude: Collection[Key]) -> tuple[Server, ...]:
+        """The candidates not excluded and not down (or, in panic, the ejected too). Not
+        in `pick` itself: its generators would make `pick` keep `self` and `exclude` in
+        cells, made on every call (CPython 3.11)."""
+        servers = tuple(s for s in self.candidates
+                        if s.key not in exclude and (not self.down or self.is_up(s)))
+        if self.down and not self._honour_ejections():  # panic: the ejected too
+            servers = tuple(s for s in self.candidates
+                            if s.key not in exclude and self.down.get(s.key) != _INF)
+        return servers
 
     def _find(self, key: Key) -> Server | None:
         for s in self.candidates:
@@ -434,7 +439,7 @@ class Balancers:
         # are listed once, and a 1-tuple per server is ~5 MiB a worker at 100,000 servers.
         self._by_key: dict[Key, str | tuple[str, ...]] = {}
         # `apply`s so far: a decision made from `get`'s answers holds while it is unchanged
-        # (proxy.http.server.ClientProtocol._start)
+        # (proxy.http.server.ClientProtocol.on_head)
         self.changes = 0
 
     def update(self, backends: Collection[Backend]) -> set[Key]:

@@ -42,7 +42,9 @@ verify store, ALPN selection and ticket policy from the context switched to: TLS
 1.3 only, ECDHE + AEAD ciphers for 1.2 (Mozilla's "intermediate" list without DHE), ALPN
 `http/1.1`, no client-initiated renegotiation, no session tickets unless asked (the 2015
 template's `no-tls-tickets`), and client certificates per `--ssl-ca-cert` /
-`--ssl-verify`.
+`--ssl-verify`. Their connection objects are `DirectSSLObject`s: the event loop's TLS
+layer reads and writes records through the C object's own methods, not ssl.py's Python
+wrappers of them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import ssl
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 
 from proxy.certs import (
     CertificateError,
@@ -98,6 +101,19 @@ _EXTRA_SUFFIXES = (".key", ".ocsp", ".issuer", ".sctl")
 
 Stat = tuple[int, int, int, int] | None
 Fingerprint = tuple[tuple[str, Stat], ...]
+
+
+class DirectSSLObject(ssl.SSLObject):
+    """The TLS connection object of our server contexts (`SSLContext.sslobject_class`):
+    an `ssl.SSLObject` whose `read`, `write` and `pending` are its C object's own
+    methods. uvloop's (and asyncio's) TLS layer takes those three once per connection
+    and calls them per record, a few times a request; ssl.SSLObject's are Python methods
+    that only pass their arguments on (a frame each). Both layers call `read(n)` or
+    `read(n, buffer)`, never with `buffer=None`, the one form the C method refuses."""
+
+    read = property(attrgetter("_sslobj.read"))
+    write = property(attrgetter("_sslobj.write"))
+    pending = property(attrgetter("_sslobj.pending"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +350,7 @@ class TlsStore:
     def _new_context(self) -> ssl.SSLContext:
         s = self.settings
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.sslobject_class = DirectSSLObject
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.maximum_version = ssl.TLSVersion.TLSv1_3
         ctx.set_ciphers(TLS12_CIPHERS)

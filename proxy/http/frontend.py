@@ -36,7 +36,7 @@ class Frontend(Protocol):
     table: RouteTable
     router: Router
     generation: int  # `table`s served so far: a route decision holds while it is unchanged
-    routed: dict[Any, Any]  # route decisions by head (server.ClientProtocol._start)
+    routed: dict[Any, Any]  # route decisions by head (server.ClientProtocol.on_head)
     closing: bool  # shutting down: close connections after their exchange
     port: int  # the port it listens on, or 0 (not one port, or not started)
     gateway: Any  # a Gateway API listener's router (proxy.http.gwplane), or None

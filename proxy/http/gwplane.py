@@ -39,7 +39,7 @@ log = logging.getLogger("pylb.gateway")
 
 
 class GatewayDispatch:
-    """`HttpProxy.gateway` of a Gateway listener: called by `ClientProtocol._start` (and
+    """`HttpProxy.gateway` of a Gateway listener: called by `ClientProtocol.on_head` (and
     `H2Stream.start`) with the request head; answers 404/500/redirects itself (returning
     None), else gives the connection (stream) the route's response filters as
     `response_edit` (proxy.http.gwfilters) and returns the (route, target) to forward, as

@@ -439,7 +439,7 @@ class H2Stream:
             self.connecting = True
             proxy.h2_pool.get(server.key, self)
             return
-        up = proxy.pool.take(server.key) if not self.attempts else None
+        up = proxy.pool.take(server.key, proxy.loop.time()) if not self.attempts else None
         if up is not None:
             self._attach(up)
             return
@@ -492,7 +492,7 @@ class H2Stream:
         proxy = self._conn.proxy
         if up is not None and (self.closed or self.server is not server
                                or not self.connecting):
-            proxy.pool.put(up)
+            proxy.pool.put(up, proxy.loop.time())
             return
         if self.closed or not self.connecting:
             return
@@ -704,9 +704,6 @@ class H2Stream:
         self._ack()
         self._conn.flush()
 
-    def upstream_activity(self, n: int) -> None:
-        pass  # the server timer is the whole exchange's (no inactivity stamping here)
-
     def upstream_failed(self, up: UpstreamProtocol, failure: Failure) -> None:
         self._conn.proxy.stats.fail(failure)
         self._lost(failure)
@@ -746,6 +743,9 @@ class H2Stream:
         if self._out_size and not self._end_sent:
             self._conn.send_out(self)
         self._conn.flush()
+
+    # (no inactivity stamping: the server timer is the whole exchange's)
+    upstream_read = flush
 
     # ResponseSink
 
@@ -1033,7 +1033,7 @@ class H2Stream:
                 up.transport.resume_reading()
             up.detach()
             if reusable:
-                self._conn.proxy.pool.put(up)
+                self._conn.proxy.pool.put(up, self._conn.proxy.loop.time())
             else:
                 up.close()
         server, srv, be, balancer = self.server, self._srv_c, self._be_c, self._balancer

@@ -14,7 +14,8 @@ It never does I/O. The two implementations are interchangeable and pass the same
   depends on more than those bytes is checked on every head. A whole read that was one
   bodiless request is remembered whole (`_READS`): the same read again gets the same
   head without llhttp; so does a whole keep-alive response in one read whose head was
-  seen before (`_RESPONSE_HEADS`).
+  seen before (`_RESPONSE_HEADS`). Each parser compares a read with the last one of
+  those it met before it looks in the memo.
 
 Both heads go through `analyze_request` / `analyze_response`, where the rules that prevent
 request smuggling live in one place: one Content-Length of digits only, no
@@ -986,7 +987,6 @@ class ResponseParser(Protocol):
     def feed_eof(self) -> None: ...
     def reset(self, sink: ResponseSink, method: bytes, request_upgrade: bool = False
               ) -> bool: ...
-    def release(self) -> None: ...
     def drop(self) -> None:
         """The server connection has closed: the parser is never fed again and must be
         freed by reference counting, with the client connection its sink may still name
@@ -994,11 +994,13 @@ class ResponseParser(Protocol):
 
 
 class _Unowned:
-    """The sink of a response parser whose connection idles in the pool. The parser is
-    kept for the next exchange (`reset` is ~15x cheaper than a new httptools parser), but
-    must not keep the last client connection alive through its sink: up to
-    `pool_per_server` dead ClientProtocols (their transports, parsers and buffers) per
-    server would stay reachable as long as the pooled connections live."""
+    """The sink of a response parser after its response's end, the last callback of an
+    exchange: the parser lets go of its sink just before it. A connection is pooled only
+    after that end, and its parser is kept for the next exchange (`reset` is ~15x cheaper
+    than a new httptools parser, and names the next sink), but must not keep the last
+    client connection alive through its sink: up to `pool_per_server` dead
+    ClientProtocols (their transports, parsers and buffers) per server would stay
+    reachable as long as the pooled connections live."""
 
     __slots__ = ()
 
@@ -1196,10 +1198,11 @@ class H11ResponseParser:
         self.rest = b""
         return True
 
-    def release(self) -> None:
-        """The connection went idle: forget the client (`reset` names the next one)."""
+    def _end(self) -> None:
+        """The response's end, its last callback: let go of the sink first (`_Unowned`)."""
+        sink = self._sink
         self._sink = _UNOWNED
-        self._body = None
+        sink.on_response_end()
 
     def drop(self) -> None:
         pass  # in no cycle: freed with its connection
@@ -1217,7 +1220,7 @@ class H11ResponseParser:
                 if body.done:
                     self._body = None
                     self.rest = rest
-                    self._sink.on_response_end()
+                    self._end()
                 return
             buf = self._buf + data if self._buf else data
             end = buf.find(b"\r\n\r\n")
@@ -1243,21 +1246,21 @@ class H11ResponseParser:
                 continue
             if head.no_body:
                 self.rest = data
-                self._sink.on_response_end()
+                self._end()
                 return
             self._body = BodyFramer(self._sink.on_response_body, head.content_length,
                                     head.chunked, Failure.BAD_RESPONSE)
             if self._body.done:
                 self._body = None
                 self.rest = data
-                self._sink.on_response_end()
+                self._end()
                 return
 
     def feed_eof(self) -> None:
         body = self._body
         if body is not None and body.until_close:
             self._body = None
-            self._sink.on_response_end()
+            self._end()
         elif self.upgrade_rest is None:
             raise ParseError(Failure.BACKEND_RESET, "backend closed mid-response")
 
@@ -1289,8 +1292,8 @@ class HttptoolsRequestParser:
     `BodyFramer` (as on the h11 path): it checks trailer fields, which llhttp would only
     report through per-field callbacks; the next request gets a fresh llhttp parser."""
 
-    __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_last", "_limits", "_p", "_pos",
-                 "_sink", "_url", "_whole", "upgrade_rest")
+    __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_known", "_known_read", "_last",
+                 "_limits", "_p", "_pos", "_sink", "_url", "_whole", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         assert httptools is not None
@@ -1307,6 +1310,11 @@ class HttptoolsRequestParser:
         self._in_body = False
         self._last = False  # as in H11RequestParser
         self._whole: RequestHead | None = None  # the last head, if it was all of `_hbuf`
+        # The read of `_READS` this parser met (or remembered) last, and its head: looked
+        # at before the memo, as a comparison instead of the read's hash and a lookup (a
+        # client repeats itself on its connection). It holds after `_READS` is emptied.
+        self._known_read = b""
+        self._known: RequestHead | None = None
         self.upgrade_rest: bytes | None = None
 
     def drop(self) -> None:
@@ -1319,14 +1327,20 @@ class HttptoolsRequestParser:
             and not self._last and self.upgrade_rest is None
 
     def feed(self, data: bytes) -> None:
-        seen = _READS.get(data)
-        if seen is not None and seen[0] is self._limits and not self._hbuf \
-                and self._body is None and not self._in_body and not self._last \
+        if data == self._known_read:
+            known = self._known
+        else:
+            seen = _READS.get(data)
+            known = seen[1] if seen is not None and seen[0] is self._limits else None
+            if known is not None:
+                self._known_read = data
+                self._known = known
+        if known is not None and not self._hbuf and self._body is None \
+                and not self._in_body and not self._last \
                 and self.upgrade_rest is None:  # self.at_rest(), inline
             # This read, at rest, was a whole bodiless request before: what llhttp and
             # the analysis made of it then, they would make of it again, and would leave
             # the parser as they did then (see `_READS`).
-            known = seen[1]
             if not known.keep_alive:
                 self._last = True  # as on_headers_complete: what follows is ignored
             sink = self._sink
@@ -1453,6 +1467,8 @@ class HttptoolsRequestParser:
                         _READS.clear()
                     _READS[buf] = (self._limits, head)
                     head.remembered = True
+                    self._known_read = buf
+                    self._known = head
         self._sink.on_end()
 
 
@@ -1530,9 +1546,11 @@ class HttptoolsResponseParser:
         self._quick = method != b"HEAD"
         return True
 
-    def release(self) -> None:
-        """The connection went idle: forget the client (`reset` names the next one)."""
+    def _end(self) -> None:
+        """The response's end, its last callback: let go of the sink first (`_Unowned`)."""
+        sink = self._sink
         self._sink = _UNOWNED
+        sink.on_response_end()
 
     def drop(self) -> None:
         # llhttp's parser object holds this one as its protocol: a cycle, which would
@@ -1565,6 +1583,7 @@ class HttptoolsResponseParser:
                 if end < len(data):
                     sink.on_response_body(data[end:])
                 self._done = True  # as on_message_complete
+                self._sink = _UNOWNED  # (self._end(), inline: the sink is at hand)
                 sink.on_response_end()
                 return
         if self.upgrade_rest is not None:
@@ -1603,7 +1622,7 @@ class HttptoolsResponseParser:
             return
         if self._headers_seen and self._close_delimited:
             self._done = True
-            self._sink.on_response_end()
+            self._end()
             return
         raise ParseError(Failure.BACKEND_RESET, "backend closed mid-response")
 
@@ -1647,7 +1666,7 @@ class HttptoolsResponseParser:
             self._stopped = True
             if head.content_length or head.chunked:
                 self.rest = b"?"
-            self._sink.on_response_end()
+            self._end()
             raise _StopParsing
 
     def on_body(self, body: bytes) -> None:
@@ -1658,7 +1677,7 @@ class HttptoolsResponseParser:
         if self._done or not self._headers_seen or self._p.get_status_code() == 101:
             return  # an interim response ended, or a 101 (its tunnel follows)
         self._done = True
-        self._sink.on_response_end()
+        self._end()
 
 
 class _StopParsing(Exception):

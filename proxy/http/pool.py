@@ -37,11 +37,13 @@ class Pool:
         self._live: Container[Key] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def take(self, key: Key) -> UpstreamProtocol | None:
+    def take(self, key: Key, now: float) -> UpstreamProtocol | None:
+        """The last pooled connection to `key` still usable and fresh at `now` (the
+        loop's time, as the caller read it), or None."""
         conns = self._idle.get(key)
         if not conns:
             return None
-        stale = self._loop.time() - self.idle_timeout
+        stale = now - self.idle_timeout
         while conns:
             conn = conns.pop()
             conn.pool = None  # conn.leave_pool(), inline
@@ -52,7 +54,10 @@ class Pool:
             conn.close()
         return None
 
-    def put(self, conn: UpstreamProtocol) -> None:
+    def put(self, conn: UpstreamProtocol, now: float) -> None:
+        """Keep `conn`, idle since `now` (the loop's time, as the caller read it), if it
+        is usable, its server still in the table and its server's share not full; else
+        close it."""
         key = conn.key
         live = self._live
         conns = self._idle.get(key)
@@ -64,12 +69,9 @@ class Pool:
             conn.close()
             return
         conns.append(conn)
-        conn.owner = None  # conn.enter_pool(self, now), inline (a call per request):
-        parser = conn.parser
-        if parser is not None:
-            parser.release()  # kept for reuse, but it must not hold the last client
+        conn.owner = None  # conn.enter_pool(self, now), inline (a call per request)
         conn.pool = self
-        conn.idle_since = self._loop.time()
+        conn.idle_since = now
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(self.idle_timeout / 2, self._sweep)
 

@@ -62,7 +62,7 @@ class HttpProxy:
         self.table = RouteTable()
         self.router = Router(())
         # `set_table`s so far: a route decision holds while it is unchanged; the
-        # decisions by head, for the next connections (ClientProtocol._start)
+        # decisions by head, for the next connections (ClientProtocol.on_head)
         self.generation = 0
         self.routed: dict[Any, Any] = {}
         self.gateway: Any = None  # a Gateway listener's proxy.http.gwplane.GatewayDispatch

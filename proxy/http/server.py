@@ -86,7 +86,7 @@ from proxy.http.routing import slash_redirect, split_target
 from proxy.http.upstream import UpstreamProtocol
 from proxy.queue import Ticket
 from proxy.retry import Next, after_connect_failure
-from pylb.counters import Counters, open_rows
+from pylb.counters import HRSP_SLOT, Counters, open_rows
 from pylb.failures import Failure
 from pylb.model import Affinity, Backend, Server
 
@@ -141,7 +141,7 @@ _SLIM = cast(list[bytes], ())
 _EMPTY = _SLIM
 
 
-# A route decision kept for the head it was made for (`ClientProtocol._start`): the head,
+# A route decision kept for the head it was made for (`ClientProtocol.on_head`): the head,
 # HttpProxy.generation and Balancers.changes when it was made, the backend and its
 # balancer, the head rewritten for the backend, and what else that depends on: the
 # client's address, the port it came to, its TLS client certificate's fields. Kept by the
@@ -577,10 +577,9 @@ class ClientProtocol(asyncio.Protocol):
         elif kind == _T_KEEPALIVE:
             # The request's phase begins: `_arm(_T_REQUEST, …)`, but the timer is seen to
             # (the `_arm` below) only if the read does not bring the whole head; else
-            # the head's own phase (`_start`) arms it: one `_arm` a request fewer.
-            self._t0 = self._tstamp = self._loop.time()
+            # the head's own phase (`on_head`) arms it: one `_arm` a request fewer. The
+            # time is read then too: a head in this read is the request's start as well.
             self._tkind = _T_REQUEST
-            self._tlen = self._proxy.settings.timeouts.http_request
         parser = self.parser
         if parser is None:
             if self._wbuf is _SLIM:
@@ -607,8 +606,9 @@ class ClientProtocol(asyncio.Protocol):
             self.abort()
             return
         self._feeding = False
-        if self._tkind == _T_REQUEST and kind == _T_KEEPALIVE:
-            self._arm(_T_REQUEST, self._tlen, self._tstamp)  # no whole head in this read
+        if self._tkind == _T_REQUEST and kind == _T_KEEPALIVE:  # no whole head in this read
+            now = self._t0 = self._loop.time()
+            self._arm(_T_REQUEST, self._proxy.settings.timeouts.http_request, now)
         if not self._again and self._queue is None and self._state in _REQ_WHOLE \
                 and parser.at_rest():
             # The first request is whole and the read ended with it. Many connections
@@ -664,15 +664,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._local_error(failure)
 
-    # The parser's callbacks. Events of a request that must wait are queued.
-
-    def on_head(self, head: RequestHead) -> None:
-        if self._state is _CLOSED:
-            return
-        if self._queue is not None or self._req is not None:
-            self._enqueue(0, head)
-            return
-        self._start(head)
+    # The parser's callbacks (`on_head` starts the exchange, below). Events of a request
+    # that must wait are queued.
 
     def on_body(self, data: bytes) -> None:
         state = self._state
@@ -765,11 +758,20 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- an exchange ---------------------------------------------------------------------
 
-    def _start(self, head: RequestHead) -> None:
+    def on_head(self, head: RequestHead) -> None:
+        """The parser's first callback of a request: its head starts an exchange, unless
+        one is under way (it waits in the queue then) or the connection is closing."""
+        if self._state is _CLOSED:
+            return
+        if self._queue is not None or self._req is not None:
+            self._enqueue(0, head)
+            return
         proxy = self._proxy
         self._req = head
         self._state = _ON_HEAD[self._state]
         now = self._t_head = self._loop.time()
+        if not self._t0:  # (0.0 since the last exchange: the head came whole in one read,
+            self._t0 = now  # or waited in the queue: it starts now)
         self._fe.req_total += 1
         timeouts = proxy.settings.timeouts
         if head.chunked or head.content_length:  # head.has_body
@@ -917,10 +919,10 @@ class ClientProtocol(asyncio.Protocol):
         self._server = server
         # A retry goes on a new connection: another idle one may have been closed by the
         # server just as this one was, and a new one cannot lose the keep-alive race.
-        up = self._pool.take(server.key) if not self._attempts else None
+        # (only a first attempt takes a pooled connection: `on_head` is still under way,
+        # and has just read the time and armed the server's timer: neither again here)
+        up = self._pool.take(server.key, self._t_head) if not self._attempts else None
         if up is not None:
-            # (only a first attempt takes a pooled connection: `_start` is still under
-            # way and has just armed the server's timer, so `_attach` need not again)
             self._attach(up, False)
             return
         self._connecting = True
@@ -935,7 +937,7 @@ class ClientProtocol(asyncio.Protocol):
         ticket = self._held
         self._tw = self._loop.time() - ticket.since if type(ticket) is Ticket else 0.0
         self._held = self._server = server
-        up = self._pool.take(server.key) if not self._attempts else None
+        up = self._pool.take(server.key, self._loop.time()) if not self._attempts else None
         if up is not None:
             self._attach(up)
             return
@@ -978,7 +980,8 @@ class ClientProtocol(asyncio.Protocol):
         failed for want of this process's own descriptors, memory or ports)."""
         if up is not None and (self.closed or self._server is not server
                                or not self._connecting):
-            self._proxy.pool.put(up)  # nobody waits for it any more; keep it warm
+            # nobody waits for it any more; keep it warm
+            self._proxy.pool.put(up, self._loop.time())
             return
         if self.closed or not self._connecting:
             return
@@ -1048,17 +1051,22 @@ class ClientProtocol(asyncio.Protocol):
             self._proxy.connect(self, server)
 
     def _attach(self, up: UpstreamProtocol, rearm: bool = True) -> None:
+        """Send the request on `up` (`rearm` False: a pooled connection `_dispatch` took
+        for the head `on_head` is routing, whose time it read and whose timer it armed)."""
         proxy = self._proxy
         server = self._server
         backend = self._backend
         req = self._req
         assert server is not None and backend is not None and req is not None
         self._up = up
-        now = self._t_conn = self._loop.time()
-        if rearm and self._tkind == _T_SERVER:
-            # The server's time starts now: connecting (and redispatching after connect
-            # timeouts) is bounded by the connect timeout, as in haproxy.
-            self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
+        if rearm:
+            now = self._t_conn = self._loop.time()
+            if self._tkind == _T_SERVER:
+                # The server's time starts now: connecting (and redispatching after
+                # connect timeouts) is bounded by the connect timeout, as in haproxy.
+                self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
+        else:  # a pooled connection for the head read this turn (`_dispatch`)
+            self._t_conn = self._t_head
         balancer = self._balancer
         assert balancer is not None
         active = balancer.active  # balancer.acquire(server), inline
@@ -1088,6 +1096,9 @@ class ClientProtocol(asyncio.Protocol):
             self._pending = _EMPTY
             if not self._feeding:  # else data_received writes head and body in one go
                 self._uflush()
+            self._pending_size = 0
+            if self._paused & _P_PENDING:  # (only a body kept meanwhile pauses the client)
+                self.resume_reading(_P_PENDING)
         elif req.chunked or req.content_length:  # req.has_body, inline
             self._ubuf = [self._out_head]
             if not self._feeding:
@@ -1100,9 +1111,6 @@ class ClientProtocol(asyncio.Protocol):
                 out = self._out_head
                 self._bytes_out_req += len(out)
                 t.write(out)
-        self._pending_size = 0
-        if self._paused & _P_PENDING:
-            self.resume_reading(_P_PENDING)
 
     def _uflush(self) -> None:
         up = self._up
@@ -1116,6 +1124,7 @@ class ClientProtocol(asyncio.Protocol):
     def _drop_upstream(self) -> None:
         up = self._up
         if up is not None:
+            self._resp_bytes += up.got_bytes
             up.detach()
             up.abort()
             self._up = None
@@ -1123,10 +1132,13 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- the response (callbacks of the response parser, via UpstreamProtocol) ----------
 
-    def upstream_activity(self, n: int) -> None:
-        self._resp_bytes += n
+    def upstream_read(self) -> None:
+        """A read of the server's connection ended with the exchange still under way: the
+        server was active (the connection counts what it sent: `got_bytes`, added to
+        `_resp_bytes` when the exchange lets go of it), and what the read made goes out."""
         if self._tkind > _T_REQUEST:
             self._tstamp = self._loop.time()
+        self.flush()
 
     def on_interim(self, head: ResponseHead) -> None:
         req = self._req
@@ -1163,8 +1175,7 @@ class ClientProtocol(asyncio.Protocol):
             if self._cookie != value:
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
         self._chunked_out = framing == _FRAME_CHUNKED
-        i = status // 100 - 1  # self._fe.response(status), inline
-        self._fe.hrsp[i if 0 <= i < 5 else 5] += 1
+        self._fe.hrsp[HRSP_SLOT[status]] += 1  # self._fe.response(status), inline
         self._unsent = len(self._wbuf)  # (`flush` sets -1)
         hsts = proxy.hsts
         if set_cookie is None and self.response_edit is None:
@@ -1232,8 +1243,7 @@ class ClientProtocol(asyncio.Protocol):
             # failed, e.g. a bad chunk): the client gets a clean 502 in its place, as
             # from haproxy, instead of a cut response.
             del self._wbuf[unsent:]
-            idx = self._status // 100 - 1
-            self._fe.hrsp[idx if 0 <= idx < 5 else 5] -= 1  # counted by on_response
+            self._fe.hrsp[HRSP_SLOT[self._status]] -= 1  # counted by on_response
             self._resp = None
             self._state = _ON_RETRACT[self._state]
         if self._resp is None:
@@ -1255,10 +1265,11 @@ class ClientProtocol(asyncio.Protocol):
         req = self._req
         if req is not None and may_resend(
                 idempotent=req.idempotent, body_kept=self._replay is not None,
-                response_started=self._resp is not None or up.got_bytes,
+                response_started=self._resp is not None or up.got_bytes > 0,
                 reused_connection=up.uses > 1, attempts=self._attempts,
                 retries=self._proxy.settings.limits.retries):
             # A pooled connection the server had closed: send again on another one.
+            self._resp_bytes += up.got_bytes
             up.detach()
             self._up = None
             self._release_server()
@@ -1316,7 +1327,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def tunnel_from_upstream(self, data: bytes) -> None:
         self._tstamp = self._loop.time()
-        self._resp_bytes += len(data)
         t = self.transport
         if t is not None and not t.is_closing():
             self._fe.bytes_out += len(data)
@@ -1444,7 +1454,8 @@ class ClientProtocol(asyncio.Protocol):
             reusable = (done and resp is not None and resp.keep_alive and parser is not None
                         and not parser.rest and parser.upgrade_rest is None)
         keep = done and self._keep and not self._close_after
-        self._end_exchange(reusable)
+        now = self._loop.time()  # (the pool's idle stamp for `up`, and ours)
+        self._end_exchange(reusable, now)
         if not keep:
             self.close()
             return
@@ -1455,7 +1466,7 @@ class ClientProtocol(asyncio.Protocol):
         # idle between requests: the frontend's sweep watches it (proxy.http.idle)
         self._tkind = _T_KEEPALIVE
         self._tlen = self._proxy.settings.timeouts.keep_alive
-        self._tstamp = self._loop.time()
+        self._tstamp = now
         sweep = self._sweep
         if not sweep.armed:
             sweep.watch()
@@ -1494,15 +1505,13 @@ class ClientProtocol(asyncio.Protocol):
         be.bytes_out += got
         status = self._status
         if status and self._resp is not None:
-            i = status // 100 - 1  # Counters.response(), inline
-            if not 0 <= i < 5:
-                i = 5
+            i = HRSP_SLOT[status]  # Counters.response(), inline
             srv.hrsp[i] += 1
             be.hrsp[i] += 1
 
-    def _end_exchange(self, reusable: bool) -> None:
-        """The exchange is over (`reusable`: its backend connection may be pooled): undo
-        its accounting, log it, forget it."""
+    def _end_exchange(self, reusable: bool, now: float = 0.0) -> None:
+        """The exchange is over (`reusable`: its backend connection may be pooled, idle
+        since `now`, the loop's time): undo its accounting, log it, forget it."""
         up = self._up
         if self._up_paused:
             self._up_paused = False  # a pooled connection must be read (to see it close)
@@ -1510,15 +1519,17 @@ class ClientProtocol(asyncio.Protocol):
                 up.transport.resume_reading()
         if self._paused & _P_UPSTREAM:
             self.resume_reading(_P_UPSTREAM)
-        if up is not None and self._state is not _TUNNEL:
-            up.owner = None  # up.detach(), inline (a call per request)
-            if reusable:
-                self._pool.put(up)
+        if up is not None:
+            self._resp_bytes += up.got_bytes  # (what the server sent in this exchange)
+            if self._state is not _TUNNEL:
+                up.owner = None  # up.detach(), inline (a call per request)
+                if reusable:
+                    self._pool.put(up, now)
+                else:
+                    up.close()
             else:
+                up.detach()
                 up.close()
-        elif up is not None:
-            up.detach()
-            up.close()
         self._release_server()
         if self._body_timer is not None:
             self._body_timer.cancel()

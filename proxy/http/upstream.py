@@ -1,10 +1,13 @@
 """The backend side of the L7 router: one asyncio Protocol per connection to a server.
 
 An `UpstreamProtocol` belongs either to the pool (idle, no owner) or to one client
-connection's exchange (`owner`). While owned, it feeds the response bytes to a fresh
-response parser whose callbacks are the owner's, and relays flow control: when its own
-write buffer is full it pauses the client's reading, and the owner pauses this one's
-reading when the client's write buffer is full. After a 101 it becomes a byte tunnel.
+connection's exchange (`owner`). While owned, it counts the response bytes (`got_bytes`,
+which the owner reads when it lets go) and feeds them to a response parser whose
+callbacks are the owner's; a read that leaves the exchange under way ends with
+`owner.upstream_read()` (the server's activity, for its timer). It relays flow control:
+when its own write buffer is full it pauses the client's reading, and the owner pauses
+this one's reading when the client's write buffer is full. After a 101 it becomes a byte
+tunnel.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ class Owner(ResponseSink, Protocol):
 
     def pause_reading(self, why: int) -> None: ...
     def resume_reading(self, why: int) -> None: ...
-    def upstream_activity(self, n: int) -> None: ...
+    def upstream_read(self) -> None:
+        """A read of the server's connection has ended, the exchange still under way (the
+        server was active; the connection counts its bytes, `got_bytes`)."""
     def upstream_failed(self, up: UpstreamProtocol, failure: Failure) -> None: ...
     def upstream_lost(self, up: UpstreamProtocol) -> None: ...
     def start_tunnel(self, upstream_rest: bytes) -> None: ...
@@ -71,7 +76,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.pool: Holder | None = None  # the pool it idles in (Pool sets and clears it)
         self.closed = False
         self.eof = False
-        self.got_bytes = False  # any response byte in the current exchange
+        self.got_bytes = 0  # the server's bytes read in the current exchange
         self.tunnel = False
         self.uses = 0
 
@@ -83,9 +88,8 @@ class UpstreamProtocol(asyncio.Protocol):
         return not self.closed and not self.eof and t is not None and not t.is_closing()
 
     def enter_pool(self, pool: Holder, now: float) -> None:
+        # (the parser, kept for reuse, let go of the last client at its response's end)
         self.owner = None
-        if self.parser is not None:
-            self.parser.release()  # kept for reuse, but it must not hold the last client
         self.pool = pool
         self.idle_since = now
 
@@ -95,7 +99,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def begin(self, owner: Owner, method: bytes, upgrade: bool) -> None:
         """Start an exchange: the next bytes from the server are `owner`'s response."""
         self.owner = owner
-        self.got_bytes = False
+        self.got_bytes = 0
         self.uses += 1
         parser = self.parser
         if parser is None or not parser.reset(owner, method, upgrade):
@@ -130,11 +134,10 @@ class UpstreamProtocol(asyncio.Protocol):
         if owner is None:
             self.close()  # an idle connection has nothing to say
             return
-        self.got_bytes = True
+        self.got_bytes += len(data)
         if self.tunnel:
             owner.tunnel_from_upstream(data)
             return
-        owner.upstream_activity(len(data))
         parser = self.parser
         assert parser is not None
         try:
@@ -151,7 +154,7 @@ class UpstreamProtocol(asyncio.Protocol):
             if rest is not None:
                 self.tunnel = True
                 owner.start_tunnel(rest)
-            owner.flush()
+            owner.upstream_read()
 
     def eof_received(self) -> bool | None:
         self.eof = True

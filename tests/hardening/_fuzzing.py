@@ -39,6 +39,7 @@ import yaml
 from discovery.translate import KubeObjects, translate
 from proxy.balance import Balancers
 from proxy.http import HttpProxy
+from proxy.http.exchange import State
 from proxy.http.parser import METHODS as PARSER_METHODS
 from proxy.http.parser import RequestHead
 from proxy.http.server import ClientProtocol
@@ -342,14 +343,15 @@ class _Client(ClientProtocol):
     heads: list[RequestHead]
     exchanges: list[tuple[int, bool]]  # (status, request read whole) of each exchange
 
-    def _start(self, head: RequestHead) -> None:
-        self.heads.append(head)
-        super()._start(head)
+    def on_head(self, head: RequestHead) -> None:
+        if self._state is not State.CLOSED and self._queue is None and self._req is None:
+            self.heads.append(head)  # it starts an exchange now (else ignored, or queued)
+        super().on_head(head)
 
-    def _end_exchange(self, reusable: bool) -> None:
+    def _end_exchange(self, reusable: bool, now: float = 0.0) -> None:
         if self._req is not None:
             self.exchanges.append((self._status, self.request_whole))
-        super()._end_exchange(reusable)
+        super()._end_exchange(reusable, now)
 
 
 @dataclasses.dataclass

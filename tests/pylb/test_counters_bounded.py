@@ -8,7 +8,15 @@ import random
 
 import pytest
 
-from pylb.counters import Stats, fold_report, merge_snapshots
+from pylb import counters
+from pylb.counters import (
+    HRSP_SLOT,
+    Counters,
+    Stats,
+    fold_report,
+    merge_snapshots,
+    open_rows,
+)
 
 
 def test_idle_rows_that_leave_are_dropped_and_draining_rows_when_they_close() -> None:
@@ -124,3 +132,37 @@ def test_server_rows_answer_membership_without_making_every_label() -> None:
     assert made == ["ns/s3:80"]
     every = {f"{b.name}\x00{s.label}" for b in backends for s in b.servers}
     assert rows == every and len(rows) == 100 and set(rows) == every
+
+
+def test_sessions_are_counted_per_wall_clock_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`open_rows` counts a row's sessions per second of `now` (haproxy's rate): the count
+    starts again in the next second, `max_rate` keeps the most, and `rate` and a report
+    read the current second's count."""
+    srv, be = Counters(), Counters()
+    for now in (100.0, 100.25, 100.999):
+        open_rows(srv, be, now)
+    assert srv.rate(100.5) == be.rate(100.5) == 3 and srv.max_rate == 3
+    assert srv.rate(101.0) == 0
+    open_rows(srv, be, 101.5)
+    assert srv.rate(101.7) == 1 and srv.max_rate == be.max_rate == 3
+    assert srv.total_conns == 4 and srv.cur_conns == 4 and srv.last_session == 101.5
+    monkeypatch.setattr(counters.time, "time", lambda: 1000.4)
+    st = Stats()
+    row = st.server("b", "s")
+    row.open()  # now: reported as busy (its rate is this second's)
+    st.report(full=True)
+    assert ("b", "s") in st._hot and row.snapshot()["rate"] == 1
+
+
+@pytest.mark.parametrize("status", [-1, 0, 99, 100, 101, 199, 200, 204, 299, 301, 404, 499,
+                                    500, 503, 599, 600, 999, 1000, 4040])
+def test_a_status_counts_in_its_class_or_other(status: int) -> None:
+    """hrsp: 1xx..5xx, and "other" for anything else; the table the data path indexes
+    (HRSP_SLOT, statuses below 1000) says the same as the arithmetic."""
+    c = Counters()
+    c.response(status)
+    want = [0] * 6
+    want[status // 100 - 1 if 100 <= status < 600 else 5] = 1
+    assert c.hrsp == want
+    if 0 <= status < 1000:
+        assert HRSP_SLOT[status] == want.index(1)

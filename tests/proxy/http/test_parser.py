@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import h11
@@ -304,6 +305,51 @@ def test_response_head_limit_is_max_head(parser_kind: HttpParser) -> None:
     big = cls(Sink(), b"GET", max_head=64 * 1024)
     big.feed(head)  # within its limit: waits for the rest of the head
     big.feed(b"\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize(("method", "data", "eof"), [
+    (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", False),
+    (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+     False),
+    (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n", False),
+    (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", False),
+    (b"GET", b"HTTP/1.1 200 OK\r\n\r\nuntil close", True),
+])
+def test_response_parser_lets_go_of_its_sink_at_the_end(
+        parser_kind: HttpParser, method: bytes, data: bytes, eof: bool) -> None:
+    """A response's end is its parser's last callback to the sink: after it the parser
+    names the sink no more (a pooled connection keeps its parser for the next exchange,
+    but must not keep the last client connection alive)."""
+    for _ in range(2):  # the second time httptools knows a length-framed head (its memo)
+        sink = Sink()
+        p = response_parser(parser_kind, sink, method)
+        p.feed(data)
+        if eof:
+            p.feed_eof()
+        assert sink.kinds()[-1] == "end"
+        gone = weakref.ref(sink)
+        del sink
+        assert gone() is None
+        assert p.reset(Sink(), b"GET") == (parser_kind is HttpParser.H11 or method != b"HEAD")
+
+
+def test_a_sink_may_hand_the_parser_on_at_the_response_end(parser_kind: HttpParser) -> None:
+    """The sink's response end may give the parser to the next exchange at once (a
+    pipelined request that takes the pooled connection): the parser keeps that sink."""
+    nxt = Sink()
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
+
+    class Handing(Sink):
+        def on_response_end(self) -> None:
+            super().on_response_end()
+            assert p.reset(nxt, b"GET")
+
+    first = Handing()
+    p = response_parser(parser_kind, first, b"GET")
+    for _ in range(2):  # (httptools: through llhttp, then its memo)
+        p.feed(resp)
+    assert first.kinds() == ["head", "body", "end"] == nxt.kinds()[:3]
+    assert nxt.kinds() == ["head", "body", "end"]
 
 
 def test_truncated_response_is_reset(parser_kind: HttpParser) -> None:

@@ -4,11 +4,16 @@ goes where, pipelining, flow control (h11's ConnectionPair habit)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import pytest
+
+from proxy import flow
 from proxy.balance import Balancers
 from proxy.http import HttpProxy
 from proxy.http.idle import LATE
+from proxy.http.pool import Pool
 from proxy.http.server import ClientProtocol
 from proxy.http.upstream import UpstreamProtocol
 from pylb.config import HttpParser, Settings
@@ -81,7 +86,7 @@ def make(kind: HttpParser) -> tuple[HttpProxy, ClientProtocol, FakeTransport, Up
     up = UpstreamProtocol(SERVER.key, proxy.parser_kind)
     ut = FakeTransport(up, (SERVER.address, SERVER.port))
     up.connection_made(ut)  # type: ignore[arg-type]
-    proxy.pool.put(up)
+    proxy.pool.put(up, proxy.loop.time())
     client = ClientProtocol(proxy)
     ct = FakeTransport(client, ("192.0.2.7", 40000))
     client.connection_made(ct)  # type: ignore[arg-type]
@@ -510,7 +515,7 @@ async def test_balancer_counts_each_exchange_until_its_response_ends(
     up2 = UpstreamProtocol(SERVER.key, proxy.parser_kind)
     ut2 = FakeTransport(up2, (SERVER.address, SERVER.port))
     up2.connection_made(ut2)  # type: ignore[arg-type]
-    proxy.pool.put(up2)
+    proxy.pool.put(up2, proxy.loop.time())
     client2 = ClientProtocol(proxy)
     ct2 = FakeTransport(client2, ("192.0.2.8", 40000))
     client2.connection_made(ct2)  # type: ignore[arg-type]
@@ -593,3 +598,157 @@ async def test_a_connection_learns_the_same_of_itself_with_or_without_the_listen
         assert learned[-1] == ("127.0.0.1", conn.client_port, port, None,
                                (flow.LOW_WATER, flow.HIGH_WATER))
     assert len(learned) == 2
+
+
+class _SteppingClock:
+    """The running loop, but each `time()` reads `step` seconds after the last one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, step: float) -> None:
+        self._loop = loop
+        self._now = loop.time()
+        self._step = step
+
+    def time(self) -> float:
+        self._now += self._step
+        return self._now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+async def test_a_pooled_connection_is_attached_in_the_moment_of_its_head(
+        parser_kind: HttpParser, caplog: pytest.LogCaptureFixture) -> None:
+    """A pooled connection is taken and attached in the read that brought the head, as
+    haproxy's reused connection: the access log's Tc is 0 however long our own work took;
+    a pooled connection's freshness is judged at that moment too."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    clock = _SteppingClock(asyncio.get_running_loop(), 0.25)
+    client._loop = clock  # type: ignore[assignment]
+    proxy.pool._loop = clock  # type: ignore[assignment]
+    caplog.set_level(logging.INFO, logger="pylb.access")
+    client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert ut.take().startswith(b"GET /x ")
+    up.data_received(OK)
+    assert ct.take().endswith(b"ok")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "pylb.access"]
+    _tq, tw, tc, tr, _tt = line.split()[4].split("/")
+    assert (tw, tc) == ("0", "0") and int(tr) > 0, line
+    ct.close()
+    await asyncio.sleep(0)
+
+
+async def test_keep_alive_request_starts_with_the_read_of_its_first_byte(
+        parser_kind: HttpParser, caplog: pytest.LogCaptureFixture) -> None:
+    """A keep-alive request's time (the access log's Tq) runs from the read that brought
+    its first byte to the one that completed its head: 0 when one read brought it all."""
+    _proxy, client, ct, up, _ut = make(parser_kind)
+    client.data_received(b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    up.data_received(OK)
+    client._loop = _SteppingClock(asyncio.get_running_loop(), 0.25)  # type: ignore[assignment]
+    caplog.set_level(logging.INFO, logger="pylb.access")
+    client.data_received(b"GET /a/2 HTTP/1.1\r\nHost: h\r\n\r\n")  # whole
+    up.data_received(OK)
+    client.data_received(b"GET /a/3 HTTP/1.1\r\n")  # in two reads
+    client.data_received(b"Host: h\r\n\r\n")
+    up.data_received(OK)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pylb.access"]
+    assert [line.split()[4].split("/")[0] for line in lines] == ["0", "250"], lines
+    assert ct.take().count(b"ok") == 3
+    ct.close()
+    await asyncio.sleep(0)
+
+
+async def test_pool_judges_freshness_at_the_times_given() -> None:
+    pool = Pool(asyncio.get_running_loop(), per_server=4, idle_timeout=10.0)
+    conns = []
+    for _ in range(2):
+        up = UpstreamProtocol(SERVER.key, HttpParser.HTTPTOOLS)
+        up.connection_made(FakeTransport(up, (SERVER.address, SERVER.port)))  # type: ignore[arg-type]
+        conns.append(up)
+    stale, fresh = conns
+    pool.put(stale, 1000.0)  # idle since then (the caller's time)
+    assert stale.idle_since == 1000.0
+    assert pool.take(SERVER.key, 1010.5) is None  # stale by then: closed
+    assert stale.closed and pool.idle_count() == 0
+    pool.put(fresh, 1000.0)
+    assert pool.take(SERVER.key, 1009.5) is fresh
+    pool.close_all()
+    await asyncio.sleep(0)
+
+
+async def test_the_servers_bytes_are_counted_per_exchange(
+        parser_kind: HttpParser, caplog: pytest.LogCaptureFixture) -> None:
+    """The bytes a server sent in an exchange (the server's and backend's bytes_out, the
+    access log's byte count): every read of the response, however many, and on a failed
+    response the bytes read before it was given up; each exchange its own."""
+    proxy, client, ct, up, _ut = make(parser_kind)
+    caplog.set_level(logging.INFO, logger="pylb.access")
+    long = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"
+    client.data_received(b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    for part in (long[:5], long[5:40], long[40:]):  # three reads
+        up.data_received(part)
+    assert ct.take().endswith(b"0123456789")
+    client.data_received(b"GET /a/2 HTTP/1.1\r\nHost: h\r\n\r\n")  # the pooled connection
+    up.data_received(OK)
+    assert ct.take().endswith(b"ok")
+    client.data_received(b"GET /a/3 HTTP/1.1\r\nHost: h\r\n\r\n")
+    bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    up.data_received(bad)  # a bad chunk: 502, the connection dropped
+    assert b" 502 " in ct.take()
+    srv, be = proxy.stats.server("b", "s1"), proxy.stats.backend("b")
+    assert srv.bytes_out == be.bytes_out == len(long) + len(OK) + len(bad)
+    logged = [int(r.getMessage().split()[6]) for r in caplog.records
+              if r.name == "pylb.access"]
+    assert logged == [len(long), len(OK), len(bad)]
+    ct.close()
+    await asyncio.sleep(0)
+
+
+class _SetClock(_SteppingClock):
+    """The running loop, at the time the test sets."""
+
+    def time(self) -> float:
+        return self._now
+
+
+async def test_each_read_of_a_response_is_server_activity(parser_kind: HttpParser) -> None:
+    """timeout server is an inactivity timeout: a response whose reads come closer than
+    it apart is not cut, however long it takes whole; silence as long as it is."""
+    proxy, client, ct, up, _ut = make(parser_kind)
+    clock = _SetClock(asyncio.get_running_loop(), 0.0)
+    client._loop = clock  # type: ignore[assignment]
+    limit = proxy.settings.timeouts.server
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"
+    client.data_received(b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    clock._now += 0.6 * limit
+    up.data_received(head + b"ab")  # the response has begun, and not ended
+    clock._now += 0.6 * limit  # 1.2 x the timeout since the request, 0.6 since the read
+    client._on_timer()
+    assert not ct.closing and ct.take() == b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab"
+    clock._now += limit  # silence as long as the timeout: the timer's re-armed due time
+    client._on_timer()
+    assert ct.closing  # cut (a response under way: no 504, the connection goes)
+    await asyncio.sleep(0)
+
+
+async def test_a_body_held_while_connecting_pauses_the_client_until_sent(
+        parser_kind: HttpParser) -> None:
+    """A request body that comes before the server connection is held, and past the high
+    watermark the client is not read; the connection takes head and body in one write
+    and the client is read again."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    assert proxy.pool.take(SERVER.key, proxy.loop.time()) is up  # none pooled: connect
+    connects: list[Server] = []
+    proxy.connect = lambda c, server: connects.append(server)  # type: ignore[method-assign]
+    body = b"x" * (flow.HIGH_WATER + 1)
+    client.data_received(b"POST /a/p HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+                         % len(body) + body)
+    assert connects == [SERVER] and not ct.reading
+    client.connect_done(SERVER, up, None)
+    assert ct.reading and ut.writes == 1
+    sent = ut.take()
+    assert sent.startswith(b"POST /p ") and sent.endswith(b"\r\n\r\n" + body)
+    up.data_received(OK)
+    assert ct.take().endswith(b"ok") and client.idle
+    ct.close()
+    await asyncio.sleep(0)

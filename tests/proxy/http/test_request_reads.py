@@ -145,6 +145,38 @@ def test_a_hit_leaves_the_parser_at_rest_for_what_follows() -> None:
     assert heads[2].target == heads[4].target == b"/p" and sink.body() == b"xyzxyz"
 
 
+def test_a_parser_knows_its_last_remembered_read_without_the_memo() -> None:
+    """The read a parser met last in `_READS` (or put there) it knows itself: the same
+    read again is that head, without llhttp, even once `_READS` has been emptied (as
+    when it is full); any other read is the memo's or llhttp's, as before."""
+    sink = Sink()
+    p = HttptoolsRequestParser(sink, LIMITS)
+    p.feed(READ)
+    p.feed(READ)  # remembered by this parser
+    head = parser._READS[READ][1]
+    parser._READS.clear()
+    llhttp, p._p = p._p, _NoLlhttp()  # type: ignore[assignment]
+    p.feed(bytes(READ))  # an equal read, not the same object
+    assert sink.events[-2][1] is head and sink.kinds()[-2:] == ["head", "end"]
+    assert p.at_rest() and not parser._READS
+    p._p = llhttp
+    other = b"GET /other HTTP/1.1\r\nHost: h\r\n\r\n"
+    p.feed(other)  # another read: llhttp's
+    assert sink.events[-2][1].target == b"/other" and sink.events[-2][1] is not head
+    # a parser that met the read in the memo knows it from then on, too
+    remembered(READ)
+    again = HttptoolsRequestParser(Sink(), LIMITS)
+    again.feed(READ)
+    assert again._known is parser._READS[READ][1]
+    parser._READS.clear()
+    again._p = _NoLlhttp()  # type: ignore[assignment]
+    again.feed(READ)
+    # ...but only with its own limits: a parser with others judges the read itself
+    strict = Limits(max_headers=2)
+    remembered(READ)
+    assert outcome(READ, strict)[1][0] is Failure.HEADERS_TOO_LARGE
+
+
 def test_reads_one_byte_apart_are_parsed_anew() -> None:
     """Each one-byte change of a remembered read: the outcome of a parser that never saw
     the read (a refusal with the same failure, or the same callbacks), never the

@@ -55,7 +55,7 @@ class Conn:
                 up = UpstreamProtocol(server.key, self.proxy.parser_kind)
                 ut = FakeTransport(up, server.key)
                 up.connection_made(ut)  # type: ignore[arg-type]
-                self.proxy.pool.put(up)
+                self.proxy.pool.put(up, self.proxy.loop.time())
                 self.ups[server.key] = up, ut
 
     def exchange(self, data: bytes = GET) -> tuple[tuple[str, int] | None, bytes, bytes]:

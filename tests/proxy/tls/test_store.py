@@ -4,12 +4,14 @@ certificates, self-signed fallback, start-up errors. Clients are Python's ssl.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
 import re
 import socket
 import ssl
+import types
 import warnings
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 import trustme
 
 from proxy.certs import CertificateError
-from proxy.tls import TlsStore
+from proxy.tls import DirectSSLObject, TlsStore
 from pylb.config import SslVerify, TlsSettings
 from tests.proxy.tls.helpers import (
     client_context,
@@ -352,3 +354,32 @@ def test_reloads_leak_no_file_descriptors(ca: trustme.CA, tmp_path: Path) -> Non
     assert store.certificates()[0].names == ("n19.example",)
     if fds:
         assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_tls_records_go_through_the_c_object_itself(ca: trustme.CA, cert_dir: Path) -> None:
+    """The server contexts' connection objects (DirectSSLObject) hand out the C object's
+    own read, write and pending, as uvloop and asyncio call them per record: read(n) and
+    read(n, buffer) as ssl.SSLObject's would; the SNI callback still moves a connection
+    to its certificate's context."""
+    store = TlsStore(TlsSettings(cert=str(cert_dir)))
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = store.server_context().wrap_bio(s_in, s_out, server_side=True)
+    client = client_context(ca).wrap_bio(c_in, c_out, server_hostname="www.example.com")
+    assert type(server) is DirectSSLObject
+    for name in ("read", "write", "pending"):
+        assert isinstance(getattr(server, name), types.BuiltinMethodType), name
+    for _ in range(10):  # the handshake, over memory
+        for obj, bio_out, peer_in in ((client, c_out, s_in), (server, s_out, c_in)):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                obj.do_handshake()
+            peer_in.write(bio_out.read())
+    assert server.version() == client.version() and client.getpeercert() is not None
+    assert "www.example.com" in str(client.getpeercert()["subject"])
+    client.write(b"hello, server")
+    s_in.write(c_out.read())
+    assert server.read(5) == b"hello" and server.pending() == 8
+    buf = bytearray(16)
+    assert server.read(16, buf) == 8 and bytes(buf[:8]) == b", server"
+    assert server.write(b"hello, client") == 13
+    c_in.write(s_out.read())
+    assert client.read(64) == b"hello, client"
