@@ -10,7 +10,8 @@ the parser (freed at once: `RequestParser.drop` breaks llhttp's reference cycle,
 waits for a full GC), the timer and the empty write buffer of those idle for a whole
 interval (after a first exchange, the parser and the buffer went already when it
 ended); the next request's first bytes make them again (~2 µs, only after a pause of a
-second or more: `ClientProtocol._wake`). The timer of a
+second or more: `ClientProtocol._wake`; no parser for a read the parser remembers:
+`parser.known_request`). The timer of a
 busy connection is kept across requests (re-making it per request costs ~8k
 instructions), except after its first exchange (see `_first_idle`).
 
