@@ -307,7 +307,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         proxy = self._proxy
         proxy.connection_opened(self)
-        self._fe.open()
+        open_rows(self._fe, None, time.time())  # self._fe.open(): one call (~0.5k) fewer
         local = proxy.port
         if self.client_ip and local and not proxy.tls:
             # all that frontend.accepted() would learn: the listener's accept() gave the
