@@ -87,6 +87,8 @@ class IdleSweep:
 
 
 class Timed(Protocol):
+    closed: bool  # the connection has ended: it needs no timer (nor a call to say so)
+
     def timer_due(self, late: LateTimers) -> None:
         """The tick: make the TimerHandle for the phase now under way, if any (and if
         the connection still holds `late`)."""
@@ -129,7 +131,8 @@ class LateTimers:
         conns = self._conns
         self._conns = []
         for conn in conns:
-            conn.timer_due(self)
+            if not conn.closed:  # (most `Connection: close` exchanges are over by now)
+                conn.timer_due(self)
 
     def close(self) -> None:
         if self._handle is not None:
