@@ -10,7 +10,8 @@ the parser (freed at once: `RequestParser.drop` breaks llhttp's reference cycle,
 waits for a full GC), the timer and the empty write buffer of those idle for a whole
 interval (after a first exchange, the parser and the buffer went already when it
 ended); the next request's first bytes make them again (~2 µs, only after a pause of a
-second or more: `ClientProtocol._wake`). The timer of a
+second or more: `ClientProtocol._wake`; no parser for a read the parser remembers:
+`parser.known_request`). The timer of a
 busy connection is kept across requests (re-making it per request costs ~8k
 instructions), except after its first exchange (see `_first_idle`).
 
@@ -86,6 +87,8 @@ class IdleSweep:
 
 
 class Timed(Protocol):
+    closed: bool  # the connection has ended: it needs no timer (nor a call to say so)
+
     def timer_due(self, late: LateTimers) -> None:
         """The tick: make the TimerHandle for the phase now under way, if any (and if
         the connection still holds `late`)."""
@@ -128,7 +131,8 @@ class LateTimers:
         conns = self._conns
         self._conns = []
         for conn in conns:
-            conn.timer_due(self)
+            if not conn.closed:  # (most `Connection: close` exchanges are over by now)
+                conn.timer_due(self)
 
     def close(self) -> None:
         if self._handle is not None:

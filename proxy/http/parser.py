@@ -75,6 +75,7 @@ except ImportError:  # pragma: no cover - httptools is installed with the test e
 
 Headers = list[tuple[bytes, bytes]]
 _T = TypeVar("_T")
+_HTTPTOOLS = HttpParser.HTTPTOOLS  # (an Enum member's lookup costs ten times a global's)
 
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
@@ -1694,9 +1695,43 @@ def resolve(kind: HttpParser) -> HttpParser:
 
 
 def request_parser(kind: HttpParser, sink: RequestSink, limits: Limits) -> RequestParser:
-    if kind is HttpParser.HTTPTOOLS:
+    if kind is _HTTPTOOLS:
         return HttptoolsRequestParser(sink, limits)
     return H11RequestParser(sink, limits)
+
+
+def known_request(kind: HttpParser, data: bytes, limits: Limits) -> RequestHead | None:
+    """The head of `data` if a fresh `kind` parser under `limits` would take `data` as a
+    whole read it has seen before (`_READS`: one bodiless request, no upgrade): it would
+    call back `on_head(head)` and `on_end()`, and be left at rest, or, if the head does
+    not keep the connection alive, as `AFTER_CLOSE`. A connection without a parser (a
+    new one, or one idle between requests) then makes none."""
+    if kind is _HTTPTOOLS:
+        seen = _READS.get(data)
+        if seen is not None and seen[0] is limits:
+            return seen[1]
+    return None
+
+
+class _AfterClose:
+    """A request parser after a request that does not keep the connection alive: it
+    ignores all that follows, as both parsers do (`_last`). It holds nothing, so every
+    connection shares one (`AFTER_CLOSE`)."""
+
+    __slots__ = ()
+    upgrade_rest: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        pass
+
+    def drop(self) -> None:
+        pass
+
+    def at_rest(self) -> bool:
+        return False
+
+
+AFTER_CLOSE: RequestParser = _AfterClose()
 
 
 def response_parser(kind: HttpParser, sink: ResponseSink, method: bytes,

@@ -8,7 +8,6 @@ connections; the per-connection work is `server.ClientProtocol`'s.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 import ssl
@@ -42,9 +41,10 @@ class HttpProxy:
                  frontend: str = "http", tls: bool = False,
                  ssl_context: ssl.SSLContext | None = None,
                  limit: ConnectionLimit | None = None) -> None:
-        """`limit`: the worker's `--maxconn`, shared with its other frontends; with it the
-        port is served by `proxy.listener.Listener`, which stops accepting at the limit
-        (new connections wait in the kernel's backlog) and survives EMFILE."""
+        """Made in the running loop, which serves its connections (`loop`). `limit`: the
+        worker's `--maxconn`, shared with its other frontends; with it the port is served
+        by `proxy.listener.Listener`, which stops accepting at the limit (new connections
+        wait in the kernel's backlog) and survives EMFILE."""
         self.settings = settings
         self.error_page = settings.error_page_body  # reread on SIGHUP (DataPlane.reload)
         self.limit = limit
@@ -74,31 +74,21 @@ class HttpProxy:
         # The port clients connect to (X-Forwarded-Port), once started on one port: a
         # getsockname per connection fewer (0: each connection asks its socket).
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool: Pool | None = None
+        # What every new client connection reads (ClientProtocol's __init__ and first
+        # `_arm`): plain attributes, made here in the running loop. (A cached_property's
+        # value is read through its descriptor, which CPython 3.11 does not specialize:
+        # ~250 instructions a read more, four reads a connection.)
+        loop = self.loop = asyncio.get_running_loop()
+        limits, timeouts = settings.limits, settings.timeouts
+        self.pool = Pool(loop, limits.pool_per_server, timeouts.backend_idle)
+        self.pool.retain(balancers.live_keys)  # pool only the table's servers
+        self.idle = IdleSweep(loop, self.conns, timeouts.keep_alive)  # idle keep-alive
+        self.late = LateTimers(loop)  # the first timers of new client connections
         self._h2_pool: H2Pool | None = None
-        self._idle: IdleSweep | None = None
         self._server: asyncio.Server | None = None
         self._connects: set[Dial] = set()  # connects under way
         self._gone: asyncio.Event | None = None
         self.shortage = ShortageLog(frontend)  # connects failing for our own shortage
-
-    # `loop`, `pool` and `idle` are read by every new client connection (ClientProtocol's
-    # __init__): made once, then plain attributes (cached_property), not a getter's call
-    # each (~500 instructions apiece). None of them is ever made again.
-    @functools.cached_property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
-
-    @functools.cached_property
-    def pool(self) -> Pool:
-        if self._pool is None:
-            limits, timeouts = self.settings.limits, self.settings.timeouts
-            self._pool = Pool(self.loop, limits.pool_per_server, timeouts.backend_idle)
-            self._pool.retain(self.balancers.live_keys)  # pool only the table's servers
-        return self._pool
 
     @property
     def h2_pool(self) -> H2Pool:
@@ -108,18 +98,6 @@ class HttpProxy:
             self._h2_pool = H2Pool(self.loop, timeouts.connect, timeouts.backend_idle,
                                    limits.pool_per_server)
         return self._h2_pool
-
-    @functools.cached_property
-    def idle(self) -> IdleSweep:
-        """The sweep of idle keep-alive client connections."""
-        if self._idle is None:
-            self._idle = IdleSweep(self.loop, self.conns, self.settings.timeouts.keep_alive)
-        return self._idle
-
-    @functools.cached_property
-    def late(self) -> LateTimers:
-        """The first timers of new client connections, made at its tick."""
-        return LateTimers(self.loop)
 
     @property
     def connections(self) -> int:
@@ -146,8 +124,8 @@ class HttpProxy:
         self.table = table
         self.generation += 1
         self.routed = {}
-        if self._pool is not None and left:
-            self._pool.retain(self.balancers.live_keys)
+        if left:
+            self.pool.retain(self.balancers.live_keys)
         if self._h2_pool is not None and left:
             self._h2_pool.retain(self.balancers.live_keys)
 
@@ -234,14 +212,11 @@ class HttpProxy:
             if not self._connects:
                 break
             await asyncio.sleep(0)
-        if self._pool is not None:
-            self._pool.close_all()
+        self.pool.close_all()
         if self._h2_pool is not None:
             self._h2_pool.close_all()
-        if self._idle is not None:
-            self._idle.cancel()
-        if "late" in self.__dict__:  # (made)
-            self.late.close()
+        self.idle.cancel()
+        self.late.close()
         if self._server is not None:
             await self._server.wait_closed()
         # Let the transports' close callbacks run, so nothing is left for the loop's end.

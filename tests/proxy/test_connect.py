@@ -159,7 +159,7 @@ async def test_http_shutdown_ends_the_connects_under_way() -> None:
 
     settings = Settings()
     proxy = HttpProxy(settings, Stats(), Balancers(settings.limits))
-    proxy._loop = _Loop(asyncio.get_running_loop(), hang)  # type: ignore[assignment]
+    proxy.loop = _Loop(asyncio.get_running_loop(), hang)  # type: ignore[assignment]
     heard: list[object] = []
 
     class Client:

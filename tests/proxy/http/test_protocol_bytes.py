@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from proxy import flow
 from proxy.balance import Balancers
-from proxy.http import HttpProxy
+from proxy.http import HttpProxy, parser
 from proxy.http.idle import LATE
 from proxy.http.pool import Pool
 from proxy.http.server import ClientProtocol
@@ -20,6 +21,7 @@ from pylb.config import HttpParser, Settings
 from pylb.counters import Stats
 from pylb.model import Backend, HttpRoute, RouteTable, Server
 from tests.conftest import free_port
+from tests.proxy.http.test_parser import Sink
 
 SERVER = Server("127.0.0.1", free_port(), name="s1")  # nothing listens there
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -277,6 +279,21 @@ def _alive(*types: type) -> int:
     return sum(type(o) in types for o in gc.get_objects())
 
 
+@pytest.fixture
+def forget_reads() -> Iterator[None]:
+    """No read remembered (parser._READS) by earlier tests: a connection with no parser
+    makes one for its next read (else none: test_a_remembered_read_makes_no_parser)."""
+    saved, once = dict(parser._READS), set(parser._ONCE)
+    parser._READS.clear()
+    parser._ONCE.clear()
+    yield
+    parser._READS.clear()
+    parser._READS.update(saved)
+    parser._ONCE.clear()
+    parser._ONCE.update(once)
+
+
+@pytest.mark.usefixtures("forget_reads")
 async def test_slimmed_idle_connection_holds_no_buffers_and_frees_its_parser(
         parser_kind: HttpParser) -> None:
     """Slimming an idle connection (proxy.http.idle) leaves it no list of its own (its
@@ -317,6 +334,7 @@ async def test_slimmed_idle_connection_holds_no_buffers_and_frees_its_parser(
     await asyncio.sleep(0)
 
 
+@pytest.mark.usefixtures("forget_reads")
 async def test_connection_closed_with_its_parser_frees_it_without_gc(
         parser_kind: HttpParser) -> None:
     """A `Connection: close` exchange keeps its request parser to the end (it is not at
@@ -344,6 +362,50 @@ async def test_connection_closed_with_its_parser_frees_it_without_gc(
         assert parsers() == before
     finally:
         gc.enable()
+
+
+@pytest.mark.usefixtures("forget_reads")
+async def test_a_remembered_read_makes_no_parser(parser_kind: HttpParser,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection with no parser whose read the httptools parser has taken whole before
+    (parser.known_request) gets the same exchange with no parser made: left at rest after
+    a keep-alive request (the next read makes none either), ignoring what follows a
+    request that closes the connection, as a parser would. The h11 path remembers no
+    read."""
+    from proxy.http import server
+    from proxy.http.parser import AFTER_CLOSE
+
+    made: list[object] = []
+
+    def request_parser(*args: Any) -> Any:
+        made.append(parser.request_parser(*args))
+        return made[-1]
+
+    monkeypatch.setattr(server, "request_parser", request_parser)
+    keep = b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n"
+    close = b"GET /a/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    proxy, client, ct, up, ut = make(parser_kind)
+    for read in (keep, close, keep, close):  # each read twice: remembered (httptools)
+        parser.request_parser(parser_kind, Sink(), proxy.settings.limits).feed(read)
+    remembers = parser_kind is HttpParser.HTTPTOOLS
+    assert (keep in parser._READS and close in parser._READS) is remembers
+    made.clear()
+    for _ in range(2):
+        client.data_received(keep)
+        assert ut.take().startswith(b"GET /x ")
+        up.data_received(OK)
+        assert ct.take().endswith(b"ok") and client.idle and not ct.closing
+        client.idle_check(asyncio.get_running_loop().time() + 1.0, 0.5)  # slimmed
+        assert client.parser is None
+    client.data_received(close)
+    assert len(made) == (0 if remembers else 3)
+    assert client.parser is (AFTER_CLOSE if remembers else made[-1])
+    client.data_received(keep)  # after a request that closes: ignored
+    assert ut.take().startswith(b"GET /x ") and ut.take() == b""
+    up.data_received(OK)
+    assert ct.take().endswith(b"ok") and ct.closing
+    await asyncio.sleep(0)  # connection_lost
+    assert client.closed and client.parser is None
 
 
 async def test_alpn_switch_hands_on_the_address_accept_gave(parser_kind: HttpParser) -> None:
