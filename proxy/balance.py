@@ -35,7 +35,7 @@ OnEject = Callable[[str, Server, int, float | None], None]
 # ended the ejection (else 0: its time ran out, or a connect to it succeeded).
 BACK_BY_CHECK = -1
 # Enum members as globals: a member's lookup through its class costs ten times a global's.
-_COOKIE, _CLIENT_IP = Affinity.COOKIE, Affinity.CLIENT_IP
+_NONE, _COOKIE, _CLIENT_IP = Affinity.NONE, Affinity.COOKIE, Affinity.CLIENT_IP
 _ROUNDROBIN, _LEASTCONN, _FIRST, _SOURCE = (Algorithm.ROUNDROBIN, Algorithm.LEASTCONN,
                                             Algorithm.FIRST, Algorithm.SOURCE)
 
@@ -137,6 +137,7 @@ class Balancer:
         "_limits",
         "_masked",
         "_on_eject",
+        "_plain",
         "_rr",
         "_stats",
         "_sticky",
@@ -177,6 +178,7 @@ class Balancer:
         # ejection's end in `down`): its UP verdict ends the ejection too, and says so.
         self._masked: set[Key] = set()
         self.backend = backend
+        self._plain = False
         self.candidates: tuple[Server, ...] = ()
         self._by_cookie = _NO_COOKIES
         self.update(backend)
@@ -184,6 +186,9 @@ class Balancer:
     def update(self, backend: Backend) -> None:
         """Take a new server list for this backend, keeping state for servers that stay."""
         self.backend = backend
+        # Round robin without affinity: `pick`'s short way, while nothing is excluded,
+        # down or limited (most backends, most requests)
+        self._plain = backend.algorithm is _ROUNDROBIN and backend.affinity is _NONE
         servers = tuple(sorted(backend.available, key=lambda s: s.key))
         self.candidates = servers
         keys = {s.key for s in backend.servers}
@@ -344,6 +349,13 @@ class Balancer:
         Affinity first (cookie, or the client-IP stick table), if the remembered server is
         still a candidate, up and not excluded; else the backend's algorithm.
         """
+        if self._plain and not exclude and not self.down and self.gate is None:
+            # What the way below comes to for round robin without affinity, when every
+            # candidate may be chosen
+            servers = self.candidates
+            if len(servers) == 1:
+                return servers[0]
+            return _rr_pick(servers, self._rr) if servers else None
         backend = self.backend
         affinity = backend.affinity
         if affinity is _COOKIE and cookie:

@@ -527,3 +527,23 @@ def test_pick_makes_no_cells() -> None:
     request, bench.instructions). The filtering of the rare case lives in `_eligible`."""
     assert Balancer.pick.__code__.co_cellvars == ()
     assert Balancer.pick.__code__.co_freevars == ()
+
+
+@pytest.mark.parametrize("change", ["algorithm", "affinity"])
+def test_a_backend_update_changes_how_pick_chooses(change: str) -> None:
+    """`pick` takes a short way for round robin without affinity (decided per backend
+    version, in `update`): a backend that changes its algorithm or affinity is picked for
+    by its new rules from its next pick on."""
+    s1, s2 = srv(1), srv(2)
+    bal = Balancer(backend(s1, s2))
+    assert sorted(picks(bal, 2)) == [1, 2]
+    if change == "algorithm":
+        bal.update(backend(s1, s2, algorithm=Algorithm.LEASTCONN))
+        bal.acquire(s1)
+        assert picks(bal, 4) == [2, 2, 2, 2]  # the least loaded, every time
+    else:
+        bal.update(backend(s1, s2, affinity=Affinity.CLIENT_IP))
+        first = picks(bal, 1)
+        assert picks(bal, 4) == first * 4  # the client sticks to its server
+    bal.update(backend(s1, s2))
+    assert sorted(picks(bal, 2)) == [1, 2]  # round robin again
