@@ -154,6 +154,17 @@ def test_sessions_are_counted_per_wall_clock_second(monkeypatch: pytest.MonkeyPa
     assert ("b", "s") in st._hot and row.snapshot()["rate"] == 1
 
 
+def test_a_clock_step_back_counts_in_the_earlier_second() -> None:
+    """`open_rows` remembers the second it counted in last (no division per call): a
+    wall clock that steps back, into an earlier second or a whole day back, is counted
+    in that second, as `now // 1` says, and forward again in its own."""
+    row = Counters()
+    for now in (200.5, 199.75, 199.9, 200.1, 200.2, 113.0, 201.0):
+        open_rows(row, None, now)
+        assert row._rate_second == now // 1
+    assert row.max_rate == 2 and row.rate(201.5) == 1 and row.total_conns == 7
+
+
 @pytest.mark.parametrize("status", [-1, 0, 99, 100, 101, 199, 200, 204, 299, 301, 404, 499,
                                     500, 503, 599, 600, 999, 1000, 4040])
 def test_a_status_counts_in_its_class_or_other(status: int) -> None:
