@@ -1706,11 +1706,25 @@ def known_request(kind: HttpParser, data: bytes, limits: Limits) -> RequestHead 
     call back `on_head(head)` and `on_end()`, and be left at rest, or, if the head does
     not keep the connection alive, as `AFTER_CLOSE`. A connection without a parser (a
     new one, or one idle between requests) then makes none."""
+    global _known_read, _known
     if kind is _HTTPTOOLS:
-        seen = _READS.get(data)
-        if seen is not None and seen[0] is limits:
-            return seen[1]
+        seen = _known
+        if seen is None or data != _known_read or seen[0] is not limits:
+            seen = _READS.get(data)
+            if seen is None or seen[0] is not limits:
+                return None
+            _known_read = data
+            _known = seen
+        return seen[1]
     return None
+
+
+# The read of `_READS` that `known_request` met last, and its entry: looked at before the
+# memo, a comparison in place of the read's hash and a lookup (a client repeats itself,
+# and clients alike send alike: wrk, health checks). It holds after `_READS` is emptied,
+# as HttptoolsRequestParser's `_known_read` does.
+_known_read = b""
+_known: tuple[Limits, RequestHead] | None = None
 
 
 class _AfterClose:

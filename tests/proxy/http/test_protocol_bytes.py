@@ -284,13 +284,16 @@ def forget_reads() -> Iterator[None]:
     """No read remembered (parser._READS) by earlier tests: a connection with no parser
     makes one for its next read (else none: test_a_remembered_read_makes_no_parser)."""
     saved, once = dict(parser._READS), set(parser._ONCE)
+    known = parser._known_read, parser._known
     parser._READS.clear()
     parser._ONCE.clear()
+    parser._known_read, parser._known = b"", None  # (known_request's last read)
     yield
     parser._READS.clear()
     parser._READS.update(saved)
     parser._ONCE.clear()
     parser._ONCE.update(once)
+    parser._known_read, parser._known = known
 
 
 @pytest.mark.usefixtures("forget_reads")

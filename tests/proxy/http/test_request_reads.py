@@ -15,7 +15,7 @@ from proxy.http import parser
 from proxy.http.gwplane import GatewayDispatch
 from proxy.http.gwrouting import GatewayRouter
 from proxy.http.parser import HttptoolsRequestParser, ParseError, RequestHead
-from pylb.config import Limits
+from pylb.config import HttpParser, Limits
 from pylb.failures import Failure
 from pylb.gatewaymodel import (
     Filters,
@@ -175,6 +175,25 @@ def test_a_parser_knows_its_last_remembered_read_without_the_memo() -> None:
     strict = Limits(max_headers=2)
     remembered(READ)
     assert outcome(READ, strict)[1][0] is Failure.HEADERS_TOO_LARGE
+
+
+def test_known_request_knows_its_last_read_without_the_memo() -> None:
+    """`known_request` (a connection with no parser) keeps the read it met last in
+    `_READS`: the same read again, an equal object, is that head even once `_READS` has
+    been emptied; under other limits it is not, nor is another read; and a read the memo
+    holds under other limits than the last one's is the memo's."""
+    kind = HttpParser.HTTPTOOLS
+    head = remembered(READ)
+    assert parser.known_request(kind, READ, LIMITS) is head
+    parser._READS.clear()
+    assert parser.known_request(kind, bytes(READ), LIMITS) is head
+    assert parser.known_request(kind, READ, Limits()) is None
+    assert parser.known_request(kind, READ.replace(b"/a", b"/b"), LIMITS) is None
+    assert parser.known_request(HttpParser.H11, READ, LIMITS) is None
+    strict = Limits(max_uri=100)
+    other = remembered(READ, strict)
+    assert parser.known_request(kind, READ, strict) is other
+    assert parser.known_request(kind, READ, LIMITS) is None  # the memo's is strict's
 
 
 def test_reads_one_byte_apart_are_parsed_anew() -> None:
