@@ -334,11 +334,9 @@ class Balancer:
         self.active[server.key] = self.active.get(server.key, 0) + 1
 
     def release(self, server: Server) -> None:
-        n = self.active.get(server.key, 0) - 1
+        n = self.active.pop(server.key, 0) - 1  # (one lookup for the last one, not two)
         if n > 0:
             self.active[server.key] = n
-        else:
-            self.active.pop(server.key, None)
 
     # -- choice -------------------------------------------------------------------------
 

@@ -1507,11 +1507,9 @@ class ClientProtocol(asyncio.Protocol):
         assert balancer is not None
         active = balancer.active  # balancer.release(server), inline (a call per request)
         key = server.key
-        n = active.get(key, 0) - 1
+        n = active.pop(key, 0) - 1  # (one lookup for the common last one, not two)
         if n > 0:
             active[key] = n
-        else:
-            active.pop(key, None)
         sent = self._bytes_out_req
         got = self._resp_bytes
         srv.cur_conns -= 1  # Counters.close(), inline
