@@ -59,13 +59,19 @@ class Pool:
         is usable, its server still in the table and its server's share not full; else
         close it."""
         key = conn.key
-        live = self._live
         conns = self._idle.get(key)
         if conns is None:
+            # (an address with a list of its own is in the table: `retain` drops the
+            # lists of those that leave it, and the next `retain` closes what a list
+            # took in the meantime)
+            live = self._live
+            if live is not None and key not in live:
+                conn.close()
+                return
             conns = self._idle[key] = []
         t = conn.transport  # not conn.usable, inline:
         if len(conns) >= self.per_server or conn.closed or conn.eof or t is None \
-                or t.is_closing() or (live is not None and key not in live):
+                or t.is_closing():
             conn.close()
             return
         conns.append(conn)

@@ -741,6 +741,41 @@ async def test_pool_judges_freshness_at_the_times_given() -> None:
     await asyncio.sleep(0)
 
 
+async def test_pool_keeps_connections_only_to_servers_in_the_table() -> None:
+    """A connection to a server that left the table (`retain`) is closed, pooled or
+    finishing later; one that finishes while the table changes, before the pool is told
+    (`retain` comes after the balancers change), is closed when it is told."""
+    pool = Pool(asyncio.get_running_loop(), per_server=4, idle_timeout=10.0)
+    other = ("192.0.2.99", 80)
+    live = {SERVER.key}
+
+    def conn(key: tuple[str, int]) -> UpstreamProtocol:
+        up = UpstreamProtocol(key, HttpParser.HTTPTOOLS)
+        up.connection_made(FakeTransport(up, key))  # type: ignore[arg-type]
+        return up
+
+    pool.retain(live)
+    gone = conn(other)
+    pool.put(gone, 1000.0)  # not in the table
+    assert gone.closed and pool.idle_count() == 0
+    kept, late = conn(SERVER.key), conn(SERVER.key)
+    pool.put(kept, 1000.0)
+    assert not kept.closed and pool.idle_count(SERVER.key) == 1
+    live.discard(SERVER.key)  # the balancers changed; the pool is told next
+    pool.put(late, 1000.0)
+    pool.retain(live)
+    assert kept.closed and late.closed and pool.idle_count() == 0
+    after = conn(SERVER.key)
+    pool.put(after, 1000.0)  # finishing after: not pooled either
+    assert after.closed and pool.take(SERVER.key, 1000.5) is None
+    live.add(SERVER.key)  # back in the table
+    again = conn(SERVER.key)
+    pool.put(again, 1000.0)
+    assert pool.take(SERVER.key, 1000.5) is again
+    pool.close_all()
+    await asyncio.sleep(0)
+
+
 async def test_the_servers_bytes_are_counted_per_exchange(
         parser_kind: HttpParser, caplog: pytest.LogCaptureFixture) -> None:
     """The bytes a server sent in an exchange (the server's and backend's bytes_out, the
