@@ -725,7 +725,8 @@ class ClientProtocol(asyncio.Protocol):
         state = self._state
         if state is _CLOSED:
             return
-        if self._queue is not None or state in _REQ_WHOLE or state is _IDLE:
+        if self._queue is not None or (state is not _REQUEST  # (the request read: most)
+                                       and (state in _REQ_WHOLE or state is _IDLE)):
             self._enqueue(2, None)
             return
         self._state = _ON_REQUEST_END[state]
@@ -1200,8 +1201,8 @@ class ClientProtocol(asyncio.Protocol):
             # _RESPONSE_HEADS) is rewritten once, not per response: response_head's
             # output depends on nothing else here (framing: on the head and `version`).
             sent = head.sent
-            if sent is not None and sent[1] == keep and sent[0] == version \
-                    and sent[2] == hsts:
+            if sent is not None and sent[1] is keep and sent[2] is hsts \
+                    and sent[0] == version:  # (keep: a bool; hsts: the frontend's own)
                 out = sent[3]
             else:
                 out = hdr.response_head(head, framing, keep_alive=keep,
