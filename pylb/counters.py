@@ -184,7 +184,7 @@ class Stats:
     reason. Keys: frontend name; backend name; (backend name, server label)."""
 
     __slots__ = ("_cycle", "_draining", "_gone_backends", "_gone_servers", "_hot", "_pos",
-                 "_sent", "backends", "failures", "frontends", "servers")
+                 "_sent", "backends", "drops", "failures", "frontends", "servers")
 
     def __init__(self) -> None:
         self.frontends: dict[str, Counters] = {}
@@ -199,6 +199,10 @@ class Stats:
         self._hot: set[tuple[str, str | None]] = set()  # rows reported with a rate > 0
         self._cycle: list[tuple[str, str | None]] = []  # the round of `_to_check`
         self._pos = 0
+        # Rows dropped so far (backends' and servers'): a row kept out of these maps (a
+        # backend connection's, proxy.http.server) is still the one they hold while this
+        # count has not moved since it was looked up.
+        self.drops = 0
 
     def frontend(self, name: str) -> Counters:
         c = self.frontends.get(name)
@@ -287,12 +291,14 @@ class Stats:
     def _drop_server(self, key: tuple[str, str]) -> None:
         if self.servers.pop(key, None) is not None:
             self._gone_servers.add(key)
+            self.drops += 1
         self._sent.pop(key, None)
         self._hot.discard(key)
 
     def _drop_backend(self, name: str) -> None:
         if self.backends.pop(name, None) is not None:
             self._gone_backends.add(name)
+            self.drops += 1
         self._sent.pop((name, None), None)
         self._hot.discard((name, None))
 

@@ -1090,19 +1090,24 @@ class ClientProtocol(asyncio.Protocol):
         active = balancer.active  # balancer.acquire(server), inline
         key = server.key
         active[key] = active.get(key, 0) + 1
-        stats = proxy.stats
+        # The server's and the backend's counter rows: those of this connection's last
+        # exchange if it was for the same server of the same backend and no row has been
+        # dropped since (`up.rows`); else stats.server() and stats.backend(), inline but
+        # for a row's first use (a call each otherwise)
         name = backend.name
-        # stats.server() and stats.backend(), inline but for a row's first use (a call
-        # each per request otherwise)
-        label = server._label  # server.label, inline (a property call per request)
-        if label is None:  # (not made yet: the property makes it)
-            label = server.label
-        srv = stats.servers.get((name, label))
-        if srv is None:
-            srv = stats.server(name, label)
-        be = stats.backends.get(name)
-        if be is None:
-            be = stats.backend(name)
+        stats = proxy.stats
+        rows = up.rows
+        if rows is not None and rows[0] is server and rows[1] is name \
+                and rows[2] == stats.drops:
+            srv = rows[3]
+            be = rows[4]
+        else:
+            label = server._label  # server.label, inline (a property call per request)
+            if label is None:  # (not made yet: the property makes it)
+                label = server.label
+            srv = stats.servers.get((name, label)) or stats.server(name, label)
+            be = stats.backends.get(name) or stats.backend(name)
+            up.rows = (server, name, stats.drops, srv, be)
         self._srv_c = srv
         self._be_c = be
         open_rows(srv, be, time.time())  # srv.open(now), be.open(now): one call

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from proxy import flow
 from proxy.balance import Key
 from proxy.http.parser import ParseError, ResponseParser, ResponseSink, response_parser
 from pylb.config import HttpParser
 from pylb.failures import Failure
+
+if TYPE_CHECKING:
+    from pylb.counters import Counters
+    from pylb.model import Server
 
 log = logging.getLogger("pylb.http")
 
@@ -61,6 +65,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "owner",
         "parser",
         "pool",
+        "rows",
         "transport",
         "tunnel",
         "uses",
@@ -79,6 +84,11 @@ class UpstreamProtocol(asyncio.Protocol):
         self.got_bytes = 0  # the server's bytes read in the current exchange
         self.tunnel = False
         self.uses = 0
+        # The counter rows its last exchange was counted in (the server's, its backend's),
+        # with that server, its backend's name and Stats.drops then: the next exchange
+        # for the same server of the same backend takes them as they are while no row has
+        # been dropped since (kept by the owner: server.ClientProtocol's `_attach`)
+        self.rows: tuple[Server, str, int, Counters, Counters] | None = None
 
     # -- pool bookkeeping ---------------------------------------------------------------
 

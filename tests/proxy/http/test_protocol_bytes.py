@@ -852,3 +852,46 @@ async def test_a_body_held_while_connecting_pauses_the_client_until_sent(
     assert ct.take().endswith(b"ok") and client.idle
     ct.close()
     await asyncio.sleep(0)
+
+
+class _CountingRows(dict):  # type: ignore[type-arg]
+    """Stats.servers that counts its lookups."""
+
+    gets = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.gets += 1
+        return super().get(key, default)
+
+
+async def test_a_backend_connection_keeps_the_rows_it_counts_in(
+        parser_kind: HttpParser) -> None:
+    """An exchange on a backend connection counts in the rows its last exchange counted
+    in, for the same server of the same backend, without looking them up; once a row has
+    been dropped (its server left the table while idle), the next one looks them up again
+    and counts in the rows the stats hold, made anew."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    stats = proxy.stats
+    rows = stats.servers = _CountingRows(stats.servers)
+    key = ("b", SERVER.label)
+    for n in (1, 2, 3):
+        client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert ut.take().startswith(b"GET /x ")
+        up.data_received(OK)
+        assert ct.take().endswith(b"ok")
+        assert rows[key].total_conns == n and stats.backends["b"].total_conns == n
+        if n == 1:
+            first = rows.gets
+    assert rows.gets == first  # the first exchange's lookups only
+    old = rows[key]
+    stats.prune([key])  # idle: dropped now (as when its server leaves the table)
+    assert key not in rows
+    client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert ut.take().startswith(b"GET /x ")
+    assert rows[key] is not old and rows[key].cur_conns == 1
+    up.data_received(OK)
+    assert ct.take().endswith(b"ok")
+    assert rows[key].total_conns == 1 and rows[key].cur_conns == 0
+    assert old.total_conns == 3 and rows.gets > first
+    ct.close()
+    await asyncio.sleep(0)
