@@ -325,9 +325,11 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.closed = True
         self._fe.cur_conns -= 1  # Counters.close(), inline (a call per connection)
-        if self._timer is not None:
-            self._timer.cancel()
+        timer = self._timer
+        if timer is not None:
             self._timer = None
+            if timer is not self._proxy.late:  # (its tick passes a closed connection by)
+                timer.cancel()
         if self._req is not None:
             state = self._state
             if state not in _RESP_WHOLE and state is not _CLOSED:  # (else we cut it)
@@ -343,8 +345,9 @@ class ClientProtocol(asyncio.Protocol):
         # parser.feed (a transport that reports its loss at once): the parser goes on.
         parser = self.parser
         if parser is not None and not self._feeding:
-            parser.drop()
             self.parser = None
+            if parser is not AFTER_CLOSE:  # (every `Connection: close` one's: holds nothing)
+                parser.drop()
         state = self._state  # self._closing(), inline
         if state is not _CLOSED:
             self._state_closed = state
