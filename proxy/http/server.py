@@ -372,7 +372,10 @@ class ClientProtocol(asyncio.Protocol):
         return (self._state_closed if state is _CLOSED else state) in _REQ_WHOLE
 
     def close(self) -> None:
-        self._closing()
+        state = self._state  # self._closing(), inline (a call per connection)
+        if state is not _CLOSED:
+            self._state_closed = state
+            self._state = _CLOSED
         t = self.transport
         if t is not None and not t.is_closing():
             self.flush()
