@@ -348,10 +348,10 @@ class _Client(ClientProtocol):
             self.heads.append(head)  # it starts an exchange now (else ignored, or queued)
         super().on_head(head)
 
-    def _end_exchange(self, reusable: bool, now: float = 0.0) -> None:
+    def _end_exchange(self, reusable: bool, now: float = 0.0, last: bool = False) -> None:
         if self._req is not None:
             self.exchanges.append((self._status, self.request_whole))
-        super()._end_exchange(reusable, now)
+        super()._end_exchange(reusable, now, last)
 
 
 @dataclasses.dataclass

@@ -895,3 +895,23 @@ async def test_a_backend_connection_keeps_the_rows_it_counts_in(
     assert old.total_conns == 3 and rows.gets > first
     ct.close()
     await asyncio.sleep(0)
+
+
+async def test_a_timer_due_as_a_closing_exchange_ends_finds_nothing_to_do(
+        parser_kind: HttpParser) -> None:
+    """A `Connection: close` exchange has ended and its connection is closing; should the
+    phase's timer come before connection_lost does, it finds no exchange to time out: no
+    failure counted, no error page, the pooled backend connection left alone."""
+    proxy, client, ct, up, ut = make(parser_kind)
+    client.data_received(b"GET /a/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert ut.take().startswith(b"GET /x ")
+    up.data_received(OK)
+    assert ct.take().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert ct.closing and not client.closed  # connection_lost is yet to come
+    assert proxy.pool.idle_count() == 1
+    client._tstamp -= 3600.0  # whatever the phase, its deadline has passed
+    client._on_timer()
+    await asyncio.sleep(0)  # connection_lost
+    assert client.closed and not ct.out
+    assert proxy.stats.failures == {}
+    assert proxy.pool.idle_count() == 1 and not ut.closing
