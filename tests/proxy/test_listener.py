@@ -347,8 +347,10 @@ async def test_uvloop_hand_over_keeps_nothing_for_an_open_connection() -> None:
     import proxy.listener as listener_mod
 
     assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
-    # connections of earlier tests in this process may be alive still: not counted
-    earlier = {id(o) for o in gc.get_objects() if isinstance(o, listener_mod._HandOver)}
+    # connections of earlier tests in this process may be alive still: not counted (held
+    # meanwhile, so that no new object can take the address of one that goes)
+    earlier = [o for o in gc.get_objects() if isinstance(o, listener_mod._HandOver)]
+    earlier_ids = {id(o) for o in earlier}
     Counted.open = set()
     limit = ConnectionLimit(10)
     lst = Listener(bind_socket("127.0.0.1", 0), lambda: Counted(limit), limit=limit)
@@ -359,7 +361,7 @@ async def test_uvloop_hand_over_keeps_nothing_for_an_open_connection() -> None:
         assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
         await asyncio.sleep(listener_mod.HAND_OVER_LATE)  # (after the tick, made earlier)
         kept = [(o.coro, o.listener) for o in gc.get_objects()
-                if isinstance(o, listener_mod._HandOver) and id(o) not in earlier]
+                if isinstance(o, listener_mod._HandOver) and id(o) not in earlier_ids]
         w.close()
         await until(lambda: not Counted.open)
     finally:
@@ -367,7 +369,8 @@ async def test_uvloop_hand_over_keeps_nothing_for_an_open_connection() -> None:
     assert kept == [(None, None)]  # (uvloop's file object for the open connection)
 
 
-async def test_uvloop_hand_overs_finish_together_at_the_listeners_tick() -> None:
+async def test_uvloop_hand_overs_finish_together_at_the_listeners_tick(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection's hand-over is finished (its coroutine stepped past uvloop's waiter
     for connection_made) not from that waiter's callback, a Handle and a turn of the loop
     per connection, but at the listener's next tick, for all the connections accepted
@@ -377,7 +380,11 @@ async def test_uvloop_hand_overs_finish_together_at_the_listeners_tick() -> None
     import proxy.listener as listener_mod
 
     assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
-    earlier = {id(o) for o in gc.get_objects() if isinstance(o, listener_mod._HandOver)}
+    # (held meanwhile: no new object can take the address of an earlier one that goes)
+    earlier = [o for o in gc.get_objects() if isinstance(o, listener_mod._HandOver)]
+    earlier_ids = {id(o) for o in earlier}
+    # the tick far off, then run by the test: a slow machine cannot bring it early
+    monkeypatch.setattr(listener_mod, "HAND_OVER_LATE", 60.0)
     Counted.open = set()
     limit = ConnectionLimit(10)
     lst = Listener(bind_socket("127.0.0.1", 0), lambda: Counted(limit), limit=limit)
@@ -390,10 +397,13 @@ async def test_uvloop_hand_overs_finish_together_at_the_listeners_tick() -> None
             assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
             conns.append(w)
         ours = [o for o in gc.get_objects()
-                if isinstance(o, listener_mod._HandOver) and id(o) not in earlier]
+                if isinstance(o, listener_mod._HandOver) and id(o) not in earlier_ids]
         assert len(ours) == 3
         assert all(o.coro is not None and o.listener is lst for o in ours)  # not yet
-        await asyncio.sleep(listener_mod.HAND_OVER_LATE)
+        tick = lst._tick
+        assert tick is not None  # one tick for the three
+        tick.cancel()
+        lst._finish_hand_overs()  # the tick, now
         assert [(o.coro, o.listener) for o in ours] == [(None, None)] * 3
         assert limit.current == 3  # all still open, none given back by mistake
     finally:
