@@ -13,17 +13,8 @@ stepping that coroutine from callbacks rather than paying for a Task per connect
   end calls its `close()` (libuv has closed the descriptor by then). `_HandOver` is that
   object and steps the coroutine too (as proxy.connect.Steps does), so a connection costs
   one small object instead of a socket object (made, then detached: ~3k instructions)
-  and a Steps. Its first step (in `_on_readable`) makes the transport and the protocol;
-  the coroutine then waits for the transport's `connection_made` (uvloop's waiter, done
-  on the next turn of the loop) and only returns. Not stepped from the waiter's callback
-  (a Handle and a turn of the loop per connection, ~2.7k instructions: bench.instructions
-  newconn) but at the listener's next tick, at most `HAND_OVER_LATE` seconds on, for all
-  the connections accepted since the last one (a TLS connection whose handshake is still
-  under way then is stepped from its waiter's callback, as before). Till then the
-  listener keeps the coroutine (and so the transport): at most `HAND_OVER_LATE`
-  seconds' worth of connections; an idle connection holds none of it after the tick.
-  The descriptor is libuv's once uvloop has asked for it (`fileno()`, just before it
-  opens its TCP handle on it); should the hand-over fail before, `_HandOver`
+  and a Steps. The descriptor is libuv's once uvloop has asked for it (`fileno()`, just
+  before it opens its TCP handle on it); should the hand-over fail before, `_HandOver`
   closes it. (If libuv's uv_tcp_open itself failed, which it does only for a descriptor
   it already watches, that one descriptor would stay open.) Other loops get a
   socket.socket and proxy.connect.Steps.
@@ -67,7 +58,6 @@ log = logging.getLogger("pylb.listener")
 ACCEPT_BATCH = 64  # connections per readiness callback; bounds one callback's latency
 OVERLOAD_PAUSE = 0.1  # seconds without accepting after EMFILE & co.
 WARN_EVERY = 10.0
-HAND_OVER_LATE = 0.05  # seconds: the tick that finishes the hand-overs (module docstring)
 BACKLOG = 4096  # haproxy's default backlog is maxconn; the kernel caps at somaxconn
 OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Linux's struct tcp_info up to tcpi_unacked, which on a listening socket is the number of
@@ -205,9 +195,8 @@ class _HandOver:
         if yielded is None:  # a bare yield: step again on the next turn
             assert self.listener is not None
             self.listener.loop.call_soon(self.step)
-        else:  # uvloop's waiter for connection_made
-            assert self.listener is not None
-            self.listener._await(self, yielded)
+        else:
+            yielded.add_done_callback(self.step)
 
 
 class _HandOver6(_HandOver):
@@ -253,10 +242,6 @@ class Listener:
         # the PseudoSocket the transport would make for it and keep for the connection's
         # life (72 bytes).
         self.peer: Any = None
-        # hand-overs waiting for their connection_made, with uvloop's waiter for it, till
-        # the next tick (`_finish_hand_overs`, module docstring)
-        self._waiting: list[tuple[_HandOver, asyncio.Future[Any]]] = []
-        self._tick: asyncio.TimerHandle | None = None
         # connect_accepted_socket with the factory (and TLS), to be given a connection
         self._connect: Callable[[Any], Any] = functools.partial(
             self.loop.connect_accepted_socket, protocol_factory) if ssl_context is None \
@@ -285,8 +270,7 @@ class Listener:
             self.accepting = True
 
     def close(self) -> None:
-        """Stop accepting and close the socket; connections already accepted go on (and
-        the hand-overs under way are finished at the tick, as ever)."""
+        """Stop accepting and close the socket; connections already accepted go on."""
         if self.closed:
             return
         self.pause()
@@ -348,22 +332,6 @@ class Listener:
                 Steps(self.loop, self._connect(conn), self._handed_over)
             if not self.accepting:  # the limit paused us
                 return
-
-    def _await(self, conn: _HandOver, waiter: asyncio.Future[Any]) -> None:
-        """`conn`'s coroutine waits for `waiter`: step it at the next tick."""
-        if self._tick is None:
-            self._tick = self.loop.call_later(HAND_OVER_LATE, self._finish_hand_overs)
-        self._waiting.append((conn, waiter))
-
-    def _finish_hand_overs(self) -> None:
-        self._tick = None
-        waiting = self._waiting
-        self._waiting = []
-        for conn, waiter in waiting:
-            if waiter.done():
-                conn.step()
-            else:  # a TLS handshake under way
-                waiter.add_done_callback(conn.step)
 
     def _handed_over(self, _result: object, exc: BaseException | None) -> None:
         if exc is None:

@@ -339,9 +339,9 @@ async def test_uvloop_hand_over_makes_no_socket_object_and_leaks_no_descriptor(
 
 async def test_uvloop_hand_over_keeps_nothing_for_an_open_connection() -> None:
     """uvloop keeps what it was given for a socket (proxy.listener._HandOver) for the
-    connection's life: once handed over (at the listener's next tick) it must hold neither
-    the finished connect_accepted_socket coroutine nor the listener (~100 bytes an idle
-    connection, bench/memory.py)."""
+    connection's life: once handed over it must hold neither the finished
+    connect_accepted_socket coroutine nor the listener (~100 bytes an idle connection,
+    bench/memory.py)."""
     import gc
 
     import proxy.listener as listener_mod
@@ -359,7 +359,6 @@ async def test_uvloop_hand_over_keeps_nothing_for_an_open_connection() -> None:
         r, w = await asyncio.open_connection("127.0.0.1", lst.address[1])
         w.write(b"ping")
         assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
-        await asyncio.sleep(listener_mod.HAND_OVER_LATE)  # (after the tick, made earlier)
         kept = [(o.coro, o.listener) for o in gc.get_objects()
                 if isinstance(o, listener_mod._HandOver) and id(o) not in earlier_ids]
         w.close()
@@ -367,50 +366,6 @@ async def test_uvloop_hand_over_keeps_nothing_for_an_open_connection() -> None:
     finally:
         lst.close()
     assert kept == [(None, None)]  # (uvloop's file object for the open connection)
-
-
-async def test_uvloop_hand_overs_finish_together_at_the_listeners_tick(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A connection's hand-over is finished (its coroutine stepped past uvloop's waiter
-    for connection_made) not from that waiter's callback, a Handle and a turn of the loop
-    per connection, but at the listener's next tick, for all the connections accepted
-    since the last one: they are served meanwhile; after the tick none holds anything."""
-    import gc
-
-    import proxy.listener as listener_mod
-
-    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
-    # (held meanwhile: no new object can take the address of an earlier one that goes)
-    earlier = [o for o in gc.get_objects() if isinstance(o, listener_mod._HandOver)]
-    earlier_ids = {id(o) for o in earlier}
-    # the tick far off, then run by the test: a slow machine cannot bring it early
-    monkeypatch.setattr(listener_mod, "HAND_OVER_LATE", 60.0)
-    Counted.open = set()
-    limit = ConnectionLimit(10)
-    lst = Listener(bind_socket("127.0.0.1", 0), lambda: Counted(limit), limit=limit)
-    lst.start()
-    conns = []
-    try:
-        for _ in range(3):
-            r, w = await asyncio.open_connection("127.0.0.1", lst.address[1])
-            w.write(b"ping")
-            assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
-            conns.append(w)
-        ours = [o for o in gc.get_objects()
-                if isinstance(o, listener_mod._HandOver) and id(o) not in earlier_ids]
-        assert len(ours) == 3
-        assert all(o.coro is not None and o.listener is lst for o in ours)  # not yet
-        tick = lst._tick
-        assert tick is not None  # one tick for the three
-        tick.cancel()
-        lst._finish_hand_overs()  # the tick, now
-        assert [(o.coro, o.listener) for o in ours] == [(None, None)] * 3
-        assert limit.current == 3  # all still open, none given back by mistake
-    finally:
-        for w in conns:
-            w.close()
-        lst.close()
-    await until(lambda: not Counted.open and limit.current == 0)
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="Linux's TCP_QUICKACK")
