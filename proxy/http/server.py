@@ -261,7 +261,7 @@ class ClientProtocol(asyncio.Protocol):
         # (not by `_reset`, which runs per request). One field: one test per request.
         self._held: Server | Ticket | None = None
         self._tw = 0.0  # seconds the held slot was waited for (the access log's Tw)
-        self._routed: _Routed | None = None  # (see `_start`; kept across exchanges)
+        self._routed: _Routed | None = None  # (see `on_head`; kept across exchanges)
         self._reset()
 
     def _reset(self) -> None:
