@@ -221,9 +221,6 @@ class Listener:
             socket.AF_INET: _Accepted4, socket.AF_INET6: _Accepted6}.get(sock.family)
         # the accept queue's length can be read (module docstring); False after a failure
         self._counted = _TCP_INFO != 0 and self._accepted is not None
-        self.factory = protocol_factory
-        self.ssl_context = ssl_context
-        self.handshake_timeout = handshake_timeout
         self.limit = limit
         self.loop = loop or asyncio.get_running_loop()
         # uvloop: an accepted connection needs no socket object (module docstring)
