@@ -223,17 +223,19 @@ class ClientProtocol(asyncio.Protocol):
     )
 
     def __init__(self, proxy: Frontend) -> None:
+        # What `connection_made` sets in any case (asyncio calls it first, before any
+        # other method) is not set here as well, a store per field and connection
+        # fewer: `transport`, `local_port`, `_t0` and the first phase's timer fields
+        # (`_timer`, `_tkind`, `_tlen`, `_tstamp`).
         self._proxy = proxy
         self._pool = proxy.pool
         self._loop = proxy.loop
         self._fe: Counters = proxy.fe_counters
         self._sweep = proxy.idle
-        self.transport: asyncio.Transport | None = None
         # made on the first bytes, dropped while idle between requests (proxy.http.idle)
         self.parser: RequestParser | None = None
         self.client_ip = ""
         self.client_port = 0
-        self.local_port = 0
         self.closed = False
         # set per request by a Gateway listener (proxy.http.gwfilters), else always None
         self.response_edit: Callable[[Headers], Headers] | None = None
@@ -243,12 +245,6 @@ class ClientProtocol(asyncio.Protocol):
         self._ssl_client: tuple[bytes, bytes] | None = None
         self._paused = 0
         self._queue: deque[tuple[int, Any]] | None = None
-        # the phase's TimerHandle, or until the frontend's next tick its LateTimers
-        # (proxy.http.idle), or None
-        self._timer: asyncio.TimerHandle | LateTimers | None = None
-        self._tkind = _T_NONE
-        self._tlen = 0.0
-        self._tstamp = 0.0
         self._wbuf: list[bytes] = []
         self._wsize = 0  # the waited-for side's write buffer when last looked at
         self._ubuf: list[bytes] = _EMPTY
@@ -304,7 +300,7 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it (no
         # typing.cast: a call per connection).
-        self.transport = transport  # type: ignore[assignment]
+        self.transport: asyncio.Transport | None = transport  # type: ignore[assignment]
         proxy = self._proxy
         proxy.connection_opened(self)
         open_rows(self._fe, None, time.time())  # self._fe.open(): one call (~0.5k) fewer
@@ -317,8 +313,17 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.client_ip, self.client_port, self.local_port, self._ssl_client = \
                 accepted(transport, proxy, self.client_ip, self.client_port)  # type: ignore[arg-type]
-        now = self._t0 = self._loop.time()
-        self._arm(_T_REQUEST, proxy.settings.timeouts.http_request, now)
+        # The first phase, `timeout http-request`: what `_arm` does for a connection
+        # that has no timer yet, inline (a call per connection). Its TimerHandle comes at
+        # the frontend's next tick if the phase lasts till then (proxy.http.idle).
+        now = self._t0 = self._tstamp = self._loop.time()
+        seconds = self._tlen = proxy.settings.timeouts.http_request
+        self._tkind = _T_REQUEST
+        late = proxy.late
+        # the phase's TimerHandle, or until the frontend's next tick its LateTimers, or None
+        self._timer: asyncio.TimerHandle | LateTimers | None = late \
+            if late.defer(self, now, now + seconds) \
+            else self._loop.call_at(now + seconds, self._on_timer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
