@@ -176,13 +176,11 @@ class HttpProxy:
                               else None)
         if self.settings.h2c:
             return PrefaceSwitch(self)
-        conn = ClientProtocol(self)
-        if self._listener is not None:  # the address accept() gave (frontend.accepted)
-            peer = self._listener.peer
-            if peer:
-                conn.client_ip = sys.intern(peer[0])
-                conn.client_port = peer[1]
-        return conn
+        listener = self._listener
+        peer = listener.peer if listener is not None else None
+        if peer:  # the address accept() gave (frontend.accepted)
+            return ClientProtocol(self, sys.intern(peer[0]), peer[1])
+        return ClientProtocol(self)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; close idle client connections now; let exchanges and tunnels

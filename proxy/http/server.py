@@ -222,7 +222,9 @@ class ClientProtocol(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, proxy: Frontend) -> None:
+    def __init__(self, proxy: Frontend, client_ip: str = "", client_port: int = 0) -> None:
+        """`client_ip`, `client_port`: the client's address, when the listener's accept()
+        gave it (HttpProxy._protocol); else `connection_made` asks the transport."""
         # What `connection_made` sets in any case (asyncio calls it first, before any
         # other method) is not set here as well, a store per field and connection
         # fewer: `transport`, `local_port`, `_t0` and the first phase's timer fields
@@ -234,8 +236,8 @@ class ClientProtocol(asyncio.Protocol):
         self._sweep = proxy.idle
         # made on the first bytes, dropped while idle between requests (proxy.http.idle)
         self.parser: RequestParser | None = None
-        self.client_ip = ""
-        self.client_port = 0
+        self.client_ip = client_ip
+        self.client_port = client_port
         self.closed = False
         # set per request by a Gateway listener (proxy.http.gwfilters), else always None
         self.response_edit: Callable[[Headers], Headers] | None = None
