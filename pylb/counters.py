@@ -43,7 +43,8 @@ class Counters:
     """One row of the stats page (a frontend, a backend or a server)."""
 
     __slots__ = (
-        "_rate_count",
+        "_max_rate",
+        "_rate_base",
         "_rate_second",
         "bytes_in",
         "bytes_out",
@@ -63,7 +64,6 @@ class Counters:
         "last_session",
         "lbtot",
         "max_conns",
-        "max_rate",
         "queue_cur",
         "queue_max",
         "queue_time",
@@ -111,9 +111,13 @@ class Counters:
         # A server passively ejected (proxy/balance.py): wall-clock time it gets work
         # again; 0 when it is not. Merged with max: ejected in some worker.
         self.ejected_until = 0.0
-        self.max_rate = 0
+        # Sessions per wall-clock second (haproxy's rate, and its most: `rate`, `max_rate`).
+        # `open_rows` counts them without a counter of its own (a `+= 1` and a compare
+        # per session fewer): the sessions of the second counted last are those since
+        # `total_conns` was `_rate_base`, and `_max_rate` the most of the seconds before.
         self._rate_second = 0.0  # the wall-clock second counted (`open_rows`: a whole number)
-        self._rate_count = 0
+        self._rate_base = 0
+        self._max_rate = 0
 
     def open(self, now: float | None = None) -> None:
         """A new session (connection or, on a server, a request sent to it)."""
@@ -128,7 +132,12 @@ class Counters:
     def rate(self, now: float | None = None) -> int:
         """Sessions in the current second (haproxy's `rate`)."""
         t = int(time.time() if now is None else now)
-        return self._rate_count if t == self._rate_second else 0
+        return self.total_conns - self._rate_base if t == self._rate_second else 0
+
+    @property
+    def max_rate(self) -> int:
+        """The most sessions in one second (haproxy's `rate_max`)."""
+        return max(self._max_rate, self.total_conns - self._rate_base)
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         d = dict(zip(_PUBLIC, _get_public(self), strict=True))
@@ -138,7 +147,7 @@ class Counters:
 
 
 # One C call reads every public field (a snapshot of 100,000 servers is taken often).
-_PUBLIC = tuple(k for k in Counters.__slots__ if k[0] != "_")
+_PUBLIC = (*(k for k in Counters.__slots__ if k[0] != "_"), "max_rate")
 _get_public = attrgetter(*_PUBLIC)
 
 
@@ -351,7 +360,7 @@ class Stats:
             if not full and sent.get(key) == fp and (key not in hot or c._rate_second == now):
                 continue
             sent[key] = fp
-            if c._rate_second == now and c._rate_count:
+            if c._rate_second == now and c.total_conns != c._rate_base:
                 hot.add(key)
             else:
                 hot.discard(key)
@@ -545,16 +554,17 @@ def open_rows(a: Counters, b: Counters | None, now: float) -> None:
     second = _second
     row: Counters | None = a
     while row is not None:
-        n = row.cur_conns = row.cur_conns + 1
+        if second != row._rate_second:  # the row's first session in this second
+            total = row.total_conns
+            last = total - row._rate_base  # (the sessions of the second counted before)
+            if last > row._max_rate:
+                row._max_rate = last
+            row._rate_second = second
+            row._rate_base = total
         row.total_conns += 1
+        n = row.cur_conns = row.cur_conns + 1
         if n > row.max_conns:
             row.max_conns = n
         row.last_session = now
-        if second != row._rate_second:
-            row._rate_second = second
-            row._rate_count = 0
-        n = row._rate_count = row._rate_count + 1
-        if n > row.max_rate:
-            row.max_rate = n
         row = b
         b = None

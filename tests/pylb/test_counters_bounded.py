@@ -165,6 +165,21 @@ def test_a_clock_step_back_counts_in_the_earlier_second() -> None:
     assert row.max_rate == 2 and row.rate(201.5) == 1 and row.total_conns == 7
 
 
+def test_a_snapshot_reports_the_most_sessions_in_a_second_counted_so_far() -> None:
+    """`max_rate` in a snapshot (the stats page's rate_max) is the most of the seconds
+    before and of the one being counted, as `Counters.max_rate` says."""
+    row = Counters()
+    for now in (300.1, 300.2, 301.5):
+        open_rows(row, None, now)
+    snap = row.snapshot(301.6)
+    assert snap["max_rate"] == 2 and snap["rate"] == 1 and snap["total_conns"] == 3
+    for now in (301.7, 301.8):
+        open_rows(row, None, now)
+    snap = row.snapshot(301.9)
+    assert snap["max_rate"] == snap["rate"] == 3
+    assert row.snapshot(302.5)["max_rate"] == 3 and row.snapshot(302.5)["rate"] == 0
+
+
 @pytest.mark.parametrize("status", [-1, 0, 99, 100, 101, 199, 200, 204, 299, 301, 404, 499,
                                     500, 503, 599, 600, 999, 1000, 4040])
 def test_a_status_counts_in_its_class_or_other(status: int) -> None:
