@@ -40,6 +40,7 @@ class Frontend(Protocol):
     closing: bool  # shutting down: close connections after their exchange
     port: int  # the port it listens on, or 0 (not one port, or not started)
     gateway: Any  # a Gateway API listener's router (proxy.http.gwplane), or None
+    conns: dict[Any, None]  # the open client connections (what `connection_opened` adds)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...

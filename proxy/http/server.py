@@ -304,7 +304,7 @@ class ClientProtocol(asyncio.Protocol):
         # typing.cast: a call per connection).
         self.transport: asyncio.Transport | None = transport  # type: ignore[assignment]
         proxy = self._proxy
-        proxy.connection_opened(self)
+        proxy.conns[self] = None  # proxy.connection_opened(self), inline (a call per connection)
         open_rows(self._fe, None, time.time())  # self._fe.open(): one call (~0.5k) fewer
         local = proxy.port
         if self.client_ip and local and not proxy.tls:
