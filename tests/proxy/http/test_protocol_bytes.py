@@ -915,3 +915,27 @@ async def test_a_timer_due_as_a_closing_exchange_ends_finds_nothing_to_do(
     assert client.closed and not ct.out
     assert proxy.stats.failures == {}
     assert proxy.pool.idle_count() == 1 and not ut.closing
+
+
+async def test_connections_from_one_address_share_its_string() -> None:
+    """The client address a listener's accept() gave is handed to the connection
+    interned (HttpProxy._protocol): connections from one address share one string, also
+    when another address came in between."""
+
+    class Listener:
+        peer: Any = None
+
+    proxy = HttpProxy(Settings(http_parser=HttpParser.HTTPTOOLS), Stats(), Balancers())
+    listener = Listener()
+    proxy._listener = listener  # type: ignore[assignment]
+    conns = []
+    for ip, port in (("192.0.2.9", 1), ("192.0.2.9", 2), ("198.51.100.4", 3),
+                     ("192.0.2.9", 4)):
+        listener.peer = ("".join(ip), port)  # a string of its own, as accept() gives
+        conn = proxy._protocol()
+        assert isinstance(conn, ClientProtocol)
+        assert conn.client_ip == ip and conn.client_port == port
+        conns.append(conn)
+    first, second, other, again = conns
+    assert first.client_ip is second.client_ip is again.client_ip
+    assert other.client_ip is not first.client_ip
