@@ -12,7 +12,7 @@ import logging
 import socket
 import ssl
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 from proxy.balance import Balancers, Key
@@ -143,7 +143,7 @@ class HttpProxy:
             else:
                 sock.setblocking(False)
             delay_first_acks(sock)
-            self._listener = Listener(sock, self._protocol, limit=self.limit,
+            self._listener = Listener(sock, self._factory(), limit=self.limit,
                                       ssl_context=self.ssl_context,
                                       handshake_timeout=self._handshake_timeout, loop=loop)
             self._listener.start()
@@ -151,11 +151,11 @@ class HttpProxy:
             self.port = addr[1]
             return addr[0], addr[1]
         if sock is not None:
-            server = await loop.create_server(self._protocol, sock=sock,
+            server = await loop.create_server(self._factory(), sock=sock,
                                               ssl=self.ssl_context, backlog=1024,
                                               ssl_handshake_timeout=self._handshake_timeout)
         else:
-            server = await loop.create_server(self._protocol, host, port,
+            server = await loop.create_server(self._factory(), host, port,
                                               ssl=self.ssl_context, reuse_port=reuse_port,
                                               reuse_address=True, backlog=1024,
                                               ssl_handshake_timeout=self._handshake_timeout)
@@ -173,14 +173,24 @@ class HttpProxy:
         `timeout client-hs`, 2.8, defaults to it too)."""
         return self.settings.timeouts.client if self.ssl_context is not None else None
 
-    def _protocol(self) -> asyncio.Protocol:
-        # TLS: ALPN chose HTTP/2 or HTTP/1.1 (proxy.http.alpn); plain: h2c with prior
-        # knowledge only with --h2c, else no sniffing at all.
+    def _factory(self) -> Callable[[], asyncio.Protocol]:
+        """What makes each new connection's protocol, chosen once (not per connection):
+        TLS: ALPN chooses HTTP/2 or HTTP/1.1 (proxy.http.alpn); plain: h2c with prior
+        knowledge only with --h2c, else HTTP/1.1 with no sniffing at all."""
         if self.ssl_context is not None:
-            return AlpnSwitch(self, self._listener.peer if self._listener is not None
-                              else None)
+            return self._alpn_protocol
         if self.settings.h2c:
-            return PrefaceSwitch(self)
+            return self._preface_protocol
+        return self._protocol
+
+    def _alpn_protocol(self) -> asyncio.Protocol:
+        return AlpnSwitch(self, self._listener.peer if self._listener is not None else None)
+
+    def _preface_protocol(self) -> asyncio.Protocol:
+        return PrefaceSwitch(self)
+
+    def _protocol(self) -> asyncio.Protocol:
+        """An HTTP/1.1 connection's."""
         listener = self._listener
         peer = listener.peer if listener is not None else None
         if peer:  # the address accept() gave (frontend.accepted)
