@@ -148,7 +148,9 @@ class FdTransport(asyncio.Transport):
         if self._closing or self._paused:
             return
         self._paused = True
-        self._unwatch()
+        if self._watched:  # (not yet during the first read: nothing to undo)
+            self._watched = False
+            self._loop.remove_reader(self._fd)
 
     def resume_reading(self) -> None:
         if self._closing or not self._paused:
@@ -270,7 +272,8 @@ class FdTransport(asyncio.Transport):
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._high = high
         self._low = low
-        self._maybe_pause_protocol()
+        if self._buffered:
+            self._maybe_pause_protocol()
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -282,9 +285,12 @@ class FdTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self._unwatch()
-        if not self._buffer:
-            self._schedule_lost(None)
+        if self._watched:
+            self._watched = False
+            self._loop.remove_reader(self._fd)
+        if not self._buffer:  # (else once it is sent: _write_ready)
+            self._lost = True
+            self._loop.call_soon(self._call_connection_lost, None)
 
     def abort(self) -> None:
         """Close now, dropping what is buffered."""

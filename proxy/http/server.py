@@ -650,8 +650,10 @@ class ClientProtocol(asyncio.Protocol):
                 # The first read brought the whole request: the client is not read again
                 # until it is answered, or until the frontend's tick (LateTimers: this
                 # connection is on its list), so a `Connection: close` exchange never
-                # registers the client with epoll (proxy.fdtransport).
-                self.pause_reading(_P_ANSWER)
+                # registers the client with epoll (proxy.fdtransport). (`pause_reading`,
+                # inline: no other reason holds, and this one needs no timer change.)
+                self._paused = _P_ANSWER
+                t.pause_reading()
         if self._ubuf:
             self._uflush()
 
