@@ -111,7 +111,8 @@ class FdTransport(asyncio.Transport):
     def start(self) -> None:
         """After connection_made: read what is there, then watch for more unless the
         protocol paused reading (or closed) meanwhile."""
-        self._read_ready()
+        if not self._closing and not self._paused:  # (connection_made may have)
+            self._read_ready()
         self.started = True
         if not self._paused and not self._closing and not self._watched:
             self._watched = True
