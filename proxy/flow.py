@@ -40,6 +40,10 @@ class Pause(enum.IntFlag):
     PENDING = 4  # L7: body bytes held while the server is being connected
     UPGRADE = 8  # L7: after an upgrade request, its next bytes wait for the 101 (or not)
     CONNECTING = 16  # L4: bytes held (up to HIGH_WATER) until the server is connected
+    # L7: a new connection's whole first request is answered before the client is read
+    # again, or until the frontend's next tick (proxy.fdtransport: no epoll registration
+    # for a `Connection: close` exchange; haproxy does not watch the client then either)
+    ANSWER = 32
 
 
 def set_limits(transport: asyncio.WriteTransport) -> None:

@@ -7,6 +7,8 @@ socket is non-blocking and registered with `loop.add_reader`; each readiness cal
 accepts up to `ACCEPT_BATCH` connections and hands each to
 `loop.connect_accepted_socket` with the frontend's protocol factory (and TLS context),
 stepping that coroutine from callbacks rather than paying for a Task per connection.
+A `direct` listener (plain HTTP) skips connect_accepted_socket: each connection gets
+proxy.fdtransport's transport and is read at once (that module's docstring says why).
 
 - On uvloop no socket.socket is made for an accepted connection: connect_accepted_socket
   reads only `family`, `type` and `fileno()` of what it is given, and at the transport's
@@ -41,17 +43,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import functools
 import logging
 import os
 import socket
 import ssl
 import struct
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
 
 from proxy.connect import Steps
+from proxy.fdtransport import FdTransport
 
 log = logging.getLogger("pylb.listener")
 
@@ -65,6 +70,11 @@ OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 _TCP_INFO: int = getattr(socket, "TCP_INFO", 0)  # 0: not on this OS
 _QUEUED_LEN = 28
 _queued = struct.Struct("=24xI").unpack
+# ioctl(FIONBIO) with a writable buffer: fcntl.ioctl tries a writable one first, and a
+# bytes argument would cost it a formatted error message (~2.7k instructions) each call.
+_ioctl = fcntl.ioctl
+_FIONBIO = termios.FIONBIO
+_NONBLOCKING = bytearray(struct.pack("i", 1))
 
 
 class ConnectionLimit:
@@ -212,9 +222,12 @@ class Listener:
                  limit: ConnectionLimit | None = None,
                  ssl_context: ssl.SSLContext | None = None,
                  handshake_timeout: float | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 direct: bool = False) -> None:
         """`handshake_timeout`: seconds a TLS client has to finish its handshake (the
-        connection holds a slot meanwhile); None: the loop's default (60 s)."""
+        connection holds a slot meanwhile); None: the loop's default (60 s). `direct`:
+        plain TCP connections get proxy.fdtransport's transport, not the loop's
+        (module docstring); ignored with TLS and for AF_UNIX."""
         self.sock = sock
         self._family = sock.family
         self._accepted: type[socket.socket] | None = {
@@ -246,6 +259,10 @@ class Listener:
                                    ssl=ssl_context, ssl_handshake_timeout=handshake_timeout)
         if limit is not None:
             limit.listeners.append(self)
+        self._factory = protocol_factory
+        self._direct = direct and ssl_context is None and self._accepted is not None
+        if self._direct:  # inherited by the connections it accepts (Linux)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -295,6 +312,9 @@ class Listener:
             else:
                 # 0: readable all the same; one try (it ends at EAGAIN if nothing is there)
                 batch = 1 if batch <= 0 else min(batch, ACCEPT_BATCH)
+        if self._direct:
+            self._accept_direct(batch)
+            return
         for _ in range(batch):
             try:
                 if handover is not None:
@@ -327,6 +347,45 @@ class Listener:
                 conn.step()
             else:
                 Steps(self.loop, self._connect(conn), self._handed_over)
+            if not self.accepting:  # the limit paused us
+                return
+
+    def _accept_direct(self, batch: int) -> None:
+        """`_on_readable` for a `direct` listener: each connection gets its protocol and
+        a proxy.fdtransport.FdTransport at once, and its first read (module docstring)."""
+        limit = self.limit
+        sock = self.sock
+        loop = self.loop
+        factory = self._factory
+        for _ in range(batch):
+            try:
+                fd, addr = sock._accept()  # type: ignore[attr-defined]
+                _ioctl(fd, _FIONBIO, _NONBLOCKING)  # (cannot fail on a socket we own)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in OVERLOAD_ERRNOS:
+                    self._overloaded(e)
+                    return
+                continue  # ECONNABORTED, EPROTO, EPERM...: that one connection is gone
+            if limit is not None:
+                limit.acquire()
+            self.peer = addr
+            try:
+                protocol: Any = factory()
+            except Exception as e:
+                os.close(fd)
+                self._handed_over(None, e)
+                continue
+            transport = FdTransport(loop, fd, protocol, addr)
+            try:
+                protocol.connection_made(transport)
+                transport.start()
+            except Exception:
+                # A bug of ours: this connection ends (connection_lost gives its slot
+                # back), the listener goes on.
+                log.exception("connection from %s: internal error", addr)
+                transport.abort()
             if not self.accepting:  # the limit paused us
                 return
 

@@ -145,7 +145,8 @@ class HttpProxy:
             delay_first_acks(sock)
             self._listener = Listener(sock, self._factory(), limit=self.limit,
                                       ssl_context=self.ssl_context,
-                                      handshake_timeout=self._handshake_timeout, loop=loop)
+                                      handshake_timeout=self._handshake_timeout, loop=loop,
+                                      direct=not self.settings.h2c)
             self._listener.start()
             addr = sock.getsockname()
             self.port = addr[1]

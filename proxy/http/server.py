@@ -62,6 +62,7 @@ from typing import Any, cast
 
 from proxy import admission, flow
 from proxy.balance import Balancer, cookie_value
+from proxy.fdtransport import FdTransport
 from proxy.http import accesslog
 from proxy.http import headers as hdr
 from proxy.http.errors import error_response, redirect_response
@@ -104,6 +105,7 @@ _P_QUEUE = int(flow.Pause.QUEUE)
 _P_UPSTREAM = int(flow.Pause.PEER)
 _P_PENDING = int(flow.Pause.PENDING)
 _P_UPGRADE = int(flow.Pause.UPGRADE)
+_P_ANSWER = int(flow.Pause.ANSWER)
 _HIGH_WATER = flow.HIGH_WATER
 _access_log_enabled = accesslog.access_log.isEnabledFor  # asked per exchange
 # The access logger's own answers by level (CPython's Logger._cache: filled by
@@ -464,6 +466,8 @@ class ClientProtocol(asyncio.Protocol):
             self._timer = None
             if self._tkind > _T_KEEPALIVE and not self.closed:
                 self._timer = self._loop.call_at(self._tstamp + self._tlen, self._on_timer)
+        if self._paused & _P_ANSWER:  # answered for long enough unwatched: watch again
+            self.resume_reading(_P_ANSWER)
 
     def _first_idle(self) -> None:
         """The first exchange has ended; between requests the frontend's sweep watches the
@@ -647,6 +651,16 @@ class ClientProtocol(asyncio.Protocol):
             # per connection (later requests keep theirs).
             parser.drop()
             self.parser = None
+        if not self._again and not self._paused and self._state in _REQ_WHOLE:
+            t = self.transport
+            if type(t) is FdTransport and not t.started and self._timer is self._proxy.late:
+                # The first read brought the whole request: the client is not read again
+                # until it is answered, or until the frontend's tick (LateTimers: this
+                # connection is on its list), so a `Connection: close` exchange never
+                # registers the client with epoll (proxy.fdtransport). (`pause_reading`,
+                # inline: no other reason holds, and this one needs no timer change.)
+                self._paused = _P_ANSWER
+                t.pause_reading()
         if self._ubuf:
             self._uflush()
 
@@ -1509,8 +1523,8 @@ class ClientProtocol(asyncio.Protocol):
         if self._proxy.closing:
             self.close()
             return
-        if self._paused & (_P_UPGRADE | _P_PENDING):
-            self.resume_reading(_P_UPGRADE | _P_PENDING)
+        if self._paused & (_P_UPGRADE | _P_PENDING | _P_ANSWER):
+            self.resume_reading(_P_UPGRADE | _P_PENDING | _P_ANSWER)
         if self._queue is not None:
             self._replay_queue()
 

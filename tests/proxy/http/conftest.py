@@ -10,6 +10,7 @@ import pytest
 
 from proxy.balance import Balancers
 from proxy.http import HttpProxy
+from proxy.listener import ConnectionLimit
 from pylb.config import HttpParser, Limits, Settings, Timeouts
 from pylb.counters import Stats
 from pylb.model import Affinity, Algorithm, Backend, HttpRoute, RouteTable, Server
@@ -72,8 +73,11 @@ async def start_proxy(parser_kind: HttpParser) -> AsyncIterator[StartProxy]:
                             limits=Limits(**(limits or {})), **settings_kw)
         stats = Stats()
         balancers = Balancers(settings.limits, stats=stats)
+        # as `pylb run` makes it: a Listener with --maxconn (proxy.listener; plain HTTP
+        # connections on proxy.fdtransport), not the loop's create_server
         proxy = HttpProxy(settings, stats, balancers, tls=tls, ssl_context=ssl_context,
-                          frontend="https" if tls else "http")
+                          frontend="https" if tls else "http",
+                          limit=ConnectionLimit(settings.limits.maxconn))
         _, port = await proxy.start("127.0.0.1", 0)
         running = Running(proxy, port, stats, balancers, settings, bs)
         started.append(running)

@@ -7,6 +7,9 @@ import hashlib
 import logging
 import os
 import re
+import socket
+import struct
+from typing import Any
 
 import pytest
 
@@ -490,3 +493,71 @@ async def test_bare_prefix_slash_redirect_with_curl(start_proxy: StartProxy) -> 
         c, resp = await roundtrip(r.port, get(path))
         await c.close()
         assert resp.status == 200 and resp.json()["target"] == target, path
+
+
+async def test_a_client_reset_while_its_first_request_is_answered_is_seen_soon(
+        start_proxy: StartProxy) -> None:
+    """A new connection whose first read brings the whole request is not read again while
+    it is answered (proxy.fdtransport; flow.Pause.ANSWER), but only until the frontend's
+    next tick (≤ 50 ms): a client that resets meanwhile is seen then — its exchange is
+    counted a client abort and its backend connection closed — not when the slow
+    server's answer comes (3 s here)."""
+    r = await start_proxy(1)
+    sock = socket.create_connection(("127.0.0.1", r.port))
+    try:
+        sock.sendall(get("/app/slow?delay=3"))
+        await until(lambda: r.backends[0].seen)  # the server has the request
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+        await until(lambda: r.stats.failures.get(Failure.CLIENT_ABORT) == 1, timeout=2.0)
+        await until(lambda: not r.proxy.conns, timeout=1.0)
+    finally:
+        sock.close()
+
+
+async def test_a_keep_alive_client_is_read_again_once_answered(start_proxy: StartProxy) -> None:
+    """The whole first request, there when the connection is accepted, is answered
+    unwatched; the connection is read again when its answer is done (not only from the
+    frontend's tick), so a second request sent then is read at once."""
+    r = await start_proxy(1)
+    loop = asyncio.get_running_loop()
+    sock = socket.create_connection(("127.0.0.1", r.port))
+    sock.sendall(get("/app/one"))  # (before the loop runs: there when it is accepted)
+    sock.setblocking(False)
+    try:
+        first = await read_one_response(sock)
+        assert first.startswith(b"HTTP/1.1 200")
+        # read again from the answer's end: were it only from the tick (50 ms after the
+        # connection came), a slow machine would pass this too, a normal one would not
+        (conn,) = r.proxy.conns
+        assert conn.transport is not None and conn.transport.is_reading()
+        await loop.sock_sendall(sock, get("/app/two"))
+        second = await read_one_response(sock)
+        assert second.startswith(b"HTTP/1.1 200") and b'"target": "/two"' in second
+    finally:
+        sock.close()
+
+
+async def read_one_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length body, from a non-blocking socket."""
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+        assert chunk, "closed before a response"
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+        assert chunk, "closed within a response"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+async def until(pred: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.01)
