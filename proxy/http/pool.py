@@ -75,7 +75,9 @@ class Pool:
             conn.close()
             return
         conns.append(conn)
-        conn.owner = None  # conn.enter_pool(self, now), inline (a call per request)
+        # Idle now: no owner (its parser, kept for reuse, let go of the last client at
+        # the response's end), this pool's, since `now`
+        conn.owner = None
         conn.pool = self
         conn.idle_since = now
         if self._sweeper is None:
