@@ -947,7 +947,7 @@ class ClientProtocol(asyncio.Protocol):
         # and has just read the time and armed the server's timer: neither again here)
         up = self._pool.take(server.key, self._t_head) if not self._attempts else None
         if up is not None:
-            self._attach(up, False)
+            self._attach(up, server, balancer, False)
             return
         self._connecting = True
         self._t_conn = 0.0
@@ -963,7 +963,9 @@ class ClientProtocol(asyncio.Protocol):
         self._held = self._server = server
         up = self._pool.take(server.key, self._loop.time()) if not self._attempts else None
         if up is not None:
-            self._attach(up)
+            balancer = self._balancer
+            assert balancer is not None
+            self._attach(up, server, balancer)
             return
         self._connecting = True
         self._t_conn = 0.0
@@ -1025,7 +1027,7 @@ class ClientProtocol(asyncio.Protocol):
             self._upstream_attempt_failed(server, failure, passive=True)
             return
         balancer.succeeded(server)
-        self._attach(up)
+        self._attach(up, server, balancer)
 
     def _upstream_attempt_failed(self, server: Server, failure: Failure,
                                  passive: bool) -> None:
@@ -1074,14 +1076,15 @@ class ClientProtocol(asyncio.Protocol):
             self._t_conn = 0.0
             self._proxy.connect(self, server)
 
-    def _attach(self, up: UpstreamProtocol, rearm: bool = True) -> None:
-        """Send the request on `up` (`rearm` False: a pooled connection `_dispatch` took
-        for the head `on_head` is routing, whose time it read and whose timer it armed)."""
+    def _attach(self, up: UpstreamProtocol, server: Server, balancer: Balancer,
+                rearm: bool = True) -> None:
+        """Send the request on `up`, a connection to `server` (`self._server`, chosen by
+        `balancer`); `rearm` False: a pooled connection `_dispatch` took for the head
+        `on_head` is routing, whose time it read and whose timer it armed."""
         proxy = self._proxy
-        server = self._server
         backend = self._backend
         req = self._req
-        assert server is not None and backend is not None and req is not None
+        assert backend is not None and req is not None
         self._up = up
         if rearm:
             now = self._t_conn = self._loop.time()
@@ -1091,8 +1094,6 @@ class ClientProtocol(asyncio.Protocol):
                 self._arm(_T_SERVER, proxy.settings.timeouts.server, now)
         else:  # a pooled connection for the head read this turn (`_dispatch`)
             self._t_conn = self._t_head
-        balancer = self._balancer
-        assert balancer is not None
         active = balancer.active  # balancer.acquire(server), inline
         key = server.key
         active[key] = active.get(key, 0) + 1
