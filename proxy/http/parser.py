@@ -1285,6 +1285,10 @@ class H11ResponseParser:
         return analyze_response(status, reason, version, list(fields), self._method)
 
 
+# The end of a request line llhttp took, with its version: what analysis is given
+_VERSIONS = {b" HTTP/1.1": b"1.1", b" HTTP/1.0": b"1.0"}
+
+
 class HttptoolsRequestParser:
     """llhttp checks the request and frames Content-Length bodies; it calls back once per
     head (`on_url`, `on_headers_complete`), not per field. The bytes of the current
@@ -1412,12 +1416,15 @@ class HttptoolsRequestParser:
         line = buf.find(b"\r\n", start)
         end = buf.find(b"\r\n\r\n", line)
         self._pos = end + 4
-        # The version as the request line ends with it: llhttp took "d.d" right before
-        # the CRLF (get_http_version() formats a str from llhttp's numbers: ~2k
-        # instructions a request).
+        # The version as the request line ends with it (get_http_version() formats a str
+        # from llhttp's numbers: ~2k instructions a request). llhttp also takes other
+        # protocols ("RTSP/1.0", "ICE/1.0") and a line with no version at all ("GET
+        # /HTTP/1.1" is the target "/HTTP/1.1" of an HTTP/0.9 request): no version
+        # then, refused as h11 refuses them.
         p = self._p
         assert p is not None  # (it calls us back)
-        head = analyze_request_raw(p.get_method(), self._url, buf[line - 3:line],
+        head = analyze_request_raw(p.get_method(), self._url,
+                                   _VERSIONS.get(buf[line - 9:line], b""),
                                    buf[line:end + 2], self._limits)
         self._in_body = True
         self._head_fed = 0
