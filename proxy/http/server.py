@@ -906,12 +906,11 @@ class ClientProtocol(asyncio.Protocol):
         self._out_head = out
         if not head.idempotent:
             self._replay = None
-        self._dispatch(None)
+        self._dispatch(backend, balancer, None)
 
-    def _dispatch(self, last: Failure | None) -> None:
-        """Choose a server and send the request to it (again, after a failure)."""
-        balancer = self._balancer
-        assert balancer is not None and self._backend is not None
+    def _dispatch(self, backend: Backend, balancer: Balancer, last: Failure | None) -> None:
+        """Choose a server of `backend` (`self._backend`, with `balancer`) and send the
+        request to it (again, after the failure `last`)."""
         proxy = self._proxy
         cookie = self._cookie.decode("latin-1") if self._cookie else None
         if self._held is not None:
@@ -919,7 +918,7 @@ class ClientProtocol(asyncio.Protocol):
         server = balancer.pick(self.client_ip, self._exclude or (), cookie)
         if balancer.gate is not None:
             got = admission.admit(self, balancer, server, self.client_ip,
-                                  self._exclude or (), proxy.stats, self._backend.name)
+                                  self._exclude or (), proxy.stats, backend.name)
             if type(got) is Ticket:
                 self._held = got  # queue_granted or queue_expired comes later
                 return
@@ -934,10 +933,10 @@ class ClientProtocol(asyncio.Protocol):
             if last is None:
                 proxy.stats.fail(Failure.NO_SERVER)
             elif last.column == "econ":
-                proxy.stats.backend(self._backend.name).conn_errors += 1
+                proxy.stats.backend(backend.name).conn_errors += 1
             else:  # a retry after a reset found no server: that reset is the answer
                 proxy.stats.fail(last)
-                proxy.stats.backend(self._backend.name).resp_errors += 1
+                proxy.stats.backend(backend.name).resp_errors += 1
             self._fail(last or Failure.NO_SERVER)
             return
         self._server = server
@@ -1059,7 +1058,7 @@ class ClientProtocol(asyncio.Protocol):
             proxy.stats.backend(backend.name).redispatches += 1
             srv.redispatches += 1
             self._server = None
-            self._dispatch(failure)
+            self._dispatch(backend, balancer, failure)
             return
         if step.next is Next.SAME:  # haproxy's turn-around: the server may be restarting
             srv.retries += 1
@@ -1179,7 +1178,8 @@ class ClientProtocol(asyncio.Protocol):
     def on_response(self, head: ResponseHead) -> None:
         proxy = self._proxy
         req = self._req
-        assert req is not None and self._backend is not None and self._server is not None
+        backend = self._backend
+        assert req is not None and backend is not None
         self._resp = head
         state = self._state = _ON_RESPONSE_HEAD[self._state]
         status = self._status = head.status
@@ -1199,8 +1199,8 @@ class ClientProtocol(asyncio.Protocol):
                              and status != 101 and not self._close_after
                              and not proxy.closing)
         set_cookie = None
-        backend = self._backend
         if backend.affinity is _COOKIE:
+            assert self._server is not None
             value = cookie_value(self._server).encode()
             if self._cookie != value:
                 set_cookie = b"%s=%s; path=/" % (backend.cookie_name.encode(), value)
@@ -1308,9 +1308,10 @@ class ClientProtocol(asyncio.Protocol):
             self._pending_size = self._replay_size
             self._attempts += 1
             backend = self._backend
-            assert backend is not None
+            balancer = self._balancer
+            assert backend is not None and balancer is not None
             self._proxy.stats.backend(backend.name).retries += 1
-            self._dispatch(Failure.BACKEND_RESET)
+            self._dispatch(backend, balancer, Failure.BACKEND_RESET)
             return
         self.upstream_failed(up, Failure.BACKEND_RESET)
 
