@@ -14,8 +14,9 @@ It never does I/O. The two implementations are interchangeable and pass the same
   depends on more than those bytes is checked on every head. A whole read that was one
   bodiless request is remembered whole (`_READS`): the same read again gets the same
   head without llhttp; so does a whole keep-alive response in one read whose head was
-  seen before (`_RESPONSE_HEADS`). Each parser compares a read with the last one of
-  those it met before it looks in the memo.
+  seen before (`_RESPONSE_HEADS`). Before the memo, a read is compared with the last
+  one met there: one for all requests (`known_request`, asked by connections without a
+  parser and by parsers at rest alike), one per response parser (its server's last head).
 
 Both heads go through `analyze_request` / `analyze_response`, where the rules that prevent
 request smuggling live in one place: one Content-Length of digits only, no
@@ -1284,6 +1285,10 @@ class H11ResponseParser:
         return analyze_response(status, reason, version, list(fields), self._method)
 
 
+# The end of a request line llhttp took, with its version: what analysis is given
+_VERSIONS = {b" HTTP/1.1": b"1.1", b" HTTP/1.0": b"1.0"}
+
+
 class HttptoolsRequestParser:
     """llhttp checks the request and frames Content-Length bodies; it calls back once per
     head (`on_url`, `on_headers_complete`), not per field. The bytes of the current
@@ -1293,8 +1298,8 @@ class HttptoolsRequestParser:
     `BodyFramer` (as on the h11 path): it checks trailer fields, which llhttp would only
     report through per-field callbacks; the next request gets a fresh llhttp parser."""
 
-    __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_known", "_known_read", "_last",
-                 "_limits", "_p", "_pos", "_sink", "_url", "_whole", "upgrade_rest")
+    __slots__ = ("_body", "_hbuf", "_head_fed", "_in_body", "_last", "_limits", "_p", "_pos",
+                 "_sink", "_url", "_whole", "upgrade_rest")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         assert httptools is not None
@@ -1311,11 +1316,6 @@ class HttptoolsRequestParser:
         self._in_body = False
         self._last = False  # as in H11RequestParser
         self._whole: RequestHead | None = None  # the last head, if it was all of `_hbuf`
-        # The read of `_READS` this parser met (or remembered) last, and its head: looked
-        # at before the memo, as a comparison instead of the read's hash and a lookup (a
-        # client repeats itself on its connection). It holds after `_READS` is emptied.
-        self._known_read = b""
-        self._known: RequestHead | None = None
         self.upgrade_rest: bytes | None = None
 
     def drop(self) -> None:
@@ -1328,14 +1328,7 @@ class HttptoolsRequestParser:
             and not self._last and self.upgrade_rest is None
 
     def feed(self, data: bytes) -> None:
-        if data == self._known_read:
-            known = self._known
-        else:
-            seen = _READS.get(data)
-            known = seen[1] if seen is not None and seen[0] is self._limits else None
-            if known is not None:
-                self._known_read = data
-                self._known = known
+        known = known_request(_HTTPTOOLS, data, self._limits)
         if known is not None and not self._hbuf and self._body is None \
                 and not self._in_body and not self._last \
                 and self.upgrade_rest is None:  # self.at_rest(), inline
@@ -1423,12 +1416,15 @@ class HttptoolsRequestParser:
         line = buf.find(b"\r\n", start)
         end = buf.find(b"\r\n\r\n", line)
         self._pos = end + 4
-        # The version as the request line ends with it: llhttp took "d.d" right before
-        # the CRLF (get_http_version() formats a str from llhttp's numbers: ~2k
-        # instructions a request).
+        # The version as the request line ends with it (get_http_version() formats a str
+        # from llhttp's numbers: ~2k instructions a request). llhttp also takes other
+        # protocols ("RTSP/1.0", "ICE/1.0") and a line with no version at all ("GET
+        # /HTTP/1.1" is the target "/HTTP/1.1" of an HTTP/0.9 request): no version
+        # then, refused as h11 refuses them.
         p = self._p
         assert p is not None  # (it calls us back)
-        head = analyze_request_raw(p.get_method(), self._url, buf[line - 3:line],
+        head = analyze_request_raw(p.get_method(), self._url,
+                                   _VERSIONS.get(buf[line - 9:line], b""),
                                    buf[line:end + 2], self._limits)
         self._in_body = True
         self._head_fed = 0
@@ -1464,12 +1460,7 @@ class HttptoolsRequestParser:
                         and not head.expect_continue and (p := self._p) is not None \
                         and not p.should_upgrade() \
                         and (not head.keep_alive or p.should_keep_alive()):
-                    if len(_READS) >= _SCANS_MAX:
-                        _READS.clear()
-                    _READS[buf] = (self._limits, head)
-                    head.remembered = True
-                    self._known_read = buf
-                    self._known = head
+                    _remember_read(buf, self._limits, head)
         self._sink.on_end()
 
 
@@ -1705,7 +1696,8 @@ def known_request(kind: HttpParser, data: bytes, limits: Limits) -> RequestHead 
     whole read it has seen before (`_READS`: one bodiless request, no upgrade): it would
     call back `on_head(head)` and `on_end()`, and be left at rest, or, if the head does
     not keep the connection alive, as `AFTER_CLOSE`. A connection without a parser (a
-    new one, or one idle between requests) then makes none."""
+    new one, or one idle between requests) then makes none; a parser at rest asks the
+    same for each read (HttptoolsRequestParser.feed)."""
     global _known_read, _known
     if kind is _HTTPTOOLS:
         seen = _known
@@ -1719,12 +1711,23 @@ def known_request(kind: HttpParser, data: bytes, limits: Limits) -> RequestHead 
     return None
 
 
-# The read of `_READS` that `known_request` met last, and its entry: looked at before the
-# memo, a comparison in place of the read's hash and a lookup (a client repeats itself,
-# and clients alike send alike: wrk, health checks). It holds after `_READS` is emptied,
-# as HttptoolsRequestParser's `_known_read` does.
+# The read of `_READS` that `known_request` met (or `_remember_read` stored) last, and its
+# entry: looked at before the memo, a comparison in place of the read's hash and a lookup
+# (a client repeats itself, and clients alike send alike: wrk, health checks). It holds
+# after `_READS` is emptied.
 _known_read = b""
 _known: tuple[Limits, RequestHead] | None = None
+
+
+def _remember_read(data: bytes, limits: Limits, head: RequestHead) -> None:
+    """`data` was one whole bodiless request, judged under `limits` (see `_READS`)."""
+    global _known_read, _known
+    if len(_READS) >= _SCANS_MAX:
+        _READS.clear()
+    seen = _READS[data] = (limits, head)
+    head.remembered = True
+    _known_read = data
+    _known = seen
 
 
 class _AfterClose:

@@ -14,6 +14,7 @@ and one sweep per pool, every half `idle_timeout` while anything is pooled, clos
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Container
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,10 @@ class Pool:
         self._loop = loop
         self.per_server = per_server
         self.idle_timeout = idle_timeout
-        self._idle: dict[Key, list[UpstreamProtocol]] = {}
+        # Per address, a stack (most recently used last). A deque, not a list: one
+        # connection taken and put back per request takes a list from one item to none
+        # and back, and a list reallocates its array each time; a deque keeps its block.
+        self._idle: dict[Key, deque[UpstreamProtocol]] = {}
         # The addresses of the current table (a live view kept by the balancers), or None:
         # every address is live.
         self._live: Container[Key] | None = None
@@ -68,14 +72,16 @@ class Pool:
             if live is not None and key not in live:
                 conn.close()
                 return
-            conns = self._idle[key] = []
+            conns = self._idle[key] = deque()
         t = conn.transport  # not conn.usable, inline:
         if len(conns) >= self.per_server or conn.closed or conn.eof or t is None \
                 or t.is_closing():
             conn.close()
             return
         conns.append(conn)
-        conn.owner = None  # conn.enter_pool(self, now), inline (a call per request)
+        # Idle now: no owner (its parser, kept for reuse, let go of the last client at
+        # the response's end), this pool's, since `now`
+        conn.owner = None
         conn.pool = self
         conn.idle_since = now
         if self._sweeper is None:
@@ -93,7 +99,7 @@ class Pool:
                     c.leave_pool()
                     c.close()
             if keep:
-                self._idle[key] = keep
+                self._idle[key] = deque(keep)
                 left += len(keep)
             else:
                 del self._idle[key]

@@ -97,12 +97,6 @@ class UpstreamProtocol(asyncio.Protocol):
         t = self.transport
         return not self.closed and not self.eof and t is not None and not t.is_closing()
 
-    def enter_pool(self, pool: Holder, now: float) -> None:
-        # (the parser, kept for reuse, let go of the last client at its response's end)
-        self.owner = None
-        self.pool = pool
-        self.idle_since = now
-
     def leave_pool(self) -> None:
         self.pool = None
 

@@ -123,6 +123,11 @@ MALFORMED = [
      b"Transfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n", BAD),
     ("http-2.0", b"GET / HTTP/2.0\r\n" + H + b"\r\n", BAD),
     ("http-0.9", b"GET /\r\n\r\n", BAD),
+    # llhttp takes these (the first as an HTTP/0.9 request for "/HTTP/1.1")
+    ("http-0.9-version-in-target", b"GET /HTTP/1.1\r\n" + H + b"\r\n", BAD),
+    ("http-0.9-target-ends-in-version", b"GET /aHTTP/1.1\r\n" + H + b"\r\n", BAD),
+    ("rtsp", b"GET / RTSP/1.0\r\n" + H + b"\r\n", BAD),
+    ("ice", b"SOURCE / ICE/1.0\r\n" + H + b"\r\n", BAD),
     ("no-host-1.1", b"GET / HTTP/1.1\r\n\r\n", BAD),
     ("two-hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BAD),
     ("tls-hello", b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", BAD),

@@ -31,13 +31,20 @@ READ = b"GET /a?b=c HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nX-Forwarded-For: 10.0.
 LIMITS = Limits()
 
 
+def forget_last_read() -> None:
+    """Forget the read `known_request` met last (it holds after `_READS` is emptied)."""
+    parser._known_read, parser._known = b"", None
+
+
 @pytest.fixture(autouse=True)
 def _empty_memo() -> Iterator[None]:
     parser._READS.clear()
     parser._ONCE.clear()
+    forget_last_read()
     yield
     parser._READS.clear()
     parser._ONCE.clear()
+    forget_last_read()
 
 
 class _NoLlhttp:
@@ -73,8 +80,10 @@ def outcome(data: bytes, limits: Limits = LIMITS,
 def fresh(data: bytes, limits: Limits = LIMITS) -> tuple[str, Any]:
     """What a parser makes of `data` with nothing remembered."""
     saved, once = dict(parser._READS), set(parser._ONCE)
+    last = parser._known_read, parser._known
     parser._READS.clear()
     parser._ONCE.clear()
+    forget_last_read()
     try:
         return outcome(data, limits)
     finally:
@@ -82,6 +91,7 @@ def fresh(data: bytes, limits: Limits = LIMITS) -> tuple[str, Any]:
         parser._READS.update(saved)
         parser._ONCE.clear()
         parser._ONCE.update(once)
+        parser._known_read, parser._known = last
 
 
 def remembered(data: bytes, limits: Limits = LIMITS) -> RequestHead:
@@ -146,9 +156,11 @@ def test_a_hit_leaves_the_parser_at_rest_for_what_follows() -> None:
 
 
 def test_a_parser_knows_its_last_remembered_read_without_the_memo() -> None:
-    """The read a parser met last in `_READS` (or put there) it knows itself: the same
+    """The read last met in `_READS` (or put there) is known without the memo: the same
     read again is that head, without llhttp, even once `_READS` has been emptied (as
-    when it is full); any other read is the memo's or llhttp's, as before."""
+    when it is full), to the parser that met it, to any other parser and to
+    `known_request` alike; any other read is the memo's or llhttp's, as before; and a
+    parser under other limits judges the read itself."""
     sink = Sink()
     p = HttptoolsRequestParser(sink, LIMITS)
     p.feed(READ)
@@ -159,22 +171,31 @@ def test_a_parser_knows_its_last_remembered_read_without_the_memo() -> None:
     p.feed(bytes(READ))  # an equal read, not the same object
     assert sink.events[-2][1] is head and sink.kinds()[-2:] == ["head", "end"]
     assert p.at_rest() and not parser._READS
+    other_sink = Sink()
+    q = HttptoolsRequestParser(other_sink, LIMITS)
+    q._p = _NoLlhttp()  # type: ignore[assignment]
+    q.feed(bytes(READ))
+    assert other_sink.events[0][1] is head and other_sink.kinds() == ["head", "end"]
+    assert parser.known_request(HttpParser.HTTPTOOLS, bytes(READ), LIMITS) is head
     p._p = llhttp
     other = b"GET /other HTTP/1.1\r\nHost: h\r\n\r\n"
     p.feed(other)  # another read: llhttp's
     assert sink.events[-2][1].target == b"/other" and sink.events[-2][1] is not head
-    # a parser that met the read in the memo knows it from then on, too
-    remembered(READ)
-    again = HttptoolsRequestParser(Sink(), LIMITS)
-    again.feed(READ)
-    assert again._known is parser._READS[READ][1]
-    parser._READS.clear()
-    again._p = _NoLlhttp()  # type: ignore[assignment]
-    again.feed(READ)
-    # ...but only with its own limits: a parser with others judges the read itself
+    # ...but only under its limits: a parser with others judges the read itself
     strict = Limits(max_headers=2)
-    remembered(READ)
     assert outcome(READ, strict)[1][0] is Failure.HEADERS_TOO_LARGE
+    # a read met in the memo is known from then on, too
+    forget_last_read()
+    head = remembered(READ)
+    remembered(other)  # the last one put in the memo
+    again = HttptoolsRequestParser(Sink(), LIMITS)
+    again.feed(READ)  # met in the memo
+    parser._READS.clear()
+    again_sink = Sink()
+    fresh_parser = HttptoolsRequestParser(again_sink, LIMITS)
+    fresh_parser._p = _NoLlhttp()  # type: ignore[assignment]
+    fresh_parser.feed(READ)
+    assert again_sink.events[0][1] is head
 
 
 def test_known_request_knows_its_last_read_without_the_memo() -> None:
