@@ -352,21 +352,23 @@ class Listener:
 
     def _accept_direct(self, batch: int) -> None:
         """`_on_readable` for a `direct` listener: each connection gets its protocol and
-        a proxy.fdtransport.FdTransport at once, and its first read (module docstring)."""
+        a proxy.fdtransport.FdTransport, then (all accepted first) its first read (module
+        docstring)."""
         limit = self.limit
         sock = self.sock
         loop = self.loop
         factory = self._factory
+        accepted: list[FdTransport] = []
         for _ in range(batch):
             try:
                 fd, addr = sock._accept()  # type: ignore[attr-defined]
                 _ioctl(fd, _FIONBIO, _NONBLOCKING)  # (cannot fail on a socket we own)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as e:
                 if e.errno in OVERLOAD_ERRNOS:
                     self._overloaded(e)
-                    return
+                    break
                 continue  # ECONNABORTED, EPROTO, EPERM...: that one connection is gone
             if limit is not None:
                 limit.acquire()
@@ -380,14 +382,20 @@ class Listener:
             transport = FdTransport(loop, fd, protocol, addr)
             try:
                 protocol.connection_made(transport)
-                transport.start()
             except Exception:
-                # A bug of ours: this connection ends (connection_lost gives its slot
-                # back), the listener goes on.
                 log.exception("connection from %s: internal error", addr)
                 transport.abort()
+                continue
+            accepted.append(transport)
             if not self.accepting:  # the limit paused us
-                return
+                break
+        for transport in accepted:
+            try:
+                transport.start()
+            except Exception:
+                log.exception("connection from %s: internal error",
+                              transport.get_extra_info("peername"))
+                transport.abort()
 
     def _handed_over(self, _result: object, exc: BaseException | None) -> None:
         if exc is None:
