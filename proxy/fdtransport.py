@@ -23,9 +23,9 @@ under the l7-newconn load shows no epoll_ctl for client connections at all):
   writes to the servers, together: reading each connection as it was accepted spread
   those writes out, and the servers (nginx in bench/) were woken once per request
   rather than once per burst: +2.7 µs a request under the l7-newconn load, mostly in the
-  kernel (`bench run`, back to back, two rounds: 50.1 against 47.3 µs). TCP_NODELAY is set on the listening
-  socket, whose accepted connections inherit it on Linux, so no setsockopt per
-  connection either.
+  kernel (`bench run`, back to back, two rounds: 50.1 against 47.3 µs). TCP_NODELAY is
+  set on the listening socket, whose accepted connections inherit it on Linux, so no
+  setsockopt per connection either.
 - Reading is watched (`add_reader`) only from when the protocol wants more than the first
   read brought: the protocol may `pause_reading()` during its first `data_received`
   (proxy.http.server does while it answers a whole first request, until the frontend's

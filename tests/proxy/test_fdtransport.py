@@ -14,14 +14,7 @@ import pytest
 
 from proxy.fdtransport import FdTransport
 from proxy.listener import ConnectionLimit, Listener, bind_socket
-
-
-async def until(pred: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
+from tests.conftest import until
 
 
 class Recorder(asyncio.Protocol):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from proxy.listener import ConnectionLimit, Listener, bind_socket
+from tests.conftest import until
 
 
 class Counted(asyncio.Protocol):
@@ -35,13 +36,6 @@ class Counted(asyncio.Protocol):
         Counted.open.discard(self)
         self.limit.release()
 
-
-async def until(pred: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_accepting_pauses_at_maxconn_and_resumes_below() -> None:

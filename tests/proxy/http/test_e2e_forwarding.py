@@ -9,14 +9,13 @@ import os
 import re
 import socket
 import struct
-from typing import Any
 
 import pytest
 
 from proxy.http.routing import Router
 from pylb.failures import Failure
 from pylb.model import Backend, HttpRoute, Server
-from tests.conftest import free_port
+from tests.conftest import free_port, until
 from tests.proxy.http.client import RawClient, Response, get
 from tests.proxy.http.conftest import StartProxy, servers_of
 
@@ -554,10 +553,3 @@ async def read_one_response(sock: socket.socket) -> bytes:
         body += chunk
     return head + b"\r\n\r\n" + body
 
-
-async def until(pred: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
