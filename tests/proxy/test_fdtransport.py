@@ -4,10 +4,12 @@ connections, over real loopback sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -85,6 +87,20 @@ def connect(port: int) -> socket.socket:
     return s
 
 
+@contextlib.asynccontextmanager
+async def accepted(**kw: Any) -> AsyncIterator[tuple[Server, socket.socket, Recorder]]:
+    """A direct listener, one client connected to it, and that connection's protocol."""
+    srv = Server(**kw)
+    srv.listener.start()
+    c = connect(srv.port)
+    try:
+        await until(lambda: srv.protocols)
+        yield srv, c, srv.protocols[0]
+    finally:
+        c.close()
+        srv.close()
+
+
 async def recv_exactly(s: socket.socket, n: int) -> bytes:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, _recv_exactly, s, n)
@@ -131,18 +147,11 @@ async def test_a_request_already_there_is_read_at_accept_and_answered() -> None:
 
 
 async def test_a_client_that_has_not_spoken_yet_is_watched() -> None:
-    srv = Server(on_data=lambda p, d: p.transport.write(d))
-    srv.listener.start()
-    c = connect(srv.port)
-    try:
-        await until(lambda: srv.protocols)
+    async with accepted(on_data=lambda p, d: p.transport.write(d)) as (_, c, p):
         await asyncio.sleep(0.05)
         c.sendall(b"late")
         assert await recv_exactly(c, 4) == b"late"
-        assert srv.protocols[0].reads_before_start == 0
-    finally:
-        c.close()
-        srv.close()
+        assert p.reads_before_start == 0
 
 
 async def test_pausing_in_the_first_read_holds_later_bytes_until_resumed() -> None:
@@ -172,12 +181,7 @@ async def test_what_the_kernel_does_not_take_is_buffered_with_flow_control() -> 
     protocol is paused above the high mark and resumed below the low one, and close()
     sends everything before the FIN."""
     payload = os.urandom(8 << 20)
-    srv = Server(on_data=lambda p, d: None)
-    srv.listener.start()
-    c = connect(srv.port)
-    try:
-        await until(lambda: srv.protocols)
-        (p,) = srv.protocols
+    async with accepted(on_data=lambda p, d: None) as (srv, c, p):
         t = p.transport
         t.set_write_buffer_limits(256 * 1024, 64 * 1024)
         assert t.get_write_buffer_limits() == (64 * 1024, 256 * 1024)
@@ -192,9 +196,6 @@ async def test_what_the_kernel_does_not_take_is_buffered_with_flow_control() -> 
         await until(lambda: p.lost)
         assert p.lost == [None] and p.resumes == 1 and t.get_write_buffer_size() == 0
         assert srv.limit.current == 0
-    finally:
-        c.close()
-        srv.close()
 
 
 @pytest.mark.parametrize("keep_open", [True, False])
@@ -224,28 +225,16 @@ async def test_the_clients_fin(keep_open: bool) -> None:
 
 
 async def test_a_reset_reaches_connection_lost_with_the_error() -> None:
-    srv = Server()
-    srv.listener.start()
-    c = connect(srv.port)
-    try:
-        await until(lambda: srv.protocols)
-        (p,) = srv.protocols
+    async with accepted() as (srv, c, p):
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         c.close()  # RST
         await until(lambda: p.lost)
         assert isinstance(p.lost[0], ConnectionResetError)
         assert srv.limit.current == 0
-    finally:
-        srv.close()
 
 
 async def test_abort_drops_the_buffer_and_closes_now() -> None:
-    srv = Server()
-    srv.listener.start()
-    c = connect(srv.port)
-    try:
-        await until(lambda: srv.protocols)
-        (p,) = srv.protocols
+    async with accepted() as (_, c, p):
         t = p.transport
         t.write(os.urandom(8 << 20))
         assert t.get_write_buffer_size() > 0
@@ -254,9 +243,6 @@ async def test_abort_drops_the_buffer_and_closes_now() -> None:
         assert p.lost == [None] and t.get_write_buffer_size() == 0
         got = await asyncio.get_running_loop().run_in_executor(None, _recv_all_or_reset, c)
         assert len(got) < 8 << 20
-    finally:
-        c.close()
-        srv.close()
 
 
 def _recv_all_or_reset(s: socket.socket) -> bytes:
@@ -267,12 +253,7 @@ def _recv_all_or_reset(s: socket.socket) -> bytes:
 
 
 async def test_write_eof_half_closes() -> None:
-    srv = Server()
-    srv.listener.start()
-    c = connect(srv.port)
-    try:
-        await until(lambda: srv.protocols)
-        (p,) = srv.protocols
+    async with accepted() as (_, c, p):
         t = p.transport
         assert t.can_write_eof()
         t.write(b"last words")
@@ -283,18 +264,11 @@ async def test_write_eof_half_closes() -> None:
         assert got == b"last words"
         c.sendall(b"still heard")  # the other direction stays open
         await until(lambda: bytes(p.data) == b"still heard")
-    finally:
-        c.close()
-        srv.close()
 
 
 async def test_extra_info_and_inherited_nodelay() -> None:
-    srv = Server()
-    srv.listener.start()
-    c = connect(srv.port)
-    try:
-        await until(lambda: srv.protocols)
-        t = srv.protocols[0].transport
+    async with accepted() as (srv, c, p):
+        t = p.transport
         assert isinstance(t, FdTransport)
         assert t.get_extra_info("peername") == c.getsockname()
         assert t.get_extra_info("sockname") == ("127.0.0.1", srv.port)
@@ -302,9 +276,6 @@ async def test_extra_info_and_inherited_nodelay() -> None:
         # TCP_NODELAY set on the listening socket, inherited (no setsockopt per connection)
         assert t.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
                                                      socket.TCP_NODELAY) == 1
-    finally:
-        c.close()
-        srv.close()
 
 
 async def test_the_descriptor_is_closed_after_connection_lost() -> None:
