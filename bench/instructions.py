@@ -3,6 +3,7 @@ not blur.
 
     python -m bench.instructions [--case CASE ...] [--requests 2000] [--proxy pylb|haproxy]
                                  [--parser httptools|h11] [--mode MODE] [--unique-heads]
+                                 [--concurrent N [--seconds S]]
 
 Cases: keepalive, newconn, 64k, 1m, tls-keepalive, tls-rsa, tls-ecdsa,
 tls-rsa-resume, tls-ecdsa-resume.
@@ -33,6 +34,16 @@ config the same way, for a ratio. `--mode cprofile` runs the proxy under cProfil
 measured requests only and prints the top functions (where the instructions go, by
 Python function); `--mode cpu` just reads the proxy's CPU time from /proc (noisy).
 
+`--concurrent N` measures under concurrent load instead: after the warm-up, wrk drives
+the proxy with N connections for `--seconds` (default 20; under callgrind the proxy is
+some 50 times slower, so wrk's timeout is long) and the count is divided by the requests
+wrk completed. The sequential client makes every callback its own loop iteration (its
+epoll_wait, its GIL release and take), so it overstates cuts that save loop iterations
+and understates what a burst shares; under load pylb's loop handles many connections per
+iteration, as in `python -m bench run` (session 7: newconn 124,760 sequential against
+114,431 with 16 connections on the same code; docs/notes/2026-12-07/16-own-transport.md).
+Plain HTTP cases only (wrk's TLS client differs from this one's).
+
 Since the kernel's work is not counted, instruction ratios against haproxy overstate the
 CPU ratios of `python -m bench run` (a syscall weighs the same for both); compare pylb
 with pylb across commits, and take the haproxy ratio as an upper bound.
@@ -57,7 +68,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import procs
+from bench import procs, wrk
 from bench.run import _make_pem, _render, backend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,6 +325,8 @@ def _proxy(args: argparse.Namespace, tmp: Path, bport: int, pem: str,
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     key, close, path, method, body_size = CASES[args.case]
     unique = getattr(args, "unique_heads", False)  # callers may build args without it
+    concurrent = getattr(args, "concurrent", 0)  # (and without these)
+    seconds = getattr(args, "seconds", 20.0)
     with tempfile.TemporaryDirectory(prefix="pylb-instr-") as t:
         tmp = Path(t)
         tmp.chmod(0o755)  # nginx's workers run as another user
@@ -344,13 +357,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                                "-p", str(p.pid)], stderr=subprocess.DEVNULL)
                     time.sleep(1.0)  # attached
                 t0 = time.monotonic()
-                client.run(args.requests)
+                requests = args.requests
+                if concurrent:
+                    r = wrk.run(f"http://127.0.0.1:{port}{path}", seconds=seconds,
+                                connections=concurrent, timeout_s=60.0,
+                                headers=("Connection: close",) if close else ())
+                    if r.errors or not r.requests:
+                        raise RuntimeError(f"wrk: {r.requests} requests, {r.errors} errors")
+                    requests = r.requests
+                else:
+                    client.run(requests)
                 client.shutdown()
                 wall = time.monotonic() - t0
                 stat1 = _stat(p.pid)
                 out: dict[str, Any] = {"proxy": args.proxy if args.proxy == "haproxy"
                                        else f"pylb-{args.parser}", "case": args.case,
-                                       "requests": args.requests, "mode": args.mode}
+                                       "requests": requests, "mode": args.mode}
+                if concurrent:
+                    out["concurrent"] = concurrent
                 if unique:
                     out["unique_heads"] = True
                 if client.ctx is not None and close:
@@ -360,7 +384,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     _control("-d", str(p.pid))
                     dumps = sorted(tmp.glob("callgrind.*"), key=lambda f: f.stat().st_mtime)
                     total = _callgrind_total(dumps[-1])
-                    out["instructions_per_req"] = round(total / args.requests)
+                    out["instructions_per_req"] = round(total / requests)
                     if args.keep:
                         dest = Path(args.keep)
                         shutil.copy(dumps[-1], dest)
@@ -379,14 +403,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     time.sleep(0.2)
                     tracer.send_signal(signal.SIGINT)
                     tracer.wait(30)
-                    out["syscalls_per_req"] = _syscalls(tmp / "strace", args.requests)
+                    out["syscalls_per_req"] = _syscalls(tmp / "strace", requests)
                 else:
                     user, system, faults = (b - a for a, b in zip(stat0, stat1, strict=True))
-                    out["cpu_us_per_req"] = round((user + system) / args.requests * 1e6, 1)
-                    out["user_us_per_req"] = round(user / args.requests * 1e6, 1)
-                    out["sys_us_per_req"] = round(system / args.requests * 1e6, 1)
-                    out["page_faults_per_req"] = round(faults / args.requests, 2)
-                    out["wall_us_per_req"] = round(wall / args.requests * 1e6, 1)
+                    out["cpu_us_per_req"] = round((user + system) / requests * 1e6, 1)
+                    out["user_us_per_req"] = round(user / requests * 1e6, 1)
+                    out["sys_us_per_req"] = round(system / requests * 1e6, 1)
+                    out["page_faults_per_req"] = round(faults / requests, 2)
+                    out["wall_us_per_req"] = round(wall / requests * 1e6, 1)
     return out
 
 
@@ -402,6 +426,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mode", choices=("callgrind", "cprofile", "cpu", "strace"),
                     default="callgrind")
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrent", type=int, default=0, metavar="N",
+                    help="drive the measured window with wrk and N connections instead")
+    ap.add_argument("--seconds", type=float, default=20.0,
+                    help="how long wrk runs with --concurrent")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--keep", help="copy the callgrind dump or the cProfile stats here")
     ap.add_argument("--sort", default="tottime", help="cProfile sort key")
@@ -411,6 +439,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.mode == "callgrind" and shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian package valgrind)")
+    if args.concurrent:
+        tls = [c for c in args.case if CASES[c][0]]
+        if tls:
+            ap.error(f"--concurrent: plain HTTP cases only, not {', '.join(tls)}")
+        if args.concurrent < 0 or args.seconds <= 0:
+            ap.error("--concurrent and --seconds must be positive")
+        if shutil.which("wrk") is None:
+            raise SystemExit("wrk is not installed (Debian package wrk)")
     for case in args.case:
         ns = argparse.Namespace(**{**vars(args), "case": case})
         print(json.dumps(measure(ns)), flush=True)

@@ -72,3 +72,26 @@ def test_tiny_cpu_mode_run(case: str) -> None:
     out = instructions.measure(ns)
     assert out["requests"] == 20 and out["proxy"] == "pylb-httptools"
     assert out["cpu_us_per_req"] >= 0 and out["page_faults_per_req"] >= 0
+
+
+def test_concurrent_load_is_for_plain_http_cases_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """--concurrent drives the proxy with wrk, whose TLS client is not this one's: a TLS
+    case is refused before anything starts (a bad flag stops with a message naming it)."""
+    with pytest.raises(SystemExit) as e:
+        instructions.main(["--case", "newconn", "tls-keepalive", "--concurrent", "4",
+                           "--mode", "cpu"])
+    assert e.value.code == 2
+    assert "--concurrent: plain HTTP cases only, not tls-keepalive" in capsys.readouterr().err
+
+
+def test_tiny_concurrent_cpu_mode_run() -> None:
+    """--concurrent: wrk drives the measured window, and the figures are per request wrk
+    completed (not per --requests)."""
+    if shutil.which("nginx") is None or shutil.which("wrk") is None:
+        pytest.skip("nginx or wrk not installed")
+    ns = argparse.Namespace(case="newconn", proxy="pylb", parser="httptools", mode="cpu",
+                            requests=10**9, warmup=5, keep=None, sort="tottime", top=10,
+                            concurrent=4, seconds=1.0)  # (10**9 sequential: never ends)
+    out = instructions.measure(ns)
+    assert out["concurrent"] == 4 and 0 < out["requests"] < 10**9  # wrk's count
+    assert out["cpu_us_per_req"] > 0
