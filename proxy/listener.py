@@ -362,7 +362,6 @@ class Listener:
         for _ in range(batch):
             try:
                 fd, addr = sock._accept()  # type: ignore[attr-defined]
-                _ioctl(fd, _FIONBIO, _NONBLOCKING)  # (cannot fail on a socket we own)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
@@ -370,6 +369,11 @@ class Listener:
                     self._overloaded(e)
                     break
                 continue  # ECONNABORTED, EPROTO, EPERM...: that one connection is gone
+            try:
+                _ioctl(fd, _FIONBIO, _NONBLOCKING)
+            except OSError:  # (not seen on a socket just accepted; never leak it)
+                os.close(fd)
+                continue
             if limit is not None:
                 limit.acquire()
             self.peer = addr
