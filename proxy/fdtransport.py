@@ -154,7 +154,9 @@ class FdTransport(asyncio.Transport):
         if self._closing or self._paused:
             return
         self._paused = True
-        if self._watched:  # (not yet during the first read: nothing to undo)
+        # `_unwatch()`, inline (new connections pause in their first read, a call each);
+        # not yet watched during that read: nothing to undo then
+        if self._watched:
             self._watched = False
             self._loop.remove_reader(self._fd)
 
@@ -291,6 +293,7 @@ class FdTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
+        # `_unwatch()` and `_schedule_lost(None)`, inline: every connection closes once
         if self._watched:
             self._watched = False
             self._loop.remove_reader(self._fd)

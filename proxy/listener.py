@@ -297,11 +297,7 @@ class Listener:
         self.sock.close()
 
     def _on_readable(self) -> None:
-        limit = self.limit
         sock = self.sock
-        accepted = self._accepted
-        handover = self._handover
-        family = self._family
         batch = ACCEPT_BATCH
         if self._counted:
             try:
@@ -315,6 +311,10 @@ class Listener:
         if self._direct:
             self._accept_direct(batch)
             return
+        limit = self.limit
+        accepted = self._accepted
+        handover = self._handover
+        family = self._family
         for _ in range(batch):
             try:
                 if handover is not None:
