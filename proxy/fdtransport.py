@@ -42,8 +42,9 @@ The cost moves to the keep-alive connection's later reads and writes: a Python f
 The asyncio.Transport surface implemented is what pylb's HTTP/1.1 protocol uses (and what
 asyncio documents): write, write_eof/can_write_eof, close, abort, is_closing,
 pause_reading/resume_reading/is_reading, get_write_buffer_size, set/get_write_buffer
-limits, get_extra_info ("peername", "sockname", "socket"), set/get_protocol. Not for TLS
-(uvloop's SSL transport stays) nor for h2c's preface sniffing (proxy.http.h2server).
+limits, get_extra_info ("peername", "sockname", "socket"), set/get_protocol. TLS
+connections get its subclass, proxy.tlstransport.TlsTransport; h2c's preface sniffing
+(proxy.http.h2server) keeps uvloop's transport.
 """
 
 from __future__ import annotations
@@ -190,9 +191,14 @@ class FdTransport(asyncio.Transport):
             if n == len(data):
                 return
             data = data[n:]
+        self._keep(data)
+
+    def _keep(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer what the kernel did not take (a write's slow path)."""
+        if not self._buffer:
             self._writing = True
             self._loop.add_writer(self._fd, self._write_ready)
-        buffer.append(bytes(data))
+        self._buffer.append(bytes(data))
         self._buffered += len(data)
         self._maybe_pause_protocol()
 

@@ -7,8 +7,10 @@ socket is non-blocking and registered with `loop.add_reader`; each readiness cal
 accepts up to `ACCEPT_BATCH` connections and hands each to
 `loop.connect_accepted_socket` with the frontend's protocol factory (and TLS context),
 stepping that coroutine from callbacks rather than paying for a Task per connection.
-A `direct` listener (plain HTTP) skips connect_accepted_socket: each connection gets
-proxy.fdtransport's transport and is read at once (that module's docstring says why).
+A `direct` listener (HTTP, plain or TLS) skips connect_accepted_socket: each connection
+gets proxy.fdtransport's transport (TLS: proxy.tlstransport's) and is read at once (those
+modules' docstrings say why); a TLS connection's protocol is made once its handshake is
+done (`_tls_ready`).
 
 - On uvloop no socket.socket is made for an accepted connection: connect_accepted_socket
   reads only `family`, `type` and `fileno()` of what it is given, and at the transport's
@@ -57,6 +59,7 @@ from typing import Any
 
 from proxy.connect import Steps
 from proxy.fdtransport import FdTransport
+from proxy.tlstransport import TlsTransport
 
 log = logging.getLogger("pylb.listener")
 
@@ -226,8 +229,8 @@ class Listener:
                  direct: bool = False) -> None:
         """`handshake_timeout`: seconds a TLS client has to finish its handshake (the
         connection holds a slot meanwhile); None: the loop's default (60 s). `direct`:
-        plain TCP connections get proxy.fdtransport's transport, not the loop's
-        (module docstring); ignored with TLS and for AF_UNIX."""
+        connections get proxy.fdtransport's transport (with `ssl_context`,
+        proxy.tlstransport's), not the loop's (module docstring); ignored for AF_UNIX."""
         self.sock = sock
         self._family = sock.family
         self._accepted: type[socket.socket] | None = {
@@ -260,7 +263,10 @@ class Listener:
         if limit is not None:
             limit.listeners.append(self)
         self._factory = protocol_factory
-        self._direct = direct and ssl_context is None and self._accepted is not None
+        self._direct = direct and self._accepted is not None
+        # TLS on a direct listener: proxy.tlstransport's handshake, then its transport
+        self._tls = ssl_context if self._direct else None
+        self._handshake_timeout = handshake_timeout
         if self._direct:  # inherited by the connections it accepts (Linux)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -358,6 +364,7 @@ class Listener:
         sock = self.sock
         loop = self.loop
         factory = self._factory
+        tls = self._tls
         accepted: list[FdTransport] = []
         for _ in range(batch):
             try:
@@ -376,6 +383,12 @@ class Listener:
                 continue
             if limit is not None:
                 limit.acquire()
+            if tls is not None:  # the protocol once the handshake is done: `_tls_ready`
+                accepted.append(TlsTransport(loop, fd, addr, tls, self._handshake_timeout,
+                                             self._tls_ready, self._handed_over))
+                if not self.accepting:
+                    break
+                continue
             self.peer = addr
             try:
                 protocol: Any = factory()
@@ -400,6 +413,22 @@ class Listener:
                 log.exception("connection from %s: internal error",
                               transport.get_extra_info("peername"))
                 transport.abort()
+
+    def _tls_ready(self, transport: TlsTransport) -> None:
+        """A direct TLS connection's handshake is done: its protocol (ALPN's choice)."""
+        self.peer = peer = transport.get_extra_info("peername")
+        try:
+            protocol: Any = self._factory()
+        except Exception as e:
+            transport.abort()
+            self._handed_over(None, e)
+            return
+        transport.set_protocol(protocol)
+        try:
+            protocol.connection_made(transport)
+        except Exception:
+            log.exception("connection from %s: internal error", peer)
+            transport.abort()
 
     def _handed_over(self, _result: object, exc: BaseException | None) -> None:
         if exc is None:

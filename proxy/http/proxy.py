@@ -146,7 +146,7 @@ class HttpProxy:
             self._listener = Listener(sock, self._factory(), limit=self.limit,
                                       ssl_context=self.ssl_context,
                                       handshake_timeout=self._handshake_timeout, loop=loop,
-                                      direct=not self.settings.h2c)
+                                      direct=self.ssl_context is not None or not self.settings.h2c)
             self._listener.start()
             addr = sock.getsockname()
             self.port = addr[1]

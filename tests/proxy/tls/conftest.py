@@ -12,6 +12,7 @@ import trustme
 
 from proxy.balance import Balancers
 from proxy.http import HttpProxy
+from proxy.listener import ConnectionLimit
 from proxy.tls import TlsStore
 from pylb.config import Settings, TlsSettings
 from pylb.counters import Stats
@@ -41,7 +42,9 @@ async def front_factory(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[Any]:
         store = TlsStore(settings.tls)
         backend = await HttpBackend("b0").start()
         proxy = HttpProxy(settings, Stats(), Balancers(settings.limits), frontend="https",
-                          tls=True, ssl_context=store.server_context())
+                          tls=True, ssl_context=store.server_context(),
+                          # as `pylb run` makes it (proxy.listener, proxy.tlstransport)
+                          limit=ConnectionLimit(settings.limits.maxconn))
         _, port = await proxy.start("127.0.0.1", 0)
         be = Backend("default/app:443", (Server("127.0.0.1", backend.port, name="b0"),))
         proxy.set_table(RouteTable(https=(HttpRoute("app", "/app", be.name, tls=True),),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -194,3 +195,91 @@ async def run(*argv: str, stdin: bytes = b"", timeout: float = 20.0) -> tuple[in
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
+
+
+class BioClient:
+    """A TLS client whose every step the test decides: an ssl.SSLObject over memory BIOs
+    on a blocking socket (send a close_notify and go on reading, several records in one
+    segment, stop in the middle of a handshake)."""
+
+    def __init__(self, port: int, ca: trustme.CA, tls12_ciphers: str = "",
+                 server_hostname: str = "localhost") -> None:
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        if tls12_ciphers:
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_ciphers(tls12_ciphers)
+        ctx.set_alpn_protocols(["http/1.1"])
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.settimeout(5)
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=server_hostname)
+        self.closed_by_peer = False  # the server's close_notify was read
+
+    def send_pending(self) -> None:
+        out = self.outgoing.read()
+        if out:
+            self.sock.sendall(out)
+
+    def hello(self) -> None:
+        """The ClientHello only."""
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.tls.do_handshake()
+        self.send_pending()
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self.send_pending()
+                self._fill()
+            else:
+                self.send_pending()
+                return
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            self.incoming.write_eof()
+            return False
+        self.incoming.write(data)
+        return True
+
+    def send(self, *records: bytes) -> None:
+        """Each argument its own record, all in one sendall."""
+        for r in records:
+            self.tls.write(r)
+        self.send_pending()
+
+    def close_notify(self) -> None:
+        """Our close_notify, without waiting for the server's."""
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.tls.unwrap()
+        self.send_pending()
+
+    def recv(self, n: int) -> bytes:
+        """Exactly `n` bytes of plaintext, or fewer if the server closed."""
+        out = bytearray()
+        while len(out) < n:
+            try:
+                chunk = self.tls.read(min(n - len(out), 1 << 16))
+            except ssl.SSLWantReadError:
+                if not self._fill():
+                    break
+                continue
+            except ssl.SSLZeroReturnError:
+                self.closed_by_peer = True
+                break
+            if not chunk:
+                self.closed_by_peer = True
+                break
+            out += chunk
+        return bytes(out)
+
+    def recv_all(self) -> bytes:
+        return self.recv(1 << 40)
+
+    def close(self) -> None:
+        self.sock.close()

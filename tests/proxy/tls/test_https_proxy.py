@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,14 @@ import pytest
 import trustme
 
 from pylb.config import SslVerify
-from tests.proxy.tls.helpers import Front, client_context, connection, run, write_leaf
+from tests.proxy.tls.helpers import (
+    BioClient,
+    Front,
+    client_context,
+    connection,
+    run,
+    write_leaf,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +109,25 @@ async def test_python_client_and_reload_keeps_keepalive(front_factory: Any, ca: 
                 ("DNS", "www.example.com"), ("DNS", "new.example.com"))
             assert (await get(new)).startswith(b"HTTP/1.1 200")
     assert [s.target for s in front.backend.seen] == ["/one"] * 3
+
+
+@pytest.mark.parametrize("how", ["close_notify", "fin"])
+async def test_a_client_that_ends_after_its_request_still_gets_the_response(
+        front_factory: Any, ca: trustme.CA, how: str) -> None:
+    """A request followed at once by the client's close_notify (or a bare FIN): the end
+    of the client's sending, not of the connection (as on plain HTTP, and as haproxy
+    treats it); the response goes out, then pylb's close_notify."""
+    front = await front_factory()
+    c = BioClient(front.port, ca, server_hostname="default.example")
+    try:
+        await asyncio.to_thread(c.handshake)
+        c.send(b"GET /app/hello HTTP/1.1\r\nHost: default.example\r\n\r\n")
+        if how == "close_notify":
+            c.close_notify()
+        else:
+            c.sock.shutdown(socket.SHUT_WR)
+        got = await asyncio.to_thread(c.recv_all)
+        assert got.startswith(b"HTTP/1.1 200"), got[:100]
+        assert c.closed_by_peer
+    finally:
+        c.close()
