@@ -1,12 +1,13 @@
 """Memory per connection: pylb next to haproxy, at N concurrent connections (10,000 by
 default), in one run on this machine.
 
-    python -m bench.memory [-n 10000] [--only http copy splice] [--no-haproxy]
+    python -m bench.memory [-n 10000] [--only http https copy splice] [--no-haproxy]
 
-Three cases, each against a fresh proxy so every baseline is clean:
+Four cases, each against a fresh proxy so every baseline is clean:
 
   http    N HTTP/1.1 keep-alive connections, each makes one request and then stays idle
           (the L7 frontend; the backend connections go back to pylb's pool).
+  https   the same over TLS (an ECDSA P-256 certificate; TLS 1.3), on the TLS frontend.
   copy    N TCP connections through the L4 frontend to an echo backend, each ACTIVE: a
           64-byte ping echoed every second, so they stay on the copy path (far below the
           splice threshold).
@@ -55,6 +56,7 @@ from typing import Any
 import yaml
 
 from bench import procs
+from bench.run import _make_pem
 from pylb.demo import service_manifest, slice_manifest
 
 HERE = Path(__file__).resolve().parent
@@ -172,10 +174,14 @@ async def _wait_stdin_line() -> None:
     await loop.run_in_executor(None, sys.stdin.readline)
 
 
-def run_hold_http(port: int, n: int, path: str, concurrency: int) -> None:
-    """Open `n` keep-alive connections, one request each, and keep them open and idle.
-    Prints one JSON line when all are idle, then waits for a line on stdin, closes them
-    all, and prints a final JSON line (how many the proxy closed meanwhile)."""
+def run_hold_http(port: int, n: int, path: str, concurrency: int, tls: bool = False) -> None:
+    """Open `n` keep-alive connections (`tls`: HTTPS, the certificate not verified), one
+    request each, and keep them open and idle. Prints one JSON line when all are idle,
+    then waits for a line on stdin, closes them all, and prints a final JSON line (how
+    many the proxy closed meanwhile)."""
+    import ssl
+
+    ctx = ssl._create_unverified_context() if tls else None
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -211,7 +217,7 @@ def run_hold_http(port: int, n: int, path: str, concurrency: int) -> None:
             nonlocal ok, failed
             async with sem:
                 try:
-                    _, c = await loop.create_connection(C, "127.0.0.1", port)
+                    _, c = await loop.create_connection(C, "127.0.0.1", port, ssl=ctx)
                     good = await asyncio.wait_for(c.done, 30)
                 except (OSError, TimeoutError) as e:
                     failed += 1
@@ -404,6 +410,10 @@ def spawn_role(name: str, *args: str, tmp: Path) -> procs.Proc:
 def write_manifests(path: Path, http_port: int, echo_port: int) -> None:
     docs = [service_manifest("web", 80, http_port),
             slice_manifest("web-1", "web", http_port, ["127.0.0.1"]),
+            # the same backend on the TLS frontend (the 2015 annotation), at /webs/
+            service_manifest("webs", 80, http_port,
+                             annotations={"serviceloadbalancer/lb.sslTerm": "true"}),
+            slice_manifest("webs-1", "webs", http_port, ["127.0.0.1"]),
             service_manifest("echo", 7000, echo_port),
             slice_manifest("echo-1", "echo", echo_port, ["127.0.0.1"])]
     path.write_text(yaml.safe_dump_all(docs))
@@ -416,8 +426,12 @@ class Target:
     roots: list[procs.Proc]
     http_port: int
     tcp_port: int
+    https_port: int = 0
     tmp: Path | None = None  # where its logs go (set by callers that keep it running)
     stats_port: int = 0  # pylb's stats page: its failure counters explain lost connections
+
+    def port(self, case: str) -> int:
+        return {"http": self.http_port, "https": self.https_port}.get(case, self.tcp_port)
 
     def pids(self) -> list[int]:
         if self.name == "pylb":
@@ -432,9 +446,11 @@ def start_pylb(tmp: Path, http_backend: int, echo: int, workers: int,
     manifests = tmp / "cluster.yaml"
     write_manifests(manifests, http_backend, echo)
     http_port, tcp_port, stats_port = procs.free_port(), procs.free_port(), procs.free_port()
+    https_port = procs.free_port()
     argv = [sys.executable, "-m", "pylb.cli", "run", f"--source=file:{manifests}",
             "--bind=127.0.0.1", f"--http-port={http_port}",
-            f"--https-port={procs.free_port()}", f"--tcp-services=echo:{tcp_port}",
+            f"--https-port={https_port}", f"--ssl-cert={_make_pem(tmp, 'ecdsa')}",
+            f"--tcp-services=echo:{tcp_port}",
             f"--stats-port={stats_port}", f"--health-port={procs.free_port()}",
             f"--workers={workers}", "--log-level=warning", "--timeout-keep-alive=30m",
             "--timeout-client=30m", "--timeout-server=30m", "--http-parser=auto"]
@@ -446,11 +462,11 @@ def start_pylb(tmp: Path, http_backend: int, echo: int, workers: int,
     while workers > 1 and len(pylb_workers(p.pid)) < workers and \
             time.monotonic() < deadline:
         time.sleep(0.1)
-    return Target("pylb", p, [p], http_port, tcp_port, stats_port=stats_port)
+    return Target("pylb", p, [p], http_port, tcp_port, https_port, stats_port=stats_port)
 
 
 def haproxy_config(http_port: int, tcp_port: int, http_backend: int, echo: int,
-                   maxconn: int) -> str:
+                   maxconn: int, https_port: int, pem: Path) -> str:
     # As bench/configs/haproxy-http.cfg and haproxy-tcp.cfg (keep-alive both sides, server
     # connection reuse, splice-auto for TCP), with pylb's timeouts of this benchmark.
     return f"""global
@@ -468,6 +484,11 @@ frontend http
     mode http
     option http-keep-alive
     bind 127.0.0.1:{http_port}
+    default_backend web
+frontend https
+    mode http
+    option http-keep-alive
+    bind 127.0.0.1:{https_port} ssl crt {pem}
     default_backend web
 backend web
     mode http
@@ -487,15 +508,16 @@ backend echo
 
 def start_haproxy(tmp: Path, http_backend: int, echo: int, processes: int,
                   maxconn: int) -> Target:
-    http_port, tcp_port = procs.free_port(), procs.free_port()
+    http_port, tcp_port, https_port = procs.free_port(), procs.free_port(), procs.free_port()
     cfg = tmp / "haproxy-memory.cfg"
-    cfg.write_text(haproxy_config(http_port, tcp_port, http_backend, echo, maxconn))
+    cfg.write_text(haproxy_config(http_port, tcp_port, http_backend, echo, maxconn,
+                                  https_port, _make_pem(tmp, "ecdsa")))
     roots = [procs.start(f"haproxy-{i}", ["haproxy", "-db", "-f", str(cfg)], cpus=None,
                          logdir=tmp) for i in range(processes)]
     procs.wait_port(http_port)
     procs.wait_port(tcp_port)
     _wait_routed(http_port)
-    return Target("haproxy", None, roots, http_port, tcp_port)
+    return Target("haproxy", None, roots, http_port, tcp_port, https_port)
 
 
 def _wait_routed(port: int, timeout: float = 30.0) -> None:
@@ -547,6 +569,8 @@ def _spawn_clients(case: str, port: int, n: int, clients: int, tmp: Path,
     for i, k in enumerate(per):
         if case == "http":
             args = ["hold-http", str(port), str(k), "/web/", "200"]
+        elif case == "https":
+            args = ["hold-http", str(port), str(k), "/webs/", "200", "tls"]
         else:
             args = ["hold-tcp", str(port), str(k), str(PRIME if case == "splice" else 0),
                     str(ping_interval), "100"]
@@ -579,8 +603,7 @@ def _warm_up(target: Target, tmp: Path, n: int, case: str) -> None:
     priming at once), which the allocator keeps and reuses: without this, at small N that
     burst, not the connections, would dominate the figure."""
     ps = [p for c in dict.fromkeys(("http", "copy", case))
-          for p in _spawn_clients(c, target.http_port if c == "http" else target.tcp_port,
-                                  n, 1, tmp, 0.2)]
+          for p in _spawn_clients(c, target.port(c), n, 1, tmp, 0.2)]
     for p in ps:
         _read_json(p, 120)
     for p in ps:
@@ -613,7 +636,7 @@ def measure(target: Target, case: str, n: int, clients: int, tmp: Path, settle: 
     _warm_up(target, tmp, warm, case)
     time.sleep(settle)
     before = sample(pids)
-    port = target.http_port if case == "http" else target.tcp_port
+    port = target.port(case)
     progress(f"{target.name} / {case}: opening {n} connections")
     ps = _spawn_clients(case, port, n, clients, tmp, ping_interval)
     ready: list[dict[str, Any]] = []
@@ -649,7 +672,7 @@ def fds_per_conn(case: str) -> int:
     # pylb: http 1 (+ pooled backend connections); copy 2; splice 2 (the pump's dups of
     # the two sockets; the transports closed theirs) + a pipe (2 fds) per direction only
     # while bytes wait in it. (Before the fix in proxy/tcp: 8.)
-    return {"http": 1, "copy": 2, "splice": 2}[case]
+    return {"http": 1, "https": 1, "copy": 2, "splice": 2}[case]
 
 
 def run_case(proxy: str, case: str, n: int, clients: int, tmp: Path, settle: float,
@@ -706,7 +729,7 @@ def table(results: list[Result]) -> str:
             f"{r.rss_after_close_kib / 1024:>9.1f}Mi {r.kib_per_conn_rss:>12.2f} "
             f"{r.kib_per_conn_pss:>7.2f}")
     by = {(r.proxy, r.case): r for r in results}
-    for case in ("http", "copy", "splice"):
+    for case in ("http", "https", "copy", "splice"):
         p, h = by.get(("pylb", case)), by.get(("haproxy", case))
         if p and h and h.kib_per_conn_rss > 0:
             lines.append(f"pylb / haproxy, {case}: "
@@ -718,7 +741,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     roles = {"backend-http": lambda a: run_http_backend(int(a[0])),
              "echo": lambda a: run_echo(int(a[0])),
-             "hold-http": lambda a: run_hold_http(int(a[0]), int(a[1]), a[2], int(a[3])),
+             "hold-http": lambda a: run_hold_http(int(a[0]), int(a[1]), a[2], int(a[3]),
+                                                  tls=a[4:] == ["tls"]),
              "hold-tcp": lambda a: run_hold_tcp(int(a[0]), int(a[1]), int(a[2]),
                                                 float(a[3]), int(a[4])),
              "churn": lambda a: run_churn(a[0], int(a[1]), int(a[2]), int(a[3]))}
@@ -727,8 +751,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     ap = argparse.ArgumentParser(prog="python -m bench.memory")
     ap.add_argument("-n", type=int, default=10000, help="concurrent connections")
-    ap.add_argument("--only", nargs="*", default=["http", "copy", "splice"],
-                    choices=["http", "copy", "splice"])
+    ap.add_argument("--only", nargs="*", default=["http", "https", "copy", "splice"],
+                    choices=["http", "https", "copy", "splice"])
     ap.add_argument("--no-haproxy", action="store_true")
     ap.add_argument("--clients", type=int, default=0,
                     help="load-generator processes (default: one per 8,000 connections)")
