@@ -5,11 +5,14 @@ wrk runs pinned on the other core. On a 2-core machine wrk and the backend satur
 core before a fast proxy saturates its own, so requests/s understate the fast proxies: the
 figure that compares is the proxy's own CPU time per request (utime+stime of its whole
 process tree ÷ requests completed, from /proc). 10⁶ ÷ that is what one fully busy core of
-this machine would carry. Requests/s, latency and peak RSS stand beside it.
+this machine would carry. Requests/s, latency and peak RSS stand beside it. The proxies
+of a scenario are measured in rounds (`run_scenario`): one run of each, then the next
+round, so a drift of the host's speed moves them alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -273,46 +276,75 @@ def _wait_routed(sc: Scenario, port: int, timeout: float = 15.0) -> None:
 # -- running -------------------------------------------------------------------------------
 
 
-def run_case(sc: Scenario, name: str, *, runs: int, seconds: float,
-             progress: Callable[[str], None]) -> Case:
-    case = Case(sc.name, name)
+def run_scenario(sc: Scenario, *, runs: int, seconds: float,
+                 progress: Callable[[str], None]) -> list[Case]:
+    """Every proxy of `sc`, in rounds: all are started (each pinned to the proxy core,
+    each with its warm-up), then each round measures them one after another, so the
+    ratios of a round compare proxies measured within seconds of each other. A host
+    whose speed drifts over minutes (the shared machines these numbers come from) moves
+    every proxy of a round alike, where measuring one proxy's runs, then the next's,
+    charged the drift to the ratio."""
+    cases = {name: Case(sc.name, name) for name in sc.proxies}
     proxy_cpus, load_cpus, _ = _cpus()
-    with tempfile.TemporaryDirectory(prefix="pylb-bench-") as t:
+    headers = ("Connection: close",) if sc.close else ()
+    with tempfile.TemporaryDirectory(prefix="pylb-bench-") as t, \
+            contextlib.ExitStack() as stack:
         tmp = Path(t)
         tmp.chmod(0o755)  # nginx workers run as www-data and must read the files
         try:
-            with backend(tmp, load_cpus) as bport, \
-                    proxy(name, sc, tmp, bport, proxy_cpus) as (proc, port):
+            bport = stack.enter_context(backend(tmp, load_cpus))
+        except (FileNotFoundError, TimeoutError, RuntimeError) as e:
+            for case in cases.values():
+                case.skipped = f"backend: {e}"
+            return list(cases.values())
+        ready: dict[str, tuple[procs.Proc | None, str]] = {}
+        for name in sc.proxies:
+            d = tmp / name  # (each proxy's files and logs apart)
+            d.mkdir()
+            d.chmod(0o755)
+            try:
+                proc, port = stack.enter_context(proxy(name, sc, d, bport, proxy_cpus))
                 scheme = "https" if sc.layer == "tls" else "http"
                 path = sc.path if (sc.layer != "l7" or name != "direct") else \
                     sc.path.removeprefix("/svc")
                 url = f"{scheme}://127.0.0.1:{port}{path}"
-                headers = ("Connection: close",) if sc.close else ()
                 wrk.run(url, seconds=1, connections=sc.connections, headers=headers,
                         cpus=load_cpus)  # warm-up
-                for i in range(runs):
-                    progress(f"{sc.name} / {name}: run {i + 1} of {runs}")
-                    user0, sys0 = proc.cpu_split() if proc else (0.0, 0.0)
-                    r = wrk.run(url, seconds=seconds, connections=sc.connections,
-                                headers=headers, cpus=load_cpus)
-                    user1, sys1 = proc.cpu_split() if proc else (0.0, 0.0)
-                    cpu = (user1 - user0) + (sys1 - sys0)
-                    case.runs.append(Run(
-                        rps=r.rps, mbps=r.mb_per_s, p50_ms=r.latency_ms.get("50%", 0.0),
-                        p99_ms=r.latency_ms.get("99%", 0.0),
-                        cpu_us_per_req=(cpu / r.requests * 1e6) if r.requests and proc
-                        else 0.0,
-                        peak_rss_mib=(proc.peak_rss_kib() / 1024) if proc else 0.0,
-                        errors=r.errors, requests=r.requests,
-                        sys_us_per_req=((sys1 - sys0) / r.requests * 1e6) if r.requests
-                        and proc else 0.0))
-        except FileNotFoundError as e:
-            case.skipped = f"{e} not installed"
-        except (TimeoutError, RuntimeError) as e:
-            logs = " | ".join(f"{f.name}: {f.read_text()[-300:]!r}" for f in tmp.glob("*.log"))
-            case.skipped = f"failed: {e}; {logs}"
-            progress(f"{sc.name} / {name}: {case.skipped}")
-    return case
+                ready[name] = (proc, url)
+            except FileNotFoundError as e:
+                cases[name].skipped = f"{e} not installed"
+            except (TimeoutError, RuntimeError) as e:
+                logs = " | ".join(f"{f.name}: {f.read_text()[-300:]!r}" for f in d.glob("*.log"))
+                cases[name].skipped = f"failed: {e}; {logs}"
+                progress(f"{sc.name} / {name}: {cases[name].skipped}")
+        for i in range(runs):
+            for name, (proc, url) in list(ready.items()):
+                progress(f"{sc.name} / {name}: run {i + 1} of {runs}")
+                try:
+                    cases[name].runs.append(_measure(proc, url, sc, headers, seconds,
+                                                     load_cpus))
+                except (TimeoutError, RuntimeError) as e:
+                    cases[name].skipped = f"failed: {e}"
+                    progress(f"{sc.name} / {name}: {cases[name].skipped}")
+                    del ready[name]
+    return list(cases.values())
+
+
+def _measure(proc: procs.Proc | None, url: str, sc: Scenario, headers: tuple[str, ...],
+             seconds: float, load_cpus: str | None) -> Run:
+    """One run: wrk for `seconds`, and the proxy's CPU time meanwhile."""
+    user0, sys0 = proc.cpu_split() if proc else (0.0, 0.0)
+    r = wrk.run(url, seconds=seconds, connections=sc.connections, headers=headers,
+                cpus=load_cpus)
+    user1, sys1 = proc.cpu_split() if proc else (0.0, 0.0)
+    cpu = (user1 - user0) + (sys1 - sys0)
+    return Run(
+        rps=r.rps, mbps=r.mb_per_s, p50_ms=r.latency_ms.get("50%", 0.0),
+        p99_ms=r.latency_ms.get("99%", 0.0),
+        cpu_us_per_req=(cpu / r.requests * 1e6) if r.requests and proc else 0.0,
+        peak_rss_mib=(proc.peak_rss_kib() / 1024) if proc else 0.0,
+        errors=r.errors, requests=r.requests,
+        sys_us_per_req=((sys1 - sys0) / r.requests * 1e6) if r.requests and proc else 0.0)
 
 
 def run(scenarios: list[Scenario], *, runs: int, seconds: float, out: Path,
@@ -320,8 +352,7 @@ def run(scenarios: list[Scenario], *, runs: int, seconds: float, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     cases: list[Case] = []
     for sc in scenarios:
-        for name in sc.proxies:
-            cases.append(run_case(sc, name, runs=runs, seconds=seconds, progress=progress))
+        cases.extend(run_scenario(sc, runs=runs, seconds=seconds, progress=progress))
     (out / "results.json").write_text(json.dumps({
         "machine": machine(), "runs": runs, "seconds": seconds,
         "cases": [asdict(c) for c in cases]}, indent=1))
