@@ -74,14 +74,16 @@ def test_tiny_cpu_mode_run(case: str) -> None:
     assert out["cpu_us_per_req"] >= 0 and out["page_faults_per_req"] >= 0
 
 
-def test_concurrent_load_is_for_plain_http_cases_only(capsys: pytest.CaptureFixture[str]) -> None:
-    """--concurrent drives the proxy with wrk, whose TLS client is not this one's: a TLS
-    case is refused before anything starts (a bad flag stops with a message naming it)."""
+def test_concurrent_load_refuses_tls_cases_with_a_connection_per_request(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--concurrent drives the proxy with wrk, whose TLS session resumption is not this
+    client's: a TLS case that makes a connection per request is refused before anything
+    starts (a bad flag stops with a message naming it); TLS keep-alive is not."""
     with pytest.raises(SystemExit) as e:
-        instructions.main(["--case", "newconn", "tls-keepalive", "--concurrent", "4",
-                           "--mode", "cpu"])
+        instructions.main(["--case", "newconn", "tls-keepalive", "tls-rsa-resume",
+                           "--concurrent", "4", "--mode", "cpu"])
     assert e.value.code == 2
-    assert "--concurrent: plain HTTP cases only, not tls-keepalive" in capsys.readouterr().err
+    assert "not tls-rsa-resume" in capsys.readouterr().err
 
 
 def test_tiny_concurrent_cpu_mode_run() -> None:
@@ -95,3 +97,14 @@ def test_tiny_concurrent_cpu_mode_run() -> None:
     out = instructions.measure(ns)
     assert out["concurrent"] == 4 and 0 < out["requests"] < 10**9  # wrk's count
     assert out["cpu_us_per_req"] > 0
+
+
+def test_tiny_concurrent_tls_keepalive_run() -> None:
+    """TLS keep-alive under wrk: wrk speaks TLS to pylb's TLS frontend."""
+    if shutil.which("nginx") is None or shutil.which("wrk") is None:
+        pytest.skip("nginx or wrk not installed")
+    ns = argparse.Namespace(case="tls-keepalive", proxy="pylb", parser="httptools",
+                            mode="cpu", requests=10**9, warmup=5, keep=None,
+                            sort="tottime", top=10, concurrent=2, seconds=1.0)
+    out = instructions.measure(ns)
+    assert out["concurrent"] == 2 and 0 < out["requests"] < 10**9
