@@ -56,7 +56,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.connect import Steps
-from proxy.fdtransport import FdTransport
+from proxy.fdtransport import FdTransport, LostCalls
 
 log = logging.getLogger("pylb.listener")
 
@@ -263,6 +263,7 @@ class Listener:
         self._direct = direct and ssl_context is None and self._accepted is not None
         if self._direct:  # inherited by the connections it accepts (Linux)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._lost_calls = LostCalls(self.loop)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -383,7 +384,7 @@ class Listener:
                 os.close(fd)
                 self._handed_over(None, e)
                 continue
-            transport = FdTransport(loop, fd, protocol, addr)
+            transport = FdTransport(loop, fd, protocol, addr, self._lost_calls)
             try:
                 protocol.connection_made(transport)
             except Exception:
