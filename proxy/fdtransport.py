@@ -45,8 +45,9 @@ The cost moves to the keep-alive connection's later reads and writes: a Python f
 The asyncio.Transport surface implemented is what pylb's HTTP/1.1 protocol uses (and what
 asyncio documents): write, write_eof/can_write_eof, close, abort, is_closing,
 pause_reading/resume_reading/is_reading, get_write_buffer_size, set/get_write_buffer
-limits, get_extra_info ("peername", "sockname", "socket"), set/get_protocol. Not for TLS
-(uvloop's SSL transport stays) nor for h2c's preface sniffing (proxy.http.h2server).
+limits (proxy.flow's until set), get_extra_info ("peername", "sockname", "socket"),
+set/get_protocol. Not for TLS (uvloop's SSL transport stays) nor for h2c's preface
+sniffing (proxy.http.h2server).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ import socket
 from asyncio.trsock import TransportSocket
 from typing import Any
 
+from proxy import flow
+
 log = logging.getLogger("pylb.transport")
 
 # As much as uvloop reads at once (proxy.flow's bound on what a stalled peer makes us hold
@@ -68,6 +71,8 @@ READ_SIZE = 256 * 1024
 _read = os.read
 _write = os.write
 _writev = os.writev
+_HIGH_WATER = flow.HIGH_WATER
+_LOW_WATER = flow.LOW_WATER
 
 
 class LostCalls:
@@ -151,8 +156,10 @@ class FdTransport(asyncio.Transport):
         self._paused = False  # the protocol paused reading
         self._watched = False  # add_reader is in place
         self._writing = False  # add_writer is in place
-        self._high = 64 * 1024  # asyncio's default watermarks until the protocol sets its own
-        self._low = 16 * 1024
+        # proxy.flow's watermarks, which pylb's protocols set anyway (asyncio's default
+        # pair is 64/16 KiB): proxy.http.server's need not call set_write_buffer_limits
+        self._high = _HIGH_WATER
+        self._low = _LOW_WATER
         self._writing_paused = False  # pause_writing() was called, resume_writing() not yet
         self.started = False  # `start` has returned
         self._sock: socket.socket | None = None  # made if asked for (get_extra_info)

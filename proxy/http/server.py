@@ -311,8 +311,10 @@ class ClientProtocol(asyncio.Protocol):
         local = proxy.port
         if self.client_ip and local and not proxy.tls:
             # all that frontend.accepted() would learn: the listener's accept() gave the
-            # client's address, and the frontend knows its port (a call per connection)
-            transport.set_write_buffer_limits(flow.HIGH_WATER, flow.LOW_WATER)  # type: ignore[attr-defined]
+            # client's address, and the frontend knows its port (a call per connection);
+            # an FdTransport's watermarks are proxy.flow's from the start (a call fewer)
+            if type(transport) is not FdTransport:
+                transport.set_write_buffer_limits(flow.HIGH_WATER, flow.LOW_WATER)  # type: ignore[attr-defined]
             self.local_port = local
         else:
             self.client_ip, self.client_port, self.local_port, self._ssl_client = \

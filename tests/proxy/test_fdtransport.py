@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from proxy import flow
 from proxy.fdtransport import FdTransport, LostCalls
 from proxy.listener import ConnectionLimit, Listener, bind_socket
 from tests.conftest import until
@@ -250,6 +251,13 @@ def _recv_all_or_reset(s: socket.socket) -> bytes:
         return _recv_all(s)
     except ConnectionResetError:
         return b""
+
+
+async def test_the_watermarks_are_proxy_flows_until_set() -> None:
+    """What pylb's HTTP protocol would set (it no longer calls set_write_buffer_limits on
+    this transport)."""
+    async with accepted() as (_, _c, p):
+        assert p.transport.get_write_buffer_limits() == (flow.LOW_WATER, flow.HIGH_WATER)
 
 
 async def test_write_eof_half_closes() -> None:
