@@ -363,7 +363,15 @@ class ClientProtocol(asyncio.Protocol):
         if state is not _CLOSED:
             self._state_closed = state
             self._state = _CLOSED
-        self._proxy.connection_gone(self)
+        # proxy.connection_gone(self), inline (a call per connection)
+        proxy = self._proxy
+        conns = proxy.conns
+        conns.pop(self, None)
+        limit = proxy.limit
+        if limit is not None:
+            limit.release()
+        if proxy.gone is not None and not conns:
+            proxy.gone.set()
 
     def _closing(self) -> None:
         state = self._state
