@@ -58,7 +58,7 @@ import logging
 import os
 import socket
 from asyncio.trsock import TransportSocket
-from typing import Any
+from typing import Any, cast
 
 from proxy import flow
 
@@ -71,6 +71,9 @@ READ_SIZE = 256 * 1024
 _read = os.read
 _write = os.write
 _writev = os.writev
+# Empty and falsy like a list: the write buffer of a transport whose writes have all gone
+# straight to the kernel (a tuple: an append to it would fail loudly, not be shared).
+_NO_BUFFER = cast(list[bytes], ())
 _HIGH_WATER = flow.HIGH_WATER
 _LOW_WATER = flow.LOW_WATER
 
@@ -148,7 +151,9 @@ class FdTransport(asyncio.Transport):
         self._fd = fd
         self._protocol: asyncio.Protocol | None = protocol
         self._peer = peer
-        self._buffer: list[bytes] = []  # what the kernel has not taken yet
+        # what the kernel has not taken yet; a list of its own from the first write that
+        # waits (most connections' never does)
+        self._buffer: list[bytes] = _NO_BUFFER
         self._buffered = 0  # its size
         self._closing = False
         self._lost = False  # connection_lost is scheduled (or done)
@@ -243,6 +248,8 @@ class FdTransport(asyncio.Transport):
             data = data[n:]
             self._writing = True
             self._loop.add_writer(self._fd, self._write_ready)
+            if buffer is _NO_BUFFER:
+                buffer = self._buffer = []
         buffer.append(bytes(data))
         self._buffered += len(data)
         self._maybe_pause_protocol()
