@@ -92,18 +92,30 @@ class ConnectionLimit:
     def full(self) -> bool:
         return self.current >= self.limit
 
+    # A direct listener (`_accept_direct`) and proxy.http.server's connection_lost do
+    # acquire's and release's first two lines inline (a call per connection each), and
+    # call `reached` and `freed` on the edges.
+
     def acquire(self) -> None:
         self.current += 1
         if self.current == self.limit:
-            self.refusals += 1
-            for lst in self.listeners:
-                lst.pause()
+            self.reached()
+
+    def reached(self) -> None:
+        """`current` has just reached the limit: the listeners pause."""
+        self.refusals += 1
+        for lst in self.listeners:
+            lst.pause()
 
     def release(self) -> None:
         self.current -= 1
         if self.current == self.limit - 1:
-            for lst in self.listeners:
-                lst.resume()
+            self.freed()
+
+    def freed(self) -> None:
+        """`current` has just fallen below the limit: the listeners resume."""
+        for lst in self.listeners:
+            lst.resume()
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -375,8 +387,10 @@ class Listener:
             except OSError:  # (not seen on a socket just accepted; never leak it)
                 os.close(fd)
                 continue
-            if limit is not None:
-                limit.acquire()
+            if limit is not None:  # limit.acquire(), inline (a call per connection)
+                n = limit.current = limit.current + 1
+                if n == limit.limit:
+                    limit.reached()
             self.peer = addr
             try:
                 protocol: Any = factory()

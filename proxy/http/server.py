@@ -368,8 +368,10 @@ class ClientProtocol(asyncio.Protocol):
         conns = proxy.conns
         conns.pop(self, None)
         limit = proxy.limit
-        if limit is not None:
-            limit.release()
+        if limit is not None:  # limit.release(), inline
+            n = limit.current = limit.current - 1
+            if n == limit.limit - 1:
+                limit.freed()
         if proxy.gone is not None and not conns:
             proxy.gone.set()
 
