@@ -33,7 +33,10 @@ under the l7-newconn load shows no epoll_ctl for client connections at all):
 - A write goes straight to os.write; only what the kernel does not take is buffered and
   watched with `add_writer` (asyncio's selector transport does the same).
 - `close()` with nothing left to send schedules `connection_lost` (never called from
-  inside the protocol's own call), which closes the descriptor.
+  inside the protocol's own call), which closes the descriptor. The calls due in one
+  loop turn are made by one loop callback (`LostCalls`, one per listener), not by one
+  each: a `Connection: close` exchange ends in a close, and under load a turn ends
+  several (bench.instructions newconn --concurrent 16: −1.3k instructions a request).
 
 The cost moves to the keep-alive connection's later reads and writes: a Python frame each
 (`_read_ready`, `write`) where uvloop's are C: +2.25k instructions a keep-alive request
@@ -42,9 +45,9 @@ The cost moves to the keep-alive connection's later reads and writes: a Python f
 The asyncio.Transport surface implemented is what pylb's HTTP/1.1 protocol uses (and what
 asyncio documents): write, write_eof/can_write_eof, close, abort, is_closing,
 pause_reading/resume_reading/is_reading, get_write_buffer_size, set/get_write_buffer
-limits, get_extra_info ("peername", "sockname", "socket"), set/get_protocol. TLS
-connections get its subclass, proxy.tlstransport.TlsTransport; h2c's preface sniffing
-(proxy.http.h2server) keeps uvloop's transport.
+limits (proxy.flow's until set), get_extra_info ("peername", "sockname", "socket"),
+set/get_protocol. TLS connections get its subclass, proxy.tlstransport.TlsTransport;
+h2c's preface sniffing (proxy.http.h2server) keeps uvloop's transport.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ import logging
 import os
 import socket
 from asyncio.trsock import TransportSocket
-from typing import Any
+from typing import Any, cast
+
+from proxy import flow
 
 log = logging.getLogger("pylb.transport")
 
@@ -66,6 +71,49 @@ READ_SIZE = 256 * 1024
 _read = os.read
 _write = os.write
 _writev = os.writev
+# Empty and falsy like a list: the write buffer of a transport whose writes have all gone
+# straight to the kernel (a tuple: an append to it would fail loudly, not be shared).
+_NO_BUFFER = cast(list[bytes], ())
+_HIGH_WATER = flow.HIGH_WATER
+_LOW_WATER = flow.LOW_WATER
+
+
+class LostCalls:
+    """The connection_lost calls of transports closed since the loop last ran callbacks,
+    made by one callback (not one each: a loop callback, its Handle and the bound method
+    it holds cost ~2k instructions)."""
+
+    __slots__ = ("_loop", "due")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.due: list[FdTransport] = []
+
+    def add(self, transport: FdTransport) -> None:
+        """Call `transport._call_connection_lost(None)` soon (FdTransport.close does
+        this inline: a call per connection)."""
+        due = self.due
+        if not due:
+            self._loop.call_soon(self.run)
+        due.append(transport)
+
+    def run(self) -> None:
+        due = self.due
+        self.due = []
+        for transport in due:
+            try:
+                transport._call_connection_lost(None)
+            except Exception as exc:  # as the loop does for a callback's
+                self._loop.call_exception_handler({
+                    "message": "Exception in connection_lost", "exception": exc,
+                    "transport": transport})
+            except BaseException:  # (SystemExit...): the others' calls still come
+                rest = due[due.index(transport) + 1:]
+                if rest:
+                    if not self.due:
+                        self._loop.call_soon(self.run)
+                    self.due[:0] = rest
+                raise
 
 
 class FdTransport(asyncio.Transport):
@@ -81,6 +129,7 @@ class FdTransport(asyncio.Transport):
         "_high",
         "_loop",
         "_lost",
+        "_lost_calls",
         "_low",
         "_paused",
         "_peer",
@@ -93,14 +142,18 @@ class FdTransport(asyncio.Transport):
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int,
-                 protocol: asyncio.Protocol, peer: Any) -> None:
+                 protocol: asyncio.Protocol, peer: Any, lost_calls: LostCalls) -> None:
         """`fd`: a connected, non-blocking TCP socket's descriptor, the transport's from
-        now on (it closes it); `peer`: its address as accept() returned it."""
+        now on (it closes it); `peer`: its address as accept() returned it; `lost_calls`:
+        the loop's (its listener's) batch of connection_lost calls."""
         self._loop = loop
+        self._lost_calls = lost_calls
         self._fd = fd
         self._protocol: asyncio.Protocol | None = protocol
         self._peer = peer
-        self._buffer: list[bytes] = []  # what the kernel has not taken yet
+        # what the kernel has not taken yet; a list of its own from the first write that
+        # waits (most connections' never does)
+        self._buffer: list[bytes] = _NO_BUFFER
         self._buffered = 0  # its size
         self._closing = False
         self._lost = False  # connection_lost is scheduled (or done)
@@ -108,8 +161,10 @@ class FdTransport(asyncio.Transport):
         self._paused = False  # the protocol paused reading
         self._watched = False  # add_reader is in place
         self._writing = False  # add_writer is in place
-        self._high = 64 * 1024  # asyncio's default watermarks until the protocol sets its own
-        self._low = 16 * 1024
+        # proxy.flow's watermarks, which pylb's protocols set anyway (asyncio's default
+        # pair is 64/16 KiB): proxy.http.server's need not call set_write_buffer_limits
+        self._high = _HIGH_WATER
+        self._low = _LOW_WATER
         self._writing_paused = False  # pause_writing() was called, resume_writing() not yet
         self.started = False  # `start` has returned
         self._sock: socket.socket | None = None  # made if asked for (get_extra_info)
@@ -198,6 +253,8 @@ class FdTransport(asyncio.Transport):
         if not self._buffer:
             self._writing = True
             self._loop.add_writer(self._fd, self._write_ready)
+            if self._buffer is _NO_BUFFER:
+                self._buffer = []
         self._buffer.append(bytes(data))
         self._buffered += len(data)
         self._maybe_pause_protocol()
@@ -305,7 +362,12 @@ class FdTransport(asyncio.Transport):
             self._loop.remove_reader(self._fd)
         if not self._buffer:  # (else once it is sent: _write_ready)
             self._lost = True
-            self._loop.call_soon(self._call_connection_lost, None)
+            # self._lost_calls.add(self), inline (every connection closes once)
+            lost = self._lost_calls
+            due = lost.due
+            if not due:
+                self._loop.call_soon(lost.run)
+            due.append(self)
 
     def abort(self) -> None:
         """Close now, dropping what is buffered."""
@@ -332,7 +394,10 @@ class FdTransport(asyncio.Transport):
     def _schedule_lost(self, exc: BaseException | None) -> None:
         if not self._lost:
             self._lost = True
-            self._loop.call_soon(self._call_connection_lost, exc)
+            if exc is None:
+                self._lost_calls.add(self)
+            else:  # (a read or write error: rare, a callback of its own)
+                self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         protocol = self._protocol

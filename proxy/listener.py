@@ -58,7 +58,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.connect import Steps
-from proxy.fdtransport import FdTransport
+from proxy.fdtransport import FdTransport, LostCalls
 from proxy.tlstransport import TlsTransport
 
 log = logging.getLogger("pylb.listener")
@@ -95,18 +95,30 @@ class ConnectionLimit:
     def full(self) -> bool:
         return self.current >= self.limit
 
+    # A direct listener (`_accept_direct`) and proxy.http.server's connection_lost do
+    # acquire's and release's first two lines inline (a call per connection each), and
+    # call `reached` and `freed` on the edges.
+
     def acquire(self) -> None:
         self.current += 1
         if self.current == self.limit:
-            self.refusals += 1
-            for lst in self.listeners:
-                lst.pause()
+            self.reached()
+
+    def reached(self) -> None:
+        """`current` has just reached the limit: the listeners pause."""
+        self.refusals += 1
+        for lst in self.listeners:
+            lst.pause()
 
     def release(self) -> None:
         self.current -= 1
         if self.current == self.limit - 1:
-            for lst in self.listeners:
-                lst.resume()
+            self.freed()
+
+    def freed(self) -> None:
+        """`current` has just fallen below the limit: the listeners resume."""
+        for lst in self.listeners:
+            lst.resume()
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -269,6 +281,7 @@ class Listener:
         self._handshake_timeout = handshake_timeout
         if self._direct:  # inherited by the connections it accepts (Linux)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._lost_calls = LostCalls(self.loop)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -381,11 +394,14 @@ class Listener:
             except OSError:  # (not seen on a socket just accepted; never leak it)
                 os.close(fd)
                 continue
-            if limit is not None:
-                limit.acquire()
+            if limit is not None:  # limit.acquire(), inline (a call per connection)
+                n = limit.current = limit.current + 1
+                if n == limit.limit:
+                    limit.reached()
             if tls is not None:  # the protocol once the handshake is done: `_tls_ready`
-                accepted.append(TlsTransport(loop, fd, addr, tls, self._handshake_timeout,
-                                             self._tls_ready, self._handed_over))
+                accepted.append(TlsTransport(loop, fd, addr, self._lost_calls, tls,
+                                             self._handshake_timeout, self._tls_ready,
+                                             self._handed_over))
                 if not self.accepting:
                     break
                 continue
@@ -396,7 +412,7 @@ class Listener:
                 os.close(fd)
                 self._handed_over(None, e)
                 continue
-            transport = FdTransport(loop, fd, protocol, addr)
+            transport = FdTransport(loop, fd, protocol, addr, self._lost_calls)
             try:
                 protocol.connection_made(transport)
             except Exception:

@@ -53,7 +53,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from proxy.fdtransport import READ_SIZE, FdTransport
+from proxy.fdtransport import READ_SIZE, FdTransport, LostCalls
 
 log = logging.getLogger("pylb.transport")
 
@@ -89,10 +89,11 @@ class TlsTransport(FdTransport):
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, peer: Any,
-                 context: ssl.SSLContext, timeout: float | None,
+                 lost_calls: LostCalls, context: ssl.SSLContext, timeout: float | None,
                  ready: Callable[[TlsTransport], None],
                  failed: Callable[[object, BaseException | None], None]) -> None:
-        super().__init__(loop, fd, None, peer)  # type: ignore[arg-type]  # (ready sets it)
+        # (no protocol until the handshake is done: `ready` sets it)
+        super().__init__(loop, fd, None, peer, lost_calls)  # type: ignore[arg-type]
         self._incoming = incoming = ssl.MemoryBIO()
         self._outgoing = outgoing = ssl.MemoryBIO()
         self._sslobj = sslobj = context.wrap_bio(incoming, outgoing, server_side=True)

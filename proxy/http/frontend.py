@@ -17,6 +17,7 @@ from proxy.http.h2upstream import H2Pool
 from proxy.http.idle import IdleSweep, LateTimers
 from proxy.http.pool import Pool
 from proxy.http.routing import Router
+from proxy.listener import ConnectionLimit
 from pylb.config import HttpParser, Settings
 from pylb.counters import Counters, Stats
 from pylb.model import RouteTable, Server
@@ -41,6 +42,8 @@ class Frontend(Protocol):
     port: int  # the port it listens on, or 0 (not one port, or not started)
     gateway: Any  # a Gateway API listener's router (proxy.http.gwplane), or None
     conns: dict[Any, None]  # the open client connections (what `connection_opened` adds)
+    limit: ConnectionLimit | None  # --maxconn, shared by the worker's listeners
+    gone: asyncio.Event | None  # set when `conns` empties, while shutting down
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...

@@ -92,7 +92,8 @@ class HttpProxy:
         self._h2_pool: H2Pool | None = None
         self._server: asyncio.Server | None = None
         self._connects: set[Dial] = set()  # connects under way
-        self._gone: asyncio.Event | None = None
+        # set when the last connection has gone, while shutdown waits for that
+        self.gone: asyncio.Event | None = None
         self.shortage = ShortageLog(frontend)  # connects failing for our own shortage
 
     @property
@@ -213,9 +214,9 @@ class HttpProxy:
             if conn.idle:
                 conn.close()
         if self.conns:
-            self._gone = asyncio.Event()
+            self.gone = asyncio.Event()
             try:
-                await asyncio.wait_for(self._gone.wait(), grace)
+                await asyncio.wait_for(self.gone.wait(), grace)
             except TimeoutError:
                 log.warning("%s: %d connections cut at the end of the grace period",
                             self.frontend, len(self.conns))
@@ -247,8 +248,8 @@ class HttpProxy:
         self.conns.pop(conn, None)  # type: ignore[arg-type]  # (a PrefaceSwitch never is)
         if self.limit is not None:
             self.limit.release()
-        if self._gone is not None and not self.conns:
-            self._gone.set()
+        if self.gone is not None and not self.conns:  # (ClientProtocol.connection_lost
+            self.gone.set()  # repeats these lines inline)
 
     # -- connecting to servers --------------------------------------------------------------
 

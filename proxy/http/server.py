@@ -262,18 +262,28 @@ class ClientProtocol(asyncio.Protocol):
         self._held: Server | Ticket | None = None
         self._tw = 0.0  # seconds the held slot was waited for (the access log's Tw)
         self._routed: _Routed | None = None  # (see `on_head`; kept across exchanges)
+        # The server's and backend's counter rows while an exchange holds them: set by
+        # `_attach`, back to None by `_release_server`, which every exchange's end calls
+        # (not `_reset`'s, a store each per request fewer).
+        self._srv_c: Counters | None = None
+        self._be_c: Counters | None = None
         self._reset()
 
     def _reset(self) -> None:
-        """Forget the exchange that ended."""
+        """Forget the exchange that ended. Not here (a store each per request fewer):
+        fields that each exchange sets before anything reads them. `_out_head` (the head
+        for the server: `on_head` sets it before `_dispatch`, the only way to `_attach`,
+        its reader); `_chunked_out` (the response's framing: `on_response` sets it, and
+        only after it do its body and end come); `_keep` (keep-alive after this
+        response, read by `_finish` only in `_DONE`, which every way into sets it first:
+        `on_response` before `_RESPONSE`, `_local_done` and `_respond_error` with their
+        `ANSWER`, `on_response_end` on the way to `_DRAIN`)."""
         self._req: RequestHead | None = None
         self._resp: ResponseHead | None = None
         self._backend: Backend | None = None
         self._balancer: Balancer | None = None
         self._server: Server | None = None
         self._up: UpstreamProtocol | None = None
-        self._srv_c: Counters | None = None
-        self._be_c: Counters | None = None
         self._up_paused = False
         self._connecting = False
         self._cookie: bytes | None = None
@@ -281,15 +291,12 @@ class ClientProtocol(asyncio.Protocol):
         # 216 bytes of the ~4 KiB an idle keep-alive connection costs: bench/memory.py)
         self._exclude: set[tuple[str, int]] | None = None
         self._attempts = 0
-        self._out_head = b""
         self._pending: list[bytes] = _EMPTY
         self._pending_size = 0
         self._replay: list[bytes] | None = _EMPTY
         self._replay_size = 0
-        self._chunked_out = False
         # where the response's head is in `_wbuf` while none of it has been written, else -1
         self._unsent = -1
-        self._keep = True
         self._status = 0
         self._term = "--"  # haproxy's termination state, for the access log
         self._resp_bytes = 0
@@ -311,8 +318,10 @@ class ClientProtocol(asyncio.Protocol):
         local = proxy.port
         if self.client_ip and local and not proxy.tls:
             # all that frontend.accepted() would learn: the listener's accept() gave the
-            # client's address, and the frontend knows its port (a call per connection)
-            transport.set_write_buffer_limits(flow.HIGH_WATER, flow.LOW_WATER)  # type: ignore[attr-defined]
+            # client's address, and the frontend knows its port (a call per connection);
+            # an FdTransport's watermarks are proxy.flow's from the start (a call fewer)
+            if type(transport) is not FdTransport:
+                transport.set_write_buffer_limits(flow.HIGH_WATER, flow.LOW_WATER)  # type: ignore[attr-defined]
             self.local_port = local
         else:
             self.client_ip, self.client_port, self.local_port, self._ssl_client = \
@@ -361,7 +370,17 @@ class ClientProtocol(asyncio.Protocol):
         if state is not _CLOSED:
             self._state_closed = state
             self._state = _CLOSED
-        self._proxy.connection_gone(self)
+        # proxy.connection_gone(self), inline (a call per connection)
+        proxy = self._proxy
+        conns = proxy.conns
+        conns.pop(self, None)
+        limit = proxy.limit
+        if limit is not None:  # limit.release(), inline
+            n = limit.current = limit.current - 1
+            if n == limit.limit - 1:
+                limit.freed()
+        if proxy.gone is not None and not conns:
+            proxy.gone.set()
 
     def _closing(self) -> None:
         state = self._state

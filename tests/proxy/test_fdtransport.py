@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from proxy.fdtransport import FdTransport
+from proxy import flow
+from proxy.fdtransport import FdTransport, LostCalls
 from proxy.listener import ConnectionLimit, Listener, bind_socket
 from tests.conftest import until
 
@@ -252,6 +253,13 @@ def _recv_all_or_reset(s: socket.socket) -> bytes:
         return b""
 
 
+async def test_the_watermarks_are_proxy_flows_until_set() -> None:
+    """What pylb's HTTP protocol would set (it no longer calls set_write_buffer_limits on
+    this transport)."""
+    async with accepted() as (_, _c, p):
+        assert p.transport.get_write_buffer_limits() == (flow.LOW_WATER, flow.HIGH_WATER)
+
+
 async def test_write_eof_half_closes() -> None:
     async with accepted() as (_, c, p):
         t = p.transport
@@ -338,3 +346,69 @@ async def test_a_failing_protocol_ends_its_connection_not_the_listener(
         for p in made:
             if not p.transport.is_closing():
                 p.transport.abort()
+
+
+class _Lost(asyncio.Protocol):
+    def __init__(self, order: list[str], name: str, fail: bool = False) -> None:
+        self.order = order
+        self.name = name
+        self.fail = fail
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.order.append(self.name)
+        if self.fail:
+            raise RuntimeError("bug in connection_lost")
+
+
+def _transports(loop: asyncio.AbstractEventLoop, lost_calls: LostCalls,
+                protocols: list[_Lost]) -> tuple[list[FdTransport], list[socket.socket]]:
+    transports, peers = [], []
+    for p in protocols:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        t = FdTransport(loop, a.detach(), p, None, lost_calls)
+        p.connection_made(t)
+        transports.append(t)
+        peers.append(b)
+    return transports, peers
+
+
+async def test_the_connection_lost_calls_of_one_turn_come_in_one_callback() -> None:
+    """Transports closed in one loop turn have their connection_lost called together, by
+    one loop callback: a callback scheduled between two of the closes runs after both."""
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+    (t1, t2), peers = _transports(loop, LostCalls(loop), [_Lost(order, "1"), _Lost(order, "2")])
+    try:
+        t1.close()
+        loop.call_soon(order.append, "other")
+        t2.close()
+        assert order == []  # never from inside close()
+        await until(lambda: len(order) == 3)
+        assert order == ["1", "2", "other"]
+        for s in peers:
+            assert s.recv(10) == b""  # each descriptor closed: the FIN
+    finally:
+        for s in peers:
+            s.close()
+
+
+async def test_a_failing_connection_lost_does_not_keep_the_others_from_theirs() -> None:
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    protocols = [_Lost(order, "1", fail=True), _Lost(order, "2")]
+    transports, peers = _transports(loop, LostCalls(loop), protocols)
+    try:
+        for t in transports:
+            t.close()
+        await until(lambda: len(order) == 2)
+        assert order == ["1", "2"]
+        assert len(errors) == 1 and isinstance(errors[0]["exception"], RuntimeError)
+        for s in peers:
+            assert s.recv(10) == b""  # both descriptors closed, the failing one's too
+    finally:
+        loop.set_exception_handler(None)
+        for s in peers:
+            s.close()
