@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import trustme
 
-from proxy.listener import ConnectionLimit, Listener, bind_socket
 from proxy.tlstransport import TlsTransport
 from tests.conftest import until
 from tests.proxy.tls.helpers import BioClient as Client
+from tests.proxy.transports import Recorder, Server
 
 
 @pytest.fixture(scope="module")
@@ -35,67 +35,6 @@ def server_ctx(ca: trustme.CA) -> ssl.SSLContext:
     ca.issue_cert("localhost").configure_cert(ctx)
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
-
-
-class Recorder(asyncio.Protocol):
-    def __init__(self, limit: ConnectionLimit, on_data: Any = None,
-                 keep_open_on_eof: bool = False) -> None:
-        self.limit = limit
-        self.on_data = on_data
-        self.keep_open_on_eof = keep_open_on_eof
-        self.transport: Any = None
-        self.data = bytearray()
-        self.reads: list[bytes] = []
-        self.eof = 0
-        self.lost: list[BaseException | None] = []
-        self.pauses = 0
-        self.resumes = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-        self.reads.append(data)
-        if self.on_data is not None:
-            self.on_data(self, data)
-
-    def eof_received(self) -> bool | None:
-        self.eof += 1
-        return self.keep_open_on_eof
-
-    def pause_writing(self) -> None:
-        self.pauses += 1
-
-    def resume_writing(self) -> None:
-        self.resumes += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.append(exc)
-        self.limit.release()
-
-
-class Server:
-    def __init__(self, ctx: ssl.SSLContext, *, handshake_timeout: float | None = None,
-                 **kw: Any) -> None:
-        self.limit = ConnectionLimit(100)
-        self.protocols: list[Recorder] = []
-        self.kw = kw
-        self.listener = Listener(bind_socket("127.0.0.1", 0), self._make, limit=self.limit,
-                                 ssl_context=ctx, handshake_timeout=handshake_timeout,
-                                 direct=True)
-        self.port = self.listener.address[1]
-
-    def _make(self) -> Recorder:
-        p = Recorder(self.limit, **self.kw)
-        self.protocols.append(p)
-        return p
-
-    def close(self) -> None:
-        self.listener.close()
-        for p in self.protocols:
-            if p.transport is not None and not p.transport.is_closing():
-                p.transport.abort()
 
 
 async def in_thread(fn: Any, *args: Any) -> Any:
