@@ -200,6 +200,8 @@ class TlsTransport(FdTransport):
     # -- reading -----------------------------------------------------------------------------
 
     def _read_ready(self) -> None:
+        # The read and its errors as FdTransport._read_ready's, repeated: a helper shared
+        # by both would be a Python call per read on each
         try:
             data = _read(self._fd, READ_SIZE)
         except (BlockingIOError, InterruptedError):
