@@ -276,7 +276,8 @@ class TlsTransport(FdTransport):
         if self._closing or not self._paused:
             return
         FdTransport.resume_reading(self)
-        if self._incoming.pending:  # (next turn: not from inside the protocol's call)
+        # what `_decrypt` would read (next turn: not from inside the protocol's call)
+        if self._incoming.pending or self._sslobj.pending():
             self._loop.call_soon(self._decrypt)
 
     # -- writing -----------------------------------------------------------------------------
