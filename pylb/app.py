@@ -409,6 +409,7 @@ def main(settings: Settings) -> int:
     # dozen callbacks (probes ending, a request on /readyz) took 100-250 ms while a page
     # rendered. 1 ms cuts that wait fivefold, for more hand-offs between the threads.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    collector.tune()  # (it serves traffic itself with --workers=1)
 
     async def _main() -> None:
         await Controller(settings).run()

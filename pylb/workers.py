@@ -719,6 +719,7 @@ def worker_main(index: int, settings: Settings, sock: socket.socket,
     setup_logging(settings.log_level, tag=f"worker {index}", access_log=settings.syslog)
     # Ctrl-C reaches the whole process group; the controller decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    collector.tune()
     import uvloop
 
     try:
