@@ -29,9 +29,13 @@ Until the tick the connection holds the `LateTimers` itself in place of its Time
 (it answers `when()`, the tick's time, and `cancel()`, nothing to do); at the tick
 each connection still in a timed phase gets its TimerHandle, due when its timeout is,
 so no timeout fires later or earlier than with a timer made at once.
-A phase whose deadline comes before the tick gets its TimerHandle at once. Between the
-connection's end and the tick the list keeps it (and its transport) alive: at most
-`LATE` seconds' worth of connections.
+A phase whose deadline comes before the tick gets its TimerHandle at once. A connection
+that ends while it holds the `LateTimers` takes itself off the list (its place there is
+what `defer` returned): else the list would keep it, its transport and what they hold
+alive till the tick, `LATE` seconds' worth of connections (~1,200 at 25,000 a second),
+freed at the tick in a batch from memory long gone cold, instead of at once, where the
+next connection's allocations reuse it while it is still in the cache (l7-newconn,
+seven alternating runs: 0.47 us less user time a request on average, less in six).
 """
 
 from __future__ import annotations
@@ -98,25 +102,28 @@ class Timed(Protocol):
 class LateTimers:
     """The first timers of a frontend's connections, made late (module docstring)."""
 
-    __slots__ = ("_conns", "_handle", "_loop", "due")
+    __slots__ = ("_handle", "_loop", "conns", "due")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._conns: list[Timed] = []
+        # the connections deferred since the last tick (None: one that has ended since)
+        self.conns: list[Timed | None] = []
         self._handle: asyncio.TimerHandle | None = None
         self.due = 0.0  # when the next tick comes (while one is pending)
 
-    def defer(self, conn: Timed, now: float, deadline: float) -> bool:
-        """Give `conn` its timer at the next tick: True, unless the tick would come after
-        `deadline` (then the caller makes its own TimerHandle now). `now`: the loop's
-        time."""
+    def defer(self, conn: Timed, now: float, deadline: float) -> int:
+        """Give `conn` its timer at the next tick: its place in `conns`, unless the tick
+        would come after `deadline`: -1 (then the caller makes its own TimerHandle now).
+        `now`: the loop's time. A connection that ends while it holds `self` (no tick
+        has come since, so its place is still that one) sets its entry to None."""
         if self._handle is None:
             self.due = now + LATE
             self._handle = self._loop.call_at(self.due, self._tick)
         if deadline < self.due:
-            return False
-        self._conns.append(conn)
-        return True
+            return -1
+        conns = self.conns
+        conns.append(conn)
+        return len(conns) - 1
 
     def when(self) -> float:
         """As TimerHandle.when(): a deferred connection's timer fires no sooner."""
@@ -128,14 +135,15 @@ class LateTimers:
 
     def _tick(self) -> None:
         self._handle = None
-        conns = self._conns
-        self._conns = []
+        conns = self.conns
+        self.conns = []
         for conn in conns:
-            if not conn.closed:  # (most `Connection: close` exchanges are over by now)
+            if conn is not None and not conn.closed:  # (most have ended by now)
                 conn.timer_due(self)
 
     def close(self) -> None:
+        """No more ticks. (The list stays: a connection that ends after this still
+        takes itself off it.)"""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        self._conns = []

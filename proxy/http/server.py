@@ -177,6 +177,7 @@ class ClientProtocol(asyncio.Protocol):
         "_feeding",
         "_held",
         "_keep",
+        "_late_at",
         "_loop",
         "_out_head",
         "_paused",
@@ -333,9 +334,10 @@ class ClientProtocol(asyncio.Protocol):
         seconds = self._tlen = proxy.settings.timeouts.http_request
         self._tkind = _T_REQUEST
         late = proxy.late
-        # the phase's TimerHandle, or until the frontend's next tick its LateTimers, or None
-        self._timer: asyncio.TimerHandle | LateTimers | None = late \
-            if late.defer(self, now, now + seconds) \
+        # the phase's TimerHandle, or until the frontend's next tick its LateTimers (and
+        # our place on its list: `_late_at`, while `_timer` is it), or None
+        at = self._late_at = late.defer(self, now, now + seconds)
+        self._timer: asyncio.TimerHandle | LateTimers | None = late if at >= 0 \
             else self._loop.call_at(now + seconds, self._on_timer)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -346,7 +348,10 @@ class ClientProtocol(asyncio.Protocol):
         timer = self._timer
         if timer is not None:
             self._timer = None
-            if timer is not self._proxy.late:  # (its tick passes a closed connection by)
+            late = self._proxy.late
+            if timer is late:  # off its list (proxy.http.idle: freed now, not at its tick)
+                late.conns[self._late_at] = None
+            else:
                 timer.cancel()
         if self._req is not None:
             state = self._state
@@ -473,8 +478,10 @@ class ClientProtocol(asyncio.Protocol):
             timer.cancel()
         else:
             late = self._proxy.late
-            if late.defer(self, now, now + seconds):
+            at = late.defer(self, now, now + seconds)
+            if at >= 0:
                 self._timer = late  # made at its tick, if still needed (proxy.http.idle)
+                self._late_at = at
                 return
         self._timer = self._loop.call_at(now + seconds, self._on_timer)
 

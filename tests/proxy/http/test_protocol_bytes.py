@@ -513,6 +513,32 @@ async def test_first_timer_is_made_at_the_tick_only_if_still_needed(
 
 
 
+async def test_a_connection_that_ends_before_the_tick_leaves_its_list(
+        parser_kind: HttpParser) -> None:
+    """A connection that ends while it waits for the frontend's tick takes itself off
+    the tick's list (its objects are freed at its end, not at the tick); the others on
+    the list keep their places and get their timers at the tick."""
+    proxy, first, _ft, _up, _ut = make(parser_kind)
+    late = proxy.late
+    conns = []
+    for port in (40001, 40002, 40003):
+        conn = ClientProtocol(proxy)
+        conn.connection_made(FakeTransport(conn, ("192.0.2.8", port)))  # type: ignore[arg-type]
+        conns.append(conn)
+    assert [c for c in late.conns if c is not None] == [first, *conns]
+    middle = conns[1]
+    middle.transport.close()  # type: ignore[union-attr]
+    await asyncio.sleep(0)
+    assert middle.closed
+    assert [c for c in late.conns if c is not None] == [first, conns[0], conns[2]]
+    late._tick()
+    for conn in (first, conns[0], conns[2]):  # still waiting for a request: timed
+        assert conn._timer is not None and conn._timer is not late
+        conn.transport.close()  # type: ignore[union-attr]
+    await asyncio.sleep(0)
+    assert late.conns == []
+
+
 async def test_response_filters_leave_the_next_response_alone(parser_kind: HttpParser) -> None:
     """A Gateway's response filters edit a copy of the head: the next response with the
     same bytes (which the httptools parser answers with the same head object, parser.
