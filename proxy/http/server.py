@@ -183,7 +183,6 @@ class ClientProtocol(asyncio.Protocol):
         "_paused",
         "_pending",
         "_pending_size",
-        "_pool",
         "_proxy",
         "_queue",
         "_replay",
@@ -198,7 +197,6 @@ class ClientProtocol(asyncio.Protocol):
         "_state",
         "_state_closed",
         "_status",
-        "_sweep",
         "_t0",
         "_t_conn",
         "_t_head",
@@ -233,10 +231,8 @@ class ClientProtocol(asyncio.Protocol):
         # fewer: `transport`, `local_port`, `_t0` and the first phase's timer fields
         # (`_timer`, `_tkind`, `_tlen`, `_tstamp`).
         self._proxy = proxy
-        self._pool = proxy.pool
         self._loop = proxy.loop
         self._fe: Counters = proxy.fe_counters
-        self._sweep = proxy.idle
         # made on the first bytes, dropped while idle between requests (proxy.http.idle)
         self.parser: RequestParser | None = None
         self.client_ip = client_ip
@@ -991,7 +987,7 @@ class ClientProtocol(asyncio.Protocol):
         # server just as this one was, and a new one cannot lose the keep-alive race.
         # (only a first attempt takes a pooled connection: `on_head` is still under way,
         # and has just read the time and armed the server's timer: neither again here)
-        up = self._pool.take(server.key, self._t_head) if not self._attempts else None
+        up = proxy.pool.take(server.key, self._t_head) if not self._attempts else None
         if up is not None:
             self._attach(up, server, balancer, False)
             return
@@ -1007,7 +1003,8 @@ class ClientProtocol(asyncio.Protocol):
         ticket = self._held
         self._tw = self._loop.time() - ticket.since if type(ticket) is Ticket else 0.0
         self._held = self._server = server
-        up = self._pool.take(server.key, self._loop.time()) if not self._attempts else None
+        up = self._proxy.pool.take(server.key, self._loop.time()) if not self._attempts \
+            else None
         if up is not None:
             balancer = self._balancer
             assert balancer is not None
@@ -1543,12 +1540,13 @@ class ClientProtocol(asyncio.Protocol):
             self._first_idle()
         # idle between requests: the frontend's sweep watches it (proxy.http.idle)
         self._tkind = _T_KEEPALIVE
-        self._tlen = self._proxy.settings.timeouts.keep_alive
+        proxy = self._proxy
+        self._tlen = proxy.settings.timeouts.keep_alive
         self._tstamp = now
-        sweep = self._sweep
+        sweep = proxy.idle
         if not sweep.armed:
             sweep.watch()
-        if self._proxy.closing:
+        if proxy.closing:
             self.close()
             return
         if self._paused:  # (resume_reading sees which; see _end_exchange)
@@ -1603,7 +1601,7 @@ class ClientProtocol(asyncio.Protocol):
             if self._state is not _TUNNEL:
                 up.owner = None  # up.detach(), inline (a call per request)
                 if reusable:
-                    self._pool.put(up, now)
+                    self._proxy.pool.put(up, now)
                 else:
                     up.close()
             else:
