@@ -53,7 +53,7 @@ def paused() -> Iterator[None]:
 # the count's swings cross 700 every ~270 requests, and each crossing walks the young
 # objects of every open connection, memory the request path had left cold. Measured under
 # `bench run --only l7-newconn` (8 s, ~190,000 requests): 666 young and 60 middle
-# collections, 0.12 s of the worker's 7.4 s of CPU, 276 objects freed; at 10,000: 6
+# collections, 0.12 s of the process's 7.4 s of CPU, 276 objects freed; at 10,000: 6
 # young collections, 0.009 s, and 0.5-0.6 us less user time a request. What it costs: up
 # to 10,000 young container objects walked at once (~0.5 ms), and a cycle that is
 # garbage waits longer to be freed (they are rare here: the count above).
