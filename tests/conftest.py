@@ -27,6 +27,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` different TCP ports free right now on `host` (bound together, so no two are
+    the same: `free_port` twice may give one port twice)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = [socket.socket(family, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 async def until(pred: Any, timeout: float = 5.0) -> None:
     """Wait for `pred()` to hold, polling every 10 ms; fail after `timeout` seconds."""
     loop = asyncio.get_running_loop()

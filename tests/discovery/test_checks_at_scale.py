@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from pylb.demo import service_manifest, slice_manifest, start_name_server
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 from tests.discovery.test_run_kubernetes import get
 from tests.kfake import FakeApiServer
 
@@ -95,7 +95,7 @@ async def test_thousands_of_checks_under_a_low_fd_limit(tmp_path: Path) -> None:
                     [f"127.6.{i}.{j}" for j in range(1, 101)]))
             kubeconfig = tmp_path / "kubeconfig"
             kubeconfig.write_text(yaml.safe_dump(api.kubeconfig_dict()))
-            http_port, stats_port = free_port(), free_port()
+            http_port, stats_port = free_ports(2)
             try:
                 with log.open("wb") as fh:
                     proc = await asyncio.create_subprocess_exec(

@@ -21,7 +21,7 @@ import yaml
 from cryptography import x509
 
 from pylb.demo import service_manifest, slice_manifest, start_name_server
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 from tests.kfake import FakeApiServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -81,7 +81,7 @@ async def test_ingress_tls_from_secret_served_and_rotated(
     api.store.create("ingresses.networking.k8s.io", INGRESS)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(api.kubeconfig_dict()))
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port = free_ports(2)
     log = tmp_path / "pylb.log"
     client = ssl.create_default_context(cafile=None)
     ca.configure_trust(client)

@@ -21,7 +21,7 @@ from pylb.demo import (
     start_echo_server,
     start_name_server,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 from tests.kfake import FakeApiServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -66,7 +66,7 @@ async def test_pylb_run_follows_the_cluster_while_traffic_flows(
     api.store.create("endpointslices", slice_("mysql-a", "mysql", pe))
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(api.kubeconfig_dict()))
-    http_port, tcp_port = free_port(), free_port()
+    http_port, tcp_port = free_ports(2)
     log = tmp_path / "pylb.log"
     with log.open("wb") as fh:
         proc = await asyncio.create_subprocess_exec(

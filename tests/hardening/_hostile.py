@@ -499,7 +499,7 @@ async def start_pylb_run(tmp_path: Any, http_backend: int, tcp_backend: int,
     import yaml
 
     from pylb.demo import service_manifest, slice_manifest
-    from tests.conftest import free_port
+    from tests.conftest import free_ports
 
     f = tmp_path / "cluster.yaml"
     f.write_text(yaml.safe_dump_all([
@@ -507,8 +507,7 @@ async def start_pylb_run(tmp_path: Any, http_backend: int, tcp_backend: int,
         slice_manifest("app-1", "app", http_backend, ["127.0.0.1"]),
         service_manifest("raw", 9000, 9000),
         slice_manifest("raw-1", "raw", tcp_backend, ["127.0.0.1"])]))
-    ports = {"http": free_port(), "stats": free_port(), "health": free_port(),
-             "https": free_port(), "tcp": free_port()}
+    ports = dict(zip(("http", "stats", "health", "https", "tcp"), free_ports(5), strict=True))
     log = tmp_path / "pylb.log"
     with log.open("wb") as log_fh:
         proc = await asyncio.create_subprocess_exec(

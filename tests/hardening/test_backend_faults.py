@@ -26,7 +26,7 @@ import pytest
 from pylb.config import Limits, Settings
 from pylb.failures import Failure
 from pylb.model import Backend, HttpRoute, RouteTable, Server, TcpFrontend
-from tests.conftest import free_port
+from tests.conftest import free_ports
 from tests.hardening._faulty_backend import BlackHole, Fault, FaultyBackend, RefusedPort
 from tests.proxy.http.backends import HttpBackend
 from tests.proxy.http.client import RawClient
@@ -458,7 +458,7 @@ async def test_tcp_connect_fault_redispatched(h: Harness, kind: str) -> None:  #
         peers = [await h.upstream(echo) for _ in range(2)]
         others = [await h.upstream(echo) for _ in range(2)]
         p = h.proxy(connect=BLACKHOLE_CONNECT if kind == "blackhole" else CONNECT_TIMEOUT)
-        db_port, other_port = free_port(), free_port()
+        db_port, other_port = free_ports(2)
         await p.set_table(_tcp_table(
             (Server("127.0.0.1", hole.port, name="faulty"), *(u.server_model for u in peers)),
             tuple(u.server_model for u in others), db_port, other_port))
@@ -508,7 +508,7 @@ async def test_tcp_reset_mid_stream_resets_client(h: Harness) -> None:  # noqa: 
     u = await h.upstream(flaky)
     other = await h.upstream(echo)
     p = h.proxy(replace(Settings(), limits=Limits(retries=3)))
-    db_port, other_port = free_port(), free_port()
+    db_port, other_port = free_ports(2)
     await p.set_table(_tcp_table((u.server_model,), (other.server_model,), db_port,
                                  other_port))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pylb.demo import DemoPorts, instructions, start_name_server
-from tests.conftest import free_port
+from tests.conftest import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def test_the_default_ports() -> None:
 
 
 def _ports() -> DemoPorts:
-    return DemoPorts(http=free_port(), stats=free_port(), health=free_port(), tcp=free_port())
+    return DemoPorts(*free_ports(4))
 
 
 def _argv(p: DemoPorts) -> list[str]:

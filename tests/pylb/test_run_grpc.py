@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 
 grpc = pytest.importorskip("grpc")
 pytestmark = pytest.mark.timeout(90)
@@ -83,7 +83,7 @@ def test_pylb_run_proxies_grpc_over_h2c(tmp_path: Path, manifest_text: str,
     server.start()
     manifest = tmp_path / "grpc.yaml"
     manifest.write_text(manifest_text.format(port=gport))
-    http, stats = free_port(), free_port()
+    http, stats = free_ports(2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pylb", "run", "--source", f"file:{manifest}", "--h2c",
          "--bind", "127.0.0.1", "--http-port", str(http), "--https-port", str(free_port()),

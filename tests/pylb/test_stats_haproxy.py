@@ -22,7 +22,7 @@ from proxy.check import L4CON, Probe, advance, initial
 from pylb.config import CheckSettings
 from pylb.model import Backend, HttpRoute, RouteTable, Server
 from pylb.stats import StatsView, render_csv
-from tests.conftest import free_port
+from tests.conftest import free_ports
 
 pytestmark = [
     pytest.mark.needs_tool,
@@ -61,9 +61,9 @@ def _fetch(url: str) -> str | None:
 @pytest.fixture(scope="module")
 def haproxy_csv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[list[str]]]:
     d: Path = tmp_path_factory.mktemp("haproxy")
-    stats = free_port()
+    stats, fe, dead = free_ports(3)
     cfg = d / "haproxy.cfg"
-    cfg.write_text(CONFIG.format(stats=stats, fe=free_port(), dead=free_port()))
+    cfg.write_text(CONFIG.format(stats=stats, fe=fe, dead=dead))
     proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:

@@ -22,7 +22,7 @@ from pylb.config import Settings
 from pylb.demo import service_manifest, slice_manifest, start_name_server
 from pylb.model import Backend, HttpRoute, RouteTable, Server
 from pylb.workers import WorkerPool
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -166,7 +166,7 @@ async def start_pylb(tmp_path: Path, backend_ports: list[int], *extra: str,
                      workers: int = 2) -> tuple[asyncio.subprocess.Process, dict[str, int]]:
     f = tmp_path / "cluster.yaml"
     manifests(f, backend_ports)
-    ports = {"http": free_port(), "stats": free_port(), "health": free_port()}
+    ports = dict(zip(("http", "stats", "health"), free_ports(3), strict=True))
     log = tmp_path / "pylb.log"
     with log.open("wb") as log_fh:
         proc = await asyncio.create_subprocess_exec(
