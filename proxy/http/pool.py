@@ -5,6 +5,9 @@ ended exactly where its framing said, the request was sent whole). It leaves it 
 taken for a request (most recently used first: the warmest, least likely to have been
 closed by the server), when the server closes it, when its server leaves the route table,
 or when it has been idle `idle_timeout` seconds. At most `per_server` are kept.
+A client connection keeps its last exchange's connection for its next request instead,
+while busy (proxy.http.server, "Backend connections between a client's requests"): it
+comes here when the client lets it go.
 
 Idle time is a timestamp, not a timer per connection (a timer armed and cancelled per
 request costs more than the request's routing): `take` skips connections idle too long,

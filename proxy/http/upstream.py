@@ -1,7 +1,8 @@
 """The backend side of the L7 router: one asyncio Protocol per connection to a server.
 
-An `UpstreamProtocol` belongs either to the pool (idle, no owner) or to one client
-connection's exchange (`owner`). While owned, it counts the response bytes (`got_bytes`,
+An `UpstreamProtocol` belongs either to the pool or to the client connection that keeps
+it between requests (idle, no owner: its `pool`), or to one client connection's exchange
+(`owner`). While owned, it counts the response bytes (`got_bytes`,
 which the owner reads when it lets go) and feeds them to a response parser whose
 callbacks are the owner's; a read that leaves the exchange under way ends with
 `owner.upstream_read()` (the server's activity, for its timer). It relays flow control:
@@ -47,7 +48,8 @@ class Owner(ResponseSink, Protocol):
 
 
 class Holder(Protocol):
-    """The pool an idle connection waits in (pool.Pool)."""
+    """Where an idle connection waits: the pool (pool.Pool), or the client connection
+    that keeps it for its next request (server.ClientProtocol)."""
 
     def remove(self, conn: UpstreamProtocol) -> None: ...
 

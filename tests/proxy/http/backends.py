@@ -38,6 +38,11 @@ class HttpBackend:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     read_delay: float = 0.0  # per body chunk, to make a slow reader
 
+    @property
+    def open_connections(self) -> int:
+        """Connections from the proxy still open."""
+        return len(self._writers)
+
     async def start(self) -> HttpBackend:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.conftest import until
 from tests.proxy.http.client import RawClient, get
 from tests.proxy.http.conftest import StartProxy
 
@@ -65,6 +66,9 @@ async def test_backend_connection_close_not_reused(start_proxy: StartProxy) -> N
         assert resp.json()["conn"] == 2  # a new backend connection
     finally:
         await c.close()
+    # kept by the client connection for its next request (proxy.http.server), pooled
+    # once the proxy has seen the client go
+    await until(lambda: not r.proxy.conns)
     assert r.proxy.pool.idle_count() == 1
 
 

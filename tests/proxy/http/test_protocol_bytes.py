@@ -207,6 +207,7 @@ async def test_head_and_body_coalesced(parser_kind: HttpParser) -> None:
     await asyncio.sleep(0)
 
 
+@pytest.mark.usefixtures("forget_reads")  # (a remembered read makes no parser)
 async def test_idle_connection_slims_down_and_closes_at_keep_alive(
         parser_kind: HttpParser) -> None:
     """Idle between requests: the sweep (proxy.http.idle), visited here with a chosen

@@ -37,8 +37,10 @@ def table(route: HttpRoute | None = None, **backend: Any) -> RouteTable:
 
 
 class Conn:
-    """A client connection to `proxy`; `proxy`'s pool keeps an idle server connection
-    per server (`ups`, shared by the connections to one proxy)."""
+    """A client connection to `proxy`. Before each exchange every server has an idle
+    connection ready for it: in `proxy`'s pool, or kept by this client connection from
+    its last exchange (proxy.http.server, `_kept`); `ups` holds them all, shared by the
+    connections to one proxy."""
 
     def __init__(self, proxy: HttpProxy, peer: tuple[str, int] = ("192.0.2.7", 40000)
                  ) -> None:
@@ -46,31 +48,34 @@ class Conn:
         self.client = ClientProtocol(proxy)
         self.ct = FakeTransport(self.client, peer)
         self.client.connection_made(self.ct)  # type: ignore[arg-type]
-        self.ups: dict[tuple[str, int], tuple[UpstreamProtocol, FakeTransport]] = \
-            _UPS.setdefault(id(proxy), {})
+        self.ups: list[tuple[UpstreamProtocol, FakeTransport]] = _UPS.setdefault(id(proxy), [])
 
     def pool(self) -> None:
+        pool = self.proxy.pool
         for server in (S1, S2):
-            if server.key not in self.ups or self.ups[server.key][0].closed:
-                up = UpstreamProtocol(server.key, self.proxy.parser_kind)
-                ut = FakeTransport(up, server.key)
-                up.connection_made(ut)  # type: ignore[arg-type]
-                self.proxy.pool.put(up, self.proxy.loop.time())
-                self.ups[server.key] = up, ut
+            if pool.idle_count(server.key) or any(
+                    up.pool is self.client and up.key == server.key and not up.closed
+                    for up, _ in self.ups):
+                continue
+            up = UpstreamProtocol(server.key, self.proxy.parser_kind)
+            ut = FakeTransport(up, server.key)
+            up.connection_made(ut)  # type: ignore[arg-type]
+            pool.put(up, self.proxy.loop.time())
+            self.ups.append((up, ut))
 
     def exchange(self, data: bytes = GET) -> tuple[tuple[str, int] | None, bytes, bytes]:
         """(the server the request went to, what it got, what the client got)."""
         self.pool()
         self.client.data_received(data)
-        for key, (up, ut) in self.ups.items():
+        for up, ut in self.ups:
             sent = ut.take()
             if sent:
                 up.data_received(OK)
-                return key, sent, self.ct.take()
+                return up.key, sent, self.ct.take()
         return None, b"", self.ct.take()
 
 
-_UPS: dict[int, dict[tuple[str, int], tuple[UpstreamProtocol, FakeTransport]]] = {}
+_UPS: dict[int, list[tuple[UpstreamProtocol, FakeTransport]]] = {}
 
 
 @pytest.fixture(autouse=True)
