@@ -179,3 +179,22 @@ async def test_not_kept_on_a_backend_with_server_slots(parser_kind: HttpParser) 
         assert up.pool is proxy.pool and proxy.pool.idle_count() == 1
     ct.close()
     await asyncio.sleep(0)
+
+
+async def test_closed_when_let_go_after_its_server_left_the_table(
+        parser_kind: HttpParser) -> None:
+    proxy, client, ct = make(parser_kind, S1, S2)
+    one, two = pooled(proxy, S1), pooled(proxy, S2)
+    exchange(client, ct, one, two)
+    assert exchange(client, ct, one, two) is two[0] and two[0].pool is client
+    # S2 leaves the table: the pool closes its idle connections at once; the one the
+    # client connection keeps is closed when it lets it go (here: idle an interval)
+    proxy.set_table(RouteTable(http=(HttpRoute("a", "/a", "b"),),
+                               backends=(Backend("b", (S1,)),)))
+    assert not two[0].closed and two[0].pool is client
+    interval = proxy.idle.interval
+    assert client.idle_check(proxy.loop.time() + interval, interval)
+    assert two[0].closed and proxy.pool.idle_count(S2.key) == 0
+    assert not one[0].closed and proxy.pool.idle_count(S1.key) == 1
+    ct.close()
+    await asyncio.sleep(0)
