@@ -58,6 +58,16 @@ def exchange(client: ClientProtocol, ct: FakeTransport, *ups: Up, data: bytes = 
     return None
 
 
+def kept(kind: HttpParser) -> tuple[HttpProxy, ClientProtocol, FakeTransport, Up]:
+    """A client connection after two exchanges, keeping their backend connection."""
+    proxy, client, ct = make(kind)
+    up, ut = pooled(proxy)
+    exchange(client, ct, (up, ut))
+    exchange(client, ct, (up, ut))
+    assert up.pool is client
+    return proxy, client, ct, (up, ut)
+
+
 async def test_kept_from_the_second_exchange_on(parser_kind: HttpParser) -> None:
     proxy, client, ct = make(parser_kind)
     up, ut = pooled(proxy)
@@ -107,11 +117,7 @@ async def test_to_the_pool_when_the_next_request_goes_to_another_server(
 
 
 async def test_closed_by_the_server_while_kept(parser_kind: HttpParser) -> None:
-    proxy, client, ct = make(parser_kind)
-    up, ut = pooled(proxy)
-    exchange(client, ct, (up, ut))
-    exchange(client, ct, (up, ut))
-    assert up.pool is client
+    proxy, client, ct, (up, ut) = kept(parser_kind)
     up.eof_received()  # the server times it out
     ut.close()
     await asyncio.sleep(0)  # connection_lost: the client connection forgets it
@@ -124,11 +130,7 @@ async def test_closed_by_the_server_while_kept(parser_kind: HttpParser) -> None:
 
 
 async def test_a_stale_kept_connection_is_not_used(parser_kind: HttpParser) -> None:
-    proxy, client, ct = make(parser_kind)
-    up, ut = pooled(proxy)
-    exchange(client, ct, (up, ut))
-    exchange(client, ct, (up, ut))
-    assert up.pool is client
+    proxy, client, ct, (up, ut) = kept(parser_kind)
     fresh = pooled(proxy)
     up.idle_since -= proxy.pool.idle_timeout + 1.0  # idle longer than the pool keeps one
     assert exchange(client, ct, (up, ut), fresh) is fresh[0]
@@ -140,10 +142,7 @@ async def test_a_stale_kept_connection_is_not_used(parser_kind: HttpParser) -> N
 
 async def test_to_the_pool_when_the_client_has_idled_a_sweep_interval(
         parser_kind: HttpParser) -> None:
-    proxy, client, ct = make(parser_kind)
-    up, ut = pooled(proxy)
-    exchange(client, ct, (up, ut))
-    exchange(client, ct, (up, ut))
+    proxy, client, ct, (up, ut) = kept(parser_kind)
     interval = proxy.idle.interval
     now = proxy.loop.time()
     assert client.idle_check(now, interval)  # idle for less than an interval: kept
@@ -159,11 +158,7 @@ async def test_to_the_pool_when_the_client_has_idled_a_sweep_interval(
 
 
 async def test_closed_at_shutdown(parser_kind: HttpParser) -> None:
-    proxy, client, ct = make(parser_kind)
-    up, ut = pooled(proxy)
-    exchange(client, ct, (up, ut))
-    exchange(client, ct, (up, ut))
-    assert up.pool is client
+    proxy, client, _, (up, ut) = kept(parser_kind)
     await proxy.shutdown(1.0)  # idle client connections are closed at once
     assert client.closed and up.closed and ut.closing
     assert proxy.pool.idle_count() == 0
