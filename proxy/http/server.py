@@ -20,8 +20,8 @@ Backend connections between a client's requests. After a clean exchange (the res
 framed and whole, keep-alive on both sides) the backend connection goes to the pool
 (`proxy.http.pool`), except from a client connection's second exchange on, when it is
 kept for that client's next request (`_kept`): most such clients send it at once (a
-pooled connection would be put in the pool and taken out again, ~3.6k instructions a
-request: bench.instructions keepalive, 58.9k against 55.3k). The next request uses it if
+pooled connection would be put in the pool and taken out again, ~2.8k instructions a
+request: bench.instructions keepalive, 59.3k against 56.6k). The next request uses it if
 it goes to the same server (the balancer still chooses: nothing is pinned) and it is
 still open and fresh (`timeout` of the pool); otherwise, and when the client has been
 idle a whole sweep interval (`idle_check`, at most 1 s by default), or closes, it goes
@@ -1042,7 +1042,7 @@ class ClientProtocol(asyncio.Protocol):
         ticket = self._held
         self._tw = self._loop.time() - ticket.since if type(ticket) is Ticket else 0.0
         self._held = self._server = server
-        if self._kept is not None:  # (none is kept on a backend with slots: the pool has it)
+        if self._kept is not None:  # (kept from an exchange on a backend without slots)
             self._let_go(self._kept)
         up = self._proxy.pool.take(server.key, self._loop.time()) if not self._attempts \
             else None
